@@ -1,0 +1,17 @@
+"""Per-architecture builder classes, registered under their HF `architectures` names.
+
+    from architectures import Qwen3Builder
+    Qwen3Builder.from_pretrained("path/to/qwen3", precision="int4", ep="webgpu").build()
+
+Subclass DecoderBuilder (or a family) and decorate it with
+`@register("MyForCausalLM")`; installed packages can also add families through
+the `builder.architectures` entry-point group.
+"""
+
+from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.registry import builder_class_for, register, registered
+from architectures.llama import LlamaBuilder
+from architectures.qwen3 import Qwen3Builder
+
+__all__ = ["DecoderBuilder", "DecoderSpec", "LlamaBuilder", "Qwen3Builder",
+           "builder_class_for", "register", "registered"]

@@ -1,0 +1,100 @@
+"""The packing policy: how attention and MLP projections are laid out.
+
+`auto` resolves through AUTO_LAYOUT, a table keyed by execution provider. Each
+entry names the measurement behind it (docs/packing.md). Explicit choices are
+checked against what the target runtime runs (builder.targets), and a packed
+layout falls back to separate projections when the projections do not share
+one weight format (the llama.cpp lesson: V often gets more bits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from builder.errors import BuilderError
+from builder.options import BuildOptions
+from builder.targets import Target
+from quant.selection import WeightFormat
+
+# ep -> (qkv packing, mlp packing, evidence). The qkv entry is what we use when the
+# target can run it; fused-norm entries fall back to packed-split on older runtimes.
+AUTO_LAYOUT: dict[str, tuple[str, str, str]] = {
+    # CPU, Qwen3-0.6B-like layer, int4: packed QKV 0.80-0.85x the decode time of three
+    # MatMulNBits; packed gate_up 0.91-0.94x (REFERENCE 2; docs/packing.md#cpu).
+    "cpu": ("packed-split", "packed", "docs/packing.md#cpu"),
+    # WebGPU: QK-norm inside GQA is the fewest nodes where the runtime accepts it; on
+    # onnxruntime-webgpu 1.27 it does not load, and packed vs separate QKV was within
+    # noise (REFERENCE 3b; docs/packing.md#webgpu). packed gate_up never won there.
+    "webgpu": ("fused-norm", "separate", "docs/packing.md#webgpu"),
+    # CUDA: the reference builder's layout (packed QKV, norm in GQA), +4-5% for fused QKV
+    # in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.
+    "cuda": ("fused-norm", "separate", "REFERENCE.md section 4 (llama.cpp, ORT GenAI #2137)"),
+    # DirectML: GQA there takes neither packed QKV nor rotary; the reference builder's
+    # layout (separate projections + RotaryEmbedding). Not measured here (no DirectML).
+    "dml": ("separate", "separate", "reference builder's dml layout (REFERENCE 1)"),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    qkv: str          # packed-split | separate | fused-norm
+    mlp: str          # packed | separate
+    head_norm: str    # branchwise | reshape-sln | gqa (only with qk-norm)
+    rotary_in_gqa: bool
+    packed_qkv_into_gqa: bool  # no Split: GQA reads the packed QKV (no QK-norm, rotary in GQA)
+    notes: tuple[str, ...] = field(default=())
+
+    def describe(self) -> dict:
+        return {"qkv_packing": self.qkv, "mlp_packing": self.mlp, "head_norm": self.head_norm,
+                "rotary_in_gqa": self.rotary_in_gqa, "packed_qkv_into_gqa": self.packed_qkv_into_gqa,
+                "notes": list(self.notes)}
+
+
+def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
+                  qkv_formats: list[list[WeightFormat]], mlp_formats: list[list[WeightFormat]]) -> Layout:
+    """Resolve the packing options for one model.
+
+    qkv_formats / mlp_formats: per layer, the formats of [q, k, v] / [gate, up].
+    """
+    notes: list[str] = []
+    auto_qkv, auto_mlp, evidence = AUTO_LAYOUT[target.ep]
+    rotary_in_gqa = target.supports("gqa_rotary")
+
+    qkv = options.qkv_packing
+    if qkv == "auto":
+        qkv = auto_qkv
+        if qkv == "fused-norm" and not (qk_norm and target.supports("gqa_qk_norm")):
+            qkv = "packed-split"
+        notes.append(f"qkv_packing auto -> {qkv} ({evidence})")
+    elif qkv == "fused-norm":
+        if not qk_norm:
+            raise BuilderError("--qkv-packing fused-norm needs a QK-norm model (e.g. Qwen3); "
+                               "this model has no q_norm/k_norm: use packed-split or separate")
+        if not target.supports("gqa_qk_norm"):
+            raise BuilderError(f"--qkv-packing fused-norm is not run by {target.ep} on ONNX Runtime "
+                               f"{target.version_text} (GroupQueryAttention q_norm_weight/k_norm_weight "
+                               "need cuda or webgpu, ORT >= 1.28); use packed-split or separate")
+    if qkv != "separate" and not target.supports("gqa_packed_qkv") and options.qkv_packing == "auto":
+        qkv = "separate"
+    if qkv != "separate" and any(len(set(f)) > 1 for f in qkv_formats):
+        notes.append("q/k/v projections differ in weight format in some layers; those layers use "
+                     "separate projections")
+
+    mlp = options.mlp_packing
+    if mlp == "auto":
+        mlp = auto_mlp
+        notes.append(f"mlp_packing auto -> {mlp} ({evidence})")
+    if mlp == "packed" and any(len(set(f)) > 1 for f in mlp_formats):
+        notes.append("gate/up projections differ in weight format in some layers; those layers use "
+                     "separate projections")
+
+    if not qk_norm:
+        head_norm = "none"
+    elif qkv == "fused-norm":
+        head_norm = "gqa"
+    elif target.supports("branchwise_rmsnorm"):
+        head_norm = "branchwise"
+    else:
+        head_norm = "reshape-sln"
+    packed_into_gqa = (qkv == "packed-split" and not qk_norm and rotary_in_gqa)
+    return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, tuple(notes))

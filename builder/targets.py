@@ -1,0 +1,115 @@
+"""What each execution provider and ONNX Runtime version can run.
+
+Everything the graph writer may only emit on some targets is decided here, so
+the rules sit in one table instead of `if ep == ...` branches across the code.
+Sources are named next to each entry: ../shared/REFERENCE.md (measured) or our
+own runs (docs/packing.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from builder.errors import BuilderError
+from builder.options import BuildOptions, parse_version
+
+# The newest ONNX Runtime this table was checked against; used when none is installed.
+NEWEST_KNOWN_ORT = (1, 31)
+
+# (ep, precision) -> why the combination is refused up front. Everything else is built.
+REFUSED = {
+    ("cuda", "fp32"): "GroupQueryAttention has no fp32 kernel on CUDA, so the model would not load; "
+                      "build fp16 or int4 for cuda, or fp32 for cpu",
+    ("dml", "fp32"): "GroupQueryAttention has no fp32 kernel on DirectML; build fp16 or int4 for dml",
+    ("dml", "int8"): "MatMulNBits with 8 bits is not implemented on DirectML; build int4 or fp16 for dml",
+    ("cpu", "bf16"): "bf16 is not verified to load on any target here; build fp16 or fp32",
+    ("cuda", "bf16"): "bf16 is not verified to load on any target here; build fp16 (same memory) for cuda",
+    ("webgpu", "bf16"): "WebGPU has no bf16 kernels; build int4 or fp16 for webgpu",
+    ("dml", "bf16"): "DirectML has no bf16 kernels here; build int4 or fp16 for dml",
+}
+
+# Feature -> {ep: first ORT version that runs it}. Absent ep: never.
+FEATURES: dict[str, dict[str, tuple[int, int]]] = {
+    # GQA computes rotary itself (do_rotary=1). DirectML's GQA does not, so dml gets
+    # RotaryEmbedding nodes and a position_ids input, as the reference builder does.
+    "gqa_rotary": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+    # GQA inputs 14/15 (q_norm_weight, k_norm_weight). The CPU kernel loads them and then
+    # fails at Run; onnxruntime-webgpu 1.27.0 rejects the 16-input node at load (REFERENCE 3).
+    "gqa_qk_norm": {"cuda": (1, 28), "webgpu": (1, 28)},
+    # com.microsoft BranchwiseRMSNorm: per-head RMSNorm on [B,S,H*D] with a [D] scale,
+    # 0.8-0.9x the time of Reshape/SLN/Reshape on CPU (REFERENCE 2). Seen in 1.31.1.
+    "branchwise_rmsnorm": {"cpu": (1, 31)},
+    # GQA with the packed QKV in `query` (key/value empty).
+    "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+}
+
+
+def installed_ort_version() -> tuple[int, int] | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return parse_version(onnxruntime.__version__.split("+")[0])
+
+
+@dataclass(frozen=True)
+class Target:
+    """An execution provider at one ONNX Runtime version, for one precision."""
+
+    ep: str
+    precision: str
+    ort_version: tuple[int, int]
+
+    @classmethod
+    def from_options(cls, options: BuildOptions) -> "Target":
+        version = (parse_version(options.target_ort, "--target-ort") if options.target_ort
+                   else installed_ort_version() or NEWEST_KNOWN_ORT)
+        target = cls(options.ep, options.precision, version)
+        reason = REFUSED.get((options.ep, options.precision))
+        if reason:
+            raise BuilderError(f"-p {options.precision} -e {options.ep} cannot work: {reason}")
+        return target
+
+    def supports(self, feature: str) -> bool:
+        first = FEATURES[feature].get(self.ep)
+        return first is not None and self.ort_version >= first
+
+    @property
+    def version_text(self) -> str:
+        return f"{self.ort_version[0]}.{self.ort_version[1]}"
+
+    # ---- dtypes -------------------------------------------------------------
+
+    @property
+    def io_dtype(self) -> np.dtype:
+        """Activation dtype: fp32 on CPU for fp32/int4/int8, fp16 everywhere else.
+
+        MatMulNBits on CPU is fastest with fp32 activations; GPUs want fp16.
+        """
+        if self.precision == "fp32" or (self.ep == "cpu" and self.precision in ("int4", "int8")):
+            return np.dtype(np.float32)
+        return np.dtype(np.float16)
+
+    @property
+    def io_onnx_type(self) -> int:
+        return TensorProto.FLOAT if self.io_dtype == np.float32 else TensorProto.FLOAT16
+
+    @property
+    def default_accuracy_level(self) -> int:
+        # Level 4 (int8 activations) is what the reference builder and ORT recommend on
+        # cpu/webgpu; cuda and dml kernels ignore it or compute in fp16 anyway.
+        return 4 if self.ep in ("cpu", "webgpu") else 0
+
+    @property
+    def provider_options(self) -> dict:
+        """Session provider options written to genai_config.json."""
+        return {
+            "cpu": {},
+            "cuda": {"enable_cuda_graph": "0"},
+            "dml": {"enable_graph_capture": "0"},
+            # Graph capture measured 8x slower for decode (REFERENCE 3b); basic validation.
+            "webgpu": {"enableGraphCapture": "0", "validationMode": "basic"},
+        }[self.ep]

@@ -1,0 +1,129 @@
+"""Parity of a built model with transformers.
+
+The reference is the transformers model in float32 with every quantized
+projection replaced by its dequantized weight, i.e. the exact numbers the
+graph multiplies by. Differences then measure the graph, not quantization
+noise, so the bounds can be tight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from builder.options import BuildOptions
+
+
+@dataclass
+class ParityResult:
+    max_abs: float          # over prefill and every decode step
+    max_abs_prefill: float
+    max_abs_decode: float
+    argmax_agree: float     # fraction of positions whose top token agrees
+    steps: int
+
+    def as_dict(self) -> dict:
+        return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in self.__dict__.items()}
+
+
+def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32):
+    """transformers model (fp32) holding the weights the built graph uses."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
+    from quant.selection import format_for
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir), dtype=torch.float32)
+    model.eval()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, torch.nn.Linear) or name.endswith(("router", ".gate")):
+                continue
+            fmt = format_for(name, options)
+            if not fmt.quantized:
+                if io_dtype == np.float16:
+                    module.weight.copy_(module.weight.half().float())
+                continue
+            scheme = QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric)
+            q = quantize_blockwise(module.weight.detach(), scheme, scale_dtype=io_dtype)
+            dq = torch.from_numpy(dequantize_blockwise(q, scheme))
+            if name == "lm_head" and tied and fmt.bits != 4:
+                # int8 lm_head: the graph's embedding stays a float Gather, so untie.
+                model.get_output_embeddings().weight = torch.nn.Parameter(dq)
+                continue
+            module.weight.copy_(dq)
+    return model
+
+
+def onnx_session(model_dir: str | Path):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
+    """Logits of a prefill over input_ids [1, S], then one decode step per token."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
+    past_shape = inputs["past_key_values.0.key"].shape
+    kv_heads, head_dim = past_shape[1], past_shape[3]
+    dtype = np.float16 if "float16" in inputs["past_key_values.0.key"].type else np.float32
+    feed = {f"past_key_values.{i}.{k}": np.zeros((1, kv_heads, 0, head_dim), dtype)
+            for i in range(layers) for k in ("key", "value")}
+    ids = input_ids.astype(np.int64)
+    position = 0
+    outputs = []
+    for step in range(len(decode_tokens) + 1):
+        length = position + ids.shape[1]
+        feed["input_ids"] = ids
+        feed["attention_mask"] = np.ones((1, length), np.int64)
+        if "position_ids" in inputs:
+            feed["position_ids"] = np.arange(position, length, dtype=np.int64)[None]
+        names = [o.name for o in session.get_outputs()]
+        result = dict(zip(names, session.run(names, feed)))
+        outputs.append(result["logits"].astype(np.float32))
+        for i in range(layers):
+            for k in ("key", "value"):
+                feed[f"past_key_values.{i}.{k}"] = result[f"present.{i}.{k}"]
+        position = length
+        if step < len(decode_tokens):
+            ids = np.array([[decode_tokens[step]]], np.int64)
+    return outputs
+
+
+def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
+    import torch
+    with torch.no_grad():
+        out = model(torch.from_numpy(input_ids.astype(np.int64)), use_cache=True)
+        logits = [out.logits.float().numpy()]
+        past = out.past_key_values
+        for token in decode_tokens:
+            out = model(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits.append(out.logits.float().numpy())
+    return logits
+
+
+def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResult:
+    diffs = [float(np.abs(e - a).max()) for e, a in zip(expected, actual)]
+    agree = np.concatenate([(e.argmax(-1) == a.argmax(-1)).ravel() for e, a in zip(expected, actual)])
+    return ParityResult(max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()), len(diffs))
+
+
+def verify_build(model_dir: str | Path, checkpoint_dir: str | Path, options: BuildOptions,
+                 prompt_length: int = 8, decode_steps: int = 4, seed: int = 0) -> ParityResult:
+    """Prefill + greedy-free decode (fixed random tokens) parity against transformers."""
+    session = onnx_session(model_dir)
+    vocab = session.get_outputs()[0].shape[-1]
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(1, prompt_length))
+    tokens = [int(t) for t in rng.integers(0, vocab, size=decode_steps)]
+    dtype = np.float16 if "float16" in session.get_inputs()[0].type or \
+        "float16" in session.get_outputs()[0].type else np.float32
+    reference = dequantized_reference(checkpoint_dir, options, io_dtype=dtype)
+    return compare(torch_logits(reference, ids, tokens), onnx_logits(session, ids, tokens))
