@@ -95,7 +95,9 @@ class BuildOptions:
         metadata=_opt("--target-ort", metavar="VERSION",
                       help="ONNX Runtime version the model must run on (e.g. 1.27 for onnxruntime-webgpu "
                            "1.27.0). Ops or inputs that version rejects are never emitted. "
-                           "Default: the installed onnxruntime."),
+                           "Default: the installed runtime package for the EP (onnxruntime, "
+                           "onnxruntime-gpu, onnxruntime-webgpu, onnxruntime-directml), else its "
+                           "newest release known to this builder (webgpu: 1.27)."),
     )
     context_length: int | None = field(
         default=None,

@@ -16,8 +16,16 @@ from onnx import TensorProto
 from builder.errors import BuilderError
 from builder.options import BuildOptions, parse_version
 
-# The newest ONNX Runtime this table was checked against; used when none is installed.
-NEWEST_KNOWN_ORT = (1, 31)
+# The package that carries each EP's runtime, and its newest release on PyPI when this
+# table was written (2026-11). The default target is the installed package for the EP,
+# else that release: a webgpu build made on a machine with the CPU onnxruntime 1.31
+# must still load in onnxruntime-webgpu 1.27, which is what a webgpu user installs.
+EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
+    "cpu": ("onnxruntime", (1, 31)),
+    "cuda": ("onnxruntime-gpu", (1, 31)),
+    "webgpu": ("onnxruntime-webgpu", (1, 27)),
+    "dml": ("onnxruntime-directml", (1, 23)),
+}
 
 # (ep, precision) -> why the combination is refused up front. Everything else is built.
 REFUSED = {
@@ -47,12 +55,17 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 
-def installed_ort_version() -> tuple[int, int] | None:
+def installed_runtime_version(ep: str) -> tuple[int, int] | None:
+    """Version of the installed runtime package that runs `ep`, if any."""
+    import importlib.metadata
     try:
-        import onnxruntime
-    except ImportError:
+        return parse_version(importlib.metadata.version(EP_RUNTIMES[ep][0]))
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return parse_version(onnxruntime.__version__.split("+")[0])
+
+
+def default_ort_version(ep: str) -> tuple[int, int]:
+    return installed_runtime_version(ep) or EP_RUNTIMES[ep][1]
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ class Target:
     @classmethod
     def from_options(cls, options: BuildOptions) -> "Target":
         version = (parse_version(options.target_ort, "--target-ort") if options.target_ort
-                   else installed_ort_version() or NEWEST_KNOWN_ORT)
+                   else default_ort_version(options.ep))
         target = cls(options.ep, options.precision, version)
         reason = REFUSED.get((options.ep, options.precision))
         if reason:

@@ -22,6 +22,7 @@ class ParityResult:
     max_abs_prefill: float
     max_abs_decode: float
     argmax_agree: float     # fraction of positions whose top token agrees
+    nmse: float             # sum((ref - ours)^2) / sum(ref^2), all steps together
     steps: int
 
     def as_dict(self) -> dict:
@@ -112,7 +113,10 @@ def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list
 def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResult:
     diffs = [float(np.abs(e - a).max()) for e, a in zip(expected, actual)]
     agree = np.concatenate([(e.argmax(-1) == a.argmax(-1)).ravel() for e, a in zip(expected, actual)])
-    return ParityResult(max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()), len(diffs))
+    err = sum(float(np.square(e.astype(np.float64) - a).sum()) for e, a in zip(expected, actual))
+    ref = sum(float(np.square(e.astype(np.float64)).sum()) for e in expected)
+    return ParityResult(max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()),
+                        err / max(ref, 1e-30), len(diffs))
 
 
 def verify_build(model_dir: str | Path, checkpoint_dir: str | Path, options: BuildOptions,

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Fresh machine -> built models -> generated tokens, on the tiny Qwen3 that ships in examples/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+python -m builder -m examples/tiny-qwen3 -p int4 -e cpu -o out/tiny-qwen3-int4-cpu --overwrite
+python -m builder -m examples/tiny-qwen3 -p int4 -e webgpu -o out/tiny-qwen3-int4-webgpu --overwrite
+python -m builder inspect out/tiny-qwen3-int4-cpu out/tiny-qwen3-int4-webgpu
+python scripts/generate.py out/tiny-qwen3-int4-cpu --prompt "The quick brown fox" --max-new-tokens 12

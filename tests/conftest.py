@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random checkpoints and cached builds of them.
+
+Checkpoints come from builder.synthetic (seeded, so every run sees the same
+numbers). Builds are cached per session by their options, since many tests
+look at the same model from different angles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder import BuildOptions
+from builder.pipeline import run
+from builder.synthetic import TINY_CONFIGS, make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(name, dtype="bfloat16") -> folder of a tiny random HF checkpoint."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    made: dict[tuple, Path] = {}
+
+    def get(name: str, dtype: str = "bfloat16", **config_overrides) -> Path:
+        key = (name, dtype, json.dumps(config_overrides, sort_keys=True))
+        if key not in made:
+            config = {**TINY_CONFIGS[name], **config_overrides}
+            made[key] = make_checkpoint(root / f"{name}-{dtype}-{len(made)}", config, dtype=dtype, seed=0)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def built(checkpoint, tmp_path_factory):
+    """built(name, **options) -> BuildResult of a tiny checkpoint, cached by options."""
+    root = tmp_path_factory.mktemp("builds")
+    cache = {}
+
+    def get(name: str, dtype: str = "bfloat16", **options):
+        key = (name, dtype, json.dumps(options, sort_keys=True))
+        if key not in cache:
+            from architectures.registry import builder_class_for
+            from builder.checkpoint import Checkpoint
+
+            ckpt = Checkpoint(checkpoint(name, dtype))
+            opts = BuildOptions(model=str(ckpt.directory), output=str(root / f"b{len(cache)}"), **options)
+            cache[key] = run(builder_class_for(ckpt.config)(ckpt, opts), show_progress=False)
+        return cache[key]
+
+    return get

@@ -1,0 +1,236 @@
+"""Every failure a user can cause: one-line error naming the input, non-zero
+exit, and no output folder that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.synthetic import TINY_CONFIGS, make_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, env=None, preexec_fn=None, timeout=120):
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", "builder", *map(str, args), "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, env=full_env, preexec_fn=preexec_fn, timeout=timeout)
+
+
+def assert_clean_failure(proc, *fragments, out: Path | None = None):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    if out is not None:
+        assert not out.exists()
+        assert not list(out.parent.glob(".builder-staging-*"))
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+
+
+# ---- model input ----------------------------------------------------------
+
+def test_missing_model_folder(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", tmp_path / "nope", "-o", out), "does not exist", out=out)
+
+
+def test_model_path_is_a_file(tmp_path):
+    file = tmp_path / "model.bin"
+    file.write_text("x")
+    assert_clean_failure(cli("-m", file, "-o", tmp_path / "out"), "is a file", out=tmp_path / "out")
+
+
+def test_config_missing(ckpt, tmp_path):
+    (ckpt / "config.json").unlink()
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "config.json is missing", out=tmp_path / "out")
+
+
+def test_config_not_json(ckpt, tmp_path):
+    (ckpt / "config.json").write_text("{not json")
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "not valid JSON", out=tmp_path / "out")
+
+
+def test_unsupported_architecture_lists_supported(ckpt, tmp_path):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["GPTNeoXForCausalLM"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    proc = cli("-m", ckpt, "-o", tmp_path / "out")
+    assert_clean_failure(proc, "GPTNeoXForCausalLM", "not supported", "Qwen3ForCausalLM", out=tmp_path / "out")
+
+
+def test_hub_id_offline_and_not_cached(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = cli("-m", "Qwen/Qwen3-0.6B", "-o", tmp_path / "out", env=env)
+    assert_clean_failure(proc, "Qwen/Qwen3-0.6B", "not in the Hugging Face cache", "HF_HUB_OFFLINE",
+                         out=tmp_path / "out")
+
+
+# ---- weights --------------------------------------------------------------
+
+def test_truncated_safetensors(ckpt, tmp_path):
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.safetensors", "re-download",
+                         out=tmp_path / "out")
+
+
+def test_corrupt_safetensors_header(ckpt, tmp_path):
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"#" * 32
+    weights.write_bytes(bytes(data))
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.safetensors", out=tmp_path / "out")
+
+
+def _rewrite(ckpt: Path, edit):
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(ckpt / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_missing_tensor(ckpt, tmp_path):
+    _rewrite(ckpt, lambda t: t.pop("model.layers.1.mlp.down_proj.weight"))
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.1.mlp.down_proj.weight",
+                         "missing", out=tmp_path / "out")
+
+
+def test_tensor_shape_does_not_fit_config(ckpt, tmp_path):
+    import torch
+    _rewrite(ckpt, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(100, 64)))
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.0.mlp.up_proj.weight",
+                         "[100, 64]", "[192, 64]", out=tmp_path / "out")
+
+
+def test_unsupported_dtype(ckpt, tmp_path):
+    import torch
+    _rewrite(ckpt, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight",
+                                           torch.zeros(192, 64, dtype=torch.float64)))
+    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.0.mlp.up_proj.weight", "F64",
+                         out=tmp_path / "out")
+
+
+def test_index_names_missing_shard(tmp_path):
+    big = make_checkpoint(tmp_path / "sharded", TINY_CONFIGS["qwen3"], shard_size_bytes=40_000)
+    shards = sorted(big.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    assert_clean_failure(cli("-m", big, "-o", tmp_path / "out"), shards[-1].name, "missing",
+                         out=tmp_path / "out")
+
+
+# ---- options --------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--block-size", "48"], "--block-size"),
+    (["-p", "int3"], "--precision"),
+    (["-e", "tpu"], "--ep"),
+    (["--no-such-option"], "unrecognized arguments"),
+])
+def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_impossible_combination_refused_up_front(ckpt, tmp_path):
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
+    assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")
+
+
+def test_unknown_option_key_in_python_api(ckpt):
+    from builder import BuilderError, build
+    with pytest.raises(BuilderError, match="unknown option 'int4_block_size'"):
+        build(model=str(ckpt), int4_block_size=32)
+
+
+def test_layer_pattern_matching_nothing(ckpt, tmp_path):
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "--int8-layers", "lm_haed")
+    assert_clean_failure(proc, "lm_haed", "match no projection", out=tmp_path / "out")
+
+
+# ---- output folder ----------------------------------------------------------
+
+def test_existing_output_needs_overwrite(ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert cli("-m", ckpt, "-o", out).returncode == 0
+    first = (out / "build_report.json").read_text()
+    proc = cli("-m", ckpt, "-o", out)
+    assert_clean_failure(proc, str(out), "--overwrite")
+    assert (out / "build_report.json").read_text() == first
+    assert cli("-m", ckpt, "-o", out, "--overwrite").returncode == 0
+    assert (out / "model.onnx").is_file()
+
+
+def test_never_deletes_a_folder_it_did_not_make(ckpt, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = cli("-m", ckpt, "-o", out, "--overwrite")
+    assert_clean_failure(proc, "not made by this builder")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ---- disk full, interruption ----------------------------------------------
+
+def test_write_error_while_streaming_leaves_nothing(ckpt, tmp_path):
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", preexec_fn=small_files)
+    assert_clean_failure(proc, "model.onnx.data", "free disk space", out=out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_mid_build_removes_partial_output(tmp_path, sig):
+    config = {**TINY_CONFIGS["qwen3"], "num_hidden_layers": 24, "hidden_size": 256, "intermediate_size": 1024}
+    ckpt = make_checkpoint(tmp_path / "ckpt", config)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "-p", "fp32"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait until weights are being written
+        if "layer 2/" in line:
+            break
+    # Freeze the build so it cannot finish before the signal lands, then deliver it.
+    proc.send_signal(signal.SIGSTOP)
+    assert list(tmp_path.glob(".builder-staging-*")), "the build should be staged while running"
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+
+
+# ---- tokenizer --------------------------------------------------------------
+
+def test_missing_tokenizer_still_builds_and_warns(ckpt, tmp_path):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (ckpt / name).unlink()
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "tokenizer.json" in proc.stderr and "genai needs them" in proc.stderr
+    report = json.loads((out / "build_report.json").read_text())
+    assert any("tokenizer.json" in note for note in report["notes"])
+    assert (out / "model.onnx").is_file()

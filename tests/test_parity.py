@@ -1,0 +1,97 @@
+"""Logits and tokens of built models against transformers, on CPU.
+
+fp32 builds must match transformers' fp32 model to 1e-4. Quantized builds are
+compared with transformers running the dequantized weights (the very numbers
+MatMulNBits multiplies by), with accuracy_level 0 so the kernel computes in
+fp32: the bound stays as tight as fp32's. Each comparison covers a 12-token
+prefill and 4 decode steps through the KV cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from builder import BuildOptions
+from builder.verify import dequantized_reference, verify_build
+from parity_cases import ALL_CASES
+
+PROMPT, DECODE = 12, 4
+
+
+def check(result, checkpoint_dir, bound):
+    options = BuildOptions(**result.report["options"])
+    parity = verify_build(result.output, checkpoint_dir, options, prompt_length=PROMPT, decode_steps=DECODE)
+    assert parity.steps == DECODE + 1
+    assert parity.max_abs < bound, parity
+    assert parity.argmax_agree == 1.0, parity
+    return parity
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_fp32_logits_match_transformers(built, checkpoint, name):
+    check(built(name, precision="fp32"), checkpoint(name), 1e-4)
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+@pytest.mark.parametrize("precision,symmetric", [("int4", True), ("int4", False), ("int8", True)])
+def test_quantized_logits_match_dequantized_transformers(built, checkpoint, name, precision, symmetric):
+    result = built(name, precision=precision, symmetric=symmetric, accuracy_level=0)
+    check(result, checkpoint(name), 1e-4)
+
+
+@pytest.mark.parametrize("block_size", [16, 64, 128])
+def test_int4_block_sizes(built, checkpoint, block_size):
+    # hidden 64: block 128 pads every row to whole blocks; the embedding Slice drops the padding.
+    result = built("qwen3", precision="int4", block_size=block_size, accuracy_level=0)
+    check(result, checkpoint("qwen3"), 1e-4)
+
+
+def test_mixed_precision_lm_head_int8_and_float(built, checkpoint):
+    result = built("qwen3", precision="int4", int8_layers=["lm_head"], float_layers=["*.down_proj"],
+                   accuracy_level=0)
+    ops = result.report["nodes"]["by_op_type"]
+    assert ops["MatMul"] == 2 and "GatherBlockQuantized" not in ops  # float down_proj; int8 lm_head
+    check(result, checkpoint("qwen3"), 1e-4)
+
+
+def test_default_int4_cpu_build_is_close(built, checkpoint):
+    """Default accuracy_level 4 quantizes activations to int8: looser, but still the same model."""
+    result = built("qwen3", precision="int4")
+    assert result.report["target"]["accuracy_level"] == 4
+    options = BuildOptions(**result.report["options"])
+    parity = verify_build(result.output, checkpoint("qwen3"), options, prompt_length=PROMPT, decode_steps=DECODE)
+    assert parity.nmse < 1e-3, parity
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_source_dtypes(built, checkpoint, dtype):
+    check(built("qwen3", dtype=dtype, precision="fp32"), checkpoint("qwen3", dtype), 1e-4)
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_genai_greedy_tokens_match_transformers(built, checkpoint, name):
+    import onnxruntime_genai as og
+    import torch
+
+    result = built(name, precision="fp32")
+    prompt = [5, 17, 42, 99, 120, 7, 64, 300]
+    new_tokens = 16
+
+    model = og.Model(str(result.output))
+    params = og.GeneratorParams(model)
+    # min_length masks EOS so both sides produce all 16 tokens.
+    params.set_search_options(do_sample=False, max_length=len(prompt) + new_tokens,
+                              min_length=len(prompt) + new_tokens)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    ours = [int(t) for t in generator.get_sequence(0)]
+
+    reference = dequantized_reference(checkpoint(name), BuildOptions(model="x", precision="fp32"))
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
+                                    min_new_tokens=new_tokens, do_sample=False)[0].tolist()
+    assert len(ours) == len(prompt) + new_tokens
+    assert ours == theirs

@@ -1,0 +1,110 @@
+"""Every precision x EP combination loads (or is refused up front), and each
+EP's graph has the structure that EP runs.
+
+cuda/webgpu/dml graphs may hold ops the CPU cannot run (GroupQueryAttention's
+q_norm_weight inputs), so their structure is checked here and their running
+is checked on the GPU machine (docs/packing.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from builder import BuilderError
+from builder.options import EPS, PRECISIONS
+from builder.targets import REFUSED
+from builder.verify import onnx_logits, onnx_session
+
+# Ops with kernels on each EP, from ONNX Runtime's kernel tables (docs/OperatorKernels.md,
+# js/web/docs/webgpu-operators.md). BranchwiseRMSNorm is CPU-only.
+COMMON = {"MatMulNBits", "GatherBlockQuantized", "Gather", "Reshape", "Split", "Slice",
+          "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GroupQueryAttention",
+          "Sigmoid", "Mul", "Add", "MatMul", "Transpose", "ReduceSum", "Sub", "Cast", "Shape"}
+EP_OPS = {"cpu": COMMON | {"BranchwiseRMSNorm", "RotaryEmbedding"}, "cuda": COMMON,
+          "webgpu": COMMON, "dml": COMMON | {"RotaryEmbedding"}}
+
+
+def gqa_nodes(model):
+    return [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+
+
+def uses_qk_norm_inputs(model) -> bool:
+    return any(len(n.input) > 14 and n.input[14] for n in gqa_nodes(model))
+
+
+@pytest.mark.parametrize("ep", EPS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_combination_loads_or_is_refused(built, ep, precision, tmp_path):
+    if (ep, precision) in REFUSED:
+        with pytest.raises(BuilderError, match=f"-p {precision} -e {ep} cannot work"):
+            built("qwen3", precision=precision, ep=ep)
+        return
+    result = built("qwen3", precision=precision, ep=ep)
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    assert {n.op_type for n in model.graph.node} <= EP_OPS[ep]
+    io = next(i for i in model.graph.input if i.name == "past_key_values.0.key").type.tensor_type.elem_type
+    fp32_io = precision == "fp32" or (ep == "cpu" and precision in ("int4", "int8"))
+    assert io == (onnx.TensorProto.FLOAT if fp32_io else onnx.TensorProto.FLOAT16)
+    if uses_qk_norm_inputs(model):
+        assert ep in ("cuda", "webgpu")  # the CPU kernel rejects these at Run
+        return
+    # Everything else runs here: a prefill and two decode steps give finite logits.
+    logits = onnx_logits(onnx_session(result.output), np.arange(1, 7)[None], [3, 4])
+    assert all(np.isfinite(step).all() for step in logits)
+
+
+def test_webgpu_default_loads_on_onnxruntime_webgpu_1_27(built):
+    """onnxruntime-webgpu 1.27.0 rejects the 16-input GQA: our default must not emit it."""
+    result = built("qwen3", precision="int4", ep="webgpu")
+    assert result.report["target"]["ort_version"] == "1.27"
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    assert not uses_qk_norm_inputs(model)
+    assert all(len(n.input) <= 9 for n in gqa_nodes(model))
+    layer0 = [n.op_type for n in model.graph.node if n.name.startswith("/model/layers.0/")]
+    assert layer0[1:5] == ["MatMulNBits", "Split", "Reshape", "SimplifiedLayerNormalization"]
+    assert "BranchwiseRMSNorm" not in layer0
+
+
+@pytest.mark.parametrize("ep", ["cuda", "webgpu"])
+def test_fused_norm_where_the_runtime_has_it(built, ep):
+    result = built("qwen3", precision="int4", ep=ep, target_ort="1.28")
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    assert result.report["layout"]["qkv_packing"] == "fused-norm"
+    for node in gqa_nodes(model):
+        assert node.input[14].endswith("q_norm.weight") and node.input[15].endswith("k_norm.weight")
+        assert any(a.name == "qk_norm_epsilon" for a in node.attribute)
+    ops = result.report["nodes"]["by_op_type"]
+    assert "SimplifiedLayerNormalization" in ops and ops["SimplifiedLayerNormalization"] == 1  # first norm only
+    assert ops["MatMulNBits"] == 2 * 5 + 1  # per layer packed qkv, o, gate, up, down; plus lm_head
+
+
+def test_dml_uses_rotary_nodes_and_separate_projections(built, checkpoint):
+    result = built("qwen3", precision="fp16", ep="dml")
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    assert "position_ids" in [i.name for i in model.graph.input]
+    ops = result.report["nodes"]["by_op_type"]
+    assert ops["RotaryEmbedding"] == 2 * 2
+    assert all(a.i == 0 for n in gqa_nodes(model) for a in n.attribute if a.name == "do_rotary")
+    assert result.report["layout"]["qkv_packing"] == "separate"
+
+
+def test_tied_int4_embedding_shares_lm_head_bytes(built):
+    result = built("qwen3", precision="int4")
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    gbq = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    reshape = next(n for n in model.graph.node if n.output[0] == gbq.input[0])
+    lm_head = next(n for n in model.graph.node if n.name == "/lm_head/MatMulNBits")
+    assert reshape.input[0] == lm_head.input[1] and gbq.input[2] == lm_head.input[2]
+    names = [t.name for t in model.graph.initializer]
+    assert len(names) == len(set(names))
+
+
+def test_untied_embedding_keeps_both(built):
+    result = built("qwen3-untied", precision="int4")
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    ops = result.report["nodes"]["by_op_type"]
+    assert "GatherBlockQuantized" not in ops and ops["Gather"] >= 2
+    names = {t.name for t in model.graph.initializer}
+    assert "model.embed_tokens.weight" in names and "lm_head.qweight" in names
