@@ -146,6 +146,12 @@ class DecoderBuilder:
     def fmt(self, module: str) -> WeightFormat:
         return format_for(module, self.options)
 
+    @classmethod
+    def prepare_reference(cls, model, options: BuildOptions, io_dtype=np.float32) -> None:
+        """builder.verify's hook: after it swaps nn.Linear weights for their dequantized
+        values, give the transformers model the other weights the graph changes (e.g.
+        fused MoE expert tensors). Nothing to do for dense decoders."""
+
     # ---- layout -------------------------------------------------------------
 
     def _check_layer_patterns(self) -> None:
@@ -364,6 +370,12 @@ class DecoderBuilder:
 
     # ---- MLP ----------------------------------------------------------------
 
+    def silu(self, x: str, name: str) -> str:
+        g = self.graph
+        if self.layout.silu == "QuickGelu":
+            return g.op("QuickGelu", [x], f"{name}/QuickGelu", domain=MS_DOMAIN, alpha=1.0)
+        return g.op("Mul", [x, g.op("Sigmoid", [x], f"{name}/Sigmoid")], f"{name}/Mul")
+
     def mlp(self, i: int, x: str) -> str:
         s, g = self.spec, self.graph
         base = f"/model/layers.{i}/mlp"
@@ -377,8 +389,6 @@ class DecoderBuilder:
         else:
             gate, up = (self.proj.matmul(x, f"{base}/{p}_proj", [n], [sh], f)
                         for p, n, sh, f in zip(("gate", "up"), names, shapes, fmts))
-        sig = g.op("Sigmoid", [gate], f"{base}/act_fn/Sigmoid")
-        silu = g.op("Mul", [gate, sig], f"{base}/act_fn/Mul")
-        hidden = g.op("Mul", [silu, up], f"{base}/Mul")
+        hidden = g.op("Mul", [self.silu(gate, f"{base}/act_fn"), up], f"{base}/Mul")
         return self.proj.matmul(hidden, f"{base}/down_proj", [self.weight(i, "mlp.down_proj.weight")],
                                 [(s.hidden_size, s.intermediate_size)], self.fmt(f"model.layers.{i}.mlp.down_proj"))

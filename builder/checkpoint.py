@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
-
 from builder.errors import BuilderError
 
 SUPPORTED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
 
@@ -69,8 +68,8 @@ class Checkpoint:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.config = self._read_config()
+        self._headers: dict[Path, dict] = {}
         self._shard_of = self._index_tensors()
-        self._handles: dict[Path, object] = {}
 
     @classmethod
     def open(cls, model: str) -> "Checkpoint":
@@ -120,20 +119,16 @@ class Checkpoint:
                                "are supported (convert .bin files with transformers' save_pretrained)")
         shards = {}
         for file in files:
-            for name in _read_header(file):
+            for name in self._header(file)["tensors"]:
                 shards[name] = file
         return shards
 
-    def _handle(self, file: Path):
-        handle = self._handles.get(file)
-        if handle is None:
-            try:
-                handle = safe_open(str(file), framework="pt")
-            except Exception as e:
-                raise BuilderError(f"{file} is not a readable safetensors file ({e}); it may be truncated "
-                                   "or corrupt: re-download it") from None
-            self._handles[file] = handle
-        return handle
+    def _header(self, file: Path) -> dict:
+        header = self._headers.get(file)
+        if header is None:
+            header = _parse_header(file)
+            self._headers[file] = header
+        return header
 
     def has(self, name: str) -> bool:
         return name in self._shard_of
@@ -142,20 +137,22 @@ class Checkpoint:
     def tensor_names(self) -> list[str]:
         return list(self._shard_of)
 
-    def _locate(self, name: str):
+    def _entry(self, name: str) -> tuple[Path, dict]:
         file = self._shard_of.get(name)
         if file is None:
             raise BuilderError(f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
                                "the checkpoint is incomplete or not the architecture its config names")
-        return file, self._handle(file)
+        entry = self._header(file)["tensors"].get(name)
+        if entry is None:
+            raise BuilderError(f"the index names {file.name} for tensor {name!r}, but that shard does not "
+                               "hold it; re-download the checkpoint")
+        return file, entry
 
     def shape(self, name: str) -> tuple[int, ...]:
-        file, handle = self._locate(name)
-        return tuple(handle.get_slice(name).get_shape())
+        return tuple(self._entry(name)[1]["shape"])
 
     def dtype(self, name: str) -> str:
-        file, handle = self._locate(name)
-        return handle.get_slice(name).get_dtype()
+        return self._entry(name)[1]["dtype"]
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """The whole tensor, in its stored dtype."""
@@ -163,22 +160,40 @@ class Checkpoint:
 
     def rows(self, name: str, start: int, stop: int | None,
              expect_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """Rows [start:stop) of a tensor, read without touching the other rows."""
-        file, handle = self._locate(name)
-        view = handle.get_slice(name)
-        dtype = view.get_dtype()
+        """Rows [start:stop) of a tensor, read without touching the other rows.
+
+        Plain reads (not mmap): the bytes land in memory we free right after
+        use, so resident memory stays at one chunk instead of growing with
+        every page of the checkpoint we have touched.
+        """
+        file, entry = self._entry(name)
+        dtype, shape = entry["dtype"], tuple(entry["shape"])
         if dtype not in SUPPORTED_DTYPES:
             raise BuilderError(f"tensor {name!r} in {file.name} has dtype {dtype}; supported: "
                                + ", ".join(SUPPORTED_DTYPES) + " (quantized checkpoints are not supported)")
-        shape = tuple(view.get_shape())
         if expect_shape is not None and shape != tuple(expect_shape):
             raise BuilderError(f"tensor {name!r} has shape {list(shape)} but config.json implies "
                                f"{list(expect_shape)}; the weights do not match the config")
+        rows_total = shape[0] if shape else 1
+        stop = rows_total if stop is None else min(stop, rows_total)
+        start = min(start, stop)
+        row_shape = shape[1:]
+        row_bytes = math.prod(row_shape) * DTYPE_SIZES[dtype]
+        begin = self._header(file)["data_start"] + entry["data_offsets"][0] + start * row_bytes
+        length = (stop - start) * row_bytes
+        buffer = bytearray(length)
         try:
-            return view[start:stop] if len(shape) > 0 else view[:]
-        except Exception as e:
-            raise BuilderError(f"could not read tensor {name!r} from {file} ({e}); the file may be "
-                               "truncated or corrupt: re-download it") from None
+            with open(file, "rb") as f:
+                f.seek(begin)
+                got = f.readinto(buffer)
+        except OSError as e:
+            raise BuilderError(f"could not read tensor {name!r} from {file} ({e.strerror or e})") from None
+        if got != length:
+            raise BuilderError(f"{file} ends inside tensor {name!r}; the file is truncated: re-download it")
+        out_shape = (stop - start, *row_shape) if shape else ()
+        if length == 0:
+            return torch.empty(out_shape, dtype=SUPPORTED_DTYPES[dtype])
+        return torch.frombuffer(buffer, dtype=SUPPORTED_DTYPES[dtype]).reshape(out_shape)
 
     # ---- identity -----------------------------------------------------------
 
@@ -211,13 +226,25 @@ def _header_bytes(file: Path) -> bytes:
                            "or corrupt: re-download it") from None
 
 
-def _read_header(file: Path) -> list[str]:
+def _parse_header(file: Path) -> dict:
+    """Tensor table of a safetensors file, checked against the file's size."""
+    raw = _header_bytes(file)
     try:
-        header = json.loads(_header_bytes(file))
-    except json.JSONDecodeError as e:
+        table = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BuilderError(f"{file} has a corrupt safetensors header ({e}); re-download it") from None
-    return [name for name in header if name != "__metadata__"]
-
-
-def to_numpy_f32(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.to(torch.float32).numpy()
+    if not isinstance(table, dict):
+        raise BuilderError(f"{file} has a corrupt safetensors header; re-download it")
+    table.pop("__metadata__", None)
+    data_start = 8 + len(raw)
+    size = file.stat().st_size
+    for name, entry in table.items():
+        try:
+            end = data_start + int(entry["data_offsets"][1])
+            entry["shape"] = [int(d) for d in entry["shape"]]
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise BuilderError(f"{file}: header entry for {name!r} is malformed; re-download it") from None
+        if end > size:
+            raise BuilderError(f"{file} is truncated ({size} bytes, tensor {name!r} ends at byte {end}); "
+                               "re-download it")
+    return {"tensors": table, "data_start": data_start}

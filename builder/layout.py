@@ -42,12 +42,13 @@ class Layout:
     head_norm: str    # branchwise | reshape-sln | gqa (only with qk-norm)
     rotary_in_gqa: bool
     packed_qkv_into_gqa: bool  # no Split: GQA reads the packed QKV (no QK-norm, rotary in GQA)
+    silu: str = "QuickGelu"    # QuickGelu (alpha=1 is exactly SiLU, one node) or Sigmoid+Mul
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> dict:
         return {"qkv_packing": self.qkv, "mlp_packing": self.mlp, "head_norm": self.head_norm,
                 "rotary_in_gqa": self.rotary_in_gqa, "packed_qkv_into_gqa": self.packed_qkv_into_gqa,
-                "notes": list(self.notes)}
+                "silu": self.silu, "notes": list(self.notes)}
 
 
 def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
@@ -97,4 +98,5 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
     else:
         head_norm = "reshape-sln"
     packed_into_gqa = (qkv == "packed-split" and not qk_norm and rotary_in_gqa)
-    return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, tuple(notes))
+    silu = "QuickGelu" if target.supports("quick_gelu") else "Sigmoid+Mul"
+    return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes))

@@ -21,9 +21,9 @@ from builder.verify import onnx_logits, onnx_session
 # js/web/docs/webgpu-operators.md). BranchwiseRMSNorm is CPU-only.
 COMMON = {"MatMulNBits", "GatherBlockQuantized", "Gather", "Reshape", "Split", "Slice",
           "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GroupQueryAttention",
-          "Sigmoid", "Mul", "Add", "MatMul", "Transpose", "ReduceSum", "Sub", "Cast", "Shape"}
+          "QuickGelu", "Sigmoid", "Mul", "Add", "MatMul", "Transpose", "ReduceSum", "Sub", "Cast", "Shape"}
 EP_OPS = {"cpu": COMMON | {"BranchwiseRMSNorm", "RotaryEmbedding"}, "cuda": COMMON,
-          "webgpu": COMMON, "dml": COMMON | {"RotaryEmbedding"}}
+          "webgpu": COMMON, "dml": (COMMON - {"QuickGelu"}) | {"RotaryEmbedding"}}
 
 
 def gqa_nodes(model):

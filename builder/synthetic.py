@@ -1,0 +1,576 @@
+"""Deterministic random-weight Hugging Face checkpoints for tests and benchmarks.
+
+Nothing can be downloaded here, so every checkpoint the tests and benchmarks use is
+made by this module: config.json, generation_config.json, safetensors weights laid out
+exactly as the hub does (names, shapes, sharding, index) and a small Qwen-style
+byte-level BPE tokenizer shipped in ``builder/synthetic_tokenizer/``.
+
+Weights are written by a streaming safetensors writer: each tensor is generated from its
+own seeded generator (seed derived from the base seed and the tensor name), so the bytes
+depend only on (config, dtype, seed), not on sharding or order, and a 4B model never has
+to fit in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+import struct
+from pathlib import Path
+
+import torch
+
+TOKENIZER_DIR = Path(__file__).with_name("synthetic_tokenizer")
+
+# Shipped tokenizer: 477 byte-level BPE tokens, then the special tokens appended at the
+# end like Qwen does (151643.. on the real vocab). test_synthetic checks these numbers.
+ENDOFTEXT_ID, IM_START_ID, IM_END_ID = 477, 478, 479
+TOKENIZER_VOCAB_SIZE = 480
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# --------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------
+
+
+def _tiny(arch: str, model_type: str, **dims) -> dict:
+    """A tiny config in the key style of published hub config.json files (rope_theta,
+    rope_scaling, torch_dtype), which is what the ONNX builder has to read."""
+    cfg = {
+        "architectures": [arch],
+        "model_type": model_type,
+        "vocab_size": TOKENIZER_VOCAB_SIZE,
+        "bos_token_id": ENDOFTEXT_ID,
+        "eos_token_id": IM_END_ID,
+        "pad_token_id": ENDOFTEXT_ID,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-06,
+        "max_position_embeddings": 256,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+        "torch_dtype": "bfloat16",
+    }
+    cfg.update(dims)
+    return cfg
+
+
+# Sizes keep every matmul's input dim a multiple of 32 (int4 block 32) and head_dim >= 16.
+TINY_CONFIGS: dict[str, dict] = {
+    # head_dim * heads (128) != hidden (64): catches code that assumes hidden/heads.
+    "qwen3": _tiny(
+        "Qwen3ForCausalLM", "qwen3",
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        attention_bias=False, tie_word_embeddings=True,
+        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+    ),
+    "qwen3-1kv": _tiny(
+        "Qwen3ForCausalLM", "qwen3",
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+        attention_bias=False, tie_word_embeddings=True,
+        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+    ),
+    "qwen3-untied": _tiny(
+        "Qwen3ForCausalLM", "qwen3",
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        attention_bias=False, tie_word_embeddings=False,
+        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+    ),
+    # Llama 3.x style rope scaling, shrunk so that all three frequency bands
+    # (kept / interpolated / divided by factor) occur with head_dim 32.
+    "llama": _tiny(
+        "LlamaForCausalLM", "llama",
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        attention_bias=False, mlp_bias=False, pretraining_tp=1, tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+        },
+    ),
+    # Qwen2 always has q/k/v biases (no attention_bias key on the hub).
+    "qwen2": _tiny(
+        "Qwen2ForCausalLM", "qwen2",
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+        rope_theta=1000000.0,
+    ),
+    # sliding_window 8 is shorter than the test prompts, so the window really bites.
+    "mistral": _tiny(
+        "MistralForCausalLM", "mistral",
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        tie_word_embeddings=False, sliding_window=8,
+    ),
+    "mistral-nosw": _tiny(
+        "MistralForCausalLM", "mistral",
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        tie_word_embeddings=False, sliding_window=None,
+    ),
+    # Keys as in Qwen/Qwen3-30B-A3B's config.json (transformers 5 accepts num_experts
+    # and saves it back as num_local_experts).
+    "qwen3-moe": _tiny(
+        "Qwen3MoeForCausalLM", "qwen3_moe",
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        attention_bias=False, tie_word_embeddings=False,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+        decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
+        output_router_logits=False, router_aux_loss_coef=0.001,
+        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+    ),
+}
+
+
+def _qwen3_real(hidden, inter, layers, heads, window_layers) -> dict:
+    """config.json of the published Qwen3 dense instruct checkpoints."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
+        "max_position_embeddings": 40960,
+        "max_window_layers": window_layers,
+        "model_type": "qwen3",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000000,
+        "sliding_window": None,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": 151936,
+    }
+
+
+REAL_CONFIGS: dict[str, dict] = {
+    "qwen3-0.6b": _qwen3_real(hidden=1024, inter=3072, layers=28, heads=16, window_layers=28),
+    "qwen3-1.7b": _qwen3_real(hidden=2048, inter=6144, layers=28, heads=16, window_layers=28),
+    "qwen3-4b": _qwen3_real(hidden=2560, inter=9728, layers=36, heads=32, window_layers=36),
+}
+HUB_IDS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
+
+_QWEN3_GENERATION = {
+    "bos_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "temperature": 0.6,
+    "top_k": 20,
+    "top_p": 0.95,
+    "transformers_version": "4.51.0",
+}
+REAL_GENERATION_CONFIGS: dict[str, dict] = {name: dict(_QWEN3_GENERATION) for name in REAL_CONFIGS}
+# The hub files of Qwen3-0.6B and Qwen3-1.7B store lm_head.weight (a copy of the
+# embedding) although tie_word_embeddings is true: 311 tensors, 1503300328 bytes for
+# 0.6B; 1.7B's second shard is that tensor alone. Qwen3-4B's 398 tensors have none.
+HUB_TIED_LM_HEAD = {"qwen3-0.6b", "qwen3-1.7b"}
+
+# Qwen's save_pretrained used a 4 GB shard limit: 0.6B -> 1 file, 1.7B -> 2, 4B -> 3.
+HUB_SHARD_SIZE = 4_000_000_000
+
+
+def default_generation_config(config: dict) -> dict:
+    """Qwen3-style sampling defaults with the config's own special token ids, so that
+    the builder's handling of generation_config.json is exercised on tiny models too."""
+    eos = config["eos_token_id"]
+    eos = list(eos) if isinstance(eos, list) else [eos]
+    pad = config.get("pad_token_id")
+    if pad is not None and pad not in eos:
+        eos.append(pad)
+    gen = {k: v for k, v in _QWEN3_GENERATION.items() if k != "transformers_version"}
+    gen.update(bos_token_id=config.get("bos_token_id"), eos_token_id=eos, pad_token_id=pad)
+    return gen
+
+
+# --------------------------------------------------------------------------------------
+# Weight layout
+# --------------------------------------------------------------------------------------
+
+
+def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every checkpoint tensor, in the model's state_dict order (the
+    order save_pretrained shards in). Names follow the hub files, e.g. MoE experts are
+    stored one by one (transformers 5 fuses them at load time). Tied models have no
+    lm_head.weight unless tied_lm_head (a copy of the embedding, as in Qwen3-0.6B/1.7B)."""
+    mt = config["model_type"]
+    if mt not in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe"):
+        raise ValueError(f"unsupported model_type {mt!r}")
+    h, v = config["hidden_size"], config["vocab_size"]
+    nh, nkv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    hd = config.get("head_dim") or h // nh
+    qkv_bias = mt == "qwen2" or config.get("attention_bias", False)
+    mlp_bias = config.get("mlp_bias", False)
+    out = [("model.embed_tokens.weight", (v, h))]
+
+    def linear(name, n_out, n_in, bias=False):
+        out.append((f"{name}.weight", (n_out, n_in)))
+        if bias:
+            out.append((f"{name}.bias", (n_out,)))
+
+    def mlp(p, inter):
+        linear(f"{p}.gate_proj", inter, h, mlp_bias)
+        linear(f"{p}.up_proj", inter, h, mlp_bias)
+        linear(f"{p}.down_proj", h, inter, mlp_bias)
+
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}"
+        linear(f"{p}.self_attn.q_proj", nh * hd, h, qkv_bias)
+        linear(f"{p}.self_attn.k_proj", nkv * hd, h, qkv_bias)
+        linear(f"{p}.self_attn.v_proj", nkv * hd, h, qkv_bias)
+        linear(f"{p}.self_attn.o_proj", h, nh * hd, config.get("attention_bias", False) and mt != "qwen2")
+        if mt.startswith("qwen3"):  # per-head RMSNorm on q and k
+            out += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
+        sparse = (
+            mt == "qwen3_moe"
+            and i not in config.get("mlp_only_layers", [])
+            and (i + 1) % config.get("decoder_sparse_step", 1) == 0
+        )
+        if sparse:
+            n_exp = config.get("num_experts", config.get("num_local_experts"))
+            out.append((f"{p}.mlp.gate.weight", (n_exp, h)))
+            for e in range(n_exp):
+                mlp(f"{p}.mlp.experts.{e}", config["moe_intermediate_size"])
+        else:
+            mlp(f"{p}.mlp", config["intermediate_size"])
+        out += [(f"{p}.input_layernorm.weight", (h,)), (f"{p}.post_attention_layernorm.weight", (h,))]
+    out.append(("model.norm.weight", (h,)))
+    if tied_lm_head or not config.get("tie_word_embeddings", False):
+        out.append(("lm_head.weight", (v, h)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Streaming safetensors writer
+# --------------------------------------------------------------------------------------
+
+_DTYPES = {  # name -> (torch dtype, safetensors dtype, itemsize)
+    "bfloat16": (torch.bfloat16, "BF16", 2),
+    "float16": (torch.float16, "F16", 2),
+    "float32": (torch.float32, "F32", 4),
+}
+_CHUNK = 1 << 22  # elements generated per step; fixed so values never depend on RAM or sharding
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+def _init(name: str, shape) -> tuple[float, float]:
+    """(mean, std) of a tensor's values.
+
+    Matrices get std 1/sqrt(fan_in): ~0.02 on real sizes (0.0198 for Qwen3-4B's hidden
+    2560, like initializer_range), but on tiny models 0.02 would make every layer's
+    output negligible next to the residual stream, and a tied model would just repeat
+    its last input token whatever the attention does, so tests could not see bugs.
+    Norm scales are 1 + noise and biases clearly non-zero, so that dropping either one
+    changes the logits.
+    """
+    if name.endswith("norm.weight"):  # input_layernorm, q_norm, model.norm, ...
+        return 1.0, 0.1
+    if len(shape) == 1:  # biases
+        return 0.0, 0.1
+    return 0.0, shape[-1] ** -0.5
+
+
+def tensor_chunks(name: str, shape, dtype: str, seed: int, tied: bool = False):
+    """Yield the tensor's values as flat chunks, drawn from its own seeded generator
+    (a tied lm_head draws the embedding's values, so the two are equal)."""
+    if tied and name == "lm_head.weight":
+        name = "model.embed_tokens.weight"
+    tdtype = _DTYPES[dtype][0]
+    mean, std = _init(name, shape)
+    gen = torch.Generator().manual_seed(_tensor_seed(seed, name))
+    n = math.prod(shape)
+    for start in range(0, n, _CHUNK):
+        yield torch.empty(min(_CHUNK, n - start), dtype=tdtype).normal_(mean, std, generator=gen)
+
+
+def make_tensor(name: str, shape, dtype: str = "bfloat16", seed: int = 0, tied: bool = False) -> torch.Tensor:
+    """The full tensor make_checkpoint writes under this name (for tests)."""
+    return torch.cat(list(tensor_chunks(name, shape, dtype, seed, tied))).reshape(shape)
+
+
+def _header(entries, itemsize: int, st_dtype: str) -> tuple[bytes, list]:
+    """safetensors header as the Rust library writes it: tensors sorted by name (single
+    dtype), {"__metadata__"} first, compact JSON padded with spaces to 8 bytes."""
+    entries = sorted(entries)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in entries:
+        nbytes = itemsize * math.prod(shape)
+        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, entries
+
+
+def write_safetensors(path: Path, entries, dtype: str, seed: int, tied: bool = False) -> None:
+    """Write one safetensors file tensor by tensor; memory use is one chunk."""
+    _, st_dtype, itemsize = _DTYPES[dtype]
+    head, entries = _header(entries, itemsize, st_dtype)
+    with open(path, "wb") as f:
+        f.write(head)
+        for name, shape in entries:
+            for chunk in tensor_chunks(name, shape, dtype, seed, tied):
+                f.write(chunk.view(torch.uint8).numpy().data)
+
+
+def _shard(entries, itemsize: int, max_bytes: int) -> list[list]:
+    """huggingface_hub's split_torch_state_dict_into_shards: fill shards in state_dict
+    order, start a new one when the next tensor would overflow, oversize tensors alone."""
+    shards, cur, cur_size = [], [], 0
+    for name, shape in entries:
+        size = itemsize * math.prod(shape)
+        if size > max_bytes:
+            shards.append([(name, shape)])
+            continue
+        if cur and cur_size + size > max_bytes:
+            shards.append(cur)
+            cur, cur_size = [], 0
+        cur.append((name, shape))
+        cur_size += size
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def plan_files(
+    config: dict, dtype: str = "bfloat16", shard_size_bytes: int | None = None, *, tied_lm_head: bool = False
+) -> dict[str, list]:
+    """File name -> [(tensor name, shape)] as make_checkpoint writes them (no I/O).
+    One file is model.safetensors; several use the hub's model-0000i-of-0000n names."""
+    entries = weight_shapes(config, tied_lm_head=tied_lm_head)
+    shards = _shard(entries, _DTYPES[dtype][2], shard_size_bytes or HUB_SHARD_SIZE)
+    if len(shards) == 1:
+        return {"model.safetensors": shards[0]}
+    return {f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors": s for i, s in enumerate(shards)}
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoint
+# --------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, obj, indent: int = 2, sort_keys: bool = True, end: str = "\n") -> None:
+    # Default: transformers' formatting (to_json_file, the safetensors index).
+    path.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys) + end)
+
+
+def make_checkpoint(
+    out_dir,
+    config: dict,
+    *,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    shard_size_bytes: int | None = None,
+    tokenizer: bool = True,
+    generation_config: dict | None = None,
+    tied_lm_head: bool = False,
+) -> Path:
+    """Write a random-weight HF checkpoint for ``config`` into ``out_dir``.
+
+    shard_size_bytes=None shards like the Qwen3 hub repos (4 GB files), so tiny models
+    get a single model.safetensors and the real Qwen3 configs get the hub's file names.
+    tied_lm_head also stores lm_head.weight (equal to the embedding) in a tied model.
+    Same arguments -> identical bytes.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(config)
+    cfg["torch_dtype"] = dtype  # describe the weights actually written
+    if "dtype" in cfg:
+        cfg["dtype"] = dtype
+    # Formatted like Qwen3's hub files (byte-identical for the real configs).
+    _write_json(out / "config.json", cfg, end="")
+    gen = generation_config or default_generation_config(cfg)
+    _write_json(out / "generation_config.json", gen, indent=4, sort_keys=False, end="")
+
+    files = plan_files(cfg, dtype, shard_size_bytes, tied_lm_head=tied_lm_head)
+    tied = cfg.get("tie_word_embeddings", False)
+    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        old.unlink()  # stale shards from an earlier run would confuse loaders
+    for fname, entries in files.items():
+        write_safetensors(out / fname, entries, dtype, seed, tied)
+    if len(files) > 1:
+        itemsize = _DTYPES[dtype][2]
+        weight_map = {name: fname for fname, entries in files.items() for name, _ in entries}
+        total = sum(itemsize * math.prod(shape) for entries in files.values() for _, shape in entries)
+        _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+    if tokenizer:
+        for f in sorted(TOKENIZER_DIR.iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, out / f.name)
+    return out
+
+
+def make_real_checkpoint(name: str, out_dir, *, dtype: str = "bfloat16", seed: int = 0) -> Path:
+    """Random weights in the exact file layout of a published model (REAL_CONFIGS key)."""
+    return make_checkpoint(
+        out_dir, REAL_CONFIGS[name], dtype=dtype, seed=seed,
+        generation_config=REAL_GENERATION_CONFIGS[name], tied_lm_head=name in HUB_TIED_LM_HEAD,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer (built once by build_tokenizer(); the files are shipped in synthetic_tokenizer/)
+# --------------------------------------------------------------------------------------
+
+# Qwen2/Qwen3 pre-tokenizer regex (as in their tokenizer.json).
+_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_CORPUS = """\
+The small town sat at the edge of a wide river, and every morning the people who lived
+there walked down to the water to watch the boats go by. Some of them carried bread and
+coffee, some carried nothing at all, and a few of the older men brought long wooden
+fishing poles that they had made themselves many years before.
+
+Hello world! This is a simple story about time, weather, work and the people of the town.
+In the spring the rain came often, and the river rose until it touched the lowest steps
+of the old stone bridge. In the summer the sun was hot and bright, the children swam in
+the shallow water near the bank, and their parents sat in the shade and talked about the
+market, the price of apples, and the news from the city.
+
+The teacher at the school liked to say that a good question is worth more than a quick
+answer. She asked her students to write one question every day in a small notebook. What
+is the river made of? Why does the moon change its shape? How many stars can a person
+count in one night? Where do the birds go when the weather turns cold?
+
+One student, a quiet girl named Anna, wrote: "If I follow the river, where will it take
+me?" The teacher smiled and said that the river would take her to the sea, and that the
+sea would take her to every other place in the world, if she was patient and brave.
+
+In the autumn the leaves turned red and gold, and the wind carried them across the roads
+and into the open windows of the houses. The baker made apple cakes, the farmers brought
+their last vegetables to the market, and the evenings grew long and dark. People lit
+their lamps early and read books, played music, or told stories by the fire.
+
+The winter of 1987 was the coldest anyone could remember. For 42 days the river was
+covered with ice, and on the 7th of January the whole town went out to walk on it. They
+laughed, they fell, they helped each other stand up again. Later, the mayor said it was
+the best day the town had seen in 100 years, and nobody argued with him.
+
+Numbers, names and dates: 0 1 2 3 4 5 6 7 8 9, 10, 25, 3.14, 2024-05-17, 12:30.
+Questions and answers, lists and notes; commas, periods, colons: and (brackets) too.
+It's, don't, we're, they've, I'm, you'll, she'd - the words that people use every day.
+
+When Anna grew up, she did follow the river. She worked on a boat, then on a ship, and
+she saw the cities and the mountains and the deserts she had read about as a child. But
+every year, when the first snow fell, she came back to the small town by the river, and
+she walked down to the water in the morning, just as she had done when she was young.
+"""
+
+
+def build_tokenizer(out_dir=TOKENIZER_DIR, vocab_size: int = ENDOFTEXT_ID) -> Path:
+    """Train the byte-level BPE on _CORPUS and write the HF tokenizer files.
+
+    Run once; the output is committed. The pipeline mirrors Qwen2's tokenizer.json
+    (NFC, regex split + ByteLevel, ByteLevel decoder) so that both transformers'
+    Qwen2Tokenizer and onnxruntime-extensions treat it as a Qwen tokenizer.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte stays encodable
+        special_tokens=[],
+    )
+    tok.train_from_iterator([_CORPUS], trainer=trainer)
+    if tok.get_vocab_size() != vocab_size:
+        raise RuntimeError(f"corpus too small: got {tok.get_vocab_size()} tokens, want {vocab_size}")
+    # Appended after training so they get the last ids, as in Qwen's vocab.
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+
+    # The Python API drops some flags when serializing; patch the JSON so it matches
+    # Qwen2's tokenizer.json field for field (other readers may look at them).
+    spec = json.loads(tok.to_str())
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    spec["decoder"] = dict(byte_level)
+    spec["post_processor"] = dict(byte_level)
+    spec["model"].update(continuing_subword_prefix="", end_of_word_suffix="")
+    tok = Tokenizer.from_str(json.dumps(spec))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    added = {
+        str(tok.token_to_id(t)): {
+            "content": t, "lstrip": False, "normalized": False, "rstrip": False,
+            "single_word": False, "special": True,
+        }
+        for t in SPECIAL_TOKENS
+    }
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": added,
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            "bos_token": None,
+            "chat_template": _CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "errors": "replace",
+            "model_max_length": 256,
+            "pad_token": "<|endoftext|>",
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "unk_token": None,
+        },
+    )
+    _write_json(
+        out / "special_tokens_map.json",
+        {
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            "eos_token": {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+            "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+        },
+    )
+    return out
+

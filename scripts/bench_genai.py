@@ -1,0 +1,113 @@
+"""Time prefill and decode of built model folders through onnxruntime-genai, interleaved.
+
+    python scripts/bench_genai.py NAME=DIR [NAME=DIR ...] --provider cpu --prompt 128 --new 64 --rounds 5
+
+Every round runs every model once, in a rotated order, so drift of the
+machine (clocks, other load) hits all models alike; the report gives medians
+and the ratio of each model to the first. Models that fail to load are
+reported as such (with the error), not dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def load(path: str, provider: str):
+    import onnxruntime_genai as og
+    config = og.Config(path)
+    config.clear_providers()
+    if provider != "cpu":
+        config.append_provider(provider)
+    return og.Model(config)
+
+
+def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) for one greedy generation."""
+    import onnxruntime_genai as og
+    prompt = [(7 * i + 3) % vocab + 1 for i in range(prompt_len)]
+    params = og.GeneratorParams(model)
+    total = prompt_len + new_tokens
+    params.set_search_options(do_sample=False, max_length=total, min_length=total)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(prompt)
+    generator.generate_next_token()          # the first token closes the prefill
+    first = time.perf_counter()
+    steps = 0
+    while not generator.is_done():
+        generator.generate_next_token()
+        steps += 1
+    end = time.perf_counter()
+    return first - start, steps / (end - first) if steps else float("nan")
+
+
+def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: int, rounds: int,
+          warmup: int = 1) -> dict:
+    loaded, errors = {}, {}
+    for name, path in models.items():
+        try:
+            loaded[name] = load(path, provider)
+        except Exception as e:  # a model that does not load is a result, not a crash
+            errors[name] = str(e).splitlines()[0][:300]
+    samples = {name: {"prefill_s": [], "decode_tok_s": []} for name in loaded}
+    names = list(loaded)
+    for r in range(warmup + rounds):
+        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        for name in order:
+            prefill, decode = run_once(loaded[name], prompt_len, new_tokens)
+            if r >= warmup:
+                samples[name]["prefill_s"].append(prefill)
+                samples[name]["decode_tok_s"].append(decode)
+    results = {}
+    for name in names:
+        s = samples[name]
+        results[name] = {"prefill_ms_median": 1000 * statistics.median(s["prefill_s"]),
+                         "decode_tok_s_median": statistics.median(s["decode_tok_s"]),
+                         "prefill_ms": [round(1000 * v, 2) for v in s["prefill_s"]],
+                         "decode_tok_s": [round(v, 2) for v in s["decode_tok_s"]]}
+    if names:
+        base = results[names[0]]
+        for name in names:
+            results[name]["decode_vs_first"] = results[name]["decode_tok_s_median"] / base["decode_tok_s_median"]
+            results[name]["prefill_vs_first"] = results[name]["prefill_ms_median"] / base["prefill_ms_median"]
+    return {"provider": provider, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
+            "models": models, "results": results, "load_errors": errors}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"provider {report['provider']}, prompt {report['prompt_tokens']} tokens, "
+             f"{report['new_tokens']} new tokens, {report['rounds']} interleaved rounds (medians)", "",
+             "| model | decode tok/s | vs first | prefill ms | vs first |", "|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        lines.append(f"| {name} | {r['decode_tok_s_median']:.1f} | {r['decode_vs_first']:.3f} | "
+                     f"{r['prefill_ms_median']:.1f} | {r['prefill_vs_first']:.3f} |")
+    for name, error in report["load_errors"].items():
+        lines.append(f"| {name} | does not load: {error} | | | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", metavar="NAME=DIR")
+    parser.add_argument("--provider", default="cpu")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", help="Write the raw results here.")
+    args = parser.parse_args()
+    models = dict(m.split("=", 1) for m in args.models)
+    report = bench(models, args.provider, args.prompt, args.new, args.rounds)
+    print(markdown(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Build one checkpoint in each packing layout and time them side by side.
+
+    python scripts/bench_layouts.py --checkpoint /tmp/ckpt/qwen3-0.6b --ep cpu --rounds 5 \
+        --json docs/results/layouts-cpu.json [--extra reference=/path/to/reference/model]
+
+Layouts are (qkv packing, mlp packing) pairs; `auto` is included so the table
+shows where the default lands. Timing is bench_genai.py's: interleaved rounds
+through onnxruntime-genai, medians, ratios to the first model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_genai import bench, markdown  # noqa: E402
+
+from builder import BuildOptions, build  # noqa: E402
+from builder.inspect import summarize  # noqa: E402
+
+LAYOUTS = {
+    "cpu": [("auto", "auto"), ("packed-split", "separate"), ("separate", "separate"), ("separate", "packed")],
+    "webgpu": [("auto", "auto"), ("packed-split", "packed"), ("separate", "separate"), ("separate", "packed")],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--ep", default="cpu", choices=sorted(LAYOUTS))
+    parser.add_argument("--precision", default="int4")
+    parser.add_argument("--target-ort", default=None)
+    parser.add_argument("--work", default="/tmp/bench-layouts", help="Where the builds go.")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                        help="Other model folders to time alongside (e.g. the reference builder's).")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    models, layouts = {}, {}
+    for qkv, mlp in LAYOUTS[args.ep]:
+        name = f"{qkv}/{mlp}"
+        out = Path(args.work) / f"{args.ep}-{args.precision}-{qkv}-{mlp}"
+        result = build(BuildOptions(model=args.checkpoint, precision=args.precision, ep=args.ep, output=str(out),
+                                    qkv_packing=qkv, mlp_packing=mlp, target_ort=args.target_ort, overwrite=True),
+                       show_progress=False)
+        layout = result.report["layout"]
+        name = f"{name} -> {layout['qkv_packing']}/{layout['mlp_packing']}" if "auto" in name else name
+        models[name] = str(out)
+        layouts[name] = {"layout": layout, "nodes": result.report["nodes"]["total"],
+                         "build_s": result.report["timings"]["total_s"]}
+    for extra in args.extra:
+        name, path = extra.split("=", 1)
+        models[name] = path
+        layouts[name] = {"nodes": summarize(Path(path))["nodes"]}
+
+    report = bench(models, "cpu" if args.ep == "cpu" else args.ep, args.prompt, args.new, args.rounds)
+    report["builds"] = layouts
+    print(markdown(report))
+    print("\nnodes: " + ", ".join(f"{k}: {v['nodes']}" for k, v in layouts.items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Write a deterministic random-weight HF checkpoint (see builder/synthetic.py).
+
+    python scripts/make_checkpoint.py qwen3-4b /tmp/ckpt/qwen3-4b [--seed N] [--dtype float32]
+
+Names: the real Qwen3 configs (qwen3-0.6b, qwen3-1.7b, qwen3-4b) and the tiny test
+configs, as tiny-<name> (tiny-qwen3, tiny-llama, tiny-qwen3-moe, ...).
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from builder import synthetic  # noqa: E402
+
+
+def main() -> None:
+    names = list(synthetic.REAL_CONFIGS) + [f"tiny-{n}" for n in synthetic.TINY_CONFIGS]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=names)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    args = ap.parse_args()
+
+    start = time.perf_counter()
+    if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included
+        out = synthetic.make_real_checkpoint(args.name, args.out_dir, dtype=args.dtype, seed=args.seed)
+    else:
+        config = synthetic.TINY_CONFIGS[args.name.removeprefix("tiny-")]
+        out = synthetic.make_checkpoint(args.out_dir, config, dtype=args.dtype, seed=args.seed)
+    elapsed = time.perf_counter() - start
+
+    total = 0
+    for f in sorted(out.iterdir()):
+        if f.is_file():
+            total += f.stat().st_size
+            print(f"  {f.stat().st_size:>14,d}  {f.name}")
+    print(f"wrote {args.name} ({args.dtype}, seed {args.seed}) to {out}: {total / 1e6:,.1f} MB in {elapsed:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
