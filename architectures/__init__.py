@@ -12,6 +12,10 @@ from architectures.base import DecoderBuilder, DecoderSpec
 from architectures.registry import builder_class_for, register, registered
 from architectures.llama import LlamaBuilder
 from architectures.qwen3 import Qwen3Builder
+from architectures.qwen2 import Qwen2Builder
+from architectures.mistral import MistralBuilder
+from architectures.qwen3_moe import Qwen3MoeBuilder
 
-__all__ = ["DecoderBuilder", "DecoderSpec", "LlamaBuilder", "Qwen3Builder",
+__all__ = ["DecoderBuilder", "DecoderSpec", "LlamaBuilder", "MistralBuilder", "Qwen2Builder", "Qwen3Builder",
+           "Qwen3MoeBuilder",
            "builder_class_for", "register", "registered"]

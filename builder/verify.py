@@ -57,14 +57,17 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
                 model.get_output_embeddings().weight = torch.nn.Parameter(dq)
                 continue
             module.weight.copy_(dq)
+        # Weights outside nn.Linear (MoE experts): the architecture knows their format.
+        from architectures.registry import builder_class_for
+        builder_class_for(model.config.to_dict()).prepare_reference(model, options, io_dtype)
     return model
 
 
-def onnx_session(model_dir: str | Path):
+def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=[provider])
 
 
 def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
@@ -120,9 +123,10 @@ def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResul
 
 
 def verify_build(model_dir: str | Path, checkpoint_dir: str | Path, options: BuildOptions,
-                 prompt_length: int = 8, decode_steps: int = 4, seed: int = 0) -> ParityResult:
-    """Prefill + greedy-free decode (fixed random tokens) parity against transformers."""
-    session = onnx_session(model_dir)
+                 prompt_length: int = 8, decode_steps: int = 4, seed: int = 0,
+                 provider: str = "CPUExecutionProvider") -> ParityResult:
+    """Prefill + decode (fixed random tokens) parity against transformers."""
+    session = onnx_session(model_dir, provider)
     vocab = session.get_outputs()[0].shape[-1]
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, size=(1, prompt_length))

@@ -9,6 +9,12 @@ PARITY_CASES: dict[str, list[str]] = {
     "Qwen3ForCausalLM": ["qwen3", "qwen3-1kv", "qwen3-untied"],
     # Llama-3 rope scaling with all three frequency bands in use.
     "LlamaForCausalLM": ["llama"],
+    # q/k/v biases: one packed bias Add before the Split (or three Adds when separate).
+    "Qwen2ForCausalLM": ["qwen2"],
+    # sliding_window 8 under a 12-token prompt + decode, and the same model without a window.
+    "MistralForCausalLM": ["mistral", "mistral-nosw"],
+    # 4 experts, top-2, normalized top-k weights: MoE (fp32) / QMoE (int4, int8) nodes.
+    "Qwen3MoeForCausalLM": ["qwen3-moe"],
 }
 
 ALL_CASES = [name for names in PARITY_CASES.values() for name in names]

@@ -1,0 +1,236 @@
+"""Qwen3-MoE (Qwen3MoeForCausalLM): Qwen3 attention, sparse MoE MLPs.
+
+A sparse layer's MLP is one com.microsoft MoE (float) or QMoE (int4/int8) node
+fed by a float router MatMul. The kernels apply softmax, top-k and (with
+normalize_routing_weights) the renormalization of the top-k weights
+themselves, which is exactly Qwen3MoeTopKRouter, so the node takes raw logits.
+
+ORT 1.31 CPU kernels, as checked against transformers (tests/test_parity.py):
+- MoE runs SwiGLU only interleaved (swiglu_fusion=1): FC1 rows are gate_0, up_0,
+  gate_1, up_1, ...; with activation_alpha=1, beta=0 and no limit SwiGLU is
+  silu(gate) * up. FC3 is not implemented.
+- QMoE weights are MatMulNBits' per-expert bytes with the blocks of a row flattened:
+  [E, N, K*bits/8] uint8, scales [E, N, K/block], packed zero points
+  [E, N, ceil(K/block*bits/8)], default zero point 2^(bits-1). Rows are quantized
+  independently, so gate/up rows are quantized alone and interleaved afterwards.
+- block-wise 8-bit QMoE always quantizes activations to int8 ("no fp32 kernel"),
+  about 1% off. Without block_size (one scale per output row) it computes in fp32,
+  but 6x slower at decode. So int8 experts are per-row only where the user asked
+  for fp32 compute (accuracy_level < 4 on cpu), block-wise otherwise.
+
+Experts are quantized by one format per layer, selected by the name
+`model.layers.{i}.mlp.experts` (transformers 5's module holding them), e.g.
+--float-layers '*.experts' or --int8-layers '*.experts'. The router stays float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from architectures.base import DecoderSpec
+from architectures.qwen3 import Qwen3Builder
+from architectures.registry import register
+from builder.errors import BuilderError
+from builder.graph import MS_DOMAIN, NP_TO_ONNX
+from builder.options import BuildOptions
+from builder.targets import Target
+from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
+from quant.selection import WeightFormat, format_for
+
+
+@dataclass(frozen=True)
+class MoeSpec:
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    normalize: bool
+    sparse_layers: tuple[int, ...]
+
+
+def per_row_int8(fmt: WeightFormat, options: BuildOptions) -> bool:
+    """Whether int8 experts get one scale a row (fp32 compute) rather than blocks (int8 activations)."""
+    level = options.accuracy_level
+    if level is None:
+        level = Target.from_options(options).default_accuracy_level
+    return fmt.bits == 8 and options.ep == "cpu" and level < 4
+
+
+def quantize_rows(weight: torch.Tensor, fmt: WeightFormat, per_row: bool, scale_dtype) -> tuple:
+    """(packed [N, K*bits/8], scales, zero points or None) of one [N, K] expert weight.
+
+    Blocks: quant.quantize_blockwise (MatMulNBits' layout and math). One scale a row:
+    quant.blockwise allows blocks up to 256 only, so the same math (ORT's: symmetric
+    scale = -extreme/128; asymmetric over [min(min,0), max(max,0)], zero point
+    roundf(-min/scale)) is done here over whole rows.
+    """
+    if not per_row:
+        q = quantize_blockwise(weight, QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric), scale_dtype)
+        return q.packed.reshape(q.packed.shape[0], -1), q.scales, q.zero_points
+    w = weight.to(torch.float32).numpy()
+    lo, hi = np.minimum(w.min(1), 0), np.maximum(w.max(1), 0)
+    if fmt.symmetric:
+        scale, zp = np.where(-lo > hi, lo, hi) / -128.0, np.full(len(w), 128.0, np.float32)
+    else:
+        scale = (hi - lo) / 255.0
+        zp = np.clip(_roundf(-lo / np.where(scale == 0, 1, scale)), 0, 255)
+    scale = scale.astype(scale_dtype)
+    inv = np.where(scale == 0, 0, 1 / np.where(scale == 0, 1, scale.astype(np.float32)))
+    q = np.clip(_roundf(w * inv[:, None] + zp[:, None]), 0, 255).astype(np.uint8)
+    return q, scale, None if fmt.symmetric else zp.astype(np.uint8)
+
+
+def dequantize_rows(weight: torch.Tensor, fmt: WeightFormat, per_row: bool, scale_dtype) -> torch.Tensor:
+    """The values the (Q)MoE kernel multiplies by, for the transformers reference."""
+    if not per_row:
+        scheme = QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric)
+        return torch.from_numpy(dequantize_blockwise(quantize_blockwise(weight, scheme, scale_dtype), scheme))
+    q, scale, zp = quantize_rows(weight, fmt, True, scale_dtype)
+    zp = np.float32(128) if zp is None else zp.astype(np.float32)[:, None]
+    return torch.from_numpy((q.astype(np.float32) - zp) * scale.astype(np.float32)[:, None])
+
+
+def _roundf(x: np.ndarray) -> np.ndarray:
+    """C roundf: halves away from zero (np.rint rounds them to even)."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rows a0, b0, a1, b1, ...: the SwiGLU layout of FC1."""
+    out = np.empty((a.shape[0] * 2,) + a.shape[1:], a.dtype)
+    out[0::2], out[1::2] = a, b
+    return out
+
+
+@register("Qwen3MoeForCausalLM")
+class Qwen3MoeBuilder(Qwen3Builder):
+    genai_type = "qwen3"  # genai 0.18 has no "qwen3_moe"; it only sees the decoder's inputs/outputs
+
+    def make_spec(self, config: dict) -> DecoderSpec:
+        spec = super().make_spec(config)
+        experts = int(config.get("num_experts", config.get("num_local_experts", 0)) or 0)
+        step = int(config.get("decoder_sparse_step", 1) or 1)
+        only_dense = set(config.get("mlp_only_layers") or [])
+        sparse = tuple(i for i in range(spec.num_layers)
+                       if experts > 0 and i not in only_dense and (i + 1) % step == 0)
+        self.moe = MoeSpec(experts, int(config.get("num_experts_per_tok", 0) or 0),
+                           int(config.get("moe_intermediate_size", 0) or 0),
+                           bool(config.get("norm_topk_prob", False)), sparse)
+        if sparse and not (0 < self.moe.top_k <= experts and self.moe.intermediate_size > 0):
+            raise BuilderError("config.json: num_experts_per_tok and moe_intermediate_size must be positive, "
+                               "num_experts_per_tok <= num_experts")
+        return spec
+
+    def projection_modules(self) -> list[str]:
+        sparse = {f"model.layers.{i}.mlp." for i in self.moe.sparse_layers}
+        modules = [m for m in super().projection_modules() if m[:m.rfind(".") + 1] not in sparse]
+        return modules + [f"model.layers.{i}.mlp.experts" for i in self.moe.sparse_layers]
+
+    # ---- the MoE block --------------------------------------------------------
+
+    def mlp(self, i: int, x: str) -> str:
+        if i not in self.moe.sparse_layers:
+            return super().mlp(i, x)
+        s, m, g = self.spec, self.moe, self.graph
+        base = f"/model/layers.{i}/moe"
+        router = self.weight(i, "mlp.gate.weight")
+        gate_w = self.proj.float_rows([router], [(m.num_experts, s.hidden_size)])
+        gate_w = g.initializer(f"model.layers.{i}.mlp.gate.weight", np.ascontiguousarray(gate_w.T))
+        logits = g.op("MatMul", [x, gate_w], f"{base}/gate/MatMul")
+        logits = g.op("Reshape", [logits, g.constant([-1, m.num_experts])], f"{base}/gate/Reshape")
+
+        fmt = self.fmt(f"model.layers.{i}.mlp.experts")
+        attrs = dict(k=m.top_k, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
+                     activation_beta=0.0, normalize_routing_weights=int(m.normalize))
+        prefix = f"model.layers.{i}.mlp.experts"
+        if not fmt.quantized:
+            fc1 = self._float_experts(f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"))
+            fc2 = self._float_experts(f"{prefix}.down_proj", i, ("down_proj",))
+            return g.op("MoE", [x, logits, fc1, "", fc2], f"{base}/MoE", domain=MS_DOMAIN, **attrs)
+
+        per_row = per_row_int8(fmt, self.options)
+        if not per_row and (s.hidden_size % fmt.block_size or m.intermediate_size % fmt.block_size):
+            raise BuilderError(f"QMoE needs hidden_size {s.hidden_size} and moe_intermediate_size "
+                               f"{m.intermediate_size} to be multiples of --block-size {fmt.block_size}")
+        fc1 = self._quantized_experts(f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"), fmt, per_row)
+        fc2 = self._quantized_experts(f"{prefix}.down_proj", i, ("down_proj",), fmt, per_row)
+        inputs = [x, logits, fc1[0], fc1[1], "", fc2[0], fc2[1], "", "", "", ""]
+        if not fmt.symmetric:
+            inputs += [fc1[2], fc2[2]]
+        if not per_row:
+            attrs["block_size"] = fmt.block_size
+        return g.op("QMoE", inputs, f"{base}/QMoE", domain=MS_DOMAIN, expert_weight_bits=fmt.bits,
+                    accuracy_level=self.accuracy_level, **attrs)
+
+    # ---- expert weights, streamed one expert at a time ----------------------
+
+    def _expert_parts(self, i: int, e: int, projs: tuple[str, ...]) -> list[torch.Tensor]:
+        """[N, K] float32 weights of one expert (hub files and transformers 5 both store
+        experts one by one; transformers fuses them only in memory)."""
+        shapes = {"gate_proj": (self.moe.intermediate_size, self.spec.hidden_size),
+                  "up_proj": (self.moe.intermediate_size, self.spec.hidden_size),
+                  "down_proj": (self.spec.hidden_size, self.moe.intermediate_size)}
+        return [self.checkpoint.tensor(self.weight(i, f"mlp.experts.{e}.{p}.weight"), expect_shape=shapes[p])
+                .to(torch.float32) for p in projs]
+
+    def _fc_shape(self, projs: tuple[str, ...]) -> tuple[int, int]:
+        """(N, K) of one expert's FC: FC1 stacks gate and up, FC2 is down_proj."""
+        s, m = self.spec, self.moe
+        if projs == ("down_proj",):
+            return s.hidden_size, m.intermediate_size
+        return m.intermediate_size * len(projs), s.hidden_size
+
+    def _float_experts(self, name: str, i: int, projs: tuple[str, ...]) -> str:
+        def chunks():
+            for e in range(self.moe.num_experts):
+                parts = [p.numpy().astype(self.io_dtype) for p in self._expert_parts(i, e, projs)]
+                yield parts[0] if len(parts) == 1 else _interleave(*parts)
+
+        return self.graph.streamed_initializer(f"{name}.weight", NP_TO_ONNX[self.io_dtype],
+                                               [self.moe.num_experts, *self._fc_shape(projs)], chunks())
+
+    def _quantized_experts(self, name: str, i: int, projs: tuple[str, ...], fmt: WeightFormat, per_row: bool):
+        """(weights, scales, zero points or "") of one QMoE FC; the scales and zero
+        points are [E, N, blocks...] with blocks, [E, N] with one scale a row."""
+        n, k = self._fc_shape(projs)
+        scales, zero_points = [], []
+
+        def chunks():
+            for e in range(self.moe.num_experts):
+                qs = [quantize_rows(p, fmt, per_row, self.io_dtype) for p in self._expert_parts(i, e, projs)]
+                packed, scale, zp = (parts[0] if len(qs) == 1 or parts[0] is None else _interleave(*parts)
+                                     for parts in zip(*qs))
+                scales.append(scale)
+                if zp is not None:
+                    zero_points.append(zp)
+                yield np.ascontiguousarray(packed)
+
+        g = self.graph
+        weights = g.streamed_initializer(f"{name}.qweight", TensorProto.UINT8,
+                                         [self.moe.num_experts, n, k * fmt.bits // 8], chunks())
+        scale_name = g.initializer(f"{name}.scales", np.stack(scales))
+        zp_name = g.initializer(f"{name}.qzeros", np.stack(zero_points)) if zero_points else ""
+        return weights, scale_name, zp_name
+
+    # ---- the transformers reference (builder.verify) -------------------------
+
+    @classmethod
+    def prepare_reference(cls, model, options: BuildOptions, io_dtype=np.float32) -> None:
+        """Give transformers 5's fused expert tensors the weights the graph uses
+        (verify's nn.Linear pass does not see them; the router is no Linear either)."""
+        for name, module in model.named_modules():
+            if name.endswith("mlp.gate") and hasattr(module, "weight") and io_dtype == np.float16:
+                module.weight.data.copy_(module.weight.data.half().float())
+            if not (name.endswith("mlp.experts") and hasattr(module, "gate_up_proj")):
+                continue
+            fmt = format_for(name, options)
+            per_row = fmt.quantized and per_row_int8(fmt, options)
+            for param in (module.gate_up_proj, module.down_proj):
+                for e in range(param.shape[0]):
+                    if fmt.quantized:
+                        param.data[e] = dequantize_rows(param.data[e], fmt, per_row, io_dtype)
+                    elif io_dtype == np.float16:
+                        param.data[e] = param.data[e].half().float()

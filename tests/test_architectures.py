@@ -1,0 +1,215 @@
+"""Per-family graph details, the packing policy on every family, and third-party
+architectures found through the `builder.architectures` entry-point group.
+
+Logit bounds are those of tests/test_parity.py: fp32 against transformers to 1e-4,
+quantized builds (accuracy_level 0) against transformers holding the dequantized weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import onnx
+import pytest
+
+from architectures import registry
+from builder import BuildOptions
+from builder.errors import BuilderError
+from builder.pipeline import build
+from builder.verify import verify_build
+from parity_cases import PARITY_CASES
+
+PROMPT, DECODE = 12, 4  # the prompt is longer than mistral's window (8); decode goes past it too
+
+
+def parity(result, checkpoint_dir, bound=1e-4):
+    options = BuildOptions(**result.report["options"])
+    p = verify_build(result.output, checkpoint_dir, options, prompt_length=PROMPT, decode_steps=DECODE)
+    assert p.max_abs < bound and p.argmax_agree == 1.0, p
+    return p
+
+
+def nodes(result, op_type):
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    return [n for n in model.graph.node if n.op_type == op_type]
+
+
+def attr(node, name, default=None):
+    found = [a for a in node.attribute if a.name == name]
+    return onnx.helper.get_attribute_value(found[0]) if found else default
+
+
+# ---- the packing policy applies to every family ------------------------------
+
+LAYOUTS = [("separate", "separate"), ("packed-split", "packed")]
+
+
+@pytest.mark.parametrize("qkv,mlp", LAYOUTS, ids=["separate", "packed"])
+@pytest.mark.parametrize("arch", sorted(PARITY_CASES))
+def test_layouts_give_transformers_logits(built, checkpoint, arch, qkv, mlp):
+    name = PARITY_CASES[arch][0]
+    result = built(name, precision="fp32", qkv_packing=qkv, mlp_packing=mlp)
+    assert (result.report["layout"]["qkv_packing"], result.report["layout"]["mlp_packing"]) == (qkv, mlp)
+    parity(result, checkpoint(name))
+
+
+# ---- Qwen2: q/k/v biases ------------------------------------------------------
+
+
+@pytest.mark.parametrize("qkv,adds", [("packed-split", 1), ("separate", 3)])
+def test_qwen2_qkv_bias_is_one_add_when_packed(built, qkv, adds):
+    result = built("qwen2", precision="int4", qkv_packing=qkv, accuracy_level=0)
+    layers = result.report["model"]["layers"]
+    assert result.report["nodes"]["by_op_type"]["Add"] == adds * layers
+    assert json.loads(result.genai_config_path.read_text())["model"]["type"] == "qwen2"
+
+
+def test_qwen2_sliding_window_layers(built, checkpoint):
+    # transformers: with use_sliding_window, layers >= max_window_layers use the window.
+    overrides = dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    ckpt = checkpoint("qwen2", **overrides)
+    result = build(model=str(ckpt), output=str(ckpt.parent / "qwen2-sw"), precision="fp32", show_progress=False)
+    assert [attr(n, "local_window_size", -1) for n in nodes(result, "GroupQueryAttention")] == [-1, 8]
+    window = json.loads(result.genai_config_path.read_text())["model"]["decoder"]["sliding_window"]
+    assert window["window_size"] == 8 and window["layers"] == [1]
+    parity(result, ckpt)
+
+
+# ---- Mistral: sliding window --------------------------------------------------
+
+
+def test_mistral_window_is_gqa_local_window_size(built):
+    # ORT's local_window_size attends to the last `window` positions, the current one
+    # included: transformers' sliding_window exactly (window - 1 and window + 1 are off by ~2).
+    result = built("mistral", precision="fp32")
+    assert [attr(n, "local_window_size") for n in nodes(result, "GroupQueryAttention")] == [8, 8]
+    genai = json.loads(result.genai_config_path.read_text())["model"]
+    assert genai["type"] == "mistral"
+    assert genai["decoder"]["sliding_window"]["window_size"] == 8
+    no_window = built("mistral-nosw", precision="fp32")
+    assert [attr(n, "local_window_size", -1) for n in nodes(no_window, "GroupQueryAttention")] == [-1, -1]
+    assert "sliding_window" not in json.loads(no_window.genai_config_path.read_text())["model"]["decoder"]
+
+
+def test_mistral_window_changes_the_logits(built, checkpoint):
+    """The window bites at this prompt length: the same weights without it give other logits."""
+    import numpy as np
+
+    from builder.verify import onnx_logits, onnx_session
+
+    ids = np.arange(3, 3 + PROMPT)[None]
+    with_window, without = (onnx_logits(onnx_session(built(n, precision="fp32").output), ids, [7, 9])
+                            for n in ("mistral", "mistral-nosw"))
+    assert np.abs(with_window[0][0, :8] - without[0][0, :8]).max() < 1e-5  # inside the window: same
+    assert np.abs(with_window[0][0, 8:] - without[0][0, 8:]).max() > 1e-2
+    assert np.abs(with_window[-1] - without[-1]).max() > 1e-2
+
+
+# ---- Qwen3-MoE ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options,op,block_size", [
+    (dict(precision="fp32"), "MoE", None),
+    (dict(precision="int4", accuracy_level=0), "QMoE", 32),
+    (dict(precision="int4", symmetric=False, accuracy_level=0), "QMoE", 32),
+    # block-wise 8-bit QMoE always quantizes activations; one scale a row keeps fp32 compute
+    (dict(precision="int8", accuracy_level=0), "QMoE", None),
+    (dict(precision="int8", symmetric=False, accuracy_level=0), "QMoE", None),
+    (dict(precision="int4", int8_layers=["*.experts"], block_size=64, accuracy_level=0), "QMoE", None),
+    (dict(precision="int4", float_layers=["*.experts"], accuracy_level=0), "MoE", None),
+], ids=["fp32", "int4", "int4-asym", "int8", "int8-asym", "int8-experts", "float-experts"])
+def test_qwen3_moe_expert_ops(built, checkpoint, options, op, block_size):
+    result = built("qwen3-moe", **options)
+    ops = result.report["nodes"]["by_op_type"]
+    assert ops[op] == 2 and not ({"MoE", "QMoE"} - {op}) & set(ops)
+    node = nodes(result, op)[0]
+    assert (attr(node, "k"), attr(node, "activation_type"), attr(node, "swiglu_fusion")) == (2, b"swiglu", 1)
+    assert attr(node, "normalize_routing_weights") == 1 and attr(node, "block_size") == block_size
+    router = [n for n in nodes(result, "MatMul") if "/moe/gate/" in n.name]
+    assert len(router) == 2  # the router stays a float MatMul whatever the precision
+    assert json.loads(result.genai_config_path.read_text())["model"]["type"] == "qwen3"
+    parity(result, checkpoint("qwen3-moe"))
+
+
+def test_qwen3_moe_int8_blockwise_where_int8_activations_are_allowed(built):
+    node = nodes(built("qwen3-moe", precision="int8"), "QMoE")[0]  # cpu default accuracy_level 4
+    assert (attr(node, "block_size"), attr(node, "expert_weight_bits"), attr(node, "accuracy_level")) == (32, 8, 4)
+
+
+def test_qwen3_moe_dense_and_sparse_layers(checkpoint):
+    ckpt = checkpoint("qwen3-moe", mlp_only_layers=[0])
+    result = build(model=str(ckpt), output=str(ckpt.parent / "moe-mixed"), precision="int4", accuracy_level=0,
+                   show_progress=False)
+    assert result.report["nodes"]["by_op_type"]["QMoE"] == 1
+    assert [n.name.split("/")[2] for n in nodes(result, "QMoE")] == ["layers.1"]
+    parity(result, ckpt)
+
+
+def test_qwen3_moe_block_size_must_divide_expert_dims(checkpoint, tmp_path):
+    with pytest.raises(BuilderError, match="multiples of --block-size 128"):
+        build(model=str(checkpoint("qwen3-moe")), output=str(tmp_path / "o"), precision="int4",
+              block_size=128, show_progress=False)
+
+
+# ---- third-party architectures ----------------------------------------------------
+
+PLUGIN = '''
+from architectures import LlamaBuilder, register
+
+
+@register("TinyPluginForCausalLM")
+class MyLlamaBuilder(LlamaBuilder):
+    """A family defined outside the repository."""
+
+
+class ByClass(LlamaBuilder):
+    architectures = ("TinyPluginClassForCausalLM",)
+'''
+
+
+@pytest.fixture
+def plugin_package(tmp_path, monkeypatch):
+    """An installed-looking distribution: a module plus *.dist-info with entry points,
+    found by importlib.metadata because its folder is on sys.path."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "tiny_builder_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    info = root / "tiny_builder_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-builder-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[builder.architectures]\n"
+        "tiny = tiny_builder_plugin\n"                      # a module: its decorators register
+        "tiny_class = tiny_builder_plugin:ByClass\n"        # a class: registered by its `architectures`
+        "broken = tiny_builder_plugin_missing\n")           # fails to import: a warning, nothing else
+    monkeypatch.syspath_prepend(str(root))
+    # Start from an unloaded registry and put everything back afterwards.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.delitem(sys.modules, "tiny_builder_plugin", raising=False)
+    yield root
+    sys.modules.pop("tiny_builder_plugin", None)
+
+
+def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpoint, tmp_path):
+    with pytest.warns(UserWarning, match="broken"):
+        available = registry.registered()
+    assert available["TinyPluginForCausalLM"].__name__ == "MyLlamaBuilder"
+    assert available["TinyPluginClassForCausalLM"].__name__ == "ByClass"
+    assert available["Qwen3ForCausalLM"].__module__ == "architectures.qwen3"  # built-ins untouched
+
+    ckpt = checkpoint("llama", architectures=["TinyPluginForCausalLM"])
+    result = build(model=str(ckpt), output=str(tmp_path / "plugin"), precision="fp32", show_progress=False)
+    assert result.report["checkpoint"]["architecture"] == "TinyPluginForCausalLM"
+    parity(result, ckpt)
+
+
+def test_unknown_architecture_lists_supported_ones():
+    with pytest.raises(BuilderError) as info:
+        registry.builder_class_for({"architectures": ["NoSuchForCausalLM"]})
+    message = str(info.value)
+    assert "NoSuchForCausalLM" in message and "not supported" in message
+    for name in PARITY_CASES:
+        assert name in message
