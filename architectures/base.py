@@ -372,7 +372,7 @@ class DecoderBuilder:
 
     def silu(self, x: str, name: str) -> str:
         g = self.graph
-        if self.layout.silu == "QuickGelu":
+        if self.layout.silu == "quickgelu":
             return g.op("QuickGelu", [x], f"{name}/QuickGelu", domain=MS_DOMAIN, alpha=1.0)
         return g.op("Mul", [x, g.op("Sigmoid", [x], f"{name}/Sigmoid")], f"{name}/Mul")
 

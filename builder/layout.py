@@ -16,22 +16,24 @@ from builder.options import BuildOptions
 from builder.targets import Target
 from quant.selection import WeightFormat
 
-# ep -> (qkv packing, mlp packing, evidence). The qkv entry is what we use when the
-# target can run it; fused-norm entries fall back to packed-split on older runtimes.
+# ep -> (qkv packing, mlp packing, evidence). fused-norm entries fall back to
+# packed-split where the target runtime lacks GQA's q/k-norm inputs.
 AUTO_LAYOUT: dict[str, tuple[str, str, str]] = {
-    # CPU, Qwen3-0.6B-like layer, int4: packed QKV 0.80-0.85x the decode time of three
-    # MatMulNBits; packed gate_up 0.91-0.94x (REFERENCE 2; docs/packing.md#cpu).
+    # CPU (this 2-core machine), Qwen3-0.6B int4 through onnxruntime-genai: see
+    # docs/packing.md#cpu. REFERENCE 2 measured packed QKV at 0.80-0.85x and packed
+    # gate_up at 0.91-0.94x the decode time of separate projections.
     "cpu": ("packed-split", "packed", "docs/packing.md#cpu"),
-    # WebGPU: QK-norm inside GQA is the fewest nodes where the runtime accepts it; on
-    # onnxruntime-webgpu 1.27 it does not load, and packed vs separate QKV was within
-    # noise (REFERENCE 3b; docs/packing.md#webgpu). packed gate_up never won there.
-    "webgpu": ("fused-norm", "separate", "docs/packing.md#webgpu"),
-    # CUDA: the reference builder's layout (packed QKV, norm in GQA), +4-5% for fused QKV
-    # in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.
-    "cuda": ("fused-norm", "separate", "REFERENCE.md section 4 (llama.cpp, ORT GenAI #2137)"),
-    # DirectML: GQA there takes neither packed QKV nor rotary; the reference builder's
+    # WebGPU (onnxruntime-webgpu 1.27, H100), Qwen3-0.6B int4, 512+128 tokens, two
+    # interleaved runs of 8 and 10 rounds: separate q/k/v decoded 1.07x and 1.20x faster
+    # than packed-split (ORT fuses SkipSLN + three MatMulNBits at run time, not the
+    # packed MatMul + Split); packed gate_up lost (0.93x). docs/packing.md#webgpu.
+    "webgpu": ("separate", "separate", "docs/packing.md#webgpu"),
+    # CUDA: the reference builder's layout (packed QKV, norm inside GQA); fused QKV gave
+    # +4-5% in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.
+    "cuda": ("fused-norm", "separate", "REFERENCE.md section 4; not measured here"),
+    # DirectML: GQA there takes neither packed QKV nor rotary: the reference builder's
     # layout (separate projections + RotaryEmbedding). Not measured here (no DirectML).
-    "dml": ("separate", "separate", "reference builder's dml layout (REFERENCE 1)"),
+    "dml": ("separate", "separate", "reference builder's dml layout; not measured here"),
 }
 
 
@@ -42,7 +44,7 @@ class Layout:
     head_norm: str    # branchwise | reshape-sln | gqa (only with qk-norm)
     rotary_in_gqa: bool
     packed_qkv_into_gqa: bool  # no Split: GQA reads the packed QKV (no QK-norm, rotary in GQA)
-    silu: str = "QuickGelu"    # QuickGelu (alpha=1 is exactly SiLU, one node) or Sigmoid+Mul
+    silu: str = "quickgelu"    # quickgelu (QuickGelu alpha=1 is exactly SiLU, one node) or sigmoid-mul
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> dict:
@@ -98,5 +100,9 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
     else:
         head_norm = "reshape-sln"
     packed_into_gqa = (qkv == "packed-split" and not qk_norm and rotary_in_gqa)
-    silu = "QuickGelu" if target.supports("quick_gelu") else "Sigmoid+Mul"
+    silu = options.silu
+    if silu == "auto":
+        silu = "quickgelu" if target.supports("quick_gelu") else "sigmoid-mul"
+    elif silu == "quickgelu" and not target.supports("quick_gelu"):
+        raise BuilderError(f"--silu quickgelu: QuickGelu is not verified on {target.ep}; use sigmoid-mul")
     return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes))

@@ -18,6 +18,7 @@ PRECISIONS = ("int4", "int8", "fp16", "fp32", "bf16")
 EPS = ("cpu", "cuda", "webgpu", "dml")
 QKV_PACKINGS = ("auto", "packed-split", "separate", "fused-norm")
 MLP_PACKINGS = ("auto", "packed", "separate")
+SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
@@ -89,6 +90,13 @@ class BuildOptions:
         metadata=_opt("--mlp-packing", choices=MLP_PACKINGS,
                       help="MLP layout: packed (one gate_up MatMul + Split) or separate gate and up "
                            "MatMuls. auto: the measured best for the EP."),
+    )
+    silu: str = field(
+        default="auto",
+        metadata=_opt("--silu", choices=SILU_FORMS,
+                      help="How the MLP's SiLU is written: quickgelu (one com.microsoft QuickGelu node, "
+                           "alpha=1) or sigmoid-mul (Sigmoid and Mul). Same numbers; auto: the measured "
+                           "best for the EP (docs/packing.md)."),
     )
     target_ort: str | None = field(
         default=None,

@@ -24,9 +24,16 @@ from builder import BuildOptions, build  # noqa: E402
 from builder.inspect import summarize  # noqa: E402
 
 LAYOUTS = {
-    "cpu": [("auto", "auto"), ("packed-split", "separate"), ("separate", "separate"), ("separate", "packed")],
-    "webgpu": [("auto", "auto"), ("packed-split", "packed"), ("separate", "separate"), ("separate", "packed")],
+    "cpu": ["auto", "packed-split/separate", "separate/separate", "separate/packed", "packed-split/packed/sigmoid-mul"],
+    "webgpu": ["auto", "packed-split/packed", "separate/separate", "separate/packed"],
 }
+
+
+def parse_layout(text: str) -> dict:
+    """'qkv/mlp[/silu]' or 'auto' -> build options."""
+    parts = text.split("/") if text != "auto" else []
+    keys = ("qkv_packing", "mlp_packing", "silu")
+    return dict(zip(keys, parts))
 
 
 def main() -> int:
@@ -39,20 +46,22 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layout", action="append", metavar="QKV/MLP[/SILU]",
+                        help="Layouts to build, e.g. separate/separate/sigmoid-mul (default: a set per EP).")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
                         help="Other model folders to time alongside (e.g. the reference builder's).")
     parser.add_argument("--json")
     args = parser.parse_args()
 
     models, layouts = {}, {}
-    for qkv, mlp in LAYOUTS[args.ep]:
-        name = f"{qkv}/{mlp}"
-        out = Path(args.work) / f"{args.ep}-{args.precision}-{qkv}-{mlp}"
+    for text in args.layout or LAYOUTS[args.ep]:
+        out = Path(args.work) / f"{args.ep}-{args.precision}-{text.replace('/', '-')}"
         result = build(BuildOptions(model=args.checkpoint, precision=args.precision, ep=args.ep, output=str(out),
-                                    qkv_packing=qkv, mlp_packing=mlp, target_ort=args.target_ort, overwrite=True),
+                                    target_ort=args.target_ort, overwrite=True, **parse_layout(text)),
                        show_progress=False)
         layout = result.report["layout"]
-        name = f"{name} -> {layout['qkv_packing']}/{layout['mlp_packing']}" if "auto" in name else name
+        resolved = f"{layout['qkv_packing']}/{layout['mlp_packing']}/{layout['silu']}"
+        name = f"{text} -> {resolved}" if text == "auto" else resolved
         models[name] = str(out)
         layouts[name] = {"layout": layout, "nodes": result.report["nodes"]["total"],
                          "build_s": result.report["timings"]["total_s"]}

@@ -1,0 +1,64 @@
+"""Every packing layout is the same model: logits agree with transformers and
+with each other, on CPU, wherever the CPU has the kernels."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from builder import BuildOptions
+from builder.verify import onnx_logits, onnx_session, verify_build
+
+LAYOUTS = list(itertools.product(["packed-split", "separate"], ["packed", "separate"],
+                                 ["quickgelu", "sigmoid-mul"], ["1.31", "1.30"]))
+
+
+def logits_of(result):
+    rng = np.random.default_rng(1)
+    return onnx_logits(onnx_session(result.output), rng.integers(0, 480, (1, 12)), [4, 9, 200])
+
+
+@pytest.mark.parametrize("qkv,mlp,silu,target", LAYOUTS)
+def test_layouts_match_transformers_and_each_other(built, checkpoint, qkv, mlp, silu, target):
+    options = dict(precision="int4", accuracy_level=0, qkv_packing=qkv, mlp_packing=mlp, silu=silu,
+                   target_ort=target)
+    result = built("qwen3", **options)
+    layout = result.report["layout"]
+    assert (layout["qkv_packing"], layout["mlp_packing"], layout["silu"]) == (qkv, mlp, silu)
+    # BranchwiseRMSNorm exists from ORT 1.31; older targets get Reshape/SLN/Reshape.
+    assert layout["head_norm"] == ("branchwise" if target == "1.31" else "reshape-sln")
+    ops = result.report["nodes"]["by_op_type"]
+    assert ("Split" in ops) == (qkv == "packed-split" or mlp == "packed")
+    parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
+                          prompt_length=12, decode_steps=4)
+    assert parity.max_abs < 1e-4, parity
+
+    baseline = built("qwen3", precision="int4", accuracy_level=0, qkv_packing="separate",
+                     mlp_packing="separate", silu="sigmoid-mul", target_ort="1.30")
+    for ours, theirs in zip(logits_of(result), logits_of(baseline)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_packing_falls_back_when_formats_differ(built, checkpoint):
+    """V at int8 in an int4 model (the llama.cpp lesson): q/k/v cannot share one MatMulNBits."""
+    result = built("qwen3", precision="int4", accuracy_level=0, qkv_packing="packed-split",
+                   mlp_packing="packed", int8_layers=["*.v_proj", "model.layers.1.mlp.up_proj"])
+    notes = " ".join(result.report["layout"]["notes"])
+    assert "q/k/v projections differ" in notes and "gate/up projections differ" in notes
+    ops = result.report["nodes"]["by_op_type"]
+    # Per layer 3 q/k/v + o + down, gate/up packed in layer 0 only, + lm_head.
+    assert ops["MatMulNBits"] == 2 * 5 + 1 + 2 + 1
+    parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
+                          prompt_length=12, decode_steps=4)
+    assert parity.max_abs < 1e-4, parity
+
+
+@pytest.mark.parametrize("ep", ["webgpu", "dml"])
+def test_gpu_layouts_compute_the_same_model_on_cpu(built, checkpoint, ep):
+    """The webgpu (target 1.27) and dml graphs have CPU kernels too: fp16-level agreement."""
+    result = built("qwen3", precision="int4", ep=ep, accuracy_level=0)
+    parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
+                          prompt_length=12, decode_steps=4)
+    assert parity.nmse < 1e-4 and parity.argmax_agree == 1.0, parity
