@@ -141,7 +141,7 @@ class DecoderBuilder:
             for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
                 modules.append(f"model.layers.{i}.{proj}")
-        return modules + ["lm_head"]
+        return ["model.embed_tokens"] + modules + ["lm_head"]
 
     def fmt(self, module: str) -> WeightFormat:
         return format_for(module, self.options)
@@ -237,31 +237,43 @@ class DecoderBuilder:
         fmt = self.fmt("lm_head")
         if fmt.quantized:
             return self.proj.quantized_weight("lm_head", [source], fmt, [(s.vocab_size, s.hidden_size)])
-        if s.tie_word_embeddings:
+        if s.tie_word_embeddings and not self.fmt("model.embed_tokens").quantized:
             return "model.embed_tokens.weight"  # the Gather's float table, transposed in the graph
         weight = self.proj.float_rows([source], [(s.vocab_size, s.hidden_size)])
         return self.graph.initializer("lm_head.weight", np.ascontiguousarray(weight.T))
 
     def make_embedding(self, lm_head: QuantizedTensor | str) -> str:
+        """Token embeddings: int4 GatherBlockQuantized, or a float Gather.
+
+        Tied int4 models read the lm_head's MatMulNBits bytes (one copy on disk);
+        untied ones quantize their own table. int8 tables stay float: 8-bit
+        GatherBlockQuantized is not verified on every EP here.
+        """
         s, g = self.spec, self.graph
-        tied_int4 = (s.tie_word_embeddings and isinstance(lm_head, QuantizedTensor)
-                     and lm_head.format.bits == 4)
-        if tied_int4:
-            # GatherBlockQuantized reads the lm_head's MatMulNBits bytes: one copy on disk.
-            n_blocks = -(-s.hidden_size // lm_head.format.block_size)
-            flat = n_blocks * lm_head.format.block_size // 2
-            data = g.op("Reshape", [lm_head.b, g.constant([s.vocab_size, flat])], "/model/embed_tokens/Reshape")
-            inputs = [data, "input_ids", lm_head.scales] + ([lm_head.zero_points] if lm_head.zero_points else [])
-            out = g.op("GatherBlockQuantized", inputs, "/model/embed_tokens/GatherBlockQuantized",
-                       domain=MS_DOMAIN, bits=4, block_size=lm_head.format.block_size,
-                       gather_axis=0, quantize_axis=1)
-            if n_blocks * lm_head.format.block_size != s.hidden_size:
-                out = g.op("Slice", [out, g.constant([0]), g.constant([s.hidden_size]), g.constant([-1])],
-                           "/model/embed_tokens/Slice")
-            return out
-        table = g.initializer("model.embed_tokens.weight",
-                              self.proj.float_rows(["model.embed_tokens.weight"], [(s.vocab_size, s.hidden_size)]))
+        fmt = self.fmt("model.embed_tokens")
+        shape = (s.vocab_size, s.hidden_size)
+        if fmt.quantized and fmt.bits == 4:
+            if s.tie_word_embeddings and isinstance(lm_head, QuantizedTensor) and lm_head.format == fmt:
+                return self.gather_quantized(lm_head)
+            if not s.tie_word_embeddings:
+                table = self.proj.quantized_weight("model.embed_tokens", ["model.embed_tokens.weight"], fmt, [shape])
+                return self.gather_quantized(table)
+        table = self.proj.float_initializer("model.embed_tokens.weight", "model.embed_tokens.weight", shape)
         return g.op("Gather", [table, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+
+    def gather_quantized(self, q: QuantizedTensor) -> str:
+        s, g = self.spec, self.graph
+        n_blocks = -(-s.hidden_size // q.format.block_size)
+        flat = n_blocks * q.format.block_size // 2
+        data = g.op("Reshape", [q.b, g.constant([s.vocab_size, flat])], "/model/embed_tokens/Reshape")
+        inputs = [data, "input_ids", q.scales] + ([q.zero_points] if q.zero_points else [])
+        out = g.op("GatherBlockQuantized", inputs, "/model/embed_tokens/GatherBlockQuantized",
+                   domain=MS_DOMAIN, bits=4, block_size=q.format.block_size, gather_axis=0, quantize_axis=1)
+        if n_blocks * q.format.block_size != s.hidden_size:
+            # Rows are padded to whole blocks; the padding is not part of the embedding.
+            out = g.op("Slice", [out, g.constant([0]), g.constant([s.hidden_size]), g.constant([-1])],
+                       "/model/embed_tokens/Slice")
+        return out
 
     def make_logits(self, hidden: str, lm_head: QuantizedTensor | str) -> None:
         g = self.graph

@@ -11,12 +11,9 @@ alone.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import multiprocessing
 import os
-import resource
-import shutil
 import sys
 import time
 import traceback
@@ -28,7 +25,8 @@ from typing import Any
 from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
 from builder.errors import BuilderError
 from builder.options import BuildOptions
-from builder.output_dir import REPORT_NAME, STAGING_PREFIX
+from builder.output_dir import REPORT_NAME, remove_stale_staging
+from builder.pipeline import peak_rss_bytes
 from builder.version import __version__
 
 MEMORY_NOTE = (
@@ -75,7 +73,6 @@ def rebuild_reason(options: BuildOptions) -> str | None:
 
 
 def _report_fields(report: dict) -> dict:
-    # Not the report's peak_rss_bytes: measured with getrusage, it has the flaw _peak_rss_bytes avoids.
     return {"size_bytes": report["sizes"]["total_bytes"], "nodes": report["nodes"]["total"],
             "build_seconds": report["timings"]["total_s"]}
 
@@ -100,25 +97,8 @@ def _job_process(conn, options: dict, verify: bool, threads: int) -> None:
     except Exception as e:  # a builder bug: keep the traceback for the JSON summary
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
-    result["peak_rss_bytes"] = _peak_rss_bytes()
+    result["peak_rss_bytes"] = peak_rss_bytes()
     conn.send(result)
-
-
-def _peak_rss_bytes() -> int:
-    """This process's own peak RSS.
-
-    Not getrusage: a spawned child's ru_maxrss starts at the parent's RSS when it
-    forked (it survives the exec), so every job would seem to need at least what
-    the batch process holds. VmHWM belongs to the address space made at exec.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _verify(options: BuildOptions) -> dict:
@@ -139,12 +119,6 @@ def _died(exitcode: int | None) -> str:
         hint = " (out of memory?)" if -exitcode == 9 else ""
         return f"the build process was killed by signal {-exitcode}{hint}"
     return f"the build process exited with code {exitcode} without a result"
-
-
-def _remove_staging(output: Path) -> None:
-    """A killed build cannot clean up after itself; its staging folder is ours to remove."""
-    for staging in output.parent.glob(f"{STAGING_PREFIX}{glob.escape(output.name)}-" + "[0-9a-f]" * 8):
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_jobs(jobs: list[Job], parallel: int, on_start, on_end) -> None:
@@ -176,7 +150,7 @@ def run_jobs(jobs: list[Job], parallel: int, on_start, on_end) -> None:
                 except EOFError:
                     process.join()
                     job.result.update(status="failed", error=_died(process.exitcode))
-                    _remove_staging(Path(job.options.output))
+                    remove_stale_staging(Path(job.options.output))
                 process.join()
                 receive.close()
                 job.result["seconds"] = time.perf_counter() - started

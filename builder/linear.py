@@ -74,9 +74,22 @@ class Projections:
 
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         """Tensors stacked along their first axis, in the activation dtype."""
-        parts = [self.checkpoint.tensor(t, expect_shape=s).to(torch.float32).numpy().astype(self.io_dtype)
+        parts = [self.checkpoint.tensor(t, expect_shape=s).to(torch.float32).numpy().astype(self.io_dtype,
+                                                                                                copy=False)
                  for t, s in zip(tensors, shapes)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def float_initializer(self, name: str, tensor: str, shape: tuple[int, ...]) -> str:
+        """A float tensor as it is stored (no transpose), streamed in row chunks."""
+        self.checkpoint.rows(tensor, 0, 0, expect_shape=shape)
+        rows_per_chunk = max(1, CHUNK_VALUES // max(1, int(np.prod(shape[1:]))))
+
+        def chunks():
+            for start in range(0, shape[0], rows_per_chunk):
+                rows = self.checkpoint.rows(tensor, start, start + rows_per_chunk)
+                yield rows.to(torch.float32).numpy().astype(self.io_dtype, copy=False)
+
+        return self.graph.streamed_initializer(name, self.io_onnx_type, shape, chunks())
 
     # ---- nodes --------------------------------------------------------------
 

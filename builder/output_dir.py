@@ -9,6 +9,7 @@ carries our build report (we never delete a folder we did not make).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -40,7 +41,8 @@ def staged_output(output: Path, overwrite: bool):
     output = Path(output)
     check_output_free(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f"{STAGING_PREFIX}{output.name}-{uuid.uuid4().hex[:8]}"
+    remove_stale_staging(output)
+    staging = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     with _sigterm_as_interrupt():
         try:
@@ -53,6 +55,29 @@ def staged_output(output: Path, overwrite: bool):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def remove_stale_staging(output: Path) -> None:
+    """Remove staging folders for `output` whose build process is gone.
+
+    A build killed with SIGKILL (OOM killer, kill -9) cannot clean up; the pid in
+    the folder name tells a dead build's leftovers from a live concurrent one.
+    """
+    pattern = f"{STAGING_PREFIX}{glob.escape(output.name)}-*-" + "[0-9a-f]" * 8
+    for staging in Path(output).parent.glob(pattern):
+        pid = staging.name[len(STAGING_PREFIX) + len(output.name) + 1:].rsplit("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:

@@ -58,6 +58,18 @@ def default_output(options: BuildOptions) -> Path:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    VmHWM, not getrusage: a spawned process's ru_maxrss starts at its parent's
+    RSS at fork time, so batch jobs would all seem to need what the batch holds.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

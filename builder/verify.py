@@ -41,6 +41,13 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     with torch.no_grad():
+        embed_fmt = format_for("model.embed_tokens", options)
+        if not tied and embed_fmt.quantized and embed_fmt.bits == 4:
+            # Untied int4 builds gather from their own int4 table (GatherBlockQuantized).
+            weight = model.get_input_embeddings().weight
+            scheme = QuantScheme(4, embed_fmt.block_size, embed_fmt.symmetric)
+            weight.copy_(torch.from_numpy(dequantize_blockwise(
+                quantize_blockwise(weight.detach(), scheme, scale_dtype=io_dtype), scheme)))
         for name, module in model.named_modules():
             if not isinstance(module, torch.nn.Linear) or name.endswith(("router", ".gate")):
                 continue

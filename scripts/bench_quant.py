@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,7 +83,6 @@ def main() -> None:
             t_ort = best_time(lambda: ort_quantize_blockwise(w, scheme, args.scale_dtype), 1)
             row += f" {t_ort:8.3f} {n * k / t_ort / 1e6:14.0f}"
         print(row, flush=True)
-        del w
 
 
 if __name__ == "__main__":

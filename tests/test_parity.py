@@ -9,7 +9,6 @@ prefill and 4 decode steps through the KV cache.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from builder import BuildOptions

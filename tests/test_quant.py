@@ -7,7 +7,6 @@ quant.ort_quantize_blockwise to take our [N, K] weights.
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import onnx
