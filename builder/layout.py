@@ -23,10 +23,10 @@ AUTO_LAYOUT: dict[str, tuple[str, str, str]] = {
     # docs/packing.md#cpu. REFERENCE 2 measured packed QKV at 0.80-0.85x and packed
     # gate_up at 0.91-0.94x the decode time of separate projections.
     "cpu": ("packed-split", "packed", "docs/packing.md#cpu"),
-    # WebGPU (onnxruntime-webgpu 1.27, H100), Qwen3-0.6B int4, 512+128 tokens, two
-    # interleaved runs of 8 and 10 rounds: separate q/k/v decoded 1.07x and 1.20x faster
-    # than packed-split (ORT fuses SkipSLN + three MatMulNBits at run time, not the
-    # packed MatMul + Split); packed gate_up lost (0.93x). docs/packing.md#webgpu.
+    # WebGPU (onnxruntime-webgpu 1.27, H100), Qwen3-0.6B int4, 512+128 tokens,
+    # interleaved runs: packed-split decoded at 0.93x and 0.89x of separate q/k/v (paired
+    # medians; ORT's run-time fusion matches three MatMulNBits, not MatMul + Split), packed
+    # gate_up at 0.86-0.91x. docs/packing.md#webgpu.
     "webgpu": ("separate", "separate", "docs/packing.md#webgpu"),
     # CUDA: the reference builder's layout (packed QKV, norm inside GQA); fused QKV gave
     # +4-5% in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.

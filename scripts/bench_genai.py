@@ -71,23 +71,35 @@ def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: in
                          "prefill_ms": [round(1000 * v, 2) for v in s["prefill_s"]],
                          "decode_tok_s": [round(v, 2) for v in s["decode_tok_s"]]}
     if names:
-        base = results[names[0]]
-        for name in names:
-            results[name]["decode_vs_first"] = results[name]["decode_tok_s_median"] / base["decode_tok_s_median"]
-            results[name]["prefill_vs_first"] = results[name]["prefill_ms_median"] / base["prefill_ms_median"]
+        add_ratios(results, names[0])
     return {"provider": provider, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
             "models": models, "results": results, "load_errors": errors}
+
+
+def add_ratios(results: dict, first: str) -> None:
+    """Ratios to the first model. The paired ratio (median over rounds of this round's
+    ratio) cancels drift that hits both models within a round; medians of each model
+    alone do not, and on a noisy machine the two can disagree."""
+    base = results[first]
+    for r in results.values():
+        r["decode_vs_first"] = r["decode_tok_s_median"] / base["decode_tok_s_median"]
+        r["prefill_vs_first"] = r["prefill_ms_median"] / base["prefill_ms_median"]
+        paired = [a / b for a, b in zip(r["decode_tok_s"], base["decode_tok_s"])]
+        r["decode_paired_vs_first"] = statistics.median(paired)
+        r["decode_rounds_faster_than_first"] = f"{sum(p > 1 for p in paired)}/{len(paired)}"
 
 
 def markdown(report: dict) -> str:
     lines = [f"provider {report['provider']}, prompt {report['prompt_tokens']} tokens, "
              f"{report['new_tokens']} new tokens, {report['rounds']} interleaved rounds (medians)", "",
-             "| model | decode tok/s | vs first | prefill ms | vs first |", "|---|---|---|---|---|"]
+             "| model | decode tok/s | vs first | paired vs first | rounds faster | prefill ms | vs first |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
         lines.append(f"| {name} | {r['decode_tok_s_median']:.1f} | {r['decode_vs_first']:.3f} | "
+                     f"{r['decode_paired_vs_first']:.3f} | {r['decode_rounds_faster_than_first']} | "
                      f"{r['prefill_ms_median']:.1f} | {r['prefill_vs_first']:.3f} |")
     for name, error in report["load_errors"].items():
-        lines.append(f"| {name} | does not load: {error} | | | |")
+        lines.append(f"| {name} | does not load: {error} | | | | | |")
     return "\n".join(lines)
 
 

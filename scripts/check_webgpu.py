@@ -32,6 +32,9 @@ CASES = [  # (tiny config, precision, qkv packing, mlp packing, target ort)
     ("qwen3", "int8", "auto", "auto", None),
     ("qwen3", "int4", "fused-norm", "auto", "1.28"),  # expected to be refused by 1.27
     ("llama", "int4", "auto", "auto", None),
+    ("qwen3-untied", "int4", "auto", "auto", None),
+    ("qwen2", "int4", "auto", "auto", None),
+    ("qwen3-moe", "int4", "auto", "auto", None),
 ]
 
 
