@@ -122,6 +122,10 @@ class Qwen3MoeBuilder(Qwen3Builder):
         if sparse and not (0 < self.moe.top_k <= experts and self.moe.intermediate_size > 0):
             raise BuilderError("config.json: num_experts_per_tok and moe_intermediate_size must be positive, "
                                "num_experts_per_tok <= num_experts")
+        if sparse and not self.target.supports("moe_swiglu"):
+            raise BuilderError(f"Qwen3-MoE builds only for cpu (ONNX Runtime >= 1.31) here: its MoE/QMoE "
+                               f"nodes were verified on the CPU kernels only, and onnxruntime-webgpu 1.27 "
+                               f"rejects them at load; got -e {self.target.ep} with ORT {self.target.version_text}")
         return spec
 
     def projection_modules(self) -> list[str]:

@@ -55,6 +55,10 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # (paired ratio 0.997 for Sigmoid+Mul, docs/packing.md#webgpu). DirectML keeps
     # Sigmoid+Mul: not verified here.
     "quick_gelu": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+    # com.microsoft MoE/QMoE with interleaved SwiGLU (swiglu_fusion=1), as Qwen3-MoE needs:
+    # verified on ORT 1.31.1's CPU kernels; onnxruntime-webgpu 1.27 rejects the QMoE node
+    # at load (docs/results/webgpu-parity-run3.json). CUDA/DML not verified here.
+    "moe_swiglu": {"cpu": (1, 31)},
     # GQA with the packed QKV in `query` (key/value empty).
     "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
 }

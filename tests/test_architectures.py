@@ -213,3 +213,10 @@ def test_unknown_architecture_lists_supported_ones():
     assert "NoSuchForCausalLM" in message and "not supported" in message
     for name in PARITY_CASES:
         assert name in message
+
+
+@pytest.mark.parametrize("ep", ["webgpu", "cuda", "dml"])
+def test_moe_refused_up_front_off_cpu(built, ep):
+    """onnxruntime-webgpu 1.27 rejects the QMoE node at load (seen on the GPU machine)."""
+    with pytest.raises(BuilderError, match="Qwen3-MoE builds only for cpu"):
+        built("qwen3-moe", precision="int4" if ep != "cuda" else "fp16", ep=ep)
