@@ -125,11 +125,27 @@ def run(arch, show_progress: bool = True) -> BuildResult:
 
         timings["total_s"] = time.perf_counter() - started
         report = make_report(arch, graph, staging, timings, copied, notes)
+        if options.verify:
+            report["verify"] = _verify(arch, staging)
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         progress.step("done")
     progress.finish(f"built {output} in {timings['total_s']:.1f}s "
                     f"({report['nodes']['total']} nodes, {report['sizes']['total_bytes'] / 1e6:.1f} MB)")
     return BuildResult(output, report)
+
+
+def _verify(arch, folder: Path) -> dict:
+    """Parity against transformers before the folder is published; a failure is a failed build."""
+    from builder.verify import verify_output
+    t = time.perf_counter()
+    result = verify_output(folder, arch.checkpoint.directory, arch.options, arch.target.ep,
+                           fp32_io=arch.io_dtype == "float32")
+    result["seconds"] = round(time.perf_counter() - t, 3)
+    if result["status"] == "failed":
+        raise BuilderError(f"--verify failed: logits differ from transformers ({result['bound']} not met: "
+                           f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was "
+                           "not written. Please report this with the build options.")
+    return result
 
 
 def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str],

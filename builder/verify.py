@@ -37,6 +37,8 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
     from quant.selection import format_for
 
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.disable_progress_bar()  # its bars garble progress lines and batch logs
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir), dtype=torch.float32)
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -142,3 +144,25 @@ def verify_build(model_dir: str | Path, checkpoint_dir: str | Path, options: Bui
         "float16" in session.get_outputs()[0].type else np.float32
     reference = dequantized_reference(checkpoint_dir, options, io_dtype=dtype)
     return compare(torch_logits(reference, ids, tokens), onnx_logits(session, ids, tokens))
+
+
+# --verify bounds. The reference holds the dequantized weights, so the bound only has
+# to absorb kernel arithmetic: fp32 is exact to ~1e-5; accuracy_level 4 (int8
+# activations) and fp16 activations move logits by about 1e-4..1e-3 relative.
+FP32_MAX_ABS = 1e-3
+QUANTIZED_NMSE = 1e-3
+
+
+def verify_output(folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str,
+                  fp32_io: bool) -> dict:
+    """The --verify check of one build, as it goes into the build report."""
+    if ep != "cpu":
+        return {"status": "not run", "reason": f"the graph targets {ep}, whose kernels this machine may not "
+                                               "have; scripts/check_webgpu.py checks webgpu builds on a GPU"}
+    parity = verify_build(folder, checkpoint_dir, options, prompt_length=16, decode_steps=4)
+    if options.precision == "fp32":
+        bound, passed = f"max_abs < {FP32_MAX_ABS}", parity.max_abs < FP32_MAX_ABS
+    else:
+        bound, passed = f"nmse < {QUANTIZED_NMSE}", parity.nmse < QUANTIZED_NMSE
+    return {"status": "passed" if passed else "failed", "bound": bound, "fp32_io": fp32_io,
+            **parity.as_dict()}

@@ -82,8 +82,9 @@ def test_tiny_yaml_builds_every_job(tiny):
 def test_verify_records_parity_for_cpu_and_not_run_elsewhere(tiny):
     s = summary(tiny[0], "tiny")["by_name"]
     parity = s["tiny-qwen3-fp32-cpu"]["verify"]
-    assert parity["max_abs"] < 1e-4 and parity["nmse"] < 1e-8
-    assert s["tiny-qwen3-int4-webgpu"]["verify"] == "not run: graph targets webgpu"
+    assert parity["status"] == "passed" and parity["max_abs"] < 1e-4 and parity["nmse"] < 1e-8
+    assert s["tiny-qwen3-int4-webgpu"]["verify"]["status"] == "not run"
+    assert "targets webgpu" in s["tiny-qwen3-int4-webgpu"]["verify"]["reason"]
     assert "verify" not in s["tiny-qwen3-int4-cpu"]
 
 

@@ -232,3 +232,26 @@ def test_missing_tokenizer_still_builds_and_warns(ckpt, tmp_path):
     report = json.loads((out / "build_report.json").read_text())
     assert any("tokenizer.json" in note for note in report["notes"])
     assert (out / "model.onnx").is_file()
+
+
+def test_verify_flag_checks_parity_and_records_it(ckpt, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify")
+    assert proc.returncode == 0, proc.stderr
+    verify = json.loads((out / "build_report.json").read_text())["verify"]
+    assert verify["status"] == "passed" and verify["max_abs"] < 1e-4
+    out2 = tmp_path / "out2"
+    assert cli("-m", ckpt, "-o", out2, "-e", "webgpu", "--verify").returncode == 0
+    assert json.loads((out2 / "build_report.json").read_text())["verify"]["status"] == "not run"
+
+
+def test_failed_verify_is_a_failed_build(ckpt, tmp_path, monkeypatch):
+    """A model whose logits disagree with transformers is not published."""
+    import builder.verify as verify
+    from builder import BuilderError, build
+    from builder.verify import ParityResult
+    monkeypatch.setattr(verify, "verify_build", lambda *a, **k: ParityResult(5.0, 5.0, 1.0, 0.5, 0.3, 5))
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError, match="--verify failed"):
+        build(model=str(ckpt), output=str(out), precision="int4", verify=True, show_progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
