@@ -75,7 +75,8 @@ class BuildOptions:
         default_factory=list,
         metadata=_opt("--float-layers", metavar="PATTERN",
                       help="Projections kept in float (the model's activation dtype) in an int4/int8 build, "
-                           "e.g. lm_head. Same pattern syntax as --int8-layers."),
+                           "e.g. lm_head, or model.embed_tokens for a float embedding table (int4 builds "
+                           "gather from an int4 table otherwise). Same pattern syntax as --int8-layers."),
     )
     qkv_packing: str = field(
         default="auto",
@@ -119,8 +120,9 @@ class BuildOptions:
     )
     verify: bool = field(
         default=False,
-        metadata=_opt("--verify", help="After building, compare the model's logits with transformers "
-                                       "(needs torch and transformers; cpu-loadable builds only)."),
+        metadata=_opt("--verify", help="Before publishing the folder, compare its logits with transformers "
+                                       "running the same (dequantized) weights; a mismatch fails the build. "
+                                       "Needs transformers. cpu builds only: other EPs record 'not run'."),
     )
 
     # ---- validation -------------------------------------------------------
