@@ -1,0 +1,61 @@
+"""genai_config.json is right for the model and the EP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from builder.synthetic import TINY_CONFIGS
+
+
+def genai_config(result) -> dict:
+    return json.loads(result.genai_config_path.read_text())
+
+
+def test_values_come_from_config_and_generation_config(built, checkpoint):
+    result = built("qwen3", precision="int4")
+    config, model = TINY_CONFIGS["qwen3"], genai_config(result)["model"]
+    generation = json.loads((checkpoint("qwen3") / "generation_config.json").read_text())
+    search = genai_config(result)["search"]
+    assert model["context_length"] == config["max_position_embeddings"] == search["max_length"]
+    assert model["type"] == "qwen3" and model["vocab_size"] == config["vocab_size"]
+    decoder = model["decoder"]
+    assert (decoder["num_attention_heads"], decoder["num_key_value_heads"], decoder["head_size"],
+            decoder["hidden_size"], decoder["num_hidden_layers"]) == (4, 2, 32, 64, 2)
+    eos = generation["eos_token_id"]
+    assert model["eos_token_id"] == (eos if isinstance(eos, list) and len(eos) > 1 else eos)
+    assert model["pad_token_id"] == generation.get("pad_token_id", config["pad_token_id"])
+    assert model["bos_token_id"] == generation.get("bos_token_id", config["bos_token_id"])
+    for key in ("do_sample", "temperature", "top_k", "top_p"):
+        if key in generation:
+            assert search[key] == generation[key], key
+    assert search["past_present_share_buffer"] is True
+    assert decoder["session_options"]["provider_options"] == []
+    assert "position_ids" not in decoder["inputs"]
+
+
+@pytest.mark.parametrize("ep,options", [
+    ("webgpu", {"enableGraphCapture": "0", "validationMode": "basic"}),
+    ("cuda", {"enable_cuda_graph": "0"}),
+    ("dml", {"enable_graph_capture": "0"}),
+])
+def test_provider_options_per_ep(built, ep, options):
+    config = genai_config(built("qwen3", precision="int4" if ep != "cuda" else "fp16", ep=ep))
+    assert config["model"]["decoder"]["session_options"]["provider_options"] == [{ep: options}]
+    assert ("position_ids" in config["model"]["decoder"]["inputs"]) == (ep == "dml")
+
+
+def test_context_length_override_sizes_the_rotary_cache(built):
+    import onnx
+    result = built("qwen3", precision="fp32", context_length=64)
+    assert genai_config(result)["model"]["context_length"] == 64
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    cos = next(t for t in model.graph.initializer if t.name == "cos_cache")
+    assert list(cos.dims) == [64, 16]
+
+
+def test_sliding_window_entry(built):
+    decoder = genai_config(built("mistral", precision="fp32"))["model"]["decoder"]
+    assert decoder["sliding_window"]["window_size"] == TINY_CONFIGS["mistral"]["sliding_window"]
+    assert decoder["sliding_window"]["layers"] == [0, 1]
