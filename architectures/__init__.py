@@ -15,7 +15,7 @@ from architectures.qwen3 import Qwen3Builder
 from architectures.qwen2 import Qwen2Builder
 from architectures.mistral import MistralBuilder
 from architectures.qwen3_moe import Qwen3MoeBuilder
+from architectures.gemma3 import Gemma3Builder
 
-__all__ = ["DecoderBuilder", "DecoderSpec", "LlamaBuilder", "MistralBuilder", "Qwen2Builder", "Qwen3Builder",
-           "Qwen3MoeBuilder",
-           "builder_class_for", "register", "registered"]
+__all__ = ["DecoderBuilder", "DecoderSpec", "Gemma3Builder", "LlamaBuilder", "MistralBuilder", "Qwen2Builder",
+           "Qwen3Builder", "Qwen3MoeBuilder", "builder_class_for", "register", "registered"]

@@ -50,6 +50,7 @@ class DecoderSpec:
     attention_bias: bool = False
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = field(default=())
+    attention_scale: float | None = None   # default 1/sqrt(head_dim); Gemma: query_pre_attn_scalar**-0.5
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> "DecoderSpec":
@@ -376,7 +377,8 @@ class DecoderBuilder:
                            outputs=[f"{base}/GroupQueryAttention/output_0", f"present.{i}.key",
                                     f"present.{i}.value"],
                            domain=MS_DOMAIN, num_heads=s.num_heads, kv_num_heads=s.num_kv_heads,
-                           scale=1.0 / math.sqrt(s.head_dim), do_rotary=int(rotary), rotary_interleaved=0,
+                           scale=s.attention_scale or 1.0 / math.sqrt(s.head_dim), do_rotary=int(rotary),
+                           rotary_interleaved=0,
                            local_window_size=window, **attrs)
         return out
 

@@ -53,9 +53,10 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
         "num_hidden_layers": spec.num_layers,
         "num_key_value_heads": spec.num_kv_heads,
     }
-    if spec.sliding_window and spec.sliding_layers:
-        decoder["sliding_window"] = {"window_size": spec.sliding_window, "slide_key_value_cache": False,
-                                     "slide_inputs": False, "layers": list(spec.sliding_layers)}
+    # No "sliding_window" entry even for windowed models: onnxruntime-genai 0.18 reads it
+    # as a request for window-sized per-layer KV buffers, while our GQA nodes keep the
+    # full-length shared buffer and apply the window themselves (local_window_size).
+    # With the entry, generation failed once a sequence passed window + 16 tokens.
 
     model = {
         "bos_token_id": int(bos) if bos is not None else (eos[0] if eos else 0),

@@ -130,6 +130,22 @@ TINY_CONFIGS: dict[str, dict] = {
         output_router_logits=False, router_aux_loss_coef=0.001,
         max_window_layers=2, use_sliding_window=False, sliding_window=None,
     ),
+    # Keys as in the hub's Gemma 3 text configs (google/gemma-3-1b-it; 4B-27B add linear rope
+    # scaling on the global layers): hidden_activation, query_pre_attn_scalar, rope_local_base_freq,
+    # sliding_window_pattern. Pattern 3 -> layers 0, 1 slide (window 6 < the 12-token test prompt),
+    # layer 2 is global. query_pre_attn_scalar != head_dim (as in 27B: 168 vs 128) and sqrt(96) is
+    # not exact, so a wrong attention or embedding scale shows in the logits.
+    "gemma3": {k: v for k, v in _tiny(
+        "Gemma3ForCausalLM", "gemma3_text",
+        hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=48,
+        attention_bias=False, tie_word_embeddings=True,
+        sliding_window=6, sliding_window_pattern=3,
+        rope_theta=1000000.0, rope_local_base_freq=10000.0,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+        attn_logit_softcapping=None, final_logit_softcapping=None,
+    ).items() if k != "hidden_act"},  # Gemma 3 configs name it hidden_activation only
 }
 
 
@@ -216,7 +232,7 @@ def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str
     stored one by one (transformers 5 fuses them at load time). Tied models have no
     lm_head.weight unless tied_lm_head (a copy of the embedding, as in Qwen3-0.6B/1.7B)."""
     mt = config["model_type"]
-    if mt not in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe"):
+    if mt not in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma3_text"):
         raise ValueError(f"unsupported model_type {mt!r}")
     h, v = config["hidden_size"], config["vocab_size"]
     nh, nkv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
@@ -243,6 +259,8 @@ def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str
         linear(f"{p}.self_attn.o_proj", h, nh * hd, config.get("attention_bias", False) and mt != "qwen2")
         if mt.startswith("qwen3"):  # per-head RMSNorm on q and k
             out += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
+        if mt == "gemma3_text":  # per-head RMSNorm on q and k too
+            out += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
         sparse = (
             mt == "qwen3_moe"
             and i not in config.get("mlp_only_layers", [])
@@ -256,6 +274,8 @@ def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str
         else:
             mlp(f"{p}.mlp", config["intermediate_size"])
         out += [(f"{p}.input_layernorm.weight", (h,)), (f"{p}.post_attention_layernorm.weight", (h,))]
+        if mt == "gemma3_text":  # norms around the MLP as well
+            out += [(f"{p}.pre_feedforward_layernorm.weight", (h,)), (f"{p}.post_feedforward_layernorm.weight", (h,))]
     out.append(("model.norm.weight", (h,)))
     if tied_lm_head or not config.get("tie_word_embeddings", False):
         out.append(("lm_head.weight", (v, h)))

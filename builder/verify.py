@@ -148,9 +148,11 @@ def verify_build(model_dir: str | Path, checkpoint_dir: str | Path, options: Bui
 
 # --verify bounds. The reference holds the dequantized weights, so the bound only has
 # to absorb kernel arithmetic: fp32 is exact to ~1e-5; accuracy_level 4 (int8
-# activations) and fp16 activations move logits by about 1e-4..1e-3 relative.
+# activations) and fp16 activations gave NMSE 1e-6..1.4e-3 on the tiny test models
+# (Gemma 3's 1 + w norms amplify it most). A wrong graph (a misplaced norm, wrong
+# rotary or window) gives NMSE near 1, so 1e-2 still separates the two.
 FP32_MAX_ABS = 1e-3
-QUANTIZED_NMSE = 1e-3
+QUANTIZED_NMSE = 1e-2
 
 
 def verify_output(folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str,

@@ -30,9 +30,9 @@ LAYOUTS = {
 
 
 def parse_layout(text: str) -> dict:
-    """'qkv/mlp[/silu]' or 'auto' -> build options."""
+    """'qkv/mlp[/silu[/target ort]]' or 'auto' -> build options."""
     parts = text.split("/") if text != "auto" else []
-    keys = ("qkv_packing", "mlp_packing", "silu")
+    keys = ("qkv_packing", "mlp_packing", "silu", "target_ort")
     return dict(zip(keys, parts))
 
 
@@ -46,8 +46,10 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layout", action="append", metavar="QKV/MLP[/SILU]",
-                        help="Layouts to build, e.g. separate/separate/sigmoid-mul (default: a set per EP).")
+    parser.add_argument("--layout", action="append", metavar="QKV/MLP[/SILU[/ORT]]",
+                        help="Layouts to build, e.g. separate/separate/sigmoid-mul or "
+                             "packed-split/separate/sigmoid-mul/1.30 (an older target: no BranchwiseRMSNorm). "
+                             "Default: a set per EP.")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
                         help="Other model folders to time alongside (e.g. the reference builder's).")
     parser.add_argument("--json")
@@ -56,11 +58,11 @@ def main() -> int:
     models, layouts = {}, {}
     for text in args.layout or LAYOUTS[args.ep]:
         out = Path(args.work) / f"{args.ep}-{args.precision}-{text.replace('/', '-')}"
+        options = {"target_ort": args.target_ort, **parse_layout(text)}
         result = build(BuildOptions(model=args.checkpoint, precision=args.precision, ep=args.ep, output=str(out),
-                                    target_ort=args.target_ort, overwrite=True, **parse_layout(text)),
-                       show_progress=False)
+                                    overwrite=True, **options), show_progress=False)
         layout = result.report["layout"]
-        resolved = f"{layout['qkv_packing']}/{layout['mlp_packing']}/{layout['silu']}"
+        resolved = f"{layout['qkv_packing']}/{layout['mlp_packing']}/{layout['silu']}/{layout['head_norm']}"
         name = f"{text} -> {resolved}" if text == "auto" else resolved
         models[name] = str(out)
         layouts[name] = {"layout": layout, "nodes": result.report["nodes"]["total"],

@@ -15,6 +15,9 @@ PARITY_CASES: dict[str, list[str]] = {
     "MistralForCausalLM": ["mistral", "mistral-nosw"],
     # 4 experts, top-2, normalized top-k weights: MoE (fp32) / QMoE (int4, int8) nodes.
     "Qwen3MoeForCausalLM": ["qwen3-moe"],
+    # (1 + w) norms, four per layer, scaled embedding, FastGelu, query_pre_attn_scalar, sliding
+    # window 6 with local rope on layers 0-1, linear rope scaling on the global layer 2.
+    "Gemma3ForCausalLM": ["gemma3"],
 }
 
 ALL_CASES = [name for names in PARITY_CASES.values() for name in names]

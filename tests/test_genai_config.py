@@ -55,7 +55,29 @@ def test_context_length_override_sizes_the_rotary_cache(built):
     assert list(cos.dims) == [64, 16]
 
 
-def test_sliding_window_entry(built):
-    decoder = genai_config(built("mistral", precision="fp32"))["model"]["decoder"]
-    assert decoder["sliding_window"]["window_size"] == TINY_CONFIGS["mistral"]["sliding_window"]
-    assert decoder["sliding_window"]["layers"] == [0, 1]
+def test_sliding_window_models_run_past_the_window_in_genai(built, checkpoint):
+    """GQA applies the window over the full shared KV buffer; a genai sliding_window
+    entry would shrink the buffers to window + 16 and break longer generations."""
+    import onnxruntime_genai as og
+    import torch
+
+    from builder import BuildOptions
+    from builder.verify import dequantized_reference
+
+    result = built("mistral", precision="fp32")
+    assert "sliding_window" not in genai_config(result)["model"]["decoder"]
+    window = TINY_CONFIGS["mistral"]["sliding_window"]
+    prompt, new = [5, 17, 42, 99, 120, 7, 64, 300], 4 * window + 16
+    model = og.Model(str(result.output))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    ours = [int(t) for t in generator.get_sequence(0)]
+    reference = dequantized_reference(checkpoint("mistral"), BuildOptions(model="x", precision="fp32"))
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new,
+                                    do_sample=False)[0].tolist()
+    assert ours == theirs

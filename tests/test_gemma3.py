@@ -1,0 +1,246 @@
+"""Gemma 3 text (Gemma3ForCausalLM): graph details, config resolution against transformers,
+other layouts and long genai generation. Logit parity of every precision is in
+tests/test_parity.py (the "gemma3" tiny config); bounds here are the same: fp32 against
+transformers to 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from safetensors.torch import load_file
+
+from architectures.gemma3 import Gemma3Builder
+from builder import BuildOptions
+from builder.checkpoint import Checkpoint
+from builder.errors import BuilderError
+from builder.pipeline import build, run
+from builder.synthetic import TINY_CONFIGS, make_checkpoint
+from builder.verify import verify_build
+
+PROMPT, DECODE = 12, 4
+TINY = TINY_CONFIGS["gemma3"]
+
+
+def parity(result, checkpoint_dir, bound=1e-4):
+    options = BuildOptions(**result.report["options"])
+    p = verify_build(result.output, checkpoint_dir, options, prompt_length=PROMPT, decode_steps=DECODE)
+    assert p.max_abs < bound and p.argmax_agree == 1.0, p
+    return p
+
+
+def attr(node, name, default=None):
+    found = [a for a in node.attribute if a.name == name]
+    return onnx.helper.get_attribute_value(found[0]) if found else default
+
+
+def spec_of(config: dict):
+    """Gemma3Builder.make_spec without a checkpoint (it reads only the config)."""
+    return Gemma3Builder.__new__(Gemma3Builder).make_spec(config)
+
+
+# ---- the graph ------------------------------------------------------------------
+
+
+def test_graph_structure(built, checkpoint):
+    result = built("gemma3", precision="fp32")
+    model = onnx.load(str(result.model_path))
+    nodes = model.graph.node
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    layers = TINY["num_hidden_layers"]
+
+    def named(op):
+        return [n.name for n in nodes if n.op_type == op]
+
+    # Four norms a layer: the post-norms are plain SLN (before the residual add), the adds
+    # ride on pre_feedforward_layernorm and the next input_layernorm / the final norm.
+    assert [n for n in named("SimplifiedLayerNormalization") if "/attn/" not in n] == (
+        ["/model/layers.0/input_layernorm/LayerNorm"]
+        + [f"/model/layers.{i}/{norm}/LayerNorm" for i in range(layers)
+           for norm in ("post_attention_layernorm", "post_feedforward_layernorm")])
+    skip = named("SkipSimplifiedLayerNormalization")
+    assert skip[0::2] == [f"/model/layers.{i}/pre_feedforward_layernorm/SkipLayerNorm" for i in range(layers)]
+    assert skip[1::2] == ([f"/model/layers.{i}/input_layernorm/SkipLayerNorm" for i in range(1, layers)]
+                          + ["/model/norm/SkipLayerNorm"])
+    assert len(named("FastGelu")) == layers and not named("QuickGelu") and not named("Sigmoid")
+
+    # Embedding * sqrt(hidden) in float32, as transformers' embed_scale.to(float32).
+    (mul,) = [n for n in nodes if n.name == "/model/embed_tokens/Mul"]
+    assert inits[mul.input[1]] == np.float32(math.sqrt(TINY["hidden_size"]))
+
+    # Attention: query_pre_attn_scalar ** -0.5, the window and local rope on sliding layers only.
+    gqa = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+    assert [attr(n, "scale") for n in gqa] == [pytest.approx(TINY["query_pre_attn_scalar"] ** -0.5, rel=1e-7)] * 3
+    assert [attr(n, "local_window_size", -1) for n in gqa] == [6, 6, -1]
+    assert [(n.input[7], n.input[8]) for n in gqa] == [("cos_cache_local", "sin_cache_local")] * 2 + [
+        ("cos_cache", "sin_cache")]
+
+    # Norm weights are 1 + w (float32 sum), the per-head q/k norms included.
+    weights = load_file(checkpoint("gemma3") / "model.safetensors")
+    for name in ("model.layers.1.post_feedforward_layernorm.weight", "model.norm.weight",
+                 "model.layers.0.self_attn.k_norm.weight"):
+        np.testing.assert_array_equal(inits[name], (weights[name].float() + 1.0).numpy())
+
+    genai = json.loads(result.genai_config_path.read_text())["model"]
+    assert genai["type"] == "gemma3_text"
+    # No sliding_window entry: genai 0.18 would give those layers window + 16-slot KV buffers.
+    assert "sliding_window" not in genai["decoder"]
+    assert result.report["layout"]["silu"] == "none"
+
+
+def test_fused_norm_layout_gets_one_plus_w(built, checkpoint):
+    """CUDA puts the q/k norms inside GroupQueryAttention: the weights are 1 + w there too."""
+    result = built("gemma3", precision="fp16", ep="cuda")
+    assert result.report["layout"]["head_norm"] == "gqa"
+    model = onnx.load(str(result.model_path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights = load_file(checkpoint("gemma3") / "model.safetensors")
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    for i, node in enumerate(gqa):
+        for j, kind in ((14, "q"), (15, "k")):
+            name = f"model.layers.{i}.self_attn.{kind}_norm.weight"
+            assert node.input[j] == name
+            np.testing.assert_array_equal(inits[name], (weights[name].float() + 1.0).numpy().astype(np.float16))
+
+
+@pytest.mark.parametrize("swap,rotary_nodes", [
+    (dict(rotary_in_gqa=False, packed_qkv_into_gqa=False, qkv="separate"), 6),  # dml: RotaryEmbedding nodes
+    (dict(head_norm="reshape-sln", qkv="separate", mlp="separate"), 0),         # webgpu: Reshape/SLN/Reshape
+], ids=["rotary-nodes", "reshape-sln"])
+def test_other_target_layouts_match_transformers(checkpoint, tmp_path, swap, rotary_nodes):
+    """Layouts of other EPs, run on CPU in fp32 by swapping the layout of a cpu build: each
+    layer still picks its rope caches, and the reshaped q/k norms get 1 + w."""
+    ckpt = checkpoint("gemma3")
+    options = BuildOptions(model=str(ckpt), output=str(tmp_path / "out"), precision="fp32")
+    builder = Gemma3Builder(Checkpoint(ckpt), options)
+    builder.layout = replace(builder.layout, **swap)
+    result = run(builder, show_progress=False)
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    rotary = [n for n in model.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == rotary_nodes
+    ops = result.report["nodes"]["by_op_type"]
+    assert ("BranchwiseRMSNorm" in ops) == (builder.layout.head_norm == "branchwise")
+    if rotary:
+        assert [n.input[2] for n in rotary] == ["cos_cache_local"] * 4 + ["cos_cache"] * 2
+        assert "position_ids" in [i.name for i in model.graph.input]
+    parity(result, ckpt)
+
+
+# ---- config resolution -----------------------------------------------------------
+
+
+def _saved_style(**changes) -> dict:
+    """The tiny config as transformers 5 writes it: rope_parameters keyed by layer type and
+    layer_types, without rope_theta / rope_scaling / rope_local_base_freq / the pattern."""
+    cfg = {k: v for k, v in TINY.items()
+           if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern")}
+    cfg.update(
+        layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}},
+        sliding_window=5,
+    )
+    cfg.update(changes)
+    return cfg
+
+
+CONFIG_STYLES = {
+    "hub-tiny": TINY,
+    "saved-tiny": _saved_style(),
+    # Keys left out take Gemma3TextConfig's defaults: pattern 6, rope 1e6 / 1e4, window 4096.
+    "defaults": {k: v for k, v in TINY.items()
+                 if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern",
+                              "sliding_window", "query_pre_attn_scalar")} | {"num_hidden_layers": 13},
+    # google/gemma-3-27b-it's text config, dims as on the hub.
+    "27b": {**TINY, "hidden_size": 5376, "intermediate_size": 21504, "num_hidden_layers": 62,
+            "num_attention_heads": 32, "num_key_value_heads": 16, "head_dim": 128,
+            "query_pre_attn_scalar": 168, "sliding_window": 1024, "sliding_window_pattern": 6,
+            "max_position_embeddings": 131072, "rope_local_base_freq": 10000.0, "rope_theta": 1000000.0,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+}
+
+
+@pytest.mark.parametrize("style", list(CONFIG_STYLES))
+def test_config_resolution_follows_transformers(style):
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
+
+    config = CONFIG_STYLES[style]
+    spec = spec_of(config)
+    theirs = Gemma3TextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    rotary = Gemma3RotaryEmbedding(theirs)
+    np.testing.assert_allclose(spec.rope.inv_freq(), rotary.full_attention_inv_freq.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(spec.local_rope.inv_freq(), rotary.sliding_attention_inv_freq.numpy(), rtol=1e-6)
+    assert spec.sliding_layers == tuple(i for i, t in enumerate(theirs.layer_types) if t == "sliding_attention")
+    assert spec.sliding_window == theirs.sliding_window
+    assert spec.attention_scale == theirs.query_pre_attn_scalar ** -0.5
+    assert spec.head_dim == theirs.head_dim and spec.num_kv_heads == theirs.num_key_value_heads
+    assert spec.tie_word_embeddings
+
+
+def test_saved_config_style_matches_transformers(tmp_path):
+    """Global layer first, nested rope_parameters with their own thetas and linear factor."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", _saved_style())
+    result = build(model=str(ckpt), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert [attr(n, "local_window_size", -1) for n in gqa] == [-1, 5, 5]
+    parity(result, ckpt)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(final_logit_softcapping=30.0), "final_logit_softcapping = 30.0 is not implemented"),
+    (dict(attn_logit_softcapping=50.0), "attn_logit_softcapping = 50.0 is not implemented"),
+    (dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
+    (dict(hidden_activation="gelu"), "hidden_activation 'gelu' is not supported"),
+    (dict(attention_bias=True), "attention_bias"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 5e5}), "keyed by layer type"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn' is not supported yet .*full_attention"),
+    (dict(layer_types=["sliding_attention"]), "must name 3 layers"),
+    (dict(sliding_window=None), "sliding_window = None must be a positive integer"),
+    (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar"),
+])
+def test_unsupported_configs_are_refused(change, message):
+    with pytest.raises(BuilderError, match=message):
+        spec_of({**TINY, **change})
+
+
+def test_silu_option_is_refused(built):
+    with pytest.raises(BuilderError, match="--silu sigmoid-mul: Gemma 3's MLP has no SiLU"):
+        built("gemma3", precision="fp32", silu="sigmoid-mul")
+
+
+# ---- onnxruntime-genai -------------------------------------------------------------
+
+
+def test_genai_generates_past_the_window(built, checkpoint):
+    """48 tokens: far past the window (6) plus the 16 slots genai 0.18 would give a windowed
+    layer had genai_config.json a sliding_window entry (that build fails at token 23)."""
+    import onnxruntime_genai as og
+
+    from builder.verify import dequantized_reference
+
+    result = built("gemma3", precision="fp32")
+    prompt, new_tokens = [5, 17, 42, 99, 120, 7, 64, 300], 40
+    model = og.Model(str(result.output))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + new_tokens,
+                              min_length=len(prompt) + new_tokens)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    ours = [int(t) for t in generator.get_sequence(0)]
+
+    reference = dequantized_reference(checkpoint("gemma3"), BuildOptions(model="x", precision="fp32"))
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
+                                    min_new_tokens=new_tokens, do_sample=False)[0].tolist()
+    assert ours == theirs
