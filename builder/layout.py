@@ -16,24 +16,27 @@ from builder.options import BuildOptions
 from builder.targets import Target
 from quant.selection import WeightFormat
 
-# ep -> (qkv packing, mlp packing, evidence). fused-norm entries fall back to
-# packed-split where the target runtime lacks GQA's q/k-norm inputs.
-AUTO_LAYOUT: dict[str, tuple[str, str, str]] = {
-    # CPU (this 2-core machine), Qwen3-0.6B int4 through onnxruntime-genai: see
-    # docs/packing.md#cpu. REFERENCE 2 measured packed QKV at 0.80-0.85x and packed
-    # gate_up at 0.91-0.94x the decode time of separate projections.
-    "cpu": ("packed-split", "packed", "docs/packing.md#cpu"),
+# ep -> (qkv packing, mlp packing, silu form, evidence). fused-norm entries fall back
+# to packed-split where the target runtime lacks GQA's q/k-norm inputs.
+AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
+    # CPU (this 2-core machine), Qwen3-0.6B int4 through onnxruntime-genai, 10 interleaved
+    # rounds, paired medians vs the reference builder's model: packed-split/separate/
+    # sigmoid-mul with BranchwiseRMSNorm 1.10x decode (10/10 rounds); separate q/k/v 1.098x
+    # and packed gate_up 1.097x (washes); QuickGelu 1.062x (ORT's CPU QuickGelu is slower
+    # than Sigmoid + Mul); Reshape/SLN/Reshape instead of BranchwiseRMSNorm 1.015x.
+    # docs/packing.md#cpu.
+    "cpu": ("packed-split", "separate", "sigmoid-mul", "docs/packing.md#cpu"),
     # WebGPU (onnxruntime-webgpu 1.27, H100), Qwen3-0.6B int4, 512+128 tokens,
     # interleaved runs: packed-split decoded at 0.93x and 0.89x of separate q/k/v (paired
     # medians; ORT's run-time fusion matches three MatMulNBits, not MatMul + Split), packed
-    # gate_up at 0.86-0.91x. docs/packing.md#webgpu.
-    "webgpu": ("separate", "separate", "docs/packing.md#webgpu"),
+    # gate_up at 0.86-0.91x, Sigmoid+Mul at 0.97-1.0x of QuickGelu. docs/packing.md#webgpu.
+    "webgpu": ("separate", "separate", "quickgelu", "docs/packing.md#webgpu"),
     # CUDA: the reference builder's layout (packed QKV, norm inside GQA); fused QKV gave
     # +4-5% in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.
-    "cuda": ("fused-norm", "separate", "REFERENCE.md section 4; not measured here"),
+    "cuda": ("fused-norm", "separate", "quickgelu", "REFERENCE.md section 4; not measured here"),
     # DirectML: GQA there takes neither packed QKV nor rotary: the reference builder's
     # layout (separate projections + RotaryEmbedding). Not measured here (no DirectML).
-    "dml": ("separate", "separate", "reference builder's dml layout; not measured here"),
+    "dml": ("separate", "separate", "sigmoid-mul", "reference builder's dml layout; not measured here"),
 }
 
 
@@ -60,7 +63,7 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
     qkv_formats / mlp_formats: per layer, the formats of [q, k, v] / [gate, up].
     """
     notes: list[str] = []
-    auto_qkv, auto_mlp, evidence = AUTO_LAYOUT[target.ep]
+    auto_qkv, auto_mlp, auto_silu, evidence = AUTO_LAYOUT[target.ep]
     rotary_in_gqa = target.supports("gqa_rotary")
 
     qkv = options.qkv_packing
@@ -102,7 +105,7 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
     packed_into_gqa = (qkv == "packed-split" and not qk_norm and rotary_in_gqa)
     silu = options.silu
     if silu == "auto":
-        silu = "quickgelu" if target.supports("quick_gelu") else "sigmoid-mul"
+        silu = auto_silu if target.supports("quick_gelu") else "sigmoid-mul"
     elif silu == "quickgelu" and not target.supports("quick_gelu"):
         raise BuilderError(f"--silu quickgelu: QuickGelu is not verified on {target.ep}; use sigmoid-mul")
     return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes))

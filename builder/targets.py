@@ -51,9 +51,8 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # 0.8-0.9x the time of Reshape/SLN/Reshape on CPU (REFERENCE 2). Seen in 1.31.1.
     "branchwise_rmsnorm": {"cpu": (1, 31)},
     # com.microsoft QuickGelu with alpha=1 is SiLU in one node instead of Sigmoid+Mul
-    # (bit-identical on CPU), and WebGPU decode pays per node; measured no slower there
-    # (paired ratio 0.997 for Sigmoid+Mul, docs/packing.md#webgpu). DirectML keeps
-    # Sigmoid+Mul: not verified here.
+    # (bit-identical on CPU). Where `auto` uses it is builder.layout's call (measured);
+    # DirectML is left out: not verified here.
     "quick_gelu": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # com.microsoft MoE/QMoE with interleaved SwiGLU (swiglu_fusion=1), as Qwen3-MoE needs:
     # verified on ORT 1.31.1's CPU kernels; onnxruntime-webgpu 1.27 rejects the QMoE node

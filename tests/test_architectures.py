@@ -72,8 +72,8 @@ def test_qwen2_sliding_window_layers(built, checkpoint):
     ckpt = checkpoint("qwen2", **overrides)
     result = build(model=str(ckpt), output=str(ckpt.parent / "qwen2-sw"), precision="fp32", show_progress=False)
     assert [attr(n, "local_window_size", -1) for n in nodes(result, "GroupQueryAttention")] == [-1, 8]
-    window = json.loads(result.genai_config_path.read_text())["model"]["decoder"]["sliding_window"]
-    assert window["window_size"] == 8 and window["layers"] == [1]
+    # The window lives in GQA only (see builder/genai_config.py).
+    assert "sliding_window" not in json.loads(result.genai_config_path.read_text())["model"]["decoder"]
     parity(result, ckpt)
 
 
@@ -87,7 +87,7 @@ def test_mistral_window_is_gqa_local_window_size(built):
     assert [attr(n, "local_window_size") for n in nodes(result, "GroupQueryAttention")] == [8, 8]
     genai = json.loads(result.genai_config_path.read_text())["model"]
     assert genai["type"] == "mistral"
-    assert genai["decoder"]["sliding_window"]["window_size"] == 8
+    assert "sliding_window" not in genai["decoder"]
     no_window = built("mistral-nosw", precision="fp32")
     assert [attr(n, "local_window_size", -1) for n in nodes(no_window, "GroupQueryAttention")] == [-1, -1]
     assert "sliding_window" not in json.loads(no_window.genai_config_path.read_text())["model"]["decoder"]
