@@ -2,7 +2,7 @@
 
     python scripts/bench_genai.py NAME=DIR [NAME=DIR ...] --provider cpu --prompt 128 --new 64 --rounds 5
 
-Every round runs every model once, in a rotated order, so drift of the
+Every round runs every model once, in a shuffled order, so drift of the
 machine (clocks, other load) hits all models alike; the report gives medians
 and the ratio of each model to the first. Models that fail to load are
 reported as such (with the error), not dropped silently.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -47,18 +48,31 @@ def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400) -> tuple
 
 
 def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: int, rounds: int,
-          warmup: int = 1) -> dict:
-    loaded, errors = {}, {}
+          warmup: int = 1, reload: bool = True) -> dict:
+    """Interleaved timing of every model; see the module docstring.
+
+    reload: load every model afresh for each timed run. On the 2-core machine one
+    session of a model stayed 2-5% faster or slower than another session of the very
+    same files for its whole life (8/8 rounds), so timings of long-lived sessions
+    compare session placement as much as models. Fresh sessions average that out.
+    """
+    errors = {}
+    loaded = {}
     for name, path in models.items():
         try:
             loaded[name] = load(path, provider)
         except Exception as e:  # a model that does not load is a result, not a crash
             errors[name] = str(e).splitlines()[0][:300]
-    samples = {name: {"prefill_s": [], "decode_tok_s": []} for name in loaded}
     names = list(loaded)
+    samples = {name: {"prefill_s": [], "decode_tok_s": []} for name in names}
+    # A seeded shuffle per round varies each model's position and predecessor.
+    rng = random.Random(0)
     for r in range(warmup + rounds):
-        order = names[r % len(names):] + names[:r % len(names)] if names else []
-        for name in order:
+        for name in rng.sample(names, len(names)):
+            if reload and r >= warmup:
+                loaded[name] = None  # free the old session before the new one is made
+                loaded[name] = load(models[name], provider)
+                run_once(loaded[name], 16, 4)  # first-run allocations out of the timed run
             prefill, decode = run_once(loaded[name], prompt_len, new_tokens)
             if r >= warmup:
                 samples[name]["prefill_s"].append(prefill)
@@ -73,6 +87,7 @@ def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: in
     if names:
         add_ratios(results, names[0])
     return {"provider": provider, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
+            "fresh_session_per_run": reload,
             "models": models, "results": results, "load_errors": errors}
 
 
@@ -110,10 +125,12 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--keep-loaded", action="store_true",
+                        help="Time long-lived sessions instead of a fresh session per run (faster, noisier).")
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
-    report = bench(models, args.provider, args.prompt, args.new, args.rounds)
+    report = bench(models, args.provider, args.prompt, args.new, args.rounds, reload=not args.keep_loaded)
     print(markdown(report))
     if args.json:
         with open(args.json, "w") as f:
