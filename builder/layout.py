@@ -20,10 +20,10 @@ from quant.selection import WeightFormat
 # to packed-split where the target runtime lacks GQA's q/k-norm inputs.
 AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
     # CPU (this 2-core machine), Qwen3-0.6B int4 through onnxruntime-genai, fresh session
-    # per run, shuffled order: every layout decoded within 2% of the others, inside the
-    # noise floor (two identical builds measured 1.1% apart). BranchwiseRMSNorm stays (one
-    # node for three, and 0.8-0.9x the time in REFERENCE 2); Sigmoid+Mul over QuickGelu
-    # because long-lived-session runs put QuickGelu 4% behind. docs/packing.md#cpu.
+    # per run, shuffled order: every packing/SiLU layout decoded within 2% of the others,
+    # inside the noise floor (two identical builds measured 1.1% apart); Sigmoid+Mul over
+    # QuickGelu because long-lived-session runs put QuickGelu 4% behind. The head-norm
+    # form is what mattered, at 1.7B (see choose_layout). docs/packing.md#cpu.
     "cpu": ("packed-split", "separate", "sigmoid-mul", "docs/packing.md#cpu"),
     # WebGPU (onnxruntime-webgpu 1.27, H100), Qwen3-0.6B int4, 512+128 tokens,
     # interleaved runs: packed-split decoded at 0.93x and 0.89x of separate q/k/v (paired
@@ -97,9 +97,14 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
         head_norm = "none"
     elif qkv == "fused-norm":
         head_norm = "gqa"
-    elif target.supports("branchwise_rmsnorm"):
+    elif options.head_norm == "branchwise":
+        if not target.supports("branchwise_rmsnorm"):
+            raise BuilderError(f"--head-norm branchwise: BranchwiseRMSNorm is not run by {target.ep} on ONNX "
+                               f"Runtime {target.version_text} (cpu, ORT >= 1.31 only); use reshape-sln")
         head_norm = "branchwise"
     else:
+        # auto: Qwen3-1.7B int4 cpu decoded 1.13x faster with Reshape/SLN/Reshape than with
+        # BranchwiseRMSNorm (5/5 fresh sessions; docs/packing.md#cpu), despite 2 more nodes.
         head_norm = "reshape-sln"
     packed_into_gqa = (qkv == "packed-split" and not qk_norm and rotary_in_gqa)
     silu = options.silu

@@ -19,6 +19,7 @@ EPS = ("cpu", "cuda", "webgpu", "dml")
 QKV_PACKINGS = ("auto", "packed-split", "separate", "fused-norm")
 MLP_PACKINGS = ("auto", "packed", "separate")
 SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
+HEAD_NORMS = ("auto", "reshape-sln", "branchwise")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
@@ -98,6 +99,15 @@ class BuildOptions:
                       help="How the MLP's SiLU is written: quickgelu (one com.microsoft QuickGelu node, "
                            "alpha=1) or sigmoid-mul (Sigmoid and Mul). Same numbers; auto: the measured "
                            "best for the EP (docs/packing.md)."),
+    )
+    head_norm: str = field(
+        default="auto",
+        metadata=_opt("--head-norm", choices=HEAD_NORMS,
+                      help="Form of the per-head Q/K RMSNorm (QK-norm models, unless --qkv-packing "
+                           "fused-norm puts it inside GroupQueryAttention): reshape-sln (Reshape, "
+                           "SimplifiedLayerNormalization, Reshape; every EP) or branchwise (one "
+                           "com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: reshape-sln, "
+                           "measured faster on cpu (docs/packing.md)."),
     )
     target_ort: str | None = field(
         default=None,

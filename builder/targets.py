@@ -47,8 +47,9 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # GQA inputs 14/15 (q_norm_weight, k_norm_weight). The CPU kernel loads them and then
     # fails at Run; onnxruntime-webgpu 1.27.0 rejects the 16-input node at load (REFERENCE 3).
     "gqa_qk_norm": {"cuda": (1, 28), "webgpu": (1, 28)},
-    # com.microsoft BranchwiseRMSNorm: per-head RMSNorm on [B,S,H*D] with a [D] scale,
-    # 0.8-0.9x the time of Reshape/SLN/Reshape on CPU (REFERENCE 2). Seen in 1.31.1.
+    # com.microsoft BranchwiseRMSNorm: per-head RMSNorm on [B,S,H*D] with a [D] scale.
+    # Seen in 1.31.1. 0.8-0.9x the time of Reshape/SLN/Reshape in isolation (REFERENCE 2),
+    # but whole-model decode was slower with it (docs/packing.md#cpu): opt-in only.
     "branchwise_rmsnorm": {"cpu": (1, 31)},
     # com.microsoft QuickGelu with alpha=1 is SiLU in one node instead of Sigmoid+Mul
     # (bit-identical on CPU). Where `auto` uses it is builder.layout's call (measured);

@@ -122,6 +122,36 @@ def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list
     return logits
 
 
+def genai_greedy(model_dir: str | Path, prompt: list[int], new_tokens: int, provider: str | None = None) -> list[int]:
+    """Prompt + exactly new_tokens greedy tokens through onnxruntime-genai.
+
+    min_length masks EOS, so a random model cannot stop early on one side only.
+    """
+    import onnxruntime_genai as og
+    config = og.Config(str(model_dir))
+    if provider is not None:
+        config.clear_providers()
+        if provider != "cpu":
+            config.append_provider(provider)
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    total = len(prompt) + new_tokens
+    params.set_search_options(do_sample=False, max_length=total, min_length=total)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)]
+
+
+def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """The same generation through transformers (min_new_tokens masks EOS alike)."""
+    import torch
+    with torch.no_grad():
+        return model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False)[0].tolist()
+
+
 def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResult:
     diffs = [float(np.abs(e - a).max()) for e, a in zip(expected, actual)]
     agree = np.concatenate([(e.argmax(-1) == a.argmax(-1)).ravel() for e, a in zip(expected, actual)])

@@ -17,11 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder import BuildOptions, build  # noqa: E402
 from builder.synthetic import TINY_CONFIGS, make_checkpoint  # noqa: E402
-from builder.verify import dequantized_reference, verify_build  # noqa: E402
+from builder.verify import dequantized_reference, genai_greedy, transformers_greedy, verify_build  # noqa: E402
 
 CASES = [  # (tiny config, precision, qkv packing, mlp packing, target ort)
     ("qwen3", "int4", "auto", "auto", None),
@@ -38,23 +40,7 @@ CASES = [  # (tiny config, precision, qkv packing, mlp packing, target ort)
 ]
 
 
-def genai_tokens(folder: Path, prompt: list[int], new: int) -> list[int]:
-    import onnxruntime_genai as og
-    config = og.Config(str(folder))
-    config.clear_providers()
-    config.append_provider("webgpu")
-    model = og.Model(config)
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new)
-    gen = og.Generator(model, params)
-    gen.append_tokens(prompt)
-    while not gen.is_done():
-        gen.generate_next_token()
-    return [int(t) for t in gen.get_sequence(0)]
-
-
 def main() -> int:
-    import torch
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -76,12 +62,9 @@ def main() -> int:
                                   provider="WebGpuExecutionProvider")
             row.update(parity.as_dict())
             prompt = [5, 17, 42, 99, 120, 7, 64, 300]
-            ours = genai_tokens(result.output, prompt, 16)
-            reference = dequantized_reference(ckpt, options, io_dtype=__import__("numpy").float16
-                                              if precision != "fp32" else __import__("numpy").float32)
-            with torch.no_grad():
-                theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16,
-                                            do_sample=False)[0].tolist()
+            ours = genai_greedy(result.output, prompt, 16, provider="webgpu")
+            io_dtype = np.float32 if precision == "fp32" else np.float16
+            theirs = transformers_greedy(dequantized_reference(ckpt, options, io_dtype=io_dtype), prompt, 16)
             row["genai_tokens_equal"] = ours == theirs
             row["genai_first_mismatch"] = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
         except Exception as e:

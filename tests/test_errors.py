@@ -255,3 +255,17 @@ def test_failed_verify_is_a_failed_build(ckpt, tmp_path, monkeypatch):
     with pytest.raises(BuilderError, match="--verify failed"):
         build(model=str(ckpt), output=str(out), precision="int4", verify=True, show_progress=False)
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+
+
+def test_help_lists_every_option_and_exits_zero():
+    import dataclasses
+
+    from builder.options import BuildOptions
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command in ([], ["inspect"], ["batch"]):
+        proc = subprocess.run([sys.executable, "-m", "builder", *command, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+        if not command:
+            for f in dataclasses.fields(BuildOptions):
+                assert f.metadata["flags"][-1] in proc.stdout, f.name

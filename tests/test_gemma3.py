@@ -13,7 +13,6 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
@@ -223,24 +222,11 @@ def test_silu_option_is_refused(built):
 def test_genai_generates_past_the_window(built, checkpoint):
     """48 tokens: far past the window (6) plus the 16 slots genai 0.18 would give a windowed
     layer had genai_config.json a sliding_window entry (that build fails at token 23)."""
-    import onnxruntime_genai as og
-
-    from builder.verify import dequantized_reference
+    from builder.verify import dequantized_reference, genai_greedy, transformers_greedy
 
     result = built("gemma3", precision="fp32")
     prompt, new_tokens = [5, 17, 42, 99, 120, 7, 64, 300], 40
-    model = og.Model(str(result.output))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + new_tokens,
-                              min_length=len(prompt) + new_tokens)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    while not generator.is_done():
-        generator.generate_next_token()
-    ours = [int(t) for t in generator.get_sequence(0)]
-
+    ours = genai_greedy(result.output, prompt, new_tokens)
     reference = dequantized_reference(checkpoint("gemma3"), BuildOptions(model="x", precision="fp32"))
-    with torch.no_grad():
-        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
-                                    min_new_tokens=new_tokens, do_sample=False)[0].tolist()
+    theirs = transformers_greedy(reference, prompt, new_tokens)
     assert ours == theirs

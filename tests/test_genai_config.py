@@ -58,26 +58,14 @@ def test_context_length_override_sizes_the_rotary_cache(built):
 def test_sliding_window_models_run_past_the_window_in_genai(built, checkpoint):
     """GQA applies the window over the full shared KV buffer; a genai sliding_window
     entry would shrink the buffers to window + 16 and break longer generations."""
-    import onnxruntime_genai as og
-    import torch
-
     from builder import BuildOptions
-    from builder.verify import dequantized_reference
+    from builder.verify import dequantized_reference, genai_greedy, transformers_greedy
 
     result = built("mistral", precision="fp32")
     assert "sliding_window" not in genai_config(result)["model"]["decoder"]
     window = TINY_CONFIGS["mistral"]["sliding_window"]
     prompt, new = [5, 17, 42, 99, 120, 7, 64, 300], 4 * window + 16
-    model = og.Model(str(result.output))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    while not generator.is_done():
-        generator.generate_next_token()
-    ours = [int(t) for t in generator.get_sequence(0)]
+    ours = genai_greedy(result.output, prompt, new)
     reference = dequantized_reference(checkpoint("mistral"), BuildOptions(model="x", precision="fp32"))
-    with torch.no_grad():
-        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new,
-                                    do_sample=False)[0].tolist()
+    theirs = transformers_greedy(reference, prompt, new)
     assert ours == theirs

@@ -12,7 +12,7 @@ from builder import BuildOptions
 from builder.verify import onnx_logits, onnx_session, verify_build
 
 LAYOUTS = list(itertools.product(["packed-split", "separate"], ["packed", "separate"],
-                                 ["quickgelu", "sigmoid-mul"], ["1.31", "1.30"]))
+                                 ["quickgelu", "sigmoid-mul"], ["branchwise", "reshape-sln"]))
 
 
 def logits_of(result):
@@ -20,15 +20,14 @@ def logits_of(result):
     return onnx_logits(onnx_session(result.output), rng.integers(0, 480, (1, 12)), [4, 9, 200])
 
 
-@pytest.mark.parametrize("qkv,mlp,silu,target", LAYOUTS)
-def test_layouts_match_transformers_and_each_other(built, checkpoint, qkv, mlp, silu, target):
+@pytest.mark.parametrize("qkv,mlp,silu,head_norm", LAYOUTS)
+def test_layouts_match_transformers_and_each_other(built, checkpoint, qkv, mlp, silu, head_norm):
     options = dict(precision="int4", accuracy_level=0, qkv_packing=qkv, mlp_packing=mlp, silu=silu,
-                   target_ort=target)
+                   head_norm=head_norm)
     result = built("qwen3", **options)
     layout = result.report["layout"]
-    assert (layout["qkv_packing"], layout["mlp_packing"], layout["silu"]) == (qkv, mlp, silu)
-    # BranchwiseRMSNorm exists from ORT 1.31; older targets get Reshape/SLN/Reshape.
-    assert layout["head_norm"] == ("branchwise" if target == "1.31" else "reshape-sln")
+    assert (layout["qkv_packing"], layout["mlp_packing"], layout["silu"], layout["head_norm"]) == \
+        (qkv, mlp, silu, head_norm)
     ops = result.report["nodes"]["by_op_type"]
     assert ("Split" in ops) == (qkv == "packed-split" or mlp == "packed")
     parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
@@ -36,7 +35,7 @@ def test_layouts_match_transformers_and_each_other(built, checkpoint, qkv, mlp, 
     assert parity.max_abs < 1e-4, parity
 
     baseline = built("qwen3", precision="int4", accuracy_level=0, qkv_packing="separate",
-                     mlp_packing="separate", silu="sigmoid-mul", target_ort="1.30")
+                     mlp_packing="separate", silu="sigmoid-mul", head_norm="reshape-sln")
     for ours, theirs in zip(logits_of(result), logits_of(baseline)):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -62,3 +61,11 @@ def test_gpu_layouts_compute_the_same_model_on_cpu(built, checkpoint, ep):
     parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
                           prompt_length=12, decode_steps=4)
     assert parity.nmse < 1e-4 and parity.argmax_agree == 1.0, parity
+
+
+def test_branchwise_refused_where_the_runtime_lacks_it(built):
+    from builder import BuilderError
+    with pytest.raises(BuilderError, match="--head-norm branchwise"):
+        built("qwen3", precision="int4", ep="cpu", target_ort="1.30", head_norm="branchwise")
+    with pytest.raises(BuilderError, match="--head-norm branchwise"):
+        built("qwen3", precision="int4", ep="webgpu", head_norm="branchwise")

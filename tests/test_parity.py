@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from builder import BuildOptions
-from builder.verify import dequantized_reference, verify_build
+from builder.verify import dequantized_reference, genai_greedy, transformers_greedy, verify_build
 from parity_cases import ALL_CASES
 
 PROMPT, DECODE = 12, 4
@@ -70,27 +70,10 @@ def test_source_dtypes(built, checkpoint, dtype):
 
 @pytest.mark.parametrize("name", ALL_CASES)
 def test_genai_greedy_tokens_match_transformers(built, checkpoint, name):
-    import onnxruntime_genai as og
-    import torch
-
     result = built(name, precision="fp32")
-    prompt = [5, 17, 42, 99, 120, 7, 64, 300]
-    new_tokens = 16
-
-    model = og.Model(str(result.output))
-    params = og.GeneratorParams(model)
-    # min_length masks EOS so both sides produce all 16 tokens.
-    params.set_search_options(do_sample=False, max_length=len(prompt) + new_tokens,
-                              min_length=len(prompt) + new_tokens)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    while not generator.is_done():
-        generator.generate_next_token()
-    ours = [int(t) for t in generator.get_sequence(0)]
-
+    prompt, new_tokens = [5, 17, 42, 99, 120, 7, 64, 300], 16
+    ours = genai_greedy(result.output, prompt, new_tokens)
     reference = dequantized_reference(checkpoint(name), BuildOptions(model="x", precision="fp32"))
-    with torch.no_grad():
-        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
-                                    min_new_tokens=new_tokens, do_sample=False)[0].tolist()
+    theirs = transformers_greedy(reference, prompt, new_tokens)
     assert len(ours) == len(prompt) + new_tokens
     assert ours == theirs
