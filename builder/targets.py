@@ -24,7 +24,7 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "cpu": ("onnxruntime", (1, 31)),
     "cuda": ("onnxruntime-gpu", (1, 31)),
     "webgpu": ("onnxruntime-webgpu", (1, 27)),
-    "dml": ("onnxruntime-directml", (1, 23)),
+    "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
 }
 
 # (ep, precision) -> why the combination is refused up front. Everything else is built.
