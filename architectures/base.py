@@ -96,6 +96,7 @@ class DecoderBuilder:
     genai_type = "llama"      # model.type in genai_config.json
     qk_norm = False           # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
     attention_bias = False    # q/k/v projections have biases (Qwen2)
+    projections = Projections  # writes weights; a family may change how (Gemma's 1 + w norms)
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
@@ -172,7 +173,7 @@ class DecoderBuilder:
 
     def build_graph(self, graph: Graph, progress: Progress) -> None:
         self.graph = graph
-        self.proj = Projections(graph, self.checkpoint, self.io_dtype, self.accuracy_level)
+        self.proj = self.projections(graph, self.checkpoint, self.io_dtype, self.accuracy_level)
         s = self.spec
         self.make_inputs()
         self.make_attention_metadata()
@@ -185,17 +186,21 @@ class DecoderBuilder:
                                "/model/layers.0/input_layernorm/LayerNorm", axis=-1, epsilon=s.rms_norm_eps)
         for i in range(s.num_layers):
             progress.step(f"layer {i + 1}/{s.num_layers}")
-            attn = self.attention(i, hidden)
-            hidden, residual = self.skip_norm(attn, residual, self.norm_weight(i, "post_attention_layernorm.weight"),
-                                              f"/model/layers.{i}/post_attention_layernorm")
-            mlp = self.mlp(i, hidden)
-            if i + 1 < s.num_layers:
-                weight, name = (self.norm_weight(i + 1, "input_layernorm.weight"),
-                                f"/model/layers.{i + 1}/input_layernorm")
-            else:
-                weight, name = self.norm_weight(None, "model.norm.weight"), "/model/norm"
-            hidden, residual = self.skip_norm(mlp, residual, weight, name)
+            hidden, residual = self.decoder_layer(i, hidden, residual)
         self.make_logits(hidden, lm_head)
+
+    def decoder_layer(self, i: int, hidden: str, residual: str) -> tuple[str, str]:
+        """One layer: normalized input in, (next layer's normalized input, residual) out."""
+        attn = self.attention(i, hidden)
+        hidden, residual = self.skip_norm(attn, residual, self.norm_weight(i, "post_attention_layernorm.weight"),
+                                          f"/model/layers.{i}/post_attention_layernorm")
+        return self.skip_norm(self.mlp(i, hidden), residual, *self.next_norm(i))
+
+    def next_norm(self, i: int) -> tuple[str, str]:
+        """(weight, node name) of the norm after layer i: the next input_layernorm or model.norm."""
+        if i + 1 < self.spec.num_layers:
+            return self.norm_weight(i + 1, "input_layernorm.weight"), f"/model/layers.{i + 1}/input_layernorm"
+        return self.norm_weight(None, "model.norm.weight"), "/model/norm"
 
     # ---- inputs -------------------------------------------------------------
 

@@ -39,10 +39,9 @@ import torch
 from architectures.base import DecoderBuilder, DecoderSpec
 from architectures.registry import register
 from builder.errors import BuilderError
-from builder.graph import MS_DOMAIN, Graph
+from builder.graph import MS_DOMAIN
 from builder.layout import Layout
 from builder.linear import Projections, QuantizedTensor
-from builder.progress import Progress
 from builder.rope import RopeSpec
 
 # Gemma3TextConfig's defaults for keys a config.json may leave out (transformers 5.23).
@@ -124,6 +123,7 @@ class _OneOffsetNorms(Projections):
 class Gemma3Builder(DecoderBuilder):
     genai_type = "gemma3_text"   # onnxruntime-genai 0.18's name for the text-only model
     qk_norm = True
+    projections = _OneOffsetNorms
 
     # ---- config -------------------------------------------------------------
 
@@ -177,30 +177,12 @@ class Gemma3Builder(DecoderBuilder):
 
     # ---- the graph ----------------------------------------------------------
 
-    def build_graph(self, graph: Graph, progress: Progress) -> None:
-        self.graph = graph
-        self.proj = _OneOffsetNorms(graph, self.checkpoint, self.io_dtype, self.accuracy_level)
-        s, g = self.spec, graph
-        self.make_inputs()
-        self.make_attention_metadata()
-        progress.step("lm_head and embeddings")
-        lm_head = self.make_lm_head_weight()
-        residual = self.make_embedding(lm_head)
-        hidden = g.op("SimplifiedLayerNormalization", [residual, self.norm_weight(0, "input_layernorm.weight")],
-                      "/model/layers.0/input_layernorm/LayerNorm", axis=-1, epsilon=s.rms_norm_eps)
-        for i in range(s.num_layers):
-            progress.step(f"layer {i + 1}/{s.num_layers}")
-            attn = self.post_norm(i, self.attention(i, hidden), "post_attention_layernorm")
-            hidden, residual = self.skip_norm(attn, residual, self.norm_weight(i, "pre_feedforward_layernorm.weight"),
-                                              f"/model/layers.{i}/pre_feedforward_layernorm")
-            mlp = self.post_norm(i, self.mlp(i, hidden), "post_feedforward_layernorm")
-            if i + 1 < s.num_layers:
-                weight, name = (self.norm_weight(i + 1, "input_layernorm.weight"),
-                                f"/model/layers.{i + 1}/input_layernorm")
-            else:
-                weight, name = self.norm_weight(None, "model.norm.weight"), "/model/norm"
-            hidden, residual = self.skip_norm(mlp, residual, weight, name)
-        self.make_logits(hidden, lm_head)
+    def decoder_layer(self, i: int, hidden: str, residual: str) -> tuple[str, str]:
+        attn = self.post_norm(i, self.attention(i, hidden), "post_attention_layernorm")
+        hidden, residual = self.skip_norm(attn, residual, self.norm_weight(i, "pre_feedforward_layernorm.weight"),
+                                          f"/model/layers.{i}/pre_feedforward_layernorm")
+        mlp = self.post_norm(i, self.mlp(i, hidden), "post_feedforward_layernorm")
+        return self.skip_norm(mlp, residual, *self.next_norm(i))
 
     def post_norm(self, i: int, x: str, norm: str) -> str:
         """A block output's own RMSNorm, before the residual add."""

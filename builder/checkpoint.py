@@ -133,10 +133,6 @@ class Checkpoint:
     def has(self, name: str) -> bool:
         return name in self._shard_of
 
-    @property
-    def tensor_names(self) -> list[str]:
-        return list(self._shard_of)
-
     def _entry(self, name: str) -> tuple[Path, dict]:
         file = self._shard_of.get(name)
         if file is None:
@@ -147,12 +143,6 @@ class Checkpoint:
             raise BuilderError(f"the index names {file.name} for tensor {name!r}, but that shard does not "
                                "hold it; re-download the checkpoint")
         return file, entry
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entry(name)[1]["shape"])
-
-    def dtype(self, name: str) -> str:
-        return self._entry(name)[1]["dtype"]
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """The whole tensor, in its stored dtype."""
