@@ -38,11 +38,16 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
         inputs["position_ids"] = "position_ids"
     inputs.update(past_key_names="past_key_values.%d.key", past_value_names="past_key_values.%d.value")
 
+    session_options = {
+        "log_id": "onnxruntime-genai",
+        "provider_options": [] if target.ep == "cpu" else [{target.ep: target.provider_options}],
+    }
+    threads = builder.options.intra_op_threads
+    threads = target.default_intra_op_threads if threads is None else threads
+    if threads >= 0:
+        session_options["intra_op_num_threads"] = threads
     decoder = {
-        "session_options": {
-            "log_id": "onnxruntime-genai",
-            "provider_options": [] if target.ep == "cpu" else [{target.ep: target.provider_options}],
-        },
+        "session_options": session_options,
         "filename": "model.onnx",
         "head_size": spec.head_dim,
         "hidden_size": spec.hidden_size,

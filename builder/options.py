@@ -124,6 +124,15 @@ class BuildOptions:
                       help="Longest sequence the model serves (rotary cache size and genai max_length). "
                            "Default: the config's max_position_embeddings."),
     )
+    intra_op_threads: int | None = field(
+        default=None,
+        metadata=_opt("--intra-op-threads", metavar="N",
+                      help="intra_op_num_threads written to genai_config.json: the threads ONNX Runtime "
+                           "splits each operator over. 0: ONNX Runtime's default, one per physical core. "
+                           "-1: write nothing, so onnxruntime-genai uses its fallback (half the logical "
+                           "CPUs, at most 16). Default: 0 for cpu (genai's fallback left half of a "
+                           "machine without SMT idle; docs/packing.md#threads), -1 for the GPU EPs."),
+    )
     overwrite: bool = field(
         default=False,
         metadata=_opt("--overwrite", help="Replace the output folder if it exists and was made by this builder."),
@@ -153,6 +162,9 @@ class BuildOptions:
             raise BuilderError("--int8-layers/--float-layers only apply to int4 and int8 builds")
         if self.precision == "int8" and self.int8_layers:
             raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
+        if self.intra_op_threads is not None and self.intra_op_threads < -1:
+            raise BuilderError(f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
+                               "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)")
         if self.target_ort is not None:
             parse_version(self.target_ort, "--target-ort")
         return self

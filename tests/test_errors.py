@@ -142,6 +142,7 @@ def test_index_names_missing_shard(tmp_path):
     (["-p", "int3"], "--precision"),
     (["-e", "tpu"], "--ep"),
     (["--no-such-option"], "unrecognized arguments"),
+    (["--intra-op-threads", "-2"], "--intra-op-threads"),
 ])
 def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)

@@ -46,6 +46,34 @@ def test_provider_options_per_ep(built, ep, options):
     assert ("position_ids" in config["model"]["decoder"]["inputs"]) == (ep == "dml")
 
 
+@pytest.mark.parametrize("ep,options,expected", [
+    ("cpu", {}, 0),                           # ONNX Runtime's default: one thread per physical core
+    ("cpu", {"intra_op_threads": 3}, 3),
+    ("cpu", {"intra_op_threads": -1}, None),  # leave it to onnxruntime-genai
+    ("webgpu", {}, None),
+    ("webgpu", {"intra_op_threads": 2}, 2),
+])
+def test_intra_op_threads_per_ep(built, ep, options, expected):
+    session = genai_config(built("qwen3", precision="int4", ep=ep, **options))["model"]["decoder"]["session_options"]
+    assert session.get("intra_op_num_threads") == expected
+
+
+def test_genai_runs_with_the_thread_setting(built):
+    """genai reads intra_op_num_threads as an integer; a value it rejects would stop every cpu model."""
+    import onnxruntime_genai as og
+    for threads in (0, 1):
+        result = built("qwen3", precision="int4", intra_op_threads=threads)
+        assert genai_config(result)["model"]["decoder"]["session_options"]["intra_op_num_threads"] == threads
+        model = og.Model(str(result.output))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=12)
+        generator = og.Generator(model, params)
+        generator.append_tokens([1, 2, 3, 4])
+        while not generator.is_done():
+            generator.generate_next_token()
+        assert len(generator.get_sequence(0)) == 12
+
+
 def test_context_length_override_sizes_the_rotary_cache(built):
     import onnx
     result = built("qwen3", precision="fp32", context_length=64)

@@ -1,0 +1,90 @@
+"""Where decode time goes: ONNX Runtime's per-operator kernel time, as onnxruntime-genai runs the model.
+
+    python scripts/profile_genai.py DIR [--prompt 128] [--new 32] [--session-option intra_op_num_threads=0]
+
+Runs one greedy generation in a child process with session profiling switched on
+through a symlinked copy of the folder (the folder itself is not touched), then
+sums the kernel time of the decode steps by op type. The child process is needed
+because ONNX Runtime writes the profile only when the session ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def generate(folder: str, prompt_len: int, new_tokens: int) -> dict:
+    import onnxruntime_genai as og
+    model = og.Model(og.Config(folder))
+    params = og.GeneratorParams(model)
+    total = prompt_len + new_tokens
+    params.set_search_options(do_sample=False, max_length=total, min_length=total)
+    generator = og.Generator(model, params)
+    generator.append_tokens([(7 * i + 3) % 400 + 1 for i in range(prompt_len)])
+    generator.generate_next_token()
+    start, steps = time.perf_counter(), 0
+    while not generator.is_done():
+        generator.generate_next_token()
+        steps += 1
+    return {"ms_per_token": 1000 * (time.perf_counter() - start) / steps, "steps": steps}
+
+
+def summarize(profile: Path, steps: int) -> dict:
+    events = json.loads(profile.read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-steps:]
+    start = runs[0]["ts"]
+    time_by_op, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            time_by_op[e["args"]["op_name"]] += e["dur"]
+            calls[e["args"]["op_name"]] += 1
+    return {"model_run_ms": sum(r["dur"] for r in runs) / steps / 1000,
+            "ops": {op: {"ms_per_token": us / steps / 1000, "nodes": calls[op] // steps}
+                    for op, us in time_by_op.most_common()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--session-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="Extra genai session option for this run (value '-' removes the key).")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(generate(args.child, args.prompt, args.new)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="profile-genai-") as tmp:
+        variant = Path(tmp) / "model"
+        prefix = Path(tmp) / "ort_profile"
+        subprocess.run([sys.executable, str(HERE / "with_session_options.py"), args.folder, str(variant),
+                        f"enable_profiling={prefix}", *args.session_option], check=True, stdout=subprocess.DEVNULL)
+        child = subprocess.run([sys.executable, __file__, args.folder, "--child", str(variant),
+                                "--prompt", str(args.prompt), "--new", str(args.new)],
+                               check=True, capture_output=True, text=True)
+        timing = json.loads(child.stdout.strip().splitlines()[-1])
+        profile = max(Path(tmp).glob("ort_profile*.json"), key=os.path.getmtime)
+        summary = summarize(profile, timing["steps"])
+    kernels = sum(o["ms_per_token"] for o in summary["ops"].values())
+    print(f"{args.folder}: {timing['ms_per_token']:.1f} ms/token in genai, model run "
+          f"{summary['model_run_ms']:.1f} ms, kernels {kernels:.1f} ms")
+    for op, o in summary["ops"].items():
+        print(f"  {op:34s} {o['ms_per_token']:8.3f} ms  {100 * o['ms_per_token'] / kernels:5.1f}%  "
+              f"{o['nodes']} nodes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

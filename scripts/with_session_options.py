@@ -1,0 +1,45 @@
+"""Make a copy of a built model folder whose genai_config.json has other session options.
+
+    python scripts/with_session_options.py SRC DST intra_op_num_threads=0 [key=value ...]
+
+The weights and tokenizer are symlinked, not copied, so a variant costs nothing.
+Used by the benchmarks to run one graph under several session settings (for
+instance the reference builder's model with our thread setting), which separates
+what the graph does from what the session options do. value -: remove the key.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    src, dst = Path(argv[0]).resolve(), Path(argv[1])
+    if not (src / "genai_config.json").is_file():
+        print(f"error: {src} has no genai_config.json; pass a built model folder", file=sys.stderr)
+        return 2
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        link = dst / item.name
+        if item.name != "genai_config.json" and not link.exists():
+            link.symlink_to(item)
+    config = json.loads((src / "genai_config.json").read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    for pair in argv[2:]:
+        key, _, value = pair.partition("=")
+        if value == "-":
+            options.pop(key, None)
+        else:
+            options[key] = int(value) if value.lstrip("-").isdigit() else value
+    (dst / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
+    print(f"{dst}: session_options {json.dumps(options)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
