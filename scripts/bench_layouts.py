@@ -30,10 +30,13 @@ LAYOUTS = {
 
 
 def parse_layout(text: str) -> dict:
-    """'qkv/mlp[/silu[/target ort]]' or 'auto' -> build options."""
+    """'qkv/mlp[/silu[/target ort[/head norm]]]' or 'auto' -> build options ('auto' in a slot keeps the default)."""
     parts = text.split("/") if text != "auto" else []
-    keys = ("qkv_packing", "mlp_packing", "silu", "target_ort")
-    return dict(zip(keys, parts))
+    keys = ("qkv_packing", "mlp_packing", "silu", "target_ort", "head_norm")
+    options = dict(zip(keys, parts))
+    if options.get("target_ort") == "auto":
+        options["target_ort"] = None
+    return options
 
 
 def main() -> int:
@@ -46,13 +49,15 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layout", action="append", metavar="QKV/MLP[/SILU[/ORT]]",
-                        help="Layouts to build, e.g. separate/separate/sigmoid-mul or "
-                             "packed-split/separate/sigmoid-mul/1.30 (an older target: no BranchwiseRMSNorm). "
-                             "Default: a set per EP.")
+    parser.add_argument("--layout", action="append", metavar="QKV/MLP[/SILU[/ORT[/HEAD_NORM]]]",
+                        help="Layouts to build, e.g. separate/separate/sigmoid-mul, "
+                             "packed-split/separate/sigmoid-mul/1.30 (an older target ORT) or "
+                             "packed-split/separate/sigmoid-mul/auto/branchwise. Default: a set per EP.")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
                         help="Other model folders to time alongside (e.g. the reference builder's).")
     parser.add_argument("--json")
+    parser.add_argument("--markdown", metavar="PATH", help="Also write the table (with node counts) here, "
+                                                          "for docs/packing.md.")
     args = parser.parse_args()
 
     models, layouts = {}, {}
@@ -74,8 +79,11 @@ def main() -> int:
 
     report = bench(models, "cpu" if args.ep == "cpu" else args.ep, args.prompt, args.new, args.rounds)
     report["builds"] = layouts
-    print(markdown(report))
-    print("\nnodes: " + ", ".join(f"{k}: {v['nodes']}" for k, v in layouts.items()))
+    table = markdown(report) + "\n\nnodes: " + ", ".join(f"{k}: {v['nodes']}" for k, v in layouts.items())
+    print(table)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table + "\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
