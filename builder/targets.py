@@ -130,7 +130,7 @@ class Target:
         """intra_op_num_threads for genai_config.json; -1 leaves the entry out.
 
         onnxruntime-genai's fallback is half the logical CPUs (it assumes SMT): on a 2-core
-        machine without SMT that is one thread, and int4 Qwen3-1.7B decoded 1.7x slower than
+        machine without SMT that is one thread, and int4 Qwen3-0.6B to 4B decoded 1.8x slower than
         with ONNX Runtime's own default of one thread per physical core (docs/packing.md#threads).
         GPU EPs run next to nothing on the CPU, so they keep genai's default.
         """

@@ -205,8 +205,12 @@ def test_interrupt_mid_build_removes_partial_output(tmp_path, sig):
     ckpt = make_checkpoint(tmp_path / "ckpt", config)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A shell's background job inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler; give the child the default so the test does not depend
+    # on how pytest itself was started (it failed under `nohup ... &`).
     proc = subprocess.Popen([sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "-p", "fp32"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stderr:  # wait until weights are being written
         if "layer 2/" in line:
             break
