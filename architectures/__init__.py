@@ -1,7 +1,8 @@
 """Per-architecture builder classes, registered under their HF `architectures` names.
 
     from architectures import Qwen3Builder
-    Qwen3Builder.from_pretrained("path/to/qwen3", precision="int4", ep="webgpu").build()
+    from builder import BuildOptions, build
+    build(BuildOptions(model="path/to/qwen3", precision="int4", ep="webgpu"), family=Qwen3Builder)
 
 Subclass DecoderBuilder (or a family) and decorate it with
 `@register("MyForCausalLM")`; installed packages can also add families through

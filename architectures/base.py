@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto
 
-from builder.checkpoint import Checkpoint
-from builder.errors import BuilderError
-from builder.graph import MS_DOMAIN, Graph
-from builder.layout import Layout, choose_layout
-from builder.linear import Projections, QuantizedTensor
-from builder.options import BuildOptions
-from builder.progress import Progress
-from builder.rope import RopeSpec
-from builder.targets import Target
-from quant.selection import WeightFormat, format_for, patterns_matching_nothing
+from builder.kit.checkpoint import Checkpoint
+from builder.kit.errors import BuilderError
+from builder.kit.graph import MS_DOMAIN, Graph
+from builder.kit.layout import Layout, choose_layout
+from builder.kit.linear import Projections, QuantizedTensor
+from builder.kit.options import BuildOptions
+from builder.kit.progress import Progress
+from builder.kit.rope import RopeSpec
+from builder.kit.targets import Target
+from builder.kit.selection import WeightFormat, format_for, patterns_matching_nothing
 
 
 @dataclass
@@ -121,11 +121,6 @@ class DecoderBuilder:
         options = options or BuildOptions.from_mapping({"model": model, **option_values}, "from_pretrained()")
         options.model = model
         return cls(Checkpoint.open(model), options)
-
-    def build(self, show_progress: bool = True):
-        """Write the output folder; returns a builder.BuildResult (paths and report)."""
-        from builder.pipeline import run
-        return run(self, show_progress=show_progress)
 
     # ---- hooks for subclasses -----------------------------------------------
 

@@ -38,11 +38,11 @@ import torch
 
 from architectures.base import DecoderBuilder, DecoderSpec
 from architectures.registry import register
-from builder.errors import BuilderError
-from builder.graph import MS_DOMAIN
-from builder.layout import Layout
-from builder.linear import Projections, QuantizedTensor
-from builder.rope import RopeSpec
+from builder.kit.errors import BuilderError
+from builder.kit.graph import MS_DOMAIN
+from builder.kit.layout import Layout
+from builder.kit.linear import Projections, QuantizedTensor
+from builder.kit.rope import RopeSpec
 
 # Gemma3TextConfig's defaults for keys a config.json may leave out (transformers 5.23).
 CONFIG_DEFAULTS = {

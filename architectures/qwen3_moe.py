@@ -34,12 +34,12 @@ from onnx import TensorProto
 from architectures.base import DecoderSpec
 from architectures.qwen3 import Qwen3Builder
 from architectures.registry import register
-from builder.errors import BuilderError
-from builder.graph import MS_DOMAIN, NP_TO_ONNX
-from builder.options import BuildOptions
-from builder.targets import Target
+from builder.kit.errors import BuilderError
+from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX
+from builder.kit.options import BuildOptions
+from builder.kit.targets import Target
 from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
-from quant.selection import WeightFormat, format_for
+from builder.kit.selection import WeightFormat, format_for
 
 
 @dataclass(frozen=True)

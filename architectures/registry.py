@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 ENTRY_POINT_GROUP = "builder.architectures"
 _REGISTRY: dict[str, type] = {}

@@ -4,19 +4,30 @@
     result = build(BuildOptions(model="Qwen/Qwen3-4B", precision="int4", ep="webgpu"))
     result.output, result.report["nodes"]
 
-Per-architecture builder classes live in the `architectures` package.
+Per-architecture builder classes live in the `architectures` package. The
+app (cli, pipeline, batch, verify) sits in this package; builder.kit holds
+what families are built from.
 """
 
 import os
 
-# Before torch loads OpenMP: passive waiting. With active spinning, a 0.6B int4 build
-# took 28.3 s instead of 5.9 s while another process held one of two cores; idle, the
-# two policies measured the same (4.5-5.5 s). Users can still set their own policy.
+# Before anything loads OpenMP (numpy's BLAS, or torch in verify): passive waiting. With
+# active spinning, a 0.6B int4 build took 28.3 s instead of 5.9 s while another process
+# held one of two cores; idle, the two policies measured the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from builder.errors import BuilderError  # noqa: E402
-from builder.options import BuildOptions  # noqa: E402
-from builder.pipeline import BuildResult, build  # noqa: E402
 from builder.version import __version__  # noqa: E402
 
 __all__ = ["BuildOptions", "BuildResult", "BuilderError", "build", "__version__"]
+
+# Loaded on first use: `import builder.kit.graph` (as architectures/ does) must not pull
+# in the app, so the package's own imports stay one way (app -> architectures -> kit).
+_LAZY = {"BuildOptions": "builder.kit.options", "BuilderError": "builder.kit.errors",
+         "BuildResult": "builder.pipeline", "build": "builder.pipeline"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'builder' has no attribute {name!r}")

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
-from builder.errors import BuilderError
-from builder.options import BuildOptions
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
 from builder.output_dir import REPORT_NAME, remove_stale_staging
 from builder.pipeline import peak_rss_bytes
 from builder.version import __version__
@@ -44,8 +44,8 @@ MEMORY_NOTE = (
 
 def rebuild_reason(options: BuildOptions) -> str | None:
     """Why this job's output must be (re)built, or None when it is up to date."""
-    from builder.checkpoint import Checkpoint
-    from builder.targets import Target
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.targets import Target
 
     output = Path(options.output)
     if not (output / REPORT_NAME).is_file():

@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-from builder.errors import BuilderError
-from builder.options import BuildOptions
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
 
 TOP_KEYS = ("defaults", "matrix", "jobs", "verify", "output_root")
 # Options that do not change the built files. The model is identified by its
@@ -163,7 +163,7 @@ def _resolve_model(model: str, base: Path) -> str:
 def _make_job(label: str, line: int, entries: dict[str, _Entry], base: Path, output_root: Path,
               problems: _Problems) -> tuple[Job, int] | None:
     from builder.pipeline import default_output
-    from builder.targets import Target
+    from builder.kit.targets import Target
 
     values, ok = {}, True
     for name, e in entries.items():  # one key at a time, so each error names its own line

@@ -1,6 +1,6 @@
 """Command line: `python -m builder [build] ...`, `inspect OUT`, `batch FILE.yaml`.
 
-The build flags are generated from builder.options.BuildOptions, so --help
+The build flags are generated from builder.kit.options.BuildOptions, so --help
 shows exactly the options the code reads, with their real defaults.
 """
 
@@ -11,8 +11,8 @@ import dataclasses
 import sys
 import traceback
 
-from builder.errors import BuilderError
-from builder.options import BuildOptions
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
 from builder.version import __version__
 
 COMMANDS = ("build", "inspect", "batch")

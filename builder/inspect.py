@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 
 def summarize(model_path: Path, layer: int = 0) -> dict:

@@ -16,7 +16,7 @@ import signal
 import uuid
 from pathlib import Path
 
-from builder.errors import BuilderError, BuildInterrupted
+from builder.kit.errors import BuilderError, BuildInterrupted
 
 REPORT_NAME = "build_report.json"
 STAGING_PREFIX = ".builder-staging-"

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import onnx
 
-from builder.checkpoint import Checkpoint
-from builder.errors import BuilderError
-from builder.genai_config import make_genai_config
-from builder.graph import ExternalDataFile, Graph
-from builder.options import BuildOptions
+from architectures.registry import builder_class_for
+from builder.kit.checkpoint import Checkpoint
+from builder.kit.errors import BuilderError
+from builder.kit.genai_config import make_genai_config
+from builder.kit.graph import ExternalDataFile, Graph
+from builder.kit.options import BuildOptions
 from builder.output_dir import REPORT_NAME, staged_output
-from builder.progress import Progress, SilentProgress
-from builder.tokenizer_files import copy_tokenizer_files
+from builder.kit.progress import Progress, SilentProgress
+from builder.kit.tokenizer_files import copy_tokenizer_files
 from builder.version import __version__
 
 MODEL_FILE = "model.onnx"
@@ -73,13 +74,16 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build(options: BuildOptions | None = None, *, show_progress: bool = True, **option_values) -> BuildResult:
-    """Build one model. Options come as a BuildOptions or as keyword arguments."""
-    from architectures.registry import builder_class_for
+def build(options: BuildOptions | None = None, *, family: type | None = None, show_progress: bool = True,
+          **option_values) -> BuildResult:
+    """Build one model. Options come as a BuildOptions or as keyword arguments.
 
+    family: a builder class (e.g. a subclass of architectures.Qwen3Builder) to use
+    instead of the one registered for the checkpoint's `architectures`.
+    """
     options = (options or BuildOptions.from_mapping(option_values, "build()")).validated()
     checkpoint = Checkpoint.open(options.model)
-    cls = builder_class_for(checkpoint.config, where=str(checkpoint.directory / "config.json"))
+    cls = family or builder_class_for(checkpoint.config, where=str(checkpoint.directory / "config.json"))
     return run(cls(checkpoint, options), show_progress=show_progress)
 
 

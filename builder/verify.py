@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.options import BuildOptions
+from builder.kit.options import BuildOptions
 
 
 @dataclass
@@ -35,7 +35,7 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     from transformers import AutoModelForCausalLM
 
     from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
-    from quant.selection import format_for
+    from builder.kit.selection import format_for
 
     from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()  # its bars garble progress lines and batch logs

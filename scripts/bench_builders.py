@@ -52,6 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # test support: synthetic checkpoints
 sys.path.insert(0, str(REPO / "scripts"))
 
 BUILDERS = ("ours", "reference")
@@ -67,7 +68,7 @@ def size_name(size: str) -> str:
 
 def checkpoint_problem(name: str, path: Path) -> str | None:
     """None when `path` holds a complete checkpoint with `name`'s config, else what is wrong."""
-    from builder import synthetic
+    from support import synthetic
     config_file = path / "config.json"
     if not config_file.is_file():
         return "no config.json"

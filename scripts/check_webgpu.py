@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic checkpoints
 
 from builder import BuildOptions, build  # noqa: E402
-from builder.synthetic import TINY_CONFIGS, make_checkpoint  # noqa: E402
+from support.synthetic import TINY_CONFIGS, make_checkpoint  # noqa: E402
 from builder.verify import dequantized_reference, genai_greedy, transformers_greedy, verify_build  # noqa: E402
 
 CASES = [  # (tiny config, precision, qkv packing, mlp packing, target ort)

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic checkpoints
 
-from builder import synthetic  # noqa: E402
+from support import synthetic  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random checkpoints and cached builds of them.
 
-Checkpoints come from builder.synthetic (seeded, so every run sees the same
+Checkpoints come from support.synthetic (seeded, so every run sees the same
 numbers). Builds are cached per session by their options, since many tests
 look at the same model from different angles.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from builder import BuildOptions
 from builder.pipeline import run
-from builder.synthetic import TINY_CONFIGS, make_checkpoint
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def built(checkpoint, tmp_path_factory):
         key = (name, dtype, json.dumps(options, sort_keys=True))
         if key not in cache:
             from architectures.registry import builder_class_for
-            from builder.checkpoint import Checkpoint
+            from builder.kit.checkpoint import Checkpoint
 
             ckpt = Checkpoint(checkpoint(name, dtype))
             opts = BuildOptions(model=str(ckpt.directory), output=str(root / f"b{len(cache)}"), **options)

@@ -1,4 +1,4 @@
-"""HF architecture -> the tiny configs (builder.synthetic.TINY_CONFIGS) its parity tests run.
+"""HF architecture -> the tiny configs (support.synthetic.TINY_CONFIGS) its parity tests run.
 
 tests/test_registry.py fails when a registered architecture is missing here, so
 no family can be added without fp32, quantized and genai parity tests.

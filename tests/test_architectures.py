@@ -16,7 +16,7 @@ import pytest
 
 from architectures import registry
 from builder import BuildOptions
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 from builder.pipeline import build
 from builder.verify import verify_build
 from parity_cases import PARITY_CASES

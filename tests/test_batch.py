@@ -15,7 +15,7 @@ import pytest
 
 from builder import cli
 from builder.batch_schema import load_batch
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-qwen3"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.synthetic import TINY_CONFIGS, make_checkpoint
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_failed_verify_is_a_failed_build(ckpt, tmp_path, monkeypatch):
 def test_help_lists_every_option_and_exits_zero():
     import dataclasses
 
-    from builder.options import BuildOptions
+    from builder.kit.options import BuildOptions
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for command in ([], ["inspect"], ["batch"]):
         proc = subprocess.run([sys.executable, "-m", "builder", *command, "--help"], cwd=ROOT,

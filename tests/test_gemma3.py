@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 
 from architectures.gemma3 import Gemma3Builder
 from builder import BuildOptions
-from builder.checkpoint import Checkpoint
-from builder.errors import BuilderError
+from builder.kit.checkpoint import Checkpoint
+from builder.kit.errors import BuilderError
 from builder.pipeline import build, run
-from builder.synthetic import TINY_CONFIGS, make_checkpoint
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 from builder.verify import verify_build
 
 PROMPT, DECODE = 12, 4

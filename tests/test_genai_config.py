@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from builder.synthetic import TINY_CONFIGS
+from support.synthetic import TINY_CONFIGS
 
 
 def genai_config(result) -> dict:

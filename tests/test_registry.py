@@ -1,7 +1,7 @@
 """Every built-in architecture is covered by the parity tests (tests/parity_cases.py)."""
 
 from architectures.registry import registered
-from builder.synthetic import TINY_CONFIGS
+from support.synthetic import TINY_CONFIGS
 from parity_cases import PARITY_CASES
 
 
@@ -20,5 +20,5 @@ def test_parity_cases_name_existing_tiny_configs_of_their_architecture():
     for arch, names in PARITY_CASES.items():
         assert arch in builtin_architectures(), f"{arch} is in parity_cases.py but not registered"
         for name in names:
-            assert name in TINY_CONFIGS, f"{arch}: {name!r} is not in builder.synthetic.TINY_CONFIGS"
+            assert name in TINY_CONFIGS, f"{arch}: {name!r} is not in support.synthetic.TINY_CONFIGS"
             assert TINY_CONFIGS[name]["architectures"] == [arch], (name, TINY_CONFIGS[name]["architectures"])

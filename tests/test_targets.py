@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from builder import BuilderError
-from builder.options import EPS, PRECISIONS
-from builder.targets import REFUSED
+from builder.kit.options import EPS, PRECISIONS
+from builder.kit.targets import REFUSED
 from builder.verify import onnx_logits, onnx_session
 
 # Ops with kernels on each EP, from ONNX Runtime's kernel tables (docs/OperatorKernels.md,

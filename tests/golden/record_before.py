@@ -5,8 +5,8 @@ import numpy as np
 sys.path[:0] = ["/work/main", "/work/main/tests"]
 from builder import BuildOptions
 from builder.pipeline import run
-from builder.synthetic import TINY_CONFIGS, make_checkpoint
-from builder.checkpoint import Checkpoint
+from support.synthetic import TINY_CONFIGS, make_checkpoint
+from builder.kit.checkpoint import Checkpoint
 from architectures.registry import builder_class_for
 from builder.verify import onnx_session, onnx_logits
 from parity_cases import ALL_CASES

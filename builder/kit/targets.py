@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from builder.errors import BuilderError
-from builder.options import BuildOptions, parse_version
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions, parse_version
 
 # The package that carries each EP's runtime, and its newest release on PyPI when this
 # table was written (2026-11). The default target is the installed package for the EP,
@@ -52,7 +52,7 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # but whole-model decode was slower with it (docs/packing.md#cpu): opt-in only.
     "branchwise_rmsnorm": {"cpu": (1, 31)},
     # com.microsoft QuickGelu with alpha=1 is SiLU in one node instead of Sigmoid+Mul
-    # (bit-identical on CPU). Where `auto` uses it is builder.layout's call (measured);
+    # (bit-identical on CPU). Where `auto` uses it is builder.kit.layout's call (measured);
     # DirectML is left out: not verified here.
     "quick_gelu": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # com.microsoft MoE/QMoE with interleaved SwiGLU (swiglu_fusion=1), as Qwen3-MoE needs:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
-from builder.checkpoint import Checkpoint
-from builder.graph import MS_DOMAIN, NP_TO_ONNX, Graph
+from builder.kit.checkpoint import Checkpoint
+from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX, Graph
 from quant import QuantScheme, quantize_blockwise
-from quant.selection import WeightFormat
+from builder.kit.selection import WeightFormat
 
 # Rows quantized at once: bounds temporaries to ~16M float32 values (64 MB).
 CHUNK_VALUES = 16 * 1024 * 1024

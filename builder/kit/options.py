@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32", "bf16")
 EPS = ("cpu", "cuda", "webgpu", "dml")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 
 @dataclass(frozen=True)

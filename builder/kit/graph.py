@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 MS_DOMAIN = "com.microsoft"
 OPSET = 21

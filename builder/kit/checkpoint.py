@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 import torch
-from builder.errors import BuilderError
+from builder.kit.errors import BuilderError
 
 SUPPORTED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}

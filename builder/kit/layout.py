@@ -2,7 +2,7 @@
 
 `auto` resolves through AUTO_LAYOUT, a table keyed by execution provider. Each
 entry names the measurement behind it (docs/packing.md). Explicit choices are
-checked against what the target runtime runs (builder.targets), and a packed
+checked against what the target runtime runs (builder.kit.targets), and a packed
 layout falls back to separate projections when the projections do not share
 one weight format (the llama.cpp lesson: V often gets more bits).
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from builder.errors import BuilderError
-from builder.options import BuildOptions
-from builder.targets import Target
-from quant.selection import WeightFormat
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
+from builder.kit.targets import Target
+from builder.kit.selection import WeightFormat
 
 # ep -> (qkv packing, mlp packing, silu form, evidence). fused-norm entries fall back
 # to packed-split where the target runtime lacks GQA's q/k-norm inputs.

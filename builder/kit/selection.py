@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from builder.options import BuildOptions
+from builder.kit.options import BuildOptions
 
 
 @dataclass(frozen=True)

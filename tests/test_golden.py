@@ -1,0 +1,53 @@
+"""Outputs do not change under refactoring: data bytes and logits of tiny builds.
+
+tests/golden/ was recorded by tests/golden/record_before.py with the code as it
+was before the architecture refactor (issue 11). Every build it lists is made
+again here: model.onnx.data must be byte-identical, cpu logits must match, and
+a combination that was refused must still be refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builder import BuildOptions, BuilderError
+from builder.verify import onnx_logits, onnx_session
+
+GOLDEN = Path(__file__).with_name("golden")
+RECORD = json.loads((GOLDEN / "outputs.json").read_text())
+LOGITS = np.load(GOLDEN / "logits.npz")
+
+
+def parse(key: str) -> tuple[str, dict]:
+    name, precision, ep, *extra = key.split("/")
+    options = {"precision": precision, "ep": ep}
+    for item in extra:
+        k, v = item.split("=")
+        options[k] = {"True": True, "False": False}.get(v, int(v) if v.isdigit() else v)
+    return name, options
+
+
+@pytest.mark.parametrize("key", sorted(RECORD["builds"]))
+def test_outputs_unchanged(checkpoint, tmp_path, key):
+    from builder.pipeline import build
+    name, options = parse(key)
+    expected = RECORD["builds"][key]
+    opts = BuildOptions(model=str(checkpoint(name)), output=str(tmp_path / "out"), **options)
+    if "error" in expected:
+        with pytest.raises(BuilderError):
+            build(opts, show_progress=False)
+        return
+    result = build(opts, show_progress=False)
+    data = hashlib.sha256(result.data_path.read_bytes()).hexdigest()
+    assert data == expected["data_sha256"], f"{key}: model.onnx.data changed"
+    stored = key.replace("/", "|")
+    if stored in LOGITS:
+        ids = np.array(RECORD["input_ids"])
+        logits = onnx_logits(onnx_session(result.output), ids, RECORD["decode"])
+        got = np.concatenate([x.reshape(-1, x.shape[-1]) for x in logits])
+        np.testing.assert_allclose(got, LOGITS[stored], rtol=0, atol=1e-5)
