@@ -17,9 +17,9 @@ from pathlib import Path
 import onnx
 
 from architectures.registry import builder_class_for
+from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
-from builder.kit.genai_config import make_genai_config
 from builder.kit.graph import ExternalDataFile, Graph
 from builder.kit.options import BuildOptions
 from builder.output_dir import REPORT_NAME, staged_output
@@ -38,11 +38,11 @@ class BuildResult:
 
     @property
     def model_path(self) -> Path:
-        return self.output / MODEL_FILE
+        return self.output / self.report.get("files", {}).get("model", MODEL_FILE)
 
     @property
     def data_path(self) -> Path:
-        return self.output / DATA_FILE
+        return self.output / self.report.get("files", {}).get("data", [DATA_FILE])[0]
 
     @property
     def genai_config_path(self) -> Path:
@@ -55,7 +55,8 @@ class BuildResult:
 
 def default_output(options: BuildOptions) -> Path:
     name = Path(options.model.rstrip("/")).name or "model"
-    return Path("out") / f"{name}-{options.precision}-{options.ep}".lower()
+    suffix = "-transformers-js" if options.format == "transformers.js" else ""
+    return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
 
 
 def peak_rss_bytes() -> int:
@@ -95,8 +96,10 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     timings: dict[str, float] = {}
     progress = (Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress())
 
+    layout = folder_format(arch)
     with staged_output(output, options.overwrite) as staging:
-        data = ExternalDataFile(staging / DATA_FILE)
+        (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
+        data = ExternalDataFile(staging / layout.data_file)
         graph = Graph(data)
         try:
             arch.build_graph(graph, progress)
@@ -104,20 +107,20 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             data.close()
         timings["graph_and_weights_s"] = time.perf_counter() - started
 
-        progress.step("saving model.onnx")
+        progress.step(f"saving {layout.model_file}")
         t = time.perf_counter()
         model = graph.to_model()
+        layout.finish_model(model, staging)
         try:
-            onnx.save_model(model, str(staging / MODEL_FILE))
+            onnx.save_model(model, str(staging / layout.model_file))
         except OSError as e:
-            raise BuilderError(f"writing {output / MODEL_FILE} failed ({e.strerror or e}); "
+            raise BuilderError(f"writing {output / layout.model_file} failed ({e.strerror or e}); "
                                "free disk space or choose another -o/--output") from None
         timings["save_s"] = time.perf_counter() - t
 
-        progress.step("genai_config.json and tokenizer")
+        progress.step("configs and tokenizer")
         generation = arch.checkpoint.read_json("generation_config.json")
-        genai = make_genai_config(arch, generation)
-        (staging / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n")
+        layout.write_configs(staging, generation)
         copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
         notes = list(arch.layout.notes)
         if missing:
@@ -128,9 +131,9 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             notes.append(message)
 
         timings["total_s"] = time.perf_counter() - started
-        report = make_report(arch, graph, staging, timings, copied, notes)
+        report = make_report(arch, graph, staging, timings, copied, notes, layout)
         if options.verify:
-            report["verify"] = _verify(arch, staging)
+            report["verify"] = _verify(arch, staging / layout.model_file)
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         progress.step("done")
     progress.finish(f"built {output} in {timings['total_s']:.1f}s "
@@ -138,11 +141,11 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     return BuildResult(output, report)
 
 
-def _verify(arch, folder: Path) -> dict:
+def _verify(arch, model_file: Path) -> dict:
     """Parity against transformers before the folder is published; a failure is a failed build."""
     from builder.verify import verify_output
     t = time.perf_counter()
-    result = verify_output(folder, arch.checkpoint.directory, arch.options, arch.target.ep,
+    result = verify_output(model_file, arch.checkpoint.directory, arch.options, arch.target.ep,
                            fp32_io=arch.io_dtype == "float32")
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":
@@ -153,9 +156,10 @@ def _verify(arch, folder: Path) -> dict:
 
 
 def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str],
-                notes: list[str]) -> dict:
+                notes: list[str], layout) -> dict:
     spec, target = arch.spec, arch.target
-    sizes = {name: (folder / name).stat().st_size for name in (MODEL_FILE, DATA_FILE)}
+    files = [layout.model_file, *layout.data_files(folder)]
+    sizes = {Path(name).name: (folder / name).stat().st_size for name in files}
     counts = graph.op_counts()
     return {
         "builder_version": __version__,
@@ -168,6 +172,8 @@ def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files
                   "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
                   "vocab_size": spec.vocab_size, "tied_embeddings": spec.tie_word_embeddings,
                   "context_length": arch.context_length},
+        "format": layout.describe(),
+        "files": {"model": layout.model_file, "data": layout.data_files(folder)},
         "layout": arch.layout.describe(),
         "nodes": {"total": sum(counts.values()), "by_op_type": counts},
         "sizes": {**{f"{k}_bytes": v for k, v in sizes.items()}, "total_bytes": sum(sizes.values())},

@@ -76,7 +76,9 @@ def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=[provider])
+    path = Path(model_dir)
+    path = path if path.suffix == ".onnx" else path / "model.onnx"  # a folder, or the model file itself
+    return ort.InferenceSession(str(path), so, providers=[provider])
 
 
 def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the project with its test extras.
 # torch is pinned to the 2.13.0 CPU build in pyproject.toml.
+# Then the browser side of the tests: Node.js, transformers.js (pinned in
+# examples/web/package-lock.json) and Debian's chromium. A step that fails here
+# warns; the tests that need it then fail and name what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -8,3 +11,28 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[test]"
+
+apt_updated=0
+apt_install() {
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "setup: cannot install $* (needs apt-get as root); install it by hand" >&2
+        return 1
+    fi
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq >/dev/null || true
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm || echo "setup: WARNING: no Node.js; the transformers.js tests will fail" >&2
+fi
+if command -v npm >/dev/null; then
+    # --ignore-scripts: onnxruntime-node's install script downloads binaries (not allowed
+    # here); its CPU binaries ship inside the npm package.
+    (cd examples/web && npm install --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) \
+        || echo "setup: WARNING: npm install in examples/web failed; the transformers.js tests will fail" >&2
+fi
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium || echo "setup: WARNING: no /usr/bin/chromium; the browser test will fail" >&2
+fi

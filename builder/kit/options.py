@@ -21,6 +21,8 @@ MLP_PACKINGS = ("auto", "packed", "separate")
 SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
 HEAD_NORMS = ("auto", "reshape-sln", "branchwise")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+FORMATS = ("genai", "transformers.js")
+IO_DTYPES = ("auto", "fp16", "fp32")
 
 
 def _opt(*flags: str, help: str, choices: tuple | None = None, metavar: str | None = None, cli: bool = True) -> dict:
@@ -49,6 +51,22 @@ class BuildOptions:
         default=None,
         metadata=_opt("-o", "--output", metavar="DIR",
                       help="Output folder. Default: out/<model name>-<precision>-<ep>."),
+    )
+    format: str = field(
+        default="genai",
+        metadata=_opt("--format", choices=FORMATS,
+                      help="Output folder layout. genai: model.onnx, model.onnx.data and genai_config.json "
+                           "for onnxruntime-genai. transformers.js: onnx/model{suffix}.onnx with its "
+                           "external data and config.json with a transformers.js_config entry, for "
+                           "transformers.js 4 in the browser or Node (suffix from precision and "
+                           "activations: '' fp32, _fp16, _q4f16, _q4, _int8)."),
+    )
+    io_dtype: str = field(
+        default="auto",
+        metadata=_opt("--io-dtype", choices=IO_DTYPES,
+                      help="Activation dtype (inputs, outputs, KV cache) of an int4/int8 build. fp32 on "
+                           "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
+                           "auto: fp32 on cpu, fp16 on GPU EPs. fp16 and fp32 builds keep their own dtype."),
     )
     block_size: int = field(
         default=32,
@@ -165,6 +183,9 @@ class BuildOptions:
         if self.intra_op_threads is not None and self.intra_op_threads < -1:
             raise BuilderError(f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
                                "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)")
+        if self.io_dtype != "auto" and self.precision in ("fp16", "fp32") and self.io_dtype != self.precision:
+            raise BuilderError(f"--io-dtype {self.io_dtype} contradicts -p {self.precision} (float weights are "
+                               f"stored in the activation dtype); use -p {self.io_dtype} or drop --io-dtype")
         if self.target_ort is not None:
             parse_version(self.target_ort, "--target-ort")
         return self

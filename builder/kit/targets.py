@@ -27,6 +27,12 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
 }
 
+# The ONNX Runtime inside transformers.js 4.3 (@huggingface/transformers 4.3.2 pins
+# onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): a --format transformers.js build
+# must load there, so its default target is at most this version for the EP.
+TRANSFORMERS_JS_ORT: dict[str, tuple[int, int]] = {"cpu": (1, 30), "webgpu": (1, 31), "cuda": (1, 30),
+                                                   "dml": (1, 30)}
+
 # (ep, precision) -> why the combination is refused up front. Everything else is built.
 REFUSED = {
     ("cuda", "fp32"): "GroupQueryAttention has no fp32 kernel on CUDA, so the model would not load; "
@@ -84,15 +90,21 @@ class Target:
     ep: str
     precision: str
     ort_version: tuple[int, int]
+    io_choice: str = "auto"  # --io-dtype
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "Target":
         version = (parse_version(options.target_ort, "--target-ort") if options.target_ort
                    else default_ort_version(options.ep))
-        target = cls(options.ep, options.precision, version)
+        if options.format == "transformers.js" and not options.target_ort:
+            version = min(version, TRANSFORMERS_JS_ORT[options.ep])
+        target = cls(options.ep, options.precision, version, options.io_dtype)
         reason = REFUSED.get((options.ep, options.precision))
         if reason:
             raise BuilderError(f"-p {options.precision} -e {options.ep} cannot work: {reason}")
+        if target.io_dtype == np.float32 and options.ep in ("cuda", "dml"):
+            raise BuilderError(f"--io-dtype fp32 -e {options.ep} cannot work: GroupQueryAttention has no fp32 "
+                               f"kernel on {options.ep}; use --io-dtype fp16 or auto")
         return target
 
     def supports(self, feature: str) -> bool:
@@ -110,7 +122,10 @@ class Target:
         """Activation dtype: fp32 on CPU for fp32/int4/int8, fp16 everywhere else.
 
         MatMulNBits on CPU is fastest with fp32 activations; GPUs want fp16.
+        --io-dtype overrides it for int4/int8 (fp32 on webgpu for GPUs without shader-f16).
         """
+        if self.io_choice in ("fp16", "fp32"):
+            return np.dtype(np.float32 if self.io_choice == "fp32" else np.float16)
         if self.precision == "fp32" or (self.ep == "cpu" and self.precision in ("int4", "int8")):
             return np.dtype(np.float32)
         return np.dtype(np.float16)

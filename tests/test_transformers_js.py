@@ -1,0 +1,178 @@
+"""--format transformers.js: the folder layout, and transformers.js 4 itself running it.
+
+Node runs examples/web/generate.mjs (transformers.js on onnxruntime-node's CPU EP);
+its greedy tokens are compared with transformers' on the same checkpoint.
+scripts/setup.sh installs the pinned @huggingface/transformers into
+examples/web/node_modules; without it these tests fail and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from builder import BuildOptions, BuilderError
+from builder.formats import transformers_js
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "examples" / "web"
+PROMPT = [5, 17, 101, 4, 300, 42]
+NEW_TOKENS = 8
+
+
+def node_ready() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: run `bash scripts/setup.sh` (it installs nodejs with apt-get), "
+                    "or install Node.js 18+")
+    if not (WEB / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
+        pytest.fail(f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh` "
+                    "(npm install --ignore-scripts in examples/web)")
+    return node
+
+
+def run_node(folder: Path, *extra: str) -> dict:
+    node = node_ready()
+    out = subprocess.run([node, str(WEB / "generate.mjs"), str(folder), "--ids", ",".join(map(str, PROMPT)),
+                          "--max-new-tokens", str(NEW_TOKENS), "--min-new-tokens", str(NEW_TOKENS), *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def build_tjs(checkpoint_dir: Path, output: Path, **options):
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+    ckpt = Checkpoint(checkpoint_dir)
+    opts = BuildOptions(model=str(ckpt.directory), output=str(output), format="transformers.js", **options)
+    return run(builder_class_for(ckpt.config)(ckpt, opts), show_progress=False)
+
+
+def onnx_greedy(model_path: Path, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy decoding with ONNX Runtime in Python, feeding the cache as transformers.js does."""
+    from builder.verify import onnx_session
+    session = onnx_session(model_path)
+    inputs = {i.name: i for i in session.get_inputs()}
+    dtype = np.float16 if "float16" in inputs["past_key_values.0.key"].type else np.float32
+    feeds = {n: np.zeros([1 if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape], dtype)
+             for n, i in inputs.items() if n.startswith("past_")}
+    tokens = list(prompt)
+    step = np.array([prompt], np.int64)
+    for _ in range(new_tokens):
+        outputs = session.run(None, {"input_ids": step, "attention_mask": np.ones((1, len(tokens)), np.int64),
+                                     **feeds})
+        named = dict(zip([o.name for o in session.get_outputs()], outputs))
+        tokens.append(int(named["logits"][0, -1].argmax()))
+        feeds = {n.replace("present", "past_key_values"): v for n, v in named.items() if n.startswith("present")}
+        step = np.array([[tokens[-1]]], np.int64)
+    return tokens
+
+
+def test_folder_layout_and_config(built):
+    result = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js")
+    out = result.output
+    assert result.model_path == out / "onnx" / "model_q4.onnx"
+    assert (out / "onnx" / "model_q4.onnx_data").is_file()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "build_report.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "genai_config.json").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3"
+    assert config["transformers.js_config"] == {"dtype": "q4", "use_external_data_format": {"model_q4.onnx": 1}}
+    assert result.report["files"] == {"model": "onnx/model_q4.onnx", "data": ["onnx/model_q4.onnx_data"]}
+
+
+@pytest.mark.parametrize("precision,ep,io,suffix", [
+    ("fp32", "cpu", "auto", ""), ("fp16", "cpu", "auto", "_fp16"), ("int4", "webgpu", "auto", "_q4f16"),
+    ("int4", "webgpu", "fp32", "_q4"), ("int4", "cpu", "auto", "_q4"), ("int8", "cpu", "auto", "_int8"),
+])
+def test_file_suffix_follows_transformers_js_dtypes(built, precision, ep, io, suffix):
+    result = built("qwen3", precision=precision, ep=ep, io_dtype=io, format="transformers.js")
+    assert result.model_path.name == f"model{suffix}.onnx"
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {f"model{suffix}.onnx_data"}
+
+
+def test_declared_cache_dims_are_numbers(built):
+    """transformers.js makes the empty past from the declared dims, every symbol but batch_size -> 0."""
+    result = built("qwen3", precision="int4", ep="webgpu", format="transformers.js")
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(model.graph.input) + list(model.graph.output)}
+    assert [n.name for n in model.graph.input][:2] == ["input_ids", "attention_mask"]
+    assert "position_ids" not in dims  # rotary is inside GroupQueryAttention; transformers.js then feeds none
+    for i in range(2):
+        for kind in ("key", "value"):
+            assert dims[f"past_key_values.{i}.{kind}"] == ["batch_size", 2, "past_sequence_length", 32]
+            assert dims[f"present.{i}.{kind}"] == ["batch_size", 2, "total_sequence_length", 32]
+    assert dims["logits"] == ["batch_size", "sequence_length", 480]
+
+
+def test_io_dtype_option(built):
+    fp32 = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32")
+    model = onnx.load(str(fp32.model_path), load_external_data=False)
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert fp32.report["target"]["io_dtype"] == "float32"
+    fp16 = built("qwen3", precision="int4", ep="cpu", io_dtype="fp16")
+    assert fp16.report["target"]["io_dtype"] == "float16"
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"precision": "fp32", "io_dtype": "fp16"}, "--io-dtype fp16 contradicts -p fp32"),
+    ({"precision": "int4", "ep": "cuda", "io_dtype": "fp32"}, "no fp32 kernel on cuda"),
+    ({"precision": "int8", "ep": "webgpu", "format": "transformers.js"}, "add --io-dtype fp32"),
+])
+def test_refused_combinations(built, options, message):
+    with pytest.raises(BuilderError, match=message):
+        built("qwen3", **options)
+
+
+def test_cli_and_batch_know_the_options():
+    from builder.cli import build_parser, options_from_args
+    args = build_parser().parse_args(["-m", "x", "--format", "transformers.js", "--io-dtype", "fp32"])
+    options = options_from_args(args)
+    assert (options.format, options.io_dtype) == ("transformers.js", "fp32")
+    assert BuildOptions.from_mapping({"model": "x", "format": "transformers.js", "io-dtype": "fp16"}).io_dtype == "fp16"
+    with pytest.raises(BuilderError, match="--format"):
+        BuildOptions(model="x", format="tjs").validated()
+
+
+def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
+    """Greedy tokens of transformers.js (Node) == transformers', with the data split into chunks."""
+    from builder.verify import dequantized_reference, transformers_greedy
+    monkeypatch.setattr(transformers_js, "CHUNK_BYTES", 160 * 1024)
+    ckpt = checkpoint("qwen3")
+    result = build_tjs(ckpt, tmp_path / "tjs-fp32", precision="fp32")
+    chunks = result.report["files"]["data"]
+    assert len(chunks) > 2
+    assert chunks == ["onnx/model.onnx_data"] + [f"onnx/model.onnx_data_{k}" for k in range(1, len(chunks))]
+    assert all((result.output / c).stat().st_size <= 160 * 1024 for c in chunks)
+    config = json.loads((result.output / "config.json").read_text())
+    assert config["transformers.js_config"]["use_external_data_format"] == {"model.onnx": len(chunks)}
+
+    theirs = transformers_greedy(dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")),
+                                 PROMPT, NEW_TOKENS)
+    ours = run_node(result.output)
+    assert ours["dtype"] == "fp32"
+    assert ours["tokens"] == theirs
+
+    from transformers import AutoTokenizer
+    assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
+
+
+def test_node_q4_generates(built):
+    """The q4 build (int4 weights, fp32 activations) runs in transformers.js and decodes as ONNX Runtime does."""
+    result = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js")
+    ours = run_node(result.output)
+    assert ours["dtype"] == "q4"
+    assert len(ours["tokens"]) == len(PROMPT) + NEW_TOKENS
+    assert ours["tokens"] == onnx_greedy(result.model_path, PROMPT, NEW_TOKENS)
