@@ -22,7 +22,7 @@ from builder.formats import transformers_js
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "examples" / "web"
-PROMPT = [5, 17, 101, 4, 300, 42]
+PROMPT = [395, 455, 119, 149, 417, 203]  # greedy output of the tiny qwen3 varies (5-6 distinct tokens)
 NEW_TOKENS = 8
 
 
@@ -117,6 +117,34 @@ def test_declared_cache_dims_are_numbers(built):
     assert dims["logits"] == ["batch_size", "sequence_length", 480]
 
 
+def test_linear_attention_states_get_transformers_js_names():
+    """Hybrid models (Qwen3.5): genai's past.N.conv/recurrent become past_conv.N/past_recurrent.N, and a
+    state whose size is symbolic is refused (transformers.js would start it with a 0-sized dim)."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    def model(recurrent_dims):
+        graph = h.make_graph(
+            [h.make_node("Identity", ["past.1.conv"], ["present.1.conv"]),
+             h.make_node("Identity", ["past.1.recurrent"], ["present.1.recurrent"])], "g",
+            [h.make_tensor_value_info("input_ids", T.INT64, ["batch_size", "sequence_length"]),
+             h.make_tensor_value_info("past.1.conv", T.FLOAT, ["batch_size", 96, 3]),
+             h.make_tensor_value_info("past.1.recurrent", T.FLOAT, recurrent_dims)],
+            [h.make_tensor_value_info("present.1.conv", T.FLOAT, ["batch_size", 96, 3]),
+             h.make_tensor_value_info("present.1.recurrent", T.FLOAT, ["batch_size", 4, 16, 16])])
+        return h.make_model(graph)
+    good = model(["batch_size", 4, 16, 16])
+    transformers_js.rename_states(good)
+    transformers_js.check_inputs(good)
+    assert [v.name for v in good.graph.input] == ["input_ids", "past_conv.1", "past_recurrent.1"]
+    assert [v.name for v in good.graph.output] == ["present_conv.1", "present_recurrent.1"]
+    assert [list(n.input) + list(n.output) for n in good.graph.node] == [
+        ["past_conv.1", "present_conv.1"], ["past_recurrent.1", "present_recurrent.1"]]
+    bad = model(["batch_size", 4, "head_k", 16])
+    transformers_js.rename_states(bad)
+    with pytest.raises(BuilderError, match="past_recurrent.1 declares dims"):
+        transformers_js.check_inputs(bad)
+
+
 def test_io_dtype_option(built):
     fp32 = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32")
     model = onnx.load(str(fp32.model_path), load_external_data=False)
@@ -176,3 +204,78 @@ def test_node_q4_generates(built):
     assert ours["dtype"] == "q4"
     assert len(ours["tokens"]) == len(PROMPT) + NEW_TOKENS
     assert ours["tokens"] == onnx_greedy(result.model_path, PROMPT, NEW_TOKENS)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless Chromium with WebGPU on SwiftShader (no GPU here). The background-networking
+# flags keep Chromium from dialing out, which this machine's closed network refuses.
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_TOKENS = 4  # SwiftShader compiles every WebGPU program on first use: that, not decoding, takes the time
+
+
+def load_serve():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("serve", WEB / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_page(folder: Path, tmp_path: Path, **query) -> dict:
+    import queue
+    import urllib.parse
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium)")
+    node_ready()
+    server, results = load_serve().start([folder])
+    url = f"http://127.0.0.1:{server.server_port}/?" + urllib.parse.urlencode({"model": folder.name, **query})
+    log = open(tmp_path / "chromium.log", "w")
+    browser = subprocess.Popen([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # --dump-dom would return before the GPU work is done: the page POSTs its result instead.
+        return results.get(timeout=180)
+    except queue.Empty:
+        pytest.fail(f"the page posted no result; Chromium's log: {(tmp_path / 'chromium.log').read_text()[-3000:]}")
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(15)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait()
+        server.shutdown()
+        server.server_close()
+        log.close()
+
+
+def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
+    """examples/web in headless Chromium, WebGPU on SwiftShader (no shader-f16): an int4 build with
+    fp32 activations generates transformers' greedy tokens, and its model runs on the WebGPU EP."""
+    from builder.verify import dequantized_reference, transformers_greedy
+    options = dict(precision="int4", ep="webgpu", io_dtype="fp32")
+    result = built("qwen3", format="transformers.js", **options)
+    page = run_page(result.output, tmp_path, device="webgpu", ids=",".join(map(str, PROMPT)),
+                    max_new_tokens=BROWSER_TOKENS, min_new_tokens=BROWSER_TOKENS, report=1, verbose=1)
+    assert "error" not in page, page["error"]
+    assert page["adapter"]["architecture"] == "swiftshader" and page["adapter"]["shader_f16"] is False
+    assert (page["device"], page["dtype"]) == ("webgpu", "q4")
+
+    ckpt = checkpoint("qwen3")
+    reference = dequantized_reference(ckpt, BuildOptions(model=str(ckpt), **options), io_dtype=np.float32)
+    assert page["tokens"] == transformers_greedy(reference, PROMPT, BROWSER_TOKENS)
+
+    # ONNX Runtime's verbose log lists each node's EP ("Node(s) placed on [X]", then "  Op (name)").
+    placed, ep = {}, None
+    for line in page["logs"]:
+        if "Node(s) placed on [" in line:
+            ep = line.split("Node(s) placed on [")[1].split("]")[0]
+        elif ep and "VerifyEachNodeIsAssignedToAnEp]   " in line:
+            placed.setdefault(ep, set()).add(line.split("VerifyEachNodeIsAssignedToAnEp]")[1].split()[0])
+        else:
+            ep = None if "VerifyEachNodeIsAssignedToAnEp" not in line else ep
+    print("node placement:", {k: sorted(v) for k, v in placed.items()})
+    assert {"MatMulNBits", "GroupQueryAttention", "GatherBlockQuantized"} <= placed["WebGpuExecutionProvider"]
+    # Only the attention-mask arithmetic (int64 ReduceSum/Sub/Cast/Shape/Gather) stays on the CPU.
+    assert placed.get("CPUExecutionProvider", set()) <= {"ReduceSum", "Sub", "Cast", "Shape", "Gather"}

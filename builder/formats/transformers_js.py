@@ -42,6 +42,11 @@ DTYPES: dict[tuple[str, str], tuple[str, str]] = {
 # Below 2 GiB: browsers fetch each chunk into one ArrayBuffer.
 CHUNK_BYTES = 2_000_000_000
 
+# onnxruntime-genai's names for the states of linear-attention layers (Qwen3.5, Qwen3-Next)
+# -> transformers.js's (configs.js getCacheNames; modeling_utils.js getPastKeyValues maps
+# present_conv.N to past_conv.N and present_recurrent.N to past_recurrent.N).
+_STATE_RENAMES = [(re.compile(r"^(past|present)\.(\d+)\.(conv|recurrent)$"), r"\1_\3.\2")]
+
 # Inputs transformers.js feeds to a decoder (modeling_utils.js decoder_forward,
 # configs.js getCacheNames): anything else would be missing at run time.
 _FED_INPUTS = re.compile(r"^(input_ids|attention_mask|position_ids|num_logits_to_keep"
@@ -69,6 +74,7 @@ class TransformersJsFolder:
     # ---- the graph ----------------------------------------------------------
 
     def finish_model(self, model, staging: Path) -> None:
+        rename_states(model)
         check_inputs(model)
         self.chunks = split_external_data(model, staging / "onnx", self.model_name, CHUNK_BYTES)
 
@@ -96,6 +102,24 @@ class TransformersJsFolder:
 
     def describe(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "model": self.model_file, "data": list(self.chunks)}
+
+
+def rename_states(model) -> None:
+    """Give recurrent-state inputs and outputs the names transformers.js feeds and reads."""
+    def renamed(name: str) -> str:
+        for pattern, replacement in _STATE_RENAMES:
+            name = pattern.sub(replacement, name)
+        return name
+    graph = model.graph
+    names = {v.name for v in list(graph.input) + list(graph.output)}
+    mapping = {n: renamed(n) for n in names if renamed(n) != n}
+    if not mapping:
+        return
+    for value in list(graph.input) + list(graph.output):
+        value.name = mapping.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
 
 
 def check_inputs(model) -> None:
