@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m builder",
         description="Build a Hugging Face LLM checkpoint into an ONNX Runtime GenAI model folder "
-                    "(model.onnx, model.onnx.data, genai_config.json, tokenizer, build_report.json). "
+                    "(model.onnx, model.onnx.data, genai_config.json, tokenizer, build_report.json), "
+                    "or with --format transformers.js into a transformers.js folder. "
                     "Other commands: 'python -m builder inspect OUT' prints a built model's node counts "
                     "and one layer's node sequence; 'python -m builder batch FILE.yaml' runs many builds.",
         epilog="Example: python -m builder -m Qwen/Qwen3-4B -p int4 -e webgpu",
