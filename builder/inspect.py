@@ -19,7 +19,12 @@ from builder.kit.errors import BuilderError
 
 def summarize(model_path: Path, layer: int = 0) -> dict:
     if model_path.is_dir():
-        model_path = model_path / "model.onnx"
+        # A transformers.js folder keeps its model in onnx/; the build report names it.
+        try:
+            files = json.loads((model_path / "build_report.json").read_text()).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            files = {}
+        model_path = model_path / files.get("model", "model.onnx")
     if not model_path.is_file():
         raise BuilderError(f"{model_path} not found; pass a built output folder or its model.onnx")
     model = onnx.load(str(model_path), load_external_data=False)
