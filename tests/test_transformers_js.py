@@ -279,3 +279,20 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
     assert {"MatMulNBits", "GroupQueryAttention", "GatherBlockQuantized"} <= placed["WebGpuExecutionProvider"]
     # Only the attention-mask arithmetic (int64 ReduceSum/Sub/Cast/Shape/Gather) stays on the CPU.
     assert placed.get("CPUExecutionProvider", set()) <= {"ReduceSum", "Sub", "Cast", "Shape", "Gather"}
+
+
+def test_batch_yaml_builds_the_format(tmp_path, capsys):
+    """The same option in a batch file; a finished transformers.js folder is skipped on the next run."""
+    from builder import cli
+    tiny = ROOT / "examples" / "tiny-qwen3"
+    yaml = tmp_path / "web.yaml"
+    yaml.write_text(f"output_root: out\njobs:\n  - {{model: {tiny}, precision: int4, ep: webgpu, io-dtype: fp32, "
+                    "format: transformers.js, output: tiny-web}\n")
+    assert cli.main(["batch", str(yaml)]) == 0
+    out = tmp_path / "out" / "tiny-web"
+    assert (out / "onnx" / "model_q4.onnx").is_file() and (out / "onnx" / "model_q4.onnx_data").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["transformers.js_config"]["dtype"] == "q4"
+    capsys.readouterr()
+    assert cli.main(["batch", str(yaml)]) == 0
+    assert "skip" in capsys.readouterr().out.lower()
