@@ -197,6 +197,18 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
 
 
+@pytest.mark.parametrize("name", ["gemma3", "mistral"])
+def test_node_other_families(built, checkpoint, name):
+    """Gemma 3 (gemma3_text: (1 + w) norms, local/global rotary) and Mistral (a sliding window shorter
+    than prompt + decode) in transformers.js: greedy tokens == transformers'."""
+    from builder.verify import dequantized_reference, transformers_greedy
+    result = built(name, precision="fp32", format="transformers.js")
+    ckpt = checkpoint(name)
+    theirs = transformers_greedy(dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")),
+                                 PROMPT, NEW_TOKENS)
+    assert run_node(result.output)["tokens"] == theirs
+
+
 def test_node_q4_generates(built):
     """The q4 build (int4 weights, fp32 activations) runs in transformers.js and decodes as ONNX Runtime does."""
     result = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js")
