@@ -19,16 +19,20 @@ the [N, K] weight (one column of the ONNX MatMul B = [K, N]), all in float32:
               r = 1 / scale (0 when scale == 0)
               q = clamp(roundf(w * r + zp), 0, 2^bits - 1)
 
-roundf rounds half away from zero; numpy and torch round half to even, so the
-rounding here is done with trunc (see `_block_params`). MLAS multiplies by the
-reciprocal (not w / scale) and adds zp as a separate float32 operation (no fused
-multiply-add), which torch's element-wise mul_ and add_ reproduce exactly; the
-tests pin all of this down against ORT.
+roundf rounds half away from zero; numpy rounds half to even, so the rounding
+here is done with trunc (see `_block_params`). MLAS multiplies by the reciprocal
+(not w / scale) and adds zp as a separate float32 operation (no fused
+multiply-add), which numpy's element-wise multiply and add reproduce exactly;
+the tests pin all of this down against ORT.
 
-Speed: each element-wise pass is one in-place torch op over a cache-sized chunk of
-rows, spread over torch's intra-op threads (torch.get_num_threads(): lower it
-when several builds share the cores, as builder.batch does; oversubscribed
-OpenMP threads are much slower than fewer threads).
+Speed, with numpy only: each chunk of rows is first copied into a plane-major
+layout: 8-byte words of G values (G = 4 for bf16/fp16, 2 for fp32), plane p
+holding values [p*G, (p+1)*G) of every block. The block max/min is then a
+reduction across planes, and every other pass runs over long contiguous rows,
+which numpy vectorizes; reducing each block's own 32 values is one short inner
+loop per block, about 10x slower. bf16 becomes float32 by a 16-bit shift of its
+bits (exact). Chunks are spread over a thread pool (numpy releases the GIL in its
+loops): `set_num_threads`, by default the cores this process may run on.
 
 Layout (MatMulNBits): B is uint8 [N, n_blocks, block_size * bits / 8], two 4-bit
 values per byte, the first in the low nibble. Zero points are uint8
@@ -40,82 +44,45 @@ does; the padded values quantize to exactly zp and dequantize to 0.
 
 from __future__ import annotations
 
-import numbers
-import warnings
-from dataclasses import dataclass
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
-# Chunk of rows processed at once, in float32 values: ~2.5 MB, which the two
-# cores' L2 caches (2 MB each) hold between the element-wise passes over it.
+from .scheme import QuantizedWeight, QuantScheme
+
+if sys.byteorder != "little":  # the nibble packing reads byte pairs as uint16
+    raise ImportError("quant.blockwise needs a little-endian machine")
+
+# Chunk of rows one thread processes at once, in float32 values: ~2.5 MB, which a
+# core's L2 cache (2 MB here) mostly holds between the element-wise passes over it.
 _CHUNK_VALUES = 640 * 1024
 _F32 = np.float32
 # The largest float32 below 0.5: trunc(x + _ALMOST_HALF) == roundf(x) for every
 # float32 x >= 0 (x + 0.5 would round 0.49999997 up to 1).
 _ALMOST_HALF = np.nextafter(_F32(0.5), _F32(0))
 _SCALE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+_threads: int | None = None
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+def set_num_threads(threads: int | None) -> None:
+    """Threads quantize_blockwise spreads its chunks over (None: the cores this process may use)."""
+    global _threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r} must be a positive integer or None")
+    _threads = threads
 
 
-@dataclass(frozen=True)
-class QuantScheme:
-    """How MatMulNBits weights are quantized: its `bits` and `block_size` attributes."""
-
-    bits: int
-    block_size: int
-    symmetric: bool = True
-
-    BITS = (4, 8)
-    BLOCK_SIZES = (16, 32, 64, 128, 256)
-
-    def __post_init__(self):
-        # Integers only (numpy ones too), not bools or floats: they become shapes and attributes.
-        if not _is_int(self.bits) or self.bits not in self.BITS:
-            raise ValueError(f"QuantScheme.bits={self.bits!r} is not supported; allowed: {self.BITS}")
-        if not _is_int(self.block_size) or self.block_size not in self.BLOCK_SIZES:
-            raise ValueError(f"QuantScheme.block_size={self.block_size!r} is not supported; "
-                             f"allowed: {self.BLOCK_SIZES} (powers of two from 16 to 256)")
-        if not isinstance(self.symmetric, (bool, np.bool_)):
-            raise ValueError(f"QuantScheme.symmetric={self.symmetric!r} must be True or False")
-        # Plain Python values from here on (numpy ints would leak into ONNX attributes).
-        object.__setattr__(self, "bits", int(self.bits))
-        object.__setattr__(self, "block_size", int(self.block_size))
-        object.__setattr__(self, "symmetric", bool(self.symmetric))
-
-    @property
-    def qmax(self) -> int:
-        return (1 << self.bits) - 1
-
-    @property
-    def mid(self) -> int:
-        """The implicit zero point of symmetric quantization (8 or 128)."""
-        return 1 << (self.bits - 1)
-
-    @property
-    def blob_size(self) -> int:
-        """Bytes per block in MatMulNBits input B."""
-        return self.block_size * self.bits // 8
-
-    def n_blocks(self, k: int) -> int:
-        return -(-k // self.block_size)
-
-
-@dataclass
-class QuantizedWeight:
-    """MatMulNBits inputs B, scales and zero_points for one [N, K] weight."""
-
-    packed: np.ndarray              # uint8 [N, n_blocks, blob_size]
-    scales: np.ndarray              # float32 or float16 [N, n_blocks]
-    zero_points: np.ndarray | None  # uint8 [N, ceil(n_blocks * bits / 8)]; None when symmetric
-    k: int                          # K (in_features) before padding to whole blocks
-
-    @property
-    def n(self) -> int:
-        return self.packed.shape[0]
+def get_num_threads() -> int:
+    if _threads is not None:
+        return _threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
@@ -141,47 +108,33 @@ def unpack_zero_points(packed: np.ndarray, bits: int, n_blocks: int) -> np.ndarr
     return both[:, :n_blocks]
 
 
-def _as_torch(weight) -> torch.Tensor:
-    """A CPU torch view (no copy where possible) of a float32/float16/bfloat16 [N, K] weight."""
-    if isinstance(weight, torch.Tensor):
-        t = weight.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-    else:
-        a = np.asarray(weight)
-        bf16 = a.dtype.name == "bfloat16"  # ml_dtypes' bfloat16: same bits as torch's
-        if not bf16 and a.dtype not in (np.float32, np.float16):
-            raise TypeError(f"weight has dtype {a.dtype}; expected float32, float16 or bfloat16")
-        if any(s < 0 for s in a.strides):  # torch.from_numpy takes no negative strides
-            a = np.ascontiguousarray(a)
-        with warnings.catch_warnings():  # read-only arrays (mmap'd files) are fine: we only read
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(a.view(np.int16) if bf16 else a)
-        if bf16:
-            t = t.view(torch.bfloat16)
-    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"weight has dtype {t.dtype}; expected float32, float16 or bfloat16")
-    if t.dim() != 2:
-        raise ValueError(f"weight must be 2-D [N, K] (out_features, in_features); got shape {tuple(t.shape)}")
-    return t
+def as_weight(weight) -> np.ndarray:
+    """weight as a 2-D float32/float16/bfloat16 numpy array (no copy where possible)."""
+    a = np.asarray(weight)
+    if a.dtype.name != "bfloat16" and a.dtype not in (np.float32, np.float16):
+        raise TypeError(f"weight has dtype {a.dtype}; expected float32, float16 or bfloat16 "
+                        "(numpy, ml_dtypes.bfloat16 for bfloat16)")
+    if a.ndim != 2:
+        raise ValueError(f"weight must be 2-D [N, K] (out_features, in_features); got shape {a.shape}")
+    return a
 
 
 def _select(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.where(cond, a, b) for float32, branch-free on the bits.
 
-    np.where (and torch.where) mispredict a branch per element on random masks:
-    ~90 us per 20k blocks, more than the rest of the per-block math together.
+    np.where mispredicts a branch per element on random masks: ~90 us per 20k
+    blocks, more than the rest of the per-block math together.
     """
     ai, bi = a.view(np.int32), b.view(np.int32)
     mask = -cond.astype(np.int32)  # all ones where cond
     return (bi ^ ((ai ^ bi) & mask)).view(np.float32)
 
 
-def _block_params(x: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype):
+def _block_params(first: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype):
     """Per-block (stored scale, reciprocal, offset, zero point or None) from the block max/min, as MLAS has them.
 
-    x is the chunk [R, n_blocks, block_size] (only its first column is read);
-    the returned offset is added to w * r before truncation, see `_quantize_chunk`.
+    first: each block's first value; the returned offset is added to w * r before
+    truncation, see `_quantize_chunk`.
     """
     if scheme.symmetric:
         # |max| > |min| <=> max > -min, as max >= min.
@@ -190,7 +143,7 @@ def _block_params(x: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: QuantSc
         if zero.any():
             # An all-zero block: MLAS scans with `<`/`>`, so both its min and max
             # are the first value, and the scale's zero sign follows it (+0 / -8 = -0).
-            m[zero] = x[..., 0][zero]
+            m[zero] = first[zero]
         scale = m * _F32(-1.0 / scheme.mid)  # exact, same as m / -mid
         zp = None
     else:
@@ -222,89 +175,145 @@ def _block_params(x: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: QuantSc
 
 
 class _Workspace:
-    """Scratch buffers for one chunk of rows, reused across chunks."""
+    """One thread's buffers for chunks of up to `rows` rows, in the plane-major layout.
 
-    def __init__(self, rows: int, k_pad: int, scheme: QuantScheme):
-        nb = k_pad // scheme.block_size
-        self.x = torch.zeros(rows, nb, scheme.block_size)
-        # 4 bits: the byte values lo + 16 * hi, as float32, before conversion to uint8.
-        self.pairs = torch.empty(rows, nb, scheme.block_size // 2) if scheme.bits == 4 else None
-
-
-def _quantize_chunk(w: torch.Tensor, scheme: QuantScheme, scale_dtype: np.dtype, ws: _Workspace,
-                    packed: torch.Tensor, scales: np.ndarray, zero_points: np.ndarray | None) -> None:
-    """Quantize rows w [R, K] into packed [R, n_blocks, blob], scales and zero_points [R, n_blocks].
-
-    Every element-wise pass is one in-place torch op on an L2-sized chunk (torch's
-    intra-op threads split it across cores); per-block math is numpy on [R, n_blocks].
+    A chunk of M blocks is P = block_size / G planes of M words; each word holds G
+    consecutive values of one block (G * itemsize = 8 bytes). As float32 that is
+    x [P, M * G]: x[p, m * G + g] is value p * G + g of block m.
     """
-    R, K = w.shape
-    x = ws.x[:R]
-    nb, bs = x.shape[1], x.shape[2]
-    x2 = x.view(R, nb * bs)
-    if K == nb * bs:
-        x2.copy_(w)  # bf16/fp16 -> fp32 is exact
-    else:
-        x2[:, :K].copy_(w)
-        x2[:, K:].zero_()  # zero padding, like ORT (the tail was overwritten by the last chunk)
-    xn = x.numpy()
-    mx = torch.amax(x, -1).numpy()  # amax + amin: ~8x faster than torch.aminmax here
-    mn = torch.amin(x, -1).numpy()
-    stored, r, offset, zp = _block_params(xn, mx, mn, scheme, scale_dtype)
-    scales[...] = stored
-    if zero_points is not None:
-        zero_points[...] = zp
 
-    # q = clamp(roundf(w * r + zp)) as clamp(trunc(w * r + offset)), see _block_params.
-    x.mul_(torch.from_numpy(r).unsqueeze(-1))
+    def __init__(self, rows: int, k_pad: int, scheme: QuantScheme, dtype: np.dtype):
+        self.raw = _UINT[dtype.itemsize]           # the input's bits: uint16 or uint32
+        self.g = 8 // dtype.itemsize               # values per word
+        self.p = scheme.block_size // self.g       # planes
+        self.nb = k_pad // scheme.block_size
+        m = rows * self.nb                         # blocks of a full chunk
+        self.k_pad = k_pad
+        self.pad = np.zeros((rows, k_pad), self.raw)  # for padded or scattered rows
+        self.x = np.empty((self.p, m * self.g), np.float32)
+        # 2-byte inputs are transposed as words first, then widened into x; fp32 words go straight to x.
+        self.words = np.empty((self.p, m), np.uint64) if dtype.itemsize == 2 else None
+        self.mxg = np.empty(m * self.g, np.float32)
+        self.mng = np.empty(m * self.g, np.float32)
+        self.mx = np.empty(m, np.float32)
+        self.mn = np.empty(m, np.float32)
+        self.rg = np.empty(m * self.g, np.float32)
+        self.og = np.empty(m * self.g, np.float32)
+        self.q = np.empty((self.p, m * self.g), np.uint8)
+        if scheme.bits == 4:
+            self.pair = np.empty((self.p, m * self.g // 2), np.uint16)
+            self.nibbles = np.empty((self.p, m * self.g // 2), np.uint8)
+
+
+def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, ws: _Workspace,
+                    packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None) -> None:
+    """Quantize rows w [R, K] into packed [R, n_blocks, blob], scales and zero_points [R, n_blocks]."""
+    R, K = w.shape
+    g, p, nb = ws.g, ws.p, ws.nb
+    m = R * nb
+    bits = w.view(ws.raw)  # bf16/fp16 -> uint16, fp32 -> uint32: no copy
+    if K != ws.k_pad or bits.strides[1] != bits.itemsize:
+        pad = ws.pad[:R]
+        pad[:, :K] = bits
+        pad[:, K:] = 0  # zero padding, like ORT
+        bits = pad
+    words = bits.view(np.uint64).reshape(R, nb, p)
+    x = ws.x[:, :m * g]
+    target = ws.words[:, :m] if ws.words is not None else x.view(np.uint64)
+    np.copyto(target.reshape(p, R, nb), words.transpose(2, 0, 1))  # the one transposing copy
+    if w.dtype.name == "bfloat16":  # exact: bf16 is the top half of a float32
+        np.left_shift(target.view(np.uint16), np.uint32(16), out=x.view(np.uint32), dtype=np.uint32)
+    elif w.dtype == np.float16:
+        np.copyto(x, target.view(np.float16))
+
+    mxg = np.max(x, axis=0, out=ws.mxg[:m * g])
+    mng = np.min(x, axis=0, out=ws.mng[:m * g])
+    mx, mn = ws.mx[:m], ws.mn[:m]
+    np.maximum(mxg[0::g], mxg[1::g], out=mx)
+    np.minimum(mng[0::g], mng[1::g], out=mn)
+    for i in range(2, g):
+        np.maximum(mx, mxg[i::g], out=mx)
+        np.minimum(mn, mng[i::g], out=mn)
+    stored, r, offset, zp = _block_params(x[0, 0::g], mx, mn, scheme, scale_dtype)
+    scales[...] = stored.reshape(R, nb)
+    if zero_points is not None:
+        zero_points[...] = zp.reshape(R, nb)
+
+    # q = clamp(trunc(w * r + offset)) == clamp(roundf(w * r + zp)), see _block_params.
+    rg = ws.rg[:m * g]
+    rg.reshape(m, g)[...] = r[:, None]
+    np.multiply(x, rg, out=x)
     if isinstance(offset, np.ndarray):
-        x.add_(torch.from_numpy(offset).unsqueeze(-1))
+        og = ws.og[:m * g]
+        og.reshape(m, g)[...] = offset[:, None]
+        np.add(x, og, out=x)
     else:
-        x.add_(float(offset))
-    x.clamp_(0, scheme.qmax)  # before trunc or after: the same for these bounds
+        np.add(x, offset, out=x)
+    np.maximum(x, _F32(0), out=x)  # before trunc or after: the same for these bounds
+    np.minimum(x, _F32(scheme.qmax), out=x)
+    q = ws.q[:, :m * g]
+    np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
     if scheme.bits == 8:
-        packed.view(R, nb, bs).copy_(x)  # float -> uint8 truncates
+        out = packed.reshape(R, -1).view(_UINT[g]).reshape(m, p)
+        np.copyto(out, q.view(_UINT[g]).T)
         return
-    x.trunc_()
-    # Two values per byte, the first in the low nibble: lo + 16 * hi, exact in float32.
-    pairs = ws.pairs[:R]
-    torch.add(x[..., 0::2], x[..., 1::2], alpha=16, out=pairs)
-    packed.copy_(pairs)
+    # Two values per byte, the first in the low nibble. As uint16, a pair is lo | hi << 8
+    # (lo, hi < 16); OR-ing in its shift right by 4 puts lo | hi << 4 in the low byte.
+    pair = q.view(np.uint16)
+    both = ws.pair[:, :m * g // 2]
+    np.right_shift(pair, 4, out=both)
+    np.bitwise_or(both, pair, out=both)
+    nibbles = ws.nibbles[:, :m * g // 2]
+    np.copyto(nibbles, both, casting="unsafe")  # the low byte
+    out = packed.reshape(R, -1).view(_UINT[g // 2]).reshape(m, p)
+    np.copyto(out, nibbles.view(_UINT[g // 2]).T)
 
 
 def quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> QuantizedWeight:
     """Quantize a Hugging Face nn.Linear weight [N, K] (out_features, in_features) for MatMulNBits.
 
-    weight: torch.Tensor or np.ndarray, float32 / float16 / bfloat16 (bfloat16 is
-    widened to float32 exactly). scale_dtype: float32 or float16, the dtype of
-    MatMulNBits' scales input (that of its activations).
+    weight: numpy array, float32 / float16 / bfloat16 (ml_dtypes; widened to float32
+    exactly). scale_dtype: float32 or float16, the dtype of MatMulNBits' scales input
+    (that of its activations).
     Bit-identical to ORT's quantize_matmul_4bits / quantize_matmul_8bits on the
     transposed weight [K, N] (float32 input for float32 scales, float16 input for
     float16 scales), padded with zero rows to whole blocks.
     """
     if not isinstance(scheme, QuantScheme):
         raise TypeError(f"scheme must be a QuantScheme, got {type(scheme).__name__}")
+    if scheme.method != "blockwise":
+        raise ValueError(f"quantize_blockwise got a {scheme.method!r} scheme ({scheme}); use quant.quantize")
     scale_dtype = np.dtype(scale_dtype)
     if scale_dtype not in _SCALE_DTYPES:
         raise ValueError(f"scale_dtype={scale_dtype} is not supported; allowed: float32, float16")
-    w = _as_torch(weight)
+    w = as_weight(weight)
     n, k = w.shape
     if k == 0:
         raise ValueError("weight has K=0 columns; nothing to quantize")
     nb = scheme.n_blocks(k)
     k_pad = nb * scheme.block_size
 
-    packed = torch.empty(n, nb, scheme.blob_size, dtype=torch.uint8)
+    packed = np.empty((n, nb, scheme.blob_size), np.uint8)
     scales = np.empty((n, nb), scale_dtype)
     zp = None if scheme.symmetric else np.empty((n, nb), np.uint8)
 
     rows = max(1, min(n, _CHUNK_VALUES // k_pad))
-    ws = _Workspace(rows, k_pad, scheme)
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        _quantize_chunk(w[start:stop], scheme, scale_dtype, ws, packed[start:stop], scales[start:stop],
-                        None if zp is None else zp[start:stop])
-    return QuantizedWeight(packed=packed.numpy(), scales=scales,
+    spans = [(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+    def work(my_spans):
+        ws = _Workspace(rows, k_pad, scheme, w.dtype)
+        for start, stop in my_spans:
+            _quantize_chunk(w[start:stop], scheme, scale_dtype, ws, packed[start:stop], scales[start:stop],
+                            None if zp is None else zp[start:stop])
+
+    threads = min(get_num_threads(), len(spans))
+    if threads <= 1:
+        work(spans)
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="quant") as pool:
+            for done in [pool.submit(work, spans[i::threads]) for i in range(threads)]:
+                done.result()
+    return QuantizedWeight(packed=packed, scales=scales,
                            zero_points=None if zp is None else pack_zero_points(zp, scheme.bits), k=k)
 
 

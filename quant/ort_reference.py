@@ -12,13 +12,13 @@ quantizer does.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .blockwise import QuantizedWeight, QuantScheme, _as_torch
+from .blockwise import as_weight
+from .scheme import QuantizedWeight, QuantScheme
 
 
 def ort_quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> QuantizedWeight:
-    """ORT's quantizer on weight [N, K] (float32/float16/bfloat16, torch or numpy).
+    """ORT's quantizer on weight [N, K] (float32/float16/bfloat16 numpy array).
 
     The weight is converted to scale_dtype first: ORT quantizes float16 input
     into float16 scales and float32 into float32.
@@ -27,13 +27,12 @@ def ort_quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) 
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     dtype = np.dtype(scale_dtype)
-    w = _as_torch(weight)
+    w = as_weight(weight)
     n, k = w.shape
     nb = scheme.n_blocks(k)
     # [K, N] in the scale dtype (bf16 -> float32 is exact), zero rows padding K to whole blocks.
-    w_t = torch.zeros(nb * scheme.block_size, n, dtype=torch.float16 if dtype == np.float16 else torch.float32)
-    w_t[:k].copy_(w.t())
-    w_t = w_t.numpy()
+    w_t = np.zeros((nb * scheme.block_size, n), np.float16 if dtype == np.float16 else np.float32)
+    w_t[:k] = w.T.astype(np.float32) if w.dtype.name == "bfloat16" else w.T
     packed = np.zeros((n, nb, scheme.blob_size), np.uint8)
     scales = np.zeros((n, nb), dtype)
     zero_points = np.zeros((n, -(-nb * scheme.bits // 8)), np.uint8)

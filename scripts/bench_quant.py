@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+import ml_dtypes
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quant import QuantScheme, ort_quantize_blockwise, quantize_blockwise  # noqa: E402
+from quant import QuantScheme, get_num_threads, ort_quantize_blockwise, quantize_blockwise  # noqa: E402
 
 SHAPES = {  # Qwen3-4B: hidden 2560, intermediate 9728, vocab 151936
     "mlp.down_proj-like 9728x2560": (9728, 2560),
@@ -68,14 +69,14 @@ def main() -> None:
     args = p.parse_args()
 
     scheme = QuantScheme(args.bits, args.block_size, not args.asymmetric)
-    print(f"{scheme}, scale_dtype={args.scale_dtype}, torch threads={torch.get_num_threads()}")
+    print(f"{scheme}, scale_dtype={args.scale_dtype}, threads={get_num_threads()}")
     header = f"{'weight (bf16)':32s} {'params':>12s} {'time s':>8s} {'Mparams/s':>10s} {'peak +MB':>9s}"
     if args.ort:
         header += f" {'ORT s':>8s} {'ORT Mparams/s':>14s}"
     print(header)
-    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     for name, (n, k) in SHAPES.items():
-        w = torch.randn(n, k, generator=gen, dtype=torch.bfloat16).mul_(0.02)
+        w = (rng.standard_normal((n, k), np.float32) * np.float32(0.02)).astype(ml_dtypes.bfloat16)
         extra = peak_extra_mb(lambda: quantize_blockwise(w, scheme, args.scale_dtype))
         t = best_time(lambda: quantize_blockwise(w, scheme, args.scale_dtype), args.repeat)
         row = f"{name:32s} {n * k:12,d} {t:8.3f} {n * k / t / 1e6:10.0f} {extra:9.0f}"

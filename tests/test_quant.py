@@ -8,6 +8,7 @@ quant.ort_quantize_blockwise to take our [N, K] weights.
 from __future__ import annotations
 
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -85,6 +86,7 @@ def test_matches_ort_float16(bits, symmetric, block_size):
 def test_bfloat16_matches_ort_on_float32_upcast(bits, symmetric, scale_dtype):
     rng = np.random.default_rng(bits + 2 * symmetric)
     scheme = QuantScheme(bits, 32, symmetric)
+    # bf16 as checkpoints hold it: the top 16 bits of float32 (torch.bfloat16's bits).
     w = torch.from_numpy(random_weight(rng, 64, 32 * 5 + 7, symmetric)).to(torch.bfloat16)
     w32 = w.float().numpy()
     if scale_dtype == np.float16:
@@ -92,9 +94,9 @@ def test_bfloat16_matches_ort_on_float32_upcast(bits, symmetric, scale_dtype):
         w32 = np.where(w32.astype(np.float16).astype(np.float32) == w32, w32, np.float32(0))
         w = torch.from_numpy(w32).to(torch.bfloat16)
         assert (w32 != 0).mean() > 0.9
+    w = w.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # quant takes numpy only
     ref = ort_quantize_blockwise(w32, scheme, scale_dtype)
     assert_identical(quantize_blockwise(w, scheme, scale_dtype), ref)
-    ml_dtypes = pytest.importorskip("ml_dtypes")  # numpy bfloat16 arrays (from safetensors' numpy API)
     assert_identical(quantize_blockwise(w32.astype(ml_dtypes.bfloat16), scheme, scale_dtype), ref)
 
 
