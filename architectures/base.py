@@ -28,7 +28,8 @@ from builder.kit.options import BuildOptions
 from builder.kit.progress import Progress
 from builder.kit.rope import RopeSpec
 from builder.kit.targets import Target
-from builder.kit.selection import WeightFormat, format_for, patterns_matching_nothing
+from builder.kit.selection import format_for, patterns_matching_nothing
+from quant import QuantScheme
 
 
 @dataclass
@@ -140,7 +141,7 @@ class DecoderBuilder:
                 modules.append(f"model.layers.{i}.{proj}")
         return ["model.embed_tokens"] + modules + ["lm_head"]
 
-    def fmt(self, module: str) -> WeightFormat:
+    def fmt(self, module: str) -> QuantScheme:
         return format_for(module, self.options)
 
     @classmethod

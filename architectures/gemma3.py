@@ -34,11 +34,11 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from architectures.base import DecoderBuilder, DecoderSpec
 from architectures.registry import register
 from builder.kit.errors import BuilderError
+from builder.kit.checkpoint import to_float
 from builder.kit.graph import MS_DOMAIN
 from builder.kit.layout import Layout
 from builder.kit.linear import Projections, QuantizedTensor
@@ -114,7 +114,7 @@ class _OneOffsetNorms(Projections):
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         if not all(t.endswith("norm.weight") for t in tensors):
             return super().float_rows(tensors, shapes)
-        parts = [(self.checkpoint.tensor(t, expect_shape=s).to(torch.float32) + 1.0).numpy()
+        parts = [to_float(self.checkpoint.tensor(t, expect_shape=s)) + np.float32(1.0)
                  for t, s in zip(tensors, shapes)]
         return np.concatenate(parts, axis=0).astype(self.io_dtype)
 

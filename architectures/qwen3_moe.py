@@ -28,18 +28,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from onnx import TensorProto
+
+import quant
 
 from architectures.base import DecoderSpec
 from architectures.qwen3 import Qwen3Builder
 from architectures.registry import register
+from builder.kit.checkpoint import to_float
 from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX
 from builder.kit.options import BuildOptions
+from builder.kit.selection import format_for
 from builder.kit.targets import Target
-from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
-from builder.kit.selection import WeightFormat, format_for
+from quant import QuantScheme
 
 
 @dataclass(frozen=True)
@@ -51,51 +53,15 @@ class MoeSpec:
     sparse_layers: tuple[int, ...]
 
 
-def per_row_int8(fmt: WeightFormat, options: BuildOptions) -> bool:
-    """Whether int8 experts get one scale a row (fp32 compute) rather than blocks (int8 activations)."""
+def expert_scheme(fmt: QuantScheme, options: BuildOptions) -> QuantScheme:
+    """The experts' scheme: int8 gets one scale a row (fp32 compute, quant's "rowwise")
+    where the user asked for fp32 compute, blocks (int8 activations) otherwise."""
+    if not fmt.quantized or fmt.bits != 8 or options.ep != "cpu":
+        return fmt
     level = options.accuracy_level
     if level is None:
         level = Target.from_options(options).default_accuracy_level
-    return fmt.bits == 8 and options.ep == "cpu" and level < 4
-
-
-def quantize_rows(weight: torch.Tensor, fmt: WeightFormat, per_row: bool, scale_dtype) -> tuple:
-    """(packed [N, K*bits/8], scales, zero points or None) of one [N, K] expert weight.
-
-    Blocks: quant.quantize_blockwise (MatMulNBits' layout and math). One scale a row:
-    quant.blockwise allows blocks up to 256 only, so the same math (ORT's: symmetric
-    scale = -extreme/128; asymmetric over [min(min,0), max(max,0)], zero point
-    roundf(-min/scale)) is done here over whole rows.
-    """
-    if not per_row:
-        q = quantize_blockwise(weight, QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric), scale_dtype)
-        return q.packed.reshape(q.packed.shape[0], -1), q.scales, q.zero_points
-    w = weight.to(torch.float32).numpy()
-    lo, hi = np.minimum(w.min(1), 0), np.maximum(w.max(1), 0)
-    if fmt.symmetric:
-        scale, zp = np.where(-lo > hi, lo, hi) / -128.0, np.full(len(w), 128.0, np.float32)
-    else:
-        scale = (hi - lo) / 255.0
-        zp = np.clip(_roundf(-lo / np.where(scale == 0, 1, scale)), 0, 255)
-    scale = scale.astype(scale_dtype)
-    inv = np.where(scale == 0, 0, 1 / np.where(scale == 0, 1, scale.astype(np.float32)))
-    q = np.clip(_roundf(w * inv[:, None] + zp[:, None]), 0, 255).astype(np.uint8)
-    return q, scale, None if fmt.symmetric else zp.astype(np.uint8)
-
-
-def dequantize_rows(weight: torch.Tensor, fmt: WeightFormat, per_row: bool, scale_dtype) -> torch.Tensor:
-    """The values the (Q)MoE kernel multiplies by, for the transformers reference."""
-    if not per_row:
-        scheme = QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric)
-        return torch.from_numpy(dequantize_blockwise(quantize_blockwise(weight, scheme, scale_dtype), scheme))
-    q, scale, zp = quantize_rows(weight, fmt, True, scale_dtype)
-    zp = np.float32(128) if zp is None else zp.astype(np.float32)[:, None]
-    return torch.from_numpy((q.astype(np.float32) - zp) * scale.astype(np.float32)[:, None])
-
-
-def _roundf(x: np.ndarray) -> np.ndarray:
-    """C roundf: halves away from zero (np.rint rounds them to even)."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    return QuantScheme(8, symmetric=fmt.symmetric, method="rowwise") if level < 4 else fmt
 
 
 def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -155,30 +121,30 @@ class Qwen3MoeBuilder(Qwen3Builder):
             fc2 = self._float_experts(f"{prefix}.down_proj", i, ("down_proj",))
             return g.op("MoE", [x, logits, fc1, "", fc2], f"{base}/MoE", domain=MS_DOMAIN, **attrs)
 
-        per_row = per_row_int8(fmt, self.options)
-        if not per_row and (s.hidden_size % fmt.block_size or m.intermediate_size % fmt.block_size):
+        scheme = expert_scheme(fmt, self.options)
+        if scheme.block_size and (s.hidden_size % scheme.block_size or m.intermediate_size % scheme.block_size):
             raise BuilderError(f"QMoE needs hidden_size {s.hidden_size} and moe_intermediate_size "
-                               f"{m.intermediate_size} to be multiples of --block-size {fmt.block_size}")
-        fc1 = self._quantized_experts(f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"), fmt, per_row)
-        fc2 = self._quantized_experts(f"{prefix}.down_proj", i, ("down_proj",), fmt, per_row)
+                               f"{m.intermediate_size} to be multiples of --block-size {scheme.block_size}")
+        fc1 = self._quantized_experts(f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"), scheme)
+        fc2 = self._quantized_experts(f"{prefix}.down_proj", i, ("down_proj",), scheme)
         inputs = [x, logits, fc1[0], fc1[1], "", fc2[0], fc2[1], "", "", "", ""]
-        if not fmt.symmetric:
+        if not scheme.symmetric:
             inputs += [fc1[2], fc2[2]]
-        if not per_row:
-            attrs["block_size"] = fmt.block_size
-        return g.op("QMoE", inputs, f"{base}/QMoE", domain=MS_DOMAIN, expert_weight_bits=fmt.bits,
+        if scheme.block_size:  # none: one scale a row
+            attrs["block_size"] = scheme.block_size
+        return g.op("QMoE", inputs, f"{base}/QMoE", domain=MS_DOMAIN, expert_weight_bits=scheme.bits,
                     accuracy_level=self.accuracy_level, **attrs)
 
     # ---- expert weights, streamed one expert at a time ----------------------
 
-    def _expert_parts(self, i: int, e: int, projs: tuple[str, ...]) -> list[torch.Tensor]:
-        """[N, K] float32 weights of one expert (hub files and transformers 5 both store
+    def _expert_parts(self, i: int, e: int, projs: tuple[str, ...]) -> list[np.ndarray]:
+        """[N, K] weights of one expert as stored (hub files and transformers 5 both store
         experts one by one; transformers fuses them only in memory)."""
         shapes = {"gate_proj": (self.moe.intermediate_size, self.spec.hidden_size),
                   "up_proj": (self.moe.intermediate_size, self.spec.hidden_size),
                   "down_proj": (self.spec.hidden_size, self.moe.intermediate_size)}
         return [self.checkpoint.tensor(self.weight(i, f"mlp.experts.{e}.{p}.weight"), expect_shape=shapes[p])
-                .to(torch.float32) for p in projs]
+                for p in projs]
 
     def _fc_shape(self, projs: tuple[str, ...]) -> tuple[int, int]:
         """(N, K) of one expert's FC: FC1 stacks gate and up, FC2 is down_proj."""
@@ -190,13 +156,13 @@ class Qwen3MoeBuilder(Qwen3Builder):
     def _float_experts(self, name: str, i: int, projs: tuple[str, ...]) -> str:
         def chunks():
             for e in range(self.moe.num_experts):
-                parts = [p.numpy().astype(self.io_dtype) for p in self._expert_parts(i, e, projs)]
+                parts = [to_float(p, self.io_dtype) for p in self._expert_parts(i, e, projs)]
                 yield parts[0] if len(parts) == 1 else _interleave(*parts)
 
         return self.graph.streamed_initializer(f"{name}.weight", NP_TO_ONNX[self.io_dtype],
                                                [self.moe.num_experts, *self._fc_shape(projs)], chunks())
 
-    def _quantized_experts(self, name: str, i: int, projs: tuple[str, ...], fmt: WeightFormat, per_row: bool):
+    def _quantized_experts(self, name: str, i: int, projs: tuple[str, ...], scheme: QuantScheme):
         """(weights, scales, zero points or "") of one QMoE FC; the scales and zero
         points are [E, N, blocks...] with blocks, [E, N] with one scale a row."""
         n, k = self._fc_shape(projs)
@@ -204,7 +170,9 @@ class Qwen3MoeBuilder(Qwen3Builder):
 
         def chunks():
             for e in range(self.moe.num_experts):
-                qs = [quantize_rows(p, fmt, per_row, self.io_dtype) for p in self._expert_parts(i, e, projs)]
+                qs = [quant.quantize(p, scheme, self.io_dtype) for p in self._expert_parts(i, e, projs)]
+                # QMoE takes MatMulNBits' bytes with a row's blocks flattened.
+                qs = [(q.packed.reshape(q.n, -1), q.scales, q.zero_points) for q in qs]
                 packed, scale, zp = (parts[0] if len(qs) == 1 or parts[0] is None else _interleave(*parts)
                                      for parts in zip(*qs))
                 scales.append(scale)
@@ -214,7 +182,7 @@ class Qwen3MoeBuilder(Qwen3Builder):
 
         g = self.graph
         weights = g.streamed_initializer(f"{name}.qweight", TensorProto.UINT8,
-                                         [self.moe.num_experts, n, k * fmt.bits // 8], chunks())
+                                         [self.moe.num_experts, n, k * scheme.bits // 8], chunks())
         scale_name = g.initializer(f"{name}.scales", np.stack(scales))
         zp_name = g.initializer(f"{name}.qzeros", np.stack(zero_points)) if zero_points else ""
         return weights, scale_name, zp_name
@@ -230,11 +198,11 @@ class Qwen3MoeBuilder(Qwen3Builder):
                 module.weight.data.copy_(module.weight.data.half().float())
             if not (name.endswith("mlp.experts") and hasattr(module, "gate_up_proj")):
                 continue
-            fmt = format_for(name, options)
-            per_row = fmt.quantized and per_row_int8(fmt, options)
+            scheme = expert_scheme(format_for(name, options), options)
             for param in (module.gate_up_proj, module.down_proj):
                 for e in range(param.shape[0]):
-                    if fmt.quantized:
-                        param.data[e] = dequantize_rows(param.data[e], fmt, per_row, io_dtype)
+                    if scheme.quantized:
+                        weight = param.data[e].numpy()  # float32, shares the parameter's memory
+                        weight[...] = quant.dequantize(quant.quantize(weight, scheme, io_dtype), scheme)
                     elif io_dtype == np.float16:
                         param.data[e] = param.data[e].half().float()

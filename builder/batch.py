@@ -83,10 +83,15 @@ def _job_process(conn, options: dict, threads: int) -> None:
     """Body of a job's own spawned process: build (and verify, if asked), send the result."""
     result: dict[str, Any] = {"status": "failed"}
     try:
-        import torch
-
+        import quant
         from builder.pipeline import build
-        torch.set_num_threads(threads)  # parallel jobs share the cores instead of fighting for them
+
+        # Parallel jobs share the cores instead of fighting for them: the quantizer's
+        # threads, and torch's in a verify run (only then is torch loaded at all).
+        quant.set_num_threads(threads)
+        if options.get("verify"):
+            import torch
+            torch.set_num_threads(threads)
         report = build(BuildOptions(**options), show_progress=False).report
         result.update(_report_fields(report))
         if "verify" in report:

@@ -34,7 +34,7 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from quant import QuantScheme, dequantize_blockwise, quantize_blockwise
+    import quant
     from builder.kit.selection import format_for
 
     from transformers.utils import logging as transformers_logging
@@ -47,9 +47,8 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
         if not tied and embed_fmt.quantized and embed_fmt.bits == 4:
             # Untied int4 builds gather from their own int4 table (GatherBlockQuantized).
             weight = model.get_input_embeddings().weight
-            scheme = QuantScheme(4, embed_fmt.block_size, embed_fmt.symmetric)
-            weight.copy_(torch.from_numpy(dequantize_blockwise(
-                quantize_blockwise(weight.detach(), scheme, scale_dtype=io_dtype), scheme)))
+            weight.copy_(torch.from_numpy(quant.dequantize(
+                quant.quantize(weight.detach().numpy(), embed_fmt, scale_dtype=io_dtype), embed_fmt)))
         for name, module in model.named_modules():
             if not isinstance(module, torch.nn.Linear) or name.endswith(("router", ".gate")):
                 continue
@@ -58,9 +57,8 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
                 if io_dtype == np.float16:
                     module.weight.copy_(module.weight.half().float())
                 continue
-            scheme = QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric)
-            q = quantize_blockwise(module.weight.detach(), scheme, scale_dtype=io_dtype)
-            dq = torch.from_numpy(dequantize_blockwise(q, scheme))
+            q = quant.quantize(module.weight.detach().numpy(), fmt, scale_dtype=io_dtype)
+            dq = torch.from_numpy(quant.dequantize(q, fmt))
             if name == "lm_head" and tied and fmt.bits != 4:
                 # int8 lm_head: the graph's embedding stays a float Gather, so untie.
                 model.get_output_embeddings().weight = torch.nn.Parameter(dq)

@@ -20,10 +20,6 @@ HEAVY = {"torch", "transformers", "tokenizers"}
 # Where a heavy import is allowed, and only inside a function (lazy): verification
 # against transformers and the thread limit of a verify run in batch.
 LAZY_HEAVY_ALLOWED = {"builder/verify.py", "builder/batch.py"}
-# Still on torch until the numpy quantizer and reader land (issue 11, item 6); this set
-# only shrinks, and an empty set is the goal.
-TORCH_NOT_YET_REMOVED = {"builder/kit/checkpoint.py", "builder/kit/linear.py", "architectures/gemma3.py",
-                         "architectures/qwen3_moe.py", "quant/blockwise.py", "quant/ort_reference.py"}
 
 
 def layer_of_module(name: str) -> str | None:
@@ -64,8 +60,6 @@ def violations(root: Path) -> list[str]:
                 theirs = layer_of_module(module)
                 if theirs is not None and LAYERS.index(theirs) < mine:
                     found.append(f"{rel}:{line} imports {module} ({theirs} is above {LAYERS[mine]})")
-                if rel in TORCH_NOT_YET_REMOVED and module == "torch":
-                    continue
                 if module.split(".")[0] in HEAVY and (rel not in LAZY_HEAVY_ALLOWED or at_top):
                     found.append(f"{rel}:{line} imports {module}: the core installs without it")
     return found

@@ -387,3 +387,82 @@ def test_shapes_and_dtypes():
         assert q.k == 70 and q.n == 6
     q = quantize_blockwise(torch.ones(0, 70), QuantScheme(4, 32))
     assert q.packed.shape == (0, 3, 16) and q.scales.shape == (0, 3) and q.zero_points is None
+
+
+# ---- one scheme type, the method registry, threads ---------------------------------
+
+
+def test_scheme_says_float_int4_int8_and_rowwise():
+    import quant
+    assert not QuantScheme.FLOAT.quantized and QuantScheme.FLOAT.kind == "float" and str(QuantScheme.FLOAT) == "float"
+    assert QuantScheme.from_kind("float", 64, False) == QuantScheme.FLOAT
+    int4 = QuantScheme.from_kind("int4", 32, True)
+    assert int4 == QuantScheme(4, 32, True) and int4.kind == "int4" and str(int4) == "int4/b32/sym"
+    assert str(QuantScheme(8, 128, False)) == "int8/b128/asym"
+    row = QuantScheme(8, symmetric=False, method="rowwise")
+    assert row.block_size == 0 and row.kind == "int8" and str(row) == "int8/row/asym" and row != QuantScheme(8, 32, False)
+    with pytest.raises(ValueError, match=r"bits=4 .*allowed: \(8,\)"):
+        QuantScheme(4, method="rowwise")
+    with pytest.raises(ValueError, match="method='gptq' is not supported"):
+        QuantScheme(4, 32, method="gptq")
+    with pytest.raises(ValueError, match="FLOAT is not a quantization"):
+        quant.quantize(np.ones((2, 32), np.float32), QuantScheme.FLOAT)
+    assert quant.BLOCK_SIZES == BLOCK_SIZES and set(quant.methods()) >= {"blockwise", "rowwise"}
+
+
+def test_quantize_dispatches_on_the_method():
+    import quant
+    rng = np.random.default_rng(5)
+    w = random_weight(rng, 16, 96, True)
+    scheme = QuantScheme(4, 32, True)
+    assert_identical(quant.quantize(w, scheme), ort_quantize_blockwise(w, scheme))
+    assert np.array_equal(quant.dequantize(quant.quantize(w, scheme), scheme),
+                          dequantize_blockwise(quantize_blockwise(w, scheme), scheme))
+    for symmetric in (True, False):
+        row = QuantScheme(8, symmetric=symmetric, method="rowwise")
+        q = quant.quantize(w.astype(ml_dtypes.bfloat16), row, np.float16)
+        assert q.packed.shape == (16, 96) and q.scales.shape == (16,) and q.scales.dtype == np.float16
+        assert (q.zero_points is None) == symmetric
+        deq = quant.dequantize(q, row)
+        w_bf16 = w.astype(ml_dtypes.bfloat16).astype(np.float32)
+        step = np.abs(q.scales.astype(np.float32))[:, None]
+        assert deq.shape == w.shape and np.all(np.abs(deq - w_bf16) <= step * 1.0001)
+
+
+def test_a_new_method_is_one_registration():
+    import quant
+    from quant.scheme import _METHODS
+
+    def quantize_sign(weight, scheme, scale_dtype):
+        w = np.asarray(weight, np.float32)
+        return QuantizedWeight((w > 0).astype(np.uint8), np.abs(w).max(1).astype(scale_dtype), None, w.shape[1])
+
+    def dequantize_sign(q, scheme):
+        return (q.packed * 2.0 - 1.0).astype(np.float32) * q.scales.astype(np.float32)[:, None]
+
+    quant.register(quant.Method("sign-test", quantize_sign, dequantize_sign, bits=(8,), block_sizes=None))
+    try:
+        scheme = QuantScheme(8, method="sign-test")
+        w = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
+        assert np.array_equal(quant.dequantize(quant.quantize(w, scheme), scheme), [[2, -2], [3, 3]])
+        with pytest.raises(ValueError, match="already registered"):
+            quant.register(quant.Method("sign-test", quantize_sign, dequantize_sign))
+    finally:
+        del _METHODS["sign-test"]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_do_not_change_the_bytes(monkeypatch, threads):
+    import quant
+    monkeypatch.setattr(quant.blockwise, "_CHUNK_VALUES", 2048)
+    rng = np.random.default_rng(9)
+    w = random_weight(rng, 301, 200, False).astype(ml_dtypes.bfloat16)
+    scheme = QuantScheme(4, 32, False)
+    quant.set_num_threads(threads)
+    try:
+        assert quant.get_num_threads() == threads
+        assert_identical(quantize_blockwise(w, scheme), ort_quantize_blockwise(w, scheme))
+    finally:
+        quant.set_num_threads(None)
+    with pytest.raises(ValueError, match="positive integer"):
+        quant.set_num_threads(0)

@@ -2,7 +2,8 @@
 
 config.json is parsed up front; tensors are read one at a time (or a slice of
 rows at a time) from memory-mapped safetensors files, so the float model is
-never held in memory.
+never held in memory. Tensors are numpy arrays in their stored dtype, bf16 as
+ml_dtypes.bfloat16 (what onnx uses too); `to_float` widens them.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import os
 import struct
 from pathlib import Path
 
-import torch
+import ml_dtypes
+import numpy as np
+
 from builder.kit.errors import BuilderError
 
-SUPPORTED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+SUPPORTED_DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
@@ -144,12 +147,12 @@ class Checkpoint:
                                "hold it; re-download the checkpoint")
         return file, entry
 
-    def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The whole tensor, in its stored dtype."""
         return self.rows(name, 0, None, expect_shape)
 
     def rows(self, name: str, start: int, stop: int | None,
-             expect_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+             expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Rows [start:stop) of a tensor, read without touching the other rows.
 
         Plain reads (not mmap): the bytes land in memory we free right after
@@ -181,9 +184,7 @@ class Checkpoint:
         if got != length:
             raise BuilderError(f"{file} ends inside tensor {name!r}; the file is truncated: re-download it")
         out_shape = (stop - start, *row_shape) if shape else ()
-        if length == 0:
-            return torch.empty(out_shape, dtype=SUPPORTED_DTYPES[dtype])
-        return torch.frombuffer(buffer, dtype=SUPPORTED_DTYPES[dtype]).reshape(out_shape)
+        return np.frombuffer(buffer, dtype=SUPPORTED_DTYPES[dtype]).reshape(out_shape)
 
     # ---- identity -----------------------------------------------------------
 
@@ -199,6 +200,15 @@ class Checkpoint:
             digest.update(str(file.stat().st_size).encode())
             digest.update(_header_bytes(file))
         return digest.hexdigest()[:16]
+
+
+def to_float(tensor: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """A checkpoint tensor in float32 or float16; bf16 is widened through float32 exactly."""
+    if tensor.dtype == SUPPORTED_DTYPES["BF16"]:
+        # bf16 is the top half of a float32: a shift, ~4x faster than ml_dtypes' cast.
+        wide = np.left_shift(tensor.view(np.uint16), np.uint32(16), dtype=np.uint32).view(np.float32)
+        return wide.astype(dtype, copy=False)
+    return tensor.astype(dtype, copy=False)
 
 
 def _header_bytes(file: Path) -> bytes:

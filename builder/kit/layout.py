@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.kit.targets import Target
-from builder.kit.selection import WeightFormat
+from quant import QuantScheme
 
 # ep -> (qkv packing, mlp packing, silu form, evidence). fused-norm entries fall back
 # to packed-split where the target runtime lacks GQA's q/k-norm inputs.
@@ -56,7 +56,7 @@ class Layout:
 
 
 def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
-                  qkv_formats: list[list[WeightFormat]], mlp_formats: list[list[WeightFormat]]) -> Layout:
+                  qkv_formats: list[list[QuantScheme]], mlp_formats: list[list[QuantScheme]]) -> Layout:
     """Resolve the packing options for one model.
 
     qkv_formats / mlp_formats: per layer, the formats of [q, k, v] / [gate, up].

@@ -9,13 +9,12 @@ stream one projection (and one row chunk) at a time.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from onnx import TensorProto
 
-from builder.kit.checkpoint import Checkpoint
+import quant
+from builder.kit.checkpoint import Checkpoint, to_float
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX, Graph
-from quant import QuantScheme, quantize_blockwise
-from builder.kit.selection import WeightFormat
+from quant import QuantScheme
 
 # Rows quantized at once: bounds temporaries to ~16M float32 values (64 MB).
 CHUNK_VALUES = 16 * 1024 * 1024
@@ -24,7 +23,7 @@ CHUNK_VALUES = 16 * 1024 * 1024
 class QuantizedTensor:
     """Initializer names of one streamed MatMulNBits weight."""
 
-    def __init__(self, b: str, scales: str, zero_points: str | None, n: int, k: int, fmt: WeightFormat):
+    def __init__(self, b: str, scales: str, zero_points: str | None, n: int, k: int, fmt: QuantScheme):
         self.b, self.scales, self.zero_points = b, scales, zero_points
         self.n, self.k, self.format = n, k, fmt
 
@@ -40,10 +39,9 @@ class Projections:
 
     # ---- weights ------------------------------------------------------------
 
-    def quantized_weight(self, name: str, tensors: list[str], fmt: WeightFormat,
+    def quantized_weight(self, name: str, tensors: list[str], fmt: QuantScheme,
                          shapes: list[tuple[int, int]]) -> QuantizedTensor:
         """Quantize [N_i, K] tensors, stacked along N, straight into the data file."""
-        scheme = QuantScheme(fmt.bits, fmt.block_size, fmt.symmetric)
         k = shapes[0][1]
         n = sum(s[0] for s in shapes)
         n_blocks = -(-k // fmt.block_size)
@@ -55,7 +53,7 @@ class Projections:
             for tensor, shape in zip(tensors, shapes):
                 for start in range(0, shape[0], rows_per_chunk):
                     rows = self.checkpoint.rows(tensor, start, min(start + rows_per_chunk, shape[0]))
-                    q = quantize_blockwise(rows, scheme, scale_dtype=self.io_dtype)
+                    q = quant.quantize(rows, fmt, scale_dtype=self.io_dtype)
                     scales.append(q.scales)
                     if q.zero_points is not None:
                         zero_points.append(q.zero_points)
@@ -74,9 +72,7 @@ class Projections:
 
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         """Tensors stacked along their first axis, in the activation dtype."""
-        parts = [self.checkpoint.tensor(t, expect_shape=s).to(torch.float32).numpy().astype(self.io_dtype,
-                                                                                                copy=False)
-                 for t, s in zip(tensors, shapes)]
+        parts = [to_float(self.checkpoint.tensor(t, expect_shape=s), self.io_dtype) for t, s in zip(tensors, shapes)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def float_initializer(self, name: str, tensor: str, shape: tuple[int, ...]) -> str:
@@ -87,14 +83,14 @@ class Projections:
         def chunks():
             for start in range(0, shape[0], rows_per_chunk):
                 rows = self.checkpoint.rows(tensor, start, start + rows_per_chunk)
-                yield rows.to(torch.float32).numpy().astype(self.io_dtype, copy=False)
+                yield to_float(rows, self.io_dtype)
 
         return self.graph.streamed_initializer(name, self.io_onnx_type, shape, chunks())
 
     # ---- nodes --------------------------------------------------------------
 
     def matmul(self, x: str, name: str, tensors: list[str], shapes: list[tuple[int, int]],
-               fmt: WeightFormat, biases: list[str] | None = None) -> str:
+               fmt: QuantScheme, biases: list[str] | None = None) -> str:
         """x @ W^T for the projections `tensors` packed along N; returns the output name."""
         if fmt.quantized:
             q = self.quantized_weight(name.lstrip("/").replace("/", "."), tensors, fmt, shapes)

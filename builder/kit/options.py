@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from builder.kit.errors import BuilderError
+from quant import BLOCK_SIZES
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32", "bf16")
 EPS = ("cpu", "cuda", "webgpu", "dml")
@@ -20,7 +21,6 @@ QKV_PACKINGS = ("auto", "packed-split", "separate", "fused-norm")
 MLP_PACKINGS = ("auto", "packed", "separate")
 SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
 HEAD_NORMS = ("auto", "reshape-sln", "branchwise")
-BLOCK_SIZES = (16, 32, 64, 128, 256)
 FORMATS = ("genai", "transformers.js")
 IO_DTYPES = ("auto", "fp16", "fp32")
 

@@ -9,29 +9,9 @@ glob (`*.v_proj`, `model.layers.0.*`).
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
 
 from builder.kit.options import BuildOptions
-
-
-@dataclass(frozen=True)
-class WeightFormat:
-    kind: str  # "float", "int4" or "int8"
-    block_size: int = 32
-    symmetric: bool = True
-
-    @property
-    def bits(self) -> int:
-        return {"int4": 4, "int8": 8}[self.kind]
-
-    @property
-    def quantized(self) -> bool:
-        return self.kind != "float"
-
-    def __str__(self) -> str:
-        if not self.quantized:
-            return "float"
-        return f"{self.kind}/b{self.block_size}/{'sym' if self.symmetric else 'asym'}"
+from quant import QuantScheme
 
 
 def _matches(module: str, patterns: list[str]) -> bool:
@@ -39,14 +19,14 @@ def _matches(module: str, patterns: list[str]) -> bool:
     return any(module == p or leaf == p or fnmatch.fnmatchcase(module, p) for p in patterns)
 
 
-def format_for(module: str, options: BuildOptions) -> WeightFormat:
-    """The format of one projection under the build options."""
+def format_for(module: str, options: BuildOptions) -> QuantScheme:
+    """The format of one projection under the build options (QuantScheme.FLOAT: not quantized)."""
     if options.precision not in ("int4", "int8"):
-        return WeightFormat("float")
+        return QuantScheme.FLOAT
     if _matches(module, options.float_layers):
-        return WeightFormat("float")
+        return QuantScheme.FLOAT
     kind = "int8" if options.precision == "int8" or _matches(module, options.int8_layers) else "int4"
-    return WeightFormat(kind, options.block_size, options.symmetric)
+    return QuantScheme.from_kind(kind, options.block_size, options.symmetric)
 
 
 def patterns_matching_nothing(modules: list[str], options: BuildOptions) -> list[str]:
