@@ -308,3 +308,19 @@ def test_batch_yaml_builds_the_format(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["batch", str(yaml)]) == 0
     assert "skip" in capsys.readouterr().out.lower()
+
+
+def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
+    """A text model built from a *ForConditionalGeneration checkpoint (Qwen3.5) is named *ForCausalLM,
+    so transformers.js loads it as one decoder session instead of embed_tokens + decoder_model_merged."""
+    from types import SimpleNamespace
+    config = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+              "text_config": {"model_type": "qwen3_5_text", "layer_types": ["linear_attention", "full_attention"]}}
+    arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32),
+                           options=BuildOptions(model="x", precision="int4", format="transformers.js"))
+    folder = transformers_js.TransformersJsFolder(arch)
+    folder.write_configs(tmp_path, {"eos_token_id": 1})
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["architectures"] == ["Qwen3_5ForCausalLM"]
+    assert written["text_config"] == config["text_config"]
+    assert written["transformers.js_config"] == {"dtype": "q4", "use_external_data_format": {"model_q4.onnx": 1}}

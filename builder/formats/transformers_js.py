@@ -85,6 +85,13 @@ class TransformersJsFolder:
 
     def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
         config = dict(self.arch.config)
+        names = config.get("architectures") or []
+        if names and names[0].endswith("ForConditionalGeneration"):
+            # Only the text model is built. Under its ForConditionalGeneration name transformers.js
+            # would load the multimodal layout (onnx/embed_tokens + onnx/decoder_model_merged);
+            # the ForCausalLM name keeps the one-session decoder (models/modeling_utils.js
+            # resolveTypeConfig). A nested text_config stays: getCacheNames reads layer_types there.
+            config["architectures"] = [names[0].replace("ForConditionalGeneration", "ForCausalLM")]
         config["transformers.js_config"] = {
             "dtype": self.dtype,
             "use_external_data_format": {self.model_name: len(self.chunks)},
