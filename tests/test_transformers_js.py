@@ -316,7 +316,7 @@ def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
     from types import SimpleNamespace
     config = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
               "text_config": {"model_type": "qwen3_5_text", "layer_types": ["linear_attention", "full_attention"]}}
-    arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32),
+    arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32), spec=None,
                            options=BuildOptions(model="x", precision="int4", format="transformers.js"))
     folder = transformers_js.TransformersJsFolder(arch)
     folder.write_configs(tmp_path, {"eos_token_id": 1})
@@ -324,3 +324,17 @@ def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
     assert written["architectures"] == ["Qwen3_5ForCausalLM"]
     assert written["text_config"] == config["text_config"]
     assert written["transformers.js_config"] == {"dtype": "q4", "use_external_data_format": {"model_q4.onnx": 1}}
+
+
+def test_hybrid_configs_name_their_layer_types(tmp_path):
+    """transformers.js finds the conv/recurrent/KV inputs of each layer through config.layer_types."""
+    from types import SimpleNamespace
+    types_ = ("linear_attention", "full_attention")
+    spec = SimpleNamespace(layer_types=types_)
+    options = BuildOptions(model="x", precision="fp32", format="transformers.js")
+    for config, where in (({"model_type": "qwen3_5_text", "full_attention_interval": 2}, lambda c: c),
+                          ({"model_type": "qwen3_5", "text_config": {"model_type": "qwen3_5_text"}},
+                           lambda c: c["text_config"])):
+        arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32), spec=spec, options=options)
+        transformers_js.TransformersJsFolder(arch).write_configs(tmp_path, {})
+        assert where(json.loads((tmp_path / "config.json").read_text()))["layer_types"] == list(types_)

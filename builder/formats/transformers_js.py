@@ -92,6 +92,14 @@ class TransformersJsFolder:
             # the ForCausalLM name keeps the one-session decoder (models/modeling_utils.js
             # resolveTypeConfig). A nested text_config stays: getCacheNames reads layer_types there.
             config["architectures"] = [names[0].replace("ForConditionalGeneration", "ForCausalLM")]
+        layer_types = getattr(getattr(self.arch, "spec", None), "layer_types", None)
+        if layer_types:
+            # Hybrid models: transformers.js finds each layer's cache inputs through layer_types
+            # (configs.js getCacheNames), which configs may leave to full_attention_interval.
+            if isinstance(config.get("text_config"), dict):
+                config["text_config"] = {"layer_types": list(layer_types), **config["text_config"]}
+            else:
+                config.setdefault("layer_types", list(layer_types))
         config["transformers.js_config"] = {
             "dtype": self.dtype,
             "use_external_data_format": {self.model_name: len(self.chunks)},
