@@ -3,30 +3,26 @@
 The file format and its checks are in builder.batch_schema. Here: skip what is
 up to date, run the rest, and summarize.
 
-Each build runs in a fresh spawned process, so a crash or an out-of-memory
-kill fails only its own job, and the peak RSS measured there is that job's
-alone.
+Where the builds run is an Executor's business (builder.batch_exec): local
+spawned processes by default, so a crash or an out-of-memory kill fails only
+its own job and the peak RSS measured there is that job's alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import signal
 import sys
-import time
-import traceback
 from datetime import datetime, timezone
-from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
 
+from builder.batch_exec import Executor, LocalExecutor, Stop, report_fields
 from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
-from builder.output_dir import REPORT_NAME, remove_stale_staging
-from builder.pipeline import peak_rss_bytes
+from builder.output_dir import REPORT_NAME
 from builder.version import __version__
 
 MEMORY_NOTE = (
@@ -64,100 +60,33 @@ def rebuild_reason(options: BuildOptions) -> str | None:
     if old_ort != ort:
         return f"target ONNX Runtime {old_ort} -> {ort}"
     try:
-        fingerprint = Checkpoint.open(options.model).fingerprint()
-    except BuilderError:
+        fingerprint = Checkpoint.open(options.model).fingerprint(options.checkpoint_hash)
+    except (BuilderError, OSError):
         return "checkpoint unreadable"  # the build itself says why
     if fingerprint != (report.get("checkpoint") or {}).get("fingerprint"):
         return "checkpoint changed"
+    if options.verify and "verify" not in report:
+        return "verify asked for, and the existing build was not verified"
     return None
 
 
-def _report_fields(report: dict) -> dict:
-    return {"size_bytes": report["sizes"]["total_bytes"], "nodes": report["nodes"]["total"],
-            "build_seconds": report["timings"]["total_s"]}
-
-
-# ---- running ---------------------------------------------------------------------------
-
-def _job_process(conn, options: dict, threads: int) -> None:
-    """Body of a job's own spawned process: build (and verify, if asked), send the result."""
-    result: dict[str, Any] = {"status": "failed"}
-    try:
-        import quant
-        from builder.pipeline import build
-
-        # Parallel jobs share the cores instead of fighting for them: the quantizer's
-        # threads, and torch's in a verify run (only then is torch loaded at all).
-        quant.set_num_threads(threads)
-        if options.get("verify"):
-            import torch
-            torch.set_num_threads(threads)
-        report = build(BuildOptions(**options), show_progress=False).report
-        result.update(_report_fields(report))
-        if "verify" in report:
-            result["verify"] = report["verify"]
-        result["status"] = "built"
-    except BuilderError as e:
-        result["error"] = str(e)
-    except Exception as e:  # a builder bug: keep the traceback for the JSON summary
-        result["error"] = f"{type(e).__name__}: {e}"
-        result["traceback"] = traceback.format_exc()
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    conn.send(result)
-
-
-def _died(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        hint = " (out of memory?)" if -exitcode == 9 else ""
-        return f"the build process was killed by signal {-exitcode}{hint}"
-    return f"the build process exited with code {exitcode} without a result"
-
-
-def run_jobs(jobs: list[Job], parallel: int, on_start, on_end) -> None:
-    """Each job in a fresh spawned process, at most `parallel` at once.
-
-    Hand-rolled rather than ProcessPoolExecutor: there one OOM-killed worker
-    breaks the pool and fails every queued job, and workers are reused, which
-    would mix the jobs' peak RSS.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
-    queue, running = list(jobs), {}
-    try:
-        while queue or running:
-            while queue and len(running) < parallel:
-                job = queue.pop(0)
-                receive, send = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_job_process, name=f"build {job.name}",
-                                      args=(send, job.options.to_dict(), threads))
-                process.start()
-                send.close()  # ours closed, a child that dies without answering reads as EOF
-                running[receive] = (job, process, time.perf_counter())
-                on_start(job)
-            for receive in wait(list(running)):
-                job, process, started = running.pop(receive)
-                try:
-                    job.result.update(receive.recv())
-                except EOFError:
-                    process.join()
-                    job.result.update(status="failed", error=_died(process.exitcode))
-                    remove_stale_staging(Path(job.options.output))
-                process.join()
-                receive.close()
-                job.result["seconds"] = time.perf_counter() - started
-                on_end(job)
-    except KeyboardInterrupt:
-        for job, process, _ in running.values():
-            process.join(timeout=60)  # it got the same Ctrl-C and removes its staging folder
-            if process.is_alive():
-                process.terminate()
-            job.result.update(status="failed", error="interrupted")
-        for job in queue:
-            job.result.update(status="failed", error="interrupted before it started")
-        raise
+def skipped_result(options: BuildOptions) -> dict:
+    """What the up-to-date output's own report says, verify included: a rerun keeps it."""
+    path = Path(options.output) / REPORT_NAME
+    report = json.loads(path.read_text())
+    built_at = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    result = {"status": "skipped", **report_fields(report), "built_at": built_at}
+    if "peak_rss_bytes" in report:
+        result["peak_rss_bytes"] = report["peak_rss_bytes"]
+    if isinstance(result.get("verify"), dict):
+        result["verify"] = {**result["verify"], "from": f"{options.output}/{REPORT_NAME} (earlier build)"}
+    return result
 
 
 # ---- summary ---------------------------------------------------------------------------
+
+STATUSES = ("built", "skipped", "failed", "interrupted")
+
 
 def _size(n: int | None) -> str:
     if n is None:
@@ -169,7 +98,8 @@ def _verify_text(v) -> str:
     if isinstance(v, dict):
         if v.get("status") == "not run":
             return f"not run: {v['reason'].split(',')[0].split(';')[0]}"
-        return f"{v['status']}: max_abs {v['max_abs']:.2e}, nmse {v['nmse']:.2e}"
+        earlier = " (earlier build)" if v.get("from") else ""
+        return f"{v['status']}{earlier}: max_abs {v['max_abs']:.2e}, nmse {v['nmse']:.2e}"
     return v or "-"
 
 
@@ -205,16 +135,61 @@ def markdown(batch: Batch) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(batch: Batch) -> dict:
-    counts = {s: sum(j.result.get("status") == s for j in batch.jobs) for s in ("built", "skipped", "failed")}
+def summary(batch: Batch, interrupted_by: str | None = None) -> dict:
+    counts = {s: sum(j.result.get("status") == s for j in batch.jobs) for s in STATUSES}
     return {
         "file": str(batch.path.absolute()), "builder_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "interrupted_by": interrupted_by,
         "output_root": str(batch.output_root), "counts": counts,
         "jobs": [{"name": j.name, "label": j.label, "line": j.line, "output": j.options.output,
                   "model": j.options.model, "precision": j.options.precision, "ep": j.options.ep,
                   "reason": j.reason, **j.result, "options": j.options.to_dict()} for j in batch.jobs],
     }
+
+
+def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
+    """Where the summary goes, checked before any build runs.
+
+    A folder gets <stem>-summary.json and .md; a name ending in .json is the JSON
+    file, with the .md next to it. An earlier batch summary there is replaced;
+    any other existing file is refused, as is a place that cannot be written.
+    """
+    stem = batch.path.stem
+    if given is None:
+        folder, json_path = batch.output_root, batch.output_root / f"{stem}-summary.json"
+    else:
+        path = Path(given).expanduser().absolute()
+        if path.suffix == ".json" and not path.is_dir():
+            folder, json_path = path.parent, path
+        elif path.exists() and not path.is_dir():
+            raise BuilderError(f"--summary {given}: is a file; give a folder (for <stem>-summary.json and "
+                               ".md) or a new or earlier summary's name ending in .json")
+        else:
+            folder, json_path = path, path / f"{stem}-summary.json"
+    md_path = json_path.with_suffix(".md")
+    for path in (json_path, md_path):
+        if path.is_dir() or (path.exists() and not _is_summary(path)):
+            raise BuilderError(f"--summary: {path} exists and is not a batch summary; refusing to "
+                               "overwrite it: choose another --summary (nothing was built)")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BuilderError(f"summary folder {folder}: cannot write there ({existing} is not a writable "
+                           "folder); pass --summary with a writable folder (nothing was built)")
+    return json_path, md_path
+
+
+def _is_summary(path: Path) -> bool:
+    try:
+        text = path.read_text()
+        if path.suffix == ".md":
+            return text.startswith("# Batch ")
+        data = json.loads(text)
+        return isinstance(data, dict) and {"builder_version", "jobs", "counts"} <= data.keys()
+    except (OSError, ValueError):
+        return False
 
 
 def _write(path: Path, text: str) -> None:
@@ -233,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "output is up to date. Relative paths in the file resolve against its folder. "
                     "Prints one line per job and a summary table, and writes the summary as "
                     "<file>-summary.json and .md. Exit code 1 if any job failed, 2 if the file is "
-                    "invalid (then nothing is built).",
+                    "invalid (then nothing is built), 130/143 after SIGINT/SIGTERM (running builds "
+                    "are stopped, their partial outputs removed, and the summary marks them "
+                    "interrupted).",
         epilog=MEMORY_NOTE + " Example: python -m builder batch configs/qwen3-family-int4.yaml --jobs 2",
     )
     parser.add_argument("file", metavar="FILE.yaml", help="Batch file (see configs/ for examples).")
@@ -242,12 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Builds run at once, each in its own process (default: 1). See memory below.")
     parser.add_argument("--output-root", metavar="DIR",
                         help="Folder for relative outputs, instead of the file's output_root.")
-    parser.add_argument("--summary", metavar="DIR",
-                        help="Folder for the summary files (default: the output root).")
+    parser.add_argument("--summary", metavar="PATH",
+                        help="Where the summary goes: a folder (gets <file>-summary.json and .md) or a "
+                             "name ending in .json (the .md goes next to it). Default: the output root. "
+                             "An earlier summary there is replaced (a skipped job keeps the verify result "
+                             "its build recorded); any other existing file is refused before anything "
+                             "is built.")
     parser.add_argument("--dry-run", action="store_true",
                         help="Check the file and print what would be built or skipped; build nothing.")
     parser.add_argument("--debug", action="store_true", help="Print tracebacks of failed jobs.")
     return parser
+
+
+def make_executor(args: argparse.Namespace, batch: Batch) -> Executor:
+    return LocalExecutor(args.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         raise BuilderError(f"--jobs: {args.jobs} must be at least 1")
     batch = load_batch(args.file, args.output_root)
+    summary_json, summary_md = summary_paths(args.summary, batch)
     total = len(batch.jobs)
     tag = {id(j): f"[{i}/{total}]" for i, j in enumerate(batch.jobs, 1)}
 
@@ -267,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {job.reason})")
         return 0
 
+    executor = make_executor(args, batch)
+    to_build = [j for j in batch.jobs if j.action == "build"]
+    executor.check(to_build, batch.output_root)
     for job in batch.jobs:
         if job.action == "skip":
-            report = json.loads((Path(job.options.output) / REPORT_NAME).read_text())
-            job.result = {"status": "skipped", **_report_fields(report)}
-            if job.options.verify:
-                job.result["verify"] = "not run: skipped (up to date; --force rebuilds and verifies)"
+            job.result = skipped_result(job.options)
             print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
 
     def on_start(job: Job) -> None:
@@ -285,26 +271,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag[id(job)]} built   {job.name} in {r['seconds']:.1f} s (peak RSS "
                   f"{_size(r['peak_rss_bytes'])}, {_size(r['size_bytes'])}, {r['nodes']} nodes)", flush=True)
         else:
-            print(f"{tag[id(job)]} failed  {job.name} after {r['seconds']:.1f} s: {r['error']}", flush=True)
+            print(f"{tag[id(job)]} {r['status']:7} {job.name} after {r['seconds']:.1f} s: {r['error']}",
+                  flush=True)
         if args.debug and r.get("traceback"):
             print(r["traceback"], file=sys.stderr)
 
-    interrupted = False
-    try:
-        run_jobs([j for j in batch.jobs if j.action == "build"], args.jobs, on_start, on_end)
-    except KeyboardInterrupt:
-        interrupted = True
-
-    folder = Path(args.summary).absolute() if args.summary else batch.output_root
-    stem = batch.path.stem
-    result = summary(batch)
-    _write(folder / f"{stem}-summary.json", json.dumps(result, indent=2) + "\n")
-    _write(folder / f"{stem}-summary.md", markdown(batch))
-    counts = result["counts"]
-    print()
-    print(table(batch.jobs))
-    print(f"\n{counts['built']} built, {counts['skipped']} skipped, {counts['failed']} failed; "
-          f"summary: {folder / (stem + '-summary.json')} and .md")
-    if interrupted:
-        return 130
+    with Stop() as stop:  # from here a signal stops the builds, and the summary is still written
+        try:
+            executor.run(to_build, on_start, on_end, stop)
+        finally:
+            executor.close()
+        by = signal.Signals(stop.signum).name if stop.signum else None
+        result = summary(batch, by)
+        _write(summary_json, json.dumps(result, indent=2) + "\n")
+        _write(summary_md, markdown(batch))
+        counts = result["counts"]
+        print()
+        print(table(batch.jobs))
+        print(f"\n{counts['built']} built, {counts['skipped']} skipped, {counts['failed']} failed"
+              + (f", {counts['interrupted']} interrupted by {by}" if by else "")
+              + f"; summary: {summary_json} and .md", flush=True)
+    if stop.signum:
+        return stop.exit_code
     return 1 if counts["failed"] else 0

@@ -32,6 +32,7 @@ still refuses to replace a folder that it did not make.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -104,11 +105,32 @@ def _value(node: yaml.Node) -> Any:
     return _YAML.construct_object(node, deep=True)
 
 
-def _compose(path: Path) -> yaml.Node | None:
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def read_text(path: Path) -> str:
+    """The file's text: UTF-8, or UTF-8/16/32 with a byte-order mark (PowerShell's
+    `>` and Out-File write UTF-16 with one); anything else is one clear error."""
     try:
-        return yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+        data = path.read_bytes()
     except OSError as e:
         raise BuilderError(f"cannot read batch file {path}: {e.strerror or e}") from None
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and len(data) >= 2 and b"\0" in data[:2]:
+        encoding = "utf-16-le" if data[1:2] == b"\0" else "utf-16-be"  # UTF-16 without a mark
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise BuilderError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.object[e.start]:#04x} "
+                           f"at offset {e.start}); save it as UTF-8 (PowerShell: Set-Content -Encoding utf8) "
+                           "and run again") from None
+
+
+def _compose(path: Path) -> yaml.Node | None:
+    text = read_text(path)
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

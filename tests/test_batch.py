@@ -62,7 +62,7 @@ def test_tiny_yaml_builds_every_job(tiny):
     assert code == 0
     s = summary(root, "tiny")
     assert set(s["by_name"]) == TINY_JOBS
-    assert s["counts"] == {"built": 3, "skipped": 0, "failed": 0}
+    assert s["counts"] == {"built": 3, "skipped": 0, "failed": 0, "interrupted": 0}
     for name, job in s["by_name"].items():
         out = root / name
         assert job["status"] == "built" and job["output"] == str(out)
@@ -93,7 +93,7 @@ def test_second_run_skips_everything(tiny, capsys):
     before = report_times(root)
     assert batch(CONFIGS / "tiny.yaml", "--output-root", root) == 0
     s = summary(root, "tiny")
-    assert s["counts"] == {"built": 0, "skipped": 3, "failed": 0}
+    assert s["counts"] == {"built": 0, "skipped": 3, "failed": 0, "interrupted": 0}
     assert {j["reason"] for j in s["jobs"]} == {"up to date"}
     assert report_times(root) == before
     assert capsys.readouterr().out.count("skipped tiny-qwen3-") == 3
@@ -197,7 +197,7 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
     """)
     assert batch(path) == 1
     s = summary(tmp_path / "out", "mixed")
-    assert s["counts"] == {"built": 1, "skipped": 0, "failed": 2}
+    assert s["counts"] == {"built": 1, "skipped": 0, "failed": 2, "interrupted": 0}
     missing = s["by_name"]["no-such-checkpoint-int4-cpu"]
     assert missing["status"] == "failed" and "does not exist" in missing["error"]
     assert "was not made by this builder" in s["by_name"]["foreign"]["error"]
@@ -264,3 +264,269 @@ def test_two_jobs_run_in_parallel(tmp_path, capsys):
     s = summary(tmp_path / "out", "par")
     assert s["counts"]["built"] == 2
     assert all((tmp_path / "out" / j["name"] / "model.onnx").is_file() for j in s["jobs"])
+
+
+def test_rerun_keeps_the_verify_result_its_build_recorded(tiny):
+    root, _ = tiny
+    assert batch(CONFIGS / "tiny.yaml", "--output-root", root) == 0
+    job = summary(root, "tiny")["by_name"]["tiny-qwen3-fp32-cpu"]
+    assert job["status"] == "skipped"
+    report = json.loads((root / "tiny-qwen3-fp32-cpu" / "build_report.json").read_text())
+    assert job["verify"]["status"] == "passed" and job["verify"]["max_abs"] == report["verify"]["max_abs"]
+    assert job["verify"]["from"].endswith("tiny-qwen3-fp32-cpu/build_report.json (earlier build)")
+    assert job["peak_rss_bytes"] == report["peak_rss_bytes"]
+    assert "passed (earlier build)" in (root / "tiny-summary.md").read_text()
+
+
+def test_verify_asked_for_an_unverified_build_rebuilds_it(tmp_path):
+    path = write(tmp_path / "v.yaml", f"""
+        output_root: out
+        jobs:
+          - model: {TINY}
+            precision: fp32
+            output: a
+    """)
+    assert batch(path) == 0
+    path.write_text(path.read_text() + "    verify: true\n")
+    assert batch(path) == 0
+    job = summary(tmp_path / "out", "v")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"].startswith("verify asked for")
+    assert job["verify"]["status"] == "passed" and "from" not in job["verify"]
+
+
+# ---- the fingerprint sees content -------------------------------------------------------
+
+def _copy_checkpoint(folder: Path) -> Path:
+    import shutil
+    shutil.copytree(TINY, folder)
+    return folder / "model.safetensors"
+
+
+def _resave_in_place(weights: Path, keep_mtime: bool) -> None:
+    """A fine-tune saved over the old one: same names, shapes and size, other bytes."""
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    for i in range(len(data) - 4096, len(data), 2):  # low mantissa bits of the last tensor's values
+        data[i] ^= 1
+    with open(weights, "r+b") as f:  # in place: same inode
+        f.write(data)
+    if keep_mtime:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+FINGERPRINT_JOB = """
+    output_root: out
+    jobs:
+      - model: ckpt
+        output: a
+        checkpoint-hash: {hash}
+"""
+
+
+def test_resaved_weights_with_same_names_and_shapes_are_rebuilt(tmp_path, capsys):
+    weights = _copy_checkpoint(tmp_path / "ckpt")
+    path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
+    assert batch(path) == 0
+    _resave_in_place(weights, keep_mtime=False)
+    assert batch(path) == 0
+    job = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+
+    # Another copy of the same bytes (new inode and mtime) is a change for the stat identity.
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data)
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    assert "build a  (" in capsys.readouterr().out
+
+
+def test_content_hash_sees_what_size_mtime_and_inode_cannot(tmp_path, capsys):
+    weights = _copy_checkpoint(tmp_path / "ckpt")
+    path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
+    assert batch(path) == 0
+    _resave_in_place(weights, keep_mtime=True)  # size, mtime_ns and inode all as before
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    assert "skip  a" in capsys.readouterr().out  # the stat identity's known blind spot
+
+    write(path, FINGERPRINT_JOB.format(hash="true"))
+    assert batch(path) == 0
+    first = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert first["status"] == "built" and first["reason"] == "options changed: checkpoint-hash"
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data)  # same bytes, new inode and mtime: the content hash is unchanged
+    assert batch(path) == 0
+    assert summary(tmp_path / "out", "f")["by_name"]["a"]["status"] == "skipped"
+    _resave_in_place(weights, keep_mtime=True)
+    assert batch(path) == 0
+    job = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+
+
+def test_hub_cache_files_are_identified_by_their_blob_hash(tmp_path):
+    """The cache stores each file as blobs/<hash> and links it from snapshots/<revision>/."""
+    from builder.kit.checkpoint import Checkpoint
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "rev1"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for f in TINY.iterdir():
+        blob = blobs / (f.name.replace(".", "") + "0" * 24)
+        blob.write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(blob)
+    before = Checkpoint(snapshot).fingerprint()
+    weights_blob = (snapshot / "model.safetensors").resolve()
+    os.utime(weights_blob, ns=(1, 1))  # a touched blob is the same blob
+    assert Checkpoint(snapshot).fingerprint() == before == Checkpoint(snapshot).fingerprint(content=True)
+    new_blob = blobs / ("f" * 64)
+    new_blob.write_bytes(weights_blob.read_bytes())
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(new_blob)  # a new revision of the weights
+    assert Checkpoint(snapshot).fingerprint() != before
+
+
+# ---- batch files in other encodings -----------------------------------------------------
+
+TINY_YAML = "output_root: out\njobs:\n  - model: {m}  # modèle\n    output: a\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-8-sig", "utf-32"])
+def test_utf16_and_bom_files_are_read(encoding, tmp_path, capsys):
+    path = tmp_path / "ps.yaml"
+    text = TINY_YAML.format(m=TINY)
+    path.write_bytes(text.encode(encoding) if encoding != "utf-16-le" else text.encode("utf-16-le"))
+    assert batch(path, "--dry-run") == 0
+    assert "[1/1] build a" in capsys.readouterr().out
+
+
+def test_non_utf8_file_is_one_line_naming_it(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(TINY_YAML.format(m=TINY).encode("latin-1"))
+    run = subprocess.run([sys.executable, "-m", "builder", "batch", str(path)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert f"{path}: not UTF-8 text (byte 0xe8 at offset" in run.stderr
+    assert "save it as UTF-8" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---- --summary is checked before anything is built ---------------------------------------
+
+ONE_JOB = f"output_root: out\njobs:\n  - model: {TINY}\n    output: a\n"
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "other.json", "folder-file"])
+def test_summary_over_a_foreign_file_is_refused_before_building(name, tmp_path, capsys):
+    path = write(tmp_path / "s.yaml", ONE_JOB)
+    target = tmp_path / name
+    target.write_text('{"mine": 1}')
+    assert batch(path, "--summary", target) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --summary") and str(target) in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    assert target.read_text() == '{"mine": 1}'
+
+
+def test_summary_md_or_json_name_and_replacing_an_earlier_one(tmp_path):
+    path = write(tmp_path / "s.yaml", ONE_JOB)
+    assert batch(path, "--summary", tmp_path / "sums" / "run.json") == 0
+    first = json.loads((tmp_path / "sums" / "run.json").read_text())
+    assert first["counts"]["built"] == 1
+    assert (tmp_path / "sums" / "run.md").read_text().startswith("# Batch s.yaml")
+    assert batch(path, "--summary", tmp_path / "sums" / "run.json") == 0  # an earlier summary: replaced
+    assert json.loads((tmp_path / "sums" / "run.json").read_text())["counts"]["skipped"] == 1
+
+
+# ---- signals: running builds stop, nothing is published, the summary is written ---------
+
+def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None):
+    """A batch of three jobs, --jobs 2, whose builds pause just before publishing."""
+    import subprocess
+    import sys
+    import time
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    path = write(tmp_path / "sig.yaml", f"""
+        output_root: out
+        defaults:
+          model: {TINY}
+        jobs:
+          - output: a
+          - output: b
+          - output: c
+    """)
+    env = {**os.environ, "BUILDER_TEST_PAUSE_BEFORE_PUBLISH": "120", "BUILDER_TEST_PAUSE_DIR": str(pauses),
+           **(extra_env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "batch", str(path), "--jobs", str(jobs)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, like a shell job
+    deadline = time.monotonic() + 120
+    while len(list(pauses.glob("*.pid"))) < jobs:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "builds never reached the publish step"
+        time.sleep(0.2)
+    children = [int(p.read_text()) for p in pauses.glob("*.pid")]
+    staging = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".builder-staging")]
+    assert len(staging) == jobs  # complete staging folders, about to be published
+    return proc, children
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie is gone too
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _assert_stopped_cleanly(tmp_path, children, code, expected, stderr):
+    import time
+    assert code == expected, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert all(_gone(pid) for pid in children)
+    time.sleep(1)  # nothing may appear after the batch exited
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["sig-summary.json", "sig-summary.md"]
+    s = summary(out, "sig")
+    assert s["counts"] == {"built": 0, "skipped": 0, "failed": 0, "interrupted": 3}
+    return s
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
+    import signal
+    proc, children = _start_paused_batch(tmp_path, jobs=2)
+    if sig == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+    else:
+        proc.send_signal(signal.SIGTERM)  # kill PID: the batch alone
+    stdout, stderr = proc.communicate(timeout=60)
+    s = _assert_stopped_cleanly(tmp_path, children, proc.returncode, 128 + getattr(signal, sig), stderr)
+    assert s["interrupted_by"] == sig
+    by_name = s["by_name"]
+    assert {by_name[n]["error"] for n in "ab"} == {"interrupted; its partial output was removed"}
+    assert by_name["c"]["error"] == "not started: the batch was interrupted"
+    assert f"0 built, 0 skipped, 0 failed, 3 interrupted by {sig}" in stdout
+    assert "| interrupted |" in (tmp_path / "out" / "sig-summary.md").read_text()
+
+
+def test_killed_batch_takes_its_builds_with_it(tmp_path):
+    """SIGKILL leaves no handler to run; the builds learn it from the kernel and clean up."""
+    import signal
+    import time
+    proc, children = _start_paused_batch(tmp_path, jobs=2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in children):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing published, no staging
+    assert signal.SIGKILL

@@ -188,17 +188,19 @@ class Checkpoint:
 
     # ---- identity -----------------------------------------------------------
 
-    def fingerprint(self) -> str:
-        """A cheap identity of the checkpoint: config + every shard's header and size.
+    def fingerprint(self, content: bool = False) -> str:
+        """The checkpoint's identity, for batch's skip-if-up-to-date.
 
-        Headers carry each tensor's name, dtype, shape and offsets, so a changed
-        checkpoint changes the fingerprint without hashing gigabytes.
+        config.json's bytes, then per weight file its name, header and what tells
+        a re-save apart even with the same names and shapes: a hub-cache file's
+        blob name (the hash the cache stores it under), else size, mtime_ns and
+        inode, or with `content` a SHA-256 of its bytes (reads the whole file).
         """
         digest = hashlib.sha256((self.directory / "config.json").read_bytes())
         for file in sorted(set(self._shard_of.values())):
             digest.update(file.name.encode())
-            digest.update(str(file.stat().st_size).encode())
             digest.update(_header_bytes(file))
+            digest.update(_file_identity(file, content).encode())
         return digest.hexdigest()[:16]
 
 
@@ -209,6 +211,20 @@ def to_float(tensor: np.ndarray, dtype=np.float32) -> np.ndarray:
         wide = np.left_shift(tensor.view(np.uint16), np.uint32(16), dtype=np.uint32).view(np.float32)
         return wide.astype(dtype, copy=False)
     return tensor.astype(dtype, copy=False)
+
+
+def _file_identity(file: Path, content: bool) -> str:
+    resolved = file.resolve()
+    if file.is_symlink() and resolved.parent.name == "blobs":  # HF cache: blobs/<sha256 or git sha1>
+        return f"blob {resolved.name}"
+    if content:
+        digest = hashlib.sha256()
+        with open(resolved, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        return f"sha256 {digest.hexdigest()}"
+    st = resolved.stat()
+    return f"stat {st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
 def _header_bytes(file: Path) -> bytes:

@@ -161,6 +161,14 @@ class BuildOptions:
                                        "running the same (dequantized) weights; a mismatch fails the build. "
                                        "Needs transformers. cpu builds only: other EPs record 'not run'."),
     )
+    checkpoint_hash: bool = field(
+        default=False,
+        metadata=_opt("--checkpoint-hash",
+                      help="Identify the checkpoint in build_report.json by a SHA-256 of its weight files "
+                           "(reads them once more) instead of their size, mtime and inode, so a batch rerun "
+                           "rebuilds exactly when the weights' bytes changed. Hub-cache files are always "
+                           "identified by the hash the cache stores them under."),
+    )
 
     # ---- validation -------------------------------------------------------
 

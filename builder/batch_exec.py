@@ -1,0 +1,279 @@
+"""Where a batch's builds run: the Executor seam, the job body, the local executor.
+
+batch.py decides what to build and summarizes; an Executor only runs a list of
+jobs and reports each one's result through on_start/on_end. Both executors run
+the same job body (run_job), so a build means the same wherever it ran.
+
+A job's result is a dict: status (built | failed | interrupted), and the
+build's figures (size_bytes, nodes, build_seconds, peak_rss_bytes, verify) or
+its error. Bad input (BuilderError) is a result, never an exception, so no
+executor retries it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import traceback
+from abc import ABC, abstractmethod
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Callable
+
+from builder.kit.errors import BuilderError, BuildInterrupted
+from builder.output_dir import STAGING_PREFIX, remove_stale_staging
+
+# Test hook: the job pauses this many seconds just before publishing its output
+# (staging folder complete, output not yet renamed into place), writing its pid
+# to $BUILDER_TEST_PAUSE_DIR/<output name>.pid first. Only the first attempt of a
+# job pauses, so tests can kill a worker at a known point and watch the retry.
+PAUSE_ENV, PAUSE_DIR_ENV = "BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "BUILDER_TEST_PAUSE_DIR"
+
+
+def report_fields(report: dict) -> dict:
+    fields = {"size_bytes": report["sizes"]["total_bytes"], "nodes": report["nodes"]["total"],
+              "build_seconds": report["timings"]["total_s"]}
+    if "verify" in report:
+        fields["verify"] = report["verify"]
+    return fields
+
+
+def run_job(options: dict, threads: int) -> dict[str, Any]:
+    """One build (and verify, if asked) in this process; never raises for a failed build."""
+    from builder.kit.options import BuildOptions
+    from builder.pipeline import build, peak_rss_bytes
+
+    result: dict[str, Any] = {"status": "failed", "node": socket.gethostname(), "pid": os.getpid()}
+    try:
+        _set_threads(threads)
+        _pause_hook(Path(options["output"]))
+        report = build(BuildOptions(**options), show_progress=False).report
+        result.update(report_fields(report), status="built")
+    except (BuildInterrupted, KeyboardInterrupt):
+        result.update(status="interrupted", error="interrupted; its partial output was removed")
+    except BuilderError as e:
+        result["error"] = str(e)
+    except Exception as e:  # a builder bug: keep the traceback for the JSON summary
+        result["error"] = f"{type(e).__name__}: {e}"
+        result["traceback"] = traceback.format_exc()
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+def _set_threads(threads: int) -> None:
+    try:
+        import torch  # verify runs transformers; parallel jobs share the cores instead of fighting
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def _pause_hook(output: Path) -> None:
+    seconds, folder = os.environ.get(PAUSE_ENV), os.environ.get(PAUSE_DIR_ENV)
+    if not seconds or not folder:
+        return
+    marker = Path(folder) / f"{output.name}.pid"
+    if marker.exists():
+        return  # a retry: run through
+    import builder.output_dir as output_dir
+    move = output_dir._move_into_place
+
+    def paused(staging, out, overwrite):
+        output_dir._move_into_place = move
+        marker.write_text(str(os.getpid()))
+        time.sleep(float(seconds))
+        move(staging, out, overwrite)
+    output_dir._move_into_place = paused
+
+
+def remove_staging(output: Path) -> None:
+    """Every staging folder of `output`, whoever made it: for when its job is over for good."""
+    pattern = f"{STAGING_PREFIX}{glob.escape(output.name)}-*-" + "[0-9a-f]" * 8
+    for staging in output.parent.glob(pattern):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class Stop:
+    """SIGINT/SIGTERM while jobs run: remember the first signal and wake the executor.
+
+    The handler only records; the executor stops its jobs from its own loop, so
+    no exception lands in the middle of bookkeeping.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = {}
+
+    def fileno(self) -> int:
+        return self._read
+
+    def __enter__(self) -> "Stop":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        os.close(self._read)
+        os.close(self._write)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        try:
+            os.write(self._write, b"x")
+        except BlockingIOError:
+            pass
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+OnEvent = Callable[[Any], None]
+
+
+class Executor(ABC):
+    """Runs jobs; each job's result lands in job.result before on_end(job)."""
+
+    name = "?"
+
+    def check(self, jobs: list, output_root: Path) -> None:
+        """Refuse, before anything runs, what this executor cannot run (raise BuilderError)."""
+
+    @abstractmethod
+    def run(self, jobs: list, on_start: OnEvent, on_end: OnEvent, stop: Stop) -> None:
+        """Run every job; after a signal, stop the running ones (outputs stay complete or
+        absent), mark them and the unstarted ones interrupted, and return."""
+
+    def close(self) -> None:
+        pass
+
+
+# ---- local processes -------------------------------------------------------------------
+
+class LocalExecutor(Executor):
+    """Each job in a fresh spawned process, at most `parallel` at once.
+
+    Hand-rolled rather than ProcessPoolExecutor: there one OOM-killed worker
+    breaks the pool and fails every queued job, and workers are reused, which
+    would mix the jobs' peak RSS.
+    """
+
+    name = "local"
+    GRACE_S = 30  # a stopped child removes its staging folder well within this
+
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.threads = max(1, len(os.sched_getaffinity(0)) // parallel)
+
+    def run(self, jobs, on_start, on_end, stop) -> None:
+        import multiprocessing
+        from multiprocessing import resource_tracker
+        ctx = multiprocessing.get_context("spawn")
+        resource_tracker.ensure_running()  # its first start unblocks SIGINT/SIGTERM: get it over with
+        queue, running = list(jobs), {}
+        while (queue or running) and stop.signum is None:
+            while queue and len(running) < self.parallel:
+                job = queue.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_child, name=f"build {job.name}",
+                                      args=(send, job.options.to_dict(), self.threads, os.getpid()))
+                # Blocked here, the child inherits SIGINT and SIGTERM blocked until its own handlers
+                # are in place; a Ctrl-C meant for the batch never lands in the child's imports.
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    process.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                send.close()  # ours closed, a child that dies without answering reads as EOF
+                running[receive] = (job, process, time.perf_counter())
+                on_start(job)
+            for receive in wait([*running, stop]):
+                if receive is stop:
+                    continue
+                job, process, started = running.pop(receive)
+                self._collect(job, receive, process, started)
+                on_end(job)
+        if stop.signum is None:
+            return
+        for job, process, _ in running.values():
+            if process.is_alive():
+                process.terminate()  # the child turns SIGTERM into a clean stop: staging removed
+        deadline = time.monotonic() + self.GRACE_S
+        for receive, (job, process, started) in running.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+            self._collect(job, receive, process, started, interrupted=True)
+            on_end(job)
+        for job in queue:
+            job.result.update(status="interrupted", error="not started: the batch was interrupted")
+
+    @staticmethod
+    def _collect(job, receive, process, started, interrupted: bool = False) -> None:
+        try:
+            if receive.poll():
+                job.result.update(receive.recv())
+            else:
+                raise EOFError
+        except (EOFError, OSError):
+            process.join()
+            if interrupted:
+                job.result.update(status="interrupted", error=f"interrupted ({_died(process.exitcode)})")
+            else:
+                job.result.update(status="failed", error=_died(process.exitcode))
+        process.join()
+        receive.close()
+        remove_stale_staging(Path(job.options.output))
+        job.result["seconds"] = time.perf_counter() - started
+
+
+def _died(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        hint = " (out of memory?)" if -exitcode == 9 else ""
+        return f"the build process was killed by signal {-exitcode}{hint}"
+    return f"the build process exited with code {exitcode} without a result"
+
+
+def _child(conn, options: dict, threads: int, parent: int) -> None:
+    """Body of a job's spawned process. Started with SIGINT and SIGTERM blocked (see run)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C reaches the whole process group; the batch decides and sends SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _die_with(parent)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # a pending one lands here
+        result = run_job(options, threads)
+    except KeyboardInterrupt:  # SIGTERM between the job's own handlers
+        result = {"status": "interrupted", "error": "interrupted before it built anything"}
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the answer is on its way: let it arrive
+    try:
+        conn.send(result)
+        conn.close()
+    except OSError:
+        pass  # the batch is gone; nothing to tell
+    sys.stdout.flush()
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM this process when the batch process dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
