@@ -29,10 +29,11 @@ from typing import Any, Callable
 from builder.kit.errors import BuilderError, BuildInterrupted
 from builder.output_dir import STAGING_PREFIX, remove_stale_staging
 
-# Test hook: the job pauses this many seconds just before publishing its output
-# (staging folder complete, output not yet renamed into place), writing its pid
-# to $BUILDER_TEST_PAUSE_DIR/<output name>.pid first. Only the first attempt of a
-# job pauses, so tests can kill a worker at a known point and watch the retry.
+# Test hook: while the folder $BUILDER_TEST_PAUSE_DIR exists, a job pauses
+# $BUILDER_TEST_PAUSE_BEFORE_PUBLISH seconds just before publishing its output
+# (staging folder complete, output not yet renamed into place), after writing its
+# pid to <that folder>/<output name>.pid. Only the first attempt of a job pauses,
+# so tests can stop or kill a build at a known point and watch what follows.
 PAUSE_ENV, PAUSE_DIR_ENV = "BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "BUILDER_TEST_PAUSE_DIR"
 
 
@@ -67,16 +68,16 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
 
 
 def _set_threads(threads: int) -> None:
-    try:
-        import torch  # verify runs transformers; parallel jobs share the cores instead of fighting
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
+    """Parallel jobs share the cores instead of fighting for them (verify runs torch)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch and BLAS when they load
+    torch = sys.modules.get("torch")  # loaded already (a reused Ray worker): tell it directly
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _pause_hook(output: Path) -> None:
     seconds, folder = os.environ.get(PAUSE_ENV), os.environ.get(PAUSE_DIR_ENV)
-    if not seconds or not folder:
+    if not seconds or not folder or not os.path.isdir(folder):
         return
     marker = Path(folder) / f"{output.name}.pid"
     if marker.exists():
