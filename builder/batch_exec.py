@@ -68,9 +68,13 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
 
 
 def _set_threads(threads: int) -> None:
-    """Parallel jobs share the cores instead of fighting for them (verify runs torch)."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch and BLAS when they load
-    torch = sys.modules.get("torch")  # loaded already (a reused Ray worker): tell it directly
+    """Parallel jobs share the cores instead of fighting for them: the quantizer's threads,
+    and torch's in a verify run (OMP_NUM_THREADS for a fresh process; a reused Ray worker
+    may have torch loaded already)."""
+    import quant
+    quant.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
 
