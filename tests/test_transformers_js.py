@@ -277,6 +277,7 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
     ckpt = checkpoint("qwen3")
     reference = dequantized_reference(ckpt, BuildOptions(model=str(ckpt), **options), io_dtype=np.float32)
     assert page["tokens"] == transformers_greedy(reference, PROMPT, BROWSER_TOKENS)
+    assert page["text"]  # the TextStreamer wrote the new tokens into the page
 
     # ONNX Runtime's verbose log lists each node's EP ("Node(s) placed on [X]", then "  Op (name)").
     placed, ep = {}, None
