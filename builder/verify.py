@@ -114,10 +114,10 @@ def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list
     with torch.no_grad():
         out = model(torch.from_numpy(input_ids.astype(np.int64)), use_cache=True)
         logits = [out.logits.float().numpy()]
-        past = out.past_key_values
         for token in decode_tokens:
-            out = model(torch.tensor([[token]]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            # `cache`, not `past_key_values`: transformers 5.x warns on the old name and drops
+            # it in 5.40 (the extras pin transformers to the 5.x range this was tested with).
+            out = model(torch.tensor([[token]]), cache=out.cache, use_cache=True)
             logits.append(out.logits.float().numpy())
     return logits
 
