@@ -52,6 +52,8 @@ def registered() -> dict[str, type]:
 
 def builder_class_for(config: dict, where: str = "config.json") -> type:
     names = config.get("architectures") or []
+    if isinstance(names, str):  # one name, written without the list brackets
+        names = [names]
     if not names:
         raise BuilderError(f"{where} has no 'architectures' entry, so the model family is unknown; "
                            "supported: " + ", ".join(sorted(registered())))

@@ -185,3 +185,76 @@ def test_index_weight_map_not_a_mapping_cli(sharded, tmp_path):
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
     out = tmp_path / "out"
     assert_clean_failure(cli("-m", sharded, "-o", out), "model.safetensors.index.json", "weight_map", out=out)
+
+
+# ---- config.json values -------------------------------------------------------------
+
+def set_config(ckpt: Path, **values) -> None:
+    path = ckpt / "config.json"
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("num_attention_heads", "4", "num_attention_heads = '4'"),
+    ("rms_norm_eps", None, "rms_norm_eps is null"),
+    ("hidden_size", 64.5, "hidden_size = 64.5"),
+    ("num_hidden_layers", 0, "positive integer"),
+    ("num_key_value_heads", True, "num_key_value_heads = True"),
+    ("rope_theta", float("nan"), "rope_theta = nan"),
+    ("rope_theta", "1e6", "rope_theta = '1e6'"),
+    ("max_position_embeddings", -1, "max_position_embeddings"),
+    ("tie_word_embeddings", "yes", "tie_word_embeddings"),
+    ("head_dim", [16], "head_dim"),
+    ("rope_scaling", "linear", "rope_scaling"),
+    ("rope_scaling", {"rope_type": "linear", "factor": None}, "rope_scaling: factor is null"),
+    ("partial_rotary_factor", 2, "partial_rotary_factor"),
+    ("eos_token_id", "<eos>", "eos_token_id"),
+    ("architectures", {"a": 1}, "architectures"),
+])
+def test_config_value_of_wrong_type(ckpt, key, value, fragment):
+    set_config(ckpt, **{key: value})
+    with pytest.raises(BuilderError) as info:
+        Checkpoint(ckpt)
+    assert fragment in str(info.value) and "config.json" in str(info.value)
+
+
+def test_config_wrong_type_cli(ckpt, tmp_path):
+    set_config(ckpt, num_attention_heads="4")
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "num_attention_heads = '4'", out=out)
+    set_config(ckpt, num_attention_heads=4, rms_norm_eps=None)
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "rms_norm_eps is null", out=out)
+
+
+def test_config_nulls_that_mean_default_still_build(tmp_path):
+    """head_dim, sliding_window, rope_scaling are null in hub files: the default applies."""
+    from builder import build
+    qwen2 = make_checkpoint(tmp_path / "qwen2", TINY_CONFIGS["qwen2"])
+    set_config(qwen2, head_dim=None, sliding_window=None, rope_scaling=None)
+    result = build(model=str(qwen2), output=str(tmp_path / "out"), show_progress=False)
+    assert result.report["model"]["head_dim"] == 128 // 4
+
+
+def test_architectures_as_a_string(ckpt, tmp_path):
+    set_config(ckpt, architectures="Qwen3ForCausalLM")
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "build_report.json").read_text())["checkpoint"]["architecture"] == "Qwen3ForCausalLM"
+    from architectures.registry import builder_class_for
+    assert builder_class_for({"architectures": "Qwen3ForCausalLM"}).__name__ == "Qwen3Builder"
+
+
+def test_generation_config_wrong_type(ckpt, tmp_path):
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": "x", "top_k": 50}))
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "generation_config.json", "eos_token_id", out=out)
+
+
+def test_config_is_a_folder(ckpt, tmp_path):
+    (ckpt / "config.json").unlink()
+    (ckpt / "config.json").mkdir()
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "config.json", out=out)

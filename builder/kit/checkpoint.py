@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from builder.kit.errors import BuilderError
+from builder.kit.hf_config import check_config
 
 SUPPORTED_DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
@@ -85,21 +86,24 @@ class Checkpoint:
         if not path.is_file():
             raise BuilderError(f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder")
         try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            config = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise BuilderError(f"{path} is not valid JSON ({e}); re-download the checkpoint") from None
+        except OSError as e:
+            raise BuilderError(f"could not read {path} ({e.strerror or e})") from None
         if not isinstance(config, dict):
             raise BuilderError(f"{path} must hold a JSON object")
-        return config
+        return check_config(config, str(path))
 
     def read_json(self, name: str) -> dict | None:
         path = self.directory / name
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            value = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError):
             return None
+        return value if isinstance(value, dict) else None
 
     # ---- tensor index -------------------------------------------------------
 

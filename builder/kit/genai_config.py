@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from builder.kit.hf_config import check_generation_config
+
 
 def _ids(value) -> list[int]:
     if value is None:
@@ -19,7 +21,8 @@ def _ids(value) -> list[int]:
 def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
     """builder: an architectures DecoderBuilder after its graph was built."""
     config, spec, target = builder.config, builder.spec, builder.target
-    generation = generation or {}
+    generation = check_generation_config(generation or {},
+                                         str(builder.checkpoint.directory / "generation_config.json"))
 
     def pick(key, default=None):
         value = generation.get(key)
