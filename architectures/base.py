@@ -32,6 +32,22 @@ from builder.kit.selection import format_for, patterns_matching_nothing
 from quant import QuantScheme
 
 
+# GroupQueryAttention's seqlens_k and total_sequence_length are int32.
+MAX_CONTEXT = 2**31 - 1
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass
 class DecoderSpec:
     """The dimensions of a decoder, normalized from its HF config."""
@@ -105,16 +121,75 @@ class DecoderBuilder:
         self.config = checkpoint.config
         self.target = Target.from_options(self.options)
         self.spec = self.make_spec(self.config)
+        self.warnings: list[str] = []  # printed on their own line and kept in the report's notes
+        self.check_checkpoint_layers()
         if not self.checkpoint.has("lm_head.weight") and not self.spec.tie_word_embeddings:
             # Some configs omit tie_word_embeddings while the weights are tied.
             self.spec.tie_word_embeddings = True
-        self.context_length = self.options.context_length or self.spec.max_position_embeddings
+        self.context_length = self.resolve_context_length()
         self.io_dtype = self.target.io_dtype
         self.io_type = self.target.io_onnx_type
         level = self.options.accuracy_level
         self.accuracy_level = self.target.default_accuracy_level if level is None else level
         self._check_layer_patterns()
         self.layout = self.choose_layout()
+
+    def check_checkpoint_layers(self) -> None:
+        """The checkpoint's layers against num_hidden_layers, from tensor names alone.
+
+        Fewer layers: refused now, before anything loops over a config's layer count. More:
+        built as the config says, with a warning (a truncated config, or extra layers such
+        as multi-token-prediction heads that this build leaves out).
+        """
+        probe = self.weight(0, "x")
+        if not probe.endswith(".0.x"):
+            return  # a family with its own naming checks its own tensors
+        prefix = probe[:-len("0.x")]
+        found = set()
+        for name in self.checkpoint.names():
+            if name.startswith(prefix):
+                index = name[len(prefix):].split(".", 1)[0]
+                if index.isdigit():
+                    found.add(int(index))
+        n = self.spec.num_layers
+        missing = next((i for i in range(min(n, max(found, default=-1) + 2)) if i not in found), None)
+        if missing is not None and missing < n:
+            have = f"layers 0-{max(found)}" if found else "no layers"
+            raise BuilderError(f"config.json says num_hidden_layers = {n}, but the checkpoint in "
+                               f"{self.checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named "
+                               f"{prefix}N.*); the checkpoint is incomplete or does not match its config")
+        extra = sorted(i for i in found if i >= n)
+        if extra:
+            span = f"{extra[0]}" if len(extra) == 1 else f"{extra[0]}-{extra[-1]}"
+            self.warnings.append(f"the checkpoint has layer(s) {span} ({prefix}{span}.*) beyond config.json's "
+                                 f"num_hidden_layers = {n}; they are not part of this build")
+
+    def resolve_context_length(self) -> int:
+        """--context-length, bounded by what the model supports and by what memory holds.
+
+        The rotary caches are [context, rotary_dim / 2] each and are computed before any
+        weight is read: an unbounded length (a typo, or a config claiming 10^9 positions)
+        would take the machine's memory before any other check could run.
+        """
+        s, requested = self.spec, self.options.context_length
+        supported = s.rope.max_positions(s.max_position_embeddings)
+        if requested is not None and requested > supported and not self.options.allow_long_context:
+            raise BuilderError(f"--context-length {requested} is more than this model supports ({supported} "
+                               "positions: config.json's max_position_embeddings and rope scaling); pass "
+                               "--allow-long-context to build it anyway, or a smaller --context-length")
+        context = requested or s.max_position_embeddings
+        if context > MAX_CONTEXT:
+            raise BuilderError(f"context length {context} is more than GroupQueryAttention's int32 sequence "
+                               f"lengths hold ({MAX_CONTEXT}); pass a smaller --context-length")
+        ropes = [r for r in (s.rope, getattr(s, "local_rope", None)) if r is not None]  # Gemma 3: two
+        need = sum(r.cache_bytes(context, self.target.io_dtype) for r in ropes)
+        available = available_memory_bytes()
+        if available is not None and need > available // 2:
+            source = "--context-length" if requested else "config.json's max_position_embeddings"
+            raise BuilderError(f"context length {context} ({source}) needs {need / 2**30:.1f} GiB of rotary "
+                               f"cache, more than half the {available / 2**30:.1f} GiB of memory available; "
+                               "pass a smaller --context-length")
+        return context
 
     @classmethod
     def from_pretrained(cls, model: str, options: BuildOptions | None = None, **option_values):

@@ -116,6 +116,8 @@ class _OneOffsetNorms(Projections):
             return super().float_rows(tensors, shapes)
         parts = [to_float(self.checkpoint.tensor(t, expect_shape=s)) + np.float32(1.0)
                  for t, s in zip(tensors, shapes)]
+        for tensor, part in zip(tensors, parts):
+            self.check_finite(tensor, part)
         return np.concatenate(parts, axis=0).astype(self.io_dtype)
 
 

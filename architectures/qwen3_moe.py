@@ -143,8 +143,12 @@ class Qwen3MoeBuilder(Qwen3Builder):
         shapes = {"gate_proj": (self.moe.intermediate_size, self.spec.hidden_size),
                   "up_proj": (self.moe.intermediate_size, self.spec.hidden_size),
                   "down_proj": (self.spec.hidden_size, self.moe.intermediate_size)}
-        return [self.checkpoint.tensor(self.weight(i, f"mlp.experts.{e}.{p}.weight"), expect_shape=shapes[p])
-                for p in projs]
+        parts = []
+        for p in projs:
+            name = self.weight(i, f"mlp.experts.{e}.{p}.weight")
+            parts.append(self.checkpoint.tensor(name, expect_shape=shapes[p]))
+            self.proj.check_finite(name, parts[-1])
+        return parts
 
     def _fc_shape(self, projs: tuple[str, ...]) -> tuple[int, int]:
         """(N, K) of one expert's FC: FC1 stacks gate and up, FC2 is down_proj."""

@@ -7,10 +7,10 @@ report last, so a folder with a report is a finished build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +97,8 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     progress = (Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress())
 
     layout = folder_format(arch)
+    for message in arch.warnings:
+        progress.warn(message)
     with staged_output(output, options.overwrite) as staging:
         (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
         data = ExternalDataFile(staging / layout.data_file)
@@ -106,39 +108,59 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         finally:
             data.close()
         timings["graph_and_weights_s"] = time.perf_counter() - started
+        nonfinite = getattr(getattr(arch, "proj", None), "nonfinite", [])
+        if nonfinite:
+            shown = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")
+            message = (f"tensor(s) {shown} hold NaN or Inf values (or values beyond the float16 range); the "
+                       "model was built as they are, and its outputs will likely be NaN: check the checkpoint")
+            arch.warnings.append(message)
+            progress.warn(message)
 
         progress.step(f"saving {layout.model_file}")
         t = time.perf_counter()
         model = graph.to_model()
         layout.finish_model(model, staging)
-        try:
+        with _write_errors(output / layout.model_file):
             onnx.save_model(model, str(staging / layout.model_file))
-        except OSError as e:
-            raise BuilderError(f"writing {output / layout.model_file} failed ({e.strerror or e}); "
-                               "free disk space or choose another -o/--output") from None
         timings["save_s"] = time.perf_counter() - t
 
         progress.step("configs and tokenizer")
         generation = arch.checkpoint.read_json("generation_config.json")
-        layout.write_configs(staging, generation)
-        copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
-        notes = list(arch.layout.notes)
+        with _write_errors(output, "writing the configs into "):
+            layout.write_configs(staging, generation)
+        with _write_errors(output, "copying the tokenizer files into "):
+            copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
+        notes = list(arch.layout.notes) + arch.warnings
         if missing:
             message = (f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
                        "the model was built, but onnxruntime-genai needs them to tokenize; copy them "
                        f"into {output}")
-            warnings.warn(message, stacklevel=2)
+            progress.warn(message)
             notes.append(message)
 
         timings["total_s"] = time.perf_counter() - started
         report = make_report(arch, graph, staging, timings, copied, notes, layout)
         if options.verify:
             report["verify"] = _verify(arch, staging / layout.model_file)
-        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+            if report["verify"]["status"] == "not run":
+                progress.warn(f"--verify did not run: {report['verify']['reason']}")
+        with _write_errors(output / REPORT_NAME):
+            (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         progress.step("done")
     progress.finish(f"built {output} in {timings['total_s']:.1f}s "
                     f"({report['nodes']['total']} nodes, {report['sizes']['total_bytes'] / 1e6:.1f} MB)")
     return BuildResult(output, report)
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path, doing: str = "writing "):
+    """A full disk or a file size limit while writing `target`: one line, and the staged
+    output is removed by staged_output as for any other error."""
+    try:
+        yield
+    except OSError as e:
+        raise BuilderError(f"{doing}{target} failed ({e.strerror or e}); free disk space or choose "
+                           "another -o/--output") from None
 
 
 def _verify(arch, model_file: Path) -> dict:

@@ -36,6 +36,17 @@ class Projections:
         self.checkpoint = checkpoint
         self.io_dtype = np.dtype(io_dtype)
         self.accuracy_level = accuracy_level
+        self.nonfinite: list[str] = []  # checkpoint tensors holding NaN or Inf, in the order met
+
+    def check_finite(self, tensor: str, values: np.ndarray) -> None:
+        """Note `tensor` if `values` (floats derived from it, as written) hold NaN or Inf.
+
+        Quantized weights are checked through their block scales: a block's max and
+        min propagate NaN and Inf, so a scale is non-finite exactly when its block is,
+        and the check reads 1/block_size of the values instead of all of them.
+        """
+        if tensor not in self.nonfinite and not np.isfinite(values).all():
+            self.nonfinite.append(tensor)
 
     # ---- weights ------------------------------------------------------------
 
@@ -54,6 +65,7 @@ class Projections:
                 for start in range(0, shape[0], rows_per_chunk):
                     rows = self.checkpoint.rows(tensor, start, min(start + rows_per_chunk, shape[0]))
                     q = quant.quantize(rows, fmt, scale_dtype=self.io_dtype)
+                    self.check_finite(tensor, q.scales)
                     scales.append(q.scales)
                     if q.zero_points is not None:
                         zero_points.append(q.zero_points)
@@ -73,6 +85,8 @@ class Projections:
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         """Tensors stacked along their first axis, in the activation dtype."""
         parts = [to_float(self.checkpoint.tensor(t, expect_shape=s), self.io_dtype) for t, s in zip(tensors, shapes)]
+        for tensor, part in zip(tensors, parts):
+            self.check_finite(tensor, part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def float_initializer(self, name: str, tensor: str, shape: tuple[int, ...]) -> str:
@@ -83,7 +97,9 @@ class Projections:
         def chunks():
             for start in range(0, shape[0], rows_per_chunk):
                 rows = self.checkpoint.rows(tensor, start, start + rows_per_chunk)
-                yield to_float(rows, self.io_dtype)
+                values = to_float(rows, self.io_dtype)
+                self.check_finite(tensor, values)
+                yield values
 
         return self.graph.streamed_initializer(name, self.io_onnx_type, shape, chunks())
 

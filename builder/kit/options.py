@@ -140,7 +140,15 @@ class BuildOptions:
         default=None,
         metadata=_opt("--context-length", metavar="N",
                       help="Longest sequence the model serves (rotary cache size and genai max_length). "
-                           "Default: the config's max_position_embeddings."),
+                           "Default: the config's max_position_embeddings. More than the model supports "
+                           "(max_position_embeddings, or its rope scaling's length) needs --allow-long-context."),
+    )
+    allow_long_context: bool = field(
+        default=False,
+        metadata=_opt("--allow-long-context",
+                      help="Accept a --context-length beyond what the model supports. The model was not "
+                           "trained for those positions, and onnxruntime-genai allocates the KV cache for "
+                           "the whole length."),
     )
     intra_op_threads: int | None = field(
         default=None,

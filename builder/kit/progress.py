@@ -2,12 +2,30 @@
 
 On a terminal one line is redrawn in place; in logs (CI, batch workers) each
 step prints its own line, so the output stays readable when captured.
+Warnings and errors always start on a line of their own: `warn` clears the
+progress line first and redraws it after, and `end_line` (the CLI calls it
+before printing an error) ends a line left open by an interrupted build.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+
+# The display whose line is open on a terminal, if any: what end_line has to close.
+_open_line: "Progress | None" = None
+
+
+def end_line() -> None:
+    """Before printing to the terminal outside a Progress: finish an open progress line."""
+    global _open_line
+    if _open_line is not None:
+        try:
+            _open_line.stream.write("\n")
+            _open_line.stream.flush()
+        except (OSError, ValueError):
+            pass
+        _open_line = None
 
 
 class Progress:
@@ -19,6 +37,7 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.line = ""
 
     def step(self, what: str) -> None:
         self.done += 1
@@ -28,18 +47,38 @@ class Progress:
         width = 24
         filled = int(width * min(self.done, self.total) / self.total)
         bar = "#" * filled + "-" * (width - filled)
-        line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
+        self.line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
+        self._draw()
+
+    def _draw(self) -> None:
+        global _open_line
         if self.tty:
-            self.stream.write("\r\033[K" + line)
+            self.stream.write("\r\033[K" + self.line)
+            _open_line = self
         else:
-            self.stream.write(line + "\n")
+            self.stream.write(self.line + "\n")
         self.stream.flush()
 
+    def warn(self, message: str) -> None:
+        """One 'warning: ...' line, also with --quiet (a warning is not progress)."""
+        global _open_line
+        stream = self.stream if self.enabled else sys.stderr
+        if _open_line is self:
+            stream.write("\r\033[K")
+            _open_line = None
+        stream.write(f"warning: {message}\n")
+        if self.enabled and self.tty and self.line:
+            self._draw()
+        stream.flush()
+
     def finish(self, message: str) -> None:
+        global _open_line
         if not self.enabled:
             return
         if self.tty:
             self.stream.write("\r\033[K")
+        if _open_line is self:
+            _open_line = None
         self.stream.write(message + "\n")
         self.stream.flush()
 

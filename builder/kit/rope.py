@@ -67,7 +67,28 @@ class RopeSpec:
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
 
+    def max_positions(self, max_position_embeddings: int) -> int:
+        """Positions the model was trained (or scaled) for: linear and llama3 scaling stretch
+        the original window by `factor`, and config.json may list either length."""
+        if self.rope_type in ("linear", "llama3"):
+            return max(max_position_embeddings, int(self.original_max_position_embeddings * self.factor))
+        return max_position_embeddings
+
+    def cache_bytes(self, max_len: int, dtype) -> int:
+        """Bytes of the cos and sin caches `caches` returns."""
+        return 2 * max_len * (self.rotary_dim // 2) * np.dtype(dtype).itemsize
+
     def caches(self, max_len: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-        positions = np.arange(max_len, dtype=np.float32)
-        freqs = np.outer(positions, self.inv_freq()).astype(np.float32)
-        return np.cos(freqs).astype(dtype), np.sin(freqs).astype(dtype)
+        """cos and sin [max_len, rotary_dim/2], computed in slices of positions so the float32
+        temporaries stay small next to the caches themselves."""
+        inv = self.inv_freq()
+        cos = np.empty((max_len, inv.size), dtype)
+        sin = np.empty((max_len, inv.size), dtype)
+        step = max(1, (1 << 20) // max(inv.size, 1))
+        for start in range(0, max_len, step):
+            stop = min(start + step, max_len)
+            positions = np.arange(start, stop, dtype=np.int64).astype(np.float32)
+            freqs = np.outer(positions, inv).astype(np.float32)
+            cos[start:stop] = np.cos(freqs)
+            sin[start:stop] = np.sin(freqs)
+        return cos, sin

@@ -70,6 +70,13 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 
+# The oldest ONNX Runtime each EP can be targeted at: every build emits GroupQueryAttention
+# (com.microsoft) and, quantized, MatMulNBits; their CPU and CUDA kernels first shipped in
+# 1.17, the WebGPU EP's in 1.20 (gqa_rotary above). DirectML's GroupQueryAttention came in
+# 1.18 (not run here, like every dml entry). Below these, no build would load.
+MIN_ORT_VERSION: dict[str, tuple[int, int]] = {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20), "dml": (1, 18)}
+
+
 def installed_runtime_version(ep: str) -> tuple[int, int] | None:
     """Version of the installed runtime package that runs `ep`, if any."""
     import importlib.metadata
@@ -99,6 +106,13 @@ class Target:
         if options.format == "transformers.js" and not options.target_ort:
             version = min(version, TRANSFORMERS_JS_ORT[options.ep])
         target = cls(options.ep, options.precision, version, options.io_dtype)
+        floor = MIN_ORT_VERSION[options.ep]
+        if version < floor:
+            source = (f"--target-ort {options.target_ort}" if options.target_ort else
+                      f"the installed {EP_RUNTIMES[options.ep][0]} {target.version_text}")
+            raise BuilderError(f"{source}: -e {options.ep} builds need ONNX Runtime >= {floor[0]}.{floor[1]}, "
+                               "the first release with the GroupQueryAttention and MatMulNBits kernels every "
+                               f"build uses; target {floor[0]}.{floor[1]} or newer")
         reason = REFUSED.get((options.ep, options.precision))
         if reason:
             raise BuilderError(f"-p {options.precision} -e {options.ep} cannot work: {reason}")
