@@ -1,5 +1,9 @@
 import sys
 
-from builder.cli import main
+try:
+    from builder.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python was still importing
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(130)
 
 sys.exit(main())

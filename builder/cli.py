@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
+import signal
 import sys
 import traceback
 
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
+from builder.kit.progress import end_line
 from builder.version import __version__
 
 COMMANDS = ("build", "inspect", "batch")
@@ -85,11 +89,28 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(**values)
 
 
+def unknown_command(word: str) -> str | None:
+    """The error for a first argument that is neither a command nor an option, if it is one.
+
+    Without this, `python -m builder bacth jobs.yaml` would reach the build parser and
+    complain about -m instead of the misspelled command.
+    """
+    if not word or word.startswith("-"):
+        return None
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (f"unknown command {word!r}; {hint}commands: {', '.join(COMMANDS)} (a build needs no command: "
+            "python -m builder -m MODEL ...)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else "build"
     if argv and argv[0] in COMMANDS:
         argv = argv[1:]
+    elif argv and unknown_command(argv[0]):
+        print(f"error: {unknown_command(argv[0])}", file=sys.stderr)
+        return 2
     debug = "--debug" in argv
     try:
         if command == "inspect":
@@ -104,10 +125,27 @@ def main(argv: list[str] | None = None) -> int:
         print(result.output)
         return 0
     except BuilderError as e:
+        end_line()
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        end_line()
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return broken_pipe()
+
+
+def broken_pipe() -> int:
+    """The reader of stdout went away (`... | head`): stop quietly, as a Unix tool does.
+
+    stdout is pointed at /dev/null so the interpreter's final flush cannot fail again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE

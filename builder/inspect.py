@@ -27,7 +27,17 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
         model_path = model_path / files.get("model", "model.onnx")
     if not model_path.is_file():
         raise BuilderError(f"{model_path} not found; pass a built output folder or its model.onnx")
-    model = onnx.load(str(model_path), load_external_data=False)
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except OSError as e:
+        raise BuilderError(f"could not read {model_path} ({e.strerror or e})") from None
+    except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
+        raise BuilderError(f"{model_path} is not a readable ONNX model ({type(e).__name__}: {e}); the file is "
+                           "truncated or not ONNX: rebuild it") from None
+    if not model.graph.output or not model.opset_import:
+        # Protobuf parses an empty file, and a file cut between two fields, as a model that
+        # lacks whatever came after the cut: a graph has outputs and the model opsets.
+        raise BuilderError(f"{model_path} holds no ONNX graph; the file is truncated or not ONNX: rebuild it")
     nodes = model.graph.node
     counts = collections.Counter(n.op_type for n in nodes)
     # Node names follow /model/layers.{i}/...; fall back to inputs naming past_key_values.{i}.

@@ -39,15 +39,31 @@ def check_output_free(output: Path, overwrite: bool) -> None:
 def staged_output(output: Path, overwrite: bool):
     """Yield a staging folder; on success it becomes `output` in one rename."""
     output = Path(output)
-    check_output_free(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(output)
-    staging = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    if not output.name or output.name in (".", ".."):
+        raise BuilderError(f"output {str(output)!r} names no folder; pass a folder such as out/my-model to "
+                           "-o/--output")
+    try:
+        check_output_free(output, overwrite)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(output)
+        staging = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    except OSError as e:
+        # A read-only filesystem, /proc or /sys, a folder without write permission, a
+        # file where a parent folder should be.
+        where = e.filename if isinstance(e.filename, str) else None
+        why = (f"{where} is a file, not a folder" if isinstance(e, (FileExistsError, NotADirectoryError)) and where
+               else f"{e.strerror or e}{': ' + where if where else ''}")
+        raise BuilderError(f"cannot create the output folder {output} ({why}); choose another "
+                           "-o/--output") from None
     with _sigterm_as_interrupt():
         try:
             yield staging
-            _move_into_place(staging, output, overwrite)
+            try:
+                _move_into_place(staging, output, overwrite)
+            except OSError as e:
+                raise BuilderError(f"moving the finished build into {output} failed ({e.strerror or e}); "
+                                   "choose another -o/--output") from None
         except KeyboardInterrupt:
             shutil.rmtree(staging, ignore_errors=True)
             raise BuildInterrupted(f"build interrupted; removed the partial output {staging.name}, "

@@ -34,36 +34,101 @@ def resolve_model_dir(model: str) -> Path:
             raise BuilderError(f"model path {model!r} is a file; pass the folder that holds config.json")
         return path
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise BuilderError(f"model folder {model!r} does not exist; pass a folder with config.json "
+        not_hub = " (nor a hub id: those are owner/name)" if model.count("/") > 1 else ""
+        raise BuilderError(f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
                            "and *.safetensors, or a hub id like Qwen/Qwen3-4B")
     return _download_from_hub(model)
 
 
+def hub_download_command(repo_id: str) -> str:
+    """The download command of the installed huggingface_hub: `hf` from 0.34 on (the only
+    one in 1.x), `huggingface-cli` before."""
+    import importlib.metadata
+    try:
+        major, minor = (int(x) for x in importlib.metadata.version("huggingface_hub").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        major, minor = 1, 0
+    tool = "hf download" if (major, minor) >= (0, 34) else "huggingface-cli download"
+    patterns = " ".join(f"'{p}'" for p in HUB_FILES)
+    return f"{tool} {repo_id} --include {patterns}"
+
+
+def missing_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(needed to build, only wanted) files a model folder lacks.
+
+    A cache can hold part of a repository: transformers' AutoConfig leaves config.json
+    alone, and an interrupted download leaves some shards.
+    """
+    needed = [] if (folder / "config.json").is_file() else ["config.json"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_bytes())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
+            shards = []  # the Checkpoint says what is wrong with the index
+        needed += [s for s in shards if isinstance(s, str) and not (folder / s).is_file()]
+    elif not any(folder.glob("*.safetensors")):
+        needed.append("*.safetensors")
+    from builder.tokenizer_files import REQUIRED
+    wanted = [name for name in REQUIRED if not (folder / name).is_file()]
+    return needed, wanted
+
+
 def _download_from_hub(repo_id: str) -> Path:
     try:
+        import huggingface_hub
         from huggingface_hub import snapshot_download
     except ImportError:
         raise BuilderError(f"{repo_id!r} is not a local folder and huggingface_hub is not installed "
                            "to fetch it; pip install huggingface_hub or pass a local folder") from None
     try:
-        # The cache first: works offline, and avoids a network round trip when cached.
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+        huggingface_hub.utils.validate_repo_id(repo_id)
+    except Exception as e:  # HFValidationError
+        why = str(e).rstrip(".")
+        raise BuilderError(f"{repo_id!r} is not a local folder, and not a valid hub id ({why}); pass a folder "
+                           "with config.json and *.safetensors, or a hub id like Qwen/Qwen3-4B") from None
+    command = hub_download_command(repo_id)
+    cached = None
+    try:
+        # The cache first: works offline, and avoids a network round trip when complete.
+        cached = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
     except Exception:
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise BuilderError(f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                           "download it where you have network (huggingface-cli download "
-                           f"{repo_id}) or pass a local folder")
+    if cached is not None and not any(missing_files(cached)):
+        return cached
+    offline = (getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+               or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"))
+    if offline:
+        if cached is None:
+            raise BuilderError(f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                               f"download it where you have network ({command}) or pass a local folder")
+        needed, wanted = missing_files(cached)
+        if not needed:
+            return cached  # only tokenizer files are missing: the build warns about them
+        raise BuilderError(f"the Hugging Face cache holds only part of {repo_id!r} ({', '.join(needed)} "
+                           f"missing in {cached}) and HF_HUB_OFFLINE is set; complete it where you have "
+                           f"network ({command}) or pass a local folder")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as e:
         kind = type(e).__name__
         if "RepositoryNotFound" in kind or "404" in str(e):
             raise BuilderError(f"hub id {repo_id!r} was not found on the Hugging Face hub; "
-                               "check the spelling, or log in for a gated model") from None
-        raise BuilderError(f"{repo_id!r} is not a local folder, not in the Hugging Face cache, and the "
-                           f"hub could not be reached ({kind}); you may be offline: download it where "
-                           "you have network or pass a local folder") from None
+                               "check the spelling, or log in (hf auth login) for a gated model") from None
+        if "GatedRepo" in kind:
+            raise BuilderError(f"{repo_id!r} is gated on the Hugging Face hub: accept its license on the hub "
+                               "and log in (hf auth login)") from None
+        partly = f" (the cache holds part of it, in {cached})" if cached is not None else ""
+        raise BuilderError(f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
+                           f"and the hub could not be reached ({kind}); you may be offline: run {command} "
+                           "where you have network, or pass a local folder") from None
+    needed, _ = missing_files(path)
+    if needed:
+        # snapshot_download falls back to the cache when the hub cannot be reached.
+        raise BuilderError(f"{repo_id!r}: {', '.join(needed)} missing in {path}, and the hub did not provide "
+                           f"them (offline, or not a safetensors checkpoint?); run {command} where you have "
+                           "network, or pass a local folder")
+    return path
 
 
 class Checkpoint:
