@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.checkpoint import Checkpoint
-from builder.errors import BuilderError
-from builder.synthetic import TINY_CONFIGS, make_checkpoint
+from builder.kit.checkpoint import Checkpoint
+from builder.kit.errors import BuilderError
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 from test_errors import assert_clean_failure, cli
 
 
@@ -151,7 +151,7 @@ def test_valid_header_with_empty_tensor_and_metadata(tmp_path):
     path = tmp_path / "extra.safetensors"
     save_file({"a": np.zeros((0, 4), np.float32), "b": np.ones((2, 2), np.float16)}, str(path),
               metadata={"format": "pt"})
-    from builder.checkpoint import _parse_header
+    from builder.kit.checkpoint import _parse_header
     table = _parse_header(path)["tensors"]
     assert table["a"]["shape"] == [0, 4] and table["b"]["dtype"] == "F16"
     assert Checkpoint(folder).tensor("model.norm.weight").shape == (64,)

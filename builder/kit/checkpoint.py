@@ -69,7 +69,7 @@ def missing_files(folder: Path) -> tuple[list[str], list[str]]:
         needed += [s for s in shards if isinstance(s, str) and not (folder / s).is_file()]
     elif not any(folder.glob("*.safetensors")):
         needed.append("*.safetensors")
-    from builder.tokenizer_files import REQUIRED
+    from builder.kit.tokenizer_files import REQUIRED
     wanted = [name for name in REQUIRED if not (folder / name).is_file()]
     return needed, wanted
 
