@@ -18,6 +18,17 @@ from support.synthetic import TINY_CONFIGS, make_checkpoint
 from test_errors import assert_clean_failure, cli
 
 
+def plain_cli(*args):
+    """The CLI without the --quiet that test_errors.cli adds (inspect has no such flag)."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], cwd=root, capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
 @pytest.fixture
 def ckpt(tmp_path):
     return make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
@@ -258,3 +269,375 @@ def test_config_is_a_folder(ckpt, tmp_path):
     (ckpt / "config.json").mkdir()
     out = tmp_path / "out"
     assert_clean_failure(cli("-m", ckpt, "-o", out), "config.json", out=out)
+
+
+# ---- weights the build takes but warns about ------------------------------------------
+
+def poke(ckpt: Path, tensor: str, index: int, bits: int) -> None:
+    """Overwrite one bf16 value of `tensor` in place with the raw bits given."""
+    path = ckpt / "model.safetensors"
+    header, _ = read_safetensors(path)
+    assert header[tensor]["dtype"] == "BF16"
+    (n,) = struct.unpack("<Q", path.read_bytes()[:8])
+    with open(path, "r+b") as f:
+        f.seek(8 + n + header[tensor]["data_offsets"][0] + 2 * index)
+        f.write(struct.pack("<H", bits))
+
+
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_nan_and_inf_weights_are_named(ckpt, tmp_path, precision):
+    poke(ckpt, "model.layers.1.mlp.up_proj.weight", 70, 0x7FC0)    # NaN
+    poke(ckpt, "model.layers.0.input_layernorm.weight", 3, 0x7F80)  # +Inf
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", precision)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1, proc.stderr
+    assert "model.layers.1.mlp.up_proj.weight" in warnings[0] and "model.layers.0.input_layernorm.weight" in warnings[0]
+    assert "NaN or Inf" in warnings[0]
+    notes = json.loads((out / "build_report.json").read_text())["notes"]
+    assert any("model.layers.1.mlp.up_proj.weight" in n for n in notes)
+
+
+def test_finite_weights_no_warning(ckpt, tmp_path):
+    proc = cli("-m", ckpt, "-o", tmp_path / "out")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+
+def test_layers_beyond_num_hidden_layers_are_reported(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", {**TINY_CONFIGS["qwen3"], "num_hidden_layers": 3})
+    set_config(ckpt, num_hidden_layers=2)
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the checkpoint has layer(s) 2 (model.layers.2.*) beyond config.json's num_hidden_layers = 2" \
+        in proc.stderr
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["model"]["layers"] == 2 and any("beyond" in n for n in report["notes"])
+
+
+def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
+    set_config(ckpt, num_hidden_layers=10**9)  # would loop over a billion layers unchecked
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "num_hidden_layers = 1000000000", "model.layers.2.*",
+                         out=out)
+
+
+# ---- context length -------------------------------------------------------------------
+
+def test_context_beyond_the_model_needs_the_flag(ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out, "--context-length", "1000000000"),
+                         "supports (256 positions", "--allow-long-context", out=out)
+    assert_clean_failure(cli("-m", ckpt, "-o", out, "--context-length", str(2**31), "--allow-long-context"),
+                         "int32", out=out)
+
+
+def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
+    import architectures.base as base
+    from builder import build
+    monkeypatch.setattr(base, "available_memory_bytes", lambda: 1 << 20)
+    with pytest.raises(BuilderError, match="GiB of rotary cache"):
+        build(model=str(ckpt), output=str(tmp_path / "out"), context_length=100_000, allow_long_context=True,
+              show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_rotary_cache_sized_to_the_context_built(ckpt, tmp_path):
+    import onnx
+    from builder import build
+    result = build(model=str(ckpt), output=str(tmp_path / "short"), context_length=48, show_progress=False)
+    model = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
+    cos = next(t for t in model.graph.initializer if t.name == "cos_cache")
+    assert list(cos.dims) == [48, 16]
+    long = build(model=str(ckpt), output=str(tmp_path / "long"), context_length=1000, allow_long_context=True,
+                 show_progress=False)
+    assert long.report["model"]["context_length"] == 1000
+    assert json.loads((long.output / "genai_config.json").read_text())["model"]["context_length"] == 1000
+
+
+def test_rope_caches_in_slices_equal_one_pass():
+    from builder.kit.rope import RopeSpec
+    rope = RopeSpec(10000.0, 64)
+    n = (1 << 20) // 32 * 2 + 5  # three slices
+    positions = np.arange(n, dtype=np.float32)
+    freqs = np.outer(positions, rope.inv_freq()).astype(np.float32)
+    cos, sin = rope.caches(n, np.float16)
+    assert np.array_equal(cos, np.cos(freqs).astype(np.float16))
+    assert np.array_equal(sin, np.sin(freqs).astype(np.float16))
+
+
+# ---- target versions ------------------------------------------------------------------
+
+@pytest.mark.parametrize("ep,version,ok", [("cpu", "0.1", False), ("cpu", "1.16", False), ("cpu", "1.17", True),
+                                           ("webgpu", "1.19", False), ("webgpu", "1.20", True)])
+def test_target_ort_floor(ep, version, ok):
+    from builder.kit.options import BuildOptions
+    from builder.kit.targets import Target
+    options = BuildOptions(model="x", ep=ep, target_ort=version)
+    if ok:
+        assert Target.from_options(options).ort_version == tuple(int(v) for v in version.split("."))
+    else:
+        with pytest.raises(BuilderError, match=f"--target-ort {version}: -e {ep} builds need ONNX Runtime >="):
+            Target.from_options(options)
+
+
+def test_target_ort_floor_cli(ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out, "--target-ort", "0.1"), "--target-ort 0.1", "1.17", out=out)
+
+
+# ---- output folders and full disks ----------------------------------------------------
+
+@pytest.mark.parametrize("where,fragment", [("/proc/no-such/out", "No such file"),
+                                            ("/sys/builder-out", "cannot create the output folder"),
+                                            ("FILE/out", "is a file, not a folder")])
+def test_output_folder_cannot_be_created(ckpt, tmp_path, where, fragment):
+    if where.startswith("FILE"):
+        (tmp_path / "FILE").write_text("x")
+        where = str(tmp_path / where)
+    proc = cli("-m", ckpt, "-o", where)
+    assert_clean_failure(proc, "output folder", fragment)
+
+
+def test_output_names_no_folder(ckpt):
+    assert_clean_failure(cli("-m", ckpt, "-o", "/"), "names no folder")
+
+
+def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
+    import resource
+    import signal
+    tokenizer = ckpt / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text() + " " * (2 << 20))  # bigger than the model files
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, preexec_fn=small_files)
+    assert_clean_failure(proc, "copying the tokenizer files", "free disk space", out=out)
+
+
+def test_disk_full_while_writing_genai_config(ckpt, tmp_path, monkeypatch):
+    import errno
+    from builder import build
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == "genai_config.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(BuilderError, match="No space left on device.*free disk space"):
+        build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".builder-staging-*"))
+
+
+# ---- terminal messages ------------------------------------------------------------------
+
+class FakeTerminal:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_warning_and_error_start_on_their_own_line():
+    from builder.kit import progress as progress_module
+    term = FakeTerminal()
+    progress = progress_module.Progress(4, label="m", stream=term)
+    progress.step("layer 1/2")
+    progress.warn("something odd")
+    # The progress line is cleared before the warning and redrawn after it.
+    assert "\r\033[Kwarning: something odd\n\r\033[Km [" in term.text
+    progress.step("layer 2/2")
+    progress_module.end_line()  # what the CLI does before printing an error
+    assert term.text.endswith("layer 2/2 (0.0s)\n") or term.text.endswith("s)\n")
+    progress_module.end_line()  # nothing open: nothing written
+    assert term.text.endswith(")\n")
+
+
+def test_missing_tokenizer_warning_is_one_plain_line(ckpt, tmp_path):
+    (ckpt / "tokenizer.json").unlink()
+    proc = cli("-m", ckpt, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: tokenizer file(s) tokenizer.json"), proc.stderr
+    assert "UserWarning" not in proc.stderr
+
+
+def test_webgpu_verify_says_it_did_not_run(ckpt, tmp_path):
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-e", "webgpu", "--verify")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --verify did not run: the graph targets webgpu" in proc.stderr
+
+
+def test_mistyped_command_is_named(tmp_path):
+    proc = cli("bacth", tmp_path / "jobs.yaml")
+    assert_clean_failure(proc, "unknown command 'bacth'", "did you mean 'batch'")
+    assert proc.returncode == 2
+
+
+# ---- inspect ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built_folder(tmp_path_factory):
+    from builder import build
+    root = tmp_path_factory.mktemp("inspect")
+    ckpt = make_checkpoint(root / "ckpt", TINY_CONFIGS["qwen3"])
+    return build(model=str(ckpt), output=str(root / "out"), show_progress=False).output
+
+
+def test_inspect_truncated_model(built_folder, tmp_path):
+    data = (built_folder / "model.onnx").read_bytes()
+    from builder.inspect import summarize
+    for cut in [0, 1, 7, 100, len(data) // 3, len(data) // 2, len(data) - 5]:
+        path = tmp_path / "model.onnx"
+        path.write_bytes(data[:cut])
+        with pytest.raises(BuilderError, match="truncated or not ONNX"):
+            summarize(path)
+    assert_clean_failure(plain_cli("inspect", tmp_path / "model.onnx"), "truncated or not ONNX")
+
+
+def test_inspect_into_a_closed_pipe(built_folder):
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # Enough output to fill the pipe, so the write after `head` left really fails.
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "inspect", "--json", *[str(built_folder)] * 200],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=root)
+    proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+# ---- Ctrl-C while Python imports ----------------------------------------------------
+
+@pytest.mark.parametrize("after_module", ["builder.kit.errors", "onnx"])
+def test_ctrl_c_during_imports(ckpt, tmp_path, after_module):
+    """-X importtime reports each module as it finishes importing: interrupt right there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "builder", "-m", str(ckpt), "-o",
+                             str(tmp_path / "out")], stderr=subprocess.PIPE, text=True, env=env, cwd=root,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.rstrip().split("|")[-1].strip() == after_module:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "Traceback" not in rest and "error: interrupted" in rest, rest
+    assert not (tmp_path / "out").exists()
+
+
+# ---- the hub cache (made by hand in huggingface_hub's layout; nothing is downloaded) --------
+
+def hub_cache(home: Path, repo_id: str, source: Path, names: list[str] | None = None) -> Path:
+    """HF_HOME/hub/models--org--name with refs/main and one snapshot holding `names` of source."""
+    import shutil
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for path in sorted(source.iterdir()):
+        if names is None or path.name in names:
+            shutil.copyfile(path, snapshot / path.name)
+    return snapshot
+
+
+def test_hub_id_from_a_complete_cache_builds_offline(ckpt, tmp_path):
+    hub_cache(tmp_path / "hf", "org/tiny", ckpt)
+    out = tmp_path / "out"
+    proc = cli("-m", "org/tiny", "-o", out, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.onnx").is_file()
+
+
+def test_hub_cache_with_only_config_offline(ckpt, tmp_path):
+    hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])  # what AutoConfig leaves behind
+    out = tmp_path / "out"
+    proc = cli("-m", "org/tiny", "-o", out, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert_clean_failure(proc, "only part of 'org/tiny'", "*.safetensors missing", "HF_HUB_OFFLINE",
+                         "hf download org/tiny", out=out)
+
+
+def test_hub_cache_missing_one_shard_offline(tmp_path):
+    sharded = make_checkpoint(tmp_path / "sharded", TINY_CONFIGS["qwen3"], shard_size_bytes=40_000)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    keep = [p.name for p in sharded.iterdir() if p.name != shards[-1]]
+    hub_cache(tmp_path / "hf", "org/sharded", sharded, keep)
+    out = tmp_path / "out"
+    proc = cli("-m", "org/sharded", "-o", out, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert_clean_failure(proc, f"{shards[-1]} missing", out=out)
+
+
+def test_partial_hub_cache_is_completed_when_online(ckpt, tmp_path, monkeypatch):
+    """Online, the missing files are fetched (snapshot_download stands in for the hub here)."""
+    import shutil
+
+    import huggingface_hub
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, local_files_only=False):
+        calls.append(local_files_only)
+        if not local_files_only:  # "the hub": copies what the cache lacks
+            for path in ckpt.iterdir():
+                if not (snapshot / path.name).exists():
+                    shutil.copyfile(path, snapshot / path.name)
+        return str(snapshot)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    checkpoint = Checkpoint.open("org/tiny")
+    assert calls == [True, False]
+    assert checkpoint.directory == snapshot and checkpoint.has("model.norm.weight")
+    assert Checkpoint.open("org/tiny").directory == snapshot and calls[2:] == [True]  # complete: no hub call
+
+
+def test_partial_hub_cache_hub_unreachable(ckpt, tmp_path, monkeypatch):
+    import huggingface_hub
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
+    # What huggingface_hub does without network: fall back to the (partial) cached snapshot.
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(snapshot))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(BuilderError, match=r"\*.safetensors missing .* hf download org/tiny"):
+        Checkpoint.open("org/tiny")
+
+
+@pytest.mark.parametrize("model,fragment", [("a/b/c", "nor a hub id"), ("Qwen/Qwen3 4B", "not a valid hub id"),
+                                            ("Qwen/Qwen3@4B", "not a valid hub id"),
+                                            ("org--x/y", "not a valid hub id")])
+def test_invalid_hub_id_is_called_invalid(tmp_path, model, fragment):
+    proc = cli("-m", model, "-o", tmp_path / "out", env={"HF_HOME": str(tmp_path / "hf")})
+    assert_clean_failure(proc, fragment, out=tmp_path / "out")
+    assert "offline" not in proc.stderr
+
+
+def test_download_hint_names_the_installed_cli(monkeypatch):
+    import importlib.metadata
+
+    from builder.kit.checkpoint import hub_download_command
+    assert hub_download_command("org/m").startswith("hf download org/m --include")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.30.2")
+    assert hub_download_command("org/m").startswith("huggingface-cli download org/m")
