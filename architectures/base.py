@@ -127,6 +127,9 @@ class DecoderBuilder:
             # Some configs omit tie_word_embeddings while the weights are tied.
             self.spec.tie_word_embeddings = True
         self.context_length = self.resolve_context_length()
+        if self.options.max_length and self.options.max_length > self.context_length:
+            raise BuilderError(f"--max-length {self.options.max_length} is larger than the context length "
+                               f"{self.context_length}; lower it or raise --context-length")
         self.io_dtype = self.target.io_dtype
         self.io_type = self.target.io_onnx_type
         level = self.options.accuracy_level
@@ -295,15 +298,30 @@ class DecoderBuilder:
         """seqlens_k (tokens seen - 1, per batch row) and total_sequence_length for GQA."""
         g = self.graph
         base = "/model/attn_mask_reformat"
+        if self.target.graph_capture:
+            # A captured graph may hold no CPU node: int64 arithmetic and Shape run on the
+            # CPU, so sum the mask in int32 on the GPU. With capture the mask is a static
+            # [B, max_length] buffer zero past the sequence, so the total is the longest
+            # row's sum, not the mask's width (the reference's capture form, REFERENCE 3c).
+            mask = g.op("Cast", ["attention_mask"], f"{base}/Cast", to=TensorProto.INT32)
+            lengths = g.op("ReduceSum", [mask, g.constant([1])], f"{base}/ReduceSum", keepdims=0)
+            self.seqlens_k = g.op("Sub", [lengths, g.constant(1, np.int32)], f"{base}/Sub")
+            self.total_seq_len = g.op("ReduceMax", [lengths], f"{base}/ReduceMax", keepdims=0)
+        else:
+            self.make_attention_metadata_from_shape(base)
+        cos, sin = self.spec.rope.caches(self.context_length, self.io_dtype)
+        self.cos_cache = g.initializer("cos_cache", cos)
+        self.sin_cache = g.initializer("sin_cache", sin)
+
+    def make_attention_metadata_from_shape(self, base: str) -> None:
+        """Uncaptured form: total_sequence_length is the mask's width (Shape, on the CPU)."""
+        g = self.graph
         total = g.op("ReduceSum", ["attention_mask", g.constant([1])], f"{base}/ReduceSum", keepdims=0)
         minus_one = g.op("Sub", [total, g.constant(1)], f"{base}/Sub")
         self.seqlens_k = g.op("Cast", [minus_one], f"{base}/Cast_seqlens", to=TensorProto.INT32)
         shape = g.op("Shape", ["attention_mask"], f"{base}/Shape")
         length = g.op("Gather", [shape, g.constant(1)], f"{base}/Gather", axis=0)
         self.total_seq_len = g.op("Cast", [length], f"{base}/Cast_total", to=TensorProto.INT32)
-        cos, sin = self.spec.rope.caches(self.context_length, self.io_dtype)
-        self.cos_cache = g.initializer("cos_cache", cos)
-        self.sin_cache = g.initializer("sin_cache", sin)
 
     # ---- embeddings and lm_head --------------------------------------------
 

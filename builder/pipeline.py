@@ -187,6 +187,7 @@ def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files
         "builder_version": __version__,
         "options": arch.options.to_dict(),
         "target": {"ep": target.ep, "precision": target.precision, "ort_version": target.version_text,
+                   "runtime": target.runtime, "graph_capture": target.graph_capture,
                    "io_dtype": str(arch.io_dtype), "accuracy_level": arch.accuracy_level},
         "checkpoint": {"path": str(arch.checkpoint.directory),
                        "fingerprint": arch.checkpoint.fingerprint(arch.options.checkpoint_hash),

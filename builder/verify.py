@@ -72,11 +72,13 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
 
 def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
     import onnxruntime as ort
+
+    from builder.ep_runtime import ort_session
     so = ort.SessionOptions()
     so.log_severity_level = 3
     path = Path(model_dir)
     path = path if path.suffix == ".onnx" else path / "model.onnx"  # a folder, or the model file itself
-    return ort.InferenceSession(str(path), so, providers=[provider])
+    return ort_session(path, provider, session_options=so)
 
 
 def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
@@ -123,25 +125,43 @@ def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list
 
 
 def genai_greedy(model_dir: str | Path, prompt: list[int], new_tokens: int, provider: str | None = None) -> list[int]:
-    """Prompt + exactly new_tokens greedy tokens through onnxruntime-genai.
+    """Prompt + exactly new_tokens greedy tokens through onnxruntime-genai."""
+    return genai_greedy_logits(model_dir, prompt, new_tokens, provider)[0]
 
-    min_length masks EOS, so a random model cannot stop early on one side only.
+
+def genai_greedy_logits(model_dir: str | Path, prompt: list[int], new_tokens: int,
+                        provider: str | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """(prompt + exactly new_tokens greedy tokens, the logits that chose each new token [V]).
+
+    Runs the folder as a user would, genai_config included (graph capture, when the
+    folder asks for it). min_length masks EOS, so a random model cannot stop early on
+    one side only.
     """
     import onnxruntime_genai as og
-    config = og.Config(str(model_dir))
-    if provider is not None:
-        config.clear_providers()
-        if provider != "cpu":
-            config.append_provider(provider)
-    model = og.Model(config)
+
+    from builder.ep_runtime import genai_model
+    model = genai_model(og, model_dir, provider)
     params = og.GeneratorParams(model)
     total = len(prompt) + new_tokens
     params.set_search_options(do_sample=False, max_length=total, min_length=total)
     generator = og.Generator(model, params)
     generator.append_tokens(prompt)
+    logits = []
     while not generator.is_done():
+        out = np.asarray(generator.get_output("logits"), np.float32)
+        logits.append(out.reshape(-1, out.shape[-1])[-1])
         generator.generate_next_token()
-    return [int(t) for t in generator.get_sequence(0)]
+    return [int(t) for t in generator.get_sequence(0)], logits
+
+
+def torch_step_logits(model, tokens: list[int], prompt_length: int) -> list[np.ndarray]:
+    """transformers' logits at positions prompt_length-1 .. len(tokens)-2: the ones that
+    chose tokens[prompt_length:], one full forward pass (no cache)."""
+    import torch
+    with torch.no_grad():
+        out = model(torch.tensor([tokens]))
+    logits = out.logits[0].float().numpy()
+    return [logits[i] for i in range(prompt_length - 1, len(tokens) - 1)]
 
 
 def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:

@@ -16,31 +16,35 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def load(path: str, provider: str):
     import onnxruntime_genai as og
-    config = og.Config(path)
-    config.clear_providers()
-    if provider != "cpu":
-        config.append_provider(provider)
-    return og.Model(config)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from builder.ep_runtime import genai_model  # registers the WebGPU plugin EP when installed
+    return genai_model(og, path, provider)
 
 
-def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400) -> tuple[float, float]:
-    """(prefill seconds, decode tokens/s) for one greedy generation."""
+def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400,
+             max_length: int | None = None) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) for one greedy generation.
+
+    max_length: the generator's max_length (the KV buffers' size); default prompt + new.
+    Generation stops after new_tokens either way.
+    """
     import onnxruntime_genai as og
     prompt = [(7 * i + 3) % vocab + 1 for i in range(prompt_len)]
     params = og.GeneratorParams(model)
     total = prompt_len + new_tokens
-    params.set_search_options(do_sample=False, max_length=total, min_length=total)
+    params.set_search_options(do_sample=False, max_length=max(max_length or total, total), min_length=total)
     generator = og.Generator(model, params)
     start = time.perf_counter()
     generator.append_tokens(prompt)
     generator.generate_next_token()          # the first token closes the prefill
     first = time.perf_counter()
     steps = 0
-    while not generator.is_done():
+    while steps < new_tokens - 1 and not generator.is_done():
         generator.generate_next_token()
         steps += 1
     end = time.perf_counter()
@@ -48,7 +52,7 @@ def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400) -> tuple
 
 
 def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: int, rounds: int,
-          warmup: int = 1, reload: bool = True) -> dict:
+          warmup: int = 1, reload: bool = True, max_length: int | None = None) -> dict:
     """Interleaved timing of every model; see the module docstring.
 
     reload: load every model afresh for each timed run. On the 2-core machine one
@@ -72,8 +76,8 @@ def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: in
             if reload and r >= warmup:
                 loaded[name] = None  # free the old session before the new one is made
                 loaded[name] = load(models[name], provider)
-                run_once(loaded[name], 16, 4)  # first-run allocations out of the timed run
-            prefill, decode = run_once(loaded[name], prompt_len, new_tokens)
+                run_once(loaded[name], 16, 4, max_length=max_length)  # first-run allocations out of the timed run
+            prefill, decode = run_once(loaded[name], prompt_len, new_tokens, max_length=max_length)
             if r >= warmup:
                 samples[name]["prefill_s"].append(prefill)
                 samples[name]["decode_tok_s"].append(decode)
@@ -87,6 +91,7 @@ def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: in
     if names:
         add_ratios(results, names[0])
     return {"provider": provider, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
+            "max_length": max_length,
             "fresh_session_per_run": reload,
             "models": models, "results": results, "load_errors": errors}
 
@@ -127,10 +132,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep-loaded", action="store_true",
                         help="Time long-lived sessions instead of a fresh session per run (faster, noisier).")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="Generator max_length (KV buffer size); default prompt + new tokens.")
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
-    report = bench(models, args.provider, args.prompt, args.new, args.rounds, reload=not args.keep_loaded)
+    report = bench(models, args.provider, args.prompt, args.new, args.rounds, reload=not args.keep_loaded,
+                   max_length=args.max_length)
     print(markdown(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,13 +1,20 @@
 """Generate tokens from a built folder with onnxruntime-genai (greedy).
 
     python scripts/generate.py out/tiny-qwen3-int4-cpu --prompt "Hello" --max-new-tokens 16
+
+webgpu folders need a WebGPU runtime: pip install onnxruntime-genai onnxruntime-ep-webgpu
+(and on Linux the Vulkan loader); the plugin EP is registered here when it is installed.
 """
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
-import onnxruntime_genai as og
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from builder.ep_runtime import folder_provider, genai_model  # noqa: E402
+from builder.kit.errors import BuilderError  # noqa: E402
 
 
 def main() -> int:
@@ -18,12 +25,20 @@ def main() -> int:
     parser.add_argument("--provider", default=None, help="Override the provider (e.g. cpu, webgpu).")
     args = parser.parse_args()
 
-    config = og.Config(args.model_dir)
-    if args.provider:
-        config.clear_providers()
-        if args.provider != "cpu":
-            config.append_provider(args.provider)
-    model = og.Model(config)
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        print("error: onnxruntime-genai is not installed: pip install onnxruntime-genai", file=sys.stderr)
+        return 2
+    if not (Path(args.model_dir) / "genai_config.json").is_file():
+        print(f"error: {args.model_dir} has no genai_config.json; pass a folder built by python -m builder",
+              file=sys.stderr)
+        return 2
+    try:
+        model = genai_model(og, args.model_dir, args.provider or folder_provider(args.model_dir))
+    except BuilderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tokenizer = og.Tokenizer(model)
     prompt = tokenizer.encode(args.prompt)
     params = og.GeneratorParams(model)

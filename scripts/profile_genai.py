@@ -25,7 +25,9 @@ HERE = Path(__file__).resolve().parent
 
 def generate(folder: str, prompt_len: int, new_tokens: int) -> dict:
     import onnxruntime_genai as og
-    model = og.Model(og.Config(folder))
+    sys.path.insert(0, str(HERE.parent))
+    from builder.ep_runtime import genai_model
+    model = genai_model(og, folder)
     params = og.GeneratorParams(model)
     total = prompt_len + new_tokens
     params.set_search_options(do_sample=False, max_length=total, min_length=total)
@@ -40,17 +42,31 @@ def generate(folder: str, prompt_len: int, new_tokens: int) -> dict:
 
 
 def summarize(profile: Path, steps: int) -> dict:
+    """Per-op host time of the decode steps ("Node" events: on a GPU EP this is the time
+    to record and dispatch the kernel) and, where the EP profiles the GPU (the WebGPU EP
+    writes timestamp-query events of other categories), GPU time per kernel."""
     events = json.loads(profile.read_text())
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-steps:]
     start = runs[0]["ts"]
     time_by_op, calls = collections.Counter(), collections.Counter()
+    gpu_time, gpu_calls, categories = collections.Counter(), collections.Counter(), collections.Counter()
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+        if e.get("ts", 0) < start or "dur" not in e:
+            continue
+        categories[e.get("cat")] += 1
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             time_by_op[e["args"]["op_name"]] += e["dur"]
             calls[e["args"]["op_name"]] += 1
+        elif e.get("cat") not in ("Node", "Session"):
+            gpu_time[e["name"]] += e["dur"]
+            gpu_calls[e["name"]] += 1
     return {"model_run_ms": sum(r["dur"] for r in runs) / steps / 1000,
+            "model_run_ms_each": [r["dur"] / 1000 for r in runs],
+            "event_categories": dict(categories),
             "ops": {op: {"ms_per_token": us / steps / 1000, "nodes": calls[op] // steps}
-                    for op, us in time_by_op.most_common()}}
+                    for op, us in time_by_op.most_common()},
+            "gpu_kernels": {name: {"ms_per_token": us / steps / 1000, "calls_per_token": gpu_calls[name] / steps}
+                            for name, us in gpu_time.most_common()}}
 
 
 def main() -> int:
@@ -60,6 +76,7 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--session-option", action="append", default=[], metavar="KEY=VALUE",
                     help="Extra genai session option for this run (value '-' removes the key).")
+    ap.add_argument("--json", help="Write the summary here.")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -78,11 +95,18 @@ def main() -> int:
         profile = max(Path(tmp).glob("ort_profile*.json"), key=os.path.getmtime)
         summary = summarize(profile, timing["steps"])
     kernels = sum(o["ms_per_token"] for o in summary["ops"].values())
-    print(f"{args.folder}: {timing['ms_per_token']:.1f} ms/token in genai, model run "
-          f"{summary['model_run_ms']:.1f} ms, kernels {kernels:.1f} ms")
-    for op, o in summary["ops"].items():
-        print(f"  {op:34s} {o['ms_per_token']:8.3f} ms  {100 * o['ms_per_token'] / kernels:5.1f}%  "
+    gpu = sum(o["ms_per_token"] for o in summary["gpu_kernels"].values())
+    print(f"{args.folder}: {timing['ms_per_token']:.2f} ms/token in genai, model run "
+          f"{summary['model_run_ms']:.2f} ms, host kernel calls {kernels:.2f} ms, GPU kernels {gpu:.3f} ms")
+    print(f"  event categories after the prefill: {summary['event_categories']}")
+    for op, o in list(summary["ops"].items())[:15]:
+        print(f"  {op:34s} {o['ms_per_token']:8.3f} ms  {100 * o['ms_per_token'] / max(kernels, 1e-9):5.1f}%  "
               f"{o['nodes']} nodes")
+    for name, o in list(summary["gpu_kernels"].items())[:15]:
+        print(f"  GPU {name[:60]:60s} {o['ms_per_token']:8.4f} ms  {o['calls_per_token']:.1f} calls")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"folder": args.folder, **timing, **summary,
+                                               "host_kernel_ms": kernels, "gpu_kernel_ms": gpu}, indent=2))
     return 0
 
 

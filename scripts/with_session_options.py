@@ -6,6 +6,8 @@ The weights and tokenizer are symlinked, not copied, so a variant costs nothing.
 Used by the benchmarks to run one graph under several session settings (for
 instance the reference builder's model with our thread setting), which separates
 what the graph does from what the session options do. value -: remove the key.
+`provider.KEY=VALUE` sets an option of the folder's execution provider (e.g.
+provider.enableGraphCapture=0), `search.KEY=VALUE` a search default (search.max_length=1024).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def main(argv: list[str]) -> int:
     options = config["model"]["decoder"].setdefault("session_options", {})
     for pair in argv[2:]:
         key, _, value = pair.partition("=")
+        if key.startswith(("provider.", "search.")):
+            section, key = key.split(".", 1)
+            if section == "search":
+                config["search"][key] = int(value)
+            else:
+                provider = options["provider_options"][0]
+                next(iter(provider.values()))[key] = value
+            continue
         if value == "-":
             options.pop(key, None)
         else:

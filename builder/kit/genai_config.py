@@ -18,6 +18,21 @@ def _ids(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
+# search.max_length of graph-capture builds. onnxruntime-genai allocates the shared KV buffers
+# at max_length before the first token, and a captured graph cannot grow them. The
+# reference writes the whole context (40,960 for Qwen3: 4.7 GB of KV at 0.6B, 18 GB at 8B),
+# though decode speed did not depend on it (docs/packing.md#max-length).
+CAPTURE_MAX_LENGTH = 4096
+
+
+def search_max_length(builder) -> int:
+    if builder.options.max_length is not None:
+        return builder.options.max_length  # checked against the context length up front
+    if builder.target.graph_capture:
+        return min(CAPTURE_MAX_LENGTH, builder.context_length)
+    return builder.context_length
+
+
 def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
     """builder: an architectures DecoderBuilder after its graph was built."""
     config, spec, target = builder.config, builder.spec, builder.target
@@ -80,7 +95,7 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
         "do_sample": bool(pick("do_sample", False)),
         "early_stopping": True,
         "length_penalty": float(pick("length_penalty", 1.0)),
-        "max_length": builder.context_length,
+        "max_length": search_max_length(builder),
         "min_length": 0,
         "no_repeat_ngram_size": int(pick("no_repeat_ngram_size", 0)),
         "num_beams": int(pick("num_beams", 1)),

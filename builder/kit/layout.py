@@ -1,6 +1,7 @@
 """The packing policy: how attention and MLP projections are laid out.
 
-`auto` resolves through AUTO_LAYOUT, a table keyed by execution provider. Each
+`auto` resolves through AUTO_LAYOUT, a table keyed by execution provider (webgpu
+split by runtime: `Target.layout_key`). Each
 entry names the measurement behind it (docs/packing.md). Explicit choices are
 checked against what the target runtime runs (builder.kit.targets), and a packed
 layout falls back to separate projections when the projections do not share
@@ -25,11 +26,13 @@ AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
     # QuickGelu because long-lived-session runs put QuickGelu 4% behind. The head-norm
     # form is what mattered, at 1.7B (see choose_layout). docs/packing.md#cpu.
     "cpu": ("packed-split", "separate", "sigmoid-mul", "docs/packing.md#cpu"),
+    # WebGPU on onnxruntime + the plugin EP: PLACEHOLDER (re-measured on the plugin EP).
+    "webgpu": ("separate", "separate", "quickgelu", "docs/packing.md#webgpu-plugin-ep"),
     # WebGPU (onnxruntime-webgpu 1.27, H100), Qwen3-0.6B int4, 512+128 tokens,
     # interleaved runs: packed-split decoded at 0.93x and 0.89x of separate q/k/v (paired
     # medians; ORT's run-time fusion matches three MatMulNBits, not MatMul + Split), packed
     # gate_up at 0.86-0.91x, Sigmoid+Mul at 0.97-1.0x of QuickGelu. docs/packing.md#webgpu.
-    "webgpu": ("separate", "separate", "quickgelu", "docs/packing.md#webgpu"),
+    "webgpu-1.27": ("separate", "separate", "quickgelu", "docs/packing.md#webgpu"),
     # CUDA: the reference builder's layout (packed QKV, norm inside GQA); fused QKV gave
     # +4-5% in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.
     "cuda": ("fused-norm", "separate", "quickgelu", "REFERENCE.md section 4; not measured here"),
@@ -62,7 +65,7 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
     qkv_formats / mlp_formats: per layer, the formats of [q, k, v] / [gate, up].
     """
     notes: list[str] = []
-    auto_qkv, auto_mlp, auto_silu, evidence = AUTO_LAYOUT[target.ep]
+    auto_qkv, auto_mlp, auto_silu, evidence = AUTO_LAYOUT[target.layout_key]
     rotary_in_gqa = target.supports("gqa_rotary")
 
     qkv = options.qkv_packing

@@ -23,6 +23,7 @@ SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
 HEAD_NORMS = ("auto", "reshape-sln", "branchwise")
 FORMATS = ("genai", "transformers.js")
 IO_DTYPES = ("auto", "fp16", "fp32")
+GRAPH_CAPTURE = ("auto", "on", "off")
 
 
 def _opt(*flags: str, help: str, choices: tuple | None = None, metavar: str | None = None, cli: bool = True) -> dict:
@@ -130,16 +131,39 @@ class BuildOptions:
     target_ort: str | None = field(
         default=None,
         metadata=_opt("--target-ort", metavar="VERSION",
-                      help="ONNX Runtime version the model must run on (e.g. 1.27 for onnxruntime-webgpu "
-                           "1.27.0). Ops or inputs that version rejects are never emitted. "
-                           "Default: the installed runtime package for the EP (onnxruntime, "
-                           "onnxruntime-gpu, onnxruntime-webgpu, onnxruntime-directml), else its "
-                           "newest release known to this builder (webgpu: 1.27)."),
+                      help="ONNX Runtime version the model must run on. Ops or inputs that version rejects "
+                           "are never emitted. For webgpu it also names the runtime: 1.28 and later is "
+                           "onnxruntime with the WebGPU plugin EP (onnxruntime-ep-webgpu, what "
+                           "onnxruntime-genai >= 0.18 users install), 1.27 and earlier the onnxruntime-webgpu "
+                           "package (its last release is 1.27). Default: the installed runtime for the EP "
+                           "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
+                           "onnxruntime-webgpu, onnxruntime-directml), else its newest release known to this "
+                           "builder (webgpu: 1.31 with the plugin EP)."),
+    )
+    graph_capture: str = field(
+        default="auto",
+        metadata=_opt("--graph-capture", choices=GRAPH_CAPTURE,
+                      help="Write a graph the runtime can capture and replay for each decode step "
+                           "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
+                           "arithmetic in int32 without Shape). auto: on where the target runtime captures "
+                           "(webgpu with the plugin EP), off elsewhere. off: for runtimes without capture, "
+                           "for batches whose prompts differ in length, or to keep KV buffers growing with "
+                           "the sequence instead of sized to --max-length up front (docs/packing.md)."),
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata=_opt("--max-length", metavar="N",
+                      help="search.max_length in genai_config.json: prompt plus generated tokens when the "
+                           "caller sets none. onnxruntime-genai allocates the shared KV buffers at this "
+                           "length up front (with graph capture they cannot grow). Default: 4096 for "
+                           "graph-capture builds (docs/packing.md#max-length), else --context-length. "
+                           "At most --context-length; a caller may still ask for more up to it."),
     )
     context_length: int | None = field(
         default=None,
         metadata=_opt("--context-length", metavar="N",
-                      help="Longest sequence the model serves (rotary cache size and genai max_length). "
+                      help="Longest sequence the model serves (rotary cache size and genai context_length; "
+                           "also search.max_length unless --max-length or graph capture sets it). "
                            "Default: the config's max_position_embeddings. More than the model supports "
                            "(max_position_embeddings, or its rope scaling's length) needs --allow-long-context."),
     )
@@ -196,6 +220,12 @@ class BuildOptions:
             raise BuilderError("--int8-layers/--float-layers only apply to int4 and int8 builds")
         if self.precision == "int8" and self.int8_layers:
             raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
+        if self.max_length is not None and self.max_length < 1:
+            raise BuilderError(f"--max-length: {self.max_length} must be a positive integer")
+        if (self.max_length is not None and self.context_length is not None
+                and self.max_length > self.context_length):
+            raise BuilderError(f"--max-length {self.max_length} is larger than --context-length "
+                               f"{self.context_length}; lower it or raise --context-length")
         if self.intra_op_threads is not None and self.intra_op_threads < -1:
             raise BuilderError(f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
                                "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)")

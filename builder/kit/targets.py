@@ -8,6 +8,7 @@ own runs (docs/packing.md).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,15 +18,20 @@ from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions, parse_version
 
 # The package that carries each EP's runtime, and its newest release on PyPI when this
-# table was written (2026-11). The default target is the installed package for the EP,
-# else that release: a webgpu build made on a machine with the CPU onnxruntime 1.31
-# must still load in onnxruntime-webgpu 1.27, which is what a webgpu user installs.
+# table was written. The default target is the installed runtime for the EP, else that
+# release.
 EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "cpu": ("onnxruntime", (1, 31)),
     "cuda": ("onnxruntime-gpu", (1, 31)),
-    "webgpu": ("onnxruntime-webgpu", (1, 27)),
+    # WebGPU has two runtimes (docs/packing.md#webgpu-runtimes). The default is onnxruntime
+    # with the WebGPU plugin EP (onnxruntime-ep-webgpu, 2026-09): onnxruntime-genai 0.18 needs
+    # onnxruntime >= 1.31, and onnxruntime-webgpu stops at 1.27 with a conflicting
+    # `onnxruntime` module, so the plugin is what a genai user installs. Targets up to
+    # WEBGPU_LAST_MONOLITHIC mean the onnxruntime-webgpu package and stay selectable.
+    "webgpu": ("onnxruntime-ep-webgpu", (1, 31)),
     "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
 }
+WEBGPU_LAST_MONOLITHIC = (1, 27)
 
 # The ONNX Runtime inside transformers.js 4.3 (@huggingface/transformers 4.3.2 pins
 # onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): a --format transformers.js build
@@ -67,6 +73,11 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     "moe_swiglu": {"cpu": (1, 31)},
     # GQA with the packed QKV in `query` (key/value empty).
     "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+    # Decode steps captured once and replayed (genai_config enableGraphCapture). The plugin EP
+    # on 1.31 ran the reference's capture build 1.18-1.54x faster than uncaptured graphs;
+    # onnxruntime-webgpu 1.27 ran it at 0.45x (REFERENCE 3c) and on an H100 8x slower (3b), so
+    # capture is on by default only from the plugin EP's targets. cuda/dml graphs: not measured.
+    "graph_capture": {"webgpu": (1, 28)},
 }
 
 
@@ -78,12 +89,24 @@ MIN_ORT_VERSION: dict[str, tuple[int, int]] = {"cpu": (1, 17), "cuda": (1, 17), 
 
 
 def installed_runtime_version(ep: str) -> tuple[int, int] | None:
-    """Version of the installed runtime package that runs `ep`, if any."""
+    """Version of the installed runtime that runs `ep`, if any.
+
+    webgpu: onnxruntime's version when the plugin EP is installed beside it, else the
+    onnxruntime-webgpu package's.
+    """
     import importlib.metadata
-    try:
-        return parse_version(importlib.metadata.version(EP_RUNTIMES[ep][0]))
-    except importlib.metadata.PackageNotFoundError:
-        return None
+
+    def version(package: str) -> tuple[int, int] | None:
+        try:
+            return parse_version(importlib.metadata.version(package))
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    if ep == "webgpu":
+        if version("onnxruntime-ep-webgpu"):
+            return version("onnxruntime")
+        return version("onnxruntime-webgpu")
+    return version(EP_RUNTIMES[ep][0])
 
 
 def default_ort_version(ep: str) -> tuple[int, int]:
@@ -98,6 +121,7 @@ class Target:
     precision: str
     ort_version: tuple[int, int]
     io_choice: str = "auto"  # --io-dtype
+    graph_capture: bool = False
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "Target":
@@ -119,7 +143,28 @@ class Target:
         if target.io_dtype == np.float32 and options.ep in ("cuda", "dml"):
             raise BuilderError(f"--io-dtype fp32 -e {options.ep} cannot work: GroupQueryAttention has no fp32 "
                                f"kernel on {options.ep}; use --io-dtype fp16 or auto")
-        return target
+        capture = target.supports("graph_capture") and options.format == "genai"
+        if options.graph_capture == "on" and not capture:
+            raise BuilderError(f"--graph-capture on: {target.runtime} does not capture graphs here (only webgpu "
+                               "with the plugin EP, --target-ort >= 1.28, --format genai); use --graph-capture "
+                               "off or auto")
+        return dataclasses.replace(target, graph_capture=capture and options.graph_capture != "off")
+
+    @property
+    def runtime(self) -> str:
+        """The runtime package(s) this target means, e.g. for reports and AUTO_LAYOUT."""
+        if self.ep == "webgpu":
+            if self.ort_version <= WEBGPU_LAST_MONOLITHIC:
+                return f"onnxruntime-webgpu {self.version_text}"
+            return f"onnxruntime {self.version_text} + onnxruntime-ep-webgpu"
+        return f"{EP_RUNTIMES[self.ep][0]} {self.version_text}"
+
+    @property
+    def layout_key(self) -> str:
+        """AUTO_LAYOUT's row: the EP, with webgpu split by runtime (their fusions differ)."""
+        if self.ep == "webgpu" and self.ort_version <= WEBGPU_LAST_MONOLITHIC:
+            return "webgpu-1.27"
+        return self.ep
 
     def supports(self, feature: str) -> bool:
         first = FEATURES[feature].get(self.ep)
@@ -172,6 +217,8 @@ class Target:
             "cpu": {},
             "cuda": {"enable_cuda_graph": "0"},
             "dml": {"enable_graph_capture": "0"},
-            # Graph capture measured 8x slower for decode (REFERENCE 3b); basic validation.
-            "webgpu": {"enableGraphCapture": "0", "validationMode": "basic"},
+            # Capture as the reference's enable_webgpu_graph writes it: validation off, since
+            # a captured step is replayed unchanged (docs/packing.md#graph-capture).
+            "webgpu": ({"enableGraphCapture": "1", "validationMode": "disabled"} if self.graph_capture
+                       else {"enableGraphCapture": "0", "validationMode": "basic"}),
         }[self.ep]

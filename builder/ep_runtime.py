@@ -1,0 +1,94 @@
+"""Open a built folder on its execution provider, registering the WebGPU plugin EP when needed.
+
+onnxruntime-genai >= 0.18 runs on onnxruntime >= 1.31, whose PyPI wheel has no WebGPU
+EP built in: WebGPU comes as a plugin (`onnxruntime-ep-webgpu`) that every process
+registers before it opens a model. The older `onnxruntime-webgpu` package (up to 1.27)
+has WebGPU built in and needs no registration. Everything that runs a folder (scripts,
+verify) goes through here so a missing runtime is one line saying what to install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from builder.kit.errors import BuilderError
+
+WEBGPU_INSTALL = ("pip install onnxruntime-genai onnxruntime-ep-webgpu (onnxruntime >= 1.31), and on Linux "
+                  "the Vulkan loader libvulkan.so.1 (Debian/Ubuntu: apt install libvulkan1)")
+_registered: set[str] = set()
+
+
+def webgpu_plugin_library() -> str | None:
+    """Path of the installed WebGPU plugin EP library, or None."""
+    try:
+        import onnxruntime_ep_webgpu
+    except ImportError:
+        return None
+    return onnxruntime_ep_webgpu.get_library_path()
+
+
+def _webgpu_built_in() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "WebGpuExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def folder_provider(folder: str | Path) -> str:
+    """The provider a built folder's genai_config.json asks for ('cpu' when none)."""
+    config = json.loads((Path(folder) / "genai_config.json").read_text())
+    options = config["model"]["decoder"]["session_options"].get("provider_options") or []
+    return next(iter(options[0]), "cpu") if options else "cpu"
+
+
+def prepare_genai(og, provider: str) -> None:
+    """Make `provider` usable by onnxruntime-genai in this process, or raise a one-line BuilderError."""
+    if provider != "webgpu" or "genai" in _registered:
+        return
+    library = webgpu_plugin_library()
+    if library:
+        og.register_execution_provider_library("WebGpuExecutionProvider", library)
+        _registered.add("genai")
+    elif not _webgpu_built_in():
+        raise BuilderError(f"this folder runs on WebGPU, and no WebGPU runtime is installed: {WEBGPU_INSTALL}")
+
+
+def genai_model(og, folder: str | Path, provider: str | None = None):
+    """og.Model for a folder on `provider` (default: the folder's own)."""
+    provider = provider or folder_provider(folder)
+    prepare_genai(og, provider)
+    config = og.Config(str(folder))
+    config.clear_providers()
+    if provider != "cpu":
+        config.append_provider(provider)
+    try:
+        return og.Model(config)
+    except Exception as e:
+        if provider == "webgpu" and "adapter" in str(e).lower():
+            raise BuilderError(f"WebGPU found no GPU adapter ({str(e).splitlines()[0][-120:]}); "
+                               "on Linux install the Vulkan loader and a GPU driver with Vulkan") from None
+        raise
+
+
+def ort_session(model_path: str | Path, provider: str = "CPUExecutionProvider", provider_options=None,
+                session_options=None):
+    """onnxruntime.InferenceSession on `provider`, through the WebGPU plugin EP when that is installed."""
+    import onnxruntime as ort
+    so = session_options or ort.SessionOptions()
+    if provider == "WebGpuExecutionProvider" and provider not in ort.get_available_providers():
+        library = webgpu_plugin_library()
+        if not library:
+            raise BuilderError(f"no WebGPU runtime is installed: {WEBGPU_INSTALL}")
+        if "ort" not in _registered:
+            ort.register_execution_provider_library("webgpu", library)
+            _registered.add("ort")
+        devices = [d for d in ort.get_ep_devices() if d.ep_name == provider]
+        if not devices:
+            raise BuilderError("the WebGPU plugin EP found no device; on Linux install the Vulkan loader "
+                               "(libvulkan.so.1) and a GPU driver with Vulkan")
+        so.add_provider_for_devices(devices[:1], provider_options or {})
+        return ort.InferenceSession(str(model_path), so)
+    options = [provider_options] if provider_options else None
+    return ort.InferenceSession(str(model_path), so, providers=[provider], provider_options=options)
