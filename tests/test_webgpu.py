@@ -1,0 +1,138 @@
+"""WebGPU targets: the plugin EP (default, capture-ready graphs) and onnxruntime-webgpu 1.27.
+
+Running them needs a GPU (scripts/check_webgpu.py on the GPU machine); here we check
+what decides whether they load and whether the runtime can capture them: every node
+is one the WebGPU EP runs, no Shape and no int64 arithmetic (ONNX Runtime places
+those on the CPU, and a graph with a CPU node is refused for capture), and the
+genai_config entries capture needs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from builder import BuilderError
+from builder.verify import onnx_logits, onnx_session
+
+# Ops the WebGPU EP has kernels for, that our graphs use (ONNX Runtime's webgpu kernel
+# registrations). Shape has a CPU-only kernel: it may appear in uncaptured graphs.
+WEBGPU_OPS = {"MatMulNBits", "GatherBlockQuantized", "Gather", "Reshape", "Split", "Slice",
+              "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GroupQueryAttention",
+              "QuickGelu", "Sigmoid", "Mul", "Add", "MatMul", "Transpose", "ReduceSum", "ReduceMax", "Sub",
+              "Cast", "FastGelu"}
+
+
+def int64_values(model) -> set[str]:
+    """Names of every int64 tensor the graph computes (after ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.INT64}
+
+
+def load(result):
+    return onnx.load(str(result.model_path), load_external_data=False)
+
+
+@pytest.mark.parametrize("name,precision", [("qwen3", "int4"), ("qwen3", "fp16"), ("llama", "int4"),
+                                            ("qwen2", "int4"), ("gemma3", "int4"), ("mistral", "int4")])
+def test_default_webgpu_build_is_capture_ready(built, name, precision):
+    result = built(name, precision=precision, ep="webgpu")
+    target = result.report["target"]
+    assert target["runtime"].endswith("onnxruntime-ep-webgpu") and target["graph_capture"] is True
+    model = load(result)
+    ops = {n.op_type for n in model.graph.node}
+    assert ops <= WEBGPU_OPS, ops - WEBGPU_OPS
+    assert "Shape" not in ops
+    assert not int64_values(model), "int64 arithmetic runs on the CPU and blocks capture"
+    # The only int64 tensors are the inputs: input_ids into the embedding, the mask into one Cast.
+    readers = {n.op_type for n in model.graph.node if "attention_mask" in n.input}
+    assert readers == {"Cast"}
+    cast = next(n for n in model.graph.node if "attention_mask" in n.input)
+    assert cast.attribute[0].i == onnx.TensorProto.INT32
+    gqa = next(n for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers[gqa.input[5]] == "Sub" and producers[gqa.input[6]] == "ReduceMax"
+
+
+def test_capture_genai_config(built):
+    config = json.loads(built("qwen3", precision="int4", ep="webgpu").genai_config_path.read_text())
+    options = config["model"]["decoder"]["session_options"]["provider_options"]
+    assert options == [{"webgpu": {"enableGraphCapture": "1", "validationMode": "disabled"}}]
+    assert config["search"]["past_present_share_buffer"] is True
+    # Capture sizes the KV buffers at max_length up front: 4096, not the whole context.
+    assert config["search"]["max_length"] == min(4096, config["model"]["context_length"])
+
+
+def test_max_length_option(built):
+    config = json.loads(built("qwen3", precision="int4", ep="webgpu", max_length=96).genai_config_path.read_text())
+    assert config["search"]["max_length"] == 96
+    assert config["model"]["context_length"] > 96
+
+
+def test_max_length_above_context_is_refused(built):
+    with pytest.raises(BuilderError, match="--max-length 512 is larger than --context-length 256"):
+        built("qwen3", precision="int4", ep="webgpu", max_length=512, context_length=256)
+    # The tiny config's max_position_embeddings is 256 too.
+    with pytest.raises(BuilderError, match="--max-length 512 is larger than the context length 256"):
+        built("qwen3", precision="int4", ep="webgpu", max_length=512)
+
+
+def test_graph_capture_off_keeps_the_uncaptured_form(built):
+    result = built("qwen3", precision="int4", ep="webgpu", graph_capture="off")
+    assert result.report["target"]["graph_capture"] is False
+    config = json.loads(result.genai_config_path.read_text())
+    assert config["model"]["decoder"]["session_options"]["provider_options"] == [
+        {"webgpu": {"enableGraphCapture": "0", "validationMode": "basic"}}]
+    assert config["search"]["max_length"] == config["model"]["context_length"]
+    assert "Shape" in {n.op_type for n in load(result).graph.node}
+
+
+@pytest.mark.parametrize("ep,target_ort", [("webgpu", "1.27"), ("cpu", None), ("cuda", None)])
+def test_graph_capture_on_is_refused_where_the_runtime_does_not_capture(built, ep, target_ort):
+    with pytest.raises(BuilderError, match="--graph-capture on"):
+        built("qwen3", precision="int4" if ep != "cuda" else "fp16", ep=ep, target_ort=target_ort,
+              graph_capture="on")
+
+
+def test_capture_ready_metadata_computes_the_same_logits(built):
+    """The int32 mask arithmetic gives the numbers the Shape form gives (run on the CPU EP)."""
+    ids, steps = np.arange(3, 14)[None], [5, 9, 2]
+    captured = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep="webgpu").output), ids, steps)
+    plain = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep="webgpu", graph_capture="off").output),
+                        ids, steps)
+    for a, b in zip(captured, plain):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_webgpu_1_27_target_keeps_todays_layout(built):
+    """What onnxruntime-webgpu 1.27 loads: GQA without q/k-norm inputs (<= 9 inputs), the
+    Shape-based metadata it ran before, no capture."""
+    result = built("qwen3", precision="int4", ep="webgpu", target_ort="1.27")
+    model = load(result)
+    assert all(len(n.input) <= 9 for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    assert {n.op_type for n in model.graph.node} <= WEBGPU_OPS | {"Shape"}
+    assert result.report["layout"]["qkv_packing"] == "separate"
+    with pytest.raises(BuilderError, match="fused-norm"):
+        built("qwen3", precision="int4", ep="webgpu", target_ort="1.27", qkv_packing="fused-norm")
+
+
+def test_default_webgpu_target_follows_the_plugin(monkeypatch):
+    from builder.kit import targets
+    versions = {"onnxruntime": "1.32.0", "onnxruntime-ep-webgpu": "0.4.0"}
+
+    def version(package):
+        import importlib.metadata
+        if package not in versions:
+            raise importlib.metadata.PackageNotFoundError(package)
+        return versions[package]
+
+    monkeypatch.setattr("importlib.metadata.version", version)
+    assert targets.default_ort_version("webgpu") == (1, 32)
+    versions.clear()
+    versions["onnxruntime-webgpu"] = "1.27.0"
+    assert targets.default_ort_version("webgpu") == (1, 27)
+    versions.clear()
+    assert targets.default_ort_version("webgpu") == (1, 31)
