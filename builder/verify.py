@@ -148,7 +148,9 @@ def genai_greedy_logits(model_dir: str | Path, prompt: list[int], new_tokens: in
     generator.append_tokens(prompt)
     logits = []
     while not generator.is_done():
-        out = np.asarray(generator.get_output("logits"), np.float32)
+        # get_logits runs the model on pending tokens first; get_output("logits") would
+        # return the previous step's buffer here.
+        out = np.asarray(generator.get_logits(), np.float32)
         logits.append(out.reshape(-1, out.shape[-1])[-1])
         generator.generate_next_token()
     return [int(t) for t in generator.get_sequence(0)], logits

@@ -37,7 +37,10 @@ def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400,
     prompt = [(7 * i + 3) % vocab + 1 for i in range(prompt_len)]
     params = og.GeneratorParams(model)
     total = prompt_len + new_tokens
-    params.set_search_options(do_sample=False, max_length=max(max_length or total, total), min_length=total)
+    if max_length == -1:  # the folder's own search.max_length sizes the KV buffers
+        params.set_search_options(do_sample=False, min_length=total)
+    else:
+        params.set_search_options(do_sample=False, max_length=max(max_length or total, total), min_length=total)
     generator = og.Generator(model, params)
     start = time.perf_counter()
     generator.append_tokens(prompt)
@@ -133,7 +136,8 @@ def main() -> int:
     parser.add_argument("--keep-loaded", action="store_true",
                         help="Time long-lived sessions instead of a fresh session per run (faster, noisier).")
     parser.add_argument("--max-length", type=int, default=None,
-                        help="Generator max_length (KV buffer size); default prompt + new tokens.")
+                        help="Generator max_length (KV buffer size); default prompt + new tokens; "
+                             "-1: the folder's genai_config search.max_length.")
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)

@@ -1,0 +1,112 @@
+#!/bin/bash
+# The WebGPU measurements of docs/packing.md#webgpu-plugin-ep, as one command on the GPU machine.
+#
+#   bash scripts/webgpu_device_run.sh main   # Qwen3-0.6B shape: layouts, capture, reference, parity, profile, max_length, 1.27
+#   bash scripts/webgpu_device_run.sh 4b     # Qwen3-4B shape: ours vs the reference's default and capture builds
+#
+# Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
+# onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
+# each), GL=a folder with the libvulkan1 .deb. Results go to $OUT (at most 8 files).
+# DRY=1 skips the installs and uses the python/PYTHONPATH of the caller (a local dry run on
+# tiny checkpoints: CKPT=tiny-qwen3).
+set -u
+PART=${1:-main}
+OUT=${OUT:-/tmp/webgpu-out}
+W=${W:-/tmp/wg-run}
+PY=${PY:-python3}
+CKPT=${CKPT:-qwen3-0.6b}
+ROUNDS=${ROUNDS:-4}
+PROMPT=${PROMPT:-256}
+NEW=${NEW:-128}
+REPO=$(pwd)
+mkdir -p "$OUT" "$W"
+LOG=$OUT/log.txt
+log() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+
+if [ -z "${DRY:-}" ]; then
+    for f in "$GL"/*.deb; do dpkg -x "$f" /; done; ldconfig
+    [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && \
+        export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    mkdir -p /tmp/whx /tmp/site /tmp/site127
+    tar -xJf "$WHEELS" -C /tmp/whx
+    cp -r /tmp/whx/onnxruntime/* /tmp/whx/onnxruntime_ep_webgpu/* /tmp/whx/onnxruntime_genai/* /tmp/site/
+    cp -r /tmp/whx/onnxruntime_webgpu/* /tmp/whx/onnxruntime_genai/* /tmp/site127/
+    SITE=/tmp/site; SITE127=/tmp/site127
+    export PYTHONPATH=$REPO:$REPO/tests:$SITE
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$LOG"
+fi
+export PYTHONUNBUFFERED=1
+$PY -c "import onnxruntime as o, onnxruntime_genai as g; print('onnxruntime', o.__version__, 'genai', g.__version__)" 2>&1 | tee -a "$LOG"
+
+ours() {  # ours NAME CKPT_DIR [options...]
+    local name=$1 ck=$2 start=$SECONDS; shift 2
+    if $PY -m builder -m "$ck" -p int4 -e webgpu -o "$W/$name" --overwrite "$@" > "$W/$name.log" 2>&1; then
+        log "$name built in $((SECONDS - start)) s ($*)"
+    else log "BUILD FAILED $name: $(tail -2 "$W/$name.log")"; fi
+}
+reference() {  # reference NAME CKPT_DIR [extra_options...]
+    local name=$1 ck=$2 start=$SECONDS; shift 2
+    if $PY -m onnxruntime_genai.models.builder -i "$ck" -o "$W/$name" -p int4 -e webgpu -c "$W/cache-$name" \
+            ${1:+--extra_options "$@"} > "$W/$name.log" 2>&1 && [ -f "$W/$name/model.onnx" ]; then
+        log "$name (reference builder) built in $((SECONDS - start)) s ($*)"
+    else log "BUILD FAILED $name: $(tail -2 "$W/$name.log")"; fi
+}
+nodes() { $PY -c "import onnx,sys; m=onnx.load(sys.argv[1]+'/model.onnx', load_external_data=False); print(sys.argv[1].split('/')[-1], len(m.graph.node), 'nodes')" "$1" | tee -a "$LOG"; }
+
+if [ "$PART" = main ]; then
+    CK=$W/ck-$CKPT
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
+    log "checkpoint $CKPT ready"
+    # Parity on the WebGPU EP (tiny families, capture on as built) while the CPU builds.
+    ( [ -n "${NO_PARITY:-}" ] || timeout 400 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    PARITY=$!
+    ours auto "$CK" &
+    ours sep-sigmoid "$CK" --qkv-packing separate --mlp-packing separate --silu sigmoid-mul &
+    ours fnorm-sigmoid "$CK" --qkv-packing fused-norm --mlp-packing separate --silu sigmoid-mul &
+    ours fnorm-quickgelu "$CK" --qkv-packing fused-norm --mlp-packing separate --silu quickgelu &
+    ours nocapture "$CK" --graph-capture off &
+    ours t127 "$CK" --target-ort 1.27 &
+    reference ref-default "$CK" &
+    reference ref-graph "$CK" enable_webgpu_graph=true &
+    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
+    for d in auto sep-sigmoid fnorm-sigmoid fnorm-quickgelu nocapture t127 ref-default ref-graph; do nodes "$W/$d"; done
+    log "builds done"
+    # The one paired run: every model once per round, fresh sessions, shuffled order.
+    timeout 300 $PY scripts/bench_genai.py ours=$W/auto ref-graph=$W/ref-graph ref-default=$W/ref-default \
+        ours-sep-sigmoid=$W/sep-sigmoid ours-fnorm-sigmoid=$W/fnorm-sigmoid ours-fnorm-quickgelu=$W/fnorm-quickgelu \
+        ours-nocapture=$W/nocapture --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS \
+        --json "$OUT/bench-main.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    wait $PARITY; log "parity (plugin EP):"; grep -v -i warn "$W/parity.log" | cut -c1-400 | tee -a "$LOG"
+    # Where a captured decode step's time goes: the same graph with and without capture.
+    $PY scripts/with_session_options.py "$W/auto" "$W/auto-nocap" provider.enableGraphCapture=0 > /dev/null
+    timeout 90 $PY scripts/profile_genai.py "$W/auto" --prompt $PROMPT --new 64 --json "$OUT/profile-capture.json" 2>&1 | grep -v -i warn | head -40 | tee -a "$LOG"
+    timeout 90 $PY scripts/profile_genai.py "$W/auto-nocap" --prompt $PROMPT --new 64 --json "$OUT/profile-nocapture.json" 2>&1 | grep -v -i warn | head -40 | tee -a "$LOG"
+    # What max_length costs: the KV buffers are allocated at the config's max_length.
+    MODELS=""
+    for n in 1024 4096 16384 40960; do
+        $PY scripts/with_session_options.py "$W/auto" "$W/ml$n" search.max_length=$n > /dev/null
+        MODELS="$MODELS ml$n=$W/ml$n"
+    done
+    timeout 150 $PY scripts/bench_genai.py $MODELS --provider webgpu --prompt $PROMPT --new 64 --rounds 3 --max-length -1 \
+        --json "$OUT/bench-max-length.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    # onnxruntime-webgpu 1.27: the --target-ort 1.27 build loads and matches there.
+    if [ -n "${SITE127:-}" ]; then
+        log "onnxruntime-webgpu 1.27:"
+        PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 60 $PY scripts/generate.py "$W/t127" --max-new-tokens 8 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+        PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 60 $PY scripts/generate.py "$W/auto" --max-new-tokens 8 2>&1 | grep -v -i warn | tail -2 | tee -a "$LOG"
+        PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 120 $PY scripts/check_webgpu.py --target-ort 1.27 --only qwen3 --only llama \
+            --only qwen2 --json "$OUT/parity-127.json" 2>&1 | grep -v -i warn | cut -c1-400 | tee -a "$LOG"
+    fi
+elif [ "$PART" = 4b ]; then
+    CK=$W/ck-qwen3-4b
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py qwen3-4b "$CK" > /dev/null
+    log "checkpoint qwen3-4b ready"
+    ours auto4b "$CK" &
+    reference ref-default4b "$CK" &
+    reference ref-graph4b "$CK" enable_webgpu_graph=true &
+    wait
+    for d in auto4b ref-default4b ref-graph4b; do nodes "$W/$d"; done
+    timeout 300 $PY scripts/bench_genai.py ours=$W/auto4b ref-graph=$W/ref-graph4b ref-default=$W/ref-default4b \
+        --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS --json "$OUT/bench-4b.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+fi
+log "done"
