@@ -89,6 +89,13 @@ def ort_session(model_path: str | Path, provider: str = "CPUExecutionProvider", 
             raise BuilderError("the WebGPU plugin EP found no device; on Linux install the Vulkan loader "
                                "(libvulkan.so.1) and a GPU driver with Vulkan")
         so.add_provider_for_devices(devices[:1], provider_options or {})
-        return ort.InferenceSession(str(model_path), so)
-    options = [provider_options] if provider_options else None
-    return ort.InferenceSession(str(model_path), so, providers=[provider], provider_options=options)
+        session = ort.InferenceSession(str(model_path), so)
+    else:
+        options = [provider_options] if provider_options else None
+        session = ort.InferenceSession(str(model_path), so, providers=[provider], provider_options=options)
+    # onnxruntime's Python API falls back to the CPU EP when the asked-for EP fails to
+    # start; a check on "WebGPU" must not quietly measure the CPU instead.
+    if provider not in session.get_providers():
+        raise BuilderError(f"{provider} did not start (onnxruntime fell back to {session.get_providers()}); "
+                           "see the EP error above")
+    return session

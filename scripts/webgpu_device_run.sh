@@ -34,7 +34,21 @@ if [ -z "${DRY:-}" ]; then
     SITE=/tmp/site; SITE127=/tmp/site127
     export PYTHONPATH=$REPO:$REPO/tests:$SITE
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$LOG"
+    ls /usr/local/nvidia/share/vulkan/icd.d /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1 | tr '\n' ' ' | tee -a "$LOG"; echo | tee -a "$LOG"
 fi
+# Preflight: the WebGPU plugin EP finds the GPU (a one-node model on it).
+$PY - <<'PY' 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+import numpy as np, onnx
+from onnx import helper, TensorProto
+from builder.ep_runtime import ort_session
+g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "g",
+                      [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab"],
+                      [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 9
+onnx.save(m, "/tmp/add.onnx")
+s = ort_session("/tmp/add.onnx", "WebGpuExecutionProvider")
+print("preflight:", s.get_providers(), s.run(None, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})[0])
+PY
 export PYTHONUNBUFFERED=1
 $PY -c "import onnxruntime as o, onnxruntime_genai as g; print('onnxruntime', o.__version__, 'genai', g.__version__)" 2>&1 | tee -a "$LOG"
 
