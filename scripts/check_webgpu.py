@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -86,14 +87,30 @@ def main() -> int:
     parser.add_argument("--json")
     parser.add_argument("--target-ort", default=None, help="Build every case for this runtime (e.g. 1.27).")
     parser.add_argument("--only", action="append", help="Run only these tiny configs.")
+    parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case is not None:
+        config, precision, extra = CASES[args.case]
+        print(json.dumps(run_case(Path(args.work), config, precision, extra, args.target_ort)))
+        return 0
     work = Path(tempfile.mkdtemp())
     rows = []
-    for config, precision, extra in CASES:
+    for i, (config, precision, extra) in enumerate(CASES):
         if args.only and config not in args.only:
             continue
-        rows.append(run_case(work, config, precision, extra, args.target_ort))
-        print(json.dumps(rows[-1]), flush=True)
+        # One process per case: with the plugin EP, a second plain onnxruntime session in a
+        # process where onnxruntime-genai had opened the EP fell back to the CPU (GPU machine,
+        # 2026-12-03), and the check must not mix up the two.
+        command = [sys.executable, __file__, "--case", str(i), "--work", str(work)]
+        if args.target_ort:
+            command += ["--target-ort", args.target_ort]
+        child = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+        row = json.loads(lines[-1]) if lines else {"config": config, "precision": precision, **extra,
+                                                   "error": f"exit {child.returncode}: {child.stderr[-300:]}"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
         if args.json:  # written as it goes: a run stopped at its time limit keeps what it did
             Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -112,15 +112,27 @@ if [ "$PART" = main ]; then
             --only qwen2 --json "$OUT/parity-127.json" 2>&1 | grep -v -i warn | cut -c1-400 | tee -a "$LOG"
     fi
 elif [ "$PART" = 4b ]; then
-    CK=$W/ck-qwen3-4b
+    ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b
+    [ -f "$C06/config.json" ] || $PY scripts/make_checkpoint.py qwen3-0.6b "$C06" > /dev/null
+    ours auto "$C06" &
+    ours t127 "$C06" --target-ort 1.27 &
+    reference ref-graph "$C06" enable_webgpu_graph=true &
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py qwen3-4b "$CK" > /dev/null
     log "checkpoint qwen3-4b ready"
     ours auto4b "$CK" &
     reference ref-default4b "$CK" &
     reference ref-graph4b "$CK" enable_webgpu_graph=true &
     wait
+    log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-600 | tee -a "$LOG"
     for d in auto4b ref-default4b ref-graph4b; do nodes "$W/$d"; done
-    timeout 300 $PY scripts/bench_genai.py ours=$W/auto4b ref-graph=$W/ref-graph4b ref-default=$W/ref-default4b \
+    timeout 240 $PY scripts/bench_genai.py ours=$W/auto4b ref-graph=$W/ref-graph4b ref-default=$W/ref-default4b \
         --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS --json "$OUT/bench-4b.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    # GPU busy time per token with capture on (NVML), 0.6B and 4B, ours and the reference's capture build.
+    timeout 120 $PY scripts/gpu_busy.py ours-0.6b=$W/auto ref-graph-0.6b=$W/ref-graph ours-4b=$W/auto4b \
+        ref-graph-4b=$W/ref-graph4b --prompt $PROMPT --new 512 --json "$OUT/gpu-busy.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    # onnxruntime-webgpu 1.27 writes GPU kernel times into the profile (the plugin EP does not).
+    [ -n "${SITE127:-}" ] && PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 90 $PY scripts/profile_genai.py "$W/t127" \
+        --prompt $PROMPT --new 64 --json "$OUT/profile-127.json" 2>&1 | grep -v -i warn | head -40 | tee -a "$LOG"
 fi
 log "done"

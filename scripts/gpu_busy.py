@@ -1,0 +1,89 @@
+"""How busy the GPU is while onnxruntime-genai decodes a folder (NVIDIA GPUs, through NVML).
+
+    python scripts/gpu_busy.py NAME=DIR [NAME=DIR ...] --prompt 256 --new 512 [--json PATH]
+
+NVML's utilization.gpu is the share of a sample period in which at least one kernel
+ran; its mean over the decode loop times ms/token estimates the GPU's busy time per
+token, and the rest is host time (dispatch, genai's sampling, synchronization). Coarse
+(NVML's period is 1/6 s to 1 s), so decode runs long enough for several periods. The
+WebGPU plugin EP writes no GPU timestamps into onnxruntime's profile, hence this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def measure(folder: str, prompt_len: int, new_tokens: int) -> dict:
+    import onnxruntime_genai as og
+    import pynvml
+
+    from builder.ep_runtime import genai_model
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    model = genai_model(og, folder)
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.perf_counter(), pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+            time.sleep(0.01)
+
+    def generate(n):
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=prompt_len + n, min_length=prompt_len + n)
+        generator = og.Generator(model, params)
+        generator.append_tokens([(7 * i + 3) % 400 + 1 for i in range(prompt_len)])
+        generator.generate_next_token()
+        start, steps = time.perf_counter(), 0
+        while not generator.is_done():
+            generator.generate_next_token()
+            steps += 1
+        return start, time.perf_counter(), steps
+
+    generate(8)  # shaders compiled, graph captured
+    thread = threading.Thread(target=sample)
+    thread.start()
+    time.sleep(1.2)
+    idle = [u for _, u in samples]
+    start, end, steps = generate(new_tokens)
+    time.sleep(0.2)
+    stop.set()
+    thread.join()
+    # Samples well inside the loop (NVML averages over the period before each sample).
+    busy = [u for t, u in samples if start + 0.5 < t < end]
+    ms = 1000 * (end - start) / steps
+    util = statistics.mean(busy) if busy else float("nan")
+    return {"ms_per_token": ms, "tok_s": 1000 / ms, "gpu_util_pct": util, "gpu_ms_per_token_est": ms * util / 100,
+            "util_samples": len(busy), "idle_util_pct": statistics.mean(idle) if idle else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", metavar="NAME=DIR")
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--new", type=int, default=512)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    results = {}
+    for pair in args.models:
+        name, folder = pair.split("=", 1)
+        results[name] = measure(folder, args.prompt, args.new)
+        r = results[name]
+        print(f"{name}: {r['tok_s']:.1f} tok/s, {r['ms_per_token']:.2f} ms/token, GPU busy {r['gpu_util_pct']:.0f}% "
+              f"-> ~{r['gpu_ms_per_token_est']:.2f} ms GPU per token ({r['util_samples']} samples)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
