@@ -117,6 +117,8 @@ elif [ "$PART" = 4b ]; then
     [ -f "$C06/config.json" ] || $PY scripts/make_checkpoint.py qwen3-0.6b "$C06" > /dev/null
     ours auto "$C06" &
     ours t127 "$C06" --target-ort 1.27 &
+    ours b128 "$C06" --block-size 128 &
+    ours acc0 "$C06" --accuracy-level 0 &
     reference ref-graph "$C06" enable_webgpu_graph=true &
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py qwen3-4b "$CK" > /dev/null
     log "checkpoint qwen3-4b ready"
@@ -134,5 +136,8 @@ elif [ "$PART" = 4b ]; then
     # onnxruntime-webgpu 1.27 writes GPU kernel times into the profile (the plugin EP does not).
     [ -n "${SITE127:-}" ] && PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 90 $PY scripts/profile_genai.py "$W/t127" \
         --prompt $PROMPT --new 64 --json "$OUT/profile-127.json" 2>&1 | grep -v -i warn | head -40 | tee -a "$LOG"
+    # Kernel-side options at 0.6B: int4 block 128 (fewer scales to read), accuracy_level 0 (fp16 activations).
+    timeout 150 $PY scripts/bench_genai.py ours=$W/auto ref-graph=$W/ref-graph ours-block128=$W/b128 ours-acc0=$W/acc0 \
+        --provider webgpu --prompt $PROMPT --new $NEW --rounds 3 --json "$OUT/bench-kernels.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 fi
 log "done"
