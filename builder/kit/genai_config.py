@@ -20,7 +20,7 @@ def _ids(value) -> list[int]:
 
 # search.max_length of graph-capture builds. onnxruntime-genai allocates the shared KV buffers
 # at max_length before the first token, and a captured graph cannot grow them. The
-# reference writes the whole context (40,960 for Qwen3: 4.7 GB of KV at 0.6B, 18 GB at 8B),
+# reference writes the whole context (40,960 for Qwen3: 4.7 GB of KV at 0.6B, 6 GB at 4B),
 # though decode speed did not depend on it (docs/packing.md#max-length).
 CAPTURE_MAX_LENGTH = 4096
 
