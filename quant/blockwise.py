@@ -55,9 +55,10 @@ from .scheme import QuantizedWeight, QuantScheme
 if sys.byteorder != "little":  # the nibble packing reads byte pairs as uint16
     raise ImportError("quant.blockwise needs a little-endian machine")
 
-# Chunk of rows one thread processes at once, in float32 values: ~2.5 MB, which a
-# core's L2 cache (2 MB here) mostly holds between the element-wise passes over it.
-_CHUNK_VALUES = 640 * 1024
+# Chunk of rows one thread processes at once, in float32 values: 1 MB, which a core's
+# L2 cache (2 MB here) holds between the element-wise passes over it. Measured one
+# thread, Qwen3-4B down_proj: 256K values beat 64K, 128K and 640K for int4/b32 and int8/b128.
+_CHUNK_VALUES = 256 * 1024
 _F32 = np.float32
 # The largest float32 below 0.5: trunc(x + _ALMOST_HALF) == roundf(x) for every
 # float32 x >= 0 (x + 0.5 would round 0.49999997 up to 1).
@@ -205,6 +206,14 @@ class _Workspace:
             self.nibbles = np.empty((self.p, m * self.g // 2), np.uint8)
 
 
+def _spread(values: np.ndarray, out: np.ndarray, g: int) -> np.ndarray:
+    """Each per-block value repeated g times, in out (column by column: ~3x faster than a broadcast)."""
+    columns = out.reshape(-1, g)
+    for i in range(g):
+        columns[:, i] = values
+    return out
+
+
 def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, ws: _Workspace,
                     packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None) -> None:
     """Quantize rows w [R, K] into packed [R, n_blocks, blob], scales and zero_points [R, n_blocks]."""
@@ -240,17 +249,12 @@ def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, w
         zero_points[...] = zp.reshape(R, nb)
 
     # q = clamp(trunc(w * r + offset)) == clamp(roundf(w * r + zp)), see _block_params.
-    rg = ws.rg[:m * g]
-    rg.reshape(m, g)[...] = r[:, None]
-    np.multiply(x, rg, out=x)
+    np.multiply(x, _spread(r, ws.rg[:m * g], g), out=x)
     if isinstance(offset, np.ndarray):
-        og = ws.og[:m * g]
-        og.reshape(m, g)[...] = offset[:, None]
-        np.add(x, og, out=x)
+        np.add(x, _spread(offset, ws.og[:m * g], g), out=x)
     else:
         np.add(x, offset, out=x)
-    np.maximum(x, _F32(0), out=x)  # before trunc or after: the same for these bounds
-    np.minimum(x, _F32(scheme.qmax), out=x)
+    np.clip(x, _F32(0), _F32(scheme.qmax), out=x)  # before trunc or after: the same for these bounds
     q = ws.q[:, :m * g]
     np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
     if scheme.bits == 8:
