@@ -91,6 +91,9 @@ def build(options: BuildOptions | None = None, *, family: type | None = None, sh
 def run(arch, show_progress: bool = True) -> BuildResult:
     """Write the model of an architecture builder into its output folder."""
     options, spec = arch.options, arch.spec
+    if options.verify and arch.target.ep == "cpu":  # the only EP verify runs on
+        from builder.verify import require_verify_extras
+        require_verify_extras()
     output = Path(options.output) if options.output else default_output(options)
     started = time.perf_counter()
     timings: dict[str, float] = {}

@@ -13,7 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
+from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
+
+
+def require_verify_extras() -> None:
+    """--verify runs transformers: refuse before building when a plain install lacks it."""
+    import importlib.util
+
+    missing = []
+    for module in ("torch", "transformers"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                missing.append(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BuilderError(f"--verify needs {' and '.join(missing)}, which a plain install leaves out: "
+                           "pip install 'builder[verify]', or drop --verify")
 
 
 @dataclass

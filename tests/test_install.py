@@ -70,3 +70,12 @@ def test_int4_builds_without_torch_or_transformers(checkpoint, tmp_path, no_torc
     if ep == "cpu":
         logits = onnx_logits(onnx_session(out), np.array([[1, 2, 3]]), [4])
         assert all(np.isfinite(x).all() for x in logits)
+
+
+def test_verify_without_torch_is_one_line(checkpoint, tmp_path, no_torch_env):
+    out = tmp_path / "verify"
+    r = subprocess.run([sys.executable, "-m", "builder", "-m", str(checkpoint("qwen3")), "-p", "int4", "-e", "cpu",
+                        "-o", str(out), "--verify"], env=no_torch_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--verify needs torch and transformers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()

@@ -1,0 +1,216 @@
+"""Gemma 3 text (Gemma3ForCausalLM, model_type gemma3_text).
+
+What differs from Llama, as transformers 5.23's modeling_gemma3.py computes it:
+
+- RMSNorm scales by (1 + weight), the per-head q_norm/k_norm included: every norm
+  weight is written as 1 + w, added in float32 as transformers does before the cast.
+- Four norms per layer. post_attention_layernorm and post_feedforward_layernorm
+  normalize a block's output *before* it is added to the residual stream, so they
+  are plain SimplifiedLayerNormalization nodes; the residual adds ride on the norms
+  that follow them (pre_feedforward_layernorm, then the next input_layernorm or the
+  final norm) as SkipSimplifiedLayerNormalization:
+
+      x -> SLN(input_layernorm) -> attention -> SLN(post_attention_layernorm) -+
+      residual -----------------------------------------------------------------+-> SkipSLN(pre_feedforward)
+         -> MLP -> SLN(post_feedforward_layernorm) -> SkipSLN(next input_layernorm or model.norm)
+
+- Embeddings are multiplied by sqrt(hidden_size), cast to the activation dtype first
+  (transformers: embed_scale.to(weight.dtype)). The lm_head, tied as in every Gemma 3,
+  uses the unscaled table.
+- MLP activation gelu_pytorch_tanh: com.microsoft FastGelu (the tanh form; on ORT 1.31
+  CPU it is within 1e-6 of torch's gelu(approximate="tanh") in fp32, like ONNX Gelu-20).
+- Attention scale query_pre_attn_scalar ** -0.5, not head_dim ** -0.5.
+- Sliding-window ("sliding_attention") layers use GroupQueryAttention's local_window_size
+  (= sliding_window, as for Mistral) and their own rotary caches from rope_local_base_freq;
+  global layers use rope_theta with the config's rope scaling (linear on 4B-27B).
+
+attn_logit_softcapping, final_logit_softcapping (None in every Gemma 3 config),
+bidirectional attention (EmbeddingGemma) and attention biases are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.registry import register
+from builder.kit.errors import BuilderError
+from builder.kit.checkpoint import to_float
+from builder.kit.graph import MS_DOMAIN
+from builder.kit.layout import Layout
+from builder.kit.linear import Projections, QuantizedTensor
+from builder.kit.rope import RopeSpec
+
+# Gemma3TextConfig's defaults for keys a config.json may leave out (transformers 5.23).
+CONFIG_DEFAULTS = {
+    "head_dim": 256,
+    "num_key_value_heads": 4,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+}
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+@dataclass
+class Gemma3Spec(DecoderSpec):
+    local_rope: RopeSpec | None = None   # rotary of the sliding layers (spec.rope: the global layers')
+
+
+def layer_types(config: dict, num_layers: int) -> list[str]:
+    """config.json's layer_types, else transformers' default from sliding_window_pattern
+    (every pattern-th layer global)."""
+    types = config.get("layer_types")
+    if types is None:
+        pattern = int(config.get("sliding_window_pattern") or 6)
+        types = [SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)]
+    types = list(types)
+    if len(types) != num_layers or set(types) - {SLIDING, FULL}:
+        raise BuilderError(f"config.json: layer_types {types} must name {num_layers} layers, each "
+                           f"{SLIDING!r} or {FULL!r}")
+    return types
+
+
+def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
+    """(global, local) rotary parameters, resolved as Gemma3TextConfig does: rope_parameters
+    keyed by layer type (transformers 5 files), else rope_theta + rope_scaling for the
+    global layers and rope_local_base_freq for the local ones (hub files)."""
+    params = config.get("rope_parameters") or {}
+    if params and not set(params) <= {SLIDING, FULL}:
+        raise BuilderError("config.json: Gemma 3's rope_parameters must be keyed by layer type "
+                           f"({FULL!r}, {SLIDING!r}); got keys {sorted(params)}")
+    full = dict(params.get(FULL) or {"rope_type": "default"})
+    full.update(config.get("rope_scaling") or {})
+    full.setdefault("rope_theta", config["rope_theta"])
+    local = dict(params.get(SLIDING) or {"rope_type": "default"})
+    local.setdefault("rope_theta", config["rope_local_base_freq"])
+    specs = []
+    for kind, p in ((FULL, full), (SLIDING, local)):
+        flat = {"rope_parameters": p, "max_position_embeddings": config["max_position_embeddings"]}
+        try:
+            specs.append(RopeSpec.from_config(flat, head_dim))
+        except BuilderError as e:
+            raise BuilderError(f"{e} ({kind} layers)") from None
+    return specs[0], specs[1]
+
+
+class _OneOffsetNorms(Projections):
+    """Projections whose norm weights (names ending in norm.weight) come out as 1 + w.
+
+    Every float read of a norm weight in the base builder (layer norms, per-head
+    q_norm/k_norm as separate nodes or GroupQueryAttention inputs) goes through
+    float_rows, so this is the one place Gemma's offset is applied. The sum is taken
+    in float32 (transformers: 1.0 + weight.float()) and then cast to the activation dtype.
+    """
+
+    def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
+        if not all(t.endswith("norm.weight") for t in tensors):
+            return super().float_rows(tensors, shapes)
+        parts = [to_float(self.checkpoint.tensor(t, expect_shape=s)) + np.float32(1.0)
+                 for t, s in zip(tensors, shapes)]
+        return np.concatenate(parts, axis=0).astype(self.io_dtype)
+
+
+@register("Gemma3ForCausalLM")
+class Gemma3Builder(DecoderBuilder):
+    genai_type = "gemma3_text"   # onnxruntime-genai 0.18's name for the text-only model
+    qk_norm = True
+    projections = _OneOffsetNorms
+
+    # ---- config -------------------------------------------------------------
+
+    def make_spec(self, config: dict) -> Gemma3Spec:
+        config = {**CONFIG_DEFAULTS, **config}
+        act = config["hidden_activation"]
+        if act != "gelu_pytorch_tanh":
+            raise BuilderError(f"config.json: hidden_activation {act!r} is not supported for Gemma 3 "
+                               "(only gelu_pytorch_tanh)")
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if config.get(key) is not None:
+                raise BuilderError(f"config.json: {key} = {config[key]!r} is not implemented for Gemma 3 "
+                                   "(Gemma 3 checkpoints set it to null)")
+        if config.get("use_bidirectional_attention"):
+            raise BuilderError("config.json: use_bidirectional_attention is set (an embedding model); "
+                               "only causal Gemma 3 decoders are supported")
+        if config.get("attention_bias"):
+            raise BuilderError("config.json: attention_bias is true; Gemma 3 with q/k/v/o biases is not "
+                               "supported")
+        scalar = config["query_pre_attn_scalar"]
+        if not isinstance(scalar, (int, float)) or isinstance(scalar, bool) or scalar <= 0:
+            raise BuilderError(f"config.json: query_pre_attn_scalar = {scalar!r} must be a positive number")
+
+        # The base reads hidden_act for its SiLU check and a flat rope config; Gemma's
+        # activation (checked above) and per-layer-type rotary are resolved here.
+        base = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling")}
+        base["hidden_act"] = "silu"
+        spec = Gemma3Spec.from_config(base, qk_norm=True, attention_bias=False)
+        spec.rope, spec.local_rope = rope_specs(config, spec.head_dim)
+        spec.attention_scale = float(scalar) ** -0.5
+
+        types = layer_types(config, spec.num_layers)
+        # Sliding layers get the window (GQA local_window_size, as for Mistral) and the local rope.
+        spec.sliding_layers = tuple(i for i, t in enumerate(types) if t == SLIDING)
+        window = config.get("sliding_window")
+        spec.sliding_window = None
+        if spec.sliding_layers:
+            if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+                raise BuilderError(f"config.json: sliding_window = {window!r} must be a positive integer "
+                                   f"(layers {list(spec.sliding_layers)} are sliding_attention)")
+            spec.sliding_window = window
+        return spec
+
+    def choose_layout(self) -> Layout:
+        if self.options.silu != "auto":
+            raise BuilderError(f"--silu {self.options.silu}: Gemma 3's MLP has no SiLU (it is gelu_pytorch_tanh, "
+                               "written as FastGelu); leave --silu at auto")
+        layout = super().choose_layout()
+        return replace(layout, silu="none",
+                       notes=layout.notes + ("MLP activation gelu_pytorch_tanh -> com.microsoft FastGelu",))
+
+    # ---- the graph ----------------------------------------------------------
+
+    def decoder_layer(self, i: int, hidden: str, residual: str) -> tuple[str, str]:
+        attn = self.post_norm(i, self.attention(i, hidden), "post_attention_layernorm")
+        hidden, residual = self.skip_norm(attn, residual, self.norm_weight(i, "pre_feedforward_layernorm.weight"),
+                                          f"/model/layers.{i}/pre_feedforward_layernorm")
+        mlp = self.post_norm(i, self.mlp(i, hidden), "post_feedforward_layernorm")
+        return self.skip_norm(mlp, residual, *self.next_norm(i))
+
+    def post_norm(self, i: int, x: str, norm: str) -> str:
+        """A block output's own RMSNorm, before the residual add."""
+        return self.graph.op("SimplifiedLayerNormalization", [x, self.norm_weight(i, f"{norm}.weight")],
+                             f"/model/layers.{i}/{norm}/LayerNorm", axis=-1, epsilon=self.spec.rms_norm_eps)
+
+    def make_embedding(self, lm_head: QuantizedTensor | str) -> str:
+        table = super().make_embedding(lm_head)
+        scale = self.graph.constant(np.float32(math.sqrt(self.spec.hidden_size)), dtype=self.io_dtype)
+        return self.graph.op("Mul", [table, scale], "/model/embed_tokens/Mul")
+
+    # ---- attention ----------------------------------------------------------
+
+    def make_attention_metadata(self) -> None:
+        super().make_attention_metadata()   # cos_cache/sin_cache from spec.rope: the global layers'
+        self.rope_caches = {FULL: (self.cos_cache, self.sin_cache)}
+        if self.spec.sliding_layers:
+            cos, sin = self.spec.local_rope.caches(self.context_length, self.io_dtype)
+            self.rope_caches[SLIDING] = (self.graph.initializer("cos_cache_local", cos),
+                                         self.graph.initializer("sin_cache_local", sin))
+
+    def attention(self, i: int, x: str) -> str:
+        # The base attention (GQA's rotary or RotaryEmbedding nodes) reads self.cos_cache/sin_cache.
+        self.cos_cache, self.sin_cache = self.rope_caches[SLIDING if i in self.spec.sliding_layers else FULL]
+        return super().attention(i, x)
+
+    # ---- MLP ----------------------------------------------------------------
+
+    def silu(self, x: str, name: str) -> str:
+        """The base MLP's activation hook (gate -> act -> * up): gelu_pytorch_tanh here."""
+        return self.graph.op("FastGelu", [x], f"{name}/FastGelu", domain=MS_DOMAIN)

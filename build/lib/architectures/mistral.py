@@ -1,0 +1,24 @@
+"""Mistral (MistralForCausalLM): Llama with sliding-window attention on every layer.
+
+config.json's sliding_window (None on v0.2+ checkpoints) becomes GroupQueryAttention's
+local_window_size and genai_config.json's sliding_window entry. The value is passed
+as is: ORT 1.31's GQA attends to the last local_window_size positions, the current
+one included, which is transformers' `kv_idx > q_idx - sliding_window` (window +- 1
+move the logits by ~2 with a 12-token prompt and window 8).
+"""
+
+from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.qwen2 import sliding_layers
+from architectures.registry import register
+
+
+@register("MistralForCausalLM")
+class MistralBuilder(DecoderBuilder):
+    genai_type = "mistral"
+
+    def make_spec(self, config: dict) -> DecoderSpec:
+        spec = super().make_spec(config)
+        window = config.get("sliding_window")
+        spec.sliding_layers = sliding_layers(config, window, ["sliding_attention"] * spec.num_layers)
+        spec.sliding_window = int(window) if spec.sliding_layers else None
+        return spec

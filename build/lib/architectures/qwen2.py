@@ -1,0 +1,34 @@
+"""Qwen2 / Qwen2.5 (Qwen2ForCausalLM): Llama with q/k/v biases.
+
+The biases ride on the projection: one packed bias Add after the packed QKV
+MatMul (before the Split), or one Add per projection in the separate layout.
+"""
+
+from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.registry import register
+
+
+def sliding_layers(config: dict, window: int | None, default_types: list[str]) -> tuple[int, ...]:
+    """Layers that attend through the window: config.json's layer_types when it has them
+    (transformers 5 writes them), else the family's default."""
+    if not window:
+        return ()
+    types = config.get("layer_types") or default_types
+    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+
+
+@register("Qwen2ForCausalLM")
+class Qwen2Builder(DecoderBuilder):
+    genai_type = "qwen2"
+
+    def make_spec(self, config: dict) -> DecoderSpec:
+        # Qwen2Attention always has q/k/v biases; hub configs carry no attention_bias key.
+        spec = DecoderSpec.from_config(config, attention_bias=True)
+        # transformers: the window applies only with use_sliding_window, on layers >= max_window_layers.
+        window = config.get("sliding_window") if config.get("use_sliding_window") else None
+        n = spec.num_layers
+        first = config.get("max_window_layers", n)
+        default = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+        spec.sliding_layers = sliding_layers(config, window, default)
+        spec.sliding_window = int(window) if spec.sliding_layers else None
+        return spec

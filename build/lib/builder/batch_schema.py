@@ -1,0 +1,270 @@
+"""The batch file: YAML -> checked jobs, for `python -m builder batch FILE.yaml`.
+
+    output_root: ../out          # where relative outputs go (default: the YAML file's folder)
+    verify: true                 # shorthand for defaults.verify
+    defaults:                    # options every job starts from
+      block-size: 32
+    matrix:                      # one job per combination of the list values
+      model: [Qwen/Qwen3-0.6B, Qwen/Qwen3-4B]
+      precision: [int4]
+      ep: [cpu, webgpu]
+      output: "{model_name}-{precision}-{ep}"
+    jobs:                        # explicit jobs, in addition to the matrix
+      - model: ../examples/tiny-qwen3
+        precision: fp32
+        output: tiny-fp32-cpu
+
+Every key under defaults, matrix and a job is a build option, named as the CLI's
+long flag ('-' or '_'), and read by the same BuildOptions schema as the CLI.
+Relative paths in the file (model folders, output_root, output) resolve against
+the YAML file's folder, so a file means the same from any working directory;
+--output-root on the command line is relative to the cwd. A model that is not a
+folder there and reads like org/name is a Hugging Face hub id. An output is a
+template: {model_name} (the model's last path part) and any option ({precision},
+{ep}, {block_size}, ...); without one a job gets the CLI's default name.
+
+The whole file is checked before anything is built. A job is skipped when its
+output holds a build report made by this builder version from the same
+checkpoint (fingerprint), options and target ONNX Runtime; --force rebuilds.
+Since the batch rebuilds its own outputs, overwrite is always on; the builder
+still refuses to replace a folder that it did not make.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
+
+TOP_KEYS = ("defaults", "matrix", "jobs", "verify", "output_root")
+# Options that do not change the built files. The model is identified by its
+# checkpoint fingerprint, not by how its path is spelled.
+NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify"}
+
+
+@dataclass
+class Job:
+    label: str                  # jobs[2] or matrix[5], as errors name it
+    line: int
+    options: BuildOptions
+    name: str = ""              # output folder, relative to the output root when inside it
+    action: str = "build"       # build | skip
+    reason: str = ""
+    result: dict = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    path: Path
+    output_root: Path
+    jobs: list[Job]
+
+
+@dataclass
+class _Entry:
+    key: str        # as written, for messages
+    value: Any
+    line: int
+    where: str      # defaults, matrix, jobs[2]
+
+
+class _Problems:
+    """Every problem in the file, reported together as one error."""
+
+    def __init__(self, path: Path):
+        self.path, self.items = path, {}
+
+    def add(self, line: int, message: str) -> None:
+        # keyed by text: a bad default would otherwise repeat once per job
+        self.items.setdefault(f"{self.path}:{line}: {message}", line)
+
+    def raise_if_any(self) -> None:
+        items = sorted(self.items, key=self.items.get)
+        if len(items) == 1:
+            raise BuilderError(f"{items[0]}\nnothing was built")
+        if items:
+            raise BuilderError(f"{self.path}: {len(items)} problems, nothing was built:\n  " + "\n  ".join(items))
+
+
+_YAML = yaml.SafeLoader("")  # constructs values from composed nodes, which keep line numbers
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _value(node: yaml.Node) -> Any:
+    return _YAML.construct_object(node, deep=True)
+
+
+def _compose(path: Path) -> yaml.Node | None:
+    try:
+        return yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    except OSError as e:
+        raise BuilderError(f"cannot read batch file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+
+
+def _pairs(node: yaml.Node | None, where: str, problems: _Problems) -> list[tuple[str, int, yaml.Node]]:
+    if node is None or node.tag == "tag:yaml.org,2002:null":
+        return []
+    if not isinstance(node, yaml.MappingNode):
+        problems.add(_line(node), f"{where}: must be a mapping of key: value")
+        return []
+    _YAML.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+    pairs, seen = [], {}
+    for key_node, value_node in node.value:
+        key = str(_value(key_node))
+        norm = key.replace("-", "_")
+        if norm in seen:  # plain YAML would silently keep the last one
+            problems.add(_line(key_node), f"{where}.{key}: given twice (also on line {seen[norm]})")
+        seen[norm] = _line(key_node)
+        pairs.append((key, _line(key_node), value_node))
+    return pairs
+
+
+def _entries(node, where: str, problems: _Problems) -> dict[str, _Entry]:
+    return {key.replace("-", "_"): _Entry(key, _value(value), line, where)
+            for key, line, value in _pairs(node, where, problems)}
+
+
+def _matrix(line: int, node, problems: _Problems):
+    """List values are axes; scalars (e.g. the output template) apply to every job."""
+    axes = []
+    for key, key_line, value in _pairs(node, "matrix", problems):
+        norm = key.replace("-", "_")
+        if isinstance(value, yaml.SequenceNode):
+            if not value.value:
+                problems.add(key_line, f"matrix.{key}: empty list, so the matrix has no jobs")
+            axes.append([(norm, _Entry(key, _value(item), _line(item), "matrix")) for item in value.value])
+        else:
+            axes.append([(norm, _Entry(key, _value(value), key_line, "matrix"))])
+    for i, combination in enumerate(itertools.product(*axes) if axes else []):
+        yield f"matrix[{i}]", line, dict(combination)
+
+
+def _resolve_model(model: str, base: Path) -> str:
+    local = base / os.path.expanduser(model)
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        return os.path.abspath(local)
+    return model  # org/name and no such folder: a hub id
+
+
+def _make_job(label: str, line: int, entries: dict[str, _Entry], base: Path, output_root: Path,
+              problems: _Problems) -> tuple[Job, int] | None:
+    from builder.pipeline import default_output
+    from builder.kit.targets import Target
+
+    values, ok = {}, True
+    for name, e in entries.items():  # one key at a time, so each error names its own line
+        try:
+            values[name] = getattr(BuildOptions.from_mapping({e.key: e.value}, f"{e.where}"), name)
+            BuildOptions(**{"model": "-", name: values[name]}).validated()
+        except BuilderError as err:
+            problems.add(e.line, _with_key(str(err), e))
+            ok = False
+    if not ok:
+        return None
+    if not values.get("model"):
+        problems.add(line, f"{label}: no model; every job needs model: (a local folder or a hub id)")
+        return None
+    values["model"] = _resolve_model(values["model"], base)
+    options = BuildOptions(**values)
+    options.overwrite = True
+    try:  # what no single key shows: combinations such as -p fp32 -e cuda
+        options.validated()
+        Target.from_options(options)
+    except BuilderError as err:
+        problems.add(line, f"{label}: {err}")
+        return None
+
+    output_line = entries["output"].line if "output" in entries else line
+    if options.output:
+        fields = {"model_name": Path(options.model.rstrip("/")).name,
+                  **{k: v for k, v in options.to_dict().items() if k not in NON_BUILD_OPTIONS}}
+        try:
+            relative = options.output.format(**fields)
+        except (KeyError, IndexError, ValueError) as err:
+            problems.add(output_line, f"{entries['output'].where}.output: template {options.output!r} "
+                                      f"has a bad field ({err}); fields: {', '.join(fields)}")
+            return None
+    else:
+        relative = default_output(options).name
+    options.output = os.path.abspath(output_root / os.path.expanduser(relative))
+    return Job(label, line, options), output_line
+
+
+def _with_key(message: str, e: _Entry) -> str:
+    """Put 'defaults.block-size:' in front, dropping the CLI flag the schema's message starts with."""
+    name = e.key.replace("_", "-")
+    message = message.removeprefix(f"{e.where}: ").removeprefix(f"--{name}: ").removeprefix(f"{name} ")
+    where = e.key if e.where == "top level" else f"{e.where}.{e.key}"
+    return f"{where}: {message}"
+
+
+def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch:
+    """Read and check a batch file; raise one BuilderError listing every problem."""
+    path = Path(path)
+    problems = _Problems(path)
+    _YAML.constructed_objects.clear()  # it caches by node; nothing from an earlier file is wanted
+    base = path.parent.absolute()
+    top = {key: (line, node) for key, line, node in _pairs(_compose(path), "top level", problems)}
+    for key, (line, _) in top.items():
+        if key not in TOP_KEYS:
+            problems.add(line, f"{key}: unknown top-level key; expected {', '.join(TOP_KEYS)} "
+                               "(build options go under defaults:, matrix: or a job)")
+
+    root = base
+    if output_root is not None:
+        root = Path(output_root).absolute()
+    elif "output_root" in top:
+        line, node = top["output_root"]
+        value = _value(node)
+        if isinstance(value, str) and value:
+            root = base / os.path.expanduser(value)
+        else:
+            problems.add(line, "output_root: must be a folder path")
+
+    defaults = _entries(top["defaults"][1], "defaults", problems) if "defaults" in top else {}
+    if "verify" in top:
+        line, node = top["verify"]
+        defaults.setdefault("verify", _Entry("verify", _value(node), line, "top level"))
+
+    specs = list(_matrix(*top["matrix"], problems)) if "matrix" in top else []
+    if "jobs" in top:
+        line, node = top["jobs"]
+        if isinstance(node, yaml.SequenceNode):
+            specs += [(f"jobs[{i}]", _line(item), _entries(item, f"jobs[{i}]", problems))
+                      for i, item in enumerate(node.value)]
+        elif node.tag != "tag:yaml.org,2002:null":
+            problems.add(line, "jobs: must be a list of jobs (- model: ...)")
+    if not specs and not problems.items:
+        problems.add(1, "no jobs: add a jobs: list or a matrix:")
+
+    jobs, outputs = [], {}
+    for label, line, entries in specs:
+        made = _make_job(label, line, {**defaults, **entries}, base, root, problems)
+        if made is None:
+            continue
+        job, output_line = made
+        other = outputs.get(job.options.output)
+        if other:
+            problems.add(output_line, f"{label}.output: {job.options.output} is also the output of "
+                                      f"{other.label} (line {other.line}); give each job its own output")
+            continue
+        outputs[job.options.output] = job
+        output = Path(job.options.output)
+        job.name = str(output.relative_to(root)) if output.is_relative_to(root) else str(output)
+        jobs.append(job)
+    problems.raise_if_any()
+    return Batch(path, root, jobs)

@@ -1,0 +1,113 @@
+"""Command line: `python -m builder [build] ...`, `inspect OUT`, `batch FILE.yaml`.
+
+The build flags are generated from builder.kit.options.BuildOptions, so --help
+shows exactly the options the code reads, with their real defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
+from builder.version import __version__
+
+COMMANDS = ("build", "inspect", "batch")
+
+
+class _ListAppend(argparse.Action):
+    """--int8-layers a,b --int8-layers c -> [a, b, c]."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        items += [v.strip() for v in values.split(",") if v.strip()]
+        setattr(namespace, self.dest, items)
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BuildOptions()
+    for f in dataclasses.fields(BuildOptions):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        default = getattr(defaults, f.name)
+        help_text = meta["help"]
+        kwargs = {"dest": f.name, "help": help_text}
+        kind = str(f.type)
+        if kind.startswith("bool"):
+            if default:
+                kwargs["action"] = argparse.BooleanOptionalAction
+                kwargs["help"] += " (default: on)"
+            else:
+                kwargs["action"] = "store_true"
+        elif kind.startswith("list"):
+            kwargs["action"] = _ListAppend
+            kwargs["metavar"] = meta.get("metavar")
+        else:
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+            if kind.startswith("int"):
+                kwargs["type"] = int
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+            if default not in (None, ""):
+                kwargs["help"] += f" (default: {default})"
+        if f.name == "model":
+            kwargs["required"] = True
+        parser.add_argument(*meta["flags"], **kwargs)
+    parser.set_defaults(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(BuildOptions)
+                           if not str(f.type).startswith("list")})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m builder",
+        description="Build a Hugging Face LLM checkpoint into an ONNX Runtime GenAI model folder "
+                    "(model.onnx, model.onnx.data, genai_config.json, tokenizer, build_report.json), "
+                    "or with --format transformers.js into a transformers.js folder. "
+                    "Other commands: 'python -m builder inspect OUT' prints a built model's node counts "
+                    "and one layer's node sequence; 'python -m builder batch FILE.yaml' runs many builds.",
+        epilog="Example: python -m builder -m Qwen/Qwen3-4B -p int4 -e webgpu",
+    )
+    parser.add_argument("--version", action="version", version=f"builder {__version__}")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
+    parser.add_argument("--quiet", action="store_true", help="No progress display.")
+    add_build_arguments(parser)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BuildOptions)}
+    values = {k: ([] if v is None and k.endswith("_layers") else v) for k, v in values.items()}
+    return BuildOptions(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else "build"
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    debug = "--debug" in argv
+    try:
+        if command == "inspect":
+            from builder.inspect import main as inspect_main
+            return inspect_main(argv)
+        if command == "batch":
+            from builder.batch import main as batch_main
+            return batch_main(argv)
+        args = build_parser().parse_args(argv)
+        from builder.pipeline import build
+        result = build(options_from_args(args), show_progress=not args.quiet)
+        print(result.output)
+        return 0
+    except BuilderError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,31 @@
+"""The onnxruntime-genai folder: model.onnx, model.onnx.data, genai_config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from builder.kit.genai_config import make_genai_config
+
+
+class GenaiFolder:
+    name = "genai"
+    model_file = "model.onnx"
+    data_file = "model.onnx.data"
+
+    def __init__(self, arch):
+        self.arch = arch
+
+    def finish_model(self, model, staging: Path) -> None:
+        """Nothing to change: genai reads the graph as written."""
+
+    def data_files(self, staging: Path) -> list[str]:
+        return [self.data_file]
+
+    def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
+        genai = make_genai_config(self.arch, generation)
+        (staging / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n")
+        return ["genai_config.json"]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model_file, "data": [self.data_file]}

@@ -1,0 +1,187 @@
+"""The transformers.js folder (@huggingface/transformers 4).
+
+Layout, as transformers.js 4.3 loads a decoder-only model (src/models/session.js,
+src/utils/model-loader.js, src/utils/dtypes.js):
+
+    config.json                  the checkpoint's, plus a "transformers.js_config" entry
+    generation_config.json       tokenizer files next to it
+    onnx/model{suffix}.onnx      suffix from the dtype: '' fp32, _fp16, _q4f16, _q4, _int8
+    onnx/model{suffix}.onnx_data, model{suffix}.onnx_data_1, ...   the external data chunks
+
+transformers.js fetches each external data chunk whole (in the browser into one
+ArrayBuffer), so data past CHUNK_BYTES goes into further chunks and
+use_external_data_format says how many there are.
+
+It also makes the first (empty) past tensors from the dims the graph declares:
+the symbol `batch_size` becomes the batch, every other symbol 0. So each cache
+input must declare its head count, head size and state dims as numbers; a
+symbolic head size became 0 and GroupQueryAttention rejected it (REFERENCE 3e).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto
+
+from builder.kit.errors import BuilderError
+
+# (precision, activation dtype) -> transformers.js dtype and file suffix (DEFAULT_DTYPE_SUFFIX_MAPPING).
+DTYPES: dict[tuple[str, str], tuple[str, str]] = {
+    ("fp32", "float32"): ("fp32", ""),
+    ("fp16", "float16"): ("fp16", "_fp16"),
+    ("int4", "float16"): ("q4f16", "_q4f16"),  # 4-bit block weights, fp16 activations
+    ("int4", "float32"): ("q4", "_q4"),        # 4-bit block weights, fp32 activations
+    ("int8", "float32"): ("int8", "_int8"),
+}
+
+# Below 2 GiB: browsers fetch each chunk into one ArrayBuffer.
+CHUNK_BYTES = 2_000_000_000
+
+# onnxruntime-genai's names for the states of linear-attention layers (Qwen3.5, Qwen3-Next)
+# -> transformers.js's (configs.js getCacheNames; modeling_utils.js getPastKeyValues maps
+# present_conv.N to past_conv.N and present_recurrent.N to past_recurrent.N).
+_STATE_RENAMES = [(re.compile(r"^(past|present)\.(\d+)\.(conv|recurrent)$"), r"\1_\3.\2")]
+
+# Inputs transformers.js feeds to a decoder (modeling_utils.js decoder_forward,
+# configs.js getCacheNames): anything else would be missing at run time.
+_FED_INPUTS = re.compile(r"^(input_ids|attention_mask|position_ids|num_logits_to_keep"
+                         r"|past_key_values\.\d+\.(key|value)|past_conv\.\d+|past_recurrent\.\d+)$")
+
+
+class TransformersJsFolder:
+    name = "transformers.js"
+
+    def __init__(self, arch):
+        self.arch = arch
+        io = np.dtype(arch.io_dtype).name
+        key = (arch.options.precision, io)
+        if key not in DTYPES:
+            raise BuilderError(
+                f"--format transformers.js has no dtype for -p {arch.options.precision} with {io} activations "
+                "(transformers.js names fp32, fp16, q4, q4f16 and int8 files); "
+                + ("add --io-dtype fp32" if arch.options.precision == "int8" else "choose another -p"))
+        self.dtype, self.suffix = DTYPES[key]
+        self.model_name = f"model{self.suffix}.onnx"
+        self.model_file = f"onnx/{self.model_name}"
+        self.data_file = f"onnx/{self.model_name}_data"
+        self.chunks = [self.data_file]
+
+    # ---- the graph ----------------------------------------------------------
+
+    def finish_model(self, model, staging: Path) -> None:
+        rename_states(model)
+        check_inputs(model)
+        self.chunks = split_external_data(model, staging / "onnx", self.model_name, CHUNK_BYTES)
+
+    def data_files(self, staging: Path) -> list[str]:
+        return list(self.chunks)
+
+    # ---- configs ------------------------------------------------------------
+
+    def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
+        config = dict(self.arch.config)
+        config["transformers.js_config"] = {
+            "dtype": self.dtype,
+            "use_external_data_format": {self.model_name: len(self.chunks)},
+        }
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        written = ["config.json"]
+        if generation is None:
+            # transformers.js takes eos/bos from here; a checkpoint without the file
+            # gets the ids its config.json names.
+            generation = {k: self.arch.config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                          if self.arch.config.get(k) is not None}
+            (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            written.append("generation_config.json")
+        return written
+
+    def describe(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "model": self.model_file, "data": list(self.chunks)}
+
+
+def rename_states(model) -> None:
+    """Give recurrent-state inputs and outputs the names transformers.js feeds and reads."""
+    def renamed(name: str) -> str:
+        for pattern, replacement in _STATE_RENAMES:
+            name = pattern.sub(replacement, name)
+        return name
+    graph = model.graph
+    names = {v.name for v in list(graph.input) + list(graph.output)}
+    mapping = {n: renamed(n) for n in names if renamed(n) != n}
+    if not mapping:
+        return
+    for value in list(graph.input) + list(graph.output):
+        value.name = mapping.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+
+
+def check_inputs(model) -> None:
+    """Every input is one transformers.js feeds, and every cache input has numeric dims
+    except the batch (and the past sequence of a KV cache)."""
+    for value in model.graph.input:
+        name = value.name
+        if not _FED_INPUTS.match(name):
+            raise BuilderError(f"--format transformers.js: the graph input {name!r} is not one transformers.js "
+                               "feeds to a decoder; this architecture cannot be written in that format yet")
+        if not name.startswith("past_"):
+            continue
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        free = {0, 2} if name.startswith("past_key_values.") else {0}
+        bad = [i for i, d in enumerate(dims) if isinstance(d, str) and i not in free]
+        if dims[0] != "batch_size" or bad:
+            raise BuilderError(f"--format transformers.js: cache input {name} declares dims {dims}; transformers.js "
+                               "makes its first (empty) value from them and turns every symbol but batch_size "
+                               "into 0, so the model's fixed sizes must be numbers (builder bug, please report)")
+
+
+def split_external_data(model, folder: Path, model_name: str, limit: int) -> list[str]:
+    """Move data past `limit` bytes into chunk files named as transformers.js loads them.
+
+    The data file was written in one pass; chunk 0 keeps its first bytes (truncated
+    in place), later chunks get copies of their ranges, and each tensor's location
+    and offset are rewritten. Offsets stay 4096-aligned: chunks start at a tensor.
+    """
+    first = f"{model_name}_data"
+    tensors = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e for e in tensor.external_data}
+        tensors.append((int(entries["offset"].value), int(entries["length"].value), entries))
+    tensors.sort(key=lambda t: t[0])
+    starts, chunk_of = [0], []
+    for offset, length, _ in tensors:
+        if offset + length - starts[-1] > limit and offset > starts[-1]:
+            starts.append(offset)
+        chunk_of.append(len(starts) - 1)
+    if len(starts) == 1:
+        return [f"onnx/{first}"]
+    names = [first] + [f"{first}_{k}" for k in range(1, len(starts))]
+    ends = starts[1:] + [os.path.getsize(folder / first)]
+    try:
+        with open(folder / first, "r+b") as source:
+            for k in range(1, len(starts)):
+                source.seek(starts[k])
+                remaining = ends[k] - starts[k]
+                with open(folder / names[k], "wb") as out:
+                    while remaining:
+                        block = source.read(min(remaining, 64 << 20))
+                        out.write(block)
+                        remaining -= len(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+            source.truncate(starts[1])
+    except OSError as e:
+        raise BuilderError(f"writing the external data chunks in {folder} failed ({e.strerror or e}); "
+                           "free disk space or choose another -o/--output") from None
+    for (offset, _, entries), k in zip(tensors, chunk_of):
+        entries["location"].value = names[k]
+        entries["offset"].value = str(offset - starts[k])
+    return [f"onnx/{n}" for n in names]

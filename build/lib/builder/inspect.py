@@ -1,0 +1,58 @@
+"""`python -m builder inspect OUT`: node counts by op type and one layer's node sequence.
+
+Reads only model.onnx (not the weights), so it is instant on any model size.
+Works on folders from other builders too, for side-by-side comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+import onnx
+
+from builder.kit.errors import BuilderError
+
+
+def summarize(model_path: Path, layer: int = 0) -> dict:
+    if model_path.is_dir():
+        # A transformers.js folder keeps its model in onnx/; the build report names it.
+        try:
+            files = json.loads((model_path / "build_report.json").read_text()).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            files = {}
+        model_path = model_path / files.get("model", "model.onnx")
+    if not model_path.is_file():
+        raise BuilderError(f"{model_path} not found; pass a built output folder or its model.onnx")
+    model = onnx.load(str(model_path), load_external_data=False)
+    nodes = model.graph.node
+    counts = collections.Counter(n.op_type for n in nodes)
+    # Node names follow /model/layers.{i}/...; fall back to inputs naming past_key_values.{i}.
+    pattern = re.compile(rf"/model/layers\.{layer}/")
+    sequence = [n.op_type for n in nodes if pattern.search(n.name)]
+    return {"model": str(model_path), "nodes": sum(counts.values()),
+            "by_op_type": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            f"layer_{layer}": sequence}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m builder inspect",
+                                     description="Print node counts by op type and one layer's node sequence.")
+    parser.add_argument("outputs", nargs="+", metavar="OUT", help="Built model folder(s) or model.onnx file(s).")
+    parser.add_argument("--layer", type=int, default=0, help="Which layer's node sequence to show (default: 0).")
+    parser.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    summaries = [summarize(Path(p), args.layer) for p in args.outputs]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    for s in summaries:
+        print(f"{s['model']}: {s['nodes']} nodes")
+        for op, n in s["by_op_type"].items():
+            print(f"  {n:6d}  {op}")
+        print(f"  layer {args.layer}: " + " -> ".join(s[f'layer_{args.layer}']))
+    return 0

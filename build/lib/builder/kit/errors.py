@@ -1,0 +1,20 @@
+"""Errors a user can cause and fix.
+
+The CLI prints a BuilderError as one line and exits non-zero; anything else is
+a bug in the builder and keeps its traceback.
+"""
+
+
+class BuilderError(Exception):
+    """A problem with the user's input, options or environment.
+
+    The message names the bad input and says what to do about it.
+    """
+
+    exit_code = 2
+
+
+class BuildInterrupted(BuilderError):
+    """Ctrl-C or SIGTERM arrived mid-build; the partial output was removed."""
+
+    exit_code = 130

@@ -1,0 +1,92 @@
+"""genai_config.json: what onnxruntime-genai needs to run the folder.
+
+Token ids and search defaults come from generation_config.json when the
+checkpoint has one (chat models end turns with a token config.json does not
+name), else from config.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
+    """builder: an architectures DecoderBuilder after its graph was built."""
+    config, spec, target = builder.config, builder.spec, builder.target
+    generation = generation or {}
+
+    def pick(key, default=None):
+        value = generation.get(key)
+        return value if value is not None else config.get(key, default)
+
+    eos = _ids(pick("eos_token_id"))
+    bos = pick("bos_token_id")
+    pad = pick("pad_token_id")
+    if pad is None:
+        pad = eos[0] if eos else 0
+    if isinstance(pad, list):
+        pad = pad[0]
+
+    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+    if not builder.layout.rotary_in_gqa:
+        inputs["position_ids"] = "position_ids"
+    inputs.update(past_key_names="past_key_values.%d.key", past_value_names="past_key_values.%d.value")
+
+    session_options = {
+        "log_id": "onnxruntime-genai",
+        "provider_options": [] if target.ep == "cpu" else [{target.ep: target.provider_options}],
+    }
+    threads = builder.options.intra_op_threads
+    threads = target.default_intra_op_threads if threads is None else threads
+    if threads >= 0:
+        session_options["intra_op_num_threads"] = threads
+    decoder = {
+        "session_options": session_options,
+        "filename": "model.onnx",
+        "head_size": spec.head_dim,
+        "hidden_size": spec.hidden_size,
+        "inputs": inputs,
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"},
+        "num_attention_heads": spec.num_heads,
+        "num_hidden_layers": spec.num_layers,
+        "num_key_value_heads": spec.num_kv_heads,
+    }
+    # No "sliding_window" entry even for windowed models: onnxruntime-genai 0.18 reads it
+    # as a request for window-sized per-layer KV buffers, while our GQA nodes keep the
+    # full-length shared buffer and apply the window themselves (local_window_size).
+    # With the entry, generation failed once a sequence passed window + 16 tokens.
+
+    model = {
+        "bos_token_id": int(bos) if bos is not None else (eos[0] if eos else 0),
+        "context_length": builder.context_length,
+        "decoder": decoder,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "pad_token_id": int(pad),
+        "type": builder.genai_type,
+        "vocab_size": spec.vocab_size,
+    }
+    search = {
+        "diversity_penalty": 0.0,
+        "do_sample": bool(pick("do_sample", False)),
+        "early_stopping": True,
+        "length_penalty": float(pick("length_penalty", 1.0)),
+        "max_length": builder.context_length,
+        "min_length": 0,
+        "no_repeat_ngram_size": int(pick("no_repeat_ngram_size", 0)),
+        "num_beams": int(pick("num_beams", 1)),
+        "num_return_sequences": 1,
+        # GroupQueryAttention reads and writes one max_length KV buffer in place.
+        "past_present_share_buffer": True,
+        "repetition_penalty": float(pick("repetition_penalty", 1.0)),
+        "temperature": float(pick("temperature", 1.0)),
+        "top_k": int(pick("top_k", 50)),
+        "top_p": float(pick("top_p", 1.0)),
+    }
+    return {"model": model, "search": search}

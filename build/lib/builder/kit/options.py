@@ -1,0 +1,243 @@
+"""Every build option, in one typed place.
+
+The CLI (`python -m builder --help`), the Python API and the YAML batch files
+all read this schema: a field's name is its YAML key, its `flags` are its CLI
+spellings, and its `help` is the help text. Validation lives here too, so a
+misspelled or out-of-range option is refused the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.kit.errors import BuilderError
+from quant import BLOCK_SIZES
+
+PRECISIONS = ("int4", "int8", "fp16", "fp32", "bf16")
+EPS = ("cpu", "cuda", "webgpu", "dml")
+QKV_PACKINGS = ("auto", "packed-split", "separate", "fused-norm")
+MLP_PACKINGS = ("auto", "packed", "separate")
+SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
+HEAD_NORMS = ("auto", "reshape-sln", "branchwise")
+FORMATS = ("genai", "transformers.js")
+IO_DTYPES = ("auto", "fp16", "fp32")
+
+
+def _opt(*flags: str, help: str, choices: tuple | None = None, metavar: str | None = None, cli: bool = True) -> dict:
+    return {"flags": flags, "help": help, "choices": choices, "metavar": metavar, "cli": cli}
+
+
+@dataclass
+class BuildOptions:
+    model: str = field(
+        default="",
+        metadata=_opt("-m", "--model", metavar="PATH_OR_ID",
+                      help="Hugging Face checkpoint: a local folder (config.json + *.safetensors) or a hub id "
+                           "such as Qwen/Qwen3-4B, resolved through the Hugging Face cache."),
+    )
+    precision: str = field(
+        default="int4",
+        metadata=_opt("-p", "--precision", choices=PRECISIONS,
+                      help="Weight precision. int4/int8 use MatMulNBits; fp16/fp32 keep float weights. "
+                           "bf16 is refused on every target for now (no target was verified to load it)."),
+    )
+    ep: str = field(
+        default="cpu",
+        metadata=_opt("-e", "--ep", choices=EPS, help="Execution provider the model is built for."),
+    )
+    output: str | None = field(
+        default=None,
+        metadata=_opt("-o", "--output", metavar="DIR",
+                      help="Output folder. Default: out/<model name>-<precision>-<ep>."),
+    )
+    format: str = field(
+        default="genai",
+        metadata=_opt("--format", choices=FORMATS,
+                      help="Output folder layout. genai: model.onnx, model.onnx.data and genai_config.json "
+                           "for onnxruntime-genai. transformers.js: onnx/model{suffix}.onnx with its "
+                           "external data and config.json with a transformers.js_config entry, for "
+                           "transformers.js 4 in the browser or Node (suffix from precision and "
+                           "activations: '' fp32, _fp16, _q4f16, _q4, _int8)."),
+    )
+    io_dtype: str = field(
+        default="auto",
+        metadata=_opt("--io-dtype", choices=IO_DTYPES,
+                      help="Activation dtype (inputs, outputs, KV cache) of an int4/int8 build. fp32 on "
+                           "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
+                           "auto: fp32 on cpu, fp16 on GPU EPs. fp16 and fp32 builds keep their own dtype."),
+    )
+    block_size: int = field(
+        default=32,
+        metadata=_opt("--block-size", choices=BLOCK_SIZES,
+                      help="Quantization block size along the input dimension (int4/int8)."),
+    )
+    symmetric: bool = field(
+        default=True,
+        metadata=_opt("--symmetric", help="Symmetric quantization (no zero points). "
+                                          "--no-symmetric stores a zero point per block."),
+    )
+    accuracy_level: int | None = field(
+        default=None,
+        metadata=_opt("--accuracy-level", choices=(0, 1, 2, 3, 4),
+                      help="MatMulNBits accuracy_level: the lowest precision the kernel may compute in "
+                           "(4 = int8 activations). Default: 4 for cpu and webgpu, 0 for cuda and dml."),
+    )
+    int8_layers: list[str] = field(
+        default_factory=list,
+        metadata=_opt("--int8-layers", metavar="PATTERN",
+                      help="Projections kept at int8 in an int4 build: Hugging Face module names or "
+                           "glob patterns, e.g. lm_head or '*.v_proj'. Repeat or separate by commas."),
+    )
+    float_layers: list[str] = field(
+        default_factory=list,
+        metadata=_opt("--float-layers", metavar="PATTERN",
+                      help="Projections kept in float (the model's activation dtype) in an int4/int8 build, "
+                           "e.g. lm_head, or model.embed_tokens for a float embedding table (int4 builds "
+                           "gather from an int4 table otherwise). Same pattern syntax as --int8-layers."),
+    )
+    qkv_packing: str = field(
+        default="auto",
+        metadata=_opt("--qkv-packing", choices=QKV_PACKINGS,
+                      help="Attention projection layout. packed-split: one QKV MatMul, Split, per-head "
+                           "Q/K norm, GroupQueryAttention. separate: three MatMuls. fused-norm: packed "
+                           "MatMul with the Q/K norm inside GroupQueryAttention (cuda/webgpu, ORT >= 1.28). "
+                           "auto: the measured best for the EP and --target-ort (see docs/packing.md)."),
+    )
+    mlp_packing: str = field(
+        default="auto",
+        metadata=_opt("--mlp-packing", choices=MLP_PACKINGS,
+                      help="MLP layout: packed (one gate_up MatMul + Split) or separate gate and up "
+                           "MatMuls. auto: the measured best for the EP."),
+    )
+    silu: str = field(
+        default="auto",
+        metadata=_opt("--silu", choices=SILU_FORMS,
+                      help="How the MLP's SiLU is written: quickgelu (one com.microsoft QuickGelu node, "
+                           "alpha=1) or sigmoid-mul (Sigmoid and Mul). Same numbers; auto: the measured "
+                           "best for the EP (docs/packing.md)."),
+    )
+    head_norm: str = field(
+        default="auto",
+        metadata=_opt("--head-norm", choices=HEAD_NORMS,
+                      help="Form of the per-head Q/K RMSNorm (QK-norm models, unless --qkv-packing "
+                           "fused-norm puts it inside GroupQueryAttention): reshape-sln (Reshape, "
+                           "SimplifiedLayerNormalization, Reshape; every EP) or branchwise (one "
+                           "com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: reshape-sln, "
+                           "measured faster on cpu (docs/packing.md)."),
+    )
+    target_ort: str | None = field(
+        default=None,
+        metadata=_opt("--target-ort", metavar="VERSION",
+                      help="ONNX Runtime version the model must run on (e.g. 1.27 for onnxruntime-webgpu "
+                           "1.27.0). Ops or inputs that version rejects are never emitted. "
+                           "Default: the installed runtime package for the EP (onnxruntime, "
+                           "onnxruntime-gpu, onnxruntime-webgpu, onnxruntime-directml), else its "
+                           "newest release known to this builder (webgpu: 1.27)."),
+    )
+    context_length: int | None = field(
+        default=None,
+        metadata=_opt("--context-length", metavar="N",
+                      help="Longest sequence the model serves (rotary cache size and genai max_length). "
+                           "Default: the config's max_position_embeddings."),
+    )
+    intra_op_threads: int | None = field(
+        default=None,
+        metadata=_opt("--intra-op-threads", metavar="N",
+                      help="intra_op_num_threads written to genai_config.json: the threads ONNX Runtime "
+                           "splits each operator over. 0: ONNX Runtime's default, one per physical core. "
+                           "-1: write nothing, so onnxruntime-genai uses its fallback (half the logical "
+                           "CPUs, at most 16). Default: 0 for cpu (genai's fallback left half of a "
+                           "machine without SMT idle; docs/packing.md#threads), -1 for the GPU EPs."),
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_opt("--overwrite", help="Replace the output folder if it exists and was made by this builder."),
+    )
+    verify: bool = field(
+        default=False,
+        metadata=_opt("--verify", help="Before publishing the folder, compare its logits with transformers "
+                                       "running the same (dequantized) weights; a mismatch fails the build. "
+                                       "Needs transformers. cpu builds only: other EPs record 'not run'."),
+    )
+
+    # ---- validation -------------------------------------------------------
+
+    def validated(self) -> "BuildOptions":
+        """Check every value; return self so calls can chain."""
+        if not self.model:
+            raise BuilderError("no model given: pass -m/--model with a local folder or a hub id")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                allowed = ", ".join(str(c) for c in choices)
+                raise BuilderError(f"{_flag(f)}: {value!r} is not valid; choose one of {allowed}")
+        if self.context_length is not None and self.context_length < 1:
+            raise BuilderError(f"--context-length: {self.context_length} must be a positive integer")
+        if self.precision in ("fp16", "fp32", "bf16") and (self.int8_layers or self.float_layers):
+            raise BuilderError("--int8-layers/--float-layers only apply to int4 and int8 builds")
+        if self.precision == "int8" and self.int8_layers:
+            raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
+        if self.intra_op_threads is not None and self.intra_op_threads < -1:
+            raise BuilderError(f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
+                               "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)")
+        if self.io_dtype != "auto" and self.precision in ("fp16", "fp32") and self.io_dtype != self.precision:
+            raise BuilderError(f"--io-dtype {self.io_dtype} contradicts -p {self.precision} (float weights are "
+                               f"stored in the activation dtype); use -p {self.io_dtype} or drop --io-dtype")
+        if self.target_ort is not None:
+            parse_version(self.target_ort, "--target-ort")
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], where: str = "options") -> "BuildOptions":
+        """Build options from YAML/dict keys (CLI long names, '-' or '_')."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                raise BuilderError(f"{where}: unknown option {raw_key!r}; known options: "
+                                   + ", ".join(sorted(k.replace('_', '-') for k in known)))
+            kwargs[key] = _coerce(known[key], value, where)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata["flags"][-1]
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """YAML gives us scalars; make them the field's type or say which key is wrong."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    name = f.name.replace("_", "-")
+    if value is None:
+        return None if "None" in kind else f.default
+    if kind.startswith("list"):
+        items = value if isinstance(value, list) else str(value).split(",")
+        return [str(v).strip() for v in items if str(v).strip()]
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        raise BuilderError(f"{where}: {name} must be true or false, got {value!r}")
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise BuilderError(f"{where}: {name} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise BuilderError(f"{where}: {name} must be an integer, got {value!r}") from None
+    return str(value)
+
+
+def parse_version(text: str, what: str = "version") -> tuple[int, int]:
+    """'1.27' or '1.27.0' -> (1, 27)."""
+    parts = str(text).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise BuilderError(f"{what}: {text!r} is not a version like 1.27 or 1.27.0") from None

@@ -1,0 +1,73 @@
+"""Rotary embedding caches (cos/sin [max_len, rotary_dim/2]) from a HF config.
+
+Computed in float32 the way transformers computes them, so positions agree
+with the reference model bit for bit before the final cast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from builder.kit.errors import BuilderError
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    theta: float
+    rotary_dim: int
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    @classmethod
+    def from_config(cls, config: dict, head_dim: int) -> "RopeSpec":
+        # transformers 5 writes `rope_parameters`; hub configs carry rope_theta + rope_scaling.
+        params = dict(config.get("rope_parameters") or {})
+        scaling = config.get("rope_scaling") or {}
+        params = {**scaling, **params}
+        theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+        rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+        rotary_dim = int(head_dim * config.get("partial_rotary_factor", 1.0))
+        if rope_type not in ("default", "linear", "llama3"):
+            raise BuilderError(f"config.json: rope type {rope_type!r} is not supported yet "
+                               "(supported: default, linear, llama3)")
+        return cls(
+            theta=float(theta),
+            rotary_dim=rotary_dim,
+            rope_type=rope_type,
+            factor=float(params.get("factor", 1.0)),
+            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+            original_max_position_embeddings=int(params.get("original_max_position_embeddings",
+                                                            config.get("max_position_embeddings", 8192))),
+        )
+
+    def inv_freq(self) -> np.ndarray:
+        exponents = np.arange(0, self.rotary_dim, 2, dtype=np.int64).astype(np.float32) / self.rotary_dim
+        inv = (1.0 / (np.float32(self.theta) ** exponents)).astype(np.float32)
+        if self.rope_type == "linear":
+            return (inv / np.float32(self.factor)).astype(np.float32)
+        if self.rope_type == "llama3":
+            return self._llama3(inv)
+        return inv
+
+    def _llama3(self, inv: np.ndarray) -> np.ndarray:
+        old = self.original_max_position_embeddings
+        low_wavelen = old / self.low_freq_factor
+        high_wavelen = old / self.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
+        smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+
+    def caches(self, max_len: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.arange(max_len, dtype=np.float32)
+        freqs = np.outer(positions, self.inv_freq()).astype(np.float32)
+        return np.cos(freqs).astype(dtype), np.sin(freqs).astype(dtype)

@@ -1,0 +1,163 @@
+"""What each execution provider and ONNX Runtime version can run.
+
+Everything the graph writer may only emit on some targets is decided here, so
+the rules sit in one table instead of `if ep == ...` branches across the code.
+Sources are named next to each entry: ../shared/REFERENCE.md (measured) or our
+own runs (docs/packing.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions, parse_version
+
+# The package that carries each EP's runtime, and its newest release on PyPI when this
+# table was written (2026-11). The default target is the installed package for the EP,
+# else that release: a webgpu build made on a machine with the CPU onnxruntime 1.31
+# must still load in onnxruntime-webgpu 1.27, which is what a webgpu user installs.
+EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
+    "cpu": ("onnxruntime", (1, 31)),
+    "cuda": ("onnxruntime-gpu", (1, 31)),
+    "webgpu": ("onnxruntime-webgpu", (1, 27)),
+    "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
+}
+
+# The ONNX Runtime inside transformers.js 4.3 (@huggingface/transformers 4.3.2 pins
+# onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): a --format transformers.js build
+# must load there, so its default target is at most this version for the EP.
+TRANSFORMERS_JS_ORT: dict[str, tuple[int, int]] = {"cpu": (1, 30), "webgpu": (1, 31), "cuda": (1, 30),
+                                                   "dml": (1, 30)}
+
+# (ep, precision) -> why the combination is refused up front. Everything else is built.
+REFUSED = {
+    ("cuda", "fp32"): "GroupQueryAttention has no fp32 kernel on CUDA, so the model would not load; "
+                      "build fp16 or int4 for cuda, or fp32 for cpu",
+    ("dml", "fp32"): "GroupQueryAttention has no fp32 kernel on DirectML; build fp16 or int4 for dml",
+    ("dml", "int8"): "MatMulNBits with 8 bits is not implemented on DirectML; build int4 or fp16 for dml",
+    ("cpu", "bf16"): "bf16 is not verified to load on any target here; build fp16 or fp32",
+    ("cuda", "bf16"): "bf16 is not verified to load on any target here; build fp16 (same memory) for cuda",
+    ("webgpu", "bf16"): "WebGPU has no bf16 kernels; build int4 or fp16 for webgpu",
+    ("dml", "bf16"): "DirectML has no bf16 kernels here; build int4 or fp16 for dml",
+}
+
+# Feature -> {ep: first ORT version that runs it}. Absent ep: never.
+FEATURES: dict[str, dict[str, tuple[int, int]]] = {
+    # GQA computes rotary itself (do_rotary=1). DirectML's GQA does not, so dml gets
+    # RotaryEmbedding nodes and a position_ids input, as the reference builder does.
+    "gqa_rotary": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+    # GQA inputs 14/15 (q_norm_weight, k_norm_weight). The CPU kernel loads them and then
+    # fails at Run; onnxruntime-webgpu 1.27.0 rejects the 16-input node at load (REFERENCE 3).
+    "gqa_qk_norm": {"cuda": (1, 28), "webgpu": (1, 28)},
+    # com.microsoft BranchwiseRMSNorm: per-head RMSNorm on [B,S,H*D] with a [D] scale.
+    # Seen in 1.31.1. 0.8-0.9x the time of Reshape/SLN/Reshape in isolation (REFERENCE 2),
+    # but whole-model decode was slower with it (docs/packing.md#cpu): opt-in only.
+    "branchwise_rmsnorm": {"cpu": (1, 31)},
+    # com.microsoft QuickGelu with alpha=1 is SiLU in one node instead of Sigmoid+Mul
+    # (bit-identical on CPU). Where `auto` uses it is builder.kit.layout's call (measured);
+    # DirectML is left out: not verified here.
+    "quick_gelu": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+    # com.microsoft MoE/QMoE with interleaved SwiGLU (swiglu_fusion=1), as Qwen3-MoE needs:
+    # verified on ORT 1.31.1's CPU kernels; onnxruntime-webgpu 1.27 rejects the QMoE node
+    # at load (docs/results/webgpu-parity-run3.json). CUDA/DML not verified here.
+    "moe_swiglu": {"cpu": (1, 31)},
+    # GQA with the packed QKV in `query` (key/value empty).
+    "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+}
+
+
+def installed_runtime_version(ep: str) -> tuple[int, int] | None:
+    """Version of the installed runtime package that runs `ep`, if any."""
+    import importlib.metadata
+    try:
+        return parse_version(importlib.metadata.version(EP_RUNTIMES[ep][0]))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def default_ort_version(ep: str) -> tuple[int, int]:
+    return installed_runtime_version(ep) or EP_RUNTIMES[ep][1]
+
+
+@dataclass(frozen=True)
+class Target:
+    """An execution provider at one ONNX Runtime version, for one precision."""
+
+    ep: str
+    precision: str
+    ort_version: tuple[int, int]
+    io_choice: str = "auto"  # --io-dtype
+
+    @classmethod
+    def from_options(cls, options: BuildOptions) -> "Target":
+        version = (parse_version(options.target_ort, "--target-ort") if options.target_ort
+                   else default_ort_version(options.ep))
+        if options.format == "transformers.js" and not options.target_ort:
+            version = min(version, TRANSFORMERS_JS_ORT[options.ep])
+        target = cls(options.ep, options.precision, version, options.io_dtype)
+        reason = REFUSED.get((options.ep, options.precision))
+        if reason:
+            raise BuilderError(f"-p {options.precision} -e {options.ep} cannot work: {reason}")
+        if target.io_dtype == np.float32 and options.ep in ("cuda", "dml"):
+            raise BuilderError(f"--io-dtype fp32 -e {options.ep} cannot work: GroupQueryAttention has no fp32 "
+                               f"kernel on {options.ep}; use --io-dtype fp16 or auto")
+        return target
+
+    def supports(self, feature: str) -> bool:
+        first = FEATURES[feature].get(self.ep)
+        return first is not None and self.ort_version >= first
+
+    @property
+    def version_text(self) -> str:
+        return f"{self.ort_version[0]}.{self.ort_version[1]}"
+
+    # ---- dtypes -------------------------------------------------------------
+
+    @property
+    def io_dtype(self) -> np.dtype:
+        """Activation dtype: fp32 on CPU for fp32/int4/int8, fp16 everywhere else.
+
+        MatMulNBits on CPU is fastest with fp32 activations; GPUs want fp16.
+        --io-dtype overrides it for int4/int8 (fp32 on webgpu for GPUs without shader-f16).
+        """
+        if self.io_choice in ("fp16", "fp32"):
+            return np.dtype(np.float32 if self.io_choice == "fp32" else np.float16)
+        if self.precision == "fp32" or (self.ep == "cpu" and self.precision in ("int4", "int8")):
+            return np.dtype(np.float32)
+        return np.dtype(np.float16)
+
+    @property
+    def io_onnx_type(self) -> int:
+        return TensorProto.FLOAT if self.io_dtype == np.float32 else TensorProto.FLOAT16
+
+    @property
+    def default_accuracy_level(self) -> int:
+        # Level 4 (int8 activations) is what the reference builder and ORT recommend on
+        # cpu/webgpu; cuda and dml kernels ignore it or compute in fp16 anyway.
+        return 4 if self.ep in ("cpu", "webgpu") else 0
+
+    @property
+    def default_intra_op_threads(self) -> int:
+        """intra_op_num_threads for genai_config.json; -1 leaves the entry out.
+
+        onnxruntime-genai's fallback is half the logical CPUs (it assumes SMT): on a 2-core
+        machine without SMT that is one thread, and int4 Qwen3-0.6B to 4B decoded 1.8x slower than
+        with ONNX Runtime's own default of one thread per physical core (docs/packing.md#threads).
+        GPU EPs run next to nothing on the CPU, so they keep genai's default.
+        """
+        return 0 if self.ep == "cpu" else -1
+
+    @property
+    def provider_options(self) -> dict:
+        """Session provider options written to genai_config.json."""
+        return {
+            "cpu": {},
+            "cuda": {"enable_cuda_graph": "0"},
+            "dml": {"enable_graph_capture": "0"},
+            # Graph capture measured 8x slower for decode (REFERENCE 3b); basic validation.
+            "webgpu": {"enableGraphCapture": "0", "validationMode": "basic"},
+        }[self.ep]

@@ -1,0 +1,107 @@
+"""Outputs that are complete or absent.
+
+A build writes into a hidden sibling folder and renames it into place only
+when everything is written. On error, Ctrl-C or SIGTERM the staging folder is
+removed. An existing output is replaced only with --overwrite, and only if it
+carries our build report (we never delete a folder we did not make).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import uuid
+from pathlib import Path
+
+from builder.kit.errors import BuilderError, BuildInterrupted
+
+REPORT_NAME = "build_report.json"
+STAGING_PREFIX = ".builder-staging-"
+
+
+def check_output_free(output: Path, overwrite: bool) -> None:
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise BuilderError(f"output {output} exists and is a file; choose another -o/--output")
+    if not overwrite:
+        raise BuilderError(f"output folder {output} already exists; pass --overwrite to replace it "
+                           "or choose another -o/--output")
+    if any(output.iterdir()) and not (output / REPORT_NAME).is_file():
+        raise BuilderError(f"output folder {output} exists and was not made by this builder (no "
+                           f"{REPORT_NAME}); refusing to delete it even with --overwrite")
+
+
+@contextlib.contextmanager
+def staged_output(output: Path, overwrite: bool):
+    """Yield a staging folder; on success it becomes `output` in one rename."""
+    output = Path(output)
+    check_output_free(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(output)
+    staging = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    with _sigterm_as_interrupt():
+        try:
+            yield staging
+            _move_into_place(staging, output, overwrite)
+        except KeyboardInterrupt:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BuildInterrupted(f"build interrupted; removed the partial output {staging.name}, "
+                                   f"{output} was left as it was") from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def remove_stale_staging(output: Path) -> None:
+    """Remove staging folders for `output` whose build process is gone.
+
+    A build killed with SIGKILL (OOM killer, kill -9) cannot clean up; the pid in
+    the folder name tells a dead build's leftovers from a live concurrent one.
+    """
+    pattern = f"{STAGING_PREFIX}{glob.escape(output.name)}-*-" + "[0-9a-f]" * 8
+    for staging in Path(output).parent.glob(pattern):
+        pid = staging.name[len(STAGING_PREFIX) + len(output.name) + 1:].rsplit("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
+    old = None
+    if output.exists():
+        check_output_free(output, overwrite)
+        old = output.parent / f"{STAGING_PREFIX}old-{output.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(output, old)
+    os.rename(staging, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C so the staging folder is cleaned up."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

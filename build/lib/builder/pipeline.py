@@ -1,0 +1,184 @@
+"""One build: checkpoint -> staged output folder -> report.
+
+Order matters for "complete or absent": the graph and its data are written
+and flushed first, then genai_config.json and the tokenizer, and the build
+report last, so a folder with a report is a finished build.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from architectures.registry import builder_class_for
+from builder.formats import folder_format
+from builder.kit.checkpoint import Checkpoint
+from builder.kit.errors import BuilderError
+from builder.kit.graph import ExternalDataFile, Graph
+from builder.kit.options import BuildOptions
+from builder.output_dir import REPORT_NAME, staged_output
+from builder.kit.progress import Progress, SilentProgress
+from builder.kit.tokenizer_files import copy_tokenizer_files
+from builder.version import __version__
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    report: dict
+
+    @property
+    def model_path(self) -> Path:
+        return self.output / self.report.get("files", {}).get("model", MODEL_FILE)
+
+    @property
+    def data_path(self) -> Path:
+        return self.output / self.report.get("files", {}).get("data", [DATA_FILE])[0]
+
+    @property
+    def genai_config_path(self) -> Path:
+        return self.output / "genai_config.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.output / REPORT_NAME
+
+
+def default_output(options: BuildOptions) -> Path:
+    name = Path(options.model.rstrip("/")).name or "model"
+    suffix = "-transformers-js" if options.format == "transformers.js" else ""
+    return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    VmHWM, not getrusage: a spawned process's ru_maxrss starts at its parent's
+    RSS at fork time, so batch jobs would all seem to need what the batch holds.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build(options: BuildOptions | None = None, *, family: type | None = None, show_progress: bool = True,
+          **option_values) -> BuildResult:
+    """Build one model. Options come as a BuildOptions or as keyword arguments.
+
+    family: a builder class (e.g. a subclass of architectures.Qwen3Builder) to use
+    instead of the one registered for the checkpoint's `architectures`.
+    """
+    options = (options or BuildOptions.from_mapping(option_values, "build()")).validated()
+    checkpoint = Checkpoint.open(options.model)
+    cls = family or builder_class_for(checkpoint.config, where=str(checkpoint.directory / "config.json"))
+    return run(cls(checkpoint, options), show_progress=show_progress)
+
+
+def run(arch, show_progress: bool = True) -> BuildResult:
+    """Write the model of an architecture builder into its output folder."""
+    options, spec = arch.options, arch.spec
+    output = Path(options.output) if options.output else default_output(options)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    progress = (Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress())
+
+    layout = folder_format(arch)
+    with staged_output(output, options.overwrite) as staging:
+        (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
+        data = ExternalDataFile(staging / layout.data_file)
+        graph = Graph(data)
+        try:
+            arch.build_graph(graph, progress)
+        finally:
+            data.close()
+        timings["graph_and_weights_s"] = time.perf_counter() - started
+
+        progress.step(f"saving {layout.model_file}")
+        t = time.perf_counter()
+        model = graph.to_model()
+        layout.finish_model(model, staging)
+        try:
+            onnx.save_model(model, str(staging / layout.model_file))
+        except OSError as e:
+            raise BuilderError(f"writing {output / layout.model_file} failed ({e.strerror or e}); "
+                               "free disk space or choose another -o/--output") from None
+        timings["save_s"] = time.perf_counter() - t
+
+        progress.step("configs and tokenizer")
+        generation = arch.checkpoint.read_json("generation_config.json")
+        layout.write_configs(staging, generation)
+        copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
+        notes = list(arch.layout.notes)
+        if missing:
+            message = (f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
+                       "the model was built, but onnxruntime-genai needs them to tokenize; copy them "
+                       f"into {output}")
+            warnings.warn(message, stacklevel=2)
+            notes.append(message)
+
+        timings["total_s"] = time.perf_counter() - started
+        report = make_report(arch, graph, staging, timings, copied, notes, layout)
+        if options.verify:
+            report["verify"] = _verify(arch, staging / layout.model_file)
+        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        progress.step("done")
+    progress.finish(f"built {output} in {timings['total_s']:.1f}s "
+                    f"({report['nodes']['total']} nodes, {report['sizes']['total_bytes'] / 1e6:.1f} MB)")
+    return BuildResult(output, report)
+
+
+def _verify(arch, model_file: Path) -> dict:
+    """Parity against transformers before the folder is published; a failure is a failed build."""
+    from builder.verify import verify_output
+    t = time.perf_counter()
+    result = verify_output(model_file, arch.checkpoint.directory, arch.options, arch.target.ep,
+                           fp32_io=arch.io_dtype == "float32")
+    result["seconds"] = round(time.perf_counter() - t, 3)
+    if result["status"] == "failed":
+        raise BuilderError(f"--verify failed: logits differ from transformers ({result['bound']} not met: "
+                           f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was "
+                           "not written. Please report this with the build options.")
+    return result
+
+
+def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str],
+                notes: list[str], layout) -> dict:
+    spec, target = arch.spec, arch.target
+    files = [layout.model_file, *layout.data_files(folder)]
+    sizes = {Path(name).name: (folder / name).stat().st_size for name in files}
+    counts = graph.op_counts()
+    return {
+        "builder_version": __version__,
+        "options": arch.options.to_dict(),
+        "target": {"ep": target.ep, "precision": target.precision, "ort_version": target.version_text,
+                   "io_dtype": str(arch.io_dtype), "accuracy_level": arch.accuracy_level},
+        "checkpoint": {"path": str(arch.checkpoint.directory), "fingerprint": arch.checkpoint.fingerprint(),
+                       "architecture": (arch.config.get("architectures") or ["?"])[0]},
+        "model": {"layers": spec.num_layers, "hidden_size": spec.hidden_size, "num_heads": spec.num_heads,
+                  "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
+                  "vocab_size": spec.vocab_size, "tied_embeddings": spec.tie_word_embeddings,
+                  "context_length": arch.context_length},
+        "format": layout.describe(),
+        "files": {"model": layout.model_file, "data": layout.data_files(folder)},
+        "layout": arch.layout.describe(),
+        "nodes": {"total": sum(counts.values()), "by_op_type": counts},
+        "sizes": {**{f"{k}_bytes": v for k, v in sizes.items()}, "total_bytes": sum(sizes.values())},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "tokenizer_files": tokenizer_files,
+        "notes": notes,
+    }
