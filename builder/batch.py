@@ -106,41 +106,51 @@ def _verify_text(v) -> str:
 COLUMNS = ("job", "status", "time", "peak RSS", "size", "nodes", "verify", "note")
 
 
-def _row(job: Job) -> list[str]:
+def _columns(with_node: bool) -> tuple[str, ...]:
+    return COLUMNS[:-1] + ("node",) + COLUMNS[-1:] if with_node else COLUMNS
+
+
+def _row(job: Job, with_node: bool = False) -> list[str]:
     r = job.result
     seconds = r.get("seconds")
     note = r.get("error") or job.reason
-    return [job.name, r.get("status", "?"), f"{seconds:.1f} s" if seconds is not None else "-",
-            _size(r.get("peak_rss_bytes")), _size(r.get("size_bytes")), str(r.get("nodes", "-")),
-            _verify_text(r.get("verify")), note.splitlines()[0] if note else ""]
+    if r.get("attempts", 1) > 1:
+        note = f"{note}; ran {r['attempts']} times (workers died)"
+    row = [job.name, r.get("status", "?"), f"{seconds:.1f} s" if seconds is not None else "-",
+           _size(r.get("peak_rss_bytes")), _size(r.get("size_bytes")), str(r.get("nodes", "-")),
+           _verify_text(r.get("verify")), note.splitlines()[0] if note else ""]
+    if with_node:
+        row.insert(-1, r.get("node", "-"))
+    return row
 
 
-def table(jobs: list[Job]) -> str:
-    rows = [list(COLUMNS[:-1])] + [_row(j)[:-1] for j in jobs]  # errors go below: they can be long
+def table(jobs: list[Job], with_node: bool = False) -> str:
+    rows = [list(_columns(with_node)[:-1])] + [_row(j, with_node)[:-1] for j in jobs]  # errors go below
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += [f"{j.name}: {j.result['error']}" for j in jobs if j.result.get("error")]
     return "\n".join(lines)
 
 
-def markdown(batch: Batch) -> str:
+def markdown(batch: Batch, with_node: bool = False) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
+    columns = _columns(with_node)
     lines = [f"# Batch {batch.path.name}", "", f"builder {__version__}, outputs under `{batch.output_root}`", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for job in batch.jobs:
-        row = _row(job)
+        row = _row(job, with_node)
         row[-1] = job.result.get("error") or job.reason
         lines.append("| " + " | ".join(cell(c) for c in row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def summary(batch: Batch, interrupted_by: str | None = None) -> dict:
+def summary(batch: Batch, interrupted_by: str | None = None, executor: str = "local") -> dict:
     counts = {s: sum(j.result.get("status") == s for j in batch.jobs) for s in STATUSES}
     return {
         "file": str(batch.path.absolute()), "builder_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "interrupted_by": interrupted_by,
+        "executor": executor, "interrupted_by": interrupted_by,
         "output_root": str(batch.output_root), "counts": counts,
         "jobs": [{"name": j.name, "label": j.label, "line": j.line, "output": j.options.output,
                   "model": j.options.model, "precision": j.options.precision, "ep": j.options.ep,
@@ -216,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", metavar="FILE.yaml", help="Batch file (see configs/ for examples).")
     parser.add_argument("--force", action="store_true", help="Rebuild every job, even up-to-date ones.")
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                        help="Builds run at once, each in its own process (default: 1). See memory below.")
+                        help="Builds run at once, each in its own process (default: 1); each gets its share "
+                             "of the CPUs (with Ray: of the cluster's). See memory below.")
     parser.add_argument("--output-root", metavar="DIR",
                         help="Folder for relative outputs, instead of the file's output_root.")
     parser.add_argument("--summary", metavar="PATH",
@@ -225,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "An earlier summary there is replaced (a skipped job keeps the verify result "
                              "its build recorded); any other existing file is refused before anything "
                              "is built.")
+    parser.add_argument("--executor", choices=("local", "ray"),
+                        help="Where the builds run: local (default; spawned processes on this machine) or "
+                             "ray (one Ray task per job, on the cluster of --ray-address, else $RAY_ADDRESS, "
+                             "else a local Ray instance; needs pip install 'builder[ray]'). Overrides the "
+                             "file's executor:. See docs/cluster.md.")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster to join with --executor ray, e.g. HOST:6379 (overrides the file's "
+                             "ray_address: and $RAY_ADDRESS).")
     parser.add_argument("--dry-run", action="store_true",
                         help="Check the file and print what would be built or skipped; build nothing.")
     parser.add_argument("--debug", action="store_true", help="Print tracebacks of failed jobs.")
@@ -232,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_executor(args: argparse.Namespace, batch: Batch) -> Executor:
+    kind = args.executor or batch.executor or "local"
+    address = args.ray_address or batch.ray_address
+    if kind == "ray":
+        from builder.batch_ray import RayExecutor
+        return RayExecutor(address, args.jobs)
+    if args.ray_address:
+        raise BuilderError("--ray-address needs --executor ray (or executor: ray in the batch file)")
     return LocalExecutor(args.jobs)
 
 
@@ -253,9 +279,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {job.reason})")
         return 0
 
-    executor = make_executor(args, batch)
     to_build = [j for j in batch.jobs if j.action == "build"]
-    executor.check(to_build, batch.output_root)
+    # Nothing to build: no executor to start (a Ray one takes seconds to join).
+    executor = make_executor(args, batch) if to_build else LocalExecutor(1)
+    try:
+        executor.check(to_build, batch.output_root)
+    except BaseException:
+        executor.close()
+        raise
     for job in batch.jobs:
         if job.action == "skip":
             job.result = skipped_result(job.options)
@@ -282,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             executor.close()
         by = signal.Signals(stop.signum).name if stop.signum else None
-        result = summary(batch, by)
+        result = summary(batch, by, executor.name)
         _write(summary_json, json.dumps(result, indent=2) + "\n")
-        _write(summary_md, markdown(batch))
+        _write(summary_md, markdown(batch, with_node=executor.name == "ray"))
         counts = result["counts"]
         print()
-        print(table(batch.jobs))
+        print(table(batch.jobs, with_node=executor.name == "ray"))
         print(f"\n{counts['built']} built, {counts['skipped']} skipped, {counts['failed']} failed"
               + (f", {counts['interrupted']} interrupted by {by}" if by else "")
               + f"; summary: {summary_json} and .md", flush=True)

@@ -1,6 +1,8 @@
 """The batch file: YAML -> checked jobs, for `python -m builder batch FILE.yaml`.
 
     output_root: ../out          # where relative outputs go (default: the YAML file's folder)
+    executor: ray                # where builds run: local processes (default) or a Ray cluster
+    ray_address: head:6379       # the cluster to join (default: $RAY_ADDRESS, else a local one)
     verify: true                 # shorthand for defaults.verify
     defaults:                    # options every job starts from
       block-size: 32
@@ -44,7 +46,8 @@ import yaml
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 
-TOP_KEYS = ("defaults", "matrix", "jobs", "verify", "output_root")
+TOP_KEYS = ("defaults", "matrix", "jobs", "verify", "output_root", "executor", "ray_address")
+EXECUTORS = ("local", "ray")
 # Options that do not change the built files. The model is identified by its
 # checkpoint fingerprint, not by how its path is spelled.
 NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify"}
@@ -66,6 +69,8 @@ class Batch:
     path: Path
     output_root: Path
     jobs: list[Job]
+    executor: str | None = None       # local | ray; the command line's --executor wins
+    ray_address: str | None = None
 
 
 @dataclass
@@ -257,6 +262,18 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         else:
             problems.add(line, "output_root: must be a folder path")
 
+    executor = ray_address = None
+    if "executor" in top:
+        line, node = top["executor"]
+        executor = _value(node)
+        if executor not in EXECUTORS:
+            problems.add(line, f"executor: {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
+    if "ray_address" in top:
+        line, node = top["ray_address"]
+        ray_address = _value(node)
+        if not isinstance(ray_address, str) or not ray_address:
+            problems.add(line, "ray_address: must be an address like HOST:6379 or ray://HOST:10001")
+
     defaults = _entries(top["defaults"][1], "defaults", problems) if "defaults" in top else {}
     if "verify" in top:
         line, node = top["verify"]
@@ -289,4 +306,4 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         job.name = str(output.relative_to(root)) if output.is_relative_to(root) else str(output)
         jobs.append(job)
     problems.raise_if_any()
-    return Batch(path, root, jobs)
+    return Batch(path, root, jobs, executor, ray_address)

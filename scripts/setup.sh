@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with its test extras.
+# Create .venv (if missing) and install the project with its test extras and Ray
+# (the batch --executor ray tests need it).
 # torch is pinned to the 2.13.0 CPU build in pyproject.toml.
 # Then the browser side of the tests: Node.js, transformers.js (pinned in
 # examples/web/package-lock.json) and Debian's chromium. A step that fails here
@@ -10,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,ray]"
 
 apt_updated=0
 apt_install() {

@@ -206,6 +206,10 @@ class Checkpoint:
         """Every tensor name the checkpoint holds (from its index, or its shards' headers)."""
         return list(self._shard_of)
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, from the headers alone (batch sizes memory requests by them)."""
+        return {name: tuple(self._entry(name)[1]["shape"]) for name in self._shard_of}
+
     def _entry(self, name: str) -> tuple[Path, dict]:
         file = self._shard_of.get(name)
         if file is None:

@@ -1,0 +1,260 @@
+"""The Ray executor: `python -m builder batch FILE.yaml --executor ray [--ray-address ADDR]`.
+
+Each job is one Ray task running the same job body as the local executor
+(batch_exec.run_job), with resources from what it needs:
+- CPUs: the build's threads, the cluster's CPUs split over --jobs (as the local
+  executor splits one machine's cores), at most the largest node's.
+- memory: an estimate of the build's peak resident memory (memory_estimate).
+A worker or node that dies mid-job is retried on any node, at most MAX_RETRIES
+times; a failed build (bad input or a builder bug) comes back as a result, not
+an exception, so Ray never retries it. Builds publish with one rename from a
+staging folder, so a killed attempt leaves only a staging folder, which the
+next attempt or the driver removes.
+
+output_root must be one storage every node sees at the same path; check()
+proves it before any job starts by writing a probe file here and reading it
+on every node.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from builder.batch_exec import Executor, remove_staging, run_job
+from builder.kit.errors import BuilderError
+
+MAX_RETRIES = 2            # attempts after the first, for workers or nodes that died
+PROBE_TIMEOUT_S = 120      # every node answers the shared-storage probe within this
+GRACE_S = 30               # a cancelled build removes its staging folder within this
+GB = 1e9
+
+# Peak resident memory of builds, from the peak_rss_bytes their build reports record
+# (docs/cluster.md has the table): a build process with onnx and numpy loaded peaks near
+# 0.35 GB for small models, a Ray worker adds about 0.1 GB; quantized weights stream in
+# 64 MB chunks; a tensor kept in float is read whole and converted, about 8 bytes per
+# element (twice its float32 size): int4 Qwen3-8B/14B keep their untied 151936-row
+# embedding in float and peak at 5.3/6.6 GB, fp16 Qwen3-0.6B at 1.2 GB. verify loads
+# torch and transformers (about 0.3 GB) and the model in float32 beside the ONNX session.
+BASE_BYTES = 0.5 * GB
+STREAM_BYTES = 0.2 * GB
+FLOAT_BYTES_PER_ELEMENT = 8
+VERIFY_BASE_BYTES = 0.3 * GB
+VERIFY_BYTES_PER_PARAM = 8
+MEASURED_MARGIN = 1.25     # on a peak the job's own earlier build recorded
+
+
+def memory_estimate(options) -> tuple[int, str]:
+    """(bytes, how it was derived) for one job's memory request."""
+    import json
+
+    from builder.kit.checkpoint import Checkpoint
+    from builder.output_dir import REPORT_NAME
+
+    try:  # the same job built before: its own measured peak is the best estimate
+        report = json.loads((Path(options.output) / REPORT_NAME).read_text())
+        same = report["options"]["precision"] == options.precision and report["options"]["ep"] == options.ep
+        if same and report.get("peak_rss_bytes") and bool(report.get("verify")) >= options.verify:
+            peak = int(report["peak_rss_bytes"])
+            return int(peak * MEASURED_MARGIN), f"{MEASURED_MARGIN} x the {peak / GB:.2f} GB its last build measured"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        shapes = Checkpoint.open(options.model).shapes()
+    except BuilderError:  # the build fails on its own and says why; it needs little memory for that
+        return int(BASE_BYTES), "checkpoint unreadable here; the build will say why"
+    numel = {name: _prod(shape) for name, shape in shapes.items()}
+    largest = max(numel.values(), default=0)
+    if options.precision in ("fp16", "fp32", "bf16") or options.float_layers:
+        kept, what = largest, "its largest tensor"
+    elif "lm_head.weight" in numel:  # untied: the embedding stays a float table
+        kept, what = numel.get("model.embed_tokens.weight", largest), "its untied embedding"
+    else:
+        kept, what = 0, ""
+    total = BASE_BYTES + (STREAM_BYTES if options.precision in ("int4", "int8") else 0)
+    total += FLOAT_BYTES_PER_ELEMENT * kept
+    how = f"{BASE_BYTES / GB:.1f} GB + 8 B x {kept:,} elements of {what} kept in float" if kept else \
+        f"{total / GB:.1f} GB for a streamed {options.precision} build"
+    if options.verify and options.ep == "cpu":
+        params = sum(numel.values())
+        total += VERIFY_BASE_BYTES + VERIFY_BYTES_PER_PARAM * params
+        how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + 8 B x {params:,} parameters for verify"
+    return int(total), how
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise BuilderError("--executor ray needs Ray on this machine and every node: "
+                           "pip install 'builder[ray]' (or pip install ray)") from None
+    return ray
+
+
+def _job_task(options: dict, threads: int, attempts: str) -> dict:
+    """A job as a Ray task; marks each attempt so the driver can tell retries."""
+    import ray
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    Path(attempts, f"{os.getpid()}-{secrets.token_hex(4)}").write_text(node)
+    result = run_job(options, threads)
+    result["node"] = node
+    return result
+
+
+def _probe_task(probe: str, models: list[str]) -> dict:
+    import ray
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    try:
+        seen = Path(probe).read_text()
+    except OSError as e:
+        seen = f"cannot read it: {e.strerror or e}"
+    missing = [m for m in models if not Path(m, "config.json").is_file()]
+    return {"node": node, "seen": seen, "missing": missing}
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, address: str | None, parallel: int):
+        ray = self.ray = _ray()
+        self.parallel, self.started_here = parallel, False
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if not ray.is_initialized():
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:  # no cluster named: a local one on this machine
+                    ray.init(include_dashboard=False, log_to_driver=False)
+                    self.started_here = True
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise BuilderError(f"--executor ray: could not join {where} ({str(e).splitlines()[0]}); "
+                                   "start it with 'ray start --head' or pass --ray-address HOST:PORT") from None
+        self.address = address or "local"
+        self.run_folder: Path | None = None
+
+    # ---- before anything runs ----------------------------------------------------------
+
+    def _nodes(self) -> list[dict]:
+        return [n for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+    def check(self, jobs, output_root: Path) -> None:
+        nodes = self._nodes()
+        if not nodes:
+            raise BuilderError(f"--executor ray: the cluster at {self.address} has no live node with CPUs")
+        cpus = [n["Resources"]["CPU"] for n in nodes]
+        self.threads = int(max(1, min(max(cpus), sum(cpus) // self.parallel)))
+        refused = []
+        for job in jobs:
+            job.memory_bytes, job.memory_how = memory_estimate(job.options)
+            fits = [n for n in nodes if n["Resources"]["CPU"] >= self.threads
+                    and n["Resources"].get("memory", 0) >= job.memory_bytes]
+            if not fits:
+                biggest = max(n["Resources"].get("memory", 0) for n in nodes)
+                refused.append(f"{job.name}: needs {self.threads} CPUs and {job.memory_bytes / GB:.2f} GB "
+                               f"({job.memory_how}); the largest node offers {biggest / GB:.2f} GB of Ray "
+                               f"memory and {max(cpus):g} CPUs")
+        if refused:
+            raise BuilderError("--executor ray: no node can run " + ("this job" if len(refused) == 1 else
+                               f"these {len(refused)} jobs") + " (nothing was built):\n  " + "\n  ".join(refused)
+                               + "\nadd a larger node, lower --jobs, or build them with the local executor")
+        self._check_shared(jobs, output_root, nodes)
+
+    def _check_shared(self, jobs, output_root: Path, nodes: list[dict]) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        output_root.mkdir(parents=True, exist_ok=True)
+        self.run_folder = output_root / f".builder-batch-run-{secrets.token_hex(4)}"
+        (self.run_folder / "attempts").mkdir(parents=True)
+        probe, token = self.run_folder / "probe", f"{socket.gethostname()} {secrets.token_hex(8)}"
+        probe.write_text(token)
+        models = sorted({j.options.model for j in jobs if os.path.isdir(j.options.model)})
+        task = self.ray.remote(_probe_task)
+        refs = [task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe), models) for n in nodes]
+        try:
+            answers = self.ray.get(refs, timeout=PROBE_TIMEOUT_S)
+        except self.ray.exceptions.GetTimeoutError:
+            raise BuilderError(f"--executor ray: not every node answered the output_root check within "
+                               f"{PROBE_TIMEOUT_S} s; check that the cluster's workers start") from None
+        blind = [a for a in answers if a["seen"] != token]
+        if blind:
+            raise BuilderError(f"output_root {output_root} is not shared storage: the node(s) "
+                               + ", ".join(f"{a['node']} ({a['seen'][:60]})" for a in blind)
+                               + " do not see the file this machine wrote there; put output_root on a "
+                               "filesystem every node mounts at the same path (NFS, CephFS, Lustre...)")
+        for answer in answers:
+            if answer["missing"]:
+                raise BuilderError(f"model folder {answer['missing'][0]} is not visible on node {answer['node']}; "
+                                   "put local checkpoints on shared storage too, or use hub ids")
+
+    # ---- running -----------------------------------------------------------------------
+
+    def run(self, jobs, on_start, on_end, stop) -> None:
+        ray = self.ray
+        # max_calls=1: a fresh worker process per job, as locally, so a job's peak RSS is its own
+        task = ray.remote(max_calls=1)(_job_task)
+        queue, running = list(jobs), {}
+        while (queue or running) and stop.signum is None:
+            while queue and len(running) < self.parallel:
+                job = queue.pop(0)
+                attempts = self.run_folder / "attempts" / str(id(job))
+                attempts.mkdir()
+                ref = task.options(num_cpus=self.threads, memory=job.memory_bytes, max_retries=MAX_RETRIES,
+                                   retry_exceptions=False, name=f"build {job.name}") \
+                    .remote(job.options.to_dict(), self.threads, str(attempts))
+                running[ref] = (job, time.perf_counter(), attempts)
+                on_start(job)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                job, started, attempts = running.pop(ref)
+                self._collect(job, ref, started, attempts)
+                on_end(job)
+        if stop.signum is None:
+            return
+        for ref in running:
+            ray.cancel(ref)  # KeyboardInterrupt in the task: the build removes its staging folder
+        ray.wait(list(running), num_returns=len(running), timeout=GRACE_S)
+        for ref, (job, started, attempts) in running.items():
+            ray.cancel(ref, force=True)  # still running after the grace: its worker is killed
+            self._collect(job, ref, started, attempts, interrupted=True)
+            on_end(job)
+        for job in queue:
+            job.result.update(status="interrupted", error="not started: the batch was interrupted")
+
+    def _collect(self, job, ref, started, attempts: Path, interrupted: bool = False) -> None:
+        ray = self.ray
+        tries = sorted(p.read_text() for p in attempts.iterdir())
+        try:
+            job.result.update(ray.get(ref, timeout=0 if interrupted else None))
+        except (ray.exceptions.TaskCancelledError, ray.exceptions.GetTimeoutError):
+            job.result.update(status="interrupted", error="interrupted; its partial output was removed")
+        except ray.exceptions.RayError as e:  # workers or nodes died more often than we retry
+            status = "interrupted" if interrupted else "failed"
+            job.result.update(status=status, error=f"its worker died {len(tries)} time(s), on "
+                                                   f"{', '.join(tries) or 'an unknown node'} "
+                                                   f"({type(e).__name__}); no output was published")
+        if interrupted and job.result.get("status") == "built":
+            pass  # it published before the cancel arrived: a complete output, reported as built
+        job.result["attempts"] = len(tries)
+        if len(tries) > 1:
+            job.result["attempt_nodes"] = tries
+        job.result["memory_request_bytes"] = job.memory_bytes
+        job.result["seconds"] = time.perf_counter() - started
+        remove_staging(Path(job.options.output))  # the job is over for good: no attempt of it is left
+
+    def close(self) -> None:
+        if self.run_folder is not None:
+            shutil.rmtree(self.run_folder, ignore_errors=True)
+        if self.started_here:
+            self.ray.shutdown()

@@ -1,0 +1,159 @@
+"""`python -m builder batch --executor ray`: the same builds, on a Ray cluster.
+
+One local Ray instance per module, bounded to 2 CPUs, no dashboard, a small
+object store; this test process is the driver (as `batch` would be), the builds
+run in Ray's worker processes. Ray is the [ray] extra, which scripts/setup.sh
+installs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from builder import batch_ray, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "tiny-qwen3"
+TINY_JOBS = ("tiny-qwen3-fp32-cpu", "tiny-qwen3-int4-cpu", "tiny-qwen3-int4-webgpu")
+
+
+@pytest.fixture(scope="module")
+def pause_dir(tmp_path_factory):
+    """The pause hook's folder: set before Ray starts so its workers inherit the variables;
+    a build pauses only while the folder exists."""
+    folder = tmp_path_factory.mktemp("pauses") / "active"
+    saved = {k: os.environ.get(k) for k in ("BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "BUILDER_TEST_PAUSE_DIR")}
+    os.environ.update(BUILDER_TEST_PAUSE_BEFORE_PUBLISH="120", BUILDER_TEST_PAUSE_DIR=str(folder))
+    yield folder
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster(pause_dir):
+    ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def batch(*args) -> int:
+    return cli.main(["batch", *map(str, args)])
+
+
+def summary(folder: Path, stem: str) -> dict:
+    data = json.loads((folder / f"{stem}-summary.json").read_text())
+    data["by_name"] = {job["name"]: job for job in data["jobs"]}
+    return data
+
+
+def hidden(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_both(tmp_path_factory):
+    """configs/tiny.yaml run by each executor into its own output root."""
+    local, on_ray = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("ray")
+    codes = (batch(ROOT / "configs" / "tiny.yaml", "--output-root", local),
+             batch(ROOT / "configs" / "tiny.yaml", "--output-root", on_ray, "--executor", "ray"))
+    return local, on_ray, codes
+
+
+def test_ray_outputs_equal_the_local_executors_byte_for_byte(tiny_both, capsys):
+    local, on_ray, codes = tiny_both
+    assert codes == (0, 0)
+    s = summary(on_ray, "tiny")
+    assert s["executor"] == "ray"
+    assert s["counts"] == {"built": 3, "skipped": 0, "failed": 0, "interrupted": 0}
+    for name in TINY_JOBS:
+        for f in ("model.onnx.data", "model.onnx", "genai_config.json"):
+            assert (on_ray / name / f).read_bytes() == (local / name / f).read_bytes(), f"{name}/{f}"
+        job = s["by_name"][name]
+        assert job["node"] and job["attempts"] == 1
+        assert job["memory_request_bytes"] > job["peak_rss_bytes"] > 50e6
+    assert s["by_name"]["tiny-qwen3-fp32-cpu"]["verify"]["status"] == "passed"
+    assert hidden(on_ray) == []  # no staging folders, no probe or attempt records
+    md = (on_ray / "tiny-summary.md").read_text()
+    assert "| node |" in md and all(f"| {n} | built |" in md for n in TINY_JOBS)
+
+
+def test_rerun_on_ray_skips_everything(tiny_both, capsys):
+    _, on_ray, _ = tiny_both
+    before = {n: (on_ray / n / "build_report.json").stat().st_mtime_ns for n in TINY_JOBS}
+    assert batch(ROOT / "configs" / "tiny.yaml", "--output-root", on_ray, "--executor", "ray") == 0
+    s = summary(on_ray, "tiny")
+    assert s["counts"] == {"built": 0, "skipped": 3, "failed": 0, "interrupted": 0}
+    assert before == {n: (on_ray / n / "build_report.json").stat().st_mtime_ns for n in TINY_JOBS}
+    assert capsys.readouterr().out.count("skipped tiny-qwen3-") == 3
+
+
+def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_dir):
+    """The build's worker is SIGKILLed with its staging folder complete and unpublished."""
+    path = write(tmp_path / "kill.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n    output: k\n")
+    pause_dir.mkdir()
+    killed = []
+
+    def killer():
+        marker = pause_dir / "k.pid"
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if marker.exists():
+            time.sleep(0.2)  # the pid is written just before the pause
+            staging = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".builder-staging-k-")]
+            killed.append((int(marker.read_text()), staging))
+            os.kill(killed[0][0], signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        code = batch(path, "--executor", "ray")
+    finally:
+        thread.join()
+        shutil.rmtree(pause_dir)
+    assert killed and len(killed[0][1]) == 1, "the build never paused with a staging folder"
+    assert code == 0
+    job = summary(tmp_path / "out", "kill")["by_name"]["k"]
+    assert job["status"] == "built" and job["attempts"] == 2 and job["pid"] != killed[0][0]
+    assert len(job["attempt_nodes"]) == 2
+    assert (tmp_path / "out" / "k" / "model.onnx").is_file()
+    assert hidden(tmp_path / "out") == []
+
+
+def test_bad_input_fails_once_without_retries(tmp_path):
+    path = write(tmp_path / "bad.yaml", f"output_root: out\njobs:\n  - model: {tmp_path / 'nothing'}\n"
+                                        f"  - model: {TINY}\n    output: good\n")
+    assert batch(path, "--executor", "ray") == 1
+    s = summary(tmp_path / "out", "bad")
+    bad = s["by_name"]["nothing-int4-cpu"]
+    assert bad["status"] == "failed" and "does not exist" in bad["error"] and bad["attempts"] == 1
+    assert s["by_name"]["good"]["status"] == "built"  # failure isolation
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bad-summary.json", "bad-summary.md", "good"]
+
+
+def test_a_job_too_large_for_every_node_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(batch_ray, "BASE_BYTES", 1e15)  # as if the model needed a petabyte
+    path = write(tmp_path / "big.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n    output: big\n")
+    assert batch(path, "--executor", "ray") == 2
+    err = capsys.readouterr().err
+    assert "no node can run this job (nothing was built)" in err
+    assert "big: needs 2 CPUs and 1000000." in err and "the largest node offers" in err
+    assert not (tmp_path / "out").exists()
