@@ -30,7 +30,8 @@ from builder.kit.errors import BuilderError
 
 MAX_RETRIES = 2            # attempts after the first, for workers or nodes that died
 PROBE_TIMEOUT_S = 120      # every node answers the shared-storage probe within this
-GRACE_S = 30               # a cancelled build removes its staging folder within this
+GRACE_S = 5                # a cancelled build that has not stopped by then is killed (the driver
+                           # removes its staging folder: Ray may not deliver the interrupt to a task)
 GB = 1e9
 
 # Peak resident memory of builds, from the peak_rss_bytes their build reports record
@@ -123,13 +124,22 @@ def _probe_task(probe: str, models: list[str]) -> dict:
     return {"node": node, "seen": seen, "missing": missing}
 
 
+def _token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
 class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None, parallel: int):
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address and "RAY_AUTH_MODE" not in os.environ and _token_available():
+            # Clusters started by recent Ray use token authentication; a joining driver sends
+            # the token it has only when told to, and reads the mode when ray is imported.
+            os.environ["RAY_AUTH_MODE"] = "token"
         ray = self.ray = _ray()
         self.parallel, self.started_here = parallel, False
-        address = address or os.environ.get("RAY_ADDRESS") or None
         if not ray.is_initialized():
             try:
                 if address:
@@ -140,7 +150,9 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise BuilderError(f"--executor ray: could not join {where} ({str(e).splitlines()[0]}); "
-                                   "start it with 'ray start --head' or pass --ray-address HOST:PORT") from None
+                                   "start it with 'ray start --head' or pass --ray-address HOST:PORT, and if it "
+                                   "uses token authentication put its token in ~/.ray/auth_token or "
+                                   "$RAY_AUTH_TOKEN") from None
         self.address = address or "local"
         self.run_folder: Path | None = None
 

@@ -150,6 +150,7 @@ BAD = {
     "ep tpu": ("matrix:\n  model: [{m}]\n  ep:\n    - cpu\n    - tpu\n", 5, "matrix.ep: 'tpu' is not valid"),
     "duplicate output": ("defaults:\n  model: {m}\njobs:\n  - output: x\n  - ep: webgpu\n    output: x\n", 6,
                          "jobs[1].output: "),
+    "executor": ("executor: slurm\njobs:\n  - model: {m}\n", 1, "executor: 'slurm' is not valid; choose one of local, ray"),
     "cuda fp32": ("jobs:\n  - model: {m}\n    ep: cuda\n    precision: fp32\n", 2,
                   "jobs[0]: -p fp32 -e cuda cannot work"),
 }
@@ -530,3 +531,10 @@ def test_killed_batch_takes_its_builds_with_it(tmp_path):
     time.sleep(1)
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing published, no staging
     assert signal.SIGKILL
+
+
+def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
+    path = write(tmp_path / "a.yaml", ONE_JOB)
+    assert batch(path, "--ray-address", "head:6379") == 2
+    assert "--ray-address needs --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
