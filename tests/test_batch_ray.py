@@ -43,8 +43,10 @@ def pause_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster(pause_dir):
-    ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
-    yield
+    """The cluster's GCS address, for drivers in other processes."""
+    context = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
+                       log_to_driver=False)
+    yield context.address_info["gcs_address"]
     ray.shutdown()
 
 
@@ -157,3 +159,42 @@ def test_a_job_too_large_for_every_node_is_refused_up_front(tmp_path, monkeypatc
     assert "no node can run this job (nothing was built)" in err
     assert "big: needs 2 CPUs and 1000000." in err and "the largest node offers" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_to_a_ray_batch_cancels_its_builds(tmp_path, pause_dir, cluster):
+    """The driver as its own process, joining this cluster; SIGTERM reaches only the driver."""
+    import subprocess
+    import sys
+    path = write(tmp_path / "sig.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n"
+                                        "  - output: a\n  - output: b\n")
+    pause_dir.mkdir()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray",
+                                 "--ray-address", cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (pause_dir / "a.pid").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the build never paused"
+            time.sleep(0.2)
+        worker = int((pause_dir / "a.pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        shutil.rmtree(pause_dir)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    s = summary(tmp_path / "out", "sig")
+    assert s["interrupted_by"] == "SIGTERM"
+    assert s["counts"] == {"built": 0, "skipped": 0, "failed": 0, "interrupted": 2}
+    assert s["by_name"]["b"]["error"] == "not started: the batch was interrupted"
+    time.sleep(1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sig-summary.json", "sig-summary.md"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the cancelled build's worker is gone
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"worker {worker} still runs the cancelled build")
