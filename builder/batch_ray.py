@@ -53,7 +53,6 @@ def memory_estimate(options) -> tuple[int, str]:
     """(bytes, how it was derived) for one job's memory request."""
     import json
 
-    from builder.kit.checkpoint import Checkpoint
     from builder.output_dir import REPORT_NAME
 
     try:  # the same job built before: its own measured peak is the best estimate
@@ -64,9 +63,8 @@ def memory_estimate(options) -> tuple[int, str]:
             return int(peak * MEASURED_MARGIN), f"{MEASURED_MARGIN} x the {peak / GB:.2f} GB its last build measured"
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    try:
-        shapes = Checkpoint.open(options.model).shapes()
-    except BuilderError:  # the build fails on its own and says why; it needs little memory for that
+    shapes = _shapes(options.model)
+    if shapes is None:  # the build fails on its own and says why; it needs little memory for that
         return int(BASE_BYTES), "checkpoint unreadable here; the build will say why"
     numel = {name: _prod(shape) for name, shape in shapes.items()}
     largest = max(numel.values(), default=0)
@@ -85,6 +83,31 @@ def memory_estimate(options) -> tuple[int, str]:
         total += VERIFY_BASE_BYTES + VERIFY_BYTES_PER_PARAM * params
         how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + 8 B x {params:,} parameters for verify"
     return int(total), how
+
+
+def _shapes(model: str) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes from safetensors headers, without downloading weights to the driver:
+    a local folder; a hub id from the local cache, else its headers over HTTP (range reads)."""
+    from builder.kit.checkpoint import HUB_FILES, Checkpoint
+
+    if os.path.isdir(model):
+        try:
+            return Checkpoint(Path(model)).shapes()
+        except (BuilderError, OSError):
+            return None
+    try:
+        from huggingface_hub import get_safetensors_metadata, snapshot_download
+    except ImportError:
+        return None
+    try:
+        return Checkpoint(Path(snapshot_download(model, allow_patterns=HUB_FILES, local_files_only=True))).shapes()
+    except Exception:  # not cached, or only partly: ask the hub for the headers alone
+        pass
+    try:
+        meta = get_safetensors_metadata(model)
+    except Exception:  # offline, gated, or not a safetensors repo
+        return None
+    return {name: tuple(info.shape) for file in meta.files_metadata.values() for name, info in file.tensors.items()}
 
 
 def _prod(shape) -> int:

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
@@ -198,3 +199,24 @@ def test_sigterm_to_a_ray_batch_cancels_its_builds(tmp_path, pause_dir, cluster)
         time.sleep(0.2)
     else:
         pytest.fail(f"worker {worker} still runs the cancelled build")
+
+
+def test_memory_estimate_follows_precision_verify_and_a_measured_peak(tmp_path):
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.options import BuildOptions
+    numel = {n: int(np.prod(s)) for n, s in Checkpoint(TINY).shapes().items()}
+    largest, params = max(numel.values()), sum(numel.values())
+    tied = "lm_head.weight" not in numel
+
+    def estimate(**options):
+        return batch_ray.memory_estimate(BuildOptions(model=str(TINY), output=str(tmp_path / "none"), **options))
+
+    int4, how = estimate(precision="int4")
+    assert int4 == int(0.5e9 + 0.2e9 + (0 if tied else 8 * numel["model.embed_tokens.weight"])), how
+    fp32, how = estimate(precision="fp32")
+    assert fp32 == int(0.5e9 + 8 * largest) and "largest tensor" in how
+    verified, how = estimate(precision="fp32", verify=True)
+    assert verified == int(fp32 + 0.3e9 + 8 * params) and "for verify" in how
+    report = tmp_path / "none" / "build_report.json"
+    write(report, json.dumps({"options": {"precision": "int4", "ep": "cpu"}, "peak_rss_bytes": 100_000_000}))
+    assert estimate(precision="int4") == (125_000_000, "1.25 x the 0.10 GB its last build measured")
