@@ -136,7 +136,9 @@ def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list
         for token in decode_tokens:
             # `cache`, not `past_key_values`: transformers 5.x warns on the old name and drops
             # it in 5.40 (the extras pin transformers to the 5.x range this was tested with).
-            out = model(torch.tensor([[token]]), cache=out.cache, use_cache=True)
+            # Older transformers (the GPU machine's) name it past_key_values only.
+            past = {"cache": out.cache} if hasattr(out, "cache") else {"past_key_values": out.past_key_values}
+            out = model(torch.tensor([[token]]), use_cache=True, **past)
             logits.append(out.logits.float().numpy())
     return logits
 

@@ -2,7 +2,9 @@
 # The WebGPU measurements of docs/packing.md#webgpu-plugin-ep, as one command on the GPU machine.
 #
 #   bash scripts/webgpu_device_run.sh main   # Qwen3-0.6B shape: layouts, capture, reference, parity, profile, max_length, 1.27
-#   bash scripts/webgpu_device_run.sh 4b     # Qwen3-4B shape: ours vs the reference's default and capture builds
+#   bash scripts/webgpu_device_run.sh 4b     # Qwen3-4B shape: ours vs the reference's default and capture builds,
+#                                            # GPU busy share, block-128 / accuracy-level-0 variants
+#   bash scripts/webgpu_device_run.sh parity # tiny families on the plugin EP, capture on (scripts/check_webgpu.py)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -111,6 +113,8 @@ if [ "$PART" = main ]; then
         PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 120 $PY scripts/check_webgpu.py --target-ort 1.27 --only qwen3 --only llama \
             --only qwen2 --json "$OUT/parity-127.json" 2>&1 | grep -v -i warn | cut -c1-400 | tee -a "$LOG"
     fi
+elif [ "$PART" = parity ]; then
+    timeout 400 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b
