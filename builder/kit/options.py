@@ -146,9 +146,9 @@ class BuildOptions:
                       help="Write a graph the runtime can capture and replay for each decode step "
                            "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
                            "arithmetic in int32 without Shape). auto: on where the target runtime captures "
-                           "(webgpu with the plugin EP), off elsewhere. off: for runtimes without capture, "
-                           "for batches whose prompts differ in length, or to keep KV buffers growing with "
-                           "the sequence instead of sized to --max-length up front (docs/packing.md)."),
+                           "(webgpu with the plugin EP), off elsewhere. off: the uncaptured graph, for "
+                           "profiling or debugging one kernel at a time; it decoded 0.78x as fast "
+                           "(docs/packing.md#graph-capture)."),
     )
     max_length: int | None = field(
         default=None,
