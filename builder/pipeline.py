@@ -23,7 +23,8 @@ from builder.kit.errors import BuilderError
 from builder.kit.graph import ExternalDataFile, Graph
 from builder.kit.options import BuildOptions
 from builder.output_dir import REPORT_NAME, staged_output
-from builder.kit.progress import Progress, SilentProgress
+from builder.kit.progress import Phases, Progress, SilentProgress
+from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import copy_tokenizer_files
 from builder.version import __version__
 
@@ -104,13 +105,23 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         progress.warn(message)
     with staged_output(output, options.overwrite) as staging:
         (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
-        data = ExternalDataFile(staging / layout.data_file)
+        phases = Phases()
+        data = ExternalDataFile(staging / layout.data_file, phases)
         graph = Graph(data)
+        arch.checkpoint.phases = phases
+        schedule = []
+        if options.read_ahead_mb:
+            with phases.timed("forecast"):
+                schedule = record_reads(arch, Graph, SilentProgress())
         try:
-            arch.build_graph(graph, progress)
+            with reading_ahead(arch.checkpoint, schedule, options.read_ahead_mb << 20, phases) as ahead:
+                arch.build_graph(graph, progress)
+            if ahead is not None:
+                timings["read_ahead"] = ahead.describe()
         finally:
             data.close()
         timings["graph_and_weights_s"] = time.perf_counter() - started
+        timings["phases"] = phases.report()
         nonfinite = getattr(getattr(arch, "proj", None), "nonfinite", [])
         if nonfinite:
             shown = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")
@@ -204,7 +215,7 @@ def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files
         "layout": arch.layout.describe(),
         "nodes": {"total": sum(counts.values()), "by_op_type": counts},
         "sizes": {**{f"{k}_bytes": v for k, v in sizes.items()}, "total_bytes": sum(sizes.values())},
-        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "timings": {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()},
         "peak_rss_bytes": peak_rss_bytes(),
         "tokenizer_files": tokenizer_files,
         "notes": notes,

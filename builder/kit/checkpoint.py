@@ -13,7 +13,9 @@ import json
 import math
 import os
 import struct
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -131,6 +133,22 @@ def _download_from_hub(repo_id: str) -> Path:
     return path
 
 
+class RowRange(NamedTuple):
+    """Rows [start:stop) of one checkpoint tensor and where their bytes lie."""
+    name: str
+    start: int
+    stop: int
+    file: Path
+    begin: int
+    length: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.name, self.start, self.stop
+
+
 class Checkpoint:
     """config.json plus lazily read safetensors tensors of one model folder."""
 
@@ -231,8 +249,24 @@ class Checkpoint:
 
         Plain reads (not mmap): the bytes land in memory we free right after
         use, so resident memory stays at one chunk instead of growing with
-        every page of the checkpoint we have touched.
+        every page of the checkpoint we have touched. While a ReadAhead is
+        attached (builder.kit.readahead), a read it has already made is handed over.
         """
+        where = self.locate(name, start, stop, expect_shape)
+        if self.ahead is not None and where.length:
+            rows = self.ahead.take(where)
+            if rows is not None:
+                return rows
+        t = time.perf_counter()
+        rows = self.read(where)
+        if self.phases is not None:
+            self.phases.add("read", time.perf_counter() - t)
+            self.phases.add("read_wait", time.perf_counter() - t)
+        return rows
+
+    def locate(self, name: str, start: int, stop: int | None,
+               expect_shape: tuple[int, ...] | None = None) -> "RowRange":
+        """Where rows [start:stop) of a tensor lie, with the checks a read makes first."""
         file, entry = self._entry(name)
         dtype, shape = entry["dtype"], tuple(entry["shape"])
         if dtype not in SUPPORTED_DTYPES:
@@ -247,18 +281,28 @@ class Checkpoint:
         row_shape = shape[1:]
         row_bytes = math.prod(row_shape) * DTYPE_SIZES[dtype]
         begin = self._header(file)["data_start"] + entry["data_offsets"][0] + start * row_bytes
-        length = (stop - start) * row_bytes
-        buffer = bytearray(length)
+        out_shape = (stop - start, *row_shape) if shape else ()
+        return RowRange(name, start, stop, file, begin, (stop - start) * row_bytes, SUPPORTED_DTYPES[dtype],
+                        out_shape)
+
+    ahead = None   # a ReadAhead serving reads it made in advance, while one is attached
+    phases = None  # a progress.Phases the build's own reads are timed in
+
+    @staticmethod
+    def read(where: "RowRange") -> np.ndarray:
+        """The rows `where` names, read from disk now (thread-safe: one open file per read)."""
+        buffer = bytearray(where.length)
         try:
-            with open(file, "rb") as f:
-                f.seek(begin)
+            with open(where.file, "rb") as f:
+                f.seek(where.begin)
                 got = f.readinto(buffer)
         except OSError as e:
-            raise BuilderError(f"could not read tensor {name!r} from {file} ({e.strerror or e})") from None
-        if got != length:
-            raise BuilderError(f"{file} ends inside tensor {name!r}; the file is truncated: re-download it")
-        out_shape = (stop - start, *row_shape) if shape else ()
-        return np.frombuffer(buffer, dtype=SUPPORTED_DTYPES[dtype]).reshape(out_shape)
+            raise BuilderError(f"could not read tensor {where.name!r} from {where.file} "
+                               f"({e.strerror or e})") from None
+        if got != where.length:
+            raise BuilderError(f"{where.file} ends inside tensor {where.name!r}; the file is truncated: "
+                               "re-download it")
+        return np.frombuffer(buffer, dtype=where.dtype).reshape(where.shape)
 
     # ---- identity -----------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from builder.kit.errors import BuilderError
+from builder.kit.progress import Phases
 
 MS_DOMAIN = "com.microsoft"
 OPSET = 21
@@ -36,8 +38,9 @@ NP_TO_ONNX = {
 class ExternalDataFile:
     """Append-only writer of model.onnx.data."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, phases: Phases | None = None):
         self.path = Path(path)
+        self.phases = phases or Phases()
         self._file = open(self.path, "wb")
         self.offset = 0
 
@@ -53,17 +56,21 @@ class ExternalDataFile:
 
     def _write(self, data) -> None:
         view = memoryview(data).cast("B")
+        t = time.perf_counter()
         try:
             self._file.write(view)
         except OSError as e:
             raise BuilderError(f"writing {self.path} failed ({e.strerror or e}); "
                                "free disk space or choose another -o/--output") from None
+        finally:
+            self.phases.add("write", time.perf_counter() - t)
         self.offset += view.nbytes
 
     def close(self) -> None:
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with self.phases.timed("write_sync"):
+                self._file.flush()
+                os.fsync(self._file.fileno())
         except OSError as e:
             raise BuilderError(f"writing {self.path} failed ({e.strerror or e}); "
                                "free disk space or choose another -o/--output") from None
@@ -76,6 +83,7 @@ class Graph:
 
     def __init__(self, data_file: ExternalDataFile, name: str = "main_graph"):
         self.data = data_file
+        self.phases: Phases = getattr(data_file, "phases", None) or Phases()
         self.name = name
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []

@@ -60,16 +60,17 @@ class Projections:
         scales, zero_points = [], []
 
         def packed_chunks():
-            rows_per_chunk = max(1, CHUNK_VALUES // k)
-            for tensor, shape in zip(tensors, shapes):
-                for start in range(0, shape[0], rows_per_chunk):
-                    rows = self.checkpoint.rows(tensor, start, min(start + rows_per_chunk, shape[0]))
+            phases = self.graph.phases
+            for tensor, start, stop in self.row_chunks(tensors, shapes, k):
+                rows = self.checkpoint.rows(tensor, start, stop)
+                with phases.timed("quantize"):
                     q = quant.quantize(rows, fmt, scale_dtype=self.io_dtype)
                     self.check_finite(tensor, q.scales)
-                    scales.append(q.scales)
-                    if q.zero_points is not None:
-                        zero_points.append(q.zero_points)
-                    yield q.packed
+                del rows
+                scales.append(q.scales)
+                if q.zero_points is not None:
+                    zero_points.append(q.zero_points)
+                yield q.packed
 
         for tensor, shape in zip(tensors, shapes):
             self.checkpoint.rows(tensor, 0, 0, expect_shape=shape)  # shape check before writing
@@ -84,24 +85,37 @@ class Projections:
 
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         """Tensors stacked along their first axis, in the activation dtype."""
-        parts = [to_float(self.checkpoint.tensor(t, expect_shape=s), self.io_dtype) for t, s in zip(tensors, shapes)]
-        for tensor, part in zip(tensors, parts):
-            self.check_finite(tensor, part)
+        parts = []
+        for tensor, shape in zip(tensors, shapes):
+            stored = self.checkpoint.tensor(tensor, expect_shape=shape)
+            with self.graph.phases.timed("convert"):
+                parts.append(to_float(stored, self.io_dtype))
+                self.check_finite(tensor, parts[-1])
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def float_initializer(self, name: str, tensor: str, shape: tuple[int, ...]) -> str:
         """A float tensor as it is stored (no transpose), streamed in row chunks."""
         self.checkpoint.rows(tensor, 0, 0, expect_shape=shape)
-        rows_per_chunk = max(1, CHUNK_VALUES // max(1, int(np.prod(shape[1:]))))
 
         def chunks():
-            for start in range(0, shape[0], rows_per_chunk):
-                rows = self.checkpoint.rows(tensor, start, start + rows_per_chunk)
-                values = to_float(rows, self.io_dtype)
-                self.check_finite(tensor, values)
+            for tensor_, start, stop in self.row_chunks([tensor], [shape], int(np.prod(shape[1:]))):
+                rows = self.checkpoint.rows(tensor_, start, stop)
+                with self.graph.phases.timed("convert"):
+                    values = to_float(rows, self.io_dtype)
+                    self.check_finite(tensor, values)
+                del rows
                 yield values
 
         return self.graph.streamed_initializer(name, self.io_onnx_type, shape, chunks())
+
+    @staticmethod
+    def row_chunks(tensors: list[str], shapes: list[tuple[int, ...]], row_values: int):
+        """(tensor, start, stop) of the row chunks the streaming writers read, in order
+        (also what builder.kit.readahead forecasts)."""
+        rows_per_chunk = max(1, CHUNK_VALUES // max(1, row_values))
+        for tensor, shape in zip(tensors, shapes):
+            for start in range(0, shape[0], rows_per_chunk):
+                yield tensor, start, min(start + rows_per_chunk, shape[0])
 
     # ---- nodes --------------------------------------------------------------
 

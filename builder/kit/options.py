@@ -202,6 +202,14 @@ class BuildOptions:
                            "identified by the hash the cache stores them under."),
     )
 
+    read_ahead_mb: int = field(
+        default=256,
+        metadata=_opt("--read-ahead-mb", metavar="MB",
+                      help="Checkpoint bytes read ahead of the build on a second thread, so reading overlaps "
+                           "quantizing and writing (peak memory grows by up to this much). 0: read as the "
+                           "build goes."),
+    )
+
     # ---- validation -------------------------------------------------------
 
     def validated(self) -> "BuildOptions":
@@ -220,6 +228,8 @@ class BuildOptions:
             raise BuilderError("--int8-layers/--float-layers only apply to int4 and int8 builds")
         if self.precision == "int8" and self.int8_layers:
             raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
+        if self.read_ahead_mb < 0:
+            raise BuilderError(f"--read-ahead-mb: {self.read_ahead_mb} must be 0 (off) or a size in MB")
         if self.max_length is not None and self.max_length < 1:
             raise BuilderError(f"--max-length: {self.max_length} must be a positive integer")
         if (self.max_length is not None and self.context_length is not None

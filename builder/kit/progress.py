@@ -9,8 +9,11 @@ before printing an error) ends a line left open by an interrupted build.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
+from collections import defaultdict
 
 # The display whose line is open on a terminal, if any: what end_line has to close.
 _open_line: "Progress | None" = None
@@ -86,3 +89,27 @@ class Progress:
 class SilentProgress(Progress):
     def __init__(self):
         super().__init__(1, enabled=False)
+
+
+class Phases:
+    """Seconds spent per phase, added to from any thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def add(self, phase: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[phase] += seconds
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - t)
+
+    def report(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 3) for k, v in sorted(self.seconds.items())}

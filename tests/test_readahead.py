@@ -1,0 +1,178 @@
+"""The read-ahead (builder/kit/readahead.py): bounded in bytes, exact in what it hands
+over, invisible in the output, and failures surface as they did without it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builder import BuildOptions, BuilderError
+from builder.kit.errors import BuildInterrupted
+from builder.kit.checkpoint import RowRange
+from builder.kit.readahead import ReadAhead
+from builder.pipeline import build
+from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+
+def ranges(count: int, length: int) -> list[RowRange]:
+    return [RowRange(f"t{i}", 0, length, Path("none"), 0, length, np.dtype(np.uint8), (length,))
+            for i in range(count)]
+
+
+class CountingRead:
+    """A stand-in for Checkpoint.read that counts the bytes read and not yet taken."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.outstanding = self.peak = 0
+        self.order = []
+
+    def __call__(self, where):
+        with self.lock:
+            self.outstanding += where.length
+            self.peak = max(self.peak, self.outstanding)
+            self.order.append(where.name)
+        return np.full(where.shape, int(where.name[1:]) % 251, np.uint8)
+
+    def taken(self, where):
+        with self.lock:
+            self.outstanding -= where.length
+
+
+@pytest.mark.parametrize("bound", [1, 250, 1000])
+def test_read_ahead_holds_at_most_its_bound(bound):
+    schedule = ranges(40, 100)
+    read = CountingRead()
+    ahead = ReadAhead(schedule, bound, read=read).start()
+    try:
+        for where in schedule:
+            time.sleep(0.002)  # a slow build: the reader would run far ahead if it could
+            rows = ahead.take(where)
+            read.taken(where)
+            assert rows is not None and (rows == int(where.name[1:]) % 251).all()
+    finally:
+        ahead.close()
+    # A read bigger than the bound goes alone; otherwise the bound holds, counting the
+    # read in flight.
+    assert read.peak <= max(bound, 100)
+    assert ahead.peak_held <= max(bound, 100)
+    if bound == 1000:
+        assert read.peak > 100, "the reader should have read ahead"
+    assert read.order == [w.name for w in schedule]
+    assert (ahead.hits, ahead.misses) == (40, 0)
+
+
+def test_read_ahead_follows_a_build_that_leaves_the_forecast():
+    schedule = ranges(10, 10)
+    read = CountingRead()
+    ahead = ReadAhead(schedule, 30, read=read).start()
+    try:
+        assert ahead.take(schedule[0]) is not None
+        unforeseen = ranges(20, 10)[15]
+        assert ahead.take(unforeseen) is None            # not forecast: the build reads it itself
+        assert ahead.take(schedule[4]) is not None       # skips 1-3
+        assert ahead.take(schedule[2]) is None           # already passed
+        for where in schedule[5:]:
+            assert ahead.take(where) is not None
+    finally:
+        ahead.close()
+    assert ahead._held == 0
+
+
+def test_reader_errors_are_raised_where_the_build_reads():
+    schedule = ranges(5, 10)
+
+    def failing(where):
+        if where.name == "t3":
+            raise BuilderError("none ends inside tensor 't3'; the file is truncated: re-download it")
+        return np.zeros(where.shape, np.uint8)
+
+    ahead = ReadAhead(schedule, 1000, read=failing).start()
+    try:
+        for where in schedule[:3]:
+            ahead.take(where)
+        with pytest.raises(BuilderError, match="truncated"):
+            ahead.take(schedule[3])
+        assert ahead.take(schedule[4]) is not None
+    finally:
+        ahead.close()
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "build_report.json").read_text())
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_forecast_is_exact_and_bytes_unchanged(tmp_path, family):
+    """The recording pass foresees every read of every family, and the data bytes
+    are those of a build that reads as it goes."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS[family])
+    precision = "int4"
+    data = {}
+    for mb in (0, 1):
+        out = tmp_path / f"out{mb}"
+        build(BuildOptions(model=str(ckpt), output=str(out), precision=precision, read_ahead_mb=mb),
+              show_progress=False)
+        data[mb] = (out / "model.onnx.data").read_bytes()
+        report = _report(out)
+        assert set(report["timings"]["phases"]) >= {"read", "read_wait", "quantize", "write"}
+        if mb:
+            stats = report["timings"]["read_ahead"]
+            assert stats["misses"] == 0 and stats["hits"] == stats["forecast_reads"] > 0, stats
+            assert stats["peak_held_bytes"] <= max(1 << 20, 0)
+        else:
+            assert "read_ahead" not in report["timings"]
+    assert data[0] == data[1]
+
+
+def test_file_truncated_during_the_build_is_one_error_and_nothing_is_left(tmp_path, monkeypatch):
+    """The reader thread meets the truncation: the build fails with the error a build
+    without read-ahead gives, and leaves no output."""
+    import builder.pipeline as pipeline
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    weights = ckpt / "model.safetensors"
+    whole = weights.read_bytes()
+    reading_ahead = pipeline.reading_ahead
+
+    def truncate_then_read(*args, **kwargs):
+        weights.write_bytes(whole[: len(whole) * 3 // 4])  # headers were parsed and checked before
+        return reading_ahead(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "reading_ahead", truncate_then_read)
+    messages = []
+    for mb in (0, 256):
+        weights.write_bytes(whole)
+        out = tmp_path / f"out{mb}"
+        with pytest.raises(BuilderError) as e:
+            build(BuildOptions(model=str(ckpt), output=str(out), precision="int4", read_ahead_mb=mb),
+                  show_progress=False)
+        messages.append(str(e.value))
+        assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    assert "truncated" in messages[1] and "\n" not in messages[1]
+    assert messages[0] == messages[1]
+    assert not [t for t in threading.enumerate() if t.name == "builder-read-ahead"]
+
+
+def test_interrupted_build_stops_the_reader(tmp_path, monkeypatch):
+    import builder.kit.linear as linear
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    calls = []
+    quantize = linear.quant.quantize
+
+    def interrupt_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return quantize(*args, **kwargs)
+
+    monkeypatch.setattr(linear.quant, "quantize", interrupt_on_third)
+    out = tmp_path / "out"
+    with pytest.raises(BuildInterrupted):
+        build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    assert not [t for t in threading.enumerate() if t.name == "builder-read-ahead"]
