@@ -184,13 +184,19 @@ class RecordingCheckpoint:
     def __getattr__(self, name):
         return getattr(self._real, name)
 
-    def rows(self, name, start, stop, expect_shape=None):
+    def note(self, name, start, stop, expect_shape=None) -> RowRange:
+        """Record a read whose rows the caller does not look at."""
         if time.perf_counter() > self._deadline:
             raise _Enough
         where = self._real.locate(name, start, stop, expect_shape)
         if where.length:
             self.reads.append(where)
-        return np.zeros(where.shape, where.dtype)
+        return where
+
+    def rows(self, name, start, stop, expect_shape=None):
+        where = self.note(name, start, stop, expect_shape)
+        # uint8 zeros come from calloc (a custom dtype such as bfloat16 would be filled)
+        return np.zeros(where.length, np.uint8).view(where.dtype).reshape(where.shape)
 
     def tensor(self, name, expect_shape=None):
         return self.rows(name, 0, None, expect_shape)
@@ -203,26 +209,26 @@ class RecordingProjections:
     def quantized_weight(self, name, tensors, fmt, shapes):
         from builder.kit.linear import QuantizedTensor
         for tensor, shape in zip(tensors, shapes):
-            self.checkpoint.rows(tensor, 0, 0, expect_shape=shape)
+            self.checkpoint.note(tensor, 0, 0, expect_shape=shape)
         for tensor, start, stop in self.row_chunks(tensors, shapes, shapes[0][1]):
-            self.checkpoint.rows(tensor, start, stop)
+            self.checkpoint.note(tensor, start, stop)
         zero_points = None if fmt.symmetric else f"{name}.qzeros"
         return QuantizedTensor(f"{name}.qweight", f"{name}.scales", zero_points, sum(s[0] for s in shapes),
                                shapes[0][1], fmt)
 
     def float_initializer(self, name, tensor, shape):
-        self.checkpoint.rows(tensor, 0, 0, expect_shape=shape)
+        self.checkpoint.note(tensor, 0, 0, expect_shape=shape)
         for tensor_, start, stop in self.row_chunks([tensor], [shape], int(np.prod(shape[1:]))):
-            self.checkpoint.rows(tensor_, start, stop)
+            self.checkpoint.note(tensor_, start, stop)
         return name
 
     def matmul(self, x, name, tensors, shapes, fmt, biases=None):
         if fmt.quantized:
             return super().matmul(x, name, tensors, shapes, fmt, biases)
         for tensor, shape in zip(tensors, shapes):
-            self.checkpoint.tensor(tensor, expect_shape=shape)
+            self.checkpoint.note(tensor, 0, None, expect_shape=shape)
         for tensor, shape in zip(biases or [], shapes):
-            self.checkpoint.tensor(tensor, expect_shape=(shape[0],))
+            self.checkpoint.note(tensor, 0, None, expect_shape=(shape[0],))
         return self.graph.op("MatMul", [x, name.lstrip("/").replace("/", ".") + ".weight"], name + "/MatMul")
 
 

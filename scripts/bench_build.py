@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""How close a build comes to the speed of the disk (issue 17).
+
+    python scripts/bench_build.py --before bca5e53 [--checkpoint DIR] [--rounds 2]
+
+A build reads every checkpoint byte once, so on a cold page cache its floor is the
+time to read the checkpoint. Per round this script:
+
+1. drops the checkpoint from the page cache (os.sync(), then
+   posix_fadvise(DONTNEED) on every file) and times `cat` of all its files;
+2. for each variant, in an order that alternates between rounds: drops the cache
+   again and times a cold build, then a warm build (after a `cat` that warms the
+   cache), each `python -m builder -m CK -p int4 -e webgpu -o OUT` in its own
+   process under /usr/bin/time -v (peak RSS).
+
+Variants: `after` (this checkout), `off` (this checkout with --read-ahead-mb 0)
+and, with --before REF, `before` (REF checked out with `git worktree add`). It
+prints cold build / cold read, warm build, peak RSS, the build report's phase
+times and the load average before each step (other processes share the machine:
+rerun when it is quiet). The checkpoint is made with scripts/make_checkpoint.py
+when missing (qwen3-4b: 8 GB; --delete-checkpoint removes it at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def weight_files(checkpoint: Path) -> list[Path]:
+    return sorted(p for p in checkpoint.iterdir() if p.is_file())
+
+
+def drop_cache(files: list[Path]) -> None:
+    os.sync()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def cat(files: list[Path]) -> float:
+    t = time.perf_counter()
+    subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def build(variant: dict, checkpoint: Path, out: Path, log: Path) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    command = [sys.executable, "-m", "builder", "-m", str(checkpoint), "-p", "int4", "-e", "webgpu",
+               "-o", str(out), *variant["args"]]
+    env = {**os.environ, "PYTHONPATH": str(variant["root"])}
+    timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
+    started_load = load()
+    t = time.perf_counter()
+    proc = subprocess.run(timed, cwd=variant["root"], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        raise SystemExit(f"{variant['name']} build failed (exit {proc.returncode}); see {log}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    report = json.loads((out / "build_report.json").read_text())
+    data = out / "model.onnx.data"
+    result = {"wall_s": round(wall, 2), "load_before": round(started_load, 2),
+              "peak_rss_bytes": int(rss[1]) * 1024 if rss else report.get("peak_rss_bytes"),
+              "timings": report.get("timings", {}), "data_bytes": data.stat().st_size}
+    return result
+
+
+def fmt_phases(timings: dict) -> str:
+    phases = timings.get("phases")
+    if not phases:
+        return "(no phase times: before this change)"
+    return " ".join(f"{k}={v:.1f}" for k, v in phases.items())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/bench-build/qwen3-4b"))
+    ap.add_argument("--size", default="qwen3-4b", help="what scripts/make_checkpoint.py makes when missing")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench-build/work"))
+    ap.add_argument("--before", metavar="REF", help="git ref of the code to compare against")
+    ap.add_argument("--no-off", action="store_true", help="skip the --read-ahead-mb 0 variant")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--delete-checkpoint", action="store_true")
+    args = ap.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.checkpoint / "config.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), args.size,
+                        str(args.checkpoint)], check=True)
+    files = weight_files(args.checkpoint)
+    size = sum(f.stat().st_size for f in files)
+
+    variants = [{"name": "after", "root": ROOT, "args": []}]
+    if not args.no_off:
+        variants.append({"name": "off", "root": ROOT, "args": ["--read-ahead-mb", "0"]})
+    if args.before:
+        tree = args.work / "before"
+        if tree.exists():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.before],
+                       check=True, capture_output=True)
+        variants.insert(0, {"name": "before", "root": tree, "args": []})
+
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            order = variants if r % 2 == 0 else variants[::-1]
+            drop_cache(files)
+            read_load = load()
+            cold_read = cat(files)
+            round_ = {"cold_read_s": round(cold_read, 2), "read_load_before": round(read_load, 2), "builds": {}}
+            print(f"round {r + 1}: cold read of {size / 1e9:.2f} GB: {cold_read:.1f} s "
+                  f"({size / cold_read / 1e6:.0f} MB/s, load {read_load:.1f})", flush=True)
+            for v in order:
+                out = args.work / f"out-{v['name']}"
+                drop_cache(files)
+                cold = build(v, args.checkpoint, out, args.work / f"{v['name']}-cold.log")
+                cat(files)
+                warm = build(v, args.checkpoint, out, args.work / f"{v['name']}-warm.log")
+                round_["builds"][v["name"]] = {"cold": cold, "warm": warm}
+                print(f"  {v['name']:>6}: cold {cold['wall_s']:.1f} s = {cold['wall_s'] / cold_read:.2f}x read "
+                      f"(load {cold['load_before']:.1f}), warm {warm['wall_s']:.1f} s "
+                      f"(load {warm['load_before']:.1f}), peak RSS cold {cold['peak_rss_bytes'] / 1e9:.2f} GB "
+                      f"warm {warm['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
+                print(f"          cold phases: {fmt_phases(cold['timings'])}", flush=True)
+                print(f"          warm phases: {fmt_phases(warm['timings'])}", flush=True)
+                if cold["timings"].get("read_ahead"):
+                    print(f"          read-ahead: {cold['timings']['read_ahead']}", flush=True)
+            rounds.append(round_)
+        sizes = {v: {b["builds"][v]["cold"]["data_bytes"] for b in rounds} for v in rounds[0]["builds"]}
+        print(f"model.onnx.data sizes: {sizes}")
+        if args.json:
+            args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "checkpoint_bytes": size,
+                                             "cores": os.cpu_count(), "rounds": rounds}, indent=2) + "\n")
+    finally:
+        if args.before:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(args.work / "before")],
+                           check=False, capture_output=True)
+        if args.delete_checkpoint:
+            shutil.rmtree(args.checkpoint, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
