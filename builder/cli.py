@@ -99,6 +99,8 @@ def unknown_command(word: str) -> str | None:
         return None
     close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else ""
+    if not close and (os.path.exists(word) or word.count("/") == 1):
+        return f"unknown command {word!r}; to build this model, pass it with -m: python -m builder -m {word}"
     return (f"unknown command {word!r}; {hint}commands: {', '.join(COMMANDS)} (a build needs no command: "
             "python -m builder -m MODEL ...)")
 

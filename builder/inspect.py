@@ -32,7 +32,9 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
     except OSError as e:
         raise BuilderError(f"could not read {model_path} ({e.strerror or e})") from None
     except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
-        raise BuilderError(f"{model_path} is not a readable ONNX model ({type(e).__name__}: {e}); the file is "
+        why = " ".join(str(e).split())  # one line: protobuf's JSON parser reports over several
+        why = why if len(why) <= 160 else why[:157] + "..."
+        raise BuilderError(f"{model_path} is not a readable ONNX model ({type(e).__name__}: {why}); the file is "
                            "truncated or not ONNX: rebuild it") from None
     if not model.graph.output or not model.opset_import:
         # Protobuf parses an empty file, and a file cut between two fields, as a model that

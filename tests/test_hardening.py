@@ -479,10 +479,11 @@ def test_webgpu_verify_says_it_did_not_run(ckpt, tmp_path):
     assert "warning: --verify did not run: the graph targets webgpu" in proc.stderr
 
 
-def test_mistyped_command_is_named(tmp_path):
+def test_mistyped_command_is_named(tmp_path, ckpt):
     proc = cli("bacth", tmp_path / "jobs.yaml")
     assert_clean_failure(proc, "unknown command 'bacth'", "did you mean 'batch'")
     assert proc.returncode == 2
+    assert_clean_failure(cli(ckpt), "pass it with -m: python -m builder -m")  # the model without -m
 
 
 # ---- inspect ------------------------------------------------------------------------------
@@ -504,6 +505,11 @@ def test_inspect_truncated_model(built_folder, tmp_path):
         with pytest.raises(BuilderError, match="truncated or not ONNX"):
             summarize(path)
     assert_clean_failure(plain_cli("inspect", tmp_path / "model.onnx"), "truncated or not ONNX")
+    # onnx.load reads *.json as protobuf JSON, whose errors span lines: still one line here.
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    proc = plain_cli("inspect", tmp_path / "config.json")
+    assert_clean_failure(proc, "not a readable ONNX model")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_inspect_into_a_closed_pipe(built_folder):

@@ -96,7 +96,7 @@ KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "tie_word_embeddings": (_bool, False),
     "attention_bias": (_bool, False),
     "use_sliding_window": (_bool, False),
-    "sliding_window": (_int(1), True),
+    "sliding_window": (_int(0), True),  # 0 and null: no window (families treat both so)
     "sliding_window_pattern": (_int(1), True),
     "max_window_layers": (_int(0), True),
     "layer_types": (_str_list, True),
