@@ -95,6 +95,7 @@ KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "hidden_activation": (_str, True),
     "tie_word_embeddings": (_bool, False),
     "attention_bias": (_bool, False),
+    "use_bidirectional_attention": (_bool, True),
     "use_sliding_window": (_bool, False),
     "sliding_window": (_int(0), True),  # 0 and null: no window (families treat both so)
     "sliding_window_pattern": (_int(1), True),
