@@ -145,6 +145,12 @@ def test_linear_attention_states_get_transformers_js_names():
         transformers_js.check_inputs(bad)
 
 
+def test_default_target_is_the_runtime_inside_transformers_js(built):
+    for ep, version in (("cpu", "1.30"), ("webgpu", "1.31")):
+        result = built("qwen3", precision="int4", ep=ep, format="transformers.js")
+        assert result.report["target"]["ort_version"] == version
+
+
 def test_io_dtype_option(built):
     fp32 = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32")
     model = onnx.load(str(fp32.model_path), load_external_data=False)

@@ -138,7 +138,9 @@ class BuildOptions:
                            "package (its last release is 1.27). Default: the installed runtime for the EP "
                            "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
                            "onnxruntime-webgpu, onnxruntime-directml), else its newest release known to this "
-                           "builder (webgpu: 1.31 with the plugin EP)."),
+                           "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js: the "
+                           "runtime inside transformers.js 4.3 (cpu/cuda/dml: onnxruntime-node 1.30, webgpu: "
+                           "onnxruntime-web 1.31)."),
     )
     graph_capture: str = field(
         default="auto",

@@ -34,8 +34,9 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
 WEBGPU_LAST_MONOLITHIC = (1, 27)
 
 # The ONNX Runtime inside transformers.js 4.3 (@huggingface/transformers 4.3.2 pins
-# onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): a --format transformers.js build
-# must load there, so its default target is at most this version for the EP.
+# onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): the default target of a
+# --format transformers.js build, whatever runtime Python has installed. webgpu: the
+# browser's WebGPU EP (its wasm CPU EP for the few nodes ORT keeps on the CPU).
 TRANSFORMERS_JS_ORT: dict[str, tuple[int, int]] = {"cpu": (1, 30), "webgpu": (1, 31), "cuda": (1, 30),
                                                    "dml": (1, 30)}
 
@@ -128,7 +129,7 @@ class Target:
         version = (parse_version(options.target_ort, "--target-ort") if options.target_ort
                    else default_ort_version(options.ep))
         if options.format == "transformers.js" and not options.target_ort:
-            version = min(version, TRANSFORMERS_JS_ORT[options.ep])
+            version = TRANSFORMERS_JS_ORT[options.ep]
         target = cls(options.ep, options.precision, version, options.io_dtype)
         floor = MIN_ORT_VERSION[options.ep]
         if version < floor:
