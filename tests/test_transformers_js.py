@@ -149,6 +149,7 @@ def test_default_target_is_the_runtime_inside_transformers_js(built):
     for ep, version in (("cpu", "1.30"), ("webgpu", "1.31")):
         result = built("qwen3", precision="int4", ep=ep, format="transformers.js")
         assert result.report["target"]["ort_version"] == version
+        assert result.report["target"]["runtime"].startswith("transformers.js 4.3 (onnxruntime-")
 
 
 def test_io_dtype_option(built):

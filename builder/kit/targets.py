@@ -123,6 +123,7 @@ class Target:
     ort_version: tuple[int, int]
     io_choice: str = "auto"  # --io-dtype
     graph_capture: bool = False
+    transformers_js: bool = False  # --format transformers.js: the ONNX Runtime inside transformers.js
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "Target":
@@ -130,7 +131,8 @@ class Target:
                    else default_ort_version(options.ep))
         if options.format == "transformers.js" and not options.target_ort:
             version = TRANSFORMERS_JS_ORT[options.ep]
-        target = cls(options.ep, options.precision, version, options.io_dtype)
+        target = cls(options.ep, options.precision, version, options.io_dtype,
+                     transformers_js=options.format == "transformers.js")
         floor = MIN_ORT_VERSION[options.ep]
         if version < floor:
             source = (f"--target-ort {options.target_ort}" if options.target_ort else
@@ -154,6 +156,9 @@ class Target:
     @property
     def runtime(self) -> str:
         """The runtime package(s) this target means, e.g. for reports and AUTO_LAYOUT."""
+        if self.transformers_js:
+            package = "onnxruntime-web" if self.ep == "webgpu" else "onnxruntime-node"
+            return f"transformers.js 4.3 ({package} {self.version_text})"
         if self.ep == "webgpu":
             if self.ort_version <= WEBGPU_LAST_MONOLITHIC:
                 return f"onnxruntime-webgpu {self.version_text}"
