@@ -203,7 +203,8 @@ class RayExecutor(Executor):
         if refused:
             raise BuilderError("--executor ray: no node can run " + ("this job" if len(refused) == 1 else
                                f"these {len(refused)} jobs") + " (nothing was built):\n  " + "\n  ".join(refused)
-                               + "\nadd a larger node, lower --jobs, or build them with the local executor")
+                               + "\nadd a node with that much memory, or build them with the local executor "
+                               "on a machine that has it")
         self._check_shared(jobs, output_root, nodes)
 
     def _check_shared(self, jobs, output_root: Path, nodes: list[dict]) -> None:
