@@ -35,14 +35,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.base import DecoderBuilder
 from architectures.registry import register
+from builder.kit.blocks import Attention, DenseMLP, Emitter
 from builder.kit.errors import BuilderError
-from builder.kit.checkpoint import to_float
-from builder.kit.graph import MS_DOMAIN
 from builder.kit.layout import Layout
-from builder.kit.linear import Projections, QuantizedTensor
+from builder.kit.linear import Projections
+from builder.kit.options import BuildOptions
 from builder.kit.rope import RopeSpec
+from builder.kit.targets import Target
+from builder.kit.spec import DecoderSpec, layer_types as resolve_layer_types
 
 # Gemma3TextConfig's defaults for keys a config.json may leave out (transformers 5.23).
 CONFIG_DEFAULTS = {
@@ -68,15 +70,9 @@ class Gemma3Spec(DecoderSpec):
 def layer_types(config: dict, num_layers: int) -> list[str]:
     """config.json's layer_types, else transformers' default from sliding_window_pattern
     (every pattern-th layer global)."""
-    types = config.get("layer_types")
-    if types is None:
-        pattern = int(config.get("sliding_window_pattern") or 6)
-        types = [SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)]
-    types = list(types)
-    if len(types) != num_layers or set(types) - {SLIDING, FULL}:
-        raise BuilderError(f"config.json: layer_types {types} must name {num_layers} layers, each "
-                           f"{SLIDING!r} or {FULL!r}")
-    return types
+    pattern = int(config.get("sliding_window_pattern") or 6)
+    default = [SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)]
+    return resolve_layer_types(config, num_layers, default, {SLIDING, FULL})
 
 
 def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
@@ -114,10 +110,8 @@ class _OneOffsetNorms(Projections):
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         if not all(t.endswith("norm.weight") for t in tensors):
             return super().float_rows(tensors, shapes)
-        parts = [to_float(self.checkpoint.tensor(t, expect_shape=s)) + np.float32(1.0)
-                 for t, s in zip(tensors, shapes)]
-        for tensor, part in zip(tensors, parts):
-            self.check_finite(tensor, part)
+        # float32 checks NaN/Inf on the values as stored; + 1 cannot create them.
+        parts = [self.float32(t, s) + np.float32(1.0) for t, s in zip(tensors, shapes)]
         return np.concatenate(parts, axis=0).astype(self.io_dtype)
 
 
@@ -129,7 +123,7 @@ class Gemma3Builder(DecoderBuilder):
 
     # ---- config -------------------------------------------------------------
 
-    def make_spec(self, config: dict) -> Gemma3Spec:
+    def make_spec(self, config: dict, target: Target | None = None) -> Gemma3Spec:
         config = {**CONFIG_DEFAULTS, **config}
         act = config["hidden_activation"]
         if act != "gelu_pytorch_tanh":
@@ -169,50 +163,40 @@ class Gemma3Builder(DecoderBuilder):
             spec.sliding_window = window
         return spec
 
-    def choose_layout(self) -> Layout:
-        if self.options.silu != "auto":
-            raise BuilderError(f"--silu {self.options.silu}: Gemma 3's MLP has no SiLU (it is gelu_pytorch_tanh, "
+    def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
+        if options.silu != "auto":
+            raise BuilderError(f"--silu {options.silu}: Gemma 3's MLP has no SiLU (it is gelu_pytorch_tanh, "
                                "written as FastGelu); leave --silu at auto")
-        layout = super().choose_layout()
         return replace(layout, silu="none",
                        notes=layout.notes + ("MLP activation gelu_pytorch_tanh -> com.microsoft FastGelu",))
 
+    # ---- blocks -------------------------------------------------------------
+
+    def mixer(self, spec: Gemma3Spec, i: int) -> Attention:
+        return Attention(qk_norm=True, local_rope_layers=spec.sliding_layers)
+
+    def feed_forward(self, spec: Gemma3Spec, i: int) -> DenseMLP:
+        return DenseMLP(act="gelu_tanh")
+
+    def rotary(self, spec: Gemma3Spec) -> dict:
+        """cos_cache/sin_cache from spec.rope for the global layers, *_local for the sliding ones."""
+        return {"global": spec.rope, **({"local": spec.local_rope} if spec.sliding_layers else {})}
+
     # ---- the graph ----------------------------------------------------------
 
-    def decoder_layer(self, i: int, hidden: str, residual: str) -> tuple[str, str]:
-        attn = self.post_norm(i, self.attention(i, hidden), "post_attention_layernorm")
-        hidden, residual = self.skip_norm(attn, residual, self.norm_weight(i, "pre_feedforward_layernorm.weight"),
-                                          f"/model/layers.{i}/pre_feedforward_layernorm")
-        mlp = self.post_norm(i, self.mlp(i, hidden), "post_feedforward_layernorm")
-        return self.skip_norm(mlp, residual, *self.next_norm(i))
+    def decoder_layer(self, em: Emitter, i: int, hidden: str, residual: str) -> tuple[str, str]:
+        spec = em.spec
+        attn = self.post_norm(em, i, self.mixer(spec, i)(em, i, hidden), "post_attention_layernorm")
+        hidden, residual = em.skip_norm(attn, residual, em.norm_weight(i, "pre_feedforward_layernorm.weight"),
+                                        f"/model/layers.{i}/pre_feedforward_layernorm")
+        mlp = self.post_norm(em, i, self.feed_forward(spec, i)(em, i, hidden), "post_feedforward_layernorm")
+        return em.skip_norm(mlp, residual, *self.next_norm(em, i))
 
-    def post_norm(self, i: int, x: str, norm: str) -> str:
+    def post_norm(self, em: Emitter, i: int, x: str, norm: str) -> str:
         """A block output's own RMSNorm, before the residual add."""
-        return self.graph.op("SimplifiedLayerNormalization", [x, self.norm_weight(i, f"{norm}.weight")],
-                             f"/model/layers.{i}/{norm}/LayerNorm", axis=-1, epsilon=self.spec.rms_norm_eps)
+        return em.rms_norm(x, em.norm_weight(i, f"{norm}.weight"), f"/model/layers.{i}/{norm}")
 
-    def make_embedding(self, lm_head: QuantizedTensor | str) -> str:
-        table = super().make_embedding(lm_head)
-        scale = self.graph.constant(np.float32(math.sqrt(self.spec.hidden_size)), dtype=self.io_dtype)
-        return self.graph.op("Mul", [table, scale], "/model/embed_tokens/Mul")
-
-    # ---- attention ----------------------------------------------------------
-
-    def make_attention_metadata(self) -> None:
-        super().make_attention_metadata()   # cos_cache/sin_cache from spec.rope: the global layers'
-        self.rope_caches = {FULL: (self.cos_cache, self.sin_cache)}
-        if self.spec.sliding_layers:
-            cos, sin = self.spec.local_rope.caches(self.context_length, self.io_dtype)
-            self.rope_caches[SLIDING] = (self.graph.initializer("cos_cache_local", cos),
-                                         self.graph.initializer("sin_cache_local", sin))
-
-    def attention(self, i: int, x: str) -> str:
-        # The base attention (GQA's rotary or RotaryEmbedding nodes) reads self.cos_cache/sin_cache.
-        self.cos_cache, self.sin_cache = self.rope_caches[SLIDING if i in self.spec.sliding_layers else FULL]
-        return super().attention(i, x)
-
-    # ---- MLP ----------------------------------------------------------------
-
-    def silu(self, x: str, name: str) -> str:
-        """The base MLP's activation hook (gate -> act -> * up): gelu_pytorch_tanh here."""
-        return self.graph.op("FastGelu", [x], f"{name}/FastGelu", domain=MS_DOMAIN)
+    def embed(self, em: Emitter, lm_head) -> str:
+        table = super().embed(em, lm_head)
+        scale = em.graph.constant(np.float32(math.sqrt(em.spec.hidden_size)), dtype=em.plan.io_dtype)
+        return em.graph.op("Mul", [table, scale], "/model/embed_tokens/Mul")

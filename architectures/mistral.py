@@ -7,7 +7,9 @@ one included, which is transformers' `kv_idx > q_idx - sliding_window` (window +
 move the logits by ~2 with a 12-token prompt and window 8).
 """
 
-from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.base import DecoderBuilder
+from builder.kit.targets import Target
+from builder.kit.spec import DecoderSpec
 from architectures.qwen2 import sliding_layers
 from architectures.registry import register
 
@@ -16,8 +18,8 @@ from architectures.registry import register
 class MistralBuilder(DecoderBuilder):
     genai_type = "mistral"
 
-    def make_spec(self, config: dict) -> DecoderSpec:
-        spec = super().make_spec(config)
+    def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
+        spec = super().make_spec(config, target)
         window = config.get("sliding_window")
         spec.sliding_layers = sliding_layers(config, window, ["sliding_attention"] * spec.num_layers)
         spec.sliding_window = int(window) if spec.sliding_layers else None

@@ -4,7 +4,9 @@ The biases ride on the projection: one packed bias Add after the packed QKV
 MatMul (before the Split), or one Add per projection in the separate layout.
 """
 
-from architectures.base import DecoderBuilder, DecoderSpec
+from architectures.base import DecoderBuilder
+from builder.kit.targets import Target
+from builder.kit.spec import DecoderSpec
 from architectures.registry import register
 
 
@@ -21,9 +23,10 @@ def sliding_layers(config: dict, window: int | None, default_types: list[str]) -
 class Qwen2Builder(DecoderBuilder):
     genai_type = "qwen2"
 
-    def make_spec(self, config: dict) -> DecoderSpec:
-        # Qwen2Attention always has q/k/v biases; hub configs carry no attention_bias key.
-        spec = DecoderSpec.from_config(config, attention_bias=True)
+    attention_bias = True  # Qwen2Attention always has them; hub configs carry no attention_bias key
+
+    def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
+        spec = super().make_spec({**config, "attention_bias": True}, target)
         # transformers: the window applies only with use_sliding_window, on layers >= max_window_layers.
         window = config.get("sliding_window") if config.get("use_sliding_window") else None
         n = spec.num_layers

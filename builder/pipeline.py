@@ -91,8 +91,9 @@ def build(options: BuildOptions | None = None, *, family: type | None = None, sh
 
 def run(arch, show_progress: bool = True) -> BuildResult:
     """Write the model of an architecture builder into its output folder."""
-    options, spec = arch.options, arch.spec
-    if options.verify and arch.target.ep == "cpu":  # the only EP verify runs on
+    plan = arch.plan
+    options, spec = plan.options, plan.spec
+    if options.verify and plan.target.ep == "cpu":  # the only EP verify runs on
         from builder.verify import require_verify_extras
         require_verify_extras()
     output = Path(options.output) if options.output else default_output(options)
@@ -144,7 +145,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             layout.write_configs(staging, generation)
         with _write_errors(output, "copying the tokenizer files into "):
             copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
-        notes = list(arch.layout.notes) + arch.warnings
+        notes = list(plan.notes) + arch.warnings
         if missing:
             message = (f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
                        "the model was built, but onnxruntime-genai needs them to tokenize; copy them "
@@ -181,8 +182,9 @@ def _verify(arch, model_file: Path) -> dict:
     """Parity against transformers before the folder is published; a failure is a failed build."""
     from builder.verify import verify_output
     t = time.perf_counter()
-    result = verify_output(model_file, arch.checkpoint.directory, arch.options, arch.target.ep,
-                           fp32_io=arch.io_dtype == "float32")
+    plan = arch.plan
+    result = verify_output(model_file, arch.checkpoint.directory, plan.options, plan.target.ep,
+                           fp32_io=plan.io_dtype == "float32")
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":
         raise BuilderError(f"--verify failed: logits differ from transformers ({result['bound']} not met: "
@@ -193,26 +195,27 @@ def _verify(arch, model_file: Path) -> dict:
 
 def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str],
                 notes: list[str], layout) -> dict:
-    spec, target = arch.spec, arch.target
+    plan = arch.plan
+    spec, target = plan.spec, plan.target
     files = [layout.model_file, *layout.data_files(folder)]
     sizes = {Path(name).name: (folder / name).stat().st_size for name in files}
     counts = graph.op_counts()
     return {
         "builder_version": __version__,
-        "options": arch.options.to_dict(),
+        "options": plan.options.to_dict(),
         "target": {"ep": target.ep, "precision": target.precision, "ort_version": target.version_text,
                    "runtime": target.runtime, "graph_capture": target.graph_capture,
-                   "io_dtype": str(arch.io_dtype), "accuracy_level": arch.accuracy_level},
+                   "io_dtype": str(plan.io_dtype), "accuracy_level": plan.accuracy_level},
         "checkpoint": {"path": str(arch.checkpoint.directory),
-                       "fingerprint": arch.checkpoint.fingerprint(arch.options.checkpoint_hash),
-                       "architecture": (arch.config.get("architectures") or ["?"])[0]},
+                       "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),
+                       "architecture": plan.architecture},
         "model": {"layers": spec.num_layers, "hidden_size": spec.hidden_size, "num_heads": spec.num_heads,
                   "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
                   "vocab_size": spec.vocab_size, "tied_embeddings": spec.tie_word_embeddings,
-                  "context_length": arch.context_length},
+                  "context_length": plan.context_length},
         "format": layout.describe(),
         "files": {"model": layout.model_file, "data": layout.data_files(folder)},
-        "layout": arch.layout.describe(),
+        "layout": plan.layout.describe(),
         "nodes": {"total": sum(counts.values()), "by_op_type": counts},
         "sizes": {**{f"{k}_bytes": v for k, v in sizes.items()}, "total_bytes": sum(sizes.values())},
         "timings": {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()},

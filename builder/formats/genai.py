@@ -23,7 +23,9 @@ class GenaiFolder:
         return [self.data_file]
 
     def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
-        genai = make_genai_config(self.arch, generation)
+        arch = self.arch
+        genai = make_genai_config(arch.plan, arch.config, generation,
+                                  str(arch.checkpoint.directory / "generation_config.json"))
         (staging / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n")
         return ["genai_config.json"]
 

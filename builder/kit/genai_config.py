@@ -25,19 +25,19 @@ def _ids(value) -> list[int]:
 CAPTURE_MAX_LENGTH = 4096
 
 
-def search_max_length(builder) -> int:
-    if builder.options.max_length is not None:
-        return builder.options.max_length  # checked against the context length up front
-    if builder.target.graph_capture:
-        return min(CAPTURE_MAX_LENGTH, builder.context_length)
-    return builder.context_length
+def search_max_length(plan) -> int:
+    if plan.options.max_length is not None:
+        return plan.options.max_length  # checked against the context length by the plan
+    if plan.target.graph_capture:
+        return min(CAPTURE_MAX_LENGTH, plan.context_length)
+    return plan.context_length
 
 
-def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
-    """builder: an architectures DecoderBuilder after its graph was built."""
-    config, spec, target = builder.config, builder.spec, builder.target
-    generation = check_generation_config(generation or {},
-                                         str(builder.checkpoint.directory / "generation_config.json"))
+def make_genai_config(plan, config: dict, generation: dict | None, generation_path: str) -> dict[str, Any]:
+    """plan: the build's BuildPlan; config and generation: the checkpoint's config.json and
+    generation_config.json (at generation_path, named in errors)."""
+    spec, target = plan.spec, plan.target
+    generation = check_generation_config(generation or {}, generation_path)
 
     def pick(key, default=None):
         value = generation.get(key)
@@ -52,7 +52,7 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
         pad = pad[0]
 
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
-    if not builder.layout.rotary_in_gqa:
+    if not plan.layout.rotary_in_gqa:
         inputs["position_ids"] = "position_ids"
     inputs.update(past_key_names="past_key_values.%d.key", past_value_names="past_key_values.%d.value")
 
@@ -60,7 +60,7 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
         "log_id": "onnxruntime-genai",
         "provider_options": [] if target.ep == "cpu" else [{target.ep: target.provider_options}],
     }
-    threads = builder.options.intra_op_threads
+    threads = plan.options.intra_op_threads
     threads = target.default_intra_op_threads if threads is None else threads
     if threads >= 0:
         session_options["intra_op_num_threads"] = threads
@@ -83,11 +83,11 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
 
     model = {
         "bos_token_id": int(bos) if bos is not None else (eos[0] if eos else 0),
-        "context_length": builder.context_length,
+        "context_length": plan.context_length,
         "decoder": decoder,
         "eos_token_id": eos[0] if len(eos) == 1 else eos,
         "pad_token_id": int(pad),
-        "type": builder.genai_type,
+        "type": plan.genai_type,
         "vocab_size": spec.vocab_size,
     }
     search = {
@@ -95,7 +95,7 @@ def make_genai_config(builder, generation: dict | None) -> dict[str, Any]:
         "do_sample": bool(pick("do_sample", False)),
         "early_stopping": True,
         "length_penalty": float(pick("length_penalty", 1.0)),
-        "max_length": search_max_length(builder),
+        "max_length": search_max_length(plan),
         "min_length": 0,
         "no_repeat_ngram_size": int(pick("no_repeat_ngram_size", 0)),
         "num_beams": int(pick("num_beams", 1)),

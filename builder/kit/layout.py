@@ -17,6 +17,19 @@ from builder.kit.options import BuildOptions
 from builder.kit.targets import Target
 from quant import QuantScheme
 
+
+@dataclass(frozen=True)
+class PackGroup:
+    """Projections that may be written as one MatMul: `modules` concatenated along N.
+
+    policy: "qkv" and "mlp" follow --qkv-packing / --mlp-packing; "always" packs
+    whenever the formats agree (e.g. a linear-attention layer's in_proj_qkvz).
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    policy: str
+
 # ep -> (qkv packing, mlp packing, silu form, evidence). fused-norm entries fall back
 # to packed-split where the target runtime lacks GQA's q/k-norm inputs.
 AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
@@ -54,6 +67,7 @@ class Layout:
     packed_qkv_into_gqa: bool  # no Split: GQA reads the packed QKV (no QK-norm, rotary in GQA)
     silu: str = "quickgelu"    # quickgelu (QuickGelu alpha=1 is exactly SiLU, one node) or sigmoid-mul
     notes: tuple[str, ...] = field(default=())
+    packed: frozenset[str] = field(default=frozenset())  # PackGroup names written as one MatMul
 
     def describe(self) -> dict:
         return {"qkv_packing": self.qkv, "mlp_packing": self.mlp, "head_norm": self.head_norm,
@@ -61,12 +75,18 @@ class Layout:
                 "silu": self.silu, "notes": list(self.notes)}
 
 
-def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
-                  qkv_formats: list[list[QuantScheme]], mlp_formats: list[list[QuantScheme]]) -> Layout:
-    """Resolve the packing options for one model.
+def choose_layout(options: BuildOptions, target: Target, qk_norm: bool, groups: list[PackGroup],
+                  formats: dict[str, QuantScheme]) -> Layout:
+    """Resolve the packing options for one model, and which pack groups are packed.
 
-    qkv_formats / mlp_formats: per layer, the formats of [q, k, v] / [gate, up].
+    A group is packed when its policy says so and its projections share one weight
+    format; this is the only place that falls back to separate projections.
     """
+    def mixed(group: PackGroup) -> bool:
+        return len({formats[m] for m in group.modules}) > 1
+
+    qkv_groups = [g for g in groups if g.policy == "qkv"]
+    mlp_groups = [g for g in groups if g.policy == "mlp"]
     notes: list[str] = []
     auto_qkv, auto_mlp, auto_silu, evidence = AUTO_LAYOUT[target.layout_key]
     rotary_in_gqa = target.supports("gqa_rotary")
@@ -87,7 +107,7 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
                                "need cuda or webgpu, ORT >= 1.28); use packed-split or separate")
     if qkv != "separate" and not target.supports("gqa_packed_qkv") and options.qkv_packing == "auto":
         qkv = "separate"
-    if qkv != "separate" and any(len(set(f)) > 1 for f in qkv_formats):
+    if qkv != "separate" and any(mixed(g) for g in qkv_groups):
         notes.append("q/k/v projections differ in weight format in some layers; those layers use "
                      "separate projections")
 
@@ -95,7 +115,7 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
     if mlp == "auto":
         mlp = auto_mlp
         notes.append(f"mlp_packing auto -> {mlp} ({evidence})")
-    if mlp == "packed" and any(len(set(f)) > 1 for f in mlp_formats):
+    if mlp == "packed" and any(mixed(g) for g in mlp_groups):
         notes.append("gate/up projections differ in weight format in some layers; those layers use "
                      "separate projections")
 
@@ -118,4 +138,6 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool,
         silu = auto_silu if target.supports("quick_gelu") else "sigmoid-mul"
     elif silu == "quickgelu" and not target.supports("quick_gelu"):
         raise BuilderError(f"--silu quickgelu: QuickGelu is not verified on {target.ep}; use sigmoid-mul")
-    return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes))
+    wanted = {"qkv": qkv != "separate", "mlp": mlp == "packed", "always": True}
+    packed = frozenset(g.name for g in groups if wanted[g.policy] and not mixed(g))
+    return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes), packed)

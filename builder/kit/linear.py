@@ -83,6 +83,12 @@ class Projections:
             zp = self.graph.initializer(f"{name}.qzeros", zp_all.reshape(n, -1))
         return QuantizedTensor(b, s, zp, n, k, fmt)
 
+    def float32(self, tensor: str, shape: tuple[int, ...]) -> np.ndarray:
+        """One whole tensor as float32 (bf16/fp16 widen exactly), checked for NaN/Inf."""
+        values = to_float(self.checkpoint.tensor(tensor, expect_shape=shape))
+        self.check_finite(tensor, values)
+        return values
+
     def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
         """Tensors stacked along their first axis, in the activation dtype."""
         parts = []

@@ -227,59 +227,10 @@ def default_generation_config(config: dict) -> dict:
 
 
 def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every checkpoint tensor, in the model's state_dict order (the
-    order save_pretrained shards in). Names follow the hub files, e.g. MoE experts are
-    stored one by one (transformers 5 fuses them at load time). Tied models have no
-    lm_head.weight unless tied_lm_head (a copy of the embedding, as in Qwen3-0.6B/1.7B)."""
-    mt = config["model_type"]
-    if mt not in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma3_text"):
-        raise ValueError(f"unsupported model_type {mt!r}")
-    h, v = config["hidden_size"], config["vocab_size"]
-    nh, nkv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    hd = config.get("head_dim") or h // nh
-    qkv_bias = mt == "qwen2" or config.get("attention_bias", False)
-    mlp_bias = config.get("mlp_bias", False)
-    out = [("model.embed_tokens.weight", (v, h))]
-
-    def linear(name, n_out, n_in, bias=False):
-        out.append((f"{name}.weight", (n_out, n_in)))
-        if bias:
-            out.append((f"{name}.bias", (n_out,)))
-
-    def mlp(p, inter):
-        linear(f"{p}.gate_proj", inter, h, mlp_bias)
-        linear(f"{p}.up_proj", inter, h, mlp_bias)
-        linear(f"{p}.down_proj", h, inter, mlp_bias)
-
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}"
-        linear(f"{p}.self_attn.q_proj", nh * hd, h, qkv_bias)
-        linear(f"{p}.self_attn.k_proj", nkv * hd, h, qkv_bias)
-        linear(f"{p}.self_attn.v_proj", nkv * hd, h, qkv_bias)
-        linear(f"{p}.self_attn.o_proj", h, nh * hd, config.get("attention_bias", False) and mt != "qwen2")
-        if mt.startswith("qwen3"):  # per-head RMSNorm on q and k
-            out += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
-        if mt == "gemma3_text":  # per-head RMSNorm on q and k too
-            out += [(f"{p}.self_attn.q_norm.weight", (hd,)), (f"{p}.self_attn.k_norm.weight", (hd,))]
-        sparse = (
-            mt == "qwen3_moe"
-            and i not in config.get("mlp_only_layers", [])
-            and (i + 1) % config.get("decoder_sparse_step", 1) == 0
-        )
-        if sparse:
-            n_exp = config.get("num_experts", config.get("num_local_experts"))
-            out.append((f"{p}.mlp.gate.weight", (n_exp, h)))
-            for e in range(n_exp):
-                mlp(f"{p}.mlp.experts.{e}", config["moe_intermediate_size"])
-        else:
-            mlp(f"{p}.mlp", config["intermediate_size"])
-        out += [(f"{p}.input_layernorm.weight", (h,)), (f"{p}.post_attention_layernorm.weight", (h,))]
-        if mt == "gemma3_text":  # norms around the MLP as well
-            out += [(f"{p}.pre_feedforward_layernorm.weight", (h,)), (f"{p}.post_feedforward_layernorm.weight", (h,))]
-    out.append(("model.norm.weight", (h,)))
-    if tied_lm_head or not config.get("tie_word_embeddings", False):
-        out.append(("lm_head.weight", (v, h)))
-    return out
+    """(name, shape) of every checkpoint tensor, in the model's state_dict order (the order
+    save_pretrained shards in), derived from the registered family (support.expected_tensors)."""
+    from support.expected_tensors import expected_tensors
+    return expected_tensors(config, tied_lm_head=tied_lm_head)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,16 @@
+"""Reusable layer blocks. A family picks and configures them; each emits its nodes from the plan.
+
+- emitter: what every block writes with (graph, projections, plan, names, shared inputs)
+- attention: GroupQueryAttention with its packing, Q/K-norm and rotary variants; KV I/O
+- mlp: the dense gated MLP (SiLU or GELU)
+- moe: sparse experts as com.microsoft MoE / QMoE
+- embedding: token embeddings, lm_head and logits (GatherBlockQuantized sharing int4 bytes)
+- norms: RMSNorm forms (SimplifiedLayerNormalization, Skip..., per-head)
+"""
+
+from builder.kit.blocks.attention import Attention
+from builder.kit.blocks.emitter import Emitter
+from builder.kit.blocks.mlp import DenseMLP
+from builder.kit.blocks.moe import MoeSpec, SparseMoE
+
+__all__ = ["Attention", "DenseMLP", "Emitter", "MoeSpec", "SparseMoE"]

@@ -1,0 +1,170 @@
+"""The build plan: every decision about one build, made once, before any node is written.
+
+A family contributes what only it knows (its spec from config.json, the
+projections it has, which of them may be packed into one MatMul); the plan
+resolves options, target, weight formats, layout, dtypes, accuracy level and
+context length from those in one pass, top to bottom. Blocks, genai_config.json,
+the build report and verify read the plan; nothing decides twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from builder.kit.errors import BuilderError
+from builder.kit.layout import Layout, PackGroup, choose_layout
+from builder.kit.options import BuildOptions
+from builder.kit.selection import format_for, patterns_matching_nothing
+from builder.kit.targets import Target
+from quant import QuantScheme
+
+# GroupQueryAttention's seqlens_k and total_sequence_length are int32.
+MAX_CONTEXT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    options: BuildOptions
+    target: Target
+    spec: Any                  # the family's DecoderSpec (or a subclass)
+    layout: Layout
+    formats: Mapping[str, QuantScheme]   # HF module name -> weight format, every projection
+    accuracy_level: int
+    context_length: int
+    genai_type: str            # model.type in genai_config.json
+    architecture: str          # the HF architectures name being built
+    notes: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
+
+    @property
+    def io_dtype(self) -> np.dtype:
+        return self.target.io_dtype
+
+    @property
+    def io_type(self) -> int:
+        return self.target.io_onnx_type
+
+    def fmt(self, module: str) -> QuantScheme:
+        """The weight format of a projection the family declared."""
+        try:
+            return self.formats[module]
+        except KeyError:
+            raise KeyError(f"{module!r} is not among the projections the family declared "
+                           "(projection_modules)") from None
+
+    def packed(self, group: str) -> bool:
+        """Whether a pack group (e.g. model.layers.0.self_attn.qkv_proj) is one MatMul."""
+        return group in self.layout.packed
+
+
+def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
+    """Resolve a build. `family` is the architecture builder: make_spec(config, target),
+    weight(layer, suffix), projection_modules(spec), pack_groups(spec), adjust_layout(layout,
+    options) and genai_type are all it is asked for."""
+    options = options.validated()
+    config = checkpoint.config
+    target = Target.from_options(options)
+    spec = family.make_spec(config, target)
+    warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
+    context = resolve_context_length(options, spec, target)
+    if options.max_length and options.max_length > context:
+        raise BuilderError(f"--max-length {options.max_length} is larger than the context length "
+                           f"{context}; lower it or raise --context-length")
+    modules = family.projection_modules(spec)
+    unmatched = patterns_matching_nothing(modules, options)
+    if unmatched:
+        raise BuilderError(f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
+                           "names look like lm_head, model.layers.0.self_attn.v_proj or '*.v_proj'")
+    formats = {m: format_for(m, options) for m in modules}
+    layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
+    layout = family.adjust_layout(layout, options)
+    level = options.accuracy_level
+    names = config.get("architectures") or ["?"]
+    return BuildPlan(
+        options=options,
+        target=target,
+        spec=spec,
+        layout=layout,
+        formats=formats,
+        accuracy_level=target.default_accuracy_level if level is None else level,
+        context_length=context,
+        genai_type=family.genai_type,
+        architecture=names[0] if isinstance(names, list) else str(names),
+        notes=layout.notes,
+        warnings=tuple(warnings),
+    )
+
+
+def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
+    """The checkpoint's layers against num_hidden_layers, from tensor names alone.
+
+    Fewer layers: refused now, before anything loops over a config's layer count. More:
+    built as the config says, with a warning (a truncated config, or extra layers such
+    as multi-token-prediction heads that this build leaves out).
+    """
+    probe = family.weight(0, "x")
+    if not probe.endswith(".0.x"):
+        return []  # a family with its own naming checks its own tensors
+    prefix = probe[:-len("0.x")]
+    found = set()
+    for name in checkpoint.names():
+        if name.startswith(prefix):
+            index = name[len(prefix):].split(".", 1)[0]
+            if index.isdigit():
+                found.add(int(index))
+    n = num_layers
+    missing = next((i for i in range(min(n, max(found, default=-1) + 2)) if i not in found), None)
+    if missing is not None and missing < n:
+        have = f"layers 0-{max(found)}" if found else "no layers"
+        raise BuilderError(f"config.json says num_hidden_layers = {n}, but the checkpoint in "
+                           f"{checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named "
+                           f"{prefix}N.*); the checkpoint is incomplete or does not match its config")
+    extra = sorted(i for i in found if i >= n)
+    if extra:
+        span = f"{extra[0]}" if len(extra) == 1 else f"{extra[0]}-{extra[-1]}"
+        return [f"the checkpoint has layer(s) {span} ({prefix}{span}.*) beyond config.json's "
+                f"num_hidden_layers = {n}; they are not part of this build"]
+    return []
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_context_length(options: BuildOptions, spec, target: Target) -> int:
+    """--context-length, bounded by what the model supports and by what memory holds.
+
+    The rotary caches are [context, rotary_dim / 2] each and are computed before any
+    weight is read: an unbounded length (a typo, or a config claiming 10^9 positions)
+    would take the machine's memory before any other check could run.
+    """
+    requested = options.context_length
+    supported = spec.rope.max_positions(spec.max_position_embeddings)
+    if requested is not None and requested > supported and not options.allow_long_context:
+        raise BuilderError(f"--context-length {requested} is more than this model supports ({supported} "
+                           "positions: config.json's max_position_embeddings and rope scaling); pass "
+                           "--allow-long-context to build it anyway, or a smaller --context-length")
+    context = requested or spec.max_position_embeddings
+    if context > MAX_CONTEXT:
+        raise BuilderError(f"context length {context} is more than GroupQueryAttention's int32 sequence "
+                           f"lengths hold ({MAX_CONTEXT}); pass a smaller --context-length")
+    ropes = [r for r in (spec.rope, getattr(spec, "local_rope", None)) if r is not None]  # Gemma 3: two
+    need = sum(r.cache_bytes(context, target.io_dtype) for r in ropes)
+    available = available_memory_bytes()
+    if available is not None and need > available // 2:
+        source = "--context-length" if requested else "config.json's max_position_embeddings"
+        raise BuilderError(f"context length {context} ({source}) needs {need / 2**30:.1f} GiB of rotary "
+                           f"cache, more than half the {available / 2**30:.1f} GiB of memory available; "
+                           "pass a smaller --context-length")
+    return context

@@ -1,0 +1,99 @@
+"""The tensors a checkpoint of a family must hold, derived from the family itself.
+
+The family's builder runs its graph walk over a stand-in checkpoint that has every
+tensor, answers each read with zeros and records (name, shape). So a new family
+needs no list of tensor shapes here: what its blocks read is what a checkpoint for
+it holds. Only the order is borrowed from transformers (the state_dict order that
+save_pretrained shards by, with fused MoE experts stored one by one as on the hub).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+_DTYPES = {"BF16": torch.bfloat16}
+
+
+class _Stand_inCheckpoint:
+    def __init__(self, config: dict):
+        self.config = config
+        self.directory = Path(os.devnull)
+        self.seen: dict[str, tuple[int, ...]] = {}
+
+    def has(self, name: str) -> bool:
+        return True  # every tensor exists: an untied config stays untied
+
+    def rows(self, name, start, stop, expect_shape=None):
+        if expect_shape is None:  # a chunk of a tensor whose shape was checked first
+            assert name in self.seen, f"the family read {name} without saying its shape"
+            shape = self.seen[name]
+        else:
+            shape = tuple(int(d) for d in expect_shape)
+            self.seen.setdefault(name, shape)
+        stop = shape[0] if stop is None else min(stop, shape[0])
+        start = min(start, stop)
+        return torch.zeros((stop - start, *shape[1:]) if shape else (), dtype=torch.bfloat16)
+
+    def tensor(self, name, expect_shape=None):
+        return self.rows(name, 0, None, expect_shape)
+
+
+def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor the registered family reads for this config (build order)."""
+    from architectures.registry import builder_class_for
+    from builder.kit.graph import ExternalDataFile, Graph
+    from builder.kit.options import BuildOptions
+    from builder.kit.progress import SilentProgress
+
+    stand_in = _Stand_inCheckpoint(config)
+    family = builder_class_for(config)
+    # fp32 on cpu: every option at its default, every tensor read as a float (no quantizer work).
+    arch = family(stand_in, BuildOptions(model="stand-in", precision="fp32", ep="cpu"))
+    data = ExternalDataFile(Path(os.devnull))
+    try:
+        arch.build_graph(Graph(data), SilentProgress())
+    finally:
+        data._file.close()
+    return stand_in.seen
+
+
+def _hub_order(config: dict) -> list[str] | None:
+    """transformers' state_dict order for this config (meta device: no memory), or None."""
+    try:
+        import transformers
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    except Exception:
+        return None
+    return list(model.state_dict())
+
+
+def expected_tensors(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every checkpoint tensor, in hub order. Tied models have no
+    lm_head.weight unless tied_lm_head (a copy of the embedding, as in Qwen3-0.6B/1.7B)."""
+    tensors = read_by_family(config)
+    if tied_lm_head and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    order = _hub_order(config)
+    if order is None:
+        return list(tensors.items())
+    rank = {name: i for i, name in enumerate(order)}
+
+    def key(item):
+        name = item[0]
+        if name in rank:
+            return (rank[name], 0, 0)
+        # Hub files store experts one by one where transformers fuses them: sort each under
+        # its fused tensor (mlp.experts.gate_up_proj / down_proj), by expert.
+        m = re.match(r"(.*\.experts)\.(\d+)\.(\w+)_proj\.weight$", name)
+        if m:
+            fused = f"{m[1]}.{'down_proj' if m[3] == 'down' else 'gate_up_proj'}"
+            proj = {"gate": 0, "up": 1, "down": 2}[m[3]]
+            return (rank.get(fused, len(rank)), int(m[2]), proj)
+        return (len(rank), 0, 0)
+
+    return sorted(tensors.items(), key=key)
