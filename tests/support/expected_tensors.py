@@ -13,16 +13,19 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
-_DTYPES = {"BF16": torch.bfloat16}
+import ml_dtypes
+import numpy as np
 
 
 class _Stand_inCheckpoint:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, layer_names: list[str]):
         self.config = config
         self.directory = Path(os.devnull)
         self.seen: dict[str, tuple[int, ...]] = {}
+        self._layer_names = layer_names
+
+    def names(self) -> list[str]:
+        return self._layer_names  # one name a layer: what the plan's layer-count check looks at
 
     def has(self, name: str) -> bool:
         return True  # every tensor exists: an untied config stays untied
@@ -36,7 +39,7 @@ class _Stand_inCheckpoint:
             self.seen.setdefault(name, shape)
         stop = shape[0] if stop is None else min(stop, shape[0])
         start = min(start, stop)
-        return torch.zeros((stop - start, *shape[1:]) if shape else (), dtype=torch.bfloat16)
+        return np.zeros((stop - start, *shape[1:]) if shape else (), dtype=ml_dtypes.bfloat16)
 
     def tensor(self, name, expect_shape=None):
         return self.rows(name, 0, None, expect_shape)
@@ -49,8 +52,9 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
     from builder.kit.options import BuildOptions
     from builder.kit.progress import SilentProgress
 
-    stand_in = _Stand_inCheckpoint(config)
     family = builder_class_for(config)
+    naming = family.__new__(family)  # weight() names tensors from the layer alone
+    stand_in = _Stand_inCheckpoint(config, [naming.weight(i, "x") for i in range(config["num_hidden_layers"])])
     # fp32 on cpu: every option at its default, every tensor read as a float (no quantizer work).
     arch = family(stand_in, BuildOptions(model="stand-in", precision="fp32", ep="cpu"))
     data = ExternalDataFile(Path(os.devnull))
@@ -64,6 +68,7 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
 def _hub_order(config: dict) -> list[str] | None:
     """transformers' state_dict order for this config (meta device: no memory), or None."""
     try:
+        import torch
         import transformers
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
