@@ -334,9 +334,9 @@ def test_context_beyond_the_model_needs_the_flag(ckpt, tmp_path):
 
 
 def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
-    import architectures.base as base
+    import builder.kit.plan as plan
     from builder import build
-    monkeypatch.setattr(base, "available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(plan, "available_memory_bytes", lambda: 1 << 20)
     with pytest.raises(BuilderError, match="GiB of rotary cache"):
         build(model=str(ckpt), output=str(tmp_path / "out"), context_length=100_000, allow_long_context=True,
               show_progress=False)
