@@ -36,8 +36,11 @@ def load_plugins() -> None:
         try:
             loaded = entry.load()
         except Exception as e:  # a broken plugin must not break the built-in families
-            import warnings
-            warnings.warn(f"architecture plugin {entry.name!r} ({entry.value}) failed to load: {e}")
+            # One plain line, as the build's own warnings (a UserWarning adds a source line).
+            import sys
+            why = " ".join(str(e).split())
+            print(f"warning: architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
+                  f"out: {type(e).__name__}: {why}", file=sys.stderr)
             continue
         if isinstance(loaded, type):
             for name in getattr(loaded, "architectures", ()):

@@ -647,3 +647,21 @@ def test_download_hint_names_the_installed_cli(monkeypatch):
     assert hub_download_command("org/m").startswith("hf download org/m --include")
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.30.2")
     assert hub_download_command("org/m").startswith("huggingface-cli download org/m")
+
+
+def test_broken_plugin_is_one_plain_warning_line(monkeypatch, capsys):
+    import importlib.metadata
+
+    import architectures.registry as registry
+
+    class Broken:
+        name, value = "broken", "broken_pkg:Builder"
+
+        def load(self):
+            raise ImportError("No module named 'broken_pkg'\n(with a second line)")
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Broken()])
+    registry.load_plugins()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: architecture plugin 'broken'"), err
+    assert "Qwen3ForCausalLM" in registry.registered()
