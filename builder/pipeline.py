@@ -101,6 +101,9 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     timings: dict[str, float] = {}
     progress = (Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress())
 
+    # Taken before any weight is read, so weights re-saved during the build make the
+    # report's fingerprint stale, and the next batch run rebuilds.
+    arch.checkpoint.fingerprint(options.checkpoint_hash)
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)

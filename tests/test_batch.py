@@ -538,3 +538,26 @@ def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
     assert batch(path, "--ray-address", "head:6379") == 2
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypatch):
+    """The report's fingerprint is taken before the build reads weights, not after."""
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import build
+    weights = _copy_checkpoint(tmp_path / "ckpt")
+    path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
+    read = Checkpoint.rows
+
+    def rows_then_resave(self, *args, **kwargs):
+        out = read(self, *args, **kwargs)
+        if not (tmp_path / "resaved").exists():  # a fine-tune lands mid-build
+            (tmp_path / "resaved").touch()
+            _resave_in_place(weights, keep_mtime=False)
+        return out
+    monkeypatch.setattr(Checkpoint, "rows", rows_then_resave)
+    job = load_batch(path).jobs[0]
+    build(job.options, show_progress=False)
+    assert (tmp_path / "resaved").exists()
+    monkeypatch.undo()
+    assert batch(path) == 0
+    assert summary(tmp_path / "out", "f")["by_name"]["a"]["reason"] == "checkpoint changed"

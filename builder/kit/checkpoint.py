@@ -314,12 +314,16 @@ class Checkpoint:
         blob name (the hash the cache stores it under), else size, mtime_ns and
         inode, or with `content` a SHA-256 of its bytes (reads the whole file).
         """
+        cached = getattr(self, "_fingerprints", {}).get(content)
+        if cached is not None:  # the first one is kept: a build takes it before reading weights
+            return cached
         digest = hashlib.sha256((self.directory / "config.json").read_bytes())
         for file in sorted(set(self._shard_of.values())):
             digest.update(file.name.encode())
             digest.update(_header_bytes(file))
             digest.update(_file_identity(file, content).encode())
-        return digest.hexdigest()[:16]
+        self._fingerprints = {**getattr(self, "_fingerprints", {}), content: digest.hexdigest()[:16]}
+        return self._fingerprints[content]
 
 
 def to_float(tensor: np.ndarray, dtype=np.float32) -> np.ndarray:
