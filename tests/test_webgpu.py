@@ -136,3 +136,25 @@ def test_default_webgpu_target_follows_the_plugin(monkeypatch):
     assert targets.default_ort_version("webgpu") == (1, 27)
     versions.clear()
     assert targets.default_ort_version("webgpu") == (1, 31)
+
+
+def test_generate_without_a_webgpu_runtime_says_what_to_install(built):
+    """scripts/generate.py on a webgpu folder, where no WebGPU runtime is installed: one line, exit 2."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    if importlib.util.find_spec("onnxruntime_ep_webgpu") or importlib.util.find_spec("onnxruntime_genai") is None:
+        pytest.skip("needs onnxruntime-genai without the WebGPU plugin EP")
+    import onnxruntime
+    if "WebGpuExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has WebGPU built in")
+    folder = built("qwen3", precision="int4", ep="webgpu").output
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.run([sys.executable, str(repo / "scripts" / "generate.py"), str(folder)],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert child.returncode == 2
+    lines = child.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install onnxruntime-genai onnxruntime-ep-webgpu" in lines[0], child.stderr
+    assert "Traceback" not in child.stderr
