@@ -9,6 +9,7 @@ the build report and verify read the plan; nothing decides twice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -68,6 +69,15 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     config = checkpoint.config
     target = Target.from_options(options)
     spec = family.make_spec(config, target)
+    if target.graph_capture and spec.sliding_layers:
+        # Sliding-window layers under capture: on the plugin EP (H200, 2026-12-03) genai's
+        # greedy tokens of tiny Mistral/Gemma 3 left transformers' once the sequence passed
+        # the window, while plain sessions of the same graphs matched (docs/packing.md#graph-capture).
+        if options.graph_capture == "on":
+            raise BuilderError("--graph-capture on: this model has sliding-window layers, which gave wrong "
+                               "tokens past the window with capture on the WebGPU plugin EP; use "
+                               "--graph-capture off or auto")
+        target = dataclasses.replace(target, graph_capture=False)
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
     context = resolve_context_length(options, spec, target)
     if options.max_length and options.max_length > context:
