@@ -148,7 +148,7 @@ class BuildOptions:
                       help="Write a graph the runtime can capture and replay for each decode step "
                            "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
                            "arithmetic in int32 without Shape). auto: on where the target runtime captures "
-                           "(webgpu with the plugin EP), off elsewhere. off: the uncaptured graph, for "
+                           "(webgpu with the plugin EP) unless the model has sliding-window layers, off elsewhere. off: the uncaptured graph, for "
                            "profiling or debugging one kernel at a time; it decoded 0.78x as fast "
                            "(docs/packing.md#graph-capture)."),
     )
