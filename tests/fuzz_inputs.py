@@ -154,6 +154,8 @@ header_edits = st.lists(
         st.tuples(st.just("truncate"), st.integers(0, 30), st.integers(1, 5000)),
         st.tuples(st.just("append"), st.integers(0, 30), st.integers(1, 64)),
         st.tuples(st.just("length"), st.integers(0, 30), st.integers(0, 2**64 - 1)),
+        st.tuples(st.just("metadata"), st.integers(0, 30), json_values),
+        st.tuples(st.just("pad"), st.integers(0, 30), st.sampled_from([b" ", b"\n", b"\0", b"  \t"])),
     ),
     min_size=1, max_size=3)
 
@@ -193,7 +195,7 @@ def check_header_edits(edits) -> str:
         path = ckpt / "model.safetensors"
         header, data = _read(path)
         names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
-        text_suffix = ""
+        text_suffix = text_prefix = ""
         length_override = None
         for op, index, arg in edits:
             live = [n for n in names if n in header]
@@ -226,10 +228,14 @@ def check_header_edits(edits) -> str:
                 data += b"\0" * arg
             elif op == "length":
                 length_override = arg
+            elif op == "metadata":
+                header["__metadata__"] = arg
+            elif op == "pad":
+                text_prefix = arg.decode()
         text = json.dumps(header)
         if text_suffix:
             text = text[:-1] + text_suffix + "}"
-        raw = text.encode()
+        raw = (text_prefix + text).encode()
         n = len(raw) if length_override is None else length_override
         path.write_bytes(struct.pack("<Q", n) + raw + data)
 

@@ -430,6 +430,9 @@ def _parse_header(file: Path) -> dict:
     def corrupt(why: str) -> BuilderError:
         return BuilderError(f"{file} has a corrupt safetensors header ({why}); re-download it")
 
+    if not raw.startswith(b"{"):  # the format's rule (the library checks it too)
+        raise corrupt("it does not start with '{'")
+
     try:
         table = json.loads(raw, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as e:
@@ -439,8 +442,9 @@ def _parse_header(file: Path) -> dict:
     if not isinstance(table, dict):
         raise corrupt("not a JSON object")
     metadata = table.pop("__metadata__", None)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise corrupt("__metadata__ is not an object")
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise corrupt("__metadata__ is not an object of strings")
     data_start = 8 + len(raw)
     buffer = file.stat().st_size - data_start
     spans = []
