@@ -46,6 +46,9 @@ class ParityResult:
         return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in self.__dict__.items()}
 
 
+FLOAT_LINEARS = ("router", ".gate", "shared_expert_gate", "in_proj_b", "in_proj_a", "in_proj_ba")
+
+
 def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32):
     """transformers model (fp32) holding the weights the built graph uses."""
     import torch
@@ -67,7 +70,8 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
             weight.copy_(torch.from_numpy(quant.dequantize(
                 quant.quantize(weight.detach().numpy(), embed_fmt, scale_dtype=io_dtype), embed_fmt)))
         for name, module in model.named_modules():
-            if not isinstance(module, torch.nn.Linear) or name.endswith(("router", ".gate")):
+            # Routers, shared-expert gates and linear attention's b/a gates stay float in the graph.
+            if not isinstance(module, torch.nn.Linear) or name.endswith(FLOAT_LINEARS):
                 continue
             fmt = format_for(name, options)
             if not fmt.quantized:
@@ -83,7 +87,11 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
             module.weight.copy_(dq)
         # Weights outside nn.Linear (MoE experts): the architecture knows their format.
         from architectures.registry import builder_class_for
-        builder_class_for(model.config.to_dict()).prepare_reference(model, options, io_dtype)
+        # The checkpoint's config.json names the family (a ConditionalGeneration checkpoint loads as
+        # its text model, whose config has no architectures entry).
+        import json
+        config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
+        builder_class_for(config).prepare_reference(model, options, io_dtype)
     return model
 
 
@@ -99,14 +107,20 @@ def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
 
 
 def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
-    """Logits of a prefill over input_ids [1, S], then one decode step per token."""
+    """Logits of a prefill over input_ids [1, S], then one decode step per token.
+
+    Every cache input starts empty: past_key_values.{i}.key/value with no past positions, and
+    the recurrent states of linear-attention layers (past.{i}.conv, past.{i}.recurrent) as zeros of
+    their declared shapes. Each step feeds back present.{i}.* as the matching past input.
+    """
     inputs = {i.name: i for i in session.get_inputs()}
-    layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
-    past_shape = inputs["past_key_values.0.key"].shape
-    kv_heads, head_dim = past_shape[1], past_shape[3]
-    dtype = np.float16 if "float16" in inputs["past_key_values.0.key"].type else np.float32
-    feed = {f"past_key_values.{i}.{k}": np.zeros((1, kv_heads, 0, head_dim), dtype)
-            for i in range(layers) for k in ("key", "value")}
+    feed = {}
+    for name, info in inputs.items():
+        dtype = np.float16 if "float16" in info.type else np.float32
+        if name.startswith("past_key_values."):
+            feed[name] = np.zeros((1, info.shape[1], 0, info.shape[3]), dtype)
+        elif name.startswith("past."):
+            feed[name] = np.zeros([1] + list(info.shape[1:]), dtype)
     ids = input_ids.astype(np.int64)
     position = 0
     outputs = []
@@ -119,9 +133,10 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
         names = [o.name for o in session.get_outputs()]
         result = dict(zip(names, session.run(names, feed)))
         outputs.append(result["logits"].astype(np.float32))
-        for i in range(layers):
-            for k in ("key", "value"):
-                feed[f"past_key_values.{i}.{k}"] = result[f"present.{i}.{k}"]
+        for name, value in result.items():
+            if name.startswith("present."):
+                rest = name[len("present."):]
+                feed[f"past_key_values.{rest}" if f"past_key_values.{rest}" in inputs else f"past.{rest}"] = value
         position = length
         if step < len(decode_tokens):
             ids = np.array([[decode_tokens[step]]], np.int64)

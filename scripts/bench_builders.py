@@ -31,7 +31,7 @@ accuracy  prefill logits over a fixed --accuracy-tokens prompt (seeded random id
           NMSE and max-abs at the last position and over all positions, for --accuracy-sizes.
 
 Checkpoints are the deterministic random-weight ones of scripts/make_checkpoint.py
-(<--checkpoints>/qwen3-<size>), made when missing or incomplete.
+(<--checkpoints>/qwen3-<size>, or a full name such as qwen3.5-0.8b), made when missing or incomplete.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ GNU_TIME = "/usr/bin/time"
 
 def size_name(size: str) -> str:
     size = size.strip().lower()
-    return size if size.startswith("qwen3-") else f"qwen3-{size}"
+    return size if size.startswith(("qwen3-", "qwen3.5-")) else f"qwen3-{size}"
 
 
 def checkpoint_problem(name: str, path: Path) -> str | None:
@@ -72,8 +72,8 @@ def checkpoint_problem(name: str, path: Path) -> str | None:
     config_file = path / "config.json"
     if not config_file.is_file():
         return "no config.json"
-    config = json.loads(config_file.read_text())
-    expected = synthetic.REAL_CONFIGS[name]
+    config = synthetic.text_config(json.loads(config_file.read_text()))
+    expected = synthetic.text_config(synthetic.REAL_CONFIGS.get(name) or synthetic.REAL_SHAPE_CONFIGS[name])
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if config.get(key) != expected[key]:
             return f"config.json {key}={config.get(key)}, expected {expected[key]}"

@@ -3,8 +3,10 @@
 
     python scripts/make_checkpoint.py qwen3-4b /tmp/ckpt/qwen3-4b [--seed N] [--dtype float32]
 
-Names: the real Qwen3 configs (qwen3-0.6b, qwen3-1.7b, qwen3-4b) and the tiny test
-configs, as tiny-<name> (tiny-qwen3, tiny-llama, tiny-qwen3-moe, ...).
+Names: the real Qwen3 configs (qwen3-0.6b, qwen3-1.7b, qwen3-4b) in the hub's file layout; the real
+Qwen3.5 configs (qwen3.5-0.8b, qwen3.5-4b: Qwen3_5ForConditionalGeneration, with a stand-in vision
+tower) in one file or 4 GB shards; and the tiny test configs, as tiny-<name> (tiny-qwen3, tiny-llama,
+tiny-qwen3-moe, tiny-qwen3_5, ...).
 """
 
 import argparse
@@ -19,7 +21,8 @@ from support import synthetic  # noqa: E402
 
 
 def main() -> None:
-    names = list(synthetic.REAL_CONFIGS) + [f"tiny-{n}" for n in synthetic.TINY_CONFIGS]
+    names = (list(synthetic.REAL_CONFIGS) + list(synthetic.REAL_SHAPE_CONFIGS)
+             + [f"tiny-{n}" for n in synthetic.TINY_CONFIGS])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=names)
     ap.add_argument("out_dir", type=Path)
@@ -30,6 +33,9 @@ def main() -> None:
     start = time.perf_counter()
     if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included
         out = synthetic.make_real_checkpoint(args.name, args.out_dir, dtype=args.dtype, seed=args.seed)
+    elif args.name in synthetic.REAL_SHAPE_CONFIGS:  # the real config and dims; file layout not the hub's
+        out = synthetic.make_checkpoint(args.out_dir, synthetic.REAL_SHAPE_CONFIGS[args.name], dtype=args.dtype,
+                                        seed=args.seed)
     else:
         config = synthetic.TINY_CONFIGS[args.name.removeprefix("tiny-")]
         out = synthetic.make_checkpoint(args.out_dir, config, dtype=args.dtype, seed=args.seed)

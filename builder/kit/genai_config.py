@@ -55,6 +55,12 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     if not plan.layout.rotary_in_gqa:
         inputs["position_ids"] = "position_ids"
     inputs.update(past_key_names="past_key_values.%d.key", past_value_names="past_key_values.%d.value")
+    outputs = {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
+    if getattr(spec, "linear_layers", ()):
+        # onnxruntime-genai 0.18 (qwen3_5_text) finds the recurrent layers by these templates and reads
+        # the state shapes from the graph; KV inputs exist for the full-attention layers only.
+        inputs.update(past_conv_names="past.%d.conv", past_recurrent_names="past.%d.recurrent")
+        outputs.update(present_conv_names="present.%d.conv", present_recurrent_names="present.%d.recurrent")
 
     session_options = {
         "log_id": "onnxruntime-genai",
@@ -70,8 +76,7 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
         "head_size": spec.head_dim,
         "hidden_size": spec.hidden_size,
         "inputs": inputs,
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value"},
+        "outputs": outputs,
         "num_attention_heads": spec.num_heads,
         "num_hidden_layers": spec.num_layers,
         "num_key_value_heads": spec.num_kv_heads,

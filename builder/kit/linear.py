@@ -8,16 +8,61 @@ stream one projection (and one row chunk) at a time.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Union
+
 import numpy as np
 from onnx import TensorProto
 
 import quant
 from builder.kit.checkpoint import Checkpoint, to_float
+from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX, Graph
 from quant import QuantScheme
 
 # Rows quantized at once: bounds temporaries to ~16M float32 values (64 MB).
 CHUNK_VALUES = 16 * 1024 * 1024
+
+
+class RowSlice(NamedTuple):
+    """Rows [start, stop) of a checkpoint tensor whose whole shape config.json implies is
+    `tensor_shape`; usable wherever a projection takes a tensor name.
+
+    Lets a packed projection take its rows from anywhere: Qwen3-Next's fused, interleaved
+    in_proj_qkvz is read group by group into the same [q | k | v | z] order as Qwen3.5's
+    split tensors, so both layouts stream the same bytes.
+    """
+
+    tensor: str
+    start: int
+    stop: int
+    tensor_shape: tuple[int, ...]
+
+
+Source = Union[str, RowSlice]
+
+
+def check_shape(checkpoint, source: Source, shape: tuple[int, ...]) -> None:
+    """The checkpoint's one-line error when `source` is not `shape` (no data read)."""
+    if not isinstance(source, RowSlice):
+        checkpoint.rows(source, 0, 0, expect_shape=shape)
+        return
+    checkpoint.rows(source.tensor, 0, 0, expect_shape=source.tensor_shape)
+    whole = source.tensor_shape
+    if not 0 <= source.start <= source.stop <= whole[0] or (source.stop - source.start, *whole[1:]) != tuple(shape):
+        raise BuilderError(f"rows {source.start}:{source.stop} of tensor {source.tensor!r} {list(whole)} "
+                           f"are not the [{', '.join(map(str, shape))}] the projection needs")
+
+
+def read_whole(checkpoint, source: Source, shape: tuple[int, ...]):
+    """A whole tensor, or a RowSlice's rows, after the shape check."""
+    if not isinstance(source, RowSlice):
+        return checkpoint.tensor(source, expect_shape=shape)
+    check_shape(checkpoint, source, shape)
+    return checkpoint.rows(source.tensor, source.start, source.stop)
+
+
+def source_name(source: Source) -> str:
+    return source.tensor if isinstance(source, RowSlice) else source
 
 
 class QuantizedTensor:
@@ -50,7 +95,7 @@ class Projections:
 
     # ---- weights ------------------------------------------------------------
 
-    def quantized_weight(self, name: str, tensors: list[str], fmt: QuantScheme,
+    def quantized_weight(self, name: str, tensors: list[Source], fmt: QuantScheme,
                          shapes: list[tuple[int, int]]) -> QuantizedTensor:
         """Quantize [N_i, K] tensors, stacked along N, straight into the data file."""
         k = shapes[0][1]
@@ -73,7 +118,7 @@ class Projections:
                 yield q.packed
 
         for tensor, shape in zip(tensors, shapes):
-            self.checkpoint.rows(tensor, 0, 0, expect_shape=shape)  # shape check before writing
+            check_shape(self.checkpoint, tensor, shape)  # before writing
         b = self.graph.streamed_initializer(f"{name}.qweight", TensorProto.UINT8, [n, n_blocks, blob],
                                             packed_chunks())
         s = self.graph.initializer(f"{name}.scales", np.concatenate(scales).reshape(n, n_blocks))
@@ -83,20 +128,20 @@ class Projections:
             zp = self.graph.initializer(f"{name}.qzeros", zp_all.reshape(n, -1))
         return QuantizedTensor(b, s, zp, n, k, fmt)
 
-    def float32(self, tensor: str, shape: tuple[int, ...]) -> np.ndarray:
-        """One whole tensor as float32 (bf16/fp16 widen exactly), checked for NaN/Inf."""
-        values = to_float(self.checkpoint.tensor(tensor, expect_shape=shape))
-        self.check_finite(tensor, values)
+    def float32(self, tensor: Source, shape: tuple[int, ...]) -> np.ndarray:
+        """One whole tensor (or RowSlice) as float32 (bf16/fp16 widen exactly), checked for NaN/Inf."""
+        values = to_float(read_whole(self.checkpoint, tensor, shape))
+        self.check_finite(source_name(tensor), values)
         return values
 
-    def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
-        """Tensors stacked along their first axis, in the activation dtype."""
+    def float_rows(self, tensors: list[Source], shapes: list[tuple[int, ...]]) -> np.ndarray:
+        """Tensors (or RowSlices) stacked along their first axis, in the activation dtype."""
         parts = []
         for tensor, shape in zip(tensors, shapes):
-            stored = self.checkpoint.tensor(tensor, expect_shape=shape)
+            stored = read_whole(self.checkpoint, tensor, shape)
             with self.graph.phases.timed("convert"):
                 parts.append(to_float(stored, self.io_dtype))
-                self.check_finite(tensor, parts[-1])
+                self.check_finite(source_name(tensor), parts[-1])
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def float_initializer(self, name: str, tensor: str, shape: tuple[int, ...]) -> str:
@@ -115,17 +160,18 @@ class Projections:
         return self.graph.streamed_initializer(name, self.io_onnx_type, shape, chunks())
 
     @staticmethod
-    def row_chunks(tensors: list[str], shapes: list[tuple[int, ...]], row_values: int):
+    def row_chunks(tensors: list[Source], shapes: list[tuple[int, ...]], row_values: int):
         """(tensor, start, stop) of the row chunks the streaming writers read, in order
-        (also what builder.kit.readahead forecasts)."""
+        (also what builder.kit.readahead forecasts); a RowSlice's rows are its tensor's."""
         rows_per_chunk = max(1, CHUNK_VALUES // max(1, row_values))
         for tensor, shape in zip(tensors, shapes):
+            offset = tensor.start if isinstance(tensor, RowSlice) else 0
             for start in range(0, shape[0], rows_per_chunk):
-                yield tensor, start, min(start + rows_per_chunk, shape[0])
+                yield source_name(tensor), offset + start, offset + min(start + rows_per_chunk, shape[0])
 
     # ---- nodes --------------------------------------------------------------
 
-    def matmul(self, x: str, name: str, tensors: list[str], shapes: list[tuple[int, int]],
+    def matmul(self, x: str, name: str, tensors: list[Source], shapes: list[tuple[int, int]],
                fmt: QuantScheme, biases: list[str] | None = None) -> str:
         """x @ W^T for the projections `tensors` packed along N; returns the output name."""
         if fmt.quantized:

@@ -185,9 +185,14 @@ class RecordingCheckpoint:
         return getattr(self._real, name)
 
     def note(self, name, start, stop, expect_shape=None) -> RowRange:
-        """Record a read whose rows the caller does not look at."""
+        """Record a read whose rows the caller does not look at (`name` may be a linear.RowSlice)."""
         if time.perf_counter() > self._deadline:
             raise _Enough
+        from builder.kit.linear import RowSlice
+        if isinstance(name, RowSlice):
+            self._real.locate(name.tensor, 0, 0, name.tensor_shape)
+            stop = name.stop if stop is None else min(name.start + stop, name.stop)
+            return self.note(name.tensor, name.start + start, stop)
         where = self._real.locate(name, start, stop, expect_shape)
         if where.length:
             self.reads.append(where)

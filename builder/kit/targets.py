@@ -72,6 +72,14 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # verified on ORT 1.31.1's CPU kernels; onnxruntime-webgpu 1.27 rejects the QMoE node
     # at load (docs/results/webgpu-parity-run3.json). CUDA/DML not verified here.
     "moe_swiglu": {"cpu": (1, 31)},
+    # Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next): com.microsoft CausalConvWithState with
+    # channels_last, LinearAttention (gated_delta, q/k at fewer heads than v), LinearAttentionGate,
+    # GatedRMSNorm and BranchwiseRMSNorm, checked against transformers on each pip release's CPU
+    # kernels: CausalConvWithState (channels-first) and LinearAttention run from <= 1.26;
+    # channels_last, LinearAttentionGate and GatedRMSNorm from 1.30 (1.29 has their schemas, no CPU
+    # kernel); BranchwiseRMSNorm from 1.31. (GatedDeltaNet, one op for all of it, has a CPU kernel from
+    # 1.32 but ran 3-9x slower there: not used.) WebGPU/CUDA kernels exist upstream, unverified here.
+    "linear_attention": {"cpu": (1, 31)},
     # GQA with the packed QKV in `query` (key/value empty).
     "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # Decode steps captured once and replayed (genai_config enableGraphCapture). The plugin EP

@@ -149,6 +149,66 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
+def _qwen35_text(arch: str, model_type: str, **dims) -> dict:
+    """A Qwen3.5-family text config in the key style of the hub's (rope_parameters with
+    partial_rotary_factor and mRoPE sections, linear_* keys). Tiny dims: Hk=2 < Hv=4 key/value
+    heads, dk=16 != dv=32, head_dim 64 with a quarter of it rotary (GroupQueryAttention wants the
+    rotary half-width, 8 here, to be a multiple of 8)."""
+    cfg = _tiny(arch, model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, attention_bias=False,
+                linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                linear_value_head_dim=32, linear_conv_kernel_dim=4,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                                 "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+    for key in ("rope_theta", "rope_scaling", "torch_dtype"):
+        cfg.pop(key)
+    cfg.update(dims)
+    return cfg
+
+
+def _conditional(arch: str, model_type: str, text: dict) -> dict:
+    """A ConditionalGeneration config: the text model nested under text_config (as on the hub) next to
+    a small vision config; make_checkpoint writes a few vision and MTP tensors that a text-only
+    build must skip."""
+    return {"architectures": [arch], "model_type": model_type, "text_config": text,
+            "vision_config": {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                              "out_hidden_size": text["hidden_size"], "patch_size": 16,
+                              "temporal_patch_size": 2, "spatial_merge_size": 2},
+            "tie_word_embeddings": text["tie_word_embeddings"], "image_token_id": 248056,
+            "video_token_id": 248057, "vision_start_token_id": 248053, "vision_end_token_id": 248054,
+            "torch_dtype": "bfloat16"}
+
+
+TINY_CONFIGS.update({
+    # Released layout: nested text_config, model.language_model.* weights, tied; layers [L, L, L, F].
+    "qwen3_5": _conditional("Qwen3_5ForConditionalGeneration", "qwen3_5", _qwen35_text(
+        "Qwen3_5ForCausalLM", "qwen3_5_text", tie_word_embeddings=True,
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"])),
+    # Text-only checkpoint, untied; no layer_types, so full_attention_interval 2 decides [L, F, L, F].
+    "qwen3_5-text": _qwen35_text("Qwen3_5ForCausalLM", "qwen3_5_text", tie_word_embeddings=False,
+                                 full_attention_interval=2),
+    # MoE: every layer sparse (4 experts, top 2, always renormalized) plus a shared expert with a
+    # sigmoid gate; layers [L, F, L, L].
+    "qwen3_5-moe": _conditional("Qwen3_5MoeForConditionalGeneration", "qwen3_5_moe", _qwen35_text(
+        "Qwen3_5MoeForCausalLM", "qwen3_5_moe_text", tie_word_embeddings=False,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96)),
+    # Qwen3-Next: fused interleaved in_proj_qkvz / in_proj_ba, MoE with a dense layer 1 (mlp_only_layers).
+    "qwen3-next": _qwen35_text(
+        "Qwen3NextForCausalLM", "qwen3_next", tie_word_embeddings=False, full_attention_interval=4,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96,
+        decoder_sparse_step=1, mlp_only_layers=[1], norm_topk_prob=True),
+})
+for _cfg in (TINY_CONFIGS["qwen3_5"], TINY_CONFIGS["qwen3_5-moe"]):
+    _cfg["text_config"].pop("architectures")
+TINY_CONFIGS["qwen3_5-moe"]["text_config"].pop("intermediate_size")  # as in Qwen3.5-MoE's config.json
+
+
+def text_config(config: dict) -> dict:
+    """The decoder's config: ConditionalGeneration configs nest it under text_config."""
+    return config.get("text_config") or config
+
+
 def _qwen3_real(hidden, inter, layers, heads, window_layers) -> dict:
     """config.json of the published Qwen3 dense instruct checkpoints."""
     return {
@@ -188,6 +248,34 @@ REAL_CONFIGS: dict[str, dict] = {
 }
 HUB_IDS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
 
+def _qwen35_real(hidden, inter, layers, heads, kv_heads, value_heads, tied) -> dict:
+    """config.json of the published Qwen3.5 dense checkpoints (Qwen3_5ForConditionalGeneration)."""
+    text = {
+        "attention_bias": False, "attention_dropout": 0.0, "attn_output_gate": True, "bos_token_id": 248044,
+        "dtype": "bfloat16", "eos_token_id": 248044, "full_attention_interval": 4, "head_dim": 256,
+        "hidden_act": "silu", "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": inter,
+        "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * (layers // 4),
+        "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_num_key_heads": 16,
+        "linear_num_value_heads": value_heads, "linear_value_head_dim": 128, "max_position_embeddings": 262144,
+        "model_type": "qwen3_5_text", "num_attention_heads": heads, "num_hidden_layers": layers,
+        "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-06, "tie_word_embeddings": tied,
+        "use_cache": True, "vocab_size": 248320,
+        "rope_parameters": {"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                            "rope_theta": 10000000, "partial_rotary_factor": 0.25},
+    }
+    cfg = _conditional("Qwen3_5ForConditionalGeneration", "qwen3_5", text)
+    cfg["vision_config"] = {"depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+                            "out_hidden_size": hidden, "patch_size": 16, "temporal_patch_size": 2,
+                            "spatial_merge_size": 2}  # a stand-in: the builder skips the vision tower
+    return cfg
+
+
+# Random weights with the real dims, for benchmarks (not checked against the hub's file layout).
+REAL_SHAPE_CONFIGS: dict[str, dict] = {
+    "qwen3.5-0.8b": _qwen35_real(hidden=1024, inter=3584, layers=24, heads=8, kv_heads=2, value_heads=16, tied=True),
+    "qwen3.5-4b": _qwen35_real(hidden=2560, inter=9216, layers=32, heads=16, kv_heads=4, value_heads=32, tied=True),
+}
+
 _QWEN3_GENERATION = {
     "bos_token_id": 151643,
     "do_sample": True,
@@ -211,6 +299,7 @@ HUB_SHARD_SIZE = 4_000_000_000
 def default_generation_config(config: dict) -> dict:
     """Qwen3-style sampling defaults with the config's own special token ids, so that
     the builder's handling of generation_config.json is exercised on tiny models too."""
+    config = text_config(config)
     eos = config["eos_token_id"]
     eos = list(eos) if isinstance(eos, list) else [eos]
     pad = config.get("pad_token_id")
@@ -230,7 +319,13 @@ def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str
     """(name, shape) of every checkpoint tensor, in the model's state_dict order (the order
     save_pretrained shards in), derived from the registered family (support.expected_tensors)."""
     from support.expected_tensors import expected_tensors
-    return expected_tensors(config, tied_lm_head=tied_lm_head)
+    tensors = expected_tensors(config, tied_lm_head=tied_lm_head)
+    if "text_config" in config:  # a ConditionalGeneration checkpoint: vision and MTP tensors that a
+        # text-only build must skip (transformers' *ForCausalLM ignores them too)
+        h, vision = text_config(config)["hidden_size"], config["vision_config"]
+        tensors += [("model.visual.merger.linear_fc2.weight", (vision["out_hidden_size"], 4 * vision["hidden_size"])),
+                    ("mtp.fc.weight", (h, 2 * h))]
+    return tensors
 
 
 # --------------------------------------------------------------------------------------

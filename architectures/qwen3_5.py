@@ -1,0 +1,222 @@
+"""Qwen3.5 (Qwen3_5ForConditionalGeneration, Qwen3_5ForCausalLM, Qwen3_5MoeForConditionalGeneration).
+
+As transformers 5's modeling_qwen3_5(_moe).py computes it. `layer_types` (else `full_attention_interval`,
+default 4: every 4th layer is full attention) picks each layer's mixer:
+- linear_attention: builder.kit.blocks.linear_attention.GatedDeltaNet (one packed in_proj_qkvz
+  MatMul(NBits), one float in_proj_ba, from Qwen3.5's split tensors or Qwen3-Next's fused ones).
+- full_attention: builder.kit.blocks.gated_attention.GatedAttention (q_proj holds a sigmoid output gate
+  per head; per-head Q/K RMSNorm; partial rotary, partial_rotary_factor default 0.25; the text positions
+  of mRoPE are equal on all three axes, which is plain RoPE).
+Every RMSNorm scales by (1 + w) except linear attention's gated norm (a plain weight).
+MoE (Qwen3.5-MoE: every layer): the Qwen3-MoE experts block plus a shared expert scaled by
+sigmoid(shared_expert_gate x).
+
+ConditionalGeneration checkpoints keep the text model under `model.language_model.` next to a vision
+tower (`model.visual.*`) and an MTP head (`mtp.*`): both are skipped (text only), and the build report
+says so. Only cpu (ONNX Runtime >= 1.31) runs every op here (builder.kit.targets "linear_attention").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from architectures.base import DecoderBuilder
+from architectures.registry import register
+from builder.kit.blocks import DenseMLP, MoeSpec, SparseMoE
+from builder.kit.blocks.gated_attention import GatedAttention
+from builder.kit.blocks.linear_attention import GatedDeltaNet, LinearAttentionDims
+from builder.kit.errors import BuilderError
+from builder.kit.layout import Layout
+from builder.kit.linear import Projections, RowSlice
+from builder.kit.options import BuildOptions
+from builder.kit.spec import FULL_ATTENTION, LINEAR_ATTENTION, DecoderSpec, layer_types
+from builder.kit.targets import Target
+
+TEXT_ONLY_NOTE = ("text model only: the checkpoint's vision tower (model.visual.*) and MTP head (mtp.*) "
+                  "are not built")
+
+
+@dataclass
+class Qwen35Spec(DecoderSpec):
+    layer_types: tuple[str, ...] = field(default=())
+    linear: LinearAttentionDims | None = None
+    moe: MoeSpec | None = None
+    shared_expert_size: int = 0
+
+    @property
+    def linear_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.layer_types) if t == LINEAR_ATTENTION)
+
+
+def text_config(config: dict) -> dict:
+    """The text model's config, flat: ConditionalGeneration nests it under text_config."""
+    text = {**config, **(config.get("text_config") or {})}
+    text.pop("text_config", None)
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    # transformers' Qwen3_5TextConfig / Qwen3NextConfig: partial_rotary_factor defaults to 0.25.
+    text["partial_rotary_factor"] = rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))
+    text.setdefault("head_dim", 256)
+    return text
+
+
+class TextCheckpoint:
+    """The checkpoint as the text model reads it: `model.X` is `model.language_model.X` in a
+    ConditionalGeneration checkpoint (transformers' PrefixChange does the same)."""
+
+    def __init__(self, checkpoint):
+        self._inner = checkpoint
+        nested = "text_config" in checkpoint.config
+        mine = "model.language_model.embed_tokens.weight" if nested else "model.embed_tokens.weight"
+        other = "model.embed_tokens.weight" if nested else "model.language_model.embed_tokens.weight"
+        self._prefixed = nested != (checkpoint.has(other) and not checkpoint.has(mine))
+
+    def _name(self, name: str) -> str:
+        if self._prefixed and name.startswith("model.") and not name.startswith("model.language_model."):
+            return "model.language_model." + name[len("model."):]
+        return name
+
+    def has(self, name):
+        return self._inner.has(self._name(name))
+
+    def names(self) -> list[str]:
+        inner = self._inner.names()
+        if not self._prefixed:
+            return inner
+        return ["model." + n[len("model.language_model."):] if n.startswith("model.language_model.") else n
+                for n in inner]
+
+    def tensor(self, name, expect_shape=None):
+        return self._inner.tensor(self._name(name), expect_shape)
+
+    def rows(self, name, start, stop, expect_shape=None):
+        return self._inner.rows(self._name(name), start, stop, expect_shape)
+
+    def __getattr__(self, attr):  # directory, config, read_json, fingerprint, ...
+        return getattr(self._inner, attr)
+
+
+class OneOffsetNorms(Projections):
+    """Norm weights come out as 1 + w (summed in float32, as transformers does), except linear
+    attention's gated norm, which transformers applies with its plain weight."""
+
+    def float_rows(self, tensors, shapes) -> np.ndarray:
+        names = [t.tensor if isinstance(t, RowSlice) else t for t in tensors]
+        if not all(n.endswith("norm.weight") and not n.endswith("linear_attn.norm.weight") for n in names):
+            return super().float_rows(tensors, shapes)
+        parts = [self.float32(t, s) + np.float32(1.0) for t, s in zip(tensors, shapes)]
+        return np.concatenate(parts, axis=0).astype(self.io_dtype)
+
+
+class SharedExpertMoE:
+    """Sparse experts plus a dense shared expert scaled by sigmoid(shared_expert_gate x)."""
+
+    def __init__(self, moe: MoeSpec, shared_size: int):
+        self.experts, self.shared, self.size = SparseMoE(moe), DenseMLP(prefix="mlp.shared_expert"), shared_size
+
+    def modules(self, i: int) -> list[str]:
+        return self.experts.modules(i) + self.shared.modules(i)
+
+    def pack_groups(self, i: int) -> list:
+        return self.shared.pack_groups(i)
+
+    def __call__(self, em, i: int, x: str) -> str:
+        g, base = em.graph, f"/model/layers.{i}/shared_expert"
+        routed = self.experts(em, i, x)
+        shared = self.shared(em, i, x, size=self.size, base=base)
+        gate_w = em.weight(i, "mlp.shared_expert_gate.weight")
+        gate_w = g.initializer(gate_w, np.ascontiguousarray(em.proj.float_rows([gate_w], [(1, em.spec.hidden_size)]).T))
+        gate = g.op("Sigmoid", [g.op("MatMul", [x, gate_w], f"{base}/gate/MatMul")], f"{base}/gate/Sigmoid")
+        return g.op("Add", [routed, g.op("Mul", [shared, gate], f"{base}/gate/Mul")], f"{base}/Add")
+
+
+@register("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+class Qwen35Builder(DecoderBuilder):
+    genai_type = "qwen3_5_text"
+    qk_norm = True
+    projections = OneOffsetNorms
+    fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
+
+    def __init__(self, checkpoint, options: BuildOptions):
+        super().__init__(TextCheckpoint(checkpoint), options)
+
+    def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
+        text = self.text_config(config)
+        self.config = text  # genai_config.json reads the token ids from it
+        base = super().make_spec(text, target)
+        default = [FULL_ATTENTION if (i + 1) % int(text.get("full_attention_interval", 4)) == 0 else LINEAR_ATTENTION
+                   for i in range(base.num_layers)]
+        types = layer_types(text, base.num_layers, default, {FULL_ATTENTION, LINEAR_ATTENTION})
+        spec = Qwen35Spec(**base.__dict__, layer_types=tuple(types), linear=LinearAttentionDims.from_config(text),
+                          moe=self.make_moe_spec(text, base.num_layers),
+                          shared_expert_size=int(text.get("shared_expert_intermediate_size", 0) or 0))
+        if target is not None and not target.supports("linear_attention"):
+            raise BuilderError(
+                f"{self.architectures[0]} builds only for cpu with ONNX Runtime >= 1.31 here: its "
+                "CausalConvWithState/LinearAttention/LinearAttentionGate/GatedRMSNorm/BranchwiseRMSNorm nodes were "
+                f"verified on those CPU kernels only; got -e {target.ep} with ORT {target.version_text}")
+        if FULL_ATTENTION in types and (spec.rope.rotary_dim // 2) % 8:
+            raise BuilderError(f"config.json: head_dim {spec.head_dim} x partial_rotary_factor gives "
+                               f"{spec.rope.rotary_dim} rotary dims; GroupQueryAttention needs half of them to be "
+                               "a multiple of 8 (every released Qwen3.5 has 64)")
+        return spec
+
+    def text_config(self, config: dict) -> dict:
+        return text_config(config)
+
+    def make_moe_spec(self, config: dict, num_layers: int) -> MoeSpec | None:
+        return None
+
+    def mixer(self, spec: Qwen35Spec, i: int):
+        if spec.layer_types[i] == LINEAR_ATTENTION:
+            return GatedDeltaNet(spec.linear, self.fused_linear)
+        return GatedAttention(qk_norm=True)
+
+    def feed_forward(self, spec: Qwen35Spec, i: int):
+        if spec.moe is None or i not in spec.moe.sparse_layers:
+            return DenseMLP()
+        if spec.shared_expert_size:
+            return SharedExpertMoE(spec.moe, spec.shared_expert_size)
+        return SparseMoE(spec.moe)
+
+    def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
+        if "text_config" in self.checkpoint.config:
+            return replace(layout, notes=layout.notes + (TEXT_ONLY_NOTE,))
+        return layout
+
+    @classmethod
+    def prepare_reference(cls, model, options: BuildOptions, io_dtype=np.float32) -> None:
+        """verify keeps routers and gates float; in fp16 builds they hold fp16-rounded values."""
+        from architectures.qwen3_moe import Qwen3MoeBuilder
+        Qwen3MoeBuilder.prepare_reference.__func__(cls, model, options, io_dtype)
+        if io_dtype == np.float16:
+            for name, module in model.named_modules():
+                if name.endswith(("in_proj_b", "in_proj_a", "in_proj_ba", "shared_expert_gate")):
+                    module.weight.data.copy_(module.weight.data.half().float())
+
+
+@register("Qwen3_5MoeForConditionalGeneration")
+class Qwen35MoeBuilder(Qwen35Builder):
+    genai_type = "qwen3_5_moe_text"
+
+    def text_config(self, config: dict) -> dict:
+        text = text_config(config)
+        # Qwen3.5-MoE configs have no dense MLP size (every layer is sparse); the spec wants one.
+        text.setdefault("intermediate_size", text.get("moe_intermediate_size") or 1)
+        return text
+
+    def make_moe_spec(self, config: dict, num_layers: int) -> MoeSpec:
+        # Every layer sparse; the router always renormalizes the top-k weights (Qwen3VLMoeTextTopKRouter).
+        spec = MoeSpec.from_config({**config, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                                    "mlp_only_layers": []}, num_layers)
+        if not spec.sparse_layers:
+            raise BuilderError("config.json: num_experts must be positive for Qwen3.5-MoE")
+        return spec
+
+    def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
+        spec = super().make_spec(config, target)
+        if target is not None and not target.supports("moe_swiglu"):
+            raise BuilderError(f"{self.architectures[0]}: MoE/QMoE nodes run on cpu (ORT >= 1.31) only here; "
+                               f"got -e {target.ep} with ORT {target.version_text}")
+        return spec

@@ -1,0 +1,139 @@
+"""Qwen3.5 / Qwen3-Next specifics: packed linear-attention projections from either checkpoint layout,
+the graph's structure and state I/O, genai_config, and refusals. Logits and tokens against transformers
+are in test_parity.py (parity_cases.py lists these families)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from builder import BuildOptions
+from builder.kit.errors import BuilderError
+from support.synthetic import TINY_CONFIGS, text_config
+
+
+def relay_fused(src, dst):
+    """The same weights in Qwen3-Next's fused form: in_proj_qkvz rows [q_g | k_g | v_g | z_g] and
+    in_proj_ba rows [b_g | a_g] per key-head group g (transformers' fix_query_key_value_ordering, inverted)."""
+    shutil.copytree(src, dst)
+    t = text_config(json.loads((src / "config.json").read_text()))
+    hk, hv, dk, dv = (t["linear_num_key_heads"], t["linear_num_value_heads"], t["linear_key_head_dim"],
+                      t["linear_value_head_dim"])
+    r = hv // hk
+    weights = load_file(src / "model.safetensors")
+    out = {}
+    for name, w in weights.items():
+        if name.endswith("in_proj_qkv.weight"):
+            p = name[: -len("in_proj_qkv.weight")]
+            q, k, v = w.split([hk * dk, hk * dk, hv * dv])
+            z = weights[p + "in_proj_z.weight"]
+            groups = [torch.cat([q.view(hk, dk, -1)[g], k.view(hk, dk, -1)[g], v.view(hk, r * dv, -1)[g],
+                                 z.view(hk, r * dv, -1)[g]]) for g in range(hk)]
+            out[p + "in_proj_qkvz.weight"] = torch.cat(groups).contiguous()
+            b, a = weights[p + "in_proj_b.weight"], weights[p + "in_proj_a.weight"]
+            out[p + "in_proj_ba.weight"] = torch.cat(
+                [torch.cat([b.view(hk, r, -1)[g], a.view(hk, r, -1)[g]]) for g in range(hk)]).contiguous()
+        elif not name.endswith(("in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight")):
+            out[name] = w
+    (dst / "model.safetensors").unlink()
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def build(checkpoint_dir, out, **options):
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+    ckpt = Checkpoint(checkpoint_dir)
+    opts = BuildOptions(model=str(checkpoint_dir), output=str(out), **options)
+    return run(builder_class_for(ckpt.config)(ckpt, opts), show_progress=False)
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text"])
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_split_and_fused_layouts_build_identical_data(checkpoint, tmp_path, name, precision):
+    split = checkpoint(name)
+    fused = relay_fused(split, tmp_path / "fused")
+    assert "model.layers.0.linear_attn.in_proj_qkvz.weight" in load_file(fused / "model.safetensors") or \
+        "model.language_model.layers.0.linear_attn.in_proj_qkvz.weight" in load_file(fused / "model.safetensors")
+    a = build(split, tmp_path / "a", precision=precision)
+    b = build(fused, tmp_path / "b", precision=precision)
+    assert a.data_path.read_bytes() == b.data_path.read_bytes()
+    assert a.model_path.read_bytes() == b.model_path.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3-next"])
+def test_one_qkvz_and_one_ba_projection_per_linear_layer(built, name):
+    result = built(name, precision="int4")
+    model = onnx.load(result.model_path, load_external_data=False)
+    t = text_config(TINY_CONFIGS[name])
+    interval = t.get("full_attention_interval", 4)
+    types = t.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                     for i in range(t["num_hidden_layers"])]
+    linear = [i for i, kind in enumerate(types) if kind == "linear_attention"]
+    for i in range(len(types)):
+        nodes = [n for n in model.graph.node if n.name.startswith(f"/model/layers.{i}/linear_attn/")]
+        ops = Counter(n.op_type for n in nodes)
+        if i not in linear:
+            assert not nodes
+            continue
+        qkvz = [n for n in nodes if n.name.startswith(f"/model/layers.{i}/linear_attn/in_proj_qkvz/")]
+        ba = [n for n in nodes if n.name.startswith(f"/model/layers.{i}/linear_attn/in_proj_ba/")]
+        assert [n.op_type for n in qkvz] == ["MatMulNBits", "Split"]
+        assert [n.op_type for n in ba] == ["MatMul", "Split"]  # float b|a, packed
+        assert ops["MatMulNBits"] == 2 and ops["MatMul"] == 1  # qkvz, out_proj; ba
+        assert ops["Transpose"] == 0 and ops["CausalConvWithState"] == ops["LinearAttention"] == 1
+
+
+def test_state_io_and_genai_config(built):
+    result = built("qwen3_5", precision="int4")
+    model = onnx.load(result.model_path, load_external_data=False)
+    t = text_config(TINY_CONFIGS["qwen3_5"])
+    conv = 2 * t["linear_num_key_heads"] * t["linear_key_head_dim"] + \
+        t["linear_num_value_heads"] * t["linear_value_head_dim"]
+
+    def dims(vi):
+        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    inputs = {i.name: dims(i) for i in model.graph.input}
+    outputs = {o.name: dims(o) for o in model.graph.output}
+    for i in (0, 1, 2):  # linear attention: conv (channels last) and recurrent state, no KV
+        assert inputs[f"past.{i}.conv"] == outputs[f"present.{i}.conv"] == ["batch_size", 3, conv]
+        assert inputs[f"past.{i}.recurrent"] == ["batch_size", t["linear_num_value_heads"],
+                                                  t["linear_key_head_dim"], t["linear_value_head_dim"]]
+        assert f"past_key_values.{i}.key" not in inputs
+    assert inputs["past_key_values.3.key"] == ["batch_size", 2, "past_sequence_length", t["head_dim"]]
+    assert "past.3.conv" not in inputs and "position_ids" not in inputs
+
+    config = json.loads(result.genai_config_path.read_text())["model"]
+    assert config["type"] == "qwen3_5_text"
+    decoder = config["decoder"]
+    assert decoder["inputs"]["past_conv_names"] == "past.%d.conv"
+    assert decoder["inputs"]["past_recurrent_names"] == "past.%d.recurrent"
+    assert decoder["outputs"]["present_conv_names"] == "present.%d.conv"
+    assert decoder["outputs"]["present_recurrent_names"] == "present.%d.recurrent"
+    assert (decoder["head_size"], decoder["num_key_value_heads"], decoder["num_hidden_layers"]) == (64, 2, 4)
+
+
+def test_vision_tower_is_skipped_and_said(built):
+    result = built("qwen3_5", precision="fp32")
+    model = onnx.load(result.model_path, load_external_data=False)
+    assert not [i.name for i in model.graph.initializer if "visual" in i.name or i.name.startswith("mtp")]
+    assert any("vision tower" in note for note in result.report["notes"])
+
+
+@pytest.mark.parametrize("ep", ["webgpu", "cuda"])
+def test_refused_off_cpu(checkpoint, tmp_path, ep):
+    with pytest.raises(BuilderError, match="cpu"):
+        build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", ep=ep)
+
+
+def test_refused_on_cpu_runtimes_without_the_kernels(checkpoint, tmp_path):
+    with pytest.raises(BuilderError, match="1.31"):
+        build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", target_ort="1.30")
