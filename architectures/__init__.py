@@ -17,9 +17,11 @@ from architectures.qwen2 import Qwen2Builder
 from architectures.mistral import MistralBuilder
 from architectures.qwen3_moe import Qwen3MoeBuilder
 from architectures.gemma3 import Gemma3Builder
-from architectures.qwen3_5 import Qwen35Builder, Qwen35MoeBuilder
+from architectures.qwen3_5 import (Qwen35Builder, Qwen35MoeBuilder, Qwen35MoeVLBuilder,
+                                   Qwen35VLBuilder)
 from architectures.qwen3_next import Qwen3NextBuilder
 
 __all__ = ["DecoderBuilder", "DecoderSpec", "Gemma3Builder", "LlamaBuilder", "MistralBuilder", "Qwen2Builder",
-           "Qwen35Builder", "Qwen35MoeBuilder", "Qwen3Builder", "Qwen3MoeBuilder",
+           "Qwen35Builder", "Qwen35MoeBuilder", "Qwen35MoeVLBuilder", "Qwen35VLBuilder",
+           "Qwen3Builder", "Qwen3MoeBuilder",
            "Qwen3NextBuilder", "builder_class_for", "register", "registered"]

@@ -61,42 +61,6 @@ def text_config(config: dict) -> dict:
     return text
 
 
-class TextCheckpoint:
-    """The checkpoint as the text model reads it: `model.X` is `model.language_model.X` in a
-    ConditionalGeneration checkpoint (transformers' PrefixChange does the same)."""
-
-    def __init__(self, checkpoint):
-        self._inner = checkpoint
-        nested = "text_config" in checkpoint.config
-        mine = "model.language_model.embed_tokens.weight" if nested else "model.embed_tokens.weight"
-        other = "model.embed_tokens.weight" if nested else "model.language_model.embed_tokens.weight"
-        self._prefixed = nested != (checkpoint.has(other) and not checkpoint.has(mine))
-
-    def _name(self, name: str) -> str:
-        if self._prefixed and name.startswith("model.") and not name.startswith("model.language_model."):
-            return "model.language_model." + name[len("model."):]
-        return name
-
-    def has(self, name):
-        return self._inner.has(self._name(name))
-
-    def names(self) -> list[str]:
-        inner = self._inner.names()
-        if not self._prefixed:
-            return inner
-        return ["model." + n[len("model.language_model."):] if n.startswith("model.language_model.") else n
-                for n in inner]
-
-    def tensor(self, name, expect_shape=None):
-        return self._inner.tensor(self._name(name), expect_shape)
-
-    def rows(self, name, start, stop, expect_shape=None):
-        return self._inner.rows(self._name(name), start, stop, expect_shape)
-
-    def __getattr__(self, attr):  # directory, config, read_json, fingerprint, ...
-        return getattr(self._inner, attr)
-
-
 class OneOffsetNorms(Projections):
     """Norm weights come out as 1 + w (summed in float32, as transformers does), except linear
     attention's gated norm, which transformers applies with its plain weight."""
@@ -131,15 +95,18 @@ class SharedExpertMoE:
         return g.op("Add", [routed, g.op("Mul", [shared, gate], f"{base}/gate/Mul")], f"{base}/Add")
 
 
-@register("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+@register("Qwen3_5ForCausalLM")
 class Qwen35Builder(DecoderBuilder):
     genai_type = "qwen3_5_text"
     qk_norm = True
     projections = OneOffsetNorms
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
+    text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
 
-    def __init__(self, checkpoint, options: BuildOptions):
-        super().__init__(TextCheckpoint(checkpoint), options)
+    def weight(self, layer: int | None, suffix: str) -> str:
+        if layer is not None:
+            return f"{self.text_prefix}layers.{layer}.{suffix}"
+        return self.text_prefix + suffix[len("model."):] if suffix.startswith("model.") else suffix
 
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
         text = self.text_config(config)
@@ -181,7 +148,7 @@ class Qwen35Builder(DecoderBuilder):
         return SparseMoE(spec.moe)
 
     def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
-        if "text_config" in self.checkpoint.config:
+        if self.text_prefix != "model.":
             return replace(layout, notes=layout.notes + (TEXT_ONLY_NOTE,))
         return layout
 
@@ -196,8 +163,17 @@ class Qwen35Builder(DecoderBuilder):
                     module.weight.data.copy_(module.weight.data.half().float())
 
 
-@register("Qwen3_5MoeForConditionalGeneration")
+@register("Qwen3_5ForConditionalGeneration")
+class Qwen35VLBuilder(Qwen35Builder):
+    """The released checkpoints: the text model under model.language_model., a vision tower and an MTP
+    head beside it (both skipped)."""
+
+    text_prefix = "model.language_model."
+
+
 class Qwen35MoeBuilder(Qwen35Builder):
+    """Every layer's MLP sparse, with a shared expert."""
+
     genai_type = "qwen3_5_moe_text"
 
     def text_config(self, config: dict) -> dict:
@@ -220,3 +196,8 @@ class Qwen35MoeBuilder(Qwen35Builder):
             raise BuilderError(f"{self.architectures[0]}: MoE/QMoE nodes run on cpu (ORT >= 1.31) only here; "
                                f"got -e {target.ep} with ORT {target.version_text}")
         return spec
+
+
+@register("Qwen3_5MoeForConditionalGeneration")
+class Qwen35MoeVLBuilder(Qwen35MoeBuilder):
+    text_prefix = "model.language_model."

@@ -235,7 +235,8 @@ def time_ba(rounds: int) -> None:
                         sessions[q].run(None, {"x": x})
                     samples[(q, seq)].append((time.perf_counter() - start) / reps / 18)
         for (q, seq), values in samples.items():
-            print(f"{label} in_proj_ba [{k} -> {n}] {q}, {seq} token(s): {np.median(values) * 1e6:.1f} us per projection")
+            print(f"{label} in_proj_ba [{k} -> {n}] {q}, {seq} token(s): "
+                  f"{np.median(values) * 1e6:.1f} us per projection")
 
 
 def main() -> None:
