@@ -54,7 +54,8 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
 
     family = builder_class_for(config)
     naming = family.__new__(family)  # weight() names tensors from the layer alone
-    stand_in = _Stand_inCheckpoint(config, [naming.weight(i, "x") for i in range(config["num_hidden_layers"])])
+    layers = (config.get("text_config") or config)["num_hidden_layers"]  # ConditionalGeneration nests it
+    stand_in = _Stand_inCheckpoint(config, [naming.weight(i, "x") for i in range(layers)])
     # fp32 on cpu: every option at its default, every tensor read as a float (no quantizer work).
     arch = family(stand_in, BuildOptions(model="stand-in", precision="fp32", ep="cpu"))
     data = ExternalDataFile(Path(os.devnull))
