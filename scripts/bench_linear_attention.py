@@ -157,7 +157,7 @@ def check() -> None:
             errors.append(float(np.abs(y - e).max()))
         conv = pc if form in ("ref", "ours") else pc.transpose(0, 2, 1)
         rec = pr.transpose(0, 1, 3, 2) if form == "gdn" else pr
-        print(f"{form}: {len(model.graph.node)} nodes, max |dy| per step {['%.1e' % e for e in errors]}, "
+        print(f"{form}: {len(model.graph.node)} nodes, max |dy| per step {[f'{e:.1e}' for e in errors]}, "
               f"conv state {np.abs(conv - ref_conv).max():.1e}, recurrent state {np.abs(rec - ref_rec).max():.1e}")
 
 

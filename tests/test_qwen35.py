@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from support.synthetic import TINY_CONFIGS, text_config
 
 from builder import BuildOptions
 from builder.kit.errors import BuilderError
-from support.synthetic import TINY_CONFIGS, text_config
 
 
 def relay_fused(src, dst):

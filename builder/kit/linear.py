@@ -8,7 +8,7 @@ stream one projection (and one row chunk) at a time.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 from onnx import TensorProto
@@ -38,7 +38,7 @@ class RowSlice(NamedTuple):
     tensor_shape: tuple[int, ...]
 
 
-Source = Union[str, RowSlice]
+Source = str | RowSlice
 
 
 def check_shape(checkpoint, source: Source, shape: tuple[int, ...]) -> None:

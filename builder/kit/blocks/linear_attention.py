@@ -67,7 +67,7 @@ class LinearAttentionDims:
     conv_kernel: int
 
     @classmethod
-    def from_config(cls, config: dict) -> "LinearAttentionDims":
+    def from_config(cls, config: dict) -> LinearAttentionDims:
         # transformers' Qwen3NextConfig / Qwen3_5TextConfig defaults for absent keys.
         dims = cls(int(config.get("linear_num_key_heads", 16)), int(config.get("linear_num_value_heads", 32)),
                    int(config.get("linear_key_head_dim", 128)), int(config.get("linear_value_head_dim", 128)),
