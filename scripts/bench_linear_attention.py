@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """One Gated DeltaNet layer in three ONNX forms, checked against transformers and timed on CPU.
 
     python scripts/bench_linear_attention.py check            # each form vs Qwen3_5GatedDeltaNet
