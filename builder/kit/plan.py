@@ -174,7 +174,7 @@ def resolve_context_length(options: BuildOptions, spec, target: Target) -> int:
     available = available_memory_bytes()
     if available is not None and need > available // 2:
         source = "--context-length" if requested else "config.json's max_position_embeddings"
-        raise BuilderError(f"context length {context} ({source}) needs {need / 2**30:.1f} GiB of rotary "
-                           f"cache, more than half the {available / 2**30:.1f} GiB of memory available; "
-                           "pass a smaller --context-length")
+        raise BuilderError(f"context length {context} ({source}) x rotary dim {spec.rope.rotary_dim} (config.json's "
+                           f"head_dim) needs {need / 2**30:.1f} GiB of rotary cache, more than half the "
+                           f"{available / 2**30:.1f} GiB of memory available; pass a smaller --context-length")
     return context
