@@ -60,13 +60,15 @@ def cat(files: list[Path]) -> float:
     return time.perf_counter() - t
 
 
-def build(variant: dict, checkpoint: Path, out: Path, log: Path) -> dict:
+def build(variant: dict, checkpoint: Path, out: Path, log: Path, nice: int = 0) -> dict:
     if out.exists():
         shutil.rmtree(out)
     command = [sys.executable, "-m", "builder", "-m", str(checkpoint), "-p", "int4", "-e", "webgpu",
                "-o", str(out), *variant["args"]]
     env = {**os.environ, "PYTHONPATH": str(variant["root"])}
     timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
+    if nice:
+        timed = ["nice", "-n", str(nice), *timed]
     started_load = load()
     t = time.perf_counter()
     proc = subprocess.run(timed, cwd=variant["root"], env=env, capture_output=True, text=True)
@@ -75,10 +77,12 @@ def build(variant: dict, checkpoint: Path, out: Path, log: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{variant['name']} build failed (exit {proc.returncode}); see {log}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    cpu = [re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr) for k in ("User", "System")]
     report = json.loads((out / "build_report.json").read_text())
     data = out / "model.onnx.data"
     result = {"wall_s": round(wall, 2), "load_before": round(started_load, 2),
               "peak_rss_bytes": int(rss[1]) * 1024 if rss else report.get("peak_rss_bytes"),
+              "cpu_s": round(sum(float(m[1]) for m in cpu if m), 2),
               "timings": report.get("timings", {}), "data_bytes": data.stat().st_size}
     return result
 
@@ -98,6 +102,9 @@ def main() -> int:
     ap.add_argument("--before", metavar="REF", help="git ref of the code to compare against")
     ap.add_argument("--no-off", action="store_true", help="skip the --read-ahead-mb 0 variant")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the builds at this niceness (negative needs root): on a machine others keep "
+                         "busy, a build otherwise measures the scheduler more than itself")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--delete-checkpoint", action="store_true")
     args = ap.parse_args()
@@ -133,14 +140,15 @@ def main() -> int:
             for v in order:
                 out = args.work / f"out-{v['name']}"
                 drop_cache(files)
-                cold = build(v, args.checkpoint, out, args.work / f"{v['name']}-cold.log")
+                cold = build(v, args.checkpoint, out, args.work / f"{v['name']}-cold.log", args.nice)
                 cat(files)
-                warm = build(v, args.checkpoint, out, args.work / f"{v['name']}-warm.log")
+                warm = build(v, args.checkpoint, out, args.work / f"{v['name']}-warm.log", args.nice)
                 round_["builds"][v["name"]] = {"cold": cold, "warm": warm}
                 print(f"  {v['name']:>6}: cold {cold['wall_s']:.1f} s = {cold['wall_s'] / cold_read:.2f}x read "
                       f"(load {cold['load_before']:.1f}), warm {warm['wall_s']:.1f} s "
                       f"(load {warm['load_before']:.1f}), peak RSS cold {cold['peak_rss_bytes'] / 1e9:.2f} GB "
-                      f"warm {warm['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
+                      f"warm {warm['peak_rss_bytes'] / 1e9:.2f} GB; CPU time cold {cold['cpu_s']:.1f} s "
+                      f"warm {warm['cpu_s']:.1f} s", flush=True)
                 print(f"          cold phases: {fmt_phases(cold['timings'])}", flush=True)
                 print(f"          warm phases: {fmt_phases(warm['timings'])}", flush=True)
                 if cold["timings"].get("read_ahead"):
@@ -150,6 +158,7 @@ def main() -> int:
         print(f"model.onnx.data sizes: {sizes}")
         if args.json:
             args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "checkpoint_bytes": size,
+                                             "nice": args.nice,
                                              "cores": os.cpu_count(), "rounds": rounds}, indent=2) + "\n")
     finally:
         if args.before:

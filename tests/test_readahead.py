@@ -32,7 +32,7 @@ class CountingRead:
         self.outstanding = self.peak = 0
         self.order = []
 
-    def __call__(self, where):
+    def __call__(self, where, buffer=None):
         with self.lock:
             self.outstanding += where.length
             self.peak = max(self.peak, self.outstanding)
@@ -87,7 +87,7 @@ def test_read_ahead_follows_a_build_that_leaves_the_forecast():
 def test_reader_errors_are_raised_where_the_build_reads():
     schedule = ranges(5, 10)
 
-    def failing(where):
+    def failing(where, buffer=None):
         if where.name == "t3":
             raise BuilderError("none ends inside tensor 't3'; the file is truncated: re-download it")
         return np.zeros(where.shape, np.uint8)
@@ -176,3 +176,27 @@ def test_interrupted_build_stops_the_reader(tmp_path, monkeypatch):
         build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
     assert not [t for t in threading.enumerate() if t.name == "builder-read-ahead"]
+
+
+def test_pooled_buffers_are_reused_only_when_let_go(tmp_path):
+    """The reader reuses its memory, but never under rows the build still holds."""
+    from builder.kit.checkpoint import Checkpoint
+    data = np.random.default_rng(0).integers(0, 256, 64 * 1000, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    schedule = [RowRange(f"t{i}", 0, 1000, path, i * 1000, 1000, np.dtype(np.uint8), (1000,)) for i in range(64)]
+    kept = []
+    ahead = ReadAhead(schedule, 4000, read=Checkpoint.read).start()
+    try:
+        for i, where in enumerate(schedule):
+            rows = ahead.take(where)
+            assert rows.tobytes() == data[i * 1000:(i + 1) * 1000]
+            if i % 2:
+                kept.append((i, rows))  # held on to: its buffer must not be read into again
+            del rows
+    finally:
+        ahead.close()
+    for i, rows in kept:
+        assert rows.tobytes() == data[i * 1000:(i + 1) * 1000], i
+    # the let-go half was recycled: far fewer buffers than reads
+    assert len(ahead._pool) <= 4000 // 1000 + 2

@@ -289,9 +289,11 @@ class Checkpoint:
     phases = None  # a progress.Phases the build's own reads are timed in
 
     @staticmethod
-    def read(where: "RowRange") -> np.ndarray:
-        """The rows `where` names, read from disk now (thread-safe: one open file per read)."""
-        buffer = bytearray(where.length)
+    def read(where: "RowRange", buffer=None) -> np.ndarray:
+        """The rows `where` names, read from disk now (thread-safe: one open file per read),
+        into `buffer` (exactly where.length bytes) if given."""
+        if buffer is None:
+            buffer = bytearray(where.length)
         try:
             with open(where.file, "rb") as f:
                 f.seek(where.begin)
