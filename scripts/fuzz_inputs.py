@@ -18,9 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from hypothesis import given, seed, settings  # noqa: E402
-
 import fuzz_inputs as fz  # noqa: E402
+from hypothesis import given, seed, settings  # noqa: E402
 
 TARGETS = {
     "config": (fz.config_files, fz.check_config_file),

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, assume
 from hypothesis import strategies as st
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from builder.kit.hf_config import KEYS
-from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 FUZZ_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fuzz_inputs as fz
 import pytest
 from hypothesis import given, settings
-
-import fuzz_inputs as fz
 
 # Cases per target in the suite (about 30 s together with the CLI cases, on two cores).
 SUITE_CASES = {"config": 40, "header": 150, "index": 80, "batch": 200}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.synthetic import TINY_CONFIGS, make_checkpoint
+from test_errors import assert_clean_failure, cli
 
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
-from support.synthetic import TINY_CONFIGS, make_checkpoint
-from test_errors import assert_clean_failure, cli
 
 
 def plain_cli(*args):
@@ -345,6 +345,7 @@ def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
 
 def test_rotary_cache_sized_to_the_context_built(ckpt, tmp_path):
     import onnx
+
     from builder import build
     result = build(model=str(ckpt), output=str(tmp_path / "short"), context_length=48, show_progress=False)
     model = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
@@ -420,6 +421,7 @@ def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
 
 def test_disk_full_while_writing_genai_config(ckpt, tmp_path, monkeypatch):
     import errno
+
     from builder import build
     real = Path.write_text
 

@@ -9,7 +9,8 @@ family only adds the keys it reads that are not listed yet.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from builder.kit.errors import BuilderError
 

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 
 # The display whose line is open on a terminal, if any: what end_line has to close.
-_open_line: "Progress | None" = None
+_open_line: Progress | None = None
 
 
 def end_line() -> None:
