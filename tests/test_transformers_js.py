@@ -204,10 +204,12 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
 
 
-@pytest.mark.parametrize("name", ["gemma3", "mistral"])
+@pytest.mark.parametrize("name", ["gemma3", "mistral", "qwen3_5", "qwen3_5-text"])
 def test_node_other_families(built, checkpoint, name):
-    """Gemma 3 (gemma3_text: (1 + w) norms, local/global rotary) and Mistral (a sliding window shorter
-    than prompt + decode) in transformers.js: greedy tokens == transformers'."""
+    """Gemma 3 (gemma3_text: (1 + w) norms, local/global rotary), Mistral (a sliding window shorter
+    than prompt + decode) and Qwen3.5 (Gated DeltaNet layers: conv/recurrent states under transformers.js
+    names, layer_types, per-head norms without BranchwiseRMSNorm; as a ForConditionalGeneration checkpoint
+    and a text one) in transformers.js: greedy tokens == transformers'."""
     from builder.verify import dequantized_reference, transformers_greedy
     result = built(name, precision="fp32", format="transformers.js")
     ckpt = checkpoint(name)

@@ -90,6 +90,18 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 
+# Where the runtimes inside transformers.js 4.3 differ from the table above (measured with
+# @huggingface/transformers 4.3.2, tiny checkpoints, tokens vs transformers; /work/wt/tjs-notes.md):
+# BranchwiseRMSNorm is registered in neither onnxruntime-node 1.30 nor onnxruntime-web 1.31-dev
+# (so per-head norms are written Reshape/SimplifiedLayerNormalization/Reshape); without it, the Gated
+# DeltaNet ops (CausalConvWithState, LinearAttention, LinearAttentionGate) ran Qwen3.5 in Node on
+# onnxruntime-node 1.30 and in headless Chromium on onnxruntime-web's WebGPU EP (SwiftShader).
+TRANSFORMERS_JS_FEATURES: dict[str, dict[str, tuple[int, int]]] = {
+    "branchwise_rmsnorm": {},
+    "linear_attention": {"cpu": (1, 30), "webgpu": (1, 31)},
+}
+
+
 # The oldest ONNX Runtime each EP can be targeted at: every build emits GroupQueryAttention
 # (com.microsoft) and, quantized, MatMulNBits; their CPU and CUDA kernels first shipped in
 # 1.17, the WebGPU EP's in 1.20 (gqa_rotary above). DirectML's GroupQueryAttention came in
@@ -181,7 +193,8 @@ class Target:
         return self.ep
 
     def supports(self, feature: str) -> bool:
-        first = FEATURES[feature].get(self.ep)
+        table = TRANSFORMERS_JS_FEATURES if self.transformers_js and feature in TRANSFORMERS_JS_FEATURES else FEATURES
+        first = table[feature].get(self.ep)
         return first is not None and self.ort_version >= first
 
     @property

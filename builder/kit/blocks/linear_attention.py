@@ -223,8 +223,8 @@ class GatedDeltaNet:
                        outputs=2, axis=-1)
         l2_scale = g.initializer(f"model.layers.{i}.linear_attn.l2norm_scale",
                                  np.full(d.key_head_dim, d.key_head_dim ** -0.5, dtype=em.plan.io_dtype))
-        qk = g.op("BranchwiseRMSNorm", [qk, l2_scale], f"{base}/qk_l2norm/BranchwiseRMSNorm", domain=MS_DOMAIN,
-                  num_branches=2 * d.num_key_heads, epsilon=1e-6 / d.key_head_dim)
+        qk = per_head_rms_norm(em, qk, l2_scale, f"{base}/qk_l2norm", 2 * d.num_key_heads, d.key_head_dim,
+                               1e-6 / d.key_head_dim)
         q, k = g.node("Split", [qk, g.constant([d.key_dim, d.key_dim])], f"{base}/qk_l2norm/Split",
                       outputs=2, axis=-1)
 
@@ -243,8 +243,23 @@ class GatedDeltaNet:
                          update_rule="gated_delta", scale=1.0 / math.sqrt(d.key_head_dim))
         norm_w = em.weight(i, f"{self.prefix}.norm.weight")
         norm_w = g.initializer(norm_w, proj.float_rows([norm_w], [(d.value_head_dim,)]))
-        normed = g.op("BranchwiseRMSNorm", [attn, norm_w], f"{base}/norm/BranchwiseRMSNorm", domain=MS_DOMAIN,
-                      num_branches=d.num_value_heads, epsilon=eps)
+        normed = per_head_rms_norm(em, attn, norm_w, f"{base}/norm", d.num_value_heads, d.value_head_dim, eps)
         normed = g.op("Mul", [normed, activation(em, "silu", z, f"{base}/norm/act_fn")], f"{base}/norm/Mul")
         return proj.matmul(normed, f"{base}/out_proj", [em.weight(i, f"{self.prefix}.out_proj.weight")],
                            [(hidden, d.value_dim)], em.plan.fmt(self._module(i, "out_proj")))
+
+
+def per_head_rms_norm(em, x: str, weight: str, name: str, heads: int, dim: int, epsilon: float) -> str:
+    """RMSNorm over each of `heads` groups of x [B, S, heads*dim] with a [dim] scale.
+
+    One BranchwiseRMSNorm where the target has it (cpu, ONNX Runtime >= 1.31), else
+    Reshape/SimplifiedLayerNormalization/Reshape (the runtimes inside transformers.js lack it).
+    """
+    g = em.graph
+    if em.plan.target.supports("branchwise_rmsnorm"):
+        return g.op("BranchwiseRMSNorm", [x, weight], f"{name}/BranchwiseRMSNorm", domain=MS_DOMAIN,
+                    num_branches=heads, epsilon=epsilon)
+    split = g.op("Reshape", [x, g.constant([0, 0, heads, dim])], f"{name}/Reshape_in")
+    normed = g.op("SimplifiedLayerNormalization", [split, weight], f"{name}/SimplifiedLayerNormalization",
+                  axis=-1, epsilon=epsilon)
+    return g.op("Reshape", [normed, g.constant([0, 0, heads * dim])], f"{name}/Reshape_out")
