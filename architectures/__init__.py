@@ -10,18 +10,31 @@ the `builder.architectures` entry-point group.
 """
 
 from architectures.base import DecoderBuilder, DecoderSpec
-from architectures.registry import builder_class_for, register, registered
-from architectures.llama import LlamaBuilder
-from architectures.qwen3 import Qwen3Builder
-from architectures.qwen2 import Qwen2Builder
-from architectures.mistral import MistralBuilder
-from architectures.qwen3_moe import Qwen3MoeBuilder
 from architectures.gemma3 import Gemma3Builder
-from architectures.qwen3_5 import (Qwen35Builder, Qwen35MoeBuilder, Qwen35MoeVLBuilder,
-                                   Qwen35VLBuilder)
+from architectures.llama import LlamaBuilder
+from architectures.mistral import MistralBuilder
+from architectures.qwen2 import Qwen2Builder
+from architectures.qwen3 import Qwen3Builder
+from architectures.qwen3_5 import Qwen35Builder, Qwen35MoeBuilder, Qwen35MoeVLBuilder, Qwen35VLBuilder
+from architectures.qwen3_moe import Qwen3MoeBuilder
 from architectures.qwen3_next import Qwen3NextBuilder
+from architectures.registry import builder_class_for, register, registered
 
-__all__ = ["DecoderBuilder", "DecoderSpec", "Gemma3Builder", "LlamaBuilder", "MistralBuilder", "Qwen2Builder",
-           "Qwen35Builder", "Qwen35MoeBuilder", "Qwen35MoeVLBuilder", "Qwen35VLBuilder",
-           "Qwen3Builder", "Qwen3MoeBuilder",
-           "Qwen3NextBuilder", "builder_class_for", "register", "registered"]
+__all__ = [
+    "DecoderBuilder",
+    "DecoderSpec",
+    "Gemma3Builder",
+    "LlamaBuilder",
+    "MistralBuilder",
+    "Qwen2Builder",
+    "Qwen35Builder",
+    "Qwen35MoeBuilder",
+    "Qwen35MoeVLBuilder",
+    "Qwen35VLBuilder",
+    "Qwen3Builder",
+    "Qwen3MoeBuilder",
+    "Qwen3NextBuilder",
+    "builder_class_for",
+    "register",
+    "registered",
+]

@@ -15,9 +15,8 @@ BuildPlan (builder.kit.plan), before the first node.
 
 from __future__ import annotations
 
-from builder.kit.blocks import Attention, DenseMLP, Emitter
+from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding
 from builder.kit.blocks import attention as attention_io
-from builder.kit.blocks import embedding
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
@@ -33,9 +32,9 @@ class DecoderBuilder:
     """Builds a Llama-style decoder; subclass it for other families."""
 
     architectures: tuple[str, ...] = ()
-    genai_type = "llama"      # model.type in genai_config.json
-    qk_norm = False           # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
-    attention_bias = False    # q/k/v projections have biases (Qwen2)
+    genai_type = "llama"  # model.type in genai_config.json
+    qk_norm = False  # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
+    attention_bias = False  # q/k/v projections have biases (Qwen2)
     projections = Projections  # writes weights; a family may change how (Gemma's 1 + w norms)
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
@@ -63,8 +62,9 @@ class DecoderBuilder:
     # ---- what the plan asks a family -----------------------------------------
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
-        spec = DecoderSpec.from_config(config, qk_norm=self.qk_norm,
-                                       attention_bias=bool(config.get("attention_bias", self.attention_bias)))
+        spec = DecoderSpec.from_config(
+            config, qk_norm=self.qk_norm, attention_bias=bool(config.get("attention_bias", self.attention_bias))
+        )
         if not spec.tie_word_embeddings and not self.checkpoint.has(self.weight(None, "lm_head.weight")):
             # Some configs omit tie_word_embeddings while the weights are tied.
             spec.tie_word_embeddings = True
@@ -82,13 +82,21 @@ class DecoderBuilder:
         return DenseMLP()
 
     def projection_modules(self, spec: DecoderSpec) -> list[str]:
-        modules = [m for i in range(spec.num_layers)
-                   for block in (self.mixer(spec, i), self.feed_forward(spec, i)) for m in block.modules(i)]
+        modules = [
+            m
+            for i in range(spec.num_layers)
+            for block in (self.mixer(spec, i), self.feed_forward(spec, i))
+            for m in block.modules(i)
+        ]
         return [embedding.EMBED] + modules + [embedding.LM_HEAD]
 
     def pack_groups(self, spec: DecoderSpec) -> list[PackGroup]:
-        return [g for i in range(spec.num_layers)
-                for block in (self.mixer(spec, i), self.feed_forward(spec, i)) for g in block.pack_groups(i)]
+        return [
+            g
+            for i in range(spec.num_layers)
+            for block in (self.mixer(spec, i), self.feed_forward(spec, i))
+            for g in block.pack_groups(i)
+        ]
 
     def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
         """A family's last word on the resolved layout (Gemma 3: no SiLU to choose)."""
@@ -131,8 +139,12 @@ class DecoderBuilder:
         """One layer: normalized input in, (next layer's normalized input, residual) out."""
         spec = em.spec
         mixed = self.mixer(spec, i)(em, i, hidden)
-        hidden, residual = em.skip_norm(mixed, residual, em.norm_weight(i, "post_attention_layernorm.weight"),
-                                        f"/model/layers.{i}/post_attention_layernorm")
+        hidden, residual = em.skip_norm(
+            mixed,
+            residual,
+            em.norm_weight(i, "post_attention_layernorm.weight"),
+            f"/model/layers.{i}/post_attention_layernorm",
+        )
         return em.skip_norm(self.feed_forward(spec, i)(em, i, hidden), residual, *self.next_norm(em, i))
 
     def next_norm(self, em: Emitter, i: int) -> tuple[str, str]:

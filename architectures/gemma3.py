@@ -43,8 +43,9 @@ from builder.kit.layout import Layout
 from builder.kit.linear import Projections
 from builder.kit.options import BuildOptions
 from builder.kit.rope import RopeSpec
+from builder.kit.spec import DecoderSpec
+from builder.kit.spec import layer_types as resolve_layer_types
 from builder.kit.targets import Target
-from builder.kit.spec import DecoderSpec, layer_types as resolve_layer_types
 
 # Gemma3TextConfig's defaults for keys a config.json may leave out (transformers 5.23).
 CONFIG_DEFAULTS = {
@@ -64,7 +65,7 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 
 @dataclass
 class Gemma3Spec(DecoderSpec):
-    local_rope: RopeSpec | None = None   # rotary of the sliding layers (spec.rope: the global layers')
+    local_rope: RopeSpec | None = None  # rotary of the sliding layers (spec.rope: the global layers')
 
 
 def layer_types(config: dict, num_layers: int) -> list[str]:
@@ -81,8 +82,10 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
     global layers and rope_local_base_freq for the local ones (hub files)."""
     params = config.get("rope_parameters") or {}
     if params and not set(params) <= {SLIDING, FULL}:
-        raise BuilderError("config.json: Gemma 3's rope_parameters must be keyed by layer type "
-                           f"({FULL!r}, {SLIDING!r}); got keys {sorted(params)}")
+        raise BuilderError(
+            "config.json: Gemma 3's rope_parameters must be keyed by layer type "
+            f"({FULL!r}, {SLIDING!r}); got keys {sorted(params)}"
+        )
     full = dict(params.get(FULL) or {"rope_type": "default"})
     full.update(config.get("rope_scaling") or {})
     full.setdefault("rope_theta", config["rope_theta"])
@@ -117,7 +120,7 @@ class _OneOffsetNorms(Projections):
 
 @register("Gemma3ForCausalLM")
 class Gemma3Builder(DecoderBuilder):
-    genai_type = "gemma3_text"   # onnxruntime-genai 0.18's name for the text-only model
+    genai_type = "gemma3_text"  # onnxruntime-genai 0.18's name for the text-only model
     qk_norm = True
     projections = _OneOffsetNorms
 
@@ -127,18 +130,22 @@ class Gemma3Builder(DecoderBuilder):
         config = {**CONFIG_DEFAULTS, **config}
         act = config["hidden_activation"]
         if act != "gelu_pytorch_tanh":
-            raise BuilderError(f"config.json: hidden_activation {act!r} is not supported for Gemma 3 "
-                               "(only gelu_pytorch_tanh)")
+            raise BuilderError(
+                f"config.json: hidden_activation {act!r} is not supported for Gemma 3 (only gelu_pytorch_tanh)"
+            )
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if config.get(key) is not None:
-                raise BuilderError(f"config.json: {key} = {config[key]!r} is not implemented for Gemma 3 "
-                                   "(Gemma 3 checkpoints set it to null)")
+                raise BuilderError(
+                    f"config.json: {key} = {config[key]!r} is not implemented for Gemma 3 "
+                    "(Gemma 3 checkpoints set it to null)"
+                )
         if config.get("use_bidirectional_attention"):
-            raise BuilderError("config.json: use_bidirectional_attention is set (an embedding model); "
-                               "only causal Gemma 3 decoders are supported")
+            raise BuilderError(
+                "config.json: use_bidirectional_attention is set (an embedding model); "
+                "only causal Gemma 3 decoders are supported"
+            )
         if config.get("attention_bias"):
-            raise BuilderError("config.json: attention_bias is true; Gemma 3 with q/k/v/o biases is not "
-                               "supported")
+            raise BuilderError("config.json: attention_bias is true; Gemma 3 with q/k/v/o biases is not supported")
         scalar = config["query_pre_attn_scalar"]
         if not isinstance(scalar, (int, float)) or isinstance(scalar, bool) or scalar <= 0:
             raise BuilderError(f"config.json: query_pre_attn_scalar = {scalar!r} must be a positive number")
@@ -158,17 +165,22 @@ class Gemma3Builder(DecoderBuilder):
         spec.sliding_window = None
         if spec.sliding_layers:
             if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
-                raise BuilderError(f"config.json: sliding_window = {window!r} must be a positive integer "
-                                   f"(layers {list(spec.sliding_layers)} are sliding_attention)")
+                raise BuilderError(
+                    f"config.json: sliding_window = {window!r} must be a positive integer "
+                    f"(layers {list(spec.sliding_layers)} are sliding_attention)"
+                )
             spec.sliding_window = window
         return spec
 
     def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
         if options.silu != "auto":
-            raise BuilderError(f"--silu {options.silu}: Gemma 3's MLP has no SiLU (it is gelu_pytorch_tanh, "
-                               "written as FastGelu); leave --silu at auto")
-        return replace(layout, silu="none",
-                       notes=layout.notes + ("MLP activation gelu_pytorch_tanh -> com.microsoft FastGelu",))
+            raise BuilderError(
+                f"--silu {options.silu}: Gemma 3's MLP has no SiLU (it is gelu_pytorch_tanh, "
+                "written as FastGelu); leave --silu at auto"
+            )
+        return replace(
+            layout, silu="none", notes=layout.notes + ("MLP activation gelu_pytorch_tanh -> com.microsoft FastGelu",)
+        )
 
     # ---- blocks -------------------------------------------------------------
 
@@ -187,8 +199,12 @@ class Gemma3Builder(DecoderBuilder):
     def decoder_layer(self, em: Emitter, i: int, hidden: str, residual: str) -> tuple[str, str]:
         spec = em.spec
         attn = self.post_norm(em, i, self.mixer(spec, i)(em, i, hidden), "post_attention_layernorm")
-        hidden, residual = em.skip_norm(attn, residual, em.norm_weight(i, "pre_feedforward_layernorm.weight"),
-                                        f"/model/layers.{i}/pre_feedforward_layernorm")
+        hidden, residual = em.skip_norm(
+            attn,
+            residual,
+            em.norm_weight(i, "pre_feedforward_layernorm.weight"),
+            f"/model/layers.{i}/pre_feedforward_layernorm",
+        )
         mlp = self.post_norm(em, i, self.feed_forward(spec, i)(em, i, hidden), "post_feedforward_layernorm")
         return em.skip_norm(mlp, residual, *self.next_norm(em, i))
 

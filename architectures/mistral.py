@@ -8,10 +8,10 @@ move the logits by ~2 with a 12-token prompt and window 8).
 """
 
 from architectures.base import DecoderBuilder
-from builder.kit.targets import Target
-from builder.kit.spec import DecoderSpec
 from architectures.qwen2 import sliding_layers
 from architectures.registry import register
+from builder.kit.spec import DecoderSpec
+from builder.kit.targets import Target
 
 
 @register("MistralForCausalLM")

@@ -5,9 +5,9 @@ MatMul (before the Split), or one Add per projection in the separate layout.
 """
 
 from architectures.base import DecoderBuilder
-from builder.kit.targets import Target
-from builder.kit.spec import DecoderSpec
 from architectures.registry import register
+from builder.kit.spec import DecoderSpec
+from builder.kit.targets import Target
 
 
 def sliding_layers(config: dict, window: int | None, default_types: list[str]) -> tuple[int, ...]:

@@ -34,8 +34,7 @@ from builder.kit.options import BuildOptions
 from builder.kit.spec import FULL_ATTENTION, LINEAR_ATTENTION, DecoderSpec, layer_types
 from builder.kit.targets import Target
 
-TEXT_ONLY_NOTE = ("text model only: the checkpoint's vision tower (model.visual.*) and MTP head (mtp.*) "
-                  "are not built")
+TEXT_ONLY_NOTE = "text model only: the checkpoint's vision tower (model.visual.*) and MTP head (mtp.*) are not built"
 
 
 @dataclass
@@ -106,27 +105,36 @@ class Qwen35Builder(DecoderBuilder):
     def weight(self, layer: int | None, suffix: str) -> str:
         if layer is not None:
             return f"{self.text_prefix}layers.{layer}.{suffix}"
-        return self.text_prefix + suffix[len("model."):] if suffix.startswith("model.") else suffix
+        return self.text_prefix + suffix[len("model.") :] if suffix.startswith("model.") else suffix
 
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
         text = self.text_config(config)
         self.config = text  # genai_config.json reads the token ids from it
         base = super().make_spec(text, target)
-        default = [FULL_ATTENTION if (i + 1) % int(text.get("full_attention_interval", 4)) == 0 else LINEAR_ATTENTION
-                   for i in range(base.num_layers)]
+        default = [
+            FULL_ATTENTION if (i + 1) % int(text.get("full_attention_interval", 4)) == 0 else LINEAR_ATTENTION
+            for i in range(base.num_layers)
+        ]
         types = layer_types(text, base.num_layers, default, {FULL_ATTENTION, LINEAR_ATTENTION})
-        spec = Qwen35Spec(**base.__dict__, layer_types=tuple(types), linear=LinearAttentionDims.from_config(text),
-                          moe=self.make_moe_spec(text, base.num_layers),
-                          shared_expert_size=int(text.get("shared_expert_intermediate_size", 0) or 0))
+        spec = Qwen35Spec(
+            **base.__dict__,
+            layer_types=tuple(types),
+            linear=LinearAttentionDims.from_config(text),
+            moe=self.make_moe_spec(text, base.num_layers),
+            shared_expert_size=int(text.get("shared_expert_intermediate_size", 0) or 0),
+        )
         if target is not None and not target.supports("linear_attention"):
             raise BuilderError(
                 f"{self.architectures[0]} builds only for cpu with ONNX Runtime >= 1.31 here: its "
                 "CausalConvWithState/LinearAttention/LinearAttentionGate/GatedRMSNorm/BranchwiseRMSNorm nodes were "
-                f"verified on those CPU kernels only; got -e {target.ep} with ORT {target.version_text}")
+                f"verified on those CPU kernels only; got -e {target.ep} with ORT {target.version_text}"
+            )
         if FULL_ATTENTION in types and (spec.rope.rotary_dim // 2) % 8:
-            raise BuilderError(f"config.json: head_dim {spec.head_dim} x partial_rotary_factor gives "
-                               f"{spec.rope.rotary_dim} rotary dims; GroupQueryAttention needs half of them to be "
-                               "a multiple of 8 (every released Qwen3.5 has 64)")
+            raise BuilderError(
+                f"config.json: head_dim {spec.head_dim} x partial_rotary_factor gives "
+                f"{spec.rope.rotary_dim} rotary dims; GroupQueryAttention needs half of them to be "
+                "a multiple of 8 (every released Qwen3.5 has 64)"
+            )
         return spec
 
     def text_config(self, config: dict) -> dict:
@@ -156,6 +164,7 @@ class Qwen35Builder(DecoderBuilder):
     def prepare_reference(cls, model, options: BuildOptions, io_dtype=np.float32) -> None:
         """verify keeps routers and gates float; in fp16 builds they hold fp16-rounded values."""
         from architectures.qwen3_moe import Qwen3MoeBuilder
+
         Qwen3MoeBuilder.prepare_reference.__func__(cls, model, options, io_dtype)
         if io_dtype == np.float16:
             for name, module in model.named_modules():
@@ -184,8 +193,9 @@ class Qwen35MoeBuilder(Qwen35Builder):
 
     def make_moe_spec(self, config: dict, num_layers: int) -> MoeSpec:
         # Every layer sparse; the router always renormalizes the top-k weights (Qwen3VLMoeTextTopKRouter).
-        spec = MoeSpec.from_config({**config, "norm_topk_prob": True, "decoder_sparse_step": 1,
-                                    "mlp_only_layers": []}, num_layers)
+        spec = MoeSpec.from_config(
+            {**config, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []}, num_layers
+        )
         if not spec.sparse_layers:
             raise BuilderError("config.json: num_experts must be positive for Qwen3.5-MoE")
         return spec
@@ -193,8 +203,10 @@ class Qwen35MoeBuilder(Qwen35Builder):
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
         spec = super().make_spec(config, target)
         if target is not None and not target.supports("moe_swiglu"):
-            raise BuilderError(f"{self.architectures[0]}: MoE/QMoE nodes run on cpu (ORT >= 1.31) only here; "
-                               f"got -e {target.ep} with ORT {target.version_text}")
+            raise BuilderError(
+                f"{self.architectures[0]}: MoE/QMoE nodes run on cpu (ORT >= 1.31) only here; "
+                f"got -e {target.ep} with ORT {target.version_text}"
+            )
         return spec
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+import quant
 from architectures.qwen3 import Qwen3Builder
 from architectures.registry import register
 from builder.kit.blocks import MoeSpec, SparseMoE
 from builder.kit.blocks.moe import expert_scheme
-import quant
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for
@@ -28,9 +28,11 @@ class Qwen3MoeBuilder(Qwen3Builder):
         spec = super().make_spec(config, target)
         self.moe = MoeSpec.from_config(config, spec.num_layers)
         if self.moe.sparse_layers and target is not None and not target.supports("moe_swiglu"):
-            raise BuilderError(f"Qwen3-MoE builds only for cpu (ONNX Runtime >= 1.31) here: its MoE/QMoE "
-                               f"nodes were verified on the CPU kernels only, and onnxruntime-webgpu 1.27 "
-                               f"rejects them at load; got -e {target.ep} with ORT {target.version_text}")
+            raise BuilderError(
+                f"Qwen3-MoE builds only for cpu (ONNX Runtime >= 1.31) here: its MoE/QMoE "
+                f"nodes were verified on the CPU kernels only, and onnxruntime-webgpu 1.27 "
+                f"rejects them at load; got -e {target.ep} with ORT {target.version_text}"
+            )
         return spec
 
     def feed_forward(self, spec: DecoderSpec, i: int):

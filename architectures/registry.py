@@ -19,11 +19,13 @@ _plugins_loaded = False
 
 def register(*hf_names: str):
     """Class decorator: make a builder class handle these HF architecture names."""
+
     def decorate(cls):
         cls.architectures = tuple(hf_names)
         for name in hf_names:
             _REGISTRY[name] = cls
         return cls
+
     return decorate
 
 
@@ -38,9 +40,13 @@ def load_plugins() -> None:
         except Exception as e:  # a broken plugin must not break the built-in families
             # One plain line, as the build's own warnings (a UserWarning adds a source line).
             import sys
+
             why = " ".join(str(e).split())
-            print(f"warning: architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
-                  f"out: {type(e).__name__}: {why}", file=sys.stderr)
+            print(
+                f"warning: architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
+                f"out: {type(e).__name__}: {why}",
+                file=sys.stderr,
+            )
             continue
         if isinstance(loaded, type):
             for name in getattr(loaded, "architectures", ()):
@@ -49,6 +55,7 @@ def load_plugins() -> None:
 
 def registered() -> dict[str, type]:
     import architectures  # noqa: F401  (built-in families register on import)
+
     load_plugins()
     return dict(_REGISTRY)
 
@@ -58,11 +65,14 @@ def builder_class_for(config: dict, where: str = "config.json") -> type:
     if isinstance(names, str):  # one name, written without the list brackets
         names = [names]
     if not names:
-        raise BuilderError(f"{where} has no 'architectures' entry, so the model family is unknown; "
-                           "supported: " + ", ".join(sorted(registered())))
+        raise BuilderError(
+            f"{where} has no 'architectures' entry, so the model family is unknown; "
+            "supported: " + ", ".join(sorted(registered()))
+        )
     available = registered()
     for name in names:
         if name in available:
             return available[name]
-    raise BuilderError(f"{where}: architecture {names[0]!r} is not supported; supported: "
-                       + ", ".join(sorted(available)))
+    raise BuilderError(
+        f"{where}: architecture {names[0]!r} is not supported; supported: " + ", ".join(sorted(available))
+    )

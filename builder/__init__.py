@@ -22,12 +22,17 @@ __all__ = ["BuildOptions", "BuildResult", "BuilderError", "build", "__version__"
 
 # Loaded on first use: `import builder.kit.graph` (as architectures/ does) must not pull
 # in the app, so the package's own imports stay one way (app -> architectures -> kit).
-_LAZY = {"BuildOptions": "builder.kit.options", "BuilderError": "builder.kit.errors",
-         "BuildResult": "builder.pipeline", "build": "builder.pipeline"}
+_LAZY = {
+    "BuildOptions": "builder.kit.options",
+    "BuilderError": "builder.kit.errors",
+    "BuildResult": "builder.pipeline",
+    "build": "builder.pipeline",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'builder' has no attribute {name!r}")

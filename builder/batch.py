@@ -39,6 +39,7 @@ MEMORY_NOTE = (
 
 # ---- resume ----------------------------------------------------------------------------
 
+
 def rebuild_reason(options: BuildOptions) -> str | None:
     """Why this job's output must be (re)built, or None when it is up to date."""
     from builder.kit.checkpoint import Checkpoint
@@ -117,9 +118,16 @@ def _row(job: Job, with_node: bool = False) -> list[str]:
     note = r.get("error") or job.reason
     if r.get("attempts", 1) > 1:
         note = f"{note}; ran {r['attempts']} times (workers died)"
-    row = [job.name, r.get("status", "?"), f"{seconds:.1f} s" if seconds is not None else "-",
-           _size(r.get("peak_rss_bytes")), _size(r.get("size_bytes")), str(r.get("nodes", "-")),
-           _verify_text(r.get("verify")), note.splitlines()[0] if note else ""]
+    row = [
+        job.name,
+        r.get("status", "?"),
+        f"{seconds:.1f} s" if seconds is not None else "-",
+        _size(r.get("peak_rss_bytes")),
+        _size(r.get("size_bytes")),
+        str(r.get("nodes", "-")),
+        _verify_text(r.get("verify")),
+        note.splitlines()[0] if note else "",
+    ]
     if with_node:
         row.insert(-1, r.get("node", "-"))
     return row
@@ -136,9 +144,16 @@ def table(jobs: list[Job], with_node: bool = False) -> str:
 def markdown(batch: Batch, with_node: bool = False) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
+
     columns = _columns(with_node)
-    lines = [f"# Batch {batch.path.name}", "", f"builder {__version__}, outputs under `{batch.output_root}`", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# Batch {batch.path.name}",
+        "",
+        f"builder {__version__}, outputs under `{batch.output_root}`",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for job in batch.jobs:
         row = _row(job, with_node)
         row[-1] = job.result.get("error") or job.reason
@@ -149,13 +164,28 @@ def markdown(batch: Batch, with_node: bool = False) -> str:
 def summary(batch: Batch, interrupted_by: str | None = None, executor: str = "local") -> dict:
     counts = {s: sum(j.result.get("status") == s for j in batch.jobs) for s in STATUSES}
     return {
-        "file": str(batch.path.absolute()), "builder_version": __version__,
+        "file": str(batch.path.absolute()),
+        "builder_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "executor": executor, "interrupted_by": interrupted_by,
-        "output_root": str(batch.output_root), "counts": counts,
-        "jobs": [{"name": j.name, "label": j.label, "line": j.line, "output": j.options.output,
-                  "model": j.options.model, "precision": j.options.precision, "ep": j.options.ep,
-                  "reason": j.reason, **j.result, "options": j.options.to_dict()} for j in batch.jobs],
+        "executor": executor,
+        "interrupted_by": interrupted_by,
+        "output_root": str(batch.output_root),
+        "counts": counts,
+        "jobs": [
+            {
+                "name": j.name,
+                "label": j.label,
+                "line": j.line,
+                "output": j.options.output,
+                "model": j.options.model,
+                "precision": j.options.precision,
+                "ep": j.options.ep,
+                "reason": j.reason,
+                **j.result,
+                "options": j.options.to_dict(),
+            }
+            for j in batch.jobs
+        ],
     }
 
 
@@ -174,21 +204,27 @@ def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
         if path.suffix == ".json" and not path.is_dir():
             folder, json_path = path.parent, path
         elif path.exists() and not path.is_dir():
-            raise BuilderError(f"--summary {given}: is a file; give a folder (for <stem>-summary.json and "
-                               ".md) or a new or earlier summary's name ending in .json")
+            raise BuilderError(
+                f"--summary {given}: is a file; give a folder (for <stem>-summary.json and "
+                ".md) or a new or earlier summary's name ending in .json"
+            )
         else:
             folder, json_path = path, path / f"{stem}-summary.json"
     md_path = json_path.with_suffix(".md")
     for path in (json_path, md_path):
         if path.is_dir() or (path.exists() and not _is_summary(path)):
-            raise BuilderError(f"--summary: {path} exists and is not a batch summary; refusing to "
-                               "overwrite it: choose another --summary (nothing was built)")
+            raise BuilderError(
+                f"--summary: {path} exists and is not a batch summary; refusing to "
+                "overwrite it: choose another --summary (nothing was built)"
+            )
     existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise BuilderError(f"summary folder {folder}: cannot write there ({existing} is not a writable "
-                           "folder); pass --summary with a writable folder (nothing was built)")
+        raise BuilderError(
+            f"summary folder {folder}: cannot write there ({existing} is not a writable "
+            "folder); pass --summary with a writable folder (nothing was built)"
+        )
     return json_path, md_path
 
 
@@ -212,41 +248,59 @@ def _write(path: Path, text: str) -> None:
 
 # ---- command line ----------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m builder batch",
         description="Run the builds a YAML file lists (jobs: and/or a matrix:), skipping those whose "
-                    "output is up to date. Relative paths in the file resolve against its folder. "
-                    "Prints one line per job and a summary table, and writes the summary as "
-                    "<file>-summary.json and .md. Exit code 1 if any job failed, 2 if the file is "
-                    "invalid (then nothing is built), 130/143 after SIGINT/SIGTERM (running builds "
-                    "are stopped, their partial outputs removed, and the summary marks them "
-                    "interrupted).",
+        "output is up to date. Relative paths in the file resolve against its folder. "
+        "Prints one line per job and a summary table, and writes the summary as "
+        "<file>-summary.json and .md. Exit code 1 if any job failed, 2 if the file is "
+        "invalid (then nothing is built), 130/143 after SIGINT/SIGTERM (running builds "
+        "are stopped, their partial outputs removed, and the summary marks them "
+        "interrupted).",
         epilog=MEMORY_NOTE + " Example: python -m builder batch configs/qwen3-family-int4.yaml --jobs 2",
     )
     parser.add_argument("file", metavar="FILE.yaml", help="Batch file (see configs/ for examples).")
     parser.add_argument("--force", action="store_true", help="Rebuild every job, even up-to-date ones.")
-    parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                        help="Builds run at once, each in its own process (default: 1); each gets its share "
-                             "of the CPUs (with Ray: of the cluster's). See memory below.")
-    parser.add_argument("--output-root", metavar="DIR",
-                        help="Folder for relative outputs, instead of the file's output_root.")
-    parser.add_argument("--summary", metavar="PATH",
-                        help="Where the summary goes: a folder (gets <file>-summary.json and .md) or a "
-                             "name ending in .json (the .md goes next to it). Default: the output root. "
-                             "An earlier summary there is replaced (a skipped job keeps the verify result "
-                             "its build recorded); any other existing file is refused before anything "
-                             "is built.")
-    parser.add_argument("--executor", choices=("local", "ray"),
-                        help="Where the builds run: local (default; spawned processes on this machine) or "
-                             "ray (one Ray task per job, on the cluster of --ray-address, else $RAY_ADDRESS, "
-                             "else a local Ray instance; needs pip install 'builder[ray]'). Overrides the "
-                             "file's executor:. See docs/cluster.md.")
-    parser.add_argument("--ray-address", metavar="ADDR",
-                        help="Ray cluster to join with --executor ray, e.g. HOST:6379 (overrides the file's "
-                             "ray_address: and $RAY_ADDRESS).")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="Check the file and print what would be built or skipped; build nothing.")
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Builds run at once, each in its own process (default: 1); each gets its share "
+        "of the CPUs (with Ray: of the cluster's). See memory below.",
+    )
+    parser.add_argument(
+        "--output-root", metavar="DIR", help="Folder for relative outputs, instead of the file's output_root."
+    )
+    parser.add_argument(
+        "--summary",
+        metavar="PATH",
+        help="Where the summary goes: a folder (gets <file>-summary.json and .md) or a "
+        "name ending in .json (the .md goes next to it). Default: the output root. "
+        "An earlier summary there is replaced (a skipped job keeps the verify result "
+        "its build recorded); any other existing file is refused before anything "
+        "is built.",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="Where the builds run: local (default; spawned processes on this machine) or "
+        "ray (one Ray task per job, on the cluster of --ray-address, else $RAY_ADDRESS, "
+        "else a local Ray instance; needs pip install 'builder[ray]'). Overrides the "
+        "file's executor:. See docs/cluster.md.",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join with --executor ray, e.g. HOST:6379 (overrides the file's "
+        "ray_address: and $RAY_ADDRESS).",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Check the file and print what would be built or skipped; build nothing."
+    )
     parser.add_argument("--debug", action="store_true", help="Print tracebacks of failed jobs.")
     return parser
 
@@ -256,6 +310,7 @@ def make_executor(args: argparse.Namespace, batch: Batch) -> Executor:
     address = args.ray_address or batch.ray_address
     if kind == "ray":
         from builder.batch_ray import RayExecutor
+
         return RayExecutor(address, args.jobs)
     if args.ray_address:
         raise BuilderError("--ray-address needs --executor ray (or executor: ray in the batch file)")
@@ -300,11 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     def on_end(job: Job) -> None:
         r = job.result
         if r["status"] == "built":
-            print(f"{tag[id(job)]} built   {job.name} in {r['seconds']:.1f} s (peak RSS "
-                  f"{_size(r['peak_rss_bytes'])}, {_size(r['size_bytes'])}, {r['nodes']} nodes)", flush=True)
+            print(
+                f"{tag[id(job)]} built   {job.name} in {r['seconds']:.1f} s (peak RSS "
+                f"{_size(r['peak_rss_bytes'])}, {_size(r['size_bytes'])}, {r['nodes']} nodes)",
+                flush=True,
+            )
         else:
-            print(f"{tag[id(job)]} {r['status']:7} {job.name} after {r['seconds']:.1f} s: {r['error']}",
-                  flush=True)
+            print(f"{tag[id(job)]} {r['status']:7} {job.name} after {r['seconds']:.1f} s: {r['error']}", flush=True)
         if args.debug and r.get("traceback"):
             print(r["traceback"], file=sys.stderr)
 
@@ -320,9 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         counts = result["counts"]
         print()
         print(table(batch.jobs, with_node=executor.name == "ray"))
-        print(f"\n{counts['built']} built, {counts['skipped']} skipped, {counts['failed']} failed"
-              + (f", {counts['interrupted']} interrupted by {by}" if by else "")
-              + f"; summary: {summary_json} and .md", flush=True)
+        print(
+            f"\n{counts['built']} built, {counts['skipped']} skipped, {counts['failed']} failed"
+            + (f", {counts['interrupted']} interrupted by {by}" if by else "")
+            + f"; summary: {summary_json} and .md",
+            flush=True,
+        )
     if stop.signum:
         return stop.exit_code
     return 1 if counts["failed"] else 0

@@ -22,9 +22,10 @@ import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from builder.kit.errors import BuilderError, BuildInterrupted
 from builder.output_dir import STAGING_PREFIX, remove_stale_staging
@@ -38,8 +39,11 @@ PAUSE_ENV, PAUSE_DIR_ENV = "BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "BUILDER_TEST_PA
 
 
 def report_fields(report: dict) -> dict:
-    fields = {"size_bytes": report["sizes"]["total_bytes"], "nodes": report["nodes"]["total"],
-              "build_seconds": report["timings"]["total_s"]}
+    fields = {
+        "size_bytes": report["sizes"]["total_bytes"],
+        "nodes": report["nodes"]["total"],
+        "build_seconds": report["timings"]["total_s"],
+    }
     if "verify" in report:
         fields["verify"] = report["verify"]
     return fields
@@ -72,6 +76,7 @@ def _set_threads(threads: int) -> None:
     and torch's in a verify run (OMP_NUM_THREADS for a fresh process; a reused Ray worker
     may have torch loaded already)."""
     import quant
+
     quant.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch = sys.modules.get("torch")
@@ -87,6 +92,7 @@ def _pause_hook(output: Path) -> None:
     if marker.exists():
         return  # a retry: run through
     import builder.output_dir as output_dir
+
     move = output_dir._move_into_place
 
     def paused(staging, out, overwrite):
@@ -94,6 +100,7 @@ def _pause_hook(output: Path) -> None:
         marker.write_text(str(os.getpid()))
         time.sleep(float(seconds))
         move(staging, out, overwrite)
+
     output_dir._move_into_place = paused
 
 
@@ -120,7 +127,7 @@ class Stop:
     def fileno(self) -> int:
         return self._read
 
-    def __enter__(self) -> "Stop":
+    def __enter__(self) -> Stop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -166,6 +173,7 @@ class Executor(ABC):
 
 # ---- local processes -------------------------------------------------------------------
 
+
 class LocalExecutor(Executor):
     """Each job in a fresh spawned process, at most `parallel` at once.
 
@@ -184,6 +192,7 @@ class LocalExecutor(Executor):
     def run(self, jobs, on_start, on_end, stop) -> None:
         import multiprocessing
         from multiprocessing import resource_tracker
+
         ctx = multiprocessing.get_context("spawn")
         resource_tracker.ensure_running()  # its first start unblocks SIGINT/SIGTERM: get it over with
         queue, running = list(jobs), {}
@@ -191,8 +200,11 @@ class LocalExecutor(Executor):
             while queue and len(running) < self.parallel:
                 job = queue.pop(0)
                 receive, send = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_child, name=f"build {job.name}",
-                                      args=(send, job.options.to_dict(), self.threads, os.getpid()))
+                process = ctx.Process(
+                    target=_child,
+                    name=f"build {job.name}",
+                    args=(send, job.options.to_dict(), self.threads, os.getpid()),
+                )
                 # Blocked here, the child inherits SIGINT and SIGTERM blocked until its own handlers
                 # are in place; a Ctrl-C meant for the batch never lands in the child's imports.
                 old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -211,7 +223,7 @@ class LocalExecutor(Executor):
                 on_end(job)
         if stop.signum is None:
             return
-        for job, process, _ in running.values():
+        for _job, process, _ in running.values():
             if process.is_alive():
                 process.terminate()  # the child turns SIGTERM into a clean stop: staging removed
         deadline = time.monotonic() + self.GRACE_S
@@ -253,8 +265,10 @@ def _died(exitcode: int | None) -> str:
 
 def _child(conn, options: dict, threads: int, parent: int) -> None:
     """Body of a job's spawned process. Started with SIGINT and SIGTERM blocked (see run)."""
+
     def stop(signum, frame):
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, stop)
     # Ctrl-C reaches the whole process group; the batch decides and sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

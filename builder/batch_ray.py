@@ -28,10 +28,10 @@ from pathlib import Path
 from builder.batch_exec import Executor, remove_staging, run_job
 from builder.kit.errors import BuilderError
 
-MAX_RETRIES = 2            # attempts after the first, for workers or nodes that died
-PROBE_TIMEOUT_S = 120      # every node answers the shared-storage probe within this
-GRACE_S = 5                # a cancelled build that has not stopped by then is killed (the driver
-                           # removes its staging folder: Ray may not deliver the interrupt to a task)
+MAX_RETRIES = 2  # attempts after the first, for workers or nodes that died
+PROBE_TIMEOUT_S = 120  # every node answers the shared-storage probe within this
+GRACE_S = 5  # a cancelled build that has not stopped by then is killed (the driver
+# removes its staging folder: Ray may not deliver the interrupt to a task)
 GB = 1e9
 
 # Peak resident memory of builds, from the peak_rss_bytes their build reports record
@@ -46,7 +46,7 @@ STREAM_BYTES = 0.2 * GB
 FLOAT_BYTES_PER_ELEMENT = 8
 VERIFY_BASE_BYTES = 0.3 * GB
 VERIFY_BYTES_PER_PARAM = 8
-MEASURED_MARGIN = 1.25     # on a peak the job's own earlier build recorded
+MEASURED_MARGIN = 1.25  # on a peak the job's own earlier build recorded
 
 
 def memory_estimate(options) -> tuple[int, str]:
@@ -76,8 +76,11 @@ def memory_estimate(options) -> tuple[int, str]:
         kept, what = 0, ""
     total = BASE_BYTES + (STREAM_BYTES if options.precision in ("int4", "int8") else 0)
     total += FLOAT_BYTES_PER_ELEMENT * kept
-    how = f"{BASE_BYTES / GB:.1f} GB + 8 B x {kept:,} elements of {what} kept in float" if kept else \
-        f"{total / GB:.1f} GB for a streamed {options.precision} build"
+    how = (
+        f"{BASE_BYTES / GB:.1f} GB + 8 B x {kept:,} elements of {what} kept in float"
+        if kept
+        else f"{total / GB:.1f} GB for a streamed {options.precision} build"
+    )
     if options.verify and options.ep == "cpu":
         params = sum(numel.values())
         total += VERIFY_BASE_BYTES + VERIFY_BYTES_PER_PARAM * params
@@ -121,14 +124,16 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise BuilderError("--executor ray needs Ray on this machine and every node: "
-                           "pip install 'builder[ray]' (or pip install ray)") from None
+        raise BuilderError(
+            "--executor ray needs Ray on this machine and every node: pip install 'builder[ray]' (or pip install ray)"
+        ) from None
     return ray
 
 
 def _job_task(options: dict, threads: int, attempts: str) -> dict:
     """A job as a Ray task; marks each attempt so the driver can tell retries."""
     import ray
+
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     Path(attempts, f"{os.getpid()}-{secrets.token_hex(4)}").write_text(node)
     result = run_job(options, threads)
@@ -138,6 +143,7 @@ def _job_task(options: dict, threads: int, attempts: str) -> dict:
 
 def _probe_task(probe: str, models: list[str]) -> dict:
     import ray
+
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     try:
         seen = Path(probe).read_text()
@@ -148,8 +154,11 @@ def _probe_task(probe: str, models: list[str]) -> dict:
 
 
 def _token_available() -> bool:
-    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                or (Path.home() / ".ray" / "auth_token").is_file())
+    return bool(
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    )
 
 
 class RayExecutor(Executor):
@@ -172,10 +181,12 @@ class RayExecutor(Executor):
                     self.started_here = True
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise BuilderError(f"--executor ray: could not join {where} ({str(e).splitlines()[0]}); "
-                                   "start it with 'ray start --head' or pass --ray-address HOST:PORT, and if it "
-                                   "uses token authentication put its token in ~/.ray/auth_token or "
-                                   "$RAY_AUTH_TOKEN") from None
+                raise BuilderError(
+                    f"--executor ray: could not join {where} ({str(e).splitlines()[0]}); "
+                    "start it with 'ray start --head' or pass --ray-address HOST:PORT, and if it "
+                    "uses token authentication put its token in ~/.ray/auth_token or "
+                    "$RAY_AUTH_TOKEN"
+                ) from None
         self.address = address or "local"
         self.run_folder: Path | None = None
 
@@ -193,22 +204,32 @@ class RayExecutor(Executor):
         refused = []
         for job in jobs:
             job.memory_bytes, job.memory_how = memory_estimate(job.options)
-            fits = [n for n in nodes if n["Resources"]["CPU"] >= self.threads
-                    and n["Resources"].get("memory", 0) >= job.memory_bytes]
+            fits = [
+                n
+                for n in nodes
+                if n["Resources"]["CPU"] >= self.threads and n["Resources"].get("memory", 0) >= job.memory_bytes
+            ]
             if not fits:
                 biggest = max(n["Resources"].get("memory", 0) for n in nodes)
-                refused.append(f"{job.name}: needs {self.threads} CPUs and {job.memory_bytes / GB:.2f} GB "
-                               f"({job.memory_how}); the largest node offers {biggest / GB:.2f} GB of Ray "
-                               f"memory and {max(cpus):g} CPUs")
+                refused.append(
+                    f"{job.name}: needs {self.threads} CPUs and {job.memory_bytes / GB:.2f} GB "
+                    f"({job.memory_how}); the largest node offers {biggest / GB:.2f} GB of Ray "
+                    f"memory and {max(cpus):g} CPUs"
+                )
         if refused:
-            raise BuilderError("--executor ray: no node can run " + ("this job" if len(refused) == 1 else
-                               f"these {len(refused)} jobs") + " (nothing was built):\n  " + "\n  ".join(refused)
-                               + "\nadd a node with that much memory, or build them with the local executor "
-                               "on a machine that has it")
+            raise BuilderError(
+                "--executor ray: no node can run "
+                + ("this job" if len(refused) == 1 else f"these {len(refused)} jobs")
+                + " (nothing was built):\n  "
+                + "\n  ".join(refused)
+                + "\nadd a node with that much memory, or build them with the local executor "
+                "on a machine that has it"
+            )
         self._check_shared(jobs, output_root, nodes)
 
     def _check_shared(self, jobs, output_root: Path, nodes: list[dict]) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         output_root.mkdir(parents=True, exist_ok=True)
         self.run_folder = output_root / f".builder-batch-run-{secrets.token_hex(4)}"
         (self.run_folder / "attempts").mkdir(parents=True)
@@ -216,23 +237,33 @@ class RayExecutor(Executor):
         probe.write_text(token)
         models = sorted({j.options.model for j in jobs if os.path.isdir(j.options.model)})
         task = self.ray.remote(_probe_task)
-        refs = [task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(probe), models) for n in nodes]
+        refs = [
+            task.options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(probe), models)
+            for n in nodes
+        ]
         try:
             answers = self.ray.get(refs, timeout=PROBE_TIMEOUT_S)
         except self.ray.exceptions.GetTimeoutError:
-            raise BuilderError(f"--executor ray: not every node answered the output_root check within "
-                               f"{PROBE_TIMEOUT_S} s; check that the cluster's workers start") from None
+            raise BuilderError(
+                f"--executor ray: not every node answered the output_root check within "
+                f"{PROBE_TIMEOUT_S} s; check that the cluster's workers start"
+            ) from None
         blind = [a for a in answers if a["seen"] != token]
         if blind:
-            raise BuilderError(f"output_root {output_root} is not shared storage: the node(s) "
-                               + ", ".join(f"{a['node']} ({a['seen'][:60]})" for a in blind)
-                               + " do not see the file this machine wrote there; put output_root on a "
-                               "filesystem every node mounts at the same path (NFS, CephFS, Lustre...)")
+            raise BuilderError(
+                f"output_root {output_root} is not shared storage: the node(s) "
+                + ", ".join(f"{a['node']} ({a['seen'][:60]})" for a in blind)
+                + " do not see the file this machine wrote there; put output_root on a "
+                "filesystem every node mounts at the same path (NFS, CephFS, Lustre...)"
+            )
         for answer in answers:
             if answer["missing"]:
-                raise BuilderError(f"model folder {answer['missing'][0]} is not visible on node {answer['node']}; "
-                                   "put local checkpoints on shared storage too, or use hub ids")
+                raise BuilderError(
+                    f"model folder {answer['missing'][0]} is not visible on node {answer['node']}; "
+                    "put local checkpoints on shared storage too, or use hub ids"
+                )
 
     # ---- running -----------------------------------------------------------------------
 
@@ -246,9 +277,13 @@ class RayExecutor(Executor):
                 job = queue.pop(0)
                 attempts = self.run_folder / "attempts" / str(id(job))
                 attempts.mkdir()
-                ref = task.options(num_cpus=self.threads, memory=job.memory_bytes, max_retries=MAX_RETRIES,
-                                   retry_exceptions=False, name=f"build {job.name}") \
-                    .remote(job.options.to_dict(), self.threads, str(attempts))
+                ref = task.options(
+                    num_cpus=self.threads,
+                    memory=job.memory_bytes,
+                    max_retries=MAX_RETRIES,
+                    retry_exceptions=False,
+                    name=f"build {job.name}",
+                ).remote(job.options.to_dict(), self.threads, str(attempts))
                 running[ref] = (job, time.perf_counter(), attempts)
                 on_start(job)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
@@ -277,9 +312,12 @@ class RayExecutor(Executor):
             job.result.update(status="interrupted", error="interrupted; its partial output was removed")
         except ray.exceptions.RayError as e:  # workers or nodes died more often than we retry
             status = "interrupted" if interrupted else "failed"
-            job.result.update(status=status, error=f"its worker died {len(tries)} time(s), on "
-                                                   f"{', '.join(tries) or 'an unknown node'} "
-                                                   f"({type(e).__name__}); no output was published")
+            job.result.update(
+                status=status,
+                error=f"its worker died {len(tries)} time(s), on "
+                f"{', '.join(tries) or 'an unknown node'} "
+                f"({type(e).__name__}); no output was published",
+            )
         if interrupted and job.result.get("status") == "built":
             pass  # it published before the cancel arrived: a complete output, reported as built
         job.result["attempts"] = len(tries)

@@ -55,11 +55,11 @@ NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify"}
 
 @dataclass
 class Job:
-    label: str                  # jobs[2] or matrix[5], as errors name it
+    label: str  # jobs[2] or matrix[5], as errors name it
     line: int
     options: BuildOptions
-    name: str = ""              # output folder, relative to the output root when inside it
-    action: str = "build"       # build | skip
+    name: str = ""  # output folder, relative to the output root when inside it
+    action: str = "build"  # build | skip
     reason: str = ""
     result: dict = field(default_factory=dict)
 
@@ -69,16 +69,16 @@ class Batch:
     path: Path
     output_root: Path
     jobs: list[Job]
-    executor: str | None = None       # local | ray; the command line's --executor wins
+    executor: str | None = None  # local | ray; the command line's --executor wins
     ray_address: str | None = None
 
 
 @dataclass
 class _Entry:
-    key: str        # as written, for messages
+    key: str  # as written, for messages
     value: Any
     line: int
-    where: str      # defaults, matrix, jobs[2]
+    where: str  # defaults, matrix, jobs[2]
 
 
 class _Problems:
@@ -110,8 +110,13 @@ def _value(node: yaml.Node) -> Any:
     return _YAML.construct_object(node, deep=True)
 
 
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def read_text(path: Path) -> str:
@@ -127,9 +132,11 @@ def read_text(path: Path) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
-        raise BuilderError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.object[e.start]:#04x} "
-                           f"at offset {e.start}); save it as UTF-8 (PowerShell: Set-Content -Encoding utf8) "
-                           "and run again") from None
+        raise BuilderError(
+            f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.object[e.start]:#04x} "
+            f"at offset {e.start}); save it as UTF-8 (PowerShell: Set-Content -Encoding utf8) "
+            "and run again"
+        ) from None
 
 
 def _compose(path: Path) -> yaml.Node | None:
@@ -161,8 +168,10 @@ def _pairs(node: yaml.Node | None, where: str, problems: _Problems) -> list[tupl
 
 
 def _entries(node, where: str, problems: _Problems) -> dict[str, _Entry]:
-    return {key.replace("-", "_"): _Entry(key, _value(value), line, where)
-            for key, line, value in _pairs(node, where, problems)}
+    return {
+        key.replace("-", "_"): _Entry(key, _value(value), line, where)
+        for key, line, value in _pairs(node, where, problems)
+    }
 
 
 def _matrix(line: int, node, problems: _Problems):
@@ -187,10 +196,11 @@ def _resolve_model(model: str, base: Path) -> str:
     return model  # org/name and no such folder: a hub id
 
 
-def _make_job(label: str, line: int, entries: dict[str, _Entry], base: Path, output_root: Path,
-              problems: _Problems) -> tuple[Job, int] | None:
-    from builder.pipeline import default_output
+def _make_job(
+    label: str, line: int, entries: dict[str, _Entry], base: Path, output_root: Path, problems: _Problems
+) -> tuple[Job, int] | None:
     from builder.kit.targets import Target
+    from builder.pipeline import default_output
 
     values, ok = {}, True
     for name, e in entries.items():  # one key at a time, so each error names its own line
@@ -217,13 +227,18 @@ def _make_job(label: str, line: int, entries: dict[str, _Entry], base: Path, out
 
     output_line = entries["output"].line if "output" in entries else line
     if options.output:
-        fields = {"model_name": Path(options.model.rstrip("/")).name,
-                  **{k: v for k, v in options.to_dict().items() if k not in NON_BUILD_OPTIONS}}
+        fields = {
+            "model_name": Path(options.model.rstrip("/")).name,
+            **{k: v for k, v in options.to_dict().items() if k not in NON_BUILD_OPTIONS},
+        }
         try:
             relative = options.output.format(**fields)
         except (KeyError, IndexError, ValueError) as err:
-            problems.add(output_line, f"{entries['output'].where}.output: template {options.output!r} "
-                                      f"has a bad field ({err}); fields: {', '.join(fields)}")
+            problems.add(
+                output_line,
+                f"{entries['output'].where}.output: template {options.output!r} "
+                f"has a bad field ({err}); fields: {', '.join(fields)}",
+            )
             return None
     else:
         relative = default_output(options).name
@@ -248,8 +263,11 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     top = {key: (line, node) for key, line, node in _pairs(_compose(path), "top level", problems)}
     for key, (line, _) in top.items():
         if key not in TOP_KEYS:
-            problems.add(line, f"{key}: unknown top-level key; expected {', '.join(TOP_KEYS)} "
-                               "(build options go under defaults:, matrix: or a job)")
+            problems.add(
+                line,
+                f"{key}: unknown top-level key; expected {', '.join(TOP_KEYS)} "
+                "(build options go under defaults:, matrix: or a job)",
+            )
 
     root = base
     if output_root is not None:
@@ -283,8 +301,9 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     if "jobs" in top:
         line, node = top["jobs"]
         if isinstance(node, yaml.SequenceNode):
-            specs += [(f"jobs[{i}]", _line(item), _entries(item, f"jobs[{i}]", problems))
-                      for i, item in enumerate(node.value)]
+            specs += [
+                (f"jobs[{i}]", _line(item), _entries(item, f"jobs[{i}]", problems)) for i, item in enumerate(node.value)
+            ]
         elif node.tag != "tag:yaml.org,2002:null":
             problems.add(line, "jobs: must be a list of jobs (- model: ...)")
     if not specs and not problems.items:
@@ -298,8 +317,11 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         job, output_line = made
         other = outputs.get(job.options.output)
         if other:
-            problems.add(output_line, f"{label}.output: {job.options.output} is also the output of "
-                                      f"{other.label} (line {other.line}); give each job its own output")
+            problems.add(
+                output_line,
+                f"{label}.output: {job.options.output} is also the output of "
+                f"{other.label} (line {other.line}); give each job its own output",
+            )
             continue
         outputs[job.options.output] = job
         output = Path(job.options.output)

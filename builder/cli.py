@@ -62,18 +62,23 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "model":
             kwargs["required"] = True
         parser.add_argument(*meta["flags"], **kwargs)
-    parser.set_defaults(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(BuildOptions)
-                           if not str(f.type).startswith("list")})
+    parser.set_defaults(
+        **{
+            f.name: getattr(defaults, f.name)
+            for f in dataclasses.fields(BuildOptions)
+            if not str(f.type).startswith("list")
+        }
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m builder",
         description="Build a Hugging Face LLM checkpoint into an ONNX Runtime GenAI model folder "
-                    "(model.onnx, model.onnx.data, genai_config.json, tokenizer, build_report.json), "
-                    "or with --format transformers.js into a transformers.js folder. "
-                    "Other commands: 'python -m builder inspect OUT' prints a built model's node counts "
-                    "and one layer's node sequence; 'python -m builder batch FILE.yaml' runs many builds.",
+        "(model.onnx, model.onnx.data, genai_config.json, tokenizer, build_report.json), "
+        "or with --format transformers.js into a transformers.js folder. "
+        "Other commands: 'python -m builder inspect OUT' prints a built model's node counts "
+        "and one layer's node sequence; 'python -m builder batch FILE.yaml' runs many builds.",
         epilog="Example: python -m builder -m Qwen/Qwen3-4B -p int4 -e webgpu",
     )
     parser.add_argument("--version", action="version", version=f"builder {__version__}")
@@ -101,8 +106,10 @@ def unknown_command(word: str) -> str | None:
     hint = f"did you mean '{close[0]}'? " if close else ""
     if not close and (os.path.exists(word) or word.count("/") == 1):
         return f"unknown command {word!r}; to build this model, pass it with -m: python -m builder -m {word}"
-    return (f"unknown command {word!r}; {hint}commands: {', '.join(COMMANDS)} (a build needs no command: "
-            "python -m builder -m MODEL ...)")
+    return (
+        f"unknown command {word!r}; {hint}commands: {', '.join(COMMANDS)} (a build needs no command: "
+        "python -m builder -m MODEL ...)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "inspect":
             from builder.inspect import main as inspect_main
+
             return inspect_main(argv)
         if command == "batch":
             from builder.batch import main as batch_main
+
             return batch_main(argv)
         args = build_parser().parse_args(argv)
         from builder.pipeline import build
+
         result = build(options_from_args(args), show_progress=not args.quiet)
         print(result.output)
         return 0

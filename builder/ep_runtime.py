@@ -14,8 +14,10 @@ from pathlib import Path
 
 from builder.kit.errors import BuilderError
 
-WEBGPU_INSTALL = ("pip install onnxruntime-genai onnxruntime-ep-webgpu (onnxruntime >= 1.31), and on Linux "
-                  "the Vulkan loader libvulkan.so.1 (Debian/Ubuntu: apt install libvulkan1)")
+WEBGPU_INSTALL = (
+    "pip install onnxruntime-genai onnxruntime-ep-webgpu (onnxruntime >= 1.31), and on Linux "
+    "the Vulkan loader libvulkan.so.1 (Debian/Ubuntu: apt install libvulkan1)"
+)
 _registered: set[str] = set()
 
 
@@ -67,15 +69,19 @@ def genai_model(og, folder: str | Path, provider: str | None = None):
         return og.Model(config)
     except Exception as e:
         if provider == "webgpu" and "adapter" in str(e).lower():
-            raise BuilderError(f"WebGPU found no GPU adapter ({str(e).splitlines()[0][-120:]}); "
-                               "on Linux install the Vulkan loader and a GPU driver with Vulkan") from None
+            raise BuilderError(
+                f"WebGPU found no GPU adapter ({str(e).splitlines()[0][-120:]}); "
+                "on Linux install the Vulkan loader and a GPU driver with Vulkan"
+            ) from None
         raise
 
 
-def ort_session(model_path: str | Path, provider: str = "CPUExecutionProvider", provider_options=None,
-                session_options=None):
+def ort_session(
+    model_path: str | Path, provider: str = "CPUExecutionProvider", provider_options=None, session_options=None
+):
     """onnxruntime.InferenceSession on `provider`, through the WebGPU plugin EP when that is installed."""
     import onnxruntime as ort
+
     so = session_options or ort.SessionOptions()
     if provider == "WebGpuExecutionProvider" and provider not in ort.get_available_providers():
         library = webgpu_plugin_library()
@@ -86,8 +92,10 @@ def ort_session(model_path: str | Path, provider: str = "CPUExecutionProvider", 
             _registered.add("ort")
         devices = [d for d in ort.get_ep_devices() if d.ep_name == provider]
         if not devices:
-            raise BuilderError("the WebGPU plugin EP found no device; on Linux install the Vulkan loader "
-                               "(libvulkan.so.1) and a GPU driver with Vulkan")
+            raise BuilderError(
+                "the WebGPU plugin EP found no device; on Linux install the Vulkan loader "
+                "(libvulkan.so.1) and a GPU driver with Vulkan"
+            )
         so.add_provider_for_devices(devices[:1], provider_options or {})
         session = ort.InferenceSession(str(model_path), so)
     else:
@@ -96,6 +104,7 @@ def ort_session(model_path: str | Path, provider: str = "CPUExecutionProvider", 
     # onnxruntime's Python API falls back to the CPU EP when the asked-for EP fails to
     # start; a check on "WebGPU" must not quietly measure the CPU instead.
     if provider not in session.get_providers():
-        raise BuilderError(f"{provider} did not start (onnxruntime fell back to {session.get_providers()}); "
-                           "see the EP error above")
+        raise BuilderError(
+            f"{provider} did not start (onnxruntime fell back to {session.get_providers()}); see the EP error above"
+        )
     return session

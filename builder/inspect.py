@@ -34,8 +34,10 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
     except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
         why = " ".join(str(e).split())  # one line: protobuf's JSON parser reports over several
         why = why if len(why) <= 160 else why[:157] + "..."
-        raise BuilderError(f"{model_path} is not a readable ONNX model ({type(e).__name__}: {why}); the file is "
-                           "truncated or not ONNX: rebuild it") from None
+        raise BuilderError(
+            f"{model_path} is not a readable ONNX model ({type(e).__name__}: {why}); the file is "
+            "truncated or not ONNX: rebuild it"
+        ) from None
     if not model.graph.output or not model.opset_import:
         # Protobuf parses an empty file, and a file cut between two fields, as a model that
         # lacks whatever came after the cut: a graph has outputs and the model opsets.
@@ -45,14 +47,18 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
     # Node names follow /model/layers.{i}/...; fall back to inputs naming past_key_values.{i}.
     pattern = re.compile(rf"/model/layers\.{layer}/")
     sequence = [n.op_type for n in nodes if pattern.search(n.name)]
-    return {"model": str(model_path), "nodes": sum(counts.values()),
-            "by_op_type": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            f"layer_{layer}": sequence}
+    return {
+        "model": str(model_path),
+        "nodes": sum(counts.values()),
+        "by_op_type": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        f"layer_{layer}": sequence,
+    }
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder inspect",
-                                     description="Print node counts by op type and one layer's node sequence.")
+    parser = argparse.ArgumentParser(
+        prog="python -m builder inspect", description="Print node counts by op type and one layer's node sequence."
+    )
     parser.add_argument("outputs", nargs="+", metavar="OUT", help="Built model folder(s) or model.onnx file(s).")
     parser.add_argument("--layer", type=int, default=0, help="Which layer's node sequence to show (default: 0).")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of text.")
@@ -66,5 +72,5 @@ def main(argv: list[str]) -> int:
         print(f"{s['model']}: {s['nodes']} nodes")
         for op, n in s["by_op_type"].items():
             print(f"  {n:6d}  {op}")
-        print(f"  layer {args.layer}: " + " -> ".join(s[f'layer_{args.layer}']))
+        print(f"  layer {args.layer}: " + " -> ".join(s[f"layer_{args.layer}"]))
     return 0

@@ -28,11 +28,14 @@ def check_output_free(output: Path, overwrite: bool) -> None:
     if not output.is_dir():
         raise BuilderError(f"output {output} exists and is a file; choose another -o/--output")
     if not overwrite:
-        raise BuilderError(f"output folder {output} already exists; pass --overwrite to replace it "
-                           "or choose another -o/--output")
+        raise BuilderError(
+            f"output folder {output} already exists; pass --overwrite to replace it or choose another -o/--output"
+        )
     if any(output.iterdir()) and not (output / REPORT_NAME).is_file():
-        raise BuilderError(f"output folder {output} exists and was not made by this builder (no "
-                           f"{REPORT_NAME}); refusing to delete it even with --overwrite")
+        raise BuilderError(
+            f"output folder {output} exists and was not made by this builder (no "
+            f"{REPORT_NAME}); refusing to delete it even with --overwrite"
+        )
 
 
 @contextlib.contextmanager
@@ -40,8 +43,7 @@ def staged_output(output: Path, overwrite: bool):
     """Yield a staging folder; on success it becomes `output` in one rename."""
     output = Path(output)
     if not output.name or output.name in (".", ".."):
-        raise BuilderError(f"output {str(output)!r} names no folder; pass a folder such as out/my-model to "
-                           "-o/--output")
+        raise BuilderError(f"output {str(output)!r} names no folder; pass a folder such as out/my-model to -o/--output")
     try:
         check_output_free(output, overwrite)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -52,22 +54,26 @@ def staged_output(output: Path, overwrite: bool):
         # A read-only filesystem, /proc or /sys, a folder without write permission, a
         # file where a parent folder should be.
         where = e.filename if isinstance(e.filename, str) else None
-        why = (f"{where} is a file, not a folder" if isinstance(e, (FileExistsError, NotADirectoryError)) and where
-               else f"{e.strerror or e}{': ' + where if where else ''}")
-        raise BuilderError(f"cannot create the output folder {output} ({why}); choose another "
-                           "-o/--output") from None
+        why = (
+            f"{where} is a file, not a folder"
+            if isinstance(e, (FileExistsError, NotADirectoryError)) and where
+            else f"{e.strerror or e}{': ' + where if where else ''}"
+        )
+        raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
     with _sigterm_as_interrupt():
         try:
             yield staging
             try:
                 _move_into_place(staging, output, overwrite)
             except OSError as e:
-                raise BuilderError(f"moving the finished build into {output} failed ({e.strerror or e}); "
-                                   "choose another -o/--output") from None
+                raise BuilderError(
+                    f"moving the finished build into {output} failed ({e.strerror or e}); choose another -o/--output"
+                ) from None
         except KeyboardInterrupt:
             shutil.rmtree(staging, ignore_errors=True)
-            raise BuildInterrupted(f"build interrupted; removed the partial output {staging.name}, "
-                                   f"{output} was left as it was") from None
+            raise BuildInterrupted(
+                f"build interrupted; removed the partial output {staging.name}, {output} was left as it was"
+            ) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -81,7 +87,7 @@ def remove_stale_staging(output: Path) -> None:
     """
     pattern = f"{STAGING_PREFIX}{glob.escape(output.name)}-*-" + "[0-9a-f]" * 8
     for staging in Path(output).parent.glob(pattern):
-        pid = staging.name[len(STAGING_PREFIX) + len(output.name) + 1:].rsplit("-", 1)[0]
+        pid = staging.name[len(STAGING_PREFIX) + len(output.name) + 1 :].rsplit("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -110,8 +116,10 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C so the staging folder is cleaned up."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt
+
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone

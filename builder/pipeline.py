@@ -22,10 +22,10 @@ from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from builder.kit.graph import ExternalDataFile, Graph
 from builder.kit.options import BuildOptions
-from builder.output_dir import REPORT_NAME, staged_output
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import copy_tokenizer_files
+from builder.output_dir import REPORT_NAME, staged_output
 from builder.version import __version__
 
 MODEL_FILE = "model.onnx"
@@ -76,8 +76,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build(options: BuildOptions | None = None, *, family: type | None = None, show_progress: bool = True,
-          **option_values) -> BuildResult:
+def build(
+    options: BuildOptions | None = None, *, family: type | None = None, show_progress: bool = True, **option_values
+) -> BuildResult:
     """Build one model. Options come as a BuildOptions or as keyword arguments.
 
     family: a builder class (e.g. a subclass of architectures.Qwen3Builder) to use
@@ -95,11 +96,12 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     options, spec = plan.options, plan.spec
     if options.verify and plan.target.ep == "cpu":  # the only EP verify runs on
         from builder.verify import require_verify_extras
+
         require_verify_extras()
     output = Path(options.output) if options.output else default_output(options)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    progress = (Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress())
+    progress = Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress()
 
     # Taken before any weight is read, so weights re-saved during the build make the
     # report's fingerprint stale, and the next batch run rebuilds.
@@ -129,8 +131,10 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         nonfinite = getattr(getattr(arch, "proj", None), "nonfinite", [])
         if nonfinite:
             shown = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")
-            message = (f"tensor(s) {shown} hold NaN or Inf values (or values beyond the float16 range); the "
-                       "model was built as they are, and its outputs will likely be NaN: check the checkpoint")
+            message = (
+                f"tensor(s) {shown} hold NaN or Inf values (or values beyond the float16 range); the "
+                "model was built as they are, and its outputs will likely be NaN: check the checkpoint"
+            )
             arch.warnings.append(message)
             progress.warn(message)
 
@@ -150,9 +154,11 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
         notes = list(plan.notes) + arch.warnings
         if missing:
-            message = (f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
-                       "the model was built, but onnxruntime-genai needs them to tokenize; copy them "
-                       f"into {output}")
+            message = (
+                f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
+                "the model was built, but onnxruntime-genai needs them to tokenize; copy them "
+                f"into {output}"
+            )
             progress.warn(message)
             notes.append(message)
 
@@ -165,8 +171,10 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         with _write_errors(output / REPORT_NAME):
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         progress.step("done")
-    progress.finish(f"built {output} in {timings['total_s']:.1f}s "
-                    f"({report['nodes']['total']} nodes, {report['sizes']['total_bytes'] / 1e6:.1f} MB)")
+    progress.finish(
+        f"built {output} in {timings['total_s']:.1f}s "
+        f"({report['nodes']['total']} nodes, {report['sizes']['total_bytes'] / 1e6:.1f} MB)"
+    )
     return BuildResult(output, report)
 
 
@@ -177,27 +185,33 @@ def _write_errors(target: Path, doing: str = "writing "):
     try:
         yield
     except OSError as e:
-        raise BuilderError(f"{doing}{target} failed ({e.strerror or e}); free disk space or choose "
-                           "another -o/--output") from None
+        raise BuilderError(
+            f"{doing}{target} failed ({e.strerror or e}); free disk space or choose another -o/--output"
+        ) from None
 
 
 def _verify(arch, model_file: Path) -> dict:
     """Parity against transformers before the folder is published; a failure is a failed build."""
     from builder.verify import verify_output
+
     t = time.perf_counter()
     plan = arch.plan
-    result = verify_output(model_file, arch.checkpoint.directory, plan.options, plan.target.ep,
-                           fp32_io=plan.io_dtype == "float32")
+    result = verify_output(
+        model_file, arch.checkpoint.directory, plan.options, plan.target.ep, fp32_io=plan.io_dtype == "float32"
+    )
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":
-        raise BuilderError(f"--verify failed: logits differ from transformers ({result['bound']} not met: "
-                           f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was "
-                           "not written. Please report this with the build options.")
+        raise BuilderError(
+            f"--verify failed: logits differ from transformers ({result['bound']} not met: "
+            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was "
+            "not written. Please report this with the build options."
+        )
     return result
 
 
-def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str],
-                notes: list[str], layout) -> dict:
+def make_report(
+    arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str], notes: list[str], layout
+) -> dict:
     plan = arch.plan
     spec, target = plan.spec, plan.target
     files = [layout.model_file, *layout.data_files(folder)]
@@ -206,16 +220,30 @@ def make_report(arch, graph: Graph, folder: Path, timings: dict, tokenizer_files
     return {
         "builder_version": __version__,
         "options": plan.options.to_dict(),
-        "target": {"ep": target.ep, "precision": target.precision, "ort_version": target.version_text,
-                   "runtime": target.runtime, "graph_capture": target.graph_capture,
-                   "io_dtype": str(plan.io_dtype), "accuracy_level": plan.accuracy_level},
-        "checkpoint": {"path": str(arch.checkpoint.directory),
-                       "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),
-                       "architecture": plan.architecture},
-        "model": {"layers": spec.num_layers, "hidden_size": spec.hidden_size, "num_heads": spec.num_heads,
-                  "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
-                  "vocab_size": spec.vocab_size, "tied_embeddings": spec.tie_word_embeddings,
-                  "context_length": plan.context_length},
+        "target": {
+            "ep": target.ep,
+            "precision": target.precision,
+            "ort_version": target.version_text,
+            "runtime": target.runtime,
+            "graph_capture": target.graph_capture,
+            "io_dtype": str(plan.io_dtype),
+            "accuracy_level": plan.accuracy_level,
+        },
+        "checkpoint": {
+            "path": str(arch.checkpoint.directory),
+            "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),
+            "architecture": plan.architecture,
+        },
+        "model": {
+            "layers": spec.num_layers,
+            "hidden_size": spec.hidden_size,
+            "num_heads": spec.num_heads,
+            "num_kv_heads": spec.num_kv_heads,
+            "head_dim": spec.head_dim,
+            "vocab_size": spec.vocab_size,
+            "tied_embeddings": spec.tie_word_embeddings,
+            "context_length": plan.context_length,
+        },
         "format": layout.describe(),
         "files": {"model": layout.model_file, "data": layout.data_files(folder)},
         "layout": plan.layout.describe(),

@@ -29,17 +29,19 @@ def require_verify_extras() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise BuilderError(f"--verify needs {' and '.join(missing)}, which a plain install leaves out: "
-                           "pip install 'builder[verify]', or drop --verify")
+        raise BuilderError(
+            f"--verify needs {' and '.join(missing)}, which a plain install leaves out: "
+            "pip install 'builder[verify]', or drop --verify"
+        )
 
 
 @dataclass
 class ParityResult:
-    max_abs: float          # over prefill and every decode step
+    max_abs: float  # over prefill and every decode step
     max_abs_prefill: float
     max_abs_decode: float
-    argmax_agree: float     # fraction of positions whose top token agrees
-    nmse: float             # sum((ref - ours)^2) / sum(ref^2), all steps together
+    argmax_agree: float  # fraction of positions whose top token agrees
+    nmse: float  # sum((ref - ours)^2) / sum(ref^2), all steps together
     steps: int
 
     def as_dict(self) -> dict:
@@ -53,11 +55,11 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     """transformers model (fp32) holding the weights the built graph uses."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
 
     import quant
     from builder.kit.selection import format_for
 
-    from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()  # its bars garble progress lines and batch logs
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir), dtype=torch.float32)
     model.eval()
@@ -67,8 +69,13 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
         if not tied and embed_fmt.quantized and embed_fmt.bits == 4:
             # Untied int4 builds gather from their own int4 table (GatherBlockQuantized).
             weight = model.get_input_embeddings().weight
-            weight.copy_(torch.from_numpy(quant.dequantize(
-                quant.quantize(weight.detach().numpy(), embed_fmt, scale_dtype=io_dtype), embed_fmt)))
+            weight.copy_(
+                torch.from_numpy(
+                    quant.dequantize(
+                        quant.quantize(weight.detach().numpy(), embed_fmt, scale_dtype=io_dtype), embed_fmt
+                    )
+                )
+            )
         for name, module in model.named_modules():
             # Routers, shared-expert gates and linear attention's b/a gates stay float in the graph.
             if not isinstance(module, torch.nn.Linear) or name.endswith(FLOAT_LINEARS):
@@ -86,10 +93,12 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
                 continue
             module.weight.copy_(dq)
         # Weights outside nn.Linear (MoE experts): the architecture knows their format.
-        from architectures.registry import builder_class_for
         # The checkpoint's config.json names the family (a ConditionalGeneration checkpoint loads as
         # its text model, whose config has no architectures entry).
         import json
+
+        from architectures.registry import builder_class_for
+
         config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
         builder_class_for(config).prepare_reference(model, options, io_dtype)
     return model
@@ -99,6 +108,7 @@ def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
     import onnxruntime as ort
 
     from builder.ep_runtime import ort_session
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     path = Path(model_dir)
@@ -135,7 +145,7 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
         outputs.append(result["logits"].astype(np.float32))
         for name, value in result.items():
             if name.startswith("present."):
-                rest = name[len("present."):]
+                rest = name[len("present.") :]
                 feed[f"past_key_values.{rest}" if f"past_key_values.{rest}" in inputs else f"past.{rest}"] = value
         position = length
         if step < len(decode_tokens):
@@ -145,6 +155,7 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
 
 def torch_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
     import torch
+
     with torch.no_grad():
         out = model(torch.from_numpy(input_ids.astype(np.int64)), use_cache=True)
         logits = [out.logits.float().numpy()]
@@ -163,8 +174,9 @@ def genai_greedy(model_dir: str | Path, prompt: list[int], new_tokens: int, prov
     return genai_greedy_logits(model_dir, prompt, new_tokens, provider)[0]
 
 
-def genai_greedy_logits(model_dir: str | Path, prompt: list[int], new_tokens: int,
-                        provider: str | None = None) -> tuple[list[int], list[np.ndarray]]:
+def genai_greedy_logits(
+    model_dir: str | Path, prompt: list[int], new_tokens: int, provider: str | None = None
+) -> tuple[list[int], list[np.ndarray]]:
     """(prompt + exactly new_tokens greedy tokens, the logits that chose each new token [V]).
 
     Runs the folder as a user would, genai_config included (graph capture, when the
@@ -174,6 +186,7 @@ def genai_greedy_logits(model_dir: str | Path, prompt: list[int], new_tokens: in
     import onnxruntime_genai as og
 
     from builder.ep_runtime import genai_model
+
     model = genai_model(og, model_dir, provider)
     params = og.GeneratorParams(model)
     total = len(prompt) + new_tokens
@@ -194,6 +207,7 @@ def torch_step_logits(model, tokens: list[int], prompt_length: int) -> list[np.n
     """transformers' logits at positions prompt_length-1 .. len(tokens)-2: the ones that
     chose tokens[prompt_length:], one full forward pass (no cache)."""
     import torch
+
     with torch.no_grad():
         out = model(torch.tensor([tokens]))
     logits = out.logits[0].float().numpy()
@@ -203,9 +217,11 @@ def torch_step_logits(model, tokens: list[int], prompt_length: int) -> list[np.n
 def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
     """The same generation through transformers (min_new_tokens masks EOS alike)."""
     import torch
+
     with torch.no_grad():
-        return model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False)[0].tolist()
+        return model.generate(
+            torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+        )[0].tolist()
 
 
 def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResult:
@@ -213,21 +229,31 @@ def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResul
     agree = np.concatenate([(e.argmax(-1) == a.argmax(-1)).ravel() for e, a in zip(expected, actual)])
     err = sum(float(np.square(e.astype(np.float64) - a).sum()) for e, a in zip(expected, actual))
     ref = sum(float(np.square(e.astype(np.float64)).sum()) for e in expected)
-    return ParityResult(max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()),
-                        err / max(ref, 1e-30), len(diffs))
+    return ParityResult(
+        max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()), err / max(ref, 1e-30), len(diffs)
+    )
 
 
-def verify_build(model_dir: str | Path, checkpoint_dir: str | Path, options: BuildOptions,
-                 prompt_length: int = 8, decode_steps: int = 4, seed: int = 0,
-                 provider: str = "CPUExecutionProvider") -> ParityResult:
+def verify_build(
+    model_dir: str | Path,
+    checkpoint_dir: str | Path,
+    options: BuildOptions,
+    prompt_length: int = 8,
+    decode_steps: int = 4,
+    seed: int = 0,
+    provider: str = "CPUExecutionProvider",
+) -> ParityResult:
     """Prefill + decode (fixed random tokens) parity against transformers."""
     session = onnx_session(model_dir, provider)
     vocab = session.get_outputs()[0].shape[-1]
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, size=(1, prompt_length))
     tokens = [int(t) for t in rng.integers(0, vocab, size=decode_steps)]
-    dtype = np.float16 if "float16" in session.get_inputs()[0].type or \
-        "float16" in session.get_outputs()[0].type else np.float32
+    dtype = (
+        np.float16
+        if "float16" in session.get_inputs()[0].type or "float16" in session.get_outputs()[0].type
+        else np.float32
+    )
     reference = dequantized_reference(checkpoint_dir, options, io_dtype=dtype)
     return compare(torch_logits(reference, ids, tokens), onnx_logits(session, ids, tokens))
 
@@ -241,16 +267,19 @@ FP32_MAX_ABS = 1e-3
 QUANTIZED_NMSE = 1e-2
 
 
-def verify_output(folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str,
-                  fp32_io: bool) -> dict:
+def verify_output(
+    folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str, fp32_io: bool
+) -> dict:
     """The --verify check of one build, as it goes into the build report."""
     if ep != "cpu":
-        return {"status": "not run", "reason": f"the graph targets {ep}, whose kernels this machine may not "
-                                               "have; scripts/check_webgpu.py checks webgpu builds on a GPU"}
+        return {
+            "status": "not run",
+            "reason": f"the graph targets {ep}, whose kernels this machine may not "
+            "have; scripts/check_webgpu.py checks webgpu builds on a GPU",
+        }
     parity = verify_build(folder, checkpoint_dir, options, prompt_length=16, decode_steps=4)
     if options.precision == "fp32":
         bound, passed = f"max_abs < {FP32_MAX_ABS}", parity.max_abs < FP32_MAX_ABS
     else:
         bound, passed = f"nmse < {QUANTIZED_NMSE}", parity.nmse < QUANTIZED_NMSE
-    return {"status": "passed" if passed else "failed", "bound": bound, "fp32_io": fp32_io,
-            **parity.as_dict()}
+    return {"status": "passed" if passed else "failed", "bound": bound, "fp32_io": fp32_io, **parity.as_dict()}

@@ -113,8 +113,10 @@ def as_weight(weight) -> np.ndarray:
     """weight as a 2-D float32/float16/bfloat16 numpy array (no copy where possible)."""
     a = np.asarray(weight)
     if a.dtype.name != "bfloat16" and a.dtype not in (np.float32, np.float16):
-        raise TypeError(f"weight has dtype {a.dtype}; expected float32, float16 or bfloat16 "
-                        "(numpy, ml_dtypes.bfloat16 for bfloat16)")
+        raise TypeError(
+            f"weight has dtype {a.dtype}; expected float32, float16 or bfloat16 "
+            "(numpy, ml_dtypes.bfloat16 for bfloat16)"
+        )
     if a.ndim != 2:
         raise ValueError(f"weight must be 2-D [N, K] (out_features, in_features); got shape {a.shape}")
     return a
@@ -184,16 +186,16 @@ class _Workspace:
     """
 
     def __init__(self, rows: int, k_pad: int, scheme: QuantScheme, dtype: np.dtype):
-        self.raw = _UINT[dtype.itemsize]           # the input's bits: uint16 or uint32
+        self.raw = _UINT[dtype.itemsize]  # the input's bits: uint16 or uint32
         # 16-byte words (moved as complex128) for long blocks: wide elements copy faster,
         # and fewer planes mean fewer of them to transpose. 8 bytes (uint64) for short
         # blocks, where the per-word steps (max/min within a word, spreading the
         # scales) cost more than that saves. Measured on Qwen3-4B down_proj bf16.
         self.word = np.dtype(np.complex128 if scheme.block_size >= 64 else np.uint64)
         self.g = self.word.itemsize // dtype.itemsize  # values per word
-        self.p = scheme.block_size // self.g       # planes
+        self.p = scheme.block_size // self.g  # planes
         self.nb = k_pad // scheme.block_size
-        m = rows * self.nb                         # blocks of a full chunk
+        m = rows * self.nb  # blocks of a full chunk
         self.k_pad = k_pad
         self.pad = np.zeros((rows, k_pad), self.raw)  # for padded or scattered rows
         self.x = np.empty((self.p, m * self.g), np.float32)
@@ -219,8 +221,15 @@ def _spread(values: np.ndarray, out: np.ndarray, g: int) -> np.ndarray:
     return out
 
 
-def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, ws: _Workspace,
-                    packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None) -> None:
+def _quantize_chunk(
+    w: np.ndarray,
+    scheme: QuantScheme,
+    scale_dtype: np.dtype,
+    ws: _Workspace,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+) -> None:
     """Quantize rows w [R, K] into packed [R, n_blocks, blob], scales and zero_points [R, n_blocks]."""
     R, K = w.shape
     g, p, nb = ws.g, ws.p, ws.nb
@@ -232,7 +241,7 @@ def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, w
         pad[:, K:] = 0  # zero padding, like ORT
         bits = pad
     words = bits.view(ws.word).reshape(R, nb, p)  # a bit copy, even as complex128: no arithmetic
-    x = ws.x[:, :m * g]
+    x = ws.x[:, : m * g]
     target = ws.words[:, :m] if ws.words is not None else x.view(ws.word)
     np.copyto(target.reshape(p, R, nb), words.transpose(2, 0, 1))  # the one transposing copy
     if w.dtype.name == "bfloat16":  # exact: bf16 is the top half of a float32
@@ -240,8 +249,8 @@ def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, w
     elif w.dtype == np.float16:
         np.copyto(x, target.view(np.float16))
 
-    mxg = np.max(x, axis=0, out=ws.mxg[:m * g])
-    mng = np.min(x, axis=0, out=ws.mng[:m * g])
+    mxg = np.max(x, axis=0, out=ws.mxg[: m * g])
+    mng = np.min(x, axis=0, out=ws.mng[: m * g])
     mx, mn = ws.mx[:m], ws.mn[:m]
     np.maximum(mxg[0::g], mxg[1::g], out=mx)
     np.minimum(mng[0::g], mng[1::g], out=mn)
@@ -254,13 +263,13 @@ def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, w
         zero_points[...] = zp.reshape(R, nb)
 
     # q = clamp(trunc(w * r + offset)) == clamp(roundf(w * r + zp)), see _block_params.
-    np.multiply(x, _spread(r, ws.rg[:m * g], g), out=x)
+    np.multiply(x, _spread(r, ws.rg[: m * g], g), out=x)
     if isinstance(offset, np.ndarray):
-        np.add(x, _spread(offset, ws.og[:m * g], g), out=x)
+        np.add(x, _spread(offset, ws.og[: m * g], g), out=x)
     else:
         np.add(x, offset, out=x)
     np.clip(x, _F32(0), _F32(scheme.qmax), out=x)  # before trunc or after: the same for these bounds
-    q = ws.q[:, :m * g]
+    q = ws.q[:, : m * g]
     np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
     if scheme.bits == 8:
         out = packed.reshape(R, -1).view(_UINT[g]).reshape(m, p)
@@ -269,10 +278,10 @@ def _quantize_chunk(w: np.ndarray, scheme: QuantScheme, scale_dtype: np.dtype, w
     # Two values per byte, the first in the low nibble. As uint16, a pair is lo | hi << 8
     # (lo, hi < 16); OR-ing in its shift right by 4 puts lo | hi << 4 in the low byte.
     pair = q.view(np.uint16)
-    both = ws.pair[:, :m * g // 2]
+    both = ws.pair[:, : m * g // 2]
     np.right_shift(pair, 4, out=both)
     np.bitwise_or(both, pair, out=both)
-    nibbles = ws.nibbles[:, :m * g // 2]
+    nibbles = ws.nibbles[:, : m * g // 2]
     np.copyto(nibbles, both, casting="unsafe")  # the low byte
     out = packed.reshape(R, -1).view(_UINT[g // 2]).reshape(m, p)
     np.copyto(out, nibbles.view(_UINT[g // 2]).T)
@@ -312,8 +321,15 @@ def quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> Q
     def work(my_spans):
         ws = _Workspace(rows, k_pad, scheme, w.dtype)
         for start, stop in my_spans:
-            _quantize_chunk(w[start:stop], scheme, scale_dtype, ws, packed[start:stop], scales[start:stop],
-                            None if zp is None else zp[start:stop])
+            _quantize_chunk(
+                w[start:stop],
+                scheme,
+                scale_dtype,
+                ws,
+                packed[start:stop],
+                scales[start:stop],
+                None if zp is None else zp[start:stop],
+            )
 
     threads = min(get_num_threads(), len(spans))
     if threads <= 1:
@@ -322,8 +338,9 @@ def quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> Q
         with ThreadPoolExecutor(threads, thread_name_prefix="quant") as pool:
             for done in [pool.submit(work, spans[i::threads]) for i in range(threads)]:
                 done.result()
-    return QuantizedWeight(packed=packed, scales=scales,
-                           zero_points=None if zp is None else pack_zero_points(zp, scheme.bits), k=k)
+    return QuantizedWeight(
+        packed=packed, scales=scales, zero_points=None if zp is None else pack_zero_points(zp, scheme.bits), k=k
+    )
 
 
 def dequantize_blockwise(q: QuantizedWeight, scheme: QuantScheme) -> np.ndarray:
@@ -343,4 +360,4 @@ def dequantize_blockwise(q: QuantizedWeight, scheme: QuantScheme) -> np.ndarray:
     scale = np.asarray(q.scales).astype(np.float32)
     # (q - zp) is a small integer, exact in float32: one rounding, in the product.
     w = (values.astype(np.float32) - zp[..., None]) * scale[..., None]
-    return np.ascontiguousarray(w.reshape(n, nb * scheme.block_size)[:, :q.k])
+    return np.ascontiguousarray(w.reshape(n, nb * scheme.block_size)[:, : q.k])

@@ -9,8 +9,8 @@ functions.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class Method:
     """
 
     name: str
-    quantize: Callable   # (weight [N, K], scheme, scale_dtype) -> QuantizedWeight
+    quantize: Callable  # (weight [N, K], scheme, scale_dtype) -> QuantizedWeight
     dequantize: Callable  # (QuantizedWeight, scheme) -> float32 [N, K]
     bits: tuple[int, ...] = BITS
     block_sizes: tuple[int, ...] | None = BLOCK_SIZES
@@ -74,16 +74,19 @@ class QuantScheme:
             return
         method = _METHODS.get(self.method)
         if method is None:
-            raise ValueError(f"QuantScheme.method={self.method!r} is not supported; allowed: "
-                             f"{(FLOAT_METHOD, *_METHODS)}")
+            raise ValueError(
+                f"QuantScheme.method={self.method!r} is not supported; allowed: {(FLOAT_METHOD, *_METHODS)}"
+            )
         # Integers only (numpy ones too), not bools or floats: they become shapes and attributes.
         if not _is_int(self.bits) or self.bits not in method.bits:
             raise ValueError(f"QuantScheme.bits={self.bits!r} is not supported; allowed: {method.bits}")
         if method.block_sizes is None:
             object.__setattr__(self, "block_size", 0)
         elif not _is_int(self.block_size) or self.block_size not in method.block_sizes:
-            raise ValueError(f"QuantScheme.block_size={self.block_size!r} is not supported; "
-                             f"allowed: {method.block_sizes} (powers of two from 16 to 256)")
+            raise ValueError(
+                f"QuantScheme.block_size={self.block_size!r} is not supported; "
+                f"allowed: {method.block_sizes} (powers of two from 16 to 256)"
+            )
         if not isinstance(self.symmetric, (bool, np.bool_)):
             raise ValueError(f"QuantScheme.symmetric={self.symmetric!r} must be True or False")
         # Plain Python values from here on (numpy ints would leak into ONNX attributes).
@@ -92,8 +95,9 @@ class QuantScheme:
         object.__setattr__(self, "symmetric", bool(self.symmetric))
 
     @classmethod
-    def from_kind(cls, kind: str, block_size: int = 32, symmetric: bool = True,
-                  method: str = "blockwise") -> "QuantScheme":
+    def from_kind(
+        cls, kind: str, block_size: int = 32, symmetric: bool = True, method: str = "blockwise"
+    ) -> QuantScheme:
         """The scheme of a kind: float, int4 or int8 (the --precision / --int8-layers words)."""
         if kind == "float":
             return cls.FLOAT
@@ -146,9 +150,9 @@ class QuantizedWeight:
     """
 
     packed: np.ndarray
-    scales: np.ndarray              # float32 or float16
+    scales: np.ndarray  # float32 or float16
     zero_points: np.ndarray | None
-    k: int                          # K (in_features) before padding to whole blocks
+    k: int  # K (in_features) before padding to whole blocks
 
     @property
     def n(self) -> int:

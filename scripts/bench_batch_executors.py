@@ -25,8 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(file: Path, extra: list[str]) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "builder", "batch", str(file), "--force", "--output-root", out,
-                        *extra], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "builder", "batch", str(file), "--force", "--output-root", out, *extra],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
         wall = time.perf_counter() - t
         summary = json.loads((Path(out) / f"{file.stem}-summary.json").read_text())
     return wall, summary
@@ -47,10 +51,16 @@ def main() -> None:
             wall, summary = run(file, ["--jobs", args.jobs, *extra])
             build_s = sum(j.get("seconds", 0) for j in summary["jobs"])
             times[name].append(wall)
-            print(f"run {i + 1} {name:5}: {wall:6.1f} s wall, {summary['counts']['built']} built, "
-                  f"sum of job times {build_s:.1f} s", flush=True)
+            print(
+                f"run {i + 1} {name:5}: {wall:6.1f} s wall, {summary['counts']['built']} built, "
+                f"sum of job times {build_s:.1f} s",
+                flush=True,
+            )
     for name, walls in times.items():
-        print(f"{name:5}: median {statistics.median(walls):.1f} s over {len(walls)} runs ({', '.join(f'{w:.1f}' for w in walls)})")
+        print(
+            f"{name:5}: median {statistics.median(walls):.1f} s over {len(walls)} runs "
+            f"({', '.join(f'{w:.1f}' for w in walls)})"
+        )
 
 
 if __name__ == "__main__":

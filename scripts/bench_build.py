@@ -63,8 +63,20 @@ def cat(files: list[Path]) -> float:
 def build(variant: dict, checkpoint: Path, out: Path, log: Path, nice: int = 0) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    command = [sys.executable, "-m", "builder", "-m", str(checkpoint), "-p", "int4", "-e", "webgpu",
-               "-o", str(out), *variant["args"]]
+    command = [
+        sys.executable,
+        "-m",
+        "builder",
+        "-m",
+        str(checkpoint),
+        "-p",
+        "int4",
+        "-e",
+        "webgpu",
+        "-o",
+        str(out),
+        *variant["args"],
+    ]
     env = {**os.environ, "PYTHONPATH": str(variant["root"])}
     timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
     if nice:
@@ -80,10 +92,14 @@ def build(variant: dict, checkpoint: Path, out: Path, log: Path, nice: int = 0) 
     cpu = [re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr) for k in ("User", "System")]
     report = json.loads((out / "build_report.json").read_text())
     data = out / "model.onnx.data"
-    result = {"wall_s": round(wall, 2), "load_before": round(started_load, 2),
-              "peak_rss_bytes": int(rss[1]) * 1024 if rss else report.get("peak_rss_bytes"),
-              "cpu_s": round(sum(float(m[1]) for m in cpu if m), 2),
-              "timings": report.get("timings", {}), "data_bytes": data.stat().st_size}
+    result = {
+        "wall_s": round(wall, 2),
+        "load_before": round(started_load, 2),
+        "peak_rss_bytes": int(rss[1]) * 1024 if rss else report.get("peak_rss_bytes"),
+        "cpu_s": round(sum(float(m[1]) for m in cpu if m), 2),
+        "timings": report.get("timings", {}),
+        "data_bytes": data.stat().st_size,
+    }
     return result
 
 
@@ -102,17 +118,22 @@ def main() -> int:
     ap.add_argument("--before", metavar="REF", help="git ref of the code to compare against")
     ap.add_argument("--no-off", action="store_true", help="skip the --read-ahead-mb 0 variant")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--nice", type=int, default=0,
-                    help="run the builds at this niceness (negative needs root): on a machine others keep "
-                         "busy, a build otherwise measures the scheduler more than itself")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the builds at this niceness (negative needs root): on a machine others keep "
+        "busy, a build otherwise measures the scheduler more than itself",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--delete-checkpoint", action="store_true")
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.checkpoint / "config.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), args.size,
-                        str(args.checkpoint)], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), args.size, str(args.checkpoint)], check=True
+        )
     files = weight_files(args.checkpoint)
     size = sum(f.stat().st_size for f in files)
 
@@ -123,8 +144,11 @@ def main() -> int:
         tree = args.work / "before"
         if tree.exists():
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.before],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.before],
+            check=True,
+            capture_output=True,
+        )
         variants.insert(0, {"name": "before", "root": tree, "args": []})
 
     rounds = []
@@ -135,8 +159,11 @@ def main() -> int:
             read_load = load()
             cold_read = cat(files)
             round_ = {"cold_read_s": round(cold_read, 2), "read_load_before": round(read_load, 2), "builds": {}}
-            print(f"round {r + 1}: cold read of {size / 1e9:.2f} GB: {cold_read:.1f} s "
-                  f"({size / cold_read / 1e6:.0f} MB/s, load {read_load:.1f})", flush=True)
+            print(
+                f"round {r + 1}: cold read of {size / 1e9:.2f} GB: {cold_read:.1f} s "
+                f"({size / cold_read / 1e6:.0f} MB/s, load {read_load:.1f})",
+                flush=True,
+            )
             for v in order:
                 out = args.work / f"out-{v['name']}"
                 drop_cache(files)
@@ -144,11 +171,14 @@ def main() -> int:
                 cat(files)
                 warm = build(v, args.checkpoint, out, args.work / f"{v['name']}-warm.log", args.nice)
                 round_["builds"][v["name"]] = {"cold": cold, "warm": warm}
-                print(f"  {v['name']:>6}: cold {cold['wall_s']:.1f} s = {cold['wall_s'] / cold_read:.2f}x read "
-                      f"(load {cold['load_before']:.1f}), warm {warm['wall_s']:.1f} s "
-                      f"(load {warm['load_before']:.1f}), peak RSS cold {cold['peak_rss_bytes'] / 1e9:.2f} GB "
-                      f"warm {warm['peak_rss_bytes'] / 1e9:.2f} GB; CPU time cold {cold['cpu_s']:.1f} s "
-                      f"warm {warm['cpu_s']:.1f} s", flush=True)
+                print(
+                    f"  {v['name']:>6}: cold {cold['wall_s']:.1f} s = {cold['wall_s'] / cold_read:.2f}x read "
+                    f"(load {cold['load_before']:.1f}), warm {warm['wall_s']:.1f} s "
+                    f"(load {warm['load_before']:.1f}), peak RSS cold {cold['peak_rss_bytes'] / 1e9:.2f} GB "
+                    f"warm {warm['peak_rss_bytes'] / 1e9:.2f} GB; CPU time cold {cold['cpu_s']:.1f} s "
+                    f"warm {warm['cpu_s']:.1f} s",
+                    flush=True,
+                )
                 print(f"          cold phases: {fmt_phases(cold['timings'])}", flush=True)
                 print(f"          warm phases: {fmt_phases(warm['timings'])}", flush=True)
                 if cold["timings"].get("read_ahead"):
@@ -157,13 +187,26 @@ def main() -> int:
         sizes = {v: {b["builds"][v]["cold"]["data_bytes"] for b in rounds} for v in rounds[0]["builds"]}
         print(f"model.onnx.data sizes: {sizes}")
         if args.json:
-            args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "checkpoint_bytes": size,
-                                             "nice": args.nice,
-                                             "cores": os.cpu_count(), "rounds": rounds}, indent=2) + "\n")
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "checkpoint": str(args.checkpoint),
+                        "checkpoint_bytes": size,
+                        "nice": args.nice,
+                        "cores": os.cpu_count(),
+                        "rounds": rounds,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     finally:
         if args.before:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(args.work / "before")],
-                           check=False, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(args.work / "before")],
+                check=False,
+                capture_output=True,
+            )
         if args.delete_checkpoint:
             shutil.rmtree(args.checkpoint, ignore_errors=True)
     return 0

@@ -61,6 +61,7 @@ GNU_TIME = "/usr/bin/time"
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def size_name(size: str) -> str:
     size = size.strip().lower()
     return size if size.startswith(("qwen3-", "qwen3.5-")) else f"qwen3-{size}"
@@ -69,6 +70,7 @@ def size_name(size: str) -> str:
 def checkpoint_problem(name: str, path: Path) -> str | None:
     """None when `path` holds a complete checkpoint with `name`'s config, else what is wrong."""
     from support import synthetic
+
     config_file = path / "config.json"
     if not config_file.is_file():
         return "no config.json"
@@ -115,6 +117,7 @@ def ensure_checkpoint(name: str, path: Path) -> dict:
 def cpu_busy_s() -> float:
     """CPU seconds the whole machine has spent busy (all processes), since boot."""
     import psutil
+
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
@@ -122,6 +125,7 @@ def cpu_busy_s() -> float:
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """pid -> (name, user+system CPU seconds so far) of every process we may read, kernel threads included."""
     import psutil
+
     snapshot = {}
     for p in psutil.process_iter(["name", "cpu_times"]):
         t = p.info["cpu_times"]
@@ -147,6 +151,7 @@ def wait_quiet(max_wait: float, threshold: float = 15.0) -> dict:
     """Wait (up to max_wait s) until the machine is idle: other work on 2 cores skews every figure,
     ours most (torch's OpenMP threads spin when a core is taken)."""
     import psutil
+
     start = time.perf_counter()
     while True:
         busy = psutil.cpu_percent(interval=3.0)
@@ -172,12 +177,38 @@ def warm(path: Path) -> float:
 
 # ----------------------------------------------------------------------------- build
 
+
 def build_command(builder: str, checkpoint: Path, ep: str, out: Path, cache: Path) -> list[str]:
     if builder == "ours":
-        return [sys.executable, "-m", "builder", "-m", str(checkpoint), "-p", "int4", "-e", ep, "-o", str(out),
-                "--quiet"]
-    return [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
-            "-p", "int4", "-e", ep, "-c", str(cache)]
+        return [
+            sys.executable,
+            "-m",
+            "builder",
+            "-m",
+            str(checkpoint),
+            "-p",
+            "int4",
+            "-e",
+            ep,
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(checkpoint),
+        "-o",
+        str(out),
+        "-p",
+        "int4",
+        "-e",
+        ep,
+        "-c",
+        str(cache),
+    ]
 
 
 class RssPoller(threading.Thread):
@@ -190,6 +221,7 @@ class RssPoller(threading.Thread):
 
     def run(self):
         import psutil
+
         try:
             root = psutil.Process(self.pid)
         except psutil.Error:
@@ -214,12 +246,17 @@ def parse_gnu_time(text: str) -> dict:
     def grab(label, cast=int):
         m = re.search(rf"^\s*{re.escape(label)}:\s*(.+)$", text, re.M)
         return cast(m.group(1).strip()) if m else None
+
     signal = re.search(r"Command terminated by signal (\d+)", text)
-    return {"max_rss_bytes": (grab("Maximum resident set size (kbytes)") or 0) * 1024 or None,
-            "user_s": grab("User time (seconds)", float), "system_s": grab("System time (seconds)", float),
-            "disk_reads_bytes": None if grab("File system inputs") is None else grab("File system inputs") * 512,
-            "disk_writes_bytes": None if grab("File system outputs") is None else grab("File system outputs") * 512,
-            "exit_status": grab("Exit status"), "signal": int(signal.group(1)) if signal else None}
+    return {
+        "max_rss_bytes": (grab("Maximum resident set size (kbytes)") or 0) * 1024 or None,
+        "user_s": grab("User time (seconds)", float),
+        "system_s": grab("System time (seconds)", float),
+        "disk_reads_bytes": None if grab("File system inputs") is None else grab("File system inputs") * 512,
+        "disk_writes_bytes": None if grab("File system outputs") is None else grab("File system outputs") * 512,
+        "exit_status": grab("Exit status"),
+        "signal": int(signal.group(1)) if signal else None,
+    }
 
 
 def folder_bytes(path: Path) -> int:
@@ -231,6 +268,7 @@ def graph_facts(out: Path) -> dict:
     import onnx
 
     from builder.inspect import summarize
+
     summary = summarize(out)
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     quant: dict[str, dict[str, list]] = {}
@@ -242,12 +280,16 @@ def graph_facts(out: Path) -> dict:
                     if a.i not in attrs.setdefault(a.name, []):
                         attrs[a.name].append(a.i)
     io_type = {i.name: onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type) for i in model.graph.input}
-    return {"nodes": summary["nodes"], "by_op_type": summary["by_op_type"], "quant_attributes": quant,
-            "kv_dtype": io_type.get("past_key_values.0.key"), "inputs": list(io_type)}
+    return {
+        "nodes": summary["nodes"],
+        "by_op_type": summary["by_op_type"],
+        "quant_attributes": quant,
+        "kv_dtype": io_type.get("past_key_values.0.key"),
+        "inputs": list(io_type),
+    }
 
 
-def run_build(builder: str, checkpoint: Path, ep: str, out: Path, log: Path, timeout: int,
-              quiet_wait: float) -> dict:
+def run_build(builder: str, checkpoint: Path, ep: str, out: Path, log: Path, timeout: int, quiet_wait: float) -> dict:
     cache = out.parent / f"{out.name}-cache"
     for p in (out, cache):
         if p.exists():
@@ -256,6 +298,7 @@ def run_build(builder: str, checkpoint: Path, ep: str, out: Path, log: Path, tim
     use_time = os.access(GNU_TIME, os.X_OK)
     full = [GNU_TIME, "-v"] + cmd if use_time else cmd
     import psutil
+
     warm_s = warm(checkpoint)
     quiet = wait_quiet(quiet_wait)
     available = psutil.virtual_memory().available
@@ -281,12 +324,22 @@ def run_build(builder: str, checkpoint: Path, ep: str, out: Path, log: Path, tim
     text = log.read_text(errors="replace")
     measured = parse_gnu_time(text) if use_time else {}
     tail = [line for line in re.split(r"[\r\n]+", text.split("\tCommand being timed:")[0]) if line.strip()][-6:]
-    result = {"builder": builder, "command": cmd, "log": str(log), "returncode": rc, "wall_s": round(wall, 2),
-              "peak_rss_bytes": measured.get("max_rss_bytes") or poller.peak,
-              "peak_rss_source": "/usr/bin/time -v (max RSS of the build process)" if measured.get("max_rss_bytes")
-              else "psutil poll (sum over the process tree, 0.1 s)",
-              "peak_rss_psutil_bytes": poller.peak, "available_before_bytes": available,
-              "warm_read_s": round(warm_s, 1), **quiet, **measured}
+    result = {
+        "builder": builder,
+        "command": cmd,
+        "log": str(log),
+        "returncode": rc,
+        "wall_s": round(wall, 2),
+        "peak_rss_bytes": measured.get("max_rss_bytes") or poller.peak,
+        "peak_rss_source": "/usr/bin/time -v (max RSS of the build process)"
+        if measured.get("max_rss_bytes")
+        else "psutil poll (sum over the process tree, 0.1 s)",
+        "peak_rss_psutil_bytes": poller.peak,
+        "available_before_bytes": available,
+        "warm_read_s": round(warm_s, 1),
+        **quiet,
+        **measured,
+    }
     if measured.get("user_s") is not None:  # CPU the rest of the machine used meanwhile
         result["other_cpu_s"] = round(max(0.0, busy - measured["user_s"] - measured["system_s"]), 1)
         result["other_cpu_top"] = others  # kernel threads (kswapd: page reclaim) are the build's doing
@@ -304,14 +357,19 @@ def run_build(builder: str, checkpoint: Path, ep: str, out: Path, log: Path, tim
         result["log_tail"] = tail
     else:
         result["output_bytes"] = folder_bytes(out)
-        result["model_files_bytes"] = {f.name: f.stat().st_size for f in sorted(out.iterdir())
-                                       if f.is_file() and f.name.startswith("model.onnx")}
+        result["model_files_bytes"] = {
+            f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file() and f.name.startswith("model.onnx")
+        }
         result["graph"] = graph_facts(out)
         report = out / "build_report.json"
         if report.is_file():  # ours: what the builder says about itself
             r = json.loads(report.read_text())
-            result["self_report"] = {"timings": r.get("timings"), "peak_rss_bytes": r.get("peak_rss_bytes"),
-                                     "target": r.get("target"), "layout": r.get("layout")}
+            result["self_report"] = {
+                "timings": r.get("timings"),
+                "peak_rss_bytes": r.get("peak_rss_bytes"),
+                "target": r.get("target"),
+                "layout": r.get("layout"),
+            }
     if cache.exists():
         shutil.rmtree(cache)
     print(f"[build] {builder:9s} {status}: {wall:.1f} s, peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
@@ -320,9 +378,12 @@ def run_build(builder: str, checkpoint: Path, ep: str, out: Path, log: Path, tim
 
 # ----------------------------------------------------------------------------- run + accuracy
 
-def run_stage(size: str, dirs: dict[str, str], prompts: list[int], new_tokens: int, rounds: int,
-              quiet_wait: float) -> list[dict]:
+
+def run_stage(
+    size: str, dirs: dict[str, str], prompts: list[int], new_tokens: int, rounds: int, quiet_wait: float
+) -> list[dict]:
     from bench_genai import bench
+
     reports = []
     for prompt in prompts:
         quiet = wait_quiet(quiet_wait)
@@ -338,7 +399,8 @@ def run_stage(size: str, dirs: dict[str, str], prompts: list[int], new_tokens: i
         if all(b in res for b in BUILDERS):
             report["ours_over_reference"] = {
                 "decode_tok_s": res["ours"]["decode_tok_s_median"] / res["reference"]["decode_tok_s_median"],
-                "prefill_ms": res["ours"]["prefill_ms_median"] / res["reference"]["prefill_ms_median"]}
+                "prefill_ms": res["ours"]["prefill_ms_median"] / res["reference"]["prefill_ms_median"],
+            }
         reports.append(report)
     return reports
 
@@ -346,6 +408,7 @@ def run_stage(size: str, dirs: dict[str, str], prompts: list[int], new_tokens: i
 def prefill_logits(model_dir: Path, ids):
     import numpy as np
     import onnxruntime as ort
+
     decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -366,23 +429,26 @@ def prefill_logits(model_dir: Path, ids):
 
 def error_metrics(ref, out) -> dict:
     import numpy as np
+
     ref64, diff = ref.astype(np.float64), out.astype(np.float64) - ref.astype(np.float64)
     last_ref, last_diff = ref64[-1], diff[-1]
-    return {"nmse_last": float(np.square(last_diff).sum() / np.square(last_ref).sum()),
-            "max_abs_last": float(np.abs(last_diff).max()),
-            "nmse_all": float(np.square(diff).sum() / np.square(ref64).sum()),
-            "max_abs_all": float(np.abs(diff).max()),
-            "argmax_agree_all": float((ref.argmax(-1) == out.argmax(-1)).mean()),
-            "argmax_agree_last": bool(ref[-1].argmax() == out[-1].argmax())}
+    return {
+        "nmse_last": float(np.square(last_diff).sum() / np.square(last_ref).sum()),
+        "max_abs_last": float(np.abs(last_diff).max()),
+        "nmse_all": float(np.square(diff).sum() / np.square(ref64).sum()),
+        "max_abs_all": float(np.abs(diff).max()),
+        "argmax_agree_all": float((ref.argmax(-1) == out.argmax(-1)).mean()),
+        "argmax_agree_last": bool(ref[-1].argmax() == out[-1].argmax()),
+    }
 
 
-def accuracy_stage(size: str, checkpoint: Path, dirs: dict[str, str], tokens: int, seed: int,
-                   builds: dict) -> dict:
+def accuracy_stage(size: str, checkpoint: Path, dirs: dict[str, str], tokens: int, seed: int, builds: dict) -> dict:
     import gc
 
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
+
     print(f"[accuracy] {size}: fp32 transformers vs int4 cpu, {tokens} tokens", flush=True)
     config = json.loads((checkpoint / "config.json").read_text())
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=(1, tokens))
@@ -392,11 +458,16 @@ def accuracy_stage(size: str, checkpoint: Path, dirs: dict[str, str], tokens: in
         ref = model(torch.from_numpy(ids), use_cache=False).logits[0].float().numpy()
     del model
     gc.collect()
-    result = {"size": size, "prompt_tokens": tokens, "seed": seed,
-              "prompt_ids": "numpy.random.default_rng(seed).integers(0, vocab_size, (1, prompt_tokens))",
-              "reference": "transformers fp32", "fp32_logits_rms": float(np.sqrt(np.square(ref, dtype=np.float64)
-                                                                                   .mean())),
-              "fp32_logits_max_abs": float(np.abs(ref).max()), "builders": {}}
+    result = {
+        "size": size,
+        "prompt_tokens": tokens,
+        "seed": seed,
+        "prompt_ids": "numpy.random.default_rng(seed).integers(0, vocab_size, (1, prompt_tokens))",
+        "reference": "transformers fp32",
+        "fp32_logits_rms": float(np.sqrt(np.square(ref, dtype=np.float64).mean())),
+        "fp32_logits_max_abs": float(np.abs(ref).max()),
+        "builders": {},
+    }
     outs = {}
     for builder, path in dirs.items():
         graph = builds.get(builder, {}).get("graph") or (graph_facts(Path(path)) if Path(path).is_dir() else {})
@@ -414,6 +485,7 @@ def accuracy_stage(size: str, checkpoint: Path, dirs: dict[str, str], tokens: in
 
 # ----------------------------------------------------------------------------- report
 
+
 def gb(n) -> str:
     return "-" if not n else f"{n / 1e9:.2f}"
 
@@ -425,84 +497,129 @@ def ratio(a, b, fmt="{:.2f}") -> str:
 def markdown(report: dict) -> str:
     lines = []
     if report["builds"]:
-        lines += ["### Build (int4; ours / reference; ratio = ours / reference)", "",
-                  "| job | first | status | wall s | ratio | peak RSS GB | ratio | output GB | nodes | "
-                  "MatMulNBits accuracy_level | others' CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Build (int4; ours / reference; ratio = ours / reference)",
+            "",
+            "| job | first | status | wall s | ratio | peak RSS GB | ratio | output GB | nodes | "
+            "MatMulNBits accuracy_level | others' CPU s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for job in report["builds"]:
             o, r = job["ours"], job["reference"]
 
             def both(key, f):
                 return f"{f(o.get(key))} / {f(r.get(key))}"
+
             status = "ok" if o["status"] == r["status"] == "ok" else f"{o['status']} / {r['status']}"
-            acc = "{} / {}".format(*(",".join(map(str, b.get("graph", {}).get("quant_attributes", {})
-                                                  .get("MatMulNBits", {}).get("accuracy_level", ["-"])))
-                                     for b in (o, r)))
+            acc = "{} / {}".format(
+                *(
+                    ",".join(
+                        map(
+                            str,
+                            b.get("graph", {})
+                            .get("quant_attributes", {})
+                            .get("MatMulNBits", {})
+                            .get("accuracy_level", ["-"]),
+                        )
+                    )
+                    for b in (o, r)
+                )
+            )
             lines.append(
                 f"| {job['size']} {job['ep']} | {job['first']} | {status} | "
                 f"{both('wall_s', lambda v: f'{v:.1f}' if v else '-')} | {ratio(o['wall_s'], r['wall_s'])} | "
                 f"{both('peak_rss_bytes', gb)} | {ratio(o['peak_rss_bytes'], r['peak_rss_bytes'])} | "
                 f"{both('output_bytes', gb)} | "
                 f"{o.get('graph', {}).get('nodes', '-')} / {r.get('graph', {}).get('nodes', '-')} | {acc} | "
-                f"{both('other_cpu_s', lambda v: '-' if v is None else f'{v:.0f}')} |")
+                f"{both('other_cpu_s', lambda v: '-' if v is None else f'{v:.0f}')} |"
+            )
         for job in report["builds"]:
             for b in BUILDERS:
                 if job[b]["status"] != "ok":
-                    lines.append(f"\n{job['size']} {job['ep']} {b}: {job[b]['status']}; log tail: "
-                                 + " / ".join(job[b].get("log_tail", []))[-600:])
+                    lines.append(
+                        f"\n{job['size']} {job['ep']} {b}: {job[b]['status']}; log tail: "
+                        + " / ".join(job[b].get("log_tail", []))[-600:]
+                    )
         lines += ["", "Node counts by op type (ours / reference):", ""]
         jobs = [j for j in report["builds"] if all("graph" in j[b] for b in BUILDERS)]
         if jobs:
             ops = sorted({op for j in jobs for b in BUILDERS for op in j[b]["graph"]["by_op_type"]})
-            lines += ["| op type | " + " | ".join(f"{j['size']} {j['ep']}" for j in jobs) + " |",
-                      "|---|" + "---|" * len(jobs)]
+            lines += [
+                "| op type | " + " | ".join(f"{j['size']} {j['ep']}" for j in jobs) + " |",
+                "|---|" + "---|" * len(jobs),
+            ]
             for op in ops:
                 cells = [" / ".join(str(j[b]["graph"]["by_op_type"].get(op, 0)) for b in BUILDERS) for j in jobs]
                 lines.append(f"| {op} | " + " | ".join(cells) + " |")
     if report["runs"]:
-        lines += ["", "### Run (onnxruntime-genai, provider cpu, int4 cpu models; medians of interleaved rounds)", "",
-                  "| model | prompt | new | rounds | decode tok/s ours / ref | ours/ref | paired | rounds ours "
-                  "faster | prefill ms ours / ref | ours/ref | paired | rounds ours faster | others' CPU s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Run (onnxruntime-genai, provider cpu, int4 cpu models; medians of interleaved rounds)",
+            "",
+            "| model | prompt | new | rounds | decode tok/s ours / ref | ours/ref | paired | rounds ours "
+            "faster | prefill ms ours / ref | ours/ref | paired | rounds ours faster | others' CPU s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for run in report["runs"]:
             res = run["results"]
             if all(b in res for b in BUILDERS):
                 o, r = res["ours"], res["reference"]
                 dec = [a / b for a, b in zip(o["decode_tok_s"], r["decode_tok_s"])]
                 pre = [a / b for a, b in zip(o["prefill_ms"], r["prefill_ms"])]
-                lines.append(f"| {run['size']} | {run['prompt_tokens']} | {run['new_tokens']} | {run['rounds']} | "
-                             f"{o['decode_tok_s_median']:.2f} / {r['decode_tok_s_median']:.2f} | "
-                             f"{run['ours_over_reference']['decode_tok_s']:.3f} | {statistics.median(dec):.3f} | "
-                             f"{sum(x > 1 for x in dec)}/{len(dec)} | "
-                             f"{o['prefill_ms_median']:.0f} / {r['prefill_ms_median']:.0f} | "
-                             f"{run['ours_over_reference']['prefill_ms']:.3f} | {statistics.median(pre):.3f} | "
-                             f"{sum(x < 1 for x in pre)}/{len(pre)} | {run.get('other_cpu_s', '-')} |")
+                lines.append(
+                    f"| {run['size']} | {run['prompt_tokens']} | {run['new_tokens']} | {run['rounds']} | "
+                    f"{o['decode_tok_s_median']:.2f} / {r['decode_tok_s_median']:.2f} | "
+                    f"{run['ours_over_reference']['decode_tok_s']:.3f} | {statistics.median(dec):.3f} | "
+                    f"{sum(x > 1 for x in dec)}/{len(dec)} | "
+                    f"{o['prefill_ms_median']:.0f} / {r['prefill_ms_median']:.0f} | "
+                    f"{run['ours_over_reference']['prefill_ms']:.3f} | {statistics.median(pre):.3f} | "
+                    f"{sum(x < 1 for x in pre)}/{len(pre)} | {run.get('other_cpu_s', '-')} |"
+                )
             for b, err in run["load_errors"].items():
                 lines.append(f"| {run['size']} | {run['prompt_tokens']} | | | {b} does not load: {err} | | | |")
-        lines += ["", "decode ours/ref > 1: ours decodes faster; prefill ours/ref < 1: ours prefills faster. "
-                  "paired: median over rounds of ours/ref within the same round."]
+        lines += [
+            "",
+            "decode ours/ref > 1: ours decodes faster; prefill ours/ref < 1: ours prefills faster. "
+            "paired: median over rounds of ours/ref within the same round.",
+        ]
     if report["accuracy"]:
-        lines += ["", "### Accuracy (prefill logits vs transformers fp32)", "",
-                  "| model | builder | accuracy_level | NMSE last | max-abs last | NMSE all | max-abs all | "
-                  "argmax agree (all) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Accuracy (prefill logits vs transformers fp32)",
+            "",
+            "| model | builder | accuracy_level | NMSE last | max-abs last | NMSE all | max-abs all | "
+            "argmax agree (all) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for acc in report["accuracy"]:
             for b, m in acc["builders"].items():
                 level = ",".join(map(str, m.get("accuracy_level") or ["-"]))
                 if "error" in m:
                     lines.append(f"| {acc['size']} | {b} | {level} | error: {m['error']} | | | | |")
                     continue
-                lines.append(f"| {acc['size']} | {b} | {level} | {m['nmse_last']:.3e} | {m['max_abs_last']:.3f} | "
-                             f"{m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | {m['argmax_agree_all']:.3f} |")
+                lines.append(
+                    f"| {acc['size']} | {b} | {level} | {m['nmse_last']:.3e} | {m['max_abs_last']:.3f} | "
+                    f"{m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | {m['argmax_agree_all']:.3f} |"
+                )
             if "ours_vs_reference" in acc:
                 m = acc["ours_vs_reference"]
-                lines.append(f"| {acc['size']} | ours vs reference | | {m['nmse_last']:.3e} | "
-                             f"{m['max_abs_last']:.3f} | {m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | "
-                             f"{m['argmax_agree_all']:.3f} |")
+                lines.append(
+                    f"| {acc['size']} | ours vs reference | | {m['nmse_last']:.3e} | "
+                    f"{m['max_abs_last']:.3f} | {m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | "
+                    f"{m['argmax_agree_all']:.3f} |"
+                )
         first = report["accuracy"][0]
-        lines += ["", f"{first['prompt_tokens']} prompt tokens (seeded random ids); all = every prompt position's "
-                  "logits; NMSE = sum((int4 - fp32)^2) / sum(fp32^2) (ours vs reference: reference in place of "
-                  "fp32)."]
-        scale = [f"{a['size']} RMS {a['fp32_logits_rms']:.3f}, max-abs {a['fp32_logits_max_abs']:.2f}"
-                 for a in report["accuracy"] if "fp32_logits_rms" in a]
+        lines += [
+            "",
+            f"{first['prompt_tokens']} prompt tokens (seeded random ids); all = every prompt position's "
+            "logits; NMSE = sum((int4 - fp32)^2) / sum(fp32^2) (ours vs reference: reference in place of "
+            "fp32).",
+        ]
+        scale = [
+            f"{a['size']} RMS {a['fp32_logits_rms']:.3f}, max-abs {a['fp32_logits_max_abs']:.2f}"
+            for a in report["accuracy"]
+            if "fp32_logits_rms" in a
+        ]
         if scale:
             lines[-1] += " fp32 logits: " + "; ".join(scale) + "."
     return "\n".join(lines)
@@ -510,6 +627,7 @@ def markdown(report: dict) -> str:
 
 def environment() -> dict:
     import psutil
+
     versions = {}
     for pkg in ("onnxruntime", "onnxruntime_genai", "onnx", "onnx_ir", "torch", "transformers", "numpy"):
         try:
@@ -517,6 +635,7 @@ def environment() -> dict:
         except Exception as e:
             versions[pkg] = f"not importable: {e}"
     from builder.version import __version__
+
     versions["builder"] = __version__
     cpu = platform.processor()
     try:
@@ -529,25 +648,44 @@ def environment() -> dict:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
         except Exception:
             return None
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "cpus": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total, "cpu": cpu,
-            "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
-            "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty_files": len([x for x in (git("status", "--porcelain") or "").splitlines() if x.strip()]),
-            "gnu_time": os.access(GNU_TIME, os.X_OK)}
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_files": len([x for x in (git("status", "--porcelain") or "").splitlines() if x.strip()]),
+        "gnu_time": os.access(GNU_TIME, os.X_OK),
+    }
 
 
 # ----------------------------------------------------------------------------- main
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="0.6b,1.7b,4b", help="Checkpoints to build int4 cpu (default: %(default)s).")
-    ap.add_argument("--webgpu-sizes", default="4b",
-                    help="Of --sizes, those also built int4 webgpu ('' for none; default: %(default)s).")
-    ap.add_argument("--checkpoints", type=Path, default=Path("/tmp/ckpt"),
-                    help="Folder of qwen3-<size> checkpoints, made when missing (default: %(default)s).")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/bench-builders"),
-                    help="Where the built folders and build logs go (default: %(default)s).")
+    ap.add_argument(
+        "--webgpu-sizes",
+        default="4b",
+        help="Of --sizes, those also built int4 webgpu ('' for none; default: %(default)s).",
+    )
+    ap.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path("/tmp/ckpt"),
+        help="Folder of qwen3-<size> checkpoints, made when missing (default: %(default)s).",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/bench-builders"),
+        help="Where the built folders and build logs go (default: %(default)s).",
+    )
     ap.add_argument("--skip-build", action="store_true", help="Reuse the built folders under --work.")
     ap.add_argument("--skip-run", action="store_true", help="No prefill/decode timing.")
     ap.add_argument("--skip-accuracy", action="store_true", help="No logits comparison.")
@@ -559,13 +697,24 @@ def main() -> int:
     ap.add_argument("--accuracy-tokens", type=int, default=32, help="Prompt length for accuracy (default: 32).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of the accuracy prompt ids (default: 0).")
     ap.add_argument("--build-timeout", type=int, default=3600, help="Seconds before a build is killed.")
-    ap.add_argument("--reference-first", action="store_true",
-                    help="The first job builds with the reference first (default: ours first); then it alternates.")
-    ap.add_argument("--quiet-wait", type=float, default=600,
-                    help="Before each build and timing, wait up to this many seconds for other processes "
-                         "to leave the CPUs idle (default: %(default)s).")
-    ap.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "builders.json",
-                    help="Raw results (default: docs/results/builders.json).")
+    ap.add_argument(
+        "--reference-first",
+        action="store_true",
+        help="The first job builds with the reference first (default: ours first); then it alternates.",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=600,
+        help="Before each build and timing, wait up to this many seconds for other processes "
+        "to leave the CPUs idle (default: %(default)s).",
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=REPO / "docs" / "results" / "builders.json",
+        help="Raw results (default: docs/results/builders.json).",
+    )
     ap.add_argument("--markdown", type=Path, help="Also write the table here.")
     ap.add_argument("--render", type=Path, metavar="JSON", help="Only print the tables of a saved results file.")
     args = ap.parse_args()
@@ -575,19 +724,28 @@ def main() -> int:
 
     def sizes(text):
         return [size_name(s) for s in text.split(",") if s.strip()]
+
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
     run_sizes = [] if args.skip_run else [s for s in sizes(args.run_sizes) if s in build_sizes]
     acc_sizes = [] if args.skip_accuracy else [s for s in sizes(args.accuracy_sizes) if s in build_sizes]
 
     started = time.perf_counter()
-    report = {"command": [Path(sys.argv[0]).as_posix()] + sys.argv[1:], "environment": environment(),
-              "method": {"build": "one subprocess per build under /usr/bin/time -v; checkpoint read once before "
-                                  "each build (page cache warm); wait for idle CPUs before each build; the "
-                                  "builder going first alternates by job",
-                         "run": "scripts/bench_genai.py: 1 warm-up round, then rounds with rotated order, medians",
-                         "accuracy": "prefill logits vs AutoModelForCausalLM fp32 (not dequantized)"},
-              "checkpoints": {}, "builds": [], "runs": [], "accuracy": []}
+    report = {
+        "command": [Path(sys.argv[0]).as_posix()] + sys.argv[1:],
+        "environment": environment(),
+        "method": {
+            "build": "one subprocess per build under /usr/bin/time -v; checkpoint read once before "
+            "each build (page cache warm); wait for idle CPUs before each build; the "
+            "builder going first alternates by job",
+            "run": "scripts/bench_genai.py: 1 warm-up round, then rounds with rotated order, medians",
+            "accuracy": "prefill logits vs AutoModelForCausalLM fp32 (not dequantized)",
+        },
+        "checkpoints": {},
+        "builds": [],
+        "runs": [],
+        "accuracy": [],
+    }
     args.work.mkdir(parents=True, exist_ok=True)
     for s in build_sizes:
         report["checkpoints"][s] = ensure_checkpoint(s, args.checkpoints / s)
@@ -616,14 +774,19 @@ def main() -> int:
 
     def usable(s, ep="cpu"):
         return {b: d for b, d in dirs[(s, ep)].items() if (Path(d) / "model.onnx").is_file()}
+
     for s in run_sizes:
-        report["runs"] += run_stage(s, usable(s), [int(p) for p in args.prompts.split(",")], args.new_tokens,
-                                    args.rounds, args.quiet_wait)
+        report["runs"] += run_stage(
+            s, usable(s), [int(p) for p in args.prompts.split(",")], args.new_tokens, args.rounds, args.quiet_wait
+        )
         _save(report, args.json, started)
     builds_by_size = {job["size"]: job for job in report["builds"] if job["ep"] == "cpu"}
     for s in acc_sizes:
-        report["accuracy"].append(accuracy_stage(s, args.checkpoints / s, usable(s), args.accuracy_tokens, args.seed,
-                                                 builds_by_size.get(s, {})))
+        report["accuracy"].append(
+            accuracy_stage(
+                s, args.checkpoints / s, usable(s), args.accuracy_tokens, args.seed, builds_by_size.get(s, {})
+            )
+        )
         _save(report, args.json, started)
 
     _save(report, args.json, started)

@@ -21,19 +21,23 @@ from pathlib import Path
 
 def load(path: str, provider: str):
     import onnxruntime_genai as og
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from builder.ep_runtime import genai_model  # registers the WebGPU plugin EP when installed
+
     return genai_model(og, path, provider)
 
 
-def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400,
-             max_length: int | None = None) -> tuple[float, float]:
+def run_once(
+    model, prompt_len: int, new_tokens: int, vocab: int = 400, max_length: int | None = None
+) -> tuple[float, float]:
     """(prefill seconds, decode tokens/s) for one greedy generation.
 
     max_length: the generator's max_length (the KV buffers' size); default prompt + new.
     Generation stops after new_tokens either way.
     """
     import onnxruntime_genai as og
+
     prompt = [(7 * i + 3) % vocab + 1 for i in range(prompt_len)]
     params = og.GeneratorParams(model)
     total = prompt_len + new_tokens
@@ -44,7 +48,7 @@ def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400,
     generator = og.Generator(model, params)
     start = time.perf_counter()
     generator.append_tokens(prompt)
-    generator.generate_next_token()          # the first token closes the prefill
+    generator.generate_next_token()  # the first token closes the prefill
     first = time.perf_counter()
     steps = 0
     while steps < new_tokens - 1 and not generator.is_done():
@@ -54,8 +58,16 @@ def run_once(model, prompt_len: int, new_tokens: int, vocab: int = 400,
     return first - start, steps / (end - first) if steps else float("nan")
 
 
-def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: int, rounds: int,
-          warmup: int = 1, reload: bool = True, max_length: int | None = None) -> dict:
+def bench(
+    models: dict[str, str],
+    provider: str,
+    prompt_len: int,
+    new_tokens: int,
+    rounds: int,
+    warmup: int = 1,
+    reload: bool = True,
+    max_length: int | None = None,
+) -> dict:
     """Interleaved timing of every model; see the module docstring.
 
     reload: load every model afresh for each timed run. On the 2-core machine one
@@ -87,16 +99,25 @@ def bench(models: dict[str, str], provider: str, prompt_len: int, new_tokens: in
     results = {}
     for name in names:
         s = samples[name]
-        results[name] = {"prefill_ms_median": 1000 * statistics.median(s["prefill_s"]),
-                         "decode_tok_s_median": statistics.median(s["decode_tok_s"]),
-                         "prefill_ms": [round(1000 * v, 2) for v in s["prefill_s"]],
-                         "decode_tok_s": [round(v, 2) for v in s["decode_tok_s"]]}
+        results[name] = {
+            "prefill_ms_median": 1000 * statistics.median(s["prefill_s"]),
+            "decode_tok_s_median": statistics.median(s["decode_tok_s"]),
+            "prefill_ms": [round(1000 * v, 2) for v in s["prefill_s"]],
+            "decode_tok_s": [round(v, 2) for v in s["decode_tok_s"]],
+        }
     if names:
         add_ratios(results, names[0])
-    return {"provider": provider, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
-            "max_length": max_length,
-            "fresh_session_per_run": reload,
-            "models": models, "results": results, "load_errors": errors}
+    return {
+        "provider": provider,
+        "prompt_tokens": prompt_len,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "max_length": max_length,
+        "fresh_session_per_run": reload,
+        "models": models,
+        "results": results,
+        "load_errors": errors,
+    }
 
 
 def add_ratios(results: dict, first: str) -> None:
@@ -113,14 +134,19 @@ def add_ratios(results: dict, first: str) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"provider {report['provider']}, prompt {report['prompt_tokens']} tokens, "
-             f"{report['new_tokens']} new tokens, {report['rounds']} interleaved rounds (medians)", "",
-             "| model | decode tok/s | vs first | paired vs first | rounds faster | prefill ms | vs first |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"provider {report['provider']}, prompt {report['prompt_tokens']} tokens, "
+        f"{report['new_tokens']} new tokens, {report['rounds']} interleaved rounds (medians)",
+        "",
+        "| model | decode tok/s | vs first | paired vs first | rounds faster | prefill ms | vs first |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["results"].items():
-        lines.append(f"| {name} | {r['decode_tok_s_median']:.1f} | {r['decode_vs_first']:.3f} | "
-                     f"{r['decode_paired_vs_first']:.3f} | {r['decode_rounds_faster_than_first']} | "
-                     f"{r['prefill_ms_median']:.1f} | {r['prefill_vs_first']:.3f} |")
+        lines.append(
+            f"| {name} | {r['decode_tok_s_median']:.1f} | {r['decode_vs_first']:.3f} | "
+            f"{r['decode_paired_vs_first']:.3f} | {r['decode_rounds_faster_than_first']} | "
+            f"{r['prefill_ms_median']:.1f} | {r['prefill_vs_first']:.3f} |"
+        )
     for name, error in report["load_errors"].items():
         lines.append(f"| {name} | does not load: {error} | | | | | |")
     return "\n".join(lines)
@@ -133,16 +159,30 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--keep-loaded", action="store_true",
-                        help="Time long-lived sessions instead of a fresh session per run (faster, noisier).")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="Generator max_length (KV buffer size); default prompt + new tokens; "
-                             "-1: the folder's genai_config search.max_length.")
+    parser.add_argument(
+        "--keep-loaded",
+        action="store_true",
+        help="Time long-lived sessions instead of a fresh session per run (faster, noisier).",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="Generator max_length (KV buffer size); default prompt + new tokens; "
+        "-1: the folder's genai_config search.max_length.",
+    )
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
-    report = bench(models, args.provider, args.prompt, args.new, args.rounds, reload=not args.keep_loaded,
-                   max_length=args.max_length)
+    report = bench(
+        models,
+        args.provider,
+        args.prompt,
+        args.new,
+        args.rounds,
+        reload=not args.keep_loaded,
+        max_length=args.max_length,
+    )
     print(markdown(report))
     if args.json:
         with open(args.json, "w") as f:

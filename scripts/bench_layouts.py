@@ -49,29 +49,46 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layout", action="append", metavar="QKV/MLP[/SILU[/ORT[/HEAD_NORM]]]",
-                        help="Layouts to build, e.g. separate/separate/sigmoid-mul, "
-                             "packed-split/separate/sigmoid-mul/1.30 (an older target ORT) or "
-                             "packed-split/separate/sigmoid-mul/auto/branchwise. Default: a set per EP.")
-    parser.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
-                        help="Other model folders to time alongside (e.g. the reference builder's).")
+    parser.add_argument(
+        "--layout",
+        action="append",
+        metavar="QKV/MLP[/SILU[/ORT[/HEAD_NORM]]]",
+        help="Layouts to build, e.g. separate/separate/sigmoid-mul, "
+        "packed-split/separate/sigmoid-mul/1.30 (an older target ORT) or "
+        "packed-split/separate/sigmoid-mul/auto/branchwise. Default: a set per EP.",
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="Other model folders to time alongside (e.g. the reference builder's).",
+    )
     parser.add_argument("--json")
-    parser.add_argument("--markdown", metavar="PATH", help="Also write the table (with node counts) here, "
-                                                          "for docs/packing.md.")
+    parser.add_argument(
+        "--markdown", metavar="PATH", help="Also write the table (with node counts) here, for docs/packing.md."
+    )
     args = parser.parse_args()
 
     models, layouts = {}, {}
     for text in args.layout or LAYOUTS[args.ep]:
         out = Path(args.work) / f"{args.ep}-{args.precision}-{text.replace('/', '-')}"
         options = {"target_ort": args.target_ort, **parse_layout(text)}
-        result = build(BuildOptions(model=args.checkpoint, precision=args.precision, ep=args.ep, output=str(out),
-                                    overwrite=True, **options), show_progress=False)
+        result = build(
+            BuildOptions(
+                model=args.checkpoint, precision=args.precision, ep=args.ep, output=str(out), overwrite=True, **options
+            ),
+            show_progress=False,
+        )
         layout = result.report["layout"]
         resolved = f"{layout['qkv_packing']}/{layout['mlp_packing']}/{layout['silu']}/{layout['head_norm']}"
         name = f"{text} -> {resolved}" if text == "auto" else resolved
         models[name] = str(out)
-        layouts[name] = {"layout": layout, "nodes": result.report["nodes"]["total"],
-                         "build_s": result.report["timings"]["total_s"]}
+        layouts[name] = {
+            "layout": layout,
+            "nodes": result.report["nodes"]["total"],
+            "build_s": result.report["timings"]["total_s"],
+        }
     for extra in args.extra:
         name, path = extra.split("=", 1)
         models[name] = path

@@ -39,10 +39,18 @@ def layer_module(hidden, hk, hv, dk, dv, seed=0):
     import torch
     from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
     from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
     torch.manual_seed(seed)
-    cfg = Qwen3_5TextConfig(hidden_size=hidden, num_hidden_layers=1, layer_types=["linear_attention"],
-                            linear_num_key_heads=hk, linear_num_value_heads=hv, linear_key_head_dim=dk,
-                            linear_value_head_dim=dv, vocab_size=100)
+    cfg = Qwen3_5TextConfig(
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        layer_types=["linear_attention"],
+        linear_num_key_heads=hk,
+        linear_num_value_heads=hv,
+        linear_key_head_dim=dk,
+        linear_value_head_dim=dv,
+        vocab_size=100,
+    )
     mod = Qwen3_5GatedDeltaNet(cfg, 0).eval()
     with torch.no_grad():
         for p in mod.parameters():
@@ -72,62 +80,115 @@ def build(mod, cfg, form):
         nodes.append(h.make_node(op, ins, outs, domain=domain, **kw))
 
     ms = "com.microsoft"
-    node("MatMul", ["x", init("qkvz.w", np.concatenate([w(mod.in_proj_qkv.weight), w(mod.in_proj_z.weight)]).T)],
-         ["qkvz"])
+    node(
+        "MatMul",
+        ["x", init("qkvz.w", np.concatenate([w(mod.in_proj_qkv.weight), w(mod.in_proj_z.weight)]).T)],
+        ["qkvz"],
+    )
     node("Split", ["qkvz", ints("s1", [C, vd])], ["qkv", "z"], axis=-1)
     node("MatMul", ["x", init("ba.w", np.concatenate([w(mod.in_proj_b.weight), w(mod.in_proj_a.weight)]).T)], ["ba"])
     node("Split", ["ba", ints("s2", [Hv, Hv])], ["b", "a"], axis=-1)
     conv_w = init("conv.w", w(mod.conv1d.weight))
     if form in ("ref", "ours"):
         node("Transpose", ["qkv"], ["qkv_t"], perm=[0, 2, 1])
-        node("CausalConvWithState", ["qkv_t", conv_w, "", "past_conv"], ["conv_t", "present_conv"], ms,
-             activation="silu")
+        node(
+            "CausalConvWithState", ["qkv_t", conv_w, "", "past_conv"], ["conv_t", "present_conv"], ms, activation="silu"
+        )
         node("Transpose", ["conv_t"], ["conv"], perm=[0, 2, 1])
     else:
-        node("CausalConvWithState", ["qkv", conv_w, "", "past_conv"], ["conv", "present_conv"], ms,
-             activation="silu", channels_last=1)
+        node(
+            "CausalConvWithState",
+            ["qkv", conv_w, "", "past_conv"],
+            ["conv", "present_conv"],
+            ms,
+            activation="silu",
+            channels_last=1,
+        )
     if form == "gdn":
-        node("GatedDeltaNet", ["conv", "", "", "", "a", "b", "past_rec", init("a_log", w(mod.A_log)),
-                               init("dt_bias", w(mod.dt_bias))], ["o4", "present_rec"], ms,
-             gate_activation="softplus", beta_activation="sigmoid", qk_l2_norm=1)
+        node(
+            "GatedDeltaNet",
+            ["conv", "", "", "", "a", "b", "past_rec", init("a_log", w(mod.A_log)), init("dt_bias", w(mod.dt_bias))],
+            ["o4", "present_rec"],
+            ms,
+            gate_activation="softplus",
+            beta_activation="sigmoid",
+            qk_l2_norm=1,
+        )
         node("Reshape", ["o4", ints("rs", [0, 0, vd])], ["o"])
     else:
         neg_exp_a = (-np.exp(w(mod.A_log).astype(np.float64))).astype(np.float32)
-        node("LinearAttentionGate", ["a", init("dt_bias", w(mod.dt_bias)), init("neg_exp_A", neg_exp_a), "b"],
-             ["decay", "beta"], ms)
+        node(
+            "LinearAttentionGate",
+            ["a", init("dt_bias", w(mod.dt_bias)), init("neg_exp_A", neg_exp_a), "b"],
+            ["decay", "beta"],
+            ms,
+        )
         if form in ("ours", "fused"):
             node("Split", ["conv", ints("s3", [2 * kd, vd])], ["qk", "v"], axis=-1)
-            node("BranchwiseRMSNorm", ["qk", init("l2s", np.full(dk, dk ** -0.5, np.float32))], ["qkn"], ms,
-                 num_branches=2 * Hk, epsilon=1e-6 / dk)
+            node(
+                "BranchwiseRMSNorm",
+                ["qk", init("l2s", np.full(dk, dk**-0.5, np.float32))],
+                ["qkn"],
+                ms,
+                num_branches=2 * Hk,
+                epsilon=1e-6 / dk,
+            )
             node("Split", ["qkn", ints("s4", [kd, kd])], ["q", "k"], axis=-1)
-            scale = dk ** -0.5
+            scale = dk**-0.5
         else:
             node("Split", ["conv", ints("s3", [kd, kd, vd])], ["q0", "k0", "v"], axis=-1)
             for t in ("q", "k"):
                 node("Reshape", [t + "0", ints(t + "r1", [0, 0, Hk, dk])], [t + "4"])
                 node("LpNormalization", [t + "4"], [t + "n4"], axis=-1, p=2)
                 node("Reshape", [t + "n4", ints(t + "r2", [0, 0, kd])], ["qn" if t == "q" else "k"])
-            node("Mul", ["qn", init("qscale", np.array(dk ** -0.5, np.float32))], ["q"])
+            node("Mul", ["qn", init("qscale", np.array(dk**-0.5, np.float32))], ["q"])
             scale = 1.0
-        node("LinearAttention", ["q", "k", "v", "past_rec", "decay", "beta"], ["o", "present_rec"], ms,
-             q_num_heads=Hk, kv_num_heads=Hv, update_rule="gated_delta", scale=scale)
+        node(
+            "LinearAttention",
+            ["q", "k", "v", "past_rec", "decay", "beta"],
+            ["o", "present_rec"],
+            ms,
+            q_num_heads=Hk,
+            kv_num_heads=Hv,
+            update_rule="gated_delta",
+            scale=scale,
+        )
     if form == "ours":
-        node("BranchwiseRMSNorm", ["o", init("norm.w", w(mod.norm.weight))], ["onn"], ms, num_branches=Hv,
-             epsilon=cfg.rms_norm_eps)
+        node(
+            "BranchwiseRMSNorm",
+            ["o", init("norm.w", w(mod.norm.weight))],
+            ["onn"],
+            ms,
+            num_branches=Hv,
+            epsilon=cfg.rms_norm_eps,
+        )
         node("Sigmoid", ["z"], ["zs"])
         node("Mul", ["z", "zs"], ["zg"])
         node("Mul", ["onn", "zg"], ["on"])
     else:
-        node("GatedRMSNorm", ["o", init("norm.w", w(mod.norm.weight)), "z"], ["on"], ms, epsilon=cfg.rms_norm_eps,
-             activation="silu")
+        node(
+            "GatedRMSNorm",
+            ["o", init("norm.w", w(mod.norm.weight)), "z"],
+            ["on"],
+            ms,
+            epsilon=cfg.rms_norm_eps,
+            activation="silu",
+        )
     node("MatMul", ["on", init("out.w", w(mod.out_proj.weight).T)], ["y"])
     conv_shape = ["B", C, K - 1] if form in ("ref", "ours") else ["B", K - 1, C]
     rec_shape = ["B", Hv, dv, dk] if form == "gdn" else ["B", Hv, dk, dv]
     vi = h.make_tensor_value_info
-    graph = h.make_graph(nodes, form, [vi("x", T.FLOAT, ["B", "S", H]), vi("past_conv", T.FLOAT, conv_shape),
-                                       vi("past_rec", T.FLOAT, rec_shape)],
-                         [vi("y", T.FLOAT, ["B", "S", H]), vi("present_conv", T.FLOAT, conv_shape),
-                          vi("present_rec", T.FLOAT, rec_shape)], inits)
+    graph = h.make_graph(
+        nodes,
+        form,
+        [vi("x", T.FLOAT, ["B", "S", H]), vi("past_conv", T.FLOAT, conv_shape), vi("past_rec", T.FLOAT, rec_shape)],
+        [
+            vi("y", T.FLOAT, ["B", "S", H]),
+            vi("present_conv", T.FLOAT, conv_shape),
+            vi("present_rec", T.FLOAT, rec_shape),
+        ],
+        inits,
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21), h.make_opsetid(ms, 1)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -137,6 +198,7 @@ def build(mod, cfg, form):
 def check() -> None:
     import torch
     from transformers.cache_utils import DynamicCache
+
     cfg, mod = layer_module(64, 2, 6, 16, 8)
     batch, steps = 2, [7, 1, 1, 1, 3]
     xs = [torch.randn(batch, s, cfg.hidden_size) for s in steps]
@@ -156,8 +218,10 @@ def check() -> None:
             errors.append(float(np.abs(y - e).max()))
         conv = pc if form in ("ref", "ours") else pc.transpose(0, 2, 1)
         rec = pr.transpose(0, 1, 3, 2) if form == "gdn" else pr
-        print(f"{form}: {len(model.graph.node)} nodes, max |dy| per step {[f'{e:.1e}' for e in errors]}, "
-              f"conv state {np.abs(conv - ref_conv).max():.1e}, recurrent state {np.abs(rec - ref_rec).max():.1e}")
+        print(
+            f"{form}: {len(model.graph.node)} nodes, max |dy| per step {[f'{e:.1e}' for e in errors]}, "
+            f"conv state {np.abs(conv - ref_conv).max():.1e}, recurrent state {np.abs(rec - ref_rec).max():.1e}"
+        )
 
 
 def time_forms(hidden: int, hk: int, hv: int, rounds: int, decode_steps: int) -> None:
@@ -168,11 +232,13 @@ def time_forms(hidden: int, hk: int, hv: int, rounds: int, decode_steps: int) ->
         runs[form] = (ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), cs, rs)
     samples = {(f, s): [] for f in runs for s in (1, 128)}
     for r in range(rounds):
-        for form in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+        for form in list(runs) if r % 2 == 0 else list(reversed(runs)):
             s, cs, rs = runs[form]
             for seq in (1, 128):
-                states = [[ort.OrtValue.ortvalue_from_numpy(np.zeros([1] + shp[1:], np.float32)) for shp in (cs, rs)]
-                          for _ in range(2)]
+                states = [
+                    [ort.OrtValue.ortvalue_from_numpy(np.zeros([1] + shp[1:], np.float32)) for shp in (cs, rs)]
+                    for _ in range(2)
+                ]
                 x = ort.OrtValue.ortvalue_from_numpy(np.random.randn(1, seq, hidden).astype(np.float32))
                 y = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, seq, hidden), np.float32))
                 n = decode_steps if seq == 1 else max(3, decode_steps // 50)
@@ -209,14 +275,30 @@ def time_ba(rounds: int) -> None:
                 zp = np.zeros(n * ((blocks + 1) // 2), np.uint8)
                 quantize_matmul_4bits(packed, np.ascontiguousarray(weight), scales, zp, 32, n, k, True)
                 inits += [nh.from_array(packed, f"w{i}"), nh.from_array(scales.reshape(n, blocks), f"s{i}")]
-                nodes.append(h.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
-                                         K=k, N=n, bits=4, block_size=32, accuracy_level=4))
+                nodes.append(
+                    h.make_node(
+                        "MatMulNBits",
+                        ["x", f"w{i}", f"s{i}"],
+                        [f"y{i}"],
+                        domain="com.microsoft",
+                        K=k,
+                        N=n,
+                        bits=4,
+                        block_size=32,
+                        accuracy_level=4,
+                    )
+                )
             else:
                 inits.append(nh.from_array(weight, f"w{i}"))
                 nodes.append(h.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]))
             outs.append(f"y{i}")
-        graph = h.make_graph(nodes, "ba", [h.make_tensor_value_info("x", T.FLOAT, [1, "S", k])],
-                             [h.make_tensor_value_info(o, T.FLOAT, None) for o in outs], inits)
+        graph = h.make_graph(
+            nodes,
+            "ba",
+            [h.make_tensor_value_info("x", T.FLOAT, [1, "S", k])],
+            [h.make_tensor_value_info(o, T.FLOAT, None) for o in outs],
+            inits,
+        )
         m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
         m.ir_version = 8
         return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -225,7 +307,7 @@ def time_ba(rounds: int) -> None:
         sessions = {"float": model(k, n, False), "int4": model(k, n, True)}
         samples = {(q, s): [] for q in sessions for s in (1, 128)}
         for r in range(rounds):
-            for q in (list(sessions) if r % 2 else list(reversed(list(sessions)))):
+            for q in list(sessions) if r % 2 else list(reversed(list(sessions))):
                 for seq in (1, 128):
                     x = np.random.randn(1, seq, k).astype(np.float32)
                     reps = 200 if seq == 1 else 20
@@ -234,8 +316,9 @@ def time_ba(rounds: int) -> None:
                         sessions[q].run(None, {"x": x})
                     samples[(q, seq)].append((time.perf_counter() - start) / reps / 18)
         for (q, seq), values in samples.items():
-            print(f"{label} in_proj_ba [{k} -> {n}] {q}, {seq} token(s): "
-                  f"{np.median(values) * 1e6:.1f} us per projection")
+            print(
+                f"{label} in_proj_ba [{k} -> {n}] {q}, {seq} token(s): {np.median(values) * 1e6:.1f} us per projection"
+            )
 
 
 def main() -> None:

@@ -28,9 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic checkpoints
 
 from builder import BuildOptions, build  # noqa: E402
+from builder.verify import (  # noqa: E402
+    compare,
+    dequantized_reference,
+    genai_greedy_logits,
+    torch_step_logits,
+    transformers_greedy,
+    verify_build,
+)
 from support.synthetic import TINY_CONFIGS, make_checkpoint  # noqa: E402
-from builder.verify import (compare, dequantized_reference, genai_greedy_logits, torch_step_logits,  # noqa: E402
-                            transformers_greedy, verify_build)
 
 CASES = [  # (tiny config, precision, extra build options)
     ("qwen3", "int4", {}),
@@ -57,8 +63,15 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
     if not ckpt.exists():
         make_checkpoint(ckpt, TINY_CONFIGS[config])
     name = "-".join([config, precision] + [f"{k}={v}" for k, v in extra.items()] + [str(target_ort)])
-    options = BuildOptions(model=str(ckpt), precision=precision, ep="webgpu", target_ort=target_ort,
-                           output=str(work / name), accuracy_level=0, **extra)
+    options = BuildOptions(
+        model=str(ckpt),
+        precision=precision,
+        ep="webgpu",
+        target_ort=target_ort,
+        output=str(work / name),
+        accuracy_level=0,
+        **extra,
+    )
     row = {"config": config, "precision": precision, **extra, "target_ort": target_ort}
     try:
         result = build(options, show_progress=False)
@@ -67,8 +80,9 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         row["runtime"] = result.report["target"]["runtime"]
         row["graph_capture"] = result.report["target"]["graph_capture"]
         row["nodes"] = result.report["nodes"]["total"]
-        parity = verify_build(result.output, ckpt, options, prompt_length=12, decode_steps=4,
-                              provider="WebGpuExecutionProvider")
+        parity = verify_build(
+            result.output, ckpt, options, prompt_length=12, decode_steps=4, provider="WebGpuExecutionProvider"
+        )
         row.update(parity.as_dict())
         prompt = [5, 17, 42, 99, 120, 7, 64, 300]
         ours, logits = genai_greedy_logits(result.output, prompt, 16, provider="webgpu")
@@ -109,8 +123,16 @@ def main() -> int:
             command += ["--target-ort", args.target_ort]
         child = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-        row = json.loads(lines[-1]) if lines else {"config": config, "precision": precision, **extra,
-                                                   "error": f"exit {child.returncode}: {child.stderr[-300:]}"}
+        row = (
+            json.loads(lines[-1])
+            if lines
+            else {
+                "config": config,
+                "precision": precision,
+                **extra,
+                "error": f"exit {child.returncode}: {child.stderr[-300:]}",
+            }
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:  # written as it goes: a run stopped at its time limit keeps what it did

@@ -53,8 +53,11 @@ def main() -> int:
         start = time.perf_counter()
         outcomes = run(name, args.cases, args.seed)
         total = sum(outcomes.values())
-        print(f"{name}: {total} cases in {time.perf_counter() - start:.0f}s: "
-              + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())), flush=True)
+        print(
+            f"{name}: {total} cases in {time.perf_counter() - start:.0f}s: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())),
+            flush=True,
+        )
     return 0
 
 

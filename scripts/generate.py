@@ -31,8 +31,10 @@ def main() -> int:
         print("error: onnxruntime-genai is not installed: pip install onnxruntime-genai", file=sys.stderr)
         return 2
     if not (Path(args.model_dir) / "genai_config.json").is_file():
-        print(f"error: {args.model_dir} has no genai_config.json; pass a folder built by python -m builder",
-              file=sys.stderr)
+        print(
+            f"error: {args.model_dir} has no genai_config.json; pass a folder built by python -m builder",
+            file=sys.stderr,
+        )
         return 2
     try:
         model = genai_model(og, args.model_dir, args.provider or folder_provider(args.model_dir))

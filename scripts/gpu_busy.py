@@ -27,6 +27,7 @@ def measure(folder: str, prompt_len: int, new_tokens: int) -> dict:
     import pynvml
 
     from builder.ep_runtime import genai_model
+
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     model = genai_model(og, folder)
@@ -62,8 +63,14 @@ def measure(folder: str, prompt_len: int, new_tokens: int) -> dict:
     busy = [u for t, u in samples if start + 0.5 < t < end]
     ms = 1000 * (end - start) / steps
     util = statistics.mean(busy) if busy else float("nan")
-    return {"ms_per_token": ms, "tok_s": 1000 / ms, "gpu_util_pct": util, "gpu_ms_per_token_est": ms * util / 100,
-            "util_samples": len(busy), "idle_util_pct": statistics.mean(idle) if idle else None}
+    return {
+        "ms_per_token": ms,
+        "tok_s": 1000 / ms,
+        "gpu_util_pct": util,
+        "gpu_ms_per_token_est": ms * util / 100,
+        "util_samples": len(busy),
+        "idle_util_pct": statistics.mean(idle) if idle else None,
+    }
 
 
 def main() -> int:
@@ -78,8 +85,11 @@ def main() -> int:
         name, folder = pair.split("=", 1)
         results[name] = measure(folder, args.prompt, args.new)
         r = results[name]
-        print(f"{name}: {r['tok_s']:.1f} tok/s, {r['ms_per_token']:.2f} ms/token, GPU busy {r['gpu_util_pct']:.0f}% "
-              f"-> ~{r['gpu_ms_per_token_est']:.2f} ms GPU per token ({r['util_samples']} samples)", flush=True)
+        print(
+            f"{name}: {r['tok_s']:.1f} tok/s, {r['ms_per_token']:.2f} ms/token, GPU busy {r['gpu_util_pct']:.0f}% "
+            f"-> ~{r['gpu_ms_per_token_est']:.2f} ms GPU per token ({r['util_samples']} samples)",
+            flush=True,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -21,8 +21,11 @@ from support import synthetic  # noqa: E402
 
 
 def main() -> None:
-    names = (list(synthetic.REAL_CONFIGS) + list(synthetic.REAL_SHAPE_CONFIGS)
-             + [f"tiny-{n}" for n in synthetic.TINY_CONFIGS])
+    names = (
+        list(synthetic.REAL_CONFIGS)
+        + list(synthetic.REAL_SHAPE_CONFIGS)
+        + [f"tiny-{n}" for n in synthetic.TINY_CONFIGS]
+    )
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=names)
     ap.add_argument("out_dir", type=Path)
@@ -34,8 +37,9 @@ def main() -> None:
     if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included
         out = synthetic.make_real_checkpoint(args.name, args.out_dir, dtype=args.dtype, seed=args.seed)
     elif args.name in synthetic.REAL_SHAPE_CONFIGS:  # the real config and dims; file layout not the hub's
-        out = synthetic.make_checkpoint(args.out_dir, synthetic.REAL_SHAPE_CONFIGS[args.name], dtype=args.dtype,
-                                        seed=args.seed)
+        out = synthetic.make_checkpoint(
+            args.out_dir, synthetic.REAL_SHAPE_CONFIGS[args.name], dtype=args.dtype, seed=args.seed
+        )
     else:
         config = synthetic.TINY_CONFIGS[args.name.removeprefix("tiny-")]
         out = synthetic.make_checkpoint(args.out_dir, config, dtype=args.dtype, seed=args.seed)

@@ -25,8 +25,10 @@ HERE = Path(__file__).resolve().parent
 
 def generate(folder: str, prompt_len: int, new_tokens: int) -> dict:
     import onnxruntime_genai as og
+
     sys.path.insert(0, str(HERE.parent))
     from builder.ep_runtime import genai_model
+
     model = genai_model(og, folder)
     params = og.GeneratorParams(model)
     total = prompt_len + new_tokens
@@ -60,13 +62,18 @@ def summarize(profile: Path, steps: int) -> dict:
         elif e.get("cat") not in ("Node", "Session"):
             gpu_time[e["name"]] += e["dur"]
             gpu_calls[e["name"]] += 1
-    return {"model_run_ms": sum(r["dur"] for r in runs) / steps / 1000,
-            "model_run_ms_each": [r["dur"] / 1000 for r in runs],
-            "event_categories": dict(categories),
-            "ops": {op: {"ms_per_token": us / steps / 1000, "nodes": calls[op] // steps}
-                    for op, us in time_by_op.most_common()},
-            "gpu_kernels": {name: {"ms_per_token": us / steps / 1000, "calls_per_token": gpu_calls[name] / steps}
-                            for name, us in gpu_time.most_common()}}
+    return {
+        "model_run_ms": sum(r["dur"] for r in runs) / steps / 1000,
+        "model_run_ms_each": [r["dur"] / 1000 for r in runs],
+        "event_categories": dict(categories),
+        "ops": {
+            op: {"ms_per_token": us / steps / 1000, "nodes": calls[op] // steps} for op, us in time_by_op.most_common()
+        },
+        "gpu_kernels": {
+            name: {"ms_per_token": us / steps / 1000, "calls_per_token": gpu_calls[name] / steps}
+            for name, us in gpu_time.most_common()
+        },
+    }
 
 
 def main() -> int:
@@ -74,8 +81,13 @@ def main() -> int:
     ap.add_argument("folder")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=32)
-    ap.add_argument("--session-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="Extra genai session option for this run (value '-' removes the key).")
+    ap.add_argument(
+        "--session-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra genai session option for this run (value '-' removes the key).",
+    )
     ap.add_argument("--json", help="Write the summary here.")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -86,27 +98,57 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="profile-genai-") as tmp:
         variant = Path(tmp) / "model"
         prefix = Path(tmp) / "ort_profile"
-        subprocess.run([sys.executable, str(HERE / "with_session_options.py"), args.folder, str(variant),
-                        f"enable_profiling={prefix}", *args.session_option], check=True, stdout=subprocess.DEVNULL)
-        child = subprocess.run([sys.executable, __file__, args.folder, "--child", str(variant),
-                                "--prompt", str(args.prompt), "--new", str(args.new)],
-                               check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "with_session_options.py"),
+                args.folder,
+                str(variant),
+                f"enable_profiling={prefix}",
+                *args.session_option,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                args.folder,
+                "--child",
+                str(variant),
+                "--prompt",
+                str(args.prompt),
+                "--new",
+                str(args.new),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         timing = json.loads(child.stdout.strip().splitlines()[-1])
         profile = max(Path(tmp).glob("ort_profile*.json"), key=os.path.getmtime)
         summary = summarize(profile, timing["steps"])
     kernels = sum(o["ms_per_token"] for o in summary["ops"].values())
     gpu = sum(o["ms_per_token"] for o in summary["gpu_kernels"].values())
-    print(f"{args.folder}: {timing['ms_per_token']:.2f} ms/token in genai, model run "
-          f"{summary['model_run_ms']:.2f} ms, host kernel calls {kernels:.2f} ms, GPU kernels {gpu:.3f} ms")
+    print(
+        f"{args.folder}: {timing['ms_per_token']:.2f} ms/token in genai, model run "
+        f"{summary['model_run_ms']:.2f} ms, host kernel calls {kernels:.2f} ms, GPU kernels {gpu:.3f} ms"
+    )
     print(f"  event categories after the prefill: {summary['event_categories']}")
     for op, o in list(summary["ops"].items())[:15]:
-        print(f"  {op:34s} {o['ms_per_token']:8.3f} ms  {100 * o['ms_per_token'] / max(kernels, 1e-9):5.1f}%  "
-              f"{o['nodes']} nodes")
+        print(
+            f"  {op:34s} {o['ms_per_token']:8.3f} ms  {100 * o['ms_per_token'] / max(kernels, 1e-9):5.1f}%  "
+            f"{o['nodes']} nodes"
+        )
     for name, o in list(summary["gpu_kernels"].items())[:15]:
         print(f"  GPU {name[:60]:60s} {o['ms_per_token']:8.4f} ms  {o['calls_per_token']:.1f} calls")
     if args.json:
-        Path(args.json).write_text(json.dumps({"folder": args.folder, **timing, **summary,
-                                               "host_kernel_ms": kernels, "gpu_kernel_ms": gpu}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"folder": args.folder, **timing, **summary, "host_kernel_ms": kernels, "gpu_kernel_ms": gpu}, indent=2
+            )
+        )
     return 0
 
 

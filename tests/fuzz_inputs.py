@@ -20,24 +20,30 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, assume
 from hypothesis import strategies as st
-from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from builder.kit.hf_config import KEYS
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 FUZZ_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 # ---- value strategies ---------------------------------------------------------------
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**63, 2**64), st.integers(-3, 300),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
     st.sampled_from(["silu", "16", "Qwen3ForCausalLM", "", "llama3", "linear", "default", "yarn"]),
 )
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                           st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=8)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=8,
+)
 
 
 def _json_text(value) -> str:
@@ -55,8 +61,9 @@ def base_checkpoint(kind: str = "single") -> Path:
     if kind not in _BASE:
         root = Path(tempfile.mkdtemp(prefix="fuzz-base-"))
         shard = 40_000 if kind == "sharded" else None
-        _BASE[kind] = make_checkpoint(root / kind, TINY_CONFIGS["qwen3"], **({"shard_size_bytes": shard}
-                                                                             if shard else {}))
+        _BASE[kind] = make_checkpoint(
+            root / kind, TINY_CONFIGS["qwen3"], **({"shard_size_bytes": shard} if shard else {})
+        )
     return _BASE[kind]
 
 
@@ -70,6 +77,7 @@ def build_or_error(ckpt: Path, work: Path) -> str:
     """'built' or 'error'; anything else propagates (a traceback). Checks that a failed
     build leaves nothing and a finished one is complete."""
     from builder import build
+
     out = work / "out"
     try:
         build(model=str(ckpt), output=str(out), show_progress=False)
@@ -78,8 +86,9 @@ def build_or_error(ckpt: Path, work: Path) -> str:
         assert not out.exists(), "a failed build left its output"
         assert not list(work.glob(".builder-staging-*")), "a failed build left its staging folder"
         return "error"
-    assert all((out / name).is_file() for name in ("model.onnx", "model.onnx.data", "genai_config.json",
-                                                   "build_report.json"))
+    assert all(
+        (out / name).is_file() for name in ("model.onnx", "model.onnx.data", "genai_config.json", "build_report.json")
+    )
     return "built"
 
 
@@ -87,13 +96,23 @@ def build_or_error(ckpt: Path, work: Path) -> str:
 
 config_edits = st.lists(
     st.one_of(
-        st.tuples(st.just("set"), st.sampled_from(sorted(KEYS) + ["architectures", "rope_scaling", "text_config"]),
-                  json_values),
+        st.tuples(
+            st.just("set"),
+            st.sampled_from(sorted(KEYS) + ["architectures", "rope_scaling", "text_config"]),
+            json_values,
+        ),
         st.tuples(st.just("delete"), st.sampled_from(sorted(KEYS) + ["architectures"]), st.none()),
-        st.tuples(st.just("rope"), st.sampled_from(["rope_type", "factor", "rope_theta", "low_freq_factor",
-                                                    "original_max_position_embeddings"]), json_values),
+        st.tuples(
+            st.just("rope"),
+            st.sampled_from(
+                ["rope_type", "factor", "rope_theta", "low_freq_factor", "original_max_position_embeddings"]
+            ),
+            json_values,
+        ),
     ),
-    min_size=1, max_size=4)
+    min_size=1,
+    max_size=4,
+)
 config_files = st.one_of(
     st.tuples(st.just("edits"), config_edits),
     st.tuples(st.just("json"), json_values),
@@ -132,19 +151,25 @@ def check_config_file(case) -> str:
 
 # ---- safetensors headers --------------------------------------------------------------
 
+
 def _read(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 entry_fields = st.sampled_from(["dtype", "shape", "data_offsets"])
 header_edits = st.lists(
     st.one_of(
-        st.tuples(st.just("offsets"), st.integers(0, 30), st.tuples(st.integers(-4, 300_000), st.integers(-4, 300_000))),
+        st.tuples(
+            st.just("offsets"), st.integers(0, 30), st.tuples(st.integers(-4, 300_000), st.integers(-4, 300_000))
+        ),
         st.tuples(st.just("shift"), st.integers(0, 30), st.integers(-8, 8)),
-        st.tuples(st.just("dtype"), st.integers(0, 30), st.sampled_from(["F16", "F32", "BF16", "F64", "I8", "U8",
-                                                                          "F8_E4M3", "Q4", "bf16", ""])),
+        st.tuples(
+            st.just("dtype"),
+            st.integers(0, 30),
+            st.sampled_from(["F16", "F32", "BF16", "F64", "I8", "U8", "F8_E4M3", "Q4", "bf16", ""]),
+        ),
         st.tuples(st.just("shape"), st.integers(0, 30), st.lists(st.integers(-2, 600), max_size=3)),
         st.tuples(st.just("drop_field"), st.integers(0, 30), entry_fields),
         st.tuples(st.just("set_field"), st.integers(0, 30), st.tuples(entry_fields, json_values)),
@@ -157,12 +182,15 @@ header_edits = st.lists(
         st.tuples(st.just("metadata"), st.integers(0, 30), json_values),
         st.tuples(st.just("pad"), st.integers(0, 30), st.sampled_from([b" ", b"\n", b"\0", b"  \t"])),
     ),
-    min_size=1, max_size=3)
+    min_size=1,
+    max_size=3,
+)
 
 
 def _library_reads(path: Path) -> dict[str, np.ndarray] | None:
     """What the safetensors library reads from the file, or None if it refuses it."""
     from safetensors import safe_open
+
     try:
         with safe_open(str(path), "np") as f:
             return {name: f.get_tensor(name) for name in f.keys()}
@@ -170,6 +198,7 @@ def _library_reads(path: Path) -> dict[str, np.ndarray] | None:
         pass
     try:  # bf16: numpy has no such dtype; read it through torch when the library accepts the file
         import torch  # noqa: F401
+
         with safe_open(str(path), "pt") as f:
             return {name: _as_numpy(f.get_tensor(name)) for name in f.keys()}
     except Exception:
@@ -178,6 +207,7 @@ def _library_reads(path: Path) -> dict[str, np.ndarray] | None:
 
 def _as_numpy(t) -> np.ndarray:
     import torch
+
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
@@ -223,7 +253,7 @@ def check_header_edits(edits) -> str:
             elif op == "duplicate":
                 text_suffix += f", {json.dumps(name)}: {json.dumps(entry)}"
             elif op == "truncate":
-                data = data[:max(0, len(data) - arg)]
+                data = data[: max(0, len(data) - arg)]
             elif op == "append":
                 data += b"\0" * arg
             elif op == "length":
@@ -259,10 +289,31 @@ index_edits = st.one_of(
     st.tuples(st.just("weight_map"), json_values),
     st.tuples(st.just("file"), json_values),
     st.tuples(st.just("bytes"), st.binary(max_size=64)),
-    st.tuples(st.just("entries"), st.lists(st.tuples(st.integers(0, 40), st.one_of(
-        st.none(), json_values, st.sampled_from(["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-                                                 "model-00003-of-00003.safetensors", "missing.safetensors",
-                                                 "../x.safetensors", "config.json", ""]))), min_size=1, max_size=4)),
+    st.tuples(
+        st.just("entries"),
+        st.lists(
+            st.tuples(
+                st.integers(0, 40),
+                st.one_of(
+                    st.none(),
+                    json_values,
+                    st.sampled_from(
+                        [
+                            "model-00001-of-00003.safetensors",
+                            "model-00002-of-00003.safetensors",
+                            "model-00003-of-00003.safetensors",
+                            "missing.safetensors",
+                            "../x.safetensors",
+                            "config.json",
+                            "",
+                        ]
+                    ),
+                ),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
 )
 
 
@@ -291,8 +342,10 @@ def check_index_edit(case) -> str:
             path.write_text(_json_text(index))
         truth = {}
         from safetensors import safe_open
+
         for shard in sorted(ckpt.glob("model-*.safetensors")):
             import torch  # noqa: F401
+
             with safe_open(str(shard), "pt") as f:
                 truth.update({name: _as_numpy(f.get_tensor(name)) for name in f.keys()})
         try:
@@ -302,8 +355,9 @@ def check_index_edit(case) -> str:
                     values = checkpoint.tensor(name)
                 except BuilderError:
                     continue  # e.g. "the index names a shard that does not hold it"
-                assert name in truth and np.array_equal(_bits(values), _bits(truth[name])), \
+                assert name in truth and np.array_equal(_bits(values), _bits(truth[name])), (
                     f"{name}: read from the wrong bytes through the index"
+                )
         except BuilderError as e:
             assert "\n" not in str(e)
             return "refused"
@@ -312,39 +366,69 @@ def check_index_edit(case) -> str:
 
 # ---- batch YAML (validation only: builder.batch_schema.load_batch) ---------------------------
 
-yaml_keys = st.sampled_from(["jobs", "defaults", "matrix", "output_root", "verify", "model", "precision", "ep",
-                             "output", "block_size", "context_length", "name", "int8_layers", "x"])
+yaml_keys = st.sampled_from(
+    [
+        "jobs",
+        "defaults",
+        "matrix",
+        "output_root",
+        "verify",
+        "model",
+        "precision",
+        "ep",
+        "output",
+        "block_size",
+        "context_length",
+        "name",
+        "int8_layers",
+        "x",
+    ]
+)
 yaml_docs = st.recursive(
     st.one_of(scalars, yaml_keys),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(yaml_keys, inner, max_size=4)),
-    max_leaves=10)
+    max_leaves=10,
+)
+
+
 def mostly(good, bad):
     """`good` nine times in ten: well-formed enough that the checks past the first one run."""
     return st.integers(0, 9).flatmap(lambda i: bad if i == 0 else good)
 
 
-option_values = st.fixed_dictionaries({}, optional={
-    "precision": st.sampled_from(["int4", "fp16", "fp32", "int3", 4, None]),
-    "ep": st.sampled_from(["cpu", "webgpu", "cuda", "tpu", None]),
-    "block_size": st.sampled_from([32, 64, 48, "32", None, True]),
-    "context_length": st.one_of(st.integers(-2, 10**10), st.text(max_size=4)),
-    "int8_layers": st.one_of(st.lists(st.text(max_size=6), max_size=2), st.text(max_size=6)),
-    "output": st.sampled_from(["out/a", "out/a", "", None, "../x", 3]),
-    "verify": st.sampled_from([True, False, "yes", None]),
-})
+option_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "precision": st.sampled_from(["int4", "fp16", "fp32", "int3", 4, None]),
+        "ep": st.sampled_from(["cpu", "webgpu", "cuda", "tpu", None]),
+        "block_size": st.sampled_from([32, 64, 48, "32", None, True]),
+        "context_length": st.one_of(st.integers(-2, 10**10), st.text(max_size=4)),
+        "int8_layers": st.one_of(st.lists(st.text(max_size=6), max_size=2), st.text(max_size=6)),
+        "output": st.sampled_from(["out/a", "out/a", "", None, "../x", 3]),
+        "verify": st.sampled_from([True, False, "yes", None]),
+    },
+)
 option_values = mostly(option_values, st.builds(lambda o, x: {**o, "x": x}, option_values, scalars))
-job_entries = st.builds(lambda model, options: {"model": model, **options},
-                        st.sampled_from(["./ckpt", "org/model", "", None, 12, "bad id!"]), option_values)
+job_entries = st.builds(
+    lambda model, options: {"model": model, **options},
+    st.sampled_from(["./ckpt", "org/model", "", None, 12, "bad id!"]),
+    option_values,
+)
 jobs_lists = st.lists(job_entries, min_size=1, max_size=3)
-matrices = st.dictionaries(st.sampled_from(["precision", "ep", "model"]),
-                           st.lists(st.sampled_from(["int4", "fp16", "cpu", "webgpu", "./ckpt"]), max_size=3),
-                           max_size=2)
-structured = st.fixed_dictionaries({"jobs": mostly(jobs_lists, st.one_of(job_entries, scalars))}, optional={
-    "defaults": mostly(option_values, scalars),
-    "matrix": mostly(matrices, scalars),
-    "output_root": st.sampled_from(["out", "out", "", None, 5, "~/x"]),
-    "verify": st.sampled_from([True, False, None, "no"]),
-})
+matrices = st.dictionaries(
+    st.sampled_from(["precision", "ep", "model"]),
+    st.lists(st.sampled_from(["int4", "fp16", "cpu", "webgpu", "./ckpt"]), max_size=3),
+    max_size=2,
+)
+structured = st.fixed_dictionaries(
+    {"jobs": mostly(jobs_lists, st.one_of(job_entries, scalars))},
+    optional={
+        "defaults": mostly(option_values, scalars),
+        "matrix": mostly(matrices, scalars),
+        "output_root": st.sampled_from(["out", "out", "", None, 5, "~/x"]),
+        "verify": st.sampled_from([True, False, None, "no"]),
+    },
+)
 yaml_files = st.one_of(
     st.tuples(st.just("doc"), structured, st.sampled_from(["utf-8", "utf-16", "utf-8-sig"])),
     st.tuples(st.just("doc"), yaml_docs, st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-8-sig", "latin-1"])),
@@ -357,6 +441,7 @@ def check_batch_file(case) -> str:
     import yaml
 
     from builder.batch_schema import load_batch
+
     kind, payload, encoding = case
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -13,13 +13,13 @@ import textwrap
 
 import onnx
 import pytest
+from parity_cases import PARITY_CASES
 
 from architectures import registry
 from builder import BuildOptions
 from builder.kit.errors import BuilderError
 from builder.pipeline import build
 from builder.verify import verify_build
-from parity_cases import PARITY_CASES
 
 PROMPT, DECODE = 12, 4  # the prompt is longer than mistral's window (8); decode goes past it too
 
@@ -100,8 +100,9 @@ def test_mistral_window_changes_the_logits(built, checkpoint):
     from builder.verify import onnx_logits, onnx_session
 
     ids = np.arange(3, 3 + PROMPT)[None]
-    with_window, without = (onnx_logits(onnx_session(built(n, precision="fp32").output), ids, [7, 9])
-                            for n in ("mistral", "mistral-nosw"))
+    with_window, without = (
+        onnx_logits(onnx_session(built(n, precision="fp32").output), ids, [7, 9]) for n in ("mistral", "mistral-nosw")
+    )
     assert np.abs(with_window[0][0, :8] - without[0][0, :8]).max() < 1e-5  # inside the window: same
     assert np.abs(with_window[0][0, 8:] - without[0][0, 8:]).max() > 1e-2
     assert np.abs(with_window[-1] - without[-1]).max() > 1e-2
@@ -110,16 +111,20 @@ def test_mistral_window_changes_the_logits(built, checkpoint):
 # ---- Qwen3-MoE ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options,op,block_size", [
-    (dict(precision="fp32"), "MoE", None),
-    (dict(precision="int4", accuracy_level=0), "QMoE", 32),
-    (dict(precision="int4", symmetric=False, accuracy_level=0), "QMoE", 32),
-    # block-wise 8-bit QMoE always quantizes activations; one scale a row keeps fp32 compute
-    (dict(precision="int8", accuracy_level=0), "QMoE", None),
-    (dict(precision="int8", symmetric=False, accuracy_level=0), "QMoE", None),
-    (dict(precision="int4", int8_layers=["*.experts"], block_size=64, accuracy_level=0), "QMoE", None),
-    (dict(precision="int4", float_layers=["*.experts"], accuracy_level=0), "MoE", None),
-], ids=["fp32", "int4", "int4-asym", "int8", "int8-asym", "int8-experts", "float-experts"])
+@pytest.mark.parametrize(
+    "options,op,block_size",
+    [
+        (dict(precision="fp32"), "MoE", None),
+        (dict(precision="int4", accuracy_level=0), "QMoE", 32),
+        (dict(precision="int4", symmetric=False, accuracy_level=0), "QMoE", 32),
+        # block-wise 8-bit QMoE always quantizes activations; one scale a row keeps fp32 compute
+        (dict(precision="int8", accuracy_level=0), "QMoE", None),
+        (dict(precision="int8", symmetric=False, accuracy_level=0), "QMoE", None),
+        (dict(precision="int4", int8_layers=["*.experts"], block_size=64, accuracy_level=0), "QMoE", None),
+        (dict(precision="int4", float_layers=["*.experts"], accuracy_level=0), "MoE", None),
+    ],
+    ids=["fp32", "int4", "int4-asym", "int8", "int8-asym", "int8-experts", "float-experts"],
+)
 def test_qwen3_moe_expert_ops(built, checkpoint, options, op, block_size):
     result = built("qwen3-moe", **options)
     ops = result.report["nodes"]["by_op_type"]
@@ -140,8 +145,9 @@ def test_qwen3_moe_int8_blockwise_where_int8_activations_are_allowed(built):
 
 def test_qwen3_moe_dense_and_sparse_layers(checkpoint):
     ckpt = checkpoint("qwen3-moe", mlp_only_layers=[0])
-    result = build(model=str(ckpt), output=str(ckpt.parent / "moe-mixed"), precision="int4", accuracy_level=0,
-                   show_progress=False)
+    result = build(
+        model=str(ckpt), output=str(ckpt.parent / "moe-mixed"), precision="int4", accuracy_level=0, show_progress=False
+    )
     assert result.report["nodes"]["by_op_type"]["QMoE"] == 1
     assert [n.name.split("/")[2] for n in nodes(result, "QMoE")] == ["layers.1"]
     parity(result, ckpt)
@@ -149,8 +155,13 @@ def test_qwen3_moe_dense_and_sparse_layers(checkpoint):
 
 def test_qwen3_moe_block_size_must_divide_expert_dims(checkpoint, tmp_path):
     with pytest.raises(BuilderError, match="multiples of --block-size 128"):
-        build(model=str(checkpoint("qwen3-moe")), output=str(tmp_path / "o"), precision="int4",
-              block_size=128, show_progress=False)
+        build(
+            model=str(checkpoint("qwen3-moe")),
+            output=str(tmp_path / "o"),
+            precision="int4",
+            block_size=128,
+            show_progress=False,
+        )
 
 
 # ---- third-party architectures ----------------------------------------------------
@@ -181,9 +192,10 @@ def plugin_package(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-builder-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[builder.architectures]\n"
-        "tiny = tiny_builder_plugin\n"                      # a module: its decorators register
-        "tiny_class = tiny_builder_plugin:ByClass\n"        # a class: registered by its `architectures`
-        "broken = tiny_builder_plugin_missing\n")           # fails to import: a warning, nothing else
+        "tiny = tiny_builder_plugin\n"  # a module: its decorators register
+        "tiny_class = tiny_builder_plugin:ByClass\n"  # a class: registered by its `architectures`
+        "broken = tiny_builder_plugin_missing\n"
+    )  # fails to import: a warning, nothing else
     monkeypatch.syspath_prepend(str(root))
     # Start from an unloaded registry and put everything back afterwards.
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))

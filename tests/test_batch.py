@@ -143,16 +143,32 @@ def test_changed_option_rebuilds_that_job_only(tmp_path, monkeypatch):
 
 BAD = {
     "unknown key": ("jobs:\n  - model: {m}\n    precison: int4\n", 3, "jobs[0].precison: unknown option"),
-    "int3": ("defaults:\n  model: {m}\njobs:\n  - ep: cpu\n    precision: int3\n", 5,
-             "jobs[0].precision: 'int3' is not valid"),
-    "block size 48": ("defaults:\n  model: {m}\n  block-size: 48\njobs:\n  - ep: cpu\n", 3,
-                      "defaults.block-size: 48 is not valid"),
+    "int3": (
+        "defaults:\n  model: {m}\njobs:\n  - ep: cpu\n    precision: int3\n",
+        5,
+        "jobs[0].precision: 'int3' is not valid",
+    ),
+    "block size 48": (
+        "defaults:\n  model: {m}\n  block-size: 48\njobs:\n  - ep: cpu\n",
+        3,
+        "defaults.block-size: 48 is not valid",
+    ),
     "ep tpu": ("matrix:\n  model: [{m}]\n  ep:\n    - cpu\n    - tpu\n", 5, "matrix.ep: 'tpu' is not valid"),
-    "duplicate output": ("defaults:\n  model: {m}\njobs:\n  - output: x\n  - ep: webgpu\n    output: x\n", 6,
-                         "jobs[1].output: "),
-    "executor": ("executor: slurm\njobs:\n  - model: {m}\n", 1, "executor: 'slurm' is not valid; choose one of local, ray"),
-    "cuda fp32": ("jobs:\n  - model: {m}\n    ep: cuda\n    precision: fp32\n", 2,
-                  "jobs[0]: -p fp32 -e cuda cannot work"),
+    "duplicate output": (
+        "defaults:\n  model: {m}\njobs:\n  - output: x\n  - ep: webgpu\n    output: x\n",
+        6,
+        "jobs[1].output: ",
+    ),
+    "executor": (
+        "executor: slurm\njobs:\n  - model: {m}\n",
+        1,
+        "executor: 'slurm' is not valid; choose one of local, ray",
+    ),
+    "cuda fp32": (
+        "jobs:\n  - model: {m}\n    ep: cuda\n    precision: fp32\n",
+        2,
+        "jobs[0]: -p fp32 -e cuda cannot work",
+    ),
 }
 
 
@@ -169,14 +185,17 @@ def test_invalid_file_fails_before_building(case, tmp_path, capsys):
 
 
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
-    path = write(tmp_path / "bad.yaml", f"""
+    path = write(
+        tmp_path / "bad.yaml",
+        f"""
         outptu_root: out
         jobs:
           - model: {TINY}
             precision: int3
           - model: {TINY}
             ep: tpu
-    """)
+    """,
+    )
     assert batch(path) == 2
     err = capsys.readouterr().err
     assert "3 problems" in err
@@ -187,7 +206,9 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
 def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
     foreign = tmp_path / "out" / "foreign"  # an existing folder the builder did not make
     write(foreign / "notes.txt", "mine")
-    path = write(tmp_path / "mixed.yaml", f"""
+    path = write(
+        tmp_path / "mixed.yaml",
+        f"""
         output_root: out
         jobs:
           - model: no-such-checkpoint
@@ -195,7 +216,8 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
             output: good
           - model: {TINY}
             output: foreign
-    """)
+    """,
+    )
     assert batch(path) == 1
     s = summary(tmp_path / "out", "mixed")
     assert s["counts"] == {"built": 1, "skipped": 0, "failed": 2, "interrupted": 0}
@@ -214,7 +236,9 @@ def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
 def test_matrix_expands_to_jobs(tmp_path):
     other = tmp_path / "ckpt"
     other.mkdir()
-    path = write(tmp_path / "m.yaml", """
+    path = write(
+        tmp_path / "m.yaml",
+        """
         output_root: /somewhere
         defaults:
           block-size: 64
@@ -226,7 +250,8 @@ def test_matrix_expands_to_jobs(tmp_path):
         jobs:
           - model: ckpt
             precision: int8
-    """)
+    """,
+    )
     jobs = load_batch(path).jobs
     assert [j.name for j in jobs] == [
         f"{m}/{p}-{e}-b64" for m in ("ckpt", "Qwen3-4B") for p in ("int4", "fp16") for e in ("cpu", "webgpu")
@@ -252,12 +277,15 @@ def test_family_config_expands_to_eighteen_jobs(tmp_path, capsys):
 
 
 def test_two_jobs_run_in_parallel(tmp_path, capsys):
-    path = write(tmp_path / "par.yaml", f"""
+    path = write(
+        tmp_path / "par.yaml",
+        f"""
         output_root: out
         matrix:
           model: [{TINY}]
           ep: [cpu, webgpu]
-    """)
+    """,
+    )
     assert batch(path, "--jobs", "2") == 0
     lines = capsys.readouterr().out.splitlines()
     events = [line.split()[1] for line in lines if line.startswith("[")]
@@ -280,13 +308,16 @@ def test_rerun_keeps_the_verify_result_its_build_recorded(tiny):
 
 
 def test_verify_asked_for_an_unverified_build_rebuilds_it(tmp_path):
-    path = write(tmp_path / "v.yaml", f"""
+    path = write(
+        tmp_path / "v.yaml",
+        f"""
         output_root: out
         jobs:
           - model: {TINY}
             precision: fp32
             output: a
-    """)
+    """,
+    )
     assert batch(path) == 0
     path.write_text(path.read_text() + "    verify: true\n")
     assert batch(path) == 0
@@ -297,8 +328,10 @@ def test_verify_asked_for_an_unverified_build_rebuilds_it(tmp_path):
 
 # ---- the fingerprint sees content -------------------------------------------------------
 
+
 def _copy_checkpoint(folder: Path) -> Path:
     import shutil
+
     shutil.copytree(TINY, folder)
     return folder / "model.safetensors"
 
@@ -369,6 +402,7 @@ def test_content_hash_sees_what_size_mtime_and_inode_cannot(tmp_path, capsys):
 def test_hub_cache_files_are_identified_by_their_blob_hash(tmp_path):
     """The cache stores each file as blobs/<hash> and links it from snapshots/<revision>/."""
     from builder.kit.checkpoint import Checkpoint
+
     blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "rev1"
     blobs.mkdir()
     snapshot.mkdir(parents=True)
@@ -404,6 +438,7 @@ def test_utf16_and_bom_files_are_read(encoding, tmp_path, capsys):
 def test_non_utf8_file_is_one_line_naming_it(tmp_path):
     import subprocess
     import sys
+
     path = tmp_path / "latin.yaml"
     path.write_bytes(TINY_YAML.format(m=TINY).encode("latin-1"))
     run = subprocess.run([sys.executable, "-m", "builder", "batch", str(path)], capture_output=True, text=True)
@@ -443,14 +478,18 @@ def test_summary_md_or_json_name_and_replacing_an_earlier_one(tmp_path):
 
 # ---- signals: running builds stop, nothing is published, the summary is written ---------
 
+
 def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None):
     """A batch of three jobs, --jobs 2, whose builds pause just before publishing."""
     import subprocess
     import sys
     import time
+
     pauses = tmp_path / "pauses"
     pauses.mkdir()
-    path = write(tmp_path / "sig.yaml", f"""
+    path = write(
+        tmp_path / "sig.yaml",
+        f"""
         output_root: out
         defaults:
           model: {TINY}
@@ -458,12 +497,22 @@ def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None):
           - output: a
           - output: b
           - output: c
-    """)
-    env = {**os.environ, "BUILDER_TEST_PAUSE_BEFORE_PUBLISH": "120", "BUILDER_TEST_PAUSE_DIR": str(pauses),
-           **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "batch", str(path), "--jobs", str(jobs)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, like a shell job
+    """,
+    )
+    env = {
+        **os.environ,
+        "BUILDER_TEST_PAUSE_BEFORE_PUBLISH": "120",
+        "BUILDER_TEST_PAUSE_DIR": str(pauses),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "batch", str(path), "--jobs", str(jobs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group, like a shell job
     deadline = time.monotonic() + 120
     while len(list(pauses.glob("*.pid"))) < jobs:
         assert proc.poll() is None, proc.communicate()
@@ -488,6 +537,7 @@ def _gone(pid: int) -> bool:
 
 def _assert_stopped_cleanly(tmp_path, children, code, expected, stderr):
     import time
+
     assert code == expected, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert all(_gone(pid) for pid in children)
@@ -502,6 +552,7 @@ def _assert_stopped_cleanly(tmp_path, children, code, expected, stderr):
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
     import signal
+
     proc, children = _start_paused_batch(tmp_path, jobs=2)
     if sig == "SIGINT":
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
@@ -521,6 +572,7 @@ def test_killed_batch_takes_its_builds_with_it(tmp_path):
     """SIGKILL leaves no handler to run; the builds learn it from the kernel and clean up."""
     import signal
     import time
+
     proc, children = _start_paused_batch(tmp_path, jobs=2)
     proc.kill()
     proc.communicate(timeout=30)
@@ -544,6 +596,7 @@ def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypat
     """The report's fingerprint is taken before the build reads weights, not after."""
     from builder.kit.checkpoint import Checkpoint
     from builder.pipeline import build
+
     weights = _copy_checkpoint(tmp_path / "ckpt")
     path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
     read = Checkpoint.rows
@@ -554,6 +607,7 @@ def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypat
             (tmp_path / "resaved").touch()
             _resave_in_place(weights, keep_mtime=False)
         return out
+
     monkeypatch.setattr(Checkpoint, "rows", rows_then_resave)
     job = load_batch(path).jobs[0]
     build(job.options, show_progress=False)

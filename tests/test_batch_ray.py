@@ -45,8 +45,7 @@ def pause_dir(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def cluster(pause_dir):
     """The cluster's GCS address, for drivers in other processes."""
-    context = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
-                       log_to_driver=False)
+    context = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
@@ -75,8 +74,10 @@ def write(path: Path, text: str) -> Path:
 def tiny_both(tmp_path_factory):
     """configs/tiny.yaml run by each executor into its own output root."""
     local, on_ray = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("ray")
-    codes = (batch(ROOT / "configs" / "tiny.yaml", "--output-root", local),
-             batch(ROOT / "configs" / "tiny.yaml", "--output-root", on_ray, "--executor", "ray"))
+    codes = (
+        batch(ROOT / "configs" / "tiny.yaml", "--output-root", local),
+        batch(ROOT / "configs" / "tiny.yaml", "--output-root", on_ray, "--executor", "ray"),
+    )
     return local, on_ray, codes
 
 
@@ -142,8 +143,10 @@ def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_
 
 
 def test_bad_input_fails_once_without_retries(tmp_path):
-    path = write(tmp_path / "bad.yaml", f"output_root: out\njobs:\n  - model: {tmp_path / 'nothing'}\n"
-                                        f"  - model: {TINY}\n    output: good\n")
+    path = write(
+        tmp_path / "bad.yaml",
+        f"output_root: out\njobs:\n  - model: {tmp_path / 'nothing'}\n  - model: {TINY}\n    output: good\n",
+    )
     assert batch(path, "--executor", "ray") == 1
     s = summary(tmp_path / "out", "bad")
     bad = s["by_name"]["nothing-int4-cpu"]
@@ -166,12 +169,18 @@ def test_sigterm_to_a_ray_batch_cancels_its_builds(tmp_path, pause_dir, cluster)
     """The driver as its own process, joining this cluster; SIGTERM reaches only the driver."""
     import subprocess
     import sys
-    path = write(tmp_path / "sig.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n"
-                                        "  - output: a\n  - output: b\n")
+
+    path = write(
+        tmp_path / "sig.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n  - output: b\n"
+    )
     pause_dir.mkdir()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray",
-                                 "--ray-address", cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray", "--ray-address", cluster],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while not (pause_dir / "a.pid").exists():
             assert proc.poll() is None, proc.communicate()
@@ -204,6 +213,7 @@ def test_sigterm_to_a_ray_batch_cancels_its_builds(tmp_path, pause_dir, cluster)
 def test_memory_estimate_follows_precision_verify_and_a_measured_peak(tmp_path):
     from builder.kit.checkpoint import Checkpoint
     from builder.kit.options import BuildOptions
+
     numel = {n: int(np.prod(s)) for n, s in Checkpoint(TINY).shapes().items()}
     largest, params = max(numel.values()), sum(numel.values())
     tied = "lm_head.weight" not in numel

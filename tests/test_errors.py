@@ -19,16 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, env=None, preexec_fn=None, timeout=120):
-    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                **(env or {})}
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args), "--quiet"], cwd=ROOT,
-                          capture_output=True, text=True, env=full_env, preexec_fn=preexec_fn, timeout=timeout)
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "builder", *map(str, args), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        preexec_fn=preexec_fn,
+        timeout=timeout,
+    )
 
 
 def assert_clean_failure(proc, *fragments, out: Path | None = None):
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -43,6 +49,7 @@ def ckpt(tmp_path):
 
 
 # ---- model input ----------------------------------------------------------
+
 
 def test_missing_model_folder(tmp_path):
     out = tmp_path / "out"
@@ -76,18 +83,21 @@ def test_unsupported_architecture_lists_supported(ckpt, tmp_path):
 def test_hub_id_offline_and_not_cached(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     proc = cli("-m", "Qwen/Qwen3-0.6B", "-o", tmp_path / "out", env=env)
-    assert_clean_failure(proc, "Qwen/Qwen3-0.6B", "not in the Hugging Face cache", "HF_HUB_OFFLINE",
-                         out=tmp_path / "out")
+    assert_clean_failure(
+        proc, "Qwen/Qwen3-0.6B", "not in the Hugging Face cache", "HF_HUB_OFFLINE", out=tmp_path / "out"
+    )
 
 
 # ---- weights --------------------------------------------------------------
+
 
 def test_truncated_safetensors(ckpt, tmp_path):
     weights = ckpt / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.safetensors", "re-download",
-                         out=tmp_path / "out")
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", tmp_path / "out"), "model.safetensors", "re-download", out=tmp_path / "out"
+    )
 
 
 def test_corrupt_safetensors_header(ckpt, tmp_path):
@@ -100,6 +110,7 @@ def test_corrupt_safetensors_header(ckpt, tmp_path):
 
 def _rewrite(ckpt: Path, edit):
     from safetensors.torch import load_file, save_file
+
     tensors = load_file(ckpt / "model.safetensors")
     edit(tensors)
     save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
@@ -107,23 +118,33 @@ def _rewrite(ckpt: Path, edit):
 
 def test_missing_tensor(ckpt, tmp_path):
     _rewrite(ckpt, lambda t: t.pop("model.layers.1.mlp.down_proj.weight"))
-    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.1.mlp.down_proj.weight",
-                         "missing", out=tmp_path / "out")
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.1.mlp.down_proj.weight", "missing", out=tmp_path / "out"
+    )
 
 
 def test_tensor_shape_does_not_fit_config(ckpt, tmp_path):
     import torch
+
     _rewrite(ckpt, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(100, 64)))
-    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.0.mlp.up_proj.weight",
-                         "[100, 64]", "[192, 64]", out=tmp_path / "out")
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", tmp_path / "out"),
+        "model.layers.0.mlp.up_proj.weight",
+        "[100, 64]",
+        "[192, 64]",
+        out=tmp_path / "out",
+    )
 
 
 def test_unsupported_dtype(ckpt, tmp_path):
     import torch
-    _rewrite(ckpt, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight",
-                                           torch.zeros(192, 64, dtype=torch.float64)))
-    assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.0.mlp.up_proj.weight", "F64",
-                         out=tmp_path / "out")
+
+    _rewrite(
+        ckpt, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(192, 64, dtype=torch.float64))
+    )
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.0.mlp.up_proj.weight", "F64", out=tmp_path / "out"
+    )
 
 
 def test_index_names_missing_shard(tmp_path):
@@ -131,19 +152,22 @@ def test_index_names_missing_shard(tmp_path):
     shards = sorted(big.glob("model-*.safetensors"))
     assert len(shards) > 1
     shards[-1].unlink()
-    assert_clean_failure(cli("-m", big, "-o", tmp_path / "out"), shards[-1].name, "missing",
-                         out=tmp_path / "out")
+    assert_clean_failure(cli("-m", big, "-o", tmp_path / "out"), shards[-1].name, "missing", out=tmp_path / "out")
 
 
 # ---- options --------------------------------------------------------------
 
-@pytest.mark.parametrize("flags,fragment", [
-    (["--block-size", "48"], "--block-size"),
-    (["-p", "int3"], "--precision"),
-    (["-e", "tpu"], "--ep"),
-    (["--no-such-option"], "unrecognized arguments"),
-    (["--intra-op-threads", "-2"], "--intra-op-threads"),
-])
+
+@pytest.mark.parametrize(
+    "flags,fragment",
+    [
+        (["--block-size", "48"], "--block-size"),
+        (["-p", "int3"], "--precision"),
+        (["-e", "tpu"], "--ep"),
+        (["--no-such-option"], "unrecognized arguments"),
+        (["--intra-op-threads", "-2"], "--intra-op-threads"),
+    ],
+)
 def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
@@ -157,6 +181,7 @@ def test_impossible_combination_refused_up_front(ckpt, tmp_path):
 
 def test_unknown_option_key_in_python_api(ckpt):
     from builder import BuilderError, build
+
     with pytest.raises(BuilderError, match="unknown option 'int4_block_size'"):
         build(model=str(ckpt), int4_block_size=32)
 
@@ -167,6 +192,7 @@ def test_layer_pattern_matching_nothing(ckpt, tmp_path):
 
 
 # ---- output folder ----------------------------------------------------------
+
 
 def test_existing_output_needs_overwrite(ckpt, tmp_path):
     out = tmp_path / "out"
@@ -190,10 +216,12 @@ def test_never_deletes_a_folder_it_did_not_make(ckpt, tmp_path):
 
 # ---- disk full, interruption ----------------------------------------------
 
+
 def test_write_error_while_streaming_leaves_nothing(ckpt, tmp_path):
     def small_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, "-p", "fp32", preexec_fn=small_files)
     assert_clean_failure(proc, "model.onnx.data", "free disk space", out=out)
@@ -208,9 +236,14 @@ def test_interrupt_mid_build_removes_partial_output(tmp_path, sig):
     # A shell's background job inherits SIGINT ignored, and Python then installs no
     # KeyboardInterrupt handler; give the child the default so the test does not depend
     # on how pytest itself was started (it failed under `nohup ... &`).
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "-p", "fp32"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "-p", "fp32"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in proc.stderr:  # wait until weights are being written
         if "layer 2/" in line:
             break
@@ -226,6 +259,7 @@ def test_interrupt_mid_build_removes_partial_output(tmp_path, sig):
 
 
 # ---- tokenizer --------------------------------------------------------------
+
 
 def test_missing_tokenizer_still_builds_and_warns(ckpt, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -255,6 +289,7 @@ def test_failed_verify_is_a_failed_build(ckpt, tmp_path, monkeypatch):
     import builder.verify as verify
     from builder import BuilderError, build
     from builder.verify import ParityResult
+
     monkeypatch.setattr(verify, "verify_build", lambda *a, **k: ParityResult(5.0, 5.0, 1.0, 0.5, 0.3, 5))
     out = tmp_path / "out"
     with pytest.raises(BuilderError, match="--verify failed"):
@@ -266,10 +301,17 @@ def test_help_lists_every_option_and_exits_zero():
     import dataclasses
 
     from builder.kit.options import BuildOptions
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for command in ([], ["inspect"], ["batch"]):
-        proc = subprocess.run([sys.executable, "-m", "builder", *command, "--help"], cwd=ROOT,
-                              capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", *command, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
         if not command:
             for f in dataclasses.fields(BuildOptions):

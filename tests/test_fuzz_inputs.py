@@ -47,9 +47,9 @@ def test_fuzz_batch_yaml(case):
 CLI_CASES = {
     "config of one string": lambda c: (c / "config.json").write_text('"Qwen3ForCausalLM"'),
     "config with NaN eps": lambda c: (c / "config.json").write_text(
-        (c / "config.json").read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN')),
-    "header cut in half": lambda c: (c / "model.safetensors").write_bytes(
-        (c / "model.safetensors").read_bytes()[:200]),
+        (c / "config.json").read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN')
+    ),
+    "header cut in half": lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:200]),
     "index weight_map a list": None,  # sharded, below
 }
 
@@ -65,8 +65,14 @@ def test_fuzz_cli_examples(tmp_path, case):
         CLI_CASES[case](ckpt)
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))

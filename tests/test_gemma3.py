@@ -21,8 +21,8 @@ from builder import BuildOptions
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from builder.pipeline import build, run
-from support.synthetic import TINY_CONFIGS, make_checkpoint
 from builder.verify import verify_build
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 PROMPT, DECODE = 12, 4
 TINY = TINY_CONFIGS["gemma3"]
@@ -62,12 +62,17 @@ def test_graph_structure(built, checkpoint):
     # ride on pre_feedforward_layernorm and the next input_layernorm / the final norm.
     assert [n for n in named("SimplifiedLayerNormalization") if "/attn/" not in n] == (
         ["/model/layers.0/input_layernorm/LayerNorm"]
-        + [f"/model/layers.{i}/{norm}/LayerNorm" for i in range(layers)
-           for norm in ("post_attention_layernorm", "post_feedforward_layernorm")])
+        + [
+            f"/model/layers.{i}/{norm}/LayerNorm"
+            for i in range(layers)
+            for norm in ("post_attention_layernorm", "post_feedforward_layernorm")
+        ]
+    )
     skip = named("SkipSimplifiedLayerNormalization")
     assert skip[0::2] == [f"/model/layers.{i}/pre_feedforward_layernorm/SkipLayerNorm" for i in range(layers)]
-    assert skip[1::2] == ([f"/model/layers.{i}/input_layernorm/SkipLayerNorm" for i in range(1, layers)]
-                          + ["/model/norm/SkipLayerNorm"])
+    assert skip[1::2] == (
+        [f"/model/layers.{i}/input_layernorm/SkipLayerNorm" for i in range(1, layers)] + ["/model/norm/SkipLayerNorm"]
+    )
     assert len(named("FastGelu")) == layers and not named("QuickGelu") and not named("Sigmoid")
 
     # Embedding * sqrt(hidden) in float32, as transformers' embed_scale.to(float32).
@@ -79,12 +84,16 @@ def test_graph_structure(built, checkpoint):
     assert [attr(n, "scale") for n in gqa] == [pytest.approx(TINY["query_pre_attn_scalar"] ** -0.5, rel=1e-7)] * 3
     assert [attr(n, "local_window_size", -1) for n in gqa] == [6, 6, -1]
     assert [(n.input[7], n.input[8]) for n in gqa] == [("cos_cache_local", "sin_cache_local")] * 2 + [
-        ("cos_cache", "sin_cache")]
+        ("cos_cache", "sin_cache")
+    ]
 
     # Norm weights are 1 + w (float32 sum), the per-head q/k norms included.
     weights = load_file(checkpoint("gemma3") / "model.safetensors")
-    for name in ("model.layers.1.post_feedforward_layernorm.weight", "model.norm.weight",
-                 "model.layers.0.self_attn.k_norm.weight"):
+    for name in (
+        "model.layers.1.post_feedforward_layernorm.weight",
+        "model.norm.weight",
+        "model.layers.0.self_attn.k_norm.weight",
+    ):
         np.testing.assert_array_equal(inits[name], (weights[name].float() + 1.0).numpy())
 
     genai = json.loads(result.genai_config_path.read_text())["model"]
@@ -109,10 +118,14 @@ def test_fused_norm_layout_gets_one_plus_w(built, checkpoint):
             np.testing.assert_array_equal(inits[name], (weights[name].float() + 1.0).numpy().astype(np.float16))
 
 
-@pytest.mark.parametrize("swap,rotary_nodes", [
-    (dict(rotary_in_gqa=False, packed_qkv_into_gqa=False, qkv="separate", packed=frozenset()), 6),  # dml
-    (dict(head_norm="reshape-sln", qkv="separate", mlp="separate", packed=frozenset()), 0),  # webgpu
-], ids=["rotary-nodes", "reshape-sln"])
+@pytest.mark.parametrize(
+    "swap,rotary_nodes",
+    [
+        (dict(rotary_in_gqa=False, packed_qkv_into_gqa=False, qkv="separate", packed=frozenset()), 6),  # dml
+        (dict(head_norm="reshape-sln", qkv="separate", mlp="separate", packed=frozenset()), 0),  # webgpu
+    ],
+    ids=["rotary-nodes", "reshape-sln"],
+)
 def test_other_target_layouts_match_transformers(checkpoint, tmp_path, swap, rotary_nodes):
     """Layouts of other EPs, run on CPU in fp32 by swapping the layout of a cpu build: each
     layer still picks its rope caches, and the reshaped q/k norms get 1 + w."""
@@ -138,12 +151,17 @@ def test_other_target_layouts_match_transformers(checkpoint, tmp_path, swap, rot
 def _saved_style(**changes) -> dict:
     """The tiny config as transformers 5 writes it: rope_parameters keyed by layer type and
     layer_types, without rope_theta / rope_scaling / rope_local_base_freq / the pattern."""
-    cfg = {k: v for k, v in TINY.items()
-           if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern")}
+    cfg = {
+        k: v
+        for k, v in TINY.items()
+        if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern")
+    }
     cfg.update(
         layer_types=["full_attention", "sliding_attention", "sliding_attention"],
-        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}},
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0},
+        },
         sliding_window=5,
     )
     cfg.update(changes)
@@ -154,15 +172,37 @@ CONFIG_STYLES = {
     "hub-tiny": TINY,
     "saved-tiny": _saved_style(),
     # Keys left out take Gemma3TextConfig's defaults: pattern 6, rope 1e6 / 1e4, window 4096.
-    "defaults": {k: v for k, v in TINY.items()
-                 if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "sliding_window_pattern",
-                              "sliding_window", "query_pre_attn_scalar")} | {"num_hidden_layers": 13},
+    "defaults": {
+        k: v
+        for k, v in TINY.items()
+        if k
+        not in (
+            "rope_theta",
+            "rope_scaling",
+            "rope_local_base_freq",
+            "sliding_window_pattern",
+            "sliding_window",
+            "query_pre_attn_scalar",
+        )
+    }
+    | {"num_hidden_layers": 13},
     # google/gemma-3-27b-it's text config, dims as on the hub.
-    "27b": {**TINY, "hidden_size": 5376, "intermediate_size": 21504, "num_hidden_layers": 62,
-            "num_attention_heads": 32, "num_key_value_heads": 16, "head_dim": 128,
-            "query_pre_attn_scalar": 168, "sliding_window": 1024, "sliding_window_pattern": 6,
-            "max_position_embeddings": 131072, "rope_local_base_freq": 10000.0, "rope_theta": 1000000.0,
-            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+    "27b": {
+        **TINY,
+        "hidden_size": 5376,
+        "intermediate_size": 21504,
+        "num_hidden_layers": 62,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 16,
+        "head_dim": 128,
+        "query_pre_attn_scalar": 168,
+        "sliding_window": 1024,
+        "sliding_window_pattern": 6,
+        "max_position_embeddings": 131072,
+        "rope_local_base_freq": 10000.0,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    },
 }
 
 
@@ -179,7 +219,7 @@ def test_config_resolution_follows_transformers(style):
     np.testing.assert_allclose(spec.local_rope.inv_freq(), rotary.sliding_attention_inv_freq.numpy(), rtol=1e-6)
     assert spec.sliding_layers == tuple(i for i, t in enumerate(theirs.layer_types) if t == "sliding_attention")
     assert spec.sliding_window == theirs.sliding_window
-    assert spec.attention_scale == theirs.query_pre_attn_scalar ** -0.5
+    assert spec.attention_scale == theirs.query_pre_attn_scalar**-0.5
     assert spec.head_dim == theirs.head_dim and spec.num_kv_heads == theirs.num_key_value_heads
     assert spec.tie_word_embeddings
 
@@ -194,18 +234,21 @@ def test_saved_config_style_matches_transformers(tmp_path):
     parity(result, ckpt)
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(final_logit_softcapping=30.0), "final_logit_softcapping = 30.0 is not implemented"),
-    (dict(attn_logit_softcapping=50.0), "attn_logit_softcapping = 50.0 is not implemented"),
-    (dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
-    (dict(hidden_activation="gelu"), "hidden_activation 'gelu' is not supported"),
-    (dict(attention_bias=True), "attention_bias"),
-    (dict(rope_parameters={"rope_type": "default", "rope_theta": 5e5}), "keyed by layer type"),
-    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn' is not supported yet .*full_attention"),
-    (dict(layer_types=["sliding_attention"]), "must name 3 layers"),
-    (dict(sliding_window=None), "sliding_window = None must be a positive integer"),
-    (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(final_logit_softcapping=30.0), "final_logit_softcapping = 30.0 is not implemented"),
+        (dict(attn_logit_softcapping=50.0), "attn_logit_softcapping = 50.0 is not implemented"),
+        (dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
+        (dict(hidden_activation="gelu"), "hidden_activation 'gelu' is not supported"),
+        (dict(attention_bias=True), "attention_bias"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": 5e5}), "keyed by layer type"),
+        (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn' is not supported yet .*full_attention"),
+        (dict(layer_types=["sliding_attention"]), "must name 3 layers"),
+        (dict(sliding_window=None), "sliding_window = None must be a positive integer"),
+        (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar"),
+    ],
+)
 def test_unsupported_configs_are_refused(change, message):
     with pytest.raises(BuilderError, match=message):
         spec_of({**TINY, **change})

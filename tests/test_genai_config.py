@@ -21,8 +21,13 @@ def test_values_come_from_config_and_generation_config(built, checkpoint):
     assert model["context_length"] == config["max_position_embeddings"] == search["max_length"]
     assert model["type"] == "qwen3" and model["vocab_size"] == config["vocab_size"]
     decoder = model["decoder"]
-    assert (decoder["num_attention_heads"], decoder["num_key_value_heads"], decoder["head_size"],
-            decoder["hidden_size"], decoder["num_hidden_layers"]) == (4, 2, 32, 64, 2)
+    assert (
+        decoder["num_attention_heads"],
+        decoder["num_key_value_heads"],
+        decoder["head_size"],
+        decoder["hidden_size"],
+        decoder["num_hidden_layers"],
+    ) == (4, 2, 32, 64, 2)
     eos = generation["eos_token_id"]
     assert model["eos_token_id"] == (eos if isinstance(eos, list) and len(eos) > 1 else eos)
     assert model["pad_token_id"] == generation.get("pad_token_id", config["pad_token_id"])
@@ -35,24 +40,30 @@ def test_values_come_from_config_and_generation_config(built, checkpoint):
     assert "position_ids" not in decoder["inputs"]
 
 
-@pytest.mark.parametrize("ep,options", [
-    ("webgpu", {"enableGraphCapture": "1", "validationMode": "disabled"}),
-    ("cuda", {"enable_cuda_graph": "0"}),
-    ("dml", {"enable_graph_capture": "0"}),
-])
+@pytest.mark.parametrize(
+    "ep,options",
+    [
+        ("webgpu", {"enableGraphCapture": "1", "validationMode": "disabled"}),
+        ("cuda", {"enable_cuda_graph": "0"}),
+        ("dml", {"enable_graph_capture": "0"}),
+    ],
+)
 def test_provider_options_per_ep(built, ep, options):
     config = genai_config(built("qwen3", precision="int4" if ep != "cuda" else "fp16", ep=ep))
     assert config["model"]["decoder"]["session_options"]["provider_options"] == [{ep: options}]
     assert ("position_ids" in config["model"]["decoder"]["inputs"]) == (ep == "dml")
 
 
-@pytest.mark.parametrize("ep,options,expected", [
-    ("cpu", {}, 0),                           # ONNX Runtime's default: one thread per physical core
-    ("cpu", {"intra_op_threads": 3}, 3),
-    ("cpu", {"intra_op_threads": -1}, None),  # leave it to onnxruntime-genai
-    ("webgpu", {}, None),
-    ("webgpu", {"intra_op_threads": 2}, 2),
-])
+@pytest.mark.parametrize(
+    "ep,options,expected",
+    [
+        ("cpu", {}, 0),  # ONNX Runtime's default: one thread per physical core
+        ("cpu", {"intra_op_threads": 3}, 3),
+        ("cpu", {"intra_op_threads": -1}, None),  # leave it to onnxruntime-genai
+        ("webgpu", {}, None),
+        ("webgpu", {"intra_op_threads": 2}, 2),
+    ],
+)
 def test_intra_op_threads_per_ep(built, ep, options, expected):
     session = genai_config(built("qwen3", precision="int4", ep=ep, **options))["model"]["decoder"]["session_options"]
     assert session.get("intra_op_num_threads") == expected
@@ -61,6 +72,7 @@ def test_intra_op_threads_per_ep(built, ep, options, expected):
 def test_genai_runs_with_the_thread_setting(built):
     """genai accepts the entry, and the thread count changes speed only: same greedy tokens."""
     import onnxruntime_genai as og
+
     sequences = []
     for threads in (0, 1):
         result = built("qwen3", precision="int4", intra_op_threads=threads)
@@ -78,6 +90,7 @@ def test_genai_runs_with_the_thread_setting(built):
 
 def test_context_length_override_sizes_the_rotary_cache(built):
     import onnx
+
     result = built("qwen3", precision="fp32", context_length=64)
     assert genai_config(result)["model"]["context_length"] == 64
     model = onnx.load(str(result.model_path), load_external_data=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder import BuildOptions, BuilderError
+from builder import BuilderError, BuildOptions
 from builder.verify import onnx_logits, onnx_session
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -35,6 +35,7 @@ def parse(key: str) -> tuple[str, dict]:
 @pytest.mark.parametrize("key", sorted(RECORD["builds"]))
 def test_outputs_unchanged(checkpoint, tmp_path, key):
     from builder.pipeline import build
+
     name, options = parse(key)
     expected = RECORD["builds"][key]
     opts = BuildOptions(model=str(checkpoint(name)), output=str(tmp_path / "out"), **options)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.synthetic import TINY_CONFIGS, make_checkpoint
 from test_errors import assert_clean_failure, cli
 
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 
 def plain_cli(*args):
@@ -23,10 +23,17 @@ def plain_cli(*args):
     import os
     import subprocess
     import sys
+
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "builder", *map(str, args)], cwd=root, capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "builder", *map(str, args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -36,10 +43,11 @@ def ckpt(tmp_path):
 
 # ---- safetensors headers ----------------------------------------------------------
 
+
 def read_safetensors(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def write_safetensors(path: Path, header: dict | str, data: bytes) -> None:
@@ -121,6 +129,7 @@ def test_safetensors_library_agrees(ckpt, tmp_path):
     """What we refuse here, the safetensors library refuses too: the checks are not
     stricter than the format (a valid file from the library loads in both)."""
     from safetensors import SafetensorError, safe_open
+
     with safe_open(ckpt / "model.safetensors", "np") as f:
         assert set(f.keys()) == set(Checkpoint(ckpt).names())
     for case, (edit, _) in sorted(CORRUPT_HEADERS.items()):
@@ -158,17 +167,21 @@ def test_entry_without_dtype_cli(ckpt, tmp_path):
 def test_valid_header_with_empty_tensor_and_metadata(tmp_path):
     """Zero-size tensors and __metadata__ are valid safetensors, as the library writes them."""
     from safetensors.numpy import save_file
+
     folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
     path = tmp_path / "extra.safetensors"
-    save_file({"a": np.zeros((0, 4), np.float32), "b": np.ones((2, 2), np.float16)}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {"a": np.zeros((0, 4), np.float32), "b": np.ones((2, 2), np.float16)}, str(path), metadata={"format": "pt"}
+    )
     from builder.kit.checkpoint import _parse_header
+
     table = _parse_header(path)["tensors"]
     assert table["a"]["shape"] == [0, 4] and table["b"]["dtype"] == "F16"
     assert Checkpoint(folder).tensor("model.norm.weight").shape == (64,)
 
 
 # ---- shard index --------------------------------------------------------------------
+
 
 @pytest.fixture
 def sharded(tmp_path):
@@ -177,14 +190,17 @@ def sharded(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("weight_map,fragment", [
-    (["model-00001-of-00002.safetensors"], "not a mapping"),
-    ("model.safetensors", "not a mapping"),
-    (None, "not a mapping"),
-    ({}, "empty"),
-    ({"model.norm.weight": 3}, "not a file name"),
-    ({"model.norm.weight": "../../etc/passwd"}, "not a file name"),
-])
+@pytest.mark.parametrize(
+    "weight_map,fragment",
+    [
+        (["model-00001-of-00002.safetensors"], "not a mapping"),
+        ("model.safetensors", "not a mapping"),
+        (None, "not a mapping"),
+        ({}, "empty"),
+        ({"model.norm.weight": 3}, "not a file name"),
+        ({"model.norm.weight": "../../etc/passwd"}, "not a file name"),
+    ],
+)
 def test_index_weight_map_malformed(sharded, tmp_path, weight_map, fragment):
     index = sharded / "model.safetensors.index.json"
     index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -200,6 +216,7 @@ def test_index_weight_map_not_a_mapping_cli(sharded, tmp_path):
 
 # ---- config.json values -------------------------------------------------------------
 
+
 def set_config(ckpt: Path, **values) -> None:
     path = ckpt / "config.json"
     config = json.loads(path.read_text())
@@ -207,23 +224,26 @@ def set_config(ckpt: Path, **values) -> None:
     path.write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("num_attention_heads", "4", "num_attention_heads = '4'"),
-    ("rms_norm_eps", None, "rms_norm_eps is null"),
-    ("hidden_size", 64.5, "hidden_size = 64.5"),
-    ("num_hidden_layers", 0, "positive integer"),
-    ("num_key_value_heads", True, "num_key_value_heads = True"),
-    ("rope_theta", float("nan"), "rope_theta = nan"),
-    ("rope_theta", "1e6", "rope_theta = '1e6'"),
-    ("max_position_embeddings", -1, "max_position_embeddings"),
-    ("tie_word_embeddings", "yes", "tie_word_embeddings"),
-    ("head_dim", [16], "head_dim"),
-    ("rope_scaling", "linear", "rope_scaling"),
-    ("rope_scaling", {"rope_type": "linear", "factor": None}, "rope_scaling: factor is null"),
-    ("partial_rotary_factor", 2, "partial_rotary_factor"),
-    ("eos_token_id", "<eos>", "eos_token_id"),
-    ("architectures", {"a": 1}, "architectures"),
-])
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("num_attention_heads", "4", "num_attention_heads = '4'"),
+        ("rms_norm_eps", None, "rms_norm_eps is null"),
+        ("hidden_size", 64.5, "hidden_size = 64.5"),
+        ("num_hidden_layers", 0, "positive integer"),
+        ("num_key_value_heads", True, "num_key_value_heads = True"),
+        ("rope_theta", float("nan"), "rope_theta = nan"),
+        ("rope_theta", "1e6", "rope_theta = '1e6'"),
+        ("max_position_embeddings", -1, "max_position_embeddings"),
+        ("tie_word_embeddings", "yes", "tie_word_embeddings"),
+        ("head_dim", [16], "head_dim"),
+        ("rope_scaling", "linear", "rope_scaling"),
+        ("rope_scaling", {"rope_type": "linear", "factor": None}, "rope_scaling: factor is null"),
+        ("partial_rotary_factor", 2, "partial_rotary_factor"),
+        ("eos_token_id", "<eos>", "eos_token_id"),
+        ("architectures", {"a": 1}, "architectures"),
+    ],
+)
 def test_config_value_of_wrong_type(ckpt, key, value, fragment):
     set_config(ckpt, **{key: value})
     with pytest.raises(BuilderError) as info:
@@ -242,6 +262,7 @@ def test_config_wrong_type_cli(ckpt, tmp_path):
 def test_config_nulls_that_mean_default_still_build(tmp_path):
     """head_dim, sliding_window, rope_scaling are null in hub files: the default applies."""
     from builder import build
+
     qwen2 = make_checkpoint(tmp_path / "qwen2", TINY_CONFIGS["qwen2"])
     set_config(qwen2, head_dim=None, sliding_window=None, rope_scaling=None)
     result = build(model=str(qwen2), output=str(tmp_path / "out"), show_progress=False)
@@ -255,6 +276,7 @@ def test_architectures_as_a_string(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "build_report.json").read_text())["checkpoint"]["architecture"] == "Qwen3ForCausalLM"
     from architectures.registry import builder_class_for
+
     assert builder_class_for({"architectures": "Qwen3ForCausalLM"}).__name__ == "Qwen3Builder"
 
 
@@ -273,6 +295,7 @@ def test_config_is_a_folder(ckpt, tmp_path):
 
 # ---- weights the build takes but warns about ------------------------------------------
 
+
 def poke(ckpt: Path, tensor: str, index: int, bits: int) -> None:
     """Overwrite one bf16 value of `tensor` in place with the raw bits given."""
     path = ckpt / "model.safetensors"
@@ -286,12 +309,12 @@ def poke(ckpt: Path, tensor: str, index: int, bits: int) -> None:
 
 @pytest.mark.parametrize("precision", ["int4", "fp32"])
 def test_nan_and_inf_weights_are_named(ckpt, tmp_path, precision):
-    poke(ckpt, "model.layers.1.mlp.up_proj.weight", 70, 0x7FC0)    # NaN
+    poke(ckpt, "model.layers.1.mlp.up_proj.weight", 70, 0x7FC0)  # NaN
     poke(ckpt, "model.layers.0.input_layernorm.weight", 3, 0x7F80)  # +Inf
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, "-p", precision)
     assert proc.returncode == 0, proc.stderr
-    warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, proc.stderr
     assert "model.layers.1.mlp.up_proj.weight" in warnings[0] and "model.layers.0.input_layernorm.weight" in warnings[0]
     assert "NaN or Inf" in warnings[0]
@@ -310,8 +333,10 @@ def test_layers_beyond_num_hidden_layers_are_reported(tmp_path):
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out)
     assert proc.returncode == 0, proc.stderr
-    assert "warning: the checkpoint has layer(s) 2 (model.layers.2.*) beyond config.json's num_hidden_layers = 2" \
+    assert (
+        "warning: the checkpoint has layer(s) 2 (model.layers.2.*) beyond config.json's num_hidden_layers = 2"
         in proc.stderr
+    )
     report = json.loads((out / "build_report.json").read_text())
     assert report["model"]["layers"] == 2 and any("beyond" in n for n in report["notes"])
 
@@ -319,27 +344,38 @@ def test_layers_beyond_num_hidden_layers_are_reported(tmp_path):
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
     set_config(ckpt, num_hidden_layers=10**9)  # would loop over a billion layers unchecked
     out = tmp_path / "out"
-    assert_clean_failure(cli("-m", ckpt, "-o", out), "num_hidden_layers = 1000000000", "model.layers.2.*",
-                         out=out)
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "num_hidden_layers = 1000000000", "model.layers.2.*", out=out)
 
 
 # ---- context length -------------------------------------------------------------------
 
+
 def test_context_beyond_the_model_needs_the_flag(ckpt, tmp_path):
     out = tmp_path / "out"
-    assert_clean_failure(cli("-m", ckpt, "-o", out, "--context-length", "1000000000"),
-                         "supports (256 positions", "--allow-long-context", out=out)
-    assert_clean_failure(cli("-m", ckpt, "-o", out, "--context-length", str(2**31), "--allow-long-context"),
-                         "int32", out=out)
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out, "--context-length", "1000000000"),
+        "supports (256 positions",
+        "--allow-long-context",
+        out=out,
+    )
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out, "--context-length", str(2**31), "--allow-long-context"), "int32", out=out
+    )
 
 
 def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
     import builder.kit.plan as plan
     from builder import build
+
     monkeypatch.setattr(plan, "available_memory_bytes", lambda: 1 << 20)
     with pytest.raises(BuilderError, match="GiB of rotary cache"):
-        build(model=str(ckpt), output=str(tmp_path / "out"), context_length=100_000, allow_long_context=True,
-              show_progress=False)
+        build(
+            model=str(ckpt),
+            output=str(tmp_path / "out"),
+            context_length=100_000,
+            allow_long_context=True,
+            show_progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -347,18 +383,25 @@ def test_rotary_cache_sized_to_the_context_built(ckpt, tmp_path):
     import onnx
 
     from builder import build
+
     result = build(model=str(ckpt), output=str(tmp_path / "short"), context_length=48, show_progress=False)
     model = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
     cos = next(t for t in model.graph.initializer if t.name == "cos_cache")
     assert list(cos.dims) == [48, 16]
-    long = build(model=str(ckpt), output=str(tmp_path / "long"), context_length=1000, allow_long_context=True,
-                 show_progress=False)
+    long = build(
+        model=str(ckpt),
+        output=str(tmp_path / "long"),
+        context_length=1000,
+        allow_long_context=True,
+        show_progress=False,
+    )
     assert long.report["model"]["context_length"] == 1000
     assert json.loads((long.output / "genai_config.json").read_text())["model"]["context_length"] == 1000
 
 
 def test_rope_caches_in_slices_equal_one_pass():
     from builder.kit.rope import RopeSpec
+
     rope = RopeSpec(10000.0, 64)
     n = (1 << 20) // 32 * 2 + 5  # three slices
     positions = np.arange(n, dtype=np.float32)
@@ -370,11 +413,21 @@ def test_rope_caches_in_slices_equal_one_pass():
 
 # ---- target versions ------------------------------------------------------------------
 
-@pytest.mark.parametrize("ep,version,ok", [("cpu", "0.1", False), ("cpu", "1.16", False), ("cpu", "1.17", True),
-                                           ("webgpu", "1.19", False), ("webgpu", "1.20", True)])
+
+@pytest.mark.parametrize(
+    "ep,version,ok",
+    [
+        ("cpu", "0.1", False),
+        ("cpu", "1.16", False),
+        ("cpu", "1.17", True),
+        ("webgpu", "1.19", False),
+        ("webgpu", "1.20", True),
+    ],
+)
 def test_target_ort_floor(ep, version, ok):
     from builder.kit.options import BuildOptions
     from builder.kit.targets import Target
+
     options = BuildOptions(model="x", ep=ep, target_ort=version)
     if ok:
         assert Target.from_options(options).ort_version == tuple(int(v) for v in version.split("."))
@@ -390,9 +443,15 @@ def test_target_ort_floor_cli(ckpt, tmp_path):
 
 # ---- output folders and full disks ----------------------------------------------------
 
-@pytest.mark.parametrize("where,fragment", [("/proc/no-such/out", "No such file"),
-                                            ("/sys/builder-out", "cannot create the output folder"),
-                                            ("FILE/out", "is a file, not a folder")])
+
+@pytest.mark.parametrize(
+    "where,fragment",
+    [
+        ("/proc/no-such/out", "No such file"),
+        ("/sys/builder-out", "cannot create the output folder"),
+        ("FILE/out", "is a file, not a folder"),
+    ],
+)
 def test_output_folder_cannot_be_created(ckpt, tmp_path, where, fragment):
     if where.startswith("FILE"):
         (tmp_path / "FILE").write_text("x")
@@ -408,12 +467,14 @@ def test_output_names_no_folder(ckpt):
 def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
     import resource
     import signal
+
     tokenizer = ckpt / "tokenizer.json"
     tokenizer.write_text(tokenizer.read_text() + " " * (2 << 20))  # bigger than the model files
 
     def small_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, preexec_fn=small_files)
     assert_clean_failure(proc, "copying the tokenizer files", "free disk space", out=out)
@@ -423,12 +484,14 @@ def test_disk_full_while_writing_genai_config(ckpt, tmp_path, monkeypatch):
     import errno
 
     from builder import build
+
     real = Path.write_text
 
     def full(self, *args, **kwargs):
         if self.name == "genai_config.json":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *args, **kwargs)
+
     monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(BuilderError, match="No space left on device.*free disk space"):
         build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False)
@@ -436,6 +499,7 @@ def test_disk_full_while_writing_genai_config(ckpt, tmp_path, monkeypatch):
 
 
 # ---- terminal messages ------------------------------------------------------------------
+
 
 class FakeTerminal:
     def __init__(self):
@@ -453,6 +517,7 @@ class FakeTerminal:
 
 def test_warning_and_error_start_on_their_own_line():
     from builder.kit import progress as progress_module
+
     term = FakeTerminal()
     progress = progress_module.Progress(4, label="m", stream=term)
     progress.step("layer 1/2")
@@ -490,9 +555,11 @@ def test_mistyped_command_is_named(tmp_path, ckpt):
 
 # ---- inspect ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def built_folder(tmp_path_factory):
     from builder import build
+
     root = tmp_path_factory.mktemp("inspect")
     ckpt = make_checkpoint(root / "ckpt", TINY_CONFIGS["qwen3"])
     return build(model=str(ckpt), output=str(root / "out"), show_progress=False).output
@@ -501,6 +568,7 @@ def built_folder(tmp_path_factory):
 def test_inspect_truncated_model(built_folder, tmp_path):
     data = (built_folder / "model.onnx").read_bytes()
     from builder.inspect import summarize
+
     for cut in [0, 1, 7, 100, len(data) // 3, len(data) // 2, len(data) - 5]:
         path = tmp_path / "model.onnx"
         path.write_bytes(data[:cut])
@@ -518,11 +586,17 @@ def test_inspect_into_a_closed_pipe(built_folder):
     import os
     import subprocess
     import sys
+
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     # Enough output to fill the pipe, so the write after `head` left really fails.
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "inspect", "--json", *[str(built_folder)] * 200],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=root)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "inspect", "--json", *[str(built_folder)] * 200],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=root,
+    )
     proc.stdout.read(100)
     proc.stdout.close()
     err = proc.stderr.read().decode()
@@ -532,6 +606,7 @@ def test_inspect_into_a_closed_pipe(built_folder):
 
 # ---- Ctrl-C while Python imports ----------------------------------------------------
 
+
 @pytest.mark.parametrize("after_module", ["builder.kit.errors", "onnx"])
 def test_ctrl_c_during_imports(ckpt, tmp_path, after_module):
     """-X importtime reports each module as it finishes importing: interrupt right there."""
@@ -539,11 +614,17 @@ def test_ctrl_c_during_imports(ckpt, tmp_path, after_module):
     import signal
     import subprocess
     import sys
+
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "builder", "-m", str(ckpt), "-o",
-                             str(tmp_path / "out")], stderr=subprocess.PIPE, text=True, env=env, cwd=root,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "builder", "-m", str(ckpt), "-o", str(tmp_path / "out")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -558,9 +639,11 @@ def test_ctrl_c_during_imports(ckpt, tmp_path, after_module):
 
 # ---- the hub cache (made by hand in huggingface_hub's layout; nothing is downloaded) --------
 
+
 def hub_cache(home: Path, repo_id: str, source: Path, names: list[str] | None = None) -> Path:
     """HF_HOME/hub/models--org--name with refs/main and one snapshot holding `names` of source."""
     import shutil
+
     repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -584,8 +667,9 @@ def test_hub_cache_with_only_config_offline(ckpt, tmp_path):
     hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])  # what AutoConfig leaves behind
     out = tmp_path / "out"
     proc = cli("-m", "org/tiny", "-o", out, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
-    assert_clean_failure(proc, "only part of 'org/tiny'", "*.safetensors missing", "HF_HUB_OFFLINE",
-                         "hf download org/tiny", out=out)
+    assert_clean_failure(
+        proc, "only part of 'org/tiny'", "*.safetensors missing", "HF_HUB_OFFLINE", "hf download org/tiny", out=out
+    )
 
 
 def test_hub_cache_missing_one_shard_offline(tmp_path):
@@ -603,6 +687,7 @@ def test_partial_hub_cache_is_completed_when_online(ckpt, tmp_path, monkeypatch)
     import shutil
 
     import huggingface_hub
+
     snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
     calls = []
 
@@ -613,6 +698,7 @@ def test_partial_hub_cache_is_completed_when_online(ckpt, tmp_path, monkeypatch)
                 if not (snapshot / path.name).exists():
                     shutil.copyfile(path, snapshot / path.name)
         return str(snapshot)
+
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -624,6 +710,7 @@ def test_partial_hub_cache_is_completed_when_online(ckpt, tmp_path, monkeypatch)
 
 def test_partial_hub_cache_hub_unreachable(ckpt, tmp_path, monkeypatch):
     import huggingface_hub
+
     snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
     # What huggingface_hub does without network: fall back to the (partial) cached snapshot.
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(snapshot))
@@ -633,9 +720,15 @@ def test_partial_hub_cache_hub_unreachable(ckpt, tmp_path, monkeypatch):
         Checkpoint.open("org/tiny")
 
 
-@pytest.mark.parametrize("model,fragment", [("a/b/c", "nor a hub id"), ("Qwen/Qwen3 4B", "not a valid hub id"),
-                                            ("Qwen/Qwen3@4B", "not a valid hub id"),
-                                            ("org--x/y", "not a valid hub id")])
+@pytest.mark.parametrize(
+    "model,fragment",
+    [
+        ("a/b/c", "nor a hub id"),
+        ("Qwen/Qwen3 4B", "not a valid hub id"),
+        ("Qwen/Qwen3@4B", "not a valid hub id"),
+        ("org--x/y", "not a valid hub id"),
+    ],
+)
 def test_invalid_hub_id_is_called_invalid(tmp_path, model, fragment):
     proc = cli("-m", model, "-o", tmp_path / "out", env={"HF_HOME": str(tmp_path / "hf")})
     assert_clean_failure(proc, fragment, out=tmp_path / "out")
@@ -646,6 +739,7 @@ def test_download_hint_names_the_installed_cli(monkeypatch):
     import importlib.metadata
 
     from builder.kit.checkpoint import hub_download_command
+
     assert hub_download_command("org/m").startswith("hf download org/m --include")
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.30.2")
     assert hub_download_command("org/m").startswith("huggingface-cli download org/m")
@@ -661,6 +755,7 @@ def test_broken_plugin_is_one_plain_warning_line(monkeypatch, capsys):
 
         def load(self):
             raise ImportError("No module named 'broken_pkg'\n(with a second line)")
+
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Broken()])
     registry.load_plugins()

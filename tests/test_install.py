@@ -44,8 +44,7 @@ def no_torch_env(tmp_path_factory):
 
 def test_the_blocker_blocks(no_torch_env):
     for module in BLOCKED:
-        r = subprocess.run([sys.executable, "-c", f"import {module}"], env=no_torch_env,
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", f"import {module}"], env=no_torch_env, capture_output=True, text=True)
         assert r.returncode != 0 and "is blocked" in r.stderr, (module, r.stderr)
 
 
@@ -53,12 +52,23 @@ def test_the_blocker_blocks(no_torch_env):
 def test_int4_builds_without_torch_or_transformers(checkpoint, tmp_path, no_torch_env, ep):
     ckpt = checkpoint("qwen3")
     out = tmp_path / f"int4-{ep}"
-    r = subprocess.run([sys.executable, "-m", "builder", "-m", str(ckpt), "-p", "int4", "-e", ep, "-o", str(out)],
-                       env=no_torch_env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(ckpt), "-p", "int4", "-e", ep, "-o", str(out)],
+        env=no_torch_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     names = {p.name for p in out.iterdir()}
-    assert {"model.onnx", "model.onnx.data", "genai_config.json", "build_report.json",
-            "tokenizer.json", "tokenizer_config.json"} <= names, names
+    assert {
+        "model.onnx",
+        "model.onnx.data",
+        "genai_config.json",
+        "build_report.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names, names
     report = json.loads((out / "build_report.json").read_text())
     assert report["nodes"]["by_op_type"]["MatMulNBits"] > 0
     genai = json.loads((out / "genai_config.json").read_text())
@@ -67,6 +77,7 @@ def test_int4_builds_without_torch_or_transformers(checkpoint, tmp_path, no_torc
     import numpy as np
 
     from builder.verify import onnx_logits, onnx_session
+
     if ep == "cpu":
         logits = onnx_logits(onnx_session(out), np.array([[1, 2, 3]]), [4])
         assert all(np.isfinite(x).all() for x in logits)
@@ -74,8 +85,26 @@ def test_int4_builds_without_torch_or_transformers(checkpoint, tmp_path, no_torc
 
 def test_verify_without_torch_is_one_line(checkpoint, tmp_path, no_torch_env):
     out = tmp_path / "verify"
-    r = subprocess.run([sys.executable, "-m", "builder", "-m", str(checkpoint("qwen3")), "-p", "int4", "-e", "cpu",
-                        "-o", str(out), "--verify"], env=no_torch_env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "builder",
+            "-m",
+            str(checkpoint("qwen3")),
+            "-p",
+            "int4",
+            "-e",
+            "cpu",
+            "-o",
+            str(out),
+            "--verify",
+        ],
+        env=no_torch_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--verify needs torch and transformers" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()

@@ -11,8 +11,14 @@ import pytest
 from builder import BuildOptions
 from builder.verify import onnx_logits, onnx_session, verify_build
 
-LAYOUTS = list(itertools.product(["packed-split", "separate"], ["packed", "separate"],
-                                 ["quickgelu", "sigmoid-mul"], ["branchwise", "reshape-sln"]))
+LAYOUTS = list(
+    itertools.product(
+        ["packed-split", "separate"],
+        ["packed", "separate"],
+        ["quickgelu", "sigmoid-mul"],
+        ["branchwise", "reshape-sln"],
+    )
+)
 
 
 def logits_of(result):
@@ -22,35 +28,53 @@ def logits_of(result):
 
 @pytest.mark.parametrize("qkv,mlp,silu,head_norm", LAYOUTS)
 def test_layouts_match_transformers_and_each_other(built, checkpoint, qkv, mlp, silu, head_norm):
-    options = dict(precision="int4", accuracy_level=0, qkv_packing=qkv, mlp_packing=mlp, silu=silu,
-                   head_norm=head_norm)
+    options = dict(precision="int4", accuracy_level=0, qkv_packing=qkv, mlp_packing=mlp, silu=silu, head_norm=head_norm)
     result = built("qwen3", **options)
     layout = result.report["layout"]
-    assert (layout["qkv_packing"], layout["mlp_packing"], layout["silu"], layout["head_norm"]) == \
-        (qkv, mlp, silu, head_norm)
+    assert (layout["qkv_packing"], layout["mlp_packing"], layout["silu"], layout["head_norm"]) == (
+        qkv,
+        mlp,
+        silu,
+        head_norm,
+    )
     ops = result.report["nodes"]["by_op_type"]
     assert ("Split" in ops) == (qkv == "packed-split" or mlp == "packed")
-    parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
-                          prompt_length=12, decode_steps=4)
+    parity = verify_build(
+        result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]), prompt_length=12, decode_steps=4
+    )
     assert parity.max_abs < 1e-4, parity
 
-    baseline = built("qwen3", precision="int4", accuracy_level=0, qkv_packing="separate",
-                     mlp_packing="separate", silu="sigmoid-mul", head_norm="reshape-sln")
+    baseline = built(
+        "qwen3",
+        precision="int4",
+        accuracy_level=0,
+        qkv_packing="separate",
+        mlp_packing="separate",
+        silu="sigmoid-mul",
+        head_norm="reshape-sln",
+    )
     for ours, theirs in zip(logits_of(result), logits_of(baseline)):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 def test_packing_falls_back_when_formats_differ(built, checkpoint):
     """V at int8 in an int4 model (the llama.cpp lesson): q/k/v cannot share one MatMulNBits."""
-    result = built("qwen3", precision="int4", accuracy_level=0, qkv_packing="packed-split",
-                   mlp_packing="packed", int8_layers=["*.v_proj", "model.layers.1.mlp.up_proj"])
+    result = built(
+        "qwen3",
+        precision="int4",
+        accuracy_level=0,
+        qkv_packing="packed-split",
+        mlp_packing="packed",
+        int8_layers=["*.v_proj", "model.layers.1.mlp.up_proj"],
+    )
     notes = " ".join(result.report["layout"]["notes"])
     assert "q/k/v projections differ" in notes and "gate/up projections differ" in notes
     ops = result.report["nodes"]["by_op_type"]
     # Per layer 3 q/k/v + o + down, gate/up packed in layer 0 only, + lm_head.
     assert ops["MatMulNBits"] == 2 * 5 + 1 + 2 + 1
-    parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
-                          prompt_length=12, decode_steps=4)
+    parity = verify_build(
+        result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]), prompt_length=12, decode_steps=4
+    )
     assert parity.max_abs < 1e-4, parity
 
 
@@ -58,13 +82,15 @@ def test_packing_falls_back_when_formats_differ(built, checkpoint):
 def test_gpu_layouts_compute_the_same_model_on_cpu(built, checkpoint, ep):
     """The webgpu (target 1.27) and dml graphs have CPU kernels too: fp16-level agreement."""
     result = built("qwen3", precision="int4", ep=ep, accuracy_level=0)
-    parity = verify_build(result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]),
-                          prompt_length=12, decode_steps=4)
+    parity = verify_build(
+        result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]), prompt_length=12, decode_steps=4
+    )
     assert parity.nmse < 1e-4 and parity.argmax_agree == 1.0, parity
 
 
 def test_branchwise_refused_where_the_runtime_lacks_it(built):
     from builder import BuilderError
+
     with pytest.raises(BuilderError, match="--head-norm branchwise"):
         built("qwen3", precision="int4", ep="cpu", target_ort="1.30", head_norm="branchwise")
     with pytest.raises(BuilderError, match="--head-norm branchwise"):

@@ -10,10 +10,10 @@ prefill and 4 decode steps through the KV cache.
 from __future__ import annotations
 
 import pytest
+from parity_cases import ALL_CASES, MAX_ABS_BOUND, NMSE_BOUND
 
 from builder import BuildOptions
 from builder.verify import dequantized_reference, genai_greedy, transformers_greedy, verify_build
-from parity_cases import ALL_CASES, MAX_ABS_BOUND, NMSE_BOUND
 
 PROMPT, DECODE = 12, 4
 
@@ -48,8 +48,7 @@ def test_int4_block_sizes(built, checkpoint, block_size):
 
 
 def test_mixed_precision_lm_head_int8_and_float(built, checkpoint):
-    result = built("qwen3", precision="int4", int8_layers=["lm_head"], float_layers=["*.down_proj"],
-                   accuracy_level=0)
+    result = built("qwen3", precision="int4", int8_layers=["lm_head"], float_layers=["*.down_proj"], accuracy_level=0)
     ops = result.report["nodes"]["by_op_type"]
     assert ops["MatMul"] == 2 and "GatherBlockQuantized" not in ops  # float down_proj; int8 lm_head
     check(result, checkpoint("qwen3"), 1e-4)

@@ -7,7 +7,6 @@ quant.ort_quantize_blockwise to take our [N, K] weights.
 
 from __future__ import annotations
 
-
 import ml_dtypes
 import numpy as np
 import onnx
@@ -132,22 +131,22 @@ def test_zero_and_single_value_blocks(bits, symmetric, scale_dtype):
     rng = np.random.default_rng(3)
     scheme = QuantScheme(bits, 16, symmetric)
     w = random_weight(rng, 12, 16 * 6 + 3, symmetric).astype(np.float16).astype(np.float32)
-    w[0] = 0.0                      # all-zero row
-    w[1] = -0.0                     # all negative zeros: the zero scale's sign follows the first value
+    w[0] = 0.0  # all-zero row
+    w[1] = -0.0  # all negative zeros: the zero scale's sign follows the first value
     w[2, :16] = 0.0
-    w[2, 16] = -0.0                 # a block of +0 with one -0 in the middle
+    w[2, 16] = -0.0  # a block of +0 with one -0 in the middle
     w[3, 16:32] = 0.0
-    w[3, 16] = -0.0                 # ... and starting with -0
+    w[3, 16] = -0.0  # ... and starting with -0
     w[4, 32:48] = 0.0
-    w[4, 40] = 0.75                 # single positive value
+    w[4, 40] = 0.75  # single positive value
     w[5, 32:48] = 0.0
-    w[5, 47] = -3.5                 # single negative value, last in the block
+    w[5, 47] = -3.5  # single negative value, last in the block
     w[6, 96:] = 0.0
-    w[6, 97] = 1.25                 # single value in the partial (padded) last block
-    w[7, :16] = 2.0                 # constant blocks
+    w[6, 97] = 1.25  # single value in the partial (padded) last block
+    w[7, :16] = 2.0  # constant blocks
     w[7, 16:32] = -2.0
     w[8, :16] = np.where(np.arange(16) % 2, 1.5, -1.5)  # |max| == |min|: ORT picks min
-    w[9, :16] = np.abs(w[9, :16])   # all positive: asymmetric zero point 0
+    w[9, :16] = np.abs(w[9, :16])  # all positive: asymmetric zero point 0
     w[10, :16] = -np.abs(w[10, :16])  # all negative: asymmetric zero point qmax
     ref = ort_quantize_blockwise(w, scheme, scale_dtype)
     assert_identical(quantize_blockwise(w, scheme, scale_dtype), ref)
@@ -166,23 +165,25 @@ def _tie_rows(bits, symmetric):
     rows = []
     for _ in range(24):
         if symmetric:
-            lo, hi = -half, half - 1          # m = -half: scale = 1
+            lo, hi = -half, half - 1  # m = -half: scale = 1
         else:
             lo = -int(rng.integers(0, (1 << bits) - 1))
-            hi = lo + (1 << bits) - 1         # max - min = qmax: scale = 1, zp = -lo
+            hi = lo + (1 << bits) - 1  # max - min = qmax: scale = 1, zp = -lo
         ties = np.arange(lo, hi) + 0.5
         picks = rng.choice(ties, 30).astype(np.float32)
         nudge = rng.choice([-1, 0, 0, 1], 30)
-        picks = np.where(nudge < 0, np.nextafter(picks, -np.inf),
-                         np.where(nudge > 0, np.nextafter(picks, np.inf), picks)).astype(np.float32)
+        picks = np.where(
+            nudge < 0, np.nextafter(picks, -np.inf), np.where(nudge > 0, np.nextafter(picks, np.inf), picks)
+        ).astype(np.float32)
         rows.append(np.concatenate([[lo, hi], picks]).astype(np.float32))
     if not symmetric:
         # Zero point exactly on a tie: min = -2.5, max = qmax - 2.5 -> zp = roundf(2.5) = 3.
         rows.append(np.concatenate([[-2.5, (1 << bits) - 3.5], np.linspace(-2.5, 12.5, 30)]).astype(np.float32))
         # Zero point 0 (no negative values): ties at 0.5 and just below it.
         below_half = np.nextafter(np.float32(0.5), np.float32(0))
-        r = np.concatenate([[0.0, (1 << bits) - 1.0], np.full(10, 0.5), np.full(10, below_half),
-                            np.arange(10) + 0.5]).astype(np.float32)
+        r = np.concatenate(
+            [[0.0, (1 << bits) - 1.0], np.full(10, 0.5), np.full(10, below_half), np.arange(10) + 0.5]
+        ).astype(np.float32)
         rows.append(r)
     return np.stack(rows)
 
@@ -193,8 +194,10 @@ def test_rounding_ties_half_away_from_zero(bits, symmetric):
     w = _tie_rows(bits, symmetric)
     ref = ort_quantize_blockwise(w, scheme)
     assert_identical(quantize_blockwise(w, scheme), ref)
-    assert_identical(quantize_blockwise(w.astype(np.float16), scheme, np.float16),
-                     ort_quantize_blockwise(w.astype(np.float16), scheme, np.float16))
+    assert_identical(
+        quantize_blockwise(w.astype(np.float16), scheme, np.float16),
+        ort_quantize_blockwise(w.astype(np.float16), scheme, np.float16),
+    )
     # ORT rounds ties away from zero (C roundf), not to even as numpy/torch do.
     assert np.all(ref.scales[:24] == 1)
     deq = dequantize_blockwise(ref, scheme)
@@ -252,10 +255,12 @@ def test_offset_rounding_identity(zp):
     qmax = 255
     anchors = np.concatenate([np.arange(-1, qmax + 2) + 0.5, 2.0 ** np.arange(-3, 9), [0.0]]) - zp
     ulps = np.arange(-256, 257, dtype=np.int32)
-    y = np.concatenate([
-        (anchors[:, None].astype(np.float32).view(np.int32) + ulps).ravel().view(np.float32),
-        np.random.default_rng(zp).uniform(-zp - 2, qmax - zp + 2, 200_000).astype(np.float32),
-    ])
+    y = np.concatenate(
+        [
+            (anchors[:, None].astype(np.float32).view(np.int32) + ulps).ravel().view(np.float32),
+            np.random.default_rng(zp).uniform(-zp - 2, qmax - zp + 2, 200_000).astype(np.float32),
+        ]
+    )
     y = y[np.isfinite(y)]
     # ORT: roundf(float32(y + zp)), roundf exact in float64.
     x = (y + np.float32(zp)).astype(np.float64)
@@ -272,19 +277,37 @@ def matmul_nbits(q: QuantizedWeight, scheme: QuantScheme, a: np.ndarray) -> np.n
     """Y = A @ B with a one-node com.microsoft MatMulNBits model on the CPU provider."""
     n, nb, blob = q.packed.shape
     elem = TensorProto.FLOAT16 if q.scales.dtype == np.float16 else TensorProto.FLOAT
-    inits = [helper.make_tensor("B", TensorProto.UINT8, q.packed.shape, q.packed.tobytes(), raw=True),
-             helper.make_tensor("scales", elem, q.scales.shape, q.scales.tobytes(), raw=True)]
+    inits = [
+        helper.make_tensor("B", TensorProto.UINT8, q.packed.shape, q.packed.tobytes(), raw=True),
+        helper.make_tensor("scales", elem, q.scales.shape, q.scales.tobytes(), raw=True),
+    ]
     inputs = ["A", "B", "scales"]
     if q.zero_points is not None:
-        inits.append(helper.make_tensor("zero_points", TensorProto.UINT8, q.zero_points.shape,
-                                        q.zero_points.tobytes(), raw=True))
+        inits.append(
+            helper.make_tensor("zero_points", TensorProto.UINT8, q.zero_points.shape, q.zero_points.tobytes(), raw=True)
+        )
         inputs.append("zero_points")
-    node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft", K=q.k, N=n,
-                            bits=scheme.bits, block_size=scheme.block_size, accuracy_level=0)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", elem, [None, q.k])],
-                              [helper.make_tensor_value_info("Y", elem, [None, n])], inits)
-    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+    node = helper.make_node(
+        "MatMulNBits",
+        inputs,
+        ["Y"],
+        domain="com.microsoft",
+        K=q.k,
+        N=n,
+        bits=scheme.bits,
+        block_size=scheme.block_size,
+        accuracy_level=0,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("A", elem, [None, q.k])],
+        [helper.make_tensor_value_info("Y", elem, [None, n])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
     onnx.checker.check_model(model)
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -337,19 +360,22 @@ def test_zero_point_packing_round_trip():
     assert np.array_equal(unpack_zero_points(pack_zero_points(zp8, 8), 8, 7), zp8)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(bits=3, block_size=32), r"bits=3 .*allowed: \(4, 8\)"),
-    (dict(bits=2, block_size=32), r"bits=2 .*allowed: \(4, 8\)"),
-    (dict(bits=16, block_size=32), r"bits=16 .*allowed"),
-    (dict(bits=True, block_size=32), r"bits=True .*allowed"),
-    (dict(bits=4.0, block_size=32), r"bits=4.0 .*allowed"),
-    (dict(bits=np.int64(8), block_size=np.int32(64)), None),  # numpy integers are fine
-    (dict(bits=4, block_size=8), r"block_size=8 .*allowed: \(16, 32, 64, 128, 256\)"),
-    (dict(bits=4, block_size=48), r"block_size=48 .*allowed"),
-    (dict(bits=8, block_size=512), r"block_size=512 .*allowed"),
-    (dict(bits=4, block_size=0), r"block_size=0 .*allowed"),
-    (dict(bits=4, block_size=32, symmetric="yes"), r"symmetric='yes' must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(bits=3, block_size=32), r"bits=3 .*allowed: \(4, 8\)"),
+        (dict(bits=2, block_size=32), r"bits=2 .*allowed: \(4, 8\)"),
+        (dict(bits=16, block_size=32), r"bits=16 .*allowed"),
+        (dict(bits=True, block_size=32), r"bits=True .*allowed"),
+        (dict(bits=4.0, block_size=32), r"bits=4.0 .*allowed"),
+        (dict(bits=np.int64(8), block_size=np.int32(64)), None),  # numpy integers are fine
+        (dict(bits=4, block_size=8), r"block_size=8 .*allowed: \(16, 32, 64, 128, 256\)"),
+        (dict(bits=4, block_size=48), r"block_size=48 .*allowed"),
+        (dict(bits=8, block_size=512), r"block_size=512 .*allowed"),
+        (dict(bits=4, block_size=0), r"block_size=0 .*allowed"),
+        (dict(bits=4, block_size=32, symmetric="yes"), r"symmetric='yes' must be True or False"),
+    ],
+)
 def test_invalid_scheme(kwargs, match):
     if match is None:
         assert QuantScheme(**kwargs).blob_size == 64
@@ -394,13 +420,16 @@ def test_shapes_and_dtypes():
 
 def test_scheme_says_float_int4_int8_and_rowwise():
     import quant
+
     assert not QuantScheme.FLOAT.quantized and QuantScheme.FLOAT.kind == "float" and str(QuantScheme.FLOAT) == "float"
     assert QuantScheme.from_kind("float", 64, False) == QuantScheme.FLOAT
     int4 = QuantScheme.from_kind("int4", 32, True)
     assert int4 == QuantScheme(4, 32, True) and int4.kind == "int4" and str(int4) == "int4/b32/sym"
     assert str(QuantScheme(8, 128, False)) == "int8/b128/asym"
     row = QuantScheme(8, symmetric=False, method="rowwise")
-    assert row.block_size == 0 and row.kind == "int8" and str(row) == "int8/row/asym" and row != QuantScheme(8, 32, False)
+    assert (
+        row.block_size == 0 and row.kind == "int8" and str(row) == "int8/row/asym" and row != QuantScheme(8, 32, False)
+    )
     with pytest.raises(ValueError, match=r"bits=4 .*allowed: \(8,\)"):
         QuantScheme(4, method="rowwise")
     with pytest.raises(ValueError, match="method='gptq' is not supported"):
@@ -412,12 +441,14 @@ def test_scheme_says_float_int4_int8_and_rowwise():
 
 def test_quantize_dispatches_on_the_method():
     import quant
+
     rng = np.random.default_rng(5)
     w = random_weight(rng, 16, 96, True)
     scheme = QuantScheme(4, 32, True)
     assert_identical(quant.quantize(w, scheme), ort_quantize_blockwise(w, scheme))
-    assert np.array_equal(quant.dequantize(quant.quantize(w, scheme), scheme),
-                          dequantize_blockwise(quantize_blockwise(w, scheme), scheme))
+    assert np.array_equal(
+        quant.dequantize(quant.quantize(w, scheme), scheme), dequantize_blockwise(quantize_blockwise(w, scheme), scheme)
+    )
     for symmetric in (True, False):
         row = QuantScheme(8, symmetric=symmetric, method="rowwise")
         q = quant.quantize(w.astype(ml_dtypes.bfloat16), row, np.float16)
@@ -454,6 +485,7 @@ def test_a_new_method_is_one_registration():
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threads_do_not_change_the_bytes(monkeypatch, threads):
     import quant
+
     monkeypatch.setattr(quant.blockwise, "_CHUNK_VALUES", 2048)
     rng = np.random.default_rng(9)
     w = random_weight(rng, 301, 200, False).astype(ml_dtypes.bfloat16)

@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from support.synthetic import TINY_CONFIGS, text_config
 
 from builder import BuildOptions
 from builder.kit.errors import BuilderError
+from support.synthetic import TINY_CONFIGS, text_config
 
 
 def relay_fused(src, dst):
@@ -23,8 +23,12 @@ def relay_fused(src, dst):
     in_proj_ba rows [b_g | a_g] per key-head group g (transformers' fix_query_key_value_ordering, inverted)."""
     shutil.copytree(src, dst)
     t = text_config(json.loads((src / "config.json").read_text()))
-    hk, hv, dk, dv = (t["linear_num_key_heads"], t["linear_num_value_heads"], t["linear_key_head_dim"],
-                      t["linear_value_head_dim"])
+    hk, hv, dk, dv = (
+        t["linear_num_key_heads"],
+        t["linear_num_value_heads"],
+        t["linear_key_head_dim"],
+        t["linear_value_head_dim"],
+    )
     r = hv // hk
     weights = load_file(src / "model.safetensors")
     out = {}
@@ -33,12 +37,17 @@ def relay_fused(src, dst):
             p = name[: -len("in_proj_qkv.weight")]
             q, k, v = w.split([hk * dk, hk * dk, hv * dv])
             z = weights[p + "in_proj_z.weight"]
-            groups = [torch.cat([q.view(hk, dk, -1)[g], k.view(hk, dk, -1)[g], v.view(hk, r * dv, -1)[g],
-                                 z.view(hk, r * dv, -1)[g]]) for g in range(hk)]
+            groups = [
+                torch.cat(
+                    [q.view(hk, dk, -1)[g], k.view(hk, dk, -1)[g], v.view(hk, r * dv, -1)[g], z.view(hk, r * dv, -1)[g]]
+                )
+                for g in range(hk)
+            ]
             out[p + "in_proj_qkvz.weight"] = torch.cat(groups).contiguous()
             b, a = weights[p + "in_proj_b.weight"], weights[p + "in_proj_a.weight"]
             out[p + "in_proj_ba.weight"] = torch.cat(
-                [torch.cat([b.view(hk, r, -1)[g], a.view(hk, r, -1)[g]]) for g in range(hk)]).contiguous()
+                [torch.cat([b.view(hk, r, -1)[g], a.view(hk, r, -1)[g]]) for g in range(hk)]
+            ).contiguous()
         elif not name.endswith(("in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight")):
             out[name] = w
     (dst / "model.safetensors").unlink()
@@ -50,6 +59,7 @@ def build(checkpoint_dir, out, **options):
     from architectures.registry import builder_class_for
     from builder.kit.checkpoint import Checkpoint
     from builder.pipeline import run
+
     ckpt = Checkpoint(checkpoint_dir)
     opts = BuildOptions(model=str(checkpoint_dir), output=str(out), **options)
     return run(builder_class_for(ckpt.config)(ckpt, opts), show_progress=False)
@@ -60,8 +70,9 @@ def build(checkpoint_dir, out, **options):
 def test_split_and_fused_layouts_build_identical_data(checkpoint, tmp_path, name, precision):
     split = checkpoint(name)
     fused = relay_fused(split, tmp_path / "fused")
-    assert "model.layers.0.linear_attn.in_proj_qkvz.weight" in load_file(fused / "model.safetensors") or \
-        "model.language_model.layers.0.linear_attn.in_proj_qkvz.weight" in load_file(fused / "model.safetensors")
+    assert "model.layers.0.linear_attn.in_proj_qkvz.weight" in load_file(
+        fused / "model.safetensors"
+    ) or "model.language_model.layers.0.linear_attn.in_proj_qkvz.weight" in load_file(fused / "model.safetensors")
     a = build(split, tmp_path / "a", precision=precision)
     b = build(fused, tmp_path / "b", precision=precision)
     assert a.data_path.read_bytes() == b.data_path.read_bytes()
@@ -74,8 +85,9 @@ def test_one_qkvz_and_one_ba_projection_per_linear_layer(built, name):
     model = onnx.load(result.model_path, load_external_data=False)
     t = text_config(TINY_CONFIGS[name])
     interval = t.get("full_attention_interval", 4)
-    types = t.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
-                                     for i in range(t["num_hidden_layers"])]
+    types = t.get("layer_types") or [
+        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(t["num_hidden_layers"])
+    ]
     linear = [i for i, kind in enumerate(types) if kind == "linear_attention"]
     for i in range(len(types)):
         nodes = [n for n in model.graph.node if n.name.startswith(f"/model/layers.{i}/linear_attn/")]
@@ -95,8 +107,10 @@ def test_state_io_and_genai_config(built):
     result = built("qwen3_5", precision="int4")
     model = onnx.load(result.model_path, load_external_data=False)
     t = text_config(TINY_CONFIGS["qwen3_5"])
-    conv = 2 * t["linear_num_key_heads"] * t["linear_key_head_dim"] + \
-        t["linear_num_value_heads"] * t["linear_value_head_dim"]
+    conv = (
+        2 * t["linear_num_key_heads"] * t["linear_key_head_dim"]
+        + t["linear_num_value_heads"] * t["linear_value_head_dim"]
+    )
 
     def dims(vi):
         return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
@@ -105,8 +119,12 @@ def test_state_io_and_genai_config(built):
     outputs = {o.name: dims(o) for o in model.graph.output}
     for i in (0, 1, 2):  # linear attention: conv and recurrent state, no KV
         assert inputs[f"past.{i}.conv"] == outputs[f"present.{i}.conv"] == ["batch_size", conv, 3]
-        assert inputs[f"past.{i}.recurrent"] == ["batch_size", t["linear_num_value_heads"],
-                                                  t["linear_key_head_dim"], t["linear_value_head_dim"]]
+        assert inputs[f"past.{i}.recurrent"] == [
+            "batch_size",
+            t["linear_num_value_heads"],
+            t["linear_key_head_dim"],
+            t["linear_value_head_dim"],
+        ]
         assert f"past_key_values.{i}.key" not in inputs
     assert inputs["past_key_values.3.key"] == ["batch_size", 2, "past_sequence_length", t["head_dim"]]
     assert "past.3.conv" not in inputs and "position_ids" not in inputs

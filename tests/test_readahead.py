@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder import BuildOptions, BuilderError
-from builder.kit.errors import BuildInterrupted
+from builder import BuilderError, BuildOptions
 from builder.kit.checkpoint import RowRange
+from builder.kit.errors import BuildInterrupted
 from builder.kit.readahead import ReadAhead
 from builder.pipeline import build
 from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 
 def ranges(count: int, length: int) -> list[RowRange]:
-    return [RowRange(f"t{i}", 0, length, Path("none"), 0, length, np.dtype(np.uint8), (length,))
-            for i in range(count)]
+    return [RowRange(f"t{i}", 0, length, Path("none"), 0, length, np.dtype(np.uint8), (length,)) for i in range(count)]
 
 
 class CountingRead:
@@ -74,9 +73,9 @@ def test_read_ahead_follows_a_build_that_leaves_the_forecast():
     try:
         assert ahead.take(schedule[0]) is not None
         unforeseen = ranges(20, 10)[15]
-        assert ahead.take(unforeseen) is None            # not forecast: the build reads it itself
-        assert ahead.take(schedule[4]) is not None       # skips 1-3
-        assert ahead.take(schedule[2]) is None           # already passed
+        assert ahead.take(unforeseen) is None  # not forecast: the build reads it itself
+        assert ahead.take(schedule[4]) is not None  # skips 1-3
+        assert ahead.take(schedule[2]) is None  # already passed
         for where in schedule[5:]:
             assert ahead.take(where) is not None
     finally:
@@ -116,8 +115,9 @@ def test_forecast_is_exact_and_bytes_unchanged(tmp_path, family):
     data = {}
     for mb in (0, 1):
         out = tmp_path / f"out{mb}"
-        build(BuildOptions(model=str(ckpt), output=str(out), precision=precision, read_ahead_mb=mb),
-              show_progress=False)
+        build(
+            BuildOptions(model=str(ckpt), output=str(out), precision=precision, read_ahead_mb=mb), show_progress=False
+        )
         data[mb] = (out / "model.onnx.data").read_bytes()
         report = _report(out)
         assert set(report["timings"]["phases"]) >= {"read", "read_wait", "quantize", "write"}
@@ -134,6 +134,7 @@ def test_file_truncated_during_the_build_is_one_error_and_nothing_is_left(tmp_pa
     """The reader thread meets the truncation: the build fails with the error a build
     without read-ahead gives, and leaves no output."""
     import builder.pipeline as pipeline
+
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
     weights = ckpt / "model.safetensors"
     whole = weights.read_bytes()
@@ -149,8 +150,9 @@ def test_file_truncated_during_the_build_is_one_error_and_nothing_is_left(tmp_pa
         weights.write_bytes(whole)
         out = tmp_path / f"out{mb}"
         with pytest.raises(BuilderError) as e:
-            build(BuildOptions(model=str(ckpt), output=str(out), precision="int4", read_ahead_mb=mb),
-                  show_progress=False)
+            build(
+                BuildOptions(model=str(ckpt), output=str(out), precision="int4", read_ahead_mb=mb), show_progress=False
+            )
         messages.append(str(e.value))
         assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
     assert "truncated" in messages[1] and "\n" not in messages[1]
@@ -160,6 +162,7 @@ def test_file_truncated_during_the_build_is_one_error_and_nothing_is_left(tmp_pa
 
 def test_interrupted_build_stops_the_reader(tmp_path, monkeypatch):
     import builder.kit.linear as linear
+
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
     calls = []
     quantize = linear.quant.quantize
@@ -181,6 +184,7 @@ def test_interrupted_build_stops_the_reader(tmp_path, monkeypatch):
 def test_pooled_buffers_are_reused_only_when_let_go(tmp_path):
     """The reader reuses its memory, but never under rows the build still holds."""
     from builder.kit.checkpoint import Checkpoint
+
     data = np.random.default_rng(0).integers(0, 256, 64 * 1000, dtype=np.uint8).tobytes()
     path = tmp_path / "blob"
     path.write_bytes(data)
@@ -190,13 +194,13 @@ def test_pooled_buffers_are_reused_only_when_let_go(tmp_path):
     try:
         for i, where in enumerate(schedule):
             rows = ahead.take(where)
-            assert rows.tobytes() == data[i * 1000:(i + 1) * 1000]
+            assert rows.tobytes() == data[i * 1000 : (i + 1) * 1000]
             if i % 2:
                 kept.append((i, rows))  # held on to: its buffer must not be read into again
             del rows
     finally:
         ahead.close()
     for i, rows in kept:
-        assert rows.tobytes() == data[i * 1000:(i + 1) * 1000], i
+        assert rows.tobytes() == data[i * 1000 : (i + 1) * 1000], i
     # the let-go half was recycled: far fewer buffers than reads
     assert len(ahead._pool) <= 4000 // 1000 + 2

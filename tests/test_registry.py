@@ -1,8 +1,9 @@
 """Every built-in architecture is covered by the parity tests (tests/parity_cases.py)."""
 
+from parity_cases import PARITY_CASES
+
 from architectures.registry import registered
 from support.synthetic import TINY_CONFIGS
-from parity_cases import PARITY_CASES
 
 
 def builtin_architectures() -> dict[str, type]:

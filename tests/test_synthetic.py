@@ -40,7 +40,9 @@ def _load(d):
 def test_tokenizer_ids_match_constants():
     spec = json.loads((synthetic.TOKENIZER_DIR / "tokenizer.json").read_text())
     added = {t["content"]: t["id"] for t in spec["added_tokens"]}
-    assert added == dict(zip(synthetic.SPECIAL_TOKENS, (synthetic.ENDOFTEXT_ID, synthetic.IM_START_ID, synthetic.IM_END_ID)))
+    assert added == dict(
+        zip(synthetic.SPECIAL_TOKENS, (synthetic.ENDOFTEXT_ID, synthetic.IM_START_ID, synthetic.IM_END_ID))
+    )
     assert len(spec["model"]["vocab"]) + len(added) == synthetic.TOKENIZER_VOCAB_SIZE
     for cfg in synthetic.TINY_CONFIGS.values():
         assert synthetic.text_config(cfg)["vocab_size"] == synthetic.TOKENIZER_VOCAB_SIZE
@@ -49,14 +51,20 @@ def test_tokenizer_ids_match_constants():
 def test_tokenizer_rebuild_matches_shipped(tmp_path):
     synthetic.build_tokenizer(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        assert json.loads((tmp_path / name).read_text()) == json.loads((synthetic.TOKENIZER_DIR / name).read_text()), name
+        assert json.loads((tmp_path / name).read_text()) == json.loads((synthetic.TOKENIZER_DIR / name).read_text()), (
+            name
+        )
 
 
 def test_tokenizer_transformers_roundtrip():
     tok = transformers.AutoTokenizer.from_pretrained(synthetic.TOKENIZER_DIR)
     assert len(tok) == synthetic.TOKENIZER_VOCAB_SIZE
     assert (tok.eos_token_id, tok.pad_token_id) == (synthetic.IM_END_ID, synthetic.ENDOFTEXT_ID)
-    assert tok.convert_tokens_to_ids(synthetic.SPECIAL_TOKENS) == [synthetic.ENDOFTEXT_ID, synthetic.IM_START_ID, synthetic.IM_END_ID]
+    assert tok.convert_tokens_to_ids(synthetic.SPECIAL_TOKENS) == [
+        synthetic.ENDOFTEXT_ID,
+        synthetic.IM_START_ID,
+        synthetic.IM_END_ID,
+    ]
     raw = __import__("tokenizers").Tokenizer.from_file(str(synthetic.TOKENIZER_DIR / "tokenizer.json"))
     for text in TEXTS:
         ids = tok.encode(text)
@@ -117,7 +125,9 @@ def test_deterministic(tmp_path):
     c = _files(synthetic.make_checkpoint(tmp_path / "c", cfg, seed=4))
     assert a == b
     assert a["model.safetensors"] != c["model.safetensors"]
-    assert {k: v for k, v in a.items() if k != "model.safetensors"} == {k: v for k, v in c.items() if k != "model.safetensors"}
+    assert {k: v for k, v in a.items() if k != "model.safetensors"} == {
+        k: v for k, v in c.items() if k != "model.safetensors"
+    }
 
 
 def test_float32_and_value_ranges(tmp_path):
@@ -173,7 +183,10 @@ def test_tied_lm_head_copy_loads(tmp_path):
 # Byte sizes of the published files: (safetensors files, tensor count).
 HUB_FILES = {
     "qwen3-0.6b": ({"model.safetensors": 1503300328}, 311),
-    "qwen3-1.7b": ({"model-00001-of-00002.safetensors": 3441185608, "model-00002-of-00002.safetensors": 622329984}, 311),
+    "qwen3-1.7b": (
+        {"model-00001-of-00002.safetensors": 3441185608, "model-00002-of-00002.safetensors": 622329984},
+        311,
+    ),
     "qwen3-4b": ({f"model-0000{i}-of-00003.safetensors": None for i in (1, 2, 3)}, 398),
 }
 
@@ -202,9 +215,19 @@ def test_real_configs_match_hub_layout(name):
 
 def test_real_config_files_formatted_like_hub(tmp_path):
     # config.json / generation_config.json of Qwen3-1.7B on the hub: 726 and 239 bytes.
-    tiny_weights = dict(synthetic.REAL_CONFIGS["qwen3-1.7b"], num_hidden_layers=1, vocab_size=64, hidden_size=32,
-                        intermediate_size=32, num_attention_heads=1, num_key_value_heads=1, head_dim=32)
-    d = synthetic.make_checkpoint(tmp_path, tiny_weights, generation_config=synthetic.REAL_GENERATION_CONFIGS["qwen3-1.7b"])
+    tiny_weights = dict(
+        synthetic.REAL_CONFIGS["qwen3-1.7b"],
+        num_hidden_layers=1,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=32,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
+    d = synthetic.make_checkpoint(
+        tmp_path, tiny_weights, generation_config=synthetic.REAL_GENERATION_CONFIGS["qwen3-1.7b"]
+    )
     assert len((d / "generation_config.json").read_bytes()) == 239
     synthetic._write_json(tmp_path / "c.json", synthetic.REAL_CONFIGS["qwen3-1.7b"], end="")
     assert len((tmp_path / "c.json").read_bytes()) == 726
@@ -220,7 +243,10 @@ def test_shipped_example_is_up_to_date(tmp_path):
 def test_cli(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), "tiny-qwen3", str(tmp_path), "--seed", "0"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "model.safetensors" in out and "wrote tiny-qwen3" in out
     assert _files(tmp_path) == _files(ROOT / "examples" / "tiny-qwen3")

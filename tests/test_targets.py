@@ -19,12 +19,34 @@ from builder.verify import onnx_logits, onnx_session
 
 # Ops with kernels on each EP, from ONNX Runtime's kernel tables (docs/OperatorKernels.md,
 # js/web/docs/webgpu-operators.md). BranchwiseRMSNorm is CPU-only.
-COMMON = {"MatMulNBits", "GatherBlockQuantized", "Gather", "Reshape", "Split", "Slice",
-          "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GroupQueryAttention",
-          "QuickGelu", "Sigmoid", "Mul", "Add", "MatMul", "Transpose", "ReduceSum", "Sub", "Cast", "Shape",
-          "ReduceMax"}
-EP_OPS = {"cpu": COMMON | {"BranchwiseRMSNorm", "RotaryEmbedding"}, "cuda": COMMON,
-          "webgpu": COMMON, "dml": (COMMON - {"QuickGelu"}) | {"RotaryEmbedding"}}
+COMMON = {
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "Gather",
+    "Reshape",
+    "Split",
+    "Slice",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "GroupQueryAttention",
+    "QuickGelu",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "MatMul",
+    "Transpose",
+    "ReduceSum",
+    "Sub",
+    "Cast",
+    "Shape",
+    "ReduceMax",
+}
+EP_OPS = {
+    "cpu": COMMON | {"BranchwiseRMSNorm", "RotaryEmbedding"},
+    "cuda": COMMON,
+    "webgpu": COMMON,
+    "dml": (COMMON - {"QuickGelu"}) | {"RotaryEmbedding"},
+}
 
 
 def gqa_nodes(model):
@@ -121,9 +143,15 @@ def test_untied_embedding_keeps_both(built):
 def test_float_embedding_on_request(built, checkpoint):
     from builder import BuildOptions
     from builder.verify import verify_build
+
     result = built("qwen3-untied", precision="int4", float_layers=["model.embed_tokens"], accuracy_level=0)
     ops = result.report["nodes"]["by_op_type"]
     assert "GatherBlockQuantized" not in ops
-    parity = verify_build(result.output, checkpoint("qwen3-untied"), BuildOptions(**result.report["options"]),
-                          prompt_length=12, decode_steps=4)
+    parity = verify_build(
+        result.output,
+        checkpoint("qwen3-untied"),
+        BuildOptions(**result.report["options"]),
+        prompt_length=12,
+        decode_steps=4,
+    )
     assert parity.max_abs < 1e-4, parity

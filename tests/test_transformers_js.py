@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
-from builder import BuildOptions, BuilderError
+from builder import BuilderError, BuildOptions
 from builder.formats import transformers_js
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,19 +29,37 @@ NEW_TOKENS = 8
 def node_ready() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not installed: run `bash scripts/setup.sh` (it installs nodejs with apt-get), "
-                    "or install Node.js 18+")
+        pytest.fail(
+            "node is not installed: run `bash scripts/setup.sh` (it installs nodejs with apt-get), "
+            "or install Node.js 18+"
+        )
     if not (WEB / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
-        pytest.fail(f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh` "
-                    "(npm install --ignore-scripts in examples/web)")
+        pytest.fail(
+            f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh` "
+            "(npm install --ignore-scripts in examples/web)"
+        )
     return node
 
 
 def run_node(folder: Path, *extra: str) -> dict:
     node = node_ready()
-    out = subprocess.run([node, str(WEB / "generate.mjs"), str(folder), "--ids", ",".join(map(str, PROMPT)),
-                          "--max-new-tokens", str(NEW_TOKENS), "--min-new-tokens", str(NEW_TOKENS), *extra],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            node,
+            str(WEB / "generate.mjs"),
+            str(folder),
+            "--ids",
+            ",".join(map(str, PROMPT)),
+            "--max-new-tokens",
+            str(NEW_TOKENS),
+            "--min-new-tokens",
+            str(NEW_TOKENS),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -50,6 +68,7 @@ def build_tjs(checkpoint_dir: Path, output: Path, **options):
     from architectures.registry import builder_class_for
     from builder.kit.checkpoint import Checkpoint
     from builder.pipeline import run
+
     ckpt = Checkpoint(checkpoint_dir)
     opts = BuildOptions(model=str(ckpt.directory), output=str(output), format="transformers.js", **options)
     return run(builder_class_for(ckpt.config)(ckpt, opts), show_progress=False)
@@ -58,16 +77,19 @@ def build_tjs(checkpoint_dir: Path, output: Path, **options):
 def onnx_greedy(model_path: Path, prompt: list[int], new_tokens: int) -> list[int]:
     """Greedy decoding with ONNX Runtime in Python, feeding the cache as transformers.js does."""
     from builder.verify import onnx_session
+
     session = onnx_session(model_path)
     inputs = {i.name: i for i in session.get_inputs()}
     dtype = np.float16 if "float16" in inputs["past_key_values.0.key"].type else np.float32
-    feeds = {n: np.zeros([1 if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape], dtype)
-             for n, i in inputs.items() if n.startswith("past_")}
+    feeds = {
+        n: np.zeros([1 if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape], dtype)
+        for n, i in inputs.items()
+        if n.startswith("past_")
+    }
     tokens = list(prompt)
     step = np.array([prompt], np.int64)
     for _ in range(new_tokens):
-        outputs = session.run(None, {"input_ids": step, "attention_mask": np.ones((1, len(tokens)), np.int64),
-                                     **feeds})
+        outputs = session.run(None, {"input_ids": step, "attention_mask": np.ones((1, len(tokens)), np.int64), **feeds})
         named = dict(zip([o.name for o in session.get_outputs()], outputs))
         tokens.append(int(named["logits"][0, -1].argmax()))
         feeds = {n.replace("present", "past_key_values"): v for n, v in named.items() if n.startswith("present")}
@@ -80,8 +102,13 @@ def test_folder_layout_and_config(built):
     out = result.output
     assert result.model_path == out / "onnx" / "model_q4.onnx"
     assert (out / "onnx" / "model_q4.onnx_data").is_file()
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "build_report.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "build_report.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "genai_config.json").exists()
     config = json.loads((out / "config.json").read_text())
@@ -90,10 +117,17 @@ def test_folder_layout_and_config(built):
     assert result.report["files"] == {"model": "onnx/model_q4.onnx", "data": ["onnx/model_q4.onnx_data"]}
 
 
-@pytest.mark.parametrize("precision,ep,io,suffix", [
-    ("fp32", "cpu", "auto", ""), ("fp16", "cpu", "auto", "_fp16"), ("int4", "webgpu", "auto", "_q4f16"),
-    ("int4", "webgpu", "fp32", "_q4"), ("int4", "cpu", "auto", "_q4"), ("int8", "cpu", "auto", "_int8"),
-])
+@pytest.mark.parametrize(
+    "precision,ep,io,suffix",
+    [
+        ("fp32", "cpu", "auto", ""),
+        ("fp16", "cpu", "auto", "_fp16"),
+        ("int4", "webgpu", "auto", "_q4f16"),
+        ("int4", "webgpu", "fp32", "_q4"),
+        ("int4", "cpu", "auto", "_q4"),
+        ("int8", "cpu", "auto", "_int8"),
+    ],
+)
 def test_file_suffix_follows_transformers_js_dtypes(built, precision, ep, io, suffix):
     result = built("qwen3", precision=precision, ep=ep, io_dtype=io, format="transformers.js")
     assert result.model_path.name == f"model{suffix}.onnx"
@@ -106,8 +140,10 @@ def test_declared_cache_dims_are_numbers(built):
     """transformers.js makes the empty past from the declared dims, every symbol but batch_size -> 0."""
     result = built("qwen3", precision="int4", ep="webgpu", format="transformers.js")
     model = onnx.load(str(result.model_path), load_external_data=False)
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(model.graph.input) + list(model.graph.output)}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(model.graph.input) + list(model.graph.output)
+    }
     assert [n.name for n in model.graph.input][:2] == ["input_ids", "attention_mask"]
     assert "position_ids" not in dims  # rotary is inside GroupQueryAttention; transformers.js then feeds none
     for i in range(2):
@@ -122,23 +158,35 @@ def test_linear_attention_states_get_transformers_js_names():
     state whose size is symbolic is refused (transformers.js would start it with a 0-sized dim)."""
     from onnx import TensorProto as T
     from onnx import helper as h
+
     def model(recurrent_dims):
         graph = h.make_graph(
-            [h.make_node("Identity", ["past.1.conv"], ["present.1.conv"]),
-             h.make_node("Identity", ["past.1.recurrent"], ["present.1.recurrent"])], "g",
-            [h.make_tensor_value_info("input_ids", T.INT64, ["batch_size", "sequence_length"]),
-             h.make_tensor_value_info("past.1.conv", T.FLOAT, ["batch_size", 96, 3]),
-             h.make_tensor_value_info("past.1.recurrent", T.FLOAT, recurrent_dims)],
-            [h.make_tensor_value_info("present.1.conv", T.FLOAT, ["batch_size", 96, 3]),
-             h.make_tensor_value_info("present.1.recurrent", T.FLOAT, ["batch_size", 4, 16, 16])])
+            [
+                h.make_node("Identity", ["past.1.conv"], ["present.1.conv"]),
+                h.make_node("Identity", ["past.1.recurrent"], ["present.1.recurrent"]),
+            ],
+            "g",
+            [
+                h.make_tensor_value_info("input_ids", T.INT64, ["batch_size", "sequence_length"]),
+                h.make_tensor_value_info("past.1.conv", T.FLOAT, ["batch_size", 96, 3]),
+                h.make_tensor_value_info("past.1.recurrent", T.FLOAT, recurrent_dims),
+            ],
+            [
+                h.make_tensor_value_info("present.1.conv", T.FLOAT, ["batch_size", 96, 3]),
+                h.make_tensor_value_info("present.1.recurrent", T.FLOAT, ["batch_size", 4, 16, 16]),
+            ],
+        )
         return h.make_model(graph)
+
     good = model(["batch_size", 4, 16, 16])
     transformers_js.rename_states(good)
     transformers_js.check_inputs(good)
     assert [v.name for v in good.graph.input] == ["input_ids", "past_conv.1", "past_recurrent.1"]
     assert [v.name for v in good.graph.output] == ["present_conv.1", "present_recurrent.1"]
     assert [list(n.input) + list(n.output) for n in good.graph.node] == [
-        ["past_conv.1", "present_conv.1"], ["past_recurrent.1", "present_recurrent.1"]]
+        ["past_conv.1", "present_conv.1"],
+        ["past_recurrent.1", "present_recurrent.1"],
+    ]
     bad = model(["batch_size", 4, "head_k", 16])
     transformers_js.rename_states(bad)
     with pytest.raises(BuilderError, match="past_recurrent.1 declares dims"):
@@ -161,11 +209,14 @@ def test_io_dtype_option(built):
     assert fp16.report["target"]["io_dtype"] == "float16"
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"precision": "fp32", "io_dtype": "fp16"}, "--io-dtype fp16 contradicts -p fp32"),
-    ({"precision": "int4", "ep": "cuda", "io_dtype": "fp32"}, "no fp32 kernel on cuda"),
-    ({"precision": "int8", "ep": "webgpu", "format": "transformers.js"}, "add --io-dtype fp32"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"precision": "fp32", "io_dtype": "fp16"}, "--io-dtype fp16 contradicts -p fp32"),
+        ({"precision": "int4", "ep": "cuda", "io_dtype": "fp32"}, "no fp32 kernel on cuda"),
+        ({"precision": "int8", "ep": "webgpu", "format": "transformers.js"}, "add --io-dtype fp32"),
+    ],
+)
 def test_refused_combinations(built, options, message):
     with pytest.raises(BuilderError, match=message):
         built("qwen3", **options)
@@ -173,6 +224,7 @@ def test_refused_combinations(built, options, message):
 
 def test_cli_and_batch_know_the_options():
     from builder.cli import build_parser, options_from_args
+
     args = build_parser().parse_args(["-m", "x", "--format", "transformers.js", "--io-dtype", "fp32"])
     options = options_from_args(args)
     assert (options.format, options.io_dtype) == ("transformers.js", "fp32")
@@ -184,6 +236,7 @@ def test_cli_and_batch_know_the_options():
 def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     """Greedy tokens of transformers.js (Node) == transformers', with the data split into chunks."""
     from builder.verify import dequantized_reference, transformers_greedy
+
     monkeypatch.setattr(transformers_js, "CHUNK_BYTES", 160 * 1024)
     ckpt = checkpoint("qwen3")
     result = build_tjs(ckpt, tmp_path / "tjs-fp32", precision="fp32")
@@ -194,13 +247,15 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     config = json.loads((result.output / "config.json").read_text())
     assert config["transformers.js_config"]["use_external_data_format"] == {"model.onnx": len(chunks)}
 
-    theirs = transformers_greedy(dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")),
-                                 PROMPT, NEW_TOKENS)
+    theirs = transformers_greedy(
+        dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")), PROMPT, NEW_TOKENS
+    )
     ours = run_node(result.output)
     assert ours["dtype"] == "fp32"
     assert ours["tokens"] == theirs
 
     from transformers import AutoTokenizer
+
     assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
 
 
@@ -211,10 +266,12 @@ def test_node_other_families(built, checkpoint, name):
     names, layer_types, per-head norms without BranchwiseRMSNorm; as a ForConditionalGeneration checkpoint
     and a text one) in transformers.js: greedy tokens == transformers'."""
     from builder.verify import dequantized_reference, transformers_greedy
+
     result = built(name, precision="fp32", format="transformers.js")
     ckpt = checkpoint(name)
-    theirs = transformers_greedy(dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")),
-                                 PROMPT, NEW_TOKENS)
+    theirs = transformers_greedy(
+        dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")), PROMPT, NEW_TOKENS
+    )
     assert run_node(result.output)["tokens"] == theirs
 
 
@@ -230,13 +287,22 @@ def test_node_q4_generates(built):
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless Chromium with WebGPU on SwiftShader (no GPU here). The background-networking
 # flags keep Chromium from dialing out, which this machine's closed network refuses.
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--enable-unsafe-webgpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 BROWSER_TOKENS = 4  # SwiftShader compiles every WebGPU program on first use: that, not decoding, takes the time
 
 
 def load_serve():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("serve", WEB / "serve.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -246,14 +312,18 @@ def load_serve():
 def run_page(folder: Path, tmp_path: Path, **query) -> dict:
     import queue
     import urllib.parse
+
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium)")
     node_ready()
     server, results = load_serve().start([folder])
     url = f"http://127.0.0.1:{server.server_port}/?" + urllib.parse.urlencode({"model": folder.name, **query})
     log = open(tmp_path / "chromium.log", "w")
-    browser = subprocess.Popen([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
-                               stdout=log, stderr=subprocess.STDOUT)
+    browser = subprocess.Popen(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # --dump-dom would return before the GPU work is done: the page POSTs its result instead.
         return results.get(timeout=180)
@@ -275,10 +345,19 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
     """examples/web in headless Chromium, WebGPU on SwiftShader (no shader-f16): an int4 build with
     fp32 activations generates transformers' greedy tokens, and its model runs on the WebGPU EP."""
     from builder.verify import dequantized_reference, transformers_greedy
+
     options = dict(precision="int4", ep="webgpu", io_dtype="fp32")
     result = built("qwen3", format="transformers.js", **options)
-    page = run_page(result.output, tmp_path, device="webgpu", ids=",".join(map(str, PROMPT)),
-                    max_new_tokens=BROWSER_TOKENS, min_new_tokens=BROWSER_TOKENS, report=1, verbose=1)
+    page = run_page(
+        result.output,
+        tmp_path,
+        device="webgpu",
+        ids=",".join(map(str, PROMPT)),
+        max_new_tokens=BROWSER_TOKENS,
+        min_new_tokens=BROWSER_TOKENS,
+        report=1,
+        verbose=1,
+    )
     assert "error" not in page, page["error"]
     assert page["adapter"]["architecture"] == "swiftshader" and page["adapter"]["shader_f16"] is False
     assert (page["device"], page["dtype"]) == ("webgpu", "q4")
@@ -306,10 +385,13 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
 def test_batch_yaml_builds_the_format(tmp_path, capsys):
     """The same option in a batch file; a finished transformers.js folder is skipped on the next run."""
     from builder import cli
+
     tiny = ROOT / "examples" / "tiny-qwen3"
     yaml = tmp_path / "web.yaml"
-    yaml.write_text(f"output_root: out\njobs:\n  - {{model: {tiny}, precision: int4, ep: webgpu, io-dtype: fp32, "
-                    "format: transformers.js, output: tiny-web}\n")
+    yaml.write_text(
+        f"output_root: out\njobs:\n  - {{model: {tiny}, precision: int4, ep: webgpu, io-dtype: fp32, "
+        "format: transformers.js, output: tiny-web}\n"
+    )
     assert cli.main(["batch", str(yaml)]) == 0
     out = tmp_path / "out" / "tiny-web"
     assert (out / "onnx" / "model_q4.onnx").is_file() and (out / "onnx" / "model_q4.onnx_data").is_file()
@@ -324,10 +406,18 @@ def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
     """A text model built from a *ForConditionalGeneration checkpoint (Qwen3.5) is named *ForCausalLM,
     so transformers.js loads it as one decoder session instead of embed_tokens + decoder_model_merged."""
     from types import SimpleNamespace
-    config = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
-              "text_config": {"model_type": "qwen3_5_text", "layer_types": ["linear_attention", "full_attention"]}}
-    arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32), spec=None,
-                           options=BuildOptions(model="x", precision="int4", format="transformers.js"))
+
+    config = {
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5",
+        "text_config": {"model_type": "qwen3_5_text", "layer_types": ["linear_attention", "full_attention"]},
+    }
+    arch = SimpleNamespace(
+        config=config,
+        io_dtype=np.dtype(np.float32),
+        spec=None,
+        options=BuildOptions(model="x", precision="int4", format="transformers.js"),
+    )
     folder = transformers_js.TransformersJsFolder(arch)
     folder.write_configs(tmp_path, {"eos_token_id": 1})
     written = json.loads((tmp_path / "config.json").read_text())
@@ -339,12 +429,14 @@ def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
 def test_hybrid_configs_name_their_layer_types(tmp_path):
     """transformers.js finds the conv/recurrent/KV inputs of each layer through config.layer_types."""
     from types import SimpleNamespace
+
     types_ = ("linear_attention", "full_attention")
     spec = SimpleNamespace(layer_types=types_)
     options = BuildOptions(model="x", precision="fp32", format="transformers.js")
-    for config, where in (({"model_type": "qwen3_5_text", "full_attention_interval": 2}, lambda c: c),
-                          ({"model_type": "qwen3_5", "text_config": {"model_type": "qwen3_5_text"}},
-                           lambda c: c["text_config"])):
+    for config, where in (
+        ({"model_type": "qwen3_5_text", "full_attention_interval": 2}, lambda c: c),
+        ({"model_type": "qwen3_5", "text_config": {"model_type": "qwen3_5_text"}}, lambda c: c["text_config"]),
+    ):
         arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32), spec=spec, options=options)
         transformers_js.TransformersJsFolder(arch).write_configs(tmp_path, {})
         assert where(json.loads((tmp_path / "config.json").read_text()))["layer_types"] == list(types_)

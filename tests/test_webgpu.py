@@ -20,10 +20,28 @@ from builder.verify import onnx_logits, onnx_session
 
 # Ops the WebGPU EP has kernels for, that our graphs use (ONNX Runtime's webgpu kernel
 # registrations). Shape has a CPU-only kernel: it may appear in uncaptured graphs.
-WEBGPU_OPS = {"MatMulNBits", "GatherBlockQuantized", "Gather", "Reshape", "Split", "Slice",
-              "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GroupQueryAttention",
-              "QuickGelu", "Sigmoid", "Mul", "Add", "MatMul", "Transpose", "ReduceSum", "ReduceMax", "Sub",
-              "Cast", "FastGelu"}
+WEBGPU_OPS = {
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "Gather",
+    "Reshape",
+    "Split",
+    "Slice",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "GroupQueryAttention",
+    "QuickGelu",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "MatMul",
+    "Transpose",
+    "ReduceSum",
+    "ReduceMax",
+    "Sub",
+    "Cast",
+    "FastGelu",
+}
 
 
 def int64_values(model) -> set[str]:
@@ -36,8 +54,10 @@ def load(result):
     return onnx.load(str(result.model_path), load_external_data=False)
 
 
-@pytest.mark.parametrize("name,precision", [("qwen3", "int4"), ("qwen3", "fp16"), ("llama", "int4"),
-                                            ("qwen2", "int4"), ("mistral-nosw", "int4")])
+@pytest.mark.parametrize(
+    "name,precision",
+    [("qwen3", "int4"), ("qwen3", "fp16"), ("llama", "int4"), ("qwen2", "int4"), ("mistral-nosw", "int4")],
+)
 def test_default_webgpu_build_is_capture_ready(built, name, precision):
     result = built(name, precision=precision, ep="webgpu")
     target = result.report["target"]
@@ -85,7 +105,8 @@ def test_graph_capture_off_keeps_the_uncaptured_form(built):
     assert result.report["target"]["graph_capture"] is False
     config = json.loads(result.genai_config_path.read_text())
     assert config["model"]["decoder"]["session_options"]["provider_options"] == [
-        {"webgpu": {"enableGraphCapture": "0", "validationMode": "basic"}}]
+        {"webgpu": {"enableGraphCapture": "0", "validationMode": "basic"}}
+    ]
     assert config["search"]["max_length"] == config["model"]["context_length"]
     assert "Shape" in {n.op_type for n in load(result).graph.node}
 
@@ -93,16 +114,16 @@ def test_graph_capture_off_keeps_the_uncaptured_form(built):
 @pytest.mark.parametrize("ep,target_ort", [("webgpu", "1.27"), ("cpu", None), ("cuda", None)])
 def test_graph_capture_on_is_refused_where_the_runtime_does_not_capture(built, ep, target_ort):
     with pytest.raises(BuilderError, match="--graph-capture on"):
-        built("qwen3", precision="int4" if ep != "cuda" else "fp16", ep=ep, target_ort=target_ort,
-              graph_capture="on")
+        built("qwen3", precision="int4" if ep != "cuda" else "fp16", ep=ep, target_ort=target_ort, graph_capture="on")
 
 
 def test_capture_ready_metadata_computes_the_same_logits(built):
     """The int32 mask arithmetic gives the numbers the Shape form gives (run on the CPU EP)."""
     ids, steps = np.arange(3, 14)[None], [5, 9, 2]
     captured = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep="webgpu").output), ids, steps)
-    plain = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep="webgpu", graph_capture="off").output),
-                        ids, steps)
+    plain = onnx_logits(
+        onnx_session(built("qwen3", precision="fp32", ep="webgpu", graph_capture="off").output), ids, steps
+    )
     for a, b in zip(captured, plain):
         np.testing.assert_array_equal(a, b)
 
@@ -121,10 +142,12 @@ def test_webgpu_1_27_target_keeps_todays_layout(built):
 
 def test_default_webgpu_target_follows_the_plugin(monkeypatch):
     from builder.kit import targets
+
     versions = {"onnxruntime": "1.32.0", "onnxruntime-ep-webgpu": "0.4.0"}
 
     def version(package):
         import importlib.metadata
+
         if package not in versions:
             raise importlib.metadata.PackageNotFoundError(package)
         return versions[package]
@@ -145,15 +168,21 @@ def test_generate_without_a_webgpu_runtime_says_what_to_install(built):
     import subprocess
     import sys
     from pathlib import Path
+
     if importlib.util.find_spec("onnxruntime_ep_webgpu") or importlib.util.find_spec("onnxruntime_genai") is None:
         pytest.skip("needs onnxruntime-genai without the WebGPU plugin EP")
     import onnxruntime
+
     if "WebGpuExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has WebGPU built in")
     folder = built("qwen3", precision="int4", ep="webgpu").output
     repo = Path(__file__).resolve().parents[1]
-    child = subprocess.run([sys.executable, str(repo / "scripts" / "generate.py"), str(folder)],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    child = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "generate.py"), str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
     assert child.returncode == 2
     lines = child.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install onnxruntime-genai onnxruntime-ep-webgpu" in lines[0], child.stderr

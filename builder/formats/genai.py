@@ -24,8 +24,9 @@ class GenaiFolder:
 
     def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
         arch = self.arch
-        genai = make_genai_config(arch.plan, arch.config, generation,
-                                  str(arch.checkpoint.directory / "generation_config.json"))
+        genai = make_genai_config(
+            arch.plan, arch.config, generation, str(arch.checkpoint.directory / "generation_config.json")
+        )
         (staging / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n")
         return ["genai_config.json"]
 

@@ -35,7 +35,7 @@ DTYPES: dict[tuple[str, str], tuple[str, str]] = {
     ("fp32", "float32"): ("fp32", ""),
     ("fp16", "float16"): ("fp16", "_fp16"),
     ("int4", "float16"): ("q4f16", "_q4f16"),  # 4-bit block weights, fp16 activations
-    ("int4", "float32"): ("q4", "_q4"),        # 4-bit block weights, fp32 activations
+    ("int4", "float32"): ("q4", "_q4"),  # 4-bit block weights, fp32 activations
     ("int8", "float32"): ("int8", "_int8"),
 }
 
@@ -49,8 +49,10 @@ _STATE_RENAMES = [(re.compile(r"^(past|present)\.(\d+)\.(conv|recurrent)$"), r"\
 
 # Inputs transformers.js feeds to a decoder (modeling_utils.js decoder_forward,
 # configs.js getCacheNames): anything else would be missing at run time.
-_FED_INPUTS = re.compile(r"^(input_ids|attention_mask|position_ids|num_logits_to_keep"
-                         r"|past_key_values\.\d+\.(key|value)|past_conv\.\d+|past_recurrent\.\d+)$")
+_FED_INPUTS = re.compile(
+    r"^(input_ids|attention_mask|position_ids|num_logits_to_keep"
+    r"|past_key_values\.\d+\.(key|value)|past_conv\.\d+|past_recurrent\.\d+)$"
+)
 
 
 class TransformersJsFolder:
@@ -64,7 +66,8 @@ class TransformersJsFolder:
             raise BuilderError(
                 f"--format transformers.js has no dtype for -p {arch.options.precision} with {io} activations "
                 "(transformers.js names fp32, fp16, q4, q4f16 and int8 files); "
-                + ("add --io-dtype fp32" if arch.options.precision == "int8" else "choose another -p"))
+                + ("add --io-dtype fp32" if arch.options.precision == "int8" else "choose another -p")
+            )
         self.dtype, self.suffix = DTYPES[key]
         self.model_name = f"model{self.suffix}.onnx"
         self.model_file = f"onnx/{self.model_name}"
@@ -109,8 +112,11 @@ class TransformersJsFolder:
         if generation is None:
             # transformers.js takes eos/bos from here; a checkpoint without the file
             # gets the ids its config.json names.
-            generation = {k: self.arch.config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                          if self.arch.config.get(k) is not None}
+            generation = {
+                k: self.arch.config[k]
+                for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                if self.arch.config.get(k) is not None
+            }
             (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
             written.append("generation_config.json")
         return written
@@ -121,10 +127,12 @@ class TransformersJsFolder:
 
 def rename_states(model) -> None:
     """Give recurrent-state inputs and outputs the names transformers.js feeds and reads."""
+
     def renamed(name: str) -> str:
         for pattern, replacement in _STATE_RENAMES:
             name = pattern.sub(replacement, name)
         return name
+
     graph = model.graph
     names = {v.name for v in list(graph.input) + list(graph.output)}
     mapping = {n: renamed(n) for n in names if renamed(n) != n}
@@ -143,17 +151,21 @@ def check_inputs(model) -> None:
     for value in model.graph.input:
         name = value.name
         if not _FED_INPUTS.match(name):
-            raise BuilderError(f"--format transformers.js: the graph input {name!r} is not one transformers.js "
-                               "feeds to a decoder; this architecture cannot be written in that format yet")
+            raise BuilderError(
+                f"--format transformers.js: the graph input {name!r} is not one transformers.js "
+                "feeds to a decoder; this architecture cannot be written in that format yet"
+            )
         if not name.startswith("past_"):
             continue
         dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         free = {0, 2} if name.startswith("past_key_values.") else {0}
         bad = [i for i, d in enumerate(dims) if isinstance(d, str) and i not in free]
         if dims[0] != "batch_size" or bad:
-            raise BuilderError(f"--format transformers.js: cache input {name} declares dims {dims}; transformers.js "
-                               "makes its first (empty) value from them and turns every symbol but batch_size "
-                               "into 0, so the model's fixed sizes must be numbers (builder bug, please report)")
+            raise BuilderError(
+                f"--format transformers.js: cache input {name} declares dims {dims}; transformers.js "
+                "makes its first (empty) value from them and turns every symbol but batch_size "
+                "into 0, so the model's fixed sizes must be numbers (builder bug, please report)"
+            )
 
 
 def split_external_data(model, folder: Path, model_name: str, limit: int) -> list[str]:
@@ -194,8 +206,10 @@ def split_external_data(model, folder: Path, model_name: str, limit: int) -> lis
                     os.fsync(out.fileno())
             source.truncate(starts[1])
     except OSError as e:
-        raise BuilderError(f"writing the external data chunks in {folder} failed ({e.strerror or e}); "
-                           "free disk space or choose another -o/--output") from None
+        raise BuilderError(
+            f"writing the external data chunks in {folder} failed ({e.strerror or e}); "
+            "free disk space or choose another -o/--output"
+        ) from None
     for (offset, _, entries), k in zip(tensors, chunk_of):
         entries["location"].value = names[k]
         entries["offset"].value = str(offset - starts[k])

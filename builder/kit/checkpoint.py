@@ -37,8 +37,10 @@ def resolve_model_dir(model: str) -> Path:
         return path
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         not_hub = " (nor a hub id: those are owner/name)" if model.count("/") > 1 else ""
-        raise BuilderError(f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
-                           "and *.safetensors, or a hub id like Qwen/Qwen3-4B")
+        raise BuilderError(
+            f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
+            "and *.safetensors, or a hub id like Qwen/Qwen3-4B"
+        )
     return _download_from_hub(model)
 
 
@@ -46,6 +48,7 @@ def hub_download_command(repo_id: str) -> str:
     """The download command of the installed huggingface_hub: `hf` from 0.34 on (the only
     one in 1.x), `huggingface-cli` before."""
     import importlib.metadata
+
     try:
         major, minor = (int(x) for x in importlib.metadata.version("huggingface_hub").split(".")[:2])
     except (importlib.metadata.PackageNotFoundError, ValueError):
@@ -72,6 +75,7 @@ def missing_files(folder: Path) -> tuple[list[str], list[str]]:
     elif not any(folder.glob("*.safetensors")):
         needed.append("*.safetensors")
     from builder.kit.tokenizer_files import REQUIRED
+
     wanted = [name for name in REQUIRED if not (folder / name).is_file()]
     return needed, wanted
 
@@ -81,14 +85,18 @@ def _download_from_hub(repo_id: str) -> Path:
         import huggingface_hub
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise BuilderError(f"{repo_id!r} is not a local folder and huggingface_hub is not installed "
-                           "to fetch it; pip install huggingface_hub or pass a local folder") from None
+        raise BuilderError(
+            f"{repo_id!r} is not a local folder and huggingface_hub is not installed "
+            "to fetch it; pip install huggingface_hub or pass a local folder"
+        ) from None
     try:
         huggingface_hub.utils.validate_repo_id(repo_id)
     except Exception as e:  # HFValidationError
         why = str(e).rstrip(".")
-        raise BuilderError(f"{repo_id!r} is not a local folder, and not a valid hub id ({why}); pass a folder "
-                           "with config.json and *.safetensors, or a hub id like Qwen/Qwen3-4B") from None
+        raise BuilderError(
+            f"{repo_id!r} is not a local folder, and not a valid hub id ({why}); pass a folder "
+            "with config.json and *.safetensors, or a hub id like Qwen/Qwen3-4B"
+        ) from None
     command = hub_download_command(repo_id)
     cached = None
     try:
@@ -98,43 +106,57 @@ def _download_from_hub(repo_id: str) -> Path:
         pass
     if cached is not None and not any(missing_files(cached)):
         return cached
-    offline = (getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-               or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"))
+    offline = getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False) or os.environ.get(
+        "HF_HUB_OFFLINE", "0"
+    ) not in ("0", "", "false", "False")
     if offline:
         if cached is None:
-            raise BuilderError(f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                               f"download it where you have network ({command}) or pass a local folder")
+            raise BuilderError(
+                f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"download it where you have network ({command}) or pass a local folder"
+            )
         needed, wanted = missing_files(cached)
         if not needed:
             return cached  # only tokenizer files are missing: the build warns about them
-        raise BuilderError(f"the Hugging Face cache holds only part of {repo_id!r} ({', '.join(needed)} "
-                           f"missing in {cached}) and HF_HUB_OFFLINE is set; complete it where you have "
-                           f"network ({command}) or pass a local folder")
+        raise BuilderError(
+            f"the Hugging Face cache holds only part of {repo_id!r} ({', '.join(needed)} "
+            f"missing in {cached}) and HF_HUB_OFFLINE is set; complete it where you have "
+            f"network ({command}) or pass a local folder"
+        )
     try:
         path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as e:
         kind = type(e).__name__
         if "RepositoryNotFound" in kind or "404" in str(e):
-            raise BuilderError(f"hub id {repo_id!r} was not found on the Hugging Face hub; "
-                               "check the spelling, or log in (hf auth login) for a gated model") from None
+            raise BuilderError(
+                f"hub id {repo_id!r} was not found on the Hugging Face hub; "
+                "check the spelling, or log in (hf auth login) for a gated model"
+            ) from None
         if "GatedRepo" in kind:
-            raise BuilderError(f"{repo_id!r} is gated on the Hugging Face hub: accept its license on the hub "
-                               "and log in (hf auth login)") from None
+            raise BuilderError(
+                f"{repo_id!r} is gated on the Hugging Face hub: accept its license on the hub "
+                "and log in (hf auth login)"
+            ) from None
         partly = f" (the cache holds part of it, in {cached})" if cached is not None else ""
-        raise BuilderError(f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
-                           f"and the hub could not be reached ({kind}); you may be offline: run {command} "
-                           "where you have network, or pass a local folder") from None
+        raise BuilderError(
+            f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
+            f"and the hub could not be reached ({kind}); you may be offline: run {command} "
+            "where you have network, or pass a local folder"
+        ) from None
     needed, _ = missing_files(path)
     if needed:
         # snapshot_download falls back to the cache when the hub cannot be reached.
-        raise BuilderError(f"{repo_id!r}: {', '.join(needed)} missing in {path}, and the hub did not provide "
-                           f"them (offline, or not a safetensors checkpoint?); run {command} where you have "
-                           "network, or pass a local folder")
+        raise BuilderError(
+            f"{repo_id!r}: {', '.join(needed)} missing in {path}, and the hub did not provide "
+            f"them (offline, or not a safetensors checkpoint?); run {command} where you have "
+            "network, or pass a local folder"
+        )
     return path
 
 
 class RowRange(NamedTuple):
     """Rows [start:stop) of one checkpoint tensor and where their bytes lie."""
+
     name: str
     start: int
     stop: int
@@ -159,7 +181,7 @@ class Checkpoint:
         self._shard_of = self._index_tensors()
 
     @classmethod
-    def open(cls, model: str) -> "Checkpoint":
+    def open(cls, model: str) -> Checkpoint:
         return cls(resolve_model_dir(model))
 
     # ---- config -------------------------------------------------------------
@@ -197,13 +219,17 @@ class Checkpoint:
             shards = {name: self.directory / shard for name, shard in weight_map.items()}
             for shard in sorted(set(shards.values())):
                 if not shard.is_file():
-                    raise BuilderError(f"{index_path.name} names shard {shard.name}, which is missing from "
-                                       f"{self.directory}; re-download the checkpoint")
+                    raise BuilderError(
+                        f"{index_path.name} names shard {shard.name}, which is missing from "
+                        f"{self.directory}; re-download the checkpoint"
+                    )
             return shards
         files = sorted(self.directory.glob("*.safetensors"))
         if not files:
-            raise BuilderError(f"no *.safetensors files in {self.directory}; only safetensors checkpoints "
-                               "are supported (convert .bin files with transformers' save_pretrained)")
+            raise BuilderError(
+                f"no *.safetensors files in {self.directory}; only safetensors checkpoints "
+                "are supported (convert .bin files with transformers' save_pretrained)"
+            )
         shards = {}
         for file in files:
             for name in self._header(file)["tensors"]:
@@ -231,20 +257,23 @@ class Checkpoint:
     def _entry(self, name: str) -> tuple[Path, dict]:
         file = self._shard_of.get(name)
         if file is None:
-            raise BuilderError(f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
-                               "the checkpoint is incomplete or not the architecture its config names")
+            raise BuilderError(
+                f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
+                "the checkpoint is incomplete or not the architecture its config names"
+            )
         entry = self._header(file)["tensors"].get(name)
         if entry is None:
-            raise BuilderError(f"the index names {file.name} for tensor {name!r}, but that shard does not "
-                               "hold it; re-download the checkpoint")
+            raise BuilderError(
+                f"the index names {file.name} for tensor {name!r}, but that shard does not "
+                "hold it; re-download the checkpoint"
+            )
         return file, entry
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The whole tensor, in its stored dtype."""
         return self.rows(name, 0, None, expect_shape)
 
-    def rows(self, name: str, start: int, stop: int | None,
-             expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    def rows(self, name: str, start: int, stop: int | None, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Rows [start:stop) of a tensor, read without touching the other rows.
 
         Plain reads (not mmap): the bytes land in memory we free right after
@@ -264,17 +293,21 @@ class Checkpoint:
             self.phases.add("read_wait", time.perf_counter() - t)
         return rows
 
-    def locate(self, name: str, start: int, stop: int | None,
-               expect_shape: tuple[int, ...] | None = None) -> "RowRange":
+    def locate(self, name: str, start: int, stop: int | None, expect_shape: tuple[int, ...] | None = None) -> RowRange:
         """Where rows [start:stop) of a tensor lie, with the checks a read makes first."""
         file, entry = self._entry(name)
         dtype, shape = entry["dtype"], tuple(entry["shape"])
         if dtype not in SUPPORTED_DTYPES:
-            raise BuilderError(f"tensor {name!r} in {file.name} has dtype {dtype}; supported: "
-                               + ", ".join(SUPPORTED_DTYPES) + " (quantized checkpoints are not supported)")
+            raise BuilderError(
+                f"tensor {name!r} in {file.name} has dtype {dtype}; supported: "
+                + ", ".join(SUPPORTED_DTYPES)
+                + " (quantized checkpoints are not supported)"
+            )
         if expect_shape is not None and shape != tuple(expect_shape):
-            raise BuilderError(f"tensor {name!r} has shape {list(shape)} but config.json implies "
-                               f"{list(expect_shape)}; the weights do not match the config")
+            raise BuilderError(
+                f"tensor {name!r} has shape {list(shape)} but config.json implies "
+                f"{list(expect_shape)}; the weights do not match the config"
+            )
         rows_total = shape[0] if shape else 1
         stop = rows_total if stop is None else min(stop, rows_total)
         start = min(start, stop)
@@ -282,14 +315,13 @@ class Checkpoint:
         row_bytes = math.prod(row_shape) * DTYPE_SIZES[dtype]
         begin = self._header(file)["data_start"] + entry["data_offsets"][0] + start * row_bytes
         out_shape = (stop - start, *row_shape) if shape else ()
-        return RowRange(name, start, stop, file, begin, (stop - start) * row_bytes, SUPPORTED_DTYPES[dtype],
-                        out_shape)
+        return RowRange(name, start, stop, file, begin, (stop - start) * row_bytes, SUPPORTED_DTYPES[dtype], out_shape)
 
-    ahead = None   # a ReadAhead serving reads it made in advance, while one is attached
+    ahead = None  # a ReadAhead serving reads it made in advance, while one is attached
     phases = None  # a progress.Phases the build's own reads are timed in
 
     @staticmethod
-    def read(where: "RowRange", buffer=None) -> np.ndarray:
+    def read(where: RowRange, buffer=None) -> np.ndarray:
         """The rows `where` names, read from disk now (thread-safe: one open file per read),
         into `buffer` (exactly where.length bytes) if given."""
         if buffer is None:
@@ -299,11 +331,9 @@ class Checkpoint:
                 f.seek(where.begin)
                 got = f.readinto(buffer)
         except OSError as e:
-            raise BuilderError(f"could not read tensor {where.name!r} from {where.file} "
-                               f"({e.strerror or e})") from None
+            raise BuilderError(f"could not read tensor {where.name!r} from {where.file} ({e.strerror or e})") from None
         if got != where.length:
-            raise BuilderError(f"{where.file} ends inside tensor {where.name!r}; the file is truncated: "
-                               "re-download it")
+            raise BuilderError(f"{where.file} ends inside tensor {where.name!r}; the file is truncated: re-download it")
         return np.frombuffer(buffer, dtype=where.dtype).reshape(where.shape)
 
     # ---- identity -----------------------------------------------------------
@@ -354,9 +384,13 @@ def _file_identity(file: Path, content: bool) -> str:
 def _read_weight_map(index_path: Path) -> dict[str, str]:
     """The index's tensor name -> shard file name map, checked: a shard must be a plain file
     name in the checkpoint folder (the map is only ever written by save_pretrained)."""
+
     def invalid(why: str) -> BuilderError:
-        return BuilderError(f"{index_path} is not a valid safetensors index ({why}); re-download the "
-                            "checkpoint, or delete the index if the folder holds a single model.safetensors")
+        return BuilderError(
+            f"{index_path} is not a valid safetensors index ({why}); re-download the "
+            "checkpoint, or delete the index if the folder holds a single model.safetensors"
+        )
+
     try:
         index = json.loads(index_path.read_bytes(), object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as e:
@@ -373,8 +407,14 @@ def _read_weight_map(index_path: Path) -> dict[str, str]:
     if not weight_map:
         raise invalid("'weight_map' is empty")
     for name, shard in weight_map.items():
-        if (not isinstance(shard, str) or not shard or shard in (".", "..") or "/" in shard or "\\" in shard
-                or "\0" in shard):
+        if (
+            not isinstance(shard, str)
+            or not shard
+            or shard in (".", "..")
+            or "/" in shard
+            or "\\" in shard
+            or "\0" in shard
+        ):
             raise invalid(f"tensor {name!r} maps to {shard!r}, not a file name in the checkpoint folder")
     return weight_map
 
@@ -390,16 +430,34 @@ def _header_bytes(file: Path) -> bytes:
             raise ValueError("file ends inside the header")
         return header
     except (OSError, struct.error, ValueError) as e:
-        raise BuilderError(f"{file} is not a readable safetensors file ({e}); it may be truncated "
-                           "or corrupt: re-download it") from None
+        raise BuilderError(
+            f"{file} is not a readable safetensors file ({e}); it may be truncated or corrupt: re-download it"
+        ) from None
 
 
 # Every dtype the safetensors format defines, in bits per element: an entry with any other
 # dtype is a corrupt header. Which of them a build can read is SUPPORTED_DTYPES.
 SAFETENSORS_DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6,
-    "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
 }
 
 
@@ -444,8 +502,7 @@ def _parse_header(file: Path) -> dict:
     if not isinstance(table, dict):
         raise corrupt("not a JSON object")
     metadata = table.pop("__metadata__", None)
-    if metadata is not None and not (isinstance(metadata, dict)
-                                     and all(isinstance(v, str) for v in metadata.values())):
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise corrupt("__metadata__ is not an object of strings")
     data_start = 8 + len(raw)
     buffer = file.stat().st_size - data_start
@@ -461,14 +518,19 @@ def _parse_header(file: Path) -> dict:
             raise corrupt(f"tensor {name!r} has dtype {dtype!r}, which safetensors does not define")
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
             raise corrupt(f"tensor {name!r} has shape {shape!r}; expected a list of non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
-                or offsets[0] > offsets[1]):
-            raise corrupt(f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end] with "
-                          "0 <= begin <= end")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise corrupt(f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end] with 0 <= begin <= end")
         bits = math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype]
         if bits % 8 or offsets[1] - offsets[0] != bits // 8:
-            raise corrupt(f"tensor {name!r} is {dtype} {shape}, {bits / 8:g} bytes, but its data_offsets "
-                          f"{offsets} span {offsets[1] - offsets[0]} bytes")
+            raise corrupt(
+                f"tensor {name!r} is {dtype} {shape}, {bits / 8:g} bytes, but its data_offsets "
+                f"{offsets} span {offsets[1] - offsets[0]} bytes"
+            )
         spans.append((offsets[0], offsets[1], name))
     position = 0
     for begin, end, name in sorted(spans):
@@ -477,8 +539,10 @@ def _parse_header(file: Path) -> dict:
             raise corrupt(f"tensor {name!r} at data_offsets [{begin}, {end}] {what}")
         position = end
     if position > buffer:
-        raise BuilderError(f"{file} is truncated ({file.stat().st_size} bytes, the header says the data ends "
-                           f"at byte {data_start + position}); re-download it")
+        raise BuilderError(
+            f"{file} is truncated ({file.stat().st_size} bytes, the header says the data ends "
+            f"at byte {data_start + position}); re-download it"
+        )
     if position != buffer:
         raise corrupt(f"the tensors cover {position} bytes of a {buffer}-byte data buffer")
     return {"tensors": table, "data_start": data_start}

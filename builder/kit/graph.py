@@ -72,8 +72,9 @@ class ExternalDataFile:
         try:
             self._file.write(view)
         except OSError as e:
-            raise BuilderError(f"writing {self.path} failed ({e.strerror or e}); "
-                               "free disk space or choose another -o/--output") from None
+            raise BuilderError(
+                f"writing {self.path} failed ({e.strerror or e}); free disk space or choose another -o/--output"
+            ) from None
         finally:
             self.phases.add("write", time.perf_counter() - t)
         self.offset += view.nbytes
@@ -105,8 +106,9 @@ class ExternalDataFile:
                 self._file.flush()
                 os.fsync(self._file.fileno())
         except OSError as e:
-            raise BuilderError(f"writing {self.path} failed ({e.strerror or e}); "
-                               "free disk space or choose another -o/--output") from None
+            raise BuilderError(
+                f"writing {self.path} failed ({e.strerror or e}); free disk space or choose another -o/--output"
+            ) from None
         finally:
             self._file.close()
 
@@ -128,8 +130,9 @@ class Graph:
 
     # ---- nodes --------------------------------------------------------------
 
-    def node(self, op_type: str, inputs: list[str], name: str, outputs: int | list[str] = 1,
-             domain: str = "", **attrs) -> list[str]:
+    def node(
+        self, op_type: str, inputs: list[str], name: str, outputs: int | list[str] = 1, domain: str = "", **attrs
+    ) -> list[str]:
         """Add a node named like the reference builder (`/model/layers.0/attn/...`)."""
         if name in self._names:
             raise ValueError(f"node name {name} used twice")

@@ -18,6 +18,7 @@ from builder.kit.errors import BuilderError
 def _int(minimum: int) -> Callable[[Any], bool]:
     def check(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
     check.expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     return check
 
@@ -27,8 +28,14 @@ def _number(above: float | None = 0.0, at_most: float | None = None) -> Callable
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             return False
         return (above is None or v > above) and (at_most is None or v <= at_most)
-    check.expected = ("a finite number" if above is None else
-                      f"a number in (0, {at_most}]" if at_most is not None else "a positive number")
+
+    check.expected = (
+        "a finite number"
+        if above is None
+        else f"a number in (0, {at_most}]"
+        if at_most is not None
+        else "a positive number"
+    )
     return check
 
 
@@ -136,11 +143,11 @@ def _check(table: dict, values: dict, where: str) -> None:
         if value is None:
             if null_ok:
                 continue
-            raise BuilderError(f"{where}: {key} is null; it must be {check.expected} (fix or re-download "
-                               "config.json)")
+            raise BuilderError(f"{where}: {key} is null; it must be {check.expected} (fix or re-download config.json)")
         if not check(value):
-            raise BuilderError(f"{where}: {key} = {value!r} is not valid; it must be {check.expected} "
-                               "(fix or re-download config.json)")
+            raise BuilderError(
+                f"{where}: {key} = {value!r} is not valid; it must be {check.expected} (fix or re-download config.json)"
+            )
 
 
 def check_config(config: dict, where: str = "config.json") -> dict:
@@ -150,8 +157,10 @@ def check_config(config: dict, where: str = "config.json") -> dict:
     if isinstance(architectures, str):
         config["architectures"] = [architectures]
     elif architectures is not None and not _str_list(architectures):
-        raise BuilderError(f"{where}: architectures = {architectures!r} is not valid; it must be a list of "
-                           'class names such as ["Qwen3ForCausalLM"]')
+        raise BuilderError(
+            f"{where}: architectures = {architectures!r} is not valid; it must be a list of "
+            'class names such as ["Qwen3ForCausalLM"]'
+        )
     sections = [(config, where)]
     if isinstance(config.get("text_config"), dict):  # multimodal checkpoints nest the decoder's keys
         sections.append((config["text_config"], f"{where} text_config"))

@@ -30,6 +30,7 @@ class PackGroup:
     modules: tuple[str, ...]
     policy: str
 
+
 # ep -> (qkv packing, mlp packing, silu form, evidence). fused-norm entries fall back
 # to packed-split where the target runtime lacks GQA's q/k-norm inputs.
 AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
@@ -60,28 +61,36 @@ AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
 
 @dataclass(frozen=True)
 class Layout:
-    qkv: str          # packed-split | separate | fused-norm
-    mlp: str          # packed | separate
-    head_norm: str    # branchwise | reshape-sln | gqa (only with qk-norm)
+    qkv: str  # packed-split | separate | fused-norm
+    mlp: str  # packed | separate
+    head_norm: str  # branchwise | reshape-sln | gqa (only with qk-norm)
     rotary_in_gqa: bool
     packed_qkv_into_gqa: bool  # no Split: GQA reads the packed QKV (no QK-norm, rotary in GQA)
-    silu: str = "quickgelu"    # quickgelu (QuickGelu alpha=1 is exactly SiLU, one node) or sigmoid-mul
+    silu: str = "quickgelu"  # quickgelu (QuickGelu alpha=1 is exactly SiLU, one node) or sigmoid-mul
     notes: tuple[str, ...] = field(default=())
     packed: frozenset[str] = field(default=frozenset())  # PackGroup names written as one MatMul
 
     def describe(self) -> dict:
-        return {"qkv_packing": self.qkv, "mlp_packing": self.mlp, "head_norm": self.head_norm,
-                "rotary_in_gqa": self.rotary_in_gqa, "packed_qkv_into_gqa": self.packed_qkv_into_gqa,
-                "silu": self.silu, "notes": list(self.notes)}
+        return {
+            "qkv_packing": self.qkv,
+            "mlp_packing": self.mlp,
+            "head_norm": self.head_norm,
+            "rotary_in_gqa": self.rotary_in_gqa,
+            "packed_qkv_into_gqa": self.packed_qkv_into_gqa,
+            "silu": self.silu,
+            "notes": list(self.notes),
+        }
 
 
-def choose_layout(options: BuildOptions, target: Target, qk_norm: bool, groups: list[PackGroup],
-                  formats: dict[str, QuantScheme]) -> Layout:
+def choose_layout(
+    options: BuildOptions, target: Target, qk_norm: bool, groups: list[PackGroup], formats: dict[str, QuantScheme]
+) -> Layout:
     """Resolve the packing options for one model, and which pack groups are packed.
 
     A group is packed when its policy says so and its projections share one weight
     format; this is the only place that falls back to separate projections.
     """
+
     def mixed(group: PackGroup) -> bool:
         return len({formats[m] for m in group.modules}) > 1
 
@@ -99,25 +108,29 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool, groups: 
         notes.append(f"qkv_packing auto -> {qkv} ({evidence})")
     elif qkv == "fused-norm":
         if not qk_norm:
-            raise BuilderError("--qkv-packing fused-norm needs a QK-norm model (e.g. Qwen3); "
-                               "this model has no q_norm/k_norm: use packed-split or separate")
+            raise BuilderError(
+                "--qkv-packing fused-norm needs a QK-norm model (e.g. Qwen3); "
+                "this model has no q_norm/k_norm: use packed-split or separate"
+            )
         if not target.supports("gqa_qk_norm"):
-            raise BuilderError(f"--qkv-packing fused-norm is not run by {target.ep} on ONNX Runtime "
-                               f"{target.version_text} (GroupQueryAttention q_norm_weight/k_norm_weight "
-                               "need cuda or webgpu, ORT >= 1.28); use packed-split or separate")
+            raise BuilderError(
+                f"--qkv-packing fused-norm is not run by {target.ep} on ONNX Runtime "
+                f"{target.version_text} (GroupQueryAttention q_norm_weight/k_norm_weight "
+                "need cuda or webgpu, ORT >= 1.28); use packed-split or separate"
+            )
     if qkv != "separate" and not target.supports("gqa_packed_qkv") and options.qkv_packing == "auto":
         qkv = "separate"
     if qkv != "separate" and any(mixed(g) for g in qkv_groups):
-        notes.append("q/k/v projections differ in weight format in some layers; those layers use "
-                     "separate projections")
+        notes.append("q/k/v projections differ in weight format in some layers; those layers use separate projections")
 
     mlp = options.mlp_packing
     if mlp == "auto":
         mlp = auto_mlp
         notes.append(f"mlp_packing auto -> {mlp} ({evidence})")
     if mlp == "packed" and any(mixed(g) for g in mlp_groups):
-        notes.append("gate/up projections differ in weight format in some layers; those layers use "
-                     "separate projections")
+        notes.append(
+            "gate/up projections differ in weight format in some layers; those layers use separate projections"
+        )
 
     if not qk_norm:
         head_norm = "none"
@@ -125,14 +138,16 @@ def choose_layout(options: BuildOptions, target: Target, qk_norm: bool, groups: 
         head_norm = "gqa"
     elif options.head_norm == "branchwise":
         if not target.supports("branchwise_rmsnorm"):
-            raise BuilderError(f"--head-norm branchwise: BranchwiseRMSNorm is not run by {target.ep} on ONNX "
-                               f"Runtime {target.version_text} (cpu, ORT >= 1.31 only); use reshape-sln")
+            raise BuilderError(
+                f"--head-norm branchwise: BranchwiseRMSNorm is not run by {target.ep} on ONNX "
+                f"Runtime {target.version_text} (cpu, ORT >= 1.31 only); use reshape-sln"
+            )
         head_norm = "branchwise"
     else:
         # auto: Qwen3-1.7B int4 cpu decoded 1.13x faster with Reshape/SLN/Reshape than with
         # BranchwiseRMSNorm (5/5 fresh sessions; docs/packing.md#cpu), despite 2 more nodes.
         head_norm = "reshape-sln"
-    packed_into_gqa = (qkv == "packed-split" and not qk_norm and rotary_in_gqa)
+    packed_into_gqa = qkv == "packed-split" and not qk_norm and rotary_in_gqa
     silu = options.silu
     if silu == "auto":
         silu = auto_silu if target.supports("quick_gelu") else "sigmoid-mul"

@@ -49,8 +49,10 @@ def check_shape(checkpoint, source: Source, shape: tuple[int, ...]) -> None:
     checkpoint.rows(source.tensor, 0, 0, expect_shape=source.tensor_shape)
     whole = source.tensor_shape
     if not 0 <= source.start <= source.stop <= whole[0] or (source.stop - source.start, *whole[1:]) != tuple(shape):
-        raise BuilderError(f"rows {source.start}:{source.stop} of tensor {source.tensor!r} {list(whole)} "
-                           f"are not the [{', '.join(map(str, shape))}] the projection needs")
+        raise BuilderError(
+            f"rows {source.start}:{source.stop} of tensor {source.tensor!r} {list(whole)} "
+            f"are not the [{', '.join(map(str, shape))}] the projection needs"
+        )
 
 
 def read_whole(checkpoint, source: Source, shape: tuple[int, ...]):
@@ -95,8 +97,9 @@ class Projections:
 
     # ---- weights ------------------------------------------------------------
 
-    def quantized_weight(self, name: str, tensors: list[Source], fmt: QuantScheme,
-                         shapes: list[tuple[int, int]]) -> QuantizedTensor:
+    def quantized_weight(
+        self, name: str, tensors: list[Source], fmt: QuantScheme, shapes: list[tuple[int, int]]
+    ) -> QuantizedTensor:
         """Quantize [N_i, K] tensors, stacked along N, straight into the data file."""
         k = shapes[0][1]
         n = sum(s[0] for s in shapes)
@@ -119,8 +122,7 @@ class Projections:
 
         for tensor, shape in zip(tensors, shapes):
             check_shape(self.checkpoint, tensor, shape)  # before writing
-        b = self.graph.streamed_initializer(f"{name}.qweight", TensorProto.UINT8, [n, n_blocks, blob],
-                                            packed_chunks())
+        b = self.graph.streamed_initializer(f"{name}.qweight", TensorProto.UINT8, [n, n_blocks, blob], packed_chunks())
         s = self.graph.initializer(f"{name}.scales", np.concatenate(scales).reshape(n, n_blocks))
         zp = None
         if zero_points:
@@ -171,16 +173,24 @@ class Projections:
 
     # ---- nodes --------------------------------------------------------------
 
-    def matmul(self, x: str, name: str, tensors: list[Source], shapes: list[tuple[int, int]],
-               fmt: QuantScheme, biases: list[str] | None = None) -> str:
+    def matmul(
+        self,
+        x: str,
+        name: str,
+        tensors: list[Source],
+        shapes: list[tuple[int, int]],
+        fmt: QuantScheme,
+        biases: list[str] | None = None,
+    ) -> str:
         """x @ W^T for the projections `tensors` packed along N; returns the output name."""
         if fmt.quantized:
             q = self.quantized_weight(name.lstrip("/").replace("/", "."), tensors, fmt, shapes)
             out = self.matmul_nbits(x, name + "/MatMulNBits", q)
         else:
             weight = self.float_rows(tensors, shapes)
-            w_name = self.graph.initializer(name.lstrip("/").replace("/", ".") + ".weight",
-                                            np.ascontiguousarray(weight.T))
+            w_name = self.graph.initializer(
+                name.lstrip("/").replace("/", ".") + ".weight", np.ascontiguousarray(weight.T)
+            )
             del weight
             out = self.graph.op("MatMul", [x, w_name], name + "/MatMul")
         if biases:
@@ -191,9 +201,17 @@ class Projections:
 
     def matmul_nbits(self, x: str, node_name: str, q: QuantizedTensor) -> str:
         inputs = [x, q.b, q.scales] + ([q.zero_points] if q.zero_points else [])
-        return self.graph.op("MatMulNBits", inputs, node_name, domain=MS_DOMAIN,
-                             K=q.k, N=q.n, bits=q.format.bits, block_size=q.format.block_size,
-                             accuracy_level=self.accuracy_level)
+        return self.graph.op(
+            "MatMulNBits",
+            inputs,
+            node_name,
+            domain=MS_DOMAIN,
+            K=q.k,
+            N=q.n,
+            bits=q.format.bits,
+            block_size=q.format.block_size,
+            accuracy_level=self.accuracy_level,
+        )
 
     @property
     def io_onnx_type(self) -> int:

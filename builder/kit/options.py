@@ -34,15 +34,23 @@ def _opt(*flags: str, help: str, choices: tuple | None = None, metavar: str | No
 class BuildOptions:
     model: str = field(
         default="",
-        metadata=_opt("-m", "--model", metavar="PATH_OR_ID",
-                      help="Hugging Face checkpoint: a local folder (config.json + *.safetensors) or a hub id "
-                           "such as Qwen/Qwen3-4B, resolved through the Hugging Face cache."),
+        metadata=_opt(
+            "-m",
+            "--model",
+            metavar="PATH_OR_ID",
+            help="Hugging Face checkpoint: a local folder (config.json + *.safetensors) or a hub id "
+            "such as Qwen/Qwen3-4B, resolved through the Hugging Face cache.",
+        ),
     )
     precision: str = field(
         default="int4",
-        metadata=_opt("-p", "--precision", choices=PRECISIONS,
-                      help="Weight precision. int4/int8 use MatMulNBits; fp16/fp32 keep float weights. "
-                           "bf16 is refused on every target for now (no target was verified to load it)."),
+        metadata=_opt(
+            "-p",
+            "--precision",
+            choices=PRECISIONS,
+            help="Weight precision. int4/int8 use MatMulNBits; fp16/fp32 keep float weights. "
+            "bf16 is refused on every target for now (no target was verified to load it).",
+        ),
     )
     ep: str = field(
         default="cpu",
@@ -50,140 +58,188 @@ class BuildOptions:
     )
     output: str | None = field(
         default=None,
-        metadata=_opt("-o", "--output", metavar="DIR",
-                      help="Output folder. Default: out/<model name>-<precision>-<ep>."),
+        metadata=_opt(
+            "-o", "--output", metavar="DIR", help="Output folder. Default: out/<model name>-<precision>-<ep>."
+        ),
     )
     format: str = field(
         default="genai",
-        metadata=_opt("--format", choices=FORMATS,
-                      help="Output folder layout. genai: model.onnx, model.onnx.data and genai_config.json "
-                           "for onnxruntime-genai. transformers.js: onnx/model{suffix}.onnx with its "
-                           "external data and config.json with a transformers.js_config entry, for "
-                           "transformers.js 4 in the browser or Node (suffix from precision and "
-                           "activations: '' fp32, _fp16, _q4f16, _q4, _int8)."),
+        metadata=_opt(
+            "--format",
+            choices=FORMATS,
+            help="Output folder layout. genai: model.onnx, model.onnx.data and genai_config.json "
+            "for onnxruntime-genai. transformers.js: onnx/model{suffix}.onnx with its "
+            "external data and config.json with a transformers.js_config entry, for "
+            "transformers.js 4 in the browser or Node (suffix from precision and "
+            "activations: '' fp32, _fp16, _q4f16, _q4, _int8).",
+        ),
     )
     io_dtype: str = field(
         default="auto",
-        metadata=_opt("--io-dtype", choices=IO_DTYPES,
-                      help="Activation dtype (inputs, outputs, KV cache) of an int4/int8 build. fp32 on "
-                           "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
-                           "auto: fp32 on cpu, fp16 on GPU EPs. fp16 and fp32 builds keep their own dtype."),
+        metadata=_opt(
+            "--io-dtype",
+            choices=IO_DTYPES,
+            help="Activation dtype (inputs, outputs, KV cache) of an int4/int8 build. fp32 on "
+            "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
+            "auto: fp32 on cpu, fp16 on GPU EPs. fp16 and fp32 builds keep their own dtype.",
+        ),
     )
     block_size: int = field(
         default=32,
-        metadata=_opt("--block-size", choices=BLOCK_SIZES,
-                      help="Quantization block size along the input dimension (int4/int8)."),
+        metadata=_opt(
+            "--block-size", choices=BLOCK_SIZES, help="Quantization block size along the input dimension (int4/int8)."
+        ),
     )
     symmetric: bool = field(
         default=True,
-        metadata=_opt("--symmetric", help="Symmetric quantization (no zero points). "
-                                          "--no-symmetric stores a zero point per block."),
+        metadata=_opt(
+            "--symmetric", help="Symmetric quantization (no zero points). --no-symmetric stores a zero point per block."
+        ),
     )
     accuracy_level: int | None = field(
         default=None,
-        metadata=_opt("--accuracy-level", choices=(0, 1, 2, 3, 4),
-                      help="MatMulNBits accuracy_level: the lowest precision the kernel may compute in "
-                           "(4 = int8 activations). Default: 4 for cpu and webgpu, 0 for cuda and dml."),
+        metadata=_opt(
+            "--accuracy-level",
+            choices=(0, 1, 2, 3, 4),
+            help="MatMulNBits accuracy_level: the lowest precision the kernel may compute in "
+            "(4 = int8 activations). Default: 4 for cpu and webgpu, 0 for cuda and dml.",
+        ),
     )
     int8_layers: list[str] = field(
         default_factory=list,
-        metadata=_opt("--int8-layers", metavar="PATTERN",
-                      help="Projections kept at int8 in an int4 build: Hugging Face module names or "
-                           "glob patterns, e.g. lm_head or '*.v_proj'. Repeat or separate by commas."),
+        metadata=_opt(
+            "--int8-layers",
+            metavar="PATTERN",
+            help="Projections kept at int8 in an int4 build: Hugging Face module names or "
+            "glob patterns, e.g. lm_head or '*.v_proj'. Repeat or separate by commas.",
+        ),
     )
     float_layers: list[str] = field(
         default_factory=list,
-        metadata=_opt("--float-layers", metavar="PATTERN",
-                      help="Projections kept in float (the model's activation dtype) in an int4/int8 build, "
-                           "e.g. lm_head, or model.embed_tokens for a float embedding table (int4 builds "
-                           "gather from an int4 table otherwise). Same pattern syntax as --int8-layers."),
+        metadata=_opt(
+            "--float-layers",
+            metavar="PATTERN",
+            help="Projections kept in float (the model's activation dtype) in an int4/int8 build, "
+            "e.g. lm_head, or model.embed_tokens for a float embedding table (int4 builds "
+            "gather from an int4 table otherwise). Same pattern syntax as --int8-layers.",
+        ),
     )
     qkv_packing: str = field(
         default="auto",
-        metadata=_opt("--qkv-packing", choices=QKV_PACKINGS,
-                      help="Attention projection layout. packed-split: one QKV MatMul, Split, per-head "
-                           "Q/K norm, GroupQueryAttention. separate: three MatMuls. fused-norm: packed "
-                           "MatMul with the Q/K norm inside GroupQueryAttention (cuda/webgpu, ORT >= 1.28). "
-                           "auto: the measured best for the EP and --target-ort (see docs/packing.md)."),
+        metadata=_opt(
+            "--qkv-packing",
+            choices=QKV_PACKINGS,
+            help="Attention projection layout. packed-split: one QKV MatMul, Split, per-head "
+            "Q/K norm, GroupQueryAttention. separate: three MatMuls. fused-norm: packed "
+            "MatMul with the Q/K norm inside GroupQueryAttention (cuda/webgpu, ORT >= 1.28). "
+            "auto: the measured best for the EP and --target-ort (see docs/packing.md).",
+        ),
     )
     mlp_packing: str = field(
         default="auto",
-        metadata=_opt("--mlp-packing", choices=MLP_PACKINGS,
-                      help="MLP layout: packed (one gate_up MatMul + Split) or separate gate and up "
-                           "MatMuls. auto: the measured best for the EP."),
+        metadata=_opt(
+            "--mlp-packing",
+            choices=MLP_PACKINGS,
+            help="MLP layout: packed (one gate_up MatMul + Split) or separate gate and up "
+            "MatMuls. auto: the measured best for the EP.",
+        ),
     )
     silu: str = field(
         default="auto",
-        metadata=_opt("--silu", choices=SILU_FORMS,
-                      help="How the MLP's SiLU is written: quickgelu (one com.microsoft QuickGelu node, "
-                           "alpha=1) or sigmoid-mul (Sigmoid and Mul). Same numbers; auto: the measured "
-                           "best for the EP (docs/packing.md)."),
+        metadata=_opt(
+            "--silu",
+            choices=SILU_FORMS,
+            help="How the MLP's SiLU is written: quickgelu (one com.microsoft QuickGelu node, "
+            "alpha=1) or sigmoid-mul (Sigmoid and Mul). Same numbers; auto: the measured "
+            "best for the EP (docs/packing.md).",
+        ),
     )
     head_norm: str = field(
         default="auto",
-        metadata=_opt("--head-norm", choices=HEAD_NORMS,
-                      help="Form of the per-head Q/K RMSNorm (QK-norm models, unless --qkv-packing "
-                           "fused-norm puts it inside GroupQueryAttention): reshape-sln (Reshape, "
-                           "SimplifiedLayerNormalization, Reshape; every EP) or branchwise (one "
-                           "com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: reshape-sln, "
-                           "measured faster on cpu (docs/packing.md)."),
+        metadata=_opt(
+            "--head-norm",
+            choices=HEAD_NORMS,
+            help="Form of the per-head Q/K RMSNorm (QK-norm models, unless --qkv-packing "
+            "fused-norm puts it inside GroupQueryAttention): reshape-sln (Reshape, "
+            "SimplifiedLayerNormalization, Reshape; every EP) or branchwise (one "
+            "com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: reshape-sln, "
+            "measured faster on cpu (docs/packing.md).",
+        ),
     )
     target_ort: str | None = field(
         default=None,
-        metadata=_opt("--target-ort", metavar="VERSION",
-                      help="ONNX Runtime version the model must run on. Ops or inputs that version rejects "
-                           "are never emitted. For webgpu it also names the runtime: 1.28 and later is "
-                           "onnxruntime with the WebGPU plugin EP (onnxruntime-ep-webgpu, what "
-                           "onnxruntime-genai >= 0.18 users install), 1.27 and earlier the onnxruntime-webgpu "
-                           "package (its last release is 1.27). Default: the installed runtime for the EP "
-                           "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
-                           "onnxruntime-webgpu, onnxruntime-directml), else its newest release known to this "
-                           "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js: the "
-                           "runtime inside transformers.js 4.3 (cpu/cuda/dml: onnxruntime-node 1.30, webgpu: "
-                           "onnxruntime-web 1.31)."),
+        metadata=_opt(
+            "--target-ort",
+            metavar="VERSION",
+            help="ONNX Runtime version the model must run on. Ops or inputs that version rejects "
+            "are never emitted. For webgpu it also names the runtime: 1.28 and later is "
+            "onnxruntime with the WebGPU plugin EP (onnxruntime-ep-webgpu, what "
+            "onnxruntime-genai >= 0.18 users install), 1.27 and earlier the onnxruntime-webgpu "
+            "package (its last release is 1.27). Default: the installed runtime for the EP "
+            "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
+            "onnxruntime-webgpu, onnxruntime-directml), else its newest release known to this "
+            "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js: the "
+            "runtime inside transformers.js 4.3 (cpu/cuda/dml: onnxruntime-node 1.30, webgpu: "
+            "onnxruntime-web 1.31).",
+        ),
     )
     graph_capture: str = field(
         default="auto",
-        metadata=_opt("--graph-capture", choices=GRAPH_CAPTURE,
-                      help="Write a graph the runtime can capture and replay for each decode step "
-                           "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
-                           "arithmetic in int32 without Shape). auto: on where the target runtime captures "
-                           "(webgpu with the plugin EP) unless the model has sliding-window layers, off elsewhere. off: the uncaptured graph, for "
-                           "profiling or debugging one kernel at a time; it decoded 0.78x as fast "
-                           "(docs/packing.md#graph-capture)."),
+        metadata=_opt(
+            "--graph-capture",
+            choices=GRAPH_CAPTURE,
+            help="Write a graph the runtime can capture and replay for each decode step "
+            "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
+            "arithmetic in int32 without Shape). auto: on where the target runtime captures "
+            "(webgpu with the plugin EP) unless the model has sliding-window layers, off elsewhere. "
+            "off: the uncaptured graph, for "
+            "profiling or debugging one kernel at a time; it decoded 0.78x as fast "
+            "(docs/packing.md#graph-capture).",
+        ),
     )
     max_length: int | None = field(
         default=None,
-        metadata=_opt("--max-length", metavar="N",
-                      help="search.max_length in genai_config.json: prompt plus generated tokens when the "
-                           "caller sets none. onnxruntime-genai allocates the shared KV buffers at this "
-                           "length up front (with graph capture they cannot grow). Default: 4096 for "
-                           "graph-capture builds (docs/packing.md#max-length), else --context-length. "
-                           "At most --context-length; a caller may still ask for more up to it."),
+        metadata=_opt(
+            "--max-length",
+            metavar="N",
+            help="search.max_length in genai_config.json: prompt plus generated tokens when the "
+            "caller sets none. onnxruntime-genai allocates the shared KV buffers at this "
+            "length up front (with graph capture they cannot grow). Default: 4096 for "
+            "graph-capture builds (docs/packing.md#max-length), else --context-length. "
+            "At most --context-length; a caller may still ask for more up to it.",
+        ),
     )
     context_length: int | None = field(
         default=None,
-        metadata=_opt("--context-length", metavar="N",
-                      help="Longest sequence the model serves (rotary cache size and genai context_length; "
-                           "also search.max_length unless --max-length or graph capture sets it). "
-                           "Default: the config's max_position_embeddings. More than the model supports "
-                           "(max_position_embeddings, or its rope scaling's length) needs --allow-long-context."),
+        metadata=_opt(
+            "--context-length",
+            metavar="N",
+            help="Longest sequence the model serves (rotary cache size and genai context_length; "
+            "also search.max_length unless --max-length or graph capture sets it). "
+            "Default: the config's max_position_embeddings. More than the model supports "
+            "(max_position_embeddings, or its rope scaling's length) needs --allow-long-context.",
+        ),
     )
     allow_long_context: bool = field(
         default=False,
-        metadata=_opt("--allow-long-context",
-                      help="Accept a --context-length beyond what the model supports. The model was not "
-                           "trained for those positions, and onnxruntime-genai allocates the KV cache for "
-                           "the whole length."),
+        metadata=_opt(
+            "--allow-long-context",
+            help="Accept a --context-length beyond what the model supports. The model was not "
+            "trained for those positions, and onnxruntime-genai allocates the KV cache for "
+            "the whole length.",
+        ),
     )
     intra_op_threads: int | None = field(
         default=None,
-        metadata=_opt("--intra-op-threads", metavar="N",
-                      help="intra_op_num_threads written to genai_config.json: the threads ONNX Runtime "
-                           "splits each operator over. 0: ONNX Runtime's default, one per physical core. "
-                           "-1: write nothing, so onnxruntime-genai uses its fallback (half the logical "
-                           "CPUs, at most 16). Default: 0 for cpu (genai's fallback left half of a "
-                           "machine without SMT idle; docs/packing.md#threads), -1 for the GPU EPs."),
+        metadata=_opt(
+            "--intra-op-threads",
+            metavar="N",
+            help="intra_op_num_threads written to genai_config.json: the threads ONNX Runtime "
+            "splits each operator over. 0: ONNX Runtime's default, one per physical core. "
+            "-1: write nothing, so onnxruntime-genai uses its fallback (half the logical "
+            "CPUs, at most 16). Default: 0 for cpu (genai's fallback left half of a "
+            "machine without SMT idle; docs/packing.md#threads), -1 for the GPU EPs.",
+        ),
     )
     overwrite: bool = field(
         default=False,
@@ -191,30 +247,38 @@ class BuildOptions:
     )
     verify: bool = field(
         default=False,
-        metadata=_opt("--verify", help="Before publishing the folder, compare its logits with transformers "
-                                       "running the same (dequantized) weights; a mismatch fails the build. "
-                                       "Needs transformers. cpu builds only: other EPs record 'not run'."),
+        metadata=_opt(
+            "--verify",
+            help="Before publishing the folder, compare its logits with transformers "
+            "running the same (dequantized) weights; a mismatch fails the build. "
+            "Needs transformers. cpu builds only: other EPs record 'not run'.",
+        ),
     )
     checkpoint_hash: bool = field(
         default=False,
-        metadata=_opt("--checkpoint-hash",
-                      help="Identify the checkpoint in build_report.json by a SHA-256 of its weight files "
-                           "(reads them once more) instead of their size, mtime and inode, so a batch rerun "
-                           "rebuilds exactly when the weights' bytes changed. Hub-cache files are always "
-                           "identified by the hash the cache stores them under."),
+        metadata=_opt(
+            "--checkpoint-hash",
+            help="Identify the checkpoint in build_report.json by a SHA-256 of its weight files "
+            "(reads them once more) instead of their size, mtime and inode, so a batch rerun "
+            "rebuilds exactly when the weights' bytes changed. Hub-cache files are always "
+            "identified by the hash the cache stores them under.",
+        ),
     )
 
     read_ahead_mb: int = field(
         default=256,
-        metadata=_opt("--read-ahead-mb", metavar="MB",
-                      help="Checkpoint bytes read ahead of the build on a second thread, so reading overlaps "
-                           "quantizing and writing (peak memory grows by up to this much). 0: read as the "
-                           "build goes."),
+        metadata=_opt(
+            "--read-ahead-mb",
+            metavar="MB",
+            help="Checkpoint bytes read ahead of the build on a second thread, so reading overlaps "
+            "quantizing and writing (peak memory grows by up to this much). 0: read as the "
+            "build goes.",
+        ),
     )
 
     # ---- validation -------------------------------------------------------
 
-    def validated(self) -> "BuildOptions":
+    def validated(self) -> BuildOptions:
         """Check every value; return self so calls can chain."""
         if not self.model:
             raise BuilderError("no model given: pass -m/--model with a local folder or a hub id")
@@ -234,30 +298,37 @@ class BuildOptions:
             raise BuilderError(f"--read-ahead-mb: {self.read_ahead_mb} must be 0 (off) or a size in MB")
         if self.max_length is not None and self.max_length < 1:
             raise BuilderError(f"--max-length: {self.max_length} must be a positive integer")
-        if (self.max_length is not None and self.context_length is not None
-                and self.max_length > self.context_length):
-            raise BuilderError(f"--max-length {self.max_length} is larger than --context-length "
-                               f"{self.context_length}; lower it or raise --context-length")
+        if self.max_length is not None and self.context_length is not None and self.max_length > self.context_length:
+            raise BuilderError(
+                f"--max-length {self.max_length} is larger than --context-length "
+                f"{self.context_length}; lower it or raise --context-length"
+            )
         if self.intra_op_threads is not None and self.intra_op_threads < -1:
-            raise BuilderError(f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
-                               "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)")
+            raise BuilderError(
+                f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
+                "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)"
+            )
         if self.io_dtype != "auto" and self.precision in ("fp16", "fp32") and self.io_dtype != self.precision:
-            raise BuilderError(f"--io-dtype {self.io_dtype} contradicts -p {self.precision} (float weights are "
-                               f"stored in the activation dtype); use -p {self.io_dtype} or drop --io-dtype")
+            raise BuilderError(
+                f"--io-dtype {self.io_dtype} contradicts -p {self.precision} (float weights are "
+                f"stored in the activation dtype); use -p {self.io_dtype} or drop --io-dtype"
+            )
         if self.target_ort is not None:
             parse_version(self.target_ort, "--target-ort")
         return self
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any], where: str = "options") -> "BuildOptions":
+    def from_mapping(cls, values: dict[str, Any], where: str = "options") -> BuildOptions:
         """Build options from YAML/dict keys (CLI long names, '-' or '_')."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in known:
-                raise BuilderError(f"{where}: unknown option {raw_key!r}; known options: "
-                                   + ", ".join(sorted(k.replace('_', '-') for k in known)))
+                raise BuilderError(
+                    f"{where}: unknown option {raw_key!r}; known options: "
+                    + ", ".join(sorted(k.replace("_", "-") for k in known))
+                )
             kwargs[key] = _coerce(known[key], value, where)
         return cls(**kwargs)
 

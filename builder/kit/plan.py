@@ -10,13 +10,14 @@ the build report and verify read the plan; nothing decides twice.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from builder.kit.errors import BuilderError
-from builder.kit.layout import Layout, PackGroup, choose_layout
+from builder.kit.layout import Layout, choose_layout
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
 from builder.kit.targets import Target
@@ -30,13 +31,13 @@ MAX_CONTEXT = 2**31 - 1
 class BuildPlan:
     options: BuildOptions
     target: Target
-    spec: Any                  # the family's DecoderSpec (or a subclass)
+    spec: Any  # the family's DecoderSpec (or a subclass)
     layout: Layout
-    formats: Mapping[str, QuantScheme]   # HF module name -> weight format, every projection
+    formats: Mapping[str, QuantScheme]  # HF module name -> weight format, every projection
     accuracy_level: int
     context_length: int
-    genai_type: str            # model.type in genai_config.json
-    architecture: str          # the HF architectures name being built
+    genai_type: str  # model.type in genai_config.json
+    architecture: str  # the HF architectures name being built
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
 
@@ -53,8 +54,9 @@ class BuildPlan:
         try:
             return self.formats[module]
         except KeyError:
-            raise KeyError(f"{module!r} is not among the projections the family declared "
-                           "(projection_modules)") from None
+            raise KeyError(
+                f"{module!r} is not among the projections the family declared (projection_modules)"
+            ) from None
 
     def packed(self, group: str) -> bool:
         """Whether a pack group (e.g. model.layers.0.self_attn.qkv_proj) is one MatMul."""
@@ -74,20 +76,26 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         # greedy tokens of tiny Mistral/Gemma 3 left transformers' once the sequence passed
         # the window, while plain sessions of the same graphs matched (docs/packing.md#graph-capture).
         if options.graph_capture == "on":
-            raise BuilderError("--graph-capture on: this model has sliding-window layers, which gave wrong "
-                               "tokens past the window with capture on the WebGPU plugin EP; use "
-                               "--graph-capture off or auto")
+            raise BuilderError(
+                "--graph-capture on: this model has sliding-window layers, which gave wrong "
+                "tokens past the window with capture on the WebGPU plugin EP; use "
+                "--graph-capture off or auto"
+            )
         target = dataclasses.replace(target, graph_capture=False)
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
     context = resolve_context_length(options, spec, target)
     if options.max_length and options.max_length > context:
-        raise BuilderError(f"--max-length {options.max_length} is larger than the context length "
-                           f"{context}; lower it or raise --context-length")
+        raise BuilderError(
+            f"--max-length {options.max_length} is larger than the context length "
+            f"{context}; lower it or raise --context-length"
+        )
     modules = family.projection_modules(spec)
     unmatched = patterns_matching_nothing(modules, options)
     if unmatched:
-        raise BuilderError(f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
-                           "names look like lm_head, model.layers.0.self_attn.v_proj or '*.v_proj'")
+        raise BuilderError(
+            f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
+            "names look like lm_head, model.layers.0.self_attn.v_proj or '*.v_proj'"
+        )
     formats = {m: format_for(m, options) for m in modules}
     layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
     layout = family.adjust_layout(layout, options)
@@ -118,25 +126,29 @@ def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
     probe = family.weight(0, "x")
     if not probe.endswith(".0.x"):
         return []  # a family with its own naming checks its own tensors
-    prefix = probe[:-len("0.x")]
+    prefix = probe[: -len("0.x")]
     found = set()
     for name in checkpoint.names():
         if name.startswith(prefix):
-            index = name[len(prefix):].split(".", 1)[0]
+            index = name[len(prefix) :].split(".", 1)[0]
             if index.isdigit():
                 found.add(int(index))
     n = num_layers
     missing = next((i for i in range(min(n, max(found, default=-1) + 2)) if i not in found), None)
     if missing is not None and missing < n:
         have = f"layers 0-{max(found)}" if found else "no layers"
-        raise BuilderError(f"config.json says num_hidden_layers = {n}, but the checkpoint in "
-                           f"{checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named "
-                           f"{prefix}N.*); the checkpoint is incomplete or does not match its config")
+        raise BuilderError(
+            f"config.json says num_hidden_layers = {n}, but the checkpoint in "
+            f"{checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named "
+            f"{prefix}N.*); the checkpoint is incomplete or does not match its config"
+        )
     extra = sorted(i for i in found if i >= n)
     if extra:
         span = f"{extra[0]}" if len(extra) == 1 else f"{extra[0]}-{extra[-1]}"
-        return [f"the checkpoint has layer(s) {span} ({prefix}{span}.*) beyond config.json's "
-                f"num_hidden_layers = {n}; they are not part of this build"]
+        return [
+            f"the checkpoint has layer(s) {span} ({prefix}{span}.*) beyond config.json's "
+            f"num_hidden_layers = {n}; they are not part of this build"
+        ]
     return []
 
 
@@ -162,19 +174,25 @@ def resolve_context_length(options: BuildOptions, spec, target: Target) -> int:
     requested = options.context_length
     supported = spec.rope.max_positions(spec.max_position_embeddings)
     if requested is not None and requested > supported and not options.allow_long_context:
-        raise BuilderError(f"--context-length {requested} is more than this model supports ({supported} "
-                           "positions: config.json's max_position_embeddings and rope scaling); pass "
-                           "--allow-long-context to build it anyway, or a smaller --context-length")
+        raise BuilderError(
+            f"--context-length {requested} is more than this model supports ({supported} "
+            "positions: config.json's max_position_embeddings and rope scaling); pass "
+            "--allow-long-context to build it anyway, or a smaller --context-length"
+        )
     context = requested or spec.max_position_embeddings
     if context > MAX_CONTEXT:
-        raise BuilderError(f"context length {context} is more than GroupQueryAttention's int32 sequence "
-                           f"lengths hold ({MAX_CONTEXT}); pass a smaller --context-length")
+        raise BuilderError(
+            f"context length {context} is more than GroupQueryAttention's int32 sequence "
+            f"lengths hold ({MAX_CONTEXT}); pass a smaller --context-length"
+        )
     ropes = [r for r in (spec.rope, getattr(spec, "local_rope", None)) if r is not None]  # Gemma 3: two
     need = sum(r.cache_bytes(context, target.io_dtype) for r in ropes)
     available = available_memory_bytes()
     if available is not None and need > available // 2:
         source = "--context-length" if requested else "config.json's max_position_embeddings"
-        raise BuilderError(f"context length {context} ({source}) x rotary dim {spec.rope.rotary_dim} (config.json's "
-                           f"head_dim) needs {need / 2**30:.1f} GiB of rotary cache, more than half the "
-                           f"{available / 2**30:.1f} GiB of memory available; pass a smaller --context-length")
+        raise BuilderError(
+            f"context length {context} ({source}) x rotary dim {spec.rope.rotary_dim} (config.json's "
+            f"head_dim) needs {need / 2**30:.1f} GiB of rotary cache, more than half the "
+            f"{available / 2**30:.1f} GiB of memory available; pass a smaller --context-length"
+        )
     return context

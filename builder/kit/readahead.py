@@ -47,8 +47,9 @@ class ReadAhead:
     point the build would have read them.
     """
 
-    def __init__(self, schedule: list[RowRange], bound: int = DEFAULT_BOUND, phases: Phases | None = None,
-                 read=Checkpoint.read):
+    def __init__(
+        self, schedule: list[RowRange], bound: int = DEFAULT_BOUND, phases: Phases | None = None, read=Checkpoint.read
+    ):
         self.schedule = list(schedule)
         self.bound = max(1, int(bound))
         self.phases = phases or Phases()
@@ -58,8 +59,8 @@ class ReadAhead:
             self._positions[where.key].append(pos)
         self._cond = threading.Condition()
         self._ready: dict[int, tuple[np.ndarray | None, BaseException | None]] = {}
-        self._next = 0           # the first schedule position the build has not taken or skipped
-        self._held = 0           # bytes read or being read and not yet taken
+        self._next = 0  # the first schedule position the build has not taken or skipped
+        self._held = 0  # bytes read or being read and not yet taken
         self.peak_held = 0
         self.hits = self.misses = 0
         self._closed = False
@@ -68,7 +69,7 @@ class ReadAhead:
         self._largest = max((w.length for w in self.schedule), default=0)
         self._thread = threading.Thread(target=self._run, name="builder-read-ahead", daemon=True)
 
-    def start(self) -> "ReadAhead":
+    def start(self) -> ReadAhead:
         self._thread.start()
         return self
 
@@ -79,8 +80,9 @@ class ReadAhead:
             for pos, where in enumerate(self.schedule):
                 with self._cond:
                     # Held bytes stay within the bound; one read bigger than it goes alone.
-                    while not self._closed and pos >= self._next and self._held and \
-                            self._held + where.length > self.bound:
+                    while (
+                        not self._closed and pos >= self._next and self._held and self._held + where.length > self.bound
+                    ):
                         self._cond.wait()
                     if self._closed:
                         return
@@ -157,8 +159,13 @@ class ReadAhead:
             self._held -= self.schedule[pos].length
 
     def describe(self) -> dict:
-        return {"bound_bytes": self.bound, "forecast_reads": len(self.schedule), "hits": self.hits,
-                "misses": self.misses, "peak_held_bytes": self.peak_held}
+        return {
+            "bound_bytes": self.bound,
+            "forecast_reads": len(self.schedule),
+            "hits": self.hits,
+            "misses": self.misses,
+            "peak_held_bytes": self.peak_held,
+        }
 
     def close(self) -> None:
         with self._cond:
@@ -170,8 +177,9 @@ class ReadAhead:
 
 
 @contextlib.contextmanager
-def reading_ahead(checkpoint: Checkpoint, schedule: list[RowRange], bound: int = DEFAULT_BOUND,
-                  phases: Phases | None = None):
+def reading_ahead(
+    checkpoint: Checkpoint, schedule: list[RowRange], bound: int = DEFAULT_BOUND, phases: Phases | None = None
+):
     """Attach a ReadAhead to `checkpoint` for the duration of the block."""
     if not schedule or bound <= 0:
         yield None
@@ -186,6 +194,7 @@ def reading_ahead(checkpoint: Checkpoint, schedule: list[RowRange], bound: int =
 
 
 # ---- forecasting the reads -----------------------------------------------------------
+
 
 class _Enough(Exception):
     """The recording pass ran out of its time budget."""
@@ -209,6 +218,7 @@ class RecordingCheckpoint:
         if time.perf_counter() > self._deadline:
             raise _Enough
         from builder.kit.linear import RowSlice
+
         if isinstance(name, RowSlice):
             self._real.locate(name.tensor, 0, 0, name.tensor_shape)
             stop = name.stop if stop is None else min(name.start + stop, name.stop)
@@ -233,13 +243,15 @@ class RecordingProjections:
 
     def quantized_weight(self, name, tensors, fmt, shapes):
         from builder.kit.linear import QuantizedTensor
+
         for tensor, shape in zip(tensors, shapes):
             self.checkpoint.note(tensor, 0, 0, expect_shape=shape)
         for tensor, start, stop in self.row_chunks(tensors, shapes, shapes[0][1]):
             self.checkpoint.note(tensor, start, stop)
         zero_points = None if fmt.symmetric else f"{name}.qzeros"
-        return QuantizedTensor(f"{name}.qweight", f"{name}.scales", zero_points, sum(s[0] for s in shapes),
-                               shapes[0][1], fmt)
+        return QuantizedTensor(
+            f"{name}.qweight", f"{name}.scales", zero_points, sum(s[0] for s in shapes), shapes[0][1], fmt
+        )
 
     def float_initializer(self, name, tensor, shape):
         self.checkpoint.note(tensor, 0, 0, expect_shape=shape)
@@ -275,6 +287,7 @@ def record_reads(arch, graph_type, progress) -> list[RowRange]:
     where it got to: the real build reports its own errors.
     """
     import copy
+
     recording = RecordingCheckpoint(arch.checkpoint)
     dry = copy.copy(arch)
     dry.checkpoint = recording

@@ -25,7 +25,7 @@ class RopeSpec:
     original_max_position_embeddings: int = 8192
 
     @classmethod
-    def from_config(cls, config: dict, head_dim: int) -> "RopeSpec":
+    def from_config(cls, config: dict, head_dim: int) -> RopeSpec:
         # transformers 5 writes `rope_parameters`; hub configs carry rope_theta + rope_scaling.
         params = dict(config.get("rope_parameters") or {})
         scaling = config.get("rope_scaling") or {}
@@ -34,8 +34,9 @@ class RopeSpec:
         rope_type = params.get("rope_type", params.get("type", "default")) or "default"
         rotary_dim = int(head_dim * config.get("partial_rotary_factor", 1.0))
         if rope_type not in ("default", "linear", "llama3"):
-            raise BuilderError(f"config.json: rope type {rope_type!r} is not supported yet "
-                               "(supported: default, linear, llama3)")
+            raise BuilderError(
+                f"config.json: rope type {rope_type!r} is not supported yet (supported: default, linear, llama3)"
+            )
         return cls(
             theta=float(theta),
             rotary_dim=rotary_dim,
@@ -43,8 +44,9 @@ class RopeSpec:
             factor=float(params.get("factor", 1.0)),
             low_freq_factor=float(params.get("low_freq_factor", 1.0)),
             high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-            original_max_position_embeddings=int(params.get("original_max_position_embeddings",
-                                                            config.get("max_position_embeddings", 8192))),
+            original_max_position_embeddings=int(
+                params.get("original_max_position_embeddings", config.get("max_position_embeddings", 8192))
+            ),
         )
 
     def inv_freq(self) -> np.ndarray:

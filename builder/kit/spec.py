@@ -25,8 +25,9 @@ def layer_types(config: dict, num_layers: int, default: list[str], allowed: set[
     types = config.get("layer_types")
     types = list(default if types is None else types)
     if len(types) != num_layers or set(types) - allowed:
-        raise BuilderError(f"config.json: layer_types {types} must name {num_layers} layers, each one of "
-                           f"{sorted(allowed)}")
+        raise BuilderError(
+            f"config.json: layer_types {types} must name {num_layers} layers, each one of {sorted(allowed)}"
+        )
     return types
 
 
@@ -47,10 +48,10 @@ class DecoderSpec:
     attention_bias: bool = False
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = field(default=())
-    attention_scale: float | None = None   # default 1/sqrt(head_dim); Gemma: query_pre_attn_scalar**-0.5
+    attention_scale: float | None = None  # default 1/sqrt(head_dim); Gemma: query_pre_attn_scalar**-0.5
 
     @classmethod
-    def from_config(cls, config: dict, **overrides) -> "DecoderSpec":
+    def from_config(cls, config: dict, **overrides) -> DecoderSpec:
         hidden = int(positive(config, "hidden_size"))
         heads = int(positive(config, "num_attention_heads"))
         head_dim = int(config.get("head_dim") or hidden // heads)
@@ -73,8 +74,10 @@ class DecoderSpec:
         values.update(overrides)
         spec = cls(**values)
         if spec.num_heads % spec.num_kv_heads:
-            raise BuilderError(f"config.json: num_attention_heads {spec.num_heads} is not a multiple of "
-                               f"num_key_value_heads {spec.num_kv_heads}")
+            raise BuilderError(
+                f"config.json: num_attention_heads {spec.num_heads} is not a multiple of "
+                f"num_key_value_heads {spec.num_kv_heads}"
+            )
         return spec
 
     def attention_layers(self) -> list[int]:

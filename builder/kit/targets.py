@@ -37,13 +37,12 @@ WEBGPU_LAST_MONOLITHIC = (1, 27)
 # onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): the default target of a
 # --format transformers.js build, whatever runtime Python has installed. webgpu: the
 # browser's WebGPU EP (its wasm CPU EP for the few nodes ORT keeps on the CPU).
-TRANSFORMERS_JS_ORT: dict[str, tuple[int, int]] = {"cpu": (1, 30), "webgpu": (1, 31), "cuda": (1, 30),
-                                                   "dml": (1, 30)}
+TRANSFORMERS_JS_ORT: dict[str, tuple[int, int]] = {"cpu": (1, 30), "webgpu": (1, 31), "cuda": (1, 30), "dml": (1, 30)}
 
 # (ep, precision) -> why the combination is refused up front. Everything else is built.
 REFUSED = {
     ("cuda", "fp32"): "GroupQueryAttention has no fp32 kernel on CUDA, so the model would not load; "
-                      "build fp16 or int4 for cuda, or fp32 for cpu",
+    "build fp16 or int4 for cuda, or fp32 for cpu",
     ("dml", "fp32"): "GroupQueryAttention has no fp32 kernel on DirectML; build fp16 or int4 for dml",
     ("dml", "int8"): "MatMulNBits with 8 bits is not implemented on DirectML; build int4 or fp16 for dml",
     ("cpu", "bf16"): "bf16 is not verified to load on any target here; build fp16 or fp32",
@@ -146,31 +145,46 @@ class Target:
     transformers_js: bool = False  # --format transformers.js: the ONNX Runtime inside transformers.js
 
     @classmethod
-    def from_options(cls, options: BuildOptions) -> "Target":
-        version = (parse_version(options.target_ort, "--target-ort") if options.target_ort
-                   else default_ort_version(options.ep))
+    def from_options(cls, options: BuildOptions) -> Target:
+        version = (
+            parse_version(options.target_ort, "--target-ort") if options.target_ort else default_ort_version(options.ep)
+        )
         if options.format == "transformers.js" and not options.target_ort:
             version = TRANSFORMERS_JS_ORT[options.ep]
-        target = cls(options.ep, options.precision, version, options.io_dtype,
-                     transformers_js=options.format == "transformers.js")
+        target = cls(
+            options.ep,
+            options.precision,
+            version,
+            options.io_dtype,
+            transformers_js=options.format == "transformers.js",
+        )
         floor = MIN_ORT_VERSION[options.ep]
         if version < floor:
-            source = (f"--target-ort {options.target_ort}" if options.target_ort else
-                      f"the installed {EP_RUNTIMES[options.ep][0]} {target.version_text}")
-            raise BuilderError(f"{source}: -e {options.ep} builds need ONNX Runtime >= {floor[0]}.{floor[1]}, "
-                               "the first release with the GroupQueryAttention and MatMulNBits kernels every "
-                               f"build uses; target {floor[0]}.{floor[1]} or newer")
+            source = (
+                f"--target-ort {options.target_ort}"
+                if options.target_ort
+                else f"the installed {EP_RUNTIMES[options.ep][0]} {target.version_text}"
+            )
+            raise BuilderError(
+                f"{source}: -e {options.ep} builds need ONNX Runtime >= {floor[0]}.{floor[1]}, "
+                "the first release with the GroupQueryAttention and MatMulNBits kernels every "
+                f"build uses; target {floor[0]}.{floor[1]} or newer"
+            )
         reason = REFUSED.get((options.ep, options.precision))
         if reason:
             raise BuilderError(f"-p {options.precision} -e {options.ep} cannot work: {reason}")
         if target.io_dtype == np.float32 and options.ep in ("cuda", "dml"):
-            raise BuilderError(f"--io-dtype fp32 -e {options.ep} cannot work: GroupQueryAttention has no fp32 "
-                               f"kernel on {options.ep}; use --io-dtype fp16 or auto")
+            raise BuilderError(
+                f"--io-dtype fp32 -e {options.ep} cannot work: GroupQueryAttention has no fp32 "
+                f"kernel on {options.ep}; use --io-dtype fp16 or auto"
+            )
         capture = target.supports("graph_capture") and options.format == "genai"
         if options.graph_capture == "on" and not capture:
-            raise BuilderError(f"--graph-capture on: {target.runtime} does not capture graphs here (only webgpu "
-                               "with the plugin EP, --target-ort >= 1.28, --format genai); use --graph-capture "
-                               "off or auto")
+            raise BuilderError(
+                f"--graph-capture on: {target.runtime} does not capture graphs here (only webgpu "
+                "with the plugin EP, --target-ort >= 1.28, --format genai); use --graph-capture "
+                "off or auto"
+            )
         return dataclasses.replace(target, graph_capture=capture and options.graph_capture != "off")
 
     @property
@@ -246,6 +260,9 @@ class Target:
             "dml": {"enable_graph_capture": "0"},
             # Capture as the reference's enable_webgpu_graph writes it: validation off, since
             # a captured step is replayed unchanged (docs/packing.md#graph-capture).
-            "webgpu": ({"enableGraphCapture": "1", "validationMode": "disabled"} if self.graph_capture
-                       else {"enableGraphCapture": "0", "validationMode": "basic"}),
+            "webgpu": (
+                {"enableGraphCapture": "1", "validationMode": "disabled"}
+                if self.graph_capture
+                else {"enableGraphCapture": "0", "validationMode": "basic"}
+            ),
         }[self.ep]

@@ -25,8 +25,13 @@ HERE = Path(__file__).resolve().parent
 
 
 class Handler(SimpleHTTPRequestHandler):
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
-                      ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}
+    extensions_map = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".js": "text/javascript",
+        ".wasm": "application/wasm",
+        ".json": "application/json",
+    }
 
     def __init__(self, *args, models: dict[str, Path], results: queue.Queue, quiet: bool, **kwargs):
         self.models, self.results, self.quiet = models, results, quiet
@@ -73,8 +78,7 @@ def start(model_dirs: list[Path], port: int = 0, quiet: bool = True):
     """Serve in a background thread; returns (server, results queue). port 0: any free port."""
     models = {Path(d).resolve().name: Path(d).resolve() for d in model_dirs}
     results: queue.Queue = queue.Queue()
-    server = ThreadingHTTPServer(("127.0.0.1", port),
-                                 partial(Handler, models=models, results=results, quiet=quiet))
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(Handler, models=models, results=results, quiet=quiet))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, results
 
@@ -88,8 +92,9 @@ def main() -> None:
         if not (d / "config.json").is_file():
             parser.error(f"{d} has no config.json; build it with --format transformers.js")
     if not (HERE / "node_modules" / "@huggingface" / "transformers").is_dir():
-        parser.error(f"{HERE}/node_modules lacks @huggingface/transformers: run "
-                     f"`npm install --ignore-scripts` in {HERE}")
+        parser.error(
+            f"{HERE}/node_modules lacks @huggingface/transformers: run `npm install --ignore-scripts` in {HERE}"
+        )
     server, _ = start(args.models, args.port, quiet=False)
     for d in args.models:
         print(f"http://127.0.0.1:{server.server_port}/?model={d.resolve().name}")

@@ -71,6 +71,7 @@ def _hub_order(config: dict) -> list[str] | None:
     try:
         import torch
         import transformers
+
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
     except Exception:

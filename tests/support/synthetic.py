@@ -64,88 +64,169 @@ def _tiny(arch: str, model_type: str, **dims) -> dict:
 TINY_CONFIGS: dict[str, dict] = {
     # head_dim * heads (128) != hidden (64): catches code that assumes hidden/heads.
     "qwen3": _tiny(
-        "Qwen3ForCausalLM", "qwen3",
-        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        attention_bias=False, tie_word_embeddings=True,
-        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+        "Qwen3ForCausalLM",
+        "qwen3",
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        max_window_layers=2,
+        use_sliding_window=False,
+        sliding_window=None,
     ),
     "qwen3-1kv": _tiny(
-        "Qwen3ForCausalLM", "qwen3",
-        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=32,
-        attention_bias=False, tie_word_embeddings=True,
-        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+        "Qwen3ForCausalLM",
+        "qwen3",
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        max_window_layers=2,
+        use_sliding_window=False,
+        sliding_window=None,
     ),
     "qwen3-untied": _tiny(
-        "Qwen3ForCausalLM", "qwen3",
-        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        attention_bias=False, tie_word_embeddings=False,
-        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+        "Qwen3ForCausalLM",
+        "qwen3",
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        attention_bias=False,
+        tie_word_embeddings=False,
+        max_window_layers=2,
+        use_sliding_window=False,
+        sliding_window=None,
     ),
     # Llama 3.x style rope scaling, shrunk so that all three frequency bands
     # (kept / interpolated / divided by factor) occur with head_dim 32.
     "llama": _tiny(
-        "LlamaForCausalLM", "llama",
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        attention_bias=False, mlp_bias=False, pretraining_tp=1, tie_word_embeddings=False,
+        "LlamaForCausalLM",
+        "llama",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        attention_bias=False,
+        mlp_bias=False,
+        pretraining_tp=1,
+        tie_word_embeddings=False,
         rope_theta=500000.0,
         rope_scaling={
-            "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+            "rope_type": "llama3",
+            "factor": 4.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
         },
     ),
     # Qwen2 always has q/k/v biases (no attention_bias key on the hub).
     "qwen2": _tiny(
-        "Qwen2ForCausalLM", "qwen2",
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+        "Qwen2ForCausalLM",
+        "qwen2",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_window_layers=2,
+        use_sliding_window=False,
+        sliding_window=None,
         rope_theta=1000000.0,
     ),
     # sliding_window 8 is shorter than the test prompts, so the window really bites.
     "mistral": _tiny(
-        "MistralForCausalLM", "mistral",
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        tie_word_embeddings=False, sliding_window=8,
+        "MistralForCausalLM",
+        "mistral",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=False,
+        sliding_window=8,
     ),
     "mistral-nosw": _tiny(
-        "MistralForCausalLM", "mistral",
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        tie_word_embeddings=False, sliding_window=None,
+        "MistralForCausalLM",
+        "mistral",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=False,
+        sliding_window=None,
     ),
     # Keys as in Qwen/Qwen3-30B-A3B's config.json (transformers 5 accepts num_experts
     # and saves it back as num_local_experts).
     "qwen3-moe": _tiny(
-        "Qwen3MoeForCausalLM", "qwen3_moe",
-        hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        attention_bias=False, tie_word_embeddings=False,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
-        decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
-        output_router_logits=False, router_aux_loss_coef=0.001,
-        max_window_layers=2, use_sliding_window=False, sliding_window=None,
+        "Qwen3MoeForCausalLM",
+        "qwen3_moe",
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        attention_bias=False,
+        tie_word_embeddings=False,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        norm_topk_prob=True,
+        output_router_logits=False,
+        router_aux_loss_coef=0.001,
+        max_window_layers=2,
+        use_sliding_window=False,
+        sliding_window=None,
     ),
     # Keys as in the hub's Gemma 3 text configs (google/gemma-3-1b-it; 4B-27B add linear rope
     # scaling on the global layers): hidden_activation, query_pre_attn_scalar, rope_local_base_freq,
     # sliding_window_pattern. Pattern 3 -> layers 0, 1 slide (window 6 < the 12-token test prompt),
     # layer 2 is global. query_pre_attn_scalar != head_dim (as in 27B: 168 vs 128) and sqrt(96) is
     # not exact, so a wrong attention or embedding scale shows in the logits.
-    "gemma3": {k: v for k, v in _tiny(
-        "Gemma3ForCausalLM", "gemma3_text",
-        hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=48,
-        attention_bias=False, tie_word_embeddings=True,
-        sliding_window=6, sliding_window_pattern=3,
-        rope_theta=1000000.0, rope_local_base_freq=10000.0,
-        rope_scaling={"rope_type": "linear", "factor": 8.0},
-        attn_logit_softcapping=None, final_logit_softcapping=None,
-    ).items() if k != "hidden_act"},  # Gemma 3 configs name it hidden_activation only
+    "gemma3": {
+        k: v
+        for k, v in _tiny(
+            "Gemma3ForCausalLM",
+            "gemma3_text",
+            hidden_size=96,
+            intermediate_size=192,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=48,
+            attention_bias=False,
+            tie_word_embeddings=True,
+            sliding_window=6,
+            sliding_window_pattern=3,
+            rope_theta=1000000.0,
+            rope_local_base_freq=10000.0,
+            rope_scaling={"rope_type": "linear", "factor": 8.0},
+            attn_logit_softcapping=None,
+            final_logit_softcapping=None,
+        ).items()
+        if k != "hidden_act"
+    },  # Gemma 3 configs name it hidden_activation only
 }
 
 
@@ -154,12 +235,29 @@ def _qwen35_text(arch: str, model_type: str, **dims) -> dict:
     partial_rotary_factor and mRoPE sections, linear_* keys). Tiny dims: Hk=2 < Hv=4 key/value
     heads, dk=16 != dv=32, head_dim 64 with a quarter of it rotary (GroupQueryAttention wants the
     rotary half-width, 8 here, to be a multiple of 8)."""
-    cfg = _tiny(arch, model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=64, attention_bias=False,
-                linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-                linear_value_head_dim=32, linear_conv_kernel_dim=4,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
-                                 "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+    cfg = _tiny(
+        arch,
+        model_type,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        attention_bias=False,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=32,
+        linear_conv_kernel_dim=4,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+    )
     for key in ("rope_theta", "rope_scaling", "torch_dtype"):
         cfg.pop(key)
     cfg.update(dims)
@@ -170,35 +268,78 @@ def _conditional(arch: str, model_type: str, text: dict) -> dict:
     """A ConditionalGeneration config: the text model nested under text_config (as on the hub) next to
     a small vision config; make_checkpoint writes a few vision and MTP tensors that a text-only
     build must skip."""
-    return {"architectures": [arch], "model_type": model_type, "text_config": text,
-            "vision_config": {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                              "out_hidden_size": text["hidden_size"], "patch_size": 16,
-                              "temporal_patch_size": 2, "spatial_merge_size": 2},
-            "tie_word_embeddings": text["tie_word_embeddings"], "image_token_id": 248056,
-            "video_token_id": 248057, "vision_start_token_id": 248053, "vision_end_token_id": 248054,
-            "torch_dtype": "bfloat16"}
+    return {
+        "architectures": [arch],
+        "model_type": model_type,
+        "text_config": text,
+        "vision_config": {
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": text["hidden_size"],
+            "patch_size": 16,
+            "temporal_patch_size": 2,
+            "spatial_merge_size": 2,
+        },
+        "tie_word_embeddings": text["tie_word_embeddings"],
+        "image_token_id": 248056,
+        "video_token_id": 248057,
+        "vision_start_token_id": 248053,
+        "vision_end_token_id": 248054,
+        "torch_dtype": "bfloat16",
+    }
 
 
-TINY_CONFIGS.update({
-    # Released layout: nested text_config, model.language_model.* weights, tied; layers [L, L, L, F].
-    "qwen3_5": _conditional("Qwen3_5ForConditionalGeneration", "qwen3_5", _qwen35_text(
-        "Qwen3_5ForCausalLM", "qwen3_5_text", tie_word_embeddings=True,
-        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"])),
-    # Text-only checkpoint, untied; no layer_types, so full_attention_interval 2 decides [L, F, L, F].
-    "qwen3_5-text": _qwen35_text("Qwen3_5ForCausalLM", "qwen3_5_text", tie_word_embeddings=False,
-                                 full_attention_interval=2),
-    # MoE: every layer sparse (4 experts, top 2, always renormalized) plus a shared expert with a
-    # sigmoid gate; layers [L, F, L, L].
-    "qwen3_5-moe": _conditional("Qwen3_5MoeForConditionalGeneration", "qwen3_5_moe", _qwen35_text(
-        "Qwen3_5MoeForCausalLM", "qwen3_5_moe_text", tie_word_embeddings=False,
-        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96)),
-    # Qwen3-Next: fused interleaved in_proj_qkvz / in_proj_ba, MoE with a dense layer 1 (mlp_only_layers).
-    "qwen3-next": _qwen35_text(
-        "Qwen3NextForCausalLM", "qwen3_next", tie_word_embeddings=False, full_attention_interval=4,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96,
-        decoder_sparse_step=1, mlp_only_layers=[1], norm_topk_prob=True),
-})
+TINY_CONFIGS.update(
+    {
+        # Released layout: nested text_config, model.language_model.* weights, tied; layers [L, L, L, F].
+        "qwen3_5": _conditional(
+            "Qwen3_5ForConditionalGeneration",
+            "qwen3_5",
+            _qwen35_text(
+                "Qwen3_5ForCausalLM",
+                "qwen3_5_text",
+                tie_word_embeddings=True,
+                layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+            ),
+        ),
+        # Text-only checkpoint, untied; no layer_types, so full_attention_interval 2 decides [L, F, L, F].
+        "qwen3_5-text": _qwen35_text(
+            "Qwen3_5ForCausalLM", "qwen3_5_text", tie_word_embeddings=False, full_attention_interval=2
+        ),
+        # MoE: every layer sparse (4 experts, top 2, always renormalized) plus a shared expert with a
+        # sigmoid gate; layers [L, F, L, L].
+        "qwen3_5-moe": _conditional(
+            "Qwen3_5MoeForConditionalGeneration",
+            "qwen3_5_moe",
+            _qwen35_text(
+                "Qwen3_5MoeForCausalLM",
+                "qwen3_5_moe_text",
+                tie_word_embeddings=False,
+                layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=64,
+                shared_expert_intermediate_size=96,
+            ),
+        ),
+        # Qwen3-Next: fused interleaved in_proj_qkvz / in_proj_ba, MoE with a dense layer 1 (mlp_only_layers).
+        "qwen3-next": _qwen35_text(
+            "Qwen3NextForCausalLM",
+            "qwen3_next",
+            tie_word_embeddings=False,
+            full_attention_interval=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+            shared_expert_intermediate_size=96,
+            decoder_sparse_step=1,
+            mlp_only_layers=[1],
+            norm_topk_prob=True,
+        ),
+    }
+)
 for _cfg in (TINY_CONFIGS["qwen3_5"], TINY_CONFIGS["qwen3_5-moe"]):
     _cfg["text_config"].pop("architectures")
 TINY_CONFIGS["qwen3_5-moe"]["text_config"].pop("intermediate_size")  # as in Qwen3.5-MoE's config.json
@@ -248,25 +389,56 @@ REAL_CONFIGS: dict[str, dict] = {
 }
 HUB_IDS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
 
+
 def _qwen35_real(hidden, inter, layers, heads, kv_heads, value_heads, tied) -> dict:
     """config.json of the published Qwen3.5 dense checkpoints (Qwen3_5ForConditionalGeneration)."""
     text = {
-        "attention_bias": False, "attention_dropout": 0.0, "attn_output_gate": True, "bos_token_id": 248044,
-        "dtype": "bfloat16", "eos_token_id": 248044, "full_attention_interval": 4, "head_dim": 256,
-        "hidden_act": "silu", "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": inter,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_output_gate": True,
+        "bos_token_id": 248044,
+        "dtype": "bfloat16",
+        "eos_token_id": 248044,
+        "full_attention_interval": 4,
+        "head_dim": 256,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
         "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * (layers // 4),
-        "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_num_key_heads": 16,
-        "linear_num_value_heads": value_heads, "linear_value_head_dim": 128, "max_position_embeddings": 262144,
-        "model_type": "qwen3_5_text", "num_attention_heads": heads, "num_hidden_layers": layers,
-        "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-06, "tie_word_embeddings": tied,
-        "use_cache": True, "vocab_size": 248320,
-        "rope_parameters": {"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
-                            "rope_theta": 10000000, "partial_rotary_factor": 0.25},
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": value_heads,
+        "linear_value_head_dim": 128,
+        "max_position_embeddings": 262144,
+        "model_type": "qwen3_5_text",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-06,
+        "tie_word_embeddings": tied,
+        "use_cache": True,
+        "vocab_size": 248320,
+        "rope_parameters": {
+            "mrope_interleaved": True,
+            "mrope_section": [11, 11, 10],
+            "rope_type": "default",
+            "rope_theta": 10000000,
+            "partial_rotary_factor": 0.25,
+        },
     }
     cfg = _conditional("Qwen3_5ForConditionalGeneration", "qwen3_5", text)
-    cfg["vision_config"] = {"depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
-                            "out_hidden_size": hidden, "patch_size": 16, "temporal_patch_size": 2,
-                            "spatial_merge_size": 2}  # a stand-in: the builder skips the vision tower
+    cfg["vision_config"] = {
+        "depth": 1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "out_hidden_size": hidden,
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "spatial_merge_size": 2,
+    }  # a stand-in: the builder skips the vision tower
     return cfg
 
 
@@ -319,12 +491,15 @@ def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str
     """(name, shape) of every checkpoint tensor, in the model's state_dict order (the order
     save_pretrained shards in), derived from the registered family (support.expected_tensors)."""
     from support.expected_tensors import expected_tensors
+
     tensors = expected_tensors(config, tied_lm_head=tied_lm_head)
     if "text_config" in config:  # a ConditionalGeneration checkpoint: vision and MTP tensors that a
         # text-only build must skip (transformers' *ForCausalLM ignores them too)
         h, vision = text_config(config)["hidden_size"], config["vision_config"]
-        tensors += [("model.visual.merger.linear_fc2.weight", (vision["out_hidden_size"], 4 * vision["hidden_size"])),
-                    ("mtp.fc.weight", (h, 2 * h))]
+        tensors += [
+            ("model.visual.merger.linear_fc2.weight", (vision["out_hidden_size"], 4 * vision["hidden_size"])),
+            ("mtp.fc.weight", (h, 2 * h)),
+        ]
     return tensors
 
 
@@ -498,8 +673,12 @@ def make_checkpoint(
 def make_real_checkpoint(name: str, out_dir, *, dtype: str = "bfloat16", seed: int = 0) -> Path:
     """Random weights in the exact file layout of a published model (REAL_CONFIGS key)."""
     return make_checkpoint(
-        out_dir, REAL_CONFIGS[name], dtype=dtype, seed=seed,
-        generation_config=REAL_GENERATION_CONFIGS[name], tied_lm_head=name in HUB_TIED_LM_HEAD,
+        out_dir,
+        REAL_CONFIGS[name],
+        dtype=dtype,
+        seed=seed,
+        generation_config=REAL_GENERATION_CONFIGS[name],
+        tied_lm_head=name in HUB_TIED_LM_HEAD,
     )
 
 
@@ -508,9 +687,7 @@ def make_real_checkpoint(name: str, out_dir, *, dtype: str = "bfloat16", seed: i
 # --------------------------------------------------------------------------------------
 
 # Qwen2/Qwen3 pre-tokenizer regex (as in their tokenizer.json).
-_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 
 _CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -606,8 +783,12 @@ def build_tokenizer(out_dir=TOKENIZER_DIR, vocab_size: int = ENDOFTEXT_ID) -> Pa
     tok.save(str(out / "tokenizer.json"))
     added = {
         str(tok.token_to_id(t)): {
-            "content": t, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True,
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
         }
         for t in SPECIAL_TOKENS
     }
@@ -634,9 +815,20 @@ def build_tokenizer(out_dir=TOKENIZER_DIR, vocab_size: int = ENDOFTEXT_ID) -> Pa
         out / "special_tokens_map.json",
         {
             "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
-            "eos_token": {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-            "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+            "eos_token": {
+                "content": "<|im_end|>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
+            "pad_token": {
+                "content": "<|endoftext|>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
         },
     )
     return out
-

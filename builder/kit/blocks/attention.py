@@ -54,8 +54,7 @@ def attention_metadata(em: Emitter, ropes: dict) -> None:
     for name, rope in ropes.items():
         cos, sin = rope.caches(em.plan.context_length, em.plan.io_dtype)
         suffix = "" if name == "global" else f"_{name}"
-        em.shared[f"rope/{name}"] = (g.initializer(f"cos_cache{suffix}", cos),
-                                     g.initializer(f"sin_cache{suffix}", sin))
+        em.shared[f"rope/{name}"] = (g.initializer(f"cos_cache{suffix}", cos), g.initializer(f"sin_cache{suffix}", sin))
 
 
 @dataclass(frozen=True)
@@ -75,17 +74,22 @@ class Attention:
         return [f"model.layers.{i}.{self.prefix}.{p}_proj" for p in "qkvo"]
 
     def pack_groups(self, i: int) -> list[PackGroup]:
-        return [PackGroup(f"model.layers.{i}.{self.prefix}.qkv_proj",
-                          tuple(f"model.layers.{i}.{self.prefix}.{p}_proj" for p in "qkv"), "qkv")]
+        return [
+            PackGroup(
+                f"model.layers.{i}.{self.prefix}.qkv_proj",
+                tuple(f"model.layers.{i}.{self.prefix}.{p}_proj" for p in "qkv"),
+                "qkv",
+            )
+        ]
 
     def declare_io(self, em: Emitter, i: int) -> None:
         s, g, io = em.spec, em.graph, em.plan.io_type
         for kind in ("key", "value"):
-            g.add_input(f"past_key_values.{i}.{kind}", io,
-                        ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim])
+            g.add_input(
+                f"past_key_values.{i}.{kind}", io, ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim]
+            )
         for kind in ("key", "value"):
-            g.add_output(f"present.{i}.{kind}", io,
-                         ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim])
+            g.add_output(f"present.{i}.{kind}", io, ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim])
 
     def __call__(self, em: Emitter, i: int, x: str) -> str:
         s, g, layout = em.spec, em.graph, em.plan.layout
@@ -102,34 +106,51 @@ class Attention:
             if layout.packed_qkv_into_gqa:
                 query = qkv
             else:
-                query, key, value = g.node("Split", [qkv, g.constant([r for r, _ in shapes])],
-                                           f"{base}/qkv_proj/Split", outputs=3, axis=-1)
+                query, key, value = g.node(
+                    "Split", [qkv, g.constant([r for r, _ in shapes])], f"{base}/qkv_proj/Split", outputs=3, axis=-1
+                )
         else:
             query, key, value = (
-                em.proj.matmul(x, f"{base}/{p}_proj", [names[j]], [shapes[j]], fmts[j],
-                               [biases[j]] if biases else None)
-                for j, p in enumerate("qkv"))
+                em.proj.matmul(x, f"{base}/{p}_proj", [names[j]], [shapes[j]], fmts[j], [biases[j]] if biases else None)
+                for j, p in enumerate("qkv")
+            )
 
         extra = {}
         if self.qk_norm and layout.head_norm == "gqa":
-            extra = dict(q_norm=em.norm_weight(i, f"{self.prefix}.q_norm.weight", s.head_dim),
-                         k_norm=em.norm_weight(i, f"{self.prefix}.k_norm.weight", s.head_dim))
+            extra = dict(
+                q_norm=em.norm_weight(i, f"{self.prefix}.q_norm.weight", s.head_dim),
+                k_norm=em.norm_weight(i, f"{self.prefix}.k_norm.weight", s.head_dim),
+            )
         elif self.qk_norm:
-            query = self.head_norm(em, query, em.weight(i, f"{self.prefix}.q_norm.weight"), s.num_heads,
-                                   f"{base}/q_norm")
-            key = self.head_norm(em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads,
-                                 f"{base}/k_norm")
+            query = self.head_norm(
+                em, query, em.weight(i, f"{self.prefix}.q_norm.weight"), s.num_heads, f"{base}/q_norm"
+            )
+            key = self.head_norm(
+                em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads, f"{base}/k_norm"
+            )
 
         if not layout.rotary_in_gqa:
-            query, key = (g.op("RotaryEmbedding", [t, "position_ids", cos, sin],
-                               f"{base}/{n}_rotary/RotaryEmbedding", domain=MS_DOMAIN,
-                               num_heads=h, interleaved=0)
-                          for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads)))
+            query, key = (
+                g.op(
+                    "RotaryEmbedding",
+                    [t, "position_ids", cos, sin],
+                    f"{base}/{n}_rotary/RotaryEmbedding",
+                    domain=MS_DOMAIN,
+                    num_heads=h,
+                    interleaved=0,
+                )
+                for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads))
+            )
 
         attn = self.group_query_attention(em, i, query, key, value, base, cos, sin, **extra)
         o_shape = [(s.hidden_size, s.num_heads * s.head_dim)]
-        return em.proj.matmul(attn, f"{base}/o_proj", [em.weight(i, f"{self.prefix}.o_proj.weight")], o_shape,
-                              em.fmt(i, f"{self.prefix}.o_proj"))
+        return em.proj.matmul(
+            attn,
+            f"{base}/o_proj",
+            [em.weight(i, f"{self.prefix}.o_proj.weight")],
+            o_shape,
+            em.fmt(i, f"{self.prefix}.o_proj"),
+        )
 
     @staticmethod
     def head_norm(em: Emitter, x: str, weight_name: str, heads: int, name: str) -> str:
@@ -137,29 +158,61 @@ class Attention:
         g, d = em.graph, em.spec.head_dim
         weight = g.initializer(weight_name, em.proj.float_rows([weight_name], [(d,)]))
         if em.plan.layout.head_norm == "branchwise":
-            return g.op("BranchwiseRMSNorm", [x, weight], f"{name}/BranchwiseRMSNorm", domain=MS_DOMAIN,
-                        num_branches=heads, epsilon=em.spec.rms_norm_eps)
+            return g.op(
+                "BranchwiseRMSNorm",
+                [x, weight],
+                f"{name}/BranchwiseRMSNorm",
+                domain=MS_DOMAIN,
+                num_branches=heads,
+                epsilon=em.spec.rms_norm_eps,
+            )
         split = g.op("Reshape", [x, g.constant([0, 0, heads, d])], f"{name}/Reshape_in")
         normed = em.rms_norm(split, weight, name)
         return g.op("Reshape", [normed, g.constant([0, 0, heads * d])], f"{name}/Reshape_out")
 
-    def group_query_attention(self, em: Emitter, i: int, query: str, key: str, value: str, base: str,
-                              cos: str, sin: str, q_norm: str | None = None, k_norm: str | None = None) -> str:
+    def group_query_attention(
+        self,
+        em: Emitter,
+        i: int,
+        query: str,
+        key: str,
+        value: str,
+        base: str,
+        cos: str,
+        sin: str,
+        q_norm: str | None = None,
+        k_norm: str | None = None,
+    ) -> str:
         s, g = em.spec, em.graph
         rotary = em.plan.layout.rotary_in_gqa
-        inputs = [query, key, value, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                  em.shared["seqlens_k"], em.shared["total_seq_len"],
-                  cos if rotary else "", sin if rotary else ""]
+        inputs = [
+            query,
+            key,
+            value,
+            f"past_key_values.{i}.key",
+            f"past_key_values.{i}.value",
+            em.shared["seqlens_k"],
+            em.shared["total_seq_len"],
+            cos if rotary else "",
+            sin if rotary else "",
+        ]
         attrs = {}
         if q_norm:
             inputs += ["", "", "", "", "", q_norm, k_norm]  # position_ids .. v_scale unused
             attrs["qk_norm_epsilon"] = s.rms_norm_eps
         window = s.sliding_window if i in s.sliding_layers else None
-        out, _, _ = g.node("GroupQueryAttention", inputs, f"{base}/GroupQueryAttention",
-                           outputs=[f"{base}/GroupQueryAttention/output_0", f"present.{i}.key",
-                                    f"present.{i}.value"],
-                           domain=MS_DOMAIN, num_heads=s.num_heads, kv_num_heads=s.num_kv_heads,
-                           scale=s.attention_scale or 1.0 / math.sqrt(s.head_dim), do_rotary=int(rotary),
-                           rotary_interleaved=0,
-                           local_window_size=window, **attrs)
+        out, _, _ = g.node(
+            "GroupQueryAttention",
+            inputs,
+            f"{base}/GroupQueryAttention",
+            outputs=[f"{base}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN,
+            num_heads=s.num_heads,
+            kv_num_heads=s.num_kv_heads,
+            scale=s.attention_scale or 1.0 / math.sqrt(s.head_dim),
+            do_rotary=int(rotary),
+            rotary_interleaved=0,
+            local_window_size=window,
+            **attrs,
+        )
         return out

@@ -51,12 +51,21 @@ def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
     flat = n_blocks * q.format.block_size // 2
     data = g.op("Reshape", [q.b, g.constant([s.vocab_size, flat])], "/model/embed_tokens/Reshape")
     inputs = [data, "input_ids", q.scales] + ([q.zero_points] if q.zero_points else [])
-    out = g.op("GatherBlockQuantized", inputs, "/model/embed_tokens/GatherBlockQuantized",
-               domain=MS_DOMAIN, bits=4, block_size=q.format.block_size, gather_axis=0, quantize_axis=1)
+    out = g.op(
+        "GatherBlockQuantized",
+        inputs,
+        "/model/embed_tokens/GatherBlockQuantized",
+        domain=MS_DOMAIN,
+        bits=4,
+        block_size=q.format.block_size,
+        gather_axis=0,
+        quantize_axis=1,
+    )
     if n_blocks * q.format.block_size != s.hidden_size:
         # Rows are padded to whole blocks; the padding is not part of the embedding.
-        out = g.op("Slice", [out, g.constant([0]), g.constant([s.hidden_size]), g.constant([-1])],
-                   "/model/embed_tokens/Slice")
+        out = g.op(
+            "Slice", [out, g.constant([0]), g.constant([s.hidden_size]), g.constant([-1])], "/model/embed_tokens/Slice"
+        )
     return out
 
 

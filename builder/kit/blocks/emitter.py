@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from builder.kit.graph import MS_DOMAIN, Graph
 from builder.kit.linear import Projections
@@ -39,13 +39,18 @@ class Emitter:
         return self.graph.initializer(name, self.proj.float_rows([name], [(size or self.spec.hidden_size,)]))
 
     def rms_norm(self, x: str, weight: str, name: str) -> str:
-        return self.graph.op("SimplifiedLayerNormalization", [x, weight], f"{name}/LayerNorm",
-                             axis=-1, epsilon=self.spec.rms_norm_eps)
+        return self.graph.op(
+            "SimplifiedLayerNormalization", [x, weight], f"{name}/LayerNorm", axis=-1, epsilon=self.spec.rms_norm_eps
+        )
 
     def skip_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
         """SkipSimplifiedLayerNormalization: returns (normalized, new residual sum)."""
         out, _, _, total = self.graph.node(
-            "SkipSimplifiedLayerNormalization", [x, residual, weight], f"{name}/SkipLayerNorm",
-            outputs=[f"{name}/output_0", "", "", f"{name}/output_3"], domain=MS_DOMAIN,
-            epsilon=self.spec.rms_norm_eps)
+            "SkipSimplifiedLayerNormalization",
+            [x, residual, weight],
+            f"{name}/SkipLayerNorm",
+            outputs=[f"{name}/output_0", "", "", f"{name}/output_3"],
+            domain=MS_DOMAIN,
+            epsilon=self.spec.rms_norm_eps,
+        )
         return out, total

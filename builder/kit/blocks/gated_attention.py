@@ -31,27 +31,47 @@ class GatedAttention(Attention):
         heads = [(hd, s.hidden_size)] * s.num_heads
         fmts = [em.fmt(i, f"{self.prefix}.{p}_proj") for p in "qkv"]
         if em.plan.packed(f"model.layers.{i}.{self.prefix}.qkv_proj"):
-            packed = em.proj.matmul(x, f"{base}/qkv_proj", q + gate + [k, v],
-                                    heads * 2 + [(kv_rows, s.hidden_size)] * 2, fmts[0])
-            query, gate_out, key, value = g.node("Split", [packed, g.constant([q_rows, q_rows, kv_rows, kv_rows])],
-                                                 f"{base}/qkv_proj/Split", outputs=4, axis=-1)
+            packed = em.proj.matmul(
+                x, f"{base}/qkv_proj", q + gate + [k, v], heads * 2 + [(kv_rows, s.hidden_size)] * 2, fmts[0]
+            )
+            query, gate_out, key, value = g.node(
+                "Split",
+                [packed, g.constant([q_rows, q_rows, kv_rows, kv_rows])],
+                f"{base}/qkv_proj/Split",
+                outputs=4,
+                axis=-1,
+            )
         else:
             q_gate = em.proj.matmul(x, f"{base}/q_proj", q + gate, heads * 2, fmts[0])
-            query, gate_out = g.node("Split", [q_gate, g.constant([q_rows, q_rows])], f"{base}/q_proj/Split",
-                                     outputs=2, axis=-1)
-            key, value = (em.proj.matmul(x, f"{base}/{p}_proj", [n], [(kv_rows, s.hidden_size)], f)
-                          for p, n, f in (("k", k, fmts[1]), ("v", v, fmts[2])))
-        query = self.head_norm(em, query, em.weight(i, f"{self.prefix}.q_norm.weight"), s.num_heads,
-                               f"{base}/q_norm")
-        key = self.head_norm(em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads,
-                             f"{base}/k_norm")
+            query, gate_out = g.node(
+                "Split", [q_gate, g.constant([q_rows, q_rows])], f"{base}/q_proj/Split", outputs=2, axis=-1
+            )
+            key, value = (
+                em.proj.matmul(x, f"{base}/{p}_proj", [n], [(kv_rows, s.hidden_size)], f)
+                for p, n, f in (("k", k, fmts[1]), ("v", v, fmts[2]))
+            )
+        query = self.head_norm(em, query, em.weight(i, f"{self.prefix}.q_norm.weight"), s.num_heads, f"{base}/q_norm")
+        key = self.head_norm(em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads, f"{base}/k_norm")
         cos, sin = em.shared["rope/global"]
         if not layout.rotary_in_gqa:
-            query, key = (g.op("RotaryEmbedding", [t, "position_ids", cos, sin],
-                               f"{base}/{n}_rotary/RotaryEmbedding", domain=MS_DOMAIN, num_heads=h,
-                               interleaved=0, rotary_embedding_dim=s.rope.rotary_dim)
-                          for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads)))
+            query, key = (
+                g.op(
+                    "RotaryEmbedding",
+                    [t, "position_ids", cos, sin],
+                    f"{base}/{n}_rotary/RotaryEmbedding",
+                    domain=MS_DOMAIN,
+                    num_heads=h,
+                    interleaved=0,
+                    rotary_embedding_dim=s.rope.rotary_dim,
+                )
+                for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads))
+            )
         attn = self.group_query_attention(em, i, query, key, value, base, cos, sin)
         gated = g.op("Mul", [attn, g.op("Sigmoid", [gate_out], f"{base}/gate/Sigmoid")], f"{base}/gate/Mul")
-        return em.proj.matmul(gated, f"{base}/o_proj", [em.weight(i, f"{self.prefix}.o_proj.weight")],
-                              [(s.hidden_size, q_rows)], em.fmt(i, f"{self.prefix}.o_proj"))
+        return em.proj.matmul(
+            gated,
+            f"{base}/o_proj",
+            [em.weight(i, f"{self.prefix}.o_proj.weight")],
+            [(s.hidden_size, q_rows)],
+            em.fmt(i, f"{self.prefix}.o_proj"),
+        )

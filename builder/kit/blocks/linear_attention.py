@@ -69,14 +69,23 @@ class LinearAttentionDims:
     @classmethod
     def from_config(cls, config: dict) -> LinearAttentionDims:
         # transformers' Qwen3NextConfig / Qwen3_5TextConfig defaults for absent keys.
-        dims = cls(int(config.get("linear_num_key_heads", 16)), int(config.get("linear_num_value_heads", 32)),
-                   int(config.get("linear_key_head_dim", 128)), int(config.get("linear_value_head_dim", 128)),
-                   int(config.get("linear_conv_kernel_dim", 4)))
-        if min(dims.num_key_heads, dims.num_value_heads, dims.key_head_dim, dims.value_head_dim) <= 0 \
-                or dims.conv_kernel < 2 or dims.num_value_heads % dims.num_key_heads:
-            raise BuilderError(f"config.json: linear attention dims {dims} are invalid: heads and head dims "
-                               "must be positive, linear_num_value_heads a multiple of linear_num_key_heads, "
-                               "linear_conv_kernel_dim >= 2")
+        dims = cls(
+            int(config.get("linear_num_key_heads", 16)),
+            int(config.get("linear_num_value_heads", 32)),
+            int(config.get("linear_key_head_dim", 128)),
+            int(config.get("linear_value_head_dim", 128)),
+            int(config.get("linear_conv_kernel_dim", 4)),
+        )
+        if (
+            min(dims.num_key_heads, dims.num_value_heads, dims.key_head_dim, dims.value_head_dim) <= 0
+            or dims.conv_kernel < 2
+            or dims.num_value_heads % dims.num_key_heads
+        ):
+            raise BuilderError(
+                f"config.json: linear attention dims {dims} are invalid: heads and head dims "
+                "must be positive, linear_num_value_heads a multiple of linear_num_key_heads, "
+                "linear_conv_kernel_dim >= 2"
+            )
         return dims
 
     @property
@@ -128,27 +137,45 @@ def row_sources(prefix: str, dims: LinearAttentionDims, hidden: int, fused: bool
     if not fused:
         qkv = f"{prefix}in_proj_qkv.weight"
         whole = (d.conv_dim, hidden)
-        return {"q": [RowSlice(qkv, 0, d.key_dim, whole)], "k": [RowSlice(qkv, d.key_dim, 2 * d.key_dim, whole)],
-                "v": [RowSlice(qkv, 2 * d.key_dim, d.conv_dim, whole)], "z": [f"{prefix}in_proj_z.weight"],
-                "b": [f"{prefix}in_proj_b.weight"], "a": [f"{prefix}in_proj_a.weight"]}
+        return {
+            "q": [RowSlice(qkv, 0, d.key_dim, whole)],
+            "k": [RowSlice(qkv, d.key_dim, 2 * d.key_dim, whole)],
+            "v": [RowSlice(qkv, 2 * d.key_dim, d.conv_dim, whole)],
+            "z": [f"{prefix}in_proj_z.weight"],
+            "b": [f"{prefix}in_proj_b.weight"],
+            "a": [f"{prefix}in_proj_a.weight"],
+        }
     qkvz, ba = f"{prefix}in_proj_qkvz.weight", f"{prefix}in_proj_ba.weight"
     rv = d.ratio * d.value_head_dim
     group = 2 * d.key_head_dim + 2 * rv
     qkvz_shape, ba_shape = (d.num_key_heads * group, hidden), (2 * d.num_value_heads, hidden)
-    parts = {"q": (0, d.key_head_dim), "k": (d.key_head_dim, 2 * d.key_head_dim),
-             "v": (2 * d.key_head_dim, 2 * d.key_head_dim + rv), "z": (2 * d.key_head_dim + rv, group)}
+    parts = {
+        "q": (0, d.key_head_dim),
+        "k": (d.key_head_dim, 2 * d.key_head_dim),
+        "v": (2 * d.key_head_dim, 2 * d.key_head_dim + rv),
+        "z": (2 * d.key_head_dim + rv, group),
+    }
     out: dict[str, list[Source]] = {
         p: [RowSlice(qkvz, g * group + lo, g * group + hi, qkvz_shape) for g in range(d.num_key_heads)]
-        for p, (lo, hi) in parts.items()}
+        for p, (lo, hi) in parts.items()
+    }
     for j, p in enumerate("ba"):
-        out[p] = [RowSlice(ba, g * 2 * d.ratio + j * d.ratio, g * 2 * d.ratio + (j + 1) * d.ratio, ba_shape)
-                  for g in range(d.num_key_heads)]
+        out[p] = [
+            RowSlice(ba, g * 2 * d.ratio + j * d.ratio, g * 2 * d.ratio + (j + 1) * d.ratio, ba_shape)
+            for g in range(d.num_key_heads)
+        ]
     return out
 
 
 def _shapes(sources: list[Source], hidden: int, dims: LinearAttentionDims, part: str) -> list[tuple[int, int]]:
-    total = {"q": dims.key_dim, "k": dims.key_dim, "v": dims.value_dim, "z": dims.value_dim,
-             "b": dims.num_value_heads, "a": dims.num_value_heads}[part]
+    total = {
+        "q": dims.key_dim,
+        "k": dims.key_dim,
+        "v": dims.value_dim,
+        "z": dims.value_dim,
+        "b": dims.num_value_heads,
+        "a": dims.num_value_heads,
+    }[part]
     if len(sources) == 1 and not isinstance(sources[0], RowSlice):
         return [(total, hidden)]
     return [(s.stop - s.start, hidden) for s in sources]
@@ -178,8 +205,13 @@ class GatedDeltaNet:
     def pack_groups(self, i: int) -> list[PackGroup]:
         if self.fused:
             return []
-        return [PackGroup(self._module(i, "in_proj_qkvz"),
-                          (self._module(i, "in_proj_qkv"), self._module(i, "in_proj_z")), "always")]
+        return [
+            PackGroup(
+                self._module(i, "in_proj_qkvz"),
+                (self._module(i, "in_proj_qkv"), self._module(i, "in_proj_z")),
+                "always",
+            )
+        ]
 
     def declare_io(self, em, i: int) -> None:
         declare_state_io(em.graph, i, self.dims, em.plan.io_type)
@@ -201,52 +233,79 @@ class GatedDeltaNet:
         if self.fused or em.plan.packed(self._module(i, "in_proj_qkvz")):
             fmt = em.plan.fmt(self._module(i, "in_proj_qkvz" if self.fused else "in_proj_qkv"))
             qkvz = proj.matmul(x, f"{base}/in_proj_qkvz", *parts("q", "k", "v", "z"), fmt)
-            qkv, z = g.node("Split", [qkvz, g.constant([d.conv_dim, d.value_dim])],
-                            f"{base}/in_proj_qkvz/Split", outputs=2, axis=-1)
+            qkv, z = g.node(
+                "Split", [qkvz, g.constant([d.conv_dim, d.value_dim])], f"{base}/in_proj_qkvz/Split", outputs=2, axis=-1
+            )
         else:  # the llama.cpp rule: only projections of one weight format share a MatMul
-            qkv = proj.matmul(x, f"{base}/in_proj_qkv", *parts("q", "k", "v"),
-                              em.plan.fmt(self._module(i, "in_proj_qkv")))
+            qkv = proj.matmul(
+                x, f"{base}/in_proj_qkv", *parts("q", "k", "v"), em.plan.fmt(self._module(i, "in_proj_qkv"))
+            )
             z = proj.matmul(x, f"{base}/in_proj_z", *parts("z"), em.plan.fmt(self._module(i, "in_proj_z")))
         ba = proj.matmul(x, f"{base}/in_proj_ba", *parts("b", "a"), QuantScheme.FLOAT)
-        b, a = g.node("Split", [ba, g.constant([d.num_value_heads] * 2)], f"{base}/in_proj_ba/Split",
-                      outputs=2, axis=-1)
+        b, a = g.node(
+            "Split", [ba, g.constant([d.num_value_heads] * 2)], f"{base}/in_proj_ba/Split", outputs=2, axis=-1
+        )
 
         conv_w = em.weight(i, f"{self.prefix}.conv1d.weight")
         conv_w = g.initializer(conv_w, proj.float_rows([conv_w], [(d.conv_dim, 1, d.conv_kernel)]))
         qkv = g.op("Transpose", [qkv], f"{base}/conv/Transpose_in", perm=[0, 2, 1])
-        conv, _ = g.node("CausalConvWithState", [qkv, conv_w, "", f"past.{i}.conv"],
-                         f"{base}/CausalConvWithState",
-                         outputs=[f"{base}/CausalConvWithState/output_0", f"present.{i}.conv"],
-                         domain=MS_DOMAIN, activation="silu")
+        conv, _ = g.node(
+            "CausalConvWithState",
+            [qkv, conv_w, "", f"past.{i}.conv"],
+            f"{base}/CausalConvWithState",
+            outputs=[f"{base}/CausalConvWithState/output_0", f"present.{i}.conv"],
+            domain=MS_DOMAIN,
+            activation="silu",
+        )
         conv = g.op("Transpose", [conv], f"{base}/conv/Transpose_out", perm=[0, 2, 1])
-        qk, v = g.node("Split", [conv, g.constant([2 * d.key_dim, d.value_dim])], f"{base}/conv/Split",
-                       outputs=2, axis=-1)
-        l2_scale = g.initializer(f"model.layers.{i}.linear_attn.l2norm_scale",
-                                 np.full(d.key_head_dim, d.key_head_dim ** -0.5, dtype=em.plan.io_dtype))
-        qk = per_head_rms_norm(em, qk, l2_scale, f"{base}/qk_l2norm", 2 * d.num_key_heads, d.key_head_dim,
-                               1e-6 / d.key_head_dim)
-        q, k = g.node("Split", [qk, g.constant([d.key_dim, d.key_dim])], f"{base}/qk_l2norm/Split",
-                      outputs=2, axis=-1)
+        qk, v = g.node(
+            "Split", [conv, g.constant([2 * d.key_dim, d.value_dim])], f"{base}/conv/Split", outputs=2, axis=-1
+        )
+        l2_scale = g.initializer(
+            f"model.layers.{i}.linear_attn.l2norm_scale",
+            np.full(d.key_head_dim, d.key_head_dim**-0.5, dtype=em.plan.io_dtype),
+        )
+        qk = per_head_rms_norm(
+            em, qk, l2_scale, f"{base}/qk_l2norm", 2 * d.num_key_heads, d.key_head_dim, 1e-6 / d.key_head_dim
+        )
+        q, k = g.node("Split", [qk, g.constant([d.key_dim, d.key_dim])], f"{base}/qk_l2norm/Split", outputs=2, axis=-1)
 
         vec = (d.num_value_heads,)
         dt_bias_name = em.weight(i, f"{self.prefix}.dt_bias")
         dt_bias = g.initializer(dt_bias_name, proj.float32(dt_bias_name, vec))
         a_log = proj.float32(em.weight(i, f"{self.prefix}.A_log"), vec)
-        neg_exp_a = g.initializer(f"model.layers.{i}.linear_attn.neg_exp_A_log",
-                                  (-np.exp(a_log.astype(np.float64))).astype(np.float32))
-        decay, beta = g.node("LinearAttentionGate", [a, dt_bias, neg_exp_a, b], f"{base}/LinearAttentionGate",
-                             outputs=2, domain=MS_DOMAIN)
-        attn, _ = g.node("LinearAttention", [q, k, v, f"past.{i}.recurrent", decay, beta],
-                         f"{base}/LinearAttention",
-                         outputs=[f"{base}/LinearAttention/output_0", f"present.{i}.recurrent"],
-                         domain=MS_DOMAIN, q_num_heads=d.num_key_heads, kv_num_heads=d.num_value_heads,
-                         update_rule="gated_delta", scale=1.0 / math.sqrt(d.key_head_dim))
+        neg_exp_a = g.initializer(
+            f"model.layers.{i}.linear_attn.neg_exp_A_log", (-np.exp(a_log.astype(np.float64))).astype(np.float32)
+        )
+        decay, beta = g.node(
+            "LinearAttentionGate",
+            [a, dt_bias, neg_exp_a, b],
+            f"{base}/LinearAttentionGate",
+            outputs=2,
+            domain=MS_DOMAIN,
+        )
+        attn, _ = g.node(
+            "LinearAttention",
+            [q, k, v, f"past.{i}.recurrent", decay, beta],
+            f"{base}/LinearAttention",
+            outputs=[f"{base}/LinearAttention/output_0", f"present.{i}.recurrent"],
+            domain=MS_DOMAIN,
+            q_num_heads=d.num_key_heads,
+            kv_num_heads=d.num_value_heads,
+            update_rule="gated_delta",
+            scale=1.0 / math.sqrt(d.key_head_dim),
+        )
         norm_w = em.weight(i, f"{self.prefix}.norm.weight")
         norm_w = g.initializer(norm_w, proj.float_rows([norm_w], [(d.value_head_dim,)]))
         normed = per_head_rms_norm(em, attn, norm_w, f"{base}/norm", d.num_value_heads, d.value_head_dim, eps)
         normed = g.op("Mul", [normed, activation(em, "silu", z, f"{base}/norm/act_fn")], f"{base}/norm/Mul")
-        return proj.matmul(normed, f"{base}/out_proj", [em.weight(i, f"{self.prefix}.out_proj.weight")],
-                           [(hidden, d.value_dim)], em.plan.fmt(self._module(i, "out_proj")))
+        return proj.matmul(
+            normed,
+            f"{base}/out_proj",
+            [em.weight(i, f"{self.prefix}.out_proj.weight")],
+            [(hidden, d.value_dim)],
+            em.plan.fmt(self._module(i, "out_proj")),
+        )
 
 
 def per_head_rms_norm(em, x: str, weight: str, name: str, heads: int, dim: int, epsilon: float) -> str:
@@ -257,9 +316,20 @@ def per_head_rms_norm(em, x: str, weight: str, name: str, heads: int, dim: int, 
     """
     g = em.graph
     if em.plan.target.supports("branchwise_rmsnorm"):
-        return g.op("BranchwiseRMSNorm", [x, weight], f"{name}/BranchwiseRMSNorm", domain=MS_DOMAIN,
-                    num_branches=heads, epsilon=epsilon)
+        return g.op(
+            "BranchwiseRMSNorm",
+            [x, weight],
+            f"{name}/BranchwiseRMSNorm",
+            domain=MS_DOMAIN,
+            num_branches=heads,
+            epsilon=epsilon,
+        )
     split = g.op("Reshape", [x, g.constant([0, 0, heads, dim])], f"{name}/Reshape_in")
-    normed = g.op("SimplifiedLayerNormalization", [split, weight], f"{name}/SimplifiedLayerNormalization",
-                  axis=-1, epsilon=epsilon)
+    normed = g.op(
+        "SimplifiedLayerNormalization",
+        [split, weight],
+        f"{name}/SimplifiedLayerNormalization",
+        axis=-1,
+        epsilon=epsilon,
+    )
     return g.op("Reshape", [normed, g.constant([0, 0, heads * dim])], f"{name}/Reshape_out")

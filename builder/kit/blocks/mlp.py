@@ -22,15 +22,20 @@ def activation(em: Emitter, kind: str, x: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class DenseMLP:
-    act: str = "silu"          # silu | gelu_tanh
+    act: str = "silu"  # silu | gelu_tanh
     prefix: str = "mlp"
 
     def modules(self, i: int) -> list[str]:
         return [f"model.layers.{i}.{self.prefix}.{p}_proj" for p in ("gate", "up", "down")]
 
     def pack_groups(self, i: int) -> list[PackGroup]:
-        return [PackGroup(f"model.layers.{i}.{self.prefix}.gate_up_proj",
-                          tuple(f"model.layers.{i}.{self.prefix}.{p}_proj" for p in ("gate", "up")), "mlp")]
+        return [
+            PackGroup(
+                f"model.layers.{i}.{self.prefix}.gate_up_proj",
+                tuple(f"model.layers.{i}.{self.prefix}.{p}_proj" for p in ("gate", "up")),
+                "mlp",
+            )
+        ]
 
     def __call__(self, em: Emitter, i: int, x: str, size: int | None = None, base: str | None = None) -> str:
         """size: the intermediate size (default: the spec's); base: node name prefix."""
@@ -42,11 +47,19 @@ class DenseMLP:
         fmts = [em.fmt(i, f"{self.prefix}.{p}_proj") for p in ("gate", "up")]
         if em.plan.packed(f"model.layers.{i}.{self.prefix}.gate_up_proj"):
             gate_up = em.proj.matmul(x, f"{base}/gate_up_proj", names, shapes, fmts[0])
-            gate, up = g.node("Split", [gate_up, g.constant([inter] * 2)],
-                              f"{base}/gate_up_proj/Split", outputs=2, axis=-1)
+            gate, up = g.node(
+                "Split", [gate_up, g.constant([inter] * 2)], f"{base}/gate_up_proj/Split", outputs=2, axis=-1
+            )
         else:
-            gate, up = (em.proj.matmul(x, f"{base}/{p}_proj", [n], [sh], f)
-                        for p, n, sh, f in zip(("gate", "up"), names, shapes, fmts))
+            gate, up = (
+                em.proj.matmul(x, f"{base}/{p}_proj", [n], [sh], f)
+                for p, n, sh, f in zip(("gate", "up"), names, shapes, fmts)
+            )
         hidden = g.op("Mul", [activation(em, self.act, gate, f"{base}/act_fn"), up], f"{base}/Mul")
-        return em.proj.matmul(hidden, f"{base}/down_proj", [em.weight(i, f"{self.prefix}.down_proj.weight")],
-                              [(s.hidden_size, inter)], em.fmt(i, f"{self.prefix}.down_proj"))
+        return em.proj.matmul(
+            hidden,
+            f"{base}/down_proj",
+            [em.weight(i, f"{self.prefix}.down_proj.weight")],
+            [(s.hidden_size, inter)],
+            em.fmt(i, f"{self.prefix}.down_proj"),
+        )

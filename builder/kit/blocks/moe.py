@@ -46,18 +46,23 @@ class MoeSpec:
     sparse_layers: tuple[int, ...]
 
     @classmethod
-    def from_config(cls, config: dict, num_layers: int) -> "MoeSpec":
+    def from_config(cls, config: dict, num_layers: int) -> MoeSpec:
         experts = int(config.get("num_experts", config.get("num_local_experts", 0)) or 0)
         step = int(config.get("decoder_sparse_step", 1) or 1)
         only_dense = set(config.get("mlp_only_layers") or [])
-        sparse = tuple(i for i in range(num_layers)
-                       if experts > 0 and i not in only_dense and (i + 1) % step == 0)
-        spec = cls(experts, int(config.get("num_experts_per_tok", 0) or 0),
-                   int(config.get("moe_intermediate_size", 0) or 0), bool(config.get("norm_topk_prob", False)),
-                   sparse)
+        sparse = tuple(i for i in range(num_layers) if experts > 0 and i not in only_dense and (i + 1) % step == 0)
+        spec = cls(
+            experts,
+            int(config.get("num_experts_per_tok", 0) or 0),
+            int(config.get("moe_intermediate_size", 0) or 0),
+            bool(config.get("norm_topk_prob", False)),
+            sparse,
+        )
         if sparse and not (0 < spec.top_k <= experts and spec.intermediate_size > 0):
-            raise BuilderError("config.json: num_experts_per_tok and moe_intermediate_size must be positive, "
-                               "num_experts_per_tok <= num_experts")
+            raise BuilderError(
+                "config.json: num_experts_per_tok and moe_intermediate_size must be positive, "
+                "num_experts_per_tok <= num_experts"
+            )
         return spec
 
 
@@ -97,8 +102,14 @@ class SparseMoE:
         logits = g.op("Reshape", [logits, g.constant([-1, m.num_experts])], f"{base}/gate/Reshape")
 
         fmt = em.fmt(i, f"{self.prefix}.experts")
-        attrs = dict(k=m.top_k, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
-                     activation_beta=0.0, normalize_routing_weights=int(m.normalize))
+        attrs = dict(
+            k=m.top_k,
+            activation_type="swiglu",
+            swiglu_fusion=1,
+            activation_alpha=1.0,
+            activation_beta=0.0,
+            normalize_routing_weights=int(m.normalize),
+        )
         prefix = f"model.layers.{i}.{self.prefix}.experts"
         if not fmt.quantized:
             fc1 = self._float_experts(em, f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"))
@@ -107,8 +118,10 @@ class SparseMoE:
 
         scheme = expert_scheme(fmt, em.plan.target.ep, em.plan.accuracy_level)
         if scheme.block_size and (s.hidden_size % scheme.block_size or m.intermediate_size % scheme.block_size):
-            raise BuilderError(f"QMoE needs hidden_size {s.hidden_size} and moe_intermediate_size "
-                               f"{m.intermediate_size} to be multiples of --block-size {scheme.block_size}")
+            raise BuilderError(
+                f"QMoE needs hidden_size {s.hidden_size} and moe_intermediate_size "
+                f"{m.intermediate_size} to be multiples of --block-size {scheme.block_size}"
+            )
         fc1 = self._quantized_experts(em, f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"), scheme)
         fc2 = self._quantized_experts(em, f"{prefix}.down_proj", i, ("down_proj",), scheme)
         inputs = [x, logits, fc1[0], fc1[1], "", fc2[0], fc2[1], "", "", "", ""]
@@ -116,8 +129,15 @@ class SparseMoE:
             inputs += [fc1[2], fc2[2]]
         if scheme.block_size:  # none: one scale a row
             attrs["block_size"] = scheme.block_size
-        return g.op("QMoE", inputs, f"{base}/QMoE", domain=MS_DOMAIN, expert_weight_bits=scheme.bits,
-                    accuracy_level=em.plan.accuracy_level, **attrs)
+        return g.op(
+            "QMoE",
+            inputs,
+            f"{base}/QMoE",
+            domain=MS_DOMAIN,
+            expert_weight_bits=scheme.bits,
+            accuracy_level=em.plan.accuracy_level,
+            **attrs,
+        )
 
     # ---- expert weights, streamed one expert at a time ----------------------
 
@@ -125,8 +145,11 @@ class SparseMoE:
         """[N, K] weights of one expert, as float32 (hub files and transformers 5 both store
         experts one by one; transformers fuses them only in memory)."""
         s, m = em.spec, self.moe
-        shapes = {"gate_proj": (m.intermediate_size, s.hidden_size), "up_proj": (m.intermediate_size, s.hidden_size),
-                  "down_proj": (s.hidden_size, m.intermediate_size)}
+        shapes = {
+            "gate_proj": (m.intermediate_size, s.hidden_size),
+            "up_proj": (m.intermediate_size, s.hidden_size),
+            "down_proj": (s.hidden_size, m.intermediate_size),
+        }
         return [em.proj.float32(em.weight(i, f"{self.prefix}.experts.{e}.{p}.weight"), shapes[p]) for p in projs]
 
     def _fc_shape(self, em: Emitter, projs: tuple[str, ...]) -> tuple[int, int]:
@@ -144,8 +167,9 @@ class SparseMoE:
                 parts = [p.astype(io) for p in self._expert_parts(em, i, e, projs)]
                 yield parts[0] if len(parts) == 1 else _interleave(*parts)
 
-        return em.graph.streamed_initializer(f"{name}.weight", NP_TO_ONNX[np.dtype(io)],
-                                             [self.moe.num_experts, *self._fc_shape(em, projs)], chunks())
+        return em.graph.streamed_initializer(
+            f"{name}.weight", NP_TO_ONNX[np.dtype(io)], [self.moe.num_experts, *self._fc_shape(em, projs)], chunks()
+        )
 
     def _quantized_experts(self, em: Emitter, name: str, i: int, projs: tuple[str, ...], scheme: QuantScheme):
         """(weights, scales, zero points or "") of one QMoE FC; the scales and zero
@@ -158,16 +182,18 @@ class SparseMoE:
                 qs = [quant.quantize(p, scheme, em.plan.io_dtype) for p in self._expert_parts(em, i, e, projs)]
                 # QMoE takes MatMulNBits' bytes with a row's blocks flattened.
                 qs = [(q.packed.reshape(q.n, -1), q.scales, q.zero_points) for q in qs]
-                packed, scale, zp = (parts[0] if len(qs) == 1 or parts[0] is None else _interleave(*parts)
-                                     for parts in zip(*qs))
+                packed, scale, zp = (
+                    parts[0] if len(qs) == 1 or parts[0] is None else _interleave(*parts) for parts in zip(*qs)
+                )
                 scales.append(scale)
                 if zp is not None:
                     zero_points.append(zp)
                 yield np.ascontiguousarray(packed)
 
         g = em.graph
-        weights = g.streamed_initializer(f"{name}.qweight", TensorProto.UINT8,
-                                         [self.moe.num_experts, n, k * scheme.bits // 8], chunks())
+        weights = g.streamed_initializer(
+            f"{name}.qweight", TensorProto.UINT8, [self.moe.num_experts, n, k * scheme.bits // 8], chunks()
+        )
         scale_name = g.initializer(f"{name}.scales", np.stack(scales))
         zp_name = g.initializer(f"{name}.qzeros", np.stack(zero_points)) if zero_points else ""
         return weights, scale_name, zp_name
