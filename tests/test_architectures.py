@@ -205,9 +205,12 @@ def plugin_package(tmp_path, monkeypatch):
     sys.modules.pop("tiny_builder_plugin", None)
 
 
-def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpoint, tmp_path):
-    with pytest.warns(UserWarning, match="broken"):
-        available = registry.registered()
+def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpoint, tmp_path, capsys):
+    available = registry.registered()
+    # A plugin that fails to import is one plain warning line, and the others still load.
+    assert "warning: architecture plugin 'broken' (tiny_builder_plugin_missing) failed to load" in (
+        capsys.readouterr().err
+    )
     assert available["TinyPluginForCausalLM"].__name__ == "MyLlamaBuilder"
     assert available["TinyPluginClassForCausalLM"].__name__ == "ByClass"
     assert available["Qwen3ForCausalLM"].__module__ == "architectures.qwen3"  # built-ins untouched
