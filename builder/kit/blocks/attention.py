@@ -130,17 +130,7 @@ class Attention:
             )
 
         if not layout.rotary_in_gqa:
-            query, key = (
-                g.op(
-                    "RotaryEmbedding",
-                    [t, "position_ids", cos, sin],
-                    f"{base}/{n}_rotary/RotaryEmbedding",
-                    domain=MS_DOMAIN,
-                    num_heads=h,
-                    interleaved=0,
-                )
-                for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads))
-            )
+            query, key = self.rotary_nodes(em, query, key, base, cos, sin)
 
         attn = self.group_query_attention(em, i, query, key, value, base, cos, sin, **extra)
         o_shape = [(s.hidden_size, s.num_heads * s.head_dim)]
@@ -150,6 +140,24 @@ class Attention:
             [em.weight(i, f"{self.prefix}.o_proj.weight")],
             o_shape,
             em.fmt(i, f"{self.prefix}.o_proj"),
+        )
+
+    @staticmethod
+    def rotary_nodes(em: Emitter, query: str, key: str, base: str, cos: str, sin: str) -> tuple[str, str]:
+        """RotaryEmbedding nodes on Q and K, for targets whose GQA does not apply rotary (dml)."""
+        s, g = em.spec, em.graph
+        partial = s.rope.rotary_dim if s.rope.rotary_dim != s.head_dim else None  # Qwen3.5: 1/4 of head_dim
+        return tuple(
+            g.op(
+                "RotaryEmbedding",
+                [t, "position_ids", cos, sin],
+                f"{base}/{n}_rotary/RotaryEmbedding",
+                domain=MS_DOMAIN,
+                num_heads=h,
+                interleaved=0,
+                rotary_embedding_dim=partial,
+            )
+            for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads))
         )
 
     @staticmethod

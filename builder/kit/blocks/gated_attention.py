@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from builder.kit.blocks.attention import Attention
 from builder.kit.blocks.emitter import Emitter
-from builder.kit.graph import MS_DOMAIN
 from builder.kit.linear import RowSlice
 
 
@@ -54,18 +53,7 @@ class GatedAttention(Attention):
         key = self.head_norm(em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads, f"{base}/k_norm")
         cos, sin = em.shared["rope/global"]
         if not layout.rotary_in_gqa:
-            query, key = (
-                g.op(
-                    "RotaryEmbedding",
-                    [t, "position_ids", cos, sin],
-                    f"{base}/{n}_rotary/RotaryEmbedding",
-                    domain=MS_DOMAIN,
-                    num_heads=h,
-                    interleaved=0,
-                    rotary_embedding_dim=s.rope.rotary_dim,
-                )
-                for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads))
-            )
+            query, key = self.rotary_nodes(em, query, key, base, cos, sin)
         attn = self.group_query_attention(em, i, query, key, value, base, cos, sin)
         gated = g.op("Mul", [attn, g.op("Sigmoid", [gate_out], f"{base}/gate/Sigmoid")], f"{base}/gate/Mul")
         return em.proj.matmul(
