@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from test_batch import batch, summary
 
-from builder import batch_ray, cli
+from builder import batch_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-qwen3"
@@ -48,16 +49,6 @@ def cluster(pause_dir):
     context = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
     yield context.address_info["gcs_address"]
     ray.shutdown()
-
-
-def batch(*args) -> int:
-    return cli.main(["batch", *map(str, args)])
-
-
-def summary(folder: Path, stem: str) -> dict:
-    data = json.loads((folder / f"{stem}-summary.json").read_text())
-    data["by_name"] = {job["name"]: job for job in data["jobs"]}
-    return data
 
 
 def hidden(root: Path) -> list[str]:

@@ -14,34 +14,15 @@ import json
 import numpy as np
 import onnx
 import pytest
+from test_targets import COMMON
 
 from builder import BuilderError
 from builder.verify import onnx_logits, onnx_session
 
-# Ops the WebGPU EP has kernels for, that our graphs use (ONNX Runtime's webgpu kernel
-# registrations). Shape has a CPU-only kernel: it may appear in uncaptured graphs.
-WEBGPU_OPS = {
-    "MatMulNBits",
-    "GatherBlockQuantized",
-    "Gather",
-    "Reshape",
-    "Split",
-    "Slice",
-    "SimplifiedLayerNormalization",
-    "SkipSimplifiedLayerNormalization",
-    "GroupQueryAttention",
-    "QuickGelu",
-    "Sigmoid",
-    "Mul",
-    "Add",
-    "MatMul",
-    "Transpose",
-    "ReduceSum",
-    "ReduceMax",
-    "Sub",
-    "Cast",
-    "FastGelu",
-}
+# Ops the WebGPU EP has kernels for, that our graphs use: the GPU EPs' table in
+# test_targets, less Shape (a CPU-only kernel, allowed only in uncaptured graphs), plus
+# Gemma 3's FastGelu.
+WEBGPU_OPS = (COMMON - {"Shape"}) | {"FastGelu"}
 
 
 def int64_values(model) -> set[str]:
