@@ -1,4 +1,5 @@
-"""Qwen3.5 (Qwen3_5ForConditionalGeneration, Qwen3_5ForCausalLM, Qwen3_5MoeForConditionalGeneration).
+"""Qwen3.5 (Qwen3_5ForConditionalGeneration, Qwen3_5ForCausalLM, Qwen3_5MoeForConditionalGeneration,
+Qwen3_5MoeForCausalLM).
 
 As transformers 5's modeling_qwen3_5(_moe).py computes it. `layer_types` (else `full_attention_interval`,
 default 4: every 4th layer is full attention) picks each layer's mixer:
@@ -180,8 +181,10 @@ class Qwen35VLBuilder(Qwen35Builder):
     text_prefix = "model.language_model."
 
 
+@register("Qwen3_5MoeForCausalLM")
 class Qwen35MoeBuilder(Qwen35Builder):
-    """Every layer's MLP sparse, with a shared expert."""
+    """Every layer's MLP sparse, with a shared expert. Registered for the text-only checkpoints
+    (model.*, config model_type qwen3_5_moe_text, as transformers' save_pretrained writes them)."""
 
     genai_type = "qwen3_5_moe_text"
 

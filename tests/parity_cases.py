@@ -24,6 +24,8 @@ PARITY_CASES: dict[str, list[str]] = {
     "Qwen3_5ForCausalLM": ["qwen3_5-text"],
     # + every layer sparse (4 experts, top 2) with a sigmoid-gated shared expert.
     "Qwen3_5MoeForConditionalGeneration": ["qwen3_5-moe"],
+    # the same MoE layers from a text-only checkpoint (model.*, flat qwen3_5_moe_text config), [L,L,L,F].
+    "Qwen3_5MoeForCausalLM": ["qwen3_5-moe-text"],
     # fused interleaved in_proj_qkvz/ba, MoE with a dense layer (mlp_only_layers).
     "Qwen3NextForCausalLM": ["qwen3-next"],
 }
@@ -33,7 +35,7 @@ PARITY_CASES: dict[str, list[str]] = {
 # prefill vs the token-by-token recurrence over the same 16 tokens, measured on qwen3_5-text, seed 0),
 # and the random-weight state recurrence amplifies float rounding alike for us; a wrong graph is
 # still far out (its NMSE is ~1), so these cases also bound the NMSE at 1e-8.
-LINEAR_ATTENTION_CASES = {"qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3-next"}
+LINEAR_ATTENTION_CASES = {"qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"}
 MAX_ABS_BOUND = {name: 1e-3 for name in LINEAR_ATTENTION_CASES}
 NMSE_BOUND = {name: 1e-8 for name in LINEAR_ATTENTION_CASES}
 

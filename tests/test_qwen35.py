@@ -79,7 +79,7 @@ def test_split_and_fused_layouts_build_identical_data(checkpoint, tmp_path, name
     assert a.model_path.read_bytes() == b.model_path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3-next"])
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"])
 def test_one_qkvz_and_one_ba_projection_per_linear_layer(built, name):
     result = built(name, precision="int4")
     model = onnx.load(result.model_path, load_external_data=False)
@@ -144,6 +144,35 @@ def test_vision_tower_is_skipped_and_said(built):
     model = onnx.load(result.model_path, load_external_data=False)
     assert not [i.name for i in model.graph.initializer if "visual" in i.name or i.name.startswith("mtp")]
     assert any("vision tower" in note for note in result.report["notes"])
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-text", "qwen3_5-moe-text", "qwen3-next"])
+def test_text_checkpoints_hold_what_transformers_saves(checkpoint, tmp_path, name):
+    """The flat text checkpoints carry the names, shapes and model_type that transformers' own
+    *ForCausalLM.save_pretrained writes (experts one by one, model.* prefix)."""
+    import transformers
+    from safetensors import safe_open
+
+    ours = checkpoint(name)
+    config = transformers.AutoConfig.from_pretrained(ours)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    assert type(model).__name__ == TINY_CONFIGS[name]["architectures"][0]
+    model.save_pretrained(tmp_path)
+
+    def layout(d):
+        with safe_open(d / "model.safetensors", "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    assert layout(ours) == layout(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == TINY_CONFIGS[name]["model_type"]
+    assert ("intermediate_size" in saved) == ("intermediate_size" in TINY_CONFIGS[name])
+
+
+def test_text_moe_genai_type_and_no_vision_note(built):
+    result = built("qwen3_5-moe-text", precision="int4")
+    assert json.loads(result.genai_config_path.read_text())["model"]["type"] == "qwen3_5_moe_text"
+    assert not any("vision tower" in note for note in result.report["notes"])
 
 
 @pytest.mark.parametrize("ep", ["webgpu", "cuda"])

@@ -324,6 +324,18 @@ TINY_CONFIGS.update(
                 shared_expert_intermediate_size=96,
             ),
         ),
+        # Text-only MoE (what transformers' Qwen3_5MoeForCausalLM.save_pretrained writes): model.* weights,
+        # flat qwen3_5_moe_text config, experts stored one by one; layers [L, L, L, F] as on the hub.
+        "qwen3_5-moe-text": _qwen35_text(
+            "Qwen3_5MoeForCausalLM",
+            "qwen3_5_moe_text",
+            tie_word_embeddings=False,
+            layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+            shared_expert_intermediate_size=96,
+        ),
         # Qwen3-Next: fused interleaved in_proj_qkvz / in_proj_ba, MoE with a dense layer 1 (mlp_only_layers).
         "qwen3-next": _qwen35_text(
             "Qwen3NextForCausalLM",
@@ -343,6 +355,7 @@ TINY_CONFIGS.update(
 for _cfg in (TINY_CONFIGS["qwen3_5"], TINY_CONFIGS["qwen3_5-moe"]):
     _cfg["text_config"].pop("architectures")
 TINY_CONFIGS["qwen3_5-moe"]["text_config"].pop("intermediate_size")  # as in Qwen3.5-MoE's config.json
+TINY_CONFIGS["qwen3_5-moe-text"].pop("intermediate_size")
 
 
 def text_config(config: dict) -> dict:
