@@ -14,7 +14,8 @@ sigmoid(shared_expert_gate x).
 
 ConditionalGeneration checkpoints keep the text model under `model.language_model.` next to a vision
 tower (`model.visual.*`) and an MTP head (`mtp.*`): both are skipped (text only), and the build report
-says so. Only cpu (ONNX Runtime >= 1.31) runs every op here (builder.kit.targets "linear_attention").
+says so. cpu and webgpu (the plugin EP), ONNX Runtime >= 1.31, run every op here (builder.kit.targets
+"linear_attention"); the MoE families are cpu only, like Qwen3-MoE ("moe_swiglu").
 """
 
 from __future__ import annotations
@@ -126,9 +127,9 @@ class Qwen35Builder(DecoderBuilder):
         )
         if target is not None and not target.supports("linear_attention"):
             raise BuilderError(
-                f"{self.architectures[0]} builds only for cpu with ONNX Runtime >= 1.31 here: its "
-                "CausalConvWithState/LinearAttention/LinearAttentionGate/GatedRMSNorm/BranchwiseRMSNorm nodes were "
-                f"verified on those CPU kernels only; got -e {target.ep} with ORT {target.version_text}"
+                f"{self.architectures[0]} builds for cpu and webgpu with ONNX Runtime >= 1.31 (webgpu: the "
+                "onnxruntime-ep-webgpu plugin): its CausalConvWithState/LinearAttention/LinearAttentionGate nodes "
+                f"were verified on those kernels only; got -e {target.ep} with ORT {target.version_text}"
             )
         if FULL_ATTENTION in types and (spec.rope.rotary_dim // 2) % 8:
             raise BuilderError(

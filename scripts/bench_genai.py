@@ -88,11 +88,18 @@ def bench(
     rng = random.Random(0)
     for r in range(warmup + rounds):
         for name in rng.sample(names, len(names)):
-            if reload and r >= warmup:
-                loaded[name] = None  # free the old session before the new one is made
-                loaded[name] = load(models[name], provider)
-                run_once(loaded[name], 16, 4, max_length=max_length)  # first-run allocations out of the timed run
-            prefill, decode = run_once(loaded[name], prompt_len, new_tokens, max_length=max_length)
+            try:
+                if reload and r >= warmup:
+                    loaded[name] = None  # free the old session before the new one is made
+                    loaded[name] = load(models[name], provider)
+                    run_once(loaded[name], 16, 4, max_length=max_length)  # first-run allocations out of the timed run
+                prefill, decode = run_once(loaded[name], prompt_len, new_tokens, max_length=max_length)
+            except Exception as e:  # a model that fails to run is a result too; the others go on
+                errors[name] = str(e).splitlines()[0][:300]
+                names.remove(name)
+                samples.pop(name)
+                loaded.pop(name, None)
+                continue
             if r >= warmup:
                 samples[name]["prefill_s"].append(prefill)
                 samples[name]["decode_tok_s"].append(decode)
@@ -116,7 +123,7 @@ def bench(
         "fresh_session_per_run": reload,
         "models": models,
         "results": results,
-        "load_errors": errors,
+        "load_errors": errors,  # failed to load or to run
     }
 
 
@@ -148,7 +155,7 @@ def markdown(report: dict) -> str:
             f"{r['prefill_ms_median']:.1f} | {r['prefill_vs_first']:.3f} |"
         )
     for name, error in report["load_errors"].items():
-        lines.append(f"| {name} | does not load: {error} | | | | | |")
+        lines.append(f"| {name} | failed to load or run: {error} | | | | | |")
     return "\n".join(lines)
 
 

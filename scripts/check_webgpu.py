@@ -55,6 +55,11 @@ CASES = [  # (tiny config, precision, extra build options)
     ("mistral", "int4", {"graph_capture": "off"}),
     ("gemma3", "int4", {"graph_capture": "off"}),
     ("qwen3-moe", "int4", {}),
+    ("qwen3_5", "fp32", {}),
+    ("qwen3_5", "int4", {}),
+    ("qwen3_5-text", "int4", {}),
+    ("qwen3_5-moe", "int4", {}),
+    ("qwen3-next", "int4", {}),
 ]
 
 

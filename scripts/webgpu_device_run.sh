@@ -5,6 +5,9 @@
 #   bash scripts/webgpu_device_run.sh 4b     # Qwen3-4B shape: ours vs the reference's default and capture builds,
 #                                            # GPU busy share, block-128 / accuracy-level-0 variants
 #   bash scripts/webgpu_device_run.sh parity # tiny families on the plugin EP, capture on (scripts/check_webgpu.py)
+#   bash scripts/webgpu_device_run.sh qwen35    # Qwen3.5-0.8B shape: plugin-EP parity of the tiny hybrids and the
+#                                               # sliding-window families, ours vs the reference on webgpu and cpu
+#   bash scripts/webgpu_device_run.sh qwen35-4b # Qwen3.5-4B shape on cpu: build time/RSS/nodes, decode, prefill
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -66,6 +69,19 @@ reference() {  # reference NAME CKPT_DIR [extra_options...]
             ${1:+--extra_options "$@"} > "$W/$name.log" 2>&1 && [ -f "$W/$name/model.onnx" ]; then
         log "$name (reference builder) built in $((SECONDS - start)) s ($*)"
     else log "BUILD FAILED $name: $(tail -2 "$W/$name.log")"; fi
+}
+timed_build() {  # timed_build NAME COMMAND...: wall time and the peak RSS of its process tree
+    local name=$1; shift
+    $PY - "$name" "$W/$name.log" "$@" <<'PY' 2>&1 | tee -a "$LOG"
+import resource, subprocess, sys, time
+name, log, command = sys.argv[1], sys.argv[2], sys.argv[3:]
+start = time.perf_counter()
+with open(log, "w") as f:
+    rc = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)
+wall = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+print(f"{name}: exit {rc}, build {wall:.1f} s, peak RSS {rss:.2f} GB")
+PY
 }
 nodes() { $PY -c "import onnx,sys; m=onnx.load(sys.argv[1]+'/model.onnx', load_external_data=False); print(sys.argv[1].split('/')[-1], len(m.graph.node), 'nodes')" "$1" | tee -a "$LOG"; }
 
@@ -143,5 +159,55 @@ elif [ "$PART" = 4b ]; then
     # Kernel-side options at 0.6B: int4 block 128 (fewer scales to read), accuracy_level 0 (fp16 activations).
     timeout 150 $PY scripts/bench_genai.py ours=$W/auto ref-graph=$W/ref-graph ours-block128=$W/b128 ours-acc0=$W/acc0 \
         --provider webgpu --prompt $PROMPT --new $NEW --rounds 3 --json "$OUT/bench-kernels.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+elif [ "$PART" = qwen35 ]; then
+    ONLY="--only qwen3_5 --only qwen3_5-text --only mistral --only gemma3"
+    ( [ -n "${NO_PARITY:-}" ] || timeout 420 $PY scripts/check_webgpu.py $ONLY --json "$OUT/parity-qwen35.json" \
+        > "$W/parity.log" 2>&1 ) &
+    PARITY=$!
+    CKPT=${CKPT:-qwen3.5-0.8b}; CK=$W/ck-$CKPT
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
+    log "checkpoint $CKPT ready"
+    ours q35 "$CK" &
+    ours q35-nocapture "$CK" --graph-capture off &
+    reference q35-ref-default "$CK" &
+    reference q35-ref-graph "$CK" enable_webgpu_graph=true &
+    ( $PY -m builder -m "$CK" -p int4 -e cpu -o "$W/q35-cpu" --overwrite > "$W/q35-cpu.log" 2>&1 ) &
+    ( $PY -m onnxruntime_genai.models.builder -i "$CK" -o "$W/q35-ref-cpu" -p int4 -e cpu -c "$W/cache-q35-ref-cpu" \
+        > "$W/q35-ref-cpu.log" 2>&1 ) &
+    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
+    for d in q35 q35-nocapture q35-ref-default q35-ref-graph q35-cpu q35-ref-cpu; do
+        [ -f "$W/$d/model.onnx" ] && nodes "$W/$d" || log "no model in $d: $(tail -2 "$W/$d.log")"
+    done
+    timeout 200 $PY scripts/bench_genai.py ours=$W/q35 ref-graph=$W/q35-ref-graph ref-default=$W/q35-ref-default \
+        ours-nocapture=$W/q35-nocapture --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS \
+        --json "$OUT/bench-qwen35-webgpu.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    # cpu, as built (ours: one thread per core; the reference: genai's default) and at equal settings.
+    $PY scripts/with_session_options.py "$W/q35-ref-cpu" "$W/q35-ref-cpu-t0" intra_op_num_threads=0 > /dev/null
+    $PY scripts/with_session_options.py "$W/q35-cpu" "$W/q35-cpu-t1" intra_op_num_threads=1 > /dev/null
+    $PY scripts/with_session_options.py "$W/q35-ref-cpu" "$W/q35-ref-cpu-t1" intra_op_num_threads=1 > /dev/null
+    timeout 150 $PY scripts/bench_genai.py ours=$W/q35-cpu ref=$W/q35-ref-cpu ref-t0=$W/q35-ref-cpu-t0 \
+        ours-t1=$W/q35-cpu-t1 ref-t1=$W/q35-ref-cpu-t1 --provider cpu --prompt 128 --new 64 --rounds 3 \
+        --json "$OUT/bench-qwen35-cpu.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    wait $PARITY; log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"
+elif [ "$PART" = qwen35-4b ]; then
+    CKPT=${CKPT:-qwen3.5-4b}; CK=$W/ck-$CKPT
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
+    cat "$CK"/*.safetensors > /dev/null
+    log "checkpoint $CKPT ready ($(du -sh "$CK" | cut -f1))"
+    # One build at a time, so that the times and the RSS are each builder's own.
+    timed_build ours-4b $PY -m builder -m "$CK" -p int4 -e cpu -o "$W/q35-4b" --overwrite
+    timed_build ref-4b $PY -m onnxruntime_genai.models.builder -i "$CK" -o "$W/q35-4b-ref" -p int4 -e cpu \
+        -c "$W/cache-q35-4b-ref"
+    for d in q35-4b q35-4b-ref; do [ -f "$W/$d/model.onnx" ] && nodes "$W/$d"; done
+    $PY scripts/with_session_options.py "$W/q35-4b-ref" "$W/q35-4b-ref-t0" intra_op_num_threads=0 > /dev/null
+    timeout 240 $PY scripts/bench_genai.py ours=$W/q35-4b ref=$W/q35-4b-ref ref-t0=$W/q35-4b-ref-t0 \
+        --provider cpu --prompt 128 --new 32 --rounds 3 --json "$OUT/bench-qwen35-4b-cpu.json" 2>&1 \
+        | grep -v -i warn | tee -a "$LOG"
+    ours q35-4b-webgpu "$CK" &
+    reference q35-4b-ref-graph "$CK" enable_webgpu_graph=true &
+    wait
+    timeout 150 $PY scripts/bench_genai.py ours=$W/q35-4b-webgpu ref-graph=$W/q35-4b-ref-graph --provider webgpu \
+        --prompt $PROMPT --new $NEW --rounds 3 --json "$OUT/bench-qwen35-4b-webgpu.json" 2>&1 | grep -v -i warn \
+        | tee -a "$LOG"
 fi
 log "done"

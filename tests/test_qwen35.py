@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_webgpu import WEBGPU_OPS, int64_values
 
 from builder import BuildOptions
 from builder.kit.errors import BuilderError
@@ -175,10 +176,38 @@ def test_text_moe_genai_type_and_no_vision_note(built):
     assert not any("vision tower" in note for note in result.report["notes"])
 
 
-@pytest.mark.parametrize("ep", ["webgpu", "cuda"])
-def test_refused_off_cpu(checkpoint, tmp_path, ep):
+@pytest.mark.parametrize("ep,target_ort", [("cuda", None), ("webgpu", "1.27")])
+def test_refused_where_the_kernels_are_missing(checkpoint, tmp_path, ep, target_ort):
+    with pytest.raises(BuilderError, match="cpu and webgpu"):
+        build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", ep=ep, target_ort=target_ort)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"])
+def test_moe_families_are_refused_on_webgpu(checkpoint, tmp_path, name):
     with pytest.raises(BuilderError, match="cpu"):
-        build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", ep=ep)
+        build(checkpoint(name), tmp_path / "o", precision="int4", ep="webgpu")
+
+
+def test_webgpu_build_is_capture_ready(built):
+    """The plugin EP target: every node one the WebGPU EP runs (capture refuses a graph with a CPU
+    node), no int64 arithmetic, state inputs at fixed shapes, and the genai_config capture entries.
+    scripts/check_webgpu.py runs it on the EP against transformers."""
+    result = built("qwen3_5", precision="int4", ep="webgpu")
+    assert result.report["target"]["graph_capture"] is True
+    model = onnx.load(result.model_path, load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    linear_ops = {"CausalConvWithState", "LinearAttention", "LinearAttentionGate"}
+    assert linear_ops <= ops
+    assert ops - linear_ops <= WEBGPU_OPS, ops - linear_ops - WEBGPU_OPS
+    assert "BranchwiseRMSNorm" not in ops  # no WebGPU kernel: Reshape/SimplifiedLayerNormalization/Reshape
+    assert not int64_values(model)
+    config = json.loads(result.genai_config_path.read_text())
+    assert config["model"]["decoder"]["session_options"]["provider_options"] == [
+        {"webgpu": {"enableGraphCapture": "1", "validationMode": "disabled"}}
+    ]
+    assert config["search"]["past_present_share_buffer"] is True
+    assert config["model"]["decoder"]["inputs"]["past_recurrent_names"] == "past.%d.recurrent"
 
 
 def test_refused_on_cpu_runtimes_without_the_kernels(checkpoint, tmp_path):

@@ -77,8 +77,11 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # kernels: CausalConvWithState (channels-first) and LinearAttention run from <= 1.26;
     # channels_last, LinearAttentionGate and GatedRMSNorm from 1.30 (1.29 has their schemas, no CPU
     # kernel); BranchwiseRMSNorm from 1.31. (GatedDeltaNet, one op for all of it, has a CPU kernel from
-    # 1.32 but ran 3-9x slower there: not used.) WebGPU/CUDA kernels exist upstream, unverified here.
-    "linear_attention": {"cpu": (1, 31)},
+    # 1.32 but ran 3-9x slower there: not used.) On WebGPU, the plugin EP (onnxruntime-ep-webgpu 0.4.0,
+    # ORT >= 1.31) runs CausalConvWithState/LinearAttention/LinearAttentionGate with graph capture on
+    # (scripts/check_webgpu.py: logits and genai greedy tokens vs transformers); onnxruntime-webgpu 1.27
+    # has no such kernels. CUDA kernels exist upstream, unverified here.
+    "linear_attention": {"cpu": (1, 31), "webgpu": (1, 31)},
     # GQA with the packed QKV in `query` (key/value empty).
     "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # Decode steps captured once and replayed (genai_config enableGraphCapture). The plugin EP
