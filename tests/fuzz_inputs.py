@@ -11,6 +11,7 @@ must equal what it reads.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import struct
@@ -60,6 +61,7 @@ def base_checkpoint(kind: str = "single") -> Path:
     """A tiny Qwen3 checkpoint made once per process (single file, or sharded)."""
     if kind not in _BASE:
         root = Path(tempfile.mkdtemp(prefix="fuzz-base-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # made once per process, so not a fixture
         shard = 40_000 if kind == "sharded" else None
         _BASE[kind] = make_checkpoint(
             root / kind, TINY_CONFIGS["qwen3"], **({"shard_size_bytes": shard} if shard else {})
