@@ -19,8 +19,9 @@ import onnx
 from architectures.registry import builder_class_for
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
+from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError
-from builder.kit.graph import ExternalDataFile, Graph
+from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
@@ -122,10 +123,12 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         try:
             with reading_ahead(arch.checkpoint, schedule, options.read_ahead_mb << 20, phases) as ahead:
                 arch.build_graph(graph, progress)
-            if ahead is not None:
-                timings["read_ahead"] = ahead.describe()
-        finally:
-            data.close()
+        except BaseException:
+            data.abort()  # the staged output goes anyway: no need to finish writing it
+            raise
+        data.close()
+        if ahead is not None:
+            timings["read_ahead"] = ahead.describe()
         timings["graph_and_weights_s"] = time.perf_counter() - started
         timings["phases"] = phases.report()
         nonfinite = getattr(getattr(arch, "proj", None), "nonfinite", [])

@@ -3,7 +3,9 @@ over, invisible in the output, and failures surface as they did without it."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -204,3 +206,69 @@ def test_pooled_buffers_are_reused_only_when_let_go(tmp_path):
         assert rows.tobytes() == data[i * 1000 : (i + 1) * 1000], i
     # the let-go half was recycled: far fewer buffers than reads
     assert len(ahead._pool) <= 4000 // 1000 + 2
+
+
+# ---- reading past the page cache (builder/kit/disk_io.py) -------------------------
+
+
+def _uncached(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["cached", "uncached", "refused"])
+def test_reads_are_the_files_bytes_however_they_are_read(tmp_path, monkeypatch, where):
+    """Cached bytes come from the cache, the rest with O_DIRECT (or through the cache
+    where O_DIRECT is refused): the same bytes for any offset and length."""
+    import builder.kit.disk_io as disk_io
+
+    data = np.random.default_rng(1).integers(0, 256, 10 * disk_io.ALIGN + 123, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    real_open = os.open
+    direct_opens = []
+
+    def open_(file, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            direct_opens.append(file)
+            if where == "refused":
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(disk_io.os, "open", open_)
+    cases = [
+        (0, len(data)),
+        (8, 5000),
+        (4096, 4096),
+        (12344, 30000),
+        (3, 100),
+        (len(data) - 8, 8),
+        (len(data) - 8, 100),
+    ]
+    for begin, length in cases:
+        if where != "cached":
+            _uncached(path)
+        out, got = disk_io.read_range(path, begin, length)
+        assert got == min(length, len(data) - begin)
+        assert out[:got].tobytes() == data[begin : begin + got]
+    if where == "cached":  # but the range past the end: a short cached read cannot tell it from a gap
+        assert len(direct_opens) == 1
+    elif hasattr(os, "O_DIRECT"):
+        assert direct_opens  # (the page cache may keep a file's last page: not every read needs it)
+
+
+def test_checkpoint_read_of_an_uncached_file_reports_truncation(tmp_path):
+    from builder.kit.checkpoint import Checkpoint
+
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 40)
+    _uncached(path)
+    where = RowRange("t", 0, 20, path, 64, 512, np.dtype(np.uint16), (20, 256 // 2 * 2 // 2))
+    rows = Checkpoint.read(where._replace(length=20 * 256, shape=(20, 128)))
+    assert rows.tobytes() == (bytes(range(256)) * 40)[64 : 64 + 20 * 256]
+    with pytest.raises(BuilderError, match="truncated"):
+        Checkpoint.read(where._replace(begin=9000, length=20 * 256, shape=(20, 128)))

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
+from builder.kit import disk_io
 from builder.kit.errors import BuilderError
 from builder.kit.hf_config import check_config
 
@@ -323,18 +324,17 @@ class Checkpoint:
     @staticmethod
     def read(where: RowRange, buffer=None) -> np.ndarray:
         """The rows `where` names, read from disk now (thread-safe: one open file per read),
-        into `buffer` (exactly where.length bytes) if given."""
-        if buffer is None:
-            buffer = bytearray(where.length)
+        into `buffer` (disk_io.aligned_buffer of at least where.length + disk_io.SLACK
+        bytes) if given. Bytes the page cache lacks bypass it (see disk_io)."""
+        if not where.length:  # the shape checks' empty reads
+            return np.empty(where.shape, where.dtype)
         try:
-            with open(where.file, "rb") as f:
-                f.seek(where.begin)
-                got = f.readinto(buffer)
+            data, got = disk_io.read_range(where.file, where.begin, where.length, buffer)
         except OSError as e:
             raise BuilderError(f"could not read tensor {where.name!r} from {where.file} ({e.strerror or e})") from None
         if got != where.length:
             raise BuilderError(f"{where.file} ends inside tensor {where.name!r}; the file is truncated: re-download it")
-        return np.frombuffer(buffer, dtype=where.dtype).reshape(where.shape)
+        return data.view(where.dtype).reshape(where.shape)
 
     # ---- identity -----------------------------------------------------------
 

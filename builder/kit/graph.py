@@ -1,7 +1,7 @@
 """A small ONNX graph writer that streams initializer bytes to disk.
 
 Weights never stay in memory: `initializer()` appends their bytes to
-model.onnx.data at once and keeps only a TensorProto that points at the
+model.onnx.data (builder.kit.data_file) at once and keeps only a TensorProto that points at the
 offset. The ModelProto that is finally serialized holds nodes and offsets
 only, so its size does not grow with the model.
 """
@@ -9,16 +9,12 @@ only, so its size does not grow with the model.
 from __future__ import annotations
 
 import collections
-import os
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from builder.kit.errors import BuilderError
+from builder.kit.data_file import ExternalDataFile
 from builder.kit.progress import Phases
 
 MS_DOMAIN = "com.microsoft"
@@ -34,83 +30,6 @@ NP_TO_ONNX = {
     np.dtype(np.int64): TensorProto.INT64,
     np.dtype(np.int32): TensorProto.INT32,
 }
-
-
-class ExternalDataFile:
-    """Append-only writer of model.onnx.data.
-
-    Written bytes sit in the page cache until the fsync at close, which then had to
-    write the whole file (seconds for a 4B model) after everything else was done. A
-    background fdatasync every FLUSH_EVERY bytes writes them out while the build
-    goes on, so the last one finds little left.
-    """
-
-    FLUSH_EVERY = 256 << 20
-
-    def __init__(self, path: Path, phases: Phases | None = None):
-        self.path = Path(path)
-        self.phases = phases or Phases()
-        self._file = open(self.path, "wb")
-        self.offset = 0
-        self._flushed_to = 0
-        self._flusher: threading.Thread | None = None
-        self._flush_error: OSError | None = None
-
-    def append(self, chunks) -> tuple[int, int]:
-        """Write the byte chunks of one tensor; return (offset, length)."""
-        pad = (-self.offset) % ALIGNMENT
-        if pad:
-            self._write(b"\0" * pad)
-        start = self.offset
-        for chunk in chunks:
-            self._write(chunk)
-        return start, self.offset - start
-
-    def _write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        t = time.perf_counter()
-        try:
-            self._file.write(view)
-        except OSError as e:
-            raise BuilderError(
-                f"writing {self.path} failed ({e.strerror or e}); free disk space or choose another -o/--output"
-            ) from None
-        finally:
-            self.phases.add("write", time.perf_counter() - t)
-        self.offset += view.nbytes
-        if self.offset - self._flushed_to >= self.FLUSH_EVERY and not (self._flusher and self._flusher.is_alive()):
-            self._flush_in_background()
-
-    def _flush_in_background(self) -> None:
-        self._file.flush()
-        self._flushed_to = self.offset
-        fd = self._file.fileno()
-
-        def flush():
-            try:
-                with self.phases.timed("write_flush"):
-                    os.fdatasync(fd)
-            except OSError as e:  # raised by close()
-                self._flush_error = e
-
-        self._flusher = threading.Thread(target=flush, name="builder-flush", daemon=True)
-        self._flusher.start()
-
-    def close(self) -> None:
-        try:
-            with self.phases.timed("write_sync"):
-                if self._flusher is not None:
-                    self._flusher.join()
-                if self._flush_error is not None:
-                    raise self._flush_error
-                self._file.flush()
-                os.fsync(self._file.fileno())
-        except OSError as e:
-            raise BuilderError(
-                f"writing {self.path} failed ({e.strerror or e}); free disk space or choose another -o/--output"
-            ) from None
-        finally:
-            self._file.close()
 
 
 class Graph:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from builder.kit import disk_io
 from builder.kit.checkpoint import Checkpoint, RowRange
 from builder.kit.progress import Phases
 
@@ -66,7 +67,10 @@ class ReadAhead:
         self._closed = False
         self._reader_done = False
         self._pool: list[np.ndarray] = []
-        self._largest = max((w.length for w in self.schedule), default=0)
+        largest = max((w.length for w in self.schedule), default=0)
+        self._buffer_bytes = largest + disk_io.SLACK
+        # The bound's worth plus what the build holds (its current rows, the next ones).
+        self._pool_size = max(2, (self.bound + 2 * largest) // self._buffer_bytes)
         self._thread = threading.Thread(target=self._run, name="builder-read-ahead", daemon=True)
 
     def start(self) -> ReadAhead:
@@ -84,18 +88,25 @@ class ReadAhead:
                         not self._closed and pos >= self._next and self._held and self._held + where.length > self.bound
                     ):
                         self._cond.wait()
+                    buffer = self._free_buffer()
+                    while buffer is None and not self._closed and pos > self._next:
+                        self._cond.wait(0.005)  # the build lets go of rows without a word: look again soon
+                        buffer = self._free_buffer()
                     if self._closed:
                         return
                     if pos < self._next:
                         continue  # the build went past it
+                    if buffer is None:  # the build holds the whole pool and needs this read next
+                        buffer = disk_io.aligned_buffer(self._buffer_bytes)
                     self._held += where.length
                     self.peak_held = max(self.peak_held, self._held)
                 t = time.perf_counter()
                 try:
-                    data, error = self._read(where, self._buffer(where.length)), None
+                    data, error = self._read(where, buffer), None
                 except BaseException as e:  # raised by take(), in the build's thread
                     data, error = None, e
                 self.phases.add("read", time.perf_counter() - t)
+                del buffer
                 with self._cond:
                     if pos < self._next:
                         self._held -= where.length
@@ -107,22 +118,22 @@ class ReadAhead:
                 self._reader_done = True
                 self._cond.notify_all()
 
-    def _buffer(self, length: int) -> memoryview:
-        """Memory for one read, reused once the build has let go of every view of it.
+    def _free_buffer(self) -> np.ndarray | None:
+        """A pooled buffer no rows refer to any more, or a new one while the pool has room.
 
-        Fresh memory for each read would be mapped and faulted in page by page by the
-        kernel (malloc hands a thread large blocks from mmap): seconds of system time
-        for a 4B model. A pooled buffer is free when nothing but the pool refers to it
-        (numpy views of it hold a reference to it as their base).
+        Fresh memory for each read would be mapped and zeroed page by page by the kernel
+        (malloc hands a thread large blocks from mmap): seconds of system time for a 4B
+        model. All pooled buffers have the size of the largest read, so any free one
+        fits any read. A buffer is free when no view of it is left: views share its
+        base, so only the buffer and getrefcount's argument refer to that.
         """
         for buffer in self._pool:
-            # three references: the pool, this loop's name, getrefcount's argument
-            if buffer.nbytes >= length and sys.getrefcount(buffer) == 3:
-                return memoryview(buffer)[:length]
-        buffer = np.empty(max(length, 1), np.uint8)
-        if sum(b.nbytes for b in self._pool) + length <= self.bound + 2 * self._largest:
-            self._pool.append(buffer)
-        return memoryview(buffer)[:length]
+            if sys.getrefcount(buffer.base) == 2:
+                return buffer
+        if len(self._pool) < self._pool_size:
+            self._pool.append(disk_io.aligned_buffer(self._buffer_bytes))
+            return self._pool[-1]
+        return None
 
     # ---- the build's side -------------------------------------------------------
 

@@ -48,7 +48,8 @@ class _Stand_inCheckpoint:
 def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor the registered family reads for this config (build order)."""
     from architectures.registry import builder_class_for
-    from builder.kit.graph import ExternalDataFile, Graph
+    from builder.kit.data_file import ExternalDataFile
+    from builder.kit.graph import Graph
     from builder.kit.options import BuildOptions
     from builder.kit.progress import SilentProgress
 
@@ -62,7 +63,7 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
     try:
         arch.build_graph(Graph(data), SilentProgress())
     finally:
-        data._file.close()
+        data.abort()
     return stand_in.seen
 
 

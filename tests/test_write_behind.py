@@ -1,0 +1,145 @@
+"""model.onnx.data written behind the build (builder/kit/data_file.py): the same bytes,
+bounded memory, errors as one line with nothing left, and no thread left behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import builder.kit.data_file as data_file
+from builder import BuilderError, BuildOptions
+from builder.kit.data_file import ExternalDataFile
+from builder.kit.disk_io import ALIGN
+from builder.kit.errors import BuildInterrupted
+from builder.pipeline import build
+from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+
+def tensors(seed: int = 0) -> list[list[np.ndarray]]:
+    """Tensors of chunks of awkward sizes: empty, odd, bigger than a block."""
+    rng = np.random.default_rng(seed)
+    sizes = [[1], [4095, 1], [0, 7], [3 * ALIGN + 5], [ALIGN], [2 * ALIGN, 1, 9999], [13]]
+    return [[rng.integers(0, 256, n, dtype=np.uint8) for n in chunks] for chunks in sizes]
+
+
+def expected_bytes(parts: list[list[np.ndarray]]) -> tuple[bytes, list[tuple[int, int]]]:
+    """What the old in-line writer wrote: each tensor at a 4096-aligned offset, zeros between."""
+    out, spans = b"", []
+    for chunks in parts:
+        out += bytes(-len(out) % ALIGN)
+        data = b"".join(c.tobytes() for c in chunks)
+        spans.append((len(out), len(data)))
+        out += data
+    return out, spans
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_bytes_and_offsets_are_those_written_in_line(tmp_path, monkeypatch, direct):
+    if not direct:  # a file system that refuses O_DIRECT: through the page cache
+        monkeypatch.setattr(data_file, "_O_DIRECT", 0)
+    parts = tensors()
+    path = tmp_path / "model.onnx.data"
+    f = ExternalDataFile(path, block=ALIGN, bound=2 * ALIGN)  # blocks smaller than some chunks
+    assert f._direct == (direct and bool(os.O_DIRECT))
+    spans = []
+    for chunks in parts:
+        spans.append(f.append(iter(chunks)))
+        for c in chunks:
+            c[:] = 0  # the caller reuses its buffers as soon as append returns
+    f.close()
+    want, want_spans = expected_bytes(tensors())
+    assert path.read_bytes() == want
+    assert spans == want_spans and f.offset == len(want)
+    assert not f._writer.is_alive()
+
+
+def test_memory_is_bounded_in_blocks(tmp_path):
+    """However far the build runs ahead of a slow disk, the writer has bound // block blocks, no more."""
+    f = ExternalDataFile(tmp_path / "d", block=ALIGN, bound=3 * ALIGN)
+    blocks = {id(b) for b in f._free}
+    assert len(blocks) == 3
+    real = f._write
+
+    def slow_write(block, start, length):
+        threading.Event().wait(0.002)
+        blocks.add(id(block))
+        real(block, start, length)
+
+    f._write = slow_write
+    data = np.arange(40 * ALIGN, dtype=np.uint8)
+    f.append([data])
+    f.close()
+    assert len(blocks) == 3
+    assert (tmp_path / "d").read_bytes() == data.tobytes()
+    assert f.phases.report()["write_wait"] > 0  # the build waited for the disk instead of queueing more
+
+
+def test_write_error_is_raised_by_the_build_as_one_line(tmp_path, monkeypatch):
+    def full(fd, buffers, offset, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_file.os, "pwritev", full)
+    f = ExternalDataFile(tmp_path / "d", block=ALIGN, bound=2 * ALIGN)
+    with pytest.raises(BuilderError) as e:
+        for _ in range(10):  # the error surfaces at a later append, once the writer met it
+            f.append([np.zeros(ALIGN, np.uint8)])
+        f.close()
+    message = str(e.value)
+    assert "No space left on device" in message and "free disk space" in message and "\n" not in message
+    f.abort()
+    assert not f._writer.is_alive()
+
+
+def test_disk_full_mid_build_leaves_nothing(tmp_path, monkeypatch):
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    real = data_file.os.pwritev
+    writes = []
+
+    def full_after_two(fd, buffers, offset, *args):
+        writes.append(offset)
+        if len(writes) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buffers, offset, *args)
+
+    monkeypatch.setattr(data_file.os, "pwritev", full_after_two)
+    monkeypatch.setattr(data_file, "BLOCK", ALIGN)  # several blocks even for a tiny model
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError, match=r"writing .*model.onnx.data failed \(No space left on device\); free disk"):
+        build(BuildOptions(model=str(ckpt), output=str(out), precision="fp32"), show_progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
+
+
+def test_interrupted_build_stops_the_writer(tmp_path, monkeypatch):
+    import builder.kit.linear as linear
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    calls = []
+    quantize = linear.quant.quantize
+
+    def interrupt_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return quantize(*args, **kwargs)
+
+    monkeypatch.setattr(linear.quant, "quantize", interrupt_on_third)
+    out = tmp_path / "out"
+    with pytest.raises(BuildInterrupted):
+        build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
+
+
+def test_build_report_has_the_writer_phases(tmp_path):
+    import json
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    out = tmp_path / "out"
+    build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
+    phases = json.loads((out / "build_report.json").read_text())["timings"]["phases"]
+    assert set(phases) >= {"write", "write_copy", "write_wait", "write_sync"}
