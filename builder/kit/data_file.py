@@ -57,6 +57,7 @@ class ExternalDataFile:
         self.offset = 0
         self._block_bytes = max(ALIGN, (block or BLOCK) // ALIGN * ALIGN)
         self._fd, self._direct = self._open()
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)  # not /dev/null: it can be synced and cut
         count = max(2, (bound or DEFAULT_BOUND) // self._block_bytes)
         self._free = [aligned_buffer(self._block_bytes) for _ in range(count)]
         self._block: np.ndarray | None = None  # the block being filled, from self._block_start on
@@ -146,7 +147,7 @@ class ExternalDataFile:
             self._join()
             self._raise_error()
             try:
-                if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                if self._regular:
                     os.ftruncate(self._fd, self.offset)
                     os.fsync(self._fd)
             except OSError as e:
@@ -205,6 +206,6 @@ class ExternalDataFile:
                 # O_DIRECT opened but the device wants more alignment: through the cache from here on
                 fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
                 self._direct = False
-        if not self._direct and start + length - self._flushed_to >= self.FLUSH_EVERY:
+        if self._regular and not self._direct and start + length - self._flushed_to >= self.FLUSH_EVERY:
             self._flushed_to = start + length
             os.fdatasync(self._fd)  # on this thread: the build goes on meanwhile
