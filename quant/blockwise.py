@@ -31,8 +31,10 @@ holding values [p*G, (p+1)*G) of every block. The block max/min is then a
 reduction across planes, and every other pass runs over long contiguous rows,
 which numpy vectorizes; reducing each block's own 32 values is one short inner
 loop per block, about 10x slower. bf16 becomes float32 by a 16-bit shift of its
-bits (exact). Chunks are spread over a thread pool (numpy releases the GIL in its
-loops): `set_num_threads`, by default the cores this process may run on.
+bits (exact). The calling thread and `set_num_threads` - 1 helpers (by default the
+cores this process may run on; numpy releases the GIL in its loops) each take the
+next chunk when done with one, so a core that other work slows down takes fewer;
+helpers and workspaces are kept between calls.
 
 Layout (MatMulNBits): B is uint8 [N, n_blocks, block_size * bits / 8], two 4-bit
 values per byte, the first in the low nibble. Zero points are uint8
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -177,6 +180,45 @@ def _block_params(first: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: Qua
     return stored, r, offset, zp
 
 
+_executor: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+_executor_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Helper threads kept between calls (a 4B build makes ~250 calls); a new pool in a
+    forked child, whose copy of the old one has no threads."""
+    global _executor
+    workers = max(1, get_num_threads() - 1)
+    with _executor_lock:
+        if _executor is None or _executor[:2] != (os.getpid(), workers):
+            _executor = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="quant"))
+        return _executor[2]
+
+
+class _Workspaces:
+    """Workspaces kept between calls, for the last few chunk shapes: fresh ones are
+    mapped and zeroed page by page by the kernel on every call."""
+
+    KEEP = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._free: dict[tuple, list[_Workspace]] = {}
+
+    def take(self, key) -> _Workspace:
+        with self._lock:
+            spare = self._free.pop(key, [])
+            ws = spare.pop() if spare else None
+            self._free[key] = spare  # now the most recent key
+        return ws or _Workspace(*key)
+
+    def give(self, key, ws: _Workspace) -> None:
+        with self._lock:
+            self._free.setdefault(key, []).append(ws)
+            while len(self._free) > self.KEEP:
+                del self._free[next(iter(self._free))]
+
+
 class _Workspace:
     """One thread's buffers for chunks of up to `rows` rows, in the plane-major layout.
 
@@ -211,6 +253,9 @@ class _Workspace:
         if scheme.bits == 4:
             self.pair = np.empty((self.p, m * self.g // 2), np.uint16)
             self.nibbles = np.empty((self.p, m * self.g // 2), np.uint8)
+
+
+_workspaces = _Workspaces()
 
 
 def _spread(values: np.ndarray, out: np.ndarray, g: int) -> np.ndarray:
@@ -318,26 +363,31 @@ def quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> Q
     rows = max(1, min(n, _CHUNK_VALUES // k_pad))
     spans = [(start, min(start + rows, n)) for start in range(0, n, rows)]
 
-    def work(my_spans):
-        ws = _Workspace(rows, k_pad, scheme, w.dtype)
-        for start, stop in my_spans:
-            _quantize_chunk(
-                w[start:stop],
-                scheme,
-                scale_dtype,
-                ws,
-                packed[start:stop],
-                scales[start:stop],
-                None if zp is None else zp[start:stop],
-            )
+    key = (rows, k_pad, scheme, w.dtype)
+    todo = iter(spans)  # shared: each thread takes the next chunk when done (next() holds the GIL)
 
-    threads = min(get_num_threads(), len(spans))
-    if threads <= 1:
-        work(spans)
-    else:
-        with ThreadPoolExecutor(threads, thread_name_prefix="quant") as pool:
-            for done in [pool.submit(work, spans[i::threads]) for i in range(threads)]:
-                done.result()
+    def work():
+        ws = _workspaces.take(key)
+        try:
+            for start, stop in todo:
+                _quantize_chunk(
+                    w[start:stop],
+                    scheme,
+                    scale_dtype,
+                    ws,
+                    packed[start:stop],
+                    scales[start:stop],
+                    None if zp is None else zp[start:stop],
+                )
+        finally:
+            _workspaces.give(key, ws)
+
+    helpers = [_pool().submit(work) for _ in range(min(get_num_threads(), len(spans)) - 1)]
+    try:
+        work()  # this thread works too
+    finally:
+        for done in helpers:
+            done.result()
     return QuantizedWeight(
         packed=packed, scales=scales, zero_points=None if zp is None else pack_zero_points(zp, scheme.bits), k=k
     )

@@ -498,3 +498,31 @@ def test_threads_do_not_change_the_bytes(monkeypatch, threads):
         quant.set_num_threads(None)
     with pytest.raises(ValueError, match="positive integer"):
         quant.set_num_threads(0)
+
+
+def test_calls_from_several_threads_at_once(monkeypatch):
+    """The helper threads and workspaces kept between calls are shared safely: builds
+    running in threads of one process (batch) quantize side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import quant
+
+    monkeypatch.setattr(quant.blockwise, "_CHUNK_VALUES", 2048)
+    rng = np.random.default_rng(10)
+    cases = [
+        (
+            random_weight(rng, 97 + i, 64 * (1 + i % 3), i % 2 == 0).astype(ml_dtypes.bfloat16),
+            QuantScheme(4, 32, i % 2 == 0),
+        )
+        for i in range(6)
+    ]
+    want = [ort_quantize_blockwise(w, s) for w, s in cases]
+    quant.set_num_threads(3)
+    try:
+        with ThreadPoolExecutor(4) as callers:
+            for _ in range(3):
+                got = list(callers.map(lambda case: quantize_blockwise(*case), cases))
+                for g, r in zip(got, want):
+                    assert_identical(g, r)
+    finally:
+        quant.set_num_threads(None)
