@@ -116,11 +116,11 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         data = ExternalDataFile(staging / layout.data_file, phases)
         graph = Graph(data)
         arch.checkpoint.phases = phases
-        schedule = []
-        if options.read_ahead_mb:
-            with phases.timed("forecast"):
-                schedule = record_reads(arch, Graph, SilentProgress())
         try:
+            schedule = []
+            if options.read_ahead_mb:
+                with phases.timed("forecast"):
+                    schedule = record_reads(arch, Graph, SilentProgress())
             with reading_ahead(arch.checkpoint, schedule, options.read_ahead_mb << 20, phases) as ahead:
                 arch.build_graph(graph, progress)
         except BaseException:
