@@ -159,3 +159,21 @@ def test_build_report_has_the_writer_phases(tmp_path):
     build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
     phases = json.loads((out / "build_report.json").read_text())["timings"]["phases"]
     assert set(phases) >= {"write", "write_copy", "write_wait", "write_sync"}
+
+
+def test_without_the_unix_only_calls_a_build_writes_the_same_bytes(tmp_path, monkeypatch):
+    """Windows has no os.preadv/pwritev/O_DIRECT (macOS no fdatasync): reads and writes fall back
+    to plain positioned file I/O, and the model's bytes are the same."""
+    import builder.kit.disk_io as disk_io
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    build(BuildOptions(model=str(ckpt), output=str(tmp_path / "a"), precision="int4"), show_progress=False)
+    for name in ("preadv", "pwritev", "fdatasync"):
+        monkeypatch.delattr(os, name, raising=False)
+    monkeypatch.setattr(data_file, "_O_DIRECT", 0)
+    monkeypatch.setattr(disk_io, "_O_DIRECT", 0)
+    monkeypatch.setattr(data_file, "_datasync", os.fsync)
+    monkeypatch.setattr(data_file, "BLOCK", ALIGN)  # many positioned writes
+    build(BuildOptions(model=str(ckpt), output=str(tmp_path / "b"), precision="int4"), show_progress=False)
+    for name in ("model.onnx", "model.onnx.data"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

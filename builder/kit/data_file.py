@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import os
 import stat
 import threading
@@ -39,6 +38,9 @@ from builder.kit.progress import Phases
 DEFAULT_BOUND = 64 << 20
 BLOCK = 8 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+# Windows has no O_CLOEXEC and needs O_BINARY; macOS has no fdatasync; Windows no pwritev.
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 class ExternalDataFile:
@@ -71,7 +73,7 @@ class ExternalDataFile:
         self._writer.start()
 
     def _open(self) -> tuple[int, bool]:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        flags = _OPEN_FLAGS
         try:
             if _O_DIRECT:
                 try:
@@ -199,13 +201,23 @@ class ExternalDataFile:
         done = 0
         while done < length:
             try:
-                done += os.pwritev(self._fd, [view[done:]], start + done)
+                done += _write_at(self._fd, view[done:], start + done)
             except OSError as e:
                 if not (self._direct and e.errno == errno.EINVAL):
                     raise
+                import fcntl  # O_DIRECT exists only where fcntl does (Linux)
+
                 # O_DIRECT opened but the device wants more alignment: through the cache from here on
                 fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
                 self._direct = False
         if self._regular and not self._direct and start + length - self._flushed_to >= self.FLUSH_EVERY:
             self._flushed_to = start + length
-            os.fdatasync(self._fd)  # on this thread: the build goes on meanwhile
+            _datasync(self._fd)  # on this thread: the build goes on meanwhile
+
+
+def _write_at(fd: int, view: memoryview, offset: int) -> int:
+    """os.pwritev where the platform has it (not Windows): seek and write there."""
+    if hasattr(os, "pwritev"):
+        return os.pwritev(fd, [view], offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # only the writer thread moves this fd's position
+    return os.write(fd, view)

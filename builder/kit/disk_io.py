@@ -8,8 +8,8 @@ quantizes. O_DIRECT moves the bytes from the disk into our buffer with none of t
 build would go back to the disk: `read_range` first takes the cached prefix of a
 range with RWF_NOWAIT (which copies only what is in the cache and starts no I/O),
 then reads the rest with O_DIRECT. Where O_DIRECT is refused (tmpfs, unaligned
-offsets, no RWF_NOWAIT), it reads through the cache as before: the bytes are the
-same either way.
+offsets, no RWF_NOWAIT, no preadv on Windows), it reads through the cache as before:
+the bytes are the same either way.
 
 O_DIRECT needs the buffer address, file offset and length aligned to the device's
 block size; ALIGN (a page) covers every block size Linux supports. The bytes of
@@ -53,6 +53,13 @@ def read_range(path, begin: int, length: int, buffer: np.ndarray | None = None) 
     direct = begin % 8 == 0
     head = begin - base if direct else 0
     out = buffer[head : head + length]
+    if not hasattr(os, "preadv"):  # Windows: a plain buffered read
+        with open(path, "rb") as f:
+            f.seek(begin)
+            got = 0
+            while got < length and (n := f.readinto(out[got:])):
+                got += n
+        return out, got
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         got = _cached_prefix(fd, out, begin)
