@@ -19,7 +19,11 @@ PART=${1:-main}
 OUT=${OUT:-/tmp/webgpu-out}
 W=${W:-/tmp/wg-run}
 PY=${PY:-python3}
-CKPT=${CKPT:-qwen3-0.6b}
+case $PART in  # the checkpoint each part measures (CKPT overrides it)
+    qwen35) CKPT=${CKPT:-qwen3.5-0.8b} ;;
+    qwen35-4b) CKPT=${CKPT:-qwen3.5-4b} ;;
+    *) CKPT=${CKPT:-qwen3-0.6b} ;;
+esac
 ROUNDS=${ROUNDS:-4}
 PROMPT=${PROMPT:-256}
 NEW=${NEW:-128}
@@ -174,7 +178,7 @@ elif [ "$PART" = qwen35 ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 420 $PY scripts/check_webgpu.py $ONLY --json "$OUT/parity-qwen35.json" \
         > "$W/parity.log" 2>&1 ) &
     PARITY=$!
-    CKPT=${CKPT:-qwen3.5-0.8b}; CK=$W/ck-$CKPT
+    CK=$W/ck-$CKPT
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
     log "checkpoint $CKPT ready"
     ours q35 "$CK" &
@@ -200,7 +204,7 @@ elif [ "$PART" = qwen35 ]; then
         --json "$OUT/bench-qwen35-cpu.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     wait $PARITY; log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = qwen35-4b ]; then
-    CKPT=${CKPT:-qwen3.5-4b}; CK=$W/ck-$CKPT
+    CK=$W/ck-$CKPT
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
     cat "$CK"/*.safetensors > /dev/null
     log "checkpoint $CKPT ready ($(du -sh "$CK" | cut -f1))"
