@@ -162,7 +162,7 @@ def test_file_truncated_during_the_build_is_one_error_and_nothing_is_left(tmp_pa
     assert not [t for t in threading.enumerate() if t.name == "builder-read-ahead"]
 
 
-def test_interrupted_build_stops_the_reader(tmp_path, monkeypatch):
+def test_interrupted_build_stops_the_reader_and_the_writer(tmp_path, monkeypatch):
     import builder.kit.linear as linear
 
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
@@ -180,7 +180,7 @@ def test_interrupted_build_stops_the_reader(tmp_path, monkeypatch):
     with pytest.raises(BuildInterrupted):
         build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
-    assert not [t for t in threading.enumerate() if t.name == "builder-read-ahead"]
+    assert not [t for t in threading.enumerate() if t.name in ("builder-read-ahead", "builder-write-behind")]
 
 
 def test_pooled_buffers_are_reused_only_when_let_go(tmp_path):

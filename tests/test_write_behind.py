@@ -115,27 +115,6 @@ def test_disk_full_mid_build_leaves_nothing(tmp_path, monkeypatch):
     assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
 
 
-def test_interrupted_build_stops_the_writer(tmp_path, monkeypatch):
-    import builder.kit.linear as linear
-
-    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
-    calls = []
-    quantize = linear.quant.quantize
-
-    def interrupt_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return quantize(*args, **kwargs)
-
-    monkeypatch.setattr(linear.quant, "quantize", interrupt_on_third)
-    out = tmp_path / "out"
-    with pytest.raises(BuildInterrupted):
-        build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
-    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
-    assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
-
-
 def test_interrupt_before_the_first_weight_stops_the_writer(tmp_path, monkeypatch):
     import builder.pipeline as pipeline
 
