@@ -49,8 +49,9 @@ from builder.kit.options import BuildOptions
 TOP_KEYS = ("defaults", "matrix", "jobs", "verify", "output_root", "executor", "ray_address")
 EXECUTORS = ("local", "ray")
 # Options that do not change the built files. The model is identified by its
-# checkpoint fingerprint, not by how its path is spelled.
-NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify"}
+# checkpoint fingerprint, not by how its path is spelled; how it is read (read-ahead,
+# page cache) leaves the bytes as they are.
+NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify", "read_ahead_mb", "page_cache"}
 
 
 @dataclass
@@ -328,4 +329,11 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         job.name = str(output.relative_to(root)) if output.is_relative_to(root) else str(output)
         jobs.append(job)
     problems.raise_if_any()
+    # A build reads the bytes the page cache lacks with O_DIRECT, which leaves them uncached:
+    # every job but the last of each checkpoint reads through the cache instead, so the
+    # jobs after it find the checkpoint there rather than on the disk.
+    last = {job.options.model: job for job in jobs}
+    for job in jobs:
+        if last[job.options.model] is not job:
+            job.options.page_cache = True
     return Batch(path, root, jobs, executor, ray_address)

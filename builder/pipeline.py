@@ -116,6 +116,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         data = ExternalDataFile(staging / layout.data_file, phases)
         graph = Graph(data)
         arch.checkpoint.phases = phases
+        arch.checkpoint.page_cache = options.page_cache
         try:
             schedule = []
             if options.read_ahead_mb:

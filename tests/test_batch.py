@@ -261,6 +261,8 @@ def test_matrix_expands_to_jobs(tmp_path):
     assert jobs[4].options.model == "Qwen/Qwen3-4B"  # a hub id stays one
     assert jobs[7].options.output == "/somewhere/Qwen3-4B/fp16-webgpu-b64"
     assert all(j.options.block_size == 64 and j.options.overwrite for j in jobs)
+    # every job but the last of each checkpoint leaves it in the page cache for the next one
+    assert [j.options.page_cache for j in jobs] == [True] * 7 + [False, False]
     path.write_text(path.read_text().replace("{block_size}", "{blocksize}"))
     with pytest.raises(BuilderError, match=r"m\.yaml:8: matrix\.output: template .* bad field \('blocksize'\)"):
         load_batch(path)

@@ -272,3 +272,38 @@ def test_checkpoint_read_of_an_uncached_file_reports_truncation(tmp_path):
     assert rows.tobytes() == (bytes(range(256)) * 40)[64 : 64 + 20 * 256]
     with pytest.raises(BuilderError, match="truncated"):
         Checkpoint.read(where._replace(begin=9000, length=20 * 256, shape=(20, 128)))
+
+
+def test_page_cache_option_reads_nothing_with_o_direct(tmp_path, monkeypatch):
+    """--page-cache (set by batch for all but a checkpoint's last job) leaves the checkpoint in
+    the cache for the next build: no O_DIRECT read, the same bytes."""
+    import builder.kit.disk_io as disk_io
+    from builder import BuildOptions
+    from builder.pipeline import build
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    real_open = os.open
+    direct_opens = []
+
+    def open_(file, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0) and str(file).startswith(str(ckpt)):
+            direct_opens.append(file)
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(disk_io.os, "open", open_)
+    outputs = {}
+    for page_cache in (False, True):
+        for f in ckpt.glob("*.safetensors"):
+            _uncached(f)
+        direct_opens.clear()
+        out = tmp_path / f"out-{page_cache}"
+        build(
+            BuildOptions(model=str(ckpt), output=str(out), precision="int4", page_cache=page_cache), show_progress=False
+        )
+        outputs[page_cache] = (out / "model.onnx.data").read_bytes()
+        if page_cache:
+            assert not direct_opens
+        elif hasattr(os, "O_DIRECT"):
+            assert direct_opens
+    assert outputs[False] == outputs[True]

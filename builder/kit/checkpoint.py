@@ -288,7 +288,7 @@ class Checkpoint:
             if rows is not None:
                 return rows
         t = time.perf_counter()
-        rows = self.read(where)
+        rows = self.read(where, page_cache=self.page_cache)
         if self.phases is not None:
             self.phases.add("read", time.perf_counter() - t)
             self.phases.add("read_wait", time.perf_counter() - t)
@@ -320,16 +320,17 @@ class Checkpoint:
 
     ahead = None  # a ReadAhead serving reads it made in advance, while one is attached
     phases = None  # a progress.Phases the build's own reads are timed in
+    page_cache = False  # read through the page cache (BuildOptions.page_cache)
 
     @staticmethod
-    def read(where: RowRange, buffer=None) -> np.ndarray:
+    def read(where: RowRange, buffer=None, page_cache: bool = False) -> np.ndarray:
         """The rows `where` names, read from disk now (thread-safe: one open file per read),
         into `buffer` (disk_io.aligned_buffer of at least where.length + disk_io.SLACK
-        bytes) if given. Bytes the page cache lacks bypass it (see disk_io)."""
+        bytes) if given. Bytes the page cache lacks bypass it unless `page_cache` (see disk_io)."""
         if not where.length:  # the shape checks' empty reads
             return np.empty(where.shape, where.dtype)
         try:
-            data, got = disk_io.read_range(where.file, where.begin, where.length, buffer)
+            data, got = disk_io.read_range(where.file, where.begin, where.length, buffer, page_cache)
         except OSError as e:
             raise BuilderError(f"could not read tensor {where.name!r} from {where.file} ({e.strerror or e})") from None
         if got != where.length:

@@ -39,10 +39,14 @@ def aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
-def read_range(path, begin: int, length: int, buffer: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def read_range(
+    path, begin: int, length: int, buffer: np.ndarray | None = None, page_cache: bool = False
+) -> tuple[np.ndarray, int]:
     """Bytes [begin, begin + length) of `path`, as a uint8 view of `buffer`
     (ALIGN-aligned, at least length + SLACK bytes; allocated if None), and how many
-    of them the file held (fewer: it ends early). OSError for a failed read."""
+    of them the file held (fewer: it ends early). OSError for a failed read.
+    page_cache: read every byte through the cache (no O_DIRECT), leaving it there for
+    a later build of the same checkpoint."""
     if buffer is None:
         buffer = aligned_buffer(length + SLACK)
     if buffer.ctypes.data % ALIGN or buffer.nbytes < length + SLACK:
@@ -50,7 +54,7 @@ def read_range(path, begin: int, length: int, buffer: np.ndarray | None = None) 
     base = begin - begin % ALIGN
     # The data must start 8-byte aligned for any dtype: other ranges go to the buffer's
     # start and through the cache (safetensors data offsets are 8-byte aligned).
-    direct = begin % 8 == 0
+    direct = begin % 8 == 0 and not page_cache
     head = begin - base if direct else 0
     out = buffer[head : head + length]
     if not hasattr(os, "preadv"):  # Windows: a plain buffered read

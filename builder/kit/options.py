@@ -276,6 +276,17 @@ class BuildOptions:
         ),
     )
 
+    page_cache: bool = field(
+        default=False,
+        metadata=_opt(
+            "--page-cache",
+            help="Read the checkpoint through the page cache, leaving it there for the next build "
+            "of the same checkpoint (batch sets this on every job whose checkpoint a later job "
+            "reads). Default: bytes the cache lacks are read with O_DIRECT, which spares the CPU "
+            "the cost of filling the cache.",
+        ),
+    )
+
     # ---- validation -------------------------------------------------------
 
     def validated(self) -> BuildOptions:

@@ -20,6 +20,7 @@ recording pass only means no read-ahead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import threading
 import time
@@ -195,7 +196,8 @@ def reading_ahead(
     if not schedule or bound <= 0:
         yield None
         return
-    ahead = ReadAhead(schedule, bound, phases).start()
+    ahead = ReadAhead(schedule, bound, phases, functools.partial(Checkpoint.read, page_cache=checkpoint.page_cache))
+    ahead.start()
     checkpoint.ahead = ahead
     try:
         yield ahead
