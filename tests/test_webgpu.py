@@ -142,27 +142,39 @@ def test_default_webgpu_target_follows_the_plugin(monkeypatch):
     assert targets.default_ort_version("webgpu") == (1, 31)
 
 
-def test_generate_without_a_webgpu_runtime_says_what_to_install(built):
+# A child process where no WebGPU runtime is found, whatever this venv has: the plugin's
+# package cannot be imported and onnxruntime lists no built-in WebGPU provider.
+NO_WEBGPU_SITECUSTOMIZE = """
+import sys
+
+class _NoPlugin:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "onnxruntime_ep_webgpu":
+            raise ImportError(f"{name} is hidden by the test")
+        return None
+
+sys.meta_path.insert(0, _NoPlugin())
+import onnxruntime
+_providers = onnxruntime.get_available_providers
+onnxruntime.get_available_providers = lambda: [p for p in _providers() if p != "WebGpuExecutionProvider"]
+"""
+
+
+def test_generate_without_a_webgpu_runtime_says_what_to_install(built, tmp_path):
     """scripts/generate.py on a webgpu folder, where no WebGPU runtime is installed: one line, exit 2."""
-    import importlib.util
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    if importlib.util.find_spec("onnxruntime_ep_webgpu") or importlib.util.find_spec("onnxruntime_genai") is None:
-        pytest.skip("needs onnxruntime-genai without the WebGPU plugin EP")
-    import onnxruntime
-
-    if "WebGpuExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this onnxruntime has WebGPU built in")
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
     folder = built("qwen3", precision="int4", ep="webgpu").output
     repo = Path(__file__).resolve().parents[1]
     child = subprocess.run(
         [sys.executable, str(repo / "scripts" / "generate.py"), str(folder)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(repo)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])},
     )
     assert child.returncode == 2
     lines = child.stderr.strip().splitlines()
