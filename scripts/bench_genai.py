@@ -6,6 +6,12 @@ Every round runs every model once, in a shuffled order, so drift of the
 machine (clocks, other load) hits all models alike; the report gives medians
 and the ratio of each model to the first. Models that fail to load are
 reported as such (with the error), not dropped silently.
+
+On webgpu every timed run is a process of its own (--process-per-run, the default
+there): onnxruntime-genai creates one WebGPU context per process, with the global
+provider options (maxNumPendingDispatches, validationMode, ...) of the first model
+it loads, and keeps it until exit, so in one process every later model would run
+with the first one's settings.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,6 +74,7 @@ def bench(
     warmup: int = 1,
     reload: bool = True,
     max_length: int | None = None,
+    process_per_run: bool = False,
 ) -> dict:
     """Interleaved timing of every model; see the module docstring.
 
@@ -75,6 +83,8 @@ def bench(
     same files for its whole life (8/8 rounds), so timings of long-lived sessions
     compare session placement as much as models. Fresh sessions average that out.
     """
+    if process_per_run:
+        return bench_in_processes(models, provider, prompt_len, new_tokens, rounds, max_length)
     errors = {}
     loaded = {}
     for name, path in models.items():
@@ -103,6 +113,46 @@ def bench(
             if r >= warmup:
                 samples[name]["prefill_s"].append(prefill)
                 samples[name]["decode_tok_s"].append(decode)
+    return report(models, provider, prompt_len, new_tokens, rounds, max_length, samples, errors, reload)
+
+
+def run_in_process(path: str, provider: str, prompt_len: int, new_tokens: int, max_length: int | None):
+    """(prefill seconds, decode tokens/s) of one run in a fresh Python process; raises on failure."""
+    command = [sys.executable, __file__, f"child={path}", "--child", "--provider", provider]
+    command += ["--prompt", str(prompt_len), "--new", str(new_tokens)]
+    if max_length is not None:
+        command += ["--max-length", str(max_length)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit {done.returncode}: {tail}")
+    result = json.loads(lines[-1])
+    return result["prefill_s"], result["decode_tok_s"]
+
+
+def bench_in_processes(models, provider, prompt_len, new_tokens, rounds, max_length) -> dict:
+    errors = {}
+    names = list(models)
+    samples = {name: {"prefill_s": [], "decode_tok_s": []} for name in names}
+    rng = random.Random(0)
+    for _ in range(rounds):
+        for name in rng.sample(names, len(names)):
+            if name in errors:
+                continue
+            try:
+                prefill, decode = run_in_process(models[name], provider, prompt_len, new_tokens, max_length)
+            except Exception as e:
+                errors[name] = str(e).splitlines()[0][:300]
+                samples.pop(name)
+                continue
+            samples[name]["prefill_s"].append(prefill)
+            samples[name]["decode_tok_s"].append(decode)
+    return report(models, provider, prompt_len, new_tokens, rounds, max_length, samples, errors, True, True)
+
+
+def report(models, provider, prompt_len, new_tokens, rounds, max_length, samples, errors, reload, processes=False):
+    names = [name for name in models if name in samples]
     results = {}
     for name in names:
         s = samples[name]
@@ -121,6 +171,7 @@ def bench(
         "rounds": rounds,
         "max_length": max_length,
         "fresh_session_per_run": reload,
+        "process_per_run": processes,
         "models": models,
         "results": results,
         "load_errors": errors,  # failed to load or to run
@@ -178,9 +229,23 @@ def main() -> int:
         help="Generator max_length (KV buffer size); default prompt + new tokens; "
         "-1: the folder's genai_config search.max_length.",
     )
+    parser.add_argument(
+        "--process-per-run",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Run every timed generation in a fresh process (default: on for webgpu, see above).",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
+    if args.child:  # one timed run for bench_in_processes: load, a short first run, the timed run
+        model = load(next(iter(models.values())), args.provider)
+        run_once(model, 16, 4, max_length=args.max_length)
+        prefill, decode = run_once(model, args.prompt, args.new, max_length=args.max_length)
+        print(json.dumps({"prefill_s": prefill, "decode_tok_s": decode}))
+        return 0
+    process_per_run = args.process_per_run if args.process_per_run is not None else args.provider == "webgpu"
     report = bench(
         models,
         args.provider,
@@ -189,6 +254,7 @@ def main() -> int:
         args.rounds,
         reload=not args.keep_loaded,
         max_length=args.max_length,
+        process_per_run=process_per_run,
     )
     print(markdown(report))
     if args.json:

@@ -7,6 +7,8 @@ ran; its mean over the decode loop times ms/token estimates the GPU's busy time 
 token, and the rest is host time (dispatch, genai's sampling, synchronization). Coarse
 (NVML's period is 1/6 s to 1 s), so decode runs long enough for several periods. The
 WebGPU plugin EP writes no GPU timestamps into onnxruntime's profile, hence this.
+To compare global WebGPU provider options (maxNumPendingDispatches, ...), measure each
+folder in a process of its own: genai keeps the first model's WebGPU context until exit.
 """
 
 from __future__ import annotations

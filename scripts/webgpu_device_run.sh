@@ -8,6 +8,8 @@
 #   bash scripts/webgpu_device_run.sh qwen35    # Qwen3.5-0.8B shape: plugin-EP parity of the tiny hybrids and the
 #                                               # sliding-window families, ours vs the reference on webgpu and cpu
 #   bash scripts/webgpu_device_run.sh qwen35-4b # Qwen3.5-4B shape on cpu: build time/RSS/nodes, decode, prefill
+#   bash scripts/webgpu_device_run.sh submits    # Qwen3-0.6B shape: maxNumPendingDispatches 64/256/4096 against
+#   bash scripts/webgpu_device_run.sh submits-4b # the default 16, ours and the reference's capture build (4B shape)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -22,6 +24,7 @@ PY=${PY:-python3}
 case $PART in  # the checkpoint each part measures (CKPT overrides it)
     qwen35) CKPT=${CKPT:-qwen3.5-0.8b} ;;
     qwen35-4b) CKPT=${CKPT:-qwen3.5-4b} ;;
+    submits-4b) CKPT=${CKPT:-qwen3-4b} ;;
     *) CKPT=${CKPT:-qwen3-0.6b} ;;
 esac
 ROUNDS=${ROUNDS:-4}
@@ -143,6 +146,31 @@ if [ "$PART" = main ]; then
         PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 120 $PY scripts/check_webgpu.py --target-ort 1.27 --only qwen3 --only llama \
             --only qwen2 --json "$OUT/parity-127.json" 2>&1 | grep -v -i warn | cut -c1-400 | tee -a "$LOG"
     fi
+elif [ "$PART" = submits ] || [ "$PART" = submits-4b ]; then
+    # maxNumPendingDispatches: the plugin EP submits its queue every N dispatches (default 16), also when it
+    # replays a captured graph, where there is no encoding left to overlap; each vkQueueSubmit costs host time.
+    SIZE=$CKPT
+    CK=$W/ck-$CKPT
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
+    log "checkpoint $CKPT ready"
+    ours auto "$CK" &
+    reference ref-graph "$CK" enable_webgpu_graph=true &
+    reference ref-default "$CK" &
+    wait
+    MODELS="ours=$W/auto ref-graph=$W/ref-graph ref-default=$W/ref-default"
+    for n in ${DISPATCHES:-64 256 4096}; do
+        $PY scripts/with_session_options.py "$W/auto" "$W/auto-d$n" provider.maxNumPendingDispatches=$n > /dev/null
+        MODELS="$MODELS ours-d$n=$W/auto-d$n"
+    done
+    $PY scripts/with_session_options.py "$W/ref-graph" "$W/ref-graph-d4096" provider.maxNumPendingDispatches=4096 > /dev/null
+    MODELS="$MODELS ref-graph-d4096=$W/ref-graph-d4096"
+    timeout 400 $PY scripts/bench_genai.py $MODELS --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS \
+        --json "$OUT/bench-submits-$SIZE.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    # GPU busy share per token, one process per model (genai keeps the first model's WebGPU context).
+    for m in ${BUSY:-}; do
+        timeout 60 $PY scripts/gpu_busy.py $m=$W/$m --prompt $PROMPT --new 512 --json "$OUT/gpu-busy-$SIZE-$m.json" 2>&1 \
+            | grep -v -i warn | tee -a "$LOG"
+    done
 elif [ "$PART" = parity ]; then
     timeout 400 $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
