@@ -230,6 +230,7 @@ def make_report(
             "ort_version": target.version_text,
             "runtime": target.runtime,
             "graph_capture": target.graph_capture,
+            "logits": "last" if plan.last_logits else "all",
             "io_dtype": str(plan.io_dtype),
             "accuracy_level": plan.accuracy_level,
         },

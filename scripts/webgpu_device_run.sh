@@ -10,6 +10,8 @@
 #   bash scripts/webgpu_device_run.sh qwen35-4b # Qwen3.5-4B shape on cpu: build time/RSS/nodes, decode, prefill
 #   bash scripts/webgpu_device_run.sh submits    # Qwen3-0.6B shape: maxNumPendingDispatches 64/256/4096 against
 #   bash scripts/webgpu_device_run.sh submits-4b # the default 16, ours and the reference's capture build (4B shape)
+#   bash scripts/webgpu_device_run.sh logits     # --logits last vs all (webgpu + cpu) beside the reference's
+#   bash scripts/webgpu_device_run.sh logits-4b  # capture, default and prune_lm_head builds (4B: webgpu only)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -24,7 +26,7 @@ PY=${PY:-python3}
 case $PART in  # the checkpoint each part measures (CKPT overrides it)
     qwen35) CKPT=${CKPT:-qwen3.5-0.8b} ;;
     qwen35-4b) CKPT=${CKPT:-qwen3.5-4b} ;;
-    submits-4b) CKPT=${CKPT:-qwen3-4b} ;;
+    submits-4b|logits-4b) CKPT=${CKPT:-qwen3-4b} ;;
     *) CKPT=${CKPT:-qwen3-0.6b} ;;
 esac
 ROUNDS=${ROUNDS:-4}
@@ -171,6 +173,26 @@ elif [ "$PART" = submits ] || [ "$PART" = submits-4b ]; then
         timeout 60 $PY scripts/gpu_busy.py $m=$W/$m --prompt $PROMPT --new 512 --json "$OUT/gpu-busy-$SIZE-$m.json" 2>&1 \
             | grep -v -i warn | tee -a "$LOG"
     done
+elif [ "$PART" = logits ] || [ "$PART" = logits-4b ]; then
+    # --logits last against all, beside the reference's capture, default and prune_lm_head builds.
+    CK=$W/ck-$CKPT
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
+    ours all "$CK" --logits all &
+    ours last "$CK" --logits last &
+    reference ref-graph "$CK" enable_webgpu_graph=true &
+    reference ref-default "$CK" &
+    reference ref-graph-prune "$CK" enable_webgpu_graph=true prune_lm_head=true &
+    if [ "$PART" = logits ]; then
+        ( $PY -m builder -m "$CK" -p int4 -e cpu -o "$W/cpu-all" --logits all --overwrite > "$W/cpu-all.log" 2>&1 ) &
+        ( $PY -m builder -m "$CK" -p int4 -e cpu -o "$W/cpu-last" --logits last --overwrite > "$W/cpu-last.log" 2>&1 ) &
+    fi
+    wait
+    timeout 330 $PY scripts/bench_genai.py ours=$W/all ours-last=$W/last ref-graph=$W/ref-graph \
+        ref-graph-prune=$W/ref-graph-prune ref-default=$W/ref-default --provider webgpu --prompt $PROMPT --new $NEW \
+        --rounds $ROUNDS --json "$OUT/bench-last-webgpu-$CKPT.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    [ "$PART" = logits ] && timeout 150 $PY scripts/bench_genai.py ours=$W/cpu-all ours-last=$W/cpu-last \
+        --provider cpu --prompt $PROMPT --new 32 --rounds 3 --json "$OUT/bench-last-cpu-$CKPT.json" 2>&1 \
+        | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = parity ]; then
     timeout 400 $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then

@@ -40,6 +40,12 @@ COMMON = {
     "Cast",
     "Shape",
     "ReduceMax",
+    # the last-token selection before the lm_head (--logits last)
+    "Min",
+    "Unsqueeze",
+    "GatherND",
+    "Equal",
+    "ArgMax",
 }
 EP_OPS = {
     "cpu": COMMON | {"BranchwiseRMSNorm", "RotaryEmbedding"},

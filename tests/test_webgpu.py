@@ -25,10 +25,29 @@ from builder.verify import onnx_logits, onnx_session
 WEBGPU_OPS = (COMMON - {"Shape"}) | {"FastGelu"}
 
 
+# int64 index plumbing the WebGPU EP runs on the GPU: ArgMax's output is int64 by definition and
+# GatherND's indices must be (the last-token selection; captured on the H200, docs/packing.md).
+INT64_INDEX_PRODUCERS = {"ArgMax", "Cast", "Unsqueeze"}
+INT64_INDEX_CONSUMERS = {"Cast", "Unsqueeze", "GatherND"}
+
+
 def int64_values(model) -> set[str]:
-    """Names of every int64 tensor the graph computes (after ONNX shape inference)."""
+    """Names of the int64 tensors the graph computes (after ONNX shape inference), other than
+    index plumbing from ArgMax/Cast/Unsqueeze into Cast/Unsqueeze/GatherND."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    return {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.INT64}
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    consumers: dict[str, set] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.op_type)
+    return {
+        v.name
+        for v in inferred.graph.value_info
+        if v.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        and not (
+            producers.get(v.name) in INT64_INDEX_PRODUCERS and consumers.get(v.name, set()) <= INT64_INDEX_CONSUMERS
+        )
+    }
 
 
 def load(result):
@@ -98,12 +117,18 @@ def test_graph_capture_on_is_refused_where_the_runtime_does_not_capture(built, e
         built("qwen3", precision="int4" if ep != "cuda" else "fp16", ep=ep, target_ort=target_ort, graph_capture="on")
 
 
-def test_capture_ready_metadata_computes_the_same_logits(built):
-    """The int32 mask arithmetic gives the numbers the Shape form gives (run on the CPU EP)."""
+@pytest.mark.parametrize("logits", ["all", "last"])
+def test_capture_ready_metadata_computes_the_same_logits(built, logits):
+    """The int32 mask arithmetic (and the Shape-free last-token selection) gives the numbers the
+    Shape form gives (run on the CPU EP)."""
     ids, steps = np.arange(3, 14)[None], [5, 9, 2]
-    captured = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep="webgpu").output), ids, steps)
+    captured = onnx_logits(
+        onnx_session(built("qwen3", precision="fp32", ep="webgpu", logits=logits).output), ids, steps
+    )
     plain = onnx_logits(
-        onnx_session(built("qwen3", precision="fp32", ep="webgpu", graph_capture="off").output), ids, steps
+        onnx_session(built("qwen3", precision="fp32", ep="webgpu", graph_capture="off", logits=logits).output),
+        ids,
+        steps,
     )
     for a, b in zip(captured, plain):
         np.testing.assert_array_equal(a, b)

@@ -20,7 +20,7 @@ from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout, choose_layout
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
-from builder.kit.targets import Target
+from builder.kit.targets import WEBGPU_LAST_MONOLITHIC, Target
 from quant import QuantScheme
 
 # GroupQueryAttention's seqlens_k and total_sequence_length are int32.
@@ -38,6 +38,7 @@ class BuildPlan:
     context_length: int
     genai_type: str  # model.type in genai_config.json
     architecture: str  # the HF architectures name being built
+    last_logits: bool = False  # logits [B, 1, V] for each row's last token (--logits)
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
 
@@ -111,9 +112,21 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         context_length=context,
         genai_type=family.genai_type,
         architecture=names[0] if isinstance(names, list) else str(names),
+        last_logits=wants_last_logits(options, target),
         notes=layout.notes,
         warnings=tuple(warnings),
     )
+
+
+def wants_last_logits(options: BuildOptions, target: Target) -> bool:
+    """--logits resolved. onnxruntime-genai reads logits [B, 1, V] as the last token's
+    (Model::IsPruned) and samples from nothing else, so genai folders need no more;
+    transformers.js pipelines are left with every position (docs/packing.md#last-token-logits)."""
+    if options.logits != "auto":
+        return options.logits == "last"
+    # onnxruntime-webgpu 1.27 was not run with the selection's GatherND: it keeps every position.
+    legacy_webgpu = target.ep == "webgpu" and target.ort_version <= WEBGPU_LAST_MONOLITHIC
+    return options.format == "genai" and not legacy_webgpu
 
 
 def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:

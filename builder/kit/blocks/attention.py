@@ -24,7 +24,8 @@ def declare_inputs(em: Emitter) -> None:
     g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
     if not em.plan.layout.rotary_in_gqa:
         g.add_input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-    g.add_output("logits", em.plan.io_type, ["batch_size", "sequence_length", s.vocab_size])
+    positions = 1 if em.plan.last_logits else "sequence_length"
+    g.add_output("logits", em.plan.io_type, ["batch_size", positions, s.vocab_size])
 
 
 def attention_metadata(em: Emitter, ropes: dict) -> None:

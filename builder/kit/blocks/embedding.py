@@ -8,6 +8,7 @@ Tied int4 models read the lm_head's MatMulNBits bytes through GatherBlockQuantiz
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from builder.kit.blocks.emitter import Emitter
 from builder.kit.graph import MS_DOMAIN
@@ -71,6 +72,8 @@ def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
 
 def logits(em: Emitter, hidden: str, lm_head: QuantizedTensor | str) -> None:
     g = em.graph
+    if em.plan.last_logits:
+        hidden = last_positions(em, hidden)
     if isinstance(lm_head, QuantizedTensor):
         out = em.proj.matmul_nbits(hidden, "/lm_head/MatMulNBits", lm_head)
     elif lm_head == em.weight(None, f"{EMBED}.weight"):
@@ -81,3 +84,32 @@ def logits(em: Emitter, hidden: str, lm_head: QuantizedTensor | str) -> None:
     # Nothing reads the projection's output yet, so renaming it costs no Identity node.
     assert g.nodes[-1].output[0] == out
     g.nodes[-1].output[0] = "logits"
+
+
+def last_positions(em: Emitter, hidden: str) -> str:
+    """hidden [B, S, H] -> [B, 1, H]: each row's last token of this call.
+
+    onnxruntime-genai pads batched prompts on the right (PadInputs), so a shorter row's last
+    token is at seqlens_k (its unpadded length - 1), not at S - 1; in decode steps and later
+    chunks of one sequence seqlens_k counts the past too, and S - 1 is the last token.
+    """
+    g = em.graph
+    base = "/lm_head/last_position"
+    if em.plan.target.graph_capture:
+        # Shape runs on the CPU, which a captured graph may not hold: the last index of an
+        # all-equal [B, S] row (ArgMax, select_last_index) is S - 1, on the GPU.
+        ids = g.op("Cast", ["input_ids"], f"{base}/Cast_ids", to=TensorProto.INT32)
+        same = g.op("Equal", [ids, ids], f"{base}/Equal")
+        ones = g.op("Cast", [same], f"{base}/Cast_same", to=TensorProto.FLOAT)
+        last = g.op("ArgMax", [ones], f"{base}/ArgMax", axis=1, keepdims=0, select_last_index=1)
+        last = g.op("Cast", [last], f"{base}/Cast_last", to=TensorProto.INT32)
+        index = g.op("Min", [em.shared["seqlens_k"], last], f"{base}/Min")
+        index = g.op("Cast", [index], f"{base}/Cast_index", to=TensorProto.INT64)
+    else:
+        length = g.op("Shape", ["input_ids"], f"{base}/Shape", start=1, end=2)
+        last = g.op("Sub", [length, g.constant([1])], f"{base}/Sub")
+        seqlens = g.op("Cast", [em.shared["seqlens_k"]], f"{base}/Cast", to=TensorProto.INT64)
+        index = g.op("Min", [seqlens, last], f"{base}/Min")
+    index = g.op("Unsqueeze", [index, g.constant([1])], f"{base}/Unsqueeze")
+    rows = g.op("GatherND", [hidden, index], f"{base}/GatherND", batch_dims=1)
+    return g.op("Unsqueeze", [rows, g.constant([1])], f"{base}/Unsqueeze_rows")

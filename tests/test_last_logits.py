@@ -1,0 +1,102 @@
+"""--logits last: logits [B, 1, V] for each row's last token, as onnxruntime-genai samples them.
+
+onnxruntime-genai pads a batch of prompts on the right, so the rows of a batch must each be read
+at their own last token, not at the batch's last column; these tests put batches of unequal
+prompts through genai and through plain sessions and compare every row with the same prompt
+alone and with transformers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from builder import BuildOptions
+from builder.verify import dequantized_reference, onnx_logits, onnx_session, torch_logits
+
+PROMPTS = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
+
+
+def logits_dims(result) -> list:
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    out = next(o for o in model.graph.output if o.name == "logits")
+    return [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize(
+    "options,positions",
+    [
+        ({"ep": "cpu"}, 1),  # genai folders: the last token only
+        ({"ep": "cpu", "logits": "all"}, "sequence_length"),
+        ({"ep": "webgpu"}, 1),  # captured: the selection without Shape
+        ({"ep": "webgpu", "graph_capture": "off"}, 1),
+        ({"ep": "webgpu", "target_ort": "1.27"}, "sequence_length"),  # not run there with it
+        ({"ep": "webgpu", "logits": "all"}, "sequence_length"),
+        ({"ep": "cpu", "format": "transformers.js"}, "sequence_length"),
+    ],
+)
+def test_which_positions_get_logits(built, options, positions):
+    result = built("qwen3", precision="int4", **options)
+    assert logits_dims(result)[1] == positions
+    assert result.report["target"]["logits"] == ("last" if positions == 1 else "all")
+
+
+def first_step_logits(folder, prompts, pad: int) -> np.ndarray:
+    """genai's logits after the prompts (right-padded by us as genai pads them), [B, V]."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=32, batch_size=len(prompts))
+    generator = og.Generator(model, params)
+    width = max(map(len, prompts))
+    generator.append_tokens(np.array([p + [pad] * (width - len(p)) for p in prompts], np.int32))
+    out = np.asarray(generator.get_logits(), np.float32)
+    return out.reshape(len(prompts), -1)
+
+
+@pytest.mark.parametrize("logits", ["last", "all"])
+def test_genai_batch_rows_match_transformers(built, checkpoint, logits):
+    """Each row of a right-padded batch gets its own prompt's last-token logits."""
+    result = built("qwen3", precision="fp32", logits=logits)
+    pad = 477  # the tiny tokenizer's pad token (genai_config pad_token_id)
+    batch = first_step_logits(result.output, PROMPTS, pad)
+    reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
+    for row, prompt in enumerate(PROMPTS):
+        expected = torch_logits(reference, np.array([prompt]), [])[0][0, -1]
+        np.testing.assert_allclose(batch[row], expected, rtol=0, atol=1e-4)
+        alone = first_step_logits(result.output, [prompt], pad)[0]
+        np.testing.assert_allclose(batch[row], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ep", ["cpu", "webgpu"])
+def test_last_equals_the_last_row_of_all(built, ep):
+    """Same numbers as every-position logits at the prompt's last token and at each decode step
+    (the webgpu builds run on the CPU EP here: the captured form's selection is plain ONNX)."""
+    ids, steps = np.arange(3, 14)[None], [5, 9, 2]
+    last = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep=ep, logits="last").output), ids, steps)
+    every = onnx_logits(onnx_session(built("qwen3", precision="fp32", ep=ep, logits="all").output), ids, steps)
+    assert last[0].shape == (1, 1, every[0].shape[-1])
+    np.testing.assert_allclose(last[0], every[0][:, -1:], rtol=0, atol=1e-6)
+    for a, b in zip(last[1:], every[1:]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ep", ["cpu", "webgpu"])
+def test_padded_rows_in_a_plain_session(built, ep):
+    """Right-padded batch through onnxruntime directly: row b is read at its own last token."""
+    session = onnx_session(built("qwen3", precision="fp32", ep=ep, logits="last").output)
+    every = onnx_session(built("qwen3", precision="fp32", logits="all").output)
+    width = max(map(len, PROMPTS))
+    ids = np.array([p + [0] * (width - len(p)) for p in PROMPTS], np.int64)
+    mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in PROMPTS], np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feed[i.name] = np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)
+    got = session.run(["logits"], feed)[0]
+    full = every.run(["logits"], feed)[0]
+    assert got.shape == (2, 1, full.shape[-1])
+    for row, prompt in enumerate(PROMPTS):
+        np.testing.assert_allclose(got[row, 0], full[row, len(prompt) - 1], rtol=0, atol=1e-5)
