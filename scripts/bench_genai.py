@@ -74,7 +74,7 @@ def bench(
     warmup: int = 1,
     reload: bool = True,
     max_length: int | None = None,
-    process_per_run: bool = False,
+    process_per_run: bool | None = None,
 ) -> dict:
     """Interleaved timing of every model; see the module docstring.
 
@@ -83,6 +83,8 @@ def bench(
     same files for its whole life (8/8 rounds), so timings of long-lived sessions
     compare session placement as much as models. Fresh sessions average that out.
     """
+    if process_per_run is None:  # see the module docstring
+        process_per_run = provider == "webgpu"
     if process_per_run:
         return bench_in_processes(models, provider, prompt_len, new_tokens, rounds, max_length)
     errors = {}
@@ -245,7 +247,6 @@ def main() -> int:
         prefill, decode = run_once(model, args.prompt, args.new, max_length=args.max_length)
         print(json.dumps({"prefill_s": prefill, "decode_tok_s": decode}))
         return 0
-    process_per_run = args.process_per_run if args.process_per_run is not None else args.provider == "webgpu"
     report = bench(
         models,
         args.provider,
@@ -254,7 +255,7 @@ def main() -> int:
         args.rounds,
         reload=not args.keep_loaded,
         max_length=args.max_length,
-        process_per_run=process_per_run,
+        process_per_run=args.process_per_run,
     )
     print(markdown(report))
     if args.json:
