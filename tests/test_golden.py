@@ -52,6 +52,6 @@ def test_outputs_unchanged(checkpoint, tmp_path, key):
         logits = onnx_logits(onnx_session(result.output), ids, RECORD["decode"])
         got = np.concatenate([x.reshape(-1, x.shape[-1]) for x in logits])
         want = LOGITS[stored]
-        if logits[0].shape[1] == 1:  # --logits last, the genai default since: the prompt's last position
+        if logits[0].shape[1] == 1:  # --logits last (the genai default from session 5): the prompt's last position
             want = want[ids.shape[1] - 1 :]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
