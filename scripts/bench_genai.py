@@ -241,6 +241,8 @@ def main() -> int:
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
+    if args.keep_loaded and args.process_per_run:
+        parser.error("--keep-loaded keeps sessions in this process; it cannot go with --process-per-run")
     if args.child:  # one timed run for bench_in_processes: load, a short first run, the timed run
         model = load(next(iter(models.values())), args.provider)
         run_once(model, 16, 4, max_length=args.max_length)
@@ -255,7 +257,8 @@ def main() -> int:
         args.rounds,
         reload=not args.keep_loaded,
         max_length=args.max_length,
-        process_per_run=args.process_per_run,
+        # --keep-loaded means long-lived sessions in this process, so no process per run.
+        process_per_run=False if args.keep_loaded else args.process_per_run,
     )
     print(markdown(report))
     if args.json:
