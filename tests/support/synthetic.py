@@ -230,6 +230,10 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
+# The tiny sparse block the Qwen3.5-MoE and Qwen3-Next configs share: 4 experts, top 2, a shared expert.
+_QWEN35_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96)
+
+
 def _qwen35_text(arch: str, model_type: str, **dims) -> dict:
     """A Qwen3.5-family text config in the key style of the hub's (rope_parameters with
     partial_rotary_factor and mRoPE sections, linear_* keys). Tiny dims: Hk=2 < Hv=4 key/value
@@ -318,10 +322,7 @@ TINY_CONFIGS.update(
                 "qwen3_5_moe_text",
                 tie_word_embeddings=False,
                 layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
-                num_experts=4,
-                num_experts_per_tok=2,
-                moe_intermediate_size=64,
-                shared_expert_intermediate_size=96,
+                **_QWEN35_MOE,
             ),
         ),
         # Text-only MoE (what transformers' Qwen3_5MoeForCausalLM.save_pretrained writes): model.* weights,
@@ -331,10 +332,7 @@ TINY_CONFIGS.update(
             "qwen3_5_moe_text",
             tie_word_embeddings=False,
             layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=64,
-            shared_expert_intermediate_size=96,
+            **_QWEN35_MOE,
         ),
         # Qwen3-Next: fused interleaved in_proj_qkvz / in_proj_ba, MoE with a dense layer 1 (mlp_only_layers).
         "qwen3-next": _qwen35_text(
@@ -342,10 +340,7 @@ TINY_CONFIGS.update(
             "qwen3_next",
             tie_word_embeddings=False,
             full_attention_interval=4,
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=64,
-            shared_expert_intermediate_size=96,
+            **_QWEN35_MOE,
             decoder_sparse_step=1,
             mlp_only_layers=[1],
             norm_topk_prob=True,
