@@ -12,6 +12,9 @@
 #   bash scripts/webgpu_device_run.sh submits-4b # the default 16, ours and the reference's capture build (4B shape)
 #   bash scripts/webgpu_device_run.sh logits     # --logits last vs all (webgpu + cpu) beside the reference's
 #   bash scripts/webgpu_device_run.sh logits-4b  # capture, default and prune_lm_head builds (4B: webgpu only)
+#   bash scripts/webgpu_device_run.sh formats    # weight formats that pick other MatMulNBits kernels (fp32
+#                                                # activations, block 16/64, zero points) at 0.6B and 4B, and
+#                                                # plugin-EP parity of the windowed and text-only Qwen3.5 families
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -193,6 +196,29 @@ elif [ "$PART" = logits ] || [ "$PART" = logits-4b ]; then
     [ "$PART" = logits ] && timeout 150 $PY scripts/bench_genai.py ours=$W/cpu-all ours-last=$W/cpu-last \
         --provider cpu --prompt $PROMPT --new 32 --rounds 3 --json "$OUT/bench-last-cpu-$CKPT.json" 2>&1 \
         | grep -v -i warn | tee -a "$LOG"
+elif [ "$PART" = formats ]; then
+    # The EP picks its MatMulNBits kernel from the build: fp32 activations take the DP4A path at M = 1,
+    # fp16 ones a tiled dot product; block size and zero points change what each thread reads.
+    ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --only mistral --only gemma3 \
+        --only qwen3_5-text --json "$OUT/parity-formats.json" > "$W/parity.log" 2>&1 ) &
+    PARITY=$!
+    for size in ${FORMAT_CKPTS:-qwen3-0.6b qwen3-4b}; do
+        CK=$W/ck-$size
+        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py $size "$CK" > /dev/null
+        log "checkpoint $size ready"
+        ours f-auto-$size "$CK" &
+        ours f-io32-$size "$CK" --io-dtype fp32 &
+        ours f-b64-$size "$CK" --block-size 64 &
+        ours f-b16-$size "$CK" --block-size 16 &
+        ours f-asym-$size "$CK" --no-symmetric &
+        wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
+        MODELS=""
+        for v in auto io32 b64 b16 asym; do MODELS="$MODELS $v=$W/f-$v-$size"; done
+        timeout 200 $PY scripts/bench_genai.py $MODELS --provider webgpu --prompt $PROMPT --new $NEW \
+            --rounds ${FORMAT_ROUNDS:-3} --json "$OUT/bench-formats-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    done
+    wait $PARITY
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
 elif [ "$PART" = parity ]; then
     timeout 400 $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
