@@ -73,9 +73,12 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     target = Target.from_options(options)
     spec = family.make_spec(config, target)
     if target.graph_capture and spec.sliding_layers:
-        # Sliding-window layers under capture: on the plugin EP (H200, 2026-12-03) genai's
+        # Sliding-window layers under capture: on the plugin EP (H200 and lavapipe) genai's
         # greedy tokens of tiny Mistral/Gemma 3 left transformers' once the sequence passed
-        # the window, while plain sessions of the same graphs matched (docs/packing.md#graph-capture).
+        # the window, while plain sessions of the same graphs matched. The EP's GQA picks its
+        # windowed kernel and writes its lengths on the host, so a replay repeats the recorded
+        # step's window; a bias input cannot stand in, its width must follow the length
+        # (docs/packing.md#graph-capture).
         if options.graph_capture == "on":
             raise BuilderError(
                 "--graph-capture on: this model has sliding-window layers, which gave wrong "
