@@ -203,6 +203,34 @@ def genai_greedy_logits(
     return [int(t) for t in generator.get_sequence(0)], logits
 
 
+def genai_batch_greedy(
+    model_dir: str | Path, prompts: list[list[int]], new_tokens: int, provider: str | None = None
+) -> tuple[np.ndarray, list[list[int]]]:
+    """One genai batch of prompts of unequal length, right-padded with the folder's pad token as
+    genai pads them: the logits after the prompts [B, V] and each row's new_tokens greedy tokens."""
+    import json
+
+    import onnxruntime_genai as og
+
+    from builder.ep_runtime import genai_model
+
+    pad = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["pad_token_id"]
+    model = genai_model(og, model_dir, provider)
+    params = og.GeneratorParams(model)
+    width = max(map(len, prompts))
+    total = width + new_tokens
+    params.set_search_options(do_sample=False, max_length=total, min_length=total, batch_size=len(prompts))
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([p + [pad] * (width - len(p)) for p in prompts], np.int32))
+    first = np.asarray(generator.get_logits(), np.float32).reshape(len(prompts), -1)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    for _ in range(new_tokens):
+        generator.generate_next_token()
+        for row, token in enumerate(generator.get_next_tokens()):
+            tokens[row].append(int(token))
+    return first, tokens
+
+
 def torch_step_logits(model, tokens: list[int], prompt_length: int) -> list[np.ndarray]:
     """transformers' logits at positions prompt_length-1 .. len(tokens)-2: the ones that
     chose tokens[prompt_length:], one full forward pass (no cache)."""

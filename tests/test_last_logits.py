@@ -8,15 +8,12 @@ alone and with transformers.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
 from builder import BuildOptions
-from builder.verify import dequantized_reference, onnx_logits, onnx_session, torch_logits
+from builder.verify import dequantized_reference, genai_batch_greedy, onnx_logits, onnx_session, torch_logits
 
 PROMPTS = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
 
@@ -45,38 +42,17 @@ def test_which_positions_get_logits(built, options, positions):
     assert result.report["target"]["logits"] == ("last" if positions == 1 else "all")
 
 
-def genai_run(folder, prompts, new_tokens: int = 4) -> tuple[np.ndarray, list[list[int]]]:
-    """genai's logits after the prompts [B, V] (right-padded with the folder's pad token, as
-    genai pads a batch) and each row's next new_tokens greedy tokens."""
-    import onnxruntime_genai as og
-
-    pad = json.loads((Path(folder) / "genai_config.json").read_text())["model"]["pad_token_id"]
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=32, batch_size=len(prompts))
-    generator = og.Generator(model, params)
-    width = max(map(len, prompts))
-    generator.append_tokens(np.array([p + [pad] * (width - len(p)) for p in prompts], np.int32))
-    first = np.asarray(generator.get_logits(), np.float32).reshape(len(prompts), -1)
-    tokens: list[list[int]] = [[] for _ in prompts]
-    for _ in range(new_tokens):
-        generator.generate_next_token()
-        for row, token in enumerate(generator.get_next_tokens()):
-            tokens[row].append(int(token))
-    return first, tokens
-
-
 @pytest.mark.parametrize("logits", ["last", "all"])
 def test_genai_batch_rows_match_transformers(built, checkpoint, logits):
     """Each row of a right-padded batch gets its own prompt's last-token logits, and decodes the
     tokens it decodes alone."""
     result = built("qwen3", precision="fp32", logits=logits)
-    batch, batch_tokens = genai_run(result.output, PROMPTS)
+    batch, batch_tokens = genai_batch_greedy(result.output, PROMPTS, 4)
     reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
     for row, prompt in enumerate(PROMPTS):
         expected = torch_logits(reference, np.array([prompt]), [])[0][0, -1]
         np.testing.assert_allclose(batch[row], expected, rtol=0, atol=1e-4)
-        alone, alone_tokens = genai_run(result.output, [prompt])
+        alone, alone_tokens = genai_batch_greedy(result.output, [prompt], 4)
         np.testing.assert_allclose(batch[row], alone[0], rtol=0, atol=1e-5)
         assert batch_tokens[row] == alone_tokens[0]
 

@@ -193,9 +193,9 @@ class BuildOptions:
             "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
             "arithmetic in int32 without Shape). auto: on where the target runtime captures "
             "(webgpu with the plugin EP) unless the model has sliding-window layers, off elsewhere. "
-            "off: the uncaptured graph, for "
-            "profiling or debugging one kernel at a time; it decoded 0.78x as fast "
-            "(docs/packing.md#graph-capture).",
+            "off: the uncaptured graph, for beam search (onnxruntime-genai refuses capture "
+            "with num_beams > 1) and for profiling or debugging one kernel at a time; it "
+            "decoded 0.78x as fast (docs/packing.md#graph-capture).",
         ),
     )
     max_length: int | None = field(
