@@ -12,6 +12,8 @@ For each case, two checks against transformers running the same (dequantized) we
 - `genai_batch_tokens_equal`: a genai batch of two prompts of unequal length (right-padded,
   as genai pads them): each row's 12 greedy tokens equal transformers' for that prompt alone
   (not for the hybrids, whose recurrent state genai 0.18 cannot keep apart from padding).
+Where tokens part, `*_first_mismatch`/`*_divergence` give the first new token that differs and
+how far transformers' logit for its own token was above genai's choice (a near-tie when small).
 The WebGPU plugin EP is registered when installed (builder/ep_runtime.py). Builds that the
 runtime refuses are reported with the error.
 """
@@ -69,6 +71,18 @@ BATCH = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
 RECURRENT = ("qwen3_5", "qwen3-next")  # genai 0.18: padding leaks into a row's recurrent state
 
 
+def divergence(reference, prompt: list[int], ours: list[int], theirs: list[int]) -> tuple:
+    """(index of the first new token where genai left transformers, or None; how many logits
+    transformers preferred its own token there over genai's). A gap near the quantization noise
+    is a near-tie that any rounding can flip; a large one is a wrong graph."""
+    new = len(prompt)
+    index = next((i for i, (a, b) in enumerate(zip(ours[new:], theirs[new:])) if a != b), None)
+    if index is None:
+        return None, None
+    logits = torch_step_logits(reference, theirs, new)[index]
+    return index, round(float(logits[theirs[new + index]] - logits[ours[new + index]]), 5)
+
+
 def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: str | None) -> dict:
     ckpt = work / config
     if not ckpt.exists():
@@ -101,13 +115,16 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
         theirs = transformers_greedy(reference, prompt, 16)
         row["genai_tokens_equal"] = ours == theirs
-        row["genai_first_mismatch"] = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+        row["genai_first_mismatch"], row["genai_mismatch_gap"] = divergence(reference, prompt, ours, theirs)
         genai = compare(torch_step_logits(reference, ours, len(prompt)), logits)
         row["genai_nmse"], row["genai_argmax_agree"] = genai.nmse, genai.argmax_agree
         if not config.startswith(RECURRENT):
             _, rows = genai_batch_greedy(result.output, list(map(list, BATCH)), 12, provider="webgpu")
             expected = [transformers_greedy(reference, list(p), 12)[len(p) :] for p in BATCH]
             row["genai_batch_tokens_equal"] = rows == expected
+            row["genai_batch_divergence"] = [
+                divergence(reference, list(p), list(p) + r, list(p) + e) for p, r, e in zip(BATCH, rows, expected)
+            ]
     except Exception as e:
         row["error"] = str(e).splitlines()[0][:300]
     return row

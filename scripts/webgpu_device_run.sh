@@ -220,7 +220,7 @@ elif [ "$PART" = formats ]; then
     wait $PARITY
     [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
 elif [ "$PART" = parity ]; then
-    timeout 400 $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
+    timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b
