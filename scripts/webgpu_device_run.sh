@@ -15,10 +15,13 @@
 #   bash scripts/webgpu_device_run.sh formats    # weight formats that pick other MatMulNBits kernels (fp32
 #                                                # activations, block 16/64, zero points) at 0.6B and 4B, and
 #                                                # plugin-EP parity of the windowed and text-only Qwen3.5 families
+#   bash scripts/webgpu_device_run.sh replay     # a captured decode step replayed without genai (scripts/replay_loop.py),
+#                                                # ours and the reference's capture build, beside genai's time per token
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
-# each), GL=a folder with the libvulkan1 .deb. Results go to $OUT (at most 8 files).
+# each), GL=a folder with the .debs of libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
+# (libvulkan1 alone finds no adapter: the NVIDIA ICD needs glvnd). Results go to $OUT (at most 8 files).
 # DRY=1 skips the installs and uses the python/PYTHONPATH of the caller (a local dry run on
 # tiny checkpoints: CKPT=tiny-qwen3).
 set -u
@@ -219,6 +222,20 @@ elif [ "$PART" = formats ]; then
     done
     wait $PARITY
     [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
+elif [ "$PART" = replay ]; then
+    # A decode step's time without genai: the captured step replayed by plain onnxruntime, beside genai's
+    # own time per token for the same folders.
+    CK=$W/ck-$CKPT
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
+    ours auto "$CK" &
+    reference ref-graph "$CK" enable_webgpu_graph=true &
+    wait
+    for m in auto ref-graph; do
+        timeout 90 $PY scripts/replay_loop.py "$W/$m" --past $((PROMPT + NEW / 2)) --json "$OUT/replay-$m.json" 2>&1 \
+            | grep -v -i warn | sed "s/^/$m: /" | tee -a "$LOG"
+    done
+    timeout 120 $PY scripts/bench_genai.py ours=$W/auto ref-graph=$W/ref-graph --provider webgpu --prompt $PROMPT \
+        --new $NEW --rounds ${REPLAY_ROUNDS:-2} --json "$OUT/bench-replay.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = parity ]; then
     timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
