@@ -11,9 +11,10 @@ every step does the same work):
 - `replay_readback`: each step also copies the logits to the host and takes their argmax, the
   least a generation loop must do before it can feed the next token;
 - `replay_readback_upload`: also writes the next input_ids and attention mask from the host,
-  as genai does.
-The difference between the last and genai's own time per token (scripts/bench_genai.py) is
-genai's per-step work.
+  as genai does (through OrtValue copies, which on the H200 cost more than genai's own writes).
+genai's own time per token (scripts/bench_genai.py) against `replay_readback` is genai's
+per-step work; against `replay`, what the per-token host round trip costs
+(docs/webgpu-decode.md).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def main() -> int:
     # (a KV cache of zeros but the step's own entry, as the loops leave it). The uncaptured session
     # runs in a child process: on the H200 a second WebGPU session with other options in the same
     # process did not start.
+    uncaptured = {k: v for k, v in provider_options.items() if k != "enableGraphCapture"}
     worst, chosen = 0.0, []
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         for token in (17, 99):
@@ -132,7 +134,6 @@ def main() -> int:
             for name, spec in inputs.items():
                 if name.startswith("past_key_values."):
                     feeds[name] = np.zeros([1, kv_heads, args.past, head_size], ONNX_TO_NUMPY[spec.type])
-            uncaptured = {k: v for k, v in provider_options.items() if k != "enableGraphCapture"}
             expected = pool.apply(uncaptured_logits, (str(folder / "model.onnx"), uncaptured, feeds))
             if int(np.argmax(replayed)) != int(np.argmax(expected)):
                 raise SystemExit(f"the replayed step chose another token than an uncaptured run for input {token}")
