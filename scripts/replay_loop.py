@@ -15,6 +15,13 @@ every step does the same work):
 genai's own time per token (scripts/bench_genai.py) against `replay_readback` is genai's
 per-step work; against `replay`, what the per-token host round trip costs
 (docs/webgpu-decode.md).
+
+Then each part of a step is timed on its own (`*_run_returns`, `split_*`, `idle_*`; medians
+over the steps): how long Run takes to return, back to back and in a loop that reads each
+step's logits (Run encodes and submits the replay; the GPU starts on the first chunk
+meanwhile); how long the logits then take to reach the host (the GPU finishing, then the
+copy); and, with the GPU idle, a copy of the logits and one of 8 bytes: the readback alone,
+and how much of it is latency rather than bytes.
 """
 
 from __future__ import annotations
@@ -36,9 +43,22 @@ from builder.ep_runtime import ort_session  # noqa: E402
 ONNX_TO_NUMPY = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 
-def uncaptured_logits(model_path: str, provider_options: dict, feeds: dict) -> np.ndarray:
+def uncaptured_logits(model_path: str, provider_options: dict, tokens, past: int, kv_heads: int, head_size: int):
+    """The step for each token, run uncaptured on the WebGPU EP: a KV cache of `past` zeros, as the
+    replays see it (WebGPU zero-fills new buffers; each replay writes only its own position)."""
     session = ort_session(model_path, "WebGpuExecutionProvider", provider_options=provider_options)
-    return session.run(["logits"], feeds)[0].reshape(-1).astype(np.float32)
+    feeds = {"attention_mask": np.ones((1, past + 1), np.int64)}
+    for spec in session.get_inputs():
+        if spec.name.startswith("past_key_values."):
+            feeds[spec.name] = np.zeros([1, kv_heads, past, head_size], ONNX_TO_NUMPY[spec.type])
+    return [
+        session.run(["logits"], {**feeds, "input_ids": np.array([[token]], np.int64)})[0].reshape(-1).astype(np.float32)
+        for token in tokens
+    ]
+
+
+def median_ms(seconds: list[float]) -> float:
+    return round(statistics.median(seconds) * 1e3, 3)
 
 
 def main() -> int:
@@ -62,6 +82,16 @@ def main() -> int:
     )
     if provider_options.get("enableGraphCapture") != "1":
         parser.error(f"{folder} is not a capture build (genai_config enableGraphCapture)")
+    # From genai_config, not the inputs' shapes: the reference builder leaves its dims symbolic.
+    kv_heads, head_size = config["model"]["decoder"]["num_key_value_heads"], config["model"]["decoder"]["head_size"]
+    # What the replays must give, computed first and in a child process: on the H200 a second
+    # WebGPU session did not start while the captured one was open, in this process or another.
+    tokens = (17, 99)
+    uncaptured = {k: v for k, v in provider_options.items() if k != "enableGraphCapture"}
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        expected = pool.apply(
+            uncaptured_logits, (str(folder / "model.onnx"), uncaptured, tokens, args.past, kv_heads, head_size)
+        )
     session = ort_session(folder / "model.onnx", "WebGpuExecutionProvider", provider_options=provider_options)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
@@ -76,8 +106,6 @@ def main() -> int:
     ids.update_inplace(ids_host)
     mask.update_inplace(mask_host)
     binding = session.io_binding()
-    # From genai_config, not the input's shape: the reference builder leaves its dims symbolic.
-    kv_heads, head_size = config["model"]["decoder"]["num_key_value_heads"], config["model"]["decoder"]["head_size"]
     binding.bind_ortvalue_input("input_ids", ids)
     binding.bind_ortvalue_input("attention_mask", mask)
     for name, spec in inputs.items():
@@ -91,11 +119,15 @@ def main() -> int:
     run_options = ort.RunOptions()
     run_options.add_run_config_entry("gpu_graph_id", "1")
 
+    run_returns = []
+
     def step(readback: bool, upload: bool) -> None:
         if upload:
             ids.update_inplace(ids_host)
             mask.update_inplace(mask_host)
+        start = time.perf_counter()
         session.run_with_iobinding(binding, run_options)
+        run_returns.append(time.perf_counter() - start)
         if readback:
             int(np.argmax(logits.numpy()))
 
@@ -109,36 +141,53 @@ def main() -> int:
         ("replay_readback_upload", True, True),
     ]:
         times = []
+        run_returns.clear()
         for _ in range(3):
             start = time.perf_counter()
             for _ in range(args.steps):
                 step(readback, upload)
             logits.numpy()  # wait for the GPU
-            times.append((time.perf_counter() - start) / args.steps * 1e3)
-        result[f"{name}_ms"] = round(statistics.median(times), 3)
-        print(f"{name}: {result[f'{name}_ms']:.3f} ms a step (median of 3 x {args.steps})", flush=True)
+            times.append((time.perf_counter() - start) / args.steps)
+        result[f"{name}_ms"] = median_ms(times)
+        result[f"{name}_run_returns_ms"] = median_ms(run_returns)
+        print(
+            f"{name}: {result[f'{name}_ms']:.3f} ms a step (median of 3 x {args.steps}); "
+            f"Run returns in {result[f'{name}_run_returns_ms']:.3f} ms",
+            flush=True,
+        )
+    split = {"run_returns": [], "logits_on_host": []}
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        session.run_with_iobinding(binding, run_options)
+        t1 = time.perf_counter()
+        int(np.argmax(logits.numpy()))
+        split["run_returns"].append(t1 - t0)
+        split["logits_on_host"].append(time.perf_counter() - t1)
+    small = device([1, 1], "tensor(int64)")
+    small.update_inplace(ids_host)
+    idle = {"logits_readback": [], "8_bytes_readback": []}
+    for _ in range(args.steps):
+        for key, value in zip(idle, (logits, small)):
+            start = time.perf_counter()
+            value.numpy()
+            idle[key].append(time.perf_counter() - start)
+    for prefix, parts in (("split", split), ("idle", idle)):
+        for key, values in parts.items():
+            result[f"{prefix}_{key}_ms"] = median_ms(values)
+        print(f"{prefix}: " + ", ".join(f"{k} {result[f'{prefix}_{k}_ms']:.3f} ms" for k in parts), flush=True)
     if args.json:  # the timings stand even if the check below cannot run
         Path(args.json).write_text(json.dumps(result, indent=2))
-    # The replays compute: two tokens, each against the same step run uncaptured on the same EP
-    # (a KV cache of zeros but the step's own entry, as the loops leave it). The uncaptured session
-    # runs in a child process: on the H200 a second WebGPU session with other options in the same
-    # process did not start.
-    uncaptured = {k: v for k, v in provider_options.items() if k != "enableGraphCapture"}
+    # The replays compute: each token's replay against the same step run uncaptured, and the two
+    # tokens' logits differ.
     worst, chosen = 0.0, []
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        for token in (17, 99):
-            ids_host[0, 0] = token
-            step(True, True)
-            replayed = logits.numpy().reshape(-1).astype(np.float32)
-            feeds = {"input_ids": ids_host.copy(), "attention_mask": mask_host[:, : args.past + 1].copy()}
-            for name, spec in inputs.items():
-                if name.startswith("past_key_values."):
-                    feeds[name] = np.zeros([1, kv_heads, args.past, head_size], ONNX_TO_NUMPY[spec.type])
-            expected = pool.apply(uncaptured_logits, (str(folder / "model.onnx"), uncaptured, feeds))
-            if int(np.argmax(replayed)) != int(np.argmax(expected)):
-                raise SystemExit(f"the replayed step chose another token than an uncaptured run for input {token}")
-            worst = max(worst, float(np.abs(replayed - expected).max()))
-            chosen.append(replayed)
+    for token, want in zip(tokens, expected):
+        ids_host[0, 0] = token
+        step(True, True)
+        replayed = logits.numpy().reshape(-1).astype(np.float32)
+        if int(np.argmax(replayed)) != int(np.argmax(want)):
+            raise SystemExit(f"the replayed step chose another token than an uncaptured run for input {token}")
+        worst = max(worst, float(np.abs(replayed - want).max()))
+        chosen.append(replayed)
     if np.array_equal(*chosen):
         raise SystemExit("the replayed step gave the same logits for two inputs: it did not read them")
     result["check_max_abs_vs_uncaptured"] = worst

@@ -16,7 +16,8 @@
 #                                                # activations, block 16/64, zero points) at 0.6B and 4B, and
 #                                                # plugin-EP parity of the windowed and text-only Qwen3.5 families
 #   bash scripts/webgpu_device_run.sh replay     # a captured decode step replayed without genai (scripts/replay_loop.py),
-#                                                # ours and the reference's capture build, beside genai's time per token
+#                                                # ours and the reference's capture build, beside genai's time per token,
+#                                                # at 0.6B and 4B
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -224,18 +225,23 @@ elif [ "$PART" = formats ]; then
     [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
 elif [ "$PART" = replay ]; then
     # A decode step's time without genai: the captured step replayed by plain onnxruntime, beside genai's
-    # own time per token for the same folders.
-    CK=$W/ck-$CKPT
-    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
-    ours auto "$CK" &
-    reference ref-graph "$CK" enable_webgpu_graph=true &
-    wait
-    for m in auto ref-graph; do
-        timeout 90 $PY scripts/replay_loop.py "$W/$m" --past $((PROMPT + NEW / 2)) --json "$OUT/replay-$m.json" 2>&1 \
-            | grep -v -i warn | sed "s/^/$m: /" | tee -a "$LOG"
+    # own time per token for the same folders (REPLAY_CKPTS: the shapes, 0.6B and 4B by default;
+    # REPLAY_ROUNDS=0 skips genai).
+    for size in ${REPLAY_CKPTS:-qwen3-0.6b qwen3-4b}; do
+        CK=$W/ck-$size
+        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
+        log "checkpoint $size ready"
+        ours auto-$size "$CK" &
+        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+        wait
+        for m in auto ref-graph; do
+            timeout 150 $PY scripts/replay_loop.py "$W/$m-$size" --past $((PROMPT + NEW / 2)) \
+                --json "$OUT/replay-$m-$size.json" 2>&1 | tee "$W/replay-$m-$size.log" | grep -v -i warn | sed "s/^/$m-$size: /" | tee -a "$LOG"
+        done
+        [ "${REPLAY_ROUNDS:-2}" = 0 ] || timeout 150 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size --provider webgpu \
+            --prompt $PROMPT --new $NEW --rounds ${REPLAY_ROUNDS:-2} --json "$OUT/bench-replay-$size.json" 2>&1 \
+            | grep -v -i warn | tee -a "$LOG"
     done
-    timeout 120 $PY scripts/bench_genai.py ours=$W/auto ref-graph=$W/ref-graph --provider webgpu --prompt $PROMPT \
-        --new $NEW --rounds ${REPLAY_ROUNDS:-2} --json "$OUT/bench-replay.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = parity ]; then
     timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
