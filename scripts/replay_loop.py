@@ -12,9 +12,10 @@ every step does the same work):
   least a generation loop must do before it can feed the next token;
 - `replay_readback_upload`: also writes the next input_ids and attention mask from the host,
   as genai does (through OrtValue copies, which on the H200 cost more than genai's own writes).
-genai's own time per token (scripts/bench_genai.py) against `replay_readback` is genai's
-per-step work; against `replay`, what the per-token host round trip costs
-(docs/webgpu-decode.md).
+genai's own time per token (scripts/bench_genai.py) against `replay` is what the per-token
+host round trip costs (docs/webgpu-decode.md). `replay_readback` is only a rough stand-in for
+genai: on some H200 hosts and at 4B each `OrtValue.numpy()` copy slowed the next Run, which
+genai's copies do not.
 
 Then each part of a step is timed on its own (`*_run_returns`, `split_*`, `idle_*`; medians
 over the steps): how long Run takes to return, back to back and in a loop that reads each
