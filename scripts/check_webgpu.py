@@ -12,8 +12,9 @@ For each case, two checks against transformers running the same (dequantized) we
 - `genai_batch_tokens_equal`: a genai batch of two prompts of unequal length (right-padded,
   as genai pads them): each row's 12 greedy tokens equal transformers' for that prompt alone
   (not for the hybrids, whose recurrent state genai 0.18 cannot keep apart from padding).
-Where tokens part, `*_first_mismatch`/`*_divergence` give the first new token that differs and
-how far transformers' logit for its own token was above genai's choice (a near-tie when small).
+Where tokens part, `genai_first_mismatch` and `genai_mismatch_gap` (per batch row:
+`genai_batch_divergence`, the same pair) give the first new token that differs and how far
+transformers' logit for its own token was above genai's choice (a near-tie when small).
 The WebGPU plugin EP is registered when installed (builder/ep_runtime.py). Builds that the
 runtime refuses are reported with the error.
 """
