@@ -18,6 +18,9 @@
 #   bash scripts/webgpu_device_run.sh replay     # a captured decode step replayed without genai (scripts/replay_loop.py),
 #                                                # ours and the reference's capture build, beside genai's time per token,
 #                                                # at 0.6B and 4B
+#   bash scripts/webgpu_device_run.sh hostprof   # where genai's decode step goes on the host (scripts/host_profile.py,
+#                                                # native stack samples), ours and the reference's capture build
+#                                                # (HOSTPROF_CKPTS: qwen3-0.6b by default; PYSPY_WHL: py-spy's wheel)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -241,6 +244,19 @@ elif [ "$PART" = replay ]; then
         [ "${REPLAY_ROUNDS:-2}" = 0 ] || timeout 150 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size --provider webgpu \
             --prompt $PROMPT --new $NEW --rounds ${REPLAY_ROUNDS:-2} --json "$OUT/bench-replay-$size.json" 2>&1 \
             | grep -v -i warn | tee -a "$LOG"
+    done
+elif [ "$PART" = hostprof ]; then
+    [ -n "${PYSPY_WHL:-}" ] && $PY -m pip install -q --no-deps --target /tmp/pyspy "$PYSPY_WHL" 2>&1 | tail -1
+    for size in ${HOSTPROF_CKPTS:-qwen3-0.6b}; do
+        CK=$W/ck-$size
+        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
+        log "checkpoint $size ready"
+        ours auto-$size "$CK" &
+        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+        wait
+        timeout 280 $PY scripts/host_profile.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size --prompt $PROMPT \
+            --new ${HOSTPROF_NEW:-2000} --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} \
+            --json "$OUT/hostprof-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = parity ]; then
     timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
