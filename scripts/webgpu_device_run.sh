@@ -21,6 +21,9 @@
 #   bash scripts/webgpu_device_run.sh hostprof   # where genai's decode step goes on the host (scripts/host_profile.py,
 #                                                # native stack samples), ours and the reference's capture build
 #                                                # (HOSTPROF_CKPTS: qwen3-0.6b by default; PYSPY_WHL: py-spy's wheel)
+#   bash scripts/webgpu_device_run.sh iotypes    # int32 input_ids / attention_mask and fp32 logits (scripts/with_io_types.py),
+#                                                # which spare genai its per-step casts, against ours as built and the
+#                                                # reference's capture build (IOTYPES_CKPTS: qwen3-0.6b by default)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -257,6 +260,47 @@ elif [ "$PART" = hostprof ]; then
         timeout 280 $PY scripts/host_profile.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size --prompt $PROMPT \
             --new ${HOSTPROF_NEW:-2000} --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} \
             --json "$OUT/hostprof-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    done
+elif [ "$PART" = iotypes ]; then
+    [ -n "${PYSPY_WHL:-}" ] && $PY -m pip install -q --no-deps --target /tmp/pyspy "$PYSPY_WHL" 2>&1 | tail -1
+    for size in ${IOTYPES_CKPTS:-qwen3-0.6b}; do
+        CK=$W/ck-$size
+        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
+        log "checkpoint $size ready"
+        ours auto-$size "$CK" &
+        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+        wait
+        $PY scripts/with_io_types.py "$W/auto-$size" "$W/ids-$size" input_ids=int32 | tee -a "$LOG"
+        $PY scripts/with_io_types.py "$W/auto-$size" "$W/idsmask-$size" input_ids=int32 attention_mask=int32 | tee -a "$LOG"
+        $PY scripts/with_io_types.py "$W/auto-$size" "$W/all-$size" input_ids=int32 attention_mask=int32 logits=fp32 \
+            | tee -a "$LOG"
+        # The variants' greedy tokens against the folder as built (64 new tokens, one process).
+        $PY - "$W/auto-$size" "$W/ids-$size" "$W/idsmask-$size" "$W/all-$size" <<'PY' 2>&1 | grep -v -i warn | tee -a "$LOG"
+import sys
+import onnxruntime_genai as og
+from builder.ep_runtime import genai_model
+tokens = {}
+for folder in sys.argv[1:]:
+    model = genai_model(og, folder)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=96)
+    g = og.Generator(model, params)
+    g.append_tokens([(7 * i + 3) % 400 + 1 for i in range(32)])
+    while not g.is_done():
+        g.generate_next_token()
+    tokens[folder] = [int(t) for t in g.get_sequence(0)][32:]
+    del g, model
+base = tokens[sys.argv[1]]
+for folder, seq in tokens.items():
+    print(f"greedy tokens {folder.split('/')[-1]}: {len(seq)}, equal to the folder as built: {seq == base}")
+PY
+        timeout 300 $PY scripts/bench_genai.py ours=$W/auto-$size ids=$W/ids-$size idsmask=$W/idsmask-$size \
+            all=$W/all-$size ref-graph=$W/ref-graph-$size --provider webgpu --prompt $PROMPT --new $NEW \
+            --rounds ${IOTYPES_ROUNDS:-4} --json "$OUT/bench-iotypes-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+        [ -x "${PYSPY:-/tmp/pyspy/bin/py-spy}" ] && timeout 200 $PY scripts/host_profile.py ours=$W/auto-$size \
+            ids=$W/ids-$size all=$W/all-$size --prompt $PROMPT --new ${HOSTPROF_NEW:-1500} \
+            --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} --json "$OUT/hostprof-iotypes-$size.json" \
+            2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = parity ]; then
     timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"

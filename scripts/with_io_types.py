@@ -1,0 +1,59 @@
+"""Make a copy of a built model folder whose graph takes int32 ids or mask, or gives fp32 logits.
+
+    python scripts/with_io_types.py SRC DST [input_ids=int32] [attention_mask=int32] [logits=fp32]
+
+onnxruntime-genai keeps its next tokens as int32 and casts them to the graph's input_ids type
+each step, and casts fp16 logits to fp32 before it picks a token; on a GPU EP each cast is a Run
+of a second onnxruntime session (scripts/host_profile.py shows where). A variant with int32
+inputs or fp32 logits measures what those casts cost, beside the folder as built. The graph's
+consumers of input_ids and attention_mask (Gather, GatherBlockQuantized, Cast) take int32 as
+they are; fp32 logits get a Cast after the last node. The weights are hard-linked (copied
+across filesystems): onnxruntime refuses external data behind a symlink out of the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+CHANGES = {"input_ids=int32", "attention_mask=int32", "logits=fp32"}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or not set(argv[2:]) <= CHANGES:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    src, dst, changes = Path(argv[0]), Path(argv[1]), set(argv[2:])
+    if not (src / "model.onnx").is_file():
+        print(f"error: {src} has no model.onnx; pass a built model folder", file=sys.stderr)
+        return 2
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    for item in src.iterdir():
+        if item.name != "model.onnx":
+            try:
+                os.link(item, dst / item.name)
+            except OSError:
+                shutil.copy2(item, dst / item.name)
+    model = onnx.load(src / "model.onnx", load_external_data=False)
+    for value in model.graph.input:
+        if f"{value.name}=int32" in changes:
+            value.type.tensor_type.elem_type = TensorProto.INT32
+    if "logits=fp32" in changes:
+        for node in model.graph.node:
+            node.output[:] = ["logits_io" if name == "logits" else name for name in node.output]
+        cast = helper.make_node("Cast", ["logits_io"], ["logits"], "/logits/Cast", to=TensorProto.FLOAT)
+        model.graph.node.append(cast)
+        next(o for o in model.graph.output if o.name == "logits").type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.save(model, dst / "model.onnx")
+    print(f"{dst}: {' '.join(sorted(changes))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
