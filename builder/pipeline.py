@@ -231,6 +231,7 @@ def make_report(
             "runtime": target.runtime,
             "graph_capture": target.graph_capture,
             "logits": "last" if plan.last_logits else "all",
+            "int32_inputs": plan.int32_inputs,
             "io_dtype": str(plan.io_dtype),
             "accuracy_level": plan.accuracy_level,
         },

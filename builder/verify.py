@@ -131,13 +131,15 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
             feed[name] = np.zeros((1, info.shape[1], 0, info.shape[3]), dtype)
         elif name.startswith("past."):
             feed[name] = np.zeros([1] + list(info.shape[1:]), dtype)
-    ids = input_ids.astype(np.int64)
+    # input_ids and attention_mask are int32 in --int32-inputs builds, else int64.
+    index = {name: np.int32 if "int32" in inputs[name].type else np.int64 for name in ("input_ids", "attention_mask")}
+    ids = input_ids.astype(index["input_ids"])
     position = 0
     outputs = []
     for step in range(len(decode_tokens) + 1):
         length = position + ids.shape[1]
         feed["input_ids"] = ids
-        feed["attention_mask"] = np.ones((1, length), np.int64)
+        feed["attention_mask"] = np.ones((1, length), index["attention_mask"])
         if "position_ids" in inputs:
             feed["position_ids"] = np.arange(position, length, dtype=np.int64)[None]
         names = [o.name for o in session.get_outputs()]
@@ -149,7 +151,7 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
                 feed[f"past_key_values.{rest}" if f"past_key_values.{rest}" in inputs else f"past.{rest}"] = value
         position = length
         if step < len(decode_tokens):
-            ids = np.array([[decode_tokens[step]]], np.int64)
+            ids = np.array([[decode_tokens[step]]], index["input_ids"])
     return outputs
 
 

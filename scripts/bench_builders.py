@@ -419,8 +419,10 @@ def prefill_logits(model_dir: Path, ids):
     dtype = np.float16 if "float16" in inputs[key % 0].type else np.float32
     empty = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype)
     feed = {name % i: empty for i in range(decoder["num_hidden_layers"]) for name in (key, value)}
-    feed[names["input_ids"]] = ids.astype(np.int64)
-    feed[names.get("attention_mask", "attention_mask")] = np.ones(ids.shape, np.int64)
+    mask = names.get("attention_mask", "attention_mask")
+    index = {name: np.int32 if "int32" in inputs[name].type else np.int64 for name in (names["input_ids"], mask)}
+    feed[names["input_ids"]] = ids.astype(index[names["input_ids"]])
+    feed[mask] = np.ones(ids.shape, index[mask])
     if names.get("position_ids", "position_ids") in inputs:
         feed[names.get("position_ids", "position_ids")] = np.arange(ids.shape[1], dtype=np.int64)[None]
     logits = session.run([decoder["outputs"]["logits"]], feed)[0]

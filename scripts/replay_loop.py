@@ -41,19 +41,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder.ep_runtime import ort_session  # noqa: E402
 
-ONNX_TO_NUMPY = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(int64)": np.int64}
+ONNX_TO_NUMPY = {
+    "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,  # input_ids and attention_mask of --int32-inputs builds
+}
 
 
 def uncaptured_logits(model_path: str, provider_options: dict, tokens, past: int, kv_heads: int, head_size: int):
     """The step for each token, run uncaptured on the WebGPU EP: a KV cache of `past` zeros, as the
     replays see it (WebGPU zero-fills new buffers; each replay writes only its own position)."""
     session = ort_session(model_path, "WebGpuExecutionProvider", provider_options=provider_options)
-    feeds = {"attention_mask": np.ones((1, past + 1), np.int64)}
-    for spec in session.get_inputs():
-        if spec.name.startswith("past_key_values."):
-            feeds[spec.name] = np.zeros([1, kv_heads, past, head_size], ONNX_TO_NUMPY[spec.type])
+    types = {spec.name: ONNX_TO_NUMPY[spec.type] for spec in session.get_inputs()}
+    feeds = {"attention_mask": np.ones((1, past + 1), types["attention_mask"])}
+    for name, dtype in types.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros([1, kv_heads, past, head_size], dtype)
     return [
-        session.run(["logits"], {**feeds, "input_ids": np.array([[token]], np.int64)})[0].reshape(-1).astype(np.float32)
+        session.run(["logits"], {**feeds, "input_ids": np.array([[token]], types["input_ids"])})[0]
+        .reshape(-1)
+        .astype(np.float32)
         for token in tokens
     ]
 
@@ -100,8 +108,8 @@ def main() -> int:
     def device(shape, onnx_type):
         return ort.OrtValue.ortvalue_from_shape_and_type(shape, ONNX_TO_NUMPY[onnx_type], "webgpu", 0)
 
-    ids_host = np.array([[17]], np.int64)
-    mask_host = np.zeros((1, max_length), np.int64)
+    ids_host = np.array([[17]], ONNX_TO_NUMPY[inputs["input_ids"].type])
+    mask_host = np.zeros((1, max_length), ONNX_TO_NUMPY[inputs["attention_mask"].type])
     mask_host[0, : args.past + 1] = 1
     ids, mask = device([1, 1], inputs["input_ids"].type), device([1, max_length], inputs["attention_mask"].type)
     ids.update_inplace(ids_host)

@@ -24,6 +24,9 @@
 #   bash scripts/webgpu_device_run.sh iotypes    # int32 input_ids / attention_mask and fp32 logits (scripts/with_io_types.py),
 #                                                # which spare genai its per-step casts, against ours as built and the
 #                                                # reference's capture build (IOTYPES_CKPTS: qwen3-0.6b by default)
+#   bash scripts/webgpu_device_run.sh int32      # the default build (int32 input_ids and mask) against --int32-inputs
+#                                                # off and the reference's capture build, at 0.6B and 4B, with
+#                                                # plugin-EP parity of the tiny families meanwhile
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -300,6 +303,26 @@ PY
         [ -x "${PYSPY:-/tmp/pyspy/bin/py-spy}" ] && timeout 200 $PY scripts/host_profile.py ours=$W/auto-$size \
             ids=$W/ids-$size all=$W/all-$size --prompt $PROMPT --new ${HOSTPROF_NEW:-1500} \
             --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} --json "$OUT/hostprof-iotypes-$size.json" \
+            2>&1 | grep -v -i warn | tee -a "$LOG"
+    done
+elif [ "$PART" = int32 ]; then
+    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
+        --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    PARITY=$!
+    for size in qwen3-0.6b qwen3-4b; do
+        CK=$W/ck-$size
+        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
+        log "checkpoint $size ready"
+        ours auto-$size "$CK" &
+        ours i64-$size "$CK" --int32-inputs off &
+        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+    done
+    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
+    wait $PARITY
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
+    for size in qwen3-0.6b qwen3-4b; do
+        timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int64=$W/i64-$size ref-graph=$W/ref-graph-$size \
+            --provider webgpu --prompt $PROMPT --new $NEW --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" \
             2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = parity ]; then

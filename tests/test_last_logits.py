@@ -76,14 +76,22 @@ def test_padded_rows_in_a_plain_session(built, ep):
     session = onnx_session(built("qwen3", precision="fp32", ep=ep, logits="last").output)
     every = onnx_session(built("qwen3", precision="fp32", logits="all").output)
     width = max(map(len, PROMPTS))
-    ids = np.array([p + [0] * (width - len(p)) for p in PROMPTS], np.int64)
-    mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in PROMPTS], np.int64)
-    feed = {"input_ids": ids, "attention_mask": mask}
-    for i in session.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feed[i.name] = np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)
-    got = session.run(["logits"], feed)[0]
-    full = every.run(["logits"], feed)[0]
+    ids = np.array([p + [0] * (width - len(p)) for p in PROMPTS])
+    mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in PROMPTS])
+
+    def feed(s):  # int32 ids and mask for the webgpu build (--int32-inputs auto), int64 on cpu
+        out = {}
+        for i in s.get_inputs():
+            if i.name.startswith("past_key_values."):
+                out[i.name] = np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)
+            else:
+                out[i.name] = {"input_ids": ids, "attention_mask": mask}[i.name].astype(
+                    np.int32 if "int32" in i.type else np.int64
+                )
+        return out
+
+    got = session.run(["logits"], feed(session))[0]
+    full = every.run(["logits"], feed(every))[0]
     assert got.shape == (2, 1, full.shape[-1])
     for row, prompt in enumerate(PROMPTS):
         np.testing.assert_allclose(got[row, 0], full[row, len(prompt) - 1], rtol=0, atol=1e-5)

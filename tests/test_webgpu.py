@@ -16,8 +16,8 @@ import onnx
 import pytest
 from test_targets import COMMON
 
-from builder import BuilderError
-from builder.verify import onnx_logits, onnx_session
+from builder import BuilderError, BuildOptions
+from builder.verify import dequantized_reference, genai_greedy, onnx_logits, onnx_session, transformers_greedy
 
 # Ops the WebGPU EP has kernels for, that our graphs use: the GPU EPs' table in
 # test_targets, less Shape (a CPU-only kernel, allowed only in uncaptured graphs), plus
@@ -67,14 +67,52 @@ def test_default_webgpu_build_is_capture_ready(built, name, precision):
     assert ops <= WEBGPU_OPS, ops - WEBGPU_OPS
     assert "Shape" not in ops
     assert not int64_values(model), "int64 arithmetic runs on the CPU and blocks capture"
-    # The only int64 tensors are the inputs: input_ids into the embedding, the mask into one Cast.
+    # input_ids and the mask are int32 (--int32-inputs auto), as genai holds them, so no int64
+    # tensor is left and the mask is summed as it comes.
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert types["input_ids"] == types["attention_mask"] == onnx.TensorProto.INT32
+    assert target["int32_inputs"] is True
     readers = {n.op_type for n in model.graph.node if "attention_mask" in n.input}
-    assert readers == {"Cast"}
-    cast = next(n for n in model.graph.node if "attention_mask" in n.input)
-    assert cast.attribute[0].i == onnx.TensorProto.INT32
+    assert readers == {"ReduceSum"}
     gqa = next(n for n in model.graph.node if n.op_type == "GroupQueryAttention")
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     assert producers[gqa.input[5]] == "Sub" and producers[gqa.input[6]] == "ReduceMax"
+
+
+def test_int32_inputs_off_keeps_int64_inputs_cast_once_on_the_gpu(built):
+    result = built("qwen3", precision="int4", ep="webgpu", int32_inputs="off")
+    model = load(result)
+    assert result.report["target"]["int32_inputs"] is False
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert types["input_ids"] == types["attention_mask"] == onnx.TensorProto.INT64
+    assert not int64_values(model)
+    readers = [n for n in model.graph.node if "attention_mask" in n.input]
+    assert [n.op_type for n in readers] == ["Cast"] and readers[0].attribute[0].i == onnx.TensorProto.INT32
+
+
+@pytest.mark.parametrize("ep,graph_capture", [("webgpu", "auto"), ("webgpu", "off"), ("cpu", "auto")])
+def test_int32_inputs_compute_the_same_logits(built, ep, graph_capture):
+    """int32 input_ids and mask against the int64 build of the same form (CPU EP), bit for bit."""
+    ids, steps = np.arange(3, 14)[None], [5, 9, 2]
+    common = dict(precision="fp32", ep=ep, graph_capture=graph_capture)
+    int32 = onnx_logits(onnx_session(built("qwen3", int32_inputs="on", **common).output), ids, steps)
+    int64 = onnx_logits(onnx_session(built("qwen3", int32_inputs="off", **common).output), ids, steps)
+    for a, b in zip(int32, int64):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_int32_inputs_genai_greedy_tokens_match_transformers(built, checkpoint):
+    """genai feeds its int32 tokens to an int32 graph as they are (here on the CPU)."""
+    result = built("qwen3", precision="fp32", int32_inputs="on")
+    assert load(result).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    prompt, new_tokens = [5, 17, 42, 99, 120, 7, 64, 300], 16
+    reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
+    assert genai_greedy(result.output, prompt, new_tokens) == transformers_greedy(reference, prompt, new_tokens)
+
+
+def test_int32_inputs_are_refused_for_transformers_js(built):
+    with pytest.raises(BuilderError, match="--int32-inputs on: --format transformers.js feeds int64"):
+        built("qwen3", precision="int4", ep="webgpu", format="transformers.js", int32_inputs="on")
 
 
 def test_capture_genai_config(built):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout, choose_layout
@@ -39,6 +40,7 @@ class BuildPlan:
     genai_type: str  # model.type in genai_config.json
     architecture: str  # the HF architectures name being built
     last_logits: bool = False  # logits [B, 1, V] for each row's last token (--logits)
+    int32_inputs: bool = False  # input_ids and attention_mask are int32 (--int32-inputs)
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
 
@@ -49,6 +51,11 @@ class BuildPlan:
     @property
     def io_type(self) -> int:
         return self.target.io_onnx_type
+
+    @property
+    def index_type(self) -> int:
+        """ONNX type of input_ids and attention_mask."""
+        return TensorProto.INT32 if self.int32_inputs else TensorProto.INT64
 
     def fmt(self, module: str) -> QuantScheme:
         """The weight format of a projection the family declared."""
@@ -116,6 +123,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         genai_type=family.genai_type,
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
+        int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
         notes=layout.notes,
         warnings=tuple(warnings),
     )

@@ -20,8 +20,8 @@ from builder.kit.layout import PackGroup
 def declare_inputs(em: Emitter) -> None:
     """input_ids, attention_mask (and position_ids where rotary is not inside GQA), logits."""
     g, s = em.graph, em.spec
-    g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-    g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+    g.add_input("input_ids", em.plan.index_type, ["batch_size", "sequence_length"])
+    g.add_input("attention_mask", em.plan.index_type, ["batch_size", "total_sequence_length"])
     if not em.plan.layout.rotary_in_gqa:
         g.add_input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
     positions = 1 if em.plan.last_logits else "sequence_length"
@@ -40,14 +40,17 @@ def attention_metadata(em: Emitter, ropes: dict) -> None:
         # CPU, so sum the mask in int32 on the GPU. With capture the mask is a static
         # [B, max_length] buffer zero past the sequence, so the total is the longest
         # row's sum, not the mask's width (the reference's capture form, REFERENCE 3c).
-        mask = g.op("Cast", ["attention_mask"], f"{base}/Cast", to=TensorProto.INT32)
+        mask = "attention_mask"
+        if not em.plan.int32_inputs:
+            mask = g.op("Cast", [mask], f"{base}/Cast", to=TensorProto.INT32)
         lengths = g.op("ReduceSum", [mask, g.constant([1])], f"{base}/ReduceSum", keepdims=0)
         em.shared["seqlens_k"] = g.op("Sub", [lengths, g.constant(1, np.int32)], f"{base}/Sub")
         em.shared["total_seq_len"] = g.op("ReduceMax", [lengths], f"{base}/ReduceMax", keepdims=0)
     else:
         # Uncaptured form: total_sequence_length is the mask's width (Shape, on the CPU).
         total = g.op("ReduceSum", ["attention_mask", g.constant([1])], f"{base}/ReduceSum", keepdims=0)
-        minus_one = g.op("Sub", [total, g.constant(1)], f"{base}/Sub")
+        one = g.constant(1, np.int32 if em.plan.int32_inputs else np.int64)
+        minus_one = g.op("Sub", [total, one], f"{base}/Sub")
         em.shared["seqlens_k"] = g.op("Cast", [minus_one], f"{base}/Cast_seqlens", to=TensorProto.INT32)
         shape = g.op("Shape", ["attention_mask"], f"{base}/Shape")
         length = g.op("Gather", [shape, g.constant(1)], f"{base}/Gather", axis=0)

@@ -98,7 +98,9 @@ def last_positions(em: Emitter, hidden: str) -> str:
     if em.plan.target.graph_capture:
         # Shape runs on the CPU, which a captured graph may not hold: the last index of an
         # all-equal [B, S] row (ArgMax, select_last_index) is S - 1, on the GPU.
-        ids = g.op("Cast", ["input_ids"], f"{base}/Cast_ids", to=TensorProto.INT32)
+        ids = "input_ids"
+        if not em.plan.int32_inputs:
+            ids = g.op("Cast", [ids], f"{base}/Cast_ids", to=TensorProto.INT32)
         same = g.op("Equal", [ids, ids], f"{base}/Equal")
         ones = g.op("Cast", [same], f"{base}/Cast_same", to=TensorProto.FLOAT)
         last = g.op("ArgMax", [ones], f"{base}/ArgMax", axis=1, keepdims=0, select_last_index=1)
