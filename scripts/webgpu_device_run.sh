@@ -26,7 +26,7 @@
 #                                                # reference's capture build (IOTYPES_CKPTS: qwen3-0.6b by default)
 #   bash scripts/webgpu_device_run.sh int32      # the default build (int32 input_ids and mask) against --int32-inputs
 #                                                # off and the reference's capture build, at 0.6B and 4B, with
-#                                                # plugin-EP parity of the tiny families meanwhile
+#                                                # plugin-EP parity of the tiny families meanwhile (INT32_CKPTS: the shapes)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -50,6 +50,7 @@ PROMPT=${PROMPT:-256}
 NEW=${NEW:-128}
 REPO=$(pwd)
 mkdir -p "$OUT" "$W"
+rm -f "$W/parity.log"  # a warm machine keeps $W: never report an earlier part's parity as this one's
 LOG=$OUT/log.txt
 log() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 
@@ -309,7 +310,7 @@ elif [ "$PART" = int32 ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
         --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     PARITY=$!
-    for size in qwen3-0.6b qwen3-4b; do
+    for size in ${INT32_CKPTS:-qwen3-0.6b qwen3-4b}; do
         CK=$W/ck-$size
         [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
         log "checkpoint $size ready"
@@ -320,7 +321,7 @@ elif [ "$PART" = int32 ]; then
     wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
     wait $PARITY
     [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
-    for size in qwen3-0.6b qwen3-4b; do
+    for size in ${INT32_CKPTS:-qwen3-0.6b qwen3-4b}; do
         timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int64=$W/i64-$size ref-graph=$W/ref-graph-$size \
             --provider webgpu --prompt $PROMPT --new $NEW --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" \
             2>&1 | grep -v -i warn | tee -a "$LOG"
