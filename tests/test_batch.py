@@ -617,3 +617,20 @@ def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypat
     monkeypatch.undo()
     assert batch(path) == 0
     assert summary(tmp_path / "out", "f")["by_name"]["a"]["reason"] == "checkpoint changed"
+
+
+def test_bare_on_and_off_are_the_choices_not_booleans(tmp_path):
+    """YAML 1.1 reads `off` as false; `graph-capture: off` must still mean the choice off."""
+    (tmp_path / "ckpt").mkdir()
+    path = write(
+        tmp_path / "b.yaml",
+        """
+        jobs:
+          - model: ckpt
+            ep: webgpu
+            graph-capture: off
+            int32-inputs: on
+    """,
+    )
+    options = load_batch(path).jobs[0].options
+    assert (options.graph_capture, options.int32_inputs) == ("off", "on")

@@ -406,6 +406,9 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             return int(value)
         except ValueError:
             raise BuilderError(f"{where}: {name} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) and "on" in (f.metadata.get("choices") or ()):
+        # YAML 1.1 reads a bare on/off as true/false; the user meant the choice.
+        return "on" if value else "off"
     return str(value)
 
 
