@@ -119,6 +119,17 @@ rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 print(f"{name}: exit {child.returncode}, build {wall:.1f} s, peak RSS {rss:.2f} GB{note}")
 PY
 }
+ours_and_reference() {  # ours_and_reference SIZE: its checkpoint, ours as built (auto-SIZE), the reference's capture build
+    CK=$W/ck-$1
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$1" "$CK" > /dev/null
+    log "checkpoint $1 ready"
+    ours auto-$1 "$CK" &
+    reference ref-graph-$1 "$CK" enable_webgpu_graph=true &
+    wait
+}
+install_pyspy() {  # py-spy for scripts/host_profile.py, from its carried wheel (PYSPY_WHL)
+    [ -n "${PYSPY_WHL:-}" ] && $PY -m pip install -q --no-deps --target /tmp/pyspy "$PYSPY_WHL" 2>&1 | tail -1
+}
 nodes() { $PY -c "import onnx,sys; m=onnx.load(sys.argv[1]+'/model.onnx', load_external_data=False); print(sys.argv[1].split('/')[-1], len(m.graph.node), 'nodes')" "$1" | tee -a "$LOG"; }
 
 if [ "$PART" = main ]; then
@@ -238,12 +249,7 @@ elif [ "$PART" = replay ]; then
     # own time per token for the same folders (REPLAY_CKPTS: the shapes, 0.6B and 4B by default;
     # REPLAY_ROUNDS=0 skips genai).
     for size in ${REPLAY_CKPTS:-qwen3-0.6b qwen3-4b}; do
-        CK=$W/ck-$size
-        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
-        log "checkpoint $size ready"
-        ours auto-$size "$CK" &
-        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
-        wait
+        ours_and_reference "$size"
         for m in auto ref-graph; do
             timeout 150 $PY scripts/replay_loop.py "$W/$m-$size" --past $((PROMPT + NEW / 2)) \
                 --json "$OUT/replay-$m-$size.json" 2>&1 | tee "$W/replay-$m-$size.log" | grep -v -i warn | sed "s/^/$m-$size: /" | tee -a "$LOG"
@@ -253,27 +259,17 @@ elif [ "$PART" = replay ]; then
             | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = hostprof ]; then
-    [ -n "${PYSPY_WHL:-}" ] && $PY -m pip install -q --no-deps --target /tmp/pyspy "$PYSPY_WHL" 2>&1 | tail -1
+    install_pyspy
     for size in ${HOSTPROF_CKPTS:-qwen3-0.6b}; do
-        CK=$W/ck-$size
-        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
-        log "checkpoint $size ready"
-        ours auto-$size "$CK" &
-        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
-        wait
+        ours_and_reference "$size"
         timeout 280 $PY scripts/host_profile.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size --prompt $PROMPT \
             --new ${HOSTPROF_NEW:-2000} --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} \
             --json "$OUT/hostprof-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = iotypes ]; then
-    [ -n "${PYSPY_WHL:-}" ] && $PY -m pip install -q --no-deps --target /tmp/pyspy "$PYSPY_WHL" 2>&1 | tail -1
+    install_pyspy
     for size in ${IOTYPES_CKPTS:-qwen3-0.6b}; do
-        CK=$W/ck-$size
-        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
-        log "checkpoint $size ready"
-        ours auto-$size "$CK" &
-        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
-        wait
+        ours_and_reference "$size"
         $PY scripts/with_io_types.py "$W/auto-$size" "$W/ids-$size" input_ids=int32 | tee -a "$LOG"
         $PY scripts/with_io_types.py "$W/auto-$size" "$W/idsmask-$size" input_ids=int32 attention_mask=int32 | tee -a "$LOG"
         $PY scripts/with_io_types.py "$W/auto-$size" "$W/all-$size" input_ids=int32 attention_mask=int32 logits=fp32 \
