@@ -116,6 +116,12 @@ def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
     return ort_session(path, provider, session_options=so)
 
 
+def index_dtype(spec) -> type:
+    """numpy dtype of an input_ids / attention_mask input (a session's NodeArg): int32 in
+    --int32-inputs builds, else int64."""
+    return np.int32 if spec.type == "tensor(int32)" else np.int64
+
+
 def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray]:
     """Logits of a prefill over input_ids [1, S], then one decode step per token.
 
@@ -131,8 +137,7 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
             feed[name] = np.zeros((1, info.shape[1], 0, info.shape[3]), dtype)
         elif name.startswith("past."):
             feed[name] = np.zeros([1] + list(info.shape[1:]), dtype)
-    # input_ids and attention_mask are int32 in --int32-inputs builds, else int64.
-    index = {name: np.int32 if "int32" in inputs[name].type else np.int64 for name in ("input_ids", "attention_mask")}
+    index = {name: index_dtype(inputs[name]) for name in ("input_ids", "attention_mask")}
     ids = input_ids.astype(index["input_ids"])
     position = 0
     outputs = []

@@ -409,6 +409,8 @@ def prefill_logits(model_dir: Path, ids):
     import numpy as np
     import onnxruntime as ort
 
+    from builder.verify import index_dtype
+
     decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -420,9 +422,8 @@ def prefill_logits(model_dir: Path, ids):
     empty = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype)
     feed = {name % i: empty for i in range(decoder["num_hidden_layers"]) for name in (key, value)}
     mask = names.get("attention_mask", "attention_mask")
-    index = {name: np.int32 if "int32" in inputs[name].type else np.int64 for name in (names["input_ids"], mask)}
-    feed[names["input_ids"]] = ids.astype(index[names["input_ids"]])
-    feed[mask] = np.ones(ids.shape, index[mask])
+    feed[names["input_ids"]] = ids.astype(index_dtype(inputs[names["input_ids"]]))
+    feed[mask] = np.ones(ids.shape, index_dtype(inputs[mask]))
     if names.get("position_ids", "position_ids") in inputs:
         feed[names.get("position_ids", "position_ids")] = np.arange(ids.shape[1], dtype=np.int64)[None]
     logits = session.run([decoder["outputs"]["logits"]], feed)[0]

@@ -13,7 +13,14 @@ import onnx
 import pytest
 
 from builder import BuildOptions
-from builder.verify import dequantized_reference, genai_batch_greedy, onnx_logits, onnx_session, torch_logits
+from builder.verify import (
+    dequantized_reference,
+    genai_batch_greedy,
+    index_dtype,
+    onnx_logits,
+    onnx_session,
+    torch_logits,
+)
 
 PROMPTS = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
 
@@ -85,9 +92,7 @@ def test_padded_rows_in_a_plain_session(built, ep):
             if i.name.startswith("past_key_values."):
                 out[i.name] = np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)
             else:
-                out[i.name] = {"input_ids": ids, "attention_mask": mask}[i.name].astype(
-                    np.int32 if "int32" in i.type else np.int64
-                )
+                out[i.name] = {"input_ids": ids, "attention_mask": mask}[i.name].astype(index_dtype(i))
         return out
 
     got = session.run(["logits"], feed(session))[0]
