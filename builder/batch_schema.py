@@ -108,6 +108,10 @@ def _line(node: yaml.Node) -> int:
 
 
 def _value(node: yaml.Node) -> Any:
+    # A YAML float forgets how it was written (target-ort: 1.30 would read 1.3), and no
+    # option is a float: keep the text.
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
+        return node.value
     return _YAML.construct_object(node, deep=True)
 
 

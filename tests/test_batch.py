@@ -634,3 +634,18 @@ def test_bare_on_and_off_are_the_choices_not_booleans(tmp_path):
     )
     options = load_batch(path).jobs[0].options
     assert (options.graph_capture, options.int32_inputs) == ("off", "on")
+
+
+def test_a_version_keeps_its_trailing_zero(tmp_path):
+    """`target-ort: 1.30` is a YAML float, 1.3; the option means ONNX Runtime 1.30."""
+    (tmp_path / "ckpt").mkdir()
+    path = write(
+        tmp_path / "v.yaml",
+        """
+        jobs:
+          - model: ckpt
+            ep: webgpu
+            target-ort: 1.30
+    """,
+    )
+    assert load_batch(path).jobs[0].options.target_ort == "1.30"
