@@ -619,8 +619,9 @@ def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypat
     assert summary(tmp_path / "out", "f")["by_name"]["a"]["reason"] == "checkpoint changed"
 
 
-def test_bare_on_and_off_are_the_choices_not_booleans(tmp_path):
-    """YAML 1.1 reads `off` as false; `graph-capture: off` must still mean the choice off."""
+def test_yaml_scalars_mean_the_option_not_yaml_types(tmp_path):
+    """YAML 1.1 reads a bare `off` as false and `1.30` as the float 1.3; the options mean the
+    choice off and ONNX Runtime 1.30."""
     (tmp_path / "ckpt").mkdir()
     path = write(
         tmp_path / "b.yaml",
@@ -630,22 +631,8 @@ def test_bare_on_and_off_are_the_choices_not_booleans(tmp_path):
             ep: webgpu
             graph-capture: off
             int32-inputs: on
-    """,
-    )
-    options = load_batch(path).jobs[0].options
-    assert (options.graph_capture, options.int32_inputs) == ("off", "on")
-
-
-def test_a_version_keeps_its_trailing_zero(tmp_path):
-    """`target-ort: 1.30` is a YAML float, 1.3; the option means ONNX Runtime 1.30."""
-    (tmp_path / "ckpt").mkdir()
-    path = write(
-        tmp_path / "v.yaml",
-        """
-        jobs:
-          - model: ckpt
-            ep: webgpu
             target-ort: 1.30
     """,
     )
-    assert load_batch(path).jobs[0].options.target_ort == "1.30"
+    options = load_batch(path).jobs[0].options
+    assert (options.graph_capture, options.int32_inputs, options.target_ort) == ("off", "on", "1.30")
