@@ -22,8 +22,8 @@
 #                                                # native stack samples), ours and the reference's capture build
 #                                                # (HOSTPROF_CKPTS: qwen3-0.6b by default; PYSPY_WHL: py-spy's wheel)
 #   bash scripts/webgpu_device_run.sh iotypes    # int32 input_ids / attention_mask and fp32 logits (scripts/with_io_types.py),
-#                                                # which spare genai its per-step casts, against ours as built and the
-#                                                # reference's capture build (IOTYPES_CKPTS: qwen3-0.6b by default)
+#                                                # which spare genai its per-step casts, against the int64 build they are
+#                                                # made from and the reference's capture build (IOTYPES_CKPTS: qwen3-0.6b)
 #   bash scripts/webgpu_device_run.sh int32      # the default build (int32 input_ids and mask) against --int32-inputs
 #                                                # off and the reference's capture build, at 0.6B and 4B, with
 #                                                # plugin-EP parity of the tiny families meanwhile (INT32_CKPTS: the shapes)
@@ -270,12 +270,14 @@ elif [ "$PART" = iotypes ]; then
     install_pyspy
     for size in ${IOTYPES_CKPTS:-qwen3-0.6b}; do
         ours_and_reference "$size"
-        $PY scripts/with_io_types.py "$W/auto-$size" "$W/ids-$size" input_ids=int32 | tee -a "$LOG"
-        $PY scripts/with_io_types.py "$W/auto-$size" "$W/idsmask-$size" input_ids=int32 attention_mask=int32 | tee -a "$LOG"
-        $PY scripts/with_io_types.py "$W/auto-$size" "$W/all-$size" input_ids=int32 attention_mask=int32 logits=fp32 \
+        # The variants start from the int64 build (--int32-inputs off), as session 9 measured them.
+        ours i64-$size "$CK" --int32-inputs off
+        $PY scripts/with_io_types.py "$W/i64-$size" "$W/ids-$size" input_ids=int32 | tee -a "$LOG"
+        $PY scripts/with_io_types.py "$W/i64-$size" "$W/idsmask-$size" input_ids=int32 attention_mask=int32 | tee -a "$LOG"
+        $PY scripts/with_io_types.py "$W/i64-$size" "$W/all-$size" input_ids=int32 attention_mask=int32 logits=fp32 \
             | tee -a "$LOG"
-        # The variants' greedy tokens against the folder as built (64 new tokens, one process).
-        $PY - "$W/auto-$size" "$W/ids-$size" "$W/idsmask-$size" "$W/all-$size" <<'PY' 2>&1 | grep -v -i warn | tee -a "$LOG"
+        # The variants' greedy tokens against the folder they were made from (64 new tokens, one process).
+        $PY - "$W/i64-$size" "$W/ids-$size" "$W/idsmask-$size" "$W/all-$size" <<'PY' 2>&1 | grep -v -i warn | tee -a "$LOG"
 import sys
 import onnxruntime_genai as og
 from builder.ep_runtime import genai_model
@@ -292,12 +294,12 @@ for folder in sys.argv[1:]:
     del g, model
 base = tokens[sys.argv[1]]
 for folder, seq in tokens.items():
-    print(f"greedy tokens {folder.split('/')[-1]}: {len(seq)}, equal to the folder as built: {seq == base}")
+    print(f"greedy tokens {folder.split('/')[-1]}: {len(seq)}, equal to the int64 build's: {seq == base}")
 PY
-        timeout 300 $PY scripts/bench_genai.py ours=$W/auto-$size ids=$W/ids-$size idsmask=$W/idsmask-$size \
+        timeout 300 $PY scripts/bench_genai.py ours-int64=$W/i64-$size ids=$W/ids-$size idsmask=$W/idsmask-$size \
             all=$W/all-$size ref-graph=$W/ref-graph-$size --provider webgpu --prompt $PROMPT --new $NEW \
             --rounds ${IOTYPES_ROUNDS:-4} --json "$OUT/bench-iotypes-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
-        [ -x "${PYSPY:-/tmp/pyspy/bin/py-spy}" ] && timeout 200 $PY scripts/host_profile.py ours=$W/auto-$size \
+        [ -x "${PYSPY:-/tmp/pyspy/bin/py-spy}" ] && timeout 200 $PY scripts/host_profile.py ours-int64=$W/i64-$size \
             ids=$W/ids-$size all=$W/all-$size --prompt $PROMPT --new ${HOSTPROF_NEW:-1500} \
             --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} --json "$OUT/hostprof-iotypes-$size.json" \
             2>&1 | grep -v -i warn | tee -a "$LOG"
