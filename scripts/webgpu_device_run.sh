@@ -24,6 +24,9 @@
 #   bash scripts/webgpu_device_run.sh iotypes    # int32 input_ids / attention_mask and fp32 logits (scripts/with_io_types.py),
 #                                                # which spare genai its per-step casts, against the int64 build they are
 #                                                # made from and the reference's capture build (IOTYPES_CKPTS: qwen3-0.6b)
+#   bash scripts/webgpu_device_run.sh goal       # the goal table: ours as built against the reference's capture
+#                                                # and default builds, at 0.6B and 4B, with plugin-EP parity meanwhile
+#                                                # (GOAL_CKPTS: the shapes; GOAL_ROUNDS: 4)
 #   bash scripts/webgpu_device_run.sh int32      # the default build (int32 input_ids and mask) against --int32-inputs
 #                                                # off and the reference's capture build, at 0.6B and 4B, with
 #                                                # plugin-EP parity of the tiny families meanwhile (INT32_CKPTS: the shapes)
@@ -323,6 +326,27 @@ elif [ "$PART" = int32 ]; then
         timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int64=$W/i64-$size ref-graph=$W/ref-graph-$size \
             --provider webgpu --prompt $PROMPT --new $NEW --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" \
             2>&1 | grep -v -i warn | tee -a "$LOG"
+    done
+elif [ "$PART" = goal ]; then
+    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
+        --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    PARITY=$!
+    for size in ${GOAL_CKPTS:-qwen3-0.6b qwen3-4b}; do
+        CK=$W/ck-$size
+        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
+        log "checkpoint $size ready"
+        ours auto-$size "$CK" &
+        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+        reference ref-default-$size "$CK" &
+    done
+    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
+    wait $PARITY
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
+    for size in ${GOAL_CKPTS:-qwen3-0.6b qwen3-4b}; do
+        for d in auto-$size ref-graph-$size ref-default-$size; do nodes "$W/$d"; done
+        timeout 280 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
+            ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-4} \
+            --json "$OUT/bench-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = parity ]; then
     timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
