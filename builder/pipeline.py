@@ -102,7 +102,8 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     output = Path(options.output) if options.output else default_output(options)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    progress = Progress(spec.num_layers + 4, label=output.name) if show_progress else SilentProgress()
+    steps = spec.num_layers + 4 + (1 if options.verify else 0)
+    progress = Progress(steps, label=output.name) if show_progress else SilentProgress()
 
     # Taken before any weight is read, so weights re-saved during the build make the
     # report's fingerprint stale, and the next batch run rebuilds.
@@ -166,18 +167,24 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             progress.warn(message)
             notes.append(message)
 
+        verified = None
+        if options.verify:
+            progress.step("verifying against transformers")
+            verified = _verify(arch, staging / layout.model_file)
+            if verified["status"] == "not run":
+                progress.warn(f"--verify did not run: {verified['reason']}")
+        # After verify, so the time and the peak memory a user plans with include it.
         timings["total_s"] = time.perf_counter() - started
         report = make_report(arch, graph, staging, timings, copied, notes, layout)
-        if options.verify:
-            report["verify"] = _verify(arch, staging / layout.model_file)
-            if report["verify"]["status"] == "not run":
-                progress.warn(f"--verify did not run: {report['verify']['reason']}")
+        if verified is not None:
+            report["verify"] = verified
         with _write_errors(output / REPORT_NAME):
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         progress.step("done")
     progress.finish(
         f"built {output} in {timings['total_s']:.1f}s "
         f"({report['nodes']['total']} nodes, {report['sizes']['total_bytes'] / 1e6:.1f} MB)"
+        + _verify_summary(report.get("verify"))
     )
     return BuildResult(output, report)
 
@@ -211,6 +218,16 @@ def _verify(arch, model_file: Path) -> dict:
             "not written. Please report this with the build options."
         )
     return result
+
+
+def _verify_summary(verified: dict | None) -> str:
+    if not verified or verified["status"] != "passed":
+        return ""
+    level = " at accuracy_level 0" if "checked_at_accuracy_level" in verified else ""
+    return (
+        f"; verified against transformers{level}: max_abs {verified['max_abs']:.2g}, "
+        f"nmse {verified['nmse']:.2g} ({verified['bound']})"
+    )
 
 
 def make_report(
