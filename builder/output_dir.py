@@ -1,9 +1,9 @@
 """Outputs that are complete or absent.
 
 A build writes into a hidden sibling folder and renames it into place only
-when everything is written. On error, Ctrl-C or SIGTERM the staging folder is
-removed. An existing output is replaced only with --overwrite, and only if it
-carries our build report (we never delete a folder we did not make).
+when everything is written. On error, Ctrl-C, SIGTERM or SIGHUP the staging
+folder is removed. An existing output is replaced only with --overwrite, and
+only if it carries our build report (we never delete a folder we did not make).
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ def check_output_free(output: Path, overwrite: bool) -> None:
 def staged_output(output: Path, overwrite: bool):
     """Yield a staging folder; on success it becomes `output` in one rename."""
     output = Path(output)
+    if output.is_symlink():
+        # Build where the link points: renaming over the link itself would leave the old
+        # build behind at its target, and a staging folder named after the link.
+        output = Path(os.path.realpath(output))
     if not output.name or output.name in (".", ".."):
         raise BuilderError(f"output {str(output)!r} names no folder; pass a folder such as out/my-model to -o/--output")
     try:
@@ -60,7 +64,7 @@ def staged_output(output: Path, overwrite: bool):
             else f"{e.strerror or e}{': ' + where if where else ''}"
         )
         raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
-    with _sigterm_as_interrupt():
+    with _stop_signals_as_interrupt() as caught:
         try:
             yield staging
             try:
@@ -71,9 +75,12 @@ def staged_output(output: Path, overwrite: bool):
                 ) from None
         except KeyboardInterrupt:
             shutil.rmtree(staging, ignore_errors=True)
-            raise BuildInterrupted(
+            stopped = BuildInterrupted(
                 f"build interrupted; removed the partial output {staging.name}, {output} was left as it was"
-            ) from None
+            )
+            if caught:
+                stopped.exit_code = 128 + caught[0]  # as a shell reports a process its signal ended
+            raise stopped from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -113,19 +120,27 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# SIGHUP: the terminal or ssh session closed under a running build.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM unwinds like Ctrl-C so the staging folder is cleaned up."""
+def _stop_signals_as_interrupt():
+    """SIGTERM and SIGHUP unwind like Ctrl-C so the staging folder is cleaned up; the list
+    it yields gets the number of the signal that stopped the build."""
+    caught: list[int] = []
 
     def handler(signum, frame):
+        caught.append(signum)
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield caught
         return
     try:
-        yield
+        yield caught
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)

@@ -99,7 +99,8 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         from builder.verify import require_verify_extras
 
         require_verify_extras()
-    output = Path(options.output) if options.output else default_output(options)
+    # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
+    output = Path(options.output).expanduser() if options.output else default_output(options)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     steps = spec.num_layers + 4 + (1 if options.verify else 0)

@@ -762,3 +762,25 @@ def test_broken_plugin_is_one_plain_warning_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: architecture plugin 'broken'"), err
     assert "Qwen3ForCausalLM" in registry.registered()
+
+
+# ---- output paths -------------------------------------------------------------------------
+
+
+def test_overwrite_through_a_symlink_replaces_what_it_points_to(ckpt, tmp_path):
+    """Renaming over the link left the old int4 build at its target and a staging folder behind."""
+    assert cli("-m", ckpt, "-o", tmp_path / "real").returncode == 0
+    (tmp_path / "link").symlink_to("real")
+    proc = cli("-m", ckpt, "-o", tmp_path / "link", "-p", "fp32", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "link").is_symlink()
+    assert json.loads((tmp_path / "real" / "build_report.json").read_text())["target"]["precision"] == "fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "link", "real"]
+
+
+def test_a_quoted_tilde_in_the_output_is_the_home_folder(ckpt, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = cli("-m", ckpt, "-o", "~/built", env={"HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "built" / "build_report.json").is_file()

@@ -15,6 +15,6 @@ class BuilderError(Exception):
 
 
 class BuildInterrupted(BuilderError):
-    """Ctrl-C or SIGTERM arrived mid-build; the partial output was removed."""
+    """Ctrl-C, SIGTERM or SIGHUP arrived mid-build; the partial output was removed."""
 
     exit_code = 130
