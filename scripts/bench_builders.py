@@ -19,9 +19,9 @@ build     int4 builds by both builders: `python -m builder -m CKPT -p int4 -e EP
           from job to job. Before each build (and each timing) the script waits, up to
           --quiet-wait s, for the CPUs to be idle, and records the CPU seconds other processes
           used during the build ("others' CPU s"): on 2 cores any other load skews the
-          figures, ours most (torch's OpenMP threads spin when a core is taken). Failures
-          (non-zero exit, killed by a signal, no model.onnx) are recorded with the log's last
-          lines, not dropped.
+          figures, ours most in the recorded runs (its quantizer was torch's then, whose
+          OpenMP threads spin when a core is taken). Failures (non-zero exit, killed by a
+          signal, no model.onnx) are recorded with the log's last lines, not dropped.
 run       prefill (--prompts, default 128 and 512 tokens) and decode tokens/s of both int4 cpu
           models through onnxruntime-genai (provider cpu), interleaved rounds, medians
           (scripts/bench_genai.py), for --run-sizes (default 0.6b).
@@ -149,7 +149,7 @@ def top_other_cpu(before: dict, after: dict, exclude: set[int], n: int = 4) -> l
 
 def wait_quiet(max_wait: float, threshold: float = 15.0) -> dict:
     """Wait (up to max_wait s) until the machine is idle: other work on 2 cores skews every figure,
-    ours most (torch's OpenMP threads spin when a core is taken)."""
+    ours most in docs/benchmarks.md's runs (its quantizer was torch's then, with OpenMP threads)."""
     import psutil
 
     start = time.perf_counter()

@@ -3,7 +3,7 @@
     python scripts/bench_layouts.py --checkpoint /tmp/ckpt/qwen3-0.6b --ep cpu --rounds 5 \
         --json docs/results/layouts-cpu.json [--extra reference=/path/to/reference/model]
 
-Layouts are (qkv packing, mlp packing) pairs; `auto` is included so the table
+Layouts are QKV/MLP[/SILU[/ORT[/HEAD_NORM]]] (see --layout); `auto` is included so the table
 shows where the default lands. Timing is bench_genai.py's: interleaved rounds
 through onnxruntime-genai, medians, ratios to the first model.
 """

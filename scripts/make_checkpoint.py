@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a deterministic random-weight HF checkpoint (see builder/synthetic.py).
+"""Write a deterministic random-weight HF checkpoint (see tests/support/synthetic.py).
 
     python scripts/make_checkpoint.py qwen3-4b /tmp/ckpt/qwen3-4b [--seed N] [--dtype float32]
 

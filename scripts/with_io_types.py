@@ -5,10 +5,13 @@
 onnxruntime-genai keeps its next tokens as int32 and casts them to the graph's input_ids type
 each step, and casts fp16 logits to fp32 before it picks a token; on a GPU EP each cast is a Run
 of a second onnxruntime session (scripts/host_profile.py shows where). A variant with int32
-inputs or fp32 logits measures what those casts cost, beside the folder as built. The graph's
-consumers of input_ids and attention_mask (Gather, GatherBlockQuantized, Cast) take int32 as
-they are; fp32 logits get a Cast after the last node. The weights are hard-linked (copied
-across filesystems): onnxruntime refuses external data behind a symlink out of the folder.
+inputs or fp32 logits measures what those casts cost, beside the folder it is made from.
+Graph-capture builds take int32 inputs already (--int32-inputs auto), so the int32 variants
+start from a capture build with --int32-inputs off, whose consumers of input_ids and
+attention_mask (Gather, GatherBlockQuantized, Cast) take int32 as they are. An uncaptured
+build subtracts an int64 one from the mask's sum, so with an int32 mask it does not load;
+it is refused. fp32 logits get a Cast after the last node. The weights are hard-linked
+(copied across filesystems): onnxruntime refuses external data behind a symlink out of the folder.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ def main(argv: list[str]) -> int:
     if not (src / "model.onnx").is_file():
         print(f"error: {src} has no model.onnx; pass a built model folder", file=sys.stderr)
         return 2
+    model = onnx.load(src / "model.onnx", load_external_data=False)
+    types = {value.name: value.type.tensor_type.elem_type for value in model.graph.input}
+    for name in ("input_ids", "attention_mask"):
+        if f"{name}=int32" in changes and types.get(name) != TensorProto.INT64:
+            print(f"error: {src}'s {name} is not int64; build it with --int32-inputs off", file=sys.stderr)
+            return 2
+    uncaptured = any(n.op_type == "Shape" and "attention_mask" in n.input for n in model.graph.node)
+    if "attention_mask=int32" in changes and uncaptured:
+        print(
+            f"error: {src} is not a graph-capture build: its int64 mask arithmetic takes no int32 mask",
+            file=sys.stderr,
+        )
+        return 2
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     for item in src.iterdir():
@@ -40,7 +56,6 @@ def main(argv: list[str]) -> int:
                 os.link(item, dst / item.name)
             except OSError:
                 shutil.copy2(item, dst / item.name)
-    model = onnx.load(src / "model.onnx", load_external_data=False)
     for value in model.graph.input:
         if f"{value.name}=int32" in changes:
             value.type.tensor_type.elem_type = TensorProto.INT32

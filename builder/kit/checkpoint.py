@@ -1,8 +1,9 @@
 """Reading a Hugging Face checkpoint lazily.
 
 config.json is parsed up front; tensors are read one at a time (or a slice of
-rows at a time) from memory-mapped safetensors files, so the float model is
-never held in memory. Tensors are numpy arrays in their stored dtype, bf16 as
+rows at a time) from the safetensors files with plain reads, not mmap
+(kit/disk_io.py read_range, O_DIRECT where it can), so the float model is never
+held in memory. Tensors are numpy arrays in their stored dtype, bf16 as
 ml_dtypes.bfloat16 (what onnx uses too); `to_float` widens them.
 """
 

@@ -61,7 +61,11 @@ class BuildOptions:
     output: str | None = field(
         default=None,
         metadata=_opt(
-            "-o", "--output", metavar="DIR", help="Output folder. Default: out/<model name>-<precision>-<ep>."
+            "-o",
+            "--output",
+            metavar="DIR",
+            help="Output folder. Default: out/<model name>-<precision>-<ep> in lower case, "
+            "plus -transformers-js for that format.",
         ),
     )
     format: str = field(
@@ -206,8 +210,8 @@ class BuildOptions:
             metavar="N",
             help="search.max_length in genai_config.json: prompt plus generated tokens when the "
             "caller sets none. onnxruntime-genai allocates the shared KV buffers at this "
-            "length up front (with graph capture they cannot grow). Default: 4096 for "
-            "graph-capture builds (docs/packing.md#max-length), else --context-length. "
+            "length up front (with graph capture they cannot grow). Default: --context-length, "
+            "at most 4096 for graph-capture builds (docs/packing.md#max-length). "
             "At most --context-length; a caller may still ask for more up to it.",
         ),
     )

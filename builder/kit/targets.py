@@ -222,7 +222,7 @@ class Target:
 
     @property
     def io_dtype(self) -> np.dtype:
-        """Activation dtype: fp32 on CPU for fp32/int4/int8, fp16 everywhere else.
+        """Activation dtype: fp32 for fp32 builds and for int4/int8 on CPU, else fp16.
 
         MatMulNBits on CPU is fastest with fp32 activations; GPUs want fp16.
         --io-dtype overrides it for int4/int8 (fp32 on webgpu for GPUs without shader-f16).

@@ -3,7 +3,7 @@
 Nothing can be downloaded here, so every checkpoint the tests and benchmarks use is
 made by this module: config.json, generation_config.json, safetensors weights laid out
 exactly as the hub does (names, shapes, sharding, index) and a small Qwen-style
-byte-level BPE tokenizer shipped in ``builder/synthetic_tokenizer/``.
+byte-level BPE tokenizer shipped in ``tests/support/synthetic_tokenizer/``.
 
 Weights are written by a streaming safetensors writer: each tensor is generated from its
 own seeded generator (seed derived from the base seed and the tensor name), so the bytes
