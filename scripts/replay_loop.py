@@ -173,7 +173,7 @@ def main() -> int:
         split["run_returns"].append(t1 - t0)
         split["logits_on_host"].append(time.perf_counter() - t1)
     small = device([1, 1], "tensor(int64)")
-    small.update_inplace(ids_host)
+    small.update_inplace(ids_host.astype(np.int64))  # ids_host is int32 in int32-input builds
     idle = {"logits_readback": [], "8_bytes_readback": []}
     for _ in range(args.steps):
         for key, value in zip(idle, (logits, small)):
