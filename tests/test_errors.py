@@ -191,6 +191,18 @@ def test_layer_pattern_matching_nothing(ckpt, tmp_path):
     assert_clean_failure(proc, "lm_haed", "match no projection", out=tmp_path / "out")
 
 
+def test_one_pattern_in_both_layer_lists(ckpt, tmp_path):
+    """Float won silently; one pattern in both lists is a slip, not a precedence question."""
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "--int8-layers", "*.q_proj", "--float-layers", "*.q_proj,lm_head")
+    assert_clean_failure(proc, "*.q_proj given to both --int8-layers and --float-layers", out=out)
+
+
+def test_model_under_an_unknown_users_home(tmp_path):
+    proc = cli("-m", "~no-such-user-here/model", "-o", tmp_path / "out")
+    assert_clean_failure(proc, "'~no-such-user-here/model'", "no home folder", out=tmp_path / "out")
+
+
 # ---- output folder ----------------------------------------------------------
 
 

@@ -32,7 +32,12 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktok
 
 def resolve_model_dir(model: str) -> Path:
     """A local folder as it is, or a hub id through the Hugging Face cache."""
-    path = Path(model).expanduser()
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # '~someone/...' for a user this machine does not know
+        raise BuilderError(
+            f"model path {model!r}: no home folder for {model.split('/')[0]!r}; pass the folder's full path"
+        ) from None
     if path.exists():
         if not path.is_dir():
             raise BuilderError(f"model path {model!r} is a file; pass the folder that holds config.json")

@@ -127,7 +127,8 @@ class BuildOptions:
             metavar="PATTERN",
             help="Projections kept in float (the model's activation dtype) in an int4/int8 build, "
             "e.g. lm_head, or model.embed_tokens for a float embedding table (int4 builds "
-            "gather from an int4 table otherwise). Same pattern syntax as --int8-layers.",
+            "gather from an int4 table otherwise). Same pattern syntax as --int8-layers; where "
+            "patterns of both match a projection, it stays float.",
         ),
     )
     qkv_packing: str = field(
@@ -337,6 +338,11 @@ class BuildOptions:
             raise BuilderError(f"--context-length: {self.context_length} must be a positive integer")
         if self.precision in ("fp16", "fp32", "bf16") and (self.int8_layers or self.float_layers):
             raise BuilderError("--int8-layers/--float-layers only apply to int4 and int8 builds")
+        both = sorted(set(self.int8_layers) & set(self.float_layers))
+        if both:
+            raise BuilderError(
+                f"{', '.join(both)} given to both --int8-layers and --float-layers; keep each pattern in one of them"
+            )
         if self.precision == "int8" and self.int8_layers:
             raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
         if self.read_ahead_mb < 0:
