@@ -112,3 +112,17 @@ def test_sliding_window_models_run_past_the_window_in_genai(built, checkpoint):
     reference = dequantized_reference(checkpoint("mistral"), BuildOptions(model="x", precision="fp32"))
     theirs = transformers_greedy(reference, prompt, new)
     assert ours == theirs
+
+
+@pytest.mark.parametrize("ep", ["cpu", "webgpu"])
+def test_max_length_defaults_to_4096_on_every_target(checkpoint, tmp_path, ep):
+    """genai allocates the shared KV buffers at max_length up front: the whole 40,960 context of a
+    Qwen3-0.6B took 9.4 GB on cpu. A caller may still ask for up to context_length."""
+    from builder import build
+
+    ckpt = checkpoint("qwen3", max_position_embeddings=8192)
+    result = build(model=str(ckpt), output=str(tmp_path / "a"), ep=ep, show_progress=False)
+    config = genai_config(result)
+    assert (config["model"]["context_length"], config["search"]["max_length"]) == (8192, 4096)
+    longer = build(model=str(ckpt), output=str(tmp_path / "b"), ep=ep, max_length=6000, show_progress=False)
+    assert genai_config(longer)["search"]["max_length"] == 6000

@@ -18,19 +18,17 @@ def _ids(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-# search.max_length of graph-capture builds. onnxruntime-genai allocates the shared KV buffers
-# at max_length before the first token, and a captured graph cannot grow them. The
-# reference writes the whole context (40,960 for Qwen3: 4.7 GB of KV at 0.6B, 6 GB at 4B),
-# though decode speed did not depend on it (docs/packing.md#max-length).
-CAPTURE_MAX_LENGTH = 4096
+# The default search.max_length. Every build shares past and present KV buffers, which
+# onnxruntime-genai allocates at max_length before the first token (and a captured graph cannot
+# grow). The reference writes the whole context: 40,960 for Qwen3, so opening a Qwen3-0.6B int4
+# cpu folder took 9.4 GB against 1.5 GB at 4096, at the same decode speed (docs/packing.md#max-length).
+DEFAULT_MAX_LENGTH = 4096
 
 
 def search_max_length(plan) -> int:
     if plan.options.max_length is not None:
         return plan.options.max_length  # checked against the context length by the plan
-    if plan.target.graph_capture:
-        return min(CAPTURE_MAX_LENGTH, plan.context_length)
-    return plan.context_length
+    return min(DEFAULT_MAX_LENGTH, plan.context_length)
 
 
 def make_genai_config(plan, config: dict, generation: dict | None, generation_path: str) -> dict[str, Any]:

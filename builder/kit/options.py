@@ -211,9 +211,9 @@ class BuildOptions:
             metavar="N",
             help="search.max_length in genai_config.json: prompt plus generated tokens when the "
             "caller sets none. onnxruntime-genai allocates the shared KV buffers at this "
-            "length up front (with graph capture they cannot grow). Default: --context-length, "
-            "at most 4096 for graph-capture builds (docs/packing.md#max-length). "
-            "At most --context-length; a caller may still ask for more up to it.",
+            "length up front (with graph capture they cannot grow). Default: 4096, or "
+            "--context-length if smaller (docs/packing.md#max-length). At most --context-length; "
+            "a caller may still ask for more up to it.",
         ),
     )
     logits: str = field(
@@ -250,7 +250,7 @@ class BuildOptions:
             "--context-length",
             metavar="N",
             help="Longest sequence the model serves (rotary cache size and genai context_length; "
-            "also search.max_length unless --max-length or graph capture sets it). "
+            "and the most search.max_length may be). "
             "Default: the config's max_position_embeddings. More than the model supports "
             "(max_position_embeddings, or its rope scaling's length) needs --allow-long-context.",
         ),
