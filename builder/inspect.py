@@ -47,6 +47,9 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
     # Node names follow /model/layers.{i}/...; fall back to inputs naming past_key_values.{i}.
     pattern = re.compile(rf"/model/layers\.{layer}/")
     sequence = [n.op_type for n in nodes if pattern.search(n.name)]
+    layers = {int(m.group(1)) for n in nodes if (m := re.search(r"/model/layers\.(\d+)/", n.name))}
+    if layers and not sequence:
+        raise BuilderError(f"--layer {layer}: {model_path} has layers 0-{max(layers)}; pass one of them")
     return {
         "model": str(model_path),
         "nodes": sum(counts.values()),

@@ -582,6 +582,10 @@ def test_inspect_truncated_model(built_folder, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_inspect_a_layer_the_model_does_not_have(built_folder):
+    assert_clean_failure(plain_cli("inspect", built_folder, "--layer", "99"), "--layer 99", "has layers 0-1")
+
+
 def test_inspect_into_a_closed_pipe(built_folder):
     import os
     import subprocess

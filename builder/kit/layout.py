@@ -52,7 +52,7 @@ AUTO_LAYOUT: dict[str, tuple[str, str, str, str]] = {
     "webgpu-1.27": ("separate", "separate", "quickgelu", "docs/packing.md#webgpu"),
     # CUDA: the reference builder's layout (packed QKV, norm inside GQA); fused QKV gave
     # +4-5% in llama.cpp (REFERENCE 4). Not measured here: no onnxruntime-gpu on the GPU machine.
-    "cuda": ("fused-norm", "separate", "quickgelu", "REFERENCE.md section 4; not measured here"),
+    "cuda": ("fused-norm", "separate", "quickgelu", "reference builder's cuda layout; not measured here"),
     # DirectML: GQA there takes neither packed QKV nor rotary: the reference builder's
     # layout (separate projections + RotaryEmbedding). Not measured here (no DirectML).
     "dml": ("separate", "separate", "sigmoid-mul", "reference builder's dml layout; not measured here"),
