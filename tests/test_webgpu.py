@@ -250,6 +250,9 @@ def test_sliding_window_models_build_without_capture(built, name):
     """genai's tokens left transformers' past the window with capture on (docs/packing.md#graph-capture)."""
     result = built(name, precision="int4", ep="webgpu")
     assert result.report["target"]["graph_capture"] is False
+    assert any(
+        note.startswith("graph capture is off: this model has sliding-window") for note in result.report["notes"]
+    )
     config = json.loads(result.genai_config_path.read_text())
     assert config["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]["enableGraphCapture"] == "0"
     with pytest.raises(BuilderError, match="sliding-window"):

@@ -93,6 +93,12 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
                 "--graph-capture off or auto"
             )
         target = dataclasses.replace(target, graph_capture=False)
+        capture_note = (
+            "graph capture is off: this model has sliding-window layers, which a captured replay "
+            "attends as the recorded step did (docs/packing.md#graph-capture)",
+        )
+    else:
+        capture_note = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
     context = resolve_context_length(options, spec, target)
     if options.max_length and options.max_length > context:
@@ -124,7 +130,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
-        notes=layout.notes,
+        notes=capture_note + tuple(layout.notes),
         warnings=tuple(warnings),
     )
 
