@@ -114,6 +114,14 @@ def unknown_command(word: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `--debug batch jobs.yaml`: flags written before the command belong to it.
+    leading = []
+    while len(argv) > 1 and argv[0] in ("--debug", "--quiet"):
+        leading.append(argv.pop(0))
+    if argv and argv[0] in COMMANDS:
+        argv = argv[:1] + leading + argv[1:]
+    else:
+        argv = leading + argv
     command = argv[0] if argv and argv[0] in COMMANDS else "build"
     if argv and argv[0] in COMMANDS:
         argv = argv[1:]

@@ -582,6 +582,11 @@ def test_inspect_truncated_model(built_folder, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_flags_before_the_command_belong_to_it(built_folder):
+    proc = plain_cli("--debug", "inspect", built_folder)
+    assert proc.returncode == 0 and "nodes" in proc.stdout, proc.stderr
+
+
 def test_inspect_a_layer_the_model_does_not_have(built_folder):
     assert_clean_failure(plain_cli("inspect", built_folder, "--layer", "99"), "--layer 99", "has layers 0-1")
 
