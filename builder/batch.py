@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from builder.batch_exec import Executor, LocalExecutor, Stop, report_fields
 from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
+from builder.kit.progress import Progress, end_line
 from builder.output_dir import REPORT_NAME
 from builder.version import __version__
 
@@ -54,6 +58,9 @@ def rebuild_reason(options: BuildOptions) -> str | None:
         return f"{REPORT_NAME} unreadable"
     if report.get("builder_version") != __version__:
         return f"builder {report.get('builder_version')} -> {__version__}"
+    damaged = damaged_file(output, report)
+    if damaged:
+        return damaged
     old, new = report.get("options") or {}, options.to_dict()
     changed = sorted(k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS and old.get(k) != new.get(k))
     if changed:
@@ -69,6 +76,44 @@ def rebuild_reason(options: BuildOptions) -> str | None:
         return "checkpoint changed"
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
+    return None
+
+
+# The config file each output format writes, which its runtime reads first.
+CONFIG_FILES = {"genai": "genai_config.json", "transformers.js": "config.json"}
+
+
+def damaged_file(output: Path, report: dict) -> str | None:
+    """What is wrong with the files of a finished output, or None when they are as its
+    report recorded them: the model and its external data files at the sizes in the
+    report's sizes, the config the runtime reads (complete JSON), the tokenizer files."""
+    files = report.get("files") or {}
+    model = files.get("model") or "model.onnx"
+    data = files.get("data") or []
+    sizes = report.get("sizes") or {}
+    weights = [model, *data]
+    for name in weights:
+        path = output / name
+        if not path.is_file():
+            return f"{name} is missing"
+        recorded = sizes.get(f"{Path(name).name}_bytes")
+        size = path.stat().st_size
+        if recorded is not None and size != recorded:
+            return f"{name} has {size} bytes, {REPORT_NAME} records {recorded}"
+    total = sizes.get("total_bytes")
+    if total is not None and sum((output / name).stat().st_size for name in weights) != total:
+        return f"the model files do not add up to the {total} bytes {REPORT_NAME} records"
+    config = CONFIG_FILES.get((report.get("format") or {}).get("name", "genai"))
+    if config:
+        try:
+            json.loads((output / config).read_text())
+        except FileNotFoundError:
+            return f"{config} is missing"
+        except (OSError, ValueError):
+            return f"{config} is unreadable or cut short"
+    for name in report.get("tokenizer_files") or []:
+        if not (output / name).is_file():
+            return f"{name} is missing"
     return None
 
 
@@ -189,12 +234,17 @@ def summary(batch: Batch, interrupted_by: str | None = None, executor: str = "lo
     }
 
 
+# A --summary ending in one of these means a file, not the folder it would be made into.
+FILE_SUFFIXES = {".md", ".markdown", ".txt", ".csv", ".tsv", ".html", ".htm", ".log", ".yaml", ".yml", ".jsonl"}
+
+
 def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
     """Where the summary goes, checked before any build runs.
 
     A folder gets <stem>-summary.json and .md; a name ending in .json is the JSON
     file, with the .md next to it. An earlier batch summary there is replaced;
-    any other existing file is refused, as is a place that cannot be written.
+    any other existing file is refused, as is a place that cannot be written
+    (tried: the folder is made if need be and a file written there, then both removed).
     """
     stem = batch.path.stem
     if given is None:
@@ -208,6 +258,12 @@ def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
                 f"--summary {given}: is a file; give a folder (for <stem>-summary.json and "
                 ".md) or a new or earlier summary's name ending in .json"
             )
+        elif not path.exists() and path.suffix.lower() in FILE_SUFFIXES:
+            raise BuilderError(
+                f"--summary {given}: reads as a file name, and --summary takes a folder (for "
+                f"<stem>-summary.json and .md) or a name ending in .json: pass "
+                f"{Path(given).with_suffix('.json')} or a folder (nothing was built)"
+            )
         else:
             folder, json_path = path, path / f"{stem}-summary.json"
     md_path = json_path.with_suffix(".md")
@@ -217,15 +273,72 @@ def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
                 f"--summary: {path} exists and is not a batch summary; refusing to "
                 "overwrite it: choose another --summary (nothing was built)"
             )
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise BuilderError(
-            f"summary folder {folder}: cannot write there ({existing} is not a writable "
-            "folder); pass --summary with a writable folder (nothing was built)"
-        )
+    problem = unwritable(folder)
+    if problem:
+        if given is not None:
+            where, fix = f"--summary {given}", "pass --summary with a writable folder"
+        else:
+            where, fix = _output_root_source(batch, summary=True)
+        raise BuilderError(f"{where}: cannot write the summary there ({problem}); {fix} (nothing was built)")
     return json_path, md_path
+
+
+def check_output_root(batch: Batch, jobs: list[Job]) -> None:
+    """Refuse, before any build runs, an output root that the jobs to build cannot write."""
+    if not any(Path(j.options.output).is_relative_to(batch.output_root) for j in jobs):
+        return
+    problem = unwritable(batch.output_root)
+    if problem:
+        where, fix = _output_root_source(batch)
+        raise BuilderError(f"{where}: cannot write the outputs there ({problem}); {fix} (nothing was built)")
+
+
+def _output_root_source(batch: Batch, summary: bool = False) -> tuple[str, str]:
+    """How a message names the output root (the option or key it came from) and what to do;
+    for the summary, --summary is a way out too."""
+    root, source = batch.output_root, batch.output_root_from
+    options = "--output-root or --summary" if summary else "--output-root"
+    if source == "--output-root":
+        return f"--output-root {root}", f"pass {options} with a writable folder"
+    if source:
+        return f"{source} {root}", f"set output_root: to a writable folder, or pass {options}"
+    return f"output root {root} (the batch file's folder)", f"set output_root: in the file, or pass {options}"
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written in `folder`, or None. Tried for real: os.access says yes
+    to root everywhere, /proc included. What this makes is removed again."""
+    made = []
+    try:
+        missing = []
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir()
+            made.append(path)
+        probe = (missing[0] if missing else folder) / f".batch-probe-{os.getpid()}"
+        try:
+            with open(probe, "x") as f:
+                f.write("probe\n")
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as e:
+        return _os_error(e)
+    finally:
+        for path in reversed(made):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def _os_error(e: OSError) -> str:
+    where = e.filename if isinstance(e.filename, str) else None
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and where:
+        return f"{Path(where).parent if isinstance(e, NotADirectoryError) else where} is a file, not a folder"
+    return f"{e.strerror or e}{': ' + where if where else ''}"
 
 
 def _is_summary(path: Path) -> bool:
@@ -239,11 +352,30 @@ def _is_summary(path: Path) -> bool:
         return False
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader never sees half a summary
+def write_summary(files: dict[Path, str]) -> None:
+    """Write the summary files whole or not at all: each through a temporary file that is
+    renamed into place (a reader never sees half a summary). When writing fails, the
+    temporary files go, and so does an earlier summary there (it would pass for this
+    run's); BuilderError names the file and the OS error."""
+    tmps = {path: path.with_name(f".{path.name}.tmp") for path in files}
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmps[path], "w") as f:
+                f.write(text)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except OSError as e:
+        for path in [*tmps.values(), *files]:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        target = next((p for p, t in tmps.items() if str(t) == e.filename), None) or next(iter(files))
+        raise BuilderError(
+            f"writing the batch summary {target} failed ({e.strerror or e}); the table above is all "
+            "there is of it: free space there or pass --summary with another folder"
+        ) from None
 
 
 # ---- command line ----------------------------------------------------------------------
@@ -253,12 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m builder batch",
         description="Run the builds a YAML file lists (jobs: and/or a matrix:), skipping those whose "
-        "output is up to date. Relative paths in the file resolve against its folder. "
+        "output is up to date (its files as its build_report.json recorded them, same builder, "
+        "options, target and checkpoint). Relative paths in the file resolve against its folder. "
         "Prints one line per job and a summary table, and writes the summary as "
-        "<file>-summary.json and .md. Exit code 1 if any job failed, 2 if the file is "
-        "invalid (then nothing is built), 130/143 after SIGINT/SIGTERM (running builds "
-        "are stopped, their partial outputs removed, and the summary marks them "
-        "interrupted).",
+        "<file>-summary.json and .md. While builds run, a status line (in a log: a line "
+        "every 30 s) names them with their time so far. Exit code 1 if any job failed or "
+        "the summary could not be written, 2 if the file is invalid or an output or summary "
+        "folder cannot be written (then nothing is built), 130/143/129 after "
+        "SIGINT/SIGTERM/SIGHUP (running builds are stopped, their partial outputs removed, "
+        "and the summary marks them interrupted).",
         epilog=MEMORY_NOTE + " Example: python -m builder batch configs/qwen3-family-int4.yaml --jobs 2",
     )
     parser.add_argument("file", metavar="FILE.yaml", help="Batch file (see configs/ for examples).")
@@ -317,6 +452,99 @@ def make_executor(args: argparse.Namespace, batch: Batch) -> Executor:
     return LocalExecutor(args.jobs)
 
 
+class Console:
+    """The batch's lines on stdout, and while jobs run, which ones and for how long.
+
+    On a terminal that is one status line, builder.kit.progress's, redrawn about once a
+    second and cleared before the next job line; in a log (not a terminal) a
+    '[running] a 34 s, b 12 s' line every LOG_EVERY_S seconds, so a long job shows it is
+    alive without flooding the log. A terminal that has gone away (SIGHUP: writes fail
+    with EIO) silences the lines instead of stopping the batch, whose builds still have
+    to be stopped and whose summary still has to be written.
+    """
+
+    TTY_EVERY_S = 1.0
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, stop: Stop | None = None):
+        self.progress = Progress(1, "running", stream=sys.stdout)
+        self.every = self.TTY_EVERY_S if self.progress.tty else self.LOG_EVERY_S
+        self.stop = stop
+        self.running: dict[str, float] = {}  # job name -> start (perf_counter)
+        self.lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gone: set = set()  # streams that failed: written no more
+
+    def __enter__(self) -> Console:
+        self._thread = threading.Thread(target=self._tick, name="batch progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self.lock:
+            self._write(sys.stdout, end_line)  # a line left open if the executor raised
+
+    def say(self, text: str | None = "", err: str | None = None) -> None:
+        """One line on stdout (after clearing the status line), and `err` on stderr."""
+        with self.lock:
+            if text is not None:
+                self._write(sys.stdout, lambda: self.progress.finish(text))
+            if err:
+                self._write(sys.stderr, lambda: print(err, file=sys.stderr, flush=True))
+
+    def started(self, name: str) -> None:
+        with self.lock:
+            self.running[name] = time.perf_counter()
+
+    def ended(self, name: str) -> None:
+        with self.lock:
+            self.running.pop(name, None)
+
+    def _tick(self) -> None:
+        while not self._done.wait(self.every):
+            with self.lock:
+                if self.running:
+                    self._write(sys.stdout, self._draw)
+
+    def _draw(self) -> None:
+        now = time.perf_counter()
+        line = "[running] " + ", ".join(f"{name} {now - t:.0f} s" for name, t in self.running.items())
+        if self.progress.tty:  # one terminal row, or clearing it would leave the wrapped rest
+            width = shutil.get_terminal_size().columns - 1
+            line = line if len(line) <= width else line[: max(width - 3, 0)] + "..."
+        self.progress.line = line
+        self.progress._draw()
+
+    def _write(self, stream, write) -> None:
+        if stream in self._gone:
+            return
+        try:
+            write()
+        except OSError as e:
+            if isinstance(e, BrokenPipeError) and threading.current_thread() is threading.main_thread():
+                if self.stop is None or self.stop.signum is None:
+                    raise  # `batch ... | head`: stop as a Unix tool does (cli.broken_pipe)
+            self._gone.add(stream)
+            _to_devnull(stream)
+
+
+def _to_devnull(stream) -> None:
+    """Point a stream that cannot be written any more (a terminal that is gone, a full disk)
+    at /dev/null, so neither later lines nor the interpreter's final flush fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (captured output): nothing to flush at exit
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
@@ -336,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     to_build = [j for j in batch.jobs if j.action == "build"]
+    check_output_root(batch, to_build)
     # Nothing to build: no executor to start (a Ray one takes seconds to join).
     executor = make_executor(args, batch) if to_build else LocalExecutor(1)
     try:
@@ -348,41 +577,53 @@ def main(argv: list[str] | None = None) -> int:
             job.result = skipped_result(job.options)
             print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
 
-    def on_start(job: Job) -> None:
-        o = job.options
-        print(f"{tag[id(job)]} start   {job.name}: {o.precision} {o.ep} ({job.reason})", flush=True)
-
-    def on_end(job: Job) -> None:
-        r = job.result
-        if r["status"] == "built":
-            print(
-                f"{tag[id(job)]} built   {job.name} in {r['seconds']:.1f} s (peak RSS "
-                f"{_size(r['peak_rss_bytes'])}, {_size(r['size_bytes'])}, {r['nodes']} nodes)",
-                flush=True,
-            )
-        else:
-            print(f"{tag[id(job)]} {r['status']:7} {job.name} after {r['seconds']:.1f} s: {r['error']}", flush=True)
-        if args.debug and r.get("traceback"):
-            print(r["traceback"], file=sys.stderr)
-
     with Stop() as stop:  # from here a signal stops the builds, and the summary is still written
+        console = Console(stop)
+
+        def on_start(job: Job) -> None:
+            o = job.options
+            console.started(job.name)
+            console.say(f"{tag[id(job)]} start   {job.name}: {o.precision} {o.ep} ({job.reason})")
+
+        def on_end(job: Job) -> None:
+            r = job.result
+            console.ended(job.name)
+            if r["status"] == "built":
+                line = (
+                    f"{tag[id(job)]} built   {job.name} in {r['seconds']:.1f} s (peak RSS "
+                    f"{_size(r['peak_rss_bytes'])}, {_size(r['size_bytes'])}, {r['nodes']} nodes)"
+                )
+            else:
+                line = f"{tag[id(job)]} {r['status']:7} {job.name} after {r['seconds']:.1f} s: {r['error']}"
+            console.say(line, err=r.get("traceback") if args.debug else None)
+
         try:
-            executor.run(to_build, on_start, on_end, stop)
+            with console:
+                executor.run(to_build, on_start, on_end, stop)
         finally:
             executor.close()
         by = signal.Signals(stop.signum).name if stop.signum else None
         result = summary(batch, by, executor.name)
-        _write(summary_json, json.dumps(result, indent=2) + "\n")
-        _write(summary_md, markdown(batch, with_node=executor.name == "ray"))
+        unwritten = None
+        try:
+            write_summary(
+                {
+                    summary_json: json.dumps(result, indent=2) + "\n",
+                    summary_md: markdown(batch, with_node=executor.name == "ray"),
+                }
+            )
+        except BuilderError as e:
+            unwritten = str(e)
         counts = result["counts"]
-        print()
-        print(table(batch.jobs, with_node=executor.name == "ray"))
-        print(
+        console.say()
+        console.say(table(batch.jobs, with_node=executor.name == "ray"))
+        console.say(
             f"\n{counts['built']} built, {counts['skipped']} skipped, {counts['failed']} failed"
             + (f", {counts['interrupted']} interrupted by {by}" if by else "")
-            + f"; summary: {summary_json} and .md",
-            flush=True,
+            + (f"; summary: {summary_json} and .md" if not unwritten else "")
         )
+        if unwritten:
+            console.say(None, err=f"error: {unwritten}")
     if stop.signum:
         return stop.exit_code
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or unwritten else 0

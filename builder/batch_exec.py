@@ -111,8 +111,14 @@ def remove_staging(output: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops a batch cleanly
+
+
 class Stop:
-    """SIGINT/SIGTERM while jobs run: remember the first signal and wake the executor.
+    """SIGINT/SIGTERM/SIGHUP while jobs run: remember the first signal and wake the executor.
+
+    SIGHUP is the terminal or SSH session going away: the batch stops as for SIGTERM
+    (builds stopped, staging removed, summary written) rather than dying mid-job.
 
     The handler only records; the executor stops its jobs from its own loop, so
     no exception lands in the middle of bookkeeping.
@@ -128,7 +134,7 @@ class Stop:
         return self._read
 
     def __enter__(self) -> Stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -205,9 +211,9 @@ class LocalExecutor(Executor):
                     name=f"build {job.name}",
                     args=(send, job.options.to_dict(), self.threads, os.getpid()),
                 )
-                # Blocked here, the child inherits SIGINT and SIGTERM blocked until its own handlers
-                # are in place; a Ctrl-C meant for the batch never lands in the child's imports.
-                old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                # Blocked here, the child inherits SIGINT, SIGTERM and SIGHUP blocked until its own
+                # handlers are in place; a Ctrl-C meant for the batch never lands in the child's imports.
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
                 try:
                     process.start()
                 finally:
@@ -264,14 +270,20 @@ def _died(exitcode: int | None) -> str:
 
 
 def _child(conn, options: dict, threads: int, parent: int) -> None:
-    """Body of a job's spawned process. Started with SIGINT and SIGTERM blocked (see run)."""
+    """Body of a job's spawned process. Started with SIGINT, SIGTERM and SIGHUP blocked (see run)."""
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    # Ctrl-C reaches the whole process group; the batch decides and sends SIGTERM.
+    # Ctrl-C and a closed terminal's SIGHUP reach the whole process group; the batch
+    # decides and sends SIGTERM. SIGHUP stays blocked for the job's whole life (the
+    # threads the build starts inherit that): ignoring it is not enough, since a build
+    # handles SIGHUP itself (output_dir), and a SIGHUP arriving together with the batch's
+    # SIGTERM can land the SIGTERM on a worker thread, where it does not wake the main
+    # thread's wait.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         _die_with(parent)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # a pending one lands here

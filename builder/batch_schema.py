@@ -72,6 +72,9 @@ class Batch:
     jobs: list[Job]
     executor: str | None = None  # local | ray; the command line's --executor wins
     ray_address: str | None = None
+    # Where output_root came from, for messages: "--output-root", "FILE:LINE: output_root:",
+    # or "" (the batch file's folder).
+    output_root_from: str = ""
 
 
 @dataclass
@@ -274,14 +277,14 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
                 "(build options go under defaults:, matrix: or a job)",
             )
 
-    root = base
+    root, root_from = base, ""
     if output_root is not None:
-        root = Path(output_root).absolute()
+        root, root_from = Path(output_root).absolute(), "--output-root"
     elif "output_root" in top:
         line, node = top["output_root"]
         value = _value(node)
         if isinstance(value, str) and value:
-            root = base / os.path.expanduser(value)
+            root, root_from = base / os.path.expanduser(value), f"{path}:{line}: output_root:"
         else:
             problems.add(line, "output_root: must be a folder path")
 
@@ -340,4 +343,4 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     for job in jobs:
         if last[job.options.model] is not job:
             job.options.page_cache = True
-    return Batch(path, root, jobs, executor, ray_address)
+    return Batch(path, root, jobs, executor, ray_address, root_from)

@@ -328,6 +328,42 @@ def test_verify_asked_for_an_unverified_build_rebuilds_it(tmp_path):
     assert job["verify"]["status"] == "passed" and "from" not in job["verify"]
 
 
+# ---- up to date means the files are there, as their report recorded them ----------------
+
+
+def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
+    from builder.batch import rebuild_reason
+
+    path = write(tmp_path / "d.yaml", ONE_JOB)
+    assert batch(path) == 0
+    out = tmp_path / "out" / "a"
+    options = load_batch(path).jobs[0].options
+    assert rebuild_reason(options) is None
+    data = (out / "model.onnx.data").read_bytes()
+    damages = {
+        "truncated": (lambda: (out / "model.onnx.data").write_bytes(data[:100]), "model.onnx.data has 100 bytes"),
+        "config cut short": (lambda: (out / "genai_config.json").write_text('{"model": '), "genai_config.json is"),
+        "tokenizer gone": (lambda: (out / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+        "model gone": (lambda: (out / "model.onnx").unlink(), "model.onnx is missing"),
+    }
+    kept = {f: (out / f).read_bytes() for f in ("model.onnx", "genai_config.json", "tokenizer.json")}
+    for damage, (apply, reason) in damages.items():
+        apply()
+        assert (rebuild_reason(options) or "").startswith(reason), damage
+        for name, content in {"model.onnx.data": data, **kept}.items():
+            (out / name).write_bytes(content)
+        assert rebuild_reason(options) is None, damage
+
+    (out / "model.onnx.data").unlink()
+    capsys.readouterr()
+    assert batch(path) == 0  # the builder's own folder: replaced, not refused
+    assert "[1/1] start   a: int4 cpu (model.onnx.data is missing)" in capsys.readouterr().out
+    job = summary(tmp_path / "out", "d")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"] == "model.onnx.data is missing"
+    assert (out / "model.onnx.data").read_bytes() == data
+    assert leftovers(tmp_path / "out") == []
+
+
 # ---- the fingerprint sees content -------------------------------------------------------
 
 
@@ -478,10 +514,90 @@ def test_summary_md_or_json_name_and_replacing_an_earlier_one(tmp_path):
     assert json.loads((tmp_path / "sums" / "run.json").read_text())["counts"]["skipped"] == 1
 
 
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nothing was built" in err, err
+    return err
+
+
+def test_a_summary_folder_that_cannot_be_made_is_refused_before_building(tmp_path, capsys):
+    """os.access says yes to root on /proc; making the folder says no."""
+    path = write(tmp_path / "s.yaml", ONE_JOB)
+    assert batch(path, "--output-root", "/proc/no-such-folder") == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("error: --output-root /proc/no-such-folder: cannot write the summary there (")
+    assert "pass --output-root or --summary with a writable folder" in err
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    assert batch(path, "--summary", a_file / "sums") == 2
+    assert f"--summary {a_file / 'sums'}: cannot write the summary there ({a_file} is a file" in _one_line_error(capsys)
+    assert sorted(tmp_path.iterdir()) == [a_file, path]
+
+
+def test_output_root_key_naming_a_file_is_named_in_the_error(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    path = write(tmp_path / "f.yaml", ONE_JOB.replace("output_root: out", "output_root: a-file/sub"))
+    assert batch(path) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {path}:1: output_root: {a_file / 'sub'}: cannot write the summary there")
+    assert f"({a_file} is a file, not a folder); set output_root: to a writable folder" in err
+    # with the summary elsewhere, the outputs still have nowhere to go
+    assert batch(path, "--summary", tmp_path / "sums") == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {path}:1: output_root: {a_file / 'sub'}: cannot write the outputs there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "f.yaml"]  # the tried folders went again
+    assert a_file.read_text() == "mine"
+
+
+def test_summary_that_reads_as_a_file_name_is_refused(tmp_path, capsys):
+    path = write(tmp_path / "s.yaml", ONE_JOB)
+    assert batch(path, "--summary", tmp_path / "s.md") == 2
+    err = _one_line_error(capsys)
+    assert "reads as a file name" in err and f"pass {tmp_path / 's.json'} or a folder" in err
+    assert list(tmp_path.iterdir()) == [path]
+    (tmp_path / "runs.v2").mkdir()  # an existing folder is a folder, whatever its name
+    assert batch(path, "--summary", tmp_path / "runs.v2", "--dry-run") == 0
+
+
+def test_summary_that_cannot_be_written_at_the_end_is_one_line(tiny, tmp_path):
+    """The disk fills up during the builds: one error line naming the file, no temporary
+    file left, no earlier summary passing for this run's, and a non-zero exit."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    root, _ = tiny
+    sums = tmp_path / "sums"
+    sums.mkdir()
+    (sums / "tiny-summary.md").write_text("# Batch tiny.yaml\nan earlier run\n")
+
+    def small_files():  # EFBIG past 2000 bytes, as a full disk gives ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "builder", "batch", str(CONFIGS / "tiny.yaml"), "--output-root", str(root)]
+        + ["--summary", str(sums)],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith(
+        f"error: writing the batch summary {sums / 'tiny-summary.json'} failed (File too large)"
+    )
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert "0 built, 3 skipped, 0 failed\n" in run.stdout and "tiny-qwen3-fp32-cpu" in run.stdout
+    assert list(sums.iterdir()) == []
+
+
 # ---- signals: running builds stop, nothing is published, the summary is written ---------
 
 
-def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None):
+def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None, **popen):
     """A batch of three jobs, --jobs 2, whose builds pause just before publishing."""
     import subprocess
     import sys
@@ -510,9 +626,7 @@ def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None):
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder", "batch", str(path), "--jobs", str(jobs)],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen},
         start_new_session=True,
     )  # its own process group, like a shell job
     deadline = time.monotonic() + 120
@@ -551,13 +665,14 @@ def _assert_stopped_cleanly(tmp_path, children, code, expected, stderr):
     return s
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
     import signal
 
     proc, children = _start_paused_batch(tmp_path, jobs=2)
-    if sig == "SIGINT":
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+    if sig in ("SIGINT", "SIGHUP"):
+        # Ctrl-C in a terminal, or the shell passing on a closed terminal's hangup: the whole group
+        os.killpg(proc.pid, getattr(signal, sig))
     else:
         proc.send_signal(signal.SIGTERM)  # kill PID: the batch alone
     stdout, stderr = proc.communicate(timeout=60)
@@ -568,6 +683,57 @@ def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
     assert by_name["c"]["error"] == "not started: the batch was interrupted"
     assert f"0 built, 0 skipped, 0 failed, 3 interrupted by {sig}" in stdout
     assert "| interrupted |" in (tmp_path / "out" / "sig-summary.md").read_text()
+
+
+def test_closed_terminal_stops_the_batch_cleanly(tmp_path):
+    """The terminal (or SSH session) goes away: SIGHUP to the batch and its builds, and every
+    later write to the terminal fails with EIO. Before that, a status line names the
+    running builds."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import signal
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+
+    def controlling_terminal():  # in the new session: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc, children = _start_paused_batch(tmp_path, jobs=2, stdin=slave, stdout=slave, preexec_fn=controlling_terminal)
+    os.close(slave)
+    shown, deadline = b"", time.monotonic() + 30
+    while not re.search(rb"\r\x1b\[K\[running\] a \d+ s, b \d+ s", shown):  # the status line, each second
+        assert time.monotonic() < deadline, shown
+        if select.select([master], [], [], 0.2)[0]:
+            shown += os.read(master, 65536)
+    os.close(master)  # hang up
+    _, stderr = proc.communicate(timeout=60)
+    s = _assert_stopped_cleanly(tmp_path, children, proc.returncode, 128 + signal.SIGHUP, stderr)
+    assert s["interrupted_by"] == "SIGHUP"
+
+
+def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
+    """Not a terminal: no status line redrawn in place, a '[running] ...' line every
+    LOG_EVERY_S (30 s; shortened here)."""
+    from builder.batch import Console
+
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv("BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "1.5")
+    monkeypatch.setenv("BUILDER_TEST_PAUSE_DIR", str(pauses))
+    monkeypatch.setattr(Console, "LOG_EVERY_S", 0.5)
+    path = write(tmp_path / "p.yaml", ONE_JOB)
+    assert batch(path) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x1b" not in out
+    lines = out.splitlines()
+    running = [line for line in lines if line.startswith("[running]")]
+    assert running and all(line.startswith("[running] a ") and line.endswith(" s") for line in running)
+    assert lines.index(running[0]) > lines.index("[1/1] start   a: int4 cpu (new)")
+    assert lines.index(running[-1]) < next(i for i, line in enumerate(lines) if line.startswith("[1/1] built"))
 
 
 def test_killed_batch_takes_its_builds_with_it(tmp_path):
