@@ -122,10 +122,23 @@ rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 print(f"{name}: exit {child.returncode}, build {wall:.1f} s, peak RSS {rss:.2f} GB{note}")
 PY
 }
-ours_and_reference() {  # ours_and_reference SIZE: its checkpoint, ours as built (auto-SIZE), the reference's capture build
+checkpoint_for() {  # checkpoint_for SIZE: CK=its random-weight checkpoint, made once per machine
     CK=$W/ck-$1
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$1" "$CK" > /dev/null
     log "checkpoint $1 ready"
+}
+parity_meanwhile() {  # plugin-EP parity of the tiny families in the background (NO_PARITY skips it)
+    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
+        --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    PARITY=$!
+}
+builds_then_parity() {  # wait for the background builds, then for the parity, and log its rows
+    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
+    wait $PARITY
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
+}
+ours_and_reference() {  # ours_and_reference SIZE: its checkpoint, ours as built (auto-SIZE), the reference's capture build
+    checkpoint_for "$1"
     ours auto-$1 "$CK" &
     reference ref-graph-$1 "$CK" enable_webgpu_graph=true &
     wait
@@ -308,40 +321,28 @@ PY
             2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = int32 ]; then
-    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
-        --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
-    PARITY=$!
+    parity_meanwhile
     for size in ${INT32_CKPTS:-qwen3-0.6b qwen3-4b}; do
-        CK=$W/ck-$size
-        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
-        log "checkpoint $size ready"
+        checkpoint_for "$size"
         ours auto-$size "$CK" &
         ours i64-$size "$CK" --int32-inputs off &
         reference ref-graph-$size "$CK" enable_webgpu_graph=true &
     done
-    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
-    wait $PARITY
-    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
+    builds_then_parity
     for size in ${INT32_CKPTS:-qwen3-0.6b qwen3-4b}; do
         timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int64=$W/i64-$size ref-graph=$W/ref-graph-$size \
             --provider webgpu --prompt $PROMPT --new $NEW --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" \
             2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = goal ]; then
-    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
-        --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
-    PARITY=$!
+    parity_meanwhile
     for size in ${GOAL_CKPTS:-qwen3-0.6b qwen3-4b}; do
-        CK=$W/ck-$size
-        [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$size" "$CK" > /dev/null
-        log "checkpoint $size ready"
+        checkpoint_for "$size"
         ours auto-$size "$CK" &
         reference ref-graph-$size "$CK" enable_webgpu_graph=true &
         reference ref-default-$size "$CK" &
     done
-    wait $(jobs -p | grep -v "^$PARITY$") 2>/dev/null
-    wait $PARITY
-    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
+    builds_then_parity
     for size in ${GOAL_CKPTS:-qwen3-0.6b qwen3-4b}; do
         for d in auto-$size ref-graph-$size ref-default-$size; do nodes "$W/$d"; done
         timeout 280 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
