@@ -516,8 +516,7 @@ class Console:
         if self.progress.tty:  # one terminal row, or clearing it would leave the wrapped rest
             width = shutil.get_terminal_size().columns - 1
             line = line if len(line) <= width else line[: max(width - 3, 0)] + "..."
-        self.progress.line = line
-        self.progress._draw()
+        self.progress.show(line)
 
     def _write(self, stream, write) -> None:
         if stream in self._gone:

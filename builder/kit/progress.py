@@ -53,6 +53,12 @@ class Progress:
         self.line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
         self._draw()
 
+    def show(self, line: str) -> None:
+        """Display a line of the caller's own (batch's running jobs) as the progress line."""
+        self.line = line
+        if self.enabled:
+            self._draw()
+
     def _draw(self) -> None:
         global _open_line
         if self.tty:
