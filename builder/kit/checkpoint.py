@@ -227,7 +227,7 @@ class Checkpoint:
             for shard in sorted(set(shards.values())):
                 if not shard.is_file():
                     raise BuilderError(
-                        f"{index_path.name} names shard {shard.name}, which is missing from "
+                        f"{index_path.name} names shard {shard.name!r}, which is missing from "
                         f"{self.directory}; re-download the checkpoint"
                     )
             return shards
@@ -271,7 +271,7 @@ class Checkpoint:
         entry = self._header(file)["tensors"].get(name)
         if entry is None:
             raise BuilderError(
-                f"the index names {file.name} for tensor {name!r}, but that shard does not "
+                f"the index names {file.name!r} for tensor {name!r}, but that shard does not "
                 "hold it; re-download the checkpoint"
             )
         return file, entry
