@@ -273,6 +273,7 @@ def _child(conn, options: dict, threads: int, parent: int) -> None:
     """Body of a job's spawned process. Started with SIGINT, SIGTERM and SIGHUP blocked (see run)."""
 
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent-death signal can come again
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

@@ -132,7 +132,11 @@ def _stop_signals_as_interrupt():
 
     def handler(signum, frame):
         caught.append(signum)
-        raise KeyboardInterrupt
+        # Only the first stops the build. A repeat would interrupt the cleanup itself and leave
+        # half a staging folder: a batch job's parent-death SIGTERM comes once for each thread
+        # of the dying batch, as the kernel hands the orphan from one thread to the next.
+        if len(caught) == 1:
+            raise KeyboardInterrupt
 
     try:
         previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
