@@ -13,7 +13,6 @@ executor retries it.
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.kit.errors import BuilderError, BuildInterrupted
-from builder.output_dir import STAGING_PREFIX, remove_stale_staging
+from builder.output_dir import remove_stale_staging, staging_folders
 
 # Test hook: while the folder $BUILDER_TEST_PAUSE_DIR exists, a job pauses
 # $BUILDER_TEST_PAUSE_BEFORE_PUBLISH seconds just before publishing its output
@@ -93,21 +92,17 @@ def _pause_hook(output: Path) -> None:
         return  # a retry: run through
     import builder.output_dir as output_dir
 
-    move = output_dir._move_into_place
-
-    def paused(staging, out, overwrite):
-        output_dir._move_into_place = move
+    def paused():
+        output_dir._before_publish = before
         marker.write_text(str(os.getpid()))
         time.sleep(float(seconds))
-        move(staging, out, overwrite)
 
-    output_dir._move_into_place = paused
+    before, output_dir._before_publish = output_dir._before_publish, paused
 
 
 def remove_staging(output: Path) -> None:
     """Every staging folder of `output`, whoever made it: for when its job is over for good."""
-    pattern = f"{STAGING_PREFIX}{glob.escape(output.name)}-*-" + "[0-9a-f]" * 8
-    for staging in output.parent.glob(pattern):
+    for staging, _pid in staging_folders(output):
         shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import uuid
@@ -64,9 +65,11 @@ def staged_output(output: Path, overwrite: bool):
             else f"{e.strerror or e}{': ' + where if where else ''}"
         )
         raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
-    with _stop_signals_as_interrupt() as caught:
+    with _StopSignals() as stop:
         try:
             yield staging
+            _before_publish()
+            stop.deferring = True  # the output is complete: a stop now waits for it to be in place
             try:
                 _move_into_place(staging, output, overwrite)
             except OSError as e:
@@ -74,16 +77,36 @@ def staged_output(output: Path, overwrite: bool):
                     f"moving the finished build into {output} failed ({e.strerror or e}); choose another -o/--output"
                 ) from None
         except KeyboardInterrupt:
+            stop.deferring = True
             shutil.rmtree(staging, ignore_errors=True)
             stopped = BuildInterrupted(
                 f"build interrupted; removed the partial output {staging.name}, {output} was left as it was"
             )
-            if caught:
-                stopped.exit_code = 128 + caught[0]  # as a shell reports a process its signal ended
+            if stop.caught:
+                stopped.exit_code = 128 + stop.caught[0]  # as a shell reports a process its signal ended
             raise stopped from None
         except BaseException:
+            stop.deferring = True
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _before_publish() -> None:
+    """Nothing; the point where a test pauses a finished build (batch_exec's pause hook)."""
+
+
+def staging_folders(output: Path) -> list[tuple[Path, int]]:
+    """The staging folders of `output` (also the old output a rebuild is replacing), with the
+    pid of the build that made each; not those of an output whose name merely begins the same
+    (`a` against `a-verify`)."""
+    output = Path(output)
+    name = re.compile(re.escape(f"{STAGING_PREFIX}{output.name}-") + r"([0-9]+)-[0-9a-f]{8}")
+    found = []
+    for path in output.parent.glob(f"{STAGING_PREFIX}{glob.escape(output.name)}-*"):
+        match = name.fullmatch(path.name)
+        if match:
+            found.append((path, int(match.group(1))))
+    return found
 
 
 def remove_stale_staging(output: Path) -> None:
@@ -92,10 +115,8 @@ def remove_stale_staging(output: Path) -> None:
     A build killed with SIGKILL (OOM killer, kill -9) cannot clean up; the pid in
     the folder name tells a dead build's leftovers from a live concurrent one.
     """
-    pattern = f"{STAGING_PREFIX}{glob.escape(output.name)}-*-" + "[0-9a-f]" * 8
-    for staging in Path(output).parent.glob(pattern):
-        pid = staging.name[len(STAGING_PREFIX) + len(output.name) + 1 :].rsplit("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    for staging, pid in staging_folders(output):
+        if not _alive(pid):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -113,38 +134,53 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
     old = None
     if output.exists():
         check_output_free(output, overwrite)
-        old = output.parent / f"{STAGING_PREFIX}old-{output.name}-{uuid.uuid4().hex[:8]}"
+        # Named like a staging folder, so that the sweeps remove it if this process dies here.
+        old = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(output, old)
-    os.rename(staging, output)
+    try:
+        os.rename(staging, output)
+    except OSError:
+        if old is not None:
+            os.rename(old, output)  # the previous build stays where it was
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 # SIGHUP: the terminal or ssh session closed under a running build.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-@contextlib.contextmanager
-def _stop_signals_as_interrupt():
-    """SIGTERM and SIGHUP unwind like Ctrl-C so the staging folder is cleaned up; the list
-    it yields gets the number of the signal that stopped the build."""
-    caught: list[int] = []
+class _StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP unwind the build as KeyboardInterrupt, so the staging folder
+    is removed; `caught` gets the number of each signal that came.
 
-    def handler(signum, frame):
-        caught.append(signum)
-        # Only the first stops the build. A repeat would interrupt the cleanup itself and leave
-        # half a staging folder: a batch job's parent-death SIGTERM comes once for each thread
-        # of the dying batch, as the kernel hands the orphan from one thread to the next.
-        if len(caught) == 1:
+    Only the first one raises, and none while `deferring`: a signal must not cut short the
+    removal of a staging folder (a batch job's parent-death SIGTERM comes once for each thread
+    of the dying batch, as the kernel hands the orphan from one thread to the next; an impatient
+    second Ctrl-C) nor the two renames that publish a complete output. A SIGINT that the process
+    ignores (a shell's background job) stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+        self.deferring = False
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.caught.append(signum)
+        if len(self.caught) == 1 and not self.deferring:
             raise KeyboardInterrupt
 
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    except ValueError:  # not the main thread: leave signals alone
-        yield caught
-        return
-    try:
-        yield caught
-    finally:
-        for sig, handler_before in previous.items():
+    def __enter__(self) -> _StopSignals:
+        try:
+            for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN or sig != signal.SIGINT:
+                    self._previous[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler_before in self._previous.items():
             signal.signal(sig, handler_before)

@@ -271,33 +271,6 @@ def test_interrupt_mid_build_removes_partial_output(tmp_path, sig):
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
 
 
-def test_a_repeated_stop_signal_does_not_cut_the_cleanup_short(tmp_path, monkeypatch):
-    """A batch job's parent-death SIGTERM comes once for each thread of the dying batch; the
-    second landed inside the first one's rmtree and left half a staging folder behind."""
-    import shutil
-
-    from builder import output_dir
-    from builder.kit.errors import BuildInterrupted
-
-    remove = shutil.rmtree
-
-    def signalled_mid_removal(path, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        remove(path, *args, **kwargs)
-
-    out = tmp_path / "out"
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises((BuildInterrupted, KeyboardInterrupt)) as stopped:
-        with output_dir.staged_output(out, overwrite=False) as staging:
-            (staging / "model.onnx").write_bytes(b"partial")
-            monkeypatch.setattr(output_dir.shutil, "rmtree", signalled_mid_removal)
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.undo()
-    assert stopped.type is BuildInterrupted and stopped.value.exit_code == 128 + signal.SIGTERM
-    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
 # ---- tokenizer --------------------------------------------------------------
 
 

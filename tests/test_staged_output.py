@@ -1,0 +1,143 @@
+"""Signals and failures at every step of staged_output: the output is complete or absent, the
+previous build stays until a new one replaces it, and nothing named .builder-staging-* is left.
+Each test sends real signals to this process at a chosen point."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from builder import output_dir
+from builder.kit.errors import BuilderError, BuildInterrupted
+from builder.output_dir import REPORT_NAME, staged_output
+
+
+def previous_build(out):
+    out.mkdir()
+    (out / REPORT_NAME).write_text("{}")
+    (out / "model.onnx").write_bytes(b"old")
+
+
+def leftovers(tmp_path):
+    return sorted(p.name for p in tmp_path.glob(".builder-staging-*"))
+
+
+def signal_then(call, *sigs):
+    def wrapped(*args, **kwargs):
+        for sig in sigs:
+            os.kill(os.getpid(), sig)
+        return call(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (signal.SIGTERM, signal.SIGTERM),  # a batch job's parent-death signal, once per thread of the batch
+        (signal.SIGINT, signal.SIGINT),  # an impatient second Ctrl-C
+        (signal.SIGTERM, signal.SIGINT),
+        (signal.SIGINT, signal.SIGHUP),
+    ],
+)
+def test_a_second_signal_does_not_cut_the_cleanup_short(tmp_path, monkeypatch, first, second):
+    out = tmp_path / "out"
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with pytest.raises((BuildInterrupted, KeyboardInterrupt)) as stopped:
+        with staged_output(out, overwrite=False) as staging:
+            for i in range(20):
+                (staging / f"part{i}").write_bytes(b"partial")
+            monkeypatch.setattr(output_dir.shutil, "rmtree", signal_then(shutil.rmtree, second))
+            os.kill(os.getpid(), first)
+    monkeypatch.undo()
+    assert stopped.type is BuildInterrupted and stopped.value.exit_code == 128 + first
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_signal_while_a_failed_build_is_cleaned_up_keeps_its_error(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError) as failed:
+        with staged_output(out, overwrite=False) as staging:
+            (staging / "model.onnx.data").write_bytes(b"partial")
+            monkeypatch.setattr(output_dir.shutil, "rmtree", signal_then(shutil.rmtree, signal.SIGTERM))
+            raise BuilderError("writing model.onnx.data failed (No space left on device)")
+    monkeypatch.undo()
+    assert "No space left" in str(failed.value) and not isinstance(failed.value, BuildInterrupted)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("when", ["before the first rename", "between the renames", "removing the old build"])
+def test_a_signal_while_publishing_lets_the_new_build_land(tmp_path, monkeypatch, when):
+    """Once the output is complete, a stop waits the few renames it takes to put it in place;
+    before, a rebuild stopped there left the old build half-deleted or the output missing."""
+    out = tmp_path / "out"
+    previous_build(out)
+    renames = []
+    rename, rmtree = os.rename, shutil.rmtree
+
+    def renaming(src, dst):
+        renames.append(src)
+        if (when, len(renames)) in {("before the first rename", 1), ("between the renames", 2)}:
+            os.kill(os.getpid(), signal.SIGTERM)
+        rename(src, dst)
+
+    monkeypatch.setattr(output_dir.os, "rename", renaming)
+    if when == "removing the old build":
+        monkeypatch.setattr(output_dir.shutil, "rmtree", signal_then(rmtree, signal.SIGTERM))
+    with staged_output(out, overwrite=True) as staging:
+        (staging / REPORT_NAME).write_text("{}")
+        (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert (out / "model.onnx").read_bytes() == b"new" and leftovers(tmp_path) == []
+
+
+def test_a_failed_publish_puts_the_previous_build_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    previous_build(out)
+    rename, calls = os.rename, []
+
+    def second_fails(src, dst):  # output -> old, then staging -> output fails, then old -> output
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(output_dir.os, "rename", second_fails)
+    with pytest.raises(BuilderError, match="moving the finished build"):
+        with staged_output(out, overwrite=True) as staging:
+            (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert (out / "model.onnx").read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
+def test_staging_sweeps_take_only_their_own_outputs_folders(tmp_path):
+    """`a`'s sweeps must not take `a-verify`'s live staging folder (the Ray executor removed it)."""
+    from builder.batch_exec import remove_staging
+    from builder.output_dir import remove_stale_staging
+
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    mine = tmp_path / f".builder-staging-a-verify-{os.getpid()}-0123abcd"
+    dead_a = tmp_path / f".builder-staging-a-{dead}-89abcdef"
+    live_a = tmp_path / f".builder-staging-a-{os.getpid()}-fedcba98"
+    for folder in (mine, dead_a, live_a):
+        folder.mkdir()
+    remove_stale_staging(tmp_path / "a")
+    assert leftovers(tmp_path) == sorted([mine.name, live_a.name])
+    remove_staging(tmp_path / "a")
+    assert leftovers(tmp_path) == [mine.name]
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A shell's background job inherits SIGINT ignored; a build must not start taking it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with staged_output(tmp_path / "out", overwrite=False) as staging:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            (staging / "model.onnx").write_bytes(b"x")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
