@@ -357,7 +357,9 @@ def write_summary(files: dict[Path, str]) -> None:
     renamed into place (a reader never sees half a summary). When writing fails, the
     temporary files go, and so does an earlier summary there (it would pass for this
     run's); BuilderError names the file and the OS error."""
-    tmps = {path: path.with_name(f".{path.name}.tmp") for path in files}
+    # This process's own temporary names: two batches writing one summary must not take
+    # each other's half-written file, nor delete it when their own write fails.
+    tmps = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
     try:
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -561,6 +561,28 @@ def test_summary_that_reads_as_a_file_name_is_refused(tmp_path, capsys):
     assert batch(path, "--summary", tmp_path / "runs.v2", "--dry-run") == 0
 
 
+def test_two_batches_writing_one_summary_take_turns_whole(tmp_path):
+    """Each writer's temporary file is its own: with one shared name, one batch renamed or
+    deleted the other's half-written file and its summary went missing."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "s-summary.json"
+    writer = (
+        "import sys; from pathlib import Path; from builder.batch import write_summary\n"
+        "for i in range(300):\n"
+        "    write_summary({Path(sys.argv[1]): sys.argv[2] * 20000})\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", writer, str(target), mark], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for mark in "ab"
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert target.read_text() in ("a" * 20000, "b" * 20000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-summary.json"]
+
+
 def test_summary_that_cannot_be_written_at_the_end_is_one_line(tiny, tmp_path):
     """The disk fills up during the builds: one error line naming the file, no temporary
     file left, no earlier summary passing for this run's, and a non-zero exit."""
