@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -173,6 +174,9 @@ class RayExecutor(Executor):
         ray = self.ray = _ray()
         self.parallel, self.started_here = parallel, False
         if not ray.is_initialized():
+            # ray.init puts in a SIGTERM handler that exits with code 15 and a stack dump; until
+            # the batch's own handlers take over, SIGTERM keeps the meaning the process had.
+            sigterm_before = signal.getsignal(signal.SIGTERM)
             try:
                 if address:
                     ray.init(address=address, log_to_driver=False)
@@ -187,6 +191,9 @@ class RayExecutor(Executor):
                     "uses token authentication put its token in ~/.ray/auth_token or "
                     "$RAY_AUTH_TOKEN"
                 ) from None
+            finally:
+                if sigterm_before is not None:
+                    signal.signal(signal.SIGTERM, sigterm_before)
         self.address = address or "local"
         self.run_folder: Path | None = None
 

@@ -221,3 +221,38 @@ def test_memory_estimate_follows_precision_verify_and_a_measured_peak(tmp_path):
     report = tmp_path / "none" / "build_report.json"
     write(report, json.dumps({"options": {"precision": "int4", "ep": "cpu"}, "peak_rss_bytes": 100_000_000}))
     assert estimate(precision="int4") == (125_000_000, "1.25 x the 0.10 GB its last build measured")
+
+
+def test_sigterm_while_ray_starts_up_is_not_ray_s_exit(tmp_path, cluster):
+    """Before the batch's own handlers are in, SIGTERM ends the driver as it would any process
+    (a shell reports 143); ray.init's handler made it exit with code 15 and a stack dump."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "one.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n")
+    mark = tmp_path / "checking"
+    driver = (  # marks the moment RayExecutor.check starts (ray.init done) and holds it there
+        "import sys, time, pathlib; from builder import batch_ray; from builder.cli import main\n"
+        "check = batch_ray.RayExecutor.check\n"
+        "def marked(self, *a):\n"
+        f"    pathlib.Path({str(mark)!r}).touch(); time.sleep(30); return check(self, *a)\n"
+        "batch_ray.RayExecutor.check = marked\n"
+        "sys.exit(main())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, "batch", str(path), "--executor", "ray", "--ray-address", cluster],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the driver never reached its check"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists() or hidden(tmp_path / "out") == []
