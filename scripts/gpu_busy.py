@@ -53,14 +53,16 @@ def measure(folder: str, prompt_len: int, new_tokens: int) -> dict:
         return start, time.perf_counter(), steps
 
     generate(8)  # shaders compiled, graph captured
-    thread = threading.Thread(target=sample)
+    thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    time.sleep(1.2)
-    idle = [u for _, u in samples]
-    start, end, steps = generate(new_tokens)
-    time.sleep(0.2)
-    stop.set()
-    thread.join()
+    try:  # Ctrl-C or a failed generation must not leave the sampler holding the process open
+        time.sleep(1.2)
+        idle = [u for _, u in samples]
+        start, end, steps = generate(new_tokens)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
     # Samples well inside the loop (NVML averages over the period before each sample).
     busy = [u for t, u in samples if start + 0.5 < t < end]
     ms = 1000 * (end - start) / steps

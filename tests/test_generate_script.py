@@ -3,6 +3,7 @@
 The cuda and dml cases rely on the installed onnxruntime-genai lacking CUDA and DirectML
 (the CPU wheel, as here and in CI); with those runtimes present they skip. The webgpu
 case is tests/test_webgpu.py::test_generate_without_a_webgpu_runtime_says_what_to_install.
+The last test is scripts/gpu_busy.py's Ctrl-C, on the same folder.
 """
 
 from __future__ import annotations
@@ -119,3 +120,40 @@ def test_transformers_js_folder_points_to_the_node_script(built):
 def test_missing_folder_and_folder_without_config(tmp_path):
     assert_refused(generate(tmp_path / "nope"), str(tmp_path / "nope"), "not a folder")
     assert_refused(generate(tmp_path), str(tmp_path), "no genai_config.json", "python -m builder")
+
+
+def test_gpu_busy_stops_its_sampler_on_ctrl_c(cpu_folder, tmp_path):
+    """scripts/gpu_busy.py left its NVML sampler thread running after Ctrl-C, and the
+    interpreter waited for it at exit. NVML is a stand-in here that marks its first sample."""
+    import signal
+    import time
+
+    (tmp_path / "pynvml.py").write_text(
+        "import os, types\n"
+        "def nvmlInit(): pass\n"
+        "def nvmlDeviceGetHandleByIndex(i): return None\n"
+        "def nvmlDeviceGetUtilizationRates(h):\n"
+        "    open(os.environ['SAMPLING_MARK'], 'w').close()\n"
+        "    return types.SimpleNamespace(gpu=0)\n"
+    )
+    mark = tmp_path / "sampling"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "gpu_busy.py"), f"a={cpu_folder}", "--prompt", "8", "--new", "100000"],
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "SAMPLING_MARK": str(mark)},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "it never sampled"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("gpu_busy.py still ran 30 s after Ctrl-C")
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
