@@ -413,6 +413,24 @@ def test_resaved_weights_with_same_names_and_shapes_are_rebuilt(tmp_path, capsys
     assert "build a  (" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json"])
+def test_a_changed_generation_config_or_tokenizer_file_is_rebuilt(tmp_path, name):
+    """The output copies them and genai_config.json takes its search defaults and eos ids from
+    generation_config.json: a run that skipped kept the old ones."""
+    _copy_checkpoint(tmp_path / "ckpt")
+    path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
+    assert batch(path) == 0
+    edited = tmp_path / "ckpt" / name
+    edited.write_text(edited.read_text().replace('"temperature": 0.6', '"temperature": 0.1') + "\n")
+    assert batch(path) == 0
+    job = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+    assert (tmp_path / "out" / "a" / name).read_bytes() == edited.read_bytes()
+    if name == "generation_config.json":
+        search = json.loads((tmp_path / "out" / "a" / "genai_config.json").read_text())["search"]
+        assert search["temperature"] == 0.1
+
+
 def test_content_hash_sees_what_size_mtime_and_inode_cannot(tmp_path, capsys):
     weights = _copy_checkpoint(tmp_path / "ckpt")
     path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))

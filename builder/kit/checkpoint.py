@@ -348,15 +348,24 @@ class Checkpoint:
     def fingerprint(self, content: bool = False) -> str:
         """The checkpoint's identity, for batch's skip-if-up-to-date.
 
-        config.json's bytes, then per weight file its name, header and what tells
+        config.json's bytes; the name and bytes of each tokenizer file and of
+        generation_config.json, which the output copies or takes its search defaults
+        and eos ids from; then per weight file its name, header and what tells
         a re-save apart even with the same names and shapes: a hub-cache file's
         blob name (the hash the cache stores it under), else size, mtime_ns and
         inode, or with `content` a SHA-256 of its bytes (reads the whole file).
         """
+        from builder.kit.tokenizer_files import TOKENIZER_FILES
+
         cached = getattr(self, "_fingerprints", {}).get(content)
         if cached is not None:  # the first one is kept: a build takes it before reading weights
             return cached
         digest = hashlib.sha256((self.directory / "config.json").read_bytes())
+        for name in TOKENIZER_FILES:
+            path = self.directory / name
+            if path.is_file():
+                digest.update(name.encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
         for file in sorted(set(self._shard_of.values())):
             digest.update(file.name.encode())
             digest.update(_header_bytes(file))
