@@ -26,7 +26,7 @@ from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Progress, end_line
-from builder.output_dir import REPORT_NAME
+from builder.output_dir import CONFIG_FILES, REPORT_NAME
 from builder.version import __version__
 
 MEMORY_NOTE = (
@@ -77,10 +77,6 @@ def rebuild_reason(options: BuildOptions) -> str | None:
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
-
-
-# The config file each output format writes, which its runtime reads first.
-CONFIG_FILES = {"genai": "genai_config.json", "transformers.js": "config.json"}
 
 
 def damaged_file(output: Path, report: dict) -> str | None:

@@ -37,6 +37,41 @@ def check_output_free(output: Path, overwrite: bool) -> None:
             f"output folder {output} exists and was not made by this builder (no "
             f"{REPORT_NAME}); refusing to delete it even with --overwrite"
         )
+    others = files_not_built(output)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise BuilderError(
+            f"output folder {output} also holds what this builder did not write ({shown}); "
+            "--overwrite replaces a whole folder, so move those out of it or choose another -o/--output"
+        )
+
+
+# The config file each output format writes, which its runtime reads first.
+CONFIG_FILES = {"genai": "genai_config.json", "transformers.js": "config.json"}
+
+
+def files_not_built(output: Path) -> list[str]:
+    """What a finished output holds besides the files its build report names (a user's notes,
+    a checkpoint copied into it), as paths relative to it. An unreadable report, or one from a
+    build that did not name its files, names nothing to keep."""
+    import json
+
+    try:
+        report = json.loads((output / REPORT_NAME).read_text())
+        files, tokenizer = report["files"], report["tokenizer_files"]
+        built = {REPORT_NAME, files["model"], *files["data"], *tokenizer}
+        built.add(CONFIG_FILES[(report.get("format") or {}).get("name", "genai")])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    others = []
+    for path in sorted(output.rglob("*")):
+        name = path.relative_to(output).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(b.startswith(name + "/") for b in built):
+                others.append(name + "/")
+        elif name not in built and not any(name.startswith(o) for o in others if o.endswith("/")):
+            others.append(name)
+    return [o for o in others if not any(o != p and o.startswith(p) for p in others if p.endswith("/"))]
 
 
 @contextlib.contextmanager

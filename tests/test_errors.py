@@ -217,6 +217,34 @@ def test_existing_output_needs_overwrite(ckpt, tmp_path):
     assert (out / "model.onnx").is_file()
 
 
+def test_overwrite_keeps_what_the_build_did_not_write(ckpt, tmp_path):
+    """A user's notes in a finished output, and a checkpoint copied into it and built from:
+    --overwrite deleted both with the old build."""
+    import shutil
+
+    out = tmp_path / "out"
+    assert cli("-m", ckpt, "-o", out).returncode == 0
+    (out / "NOTES.txt").write_text("mine")
+    shutil.copytree(ckpt, out / "ckpt")
+    for model in (ckpt, out / "ckpt"):
+        proc = cli("-m", model, "-o", out, "--overwrite")
+        assert_clean_failure(proc, "did not write (NOTES.txt, ckpt/)", "move those out")
+        assert (out / "NOTES.txt").read_text() == "mine" and (out / "ckpt" / "config.json").is_file()
+    (out / "NOTES.txt").unlink()
+    shutil.rmtree(out / "ckpt")
+    assert cli("-m", ckpt, "-o", out, "--overwrite").returncode == 0
+
+
+def test_overwrite_of_a_transformers_js_folder_knows_its_own_files(ckpt, tmp_path):
+    out = tmp_path / "out"
+    for _ in range(2):
+        proc = cli("-m", ckpt, "-o", out, "--format", "transformers.js", "--overwrite")
+        assert proc.returncode == 0, proc.stderr
+    (out / "onnx" / "model_fp16.onnx").write_bytes(b"another build's")
+    proc = cli("-m", ckpt, "-o", out, "--format", "transformers.js", "--overwrite")
+    assert_clean_failure(proc, "(onnx/model_fp16.onnx)")
+
+
 def test_never_deletes_a_folder_it_did_not_make(ckpt, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
