@@ -18,6 +18,7 @@ from __future__ import annotations
 from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding
 from builder.kit.blocks import attention as attention_io
 from builder.kit.checkpoint import Checkpoint
+from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
 from builder.kit.linear import Projections
@@ -65,7 +66,14 @@ class DecoderBuilder:
         spec = DecoderSpec.from_config(
             config, qk_norm=self.qk_norm, attention_bias=bool(config.get("attention_bias", self.attention_bias))
         )
-        if not spec.tie_word_embeddings and not self.checkpoint.has(self.weight(None, "lm_head.weight")):
+        lm_head = self.weight(None, "lm_head.weight")
+        if not spec.tie_word_embeddings and not self.checkpoint.has(lm_head):
+            if config.get("tie_word_embeddings") is False:  # said so, and the weight is not there
+                raise BuilderError(
+                    f"tensor {lm_head!r} is missing from the checkpoint in {self.checkpoint.directory}, and its "
+                    "config.json sets tie_word_embeddings to false; the checkpoint is incomplete "
+                    "(re-download it), or set tie_word_embeddings to true if the model shares its embedding"
+                )
             # Some configs omit tie_word_embeddings while the weights are tied.
             spec.tie_word_embeddings = True
         return spec

@@ -123,6 +123,18 @@ def test_missing_tensor(ckpt, tmp_path):
     )
 
 
+def test_missing_lm_head_of_an_untied_model(tmp_path):
+    """It was built silently with the embedding as lm_head, and --verify then blamed the builder."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3-untied"])
+    _rewrite(ckpt, lambda t: t.pop("lm_head.weight"))
+    proc = cli("-m", ckpt, "-o", tmp_path / "out")
+    assert_clean_failure(proc, "'lm_head.weight' is missing", "tie_word_embeddings to false", out=tmp_path / "out")
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["tie_word_embeddings"]  # not said: tied, as the checkpoint shows
+    (ckpt / "config.json").write_text(json.dumps(config))
+    assert cli("-m", ckpt, "-o", tmp_path / "out").returncode == 0
+
+
 def test_tensor_shape_does_not_fit_config(ckpt, tmp_path):
     import torch
 
