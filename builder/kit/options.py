@@ -15,6 +15,10 @@ from typing import Any
 from builder.kit.errors import BuilderError
 from quant import BLOCK_SIZES
 
+# Past the largest machines' logical CPUs: the runtime starts every thread asked for, and
+# 99,999 of them took 16.5 GB before the first token.
+MAX_INTRA_OP_THREADS = 1024
+
 PRECISIONS = ("int4", "int8", "fp16", "fp32", "bf16")
 EPS = ("cpu", "cuda", "webgpu", "dml")
 QKV_PACKINGS = ("auto", "packed-split", "separate", "fused-norm")
@@ -272,7 +276,7 @@ class BuildOptions:
             help="intra_op_num_threads written to genai_config.json: the threads ONNX Runtime "
             "splits each operator over. 0: ONNX Runtime's default, one per physical core. "
             "-1: write nothing, so onnxruntime-genai uses its fallback (half the logical "
-            "CPUs, at most 16). Default: 0 for cpu (genai's fallback left half of a "
+            "CPUs, at most 16). At most 1024. Default: 0 for cpu (genai's fallback left half of a "
             "machine without SMT idle; docs/packing.md#threads), -1 for the GPU EPs.",
         ),
     )
@@ -354,10 +358,10 @@ class BuildOptions:
                 f"--max-length {self.max_length} is larger than --context-length "
                 f"{self.context_length}; lower it or raise --context-length"
             )
-        if self.intra_op_threads is not None and self.intra_op_threads < -1:
+        if self.intra_op_threads is not None and not -1 <= self.intra_op_threads <= MAX_INTRA_OP_THREADS:
             raise BuilderError(
-                f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count, "
-                "0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)"
+                f"--intra-op-threads: {self.intra_op_threads} is not valid; use a thread count up to "
+                f"{MAX_INTRA_OP_THREADS}, 0 (ONNX Runtime's default) or -1 (onnxruntime-genai's default)"
             )
         if self.io_dtype != "auto" and self.precision in ("fp16", "fp32") and self.io_dtype != self.precision:
             raise BuilderError(
