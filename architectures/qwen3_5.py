@@ -207,10 +207,7 @@ class Qwen35MoeBuilder(Qwen35Builder):
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
         spec = super().make_spec(config, target)
         if target is not None and not target.supports("moe_swiglu"):
-            raise BuilderError(
-                f"{self.architectures[0]}: MoE/QMoE nodes run on cpu (ORT >= 1.31) only here; "
-                f"got -e {target.ep} with ORT {target.version_text}"
-            )
+            raise BuilderError(target.moe_refusal(self.architectures[0]))
         return spec
 
 

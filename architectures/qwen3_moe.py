@@ -28,11 +28,7 @@ class Qwen3MoeBuilder(Qwen3Builder):
         spec = super().make_spec(config, target)
         self.moe = MoeSpec.from_config(config, spec.num_layers)
         if self.moe.sparse_layers and target is not None and not target.supports("moe_swiglu"):
-            raise BuilderError(
-                f"Qwen3-MoE builds only for cpu (ONNX Runtime >= 1.31) here: its MoE/QMoE "
-                f"nodes were verified on the CPU kernels only, and onnxruntime-webgpu 1.27 "
-                f"rejects them at load; got -e {target.ep} with ORT {target.version_text}"
-            )
+            raise BuilderError(target.moe_refusal("Qwen3-MoE"))
         return spec
 
     def feed_forward(self, spec: DecoderSpec, i: int):

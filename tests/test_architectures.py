@@ -234,5 +234,15 @@ def test_unknown_architecture_lists_supported_ones():
 @pytest.mark.parametrize("ep", ["webgpu", "cuda", "dml"])
 def test_moe_refused_up_front_off_cpu(built, ep):
     """onnxruntime-webgpu 1.27 rejects the QMoE node at load (seen on the GPU machine)."""
-    with pytest.raises(BuilderError, match="Qwen3-MoE builds only for cpu"):
+    with pytest.raises(BuilderError, match=f"Qwen3-MoE builds only for -e cpu here.*; got -e {ep}$"):
         built("qwen3-moe", precision="int4" if ep != "cuda" else "fp16", ep=ep)
+
+
+def test_moe_for_transformers_js_names_its_runtime_and_the_ways_out(built):
+    """It said 'builds only for cpu ... got -e cpu', and named onnxruntime-webgpu 1.27."""
+    with pytest.raises(BuilderError) as refused:
+        built("qwen3-moe", precision="int4", ep="cpu", format="transformers.js")
+    message = str(refused.value)
+    assert "--format transformers.js targets transformers.js 4.3 (onnxruntime-node 1.30)" in message
+    assert "build --format genai, or pass --target-ort 1.31" in message and "1.27" not in message
+    assert built("qwen3-moe", precision="int4", ep="cpu", format="transformers.js", target_ort="1.31").model_path

@@ -209,6 +209,24 @@ class Target:
             return "webgpu-1.27"
         return self.ep
 
+    def moe_refusal(self, family: str) -> str:
+        """Why `family`'s MoE/QMoE nodes cannot be built for this target, and what to pick."""
+        first = FEATURES["moe_swiglu"]["cpu"]
+        need = f"ONNX Runtime >= {first[0]}.{first[1]} on cpu"
+        if self.ep != "cpu":
+            return (
+                f"{family} builds only for -e cpu here: its MoE/QMoE nodes need {need} (checked on "
+                f"the CPU kernels only); got -e {self.ep}"
+            )
+        if self.transformers_js:
+            return (
+                f"{family}: its MoE/QMoE nodes need {need}, and --format transformers.js targets "
+                f"{self.runtime}; build --format genai, or pass --target-ort {first[0]}.{first[1]} if "
+                "your transformers.js runs a newer ONNX Runtime"
+            )
+        version = f"{first[0]}.{first[1]}"
+        return f"{family}: its MoE/QMoE nodes need {need}; got {self.runtime}; pass --target-ort {version} or newer"
+
     def supports(self, feature: str) -> bool:
         table = TRANSFORMERS_JS_FEATURES if self.transformers_js and feature in TRANSFORMERS_JS_FEATURES else FEATURES
         first = table[feature].get(self.ep)
