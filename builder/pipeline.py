@@ -170,8 +170,8 @@ def run(arch, show_progress: bool = True) -> BuildResult:
 
         verified = None
         if options.verify:
-            progress.step("verifying against transformers")
-            verified = _verify(arch, staging / layout.model_file)
+            with progress.ticking("verifying against transformers"):
+                verified = _verify(arch, staging / layout.model_file)
             if verified["status"] == "not run":
                 progress.warn(f"--verify did not run: {verified['reason']}")
         # After verify, so the time and the peak memory a user plans with include it.

@@ -531,6 +531,32 @@ def test_warning_and_error_start_on_their_own_line():
     assert term.text.endswith(")\n")
 
 
+def test_a_long_step_keeps_counting_on_a_terminal_and_prints_once_in_a_log():
+    """verify's line stood still for minutes at 8B: on a terminal a ticking step redraws its
+    elapsed time; a log (batch, CI) still gets one line for it."""
+    import io
+    import re
+    import time
+
+    from builder.kit import progress as progress_module
+
+    term = FakeTerminal()
+    progress = progress_module.Progress(3, label="m", stream=term)
+    with progress.ticking("verifying against transformers", every_s=0.05):
+        time.sleep(0.6)
+    seconds = [float(x) for x in re.findall(r"1/3 verifying against transformers \((\d+\.\d)s\)", term.text)]
+    assert len(seconds) >= 4 and seconds == sorted(seconds) and seconds[-1] >= 0.4, term.text
+    time.sleep(0.2)  # the ticker has stopped with the step
+    assert term.text.count("verifying") == len(seconds)
+    progress.finish("done")
+
+    log = io.StringIO()
+    progress = progress_module.Progress(3, label="m", stream=log)
+    with progress.ticking("verifying against transformers", every_s=0.05):
+        time.sleep(0.3)
+    assert log.getvalue().count("verifying") == 1
+
+
 def test_missing_tokenizer_warning_is_one_plain_line(ckpt, tmp_path):
     (ckpt / "tokenizer.json").unlink()
     proc = cli("-m", ckpt, "-o", tmp_path / "out")

@@ -41,23 +41,50 @@ class Progress:
         self.start = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.line = ""
+        self._lock = threading.RLock()  # a ticking step redraws from its own thread
 
     def step(self, what: str) -> None:
         self.done += 1
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._show_step(what)
+
+    def _show_step(self, what: str) -> None:
         elapsed = time.perf_counter() - self.start
         width = 24
         filled = int(width * min(self.done, self.total) / self.total)
         bar = "#" * filled + "-" * (width - filled)
-        self.line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
-        self._draw()
+        with self._lock:
+            self.line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
+            self._draw()
+
+    @contextlib.contextmanager
+    def ticking(self, what: str, every_s: float = 1.0):
+        """A step that can take minutes (verify at 8B): on a terminal its line keeps counting
+        the seconds while it runs, so a long step does not look hung. Logs get its one line."""
+        self.step(what)
+        if not (self.enabled and self.tty):
+            yield
+            return
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(every_s):
+                self._show_step(what)
+
+        ticker = threading.Thread(target=tick, name="progress ticker", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
 
     def show(self, line: str) -> None:
         """Display a line of the caller's own (batch's running jobs) as the progress line."""
-        self.line = line
-        if self.enabled:
-            self._draw()
+        with self._lock:
+            self.line = line
+            if self.enabled:
+                self._draw()
 
     def _draw(self) -> None:
         global _open_line
@@ -72,24 +99,26 @@ class Progress:
         """One 'warning: ...' line, also with --quiet (a warning is not progress)."""
         global _open_line
         stream = self.stream if self.enabled else sys.stderr
-        if _open_line is self:
-            stream.write("\r\033[K")
-            _open_line = None
-        stream.write(f"warning: {message}\n")
-        if self.enabled and self.tty and self.line:
-            self._draw()
-        stream.flush()
+        with self._lock:
+            if _open_line is self:
+                stream.write("\r\033[K")
+                _open_line = None
+            stream.write(f"warning: {message}\n")
+            if self.enabled and self.tty and self.line:
+                self._draw()
+            stream.flush()
 
     def finish(self, message: str) -> None:
         global _open_line
         if not self.enabled:
             return
-        if self.tty:
-            self.stream.write("\r\033[K")
-        if _open_line is self:
-            _open_line = None
-        self.stream.write(message + "\n")
-        self.stream.flush()
+        with self._lock:
+            if self.tty:
+                self.stream.write("\r\033[K")
+            if _open_line is self:
+                _open_line = None
+            self.stream.write(message + "\n")
+            self.stream.flush()
 
 
 class SilentProgress(Progress):
