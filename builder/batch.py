@@ -445,8 +445,6 @@ def make_executor(args: argparse.Namespace, batch: Batch) -> Executor:
         from builder.batch_ray import RayExecutor
 
         return RayExecutor(address, args.jobs)
-    if args.ray_address:
-        raise BuilderError("--ray-address needs --executor ray (or executor: ray in the batch file)")
     return LocalExecutor(args.jobs)
 
 
@@ -547,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         raise BuilderError(f"--jobs: {args.jobs} must be at least 1")
     batch = load_batch(args.file, args.output_root)
+    if args.ray_address and (args.executor or batch.executor or "local") != "ray":  # --dry-run too
+        raise BuilderError("--ray-address needs --executor ray (or executor: ray in the batch file)")
     summary_json, summary_md = summary_paths(args.summary, batch)
     total = len(batch.jobs)
     tag = {id(j): f"[{i}/{total}]" for i, j in enumerate(batch.jobs, 1)}

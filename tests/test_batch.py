@@ -795,9 +795,10 @@ def test_killed_batch_takes_its_builds_with_it(tmp_path):
 
 def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
     path = write(tmp_path / "a.yaml", ONE_JOB)
-    assert batch(path, "--ray-address", "head:6379") == 2
-    assert "--ray-address needs --executor ray" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    for dry_run in ([], ["--dry-run"]):  # a dry run said nothing of it
+        assert batch(path, "--ray-address", "head:6379", *dry_run) == 2
+        assert "--ray-address needs --executor ray" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
 
 
 def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypatch):
