@@ -793,6 +793,20 @@ def test_killed_batch_takes_its_builds_with_it(tmp_path):
     assert signal.SIGKILL
 
 
+def test_quantization_options_do_not_rebuild_a_float_job(tmp_path):
+    """A block size changed in the defaults shared by int4 and fp16 jobs rebuilt the fp16 one
+    for nothing: its weights have no blocks."""
+    text = (
+        f"output_root: out\ndefaults:\n  model: {TINY}\n  block-size: {{size}}\n"
+        "jobs:\n  - {{output: f, precision: fp16}}\n"
+    )
+    path = write(tmp_path / "q.yaml", text.format(size=32))
+    assert batch(path) == 0
+    write(path, text.format(size=64))
+    assert batch(path) == 0
+    assert summary(tmp_path / "out", "q")["by_name"]["f"]["status"] == "skipped"
+
+
 def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
     path = write(tmp_path / "a.yaml", ONE_JOB)
     for dry_run in ([], ["--dry-run"]):  # a dry run said nothing of it

@@ -187,6 +187,32 @@ def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
     assert not (tmp_path / "out").exists()
 
 
+def test_quantization_options_on_a_float_build_are_named_as_unused(ckpt, tmp_path):
+    """They were accepted in silence (and recorded, so batch rebuilt for them)."""
+    plain = cli("-m", ckpt, "-o", tmp_path / "plain", "-p", "fp16")
+    proc = cli(
+        "-m",
+        ckpt,
+        "-o",
+        tmp_path / "out",
+        "-p",
+        "fp16",
+        "--block-size",
+        "64",
+        "--no-symmetric",
+        "--accuracy-level",
+        "2",
+    )
+    assert plain.returncode == 0 and proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        "warning: -p fp16 stores float weights: --block-size 64, --no-symmetric, --accuracy-level 2 had no "
+        "effect on this build"
+    ]
+    same = [(tmp_path / d / "model.onnx.data").read_bytes() for d in ("plain", "out")]
+    assert same[0] == same[1]
+
+
 def test_impossible_combination_refused_up_front(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
     assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")

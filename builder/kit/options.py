@@ -395,6 +395,26 @@ class BuildOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def inert_options(self) -> list[str]:
+        """The quantization options this build cannot use (a float precision stores no blocks,
+        zero points or MatMulNBits), as field names: set or not, they do not change it."""
+        return list(QUANTIZATION_ONLY) if self.precision in ("fp16", "fp32", "bf16") else []
+
+    def unused_flags(self) -> list[str]:
+        """The inert options given other than their defaults, as the flags a user typed."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        shown = []
+        for name in self.inert_options():
+            value = getattr(self, name)
+            if value != defaults[name]:
+                flag = "--no-symmetric" if name == "symmetric" and not value else f"--{name.replace('_', '-')} {value}"
+                shown.append(flag)
+        return shown
+
+
+# What only int4/int8 builds use (--int8-layers/--float-layers with a float precision are refused).
+QUANTIZATION_ONLY = ("block_size", "symmetric", "accuracy_level")
+
 
 def _flag(f: dataclasses.Field) -> str:
     return f.metadata["flags"][-1]
