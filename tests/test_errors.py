@@ -179,6 +179,7 @@ def test_index_names_missing_shard(tmp_path):
         (["--no-such-option"], "unrecognized arguments"),
         (["--intra-op-threads", "-2"], "--intra-op-threads"),
         (["--intra-op-threads", "99999"], "a thread count up to 1024"),  # the runtime started them all
+        (["-o", ""], "-o/--output is empty"),  # it built into out/... instead
     ],
 )
 def test_invalid_option_values(ckpt, tmp_path, flags, fragment):

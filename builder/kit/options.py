@@ -349,6 +349,8 @@ class BuildOptions:
             )
         if self.precision == "int8" and self.int8_layers:
             raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
+        if self.output is not None and not str(self.output).strip():
+            raise BuilderError("-o/--output is empty; name a folder, or leave -o out for out/<model>-<precision>-<ep>")
         if self.read_ahead_mb < 0:
             raise BuilderError(f"--read-ahead-mb: {self.read_ahead_mb} must be 0 (off) or a size in MB")
         if self.max_length is not None and self.max_length < 1:
