@@ -63,9 +63,7 @@ def rebuild_reason(options: BuildOptions) -> str | None:
         return damaged
     old, new = report.get("options") or {}, options.to_dict()
     inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
-    changed = sorted(
-        k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS | inert and old.get(k) != new.get(k)
-    )
+    changed = sorted(k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS | inert and old.get(k) != new.get(k))
     if changed:
         return "options changed: " + ", ".join(k.replace("_", "-") for k in changed)
     old_ort, ort = (report.get("target") or {}).get("ort_version"), Target.from_options(options).version_text

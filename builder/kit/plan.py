@@ -102,9 +102,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
     unused = options.unused_flags()
     if unused:
-        warnings.append(
-            f"-p {options.precision} stores float weights: {', '.join(unused)} had no effect on this build"
-        )
+        warnings.append(f"-p {options.precision} stores float weights: {', '.join(unused)} had no effect on this build")
     context = resolve_context_length(options, spec, target)
     if options.max_length and options.max_length > context:
         raise BuilderError(
