@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
-from builder.ep_runtime import folder_provider, genai_model  # noqa: E402
+from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai  # noqa: E402
 from builder.kit.errors import BuilderError  # noqa: E402
 from builder.kit.options import EPS  # noqa: E402
 
@@ -92,8 +92,110 @@ def _read_config(folder: Path) -> dict:
     raise BuilderError(f"{folder} has no genai_config.json; pass a folder built by python -m builder")
 
 
+def _build_report(folder: Path) -> dict:
+    try:
+        report = json.loads((folder / "build_report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _rebuild(folder: Path) -> str:
+    """What to run to rebuild `folder`: its checkpoint, precision and EP from build_report.json."""
+    options = _build_report(folder).get("options") or {}
+    if not options.get("model"):
+        return f"rebuild it with python -m builder -m CHECKPOINT -o {folder} --overwrite"
+    return (
+        f"rebuild it with python -m builder -m {options['model']} -p {options.get('precision', 'int4')} "
+        f"-e {options.get('ep', 'cpu')} -o {folder} --overwrite (build_report.json lists its other options)"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
+
+
+# onnxruntime-genai reads these next to genai_config.json for every model.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Graphs larger than this hold their weights inline; parsing one only to look for external
+# data is not worth it (a damaged one still fails at load, and that failure is reported).
+_PARSE_LIMIT = 256 << 20
+
+
+def _named_files(node) -> list[str]:
+    """Every "filename" in genai_config.json's model section (decoder, embedding, vision, ...)."""
+    if isinstance(node, dict):
+        names = [node["filename"]] if isinstance(node.get("filename"), str) else []
+        return names + [name for value in node.values() for name in _named_files(value)]
+    if isinstance(node, list):
+        return [name for value in node for name in _named_files(value)]
+    return []
+
+
+def _tensors(graph):
+    """The initializers and constant tensors of `graph` and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
+                yield from _tensors(sub)
+
+
+def _check_files(folder: Path, config: dict) -> None:
+    """A BuilderError naming the first file onnxruntime-genai needs that is missing or cut short."""
+    rebuild = _rebuild(folder)
+    for name in [*_named_files(config.get("model", {})), *_TOKENIZER_FILES]:
+        if not (folder / name).is_file():
+            raise BuilderError(f"{folder} is damaged: {name} is missing; {rebuild}")
+    for name in _named_files(config.get("model", {})):
+        path = folder / name
+        if path.suffix != ".onnx" or path.stat().st_size > _PARSE_LIMIT:
+            continue
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
+            raise BuilderError(
+                f"{folder} is damaged: {name} is not a readable ONNX model ({_first_line(e)}); {rebuild}"
+            ) from None
+        if not model.graph.output or not model.opset_import:  # protobuf parses a cut file as a smaller model
+            raise BuilderError(f"{folder} is damaged: {name} is truncated (it holds no complete graph); {rebuild}")
+        needed: dict[str, int] = {}  # external data file -> bytes the graph reads from it
+        for tensor in _tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            entry = {e.key: e.value for e in tensor.external_data}
+            location = entry.get("location", "")
+            end = int(entry.get("offset") or 0) + int(entry.get("length") or 0)
+            needed[location] = max(needed.get(location, 0), end)
+        for location, end in needed.items():
+            data = folder / location
+            if not data.is_file():
+                raise BuilderError(
+                    f"{folder} is damaged: {location}, which {name} keeps its weights in, is missing; {rebuild}"
+                )
+            if data.stat().st_size < end:
+                raise BuilderError(
+                    f"{folder} is damaged: {location} has {data.stat().st_size} bytes and {name} reads up to "
+                    f"byte {end}, so it is truncated; {rebuild}"
+                )
+
+
 def _open_model(og, folder: Path, provider: str, overridden: bool):
-    """og.Model on `provider`; a missing CUDA or DirectML runtime becomes a one-line BuilderError."""
+    """og.Model on `provider`; a missing CUDA, DirectML or WebGPU runtime becomes a one-line BuilderError."""
+    if provider == "webgpu":
+        try:
+            prepare_genai(og, provider)
+        except BuilderError:  # its only refusal: no WebGPU runtime
+            subject = (
+                "--provider webgpu asks for WebGPU" if overridden else f"{folder} was built for WebGPU (-e webgpu)"
+            )
+            instead = "or pass another --provider" if overridden else "or rebuild it with -e cpu"
+            raise BuilderError(f"{subject}, and no WebGPU runtime is installed: {WEBGPU_INSTALL}, {instead}") from None
     try:
         return genai_model(og, folder, provider)
     except RuntimeError as e:
@@ -110,6 +212,27 @@ def _open_model(og, folder: Path, provider: str, overridden: bool):
         raise BuilderError(
             f"{subject}, and the installed onnxruntime-genai has no {runtime} support: {install}, {instead}"
         ) from None
+
+
+def _cannot_run(folder: Path, provider: str, built_for: str, overridden: bool, stage: str, error: Exception):
+    """The BuilderError for onnxruntime-genai's RuntimeError while it loads or runs `folder`."""
+    why = _first_line(error)
+    if overridden and provider != built_for:
+        return BuilderError(
+            f"{folder} was built for {built_for} (-e {built_for}), and --provider {provider} cannot {stage} its "
+            f"graph ({why}); run it without --provider, or rebuild it with -e {provider}"
+        )
+    target = (_build_report(folder).get("target") or {}).get("runtime")
+    built = f" (it was built for {target})" if target else ""
+    if stage == "load":
+        return BuilderError(
+            f"{folder} does not load on {provider} ({why}): a file of it is damaged, or its graph needs "
+            f"another onnxruntime than the installed one{built}; {_rebuild(folder)}"
+        )
+    return BuilderError(
+        f"{folder} fails to run on {provider} ({why}): its graph needs another onnxruntime or provider "
+        f"than the installed one{built}; {_rebuild(folder)}"
+    )
 
 
 def _max_length(config: dict, folder: Path, prompt_tokens: int, max_new_tokens: int) -> int:
@@ -137,23 +260,44 @@ def generate(args) -> None:
         raise BuilderError("onnxruntime-genai is not installed: pip install onnxruntime-genai") from None
     folder = Path(args.model_dir)
     config = _read_config(folder)
-    provider = args.provider or folder_provider(folder)
-    model = _open_model(og, folder, provider, overridden=args.provider is not None)
-    tokenizer = og.Tokenizer(model)
-    prompt = tokenizer.encode(args.prompt)
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=_max_length(config, folder, len(prompt), args.max_new_tokens))
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    start = time.perf_counter()
-    new = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        new.append(int(generator.get_next_tokens()[0]))
-    elapsed = time.perf_counter() - start
+    _check_files(folder, config)
+    try:
+        built_for = folder_provider(folder)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise BuilderError(
+            f"{folder / 'genai_config.json'} lacks model.decoder.session_options; {_rebuild(folder)}"
+        ) from None
+    provider = args.provider or built_for
+    overridden = args.provider is not None
+    try:
+        model = _open_model(og, folder, provider, overridden)
+    except RuntimeError as e:
+        raise _cannot_run(folder, provider, built_for, overridden, "load", e) from None
+    try:
+        tokenizer = og.Tokenizer(model)
+        prompt = tokenizer.encode(args.prompt)
+    except RuntimeError as e:
+        raise BuilderError(
+            f"{folder} is damaged: its tokenizer does not load ({_first_line(e)}); {_rebuild(folder)}"
+        ) from None
+    max_length = _max_length(config, folder, len(prompt), args.max_new_tokens)
+    try:
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=max_length)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        start = time.perf_counter()
+        new = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            new.append(int(generator.get_next_tokens()[0]))
+        elapsed = time.perf_counter() - start
+        text = tokenizer.decode(new)
+    except RuntimeError as e:
+        raise _cannot_run(folder, provider, built_for, overridden, "run", e) from None
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
-    print(f"text: {args.prompt}{tokenizer.decode(new)!r}")
+    print(f"text: {args.prompt}{text!r}")
     print(f"{len(new)} tokens in {elapsed:.3f}s")
 
 

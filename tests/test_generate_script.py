@@ -3,7 +3,9 @@
 The cuda and dml cases rely on the installed onnxruntime-genai lacking CUDA and DirectML
 (the CPU wheel, as here and in CI); with those runtimes present they skip. The webgpu
 case is tests/test_webgpu.py::test_generate_without_a_webgpu_runtime_says_what_to_install.
-The last test is scripts/gpu_busy.py's Ctrl-C, on the same folder.
+After it, scripts/gpu_busy.py's Ctrl-C on the same folder, then the tests of generate.py on
+damaged folders and on a --provider that cannot run a folder, and of the other scripts that
+take a built folder (bench_genai.py, with_io_types.py, with_session_options.py).
 """
 
 from __future__ import annotations
@@ -157,3 +159,197 @@ def test_gpu_busy_stops_its_sampler_on_ctrl_c(cpu_folder, tmp_path):
         proc.kill()
         pytest.fail("gpu_busy.py still ran 30 s after Ctrl-C")
     assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+
+
+# generate.py on a damaged folder, and on a --provider that cannot run the folder's graph.
+
+NO_WEBGPU = """
+import sys
+
+class _NoPlugin:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "onnxruntime_ep_webgpu":
+            raise ImportError(f"{name} is hidden by the test")
+        return None
+
+sys.meta_path.insert(0, _NoPlugin())
+import onnxruntime
+_providers = onnxruntime.get_available_providers
+onnxruntime.get_available_providers = lambda: [p for p in _providers() if p != "WebGpuExecutionProvider"]
+"""
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def _cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize(
+    "damage, names",
+    [
+        (lambda f: (f / "model.onnx.data").unlink(), ["model.onnx.data", "missing"]),
+        (lambda f: _cut(f / "model.onnx.data", 1000), ["model.onnx.data", "truncated"]),
+        (lambda f: _cut(f / "model.onnx", 5000), ["model.onnx"]),
+        (lambda f: (f / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
+        (lambda f: (f / "tokenizer_config.json").unlink(), ["tokenizer_config.json", "missing"]),
+        (lambda f: (f / "tokenizer.json").write_text("{"), ["tokenizer", "parse error"]),
+    ],
+    ids=[
+        "data-deleted",
+        "data-truncated",
+        "model-truncated",
+        "tokenizer-deleted",
+        "tokenizer-config-deleted",
+        "tokenizer-corrupt",
+    ],
+)
+def test_damaged_folder_names_the_file_and_the_rebuild(cpu_folder, tmp_path, damage, names):
+    folder = _copy(cpu_folder, tmp_path)
+    damage(folder)
+    line = assert_refused(generate(folder), str(folder), "damaged", *names)
+    assert line.startswith("error: ") and "python -m builder -m " in line and f"-o {folder} --overwrite" in line
+    checkpoint = json.loads((folder / "build_report.json").read_text())["options"]["model"]
+    assert f"-m {checkpoint} -p int4 -e cpu" in line
+
+
+def test_graph_genai_cannot_load_keeps_its_message(cpu_folder, tmp_path):
+    """A model.onnx that parses but does not load: onnxruntime-genai's RuntimeError, in one line."""
+    import onnx
+
+    folder = _copy(cpu_folder, tmp_path)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    model.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(model, str(folder / "model.onnx"))
+    assert_refused(generate(folder), str(folder), "does not load on cpu", "NoSuchOp", "python -m builder")
+
+
+def test_provider_cpu_on_a_fused_norm_webgpu_folder_says_it_was_built_for_webgpu(built):
+    """GroupQueryAttention's CPU kernel takes no q_norm_weight: the folder is for another provider."""
+    folder = built("qwen3", precision="int4", ep="webgpu", qkv_packing="fused-norm").output
+    child = generate(folder, "--provider", "cpu", "--max-new-tokens", "2")
+    if child.returncode == 0:
+        pytest.skip("this onnxruntime's CPU GroupQueryAttention runs the Q/K norm")
+    line = assert_refused(child, str(folder), "built for webgpu", "--provider cpu", "without --provider")
+    assert "GroupQueryAttention" in line
+
+
+def test_provider_webgpu_without_a_runtime_names_the_option(cpu_folder, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU)
+    child = subprocess.run(
+        [sys.executable, str(SCRIPT), str(cpu_folder), "--provider", "webgpu"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        timeout=120,
+    )
+    line = assert_refused(child, "--provider webgpu", "pip install onnxruntime-genai onnxruntime-ep-webgpu")
+    assert "this folder runs on WebGPU" not in line and "another --provider" in line
+
+
+# bench_genai.py: a model that fails is a row of the table and exit 1.
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_genai.py"), *args, "--provider", "cpu", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+
+
+def _assert_failed(child: subprocess.CompletedProcess, *names: str) -> None:
+    assert child.returncode == 1, (child.stdout, child.stderr)
+    assert "Traceback" not in child.stderr, child.stderr
+    assert child.stderr.strip().splitlines()[-1].startswith("error: "), child.stderr
+    for name in names:
+        assert f"| {name} | failed to load or run: " in child.stdout, child.stdout
+
+
+def test_bench_exits_1_when_a_model_fails_and_keeps_the_table(cpu_folder, tmp_path):
+    damaged = _copy(cpu_folder, tmp_path)
+    (damaged / "model.onnx.data").unlink()
+    child = bench(
+        f"good={cpu_folder}", f"damaged={damaged}", f"gone={tmp_path / 'nonexist'}", "--prompt", "8", "--new", "4"
+    )
+    _assert_failed(child, "damaged", "gone")
+    assert "| good | " in child.stdout and "| good | failed" not in child.stdout
+
+
+def test_bench_exits_1_when_the_prompt_passes_the_context(cpu_folder):
+    context = json.loads((cpu_folder / "genai_config.json").read_text())["model"]["context_length"]
+    _assert_failed(bench(f"a={cpu_folder}", "--prompt", str(context + 144), "--new", "4"), "a")
+
+
+def test_bench_exits_0_when_every_model_runs(cpu_folder):
+    child = bench(f"a={cpu_folder}", "--prompt", "8", "--new", "4")
+    assert child.returncode == 0, child.stderr
+    assert "| a | " in child.stdout and "failed" not in child.stdout
+
+
+def test_bench_refuses_a_model_without_a_name():
+    child = bench("out/tiny")
+    assert child.returncode == 2 and "'out/tiny' is not NAME=DIR" in child.stderr.strip().splitlines()[-1]
+
+
+# with_io_types.py and with_session_options.py
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("name", ["with_io_types.py", "with_session_options.py"])
+def test_folder_scripts_help_exits_0(name):
+    child = script(name, "--help")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("Make a copy of a built model folder") and "python scripts/" + name in child.stdout
+
+
+def test_with_session_options_refuses_an_entry_without_a_value(cpu_folder, tmp_path):
+    dst = tmp_path / "variant"
+    assert_refused(
+        script("with_session_options.py", cpu_folder, dst, "intra_op_num_threads=1", "bogus"), "'bogus'", "KEY=VALUE"
+    )
+    assert not dst.exists()
+
+
+def test_with_session_options_refuses_provider_options_on_a_cpu_folder(cpu_folder, tmp_path):
+    child = script("with_session_options.py", cpu_folder, tmp_path / "v", "provider.enableGraphCapture=0")
+    assert_refused(child, str(cpu_folder), "CPU provider", "provider.KEY=VALUE")
+
+
+def test_with_session_options_writes_what_it_is_given(cpu_folder, tmp_path):
+    dst = tmp_path / "variant"
+    child = script(
+        "with_session_options.py",
+        cpu_folder,
+        dst,
+        "intra_op_num_threads=1",
+        "log_id=-",
+        "search.max_length=64",
+        "search.temperature=0.5",
+    )
+    assert child.returncode == 0, child.stderr
+    config = json.loads((dst / "genai_config.json").read_text())
+    options = config["model"]["decoder"]["session_options"]
+    assert options["intra_op_num_threads"] == 1 and "log_id" not in options
+    assert config["search"]["max_length"] == 64 and config["search"]["temperature"] == 0.5
+    assert_refused(script("with_session_options.py", cpu_folder, dst, "search.max_length=big"), "search.max_length")
+
+
+def test_with_io_types_names_an_unknown_change(cpu_folder, tmp_path):
+    assert_refused(
+        script("with_io_types.py", cpu_folder, tmp_path / "v", "ids=int32"), "'ids=int32'", "input_ids=int32"
+    )
