@@ -5,7 +5,7 @@
 Every round runs every model once, in a shuffled order, so drift of the
 machine (clocks, other load) hits all models alike; the report gives medians
 and the ratio of each model to the first. Models that fail to load are
-reported as such (with the error), not dropped silently.
+reported as such (with the error), not dropped silently, and the exit status is 1.
 
 On webgpu every timed run is a process of its own (--process-per-run, the default
 there): onnxruntime-genai creates one WebGPU context per process, with the global
@@ -240,6 +240,9 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
+    bad = [m for m in args.models if not m.partition("=")[0] or not m.partition("=")[2]]
+    if bad:
+        parser.error(f"{bad[0]!r} is not NAME=DIR; pass each model as a name and a built folder, e.g. a=out/tiny")
     models = dict(m.split("=", 1) for m in args.models)
     if args.keep_loaded and args.process_per_run:
         parser.error("--keep-loaded keeps sessions in this process; it cannot go with --process-per-run")
@@ -264,6 +267,14 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
+    if report["load_errors"]:  # the table shows why; the exit status tells a script it failed
+        failed = ", ".join(report["load_errors"])
+        print(
+            f"error: {len(report['load_errors'])} of {len(models)} models failed to load or run ({failed}); "
+            "see the table for why",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

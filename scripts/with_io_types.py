@@ -28,8 +28,20 @@ CHANGES = {"input_ids=int32", "attention_mask=int32", "logits=fp32"}
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or not set(argv[2:]) <= CHANGES:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    if len(argv) < 3:
         print(__doc__.strip(), file=sys.stderr)
+        print("error: pass SRC, DST and at least one change", file=sys.stderr)
+        return 2
+    unknown = sorted(set(argv[2:]) - CHANGES)
+    if unknown:
+        print(
+            f"error: {unknown[0]!r} is not a change this script makes; "
+            f"pass one or more of {', '.join(sorted(CHANGES))}",
+            file=sys.stderr,
+        )
         return 2
     src, dst, changes = Path(argv[0]), Path(argv[1]), set(argv[2:])
     if not (src / "model.onnx").is_file():
