@@ -9,6 +9,7 @@ only if it carries our build report (we never delete a folder we did not make).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import os
 import re
@@ -51,27 +52,38 @@ CONFIG_FILES = {"genai": "genai_config.json", "transformers.js": "config.json"}
 
 
 def files_not_built(output: Path) -> list[str]:
-    """What a finished output holds besides the files its build report names (a user's notes,
-    a checkpoint copied into it), as paths relative to it. An unreadable report, or one from a
-    build that did not name its files, names nothing to keep."""
+    """What a finished output holds besides what a build writes there (a user's notes, a
+    checkpoint copied into it), as paths relative to it. The model files are the ones its
+    build report names; a report from before it named them (or an unreadable one) is taken
+    to name the builder's usual ones."""
     import json
+
+    from builder.kit.tokenizer_files import TOKENIZER_FILES
 
     try:
         report = json.loads((output / REPORT_NAME).read_text())
-        files, tokenizer = report["files"], report["tokenizer_files"]
-        built = {REPORT_NAME, files["model"], *files["data"], *tokenizer}
-        built.add(CONFIG_FILES[(report.get("format") or {}).get("name", "genai")])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    except (OSError, ValueError):
+        report = None
+    files = report.get("files") if isinstance(report, dict) else None
+    # Every file a build may copy or write besides the model (transformers.js writes a
+    # generation_config.json when the checkpoint has none).
+    built = {REPORT_NAME, *CONFIG_FILES.values(), *TOKENIZER_FILES}
+    usual = ()
+    if isinstance(files, dict) and isinstance(files.get("model"), str) and isinstance(files.get("data"), list):
+        built |= {files["model"], *map(str, files["data"])}
+    else:
+        usual = ("model.onnx", "model.onnx.data", "onnx/model*.onnx", "onnx/model*.onnx_data*")
     others = []
     for path in sorted(output.rglob("*")):
         name = path.relative_to(output).as_posix()
+        if any(name.startswith(o) for o in others if o.endswith("/")):
+            continue
         if path.is_dir() and not path.is_symlink():
-            if not any(b.startswith(name + "/") for b in built):
+            if not any(b.startswith(name + "/") for b in [*built, *usual]):
                 others.append(name + "/")
-        elif name not in built and not any(name.startswith(o) for o in others if o.endswith("/")):
+        elif name not in built and not any(fnmatch.fnmatchcase(name, u) for u in usual):
             others.append(name)
-    return [o for o in others if not any(o != p and o.startswith(p) for p in others if p.endswith("/"))]
+    return others
 
 
 @contextlib.contextmanager

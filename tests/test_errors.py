@@ -285,6 +285,30 @@ def test_overwrite_of_a_transformers_js_folder_knows_its_own_files(ckpt, tmp_pat
     assert_clean_failure(proc, "(onnx/model_fp16.onnx)")
 
 
+def test_overwrite_knows_the_generation_config_a_transformers_js_build_writes(ckpt, tmp_path):
+    """Built from a checkpoint without generation_config.json, the folder has one the builder
+    wrote, which the report's file lists leave out: --overwrite refused its own file."""
+    (ckpt / "generation_config.json").unlink()
+    out = tmp_path / "out"
+    for _ in range(2):
+        proc = cli("-m", ckpt, "-o", out, "--format", "transformers.js", "--overwrite")
+        assert proc.returncode == 0, proc.stderr
+    assert (out / "generation_config.json").is_file()
+
+
+def test_overwrite_of_a_build_whose_report_names_no_files_still_keeps_a_users_files(ckpt, tmp_path):
+    """Reports from before the file lists: the builder's usual files are replaced, anything else kept."""
+    out = tmp_path / "out"
+    assert cli("-m", ckpt, "-o", out).returncode == 0
+    report = json.loads((out / "build_report.json").read_text())
+    del report["files"]
+    (out / "build_report.json").write_text(json.dumps(report))
+    (out / "notes.txt").write_text("mine")
+    assert_clean_failure(cli("-m", ckpt, "-o", out, "--overwrite"), "did not write (notes.txt)")
+    (out / "notes.txt").unlink()
+    assert cli("-m", ckpt, "-o", out, "--overwrite").returncode == 0
+
+
 def test_never_deletes_a_folder_it_did_not_make(ckpt, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
