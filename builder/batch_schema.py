@@ -279,12 +279,15 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
 
     root, root_from = base, ""
     if output_root is not None:
-        root, root_from = Path(output_root).absolute(), "--output-root"
+        root, root_from = Path(os.path.abspath(output_root)), "--output-root"
     elif "output_root" in top:
         line, node = top["output_root"]
         value = _value(node)
         if isinstance(value, str) and value:
-            root, root_from = base / os.path.expanduser(value), f"{path}:{line}: output_root:"
+            # Normalized as the outputs are, so that each is seen to lie under it (a `..` in it
+            # hid them, and the up-front check of the output root was skipped).
+            root = Path(os.path.abspath(base / os.path.expanduser(value)))
+            root_from = f"{path}:{line}: output_root:"
         else:
             problems.add(line, "output_root: must be a folder path")
 

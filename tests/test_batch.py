@@ -807,6 +807,17 @@ def test_quantization_options_do_not_rebuild_a_float_job(tmp_path):
     assert summary(tmp_path / "out", "q")["by_name"]["f"]["status"] == "skipped"
 
 
+def test_an_output_root_with_dot_dot_is_checked_before_building(tmp_path, capsys):
+    """`output_root: ../x` was kept unnormalized: no output looked to lie under it, so its
+    up-front check was skipped and each job failed on its own after starting."""
+    (tmp_path / "afile").write_text("a file, not a folder")
+    path = write(tmp_path / "cfg" / "a.yaml", f"output_root: ../afile/sub\njobs:\n  - model: {TINY}\n    output: a\n")
+    assert batch(path, "--summary", tmp_path / "s") == 2
+    assert "nothing was built" in capsys.readouterr().err
+    assert batch(ROOT / "configs" / "tiny.yaml", "--dry-run") == 0
+    assert "build tiny-qwen3-fp32-cpu  (" in capsys.readouterr().out  # names relative to the root
+
+
 def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
     path = write(tmp_path / "a.yaml", ONE_JOB)
     for dry_run in ([], ["--dry-run"]):  # a dry run said nothing of it
