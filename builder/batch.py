@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "ray"),
         help="Where the builds run: local (default; spawned processes on this machine) or "
         "ray (one Ray task per job, on the cluster of --ray-address, else $RAY_ADDRESS, "
-        "else a local Ray instance; needs pip install 'builder[ray]'). Overrides the "
+        "else a local Ray instance; needs pip install '.[ray]' from this repository). Overrides the "
         "file's executor:. See docs/cluster.md.",
     )
     parser.add_argument(

@@ -126,7 +126,8 @@ def _ray():
         import ray
     except ImportError:
         raise BuilderError(
-            "--executor ray needs Ray on this machine and every node: pip install 'builder[ray]' (or pip install ray)"
+            "--executor ray needs Ray on this machine and every node: pip install '.[ray]' from this "
+            "repository (or pip install ray)"
         ) from None
     return ray
 

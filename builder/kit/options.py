@@ -282,7 +282,11 @@ class BuildOptions:
     )
     overwrite: bool = field(
         default=False,
-        metadata=_opt("--overwrite", help="Replace the output folder if it exists and was made by this builder."),
+        metadata=_opt(
+            "--overwrite",
+            help="Replace the output folder if it exists, was made by this builder and holds only "
+            "what its build wrote (anything else is named and kept).",
+        ),
     )
     verify: bool = field(
         default=False,
@@ -299,7 +303,8 @@ class BuildOptions:
             "--checkpoint-hash",
             help="Identify the checkpoint in build_report.json by a SHA-256 of its weight files "
             "(reads them once more) instead of their size, mtime and inode, so a batch rerun "
-            "rebuilds exactly when the weights' bytes changed. Hub-cache files are always "
+            "rebuilds exactly when the weights' bytes changed (or config.json, generation_config.json "
+            "or a tokenizer file). Hub-cache files are always "
             "identified by the hash the cache stores them under.",
         ),
     )
