@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "generate.py"
 
@@ -163,21 +165,6 @@ def test_gpu_busy_stops_its_sampler_on_ctrl_c(cpu_folder, tmp_path):
 
 # generate.py on a damaged folder, and on a --provider that cannot run the folder's graph.
 
-NO_WEBGPU = """
-import sys
-
-class _NoPlugin:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "onnxruntime_ep_webgpu":
-            raise ImportError(f"{name} is hidden by the test")
-        return None
-
-sys.meta_path.insert(0, _NoPlugin())
-import onnxruntime
-_providers = onnxruntime.get_available_providers
-onnxruntime.get_available_providers = lambda: [p for p in _providers() if p != "WebGpuExecutionProvider"]
-"""
-
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
     import shutil
@@ -239,7 +226,7 @@ def test_provider_cpu_on_a_fused_norm_webgpu_folder_says_it_was_built_for_webgpu
 
 
 def test_provider_webgpu_without_a_runtime_names_the_option(cpu_folder, tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU)
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
     child = subprocess.run(
         [sys.executable, str(SCRIPT), str(cpu_folder), "--provider", "webgpu"],
         capture_output=True,

@@ -18,6 +18,7 @@ from test_targets import COMMON
 
 from builder import BuilderError, BuildOptions
 from builder.verify import dequantized_reference, genai_greedy, onnx_logits, onnx_session, transformers_greedy
+from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
 
 # Ops the WebGPU EP has kernels for, that our graphs use: the GPU EPs' table in
 # test_targets, less Shape (a CPU-only kernel, allowed only in uncaptured graphs), plus
@@ -203,24 +204,6 @@ def test_default_webgpu_target_follows_the_plugin(monkeypatch):
     assert targets.default_ort_version("webgpu") == (1, 27)
     versions.clear()
     assert targets.default_ort_version("webgpu") == (1, 31)
-
-
-# A child process where no WebGPU runtime is found, whatever this venv has: the plugin's
-# package cannot be imported and onnxruntime lists no built-in WebGPU provider.
-NO_WEBGPU_SITECUSTOMIZE = """
-import sys
-
-class _NoPlugin:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "onnxruntime_ep_webgpu":
-            raise ImportError(f"{name} is hidden by the test")
-        return None
-
-sys.meta_path.insert(0, _NoPlugin())
-import onnxruntime
-_providers = onnxruntime.get_available_providers
-onnxruntime.get_available_providers = lambda: [p for p in _providers() if p != "WebGpuExecutionProvider"]
-"""
 
 
 def test_generate_without_a_webgpu_runtime_says_what_to_install(built, tmp_path):
