@@ -3,7 +3,8 @@
 A build writes into a hidden sibling folder and renames it into place only
 when everything is written. On error, Ctrl-C, SIGTERM or SIGHUP the staging
 folder is removed. An existing output is replaced only with --overwrite, and
-only if it carries our build report (we never delete a folder we did not make).
+only if it carries our build report and nothing that build did not write (we never
+delete what we did not make).
 """
 
 from __future__ import annotations
