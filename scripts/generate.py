@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai  # noqa: E402
 from builder.kit.errors import BuilderError  # noqa: E402
 from builder.kit.options import EPS  # noqa: E402
+from builder.kit.tokenizer_files import REQUIRED as TOKENIZER_REQUIRED  # noqa: E402
 
 # What onnxruntime-genai's RuntimeError says when its build lacks a provider's support,
 # and what the user needs instead: {provider: (substrings, runtime, what to install)}.
@@ -115,8 +116,6 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
 
 
-# onnxruntime-genai reads these next to genai_config.json for every model.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Graphs larger than this hold their weights inline; parsing one only to look for external
 # data is not worth it (a damaged one still fails at load, and that failure is reported).
 _PARSE_LIMIT = 256 << 20
@@ -147,7 +146,7 @@ def _tensors(graph):
 def _check_files(folder: Path, config: dict) -> None:
     """A BuilderError naming the first file onnxruntime-genai needs that is missing or cut short."""
     rebuild = _rebuild(folder)
-    for name in [*_named_files(config.get("model", {})), *_TOKENIZER_FILES]:
+    for name in [*_named_files(config.get("model", {})), *TOKENIZER_REQUIRED]:  # genai reads both for every model
         if not (folder / name).is_file():
             raise BuilderError(f"{folder} is damaged: {name} is missing; {rebuild}")
     for name in _named_files(config.get("model", {})):
