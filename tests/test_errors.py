@@ -214,6 +214,28 @@ def test_quantization_options_on_a_float_build_are_named_as_unused(ckpt, tmp_pat
     assert same[0] == same[1]
 
 
+def test_head_norm_the_layout_cannot_use_is_named(ckpt, tmp_path):
+    """--head-norm was dropped in silence where GroupQueryAttention computes the Q/K norms
+    (cuda's auto fused-norm) or the model has none."""
+    moot = cli("-m", ckpt, "-o", tmp_path / "cuda", "-e", "cuda", "--head-norm", "reshape-sln")
+    kept = cli(
+        "-m", ckpt, "-o", tmp_path / "kept", "-e", "cuda", "--head-norm", "reshape-sln", "--qkv-packing", "packed-split"
+    )
+    llama = make_checkpoint(tmp_path / "llama", TINY_CONFIGS["llama"])
+    no_norms = cli("-m", llama, "-o", tmp_path / "llama-out", "--head-norm", "reshape-sln")
+    assert moot.returncode == kept.returncode == no_norms.returncode == 0, moot.stderr + kept.stderr + no_norms.stderr
+    assert [line for line in moot.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: --head-norm reshape-sln had no effect on this build: --qkv-packing fused-norm (auto "
+        "picked it for this target) computes the Q/K norms inside GroupQueryAttention; add --qkv-packing "
+        "packed-split to get it"
+    ]
+    assert "warning:" not in kept.stderr
+    assert json.loads((tmp_path / "kept" / "build_report.json").read_text())["layout"]["head_norm"] == "reshape-sln"
+    assert "warning: --head-norm reshape-sln had no effect on this build: this model has no q_norm/k_norm" in (
+        no_norms.stderr
+    )
+
+
 def test_impossible_combination_refused_up_front(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
     assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")

@@ -119,6 +119,9 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     formats = {m: format_for(m, options) for m in modules}
     layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
     layout = family.adjust_layout(layout, options)
+    moot = moot_head_norm(options, layout)
+    if moot:
+        warnings.append(moot)
     level = options.accuracy_level
     names = config.get("architectures") or ["?"]
     return BuildPlan(
@@ -229,3 +232,18 @@ def resolve_context_length(options: BuildOptions, spec, target: Target) -> int:
             f"{available / 2**30:.1f} GiB of memory available; pass a smaller --context-length"
         )
     return context
+
+
+def moot_head_norm(options: BuildOptions, layout: Layout) -> str | None:
+    """The warning for a --head-norm the layout cannot use, or None. It was dropped in silence,
+    also when auto picked fused-norm for the target and the user had asked for reshape-sln."""
+    if options.head_norm == "auto" or layout.head_norm == options.head_norm:
+        return None
+    flag = f"--head-norm {options.head_norm} had no effect on this build"
+    if layout.head_norm == "none":
+        return f"{flag}: this model has no q_norm/k_norm"
+    how = "auto picked it for this target" if options.qkv_packing == "auto" else "as asked"
+    return (
+        f"{flag}: --qkv-packing fused-norm ({how}) computes the Q/K norms inside "
+        "GroupQueryAttention; add --qkv-packing packed-split to get it"
+    )
