@@ -37,6 +37,8 @@ class DecoderBuilder:
     qk_norm = False  # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
     attention_bias = False  # q/k/v projections have biases (Qwen2)
     projections = Projections  # writes weights; a family may change how (Gemma's 1 + w norms)
+    # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
+    not_built: tuple[str, ...] = ()
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
@@ -63,6 +65,11 @@ class DecoderBuilder:
     # ---- what the plan asks a family -----------------------------------------
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
+        if config.get("mlp_bias"):
+            raise BuilderError(
+                f"config.json sets mlp_bias to true; {type(self).__name__} builds MLPs without "
+                "biases, so this model is not supported"
+            )
         spec = DecoderSpec.from_config(
             config, qk_norm=self.qk_norm, attention_bias=bool(config.get("attention_bias", self.attention_bias))
         )
@@ -77,6 +84,32 @@ class DecoderBuilder:
             # Some configs omit tie_word_embeddings while the weights are tied.
             spec.tie_word_embeddings = True
         return spec
+
+    def unused_tensors(self) -> list[str]:
+        """Checkpoint tensors the build has not read that nothing here leaves out on purpose.
+
+        A model built without them computes something else (a Llama with mlp_bias, a
+        checkpoint of another architecture): the build is refused rather than published.
+        Left out on purpose: `not_built`; layers beyond num_hidden_layers (warned about by
+        the plan); the rotary inv_freq buffer of older conversions (the graph has its own
+        cache); a tied model's lm_head.weight (transformers ties it to the embedding too).
+        """
+        probe = self.weight(0, "x")
+        layers = probe[: -len("0.x")] if probe.endswith(".0.x") else None
+        tied_head = self.weight(None, "lm_head.weight") if self.spec.tie_word_embeddings else None
+
+        def beyond_the_layers(name: str) -> bool:
+            index = name[len(layers) :].split(".", 1)[0] if layers and name.startswith(layers) else ""
+            return index.isdigit() and int(index) >= self.spec.num_layers
+
+        return [
+            name
+            for name in self.checkpoint.unread()
+            if not name.startswith(self.not_built)
+            and not name.endswith(".rotary_emb.inv_freq")
+            and name != tied_head
+            and not beyond_the_layers(name)
+        ]
 
     def weight(self, layer: int | None, suffix: str) -> str:
         """The checkpoint's name of a tensor (Hugging Face naming)."""

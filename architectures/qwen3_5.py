@@ -103,6 +103,7 @@ class Qwen35Builder(DecoderBuilder):
     projections = OneOffsetNorms
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
     text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
+    not_built = ("model.visual.", "mtp.")  # TEXT_ONLY_NOTE
 
     def weight(self, layer: int | None, suffix: str) -> str:
         if layer is not None:

@@ -130,6 +130,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             data.abort()  # the staged output goes anyway: no need to finish writing it
             raise
         data.close()
+        refuse_unused_tensors(arch)
         if ahead is not None:
             timings["read_ahead"] = ahead.describe()
         timings["graph_and_weights_s"] = time.perf_counter() - started
@@ -188,6 +189,20 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         + _verify_summary(report.get("verify"))
     )
     return BuildResult(output, report)
+
+
+def refuse_unused_tensors(arch) -> None:
+    """Refuse a build that left checkpoint tensors unread (DecoderBuilder.unused_tensors)."""
+    unused = arch.unused_tensors() if hasattr(arch, "unused_tensors") else []
+    if unused:
+        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+        raise BuilderError(
+            f"the checkpoint in {arch.checkpoint.directory} holds {len(unused)} tensor(s) that "
+            f"{type(arch).__name__} does not build: {shown}; without them the model would compute "
+            "something else, so nothing was written. If config.json turns them on (e.g. "
+            "mlp_bias), this family does not support that; if they are not part of the model, "
+            "remove them from the checkpoint"
+        )
 
 
 @contextlib.contextmanager

@@ -341,6 +341,50 @@ def test_layers_beyond_num_hidden_layers_are_reported(tmp_path):
     assert report["model"]["layers"] == 2 and any("beyond" in n for n in report["notes"])
 
 
+def add_tensors(ckpt: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A second shard with more tensors (no index: every *.safetensors file is read)."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(ckpt / "extra.safetensors"))
+
+
+def test_tensors_the_family_does_not_build_are_refused(ckpt, tmp_path):
+    """They were dropped in silence: a Llama with MLP biases built with exit 0 and wrong logits."""
+    add_tensors(ckpt, {"model.layers.0.mlp.down_proj.bias": np.ones(64, np.float32)})
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out),
+        "holds 1 tensor(s) that Qwen3Builder does not build: model.layers.0.mlp.down_proj.bias",
+        "nothing was written",
+        out=out,
+    )
+
+
+def test_another_family_than_the_checkpoint_is_refused(ckpt, tmp_path):
+    """A Qwen3 checkpoint through LlamaBuilder left out every q_norm/k_norm and published."""
+    from architectures.llama import LlamaBuilder
+    from builder import build
+
+    with pytest.raises(BuilderError, match=r"holds 4 tensor\(s\) that LlamaBuilder does not build: "):
+        build(model=str(ckpt), output=str(tmp_path / "out"), family=LlamaBuilder, show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mlp_bias_refused_before_building(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["llama"])
+    set_config(ckpt, mlp_bias=True)
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "sets mlp_bias to true; LlamaBuilder", out=out)
+
+
+def test_tensors_left_out_on_purpose_still_build(tmp_path):
+    """Older conversions store the rotary inv_freq buffer, and tied models may store lm_head."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], tied_lm_head=True)
+    add_tensors(ckpt, {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(8, np.float32)})
+    proc = cli("-m", ckpt, "-o", tmp_path / "out")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
     set_config(ckpt, num_hidden_layers=10**9)  # would loop over a billion layers unchecked
     out = tmp_path / "out"

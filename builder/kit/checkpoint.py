@@ -186,6 +186,7 @@ class Checkpoint:
         self.config = self._read_config()
         self._headers: dict[Path, dict] = {}
         self._shard_of = self._index_tensors()
+        self.located: set[str] = set()  # every tensor a build has asked for (see unread())
 
     @classmethod
     def open(cls, model: str) -> Checkpoint:
@@ -257,6 +258,10 @@ class Checkpoint:
         """Every tensor name the checkpoint holds (from its index, or its shards' headers)."""
         return list(self._shard_of)
 
+    def unread(self) -> list[str]:
+        """The tensors no read has asked for since the checkpoint was opened, sorted."""
+        return sorted(set(self._shard_of) - self.located)
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor's shape, from the headers alone (batch sizes memory requests by them)."""
         return {name: tuple(self._entry(name)[1]["shape"]) for name in self._shard_of}
@@ -303,6 +308,7 @@ class Checkpoint:
     def locate(self, name: str, start: int, stop: int | None, expect_shape: tuple[int, ...] | None = None) -> RowRange:
         """Where rows [start:stop) of a tensor lie, with the checks a read makes first."""
         file, entry = self._entry(name)
+        self.located.add(name)
         dtype, shape = entry["dtype"], tuple(entry["shape"])
         if dtype not in SUPPORTED_DTYPES:
             raise BuilderError(
