@@ -74,5 +74,7 @@ def builder_class_for(config: dict, where: str = "config.json") -> type:
         if name in available:
             return available[name]
     raise BuilderError(
-        f"{where}: architecture {names[0]!r} is not supported; supported: " + ", ".join(sorted(available))
+        f"{where}: architecture {names[0]!r} is not supported; supported: "
+        + ", ".join(sorted(available))
+        + " (a new family registers with @architectures.register; README, section Python)"
     )

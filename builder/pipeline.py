@@ -224,7 +224,12 @@ def _verify(arch, model_file: Path) -> dict:
     t = time.perf_counter()
     plan = arch.plan
     result = verify_output(
-        model_file, arch.checkpoint.directory, plan.options, plan.target.ep, fp32_io=plan.io_dtype == "float32"
+        model_file,
+        arch.checkpoint.directory,
+        plan.options,
+        plan.target.ep,
+        fp32_io=plan.io_dtype == "float32",
+        family=type(arch),
     )
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":

@@ -51,8 +51,9 @@ class ParityResult:
 FLOAT_LINEARS = ("router", ".gate", "shared_expert_gate", "in_proj_b", "in_proj_a", "in_proj_ba")
 
 
-def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32):
-    """transformers model (fp32) holding the weights the built graph uses."""
+def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32, family=None):
+    """transformers model (fp32) holding the weights the built graph uses. family: the builder
+    class that built it (default: the one registered for the checkpoint's config.json)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
@@ -96,12 +97,13 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
         # Weights outside nn.Linear (MoE experts): the architecture knows their format.
         # The checkpoint's config.json names the family (a ConditionalGeneration checkpoint loads as
         # its text model, whose config has no architectures entry).
-        import json
+        if family is None:
+            import json
 
-        from architectures.registry import builder_class_for
+            from architectures.registry import builder_class_for
 
-        config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
-        builder_class_for(config).prepare_reference(model, options, io_dtype)
+            family = builder_class_for(json.loads((Path(checkpoint_dir) / "config.json").read_text()))
+        family.prepare_reference(model, options, io_dtype)
     return model
 
 
@@ -293,9 +295,10 @@ def verify_models(
     decode_steps=4,
     seed=0,
     provider="CPUExecutionProvider",
+    family=None,
 ) -> list[ParityResult]:
     """verify_build for several graphs of one build (same inputs and outputs), loading the
-    transformers reference once."""
+    transformers reference once (family: as in dequantized_reference)."""
     sessions = [onnx_session(m, provider) for m in models]
     session = sessions[0]
     vocab = session.get_outputs()[0].shape[-1]
@@ -307,7 +310,7 @@ def verify_models(
         if "float16" in session.get_inputs()[0].type or "float16" in session.get_outputs()[0].type
         else np.float32
     )
-    expected = torch_logits(dequantized_reference(checkpoint_dir, options, io_dtype=dtype), ids, tokens)
+    expected = torch_logits(dequantized_reference(checkpoint_dir, options, dtype, family), ids, tokens)
     return [compare(expected, onnx_logits(s, ids, tokens)) for s in sessions]
 
 
@@ -343,9 +346,10 @@ def exact_compute_copy(model_file: Path) -> Path | None:
 
 
 def verify_output(
-    folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str, fp32_io: bool
+    folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str, fp32_io: bool, family=None
 ) -> dict:
-    """The --verify check of one build, as it goes into the build report."""
+    """The --verify check of one build, as it goes into the build report (family: the builder
+    class that built it, whose prepare_reference the reference gets)."""
     if ep != "cpu":
         return {
             "status": "not run",
@@ -357,7 +361,7 @@ def verify_output(
     exact = exact_compute_copy(model_file)
     try:
         models = [exact, model_file] if exact else [model_file]
-        parities = verify_models(models, checkpoint_dir, options, prompt_length=16, decode_steps=4)
+        parities = verify_models(models, checkpoint_dir, options, prompt_length=16, decode_steps=4, family=family)
     finally:
         if exact:
             exact.unlink(missing_ok=True)

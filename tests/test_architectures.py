@@ -8,6 +8,7 @@ quantized builds (accuracy_level 0) against transformers holding the dequantized
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import textwrap
 
@@ -220,6 +221,33 @@ def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpo
     result = build(model=str(ckpt), output=str(tmp_path / "plugin"), precision="fp32", show_progress=False)
     assert result.report["checkpoint"]["architecture"] == "TinyPluginForCausalLM"
     parity(result, ckpt)
+
+
+def test_verify_uses_the_family_it_was_given(checkpoint, tmp_path):
+    """verify looked the family up again from config.json: an unregistered subclass passed as
+    family= failed after the whole build, and a registered one lost its own prepare_reference."""
+    from architectures import LlamaBuilder
+
+    calls = []
+
+    class Unregistered(LlamaBuilder):
+        @classmethod
+        def prepare_reference(cls, model, options, io_dtype=None):
+            calls.append(cls.__name__)
+
+    ckpt = checkpoint("llama").parent / "unregistered"
+    shutil.copytree(checkpoint("llama"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "architectures": ["UnregisteredForCausalLM"]}))
+    result = build(
+        model=str(ckpt),
+        output=str(tmp_path / "o"),
+        precision="fp32",
+        verify=True,
+        family=Unregistered,
+        show_progress=False,
+    )
+    assert result.report["verify"]["status"] == "passed" and calls == ["Unregistered"]
 
 
 def test_unknown_architecture_lists_supported_ones():
