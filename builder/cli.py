@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 
+from builder.arg_parser import ArgumentParser
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.kit.progress import end_line
@@ -72,7 +73,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m builder",
         description="Build a Hugging Face LLM checkpoint into an ONNX Runtime GenAI model folder "
         "(model.onnx, model.onnx.data, genai_config.json, tokenizer, build_report.json), "

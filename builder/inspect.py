@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from builder.arg_parser import ArgumentParser
 from builder.kit.errors import BuilderError
 
 
@@ -59,7 +60,7 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m builder inspect", description="Print node counts by op type and one layer's node sequence."
     )
     parser.add_argument("outputs", nargs="+", metavar="OUT", help="Built model folder(s) or model.onnx file(s).")

@@ -183,9 +183,25 @@ def test_index_names_missing_shard(tmp_path):
     ],
 )
 def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
+    """One line each: argparse's own errors came after its 20-line usage."""
     proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)
-    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        ([], "required: -m/--model (see python -m builder --help)"),
+        (["inspect"], "required: OUT (see python -m builder inspect --help)"),
+        (["inspect", "x", "--layer", "a"], "--layer: invalid int value"),
+    ],
+)
+def test_usage_errors_are_one_line(args, fragment):
+    proc = cli(*args)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment in proc.stderr
 
 
 def test_quantization_options_on_a_float_build_are_named_as_unused(ckpt, tmp_path):
