@@ -25,7 +25,7 @@ from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
-from builder.kit.tokenizer_files import copy_tokenizer_files
+from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
 from builder.output_dir import REPORT_NAME, staged_output
 from builder.version import __version__
 
@@ -109,6 +109,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     # Taken before any weight is read, so weights re-saved during the build make the
     # report's fingerprint stale, and the next batch run rebuilds.
     arch.checkpoint.fingerprint(options.checkpoint_hash)
+    check_tokenizer_files(arch.checkpoint.directory)
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)

@@ -385,6 +385,75 @@ def test_tensors_left_out_on_purpose_still_build(tmp_path):
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "generation_config.json"])
+def test_damaged_json_files_beside_the_weights_are_refused(ckpt, tmp_path, name):
+    """They were copied as they were: exit 0 (--verify passed), genai could not load the
+    folder, and a rebuild copied the same file again."""
+    (ckpt / name).write_text('{"model": {')
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), f"{ckpt / name} is not valid JSON", "re-download it", out=out)
+
+
+def test_unreadable_files_beside_the_weights_are_one_line(ckpt, tmp_path, monkeypatch):
+    """A tokenizer file another user owns (a shared cache) gave a PermissionError traceback.
+    Simulated: the tests may run as root, whom permissions do not stop."""
+    from builder import build
+
+    real = Path.read_bytes
+
+    def denied(path):
+        if path.name == "tokenizer.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(
+        BuilderError, match=r"could not read .*tokenizer.json \(Permission denied\); check its permissions"
+    ):
+        build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_os_errors_no_check_foresaw_are_one_line(ckpt, tmp_path):
+    """An output name longer than the file system allows gave an ENAMETOOLONG traceback."""
+    out = tmp_path / ("y" * 256)
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: could not access {out} (File name too long); check the path, its permissions and its disk"
+    ]
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    import builder.pipeline
+    from builder.cli import main
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(builder.pipeline, "build", no_memory)
+    assert main(["-m", "x", "--quiet"]) == 1
+    assert (
+        capsys.readouterr().err
+        == "error: out of memory; close other programs, or lower --read-ahead-mb (batch: --jobs)\n"
+    )
+
+
+def test_full_disk_for_verify_copy_is_one_line(ckpt, tmp_path, monkeypatch):
+    """--verify writes a copy of model.onnx beside it; a full disk there was a traceback."""
+    import onnx
+
+    from builder import build
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    with pytest.raises(BuilderError, match=r"--verify: writing its copy of model.onnx beside it failed \(No space"):
+        build(model=str(ckpt), output=str(tmp_path / "out"), verify=True, show_progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".builder-staging-*"))
+
+
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
     set_config(ckpt, num_hidden_layers=10**9)  # would loop over a billion layers unchecked
     out = tmp_path / "out"

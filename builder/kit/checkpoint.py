@@ -196,7 +196,11 @@ class Checkpoint:
 
     def _read_config(self) -> dict:
         path = self.directory / "config.json"
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as e:  # a folder we may not enter
+            raise could_not_read(path, e) from None
+        if not found:
             raise BuilderError(f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder")
         try:
             config = json.loads(path.read_bytes())
@@ -369,9 +373,12 @@ class Checkpoint:
         digest = hashlib.sha256((self.directory / "config.json").read_bytes())
         for name in TOKENIZER_FILES:
             path = self.directory / name
-            if path.is_file():
-                digest.update(name.encode())
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            try:
+                if path.is_file():
+                    digest.update(name.encode())
+                    digest.update(hashlib.sha256(path.read_bytes()).digest())
+            except OSError as e:
+                raise could_not_read(path, e) from None
         for file in sorted(set(self._shard_of.values())):
             digest.update(file.name.encode())
             digest.update(_header_bytes(file))
@@ -451,10 +458,18 @@ def _header_bytes(file: Path) -> bytes:
         if len(header) != length:
             raise ValueError("file ends inside the header")
         return header
+    except (PermissionError, IsADirectoryError) as e:
+        raise could_not_read(file, e) from None
     except (OSError, struct.error, ValueError) as e:
         raise BuilderError(
             f"{file} is not a readable safetensors file ({e}); it may be truncated or corrupt: re-download it"
         ) from None
+
+
+def could_not_read(path: Path, error: OSError) -> BuilderError:
+    """A checkpoint file the OS would not let us read (a shared cache owned by another user)."""
+    advice = "check its permissions" if isinstance(error, PermissionError) else "check the file and its disk"
+    return BuilderError(f"could not read {path} ({error.strerror or error}); {advice}")
 
 
 # Every dtype the safetensors format defines, in bits per element: an entry with any other

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+
+from builder.kit.errors import BuilderError
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -19,6 +22,26 @@ TOKENIZER_FILES = (
 )
 # genai's tokenizer needs these two; the others are copied when present.
 REQUIRED = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer_files(source: Path) -> None:
+    """Refuse JSON tokenizer files that do not parse. They were copied as they were: the build
+    published with exit 0 (and passed --verify, which feeds token ids), and genai then failed
+    to load the folder, while a rebuild copied the same file again."""
+    for name in TOKENIZER_FILES:
+        path = Path(source) / name
+        if not name.endswith(".json") or not path.is_file():
+            continue
+        try:
+            json.loads(path.read_bytes())
+        except OSError as e:
+            raise BuilderError(f"could not read {path} ({e.strerror or e}); check its permissions") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
+            what = "sampling defaults" if name == "generation_config.json" else "tokenizer"
+            raise BuilderError(
+                f"{path} is not valid JSON ({e}); the checkpoint's {what} file is damaged: "
+                "re-download it, or fix or remove the file"
+            ) from None
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> tuple[list[str], list[str]]:
