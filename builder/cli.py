@@ -157,6 +157,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return broken_pipe()
+    except MemoryError:
+        end_line()
+        if debug:
+            traceback.print_exc()
+        print(
+            "error: out of memory; close other programs, or lower --read-ahead-mb (batch: --jobs)",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as e:
+        # What the checks before it did not foresee (a name too long for the file system, an
+        # I/O error): still one line, naming the path the system refused.
+        end_line()
+        if debug:
+            traceback.print_exc()
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"error: could not access{where} ({e.strerror or e}); check the path, its permissions and its disk",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def broken_pipe() -> int:

@@ -341,7 +341,14 @@ def exact_compute_copy(model_file: Path) -> Path | None:
     if not changed:
         return None
     copy = model_file.with_name(f".verify-{model_file.name}")
-    onnx.save(model, str(copy))
+    try:
+        onnx.save(model, str(copy))
+    except OSError as e:
+        copy.unlink(missing_ok=True)
+        raise BuilderError(
+            f"--verify: writing its copy of {model_file.name} beside it failed ({e.strerror or e}); free "
+            "disk space (the copy is the size of model.onnx) or build without --verify"
+        ) from None
     return copy
 
 

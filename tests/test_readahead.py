@@ -307,3 +307,26 @@ def test_page_cache_option_reads_nothing_with_o_direct(tmp_path, monkeypatch):
         elif hasattr(os, "O_DIRECT"):
             assert direct_opens
     assert outputs[False] == outputs[True]
+
+
+def test_no_memory_for_a_buffer_stops_reading_ahead_not_the_build(tmp_path, monkeypatch, capfd):
+    """The reader thread's MemoryError printed a thread traceback over a build that then
+    succeeded; the build now reads for itself, with the same bytes."""
+    import builder.kit.disk_io as disk_io
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    plain = build(BuildOptions(model=str(ckpt), output=str(tmp_path / "plain"), read_ahead_mb=0), show_progress=False)
+    real, calls = disk_io.aligned_buffer, []
+
+    def scarce(size):
+        if threading.current_thread().name == "builder-read-ahead":
+            calls.append(size)
+            if len(calls) > 2:
+                raise MemoryError
+        return real(size)
+
+    monkeypatch.setattr(disk_io, "aligned_buffer", scarce)
+    ahead = build(BuildOptions(model=str(ckpt), output=str(tmp_path / "ahead"), read_ahead_mb=1), show_progress=False)
+    assert len(calls) > 2 and "Traceback" not in capfd.readouterr().err
+    assert (ahead.output / "model.onnx.data").read_bytes() == (plain.output / "model.onnx.data").read_bytes()
+    assert _report(ahead.output)["timings"]["read_ahead"]["misses"] > 0

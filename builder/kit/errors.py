@@ -1,7 +1,8 @@
 """Errors a user can cause and fix.
 
-The CLI prints a BuilderError as one line and exits non-zero; anything else is
-a bug in the builder and keeps its traceback.
+The CLI prints a BuilderError as one line and exits non-zero; so it does for running
+out of memory and for an OS error no check foresaw (builder.cli). Anything else is a
+bug in the builder and keeps its traceback.
 """
 
 

@@ -114,6 +114,10 @@ class ReadAhead:
                     else:
                         self._ready[pos] = (data, error)
                     self._cond.notify_all()
+        except MemoryError:
+            # No memory for another buffer: stop reading ahead. The build reads for itself
+            # (take() sees _reader_done), instead of a thread traceback on a good build.
+            pass
         finally:
             with self._cond:
                 self._reader_done = True
