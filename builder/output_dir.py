@@ -23,6 +23,10 @@ from builder.kit.errors import BuilderError, BuildInterrupted
 
 REPORT_NAME = "build_report.json"
 STAGING_PREFIX = ".builder-staging-"
+# Set by the command line: once an output is published, a stop signal is only noted, so the
+# process still prints the path and exits 0 (the interpreter's shutdown takes ~0.7 s after
+# --verify's torch). A library caller gets its own handlers back instead.
+hold_signals_after_publish = False
 
 
 def check_output_free(output: Path, overwrite: bool) -> None:
@@ -124,6 +128,7 @@ def staged_output(output: Path, overwrite: bool):
                 raise BuilderError(
                     f"moving the finished build into {output} failed ({e.strerror or e}); choose another -o/--output"
                 ) from None
+            stop.keep = hold_signals_after_publish
         except KeyboardInterrupt:
             stop.deferring = True
             shutil.rmtree(staging, ignore_errors=True)
@@ -213,6 +218,7 @@ class _StopSignals:
     def __init__(self) -> None:
         self.caught: list[int] = []
         self.deferring = False
+        self.keep = False  # leave the noting handlers in place on exit (hold_signals_after_publish)
         self._previous: dict = {}
 
     def _handler(self, signum, frame) -> None:
@@ -230,5 +236,7 @@ class _StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.keep:
+            return
         for sig, handler_before in self._previous.items():
             signal.signal(sig, handler_before)

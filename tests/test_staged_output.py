@@ -141,3 +141,35 @@ def test_an_ignored_sigint_stays_ignored(tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_after_publishing_still_exits_0_with_the_path(tmp_path, sig):
+    """After the rename the default handlers came back, so a stop during the rest of the run
+    (the interpreter's shutdown after --verify's torch takes ~0.7 s) exited -15 or 129, or
+    printed a KeyboardInterrupt, over a complete output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    out = tmp_path / "out"
+    script = (
+        "import os, signal, sys\n"
+        "import builder.pipeline as p\n"
+        "from builder.cli import main\n"
+        "real = p.run\n"
+        "def run(*a, **k):\n"
+        "    result = real(*a, **k)\n"
+        f"    os.kill(os.getpid(), {int(sig)})\n"
+        "    return result\n"
+        "p.run = run\n"
+        f"sys.exit(main(['-m', {str(ckpt)!r}, '-o', {str(out)!r}, '--quiet']))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"{out}\n" and proc.stderr == "", (proc.returncode, proc.stderr)
+    assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
