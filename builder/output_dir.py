@@ -10,12 +10,14 @@ delete what we did not make).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import glob
 import os
 import re
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -107,6 +109,7 @@ def staged_output(output: Path, overwrite: bool):
         remove_stale_staging(output)
         staging = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
+        held = _hold(staging)
     except OSError as e:
         # A read-only filesystem, /proc or /sys, a folder without write permission, a
         # file where a parent folder should be.
@@ -117,7 +120,7 @@ def staged_output(output: Path, overwrite: bool):
             else f"{e.strerror or e}{': ' + where if where else ''}"
         )
         raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
-    with _StopSignals() as stop:
+    with _StopSignals() as stop, contextlib.closing(held):
         try:
             yield staging
             _before_publish()
@@ -165,12 +168,61 @@ def staging_folders(output: Path) -> list[tuple[Path, int]]:
 def remove_stale_staging(output: Path) -> None:
     """Remove staging folders for `output` whose build process is gone.
 
-    A build killed with SIGKILL (OOM killer, kill -9) cannot clean up; the pid in
-    the folder name tells a dead build's leftovers from a live concurrent one.
+    A build killed with SIGKILL (OOM killer, kill -9) cannot clean up. The pid in the
+    folder name tells a dead build's leftovers from a live concurrent one on this host;
+    in a container retried after an OOM kill the new build often has the dead one's pid
+    (1, even its own), so a folder whose pid is in use counts as dead too when no process
+    holds its lock (_hold) and it is older than the moment between mkdir and the lock.
     """
     for staging, pid in staging_folders(output):
-        if not _alive(pid):
+        if not _alive(pid) or _unheld(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Held:
+    """An open descriptor of a staging folder with flock held: the kernel lets go of it when
+    the process ends, however it ends."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _hold(staging: Path) -> _Held:
+    try:
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return _Held(None)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without flock (some network mounts): the pid alone decides
+        os.close(fd)
+        return _Held(None)
+    return _Held(fd)
+
+
+UNHELD_AFTER_S = 10.0  # a live build locks its folder right after mkdir: seconds cover that moment
+
+
+def _unheld(staging: Path) -> bool:
+    """Whether nobody holds the staging folder's lock and it is old enough to have been taken."""
+    try:
+        if time.time() - staging.stat().st_mtime < UNHELD_AFTER_S:
+            return False
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live build, or no flock here
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -185,19 +237,27 @@ def _alive(pid: int) -> bool:
 
 def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
     old = None
+    held = _Held(None)
     if output.exists():
         check_output_free(output, overwrite)
-        # Named like a staging folder, so that the sweeps remove it if this process dies here.
+        # Named like a staging folder, so that the sweeps remove it if this process dies here;
+        # locked first (the lock goes with the folder), so that they leave it alone until then.
         old = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(output, old)
-    try:
-        os.rename(staging, output)
-    except OSError:
+        held = _hold(output)
+        try:
+            os.rename(output, old)
+        except BaseException:
+            held.close()
+            raise
+    with contextlib.closing(held):
+        try:
+            os.rename(staging, output)
+        except OSError:
+            if old is not None:
+                os.rename(old, output)  # the previous build stays where it was
+            raise
         if old is not None:
-            os.rename(old, output)  # the previous build stays where it was
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # SIGHUP: the terminal or ssh session closed under a running build.

@@ -173,3 +173,52 @@ def test_a_signal_after_publishing_still_exits_0_with_the_path(tmp_path, sig):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout == f"{out}\n" and proc.stderr == "", (proc.returncode, proc.stderr)
     assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
+
+
+def test_a_dead_builds_folder_goes_even_when_its_pid_is_in_use(tmp_path):
+    """In a container retried after an OOM kill, the new build often has the dead one's pid
+    (1, its own), so the pid alone kept the dead build's staging folder forever."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    name = f"{output_dir.STAGING_PREFIX}out-{os.getpid()}-"  # a pid in use: this process's
+    dead, fresh, live = (tmp_path / f"{name}{tag}" for tag in ("0000dead", "0000f4e5", "0000a11e"))
+    for folder in (dead, fresh, live):
+        folder.mkdir()
+        (folder / "model.onnx.data").write_bytes(b"partial")
+    old = time.time() - 2 * output_dir.UNHELD_AFTER_S
+    for folder in (dead, live):
+        os.utime(folder, (old, old))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(live),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        output_dir.remove_stale_staging(out)
+        # The unlocked old one goes; a just-made one (not locked yet) and a locked one stay.
+        assert leftovers(tmp_path) == sorted([fresh.name, live.name])
+    finally:
+        holder.communicate("")
+    output_dir.remove_stale_staging(out)
+    assert leftovers(tmp_path) == [fresh.name]
+
+
+def test_a_build_holds_its_staging_folder(tmp_path):
+    old = __import__("time").time() - 2 * output_dir.UNHELD_AFTER_S
+    with staged_output(tmp_path / "out", overwrite=False) as staging:
+        os.utime(staging, (old, old))
+        output_dir.remove_stale_staging(tmp_path / "out")
+        assert staging.is_dir()
+        (staging / REPORT_NAME).write_text("{}")
+    assert (tmp_path / "out" / REPORT_NAME).is_file() and leftovers(tmp_path) == []
