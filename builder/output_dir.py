@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import fnmatch
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -107,7 +108,7 @@ def staged_output(output: Path, overwrite: bool):
         check_output_free(output, overwrite)
         output.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(output)
-        staging = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = _staging_name(output)
         staging.mkdir()
         held = _hold(staging)
     except OSError as e:
@@ -151,14 +152,28 @@ def _before_publish() -> None:
     """Nothing; the point where a test pauses a finished build (batch_exec's pause hook)."""
 
 
+def _staging_name(output: Path) -> Path:
+    return output.parent / f"{STAGING_PREFIX}{_staging_stem(output.name)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _staging_stem(name: str) -> str:
+    """The output's name as its staging folders carry it: shortened (to a prefix and a hash of
+    the whole) where the ~35 characters they add would pass the file system's 255-byte limit,
+    which refused output names of 221-255 bytes that are legal themselves."""
+    if len(name.encode()) <= 200:
+        return name
+    return name.encode()[:150].decode(errors="ignore") + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
 def staging_folders(output: Path) -> list[tuple[Path, int]]:
     """The staging folders of `output` (also the old output a rebuild is replacing), with the
     pid of the build that made each; not those of an output whose name merely begins the same
     (`a` against `a-verify`)."""
     output = Path(output)
-    name = re.compile(re.escape(f"{STAGING_PREFIX}{output.name}-") + r"([0-9]+)-[0-9a-f]{8}")
+    stem = _staging_stem(output.name)
+    name = re.compile(re.escape(f"{STAGING_PREFIX}{stem}-") + r"([0-9]+)-[0-9a-f]{8}")
     found = []
-    for path in output.parent.glob(f"{STAGING_PREFIX}{glob.escape(output.name)}-*"):
+    for path in output.parent.glob(f"{STAGING_PREFIX}{glob.escape(stem)}-*"):
         match = name.fullmatch(path.name)
         if match:
             found.append((path, int(match.group(1))))
@@ -242,7 +257,7 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
         check_output_free(output, overwrite)
         # Named like a staging folder, so that the sweeps remove it if this process dies here;
         # locked first (the lock goes with the folder), so that they leave it alone until then.
-        old = output.parent / f"{STAGING_PREFIX}{output.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old = _staging_name(output)
         held = _hold(output)
         try:
             os.rename(output, old)

@@ -222,3 +222,13 @@ def test_a_build_holds_its_staging_folder(tmp_path):
         assert staging.is_dir()
         (staging / REPORT_NAME).write_text("{}")
     assert (tmp_path / "out" / REPORT_NAME).is_file() and leftovers(tmp_path) == []
+
+
+def test_an_output_name_near_the_file_systems_limit_builds(tmp_path):
+    """Its staging folder's name (the output's plus ~35 characters) was too long, so legal
+    names of 221-255 bytes were refused."""
+    out = tmp_path / ("n" * 250)
+    with staged_output(out, overwrite=False) as staging:
+        assert len(staging.name) <= 255 and output_dir.staging_folders(out) == [(staging, os.getpid())]
+        (staging / REPORT_NAME).write_text("{}")
+    assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
