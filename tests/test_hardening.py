@@ -454,6 +454,16 @@ def test_full_disk_for_verify_copy_is_one_line(ckpt, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".builder-staging-*"))
 
 
+def test_a_fifo_for_a_weight_file_is_refused_not_waited_on(ckpt, tmp_path):
+    """open() of a FIFO blocks until a writer comes: the build hung forever."""
+    import os
+
+    (ckpt / "model.safetensors").unlink()
+    os.mkfifo(ckpt / "model.safetensors")
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "model.safetensors is not a regular file", out=out)
+
+
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
     set_config(ckpt, num_hidden_layers=10**9)  # would loop over a billion layers unchecked
     out = tmp_path / "out"

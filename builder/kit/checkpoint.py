@@ -237,6 +237,11 @@ class Checkpoint:
                     )
             return shards
         files = sorted(self.directory.glob("*.safetensors"))
+        for file in files:
+            if not file.is_file():  # a FIFO would block the first read forever; a folder fails it
+                raise BuilderError(f"{file} is not a regular file; a checkpoint's *.safetensors must be files")
+        if not files and not os.access(self.directory, os.R_OK):
+            raise BuilderError(f"could not list {self.directory} (Permission denied); check its permissions")
         if not files:
             raise BuilderError(
                 f"no *.safetensors files in {self.directory}; only safetensors checkpoints "
