@@ -35,22 +35,35 @@ def load_plugins() -> None:
         return
     _plugins_loaded = True
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        before = dict(_REGISTRY)
         try:
             loaded = entry.load()
         except Exception as e:  # a broken plugin must not break the built-in families
-            # One plain line, as the build's own warnings (a UserWarning adds a source line).
-            import sys
-
             why = " ".join(str(e).split())
-            print(
-                f"warning: architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
-                f"out: {type(e).__name__}: {why}",
-                file=sys.stderr,
+            _warn(
+                f"architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
+                f"out: {type(e).__name__}: {why}"
             )
             continue
         if isinstance(loaded, type):
             for name in getattr(loaded, "architectures", ()):
-                _REGISTRY.setdefault(name, loaded)
+                _REGISTRY[name] = loaded
+        # A module's @register and a class entry point both replace what was there: one rule
+        # for both (a class used to lose in silence, a module to win in silence), said aloud.
+        for name, cls in sorted(before.items()):
+            if _REGISTRY[name] is not cls:
+                _warn(
+                    f"architecture plugin {entry.name!r} ({entry.value}) replaces the builder for {name} "
+                    f"({cls.__module__}.{cls.__qualname__}) with {_REGISTRY[name].__module__}."
+                    f"{_REGISTRY[name].__qualname__}"
+                )
+
+
+def _warn(message: str) -> None:
+    # One plain line, as the build's own warnings (a UserWarning adds a source line).
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def registered() -> dict[str, type]:

@@ -182,29 +182,65 @@ class ByClass(LlamaBuilder):
 '''
 
 
-@pytest.fixture
-def plugin_package(tmp_path, monkeypatch):
+def install_plugin(root, monkeypatch, source: str, entry_points: str):
     """An installed-looking distribution: a module plus *.dist-info with entry points,
     found by importlib.metadata because its folder is on sys.path."""
-    root = tmp_path / "site"
     root.mkdir()
-    (root / "tiny_builder_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    (root / "tiny_builder_plugin.py").write_text(textwrap.dedent(source))
     info = root / "tiny_builder_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-builder-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[builder.architectures]\n"
-        "tiny = tiny_builder_plugin\n"  # a module: its decorators register
-        "tiny_class = tiny_builder_plugin:ByClass\n"  # a class: registered by its `architectures`
-        "broken = tiny_builder_plugin_missing\n"
-    )  # fails to import: a warning, nothing else
+    (info / "entry_points.txt").write_text("[builder.architectures]\n" + entry_points)
     monkeypatch.syspath_prepend(str(root))
     # Start from an unloaded registry and put everything back afterwards.
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     monkeypatch.delitem(sys.modules, "tiny_builder_plugin", raising=False)
-    yield root
+
+
+@pytest.fixture
+def plugin_package(tmp_path, monkeypatch):
+    install_plugin(
+        tmp_path / "site",
+        monkeypatch,
+        PLUGIN,
+        "tiny = tiny_builder_plugin\n"  # a module: its decorators register
+        "tiny_class = tiny_builder_plugin:ByClass\n"  # a class: registered by its `architectures`
+        "broken = tiny_builder_plugin_missing\n",  # fails to import: a warning, nothing else
+    )
+    yield tmp_path / "site"
     sys.modules.pop("tiny_builder_plugin", None)
+
+
+def test_a_plugin_replacing_a_built_in_family_says_so(tmp_path, monkeypatch, capsys):
+    """A module's @register replaced a built-in in silence, and a class entry point for a
+    built-in name was dropped in silence: one rule now, said in a warning."""
+    source = """
+    from architectures import LlamaBuilder, Qwen3Builder, register
+
+
+    @register("Qwen3ForCausalLM")
+    class MyQwen3(Qwen3Builder):
+        pass
+
+
+    class MyLlama(LlamaBuilder):
+        architectures = ("LlamaForCausalLM",)
+    """
+    install_plugin(
+        tmp_path / "site", monkeypatch, source, "mod = tiny_builder_plugin\ncls = tiny_builder_plugin:MyLlama\n"
+    )
+    try:
+        available = registry.registered()
+    finally:
+        sys.modules.pop("tiny_builder_plugin", None)
+    assert available["Qwen3ForCausalLM"].__name__ == "MyQwen3" and available["LlamaForCausalLM"].__name__ == "MyLlama"
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: architecture plugin 'mod' (tiny_builder_plugin) replaces the builder for Qwen3ForCausalLM "
+        "(architectures.qwen3.Qwen3Builder) with tiny_builder_plugin.MyQwen3",
+        "warning: architecture plugin 'cls' (tiny_builder_plugin:MyLlama) replaces the builder for "
+        "LlamaForCausalLM (architectures.llama.LlamaBuilder) with tiny_builder_plugin.MyLlama",
+    ]
 
 
 def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpoint, tmp_path, capsys):
