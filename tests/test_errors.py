@@ -252,6 +252,14 @@ def test_head_norm_the_layout_cannot_use_is_named(ckpt, tmp_path):
     )
 
 
+def test_a_target_newer_than_any_known_runtime_is_named(ckpt, tmp_path):
+    """--target-ort 2 built in silence, and the report claimed a runtime nobody has checked."""
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "--target-ort", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --target-ort 2 is newer than any ONNX Runtime this builder knows (1.32)" in proc.stderr
+    assert "warning" not in cli("-m", ckpt, "-o", tmp_path / "known", "--target-ort", "1.32").stderr
+
+
 def test_impossible_combination_refused_up_front(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
     assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")

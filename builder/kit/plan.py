@@ -21,7 +21,7 @@ from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout, choose_layout
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
-from builder.kit.targets import WEBGPU_LAST_MONOLITHIC, Target
+from builder.kit.targets import NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
 from quant import QuantScheme
 
 # GroupQueryAttention's seqlens_k and total_sequence_length are int32.
@@ -100,6 +100,12 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     else:
         capture_note = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
+    if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
+        newest = ".".join(map(str, NEWEST_KNOWN_ORT))
+        warnings.append(
+            f"--target-ort {options.target_ort} is newer than any ONNX Runtime this builder knows "
+            f"({newest}); the graph uses what {newest} runs"
+        )
     unused = options.unused_flags()
     if unused:
         warnings.append(f"-p {options.precision} stores float weights: {', '.join(unused)} had no effect on this build")

@@ -32,6 +32,9 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
 }
 WEBGPU_LAST_MONOLITHIC = (1, 27)
+# The newest onnxruntime the FEATURES table was checked against (PyPI, 2026-12). A newer
+# --target-ort builds with what this one runs, which a later release may have changed.
+NEWEST_KNOWN_ORT = (1, 32)
 
 # The ONNX Runtime inside transformers.js 4.3 (@huggingface/transformers 4.3.2 pins
 # onnxruntime-node 1.30.0 and onnxruntime-web 1.31.0-dev): the default target of a
