@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from builder.arg_parser import ArgumentParser
 from builder.batch_exec import Executor, LocalExecutor, Stop, report_fields
 from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
 from builder.kit.errors import BuilderError
@@ -264,6 +265,15 @@ def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
         else:
             folder, json_path = path, path / f"{stem}-summary.json"
     md_path = json_path.with_suffix(".md")
+    # A rebuild refuses an output folder holding files its build did not write.
+    real = Path(os.path.realpath(json_path))
+    for job in batch.jobs:
+        if real.is_relative_to(os.path.realpath(job.options.output)):
+            raise BuilderError(
+                f"{batch.path}:{job.output_line}: {job.label}.output: {job.options.output} would hold "
+                f"the batch summary {json_path}; give the job another output, or pass --summary "
+                "with a folder outside it (nothing was built)"
+            )
     for path in (json_path, md_path):
         if path.is_dir() or (path.exists() and not _is_summary(path)):
             raise BuilderError(
@@ -381,7 +391,7 @@ def write_summary(files: dict[Path, str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m builder batch",
         description="Run the builds a YAML file lists (jobs: and/or a matrix:), skipping those whose "
         "output is up to date (its files as its build_report.json recorded them, same builder, "

@@ -3,7 +3,7 @@
     output_root: ../out          # where relative outputs go (default: the YAML file's folder)
     executor: ray                # where builds run: local processes (default) or a Ray cluster
     ray_address: head:6379       # the cluster to join (default: $RAY_ADDRESS, else a local one)
-    verify: true                 # shorthand for defaults.verify
+    verify: true                 # shorthand for defaults.verify (not with it)
     defaults:                    # options every job starts from
       block-size: 32
     matrix:                      # one job per combination of the list values
@@ -28,15 +28,21 @@ template: {model_name} (the model's last path part) and any option ({precision},
 The whole file is checked before anything is built. A job is skipped when its
 output holds a build report made by this builder version from the same
 checkpoint (fingerprint), options and target ONNX Runtime; --force rebuilds.
-Since the batch rebuilds its own outputs, overwrite is always on; the builder
-still refuses to replace a folder that it did not make.
+Since the batch rebuilds its own outputs, overwrite is always on (an overwrite:
+key is refused); the builder still refuses to replace a folder that it did not
+make, so no output may lie inside another, hold a checkpoint or the summary.
+YAML merge keys work as YAML says (a key the job writes wins over a merged one);
+top-level keys starting with x- hold anchors and are otherwise ignored.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import itertools
 import os
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,7 @@ import yaml
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 
+MERGE = "tag:yaml.org,2002:merge"
 TOP_KEYS = ("defaults", "matrix", "jobs", "verify", "output_root", "executor", "ray_address")
 EXECUTORS = ("local", "ray")
 # Options that do not change the built files. The model is identified by its
@@ -60,6 +67,7 @@ class Job:
     line: int
     options: BuildOptions
     name: str = ""  # output folder, relative to the output root when inside it
+    output_line: int = 0  # where its output: is written (else the job's line)
     action: str = "build"  # build | skip
     reason: str = ""
     result: dict = field(default_factory=dict)
@@ -157,21 +165,52 @@ def _compose(path: Path) -> yaml.Node | None:
         raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
-def _pairs(node: yaml.Node | None, where: str, problems: _Problems) -> list[tuple[str, int, yaml.Node]]:
+def _pairs(
+    node: yaml.Node | None, where: str, problems: _Problems, merging: tuple = ()
+) -> list[tuple[str, int, yaml.Node]]:
     if node is None or node.tag == "tag:yaml.org,2002:null":
         return []
     if not isinstance(node, yaml.MappingNode):
         problems.add(_line(node), f"{where}: must be a mapping of key: value")
         return []
-    _YAML.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
-    pairs, seen = [], {}
+    pairs, seen, merged = [], {}, []
     for key_node, value_node in node.value:
+        if key_node.tag == MERGE:
+            merged += _merged(value_node, where, problems, (*merging, id(node)))
+            continue
         key = str(_value(key_node))
         norm = key.replace("-", "_")
         if norm in seen:  # plain YAML would silently keep the last one
             problems.add(_line(key_node), f"{where}.{key}: given twice (also on line {seen[norm]})")
         seen[norm] = _line(key_node)
         pairs.append((key, _line(key_node), value_node))
+    # YAML's merge keys (<<: *anchor): a key written in the mapping overrides a merged one,
+    # and of several merged mappings the first one given wins.
+    kept = []
+    for key, line, value in merged:
+        norm = key.replace("-", "_")
+        if norm not in seen:
+            seen[norm] = line
+            kept.append((key, line, value))
+    return kept + pairs
+
+
+def _merged(node: yaml.Node, where: str, problems: _Problems, merging: tuple) -> list[tuple[str, int, yaml.Node]]:
+    """The pairs a merge key brings in, each merged mapping's own merges applied; the YAML
+    nodes are left as they are, since an anchored mapping is also read where it was written."""
+    pairs = []
+    for sub in node.value if isinstance(node, yaml.SequenceNode) else [node]:
+        if id(sub) in merging:
+            problems.add(_line(sub), f"{where}.<<: merges the mapping it is in; merge another one")
+            continue
+        if not isinstance(sub, yaml.MappingNode):
+            problems.add(
+                _line(sub),
+                f"{where}.<<: merges mappings: <<: *name or <<: [*a, *b], where &name marks a mapping "
+                "(x-name: &name {...})",
+            )
+            continue
+        pairs += _pairs(sub, where, problems, merging)
     return pairs
 
 
@@ -212,6 +251,11 @@ def _make_job(
 
     values, ok = {}, True
     for name, e in entries.items():  # one key at a time, so each error names its own line
+        wrong = _wrong_type(name, e)
+        if wrong:
+            problems.add(e.line, _with_key(wrong, e))
+            ok = False
+            continue
         try:
             values[name] = getattr(BuildOptions.from_mapping({e.key: e.value}, f"{e.where}"), name)
             BuildOptions(**{"model": "-", name: values[name]}).validated()
@@ -240,6 +284,18 @@ def _make_job(
             **{k: v for k, v in options.to_dict().items() if k not in NON_BUILD_OPTIONS},
         }
         try:
+            # A list has no folder name that is both safe and unambiguous: its patterns are
+            # globs ('*.v_proj'), and joined they could read as another list. Refused by name,
+            # rather than joined into a name that works for some values and not others.
+            listed = [f for f in _template_fields(options.output) if isinstance(fields.get(f), list)]
+            if listed:
+                problems.add(
+                    output_line,
+                    f"{entries['output'].where}.output: template {options.output!r} uses "
+                    f"{{{listed[0]}}}, a list of patterns, which makes no folder name; "
+                    "leave it out and give such jobs their own output: under jobs:",
+                )
+                return None
             relative = options.output.format(**fields)
         except (KeyError, IndexError, ValueError) as err:
             problems.add(
@@ -252,6 +308,39 @@ def _make_job(
         relative = default_output(options).name
     options.output = os.path.abspath(output_root / os.path.expanduser(relative))
     return Job(label, line, options), output_line
+
+
+def _template_fields(template: str) -> list[str]:
+    """The option names a template uses: 'int8_layers' for {int8_layers[0]} too."""
+    names = (name for _, name, _, _ in string.Formatter().parse(template) if name)
+    return [re.split(r"[.\[]", name)[0] for name in names]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(BuildOptions)}
+
+
+def _wrong_type(name: str, e: _Entry) -> str | None:
+    """What BuildOptions would take in silently, turned into text: model: [a, b] named a
+    folder "['a', 'b']", int8-layers: 5 a pattern '5'."""
+    if name == "overwrite":
+        return (
+            "batch always replaces the outputs it built and skips those up to date; "
+            "drop overwrite: (--force rebuilds every job)"
+        )
+    f, value = _FIELDS.get(name), e.value
+    if f is None or value is None:
+        return None  # unknown keys: BuildOptions says so
+    if f.type.startswith("list"):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in items):
+            return f"must be a pattern or a list of patterns, got {value!r}; quote each pattern"
+    elif f.type.startswith("str") and isinstance(value, (list, dict)):
+        axis = "" if e.where == "matrix" else "; to build each value, make it a matrix: axis"
+        return f"must be one value, got {value!r}{axis}"
+    elif f.type.startswith("str") and not isinstance(value, str) and not f.metadata["choices"]:
+        if name != "target_ort":  # target-ort: 1 means a version, as 1.30 does
+            return f"must be text, got {value!r}; quote it if that is the name you mean"
+    return None
 
 
 def _with_key(message: str, e: _Entry) -> str:
@@ -270,11 +359,14 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     base = path.parent.absolute()
     top = {key: (line, node) for key, line, node in _pairs(_compose(path), "top level", problems)}
     for key, (line, _) in top.items():
-        if key not in TOP_KEYS:
+        # x- keys hold YAML anchors for jobs to merge (<<: *name), as in Docker Compose:
+        # an anchor under defaults: would apply to every job.
+        if key not in TOP_KEYS and not key.startswith("x-"):
             problems.add(
                 line,
                 f"{key}: unknown top-level key; expected {', '.join(TOP_KEYS)} "
-                "(build options go under defaults:, matrix: or a job)",
+                "(build options go under defaults:, matrix: or a job; a key starting with x- "
+                "holds YAML anchors: x-base: &base {...})",
             )
 
     root, root_from = base, ""
@@ -306,7 +398,14 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     defaults = _entries(top["defaults"][1], "defaults", problems) if "defaults" in top else {}
     if "verify" in top:
         line, node = top["verify"]
-        defaults.setdefault("verify", _Entry("verify", _value(node), line, "top level"))
+        if "verify" in defaults:  # which one wins would be a guess
+            problems.add(
+                line,
+                f"verify: given at the top level and as defaults.verify (line {defaults['verify'].line}); "
+                "keep one (a job's own verify: wins over either)",
+            )
+        else:
+            defaults["verify"] = _Entry("verify", _value(node), line, "top level")
 
     specs = list(_matrix(*top["matrix"], problems)) if "matrix" in top else []
     if "jobs" in top:
@@ -320,24 +419,53 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     if not specs and not problems.items:
         problems.add(1, "no jobs: add a jobs: list or a matrix:")
 
-    jobs, outputs = [], {}
+    jobs, outputs, around = [], {}, {}  # around: each folder that holds an output -> its job
     for label, line, entries in specs:
         made = _make_job(label, line, {**defaults, **entries}, base, root, problems)
         if made is None:
             continue
-        job, output_line = made
-        other = outputs.get(job.options.output)
+        job, job.output_line = made
+        # Symlinks resolved, as the build resolves them; a build replaces its whole output
+        # folder, so one inside another is refused by whichever build runs second.
+        real = Path(os.path.realpath(job.options.output))
+        other = outputs.get(real)
         if other:
             problems.add(
-                output_line,
+                job.output_line,
                 f"{label}.output: {job.options.output} is also the output of "
                 f"{other.label} (line {other.line}); give each job its own output",
             )
             continue
-        outputs[job.options.output] = job
+        outer = next((outputs[p] for p in real.parents if p in outputs), None)
+        inner = around.get(real)
+        if outer or inner:
+            how = f"lies inside {outer.options.output}" if outer else f"contains {inner.options.output}"
+            other = outer or inner
+            problems.add(
+                job.output_line,
+                f"{label}.output: {job.options.output} {how}, the output of {other.label} "
+                f"(line {other.output_line}); a build replaces its whole folder, so give each "
+                "job a folder outside the others'",
+            )
+            continue
+        outputs[real] = job
+        around.update((p, job) for p in real.parents if p not in around)
         output = Path(job.options.output)
         job.name = str(output.relative_to(root)) if output.is_relative_to(root) else str(output)
         jobs.append(job)
+    # The build would find its output taken by the checkpoint only once it ran.
+    checkpoints = {Path(os.path.realpath(j.options.model)): j for j in jobs if os.path.isabs(j.options.model)}
+    for job in jobs:
+        real = Path(os.path.realpath(job.options.output))
+        found = next(((c, o) for c, o in checkpoints.items() if c.is_relative_to(real)), None)
+        if found:
+            checkpoint, owner = found
+            how = "is the checkpoint folder" if checkpoint == real else f"contains the checkpoint {owner.options.model}"
+            problems.add(
+                job.output_line,
+                f"{job.label}.output: {job.options.output} {how} of {owner.label}; a build replaces "
+                "its whole output folder, so choose an output outside the checkpoint",
+            )
     problems.raise_if_any()
     # A build reads the bytes the page cache lacks with O_DIRECT, which leaves them uncached:
     # every job but the last of each checkpoint reads through the cache instead, so the

@@ -169,6 +169,44 @@ BAD = {
         2,
         "jobs[0]: -p fp32 -e cuda cannot work",
     ),
+    # values of the wrong type were built as their Python spelling: a folder "['a', 'b']"
+    "model 5": ("jobs:\n  - model: 5\n", 2, "jobs[0].model: must be text, got 5; quote it"),
+    "model list": (
+        "jobs:\n  - model: [a, b]\n",
+        2,
+        "jobs[0].model: must be one value, got ['a', 'b']; to build each value, make it a matrix: axis",
+    ),
+    "int8-layers 5": (
+        "jobs:\n  - model: {m}\n    int8-layers: 5\n",
+        3,
+        "jobs[0].int8-layers: must be a pattern or a list of patterns, got 5",
+    ),
+    "float-layers item": (
+        "defaults:\n  model: {m}\n  float-layers: [lm_head, 7]\njobs:\n  - ep: cpu\n",
+        3,
+        "defaults.float-layers: must be a pattern or a list of patterns, got ['lm_head', 7]",
+    ),
+    "output mapping": ("jobs:\n  - model: {m}\n    output: {{a: 1}}\n", 3, "jobs[0].output: must be one value"),
+    "target-ort list": ("matrix:\n  model: [{m}]\n  target-ort: [[1.30]]\n", 3, "matrix.target-ort: must be one value"),
+    # batch replaces its own outputs: an overwrite: key did nothing
+    "overwrite": (
+        "defaults:\n  model: {m}\n  overwrite: false\njobs:\n  - ep: cpu\n",
+        3,
+        "defaults.overwrite: batch always replaces the outputs it built and skips those up to date; "
+        "drop overwrite: (--force rebuilds every job)",
+    ),
+    # defaults.verify silently won over the top-level shorthand
+    "verify twice": (
+        "verify: true\ndefaults:\n  model: {m}\n  verify: false\njobs:\n  - ep: cpu\n",
+        1,
+        "verify: given at the top level and as defaults.verify (line 5); keep one",
+    ),
+    # a list rendered as its repr: folders named l-['lm_head']
+    "list in a template": (
+        "matrix:\n  model: [{m}]\n  int8-layers: [[lm_head], ['*.v_proj']]\n  output: 'l-{{int8_layers}}'\n",
+        4,
+        "matrix.output: template 'l-{int8_layers}' uses {int8_layers}, a list of patterns, which makes no folder name",
+    ),
 }
 
 
@@ -868,3 +906,79 @@ def test_yaml_scalars_mean_the_option_not_yaml_types(tmp_path):
     )
     options = load_batch(path).jobs[0].options
     assert (options.graph_capture, options.int32_inputs, options.target_ort) == ("off", "on", "1.30")
+
+
+# ---- outputs that a later build would find taken ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "outputs, line, message",
+    [
+        (["a", "a/b"], 6, "jobs[1].output: {out}/a/b lies inside {out}/a, the output of jobs[0] (line 5)"),
+        (["a/./b/", "a/../a"], 6, "jobs[1].output: {out}/a contains {out}/a/b, the output of jobs[0] (line 5)"),
+        (["a", "."], 6, "jobs[1].output: {out} contains {out}/a, the output of jobs[0] (line 5)"),
+    ],
+)
+def test_an_output_inside_another_is_refused(outputs, line, message, tmp_path, capsys):
+    """Each built once; every later run refused the outer one, which held what its build did
+    not write (the inner output)."""
+    jobs = "".join(f"  - output: {o}\n" for o in outputs)
+    path = write(tmp_path / "n.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n{jobs}")
+    assert batch(path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}: {message.format(out=tmp_path / 'out')}; a build replaces its whole folder" in err, err
+    assert "nothing was built" in err and not (tmp_path / "out").exists()
+
+
+def test_a_summary_inside_an_output_is_refused(tmp_path, capsys):
+    path = write(tmp_path / "s.yaml", ONE_JOB.replace("output: a", "output: ."))  # the output root itself
+    assert batch(path, "--dry-run") == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(
+        f"error: {path}:4: jobs[0].output: {tmp_path / 'out'} would hold the batch summary "
+        f"{tmp_path / 'out' / 's-summary.json'}; give the job another output, or pass --summary"
+    )
+    path = write(tmp_path / "s.yaml", ONE_JOB)
+    assert batch(path, "--summary", tmp_path / "out" / "a" / "sums") == 2
+    assert f"jobs[0].output: {tmp_path / 'out' / 'a'} would hold the batch summary" in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+    assert batch(path, "--summary", tmp_path / "out" / "sums", "--dry-run") == 0  # beside the output: fine
+
+
+@pytest.mark.parametrize("output, how", [("../ckpt", "is the checkpoint folder"), ("..", "contains the checkpoint")])
+def test_an_output_that_is_or_holds_a_checkpoint_is_refused(output, how, tmp_path, capsys):
+    """Caught only when the build ran; a dry run said build."""
+    (tmp_path / "ckpt").mkdir()
+    path = write(tmp_path / "cfg" / "c.yaml", f"jobs:\n  - model: ../ckpt\n    output: {output}\n")
+    assert batch(path, "--dry-run", "--summary", tmp_path / "sums") == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: jobs[0].output: {os.path.abspath(path.parent / output)} {how}" in err, err
+    assert "choose an output outside the checkpoint" in err
+
+
+def test_yaml_merge_keys_let_a_job_override_what_it_merges(tmp_path):
+    """A key written in the job wins over the merged one, as YAML says; refused before as
+    given twice. x- keys hold anchors; refused before as unknown."""
+    (tmp_path / "ckpt").mkdir()
+    path = write(
+        tmp_path / "m.yaml",
+        """
+        x-webgpu: &webgpu {ep: webgpu, precision: fp16, block-size: 64}
+        defaults: &base {model: ckpt, precision: int4}
+        jobs:
+          - {<<: *base, precision: fp16, output: m2}
+          - {<<: [*webgpu, *base], output: m3}
+    """,
+    )
+    first, second = (job.options for job in load_batch(path).jobs)
+    assert (first.model, first.precision, first.output) == (str(tmp_path / "ckpt"), "fp16", str(tmp_path / "m2"))
+    assert (second.ep, second.precision, second.block_size) == ("webgpu", "fp16", 64)  # the first merged wins
+    path.write_text(path.read_text().replace("output: m2", "output: m2, precision: int8"))
+    with pytest.raises(BuilderError, match=r"m\.yaml:4: jobs\[0\]\.precision: given twice"):
+        load_batch(path)
+    path.write_text(path.read_text().replace("<<: *base, precision: fp16", "<<: 5"))  # was a traceback
+    with pytest.raises(BuilderError, match=r"m\.yaml:4: jobs\[0\]\.<<: merges mappings: <<: \*name or"):
+        load_batch(path)
+    path.write_text(path.read_text().replace("x-webgpu", "webgpu"))
+    with pytest.raises(BuilderError, match=r"m\.yaml:1: webgpu: unknown top-level key.*x-base: &base"):
+        load_batch(path)

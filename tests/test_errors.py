@@ -196,6 +196,10 @@ def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
         ([], "required: -m/--model (see python -m builder --help)"),
         (["inspect"], "required: OUT (see python -m builder inspect --help)"),
         (["inspect", "x", "--layer", "a"], "--layer: invalid int value"),
+        (
+            ["batch", "x.yaml", "--jobs", "abc"],
+            "-j/--jobs: invalid int value: 'abc' (see python -m builder batch --help)",
+        ),
     ],
 )
 def test_usage_errors_are_one_line(args, fragment):
