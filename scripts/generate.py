@@ -76,11 +76,16 @@ def _read_config(folder: Path) -> dict:
     path = folder / "genai_config.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            config = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BuilderError(
                 f"{path} is not valid JSON ({e}); rebuild the folder with python -m builder (--overwrite)"
             ) from None
+        if not isinstance(config, dict):
+            shown = json.dumps(config)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise BuilderError(f"{folder} is damaged: {path.name} holds {shown}, not a JSON object; {_rebuild(folder)}")
+        return config
     if not folder.is_dir():
         raise BuilderError(f"{folder} is not a folder; pass a folder built by python -m builder")
     if _is_transformers_js(folder):
@@ -143,15 +148,48 @@ def _tensors(graph):
                 yield from _tensors(sub)
 
 
+def _recorded_sizes(folder: Path) -> dict[str, int]:
+    """{file: bytes} for the graph and external data files build_report.json says the build wrote."""
+    report = _build_report(folder)
+    files, sizes = report.get("files"), report.get("sizes")
+    if not isinstance(files, dict) or not isinstance(sizes, dict):
+        return {}
+    names = [files.get("model"), *(files.get("data") or [])]
+    recorded = {name: sizes.get(f"{Path(name).name}_bytes") for name in names if isinstance(name, str)}
+    return {name: size for name, size in recorded.items() if isinstance(size, int)}
+
+
 def _check_files(folder: Path, config: dict) -> None:
-    """A BuilderError naming the first file onnxruntime-genai needs that is missing or cut short."""
+    """A BuilderError naming the first file onnxruntime-genai needs that is missing, cut short, or
+    (where build_report.json says what the build wrote) from another build."""
     rebuild = _rebuild(folder)
     for name in [*_named_files(config.get("model", {})), *TOKENIZER_REQUIRED]:  # genai reads both for every model
         if not (folder / name).is_file():
             raise BuilderError(f"{folder} is damaged: {name} is missing; {rebuild}")
+    recorded = _recorded_sizes(folder)
+    for name, size in recorded.items():
+        path = folder / name
+        # The graph itself may differ from the report: scripts/with_io_types.py rewrites it and keeps
+        # the report; whether it still fits its data is checked below, once it is parsed.
+        if name in _named_files(config.get("model", {})) or not path.is_file() or path.stat().st_size == size:
+            continue
+        actual = path.stat().st_size
+        state = "truncated or from another build" if actual < size else "from another build"
+        raise BuilderError(
+            f"{folder} is damaged: {name} has {actual} bytes and build_report.json records {size}, "
+            f"so it is {state}; {rebuild}"
+        )
     for name in _named_files(config.get("model", {})):
         path = folder / name
-        if path.suffix != ".onnx" or path.stat().st_size > _PARSE_LIMIT:
+        if path.suffix != ".onnx":
+            continue
+        if path.stat().st_size > _PARSE_LIMIT:
+            # This builder's graphs keep their weights outside and stay far below the limit.
+            if name in recorded and path.stat().st_size != recorded[name]:
+                raise BuilderError(
+                    f"{folder} is damaged: {name} has {path.stat().st_size} bytes and build_report.json "
+                    f"records {recorded[name]}, so it is from another build; {rebuild}"
+                )
             continue
         import onnx
 
@@ -177,11 +215,48 @@ def _check_files(folder: Path, config: dict) -> None:
                 raise BuilderError(
                     f"{folder} is damaged: {location}, which {name} keeps its weights in, is missing; {rebuild}"
                 )
-            if data.stat().st_size < end:
+            size = data.stat().st_size
+            # The builder cuts its data file where the last tensor ends, so a graph that stops short
+            # of the end was written with another one (and would run, on the wrong weights).
+            if size == end or (size > end and location not in recorded):
+                continue
+            reads = f"{name} reads {'up to byte' if size < end else 'only'} {end} of the {size} bytes of {location}"
+            built = recorded.get(name)
+            if location in recorded and built is not None and path.stat().st_size != built:
                 raise BuilderError(
-                    f"{folder} is damaged: {location} has {data.stat().st_size} bytes and {name} reads up to "
-                    f"byte {end}, so it is truncated; {rebuild}"
+                    f"{folder} is damaged: {name} has {path.stat().st_size} bytes, build_report.json records "
+                    f"{built}, and {reads}, so {name} is from another build; {rebuild}"
                 )
+            if size < end:
+                raise BuilderError(f"{folder} is damaged: {reads}, so {location} is truncated; {rebuild}")
+            raise BuilderError(f"{folder} is damaged: {reads}, so the two come from different builds; {rebuild}")
+
+
+class _QuietGenai:
+    """onnxruntime_genai, except that the Config it makes for genai_model keeps onnxruntime from
+    logging the errors it returns: genai raises each as a RuntimeError, which this script reports
+    as its one line, so the log only printed it twice (and in red)."""
+
+    def __init__(self, og, config: dict):
+        self._og = og
+        model = config.get("model")
+        sections = {
+            name: {"session_options": {"log_severity_level": 4}}  # 4: fatal only
+            for name, section in (model.items() if isinstance(model, dict) else ())
+            if isinstance(section, dict)
+            and isinstance(section.get("session_options"), dict)
+            and "log_severity_level" not in section["session_options"]  # a level the user set is kept
+        }
+        self._overlay = json.dumps({"model": sections}) if sections else None
+
+    def __getattr__(self, name):
+        return getattr(self._og, name)
+
+    def Config(self, path):  # noqa: N802 (og's name)
+        config = self._og.Config(path)
+        if self._overlay and hasattr(config, "overlay"):  # onnxruntime-genai before 0.6 has none
+            config.overlay(self._overlay)
+        return config
 
 
 def _open_model(og, folder: Path, provider: str, overridden: bool):
@@ -213,13 +288,53 @@ def _open_model(og, folder: Path, provider: str, overridden: bool):
         ) from None
 
 
-def _cannot_run(folder: Path, provider: str, built_for: str, overridden: bool, stage: str, error: Exception):
+# build_report.json's "model" entries and where genai_config.json's model section holds the same number.
+_RECORDED_DIMS = {
+    "vocab_size": ("vocab_size",),
+    "hidden_size": ("decoder", "hidden_size"),
+    "num_heads": ("decoder", "num_attention_heads"),
+    "num_kv_heads": ("decoder", "num_key_value_heads"),
+    "head_dim": ("decoder", "head_size"),
+    "layers": ("decoder", "num_hidden_layers"),
+    "context_length": ("context_length",),
+}
+
+
+def _edited_dim(folder: Path, config: dict) -> str | None:
+    """A number in genai_config.json's model section that differs from what the build wrote there
+    (build_report.json records it), e.g. "model.vocab_size is 10, and build_report.json records 480"."""
+    recorded = _build_report(folder).get("model")
+    if not isinstance(recorded, dict):
+        return None
+    for key, where in _RECORDED_DIMS.items():
+        value = config.get("model")
+        for step in where:
+            value = value.get(step) if isinstance(value, dict) else None
+        built = recorded.get(key)
+        if value is None or built is None or value == built:
+            continue
+        if key == "context_length" and isinstance(value, int) and value < built:
+            continue  # a shorter context only uses less of what the graph can do
+        return f"model.{'.'.join(where)} is {json.dumps(value)}, and build_report.json records {built}"
+    return None
+
+
+def _cannot_run(
+    folder: Path, config: dict, provider: str, built_for: str, overridden: bool, stage: str, error: Exception
+):
     """The BuilderError for onnxruntime-genai's RuntimeError while it loads or runs `folder`."""
     why = _first_line(error)
     if overridden and provider != built_for:
         return BuilderError(
             f"{folder} was built for {built_for} (-e {built_for}), and --provider {provider} cannot {stage} its "
             f"graph ({why}); run it without --provider, or rebuild it with -e {provider}"
+        )
+    edited = _edited_dim(folder, config)
+    if edited:
+        verb = "does not load" if stage == "load" else "fails to run"
+        return BuilderError(
+            f"{folder} {verb} on {provider} ({why}): its genai_config.json was changed after the build "
+            f"({edited}); set it back, or {_rebuild(folder)}"
         )
     target = (_build_report(folder).get("target") or {}).get("runtime")
     built = f" (it was built for {target})" if target else ""
@@ -269,9 +384,9 @@ def generate(args) -> None:
     provider = args.provider or built_for
     overridden = args.provider is not None
     try:
-        model = _open_model(og, folder, provider, overridden)
+        model = _open_model(_QuietGenai(og, config), folder, provider, overridden)
     except RuntimeError as e:
-        raise _cannot_run(folder, provider, built_for, overridden, "load", e) from None
+        raise _cannot_run(folder, config, provider, built_for, overridden, "load", e) from None
     try:
         tokenizer = og.Tokenizer(model)
         prompt = tokenizer.encode(args.prompt)
@@ -293,7 +408,7 @@ def generate(args) -> None:
         elapsed = time.perf_counter() - start
         text = tokenizer.decode(new)
     except RuntimeError as e:
-        raise _cannot_run(folder, provider, built_for, overridden, "run", e) from None
+        raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
     print(f"text: {args.prompt}{text!r}")

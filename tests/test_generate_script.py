@@ -238,6 +238,79 @@ def test_provider_webgpu_without_a_runtime_names_the_option(cpu_folder, tmp_path
     assert "this folder runs on WebGPU" not in line and "another --provider" in line
 
 
+@pytest.mark.parametrize("content", ["null", "[1, 2]", "5"])
+def test_genai_config_that_is_not_an_object_names_the_file(cpu_folder, tmp_path, content):
+    """Valid JSON of another kind was an AttributeError traceback."""
+    folder = _copy(cpu_folder, tmp_path)
+    (folder / "genai_config.json").write_text(content)
+    line = assert_refused(generate(folder), str(folder), "damaged", "genai_config.json", content, "not a JSON object")
+    assert f"-o {folder} --overwrite" in line
+
+
+@pytest.fixture(scope="module")
+def fp32_folder(built):
+    return built("qwen3", precision="fp32").output
+
+
+@pytest.mark.parametrize(
+    "into, source, name",
+    [("fp32", "int4", "model.onnx"), ("int4", "fp32", "model.onnx"), ("fp32", "int4", "model.onnx.data")],
+    ids=["int4-graph-in-fp32", "fp32-graph-in-int4", "int4-data-in-fp32"],
+)
+def test_file_from_another_build_names_it(cpu_folder, fp32_folder, tmp_path, into, source, name):
+    """A graph and weights of two builds ran with exit 0 on the wrong weights (or blamed the data)."""
+    import shutil
+
+    folders = {"int4": cpu_folder, "fp32": fp32_folder}
+    folder = _copy(folders[into], tmp_path)
+    shutil.copyfile(folders[source] / name, folder / name)
+    line = assert_refused(generate(folder, "--max-new-tokens", "2"), str(folder), "damaged", name, "build_report.json")
+    assert "another build" in line and f"-p {into} -e cpu -o {folder} --overwrite" in line
+
+
+def test_mixed_files_without_a_report_still_run(cpu_folder, fp32_folder, tmp_path):
+    """A folder another tool made has no build_report.json to check against: it runs as before."""
+    import shutil
+
+    folder = _copy(fp32_folder, tmp_path)
+    shutil.copyfile(cpu_folder / "model.onnx", folder / "model.onnx")
+    (folder / "build_report.json").unlink()
+    child = generate(folder, "--max-new-tokens", "2")
+    assert child.returncode == 0, child.stderr
+
+
+def test_graph_rewritten_in_place_still_runs(cpu_folder, tmp_path):
+    """with_io_types.py rewrites model.onnx and keeps build_report.json: its size differs from the
+    report's, and it still reads its own weights."""
+    variant = tmp_path / "variant"
+    assert script("with_io_types.py", cpu_folder, variant, "logits=fp32").returncode == 0
+    assert (variant / "model.onnx").stat().st_size != (cpu_folder / "model.onnx").stat().st_size
+    child = generate(variant, "--max-new-tokens", "2")
+    assert child.returncode == 0, child.stderr
+
+
+def test_run_failure_prints_only_the_error_line(built):
+    """onnxruntime logged the failing node in red before the script's own line said the same."""
+    folder = built("qwen3", precision="int4", ep="webgpu", qkv_packing="fused-norm").output
+    child = generate(folder, "--provider", "cpu", "--max-new-tokens", "2")
+    if child.returncode == 0:
+        pytest.skip("this onnxruntime's CPU GroupQueryAttention runs the Q/K norm")
+    assert_refused(child, str(folder), "GroupQueryAttention")
+    assert len(child.stderr.strip().splitlines()) == 1 and "\x1b[" not in child.stderr, child.stderr
+
+
+def test_edited_vocab_size_is_blamed_on_the_edit(cpu_folder, tmp_path):
+    """A number changed in genai_config.json was blamed on the graph needing another onnxruntime."""
+    folder = _copy(cpu_folder, tmp_path)
+    config = json.loads((folder / "genai_config.json").read_text())
+    built_vocab = config["model"]["vocab_size"]
+    config["model"]["vocab_size"] = 10
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    line = assert_refused(generate(folder, "--max-new-tokens", "2"), str(folder), "genai_config.json")
+    assert f"model.vocab_size is 10, and build_report.json records {built_vocab}" in line
+    assert "another onnxruntime" not in line and f"-o {folder} --overwrite" in line
+
+
 # bench_genai.py: a model that fails is a row of the table and exit 1.
 
 
