@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return batch_main(argv)
         args = build_parser().parse_args(argv)
-        from builder import output_dir
         from builder.pipeline import build
-
-        output_dir.hold_signals_after_publish = True
 
         result = build(options_from_args(args), show_progress=not args.quiet)
         print(result.output)

@@ -26,9 +26,10 @@ from builder.kit.errors import BuilderError, BuildInterrupted
 
 REPORT_NAME = "build_report.json"
 STAGING_PREFIX = ".builder-staging-"
-# Set by the command line: once an output is published, a stop signal is only noted, so the
-# process still prints the path and exits 0 (the interpreter's shutdown takes ~0.7 s after
-# --verify's torch). A library caller gets its own handlers back instead.
+# Set by `python -m builder` (builder/__main__.py), whose process ends with the build: once an
+# output is published, a stop signal is only noted, so the process still prints the path and
+# exits 0. Anything else that builds (a library call, cli.main in a notebook) gets its own
+# handlers back.
 hold_signals_after_publish = False
 
 

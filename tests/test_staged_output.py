@@ -156,17 +156,17 @@ def test_a_signal_after_publishing_still_exits_0_with_the_path(tmp_path, sig):
 
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
     out = tmp_path / "out"
-    script = (
-        "import os, signal, sys\n"
+    script = (  # python -m builder, with a signal right after the build returns
+        "import os, runpy, sys\n"
         "import builder.pipeline as p\n"
-        "from builder.cli import main\n"
         "real = p.run\n"
         "def run(*a, **k):\n"
         "    result = real(*a, **k)\n"
         f"    os.kill(os.getpid(), {int(sig)})\n"
         "    return result\n"
         "p.run = run\n"
-        f"sys.exit(main(['-m', {str(ckpt)!r}, '-o', {str(out)!r}, '--quiet']))\n"
+        f"sys.argv = ['builder', '-m', {str(ckpt)!r}, '-o', {str(out)!r}, '--quiet']\n"
+        "runpy.run_module('builder', run_name='__main__', alter_sys=True)\n"
     )
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
@@ -232,3 +232,18 @@ def test_an_output_name_near_the_file_systems_limit_builds(tmp_path):
         assert len(staging.name) <= 255 and output_dir.staging_folders(out) == [(staging, os.getpid())]
         (staging / REPORT_NAME).write_text("{}")
     assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
+
+
+def test_a_caller_of_main_gets_its_handlers_back(tmp_path):
+    """Only `python -m builder` keeps noting signals after publishing: cli.main in a notebook
+    or a test left Ctrl-C swallowed for every later build of the process."""
+    from builder.cli import main
+    from builder.pipeline import build
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    assert main(["-m", str(ckpt), "-o", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    build(model=str(ckpt), output=str(tmp_path / "library"), show_progress=False)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
