@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -112,6 +111,8 @@ def staged_output(output: Path, overwrite: bool):
         staging = _staging_name(output)
         staging.mkdir()
         held = _hold(staging)
+        if held.fd is not None:
+            (staging / ALIVE_MARK).touch()
     except OSError as e:
         # A read-only filesystem, /proc or /sys, a folder without write permission, a
         # file where a parent folder should be.
@@ -127,6 +128,7 @@ def staged_output(output: Path, overwrite: bool):
             yield staging
             _before_publish()
             stop.deferring = True  # the output is complete: a stop now waits for it to be in place
+            (staging / ALIVE_MARK).unlink(missing_ok=True)  # not part of the output
             try:
                 _move_into_place(staging, output, overwrite)
             except OSError as e:
@@ -184,14 +186,19 @@ def staging_folders(output: Path) -> list[tuple[Path, int]]:
 def remove_stale_staging(output: Path) -> None:
     """Remove staging folders for `output` whose build process is gone.
 
-    A build killed with SIGKILL (OOM killer, kill -9) cannot clean up. The pid in the
-    folder name tells a dead build's leftovers from a live concurrent one on this host;
-    in a container retried after an OOM kill the new build often has the dead one's pid
-    (1, even its own), so a folder whose pid is in use counts as dead too when no process
-    holds its lock (_hold) and it is older than the moment between mkdir and the lock.
+    A build killed with SIGKILL (OOM killer, kill -9) cannot clean up. Each build holds a
+    lock on its folder (_hold), which the kernel drops however the process ends: a held
+    folder is live, and a free one that its build marked as locked (ALIVE_MARK) is dead.
+    The pid in the name decides only where the lock says nothing (a file system without
+    flock, a build by an older version): the pid alone misjudges builds in other PID
+    namespaces, such as a container retried after an OOM kill, whose new build often has
+    the dead one's pid (1, even its own), or a live build in another container.
     """
     for staging, pid in staging_folders(output):
-        if not _alive(pid) or _unheld(staging):
+        lock = _lock_state(staging)
+        if lock == "held":
+            continue
+        if (lock == "free" and (staging / ALIVE_MARK).exists()) or not _alive(pid):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -221,24 +228,25 @@ def _hold(staging: Path) -> _Held:
     return _Held(fd)
 
 
-UNHELD_AFTER_S = 10.0  # a live build locks its folder right after mkdir: seconds cover that moment
+# Made in a staging folder once its build holds the lock, and removed before it is published.
+ALIVE_MARK = ".builder-locked"
 
 
-def _unheld(staging: Path) -> bool:
-    """Whether nobody holds the staging folder's lock and it is old enough to have been taken."""
+def _lock_state(staging: Path) -> str:
+    """ "held" (a live build has it), "free", or "unknown" (no flock on this file system)."""
     try:
-        if time.time() - staging.stat().st_mtime < UNHELD_AFTER_S:
-            return False
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        return False
+        return "unknown"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held by a live build, or no flock here
-        return False
+    except BlockingIOError:
+        return "held"
+    except OSError:
+        return "unknown"
     finally:
         os.close(fd)
-    return True
+    return "free"
 
 
 def _alive(pid: int) -> bool:

@@ -175,22 +175,23 @@ def test_a_signal_after_publishing_still_exits_0_with_the_path(tmp_path, sig):
     assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
 
 
-def test_a_dead_builds_folder_goes_even_when_its_pid_is_in_use(tmp_path):
-    """In a container retried after an OOM kill, the new build often has the dead one's pid
-    (1, its own), so the pid alone kept the dead build's staging folder forever."""
+def test_the_lock_decides_whatever_the_pid_says(tmp_path):
+    """The pid alone misjudged other PID namespaces: a container retried after an OOM kill often
+    has the dead build's pid (1, its own), which kept its folder forever, and a live build in
+    another container has a pid not seen here, which lost its folder."""
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "out"
-    name = f"{output_dir.STAGING_PREFIX}out-{os.getpid()}-"  # a pid in use: this process's
-    dead, fresh, live = (tmp_path / f"{name}{tag}" for tag in ("0000dead", "0000f4e5", "0000a11e"))
-    for folder in (dead, fresh, live):
+    mine, unseen = os.getpid(), 2**22 + 1  # in use here; above the kernel's PID_MAX_LIMIT, never alive
+    dead = tmp_path / f"{output_dir.STAGING_PREFIX}out-{mine}-0000dead"  # marked, lock free
+    unmarked = tmp_path / f"{output_dir.STAGING_PREFIX}out-{mine}-00000001"  # before its lock, or an old version
+    live = tmp_path / f"{output_dir.STAGING_PREFIX}out-{unseen}-0000a11e"  # marked and locked elsewhere
+    for folder in (dead, unmarked, live):
         folder.mkdir()
         (folder / "model.onnx.data").write_bytes(b"partial")
-    old = time.time() - 2 * output_dir.UNHELD_AFTER_S
     for folder in (dead, live):
-        os.utime(folder, (old, old))
+        (folder / output_dir.ALIVE_MARK).touch()
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -206,22 +207,20 @@ def test_a_dead_builds_folder_goes_even_when_its_pid_is_in_use(tmp_path):
     try:
         assert holder.stdout.readline() == "held\n"
         output_dir.remove_stale_staging(out)
-        # The unlocked old one goes; a just-made one (not locked yet) and a locked one stay.
-        assert leftovers(tmp_path) == sorted([fresh.name, live.name])
+        assert leftovers(tmp_path) == sorted([unmarked.name, live.name])
     finally:
         holder.communicate("")
-    output_dir.remove_stale_staging(out)
-    assert leftovers(tmp_path) == [fresh.name]
+    output_dir.remove_stale_staging(out)  # its holder is gone now
+    assert leftovers(tmp_path) == [unmarked.name]
 
 
-def test_a_build_holds_its_staging_folder(tmp_path):
-    old = __import__("time").time() - 2 * output_dir.UNHELD_AFTER_S
+def test_a_build_holds_its_staging_folder_and_publishes_without_the_mark(tmp_path):
     with staged_output(tmp_path / "out", overwrite=False) as staging:
-        os.utime(staging, (old, old))
+        assert output_dir._lock_state(staging) == "held" and (staging / output_dir.ALIVE_MARK).is_file()
         output_dir.remove_stale_staging(tmp_path / "out")
         assert staging.is_dir()
         (staging / REPORT_NAME).write_text("{}")
-    assert (tmp_path / "out" / REPORT_NAME).is_file() and leftovers(tmp_path) == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [REPORT_NAME] and leftovers(tmp_path) == []
 
 
 def test_an_output_name_near_the_file_systems_limit_builds(tmp_path):
