@@ -124,7 +124,10 @@ def run(arch, show_progress: bool = True) -> BuildResult:
             schedule = []
             if options.read_ahead_mb:
                 with phases.timed("forecast"):
-                    schedule = record_reads(arch, Graph, SilentProgress())
+                    forecast = record_reads(arch, Graph, SilentProgress())
+                schedule = forecast.reads
+                if forecast.complete:  # it located every tensor the build reads: refuse now, not at the end
+                    refuse_unused_tensors(arch)
             with reading_ahead(arch.checkpoint, schedule, options.read_ahead_mb << 20, phases) as ahead:
                 arch.build_graph(graph, progress)
         except BaseException:

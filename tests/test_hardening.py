@@ -349,7 +349,8 @@ def add_tensors(ckpt: Path, tensors: dict[str, np.ndarray]) -> None:
 
 
 def test_tensors_the_family_does_not_build_are_refused(ckpt, tmp_path):
-    """They were dropped in silence: a Llama with MLP biases built with exit 0 and wrong logits."""
+    """They were dropped in silence: a Llama checkpoint with MLP biases built with exit 0 and wrong
+    logits (its config's mlp_bias is refused up front; here the config says nothing of them)."""
     add_tensors(ckpt, {"model.layers.0.mlp.down_proj.bias": np.ones(64, np.float32)})
     out = tmp_path / "out"
     assert_clean_failure(
@@ -358,6 +359,22 @@ def test_tensors_the_family_does_not_build_are_refused(ckpt, tmp_path):
         "nothing was written",
         out=out,
     )
+
+
+def test_unused_tensors_are_refused_before_the_weights_are_built(ckpt, tmp_path, monkeypatch):
+    """The read-ahead's forecast walks the whole graph first: when it completes, the refusal
+    comes then, not after every weight was converted (a 70B checkpoint with a stray tensor)."""
+    import builder.pipeline as pipeline
+    from builder import build
+
+    add_tensors(ckpt, {"model.layers.0.mlp.down_proj.bias": np.ones(64, np.float32)})
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the build started reading weights")
+
+    monkeypatch.setattr(pipeline, "reading_ahead", no_build)
+    with pytest.raises(BuilderError, match="does not build: model.layers.0.mlp.down_proj.bias"):
+        build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False)
 
 
 def test_another_family_than_the_checkpoint_is_refused(ckpt, tmp_path):

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -296,7 +297,12 @@ class _NullData:
         return 0, 0
 
 
-def record_reads(arch, graph_type, progress) -> list[RowRange]:
+class Forecast(NamedTuple):
+    reads: list[RowRange]  # in the order the build will make them
+    complete: bool  # the walk reached its end: every tensor the build reads has been located
+
+
+def record_reads(arch, graph_type, progress) -> Forecast:
     """The checkpoint reads `arch.build_graph` will make, in order (see the module doc).
 
     Runs on a shallow copy of the family object with a recording checkpoint and
@@ -314,5 +320,5 @@ def record_reads(arch, graph_type, progress) -> list[RowRange]:
     try:
         dry.build_graph(graph_type(_NullData()), progress)
     except Exception:
-        pass
-    return recording.reads
+        return Forecast(recording.reads, False)
+    return Forecast(recording.reads, True)
