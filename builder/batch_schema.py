@@ -118,11 +118,18 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
+class _FloatText(str):
+    """A YAML float kept as written: still a number, for the options that must be text."""
+
+    def __repr__(self) -> str:  # as the file wrote it, in messages
+        return str(self)
+
+
 def _value(node: yaml.Node) -> Any:
     # A YAML float forgets how it was written (target-ort: 1.30 would read 1.3), and no
     # option is a float: keep the text.
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
-        return node.value
+        return _FloatText(node.value)
     return _YAML.construct_object(node, deep=True)
 
 
@@ -332,12 +339,16 @@ def _wrong_type(name: str, e: _Entry) -> str | None:
         return None  # unknown keys: BuildOptions says so
     if f.type.startswith("list"):
         items = value if isinstance(value, list) else [value]
-        if not all(isinstance(item, str) for item in items):
+        if not all(isinstance(item, str) and not isinstance(item, _FloatText) for item in items):
             return f"must be a pattern or a list of patterns, got {value!r}; quote each pattern"
     elif f.type.startswith("str") and isinstance(value, (list, dict)):
         axis = "" if e.where == "matrix" else "; to build each value, make it a matrix: axis"
         return f"must be one value, got {value!r}{axis}"
-    elif f.type.startswith("str") and not isinstance(value, str) and not f.metadata["choices"]:
+    elif (
+        f.type.startswith("str")
+        and not f.metadata["choices"]
+        and (not isinstance(value, str) or isinstance(value, _FloatText))
+    ):
         if name != "target_ort":  # target-ort: 1 means a version, as 1.30 does
             return f"must be text, got {value!r}; quote it if that is the name you mean"
     return None

@@ -186,6 +186,12 @@ BAD = {
         3,
         "defaults.float-layers: must be a pattern or a list of patterns, got ['lm_head', 7]",
     ),
+    "int8-layers float": (  # a YAML float is kept as written, still not a pattern
+        "jobs:\n  - model: {m}\n    int8-layers: 0.5\n",
+        3,
+        "jobs[0].int8-layers: must be a pattern or a list of patterns, got 0.5",
+    ),
+    "output float": ("jobs:\n  - model: {m}\n    output: 2024.5\n", 3, "jobs[0].output: must be text, got 2024.5"),
     "output mapping": ("jobs:\n  - model: {m}\n    output: {{a: 1}}\n", 3, "jobs[0].output: must be one value"),
     "target-ort list": ("matrix:\n  model: [{m}]\n  target-ort: [[1.30]]\n", 3, "matrix.target-ort: must be one value"),
     # batch replaces its own outputs: an overwrite: key did nothing
