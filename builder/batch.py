@@ -573,19 +573,22 @@ def main(argv: list[str] | None = None) -> int:
 
     to_build = [j for j in batch.jobs if j.action == "build"]
     check_output_root(batch, to_build)
-    # Nothing to build: no executor to start (a Ray one takes seconds to join).
-    executor = make_executor(args, batch) if to_build else LocalExecutor(1)
-    try:
-        executor.check(to_build, batch.output_root)
-    except BaseException:
-        executor.close()
-        raise
-    for job in batch.jobs:
-        if job.action == "skip":
-            job.result = skipped_result(job.options)
-            print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
-
-    with Stop() as stop:  # from here a signal stops the builds, and the summary is still written
+    # From here a signal stops the builds and the summary is still written. Also while a Ray
+    # executor starts and probes its nodes: a KeyboardInterrupt inside ray.init or ray.get
+    # ended in a segfault at ray.shutdown and left Ray's agents running; now the signal is
+    # noted, the setup finishes, and no job starts.
+    with Stop() as stop:
+        # Nothing to build: no executor to start (a Ray one takes seconds to join).
+        executor = make_executor(args, batch) if to_build else LocalExecutor(1)
+        try:
+            executor.check(to_build, batch.output_root)
+        except BaseException:
+            executor.close()
+            raise
+        for job in batch.jobs:
+            if job.action == "skip":
+                job.result = skipped_result(job.options)
+                print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
         console = Console(stop)
 
         def on_start(job: Job) -> None:
@@ -607,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             with console:
-                executor.run(to_build, on_start, on_end, stop)
+                if stop.signum is None:
+                    executor.run(to_build, on_start, on_end, stop)
+                else:
+                    for job in to_build:
+                        job.result.update(status="interrupted", error="not started: the batch was interrupted")
         finally:
             executor.close()
         by = signal.Signals(stop.signum).name if stop.signum else None

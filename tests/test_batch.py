@@ -988,3 +988,38 @@ def test_yaml_merge_keys_let_a_job_override_what_it_merges(tmp_path):
     path.write_text(path.read_text().replace("x-webgpu", "webgpu"))
     with pytest.raises(BuilderError, match=r"m\.yaml:1: webgpu: unknown top-level key.*x-base: &base"):
         load_batch(path)
+
+
+def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp_path):
+    """A KeyboardInterrupt inside a Ray executor's start (ray.init, its probe's ray.get) ended in
+    a segfault at ray.shutdown with no summary, and left Ray's agents running. The signal is
+    now noted there as while builds run: no job starts, and the summary says so."""
+    import subprocess
+    import sys
+
+    config = write(
+        tmp_path / "b.yaml",
+        f"""
+        jobs:
+          - {{model: {TINY}, output: a}}
+          - {{model: {TINY}, output: b, precision: fp32}}
+        """,
+    )
+    script = (  # the executor's check() stands for Ray's start-up: a signal lands inside it
+        "import os, signal, sys\n"
+        "from builder import batch, cli\n"
+        "real = batch.LocalExecutor.check\n"
+        "def check(self, *a):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(self, *a)\n"
+        "batch.LocalExecutor.check = check\n"
+        f"sys.exit(cli.main(['batch', {str(config)!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    jobs = summary(tmp_path, "b")["by_name"]
+    assert {name: (j["status"], j["error"]) for name, j in jobs.items()} == {
+        name: ("interrupted", "not started: the batch was interrupted") for name in ("a", "b")
+    }
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
