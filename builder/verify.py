@@ -8,6 +8,7 @@ noise, so the bounds can be tight.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,8 +130,9 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
     """Logits of a prefill over input_ids [1, S], then one decode step per token.
 
     Every cache input starts empty: past_key_values.{i}.key/value with no past positions, and
-    the recurrent states of linear-attention layers (past.{i}.conv, past.{i}.recurrent) as zeros of
-    their declared shapes. Each step feeds back present.{i}.* as the matching past input.
+    the recurrent states of linear-attention layers (genai's past.{i}.conv, past.{i}.recurrent;
+    transformers.js's past_conv.{i}, past_recurrent.{i}) as zeros of their declared shapes. Each
+    step feeds back each present output as the matching past input.
     """
     inputs = {i.name: i for i in session.get_inputs()}
     feed = {}
@@ -138,7 +140,7 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
         dtype = np.float16 if "float16" in info.type else np.float32
         if name.startswith("past_key_values."):
             feed[name] = np.zeros((1, info.shape[1], 0, info.shape[3]), dtype)
-        elif name.startswith("past."):
+        elif name.startswith(("past.", "past_conv.", "past_recurrent.")):
             feed[name] = np.zeros([1] + list(info.shape[1:]), dtype)
     index = {name: index_dtype(inputs[name]) for name in ("input_ids", "attention_mask")}
     ids = input_ids.astype(index["input_ids"])
@@ -157,6 +159,8 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
             if name.startswith("present."):
                 rest = name[len("present.") :]
                 feed[f"past_key_values.{rest}" if f"past_key_values.{rest}" in inputs else f"past.{rest}"] = value
+            elif name.startswith(("present_conv.", "present_recurrent.")):  # transformers.js's names
+                feed["past_" + name[len("present_") :]] = value
         position = length
         if step < len(decode_tokens):
             ids = np.array([[decode_tokens[step]]], index["input_ids"])
@@ -310,8 +314,24 @@ def verify_models(
         if "float16" in session.get_inputs()[0].type or "float16" in session.get_outputs()[0].type
         else np.float32
     )
-    expected = torch_logits(dequantized_reference(checkpoint_dir, options, dtype, family), ids, tokens)
+    with _transformers_errors_only():
+        expected = torch_logits(dequantized_reference(checkpoint_dir, options, dtype, family), ids, tokens)
     return [compare(expected, onnx_logits(s, ids, tokens)) for s in sessions]
+
+
+@contextlib.contextmanager
+def _transformers_errors_only():
+    """transformers' warnings while it computes the reference ("falling back to its reference
+    PyTorch implementation" for Qwen3.5, twice a build) are about its own speed, not the build:
+    they printed through --quiet. The caller's verbosity comes back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 # --verify bounds. The reference holds the dequantized weights, so the bound only has to

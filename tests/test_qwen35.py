@@ -213,3 +213,23 @@ def test_webgpu_build_is_capture_ready(built):
 def test_refused_on_cpu_runtimes_without_the_kernels(checkpoint, tmp_path):
     with pytest.raises(BuilderError, match="1.31"):
         build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", target_ort="1.30")
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text"])
+def test_transformers_js_build_verifies(checkpoint, tmp_path, name, capfd):
+    """--verify fed the transformers.js graph genai's state names (past.N.conv) and died with a
+    traceback on its past_conv.N / past_recurrent.N inputs; and transformers' notes about its
+    own slow kernels printed through --quiet."""
+    from builder.pipeline import build as build_folder
+
+    result = build_folder(
+        model=str(checkpoint(name)),
+        output=str(tmp_path / "tjs"),
+        precision="int4",
+        format="transformers.js",
+        verify=True,
+        show_progress=False,
+    )
+    verified = result.report["verify"]
+    assert verified["status"] == "passed" and verified["argmax_agree"] == 1.0, verified
+    assert "falling back" not in capfd.readouterr().err
