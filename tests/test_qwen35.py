@@ -233,3 +233,29 @@ def test_transformers_js_build_verifies(checkpoint, tmp_path, name, capfd):
     verified = result.report["verify"]
     assert verified["status"] == "passed" and verified["argmax_agree"] == 1.0, verified
     assert "falling back" not in capfd.readouterr().err
+
+
+def test_layer_patterns_in_the_checkpoints_own_names(checkpoint, tmp_path):
+    """A ConditionalGeneration checkpoint names its text model model.language_model.*: those
+    names were refused as matching no projection, with a hint naming self_attn.v_proj, which a
+    linear-attention layer 0 does not have."""
+    from builder.pipeline import build as build_folder
+
+    ckpt = str(checkpoint("qwen3_5"))
+    own = build_folder(
+        model=ckpt,
+        output=str(tmp_path / "own"),
+        int8_layers=["model.language_model.layers.0.linear_attn.in_proj_qkv"],
+        float_layers=["model.language_model.embed_tokens"],
+        show_progress=False,
+    )
+    ours = build_folder(
+        model=ckpt,
+        output=str(tmp_path / "ours"),
+        int8_layers=["model.layers.0.linear_attn.in_proj_qkv"],
+        float_layers=["model.embed_tokens"],
+        show_progress=False,
+    )
+    assert (own.output / "model.onnx.data").read_bytes() == (ours.output / "model.onnx.data").read_bytes()
+    with pytest.raises(BuilderError, match=r"names look like lm_head, model.layers.0.linear_attn.in_proj_qkv or"):
+        build_folder(model=ckpt, output=str(tmp_path / "x"), int8_layers=["nope"], show_progress=False)

@@ -116,11 +116,17 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"{context}; lower it or raise --context-length"
         )
     modules = family.projection_modules(spec)
+    options = dataclasses.replace(
+        options,
+        int8_layers=[module_pattern(p, family) for p in options.int8_layers],
+        float_layers=[module_pattern(p, family) for p in options.float_layers],
+    )
     unmatched = patterns_matching_nothing(modules, options)
     if unmatched:
+        example = next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
         raise BuilderError(
             f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
-            "names look like lm_head, model.layers.0.self_attn.v_proj or '*.v_proj'"
+            f"names look like lm_head, {example} or '*.{example.rsplit('.', 1)[-1]}'"
         )
     formats = {m: format_for(m, options) for m in modules}
     layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
@@ -253,3 +259,17 @@ def moot_head_norm(options: BuildOptions, layout: Layout) -> str | None:
         f"{flag}: --qkv-packing fused-norm ({how}) computes the Q/K norms inside "
         "GroupQueryAttention; add --qkv-packing packed-split to get it"
     )
+
+
+def module_pattern(pattern: str, family) -> str:
+    """A --int8-layers/--float-layers pattern in the names projections go by here
+    (model.layers.N..., model.embed_tokens), also when it is written in the checkpoint's own:
+    a ConditionalGeneration checkpoint keeps its text model under model.language_model., and
+    those names were refused as matching nothing."""
+    layers = family.weight(0, "x")[: -len("0.x")]
+    if layers != "model.layers." and pattern.startswith(layers):
+        return "model.layers." + pattern[len(layers) :]
+    embed = family.weight(None, "model.embed_tokens.weight")[: -len(".weight")]
+    if embed != "model.embed_tokens" and pattern == embed:
+        return "model.embed_tokens"
+    return pattern
