@@ -25,7 +25,15 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
             files = json.loads((model_path / "build_report.json").read_text()).get("files", {})
         except (OSError, ValueError, AttributeError):
             files = {}
-        model_path = model_path / files.get("model", "model.onnx")
+        model = model_path / files.get("model", "model.onnx")
+        if not model.is_file() and not files:
+            # A folder of .onnx files itself, such as a transformers.js folder's onnx/ (whose report
+            # is one level up): its one model, or the one named model.onnx.
+            found = sorted(model_path.glob("*.onnx"))
+            model = found[0] if len(found) == 1 else model
+        model_path = model
+    elif model_path.name.endswith((".onnx.data", ".onnx_data")) or ".onnx_data_" in model_path.name:
+        raise BuilderError(f"{model_path} holds a model's weights, not its graph; pass the folder or its .onnx file")
     if not model_path.is_file():
         raise BuilderError(f"{model_path} not found; pass a built output folder or its model.onnx")
     try:

@@ -30,7 +30,12 @@ def main() -> None:
     ap.add_argument("name", choices=names)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float16", "float32"],
+        help="dtype of the stored weights (default: bfloat16, as the hub's Qwen3 files)",
+    )
     args = ap.parse_args()
 
     start = time.perf_counter()

@@ -748,6 +748,20 @@ def test_inspect_truncated_model(built_folder, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_inspect_the_data_file_or_a_transformers_js_onnx_folder(built_folder, tmp_path):
+    """The data file was called truncated ("rebuild it"), and a transformers.js folder's onnx/,
+    which holds the model, was "not found"."""
+    from builder import build
+    from builder.inspect import summarize
+
+    assert_clean_failure(
+        plain_cli("inspect", built_folder / "model.onnx.data"), "holds a model's weights, not its graph"
+    )
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    tjs = build(model=str(ckpt), output=str(tmp_path / "tjs"), format="transformers.js", show_progress=False)
+    assert summarize(tjs.output / "onnx")["by_op_type"] == summarize(tjs.output)["by_op_type"]
+
+
 def test_flags_before_the_command_belong_to_it(built_folder):
     proc = plain_cli("--debug", "inspect", built_folder)
     assert proc.returncode == 0 and "nodes" in proc.stdout, proc.stderr
