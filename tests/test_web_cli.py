@@ -75,6 +75,7 @@ def test_folder_of_something_else_says_what_it_needs(tmp_path):
         (["--ids", "1,x"], ["--ids 1,x"]),
         (["--prompt"], ["--prompt needs a value"]),
         (["--bogus"], ["--bogus"]),
+        (["--min-new-tokens", "20", "--max-new-tokens", "4"], ["--min-new-tokens 20 is more than --max-new-tokens 4"]),
     ],
 )
 def test_bad_options_are_named(tmp_path, args, names):
@@ -90,3 +91,12 @@ def test_damaged_transformers_js_folder_names_the_file_and_the_rebuild(built, tm
         data.unlink()
     line = assert_refused(node(folder, "--max-new-tokens", "2"), str(folder), "onnx_data", "python -m builder -m ")
     assert f"{BUILD} -o {folder} --overwrite" in line
+
+
+def test_a_dtype_the_folder_lacks_says_what_it_holds(built):
+    """--dtype q4f16 on a q4 folder suggested the rebuild that made the q4 folder."""
+    if not (WEB / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
+        pytest.fail(f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh`")
+    folder = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js").output
+    line = assert_refused(node(folder, "--dtype", "q4f16", "--max-new-tokens", "2"), str(folder), "it holds q4 weights")
+    assert "--overwrite" not in line

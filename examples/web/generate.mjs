@@ -68,6 +68,9 @@ function parse(argv) {
         else throw new UsageError(`unexpected argument ${a}: pass one OUT_DIR; see --help`);
     }
     if (!args.folder) throw new UsageError(`pass OUT_DIR, a folder built with ${BUILD}`);
+    if (args.min_new_tokens > args.max_new_tokens) {  // generate() stopped at the max without a word
+        throw new UsageError(`--min-new-tokens ${args.min_new_tokens} is more than --max-new-tokens ${args.max_new_tokens}`);
+    }
     return args;
 }
 
@@ -98,7 +101,7 @@ function checkFolder(shown, folder) {
             fail(`${path.join(shown, 'config.json')} is not valid JSON (${firstLine(e)}); ${rebuild(shown, folder)}`);
         }
     }
-    if (config && typeof config === 'object' && config['transformers.js_config']) return;
+    if (config && typeof config === 'object' && config['transformers.js_config']) return config['transformers.js_config'];
     if (fs.existsSync(path.join(folder, 'genai_config.json'))) {
         fail(`${shown} is an onnxruntime-genai folder, not a transformers.js one: run it with python scripts/generate.py ${shown}, `
             + `or build one for this script with ${BUILD}`);
@@ -124,7 +127,7 @@ try {
     fail(e.message);
 }
 const folder = path.resolve(args.folder);
-checkFolder(args.folder, folder);
+const built = checkFolder(args.folder, folder);
 
 let transformers;
 try {
@@ -146,8 +149,12 @@ try {
     tokenizer = await AutoTokenizer.from_pretrained(id);
     model = await AutoModelForCausalLM.from_pretrained(id, { dtype: args.dtype, device: args.device });
 } catch (e) {
+    if (args.dtype && built.dtype && args.dtype !== built.dtype) {  // rebuilding as it was would not help
+        fail(`${args.folder} does not load in transformers.js with --dtype ${args.dtype} (${firstLine(e)}): it holds `
+            + `${built.dtype} weights; drop --dtype, or build the ${args.dtype} weights into another folder`);
+    }
     fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged, `
-        + `or --dtype/--device ask for what it lacks; ${rebuild(args.folder, folder)}`);
+        + `or --device asks for what it lacks; ${rebuild(args.folder, folder)}`);
 }
 let ids, tokens;
 try {
