@@ -230,7 +230,7 @@ def _verify(arch, model_file: Path) -> dict:
     result = verify_output(
         model_file,
         arch.checkpoint.directory,
-        plan.options,
+        plan.selection or plan.options,
         plan.target.ep,
         fp32_io=plan.io_dtype == "float32",
         family=type(arch),

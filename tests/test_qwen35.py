@@ -257,5 +257,32 @@ def test_layer_patterns_in_the_checkpoints_own_names(checkpoint, tmp_path):
         show_progress=False,
     )
     assert (own.output / "model.onnx.data").read_bytes() == (ours.output / "model.onnx.data").read_bytes()
-    with pytest.raises(BuilderError, match=r"names look like lm_head, model.layers.0.linear_attn.in_proj_qkv or"):
+    # The report keeps them as given: batch compares a job's options with it, and rebuilt every run.
+    assert own.report["options"]["int8_layers"] == ["model.language_model.layers.0.linear_attn.in_proj_qkv"]
+    with pytest.raises(BuilderError, match=r"\['nope'\] match no projection; names look like lm_head, "):
         build_folder(model=ckpt, output=str(tmp_path / "x"), int8_layers=["nope"], show_progress=False)
+    config = tmp_path / "b.yaml"
+    config.write_text(f"jobs:\n  - {{model: {ckpt}, output: own, int8-layers: ['model.language_model.layers.0.*']}}\n")
+    from builder import cli
+
+    assert cli.main(["batch", str(config)]) == 0
+    assert cli.main(["batch", str(config)]) == 0
+    jobs = json.loads((tmp_path / "b-summary.json").read_text())["jobs"]
+    assert [j["status"] for j in jobs] == ["skipped"]
+
+
+def test_every_spelling_of_the_checkpoints_own_names():
+    from architectures.qwen3_5 import Qwen35VLBuilder
+    from builder.kit.plan import module_pattern
+
+    family = Qwen35VLBuilder.__new__(Qwen35VLBuilder)  # weight() names tensors from the layer alone
+    assert [
+        module_pattern(p, family)
+        for p in (
+            "model.language_model.*",
+            "model.language_model.embed_tokens*",
+            "*.language_model.layers.0.*",
+            "model.layers.1.mlp.up_proj",
+            "lm_head",
+        )
+    ] == ["model.*", "model.embed_tokens*", "*.layers.0.*", "model.layers.1.mlp.up_proj", "lm_head"]

@@ -43,6 +43,10 @@ class BuildPlan:
     int32_inputs: bool = False  # input_ids and attention_mask are int32 (--int32-inputs)
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
+    # The options with --int8-layers/--float-layers in the names projections go by here
+    # (module_pattern), which is what formats were matched with and verify matches with; `options`
+    # keeps them as given, for the report (batch compares a job's options with it).
+    selection: BuildOptions | None = None
 
     @property
     def io_dtype(self) -> np.dtype:
@@ -116,19 +120,20 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"{context}; lower it or raise --context-length"
         )
     modules = family.projection_modules(spec)
-    options = dataclasses.replace(
+    selection = dataclasses.replace(
         options,
         int8_layers=[module_pattern(p, family) for p in options.int8_layers],
         float_layers=[module_pattern(p, family) for p in options.float_layers],
     )
-    unmatched = patterns_matching_nothing(modules, options)
+    given = dict(zip(selection.int8_layers + selection.float_layers, options.int8_layers + options.float_layers))
+    unmatched = [given[p] for p in patterns_matching_nothing(modules, selection)]
     if unmatched:
         example = next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
         raise BuilderError(
             f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
             f"names look like lm_head, {example} or '*.{example.rsplit('.', 1)[-1]}'"
         )
-    formats = {m: format_for(m, options) for m in modules}
+    formats = {m: format_for(m, selection) for m in modules}
     layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
     layout = family.adjust_layout(layout, options)
     moot = moot_head_norm(options, layout)
@@ -150,6 +155,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
         notes=capture_note + tuple(layout.notes),
         warnings=tuple(warnings),
+        selection=selection,
     )
 
 
@@ -269,7 +275,10 @@ def module_pattern(pattern: str, family) -> str:
     layers = family.weight(0, "x")[: -len("0.x")]
     if layers != "model.layers." and pattern.startswith(layers):
         return "model.layers." + pattern[len(layers) :]
-    embed = family.weight(None, "model.embed_tokens.weight")[: -len(".weight")]
-    if embed != "model.embed_tokens" and pattern == embed:
-        return "model.embed_tokens"
+    text = family.weight(None, "model.embed_tokens.weight")[: -len("embed_tokens.weight")]
+    if text != "model." and pattern.startswith(text):  # model.language_model.*, ...embed_tokens
+        return "model." + pattern[len(text) :]
+    inner = text[len("model.") :] if text.startswith("model.") else ""
+    if inner and pattern.startswith("*." + inner):  # *.language_model.layers.0.*
+        return "*." + pattern[len("*." + inner) :]
     return pattern
