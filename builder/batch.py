@@ -576,8 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     # From here a signal stops the builds and the summary is still written. Also while a Ray
     # executor starts and probes its nodes: a KeyboardInterrupt inside ray.init or ray.get
     # ended in a segfault at ray.shutdown and left Ray's agents running; now the signal is
-    # noted, the setup finishes, and no job starts.
+    # noted, the setup finishes, and no job starts (or the batch quits if it hangs: Stop).
     with Stop() as stop:
+        stop.starting = True
         # Nothing to build: no executor to start (a Ray one takes seconds to join).
         executor = make_executor(args, batch) if to_build else LocalExecutor(1)
         try:
@@ -585,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             executor.close()
             raise
+        stop.starting = False
         for job in batch.jobs:
             if job.action == "skip":
                 job.result = skipped_result(job.options)

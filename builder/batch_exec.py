@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -109,6 +110,9 @@ def remove_staging(output: Path) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops a batch cleanly
 
 
+START_GRACE_S = 10.0  # how long a batch stopped while its executor starts waits for that start
+
+
 class Stop:
     """SIGINT/SIGTERM/SIGHUP while jobs run: remember the first signal and wake the executor.
 
@@ -116,14 +120,32 @@ class Stop:
     (builds stopped, staging removed, summary written) rather than dying mid-job.
 
     The handler only records; the executor stops its jobs from its own loop, so
-    no exception lands in the middle of bookkeeping.
+    no exception lands in the middle of bookkeeping. While the executor starts (`starting`:
+    ray.init, its node probe) a signal is also said, and if the start has not ended
+    START_GRACE_S after Python sees the signal, the process exits: raising inside ray.init or
+    ray.get crashed ray.shutdown, and waiting alone kept a batch whose cluster never answered
+    running for good. (Python sees a signal only between Ray's blocking calls, so a second
+    one could not cut it shorter.)
     """
 
     def __init__(self):
         self.signum: int | None = None
+        self._started = threading.Event()
+        self._started.set()
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._previous = {}
+
+    @property
+    def starting(self) -> bool:
+        return not self._started.is_set()
+
+    @starting.setter
+    def starting(self, value: bool) -> None:
+        if value:
+            self._started.clear()
+        else:
+            self._started.set()
 
     def fileno(self) -> int:
         return self._read
@@ -134,18 +156,32 @@ class Stop:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._started.set()
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         os.close(self._read)
         os.close(self._write)
 
     def _handle(self, signum, frame) -> None:
+        if self.starting and self.signum is None:
+            print(
+                f"{signal.Signals(signum).name}: stopping once the executor has started "
+                f"(quitting if that takes over {START_GRACE_S:g} s more)",
+                file=sys.stderr,
+                flush=True,
+            )
+            threading.Thread(target=self._quit_unless_started, args=(signum,), daemon=True).start()
         if self.signum is None:
             self.signum = signum
         try:
             os.write(self._write, b"x")
         except BlockingIOError:
             pass
+
+    def _quit_unless_started(self, signum: int) -> None:
+        if not self._started.wait(START_GRACE_S):
+            print("error: interrupted while the executor was starting; nothing was built", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
 
     @property
     def exit_code(self) -> int:

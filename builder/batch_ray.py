@@ -175,8 +175,9 @@ class RayExecutor(Executor):
         ray = self.ray = _ray()
         self.parallel, self.started_here = parallel, False
         if not ray.is_initialized():
-            # ray.init puts in a SIGTERM handler that exits with code 15 and a stack dump; until
-            # the batch's own handlers take over, SIGTERM keeps the meaning the process had.
+            # ray.init puts in a SIGTERM handler that exits with code 15 and a stack dump (a
+            # SIGTERM during ray.init meets it); afterwards the handler the process had (the
+            # batch's Stop) is put back.
             sigterm_before = signal.getsignal(signal.SIGTERM)
             try:
                 if address:
@@ -312,6 +313,8 @@ class RayExecutor(Executor):
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=GRACE_S)
         for ref in pending:
             ray.cancel(ref, force=True)  # still running after the grace: its worker is killed
+        if pending:  # a force-cancel is asynchronous: let the kills land before staging is removed
+            ray.wait(pending, num_returns=len(pending), timeout=GRACE_S)
         for ref, (job, started, attempts) in running.items():
             self._collect(job, ref, started, attempts, interrupted=True)
             on_end(job)

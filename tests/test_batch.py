@@ -990,10 +990,12 @@ def test_yaml_merge_keys_let_a_job_override_what_it_merges(tmp_path):
         load_batch(path)
 
 
-def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp_path):
+@pytest.mark.parametrize("hangs", [False, True])
+def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp_path, hangs):
     """A KeyboardInterrupt inside a Ray executor's start (ray.init, its probe's ray.get) ended in
     a segfault at ray.shutdown with no summary, and left Ray's agents running. The signal is
-    now noted there as while builds run: no job starts, and the summary says so."""
+    now noted there as while builds run: no job starts, and the summary says so. A start that
+    then hangs (a cluster that never answers) ends the batch after START_GRACE_S."""
     import subprocess
     import sys
 
@@ -1006,20 +1008,26 @@ def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp
         """,
     )
     script = (  # the executor's check() stands for Ray's start-up: a signal lands inside it
-        "import os, signal, sys\n"
-        "from builder import batch, cli\n"
+        "import os, signal, sys, time\n"
+        "from builder import batch, batch_exec, cli\n"
+        "batch_exec.START_GRACE_S = 1.0\n"
         "real = batch.LocalExecutor.check\n"
         "def check(self, *a):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
+        f"    time.sleep({60 if hangs else 0})\n"
         "    return real(self, *a)\n"
         "batch.LocalExecutor.check = check\n"
         f"sys.exit(cli.main(['batch', {str(config)!r}]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=50)
     assert proc.returncode == 130, proc.stderr
+    assert "SIGINT: stopping once the executor has started (quitting if that takes over 1 s more)" in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    if hangs:
+        assert proc.stderr.strip().endswith("error: interrupted while the executor was starting; nothing was built")
+        return
     jobs = summary(tmp_path, "b")["by_name"]
     assert {name: (j["status"], j["error"]) for name, j in jobs.items()} == {
         name: ("interrupted", "not started: the batch was interrupted") for name in ("a", "b")
     }
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
