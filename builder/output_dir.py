@@ -110,9 +110,6 @@ def staged_output(output: Path, overwrite: bool):
         remove_stale_staging(output)
         staging = _staging_name(output)
         staging.mkdir()
-        held = _hold(staging)
-        if held.fd is not None:
-            (staging / ALIVE_MARK).touch()
     except OSError as e:
         # A read-only filesystem, /proc or /sys, a folder without write permission, a
         # file where a parent folder should be.
@@ -123,6 +120,12 @@ def staged_output(output: Path, overwrite: bool):
             else f"{e.strerror or e}{': ' + where if where else ''}"
         )
         raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
+    held = _hold(staging)
+    if held.fd is not None:
+        try:
+            (staging / ALIVE_MARK).touch()
+        except OSError:  # a full disk: without the mark the pid decides, as where flock is missing
+            pass
     with _StopSignals() as stop, contextlib.closing(held):
         try:
             yield staging
