@@ -242,19 +242,15 @@ def test_layer_patterns_in_the_checkpoints_own_names(checkpoint, tmp_path):
     from builder.pipeline import build as build_folder
 
     ckpt = str(checkpoint("qwen3_5"))
-    own = build_folder(
-        model=ckpt,
-        output=str(tmp_path / "own"),
-        int8_layers=["model.language_model.layers.0.linear_attn.in_proj_qkv"],
-        float_layers=["model.language_model.embed_tokens"],
-        show_progress=False,
-    )
-    ours = build_folder(
-        model=ckpt,
-        output=str(tmp_path / "ours"),
-        int8_layers=["model.layers.0.linear_attn.in_proj_qkv"],
-        float_layers=["model.embed_tokens"],
-        show_progress=False,
+    own, ours = (
+        build_folder(
+            model=ckpt,
+            output=str(tmp_path / name),
+            int8_layers=[f"{prefix}layers.0.linear_attn.in_proj_qkv"],
+            float_layers=[f"{prefix}embed_tokens"],
+            show_progress=False,
+        )
+        for name, prefix in (("own", "model.language_model."), ("ours", "model."))
     )
     assert (own.output / "model.onnx.data").read_bytes() == (ours.output / "model.onnx.data").read_bytes()
     # The report keeps them as given: batch compares a job's options with it, and rebuilt every run.
