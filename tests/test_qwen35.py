@@ -282,3 +282,13 @@ def test_every_spelling_of_the_checkpoints_own_names():
             "lm_head",
         )
     ] == ["model.*", "model.embed_tokens*", "*.layers.0.*", "model.layers.1.mlp.up_proj", "lm_head"]
+
+    class OwnNaming:  # a plugin naming its tensors its own way: "" must not be taken for a prefix
+        def weight(self, layer, suffix):
+            return f"backbone.blocks.{layer}.{suffix}" if layer is not None else "backbone.embed.weight"
+
+    assert [module_pattern(p, OwnNaming()) for p in ("backbone.blocks.0.*", "lm_head", "*.q_proj")] == [
+        "model.layers.0.*",
+        "lm_head",
+        "*.q_proj",
+    ]

@@ -272,10 +272,12 @@ def module_pattern(pattern: str, family) -> str:
     (model.layers.N..., model.embed_tokens), also when it is written in the checkpoint's own:
     a ConditionalGeneration checkpoint keeps its text model under model.language_model., and
     those names were refused as matching nothing."""
-    layers = family.weight(0, "x")[: -len("0.x")]
+    probe, embed = family.weight(0, "x"), family.weight(None, "model.embed_tokens.weight")
+    # Only namings that keep HF's own tails (a plugin may name its tensors any way at all).
+    layers = probe[: -len("0.x")] if probe.endswith(".0.x") else "model.layers."
     if layers != "model.layers." and pattern.startswith(layers):
         return "model.layers." + pattern[len(layers) :]
-    text = family.weight(None, "model.embed_tokens.weight")[: -len("embed_tokens.weight")]
+    text = embed[: -len("embed_tokens.weight")] if embed.endswith(".embed_tokens.weight") else "model."
     if text != "model." and pattern.startswith(text):  # model.language_model.*, ...embed_tokens
         return "model." + pattern[len(text) :]
     inner = text[len("model.") :] if text.startswith("model.") else ""
