@@ -285,7 +285,7 @@ def test_every_spelling_of_the_checkpoints_own_names():
 
     class OwnNaming:  # a plugin naming its tensors its own way: "" must not be taken for a prefix
         def weight(self, layer, suffix):
-            return f"backbone.blocks.{layer}.{suffix}" if layer is not None else "backbone.embed.weight"
+            return f"backbone.blocks.{layer}.{suffix}" if layer is not None else "emb.weight"
 
     assert [module_pattern(p, OwnNaming()) for p in ("backbone.blocks.0.*", "lm_head", "*.q_proj")] == [
         "model.layers.0.*",
