@@ -35,7 +35,9 @@ def check_tokenizer_files(source: Path) -> None:
         try:
             json.loads(path.read_bytes())
         except OSError as e:
-            raise BuilderError(f"could not read {path} ({e.strerror or e}); check its permissions") from None
+            from builder.kit.checkpoint import could_not_read  # checkpoint imports this module
+
+            raise could_not_read(path, e) from None
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
             what = "sampling defaults" if name == "generation_config.json" else "tokenizer"
             raise BuilderError(
