@@ -342,10 +342,11 @@ def test_layers_beyond_num_hidden_layers_are_reported(tmp_path):
 
 
 def add_tensors(ckpt: Path, tensors: dict[str, np.ndarray]) -> None:
-    """A second shard with more tensors (no index: every *.safetensors file is read)."""
-    from safetensors.numpy import save_file
+    """More tensors in the checkpoint's model.safetensors."""
+    from safetensors.numpy import load_file, save_file
 
-    save_file(tensors, str(ckpt / "extra.safetensors"))
+    weights = ckpt / "model.safetensors"
+    save_file({**load_file(str(weights)), **tensors}, str(weights), metadata={"format": "pt"})
 
 
 def test_tensors_the_family_does_not_build_are_refused(ckpt, tmp_path):
@@ -479,6 +480,30 @@ def test_a_fifo_for_a_weight_file_is_refused_not_waited_on(ckpt, tmp_path):
     os.mkfifo(ckpt / "model.safetensors")
     out = tmp_path / "out"
     assert_clean_failure(cli("-m", ckpt, "-o", out), "model.safetensors is not a regular file", out=out)
+
+
+def test_a_dangling_weight_link_asks_for_a_download(ckpt, tmp_path):
+    """An HF cache snapshot whose blob is gone was called "not a regular file"."""
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "model.safetensors").symlink_to(tmp_path / "gone")
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out), "model.safetensors points to a file that is missing; re-download", out=out
+    )
+
+
+def test_a_stray_safetensors_beside_model_safetensors_is_not_read(ckpt, tmp_path):
+    """Without an index every *.safetensors was read, so a second copy of the weights under other
+    names (Mistral's consolidated.safetensors) was refused as tensors the build leaves out;
+    transformers reads model.safetensors alone there."""
+    from safetensors.numpy import save_file
+
+    plain = cli("-m", ckpt, "-o", tmp_path / "plain")
+    save_file({"tok_embeddings.weight": np.zeros((4, 4), np.float32)}, str(ckpt / "consolidated.safetensors"))
+    stray = cli("-m", ckpt, "-o", tmp_path / "stray")
+    assert plain.returncode == stray.returncode == 0, stray.stderr
+    same = [(tmp_path / d / "model.onnx.data").read_bytes() for d in ("plain", "stray")]
+    assert same[0] == same[1]
 
 
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):

@@ -236,8 +236,13 @@ class Checkpoint:
                         f"{self.directory}; re-download the checkpoint"
                     )
             return shards
-        files = sorted(self.directory.glob("*.safetensors"))
+        # Without an index transformers reads model.safetensors alone, so a stray file beside it
+        # (Mistral's consolidated.safetensors holds the same weights under other names) is not ours either.
+        single = self.directory / "model.safetensors"
+        files = [single] if single.is_file() else sorted(self.directory.glob("*.safetensors"))
         for file in files:
+            if file.is_symlink() and not file.exists():  # an HF cache snapshot whose blob is gone
+                raise BuilderError(f"{file} points to a file that is missing; re-download the checkpoint")
             if not file.is_file():  # a FIFO would block the first read forever; a folder fails it
                 raise BuilderError(f"{file} is not a regular file; a checkpoint's *.safetensors must be files")
         if not files and not os.access(self.directory, os.R_OK):
