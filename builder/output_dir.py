@@ -176,13 +176,15 @@ def staging_folders(output: Path) -> list[tuple[Path, int]]:
     pid of the build that made each; not those of an output whose name merely begins the same
     (`a` against `a-verify`)."""
     output = Path(output)
-    stem = _staging_stem(output.name)
-    name = re.compile(re.escape(f"{STAGING_PREFIX}{stem}-") + r"([0-9]+)-[0-9a-f]{8}")
     found = []
-    for path in output.parent.glob(f"{STAGING_PREFIX}{glob.escape(stem)}-*"):
-        match = name.fullmatch(path.name)
-        if match:
-            found.append((path, int(match.group(1))))
+    # Versions before the shortened stem named staging folders after the whole name (which fit
+    # up to 220 bytes); a build of theirs killed with SIGKILL is still this output's to sweep.
+    for stem in dict.fromkeys([_staging_stem(output.name), output.name]):
+        name = re.compile(re.escape(f"{STAGING_PREFIX}{stem}-") + r"([0-9]+)-[0-9a-f]{8}")
+        for path in output.parent.glob(f"{STAGING_PREFIX}{glob.escape(stem)}-*"):
+            match = name.fullmatch(path.name)
+            if match:
+                found.append((path, int(match.group(1))))
     return found
 
 

@@ -233,6 +233,19 @@ def test_an_output_name_near_the_file_systems_limit_builds(tmp_path):
     assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
 
 
+def test_an_older_versions_folder_for_a_long_name_is_still_swept(tmp_path):
+    """Before the shortened stem, names of 201-220 bytes had staging folders named after the
+    whole name; one left by a SIGKILLed build of that version was never swept again."""
+    out = tmp_path / ("n" * 210)
+    dead = tmp_path / f"{output_dir.STAGING_PREFIX}{out.name}-{2**22 + 1}-0000dead"
+    dead.mkdir()
+    (dead / "model.onnx.data").write_bytes(b"partial")
+    with staged_output(out, overwrite=False) as staging:
+        assert not dead.exists() and staging.name != dead.name
+        (staging / REPORT_NAME).write_text("{}")
+    assert (out / REPORT_NAME).is_file() and leftovers(tmp_path) == []
+
+
 def test_a_caller_of_main_gets_its_handlers_back(tmp_path):
     """Only `python -m builder` keeps noting signals after publishing: cli.main in a notebook
     or a test left Ctrl-C swallowed for every later build of the process."""
