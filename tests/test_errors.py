@@ -241,15 +241,24 @@ def test_head_norm_the_layout_cannot_use_is_named(ckpt, tmp_path):
     kept = cli(
         "-m", ckpt, "-o", tmp_path / "kept", "-e", "cuda", "--head-norm", "reshape-sln", "--qkv-packing", "packed-split"
     )
+    asked = cli(
+        "-m", ckpt, "-o", tmp_path / "asked", "-e", "cuda", "--head-norm", "reshape-sln", "--qkv-packing", "fused-norm"
+    )
     llama = make_checkpoint(tmp_path / "llama", TINY_CONFIGS["llama"])
     no_norms = cli("-m", llama, "-o", tmp_path / "llama-out", "--head-norm", "reshape-sln")
-    assert moot.returncode == kept.returncode == no_norms.returncode == 0, moot.stderr + kept.stderr + no_norms.stderr
+    assert moot.returncode == kept.returncode == asked.returncode == no_norms.returncode == 0, (
+        moot.stderr + kept.stderr + asked.stderr + no_norms.stderr
+    )
     assert [line for line in moot.stderr.splitlines() if line.startswith("warning:")] == [
         "warning: --head-norm reshape-sln had no effect on this build: --qkv-packing fused-norm (auto "
         "picked it for this target) computes the Q/K norms inside GroupQueryAttention; add --qkv-packing "
         "packed-split to get it"
     ]
     assert "warning:" not in kept.stderr
+    assert [line for line in asked.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: --head-norm reshape-sln had no effect on this build: --qkv-packing fused-norm (as asked) "
+        "computes the Q/K norms inside GroupQueryAttention; use --qkv-packing packed-split instead to get it"
+    ]
     assert json.loads((tmp_path / "kept" / "build_report.json").read_text())["layout"]["head_norm"] == "reshape-sln"
     assert "warning: --head-norm reshape-sln had no effect on this build: this model has no q_norm/k_norm" in (
         no_norms.stderr

@@ -260,10 +260,12 @@ def moot_head_norm(options: BuildOptions, layout: Layout) -> str | None:
     flag = f"--head-norm {options.head_norm} had no effect on this build"
     if layout.head_norm == "none":
         return f"{flag}: this model has no q_norm/k_norm"
-    how = "auto picked it for this target" if options.qkv_packing == "auto" else "as asked"
+    if options.qkv_packing == "auto":
+        how, fix = "auto picked it for this target", "add --qkv-packing packed-split"
+    else:
+        how, fix = "as asked", "use --qkv-packing packed-split instead"
     return (
-        f"{flag}: --qkv-packing fused-norm ({how}) computes the Q/K norms inside "
-        "GroupQueryAttention; add --qkv-packing packed-split to get it"
+        f"{flag}: --qkv-packing fused-norm ({how}) computes the Q/K norms inside GroupQueryAttention; {fix} to get it"
     )
 
 
