@@ -163,9 +163,17 @@ def _check_files(folder: Path, config: dict) -> None:
     """A BuilderError naming the first file onnxruntime-genai needs that is missing, cut short, or
     (where build_report.json says what the build wrote) from another build."""
     rebuild = _rebuild(folder)
+    copied = _build_report(folder).get("tokenizer_files")
     for name in [*_named_files(config.get("model", {})), *TOKENIZER_REQUIRED]:  # genai reads both for every model
-        if not (folder / name).is_file():
-            raise BuilderError(f"{folder} is damaged: {name} is missing; {rebuild}")
+        if (folder / name).is_file():
+            continue
+        if name in TOKENIZER_REQUIRED and isinstance(copied, list) and name not in copied:
+            # A rebuild would copy nothing again: the checkpoint had none (the build warned).
+            raise BuilderError(
+                f"{folder} has no {name}: its checkpoint had none to copy; copy the model's tokenizer "
+                f"files ({', '.join(TOKENIZER_REQUIRED)}, from its hub repository) into {folder}"
+            )
+        raise BuilderError(f"{folder} is damaged: {name} is missing; {rebuild}")
     recorded = _recorded_sizes(folder)
     for name, size in recorded.items():
         path = folder / name

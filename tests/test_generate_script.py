@@ -204,6 +204,27 @@ def test_damaged_folder_names_the_file_and_the_rebuild(cpu_folder, tmp_path, dam
     assert f"-m {checkpoint} -p int4 -e cpu" in line
 
 
+def test_a_checkpoint_without_a_tokenizer_asks_for_its_files_not_a_rebuild(tmp_path):
+    """The build warned that the checkpoint had no tokenizer files; generate.py then called the
+    folder damaged and asked for the same rebuild, which copied nothing again."""
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (checkpoint / name).unlink()
+    folder = tmp_path / "out"
+    build = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert build.returncode == 0 and "tokenizer file(s) tokenizer.json, tokenizer_config.json" in build.stderr
+    line = assert_refused(generate(folder), str(folder), "no tokenizer.json", "its checkpoint had none to copy")
+    assert "rebuild" not in line and f"into {folder}" in line
+
+
 def test_graph_genai_cannot_load_keeps_its_message(cpu_folder, tmp_path):
     """A model.onnx that parses but does not load: onnxruntime-genai's RuntimeError, in one line."""
     import onnx
