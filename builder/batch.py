@@ -104,11 +104,18 @@ def damaged_file(output: Path, report: dict) -> str | None:
     config = CONFIG_FILES.get((report.get("format") or {}).get("name", "genai"))
     if config:
         try:
-            json.loads((output / config).read_text())
+            written = json.loads((output / config).read_text())
         except FileNotFoundError:
             return f"{config} is missing"
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return f"{config} is unreadable or cut short"
+        # Hand edits (search options, provider options) are kept; a config the runtime cannot
+        # read at all is not an output that is up to date.
+        model = written.get("model") if isinstance(written, dict) else None
+        if not isinstance(written, dict) or (config == "genai_config.json" and not isinstance(model, dict)):
+            return f"{config} is not a {'genai config' if config == 'genai_config.json' else 'JSON object'}"
+        if config == "genai_config.json" and not isinstance(model.get("decoder"), dict):
+            return f"{config} has no model.decoder"
     for name in report.get("tokenizer_files") or []:
         if not (output / name).is_file():
             return f"{name} is missing"

@@ -387,6 +387,14 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     damages = {
         "truncated": (lambda: (out / "model.onnx.data").write_bytes(data[:100]), "model.onnx.data has 100 bytes"),
         "config cut short": (lambda: (out / "genai_config.json").write_text('{"model": '), "genai_config.json is"),
+        "config of nothing": (
+            lambda: (out / "genai_config.json").write_text('{"x": 1}'),
+            "genai_config.json is not a genai config",
+        ),
+        "config without its decoder": (
+            lambda: (out / "genai_config.json").write_text('{"model": {"type": "qwen3"}}'),
+            "genai_config.json has no model.decoder",
+        ),
         "tokenizer gone": (lambda: (out / "tokenizer.json").unlink(), "tokenizer.json is missing"),
         "model gone": (lambda: (out / "model.onnx").unlink(), "model.onnx is missing"),
     }
@@ -397,6 +405,11 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
         for name, content in {"model.onnx.data": data, **kept}.items():
             (out / name).write_bytes(content)
         assert rebuild_reason(options) is None, damage
+    edited = json.loads(kept["genai_config.json"])
+    edited["search"]["max_length"] = 64  # a hand edit the runtime reads: kept, not rebuilt over
+    (out / "genai_config.json").write_text(json.dumps(edited))
+    assert rebuild_reason(options) is None
+    (out / "genai_config.json").write_bytes(kept["genai_config.json"])
 
     (out / "model.onnx.data").unlink()
     capsys.readouterr()
