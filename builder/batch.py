@@ -307,6 +307,22 @@ def check_output_root(batch: Batch, jobs: list[Job]) -> None:
         raise BuilderError(f"{where}: cannot write the outputs there ({problem}); {fix} (nothing was built)")
 
 
+def check_outputs(jobs: list[Job]) -> None:
+    """Refuse, before any build runs, outputs their builds would refuse: a file, a folder this
+    builder did not make, or one holding files it did not write. Found at each job's turn,
+    they failed the batch after the jobs before them had run."""
+    from builder.output_dir import check_output_free
+
+    problems = []
+    for job in jobs:
+        try:
+            check_output_free(Path(job.options.output), overwrite=True)
+        except BuilderError as e:
+            problems.append(f"{job.name}: {str(e).replace('-o/--output', 'output: for the job')}")
+    if problems:
+        raise BuilderError("\n  ".join(["outputs the builds would refuse (nothing was built):", *problems]))
+
+
 def _output_root_source(batch: Batch, summary: bool = False) -> tuple[str, str]:
     """How a message names the output root (the option or key it came from) and what to do;
     for the summary, --summary is a way out too."""
@@ -580,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
     to_build = [j for j in batch.jobs if j.action == "build"]
     check_output_root(batch, to_build)
+    check_outputs(to_build)
     # From here a signal stops the builds and the summary is still written. Also while a Ray
     # executor starts and probes its nodes: a KeyboardInterrupt inside ray.init or ray.get
     # ended in a segfault at ray.shutdown and left Ray's agents running; now the signal is

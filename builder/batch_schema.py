@@ -250,6 +250,29 @@ def _resolve_model(model: str, base: Path) -> str:
     return model  # org/name and no such folder: a hub id
 
 
+def _model_not_found(given: str, resolved: str, base: Path) -> str | None:
+    """Why a job's model names no checkpoint to read, or None (a hub id is looked up when built)."""
+    if os.path.isabs(resolved):
+        if os.path.isdir(resolved):
+            return None
+        if os.path.isabs(os.path.expanduser(given)):
+            return f"no folder {resolved}"
+        hub = "" if given.startswith(".") else " (nor a hub id: those are owner/name)"
+        return (
+            f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "
+            "whatever folder the batch runs from"
+        )
+    if os.path.isdir(os.path.expanduser(given)) and os.path.realpath(given) != os.path.realpath(base / given):
+        # It reads as a hub id, but the build would have taken the folder of that name in the
+        # current folder: the same file would build another checkpoint from elsewhere.
+        return (
+            f"{given!r} is no folder beside the batch file ({base}), so it reads as a hub id, but the "
+            f"current folder has a folder of that name; write the folder's path from the batch file's "
+            f"folder or in full ({os.path.abspath(given)}), or run where no such folder is"
+        )
+    return None
+
+
 def _make_job(
     label: str, line: int, entries: dict[str, _Entry], base: Path, output_root: Path, problems: _Problems
 ) -> tuple[Job, int] | None:
@@ -274,7 +297,12 @@ def _make_job(
     if not values.get("model"):
         problems.add(line, f"{label}: no model; every job needs model: (a local folder or a hub id)")
         return None
-    values["model"] = _resolve_model(values["model"], base)
+    given = values["model"]
+    values["model"] = _resolve_model(given, base)
+    unfound = _model_not_found(given, values["model"], base)
+    if unfound:  # the build would find out only when the job's turn came
+        problems.add(entries["model"].line, _with_key(unfound, entries["model"]))
+        return None
     options = BuildOptions(**values)
     options.overwrite = True
     try:  # what no single key shows: combinations such as -p fp32 -e cuda
@@ -315,6 +343,20 @@ def _make_job(
         relative = default_output(options).name
     options.output = os.path.abspath(output_root / os.path.expanduser(relative))
     return Job(label, line, options), output_line
+
+
+def _own_output_hint(job: Job, other: Job) -> str:
+    """How to give two jobs their own outputs. Matrix jobs share one output: template, so
+    'give each job its own output' could not be followed there; name what tells them apart."""
+    if not (job.label.startswith("matrix") and other.label.startswith("matrix")):
+        return "give each job its own output"
+    a, b = job.options.to_dict(), other.options.to_dict()
+    differ = [k for k in a if k not in NON_BUILD_OPTIONS | {"output"} and a[k] != b.get(k)]
+    differ = [k for k in differ if not isinstance(a[k], list)]  # a list of patterns makes no name
+    if not differ:  # models in folders of the same name
+        return "give these jobs their own output: under jobs:, out of the matrix"
+    named = "-".join(f"{{{k}}}" for k in ("model_name", "precision", "ep", *differ) if k != "model")
+    return f'give the matrix an output: template that names what differs, such as output: "{named}"'
 
 
 def _template_fields(template: str) -> list[str]:
@@ -444,7 +486,7 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
             problems.add(
                 job.output_line,
                 f"{label}.output: {job.options.output} is also the output of "
-                f"{other.label} (line {other.line}); give each job its own output",
+                f"{other.label} (line {other.line}); {_own_output_hint(job, other)}",
             )
             continue
         outer = next((outputs[p] for p in real.parents if p in outputs), None)

@@ -228,6 +228,17 @@ def test_invalid_file_fails_before_building(case, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
+    """'give each job its own output' cannot be done for matrix jobs, which share a template."""
+    path = write(tmp_path / "m.yaml", f"defaults:\n  model: {TINY}\nmatrix:\n  block-size: [32, 64]\n")
+    assert batch(path, "--dry-run") == 2
+    hint = 'give the matrix an output: template that names what differs, such as output: "'
+    template = "{model_name}-{precision}-{ep}-{block_size}"
+    assert hint + template + '"' in capsys.readouterr().err
+    write(path, path.read_text() + f'  output: "{template}"\n')
+    assert [job.name for job in load_batch(path).jobs] == ["tiny-qwen3-int4-cpu-32", "tiny-qwen3-int4-cpu-64"]
+
+
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
     path = write(
         tmp_path / "bad.yaml",
@@ -247,34 +258,94 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def broken_checkpoint(folder: Path) -> Path:
+    """A checkpoint no check short of building finds wrong: its config and no weights."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes((TINY / "config.json").read_bytes())
+    return folder
+
+
 def test_failing_job_does_not_stop_the_others(tmp_path, capsys):
-    foreign = tmp_path / "out" / "foreign"  # an existing folder the builder did not make
-    write(foreign / "notes.txt", "mine")
+    broken_checkpoint(tmp_path / "broken")
     path = write(
         tmp_path / "mixed.yaml",
         f"""
         output_root: out
         jobs:
-          - model: no-such-checkpoint
+          - model: broken
           - model: {TINY}
             output: good
-          - model: {TINY}
-            output: foreign
     """,
     )
     assert batch(path) == 1
     s = summary(tmp_path / "out", "mixed")
-    assert s["counts"] == {"built": 1, "skipped": 0, "failed": 2, "interrupted": 0}
-    missing = s["by_name"]["no-such-checkpoint-int4-cpu"]
-    assert missing["status"] == "failed" and "does not exist" in missing["error"]
-    assert "was not made by this builder" in s["by_name"]["foreign"]["error"]
-    assert (foreign / "notes.txt").read_text() == "mine"
+    assert s["counts"] == {"built": 1, "skipped": 0, "failed": 1, "interrupted": 0}
+    failed = s["by_name"]["broken-int4-cpu"]
+    assert failed["status"] == "failed" and "no *.safetensors files" in failed["error"]
     assert (tmp_path / "out" / "good" / "build_report.json").is_file()
-    assert not (tmp_path / "out" / "no-such-checkpoint-int4-cpu").exists()
+    assert not (tmp_path / "out" / "broken-int4-cpu").exists()
     assert leftovers(tmp_path / "out") == []
     out = capsys.readouterr().out
-    assert "failed  no-such-checkpoint-int4-cpu" in out and "1 built, 0 skipped, 2 failed" in out
+    assert "failed  broken-int4-cpu" in out and "1 built, 0 skipped, 1 failed" in out
     assert "| failed |" in (tmp_path / "out" / "mixed-summary.md").read_text()
+
+
+def test_a_missing_model_or_a_taken_output_is_refused_before_any_build(tmp_path, capsys):
+    """Each was found only at its job's turn: a mistyped path failed after the jobs before it
+    had run for hours, and the next run found the next one."""
+    foreign = tmp_path / "out" / "foreign"  # an existing folder the builder did not make
+    write(foreign / "notes.txt", "mine")
+    write(tmp_path / "out" / "afile", "mine")
+    path = write(
+        tmp_path / "taken.yaml",
+        f"""
+        output_root: out
+        jobs:
+          - model: {TINY}
+            output: good
+          - model: {tmp_path / "nope"}
+          - model: {TINY}
+            output: foreign
+          - model: {TINY}
+            output: afile
+    """,
+    )
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value) == f"{path}:5: jobs[1].model: no folder {tmp_path / 'nope'}\nnothing was built"
+    write(path, path.read_text().replace(f"{tmp_path / 'nope'}", "nope/two/deep"))
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value).splitlines()[0] == (
+        f"{path}:5: jobs[1].model: no folder {tmp_path / 'nope/two/deep'} (nor a hub id: those are owner/name); "
+        "a relative path is read from the batch file's folder, whatever folder the batch runs from"
+    )
+    write(path, path.read_text().replace("  - model: nope/two/deep\n", ""))
+    assert batch(path) == 2
+    err = capsys.readouterr().err
+    assert "outputs the builds would refuse (nothing was built)" in err
+    assert f"foreign: output folder {foreign} exists and was not made by this builder" in err
+    assert f"afile: output {tmp_path / 'out' / 'afile'} exists and is a file; choose another output: for the job" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["afile", "foreign"]
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_model_that_is_a_folder_only_where_the_batch_runs_is_refused(tmp_path, monkeypatch):
+    """org/name with no such folder beside the file reads as a hub id, and the build then took
+    the current folder's: the same file built another checkpoint, or failed, by where it ran."""
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "tiny").symlink_to(TINY)
+    path = write(tmp_path / "cfg" / "rel.yaml", "jobs:\n  - model: examples/tiny\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BuilderError, match=r"'examples/tiny' is no folder beside the batch file") as refused:
+        load_batch(path)
+    assert str(tmp_path / "examples" / "tiny") in str(refused.value)
+    monkeypatch.chdir(tmp_path / "cfg")  # from here it is a hub id, looked up when built
+    assert load_batch(path).jobs[0].options.model == "examples/tiny"
+    (tmp_path / "cfg" / "examples").mkdir()
+    (tmp_path / "cfg" / "examples" / "tiny").symlink_to(TINY)  # beside the file: read from there
+    monkeypatch.chdir(tmp_path)
+    assert load_batch(path).jobs[0].options.model == str(tmp_path / "cfg" / "examples" / "tiny")
 
 
 def test_matrix_expands_to_jobs(tmp_path):
