@@ -87,6 +87,21 @@ def test_hub_id_offline_and_not_cached(tmp_path):
         proc, "Qwen/Qwen3-0.6B", "not in the Hugging Face cache", "HF_HUB_OFFLINE", out=tmp_path / "out"
     )
 
+    assert "if you meant a local folder" not in proc.stderr
+
+
+def test_a_mistyped_local_path_that_reads_as_a_hub_id_names_the_folder(tmp_path):
+    """examples/tiny-qwen (for examples/tiny-qwen3, run from the repository) got only the hub's
+    advice: download a repository that does not exist."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = cli("-m", "examples/tiny-qwen", "-o", tmp_path / "out", env=env)
+    assert_clean_failure(
+        proc,
+        "'examples/tiny-qwen' is not in the Hugging Face cache",
+        "if you meant a local folder: examples/ here has no tiny-qwen; did you mean examples/tiny-qwen3?",
+        out=tmp_path / "out",
+    )
+
 
 # ---- weights --------------------------------------------------------------
 

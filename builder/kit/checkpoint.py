@@ -48,7 +48,31 @@ def resolve_model_dir(model: str) -> Path:
             f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
             "and *.safetensors, or a hub id like Qwen/Qwen3-4B"
         )
-    return _download_from_hub(model)
+    try:
+        return _download_from_hub(model)
+    except BuilderError as e:
+        hint = _local_folder_hint(model)
+        if hint:
+            raise BuilderError(f"{e}; {hint}") from None
+        raise
+
+
+def _local_folder_hint(model: str) -> str | None:
+    """For owner/name where a folder `owner` is here: the hub's advice alone sent a mistyped
+    local path (examples/tiny-qwen for examples/tiny-qwen3) to download a repository."""
+    import difflib
+
+    owner, name = model.split("/")
+    folder = Path(owner).expanduser()
+    try:
+        if not folder.is_dir():
+            return None
+        near = difflib.get_close_matches(name, [p.name for p in folder.iterdir() if p.is_dir()], n=1)
+    except OSError:
+        return None
+    if near:
+        return f"if you meant a local folder: {owner}/ here has no {name}; did you mean {owner}/{near[0]}?"
+    return f"if you meant a local folder: {owner}/ here has no {name}"
 
 
 def hub_download_command(repo_id: str) -> str:
