@@ -32,8 +32,25 @@ def require_verify_extras() -> None:
     if missing:
         raise BuilderError(
             f"--verify needs {' and '.join(missing)}, which a plain install leaves out: "
-            "pip install 'builder[verify]', or drop --verify"
+            f"{verify_install_command()}, or drop --verify"
         )
+
+
+def verify_install_command() -> str:
+    """The pip command for the verify extra, spelled out: 'builder[verify]' would name an
+    unrelated package on PyPI, which shares this project's name."""
+    import importlib.metadata
+    import re
+    import shlex
+
+    try:
+        wanted = importlib.metadata.requires("builder") or []
+    except importlib.metadata.PackageNotFoundError:
+        wanted = []
+    extra = [r.split(";")[0].strip() for r in wanted if re.search(r"""extra\s*==\s*["']verify["']""", r)]
+    if not extra:  # run from a checkout without installing it
+        return "pip install -e '.[verify]' in the builder's source folder"
+    return "pip install " + " ".join(shlex.quote(r.replace(" ", "")) for r in extra)
 
 
 @dataclass
