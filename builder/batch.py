@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder.arg_parser import ArgumentParser
 from builder.batch_exec import Executor, LocalExecutor, Stop, report_fields
-from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
+from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, check_model_folders, load_batch
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Progress, end_line
@@ -318,7 +318,11 @@ def check_outputs(jobs: list[Job]) -> None:
         try:
             check_output_free(Path(job.options.output), overwrite=True)
         except BuilderError as e:
-            problems.append(f"{job.name}: {str(e).replace('-o/--output', 'output: for the job')}")
+            text = (
+                str(e).replace("-o/--output", "output: for the job").replace("--overwrite replaces", "a build replaces")
+            )
+            text = text.replace(" even with --overwrite", "")
+            problems.append(f"{job.name}: {text}")
     if problems:
         raise BuilderError("\n  ".join(["outputs the builds would refuse (nothing was built):", *problems]))
 
@@ -585,9 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     total = len(batch.jobs)
     tag = {id(j): f"[{i}/{total}]" for i, j in enumerate(batch.jobs, 1)}
 
+    if (args.executor or batch.executor or "local") == "local":
+        check_model_folders(batch)
     for job in batch.jobs:
         reason = "--force" if args.force else rebuild_reason(job.options)
         job.action, job.reason = ("build", reason) if reason else ("skip", "up to date")
+    check_outputs([j for j in batch.jobs if j.action == "build"])  # --dry-run shows them too
     if args.dry_run:
         for job in batch.jobs:
             o = job.options
@@ -596,7 +603,6 @@ def main(argv: list[str] | None = None) -> int:
 
     to_build = [j for j in batch.jobs if j.action == "build"]
     check_output_root(batch, to_build)
-    check_outputs(to_build)
     # From here a signal stops the builds and the summary is still written. Also while a Ray
     # executor starts and probes its nodes: a KeyboardInterrupt inside ray.init or ray.get
     # ended in a segfault at ray.shutdown and left Ray's agents running; now the signal is

@@ -71,6 +71,9 @@ class Job:
     action: str = "build"  # build | skip
     reason: str = ""
     result: dict = field(default_factory=dict)
+    # (line, problem) when its model names a local folder this machine does not have: the
+    # local executor refuses the batch for it (check_model_folders); on Ray the nodes decide.
+    model_missing: tuple[int, str] | None = None
 
 
 @dataclass
@@ -250,27 +253,45 @@ def _resolve_model(model: str, base: Path) -> str:
     return model  # org/name and no such folder: a hub id
 
 
-def _model_not_found(given: str, resolved: str, base: Path) -> str | None:
-    """Why a job's model names no checkpoint to read, or None (a hub id is looked up when built)."""
-    if os.path.isabs(resolved):
-        if os.path.isdir(resolved):
-            return None
-        if os.path.isabs(os.path.expanduser(given)):
-            return f"no folder {resolved}"
-        hub = "" if given.startswith(".") else " (nor a hub id: those are owner/name)"
-        return (
-            f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "
-            "whatever folder the batch runs from"
-        )
-    if os.path.isdir(os.path.expanduser(given)) and os.path.realpath(given) != os.path.realpath(base / given):
-        # It reads as a hub id, but the build would have taken the folder of that name in the
-        # current folder: the same file would build another checkpoint from elsewhere.
-        return (
-            f"{given!r} is no folder beside the batch file ({base}), so it reads as a hub id, but the "
-            f"current folder has a folder of that name; write the folder's path from the batch file's "
-            f"folder or in full ({os.path.abspath(given)}), or run where no such folder is"
-        )
-    return None
+def _model_not_found(given: str, resolved: str) -> str | None:
+    """Why a job's model names no local folder here, or None (a hub id is looked up when built)."""
+    if not os.path.isabs(resolved) or os.path.isdir(resolved):
+        return None
+    if given.startswith("~") and os.path.expanduser(given) == given:
+        return f"no home folder for {given.split('/')[0]!r}; write the folder's full path"
+    if os.path.isabs(os.path.expanduser(given)):
+        return f"no folder {resolved}"
+    hub = "" if given.startswith(".") else " (nor a hub id: those are owner/name)"
+    return (
+        f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "
+        "whatever folder the batch runs from"
+    )
+
+
+def _model_ambiguous(given: str, base: Path) -> str | None:
+    """An owner/name that reads as a hub id (no such folder beside the file) while the current
+    folder has one of that name, which the build would have taken: the same file would build
+    another checkpoint, or fail, by where it ran."""
+    if given.startswith((".", "/", "~")) or given.count("/") != 1 or (base / given).exists():
+        return None
+    if not os.path.isdir(given):
+        return None
+    return (
+        f"{given!r} is no folder beside the batch file ({base}), so it reads as a hub id, but the "
+        f"current folder has a folder of that name; write the folder's path from the batch file's "
+        f"folder or in full ({os.path.abspath(given)}), or run where no such folder is"
+    )
+
+
+def check_model_folders(batch: Batch) -> None:
+    """Refuse the batch, before any build, for jobs whose local model folder is missing here:
+    each failed only at its turn, after the jobs before it had run. Left out on Ray, whose
+    driver need not mount the checkpoints (the node probe checks those it sees)."""
+    problems = _Problems(batch.path)
+    for job in batch.jobs:
+        if job.model_missing:
+            problems.add(*job.model_missing)
+    problems.raise_if_any()
 
 
 def _make_job(
@@ -299,10 +320,12 @@ def _make_job(
         return None
     given = values["model"]
     values["model"] = _resolve_model(given, base)
-    unfound = _model_not_found(given, values["model"], base)
-    if unfound:  # the build would find out only when the job's turn came
-        problems.add(entries["model"].line, _with_key(unfound, entries["model"]))
+    ambiguous = _model_ambiguous(given, base)
+    if ambiguous:
+        problems.add(entries["model"].line, _with_key(ambiguous, entries["model"]))
         return None
+    unfound = _model_not_found(given, values["model"])
+    missing = (entries["model"].line, _with_key(unfound, entries["model"])) if unfound else None
     options = BuildOptions(**values)
     options.overwrite = True
     try:  # what no single key shows: combinations such as -p fp32 -e cuda
@@ -342,7 +365,7 @@ def _make_job(
     else:
         relative = default_output(options).name
     options.output = os.path.abspath(output_root / os.path.expanduser(relative))
-    return Job(label, line, options), output_line
+    return Job(label, line, options, model_missing=missing), output_line
 
 
 def _own_output_hint(job: Job, other: Job) -> str:
@@ -355,7 +378,7 @@ def _own_output_hint(job: Job, other: Job) -> str:
     differ = [k for k in differ if not isinstance(a[k], list)]  # a list of patterns makes no name
     if not differ:  # models in folders of the same name
         return "give these jobs their own output: under jobs:, out of the matrix"
-    named = "-".join(f"{{{k}}}" for k in ("model_name", "precision", "ep", *differ) if k != "model")
+    named = "-".join(f"{{{k}}}" for k in dict.fromkeys(("model_name", "precision", "ep", *differ)))
     return f'give the matrix an output: template that names what differs, such as output: "{named}"'
 
 

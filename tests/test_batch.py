@@ -310,17 +310,22 @@ def test_a_missing_model_or_a_taken_output_is_refused_before_any_build(tmp_path,
             output: afile
     """,
     )
-    with pytest.raises(BuilderError) as refused:
-        load_batch(path)
-    assert str(refused.value) == f"{path}:5: jobs[1].model: no folder {tmp_path / 'nope'}\nnothing was built"
-    write(path, path.read_text().replace(f"{tmp_path / 'nope'}", "nope/two/deep"))
-    with pytest.raises(BuilderError) as refused:
-        load_batch(path)
-    assert str(refused.value).splitlines()[0] == (
-        f"{path}:5: jobs[1].model: no folder {tmp_path / 'nope/two/deep'} (nor a hub id: those are owner/name); "
-        "a relative path is read from the batch file's folder, whatever folder the batch runs from"
+    assert batch(path, "--dry-run") == 2
+    assert (
+        capsys.readouterr().err == f"error: {path}:5: jobs[1].model: no folder {tmp_path / 'nope'}\nnothing was built\n"
     )
-    write(path, path.read_text().replace("  - model: nope/two/deep\n", ""))
+    write(path, path.read_text().replace(f"{tmp_path / 'nope'}", "nope/two/deep"))
+    assert batch(path) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"error: {path}:5: jobs[1].model: no folder {tmp_path / 'nope/two/deep'} (nor a hub id: those are "
+        "owner/name); a relative path is read from the batch file's folder, whatever folder the batch runs from"
+    )
+    write(path, path.read_text().replace("nope/two/deep", "~nosuchuser-here/x"))
+    assert batch(path) == 2
+    assert "jobs[1].model: no home folder for '~nosuchuser-here'" in capsys.readouterr().err
+    write(path, path.read_text().replace("  - model: ~nosuchuser-here/x\n", ""))
+    assert batch(path, "--dry-run") == 2  # what a run would refuse, the dry run shows
+    assert "outputs the builds would refuse (nothing was built)" in capsys.readouterr().err
     assert batch(path) == 2
     err = capsys.readouterr().err
     assert "outputs the builds would refuse (nothing was built)" in err
