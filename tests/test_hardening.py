@@ -905,7 +905,9 @@ def test_partial_hub_cache_is_completed_when_online(ckpt, tmp_path, monkeypatch)
     snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
     calls = []
 
-    def fake_snapshot_download(repo_id, allow_patterns=None, local_files_only=False):
+    def fake_snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, local_files_only=False):
+        # Mistral's second copy of the weights (consolidated.safetensors) is never fetched.
+        assert ignore_patterns == ["consolidated*"]
         calls.append(local_files_only)
         if not local_files_only:  # "the hub": copies what the cache lacks
             for path in ckpt.iterdir():
@@ -955,6 +957,7 @@ def test_download_hint_names_the_installed_cli(monkeypatch):
     from builder.kit.checkpoint import hub_download_command
 
     assert hub_download_command("org/m").startswith("hf download org/m --include")
+    assert hub_download_command("org/m").endswith(" --exclude 'consolidated*'")
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.30.2")
     assert hub_download_command("org/m").startswith("huggingface-cli download org/m")
 

@@ -28,6 +28,9 @@ from builder.kit.hf_config import check_config
 SUPPORTED_DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+# Mistral's repositories hold the weights twice: HF shards, and consolidated.safetensors in its
+# own format, which the build never reads (the index, or model.safetensors, names what it reads).
+HUB_SKIP = ["consolidated*"]
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -86,7 +89,8 @@ def hub_download_command(repo_id: str) -> str:
         major, minor = 1, 0
     tool = "hf download" if (major, minor) >= (0, 34) else "huggingface-cli download"
     patterns = " ".join(f"'{p}'" for p in HUB_FILES)
-    return f"{tool} {repo_id} --include {patterns}"
+    skipped = " ".join(f"'{p}'" for p in HUB_SKIP)
+    return f"{tool} {repo_id} --include {patterns} --exclude {skipped}"
 
 
 def missing_files(folder: Path) -> tuple[list[str], list[str]]:
@@ -132,7 +136,9 @@ def _download_from_hub(repo_id: str) -> Path:
     cached = None
     try:
         # The cache first: works offline, and avoids a network round trip when complete.
-        cached = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+        cached = Path(
+            snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=True)
+        )
     except Exception:
         pass
     if cached is not None and not any(missing_files(cached)):
@@ -155,7 +161,7 @@ def _download_from_hub(repo_id: str) -> Path:
             f"network ({command}) or pass a local folder"
         )
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP))
     except Exception as e:
         kind = type(e).__name__
         if "RepositoryNotFound" in kind or "404" in str(e):
