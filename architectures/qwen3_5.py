@@ -128,9 +128,9 @@ class Qwen35Builder(DecoderBuilder):
         )
         if target is not None and not target.supports("linear_attention"):
             raise BuilderError(
-                f"{self.architectures[0]} builds for cpu and webgpu with ONNX Runtime >= 1.31 (webgpu: the "
-                "onnxruntime-ep-webgpu plugin): its CausalConvWithState/LinearAttention/LinearAttentionGate nodes "
-                f"were verified on those kernels only; got -e {target.ep} with ORT {target.version_text}"
+                f"{self.architectures[0]} builds for {target.supported_where('linear_attention')}: its "
+                "CausalConvWithState/LinearAttention/LinearAttentionGate nodes were verified on those kernels "
+                f"only; got -e {target.ep} with {target.runtime}"
             )
         if FULL_ATTENTION in types and (spec.rope.rotary_dim // 2) % 8:
             raise BuilderError(

@@ -200,6 +200,50 @@ def test_default_target_is_the_runtime_inside_transformers_js(built):
         assert result.report["target"]["runtime"].startswith("transformers.js 4.3 (onnxruntime-")
 
 
+def test_another_runtime_is_not_called_the_one_transformers_js_pins(built):
+    """--target-ort 1.27 recorded 'transformers.js 4.3 (onnxruntime-web 1.27)', a pairing that
+    does not exist."""
+    result = built("qwen3", precision="int4", ep="webgpu", format="transformers.js", target_ort="1.27")
+    assert result.report["target"]["runtime"] == "transformers.js with onnxruntime-web 1.27"
+
+
+def test_config_names_the_context_the_graph_holds(built, checkpoint):
+    """The rotary cache ends at --context-length, but config.json kept the checkpoint's 256:
+    a longer generation failed inside onnxruntime instead of being refused by the caller."""
+    short = built("qwen3", precision="int4", format="transformers.js", context_length=64)
+    assert json.loads((short.output / "config.json").read_text())["max_position_embeddings"] == 64
+    hybrid = built("qwen3_5", precision="fp32", format="transformers.js", context_length=64)
+    assert json.loads((hybrid.output / "config.json").read_text())["max_position_embeddings"] == 64
+    original = json.loads((checkpoint("qwen3_5") / "config.json").read_text())
+    assert original["text_config"]["max_position_embeddings"] > 64
+
+
+def test_options_only_genai_config_holds_are_named(built):
+    """--max-length and --intra-op-threads were taken and dropped in silence."""
+    result = built("qwen3", precision="int4", format="transformers.js", max_length=128, intra_op_threads=4)
+    assert (
+        "--max-length 128, --intra-op-threads 4 had no effect on this build: they go into genai_config.json, "
+        "which --format transformers.js does not write"
+    ) in result.report["notes"]
+    plain = BuildOptions(model="x", format="transformers.js")
+    assert {"max_length", "intra_op_threads"} <= set(plain.inert_options())  # batch does not rebuild for them
+    assert not set(BuildOptions(model="x").inert_options()) & {"max_length", "intra_op_threads"}
+
+
+def test_a_hybrid_refused_off_its_kernels_names_this_formats_runtimes(built):
+    """It said 'ONNX Runtime >= 1.31' for transformers.js, whose cpu build targets 1.30."""
+    with pytest.raises(BuilderError) as refused:
+        built("qwen3_5", precision="int4", ep="cuda", format="transformers.js")
+    assert "builds for cpu (onnxruntime-node >= 1.30) and webgpu (onnxruntime-web >= 1.31)" in str(refused.value)
+    assert str(refused.value).endswith("got -e cuda with transformers.js 4.3 (onnxruntime-node 1.30)")
+    with pytest.raises(BuilderError) as refused:
+        built("qwen3_5", precision="int4", ep="webgpu", target_ort="1.27")
+    assert "cpu (onnxruntime >= 1.31) and webgpu (onnxruntime >= 1.31 with the onnxruntime-ep-webgpu plugin)" in str(
+        refused.value
+    )
+    assert str(refused.value).endswith("got -e webgpu with onnxruntime-webgpu 1.27")
+
+
 def test_io_dtype_option(built):
     fp32 = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32")
     model = onnx.load(str(fp32.model_path), load_external_data=False)

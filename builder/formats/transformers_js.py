@@ -103,6 +103,14 @@ class TransformersJsFolder:
                 config["text_config"] = {"layer_types": list(layer_types), **config["text_config"]}
             else:
                 config.setdefault("layer_types", list(layer_types))
+        # The graph's rotary cache ends at the build's context length; transformers.js does not
+        # know it otherwise, and a longer generation fails inside onnxruntime (cos_cache).
+        context = getattr(self.arch, "context_length", None)  # a stand-in arch may not plan one
+        if context:
+            config["max_position_embeddings"] = context
+            text = config.get("text_config")
+            if isinstance(text, dict) and "max_position_embeddings" in text:
+                config["text_config"] = {**text, "max_position_embeddings": context}
         config["transformers.js_config"] = {
             "dtype": self.dtype,
             "use_external_data_format": {self.model_name: len(self.chunks)},

@@ -189,9 +189,9 @@ class BuildOptions:
             "package (its last release is 1.27). Default: the installed runtime for the EP "
             "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
             "onnxruntime-webgpu, onnxruntime-directml), else its newest release known to this "
-            "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js: the "
-            "runtime inside transformers.js 4.3 (cpu/cuda/dml: onnxruntime-node 1.30, webgpu: "
-            "onnxruntime-web 1.31).",
+            "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js it is the "
+            "onnxruntime-web (webgpu) or onnxruntime-node (others) inside your transformers.js; "
+            "default: what transformers.js 4.3 pins (onnxruntime-node 1.30, onnxruntime-web 1.31).",
         ),
     )
     graph_capture: str = field(
@@ -403,15 +403,25 @@ class BuildOptions:
         return dataclasses.asdict(self)
 
     def inert_options(self) -> list[str]:
-        """The quantization options this build cannot use (a float precision stores no blocks,
-        zero points or MatMulNBits), as field names: set or not, they do not change it."""
-        return list(QUANTIZATION_ONLY) if self.precision in ("fp16", "fp32", "bf16") else []
+        """The options this build cannot use, as field names: set or not, they do not change
+        it (a float precision stores no blocks, zero points or MatMulNBits; a transformers.js
+        folder has no genai_config.json)."""
+        inert = list(QUANTIZATION_ONLY) if self.precision in ("fp16", "fp32", "bf16") else []
+        return inert + (list(GENAI_CONFIG_ONLY) if self.format != "genai" else [])
+
+    def genai_config_only_flags(self) -> list[str]:
+        """The options given that only genai_config.json holds, as typed, where the format
+        writes no genai_config.json (they were taken and dropped in silence)."""
+        if self.format == "genai":
+            return []
+        given = [n for n in GENAI_CONFIG_ONLY if getattr(self, n) is not None]
+        return [f"--{n.replace('_', '-')} {getattr(self, n)}" for n in given]
 
     def unused_flags(self) -> list[str]:
         """The inert options given other than their defaults, as the flags a user typed."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         shown = []
-        for name in self.inert_options():
+        for name in (n for n in self.inert_options() if n in QUANTIZATION_ONLY):
             value = getattr(self, name)
             if value != defaults[name]:
                 flag = "--no-symmetric" if name == "symmetric" and not value else f"--{name.replace('_', '-')} {value}"
@@ -421,6 +431,8 @@ class BuildOptions:
 
 # What only int4/int8 builds use (--int8-layers/--float-layers with a float precision are refused).
 QUANTIZATION_ONLY = ("block_size", "symmetric", "accuracy_level")
+# What only genai_config.json holds.
+GENAI_CONFIG_ONLY = ("max_length", "intra_op_threads")
 
 
 def _flag(f: dataclasses.Field) -> str:

@@ -113,6 +113,12 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     unused = options.unused_flags()
     if unused:
         warnings.append(f"-p {options.precision} stores float weights: {', '.join(unused)} had no effect on this build")
+    config_only = options.genai_config_only_flags()
+    if config_only:
+        warnings.append(
+            f"{', '.join(config_only)} had no effect on this build: they go into genai_config.json, "
+            f"which --format {options.format} does not write"
+        )
     context = resolve_context_length(options, spec, target)
     if options.max_length and options.max_length > context:
         raise BuilderError(

@@ -198,7 +198,9 @@ class Target:
         """The runtime package(s) this target means, e.g. for reports and AUTO_LAYOUT."""
         if self.transformers_js:
             package = "onnxruntime-web" if self.ep == "webgpu" else "onnxruntime-node"
-            return f"transformers.js 4.3 ({package} {self.version_text})"
+            if self.ort_version == TRANSFORMERS_JS_ORT[self.ep]:
+                return f"transformers.js 4.3 ({package} {self.version_text})"
+            return f"transformers.js with {package} {self.version_text}"  # not the one 4.3 pins
         if self.ep == "webgpu":
             if self.ort_version <= WEBGPU_LAST_MONOLITHIC:
                 return f"onnxruntime-webgpu {self.version_text}"
@@ -231,9 +233,25 @@ class Target:
         return f"{family}: its MoE/QMoE nodes need {need}; got {self.runtime}; pass --target-ort {version} or newer"
 
     def supports(self, feature: str) -> bool:
-        table = TRANSFORMERS_JS_FEATURES if self.transformers_js and feature in TRANSFORMERS_JS_FEATURES else FEATURES
-        first = table[feature].get(self.ep)
+        first = self._feature_table(feature).get(self.ep)
         return first is not None and self.ort_version >= first
+
+    def supported_where(self, feature: str) -> str:
+        """Where `feature` runs for this kind of target, for a refusal: 'cpu (onnxruntime-node
+        >= 1.30) and webgpu (onnxruntime-web >= 1.31)' for transformers.js."""
+        places = []
+        for ep, (major, minor) in self._feature_table(feature).items():
+            if self.transformers_js:
+                runtime = "onnxruntime-web" if ep == "webgpu" else "onnxruntime-node"
+            else:
+                runtime = "onnxruntime" if ep == "webgpu" else EP_RUNTIMES[ep][0]
+            plugin = " with the onnxruntime-ep-webgpu plugin" if ep == "webgpu" and not self.transformers_js else ""
+            places.append(f"{ep} ({runtime} >= {major}.{minor}{plugin})")
+        return " and ".join(places) if places else "no target"
+
+    def _feature_table(self, feature: str) -> dict[str, tuple[int, int]]:
+        table = TRANSFORMERS_JS_FEATURES if self.transformers_js and feature in TRANSFORMERS_JS_FEATURES else FEATURES
+        return table[feature]
 
     @property
     def version_text(self) -> str:
