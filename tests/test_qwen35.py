@@ -178,7 +178,8 @@ def test_text_moe_genai_type_and_no_vision_note(built):
 
 @pytest.mark.parametrize("ep,target_ort", [("cuda", None), ("webgpu", "1.27")])
 def test_refused_where_the_kernels_are_missing(checkpoint, tmp_path, ep, target_ort):
-    with pytest.raises(BuilderError, match="cpu and webgpu"):
+    where = r"builds for cpu \(onnxruntime >= 1.31\) and webgpu \(onnxruntime >= 1.31 with the onnxruntime-ep-webgpu"
+    with pytest.raises(BuilderError, match=where):
         build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", ep=ep, target_ort=target_ort)
     assert not (tmp_path / "o").exists()
 
