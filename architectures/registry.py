@@ -19,6 +19,16 @@ _plugins_loaded = False
 
 def register(*hf_names: str):
     """Class decorator: make a builder class handle these HF architecture names."""
+    if len(hf_names) == 1 and isinstance(hf_names[0], type):  # @register without its names
+        raise TypeError(
+            f"@register needs the HF architecture names the class builds: "
+            f'@register("MyModelForCausalLM") above class {hf_names[0].__name__}'
+        )
+    if not hf_names or not all(isinstance(n, str) and n for n in hf_names):
+        raise TypeError(
+            f"@register{hf_names!r}: give one or more HF architecture names, as config.json's "
+            'architectures lists them: @register("MyModelForCausalLM")'
+        )
 
     def decorate(cls):
         cls.architectures = tuple(hf_names)
@@ -39,6 +49,10 @@ def load_plugins() -> None:
         try:
             loaded = entry.load()
         except Exception as e:  # a broken plugin must not break the built-in families
+            # What it registered before failing goes too: 'left out' must be true, and a
+            # half-imported module's classes replaced built-ins with no other word.
+            _REGISTRY.clear()
+            _REGISTRY.update(before)
             why = " ".join(str(e).split())
             _warn(
                 f"architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
@@ -46,7 +60,14 @@ def load_plugins() -> None:
             )
             continue
         if isinstance(loaded, type):
-            for name in getattr(loaded, "architectures", ()):
+            # Its own names only: a subclass inherits its parent's, and would take them over.
+            own = loaded.__dict__.get("architectures", ())
+            if not own:
+                _warn(
+                    f"architecture plugin {entry.name!r} ({entry.value}) names no architectures of its "
+                    f'own and is left out; decorate the class with @register("MyModelForCausalLM")'
+                )
+            for name in own:
                 _REGISTRY[name] = loaded
         # A module's @register and a class entry point both replace what was there: one rule
         # for both (a class used to lose in silence, a module to win in silence), said aloud.

@@ -243,6 +243,68 @@ def test_a_plugin_replacing_a_built_in_family_says_so(tmp_path, monkeypatch, cap
     ]
 
 
+def test_a_plugin_that_fails_halfway_is_left_out_whole(tmp_path, monkeypatch, capsys):
+    """What it registered before its import failed stayed registered: the warning said 'left out'
+    while its class replaced Llama's and built the model."""
+    source = """
+    from architectures import LlamaBuilder, register
+
+
+    @register("LlamaForCausalLM", "HalfwayForCausalLM")
+    class Broken(LlamaBuilder):
+        genai_type = "mistral"
+
+
+    import a_module_that_is_not_installed
+    """
+    install_plugin(tmp_path / "site", monkeypatch, source, "halfway = tiny_builder_plugin\n")
+    try:
+        available = registry.registered()
+    finally:
+        sys.modules.pop("tiny_builder_plugin", None)
+    assert available["LlamaForCausalLM"].__module__ == "architectures.llama"
+    assert "HalfwayForCausalLM" not in available
+    assert "failed to load and is left out: ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_a_class_entry_point_takes_only_its_own_names(tmp_path, monkeypatch, capsys):
+    """A subclass without names of its own inherited its parent's, and replaced the parent."""
+    source = """
+    from architectures import LlamaBuilder
+
+
+    class Unnamed(LlamaBuilder):
+        pass
+    """
+    install_plugin(tmp_path / "site", monkeypatch, source, "unnamed = tiny_builder_plugin:Unnamed\n")
+    try:
+        available = registry.registered()
+    finally:
+        sys.modules.pop("tiny_builder_plugin", None)
+    assert available["LlamaForCausalLM"].__module__ == "architectures.llama"
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: architecture plugin 'unnamed' (tiny_builder_plugin:Unnamed) names no architectures of its own "
+        'and is left out; decorate the class with @register("MyModelForCausalLM")'
+    ]
+
+
+@pytest.mark.parametrize("names", [(), ("",), (None,)])
+def test_register_without_names_is_refused(names):
+    with pytest.raises(TypeError, match="give one or more HF architecture names"):
+        registry.register(*names)
+
+
+def test_register_without_parentheses_says_so():
+    """@register alone made the class a function and registered nothing, in silence."""
+    from architectures import LlamaBuilder
+
+    with pytest.raises(TypeError, match=r"@register needs the HF architecture names .*above class Mine"):
+
+        @registry.register
+        class Mine(LlamaBuilder):
+            pass
+
+
 def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpoint, tmp_path, capsys):
     available = registry.registered()
     # A plugin that fails to import is one plain warning line, and the others still load.
@@ -257,6 +319,55 @@ def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpo
     result = build(model=str(ckpt), output=str(tmp_path / "plugin"), precision="fp32", show_progress=False)
     assert result.report["checkpoint"]["architecture"] == "TinyPluginForCausalLM"
     parity(result, ckpt)
+
+
+def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_path):
+    """A family reading a weight under another name built fine, and --verify then compared it
+    with a transformers model holding a random weight there: 'logits differ ... report this'."""
+    from safetensors.numpy import load_file, save_file
+
+    from architectures import LlamaBuilder
+
+    class Renamed(LlamaBuilder):
+        def weight(self, layer, suffix):
+            return "model.final_norm.weight" if suffix == "model.norm.weight" else super().weight(layer, suffix)
+
+    ckpt = tmp_path / "renamed"
+    shutil.copytree(checkpoint("llama"), ckpt)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors["model.final_norm.weight"] = tensors.pop("model.norm.weight")
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    options = dict(model=str(ckpt), precision="fp32", family=Renamed, show_progress=False)
+    assert build(output=str(tmp_path / "plain"), **options).report["nodes"]["total"] > 0
+    with pytest.raises(BuilderError) as refused:
+        build(output=str(tmp_path / "verified"), verify=True, **options)
+    assert str(refused.value).startswith(
+        "--verify: transformers' LlamaForCausalLM found no model.norm.weight in the checkpoint"
+    )
+    assert "prepare_reference()" in str(refused.value) and not (tmp_path / "verified").exists()
+
+
+def test_verify_of_a_model_transformers_does_not_know_is_one_line(checkpoint, tmp_path):
+    from architectures import LlamaBuilder
+
+    ckpt = tmp_path / "unknown"
+    shutil.copytree(checkpoint("llama"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "myllama"}))
+    with pytest.raises(BuilderError, match=r"^--verify: transformers cannot load .*unknown \(.*myllama"):
+        build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, family=LlamaBuilder, show_progress=False)
+
+
+def test_family_by_name_or_refused(checkpoint, tmp_path):
+    """build(family="LlamaForCausalLM") was "TypeError: 'str' object is not callable"."""
+    result = build(
+        model=str(checkpoint("llama")), output=str(tmp_path / "o"), family="LlamaForCausalLM", show_progress=False
+    )
+    assert result.report["checkpoint"]["architecture"] == "LlamaForCausalLM"
+    with pytest.raises(BuilderError, match=r"build\(family=...\): architecture 'NoSuchForCausalLM' is not supported"):
+        build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family="NoSuchForCausalLM")
+    with pytest.raises(BuilderError, match=r"build\(family=3\): pass a builder class"):
+        build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family=3)
 
 
 def test_verify_uses_the_family_it_was_given(checkpoint, tmp_path):
