@@ -47,6 +47,7 @@ MEMORY_NOTE = (
 
 def rebuild_reason(options: BuildOptions) -> str | None:
     """Why this job's output must be (re)built, or None when it is up to date."""
+    from architectures.registry import builder_class_for
     from builder.kit.checkpoint import Checkpoint
     from builder.kit.targets import Target
 
@@ -71,11 +72,21 @@ def rebuild_reason(options: BuildOptions) -> str | None:
     if old_ort != ort:
         return f"target ONNX Runtime {old_ort} -> {ort}"
     try:
-        fingerprint = Checkpoint.open(options.model).fingerprint(options.checkpoint_hash)
+        checkpoint = Checkpoint.open(options.model)
+        fingerprint = checkpoint.fingerprint(options.checkpoint_hash)
     except (BuilderError, OSError):
         return "checkpoint unreadable"  # the build itself says why
-    if fingerprint != (report.get("checkpoint") or {}).get("fingerprint"):
+    recorded = report.get("checkpoint") or {}
+    if fingerprint != recorded.get("fingerprint"):
         return "checkpoint changed"
+    if recorded.get("family"):  # reports from before it was recorded: as they were
+        try:
+            family = builder_class_for(checkpoint.config)
+        except BuilderError:
+            return "architecture unsupported"  # the build itself says why
+        name = f"{family.__module__}.{family.__qualname__}"
+        if name != recorded["family"]:
+            return f"builder family {recorded['family']} -> {name}"
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None

@@ -78,13 +78,25 @@ def peak_rss_bytes() -> int:
 
 
 def build(
-    options: BuildOptions | None = None, *, family: type | None = None, show_progress: bool = True, **option_values
+    options: BuildOptions | None = None,
+    *,
+    family: type | str | None = None,
+    show_progress: bool = True,
+    **option_values,
 ) -> BuildResult:
     """Build one model. Options come as a BuildOptions or as keyword arguments.
 
-    family: a builder class (e.g. a subclass of architectures.Qwen3Builder) to use
-    instead of the one registered for the checkpoint's `architectures`.
+    family: a builder class (e.g. a subclass of architectures.Qwen3Builder), or the HF
+    architecture name one is registered under, to use instead of the one registered for
+    the checkpoint's `architectures`.
     """
+    if isinstance(family, str):
+        family = builder_class_for({"architectures": [family]}, where="build(family=...)")
+    elif family is not None and not isinstance(family, type):
+        raise BuilderError(
+            f"build(family={family!r}): pass a builder class (a subclass of architectures.DecoderBuilder) "
+            "or the HF architecture name it is registered under"
+        )
     options = (options or BuildOptions.from_mapping(option_values, "build()")).validated()
     checkpoint = Checkpoint.open(options.model)
     cls = family or builder_class_for(checkpoint.config, where=str(checkpoint.directory / "config.json"))
@@ -281,6 +293,8 @@ def make_report(
             "path": str(arch.checkpoint.directory),
             "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),
             "architecture": plan.architecture,
+            # The class that built it: a plugin can replace a built-in family (batch rebuilds then).
+            "family": f"{type(arch).__module__}.{type(arch).__qualname__}",
         },
         "model": {
             "layers": spec.num_layers,

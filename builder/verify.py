@@ -80,7 +80,26 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     from builder.kit.selection import format_for
 
     transformers_logging.disable_progress_bar()  # its bars garble progress lines and batch logs
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir), dtype=torch.float32)
+    try:
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            str(checkpoint_dir), dtype=torch.float32, output_loading_info=True
+        )
+    except (ValueError, KeyError, OSError, ImportError) as e:  # a model_type transformers does not know
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BuilderError(
+            f"--verify: transformers cannot load {checkpoint_dir} ({first}); verify compares the "
+            "graph with transformers, so it needs a model transformers knows: drop --verify"
+        ) from None
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        # Those weights would be random in the reference: a family that reads them under other
+        # names (a subclass's weight()) was blamed as a wrong graph.
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise BuilderError(
+            f"--verify: transformers' {type(model).__name__} found no {shown} in the checkpoint, so its "
+            "reference would hold random weights there; if the builder family reads them under other "
+            "names, load them in its prepare_reference() (architectures/base.py), or drop --verify"
+        )
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     with torch.no_grad():

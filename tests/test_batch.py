@@ -497,6 +497,29 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     assert leftovers(tmp_path / "out") == []
 
 
+def test_another_family_for_the_architecture_rebuilds(tmp_path, monkeypatch):
+    """A plugin replacing the built-in family (or removed again) left outputs 'up to date' that
+    the family now registered would build otherwise."""
+    from architectures import Qwen3Builder, registry
+    from builder.batch import rebuild_reason
+
+    path = write(tmp_path / "f.yaml", ONE_JOB)
+    assert batch(path) == 0
+    options = load_batch(path).jobs[0].options
+    report = json.loads((tmp_path / "out" / "a" / "build_report.json").read_text())
+    assert report["checkpoint"]["family"] == "architectures.qwen3.Qwen3Builder"
+    assert rebuild_reason(options) is None
+
+    class PluginQwen3(Qwen3Builder):
+        pass
+
+    monkeypatch.setattr(registry, "_REGISTRY", {**registry.registered(), "Qwen3ForCausalLM": PluginQwen3})
+    assert rebuild_reason(options) == (
+        "builder family architectures.qwen3.Qwen3Builder -> "
+        "test_batch.test_another_family_for_the_architecture_rebuilds.<locals>.PluginQwen3"
+    )
+
+
 # ---- the fingerprint sees content -------------------------------------------------------
 
 
