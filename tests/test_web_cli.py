@@ -1,15 +1,20 @@
 """examples/web/generate.mjs on the mistakes a user makes: usage for --help (exit 0) and for
 no argument (exit 2); otherwise one `error: ` line naming the folder and what it needs, exit 2.
 
-Node runs the script as in tests/test_transformers_js.py; the refusals before the model
-loads need no npm packages, the damaged-folder case needs @huggingface/transformers in
-examples/web/node_modules (scripts/setup.sh installs it).
+Node runs the script as in tests/test_transformers_js.py; the refusals of options and folders
+need no npm packages, the tests on a built folder (fixtures q4 and short) need
+@huggingface/transformers in examples/web/node_modules (scripts/setup.sh installs it). Those
+check that stderr is the `error: ` line alone: no tensors that transformers.js logs before it
+rethrows, no ONNX Runtime log, no advice to rebuild a folder that a rebuild would not change.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +42,33 @@ def assert_refused(child: subprocess.CompletedProcess, *names: str) -> str:
     for name in names:
         assert name in last, child.stderr
     return last
+
+
+def assert_one_line(child: subprocess.CompletedProcess, *names: str) -> str:
+    """assert_refused, and stderr is that one line: no tensor dump, no ONNX Runtime log, no stdout."""
+    line = assert_refused(child, *names)
+    assert child.stderr == line + "\n", child.stderr
+    assert child.stdout == "", child.stdout
+    return line
+
+
+def needs_transformers_js() -> None:
+    if not (WEB / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
+        pytest.fail(f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh`")
+
+
+@pytest.fixture(scope="module")
+def q4(built) -> Path:
+    """The q4 folder (-p int4 --io-dtype fp32) that tests/test_transformers_js.py also builds."""
+    needs_transformers_js()
+    return built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js").output
+
+
+@pytest.fixture(scope="module")
+def short(built) -> Path:
+    """A q4 folder built with --context-length 16."""
+    needs_transformers_js()
+    return built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js", context_length=16).output
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -76,27 +108,111 @@ def test_folder_of_something_else_says_what_it_needs(tmp_path):
         (["--prompt"], ["--prompt needs a value"]),
         (["--bogus"], ["--bogus"]),
         (["--min-new-tokens", "20", "--max-new-tokens", "4"], ["--min-new-tokens 20 is more than --max-new-tokens 4"]),
+        (["--prompt", ""], ["--prompt '' is empty", "--ids 1,2,3"]),
     ],
 )
 def test_bad_options_are_named(tmp_path, args, names):
     assert_refused(node(tmp_path, *args), *names)
 
 
-def test_damaged_transformers_js_folder_names_the_file_and_the_rebuild(built, tmp_path):
-    if not (WEB / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
-        pytest.fail(f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh`")
-    source = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js").output
-    folder = Path(shutil.copytree(source, tmp_path / "tjs"))
+def test_damaged_transformers_js_folder_names_the_file_and_the_rebuild(q4, tmp_path):
+    folder = Path(shutil.copytree(q4, tmp_path / "tjs"))
     for data in (folder / "onnx").glob("*.onnx_data*"):
         data.unlink()
-    line = assert_refused(node(folder, "--max-new-tokens", "2"), str(folder), "onnx_data", "python -m builder -m ")
+    line = assert_one_line(node(folder, "--max-new-tokens", "2"), str(folder), "onnx_data", "python -m builder -m ")
     assert f"{BUILD} -o {folder} --overwrite" in line
 
 
-def test_a_dtype_the_folder_lacks_says_what_it_holds(built):
-    """--dtype q4f16 on a q4 folder suggested the rebuild that made the q4 folder."""
-    if not (WEB / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
-        pytest.fail(f"{WEB}/node_modules lacks @huggingface/transformers: run `bash scripts/setup.sh`")
-    folder = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js").output
-    line = assert_refused(node(folder, "--dtype", "q4f16", "--max-new-tokens", "2"), str(folder), "it holds q4 weights")
+def test_a_dtype_the_folder_lacks_says_what_it_holds_and_how_to_build_it(q4):
+    """--dtype q4f16 on a q4 folder suggested the rebuild that made the q4 folder, then 'build the q4f16
+    weights into another folder' without saying how."""
+    line = assert_one_line(node(q4, "--dtype", "q4f16"), str(q4), "--dtype q4f16", "it holds q4 weights")
+    assert "onnx/model_q4f16.onnx" in line
+    assert "-p int4 -e webgpu" in line and "-p int4 --io-dtype fp16" in line and f"{BUILD} -o OTHER_DIR" in line
     assert "--overwrite" not in line
+
+
+@pytest.mark.parametrize(
+    "options, dtype", [({"ep": "webgpu"}, "q4f16"), ({"io_dtype": "fp16"}, "q4f16"), ({"io_dtype": "fp32"}, "q4")]
+)
+def test_the_build_options_named_for_a_dtype_make_it(built, options, dtype):
+    """What the refusal above tells to build gives the dtype it names (-p int4 for both)."""
+    folder = built("qwen3", precision="int4", format="transformers.js", **options).output
+    assert (folder / "onnx" / f"model_{dtype}.onnx").is_file()
+    assert json.loads((folder / "config.json").read_text())["transformers.js_config"]["dtype"] == dtype
+
+
+def test_a_dtype_transformers_js_files_never_have_is_listed(q4):
+    """--dtype bogus answered 'build the bogus weights into another folder'."""
+    line = assert_one_line(
+        node(q4, "--dtype", "bogus"), "--dtype bogus", "fp32, fp16, q4, q4f16 or int8", f"{q4} holds q4 weights"
+    )
+    assert "build the bogus" not in line and "rebuild" not in line
+
+
+def test_wasm_is_a_browser_device(q4):
+    """--device wasm said a file of the folder is missing or damaged and advised a rebuild."""
+    line = assert_one_line(
+        node(q4, "--device", "wasm"), "--device wasm", "browser device", f"python examples/web/serve.py {q4}"
+    )
+    assert "--device cpu" in line and "rebuild" not in line and "damaged" not in line
+
+
+def test_an_unknown_device_lists_the_node_ones(q4):
+    line = assert_one_line(node(q4, "--device", "tpu"), "--device tpu", "transformers.js in Node")
+    assert line.endswith(" or cpu") and "webgpu" in line and "rebuild" not in line
+
+
+def test_cuda_without_its_libraries_says_how_to_install_them(q4):
+    """npm install --ignore-scripts (scripts/setup.sh) leaves out onnxruntime-node's CUDA EP."""
+    libs = WEB / "node_modules" / "onnxruntime-node" / "bin" / "napi-v6" / "linux" / "x64"
+    if (
+        sys.platform != "linux"
+        or platform.machine() != "x86_64"
+        or (libs / "libonnxruntime_providers_cuda.so").exists()
+    ):
+        pytest.skip("onnxruntime-node has its CUDA libraries here, or no CUDA EP on this platform")
+    line = assert_one_line(node(q4, "--device", "cuda"), "--device cuda", "CUDA libraries", "--ignore-scripts")
+    assert "--device cpu" in line and "rebuild" not in line
+
+
+def test_an_id_past_the_vocabulary_is_refused_up_front(q4):
+    """--ids 99999 failed in GatherBlockQuantized with ~40 lines of tensors and a rebuild advice."""
+    vocab = json.loads((q4 / "config.json").read_text())["vocab_size"]
+    line = assert_one_line(
+        node(q4, "--ids", f"1,{vocab}"), f"--ids has token id {vocab}", f"vocab_size {vocab} in config.json"
+    )
+    assert f"pass ids from 0 to {vocab - 1}" in line and "rebuild" not in line
+    assert_one_line(node(q4, "--ids", "99999"), "token id 99999")
+
+
+def test_max_new_tokens_past_the_context_is_refused_up_front(short):
+    """--max-new-tokens past max_position_embeddings ran until GroupQueryAttention failed on its cos_cache,
+    after ~300 lines of tensors, then advised a rebuild."""
+    assert json.loads((short / "config.json").read_text())["max_position_embeddings"] == 16
+    line = assert_one_line(
+        node(short, "--ids", "1,2,3", "--max-new-tokens", "14"),
+        "--max-new-tokens 14 does not fit",
+        str(short),
+        "16",
+        "--ids takes 3 tokens",
+        "pass --max-new-tokens 13 or less",
+    )
+    assert "rebuild" not in line
+    assert_one_line(node(short, "--prompt", "Hello", "--max-new-tokens", "100"), "--prompt takes ", "or less")
+    assert_one_line(node(short, "--ids", ",".join(["1"] * 16)), "--ids takes 16 tokens", "no room", "shorter --ids")
+    child = node(short, "--ids", "1,2,3", "--max-new-tokens", "13", "--min-new-tokens", "13")  # the most that fits
+    assert child.returncode == 0, child.stderr
+    assert len(json.loads(child.stdout)["tokens"]) == 16
+
+
+def test_a_failure_while_generating_is_one_line(short, tmp_path):
+    """transformers.js logs every input tensor (console.error) and ONNX Runtime its own error line before
+    the exception: both stay off stderr, which is the one `error:` line."""
+    folder = Path(shutil.copytree(short, tmp_path / "claims-more"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    (folder / "build_report.json").unlink()  # its context_length (16) would refuse up front
+    child = node(folder, "--ids", "1,2,3", "--max-new-tokens", "20", "--min-new-tokens", "20")
+    assert_one_line(child, str(folder), "does not run in transformers.js", "cos_cache", "--max-new-tokens")
+    assert "Inputs given to model" not in child.stderr and "[E:onnxruntime" not in child.stderr

@@ -6,9 +6,12 @@
 //
 // --dtype defaults to the one in the folder's config.json (transformers.js_config.dtype).
 // The tests pass --ids and --min-new-tokens so that a random model cannot stop early.
-// A mistake (no folder, a folder that is not a transformers.js build, a bad option) is one
-// `error: ` line on stderr and exit 2.
+// A mistake (no folder, a folder that is not a transformers.js build, a bad option, a prompt
+// that does not fit the build's context, a dtype the folder lacks, a browser-only device) is one
+// `error: ` line on stderr and exit 2; so is a failure inside transformers.js, whose own logging
+// (ONNX Runtime's error lines, the tensors given to the model) is held back while it loads and runs.
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 
 const USAGE = `usage: node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --ids 1,2,3] [--max-new-tokens N]
@@ -21,10 +24,24 @@ with python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR. Prints
   --ids 1,2,3           token ids to continue, in place of --prompt
   --max-new-tokens N    new tokens at most (default: 16)
   --min-new-tokens N    new tokens at least (default: 0)
-  --dtype DTYPE         weights to load (default: transformers.js_config.dtype of config.json)
-  --device DEVICE       transformers.js device (default: cpu)`;
+  --dtype DTYPE         weights to load: fp32, fp16, q4, q4f16 or int8, a file the folder holds
+                        (default: transformers.js_config.dtype of config.json)
+  --device DEVICE       transformers.js device in Node: cpu, webgpu, or cuda where onnxruntime-node
+                        has its CUDA libraries (default: cpu); wasm is the browser's (serve.py)`;
 
 const BUILD = 'python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR';
+
+// The dtypes python -m builder writes (builder/formats/transformers_js.py DTYPES): their file
+// suffix (transformers.js DEFAULT_DTYPE_SUFFIX_MAPPING) and the build options that make them.
+const DTYPES = {
+    fp32: { suffix: '', build: '-p fp32' },
+    fp16: { suffix: '_fp16', build: '-p fp16' },
+    q4: { suffix: '_q4', build: '-p int4 --io-dtype fp32' },
+    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu (or -p int4 --io-dtype fp16)' },
+    int8: { suffix: '_int8', build: '-p int8 --io-dtype fp32' },
+};
+// transformers.js devices of onnxruntime-web, which Node does not have.
+const BROWSER_DEVICES = ['wasm', 'webnn', 'webnn-npu', 'webnn-gpu', 'webnn-cpu'];
 
 class UsageError extends Error {}
 
@@ -35,6 +52,10 @@ function fail(message) {
 
 function firstLine(error) {
     return String(error?.message ?? error).trim().split('\n')[0];
+}
+
+function list(items, last = 'or') {
+    return items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} ${last} ${items.at(-1)}`;
 }
 
 function count(option, text, least) {
@@ -53,7 +74,10 @@ function parse(argv) {
             if (i + 1 >= argv.length) throw new UsageError(`${a} needs a value; see --help`);
             return argv[++i];
         };
-        if (a === '--prompt') args.prompt = next();
+        if (a === '--prompt') {
+            args.prompt = next();
+            if (!args.prompt) throw new UsageError("--prompt '' is empty: pass the text to continue, e.g. --prompt Hello, or --ids 1,2,3");
+        }
         else if (a === '--ids') {
             const text = next();
             if (!/^\d+(,\d+)*$/.test(text)) throw new UsageError(`--ids ${text} is not a comma-separated list of token ids, e.g. --ids 1,2,3`);
@@ -74,21 +98,25 @@ function parse(argv) {
     return args;
 }
 
+/** The folder's build_report.json, or {} without one. */
+function report(folder) {
+    try {
+        return JSON.parse(fs.readFileSync(path.join(folder, 'build_report.json'), 'utf8')) ?? {};
+    } catch {
+        return {};
+    }
+}
+
 /** The command that rebuilds `folder`: its checkpoint, precision and EP from build_report.json. */
 function rebuild(shown, folder) {
-    let options = {};
-    try {
-        options = JSON.parse(fs.readFileSync(path.join(folder, 'build_report.json'), 'utf8')).options ?? {};
-    } catch {
-        // no report: the placeholder command below
-    }
+    const options = report(folder).options ?? {};
     const model = options.model ?? 'CHECKPOINT';
     const more = options.model ? ` -p ${options.precision} -e ${options.ep}` : '';
     const others = options.model ? ' (build_report.json lists its other options)' : '';
     return `rebuild it with python -m builder -m ${model}${more} --format transformers.js -o ${shown} --overwrite${others}`;
 }
 
-/** Refuses a folder that transformers.js cannot load as a --format transformers.js build. */
+/** Refuses a folder that transformers.js cannot load as a --format transformers.js build; returns its config.json. */
 function checkFolder(shown, folder) {
     if (!fs.existsSync(folder)) fail(`${shown} does not exist; pass a folder built with ${BUILD}`);
     if (!fs.statSync(folder).isDirectory()) fail(`${shown} is not a folder; pass a folder built with ${BUILD}`);
@@ -101,13 +129,110 @@ function checkFolder(shown, folder) {
             fail(`${path.join(shown, 'config.json')} is not valid JSON (${firstLine(e)}); ${rebuild(shown, folder)}`);
         }
     }
-    if (config && typeof config === 'object' && config['transformers.js_config']) return config['transformers.js_config'];
+    if (config && typeof config === 'object' && config['transformers.js_config']) return config;
     if (fs.existsSync(path.join(folder, 'genai_config.json'))) {
         fail(`${shown} is an onnxruntime-genai folder, not a transformers.js one: run it with python scripts/generate.py ${shown}, `
             + `or build one for this script with ${BUILD}`);
     }
     fail(`${shown} is not a transformers.js folder (no config.json with a "transformers.js_config" entry); `
         + `pass a folder built with ${BUILD}`);
+}
+
+/** A number of the text model's config (text_config for multimodal checkpoints such as Qwen3.5). */
+function textConfig(config, key) {
+    const value = config.text_config?.[key] ?? config[key];
+    return Number.isInteger(value) && value > 0 ? value : null;
+}
+
+/** Refuses a --dtype that is not a builder dtype, or whose weights the folder lacks. */
+function checkDtype(shown, folder, dtype) {
+    if (dtype === undefined) return;
+    const holds = Object.keys(DTYPES).filter((d) => fs.existsSync(path.join(folder, 'onnx', `model${DTYPES[d].suffix}.onnx`)));
+    const held = holds.length ? `${shown} holds ${list(holds, 'and')} weights` : `${shown} holds no onnx/model*.onnx`;
+    if (!Object.hasOwn(DTYPES, dtype)) {
+        fail(`--dtype ${dtype} is not one of ${list(Object.keys(DTYPES))}, the dtypes python -m builder writes; `
+            + `${held}: drop --dtype, or pass one of those`);
+    }
+    if (holds.includes(dtype) || !holds.length) return;  // no weights at all: the load names the missing file
+    const model = report(folder).options?.model ?? 'CHECKPOINT';
+    fail(`${shown} has no ${dtype} weights (onnx/model${DTYPES[dtype].suffix}.onnx) for --dtype ${dtype}: it holds `
+        + `${list(holds, 'and')} weights; drop --dtype, or build the ${dtype} weights into another folder with `
+        + `python -m builder -m ${model} ${DTYPES[dtype].build} --format transformers.js -o OTHER_DIR`);
+}
+
+/** Refuses token ids the embedding has no row for. */
+function checkIds(shown, config, ids) {
+    const vocab = textConfig(config, 'vocab_size');
+    const bad = vocab === null ? undefined : ids.find((t) => t >= vocab);
+    if (bad !== undefined) {
+        fail(`--ids has token id ${bad}, past the vocabulary of ${shown} (vocab_size ${vocab} in config.json): `
+            + `pass ids from 0 to ${vocab - 1}`);
+    }
+}
+
+/** Refuses a generation longer than the build's context, as scripts/generate.py does. */
+function checkContext(shown, folder, config, args, promptTokens) {
+    // config.json's max_position_embeddings is the build's --context-length; a folder built before the
+    // builder wrote it there has the checkpoint's, and build_report.json the build's.
+    let context = textConfig(config, 'max_position_embeddings');
+    let [key, file] = ['max_position_embeddings', 'config.json'];
+    const built = report(folder).model?.context_length;
+    if (Number.isInteger(built) && built > 0 && (context === null || built < context)) {
+        context = built;
+        [key, file] = ['context_length', 'build_report.json'];
+    }
+    if (context === null || promptTokens + args.max_new_tokens <= context) return;
+    const given = args.ids ? '--ids' : '--prompt';
+    const room = context - promptTokens;
+    if (room < 1) {
+        fail(`${given} takes ${promptTokens} tokens, and ${shown} has ${key} ${context} in ${file} (the build's --context-length), `
+            + `which leaves no room for new tokens; pass a shorter ${given}, or rebuild with a larger --context-length`);
+    }
+    fail(`--max-new-tokens ${args.max_new_tokens} does not fit: ${shown} has ${key} ${context} in ${file} `
+        + `(the build's --context-length) and ${given} takes ${promptTokens} tokens, so pass --max-new-tokens ${room} or less`);
+}
+
+/** Refuses a --device that onnxruntime-node lacks here, before transformers.js fails on it. */
+function checkDevice(shown, device, supported) {
+    const node = supported.length ? supported : ['cpu'];
+    if (BROWSER_DEVICES.includes(device)) {
+        fail(`--device ${device} is a browser device (onnxruntime-web), which transformers.js in Node lacks: pass --device `
+            + `${list(node)}, or run the folder in the browser with python examples/web/serve.py ${shown}`);
+    }
+    if (!node.includes(device)) fail(`--device ${device} is not a device of transformers.js in Node: pass ${list(node)}`);
+    if (device !== 'cuda') return;
+    let bin = null;
+    try {
+        const ort = path.dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+        bin = path.join(ort, 'bin', 'napi-v6', process.platform, process.arch);
+    } catch {
+        return;  // transformers.js names what it lacks
+    }
+    if (!fs.existsSync(path.join(bin, `libonnxruntime_providers_cuda.so`))) {
+        fail(`--device cuda needs onnxruntime-node's CUDA libraries, which are not in ${bin} (npm install --ignore-scripts, `
+            + 'as scripts/setup.sh runs it, leaves them out): pass --device cpu, or run npm install in examples/web without --ignore-scripts');
+    }
+}
+
+/**
+ * Runs `work` with console.error/console.warn held back and ONNX Runtime's own log off: transformers.js
+ * logs every input tensor before it rethrows a failed run, and ONNX Runtime prints its error lines,
+ * hundreds of lines for one error that the caller reports on one line. What was held is printed
+ * when `work` succeeds, and dropped when it throws.
+ */
+async function quietly(work) {
+    const saved = { error: console.error, warn: console.warn };
+    const held = [];
+    console.error = (...a) => held.push(['error', a]);
+    console.warn = (...a) => held.push(['warn', a]);
+    let result;
+    try {
+        result = await work();
+    } finally {
+        Object.assign(console, saved);
+    }
+    for (const [level, a] of held) console[level](...a);
+    return result;
 }
 
 let args;
@@ -127,7 +252,10 @@ try {
     fail(e.message);
 }
 const folder = path.resolve(args.folder);
-const built = checkFolder(args.folder, folder);
+const config = checkFolder(args.folder, folder);
+checkDtype(args.folder, folder, args.dtype);
+if (BROWSER_DEVICES.includes(args.device)) checkDevice(args.folder, args.device, []);
+if (args.ids) checkIds(args.folder, config, args.ids);
 
 let transformers;
 try {
@@ -137,36 +265,45 @@ try {
     fail(`@huggingface/transformers is not installed: run npm install --ignore-scripts in ${path.dirname(new URL(import.meta.url).pathname)} `
         + '(or bash scripts/setup.sh)');
 }
-const { AutoModelForCausalLM, AutoTokenizer, Tensor, env } = transformers;
+const { AutoModelForCausalLM, AutoTokenizer, LogLevel, Tensor, env } = transformers;
+checkDevice(args.folder, args.device, env.backends.onnx?.getSupportedDevices?.() ?? []);
 
 // A local folder only: never the hub.
 env.allowRemoteModels = false;
 env.localModelPath = path.dirname(folder) + path.sep;
 const id = path.basename(folder);
+// ONNX Runtime's log off (its errors come back as the exceptions reported below): the process-wide
+// logger, set before the first session, and each session's.
+env.backends.onnx?.setLogLevel?.(LogLevel?.NONE ?? 50);
+const session_options = { logSeverityLevel: 4 };
 
 let tokenizer, model;
 try {
-    tokenizer = await AutoTokenizer.from_pretrained(id);
-    model = await AutoModelForCausalLM.from_pretrained(id, { dtype: args.dtype, device: args.device });
+    tokenizer = await quietly(() => AutoTokenizer.from_pretrained(id));
+    model = await quietly(() => AutoModelForCausalLM.from_pretrained(id, { dtype: args.dtype, device: args.device, session_options }));
 } catch (e) {
-    if (args.dtype && built.dtype && args.dtype !== built.dtype) {  // rebuilding as it was would not help
-        fail(`${args.folder} does not load in transformers.js with --dtype ${args.dtype} (${firstLine(e)}): it holds `
-            + `${built.dtype} weights; drop --dtype, or build the ${args.dtype} weights into another folder`);
-    }
-    fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged, `
-        + `or --device asks for what it lacks; ${rebuild(args.folder, folder)}`);
+    const device = args.device === 'cpu' ? '' : `, or --device ${args.device} does not run here (try --device cpu)`;
+    fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged${device}; `
+        + rebuild(args.folder, folder));
 }
-let ids, tokens;
+const ids = args.ids ?? Array.from(tokenizer.encode(args.prompt));
+if (ids.length === 0) fail(`--prompt ${JSON.stringify(args.prompt)} encodes to no tokens: pass text that does, or --ids 1,2,3`);
+checkContext(args.folder, folder, config, args, ids.length);
+let tokens;
 try {
-    ids = args.ids ?? Array.from(tokenizer.encode(args.prompt));
     const input_ids = new Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
     const attention_mask = new Tensor('int64', new BigInt64Array(ids.length).fill(1n), [1, ids.length]);
-    const output = await model.generate({
+    const output = await quietly(() => model.generate({
         input_ids, attention_mask, do_sample: false,
         max_new_tokens: args.max_new_tokens, min_new_tokens: args.min_new_tokens,
-    });
+    }));
     tokens = Array.from(output.data, Number);
 } catch (e) {
+    if (/cos_cache/.test(firstLine(e))) {  // a config.json that claims more context than the graph has
+        fail(`${args.folder} does not run in transformers.js (${firstLine(e)}): ${ids.length} + ${args.max_new_tokens} tokens `
+            + `are past the context its graph was built for, which config.json's max_position_embeddings does not say; `
+            + `pass a smaller --max-new-tokens, or ${rebuild(args.folder, folder)}`);
+    }
     fail(`${args.folder} does not run in transformers.js (${firstLine(e)}); `
         + rebuild(args.folder, folder));
 }
