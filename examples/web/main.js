@@ -1,11 +1,14 @@
 // Loads a folder built with `--format transformers.js` from /models/NAME/ and
 // streams greedy text. Query parameters:
-//   model=NAME          the folder (serve.py serves each OUT_DIR as /models/<its name>/)
+//   model=NAME          the folder (serve.py serves each OUT_DIR as /models/<its name>/, lists them at /models.json)
 //   device=webgpu|wasm  default webgpu when the browser has it, else wasm
 //   dtype=q4|q4f16|...  default: the one in the folder's config.json
 //   prompt=TEXT or ids=1,2,3, max_new_tokens=N, min_new_tokens=N
 //   autorun=1           generate at once; report=1 also POSTs the result to /result
 //   verbose=1           ONNX Runtime's verbose log (which EP runs each node) goes into the result
+// A mistake (in the address, or a folder that cannot run here) shows as one `error: ` line in the
+// status line, naming the bad input and what to do; report=1 POSTs it as {error}. The stack, if any,
+// goes to the console (and the report's logs).
 import {
     AutoModelForCausalLM, AutoTokenizer, Tensor, TextStreamer, env,
 } from '/node_modules/@huggingface/transformers/dist/transformers.js';
@@ -33,6 +36,75 @@ env.backends.onnx.wasm.wasmPaths = {
 const verbose = params.get('verbose') === '1';
 if (verbose) env.backends.onnx.logLevel = 'verbose';
 
+const BUILD = 'python -m builder -m CHECKPOINT --format transformers.js -o OUT';
+const DEVICES = ['webgpu', 'wasm'];
+const F16_DTYPES = ['fp16', 'q4f16', 'q2f16', 'q1f16'];  // fp16 activations: WebGPU needs shader-f16
+
+/** A mistake the page explains in full: its message is the one line the user sees. */
+class PageError extends Error {}
+
+/** A query parameter, null when absent or empty. */
+function param(key) {
+    const value = params.get(key);
+    return value === null || value.trim() === '' ? null : value.trim();
+}
+
+function firstLine(error) {
+    return String(error?.message ?? error).trim().split('\n')[0];
+}
+
+/** A whole-number query parameter of `least` or more; `fallback` when absent. */
+function count(key, least, fallback) {
+    const text = param(key);
+    if (text === null) return fallback;
+    if (!/^\d+$/.test(text) || Number(text) < least) {
+        throw new PageError(`${key}=${text} is not a whole number of ${least} or more: fix it in the address, e.g. ${key}=${Math.max(least, 16)}`);
+    }
+    return Number(text);
+}
+
+/** The query parameters that need no model, checked before anything loads. */
+function readParams() {
+    const device = param('device');
+    if (device !== null && !DEVICES.includes(device)) {
+        throw new PageError(`device=${device} is not a device of this page: pass device=webgpu or device=wasm, or leave it out (webgpu when the browser has it)`);
+    }
+    let ids = null;
+    const text = param('ids');
+    if (text !== null) {
+        if (!/^\d+(,\d+)*$/.test(text)) {
+            throw new PageError(`ids=${text} is not a comma-separated list of token ids: fix it in the address, e.g. ids=1,2,3, or pass prompt=TEXT instead`);
+        }
+        ids = text.split(',').map(Number);
+    }
+    const max_new_tokens = count('max_new_tokens', 1, 64);
+    const min_new_tokens = count('min_new_tokens', 0, 0);
+    if (min_new_tokens > max_new_tokens) {
+        throw new PageError(`min_new_tokens=${min_new_tokens} is more than max_new_tokens=${max_new_tokens}: lower it or raise max_new_tokens`);
+    }
+    return { device, ids, max_new_tokens, min_new_tokens, dtype: param('dtype') };
+}
+
+async function fetchJSON(url) {
+    try {
+        const response = await fetch(url);
+        return response.ok ? await response.json() : null;
+    } catch {
+        return null;
+    }
+}
+
+/** serve.py's /models.json: {NAME: {folder, dtype, dtypes, files}}; null from another server. */
+async function servedModels() {
+    const listing = await fetchJSON('/models.json');
+    return listing?.models ?? null;
+}
+
+function servedNames(served) {
+    const names = Object.keys(served ?? {});
+    return names.length ? `served: ${names.join(', ')} (e.g. ?model=${encodeURIComponent(names[0])})` : 'serve.py serves none';
+}
+
 async function adapterInfo() {
     if (!navigator.gpu) return null;
     const adapter = await navigator.gpu.requestAdapter();
@@ -44,26 +116,152 @@ async function adapterInfo() {
     };
 }
 
-async function main() {
-    const name = params.get('model');
-    if (!name) throw new Error('add ?model=NAME to the address (NAME: a folder that serve.py serves)');
+/** The builder command that makes `model` again, as build_report.json says it was built, with `change`. */
+function rebuild(model, change = {}) {
+    const o = model.report?.options ?? {};
+    const parts = ['python -m builder -m', o.model ?? 'CHECKPOINT'];
+    if (o.precision) parts.push('-p', o.precision);
+    if (o.ep) parts.push('-e', o.ep);
+    const io = change.io_dtype ?? (o.io_dtype && o.io_dtype !== 'auto' ? o.io_dtype : null);
+    if (io) parts.push('--io-dtype', io);
+    if (o.int8_layers?.length) parts.push('--int8-layers', o.int8_layers.join(','));
+    const float = [...new Set([...(o.float_layers ?? []), ...(change.float_layers ?? [])])];
+    if (float.length) parts.push('--float-layers', float.join(','));
+    parts.push('--format transformers.js -o', model.folder ?? o.output ?? 'OUT', '--overwrite');
+    return parts.join(' ') + (o.model ? ' (build_report.json lists its other options)' : '');
+}
+
+/** Why the folder failed to load or run on `device`, as one line with what to do. */
+function explain(error, { model, device, fellBack, adapter }) {
+    const message = firstLine(error);
+    const { name } = model;
+    if (error instanceof PageError) return message;
+    if (device === 'wasm' && /GatherBlockQuantized/.test(message)) {
+        const why = fellBack ? 'the page runs on wasm because this browser has no WebGPU; ' : '';
+        const or = adapter ? 'or leave device=wasm out to run on WebGPU' : 'or open the page in a browser with WebGPU';
+        return `${name} does not load on wasm: onnxruntime-web's CPU build has no GatherBlockQuantized kernel for its int4 embedding; `
+            + `${why}rebuild it with a float embedding, --float-layers model.embed_tokens: ${rebuild(model, { float_layers: ['model.embed_tokens'] })}, ${or}`;
+    }
+    if (/requires f16 but the device does not support it|does not support fp16/.test(message)) {
+        return f16Message(model, adapter);
+    }
+    if (error?.name === 'ModelFileNotFoundError' || /file was not found locally/.test(message)) {
+        const file = /"([^"]+)"/.exec(message)?.[1] ?? 'a file';
+        const configured = model.config['transformers.js_config']?.dtype;
+        if (model.dtype !== configured && typeof configured === 'string' && /\/onnx\/model/.test(file)) {
+            return dtypeMessage(model, [configured], file);  // the dtype= asked for weights the folder lacks
+        }
+        return `${name} does not load: ${file} is missing; rebuild it with ${rebuild(model)}`;
+    }
+    if (/cos_cache dimension 0 shall not be less than total_sequence_length/.test(message)) {
+        return `${name} ran past its context (${message}): lower max_new_tokens or shorten the prompt`;
+    }
+    return `${name} does not run in transformers.js on ${device} (${message}): a file of it may be missing or damaged; rebuild it with ${rebuild(model)}`;
+}
+
+function f16Message(model, adapter) {
+    const gpu = adapter ? ` (${adapter.vendor} ${adapter.architecture})` : '';
+    const what = model.requested ? `dtype=${model.requested} runs` : `${model.name} holds ${model.dtype} weights, which run`;
+    const other = (model.held ?? []).find((d) => !F16_DTYPES.includes(d));
+    const fix = model.requested && other
+        ? `pass dtype=${other} (${model.name} holds it too)`
+        : `rebuild it with fp32 activations, --io-dtype fp32: ${rebuild(model, { io_dtype: 'fp32' })}`;
+    return `${what} fp16 activations, but this browser's WebGPU adapter${gpu} has no shader-f16: ${fix}`;
+}
+
+/** Checks the model name and dtype against what the server holds; returns what the page knows of it. */
+async function describe(name, dtype) {
+    const served = await servedModels();
+    if (served && !(name in served)) {
+        throw new PageError(`no model named "${name}" is served here; ${servedNames(served)}`);
+    }
+    const base = `/models/${encodeURIComponent(name)}/`;
+    const config = await fetchJSON(base + 'config.json');
+    if (!config) {
+        throw new PageError(`no model named "${name}" is served here (${base}config.json is not found): `
+            + 'pass ?model= the folder name that serve.py printed');
+    }
+    const built = config['transformers.js_config'];
+    const entry = served?.[name];
+    const model = {
+        name,
+        folder: entry?.folder,
+        report: await fetchJSON(base + 'build_report.json'),
+        config,
+        dtype: dtype ?? (typeof built?.dtype === 'string' ? built.dtype : undefined),
+        requested: dtype,
+        held: entry?.dtypes ?? null,  // serve.py lists the onnx/ files; from another server the load tells
+    };
+    if (!built) {
+        throw new PageError(`${name} is not a transformers.js build (its config.json has no "transformers.js_config" entry): build one with ${BUILD}, then serve OUT`);
+    }
+    if (dtype && model.held && !model.held.includes(dtype)) throw new PageError(dtypeMessage(model, model.held));
+    return model;
+}
+
+function dtypeMessage(model, held, missing) {
+    const { name, dtype } = model;
+    return `dtype=${dtype}: ${name} has no ${dtype} weights${missing ? ` (${missing} is missing)` : ''}; it holds ${held.join(', ') || 'none'}: `
+        + `pass dtype=${held[0] ?? '...'} or leave dtype out (or build the ${dtype} weights into another folder)`;
+}
+
+/** Refuses a prompt that the model cannot take as it stands: ids out of its vocabulary, or too long. */
+function checkPrompt(model, ids, max_new_tokens, what) {
+    const config = { ...model.config, ...(model.config.text_config ?? {}) };
+    const vocab = config.vocab_size;
+    const bad = vocab ? ids.find((id) => id >= vocab) : undefined;
+    if (bad !== undefined) {
+        throw new PageError(`${what}: token id ${bad} is outside ${model.name}'s vocabulary (ids 0 to ${vocab - 1}): fix it in the address`);
+    }
+    const limit = config.max_position_embeddings;
+    if (limit && ids.length + max_new_tokens > limit) {
+        if (ids.length >= limit) {
+            throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (max_position_embeddings ${limit}): shorten it`);
+        }
+        throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context: the ${ids.length} prompt tokens plus the new ones `
+            + `must fit in max_position_embeddings ${limit}: pass max_new_tokens=${limit - ids.length} or less, or shorten the prompt`);
+    }
+}
+
+async function main(state) {
+    const options = readParams();
+    const name = param('model');
+    if (!name) {
+        throw new PageError(`add ?model=NAME to the address (NAME: a folder that serve.py serves); ${servedNames(await servedModels())}`);
+    }
+    state.name = name;
+    const model = await describe(name, options.dtype);
+    state.model = model;
     const adapter = await adapterInfo();
-    const device = params.get('device') ?? (adapter ? 'webgpu' : 'wasm');
-    $('status').textContent = `loading ${name} on ${device}…`;
+    const fellBack = !options.device && !adapter;
+    const device = options.device ?? (adapter ? 'webgpu' : 'wasm');
+    Object.assign(state, { device, fellBack, adapter });
+    if (device === 'webgpu' && !adapter) {
+        throw new PageError('device=webgpu, but this browser has no WebGPU adapter: leave device out to run on wasm, '
+            + 'or enable WebGPU (Chromium: --enable-unsafe-webgpu, or chrome://flags)');
+    }
+    // Known to hold the weights (the listing, or the config's own dtype): refuse before loading.
+    const known = model.held?.includes(model.dtype) || !model.requested;
+    if (device === 'webgpu' && !adapter.shader_f16 && F16_DTYPES.includes(model.dtype) && known) {
+        throw new PageError(f16Message(model, adapter));
+    }
+    if (options.ids) checkPrompt(model, options.ids, options.max_new_tokens, `ids=${param('ids')}`);
+    $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
     const tokenizer = await AutoTokenizer.from_pretrained(name);
-    const model = await AutoModelForCausalLM.from_pretrained(name, {
+    const loaded = await AutoModelForCausalLM.from_pretrained(name, {
         device,
-        dtype: params.get('dtype') ?? undefined,
+        dtype: options.dtype ?? undefined,
         session_options: verbose ? { logSeverityLevel: 0, logVerbosityLevel: 0 } : {},
     });
     const loaded_s = (performance.now() - started) / 1000;
-    const dtype = model.sessions.model.config?.dtype;
+    const dtype = loaded.sessions.model.config?.dtype;
     $('status').textContent = `${name}: ${dtype} on ${device}` +
-        (adapter ? ` (${adapter.vendor} ${adapter.architecture}, shader-f16: ${adapter.shader_f16})` : '');
+        (adapter ? ` (${adapter.vendor} ${adapter.architecture}, shader-f16: ${adapter.shader_f16})` : ' (no WebGPU)');
 
     async function generate(prompt, ids) {
         ids = ids ?? Array.from(tokenizer.encode(prompt));
+        checkPrompt(model, ids, options.max_new_tokens, ids === options.ids ? `ids=${param('ids')}` : 'the prompt');
         const n = ids.length;
         $('output').textContent = '';
         const streamer = new TextStreamer(tokenizer, {
@@ -71,12 +269,12 @@ async function main() {
             callback_function: (text) => { $('output').textContent += text; },
         });
         const t = performance.now();
-        const output = await model.generate({
+        const output = await loaded.generate({
             input_ids: new Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, n]),
             attention_mask: new Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
             do_sample: false,
-            max_new_tokens: Number(params.get('max_new_tokens') ?? 64),
-            min_new_tokens: Number(params.get('min_new_tokens') ?? 0),
+            max_new_tokens: options.max_new_tokens,
+            min_new_tokens: options.min_new_tokens,
             streamer,
         });
         const tokens = Array.from(output.data, Number);
@@ -84,16 +282,25 @@ async function main() {
     }
 
     const form = $('form');
-    form.querySelector('button').disabled = false;
+    const button = form.querySelector('button');
+    button.disabled = false;
+    const ready = $('status').textContent;
     form.addEventListener('submit', async (e) => {
         e.preventDefault();
-        form.querySelector('button').disabled = true;
-        try { await generate($('prompt').value); } finally { form.querySelector('button').disabled = false; }
+        button.disabled = true;
+        try {
+            await generate($('prompt').value);
+            $('status').textContent = ready;
+            $('status').classList.remove('error');
+        } catch (error) {
+            fail(error, state);
+        } finally {
+            button.disabled = false;
+        }
     });
-    if (params.get('prompt')) $('prompt').value = params.get('prompt');
+    if (param('prompt')) $('prompt').value = params.get('prompt');
     if (params.get('autorun') === '1' || params.get('report') === '1') {
-        const ids = params.get('ids') ? params.get('ids').split(',').map(Number) : null;
-        const result = await generate($('prompt').value, ids);
+        const result = await generate($('prompt').value, options.ids);
         return { model: name, device, dtype, adapter, loaded_s, ...result };
     }
     return null;
@@ -105,7 +312,17 @@ async function report(result) {
                              body: JSON.stringify({ ...result, logs }) });
 }
 
-main().then((result) => result && report(result)).catch(async (error) => {
-    $('status').textContent = `error: ${error.message ?? error}`;
-    await report({ error: String(error?.stack ?? error) });
+/** Shows `error` as one line in the status; the stack goes to the console. Returns the line. */
+function fail(error, state) {
+    const line = state.model ? explain(error, state) : firstLine(error);
+    if (!(error instanceof PageError)) console.error(error?.stack ?? String(error));
+    $('status').textContent = `error: ${line}`;
+    $('status').classList.add('error');
+    return line;
+}
+
+const state = {};
+main(state).then((result) => result && report(result)).catch(async (error) => {
+    const line = fail(error, state);
+    await report({ error: line, query: location.search, model: state.name ?? null, device: state.device ?? null });
 });

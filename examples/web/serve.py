@@ -6,22 +6,139 @@ then open http://127.0.0.1:8000/?model=NAME (NAME: an OUT_DIR's folder name).
 
 It serves this folder (index.html, main.js and node_modules/, where
 `npm install --ignore-scripts` put transformers.js and onnxruntime-web), each
-OUT_DIR under /models/NAME/, and takes a POST of the page's result at /result
-(the tests read the generated tokens from there). It listens on 127.0.0.1 only.
+OUT_DIR under /models/NAME/, the list of them at /models.json (the page names
+the served models and their dtypes from it), and takes a POST of the page's
+result at /result (the tests read the generated tokens from there). It listens
+on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import queue
+import re
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 HERE = Path(__file__).resolve().parent
+BUILD = "python -m builder -m CHECKPOINT --format transformers.js -o OUT"
+
+# transformers.js 4 (src/utils/dtypes.js DEFAULT_DTYPE_SUFFIX_MAPPING): file suffix -> dtype.
+SUFFIX_DTYPES = {
+    "": "fp32",
+    "_fp16": "fp16",
+    "_int8": "int8",
+    "_uint8": "uint8",
+    "_quantized": "q8",
+    "_q4": "q4",
+    "_q2": "q2",
+    "_q1": "q1",
+    "_q4f16": "q4f16",
+    "_q2f16": "q2f16",
+    "_q1f16": "q1f16",
+    "_bnb4": "bnb4",
+}
+DTYPE_SUFFIXES = {dtype: suffix for suffix, dtype in SUFFIX_DTYPES.items()}
+_MODEL_FILE = re.compile(r"^model(_[a-z0-9]+)?\.onnx$")
+
+
+class FolderError(Exception):
+    """A folder that the page could not run; the message names it and what to do."""
+
+
+def weights(folder: Path) -> dict[str, str]:
+    """dtype -> onnx/ file for each model*.onnx in folder/onnx that transformers.js can load."""
+    found = {}
+    onnx = folder / "onnx"
+    for path in sorted(onnx.iterdir()) if onnx.is_dir() else []:
+        match = _MODEL_FILE.match(path.name)
+        if match and (match.group(1) or "") in SUFFIX_DTYPES:
+            found[SUFFIX_DTYPES[match.group(1) or ""]] = f"onnx/{path.name}"
+    return found
+
+
+def check_folder(folder: Path, shown: str | None = None) -> dict:
+    """The transformers.js_config of a --format transformers.js folder; FolderError for anything else."""
+    shown = shown or str(folder)
+    if not folder.exists():
+        raise FolderError(f"{shown} does not exist; pass a folder built with {BUILD}")
+    if not folder.is_dir():
+        raise FolderError(f"{shown} is not a folder; pass a folder built with {BUILD}")
+    config_path = folder / "config.json"
+    config = None
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FolderError(
+                f"{config_path} is not valid JSON ({first}); rebuild the folder with {BUILD} --overwrite"
+            ) from None
+    built = config.get("transformers.js_config") if isinstance(config, dict) else None
+    if not isinstance(built, dict):
+        if (folder / "genai_config.json").is_file():
+            raise FolderError(
+                f"{shown} is an onnxruntime-genai folder, not a transformers.js build: run it with "
+                f"python scripts/generate.py {shown}, or build one for the page with {BUILD}"
+            )
+        checkpoint = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+        if config is not None and checkpoint:
+            raise FolderError(
+                f"{shown} is a Hugging Face checkpoint, not a transformers.js build: build one with "
+                f"python -m builder -m {shown} --format transformers.js -o OUT, then serve OUT"
+            )
+        raise FolderError(
+            f'{shown} is not a transformers.js build (no config.json with a "transformers.js_config" entry); '
+            f"build one with {BUILD}, then serve OUT"
+        )
+    held = weights(folder)
+    if not held:
+        raise FolderError(f"{shown} has no onnx/model*.onnx; rebuild it with {BUILD} --overwrite")
+    dtype = built.get("dtype")
+    if isinstance(dtype, str) and dtype not in held:
+        expected = f"onnx/model{DTYPE_SUFFIXES.get(dtype, '_' + dtype)}.onnx"
+        raise FolderError(
+            f"{shown} has no {expected}, the {dtype} weights its config.json names (it holds "
+            f"{', '.join(held)}); rebuild it with {BUILD} --overwrite"
+        )
+    return built
+
+
+def url_names(model_dirs: list[Path]) -> dict[str, Path]:
+    """URL name -> folder. Each folder is served under its own name; of folders that share a
+    name (a/tiny b/tiny), the first keeps it and the next get NAME-2, NAME-3, ... (a name no
+    folder has). The same folder given twice is served once."""
+    folders = list(dict.fromkeys(Path(d).resolve() for d in model_dirs))
+    taken = {f.name for f in folders}
+    names: dict[str, Path] = {}
+    for folder in folders:
+        name, k = folder.name, 2
+        while name in names:
+            while f"{folder.name}-{k}" in taken:
+                k += 1
+            name = f"{folder.name}-{k}"
+            taken.add(name)
+        names[name] = folder
+    return names
+
+
+def listing(models: dict[str, Path]) -> dict:
+    """What /models.json says: each served name, its folder, its config's dtype and the dtypes it holds."""
+    served = {}
+    for name, folder in models.items():
+        try:
+            dtype = check_folder(folder).get("dtype")
+        except FolderError:
+            dtype = None
+        held = weights(folder) if folder.is_dir() else {}
+        served[name] = {"folder": str(folder), "dtype": dtype, "dtypes": list(held), "files": list(held.values())}
+    return {"models": served}
 
 
 class Handler(SimpleHTTPRequestHandler):
@@ -53,6 +170,17 @@ class Handler(SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
+    def do_GET(self):
+        if urlsplit(self.path).path == "/models.json":
+            body = json.dumps(listing(self.models)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
     def do_POST(self):
         if urlsplit(self.path).path != "/result":
             self.send_error(404)
@@ -75,29 +203,74 @@ class Handler(SimpleHTTPRequestHandler):
 
 
 def start(model_dirs: list[Path], port: int = 0, quiet: bool = True):
-    """Serve in a background thread; returns (server, results queue). port 0: any free port."""
-    models = {Path(d).resolve().name: Path(d).resolve() for d in model_dirs}
+    """Serve in a background thread; returns (server, results queue). port 0: any free port.
+    server.models maps each URL name to its folder (see url_names)."""
+    models = url_names(model_dirs)
     results: queue.Queue = queue.Queue()
     server = ThreadingHTTPServer(("127.0.0.1", port), partial(Handler, models=models, results=results, quiet=quiet))
+    server.models = models
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, results
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number: pass 1 to 65535, or 0 for any free port")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, `serve.py: error: ...`, exit 2 (the usage only when no argument was given)."""
+        if len(sys.argv) <= 1:
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", type=Path, help="folders built with --format transformers.js")
-    parser.add_argument("--port", type=int, default=8000)
+    parser = Parser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Each OUT_DIR is served as /models/NAME/, NAME its folder name. Folders that share a name "
+        "(a/tiny b/tiny) get distinct ones: the first keeps it, the next are NAME-2, NAME-3, ...; "
+        "the printed addresses say which folder each serves. /models.json lists them.",
+    )
+    parser.add_argument("models", nargs="+", type=Path, metavar="OUT_DIR", help=f"folders built with {BUILD}")
+    parser.add_argument(
+        "--port", type=port_number, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free port)"
+    )
     args = parser.parse_args()
     for d in args.models:
-        if not (d / "config.json").is_file():
-            parser.error(f"{d} has no config.json; build it with --format transformers.js")
+        try:
+            check_folder(d)
+        except FolderError as e:
+            parser.error(str(e))
     if not (HERE / "node_modules" / "@huggingface" / "transformers").is_dir():
         parser.error(
             f"{HERE}/node_modules lacks @huggingface/transformers: run `npm install --ignore-scripts` in {HERE}"
         )
-    server, _ = start(args.models, args.port, quiet=False)
-    for d in args.models:
-        print(f"http://127.0.0.1:{server.server_port}/?model={d.resolve().name}")
+    try:
+        server, _ = start(args.models, args.port, quiet=False)
+    except OSError as e:
+        where = f"127.0.0.1:{args.port}"
+        if e.errno == errno.EADDRINUSE:
+            parser.error(
+                f"port {args.port} is taken (something already listens on {where}); pass --port N for another "
+                f"one, e.g. --port {args.port + 1 if args.port < 65535 else 8000}, or --port 0 for any free port"
+            )
+        if e.errno == errno.EACCES:
+            parser.error(f"port {args.port} needs root; pass --port N with N above 1023")
+        parser.error(f"cannot listen on {where} ({e.strerror or e}); pass --port N")
+    shown = {d.resolve(): d for d in args.models}
+    for name, folder in server.models.items():
+        url = f"http://127.0.0.1:{server.server_port}/?model={quote(name)}"
+        if name != folder.name:
+            first = shown[server.models[folder.name]]
+            url += f"  ({shown[folder]}; {folder.name} is {first})"
+        print(url, flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -1,0 +1,210 @@
+"""examples/web/serve.py and the page (main.js) on the mistakes a user makes.
+
+serve.py: a folder that does not exist, is a Hugging Face checkpoint or otherwise not a
+transformers.js build, a bad or taken --port: one `serve.py: error: ...` line naming the
+input and the fix, exit 2, no traceback. Folders that share a name get distinct URL names.
+The page: a bad address shows one `error: ` line naming the parameter and the fix (one
+headless Chromium launch; the folders are stand-ins, the page refuses before it loads weights).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import queue
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE = ROOT / "examples" / "web" / "serve.py"
+BUILD = "--format transformers.js -o OUT"
+
+
+def fake_build(folder: Path, dtype: str = "q4", **config) -> Path:
+    """A stand-in for a --format transformers.js folder: what serve.py and the page read before loading."""
+    (folder / "onnx").mkdir(parents=True)
+    suffix = {"fp32": "", "q4": "_q4", "q4f16": "_q4f16"}[dtype]
+    (folder / "onnx" / f"model{suffix}.onnx").write_bytes(b"")
+    body = {"model_type": "qwen3", "vocab_size": 480, "max_position_embeddings": 256, **config}
+    body["transformers.js_config"] = {"dtype": dtype, "use_external_data_format": {f"model{suffix}.onnx": 1}}
+    (folder / "config.json").write_text(json.dumps(body))
+    return folder
+
+
+def serve(*args, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SERVE), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_refused(child: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit 2, nothing on stdout, one stderr line `serve.py: error: ...` holding each of `words`."""
+    assert child.returncode == 2, child.stderr
+    assert "Traceback" not in child.stderr, child.stderr
+    lines = child.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("serve.py: error: "), child.stderr
+    assert child.stdout == ""
+    for word in words:
+        assert word in lines[0], child.stderr
+    return lines[0]
+
+
+def test_missing_folder_does_not_exist(tmp_path):
+    assert_refused(serve(tmp_path / "nope"), f"{tmp_path / 'nope'} does not exist", BUILD)
+
+
+def test_checkpoint_is_not_a_build():
+    """A Hugging Face checkpoint (config.json without transformers.js_config): the command that builds one."""
+    checkpoint = ROOT / "examples" / "tiny-qwen3"
+    line = assert_refused(serve(checkpoint), "is a Hugging Face checkpoint, not a transformers.js build")
+    assert f"python -m builder -m {checkpoint} --format transformers.js -o OUT" in line
+
+
+@pytest.mark.parametrize(
+    "files,words",
+    [
+        (
+            {"config.json": '{"model_type": "qwen3"}'},
+            ['is not a transformers.js build (no config.json with a "transformers.js_config"', BUILD],
+        ),
+        ({"config.json": "{", "genai_config.json": "{}"}, ["config.json is not valid JSON", "--overwrite"]),
+        (
+            {"config.json": "{}", "genai_config.json": "{}"},
+            ["is an onnxruntime-genai folder", "scripts/generate.py", BUILD],
+        ),
+    ],
+)
+def test_other_folders_are_not_builds(tmp_path, files, words):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert_refused(serve(tmp_path), str(tmp_path), *words)
+
+
+def test_missing_weights_are_named(tmp_path):
+    folder = fake_build(tmp_path / "tiny")
+    (folder / "onnx" / "model_q4.onnx").unlink()
+    (folder / "onnx" / "model.onnx").write_bytes(b"")
+    assert_refused(
+        serve(folder), "has no onnx/model_q4.onnx, the q4 weights its config.json names", "fp32", "--overwrite"
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "abc", "-1"])
+def test_bad_port(tmp_path, port):
+    line = assert_refused(serve(fake_build(tmp_path / "tiny"), "--port", port), f"{port} is not a port number")
+    assert "1 to 65535, or 0 for any free port" in line
+
+
+def test_taken_port(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = assert_refused(serve(fake_build(tmp_path / "tiny"), "--port", port), f"port {port} is taken")
+    assert "pass --port N" in line and "--port 0" in line
+
+
+def test_help_says_how_shared_names_are_served():
+    child = serve("--help")
+    assert child.returncode == 0, child.stderr
+    assert "NAME-2" in " ".join(child.stdout.split())
+
+
+def test_folders_that_share_a_name_get_distinct_urls(tmp_path):
+    """a/tiny b/tiny: two addresses (tiny, tiny-2), the second naming its folder; /models.json agrees."""
+    a, b = fake_build(tmp_path / "a" / "tiny"), fake_build(tmp_path / "b" / "tiny", dtype="q4f16")
+    child = subprocess.Popen(
+        [sys.executable, str(SERVE), str(a), str(b), str(a), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [child.stdout.readline().strip() for _ in range(2)]
+        assert lines[0].startswith("http://127.0.0.1:") and lines[0].endswith("/?model=tiny"), lines
+        assert lines[1].split()[0].endswith("/?model=tiny-2") and str(b) in lines[1], lines
+        base = lines[0].split("/?")[0]
+        served = json.load(urllib.request.urlopen(f"{base}/models.json", timeout=10))["models"]
+        assert {n: (s["folder"], s["dtypes"]) for n, s in served.items()} == {
+            "tiny": (str(a), ["q4"]),
+            "tiny-2": (str(b), ["q4f16"]),
+        }
+        config = json.load(urllib.request.urlopen(f"{base}/models/tiny-2/config.json", timeout=10))
+        assert config["transformers.js_config"]["dtype"] == "q4f16"
+    finally:
+        child.terminate()
+        child.wait(10)
+        rest = child.stdout.read()
+        child.stdout.close()
+        child.stderr.close()
+    assert "?model=" not in rest, rest  # the folder given twice is served once
+
+
+def test_url_names():
+    from test_transformers_js import load_serve
+
+    a, b, c = Path("/x/a/tiny"), Path("/x/b/tiny"), Path("/x/c/tiny-2")
+    assert load_serve().url_names([a, b, c, a]) == {"tiny": a, "tiny-3": b, "tiny-2": c}
+
+
+def test_page_names_the_bad_parameter(tmp_path):
+    """One Chromium launch, a same-origin page of three iframes, each a mistaken address: each page
+    POSTs one error line naming the parameter and the fix, and loads no weights."""
+    from test_transformers_js import CHROMIUM, CHROMIUM_FLAGS, load_serve, node_ready
+
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium)")
+    node_ready()
+    q4, other = fake_build(tmp_path / "tiny"), fake_build(tmp_path / "other", dtype="fp32")
+    cases = {
+        "model=typo": ['no model named "typo" is served here; served: tiny, other'],
+        "model=tiny&dtype=q4f16": [
+            "dtype=q4f16: tiny has no q4f16 weights; it holds q4: pass dtype=q4 or leave dtype out"
+        ],
+        "model=tiny&ids=1,2&max_new_tokens=300": [
+            "max_new_tokens=300 runs past tiny's context",
+            "max_position_embeddings 256: pass max_new_tokens=254 or less",
+        ],
+    }
+    # Headless Chromium opens one address: a page in the served folder frames the three.
+    (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
+    server, results = load_serve().start([q4, other])
+    log = open(tmp_path / "chromium.log", "w")
+    browser = subprocess.Popen(
+        [
+            str(CHROMIUM),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        posted = {}
+        for _ in cases:
+            try:
+                result = results.get(timeout=60)
+            except queue.Empty:
+                pytest.fail(f"got {posted}; Chromium's log: {(tmp_path / 'chromium.log').read_text()[-3000:]}")
+            posted[result["query"].removeprefix("?report=1&")] = result["error"]
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(15)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait()
+        server.shutdown()
+        server.server_close()
+        log.close()
+    assert posted.keys() == cases.keys(), posted
+    for query, words in cases.items():
+        assert "\n" not in posted[query] and "    at " not in posted[query], posted[query]
+        for word in words:
+            assert word in posted[query], (query, posted[query])
