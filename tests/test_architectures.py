@@ -182,6 +182,15 @@ class ByClass(LlamaBuilder):
 '''
 
 
+def registered_with_plugin(root, monkeypatch, source: str, entry_points: str) -> dict[str, type]:
+    """The registry once the plugin is installed and loaded (its module forgotten afterwards)."""
+    install_plugin(root, monkeypatch, source, entry_points)
+    try:
+        return registry.registered()
+    finally:
+        sys.modules.pop("tiny_builder_plugin", None)
+
+
 def install_plugin(root, monkeypatch, source: str, entry_points: str):
     """An installed-looking distribution: a module plus *.dist-info with entry points,
     found by importlib.metadata because its folder is on sys.path."""
@@ -227,13 +236,9 @@ def test_a_plugin_replacing_a_built_in_family_says_so(tmp_path, monkeypatch, cap
     class MyLlama(LlamaBuilder):
         architectures = ("LlamaForCausalLM",)
     """
-    install_plugin(
+    available = registered_with_plugin(
         tmp_path / "site", monkeypatch, source, "mod = tiny_builder_plugin\ncls = tiny_builder_plugin:MyLlama\n"
     )
-    try:
-        available = registry.registered()
-    finally:
-        sys.modules.pop("tiny_builder_plugin", None)
     assert available["Qwen3ForCausalLM"].__name__ == "MyQwen3" and available["LlamaForCausalLM"].__name__ == "MyLlama"
     assert capsys.readouterr().err.splitlines() == [
         "warning: architecture plugin 'mod' (tiny_builder_plugin) replaces the builder for Qwen3ForCausalLM "
@@ -257,11 +262,7 @@ def test_a_plugin_that_fails_halfway_is_left_out_whole(tmp_path, monkeypatch, ca
 
     import a_module_that_is_not_installed
     """
-    install_plugin(tmp_path / "site", monkeypatch, source, "halfway = tiny_builder_plugin\n")
-    try:
-        available = registry.registered()
-    finally:
-        sys.modules.pop("tiny_builder_plugin", None)
+    available = registered_with_plugin(tmp_path / "site", monkeypatch, source, "halfway = tiny_builder_plugin\n")
     assert available["LlamaForCausalLM"].__module__ == "architectures.llama"
     assert "HalfwayForCausalLM" not in available
     assert "failed to load and is left out: ModuleNotFoundError" in capsys.readouterr().err
@@ -276,11 +277,9 @@ def test_a_class_entry_point_takes_only_its_own_names(tmp_path, monkeypatch, cap
     class Unnamed(LlamaBuilder):
         pass
     """
-    install_plugin(tmp_path / "site", monkeypatch, source, "unnamed = tiny_builder_plugin:Unnamed\n")
-    try:
-        available = registry.registered()
-    finally:
-        sys.modules.pop("tiny_builder_plugin", None)
+    available = registered_with_plugin(
+        tmp_path / "site", monkeypatch, source, "unnamed = tiny_builder_plugin:Unnamed\n"
+    )
     assert available["LlamaForCausalLM"].__module__ == "architectures.llama"
     assert capsys.readouterr().err.splitlines() == [
         "warning: architecture plugin 'unnamed' (tiny_builder_plugin:Unnamed) names no architectures of its own "

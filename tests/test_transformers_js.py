@@ -8,6 +8,7 @@ examples/web/node_modules; without it these tests fail and say so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -353,15 +354,12 @@ def load_serve():
     return module
 
 
-def run_page(folder: Path, tmp_path: Path, **query) -> dict:
-    import queue
-    import urllib.parse
-
+@contextlib.contextmanager
+def chromium(url: str, tmp_path: Path, server):
+    """Headless Chromium on `url` for the block; then it and serve.py's `server` stop. Yields
+    the end of Chromium's log, for a failure message."""
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium)")
-    node_ready()
-    server, results = load_serve().start([folder])
-    url = f"http://127.0.0.1:{server.server_port}/?" + urllib.parse.urlencode({"model": folder.name, **query})
     log = open(tmp_path / "chromium.log", "w")
     browser = subprocess.Popen(
         [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
@@ -369,10 +367,7 @@ def run_page(folder: Path, tmp_path: Path, **query) -> dict:
         stderr=subprocess.STDOUT,
     )
     try:
-        # --dump-dom would return before the GPU work is done: the page POSTs its result instead.
-        return results.get(timeout=180)
-    except queue.Empty:
-        pytest.fail(f"the page posted no result; Chromium's log: {(tmp_path / 'chromium.log').read_text()[-3000:]}")
+        yield lambda: (tmp_path / "chromium.log").read_text()[-3000:]
     finally:
         browser.terminate()
         try:
@@ -383,6 +378,21 @@ def run_page(folder: Path, tmp_path: Path, **query) -> dict:
         server.shutdown()
         server.server_close()
         log.close()
+
+
+def run_page(folder: Path, tmp_path: Path, **query) -> dict:
+    import queue
+    import urllib.parse
+
+    node_ready()
+    server, results = load_serve().start([folder])
+    url = f"http://127.0.0.1:{server.server_port}/?" + urllib.parse.urlencode({"model": folder.name, **query})
+    with chromium(url, tmp_path, server) as chromium_log:
+        try:
+            # --dump-dom would return before the GPU work is done: the page POSTs its result instead.
+            return results.get(timeout=180)
+        except queue.Empty:
+            pytest.fail(f"the page posted no result; Chromium's log: {chromium_log()}")
 
 
 def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):

@@ -155,10 +155,8 @@ def test_url_names():
 def test_page_names_the_bad_parameter(tmp_path):
     """One Chromium launch, a same-origin page of three iframes, each a mistaken address: each page
     POSTs one error line naming the parameter and the fix, and loads no weights."""
-    from test_transformers_js import CHROMIUM, CHROMIUM_FLAGS, load_serve, node_ready
+    from test_transformers_js import chromium, load_serve, node_ready
 
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium)")
     node_ready()
     q4, other = fake_build(tmp_path / "tiny"), fake_build(tmp_path / "other", dtype="fp32")
     cases = {
@@ -174,35 +172,14 @@ def test_page_names_the_bad_parameter(tmp_path):
     # Headless Chromium opens one address: a page in the served folder frames the three.
     (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
     server, results = load_serve().start([q4, other])
-    log = open(tmp_path / "chromium.log", "w")
-    browser = subprocess.Popen(
-        [
-            str(CHROMIUM),
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        posted = {}
+    posted = {}
+    with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as chromium_log:
         for _ in cases:
             try:
                 result = results.get(timeout=60)
             except queue.Empty:
-                pytest.fail(f"got {posted}; Chromium's log: {(tmp_path / 'chromium.log').read_text()[-3000:]}")
+                pytest.fail(f"got {posted}; Chromium's log: {chromium_log()}")
             posted[result["query"].removeprefix("?report=1&")] = result["error"]
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(15)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait()
-        server.shutdown()
-        server.server_close()
-        log.close()
     assert posted.keys() == cases.keys(), posted
     for query, words in cases.items():
         assert "\n" not in posted[query] and "    at " not in posted[query], posted[query]
