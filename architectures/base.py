@@ -151,7 +151,9 @@ class DecoderBuilder:
     def prepare_reference(cls, model, options: BuildOptions, io_dtype=None) -> None:
         """builder.verify's hook: after it swaps nn.Linear weights for their dequantized
         values, give the transformers model the other weights the graph changes (e.g.
-        fused MoE expert tensors). Nothing to do for dense decoders."""
+        fused MoE expert tensors), and those transformers could not find in the checkpoint
+        because this family reads them under other names (verify refuses while any stays
+        as transformers left it). Nothing to do for dense decoders."""
 
     # ---- the graph ----------------------------------------------------------
 

@@ -90,16 +90,12 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
             f"--verify: transformers cannot load {checkpoint_dir} ({first}); verify compares the "
             "graph with transformers, so it needs a model transformers knows: drop --verify"
         ) from None
-    missing = sorted(loading.get("missing_keys") or [])
-    if missing:
-        # Those weights would be random in the reference: a family that reads them under other
-        # names (a subclass's weight()) was blamed as a wrong graph.
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise BuilderError(
-            f"--verify: transformers' {type(model).__name__} found no {shown} in the checkpoint, so its "
-            "reference would hold random weights there; if the builder family reads them under other "
-            "names, load them in its prepare_reference() (architectures/base.py), or drop --verify"
-        )
+    missing = set(loading.get("missing_keys") or [])
+    if "lm_head.weight" in missing:
+        # A config that omits tie_word_embeddings without an lm_head in the checkpoint: the
+        # builder ties it to the embedding (architectures/base.py), transformers made it random.
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+        missing.discard("lm_head.weight")
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     with torch.no_grad():
@@ -140,7 +136,19 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
             from architectures.registry import builder_class_for
 
             family = builder_class_for(json.loads((Path(checkpoint_dir) / "config.json").read_text()))
+        before = {k: p.detach().clone() for k, p in model.named_parameters() if k in missing}
         family.prepare_reference(model, options, io_dtype)
+        after = dict(model.named_parameters())
+        unfilled = sorted(k for k, v in before.items() if k in after and torch.equal(after[k], v))
+    if unfilled:
+        # Those weights are random in the reference: a family that reads them under other names
+        # (a subclass's weight()) was blamed as a wrong graph.
+        shown = ", ".join(unfilled[:3]) + (f" and {len(unfilled) - 3} more" if len(unfilled) > 3 else "")
+        raise BuilderError(
+            f"--verify: transformers' {type(model).__name__} found no {shown} in the checkpoint, so its "
+            "reference would hold random weights there; if the builder family reads them under other "
+            "names, load them in its prepare_reference() (architectures/base.py), or drop --verify"
+        )
     return model
 
 

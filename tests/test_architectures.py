@@ -323,6 +323,8 @@ def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpo
 def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_path):
     """A family reading a weight under another name built fine, and --verify then compared it
     with a transformers model holding a random weight there: 'logits differ ... report this'."""
+    import numpy as np
+    import torch
     from safetensors.numpy import load_file, save_file
 
     from architectures import LlamaBuilder
@@ -344,6 +346,34 @@ def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_
         "--verify: transformers' LlamaForCausalLM found no model.norm.weight in the checkpoint"
     )
     assert "prepare_reference()" in str(refused.value) and not (tmp_path / "verified").exists()
+
+    class RenamedAndFilled(Renamed):  # the way out the message names
+        @classmethod
+        def prepare_reference(cls, model, options, io_dtype=None):
+            weight = load_file(str(ckpt / "model.safetensors"))[renamed].astype(np.float32)
+            model.model.norm.weight.copy_(torch.from_numpy(weight))
+
+    renamed = "model.final_norm.weight"
+    options["family"] = RenamedAndFilled
+    result = build(output=str(tmp_path / "filled"), verify=True, **options)
+    assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
+
+
+def test_verify_ties_an_lm_head_the_builder_tied(checkpoint, tmp_path):
+    """A config without tie_word_embeddings and a checkpoint without lm_head.weight: the builder
+    ties it to the embedding, transformers left it random, and verify failed the build."""
+    from safetensors.numpy import load_file, save_file
+
+    ckpt = tmp_path / "untold"
+    shutil.copytree(checkpoint("qwen3"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config.pop("tie_word_embeddings", None)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors.pop("lm_head.weight", None)
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    result = build(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", verify=True, show_progress=False)
+    assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
 
 
 def test_verify_of_a_model_transformers_does_not_know_is_one_line(checkpoint, tmp_path):
