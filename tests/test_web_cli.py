@@ -191,19 +191,20 @@ def test_max_new_tokens_past_the_context_is_refused_up_front(short):
     after ~300 lines of tensors, then advised a rebuild."""
     assert json.loads((short / "config.json").read_text())["max_position_embeddings"] == 16
     line = assert_one_line(
-        node(short, "--ids", "1,2,3", "--max-new-tokens", "14"),
-        "--max-new-tokens 14 does not fit",
+        node(short, "--ids", "1,2,3", "--max-new-tokens", "15"),
+        "--max-new-tokens 15 does not fit",
         str(short),
         "16",
         "--ids takes 3 tokens",
-        "pass --max-new-tokens 13 or less",
+        "pass --max-new-tokens 14 or less",
     )
     assert "rebuild" not in line
     assert_one_line(node(short, "--prompt", "Hello", "--max-new-tokens", "100"), "--prompt takes ", "or less")
-    assert_one_line(node(short, "--ids", ",".join(["1"] * 16)), "--ids takes 16 tokens", "no room", "shorter --ids")
-    child = node(short, "--ids", "1,2,3", "--max-new-tokens", "13", "--min-new-tokens", "13")  # the most that fits
+    assert_one_line(node(short, "--ids", ",".join(["1"] * 17)), "--ids takes 17 tokens", "no room", "shorter --ids")
+    # The most that fits: the last new token is never fed back, so 3 + 14 - 1 = 16 positions.
+    child = node(short, "--ids", "1,2,3", "--max-new-tokens", "14", "--min-new-tokens", "14")
     assert child.returncode == 0, child.stderr
-    assert len(json.loads(child.stdout)["tokens"]) == 16
+    assert len(json.loads(child.stdout)["tokens"]) == 17
 
 
 def test_a_failure_while_generating_is_one_line(short, tmp_path):

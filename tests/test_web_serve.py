@@ -166,7 +166,7 @@ def test_page_names_the_bad_parameter(tmp_path):
         ],
         "model=tiny&ids=1,2&max_new_tokens=300": [
             "max_new_tokens=300 runs past tiny's context",
-            "max_position_embeddings 256: pass max_new_tokens=254 or less",
+            "max_position_embeddings 256: pass max_new_tokens=255 or less",
         ],
     }
     # Headless Chromium opens one address: a page in the served folder frames the three.

@@ -181,9 +181,10 @@ function checkContext(shown, folder, config, args, promptTokens) {
         context = built;
         [key, file] = ['context_length', 'build_report.json'];
     }
-    if (context === null || promptTokens + args.max_new_tokens <= context) return;
+    // The last new token is never fed back, so the graph sees the prompt and all but one of them.
+    if (context === null || promptTokens + args.max_new_tokens - 1 <= context) return;
     const given = args.ids ? '--ids' : '--prompt';
-    const room = context - promptTokens;
+    const room = context - promptTokens + 1;
     if (room < 1) {
         fail(`${given} takes ${promptTokens} tokens, and ${shown} has ${key} ${context} in ${file} (the build's --context-length), `
             + `which leaves no room for new tokens; pass a shorter ${given}, or rebuild with a larger --context-length`);
@@ -199,7 +200,10 @@ function checkDevice(shown, device, supported) {
         fail(`--device ${device} is a browser device (onnxruntime-web), which transformers.js in Node lacks: pass --device `
             + `${list(node)}, or run the folder in the browser with python examples/web/serve.py ${shown}`);
     }
-    if (!node.includes(device)) fail(`--device ${device} is not a device of transformers.js in Node: pass ${list(node)}`);
+    // auto and gpu: transformers.js picks one of the others itself.
+    if (!node.includes(device) && !['auto', 'gpu'].includes(device)) {
+        fail(`--device ${device} is not a device of transformers.js in Node: pass ${list(node)}`);
+    }
     if (device !== 'cuda') return;
     let bin = null;
     try {
@@ -282,6 +286,10 @@ try {
     tokenizer = await quietly(() => AutoTokenizer.from_pretrained(id));
     model = await quietly(() => AutoModelForCausalLM.from_pretrained(id, { dtype: args.dtype, device: args.device, session_options }));
 } catch (e) {
+    if (/Failed to load (shared )?library/i.test(firstLine(e))) {  // the EP's libraries, not the folder
+        fail(`--device ${args.device}: ONNX Runtime could not load its execution provider (${firstLine(e)}); `
+            + `install the libraries it needs (for cuda: the CUDA and cuDNN versions onnxruntime-node names), or pass --device cpu`);
+    }
     const device = args.device === 'cpu' ? '' : `, or --device ${args.device} does not run here (try --device cpu)`;
     fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged${device}; `
         + rebuild(args.folder, folder));

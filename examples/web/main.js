@@ -213,13 +213,14 @@ function checkPrompt(model, ids, max_new_tokens, what) {
     if (bad !== undefined) {
         throw new PageError(`${what}: token id ${bad} is outside ${model.name}'s vocabulary (ids 0 to ${vocab - 1}): fix it in the address`);
     }
+    // The last new token is never fed back, so the graph sees the prompt and all but one of them.
     const limit = config.max_position_embeddings;
-    if (limit && ids.length + max_new_tokens > limit) {
-        if (ids.length >= limit) {
+    if (limit && ids.length + max_new_tokens - 1 > limit) {
+        if (ids.length > limit) {
             throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (max_position_embeddings ${limit}): shorten it`);
         }
         throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context: the ${ids.length} prompt tokens plus the new ones `
-            + `must fit in max_position_embeddings ${limit}: pass max_new_tokens=${limit - ids.length} or less, or shorten the prompt`);
+            + `but the last must fit in max_position_embeddings ${limit}: pass max_new_tokens=${limit - ids.length + 1} or less, or shorten the prompt`);
     }
 }
 
@@ -249,6 +250,11 @@ async function main(state) {
     $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
     const tokenizer = await AutoTokenizer.from_pretrained(name);
+    const autorun = params.get('autorun') === '1' || params.get('report') === '1';
+    if (autorun && !options.ids) {  // before the weights load, as ids= is
+        const text = param('prompt') ? params.get('prompt') : $('prompt').value;
+        checkPrompt(model, Array.from(tokenizer.encode(text)), options.max_new_tokens, 'the prompt');
+    }
     const loaded = await AutoModelForCausalLM.from_pretrained(name, {
         device,
         dtype: options.dtype ?? undefined,
@@ -299,7 +305,7 @@ async function main(state) {
         }
     });
     if (param('prompt')) $('prompt').value = params.get('prompt');
-    if (params.get('autorun') === '1' || params.get('report') === '1') {
+    if (autorun) {
         const result = await generate($('prompt').value, options.ids);
         return { model: name, device, dtype, adapter, loaded_s, ...result };
     }
