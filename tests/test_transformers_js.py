@@ -226,6 +226,11 @@ def test_options_only_genai_config_holds_are_named(built):
         "--max-length 128, --intra-op-threads 4 had no effect on this build: they go into genai_config.json, "
         "which --format transformers.js does not write"
     ) in result.report["notes"]
+    past = built("qwen3", precision="int4", format="transformers.js", max_length=10**6)  # not refused: no effect
+    assert (
+        "--max-length 1000000 had no effect on this build: it goes into genai_config.json, which --format "
+        "transformers.js does not write"
+    ) in past.report["notes"]
     plain = BuildOptions(model="x", format="transformers.js")
     assert {"max_length", "intra_op_threads"} <= set(plain.inert_options())  # batch does not rebuild for them
     assert not set(BuildOptions(model="x").inert_options()) & {"max_length", "intra_op_threads"}

@@ -108,9 +108,6 @@ class TransformersJsFolder:
         context = getattr(self.arch, "context_length", None)  # a stand-in arch may not plan one
         if context:
             config["max_position_embeddings"] = context
-            text = config.get("text_config")
-            if isinstance(text, dict) and "max_position_embeddings" in text:
-                config["text_config"] = {**text, "max_position_embeddings": context}
         config["transformers.js_config"] = {
             "dtype": self.dtype,
             "use_external_data_format": {self.model_name: len(self.chunks)},

@@ -360,7 +360,9 @@ class BuildOptions:
             raise BuilderError(f"--read-ahead-mb: {self.read_ahead_mb} must be 0 (off) or a size in MB")
         if self.max_length is not None and self.max_length < 1:
             raise BuilderError(f"--max-length: {self.max_length} must be a positive integer")
-        if self.max_length is not None and self.context_length is not None and self.max_length > self.context_length:
+        # Only genai_config.json holds it; other formats warn that it had no effect instead.
+        given = self.max_length is not None and self.context_length is not None
+        if given and self.max_length > self.context_length and self.format == "genai":
             raise BuilderError(
                 f"--max-length {self.max_length} is larger than --context-length "
                 f"{self.context_length}; lower it or raise --context-length"

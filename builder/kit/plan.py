@@ -116,11 +116,12 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     config_only = options.genai_config_only_flags()
     if config_only:
         warnings.append(
-            f"{', '.join(config_only)} had no effect on this build: they go into genai_config.json, "
+            f"{', '.join(config_only)} had no effect on this build: "
+            f"{'they go' if len(config_only) > 1 else 'it goes'} into genai_config.json, "
             f"which --format {options.format} does not write"
         )
     context = resolve_context_length(options, spec, target)
-    if options.max_length and options.max_length > context:
+    if options.max_length and options.max_length > context and options.format == "genai":
         raise BuilderError(
             f"--max-length {options.max_length} is larger than the context length "
             f"{context}; lower it or raise --context-length"
