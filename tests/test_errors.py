@@ -90,6 +90,20 @@ def test_hub_id_offline_and_not_cached(tmp_path):
     assert "if you meant a local folder" not in proc.stderr
 
 
+@pytest.mark.parametrize("fmt", ["genai", "transformers.js"])
+def test_a_built_folder_passed_as_the_model_names_its_checkpoint(ckpt, tmp_path, fmt):
+    """A transformers.js build (config.json, no weights beside it) got 'convert .bin files with
+    save_pretrained', a genai build 'not a Hugging Face checkpoint folder'."""
+    assert cli("-m", ckpt, "-o", tmp_path / "built", "--format", fmt).returncode == 0
+    proc = cli("-m", tmp_path / "built", "-o", tmp_path / "again")
+    assert_clean_failure(
+        proc,
+        f"{tmp_path / 'built'} is a folder this builder wrote (its build_report.json), not a checkpoint; "
+        f"pass the checkpoint it was built from: -m {ckpt}",
+        out=tmp_path / "again",
+    )
+
+
 def test_a_mistyped_local_path_that_reads_as_a_hub_id_names_the_folder(tmp_path):
     """examples/tiny-qwen (for examples/tiny-qwen3, run from the repository) got only the hub's
     advice: download a repository that does not exist."""

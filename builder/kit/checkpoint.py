@@ -78,6 +78,20 @@ def _local_folder_hint(model: str) -> str | None:
     return f"if you meant a local folder: {owner}/ here has no {name}"
 
 
+def _built_here(folder: Path) -> str | None:
+    """The error for a folder this builder wrote, passed as -m (a transformers.js build has a
+    config.json and no weights beside it), or None for any other folder."""
+    try:
+        report = json.loads((folder / "build_report.json").read_text())
+        source = report["checkpoint"]["path"]  # resolved: options.model may be relative to elsewhere
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (
+        f"{folder} is a folder this builder wrote (its build_report.json), not a checkpoint; "
+        f"pass the checkpoint it was built from: -m {source}"
+    )
+
+
 def hub_download_command(repo_id: str) -> str:
     """The download command of the installed huggingface_hub: `hf` from 0.34 on (the only
     one in 1.x), `huggingface-cli` before."""
@@ -231,7 +245,8 @@ class Checkpoint:
         except OSError as e:  # a folder we may not enter
             raise could_not_read(path, e) from None
         if not found:
-            raise BuilderError(f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder")
+            plain = f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder"
+            raise BuilderError(_built_here(self.directory) or plain)
         try:
             config = json.loads(path.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -279,7 +294,8 @@ class Checkpoint:
             raise BuilderError(f"could not list {self.directory} (Permission denied); check its permissions")
         if not files:
             raise BuilderError(
-                f"no *.safetensors files in {self.directory}; only safetensors checkpoints "
+                _built_here(self.directory)
+                or f"no *.safetensors files in {self.directory}; only safetensors checkpoints "
                 "are supported (convert .bin files with transformers' save_pretrained)"
             )
         shards = {}
