@@ -528,6 +528,20 @@ def test_context_beyond_the_model_needs_the_flag(ckpt, tmp_path):
     )
 
 
+def test_linear_rope_scaling_without_an_original_window_supports_max_position_embeddings():
+    """Gemma 3's configs list the scaled length (131072, factor 8) and no original window: the
+    factor was applied to it again, so 8x the real context was built without --allow-long-context."""
+    from builder.kit.rope import RopeSpec
+
+    gemma = {"max_position_embeddings": 131072, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    assert RopeSpec.from_config(gemma, 64).max_positions(131072) == 131072
+    llama3 = {
+        "max_position_embeddings": 8192,  # a config that lists the original window as max
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192},
+    }
+    assert RopeSpec.from_config(llama3, 64).max_positions(8192) == 65536
+
+
 def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
     import builder.kit.plan as plan
     from builder import build

@@ -23,6 +23,9 @@ class RopeSpec:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # Whether config.json names the pre-scaling window: only then is `factor` x that window a
+    # length the model supports (Gemma 3's linear scaling lists the scaled length alone).
+    original_given: bool = False
 
     @classmethod
     def from_config(cls, config: dict, head_dim: int) -> RopeSpec:
@@ -47,6 +50,7 @@ class RopeSpec:
             original_max_position_embeddings=int(
                 params.get("original_max_position_embeddings", config.get("max_position_embeddings", 8192))
             ),
+            original_given=params.get("original_max_position_embeddings") is not None,
         )
 
     def inv_freq(self) -> np.ndarray:
@@ -71,8 +75,9 @@ class RopeSpec:
 
     def max_positions(self, max_position_embeddings: int) -> int:
         """Positions the model was trained (or scaled) for: linear and llama3 scaling stretch
-        the original window by `factor`, and config.json may list either length."""
-        if self.rope_type in ("linear", "llama3"):
+        the original window by `factor`, and config.json may list either length. Without
+        original_max_position_embeddings, max_position_embeddings is already the scaled length."""
+        if self.rope_type in ("linear", "llama3") and self.original_given:
             return max(max_position_embeddings, int(self.original_max_position_embeddings * self.factor))
         return max_position_embeddings
 
