@@ -386,8 +386,12 @@ def _transformers_errors_only():
 # tiny families gave NMSE 3e-13..2e-11 (int4 and int8); block-wise int8 experts quantize their
 # activations whatever the level (1.7e-4 qwen3-moe, 1.5e-3 qwen3_5-moe). A wrong graph (a
 # misplaced norm, wrong rotary or window) gives NMSE near 1, so 1e-2 still separates the two.
+# Block-wise int8 experts have no exact kernel, and in the hybrid MoE families the Gated DeltaNet
+# state carries their noise on: NMSE 1.5e-3 (int8), 1.1e-2 (int4 with --int8-layers '*.experts'),
+# 2.7e-2 (int8 --no-symmetric) on tiny Qwen3.5-MoE; those graphs get 1e-1, still 10x under a wrong one.
 FP32_MAX_ABS = 1e-3
 QUANTIZED_NMSE = 1e-2
+ACTIVATION_QUANTIZED_NMSE = 1e-1
 EXACT_LEVEL_OPS = ("MatMulNBits", "QMoE")
 
 
@@ -416,6 +420,19 @@ def exact_compute_copy(model_file: Path) -> Path | None:
     return copy
 
 
+def quantizes_activations_always(model_file: Path) -> bool:
+    """Whether a node of the graph quantizes its activations at every accuracy level: QMoE with
+    block-wise 8-bit experts (onnxruntime has no fp32 kernel for them)."""
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    for node in model.graph.node:
+        attrs = {a.name: a.i for a in node.attribute}
+        if node.op_type == "QMoE" and attrs.get("expert_weight_bits") == 8 and attrs.get("block_size"):
+            return True
+    return False
+
+
 def verify_output(
     folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str, fp32_io: bool, family=None
 ) -> dict:
@@ -440,7 +457,8 @@ def verify_output(
     if options.precision == "fp32":
         bound, passed = f"max_abs < {FP32_MAX_ABS}", parity.max_abs < FP32_MAX_ABS
     else:
-        bound, passed = f"nmse < {QUANTIZED_NMSE}", parity.nmse < QUANTIZED_NMSE
+        limit = ACTIVATION_QUANTIZED_NMSE if quantizes_activations_always(model_file) else QUANTIZED_NMSE
+        bound, passed = f"nmse < {limit}", parity.nmse < limit
     result = {"status": "passed" if passed else "failed", "bound": bound, "fp32_io": fp32_io, **parity.as_dict()}
     if exact:
         # What the build's own accuracy level adds, for information: not part of the check.
