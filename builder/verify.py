@@ -99,9 +99,16 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     with torch.no_grad():
-        embed_fmt = format_for("model.embed_tokens", options)
-        if not tied and embed_fmt.quantized and embed_fmt.bits == 4:
-            # Untied int4 builds gather from their own int4 table (GatherBlockQuantized).
+        embed_fmt, head_fmt = format_for("model.embed_tokens", options), format_for("lm_head", options)
+        int4_embed = embed_fmt.quantized and embed_fmt.bits == 4
+        if tied and (embed_fmt.quantized or head_fmt.quantized) and not (int4_embed and head_fmt == embed_fmt):
+            # The graph shares the table only as one int4 format (or all float); otherwise the
+            # embedding gathers from its own table (int4, or float: int8 tables stay float).
+            embedding = model.get_input_embeddings().weight
+            model.get_output_embeddings().weight = torch.nn.Parameter(embedding.detach().clone())
+            tied = False
+        if not tied and int4_embed:
+            # int4 builds gather from their own int4 table (GatherBlockQuantized).
             weight = model.get_input_embeddings().weight
             weight.copy_(
                 torch.from_numpy(
@@ -120,13 +127,7 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
                     module.weight.copy_(module.weight.half().float())
                 continue
             q = quant.quantize(module.weight.detach().numpy(), fmt, scale_dtype=io_dtype)
-            dq = torch.from_numpy(quant.dequantize(q, fmt))
-            if name == "lm_head" and tied and (fmt.bits != 4 or not embed_fmt.quantized):
-                # The graph shares the int4 bytes only with an int4 embedding; an int8 lm_head or a
-                # float embedding (--float-layers model.embed_tokens) leaves the Gather float: untie.
-                model.get_output_embeddings().weight = torch.nn.Parameter(dq)
-                continue
-            module.weight.copy_(dq)
+            module.weight.copy_(torch.from_numpy(quant.dequantize(q, fmt)))
         # Weights outside nn.Linear (MoE experts): the architecture knows their format.
         # The checkpoint's config.json names the family (a ConditionalGeneration checkpoint loads as
         # its text model, whose config has no architectures entry).

@@ -9,6 +9,8 @@ prefill and 4 decode steps through the KV cache.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from parity_cases import ALL_CASES, MAX_ABS_BOUND, NMSE_BOUND
 
@@ -50,7 +52,26 @@ def test_int4_block_sizes(built, checkpoint, block_size):
 def test_mixed_precision_lm_head_int8_and_float(built, checkpoint):
     result = built("qwen3", precision="int4", int8_layers=["lm_head"], float_layers=["*.down_proj"], accuracy_level=0)
     ops = result.report["nodes"]["by_op_type"]
-    assert ops["MatMul"] == 2 and "GatherBlockQuantized" not in ops  # float down_proj; int8 lm_head
+    assert ops["MatMul"] == 2  # float down_proj; int8 lm_head
+    assert ops["GatherBlockQuantized"] == 1  # the tied embedding keeps an int4 table of its own
+    check(result, checkpoint("qwen3"), 1e-4)
+
+
+@pytest.mark.parametrize("float_layers", [["lm_head"], ["lm_head", "model.embed_tokens"]])
+def test_tied_model_with_a_float_lm_head_stores_one_float_table(built, checkpoint, float_layers):
+    """--float-layers lm_head on a tied model wrote the table twice in float (the lm_head [H, V]
+    and the Gather's [V, H]); the embedding now keeps its int4 table, or shares the float one
+    when it is named too."""
+    import onnx
+
+    result = built("qwen3", precision="int4", float_layers=float_layers, accuracy_level=0)
+    model = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
+    config = json.loads((checkpoint("qwen3") / "config.json").read_text())
+    table = sorted((config["vocab_size"], config["hidden_size"]))
+    tables = [t.name for t in model.graph.initializer if sorted(t.dims) == table]
+    assert len(tables) == 1, tables
+    ops = result.report["nodes"]["by_op_type"]
+    assert ops.get("GatherBlockQuantized", 0) == (0 if "model.embed_tokens" in float_layers else 1)
     check(result, checkpoint("qwen3"), 1e-4)
 
 
@@ -77,3 +98,21 @@ def test_genai_greedy_tokens_match_transformers(built, checkpoint, name):
     theirs = transformers_greedy(reference, prompt, new_tokens)
     assert len(ours) == len(prompt) + new_tokens
     assert ours == theirs
+
+
+def test_int8_embedding_of_a_tied_model_stays_float_verified_and_said(checkpoint, tmp_path):
+    """--int8-layers model.embed_tokens left the table float without a word, and --verify's
+    reference read the int4 lm_head through the tied embedding: a correct build failed it."""
+    from builder.pipeline import build
+
+    result = build(
+        model=str(checkpoint("qwen3")),
+        output=str(tmp_path / "o"),
+        precision="int4",
+        int8_layers=["model.embed_tokens"],
+        verify=True,
+        show_progress=False,
+    )
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    assert any("model.embed_tokens stays float" in n for n in result.report["notes"])
+    assert "GatherBlockQuantized" not in result.report["nodes"]["by_op_type"]

@@ -141,6 +141,12 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"names look like lm_head, {example} or '*.{example.rsplit('.', 1)[-1]}'"
         )
     formats = {m: format_for(m, selection) for m in modules}
+    embed = formats.get("model.embed_tokens")
+    if options.precision == "int4" and embed is not None and embed.quantized and embed.bits == 8:
+        warnings.append(
+            "--int8-layers: model.embed_tokens stays float (no 8-bit GatherBlockQuantized here: it is "
+            "not verified on every EP); leave it int4, or name it in --float-layers"
+        )
     layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
     layout = family.adjust_layout(layout, options)
     moot = moot_head_norm(options, layout)

@@ -1,7 +1,8 @@
 """Token embeddings, the lm_head and logits.
 
 Tied int4 models read the lm_head's MatMulNBits bytes through GatherBlockQuantized
-(one copy on disk); untied ones quantize their own table. int8 tables stay float:
+(one copy on disk); untied ones, and tied ones whose lm_head has another format,
+quantize their own table. int8 tables stay float:
 8-bit GatherBlockQuantized is not verified on every EP here.
 """
 
@@ -40,8 +41,9 @@ def embedding(em: Emitter, lm_head: QuantizedTensor | str) -> str:
     if fmt.quantized and fmt.bits == 4:
         if s.tie_word_embeddings and isinstance(lm_head, QuantizedTensor) and lm_head.format == fmt:
             return _gather_quantized(em, lm_head)
-        if not s.tie_word_embeddings:
-            return _gather_quantized(em, em.proj.quantized_weight(EMBED, [table], fmt, [shape]))
+        # Untied, or a tied lm_head in another format (--float-layers lm_head, --int8-layers
+        # lm_head): the embedding still gathers from int4, its own table, not a float copy.
+        return _gather_quantized(em, em.proj.quantized_weight(EMBED, [table], fmt, [shape]))
     name = em.proj.float_initializer(f"{EMBED}.weight", table, shape)
     return g.op("Gather", [name, "input_ids"], "/model/embed_tokens/Gather", axis=0)
 
