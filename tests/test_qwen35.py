@@ -312,3 +312,28 @@ def test_block_wise_int8_experts_verify_against_their_own_bound(checkpoint, tmp_
     verified = result.report["verify"]
     assert verified["status"] == "passed" and verified["bound"] == "nmse < 0.1", verified
     assert 1e-3 < verified["nmse"] < 0.1  # the activations' noise, not an exact kernel
+
+
+@pytest.mark.parametrize(
+    "name,key,value",
+    [
+        ("qwen3_5", "full_attention_interval", 0),  # ZeroDivisionError
+        ("qwen3_5", "full_attention_interval", None),
+        ("qwen3_5", "full_attention_interval", -2),  # built a model of linear layers only
+        ("qwen3_5", "linear_conv_kernel_dim", None),
+        ("qwen3_5-text", "linear_num_key_heads", "16"),
+        ("qwen3_5-moe", "shared_expert_intermediate_size", "x"),
+        ("qwen3-next", "linear_value_head_dim", 1.5),
+    ],
+)
+def test_hybrid_config_values_of_the_wrong_type_are_named(checkpoint, tmp_path, name, key, value):
+    from builder.kit.checkpoint import Checkpoint
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint(name), folder)
+    config = json.loads((folder / "config.json").read_text())
+    text = config.get("text_config", config)
+    text[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BuilderError, match=f"{key} (= |is null)"):
+        Checkpoint(folder)
