@@ -246,6 +246,7 @@ def _verify(arch, model_file: Path) -> dict:
         plan.target.ep,
         fp32_io=plan.io_dtype == "float32",
         family=type(arch),
+        context_length=plan.context_length,
     )
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":

@@ -394,6 +394,7 @@ FP32_MAX_ABS = 1e-3
 QUANTIZED_NMSE = 1e-2
 ACTIVATION_QUANTIZED_NMSE = 1e-1
 EXACT_LEVEL_OPS = ("MatMulNBits", "QMoE")
+VERIFY_POSITIONS = 20  # a 16-token prompt and 4 decode steps, fewer where the context is shorter
 
 
 def exact_compute_copy(model_file: Path) -> Path | None:
@@ -435,22 +436,33 @@ def quantizes_activations_always(model_file: Path) -> bool:
 
 
 def verify_output(
-    folder: str | Path, checkpoint_dir: str | Path, options: BuildOptions, ep: str, fp32_io: bool, family=None
+    folder: str | Path,
+    checkpoint_dir: str | Path,
+    options: BuildOptions,
+    ep: str,
+    fp32_io: bool,
+    family=None,
+    context_length: int | None = None,
 ) -> dict:
     """The --verify check of one build, as it goes into the build report (family: the builder
-    class that built it, whose prepare_reference the reference gets)."""
+    class that built it, whose prepare_reference the reference gets; context_length: the
+    positions the graph holds, which the check's prompt and decode steps must fit)."""
     if ep != "cpu":
         return {
             "status": "not run",
             "reason": f"the graph targets {ep}, whose kernels this machine may not "
             "have; scripts/check_webgpu.py checks webgpu builds on a GPU",
         }
+    positions = max(2, VERIFY_POSITIONS if context_length is None else min(VERIFY_POSITIONS, context_length))
+    decode_steps = max(1, min(4, positions // 5))
     model_file = Path(folder)
     model_file = model_file if model_file.suffix == ".onnx" else model_file / "model.onnx"
     exact = exact_compute_copy(model_file)
     try:
         models = [exact, model_file] if exact else [model_file]
-        parities = verify_models(models, checkpoint_dir, options, prompt_length=16, decode_steps=4, family=family)
+        parities = verify_models(
+            models, checkpoint_dir, options, positions - decode_steps, decode_steps=decode_steps, family=family
+        )
     finally:
         if exact:
             exact.unlink(missing_ok=True)

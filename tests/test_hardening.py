@@ -542,6 +542,19 @@ def test_linear_rope_scaling_without_an_original_window_supports_max_position_em
     assert RopeSpec.from_config(llama3, 64).max_positions(8192) == 65536
 
 
+def test_verify_fits_its_check_into_a_short_context(ckpt, tmp_path):
+    """--verify ran a 16-token prompt and 4 decode steps whatever the context, and a context
+    under 20 ended in GroupQueryAttention's cos_cache error as a traceback."""
+    from builder import build
+
+    result = build(model=str(ckpt), output=str(tmp_path / "o"), context_length=8, verify=True, show_progress=False)
+    assert result.report["verify"]["status"] == "passed" and result.report["verify"]["steps"] == 2
+    out = tmp_path / "one"
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out, "--context-length", "1", "--verify"), "at least 2 positions", out=out
+    )
+
+
 def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
     import builder.kit.plan as plan
     from builder import build

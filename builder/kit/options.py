@@ -345,6 +345,11 @@ class BuildOptions:
                 raise BuilderError(f"{_flag(f)}: {value!r} is not valid; choose one of {allowed}")
         if self.context_length is not None and self.context_length < 1:
             raise BuilderError(f"--context-length: {self.context_length} must be a positive integer")
+        if self.verify and self.context_length == 1:
+            raise BuilderError(
+                "--verify needs a context of at least 2 positions (a prompt and one decode step); "
+                "raise --context-length or drop --verify"
+            )
         if self.precision in ("fp16", "fp32", "bf16") and (self.int8_layers or self.float_layers):
             raise BuilderError("--int8-layers/--float-layers only apply to int4 and int8 builds")
         both = sorted(set(self.int8_layers) & set(self.float_layers))
