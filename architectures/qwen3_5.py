@@ -206,10 +206,11 @@ class Qwen35MoeBuilder(Qwen35Builder):
         return spec
 
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
-        spec = super().make_spec(config, target)
+        # Before the linear-attention check, which would send a cuda build to webgpu: the
+        # MoE nodes narrow it to cpu.
         if target is not None and not target.supports("moe_swiglu"):
             raise BuilderError(target.moe_refusal(self.architectures[0]))
-        return spec
+        return super().make_spec(config, target)
 
 
 @register("Qwen3_5MoeForConditionalGeneration")

@@ -176,18 +176,25 @@ def test_text_moe_genai_type_and_no_vision_note(built):
     assert not any("vision tower" in note for note in result.report["notes"])
 
 
-@pytest.mark.parametrize("ep,target_ort", [("cuda", None), ("webgpu", "1.27")])
-def test_refused_where_the_kernels_are_missing(checkpoint, tmp_path, ep, target_ort):
+@pytest.mark.parametrize(
+    "ep,precision,target_ort",
+    [("cuda", "int4", None), ("webgpu", "int4", "1.27"), ("cuda", "fp32", None), ("dml", "int8", None)],
+)
+def test_refused_where_the_kernels_are_missing(checkpoint, tmp_path, ep, precision, target_ort):
+    """fp32 cuda and int8 dml were refused first as "build fp16 or int4 for cuda/dml", which
+    the family then refused too: the family's refusal comes first."""
     where = r"builds for cpu \(onnxruntime >= 1.31\) and webgpu \(onnxruntime >= 1.31 with the onnxruntime-ep-webgpu"
     with pytest.raises(BuilderError, match=where):
-        build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", ep=ep, target_ort=target_ort)
+        build(checkpoint("qwen3_5"), tmp_path / "o", precision=precision, ep=ep, target_ort=target_ort)
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("name", ["qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"])
-def test_moe_families_are_refused_on_webgpu(checkpoint, tmp_path, name):
-    with pytest.raises(BuilderError, match="cpu"):
-        build(checkpoint(name), tmp_path / "o", precision="int4", ep="webgpu")
+@pytest.mark.parametrize("ep", ["webgpu", "cuda"])
+def test_moe_families_are_refused_on_gpu_eps(checkpoint, tmp_path, name, ep):
+    """On cuda the linear-attention refusal named webgpu, which the MoE nodes rule out too."""
+    with pytest.raises(BuilderError, match=f"builds only for -e cpu here.*got -e {ep}"):
+        build(checkpoint(name), tmp_path / "o", precision="int4", ep=ep)
 
 
 def test_webgpu_build_is_capture_ready(built):

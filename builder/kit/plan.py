@@ -81,7 +81,16 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     options) and genai_type are all it is asked for."""
     options = options.validated()
     config = checkpoint.config
-    target = Target.from_options(options)
+    try:
+        target = Target.from_options(options)
+    except BuilderError as refused:
+        # "-p fp32 -e cuda: build fp16 or int4" sent a Qwen3.5 user to a build its family
+        # refuses for cuda anyway: a family that cannot build for the EP at all says so first.
+        try:
+            family.make_spec(config, Target.unchecked(options))
+        except BuilderError as family_refusal:
+            raise family_refusal from None
+        raise refused from None
     spec = family.make_spec(config, target)
     if target.graph_capture and spec.sliding_layers:
         # Sliding-window layers under capture: on the plugin EP (H200 and lavapipe) genai's

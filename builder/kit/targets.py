@@ -151,19 +151,26 @@ class Target:
     transformers_js: bool = False  # --format transformers.js: the ONNX Runtime inside transformers.js
 
     @classmethod
-    def from_options(cls, options: BuildOptions) -> Target:
+    def unchecked(cls, options: BuildOptions) -> Target:
+        """The target the options name, before from_options' refusals: for a family to say
+        first when it cannot build for this EP at all, which is the more useful refusal."""
         version = (
             parse_version(options.target_ort, "--target-ort") if options.target_ort else default_ort_version(options.ep)
         )
         if options.format == "transformers.js" and not options.target_ort:
             version = TRANSFORMERS_JS_ORT[options.ep]
-        target = cls(
+        return cls(
             options.ep,
             options.precision,
             version,
             options.io_dtype,
             transformers_js=options.format == "transformers.js",
         )
+
+    @classmethod
+    def from_options(cls, options: BuildOptions) -> Target:
+        target = cls.unchecked(options)
+        version = target.ort_version
         floor = MIN_ORT_VERSION[options.ep]
         if version < floor:
             source = (
