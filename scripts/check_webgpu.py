@@ -64,6 +64,8 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3-moe", "int4", {}),
     ("qwen3_5", "fp32", {}),
     ("qwen3_5", "int4", {}),
+    ("qwen3_5", "fp32", {"qkv_packing": "fused-norm"}),
+    ("qwen3_5", "int4", {"qkv_packing": "fused-norm"}),
     ("qwen3_5-text", "int4", {}),
     ("qwen3_5-moe", "int4", {}),
     ("qwen3-next", "int4", {}),

@@ -218,6 +218,23 @@ def test_webgpu_build_is_capture_ready(built):
     assert config["model"]["decoder"]["inputs"]["past_recurrent_names"] == "past.%d.recurrent"
 
 
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text"])
+def test_fused_norm_puts_the_gated_layers_q_k_norms_into_group_query_attention(built, name):
+    """--qkv-packing fused-norm was dropped in silence on the gated full-attention layers (their
+    norms stayed Reshape/SimplifiedLayerNormalization/Reshape) while the report said fused-norm."""
+    result = built(name, precision="int4", ep="webgpu", qkv_packing="fused-norm")
+    model = onnx.load(result.model_path, load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert gqa and result.report["layout"]["head_norm"] == "gqa"
+    for node in gqa:
+        layer = node.name.split("/")[2]  # /model/layers.N/attn/GroupQueryAttention
+        assert len(node.input) == 16 and node.input[14].endswith(f"{layer}.self_attn.q_norm.weight"), node.input
+        assert [d for d in inits[node.input[15]].dims] == [text_config(TINY_CONFIGS[name])["head_dim"]]
+        assert any(a.name == "qk_norm_epsilon" for a in node.attribute)
+        assert not [n for n in model.graph.node if n.name.startswith(f"/model/{layer}/attn/q_norm/")]
+
+
 def test_refused_on_cpu_runtimes_without_the_kernels(checkpoint, tmp_path):
     with pytest.raises(BuilderError, match="1.31"):
         build(checkpoint("qwen3_5"), tmp_path / "o", precision="int4", target_ort="1.30")

@@ -4,8 +4,8 @@ sigmoid(gate) before o_proj, the gate coming out of q_proj.
 q_proj holds [q_h | gate_h] for each head h. Its rows are re-laid at conversion as [q of all heads |
 gate of all heads], so q, gate, k and v come out of one packed MatMul through one Split (the reference
 builder cuts the gate out with Reshape/Split/Reshape x2). Everything else is the Attention block's:
-per-head Q/K RMSNorm, rotary inside GroupQueryAttention (partial when the cos/sin caches are narrower
-than head_dim / 2), the KV I/O.
+per-head Q/K RMSNorm (inside GroupQueryAttention with --qkv-packing fused-norm), rotary inside
+GroupQueryAttention (partial when the cos/sin caches are narrower than head_dim / 2), the KV I/O.
 """
 
 from __future__ import annotations
@@ -49,12 +49,17 @@ class GatedAttention(Attention):
                 em.proj.matmul(x, f"{base}/{p}_proj", [n], [(kv_rows, s.hidden_size)], f)
                 for p, n, f in (("k", k, fmts[1]), ("v", v, fmts[2]))
             )
-        query = self.head_norm(em, query, em.weight(i, f"{self.prefix}.q_norm.weight"), s.num_heads, f"{base}/q_norm")
-        key = self.head_norm(em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads, f"{base}/k_norm")
+        q_norm, k_norm = (f"{self.prefix}.{p}_norm.weight" for p in "qk")
+        extra = {}
+        if layout.head_norm == "gqa":  # --qkv-packing fused-norm: GroupQueryAttention applies them
+            extra = dict(q_norm=em.norm_weight(i, q_norm, hd), k_norm=em.norm_weight(i, k_norm, hd))
+        else:
+            query = self.head_norm(em, query, em.weight(i, q_norm), s.num_heads, f"{base}/q_norm")
+            key = self.head_norm(em, key, em.weight(i, k_norm), s.num_kv_heads, f"{base}/k_norm")
         cos, sin = em.shared["rope/global"]
         if not layout.rotary_in_gqa:
             query, key = self.rotary_nodes(em, query, key, base, cos, sin)
-        attn = self.group_query_attention(em, i, query, key, value, base, cos, sin)
+        attn = self.group_query_attention(em, i, query, key, value, base, cos, sin, **extra)
         gated = g.op("Mul", [attn, g.op("Sigmoid", [gate_out], f"{base}/gate/Sigmoid")], f"{base}/gate/Mul")
         return em.proj.matmul(
             gated,
