@@ -11,6 +11,8 @@
       precision: [int4]
       ep: [cpu, webgpu]
       output: "{model_name}-{precision}-{ep}"
+      exclude:                   # combinations left out, each named by some of its lists' values
+        - {model: Qwen/Qwen3-4B, ep: webgpu}
     jobs:                        # explicit jobs, in addition to the matrix
       - model: ../examples/tiny-qwen3
         precision: fp32
@@ -232,18 +234,55 @@ def _entries(node, where: str, problems: _Problems) -> dict[str, _Entry]:
 
 
 def _matrix(line: int, node, problems: _Problems):
-    """List values are axes; scalars (e.g. the output template) apply to every job."""
-    axes = []
+    """List values are axes; scalars (e.g. the output template) apply to every job; exclude:
+    lists the combinations to leave out, each by some of its axes' values."""
+    axes, lists, exclude = [], [], None
     for key, key_line, value in _pairs(node, "matrix", problems):
         norm = key.replace("-", "_")
-        if isinstance(value, yaml.SequenceNode):
+        if norm == "exclude":
+            exclude = (key_line, value)
+        elif isinstance(value, yaml.SequenceNode):
             if not value.value:
                 problems.add(key_line, f"matrix.{key}: empty list, so the matrix has no jobs")
             axes.append([(norm, _Entry(key, _value(item), _line(item), "matrix")) for item in value.value])
+            lists.append(norm)
         else:
             axes.append([(norm, _Entry(key, _value(value), key_line, "matrix"))])
+    excluded = _matrix_exclude(exclude, lists, problems) if exclude else []
+    used = [False] * len(excluded)
     for i, combination in enumerate(itertools.product(*axes) if axes else []):
-        yield f"matrix[{i}]", line, dict(combination)
+        values = dict(combination)
+        hits = [j for j, (_, wanted) in enumerate(excluded) if all(values[k].value == v for k, v in wanted.items())]
+        for j in hits:
+            used[j] = True
+        if not hits:  # the label errors give a matrix job names its combination
+            named = ", ".join(f"{values[k].key} {values[k].value}" for k in lists)
+            yield f"matrix[{i}]", line, values, f"matrix[{i}] ({named})" if named else f"matrix[{i}]"
+    for (entry_line, wanted), hit in zip(excluded, used):
+        if not hit:
+            shown = ", ".join(f"{k.replace('_', '-')}: {v}" for k, v in wanted.items())
+            problems.add(entry_line, f"matrix.exclude: {{{shown}}} matches no combination of the matrix's values")
+
+
+def _matrix_exclude(exclude: tuple[int, yaml.Node], lists: list[str], problems: _Problems) -> list:
+    """matrix.exclude -> [(line, {axis: value})]; each entry names matrix axes only."""
+    line, node = exclude
+    if not isinstance(node, yaml.SequenceNode):
+        problems.add(line, "matrix.exclude: must be a list of combinations to leave out (- ep: cuda)")
+        return []
+    entries = []
+    for i, item in enumerate(node.value):
+        pairs = _pairs(item, f"matrix.exclude[{i}]", problems)
+        wanted = {}
+        for key, key_line, value in pairs:
+            norm = key.replace("-", "_")
+            if norm not in lists:
+                axes = ", ".join(k.replace("_", "-") for k in lists) or "none"
+                problems.add(key_line, f"matrix.exclude[{i}].{key}: not a list in the matrix (its lists: {axes})")
+            wanted[norm] = _value(value)
+        if pairs and len(wanted) == len(pairs) and all(k in lists for k in wanted):
+            entries.append((_line(item), wanted))
+    return entries
 
 
 def _resolve_model(model: str, base: Path) -> str:
@@ -251,6 +290,27 @@ def _resolve_model(model: str, base: Path) -> str:
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
         return os.path.abspath(local)
     return model  # org/name and no such folder: a hub id
+
+
+def _plan_refusal(options: BuildOptions) -> str | None:
+    """What the build's plan refuses for a job whose checkpoint is a readable folder here (its
+    family, layout and context against the target), or None. Hub ids and folders that only the
+    nodes see are planned when built; an unreadable checkpoint fails its own job then."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+
+    folder = Path(options.model)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        checkpoint = Checkpoint(folder)
+    except (BuilderError, OSError):
+        return None
+    try:
+        builder_class_for(checkpoint.config)(checkpoint, options)
+    except BuilderError as err:
+        return str(err)
+    return None
 
 
 def _model_not_found(given: str, resolved: str) -> str | None:
@@ -295,8 +355,17 @@ def check_model_folders(batch: Batch) -> None:
 
 
 def _make_job(
-    label: str, line: int, entries: dict[str, _Entry], base: Path, output_root: Path, problems: _Problems
+    label: str,
+    line: int,
+    entries: dict[str, _Entry],
+    base: Path,
+    output_root: Path,
+    problems: _Problems,
+    named: str | None = None,
 ) -> tuple[Job, int] | None:
+    """The job `entries` describe, checked; None after adding its problems. named: how errors
+    name it (a matrix job with its combination), else its label."""
+    named = named or label
     from builder.kit.targets import Target
     from builder.pipeline import default_output
 
@@ -316,7 +385,7 @@ def _make_job(
     if not ok:
         return None
     if not values.get("model"):
-        problems.add(line, f"{label}: no model; every job needs model: (a local folder or a hub id)")
+        problems.add(line, f"{named}: no model; every job needs model: (a local folder or a hub id)")
         return None
     given = values["model"]
     values["model"] = _resolve_model(given, base)
@@ -332,7 +401,11 @@ def _make_job(
         options.validated()
         Target.from_options(options)
     except BuilderError as err:
-        problems.add(line, f"{label}: {err}")
+        problems.add(line, f"{named}: {err}")
+        return None
+    refused = _plan_refusal(options)
+    if refused:  # what the model's family refuses: Qwen3.5 for cuda, fused-norm without q/k norms
+        problems.add(line, f"{named}: {refused}")
         return None
 
     output_line = entries["output"].line if "output" in entries else line
@@ -488,7 +561,8 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         line, node = top["jobs"]
         if isinstance(node, yaml.SequenceNode):
             specs += [
-                (f"jobs[{i}]", _line(item), _entries(item, f"jobs[{i}]", problems)) for i, item in enumerate(node.value)
+                (f"jobs[{i}]", _line(item), _entries(item, f"jobs[{i}]", problems), f"jobs[{i}]")
+                for i, item in enumerate(node.value)
             ]
         elif node.tag != "tag:yaml.org,2002:null":
             problems.add(line, "jobs: must be a list of jobs (- model: ...)")
@@ -496,8 +570,8 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         problems.add(1, "no jobs: add a jobs: list or a matrix:")
 
     jobs, outputs, around = [], {}, {}  # around: each folder that holds an output -> its job
-    for label, line, entries in specs:
-        made = _make_job(label, line, {**defaults, **entries}, base, root, problems)
+    for label, line, entries, named in specs:
+        made = _make_job(label, line, {**defaults, **entries}, base, root, problems, named)
         if made is None:
             continue
         job, job.output_line = made

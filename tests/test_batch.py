@@ -353,6 +353,56 @@ def test_a_model_that_is_a_folder_only_where_the_batch_runs_is_refused(tmp_path,
     assert load_batch(path).jobs[0].options.model == str(tmp_path / "cfg" / "examples" / "tiny")
 
 
+def test_matrix_exclude_leaves_out_combinations_and_checks_what_it_names(tmp_path):
+    """A matrix over families and targets could not leave out the combinations a family
+    refuses: the whole file was refused, each error naming a bare matrix[i]."""
+    path = write(
+        tmp_path / "m.yaml",
+        f"""
+        matrix:
+          model: [{TINY}, {TINY}-other]
+          ep: [cpu, webgpu, cuda]
+          exclude:
+            - {{model: {TINY}-other}}
+            - {{model: {TINY}, ep: cuda}}
+        """,
+    )
+    jobs = load_batch(path).jobs
+    assert [(j.label, j.options.ep) for j in jobs] == [("matrix[0]", "cpu"), ("matrix[1]", "webgpu")]
+    bad = write(
+        tmp_path / "bad.yaml",
+        f"""
+        matrix:
+          model: [{TINY}]
+          ep: [cpu, cuda]
+          precision: fp32
+          exclude:
+            - {{ep: dml}}
+            - {{precision: fp32}}
+            - ep
+        """,
+    )
+    with pytest.raises(BuilderError) as refused:
+        load_batch(bad)
+    text = str(refused.value)
+    assert f"bad.yaml:1: matrix[1] (model {TINY}, ep cuda): -p fp32 -e cuda cannot work" in text  # named
+    assert "bad.yaml:6: matrix.exclude: {ep: dml} matches no combination" in text
+    assert "bad.yaml:7: matrix.exclude[1].precision: not a list in the matrix (its lists: model, ep)" in text
+    assert "bad.yaml:8: matrix.exclude[2]: must be a mapping" in text
+
+
+def test_what_the_models_family_refuses_is_refused_up_front(tmp_path, checkpoint):
+    """--dry-run listed a Qwen3.5 cuda job as a build, which the real run then failed."""
+    hybrid = checkpoint("qwen3_5")
+    path = write(tmp_path / "m.yaml", f"matrix:\n  model: [{hybrid}]\n  ep: [cpu, cuda]\n")
+    with pytest.raises(
+        BuilderError,
+        match=r"m\.yaml:1: matrix\[1\] \(model .*qwen3_5.*, ep cuda\): Qwen3_5ForConditionalGeneration builds",
+    ):
+        load_batch(path)
+    assert batch(path, "--dry-run") == 2
+
+
 def test_matrix_expands_to_jobs(tmp_path):
     other = tmp_path / "ckpt"
     other.mkdir()
