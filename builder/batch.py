@@ -45,10 +45,12 @@ MEMORY_NOTE = (
 # ---- resume ----------------------------------------------------------------------------
 
 
-def rebuild_reason(options: BuildOptions) -> str | None:
-    """Why this job's output must be (re)built, or None when it is up to date."""
+def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> str | None:
+    """Why this job's output must be (re)built, or None when it is up to date. fingerprints:
+    those taken so far in this batch run, by checkpoint folder, so that jobs of one checkpoint
+    hash it once (checkpoint-hash: true reads every weight byte)."""
     from architectures.registry import builder_class_for
-    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.checkpoint import Checkpoint, cached_hub_snapshot, is_hub_id
     from builder.kit.targets import Target
 
     output = Path(options.output)
@@ -71,12 +73,25 @@ def rebuild_reason(options: BuildOptions) -> str | None:
     old_ort, ort = (report.get("target") or {}).get("ort_version"), Target.from_options(options).version_text
     if old_ort != ort:
         return f"target ONNX Runtime {old_ort} -> {ort}"
+    recorded = report.get("checkpoint") or {}
     try:
-        checkpoint = Checkpoint.open(options.model)
-        fingerprint = checkpoint.fingerprint(options.checkpoint_hash)
+        if is_hub_id(options.model):
+            snapshot = cached_hub_snapshot(options.model)
+            if snapshot is None:
+                return _uncached_hub_reason(options, report)
+            checkpoint = Checkpoint(snapshot)
+        else:
+            checkpoint = Checkpoint.open(options.model)
+        key = (str(checkpoint.directory.resolve()), options.checkpoint_hash)
+        fingerprint = (fingerprints or {}).get(key)
+        if fingerprint is None:
+            if options.checkpoint_hash:
+                print(f"hashing the weights of {options.model} (checkpoint-hash: true)", flush=True)
+            fingerprint = checkpoint.fingerprint(options.checkpoint_hash)
+            if fingerprints is not None:
+                fingerprints[key] = fingerprint
     except (BuilderError, OSError):
         return "checkpoint unreadable"  # the build itself says why
-    recorded = report.get("checkpoint") or {}
     if fingerprint != recorded.get("fingerprint"):
         return "checkpoint changed"
     if recorded.get("family"):  # reports from before it was recorded: as they were
@@ -87,6 +102,24 @@ def rebuild_reason(options: BuildOptions) -> str | None:
         name = f"{family.__module__}.{family.__qualname__}"
         if name != recorded["family"]:
             return f"builder family {recorded['family']} -> {name}"
+    if options.verify and "verify" not in report:
+        return "verify asked for, and the existing build was not verified"
+    return None
+
+
+def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:
+    """A hub id whose files this machine's cache lacks (pruned, or a Ray driver that never had
+    them): its output was built from the snapshot its report names, and a hub snapshot is one
+    commit, so the output is up to date while the hub still serves that commit. Offline, the
+    last build is the best knowledge there is (a build could not download it either)."""
+    from builder.kit.checkpoint import hub_revision
+
+    built_from = Path((report.get("checkpoint") or {}).get("path") or "")
+    if built_from.parent.name != "snapshots":
+        return "checkpoint not in the Hugging Face cache here, and its build did not come from the hub"
+    current = hub_revision(options.model)
+    if current is not None and current != built_from.name:
+        return f"hub revision {built_from.name[:12]} -> {current[:12]}"
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
@@ -309,13 +342,24 @@ def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
 
 
 def check_output_root(batch: Batch, jobs: list[Job]) -> None:
-    """Refuse, before any build runs, an output root that the jobs to build cannot write."""
-    if not any(Path(j.options.output).is_relative_to(batch.output_root) for j in jobs):
-        return
-    problem = unwritable(batch.output_root)
-    if problem:
-        where, fix = _output_root_source(batch)
-        raise BuilderError(f"{where}: cannot write the outputs there ({problem}); {fix} (nothing was built)")
+    """Refuse, before any build runs, an output root that the jobs to build cannot write, and
+    the folder of any output elsewhere (each such job failed at its turn before)."""
+    if any(Path(j.options.output).is_relative_to(batch.output_root) for j in jobs):
+        problem = unwritable(batch.output_root)
+        if problem:
+            where, fix = _output_root_source(batch)
+            raise BuilderError(f"{where}: cannot write the outputs there ({problem}); {fix} (nothing was built)")
+    problems, tried = [], set()
+    for job in jobs:
+        parent = Path(job.options.output).parent
+        if parent == batch.output_root or parent in tried:
+            continue
+        tried.add(parent)
+        problem = unwritable(parent)
+        if problem:
+            problems.append(f"{job.name}: cannot write its output in {parent} ({problem}); give it another output:")
+    if problems:
+        raise BuilderError("\n  ".join(["outputs the builds cannot write (nothing was built):", *problems]))
 
 
 def check_outputs(jobs: list[Job]) -> None:
@@ -481,7 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ray_address: and $RAY_ADDRESS).",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="Check the file and print what would be built or skipped; build nothing."
+        "--dry-run",
+        action="store_true",
+        help="Check the file, the model folders and the outputs as a run does (not a Ray cluster's nodes: it "
+        "is not joined) and print what would be built or skipped; build nothing.",
     )
     parser.add_argument("--debug", action="store_true", help="Print tracebacks of failed jobs.")
     return parser
@@ -602,18 +649,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if (args.executor or batch.executor or "local") == "local":
         check_model_folders(batch)
+    fingerprints = {}
     for job in batch.jobs:
-        reason = "--force" if args.force else rebuild_reason(job.options)
+        reason = "--force" if args.force else rebuild_reason(job.options, fingerprints)
         job.action, job.reason = ("build", reason) if reason else ("skip", "up to date")
-    check_outputs([j for j in batch.jobs if j.action == "build"])  # --dry-run shows them too
-    if args.dry_run:
+    to_build = [j for j in batch.jobs if j.action == "build"]
+    check_outputs(to_build)  # --dry-run shows them too
+    check_output_root(batch, to_build)
+    if args.dry_run:  # all but the executor's own check (a Ray cluster is not joined for it)
         for job in batch.jobs:
             o = job.options
             print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {job.reason})")
         return 0
 
-    to_build = [j for j in batch.jobs if j.action == "build"]
-    check_output_root(batch, to_build)
     # From here a signal stops the builds and the summary is still written. Also while a Ray
     # executor starts and probes its nodes: a KeyboardInterrupt inside ray.init or ray.get
     # ended in a segfault at ray.shutdown and left Ray's agents running; now the signal is

@@ -1193,3 +1193,79 @@ def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp
     assert {name: (j["status"], j["error"]) for name, j in jobs.items()} == {
         name: ("interrupted", "not started: the batch was interrupted") for name in ("a", "b")
     }
+
+
+def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Deciding that a hub job's output is up to date downloaded the whole checkpoint (a dry run
+    of the Qwen3 family file would fetch 125 GB to print 'skip'); without a cache it rebuilt."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import constants
+    from test_hardening import hub_cache
+
+    import builder.kit.checkpoint as checkpoint
+
+    home = tmp_path / "hf"
+    hub_cache(home, "org/tiny", TINY)
+    monkeypatch.setenv("HF_HOME", str(home))  # the builds' own processes
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    path = write(tmp_path / "hub.yaml", "jobs:\n  - {model: org/tiny, output: out}\n")
+    assert batch(path) == 0
+    local_only = huggingface_hub.snapshot_download
+
+    def no_download(*args, **kwargs):
+        assert kwargs.get("local_files_only"), "the skip check asked the hub for the checkpoint"
+        return local_only(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
+    shutil.rmtree(home / "hub")  # a pruned cache, or a driver that never had the files
+    assert batch(path, "--dry-run") == 0
+    assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
+    monkeypatch.setattr(checkpoint, "hub_revision", lambda repo: "f" * 40)  # the hub moved on
+    assert batch(path, "--dry-run") == 0
+    assert "build out  (org/tiny, int4, cpu; hub revision 000000000000 -> ffffffffffff)" in capsys.readouterr().out
+
+
+def test_checkpoint_hash_reads_a_checkpoint_once_per_batch(tmp_path, monkeypatch, capsys):
+    from builder.kit.checkpoint import Checkpoint
+
+    path = write(
+        tmp_path / "h.yaml",
+        f"defaults: {{model: {TINY}, checkpoint-hash: true}}\nmatrix:\n  precision: [int4, int8, fp32]\n",
+    )
+    assert batch(path) == 0
+    taken = []
+    fingerprint = Checkpoint.fingerprint
+
+    def counted(self, content=False):
+        taken.append(content)
+        return fingerprint(self, content)
+
+    monkeypatch.setattr(Checkpoint, "fingerprint", counted)
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert taken == [True] and out.count("hashing the weights") == 1 and out.count("up to date") == 3
+
+
+def test_dry_run_refuses_outputs_a_run_cannot_write(tmp_path, capsys):
+    """--dry-run passed a batch whose output root (or an output outside it) cannot be written,
+    which the run then refused; an output outside the root failed only at its turn."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    root_bad = write(tmp_path / "r.yaml", f"output_root: {blocker}/out\njobs:\n  - model: {TINY}\n")
+    assert batch(root_bad, "--dry-run", "--summary", tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert "output_root: " in err and "cannot write the outputs there" in err
+    outside = write(tmp_path / "o.yaml", f"jobs:\n  - {{model: {TINY}, output: {blocker}/x/y}}\n")
+    assert batch(outside, "--dry-run") == 2
+    assert (
+        f"outputs the builds cannot write (nothing was built):\n  file/x/y: cannot write its output in {blocker}/x ("
+        in (capsys.readouterr().err)
+    )

@@ -60,6 +60,42 @@ def resolve_model_dir(model: str) -> Path:
         raise
 
 
+def is_hub_id(model: str) -> bool:
+    """Whether -m names a hub repository: owner/name, and no such folder here."""
+    try:
+        exists = Path(model).expanduser().exists()
+    except RuntimeError:  # '~someone/...' for a user this machine does not know
+        return False
+    return not exists and not model.startswith((".", "/", "~")) and model.count("/") == 1
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The hub id's snapshot in the Hugging Face cache when it holds everything a build
+    reads, else None. Never downloads (batch's skip check must not fetch a checkpoint to
+    learn that its output is up to date)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(
+            snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=True)
+        )
+    except Exception:  # not installed, not cached, not a valid id
+        return None
+    return None if missing_files(path)[0] else path
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit the hub serves for repo_id now (metadata only), or None offline."""
+    try:
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            return None
+        return HfApi().model_info(repo_id, timeout=10).sha
+    except Exception:  # not installed, no network, gone from the hub
+        return None
+
+
 def _local_folder_hint(model: str) -> str | None:
     """For owner/name where a folder `owner` is here: the hub's advice alone sent a mistyped
     local path (examples/tiny-qwen for examples/tiny-qwen3) to download a repository."""
