@@ -155,6 +155,21 @@ def _probe_task(probe: str, models: list[str]) -> dict:
     return {"node": node, "seen": seen, "missing": missing}
 
 
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at a HOST:PORT (or ray://HOST:PORT) address, or None. ray.init keeps
+    retrying an address where nothing listens, printing its warnings, for as long as it is left."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None  # 'auto' and the like: ray.init resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        return str(e.strerror or e)
+    return None
+
+
 def _token_available() -> bool:
     return bool(
         os.environ.get("RAY_AUTH_TOKEN")
@@ -175,6 +190,12 @@ class RayExecutor(Executor):
         ray = self.ray = _ray()
         self.parallel, self.started_here = parallel, False
         if not ray.is_initialized():
+            down = _unreachable(address) if address else None
+            if down:
+                raise BuilderError(
+                    f"--executor ray: nothing answers at {address} ({down}); start the cluster with "
+                    "'ray start --head' there, or pass the address 'ray start' printed as --ray-address"
+                )
             # ray.init puts in a SIGTERM handler that exits with code 15 and a stack dump (a
             # SIGTERM during ray.init meets it); afterwards the handler the process had (the
             # batch's Stop) is put back.

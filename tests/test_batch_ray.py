@@ -8,6 +8,7 @@ installs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -259,3 +260,43 @@ def test_sigterm_while_ray_starts_up_is_not_ray_s_exit(tmp_path, cluster):
     jobs = json.loads((tmp_path / "out" / "one-summary.json").read_text())["jobs"]
     assert [(j["status"], j["error"]) for j in jobs] == [("interrupted", "not started: the batch was interrupted")]
     assert hidden(tmp_path / "out") == [] and not (tmp_path / "out" / "a").exists()
+
+
+def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
+    """ray.init retried such an address for as long as it was left (10+ minutes), printing only
+    its own warnings, and Ctrl-C took 45 s to end it."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "one.yaml", f"jobs:\n  - model: {TINY}\n")
+    with socket_nobody_listens() as port:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "builder",
+                "batch",
+                str(path),
+                "--executor",
+                "ray",
+                "--ray-address",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert f"nothing answers at 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@contextlib.contextmanager
+def socket_nobody_listens():
+    """A local port that was free a moment ago: bound, then closed, so nothing listens there."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yield port
