@@ -67,9 +67,9 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         return damaged
     old, new = report.get("options") or {}, options.to_dict()
     inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
-    changed = sorted(k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS | inert and old.get(k) != new.get(k))
-    if changed:
-        return "options changed: " + ", ".join(k.replace("_", "-") for k in changed)
+    changed = {k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS | inert and old.get(k) != new.get(k)}
+    if changed - RESOLVED_BY_PLAN:
+        return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed - RESOLVED_BY_PLAN))
     old_ort, ort = (report.get("target") or {}).get("ort_version"), Target.from_options(options).version_text
     if old_ort != ort:
         return f"target ONNX Runtime {old_ort} -> {ort}"
@@ -77,7 +77,9 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     try:
         if is_hub_id(options.model):
             snapshot = cached_hub_snapshot(options.model)
-            if snapshot is None:
+            if snapshot is None:  # no config to plan with: the options as written
+                if changed:
+                    return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed))
                 return _uncached_hub_reason(options, report)
             checkpoint = Checkpoint(snapshot)
         else:
@@ -102,9 +104,63 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         name = f"{family.__module__}.{family.__qualname__}"
         if name != recorded["family"]:
             return f"builder family {recorded['family']} -> {name}"
+    if changed:
+        differs = _resolved_differently(options, checkpoint, report)
+        if differs:
+            return differs
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
+
+
+# Options whose written value may differ while the build stays the same (auto, or a default left
+# unwritten, against its value written out): what they resolve to is compared instead.
+RESOLVED_BY_PLAN = {
+    "target_ort",
+    "io_dtype",
+    "accuracy_level",
+    "graph_capture",
+    "logits",
+    "int32_inputs",
+    "qkv_packing",
+    "mlp_packing",
+    "silu",
+    "head_norm",
+    "context_length",
+    "max_length",
+    "intra_op_threads",
+}
+
+
+def _resolved_differently(options: BuildOptions, checkpoint, report: dict) -> str | None:
+    """What the job's options resolve to, where it differs from what its output was built with."""
+    from architectures.registry import builder_class_for
+    from builder.kit.genai_config import resolved_intra_op_threads, resolved_max_length
+    from builder.pipeline import target_record
+
+    try:
+        plan = builder_class_for(checkpoint.config)(checkpoint, options).plan
+    except BuilderError:
+        return "options changed (the build refuses them; it says why)"
+    now = {
+        **{f"target.{k}": v for k, v in target_record(plan).items()},
+        **{f"layout.{k}": v for k, v in plan.layout.describe().items() if k != "notes"},
+        "context_length": plan.context_length,
+    }
+    then = {
+        **{f"target.{k}": v for k, v in (report.get("target") or {}).items()},
+        **{f"layout.{k}": v for k, v in (report.get("layout") or {}).items() if k != "notes"},
+        "context_length": (report.get("model") or {}).get("context_length"),
+    }
+    old = report.get("options") or {}
+    now["max_length"] = resolved_max_length(options.max_length, plan.context_length)
+    then["max_length"] = resolved_max_length(old.get("max_length"), then["context_length"] or plan.context_length)
+    now["intra_op_threads"] = resolved_intra_op_threads(options.intra_op_threads, plan.target)
+    then["intra_op_threads"] = resolved_intra_op_threads(old.get("intra_op_threads"), plan.target)
+    differ = [
+        f"{k if '.' in k else k.replace('_', '-')} {then.get(k)} -> {v}" for k, v in now.items() if then.get(k) != v
+    ]
+    return "options changed: " + ", ".join(differ) if differ else None
 
 
 def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:

@@ -268,28 +268,35 @@ def _verify_summary(verified: dict | None) -> str:
     )
 
 
+def target_record(plan) -> dict:
+    """What the options resolved to for the target, as the report records it (batch compares
+    a job's with its output's, so an option written out at its default is no change)."""
+    target = plan.target
+    return {
+        "ep": target.ep,
+        "precision": target.precision,
+        "ort_version": target.version_text,
+        "runtime": target.runtime,
+        "graph_capture": target.graph_capture,
+        "logits": "last" if plan.last_logits else "all",
+        "int32_inputs": plan.int32_inputs,
+        "io_dtype": str(plan.io_dtype),
+        "accuracy_level": plan.accuracy_level,
+    }
+
+
 def make_report(
     arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str], notes: list[str], layout
 ) -> dict:
     plan = arch.plan
-    spec, target = plan.spec, plan.target
+    spec = plan.spec
     files = [layout.model_file, *layout.data_files(folder)]
     sizes = {Path(name).name: (folder / name).stat().st_size for name in files}
     counts = graph.op_counts()
     return {
         "builder_version": __version__,
         "options": plan.options.to_dict(),
-        "target": {
-            "ep": target.ep,
-            "precision": target.precision,
-            "ort_version": target.version_text,
-            "runtime": target.runtime,
-            "graph_capture": target.graph_capture,
-            "logits": "last" if plan.last_logits else "all",
-            "int32_inputs": plan.int32_inputs,
-            "io_dtype": str(plan.io_dtype),
-            "accuracy_level": plan.accuracy_level,
-        },
+        "target": target_record(plan),
         "checkpoint": {
             "path": str(arch.checkpoint.directory),
             "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),

@@ -1013,6 +1013,38 @@ def test_quantization_options_do_not_rebuild_a_float_job(tmp_path):
     assert summary(tmp_path / "out", "q")["by_name"]["f"]["status"] == "skipped"
 
 
+def test_a_default_written_out_is_no_change(tmp_path, capsys):
+    """Writing an option at what it resolves to (accuracy-level: 4 on cpu, the installed
+    --target-ort, intra-op-threads: 0, logits: last, ...) rebuilt every job though the files came
+    out byte for byte the same: options were compared as written."""
+    head = f"output_root: out\ndefaults:\n  model: {TINY}\n"
+    jobs = "matrix:\n  ep: [cpu, webgpu]\n  precision: [int4, fp32]\n"
+    path = write(tmp_path / "d.yaml", head + jobs)
+    assert batch(path) == 0
+    written_out = [
+        "accuracy-level: 4",
+        "logits: last",
+        "graph-capture: 'off'\n  ep: cpu",  # cpu only: on webgpu auto captures
+        "intra-op-threads: 0\n  ep: cpu",
+        "max-length: 256",  # min(4096, the context of 256)
+        "context-length: 256",
+        "qkv-packing: packed-split\n  ep: cpu",
+    ]
+    for option in written_out:
+        cpu_only = "ep: cpu" in option
+        path = write(
+            tmp_path / "d.yaml", head + f"  {option}\n" + ("jobs:\n  - precision: int4\n" if cpu_only else jobs)
+        )
+        capsys.readouterr()
+        assert batch(path, "--dry-run") == 0
+        out = capsys.readouterr().out
+        assert out.count("up to date") == (1 if cpu_only else 4) and " build " not in out, (option, out)
+    path = write(tmp_path / "d.yaml", head + "  accuracy-level: 0\n" + jobs)
+    assert batch(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.count("options changed: target.accuracy_level 4 -> 0") == 2 and out.count("up to date") == 2, out
+
+
 def test_an_output_root_with_dot_dot_is_checked_before_building(tmp_path, capsys):
     """`output_root: ../x` was kept unnormalized: no output looked to lie under it, so its
     up-front check was skipped and each job failed on its own after starting."""

@@ -26,9 +26,17 @@ DEFAULT_MAX_LENGTH = 4096
 
 
 def search_max_length(plan) -> int:
-    if plan.options.max_length is not None:
-        return plan.options.max_length  # checked against the context length by the plan
-    return min(DEFAULT_MAX_LENGTH, plan.context_length)
+    return resolved_max_length(plan.options.max_length, plan.context_length)
+
+
+def resolved_max_length(max_length: int | None, context_length: int) -> int:
+    """--max-length as written (checked against the context length by the plan), or its default."""
+    return min(DEFAULT_MAX_LENGTH, context_length) if max_length is None else max_length
+
+
+def resolved_intra_op_threads(threads: int | None, target) -> int:
+    """--intra-op-threads as written, or the target's default (-1: genai_config.json leaves it out)."""
+    return target.default_intra_op_threads if threads is None else threads
 
 
 def make_genai_config(plan, config: dict, generation: dict | None, generation_path: str) -> dict[str, Any]:
@@ -64,8 +72,7 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
         "log_id": "onnxruntime-genai",
         "provider_options": [] if target.ep == "cpu" else [{target.ep: target.provider_options}],
     }
-    threads = plan.options.intra_op_threads
-    threads = target.default_intra_op_threads if threads is None else threads
+    threads = resolved_intra_op_threads(plan.options.intra_op_threads, target)
     if threads >= 0:
         session_options["intra_op_num_threads"] = threads
     decoder = {
