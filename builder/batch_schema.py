@@ -473,8 +473,13 @@ def _wrong_type(name: str, e: _Entry) -> str | None:
             "drop overwrite: (--force rebuilds every job)"
         )
     f, value = _FIELDS.get(name), e.value
-    if f is None or value is None:
+    if f is None:
         return None  # unknown keys: BuildOptions says so
+    if value is None:
+        if "None" in str(f.type):  # accuracy-level: null is the option's own default (auto)
+            return None
+        # `precision:` with nothing after it replaced defaults: with the builder's default.
+        return "has no value; give one, or leave the key out"
     if f.type.startswith("list"):
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str) and not isinstance(item, _FloatText) for item in items):

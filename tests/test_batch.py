@@ -164,6 +164,12 @@ BAD = {
         1,
         "executor: 'slurm' is not valid; choose one of local, ray",
     ),
+    # an empty value replaced defaults: with the builder's default, in silence
+    "empty precision": (
+        "defaults:\n  precision: fp16\njobs:\n  - model: {m}\n    precision:\n",
+        5,
+        "jobs[0].precision: has no value; give one, or leave the key out",
+    ),
     "cuda fp32": (
         "jobs:\n  - model: {m}\n    ep: cuda\n    precision: fp32\n",
         2,
