@@ -265,7 +265,9 @@ class RayExecutor(Executor):
         (self.run_folder / "attempts").mkdir(parents=True)
         probe, token = self.run_folder / "probe", f"{socket.gethostname()} {secrets.token_hex(8)}"
         probe.write_text(token)
-        models = sorted({j.options.model for j in jobs if os.path.isdir(j.options.model)})
+        # Checkpoints this machine sees must be seen by every node too. A folder that is no
+        # checkpoint here fails its own job when built; refused here, it was blamed on storage.
+        models = sorted({j.options.model for j in jobs if os.path.isfile(os.path.join(j.options.model, "config.json"))})
         task = self.ray.remote(_probe_task)
         refs = [
             task.options(

@@ -135,14 +135,20 @@ def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_
 
 
 def test_bad_input_fails_once_without_retries(tmp_path):
+    """A folder here that is no checkpoint refused the whole batch as 'not visible on node ...;
+    put local checkpoints on shared storage': it fails its own job, as locally."""
+    (tmp_path / "empty").mkdir()
     path = write(
         tmp_path / "bad.yaml",
-        f"output_root: out\njobs:\n  - model: {tmp_path / 'nothing'}\n  - model: {TINY}\n    output: good\n",
+        f"output_root: out\njobs:\n  - model: {tmp_path / 'nothing'}\n  - model: {TINY}\n    output: good\n"
+        f"  - model: {tmp_path / 'empty'}\n",
     )
     assert batch(path, "--executor", "ray") == 1
     s = summary(tmp_path / "out", "bad")
     bad = s["by_name"]["nothing-int4-cpu"]
     assert bad["status"] == "failed" and "does not exist" in bad["error"] and bad["attempts"] == 1
+    empty = s["by_name"]["empty-int4-cpu"]
+    assert empty["status"] == "failed" and "config.json" in empty["error"] and empty["attempts"] == 1
     assert s["by_name"]["good"]["status"] == "built"  # failure isolation
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bad-summary.json", "bad-summary.md", "good"]
 
