@@ -143,6 +143,24 @@ def _job_task(options: dict, threads: int, attempts: str) -> dict:
     return result
 
 
+def _first_attempt(attempts: Path) -> Path | None:
+    """The mark the first attempt of a job left when it started running, or None."""
+    try:
+        return min(attempts.iterdir(), key=lambda p: p.stat().st_mtime, default=None)
+    except OSError:
+        return None
+
+
+def _started_at(mark: Path) -> float:
+    """When an attempt started, on this process's perf_counter clock (from the mark's age, so a
+    job seen late is not timed short; never in the future if the node's clock runs ahead)."""
+    try:
+        age = max(0.0, time.time() - mark.stat().st_mtime)
+    except OSError:
+        age = 0.0
+    return time.perf_counter() - age
+
+
 def _probe_task(probe: str, models: list[str]) -> dict:
     import ray
 
@@ -316,11 +334,20 @@ class RayExecutor(Executor):
                     retry_exceptions=False,
                     name=f"build {job.name}",
                 ).remote(job.options.to_dict(), self.threads, str(attempts))
-                running[ref] = (job, time.perf_counter(), attempts)
-                on_start(job)
+                running[ref] = [job, None, attempts]  # started: when its first attempt runs
+            # A task waits in Ray's queue until a node has its CPUs and memory: a job starts,
+            # and its time counts, when its first attempt marks itself, not when it is queued.
+            for entry in running.values():
+                if entry[1] is None and _first_attempt(entry[2]):
+                    entry[1] = _started_at(_first_attempt(entry[2]))
+                    on_start(entry[0])
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:
                 job, started, attempts = running.pop(ref)
+                if started is None:  # it ran and ended between two looks
+                    marked = _first_attempt(attempts)
+                    started = _started_at(marked) if marked else time.perf_counter()
+                    on_start(job)
                 self._collect(job, ref, started, attempts)
                 on_end(job)
         if stop.signum is None:
@@ -339,7 +366,10 @@ class RayExecutor(Executor):
         if pending:  # a force-cancel is asynchronous: let the kills land before staging is removed
             ray.wait(pending, num_returns=len(pending), timeout=GRACE_S)
         for ref, (job, started, attempts) in running.items():
-            self._collect(job, ref, started, attempts, interrupted=True)
+            if started is None and not _first_attempt(attempts):
+                queue.append(job)  # still in Ray's queue when cancelled: it never started
+                continue
+            self._collect(job, ref, started or time.perf_counter(), attempts, interrupted=True)
             on_end(job)
         for job in queue:
             job.result.update(status="interrupted", error="not started: the batch was interrupted")

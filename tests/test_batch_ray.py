@@ -306,3 +306,17 @@ def socket_nobody_listens():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield port
+
+
+def test_a_job_starts_when_ray_runs_it_not_when_it_is_queued(tmp_path, capsys):
+    """With more jobs submitted than the cluster's CPUs, every "start" line printed at once and
+    the queued jobs' times counted their wait in Ray's queue."""
+    path = write(
+        tmp_path / "q.yaml",
+        f"output_root: out\ndefaults: {{model: {TINY}}}\nmatrix:\n  precision: [int4, int8, fp16]\n",
+    )
+    capsys.readouterr()
+    assert batch(path, "--executor", "ray", "--jobs", "3") == 0  # 1 CPU each on the 2-CPU cluster
+    lines = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines.count("start") == lines.count("built") == 3
+    assert lines.index("built") < len(lines) - 1 - lines[::-1].index("start"), lines  # one waited for a CPU
