@@ -69,6 +69,18 @@ class ParityResult:
 FLOAT_LINEARS = ("router", ".gate", "shared_expert_gate", "in_proj_b", "in_proj_a", "in_proj_ba")
 
 
+def _untied_in_config(checkpoint_dir: Path) -> bool:
+    """Whether config.json (or its text_config) sets tie_word_embeddings to false."""
+    import json
+
+    try:
+        config = json.loads((checkpoint_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return config.get("tie_word_embeddings") is False or text.get("tie_word_embeddings") is False
+
+
 def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32, family=None):
     """transformers model (fp32) holding the weights the built graph uses. family: the builder
     class that built it (default: the one registered for the checkpoint's config.json)."""
@@ -91,9 +103,11 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
             "graph with transformers, so it needs a model transformers knows: drop --verify"
         ) from None
     missing = set(loading.get("missing_keys") or [])
-    if "lm_head.weight" in missing:
+    if "lm_head.weight" in missing and not _untied_in_config(Path(checkpoint_dir)):
         # A config that omits tie_word_embeddings without an lm_head in the checkpoint: the
         # builder ties it to the embedding (architectures/base.py), transformers made it random.
+        # One that says false reads it under another name (a family's weight()): it stays
+        # missing, for prepare_reference to fill or the refusal below to name.
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
         missing.discard("lm_head.weight")
     model.eval()

@@ -359,6 +359,39 @@ def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_
     assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
 
 
+def test_verify_leaves_a_renamed_lm_head_of_an_untied_model_to_the_family(checkpoint, tmp_path):
+    """verify tied a missing lm_head.weight to the embedding whatever config.json said, so a family
+    reading the head as output.weight failed --verify, and filling it in prepare_reference()
+    overwrote the embedding it now shared."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    from architectures import Qwen3Builder
+
+    class Renamed(Qwen3Builder):
+        def weight(self, layer, suffix):
+            return "output.weight" if suffix == "lm_head.weight" else super().weight(layer, suffix)
+
+    ckpt = tmp_path / "renamed"
+    shutil.copytree(checkpoint("qwen3-untied"), ckpt)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors["output.weight"] = tensors.pop("lm_head.weight")
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    options = dict(model=str(ckpt), precision="fp32", verify=True, show_progress=False)
+    with pytest.raises(BuilderError, match="found no lm_head.weight in the checkpoint"):
+        build(output=str(tmp_path / "plain"), family=Renamed, **options)
+
+    class RenamedAndFilled(Renamed):
+        @classmethod
+        def prepare_reference(cls, model, options, io_dtype=None):
+            weight = load_file(str(ckpt / "model.safetensors"))["output.weight"].astype(np.float32)
+            model.lm_head.weight.copy_(torch.from_numpy(weight))
+
+    result = build(output=str(tmp_path / "filled"), family=RenamedAndFilled, **options)
+    assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
+
+
 def test_verify_ties_an_lm_head_the_builder_tied(checkpoint, tmp_path):
     """A config without tie_word_embeddings and a checkpoint without lm_head.weight: the builder
     ties it to the embedding, transformers left it random, and verify failed the build."""
