@@ -163,7 +163,9 @@ class DecoderBuilder:
         em = self.emitter = Emitter(graph, proj, plan, self.weight)
         attention_io.declare_inputs(em)
         for i in range(spec.num_layers):
-            self.mixer(spec, i).declare_io(em, i)
+            mixer = self.mixer(spec, i)
+            if hasattr(mixer, "declare_io"):  # a stateless block of a user's has nothing to declare
+                mixer.declare_io(em, i)
         attention_io.attention_metadata(em, self.rotary(spec))
         progress.step("lm_head and embeddings")
         lm_head = embedding.lm_head_weight(em)

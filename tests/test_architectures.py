@@ -483,3 +483,30 @@ def test_moe_for_transformers_js_names_its_runtime_and_the_ways_out(built):
     assert "--format transformers.js targets transformers.js 4.3 (onnxruntime-node 1.30)" in message
     assert "build --format genai, or pass --target-ort 1.31" in message and "1.27" not in message
     assert built("qwen3-moe", precision="int4", ep="cpu", format="transformers.js", target_ort="1.31").model_path
+
+
+def test_an_mlp_activation_the_kit_does_not_write_is_refused_not_silu(checkpoint, tmp_path):
+    """DenseMLP(act="gelu") built a graph that computed SiLU, without a word; a subclass
+    overriding activation() is the way to another one."""
+    import onnx
+
+    from architectures import LlamaBuilder
+    from builder.kit.blocks import DenseMLP
+
+    with pytest.raises(ValueError, match=r"DenseMLP\(act='gelu'\).*override activation"):
+        DenseMLP(act="gelu")
+
+    class ReluMLP(DenseMLP):
+        def activation(self, em, x, name):
+            return em.graph.op("Relu", [x], f"{name}/Relu")
+
+    class Relu(LlamaBuilder):
+        def feed_forward(self, spec, i):
+            return ReluMLP(act="relu")
+
+    result = build(
+        model=str(checkpoint("llama")), output=str(tmp_path / "o"), family=Relu, precision="fp32", show_progress=False
+    )
+    ops = [n.op_type for n in onnx.load(str(result.output / "model.onnx"), load_external_data=False).graph.node]
+    layers = result.report["model"]["layers"]
+    assert ops.count("Relu") == layers and "Sigmoid" not in ops and "QuickGelu" not in ops

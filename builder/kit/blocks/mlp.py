@@ -8,6 +8,8 @@ from builder.kit.blocks.emitter import Emitter
 from builder.kit.graph import MS_DOMAIN
 from builder.kit.layout import PackGroup
 
+ACTIVATIONS = ("silu", "gelu_tanh")
+
 
 def activation(em: Emitter, kind: str, x: str, name: str) -> str:
     """silu in the layout's form (QuickGelu alpha=1 is exactly SiLU, one node; or Sigmoid * x),
@@ -15,6 +17,8 @@ def activation(em: Emitter, kind: str, x: str, name: str) -> str:
     g = em.graph
     if kind == "gelu_tanh":
         return g.op("FastGelu", [x], f"{name}/FastGelu", domain=MS_DOMAIN)
+    if kind != "silu":  # any other kind was written as SiLU: a model computing something else
+        raise ValueError(f"activation {kind!r}: the kit writes {', '.join(ACTIVATIONS)}; override DenseMLP.activation")
     if em.plan.layout.silu == "quickgelu":
         return g.op("QuickGelu", [x], f"{name}/QuickGelu", domain=MS_DOMAIN, alpha=1.0)
     return g.op("Mul", [x, g.op("Sigmoid", [x], f"{name}/Sigmoid")], f"{name}/Mul")
@@ -22,8 +26,19 @@ def activation(em: Emitter, kind: str, x: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class DenseMLP:
-    act: str = "silu"  # silu | gelu_tanh
+    act: str = "silu"  # silu | gelu_tanh; for another, a subclass overrides activation()
     prefix: str = "mlp"
+
+    def __post_init__(self):
+        if self.act not in ACTIVATIONS and type(self).activation is DenseMLP.activation:
+            raise ValueError(
+                f"DenseMLP(act={self.act!r}): the kit writes {', '.join(ACTIVATIONS)}; for another "
+                "activation, subclass DenseMLP and override activation(em, x, name)"
+            )
+
+    def activation(self, em: Emitter, x: str, name: str) -> str:
+        """act(gate): the node(s) that apply this MLP's activation to x."""
+        return activation(em, self.act, x, name)
 
     def modules(self, i: int) -> list[str]:
         return [f"model.layers.{i}.{self.prefix}.{p}_proj" for p in ("gate", "up", "down")]
@@ -55,7 +70,7 @@ class DenseMLP:
                 em.proj.matmul(x, f"{base}/{p}_proj", [n], [sh], f)
                 for p, n, sh, f in zip(("gate", "up"), names, shapes, fmts)
             )
-        hidden = g.op("Mul", [activation(em, self.act, gate, f"{base}/act_fn"), up], f"{base}/Mul")
+        hidden = g.op("Mul", [self.activation(em, gate, f"{base}/act_fn"), up], f"{base}/Mul")
         return em.proj.matmul(
             hidden,
             f"{base}/down_proj",
