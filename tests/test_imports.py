@@ -38,16 +38,30 @@ def layer_of_file(path: Path, root: Path) -> str:
     return "app" if rel.startswith("builder/") else rel.split("/")[0]
 
 
-def imports(path: Path):
-    """(module, line, at module level) for every absolute import in a file."""
+def imports(path: Path, root: Path):
+    """(module, line, at module level) for every import in a file: absolute, relative (resolved
+    against the file's package; `from .. import x` names ..x too), and importlib.import_module /
+    __import__ of a literal name."""
     tree = ast.parse(path.read_text(), str(path))
     top = {id(n) for n in tree.body}
+    package = list(path.relative_to(root).with_suffix("").parts)
+    package = package[:-1] if package[-1] != "__init__" else package[:-1]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, node.lineno, id(node) in top
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module, node.lineno, id(node) in top
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                parent = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                base = ".".join(parent + ([node.module] if node.module else []))
+            for alias in node.names if node.level and not node.module else [None]:
+                yield (f"{base}.{alias.name}" if alias else base), node.lineno, id(node) in top
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                yield node.args[0].value, node.lineno, False
 
 
 def violations(root: Path) -> list[str]:
@@ -56,7 +70,7 @@ def violations(root: Path) -> list[str]:
         for path in sorted((root / package).rglob("*.py")):
             rel = path.relative_to(root).as_posix()
             mine = LAYERS.index(layer_of_file(path, root))
-            for module, line, at_top in imports(path):
+            for module, line, at_top in imports(path, root):
                 theirs = layer_of_module(module)
                 if theirs is not None and LAYERS.index(theirs) < mine:
                     found.append(f"{rel}:{line} imports {module} ({theirs} is above {LAYERS[mine]})")
@@ -76,6 +90,12 @@ def test_a_wrong_import_fails_the_contract(tmp_path):
     target.write_text("from builder.kit.options import BuildOptions\n" + target.read_text())
     lazy = tmp_path / "builder" / "kit" / "graph.py"
     lazy.write_text(lazy.read_text() + "\n\ndef _f():\n    from architectures import registry\n")
+    relative = tmp_path / "builder" / "kit" / "rope.py"  # kit reaching up into the app, relatively
+    relative.write_text(relative.read_text() + "\n\ndef _g():\n    from ..pipeline import build\n")
+    by_name = tmp_path / "builder" / "kit" / "spec.py"
+    by_name.write_text(by_name.read_text() + "\n\ndef _h():\n    importlib.import_module('builder.cli')\n")
     found = violations(tmp_path)
     assert any(v.startswith("quant/blockwise.py:1 imports builder.kit.options") for v in found), found
     assert any(v.startswith("builder/kit/graph.py:") and "architectures" in v for v in found), found
+    assert any(v.startswith("builder/kit/rope.py:") and "builder.pipeline" in v for v in found), found
+    assert any(v.startswith("builder/kit/spec.py:") and "builder.cli" in v for v in found), found
