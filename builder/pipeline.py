@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from architectures.base import DecoderBuilder
 from architectures.registry import builder_class_for
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
@@ -92,7 +93,7 @@ def build(
     """
     if isinstance(family, str):
         family = builder_class_for({"architectures": [family]}, where="build(family=...)")
-    elif family is not None and not isinstance(family, type):
+    elif family is not None and not (isinstance(family, type) and issubclass(family, DecoderBuilder)):
         raise BuilderError(
             f"build(family={family!r}): pass a builder class (a subclass of architectures.DecoderBuilder) "
             "or the HF architecture name it is registered under"

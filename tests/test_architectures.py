@@ -430,6 +430,8 @@ def test_family_by_name_or_refused(checkpoint, tmp_path):
         build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family="NoSuchForCausalLM")
     with pytest.raises(BuilderError, match=r"build\(family=3\): pass a builder class"):
         build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family=3)
+    with pytest.raises(BuilderError, match=r"build\(family=<class 'dict'>\): pass a builder class"):
+        build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family=dict)  # was a TypeError
 
 
 def test_verify_uses_the_family_it_was_given(checkpoint, tmp_path):
