@@ -96,12 +96,18 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
         model, loading = AutoModelForCausalLM.from_pretrained(
             str(checkpoint_dir), dtype=torch.float32, output_loading_info=True
         )
-    except (ValueError, KeyError, OSError, ImportError) as e:  # a model_type transformers does not know
+    except (ValueError, KeyError, OSError, ImportError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BuilderError(
-            f"--verify: transformers cannot load {checkpoint_dir} ({first}); verify compares the "
-            "graph with transformers, so it needs a model transformers knows: drop --verify"
-        ) from None
+        if isinstance(e, ImportError):
+            why = "it needs a package that is not installed: install it, or drop --verify"
+        elif isinstance(e, OSError):  # the files: weights under names transformers does not read
+            why = (
+                "verify compares the graph with transformers, which reads model.safetensors or an index "
+                "of shards: give the checkpoint that layout, or drop --verify"
+            )
+        else:  # a model_type transformers does not know
+            why = "verify compares the graph with transformers, so it needs a model transformers knows: drop --verify"
+        raise BuilderError(f"--verify: transformers cannot load {checkpoint_dir} ({first}); {why}") from None
     missing = set(loading.get("missing_keys") or [])
     if "lm_head.weight" in missing and not _untied_in_config(Path(checkpoint_dir)):
         # A config that omits tie_word_embeddings without an lm_head in the checkpoint: the

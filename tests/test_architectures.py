@@ -416,8 +416,18 @@ def test_verify_of_a_model_transformers_does_not_know_is_one_line(checkpoint, tm
     shutil.copytree(checkpoint("llama"), ckpt)
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "myllama"}))
-    with pytest.raises(BuilderError, match=r"^--verify: transformers cannot load .*unknown \(.*myllama"):
+    with pytest.raises(BuilderError, match=r"^--verify: transformers cannot load .*unknown \(.*myllama.*knows"):
         build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, family=LlamaBuilder, show_progress=False)
+
+
+def test_verify_of_weights_transformers_does_not_find_says_so(checkpoint, tmp_path):
+    """A lone shard without an index builds (the builder reads any *.safetensors), and verify
+    blamed transformers' refusal on an unknown model type."""
+    ckpt = tmp_path / "renamed"
+    shutil.copytree(checkpoint("llama"), ckpt)
+    (ckpt / "model.safetensors").rename(ckpt / "model-00001-of-00001.safetensors")
+    with pytest.raises(BuilderError, match=r"reads model.safetensors or an index of shards: give the checkpoint"):
+        build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, show_progress=False)
 
 
 def test_family_by_name_or_refused(checkpoint, tmp_path):
