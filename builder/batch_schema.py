@@ -441,17 +441,20 @@ def _make_job(
     return Job(label, line, options, model_missing=missing), output_line
 
 
-def _own_output_hint(job: Job, other: Job) -> str:
+def _own_output_hint(job: Job, other: Job, varying: list[str]) -> str:
     """How to give two jobs their own outputs. Matrix jobs share one output: template, so
-    'give each job its own output' could not be followed there; name what tells them apart."""
+    'give each job its own output' could not be followed there; name what tells the matrix's
+    jobs apart (varying: the option names whose values differ across them, for one hint that
+    fixes every collision, not one a pair)."""
     if not (job.label.startswith("matrix") and other.label.startswith("matrix")):
         return "give each job its own output"
     a, b = job.options.to_dict(), other.options.to_dict()
-    differ = [k for k in a if k not in NON_BUILD_OPTIONS | {"output"} and a[k] != b.get(k)]
-    differ = [k for k in differ if not isinstance(a[k], list)]  # a list of patterns makes no name
-    if not differ:  # models in folders of the same name
-        return "give these jobs their own output: under jobs:, out of the matrix"
-    named = "-".join(f"{{{k}}}" for k in dict.fromkeys(("model_name", "precision", "ep", *differ)))
+    if Path(a["model"]).name == Path(b["model"]).name and all(a[k] == b.get(k) for k in varying if k != "model"):
+        return "give these jobs their own output: under jobs:, out of the matrix"  # same-named folders
+    fields = [
+        "model_name" if k == "model" else k for k in varying if k not in ("output", "int8_layers", "float_layers")
+    ]
+    named = "-".join(f"{{{k}}}" for k in dict.fromkeys(("model_name", "precision", "ep", *fields)))
     return f'give the matrix an output: template that names what differs, such as output: "{named}"'
 
 
@@ -574,6 +577,12 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     if not specs and not problems.items:
         problems.add(1, "no jobs: add a jobs: list or a matrix:")
 
+    in_matrix = [entries for label, _, entries, _ in specs if label.startswith("matrix")]
+    varying = [  # options whose values differ across the matrix's jobs, in the file's order
+        k
+        for k in dict.fromkeys(k for entries in in_matrix for k in entries)
+        if len({repr(entries[k].value) if k in entries else None for entries in in_matrix}) > 1
+    ]
     jobs, outputs, around = [], {}, {}  # around: each folder that holds an output -> its job
     for label, line, entries, named in specs:
         made = _make_job(label, line, {**defaults, **entries}, base, root, problems, named)
@@ -588,7 +597,7 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
             problems.add(
                 job.output_line,
                 f"{label}.output: {job.options.output} is also the output of "
-                f"{other.label} (line {other.line}); {_own_output_hint(job, other)}",
+                f"{other.label} (line {other.line}); {_own_output_hint(job, other, varying)}",
             )
             continue
         outer = next((outputs[p] for p in real.parents if p in outputs), None)

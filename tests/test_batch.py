@@ -243,6 +243,17 @@ def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
     assert hint + template + '"' in capsys.readouterr().err
     write(path, path.read_text() + f'  output: "{template}"\n')
     assert [job.name for job in load_batch(path).jobs] == ["tiny-qwen3-int4-cpu-32", "tiny-qwen3-int4-cpu-64"]
+    # Models of other names were sent out of the matrix, and two axes got a hint a pair, each
+    # naming one of them: one hint now names every option that varies.
+    other = tmp_path / "other-model"
+    other.symlink_to(TINY)
+    path = write(
+        tmp_path / "m.yaml",
+        f'matrix:\n  model: [{TINY}, {other}]\n  block-size: [32, 64]\n  output: "{{precision}}-{{ep}}"\n',
+    )
+    assert batch(path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert err.count(hint + "{model_name}-{precision}-{ep}-{block_size}" + '"') == 3, err
 
 
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
