@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder.arg_parser import ArgumentParser
 from builder.batch_exec import Executor, LocalExecutor, Stop, report_fields
-from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, check_model_folders, load_batch
+from builder.batch_schema import NON_BUILD_OPTIONS, Batch, Job, load_batch
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Progress, end_line
@@ -696,15 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
         raise BuilderError(f"--jobs: {args.jobs} must be at least 1")
-    batch = load_batch(args.file, args.output_root)
+    batch = load_batch(args.file, args.output_root, args.executor)
     if args.ray_address and (args.executor or batch.executor or "local") != "ray":  # --dry-run too
         raise BuilderError("--ray-address needs --executor ray (or executor: ray in the batch file)")
     summary_json, summary_md = summary_paths(args.summary, batch)
     total = len(batch.jobs)
     tag = {id(j): f"[{i}/{total}]" for i, j in enumerate(batch.jobs, 1)}
 
-    if (args.executor or batch.executor or "local") == "local":
-        check_model_folders(batch)
     fingerprints = {}
     for job in batch.jobs:
         reason = "--force" if args.force else rebuild_reason(job.options, fingerprints)

@@ -73,9 +73,6 @@ class Job:
     action: str = "build"  # build | skip
     reason: str = ""
     result: dict = field(default_factory=dict)
-    # (line, problem) when its model names a local folder this machine does not have: the
-    # local executor refuses the batch for it (check_model_folders); on Ray the nodes decide.
-    model_missing: tuple[int, str] | None = None
 
 
 @dataclass
@@ -343,17 +340,6 @@ def _model_ambiguous(given: str, base: Path) -> str | None:
     )
 
 
-def check_model_folders(batch: Batch) -> None:
-    """Refuse the batch, before any build, for jobs whose local model folder is missing here:
-    each failed only at its turn, after the jobs before it had run. Left out on Ray, whose
-    driver need not mount the checkpoints (the node probe checks those it sees)."""
-    problems = _Problems(batch.path)
-    for job in batch.jobs:
-        if job.model_missing:
-            problems.add(*job.model_missing)
-    problems.raise_if_any()
-
-
 def _make_job(
     label: str,
     line: int,
@@ -362,9 +348,11 @@ def _make_job(
     output_root: Path,
     problems: _Problems,
     named: str | None = None,
+    local: bool = True,
 ) -> tuple[Job, int] | None:
     """The job `entries` describe, checked; None after adding its problems. named: how errors
-    name it (a matrix job with its combination), else its label."""
+    name it (a matrix job with its combination), else its label. local: the builds run on this
+    machine, so its model folders are theirs (on Ray the nodes check them)."""
     named = named or label
     from builder.kit.targets import Target
     from builder.pipeline import default_output
@@ -389,12 +377,13 @@ def _make_job(
         return None
     given = values["model"]
     values["model"] = _resolve_model(given, base)
-    ambiguous = _model_ambiguous(given, base)
+    ambiguous = _model_ambiguous(given, base) if local else None
     if ambiguous:
         problems.add(entries["model"].line, _with_key(ambiguous, entries["model"]))
         return None
-    unfound = _model_not_found(given, values["model"])
-    missing = (entries["model"].line, _with_key(unfound, entries["model"])) if unfound else None
+    unfound = _model_not_found(given, values["model"]) if local else None
+    if unfound:  # with the file's other problems: each failed only at its turn, once the rest had run
+        problems.add(entries["model"].line, _with_key(unfound, entries["model"]))
     options = BuildOptions(**values)
     options.overwrite = True
     try:  # what no single key shows: combinations such as -p fp32 -e cuda
@@ -438,7 +427,7 @@ def _make_job(
     else:
         relative = default_output(options).name
     options.output = os.path.abspath(output_root / os.path.expanduser(relative))
-    return Job(label, line, options, model_missing=missing), output_line
+    return Job(label, line, options), output_line
 
 
 def _own_output_hint(job: Job, other: Job, varying: list[str]) -> str:
@@ -508,8 +497,10 @@ def _with_key(message: str, e: _Entry) -> str:
     return f"{where}: {message}"
 
 
-def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch:
-    """Read and check a batch file; raise one BuilderError listing every problem."""
+def load_batch(path: str | Path, output_root: str | Path | None = None, executor: str | None = None) -> Batch:
+    """Read and check a batch file; raise one BuilderError listing every problem. executor: the
+    command line's --executor, over the file's; with the local one (the default) model folders
+    are checked here too, on Ray the nodes check them."""
     path = Path(path)
     problems = _Problems(path)
     _YAML.constructed_objects.clear()  # it caches by node; nothing from an earlier file is wanted
@@ -540,12 +531,13 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
         else:
             problems.add(line, "output_root: must be a folder path")
 
-    executor = ray_address = None
+    run_on, executor, ray_address = executor, None, None
     if "executor" in top:
         line, node = top["executor"]
         executor = _value(node)
         if executor not in EXECUTORS:
             problems.add(line, f"executor: {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
+    local = (run_on or executor or "local") == "local"
     if "ray_address" in top:
         line, node = top["ray_address"]
         ray_address = _value(node)
@@ -585,7 +577,7 @@ def load_batch(path: str | Path, output_root: str | Path | None = None) -> Batch
     ]
     jobs, outputs, around = [], {}, {}  # around: each folder that holds an output -> its job
     for label, line, entries, named in specs:
-        made = _make_job(label, line, {**defaults, **entries}, base, root, problems, named)
+        made = _make_job(label, line, {**defaults, **entries}, base, root, problems, named, local)
         if made is None:
             continue
         job, job.output_line = made

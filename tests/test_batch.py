@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -368,6 +369,21 @@ def test_a_model_that_is_a_folder_only_where_the_batch_runs_is_refused(tmp_path,
     (tmp_path / "cfg" / "examples" / "tiny").symlink_to(TINY)  # beside the file: read from there
     monkeypatch.chdir(tmp_path)
     assert load_batch(path).jobs[0].options.model == str(tmp_path / "cfg" / "examples" / "tiny")
+    shutil.rmtree(tmp_path / "cfg" / "examples")
+    # On Ray the driver's folders say nothing of what the nodes resolve: the nodes decide.
+    assert load_batch(path, executor="ray").jobs[0].options.model == "examples/tiny"
+
+
+def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
+    """A missing folder was reported only once the file's other problems were fixed: the next
+    run found the next one."""
+    path = write(
+        tmp_path / "e.yaml", f"jobs:\n  - model: {tmp_path / 'nosuch'}\n  - model: {TINY}\n    precison: int4\n"
+    )
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert "2 problems" in str(refused.value) and "no folder" in str(refused.value), refused.value
+    assert "precison: unknown option" in str(refused.value)
 
 
 def test_matrix_exclude_leaves_out_combinations_and_checks_what_it_names(tmp_path):
