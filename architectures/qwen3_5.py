@@ -159,6 +159,16 @@ class Qwen35Builder(DecoderBuilder):
         return SparseMoE(spec.moe)
 
     def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
+        if options.head_norm == "auto" and layout.head_norm == "reshape-sln":
+            if Target.from_options(options).supports("branchwise_rmsnorm"):
+                # Qwen3.5-0.8B int4 on the 2-core cpu: all per-head norms as BranchwiseRMSNorm
+                # decoded 1.016x Reshape/SimplifiedLayerNormalization/Reshape (5/5 rounds),
+                # prefill 0.98x the time (docs/packing.md#cpu); Qwen3 measured the other way.
+                layout = replace(
+                    layout,
+                    head_norm="branchwise",
+                    notes=layout.notes + ("head_norm auto -> branchwise (docs/packing.md#cpu, Qwen3.5)",),
+                )
         if self.text_prefix != "model.":
             return replace(layout, notes=layout.notes + (TEXT_ONLY_NOTE,))
         return layout

@@ -361,3 +361,20 @@ def test_hybrid_config_values_of_the_wrong_type_are_named(checkpoint, tmp_path, 
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(BuilderError, match=f"{key} (= |is null)"):
         Checkpoint(folder)
+
+
+@pytest.mark.parametrize("head_norm", ["reshape-sln", "branchwise", "auto"])
+def test_linear_attention_norms_follow_head_norm(built, checkpoint, head_norm):
+    """The Gated DeltaNet layers wrote BranchwiseRMSNorm wherever the runtime had it, whatever
+    --head-norm said, while the full-attention layers followed it. auto is branchwise for
+    Qwen3.5 on cpu, measured faster there (Qwen3 measured the other way)."""
+    from test_parity import check
+
+    result = built("qwen3_5", precision="fp32", head_norm=head_norm)
+    ops = result.report["nodes"]["by_op_type"]
+    assert result.report["layout"]["head_norm"] == ("reshape-sln" if head_norm == "reshape-sln" else "branchwise")
+    if head_norm == "reshape-sln":
+        assert "BranchwiseRMSNorm" not in ops
+    else:  # two a layer: q and k of the full-attention ones, q|k and the gated output of the linear ones
+        assert ops["BranchwiseRMSNorm"] == 2 * text_config(TINY_CONFIGS["qwen3_5"])["num_hidden_layers"]
+    check(result, checkpoint("qwen3_5"), 1e-4, "qwen3_5")

@@ -170,11 +170,12 @@ class BuildOptions:
         metadata=_opt(
             "--head-norm",
             choices=HEAD_NORMS,
-            help="Form of the per-head Q/K RMSNorm (QK-norm models, unless --qkv-packing "
-            "fused-norm puts it inside GroupQueryAttention): reshape-sln (Reshape, "
-            "SimplifiedLayerNormalization, Reshape; every EP) or branchwise (one "
-            "com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: reshape-sln, "
-            "measured faster on cpu (docs/packing.md).",
+            help="Form of the per-head RMSNorms (the Q/K norms of QK-norm models, unless "
+            "--qkv-packing fused-norm puts them inside GroupQueryAttention, and Qwen3.5's linear "
+            "attention norms): reshape-sln (Reshape, SimplifiedLayerNormalization, Reshape; every "
+            "EP) or branchwise (one com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: "
+            "reshape-sln, measured faster on cpu, but branchwise for Qwen3.5 on cpu, measured "
+            "faster there (docs/packing.md).",
         ),
     )
     target_ort: str | None = field(

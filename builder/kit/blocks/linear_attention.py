@@ -311,11 +311,12 @@ class GatedDeltaNet:
 def per_head_rms_norm(em, x: str, weight: str, name: str, heads: int, dim: int, epsilon: float) -> str:
     """RMSNorm over each of `heads` groups of x [B, S, heads*dim] with a [dim] scale.
 
-    One BranchwiseRMSNorm where the target has it (cpu, ONNX Runtime >= 1.31), else
-    Reshape/SimplifiedLayerNormalization/Reshape (the runtimes inside transformers.js lack it).
+    As the attention layers' Q/K norms, by --head-norm: Reshape/SimplifiedLayerNormalization/
+    Reshape by default (decoded faster at Qwen3-1.7B, docs/packing.md), one BranchwiseRMSNorm
+    with --head-norm branchwise (cpu, ONNX Runtime >= 1.31; the layout refuses it elsewhere).
     """
     g = em.graph
-    if em.plan.target.supports("branchwise_rmsnorm"):
+    if em.plan.layout.head_norm == "branchwise":
         return g.op(
             "BranchwiseRMSNorm",
             [x, weight],
