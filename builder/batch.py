@@ -32,12 +32,11 @@ from builder.version import __version__
 
 MEMORY_NOTE = (
     "Memory per job, measured on a 2-core machine: tiny-qwen3 0.06 GB (0.45 GB with verify, which loads torch). "
-    "Quantized weights stream in 64 MB chunks, so int4 Qwen3-0.6B/1.7B/4B jobs peak at "
-    "0.35-0.46 GB. A tensor kept in float is read whole, at about twice its float32 size: int4 "
-    "Qwen3-8B and 14B/32B keep their untied 151936 x 4096/5120 embedding in float and peak at "
-    "5.3/6.6 GB for cpu, 4.1/5.0 GB for cuda/webgpu; fp16/fp32 builds alike (Qwen3-0.6B fp16 "
-    "1.2 GB, fp32 1.5 GB; 4B fp16 2.6 GB). --jobs N needs the N largest jobs' sum plus ~0.4 GB "
-    "for the batch process; verify (cpu jobs) also loads the model in float32 via transformers. "
+    "Weights stream in 64 MB chunks, int4 embeddings included, so int4 Qwen3-0.6B/1.7B/4B jobs peak at "
+    "0.35-0.46 GB and an untied Qwen3-8B-shaped one at 0.59 GB; fp16/fp32 Qwen3-0.6B (tied) at 0.51/0.53 GB. "
+    "A float lm_head of its own is transposed whole, at about twice its float32 size: an fp16 build of the "
+    "untied 8B shape peaked at 5.0 GB. --jobs N needs the N largest jobs' sum plus ~0.4 GB for the batch "
+    "process; verify (cpu jobs) also loads the model in float32 via transformers. "
     "With --executor ray each job requests Ray memory by an estimate from these figures (docs/cluster.md)."
 )
 

@@ -18,6 +18,7 @@ on every node.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from builder.batch_exec import Executor, remove_staging, run_job
 from builder.kit.errors import BuilderError
+from builder.kit.selection import format_for
 
 MAX_RETRIES = 2  # attempts after the first, for workers or nodes that died
 PROBE_TIMEOUT_S = 120  # every node answers the shared-storage probe within this
@@ -37,10 +39,11 @@ GB = 1e9
 
 # Peak resident memory of builds, from the peak_rss_bytes their build reports record
 # (docs/cluster.md has the table): a build process with onnx and numpy loaded peaks near
-# 0.35 GB for small models, a Ray worker adds about 0.1 GB; quantized weights stream in
-# 64 MB chunks; a tensor kept in float is read whole and converted, about 8 bytes per
-# element (twice its float32 size): int4 Qwen3-8B/14B keep their untied 151936-row
-# embedding in float and peak at 5.3/6.6 GB, fp16 Qwen3-0.6B at 1.2 GB. verify loads
+# 0.35 GB for small models, a Ray worker adds about 0.1 GB; weights stream in 64 MB chunks,
+# int4 embeddings included (untied ones are int4 tables too). A float lm_head of its own is
+# transposed whole, about 8 bytes per element (twice its float32 size): an fp16 build of an
+# untied Qwen3-8B-shaped checkpoint peaked at 5.0 GB, its int4 build at 0.59 GB, fp16/fp32
+# Qwen3-0.6B (tied: the lm_head reads the Gather's table) at 0.51/0.53 GB. verify loads
 # torch and transformers (about 0.3 GB) and the model in float32 beside the ONNX session.
 BASE_BYTES = 0.5 * GB
 STREAM_BYTES = 0.2 * GB
@@ -52,7 +55,6 @@ MEASURED_MARGIN = 1.25  # on a peak the job's own earlier build recorded
 
 def memory_estimate(options) -> tuple[int, str]:
     """(bytes, how it was derived) for one job's memory request."""
-    import json
 
     from builder.output_dir import REPORT_NAME
 
@@ -68,17 +70,19 @@ def memory_estimate(options) -> tuple[int, str]:
     if shapes is None:  # the build fails on its own and says why; it needs little memory for that
         return int(BASE_BYTES), "checkpoint unreadable here; the build will say why"
     numel = {name: _prod(shape) for name, shape in shapes.items()}
-    largest = max(numel.values(), default=0)
-    if options.precision in ("fp16", "fp32", "bf16") or options.float_layers:
-        kept, what = largest, "its largest tensor"
-    elif "lm_head.weight" in numel:  # untied: the embedding stays a float table
-        kept, what = numel.get("model.embed_tokens.weight", largest), "its untied embedding"
+    float_head = not format_for("lm_head", options).quantized
+    table = numel.get("lm_head.weight") or numel.get("model.embed_tokens.weight", 0)
+    # A float lm_head [H, V] of its own (untied, or tied beside a quantized embedding) is read
+    # whole to be transposed; a tied float one reads the Gather's table in the graph.
+    untied = "lm_head.weight" in numel and not _tied_in_config(options.model)
+    own = untied or format_for("model.embed_tokens", options).quantized
+    if float_head and own:
+        kept, what = table, "its lm_head, transposed whole"
     else:
         kept, what = 0, ""
-    total = BASE_BYTES + (STREAM_BYTES if options.precision in ("int4", "int8") else 0)
-    total += FLOAT_BYTES_PER_ELEMENT * kept
+    total = BASE_BYTES + STREAM_BYTES + FLOAT_BYTES_PER_ELEMENT * kept
     how = (
-        f"{BASE_BYTES / GB:.1f} GB + 8 B x {kept:,} elements of {what} kept in float"
+        f"{(BASE_BYTES + STREAM_BYTES) / GB:.1f} GB + 8 B x {kept:,} elements of {what}"
         if kept
         else f"{total / GB:.1f} GB for a streamed {options.precision} build"
     )
@@ -87,6 +91,21 @@ def memory_estimate(options) -> tuple[int, str]:
         total += VERIFY_BASE_BYTES + VERIFY_BYTES_PER_PARAM * params
         how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + 8 B x {params:,} parameters for verify"
     return int(total), how
+
+
+def _tied_in_config(model: str) -> bool:
+    """Whether config.json (here, or in the hub cache) ties the lm_head to the embedding: some
+    tied checkpoints hold an lm_head.weight too, which the build does not read. Unknown: untied,
+    the larger estimate."""
+    from builder.kit.checkpoint import cached_hub_snapshot, is_hub_id
+
+    folder = cached_hub_snapshot(model) if is_hub_id(model) else Path(model)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    return text.get("tie_word_embeddings") is True
 
 
 def _shapes(model: str) -> dict[str, tuple[int, ...]] | None:
