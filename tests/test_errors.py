@@ -99,9 +99,15 @@ def test_a_built_folder_passed_as_the_model_names_its_checkpoint(ckpt, tmp_path,
     assert_clean_failure(
         proc,
         f"{tmp_path / 'built'} is a folder this builder wrote (its build_report.json), not a checkpoint; "
-        f"pass the checkpoint it was built from: -m {ckpt}",
+        f"build from the checkpoint it was built from: {ckpt}",
         out=tmp_path / "again",
     )
+    # built from a hub id: the id, not the cache folder it resolved to (and no -m: batch says model:)
+    report = json.loads((tmp_path / "built" / "build_report.json").read_text())
+    report["checkpoint"]["path"] = str(tmp_path / "hf" / "models--org--tiny" / "snapshots" / ("0" * 40))
+    report["options"]["model"] = "org/tiny"
+    (tmp_path / "built" / "build_report.json").write_text(json.dumps(report))
+    assert "build from the checkpoint it was built from: org/tiny" in cli("-m", tmp_path / "built").stderr
 
 
 def test_a_mistyped_local_path_that_reads_as_a_hub_id_names_the_folder(tmp_path):

@@ -120,11 +120,14 @@ def _built_here(folder: Path) -> str | None:
     try:
         report = json.loads((folder / "build_report.json").read_text())
         source = report["checkpoint"]["path"]  # resolved: options.model may be relative to elsewhere
+        given = str(report["options"]["model"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if Path(source).parent.name == "snapshots" and is_hub_id(given):
+        source = given  # the hub id, not the cache folder it resolved to
     return (
         f"{folder} is a folder this builder wrote (its build_report.json), not a checkpoint; "
-        f"pass the checkpoint it was built from: -m {source}"
+        f"build from the checkpoint it was built from: {source}"
     )
 
 
