@@ -12,7 +12,7 @@ prompt and window 8).
 from architectures.base import DecoderBuilder
 from architectures.qwen2 import sliding_layers
 from architectures.registry import register
-from builder.kit.spec import DecoderSpec
+from builder.kit.spec import SLIDING_ATTENTION, DecoderSpec
 from builder.kit.targets import Target
 
 
@@ -23,6 +23,6 @@ class MistralBuilder(DecoderBuilder):
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec(config, target)
         window = config.get("sliding_window")
-        spec.sliding_layers = sliding_layers(config, window, ["sliding_attention"] * spec.num_layers)
+        spec.sliding_layers = sliding_layers(config, window, [SLIDING_ATTENTION] * spec.num_layers)
         spec.sliding_window = int(window) if spec.sliding_layers else None
         return spec

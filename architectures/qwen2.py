@@ -6,17 +6,18 @@ MatMul (before the Split), or one Add per projection in the separate layout.
 
 from architectures.base import DecoderBuilder
 from architectures.registry import register
-from builder.kit.spec import DecoderSpec
+from builder.kit.spec import FULL_ATTENTION, SLIDING_ATTENTION, DecoderSpec, layer_types
 from builder.kit.targets import Target
 
 
 def sliding_layers(config: dict, window: int | None, default_types: list[str]) -> tuple[int, ...]:
     """Layers that attend through the window: config.json's layer_types when it has them
-    (transformers 5 writes them), else the family's default."""
+    (transformers 5 writes them; checked: a list of the wrong length or a misspelled kind
+    turned the window off in silence for the layers it missed), else the family's default."""
     if not window:
         return ()
-    types = config.get("layer_types") or default_types
-    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    types = layer_types(config, len(default_types), default_types, {FULL_ATTENTION, SLIDING_ATTENTION})
+    return tuple(i for i, t in enumerate(types) if t == SLIDING_ATTENTION)
 
 
 @register("Qwen2ForCausalLM")
@@ -31,7 +32,7 @@ class Qwen2Builder(DecoderBuilder):
         window = config.get("sliding_window") if config.get("use_sliding_window") else None
         n = spec.num_layers
         first = config.get("max_window_layers", n)
-        default = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+        default = [SLIDING_ATTENTION if i >= first else FULL_ATTENTION for i in range(n)]
         spec.sliding_layers = sliding_layers(config, window, default)
         spec.sliding_window = int(window) if spec.sliding_layers else None
         return spec

@@ -522,3 +522,15 @@ def test_an_mlp_activation_the_kit_does_not_write_is_refused_not_silu(checkpoint
     ops = [n.op_type for n in onnx.load(str(result.output / "model.onnx"), load_external_data=False).graph.node]
     layers = result.report["model"]["layers"]
     assert ops.count("Relu") == layers and "Sigmoid" not in ops and "QuickGelu" not in ops
+
+
+@pytest.mark.parametrize("types", [["sliding_attention"], ["sliding_attention", "full_atention"]])
+def test_sliding_layer_types_are_checked(checkpoint, tmp_path, types):
+    """Qwen2/Mistral took a layer_types of the wrong length, or with a misspelled kind, and
+    built the layers it missed without their window (Gemma 3 and Qwen3.5 checked theirs)."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("mistral"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "layer_types": types}))
+    with pytest.raises(BuilderError, match=r"layer_types .* must name 2 layers"):
+        build(model=str(ckpt), output=str(tmp_path / "o"), show_progress=False)

@@ -79,7 +79,3 @@ class DecoderSpec:
                 f"num_key_value_heads {spec.num_kv_heads}"
             )
         return spec
-
-    def attention_layers(self) -> list[int]:
-        """Layers with a KV cache (all of them for a plain decoder)."""
-        return list(range(self.num_layers))
