@@ -128,8 +128,11 @@ def test_a_dtype_the_folder_lacks_says_what_it_holds_and_how_to_build_it(q4):
     weights into another folder' without saying how."""
     line = assert_one_line(node(q4, "--dtype", "q4f16"), str(q4), "--dtype q4f16", "it holds q4 weights")
     assert "onnx/model_q4f16.onnx" in line
-    assert "-p int4 -e webgpu" in line and "-p int4 --io-dtype fp16" in line and f"{BUILD} -o OTHER_DIR" in line
-    assert "--overwrite" not in line
+    # one command that can be pasted, from the checkpoint's resolved path (the report's options.model
+    # is relative to where the build ran)
+    checkpoint = json.loads((q4 / "build_report.json").read_text())["checkpoint"]["path"]
+    assert f"python -m builder -m {checkpoint} -p int4 -e webgpu {BUILD} -o OTHER_DIR" in line
+    assert "--overwrite" not in line and "(or" not in line
 
 
 @pytest.mark.parametrize(
@@ -155,7 +158,7 @@ def test_wasm_is_a_browser_device(q4):
     line = assert_one_line(
         node(q4, "--device", "wasm"), "--device wasm", "browser device", f"python examples/web/serve.py {q4}"
     )
-    assert "--device cpu" in line and "rebuild" not in line and "damaged" not in line
+    assert "--device cpu or webgpu" in line and "rebuild" not in line and "damaged" not in line
 
 
 def test_an_unknown_device_lists_the_node_ones(q4):
@@ -163,8 +166,10 @@ def test_an_unknown_device_lists_the_node_ones(q4):
     assert line.endswith(" or cpu") and "webgpu" in line and "rebuild" not in line
 
 
-def test_cuda_without_its_libraries_says_how_to_install_them(q4):
-    """npm install --ignore-scripts (scripts/setup.sh) leaves out onnxruntime-node's CUDA EP."""
+@pytest.mark.parametrize("device", ["cuda", "auto", "gpu"])
+def test_cuda_without_its_libraries_says_how_to_install_them(q4, device):
+    """npm install --ignore-scripts (scripts/setup.sh) leaves out onnxruntime-node's CUDA EP; auto
+    and gpu, which try cuda first, ended in 'could not load its execution provider'."""
     libs = WEB / "node_modules" / "onnxruntime-node" / "bin" / "napi-v6" / "linux" / "x64"
     if (
         sys.platform != "linux"
@@ -172,8 +177,8 @@ def test_cuda_without_its_libraries_says_how_to_install_them(q4):
         or (libs / "libonnxruntime_providers_cuda.so").exists()
     ):
         pytest.skip("onnxruntime-node has its CUDA libraries here, or no CUDA EP on this platform")
-    line = assert_one_line(node(q4, "--device", "cuda"), "--device cuda", "CUDA libraries", "--ignore-scripts")
-    assert "--device cpu" in line and "rebuild" not in line
+    line = assert_one_line(node(q4, "--device", device), f"--device {device}", "CUDA libraries", "--ignore-scripts")
+    assert "--device cpu or webgpu" in line and "rebuild" not in line
 
 
 def test_an_id_past_the_vocabulary_is_refused_up_front(q4):

@@ -37,7 +37,7 @@ const DTYPES = {
     fp32: { suffix: '', build: '-p fp32' },
     fp16: { suffix: '_fp16', build: '-p fp16' },
     q4: { suffix: '_q4', build: '-p int4 --io-dtype fp32' },
-    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu (or -p int4 --io-dtype fp16)' },
+    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu' },
     int8: { suffix: '_int8', build: '-p int8 --io-dtype fp32' },
 };
 // transformers.js devices of onnxruntime-web, which Node does not have.
@@ -107,12 +107,27 @@ function report(folder) {
     }
 }
 
+/**
+ * The checkpoint `folder` was built from, as -m takes it from anywhere: the resolved path its
+ * build_report.json records (options.model may be relative to where the build ran), or the hub id
+ * where that path is the Hugging Face cache's; null without a report.
+ */
+function checkpointOf(folder) {
+    const built = report(folder);
+    const given = built.options?.model;
+    const resolved = built.checkpoint?.path;
+    if (resolved && path.basename(path.dirname(resolved)) === 'snapshots' && /^[^./~][^/]*\/[^/]+$/.test(given ?? '')) {
+        return given;
+    }
+    return resolved ?? given ?? null;
+}
+
 /** The command that rebuilds `folder`: its checkpoint, precision and EP from build_report.json. */
 function rebuild(shown, folder) {
     const options = report(folder).options ?? {};
-    const model = options.model ?? 'CHECKPOINT';
-    const more = options.model ? ` -p ${options.precision} -e ${options.ep}` : '';
-    const others = options.model ? ' (build_report.json lists its other options)' : '';
+    const model = checkpointOf(folder) ?? 'CHECKPOINT';
+    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${options.ep}` : '';
+    const others = model !== 'CHECKPOINT' ? ' (build_report.json lists its other options)' : '';
     return `rebuild it with python -m builder -m ${model}${more} --format transformers.js -o ${shown} --overwrite${others}`;
 }
 
@@ -154,7 +169,7 @@ function checkDtype(shown, folder, dtype) {
             + `${held}: drop --dtype, or pass one of those`);
     }
     if (holds.includes(dtype) || !holds.length) return;  // no weights at all: the load names the missing file
-    const model = report(folder).options?.model ?? 'CHECKPOINT';
+    const model = checkpointOf(folder) ?? 'CHECKPOINT';
     fail(`${shown} has no ${dtype} weights (onnx/model${DTYPES[dtype].suffix}.onnx) for --dtype ${dtype}: it holds `
         + `${list(holds, 'and')} weights; drop --dtype, or build the ${dtype} weights into another folder with `
         + `python -m builder -m ${model} ${DTYPES[dtype].build} --format transformers.js -o OTHER_DIR`);
@@ -204,7 +219,8 @@ function checkDevice(shown, device, supported) {
     if (!node.includes(device) && !['auto', 'gpu'].includes(device)) {
         fail(`--device ${device} is not a device of transformers.js in Node: pass ${list(node)}`);
     }
-    if (device !== 'cuda') return;
+    // auto and gpu try cuda first in Node: without its libraries they fail as cuda does.
+    if (!['cuda', 'auto', 'gpu'].includes(device)) return;
     let bin = null;
     try {
         const ort = path.dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
@@ -213,8 +229,10 @@ function checkDevice(shown, device, supported) {
         return;  // transformers.js names what it lacks
     }
     if (!fs.existsSync(path.join(bin, `libonnxruntime_providers_cuda.so`))) {
-        fail(`--device cuda needs onnxruntime-node's CUDA libraries, which are not in ${bin} (npm install --ignore-scripts, `
-            + 'as scripts/setup.sh runs it, leaves them out): pass --device cpu, or run npm install in examples/web without --ignore-scripts');
+        const tries = device === 'cuda' ? '' : ' (transformers.js tries cuda first for it)';
+        fail(`--device ${device}${tries} needs onnxruntime-node's CUDA libraries, which are not in ${bin} (npm install `
+            + '--ignore-scripts, as scripts/setup.sh runs it, leaves them out): pass --device cpu or webgpu, or run npm '
+            + 'install in examples/web without --ignore-scripts');
     }
 }
 
@@ -258,7 +276,7 @@ try {
 const folder = path.resolve(args.folder);
 const config = checkFolder(args.folder, folder);
 checkDtype(args.folder, folder, args.dtype);
-if (BROWSER_DEVICES.includes(args.device)) checkDevice(args.folder, args.device, []);
+if (BROWSER_DEVICES.includes(args.device)) checkDevice(args.folder, args.device, ['cpu', 'webgpu']);
 if (args.ids) checkIds(args.folder, config, args.ids);
 
 let transformers;
