@@ -153,14 +153,16 @@ def test_url_names():
 
 
 def test_page_names_the_bad_parameter(tmp_path):
-    """One Chromium launch, a same-origin page of three iframes, each a mistaken address: each page
+    """One Chromium launch, a same-origin page of four iframes, each a mistaken address: each page
     POSTs one error line naming the parameter and the fix, and loads no weights."""
     from test_transformers_js import chromium, load_serve, node_ready
 
     node_ready()
     q4, other = fake_build(tmp_path / "tiny"), fake_build(tmp_path / "other", dtype="fp32")
+    older = fake_build(tmp_path / "older")  # built before config.json carried the build's context
+    (older / "build_report.json").write_text(json.dumps({"model": {"context_length": 16}}))
     cases = {
-        "model=typo": ['no model named "typo" is served here; served: tiny, other'],
+        "model=typo": ['no model named "typo" is served here; served: tiny, other, older'],
         "model=tiny&dtype=q4f16": [
             "dtype=q4f16: tiny has no q4f16 weights; it holds q4: pass dtype=q4 or leave dtype out"
         ],
@@ -168,10 +170,11 @@ def test_page_names_the_bad_parameter(tmp_path):
             "max_new_tokens=300 runs past tiny's context",
             "max_position_embeddings 256: pass max_new_tokens=255 or less",
         ],
+        "model=older&ids=1,2&max_new_tokens=20": ["context_length 16: pass max_new_tokens=15 or less"],
     }
-    # Headless Chromium opens one address: a page in the served folder frames the three.
+    # Headless Chromium opens one address: a page in the served folder frames the four.
     (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
-    server, results = load_serve().start([q4, other])
+    server, results = load_serve().start([q4, other, older])
     posted = {}
     with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as chromium_log:
         for _ in cases:

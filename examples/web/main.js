@@ -119,7 +119,11 @@ async function adapterInfo() {
 /** The builder command that makes `model` again, as build_report.json says it was built, with `change`. */
 function rebuild(model, change = {}) {
     const o = model.report?.options ?? {};
-    const parts = ['python -m builder -m', o.model ?? 'CHECKPOINT'];
+    // The resolved path the report records (options.model may be relative to where the build ran),
+    // or the hub id where that path is the Hugging Face cache's.
+    const resolved = model.report?.checkpoint?.path;
+    const hub = resolved?.split('/').at(-2) === 'snapshots' && /^[^./~][^/]*\/[^/]+$/.test(o.model ?? '');
+    const parts = ['python -m builder -m', hub ? o.model : resolved ?? o.model ?? 'CHECKPOINT'];
     if (o.precision) parts.push('-p', o.precision);
     if (o.ep) parts.push('-e', o.ep);
     const io = change.io_dtype ?? (o.io_dtype && o.io_dtype !== 'auto' ? o.io_dtype : null);
@@ -214,13 +218,18 @@ function checkPrompt(model, ids, max_new_tokens, what) {
         throw new PageError(`${what}: token id ${bad} is outside ${model.name}'s vocabulary (ids 0 to ${vocab - 1}): fix it in the address`);
     }
     // The last new token is never fed back, so the graph sees the prompt and all but one of them.
-    const limit = config.max_position_embeddings;
+    // config.json's max_position_embeddings is the build's --context-length; a folder built before the
+    // builder wrote it there has the checkpoint's, and build_report.json the build's.
+    const built = model.report?.model?.context_length;
+    const fromReport = Number.isInteger(built) && built > 0 && !(config.max_position_embeddings <= built);
+    const limit = fromReport ? built : config.max_position_embeddings;
+    const key = fromReport ? 'context_length' : 'max_position_embeddings';
     if (limit && ids.length + max_new_tokens - 1 > limit) {
         if (ids.length > limit) {
-            throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (max_position_embeddings ${limit}): shorten it`);
+            throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (${key} ${limit}): shorten it`);
         }
         throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context: the ${ids.length} prompt tokens plus the new ones `
-            + `but the last must fit in max_position_embeddings ${limit}: pass max_new_tokens=${limit - ids.length + 1} or less, or shorten the prompt`);
+            + `but the last must fit in ${key} ${limit}: pass max_new_tokens=${limit - ids.length + 1} or less, or shorten the prompt`);
     }
 }
 
