@@ -378,3 +378,13 @@ def test_linear_attention_norms_follow_head_norm(built, checkpoint, head_norm):
     else:  # two a layer: q and k of the full-attention ones, q|k and the gated output of the linear ones
         assert ops["BranchwiseRMSNorm"] == 2 * text_config(TINY_CONFIGS["qwen3_5"])["num_hidden_layers"]
     check(result, checkpoint("qwen3_5"), 1e-4, "qwen3_5")
+
+
+def test_gated_attention_refuses_what_it_would_ignore():
+    """GatedAttention(qk_norm=False), bias=True or local_rope_layers were taken and not written."""
+    from builder.kit.blocks.gated_attention import GatedAttention
+
+    assert GatedAttention(qk_norm=True)
+    for wrong in (dict(qk_norm=False), dict(qk_norm=True, bias=True), dict(qk_norm=True, local_rope_layers=(1,))):
+        with pytest.raises(ValueError, match="GatedAttention writes Q/K norms"):
+            GatedAttention(**wrong)

@@ -19,6 +19,14 @@ from builder.kit.linear import RowSlice
 
 @dataclass(frozen=True)
 class GatedAttention(Attention):
+    def __post_init__(self):
+        # What Attention can be told and this block does not write: refused, not ignored.
+        if not self.qk_norm or self.bias or self.local_rope_layers:
+            raise ValueError(
+                "GatedAttention writes Q/K norms, no q/k/v biases and the global rotary cache only: "
+                f"got qk_norm={self.qk_norm}, bias={self.bias}, local_rope_layers={self.local_rope_layers}"
+            )
+
     def __call__(self, em: Emitter, i: int, x: str) -> str:
         s, g, layout = em.spec, em.graph, em.plan.layout
         base = f"/model/layers.{i}/attn"
