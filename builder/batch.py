@@ -426,13 +426,9 @@ def check_outputs(jobs: list[Job]) -> None:
     problems = []
     for job in jobs:
         try:
-            check_output_free(Path(job.options.output), overwrite=True)
+            check_output_free(Path(job.options.output), overwrite=True, in_batch=True)
         except BuilderError as e:
-            text = (
-                str(e).replace("-o/--output", "output: for the job").replace("--overwrite replaces", "a build replaces")
-            )
-            text = text.replace(" even with --overwrite", "")
-            problems.append(f"{job.name}: {text}")
+            problems.append(f"{job.name}: {e}")
     if problems:
         raise BuilderError("\n  ".join(["outputs the builds would refuse (nothing was built):", *problems]))
 

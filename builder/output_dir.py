@@ -32,26 +32,28 @@ STAGING_PREFIX = ".builder-staging-"
 hold_signals_after_publish = False
 
 
-def check_output_free(output: Path, overwrite: bool) -> None:
+def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> None:
+    """Refuse an output the build would not replace. in_batch: worded for a batch job, whose
+    folder comes from its output: key and which always replaces what it built."""
+    other = "give the job another output:" if in_batch else "choose another -o/--output"
+    replacing = "a build replaces" if in_batch else "--overwrite replaces"
     if not output.exists():
         return
     if not output.is_dir():
-        raise BuilderError(f"output {output} exists and is a file; choose another -o/--output")
+        raise BuilderError(f"output {output} exists and is a file; {other}")
     if not overwrite:
-        raise BuilderError(
-            f"output folder {output} already exists; pass --overwrite to replace it or choose another -o/--output"
-        )
+        raise BuilderError(f"output folder {output} already exists; pass --overwrite to replace it or {other}")
     if any(output.iterdir()) and not (output / REPORT_NAME).is_file():
         raise BuilderError(
-            f"output folder {output} exists and was not made by this builder (no "
-            f"{REPORT_NAME}); refusing to delete it even with --overwrite"
+            f"output folder {output} exists and was not made by this builder (no {REPORT_NAME}); refusing to "
+            f"delete it{'' if in_batch else ' even with --overwrite'}"
         )
     others = files_not_built(output)
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise BuilderError(
             f"output folder {output} also holds what this builder did not write ({shown}); "
-            "--overwrite replaces a whole folder, so move those out of it or choose another -o/--output"
+            f"{replacing} a whole folder, so move those out of it or {other}"
         )
 
 

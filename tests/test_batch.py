@@ -348,7 +348,7 @@ def test_a_missing_model_or_a_taken_output_is_refused_before_any_build(tmp_path,
     err = capsys.readouterr().err
     assert "outputs the builds would refuse (nothing was built)" in err
     assert f"foreign: output folder {foreign} exists and was not made by this builder" in err
-    assert f"afile: output {tmp_path / 'out' / 'afile'} exists and is a file; choose another output: for the job" in err
+    assert f"afile: output {tmp_path / 'out' / 'afile'} exists and is a file; give the job another output:" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["afile", "foreign"]
     assert (foreign / "notes.txt").read_text() == "mine"
 
