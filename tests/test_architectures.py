@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import textwrap
+from pathlib import Path
 
 import onnx
 import pytest
@@ -320,12 +321,23 @@ def test_plugin_architecture_is_discovered_built_and_run(plugin_package, checkpo
     parity(result, ckpt)
 
 
+def renamed_copy(source: Path, folder: Path, name: str, new_name: str) -> Path:
+    """A copy of a one-file checkpoint with one tensor stored under another name."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(source, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors[new_name] = tensors.pop(name)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
 def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_path):
     """A family reading a weight under another name built fine, and --verify then compared it
     with a transformers model holding a random weight there: 'logits differ ... report this'."""
     import numpy as np
     import torch
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from architectures import LlamaBuilder
 
@@ -333,11 +345,7 @@ def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_
         def weight(self, layer, suffix):
             return "model.final_norm.weight" if suffix == "model.norm.weight" else super().weight(layer, suffix)
 
-    ckpt = tmp_path / "renamed"
-    shutil.copytree(checkpoint("llama"), ckpt)
-    tensors = load_file(str(ckpt / "model.safetensors"))
-    tensors["model.final_norm.weight"] = tensors.pop("model.norm.weight")
-    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    ckpt = renamed_copy(checkpoint("llama"), tmp_path / "renamed", "model.norm.weight", "model.final_norm.weight")
     options = dict(model=str(ckpt), precision="fp32", family=Renamed, show_progress=False)
     assert build(output=str(tmp_path / "plain"), **options).report["nodes"]["total"] > 0
     with pytest.raises(BuilderError) as refused:
@@ -365,7 +373,7 @@ def test_verify_leaves_a_renamed_lm_head_of_an_untied_model_to_the_family(checkp
     overwrote the embedding it now shared."""
     import numpy as np
     import torch
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from architectures import Qwen3Builder
 
@@ -373,11 +381,7 @@ def test_verify_leaves_a_renamed_lm_head_of_an_untied_model_to_the_family(checkp
         def weight(self, layer, suffix):
             return "output.weight" if suffix == "lm_head.weight" else super().weight(layer, suffix)
 
-    ckpt = tmp_path / "renamed"
-    shutil.copytree(checkpoint("qwen3-untied"), ckpt)
-    tensors = load_file(str(ckpt / "model.safetensors"))
-    tensors["output.weight"] = tensors.pop("lm_head.weight")
-    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    ckpt = renamed_copy(checkpoint("qwen3-untied"), tmp_path / "renamed", "lm_head.weight", "output.weight")
     options = dict(model=str(ckpt), precision="fp32", verify=True, show_progress=False)
     with pytest.raises(BuilderError, match="found no lm_head.weight in the checkpoint"):
         build(output=str(tmp_path / "plain"), family=Renamed, **options)
