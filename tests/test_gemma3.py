@@ -273,3 +273,29 @@ def test_genai_generates_past_the_window(built, checkpoint):
     reference = dequantized_reference(checkpoint("gemma3"), BuildOptions(model="x", precision="fp32"))
     theirs = transformers_greedy(reference, prompt, new_tokens)
     assert ours == theirs
+
+
+def test_the_context_memory_check_counts_every_rotary_cache_the_family_has(checkpoint, tmp_path, monkeypatch):
+    """The check counted spec.rope and a spec.local_rope by name: a family with a third cache
+    (family.rotary) was bounded by two."""
+    import builder.kit.plan as plan
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.errors import BuilderError
+    from builder.kit.options import BuildOptions
+    from builder.kit.targets import Target
+
+    class ThreeCaches(Gemma3Builder):
+        def rotary(self, spec):
+            return {**super().rotary(spec), "extra": spec.rope}
+
+    ckpt = Checkpoint(checkpoint("gemma3"))
+    options = BuildOptions(
+        model=str(ckpt.directory), output=str(tmp_path / "o"), context_length=4096, allow_long_context=True
+    )
+    two = Gemma3Builder(ckpt, options)
+    io = Target.from_options(options).io_dtype
+    need_two = sum(r.cache_bytes(4096, io) for r in two.rotary(two.spec).values())
+    monkeypatch.setattr(plan, "available_memory_bytes", lambda: 2 * need_two + 2)  # two fit in half, three not
+    assert Gemma3Builder(ckpt, options).plan.context_length == 4096
+    with pytest.raises(BuilderError, match="GiB of rotary cache"):
+        ThreeCaches(ckpt, options)

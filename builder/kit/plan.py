@@ -129,7 +129,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"{'they go' if len(config_only) > 1 else 'it goes'} into genai_config.json, "
             f"which --format {options.format} does not write"
         )
-    context = resolve_context_length(options, spec, target)
+    context = resolve_context_length(options, spec, target, list(family.rotary(spec).values()))
     if options.max_length and options.max_length > context and options.format == "genai":
         raise BuilderError(
             f"--max-length {options.max_length} is larger than the context length "
@@ -240,7 +240,7 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def resolve_context_length(options: BuildOptions, spec, target: Target) -> int:
+def resolve_context_length(options: BuildOptions, spec, target: Target, ropes: list) -> int:
     """--context-length, bounded by what the model supports and by what memory holds.
 
     The rotary caches are [context, rotary_dim / 2] each and are computed before any
@@ -261,7 +261,7 @@ def resolve_context_length(options: BuildOptions, spec, target: Target) -> int:
             f"context length {context} is more than GroupQueryAttention's int32 sequence "
             f"lengths hold ({MAX_CONTEXT}); pass a smaller --context-length"
         )
-    ropes = [r for r in (spec.rope, getattr(spec, "local_rope", None)) if r is not None]  # Gemma 3: two
+    # Every cache the family's blocks read (family.rotary: Gemma 3 has two), each this long.
     need = sum(r.cache_bytes(context, target.io_dtype) for r in ropes)
     available = available_memory_bytes()
     if available is not None and need > available // 2:
