@@ -97,15 +97,9 @@ def _tied_in_config(model: str) -> bool:
     """Whether config.json (here, or in the hub cache) ties the lm_head to the embedding: some
     tied checkpoints hold an lm_head.weight too, which the build does not read. Unknown: untied,
     the larger estimate."""
-    from builder.kit.checkpoint import cached_hub_snapshot, is_hub_id
+    from builder.kit.checkpoint import cached_hub_snapshot, configured_tie, is_hub_id
 
-    folder = cached_hub_snapshot(model) if is_hub_id(model) else Path(model)
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    return text.get("tie_word_embeddings") is True
+    return configured_tie(cached_hub_snapshot(model) if is_hub_id(model) else Path(model)) is True
 
 
 def _shapes(model: str) -> dict[str, tuple[int, ...]] | None:

@@ -69,18 +69,6 @@ class ParityResult:
 FLOAT_LINEARS = ("router", ".gate", "shared_expert_gate", "in_proj_b", "in_proj_a", "in_proj_ba")
 
 
-def _untied_in_config(checkpoint_dir: Path) -> bool:
-    """Whether config.json (or its text_config) sets tie_word_embeddings to false."""
-    import json
-
-    try:
-        config = json.loads((checkpoint_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    return config.get("tie_word_embeddings") is False or text.get("tie_word_embeddings") is False
-
-
 def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32, family=None):
     """transformers model (fp32) holding the weights the built graph uses. family: the builder
     class that built it (default: the one registered for the checkpoint's config.json)."""
@@ -89,6 +77,7 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     from transformers.utils import logging as transformers_logging
 
     import quant
+    from builder.kit.checkpoint import configured_tie
     from builder.kit.selection import format_for
 
     transformers_logging.disable_progress_bar()  # its bars garble progress lines and batch logs
@@ -109,7 +98,7 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
             why = "verify compares the graph with transformers, so it needs a model transformers knows: drop --verify"
         raise BuilderError(f"--verify: transformers cannot load {checkpoint_dir} ({first}); {why}") from None
     missing = set(loading.get("missing_keys") or [])
-    if "lm_head.weight" in missing and not _untied_in_config(Path(checkpoint_dir)):
+    if "lm_head.weight" in missing and configured_tie(Path(checkpoint_dir)) is not False:
         # A config that omits tie_word_embeddings without an lm_head in the checkpoint: the
         # builder ties it to the embedding (architectures/base.py), transformers made it random.
         # One that says false reads it under another name (a family's weight()): it stays

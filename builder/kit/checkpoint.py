@@ -33,6 +33,22 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktok
 HUB_SKIP = ["consolidated*"]
 
 
+def configured_tie(folder: Path | None) -> bool | None:
+    """config.json's tie_word_embeddings in `folder` (its text_config's, for a multimodal
+    checkpoint), or None where the file or the key is not there: the builder then ties an
+    lm_head the checkpoint lacks (architectures/base.py)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):  # TypeError: no folder
+        return None
+    if not isinstance(config, dict):
+        return None
+    for section in (config.get("text_config"), config):
+        if isinstance(section, dict) and isinstance(section.get("tie_word_embeddings"), bool):
+            return section["tie_word_embeddings"]
+    return None
+
+
 def resolve_model_dir(model: str) -> Path:
     """A local folder as it is, or a hub id through the Hugging Face cache."""
     try:
@@ -45,7 +61,7 @@ def resolve_model_dir(model: str) -> Path:
         if not path.is_dir():
             raise BuilderError(f"model path {model!r} is a file; pass the folder that holds config.json")
         return path
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if not is_hub_id(model):
         not_hub = " (nor a hub id: those are owner/name)" if model.count("/") > 1 else ""
         raise BuilderError(
             f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
