@@ -535,7 +535,7 @@ def test_verify_asked_for_an_unverified_build_rebuilds_it(tmp_path):
 
 
 def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
-    from builder.batch import rebuild_reason
+    from builder.batch_resume import rebuild_reason
 
     path = write(tmp_path / "d.yaml", ONE_JOB)
     assert batch(path) == 0
@@ -584,7 +584,7 @@ def test_another_family_for_the_architecture_rebuilds(tmp_path, monkeypatch):
     """A plugin replacing the built-in family (or removed again) left outputs 'up to date' that
     the family now registered would build otherwise."""
     from architectures import Qwen3Builder, registry
-    from builder.batch import rebuild_reason
+    from builder.batch_resume import rebuild_reason
 
     path = write(tmp_path / "f.yaml", ONE_JOB)
     assert batch(path) == 0
@@ -826,7 +826,7 @@ def test_two_batches_writing_one_summary_take_turns_whole(tmp_path):
 
     target = tmp_path / "s-summary.json"
     writer = (
-        "import sys; from pathlib import Path; from builder.batch import write_summary\n"
+        "import sys; from pathlib import Path; from builder.batch_summary import write_summary\n"
         "for i in range(300):\n"
         "    write_summary({Path(sys.argv[1]): sys.argv[2] * 20000})\n"
     )

@@ -18,8 +18,8 @@ LAYERS = ["app", "architectures", "kit", "quant"]
 # Third-party modules the build path must not need (torch and transformers are extras).
 HEAVY = {"torch", "transformers", "tokenizers"}
 # Where a heavy import is allowed, and only inside a function (lazy): verification
-# against transformers and the thread limit of a verify run in batch.
-LAZY_HEAVY_ALLOWED = {"builder/verify.py", "builder/batch.py"}
+# against transformers.
+LAZY_HEAVY_ALLOWED = {"builder/verify.py"}
 
 
 def layer_of_module(name: str) -> str | None:

@@ -1,0 +1,205 @@
+"""Whether a batch job's output is up to date: its files as its report recorded them, built by
+this builder from the same checkpoint with options that resolve the same way."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from builder.batch_exec import report_fields
+from builder.batch_schema import NON_BUILD_OPTIONS
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
+from builder.output_dir import CONFIG_FILES, REPORT_NAME
+from builder.version import __version__
+
+
+def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> str | None:
+    """Why this job's output must be (re)built, or None when it is up to date. fingerprints:
+    those taken so far in this batch run, by checkpoint folder, so that jobs of one checkpoint
+    hash it once (checkpoint-hash: true reads every weight byte)."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint, cached_hub_snapshot, is_hub_id
+    from builder.kit.targets import Target
+
+    output = Path(options.output)
+    if not (output / REPORT_NAME).is_file():
+        return "no build_report.json in the existing folder" if output.exists() else "new"
+    try:
+        report = json.loads((output / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return f"{REPORT_NAME} unreadable"
+    if report.get("builder_version") != __version__:
+        return f"builder {report.get('builder_version')} -> {__version__}"
+    damaged = damaged_file(output, report)
+    if damaged:
+        return damaged
+    old, new = report.get("options") or {}, options.to_dict()
+    inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
+    changed = {k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS | inert and old.get(k) != new.get(k)}
+    if changed - RESOLVED_BY_PLAN:
+        return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed - RESOLVED_BY_PLAN))
+    old_ort, ort = (report.get("target") or {}).get("ort_version"), Target.from_options(options).version_text
+    if old_ort != ort:
+        return f"target ONNX Runtime {old_ort} -> {ort}"
+    recorded = report.get("checkpoint") or {}
+    try:
+        if is_hub_id(options.model):
+            snapshot = cached_hub_snapshot(options.model)
+            if snapshot is None:  # no config to plan with: the options as written
+                if changed:
+                    return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed))
+                return _uncached_hub_reason(options, report)
+            checkpoint = Checkpoint(snapshot)
+        else:
+            checkpoint = Checkpoint.open(options.model)
+        key = (str(checkpoint.directory.resolve()), options.checkpoint_hash)
+        fingerprint = (fingerprints or {}).get(key)
+        if fingerprint is None:
+            if options.checkpoint_hash:
+                print(f"hashing the weights of {options.model} (checkpoint-hash: true)", flush=True)
+            fingerprint = checkpoint.fingerprint(options.checkpoint_hash)
+            if fingerprints is not None:
+                fingerprints[key] = fingerprint
+    except (BuilderError, OSError):
+        return "checkpoint unreadable"  # the build itself says why
+    if fingerprint != recorded.get("fingerprint"):
+        return "checkpoint changed"
+    if recorded.get("family"):  # reports from before it was recorded: as they were
+        try:
+            family = builder_class_for(checkpoint.config)
+        except BuilderError:
+            return "architecture unsupported"  # the build itself says why
+        name = f"{family.__module__}.{family.__qualname__}"
+        if name != recorded["family"]:
+            return f"builder family {recorded['family']} -> {name}"
+    if changed:
+        differs = _resolved_differently(options, checkpoint, report)
+        if differs:
+            return differs
+    if options.verify and "verify" not in report:
+        return "verify asked for, and the existing build was not verified"
+    return None
+
+
+# Options whose written value may differ while the build stays the same (auto, or a default left
+# unwritten, against its value written out): what they resolve to is compared instead.
+RESOLVED_BY_PLAN = {
+    "target_ort",
+    "io_dtype",
+    "accuracy_level",
+    "graph_capture",
+    "logits",
+    "int32_inputs",
+    "qkv_packing",
+    "mlp_packing",
+    "silu",
+    "head_norm",
+    "context_length",
+    "max_length",
+    "intra_op_threads",
+}
+
+
+def _resolved_differently(options: BuildOptions, checkpoint, report: dict) -> str | None:
+    """What the job's options resolve to, where it differs from what its output was built with."""
+    from architectures.registry import builder_class_for
+    from builder.kit.genai_config import resolved_intra_op_threads, resolved_max_length
+    from builder.pipeline import target_record
+
+    try:
+        plan = builder_class_for(checkpoint.config)(checkpoint, options).plan
+    except BuilderError:
+        return "options changed (the build refuses them; it says why)"
+    now = {
+        **{f"target.{k}": v for k, v in target_record(plan).items()},
+        **{f"layout.{k}": v for k, v in plan.layout.describe().items() if k != "notes"},
+        "context_length": plan.context_length,
+    }
+    then = {
+        **{f"target.{k}": v for k, v in (report.get("target") or {}).items()},
+        **{f"layout.{k}": v for k, v in (report.get("layout") or {}).items() if k != "notes"},
+        "context_length": (report.get("model") or {}).get("context_length"),
+    }
+    old = report.get("options") or {}
+    now["max_length"] = resolved_max_length(options.max_length, plan.context_length)
+    then["max_length"] = resolved_max_length(old.get("max_length"), then["context_length"] or plan.context_length)
+    now["intra_op_threads"] = resolved_intra_op_threads(options.intra_op_threads, plan.target)
+    then["intra_op_threads"] = resolved_intra_op_threads(old.get("intra_op_threads"), plan.target)
+    differ = [
+        f"{k if '.' in k else k.replace('_', '-')} {then.get(k)} -> {v}" for k, v in now.items() if then.get(k) != v
+    ]
+    return "options changed: " + ", ".join(differ) if differ else None
+
+
+def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:
+    """A hub id whose files this machine's cache lacks (pruned, or a Ray driver that never had
+    them): its output was built from the snapshot its report names, and a hub snapshot is one
+    commit, so the output is up to date while the hub still serves that commit. Offline, the
+    last build is the best knowledge there is (a build could not download it either)."""
+    from builder.kit.checkpoint import hub_revision
+
+    built_from = Path((report.get("checkpoint") or {}).get("path") or "")
+    if built_from.parent.name != "snapshots":
+        return "checkpoint not in the Hugging Face cache here, and its build did not come from the hub"
+    current = hub_revision(options.model)
+    if current is not None and current != built_from.name:
+        return f"hub revision {built_from.name[:12]} -> {current[:12]}"
+    if options.verify and "verify" not in report:
+        return "verify asked for, and the existing build was not verified"
+    return None
+
+
+def damaged_file(output: Path, report: dict) -> str | None:
+    """What is wrong with the files of a finished output, or None when they are as its
+    report recorded them: the model and its external data files at the sizes in the
+    report's sizes, the config the runtime reads (complete JSON), the tokenizer files."""
+    files = report.get("files") or {}
+    model = files.get("model") or "model.onnx"
+    data = files.get("data") or []
+    sizes = report.get("sizes") or {}
+    weights = [model, *data]
+    for name in weights:
+        path = output / name
+        if not path.is_file():
+            return f"{name} is missing"
+        recorded = sizes.get(f"{Path(name).name}_bytes")
+        size = path.stat().st_size
+        if recorded is not None and size != recorded:
+            return f"{name} has {size} bytes, {REPORT_NAME} records {recorded}"
+    total = sizes.get("total_bytes")
+    if total is not None and sum((output / name).stat().st_size for name in weights) != total:
+        return f"the model files do not add up to the {total} bytes {REPORT_NAME} records"
+    config = CONFIG_FILES.get((report.get("format") or {}).get("name", "genai"))
+    if config:
+        try:
+            written = json.loads((output / config).read_text())
+        except FileNotFoundError:
+            return f"{config} is missing"
+        except (OSError, ValueError, RecursionError):
+            return f"{config} is unreadable or cut short"
+        # Hand edits (search options, provider options) are kept; a config the runtime cannot
+        # read at all is not an output that is up to date.
+        model = written.get("model") if isinstance(written, dict) else None
+        if not isinstance(written, dict) or (config == "genai_config.json" and not isinstance(model, dict)):
+            return f"{config} is not a {'genai config' if config == 'genai_config.json' else 'JSON object'}"
+        if config == "genai_config.json" and not isinstance(model.get("decoder"), dict):
+            return f"{config} has no model.decoder"
+    for name in report.get("tokenizer_files") or []:
+        if not (output / name).is_file():
+            return f"{name} is missing"
+    return None
+
+
+def skipped_result(options: BuildOptions) -> dict:
+    """What the up-to-date output's own report says, verify included: a rerun keeps it."""
+    path = Path(options.output) / REPORT_NAME
+    report = json.loads(path.read_text())
+    built_at = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    result = {"status": "skipped", **report_fields(report), "built_at": built_at}
+    if "peak_rss_bytes" in report:
+        result["peak_rss_bytes"] = report["peak_rss_bytes"]
+    if isinstance(result.get("verify"), dict):
+        result["verify"] = {**result["verify"], "from": f"{options.output}/{REPORT_NAME} (earlier build)"}
+    return result
