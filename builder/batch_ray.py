@@ -97,7 +97,8 @@ def _tied_in_config(model: str) -> bool:
     """Whether config.json (here, or in the hub cache) ties the lm_head to the embedding: some
     tied checkpoints hold an lm_head.weight too, which the build does not read. Unknown: untied,
     the larger estimate."""
-    from builder.kit.checkpoint import cached_hub_snapshot, configured_tie, is_hub_id
+    from builder.kit.checkpoint import configured_tie
+    from builder.kit.model_source import cached_hub_snapshot, is_hub_id
 
     return configured_tie(cached_hub_snapshot(model) if is_hub_id(model) else Path(model)) is True
 
@@ -105,7 +106,8 @@ def _tied_in_config(model: str) -> bool:
 def _shapes(model: str) -> dict[str, tuple[int, ...]] | None:
     """Tensor shapes from safetensors headers, without downloading weights to the driver:
     a local folder; a hub id from the local cache, else its headers over HTTP (range reads)."""
-    from builder.kit.checkpoint import HUB_FILES, Checkpoint
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.model_source import HUB_FILES
 
     if os.path.isdir(model):
         try:

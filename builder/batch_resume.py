@@ -20,7 +20,8 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     those taken so far in this batch run, by checkpoint folder, so that jobs of one checkpoint
     hash it once (checkpoint-hash: true reads every weight byte)."""
     from architectures.registry import builder_class_for
-    from builder.kit.checkpoint import Checkpoint, cached_hub_snapshot, is_hub_id
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.model_source import cached_hub_snapshot, is_hub_id
     from builder.kit.targets import Target
 
     output = Path(options.output)
@@ -138,7 +139,7 @@ def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:
     them): its output was built from the snapshot its report names, and a hub snapshot is one
     commit, so the output is up to date while the hub still serves that commit. Offline, the
     last build is the best knowledge there is (a build could not download it either)."""
-    from builder.kit.checkpoint import hub_revision
+    from builder.kit.model_source import hub_revision
 
     built_from = Path((report.get("checkpoint") or {}).get("path") or "")
     if built_from.parent.name != "snapshots":

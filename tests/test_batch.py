@@ -1269,7 +1269,7 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     from huggingface_hub import constants
     from test_hardening import hub_cache
 
-    import builder.kit.checkpoint as checkpoint
+    import builder.kit.model_source as model_source
 
     home = tmp_path / "hf"
     hub_cache(home, "org/tiny", TINY)
@@ -1292,7 +1292,7 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     shutil.rmtree(home / "hub")  # a pruned cache, or a driver that never had the files
     assert batch(path, "--dry-run") == 0
     assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
-    monkeypatch.setattr(checkpoint, "hub_revision", lambda repo: "f" * 40)  # the hub moved on
+    monkeypatch.setattr(model_source, "hub_revision", lambda repo: "f" * 40)  # the hub moved on
     assert batch(path, "--dry-run") == 0
     assert "build out  (org/tiny, int4, cpu; hub revision 000000000000 -> ffffffffffff)" in capsys.readouterr().out
 

@@ -173,9 +173,9 @@ def test_valid_header_with_empty_tensor_and_metadata(tmp_path):
     save_file(
         {"a": np.zeros((0, 4), np.float32), "b": np.ones((2, 2), np.float16)}, str(path), metadata={"format": "pt"}
     )
-    from builder.kit.checkpoint import _parse_header
+    from builder.kit.safetensors_format import parse_header
 
-    table = _parse_header(path)["tensors"]
+    table = parse_header(path)["tensors"]
     assert table["a"]["shape"] == [0, 4] and table["b"]["dtype"] == "F16"
     assert Checkpoint(folder).tensor("model.norm.weight").shape == (64,)
 
@@ -981,7 +981,7 @@ def test_invalid_hub_id_is_called_invalid(tmp_path, model, fragment):
 def test_download_hint_names_the_installed_cli(monkeypatch):
     import importlib.metadata
 
-    from builder.kit.checkpoint import hub_download_command
+    from builder.kit.model_source import hub_download_command
 
     assert hub_download_command("org/m").startswith("hf download org/m --include")
     assert hub_download_command("org/m").endswith(" --exclude 'consolidated*'")

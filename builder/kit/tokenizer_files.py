@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from builder.kit.errors import BuilderError
+from builder.kit.safetensors_format import could_not_read
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -35,8 +36,6 @@ def check_tokenizer_files(source: Path) -> None:
         try:
             json.loads(path.read_bytes())
         except OSError as e:
-            from builder.kit.checkpoint import could_not_read  # checkpoint imports this module
-
             raise could_not_read(path, e) from None
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
             what = "sampling defaults" if name == "generation_config.json" else "tokenizer"

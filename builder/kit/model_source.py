@@ -1,0 +1,225 @@
+"""Where -m points: a local folder as it is, or a hub id through the Hugging Face cache
+(downloading only what a build reads), and the errors that say what to pass instead."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from builder.kit.errors import BuilderError
+from builder.kit.tokenizer_files import REQUIRED as REQUIRED_TOKENIZER_FILES
+
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+# Mistral's repositories hold the weights twice: HF shards, and consolidated.safetensors in its
+# own format, which the build never reads (the index, or model.safetensors, names what it reads).
+HUB_SKIP = ["consolidated*"]
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local folder as it is, or a hub id through the Hugging Face cache."""
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # '~someone/...' for a user this machine does not know
+        raise BuilderError(
+            f"model path {model!r}: no home folder for {model.split('/')[0]!r}; pass the folder's full path"
+        ) from None
+    if path.exists():
+        if not path.is_dir():
+            raise BuilderError(f"model path {model!r} is a file; pass the folder that holds config.json")
+        return path
+    if not is_hub_id(model):
+        not_hub = " (nor a hub id: those are owner/name)" if model.count("/") > 1 else ""
+        raise BuilderError(
+            f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
+            "and *.safetensors, or a hub id like Qwen/Qwen3-4B"
+        )
+    try:
+        return download_from_hub(model)
+    except BuilderError as e:
+        hint = _local_folder_hint(model)
+        if hint:
+            raise BuilderError(f"{e}; {hint}") from None
+        raise
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether -m names a hub repository: owner/name, and no such folder here."""
+    try:
+        exists = Path(model).expanduser().exists()
+    except RuntimeError:  # '~someone/...' for a user this machine does not know
+        return False
+    return not exists and not model.startswith((".", "/", "~")) and model.count("/") == 1
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The hub id's snapshot in the Hugging Face cache when it holds everything a build
+    reads, else None. Never downloads (batch's skip check must not fetch a checkpoint to
+    learn that its output is up to date)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(
+            snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=True)
+        )
+    except Exception:  # not installed, not cached, not a valid id
+        return None
+    return None if missing_files(path)[0] else path
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit the hub serves for repo_id now (metadata only), or None offline."""
+    try:
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            return None
+        return HfApi().model_info(repo_id, timeout=10).sha
+    except Exception:  # not installed, no network, gone from the hub
+        return None
+
+
+def _local_folder_hint(model: str) -> str | None:
+    """For owner/name where a folder `owner` is here: the hub's advice alone sent a mistyped
+    local path (examples/tiny-qwen for examples/tiny-qwen3) to download a repository."""
+    import difflib
+
+    owner, name = model.split("/")
+    folder = Path(owner).expanduser()
+    try:
+        if not folder.is_dir():
+            return None
+        near = difflib.get_close_matches(name, [p.name for p in folder.iterdir() if p.is_dir()], n=1)
+    except OSError:
+        return None
+    if near:
+        return f"if you meant a local folder: {owner}/ here has no {name}; did you mean {owner}/{near[0]}?"
+    return f"if you meant a local folder: {owner}/ here has no {name}"
+
+
+def built_here(folder: Path) -> str | None:
+    """The error for a folder this builder wrote, passed as -m (a transformers.js build has a
+    config.json and no weights beside it), or None for any other folder."""
+    try:
+        report = json.loads((folder / "build_report.json").read_text())
+        source = report["checkpoint"]["path"]  # resolved: options.model may be relative to elsewhere
+        given = str(report["options"]["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if Path(source).parent.name == "snapshots" and is_hub_id(given):
+        source = given  # the hub id, not the cache folder it resolved to
+    return (
+        f"{folder} is a folder this builder wrote (its build_report.json), not a checkpoint; "
+        f"build from the checkpoint it was built from: {source}"
+    )
+
+
+def hub_download_command(repo_id: str) -> str:
+    """The download command of the installed huggingface_hub: `hf` from 0.34 on (the only
+    one in 1.x), `huggingface-cli` before."""
+    import importlib.metadata
+
+    try:
+        major, minor = (int(x) for x in importlib.metadata.version("huggingface_hub").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        major, minor = 1, 0
+    tool = "hf download" if (major, minor) >= (0, 34) else "huggingface-cli download"
+    patterns = " ".join(f"'{p}'" for p in HUB_FILES)
+    skipped = " ".join(f"'{p}'" for p in HUB_SKIP)
+    return f"{tool} {repo_id} --include {patterns} --exclude {skipped}"
+
+
+def missing_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(needed to build, only wanted) files a model folder lacks.
+
+    A cache can hold part of a repository: transformers' AutoConfig leaves config.json
+    alone, and an interrupted download leaves some shards.
+    """
+    needed = [] if (folder / "config.json").is_file() else ["config.json"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_bytes())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
+            shards = []  # the Checkpoint says what is wrong with the index
+        needed += [s for s in shards if isinstance(s, str) and not (folder / s).is_file()]
+    elif not any(folder.glob("*.safetensors")):
+        needed.append("*.safetensors")
+    wanted = [name for name in REQUIRED_TOKENIZER_FILES if not (folder / name).is_file()]
+    return needed, wanted
+
+
+def download_from_hub(repo_id: str) -> Path:
+    try:
+        import huggingface_hub
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise BuilderError(
+            f"{repo_id!r} is not a local folder and huggingface_hub is not installed "
+            "to fetch it; pip install huggingface_hub or pass a local folder"
+        ) from None
+    try:
+        huggingface_hub.utils.validate_repo_id(repo_id)
+    except Exception as e:  # HFValidationError
+        why = str(e).rstrip(".")
+        raise BuilderError(
+            f"{repo_id!r} is not a local folder, and not a valid hub id ({why}); pass a folder "
+            "with config.json and *.safetensors, or a hub id like Qwen/Qwen3-4B"
+        ) from None
+    command = hub_download_command(repo_id)
+    cached = None
+    try:
+        # The cache first: works offline, and avoids a network round trip when complete.
+        cached = Path(
+            snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=True)
+        )
+    except Exception:
+        pass
+    if cached is not None and not any(missing_files(cached)):
+        return cached
+    offline = getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False) or os.environ.get(
+        "HF_HUB_OFFLINE", "0"
+    ) not in ("0", "", "false", "False")
+    if offline:
+        if cached is None:
+            raise BuilderError(
+                f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"download it where you have network ({command}) or pass a local folder"
+            )
+        needed, wanted = missing_files(cached)
+        if not needed:
+            return cached  # only tokenizer files are missing: the build warns about them
+        raise BuilderError(
+            f"the Hugging Face cache holds only part of {repo_id!r} ({', '.join(needed)} "
+            f"missing in {cached}) and HF_HUB_OFFLINE is set; complete it where you have "
+            f"network ({command}) or pass a local folder"
+        )
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP))
+    except Exception as e:
+        kind = type(e).__name__
+        if "RepositoryNotFound" in kind or "404" in str(e):
+            raise BuilderError(
+                f"hub id {repo_id!r} was not found on the Hugging Face hub; "
+                "check the spelling, or log in (hf auth login) for a gated model"
+            ) from None
+        if "GatedRepo" in kind:
+            raise BuilderError(
+                f"{repo_id!r} is gated on the Hugging Face hub: accept its license on the hub "
+                "and log in (hf auth login)"
+            ) from None
+        partly = f" (the cache holds part of it, in {cached})" if cached is not None else ""
+        raise BuilderError(
+            f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
+            f"and the hub could not be reached ({kind}); you may be offline: run {command} "
+            "where you have network, or pass a local folder"
+        ) from None
+    needed, _ = missing_files(path)
+    if needed:
+        # snapshot_download falls back to the cache when the hub cannot be reached.
+        raise BuilderError(
+            f"{repo_id!r}: {', '.join(needed)} missing in {path}, and the hub did not provide "
+            f"them (offline, or not a safetensors checkpoint?); run {command} where you have "
+            "network, or pass a local folder"
+        )
+    return path
