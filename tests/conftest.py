@@ -16,6 +16,29 @@ from builder import BuildOptions
 from builder.pipeline import run
 from support.synthetic import TINY_CONFIGS, make_checkpoint
 
+# A skipped check is not a passing one: the suite pins its environment (scripts/test.sh), so a
+# test that cannot run there has found something to fix, and the run must say so by failing.
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped:
+        terminalreporter.write_line(
+            f"FAILED: {len(_skipped)} test(s) skipped, and this suite counts a skip as a failure: "
+            + ", ".join(_skipped),
+            red=True,
+        )
+
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
