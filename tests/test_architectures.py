@@ -52,7 +52,7 @@ LAYOUTS = [("separate", "separate"), ("packed-split", "packed")]
 @pytest.mark.parametrize("arch", sorted(PARITY_CASES))
 def test_layouts_give_transformers_logits(built, checkpoint, arch, qkv, mlp):
     name = PARITY_CASES[arch][0]
-    result = built(name, precision="fp32", qkv_packing=qkv, mlp_packing=mlp)
+    result = built(name, precision="fp32", qkv_packing=qkv, mlp_packing=mlp, logits="all")
     assert (result.report["layout"]["qkv_packing"], result.report["layout"]["mlp_packing"]) == (qkv, mlp)
     parity(result, checkpoint(name))
 

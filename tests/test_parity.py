@@ -4,7 +4,9 @@ fp32 builds must match transformers' fp32 model to 1e-4. Quantized builds are
 compared with transformers running the dequantized weights (the very numbers
 MatMulNBits multiplies by), with accuracy_level 0 so the kernel computes in
 fp32: the bound stays as tight as fp32's. Each comparison covers a 12-token
-prefill and 4 decode steps through the KV cache.
+prefill, every position of it (the builds here keep all positions' logits, so a
+mask or window that leaks a later token into an earlier one shows), and 4 decode
+steps through the KV cache or state.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ PROMPT, DECODE = 12, 4
 
 
 def check(result, checkpoint_dir, bound, name=None):
+    # A --logits last build answers for the prompt's last position only.
+    assert result.report["target"]["logits"] == "all", "build with logits='all' to check every prompt position"
     options = BuildOptions(**result.report["options"])
     parity = verify_build(result.output, checkpoint_dir, options, prompt_length=PROMPT, decode_steps=DECODE)
     assert parity.steps == DECODE + 1
@@ -32,25 +36,27 @@ def check(result, checkpoint_dir, bound, name=None):
 
 @pytest.mark.parametrize("name", ALL_CASES)
 def test_fp32_logits_match_transformers(built, checkpoint, name):
-    check(built(name, precision="fp32"), checkpoint(name), 1e-4, name)
+    check(built(name, precision="fp32", logits="all"), checkpoint(name), 1e-4, name)
 
 
 @pytest.mark.parametrize("name", ALL_CASES)
 @pytest.mark.parametrize("precision,symmetric", [("int4", True), ("int4", False), ("int8", True)])
 def test_quantized_logits_match_dequantized_transformers(built, checkpoint, name, precision, symmetric):
-    result = built(name, precision=precision, symmetric=symmetric, accuracy_level=0)
+    result = built(name, precision=precision, symmetric=symmetric, accuracy_level=0, logits="all")
     check(result, checkpoint(name), 1e-4, name)
 
 
 @pytest.mark.parametrize("block_size", [16, 64, 128])
 def test_int4_block_sizes(built, checkpoint, block_size):
     # hidden 64: block 128 pads every row to whole blocks; the embedding Slice drops the padding.
-    result = built("qwen3", precision="int4", block_size=block_size, accuracy_level=0)
+    result = built("qwen3", precision="int4", block_size=block_size, accuracy_level=0, logits="all")
     check(result, checkpoint("qwen3"), 1e-4)
 
 
 def test_mixed_precision_lm_head_int8_and_float(built, checkpoint):
-    result = built("qwen3", precision="int4", int8_layers=["lm_head"], float_layers=["*.down_proj"], accuracy_level=0)
+    result = built(
+        "qwen3", precision="int4", int8_layers=["lm_head"], float_layers=["*.down_proj"], accuracy_level=0, logits="all"
+    )
     ops = result.report["nodes"]["by_op_type"]
     assert ops["MatMul"] == 2  # float down_proj; int8 lm_head
     assert ops["GatherBlockQuantized"] == 1  # the tied embedding keeps an int4 table of its own
@@ -64,7 +70,7 @@ def test_tied_model_with_a_float_lm_head_stores_one_float_table(built, checkpoin
     when it is named too."""
     import onnx
 
-    result = built("qwen3", precision="int4", float_layers=float_layers, accuracy_level=0)
+    result = built("qwen3", precision="int4", float_layers=float_layers, accuracy_level=0, logits="all")
     model = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
     config = json.loads((checkpoint("qwen3") / "config.json").read_text())
     table = sorted((config["vocab_size"], config["hidden_size"]))
@@ -86,7 +92,7 @@ def test_default_int4_cpu_build_is_close(built, checkpoint):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_source_dtypes(built, checkpoint, dtype):
-    check(built("qwen3", dtype=dtype, precision="fp32"), checkpoint("qwen3", dtype), 1e-4)
+    check(built("qwen3", dtype=dtype, precision="fp32", logits="all"), checkpoint("qwen3", dtype), 1e-4)
 
 
 @pytest.mark.parametrize("name", ALL_CASES)

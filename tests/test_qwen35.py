@@ -370,7 +370,7 @@ def test_linear_attention_norms_follow_head_norm(built, checkpoint, head_norm):
     Qwen3.5 on cpu, measured faster there (Qwen3 measured the other way)."""
     from test_parity import check
 
-    result = built("qwen3_5", precision="fp32", head_norm=head_norm)
+    result = built("qwen3_5", precision="fp32", head_norm=head_norm, logits="all")
     ops = result.report["nodes"]["by_op_type"]
     assert result.report["layout"]["head_norm"] == ("reshape-sln" if head_norm == "reshape-sln" else "branchwise")
     if head_norm == "reshape-sln":
