@@ -441,7 +441,7 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
     assert placed.get("CPUExecutionProvider", set()) <= {"ReduceSum", "Sub", "Cast", "Shape", "Gather"}
 
 
-def test_batch_yaml_builds_the_format(tmp_path, capsys):
+def test_batch_yaml_builds_the_format(tmp_path):
     """The same option in a batch file; a finished transformers.js folder is skipped on the next run."""
     from builder import cli
 
@@ -456,9 +456,11 @@ def test_batch_yaml_builds_the_format(tmp_path, capsys):
     assert (out / "onnx" / "model_q4.onnx").is_file() and (out / "onnx" / "model_q4.onnx_data").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["transformers.js_config"]["dtype"] == "q4"
-    capsys.readouterr()
+    built_at = (out / "build_report.json").stat().st_mtime_ns
     assert cli.main(["batch", str(yaml)]) == 0
-    assert "skip" in capsys.readouterr().out.lower()
+    summary = json.loads((tmp_path / "out" / "web-summary.json").read_text())
+    assert summary["counts"] == {"built": 0, "skipped": 1, "failed": 0, "interrupted": 0}, summary["counts"]
+    assert (out / "build_report.json").stat().st_mtime_ns == built_at
 
 
 def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
