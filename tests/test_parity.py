@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from parity_cases import ALL_CASES, MAX_ABS_BOUND, NMSE_BOUND
+from parity_cases import ALL_CASES, LINEAR_ATTENTION_CASES, MAX_ABS_BOUND, NMSE_BOUND
 
 from builder import BuildOptions
 from builder.verify import dequantized_reference, genai_greedy, transformers_greedy, verify_build
@@ -122,3 +122,57 @@ def test_int8_embedding_of_a_tied_model_stays_float_verified_and_said(checkpoint
     assert result.report["verify"]["status"] == "passed", result.report["verify"]
     assert any("model.embed_tokens stays float" in n for n in result.report["notes"])
     assert "GatherBlockQuantized" not in result.report["nodes"]["by_op_type"]
+
+
+def router_min_gap(checkpoint_dir, seed: int, vocab: int) -> float:
+    """The smallest gap between the k-th and (k+1)-th routing probability over every MoE layer and
+    position of verify_build's inputs for `seed`, in transformers on the fp16-rounded weights."""
+    import numpy as np
+    import torch
+
+    model = dequantized_reference(checkpoint_dir, BuildOptions(model="x", precision="fp16"))
+    rng = np.random.default_rng(seed)  # verify_build's prompt and decode tokens
+    ids = [*rng.integers(0, vocab, size=PROMPT).tolist(), *rng.integers(0, vocab, size=DECODE).tolist()]
+    gaps, hooks = [], []
+
+    def record(module, inputs, _):
+        k = module.top_k
+        x = inputs[0].reshape(-1, inputs[0].shape[-1])
+        probs = torch.sort(torch.softmax(x @ module.weight.T, -1), -1, descending=True).values
+        gaps.append(float((probs[:, k - 1] - probs[:, k]).min()))
+
+    for name, module in model.named_modules():
+        if name.endswith("mlp.gate") and hasattr(module, "top_k"):
+            hooks.append(module.register_forward_hook(record))
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    assert hooks, "no router found"
+    return min(gaps)
+
+
+# fp16 rounds activations at every op. Dense models: NMSE 1e-6 to 1e-5 (measured). Linear
+# attention's recurrence amplifies the rounding (measured up to 1.4e-4 on qwen3_5-moe-text, where
+# transformers' own fp16 run differs from its fp32 one by 3.9e-3). A routing near-tie flips an
+# expert choice under any rounding (seed 0 puts one, gap 1.8e-4, in qwen3-next's layer 3): MoE
+# cases take a seed whose inputs have none, checked below.
+FP16_NMSE_BOUND = {name: 1e-3 for name in LINEAR_ATTENTION_CASES}
+FP16_SEED = {"qwen3-next": 10}
+MOE_CASES = {"qwen3-moe", "qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"}
+
+
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_fp16_logits_match_transformers(built, checkpoint, name):
+    """fp16 weights and activations against transformers in float32 on the fp16-rounded weights."""
+    result = built(name, precision="fp16", logits="all")
+    assert result.report["target"]["logits"] == "all"
+    options = BuildOptions(**result.report["options"])
+    seed = FP16_SEED.get(name, 0)
+    if name in MOE_CASES:
+        vocab = json.loads((result.output / "genai_config.json").read_text())["model"]["vocab_size"]
+        gap = router_min_gap(checkpoint(name), seed, vocab)
+        assert gap > 1e-3, f"seed {seed} gives {name} a routing near-tie ({gap:.1e}): set FP16_SEED to one without"
+    parity = verify_build(
+        result.output, checkpoint(name), options, prompt_length=PROMPT, decode_steps=DECODE, seed=seed
+    )
+    assert parity.steps == DECODE + 1
+    assert parity.nmse < FP16_NMSE_BOUND.get(name, 1e-4) and parity.argmax_agree == 1.0, parity
