@@ -8,9 +8,12 @@ is checked on the GPU machine (docs/packing.md).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
+from parity_cases import ALL_CASES
 
 from builder import BuilderError
 from builder.kit.options import EPS, PRECISIONS
@@ -161,3 +164,59 @@ def test_float_embedding_on_request(built, checkpoint):
         decode_steps=4,
     )
     assert parity.max_abs < 1e-4, parity
+
+
+# Ops a family adds to the EP's common set, with kernels there: Gemma 3's FastGelu (CUDA and
+# WebGPU contrib kernels), Qwen3.5's linear-attention ops (the WebGPU plugin EP's; run on the GPU
+# machine, docs/webgpu-decode.md).
+LINEAR_OPS = {"CausalConvWithState", "LinearAttention", "LinearAttentionGate"}
+FAMILY_OPS = {"gemma3": {"FastGelu"}, "qwen3_5": LINEAR_OPS, "qwen3_5-text": LINEAR_OPS}
+# Families the builder refuses for an EP, and the words of the refusal.
+MOE_ONLY_CPU = "builds only for -e cpu here: its MoE/QMoE nodes"
+FAMILY_REFUSALS = {
+    **{
+        (n, ep): MOE_ONLY_CPU
+        for n in ("qwen3-moe", "qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next")
+        for ep in ("cuda", "webgpu")
+    },
+    ("qwen3_5", "cuda"): "builds for cpu (onnxruntime >= 1.31) and webgpu",
+    ("qwen3_5-text", "cuda"): "builds for cpu (onnxruntime >= 1.31) and webgpu",
+}
+# local_window_size per GroupQueryAttention, in layer order (None: full attention).
+WINDOWS = {"mistral": [8, 8], "gemma3": [6, 6, None]}
+
+
+@pytest.mark.parametrize("precision", ["int4", "fp16"])
+@pytest.mark.parametrize("ep", ["cuda", "webgpu"])
+@pytest.mark.parametrize("name", ALL_CASES)
+def test_every_family_builds_the_structure_its_gpu_ep_runs(built, name, ep, precision):
+    """The GPU graphs cannot run here, so each family's is checked for what its EP needs: only ops
+    with kernels there, every value defined before it is read, the sliding windows of its config,
+    and on webgpu with capture no Shape and no int64 arithmetic (both would run on the CPU and
+    block capture)."""
+    from test_webgpu import int64_values
+
+    if (name, ep) in FAMILY_REFUSALS:
+        with pytest.raises(BuilderError, match=re.escape(FAMILY_REFUSALS[name, ep])):
+            built(name, precision=precision, ep=ep)
+        return
+    result = built(name, precision=precision, ep=ep)
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    # onnx.checker does not know onnxruntime's ops in the default domain; what it would catch that
+    # matters here is a node reading a value nothing defined before it.
+    defined = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        assert set(node.input) <= defined, (node.name, set(node.input) - defined)
+        defined |= set(node.output)
+    assert {o.name for o in model.graph.output} <= defined
+    ops = {n.op_type for n in model.graph.node}
+    assert ops <= EP_OPS[ep] | FAMILY_OPS.get(name, set()), ops - EP_OPS[ep]
+    windows = [
+        next((a.i for a in n.attribute if a.name == "local_window_size"), None)
+        for n in model.graph.node
+        if n.op_type == "GroupQueryAttention"
+    ]
+    assert windows == WINDOWS.get(name, [None] * len(windows))
+    if result.report["target"]["graph_capture"]:
+        assert ep == "webgpu" and name not in WINDOWS
+        assert "Shape" not in ops and not int64_values(model)
