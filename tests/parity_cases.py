@@ -34,7 +34,9 @@ PARITY_CASES: dict[str, list[str]] = {
 # tokens transformers disagrees with itself by ~1.2e-4 between its two fp32 algorithms (the chunked
 # prefill vs the token-by-token recurrence over the same 16 tokens, measured on qwen3_5-text, seed 0),
 # and the random-weight state recurrence amplifies float rounding alike for us; a wrong graph is
-# still far out (its NMSE is ~1), so these cases also bound the NMSE at 1e-8.
+# still far out (its NMSE is ~1), so these cases also bound the NMSE at 1e-8. Measured (seed 0, 12-token
+# prefill at every position + 4 decode steps): fp32 1.6e-5 to 5.5e-5, int4/int8 at accuracy level 0 up
+# to 4.9e-4 (asymmetric int4 qwen3-next), genai's 16 steps up to 1.2e-4.
 LINEAR_ATTENTION_CASES = {"qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"}
 MAX_ABS_BOUND = {name: 1e-3 for name in LINEAR_ATTENTION_CASES}
 NMSE_BOUND = {name: 1e-8 for name in LINEAR_ATTENTION_CASES}
