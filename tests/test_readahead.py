@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,19 @@ def ranges(count: int, length: int) -> list[RowRange]:
 class CountingRead:
     """A stand-in for Checkpoint.read that counts the bytes read and not yet taken."""
 
-    def __init__(self):
+    def __init__(self, ahead_by: int | None = None):
         self.lock = threading.Lock()
         self.outstanding = self.peak = 0
         self.order = []
+        self.ahead_by, self.got_ahead = ahead_by, threading.Event()
 
     def __call__(self, where, buffer=None):
         with self.lock:
             self.outstanding += where.length
             self.peak = max(self.peak, self.outstanding)
             self.order.append(where.name)
+            if self.ahead_by is not None and self.outstanding >= self.ahead_by:
+                self.got_ahead.set()
         return np.full(where.shape, int(where.name[1:]) % 251, np.uint8)
 
     def taken(self, where):
@@ -48,11 +50,13 @@ class CountingRead:
 @pytest.mark.parametrize("bound", [1, 250, 1000])
 def test_read_ahead_holds_at_most_its_bound(bound):
     schedule = ranges(40, 100)
-    read = CountingRead()
+    read = CountingRead(ahead_by=max(100, bound // 100 * 100))  # the whole reads the bound holds
     ahead = ReadAhead(schedule, bound, read=read).start()
     try:
+        # A build that has not taken anything yet: the reader fills the bound, and no further
+        # (60 s is a hang guard; the reader gets there at its own pace).
+        assert read.got_ahead.wait(60), "the reader did not read ahead to its bound"
         for where in schedule:
-            time.sleep(0.002)  # a slow build: the reader would run far ahead if it could
             rows = ahead.take(where)
             read.taken(where)
             assert rows is not None and (rows == int(where.name[1:]) % 251).all()
