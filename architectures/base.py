@@ -36,7 +36,7 @@ class DecoderBuilder:
     genai_type = "llama"  # model.type in genai_config.json
     qk_norm = False  # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
     attention_bias = False  # q/k/v projections have biases (Qwen2)
-    projections = Projections  # writes weights; a family may change how (Gemma's 1 + w norms)
+    projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
 

@@ -3,7 +3,7 @@
 What differs from Llama, as transformers 5.23's modeling_gemma3.py computes it:
 
 - RMSNorm scales by (1 + weight), the per-head q_norm/k_norm included: every norm
-  weight is written as 1 + w, added in float32 as transformers does before the cast.
+  weight is written as 1 + w (spec.norm_offset), added in float32 as transformers does before the cast.
 - Four norms per layer. post_attention_layernorm and post_feedforward_layernorm
   normalize a block's output *before* it is added to the residual stream, so they
   are plain SimplifiedLayerNormalization nodes; the residual adds ride on the norms
@@ -40,7 +40,6 @@ from architectures.registry import register
 from builder.kit.blocks import Attention, DenseMLP, Emitter
 from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout
-from builder.kit.linear import Projections
 from builder.kit.options import BuildOptions
 from builder.kit.rope import RopeSpec
 from builder.kit.spec import DecoderSpec
@@ -101,28 +100,10 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
     return specs[0], specs[1]
 
 
-class _OneOffsetNorms(Projections):
-    """Projections whose norm weights (names ending in norm.weight) come out as 1 + w.
-
-    Every float read of a norm weight in the base builder (layer norms, per-head
-    q_norm/k_norm as separate nodes or GroupQueryAttention inputs) goes through
-    float_rows, so this is the one place Gemma's offset is applied. The sum is taken
-    in float32 (transformers: 1.0 + weight.float()) and then cast to the activation dtype.
-    """
-
-    def float_rows(self, tensors: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
-        if not all(t.endswith("norm.weight") for t in tensors):
-            return super().float_rows(tensors, shapes)
-        # float32 checks NaN/Inf on the values as stored; + 1 cannot create them.
-        parts = [self.float32(t, s) + np.float32(1.0) for t, s in zip(tensors, shapes)]
-        return np.concatenate(parts, axis=0).astype(self.io_dtype)
-
-
 @register("Gemma3ForCausalLM")
 class Gemma3Builder(DecoderBuilder):
     genai_type = "gemma3_text"  # onnxruntime-genai 0.18's name for the text-only model
     qk_norm = True
-    projections = _OneOffsetNorms
 
     # ---- config -------------------------------------------------------------
 
@@ -154,7 +135,7 @@ class Gemma3Builder(DecoderBuilder):
         # activation (checked above) and per-layer-type rotary are resolved here.
         base = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling")}
         base["hidden_act"] = "silu"
-        spec = Gemma3Spec.from_config(base, qk_norm=True, attention_bias=False)
+        spec = Gemma3Spec.from_config(base, qk_norm=True, attention_bias=False, norm_offset=1.0)
         spec.rope, spec.local_rope = rope_specs(config, spec.head_dim)
         spec.attention_scale = float(scalar) ** -0.5
 

@@ -8,7 +8,7 @@ default 4: every 4th layer is full attention) picks each layer's mixer:
 - full_attention: builder.kit.blocks.gated_attention.GatedAttention (q_proj holds a sigmoid output gate
   per head; per-head Q/K RMSNorm; partial rotary, partial_rotary_factor default 0.25; the text positions
   of mRoPE are equal on all three axes, which is plain RoPE).
-Every RMSNorm scales by (1 + w) except linear attention's gated norm (a plain weight).
+Every RMSNorm scales by (1 + w) (spec.norm_offset) except linear attention's gated norm (a plain weight).
 MoE (Qwen3.5-MoE: every layer): the Qwen3-MoE experts block plus a shared expert scaled by
 sigmoid(shared_expert_gate x).
 
@@ -31,7 +31,6 @@ from builder.kit.blocks.gated_attention import GatedAttention
 from builder.kit.blocks.linear_attention import GatedDeltaNet, LinearAttentionDims
 from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout
-from builder.kit.linear import Projections, RowSlice
 from builder.kit.options import BuildOptions
 from builder.kit.spec import FULL_ATTENTION, LINEAR_ATTENTION, DecoderSpec, layer_types
 from builder.kit.targets import Target
@@ -62,18 +61,6 @@ def text_config(config: dict) -> dict:
     return text
 
 
-class OneOffsetNorms(Projections):
-    """Norm weights come out as 1 + w (summed in float32, as transformers does), except linear
-    attention's gated norm, which transformers applies with its plain weight."""
-
-    def float_rows(self, tensors, shapes) -> np.ndarray:
-        names = [t.tensor if isinstance(t, RowSlice) else t for t in tensors]
-        if not all(n.endswith("norm.weight") and not n.endswith("linear_attn.norm.weight") for n in names):
-            return super().float_rows(tensors, shapes)
-        parts = [self.float32(t, s) + np.float32(1.0) for t, s in zip(tensors, shapes)]
-        return np.concatenate(parts, axis=0).astype(self.io_dtype)
-
-
 class SharedExpertMoE:
     """Sparse experts plus a dense shared expert scaled by sigmoid(shared_expert_gate x)."""
 
@@ -100,7 +87,6 @@ class SharedExpertMoE:
 class Qwen35Builder(DecoderBuilder):
     genai_type = "qwen3_5_text"
     qk_norm = True
-    projections = OneOffsetNorms
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
     text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
     not_built = ("model.visual.", "mtp.")  # TEXT_ONLY_NOTE
@@ -120,7 +106,7 @@ class Qwen35Builder(DecoderBuilder):
         ]
         types = layer_types(text, base.num_layers, default, {FULL_ATTENTION, LINEAR_ATTENTION})
         spec = Qwen35Spec(
-            **base.__dict__,
+            **{**base.__dict__, "norm_offset": 1.0},
             layer_types=tuple(types),
             linear=LinearAttentionDims.from_config(text),
             moe=self.make_moe_spec(text, base.num_layers),

@@ -396,6 +396,37 @@ def test_verify_leaves_a_renamed_lm_head_of_an_untied_model_to_the_family(checkp
     assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
 
 
+@pytest.mark.parametrize("name,norm", [("gemma3", "pre_feedforward_layernorm"), ("qwen3_5-text", "input_layernorm")])
+def test_a_renamed_norm_keeps_its_one_plus_w_scale(checkpoint, tmp_path, name, norm):
+    """Gemma's and Qwen3.5's 1 + w offset was applied to tensors whose names ended in norm.weight,
+    so a subclass reading a norm under another name built a wrong model and exited 0 (max_abs
+    2.28 under --verify). The offset is the spec's now, applied to every norm whatever its name."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+
+    from architectures.registry import builder_class_for
+
+    family = builder_class_for(json.loads((checkpoint(name) / "config.json").read_text()))
+    stored = f"model.layers.0.{norm}.weight"
+    renamed = "model.layers.0.renamed_scale"
+
+    class Renamed(family):
+        def weight(self, layer, suffix):
+            return renamed if (layer, suffix) == (0, f"{norm}.weight") else super().weight(layer, suffix)
+
+        @classmethod
+        def prepare_reference(cls, model, options, io_dtype=None):
+            weight = load_file(str(ckpt / "model.safetensors"))[renamed].astype(np.float32)
+            getattr(model.model.layers[0], norm).weight.copy_(torch.from_numpy(weight))
+
+    ckpt = renamed_copy(checkpoint(name), tmp_path / "renamed", stored, renamed)
+    result = build(
+        model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", family=Renamed, verify=True, show_progress=False
+    )
+    assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
+
+
 def test_verify_ties_an_lm_head_the_builder_tied(checkpoint, tmp_path):
     """A config without tie_word_embeddings and a checkpoint without lm_head.weight: the builder
     ties it to the embedding, transformers left it random, and verify failed the build."""

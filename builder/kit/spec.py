@@ -49,6 +49,8 @@ class DecoderSpec:
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = field(default=())
     attention_scale: float | None = None  # default 1/sqrt(head_dim); Gemma: query_pre_attn_scalar**-0.5
+    # Every RMSNorm scales by (norm_offset + w): Gemma and Qwen3.5 store w as the offset from 1.
+    norm_offset: float = 0.0
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> DecoderSpec:

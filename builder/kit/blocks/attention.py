@@ -126,12 +126,9 @@ class Attention:
                 k_norm=em.norm_weight(i, f"{self.prefix}.k_norm.weight", s.head_dim),
             )
         elif self.qk_norm:
-            query = self.head_norm(
-                em, query, em.weight(i, f"{self.prefix}.q_norm.weight"), s.num_heads, f"{base}/q_norm"
-            )
-            key = self.head_norm(
-                em, key, em.weight(i, f"{self.prefix}.k_norm.weight"), s.num_kv_heads, f"{base}/k_norm"
-            )
+            q_norm, k_norm = (f"{self.prefix}.{p}_norm.weight" for p in "qk")
+            query = self.head_norm(em, query, em.norm_weight(i, q_norm, s.head_dim), s.num_heads, f"{base}/q_norm")
+            key = self.head_norm(em, key, em.norm_weight(i, k_norm, s.head_dim), s.num_kv_heads, f"{base}/k_norm")
 
         if not layout.rotary_in_gqa:
             query, key = self.rotary_nodes(em, query, key, base, cos, sin)
@@ -165,10 +162,9 @@ class Attention:
         )
 
     @staticmethod
-    def head_norm(em: Emitter, x: str, weight_name: str, heads: int, name: str) -> str:
-        """RMSNorm over each head of x [B, S, heads*D] with a [D] scale."""
+    def head_norm(em: Emitter, x: str, weight: str, heads: int, name: str) -> str:
+        """RMSNorm over each head of x [B, S, heads*D] with a [D] scale (em.norm_weight's)."""
         g, d = em.graph, em.spec.head_dim
-        weight = g.initializer(weight_name, em.proj.float_rows([weight_name], [(d,)]))
         if em.plan.layout.head_norm == "branchwise":
             return g.op(
                 "BranchwiseRMSNorm",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from builder.kit.graph import MS_DOMAIN, Graph
 from builder.kit.linear import Projections
 from builder.kit.plan import BuildPlan
@@ -35,8 +37,16 @@ class Emitter:
     # ---- norms (every block and the decoder walk use these) --------------------
 
     def norm_weight(self, layer: int | None, suffix: str, size: int | None = None) -> str:
+        """An RMSNorm's scale as the graph applies it: the stored w, or spec.norm_offset + w summed in
+        float32 (as transformers does) before the cast to the activation dtype. Every norm of the
+        decoder and its attention reads its scale here, so a renamed norm cannot miss the offset."""
         name = self.weight(layer, suffix)
-        return self.graph.initializer(name, self.proj.float_rows([name], [(size or self.spec.hidden_size,)]))
+        shape = (size or self.spec.hidden_size,)
+        if self.spec.norm_offset:
+            scale = (self.proj.float32(name, shape) + np.float32(self.spec.norm_offset)).astype(self.proj.io_dtype)
+        else:
+            scale = self.proj.float_rows([name], [shape])
+        return self.graph.initializer(name, scale)
 
     def rms_norm(self, x: str, weight: str, name: str) -> str:
         return self.graph.op(

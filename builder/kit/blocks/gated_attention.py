@@ -62,8 +62,8 @@ class GatedAttention(Attention):
         if layout.head_norm == "gqa":  # --qkv-packing fused-norm: GroupQueryAttention applies them
             extra = dict(q_norm=em.norm_weight(i, q_norm, hd), k_norm=em.norm_weight(i, k_norm, hd))
         else:
-            query = self.head_norm(em, query, em.weight(i, q_norm), s.num_heads, f"{base}/q_norm")
-            key = self.head_norm(em, key, em.weight(i, k_norm), s.num_kv_heads, f"{base}/k_norm")
+            query = self.head_norm(em, query, em.norm_weight(i, q_norm, hd), s.num_heads, f"{base}/q_norm")
+            key = self.head_norm(em, key, em.norm_weight(i, k_norm, hd), s.num_kv_heads, f"{base}/k_norm")
         cos, sin = em.shared["rope/global"]
         if not layout.rotary_in_gqa:
             query, key = self.rotary_nodes(em, query, key, base, cos, sin)

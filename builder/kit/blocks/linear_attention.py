@@ -295,6 +295,8 @@ class GatedDeltaNet:
             update_rule="gated_delta",
             scale=1.0 / math.sqrt(d.key_head_dim),
         )
+        # Not em.norm_weight: transformers applies this gated norm with its plain weight, whatever
+        # the model's norm_offset.
         norm_w = em.weight(i, f"{self.prefix}.norm.weight")
         norm_w = g.initializer(norm_w, proj.float_rows([norm_w], [(d.value_head_dim,)]))
         normed = per_head_rms_norm(em, attn, norm_w, f"{base}/norm", d.num_value_heads, d.value_head_dim, eps)
