@@ -248,6 +248,7 @@ def _verify(arch, model_file: Path) -> dict:
         fp32_io=plan.io_dtype == "float32",
         family=type(arch),
         context_length=plan.context_length,
+        formats=plan.formats,
     )
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":

@@ -66,19 +66,19 @@ class ParityResult:
         return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in self.__dict__.items()}
 
 
-FLOAT_LINEARS = ("router", ".gate", "shared_expert_gate", "in_proj_b", "in_proj_a", "in_proj_ba")
-
-
-def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32, family=None):
+def dequantized_reference(
+    checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32, family=None, formats=None
+):
     """transformers model (fp32) holding the weights the built graph uses. family: the builder
-    class that built it (default: the one registered for the checkpoint's config.json)."""
+    class that built it (default: the one registered for the checkpoint's config.json). formats:
+    its plan's weight format by module (default: planned here from options, a BuildOptions)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
 
     import quant
-    from builder.kit.checkpoint import configured_tie
-    from builder.kit.selection import format_for
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint, configured_tie
 
     transformers_logging.disable_progress_bar()  # its bars garble progress lines and batch logs
     try:
@@ -97,6 +97,12 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
         else:  # a model_type transformers does not know
             why = "verify compares the graph with transformers, so it needs a model transformers knows: drop --verify"
         raise BuilderError(f"--verify: transformers cannot load {checkpoint_dir} ({first}); {why}") from None
+    if family is None:
+        # The checkpoint's config.json names the family (a ConditionalGeneration checkpoint loads
+        # as its text model, whose config has no architectures entry).
+        family = builder_class_for(Checkpoint(Path(checkpoint_dir)).config)
+    if formats is None:
+        formats = family(Checkpoint(Path(checkpoint_dir)), options).plan.formats
     missing = set(loading.get("missing_keys") or [])
     if "lm_head.weight" in missing and configured_tie(Path(checkpoint_dir)) is not False:
         # A config that omits tie_word_embeddings without an lm_head in the checkpoint: the
@@ -108,7 +114,7 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     with torch.no_grad():
-        embed_fmt, head_fmt = format_for("model.embed_tokens", options), format_for("lm_head", options)
+        embed_fmt, head_fmt = formats["model.embed_tokens"], formats["lm_head"]
         int4_embed = embed_fmt.quantized and embed_fmt.bits == 4
         if tied and (embed_fmt.quantized or head_fmt.quantized) and not (int4_embed and head_fmt == embed_fmt):
             # The graph shares the table only as one int4 format (or all float); otherwise the
@@ -127,25 +133,18 @@ def dequantized_reference(checkpoint_dir: str | Path, options: BuildOptions, io_
                 )
             )
         for name, module in model.named_modules():
-            # Routers, shared-expert gates and linear attention's b/a gates stay float in the graph.
-            if not isinstance(module, torch.nn.Linear) or name.endswith(FLOAT_LINEARS):
+            if not isinstance(module, torch.nn.Linear):
                 continue
-            fmt = format_for(name, options)
-            if not fmt.quantized:
+            # The plan's formats name every projection the graph stores; a Linear they leave out
+            # (a router, a shared-expert gate, linear attention's b/a gates) stays float there.
+            fmt = formats.get(name)
+            if fmt is None or not fmt.quantized:
                 if io_dtype == np.float16:
                     module.weight.copy_(module.weight.half().float())
                 continue
             q = quant.quantize(module.weight.detach().numpy(), fmt, scale_dtype=io_dtype)
             module.weight.copy_(torch.from_numpy(quant.dequantize(q, fmt)))
         # Weights outside nn.Linear (MoE experts): the architecture knows their format.
-        # The checkpoint's config.json names the family (a ConditionalGeneration checkpoint loads as
-        # its text model, whose config has no architectures entry).
-        if family is None:
-            import json
-
-            from architectures.registry import builder_class_for
-
-            family = builder_class_for(json.loads((Path(checkpoint_dir) / "config.json").read_text()))
         before = {k: p.detach().clone() for k, p in model.named_parameters() if k in missing}
         family.prepare_reference(model, options, io_dtype)
         after = dict(model.named_parameters())
@@ -354,9 +353,10 @@ def verify_models(
     seed=0,
     provider="CPUExecutionProvider",
     family=None,
+    formats=None,
 ) -> list[ParityResult]:
     """verify_build for several graphs of one build (same inputs and outputs), loading the
-    transformers reference once (family: as in dequantized_reference)."""
+    transformers reference once (family, formats: as in dequantized_reference)."""
     sessions = [onnx_session(m, provider) for m in models]
     session = sessions[0]
     vocab = session.get_outputs()[0].shape[-1]
@@ -369,7 +369,7 @@ def verify_models(
         else np.float32
     )
     with _transformers_errors_only():
-        expected = torch_logits(dequantized_reference(checkpoint_dir, options, dtype, family), ids, tokens)
+        expected = torch_logits(dequantized_reference(checkpoint_dir, options, dtype, family, formats), ids, tokens)
     return [compare(expected, onnx_logits(s, ids, tokens)) for s in sessions]
 
 
@@ -452,10 +452,12 @@ def verify_output(
     fp32_io: bool,
     family=None,
     context_length: int | None = None,
+    formats=None,
 ) -> dict:
     """The --verify check of one build, as it goes into the build report (family: the builder
     class that built it, whose prepare_reference the reference gets; context_length: the
-    positions the graph holds, which the check's prompt and decode steps must fit)."""
+    positions the graph holds, which the check's prompt and decode steps must fit; formats: its
+    plan's weight formats)."""
     if ep != "cpu":
         return {
             "status": "not run",
@@ -470,7 +472,13 @@ def verify_output(
     try:
         models = [exact, model_file] if exact else [model_file]
         parities = verify_models(
-            models, checkpoint_dir, options, positions - decode_steps, decode_steps=decode_steps, family=family
+            models,
+            checkpoint_dir,
+            options,
+            positions - decode_steps,
+            decode_steps=decode_steps,
+            family=family,
+            formats=formats,
         )
     finally:
         if exact:
