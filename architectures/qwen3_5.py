@@ -20,7 +20,7 @@ says so. cpu and webgpu (the plugin EP), ONNX Runtime >= 1.31, run every op here
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,14 +40,9 @@ TEXT_ONLY_NOTE = "text model only: the checkpoint's vision tower (model.visual.*
 
 @dataclass
 class Qwen35Spec(DecoderSpec):
-    layer_types: tuple[str, ...] = field(default=())
     linear: LinearAttentionDims | None = None
     moe: MoeSpec | None = None
     shared_expert_size: int = 0
-
-    @property
-    def linear_layers(self) -> tuple[int, ...]:
-        return tuple(i for i, t in enumerate(self.layer_types) if t == LINEAR_ATTENTION)
 
 
 def text_config(config: dict) -> dict:
@@ -106,8 +101,7 @@ class Qwen35Builder(DecoderBuilder):
         ]
         types = layer_types(text, base.num_layers, default, {FULL_ATTENTION, LINEAR_ATTENTION})
         spec = Qwen35Spec(
-            **{**base.__dict__, "norm_offset": 1.0},
-            layer_types=tuple(types),
+            **{**base.__dict__, "norm_offset": 1.0, "layer_types": tuple(types)},
             linear=LinearAttentionDims.from_config(text),
             moe=self.make_moe_spec(text, base.num_layers),
             shared_expert_size=int(text.get("shared_expert_intermediate_size", 0) or 0),

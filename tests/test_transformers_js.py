@@ -476,7 +476,7 @@ def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
     arch = SimpleNamespace(
         config=config,
         io_dtype=np.dtype(np.float32),
-        spec=None,
+        spec=SimpleNamespace(layer_types=()),  # as the builder's spec, without a checkpoint
         options=BuildOptions(model="x", precision="int4", format="transformers.js"),
     )
     folder = transformers_js.TransformersJsFolder(arch)

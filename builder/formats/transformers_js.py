@@ -95,7 +95,7 @@ class TransformersJsFolder:
             # the ForCausalLM name keeps the one-session decoder (models/modeling_utils.js
             # resolveTypeConfig). A nested text_config stays: getCacheNames reads layer_types there.
             config["architectures"] = [names[0].replace("ForConditionalGeneration", "ForCausalLM")]
-        layer_types = getattr(getattr(self.arch, "spec", None), "layer_types", None)
+        layer_types = self.arch.spec.layer_types
         if layer_types:
             # Hybrid models: transformers.js finds each layer's cache inputs through layer_types
             # (configs.js getCacheNames), which configs may leave to full_attention_interval.

@@ -62,7 +62,7 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
         inputs["position_ids"] = "position_ids"
     inputs.update(past_key_names="past_key_values.%d.key", past_value_names="past_key_values.%d.value")
     outputs = {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
-    if getattr(spec, "linear_layers", ()):
+    if spec.linear_layers:
         # onnxruntime-genai 0.18 (qwen3_5_text) finds the recurrent layers by these templates and reads
         # the state shapes from the graph; KV inputs exist for the full-attention layers only.
         inputs.update(past_conv_names="past.%d.conv", past_recurrent_names="past.%d.recurrent")

@@ -51,6 +51,14 @@ class DecoderSpec:
     attention_scale: float | None = None  # default 1/sqrt(head_dim); Gemma: query_pre_attn_scalar**-0.5
     # Every RMSNorm scales by (norm_offset + w): Gemma and Qwen3.5 store w as the offset from 1.
     norm_offset: float = 0.0
+    # Each layer's mixer kind, for families that mix them (Qwen3.5: linear and full attention);
+    # empty where every layer is attention.
+    layer_types: tuple[str, ...] = field(default=())
+
+    @property
+    def linear_layers(self) -> tuple[int, ...]:
+        """The layers whose state is recurrent (conv + recurrent inputs) rather than a KV cache."""
+        return tuple(i for i, t in enumerate(self.layer_types) if t == LINEAR_ATTENTION)
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> DecoderSpec:
