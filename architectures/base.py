@@ -39,6 +39,10 @@ class DecoderBuilder:
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
+    # config.json hidden_act values its MLP blocks write; a family whose feed_forward writes another
+    # (a DenseMLP subclass with its own activation()) names it here. Without silu/swish among them,
+    # --silu does not apply (plan: layout.silu "none").
+    hidden_acts: tuple[str, ...] = ("silu", "swish")
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
@@ -65,6 +69,12 @@ class DecoderBuilder:
     # ---- what the plan asks a family -----------------------------------------
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
+        act = config.get("hidden_act", "silu")
+        if act not in self.hidden_acts:
+            raise BuilderError(
+                f"config.json: hidden_act {act!r} is not supported by {type(self).__name__} (its MLPs write "
+                f"{' or '.join(self.hidden_acts)}); a family whose MLP writes it says so in hidden_acts"
+            )
         if config.get("mlp_bias"):
             raise BuilderError(
                 f"config.json sets mlp_bias to true; {type(self).__name__} builds MLPs without "

@@ -103,6 +103,7 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
 @register("Gemma3ForCausalLM")
 class Gemma3Builder(DecoderBuilder):
     genai_type = "gemma3_text"  # onnxruntime-genai 0.18's name for the text-only model
+    hidden_acts = ("gelu_pytorch_tanh",)  # config.json hidden_activation, checked in make_spec
     qk_norm = True
 
     # ---- config -------------------------------------------------------------
@@ -131,10 +132,8 @@ class Gemma3Builder(DecoderBuilder):
         if not isinstance(scalar, (int, float)) or isinstance(scalar, bool) or scalar <= 0:
             raise BuilderError(f"config.json: query_pre_attn_scalar = {scalar!r} must be a positive number")
 
-        # The base reads hidden_act for its SiLU check and a flat rope config; Gemma's
-        # activation (checked above) and per-layer-type rotary are resolved here.
+        # The spec reads a flat rope config; Gemma's per-layer-type rotary is resolved here.
         base = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling")}
-        base["hidden_act"] = "silu"
         spec = Gemma3Spec.from_config(base, qk_norm=True, attention_bias=False, norm_offset=1.0)
         spec.rope, spec.local_rope = rope_specs(config, spec.head_dim)
         spec.attention_scale = float(scalar) ** -0.5

@@ -534,7 +534,8 @@ def test_moe_for_transformers_js_names_its_runtime_and_the_ways_out(built):
 
 def test_an_mlp_activation_the_kit_does_not_write_is_refused_not_silu(checkpoint, tmp_path):
     """DenseMLP(act="gelu") built a graph that computed SiLU, without a word; a subclass
-    overriding activation() is the way to another one."""
+    overriding activation() is the way to another one, and its family names the config's
+    hidden_act in hidden_acts (the kit refused any but silu, whatever the family wrote)."""
     import onnx
 
     from architectures import LlamaBuilder
@@ -548,12 +549,27 @@ def test_an_mlp_activation_the_kit_does_not_write_is_refused_not_silu(checkpoint
             return em.graph.op("Relu", [x], f"{name}/Relu")
 
     class Relu(LlamaBuilder):
+        hidden_acts = ("relu",)
+
         def feed_forward(self, spec, i):
             return ReluMLP(act="relu")
 
-    result = build(
-        model=str(checkpoint("llama")), output=str(tmp_path / "o"), family=Relu, precision="fp32", show_progress=False
-    )
+    class Undeclared(LlamaBuilder):
+        def feed_forward(self, spec, i):
+            return ReluMLP(act="relu")
+
+    ckpt = tmp_path / "relu"
+    shutil.copytree(checkpoint("llama"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    options = dict(model=str(ckpt), precision="fp32", show_progress=False)
+    with pytest.raises(BuilderError, match="hidden_act 'relu' is not supported by Undeclared .*hidden_acts"):
+        build(output=str(tmp_path / "undeclared"), family=Undeclared, **options)
+    with pytest.raises(BuilderError, match="--silu quickgelu: Relu's MLP has no SiLU"):
+        build(output=str(tmp_path / "silu"), family=Relu, silu="quickgelu", **options)
+    result = build(output=str(tmp_path / "o"), family=Relu, verify=True, **options)
+    assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
+    assert result.report["layout"]["silu"] == "none"
     ops = [n.op_type for n in onnx.load(str(result.output / "model.onnx"), load_external_data=False).graph.node]
     layers = result.report["model"]["layers"]
     assert ops.count("Relu") == layers and "Sigmoid" not in ops and "QuickGelu" not in ops

@@ -158,6 +158,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         )
     layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
     layout = family.adjust_layout(layout, options)
+    layout = without_silu(layout, options, family)
     moot = moot_head_norm(options, layout)
     if moot:
         warnings.append(moot)
@@ -178,6 +179,21 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         notes=capture_note + tuple(layout.notes),
         warnings=tuple(warnings),
         selection=selection,
+    )
+
+
+def without_silu(layout: Layout, options: BuildOptions, family) -> Layout:
+    """layout.silu is "none" for a family whose MLPs have no SiLU (its hidden_acts), where --silu
+    would otherwise be taken, and reported, for a model it cannot change."""
+    if layout.silu == "none" or {"silu", "swish"} & set(family.hidden_acts):
+        return layout
+    acts = " or ".join(family.hidden_acts)
+    if options.silu != "auto":
+        raise BuilderError(
+            f"--silu {options.silu}: {type(family).__name__}'s MLP has no SiLU ({acts}); leave --silu at auto"
+        )
+    return dataclasses.replace(
+        layout, silu="none", notes=layout.notes + (f"MLP activation {acts}: --silu does not apply",)
     )
 
 

@@ -65,9 +65,6 @@ class DecoderSpec:
         hidden = int(positive(config, "hidden_size"))
         heads = int(positive(config, "num_attention_heads"))
         head_dim = int(config.get("head_dim") or hidden // heads)
-        act = config.get("hidden_act", "silu")
-        if act not in ("silu", "swish"):
-            raise BuilderError(f"config.json: hidden_act {act!r} is not supported (only silu MLPs)")
         values = dict(
             hidden_size=hidden,
             num_layers=int(positive(config, "num_hidden_layers")),
