@@ -15,6 +15,8 @@ BuildPlan (builder.kit.plan), before the first node.
 
 from __future__ import annotations
 
+import functools
+
 from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding
 from builder.kit.blocks import attention as attention_io
 from builder.kit.checkpoint import Checkpoint
@@ -47,9 +49,18 @@ class DecoderBuilder:
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
-        self.plan: BuildPlan = make_plan(options, checkpoint, self)
-        # Grows while building (NaN/Inf tensors, a missing tokenizer); the plan's come first.
-        self.warnings: list[str] = list(self.plan.warnings)
+        self._options = options
+
+    @functools.cached_property
+    def plan(self) -> BuildPlan:
+        """Planned on first use (the hooks below run then), so a subclass may set its own
+        attributes after super().__init__(). A refused build raises here."""
+        return make_plan(self._options, self.checkpoint, self)
+
+    @functools.cached_property
+    def warnings(self) -> list[str]:
+        """The plan's warnings, then those found while building (NaN/Inf tensors, a missing tokenizer)."""
+        return list(self.plan.warnings)
 
     # The plan's decisions, for code that holds the family object (the app's output formats).
     options = property(lambda self: self.plan.options)

@@ -304,7 +304,7 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     except (BuilderError, OSError):
         return None
     try:
-        builder_class_for(checkpoint.config)(checkpoint, options)
+        builder_class_for(checkpoint.config)(checkpoint, options).plan  # noqa: B018 (planning is the check)
     except BuilderError as err:
         return str(err)
     return None

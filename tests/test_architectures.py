@@ -427,6 +427,27 @@ def test_a_renamed_norm_keeps_its_one_plus_w_scale(checkpoint, tmp_path, name, n
     assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
 
 
+def test_a_subclass_may_set_its_attributes_after_super_init(checkpoint, tmp_path):
+    """The plan (and with it weight(), make_spec and the blocks) ran inside DecoderBuilder.__init__,
+    so a subclass that set what its hooks read after super().__init__() failed with AttributeError."""
+    from architectures import LlamaBuilder
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    class Renamed(LlamaBuilder):
+        def __init__(self, checkpoint, options):
+            super().__init__(checkpoint, options)
+            self.renames = {"model.norm.weight": "model.final_norm.weight"}
+
+        def weight(self, layer, suffix):
+            return self.renames.get(suffix, suffix) if layer is None else super().weight(layer, suffix)
+
+    ckpt = renamed_copy(checkpoint("llama"), tmp_path / "renamed", "model.norm.weight", "model.final_norm.weight")
+    options = BuildOptions(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32")
+    result = run(Renamed(Checkpoint(ckpt), options), show_progress=False)
+    assert result.report["nodes"]["total"] > 0
+
+
 def test_verify_ties_an_lm_head_the_builder_tied(checkpoint, tmp_path):
     """A config without tie_word_embeddings and a checkpoint without lm_head.weight: the builder
     ties it to the embedding, transformers left it random, and verify failed the build."""
