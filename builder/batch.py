@@ -1,9 +1,10 @@
 """`python -m builder batch FILE.yaml`: run the builds a YAML file lists.
 
-The file format and its checks are in builder.batch_schema, whether an output is up
-to date in builder.batch_resume, where outputs may go in builder.batch_outputs, and
-the results table and summary files in builder.batch_summary. Here: the command
-line, the console, and the run from plan to summary.
+The file format and its checks are in builder.batch_schema (with batch_yaml and
+batch_jobs), whether an output is up to date in builder.batch_resume, where
+outputs may go in builder.batch_outputs, and the results table and summary files
+in builder.batch_summary. Here: the command line, the console, and the run from
+plan to summary.
 
 Where the builds run is an Executor's business (builder.batch_exec): local
 spawned processes by default, so a crash or an out-of-memory kill fails only
@@ -23,9 +24,10 @@ import time
 
 from builder.arg_parser import ArgumentParser
 from builder.batch_exec import Executor, LocalExecutor, Stop
+from builder.batch_jobs import Job
 from builder.batch_outputs import check_output_root, check_outputs
 from builder.batch_resume import rebuild_reason, skipped_result
-from builder.batch_schema import Batch, Job, load_batch
+from builder.batch_schema import Batch, load_batch
 from builder.batch_summary import markdown, size_text, summary, summary_paths, table, write_summary
 from builder.kit.errors import BuilderError
 from builder.kit.progress import Progress, end_line

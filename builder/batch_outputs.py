@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from builder.batch_schema import Batch, Job
+from builder.batch_jobs import Job
+from builder.batch_schema import Batch
 from builder.kit.errors import BuilderError
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from builder.batch_exec import report_fields
-from builder.batch_schema import NON_BUILD_OPTIONS
+from builder.batch_jobs import NON_BUILD_OPTIONS
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
 from builder.output_dir import CONFIG_FILES, REPORT_NAME

@@ -8,8 +8,9 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from builder.batch_jobs import Job
 from builder.batch_outputs import output_root_source, unwritable
-from builder.batch_schema import Batch, Job
+from builder.batch_schema import Batch
 from builder.kit.errors import BuilderError
 from builder.version import __version__
 

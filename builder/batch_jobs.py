@@ -1,0 +1,247 @@
+"""One batch job from its YAML entries: options checked by the BuildOptions schema, the model
+resolved against the file's folder, the output from its template, and what the plan refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.batch_yaml import Entry, FloatText, Problems
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
+
+# Options that do not change the built files. The model is identified by its
+# checkpoint fingerprint, not by how its path is spelled; how it is read (read-ahead,
+# page cache) leaves the bytes as they are.
+NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify", "read_ahead_mb", "page_cache"}
+
+
+@dataclass
+class Job:
+    label: str  # jobs[2] or matrix[5], as errors name it
+    line: int
+    options: BuildOptions
+    name: str = ""  # output folder, relative to the output root when inside it
+    output_line: int = 0  # where its output: is written (else the job's line)
+    action: str = "build"  # build | skip
+    reason: str = ""
+    result: dict = field(default_factory=dict)
+
+
+def _resolve_model(model: str, base: Path) -> str:
+    local = base / os.path.expanduser(model)
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        return os.path.abspath(local)
+    return model  # org/name and no such folder: a hub id
+
+
+def _plan_refusal(options: BuildOptions) -> str | None:
+    """What the build's plan refuses for a job whose checkpoint is a readable folder here (its
+    family, layout and context against the target), or None. Hub ids and folders that only the
+    nodes see are planned when built; an unreadable checkpoint fails its own job then."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+
+    folder = Path(options.model)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        checkpoint = Checkpoint(folder)
+    except (BuilderError, OSError):
+        return None
+    try:
+        builder_class_for(checkpoint.config)(checkpoint, options).plan  # noqa: B018 (planning is the check)
+    except BuilderError as err:
+        return str(err)
+    return None
+
+
+def _model_not_found(given: str, resolved: str) -> str | None:
+    """Why a job's model names no local folder here, or None (a hub id is looked up when built)."""
+    if not os.path.isabs(resolved) or os.path.isdir(resolved):
+        return None
+    if given.startswith("~") and os.path.expanduser(given) == given:
+        return f"no home folder for {given.split('/')[0]!r}; write the folder's full path"
+    if os.path.isabs(os.path.expanduser(given)):
+        return f"no folder {resolved}"
+    hub = "" if given.startswith(".") else " (nor a hub id: those are owner/name)"
+    return (
+        f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "
+        "whatever folder the batch runs from"
+    )
+
+
+def _model_ambiguous(given: str, base: Path) -> str | None:
+    """An owner/name that reads as a hub id (no such folder beside the file) while the current
+    folder has one of that name, which the build would have taken: the same file would build
+    another checkpoint, or fail, by where it ran."""
+    if given.startswith((".", "/", "~")) or given.count("/") != 1 or (base / given).exists():
+        return None
+    if not os.path.isdir(given):
+        return None
+    return (
+        f"{given!r} is no folder beside the batch file ({base}), so it reads as a hub id, but the "
+        f"current folder has a folder of that name; write the folder's path from the batch file's "
+        f"folder or in full ({os.path.abspath(given)}), or run where no such folder is"
+    )
+
+
+def make_job(
+    label: str,
+    line: int,
+    entries: dict[str, Entry],
+    base: Path,
+    output_root: Path,
+    problems: Problems,
+    named: str | None = None,
+    local: bool = True,
+) -> tuple[Job, int] | None:
+    """The job `entries` describe, checked; None after adding its problems. named: how errors
+    name it (a matrix job with its combination), else its label. local: the builds run on this
+    machine, so its model folders are theirs (on Ray the nodes check them)."""
+    named = named or label
+    from builder.kit.targets import Target
+    from builder.pipeline import default_output
+
+    values, ok = {}, True
+    for name, e in entries.items():  # one key at a time, so each error names its own line
+        wrong = _wrong_type(name, e)
+        if wrong:
+            problems.add(e.line, _with_key(wrong, e))
+            ok = False
+            continue
+        try:
+            values[name] = getattr(BuildOptions.from_mapping({e.key: e.value}, f"{e.where}"), name)
+            BuildOptions(**{"model": "-", name: values[name]}).validated()
+        except BuilderError as err:
+            problems.add(e.line, _with_key(str(err), e))
+            ok = False
+    if not ok:
+        return None
+    if not values.get("model"):
+        problems.add(line, f"{named}: no model; every job needs model: (a local folder or a hub id)")
+        return None
+    given = values["model"]
+    values["model"] = _resolve_model(given, base)
+    ambiguous = _model_ambiguous(given, base) if local else None
+    if ambiguous:
+        problems.add(entries["model"].line, _with_key(ambiguous, entries["model"]))
+        return None
+    unfound = _model_not_found(given, values["model"]) if local else None
+    if unfound:  # with the file's other problems: each failed only at its turn, once the rest had run
+        problems.add(entries["model"].line, _with_key(unfound, entries["model"]))
+    options = BuildOptions(**values)
+    options.overwrite = True
+    try:  # what no single key shows: combinations such as -p fp32 -e cuda
+        options.validated()
+        Target.from_options(options)
+    except BuilderError as err:
+        problems.add(line, f"{named}: {err}")
+        return None
+    refused = _plan_refusal(options)
+    if refused:  # what the model's family refuses: Qwen3.5 for cuda, fused-norm without q/k norms
+        problems.add(line, f"{named}: {refused}")
+        return None
+
+    output_line = entries["output"].line if "output" in entries else line
+    if options.output:
+        fields = {
+            "model_name": Path(options.model.rstrip("/")).name,
+            **{k: v for k, v in options.to_dict().items() if k not in NON_BUILD_OPTIONS},
+        }
+        try:
+            # A list has no folder name that is both safe and unambiguous: its patterns are
+            # globs ('*.v_proj'), and joined they could read as another list. Refused by name,
+            # rather than joined into a name that works for some values and not others.
+            listed = [f for f in _template_fields(options.output) if isinstance(fields.get(f), list)]
+            if listed:
+                problems.add(
+                    output_line,
+                    f"{entries['output'].where}.output: template {options.output!r} uses "
+                    f"{{{listed[0]}}}, a list of patterns, which makes no folder name; "
+                    "leave it out and give such jobs their own output: under jobs:",
+                )
+                return None
+            relative = options.output.format(**fields)
+        except (KeyError, IndexError, ValueError) as err:
+            problems.add(
+                output_line,
+                f"{entries['output'].where}.output: template {options.output!r} "
+                f"has a bad field ({err}); fields: {', '.join(fields)}",
+            )
+            return None
+    else:
+        relative = default_output(options).name
+    options.output = os.path.abspath(output_root / os.path.expanduser(relative))
+    return Job(label, line, options), output_line
+
+
+def own_output_hint(job: Job, other: Job, varying: list[str]) -> str:
+    """How to give two jobs their own outputs. Matrix jobs share one output: template, so
+    'give each job its own output' could not be followed there; name what tells the matrix's
+    jobs apart (varying: the option names whose values differ across them, for one hint that
+    fixes every collision, not one a pair)."""
+    if not (job.label.startswith("matrix") and other.label.startswith("matrix")):
+        return "give each job its own output"
+    a, b = job.options.to_dict(), other.options.to_dict()
+    if Path(a["model"]).name == Path(b["model"]).name and all(a[k] == b.get(k) for k in varying if k != "model"):
+        return "give these jobs their own output: under jobs:, out of the matrix"  # same-named folders
+    fields = [
+        "model_name" if k == "model" else k for k in varying if k not in ("output", "int8_layers", "float_layers")
+    ]
+    named = "-".join(f"{{{k}}}" for k in dict.fromkeys(("model_name", "precision", "ep", *fields)))
+    return f'give the matrix an output: template that names what differs, such as output: "{named}"'
+
+
+def _template_fields(template: str) -> list[str]:
+    """The option names a template uses: 'int8_layers' for {int8_layers[0]} too."""
+    names = (name for _, name, _, _ in string.Formatter().parse(template) if name)
+    return [re.split(r"[.\[]", name)[0] for name in names]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(BuildOptions)}
+
+
+def _wrong_type(name: str, e: Entry) -> str | None:
+    """What BuildOptions would take in silently, turned into text: model: [a, b] named a
+    folder "['a', 'b']", int8-layers: 5 a pattern '5'."""
+    if name == "overwrite":
+        return (
+            "batch always replaces the outputs it built and skips those up to date; "
+            "drop overwrite: (--force rebuilds every job)"
+        )
+    f, value = _FIELDS.get(name), e.value
+    if f is None:
+        return None  # unknown keys: BuildOptions says so
+    if value is None:
+        if "None" in str(f.type):  # accuracy-level: null is the option's own default (auto)
+            return None
+        # `precision:` with nothing after it replaced defaults: with the builder's default.
+        return "has no value; give one, or leave the key out"
+    if f.type.startswith("list"):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) and not isinstance(item, FloatText) for item in items):
+            return f"must be a pattern or a list of patterns, got {value!r}; quote each pattern"
+    elif f.type.startswith("str") and isinstance(value, (list, dict)):
+        axis = "" if e.where == "matrix" else "; to build each value, make it a matrix: axis"
+        return f"must be one value, got {value!r}{axis}"
+    elif (
+        f.type.startswith("str")
+        and not f.metadata["choices"]
+        and (not isinstance(value, str) or isinstance(value, FloatText))
+    ):
+        if name != "target_ort":  # target-ort: 1 means a version, as 1.30 does
+            return f"must be text, got {value!r}; quote it if that is the name you mean"
+    return None
+
+
+def _with_key(message: str, e: Entry) -> str:
+    """Put 'defaults.block-size:' in front, dropping the CLI flag the schema's message starts with."""
+    name = e.key.replace("_", "-")
+    message = message.removeprefix(f"{e.where}: ").removeprefix(f"--{name}: ").removeprefix(f"{name} ")
+    where = e.key if e.where == "top level" else f"{e.where}.{e.key}"
+    return f"{where}: {message}"
