@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from architectures.base import DecoderBuilder
+from architectures.qwen3_moe import moe_reference
 from architectures.registry import register
 from builder.kit.blocks import DenseMLP, MoeSpec, SparseMoE
 from builder.kit.blocks.gated_attention import GatedAttention
@@ -155,14 +156,8 @@ class Qwen35Builder(DecoderBuilder):
 
     @classmethod
     def prepare_reference(cls, model, options: BuildOptions, io_dtype=np.float32) -> None:
-        """verify keeps routers and gates float; in fp16 builds they hold fp16-rounded values."""
-        from architectures.qwen3_moe import Qwen3MoeBuilder
-
-        Qwen3MoeBuilder.prepare_reference.__func__(cls, model, options, io_dtype)
-        if io_dtype == np.float16:
-            for name, module in model.named_modules():
-                if name.endswith(("in_proj_b", "in_proj_a", "in_proj_ba", "shared_expert_gate")):
-                    module.weight.data.copy_(module.weight.data.half().float())
+        # The float Linears (linear attention's b/a, the shared-expert gate) are verify's to round.
+        moe_reference(model, options, io_dtype)
 
 
 @register("Qwen3_5ForConditionalGeneration")

@@ -36,21 +36,25 @@ class Qwen3MoeBuilder(Qwen3Builder):
 
     @classmethod
     def prepare_reference(cls, model, options: BuildOptions, io_dtype=np.float32) -> None:
-        """Give transformers 5's fused expert tensors the weights the graph uses
-        (verify's nn.Linear pass does not see them; the router is no Linear either)."""
-        level = options.accuracy_level
-        if level is None:
-            level = Target.from_options(options).default_accuracy_level
-        for name, module in model.named_modules():
-            if name.endswith("mlp.gate") and hasattr(module, "weight") and io_dtype == np.float16:
-                module.weight.data.copy_(module.weight.data.half().float())
-            if not (name.endswith("mlp.experts") and hasattr(module, "gate_up_proj")):
-                continue
-            scheme = expert_scheme(format_for(name, options), options.ep, level)
-            for param in (module.gate_up_proj, module.down_proj):
-                for e in range(param.shape[0]):
-                    if scheme.quantized:
-                        weight = param.data[e].numpy()  # float32, shares the parameter's memory
-                        weight[...] = quant.dequantize(quant.quantize(weight, scheme, io_dtype), scheme)
-                    elif io_dtype == np.float16:
-                        param.data[e] = param.data[e].half().float()
+        moe_reference(model, options, io_dtype)
+
+
+def moe_reference(model, options: BuildOptions, io_dtype=np.float32) -> None:
+    """Give transformers 5's fused expert tensors the weights the graph uses
+    (verify's nn.Linear pass does not see them; the router is no Linear either)."""
+    level = options.accuracy_level
+    if level is None:
+        level = Target.from_options(options).default_accuracy_level
+    for name, module in model.named_modules():
+        if name.endswith("mlp.gate") and hasattr(module, "weight") and io_dtype == np.float16:
+            module.weight.data.copy_(module.weight.data.half().float())
+        if not (name.endswith("mlp.experts") and hasattr(module, "gate_up_proj")):
+            continue
+        scheme = expert_scheme(format_for(name, options), options.ep, level)
+        for param in (module.gate_up_proj, module.down_proj):
+            for e in range(param.shape[0]):
+                if scheme.quantized:
+                    weight = param.data[e].numpy()  # float32, shares the parameter's memory
+                    weight[...] = quant.dequantize(quant.quantize(weight, scheme, io_dtype), scheme)
+                elif io_dtype == np.float16:
+                    param.data[e] = param.data[e].half().float()
