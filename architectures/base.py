@@ -15,6 +15,7 @@ BuildPlan (builder.kit.plan), before the first node.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding
@@ -25,7 +26,7 @@ from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
 from builder.kit.linear import Projections
 from builder.kit.options import BuildOptions
-from builder.kit.plan import BuildPlan, make_plan
+from builder.kit.plan import BuildPlan, layer_prefix, make_plan
 from builder.kit.progress import Progress
 from builder.kit.spec import DecoderSpec
 from builder.kit.targets import Target
@@ -73,8 +74,10 @@ class DecoderBuilder:
     @classmethod
     def from_pretrained(cls, model: str, options: BuildOptions | None = None, **option_values):
         """A builder for a local folder or hub id; options as BuildOptions or keywords."""
-        options = options or BuildOptions.from_mapping({"model": model, **option_values}, "from_pretrained()")
-        options.model = model
+        if options is None:
+            options = BuildOptions.from_mapping({"model": model, **option_values}, "from_pretrained()")
+        else:
+            options = dataclasses.replace(options, model=model)  # the caller's stays as it was
         return cls(Checkpoint.open(model), options)
 
     # ---- what the plan asks a family -----------------------------------------
@@ -115,8 +118,7 @@ class DecoderBuilder:
         the plan); the rotary inv_freq buffer of older conversions (the graph has its own
         cache); a tied model's lm_head.weight (transformers ties it to the embedding too).
         """
-        probe = self.weight(0, "x")
-        layers = probe[: -len("0.x")] if probe.endswith(".0.x") else None
+        layers = layer_prefix(self)
         tied_head = self.weight(None, "lm_head.weight") if self.spec.tie_word_embeddings else None
 
         def beyond_the_layers(name: str) -> bool:

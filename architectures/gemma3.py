@@ -42,7 +42,7 @@ from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout
 from builder.kit.options import BuildOptions
 from builder.kit.rope import RopeSpec
-from builder.kit.spec import DecoderSpec
+from builder.kit.spec import FULL_ATTENTION, SLIDING_ATTENTION, DecoderSpec
 from builder.kit.spec import layer_types as resolve_layer_types
 from builder.kit.targets import Target
 
@@ -59,7 +59,7 @@ CONFIG_DEFAULTS = {
     "rope_theta": 1_000_000.0,
     "rope_local_base_freq": 10_000.0,
 }
-SLIDING, FULL = "sliding_attention", "full_attention"
+SLIDING, FULL = SLIDING_ATTENTION, FULL_ATTENTION
 
 
 @dataclass

@@ -606,3 +606,18 @@ def test_sliding_layer_types_are_checked(checkpoint, tmp_path, types):
     (ckpt / "config.json").write_text(json.dumps({**config, "layer_types": types}))
     with pytest.raises(BuilderError, match=r"layer_types .* must name 2 layers"):
         build(model=str(ckpt), output=str(tmp_path / "o"), show_progress=False)
+
+
+def test_from_pretrained_takes_options_or_keywords_and_leaves_the_callers_alone(tmp_path):
+    """from_pretrained wrote the model into the caller's BuildOptions (one options object reused
+    for two models then named the second)."""
+    from architectures import Qwen3Builder
+    from builder.pipeline import run
+
+    tiny = str(Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3")
+    options = BuildOptions(model="some/other", output=str(tmp_path / "a"), precision="fp32")
+    arch = Qwen3Builder.from_pretrained(tiny, options)
+    assert options.model == "some/other" and arch.options.model == tiny
+    assert run(arch, show_progress=False).report["nodes"]["total"] > 0
+    by_keywords = Qwen3Builder.from_pretrained(tiny, output=str(tmp_path / "b"), precision="int4")
+    assert (by_keywords.options.model, by_keywords.options.precision) == (tiny, "int4")

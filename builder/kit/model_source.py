@@ -67,13 +67,23 @@ def cached_hub_snapshot(repo_id: str) -> Path | None:
     return None if missing_files(path)[0] else path
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as the environment says now."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    set_now = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or set_now
+
+
 def hub_revision(repo_id: str) -> str | None:
     """The commit the hub serves for repo_id now (metadata only), or None offline."""
+    if hub_offline():
+        return None
     try:
-        from huggingface_hub import HfApi, constants
+        from huggingface_hub import HfApi
 
-        if constants.HF_HUB_OFFLINE:
-            return None
         return HfApi().model_info(repo_id, timeout=10).sha
     except Exception:  # not installed, no network, gone from the hub
         return None
@@ -177,10 +187,7 @@ def download_from_hub(repo_id: str) -> Path:
         pass
     if cached is not None and not any(missing_files(cached)):
         return cached
-    offline = getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False) or os.environ.get(
-        "HF_HUB_OFFLINE", "0"
-    ) not in ("0", "", "false", "False")
-    if offline:
+    if hub_offline():
         if cached is None:
             raise BuilderError(
                 f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "

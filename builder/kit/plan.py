@@ -208,6 +208,13 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     return options.format == "genai" and not legacy_webgpu
 
 
+def layer_prefix(family) -> str | None:
+    """The name prefix of the family's layer tensors (model.layers., model.language_model.layers.),
+    or None for a naming that does not keep HF's model...layers.{i}.{suffix} shape."""
+    probe = family.weight(0, "x")
+    return probe[: -len("0.x")] if probe.endswith(".0.x") else None
+
+
 def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
     """The checkpoint's layers against num_hidden_layers, from tensor names alone.
 
@@ -215,10 +222,9 @@ def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
     built as the config says, with a warning (a truncated config, or extra layers such
     as multi-token-prediction heads that this build leaves out).
     """
-    probe = family.weight(0, "x")
-    if not probe.endswith(".0.x"):
+    prefix = layer_prefix(family)
+    if prefix is None:
         return []  # a family with its own naming checks its own tensors
-    prefix = probe[: -len("0.x")]
     found = set()
     for name in checkpoint.names():
         if name.startswith(prefix):
@@ -312,9 +318,9 @@ def module_pattern(pattern: str, family) -> str:
     (model.layers.N..., model.embed_tokens), also when it is written in the checkpoint's own:
     a ConditionalGeneration checkpoint keeps its text model under model.language_model., and
     those names were refused as matching nothing."""
-    probe, embed = family.weight(0, "x"), family.weight(None, "model.embed_tokens.weight")
+    embed = family.weight(None, "model.embed_tokens.weight")
     # Only namings that keep HF's own tails (a plugin may name its tensors any way at all).
-    layers = probe[: -len("0.x")] if probe.endswith(".0.x") else "model.layers."
+    layers = layer_prefix(family) or "model.layers."
     if layers != "model.layers." and pattern.startswith(layers):
         return "model.layers." + pattern[len(layers) :]
     text = embed[: -len("embed_tokens.weight")] if embed.endswith(".embed_tokens.weight") else "model."
