@@ -12,12 +12,7 @@ from pathlib import Path
 
 from builder.batch_yaml import Entry, FloatText, Problems
 from builder.kit.errors import BuilderError
-from builder.kit.options import BuildOptions
-
-# Options that do not change the built files. The model is identified by its
-# checkpoint fingerprint, not by how its path is spelled; how it is read (read-ahead,
-# page cache) leaves the bytes as they are.
-NON_BUILD_OPTIONS = {"model", "output", "overwrite", "verify", "read_ahead_mb", "page_cache"}
+from builder.kit.options import NOT_IN_OUTPUT, BuildOptions
 
 
 @dataclass
@@ -151,7 +146,7 @@ def make_job(
     if options.output:
         fields = {
             "model_name": Path(options.model.rstrip("/")).name,
-            **{k: v for k, v in options.to_dict().items() if k not in NON_BUILD_OPTIONS},
+            **{k: v for k, v in options.to_dict().items() if k not in NOT_IN_OUTPUT},
         }
         try:
             # A list has no folder name that is both safe and unambiguous: its patterns are

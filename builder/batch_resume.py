@@ -8,9 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from builder.batch_exec import report_fields
-from builder.batch_jobs import NON_BUILD_OPTIONS
 from builder.kit.errors import BuilderError
-from builder.kit.options import BuildOptions
+from builder.kit.options import NOT_IN_OUTPUT, RESOLVED_BY_PLAN, BuildOptions
 from builder.output_dir import CONFIG_FILES, REPORT_NAME
 from builder.version import __version__
 
@@ -38,7 +37,7 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         return damaged
     old, new = report.get("options") or {}, options.to_dict()
     inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
-    changed = {k for k in set(old) | set(new) if k not in NON_BUILD_OPTIONS | inert and old.get(k) != new.get(k)}
+    changed = {k for k in set(old) | set(new) if k not in NOT_IN_OUTPUT | inert and old.get(k) != new.get(k)}
     if changed - RESOLVED_BY_PLAN:
         return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed - RESOLVED_BY_PLAN))
     old_ort, ort = (report.get("target") or {}).get("ort_version"), Target.from_options(options).version_text
@@ -82,25 +81,6 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
-
-
-# Options whose written value may differ while the build stays the same (auto, or a default left
-# unwritten, against its value written out): what they resolve to is compared instead.
-RESOLVED_BY_PLAN = {
-    "target_ort",
-    "io_dtype",
-    "accuracy_level",
-    "graph_capture",
-    "logits",
-    "int32_inputs",
-    "qkv_packing",
-    "mlp_packing",
-    "silu",
-    "head_norm",
-    "context_length",
-    "max_length",
-    "intra_op_threads",
-}
 
 
 def _resolved_differently(options: BuildOptions, checkpoint, report: dict) -> str | None:

@@ -32,8 +32,20 @@ LOGITS = ("auto", "last", "all")
 INT32_INPUTS = ("auto", "on", "off")
 
 
-def _opt(*flags: str, help: str, choices: tuple | None = None, metavar: str | None = None, cli: bool = True) -> dict:
-    return {"flags": flags, "help": help, "choices": choices, "metavar": metavar, "cli": cli}
+def _opt(
+    *flags: str,
+    help: str,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+    rebuild: str = "compare",
+) -> dict:
+    """An option's CLI flags and help; rebuild: how batch decides that an existing output still
+    fits a job with this option: "compare" its value as written, "resolved" compare what the plan
+    resolves it to (auto, or a default left unwritten, against the value written out), "never"
+    (it does not change the built files: where they go, how the checkpoint is read; the model is
+    compared by its checkpoint's fingerprint, not by how its path is spelled)."""
+    return {"flags": flags, "help": help, "choices": choices, "metavar": metavar, "cli": cli, "rebuild": rebuild}
 
 
 @dataclass
@@ -46,6 +58,7 @@ class BuildOptions:
             metavar="PATH_OR_ID",
             help="Hugging Face checkpoint: a local folder (config.json + *.safetensors) or a hub id "
             "such as Qwen/Qwen3-4B, resolved through the Hugging Face cache.",
+            rebuild="never",
         ),
     )
     precision: str = field(
@@ -70,6 +83,7 @@ class BuildOptions:
             metavar="DIR",
             help="Output folder. Default: out/<model name>-<precision>-<ep> in lower case, "
             "plus -transformers-js for that format.",
+            rebuild="never",
         ),
     )
     format: str = field(
@@ -92,6 +106,7 @@ class BuildOptions:
             help="Activation dtype (inputs, outputs, KV cache) of an int4/int8 build. fp32 on "
             "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
             "auto: fp32 on cpu, fp16 on GPU EPs. fp16 and fp32 builds keep their own dtype.",
+            rebuild="resolved",
         ),
     )
     block_size: int = field(
@@ -113,6 +128,7 @@ class BuildOptions:
             choices=(0, 1, 2, 3, 4),
             help="MatMulNBits accuracy_level: the lowest precision the kernel may compute in "
             "(4 = int8 activations). Default: 4 for cpu and webgpu, 0 for cuda and dml.",
+            rebuild="resolved",
         ),
     )
     int8_layers: list[str] = field(
@@ -144,6 +160,7 @@ class BuildOptions:
             "Q/K norm, GroupQueryAttention. separate: three MatMuls. fused-norm: packed "
             "MatMul with the Q/K norm inside GroupQueryAttention (cuda/webgpu, ORT >= 1.28). "
             "auto: the measured best for the EP and --target-ort (see docs/packing.md).",
+            rebuild="resolved",
         ),
     )
     mlp_packing: str = field(
@@ -153,6 +170,7 @@ class BuildOptions:
             choices=MLP_PACKINGS,
             help="MLP layout: packed (one gate_up MatMul + Split) or separate gate and up "
             "MatMuls. auto: the measured best for the EP.",
+            rebuild="resolved",
         ),
     )
     silu: str = field(
@@ -163,6 +181,7 @@ class BuildOptions:
             help="How the MLP's SiLU is written: quickgelu (one com.microsoft QuickGelu node, "
             "alpha=1) or sigmoid-mul (Sigmoid and Mul). Same numbers; auto: the measured "
             "best for the EP (docs/packing.md).",
+            rebuild="resolved",
         ),
     )
     head_norm: str = field(
@@ -176,6 +195,7 @@ class BuildOptions:
             "EP) or branchwise (one com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: "
             "reshape-sln, measured faster on cpu, but branchwise for Qwen3.5 on cpu, measured "
             "faster there (docs/packing.md).",
+            rebuild="resolved",
         ),
     )
     target_ort: str | None = field(
@@ -193,6 +213,7 @@ class BuildOptions:
             "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js it is the "
             "onnxruntime-web (webgpu) or onnxruntime-node (others) inside your transformers.js; "
             "default: what transformers.js 4.3 pins (onnxruntime-node 1.30, onnxruntime-web 1.31).",
+            rebuild="resolved",
         ),
     )
     graph_capture: str = field(
@@ -207,6 +228,7 @@ class BuildOptions:
             "off: the uncaptured graph, for beam search (onnxruntime-genai refuses capture "
             "with num_beams > 1) and for profiling or debugging one kernel at a time; it "
             "decoded 0.78x as fast (docs/packing.md#graph-capture).",
+            rebuild="resolved",
         ),
     )
     max_length: int | None = field(
@@ -219,6 +241,7 @@ class BuildOptions:
             "length up front (with graph capture they cannot grow). Default: 4096, or "
             "--context-length if smaller (docs/packing.md#max-length). At most --context-length; "
             "a caller may still ask for more up to it.",
+            rebuild="resolved",
         ),
     )
     logits: str = field(
@@ -233,6 +256,7 @@ class BuildOptions:
             "(docs/packing.md#last-token-logits). all: every position, for scoring a whole text "
             "(perplexity). auto: last for --format genai builds (except onnxruntime-webgpu 1.27 "
             "targets, not run with it), all otherwise.",
+            rebuild="resolved",
         ),
     )
     int32_inputs: str = field(
@@ -247,6 +271,7 @@ class BuildOptions:
             "(docs/webgpu-decode.md). auto: on for graph-capture builds, off elsewhere (int64 is "
             "what other callers of an LLM graph feed). Not with --format transformers.js, which "
             "feeds int64.",
+            rebuild="resolved",
         ),
     )
     context_length: int | None = field(
@@ -258,6 +283,7 @@ class BuildOptions:
             "and the most search.max_length may be). "
             "Default: the config's max_position_embeddings. More than the model supports "
             "(max_position_embeddings, or its rope scaling's length) needs --allow-long-context.",
+            rebuild="resolved",
         ),
     )
     allow_long_context: bool = field(
@@ -279,6 +305,7 @@ class BuildOptions:
             "-1: write nothing, so onnxruntime-genai uses its fallback (half the logical "
             "CPUs, at most 16). At most 1024. Default: 0 for cpu (genai's fallback left half of a "
             "machine without SMT idle; docs/packing.md#threads), -1 for the GPU EPs.",
+            rebuild="resolved",
         ),
     )
     overwrite: bool = field(
@@ -287,6 +314,7 @@ class BuildOptions:
             "--overwrite",
             help="Replace the output folder if it exists, was made by this builder and holds only "
             "what its build wrote (anything else is named and kept).",
+            rebuild="never",
         ),
     )
     verify: bool = field(
@@ -296,6 +324,7 @@ class BuildOptions:
             help="Before publishing the folder, compare its logits with transformers "
             "running the same (dequantized) weights; a mismatch fails the build. "
             "Needs transformers. cpu builds only: other EPs record 'not run'.",
+            rebuild="never",
         ),
     )
     checkpoint_hash: bool = field(
@@ -318,6 +347,7 @@ class BuildOptions:
             help="Checkpoint bytes read ahead of the build on a second thread, so reading overlaps "
             "quantizing and writing (peak memory grows by up to this much). 0: read as the "
             "build goes.",
+            rebuild="never",
         ),
     )
 
@@ -329,6 +359,7 @@ class BuildOptions:
             "of the same checkpoint (batch sets this on every job whose checkpoint a later job "
             "reads). Default: bytes the cache lacks are read with O_DIRECT, which spares the CPU "
             "the cost of filling the cache.",
+            rebuild="never",
         ),
     )
 
@@ -439,6 +470,9 @@ class BuildOptions:
 
 # What only int4/int8 builds use (--int8-layers/--float-layers with a float precision are refused).
 QUANTIZATION_ONLY = ("block_size", "symmetric", "accuracy_level")
+# Options by how batch compares them with an existing output (see _opt's rebuild).
+NOT_IN_OUTPUT = frozenset(f.name for f in dataclasses.fields(BuildOptions) if f.metadata["rebuild"] == "never")
+RESOLVED_BY_PLAN = frozenset(f.name for f in dataclasses.fields(BuildOptions) if f.metadata["rebuild"] == "resolved")
 # What only genai_config.json holds.
 GENAI_CONFIG_ONLY = ("max_length", "intra_op_threads")
 
