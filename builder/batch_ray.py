@@ -71,7 +71,9 @@ def memory_estimate(options) -> tuple[int, str]:
         return int(BASE_BYTES), "checkpoint unreadable here; the build will say why"
     numel = {name: _prod(shape) for name, shape in shapes.items()}
     float_head = not format_for("lm_head", options).quantized
-    table = numel.get("lm_head.weight") or numel.get("model.embed_tokens.weight", 0)
+    # The embedding under any prefix (a ConditionalGeneration checkpoint: model.language_model.).
+    embed = max((n for n in numel if n.endswith("embed_tokens.weight")), key=numel.get, default=None)
+    table = numel.get("lm_head.weight") or (numel[embed] if embed else 0)
     # A float lm_head [H, V] of its own (untied, or tied beside a quantized embedding) is read
     # whole to be transposed; a tied float one reads the Gather's table in the graph.
     untied = "lm_head.weight" in numel and not _tied_in_config(options.model)

@@ -234,6 +234,20 @@ def test_memory_estimate_follows_precision_verify_and_a_measured_peak(tmp_path):
     assert estimate(precision="int4") == (125_000_000, "1.25 x the 0.10 GB its last build measured")
 
 
+def test_memory_estimate_finds_the_table_of_a_conditional_generation_checkpoint(checkpoint, tmp_path):
+    """Qwen3.5's released checkpoints keep the embedding as model.language_model.embed_tokens.weight:
+    a float lm_head of its own beside the int4 embedding was estimated at no table at all."""
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.options import BuildOptions
+
+    ckpt = checkpoint("qwen3_5")
+    shapes = Checkpoint(ckpt).shapes()
+    table = int(np.prod(shapes["model.language_model.embed_tokens.weight"]))
+    options = BuildOptions(model=str(ckpt), output=str(tmp_path / "none"), precision="int4", float_layers=["lm_head"])
+    estimate, how = batch_ray.memory_estimate(options)
+    assert estimate == int(0.7e9 + 8 * table) and "lm_head, transposed whole" in how
+
+
 def test_sigterm_while_ray_starts_up_is_not_ray_s_exit(tmp_path, cluster):
     """SIGTERM while the driver starts Ray ends the batch as it does while builds run (exit 143,
     no job started, the summary written); ray.init's handler made it exit with code 15 and a
