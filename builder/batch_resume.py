@@ -9,6 +9,7 @@ from pathlib import Path
 
 from builder.batch_exec import report_fields
 from builder.kit.errors import BuilderError
+from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import NOT_IN_OUTPUT, RESOLVED_BY_PLAN, BuildOptions
 from builder.output_dir import CONFIG_FILES, REPORT_NAME
 from builder.version import __version__
@@ -163,9 +164,9 @@ def damaged_file(output: Path, report: dict) -> str | None:
         # Hand edits (search options, provider options) are kept; a config the runtime cannot
         # read at all is not an output that is up to date.
         model = written.get("model") if isinstance(written, dict) else None
-        if not isinstance(written, dict) or (config == "genai_config.json" and not isinstance(model, dict)):
+        if not isinstance(written, dict) or (config == CONFIG_NAME and not isinstance(model, dict)):
             return f"{config} is not a {'genai config' if config == 'genai_config.json' else 'JSON object'}"
-        if config == "genai_config.json" and not isinstance(model.get("decoder"), dict):
+        if config == CONFIG_NAME and not isinstance(model.get("decoder"), dict):
             return f"{config} has no model.decoder"
     for name in report.get("tokenizer_files") or []:
         if not (output / name).is_file():

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from builder.kit.errors import BuilderError
+from builder.kit.genai_config import CONFIG_NAME
 
 WEBGPU_INSTALL = (
     "pip install onnxruntime-genai onnxruntime-ep-webgpu (onnxruntime >= 1.31), and on Linux "
@@ -40,7 +41,7 @@ def _webgpu_built_in() -> bool:
 
 def folder_provider(folder: str | Path) -> str:
     """The provider a built folder's genai_config.json asks for ('cpu' when none)."""
-    config = json.loads((Path(folder) / "genai_config.json").read_text())
+    config = json.loads((Path(folder) / CONFIG_NAME).read_text())
     options = config["model"]["decoder"]["session_options"].get("provider_options") or []
     return next(iter(options[0]), "cpu") if options else "cpu"
 

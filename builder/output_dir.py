@@ -21,6 +21,7 @@ import signal
 import uuid
 from pathlib import Path
 
+from builder.formats import FORMATS
 from builder.kit.errors import BuilderError, BuildInterrupted
 
 REPORT_NAME = "build_report.json"
@@ -58,7 +59,8 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
 
 
 # The config file each output format writes, which its runtime reads first.
-CONFIG_FILES = {"genai": "genai_config.json", "transformers.js": "config.json"}
+# The config each output format writes.
+CONFIG_FILES = {name: folder.config_file for name, folder in FORMATS.items()}
 
 
 def files_not_built(output: Path) -> list[str]:

@@ -22,6 +22,7 @@ from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError
+from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Phases, Progress, SilentProgress
@@ -49,7 +50,7 @@ class BuildResult:
 
     @property
     def genai_config_path(self) -> Path:
-        return self.output / "genai_config.json"
+        return self.output / CONFIG_NAME
 
     @property
     def report_path(self) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.kit.errors import BuilderError
+from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import BuildOptions
 
 
@@ -281,7 +282,7 @@ def genai_batch_greedy(
 
     from builder.ep_runtime import genai_model
 
-    pad = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["pad_token_id"]
+    pad = json.loads((Path(model_dir) / CONFIG_NAME).read_text())["model"]["pad_token_id"]
     model = genai_model(og, model_dir, provider)
     params = og.GeneratorParams(model)
     width = max(map(len, prompts))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from builder.kit.genai_config import make_genai_config
+from builder.kit.genai_config import CONFIG_NAME, make_genai_config
 
 
 class GenaiFolder:
     name = "genai"
     model_file = "model.onnx"
     data_file = "model.onnx.data"
+    config_file = CONFIG_NAME
 
     def __init__(self, arch):
         self.arch = arch
@@ -27,8 +28,8 @@ class GenaiFolder:
         genai = make_genai_config(
             arch.plan, arch.config, generation, str(arch.checkpoint.directory / "generation_config.json")
         )
-        (staging / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n")
-        return ["genai_config.json"]
+        (staging / self.config_file).write_text(json.dumps(genai, indent=4) + "\n")
+        return [self.config_file]
 
     def describe(self) -> dict:
         return {"name": self.name, "model": self.model_file, "data": [self.data_file]}

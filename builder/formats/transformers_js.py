@@ -57,6 +57,7 @@ _FED_INPUTS = re.compile(
 
 class TransformersJsFolder:
     name = "transformers.js"
+    config_file = "config.json"  # transformers.js reads the model's config as the hub has it
 
     def __init__(self, arch):
         self.arch = arch
@@ -112,8 +113,8 @@ class TransformersJsFolder:
             "dtype": self.dtype,
             "use_external_data_format": {self.model_name: len(self.chunks)},
         }
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        written = ["config.json"]
+        (staging / self.config_file).write_text(json.dumps(config, indent=2) + "\n")
+        written = [self.config_file]
         if generation is None:
             # transformers.js takes eos/bos from here; a checkpoint without the file
             # gets the ids its config.json names.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+CONFIG_NAME = "genai_config.json"  # the file onnxruntime-genai reads in a model folder
+
 from builder.kit.hf_config import check_generation_config
 
 
