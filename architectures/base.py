@@ -46,6 +46,9 @@ class DecoderBuilder:
     # (a DenseMLP subclass with its own activation()) names it here. Without silu/swish among them,
     # --silu does not apply (plan: layout.silu "none").
     hidden_acts: tuple[str, ...] = ("silu", "swish")
+    # Why this family's activations may leave fp16's range (None: no known reason). Where it is
+    # set, webgpu int4/int8 builds default to fp32 activations and fp16 ones get a warning.
+    fp16_overflow: str | None = None
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint

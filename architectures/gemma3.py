@@ -104,6 +104,10 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
 class Gemma3Builder(DecoderBuilder):
     genai_type = "gemma3_text"  # onnxruntime-genai 0.18's name for the text-only model
     hidden_acts = ("gelu_pytorch_tanh",)  # config.json hidden_activation, checked in make_spec
+    fp16_overflow = (
+        "Gemma 3's residual stream is reported to exceed fp16's range on real checkpoints "
+        "(transformers#36822; onnxruntime#26732: fp16 and q4f16 Gemma 3 give invalid outputs on WebGPU)"
+    )
     qk_norm = True
 
     # ---- config -------------------------------------------------------------

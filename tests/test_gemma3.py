@@ -299,3 +299,25 @@ def test_the_context_memory_check_counts_every_rotary_cache_the_family_has(check
     assert Gemma3Builder(ckpt, options).plan.context_length == 4096
     with pytest.raises(BuilderError, match="GiB of rotary cache"):
         ThreeCaches(ckpt, options).plan  # noqa: B018 (planning is what refuses)
+
+
+def test_fp16_activations_are_avoided_on_webgpu_and_warned_of_elsewhere(built):
+    """Gemma 3's residual stream leaves fp16's range on real checkpoints (transformers#36822;
+    onnxruntime#26732: q4f16 Gemma 3 is invalid on WebGPU, fp32 works). webgpu int4 builds
+    default to fp32 activations; builds that keep fp16 say so."""
+    webgpu = built("gemma3", precision="int4", ep="webgpu")
+    assert webgpu.report["target"]["io_dtype"] == "float32"
+    assert any(n.startswith("io dtype auto -> fp32 on webgpu: Gemma 3") for n in webgpu.report["notes"])
+    assert not any("computes in fp16" in n for n in webgpu.report["notes"])  # warnings are notes too
+    for options, fix in (
+        (dict(precision="int4", ep="cuda"), "-e cuda has no fp32 attention kernel"),
+        (dict(precision="fp16", ep="cpu"), "build int4/int8 with --io-dtype fp32"),
+        (dict(precision="int4", ep="webgpu", io_dtype="fp16"), "--io-dtype fp32 (the default here)"),
+    ):
+        result = built("gemma3", **options)
+        assert result.report["target"]["io_dtype"] == "float16"
+        warned = [n for n in result.report["notes"] if n.startswith("this build computes in fp16: Gemma 3")]
+        assert len(warned) == 1 and fix in warned[0], result.report["notes"]
+    qwen3 = built("qwen3", precision="int4", ep="webgpu")
+    assert qwen3.report["target"]["io_dtype"] == "float16"
+    assert not any("fp16" in n for n in qwen3.report["notes"])

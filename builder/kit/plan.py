@@ -113,6 +113,8 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     else:
         capture_note = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
+    target, overflow_note = fp16_overflow_guard(target, options, family, warnings)
+    capture_note += overflow_note
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
         newest = ".".join(map(str, NEWEST_KNOWN_ORT))
         warnings.append(
@@ -206,6 +208,27 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     # onnxruntime-webgpu 1.27 was not run with the selection's GatherND: it keeps every position.
     legacy_webgpu = target.ep == "webgpu" and target.ort_version <= WEBGPU_LAST_MONOLITHIC
     return options.format == "genai" and not legacy_webgpu
+
+
+def fp16_overflow_guard(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
+    """For a family whose activations may leave fp16's range: webgpu int4/int8 builds take fp32
+    activations unless --io-dtype says otherwise (a note says why); every other build with fp16
+    activations gets a warning. Returns the target and the note."""
+    reason = family.fp16_overflow
+    if not reason or target.io_dtype != np.float16:
+        return target, ()
+    if options.io_dtype == "auto" and target.ep == "webgpu" and options.precision in ("int4", "int8"):
+        return dataclasses.replace(target, io_choice="fp32"), (
+            f"io dtype auto -> fp32 on webgpu: {reason}; --io-dtype fp16 for the faster, riskier graph",
+        )
+    if options.precision == "fp16":
+        fix = "check its output before deploying it, or build int4/int8 with --io-dtype fp32 for webgpu or cpu"
+    elif target.ep in ("cuda", "dml"):
+        fix = f"-e {target.ep} has no fp32 attention kernel: check its output before deploying it, or use webgpu or cpu"
+    else:  # webgpu, --io-dtype fp16 as asked
+        fix = "--io-dtype fp32 (the default here) keeps the activations in float32"
+    warnings.append(f"this build computes in fp16: {reason}; {fix}")
+    return target, ()
 
 
 def layer_prefix(family) -> str | None:
