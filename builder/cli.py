@@ -113,6 +113,24 @@ def unknown_command(word: str) -> str | None:
     )
 
 
+def program() -> int:
+    """`python -m builder` and the `onnx-builder` command: main() as the whole process.
+
+    Once a build's output is published a stop signal is only noted, so the process still prints
+    the path and exits 0 (the shutdown after --verify's torch takes ~0.7 s). Python's finalization
+    puts SIG_DFL back wherever it finds a Python handler, which let a signal in that shutdown kill
+    a finished build (exit 130/143): once main() returns the stop signals are ignored, the process
+    ending anyway. Not in main(), which a notebook or a test may call and then want Ctrl-C back.
+    """
+    from builder import output_dir
+
+    output_dir.hold_signals_after_publish = True
+    code = main()
+    for sig in output_dir.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug batch jobs.yaml`: flags written before the command belong to it.

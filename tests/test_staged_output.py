@@ -259,3 +259,30 @@ def test_a_caller_of_main_gets_its_handlers_back(tmp_path):
     assert {sig: signal.getsignal(sig) for sig in before} == before
     build(model=str(ckpt), output=str(tmp_path / "library"), show_progress=False)
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_the_program_ignores_stop_signals_once_main_returns(tmp_path):
+    """Python's finalization resets Python-level handlers to SIG_DFL, so a signal during the
+    shutdown after a published build (torch's takes ~0.7 s after --verify) still killed it with
+    130/143. The program (python -m builder, onnx-builder) leaves them ignored as it ends; main()
+    itself, which a notebook may call, gives Ctrl-C back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = root / "examples" / "tiny-qwen3"
+    script = (
+        "import signal, sys\n"
+        "from builder import cli\n"
+        f"sys.argv = ['builder', '-m', {str(tiny)!r}, '-o', {str(tmp_path / 'a')!r}, '--quiet']\n"
+        "assert cli.main(sys.argv[1:]) == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        f"sys.argv[4] = {str(tmp_path / 'b')!r}\n"
+        "code = cli.program()\n"
+        "stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)\n"
+        "print(code, all(signal.getsignal(s) is signal.SIG_IGN for s in stops))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "0 True", proc.stdout
