@@ -98,9 +98,8 @@ def files_not_built(output: Path) -> list[str]:
     return others
 
 
-@contextlib.contextmanager
-def staged_output(output: Path, overwrite: bool):
-    """Yield a staging folder; on success it becomes `output` in one rename."""
+def output_folder(output: Path) -> Path:
+    """The folder a build writes for -o: a symlink's target, refused if it names no folder."""
     output = Path(output)
     if output.is_symlink():
         # Build where the link points: renaming over the link itself would leave the old
@@ -108,6 +107,13 @@ def staged_output(output: Path, overwrite: bool):
         output = Path(os.path.realpath(output))
     if not output.name or output.name in (".", ".."):
         raise BuilderError(f"output {str(output)!r} names no folder; pass a folder such as out/my-model to -o/--output")
+    return output
+
+
+@contextlib.contextmanager
+def staged_output(output: Path, overwrite: bool):
+    """Yield a staging folder; on success it becomes `output` in one rename."""
+    output = output_folder(output)
     try:
         check_output_free(output, overwrite)
         output.parent.mkdir(parents=True, exist_ok=True)

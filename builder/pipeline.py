@@ -28,7 +28,7 @@ from builder.kit.options import BuildOptions
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
-from builder.output_dir import REPORT_NAME, staged_output
+from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
 from builder.version import __version__
 
 MODEL_FILE = "model.onnx"
@@ -117,12 +117,19 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     output = Path(options.output).expanduser() if options.output else default_output(options)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    steps = spec.num_layers + 4 + (1 if options.verify else 0)
+    hashing = 1 if options.checkpoint_hash else 0
+    steps = spec.num_layers + 4 + (1 if options.verify else 0) + hashing
     progress = Progress(steps, label=output.name) if show_progress else SilentProgress()
 
+    if hashing:  # before it reads every weight byte: a refused output costs no minutes
+        check_output_free(output_folder(output), options.overwrite)
     # Taken before any weight is read, so weights re-saved during the build make the
     # report's fingerprint stale, and the next batch run rebuilds.
-    arch.checkpoint.fingerprint(options.checkpoint_hash)
+    if hashing:
+        with progress.ticking("hashing the checkpoint's weights (--checkpoint-hash)"):
+            arch.checkpoint.fingerprint(True)
+    else:
+        arch.checkpoint.fingerprint(False)
     check_tokenizer_files(arch.checkpoint.directory)
     layout = folder_format(arch)
     for message in arch.warnings:
