@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -58,7 +59,10 @@ class BuildResult:
 
 
 def default_output(options: BuildOptions) -> Path:
-    name = Path(options.model.rstrip("/")).name or "model"
+    model = os.path.expanduser(options.model)
+    # A local folder by its own name (-m . or -m .. named out/model-... and out/..-...); a hub id by its repo's.
+    name = Path(os.path.abspath(model)).name if os.path.isdir(model) else Path(model.rstrip("/")).name
+    name = name or "model"
     suffix = "-transformers-js" if options.format == "transformers.js" else ""
     return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
 
@@ -308,7 +312,8 @@ def make_report(
         "options": plan.options.to_dict(),
         "target": target_record(plan),
         "checkpoint": {
-            "path": str(arch.checkpoint.directory),
+            # absolute: the rebuild hints built from it (generate.py, the web page) work from any folder
+            "path": os.path.abspath(arch.checkpoint.directory),
             "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),
             "architecture": plan.architecture,
             # The class that built it: a plugin can replace a built-in family (batch rebuilds then).

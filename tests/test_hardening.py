@@ -1056,3 +1056,18 @@ def test_checkpoint_hash_refuses_a_taken_output_before_reading_the_weights(ckpt,
     assert True not in hashed
     result = build(model=str(ckpt), output=str(out), checkpoint_hash=True, overwrite=True, show_progress=False)
     assert True in hashed and result.report["checkpoint"]["fingerprint"]
+
+
+def test_a_relative_model_path_is_named_and_recorded_from_anywhere(tmp_path, monkeypatch):
+    """-m . named the output out/model-int4-cpu and -m .. out/..-int4-cpu; the report kept the path
+    as typed, so its rebuild hints failed from another folder."""
+    from builder.kit.options import BuildOptions
+    from builder.pipeline import build, default_output
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root / "examples" / "tiny-qwen3")
+    assert default_output(BuildOptions(model=".")) == Path("out/tiny-qwen3-int4-cpu")
+    assert default_output(BuildOptions(model="..")) == Path("out/examples-int4-cpu")
+    assert default_output(BuildOptions(model="Qwen/Qwen3-4B", ep="webgpu")) == Path("out/qwen3-4b-int4-webgpu")
+    result = build(model=".", output=str(tmp_path / "o"), show_progress=False)
+    assert result.report["checkpoint"]["path"] == str(root / "examples" / "tiny-qwen3")
