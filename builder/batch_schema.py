@@ -86,16 +86,24 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
     reset()  # nothing from an earlier file is wanted
     base = path.parent.absolute()
     top = {key: (line, node) for key, line, node in mapping_pairs(compose(path), "top level", problems)}
-    for key, (line, _) in top.items():
+    unknown = [(key, line) for key, (line, _) in top.items() if key not in TOP_KEYS and not key.startswith("x-")]
+    if top and len(unknown) == len(top) and len(unknown) > 1:
+        # Not a batch file at all (a config.json, a job list without jobs:): one problem, not one a key.
+        problems.add(
+            unknown[0][1],
+            f"no top-level key of a batch file ({', '.join(k for k, _ in unknown[:3])}, ...); a batch file has "
+            f"{', '.join(TOP_KEYS)} (configs/tiny.yaml is an example)",
+        )
+        unknown = []
+    for key, line in unknown:
         # x- keys hold YAML anchors for jobs to merge (<<: *name), as in Docker Compose:
         # an anchor under defaults: would apply to every job.
-        if key not in TOP_KEYS and not key.startswith("x-"):
-            problems.add(
-                line,
-                f"{key}: unknown top-level key; expected {', '.join(TOP_KEYS)} "
-                "(build options go under defaults:, matrix: or a job; a key starting with x- "
-                "holds YAML anchors: x-base: &base {...})",
-            )
+        problems.add(
+            line,
+            f"{key}: unknown top-level key; expected {', '.join(TOP_KEYS)} "
+            "(build options go under defaults:, matrix: or a job; a key starting with x- "
+            "holds YAML anchors: x-base: &base {...})",
+        )
 
     root, root_from = base, ""
     if output_root is not None:

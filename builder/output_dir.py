@@ -152,9 +152,8 @@ def staged_output(output: Path, overwrite: bool):
         except KeyboardInterrupt:
             stop.deferring = True
             shutil.rmtree(staging, ignore_errors=True)
-            stopped = BuildInterrupted(
-                f"build interrupted; removed the partial output {staging.name}, {output} was left as it was"
-            )
+            kept = f"{output} was left as it was" if output.exists() else f"nothing was written to {output}"
+            stopped = BuildInterrupted(f"build interrupted; removed the partial output {staging.name}, {kept}")
             if stop.caught:
                 stopped.exit_code = 128 + stop.caught[0]  # as a shell reports a process its signal ended
             raise stopped from None

@@ -164,7 +164,8 @@ def _block_params(first: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: Qua
             zf = np.where(scale != 0, _F32(0) - lo / scale, lo)
         # roundf on [0, qmax]: see _ALMOST_HALF.
         zp = np.trunc(np.clip(zf, _F32(0), _F32(scheme.qmax)) + _ALMOST_HALF)
-    stored = scale.astype(scale_dtype)
+    with np.errstate(over="ignore"):  # a scale beyond float16 is inf: the build's NaN/Inf check names it
+        stored = scale.astype(scale_dtype)
     s = stored.astype(np.float32)  # quantize with the scale MatMulNBits will use
     if s.all():
         r = _F32(1) / s

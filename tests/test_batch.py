@@ -1334,3 +1334,13 @@ def test_dry_run_refuses_outputs_a_run_cannot_write(tmp_path, capsys):
         f"outputs the builds cannot write (nothing was built):\n  file/x/y: cannot write its output in {blocker}/x ("
         in (capsys.readouterr().err)
     )
+
+
+def test_a_file_that_is_no_batch_file_is_one_problem(tmp_path):
+    """batch on a config.json listed every one of its 26 keys as an unknown top-level key, each
+    with the same hint."""
+    config = ROOT / "examples" / "tiny-qwen3" / "config.json"
+    with pytest.raises(BuilderError) as refused:
+        load_batch(config)
+    message = str(refused.value)
+    assert message.count("\n") == 1 and "no top-level key of a batch file (architectures," in message, message

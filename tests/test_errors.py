@@ -454,6 +454,7 @@ def test_interrupt_mid_build_removes_partial_output(tmp_path, sig):
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 128 + sig, rest  # 130, 143, 129: as a shell reports the signal
     assert "interrupted" in rest and "Traceback" not in rest
+    assert f"nothing was written to {out}" in rest  # it had no output to leave 'as it was'
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
 
 

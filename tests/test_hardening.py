@@ -322,6 +322,18 @@ def test_nan_and_inf_weights_are_named(ckpt, tmp_path, precision):
     assert any("model.layers.1.mlp.up_proj.weight" in n for n in notes)
 
 
+@pytest.mark.parametrize("ep", ["cpu", "webgpu"])
+def test_a_weight_beyond_float16_is_named_once_without_numpy_s_warning(ckpt, tmp_path, ep):
+    """A weight beyond float16's range (1e6 here) printed numpy's RuntimeWarning with its source
+    line (checkpoint.py's cast, the quantizer's scale) before the builder's own warning."""
+    poke(ckpt, "model.layers.1.mlp.up_proj.weight", 70, 0x4974)  # bf16 0x4974 = 999,424
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp16" if ep == "cpu" else "int4", "-e", ep)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "astype" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "model.layers.1.mlp.up_proj.weight" in warnings[0], proc.stderr
+
+
 def test_finite_weights_no_warning(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out")
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr

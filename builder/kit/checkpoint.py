@@ -287,12 +287,15 @@ class Checkpoint:
 
 
 def to_float(tensor: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """A checkpoint tensor in float32 or float16; bf16 is widened through float32 exactly."""
-    if tensor.dtype == SUPPORTED_DTYPES["BF16"]:
-        # bf16 is the top half of a float32: a shift, ~4x faster than ml_dtypes' cast.
-        wide = np.left_shift(tensor.view(np.uint16), np.uint32(16), dtype=np.uint32).view(np.float32)
-        return wide.astype(dtype, copy=False)
-    return tensor.astype(dtype, copy=False)
+    """A checkpoint tensor in float32 or float16; bf16 is widened through float32 exactly.
+    Values beyond float16 become inf without numpy's warning: the build's NaN/Inf check names
+    the tensor in a warning of its own."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if tensor.dtype == SUPPORTED_DTYPES["BF16"]:
+            # bf16 is the top half of a float32: a shift, ~4x faster than ml_dtypes' cast.
+            wide = np.left_shift(tensor.view(np.uint16), np.uint32(16), dtype=np.uint32).view(np.float32)
+            return wide.astype(dtype, copy=False)
+        return tensor.astype(dtype, copy=False)
 
 
 def _file_identity(file: Path, content: bool) -> str:
