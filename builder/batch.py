@@ -25,7 +25,7 @@ import time
 from builder.arg_parser import ArgumentParser
 from builder.batch_exec import Executor, LocalExecutor, Stop
 from builder.batch_jobs import Job
-from builder.batch_outputs import check_output_root, check_outputs
+from builder.batch_outputs import check_hub_models, check_output_root, check_outputs
 from builder.batch_resume import rebuild_reason, skipped_result
 from builder.batch_schema import Batch, load_batch
 from builder.batch_summary import markdown, size_text, summary, summary_paths, table, write_summary
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         job.action, job.reason = ("build", reason) if reason else ("skip", "up to date")
     to_build = [j for j in batch.jobs if j.action == "build"]
     check_outputs(to_build)  # --dry-run shows them too
+    if (args.executor or batch.executor or "local") == "local":  # Ray's nodes have caches of their own
+        check_hub_models(to_build)
     check_output_root(batch, to_build)
     if args.dry_run:  # all but the executor's own check (a Ray cluster is not joined for it)
         for job in batch.jobs:

@@ -48,6 +48,30 @@ def check_outputs(jobs: list[Job]) -> None:
         raise BuilderError("\n  ".join(["outputs the builds would refuse (nothing was built):", *problems]))
 
 
+def check_hub_models(jobs: list[Job]) -> None:
+    """Refuse, before any build runs, jobs that would build a hub id which is not in the Hugging
+    Face cache while HF_HUB_OFFLINE is set: each failed at its turn, after the jobs before it
+    (and --dry-run called them builds). Jobs skipped as up to date need no checkpoint."""
+    from builder.kit.model_source import cached_hub_snapshot, hub_download_command, hub_offline, is_hub_id
+
+    if not hub_offline():
+        return
+    missing = dict.fromkeys(
+        j.options.model for j in jobs if is_hub_id(j.options.model) and cached_hub_snapshot(j.options.model) is None
+    )
+    if missing:
+        lines = [f"{m}: download it where you have network ({hub_download_command(m)})" for m in missing]
+        raise BuilderError(
+            "\n  ".join(
+                [
+                    "hub ids not in the Hugging Face cache, and HF_HUB_OFFLINE is set (nothing was built; "
+                    "or use local folders):",
+                    *lines,
+                ]
+            )
+        )
+
+
 def output_root_source(batch: Batch, summary: bool = False) -> tuple[str, str]:
     """How a message names the output root (the option or key it came from) and what to do;
     for the summary, --summary is a way out too."""

@@ -1293,6 +1293,14 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     assert batch(path, "--dry-run") == 0
     assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
     monkeypatch.setattr(model_source, "hub_revision", lambda repo: "f" * 40)  # the hub moved on
+    # Offline, a job to build whose checkpoint this cache lacks is refused before anything runs
+    # (it failed at its turn, and --dry-run called it a build).
+    assert batch(path, "--dry-run") == 2
+    refused = capsys.readouterr().err
+    assert "hub ids not in the Hugging Face cache, and HF_HUB_OFFLINE is set" in refused
+    assert "org/tiny: download it where you have network (hf download org/tiny" in refused
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert batch(path, "--dry-run") == 0
     assert "build out  (org/tiny, int4, cpu; hub revision 000000000000 -> ffffffffffff)" in capsys.readouterr().out
 
