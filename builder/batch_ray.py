@@ -30,6 +30,7 @@ from pathlib import Path
 from builder.batch_exec import Executor, remove_staging, run_job
 from builder.kit.errors import BuilderError
 from builder.kit.selection import format_for
+from builder.verify import VERIFY_BASE_BYTES, verify_memory_bytes
 
 MAX_RETRIES = 2  # attempts after the first, for workers or nodes that died
 PROBE_TIMEOUT_S = 120  # every node answers the shared-storage probe within this
@@ -48,8 +49,6 @@ GB = 1e9
 BASE_BYTES = 0.5 * GB
 STREAM_BYTES = 0.2 * GB
 FLOAT_BYTES_PER_ELEMENT = 8
-VERIFY_BASE_BYTES = 0.3 * GB
-VERIFY_BYTES_PER_PARAM = 8
 MEASURED_MARGIN = 1.25  # on a peak the job's own earlier build recorded
 
 
@@ -90,7 +89,7 @@ def memory_estimate(options) -> tuple[int, str]:
     )
     if options.verify and options.ep == "cpu":
         params = sum(numel.values())
-        total += VERIFY_BASE_BYTES + VERIFY_BYTES_PER_PARAM * params
+        total += verify_memory_bytes(params)
         how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + 8 B x {params:,} parameters for verify"
     return int(total), how
 

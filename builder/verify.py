@@ -18,6 +18,28 @@ from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import BuildOptions
 
+# What --verify holds at its peak, by the checkpoint's parameter count: torch and transformers
+# (~0.3 GB), the model in float32 beside the ONNX sessions of the graph. Measured: Qwen3-0.6B
+# 6.0 GB, Qwen3-1.7B 15.3 GB (a 24 GB machine; 4B was killed for memory after its build).
+VERIFY_BASE_BYTES = 0.3e9
+VERIFY_BYTES_PER_PARAM = 8
+
+
+def verify_memory_bytes(params: int) -> int:
+    return int(VERIFY_BASE_BYTES + VERIFY_BYTES_PER_PARAM * params)
+
+
+def check_verify_memory(params: int, available: int | None) -> None:
+    """Refuse --verify up front where its estimate exceeds the memory available: the check ran
+    after the whole build and was killed for memory (exit 137, no message, the build lost)."""
+    need = verify_memory_bytes(params)
+    if available is not None and need > available:
+        raise BuilderError(
+            f"--verify needs about {need / 1e9:.1f} GB here (transformers holds the {params / 1e9:.2f}B-parameter "
+            f"model in float32 beside the graph), and {available / 1e9:.1f} GB is available: drop --verify, or "
+            "verify on a machine with more memory (nothing was built)"
+        )
+
 
 def require_verify_extras() -> None:
     """--verify runs transformers: refuse before building when a plain install lacks it."""

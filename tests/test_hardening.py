@@ -1083,3 +1083,17 @@ def test_a_relative_model_path_is_named_and_recorded_from_anywhere(tmp_path, mon
     assert default_output(BuildOptions(model="Qwen/Qwen3-4B", ep="webgpu")) == Path("out/qwen3-4b-int4-webgpu")
     result = build(model=".", output=str(tmp_path / "o"), show_progress=False)
     assert result.report["checkpoint"]["path"] == str(root / "examples" / "tiny-qwen3")
+
+
+def test_verify_that_cannot_fit_in_memory_is_refused_before_the_build(ckpt, tmp_path, monkeypatch):
+    """--verify on a Qwen3-4B shape was killed for memory after its whole build (exit 137, no
+    message); its estimate against the memory available is checked first."""
+    import builder.kit.plan as plan
+    from builder.pipeline import build
+
+    monkeypatch.setattr(plan, "available_memory_bytes", lambda: 200_000_000)  # 0.2 GB: under the 0.3 GB base
+    with pytest.raises(BuilderError, match=r"--verify needs about 0\.\d GB here .* 0\.2 GB is available: drop"):
+        build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, show_progress=False)
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(plan, "available_memory_bytes", lambda: None)  # unknown: not refused
+    assert build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, show_progress=False).report["verify"]
