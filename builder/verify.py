@@ -70,10 +70,14 @@ def verify_install_command() -> str:
         wanted = importlib.metadata.requires("builder") or []
     except importlib.metadata.PackageNotFoundError:
         wanted = []
-    extra = [r.split(";")[0].strip() for r in wanted if re.search(r"""extra\s*==\s*["']verify["']""", r)]
+    in_extra = re.compile(r"""extra\s*==\s*["']verify["']""")
+    extra = [r.split(";")[0].strip().replace(" ", "") for r in wanted if in_extra.search(r)]
+    # PyPI's Linux torch is the CUDA build (several GB); verify needs the CPU one, first.
+    torch = next((r for r in extra if re.match(r"torch\b", r)), "torch")
+    cpu_torch = f"pip install {shlex.quote(torch)} --index-url https://download.pytorch.org/whl/cpu && "
     if not extra:  # run from a checkout without installing it
-        return "pip install -e '.[verify]' in the builder's source folder"
-    return "pip install " + " ".join(shlex.quote(r.replace(" ", "")) for r in extra)
+        return cpu_torch + "pip install -e '.[verify]' in the builder's source folder"
+    return cpu_torch + "pip install " + " ".join(shlex.quote(r) for r in extra if r != torch)
 
 
 @dataclass

@@ -11,6 +11,14 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch: on Linux, PyPI's wheel is the CUDA build (several GB of nvidia-* packages), and the tests
+# and --verify need only the CPU one, which PyTorch's own index serves. Where that index cannot be
+# reached in 5 s (a mirror, an offline CI with a local wheel), pip takes torch from what its
+# configuration offers.
+if [ "$(uname -s)" = Linux ] && ! .venv/bin/python -c "import torch" 2>/dev/null \
+    && .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=5)" 2>/dev/null; then
+    .venv/bin/python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+fi
 .venv/bin/python -m pip install -q -e ".[test,ray]"
 
 apt_updated=0

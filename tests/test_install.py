@@ -108,6 +108,9 @@ def test_verify_without_torch_is_one_line(checkpoint, tmp_path, no_torch_env):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--verify needs torch and transformers" in r.stderr and "Traceback" not in r.stderr, r.stderr
     # The verify extra spelled out ('builder[verify]' names an unrelated package on PyPI).
-    assert "which a plain install leaves out: pip install torch==2.13.0 'transformers<6,>=5.24'" in r.stderr
+    assert (
+        "which a plain install leaves out: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+        " && pip install 'transformers<6,>=5.24'" in r.stderr
+    )
     assert "builder[verify]" not in r.stderr
     assert not out.exists()
