@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,47 @@ def default_output(options: BuildOptions) -> Path:
     name = name or "model"
     suffix = "-transformers-js" if options.format == "transformers.js" else ""
     return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
+
+
+# Bytes a weight element takes in the output, by precision: int4/int8 values plus one fp16 scale
+# per block (zero points ignored), float ones at their width.
+def _bytes_per_weight(options: BuildOptions) -> float:
+    if options.precision in ("int4", "int8"):
+        return (4 if options.precision == "int4" else 8) / 8 + 2 / options.block_size
+    return 2 if options.precision == "fp16" else 4
+
+
+def check_disk_space(arch, output: Path) -> None:
+    """Refuse a build whose weights cannot fit the free space where it writes: it failed only
+    when the disk filled, after minutes of streaming. The estimate counts every weight the
+    checkpoint holds (a family's skipped ones too) at the build's precision, a lower bound where
+    layers stay float; an output this build replaces stays until the new one is in place."""
+    options = arch.plan.options
+    skipped = tuple(getattr(arch, "not_built", ()))
+    # A tied model's stray lm_head.weight is not written: the graph reads the embedding's table.
+    tied_head = arch.weight(None, "lm_head.weight") if arch.plan.spec.tie_word_embeddings else None
+    numel = sum(
+        math.prod(s) for n, s in arch.checkpoint.shapes().items() if not n.startswith(skipped) and n != tied_head
+    )
+    need = int(numel * _bytes_per_weight(options) * 0.9)  # margin: the estimate is not exact
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return  # the staging step names what is wrong with the folder
+    free = usage.free
+    if usage.total and need > free:  # total 0: /proc, /sys, which the staging step refuses in its words
+
+        def size(n: float) -> str:
+            return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+        raise BuilderError(
+            f"{folder} has {size(free)} free, and this build writes at least {size(need)} "
+            f"({numel:,} weights at -p {options.precision}); free space there or choose another "
+            "-o/--output (nothing was built)"
+        )
 
 
 def peak_rss_bytes() -> int:
@@ -141,6 +183,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)
+    check_disk_space(arch, output)
     with staged_output(output, options.overwrite) as staging:
         (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
         phases = Phases()

@@ -562,3 +562,20 @@ def test_help_lists_every_option_and_exits_zero():
         if not command:
             for f in dataclasses.fields(BuildOptions):
                 assert f.metadata["flags"][-1] in proc.stdout, f.name
+
+
+def test_a_build_larger_than_the_free_space_is_refused_before_it_writes(ckpt, tmp_path, monkeypatch):
+    """A build that could not fit failed only when the disk filled, after streaming for minutes."""
+    import shutil as shutil_module
+
+    import builder.pipeline as pipeline
+    from builder.kit.errors import BuilderError
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage._replace(free=100_000))
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError, match=r"has 0\.1 MB free, and this build writes at least .* MB \("):
+        pipeline.build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage._replace(free=10**12))
+    assert pipeline.build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False).output == out
