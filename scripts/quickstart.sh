@@ -2,7 +2,13 @@
 # Fresh machine -> built models -> generated tokens, on the tiny Qwen3 that ships in examples/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# Only what building and running need: the builder and onnxruntime-genai (no torch, Ray, Node or
+# Chromium; scripts/test.sh adds those to the same .venv).
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e . "onnxruntime-genai>=0.8"
 . .venv/bin/activate
 python -m builder -m examples/tiny-qwen3 -p int4 -e cpu -o out/tiny-qwen3-int4-cpu --overwrite
 python -m builder -m examples/tiny-qwen3 -p int4 -e webgpu -o out/tiny-qwen3-int4-webgpu --overwrite
