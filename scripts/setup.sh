@@ -42,6 +42,7 @@ if command -v npm >/dev/null; then
     (cd examples/web && npm install --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) \
         || echo "setup: WARNING: npm install in examples/web failed; the transformers.js tests will fail" >&2
 fi
-if [ ! -x /usr/bin/chromium ]; then
-    apt_install chromium || echo "setup: WARNING: no /usr/bin/chromium; the browser test will fail" >&2
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+    && ! command -v google-chrome >/dev/null; then
+    apt_install chromium || echo "setup: WARNING: no chromium (or set CHROMIUM=path); the browser test will fail" >&2
 fi

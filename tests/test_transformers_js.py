@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -334,7 +335,11 @@ def test_node_q4_generates(built):
     assert ours["tokens"] == onnx_greedy(result.model_path, PROMPT, NEW_TOKENS)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
+# $CHROMIUM, else the first of Debian's and others' names on PATH, else Debian's path (setup.sh installs it).
+CHROMIUM = Path(
+    os.environ.get("CHROMIUM")
+    or next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), "/usr/bin/chromium")
+)
 # Headless Chromium with WebGPU on SwiftShader (no GPU here). The background-networking
 # flags keep Chromium from dialing out, which this machine's closed network refuses.
 CHROMIUM_FLAGS = [
@@ -364,7 +369,7 @@ def chromium(url: str, tmp_path: Path, server):
     """Headless Chromium on `url` for the block; then it and serve.py's `server` stop. Yields
     the end of Chromium's log, for a failure message."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium), or set CHROMIUM")
     log = open(tmp_path / "chromium.log", "w")
     browser = subprocess.Popen(
         [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
