@@ -52,8 +52,13 @@ class DecoderBuilder:
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
-        self.config = checkpoint.config
+        self.config = self.model_config(checkpoint.config)
         self._options = options
+
+    def model_config(self, config: dict) -> dict:
+        """The config the outputs describe (genai_config's token ids, transformers.js' config.json):
+        config.json's, or the family's view of it (Qwen3.5: its text model's, flat)."""
+        return config
 
     @functools.cached_property
     def plan(self) -> BuildPlan:

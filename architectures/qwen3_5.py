@@ -92,9 +92,11 @@ class Qwen35Builder(DecoderBuilder):
             return f"{self.text_prefix}layers.{layer}.{suffix}"
         return self.text_prefix + suffix[len("model.") :] if suffix.startswith("model.") else suffix
 
+    def model_config(self, config: dict) -> dict:
+        return self.text_config(config)  # genai_config.json reads the token ids from it
+
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
         text = self.text_config(config)
-        self.config = text  # genai_config.json reads the token ids from it
         base = super().make_spec(text, target)
         default = [
             FULL_ATTENTION if (i + 1) % int(text.get("full_attention_interval", 4)) == 0 else LINEAR_ATTENTION
