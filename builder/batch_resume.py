@@ -75,17 +75,19 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         name = f"{family.__module__}.{family.__qualname__}"
         if name != recorded["family"]:
             return f"builder family {recorded['family']} -> {name}"
-    if changed:
-        differs = _resolved_differently(options, checkpoint, report)
-        if differs:
-            return differs
+    # Also with the options as they were: what auto resolves to can change with the builder
+    # (Gemma 3's webgpu activations became fp32), and the output must follow.
+    differs = _resolved_differently(options, checkpoint, report, bool(changed))
+    if differs:
+        return differs
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
 
 
-def _resolved_differently(options: BuildOptions, checkpoint, report: dict) -> str | None:
-    """What the job's options resolve to, where it differs from what its output was built with."""
+def _resolved_differently(options: BuildOptions, checkpoint, report: dict, changed: bool = True) -> str | None:
+    """What the job's options resolve to, where it differs from what its output was built with.
+    changed: whether the options as written differ (else the builder resolves them otherwise now)."""
     from architectures.registry import builder_class_for
     from builder.kit.genai_config import resolved_intra_op_threads, resolved_max_length
     from builder.pipeline import target_record
@@ -112,7 +114,11 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict) -> st
     differ = [
         f"{k if '.' in k else k.replace('_', '-')} {then.get(k)} -> {v}" for k, v in now.items() if then.get(k) != v
     ]
-    return "options changed: " + ", ".join(differ) if differ else None
+    if not differ:
+        return None
+    return ("options changed: " if changed else "this builder resolves the options differently now: ") + ", ".join(
+        differ
+    )
 
 
 def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:

@@ -22,16 +22,18 @@ import onnx
 from architectures.base import DecoderBuilder
 from architectures.registry import builder_class_for
 from builder.formats import folder_format
+from builder.formats.transformers_js import CHUNK_BYTES as TRANSFORMERS_JS_CHUNK_BYTES
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
+from builder.kit.plan import layer_prefix
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
-from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
+from builder.output_dir import REPORT_NAME, check_output_free, output_folder, remove_stale_staging, staged_output
 from builder.version import __version__
 
 MODEL_FILE = "model.onnx"
@@ -69,6 +71,23 @@ def default_output(options: BuildOptions) -> Path:
     return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
 
 
+def built_weight_count(arch) -> int:
+    """The checkpoint's weight elements this build reads: not those its family leaves out
+    (not_built), layers beyond num_hidden_layers, or a tied model's stray lm_head.weight."""
+    spec = arch.plan.spec
+    skipped = tuple(arch.not_built)
+    prefix = layer_prefix(arch)
+    tied_head = arch.weight(None, "lm_head.weight") if spec.tie_word_embeddings else None
+
+    def built(name: str) -> bool:
+        if name.startswith(skipped) or name == tied_head:
+            return False
+        index = name[len(prefix) :].split(".", 1)[0] if prefix and name.startswith(prefix) else ""
+        return not (index.isdigit() and int(index) >= spec.num_layers)
+
+    return sum(math.prod(s) for n, s in arch.checkpoint.shapes().items() if built(n))
+
+
 # Bytes a weight element takes in the output, by precision: int4/int8 values plus one fp16 scale
 # per block (zero points ignored), float ones at their width.
 def _bytes_per_weight(options: BuildOptions) -> float:
@@ -79,21 +98,21 @@ def _bytes_per_weight(options: BuildOptions) -> float:
 
 def check_disk_space(arch, output: Path) -> None:
     """Refuse a build whose weights cannot fit the free space where it writes: it failed only
-    when the disk filled, after minutes of streaming. The estimate counts every weight the
-    checkpoint holds (a family's skipped ones too) at the build's precision, a lower bound where
-    layers stay float; an output this build replaces stays until the new one is in place."""
+    when the disk filled, after minutes of streaming. The estimate counts the weights the build
+    reads at its precision, a lower bound where layers stay float; an output this build replaces
+    stays until the new one is in place, and a dead build's staging folder for it is swept first."""
     options = arch.plan.options
-    skipped = tuple(getattr(arch, "not_built", ()))
-    # A tied model's stray lm_head.weight is not written: the graph reads the embedding's table.
-    tied_head = arch.weight(None, "lm_head.weight") if arch.plan.spec.tie_word_embeddings else None
-    numel = sum(
-        math.prod(s) for n, s in arch.checkpoint.shapes().items() if not n.startswith(skipped) and n != tied_head
-    )
+    numel = built_weight_count(arch)
     need = int(numel * _bytes_per_weight(options) * 0.9)  # margin: the estimate is not exact
+    if options.format == "transformers.js" and need > TRANSFORMERS_JS_CHUNK_BYTES:
+        need += need - TRANSFORMERS_JS_CHUNK_BYTES  # its data is split into 2 GB files by copying
+    output = output_folder(output)  # where a symlinked -o really writes
     folder = output.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
+        if folder == output.parent:
+            remove_stale_staging(output)
         usage = shutil.disk_usage(folder)
     except OSError:
         return  # the staging step names what is wrong with the folder
@@ -161,7 +180,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         from builder.verify import check_verify_memory, require_verify_extras
 
         require_verify_extras()
-        check_verify_memory(sum(math.prod(s) for s in arch.checkpoint.shapes().values()), available_memory_bytes())
+        check_verify_memory(built_weight_count(arch), available_memory_bytes())
     # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
     output = Path(options.output).expanduser() if options.output else default_output(options)
     started = time.perf_counter()
@@ -172,6 +191,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
 
     if hashing:  # before it reads every weight byte: a refused output costs no minutes
         check_output_free(output_folder(output), options.overwrite)
+    check_disk_space(arch, output)
     # Taken before any weight is read, so weights re-saved during the build make the
     # report's fingerprint stale, and the next batch run rebuilds.
     if hashing:
@@ -183,7 +203,6 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)
-    check_disk_space(arch, output)
     with staged_output(output, options.overwrite) as staging:
         (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
         phases = Phases()

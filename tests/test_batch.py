@@ -1352,3 +1352,22 @@ def test_a_file_that_is_no_batch_file_is_one_problem(tmp_path):
         load_batch(config)
     message = str(refused.value)
     assert message.count("\n") == 1 and "no top-level key of a batch file (architectures," in message, message
+
+
+def test_an_output_auto_now_resolves_differently_for_is_rebuilt(tmp_path):
+    """The resolved target was compared only when the written options changed, so an output
+    built before what auto resolves to changed (Gemma 3's webgpu activations became fp32) stayed
+    'up to date' for good."""
+    from builder.batch_resume import rebuild_reason
+
+    path = write(tmp_path / "d.yaml", ONE_JOB)
+    assert batch(path) == 0
+    options = load_batch(path).jobs[0].options
+    assert rebuild_reason(options) is None
+    report_path = tmp_path / "out" / "a" / "build_report.json"
+    report = json.loads(report_path.read_text())
+    report["target"]["io_dtype"] = "float16"  # as if auto had resolved otherwise then
+    report_path.write_text(json.dumps(report))
+    assert rebuild_reason(options) == (
+        "this builder resolves the options differently now: target.io_dtype float16 -> float32"
+    )

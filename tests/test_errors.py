@@ -4,6 +4,7 @@ exit, and no output folder that looks complete."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import signal
@@ -577,5 +578,33 @@ def test_a_build_larger_than_the_free_space_is_refused_before_it_writes(ckpt, tm
     with pytest.raises(BuilderError, match=r"has 0\.1 MB free, and this build writes at least .* MB \("):
         pipeline.build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False)
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    hashed = []
+    real = pipeline.Checkpoint.fingerprint
+    monkeypatch.setattr(pipeline.Checkpoint, "fingerprint", lambda self, c=False: hashed.append(c) or real(self, c))
+    with pytest.raises(BuilderError, match="free space there"):  # before --checkpoint-hash reads the weights
+        pipeline.build(model=str(ckpt), output=str(out), precision="fp32", checkpoint_hash=True, show_progress=False)
+    assert True not in hashed
     monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage._replace(free=10**12))
     assert pipeline.build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False).output == out
+
+
+def test_the_space_a_build_needs_counts_only_the_weights_it_reads(tmp_path):
+    """Layers beyond num_hidden_layers, which the build leaves out, were counted, so a build was
+    refused with twice the space it needed free (and verify's memory estimate asked for them too)."""
+    import json
+
+    from architectures.registry import builder_class_for
+    from builder import BuildOptions
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import built_weight_count
+
+    two = make_checkpoint(tmp_path / "two", {**TINY_CONFIGS["qwen3"], "num_hidden_layers": 2})
+    config = json.loads((two / "config.json").read_text())
+    (two / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    one = make_checkpoint(tmp_path / "one", {**TINY_CONFIGS["qwen3"], "num_hidden_layers": 1})
+
+    def count(folder):
+        ckpt = Checkpoint(folder)
+        return built_weight_count(builder_class_for(ckpt.config)(ckpt, BuildOptions(model=str(folder))))
+
+    assert count(two) == count(one) == sum(math.prod(s) for s in Checkpoint(one).shapes().values())

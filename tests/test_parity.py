@@ -187,3 +187,27 @@ def test_fp16_logits_match_transformers(built, checkpoint, name):
     )
     assert parity.steps == DECODE + 1
     assert parity.nmse < FP16_NMSE_BOUND.get(name, 1e-4) and parity.argmax_agree == 1.0, parity
+
+
+def test_the_reference_quantizes_the_linears_the_plan_formats_and_no_others(checkpoint):
+    """verify chose the Linears it left float by a list of name endings, restating the families'
+    projections; a family's float Linear of another name was quantized in the reference, and a
+    correct build failed --verify. The plan's formats decide now: a Linear they leave out stays
+    float, one they name is dequantized as the graph stores it."""
+    import torch
+
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+
+    folder = checkpoint("qwen3")
+    options = BuildOptions(model=str(folder), precision="int4", accuracy_level=0)
+    ckpt = Checkpoint(folder)
+    formats = dict(builder_class_for(ckpt.config)(ckpt, options).plan.formats)
+    left_out = "model.layers.0.mlp.down_proj"
+    del formats[left_out]  # as if the family kept it float under its own name
+    plain = dequantized_reference(folder, BuildOptions(model="x", precision="fp32"))
+    ours = dequantized_reference(folder, options, formats=formats)
+    kept = dict(plain.named_modules())[left_out].weight
+    assert torch.equal(dict(ours.named_modules())[left_out].weight, kept)
+    quantized = "model.layers.0.mlp.up_proj"
+    assert not torch.equal(dict(ours.named_modules())[quantized].weight, dict(plain.named_modules())[quantized].weight)
