@@ -111,8 +111,11 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     then["max_length"] = resolved_max_length(old.get("max_length"), then["context_length"] or plan.context_length)
     now["intra_op_threads"] = resolved_intra_op_threads(options.intra_op_threads, plan.target)
     then["intra_op_threads"] = resolved_intra_op_threads(old.get("intra_op_threads"), plan.target)
+    inert = set(options.inert_options())  # accuracy level of a float build, max length of a transformers.js one
     differ = [
-        f"{k if '.' in k else k.replace('_', '-')} {then.get(k)} -> {v}" for k, v in now.items() if then.get(k) != v
+        f"{k if '.' in k else k.replace('_', '-')} {then.get(k)} -> {v}"
+        for k, v in now.items()
+        if then.get(k) != v and k.split(".")[-1] not in inert
     ]
     if not differ:
         return None
