@@ -1306,21 +1306,14 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
 
 
 def test_checkpoint_hash_reads_a_checkpoint_once_per_batch(tmp_path, monkeypatch, capsys):
-    from builder.kit.checkpoint import Checkpoint
+    from support.fingerprints import count_fingerprints
 
     path = write(
         tmp_path / "h.yaml",
         f"defaults: {{model: {TINY}, checkpoint-hash: true}}\nmatrix:\n  precision: [int4, int8, fp32]\n",
     )
     assert batch(path) == 0
-    taken = []
-    fingerprint = Checkpoint.fingerprint
-
-    def counted(self, content=False):
-        taken.append(content)
-        return fingerprint(self, content)
-
-    monkeypatch.setattr(Checkpoint, "fingerprint", counted)
+    taken = count_fingerprints(monkeypatch)
     capsys.readouterr()
     assert batch(path, "--dry-run") == 0
     out = capsys.readouterr().out

@@ -1050,19 +1050,12 @@ def test_a_quoted_tilde_in_the_output_is_the_home_folder(ckpt, tmp_path):
 def test_checkpoint_hash_refuses_a_taken_output_before_reading_the_weights(ckpt, tmp_path, monkeypatch):
     """--checkpoint-hash read every weight byte (24 s at 8 GB, without a word) before saying the
     output folder already existed."""
-    from builder.kit.checkpoint import Checkpoint
     from builder.pipeline import build
+    from support.fingerprints import count_fingerprints
 
     out = tmp_path / "out"
     build(model=str(ckpt), output=str(out), show_progress=False)
-    hashed = []
-    real = Checkpoint.fingerprint
-
-    def counted(self, content=False):
-        hashed.append(content)
-        return real(self, content)
-
-    monkeypatch.setattr(Checkpoint, "fingerprint", counted)
+    hashed = count_fingerprints(monkeypatch)
     with pytest.raises(BuilderError, match="already exists; pass --overwrite"):
         build(model=str(ckpt), output=str(out), checkpoint_hash=True, show_progress=False)
     assert True not in hashed
