@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +20,17 @@ import onnx
 from architectures.base import DecoderBuilder
 from architectures.registry import builder_class_for
 from builder.formats import folder_format
-from builder.formats.transformers_js import CHUNK_BYTES as TRANSFORMERS_JS_CHUNK_BYTES
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
-from builder.kit.plan import layer_prefix
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
-from builder.output_dir import REPORT_NAME, check_output_free, output_folder, remove_stale_staging, staged_output
+from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
+from builder.preflight import built_weight_count, check_disk_space
 from builder.version import __version__
 
 MODEL_FILE = "model.onnx"
@@ -69,64 +66,6 @@ def default_output(options: BuildOptions) -> Path:
     name = name or "model"
     suffix = "-transformers-js" if options.format == "transformers.js" else ""
     return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
-
-
-def built_weight_count(arch) -> int:
-    """The checkpoint's weight elements this build reads: not those its family leaves out
-    (not_built), layers beyond num_hidden_layers, or a tied model's stray lm_head.weight."""
-    spec = arch.plan.spec
-    skipped = tuple(arch.not_built)
-    prefix = layer_prefix(arch)
-    tied_head = arch.weight(None, "lm_head.weight") if spec.tie_word_embeddings else None
-
-    def built(name: str) -> bool:
-        if name.startswith(skipped) or name == tied_head:
-            return False
-        index = name[len(prefix) :].split(".", 1)[0] if prefix and name.startswith(prefix) else ""
-        return not (index.isdigit() and int(index) >= spec.num_layers)
-
-    return sum(math.prod(s) for n, s in arch.checkpoint.shapes().items() if built(n))
-
-
-# Bytes a weight element takes in the output, by precision: int4/int8 values plus one fp16 scale
-# per block (zero points ignored), float ones at their width.
-def _bytes_per_weight(options: BuildOptions) -> float:
-    if options.precision in ("int4", "int8"):
-        return (4 if options.precision == "int4" else 8) / 8 + 2 / options.block_size
-    return 2 if options.precision == "fp16" else 4
-
-
-def check_disk_space(arch, output: Path) -> None:
-    """Refuse a build whose weights cannot fit the free space where it writes: it failed only
-    when the disk filled, after minutes of streaming. The estimate counts the weights the build
-    reads at its precision, a lower bound where layers stay float; an output this build replaces
-    stays until the new one is in place, and a dead build's staging folder for it is swept first."""
-    options = arch.plan.options
-    numel = built_weight_count(arch)
-    need = int(numel * _bytes_per_weight(options) * 0.9)  # margin: the estimate is not exact
-    if options.format == "transformers.js" and need > TRANSFORMERS_JS_CHUNK_BYTES:
-        need += need - TRANSFORMERS_JS_CHUNK_BYTES  # its data is split into 2 GB files by copying
-    output = output_folder(output)  # where a symlinked -o really writes
-    folder = output.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        if folder == output.parent:
-            remove_stale_staging(output)
-        usage = shutil.disk_usage(folder)
-    except OSError:
-        return  # the staging step names what is wrong with the folder
-    free = usage.free
-    if usage.total and need > free:  # total 0: /proc, /sys, which the staging step refuses in its words
-
-        def size(n: float) -> str:
-            return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-        raise BuilderError(
-            f"{folder} has {size(free)} free, and this build writes at least {size(need)} "
-            f"({numel:,} weights at -p {options.precision}); free space there or choose another "
-            "-o/--output (nothing was built)"
-        )
 
 
 def peak_rss_bytes() -> int:

@@ -570,10 +570,11 @@ def test_a_build_larger_than_the_free_space_is_refused_before_it_writes(ckpt, tm
     import shutil as shutil_module
 
     import builder.pipeline as pipeline
+    import builder.preflight as preflight
     from builder.kit.errors import BuilderError
 
     usage = shutil_module.disk_usage(tmp_path)
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage._replace(free=100_000))
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=100_000))
     out = tmp_path / "out"
     with pytest.raises(BuilderError, match=r"has 0\.1 MB free, and this build writes at least .* MB \("):
         pipeline.build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False)
@@ -584,7 +585,7 @@ def test_a_build_larger_than_the_free_space_is_refused_before_it_writes(ckpt, tm
     with pytest.raises(BuilderError, match="free space there"):  # before --checkpoint-hash reads the weights
         pipeline.build(model=str(ckpt), output=str(out), precision="fp32", checkpoint_hash=True, show_progress=False)
     assert True not in hashed
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage._replace(free=10**12))
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=10**12))
     assert pipeline.build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False).output == out
 
 
@@ -596,7 +597,7 @@ def test_the_space_a_build_needs_counts_only_the_weights_it_reads(tmp_path):
     from architectures.registry import builder_class_for
     from builder import BuildOptions
     from builder.kit.checkpoint import Checkpoint
-    from builder.pipeline import built_weight_count
+    from builder.preflight import built_weight_count
 
     two = make_checkpoint(tmp_path / "two", {**TINY_CONFIGS["qwen3"], "num_hidden_layers": 2})
     config = json.loads((two / "config.json").read_text())

@@ -1,0 +1,72 @@
+"""What a build checks before it writes anything, from its plan and the checkpoint's headers:
+that its weights fit the free space where it writes (verify's memory is builder.verify's)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from builder.formats.transformers_js import CHUNK_BYTES as TRANSFORMERS_JS_CHUNK_BYTES
+from builder.kit.errors import BuilderError
+from builder.kit.options import BuildOptions
+from builder.kit.plan import layer_prefix
+from builder.output_dir import output_folder, remove_stale_staging
+
+
+def built_weight_count(arch) -> int:
+    """The checkpoint's weight elements this build reads: not those its family leaves out
+    (not_built), layers beyond num_hidden_layers, or a tied model's stray lm_head.weight."""
+    spec = arch.plan.spec
+    skipped = tuple(arch.not_built)
+    prefix = layer_prefix(arch)
+    tied_head = arch.weight(None, "lm_head.weight") if spec.tie_word_embeddings else None
+
+    def built(name: str) -> bool:
+        if name.startswith(skipped) or name == tied_head:
+            return False
+        index = name[len(prefix) :].split(".", 1)[0] if prefix and name.startswith(prefix) else ""
+        return not (index.isdigit() and int(index) >= spec.num_layers)
+
+    return sum(math.prod(s) for n, s in arch.checkpoint.shapes().items() if built(n))
+
+
+# Bytes a weight element takes in the output, by precision: int4/int8 values plus one fp16 scale
+# per block (zero points ignored), float ones at their width.
+def _bytes_per_weight(options: BuildOptions) -> float:
+    if options.precision in ("int4", "int8"):
+        return (4 if options.precision == "int4" else 8) / 8 + 2 / options.block_size
+    return 2 if options.precision == "fp16" else 4
+
+
+def check_disk_space(arch, output: Path) -> None:
+    """Refuse a build whose weights cannot fit the free space where it writes: it failed only
+    when the disk filled, after minutes of streaming. The estimate counts the weights the build
+    reads at its precision, a lower bound where layers stay float; an output this build replaces
+    stays until the new one is in place, and a dead build's staging folder for it is swept first."""
+    options = arch.plan.options
+    numel = built_weight_count(arch)
+    need = int(numel * _bytes_per_weight(options) * 0.9)  # margin: the estimate is not exact
+    if options.format == "transformers.js" and need > TRANSFORMERS_JS_CHUNK_BYTES:
+        need += need - TRANSFORMERS_JS_CHUNK_BYTES  # its data is split into 2 GB files by copying
+    output = output_folder(output)  # where a symlinked -o really writes
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if folder == output.parent:
+            remove_stale_staging(output)
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return  # the staging step names what is wrong with the folder
+    free = usage.free
+    if usage.total and need > free:  # total 0: /proc, /sys, which the staging step refuses in its words
+
+        def size(n: float) -> str:
+            return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+        raise BuilderError(
+            f"{folder} has {size(free)} free, and this build writes at least {size(need)} "
+            f"({numel:,} weights at -p {options.precision}); free space there or choose another "
+            "-o/--output (nothing was built)"
+        )
