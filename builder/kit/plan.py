@@ -106,15 +106,15 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
                 "--graph-capture off or auto"
             )
         target = dataclasses.replace(target, graph_capture=False)
-        capture_note = (
+        target_notes = (
             "graph capture is off: this model has sliding-window layers, which a captured replay "
             "attends as the recorded step did (docs/packing.md#graph-capture)",
         )
     else:
-        capture_note = ()
+        target_notes = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
     target, overflow_note = fp16_overflow_guard(target, options, family, warnings)
-    capture_note += overflow_note
+    target_notes += overflow_note
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
         newest = ".".join(map(str, NEWEST_KNOWN_ORT))
         warnings.append(
@@ -178,7 +178,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
-        notes=capture_note + tuple(layout.notes),
+        notes=target_notes + tuple(layout.notes),
         warnings=tuple(warnings),
         selection=selection,
     )
