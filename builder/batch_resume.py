@@ -95,7 +95,7 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     try:
         plan = builder_class_for(checkpoint.config)(checkpoint, options).plan
     except BuilderError:
-        return "options changed (the build refuses them; it says why)"
+        return "options changed (the build refuses them; it says why)" if changed else "the build now refuses them"
     now = {
         **{f"target.{k}": v for k, v in target_record(plan).items()},
         **{f"layout.{k}": v for k, v in plan.layout.describe().items() if k != "notes"},

@@ -18,7 +18,7 @@ from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import BuildOptions
 
-# What --verify holds at its peak, by the checkpoint's parameter count: torch and transformers
+# What --verify holds at its peak, by the parameters the build reads: torch and transformers
 # (~0.3 GB), the model in float32 beside the ONNX sessions of the graph. Measured: Qwen3-0.6B
 # 6.0 GB, Qwen3-1.7B 15.3 GB (a 24 GB machine; 4B was killed for memory after its build).
 VERIFY_BASE_BYTES = 0.3e9
