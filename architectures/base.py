@@ -117,30 +117,27 @@ class DecoderBuilder:
             spec.tie_word_embeddings = True
         return spec
 
+    def left_out(self, name: str) -> bool:
+        """Whether the build leaves checkpoint tensor `name` out on purpose: `not_built`; layers
+        beyond num_hidden_layers (warned about by the plan); the rotary inv_freq buffer of older
+        conversions (the graph has its own cache); a tied model's lm_head.weight (transformers
+        ties it to the embedding too)."""
+        spec = self.spec
+        if name.startswith(self.not_built) or name.endswith(".rotary_emb.inv_freq"):
+            return True
+        if spec.tie_word_embeddings and name == self.weight(None, "lm_head.weight"):
+            return True
+        layers = layer_prefix(self)
+        index = name[len(layers) :].split(".", 1)[0] if layers and name.startswith(layers) else ""
+        return index.isdigit() and int(index) >= spec.num_layers
+
     def unused_tensors(self) -> list[str]:
-        """Checkpoint tensors the build has not read that nothing here leaves out on purpose.
+        """Checkpoint tensors the build has not read that it does not leave out on purpose.
 
         A model built without them computes something else (a Llama with mlp_bias, a
         checkpoint of another architecture): the build is refused rather than published.
-        Left out on purpose: `not_built`; layers beyond num_hidden_layers (warned about by
-        the plan); the rotary inv_freq buffer of older conversions (the graph has its own
-        cache); a tied model's lm_head.weight (transformers ties it to the embedding too).
         """
-        layers = layer_prefix(self)
-        tied_head = self.weight(None, "lm_head.weight") if self.spec.tie_word_embeddings else None
-
-        def beyond_the_layers(name: str) -> bool:
-            index = name[len(layers) :].split(".", 1)[0] if layers and name.startswith(layers) else ""
-            return index.isdigit() and int(index) >= self.spec.num_layers
-
-        return [
-            name
-            for name in self.checkpoint.unread()
-            if not name.startswith(self.not_built)
-            and not name.endswith(".rotary_emb.inv_freq")
-            and name != tied_head
-            and not beyond_the_layers(name)
-        ]
+        return [name for name in self.checkpoint.unread() if not self.left_out(name)]
 
     def weight(self, layer: int | None, suffix: str) -> str:
         """The checkpoint's name of a tensor (Hugging Face naming)."""

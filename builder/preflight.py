@@ -10,25 +10,12 @@ from pathlib import Path
 from builder.formats.transformers_js import CHUNK_BYTES as TRANSFORMERS_JS_CHUNK_BYTES
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
-from builder.kit.plan import layer_prefix
 from builder.output_dir import output_folder, remove_stale_staging
 
 
 def built_weight_count(arch) -> int:
-    """The checkpoint's weight elements this build reads: not those its family leaves out
-    (not_built), layers beyond num_hidden_layers, or a tied model's stray lm_head.weight."""
-    spec = arch.plan.spec
-    skipped = tuple(arch.not_built)
-    prefix = layer_prefix(arch)
-    tied_head = arch.weight(None, "lm_head.weight") if spec.tie_word_embeddings else None
-
-    def built(name: str) -> bool:
-        if name.startswith(skipped) or name == tied_head:
-            return False
-        index = name[len(prefix) :].split(".", 1)[0] if prefix and name.startswith(prefix) else ""
-        return not (index.isdigit() and int(index) >= spec.num_layers)
-
-    return sum(math.prod(s) for n, s in arch.checkpoint.shapes().items() if built(n))
+    """The checkpoint's weight elements this build reads (those its family does not leave out)."""
+    return sum(math.prod(s) for n, s in arch.checkpoint.shapes().items() if not arch.left_out(n))
 
 
 # Bytes a weight element takes in the output, by precision: int4/int8 values plus one fp16 scale
