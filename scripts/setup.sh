@@ -15,23 +15,18 @@ fi
 # offline one, need not reach the package index again).
 digest() { python3 -c "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest()[:16])" "$1"; }
 stamp=.venv/.builder-setup-$(digest pyproject.toml)
-if [ -f "$stamp" ] && .venv/bin/python -c "import importlib.util as u, sys
-sys.exit(not all(u.find_spec(m) for m in ('builder', 'torch', 'transformers', 'ray')))" 2>/dev/null; then
-    python_ready=1
-else
-    python_ready=0
+if ! { [ -f "$stamp" ] && .venv/bin/python -c "import importlib.util as u, sys
+sys.exit(not all(u.find_spec(m) for m in ('builder', 'torch', 'transformers', 'ray')))" 2>/dev/null; }; then
     rm -f .venv/.builder-setup-*
-fi
-[ "$python_ready" = 1 ] || .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-# torch: on Linux, PyPI's wheel is the CUDA build (several GB of nvidia-* packages), and the tests
-# and --verify need only the CPU one, which PyTorch's own index serves. Where that index cannot be
-# reached in 5 s (a mirror, an offline CI with a local wheel), pip takes torch from what its
-# configuration offers.
-if [ "$python_ready" = 0 ] && [ "$(uname -s)" = Linux ] && ! .venv/bin/python -c "import torch" 2>/dev/null \
-    && .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=5)" 2>/dev/null; then
-    .venv/bin/python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
-fi
-if [ "$python_ready" = 0 ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    # torch: on Linux, PyPI's wheel is the CUDA build (several GB of nvidia-* packages), and the
+    # tests and --verify need only the CPU one, which PyTorch's own index serves. Where that index
+    # cannot be reached in 5 s (a mirror, an offline CI with a local wheel), pip takes torch from
+    # what its configuration offers.
+    if [ "$(uname -s)" = Linux ] && ! .venv/bin/python -c "import torch" 2>/dev/null \
+        && .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=5)" 2>/dev/null; then
+        .venv/bin/python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    fi
     .venv/bin/python -m pip install -q -e ".[test,ray]"
     touch "$stamp"
 fi
