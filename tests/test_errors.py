@@ -609,3 +609,41 @@ def test_the_space_a_build_needs_counts_only_the_weights_it_reads(tmp_path):
         return built_weight_count(builder_class_for(ckpt.config)(ckpt, BuildOptions(model=str(folder))))
 
     assert count(two) == count(one) == sum(math.prod(s) for s in Checkpoint(one).shapes().values())
+
+
+def test_the_space_check_measures_where_the_build_writes(ckpt, tmp_path, monkeypatch):
+    """A symlinked -o writes beside the link's target, and a transformers.js build over 2 GB copies
+    its data into 2 GB files: the check measured the link's folder, and counted the output once."""
+    import shutil as shutil_module
+
+    import builder.preflight as preflight
+    from builder.kit.errors import BuilderError
+    from builder.kit.options import BuildOptions
+    from builder.pipeline import build
+
+    usage = shutil_module.disk_usage(tmp_path)
+    roomy, tight = tmp_path / "roomy", tmp_path / "tight"
+    (roomy / "model").mkdir(parents=True)
+    tight.mkdir()
+    (tight / "link").symlink_to(roomy / "model")
+    asked = []
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        return usage._replace(free=10**12 if Path(path) == roomy else 1000)
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", disk_usage)
+    result = build(model=str(ckpt), output=str(tight / "link"), overwrite=True, show_progress=False)
+    assert asked == [roomy] and (roomy / "model" / "build_report.json").is_file(), result
+
+    class Arch:  # 3e9 float weights of a transformers.js fp32 build: 10.8 GB, plus 8.8 GB of copies
+        plan = type("Plan", (), {"options": BuildOptions(model="x", precision="fp32", format="transformers.js")})
+        checkpoint = type("Ckpt", (), {"shapes": lambda self: {"w": (3, 10**9)}})()
+
+        @staticmethod
+        def left_out(name):
+            return False
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=15 * 10**9))
+    with pytest.raises(BuilderError, match=r"writes at least 19\.60 GB"):
+        preflight.check_disk_space(Arch(), tmp_path / "web")
