@@ -12,6 +12,7 @@ from pathlib import Path
 
 from builder.batch_yaml import Entry, FloatText, Problems
 from builder.kit.errors import BuilderError
+from builder.kit.model_source import hub_id_shaped
 from builder.kit.options import NOT_IN_OUTPUT, BuildOptions
 
 
@@ -29,7 +30,7 @@ class Job:
 
 def _resolve_model(model: str, base: Path) -> str:
     local = base / os.path.expanduser(model)
-    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if local.exists() or not hub_id_shaped(model):
         return os.path.abspath(local)
     return model  # org/name and no such folder: a hub id
 
@@ -74,7 +75,7 @@ def _model_ambiguous(given: str, base: Path) -> str | None:
     """An owner/name that reads as a hub id (no such folder beside the file) while the current
     folder has one of that name, which the build would have taken: the same file would build
     another checkpoint, or fail, by where it ran."""
-    if given.startswith((".", "/", "~")) or given.count("/") != 1 or (base / given).exists():
+    if not hub_id_shaped(given) or (base / given).exists():
         return None
     if not os.path.isdir(given):
         return None

@@ -43,13 +43,18 @@ def resolve_model_dir(model: str) -> Path:
         raise
 
 
+def hub_id_shaped(model: str) -> bool:
+    """Whether the text has a hub id's shape, owner/name, wherever it is read from."""
+    return not model.startswith((".", "/", "~")) and model.count("/") == 1
+
+
 def is_hub_id(model: str) -> bool:
     """Whether -m names a hub repository: owner/name, and no such folder here."""
     try:
         exists = Path(model).expanduser().exists()
     except RuntimeError:  # '~someone/...' for a user this machine does not know
         return False
-    return not exists and not model.startswith((".", "/", "~")) and model.count("/") == 1
+    return not exists and hub_id_shaped(model)
 
 
 def cached_hub_snapshot(repo_id: str) -> Path | None:
