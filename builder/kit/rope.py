@@ -26,6 +26,9 @@ class RopeSpec:
     # Whether config.json names the pre-scaling window: only then is `factor` x that window a
     # length the model supports (Gemma 3's linear scaling lists the scaled length alone).
     original_given: bool = False
+    # Rotate the pairs (x[2j], x[2j+1]) (GPT-J, Helium) rather than the halves (x[j], x[j + d/2]);
+    # config.json does not say which: the family does (DecoderBuilder.rotary_interleaved).
+    interleaved: bool = False
 
     @classmethod
     def from_config(cls, config: dict, head_dim: int) -> RopeSpec:

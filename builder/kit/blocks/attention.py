@@ -155,7 +155,7 @@ class Attention:
                 f"{base}/{n}_rotary/RotaryEmbedding",
                 domain=MS_DOMAIN,
                 num_heads=h,
-                interleaved=0,
+                interleaved=int(s.rope.interleaved),
                 rotary_embedding_dim=partial,
             )
             for t, n, h in ((query, "q", s.num_heads), (key, "k", s.num_kv_heads))
@@ -219,7 +219,7 @@ class Attention:
             kv_num_heads=s.num_kv_heads,
             scale=s.attention_scale or 1.0 / math.sqrt(s.head_dim),
             do_rotary=int(rotary),
-            rotary_interleaved=0,
+            rotary_interleaved=int(s.rope.interleaved),
             local_window_size=window,
             **attrs,
         )
