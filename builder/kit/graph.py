@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from builder.kit.data_file import ExternalDataFile
+from builder.kit.errors import BuilderError
 from builder.kit.progress import Phases
 
 MS_DOMAIN = "com.microsoft"
@@ -96,6 +97,12 @@ class Graph:
     def constant(self, values, dtype=np.int64) -> str:
         """A small shared constant initializer, deduplicated by value."""
         array = np.asarray(values, dtype=dtype)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            # A scale from config.json that was null or inf (a family's config.get(key, 1.0) returns
+            # None for a null) would go into the graph as NaN and every logit with it.
+            raise BuilderError(
+                f"a constant of the graph is not finite ({array.tolist()}); check the config.json values it comes from"
+            )
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self._constants:
             text = str(array.tolist()).replace(" ", "")

@@ -1,9 +1,15 @@
-"""The types of the config.json keys a build reads, checked once when the file is read.
+"""The types of the config.json keys a build reads, checked once when the file is read, and
+the decoder keys no part of a build reads.
 
 Families read their keys with plain `config.get`; a value of the wrong type (a
 string head count, a null eps, NaN) would otherwise surface as a traceback deep
-in a spec, or as a wrong number. One table here covers every family, so a new
-family only adds the keys it reads that are not listed yet.
+in a spec, or as a wrong number. One table here covers the built-in families; a
+family outside it lists the keys it adds in its `config_keys`, with the checkers
+below (integer(), number(), boolean, ...), and they are checked when it plans.
+
+A number or flag in config.json that neither table lists nor NEVER_CHANGE_LOGITS
+names may change what the model computes (Granite's residual_multiplier under a
+Llama family): the plan warns about it rather than build another model in silence.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 from builder.kit.errors import BuilderError
 
 
-def _int(minimum: int) -> Callable[[Any], bool]:
+def integer(minimum: int = 1) -> Callable[[Any], bool]:
     def check(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
@@ -23,7 +29,7 @@ def _int(minimum: int) -> Callable[[Any], bool]:
     return check
 
 
-def _number(above: float | None = 0.0, at_most: float | None = None) -> Callable[[Any], bool]:
+def number(above: float | None = 0.0, at_most: float | None = None) -> Callable[[Any], bool]:
     def check(v):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             return False
@@ -39,107 +45,109 @@ def _number(above: float | None = 0.0, at_most: float | None = None) -> Callable
     return check
 
 
-def _bool(v) -> bool:
+def boolean(v) -> bool:
     return isinstance(v, bool)
 
 
-_bool.expected = "true or false"
+boolean.expected = "true or false"
 
 
-def _str(v) -> bool:
+def string(v) -> bool:
     return isinstance(v, str)
 
 
-_str.expected = "a string"
+string.expected = "a string"
 
 
-def _mapping(v) -> bool:
+def mapping(v) -> bool:
     return isinstance(v, dict)
 
 
-_mapping.expected = "an object"
+mapping.expected = "an object"
 
 
-def _str_list(v) -> bool:
+def string_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
-_str_list.expected = "a list of strings"
+string_list.expected = "a list of strings"
 
 
-def _int_list(v) -> bool:
+def integer_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
 
 
-_int_list.expected = "a list of non-negative integers"
+integer_list.expected = "a list of non-negative integers"
 
 
-def _token_ids(v) -> bool:
-    one = _int(0)
+def token_ids(v) -> bool:
+    one = integer(0)
     return one(v) or (isinstance(v, list) and all(one(x) for x in v))
 
 
-_token_ids.expected = "a token id or a list of token ids"
+token_ids.expected = "a token id or a list of token ids"
 
 # key -> (check, null allowed). Null is allowed where transformers reads None as "use the
 # default" and hub files write it (head_dim, sliding_window, rope_scaling, ...); elsewhere
 # a null is a broken file, and guessing a default would build a silently different model.
 KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
-    "hidden_size": (_int(1), False),
-    "num_hidden_layers": (_int(1), False),
-    "num_attention_heads": (_int(1), False),
-    "num_key_value_heads": (_int(1), True),
-    "head_dim": (_int(1), True),
-    "intermediate_size": (_int(1), False),
-    "vocab_size": (_int(1), False),
-    "max_position_embeddings": (_int(1), False),
-    "rms_norm_eps": (_number(), False),
-    "rope_theta": (_number(), False),
-    "rope_local_base_freq": (_number(), False),
-    "partial_rotary_factor": (_number(0.0, 1.0), False),
-    "rope_scaling": (_mapping, True),
-    "rope_parameters": (_mapping, True),
-    "hidden_act": (_str, False),
-    "hidden_activation": (_str, True),
-    "tie_word_embeddings": (_bool, False),
-    "attention_bias": (_bool, False),
-    "use_bidirectional_attention": (_bool, True),
-    "use_sliding_window": (_bool, False),
-    "sliding_window": (_int(0), True),  # 0 and null: no window (families treat both so)
-    "sliding_window_pattern": (_int(1), True),
-    "max_window_layers": (_int(0), True),
-    "layer_types": (_str_list, True),
-    "query_pre_attn_scalar": (_number(), False),
-    "num_experts": (_int(0), True),
-    "num_local_experts": (_int(0), True),
-    "num_experts_per_tok": (_int(0), True),
-    "moe_intermediate_size": (_int(0), True),
-    "decoder_sparse_step": (_int(1), True),
-    "mlp_only_layers": (_int_list, True),
-    "norm_topk_prob": (_bool, True),
-    "shared_expert_intermediate_size": (_int(0), True),
+    "hidden_size": (integer(1), False),
+    "num_hidden_layers": (integer(1), False),
+    "num_attention_heads": (integer(1), False),
+    "num_key_value_heads": (integer(1), True),
+    "head_dim": (integer(1), True),
+    "intermediate_size": (integer(1), False),
+    "vocab_size": (integer(1), False),
+    "max_position_embeddings": (integer(1), False),
+    "rms_norm_eps": (number(), False),
+    "rope_theta": (number(), False),
+    "rope_local_base_freq": (number(), False),
+    "partial_rotary_factor": (number(0.0, 1.0), False),
+    "rope_scaling": (mapping, True),
+    "rope_parameters": (mapping, True),
+    "hidden_act": (string, False),
+    "hidden_activation": (string, True),
+    "tie_word_embeddings": (boolean, False),
+    "attention_bias": (boolean, False),
+    "mlp_bias": (boolean, True),
+    "attn_output_gate": (boolean, True),  # Qwen3.5 and transformers gate whatever it says
+    "use_bidirectional_attention": (boolean, True),
+    "use_sliding_window": (boolean, False),
+    "sliding_window": (integer(0), True),  # 0 and null: no window (families treat both so)
+    "sliding_window_pattern": (integer(1), True),
+    "max_window_layers": (integer(0), True),
+    "layer_types": (string_list, True),
+    "query_pre_attn_scalar": (number(), False),
+    "num_experts": (integer(0), True),
+    "num_local_experts": (integer(0), True),
+    "num_experts_per_tok": (integer(0), True),
+    "moe_intermediate_size": (integer(0), True),
+    "decoder_sparse_step": (integer(1), True),
+    "mlp_only_layers": (integer_list, True),
+    "norm_topk_prob": (boolean, True),
+    "shared_expert_intermediate_size": (integer(0), True),
     # Qwen3.5 / Qwen3-Next: Gated DeltaNet layers, and every Nth layer full attention.
-    "full_attention_interval": (_int(1), False),
-    "linear_num_key_heads": (_int(1), False),
-    "linear_num_value_heads": (_int(1), False),
-    "linear_key_head_dim": (_int(1), False),
-    "linear_value_head_dim": (_int(1), False),
-    "linear_conv_kernel_dim": (_int(2), False),
-    "bos_token_id": (_token_ids, True),
-    "eos_token_id": (_token_ids, True),
-    "pad_token_id": (_token_ids, True),
+    "full_attention_interval": (integer(1), False),
+    "linear_num_key_heads": (integer(1), False),
+    "linear_num_value_heads": (integer(1), False),
+    "linear_key_head_dim": (integer(1), False),
+    "linear_value_head_dim": (integer(1), False),
+    "linear_conv_kernel_dim": (integer(2), False),
+    "bos_token_id": (token_ids, True),
+    "eos_token_id": (token_ids, True),
+    "pad_token_id": (token_ids, True),
 }
 
 # Inside rope_scaling / rope_parameters (Gemma 3 nests one such object per layer type).
 ROPE_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
-    "rope_type": (_str, True),
-    "type": (_str, True),
-    "rope_theta": (_number(), False),
-    "factor": (_number(), False),
-    "low_freq_factor": (_number(), False),
-    "high_freq_factor": (_number(), False),
-    "original_max_position_embeddings": (_int(1), False),
-    "partial_rotary_factor": (_number(0.0, 1.0), False),
+    "rope_type": (string, True),
+    "type": (string, True),
+    "rope_theta": (number(), False),
+    "factor": (number(), False),
+    "low_freq_factor": (number(), False),
+    "high_freq_factor": (number(), False),
+    "original_max_position_embeddings": (integer(1), False),
+    "partial_rotary_factor": (number(0.0, 1.0), False),
 }
 
 
@@ -158,13 +166,63 @@ def _check(table: dict, values: dict, where: str) -> None:
             )
 
 
+def check_keys(table: dict, config: dict, where: str = "config.json") -> None:
+    """Check the decoder's keys that `table` lists (key -> (checker, null allowed)), as KEYS are."""
+    _check(table, decoder_section(config), where)
+
+
+def decoder_section(config: dict) -> dict:
+    """The keys that describe the decoder: text_config's where a multimodal checkpoint nests them."""
+    text = config.get("text_config")
+    return text if isinstance(text, dict) else config
+
+
+# Numbers and flags transformers writes that never change a causal decoder's logits: training
+# settings, caching, token ids (genai_config.json copies those), and heads a build leaves out.
+NEVER_CHANGE_LOGITS = {
+    "use_cache",
+    "initializer_range",
+    "initializer_factor",
+    "router_aux_loss_coef",
+    "router_z_loss_coef",
+    "output_router_logits",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "torchscript",
+    "is_encoder_decoder",
+    "is_decoder",
+    "pretraining_tp",  # Llama's sliced matmuls in training: the same product
+    "mtp_num_hidden_layers",  # Qwen3.5's multi-token-prediction head, not built (not_built)
+    "mtp_use_dedicated_embeddings",
+    "use_mrope",  # Qwen2: multimodal positions; text tokens get the plain ones
+}
+
+
+def _never_changes_logits(key: str) -> bool:
+    return key in NEVER_CHANGE_LOGITS or "dropout" in key or key.endswith(("_token_id", "_token_ids"))
+
+
+def unread_keys(config: dict, known=()) -> list[str]:
+    """The decoder's numbers and flags that no table lists (KEYS, `known`: a family's own) and that
+    are not known to leave the logits as they are, in the file's order."""
+    return [
+        key
+        for key, value in decoder_section(config).items()
+        if isinstance(value, (bool, int, float))
+        and key not in KEYS
+        and key not in known
+        and not _never_changes_logits(key)
+    ]
+
+
 def check_config(config: dict, where: str = "config.json") -> dict:
     """Refuse a config.json whose known keys have the wrong type; returns it with
     `architectures` as a list (a plain string names one architecture)."""
     architectures = config.get("architectures")
     if isinstance(architectures, str):
         config["architectures"] = [architectures]
-    elif architectures is not None and not _str_list(architectures):
+    elif architectures is not None and not string_list(architectures):
         raise BuilderError(
             f"{where}: architectures = {architectures!r} is not valid; it must be a list of "
             'class names such as ["Qwen3ForCausalLM"]'
@@ -186,17 +244,17 @@ def check_config(config: dict, where: str = "config.json") -> dict:
 
 # generation_config.json: the keys genai_config.json copies (null: take config.json's).
 GENERATION_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
-    "bos_token_id": (_token_ids, True),
-    "eos_token_id": (_token_ids, True),
-    "pad_token_id": (_token_ids, True),
-    "do_sample": (_bool, True),
-    "temperature": (_number(None), True),
-    "top_p": (_number(None), True),
-    "top_k": (_int(0), True),
-    "repetition_penalty": (_number(), True),
-    "length_penalty": (_number(None), True),
-    "no_repeat_ngram_size": (_int(0), True),
-    "num_beams": (_int(1), True),
+    "bos_token_id": (token_ids, True),
+    "eos_token_id": (token_ids, True),
+    "pad_token_id": (token_ids, True),
+    "do_sample": (boolean, True),
+    "temperature": (number(None), True),
+    "top_p": (number(None), True),
+    "top_k": (integer(0), True),
+    "repetition_penalty": (number(), True),
+    "length_penalty": (number(None), True),
+    "no_repeat_ngram_size": (integer(0), True),
+    "num_beams": (integer(1), True),
 }
 
 
