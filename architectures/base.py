@@ -38,6 +38,7 @@ class DecoderBuilder:
     architectures: tuple[str, ...] = ()
     genai_type = "llama"  # model.type in genai_config.json
     qk_norm = False  # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
+    rotary_interleaved = False  # rotary on (x[2j], x[2j+1]) pairs rather than halves (Helium, GPT-J)
     attention_bias = False  # q/k/v projections have biases (Qwen2)
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
@@ -49,6 +50,10 @@ class DecoderBuilder:
     # Why this family's activations may leave fp16's range (None: no known reason). Where it is
     # set, webgpu int4/int8 builds default to fp32 activations and fp16 ones get a warning.
     fp16_overflow: str | None = None
+    # config.json keys this family reads that builder.kit.hf_config.KEYS does not list, as key ->
+    # (checker, null allowed), e.g. {"logits_scaling": (hf_config.number(), False)}: their types are
+    # checked when it plans, and the plan does not warn that they go unread.
+    config_keys: dict = {}
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
@@ -105,6 +110,8 @@ class DecoderBuilder:
         spec = DecoderSpec.from_config(
             config, qk_norm=self.qk_norm, attention_bias=bool(config.get("attention_bias", self.attention_bias))
         )
+        if self.rotary_interleaved:
+            spec.rope = dataclasses.replace(spec.rope, interleaved=True)
         lm_head = self.weight(None, "lm_head.weight")
         if not spec.tie_word_embeddings and not self.checkpoint.has(lm_head):
             if config.get("tie_word_embeddings") is False:  # said so, and the weight is not there
@@ -176,6 +183,14 @@ class DecoderBuilder:
         return {"global": spec.rope}
 
     @classmethod
+    def reference_class(cls):
+        """builder.verify's hook: the transformers model class whose from_pretrained loads this
+        family's checkpoints as the reference, or None for AutoModelForCausalLM. A family of a
+        model_type transformers does not know returns its own class (imported inside the method:
+        building must not import torch)."""
+        return None
+
+    @classmethod
     def prepare_reference(cls, model, options: BuildOptions, io_dtype=None) -> None:
         """builder.verify's hook: after it swaps nn.Linear weights for their dequantized
         values, give the transformers model the other weights the graph changes (e.g.
@@ -203,10 +218,16 @@ class DecoderBuilder:
         for i in range(spec.num_layers):
             progress.step(f"layer {i + 1}/{spec.num_layers}")
             hidden, residual = self.decoder_layer(em, i, hidden, residual)
-        embedding.logits(em, hidden, lm_head)
+        self.logits(em, hidden, lm_head)
 
     def embed(self, em: Emitter, lm_head) -> str:
+        """The token embeddings: the hidden state that the first layer's norm and residual take."""
         return embedding.embedding(em, lm_head)
+
+    def logits(self, em: Emitter, hidden: str, lm_head) -> None:
+        """lm_head over the final norm's output, writing the graph's `logits` (Granite would scale
+        `hidden` first, by 1 / logits_scaling, and call this)."""
+        embedding.logits(em, hidden, lm_head)
 
     def decoder_layer(self, em: Emitter, i: int, hidden: str, residual: str) -> tuple[str, str]:
         """One layer: normalized input in, (next layer's normalized input, residual) out."""

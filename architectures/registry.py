@@ -94,6 +94,36 @@ def registered() -> dict[str, type]:
     return dict(_REGISTRY)
 
 
+def family_named(name: str, where: str = "--family") -> type:
+    """A builder class by the HF architecture name it is registered under, or as module:Class."""
+    if ":" not in name:
+        return builder_class_for({"architectures": [name]}, where=where)
+    from architectures.base import DecoderBuilder
+
+    module_name, _, qualname = name.partition(":")
+    try:
+        found = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception as e:  # its import can fail any way; one line says how
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise BuilderError(
+            f"{where} {name}: importing it failed ({type(e).__name__}: {why}); give module:Class of a module "
+            "on the current folder or PYTHONPATH, or a registered architecture name"
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, DecoderBuilder)):
+        raise BuilderError(f"{where} {name}: that is no builder class (a subclass of architectures.DecoderBuilder)")
+    return found
+
+
+def family_for(options, config: dict, where: str = "config.json") -> type:
+    """The builder class a build of these options uses: --family's, else the one registered for
+    config.json's architectures."""
+    if options.family:
+        return family_named(options.family)
+    return builder_class_for(config, where)
+
+
 def builder_class_for(config: dict, where: str = "config.json") -> type:
     names = config.get("architectures") or []
     if isinstance(names, str):  # one name, written without the list brackets
@@ -110,5 +140,6 @@ def builder_class_for(config: dict, where: str = "config.json") -> type:
     raise BuilderError(
         f"{where}: architecture {names[0]!r} is not supported; supported: "
         + ", ".join(sorted(available))
-        + " (a new family registers with @architectures.register; README, section Python)"
+        + " (--family builds with another family; a new one registers with @architectures.register, from a "
+        "package through the entry-point group builder.architectures: docs/architecture.md)"
     )

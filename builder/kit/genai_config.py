@@ -11,6 +11,15 @@ from typing import Any
 
 CONFIG_NAME = "genai_config.json"  # the file onnxruntime-genai reads in a model folder
 
+# The model.type values onnxruntime-genai 0.18 opens as a language model (the names in its
+# library's model-type tables); it refuses a folder with any other ("Unsupported model_type").
+GENAI_MODEL_TYPES = frozenset(
+    "chatglm decoder ernie4_5 gemma gemma2 gemma3_text gemma3_vl_text gemma4_text gpt2 gptoss granite "
+    "granitemoehybrid hunyuandensev1 internlm2 lfm2 lfm2_audio_text lfm2_moe lfm2_vl_text llama mistral "
+    "mistral3_text nemotron olmo phi phi3 phi3small phimoe qwen2 qwen2_5_vl_text qwen3 qwen3_5_moe_text "
+    "qwen3_5_text qwen3_vl_text smollm3".split()
+)
+
 from builder.kit.hf_config import check_generation_config
 
 
@@ -23,7 +32,7 @@ def _ids(value) -> list[int]:
 # The default search.max_length. Every build shares past and present KV buffers, which
 # onnxruntime-genai allocates at max_length before the first token (and a captured graph cannot
 # grow). The reference writes the whole context: 40,960 for Qwen3, so opening a Qwen3-0.6B int4
-# cpu folder took 9.4 GB against 1.5 GB at 4096, at the same decode speed (docs/packing.md#max-length).
+# cpu folder took 9.4 GiB against 1.5 GiB at 4096, at the same decode speed (docs/packing.md#max-length).
 DEFAULT_MAX_LENGTH = 4096
 
 

@@ -61,6 +61,17 @@ class BuildOptions:
             rebuild="never",
         ),
     )
+    family: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--family",
+            metavar="NAME",
+            help="The builder class to build with instead of the one registered for config.json's "
+            "architectures: an HF architecture name a family is registered under (LlamaForCausalLM), "
+            "or module:Class of your own, imported from the current folder or PYTHONPATH "
+            "(my_families.helium:HeliumBuilder; docs/architecture.md).",
+        ),
+    )
     precision: str = field(
         default="int4",
         metadata=_opt(

@@ -18,6 +18,8 @@ import numpy as np
 from onnx import TensorProto
 
 from builder.kit.errors import BuilderError
+from builder.kit.genai_config import GENAI_MODEL_TYPES
+from builder.kit.hf_config import check_keys, unread_keys
 from builder.kit.layout import Layout, choose_layout
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
@@ -81,6 +83,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     options) and genai_type are all it is asked for."""
     options = options.validated()
     config = checkpoint.config
+    check_keys(family.config_keys, config)
     try:
         target = Target.from_options(options)
     except BuilderError as refused:
@@ -113,6 +116,20 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     else:
         target_notes = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
+    if options.format == "genai" and family.genai_type not in GENAI_MODEL_TYPES:
+        warnings.append(
+            f"{type(family).__name__}.genai_type {family.genai_type!r} is no model type onnxruntime-genai "
+            "0.18 opens: it will refuse this folder (Unsupported model_type); a family whose decoder is "
+            "Llama-like says genai_type = 'llama', or the type of the model it follows"
+        )
+    unread = unread_keys(config, family.config_keys)
+    if unread:
+        warnings.append(
+            f"config.json sets {', '.join(unread)}, which {type(family).__name__} does not read: if "
+            f"{'they change' if len(unread) > 1 else 'it changes'} what the model computes, this build "
+            "computes something else (--verify compares it with transformers); a family that honours "
+            "them names them in its config_keys"
+        )
     target, overflow_note = fp16_overflow_guard(target, options, family, warnings)
     target_notes += overflow_note
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
