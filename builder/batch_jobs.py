@@ -39,7 +39,7 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     """What the build's plan refuses for a job whose checkpoint is a readable folder here (its
     family, layout and context against the target), or None. Hub ids and folders that only the
     nodes see are planned when built; an unreadable checkpoint fails its own job then."""
-    from architectures.registry import builder_class_for
+    from architectures.registry import family_for
     from builder.kit.checkpoint import Checkpoint
 
     folder = Path(options.model)
@@ -50,7 +50,7 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     except (BuilderError, OSError):
         return None
     try:
-        builder_class_for(checkpoint.config)(checkpoint, options).plan  # noqa: B018 (planning is the check)
+        family_for(options, checkpoint.config)(checkpoint, options).plan  # noqa: B018 (planning is the check)
     except BuilderError as err:
         return str(err)
     return None
@@ -142,6 +142,15 @@ def make_job(
     if refused:  # what the model's family refuses: Qwen3.5 for cuda, fused-norm without q/k norms
         problems.add(line, f"{named}: {refused}")
         return None
+    if local and options.verify and options.ep == "cpu":  # the one EP verify runs on; Ray's nodes check their own
+        from builder.verify import require_verify_extras
+
+        try:
+            require_verify_extras()
+        except BuilderError as err:
+            where = entries["verify"]
+            problems.add(where.line, f"{named}: {err} (verify: at {where.where})")
+            return None
 
     output_line = entries["output"].line if "output" in entries else line
     if options.output:

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from builder.batch_exec import report_fields
+from builder.family_source import family_name, family_source_digest
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import NOT_IN_OUTPUT, RESOLVED_BY_PLAN, BuildOptions
@@ -19,7 +20,7 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     """Why this job's output must be (re)built, or None when it is up to date. fingerprints:
     those taken so far in this batch run, by checkpoint folder, so that jobs of one checkpoint
     hash it once (checkpoint-hash: true reads every weight byte)."""
-    from architectures.registry import builder_class_for
+    from architectures.registry import family_for
     from builder.kit.checkpoint import Checkpoint
     from builder.kit.model_source import cached_hub_snapshot, is_hub_id
     from builder.kit.targets import Target
@@ -69,12 +70,14 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         return "checkpoint changed"
     if recorded.get("family"):  # reports from before it was recorded: as they were
         try:
-            family = builder_class_for(checkpoint.config)
+            family = family_for(options, checkpoint.config)
         except BuilderError:
             return "architecture unsupported"  # the build itself says why
-        name = f"{family.__module__}.{family.__qualname__}"
+        name = family_name(family)
         if name != recorded["family"]:
             return f"builder family {recorded['family']} -> {name}"
+        if recorded.get("family_source") != family_source_digest(family):
+            return f"the source of {name} changed"
     # Also with the options as they were: what auto resolves to can change with the builder
     # (Gemma 3's webgpu activations became fp32), and the output must follow.
     differs = _resolved_differently(options, checkpoint, report, bool(changed))
@@ -88,12 +91,12 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
 def _resolved_differently(options: BuildOptions, checkpoint, report: dict, changed: bool = True) -> str | None:
     """What the job's options resolve to, where it differs from what its output was built with.
     changed: whether the options as written differ (else the builder resolves them otherwise now)."""
-    from architectures.registry import builder_class_for
+    from architectures.registry import family_for
     from builder.kit.genai_config import resolved_intra_op_threads, resolved_max_length
     from builder.pipeline import target_record
 
     try:
-        plan = builder_class_for(checkpoint.config)(checkpoint, options).plan
+        plan = family_for(options, checkpoint.config)(checkpoint, options).plan
     except BuilderError:
         return "options changed (the build refuses them; it says why)" if changed else "the build now refuses them"
     now = {

@@ -18,7 +18,8 @@ from pathlib import Path
 import onnx
 
 from architectures.base import DecoderBuilder
-from architectures.registry import builder_class_for
+from architectures.registry import family_for, family_named
+from builder.family_source import family_name, family_source_digest
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
@@ -98,7 +99,7 @@ def build(
     the checkpoint's `architectures`.
     """
     if isinstance(family, str):
-        family = builder_class_for({"architectures": [family]}, where="build(family=...)")
+        family = family_named(family, where="build(family=...)")
     elif family is not None and not (isinstance(family, type) and issubclass(family, DecoderBuilder)):
         raise BuilderError(
             f"build(family={family!r}): pass a builder class (a subclass of architectures.DecoderBuilder) "
@@ -106,7 +107,7 @@ def build(
         )
     options = (options or BuildOptions.from_mapping(option_values, "build()")).validated()
     checkpoint = Checkpoint.open(options.model)
-    cls = family or builder_class_for(checkpoint.config, where=str(checkpoint.directory / "config.json"))
+    cls = family or family_for(options, checkpoint.config, where=str(checkpoint.directory / "config.json"))
     return run(cls(checkpoint, options), show_progress=show_progress)
 
 
@@ -268,10 +269,17 @@ def _verify(arch, model_file: Path) -> dict:
     )
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":
+        family = type(arch)
+        if family.__module__.split(".")[0] == "architectures":
+            who = "Please report this with the build options."
+        else:  # a plugin's family: its author is the one to look
+            who = (
+                f"It was built by {family.__module__}.{family.__qualname__}, which is not one of the "
+                "builder's own families: check what it builds differently from transformers' model."
+            )
         raise BuilderError(
             f"--verify failed: logits differ from transformers ({result['bound']} not met: "
-            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was "
-            "not written. Please report this with the build options."
+            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was not written. {who}"
         )
     return result
 
@@ -321,7 +329,9 @@ def make_report(
             "fingerprint": arch.checkpoint.fingerprint(plan.options.checkpoint_hash),
             "architecture": plan.architecture,
             # The class that built it: a plugin can replace a built-in family (batch rebuilds then).
-            "family": f"{type(arch).__module__}.{type(arch).__qualname__}",
+            "family": family_name(type(arch)),
+            # A plugin's changes come with its source, not the builder's version.
+            "family_source": family_source_digest(type(arch)),
         },
         "model": {
             "layers": spec.num_layers,
