@@ -319,7 +319,8 @@ def _quantize_chunk(
         np.add(x, offset, out=x)
     np.clip(x, _F32(0), _F32(scheme.qmax), out=x)  # before trunc or after: the same for these bounds
     q = ws.q[:, : m * g]
-    np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
+    with np.errstate(invalid="ignore"):  # a NaN weight: the build's NaN/Inf check names its tensor
+        np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
     if scheme.bits == 8:
         out = packed.reshape(R, -1).view(_UINT[g]).reshape(m, p)
         np.copyto(out, q.view(_UINT[g]).T)
