@@ -374,6 +374,24 @@ def test_a_model_that_is_a_folder_only_where_the_batch_runs_is_refused(tmp_path,
     assert load_batch(path, executor="ray").jobs[0].options.model == "examples/tiny"
 
 
+def test_verify_without_its_packages_is_refused_before_any_build(tmp_path, monkeypatch):
+    """In the quickstart's venv (no torch) `batch configs/tiny.yaml` passed its up-front check and
+    --dry-run, and its verify job then failed; a single build refuses that up front."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a))
+    path = write(
+        tmp_path / "v.yaml", f"defaults:\n  verify: true\njobs:\n  - model: {TINY}\n  - model: {TINY}\n    ep: webgpu\n"
+    )
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value).startswith(f"{path}:2: jobs[0]: --verify needs torch, which a plain install")
+    assert "(verify: at defaults)" in str(refused.value), refused.value
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert len(load_batch(path).jobs) == 2
+
+
 def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
     """A missing folder was reported only once the file's other problems were fixed: the next
     run found the next one."""

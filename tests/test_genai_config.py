@@ -117,7 +117,7 @@ def test_sliding_window_models_run_past_the_window_in_genai(built, checkpoint):
 @pytest.mark.parametrize("ep", ["cpu", "webgpu"])
 def test_max_length_defaults_to_4096_on_every_target(checkpoint, tmp_path, ep):
     """genai allocates the shared KV buffers at max_length up front: the whole 40,960 context of a
-    Qwen3-0.6B took 9.4 GB on cpu. A caller may still ask for up to context_length."""
+    Qwen3-0.6B took 9.4 GiB on cpu. A caller may still ask for up to context_length."""
     from builder import build
 
     ckpt = checkpoint("qwen3", max_position_embeddings=8192)

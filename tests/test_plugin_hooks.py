@@ -1,0 +1,321 @@
+"""What a family written outside the repository needs, found by writing three (Helium, Granite and
+a fine-tune with its own model_type) from the docs alone: the hooks they use, and the checks that
+catch a family that builds another model than transformers' in silence.
+
+Checkpoints here come from transformers' own classes and init (std 0.02), as a plugin author
+makes them: on such weights attention barely moves the logits, which is what let a wrong rotary
+pass the quantized --verify bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from architectures import DecoderBuilder, LlamaBuilder
+from builder.kit import hf_config
+from builder.kit.errors import BuilderError
+from builder.kit.graph import Graph
+from builder.pipeline import build
+from support.synthetic import TOKENIZER_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(
+    vocab_size=480,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=477,
+    eos_token_id=479,
+    pad_token_id=477,
+    rms_norm_eps=1e-6,
+)
+GRANITE = dict(embedding_multiplier=12.0, attention_multiplier=0.03125, residual_multiplier=0.22, logits_scaling=8.0)
+
+
+def save_transformers_checkpoint(folder: Path, config_class: str, model_class: str, **extra) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**{**TINY, **extra})
+    model = getattr(transformers, model_class)(config).eval()
+    with torch.no_grad():  # norms away from 1, so that a misplaced one shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(folder)
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def helium(tmp_path_factory) -> Path:
+    """HeliumForCausalLM: Llama's keys and tensor names, rotary on interleaved pairs."""
+    root = tmp_path_factory.mktemp("helium")
+    return save_transformers_checkpoint(root / "ckpt", "HeliumConfig", "HeliumForCausalLM", head_dim=16)
+
+
+@pytest.fixture(scope="module")
+def granite(tmp_path_factory) -> Path:
+    """GraniteForCausalLM: Llama plus four scales from config.json."""
+    root = tmp_path_factory.mktemp("granite")
+    return save_transformers_checkpoint(
+        root / "ckpt", "GraniteConfig", "GraniteForCausalLM", tie_word_embeddings=True, **GRANITE
+    )
+
+
+class HeliumBuilder(LlamaBuilder):
+    rotary_interleaved = True
+
+
+class GraniteBuilder(DecoderBuilder):
+    genai_type = "granite"
+    config_keys = {key: (hf_config.number(), False) for key in GRANITE}
+
+    def make_spec(self, config, target=None):
+        spec = super().make_spec(config, target)
+        spec.attention_scale = config["attention_multiplier"]
+        return spec
+
+    def scaled(self, em, x, key, name, inverse=False):
+        value = self.config[key]
+        return em.graph.op("Mul", [x, em.graph.constant(1 / value if inverse else value, em.plan.io_dtype)], name)
+
+    def embed(self, em, lm_head):
+        return self.scaled(em, super().embed(em, lm_head), "embedding_multiplier", "/model/embed_tokens/Mul")
+
+    def decoder_layer(self, em, i, hidden, residual):
+        spec, base = em.spec, f"/model/layers.{i}"
+        mixed = self.scaled(em, self.mixer(spec, i)(em, i, hidden), "residual_multiplier", f"{base}/attn_scale")
+        weight = em.norm_weight(i, "post_attention_layernorm.weight")
+        hidden, residual = em.skip_norm(mixed, residual, weight, f"{base}/post_attention_layernorm")
+        mlp = self.scaled(em, self.feed_forward(spec, i)(em, i, hidden), "residual_multiplier", f"{base}/mlp_scale")
+        return em.skip_norm(mlp, residual, *self.next_norm(em, i))
+
+    def logits(self, em, hidden, lm_head):
+        super().logits(em, self.scaled(em, hidden, "logits_scaling", "/model/logits_scale", inverse=True), lm_head)
+
+
+def test_interleaved_rotary_is_a_class_attribute(helium, tmp_path):
+    """Helium needed Attention's GQA and RotaryEmbedding code copied to change one attribute."""
+    options = dict(model=str(helium), verify=True, show_progress=False)
+    for precision in ("fp32", "int4"):
+        result = build(output=str(tmp_path / precision), precision=precision, family=HeliumBuilder, **options)
+        assert result.report["verify"]["status"] == "passed", result.report["verify"]
+        assert result.report["verify"]["nmse"] < 1e-10
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4", "int8"])
+def test_verify_refuses_halves_rotary_on_an_interleaved_model(helium, tmp_path, precision):
+    """Helium built as Llama: max |d| 6e-3 but NMSE only 8.5e-5 on these weights, and the quantized
+    bound was NMSE 1e-2, so the int4 build was published as verified (status passed)."""
+    with pytest.raises(BuilderError, match="--verify failed: logits differ from transformers"):
+        build(
+            model=str(helium),
+            output=str(tmp_path / "o"),
+            precision=precision,
+            verify=True,
+            family=LlamaBuilder,
+            show_progress=False,
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_granite_through_the_hooks_matches_transformers(granite, tmp_path):
+    """embed, logits and decoder_layer carry Granite's four scales; config_keys declares them."""
+    result = build(
+        model=str(granite),
+        output=str(tmp_path / "o"),
+        precision="fp32",
+        verify=True,
+        family=GraniteBuilder,
+        show_progress=False,
+    )
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    assert not [w for w in result.report["notes"] if "does not read" in w], result.report["notes"]
+
+
+def test_config_keys_no_family_reads_are_named(granite, tmp_path):
+    """Granite built as Llama: its four scales were ignored without a word (NMSE 51 against
+    transformers, seen only with --verify)."""
+    result = build(
+        model=str(granite), output=str(tmp_path / "o"), precision="fp32", family=LlamaBuilder, show_progress=False
+    )
+    warned = [w for w in result.report["notes"] if "does not read" in w]
+    assert len(warned) == 1 and warned[0].startswith(
+        "config.json sets attention_multiplier, embedding_multiplier, logits_scaling, residual_multiplier, "
+        "which LlamaBuilder does not read"
+    ), result.report["notes"]
+
+
+def test_no_built_in_family_warns_of_unread_keys():
+    """Every tiny config and the real Qwen3 / Qwen3.5 ones: their families read or know each key."""
+    from architectures.registry import builder_class_for
+    from support.synthetic import REAL_CONFIGS, REAL_SHAPE_CONFIGS, TINY_CONFIGS
+
+    for name, config in {**TINY_CONFIGS, **REAL_CONFIGS, **REAL_SHAPE_CONFIGS}.items():
+        assert hf_config.unread_keys(config, builder_class_for(config).config_keys) == [], name
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (None, "logits_scaling is null; it must be a positive number"),
+        ("8.0", "logits_scaling = '8.0' is not valid; it must be a positive number"),
+    ],
+)
+def test_a_family_s_own_keys_are_type_checked(granite, tmp_path, value, message):
+    """A null scale went into the graph as a NaN constant, and a string one ended in a TypeError."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(granite, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "logits_scaling": value}))
+    with pytest.raises(BuilderError, match=message):
+        build(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", family=GraniteBuilder)
+
+
+def test_a_graph_constant_must_be_finite():
+    with pytest.raises(BuilderError, match=r"not finite \(\[nan\]\)"):
+        Graph(None).constant([None], np.float32)
+
+
+def test_a_genai_type_genai_does_not_open_is_named(granite, tmp_path):
+    """genai_type 'ministral' built fine, and onnxruntime-genai refused the folder when opened."""
+
+    class Ministral(GraniteBuilder):
+        genai_type = "ministral"
+
+    result = build(model=str(granite), output=str(tmp_path / "o"), precision="fp32", family=Ministral)
+    assert any(
+        "genai_type 'ministral' is no model type onnxruntime-genai 0.18 opens" in w for w in result.report["notes"]
+    )
+
+
+def test_a_custom_model_type_verifies_through_reference_class(helium, tmp_path):
+    """A fine-tune whose config.json names its own model_type: --verify could only load it when
+    the plugin registered it with transformers on import, which every build then paid for."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(helium, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(model_type="my_helium", architectures=["MyHeliumForCausalLM"])
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+    class MyHeliumConfig(LlamaConfig):
+        model_type = "my_helium"
+
+    class MyHeliumForCausalLM(LlamaForCausalLM):
+        config_class = MyHeliumConfig
+
+    options = dict(model=str(ckpt), precision="fp32", verify=True, show_progress=False)
+    with pytest.raises(BuilderError, match=r"--verify: transformers cannot load .*reference_class\(\)"):
+        build(output=str(tmp_path / "plain"), family=HeliumBuilder, **options)
+
+    class MyHelium(HeliumBuilder):
+        @classmethod
+        def reference_class(cls):
+            return MyHeliumForCausalLM
+
+    # transformers' Llama rotates halves: the reference is what this class computes, not Helium.
+    result = build(output=str(tmp_path / "o"), family=MyHelium, **{**options, "verify": False})
+    assert result.report["checkpoint"]["family"].endswith("MyHelium")
+    with pytest.raises(
+        BuilderError, match="--verify failed: .* It was built by test_plugin_hooks.*MyHelium, which is not"
+    ):
+        build(output=str(tmp_path / "v"), family=MyHelium, **options)
+
+    class MyHeliumAsLlama(LlamaBuilder):
+        @classmethod
+        def reference_class(cls):
+            return MyHeliumForCausalLM
+
+    verified = build(output=str(tmp_path / "llama"), family=MyHeliumAsLlama, **options).report["verify"]
+    assert verified["status"] == "passed" and verified["nmse"] < 1e-10, verified
+
+
+PLUGIN = """
+from architectures import LlamaBuilder, register
+
+
+@register("HeliumForCausalLM")
+class Helium(LlamaBuilder):
+    rotary_interleaved = {interleaved}
+"""
+
+
+def test_batch_rebuilds_what_a_changed_plugin_built(helium, tmp_path):
+    """batch compared only the family's class name and the builder's version, so after a plugin
+    was fixed its wrong outputs stayed, shown as 'passed (earlier build)'."""
+    site = tmp_path / "site"
+    (site / "helium_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "helium_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: helium-plugin\nVersion: 0.1\n"
+    )
+    (site / "helium_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[builder.architectures]\nhelium = helium_plugin\n"
+    )
+    (site / "helium_plugin.py").write_text(textwrap.dedent(PLUGIN.format(interleaved=False)))
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(f"jobs:\n  - model: {helium}\n    precision: fp32\n    output: out\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def run_batch():
+        run = subprocess.run(
+            [sys.executable, "-m", "builder", "batch", str(batch)], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        return run.stdout
+
+    first = run_batch()
+    assert "1 built" in first, first
+    assert "0 built, 1 skipped" in run_batch()
+    (site / "helium_plugin.py").write_text(textwrap.dedent(PLUGIN.format(interleaved=True)))
+    again = run_batch()
+    assert "the source of helium_plugin.Helium changed" in again and "1 built" in again, again
+    graph = (tmp_path / "out" / "model.onnx").read_bytes()
+    assert b"rotary_interleaved" in graph
+
+
+def test_the_command_line_builds_with_a_family_of_one_s_own(helium, tmp_path):
+    """A CLI user could only use a family of their own by packaging it with an entry point."""
+    (tmp_path / "my_families.py").write_text(textwrap.dedent(PLUGIN.format(interleaved=True)).replace("@register", "#"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def cli(*args):
+        command = [sys.executable, "-m", "builder", "-m", str(helium), "-p", "fp32", "--quiet", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+    built = cli("--family", "my_families:Helium", "-o", "own", "--verify")
+    assert built.returncode == 0, built.stderr
+    report = json.loads((tmp_path / "own" / "build_report.json").read_text())
+    assert report["checkpoint"]["family"] == "my_families.Helium" and report["verify"]["status"] == "passed"
+    assert report["options"]["family"] == "my_families:Helium"
+
+    as_llama = cli("--family", "LlamaForCausalLM", "-o", "llama")
+    assert as_llama.returncode == 0, as_llama.stderr
+    assert json.loads((tmp_path / "llama" / "build_report.json").read_text())["checkpoint"]["family"] == (
+        "architectures.llama.LlamaBuilder"
+    )
+    for family, message in [
+        ("my_families:Nothing", "error: --family my_families:Nothing: importing it failed (AttributeError: "),
+        ("no_such_module:Helium", "error: --family no_such_module:Helium: importing it failed (ModuleNotFoundError: "),
+        ("my_families:LlamaBuilder.__init__", "that is no builder class"),
+        ("HeliumForCausalLM", "error: --family: architecture 'HeliumForCausalLM' is not supported; supported: "),
+    ]:
+        refused = cli("--family", family, "-o", "refused")
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
