@@ -123,6 +123,16 @@ def test_damaged_transformers_js_folder_names_the_file_and_the_rebuild(q4, tmp_p
     assert f"{BUILD} -o {folder} --overwrite" in line
 
 
+def test_a_model_type_transformers_js_lacks_is_not_sent_to_a_rebuild(q4, tmp_path):
+    """A plugin family's own model_type (config.json copied from the checkpoint) was reported as a
+    missing or damaged file, with a rebuild that writes the same config.json."""
+    folder = Path(shutil.copytree(q4, tmp_path / "tjs"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "my_llama"}))
+    line = assert_one_line(node(folder, "--max-new-tokens", "2"), str(folder), "model_type my_llama", "model_config()")
+    assert "rebuild" not in line
+
+
 def test_a_dtype_the_folder_lacks_says_what_it_holds_and_how_to_build_it(q4):
     """--dtype q4f16 on a q4 folder suggested the rebuild that made the q4 folder, then 'build the q4f16
     weights into another folder' without saying how."""

@@ -308,6 +308,12 @@ try {
         fail(`--device ${args.device}: ONNX Runtime could not load its execution provider (${firstLine(e)}); `
             + `install the libraries it needs (for cuda: the CUDA and cuDNN versions onnxruntime-node names), or pass --device cpu`);
     }
+    const unknown = /Unsupported model type:? "?([\w.-]+)/.exec(firstLine(e));
+    if (unknown) {  // a rebuild writes the same config.json: say what would change it
+        fail(`${args.folder} does not load in transformers.js: its config.json says model_type ${unknown[1]}, which `
+            + `transformers.js does not know; the builder family that made it names a model_type transformers.js `
+            + `knows for the same architecture in its model_config() (docs/architecture.md)`);
+    }
     const device = args.device === 'cpu' ? '' : `, or --device ${args.device} does not run here (try --device cpu)`;
     fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged${device}; `
         + rebuild(args.folder, folder));

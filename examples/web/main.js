@@ -157,6 +157,12 @@ function explain(error, { model, device, fellBack, adapter }) {
         }
         return `${name} does not load: ${file} is missing; rebuild it with ${rebuild(model)}`;
     }
+    const unknown = /Unsupported model type:? "?([\w.-]+)/.exec(message);
+    if (unknown) {  // a rebuild writes the same config.json: say what would change it
+        return `${name} does not load: its config.json says model_type ${unknown[1]}, which transformers.js does not `
+            + `know; the builder family that made it names a model_type transformers.js knows for the same `
+            + `architecture in its model_config() (docs/architecture.md)`;
+    }
     if (/cos_cache dimension 0 shall not be less than total_sequence_length/.test(message)) {
         return `${name} ran past its context (${message}): lower max_new_tokens or shorten the prompt`;
     }
