@@ -18,6 +18,7 @@ on every node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -212,6 +213,61 @@ def _token_available() -> bool:
     )
 
 
+def _descendants(pid: int | None = None) -> list[int]:
+    """The process ids below `pid` (this process), from /proc; none where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid or os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _session_processes() -> list[int]:
+    """The processes of a Ray session this process started: their command lines name its folder,
+    session_<time>_<this pid>."""
+    mark, found = f"_{os.getpid()}/", []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "session_" in text and mark in text and cmdline.parent.name != str(os.getpid()):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _end_processes(pids, grace_s: float = 3.0) -> None:
+    """SIGTERM those of `pids` still running, then SIGKILL the ones left after grace_s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+                alive.append(pid)
+        deadline = time.monotonic() + grace_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        if not alive:
+            return
+        pids = alive
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class RayExecutor(Executor):
     name = "ray"
 
@@ -222,7 +278,7 @@ class RayExecutor(Executor):
             # the token it has only when told to, and reads the mode when ray is imported.
             os.environ["RAY_AUTH_MODE"] = "token"
         ray = self.ray = _ray()
-        self.parallel, self.started_here = parallel, False
+        self.parallel, self.started_here, self.interrupted = parallel, False, False
         if not ray.is_initialized():
             down = _unreachable(address) if address else None
             if down:
@@ -240,6 +296,20 @@ class RayExecutor(Executor):
                 else:  # no cluster named: a local one on this machine
                     ray.init(include_dashboard=False, log_to_driver=False)
                     self.started_here = True
+            except SystemExit as e:
+                if e.code != signal.SIGTERM or not callable(sigterm_before):
+                    raise
+                # ray.init's handler (sys.exit(15)) ended it midway: the batch exited 15 without a
+                # word and left the Ray agents it had started running. Those go; the batch's Stop
+                # notes the signal as at any other point of the start, and no job starts.
+                started = _descendants()  # ray.shutdown leaves the raylet's agents of a half-made node
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                _end_processes(set(started) | set(_session_processes()))
+                time.sleep(0.5)  # an agent the raylet started as it died
+                _end_processes(_session_processes())
+                self.interrupted = True
+                sigterm_before(signal.SIGTERM, None)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise BuilderError(
@@ -260,6 +330,8 @@ class RayExecutor(Executor):
         return [n for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
 
     def check(self, jobs, output_root: Path) -> None:
+        if self.interrupted:  # no cluster to check: the batch stops before any job
+            return
         nodes = self._nodes()
         if not nodes:
             raise BuilderError(f"--executor ray: the cluster at {self.address} has no live node with CPUs")

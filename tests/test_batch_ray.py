@@ -286,6 +286,48 @@ def test_sigterm_while_ray_starts_up_is_not_ray_s_exit(tmp_path, cluster):
     assert hidden(tmp_path / "out") == [] and not (tmp_path / "out" / "a").exists()
 
 
+def test_sigterm_inside_ray_init_stops_the_batch_and_its_ray_processes(tmp_path):
+    """SIGTERM inside ray.init (a local instance starting) met ray.init's own handler, sys.exit(15):
+    the batch exited 15 without a word, no summary, and the raylet's agents ran on without it."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "one.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n")
+    driver = (  # the signal arrives once the raylet has started, as ray.init goes on with the node
+        "import os, signal, sys, ray._private.services as services; from builder.cli import main\n"
+        "start = services.start_raylet\n"
+        "def start_then_signal(*a, **k):\n"
+        "    info = start(*a, **k); os.kill(os.getpid(), signal.SIGTERM); return info\n"
+        "services.start_raylet = start_then_signal\n"
+        "sys.exit(main())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, "batch", str(path), "--executor", "ray"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},  # a local instance, started here
+    )
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "SIGTERM: stopping once the executor has started" in stderr
+    jobs = json.loads((tmp_path / "out" / "one-summary.json").read_text())["jobs"]
+    assert [(j["status"], j["error"]) for j in jobs] == [("interrupted", "not started: the batch was interrupted")]
+    # Ray names its session folder after the driver's pid; no process of that session is left.
+    session = f"_{proc.pid}/"
+    time.sleep(1)
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if session in _read(p)]
+    assert left == [], [_read(p) for p in left]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
     """ray.init retried such an address for as long as it was left (10+ minutes), printing only
     its own warnings, and Ctrl-C took 45 s to end it."""
