@@ -88,6 +88,7 @@ class ParityResult:
     argmax_agree: float  # fraction of positions whose top token agrees
     nmse: float  # sum((ref - ours)^2) / sum(ref^2), all steps together
     steps: int
+    ref_max_abs: float = 0.0  # the largest |logit| of the reference
 
     def as_dict(self) -> dict:
         return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in self.__dict__.items()}
@@ -357,8 +358,9 @@ def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResul
     agree = np.concatenate([(e.argmax(-1) == a.argmax(-1)).ravel() for e, a in zip(expected, actual)])
     err = sum(float(np.square(e.astype(np.float64) - a).sum()) for e, a in zip(expected, actual))
     ref = sum(float(np.square(e.astype(np.float64)).sum()) for e in expected)
+    peak = max(float(np.abs(e).max()) for e in expected)
     return ParityResult(
-        max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()), err / max(ref, 1e-30), len(diffs)
+        max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()), err / max(ref, 1e-30), len(diffs), peak
     )
 
 
@@ -430,12 +432,16 @@ def _transformers_errors_only():
 # checkpoint with transformers' own init (std 0.02), attention moves the logits so little that
 # interleaved rotary built as halves gave NMSE 8.5e-5 (max |d| 6e-3). So a graph with fp32
 # activations that computes exactly at level 0 is held to fp32's bound, as an fp32 build is:
-# max |d| 1.5e-5 and NMSE 6.7e-12 on a Qwen3-0.6B-shaped int4 build (9.1e-6 / 3.2e-12 fp32).
+# max |d| 1.5e-5 and NMSE 6.7e-12 on a Qwen3-0.6B-shaped int4 build (9.1e-6 / 3.2e-12 fp32),
+# 1.2e-4 / 1.2e-10 on a Qwen3.5-0.8B-shaped one. max |d| grows with the logits while NMSE does
+# not (the same Qwen3.5 build with its final norm x10, logits up to 115: 1.2e-3 / 1.2e-10), so
+# its bound is 1e-3 or 1e-4 of the largest logit, whichever is larger.
 # fp16 activations round at every op (NMSE 1e-6..1.4e-4 on the tiny families): 1e-2 for those.
 # Block-wise int8 experts have no exact kernel, and in the hybrid MoE families the Gated DeltaNet
 # state carries their noise on: NMSE 1.5e-3 (int8), 1.1e-2 (int4 with --int8-layers '*.experts'),
 # 2.7e-2 (int8 --no-symmetric) on tiny Qwen3.5-MoE; those graphs get 1e-1, still 10x under a wrong one.
 FP32_MAX_ABS = 1e-3
+FP32_MAX_REL = 1e-4  # of the largest |logit|, where that allows more than FP32_MAX_ABS
 FP32_NMSE = 1e-6
 FP16_NMSE = 1e-2
 ACTIVATION_QUANTIZED_NMSE = 1e-1
@@ -524,8 +530,9 @@ def verify_output(
     if quantizes_activations_always(model_file):
         bound, passed = f"nmse < {ACTIVATION_QUANTIZED_NMSE}", parity.nmse < ACTIVATION_QUANTIZED_NMSE
     elif fp32_io:
-        bound = f"max_abs < {FP32_MAX_ABS}, nmse < {FP32_NMSE}"
-        passed = parity.max_abs < FP32_MAX_ABS and parity.nmse < FP32_NMSE
+        limit = max(FP32_MAX_ABS, FP32_MAX_REL * parity.ref_max_abs)
+        bound = f"max_abs < {limit:.3g}, nmse < {FP32_NMSE}"
+        passed = parity.max_abs < limit and parity.nmse < FP32_NMSE
     else:
         bound, passed = f"nmse < {FP16_NMSE}", parity.nmse < FP16_NMSE
     result = {"status": "passed" if passed else "failed", "bound": bound, "fp32_io": fp32_io, **parity.as_dict()}

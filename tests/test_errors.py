@@ -544,6 +544,33 @@ def test_failed_verify_is_a_failed_build(ckpt, tmp_path, monkeypatch):
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
 
 
+@pytest.mark.parametrize(
+    "max_abs,nmse,peak,passed",
+    [
+        (1.2e-3, 1.2e-10, 115.0, True),  # a correct graph with large logits: max |d| grows with them
+        (1.2e-3, 1.2e-10, 5.0, False),  # the same difference where the logits are small
+        (6e-3, 8.5e-5, 0.5, False),  # interleaved rotary built as halves, on std-0.02 weights
+        (9e-6, 1e-7, 30.0, True),
+        (9e-6, 2e-6, 30.0, False),  # small everywhere, but a tenth of the logits' scale off in NMSE
+    ],
+)
+def test_the_fp32_activation_bound_scales_with_the_logits(ckpt, tmp_path, monkeypatch, max_abs, nmse, peak, passed):
+    """max |d| < 1e-3 failed a correct Qwen3.5-0.8B-shaped int4 build whose logits reached 115
+    (max |d| 1.2e-3, NMSE 1.2e-10): the bound is also 1e-4 of the largest logit, and NMSE < 1e-6."""
+    import builder.verify as verify
+    from builder import BuilderError, build
+    from builder.verify import ParityResult
+
+    result = ParityResult(max_abs, max_abs, max_abs, 1.0, nmse, 5, peak)
+    monkeypatch.setattr(verify, "verify_models", lambda *a, **k: [result] * 2)
+    options = dict(model=str(ckpt), output=str(tmp_path / "out"), precision="int4", verify=True, show_progress=False)
+    if passed:
+        assert build(**options).report["verify"]["bound"] == f"max_abs < {max(1e-3, 1e-4 * peak):.3g}, nmse < 1e-06"
+    else:
+        with pytest.raises(BuilderError, match="--verify failed"):
+            build(**options)
+
+
 def test_help_lists_every_option_and_exits_zero():
     import dataclasses
 
