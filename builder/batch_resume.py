@@ -76,8 +76,9 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         name = family_name(family)
         if name != recorded["family"]:
             return f"builder family {recorded['family']} -> {name}"
-        if recorded.get("family_source") != family_source_digest(family):
-            return f"the source of {name} changed"
+        digest = family_source_digest(family)
+        if recorded.get("family_source") != digest:
+            return f"the source of {name} changed" if "family_source" in recorded else f"no record of {name}'s source"
     # Also with the options as they were: what auto resolves to can change with the builder
     # (Gemma 3's webgpu activations became fp32), and the output must follow.
     differs = _resolved_differently(options, checkpoint, report, bool(changed))

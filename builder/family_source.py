@@ -16,16 +16,15 @@ def family_name(family: type) -> str:
 
 
 def family_source_digest(family: type) -> str | None:
-    """sha256 of the Python sources of the packages outside the builder that `family` and its
-    bases come from (a plugin's whole package: its blocks may live beside the class), or None
-    for a built-in family or code with no source file."""
+    """sha256 of the Python sources of the packages outside the builder and the standard library
+    that `family` and its bases come from (a plugin's whole package: its blocks may live beside
+    the class), or None for a built-in family or code with no source file."""
     files: set[Path] = set()
     for cls in family.__mro__:
         top = cls.__module__.split(".")[0]
-        if top in BUILT_IN or top == "builtins":
+        if top in BUILT_IN or top in sys.stdlib_module_names:  # a Python upgrade rebuilds nothing
             continue
-        module = sys.modules.get(top)
-        package = getattr(module, "__path__", None)
+        package = getattr(sys.modules.get(top), "__path__", None)
         if package:  # a package: every module in it
             files.update(p for folder in package for p in Path(folder).rglob("*.py"))
         else:
@@ -33,9 +32,13 @@ def family_source_digest(family: type) -> str | None:
                 files.add(Path(inspect.getsourcefile(cls)))
             except (TypeError, OSError):
                 return None
-    if not files:
-        return None
-    digest = hashlib.sha256()
+    digest, read = hashlib.sha256(), False
     for path in sorted(files):
-        digest.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+        if path.name.startswith(".") or not path.is_file():  # an editor's lock file, a dangling link
+            continue
+        try:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        except OSError:
+            continue  # unreadable: not the code that ran
+        read = True
+    return digest.hexdigest() if read else None
