@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding
 from builder.kit.blocks import attention as attention_io
@@ -53,7 +55,7 @@ class DecoderBuilder:
     # config.json keys this family reads that builder.kit.hf_config.KEYS does not list, as key ->
     # (checker, null allowed), e.g. {"logits_scaling": (hf_config.number(), False)}: their types are
     # checked when it plans, and the plan does not warn that they go unread.
-    config_keys: dict = {}
+    config_keys: Mapping = MappingProxyType({})  # a subclass assigns its own dict
 
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint

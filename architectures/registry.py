@@ -9,6 +9,8 @@ decorators run) or a builder class (registered under its `architectures`).
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import sys
 
 from builder.kit.errors import BuilderError
 
@@ -82,8 +84,6 @@ def load_plugins() -> None:
 
 def _warn(message: str) -> None:
     # One plain line, as the build's own warnings (a UserWarning adds a source line).
-    import sys
-
     print(f"warning: {message}", file=sys.stderr)
 
 
@@ -101,6 +101,11 @@ def family_named(name: str, where: str = "--family") -> type:
     from architectures.base import DecoderBuilder
 
     module_name, _, qualname = name.partition(":")
+    # The current folder, as `python -m builder` has it on sys.path and onnx-builder does not.
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
     try:
         found = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -111,6 +116,9 @@ def family_named(name: str, where: str = "--family") -> type:
             f"{where} {name}: importing it failed ({type(e).__name__}: {why}); give module:Class of a module "
             "on the current folder or PYTHONPATH, or a registered architecture name"
         ) from None
+    finally:
+        if added:
+            sys.path.remove(here)
     if not (isinstance(found, type) and issubclass(found, DecoderBuilder)):
         raise BuilderError(f"{where} {name}: that is no builder class (a subclass of architectures.DecoderBuilder)")
     return found

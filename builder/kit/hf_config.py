@@ -178,8 +178,37 @@ def decoder_section(config: dict) -> dict:
 
 
 # Numbers and flags transformers writes that never change a causal decoder's logits: training
-# settings, caching, token ids (genai_config.json copies those), and heads a build leaves out.
+# settings, caching, token ids (genai_config.json copies those), heads a build leaves out, and the
+# generation defaults and base attributes transformers 4 wrote into every config.json. A flag set
+# to false is not listed: it turns off what the family does not do either.
 NEVER_CHANGE_LOGITS = {
+    "_sliding_window_pattern",  # Gemma 3: transformers' copy of sliding_window_pattern, which is read
+    "chunk_size_feed_forward",  # feed-forward in chunks: the same product
+    "is_llama_config",  # SmolLM2: a marker
+    "unsloth_fixed",  # Unsloth's mirrors: a marker
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "remove_invalid_values",
     "use_cache",
     "initializer_range",
     "initializer_factor",
@@ -210,6 +239,7 @@ def unread_keys(config: dict, known=()) -> list[str]:
         key
         for key, value in decoder_section(config).items()
         if isinstance(value, (bool, int, float))
+        and value is not False
         and key not in KEYS
         and key not in known
         and not _never_changes_logits(key)

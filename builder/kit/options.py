@@ -69,7 +69,8 @@ class BuildOptions:
             help="The builder class to build with instead of the one registered for config.json's "
             "architectures: an HF architecture name a family is registered under (LlamaForCausalLM), "
             "or module:Class of your own, imported from the current folder or PYTHONPATH "
-            "(my_families.helium:HeliumBuilder; docs/architecture.md).",
+            "(my_families.helium:HeliumBuilder; docs/architecture.md). In a batch file, the folder "
+            "the batch runs in.",
         ),
     )
     precision: str = field(
@@ -387,6 +388,10 @@ class BuildOptions:
             if choices and value is not None and value not in choices:
                 allowed = ", ".join(str(c) for c in choices)
                 raise BuilderError(f"{_flag(f)}: {value!r} is not valid; choose one of {allowed}")
+        if self.family is not None and not self.family.strip():
+            raise BuilderError(
+                "--family: empty; give a registered architecture name (LlamaForCausalLM) or module:Class"
+            )
         if self.context_length is not None and self.context_length < 1:
             raise BuilderError(f"--context-length: {self.context_length} must be a positive integer")
         if self.verify and self.context_length == 1:

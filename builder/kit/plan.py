@@ -128,7 +128,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"config.json sets {', '.join(unread)}, which {type(family).__name__} does not read: if "
             f"{'they change' if len(unread) > 1 else 'it changes'} what the model computes, this build "
             "computes something else (--verify compares it with transformers); a family that honours "
-            "them names them in its config_keys"
+            f"{'them names them' if len(unread) > 1 else 'it names it'} in its config_keys"
         )
     target, overflow_note = fp16_overflow_guard(target, options, family, warnings)
     target_notes += overflow_note
