@@ -111,9 +111,10 @@ def _rebuild(folder: Path) -> str:
     options = _build_report(folder).get("options") or {}
     if not options.get("model"):
         return f"rebuild it with python -m builder -m CHECKPOINT -o {folder} --overwrite"
+    family = f" --family {options['family']}" if options.get("family") else ""  # a family of the user's own
     return (
         f"rebuild it with python -m builder -m {options['model']} -p {options.get('precision', 'int4')} "
-        f"-e {options.get('ep', 'cpu')} -o {folder} --overwrite (build_report.json lists its other options)"
+        f"-e {options.get('ep', 'cpu')}{family} -o {folder} --overwrite (build_report.json lists its other options)"
     )
 
 

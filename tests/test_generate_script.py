@@ -207,6 +207,18 @@ def test_damaged_folder_names_the_file_and_the_rebuild(cpu_folder, tmp_path, dam
     assert f"-m {checkpoint} -p int4 -e cpu" in line
 
 
+def test_the_rebuild_keeps_the_family_the_folder_was_built_with(cpu_folder, tmp_path):
+    """A folder a family of the user's own built (--family) was sent to a rebuild with the
+    registered one, which builds another model or refuses the architecture."""
+    folder = _copy(cpu_folder, tmp_path)
+    report = json.loads((folder / "build_report.json").read_text())
+    report["options"]["family"] = "my_families:Helium"
+    (folder / "build_report.json").write_text(json.dumps(report))
+    (folder / "model.onnx.data").unlink()
+    line = assert_refused(generate(folder), str(folder), "model.onnx.data")
+    assert "-p int4 -e cpu --family my_families:Helium -o " in line, line
+
+
 def test_a_checkpoint_without_a_tokenizer_asks_for_its_files_not_a_rebuild(tmp_path):
     """The build warned that the checkpoint had no tokenizer files; generate.py then called the
     folder damaged and asked for the same rebuild, which copied nothing again."""

@@ -319,3 +319,73 @@ def test_the_command_line_builds_with_a_family_of_one_s_own(helium, tmp_path):
         refused = cli("--family", family, "-o", "refused")
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+
+
+def test_hub_configs_keys_that_change_nothing_are_not_named():
+    """Gemma 3 re-saved by transformers 5 writes _sliding_window_pattern, SmolLM2 is_llama_config
+    and rope_interleaved: false, transformers 4 its generation defaults: all were named as unread."""
+    from architectures.registry import builder_class_for
+    from support.synthetic import TINY_CONFIGS
+
+    extra = {
+        "gemma3": {"_sliding_window_pattern": 6, "chunk_size_feed_forward": 0},
+        "llama": {
+            "is_llama_config": True,
+            "rope_interleaved": False,
+            "unsloth_fixed": True,
+            "max_length": 20,
+            "temperature": 1.0,
+            "top_k": 50,
+            "num_beams": 1,
+            "use_bfloat16": False,
+        },
+    }
+    for name, keys in extra.items():
+        config = {**TINY_CONFIGS[name], **keys}
+        assert hf_config.unread_keys(config, builder_class_for(config).config_keys) == [], name
+    # ... while a flag that turns something on is still named.
+    config = {**TINY_CONFIGS["llama"], "rope_interleaved": True}
+    assert hf_config.unread_keys(config, LlamaBuilder.config_keys) == ["rope_interleaved"]
+
+
+def test_the_source_digest_skips_files_that_are_not_code(tmp_path, monkeypatch):
+    """An editor's lock file (a dangling .#x.py link) in the plugin's package failed the build
+    at its last step, writing the report."""
+    from builder.family_source import family_source_digest
+
+    package = tmp_path / "lockfam"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from architectures import LlamaBuilder\n\n\nclass Fam(LlamaBuilder):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lockfam
+
+    before = family_source_digest(lockfam.Fam)
+    (package / ".#__init__.py").symlink_to("user@host.1234")
+    assert family_source_digest(lockfam.Fam) == before and before is not None
+    (package / "blocks.py").write_text("X = 1\n")  # another module of the package: part of its source
+    assert family_source_digest(lockfam.Fam) != before
+    assert family_source_digest(LlamaBuilder) is None  # built in: the builder's version covers it
+
+
+def test_onnx_builder_imports_a_family_from_the_current_folder(helium, tmp_path):
+    """python -m builder has the current folder on sys.path and onnx-builder did not, so the
+    same --family my_families:Helium failed there; an empty --family was ignored."""
+    (tmp_path / "my_families.py").write_text(textwrap.dedent(PLUGIN.format(interleaved=True)).replace("@register", "#"))
+    # As the onnx-builder script runs it: -I leaves the current folder and PYTHONPATH off sys.path.
+    program = f"import sys; sys.path.insert(0, {str(REPO)!r}); from builder.cli import program; sys.exit(program())"
+    for family, rc in [("my_families:Helium", 0), ("", 2)]:
+        run = subprocess.run(
+            [sys.executable, "-I", "-c", program, "-m", helium, "-p", "fp32", "-o", f"out{rc}", "--family", family],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == rc, run.stderr
+    assert (
+        json.loads((tmp_path / "out0" / "build_report.json").read_text())["checkpoint"]["family"]
+        == "my_families.Helium"
+    )
+    assert "error: --family: empty" in run.stderr

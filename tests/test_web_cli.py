@@ -133,6 +133,17 @@ def test_a_model_type_transformers_js_lacks_is_not_sent_to_a_rebuild(q4, tmp_pat
     assert "rebuild" not in line
 
 
+def test_the_rebuild_keeps_the_family_the_folder_was_built_with(q4, tmp_path):
+    folder = Path(shutil.copytree(q4, tmp_path / "tjs"))
+    report = json.loads((folder / "build_report.json").read_text())
+    report["options"]["family"] = "my_families:Helium"
+    (folder / "build_report.json").write_text(json.dumps(report))
+    for data in (folder / "onnx").glob("*.onnx_data*"):
+        data.unlink()
+    line = assert_one_line(node(folder, "--max-new-tokens", "2"), str(folder), "onnx_data")
+    assert "-e cpu --family my_families:Helium --format transformers.js" in line, line
+
+
 def test_a_dtype_the_folder_lacks_says_what_it_holds_and_how_to_build_it(q4):
     """--dtype q4f16 on a q4 folder suggested the rebuild that made the q4 folder, then 'build the q4f16
     weights into another folder' without saying how."""

@@ -126,7 +126,8 @@ function checkpointOf(folder) {
 function rebuild(shown, folder) {
     const options = report(folder).options ?? {};
     const model = checkpointOf(folder) ?? 'CHECKPOINT';
-    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${options.ep}` : '';
+    const family = options.family ? ` --family ${options.family}` : '';  // a family of the user's own built it
+    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${options.ep}${family}` : '';
     const others = model !== 'CHECKPOINT' ? ' (build_report.json lists its other options)' : '';
     return `rebuild it with python -m builder -m ${model}${more} --format transformers.js -o ${shown} --overwrite${others}`;
 }

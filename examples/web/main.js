@@ -126,6 +126,7 @@ function rebuild(model, change = {}) {
     const parts = ['python -m builder -m', hub ? o.model : resolved ?? o.model ?? 'CHECKPOINT'];
     if (o.precision) parts.push('-p', o.precision);
     if (o.ep) parts.push('-e', o.ep);
+    if (o.family) parts.push('--family', o.family);  // a family of the user's own built it
     const io = change.io_dtype ?? (o.io_dtype && o.io_dtype !== 'auto' ? o.io_dtype : null);
     if (io) parts.push('--io-dtype', io);
     if (o.int8_layers?.length) parts.push('--int8-layers', o.int8_layers.join(','));
