@@ -389,3 +389,17 @@ def test_onnx_builder_imports_a_family_from_the_current_folder(helium, tmp_path)
         == "my_families.Helium"
     )
     assert "error: --family: empty" in run.stderr
+
+
+def test_a_model_type_transformers_js_lacks_is_named_when_built(helium, tmp_path):
+    """--family LlamaForCausalLM on a fine-tune with its own model_type wrote a transformers.js
+    folder that transformers.js refuses, without a word until it was loaded."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(helium, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "my_helium"}))
+    options = dict(precision="fp32", format="transformers.js", family="LlamaForCausalLM", show_progress=False)
+    notes = build(model=str(ckpt), output=str(tmp_path / "own"), **options).report["notes"]
+    assert any("model_type 'my_helium' is none transformers.js 4.3 has a model class for" in n for n in notes), notes
+    notes = build(model=str(helium), output=str(tmp_path / "helium"), **options).report["notes"]
+    assert not any("transformers.js 4.3 has a model class" in n for n in notes), notes
