@@ -1,4 +1,5 @@
-"""Gemma 3 text (Gemma3ForCausalLM, model_type gemma3_text).
+"""Gemma 3 text (Gemma3ForCausalLM, model_type gemma3_text), and the text model of the 4B-27B
+checkpoints (Gemma3ForConditionalGeneration), built without their vision tower.
 
 What differs from Llama, as transformers 5.23's modeling_gemma3.py computes it:
 
@@ -30,6 +31,7 @@ bidirectional attention (EmbeddingGemma) and attention biases are refused.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -58,6 +60,12 @@ CONFIG_DEFAULTS = {
     "sliding_window": 4096,
     "rope_theta": 1_000_000.0,
     "rope_local_base_freq": 10_000.0,
+    # The 4B-27B checkpoints' text_config leaves even some sizes to the defaults.
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "vocab_size": 262_208,
 }
 SLIDING, FULL = SLIDING_ATTENTION, FULL_ATTENTION
 
@@ -200,3 +208,51 @@ class Gemma3Builder(DecoderBuilder):
         table = super().embed(em, lm_head)
         scale = em.graph.constant(np.float32(math.sqrt(em.spec.hidden_size)), dtype=em.plan.io_dtype)
         return em.graph.op("Mul", [table, scale], "/model/embed_tokens/Mul")
+
+
+# Where the text model's tensors are: the hub's files (google/gemma-3-4b-it) keep transformers 4's
+# names, transformers 5 saves them under model.language_model.
+HUB_PREFIX, SAVED_PREFIX = "language_model.model.", "model.language_model."
+TEXT_ONLY_NOTE = "text model only: the checkpoint's vision tower and multi-modal projector are not built"
+
+
+def text_view(config: dict) -> dict:
+    """The text model's config, flat: text_config's keys over the top level's (token ids, ...) over
+    Gemma3TextConfig's defaults."""
+    top = {k: v for k, v in config.items() if k not in ("text_config", "vision_config")}
+    return {**CONFIG_DEFAULTS, **top, **(config.get("text_config") or {})}
+
+
+@register("Gemma3ForConditionalGeneration")
+class Gemma3VLBuilder(Gemma3Builder):
+    """The 4B-27B checkpoints: the text model beside a SigLIP vision tower and its projector. The
+    folder is the text model (what onnxruntime-genai runs as gemma3_text); the vision tensors are
+    left out, as Qwen3.5's are."""
+
+    not_built = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+    @functools.cached_property
+    def text_prefix(self) -> str:
+        checkpoint = getattr(self, "checkpoint", None)  # none where only names are asked for
+        if checkpoint is None or checkpoint.has(f"{SAVED_PREFIX}embed_tokens.weight"):
+            return SAVED_PREFIX
+        return HUB_PREFIX if checkpoint.has(f"{HUB_PREFIX}embed_tokens.weight") else SAVED_PREFIX
+
+    def weight(self, layer: int | None, suffix: str) -> str:
+        if layer is not None:
+            return f"{self.text_prefix}layers.{layer}.{suffix}"
+        if suffix.startswith("model."):
+            return self.text_prefix + suffix[len("model.") :]
+        if suffix == "lm_head.weight" and self.text_prefix == HUB_PREFIX:
+            return "language_model.lm_head.weight"
+        return suffix
+
+    def model_config(self, config: dict) -> dict:
+        return text_view(config)  # genai_config.json's token ids, transformers.js' config.json
+
+    def make_spec(self, config: dict, target: Target | None = None) -> Gemma3Spec:
+        return super().make_spec(text_view(config), target)
+
+    def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
+        layout = super().adjust_layout(layout, options)
+        return replace(layout, notes=layout.notes + (TEXT_ONLY_NOTE,))

@@ -169,7 +169,9 @@ def dequantized_reference(
                 continue
             # The plan's formats name every projection the graph stores; a Linear they leave out
             # (a router, a shared-expert gate, linear attention's b/a gates) stays float there.
-            fmt = formats.get(name)
+            # A multimodal model's text Linears are model.language_model.* (Gemma 3 4B-27B loads
+            # whole); the plan names them as the text model does.
+            fmt = formats.get(name, formats.get(name.replace("model.language_model.", "model.", 1)))
             if fmt is None or not fmt.quantized:
                 if io_dtype == np.float16:
                     module.weight.copy_(module.weight.half().float())

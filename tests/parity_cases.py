@@ -18,6 +18,9 @@ PARITY_CASES: dict[str, list[str]] = {
     # (1 + w) norms, four per layer, scaled embedding, FastGelu, query_pre_attn_scalar, sliding
     # window 6 with local rope on layers 0-1, linear rope scaling on the global layer 2.
     "Gemma3ForCausalLM": ["gemma3"],
+    # Gemma 3 4B-27B: the same text model under text_config (sizes left to Gemma3TextConfig's defaults),
+    # model.language_model.* weights, and a SigLIP tower and projector the build skips.
+    "Gemma3ForConditionalGeneration": ["gemma3-vl"],
     # Gated DeltaNet + gated attention, Hk=2 < Hv=4 linear heads, both layer kinds; nested text_config
     # (model.language_model.*, vision and MTP tensors skipped), tied [L,L,L,F]; text-only untied [L,F,L,F].
     "Qwen3_5ForConditionalGeneration": ["qwen3_5"],

@@ -1,7 +1,7 @@
-"""Gemma 3 text (Gemma3ForCausalLM): graph details, config resolution against transformers,
-other layouts and long genai generation. Logit parity of every precision is in
-tests/test_parity.py (the "gemma3" tiny config); bounds here are the same: fp32 against
-transformers to 1e-4.
+"""Gemma 3 text (Gemma3ForCausalLM, and the text model of Gemma3ForConditionalGeneration): graph
+details, config resolution against transformers, other layouts and long genai generation. Logit
+parity of every precision is in tests/test_parity.py (the "gemma3" and "gemma3-vl" tiny configs);
+bounds here are the same: fp32 against transformers to 1e-4.
 """
 
 from __future__ import annotations
@@ -321,3 +321,35 @@ def test_fp16_activations_are_avoided_on_webgpu_and_warned_of_elsewhere(built):
     qwen3 = built("qwen3", precision="int4", ep="webgpu")
     assert qwen3.report["target"]["io_dtype"] == "float16"
     assert not any("fp16" in n for n in qwen3.report["notes"])
+
+
+def test_the_4b_to_27b_checkpoints_build_their_text_model_from_the_hub_s_names(checkpoint, tmp_path):
+    """Gemma3ForConditionalGeneration was refused as an unsupported architecture. The hub's files
+    (google/gemma-3-4b-it) keep transformers 4's names (language_model.model.*, vision_tower.*,
+    multi_modal_projector.*), transformers 5 saves model.language_model.*: both build the text model,
+    the vision tensors left out, and match transformers' whole model on text."""
+    from safetensors.torch import save_file
+
+    saved = checkpoint("gemma3-vl")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for f in saved.iterdir():
+        if f.name != "model.safetensors":
+            (hub / f.name).write_bytes(f.read_bytes())
+    renames = [("model.language_model.", "language_model.model."), ("model.", "")]
+    tensors = {}
+    for name, t in load_file(saved / "model.safetensors").items():
+        old, new = next((o, n) for o, n in renames if name.startswith(o))
+        tensors[new + name[len(old) :]] = t
+    assert "language_model.model.embed_tokens.weight" in tensors
+    assert {n.split(".")[0] for n in tensors} == {"language_model", "vision_tower", "multi_modal_projector"}
+    save_file(tensors, str(hub / "model.safetensors"), metadata={"format": "pt"})
+    for ckpt in (saved, hub):
+        for precision in ("fp32", "int4"):
+            out = tmp_path / f"{ckpt.name}-{precision}"
+            result = build(model=str(ckpt), output=str(out), precision=precision, verify=True, show_progress=False)
+            assert result.report["verify"]["status"] == "passed" and result.report["verify"]["nmse"] < 1e-9
+            assert any("vision tower and multi-modal projector are not built" in n for n in result.report["notes"])
+            assert json.loads((out / "genai_config.json").read_text())["model"]["type"] == "gemma3_text"
+    webgpu = build(model=str(hub), output=str(tmp_path / "webgpu"), ep="webgpu", show_progress=False)
+    assert webgpu.report["target"]["io_dtype"] == "float32"  # Gemma 3's fp16 overflow, as the text checkpoints

@@ -170,7 +170,7 @@ def test_float_embedding_on_request(built, checkpoint):
 # WebGPU contrib kernels), Qwen3.5's linear-attention ops (the WebGPU plugin EP's; run on the GPU
 # machine, docs/webgpu-decode.md).
 LINEAR_OPS = {"CausalConvWithState", "LinearAttention", "LinearAttentionGate"}
-FAMILY_OPS = {"gemma3": {"FastGelu"}, "qwen3_5": LINEAR_OPS, "qwen3_5-text": LINEAR_OPS}
+FAMILY_OPS = {"gemma3": {"FastGelu"}, "gemma3-vl": {"FastGelu"}, "qwen3_5": LINEAR_OPS, "qwen3_5-text": LINEAR_OPS}
 # Families the builder refuses for an EP, and the words of the refusal.
 MOE_ONLY_CPU = "builds only for -e cpu here: its MoE/QMoE nodes"
 FAMILY_REFUSALS = {
@@ -183,7 +183,7 @@ FAMILY_REFUSALS = {
     ("qwen3_5-text", "cuda"): "builds for cpu (onnxruntime >= 1.31) and webgpu",
 }
 # local_window_size per GroupQueryAttention, in layer order (None: full attention).
-WINDOWS = {"mistral": [8, 8], "gemma3": [6, 6, None]}
+WINDOWS = {"mistral": [8, 8], "gemma3": [6, 6, None], "gemma3-vl": [6, 6, None]}
 
 
 @pytest.mark.parametrize("precision", ["int4", "fp16"])

@@ -310,7 +310,7 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
 
 
-@pytest.mark.parametrize("name", ["gemma3", "mistral", "qwen3_5", "qwen3_5-text"])
+@pytest.mark.parametrize("name", ["gemma3", "gemma3-vl", "mistral", "qwen3_5", "qwen3_5-text"])
 def test_node_other_families(built, checkpoint, name):
     """Gemma 3 (gemma3_text: (1 + w) norms, local/global rotary), Mistral (a sliding window shorter
     than prompt + decode) and Qwen3.5 (Gated DeltaNet layers: conv/recurrent states under transformers.js

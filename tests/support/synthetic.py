@@ -347,6 +347,36 @@ TINY_CONFIGS.update(
         ),
     }
 )
+# Gemma 3 4B-27B: the tiny Gemma 3 text model under text_config beside a one-layer SigLIP vision
+# tower and its projector (written with transformers' own shapes), model.language_model.* weights
+# as transformers 5 saves them; the text_config leaves sizes to Gemma3TextConfig's defaults as the
+# hub's does (num_attention_heads 8 here), and the image token lies inside the vocabulary as there.
+TINY_CONFIGS["gemma3-vl"] = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "model_type": "gemma3",
+    "text_config": {
+        k: v
+        for k, v in TINY_CONFIGS["gemma3"].items()
+        if k not in ("architectures", "num_attention_heads", "bos_token_id", "eos_token_id", "pad_token_id")
+    },
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    },
+    "mm_tokens_per_image": 4,
+    "boi_token_index": 470,
+    "eoi_token_index": 471,
+    "image_token_index": 472,
+    "bos_token_id": TINY_CONFIGS["gemma3"]["bos_token_id"],
+    "eos_token_id": TINY_CONFIGS["gemma3"]["eos_token_id"],
+    "pad_token_id": TINY_CONFIGS["gemma3"]["pad_token_id"],
+    "torch_dtype": "bfloat16",
+}
 for _cfg in (TINY_CONFIGS["qwen3_5"], TINY_CONFIGS["qwen3_5-moe"]):
     _cfg["text_config"].pop("architectures")
 TINY_CONFIGS["qwen3_5-moe"]["text_config"].pop("intermediate_size")  # as in Qwen3.5-MoE's config.json
@@ -479,7 +509,7 @@ HUB_SHARD_SIZE = 4_000_000_000
 def default_generation_config(config: dict) -> dict:
     """Qwen3-style sampling defaults with the config's own special token ids, so that
     the builder's handling of generation_config.json is exercised on tiny models too."""
-    config = text_config(config)
+    config = {**config, **text_config(config)}  # Gemma 3 4B-27B name the ids at the top level
     eos = config["eos_token_id"]
     eos = list(eos) if isinstance(eos, list) else [eos]
     pad = config.get("pad_token_id")
@@ -495,13 +525,27 @@ def default_generation_config(config: dict) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+GEMMA3_VISION = ("model.vision_tower.", "model.multi_modal_projector.")
+
+
+def transformers_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the state_dict transformers' model of this config has (meta device)."""
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
 def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every checkpoint tensor, in the model's state_dict order (the order
     save_pretrained shards in), derived from the registered family (support.expected_tensors)."""
     from support.expected_tensors import expected_tensors
 
     tensors = expected_tensors(config, tied_lm_head=tied_lm_head)
-    if "text_config" in config:  # a ConditionalGeneration checkpoint: vision and MTP tensors that a
+    if config["model_type"] == "gemma3":  # the vision tower and projector, as transformers shapes them
+        tensors += [(n, s) for n, s in transformers_shapes(config) if n.startswith(GEMMA3_VISION)]
+    elif "text_config" in config:  # a ConditionalGeneration checkpoint: vision and MTP tensors that a
         # text-only build must skip (transformers' *ForCausalLM ignores them too)
         h, vision = text_config(config)["hidden_size"], config["vision_config"]
         tensors += [
