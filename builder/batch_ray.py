@@ -31,7 +31,7 @@ from pathlib import Path
 from builder.batch_exec import Executor, remove_staging, run_job
 from builder.kit.errors import BuilderError
 from builder.kit.selection import format_for
-from builder.verify import VERIFY_BASE_BYTES, verify_memory_bytes
+from builder.verify import VERIFY_BASE_BYTES, VERIFY_BYTES_PER_PARAM, verify_memory_bytes
 
 MAX_RETRIES = 2  # attempts after the first, for workers or nodes that died
 PROBE_TIMEOUT_S = 120  # every node answers the shared-storage probe within this
@@ -91,7 +91,7 @@ def memory_estimate(options) -> tuple[int, str]:
     if options.verify and options.ep == "cpu":
         params = sum(numel.values())
         total += verify_memory_bytes(params)
-        how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + 8 B x {params:,} parameters for verify"
+        how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + {VERIFY_BYTES_PER_PARAM} B x {params:,} parameters for verify"
     return int(total), how
 
 

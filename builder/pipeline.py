@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import time
@@ -31,7 +32,7 @@ from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
-from builder.preflight import built_weight_count, check_disk_space
+from builder.preflight import check_disk_space
 from builder.version import __version__
 
 MODEL_FILE = "model.onnx"
@@ -120,7 +121,8 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         from builder.verify import check_verify_memory, require_verify_extras
 
         require_verify_extras()
-        check_verify_memory(built_weight_count(arch), available_memory_bytes())
+        # Every parameter: transformers loads what the build leaves out too (a vision tower).
+        check_verify_memory(sum(math.prod(s) for s in arch.checkpoint.shapes().values()), available_memory_bytes())
     # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
     output = Path(options.output).expanduser() if options.output else default_output(options)
     started = time.perf_counter()

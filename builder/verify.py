@@ -21,8 +21,13 @@ from builder.kit.options import BuildOptions
 # What --verify holds at its peak, by the parameters the build reads: torch and transformers
 # (~0.3 GB), the model in float32 beside the ONNX sessions of the graph. Measured: Qwen3-0.6B
 # 6.0 GB, Qwen3-1.7B 15.3 GB (a 24 GB machine; 4B was killed for memory after its build).
+# Peak resident memory of a build with --verify, whole process, against every parameter of its
+# checkpoint (transformers loads them all: Gemma 3 4B-27B its vision tower too): 7.47 GB for a
+# Qwen3-0.6B shape at fp32 (6.04 int4), 7.46 GB for Qwen3.5-0.8B, 14.2 GB for a Gemma 3 4B shape
+# cut to two layers (1.28B parameters with its vision tower). 8 B a parameter (float32 in torch
+# and in the session) undercounted them by up to 1.5x; 13 B covers each with a margin.
 VERIFY_BASE_BYTES = 0.3e9
-VERIFY_BYTES_PER_PARAM = 8
+VERIFY_BYTES_PER_PARAM = 13
 
 
 def verify_memory_bytes(params: int) -> int:
@@ -35,8 +40,9 @@ def check_verify_memory(params: int, available: int | None) -> None:
     need = verify_memory_bytes(params)
     if available is not None and need > available:
         raise BuilderError(
-            f"--verify needs about {need / 1e9:.1f} GB here (transformers holds the {params / 1e9:.2f}B-parameter "
-            f"model in float32 beside the graph), and {available / 1e9:.1f} GB is available: drop --verify, or "
+            f"--verify needs about {need / 1e9:.1f} GB here (transformers holds the checkpoint's "
+            f"{params / 1e9:.2f}B parameters in float32 beside the graph), and {available / 1e9:.1f} GB is "
+            "available: drop --verify, or "
             "verify on a machine with more memory (nothing was built)"
         )
 

@@ -228,7 +228,7 @@ def test_memory_estimate_follows_precision_verify_and_a_measured_peak(tmp_path):
     own_head, how = estimate(precision="int4", float_layers=["lm_head"])
     assert own_head == int(0.7e9 + 8 * table) and "lm_head, transposed whole" in how
     verified, how = estimate(precision="fp32", verify=True)
-    assert verified == int(fp32 + 0.3e9 + 8 * params) and "for verify" in how
+    assert verified == int(fp32 + 0.3e9 + 13 * params) and "13 B x" in how and "for verify" in how
     report = tmp_path / "none" / "build_report.json"
     write(report, json.dumps({"options": {"precision": "int4", "ep": "cpu"}, "peak_rss_bytes": 100_000_000}))
     assert estimate(precision="int4") == (125_000_000, "1.25 x the 0.10 GB its last build measured")
