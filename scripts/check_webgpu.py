@@ -62,6 +62,8 @@ CASES = [  # (tiny config, precision, extra build options)
     ("gemma3", "int4", {"io_dtype": "fp16"}),
     ("mistral", "fp32", {}),
     ("gemma3", "fp32", {}),
+    ("gemma3-vl", "int4", {}),  # Gemma 3 4B-27B's text model (Gemma3ForConditionalGeneration)
+    ("gemma3-vl", "fp32", {}),
     ("qwen3-moe", "int4", {}),
     ("qwen3_5", "fp32", {}),
     ("qwen3_5", "int4", {}),
