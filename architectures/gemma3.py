@@ -216,11 +216,21 @@ HUB_PREFIX, SAVED_PREFIX = "language_model.model.", "model.language_model."
 TEXT_ONLY_NOTE = "text model only: the checkpoint's vision tower and multi-modal projector are not built"
 
 
+# Gemma3TextConfig's token ids, where neither level of the config names one.
+TOKEN_DEFAULTS = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+
+
 def text_view(config: dict) -> dict:
-    """The text model's config, flat: text_config's keys over the top level's (token ids, ...) over
-    Gemma3TextConfig's defaults."""
+    """The text model's config, flat: text_config's keys over the top level's over Gemma3TextConfig's
+    defaults, except the token ids, which transformers takes from the top level first
+    (GenerationConfig.from_model_config): transformers 5 saves text_config's defaults (eos 1) beside
+    the top level's [1, 106], and 106 ends a chat turn."""
     top = {k: v for k, v in config.items() if k not in ("text_config", "vision_config")}
-    return {**CONFIG_DEFAULTS, **top, **(config.get("text_config") or {})}
+    text = config.get("text_config") or {}
+    view = {**CONFIG_DEFAULTS, **top, **text}
+    for key, default in TOKEN_DEFAULTS.items():
+        view[key] = next((c[key] for c in (top, text) if c.get(key) is not None), default)
+    return view
 
 
 @register("Gemma3ForConditionalGeneration")

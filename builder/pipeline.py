@@ -121,7 +121,7 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         from builder.verify import check_verify_memory, require_verify_extras
 
         require_verify_extras()
-        # Every parameter: transformers loads what the build leaves out too (a vision tower).
+        # Every parameter: Gemma 3's reference loads the vision tower the build leaves out.
         check_verify_memory(sum(math.prod(s) for s in arch.checkpoint.shapes().values()), available_memory_bytes())
     # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
     output = Path(options.output).expanduser() if options.output else default_output(options)

@@ -18,14 +18,12 @@ from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import BuildOptions
 
-# What --verify holds at its peak, by the parameters the build reads: torch and transformers
-# (~0.3 GB), the model in float32 beside the ONNX sessions of the graph. Measured: Qwen3-0.6B
-# 6.0 GB, Qwen3-1.7B 15.3 GB (a 24 GB machine; 4B was killed for memory after its build).
-# Peak resident memory of a build with --verify, whole process, against every parameter of its
-# checkpoint (transformers loads them all: Gemma 3 4B-27B its vision tower too): 7.47 GB for a
-# Qwen3-0.6B shape at fp32 (6.04 int4), 7.46 GB for Qwen3.5-0.8B, 14.2 GB for a Gemma 3 4B shape
-# cut to two layers (1.28B parameters with its vision tower). 8 B a parameter (float32 in torch
-# and in the session) undercounted them by up to 1.5x; 13 B covers each with a margin.
+# What --verify holds at its peak: torch and transformers (~0.3 GB), and the model in float32 beside
+# the ONNX sessions of the graph. Counted over every parameter of the checkpoint: Gemma 3 4B-27B's
+# reference loads its vision tower too (Qwen3.5's does not, so its estimate errs high). Peaks of
+# the whole process measured: Qwen3-0.6B shape 7.47 GB at fp32 (6.04 int4), Qwen3-1.7B 15.3 GB,
+# Qwen3.5-0.8B 7.46 GB, a Gemma 3 4B shape cut to two layers 14.2 GB (1.28B parameters with its
+# vision tower). 8 B a parameter undercounted them by up to 1.5x; 13 B covers each with a margin.
 VERIFY_BASE_BYTES = 0.3e9
 VERIFY_BYTES_PER_PARAM = 13
 

@@ -353,3 +353,30 @@ def test_the_4b_to_27b_checkpoints_build_their_text_model_from_the_hub_s_names(c
             assert json.loads((out / "genai_config.json").read_text())["model"]["type"] == "gemma3_text"
     webgpu = build(model=str(hub), output=str(tmp_path / "webgpu"), ep="webgpu", show_progress=False)
     assert webgpu.report["target"]["io_dtype"] == "float32"  # Gemma 3's fp16 overflow, as the text checkpoints
+
+
+def test_the_4b_to_27b_token_ids_come_from_the_top_level_first(checkpoint, tmp_path):
+    """transformers 5 saves text_config's own ids (eos 1, bos 2, pad 0) beside the top level's
+    eos [1, 106]; the text view took text_config's, so genai stopped only at 1 and ran past a chat
+    turn's end (106). transformers' generation defaults read the top level first, then
+    text_config, then Gemma3TextConfig's (bos 2, pad 0), as the hub's 4B config (eos alone) needs."""
+    import shutil
+
+    ckpt = tmp_path / "saved"
+    shutil.copytree(checkpoint("gemma3-vl"), ckpt)
+    (ckpt / "generation_config.json").unlink()  # genai_config then takes config.json's ids
+    config = json.loads((ckpt / "config.json").read_text())
+    config["text_config"].update(eos_token_id=1, bos_token_id=2, pad_token_id=0)
+    config.update(eos_token_id=[1, 106])
+    config.pop("bos_token_id"), config.pop("pad_token_id")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False)
+    model = json.loads((out / "genai_config.json").read_text())["model"]
+    assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106], 2, 0)
+
+    del config["text_config"]["bos_token_id"], config["text_config"]["pad_token_id"]
+    (ckpt / "config.json").write_text(json.dumps(config))  # as the hub's: eos at the top level alone
+    build(model=str(ckpt), output=str(out), precision="fp32", overwrite=True, show_progress=False)
+    model = json.loads((out / "genai_config.json").read_text())["model"]
+    assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106], 2, 0)

@@ -42,14 +42,13 @@ DTYPES: dict[tuple[str, str], tuple[str, str]] = {
 # The model_type values transformers.js 4.3.2 (examples/web/package.json) has a causal-LM class for
 # (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES); AutoModelForCausalLM refuses any other ("Unsupported model type").
 MODEL_TYPES = frozenset(
-    "afmoe albert apertus arcee bert bloom camembert codegen cohere cohere2 convbert deberta deepseek_v3 "
-    "deepseek_v4 distilbert electra ernie4_5 esm eurobert exaone falcon falcon_h1 gemma gemma2 gemma3 "
-    "gemma3_text gemma3n gemma4 glm glm_moe_dsa gpt2 gpt_bigcode gpt_neo gpt_neox gpt_oss gptj granite "
-    "granitemoehybrid helium hrm_text hunyuan_v1_dense jais lfm2 lfm2_moe lfm3 llama llama4_text mbart "
-    "ministral ministral3 mistral mistral4 mobilebert mobilellm modernbert mpnet mpt multi_modality nanochat "
-    "nemotron_h neobert olmo olmo2 olmo3 olmo_hybrid openelm opt phi phi3 phi3_v qwen2 qwen2_5_vl qwen2_moe "
-    "qwen2_vl qwen3 qwen3_5 qwen3_5_moe qwen3_5_text qwen3_moe qwen3_next qwen3_vl qwen3_vl_moe roberta "
-    "roformer smollm3 solar_open stablelm starcoder2 trocr vaultgemma xlm youtu zaya".split()
+    "afmoe apertus arcee bloom codegen cohere cohere2 deepseek_v3 deepseek_v4 ernie4_5 exaone falcon falcon_h1 "
+    "gemma gemma2 gemma3 gemma3_text gemma3n gemma4 glm glm_moe_dsa gpt2 gpt_bigcode gpt_neo gpt_neox gpt_oss "
+    "gptj granite granitemoehybrid helium hrm_text hunyuan_v1_dense jais lfm2 lfm2_moe lfm3 llama llama4_text "
+    "mbart ministral ministral3 mistral mistral4 mobilellm modernbert-decoder mpt nanochat nemotron_h olmo "
+    "olmo2 olmo3 olmo_hybrid openelm opt phi phi3 phi3_v qwen2 qwen2_5_vl qwen2_moe qwen2_vl qwen3 qwen3_5 "
+    "qwen3_5_moe qwen3_5_text qwen3_moe qwen3_next qwen3_vl qwen3_vl_moe smollm3 solar_open stablelm starcoder2 "
+    "trocr vaultgemma youtu zaya".split()
 )
 
 # Below 2 GiB: browsers fetch each chunk into one ArrayBuffer.
@@ -85,10 +84,16 @@ class TransformersJsFolder:
         self.dtype, self.suffix = DTYPES[key]
         model_type = arch.config.get("model_type")
         if model_type not in MODEL_TYPES:  # a fine-tune's own type, copied from its config.json
+            own = type(arch).__module__.split(".")[0] == "architectures"  # a built-in family: no hook to name
             arch.warnings.append(
                 f"config.json's model_type {model_type!r} is none transformers.js 4.3 has a model class for: "
-                "it will refuse this folder (Unsupported model type); the family names the type of the "
-                "model it follows in its model_config() (docs/architecture.md)"
+                "it will refuse this folder (Unsupported model type)"
+                + (
+                    ""
+                    if own
+                    else "; the family names the type of the model it follows in its model_config() "
+                    "(docs/architecture.md)"
+                )
             )
         self.model_name = f"model{self.suffix}.onnx"
         self.model_file = f"onnx/{self.model_name}"
