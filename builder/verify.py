@@ -23,7 +23,8 @@ from builder.kit.options import BuildOptions
 # reference loads its vision tower too (Qwen3.5's does not, so its estimate errs high). Peaks of
 # the whole process measured: Qwen3-0.6B shape 7.47 GB at fp32 (6.04 int4), Qwen3-1.7B 15.3 GB,
 # Qwen3.5-0.8B 7.46 GB, a Gemma 3 4B shape cut to two layers 14.2 GB (1.28B parameters with its
-# vision tower). 8 B a parameter undercounted them by up to 1.5x; 13 B covers each with a margin.
+# vision tower). 8 B a built parameter undercounted them by up to 2x (1.5x the Qwen3-0.6B shape, 2x
+# the Gemma one); 13 B a checkpoint parameter covers each with a margin.
 VERIFY_BASE_BYTES = 0.3e9
 VERIFY_BYTES_PER_PARAM = 13
 
