@@ -213,23 +213,6 @@ def _token_available() -> bool:
     )
 
 
-def _descendants(pid: int | None = None) -> list[int]:
-    """The process ids below `pid` (this process), from /proc; none where there is no /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid or os.getpid()]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _session_processes() -> list[int]:
     """The processes of a Ray session this process started: their command lines name its folder,
     session_<time>_<this pid>."""
@@ -302,10 +285,9 @@ class RayExecutor(Executor):
                 # ray.init's handler (sys.exit(15)) ended it midway: the batch exited 15 without a
                 # word and left the Ray agents it had started running. Those go; the batch's Stop
                 # notes the signal as at any other point of the start, and no job starts.
-                started = _descendants()  # ray.shutdown leaves the raylet's agents of a half-made node
                 with contextlib.suppress(Exception):
-                    ray.shutdown()
-                _end_processes(set(started) | set(_session_processes()))
+                    ray.shutdown()  # it leaves the raylet's agents of a half-made node running
+                _end_processes(_session_processes())
                 time.sleep(0.5)  # an agent the raylet started as it died
                 _end_processes(_session_processes())
                 self.interrupted = True
