@@ -67,17 +67,23 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
     return stand_in.seen
 
 
-def _hub_order(config: dict) -> list[str] | None:
-    """transformers' state_dict order for this config (meta device: no memory), or None."""
-    try:
-        import torch
-        import transformers
+def transformers_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the state_dict of transformers' model of this config, in its order (meta
+    device: no memory)."""
+    import torch
+    import transformers
 
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def _hub_order(config: dict) -> list[str] | None:
+    """transformers' state_dict order for this config, or None where it has no model of it."""
+    try:
+        return [name for name, _ in transformers_shapes(config)]
     except Exception:
         return None
-    return list(model.state_dict())
 
 
 def expected_tensors(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:

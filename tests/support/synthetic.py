@@ -528,19 +528,10 @@ def default_generation_config(config: dict) -> dict:
 GEMMA3_VISION = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
-def transformers_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of the state_dict transformers' model of this config has (meta device)."""
-    import transformers
-
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
-    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
-
-
 def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every checkpoint tensor, in the model's state_dict order (the order
     save_pretrained shards in), derived from the registered family (support.expected_tensors)."""
-    from support.expected_tensors import expected_tensors
+    from support.expected_tensors import expected_tensors, transformers_shapes
 
     tensors = expected_tensors(config, tied_lm_head=tied_lm_head)
     if config["model_type"] == "gemma3":  # the vision tower and projector, as transformers shapes them
