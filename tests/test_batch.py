@@ -392,6 +392,23 @@ def test_verify_without_its_packages_is_refused_before_any_build(tmp_path, monke
     assert len(load_batch(path).jobs) == 2
 
 
+def test_a_family_key_builds_with_that_class_and_a_wrong_one_is_refused_up_front(tmp_path, monkeypatch):
+    """family: in a batch file reaches the build (the report names the class); one that does not
+    import is refused with its file line before anything is built."""
+    (tmp_path / "my_fam.py").write_text(
+        "from architectures import Qwen3Builder\n\n\nclass Mine(Qwen3Builder):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)  # module:Class is imported from the folder the batch runs in
+    good = write(tmp_path / "g.yaml", f"jobs:\n  - model: {TINY}\n    family: my_fam:Mine\n    output: out\n")
+    (job,) = load_batch(good).jobs
+    assert job.options.family == "my_fam:Mine"
+    assert batch(str(good)) == 0
+    assert json.loads((tmp_path / "out" / "build_report.json").read_text())["checkpoint"]["family"] == "my_fam.Mine"
+    bad = write(tmp_path / "b.yaml", f"jobs:\n  - model: {TINY}\n    family: my_fam:Nobody\n")
+    with pytest.raises(BuilderError, match=r"b\.yaml:2: jobs\[0\]: --family my_fam:Nobody: importing it failed"):
+        load_batch(bad)
+
+
 def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
     """A missing folder was reported only once the file's other problems were fixed: the next
     run found the next one."""
