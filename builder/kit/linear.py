@@ -21,6 +21,17 @@ from quant import QuantScheme
 
 # Rows quantized at once: bounds temporaries to ~16M float32 values (64 MB).
 CHUNK_VALUES = 16 * 1024 * 1024
+# Rows of W transposed at a time: numpy's whole-matrix W.T copy walks W column by column, 5.6x
+# slower in fp16 and 3.1x in fp32 than 128-row strips on a [9728, 2560] MLP weight (this machine).
+TRANSPOSE_ROWS = 128
+
+
+def transposed(w: np.ndarray) -> np.ndarray:
+    """W^T as a C-contiguous array (a float MatMul's [K, N] weight from HF's [N, K])."""
+    out = np.empty((w.shape[1], w.shape[0]), dtype=w.dtype)
+    for start in range(0, w.shape[0], TRANSPOSE_ROWS):
+        out[:, start : start + TRANSPOSE_ROWS] = w[start : start + TRANSPOSE_ROWS].T
+    return out
 
 
 class RowSlice(NamedTuple):
@@ -188,9 +199,7 @@ class Projections:
             out = self.matmul_nbits(x, name + "/MatMulNBits", q)
         else:
             weight = self.float_rows(tensors, shapes)
-            w_name = self.graph.initializer(
-                name.lstrip("/").replace("/", ".") + ".weight", np.ascontiguousarray(weight.T)
-            )
+            w_name = self.graph.initializer(name.lstrip("/").replace("/", ".") + ".weight", transposed(weight))
             del weight
             out = self.graph.op("MatMul", [x, w_name], name + "/MatMul")
         if biases:

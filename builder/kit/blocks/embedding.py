@@ -8,12 +8,11 @@ quantize their own table. int8 tables stay float:
 
 from __future__ import annotations
 
-import numpy as np
 from onnx import TensorProto
 
 from builder.kit.blocks.emitter import Emitter
 from builder.kit.graph import MS_DOMAIN
-from builder.kit.linear import QuantizedTensor
+from builder.kit.linear import QuantizedTensor, transposed
 
 EMBED, LM_HEAD = "model.embed_tokens", "lm_head"
 
@@ -29,7 +28,7 @@ def lm_head_weight(em: Emitter) -> QuantizedTensor | str:
     if s.tie_word_embeddings and not em.plan.fmt(EMBED).quantized:
         return table  # the Gather's float table, transposed in the graph
     weight = em.proj.float_rows([source], [(s.vocab_size, s.hidden_size)])
-    return em.graph.initializer(f"{LM_HEAD}.weight", np.ascontiguousarray(weight.T))
+    return em.graph.initializer(f"{LM_HEAD}.weight", transposed(weight))
 
 
 def embedding(em: Emitter, lm_head: QuantizedTensor | str) -> str:
