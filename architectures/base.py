@@ -216,7 +216,8 @@ class DecoderBuilder:
         lm_head = embedding.lm_head_weight(em)
         hidden = self.embed(em, lm_head)
         residual = hidden
-        hidden = em.rms_norm(hidden, em.norm_weight(0, "input_layernorm.weight"), "/model/layers.0/input_layernorm")
+        first = "/model/layers.0/input_layernorm"
+        hidden = em.to_block(em.rms_norm(hidden, em.norm_weight(0, "input_layernorm.weight"), first), first)
         for i in range(spec.num_layers):
             progress.step(f"layer {i + 1}/{spec.num_layers}")
             hidden, residual = self.decoder_layer(em, i, hidden, residual)

@@ -110,6 +110,8 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
         **{f"layout.{k}": v for k, v in (report.get("layout") or {}).items() if k != "notes"},
         "context_length": (report.get("model") or {}).get("context_length"),
     }
+    # Reports from before --residual-dtype: the stream was the activations' dtype.
+    then.setdefault("target.residual_dtype", then.get("target.io_dtype"))
     old = report.get("options") or {}
     now["max_length"] = resolved_max_length(options.max_length, plan.context_length)
     then["max_length"] = resolved_max_length(old.get("max_length"), then["context_length"] or plan.context_length)

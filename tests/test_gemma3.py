@@ -301,26 +301,88 @@ def test_the_context_memory_check_counts_every_rotary_cache_the_family_has(check
         ThreeCaches(ckpt, options).plan  # noqa: B018 (planning is what refuses)
 
 
-def test_fp16_activations_are_avoided_on_webgpu_and_warned_of_elsewhere(built):
+F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+
+def stream_dtypes(result) -> dict[str, set[int]]:
+    """The ONNX types of the hidden-size norms' scales and of the per-head q/k norms' scales, and
+    the float Casts' targets, in a built graph."""
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    found = {"hidden norms": set(), "head norms": set(), "casts": []}
+    for node in model.graph.node:
+        if node.op_type in ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"):
+            found["head norms" if "/attn/" in node.name else "hidden norms"].add(types[node.input[-1]])
+        elif node.op_type == "GroupQueryAttention" and len(node.input) > 14:
+            found["head norms"] |= {types[node.input[14]], types[node.input[15]]}
+        elif node.op_type == "Cast" and attr(node, "to") in (F32, F16):  # not the mask's int casts
+            found["casts"].append(attr(node, "to"))
+    return found
+
+
+def test_fp16_builds_keep_the_residual_stream_in_fp32(built):
     """Gemma 3's residual stream leaves fp16's range on real checkpoints (transformers#36822;
     onnxruntime#26732: q4f16 Gemma 3 is invalid on WebGPU, fp32 works). webgpu int4 builds
-    default to fp32 activations; builds that keep fp16 say so."""
+    default to fp32 activations; every other build with fp16 activations keeps the residual adds
+    and hidden-size norms in fp32 and its blocks in fp16, as the reference builder writes Gemma 2/3;
+    the all-fp16 graph is there when asked for, with a warning."""
     webgpu = built("gemma3", precision="int4", ep="webgpu")
-    assert webgpu.report["target"]["io_dtype"] == "float32"
+    assert (webgpu.report["target"]["io_dtype"], webgpu.report["target"]["residual_dtype"]) == ("float32",) * 2
     assert any(n.startswith("io dtype auto -> fp32 on webgpu: Gemma 3") for n in webgpu.report["notes"])
-    assert not any("computes in fp16" in n for n in webgpu.report["notes"])  # warnings are notes too
-    for options, fix in (
-        (dict(precision="int4", ep="cuda"), "-e cuda has no fp32 attention kernel"),
-        (dict(precision="fp16", ep="cpu"), "build int4/int8 with --io-dtype fp32"),
-        (dict(precision="int4", ep="webgpu", io_dtype="fp16"), "--io-dtype fp32 (the default here)"),
+    layers = TINY["num_hidden_layers"]
+    for options in (
+        dict(precision="int4", ep="cuda"),  # q/k norms inside GroupQueryAttention
+        dict(precision="fp16", ep="dml"),
+        dict(precision="fp16", ep="cpu"),
+        dict(precision="int4", ep="webgpu", io_dtype="fp16"),
     ):
         result = built("gemma3", **options)
-        assert result.report["target"]["io_dtype"] == "float16"
-        warned = [n for n in result.report["notes"] if n.startswith("this build computes in fp16: Gemma 3")]
-        assert len(warned) == 1 and fix in warned[0], result.report["notes"]
-    qwen3 = built("qwen3", precision="int4", ep="webgpu")
-    assert qwen3.report["target"]["io_dtype"] == "float16"
+        target = result.report["target"]
+        assert (target["io_dtype"], target["residual_dtype"]) == ("float16", "float32"), options
+        assert any(n.startswith("residual stream and hidden-size norms in fp32") for n in result.report["notes"])
+        assert not any("computes in fp16" in n for n in result.report["notes"])  # warnings are notes too
+        found = stream_dtypes(result)
+        assert found["hidden norms"] == {F32} and found["head norms"] == {F16}, options
+        # Up: the embedding, and each block's output; down: each block's input and the final norm's.
+        assert sorted(found["casts"]) == [F32] * (2 * layers + 1) + [F16] * (2 * layers + 1), options
+
+    asked = built("gemma3", precision="fp16", residual_dtype="fp16")
+    assert asked.report["target"]["residual_dtype"] == "float16"
+    warned = [n for n in asked.report["notes"] if n.startswith("this build computes in fp16, its residual stream too")]
+    assert len(warned) == 1 and "--residual-dtype at auto" in warned[0]
+    assert stream_dtypes(asked)["hidden norms"] == {F16} and stream_dtypes(asked)["casts"] == []
+
+    qwen3 = built("qwen3", precision="int4", ep="webgpu")  # no overflow known: all fp16, as before
+    assert (qwen3.report["target"]["io_dtype"], qwen3.report["target"]["residual_dtype"]) == ("float16",) * 2
     assert not any("fp16" in n for n in qwen3.report["notes"])
+
+
+def test_a_residual_stream_past_fp16_s_range_stays_finite(checkpoint, tmp_path):
+    """The failure behind that default, on a tiny checkpoint: post_feedforward_layernorm scales of
+    about 2e4 put transformers' residual stream at 1.3e5 and 2.0e5 after layers 1 and 2 (fp32),
+    past fp16's 65504. The fp16 build with the stream in fp32 matches transformers; the all-fp16
+    graph of the same checkpoint gives NaN logits."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("gemma3"), ckpt)
+    weights = load_file(ckpt / "model.safetensors")
+    for name in [n for n in weights if n.endswith("post_feedforward_layernorm.weight")]:
+        weights[name] = ((weights[name].float() + 1) * 2e4 - 1).to(weights[name].dtype)
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+
+    results = {}
+    for residual in ("auto", "fp16"):
+        options = BuildOptions(
+            model=str(ckpt), output=str(tmp_path / residual), precision="fp16", residual_dtype=residual
+        )
+        build(options, show_progress=False)
+        results[residual] = verify_build(tmp_path / residual, ckpt, options, prompt_length=PROMPT, decode_steps=DECODE)
+    wide = results["auto"]
+    assert wide.nmse < 1e-4 and wide.argmax_agree == 1.0, wide
+    assert not np.isfinite(results["fp16"].max_abs), results["fp16"]
 
 
 def test_the_4b_to_27b_checkpoints_build_their_text_model_from_the_hub_s_names(checkpoint, tmp_path):

@@ -27,6 +27,7 @@ SILU_FORMS = ("auto", "quickgelu", "sigmoid-mul")
 HEAD_NORMS = ("auto", "reshape-sln", "branchwise")
 FORMATS = ("genai", "transformers.js")
 IO_DTYPES = ("auto", "fp16", "fp32")
+RESIDUAL_DTYPES = ("auto", "fp16", "fp32")
 GRAPH_CAPTURE = ("auto", "on", "off")
 LOGITS = ("auto", "last", "all")
 INT32_INPUTS = ("auto", "on", "off")
@@ -119,6 +120,20 @@ class BuildOptions:
             "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
             "auto: fp32 on cpu, fp16 on GPU EPs, except fp32 on webgpu for a family whose "
             "activations overflow fp16 (Gemma 3). fp16 and fp32 builds keep their own dtype.",
+            rebuild="resolved",
+        ),
+    )
+    residual_dtype: str = field(
+        default="auto",
+        metadata=_opt(
+            "--residual-dtype",
+            choices=RESIDUAL_DTYPES,
+            help="dtype of the residual stream (the sums between blocks and the hidden-size norms) "
+            "in a build with fp16 activations. fp32: those adds and norms run in float32, each "
+            "block (attention, MLP) casts its input to fp16 and its output back, as the reference "
+            "builder writes Gemma 2/3; sums past fp16's 65504 stay finite. auto: fp32 for a family "
+            "whose residual stream overflows fp16 (Gemma 3), else fp16. Builds with fp32 "
+            "activations keep everything in fp32.",
             rebuild="resolved",
         ),
     )
@@ -430,6 +445,11 @@ class BuildOptions:
             raise BuilderError(
                 f"--io-dtype {self.io_dtype} contradicts -p {self.precision} (float weights are "
                 f"stored in the activation dtype); use -p {self.io_dtype} or drop --io-dtype"
+            )
+        if self.residual_dtype == "fp16" and "fp32" in (self.precision, self.io_dtype):
+            raise BuilderError(
+                f"--residual-dtype fp16 with {'-p' if self.precision == 'fp32' else '--io-dtype'} fp32: the "
+                "residual stream is never narrower than the activations; drop --residual-dtype"
             )
         if self.int32_inputs == "on" and self.format != "genai":
             raise BuilderError(

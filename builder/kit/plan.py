@@ -43,6 +43,9 @@ class BuildPlan:
     architecture: str  # the HF architectures name being built
     last_logits: bool = False  # logits [B, 1, V] for each row's last token (--logits)
     int32_inputs: bool = False  # input_ids and attention_mask are int32 (--int32-inputs)
+    # The residual stream's dtype (--residual-dtype): float32 under fp16 activations means the
+    # residual adds and hidden-size norms run in float32 (builder.kit.blocks.Emitter); None: io_dtype.
+    residual_dtype: np.dtype | None = None
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
     # The options with --int8-layers/--float-layers in the names projections go by here
@@ -53,6 +56,11 @@ class BuildPlan:
     @property
     def io_dtype(self) -> np.dtype:
         return self.target.io_dtype
+
+    @property
+    def stream_dtype(self) -> np.dtype:
+        """The residual stream's dtype: residual_dtype, or the activations' where the plan set none."""
+        return np.dtype(self.residual_dtype or self.io_dtype)
 
     @property
     def io_type(self) -> int:
@@ -130,8 +138,9 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "computes something else (--verify compares it with transformers); a family that honours "
             f"{'them names them' if len(unread) > 1 else 'it names it'} in its config_keys"
         )
-    target, overflow_note = fp16_overflow_guard(target, options, family, warnings)
-    target_notes += overflow_note
+    target, overflow_note = fp16_overflow_guard(target, options, family)
+    residual, residual_note = residual_dtype(target, options, family, warnings)
+    target_notes += overflow_note + residual_note
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
         newest = ".".join(map(str, NEWEST_KNOWN_ORT))
         warnings.append(
@@ -195,6 +204,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
+        residual_dtype=residual,
         notes=target_notes + tuple(layout.notes),
         warnings=tuple(warnings),
         selection=selection,
@@ -227,10 +237,9 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     return options.format == "genai" and not legacy_webgpu
 
 
-def fp16_overflow_guard(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
+def fp16_overflow_guard(target: Target, options: BuildOptions, family) -> tuple:
     """For a family whose activations may leave fp16's range: webgpu int4/int8 builds take fp32
-    activations unless --io-dtype says otherwise (a note says why); every other build with fp16
-    activations gets a warning. Returns the target and the note."""
+    activations unless --io-dtype says otherwise (a note says why). Returns the target and the note."""
     reason = family.fp16_overflow
     if not reason or target.io_dtype != np.float16:
         return target, ()
@@ -238,14 +247,35 @@ def fp16_overflow_guard(target: Target, options: BuildOptions, family, warnings:
         return dataclasses.replace(target, io_choice="fp32"), (
             f"io dtype auto -> fp32 on webgpu: {reason}; --io-dtype fp16 for the faster, riskier graph",
         )
-    if options.precision == "fp16":
-        fix = "check its output before deploying it, or build int4/int8 with --io-dtype fp32 for webgpu or cpu"
-    elif target.ep in ("cuda", "dml"):
-        fix = f"-e {target.ep} has no fp32 attention kernel: check its output before deploying it, or use webgpu or cpu"
-    else:  # webgpu, --io-dtype fp16 as asked
-        fix = "--io-dtype fp32 (the default here) keeps the activations in float32"
-    warnings.append(f"this build computes in fp16: {reason}; {fix}")
     return target, ()
+
+
+def residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
+    """--residual-dtype resolved: (dtype, notes). Under fp16 activations, auto keeps the residual
+    stream in float32 for a family whose stream leaves fp16's range (its fp16_overflow): the
+    reference builder's layout for Gemma 2/3 (layernorm_attrs cast use_fp32), where a sum past
+    65504 would be inf and every later norm NaN. An all-fp16 graph of such a family is warned of."""
+    if target.io_dtype != np.float16:
+        if options.residual_dtype == "fp16":
+            raise BuilderError(
+                f"--residual-dtype fp16: this build's activations are {np.dtype(target.io_dtype).name} "
+                f"(-p {options.precision} -e {target.ep}), and the residual stream is never narrower than "
+                "the activations; drop --residual-dtype, or add --io-dtype fp16"
+            )
+        return None, ()
+    reason = family.fp16_overflow
+    if options.residual_dtype == "fp32" or (options.residual_dtype == "auto" and reason):
+        why = f": {reason}" if options.residual_dtype == "auto" else " (--residual-dtype fp32)"
+        return np.dtype(np.float32), (
+            f"residual stream and hidden-size norms in fp32, blocks in fp16{why}; "
+            "--residual-dtype fp16 for the all-fp16 graph",
+        )
+    if reason:
+        warnings.append(
+            f"this build computes in fp16, its residual stream too (--residual-dtype fp16): {reason}; "
+            "check its output before deploying it, or leave --residual-dtype at auto (fp32 for this family)"
+        )
+    return None, ()
 
 
 def layer_prefix(family) -> str | None:
