@@ -57,6 +57,17 @@ def test_layouts_give_transformers_logits(built, checkpoint, arch, qkv, mlp):
     parity(result, checkpoint(name))
 
 
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3-moe"])
+def test_an_fp32_residual_stream_is_there_for_any_family(built, checkpoint, name):
+    """--residual-dtype fp32 under fp16 blocks: the hybrid's linear attention and the MoE block
+    take and give fp16 like any block, and the logits stay within the fp16 bound."""
+    result = built(name, precision="fp16", residual_dtype="fp32")
+    assert result.report["target"]["residual_dtype"] == "float32"
+    assert {attr(n, "to") for n in nodes(result, "Cast")} >= {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    p = verify_build(result.output, checkpoint(name), BuildOptions(**result.report["options"]), PROMPT, DECODE)
+    assert p.nmse < 1e-3 and p.argmax_agree == 1.0, p
+
+
 # ---- Qwen2: q/k/v biases ------------------------------------------------------
 
 
