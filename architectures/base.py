@@ -50,7 +50,8 @@ class DecoderBuilder:
     # --silu does not apply (plan: layout.silu "none").
     hidden_acts: tuple[str, ...] = ("silu", "swish")
     # Why this family's activations may leave fp16's range (None: no known reason). Where it is
-    # set, webgpu int4/int8 builds default to fp32 activations and fp16 ones get a warning.
+    # set, webgpu int4/int8 builds default to fp32 activations, and builds with fp16 activations to
+    # an fp32 residual stream (--residual-dtype auto).
     fp16_overflow: str | None = None
     # config.json keys this family reads that builder.kit.hf_config.KEYS does not list, as key ->
     # (checker, null allowed), e.g. {"logits_scaling": (hf_config.number(), False)}: their types are
@@ -222,6 +223,7 @@ class DecoderBuilder:
             progress.step(f"layer {i + 1}/{spec.num_layers}")
             hidden, residual = self.decoder_layer(em, i, hidden, residual)
         self.logits(em, hidden, lm_head)
+        em.check_stream_consumers(type(self).__name__)
 
     def embed(self, em: Emitter, lm_head) -> str:
         """The token embeddings: the hidden state that the first layer's norm and residual take."""

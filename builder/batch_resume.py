@@ -37,7 +37,8 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     damaged = damaged_file(output, report)
     if damaged:
         return damaged
-    old, new = report.get("options") or {}, options.to_dict()
+    # An option newer than the report is compared at its default, what the build then did.
+    old, new = {**BuildOptions().to_dict(), **(report.get("options") or {})}, options.to_dict()
     inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
     changed = {k for k in set(old) | set(new) if k not in NOT_IN_OUTPUT | inert and old.get(k) != new.get(k)}
     if changed - RESOLVED_BY_PLAN:

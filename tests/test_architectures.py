@@ -60,7 +60,7 @@ def test_layouts_give_transformers_logits(built, checkpoint, arch, qkv, mlp):
 @pytest.mark.parametrize("name", ["qwen3_5", "qwen3-moe"])
 def test_an_fp32_residual_stream_is_there_for_any_family(built, checkpoint, name):
     """--residual-dtype fp32 under fp16 blocks: the hybrid's linear attention and the MoE block
-    take and give fp16 like any block, and the logits stay within the fp16 bound."""
+    take and give fp16 like any block; NMSE under 1e-3 (the fp16 bound is 1e-2)."""
     result = built(name, precision="fp16", residual_dtype="fp32")
     assert result.report["target"]["residual_dtype"] == "float32"
     assert {attr(n, "to") for n in nodes(result, "Cast")} >= {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}

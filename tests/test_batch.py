@@ -1113,6 +1113,23 @@ def test_a_default_written_out_is_no_change(tmp_path, capsys):
     assert out.count("options changed: target.accuracy_level 4 -> 0") == 2 and out.count("up to date") == 2, out
 
 
+def test_a_report_from_before_an_option_existed_is_up_to_date(tmp_path, capsys):
+    """A report written before --residual-dtype has neither the option nor target.residual_dtype:
+    the option is compared at its default and the stream as the activations' dtype, which is what
+    those builds did (a hub job whose cache is gone: test_a_hub_job_is_checked_...)."""
+    path = write(tmp_path / "d.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n    ep: webgpu\n")
+    assert batch(path) == 0
+    (report_path,) = (tmp_path / "out").glob("*/build_report.json")
+    report = json.loads(report_path.read_text())
+    assert report["target"].pop("residual_dtype") == report["target"]["io_dtype"] == "float16"
+    del report["options"]["residual_dtype"]
+    report_path.write_text(json.dumps(report))
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "up to date" in out and " build " not in out, out
+
+
 def test_an_output_root_with_dot_dot_is_checked_before_building(tmp_path, capsys):
     """`output_root: ../x` was kept unnormalized: no output looked to lie under it, so its
     up-front check was skipped and each job failed on its own after starting."""
@@ -1325,6 +1342,12 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     assert batch(path, "--dry-run") == 0
     assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
     shutil.rmtree(home / "hub")  # a pruned cache, or a driver that never had the files
+    assert batch(path, "--dry-run") == 0
+    assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
+    # Built before an option existed: compared at its default (it said "options changed" and rebuilt).
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    del report["options"]["residual_dtype"]
+    (tmp_path / "out" / "build_report.json").write_text(json.dumps(report))
     assert batch(path, "--dry-run") == 0
     assert "skip  out  (org/tiny, int4, cpu; up to date)" in capsys.readouterr().out
     monkeypatch.setattr(model_source, "hub_revision", lambda repo: "f" * 40)  # the hub moved on

@@ -304,7 +304,7 @@ def test_the_context_memory_check_counts_every_rotary_cache_the_family_has(check
 F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
-def stream_dtypes(result) -> dict[str, set[int]]:
+def stream_dtypes(result) -> dict:
     """The ONNX types of the hidden-size norms' scales and of the per-head q/k norms' scales, and
     the float Casts' targets, in a built graph."""
     model = onnx.load(str(result.model_path), load_external_data=False)
@@ -352,6 +352,8 @@ def test_fp16_builds_keep_the_residual_stream_in_fp32(built):
     assert len(warned) == 1 and "--residual-dtype at auto" in warned[0]
     assert stream_dtypes(asked)["hidden norms"] == {F16} and stream_dtypes(asked)["casts"] == []
 
+    inert = built("qwen3", precision="int4", residual_dtype="fp32")  # cpu: fp32 activations already
+    assert any(n.startswith("--residual-dtype fp32 had no effect: ") for n in inert.report["notes"])
     qwen3 = built("qwen3", precision="int4", ep="webgpu")  # no overflow known: all fp16, as before
     assert (qwen3.report["target"]["io_dtype"], qwen3.report["target"]["residual_dtype"]) == ("float16",) * 2
     assert not any("fp16" in n for n in qwen3.report["notes"])

@@ -148,6 +148,39 @@ def test_granite_through_the_hooks_matches_transformers(granite, tmp_path):
     assert not [w for w in result.report["notes"] if "does not read" in w], result.report["notes"]
 
 
+class AddsItsOwnResidual(HeliumBuilder):
+    """Helium, its residual adds written as Add nodes and plain norms instead of em.skip_norm."""
+
+    def decoder_layer(self, em, i, hidden, residual):
+        spec, base = em.spec, f"/model/layers.{i}"
+        residual = em.graph.op("Add", [self.mixer(spec, i)(em, i, hidden), residual], f"{base}/attn_add")
+        weight = em.norm_weight(i, "post_attention_layernorm.weight")
+        hidden = em.rms_norm(residual, weight, f"{base}/post_attention_layernorm")
+        residual = em.graph.op("Add", [self.feed_forward(spec, i)(em, i, hidden), residual], f"{base}/mlp_add")
+        weight, name = self.next_norm(em, i)
+        return em.rms_norm(residual, weight, name), residual
+
+
+def test_an_fp32_residual_stream_through_a_plugin_s_hooks(granite, helium, tmp_path):
+    """--residual-dtype fp32 under fp16 blocks: Granite's hooks (scales on the embedding, the block
+    outputs and the logits) need no change; a family that adds the residual itself would give a
+    graph ONNX Runtime refuses to load (fp32 into an fp16 MatMul), so the build says where."""
+    options = dict(precision="fp16", residual_dtype="fp32", verify=True, show_progress=False)
+    result = build(model=str(granite), output=str(tmp_path / "granite"), family=GraniteBuilder, **options)
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    assert result.report["target"]["residual_dtype"] == "float32"
+    fp16_stream = build(
+        model=str(helium),
+        output=str(tmp_path / "own"),
+        family=AddsItsOwnResidual,
+        **{**options, "residual_dtype": "auto"},
+    )
+    assert fp16_stream.report["verify"]["status"] == "passed", fp16_stream.report["verify"]
+    with pytest.raises(BuilderError, match=r"AddsItsOwnResidual: node /model/layers\.0/mlp/.* float32 residual stream"):
+        build(model=str(helium), output=str(tmp_path / "refused"), family=AddsItsOwnResidual, **options)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_config_keys_no_family_reads_are_named(granite, tmp_path):
     """Granite built as Llama: its four scales were ignored without a word (NMSE 51 against
     transformers, seen only with --verify)."""

@@ -446,11 +446,6 @@ class BuildOptions:
                 f"--io-dtype {self.io_dtype} contradicts -p {self.precision} (float weights are "
                 f"stored in the activation dtype); use -p {self.io_dtype} or drop --io-dtype"
             )
-        if self.residual_dtype == "fp16" and "fp32" in (self.precision, self.io_dtype):
-            raise BuilderError(
-                f"--residual-dtype fp16 with {'-p' if self.precision == 'fp32' else '--io-dtype'} fp32: the "
-                "residual stream is never narrower than the activations; drop --residual-dtype"
-            )
         if self.int32_inputs == "on" and self.format != "genai":
             raise BuilderError(
                 f"--int32-inputs on: --format {self.format} feeds int64 input_ids; drop "

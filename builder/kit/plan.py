@@ -139,7 +139,7 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"{'them names them' if len(unread) > 1 else 'it names it'} in its config_keys"
         )
     target, overflow_note = fp16_overflow_guard(target, options, family)
-    residual, residual_note = residual_dtype(target, options, family, warnings)
+    residual, residual_note = resolve_residual_dtype(target, options, family, warnings)
     target_notes += overflow_note + residual_note
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
         newest = ".".join(map(str, NEWEST_KNOWN_ORT))
@@ -250,17 +250,23 @@ def fp16_overflow_guard(target: Target, options: BuildOptions, family) -> tuple:
     return target, ()
 
 
-def residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
+def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
     """--residual-dtype resolved: (dtype, notes). Under fp16 activations, auto keeps the residual
     stream in float32 for a family whose stream leaves fp16's range (its fp16_overflow): the
     reference builder's layout for Gemma 2/3 (layernorm_attrs cast use_fp32), where a sum past
     65504 would be inf and every later norm NaN. An all-fp16 graph of such a family is warned of."""
     if target.io_dtype != np.float16:
         if options.residual_dtype == "fp16":
+            fix = " (or build with --io-dtype fp16)" if options.precision in ("int4", "int8") else ""
             raise BuilderError(
                 f"--residual-dtype fp16: this build's activations are {np.dtype(target.io_dtype).name} "
                 f"(-p {options.precision} -e {target.ep}), and the residual stream is never narrower than "
-                "the activations; drop --residual-dtype, or add --io-dtype fp16"
+                f"the activations; drop --residual-dtype{fix}"
+            )
+        if options.residual_dtype == "fp32":
+            warnings.append(
+                f"--residual-dtype fp32 had no effect: this build's activations are "
+                f"{np.dtype(target.io_dtype).name} throughout"
             )
         return None, ()
     reason = family.fp16_overflow

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX, Graph
 from builder.kit.linear import Projections
 from builder.kit.plan import BuildPlan
@@ -68,6 +69,26 @@ class Emitter:
         if x not in self._in_stream:
             return x
         return self.graph.op("Cast", [x], f"{name}/Cast_output_0", to=self.plan.io_type)
+
+    def check_stream_consumers(self, family: str) -> None:
+        """Refuse a graph in which an fp16 op takes a float32 stream value (ONNX Runtime would
+        refuse to load it): a family that adds to the residual itself, or normalizes a stream
+        value with a block's norm scale, instead of going through skip_norm / to_block."""
+        if not self.wide_stream:
+            return
+        norms = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
+        for node in self.graph.nodes:
+            taken = [x for x in node.input if x in self._in_stream]
+            if not taken or node.op_type == "Cast":
+                continue
+            if node.op_type in norms and node.input[-1] in self._stream_weights:
+                continue
+            raise BuilderError(
+                f"{family}: node {node.name} ({node.op_type}) takes {taken[0]}, which is in the float32 "
+                "residual stream (--residual-dtype fp32): a block takes em.to_block(x, name) of it, a residual "
+                "add rides on em.skip_norm, and a norm inside a block passes its size to em.norm_weight "
+                "(docs/architecture.md); or build with --residual-dtype fp16"
+            )
 
     # ---- norms (every block and the decoder walk use these) --------------------
 
