@@ -310,18 +310,23 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
 
 
-@pytest.mark.parametrize("name", ["gemma3", "gemma3-vl", "mistral", "qwen3_5", "qwen3_5-text"])
-def test_node_other_families(built, checkpoint, name):
-    """Gemma 3 (gemma3_text: (1 + w) norms, local/global rotary), Mistral (a sliding window shorter
-    than prompt + decode) and Qwen3.5 (Gated DeltaNet layers: conv/recurrent states under transformers.js
-    names, layer_types, per-head norms without BranchwiseRMSNorm; as a ForConditionalGeneration checkpoint
-    and a text one) in transformers.js: greedy tokens == transformers'."""
+@pytest.mark.parametrize(
+    "name,precision",
+    [("gemma3", "fp32"), ("gemma3", "fp16"), ("gemma3-vl", "fp32"), ("mistral", "fp32")]
+    + [("qwen3_5", "fp32"), ("qwen3_5-text", "fp32")],
+)
+def test_node_other_families(built, checkpoint, name, precision):
+    """Gemma 3 (gemma3_text: (1 + w) norms, local/global rotary; in fp16 with its fp32 residual
+    stream), Mistral (a sliding window shorter than prompt + decode) and Qwen3.5 (Gated DeltaNet
+    layers: conv/recurrent states under transformers.js names, layer_types, per-head norms without
+    BranchwiseRMSNorm; as a ForConditionalGeneration checkpoint and a text one) in transformers.js:
+    greedy tokens == transformers'."""
     from builder.verify import dequantized_reference, transformers_greedy
 
-    result = built(name, precision="fp32", format="transformers.js")
+    result = built(name, precision=precision, format="transformers.js")
     ckpt = checkpoint(name)
     theirs = transformers_greedy(
-        dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")), PROMPT, NEW_TOKENS
+        dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision=precision)), PROMPT, NEW_TOKENS
     )
     assert run_node(result.output)["tokens"] == theirs
 
