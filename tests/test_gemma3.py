@@ -361,12 +361,14 @@ def test_fp16_builds_keep_the_residual_stream_in_fp32(built):
 
 def test_a_residual_stream_past_fp16_s_range_stays_finite(checkpoint, tmp_path):
     """The failure behind that default, on a tiny checkpoint: post_feedforward_layernorm scales of
-    about 2e4 put transformers' residual stream at 1.3e5 and 2.0e5 after layers 1 and 2 (fp32),
-    past fp16's 65504. The fp16 build with the stream in fp32 matches transformers; the all-fp16
+    about 2e4 put transformers' residual stream past 1e5 and 2e5 after its first two layers (fp32),
+    beyond fp16's 65504. The fp16 build with the stream in fp32 matches transformers; the all-fp16
     graph of the same checkpoint gives NaN logits."""
     import shutil
 
+    import torch
     from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoint("gemma3"), ckpt)
@@ -374,6 +376,11 @@ def test_a_residual_stream_past_fp16_s_range_stays_finite(checkpoint, tmp_path):
     for name in [n for n in weights if n.endswith("post_feedforward_layernorm.weight")]:
         weights[name] = ((weights[name].float() + 1) * 2e4 - 1).to(weights[name].dtype)
     save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with torch.no_grad():
+        states = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)(
+            torch.arange(3, 3 + PROMPT)[None], output_hidden_states=True
+        ).hidden_states
+    assert [float(h.abs().max()) > 65504 for h in states] == [False, True, True, False]  # the last is normed
 
     results = {}
     for residual in ("auto", "fp16"):
