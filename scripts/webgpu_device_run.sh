@@ -5,6 +5,7 @@
 #   bash scripts/webgpu_device_run.sh 4b     # Qwen3-4B shape: ours vs the reference's default and capture builds,
 #                                            # GPU busy share, block-128 / accuracy-level-0 variants
 #   bash scripts/webgpu_device_run.sh parity # tiny families on the plugin EP, capture on (scripts/check_webgpu.py)
+#   bash scripts/webgpu_device_run.sh gemma  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 / fp16 stream) vs the reference
 #   bash scripts/webgpu_device_run.sh qwen35    # Qwen3.5-0.8B shape: plugin-EP parity of the tiny hybrids and the
 #                                               # sliding-window families, ours vs the reference on webgpu and cpu
 #   bash scripts/webgpu_device_run.sh qwen35-4b # Qwen3.5-4B shape on cpu: build time/RSS/nodes, decode, prefill
@@ -349,6 +350,17 @@ elif [ "$PART" = goal ]; then
             ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-4} \
             --json "$OUT/bench-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
+elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations (webgpu's default for it) vs fp16 blocks
+    checkpoint_for gemma3-1b
+    ours g-fp32 "$CK" &
+    ours g-stream32 "$CK" --io-dtype fp16 &
+    ours g-fp16 "$CK" --io-dtype fp16 --residual-dtype fp16 &
+    reference g-ref "$CK" &
+    wait
+    for d in g-fp32 g-stream32 g-fp16 g-ref; do nodes "$W/$d"; done
+    timeout 420 $PY scripts/bench_genai.py fp32=$W/g-fp32 stream32=$W/g-stream32 fp16=$W/g-fp16 ref=$W/g-ref \
+        --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GEMMA_ROUNDS:-3} \
+        --json "$OUT/bench-gemma-1b.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = parity ]; then
     timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then

@@ -481,9 +481,43 @@ def _qwen35_real(hidden, inter, layers, heads, kv_heads, value_heads, tied) -> d
 
 
 # Random weights with the real dims, for benchmarks (not checked against the hub's file layout).
+# google/gemma-3-1b-it's config.json (transformers 4.50), for speed runs of Gemma 3 builds.
+GEMMA3_1B = {
+    "architectures": ["Gemma3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": None,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": [1, 106],
+    "final_logit_softcapping": None,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 1152,
+    "initializer_range": 0.02,
+    "intermediate_size": 6912,
+    "max_position_embeddings": 32768,
+    "model_type": "gemma3_text",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 26,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": 512,
+    "sliding_window_pattern": 6,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0",
+    "use_cache": True,
+    "vocab_size": 262144,
+}
 REAL_SHAPE_CONFIGS: dict[str, dict] = {
     "qwen3.5-0.8b": _qwen35_real(hidden=1024, inter=3584, layers=24, heads=8, kv_heads=2, value_heads=16, tied=True),
     "qwen3.5-4b": _qwen35_real(hidden=2560, inter=9216, layers=32, heads=16, kv_heads=4, value_heads=32, tied=True),
+    "gemma3-1b": GEMMA3_1B,
 }
 
 _QWEN3_GENERATION = {
