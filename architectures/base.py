@@ -49,9 +49,8 @@ class DecoderBuilder:
     # (a DenseMLP subclass with its own activation()) names it here. Without silu/swish among them,
     # --silu does not apply (plan: layout.silu "none").
     hidden_acts: tuple[str, ...] = ("silu", "swish")
-    # Why this family's activations may leave fp16's range (None: no known reason). Where it is
-    # set, webgpu int4/int8 builds default to fp32 activations, and builds with fp16 activations to
-    # an fp32 residual stream (--residual-dtype auto).
+    # Why this family's residual stream may leave fp16's range (None: no known reason). Where it is
+    # set, builds with fp16 activations keep the stream in fp32 (--residual-dtype auto).
     fp16_overflow: str | None = None
     # config.json keys this family reads that builder.kit.hf_config.KEYS does not list, as key ->
     # (checker, null allowed), e.g. {"logits_scaling": (hf_config.number(), False)}: their types are

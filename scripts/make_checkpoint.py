@@ -5,8 +5,8 @@
 
 Names: the real Qwen3 configs (qwen3-0.6b, qwen3-1.7b, qwen3-4b) in the hub's file layout; the real
 Qwen3.5 configs (qwen3.5-0.8b, qwen3.5-4b: Qwen3_5ForConditionalGeneration, with a stand-in vision
-tower) in one file or 4 GB shards; Gemma 3 1B's (gemma3-1b); and the tiny test configs, as tiny-<name> (tiny-qwen3, tiny-llama,
-tiny-qwen3-moe, tiny-qwen3_5, ...).
+tower) in one file or 4 GB shards; Gemma 3 1B's (gemma3-1b); and the tiny test configs, as
+tiny-<name> (tiny-qwen3, tiny-llama, tiny-qwen3-moe, tiny-qwen3_5, ...).
 """
 
 import argparse

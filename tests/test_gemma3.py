@@ -322,19 +322,17 @@ def stream_dtypes(result) -> dict:
 
 def test_fp16_builds_keep_the_residual_stream_in_fp32(built):
     """Gemma 3's residual stream leaves fp16's range on real checkpoints (transformers#36822;
-    onnxruntime#26732: q4f16 Gemma 3 is invalid on WebGPU, fp32 works). webgpu int4 builds
-    default to fp32 activations; every other build with fp16 activations keeps the residual adds
-    and hidden-size norms in fp32 and its blocks in fp16, as the reference builder writes Gemma 2/3;
-    the all-fp16 graph is there when asked for, with a warning."""
-    webgpu = built("gemma3", precision="int4", ep="webgpu")
-    assert (webgpu.report["target"]["io_dtype"], webgpu.report["target"]["residual_dtype"]) == ("float32",) * 2
-    assert any(n.startswith("io dtype auto -> fp32 on webgpu: Gemma 3") for n in webgpu.report["notes"])
+    onnxruntime#26732: q4f16 Gemma 3 is invalid on WebGPU; what overflows there is the residual
+    add, onnxruntime#29611). Every build with fp16 activations, webgpu's default included, keeps the
+    residual adds and hidden-size norms in fp32 and its blocks in fp16, as the reference builder
+    writes Gemma 2/3; --io-dtype fp32 keeps everything in fp32, and the all-fp16 graph is there when
+    asked for, with a warning."""
     layers = TINY["num_hidden_layers"]
     for options in (
+        dict(precision="int4", ep="webgpu"),
         dict(precision="int4", ep="cuda"),  # q/k norms inside GroupQueryAttention
         dict(precision="fp16", ep="dml"),
         dict(precision="fp16", ep="cpu"),
-        dict(precision="int4", ep="webgpu", io_dtype="fp16"),
     ):
         result = built("gemma3", **options)
         target = result.report["target"]
@@ -345,6 +343,10 @@ def test_fp16_builds_keep_the_residual_stream_in_fp32(built):
         assert found["hidden norms"] == {F32} and found["head norms"] == {F16}, options
         # Up: the embedding, and each block's output; down: each block's input and the final norm's.
         assert sorted(found["casts"]) == [F32] * (2 * layers + 1) + [F16] * (2 * layers + 1), options
+
+    fp32 = built("gemma3", precision="int4", ep="webgpu", io_dtype="fp32")
+    assert (fp32.report["target"]["io_dtype"], fp32.report["target"]["residual_dtype"]) == ("float32",) * 2
+    assert stream_dtypes(fp32)["casts"] == []
 
     asked = built("gemma3", precision="fp16", residual_dtype="fp16")
     assert asked.report["target"]["residual_dtype"] == "float16"
@@ -423,7 +425,8 @@ def test_the_4b_to_27b_checkpoints_build_their_text_model_from_the_hub_s_names(c
             assert any("vision tower and multi-modal projector are not built" in n for n in result.report["notes"])
             assert json.loads((out / "genai_config.json").read_text())["model"]["type"] == "gemma3_text"
     webgpu = build(model=str(hub), output=str(tmp_path / "webgpu"), ep="webgpu", show_progress=False)
-    assert webgpu.report["target"]["io_dtype"] == "float32"  # Gemma 3's fp16 overflow, as the text checkpoints
+    target = webgpu.report["target"]
+    assert (target["io_dtype"], target["residual_dtype"]) == ("float16", "float32")  # as the text checkpoints
 
 
 def test_the_4b_to_27b_token_ids_come_from_the_top_level_first(checkpoint, tmp_path):

@@ -118,8 +118,8 @@ class BuildOptions:
             choices=IO_DTYPES,
             help="Activation dtype (inputs, outputs, KV cache) of an int4/int8 build. fp32 on "
             "webgpu serves GPUs without shader-f16 (e.g. SwiftShader in headless Chromium). "
-            "auto: fp32 on cpu, fp16 on GPU EPs, except fp32 on webgpu for a family whose "
-            "activations overflow fp16 (Gemma 3). fp16 and fp32 builds keep their own dtype.",
+            "auto: fp32 on cpu, fp16 on GPU EPs (where a family's residual stream overflows fp16, "
+            "as Gemma 3's, --residual-dtype keeps that in fp32). fp16 and fp32 builds keep their own dtype.",
             rebuild="resolved",
         ),
     )

@@ -138,9 +138,8 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "computes something else (--verify compares it with transformers); a family that honours "
             f"{'them names them' if len(unread) > 1 else 'it names it'} in its config_keys"
         )
-    target, overflow_note = fp16_overflow_guard(target, options, family)
     residual, residual_note = resolve_residual_dtype(target, options, family, warnings)
-    target_notes += overflow_note + residual_note
+    target_notes += residual_note
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
         newest = ".".join(map(str, NEWEST_KNOWN_ORT))
         warnings.append(
@@ -237,24 +236,14 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     return options.format == "genai" and not legacy_webgpu
 
 
-def fp16_overflow_guard(target: Target, options: BuildOptions, family) -> tuple:
-    """For a family whose activations may leave fp16's range: webgpu int4/int8 builds take fp32
-    activations unless --io-dtype says otherwise (a note says why). Returns the target and the note."""
-    reason = family.fp16_overflow
-    if not reason or target.io_dtype != np.float16:
-        return target, ()
-    if options.io_dtype == "auto" and target.ep == "webgpu" and options.precision in ("int4", "int8"):
-        return dataclasses.replace(target, io_choice="fp32"), (
-            f"io dtype auto -> fp32 on webgpu: {reason}; --io-dtype fp16 for the faster, riskier graph",
-        )
-    return target, ()
-
-
 def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
     """--residual-dtype resolved: (dtype, notes). Under fp16 activations, auto keeps the residual
     stream in float32 for a family whose stream leaves fp16's range (its fp16_overflow): the
     reference builder's layout for Gemma 2/3 (layernorm_attrs cast use_fp32), where a sum past
-    65504 would be inf and every later norm NaN. An all-fp16 graph of such a family is warned of."""
+    65504 would be inf and every later norm NaN. On real Gemma 3 weights the overflow is there, in
+    the residual adds, not in the projections (onnxruntime#29611: MatMulNBits partial sums of
+    gemma-3-270m peak near 324), so the blocks stay fp16, on webgpu too. An all-fp16 graph of
+    such a family is warned of."""
     if target.io_dtype != np.float16:
         if options.residual_dtype == "fp16":
             fix = " (or build with --io-dtype fp16)" if options.precision in ("int4", "int8") else ""
