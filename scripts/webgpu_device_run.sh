@@ -350,7 +350,7 @@ elif [ "$PART" = goal ]; then
             ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-4} \
             --json "$OUT/bench-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
-elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations (webgpu's default for it) vs fp16 blocks
+elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 stream: the default)
     checkpoint_for gemma3-1b
     ours g-fp32 "$CK" &
     ours g-stream32 "$CK" --io-dtype fp16 &
