@@ -309,7 +309,7 @@ def target_record(plan) -> dict:
         "logits": "last" if plan.last_logits else "all",
         "int32_inputs": plan.int32_inputs,
         "io_dtype": str(plan.io_dtype),
-        "residual_dtype": str(plan.stream_dtype),
+        "residual_dtype": str(plan.residual_dtype),
         "accuracy_level": plan.accuracy_level,
     }
 

@@ -41,11 +41,12 @@ class BuildPlan:
     context_length: int
     genai_type: str  # model.type in genai_config.json
     architecture: str  # the HF architectures name being built
+    # The residual stream's dtype (--residual-dtype, resolved): the activations', or float32 under
+    # fp16 activations, where the residual adds and hidden-size norms run in float32
+    # (builder.kit.blocks.Emitter).
+    residual_dtype: np.dtype
     last_logits: bool = False  # logits [B, 1, V] for each row's last token (--logits)
     int32_inputs: bool = False  # input_ids and attention_mask are int32 (--int32-inputs)
-    # The residual stream's dtype (--residual-dtype): float32 under fp16 activations means the
-    # residual adds and hidden-size norms run in float32 (builder.kit.blocks.Emitter); None: io_dtype.
-    residual_dtype: np.dtype | None = None
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
     # The options with --int8-layers/--float-layers in the names projections go by here
@@ -56,11 +57,6 @@ class BuildPlan:
     @property
     def io_dtype(self) -> np.dtype:
         return self.target.io_dtype
-
-    @property
-    def stream_dtype(self) -> np.dtype:
-        """The residual stream's dtype: residual_dtype, or the activations' where the plan set none."""
-        return np.dtype(self.residual_dtype or self.io_dtype)
 
     @property
     def io_type(self) -> int:
@@ -257,7 +253,7 @@ def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnin
                 f"--residual-dtype fp32 had no effect: this build's activations are "
                 f"{np.dtype(target.io_dtype).name} throughout"
             )
-        return None, ()
+        return np.dtype(target.io_dtype), ()
     reason = family.fp16_overflow
     if options.residual_dtype == "fp32" or (options.residual_dtype == "auto" and reason):
         why = f": {reason}" if options.residual_dtype == "auto" else " (--residual-dtype fp32)"
@@ -270,7 +266,7 @@ def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnin
             f"this build computes in fp16, its residual stream too (--residual-dtype fp16): {reason}; "
             "check its output before deploying it, or leave --residual-dtype at auto (fp32 for this family)"
         )
-    return None, ()
+    return np.dtype(target.io_dtype), ()
 
 
 def layer_prefix(family) -> str | None:

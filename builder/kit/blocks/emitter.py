@@ -27,7 +27,7 @@ class Emitter:
     # Filled by the blocks that make them: GQA's seqlens_k / total_sequence_length and
     # the rotary caches by name ("global", "local").
     shared: dict[str, object] = field(default_factory=dict)
-    # The residual stream in a wider dtype than the blocks (plan.stream_dtype): the values already
+    # The residual stream in a wider dtype than the blocks (plan.residual_dtype): the values already
     # in it, each cast made into it (by the value cast), and the norm scales written in its dtype.
     _in_stream: set[str] = field(default_factory=set)
     _cast_up: dict[str, str] = field(default_factory=dict)
@@ -52,14 +52,14 @@ class Emitter:
 
     @property
     def wide_stream(self) -> bool:
-        return self.plan.stream_dtype != self.plan.io_dtype
+        return self.plan.residual_dtype != self.plan.io_dtype
 
     def to_stream(self, x: str, name: str) -> str:
         """x in the stream's dtype: itself, or its Cast (made once, named after the norm `name`)."""
         if not self.wide_stream or x in self._in_stream:
             return x
         if x not in self._cast_up:
-            cast = self.graph.op("Cast", [x], f"{name}/Cast", to=onnx_type(self.plan.stream_dtype))
+            cast = self.graph.op("Cast", [x], f"{name}/Cast", to=onnx_type(self.plan.residual_dtype))
             self._cast_up[x] = cast
             self._in_stream.add(cast)
         return self._cast_up[x]
@@ -102,7 +102,7 @@ class Emitter:
         shape = (size or self.spec.hidden_size,)
         stream = size is None and self.wide_stream
         if self.spec.norm_offset or stream:
-            dtype = self.plan.stream_dtype if stream else self.proj.io_dtype
+            dtype = self.plan.residual_dtype if stream else self.proj.io_dtype
             scale = (self.proj.float32(name, shape) + np.float32(self.spec.norm_offset)).astype(dtype)
         else:
             scale = self.proj.float_rows([name], [shape])
