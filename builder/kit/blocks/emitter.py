@@ -13,10 +13,6 @@ from builder.kit.linear import Projections
 from builder.kit.plan import BuildPlan
 
 
-def onnx_type(dtype) -> int:
-    return NP_TO_ONNX[np.dtype(dtype)]
-
-
 @dataclass
 class Emitter:
     graph: Graph
@@ -59,7 +55,7 @@ class Emitter:
         if not self.wide_stream or x in self._in_stream:
             return x
         if x not in self._cast_up:
-            cast = self.graph.op("Cast", [x], f"{name}/Cast", to=onnx_type(self.plan.residual_dtype))
+            cast = self.graph.op("Cast", [x], f"{name}/Cast", to=NP_TO_ONNX[self.plan.residual_dtype])
             self._cast_up[x] = cast
             self._in_stream.add(cast)
         return self._cast_up[x]
