@@ -45,6 +45,10 @@ class DecoderBuilder:
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
+    # Of those, the ones builder.verify's transformers reference does not load either, so --verify's
+    # memory estimate leaves them out (Qwen3.5's ForCausalLM ignores model.visual.* and mtp.*; Gemma
+    # 3's reference is the ConditionalGeneration model, vision tower included).
+    reference_leaves_out: tuple[str, ...] = ()
     # config.json hidden_act values its MLP blocks write; a family whose feed_forward writes another
     # (a DenseMLP subclass with its own activation()) names it here. Without silu/swish among them,
     # --silu does not apply (plan: layout.silu "none").

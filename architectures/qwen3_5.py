@@ -86,6 +86,7 @@ class Qwen35Builder(DecoderBuilder):
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
     text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
     not_built = ("model.visual.", "mtp.")  # TEXT_ONLY_NOTE
+    reference_leaves_out = not_built  # transformers' _keys_to_ignore_on_load_unexpected
 
     def weight(self, layer: int | None, suffix: str) -> str:
         if layer is not None:

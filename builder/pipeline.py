@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import resource
 import time
@@ -118,11 +117,10 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     options, spec = plan.options, plan.spec
     if options.verify and plan.target.ep == "cpu":  # the only EP verify runs on
         from builder.kit.plan import available_memory_bytes
-        from builder.verify import check_verify_memory, require_verify_extras
+        from builder.verify import check_verify_memory, reference_params, require_verify_extras
 
         require_verify_extras()
-        # Every parameter: Gemma 3's reference loads the vision tower the build leaves out.
-        check_verify_memory(sum(math.prod(s) for s in arch.checkpoint.shapes().values()), available_memory_bytes())
+        check_verify_memory(reference_params(arch), available_memory_bytes())
     # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
     output = Path(options.output).expanduser() if options.output else default_output(options)
     started = time.perf_counter()

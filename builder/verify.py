@@ -9,6 +9,7 @@ noise, so the bounds can be tight.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +20,22 @@ from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import BuildOptions
 
 # What --verify holds at its peak: torch and transformers (~0.3 GB), and the model in float32 beside
-# the ONNX sessions of the graph. Counted over every parameter of the checkpoint: Gemma 3 4B-27B's
-# reference loads its vision tower too (Qwen3.5's does not, so its estimate errs high). Peaks of
+# the ONNX sessions of the graph. Counted over the checkpoint's parameters that the reference loads
+# (reference_params): Gemma 3 4B-27B's loads its vision tower too, Qwen3.5's neither it nor MTP. Peaks of
 # the whole process measured: Qwen3-0.6B shape 7.47 GB at fp32 (6.04 int4), Qwen3-1.7B 15.3 GB,
 # Qwen3.5-0.8B 7.46 GB, a Gemma 3 4B shape cut to two layers 14.2 GB (1.28B parameters with its
 # vision tower). 8 B a built parameter undercounted them by up to 2x (1.5x the Qwen3-0.6B shape, 2x
 # the Gemma one); 13 B a checkpoint parameter covers each with a margin.
 VERIFY_BASE_BYTES = 0.3e9
 VERIFY_BYTES_PER_PARAM = 13
+
+
+def reference_params(arch) -> int:
+    """Parameters of the checkpoint that the transformers reference of architecture builder `arch`
+    loads: all but those under its family's reference_leaves_out."""
+    leaves_out = arch.reference_leaves_out
+    shapes = arch.checkpoint.shapes()
+    return sum(math.prod(shape) for name, shape in shapes.items() if not (leaves_out and name.startswith(leaves_out)))
 
 
 def verify_memory_bytes(params: int) -> int:

@@ -6,6 +6,7 @@ corrupt-file cases is test_fuzz_inputs.py."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -1091,3 +1092,26 @@ def test_verify_that_cannot_fit_in_memory_is_refused_before_the_build(ckpt, tmp_
     assert not (tmp_path / "o").exists()
     monkeypatch.setattr(plan, "available_memory_bytes", lambda: None)  # unknown: not refused
     assert build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, show_progress=False).report["verify"]
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-moe", "gemma3-vl"])
+def test_verify_memory_counts_the_parameters_the_reference_loads(name, checkpoint):
+    """The estimate counts what transformers' reference holds: Qwen3.5's ForCausalLM leaves the
+    checkpoint's vision tower and MTP head unread (they were counted, so it erred high), Gemma 3's
+    ConditionalGeneration reference loads its vision tower."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from architectures.registry import builder_class_for
+    from builder.kit.options import BuildOptions
+    from builder.verify import reference_params
+
+    ckpt = Checkpoint(checkpoint(name))
+    family = builder_class_for(ckpt.config)
+    arch = family(ckpt, BuildOptions(model=str(ckpt.directory)))
+    model = (family.reference_class() or AutoModelForCausalLM).from_pretrained(str(ckpt.directory), dtype=torch.float32)
+    loaded = sum(p.numel() for p in model.parameters())
+    in_checkpoint = sum(math.prod(shape) for shape in ckpt.shapes().values())
+    assert reference_params(arch) == loaded
+    if name.startswith("qwen3_5"):
+        assert loaded < in_checkpoint
