@@ -141,11 +141,16 @@ def _prod(shape) -> int:
 def _ray():
     try:
         import ray
+        import ray._private.ray_constants as ray_constants
     except ImportError:
         raise BuilderError(
             "--executor ray needs Ray on this machine and every node: pip install '.[ray]' from this "
             "repository (or pip install ray)"
         ) from None
+    # Ray's native crash handler (absl's), which ray.init installs in the driver, also takes SIGTERM:
+    # one in the moment after ray.init connects printed its C++ stack dump over the batch's own
+    # message. The batch handles SIGTERM itself; the workers, other processes, keep the handler.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     return ray
 
 
@@ -269,9 +274,8 @@ class RayExecutor(Executor):
                     f"--executor ray: nothing answers at {address} ({down}); start the cluster with "
                     "'ray start --head' there, or pass the address 'ray start' printed as --ray-address"
                 )
-            # ray.init puts in a SIGTERM handler that exits with code 15 and a stack dump (a
-            # SIGTERM during ray.init meets it); afterwards the handler the process had (the
-            # batch's Stop) is put back.
+            # ray.init puts in a SIGTERM handler that exits with code 15 (a SIGTERM during ray.init
+            # meets it); afterwards the handler the process had (the batch's Stop) is put back.
             sigterm_before = signal.getsignal(signal.SIGTERM)
             try:
                 if address:

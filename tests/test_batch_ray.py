@@ -286,19 +286,27 @@ def test_sigterm_while_ray_starts_up_is_not_ray_s_exit(tmp_path, cluster):
     assert hidden(tmp_path / "out") == [] and not (tmp_path / "out" / "a").exists()
 
 
-def test_sigterm_inside_ray_init_stops_the_batch_and_its_ray_processes(tmp_path):
+@pytest.mark.parametrize(
+    "module, step",
+    [
+        ("ray._private.services", "start_raylet"),  # the raylet up, ray.init going on with the node
+        ("ray._private.worker", "connect"),  # the driver just connected
+    ],
+)
+def test_sigterm_inside_ray_init_stops_the_batch_and_its_ray_processes(tmp_path, module, step):
     """SIGTERM inside ray.init (a local instance starting) met ray.init's own handler, sys.exit(15):
-    the batch exited 15 without a word, no summary, and the raylet's agents ran on without it."""
+    the batch exited 15 without a word, no summary, and the raylet's agents ran on without it. Just
+    after connect, Ray's native crash handler printed a C++ stack dump for it as well."""
     import subprocess
     import sys
 
     path = write(tmp_path / "one.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n")
-    driver = (  # the signal arrives once the raylet has started, as ray.init goes on with the node
-        "import os, signal, sys, ray._private.services as services; from builder.cli import main\n"
-        "start = services.start_raylet\n"
-        "def start_then_signal(*a, **k):\n"
-        "    info = start(*a, **k); os.kill(os.getpid(), signal.SIGTERM); return info\n"
-        "services.start_raylet = start_then_signal\n"
+    driver = (  # the signal arrives as `step` returns, inside ray.init
+        f"import os, signal, sys, time, {module} as where; from builder.cli import main\n"
+        f"step = where.{step}\n"
+        "def step_then_signal(*a, **k):\n"
+        "    out = step(*a, **k); os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.3); return out\n"
+        f"where.{step} = step_then_signal\n"
         "sys.exit(main())\n"
     )
     proc = subprocess.Popen(
@@ -312,6 +320,7 @@ def test_sigterm_inside_ray_init_stops_the_batch_and_its_ray_processes(tmp_path)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr and "SIGTERM: stopping once the executor has started" in stderr
+    assert "SIGTERM received" not in stderr  # absl's stack dump
     jobs = json.loads((tmp_path / "out" / "one-summary.json").read_text())["jobs"]
     assert [(j["status"], j["error"]) for j in jobs] == [("interrupted", "not started: the batch was interrupted")]
     # Ray names its session folder after the driver's pid; no process of that session is left.
