@@ -225,8 +225,10 @@ class DecoderBuilder:
         for i in range(spec.num_layers):
             progress.step(f"layer {i + 1}/{spec.num_layers}")
             hidden, residual = self.decoder_layer(em, i, hidden, residual)
+            if i == 0:  # a family's stream mistake shows in its first layer, before the rest is written
+                em.check_stream(type(self).__name__, 1)
         self.logits(em, hidden, lm_head)
-        em.check_stream_consumers(type(self).__name__)
+        em.check_stream(type(self).__name__, spec.num_layers)
 
     def embed(self, em: Emitter, lm_head) -> str:
         """The token embeddings: the hidden state that the first layer's norm and residual take."""

@@ -161,6 +161,20 @@ class AddsItsOwnResidual(HeliumBuilder):
         return em.rms_norm(residual, weight, name), residual
 
 
+class AddsItsOwnResidualInFp16(HeliumBuilder):
+    """The same adds, with each norm's output brought to its block: the graph loads, and its
+    residual sums stay fp16 under a report that said fp32 (no node took a stream value)."""
+
+    def decoder_layer(self, em, i, hidden, residual):
+        spec, base = em.spec, f"/model/layers.{i}"
+        residual = em.graph.op("Add", [self.mixer(spec, i)(em, i, hidden), residual], f"{base}/attn_add")
+        name = f"{base}/post_attention_layernorm"
+        hidden = em.to_block(em.rms_norm(residual, em.norm_weight(i, "post_attention_layernorm.weight"), name), name)
+        residual = em.graph.op("Add", [self.feed_forward(spec, i)(em, i, hidden), residual], f"{base}/mlp_add")
+        weight, name = self.next_norm(em, i)
+        return em.to_block(em.rms_norm(residual, weight, name), name), residual
+
+
 def test_an_fp32_residual_stream_through_a_plugin_s_hooks(granite, helium, tmp_path):
     """--residual-dtype fp32 under fp16 blocks: Granite's hooks (scales on the embedding, the block
     outputs and the logits) need no change; a family that adds the residual itself would give a
@@ -178,6 +192,9 @@ def test_an_fp32_residual_stream_through_a_plugin_s_hooks(granite, helium, tmp_p
     assert fp16_stream.report["verify"]["status"] == "passed", fp16_stream.report["verify"]
     with pytest.raises(BuilderError, match=r"AddsItsOwnResidual: node /model/layers\.0/mlp/.* float32 residual stream"):
         build(model=str(helium), output=str(tmp_path / "refused"), family=AddsItsOwnResidual, **options)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(BuilderError, match=r"AddsItsOwnResidualInFp16 adds its residuals outside the float32 stream"):
+        build(model=str(helium), output=str(tmp_path / "refused"), family=AddsItsOwnResidualInFp16, **options)
     assert not (tmp_path / "refused").exists()
 
 

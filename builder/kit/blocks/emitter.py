@@ -27,7 +27,9 @@ class Emitter:
     # in it, each cast made into it (by the value cast), and the norm scales written in its dtype.
     _in_stream: set[str] = field(default_factory=set)
     _cast_up: dict[str, str] = field(default_factory=dict)
+    _cast_down: dict[str, str] = field(default_factory=dict)
     _stream_weights: set[str] = field(default_factory=set)
+    _stream_sums: int = 0  # residual adds made in the stream (em.skip_norm with a stream scale)
 
     @property
     def spec(self):
@@ -61,15 +63,20 @@ class Emitter:
         return self._cast_up[x]
 
     def to_block(self, x: str, name: str) -> str:
-        """A stream value as a block's input, in the activations' dtype."""
+        """A stream value as a block's input, in the activations' dtype (one Cast however many
+        blocks take it)."""
         if x not in self._in_stream:
             return x
-        return self.graph.op("Cast", [x], f"{name}/Cast_output_0", to=self.plan.io_type)
+        if x not in self._cast_down:
+            self._cast_down[x] = self.graph.op("Cast", [x], f"{name}/Cast_output_0", to=self.plan.io_type)
+        return self._cast_down[x]
 
-    def check_stream_consumers(self, family: str) -> None:
-        """Refuse a graph in which an fp16 op takes a float32 stream value (ONNX Runtime would
-        refuse to load it): a family that adds to the residual itself, or normalizes a stream
-        value with a block's norm scale, instead of going through skip_norm / to_block."""
+    def check_stream(self, family: str, layers: int) -> None:
+        """Refuse a graph of `layers` layers so far whose residual stream is not the float32 one
+        --residual-dtype fp32 promises: an fp16 op that takes a stream value (ONNX Runtime would
+        refuse to load it: a family that adds to the residual itself, or normalizes a stream value
+        with a block's norm scale), or fewer residual adds in the stream than layers (a family that
+        adds the residual itself in fp16, bringing only its norms' outputs to_block)."""
         if not self.wide_stream:
             return
         norms = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
@@ -83,6 +90,13 @@ class Emitter:
                 f"{family}: node {node.name} ({node.op_type}) takes {taken[0]}, which is in the float32 "
                 "residual stream (--residual-dtype fp32): a block takes em.to_block(x, name) of it, a residual "
                 "add rides on em.skip_norm, and a norm inside a block passes its size to em.norm_weight "
+                "(docs/architecture.md); or build with --residual-dtype fp16"
+            )
+        if self._stream_sums < layers:
+            raise BuilderError(
+                f"{family} adds its residuals outside the float32 stream --residual-dtype fp32 asks for "
+                f"({self._stream_sums} in it after {layers} layer(s), where each layer needs one at least), so "
+                "they stay in fp16, where the stream overflows: a residual add rides on em.skip_norm "
                 "(docs/architecture.md); or build with --residual-dtype fp16"
             )
 
@@ -137,5 +151,6 @@ class Emitter:
         )
         if weight in self._stream_weights:
             self._in_stream.update((out, total))
+            self._stream_sums += 1
             out = self.to_block(out, name)
         return out, total
