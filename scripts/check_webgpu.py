@@ -119,7 +119,7 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         row.update(parity.as_dict())
         prompt = [5, 17, 42, 99, 120, 7, 64, 300]
         ours, logits = genai_greedy_logits(result.output, prompt, 16, provider="webgpu")
-        io_dtype = np.float32 if precision == "fp32" else np.float16
+        io_dtype = np.dtype(result.report["target"]["io_dtype"])  # the scales' dtype, as built
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
         theirs = transformers_greedy(reference, prompt, 16)
         row["genai_tokens_equal"] = ours == theirs

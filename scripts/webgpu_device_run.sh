@@ -352,7 +352,7 @@ elif [ "$PART" = goal ]; then
     done
 elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 stream: the default)
     checkpoint_for gemma3-1b
-    ours g-fp32 "$CK" &
+    ours g-fp32 "$CK" --io-dtype fp32 &
     ours g-stream32 "$CK" --io-dtype fp16 &
     ours g-fp16 "$CK" --io-dtype fp16 --residual-dtype fp16 &
     reference g-ref "$CK" &
