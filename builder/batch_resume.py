@@ -37,7 +37,8 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     damaged = damaged_file(output, report)
     if damaged:
         return damaged
-    # An option newer than the report is compared at its default, what the build then did.
+    # An option newer than the report is compared at its default, what the build then did (where a
+    # family's default now resolves otherwise, _resolved_differently and _stream_predated say so).
     old, new = {**BuildOptions().to_dict(), **(report.get("options") or {})}, options.to_dict()
     inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
     changed = {k for k in set(old) | set(new) if k not in NOT_IN_OUTPUT | inert and old.get(k) != new.get(k)}
@@ -53,7 +54,7 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
             if snapshot is None:  # no config to plan with: the options as written
                 if changed:
                     return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed))
-                return _uncached_hub_reason(options, report)
+                return _stream_predated(report) or _uncached_hub_reason(options, report)
             checkpoint = Checkpoint(snapshot)
         else:
             checkpoint = Checkpoint.open(options.model)
@@ -129,6 +130,25 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     return ("options changed: " if changed else "this builder resolves the options differently now: ") + ", ".join(
         differ
     )
+
+
+def _stream_predated(report: dict) -> str | None:
+    """A report from before --residual-dtype, of a family whose `auto` now widens the stream (Gemma 3:
+    fp16 activations with an fp32 stream, where its builds had an fp16 stream or, on webgpu, fp32
+    activations): without the checkpoint to plan with, which of its builds changed cannot be told,
+    so each of them is rebuilt. Other families' `auto` is what their builds did."""
+    import importlib
+
+    if "residual_dtype" in (report.get("target") or {}):
+        return None
+    module, _, name = ((report.get("checkpoint") or {}).get("family") or "").rpartition(".")
+    try:
+        family = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return None  # a plugin no longer installed: the build itself says so
+    if getattr(family, "fp16_overflow", None) and (report.get("options") or {}).get("residual_dtype", "auto") == "auto":
+        return f"built before --residual-dtype, whose auto keeps {name}'s residual stream in fp32 now"
+    return None
 
 
 def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:

@@ -1363,6 +1363,45 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     assert "build out  (org/tiny, int4, cpu; hub revision 000000000000 -> ffffffffffff)" in capsys.readouterr().out
 
 
+def test_an_old_gemma3_report_is_rebuilt_with_or_without_its_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
+    """A Gemma 3 build from before --residual-dtype had an fp16 residual stream; auto now keeps it in
+    fp32. With the hub cache pruned (no config to plan with), the report counted as up to date."""
+    from huggingface_hub import constants
+    from test_hardening import hub_cache
+
+    import builder.kit.model_source as model_source
+
+    home = tmp_path / "hf"
+    hub_cache(home, "org/g", checkpoint("gemma3"))
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    path = write(tmp_path / "g.yaml", "jobs:\n  - {model: org/g, precision: fp16, output: out}\n")
+    assert batch(path) == 0
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    assert "skip  out  (org/g, fp16, cpu; up to date)" in capsys.readouterr().out
+    report_path = tmp_path / "out" / "build_report.json"
+    report = json.loads(report_path.read_text())
+    del report["options"]["residual_dtype"], report["target"]["residual_dtype"]  # as written before it
+    report_path.write_text(json.dumps(report))
+    assert batch(path, "--dry-run") == 0
+    assert (
+        "build out  (org/g, fp16, cpu; this builder resolves the options differently now: "
+        "target.residual_dtype float16 -> float32)" in capsys.readouterr().out
+    )
+    shutil.rmtree(home / "hub")
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # offline, a build of a checkpoint the cache lacks is refused
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(model_source, "hub_revision", lambda repo: "0" * 40)  # the hub serves what was built
+    assert batch(path, "--dry-run") == 0
+    assert (
+        "build out  (org/g, fp16, cpu; built before --residual-dtype, whose auto keeps Gemma3Builder's "
+        "residual stream in fp32 now)" in capsys.readouterr().out
+    )
+
+
 def test_checkpoint_hash_reads_a_checkpoint_once_per_batch(tmp_path, monkeypatch, capsys):
     from support.fingerprints import count_fingerprints
 
