@@ -20,6 +20,16 @@ def sliding_layers(config: dict, window: int | None, default_types: list[str]) -
     return tuple(i for i, t in enumerate(types) if t == SLIDING_ATTENTION)
 
 
+def qwen_sliding_window(spec: DecoderSpec, config: dict, first: int) -> DecoderSpec:
+    """transformers' Qwen2/Qwen3 rule: sliding_window applies only with use_sliding_window, to the
+    layers from `first` on (max_window_layers; Qwen3-MoE: all of them)."""
+    window = config.get("sliding_window") if config.get("use_sliding_window") else None
+    default = [SLIDING_ATTENTION if i >= first else FULL_ATTENTION for i in range(spec.num_layers)]
+    spec.sliding_layers = sliding_layers(config, window, default)
+    spec.sliding_window = int(window) if spec.sliding_layers else None
+    return spec
+
+
 @register("Qwen2ForCausalLM")
 class Qwen2Builder(DecoderBuilder):
     genai_type = "qwen2"
@@ -28,11 +38,4 @@ class Qwen2Builder(DecoderBuilder):
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec({**config, "attention_bias": True}, target)
-        # transformers: the window applies only with use_sliding_window, on layers >= max_window_layers.
-        window = config.get("sliding_window") if config.get("use_sliding_window") else None
-        n = spec.num_layers
-        first = config.get("max_window_layers", n)
-        default = [SLIDING_ATTENTION if i >= first else FULL_ATTENTION for i in range(n)]
-        spec.sliding_layers = sliding_layers(config, window, default)
-        spec.sliding_window = int(window) if spec.sliding_layers else None
-        return spec
+        return qwen_sliding_window(spec, config, config.get("max_window_layers", spec.num_layers))

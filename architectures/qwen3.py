@@ -1,4 +1,4 @@
-"""Qwen3 (Qwen3ForCausalLM): Llama plus a per-head RMSNorm on Q and K.
+"""Qwen3 (Qwen3ForCausalLM): Llama plus a per-head RMSNorm on Q and K, and Qwen2's optional window.
 
 The norm sits between the projection and attention; the layout policy decides
 whether it is a separate node (BranchwiseRMSNorm or Reshape/SLN/Reshape) or
@@ -6,10 +6,20 @@ GroupQueryAttention's q_norm_weight/k_norm_weight inputs.
 """
 
 from architectures.base import DecoderBuilder
+from architectures.qwen2 import qwen_sliding_window
 from architectures.registry import register
+from builder.kit.spec import DecoderSpec
+from builder.kit.targets import Target
 
 
 @register("Qwen3ForCausalLM")
 class Qwen3Builder(DecoderBuilder):
     genai_type = "qwen3"
     qk_norm = True
+
+    def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
+        # Qwen2's window rule: with use_sliding_window, on the layers from max_window_layers on.
+        return qwen_sliding_window(super().make_spec(config, target), config, self.first_sliding_layer(config))
+
+    def first_sliding_layer(self, config: dict) -> int:
+        return config.get("max_window_layers", config["num_hidden_layers"])

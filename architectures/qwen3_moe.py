@@ -31,6 +31,9 @@ class Qwen3MoeBuilder(Qwen3Builder):
             raise BuilderError(target.moe_refusal("Qwen3-MoE"))
         return spec
 
+    def first_sliding_layer(self, config: dict) -> int:
+        return 0  # Qwen3MoeAttention takes sliding_window on every layer (its config has no max_window_layers)
+
     def feed_forward(self, spec: DecoderSpec, i: int):
         return SparseMoE(self.moe) if i in self.moe.sparse_layers else super().feed_forward(spec, i)
 

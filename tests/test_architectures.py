@@ -79,12 +79,14 @@ def test_qwen2_qkv_bias_is_one_add_when_packed(built, qkv, adds):
     assert json.loads(result.genai_config_path.read_text())["model"]["type"] == "qwen2"
 
 
-def test_qwen2_sliding_window_layers(built, checkpoint):
-    # transformers: with use_sliding_window, layers >= max_window_layers use the window.
+@pytest.mark.parametrize("name,windows", [("qwen2", [-1, 8]), ("qwen3", [-1, 8]), ("qwen3-moe", [8, 8])])
+def test_qwen_sliding_window_layers(checkpoint, name, windows):
+    """transformers: with use_sliding_window, layers >= max_window_layers use the window (Qwen3-MoE:
+    every layer). Qwen3 and Qwen3-MoE builds left it out in silence (verify: NMSE 0.2)."""
     overrides = dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)
-    ckpt = checkpoint("qwen2", **overrides)
-    result = build(model=str(ckpt), output=str(ckpt.parent / "qwen2-sw"), precision="fp32", show_progress=False)
-    assert [attr(n, "local_window_size", -1) for n in nodes(result, "GroupQueryAttention")] == [-1, 8]
+    ckpt = checkpoint(name, **overrides)
+    result = build(model=str(ckpt), output=str(ckpt.parent / f"{name}-sw"), precision="fp32", show_progress=False)
+    assert [attr(n, "local_window_size", -1) for n in nodes(result, "GroupQueryAttention")] == windows
     # The window lives in GQA only (see builder/genai_config.py).
     assert "sliding_window" not in json.loads(result.genai_config_path.read_text())["model"]["decoder"]
     parity(result, ckpt)
