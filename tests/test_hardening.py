@@ -551,9 +551,40 @@ def test_linear_rope_scaling_without_an_original_window_supports_max_position_em
     assert RopeSpec.from_config(gemma, 64).max_positions(131072) == 131072
     llama3 = {
         "max_position_embeddings": 8192,  # a config that lists the original window as max
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192},
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     }
     assert RopeSpec.from_config(llama3, 64).max_positions(8192) == 65536
+
+
+@pytest.mark.parametrize(
+    "scaling,lacks",
+    [
+        ({"rope_type": "llama3", "factor": 8.0}, "low_freq_factor, high_freq_factor, original_max_position_embeddings"),
+        ({"rope_type": "linear"}, "factor"),
+    ],
+)
+def test_rope_scaling_without_its_parameters_is_refused(ckpt, tmp_path, scaling, lacks):
+    """A llama3 scaling with its factor alone was built with low/high_freq_factor and the original
+    window guessed (1, 4, max_position_embeddings), a model transformers refuses to load."""
+    import re
+    import shutil
+
+    from builder.pipeline import build
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "rope_scaling": scaling}))
+    message = f"{bad}/config.json: {scaling['rope_type']} rope scaling needs .*; it lacks {lacks} (fix or re-download"
+    with pytest.raises(BuilderError, match=re.escape(message).replace(re.escape(".*"), ".*")):
+        build(model=str(bad), output=str(tmp_path / "o"), show_progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_verify_fits_its_check_into_a_short_context(ckpt, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,18 @@ def make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     """Resolve a build. `family` is the architecture builder: make_spec(config, target),
     weight(layer, suffix), projection_modules(spec), pack_groups(spec), adjust_layout(layout,
     options) and genai_type are all it is asked for."""
+    try:
+        return _make_plan(options, checkpoint, family)
+    except BuilderError as refused:
+        # The spec's and the families' refusals say "config.json: ..." without knowing where it is;
+        # the user may hold several (a batch, the hub cache), so the error names the file.
+        text, directory = str(refused), getattr(checkpoint, "directory", None)
+        if directory is None or not text.startswith("config.json"):
+            raise
+        raise BuilderError(f"{Path(directory) / 'config.json'}{text[len('config.json') :]}") from None
+
+
+def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     options = options.validated()
     config = checkpoint.config
     check_keys(family.config_keys, config)

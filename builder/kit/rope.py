@@ -13,6 +13,8 @@ import numpy as np
 
 from builder.kit.errors import BuilderError
 
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
 
 @dataclass(frozen=True)
 class RopeSpec:
@@ -41,7 +43,17 @@ class RopeSpec:
         rotary_dim = int(head_dim * config.get("partial_rotary_factor", 1.0))
         if rope_type not in ("default", "linear", "llama3"):
             raise BuilderError(
-                f"config.json: rope type {rope_type!r} is not supported yet (supported: default, linear, llama3)"
+                f"config.json: rope type {rope_type!r} is not supported yet (supported: default, linear, llama3); "
+                "this builder cannot build the model"
+            )
+        # transformers refuses these scalings without their parameters (modeling_rope_utils); filling
+        # them in here would build a model its authors did not train.
+        needed = {"linear": ("factor",), "llama3": LLAMA3_KEYS}.get(rope_type, ())
+        missing = [key for key in needed if params.get(key) is None]
+        if missing:
+            raise BuilderError(
+                f"config.json: {rope_type} rope scaling needs {', '.join(needed)}; it lacks {', '.join(missing)} "
+                "(fix or re-download config.json)"
             )
         return cls(
             theta=float(theta),

@@ -13,10 +13,12 @@ FULL_ATTENTION, SLIDING_ATTENTION, LINEAR_ATTENTION = "full_attention", "sliding
 def positive(config: dict, key: str):
     """config[key] as a positive number, or a one-line error naming the key."""
     if key not in config:
-        raise BuilderError(f"config.json has no {key!r}; it is required for this architecture")
+        raise BuilderError(
+            f"config.json has no {key!r}; it is required for this architecture (fix or re-download config.json)"
+        )
     value = config[key]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise BuilderError(f"config.json: {key} = {value!r} must be a positive number")
+        raise BuilderError(f"config.json: {key} = {value!r} must be a positive number (fix or re-download config.json)")
     return value
 
 
@@ -26,7 +28,8 @@ def layer_types(config: dict, num_layers: int, default: list[str], allowed: set[
     types = list(default if types is None else types)
     if len(types) != num_layers or set(types) - allowed:
         raise BuilderError(
-            f"config.json: layer_types {types} must name {num_layers} layers, each one of {sorted(allowed)}"
+            f"config.json: layer_types {types} must name {num_layers} layers, each one of {sorted(allowed)} "
+            "(fix or re-download config.json)"
         )
     return types
 
@@ -83,6 +86,6 @@ class DecoderSpec:
         if spec.num_heads % spec.num_kv_heads:
             raise BuilderError(
                 f"config.json: num_attention_heads {spec.num_heads} is not a multiple of "
-                f"num_key_value_heads {spec.num_kv_heads}"
+                f"num_key_value_heads {spec.num_kv_heads} (fix or re-download config.json)"
             )
         return spec
