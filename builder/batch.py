@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "is not joined) and print what would be built or skipped; build nothing.",
     )
     parser.add_argument("--debug", action="store_true", help="Print tracebacks of failed jobs.")
+    parser.add_argument(
+        "--quiet", action="store_true", help="No status line while builds run (the lines per job and the summary stay)."
+    )
     return parser
 
 
@@ -132,8 +135,9 @@ class Console:
     TTY_EVERY_S = 1.0
     LOG_EVERY_S = 30.0
 
-    def __init__(self, stop: Stop | None = None):
+    def __init__(self, stop: Stop | None = None, quiet: bool = False):
         self.progress = Progress(1, "running", stream=sys.stdout)
+        self.quiet = quiet
         self.every = self.TTY_EVERY_S if self.progress.tty else self.LOG_EVERY_S
         self.stop = stop
         self.running: dict[str, float] = {}  # job name -> start (perf_counter)
@@ -173,7 +177,7 @@ class Console:
     def _tick(self) -> None:
         while not self._done.wait(self.every):
             with self.lock:
-                if self.running:
+                if self.running and not self.quiet:
                     self._write(sys.stdout, self._draw)
 
     def _draw(self) -> None:
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             if job.action == "skip":
                 job.result = skipped_result(job.options)
                 print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
-        console = Console(stop)
+        console = Console(stop, quiet=args.quiet)
 
         def on_start(job: Job) -> None:
             o = job.options

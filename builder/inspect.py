@@ -75,6 +75,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--layer", type=int, default=0, help="Which layer's node sequence to show (default: 0).")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of text.")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    # `--quiet inspect OUT` as `--quiet` builds: accepted, and there is no progress to hide.
+    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     summaries = [summarize(Path(p), args.layer) for p in args.outputs]
     if args.json:

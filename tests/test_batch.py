@@ -1048,6 +1048,10 @@ def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
     assert running and all(line.startswith("[running] a ") and line.endswith(" s") for line in running)
     assert lines.index(running[0]) > lines.index("[1/1] start   a: int4 cpu (new)")
     assert lines.index(running[-1]) < next(i for i, line in enumerate(lines) if line.startswith("[1/1] built"))
+    assert batch(path, "--force", "--quiet") == 0  # no status line; the job's lines stay
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if line.startswith("[running]")]
+    assert "[1/1] start   a: int4 cpu (--force)" in lines and any(line.startswith("[1/1] built") for line in lines)
 
 
 def test_killed_batch_takes_its_builds_with_it(tmp_path):

@@ -20,7 +20,7 @@ from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 
 def plain_cli(*args):
-    """The CLI without the --quiet that test_errors.cli adds (inspect has no such flag)."""
+    """The CLI without the --quiet that test_errors.cli adds (a test passes the flags it means)."""
     import os
     import subprocess
     import sys
@@ -864,9 +864,16 @@ def test_inspect_the_data_file_or_a_transformers_js_onnx_folder(built_folder, tm
     assert summarize(tjs.output / "onnx")["by_op_type"] == summarize(tjs.output)["by_op_type"]
 
 
-def test_flags_before_the_command_belong_to_it(built_folder):
-    proc = plain_cli("--debug", "inspect", built_folder)
-    assert proc.returncode == 0 and "nodes" in proc.stdout, proc.stderr
+def test_flags_before_the_command_belong_to_it(built_folder, tmp_path):
+    """`--quiet batch` and `--quiet inspect` were refused ("unrecognized arguments: --quiet")."""
+    for flag in ("--debug", "--quiet"):
+        proc = plain_cli(flag, "inspect", built_folder)
+        assert proc.returncode == 0 and "nodes" in proc.stdout, proc.stderr
+    jobs = tmp_path / "b.yaml"
+    jobs.write_text(f"jobs:\n  - {{model: {built_folder.parent / 'ckpt'}, output: {tmp_path / 'o'}}}\n")
+    for args in (("--quiet", "batch", jobs), ("batch", jobs, "--quiet")):
+        proc = plain_cli(*args, "--dry-run")
+        assert proc.returncode == 0 and "build o" in proc.stdout, proc.stderr
 
 
 def test_inspect_a_layer_the_model_does_not_have(built_folder):
