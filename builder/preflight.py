@@ -26,16 +26,23 @@ def _bytes_per_weight(options: BuildOptions) -> float:
     return 2 if options.precision == "fp16" else 4
 
 
-def check_disk_space(arch, output: Path) -> None:
-    """Refuse a build whose weights cannot fit the free space where it writes: it failed only
-    when the disk filled, after minutes of streaming. The estimate counts the weights the build
-    reads at its precision, a lower bound where layers stay float; an output this build replaces
-    stays until the new one is in place, and a dead build's staging folder for it is swept first."""
+def bytes_needed(arch) -> int:
+    """What a build writes at least: the weights it reads at its precision. Layers that stay float,
+    norms, zero points and rotary caches only add to it (model files of a Qwen3-0.6B shape: 1.009x
+    this at fp16, 1.03-1.18x at int4, 2.1x at int8, which keeps its embedding float)."""
     options = arch.plan.options
-    numel = built_weight_count(arch)
-    need = int(numel * _bytes_per_weight(options) * 0.9)  # margin: the estimate is not exact
+    need = int(built_weight_count(arch) * _bytes_per_weight(options))
     if options.format == "transformers.js" and need > TRANSFORMERS_JS_CHUNK_BYTES:
         need += need - TRANSFORMERS_JS_CHUNK_BYTES  # its data is split into 2 GB files by copying
+    return need
+
+
+def check_disk_space(arch, output: Path) -> None:
+    """Refuse a build whose weights cannot fit the free space where it writes: it failed only
+    when the disk filled, after minutes of streaming. An output this build replaces stays until
+    the new one is in place, and a dead build's staging folder for it is swept first."""
+    options = arch.plan.options
+    need = bytes_needed(arch)
     output = output_folder(output)  # where a symlinked -o really writes
     folder = output.parent
     while not folder.exists() and folder != folder.parent:
@@ -54,6 +61,6 @@ def check_disk_space(arch, output: Path) -> None:
 
         raise BuilderError(
             f"{folder} has {size(free)} free, and this build writes at least {size(need)} "
-            f"({numel:,} weights at -p {options.precision}); free space there or choose another "
+            f"({built_weight_count(arch):,} weights at -p {options.precision}); free space there or choose another "
             "-o/--output (nothing was built)"
         )

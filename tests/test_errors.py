@@ -640,6 +640,31 @@ def test_the_space_a_build_needs_counts_only_the_weights_it_reads(tmp_path):
     assert count(two) == count(one) == sum(math.prod(s) for s in Checkpoint(one).shapes().values())
 
 
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("qwen3", dict(precision="int4")),
+        ("qwen3-untied", dict(precision="int8")),
+        ("gemma3", dict(precision="fp16")),
+        ("qwen3_5", dict(precision="fp32")),
+        ("qwen3", dict(precision="int4", format="transformers.js")),
+    ],
+)
+def test_the_space_a_build_needs_is_no_more_than_it_writes(built, checkpoint, name, options):
+    """The check asked for 0.9x its estimate, so a build short of the space by up to 11% started
+    and failed when the disk filled; the estimate is a lower bound, and it is asked for whole."""
+    from architectures.registry import builder_class_for
+    from builder import BuildOptions
+    from builder.kit.checkpoint import Checkpoint
+    from builder.preflight import bytes_needed
+
+    result = built(name, **options)
+    ckpt = Checkpoint(checkpoint(name))
+    arch = builder_class_for(ckpt.config)(ckpt, BuildOptions(model=str(ckpt.directory), **options))
+    written = sum(f.stat().st_size for f in result.output.rglob("model*.onnx*"))
+    assert 0 < bytes_needed(arch) <= written
+
+
 def test_the_space_check_measures_where_the_build_writes(ckpt, tmp_path, monkeypatch):
     """A symlinked -o writes beside the link's target, and a transformers.js build over 2 GB copies
     its data into 2 GB files: the check measured the link's folder, and counted the output once."""
@@ -674,5 +699,5 @@ def test_the_space_check_measures_where_the_build_writes(ckpt, tmp_path, monkeyp
             return False
 
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=15 * 10**9))
-    with pytest.raises(BuilderError, match=r"writes at least 19\.60 GB"):
+    with pytest.raises(BuilderError, match=r"writes at least 22\.00 GB"):
         preflight.check_disk_space(Arch(), tmp_path / "web")
