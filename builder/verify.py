@@ -518,11 +518,14 @@ def verify_output(
     positions the graph holds, which the check's prompt and decode steps must fit; formats: its
     plan's weight formats)."""
     if ep != "cpu":
-        return {
-            "status": "not run",
-            "reason": f"the graph targets {ep}, whose kernels this machine may not "
-            "have; scripts/check_webgpu.py checks webgpu builds on a GPU",
-        }
+        elsewhere = (
+            "scripts/check_webgpu.py checks webgpu builds on a GPU"
+            if ep == "webgpu"
+            else f"-e cpu with --verify checks the same checkpoint and quantization here; the {ep} graph "
+            "itself runs only where its EP is"
+        )
+        reason = f"the graph targets {ep}, whose kernels this machine may not have; {elsewhere}"
+        return {"status": "not run", "reason": reason}
     positions = max(2, VERIFY_POSITIONS if context_length is None else min(VERIFY_POSITIONS, context_length))
     decode_steps = max(1, min(4, positions // 5))
     model_file = Path(folder)

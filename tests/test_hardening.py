@@ -812,6 +812,12 @@ def test_webgpu_verify_says_it_did_not_run(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-e", "webgpu", "--verify")
     assert proc.returncode == 0, proc.stderr
     assert "warning: --verify did not run: the graph targets webgpu" in proc.stderr
+    assert "scripts/check_webgpu.py checks webgpu builds on a GPU" in proc.stderr
+    from builder.verify import verify_output
+
+    for ep in ("cuda", "dml"):  # they were sent to the webgpu script too
+        reason = verify_output(tmp_path, ckpt, None, ep, False)["reason"]
+        assert "check_webgpu" not in reason and "-e cpu with --verify checks the same checkpoint" in reason
 
 
 def test_mistyped_command_is_named(tmp_path, ckpt):
