@@ -106,7 +106,8 @@ class DecoderBuilder:
         if act not in self.hidden_acts:
             raise BuilderError(
                 f"config.json: hidden_act {act!r} is not supported by {type(self).__name__} (its MLPs write "
-                f"{' or '.join(self.hidden_acts)}); a family whose MLP writes it says so in hidden_acts"
+                f"{' or '.join(self.hidden_acts)}), so this builder cannot build the model (a family of your own "
+                "can: docs/architecture.md, hidden_acts)"
             )
         if config.get("mlp_bias"):
             raise BuilderError(

@@ -502,8 +502,10 @@ def test_matrix_expands_to_jobs(tmp_path):
     # every job but the last of each checkpoint leaves it in the page cache for the next one
     assert [j.options.page_cache for j in jobs] == [True] * 7 + [False, False]
     path.write_text(path.read_text().replace("{block_size}", "{blocksize}"))
-    with pytest.raises(BuilderError, match=r"m\.yaml:8: matrix\.output: template .* bad field \('blocksize'\)"):
+    with pytest.raises(BuilderError, match=r"m\.yaml:8: matrix\.output: template .* bad field \('blocksize'\)") as bad:
         load_batch(path)
+    fields = str(bad.value).split("; fields: ")[1].split(", ")
+    assert "block_size" in fields and "int8_layers" not in fields  # a list field is refused by name
 
 
 def test_family_config_expands_to_eighteen_jobs(tmp_path, capsys):

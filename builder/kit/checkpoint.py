@@ -97,7 +97,7 @@ class Checkpoint:
         except OSError as e:
             raise BuilderError(f"could not read {path} ({e.strerror or e})") from None
         if not isinstance(config, dict):
-            raise BuilderError(f"{path} must hold a JSON object")
+            raise BuilderError(f"{path} must hold a JSON object (fix or re-download config.json)")
         return check_config(config, str(path))
 
     def read_json(self, name: str) -> dict | None:

@@ -70,8 +70,8 @@ class BuildOptions:
             help="The builder class to build with instead of the one registered for config.json's "
             "architectures: an HF architecture name a family is registered under (LlamaForCausalLM), "
             "or module:Class of your own, imported from the current folder or PYTHONPATH "
-            "(my_families.helium:HeliumBuilder; docs/architecture.md). In a batch file, the folder "
-            "the batch runs in.",
+            "(my_families.helium:HeliumBuilder; docs/architecture.md); in a batch file, imported from "
+            "the folder the batch runs in.",
         ),
     )
     precision: str = field(
