@@ -63,7 +63,7 @@ def _model_not_found(given: str, resolved: str) -> str | None:
     if given.startswith("~") and os.path.expanduser(given) == given:
         return f"no home folder for {given.split('/')[0]!r}; write the folder's full path"
     if os.path.isabs(os.path.expanduser(given)):
-        return f"no folder {resolved}; check the path (or give a hub id, owner/name)"
+        return f"no folder {resolved}; check the path"
     hub = "" if given.startswith(".") else " (nor a hub id: those are owner/name)"
     return (
         f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "

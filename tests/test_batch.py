@@ -330,7 +330,8 @@ def test_a_missing_model_or_a_taken_output_is_refused_before_any_build(tmp_path,
     )
     assert batch(path, "--dry-run") == 2
     assert (
-        capsys.readouterr().err == f"error: {path}:5: jobs[1].model: no folder {tmp_path / 'nope'}\nnothing was built\n"
+        capsys.readouterr().err
+        == f"error: {path}:5: jobs[1].model: no folder {tmp_path / 'nope'}; check the path\nnothing was built\n"
     )
     write(path, path.read_text().replace(f"{tmp_path / 'nope'}", "nope/two/deep"))
     assert batch(path) == 2
