@@ -134,8 +134,8 @@ class DecoderBuilder:
     def left_out(self, name: str) -> bool:
         """Whether the build leaves checkpoint tensor `name` out on purpose: `not_built`; layers
         beyond num_hidden_layers (warned about by the plan); the rotary inv_freq buffer of older
-        conversions (the graph has its own cache); a tied model's lm_head.weight (transformers
-        ties it to the embedding too)."""
+        conversions (the graph has its own cache); a tied model's lm_head.weight (the same values
+        as the embedding: the plan unties a checkpoint whose lm_head differs, as transformers does)."""
         spec = self.spec
         if name.startswith(self.not_built) or name.endswith(".rotary_emb.inv_freq"):
             return True

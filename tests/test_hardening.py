@@ -587,6 +587,29 @@ def test_rope_scaling_without_its_parameters_is_refused(ckpt, tmp_path, scaling,
     assert not (tmp_path / "o").exists()
 
 
+def test_a_tied_config_whose_checkpoint_holds_another_lm_head_is_built_with_it(tmp_path):
+    """transformers 5 unties a checkpoint that stores both tables with different values; the build
+    tied them and dropped lm_head.weight (verify: NMSE 1.05). Equal tables stay tied, as before."""
+    from builder.pipeline import build
+
+    untied = make_checkpoint(tmp_path / "untied", TINY_CONFIGS["qwen3-untied"])
+    config = json.loads((untied / "config.json").read_text())
+    (untied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    result = build(model=str(untied), output=str(tmp_path / "o"), precision="fp32", verify=True, show_progress=False)
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    assert [n for n in result.report["notes"] if n.startswith("config.json ties the embeddings")]
+    same, plain = (
+        build(
+            model=str(make_checkpoint(tmp_path / name, TINY_CONFIGS["qwen3"], tied_lm_head=stored)),
+            output=str(tmp_path / f"o-{name}"),
+            show_progress=False,
+        )
+        for name, stored in (("stored", True), ("plain", False))
+    )
+    assert not [n for n in same.report["notes"] if n.startswith("config.json ties")]
+    assert (same.output / "model.onnx.data").read_bytes() == (plain.output / "model.onnx.data").read_bytes()
+
+
 def test_verify_fits_its_check_into_a_short_context(ckpt, tmp_path):
     """--verify ran a 16-token prompt and 4 decode steps whatever the context, and a context
     under 20 ended in GroupQueryAttention's cos_cache error as a traceback."""

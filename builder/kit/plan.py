@@ -133,6 +133,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     else:
         target_notes = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
+    untied = untie_a_differing_lm_head(checkpoint, family, spec)
+    if untied:
+        warnings.append(untied)
     if options.format == "genai" and family.genai_type not in GENAI_MODEL_TYPES:
         warnings.append(
             f"{type(family).__name__}.genai_type {family.genai_type!r} is no model type onnxruntime-genai "
@@ -243,6 +246,38 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     # onnxruntime-webgpu 1.27 was not run with the selection's GatherND: it keeps every position.
     legacy_webgpu = target.ep == "webgpu" and target.ort_version <= WEBGPU_LAST_MONOLITHIC
     return options.format == "genai" and not legacy_webgpu
+
+
+def untie_a_differing_lm_head(checkpoint, family, spec) -> str | None:
+    """transformers 5 ties the lm_head to the embedding only where the checkpoint lacks it or holds
+    the same values (else: "we will NOT tie them"): a tied config whose checkpoint stores another
+    lm_head.weight is built with that one, as transformers runs it. Returns the warning, if so."""
+    if not spec.tie_word_embeddings:
+        return None
+    head, table = family.weight(None, "lm_head.weight"), family.weight(None, "model.embed_tokens.weight")
+    if not checkpoint.has(head) or _same_values(checkpoint, head, table, (spec.vocab_size, spec.hidden_size)):
+        return None
+    spec.tie_word_embeddings = False
+    return (
+        f"config.json ties the embeddings (tie_word_embeddings), but the checkpoint's {head} differs from "
+        f"{table}: built with its own {head}, as transformers runs it (set tie_word_embeddings to false to "
+        "say so)"
+    )
+
+
+def _same_values(checkpoint, a: str, b: str, shape: tuple[int, ...], rows: int = 8192) -> bool:
+    """Whether two checkpoint tensors hold the same values, read a block of rows at a time."""
+    for start in range(0, shape[0], rows):
+        x = checkpoint.rows(a, start, start + rows, expect_shape=shape)
+        y = checkpoint.rows(b, start, start + rows, expect_shape=shape)
+        same = (
+            np.array_equal(x.view(np.uint8), y.view(np.uint8))  # bit for bit, as stored
+            if x.dtype == y.dtype
+            else np.array_equal(x.astype(np.float32), y.astype(np.float32))
+        )
+        if not same:
+            return False
+    return True
 
 
 def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
