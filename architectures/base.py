@@ -41,6 +41,9 @@ class DecoderBuilder:
     genai_type = "llama"  # model.type in genai_config.json
     qk_norm = False  # per-head RMSNorm on Q and K (Qwen3, Gemma 3)
     rotary_interleaved = False  # rotary on (x[2j], x[2j+1]) pairs rather than halves (Helium, GPT-J)
+    # Whether config.json's partial_rotary_factor rotates only that share of each head (Qwen3.5);
+    # transformers' Llama, Mistral and Qwen2/3 attention rotate the whole head whatever it says.
+    partial_rotary = False
     attention_bias = False  # q/k/v projections have biases (Qwen2)
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
@@ -119,6 +122,8 @@ class DecoderBuilder:
         )
         if self.rotary_interleaved:
             spec.rope = dataclasses.replace(spec.rope, interleaved=True)
+        if not self.partial_rotary:
+            spec.rope = dataclasses.replace(spec.rope, rotary_dim=spec.head_dim)
         lm_head = self.weight(None, "lm_head.weight")
         if not spec.tie_word_embeddings and not self.checkpoint.has(lm_head):
             if config.get("tie_word_embeddings") is False:  # said so, and the weight is not there

@@ -10,7 +10,7 @@ prompt and window 8).
 """
 
 from architectures.base import DecoderBuilder
-from architectures.qwen2 import sliding_layers
+from architectures.qwen2 import DEFAULT_WINDOW, sliding_layers
 from architectures.registry import register
 from builder.kit.spec import SLIDING_ATTENTION, DecoderSpec
 from builder.kit.targets import Target
@@ -21,8 +21,9 @@ class MistralBuilder(DecoderBuilder):
     genai_type = "mistral"
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
-        spec = super().make_spec(config, target)
-        window = config.get("sliding_window")
+        # MistralAttention has no q/k/v biases whatever config.json says.
+        spec = super().make_spec({**config, "attention_bias": False}, target)
+        window = config.get("sliding_window", DEFAULT_WINDOW)  # absent: transformers' default; null: none
         spec.sliding_layers = sliding_layers(config, window, [SLIDING_ATTENTION] * spec.num_layers)
         spec.sliding_window = int(window) if spec.sliding_layers else None
         return spec

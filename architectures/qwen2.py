@@ -6,6 +6,7 @@ MatMul (before the Split), or one Add per projection in the separate layout.
 
 from architectures.base import DecoderBuilder
 from architectures.registry import register
+from builder.kit.errors import BuilderError
 from builder.kit.spec import FULL_ATTENTION, SLIDING_ATTENTION, DecoderSpec, layer_types
 from builder.kit.targets import Target
 
@@ -20,12 +21,32 @@ def sliding_layers(config: dict, window: int | None, default_types: list[str]) -
     return tuple(i for i, t in enumerate(types) if t == SLIDING_ATTENTION)
 
 
-def qwen_sliding_window(spec: DecoderSpec, config: dict, first: int) -> DecoderSpec:
+# transformers' defaults where config.json lacks the key (Qwen2Config, Qwen3Config, Qwen3MoeConfig,
+# MistralConfig): a window of 4096, from layer 28 on. A null sliding_window means none.
+DEFAULT_WINDOW, DEFAULT_WINDOW_LAYERS = 4096, 28
+
+
+def qwen_sliding_window(spec: DecoderSpec, config: dict, all_layers: bool = False) -> DecoderSpec:
     """transformers' Qwen2/Qwen3 rule: sliding_window applies only with use_sliding_window, to the
-    layers from `first` on (max_window_layers; Qwen3-MoE: all of them)."""
-    window = config.get("sliding_window") if config.get("use_sliding_window") else None
+    layers from max_window_layers on, or as config.json's layer_types say; all_layers (Qwen3-MoE,
+    whose attention reads neither key): to every layer."""
+    window = config.get("sliding_window", DEFAULT_WINDOW) if config.get("use_sliding_window") else None
+    if not window:
+        first = spec.num_layers
+    elif all_layers:
+        first = 0
+    else:
+        first = config.get("max_window_layers", DEFAULT_WINDOW_LAYERS)
+        if first is None:
+            raise BuilderError(
+                "config.json: max_window_layers is null while use_sliding_window is true; it must be the "
+                "first layer with the window (fix or re-download config.json)"
+            )
     default = [SLIDING_ATTENTION if i >= first else FULL_ATTENTION for i in range(spec.num_layers)]
-    spec.sliding_layers = sliding_layers(config, window, default)
+    if all_layers:
+        spec.sliding_layers = tuple(i for i, t in enumerate(default) if t == SLIDING_ATTENTION)
+    else:
+        spec.sliding_layers = sliding_layers(config, window, default)
     spec.sliding_window = int(window) if spec.sliding_layers else None
     return spec
 
@@ -38,4 +59,4 @@ class Qwen2Builder(DecoderBuilder):
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec({**config, "attention_bias": True}, target)
-        return qwen_sliding_window(spec, config, config.get("max_window_layers", spec.num_layers))
+        return qwen_sliding_window(spec, config)

@@ -17,9 +17,8 @@ class Qwen3Builder(DecoderBuilder):
     genai_type = "qwen3"
     qk_norm = True
 
+    window_on_every_layer = False  # Qwen3-MoE's attention takes the window on every layer
+
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         # Qwen2's window rule: with use_sliding_window, on the layers from max_window_layers on.
-        return qwen_sliding_window(super().make_spec(config, target), config, self.first_sliding_layer(config))
-
-    def first_sliding_layer(self, config: dict) -> int:
-        return config.get("max_window_layers", config["num_hidden_layers"])
+        return qwen_sliding_window(super().make_spec(config, target), config, self.window_on_every_layer)

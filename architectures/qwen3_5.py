@@ -83,6 +83,7 @@ class SharedExpertMoE:
 class Qwen35Builder(DecoderBuilder):
     genai_type = "qwen3_5_text"
     qk_norm = True
+    partial_rotary = True  # a quarter of each head by default (text_config)
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
     text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
     not_built = ("model.visual.", "mtp.")  # TEXT_ONLY_NOTE

@@ -23,6 +23,9 @@ from builder.kit.targets import Target
 @register("Qwen3MoeForCausalLM")
 class Qwen3MoeBuilder(Qwen3Builder):
     genai_type = "qwen3"  # genai 0.18 has no "qwen3_moe"; it only sees the decoder's inputs/outputs
+    # Qwen3MoeAttention takes sliding_window on every layer: its model reads neither max_window_layers
+    # nor layer_types for the prefill's mask.
+    window_on_every_layer = True
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec(config, target)
@@ -30,9 +33,6 @@ class Qwen3MoeBuilder(Qwen3Builder):
         if self.moe.sparse_layers and target is not None and not target.supports("moe_swiglu"):
             raise BuilderError(target.moe_refusal("Qwen3-MoE"))
         return spec
-
-    def first_sliding_layer(self, config: dict) -> int:
-        return 0  # Qwen3MoeAttention takes sliding_window on every layer (its config has no max_window_layers)
 
     def feed_forward(self, spec: DecoderSpec, i: int):
         return SparseMoE(self.moe) if i in self.moe.sparse_layers else super().feed_forward(spec, i)

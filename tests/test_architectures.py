@@ -92,6 +92,80 @@ def test_qwen_sliding_window_layers(checkpoint, name, windows):
     parity(result, ckpt)
 
 
+def _without(name: str, *keys: str, **values) -> dict:
+    from support.synthetic import TINY_CONFIGS
+
+    return {**{k: v for k, v in TINY_CONFIGS[name].items() if k not in keys}, **values}
+
+
+@pytest.mark.parametrize(
+    "name,config,windows",
+    [
+        # transformers' defaults where the keys are absent: window 4096, from layer 28 on
+        (
+            "qwen3",
+            _without("qwen3", "sliding_window", "max_window_layers", use_sliding_window=True, num_hidden_layers=30),
+            [-1] * 28 + [4096] * 2,
+        ),
+        ("mistral", _without("mistral", "sliding_window"), [4096, 4096]),
+        # Qwen3-MoE's model windows every layer, whatever layer_types says
+        (
+            "qwen3-moe",
+            _without(
+                "qwen3-moe",
+                use_sliding_window=True,
+                sliding_window=4,
+                layer_types=["full_attention", "sliding_attention"],
+            ),
+            [4, 4],
+        ),
+    ],
+)
+def test_window_keys_read_as_transformers_reads_them(tmp_path, name, config, windows):
+    """Absent keys took other defaults than transformers' (no window at all), and Qwen3-MoE windowed
+    only the layers layer_types named (its verify then crashed in transformers, now one line)."""
+    from support.synthetic import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "c", config)
+    result = build(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", show_progress=False)
+    assert [attr(n, "local_window_size", -1) for n in nodes(result, "GroupQueryAttention")] == windows
+    if name == "qwen3-moe":
+        with pytest.raises(
+            BuilderError, match=r"--verify: transformers' model of .* fails when it runs \(RuntimeError"
+        ):
+            build(model=str(ckpt), output=str(tmp_path / "v"), precision="fp32", verify=True, show_progress=False)
+        assert not (tmp_path / "v").exists()
+
+
+def test_max_window_layers_null_is_named_where_it_matters(checkpoint, tmp_path):
+    """A null max_window_layers ended in a TypeError traceback, even with the window off."""
+    off = checkpoint("qwen3", max_window_layers=None)
+    assert build(model=str(off), output=str(tmp_path / "off"), show_progress=False).output.is_dir()
+    on = tmp_path / "on-ckpt"
+    shutil.copytree(off, on)
+    config = json.loads((on / "config.json").read_text())
+    (on / "config.json").write_text(json.dumps({**config, "use_sliding_window": True, "sliding_window": 8}))
+    with pytest.raises(BuilderError, match="max_window_layers is null while use_sliding_window is true"):
+        build(model=str(on), output=str(tmp_path / "on"), show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "name,config",
+    [
+        ("llama", dict(partial_rotary_factor=0.5, rope_scaling=None)),
+        ("qwen3", dict(partial_rotary_factor=0.5)),
+        ("mistral", dict(attention_bias=True)),
+    ],
+)
+def test_keys_transformers_ignores_for_a_family_are_ignored_here(checkpoint, name, config):
+    """Llama/Qwen3 rotate the whole head whatever partial_rotary_factor says, and Mistral's attention
+    has no biases whatever attention_bias says: the builds rotated half (NMSE 0.43) or asked for
+    bias tensors."""
+    ckpt = checkpoint(name, **config)
+    result = build(model=str(ckpt), output=str(ckpt.parent / f"{name}-ignored"), precision="fp32", show_progress=False)
+    parity(result, ckpt)
+
+
 # ---- Mistral: sliding window --------------------------------------------------
 
 
