@@ -155,14 +155,16 @@ def test_max_window_layers_null_is_named_where_it_matters(checkpoint, tmp_path):
         ("llama", dict(partial_rotary_factor=0.5, rope_scaling=None)),
         ("qwen3", dict(partial_rotary_factor=0.5)),
         ("mistral", dict(attention_bias=True)),
+        # both rope keys: transformers takes rope_scaling whole (the build merged them, key by key)
+        ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}, rope_parameters={"rope_type": "default"})),
     ],
 )
-def test_keys_transformers_ignores_for_a_family_are_ignored_here(checkpoint, name, config):
+def test_keys_transformers_ignores_for_a_family_are_ignored_here(checkpoint, tmp_path, name, config):
     """Llama/Qwen3 rotate the whole head whatever partial_rotary_factor says, and Mistral's attention
     has no biases whatever attention_bias says: the builds rotated half (NMSE 0.43) or asked for
     bias tensors."""
     ckpt = checkpoint(name, **config)
-    result = build(model=str(ckpt), output=str(ckpt.parent / f"{name}-ignored"), precision="fp32", show_progress=False)
+    result = build(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", show_progress=False)
     parity(result, ckpt)
 
 

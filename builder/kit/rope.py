@@ -34,10 +34,9 @@ class RopeSpec:
 
     @classmethod
     def from_config(cls, config: dict, head_dim: int) -> RopeSpec:
-        # transformers 5 writes `rope_parameters`; hub configs carry rope_theta + rope_scaling.
-        params = dict(config.get("rope_parameters") or {})
-        scaling = config.get("rope_scaling") or {}
-        params = {**scaling, **params}
+        # transformers 5 writes `rope_parameters`; hub configs carry rope_theta + rope_scaling. With
+        # both, transformers takes rope_scaling whole (modeling_rope_utils convert_rope_params_to_dict).
+        params = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
         theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
         rope_type = params.get("rope_type", params.get("type", "default")) or "default"
         rotary_dim = int(head_dim * config.get("partial_rotary_factor", 1.0))
