@@ -26,6 +26,7 @@ class Qwen3MoeBuilder(Qwen3Builder):
     # Qwen3MoeAttention takes sliding_window on every layer: its model reads neither max_window_layers
     # nor layer_types for the prefill's mask.
     window_on_every_layer = True
+    default_head_dim = None
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec(config, target)

@@ -168,6 +168,20 @@ def test_keys_transformers_ignores_for_a_family_are_ignored_here(checkpoint, tmp
     parity(result, ckpt)
 
 
+@pytest.mark.parametrize("name,head_dim", [("qwen3", 128), ("qwen3-moe", None)])
+def test_a_config_without_head_dim_takes_transformers_default(tmp_path, name, head_dim):
+    """Qwen3Config's head_dim defaults to 128 (Qwen3-MoE's attention: hidden / heads); the build
+    took hidden / heads for both and refused the weights as not matching the config."""
+    from support.synthetic import make_checkpoint
+
+    config = _without(name, "head_dim")
+    ckpt = make_checkpoint(tmp_path / "c", config)
+    result = build(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", show_progress=False)
+    expected = head_dim or config["hidden_size"] // config["num_attention_heads"]
+    assert result.report["model"]["head_dim"] == expected
+    parity(result, ckpt)
+
+
 # ---- Mistral: sliding window --------------------------------------------------
 
 
