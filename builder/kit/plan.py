@@ -133,7 +133,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     else:
         target_notes = ()
     warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
-    untied = untie_a_differing_lm_head(checkpoint, family, spec)
+    untied = untie_a_differing_lm_head(checkpoint, family, spec, options.page_cache)
     if untied:
         warnings.append(untied)
     if options.format == "genai" and family.genai_type not in GENAI_MODEL_TYPES:
@@ -248,14 +248,15 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     return options.format == "genai" and not legacy_webgpu
 
 
-def untie_a_differing_lm_head(checkpoint, family, spec) -> str | None:
+def untie_a_differing_lm_head(checkpoint, family, spec, page_cache: bool = False) -> str | None:
     """transformers 5 ties the lm_head to the embedding only where the checkpoint lacks it or holds
     the same values (else: "we will NOT tie them"): a tied config whose checkpoint stores another
     lm_head.weight is built with that one, as transformers runs it. Returns the warning, if so."""
     if not spec.tie_word_embeddings:
         return None
     head, table = family.weight(None, "lm_head.weight"), family.weight(None, "model.embed_tokens.weight")
-    if not checkpoint.has(head) or _same_values(checkpoint, head, table, (spec.vocab_size, spec.hidden_size)):
+    shape = (spec.vocab_size, spec.hidden_size)
+    if not checkpoint.has(head) or _same_values(checkpoint, head, table, shape, page_cache):
         return None
     spec.tie_word_embeddings = False
     return (
@@ -265,11 +266,14 @@ def untie_a_differing_lm_head(checkpoint, family, spec) -> str | None:
     )
 
 
-def _same_values(checkpoint, a: str, b: str, shape: tuple[int, ...], rows: int = 8192) -> bool:
-    """Whether two checkpoint tensors hold the same values, read a block of rows at a time."""
+def _same_values(checkpoint, a: str, b: str, shape: tuple[int, ...], page_cache: bool, rows: int = 8192) -> bool:
+    """Whether two checkpoint tensors hold the same values, read a block of rows at a time (through
+    the page cache only with --page-cache, as the build's own reads)."""
     for start in range(0, shape[0], rows):
-        x = checkpoint.rows(a, start, start + rows, expect_shape=shape)
-        y = checkpoint.rows(b, start, start + rows, expect_shape=shape)
+        x, y = (
+            checkpoint.read(checkpoint.locate(name, start, start + rows, shape), page_cache=page_cache)
+            for name in (a, b)
+        )
         same = (
             np.array_equal(x.view(np.uint8), y.view(np.uint8))  # bit for bit, as stored
             if x.dtype == y.dtype

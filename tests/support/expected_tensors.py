@@ -22,12 +22,16 @@ class _Stand_inCheckpoint:
         self.directory = Path(os.devnull)
         self.seen: dict[str, tuple[int, ...]] = {}
         self._layer_names = layer_names
+        self.absent: set[str] = set()
 
     def names(self) -> list[str]:
         return self._layer_names  # one name a layer: what the plan's layer-count check looks at
 
     def has(self, name: str) -> bool:
-        return True  # every tensor exists: an untied config stays untied
+        # Every tensor exists, so an untied config stays untied; but a tied model's lm_head, which a
+        # hub checkpoint need not store (asked for, the plan would compare it with the embedding,
+        # and the reads would count it as the family's).
+        return name not in self.absent
 
     def rows(self, name, start, stop, expect_shape=None):
         if expect_shape is None:  # a chunk of a tensor whose shape was checked first
@@ -60,6 +64,8 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
     stand_in = _Stand_inCheckpoint(config, [naming.weight(i, "x") for i in range(layers)])
     # fp16 on cpu: every option at its default, every tensor read as a float (no quantizer work).
     arch = family(stand_in, BuildOptions(model="stand-in", precision="fp16", ep="cpu"))
+    if arch.config.get("tie_word_embeddings"):
+        stand_in.absent.add(arch.weight(None, "lm_head.weight"))
     data = ExternalDataFile(Path(os.devnull))
     try:
         arch.build_graph(Graph(data), SilentProgress())
