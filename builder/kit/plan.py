@@ -10,6 +10,7 @@ the build report and verify read the plan; nothing decides twice.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,9 +267,22 @@ def untie_a_differing_lm_head(checkpoint, family, spec, page_cache: bool = False
     )
 
 
+# Comparisons made in this process, by where the two tensors lie and their files' versions: a batch
+# plans each job of a checkpoint for its up-to-date check, and --verify plans once more.
+_SAME_VALUES: dict[tuple, bool] = {}
+
+
 def _same_values(checkpoint, a: str, b: str, shape: tuple[int, ...], page_cache: bool, rows: int = 8192) -> bool:
     """Whether two checkpoint tensors hold the same values, read a block of rows at a time (through
     the page cache only with --page-cache, as the build's own reads)."""
+    where = [checkpoint.locate(name, 0, None, shape) for name in (a, b)]
+    try:
+        key = tuple((str(w.file), w.begin, w.length, os.stat(w.file).st_mtime_ns) for w in where)
+    except OSError:
+        key = None
+    if key in _SAME_VALUES:
+        return _SAME_VALUES[key]
+    same = True
     for start in range(0, shape[0], rows):
         x, y = (
             checkpoint.read(checkpoint.locate(name, start, start + rows, shape), page_cache=page_cache)
@@ -280,8 +294,10 @@ def _same_values(checkpoint, a: str, b: str, shape: tuple[int, ...], page_cache:
             else np.array_equal(x.astype(np.float32), y.astype(np.float32))
         )
         if not same:
-            return False
-    return True
+            break
+    if key is not None:
+        _SAME_VALUES[key] = same
+    return same
 
 
 def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:
