@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper
 
 CHANGES = {"input_ids=int32", "attention_mask=int32", "logits=fp32"}
+MARK = ".with_io_types"  # in each copy this script makes: a folder it may replace
 
 
 def main(argv: list[str]) -> int:
@@ -53,6 +54,10 @@ def main(argv: list[str]) -> int:
         if f"{name}=int32" in changes and types.get(name) != TensorProto.INT64:
             print(f"error: {src}'s {name} is not int64; build it with --int32-inputs off", file=sys.stderr)
             return 2
+    logits = next((o for o in model.graph.output if o.name == "logits"), None)
+    if "logits=fp32" in changes and logits is not None and logits.type.tensor_type.elem_type == TensorProto.FLOAT:
+        print(f"error: {src}'s logits are fp32 already", file=sys.stderr)
+        return 2
     uncaptured = any(n.op_type == "Shape" and "attention_mask" in n.input for n in model.graph.node)
     if "attention_mask=int32" in changes and uncaptured:
         print(
@@ -60,10 +65,16 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    # DST is replaced only where this script made it: it once removed whatever folder DST named
+    # (the source itself, given twice, or a user's files).
+    if dst.exists() and not (dst / MARK).is_file():
+        print(f"error: {dst} exists and is not a copy this script made; pass a new folder for DST", file=sys.stderr)
+        return 2
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
+    (dst / MARK).write_text(f"{src.resolve()}\n")
     for item in src.iterdir():
-        if item.name != "model.onnx":
+        if item.name not in ("model.onnx", MARK):
             try:
                 os.link(item, dst / item.name)
             except OSError:

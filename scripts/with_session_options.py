@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+MARK = ".with_session_options"  # in each folder this script makes: one it may write again
+
 
 def _refusal(pair: str) -> str | None:
     """Why the entry `pair` is refused, or None."""
@@ -63,10 +65,16 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    # It writes DST's genai_config.json: never the source's (it edited it in place), nor that of a
+    # folder it did not make.
+    if dst.resolve() == src or (dst.is_dir() and any(dst.iterdir()) and not (dst / MARK).is_file()):
+        print(f"error: {dst} is the source or a folder this script did not make; pass a new folder", file=sys.stderr)
+        return 2
     dst.mkdir(parents=True, exist_ok=True)
+    (dst / MARK).write_text(f"{src}\n")
     for item in src.iterdir():
         link = dst / item.name
-        if item.name != "genai_config.json" and not link.exists():
+        if item.name not in ("genai_config.json", MARK) and not link.exists():
             link.symlink_to(item)
     for pair in argv[2:]:
         key, _, value = pair.partition("=")

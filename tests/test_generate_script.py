@@ -317,14 +317,33 @@ def test_mixed_files_without_a_report_still_run(cpu_folder, fp32_folder, tmp_pat
     assert child.returncode == 0, child.stderr
 
 
-def test_graph_rewritten_in_place_still_runs(cpu_folder, tmp_path):
+def test_graph_rewritten_in_place_still_runs(built, tmp_path):
     """with_io_types.py rewrites model.onnx and keeps build_report.json: its size differs from the
     report's, and it still reads its own weights."""
+    fp16 = built("qwen3", precision="fp16").output  # fp16 logits, which the variant casts to fp32
     variant = tmp_path / "variant"
-    assert script("with_io_types.py", cpu_folder, variant, "logits=fp32").returncode == 0
-    assert (variant / "model.onnx").stat().st_size != (cpu_folder / "model.onnx").stat().st_size
+    assert script("with_io_types.py", fp16, variant, "logits=fp32").returncode == 0
+    assert (variant / "model.onnx").stat().st_size != (fp16 / "model.onnx").stat().st_size
     child = generate(variant, "--max-new-tokens", "2")
     assert child.returncode == 0, child.stderr
+    assert script("with_io_types.py", fp16, variant, "logits=fp32").returncode == 0  # its own copy: replaced
+
+
+def test_variant_scripts_leave_folders_they_did_not_make(cpu_folder, tmp_path):
+    """with_io_types.py removed whatever DST named first: given the source twice it left only its
+    model.onnx; with_session_options.py edited the source's genai_config.json in place."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    changes = {"with_io_types.py": "input_ids=int32", "with_session_options.py": "intra_op_num_threads=1"}
+    for name, change in changes.items():
+        for dst in (cpu_folder, mine):
+            child = script(name, cpu_folder, dst, change)
+            assert child.returncode == 2 and child.stderr.startswith("error: "), child.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
+    assert (cpu_folder / "model.onnx.data").is_file()
+    child = script("with_io_types.py", cpu_folder, tmp_path / "v", "logits=fp32")  # a cpu build's are fp32
+    assert child.returncode == 2 and "logits are fp32 already" in child.stderr
 
 
 def test_run_failure_prints_only_the_error_line(built):
