@@ -150,6 +150,11 @@ def main() -> int:
         config, precision, extra = CASES[args.case]
         print(json.dumps(run_case(Path(args.work), config, precision, extra, args.target_ort)))
         return 0
+    unknown = sorted(set(args.only or ()) - {config for config, _, _ in CASES})
+    if unknown:
+        names = ", ".join(sorted({c for c, _, _ in CASES}))
+        print(f"error: --only {unknown[0]} names no case; cases: {names}", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp())
     rows = []
     for i, (config, precision, extra) in enumerate(CASES):
@@ -177,6 +182,9 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         if args.json:  # written as it goes: a run stopped at its time limit keeps what it did
             Path(args.json).write_text(json.dumps(rows, indent=2))
+    if rows and all("error" in row for row in rows):  # no WebGPU runtime, say: nothing was checked
+        print(f"error: no case ran on WebGPU ({rows[0]['error'][:200]})", file=sys.stderr)
+        return 1
     return 0
 
 
