@@ -331,13 +331,18 @@ def test_node_other_families(built, checkpoint, name, precision):
     assert run_node(result.output)["tokens"] == theirs
 
 
-def test_node_q4_generates(built):
-    """The q4 build (int4 weights, fp32 activations) runs in transformers.js and decodes as ONNX Runtime does."""
+def test_node_q4_generates(built, tmp_path):
+    """The q4 build (int4 weights, fp32 activations) runs in transformers.js and decodes as ONNX Runtime does,
+    from a folder whose name is no hub id too (my--model, with a space: transformers.js looked for it
+    elsewhere, and generate.mjs blamed a missing file)."""
     result = built("qwen3", precision="int4", io_dtype="fp32", format="transformers.js")
     ours = run_node(result.output)
     assert ours["dtype"] == "q4"
     assert len(ours["tokens"]) == len(PROMPT) + NEW_TOKENS
     assert ours["tokens"] == onnx_greedy(result.model_path, PROMPT, NEW_TOKENS)
+    odd = tmp_path / "my--model b"
+    shutil.copytree(result.output, odd)
+    assert run_node(odd)["tokens"] == ours["tokens"]
 
 
 # $CHROMIUM, else the first of Debian's and others' names on PATH, else Debian's path (setup.sh installs it).
@@ -417,8 +422,10 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
 
     options = dict(precision="int4", ep="webgpu", io_dtype="fp32")
     result = built("qwen3", format="transformers.js", **options)
+    folder = tmp_path / "my--model"  # no hub id: the page asked for /my--model/ instead of /models/my--model/
+    shutil.copytree(result.output, folder)
     page = run_page(
-        result.output,
+        folder,
         tmp_path,
         device="webgpu",
         ids=",".join(map(str, PROMPT)),

@@ -293,8 +293,10 @@ checkDevice(args.folder, args.device, env.backends.onnx?.getSupportedDevices?.()
 
 // A local folder only: never the hub.
 env.allowRemoteModels = false;
+// The folder's own path as the id: transformers.js joins a name that reads as a hub id onto
+// localModelPath, and takes any other as a path; a folder name such as my--model or "a b" is no hub id.
 env.localModelPath = path.dirname(folder) + path.sep;
-const id = path.basename(folder);
+const id = folder;
 // ONNX Runtime's log off (its errors come back as the exceptions reported below): the process-wide
 // logger, set before the first session, and each session's.
 env.backends.onnx?.setLogLevel?.(LogLevel?.NONE ?? 50);

@@ -265,13 +265,16 @@ async function main(state) {
     if (options.ids) checkPrompt(model, options.ids, options.max_new_tokens, `ids=${param('ids')}`);
     $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
-    const tokenizer = await AutoTokenizer.from_pretrained(name);
+    // Its URL path as the id: transformers.js joins a name that reads as a hub id onto localModelPath
+    // and fetches any other as it is, so a folder named my--model or "a b" was asked for at /my--model/.
+    const where = env.localModelPath + name;
+    const tokenizer = await AutoTokenizer.from_pretrained(where);
     const autorun = params.get('autorun') === '1' || params.get('report') === '1';
     if (autorun && !options.ids) {  // before the weights load, as ids= is
         const text = param('prompt') ? params.get('prompt') : $('prompt').value;
         checkPrompt(model, Array.from(tokenizer.encode(text)), options.max_new_tokens, 'the prompt');
     }
-    const loaded = await AutoModelForCausalLM.from_pretrained(name, {
+    const loaded = await AutoModelForCausalLM.from_pretrained(where, {
         device,
         dtype: options.dtype ?? undefined,
         session_options: verbose ? { logSeverityLevel: 0, logVerbosityLevel: 0 } : {},
