@@ -345,6 +345,17 @@ def test_node_q4_generates(built, tmp_path):
     assert run_node(odd)["tokens"] == ours["tokens"]
 
 
+def test_a_cuda_build_on_the_cpu_is_sent_to_a_cpu_build(built):
+    """Its GroupQueryAttention with q/k norms has no CPU kernel: the message said to rebuild it with
+    the same -e cuda, which fails alike."""
+    folder = built("qwen3", precision="int4", ep="cuda", format="transformers.js").output
+    out = subprocess.run(
+        [node_ready(), str(WEB / "generate.mjs"), str(folder), "--max-new-tokens", "2"], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and out.stderr.startswith("error: "), out.stderr
+    assert "it was built for cuda (-e cuda)" in out.stderr and "-e cpu --format transformers.js" in out.stderr
+
+
 # $CHROMIUM, else the first of Debian's and others' names on PATH, else Debian's path (setup.sh installs it).
 CHROMIUM = Path(
     os.environ.get("CHROMIUM")

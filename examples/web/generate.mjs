@@ -122,14 +122,26 @@ function checkpointOf(folder) {
     return resolved ?? given ?? null;
 }
 
-/** The command that rebuilds `folder`: its checkpoint, precision and EP from build_report.json. */
-function rebuild(shown, folder) {
+/** The command that rebuilds `folder`: its checkpoint, precision and EP (or `ep`) from build_report.json. */
+function rebuild(shown, folder, ep = null) {
     const options = report(folder).options ?? {};
     const model = checkpointOf(folder) ?? 'CHECKPOINT';
     const family = options.family ? ` --family ${options.family}` : '';  // a family of the user's own built it
-    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${options.ep}${family}` : '';
+    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${ep ?? options.ep}${family}` : '';
     const others = model !== 'CHECKPOINT' ? ' (build_report.json lists its other options)' : '';
     return `rebuild it with python -m builder -m ${model}${more} --format transformers.js -o ${shown} --overwrite${others}`;
+}
+
+/**
+ * A folder built for another EP than the CPU that failed on --device cpu: say so, and rebuild it for
+ * the CPU (rebuilding it for its own EP, as the other messages would, fails alike).
+ */
+function failOffItsEP(error, what) {
+    const builtFor = report(folder).options?.ep;
+    if (args.device !== 'cpu' || !builtFor || builtFor === 'cpu') return;
+    fail(`${args.folder} does not ${what} on the CPU (${firstLine(error)}): it was built for ${builtFor} `
+        + `(-e ${builtFor}), whose graph the CPU need not run; run it with --device ${builtFor} where that is, or `
+        + rebuild(args.folder, folder, 'cpu'));
 }
 
 /** Refuses a folder that transformers.js cannot load as a --format transformers.js build; returns its config.json. */
@@ -317,6 +329,7 @@ try {
             + `transformers.js does not know; the builder family that made it names a model_type transformers.js `
             + `knows for the same architecture in its model_config() (docs/architecture.md)`);
     }
+    failOffItsEP(e, 'load');
     const device = args.device === 'cpu' ? '' : `, or --device ${args.device} does not run here (try --device cpu)`;
     fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged${device}; `
         + rebuild(args.folder, folder));
@@ -339,6 +352,7 @@ try {
             + `are past the context its graph was built for, which config.json's max_position_embeddings does not say; `
             + `pass a smaller --max-new-tokens, or ${rebuild(args.folder, folder)}`);
     }
+    failOffItsEP(e, 'run');
     fail(`${args.folder} does not run in transformers.js (${firstLine(e)}); `
         + rebuild(args.folder, folder));
 }
