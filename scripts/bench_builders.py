@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""This builder side by side with onnxruntime-genai's own builder, on the same checkpoints, in one run.
+r"""This builder side by side with onnxruntime-genai's own builder, on the same checkpoints, in one run.
 
     pip install -e '.[bench]'       # onnxruntime-genai, onnx-ir (the reference builder needs it), psutil, transformers
     python scripts/bench_builders.py --sizes 0.6b,1.7b,4b --run-sizes 0.6b,1.7b --accuracy-sizes 0.6b,1.7b \

@@ -1,4 +1,4 @@
-"""Build one checkpoint in each packing layout and time them side by side.
+r"""Build one checkpoint in each packing layout and time them side by side.
 
     python scripts/bench_layouts.py --checkpoint /tmp/ckpt/qwen3-0.6b --ep cpu --rounds 5 \
         --json docs/results/layouts-cpu.json [--extra reference=/path/to/reference/model]
