@@ -20,7 +20,7 @@ and, with --before REF, `before` (REF checked out with `git worktree add`). It
 prints cold build / cold read, warm build, peak RSS, the build report's phase
 times and the load average before each step (other processes share the machine:
 rerun when it is quiet). The checkpoint is made with scripts/make_checkpoint.py
-when missing (qwen3-4b: 8 GB; --delete-checkpoint removes it at the end).
+when missing (qwen3-4b: 8 GB; --delete-checkpoint removes it at the end, if this run made it).
 """
 
 from __future__ import annotations
@@ -143,11 +143,14 @@ def main() -> int:
         "busy, a build otherwise measures the scheduler more than itself",
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--delete-checkpoint", action="store_true")
+    ap.add_argument(
+        "--delete-checkpoint", action="store_true", help="remove the checkpoint at the end, if this run made it"
+    )
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    if not (args.checkpoint / "config.json").is_file():
+    made_here = not (args.checkpoint / "config.json").is_file()  # only such a checkpoint is ever deleted
+    if made_here:
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), args.size, str(args.checkpoint)], check=True
         )
@@ -233,7 +236,7 @@ def main() -> int:
                 check=False,
                 capture_output=True,
             )
-        if args.delete_checkpoint:
+        if args.delete_checkpoint and made_here:
             shutil.rmtree(args.checkpoint, ignore_errors=True)
     return 0
 
