@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--ray-address")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1 (a median needs one)")
     file = Path(args.file).absolute()
     ray = ["--executor", "ray"] + (["--ray-address", args.ray_address] if args.ray_address else [])
     times = {"local": [], "ray": []}

@@ -240,6 +240,8 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="Write the raw results here.")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1 (a median needs one)")
     bad = [m for m in args.models if not m.partition("=")[0] or not m.partition("=")[2]]
     if bad:
         parser.error(f"{bad[0]!r} is not NAME=DIR; pass each model as a name and a built folder, e.g. a=out/tiny")

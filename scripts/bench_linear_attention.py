@@ -330,6 +330,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--decode-steps", type=int, default=500)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.what == "check":
         check()
     elif args.what == "time":

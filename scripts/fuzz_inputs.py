@@ -49,6 +49,9 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(TARGETS), help="Comma-separated targets: " + ", ".join(TARGETS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    unknown = sorted(set(args.only.split(",")) - set(TARGETS))
+    if unknown or args.cases < 1:
+        parser.error(f"--only {unknown[0]} is no target" if unknown else "--cases must be at least 1")
     for name in args.only.split(","):
         start = time.perf_counter()
         outcomes = run(name, args.cases, args.seed)

@@ -37,6 +37,12 @@ def main() -> None:
         help="dtype of the stored weights (default: bfloat16, as the hub's Qwen3 files)",
     )
     args = ap.parse_args()
+    # A checkpoint goes into a new or empty folder, or over one this script wrote (its config.json and
+    # shards): never into a file or over a built model's folder.
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        ap.error(f"{args.out_dir} is a file; pass a folder")
+    if (args.out_dir / "build_report.json").exists() or (args.out_dir / "genai_config.json").exists():
+        ap.error(f"{args.out_dir} holds a built model; pass another folder")
 
     start = time.perf_counter()
     if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included
