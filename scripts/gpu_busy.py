@@ -84,6 +84,14 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=512)
     ap.add_argument("--json")
     args = ap.parse_args()
+    for pair in args.models:
+        name, _, folder = pair.partition("=")
+        if not name or not (Path(folder) / "genai_config.json").is_file():
+            ap.error(f"{pair!r}: pass NAME=DIR, DIR a built model folder")
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        ap.error("needs pynvml, NVIDIA's NVML bindings: pip install nvidia-ml-py (on a machine with an NVIDIA GPU)")
     results = {}
     for pair in args.models:
         name, folder = pair.split("=", 1)

@@ -81,16 +81,18 @@ def main() -> int:
     import onnxruntime as ort
 
     folder = Path(args.folder)
+    if not (folder / "genai_config.json").is_file():
+        parser.error(f"{folder} has no genai_config.json; pass a built model folder")
     config = json.loads((folder / "genai_config.json").read_text())
-    max_length = config["search"]["max_length"]
-    if args.past + 1 > max_length:
-        parser.error(f"--past {args.past} leaves no room in max_length {max_length}")
     # The folder's own WebGPU options (enableGraphCapture, validationMode), as genai passes them.
     provider_options = next(
         (o["webgpu"] for o in config["model"]["decoder"]["session_options"]["provider_options"] if "webgpu" in o), {}
     )
     if provider_options.get("enableGraphCapture") != "1":
         parser.error(f"{folder} is not a capture build (genai_config enableGraphCapture)")
+    max_length = config["search"]["max_length"]
+    if args.past + 1 > max_length:
+        parser.error(f"--past {args.past} leaves no room in max_length {max_length}")
     # From genai_config, not the inputs' shapes: the reference builder leaves its dims symbolic.
     kv_heads, head_size = config["model"]["decoder"]["num_key_value_heads"], config["model"]["decoder"]["head_size"]
     # What the replays must give, computed first and in a child process: on the H200 a second
