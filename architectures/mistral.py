@@ -24,6 +24,7 @@ class MistralBuilder(DecoderBuilder):
         # MistralAttention has no q/k/v biases whatever config.json says.
         spec = super().make_spec({**config, "attention_bias": False}, target)
         window = config.get("sliding_window", DEFAULT_WINDOW)  # absent: transformers' default; null: none
-        spec.sliding_layers = sliding_layers(config, window, [SLIDING_ATTENTION] * spec.num_layers)
+        # No list a layer without a window: num_hidden_layers is checked against the checkpoint later.
+        spec.sliding_layers = sliding_layers(config, window, [SLIDING_ATTENTION] * spec.num_layers) if window else ()
         spec.sliding_window = int(window) if spec.sliding_layers else None
         return spec

@@ -31,9 +31,10 @@ def qwen_sliding_window(spec: DecoderSpec, config: dict, all_layers: bool = Fals
     layers from max_window_layers on, or as config.json's layer_types say; all_layers (Qwen3-MoE,
     whose attention reads neither key): to every layer."""
     window = config.get("sliding_window", DEFAULT_WINDOW) if config.get("use_sliding_window") else None
-    if not window:
-        first = spec.num_layers
-    elif all_layers:
+    if not window:  # no list a layer: the plan checks num_hidden_layers against the checkpoint after this
+        spec.sliding_layers, spec.sliding_window = (), None
+        return spec
+    if all_layers:
         first = 0
     else:
         first = config.get("max_window_layers", DEFAULT_WINDOW_LAYERS)
