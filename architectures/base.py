@@ -20,7 +20,7 @@ import functools
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding
+from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding, left_padding
 from builder.kit.blocks import attention as attention_io
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
@@ -222,6 +222,9 @@ class DecoderBuilder:
             if hasattr(mixer, "declare_io"):  # a stateless block of a user's has nothing to declare
                 mixer.declare_io(em, i)
         attention_io.attention_metadata(em, self.rotary(spec))
+        if plan.left_padding:
+            recurrent = any(getattr(self.mixer(spec, i), "recurrent", False) for i in range(spec.num_layers))
+            left_padding.prepare(em, whole_model=not recurrent)
         progress.step("lm_head and embeddings")
         lm_head = embedding.lm_head_weight(em)
         hidden = self.embed(em, lm_head)
@@ -248,7 +251,7 @@ class DecoderBuilder:
     def decoder_layer(self, em: Emitter, i: int, hidden: str, residual: str) -> tuple[str, str]:
         """One layer: normalized input in, (next layer's normalized input, residual) out."""
         spec = em.spec
-        mixed = self.mixer(spec, i)(em, i, hidden)
+        mixed = self.mix(em, i, hidden)
         hidden, residual = em.skip_norm(
             mixed,
             residual,
@@ -256,6 +259,12 @@ class DecoderBuilder:
             f"/model/layers.{i}/post_attention_layernorm",
         )
         return em.skip_norm(self.feed_forward(spec, i)(em, i, hidden), residual, *self.next_norm(em, i))
+
+    def mix(self, em: Emitter, i: int, hidden: str) -> str:
+        """Layer i's mixer (attention, linear attention) on its normalized input. A family that
+        writes its own decoder_layer calls this rather than mixer(spec, i) itself: for left-padded
+        batches a hybrid's attention layers take their input reordered (kit/blocks/left_padding.py)."""
+        return left_padding.mixer(em, self.mixer(em.spec, i), i, hidden)
 
     def next_norm(self, em: Emitter, i: int) -> tuple[str, str]:
         """(weight, node name) of the norm after layer i: the next input_layernorm or model.norm."""

@@ -190,7 +190,7 @@ class Gemma3Builder(DecoderBuilder):
 
     def decoder_layer(self, em: Emitter, i: int, hidden: str, residual: str) -> tuple[str, str]:
         spec = em.spec
-        attn = self.post_norm(em, i, self.mixer(spec, i)(em, i, hidden), "post_attention_layernorm")
+        attn = self.post_norm(em, i, self.mix(em, i, hidden), "post_attention_layernorm")
         hidden, residual = em.skip_norm(
             attn,
             residual,

@@ -49,6 +49,9 @@ class BuildPlan:
     residual_dtype: np.dtype
     last_logits: bool = False  # logits [B, 1, V] for each row's last token (--logits)
     int32_inputs: bool = False  # input_ids and attention_mask are int32 (--int32-inputs)
+    # Batches come padded on the left (transformers.js): the graph moves the pads where
+    # GroupQueryAttention expects them (builder.kit.blocks.left_padding).
+    left_padding: bool = False
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
     # The options with --int8-layers/--float-layers in the names projections go by here
@@ -216,6 +219,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
+        left_padding=options.format == "transformers.js",
         residual_dtype=residual,
         notes=target_notes + tuple(layout.notes),
         warnings=tuple(warnings),

@@ -8,6 +8,7 @@
 - mlp: the dense gated MLP (SiLU or GELU)
 - moe: sparse experts as com.microsoft MoE / QMoE
 - embedding: token embeddings, lm_head and logits (GatherBlockQuantized sharing int4 bytes)
+- left_padding: left-padded batches (transformers.js) reordered for GroupQueryAttention
 """
 
 from builder.kit.blocks.attention import Attention

@@ -151,7 +151,7 @@ class Attention:
         return tuple(
             g.op(
                 "RotaryEmbedding",
-                [t, "position_ids", cos, sin],
+                [t, em.shared.get("position_ids", "position_ids"), cos, sin],
                 f"{base}/{n}_rotary/RotaryEmbedding",
                 domain=MS_DOMAIN,
                 num_heads=h,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from onnx import TensorProto
 
+from builder.kit.blocks import left_padding
 from builder.kit.blocks.emitter import Emitter
 from builder.kit.graph import MS_DOMAIN
 from builder.kit.linear import QuantizedTensor, transposed
@@ -44,7 +45,12 @@ def embedding(em: Emitter, lm_head: QuantizedTensor | str) -> str:
         # lm_head): the embedding still gathers from int4, its own table, not a float copy.
         return _gather_quantized(em, em.proj.quantized_weight(EMBED, [table], fmt, [shape]))
     name = em.proj.float_initializer(f"{EMBED}.weight", table, shape)
-    return g.op("Gather", [name, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+    return g.op("Gather", [name, token_ids(em)], "/model/embed_tokens/Gather", axis=0)
+
+
+def token_ids(em: Emitter) -> str:
+    """input_ids, or their left-padding reordering (kit/blocks/left_padding.py)."""
+    return em.shared.get("input_ids", "input_ids")
 
 
 def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
@@ -52,7 +58,7 @@ def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
     n_blocks = -(-s.hidden_size // q.format.block_size)
     flat = n_blocks * q.format.block_size // 2
     data = g.op("Reshape", [q.b, g.constant([s.vocab_size, flat])], "/model/embed_tokens/Reshape")
-    inputs = [data, "input_ids", q.scales] + ([q.zero_points] if q.zero_points else [])
+    inputs = [data, token_ids(em), q.scales] + ([q.zero_points] if q.zero_points else [])
     out = g.op(
         "GatherBlockQuantized",
         inputs,
@@ -73,6 +79,8 @@ def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
 
 def logits(em: Emitter, hidden: str, lm_head: QuantizedTensor | str) -> None:
     g = em.graph
+    if left_padding.whole_model(em):  # each row's positions back where transformers.js reads them
+        hidden = left_padding.move(em, hidden, "back", "/model/left_padding/back")
     if em.plan.last_logits:
         hidden = last_positions(em, hidden)
     if isinstance(lm_head, QuantizedTensor):

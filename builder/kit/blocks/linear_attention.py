@@ -194,6 +194,7 @@ class GatedDeltaNet:
     dims: LinearAttentionDims
     fused: bool = False
     prefix: str = "linear_attn"
+    recurrent = True  # keeps a state across tokens: left-padded batches zero its input at the pads
 
     def _module(self, i: int, name: str) -> str:
         return f"model.layers.{i}.{self.prefix}.{name}"

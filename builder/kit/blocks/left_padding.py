@@ -1,0 +1,97 @@
+"""Left-padded batches, as transformers.js pads a batch of unequal prompts.
+
+GroupQueryAttention reads attention_mask as right padding: a row's sequence length is its mask's
+sum, and its tokens are the first that many of the chunk (and of the KV cache). A left-padded row
+has its pad tokens first, so GQA took the pads as that row's prompt (a tiny Qwen3's short row came
+out 5.2 logits off its own run). For --format transformers.js builds the graph moves each row's
+leading pads to the end of the chunk, where GQA ignores them, which is what onnxruntime-genai's
+right-padded batches give GQA; the KV cache is then right-padded too, and later steps (one token
+a row, no pads) need no moving.
+
+Two ways, chosen by the mixers (DecoderBuilder.build_graph):
+- whole model (attention only): input_ids (and position_ids) are moved once before the
+  embedding, the final hidden state moved back before the lm_head, so every position's logits are
+  where transformers.js reads them. Per token work does not care about the order.
+- around attention (hybrids whose recurrent mixers keep a state, Qwen3.5): a recurrent layer
+  absorbs whatever follows a row's last token, so the stream stays left-padded; each attention
+  layer's input is moved and its output moved back, and a recurrent layer's input is zeroed at
+  the pads, as transformers does (apply_mask_to_padding_states), which leaves a zero state zero.
+
+The moves read each row's leading pads from the mask's last S columns (ArgMax of the first 1): a
+right-padded or unpadded row has none and is left as it is.
+"""
+
+from __future__ import annotations
+
+from builder.kit.blocks.emitter import Emitter
+
+BASE = "/model/left_padding"
+
+
+def prepare(em: Emitter, whole_model: bool) -> None:
+    """The gather indices every move uses, in em.shared: "left_padding/to_right" [B, S] (chunk
+    position of each right-padded position) and "left_padding/back" [B, S] (the inverse)."""
+    g = em.graph
+    length = g.op("Shape", ["input_ids"], f"{BASE}/Shape", start=1, end=2)  # [S]
+    chunk = g.op(
+        "Slice",
+        ["attention_mask", g.op("Neg", [length], f"{BASE}/Neg"), g.constant([2**62]), g.constant([1])],
+        f"{BASE}/Slice",
+    )
+    # [B, 1]: the first 1's column. On the int64 mask, as the rest of this arithmetic: the WebGPU EP
+    # would take a float ArgMax, and its result would come back to the CPU every step.
+    pads = g.op("ArgMax", [chunk], f"{BASE}/ArgMax", axis=1, keepdims=1)
+    count = g.op("Squeeze", [length, g.constant([0])], f"{BASE}/Squeeze")
+    positions = g.op("Range", [g.constant(0), count, g.constant(1)], f"{BASE}/Range")  # [S]
+    last = g.op("Sub", [length, g.constant([1])], f"{BASE}/Sub")
+    shifted = g.op("Add", [positions, pads], f"{BASE}/Add")
+    em.shared["left_padding/to_right"] = g.op("Min", [shifted, last], f"{BASE}/Min")
+    back = g.op("Sub", [positions, pads], f"{BASE}/Sub_back")
+    em.shared["left_padding/back"] = g.op("Max", [back, g.constant([0])], f"{BASE}/Max")
+    em.shared["left_padding/whole_model"] = whole_model
+    if not whole_model:
+        mask = g.op("Cast", [chunk], f"{BASE}/Cast_mask", to=em.plan.io_type)
+        em.shared["left_padding/mask"] = g.op("Unsqueeze", [mask, g.constant([2])], f"{BASE}/Unsqueeze_mask")
+    else:
+        em.shared["input_ids"] = _positions(em, "input_ids", "to_right")
+        if not em.plan.layout.rotary_in_gqa:
+            em.shared["position_ids"] = _positions(em, "position_ids", "to_right")
+
+
+def active(em: Emitter) -> bool:
+    return "left_padding/to_right" in em.shared
+
+
+def whole_model(em: Emitter) -> bool:
+    return active(em) and em.shared["left_padding/whole_model"]
+
+
+def _positions(em: Emitter, name: str, which: str) -> str:
+    """A [B, S] input gathered along S."""
+    return em.graph.op(
+        "GatherElements", [name, em.shared[f"left_padding/{which}"]], f"{BASE}/{name}/GatherElements", axis=1
+    )
+
+
+def move(em: Emitter, x: str, which: str, name: str) -> str:
+    """x [B, S, H] gathered along S by the "to_right" or "back" indices."""
+    g = em.graph
+    key = f"left_padding/{which}/indices"
+    if key not in em.shared:
+        em.shared[key] = g.op(
+            "Unsqueeze", [em.shared[f"left_padding/{which}"], g.constant([2])], f"{BASE}/Unsqueeze_{which}"
+        )
+    return g.op("GatherND", [x, em.shared[key]], f"{name}/GatherND", batch_dims=1)
+
+
+def mixer(em: Emitter, block, i: int, x: str) -> str:
+    """Layer i's mixer on x, in the order it needs (around-attention mode; else as it is)."""
+    if not active(em) or whole_model(em):
+        return block(em, i, x)
+    base = f"/model/layers.{i}/left_padding"
+    if getattr(block, "recurrent", False):
+        return block(em, i, em.graph.op("Mul", [x, em.shared["left_padding/mask"]], f"{base}/Mul"))
+    if "position_ids" not in em.shared and not em.plan.layout.rotary_in_gqa:
+        em.shared["position_ids"] = _positions(em, "position_ids", "to_right")
+    out = block(em, i, move(em, x, "to_right", f"{base}/to_right"))
+    return move(em, out, "back", f"{base}/back")
