@@ -54,7 +54,7 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
             if snapshot is None:  # no config to plan with: the options as written
                 if changed:
                     return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed))
-                return _stream_predated(report) or _uncached_hub_reason(options, report)
+                return _stream_predated(report) or _padding_predated(report) or _uncached_hub_reason(options, report)
             checkpoint = Checkpoint(snapshot)
         else:
             checkpoint = Checkpoint.open(options.model)
@@ -114,6 +114,9 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     }
     # Reports from before --residual-dtype: the stream was the activations' dtype.
     then.setdefault("target.residual_dtype", then.get("target.io_dtype"))
+    # Reports from before target.padding: every graph read a batch's pads on the right, which
+    # transformers.js folders now do not (left-padded rows came out wrong).
+    then.setdefault("target.padding", "right")
     old = report.get("options") or {}
     now["max_length"] = resolved_max_length(options.max_length, plan.context_length)
     then["max_length"] = resolved_max_length(old.get("max_length"), then["context_length"] or plan.context_length)
@@ -149,6 +152,14 @@ def _stream_predated(report: dict) -> str | None:
     if getattr(family, "fp16_overflow", None) and (report.get("options") or {}).get("residual_dtype", "auto") == "auto":
         return f"built before --residual-dtype, whose auto keeps {name}'s residual stream in fp32 now"
     return None
+
+
+def _padding_predated(report: dict) -> str | None:
+    """A transformers.js folder from before target.padding: its graph read a left-padded batch as
+    right-padded (the shorter rows came out wrong), so it is rebuilt, checkpoint cached or not."""
+    if "padding" in (report.get("target") or {}) or (report.get("options") or {}).get("format") != "transformers.js":
+        return None
+    return "built before transformers.js folders read a batch's padding on the left"
 
 
 def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:

@@ -306,6 +306,7 @@ def target_record(plan) -> dict:
         "graph_capture": target.graph_capture,
         "logits": "last" if plan.last_logits else "all",
         "int32_inputs": plan.int32_inputs,
+        "padding": "left" if plan.left_padding else "right",  # which side of a batch the graph reads pads on
         "io_dtype": str(plan.io_dtype),
         "residual_dtype": str(plan.residual_dtype),
         "accuracy_level": plan.accuracy_level,

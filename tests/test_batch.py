@@ -1130,11 +1130,32 @@ def test_a_report_from_before_an_option_existed_is_up_to_date(tmp_path, capsys):
     report = json.loads(report_path.read_text())
     assert report["target"].pop("residual_dtype") == report["target"]["io_dtype"] == "float16"
     del report["options"]["residual_dtype"]
+    assert report["target"].pop("padding") == "right"
     report_path.write_text(json.dumps(report))
     capsys.readouterr()
     assert batch(path, "--dry-run") == 0
     out = capsys.readouterr().out
     assert "up to date" in out and " build " not in out, out
+
+
+def test_a_transformers_js_folder_from_before_left_padding_is_rebuilt(tmp_path, capsys):
+    """transformers.js folders built before their graphs read a batch's pads on the left gave the
+    shorter rows of a batch wrong logits: batch rebuilds them (genai folders stay: previous test)."""
+    from builder.batch_resume import _padding_predated
+
+    path = write(tmp_path / "d.yaml", f"jobs:\n  - {{model: {TINY}, format: transformers.js, output: out}}\n")
+    assert batch(path) == 0
+    report_path = tmp_path / "out" / "build_report.json"
+    report = json.loads(report_path.read_text())
+    assert report["target"]["padding"] == "left" and _padding_predated(report) is None
+    del report["target"]["padding"]
+    report_path.write_text(json.dumps(report))
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    assert "this builder resolves the options differently now: target.padding right -> left" in capsys.readouterr().out
+    # Without the checkpoint to plan with (a hub job whose cache is gone), the report alone says so.
+    assert "built before transformers.js folders read" in _padding_predated(report)
+    assert _padding_predated({"options": {"format": "genai"}, "target": {}}) is None
 
 
 def test_an_output_root_with_dot_dot_is_checked_before_building(tmp_path, capsys):
