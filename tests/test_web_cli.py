@@ -109,6 +109,7 @@ def test_folder_of_something_else_says_what_it_needs(tmp_path):
         (["--bogus"], ["--bogus"]),
         (["--min-new-tokens", "20", "--max-new-tokens", "4"], ["--min-new-tokens 20 is more than --max-new-tokens 4"]),
         (["--prompt", ""], ["--prompt '' is empty", "--ids 1,2,3"]),
+        (["--prompt", "Hi", "--ids", "1,2"], ["--prompt TEXT or as --ids 1,2,3, not both"]),
     ],
 )
 def test_bad_options_are_named(tmp_path, args, names):
@@ -227,6 +228,10 @@ def test_max_new_tokens_past_the_context_is_refused_up_front(short):
     assert "rebuild" not in line
     assert_one_line(node(short, "--prompt", "Hello", "--max-new-tokens", "100"), "--prompt takes ", "or less")
     assert_one_line(node(short, "--ids", ",".join(["1"] * 17)), "--ids takes 17 tokens", "no room", "shorter --ids")
+    # A batch is as long as its longest prompt.
+    assert_one_line(
+        node(short, "--ids", "1,2", "--ids", ",".join(["1"] * 17)), "the longest --ids takes 17 tokens", "no room"
+    )
     # The most that fits: the last new token is never fed back, so 3 + 14 - 1 = 16 positions.
     child = node(short, "--ids", "1,2,3", "--max-new-tokens", "14", "--min-new-tokens", "14")
     assert child.returncode == 0, child.stderr

@@ -153,7 +153,7 @@ def test_url_names():
 
 
 def test_page_names_the_bad_parameter(tmp_path):
-    """One Chromium launch, a same-origin page of four iframes, each a mistaken address: each page
+    """One Chromium launch, a same-origin page of five iframes, each a mistaken address: each page
     POSTs one error line naming the parameter and the fix, and loads no weights."""
     from test_transformers_js import chromium, load_serve, node_ready
 
@@ -171,8 +171,9 @@ def test_page_names_the_bad_parameter(tmp_path):
             "max_position_embeddings 256: pass max_new_tokens=255 or less",
         ],
         "model=older&ids=1,2&max_new_tokens=20": ["context_length 16: pass max_new_tokens=15 or less"],
+        "model=tiny&ids=1,2;;3": ["ids=1,2;;3 is not a comma-separated list", "e.g. ids=1,2,3 or ids=1,2,3;4,5"],
     }
-    # Headless Chromium opens one address: a page in the served folder frames the four.
+    # Headless Chromium opens one address: a page in the served folder frames the five.
     (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
     server, results = load_serve().start([q4, other, older])
     posted = {}

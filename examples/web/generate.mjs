@@ -4,6 +4,8 @@
 //   node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --ids 1,2,3] [--max-new-tokens N]
 //                                          [--dtype q4] [--device cpu]
 //
+// --prompt (or --ids) given more than once is a batch, padded on the left as transformers.js pads
+// one; the JSON line then holds one entry a prompt under "rows".
 // --dtype defaults to the one in the folder's config.json (transformers.js_config.dtype).
 // The tests pass --ids and --min-new-tokens so that a random model cannot stop early.
 // A mistake (no folder, a folder that is not a transformers.js build, a bad option, a prompt
@@ -20,8 +22,9 @@ const USAGE = `usage: node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --
 Greedy generation with transformers.js 4 (onnxruntime-node, CPU) from OUT_DIR, a folder built
 with python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR. Prints one JSON line.
 
-  --prompt TEXT         text to continue (default: Hello)
-  --ids 1,2,3           token ids to continue, in place of --prompt
+  --prompt TEXT         text to continue (default: Hello); given again, a batch of prompts,
+                        padded on the left (the JSON line lists them under "rows")
+  --ids 1,2,3           token ids to continue, in place of --prompt; repeatable as --prompt
   --max-new-tokens N    new tokens at most (default: 16)
   --min-new-tokens N    new tokens at least (default: 0)
   --dtype DTYPE         weights to load: fp32, fp16, q4, q4f16 or int8, a file the folder holds
@@ -67,7 +70,7 @@ function count(option, text, least) {
 }
 
 function parse(argv) {
-    const args = { folder: null, prompt: 'Hello', ids: null, max_new_tokens: 16, min_new_tokens: 0, dtype: undefined, device: 'cpu' };
+    const args = { folder: null, prompts: [], ids: [], max_new_tokens: 16, min_new_tokens: 0, dtype: undefined, device: 'cpu' };
     for (let i = 0; i < argv.length; ++i) {
         const a = argv[i];
         const next = () => {
@@ -75,13 +78,14 @@ function parse(argv) {
             return argv[++i];
         };
         if (a === '--prompt') {
-            args.prompt = next();
-            if (!args.prompt) throw new UsageError("--prompt '' is empty: pass the text to continue, e.g. --prompt Hello, or --ids 1,2,3");
+            const prompt = next();
+            if (!prompt) throw new UsageError("--prompt '' is empty: pass the text to continue, e.g. --prompt Hello, or --ids 1,2,3");
+            args.prompts.push(prompt);
         }
         else if (a === '--ids') {
             const text = next();
             if (!/^\d+(,\d+)*$/.test(text)) throw new UsageError(`--ids ${text} is not a comma-separated list of token ids, e.g. --ids 1,2,3`);
-            args.ids = text.split(',').map(Number);
+            args.ids.push(text.split(',').map(Number));
         }
         else if (a === '--max-new-tokens') args.max_new_tokens = count(a, next(), 1);
         else if (a === '--min-new-tokens') args.min_new_tokens = count(a, next(), 0);
@@ -92,6 +96,10 @@ function parse(argv) {
         else throw new UsageError(`unexpected argument ${a}: pass one OUT_DIR; see --help`);
     }
     if (!args.folder) throw new UsageError(`pass OUT_DIR, a folder built with ${BUILD}`);
+    if (args.prompts.length && args.ids.length) {
+        throw new UsageError('pass the prompts as --prompt TEXT or as --ids 1,2,3, not both (each one given is a row of the batch)');
+    }
+    if (!args.prompts.length && !args.ids.length) args.prompts.push('Hello');
     if (args.min_new_tokens > args.max_new_tokens) {  // generate() stopped at the max without a word
         throw new UsageError(`--min-new-tokens ${args.min_new_tokens} is more than --max-new-tokens ${args.max_new_tokens}`);
     }
@@ -189,9 +197,9 @@ function checkDtype(shown, folder, dtype) {
 }
 
 /** Refuses token ids the embedding has no row for. */
-function checkIds(shown, config, ids) {
+function checkIds(shown, config, rows) {
     const vocab = textConfig(config, 'vocab_size');
-    const bad = vocab === null ? undefined : ids.find((t) => t >= vocab);
+    const bad = vocab === null ? undefined : rows.flat().find((t) => t >= vocab);
     if (bad !== undefined) {
         fail(`--ids has token id ${bad}, past the vocabulary of ${shown} (vocab_size ${vocab} in config.json): `
             + `pass ids from 0 to ${vocab - 1}`);
@@ -211,14 +219,15 @@ function checkContext(shown, folder, config, args, promptTokens) {
     }
     // The last new token is never fed back, so the graph sees the prompt and all but one of them.
     if (context === null || promptTokens + args.max_new_tokens - 1 <= context) return;
-    const given = args.ids ? '--ids' : '--prompt';
+    const given = args.ids.length ? '--ids' : '--prompt';
+    const taker = Math.max(args.ids.length, args.prompts.length) > 1 ? `the longest ${given}` : given;  // a batch
     const room = context - promptTokens + 1;
     if (room < 1) {
-        fail(`${given} takes ${promptTokens} tokens, and ${shown} has ${key} ${context} in ${file} (the build's --context-length), `
+        fail(`${taker} takes ${promptTokens} tokens, and ${shown} has ${key} ${context} in ${file} (the build's --context-length), `
             + `which leaves no room for new tokens; pass a shorter ${given}, or rebuild with a larger --context-length`);
     }
     fail(`--max-new-tokens ${args.max_new_tokens} does not fit: ${shown} has ${key} ${context} in ${file} `
-        + `(the build's --context-length) and ${given} takes ${promptTokens} tokens, so pass --max-new-tokens ${room} or less`);
+        + `(the build's --context-length) and ${taker} takes ${promptTokens} tokens, so pass --max-new-tokens ${room} or less`);
 }
 
 /** Refuses a --device that onnxruntime-node lacks here, before transformers.js fails on it. */
@@ -290,7 +299,7 @@ const folder = path.resolve(args.folder);
 const config = checkFolder(args.folder, folder);
 checkDtype(args.folder, folder, args.dtype);
 if (BROWSER_DEVICES.includes(args.device)) checkDevice(args.folder, args.device, ['cpu', 'webgpu']);
-if (args.ids) checkIds(args.folder, config, args.ids);
+if (args.ids.length) checkIds(args.folder, config, args.ids);
 
 let transformers;
 try {
@@ -334,21 +343,31 @@ try {
     fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged${device}; `
         + rebuild(args.folder, folder));
 }
-const ids = args.ids ?? Array.from(tokenizer.encode(args.prompt));
-if (ids.length === 0) fail(`--prompt ${JSON.stringify(args.prompt)} encodes to no tokens: pass text that does, or --ids 1,2,3`);
-checkContext(args.folder, folder, config, args, ids.length);
-let tokens;
+const rows = args.ids.length ? args.ids : args.prompts.map((prompt) => Array.from(tokenizer.encode(prompt)));
+const empty = rows.findIndex((ids) => ids.length === 0);
+if (empty >= 0) fail(`--prompt ${JSON.stringify(args.prompts[empty])} encodes to no tokens: pass text that does, or --ids 1,2,3`);
+const width = Math.max(...rows.map((ids) => ids.length));
+checkContext(args.folder, folder, config, args, width);
+// A batch is padded on the left, as transformers.js's text-generation pipeline pads one: the new
+// tokens follow each prompt's last token.
+const pad = BigInt(tokenizer.pad_token_id ?? model.generation_config?.pad_token_id ?? 0);
+const input_ids = new BigInt64Array(rows.length * width).fill(pad);
+const mask = new BigInt64Array(rows.length * width);
+rows.forEach((ids, r) => {
+    input_ids.set(ids.map(BigInt), r * width + width - ids.length);
+    mask.fill(1n, r * width + width - ids.length, (r + 1) * width);
+});
+let output;
 try {
-    const input_ids = new Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
-    const attention_mask = new Tensor('int64', new BigInt64Array(ids.length).fill(1n), [1, ids.length]);
-    const output = await quietly(() => model.generate({
-        input_ids, attention_mask, do_sample: false,
+    output = await quietly(() => model.generate({
+        input_ids: new Tensor('int64', input_ids, [rows.length, width]),
+        attention_mask: new Tensor('int64', mask, [rows.length, width]),
+        do_sample: false,
         max_new_tokens: args.max_new_tokens, min_new_tokens: args.min_new_tokens,
     }));
-    tokens = Array.from(output.data, Number);
 } catch (e) {
     if (/cos_cache/.test(firstLine(e))) {  // a config.json that claims more context than the graph has
-        fail(`${args.folder} does not run in transformers.js (${firstLine(e)}): ${ids.length} + ${args.max_new_tokens} tokens `
+        fail(`${args.folder} does not run in transformers.js (${firstLine(e)}): ${width} + ${args.max_new_tokens} tokens `
             + `are past the context its graph was built for, which config.json's max_position_embeddings does not say; `
             + `pass a smaller --max-new-tokens, or ${rebuild(args.folder, folder)}`);
     }
@@ -356,12 +375,17 @@ try {
     fail(`${args.folder} does not run in transformers.js (${firstLine(e)}); `
         + rebuild(args.folder, folder));
 }
+const generated = Array.from(output.data, Number);
+const length = output.dims.at(-1);
+// Each row without its left padding: its prompt and the tokens generated after it.
+const results = rows.map((ids, r) => {
+    const tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+    return { prompt_ids: ids, tokens, text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }) };
+});
 console.log(JSON.stringify({
     dtype: model.sessions.model.config?.dtype ?? args.dtype,
     device: args.device,
-    prompt_ids: ids,
-    tokens,
-    text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }),
+    ...(results.length === 1 ? results[0] : { rows: results }),
     encoded_hello: Array.from(tokenizer.encode('Hello world')),
 }));
 await model.dispose();

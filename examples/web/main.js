@@ -4,6 +4,7 @@
 //   device=webgpu|wasm  default webgpu when the browser has it, else wasm
 //   dtype=q4|q4f16|...  default: the one in the folder's config.json
 //   prompt=TEXT or ids=1,2,3, max_new_tokens=N, min_new_tokens=N
+//   ids=1,2,3;4,5       a batch of prompts (padded on the left, as transformers.js pads one)
 //   autorun=1           generate at once; report=1 also POSTs the result to /result
 //   verbose=1           ONNX Runtime's verbose log (which EP runs each node) goes into the result
 // A mistake (in the address, or a folder that cannot run here) shows as one `error: ` line in the
@@ -69,13 +70,14 @@ function readParams() {
     if (device !== null && !DEVICES.includes(device)) {
         throw new PageError(`device=${device} is not a device of this page: pass device=webgpu or device=wasm, or leave it out (webgpu when the browser has it)`);
     }
-    let ids = null;
+    let ids = null;  // one list of token ids a prompt
     const text = param('ids');
     if (text !== null) {
-        if (!/^\d+(,\d+)*$/.test(text)) {
-            throw new PageError(`ids=${text} is not a comma-separated list of token ids: fix it in the address, e.g. ids=1,2,3, or pass prompt=TEXT instead`);
+        if (!/^\d+(,\d+)*(;\d+(,\d+)*)*$/.test(text)) {
+            throw new PageError(`ids=${text} is not a comma-separated list of token ids (a batch: lists separated by ;): `
+                + 'fix it in the address, e.g. ids=1,2,3 or ids=1,2,3;4,5, or pass prompt=TEXT instead');
         }
-        ids = text.split(',').map(Number);
+        ids = text.split(';').map((row) => row.split(',').map(Number));
     }
     const max_new_tokens = count('max_new_tokens', 1, 64);
     const min_new_tokens = count('min_new_tokens', 0, 0);
@@ -262,7 +264,7 @@ async function main(state) {
     if (device === 'webgpu' && !adapter.shader_f16 && F16_DTYPES.includes(model.dtype) && known) {
         throw new PageError(f16Message(model, adapter));
     }
-    if (options.ids) checkPrompt(model, options.ids, options.max_new_tokens, `ids=${param('ids')}`);
+    for (const row of options.ids ?? []) checkPrompt(model, row, options.max_new_tokens, `ids=${param('ids')}`);
     $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
     // Its URL path as the id: transformers.js joins a name that reads as a hub id onto localModelPath
@@ -284,26 +286,46 @@ async function main(state) {
     $('status').textContent = `${name}: ${dtype} on ${device}` +
         (adapter ? ` (${adapter.vendor} ${adapter.architecture}, shader-f16: ${adapter.shader_f16})` : ' (no WebGPU)');
 
-    async function generate(prompt, ids) {
-        ids = ids ?? Array.from(tokenizer.encode(prompt));
-        checkPrompt(model, ids, options.max_new_tokens, ids === options.ids ? `ids=${param('ids')}` : 'the prompt');
-        const n = ids.length;
+    async function generate(prompt, rows) {
+        rows = rows ?? [Array.from(tokenizer.encode(prompt))];
+        for (const ids of rows) {
+            checkPrompt(model, ids, options.max_new_tokens, rows === options.ids ? `ids=${param('ids')}` : 'the prompt');
+        }
+        // A batch is padded on the left, as transformers.js's text-generation pipeline pads one.
+        const width = Math.max(...rows.map((ids) => ids.length));
+        const pad = BigInt(tokenizer.pad_token_id ?? loaded.generation_config?.pad_token_id ?? 0);
+        const input_ids = new BigInt64Array(rows.length * width).fill(pad);
+        const mask = new BigInt64Array(rows.length * width);
+        rows.forEach((ids, r) => {
+            input_ids.set(ids.map(BigInt), r * width + width - ids.length);
+            mask.fill(1n, r * width + width - ids.length, (r + 1) * width);
+        });
         $('output').textContent = '';
-        const streamer = new TextStreamer(tokenizer, {
+        // TextStreamer takes one sequence: a batch's texts are shown when it is done.
+        const streamer = rows.length > 1 ? undefined : new TextStreamer(tokenizer, {
             skip_prompt: true,
             callback_function: (text) => { $('output').textContent += text; },
         });
         const t = performance.now();
         const output = await loaded.generate({
-            input_ids: new Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, n]),
-            attention_mask: new Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
+            input_ids: new Tensor('int64', input_ids, [rows.length, width]),
+            attention_mask: new Tensor('int64', mask, [rows.length, width]),
             do_sample: false,
             max_new_tokens: options.max_new_tokens,
             min_new_tokens: options.min_new_tokens,
             streamer,
         });
-        const tokens = Array.from(output.data, Number);
-        return { tokens, prompt_ids: ids, text: $('output').textContent, generate_s: (performance.now() - t) / 1000 };
+        const generate_s = (performance.now() - t) / 1000;
+        const generated = Array.from(output.data, Number);
+        const length = output.dims.at(-1);
+        // Each row without its padding: its prompt and the tokens generated after it.
+        const results = rows.map((ids, r) => {
+            const tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+            return { tokens, prompt_ids: ids, text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }) };
+        });
+        if (rows.length === 1) return { ...results[0], text: $('output').textContent, generate_s };
+        $('output').textContent = results.map((row) => row.text).join('\n');
+        return { rows: results, generate_s };
     }
 
     const form = $('form');
