@@ -25,12 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(file: Path, extra: list[str]) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "builder", "batch", str(file), "--force", "--output-root", out, *extra],
-            check=True,
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )
+        if done.returncode:  # batch printed its errors
+            raise SystemExit(f"error: python -m builder batch {file} {' '.join(extra)} failed (exit {done.returncode})")
         wall = time.perf_counter() - t
         summary = json.loads((Path(out) / f"{file.stem}-summary.json").read_text())
     return wall, summary

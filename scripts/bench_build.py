@@ -151,9 +151,10 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     made_here = not (args.checkpoint / "config.json").is_file()  # only such a checkpoint is ever deleted
     if made_here:
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), args.size, str(args.checkpoint)], check=True
-        )
+        maker = ROOT / "scripts" / "make_checkpoint.py"
+        made = subprocess.run([sys.executable, str(maker), args.size, str(args.checkpoint)])
+        if made.returncode:  # it printed why
+            raise SystemExit(f"error: {maker.name} could not make {args.checkpoint} (exit {made.returncode})")
     files = weight_files(args.checkpoint)
     size = sum(f.stat().st_size for f in files)
 

@@ -105,7 +105,9 @@ def ensure_checkpoint(name: str, path: Path) -> dict:
         if path.exists():
             shutil.rmtree(path)
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "scripts" / "make_checkpoint.py"), name, str(path)], check=True)
+        made = subprocess.run([sys.executable, str(REPO / "scripts" / "make_checkpoint.py"), name, str(path)])
+        if made.returncode:  # it printed why
+            raise SystemExit(f"error: scripts/make_checkpoint.py could not make {path} (exit {made.returncode})")
         made = round(time.perf_counter() - start, 1)
         problem = checkpoint_problem(name, path)
         if problem:

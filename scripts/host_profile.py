@@ -93,7 +93,8 @@ def run_child(command: list[str]) -> dict:
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        raise SystemExit(f"error: {' '.join(command[:3])}... failed:\n{done.stderr[-2000:]}")
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]  # the exception's line
+        raise SystemExit(f"error: {' '.join(command[:3])}... failed (exit {done.returncode}): {tail}")
     return json.loads(lines[-1])
 
 
@@ -157,7 +158,11 @@ def main() -> int:
         return 0
     if not Path(args.py_spy).is_file():
         parser.error(f"py-spy not found at {args.py_spy}: pip install py-spy, or pass --py-spy PATH")
-    rows = [profile(*model.split("=", 1), args) for model in args.models]
+    models = [model.split("=", 1) for model in args.models]
+    for given, (name, *folder) in zip(args.models, models):
+        if not name or not folder or not (Path(folder[0]) / "genai_config.json").is_file():
+            parser.error(f"{given}: pass NAME=DIR, DIR a folder that python -m builder built (with genai_config.json)")
+    rows = [profile(name, folder, args) for name, folder in models]
     if args.json:
         summary = {"prompt": args.prompt, "new": args.new, "rate": args.rate, "rows": rows}
         Path(args.json).write_text(json.dumps(summary, indent=1))

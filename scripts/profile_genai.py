@@ -98,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="profile-genai-") as tmp:
         variant = Path(tmp) / "model"
         prefix = Path(tmp) / "ort_profile"
-        subprocess.run(
+        made = subprocess.run(
             [
                 sys.executable,
                 str(HERE / "with_session_options.py"),
@@ -107,9 +107,10 @@ def main() -> int:
                 f"enable_profiling={prefix}",
                 *args.session_option,
             ],
-            check=True,
             stdout=subprocess.DEVNULL,
         )
+        if made.returncode:  # it printed why
+            return made.returncode
         child = subprocess.run(
             [
                 sys.executable,
@@ -122,11 +123,14 @@ def main() -> int:
                 "--new",
                 str(args.new),
             ],
-            check=True,
             capture_output=True,
             text=True,
         )
-        timing = json.loads(child.stdout.strip().splitlines()[-1])
+        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+        if child.returncode or not lines:
+            tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SystemExit(f"error: {args.folder} did not run in onnxruntime-genai (exit {child.returncode}): {tail}")
+        timing = json.loads(lines[-1])
         profile = max(Path(tmp).glob("ort_profile*.json"), key=os.path.getmtime)
         summary = summarize(profile, timing["steps"])
     kernels = sum(o["ms_per_token"] for o in summary["ops"].values())
