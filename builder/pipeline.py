@@ -304,7 +304,7 @@ def target_record(plan) -> dict:
         "ort_version": target.version_text,
         "runtime": target.runtime,
         "graph_capture": target.graph_capture,
-        "logits": "last" if plan.last_logits else "all",
+        "logits": "last" if plan.last_logits else "num_logits_to_keep" if plan.logits_to_keep else "all",
         "int32_inputs": plan.int32_inputs,
         "padding": "left" if plan.left_padding else "right",  # which side of a batch the graph reads pads on
         "io_dtype": str(plan.io_dtype),

@@ -253,6 +253,8 @@ def onnx_logits(session, input_ids: np.ndarray, decode_tokens: list[int]) -> lis
         feed["attention_mask"] = np.ones((1, length), index["attention_mask"])
         if "position_ids" in inputs:
             feed["position_ids"] = np.arange(position, length, dtype=np.int64)[None]
+        if "num_logits_to_keep" in inputs:  # transformers.js folders: 0 keeps every position
+            feed["num_logits_to_keep"] = np.array(0, np.int64)
         names = [o.name for o in session.get_outputs()]
         result = dict(zip(names, session.run(names, feed)))
         outputs.append(result["logits"].astype(np.float32))

@@ -40,13 +40,15 @@ def logits_dims(result) -> list:
         ({"ep": "webgpu", "graph_capture": "off"}, 1),
         ({"ep": "webgpu", "target_ort": "1.27"}, "sequence_length"),  # not run there with it
         ({"ep": "webgpu", "logits": "all"}, "sequence_length"),
-        ({"ep": "cpu", "format": "transformers.js"}, "sequence_length"),
+        ({"ep": "cpu", "format": "transformers.js"}, "num_logits"),  # as many as num_logits_to_keep says
+        ({"ep": "cpu", "format": "transformers.js", "logits": "all"}, "sequence_length"),
     ],
 )
 def test_which_positions_get_logits(built, options, positions):
     result = built("qwen3", precision="int4", **options)
     assert logits_dims(result)[1] == positions
-    assert result.report["target"]["logits"] == ("last" if positions == 1 else "all")
+    recorded = {1: "last", "num_logits": "num_logits_to_keep"}.get(positions, "all")
+    assert result.report["target"]["logits"] == recorded
 
 
 @pytest.mark.parametrize("logits", ["last", "all"])

@@ -90,8 +90,10 @@ def onnx_greedy(model_path: Path, prompt: list[int], new_tokens: int) -> list[in
     }
     tokens = list(prompt)
     step = np.array([prompt], np.int64)
+    keep = {"num_logits_to_keep": np.array(1, np.int64)}  # as transformers.js generates: the last position
     for _ in range(new_tokens):
-        outputs = session.run(None, {"input_ids": step, "attention_mask": np.ones((1, len(tokens)), np.int64), **feeds})
+        mask = np.ones((1, len(tokens)), np.int64)
+        outputs = session.run(None, {"input_ids": step, "attention_mask": mask, **keep, **feeds})
         named = dict(zip([o.name for o in session.get_outputs()], outputs))
         tokens.append(int(named["logits"][0, -1].argmax()))
         feeds = {n.replace("present", "past_key_values"): v for n, v in named.items() if n.startswith("present")}
@@ -152,7 +154,8 @@ def test_declared_cache_dims_are_numbers(built):
         for kind in ("key", "value"):
             assert dims[f"past_key_values.{i}.{kind}"] == ["batch_size", 2, "past_sequence_length", 32]
             assert dims[f"present.{i}.{kind}"] == ["batch_size", 2, "total_sequence_length", 32]
-    assert dims["logits"] == ["batch_size", "sequence_length", 480]
+    assert dims["num_logits_to_keep"] == []  # a scalar: transformers.js feeds 1 when it generates, 0 when it scores
+    assert dims["logits"] == ["batch_size", "num_logits", 480]
 
 
 def test_linear_attention_states_get_transformers_js_names():
@@ -356,7 +359,7 @@ def left_padded_greedy(model_path: Path, prompts: list[list[int]], new_tokens: i
     }
     tokens, logits = [list(p) for p in prompts], []
     for _ in range(new_tokens):
-        feed = {"input_ids": step, "attention_mask": mask, **feeds}
+        feed = {"input_ids": step, "attention_mask": mask, "num_logits_to_keep": np.array(1, np.int64), **feeds}
         if "position_ids" in inputs:  # transformers.js create_position_ids
             positions = np.cumsum(mask, -1) - 1
             positions[mask == 0] = 1
@@ -398,6 +401,53 @@ def test_left_padded_batch_rows_equal_their_own_runs(built, name, options):
         assert batch[r] == alone[0]
         for step, (ours, theirs) in enumerate(zip(batch_logits, alone_logits)):
             np.testing.assert_allclose(ours[r], theirs[0], atol=1e-4, err_msg=f"row {r}, step {step}")
+
+
+def prefill(session, prompts: list[list[int]], **extra) -> np.ndarray:
+    """Logits of one left-padded prefill, with empty caches."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    width = max(map(len, prompts))
+    ids, mask = np.zeros((len(prompts), width), np.int64), np.zeros((len(prompts), width), np.int64)
+    for r, prompt in enumerate(prompts):
+        ids[r, width - len(prompt) :], mask[r, width - len(prompt) :] = prompt, 1
+    feed = {
+        n: np.zeros(
+            [len(prompts) if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape], np.float32
+        )
+        for n, i in inputs.items()
+        if n.startswith("past_")
+    }
+    feed.update({"input_ids": ids, "attention_mask": mask}, **extra)
+    return session.run(["logits"], feed)[0]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_5-text"])
+def test_num_logits_to_keep_picks_the_trailing_positions(built, name):
+    """transformers.js feeds num_logits_to_keep 1 when it generates (the lm_head then runs on one
+    position, not the whole prompt) and 0 when it scores a text: 0 gives every position, each real
+    one equal to the row alone; k gives the last k, in the order the tokens came."""
+    from builder.verify import onnx_session
+
+    session = onnx_session(built(name, precision="fp32", format="transformers.js").model_path)
+    keep = {k: prefill(session, [PROMPT, SHORT], num_logits_to_keep=np.array(k, np.int64)) for k in (0, 1, 2)}
+    assert keep[0].shape[:2] == (2, len(PROMPT)) and keep[1].shape[:2] == (2, 1) and keep[2].shape[:2] == (2, 2)
+    np.testing.assert_array_equal(keep[1], keep[0][:, -1:])
+    np.testing.assert_array_equal(keep[2], keep[0][:, -2:])
+    for r, prompt in enumerate([PROMPT, SHORT]):
+        alone = prefill(session, [prompt], num_logits_to_keep=np.array(0, np.int64))[0]
+        np.testing.assert_allclose(keep[0][r, -len(prompt) :], alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_5-text"])
+def test_logits_last_reads_each_left_padded_row_at_its_last_token(built, name):
+    """--logits last in a transformers.js folder: the last column, which is every row's last token
+    when the batch is padded on the left (genai folders read right-padded rows at their own length)."""
+    from builder.verify import onnx_session
+
+    every = onnx_session(built(name, precision="fp32", format="transformers.js").model_path)
+    last = onnx_session(built(name, precision="fp32", format="transformers.js", logits="last").model_path)
+    expected = prefill(every, [PROMPT, SHORT], num_logits_to_keep=np.array(1, np.int64))
+    np.testing.assert_allclose(prefill(last, [PROMPT, SHORT]), expected, atol=1e-5)
 
 
 def test_genai_folders_keep_right_padding(built):
@@ -493,6 +543,8 @@ def chromium(url: str, tmp_path: Path, server):
         [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Its singleton socket folder (org.chromium.Chromium.*) outlives a terminated browser: keep it in tmp_path.
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
         yield lambda: (tmp_path / "chromium.log").read_text()[-3000:]
@@ -575,10 +627,12 @@ def node_placement(logs: list[str]) -> dict[str, set[tuple[str, str]]]:
 
 
 def assert_only_index_arithmetic_on_the_cpu(placed: dict) -> None:
-    """Only the int64 arithmetic of the attention mask (seqlens_k, total_sequence_length) and of the
-    left-padding indices stays on the CPU; every layer's work runs on the WebGPU EP."""
+    """Only the int64 arithmetic of the attention mask (seqlens_k, total_sequence_length), of the
+    left-padding indices and of num_logits_to_keep stays on the CPU; every layer's work runs on the
+    WebGPU EP."""
     cpu = placed.get("CPUExecutionProvider", set())
-    assert {n for _, n in cpu if not n.startswith(("/model/attn_mask_reformat/", "/model/left_padding/"))} == set()
+    index_work = ("/model/attn_mask_reformat/", "/model/left_padding/", "/lm_head/num_logits_to_keep/")
+    assert {n for _, n in cpu if not n.startswith(index_work)} == set()
     assert {op for op, _ in cpu} <= {"ReduceSum", "Sub", "Cast", "Shape", "Gather"} | {
         "Slice",
         "Neg",

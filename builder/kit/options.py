@@ -283,7 +283,9 @@ class BuildOptions:
             "0.32x the time on webgpu and 0.70-0.83x on cpu, decode unchanged "
             "(docs/packing.md#last-token-logits). all: every position, for scoring a whole text "
             "(perplexity). auto: last for --format genai builds (except onnxruntime-webgpu 1.27 "
-            "targets, not run with it), all otherwise.",
+            "targets, not run with it, which get all); --format transformers.js builds get a "
+            "num_logits_to_keep input instead, which transformers.js sets to 1 when it generates "
+            "and to 0 (every position) when it scores.",
             rebuild="resolved",
         ),
     )

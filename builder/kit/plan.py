@@ -48,6 +48,9 @@ class BuildPlan:
     # (builder.kit.blocks.Emitter).
     residual_dtype: np.dtype
     last_logits: bool = False  # logits [B, 1, V] for each row's last token (--logits)
+    # A num_logits_to_keep input says how many trailing positions get logits, 0 all (transformers.js
+    # asks for 1 when it generates, 0 when it scores).
+    logits_to_keep: bool = False
     int32_inputs: bool = False  # input_ids and attention_mask are int32 (--int32-inputs)
     # Batches come padded on the left (transformers.js): the graph moves the pads where
     # GroupQueryAttention expects them (builder.kit.blocks.left_padding).
@@ -218,6 +221,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         genai_type=family.genai_type,
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
+        logits_to_keep=options.format == "transformers.js" and options.logits == "auto",
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
         left_padding=options.format == "transformers.js",
         residual_dtype=residual,

@@ -24,7 +24,9 @@ def declare_inputs(em: Emitter) -> None:
     g.add_input("attention_mask", em.plan.index_type, ["batch_size", "total_sequence_length"])
     if not em.plan.layout.rotary_in_gqa:
         g.add_input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-    positions = 1 if em.plan.last_logits else "sequence_length"
+    if em.plan.logits_to_keep:
+        g.add_input("num_logits_to_keep", TensorProto.INT64, [])
+    positions = 1 if em.plan.last_logits else "num_logits" if em.plan.logits_to_keep else "sequence_length"
     g.add_output("logits", em.plan.io_type, ["batch_size", positions, s.vocab_size])
 
 

@@ -79,10 +79,18 @@ def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
 
 def logits(em: Emitter, hidden: str, lm_head: QuantizedTensor | str) -> None:
     g = em.graph
-    if left_padding.whole_model(em):  # each row's positions back where transformers.js reads them
-        hidden = left_padding.move(em, hidden, "back", "/model/left_padding/back")
-    if em.plan.last_logits:
+    trailing = None  # [-k]: the last k positions only
+    if em.plan.logits_to_keep:  # 0 keeps every position: Slice from -0
+        count = g.op("Unsqueeze", ["num_logits_to_keep", g.constant([0])], "/lm_head/num_logits_to_keep/Unsqueeze")
+        trailing = g.op("Neg", [count], "/lm_head/num_logits_to_keep/Neg")
+    elif em.plan.last_logits and left_padding.active(em):  # left-padded: every row's last token is the last column
+        trailing = g.constant([-1])
+    if left_padding.active(em):
+        hidden = left_padding.restore(em, hidden, trailing)
+    elif em.plan.last_logits:
         hidden = last_positions(em, hidden)
+    elif trailing is not None:
+        hidden = g.op("Slice", [hidden, trailing, g.constant([2**62]), g.constant([1])], "/lm_head/Slice")
     if isinstance(lm_head, QuantizedTensor):
         out = em.proj.matmul_nbits(hidden, "/lm_head/MatMulNBits", lm_head)
     elif lm_head == em.weight(None, f"{EMBED}.weight"):

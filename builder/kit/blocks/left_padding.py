@@ -84,6 +84,21 @@ def move(em: Emitter, x: str, which: str, name: str) -> str:
     return g.op("GatherND", [x, em.shared[key]], f"{name}/GatherND", batch_dims=1)
 
 
+def restore(em: Emitter, hidden: str, trailing: str | None) -> str:
+    """The final hidden state [B, S, H] in the order transformers.js gave the tokens (each row's pads
+    first), only its last k positions where `trailing` ([-k]) says so."""
+    g = em.graph
+    if not whole_model(em):  # the stream kept that order
+        if trailing is None:
+            return hidden
+        return g.op("Slice", [hidden, trailing, g.constant([2**62]), g.constant([1])], f"{BASE}/Slice_kept")
+    back = em.shared["left_padding/back"]
+    if trailing is not None:
+        back = g.op("Slice", [back, trailing, g.constant([2**62]), g.constant([1])], f"{BASE}/Slice_kept")
+    indices = g.op("Unsqueeze", [back, g.constant([2])], f"{BASE}/Unsqueeze_kept")
+    return g.op("GatherND", [hidden, indices], f"{BASE}/back/GatherND", batch_dims=1)
+
+
 def mixer(em: Emitter, block, i: int, x: str) -> str:
     """Layer i's mixer on x, in the order it needs (around-attention mode; else as it is)."""
     if not active(em) or whole_model(em):
