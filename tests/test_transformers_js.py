@@ -478,6 +478,33 @@ def test_node_left_padded_batch_equals_transformers(built, checkpoint, name):
         assert row["tokens"] == transformers_greedy(reference, prompt, NEW_TOKENS)
 
 
+def test_node_batch_row_that_ends_first_stops_there(built, tmp_path):
+    """transformers.js stops a batch only when every row's last token is an end token, so a row that
+    ended first went on; generate.mjs cuts each row after its first end token, as it stops alone."""
+    folder = tmp_path / "eos"
+    shutil.copytree(built("qwen3", precision="fp32", format="transformers.js").output, folder)
+
+    def node(*ids: list[int]) -> dict:
+        args = [a for row in ids for a in ("--ids", ",".join(map(str, row)))]
+        out = subprocess.run(
+            [node_ready(), str(WEB / "generate.mjs"), str(folder), *args, "--max-new-tokens", "6"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    short, long = node(SHORT)["tokens"], node(PROMPT)["tokens"]
+    end = short[len(SHORT) + 2]  # the short row's third new token becomes an end token
+    assert end not in long[len(PROMPT) :] and end not in short[len(SHORT) : len(SHORT) + 2]
+    generation = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [end]}))
+    rows = node(PROMPT, SHORT)["rows"]
+    assert rows[1]["tokens"] == node(SHORT)["tokens"] == short[: len(SHORT) + 3]
+    assert rows[0]["tokens"] == long
+
+
 def test_node_q4_generates(built, tmp_path):
     """The q4 build (int4 weights, fp32 activations) runs in transformers.js and decodes as ONNX Runtime does,
     from a folder whose name is no hub id too (my--model, with a space: transformers.js looked for it

@@ -377,9 +377,14 @@ try {
 }
 const generated = Array.from(output.data, Number);
 const length = output.dims.at(-1);
+// generate() stops a batch when every row's last token is an end token, so a row that ended before
+// the others goes on: each row is cut after its first end token, where it would have stopped alone.
+const eos = [model.generation_config?.eos_token_id ?? []].flat();
 // Each row without its left padding: its prompt and the tokens generated after it.
 const results = rows.map((ids, r) => {
-    const tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+    let tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+    const end = tokens.findIndex((t, k) => k >= ids.length && eos.includes(t));
+    if (end >= 0) tokens = tokens.slice(0, end + 1);
     return { prompt_ids: ids, tokens, text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }) };
 });
 console.log(JSON.stringify({

@@ -318,9 +318,14 @@ async function main(state) {
         const generate_s = (performance.now() - t) / 1000;
         const generated = Array.from(output.data, Number);
         const length = output.dims.at(-1);
+        // generate() stops a batch when every row's last token is an end token: a row that ended
+        // before the others is cut after its first one, where it would have stopped alone.
+        const eos = [loaded.generation_config?.eos_token_id ?? []].flat();
         // Each row without its padding: its prompt and the tokens generated after it.
         const results = rows.map((ids, r) => {
-            const tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+            let tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+            const end = tokens.findIndex((t, k) => k >= ids.length && eos.includes(t));
+            if (end >= 0) tokens = tokens.slice(0, end + 1);
             return { tokens, prompt_ids: ids, text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }) };
         });
         if (rows.length === 1) return { ...results[0], text: $('output').textContent, generate_s };
