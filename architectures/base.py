@@ -238,6 +238,7 @@ class DecoderBuilder:
                 em.check_stream(type(self).__name__, 1)
         self.logits(em, hidden, lm_head)
         em.check_stream(type(self).__name__, spec.num_layers)
+        left_padding.check(em, type(self).__name__, spec.num_layers)
 
     def embed(self, em: Emitter, lm_head) -> str:
         """The token embeddings: the hidden state that the first layer's norm and residual take."""

@@ -148,6 +148,21 @@ def test_granite_through_the_hooks_matches_transformers(granite, tmp_path):
     assert not [w for w in result.report["notes"] if "does not read" in w], result.report["notes"]
 
 
+def test_granite_s_own_hooks_keep_left_padded_batches_right(granite, tmp_path):
+    """Its decoder_layer runs the mixer itself and its embed/logits wrap the base ones: a
+    transformers.js build of it gives each row of a left-padded batch the row's own logits."""
+    from test_transformers_js import PROMPT, SHORT, left_padded_greedy
+
+    options = dict(precision="fp32", format="transformers.js", family=GraniteBuilder, show_progress=False)
+    model = build(model=str(granite), output=str(tmp_path / "o"), **options).model_path
+    batch, batch_logits = left_padded_greedy(model, [PROMPT, SHORT], 4)
+    for r, prompt in enumerate([PROMPT, SHORT]):
+        alone, alone_logits = left_padded_greedy(model, [prompt], 4)
+        assert batch[r] == alone[0]
+        for ours, theirs in zip(batch_logits, alone_logits):
+            np.testing.assert_allclose(ours[r], theirs[0], atol=1e-4)
+
+
 class AddsItsOwnResidual(HeliumBuilder):
     """Helium, its residual adds written as Add nodes and plain norms instead of em.skip_norm."""
 

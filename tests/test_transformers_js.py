@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -448,6 +449,44 @@ def test_logits_last_reads_each_left_padded_row_at_its_last_token(built, name):
     last = onnx_session(built(name, precision="fp32", format="transformers.js", logits="last").model_path)
     expected = prefill(every, [PROMPT, SHORT], num_logits_to_keep=np.array(1, np.int64))
     np.testing.assert_allclose(prefill(last, [PROMPT, SHORT]), expected, atol=1e-5)
+
+
+def test_a_family_that_skips_the_moves_is_refused(checkpoint, tmp_path):
+    """A family of a user's own that runs a hybrid's mixers itself (not self.mix), or makes its own
+    embedding Gather, would leave left-padded rows wrong without a word (a Qwen3.5 subclass: 10.4
+    logits off): the transformers.js build refuses it; genai builds need no moves."""
+    from architectures.base import DecoderBuilder
+    from architectures.qwen3_5 import Qwen35Builder
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    class OwnLayer(Qwen35Builder):
+        def decoder_layer(self, em, i, hidden, residual):
+            mixed = self.mixer(em.spec, i)(em, i, hidden)
+            weight = em.norm_weight(i, "post_attention_layernorm.weight")
+            hidden, residual = em.skip_norm(mixed, residual, weight, f"/model/layers.{i}/post_attention_layernorm")
+            return em.skip_norm(self.feed_forward(em.spec, i)(em, i, hidden), residual, *self.next_norm(em, i))
+
+    class OwnEmbedding(DecoderBuilder):
+        def embed(self, em, lm_head):
+            shape = (em.spec.vocab_size, em.spec.hidden_size)
+            table = em.proj.float_initializer("model.embed_tokens.weight", "model.embed_tokens.weight", shape)
+            return em.graph.op("Gather", [table, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+
+    def build(family, name, fmt):
+        ckpt = Checkpoint(checkpoint(name))
+        output = tmp_path / f"{family.__name__}-{fmt}"
+        options = BuildOptions(model=str(ckpt.directory), output=str(output), precision="fp32", format=fmt)
+        return run(family(ckpt, options), show_progress=False)
+
+    for family, name, words in (
+        (OwnLayer, "qwen3_5-text", "ran their mixer without self.mix(em, i, hidden)"),
+        (OwnEmbedding, "llama", "does not take the token ids from embedding.embedding()"),
+    ):
+        with pytest.raises(BuilderError, match=re.escape(words)):
+            build(family, name, "transformers.js")
+        assert not (tmp_path / f"{family.__name__}-transformers.js").exists()
+        assert build(family, name, "genai").model_path.is_file()
 
 
 def test_genai_folders_keep_right_padding(built):

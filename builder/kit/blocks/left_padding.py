@@ -24,6 +24,7 @@ right-padded or unpadded row has none and is left as it is.
 from __future__ import annotations
 
 from builder.kit.blocks.emitter import Emitter
+from builder.kit.errors import BuilderError
 
 BASE = "/model/left_padding"
 
@@ -92,6 +93,7 @@ def restore(em: Emitter, hidden: str, trailing: str | None) -> str:
         if trailing is None:
             return hidden
         return g.op("Slice", [hidden, trailing, g.constant([2**62]), g.constant([1])], f"{BASE}/Slice_kept")
+    em.shared["left_padding/restored"] = True
     back = em.shared["left_padding/back"]
     if trailing is not None:
         back = g.op("Slice", [back, trailing, g.constant([2**62]), g.constant([1])], f"{BASE}/Slice_kept")
@@ -103,6 +105,7 @@ def mixer(em: Emitter, block, i: int, x: str) -> str:
     """Layer i's mixer on x, in the order it needs (around-attention mode; else as it is)."""
     if not active(em) or whole_model(em):
         return block(em, i, x)
+    em.shared.setdefault("left_padding/mixed", set()).add(i)
     base = f"/model/layers.{i}/left_padding"
     if getattr(block, "recurrent", False):
         return block(em, i, em.graph.op("Mul", [x, em.shared["left_padding/mask"]], f"{base}/Mul"))
@@ -110,3 +113,26 @@ def mixer(em: Emitter, block, i: int, x: str) -> str:
         em.shared["position_ids"] = _positions(em, "position_ids", "to_right")
     out = block(em, i, move(em, x, "to_right", f"{base}/to_right"))
     return move(em, out, "back", f"{base}/back")
+
+
+def check(em: Emitter, family: str, layers: int) -> None:
+    """Refuse a graph that skipped the moves (a family's own decoder_layer, embed or logits that
+    does not go through them): its left-padded rows would come out wrong, without a word."""
+    if not active(em):
+        return
+    if not whole_model(em):
+        missing = sorted(set(range(layers)) - em.shared.get("left_padding/mixed", set()))
+        if missing:
+            raise BuilderError(
+                f"{family}: layers {missing[:8]} ran their mixer without self.mix(em, i, hidden), so a "
+                "--format transformers.js build would read left-padded batches wrong; call self.mix in "
+                "decoder_layer (docs/architecture.md), or build --format genai"
+            )
+        return
+    ids = em.shared["input_ids"]
+    if not any(ids in node.input for node in em.graph.nodes) or not em.shared.get("left_padding/restored"):
+        raise BuilderError(
+            f"{family}: its embed or logits hook does not take the token ids from embedding.embedding() "
+            "or end in embedding.logits(), so a --format transformers.js build would read left-padded "
+            "batches wrong; call them from its hooks (docs/architecture.md), or build --format genai"
+        )
