@@ -7,8 +7,17 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e . "onnxruntime-genai>=0.8"
+# A venv that this script or setup.sh (a superset) filled from the same pyproject.toml is left as it
+# is: a rerun, or an offline one, need not reach the package index again.
+digest() { python3 -c "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest()[:16])" "$1"; }
+key=$(digest pyproject.toml)
+if ! { [ -f .venv/.builder-quickstart-"$key" ] || [ -f .venv/.builder-setup-"$key" ]; } \
+    || ! .venv/bin/python -c "import builder, onnxruntime_genai" 2>/dev/null; then
+    rm -f .venv/.builder-quickstart-*
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e . "onnxruntime-genai>=0.8"
+    touch .venv/.builder-quickstart-"$key"
+fi
 . .venv/bin/activate
 python -m builder -m examples/tiny-qwen3 -p int4 -e cpu -o out/tiny-qwen3-int4-cpu --overwrite
 python -m builder -m examples/tiny-qwen3 -p int4 -e webgpu -o out/tiny-qwen3-int4-webgpu --overwrite
