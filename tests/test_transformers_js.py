@@ -305,13 +305,14 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     theirs = transformers_greedy(
         dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")), PROMPT, NEW_TOKENS
     )
-    ours = run_node(result.output)
+    ours = run_node(result.output, "--encode", "Hello world")
     assert ours["dtype"] == "fp32"
     assert ours["tokens"] == theirs
 
     from transformers import AutoTokenizer
 
-    assert ours["encoded_hello"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
+    assert ours["encoded"] == AutoTokenizer.from_pretrained(ckpt).encode("Hello world")
+    assert "encoded" not in run_node(result.output)  # only when asked
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,17 @@ def test_cuda_without_its_libraries_says_how_to_install_them(q4, device):
     assert "--device cpu or webgpu" in line and "rebuild" not in line
 
 
+def test_webgpu_without_an_adapter_blames_the_machine_not_the_folder(q4):
+    """Without a WebGPU adapter (no GPU, no Vulkan loader) the error said a file of the folder was
+    missing or damaged and asked for a rebuild."""
+    child = node(q4, "--device", "webgpu", "--max-new-tokens", "2")
+    if child.returncode == 0:  # a machine with an adapter: it simply runs
+        return
+    line = assert_one_line(child, "--device webgpu", "--device cpu")
+    assert "Vulkan loader (libvulkan.so.1)" in line or "no WebGPU adapter on this machine" in line
+    assert "rebuild" not in line and "damaged" not in line and ".cc:" not in line
+
+
 def test_an_id_past_the_vocabulary_is_refused_up_front(q4):
     """--ids 99999 failed in GatherBlockQuantized with ~40 lines of tensors and a rebuild advice."""
     vocab = json.loads((q4 / "config.json").read_text())["vocab_size"]

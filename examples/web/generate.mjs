@@ -12,12 +12,13 @@
 // that does not fit the build's context, a dtype the folder lacks, a browser-only device) is one
 // `error: ` line on stderr and exit 2; so is a failure inside transformers.js, whose own logging
 // (ONNX Runtime's error lines, the tensors given to the model) is held back while it loads and runs.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
 const USAGE = `usage: node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --ids 1,2,3] [--max-new-tokens N]
-                                       [--min-new-tokens N] [--dtype q4] [--device cpu]
+                                       [--min-new-tokens N] [--dtype q4] [--device cpu] [--encode TEXT]
 
 Greedy generation with transformers.js 4 (onnxruntime-node, CPU) from OUT_DIR, a folder built
 with python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR. Prints one JSON line.
@@ -30,7 +31,9 @@ with python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR. Prints
   --dtype DTYPE         weights to load: fp32, fp16, q4, q4f16 or int8, a file the folder holds
                         (default: transformers.js_config.dtype of config.json)
   --device DEVICE       transformers.js device in Node: cpu, webgpu, or cuda where onnxruntime-node
-                        has its CUDA libraries (default: cpu); wasm is the browser's (serve.py)`;
+                        has its CUDA libraries (default: cpu); wasm is the browser's (serve.py)
+  --encode TEXT         also print the token ids the folder's tokenizer gives TEXT ("encoded"), to
+                        compare its tokenizer with another's`;
 
 const BUILD = 'python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR';
 
@@ -70,7 +73,7 @@ function count(option, text, least) {
 }
 
 function parse(argv) {
-    const args = { folder: null, prompts: [], ids: [], max_new_tokens: 16, min_new_tokens: 0, dtype: undefined, device: 'cpu' };
+    const args = { folder: null, prompts: [], ids: [], encode: null, max_new_tokens: 16, min_new_tokens: 0, dtype: undefined, device: 'cpu' };
     for (let i = 0; i < argv.length; ++i) {
         const a = argv[i];
         const next = () => {
@@ -91,6 +94,7 @@ function parse(argv) {
         else if (a === '--min-new-tokens') args.min_new_tokens = count(a, next(), 0);
         else if (a === '--dtype') args.dtype = next();
         else if (a === '--device') args.device = next();
+        else if (a === '--encode') args.encode = next();
         else if (a.startsWith('-') && a !== '-') throw new UsageError(`unknown option ${a}; see --help`);
         else if (!args.folder) args.folder = a;
         else throw new UsageError(`unexpected argument ${a}: pass one OUT_DIR; see --help`);
@@ -230,12 +234,35 @@ function checkContext(shown, folder, config, args, promptTokens) {
         + `(the build's --context-length) and ${taker} takes ${promptTokens} tokens, so pass --max-new-tokens ${room} or less`);
 }
 
+/**
+ * Whether Dawn, the WebGPU of onnxruntime-node on Linux, can load the Vulkan loader: in ldconfig's
+ * cache or on LD_LIBRARY_PATH. Without it Dawn prints a native warning and finds no adapter. true
+ * elsewhere, and where ldconfig cannot say.
+ */
+function vulkanLoader() {
+    if (process.platform !== 'linux') return true;
+    const dirs = (process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean);
+    if (dirs.some((dir) => fs.existsSync(path.join(dir, 'libvulkan.so.1')))) return true;
+    const cache = spawnSync('ldconfig', ['-p'], { encoding: 'utf8' });
+    if (cache.status !== 0) {
+        const sbin = spawnSync('/sbin/ldconfig', ['-p'], { encoding: 'utf8' });
+        if (sbin.status !== 0) return true;
+        return /libvulkan\.so\.1\b/.test(sbin.stdout);
+    }
+    return /libvulkan\.so\.1\b/.test(cache.stdout);
+}
+
 /** Refuses a --device that onnxruntime-node lacks here, before transformers.js fails on it. */
 function checkDevice(shown, device, supported) {
     const node = supported.length ? supported : ['cpu'];
     if (BROWSER_DEVICES.includes(device)) {
         fail(`--device ${device} is a browser device (onnxruntime-web), which transformers.js in Node lacks: pass --device `
             + `${list(node)}, or run the folder in the browser with python examples/web/serve.py ${shown}`);
+    }
+    if (device === 'webgpu' && !vulkanLoader()) {
+        fail('--device webgpu needs the Vulkan loader (libvulkan.so.1), which this machine lacks: install it and a GPU '
+            + 'driver (Debian/Ubuntu: apt-get install libvulkan1), or pass --device cpu, or run the folder in a browser '
+            + `with python examples/web/serve.py ${shown}`);
     }
     // auto and gpu: transformers.js picks one of the others itself.
     if (!node.includes(device) && !['auto', 'gpu'].includes(device)) {
@@ -328,6 +355,11 @@ try {
     tokenizer = await quietly(() => AutoTokenizer.from_pretrained(id));
     model = await quietly(() => AutoModelForCausalLM.from_pretrained(id, { dtype: args.dtype, device: args.device, session_options }));
 } catch (e) {
+    if (args.device === 'webgpu' && /WebGPU adapter|No supported adapters/i.test(firstLine(e))) {  // the machine, not the folder
+        const why = firstLine(e).replace(/^.*was false\.\s*/, '');  // past ONNX Runtime's source location
+        fail(`--device webgpu: ${why}: Node finds no WebGPU adapter on this machine (a GPU with Vulkan, Metal or `
+            + `D3D12); pass --device cpu, or run the folder in a browser with python examples/web/serve.py ${args.folder}`);
+    }
     if (/Failed to load (shared )?library/i.test(firstLine(e))) {  // the EP's libraries, not the folder
         fail(`--device ${args.device}: ONNX Runtime could not load its execution provider (${firstLine(e)}); `
             + `install the libraries it needs (for cuda: the CUDA and cuDNN versions onnxruntime-node names), or pass --device cpu`);
@@ -391,6 +423,6 @@ console.log(JSON.stringify({
     dtype: model.sessions.model.config?.dtype ?? args.dtype,
     device: args.device,
     ...(results.length === 1 ? results[0] : { rows: results }),
-    encoded_hello: Array.from(tokenizer.encode('Hello world')),
+    ...(args.encode === null ? {} : { encoded: Array.from(tokenizer.encode(args.encode)) }),
 }));
 await model.dispose();
