@@ -138,7 +138,8 @@ def builder_class_for(config: dict, where: str = "config.json") -> type:
         names = [names]
     if not names:
         raise BuilderError(
-            f"{where} has no 'architectures' entry, so the model family is unknown; "
+            f"{where} has no 'architectures' entry, so the model family is unknown: add the one the model "
+            'was trained as (e.g. "architectures": ["Qwen3ForCausalLM"]), or name it with --family; '
             "supported: " + ", ".join(sorted(registered()))
         )
     available = registered()

@@ -281,6 +281,16 @@ def test_architectures_as_a_string(ckpt, tmp_path):
     assert builder_class_for({"architectures": "Qwen3ForCausalLM"}).__name__ == "Qwen3Builder"
 
 
+def test_no_architectures_says_what_to_add_or_pass(ckpt, tmp_path):
+    """The error listed the supported families without saying what to do about it."""
+    set_config(ckpt, architectures=None)
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out), "has no 'architectures' entry", '"architectures": ["Qwen3ForCausalLM"]', "--family"
+    )
+    assert cli("-m", ckpt, "-o", out, "--family", "Qwen3ForCausalLM").returncode == 0
+
+
 def test_generation_config_wrong_type(ckpt, tmp_path):
     (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": "x", "top_k": 50}))
     out = tmp_path / "out"
@@ -424,6 +434,25 @@ def test_damaged_json_files_beside_the_weights_are_refused(ckpt, tmp_path, name)
     (ckpt / name).write_text('{"model": {')
     out = tmp_path / "out"
     assert_clean_failure(cli("-m", ckpt, "-o", out), f"{ckpt / name} is not valid JSON", "re-download it", out=out)
+
+
+@pytest.mark.parametrize(
+    "name,content,words",
+    [
+        ("generation_config.json", "[1]", "holds a JSON list, not an object"),
+        ("tokenizer_config.json", '"text"', "holds a JSON str, not an object"),
+        ("generation_config.json", '{"temperature": "hot"}', "temperature = 'hot' is not valid"),
+    ],
+)
+def test_json_files_beside_the_weights_that_hold_no_settings_are_refused(ckpt, tmp_path, name, content, words):
+    """generation_config.json holding [1] was copied as it was and its defaults dropped (exit 0); a
+    bad value in it was refused after every weight was written, and told to fix config.json."""
+    (ckpt / name).write_text(content)
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert_clean_failure(proc, str(ckpt / name), words, "re-download", out=out)
+    assert "config.json)" not in proc.stderr.replace(name, "")  # names the file to fix
+    assert "layer" not in proc.stderr  # refused before the weights
 
 
 def test_unreadable_files_beside_the_weights_are_one_line(ckpt, tmp_path, monkeypatch):

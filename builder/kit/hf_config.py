@@ -151,7 +151,7 @@ ROPE_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
 }
 
 
-def _check(table: dict, values: dict, where: str) -> None:
+def _check(table: dict, values: dict, where: str, file: str = "config.json") -> None:
     for key, (check, null_ok) in table.items():
         if key not in values:
             continue
@@ -159,10 +159,10 @@ def _check(table: dict, values: dict, where: str) -> None:
         if value is None:
             if null_ok:
                 continue
-            raise BuilderError(f"{where}: {key} is null; it must be {check.expected} (fix or re-download config.json)")
+            raise BuilderError(f"{where}: {key} is null; it must be {check.expected} (fix or re-download {file})")
         if not check(value):
             raise BuilderError(
-                f"{where}: {key} = {value!r} is not valid; it must be {check.expected} (fix or re-download config.json)"
+                f"{where}: {key} = {value!r} is not valid; it must be {check.expected} (fix or re-download {file})"
             )
 
 
@@ -289,5 +289,5 @@ GENERATION_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
 
 
 def check_generation_config(generation: dict, where: str = "generation_config.json") -> dict:
-    _check(GENERATION_KEYS, generation, where)
+    _check(GENERATION_KEYS, generation, where, "generation_config.json")
     return generation

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from builder.kit.errors import BuilderError
+from builder.kit.hf_config import check_generation_config
 from builder.kit.safetensors_format import could_not_read
 
 TOKENIZER_FILES = (
@@ -26,23 +27,32 @@ REQUIRED = ("tokenizer.json", "tokenizer_config.json")
 
 
 def check_tokenizer_files(source: Path) -> None:
-    """Refuse JSON tokenizer files that do not parse. They were copied as they were: the build
-    published with exit 0 (and passed --verify, which feeds token ids), and genai then failed
-    to load the folder, while a rebuild copied the same file again."""
+    """Refuse JSON tokenizer files that do not parse, or hold no JSON object, and a
+    generation_config.json whose values genai_config.json could not take; before any weight is
+    read. They were copied as they were: the build published with exit 0 (and passed --verify,
+    which feeds token ids), and genai then failed to load the folder, while a rebuild copied the
+    same file again; a generation_config.json of `[1]` was copied while its defaults were dropped."""
     for name in TOKENIZER_FILES:
         path = Path(source) / name
         if not name.endswith(".json") or not path.is_file():
             continue
+        what = "sampling defaults" if name == "generation_config.json" else "tokenizer"
         try:
-            json.loads(path.read_bytes())
+            value = json.loads(path.read_bytes())
         except OSError as e:
             raise could_not_read(path, e) from None
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
-            what = "sampling defaults" if name == "generation_config.json" else "tokenizer"
             raise BuilderError(
                 f"{path} is not valid JSON ({e}); the checkpoint's {what} file is damaged: "
                 "re-download it, or fix or remove the file"
             ) from None
+        if not isinstance(value, dict):
+            raise BuilderError(
+                f"{path} holds a JSON {type(value).__name__}, not an object; the checkpoint's {what} file "
+                "is damaged: re-download it, or fix or remove the file"
+            )
+        if name == "generation_config.json":
+            check_generation_config(value, str(path))
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> tuple[list[str], list[str]]:
