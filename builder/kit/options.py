@@ -280,7 +280,7 @@ class BuildOptions:
             help="Which positions get logits. last: each batch row's last token of the call (the "
             "one onnxruntime-genai samples from; it pads batched prompts on the right), so a "
             "prompt skips the lm_head for its other tokens: prefill of Qwen3-0.6B int4 took "
-            "0.32x the time on webgpu and 0.70-0.83x on cpu, decode unchanged "
+            "0.32x the time on webgpu and 0.70-0.83x on cpu (Qwen3.5-0.8B 0.60x), decode unchanged "
             "(docs/packing.md#last-token-logits). all: every position, for scoring a whole text "
             "(perplexity). auto: last for --format genai builds (except onnxruntime-webgpu 1.27 "
             "targets, not run with it, which get all); --format transformers.js builds get a "
