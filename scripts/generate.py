@@ -408,20 +408,23 @@ def generate(args) -> None:
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=max_length)
         generator = og.Generator(model, params)
-        generator.append_tokens(prompt)
         start = time.perf_counter()
+        generator.append_tokens(prompt)  # runs the prompt through the model
+        prefilled = time.perf_counter()
         new = []
         while not generator.is_done():
             generator.generate_next_token()
             new.append(int(generator.get_next_tokens()[0]))
-        elapsed = time.perf_counter() - start
+        done = time.perf_counter()
         text = tokenizer.decode(new)
     except RuntimeError as e:
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
-    print(f"text: {args.prompt}{text!r}")
-    print(f"{len(new)} tokens in {elapsed:.3f}s")
+    print(f"text: {args.prompt + text!r}")  # quoted: a random-weight model's text holds control characters
+    rate = f" ({len(new) / (done - prefilled):.1f} tokens/s)" if done > prefilled else ""
+    decode = f"{len(new)} new tokens in {done - prefilled:.3f}s{rate}"
+    print(f"prompt of {len(prompt)} tokens in {prefilled - start:.3f}s, {decode}")
 
 
 def main() -> int:
