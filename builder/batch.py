@@ -235,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         check_hub_models(to_build)
     check_output_root(batch, to_build)
     if args.dry_run:  # all but the executor's own check (a Ray cluster is not joined for it)
+        from builder.kit.model_source import cached_hub_snapshot, is_hub_id
+
+        downloads = {m for m in {j.options.model for j in to_build} if is_hub_id(m) and cached_hub_snapshot(m) is None}
         for job in batch.jobs:
             o = job.options
-            print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {job.reason})")
+            reason = job.reason + ("; downloads it: not in the Hugging Face cache" if o.model in downloads else "")
+            print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {reason})")
         return 0
 
     # From here a signal stops the builds and the summary is still written. Also while a Ray

@@ -515,7 +515,7 @@ def test_family_config_expands_to_eighteen_jobs(tmp_path, capsys):
     assert len(lines) == 18 and all(" build " in line for line in lines)
     for size in ("0.6B", "1.7B", "4B", "8B", "14B", "32B"):
         for ep in ("webgpu", "cpu", "cuda"):
-            assert any(f"Qwen3-{size}-int4-{ep}  (Qwen/Qwen3-{size}, int4, {ep}; new)" in x for x in lines)
+            assert any(f"Qwen3-{size}-int4-{ep}  (Qwen/Qwen3-{size}, int4, {ep}; new" in x for x in lines)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1388,7 +1388,10 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert batch(path, "--dry-run") == 0
-    assert "build out  (org/tiny, int4, cpu; hub revision 000000000000 -> ffffffffffff)" in capsys.readouterr().out
+    assert (
+        "build out  (org/tiny, int4, cpu; hub revision 000000000000 -> ffffffffffff; downloads it: not in the "
+        "Hugging Face cache)" in capsys.readouterr().out
+    )
 
 
 def test_an_old_gemma3_report_is_rebuilt_with_or_without_its_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
@@ -1426,7 +1429,7 @@ def test_an_old_gemma3_report_is_rebuilt_with_or_without_its_checkpoint(checkpoi
     assert batch(path, "--dry-run") == 0
     assert (
         "build out  (org/g, fp16, cpu; built before --residual-dtype, whose auto keeps Gemma3Builder's "
-        "residual stream in fp32 now)" in capsys.readouterr().out
+        "residual stream in fp32 now; downloads it: not in the Hugging Face cache)" in capsys.readouterr().out
     )
 
 
@@ -1489,3 +1492,18 @@ def test_an_output_auto_now_resolves_differently_for_is_rebuilt(tmp_path):
     assert rebuild_reason(options) == (
         "this builder resolves the options differently now: target.io_dtype float16 -> float32"
     )
+
+
+def test_dry_run_says_which_hub_ids_it_would_download(tmp_path, monkeypatch, capsys):
+    """Offline without HF_HUB_OFFLINE, --dry-run called an uncached hub job plain "new" and the run
+    then failed each one; it now says which ones the run downloads (a local folder needs nothing)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = write(
+        tmp_path / "h.yaml", f"jobs:\n  - {{model: org/absent, output: a}}\n  - {{model: {TINY}, output: b}}\n"
+    )
+    assert batch(path, "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(org/absent, int4, cpu; new; downloads it: not in the Hugging Face cache)" in lines[0], lines
+    assert lines[1].endswith("; new)"), lines
