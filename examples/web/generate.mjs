@@ -17,6 +17,8 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
+import { leftPadded, rowsOf } from './batch.js';
+
 const USAGE = `usage: node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --ids 1,2,3] [--max-new-tokens N]
                                        [--min-new-tokens N] [--dtype q4] [--device cpu] [--encode TEXT]
 
@@ -378,22 +380,14 @@ try {
 const rows = args.ids.length ? args.ids : args.prompts.map((prompt) => Array.from(tokenizer.encode(prompt)));
 const empty = rows.findIndex((ids) => ids.length === 0);
 if (empty >= 0) fail(`--prompt ${JSON.stringify(args.prompts[empty])} encodes to no tokens: pass text that does, or --ids 1,2,3`);
-const width = Math.max(...rows.map((ids) => ids.length));
+const batch = leftPadded(rows, tokenizer.pad_token_id ?? model.generation_config?.pad_token_id ?? 0);
+const width = batch.dims[1];
 checkContext(args.folder, folder, config, args, width);
-// A batch is padded on the left, as transformers.js's text-generation pipeline pads one: the new
-// tokens follow each prompt's last token.
-const pad = BigInt(tokenizer.pad_token_id ?? model.generation_config?.pad_token_id ?? 0);
-const input_ids = new BigInt64Array(rows.length * width).fill(pad);
-const mask = new BigInt64Array(rows.length * width);
-rows.forEach((ids, r) => {
-    input_ids.set(ids.map(BigInt), r * width + width - ids.length);
-    mask.fill(1n, r * width + width - ids.length, (r + 1) * width);
-});
 let output;
 try {
     output = await quietly(() => model.generate({
-        input_ids: new Tensor('int64', input_ids, [rows.length, width]),
-        attention_mask: new Tensor('int64', mask, [rows.length, width]),
+        input_ids: new Tensor('int64', batch.input_ids, batch.dims),
+        attention_mask: new Tensor('int64', batch.attention_mask, batch.dims),
         do_sample: false,
         max_new_tokens: args.max_new_tokens, min_new_tokens: args.min_new_tokens,
     }));
@@ -407,18 +401,9 @@ try {
     fail(`${args.folder} does not run in transformers.js (${firstLine(e)}); `
         + rebuild(args.folder, folder));
 }
-const generated = Array.from(output.data, Number);
-const length = output.dims.at(-1);
-// generate() stops a batch when every row's last token is an end token, so a row that ended before
-// the others goes on: each row is cut after its first end token, where it would have stopped alone.
-const eos = [model.generation_config?.eos_token_id ?? []].flat();
-// Each row without its left padding: its prompt and the tokens generated after it.
-const results = rows.map((ids, r) => {
-    let tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
-    const end = tokens.findIndex((t, k) => k >= ids.length && eos.includes(t));
-    if (end >= 0) tokens = tokens.slice(0, end + 1);
-    return { prompt_ids: ids, tokens, text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }) };
-});
+const results = rowsOf(output, rows, model.generation_config?.eos_token_id).map((row) => ({
+    ...row, text: tokenizer.decode(row.tokens.slice(row.prompt_ids.length), { skip_special_tokens: false }),
+}));
 console.log(JSON.stringify({
     dtype: model.sessions.model.config?.dtype ?? args.dtype,
     device: args.device,

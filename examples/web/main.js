@@ -13,6 +13,7 @@
 import {
     AutoModelForCausalLM, AutoTokenizer, Tensor, TextStreamer, env,
 } from '/node_modules/@huggingface/transformers/dist/transformers.js';
+import { leftPadded, rowsOf } from './batch.js';
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -291,15 +292,7 @@ async function main(state) {
         for (const ids of rows) {
             checkPrompt(model, ids, options.max_new_tokens, rows === options.ids ? `ids=${param('ids')}` : 'the prompt');
         }
-        // A batch is padded on the left, as transformers.js's text-generation pipeline pads one.
-        const width = Math.max(...rows.map((ids) => ids.length));
-        const pad = BigInt(tokenizer.pad_token_id ?? loaded.generation_config?.pad_token_id ?? 0);
-        const input_ids = new BigInt64Array(rows.length * width).fill(pad);
-        const mask = new BigInt64Array(rows.length * width);
-        rows.forEach((ids, r) => {
-            input_ids.set(ids.map(BigInt), r * width + width - ids.length);
-            mask.fill(1n, r * width + width - ids.length, (r + 1) * width);
-        });
+        const batch = leftPadded(rows, tokenizer.pad_token_id ?? loaded.generation_config?.pad_token_id ?? 0);
         $('output').textContent = '';
         // TextStreamer takes one sequence: a batch's texts are shown when it is done.
         const streamer = rows.length > 1 ? undefined : new TextStreamer(tokenizer, {
@@ -308,26 +301,17 @@ async function main(state) {
         });
         const t = performance.now();
         const output = await loaded.generate({
-            input_ids: new Tensor('int64', input_ids, [rows.length, width]),
-            attention_mask: new Tensor('int64', mask, [rows.length, width]),
+            input_ids: new Tensor('int64', batch.input_ids, batch.dims),
+            attention_mask: new Tensor('int64', batch.attention_mask, batch.dims),
             do_sample: false,
             max_new_tokens: options.max_new_tokens,
             min_new_tokens: options.min_new_tokens,
             streamer,
         });
         const generate_s = (performance.now() - t) / 1000;
-        const generated = Array.from(output.data, Number);
-        const length = output.dims.at(-1);
-        // generate() stops a batch when every row's last token is an end token: a row that ended
-        // before the others is cut after its first one, where it would have stopped alone.
-        const eos = [loaded.generation_config?.eos_token_id ?? []].flat();
-        // Each row without its padding: its prompt and the tokens generated after it.
-        const results = rows.map((ids, r) => {
-            let tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
-            const end = tokens.findIndex((t, k) => k >= ids.length && eos.includes(t));
-            if (end >= 0) tokens = tokens.slice(0, end + 1);
-            return { tokens, prompt_ids: ids, text: tokenizer.decode(tokens.slice(ids.length), { skip_special_tokens: false }) };
-        });
+        const results = rowsOf(output, rows, loaded.generation_config?.eos_token_id).map((row) => ({
+            ...row, text: tokenizer.decode(row.tokens.slice(row.prompt_ids.length), { skip_special_tokens: false }),
+        }));
         if (rows.length === 1) return { ...results[0], text: $('output').textContent, generate_s };
         $('output').textContent = results.map((row) => row.text).join('\n');
         return { rows: results, generate_s };

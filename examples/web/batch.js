@@ -1,0 +1,35 @@
+// A batch of prompts for transformers.js generate(), and its rows back out of what it returns;
+// shared by generate.mjs (Node) and main.js (the page).
+
+/**
+ * The inputs of a batch of prompts (token id lists), padded on the left with `pad` as
+ * transformers.js's text-generation pipeline pads one, so each row's new tokens follow its
+ * prompt: { input_ids, attention_mask } (BigInt64Array), dims [rows, width].
+ */
+export function leftPadded(rows, pad) {
+    const width = Math.max(...rows.map((ids) => ids.length));
+    const input_ids = new BigInt64Array(rows.length * width).fill(BigInt(pad));
+    const attention_mask = new BigInt64Array(rows.length * width);
+    rows.forEach((ids, r) => {
+        input_ids.set(ids.map(BigInt), r * width + width - ids.length);
+        attention_mask.fill(1n, r * width + width - ids.length, (r + 1) * width);
+    });
+    return { input_ids, attention_mask, dims: [rows.length, width] };
+}
+
+/**
+ * Each row of generate()'s output without its padding: its prompt and the tokens generated after
+ * it. generate() stops a batch only when every row's last token is an end token, so a row that
+ * ended before the others is cut after its first new end token, where it would have stopped alone.
+ */
+export function rowsOf(output, rows, eos) {
+    const generated = Array.from(output.data, Number);
+    const length = output.dims.at(-1);
+    const width = Math.max(...rows.map((ids) => ids.length));
+    const ends = [eos ?? []].flat();
+    return rows.map((ids, r) => {
+        const tokens = generated.slice(r * length + width - ids.length, (r + 1) * length);
+        const end = tokens.findIndex((t, k) => k >= ids.length && ends.includes(t));
+        return { prompt_ids: ids, tokens: end >= 0 ? tokens.slice(0, end + 1) : tokens };
+    });
+}
