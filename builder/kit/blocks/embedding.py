@@ -79,18 +79,10 @@ def _gather_quantized(em: Emitter, q: QuantizedTensor) -> str:
 
 def logits(em: Emitter, hidden: str, lm_head: QuantizedTensor | str) -> None:
     g = em.graph
-    trailing = None  # [-k]: the last k positions only
-    if em.plan.logits_to_keep:  # 0 keeps every position: Slice from -0
-        count = g.op("Unsqueeze", ["num_logits_to_keep", g.constant([0])], "/lm_head/num_logits_to_keep/Unsqueeze")
-        trailing = g.op("Neg", [count], "/lm_head/num_logits_to_keep/Neg")
-    elif em.plan.last_logits and left_padding.active(em):  # left-padded: every row's last token is the last column
-        trailing = g.constant([-1])
-    if left_padding.active(em):
-        hidden = left_padding.restore(em, hidden, trailing)
+    if left_padding.active(em):  # transformers.js: rows back in its order, the positions it asks for
+        hidden = left_padding.restore(em, hidden, trailing_positions(em))
     elif em.plan.last_logits:
         hidden = last_positions(em, hidden)
-    elif trailing is not None:
-        hidden = g.op("Slice", [hidden, trailing, g.constant([2**62]), g.constant([1])], "/lm_head/Slice")
     if isinstance(lm_head, QuantizedTensor):
         out = em.proj.matmul_nbits(hidden, "/lm_head/MatMulNBits", lm_head)
     elif lm_head == em.weight(None, f"{EMBED}.weight"):
@@ -101,6 +93,17 @@ def logits(em: Emitter, hidden: str, lm_head: QuantizedTensor | str) -> None:
     # Nothing reads the projection's output yet, so renaming it costs no Identity node.
     assert g.nodes[-1].output[0] == out
     g.nodes[-1].output[0] = "logits"
+
+
+def trailing_positions(em: Emitter) -> str | None:
+    """[-k], where a left-padded graph keeps only its last k positions (each row's last token is
+    the last column): num_logits_to_keep's k (0 keeps every one: a Slice from -0), or 1 under
+    --logits last; None keeps every position."""
+    g = em.graph
+    if em.plan.logits_to_keep:
+        count = g.op("Unsqueeze", ["num_logits_to_keep", g.constant([0])], "/lm_head/num_logits_to_keep/Unsqueeze")
+        return g.op("Neg", [count], "/lm_head/num_logits_to_keep/Neg")
+    return g.constant([-1]) if em.plan.last_logits else None
 
 
 def last_positions(em: Emitter, hidden: str) -> str:
