@@ -4,8 +4,9 @@
 //                                          [--batch 1] [--device cpu]
 //
 // Each measurement runs in a fresh Node process (so its peak memory is its own): load the folder,
-// generate 1 token from a prompt of --prompt ids (the prefill), then --new tokens (decode: the
-// time past the first token). The models run in turn, their order reversed every other round, and
+// generate 2 tokens (first-run allocations), then --new tokens from a prompt of --prompt ids; the
+// prefill is the time to the first new token, the decode rate the steps after it. The models run
+// in turn, their order reversed every other round, and
 // each round's times are divided by the first model's, so the ratios pair up what ran together.
 // --batch N sends N copies of the prompt, the last N-1 shortened by a quarter (padded on the left).
 // Prints one line a measurement and a JSON summary (medians of the paired ratios) last.
@@ -66,6 +67,7 @@ async function measure(dir, args) {
         fail('@huggingface/transformers is not installed: run bash scripts/setup.sh (npm install in examples/web)');
     }
     const { AutoModelForCausalLM, Tensor, env } = await import(pathToFileURL(entry).href);
+    const { leftPadded } = await import(pathToFileURL(path.join(ROOT, 'examples', 'web', 'batch.js')).href);
     env.allowRemoteModels = false;
     env.localModelPath = path.dirname(dir) + path.sep;
     let started = performance.now();
@@ -73,22 +75,16 @@ async function measure(dir, args) {
     const load_s = (performance.now() - started) / 1000;
     const rows = Array.from({ length: args.batch }, (_, r) => {
         const length = r === 0 ? args.prompt : Math.max(1, Math.round(args.prompt * 0.75));
-        return Array.from({ length }, (_, i) => BigInt(((7 * i + 3 * r) % 400) + 1));
+        return Array.from({ length }, (_, i) => ((7 * i + 3 * r) % 400) + 1);
     });
-    const width = args.prompt;
-    const ids = new BigInt64Array(rows.length * width);
-    const mask = new BigInt64Array(rows.length * width);
-    rows.forEach((row, r) => {
-        ids.set(row, r * width + width - row.length);
-        mask.fill(1n, r * width + width - row.length, (r + 1) * width);
-    });
+    const batch = leftPadded(rows, 0);
     // generate() hands a streamer the prompt, then each step's new tokens: the times of those calls
     // split the prefill (to the first new token) from the decode steps after it.
     const stamps = [];
     const streamer = { put: () => stamps.push(performance.now()), end: () => {} };
     const generate = (n) => model.generate({
-        input_ids: new Tensor('int64', ids, [rows.length, width]),
-        attention_mask: new Tensor('int64', mask, [rows.length, width]),
+        input_ids: new Tensor('int64', batch.input_ids, batch.dims),
+        attention_mask: new Tensor('int64', batch.attention_mask, batch.dims),
         do_sample: false, max_new_tokens: n, min_new_tokens: n, streamer,
     });
     await generate(2);  // first-run allocations out of the way

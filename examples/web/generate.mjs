@@ -245,13 +245,11 @@ function vulkanLoader() {
     if (process.platform !== 'linux') return true;
     const dirs = (process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean);
     if (dirs.some((dir) => fs.existsSync(path.join(dir, 'libvulkan.so.1')))) return true;
-    const cache = spawnSync('ldconfig', ['-p'], { encoding: 'utf8' });
-    if (cache.status !== 0) {
-        const sbin = spawnSync('/sbin/ldconfig', ['-p'], { encoding: 'utf8' });
-        if (sbin.status !== 0) return true;
-        return /libvulkan\.so\.1\b/.test(sbin.stdout);
+    for (const ldconfig of ['ldconfig', '/sbin/ldconfig']) {  // /sbin may be off a user's PATH
+        const cache = spawnSync(ldconfig, ['-p'], { encoding: 'utf8' });
+        if (cache.status === 0) return /libvulkan\.so\.1\b/.test(cache.stdout);
     }
-    return /libvulkan\.so\.1\b/.test(cache.stdout);
+    return true;
 }
 
 /** Refuses a --device that onnxruntime-node lacks here, before transformers.js fails on it. */
