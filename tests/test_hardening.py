@@ -439,8 +439,8 @@ def test_damaged_json_files_beside_the_weights_are_refused(ckpt, tmp_path, name)
 @pytest.mark.parametrize(
     "name,content,words",
     [
-        ("generation_config.json", "[1]", "holds a JSON list, not an object"),
-        ("tokenizer_config.json", '"text"', "holds a JSON str, not an object"),
+        ("generation_config.json", "[1]", "holds an array, not a JSON object"),
+        ("tokenizer_config.json", '"text"', "holds a string, not a JSON object"),
         ("generation_config.json", '{"temperature": "hot"}', "temperature = 'hot' is not valid"),
     ],
 )

@@ -47,9 +47,11 @@ def check_tokenizer_files(source: Path) -> None:
                 "re-download it, or fix or remove the file"
             ) from None
         if not isinstance(value, dict):
+            kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+            kind = kinds.get(type(value), "a number")
             raise BuilderError(
-                f"{path} holds a JSON {type(value).__name__}, not an object; the checkpoint's {what} file "
-                "is damaged: re-download it, or fix or remove the file"
+                f"{path} holds {kind}, not a JSON object; the checkpoint's {what} file is damaged: "
+                "re-download it, or fix or remove the file"
             )
         if name == "generation_config.json":
             check_generation_config(value, str(path))
