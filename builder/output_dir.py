@@ -118,6 +118,7 @@ def staged_output(output: Path, overwrite: bool):
         check_output_free(output, overwrite)
         output.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(output)
+        refuse_a_second_writer(output)
         staging = _staging_name(output)
         staging.mkdir()
     except OSError as e:
@@ -214,6 +215,17 @@ def remove_stale_staging(output: Path) -> None:
             continue
         if (lock == "free" and (staging / ALIVE_MARK).exists()) or not _alive(pid):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def refuse_a_second_writer(output: Path) -> None:
+    """Refuse a build of an output another live build is writing: the second one to finish failed
+    only at the end, after all its work ("already exists"), or, with --overwrite, replaced the
+    first's output with its own."""
+    busy = [pid for staging, pid in staging_folders(output) if _lock_state(staging) == "held"]
+    if busy:
+        raise BuilderError(
+            f"another build (pid {busy[0]}) is writing {output} now; wait for it to finish, or pass another -o/--output"
+        )
 
 
 class _Held:

@@ -1002,6 +1002,30 @@ def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
     assert "| interrupted |" in (tmp_path / "out" / "sig-summary.md").read_text()
 
 
+def test_a_build_of_an_output_another_build_is_writing_is_refused_at_once(tmp_path):
+    """Two builds to one -o: the second to finish failed only at the end, after all its work, or with
+    --overwrite replaced the first's output; it is refused before it starts, naming the other build."""
+    import signal
+    import subprocess
+    import sys
+
+    proc, children = _start_paused_batch(tmp_path, jobs=2)
+    try:
+        for extra in ([], ["--overwrite"]):
+            second = subprocess.run(
+                [sys.executable, "-m", "builder", "-m", str(TINY), "-o", str(tmp_path / "out" / "a"), *extra],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+            assert "another build (pid " in second.stderr and "is writing" in second.stderr, second.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert not (tmp_path / "out" / "a").exists()
+
+
 def test_closed_terminal_stops_the_batch_cleanly(tmp_path):
     """The terminal (or SSH session) goes away: SIGHUP to the batch and its builds, and every
     later write to the terminal fails with EIO. Before that, a status line names the
