@@ -221,8 +221,8 @@ class BuildOptions:
             "--qkv-packing fused-norm puts them inside GroupQueryAttention, and Qwen3.5's linear "
             "attention norms): reshape-sln (Reshape, SimplifiedLayerNormalization, Reshape; every "
             "EP) or branchwise (one com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: "
-            "reshape-sln, measured faster on cpu, but branchwise for Qwen3.5 on cpu, measured "
-            "faster there (docs/packing.md).",
+            "reshape-sln, measured faster on cpu, but branchwise for the hybrids (Qwen3.5, "
+            "Qwen3-Next) on cpu, measured faster on Qwen3.5 (docs/packing.md).",
             rebuild="resolved",
         ),
     )
@@ -237,8 +237,9 @@ class BuildOptions:
             "onnxruntime-genai >= 0.18 users install), 1.27 and earlier the onnxruntime-webgpu "
             "package (its last release is 1.27). Default: the installed runtime for the EP "
             "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
-            "onnxruntime-webgpu, onnxruntime-directml), else its newest release known to this "
-            "builder (webgpu: 1.31 with the plugin EP). With --format transformers.js it is the "
+            "onnxruntime-webgpu, onnxruntime-directml), else the release this builder's table names "
+            "for it (cpu, cuda, webgpu: 1.31, webgpu with the plugin EP; 1.32 changes none of the "
+            "graphs). With --format transformers.js it is the "
             "onnxruntime-web (webgpu) or onnxruntime-node (others) inside your transformers.js; "
             "default: what transformers.js 4.3 pins (onnxruntime-node 1.30, onnxruntime-web 1.31).",
             rebuild="resolved",

@@ -17,9 +17,9 @@ from onnx import TensorProto
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions, parse_version
 
-# The package that carries each EP's runtime, and its newest release on PyPI when this
-# table was written. The default target is the installed runtime for the EP, else that
-# release.
+# The package that carries each EP's runtime, and the release a build targets when none is
+# installed (the newest on PyPI when this table was written; 1.32 came later and changes no
+# FEATURES entry, so targets stay at 1.31 and batch does not rebuild for it).
 EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "cpu": ("onnxruntime", (1, 31)),
     "cuda": ("onnxruntime-gpu", (1, 31)),
