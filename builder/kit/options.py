@@ -298,7 +298,7 @@ class BuildOptions:
             help="input_ids and attention_mask as int32 instead of int64. onnxruntime-genai holds "
             "its tokens as int32 and, for int64 input_ids, casts them before every step (on webgpu "
             "in a second onnxruntime session); int32 spares that, with the same logits. Decode of "
-            "Qwen3-0.6B int4 on the WebGPU plugin EP: 1.00-1.05x in three paired runs, level at 4B "
+            "Qwen3-0.6B int4 on the WebGPU plugin EP: 1.001-1.055x in three paired runs, level at 4B "
             "(docs/webgpu-decode.md). auto: on for graph-capture builds, off elsewhere (int64 is "
             "what other callers of an LLM graph feed). Not with --format transformers.js, which "
             "feeds int64.",
