@@ -79,27 +79,7 @@ def build_tjs(checkpoint_dir: Path, output: Path, **options):
 
 def onnx_greedy(model_path: Path, prompt: list[int], new_tokens: int) -> list[int]:
     """Greedy decoding with ONNX Runtime in Python, feeding the cache as transformers.js does."""
-    from builder.verify import onnx_session
-
-    session = onnx_session(model_path)
-    inputs = {i.name: i for i in session.get_inputs()}
-    dtype = np.float16 if "float16" in inputs["past_key_values.0.key"].type else np.float32
-    feeds = {
-        n: np.zeros([1 if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape], dtype)
-        for n, i in inputs.items()
-        if n.startswith("past_")
-    }
-    tokens = list(prompt)
-    step = np.array([prompt], np.int64)
-    keep = {"num_logits_to_keep": np.array(1, np.int64)}  # as transformers.js generates: the last position
-    for _ in range(new_tokens):
-        mask = np.ones((1, len(tokens)), np.int64)
-        outputs = session.run(None, {"input_ids": step, "attention_mask": mask, **keep, **feeds})
-        named = dict(zip([o.name for o in session.get_outputs()], outputs))
-        tokens.append(int(named["logits"][0, -1].argmax()))
-        feeds = {n.replace("present", "past_key_values"): v for n, v in named.items() if n.startswith("present")}
-        step = np.array([[tokens[-1]]], np.int64)
-    return tokens
+    return left_padded_greedy(model_path, [prompt], new_tokens)[0][0]
 
 
 def test_folder_layout_and_config(built):
@@ -339,26 +319,33 @@ def test_node_other_families(built, checkpoint, name, precision):
 SHORT = [7, 300, 12]  # a batch with PROMPT: padded on the left by 3
 
 
+def first_feed(session, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """input_ids and attention_mask of a batch padded on the left, and the empty caches, made as
+    transformers.js makes them from the declared dims (batch_size -> the batch, other symbols -> 0)."""
+    width, rows = max(map(len, prompts)), len(prompts)
+    ids, mask = np.zeros((rows, width), np.int64), np.zeros((rows, width), np.int64)
+    for r, prompt in enumerate(prompts):
+        ids[r, width - len(prompt) :], mask[r, width - len(prompt) :] = prompt, 1
+    past = {
+        i.name: np.zeros(
+            [rows if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape],
+            np.float16 if "float16" in i.type else np.float32,
+        )
+        for i in session.get_inputs()
+        if i.name.startswith("past_")
+    }
+    return ids, mask, past
+
+
 def left_padded_greedy(model_path: Path, prompts: list[list[int]], new_tokens: int):
     """Greedy decoding of a batch padded on the left, fed as transformers.js feeds it (position_ids,
     where the graph takes them, from the mask). Returns each row's tokens and its last logits a step."""
     from builder.verify import onnx_session
 
     session = onnx_session(model_path)
-    inputs = {i.name: i for i in session.get_inputs()}
-    width, rows = max(map(len, prompts)), len(prompts)
-    step = np.zeros((rows, width), np.int64)
-    mask = np.zeros((rows, width), np.int64)
-    for r, prompt in enumerate(prompts):
-        step[r, width - len(prompt) :], mask[r, width - len(prompt) :] = prompt, 1
-    feeds = {
-        n: np.zeros(
-            [rows if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape],
-            np.float16 if "float16" in i.type else np.float32,
-        )
-        for n, i in inputs.items()
-        if n.startswith("past_")
-    }
+    inputs = {i.name for i in session.get_inputs()}
+    step, mask, feeds = first_feed(session, prompts)
+    rows = len(prompts)
     tokens, logits = [list(p) for p in prompts], []
     for _ in range(new_tokens):
         feed = {"input_ids": step, "attention_mask": mask, "num_logits_to_keep": np.array(1, np.int64), **feeds}
@@ -407,20 +394,8 @@ def test_left_padded_batch_rows_equal_their_own_runs(built, name, options):
 
 def prefill(session, prompts: list[list[int]], **extra) -> np.ndarray:
     """Logits of one left-padded prefill, with empty caches."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    width = max(map(len, prompts))
-    ids, mask = np.zeros((len(prompts), width), np.int64), np.zeros((len(prompts), width), np.int64)
-    for r, prompt in enumerate(prompts):
-        ids[r, width - len(prompt) :], mask[r, width - len(prompt) :] = prompt, 1
-    feed = {
-        n: np.zeros(
-            [len(prompts) if d == "batch_size" else (0 if isinstance(d, str) else d) for d in i.shape], np.float32
-        )
-        for n, i in inputs.items()
-        if n.startswith("past_")
-    }
-    feed.update({"input_ids": ids, "attention_mask": mask}, **extra)
-    return session.run(["logits"], feed)[0]
+    ids, mask, past = first_feed(session, prompts)
+    return session.run(["logits"], {"input_ids": ids, "attention_mask": mask, **past, **extra})[0]
 
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen3_5-text"])

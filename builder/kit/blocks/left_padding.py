@@ -50,13 +50,13 @@ def prepare(em: Emitter, whole_model: bool) -> None:
     back = g.op("Sub", [positions, pads], f"{BASE}/Sub_back")
     em.shared["left_padding/back"] = g.op("Max", [back, g.constant([0])], f"{BASE}/Max")
     em.shared["left_padding/whole_model"] = whole_model
-    if not whole_model:
+    if not em.plan.layout.rotary_in_gqa:  # RotaryEmbedding nodes read positions in the moved order
+        em.shared["position_ids"] = _positions(em, "position_ids", "to_right")
+    if whole_model:
+        em.shared["input_ids"] = _positions(em, "input_ids", "to_right")
+    else:
         mask = g.op("Cast", [chunk], f"{BASE}/Cast_mask", to=em.plan.io_type)
         em.shared["left_padding/mask"] = g.op("Unsqueeze", [mask, g.constant([2])], f"{BASE}/Unsqueeze_mask")
-    else:
-        em.shared["input_ids"] = _positions(em, "input_ids", "to_right")
-        if not em.plan.layout.rotary_in_gqa:
-            em.shared["position_ids"] = _positions(em, "position_ids", "to_right")
 
 
 def active(em: Emitter) -> bool:
@@ -109,8 +109,6 @@ def mixer(em: Emitter, block, i: int, x: str) -> str:
     base = f"/model/layers.{i}/left_padding"
     if getattr(block, "recurrent", False):
         return block(em, i, em.graph.op("Mul", [x, em.shared["left_padding/mask"]], f"{base}/Mul"))
-    if "position_ids" not in em.shared and not em.plan.layout.rotary_in_gqa:
-        em.shared["position_ids"] = _positions(em, "position_ids", "to_right")
     out = block(em, i, move(em, x, "to_right", f"{base}/to_right"))
     return move(em, out, "back", f"{base}/back")
 
