@@ -117,6 +117,8 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     # Reports from before target.padding: every graph read a batch's pads on the right, which
     # transformers.js folders now do not (left-padded rows came out wrong).
     then.setdefault("target.padding", "right")
+    # Reports from before target.recurrent_padding: recurrent layers took in a right-padded batch's pads.
+    then.setdefault("target.recurrent_padding", None if now["target.recurrent_padding"] is None else "absorbed")
     old = report.get("options") or {}
     now["max_length"] = resolved_max_length(options.max_length, plan.context_length)
     then["max_length"] = resolved_max_length(old.get("max_length"), then["context_length"] or plan.context_length)
@@ -155,11 +157,19 @@ def _stream_predated(report: dict) -> str | None:
 
 
 def _padding_predated(report: dict) -> str | None:
-    """A transformers.js folder from before target.padding: its graph read a left-padded batch as
-    right-padded (the shorter rows came out wrong), so it is rebuilt, checkpoint cached or not."""
-    if "padding" in (report.get("target") or {}) or (report.get("options") or {}).get("format") != "transformers.js":
+    """A folder from before the graph read a batch's pads as its format pads them: transformers.js
+    folders took a left-padded batch as right-padded, and a hybrid's genai folder let the right pads
+    into its recurrent state where --padded-batches auto now keeps them out (uncaptured graphs). The
+    shorter rows came out wrong, so it is rebuilt, checkpoint cached or not."""
+    target, options = report.get("target") or {}, report.get("options") or {}
+    if options.get("format") == "transformers.js":
+        return (
+            None if "padding" in target else "built before transformers.js folders read a batch's padding on the left"
+        )
+    recurrent = "LinearAttention" in ((report.get("nodes") or {}).get("by_op_type") or {})
+    if "recurrent_padding" in target or not recurrent or target.get("graph_capture"):
         return None
-    return "built before transformers.js folders read a batch's padding on the left"
+    return "built before genai folders kept a padded batch's pads out of the recurrent state (--padded-batches)"
 
 
 def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:

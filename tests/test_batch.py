@@ -1155,6 +1155,7 @@ def test_a_report_from_before_an_option_existed_is_up_to_date(tmp_path, capsys):
     assert report["target"].pop("residual_dtype") == report["target"]["io_dtype"] == "float16"
     del report["options"]["residual_dtype"]
     assert report["target"].pop("padding") == "right"
+    assert report["target"].pop("recurrent_padding") is None and report["options"].pop("padded_batches") == "auto"
     report_path.write_text(json.dumps(report))
     capsys.readouterr()
     assert batch(path, "--dry-run") == 0
@@ -1180,6 +1181,34 @@ def test_a_transformers_js_folder_from_before_left_padding_is_rebuilt(tmp_path, 
     # Without the checkpoint to plan with (a hub job whose cache is gone), the report alone says so.
     assert "built before transformers.js folders read" in _padding_predated(report)
     assert _padding_predated({"options": {"format": "genai"}, "target": {}}) is None
+
+
+def test_a_hybrids_genai_folder_from_before_padded_batches_is_rebuilt(checkpoint, tmp_path, capsys):
+    """Qwen3.5 genai folders built before --padded-batches let a batch's pads into the recurrent
+    state: batch rebuilds those whose option now resolves on (cpu), not the webgpu ones (still off)."""
+    hybrid = checkpoint("qwen3_5")
+    path = write(
+        tmp_path / "d.yaml",
+        f"output_root: out\njobs:\n  - {{model: {hybrid}, ep: cpu}}\n  - {{model: {hybrid}, ep: webgpu}}\n",
+    )
+    assert batch(path) == 0
+    for report_path in (tmp_path / "out").glob("*/build_report.json"):
+        report = json.loads(report_path.read_text())
+        assert report["target"].pop("recurrent_padding") == (
+            "absorbed" if "webgpu" in report_path.parent.name else "skipped"
+        )
+        del report["options"]["padded_batches"]
+        report_path.write_text(json.dumps(report))
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.count("target.recurrent_padding absorbed -> skipped") == 1 and out.count("up to date") == 1, out
+    # Without the checkpoint to plan with (a hub job whose cache is gone), the report alone says so.
+    from builder.batch_resume import _padding_predated
+
+    for report_path in (tmp_path / "out").glob("*/build_report.json"):
+        reason = _padding_predated(json.loads(report_path.read_text()))
+        assert (reason is None) == ("webgpu" in report_path.parent.name), reason
 
 
 def test_an_output_root_with_dot_dot_is_checked_before_building(tmp_path, capsys):

@@ -8,11 +8,12 @@ import json
 import shutil
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_webgpu import WEBGPU_OPS, int64_values
+from test_webgpu import RIGHT_PADDING_OPS, WEBGPU_OPS, int64_values
 
 from builder import BuildOptions
 from builder.kit.errors import BuilderError
@@ -99,7 +100,8 @@ def test_one_qkvz_and_one_ba_projection_per_linear_layer(built, name):
         qkvz = [n for n in nodes if n.name.startswith(f"/model/layers.{i}/linear_attn/in_proj_qkvz/")]
         ba = [n for n in nodes if n.name.startswith(f"/model/layers.{i}/linear_attn/in_proj_ba/")]
         assert [n.op_type for n in qkvz] == ["MatMulNBits", "Split"]
-        assert [n.op_type for n in ba] == ["MatMul", "Split"]  # float b|a, packed
+        # float b|a, packed; the Where keeps genai's right pads out of the state (kit/blocks/right_padding.py)
+        assert [n.op_type for n in ba] == ["MatMul", "Where", "Split"]
         assert ops["MatMulNBits"] == 2 and ops["MatMul"] == 1  # qkvz, out_proj; ba
         assert ops["CausalConvWithState"] == ops["LinearAttention"] == 1 and not ops["GatedRMSNorm"]
 
@@ -197,17 +199,18 @@ def test_moe_families_are_refused_on_gpu_eps(checkpoint, tmp_path, name, ep):
         build(checkpoint(name), tmp_path / "o", precision="int4", ep=ep)
 
 
-def test_webgpu_build_is_capture_ready(built):
+@pytest.mark.parametrize("options", [{}, {"padded_batches": "on"}])
+def test_webgpu_build_is_capture_ready(built, options):
     """The plugin EP target: every node one the WebGPU EP runs (capture refuses a graph with a CPU
     node), no int64 arithmetic, state inputs at fixed shapes, and the genai_config capture entries.
     scripts/check_webgpu.py runs it on the EP against transformers."""
-    result = built("qwen3_5", precision="int4", ep="webgpu")
+    result = built("qwen3_5", precision="int4", ep="webgpu", **options)
     assert result.report["target"]["graph_capture"] is True
     model = onnx.load(result.model_path, load_external_data=False)
     ops = {n.op_type for n in model.graph.node}
     linear_ops = {"CausalConvWithState", "LinearAttention", "LinearAttentionGate"}
     assert linear_ops <= ops
-    assert ops - linear_ops <= WEBGPU_OPS, ops - linear_ops - WEBGPU_OPS
+    assert ops - linear_ops <= WEBGPU_OPS | RIGHT_PADDING_OPS, ops - linear_ops - WEBGPU_OPS - RIGHT_PADDING_OPS
     assert "BranchwiseRMSNorm" not in ops  # no WebGPU kernel: Reshape/SimplifiedLayerNormalization/Reshape
     assert not int64_values(model)
     config = json.loads(result.genai_config_path.read_text())
@@ -420,6 +423,80 @@ def test_genai_equal_length_batch_rows_match_transformers(built, checkpoint):
     rows = [GENAI_PROMPT, [7, 64, 300, 11]]
     reference = dequantized_reference(checkpoint("qwen3_5"), BuildOptions(model="x", precision="fp32"))
     assert genai_generate(folder, rows, 8) == [transformers_greedy(reference, row, 8) for row in rows]
+
+
+PADDED_ROWS = [[5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12], [9, 9, 40, 41, 42]]
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3-next"])
+def test_genai_padded_batch_rows_match_transformers(built, checkpoint, name):
+    """genai pads the shorter rows on the right: their pads must not reach the conv and recurrent
+    states (before kit/blocks/right_padding.py the short row left transformers' tokens at its
+    second new token)."""
+    from builder.verify import dequantized_reference, genai_batch_greedy, torch_logits, transformers_greedy
+
+    folder = built(name, precision="fp32").output
+    reference = dequantized_reference(checkpoint(name), BuildOptions(model="x", precision="fp32"))
+    first, tokens = genai_batch_greedy(folder, PADDED_ROWS, 6)
+    for row, prompt in enumerate(PADDED_ROWS):
+        expected = torch_logits(reference, np.array([prompt]), [])[0][0, -1]
+        np.testing.assert_allclose(first[row], expected, rtol=0, atol=1e-4)
+        assert prompt + tokens[row] == transformers_greedy(reference, prompt, 6), row
+
+
+def test_genai_padded_batch_rows_match_their_own_runs_in_the_captured_form(built):
+    """--padded-batches on in a webgpu build (positions by CumSum, int32 arithmetic: no Shape for a
+    captured graph), run here on the CPU EP; scripts/check_webgpu.py runs it on the GPU."""
+    from builder.verify import genai_batch_greedy
+
+    result = built("qwen3_5", precision="int4", ep="webgpu", padded_batches="on")
+    assert result.report["target"]["graph_capture"] is True
+    first, tokens = genai_batch_greedy(result.output, PADDED_ROWS, 6, provider="cpu")
+    for row, prompt in enumerate(PADDED_ROWS):
+        alone, alone_tokens = genai_batch_greedy(result.output, [prompt], 6, provider="cpu")
+        np.testing.assert_allclose(first[row], alone[0], rtol=0, atol=1e-5)
+        assert tokens[row] == alone_tokens[0], row
+
+
+@pytest.mark.parametrize(
+    "name,options,recorded",
+    [
+        ("qwen3_5", {}, "skipped"),
+        ("qwen3_5", {"padded_batches": "off"}, "absorbed"),
+        ("qwen3_5", {"ep": "webgpu"}, "absorbed"),  # graph capture: off unless asked for
+        ("qwen3_5", {"ep": "webgpu", "padded_batches": "on"}, "skipped"),
+        ("qwen3_5", {"ep": "webgpu", "graph_capture": "off"}, "skipped"),
+        ("qwen3_5", {"format": "transformers.js"}, None),  # its left padding: kit/blocks/left_padding.py
+        ("qwen3", {}, None),  # no recurrent layer
+    ],
+)
+def test_padded_batches_resolve_per_target(built, name, options, recorded):
+    result = built(name, precision="int4", **options)
+    assert result.report["target"]["recurrent_padding"] == recorded
+    model = onnx.load(result.model_path, load_external_data=False)
+    wheres = [n for n in model.graph.node if n.name.endswith("/in_proj_ba/right_padding/Where")]
+    assert len(wheres) == (3 if recorded == "skipped" else 0)  # the tiny Qwen3.5's three linear layers
+    noted = any("--padded-batches on keeps them right" in note for note in result.report["notes"])
+    assert noted == (recorded == "absorbed" and "padded_batches" not in options)
+
+
+def test_padded_batches_off_builds_the_graph_without_them(built):
+    """Off is the graph as it was before the option: the webgpu default's, op for op."""
+    off = onnx.load(built("qwen3_5", precision="int4", padded_batches="off").model_path, load_external_data=False)
+    ops = Counter(n.op_type for n in off.graph.node)
+    assert not ops["Where"] and not ops["GatherElements"] and not ops["CumSum"] and not ops["Range"]
+    assert all(
+        o.name in {n.output[-1] for n in off.graph.node if n.op_type == "CausalConvWithState"}
+        for o in off.graph.output
+        if o.name.endswith(".conv")
+    )
+
+
+def test_padded_batches_on_is_refused_or_moot_where_it_does_nothing(checkpoint, tmp_path):
+    with pytest.raises(BuilderError, match="--padded-batches on: --format transformers.js folders move their own"):
+        build(checkpoint("qwen3_5"), tmp_path / "tjs", precision="int4", format="transformers.js", padded_batches="on")
+    result = build(checkpoint("qwen3"), tmp_path / "q3", precision="int4", padded_batches="on")
+    assert any("--padded-batches on: this model has no recurrent layer" in n for n in result.report["notes"])
 
 
 def test_genai_rewinds_the_state_to_a_snapshot_or_to_zero(built):

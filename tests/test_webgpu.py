@@ -24,6 +24,9 @@ from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
 # test_targets, less Shape (a CPU-only kernel, allowed only in uncaptured graphs), plus
 # Gemma 3's FastGelu.
 WEBGPU_OPS = (COMMON - {"Shape"}) | {"FastGelu"}
+# A hybrid's recurrent layers keep genai's right pads out of their state (kit/blocks/right_padding.py):
+# positions by CumSum, the pads by Greater/Where, the conv state by Concat/Expand/GatherElements.
+RIGHT_PADDING_OPS = {"CumSum", "Greater", "Where", "Concat", "Expand", "GatherElements"}
 
 
 # int64 index plumbing the WebGPU EP runs on the GPU: ArgMax's output is int64 by definition and

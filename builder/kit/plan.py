@@ -55,6 +55,10 @@ class BuildPlan:
     # Batches come padded on the left (transformers.js): the graph moves the pads where
     # GroupQueryAttention expects them (builder.kit.blocks.left_padding).
     left_padding: bool = False
+    # Batches come padded on the right (onnxruntime-genai) and the recurrent layers keep the pads
+    # out of their state (builder.kit.blocks.right_padding; --padded-batches). None: the model has
+    # no recurrent layer, or pads on the left.
+    right_padding: bool | None = None
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
     # The options with --int8-layers/--float-layers in the names projections go by here
@@ -208,6 +212,18 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     moot = moot_head_norm(options, layout)
     if moot:
         warnings.append(moot)
+    right_padding = wants_right_padding(options, target, family, spec)
+    if right_padding is False and options.padded_batches == "auto":
+        target_notes += (
+            "padded batches: the recurrent layers take in the pads of genai's right-padded batches "
+            "(--padded-batches auto is off for graph-capture builds), so in a batch of unequal prompts "
+            "the shorter rows decode other tokens than alone; --padded-batches on keeps them right",
+        )
+    if right_padding is None and options.padded_batches == "on":
+        warnings.append(
+            "--padded-batches on: this model has no recurrent layer, and attention reads a padded "
+            "batch from attention_mask already; nothing to change"
+        )
     level = options.accuracy_level
     names = config.get("architectures") or ["?"]
     return BuildPlan(
@@ -224,6 +240,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         logits_to_keep=options.format == "transformers.js" and options.logits == "auto",
         int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
         left_padding=options.format == "transformers.js",
+        right_padding=right_padding,
         residual_dtype=residual,
         notes=target_notes + tuple(layout.notes),
         warnings=tuple(warnings),
@@ -244,6 +261,15 @@ def without_silu(layout: Layout, options: BuildOptions, family) -> Layout:
     return dataclasses.replace(
         layout, silu="none", notes=layout.notes + (f"MLP activation {acts}: --silu does not apply",)
     )
+
+
+def wants_right_padding(options: BuildOptions, target: Target, family, spec) -> bool | None:
+    """--padded-batches resolved: None where nothing keeps a state across tokens (attention reads
+    right padding from the mask) or the batch is padded on the left (transformers.js)."""
+    recurrent = any(getattr(family.mixer(spec, i), "recurrent", False) for i in range(spec.num_layers))
+    if not recurrent or options.format != "genai":
+        return None
+    return options.padded_batches == "on" or (options.padded_batches == "auto" and not target.graph_capture)
 
 
 def wants_last_logits(options: BuildOptions, target: Target) -> bool:

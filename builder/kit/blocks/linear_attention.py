@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from builder.kit.blocks import right_padding
 from builder.kit.blocks.mlp import activation
 from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN
@@ -194,7 +195,9 @@ class GatedDeltaNet:
     dims: LinearAttentionDims
     fused: bool = False
     prefix: str = "linear_attn"
-    recurrent = True  # keeps a state across tokens: left-padded batches zero its input at the pads
+    # Keeps a state across tokens: transformers.js's left pads reach it as zeros (left_padding.py),
+    # genai's right pads not at all (right_padding.py, --padded-batches).
+    recurrent = True
 
     def _module(self, i: int, name: str) -> str:
         return f"model.layers.{i}.{self.prefix}.{name}"
@@ -243,6 +246,9 @@ class GatedDeltaNet:
             )
             z = proj.matmul(x, f"{base}/in_proj_z", *parts("z"), em.plan.fmt(self._module(i, "in_proj_z")))
         ba = proj.matmul(x, f"{base}/in_proj_ba", *parts("b", "a"), QuantScheme.FLOAT)
+        padded = right_padding.active(em)  # genai pads batches on the right: keep the pads out of the state
+        if padded:
+            ba = right_padding.gate_inputs(em, ba, f"{base}/in_proj_ba")
         b, a = g.node(
             "Split", [ba, g.constant([d.num_value_heads] * 2)], f"{base}/in_proj_ba/Split", outputs=2, axis=-1
         )
@@ -254,10 +260,17 @@ class GatedDeltaNet:
             "CausalConvWithState",
             [qkv, conv_w, "", f"past.{i}.conv"],
             f"{base}/CausalConvWithState",
-            outputs=[f"{base}/CausalConvWithState/output_0", f"present.{i}.conv"],
+            outputs=[
+                f"{base}/CausalConvWithState/output_0",
+                f"{base}/CausalConvWithState/present_state" if padded else f"present.{i}.conv",
+            ],
             domain=MS_DOMAIN,
             activation="silu",
         )
+        if padded:
+            right_padding.conv_state(
+                em, f"past.{i}.conv", qkv, d.conv_kernel - 1, d.conv_dim, f"present.{i}.conv", f"{base}/conv"
+            )
         conv = g.op("Transpose", [conv], f"{base}/conv/Transpose_out", perm=[0, 2, 1])
         qk, v = g.node(
             "Split", [conv, g.constant([2 * d.key_dim, d.value_dim])], f"{base}/conv/Split", outputs=2, axis=-1
