@@ -9,6 +9,8 @@
 #   bash scripts/webgpu_device_run.sh qwen35    # Qwen3.5-0.8B shape: plugin-EP parity of the tiny hybrids and the
 #                                               # sliding-window families, ours vs the reference on webgpu and cpu
 #   bash scripts/webgpu_device_run.sh qwen35-4b # Qwen3.5-4B shape on cpu: build time/RSS/nodes, decode, prefill
+#   bash scripts/webgpu_device_run.sh padding   # Qwen3.5-0.8B and 4B shapes: decode with --padded-batches on against
+#                                               # the default, plugin-EP parity of the tiny Qwen3.5 builds
 #   bash scripts/webgpu_device_run.sh submits    # Qwen3-0.6B shape: maxNumPendingDispatches 64/256/4096 against
 #   bash scripts/webgpu_device_run.sh submits-4b # the default 16, ours and the reference's capture build (4B shape)
 #   bash scripts/webgpu_device_run.sh logits     # --logits last vs all (webgpu + cpu) beside the reference's
@@ -421,6 +423,24 @@ elif [ "$PART" = qwen35 ]; then
         ours-t1=$W/q35-cpu-t1 ref-t1=$W/q35-ref-cpu-t1 --provider cpu --prompt 128 --new 64 --rounds 3 \
         --json "$OUT/bench-qwen35-cpu.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     wait $PARITY; log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"
+elif [ "$PART" = padding ]; then
+    # Qwen3.5 shapes: what --padded-batches on (genai's right pads kept out of the recurrent state,
+    # kit/blocks/right_padding.py) costs a captured decode step against the default (off with
+    # capture), with the plugin-EP parity of the tiny Qwen3.5 builds (padded batches included) meanwhile.
+    ONLY=${ONLY:-"--only qwen3_5"}
+    parity_meanwhile
+    for size in ${PADDING_CKPTS:-qwen3.5-0.8b qwen3.5-4b}; do
+        checkpoint_for "$size"
+        ours pad-off-$size "$CK" &
+        ours pad-on-$size "$CK" --padded-batches on &
+    done
+    builds_then_parity
+    for size in ${PADDING_CKPTS:-qwen3.5-0.8b qwen3.5-4b}; do
+        for d in pad-off-$size pad-on-$size; do nodes "$W/$d"; done
+        timeout 240 $PY scripts/bench_genai.py default=$W/pad-off-$size padded=$W/pad-on-$size --provider webgpu \
+            --prompt $PROMPT --new $NEW --rounds ${PADDING_ROUNDS:-4} --json "$OUT/bench-padding-$size.json" 2>&1 \
+            | grep -v -i warn | tee -a "$LOG"
+    done
 elif [ "$PART" = qwen35-4b ]; then
     CK=$W/ck-$CKPT
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
