@@ -24,7 +24,7 @@ from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError
-from builder.kit.genai_config import CONFIG_NAME
+from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary
 from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Phases, Progress, SilentProgress
@@ -140,6 +140,8 @@ def run(arch, show_progress: bool = True) -> BuildResult:
     else:
         arch.checkpoint.fingerprint(False)
     check_tokenizer_files(arch.checkpoint.directory)
+    generation = arch.checkpoint.read_json("generation_config.json")
+    arch.warnings.extend(token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size))
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)
@@ -188,7 +190,6 @@ def run(arch, show_progress: bool = True) -> BuildResult:
         timings["save_s"] = time.perf_counter() - t
 
         progress.step("configs and tokenizer")
-        generation = arch.checkpoint.read_json("generation_config.json")
         with _write_errors(output, "writing the configs into "):
             layout.write_configs(staging, generation)
         with _write_errors(output, "copying the tokenizer files into "):

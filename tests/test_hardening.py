@@ -297,6 +297,22 @@ def test_generation_config_wrong_type(ckpt, tmp_path):
     assert_clean_failure(cli("-m", ckpt, "-o", out), "generation_config.json", "eos_token_id", out=out)
 
 
+def test_special_token_ids_outside_the_vocabulary_are_named(ckpt, tmp_path):
+    """An eos id no logit can reach was written into genai_config.json without a word: generation
+    then never stopped at it."""
+    vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, vocab], "pad_token_id": 2}))
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: eos_token_id {vocab} (generation_config.json) is outside the vocabulary (0 .. {vocab - 1}): "
+        "generation will not stop at it; check generation_config.json"
+    ], proc.stderr
+    assert warnings[0].removeprefix("warning: ") in json.loads((out / "build_report.json").read_text())["notes"]
+
+
 def test_config_is_a_folder(ckpt, tmp_path):
     (ckpt / "config.json").unlink()
     (ckpt / "config.json").mkdir()
