@@ -309,7 +309,7 @@ def target_record(plan) -> dict:
         "int32_inputs": plan.int32_inputs,
         "padding": "left" if plan.left_padding else "right",  # which side of a batch the graph reads pads on
         # Whether recurrent layers keep a right-padded batch's pads out of their state (null: none to keep)
-        "recurrent_padding": None if plan.right_padding is None else ("skipped" if plan.right_padding else "absorbed"),
+        "recurrent_padding": None if plan.right_padding is None else ("kept_out" if plan.right_padding else "absorbed"),
         "io_dtype": str(plan.io_dtype),
         "residual_dtype": str(plan.residual_dtype),
         "accuracy_level": plan.accuracy_level,

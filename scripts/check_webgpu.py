@@ -74,6 +74,8 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3_5", "int4", {"qkv_packing": "fused-norm"}),
     ("qwen3_5", "fp32", {"padded_batches": "on"}),  # a batch's pads kept out of the recurrent state
     ("qwen3_5", "int4", {"padded_batches": "on"}),
+    ("qwen3_5", "int4", {"qkv_packing": "fused-norm", "padded_batches": "on"}),
+    ("qwen3_5-text", "int4", {"padded_batches": "on"}),
     ("qwen3_5-text", "int4", {}),
     ("qwen3_5-moe", "int4", {}),
     ("qwen3-next", "int4", {}),

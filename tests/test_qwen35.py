@@ -210,7 +210,9 @@ def test_webgpu_build_is_capture_ready(built, options):
     ops = {n.op_type for n in model.graph.node}
     linear_ops = {"CausalConvWithState", "LinearAttention", "LinearAttentionGate"}
     assert linear_ops <= ops
-    assert ops - linear_ops <= WEBGPU_OPS | RIGHT_PADDING_OPS, ops - linear_ops - WEBGPU_OPS - RIGHT_PADDING_OPS
+    allowed = WEBGPU_OPS | (RIGHT_PADDING_OPS if options else set())
+    assert ops - linear_ops <= allowed, ops - linear_ops - allowed
+    assert (RIGHT_PADDING_OPS <= ops) == bool(options)
     assert "BranchwiseRMSNorm" not in ops  # no WebGPU kernel: Reshape/SimplifiedLayerNormalization/Reshape
     assert not int64_values(model)
     config = json.loads(result.genai_config_path.read_text())
@@ -461,11 +463,11 @@ def test_genai_padded_batch_rows_match_their_own_runs_in_the_captured_form(built
 @pytest.mark.parametrize(
     "name,options,recorded",
     [
-        ("qwen3_5", {}, "skipped"),
+        ("qwen3_5", {}, "kept_out"),
         ("qwen3_5", {"padded_batches": "off"}, "absorbed"),
         ("qwen3_5", {"ep": "webgpu"}, "absorbed"),  # graph capture: off unless asked for
-        ("qwen3_5", {"ep": "webgpu", "padded_batches": "on"}, "skipped"),
-        ("qwen3_5", {"ep": "webgpu", "graph_capture": "off"}, "skipped"),
+        ("qwen3_5", {"ep": "webgpu", "padded_batches": "on"}, "kept_out"),
+        ("qwen3_5", {"ep": "webgpu", "graph_capture": "off"}, "kept_out"),
         ("qwen3_5", {"format": "transformers.js"}, None),  # its left padding: kit/blocks/left_padding.py
         ("qwen3", {}, None),  # no recurrent layer
     ],
@@ -475,21 +477,33 @@ def test_padded_batches_resolve_per_target(built, name, options, recorded):
     assert result.report["target"]["recurrent_padding"] == recorded
     model = onnx.load(result.model_path, load_external_data=False)
     wheres = [n for n in model.graph.node if n.name.endswith("/in_proj_ba/right_padding/Where")]
-    assert len(wheres) == (3 if recorded == "skipped" else 0)  # the tiny Qwen3.5's three linear layers
-    noted = any("--padded-batches on keeps them right" in note for note in result.report["notes"])
+    assert len(wheres) == (3 if recorded == "kept_out" else 0)  # the tiny Qwen3.5's three linear layers
+    noted = any("--padded-batches on keeps them right" in note for note in result.report["notes"])  # and printed
     assert noted == (recorded == "absorbed" and "padded_batches" not in options)
 
 
-def test_padded_batches_off_builds_the_graph_without_them(built):
-    """Off is the graph as it was before the option: the webgpu default's, op for op."""
+def test_padded_batches_off_writes_none_of_it(built):
+    """Off: no right-padding node, and each conv state is the op's own output."""
     off = onnx.load(built("qwen3_5", precision="int4", padded_batches="off").model_path, load_external_data=False)
     ops = Counter(n.op_type for n in off.graph.node)
     assert not ops["Where"] and not ops["GatherElements"] and not ops["CumSum"] and not ops["Range"]
-    assert all(
-        o.name in {n.output[-1] for n in off.graph.node if n.op_type == "CausalConvWithState"}
-        for o in off.graph.output
-        if o.name.endswith(".conv")
+    conv_outputs = {n.output[-1] for n in off.graph.node if n.op_type == "CausalConvWithState"}
+    assert {o.name for o in off.graph.output if o.name.endswith(".conv")} == conv_outputs
+
+
+@pytest.mark.parametrize("ep", ["cpu", "webgpu"])
+def test_padded_batches_leave_one_sequence_unchanged_to_the_bit(built, ep):
+    """A single sequence has no pads: on and off give the same logits, prefill and decode, exactly
+    (the webgpu builds' captured form run here on the CPU EP)."""
+    from builder.verify import onnx_logits, onnx_session
+
+    ids, steps = np.arange(3, 20)[None], [5, 9, 2, 77]
+    on, off = (
+        onnx_logits(onnx_session(built("qwen3_5", precision="int4", ep=ep, padded_batches=p).output), ids, steps)
+        for p in ("on", "off")
     )
+    for a, b in zip(on, off):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_padded_batches_on_is_refused_or_moot_where_it_does_nothing(checkpoint, tmp_path):

@@ -23,10 +23,11 @@ GENAI_MODEL_TYPES = frozenset(
 from builder.kit.hf_config import check_generation_config
 
 
-def _pick(config: dict, generation: dict, key: str, default=None):
-    """generation_config.json's value, else config.json's (what transformers' generate() reads)."""
+def _picked(config: dict, generation: dict, key: str, default=None) -> tuple[Any, str]:
+    """(value, the file it came from): generation_config.json's, else config.json's (what
+    transformers' generate() reads)."""
     value = generation.get(key)
-    return value if value is not None else config.get(key, default)
+    return (value, "generation_config.json") if value is not None else (config.get(key, default), "config.json")
 
 
 def token_ids_past_the_vocabulary(config: dict, generation: dict | None, vocab_size: int) -> list[str]:
@@ -34,17 +35,18 @@ def token_ids_past_the_vocabulary(config: dict, generation: dict | None, vocab_s
     such an eos, and genai would feed such a bos or pad to the embedding's Gather."""
     messages = []
     for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        value, source = _picked(config, generation or {}, key)
         try:
-            ids = _ids(_pick(config, generation or {}, key))
+            beyond = [i for i in _ids(value) if not 0 <= i < vocab_size]
         except (TypeError, ValueError):
             continue  # not ids at all: check_generation_config / the genai config refuse those
-        beyond = [i for i in ids if not 0 <= i < vocab_size]
         if beyond:
-            source = "generation_config.json" if (generation or {}).get(key) is not None else "config.json"
+            consequence = (
+                "generation will not stop at it" if key == "eos_token_id" else "genai would feed it to the model"
+            )
             messages.append(
                 f"{key} {beyond[0]} ({source}) is outside the vocabulary (0 .. {vocab_size - 1}): "
-                + ("generation will not stop at it" if key == "eos_token_id" else "genai would feed it to the model")
-                + f"; check {source}"
+                f"{consequence}; check {source}"
             )
     return messages
 
@@ -83,7 +85,7 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     generation = check_generation_config(generation or {}, generation_path)
 
     def pick(key, default=None):
-        return _pick(config, generation, key, default)
+        return _picked(config, generation, key, default)[0]
 
     eos = _ids(pick("eos_token_id"))
     bos = pick("bos_token_id")

@@ -214,10 +214,11 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         warnings.append(moot)
     right_padding = wants_right_padding(options, target, family, spec)
     if right_padding is False and options.padded_batches == "auto":
-        target_notes += (
-            "padded batches: the recurrent layers take in the pads of genai's right-padded batches "
-            "(--padded-batches auto is off for graph-capture builds), so in a batch of unequal prompts "
-            "the shorter rows decode other tokens than alone; --padded-batches on keeps them right",
+        warnings.append(
+            "--padded-batches auto is off for graph-capture builds (it cost 8% of a captured decode "
+            "step): the recurrent layers take in the pads of genai's right-padded batches, so in a "
+            "batch of unequal prompts the shorter rows decode wrong tokens; --padded-batches on keeps "
+            "them right (docs/packing.md#padded-batches)"
         )
     if right_padding is None and options.padded_batches == "on":
         warnings.append(

@@ -8,7 +8,11 @@ quantize their own table. int8 tables stay float:
 
 from __future__ import annotations
 
-from builder.kit.blocks import left_padding, right_padding
+from dataclasses import dataclass
+
+from onnx import TensorProto
+
+from builder.kit.blocks import left_padding
 from builder.kit.blocks.emitter import Emitter
 from builder.kit.graph import MS_DOMAIN
 from builder.kit.linear import QuantizedTensor, transposed
@@ -104,11 +108,57 @@ def trailing_positions(em: Emitter) -> str | None:
     return g.constant([-1]) if em.plan.last_logits else None
 
 
+@dataclass(frozen=True)
+class LastToken:
+    """Each row's last token of this call, as the graph computes it once (last_token).
+
+    index: [B] int64. index_for_arithmetic: the same in the type the graph's index arithmetic
+    runs in (int32 in captured graphs, which may hold no int64 arithmetic; int64 elsewhere).
+    Captured graphs also keep `ones`, [B, S] float32 (they may hold no Shape); the others
+    `length`, [1] int64: S.
+    """
+
+    index: str
+    index_for_arithmetic: str
+    ones: str | None = None
+    length: str | None = None
+
+
+def last_token(em: Emitter) -> LastToken:
+    """onnxruntime-genai pads batched prompts on the right (PadInputs), so a shorter row's last
+    token is at seqlens_k (its unpadded length - 1), not at S - 1; in decode steps and later
+    chunks of one sequence seqlens_k counts the past too, and S - 1 is the last token."""
+    if "last_token" in em.shared:
+        return em.shared["last_token"]
+    g = em.graph
+    base = "/lm_head/last_position"  # where --logits last first read it
+    if em.plan.target.graph_capture:
+        # Shape runs on the CPU, which a captured graph may not hold: the last index of an
+        # all-equal [B, S] row (ArgMax, select_last_index) is S - 1, on the GPU.
+        ids = "input_ids"
+        if not em.plan.int32_inputs:
+            ids = g.op("Cast", [ids], f"{base}/Cast_ids", to=TensorProto.INT32)
+        same = g.op("Equal", [ids, ids], f"{base}/Equal")
+        ones = g.op("Cast", [same], f"{base}/Cast_same", to=TensorProto.FLOAT)
+        last = g.op("ArgMax", [ones], f"{base}/ArgMax", axis=1, keepdims=0, select_last_index=1)
+        last = g.op("Cast", [last], f"{base}/Cast_last", to=TensorProto.INT32)
+        index32 = g.op("Min", [em.shared["seqlens_k"], last], f"{base}/Min")
+        index = g.op("Cast", [index32], f"{base}/Cast_index", to=TensorProto.INT64)
+        found = LastToken(index, index32, ones=ones)
+    else:
+        length = g.op("Shape", ["input_ids"], f"{base}/Shape", start=1, end=2)
+        last = g.op("Sub", [length, g.constant([1])], f"{base}/Sub")
+        seqlens = g.op("Cast", [em.shared["seqlens_k"]], f"{base}/Cast", to=TensorProto.INT64)
+        index = g.op("Min", [seqlens, last], f"{base}/Min")
+        found = LastToken(index, index, length=length)
+    em.shared["last_token"] = found
+    return found
+
+
 def last_positions(em: Emitter, hidden: str) -> str:
-    """hidden [B, S, H] -> [B, 1, H]: each row's last token of this call (right_padding.last_token_index)."""
+    """hidden [B, S, H] -> [B, 1, H]: each row's last token of this call (last_token)."""
     g = em.graph
     base = "/lm_head/last_position"
-    index = right_padding.last_token_index(em)
-    index = g.op("Unsqueeze", [index, g.constant([1])], f"{base}/Unsqueeze")
+    index = g.op("Unsqueeze", [last_token(em).index, g.constant([1])], f"{base}/Unsqueeze")
     rows = g.op("GatherND", [hidden, index], f"{base}/GatherND", batch_dims=1)
     return g.op("Unsqueeze", [rows, g.constant([1])], f"{base}/Unsqueeze_rows")

@@ -10,7 +10,8 @@ row left its own run's tokens at its second new token). Here a recurrent layer o
 - keeps as its conv state the k-1 inputs that end at the row's last token (conv_state), not the
   chunk's last k-1.
 
-A row's last token of the call is min(seqlens_k, S - 1), the position --logits last reads. Decode
+A row's last token of the call is min(seqlens_k, S - 1), the position --logits last reads
+(embedding.last_token). Decode
 steps (one token) and later chunks of one row have no pads: there the gate inputs pass as they
 are and the gathered conv state is the op's own. transformers.js pads on the left instead
 (kit/blocks/left_padding.py).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from builder.kit.blocks.embedding import last_token
 from builder.kit.blocks.emitter import Emitter
 
 BASE = "/model/right_padding"
@@ -34,49 +36,13 @@ def active(em: Emitter) -> bool:
     return bool(em.plan.right_padding)
 
 
-def last_token_index(em: Emitter) -> str:
-    """[B] int64: each row's last token of this call.
-
-    onnxruntime-genai pads batched prompts on the right (PadInputs), so a shorter row's last
-    token is at seqlens_k (its unpadded length - 1), not at S - 1; in decode steps and later
-    chunks of one sequence seqlens_k counts the past too, and S - 1 is the last token.
-    """
-    if "last_token_index" in em.shared:
-        return em.shared["last_token_index"]
-    g = em.graph
-    base = "/lm_head/last_position"  # where --logits last first read it
-    if em.plan.target.graph_capture:
-        # Shape runs on the CPU, which a captured graph may not hold: the last index of an
-        # all-equal [B, S] row (ArgMax, select_last_index) is S - 1, on the GPU.
-        ids = "input_ids"
-        if not em.plan.int32_inputs:
-            ids = g.op("Cast", [ids], f"{base}/Cast_ids", to=TensorProto.INT32)
-        same = g.op("Equal", [ids, ids], f"{base}/Equal")
-        ones = em.shared["right_padding/ones"] = g.op("Cast", [same], f"{base}/Cast_same", to=TensorProto.FLOAT)
-        last = g.op("ArgMax", [ones], f"{base}/ArgMax", axis=1, keepdims=0, select_last_index=1)
-        last = g.op("Cast", [last], f"{base}/Cast_last", to=TensorProto.INT32)
-        index = em.shared["right_padding/index32"] = g.op("Min", [em.shared["seqlens_k"], last], f"{base}/Min")
-        index = g.op("Cast", [index], f"{base}/Cast_index", to=TensorProto.INT64)
-    else:
-        length = em.shared["right_padding/length"] = g.op("Shape", ["input_ids"], f"{base}/Shape", start=1, end=2)
-        last = g.op("Sub", [length, g.constant([1])], f"{base}/Sub")
-        seqlens = g.op("Cast", [em.shared["seqlens_k"]], f"{base}/Cast", to=TensorProto.INT64)
-        index = g.op("Min", [seqlens, last], f"{base}/Min")
-    em.shared["last_token_index"] = index
-    return index
-
-
 def _count(em: Emitter) -> str:
-    """[B]: each row's tokens in this call (last_token_index + 1), int32 in captured graphs (no
-    int64 arithmetic there), int64 elsewhere."""
+    """[B]: each row's tokens in this call, in the type of the graph's index arithmetic."""
     if "right_padding/count" not in em.shared:
         g = em.graph
-        last = last_token_index(em)  # in captured graphs it also leaves its int32 form
-        if em.plan.target.graph_capture:
-            count = g.op("Add", [em.shared["right_padding/index32"], g.constant(1, np.int32)], f"{BASE}/Add")
-        else:
-            count = g.op("Add", [last, g.constant(1)], f"{BASE}/Add")
-        em.shared["right_padding/count"] = count
+        index = last_token(em).index_for_arithmetic
+        one = g.constant(1, np.int32 if em.plan.target.graph_capture else np.int64)
+        em.shared["right_padding/count"] = g.op("Add", [index, one], f"{BASE}/Add")
     return em.shared["right_padding/count"]
 
 
@@ -84,12 +50,12 @@ def _pads(em: Emitter) -> str:
     """[B, S, 1] bool: the positions after each row's last token."""
     if "right_padding/pads" not in em.shared:
         g = em.graph
-        count = _count(em)
+        last, count = last_token(em), _count(em)
         if em.plan.target.graph_capture:  # positions 1 .. S without Shape: CumSum of ones, in float
-            positions = g.op("CumSum", [em.shared["right_padding/ones"], g.constant(1)], f"{BASE}/CumSum")
+            positions = g.op("CumSum", [last.ones, g.constant(1)], f"{BASE}/CumSum")
             count = g.op("Cast", [count], f"{BASE}/Cast_count", to=TensorProto.FLOAT)
         else:
-            size = g.op("Squeeze", [em.shared["right_padding/length"], g.constant([0])], f"{BASE}/Squeeze")
+            size = g.op("Squeeze", [last.length, g.constant([0])], f"{BASE}/Squeeze")
             end = g.op("Add", [size, g.constant(1)], f"{BASE}/Add_end")
             positions = g.op("Range", [g.constant(1), end, g.constant(1)], f"{BASE}/Range")
         count = g.op("Unsqueeze", [count, g.constant([1])], f"{BASE}/Unsqueeze_count")
