@@ -11,10 +11,9 @@ row left its own run's tokens at its second new token). Here a recurrent layer o
   chunk's last k-1.
 
 A row's last token of the call is min(seqlens_k, S - 1), the position --logits last reads
-(embedding.last_token). Decode
-steps (one token) and later chunks of one row have no pads: there the gate inputs pass as they
-are and the gathered conv state is the op's own. transformers.js pads on the left instead
-(kit/blocks/left_padding.py).
+(embedding.last_token). Decode steps (one token) and later chunks of one row have no pads: there
+the gate inputs pass as they are and the gathered conv state is the op's own. transformers.js pads
+on the left instead (kit/blocks/left_padding.py).
 """
 
 from __future__ import annotations
@@ -36,12 +35,17 @@ def active(em: Emitter) -> bool:
     return bool(em.plan.right_padding)
 
 
+def _index_dtype(em: Emitter):
+    """Captured graphs may hold no int64 arithmetic (it runs on the CPU): theirs is int32."""
+    return np.int32 if em.plan.target.graph_capture else np.int64
+
+
 def _count(em: Emitter) -> str:
     """[B]: each row's tokens in this call, in the type of the graph's index arithmetic."""
     if "right_padding/count" not in em.shared:
         g = em.graph
         index = last_token(em).index_for_arithmetic
-        one = g.constant(1, np.int32 if em.plan.target.graph_capture else np.int64)
+        one = g.constant(1, _index_dtype(em))
         em.shared["right_padding/count"] = g.op("Add", [index, one], f"{BASE}/Add")
     return em.shared["right_padding/count"]
 
@@ -79,7 +83,7 @@ def conv_state(em: Emitter, past: str, chunk: str, state_length: int, channels: 
     if key not in em.shared:
         # In the [past, chunk] window a row's last token is at (k-1) + index: its state is the
         # k-1 positions from index + 1 on.
-        steps = np.arange(state_length, dtype=np.int32 if em.plan.target.graph_capture else np.int64)
+        steps = np.arange(state_length, dtype=_index_dtype(em))
         start = _count(em)
         start = g.op("Unsqueeze", [start, g.constant([1, 2])], f"{BASE}/conv/Unsqueeze")
         indices = g.op("Add", [start, g.constant(steps, steps.dtype)], f"{BASE}/conv/Add_steps")  # [B, 1, k-1]
