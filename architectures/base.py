@@ -28,7 +28,7 @@ from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
 from builder.kit.linear import Projections
 from builder.kit.options import BuildOptions
-from builder.kit.plan import BuildPlan, layer_prefix, make_plan
+from builder.kit.plan import BuildPlan, has_recurrent_layers, layer_prefix, make_plan
 from builder.kit.progress import Progress
 from builder.kit.spec import DecoderSpec
 from builder.kit.targets import Target
@@ -223,8 +223,7 @@ class DecoderBuilder:
                 mixer.declare_io(em, i)
         attention_io.attention_metadata(em, self.rotary(spec))
         if plan.left_padding:
-            recurrent = any(getattr(self.mixer(spec, i), "recurrent", False) for i in range(spec.num_layers))
-            left_padding.prepare(em, whole_model=not recurrent)
+            left_padding.prepare(em, whole_model=not has_recurrent_layers(self, spec))
         progress.step("lm_head and embeddings")
         lm_head = embedding.lm_head_weight(em)
         hidden = self.embed(em, lm_head)

@@ -264,11 +264,16 @@ def without_silu(layout: Layout, options: BuildOptions, family) -> Layout:
     )
 
 
+def has_recurrent_layers(family, spec) -> bool:
+    """Whether a mixer keeps a state across tokens (`recurrent = True`): the padding of a batch must
+    not reach it as tokens (kit/blocks/left_padding.py, right_padding.py)."""
+    return any(getattr(family.mixer(spec, i), "recurrent", False) for i in range(spec.num_layers))
+
+
 def wants_right_padding(options: BuildOptions, target: Target, family, spec) -> bool | None:
     """--padded-batches resolved: None where nothing keeps a state across tokens (attention reads
     right padding from the mask) or the batch is padded on the left (transformers.js)."""
-    recurrent = any(getattr(family.mixer(spec, i), "recurrent", False) for i in range(spec.num_layers))
-    if not recurrent or options.format != "genai":
+    if not has_recurrent_layers(family, spec) or options.format != "genai":
         return None
     return options.padded_batches == "on" or (options.padded_batches == "auto" and not target.graph_capture)
 
