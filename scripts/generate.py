@@ -6,7 +6,8 @@ webgpu folders need a WebGPU runtime: pip install onnxruntime-genai onnxruntime-
 (and on Linux the Vulkan loader); the plugin EP is registered here when it is installed.
 cuda folders need onnxruntime-genai-cuda and an NVIDIA GPU; dml folders need
 onnxruntime-genai-directml on Windows. Folders built with --format transformers.js run
-with examples/web/generate.mjs instead.
+with examples/web/generate.mjs instead. --ngram N turns on onnxruntime-genai's n-gram
+speculation (folders built with --logits all; README: Speculative decoding).
 """
 
 import argparse
@@ -46,6 +47,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number of tokens; pass 1 or more")
+    return value
+
+
+def _ngram_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 2 <= value <= 16:  # genai 0.18's bounds for speculative.ngram_size
+        raise argparse.ArgumentTypeError(f"{value} is out of range; pass an n-gram size from 2 to 16")
     return value
 
 
@@ -376,6 +387,32 @@ def _max_length(config: dict, folder: Path, prompt_tokens: int, max_new_tokens: 
     )
 
 
+def _ngram_refusal(folder: Path, og) -> str | None:
+    """Why onnxruntime-genai's n-gram speculation cannot run `folder`, from its build_report.json."""
+    if not hasattr(og.GeneratorParams, "set_speculative_options"):
+        return "--ngram needs onnxruntime-genai 0.18 or later: pip install -U onnxruntime-genai"
+    target = _build_report(folder).get("target") or {}
+    if target.get("logits") == "last":
+        # genai verifies every drafted token in one step and reads a logits row for each.
+        return (
+            f"--ngram: {folder} was built with --logits last (the genai default), and onnxruntime-genai's "
+            "n-gram speculation needs a logits row for every token it verifies; rebuild it with --logits all"
+        )
+    if target.get("recurrent_padding") is not None:
+        return (
+            f"--ngram: {folder} is a model with recurrent layers (Gated DeltaNet), whose state "
+            "onnxruntime-genai 0.18 cannot rewind past a rejected draft; run it without --ngram"
+        )
+    return None
+
+
+# genai's own wording for the two refusals above, for folders without a build_report.json.
+_NGRAM_REFUSED = {
+    "last-token-only logits": "rebuild it with --logits all",
+    "RecurrentState::RewindTo": "its recurrent state cannot be rewound past a rejected draft; run it without --ngram",
+}
+
+
 def generate(args) -> None:
     try:
         import onnxruntime_genai as og
@@ -392,6 +429,10 @@ def generate(args) -> None:
         ) from None
     provider = args.provider or built_for
     overridden = args.provider is not None
+    if args.ngram:
+        refusal = _ngram_refusal(folder, og)
+        if refusal:
+            raise BuilderError(refusal)
     try:
         model = _open_model(_QuietGenai(og, config), folder, provider, overridden)
     except RuntimeError as e:
@@ -407,6 +448,8 @@ def generate(args) -> None:
     try:
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=max_length)
+        if args.ngram:
+            params.set_speculative_options(ngram_size=args.ngram)
         generator = og.Generator(model, params)
         start = time.perf_counter()
         generator.append_tokens(prompt)  # runs the prompt through the model
@@ -418,6 +461,10 @@ def generate(args) -> None:
         done = time.perf_counter()
         text = tokenizer.decode(new)
     except RuntimeError as e:
+        refused = [what for message, what in _NGRAM_REFUSED.items() if args.ngram and message in str(e)]
+        if refused:
+            why = f"onnxruntime-genai refuses {folder} ({_first_line(e)})"
+            raise BuilderError(f"--ngram: {why}; {refused[0]}") from None
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
@@ -425,6 +472,12 @@ def generate(args) -> None:
     rate = f" ({len(new) / (done - prefilled):.1f} tokens/s)" if done > prefilled else ""
     decode = f"{len(new)} new tokens in {done - prefilled:.3f}s{rate}"
     print(f"prompt of {len(prompt)} tokens in {prefilled - start:.3f}s, {decode}")
+    if args.ngram:
+        stats = generator.get_speculative_stats()
+        print(
+            f"n-gram drafts: {stats['draft_tokens_accepted']} of {stats['draft_tokens_evaluated']} accepted, "
+            f"{stats['target_forward_passes']} model runs for {len(new)} new tokens"
+        )
 
 
 def main() -> int:
@@ -437,6 +490,16 @@ def main() -> int:
         choices=EPS,
         default=None,
         help="Override the folder's provider (default: the one it was built for).",
+    )
+    parser.add_argument(
+        "--ngram",
+        type=_ngram_size,
+        default=0,
+        metavar="N",
+        help="Speculate with onnxruntime-genai's n-gram lookup (0.18 or later): draft the tokens that "
+        "followed the last N-1 tokens earlier in the text and verify them in one model run; the greedy "
+        "tokens stay the same. Needs a folder built with --logits all, of a model without recurrent "
+        "layers. Default: off.",
     )
     args = parser.parse_args()
     try:

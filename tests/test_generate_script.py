@@ -124,6 +124,42 @@ def test_transformers_js_folder_points_to_the_node_script(built):
     assert_refused(generate(folder), str(folder), "--format transformers.js", "examples/web/generate.mjs")
 
 
+NGRAM_PROMPT = ("--prompt", "a b c a b c a b c a b", "--max-new-tokens", "24")
+
+
+def test_ngram_generates_the_plain_greedy_tokens_on_an_all_logits_build(built):
+    folder = built("qwen3", precision="fp32", logits="all").output
+    plain, speculated = generate(folder, *NGRAM_PROMPT), generate(folder, *NGRAM_PROMPT, "--ngram", "3")
+    assert plain.returncode == 0 and speculated.returncode == 0, speculated.stderr
+    new = [line for line in speculated.stdout.splitlines() if line.startswith("new tokens:")]
+    assert new and new == [line for line in plain.stdout.splitlines() if line.startswith("new tokens:")]
+    drafts = next(line for line in speculated.stdout.splitlines() if line.startswith("n-gram drafts:"))
+    assert not drafts.startswith("n-gram drafts: 0 of"), drafts
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["report", "no-report"])
+def test_ngram_on_a_last_token_build_asks_for_logits_all(cpu_folder, tmp_path, report):
+    """Refused from build_report.json before the model loads, or from genai's own refusal without one."""
+    folder = _copy(cpu_folder, tmp_path)
+    if not report:
+        (folder / "build_report.json").unlink()
+    assert_refused(generate(folder, *NGRAM_PROMPT, "--ngram", "3"), "--ngram", str(folder), "--logits all")
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["report", "no-report"])
+def test_ngram_on_a_recurrent_model_says_genai_cannot_rewind_it(built, tmp_path, report):
+    folder = _copy(built("qwen3_5", precision="fp32", logits="all").output, tmp_path)
+    if not report:
+        (folder / "build_report.json").unlink()
+    assert_refused(generate(folder, *NGRAM_PROMPT, "--ngram", "3"), "--ngram", str(folder), "without --ngram")
+
+
+def test_ngram_size_out_of_genai_range_is_refused(cpu_folder):
+    child = generate(cpu_folder, "--ngram", "1")
+    assert child.returncode == 2 and "Traceback" not in child.stderr
+    assert "--ngram: 1 is out of range; pass an n-gram size from 2 to 16" in child.stderr
+
+
 def test_missing_folder_and_folder_without_config(tmp_path):
     assert_refused(generate(tmp_path / "nope"), str(tmp_path / "nope"), "not a folder")
     assert_refused(generate(tmp_path), str(tmp_path), "no genai_config.json", "python -m builder")

@@ -284,8 +284,10 @@ class BuildOptions:
             "prompt skips the lm_head for its other tokens: prefill of Qwen3-0.6B int4 took "
             "0.32x the time on webgpu and 0.70-0.83x on cpu (Qwen3.5-0.8B 0.60x), decode unchanged "
             "(docs/packing.md#last-token-logits). all: every position, for scoring a whole text "
-            "(perplexity). auto: last for --format genai builds (except onnxruntime-webgpu 1.27 "
-            "targets, not run with it, which get all); --format transformers.js builds get a "
+            "(perplexity) and for onnxruntime-genai's speculative decoding (with last-token logits it "
+            "refuses n-gram drafts and verifies a draft model's tokens one run each). auto: last for "
+            "--format genai builds (except onnxruntime-webgpu 1.27 targets, not run with it, which get "
+            "all); --format transformers.js builds get a "
             "num_logits_to_keep input instead, which transformers.js sets to 1 when it generates "
             "and to 0 (every position) when it scores.",
             rebuild="resolved",
