@@ -162,3 +162,43 @@ def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp
         tokens[logits] = list(generator.get_sequence(0))
     assert tokens["all"] == tokens["last"]
     assert runs["all"] * 3 < runs["last"], runs
+
+
+def engine_greedy(model_dir, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Each prompt's new_tokens greedy tokens through onnxruntime-genai 0.18's Engine (static batching),
+    all prompts in one engine; a failed step raises the engine's own RuntimeError."""
+    import onnxruntime_genai as og
+
+    engine = og.Engine(og.Model(str(model_dir)))
+    events = engine.create_event_buffer(64)
+    requests = []
+    for prompt in prompts:
+        request = engine.create_request()
+        turn = og.TurnOptions(request)
+        turn.set_do_sample(False)
+        turn.set_max_generated_tokens(new_tokens)
+        turn.set_min_generated_tokens(new_tokens)  # EOS masked, as transformers_greedy does
+        request.begin_turn(np.array(prompt, np.int32), turn)
+        requests.append(request)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    while engine.has_pending_requests():
+        for event in engine.run(events):
+            if event.error_code != og.EngineErrorCode.NONE:
+                engine.run(events)  # an unhealthy engine raises its cause on the next step
+                raise AssertionError(f"the engine failed ({event.error_code}) without a cause")
+            if event.token is not None:
+                tokens[next(i for i, r in enumerate(requests) if r == event.request)].append(int(event.token))
+    return tokens
+
+
+def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, checkpoint):
+    """genai 0.18's Engine binds a [B, S, V] logits buffer of its own: a --logits all build gives each
+    prompt transformers' greedy tokens, batched; the default last-token graph (logits [B, 1, V]) is
+    refused by onnxruntime (what README tells a user)."""
+    from builder.verify import transformers_greedy
+
+    reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
+    expected = [transformers_greedy(reference, p, 12)[len(p) :] for p in PROMPTS]
+    assert engine_greedy(built("qwen3", precision="fp32", logits="all").output, list(PROMPTS), 12) == expected
+    with pytest.raises(RuntimeError, match="invalid dimensions for output: logits"):
+        engine_greedy(built("qwen3", precision="fp32").output, list(PROMPTS), 12)
