@@ -7,7 +7,7 @@ webgpu folders need a WebGPU runtime: pip install onnxruntime-genai onnxruntime-
 cuda folders need onnxruntime-genai-cuda and an NVIDIA GPU; dml folders need
 onnxruntime-genai-directml on Windows. Folders built with --format transformers.js run
 with examples/web/generate.mjs instead. --ngram N turns on onnxruntime-genai's n-gram
-speculation (folders built with --logits all; README: Speculative decoding).
+speculation (folders built with --logits all; README: genai's Engine and speculative decoding).
 """
 
 import argparse
