@@ -40,24 +40,23 @@ _MISSING_RUNTIME = {
 }
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, low: int, high: int | None, unit: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of tokens; pass 1 or more")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {unit}") from None
+    if value < low or (high is not None and value > high):
+        wanted = f"{low} to {high}" if high is not None else f"{low} or more"
+        raise argparse.ArgumentTypeError(f"{value} is out of range; pass {wanted} {unit}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1, None, "tokens")
 
 
 def _ngram_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 2 <= value <= 16:  # genai 0.18's bounds for speculative.ngram_size
-        raise argparse.ArgumentTypeError(f"{value} is out of range; pass an n-gram size from 2 to 16")
-    return value
+    return _whole_number(text, 2, 16, "tokens (an n-gram's length)")  # genai 0.18's bounds for ngram_size
 
 
 def _non_empty(text: str) -> str:
@@ -387,30 +386,38 @@ def _max_length(config: dict, folder: Path, prompt_tokens: int, max_new_tokens: 
     )
 
 
-def _ngram_refusal(folder: Path, og) -> str | None:
-    """Why onnxruntime-genai's n-gram speculation cannot run `folder`, from its build_report.json."""
+def _recurrent(folder: Path, config: dict) -> bool:
+    """A model with recurrent layers (Gated DeltaNet): from build_report.json, else genai_config.json."""
+    if (_build_report(folder).get("target") or {}).get("recurrent_padding") is not None:
+        return True
+    decoder = (config.get("model") or {}).get("decoder") or {}
+    return isinstance(decoder, dict) and "past_recurrent_names" in (decoder.get("inputs") or {})
+
+
+_NO_REWIND = "onnxruntime-genai 0.18 cannot rewind its recurrent state past a rejected draft"
+
+
+def _ngram_refusal(folder: Path, config: dict, og) -> str | None:
+    """Why onnxruntime-genai's n-gram speculation cannot run `folder`, known before it runs."""
     if not hasattr(og.GeneratorParams, "set_speculative_options"):
         return "--ngram needs onnxruntime-genai 0.18 or later: pip install -U onnxruntime-genai"
-    target = _build_report(folder).get("target") or {}
-    if target.get("logits") == "last":
+    if _recurrent(folder, config):  # checked first: a rebuild with --logits all would not help
+        return (
+            f"--ngram: {folder} is a model with recurrent layers (Gated DeltaNet), and {_NO_REWIND}; "
+            "run it without --ngram"
+        )
+    if (_build_report(folder).get("target") or {}).get("logits") == "last":
         # genai verifies every drafted token in one step and reads a logits row for each.
         return (
             f"--ngram: {folder} was built with --logits last (the genai default), and onnxruntime-genai's "
             "n-gram speculation needs a logits row for every token it verifies; rebuild it with --logits all"
         )
-    if target.get("recurrent_padding") is not None:
-        return (
-            f"--ngram: {folder} is a model with recurrent layers (Gated DeltaNet), whose state "
-            "onnxruntime-genai 0.18 cannot rewind past a rejected draft; run it without --ngram"
-        )
     return None
 
 
-# genai's own wording for the two refusals above, for folders without a build_report.json.
-_NGRAM_REFUSED = {
-    "last-token-only logits": "rebuild it with --logits all",
-    "RecurrentState::RewindTo": "its recurrent state cannot be rewound past a rejected draft; run it without --ngram",
-}
+# genai's own wording when it refuses speculation: for folders without a build_report.json, or whose
+# genai_config.json turns speculation on itself.
+_SPECULATION_REFUSED = ("last-token-only logits", "RecurrentState::RewindTo")
 
 
 def generate(args) -> None:
@@ -430,7 +437,7 @@ def generate(args) -> None:
     provider = args.provider or built_for
     overridden = args.provider is not None
     if args.ngram:
-        refusal = _ngram_refusal(folder, og)
+        refusal = _ngram_refusal(folder, config, og)
         if refusal:
             raise BuilderError(refusal)
     try:
@@ -461,10 +468,14 @@ def generate(args) -> None:
         done = time.perf_counter()
         text = tokenizer.decode(new)
     except RuntimeError as e:
-        refused = [what for message, what in _NGRAM_REFUSED.items() if args.ngram and message in str(e)]
-        if refused:
-            why = f"onnxruntime-genai refuses {folder} ({_first_line(e)})"
-            raise BuilderError(f"--ngram: {why}; {refused[0]}") from None
+        if any(message in str(e) for message in _SPECULATION_REFUSED):
+            asked = "--ngram" if args.ngram else f"the speculative section of {folder / 'genai_config.json'}"
+            why = f"onnxruntime-genai's speculation ({asked}) refuses {folder} ({_first_line(e).rstrip('.')})"
+            without = "run it without --ngram" if args.ngram else "remove that section"
+            instead = f"rebuild it with --logits all, or {without}"
+            if _recurrent(folder, config):
+                instead = f"{_NO_REWIND}, so {without}"
+            raise BuilderError(f"{why}; {instead}") from None
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
@@ -474,9 +485,11 @@ def generate(args) -> None:
     print(f"prompt of {len(prompt)} tokens in {prefilled - start:.3f}s, {decode}")
     if args.ngram:
         stats = generator.get_speculative_stats()
+        # Verify and re-anchor runs, plus the plain steps where no n-gram matched.
+        runs = int(stats["target_forward_passes"] + stats["standard_fallback_steps"])
         print(
-            f"n-gram drafts: {stats['draft_tokens_accepted']} of {stats['draft_tokens_evaluated']} accepted, "
-            f"{stats['target_forward_passes']} model runs for {len(new)} new tokens"
+            f"n-gram drafts: {stats['draft_tokens_accepted']} of {stats['draft_tokens_evaluated']} accepted; "
+            f"the model ran {runs} times after the prompt for {len(new)} new tokens ({len(new) - 1} without drafts)"
         )
 
 
@@ -497,9 +510,9 @@ def main() -> int:
         default=0,
         metavar="N",
         help="Speculate with onnxruntime-genai's n-gram lookup (0.18 or later): draft the tokens that "
-        "followed the last N-1 tokens earlier in the text and verify them in one model run; the greedy "
-        "tokens stay the same. Needs a folder built with --logits all, of a model without recurrent "
-        "layers. Default: off.",
+        "followed the last N-1 tokens earlier in the text and verify them together in one model run; "
+        "the greedy tokens stay the same, and the last line counts the model's runs. Needs a folder "
+        "built with --logits all, of a model without recurrent layers. Default: off.",
     )
     args = parser.parse_args()
     try:

@@ -148,16 +148,25 @@ def test_ngram_on_a_last_token_build_asks_for_logits_all(cpu_folder, tmp_path, r
 
 @pytest.mark.parametrize("report", [True, False], ids=["report", "no-report"])
 def test_ngram_on_a_recurrent_model_says_genai_cannot_rewind_it(built, tmp_path, report):
-    folder = _copy(built("qwen3_5", precision="fp32", logits="all").output, tmp_path)
+    """Before the last-token refusal genai itself gives first: a rebuild with --logits all would not help."""
+    folder = _copy(built("qwen3_5", precision="fp32").output, tmp_path)
     if not report:
         (folder / "build_report.json").unlink()
-    assert_refused(generate(folder, *NGRAM_PROMPT, "--ngram", "3"), "--ngram", str(folder), "without --ngram")
+    line = assert_refused(generate(folder, *NGRAM_PROMPT, "--ngram", "3"), "--ngram", str(folder), "without --ngram")
+    assert "recurrent" in line and "--logits all" not in line
+
+
+def test_speculation_turned_on_in_genai_config_names_that_section(cpu_folder, tmp_path):
+    folder = _copy(cpu_folder, tmp_path)
+    config = json.loads((folder / "genai_config.json").read_text())
+    (folder / "genai_config.json").write_text(json.dumps({**config, "speculative": {"ngram_size": 3}}))
+    assert_refused(generate(folder, *NGRAM_PROMPT), "speculative section", "--logits all", "remove that section")
 
 
 def test_ngram_size_out_of_genai_range_is_refused(cpu_folder):
     child = generate(cpu_folder, "--ngram", "1")
     assert child.returncode == 2 and "Traceback" not in child.stderr
-    assert "--ngram: 1 is out of range; pass an n-gram size from 2 to 16" in child.stderr
+    assert "--ngram: 1 is out of range; pass 2 to 16 tokens (an n-gram's length)" in child.stderr
 
 
 def test_missing_folder_and_folder_without_config(tmp_path):

@@ -106,20 +106,24 @@ def test_padded_rows_in_a_plain_session(built, ep):
         np.testing.assert_allclose(got[row, 0], full[row, len(prompt) - 1], rtol=0, atol=1e-5)
 
 
-def ngram_greedy(model_dir, prompt: list[int], new_tokens: int) -> tuple[list[int], dict]:
-    """Prompt + new_tokens greedy tokens with onnxruntime-genai's n-gram speculation (0.18), and its stats."""
+def speculative_greedy(model_dir, prompt: list[int], total: int, ngram_size: int = 0) -> tuple[list[int], dict]:
+    """Greedy tokens up to `total` through onnxruntime-genai 0.18 speculating (with n-grams of this size,
+    or with the draft model the folder's genai_config.json names), and its speculation stats."""
     import onnxruntime_genai as og
 
     model = og.Model(str(model_dir))
     params = og.GeneratorParams(model)
-    total = len(prompt) + new_tokens
     params.set_search_options(do_sample=False, max_length=total, min_length=total)
-    params.set_speculative_options(ngram_size=3)
+    if ngram_size:
+        params.set_speculative_options(ngram_size=ngram_size)
     generator = og.Generator(model, params)
     generator.append_tokens(np.array(prompt, np.int32))
     while not generator.is_done():
         generator.generate_next_token()
     return [int(t) for t in generator.get_sequence(0)], generator.get_speculative_stats()
+
+
+REPEATING = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]  # n-gram lookups hit, and a tiny model loops on it
 
 
 def test_ngram_speculation_needs_every_position_and_keeps_the_greedy_tokens(built, checkpoint):
@@ -128,38 +132,29 @@ def test_ngram_speculation_needs_every_position_and_keeps_the_greedy_tokens(buil
     (what README and scripts/generate.py --ngram tell a user)."""
     from builder.verify import transformers_greedy
 
-    prompt, new_tokens = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9], 24  # repeats, so lookups hit
     reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
-    tokens, stats = ngram_greedy(built("qwen3", precision="fp32", logits="all").output, prompt, new_tokens)
-    assert tokens == transformers_greedy(reference, prompt, new_tokens)
+    folder = built("qwen3", precision="fp32", logits="all").output
+    tokens, stats = speculative_greedy(folder, REPEATING, len(REPEATING) + 24, ngram_size=3)
+    assert tokens == transformers_greedy(reference, REPEATING, 24)
     assert stats["draft_tokens_accepted"] > 0 and stats["target_verify_forward_passes"] > 0, stats
     with pytest.raises(RuntimeError, match="last-token-only logits"):
-        ngram_greedy(built("qwen3", precision="fp32").output, prompt, new_tokens)
+        speculative_greedy(built("qwen3", precision="fp32").output, REPEATING, len(REPEATING) + 24, ngram_size=3)
 
 
 def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp_path):
     """genai 0.18's draft-model speculation on a last-token target falls back to one target run per
-    drafted token: the model itself as its draft, every draft accepted, 6 target runs against 35."""
+    drafted token. The model itself as its draft (so its drafts are right): 6 target runs against 35."""
     import json
     import shutil
 
-    import onnxruntime_genai as og
-
-    prompt, runs, tokens = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9], {}, {}
+    runs, tokens = {}, {}
     for logits in ("all", "last"):
         folder = Path(shutil.copytree(built("qwen3", precision="fp32", logits=logits).output, tmp_path / logits))
         config = json.loads((folder / "genai_config.json").read_text())
         config["model"]["draft"] = config["model"]["decoder"]
         (folder / "genai_config.json").write_text(json.dumps(config))
-        model = og.Model(str(folder))
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=40, min_length=40)
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.array(prompt, np.int32))
-        while not generator.is_done():
-            generator.generate_next_token()
-        runs[logits] = generator.get_speculative_stats()["target_forward_passes"]
-        tokens[logits] = list(generator.get_sequence(0))
+        tokens[logits], stats = speculative_greedy(folder, REPEATING, 40)
+        runs[logits] = stats["target_forward_passes"]
     assert tokens["all"] == tokens["last"]
     assert runs["all"] * 3 < runs["last"], runs
 

@@ -319,7 +319,8 @@ class BuildOptions:
             "recurrent state, so every row of a batch of unequal prompts decodes as it would alone "
             "(without it the shorter rows' tokens go wrong). Three small ops in each recurrent layer "
             "of every step, and a few shared: decode of Qwen3.5-0.8B int4 0.98x on cpu (2 cores), "
-            "0.93x on webgpu with graph capture (0.97x at 4B; plugin EP, H200; docs/packing.md#padded-batches). "
+            "0.93x on webgpu with graph capture (plugin EP, H200; at 4B 0.97x, within the noise; "
+            "docs/packing.md#padded-batches). "
             "auto: on, except for graph-capture builds (which mostly serve one sequence at a time; "
             "their build warns). --format genai only (transformers.js folders handle their left "
             "padding themselves).",

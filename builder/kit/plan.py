@@ -215,8 +215,8 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     right_padding = wants_right_padding(options, target, family, spec)
     if right_padding is False and options.padded_batches == "auto":
         warnings.append(
-            "--padded-batches auto is off for graph-capture builds (it cost 3-7% of a captured decode "
-            "step): the recurrent layers take in the pads of genai's right-padded batches, so in a "
+            "--padded-batches auto is off for graph-capture builds (it cost up to 7% of a captured "
+            "decode step): the recurrent layers take in the pads of genai's right-padded batches, so in a "
             "batch of unequal prompts the shorter rows decode wrong tokens; --padded-batches on keeps "
             "them right (docs/packing.md#padded-batches)"
         )
