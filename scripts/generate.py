@@ -489,7 +489,7 @@ def generate(args) -> None:
         runs = int(stats["target_forward_passes"] + stats["standard_fallback_steps"])
         print(
             f"n-gram drafts: {stats['draft_tokens_accepted']} of {stats['draft_tokens_evaluated']} accepted; "
-            f"the model ran {runs} times after the prompt for {len(new)} new tokens ({len(new) - 1} without drafts)"
+            f"the model ran {runs} times after the prompt for {len(new)} new tokens (plain decoding: {len(new) - 1})"
         )
 
 
