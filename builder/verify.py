@@ -348,6 +348,61 @@ def genai_batch_greedy(
     return first, tokens
 
 
+def genai_speculative_greedy(
+    model_dir: str | Path, prompt: list[int], new_tokens: int, ngram_size: int = 0, provider: str | None = None
+) -> tuple[list[int], dict]:
+    """(prompt + exactly new_tokens greedy tokens, the speculation stats) through onnxruntime-genai 0.18
+    speculating: with n-grams of `ngram_size` tokens, or with the draft model the folder's
+    genai_config.json names. Both verify several tokens a run, so they need `--logits all`."""
+    import onnxruntime_genai as og
+
+    from builder.ep_runtime import genai_model
+
+    model = genai_model(og, model_dir, provider)
+    params = og.GeneratorParams(model)
+    total = len(prompt) + new_tokens
+    params.set_search_options(do_sample=False, max_length=total, min_length=total)
+    if ngram_size:
+        params.set_speculative_options(ngram_size=ngram_size)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array(prompt, np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)], generator.get_speculative_stats()
+
+
+def genai_engine_greedy(
+    model_dir: str | Path, prompts: list[list[int]], new_tokens: int, provider: str | None = None
+) -> list[list[int]]:
+    """Each prompt's new_tokens greedy tokens through onnxruntime-genai 0.18's og.Engine (static
+    batching), all prompts in one engine. It binds a [B, S, V] logits buffer of its own, so it
+    needs `--logits all`; a failed step raises the engine's own RuntimeError."""
+    import onnxruntime_genai as og
+
+    from builder.ep_runtime import genai_model
+
+    engine = og.Engine(genai_model(og, model_dir, provider))
+    events = engine.create_event_buffer(64)
+    requests = []
+    for prompt in prompts:
+        request = engine.create_request()
+        turn = og.TurnOptions(request)
+        turn.set_do_sample(False)
+        turn.set_max_generated_tokens(new_tokens)
+        turn.set_min_generated_tokens(new_tokens)  # EOS masked, as transformers_greedy does
+        request.begin_turn(np.array(prompt, np.int32), turn)
+        requests.append(request)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    while engine.has_pending_requests():
+        for event in engine.run(events):
+            if event.error_code != og.EngineErrorCode.NONE:
+                engine.run(events)  # an unhealthy engine raises its cause on the next step
+                raise RuntimeError(f"the engine failed ({event.error_code}) without a cause")
+            if event.token is not None:
+                tokens[next(i for i, r in enumerate(requests) if r == event.request)].append(int(event.token))
+    return tokens
+
+
 def torch_step_logits(model, tokens: list[int], prompt_length: int) -> list[np.ndarray]:
     """transformers' logits at positions prompt_length-1 .. len(tokens)-2: the ones that
     chose tokens[prompt_length:], one full forward pass (no cache)."""

@@ -13,6 +13,10 @@ For each case, two checks against transformers running the same (dequantized) we
   as genai pads them): each row's 12 greedy tokens equal transformers' for that prompt alone
   (for a hybrid only where its recurrent layers keep the pads out of their state,
   --padded-batches; a capture build's default lets them in, and its row says so).
+- `ngram_tokens_equal`, `engine_tokens_equal` (--logits all builds only, the two onnxruntime-genai
+  0.18 APIs that need every position): 24 greedy tokens with n-gram speculation (ngram_size 3, a
+  repeating prompt) equal transformers', `ngram_drafts_accepted` of them drafted; and og.Engine's
+  greedy tokens for the batch's prompts, as one engine's requests, equal transformers'.
 Where tokens part, `genai_first_mismatch` and `genai_mismatch_gap` (per batch row:
 `genai_batch_divergence`, the same pair) give the first new token that differs and how far
 transformers' logit for its own token was above genai's choice (a near-tie when small).
@@ -39,7 +43,9 @@ from builder.verify import (  # noqa: E402
     compare,
     dequantized_reference,
     genai_batch_greedy,
+    genai_engine_greedy,
     genai_greedy_logits,
+    genai_speculative_greedy,
     torch_step_logits,
     transformers_greedy,
     verify_build,
@@ -55,6 +61,8 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3", "int4", {"qkv_packing": "separate", "mlp_packing": "separate", "silu": "sigmoid-mul"}),
     ("qwen3", "int4", {"qkv_packing": "packed-split", "mlp_packing": "packed"}),
     ("qwen3", "int4", {"qkv_packing": "fused-norm"}),
+    ("qwen3", "fp32", {"logits": "all"}),  # for genai's Engine and speculation
+    ("qwen3", "int4", {"logits": "all"}),
     ("llama", "int4", {}),
     ("qwen3-untied", "int4", {}),
     ("qwen2", "int4", {}),
@@ -81,6 +89,7 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3-next", "int4", {}),
 ]
 BATCH = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
+REPEATING = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]  # n-gram lookups hit
 
 
 def divergence(reference, prompt: list[int], ours: list[int], theirs: list[int]) -> tuple:
@@ -93,6 +102,22 @@ def divergence(reference, prompt: list[int], ours: list[int], theirs: list[int])
         return None, None
     logits = torch_step_logits(reference, theirs, new)[index]
     return index, round(float(logits[theirs[new + index]] - logits[ours[new + index]]), 5)
+
+
+def every_position_apis(folder: Path, reference, batch_expected: list[list[int]]) -> dict:
+    """genai's n-gram speculation and og.Engine on a --logits all build; each failure is its row's."""
+    row = {}
+    try:
+        tokens, stats = genai_speculative_greedy(folder, REPEATING, 24, ngram_size=3, provider="webgpu")
+        row["ngram_tokens_equal"] = tokens == transformers_greedy(reference, REPEATING, 24)
+        row["ngram_drafts_accepted"] = f"{stats['draft_tokens_accepted']}/{stats['draft_tokens_evaluated']}"
+    except Exception as e:
+        row["ngram_error"] = str(e).splitlines()[0][:300]
+    try:
+        row["engine_tokens_equal"] = genai_engine_greedy(folder, list(map(list, BATCH)), 12, "webgpu") == batch_expected
+    except Exception as e:
+        row["engine_error"] = str(e).splitlines()[0][:300]
+    return row
 
 
 def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: str | None) -> dict:
@@ -139,6 +164,8 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         row["genai_batch_divergence"] = [
             divergence(reference, list(p), list(p) + r, list(p) + e) for p, r, e in zip(BATCH, rows, expected)
         ]
+        if result.report["target"]["logits"] == "all":
+            row.update(every_position_apis(result.output, reference, expected))
     except Exception as e:
         row["error"] = str(e).splitlines()[0][:300]
     return row

@@ -18,6 +18,8 @@ from builder import BuildOptions
 from builder.verify import (
     dequantized_reference,
     genai_batch_greedy,
+    genai_engine_greedy,
+    genai_speculative_greedy,
     index_dtype,
     onnx_logits,
     onnx_session,
@@ -106,23 +108,6 @@ def test_padded_rows_in_a_plain_session(built, ep):
         np.testing.assert_allclose(got[row, 0], full[row, len(prompt) - 1], rtol=0, atol=1e-5)
 
 
-def speculative_greedy(model_dir, prompt: list[int], total: int, ngram_size: int = 0) -> tuple[list[int], dict]:
-    """Greedy tokens up to `total` through onnxruntime-genai 0.18 speculating (with n-grams of this size,
-    or with the draft model the folder's genai_config.json names), and its speculation stats."""
-    import onnxruntime_genai as og
-
-    model = og.Model(str(model_dir))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=total, min_length=total)
-    if ngram_size:
-        params.set_speculative_options(ngram_size=ngram_size)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array(prompt, np.int32))
-    while not generator.is_done():
-        generator.generate_next_token()
-    return [int(t) for t in generator.get_sequence(0)], generator.get_speculative_stats()
-
-
 REPEATING = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]  # n-gram lookups hit, and a tiny model loops on it
 
 
@@ -134,11 +119,11 @@ def test_ngram_speculation_needs_every_position_and_keeps_the_greedy_tokens(buil
 
     reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
     folder = built("qwen3", precision="fp32", logits="all").output
-    tokens, stats = speculative_greedy(folder, REPEATING, len(REPEATING) + 24, ngram_size=3)
+    tokens, stats = genai_speculative_greedy(folder, REPEATING, 24, ngram_size=3)
     assert tokens == transformers_greedy(reference, REPEATING, 24)
     assert stats["draft_tokens_accepted"] > 0 and stats["target_verify_forward_passes"] > 0, stats
     with pytest.raises(RuntimeError, match="last-token-only logits"):
-        speculative_greedy(built("qwen3", precision="fp32").output, REPEATING, len(REPEATING) + 24, ngram_size=3)
+        genai_speculative_greedy(built("qwen3", precision="fp32").output, REPEATING, 24, ngram_size=3)
 
 
 def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp_path):
@@ -153,37 +138,10 @@ def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp
         config = json.loads((folder / "genai_config.json").read_text())
         config["model"]["draft"] = config["model"]["decoder"]
         (folder / "genai_config.json").write_text(json.dumps(config))
-        tokens[logits], stats = speculative_greedy(folder, REPEATING, 40)
+        tokens[logits], stats = genai_speculative_greedy(folder, REPEATING, 29)
         runs[logits] = stats["target_forward_passes"]
     assert tokens["all"] == tokens["last"]
     assert runs["all"] * 3 < runs["last"], runs
-
-
-def engine_greedy(model_dir, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Each prompt's new_tokens greedy tokens through onnxruntime-genai 0.18's Engine (static batching),
-    all prompts in one engine; a failed step raises the engine's own RuntimeError."""
-    import onnxruntime_genai as og
-
-    engine = og.Engine(og.Model(str(model_dir)))
-    events = engine.create_event_buffer(64)
-    requests = []
-    for prompt in prompts:
-        request = engine.create_request()
-        turn = og.TurnOptions(request)
-        turn.set_do_sample(False)
-        turn.set_max_generated_tokens(new_tokens)
-        turn.set_min_generated_tokens(new_tokens)  # EOS masked, as transformers_greedy does
-        request.begin_turn(np.array(prompt, np.int32), turn)
-        requests.append(request)
-    tokens: list[list[int]] = [[] for _ in prompts]
-    while engine.has_pending_requests():
-        for event in engine.run(events):
-            if event.error_code != og.EngineErrorCode.NONE:
-                engine.run(events)  # an unhealthy engine raises its cause on the next step
-                raise AssertionError(f"the engine failed ({event.error_code}) without a cause")
-            if event.token is not None:
-                tokens[next(i for i, r in enumerate(requests) if r == event.request)].append(int(event.token))
-    return tokens
 
 
 def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, checkpoint):
@@ -194,6 +152,6 @@ def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, 
 
     reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
     expected = [transformers_greedy(reference, p, 12)[len(p) :] for p in PROMPTS]
-    assert engine_greedy(built("qwen3", precision="fp32", logits="all").output, list(PROMPTS), 12) == expected
+    assert genai_engine_greedy(built("qwen3", precision="fp32", logits="all").output, list(PROMPTS), 12) == expected
     with pytest.raises(RuntimeError, match="invalid dimensions for output: logits"):
-        engine_greedy(built("qwen3", precision="fp32").output, list(PROMPTS), 12)
+        genai_engine_greedy(built("qwen3", precision="fp32").output, list(PROMPTS), 12)
