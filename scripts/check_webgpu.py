@@ -61,8 +61,8 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3", "int4", {"qkv_packing": "separate", "mlp_packing": "separate", "silu": "sigmoid-mul"}),
     ("qwen3", "int4", {"qkv_packing": "packed-split", "mlp_packing": "packed"}),
     ("qwen3", "int4", {"qkv_packing": "fused-norm"}),
-    ("qwen3", "fp32", {"logits": "all"}),  # for genai's Engine and speculation
-    ("qwen3", "int4", {"logits": "all"}),
+    ("qwen3", "fp32", {"logits": "all"}),  # genai's Engine and speculation read every position
+    ("qwen3", "int4", {"logits": "all", "int32_inputs": "off"}),  # and the Engine feeds int64 inputs
     ("llama", "int4", {}),
     ("qwen3-untied", "int4", {}),
     ("qwen2", "int4", {}),

@@ -146,8 +146,8 @@ def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp
 
 def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, checkpoint):
     """genai 0.18's Engine binds a [B, S, V] logits buffer of its own: a --logits all build gives each
-    prompt transformers' greedy tokens, batched; the default last-token graph (logits [B, 1, V]) is
-    refused by onnxruntime (what README tells a user)."""
+    prompt transformers' greedy tokens, batched; the default last-token graph (logits [B, 1, V]) and
+    an int32-input graph are refused by onnxruntime (what README tells a user)."""
     from builder.verify import transformers_greedy
 
     reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
@@ -155,3 +155,6 @@ def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, 
     assert genai_engine_greedy(built("qwen3", precision="fp32", logits="all").output, list(PROMPTS), 12) == expected
     with pytest.raises(RuntimeError, match="invalid dimensions for output: logits"):
         genai_engine_greedy(built("qwen3", precision="fp32").output, list(PROMPTS), 12)
+    # It feeds int64 input_ids and mask whatever the graph takes (webgpu capture builds: int32).
+    with pytest.raises(RuntimeError, match=r"Actual: \(tensor\(int64\)\) , expected: \(tensor\(int32\)\)"):
+        genai_engine_greedy(built("qwen3", precision="fp32", logits="all", int32_inputs="on").output, list(PROMPTS), 12)

@@ -284,7 +284,8 @@ class BuildOptions:
             "prompt skips the lm_head for its other tokens: prefill of Qwen3-0.6B int4 took "
             "0.32x the time on webgpu and 0.70-0.83x on cpu (Qwen3.5-0.8B 0.60x), decode unchanged "
             "(docs/packing.md#last-token-logits). all: every position, for scoring a whole text "
-            "(perplexity), for onnxruntime-genai's og.Engine (it refuses last-token graphs) and its "
+            "(perplexity), for onnxruntime-genai's og.Engine (it refuses last-token graphs, and feeds "
+            "int64: --int32-inputs off) and its "
             "speculative decoding (with last-token logits it refuses n-gram drafts and verifies a "
             "draft model's tokens one run each). auto: last for "
             "--format genai builds (except onnxruntime-webgpu 1.27 targets, not run with it, which get "
@@ -304,8 +305,8 @@ class BuildOptions:
             "in a second onnxruntime session); int32 spares that, with the same logits. Decode of "
             "Qwen3-0.6B int4 on the WebGPU plugin EP: 1.001-1.055x in three paired runs, level at 4B "
             "(docs/webgpu-decode.md). auto: on for graph-capture builds, off elsewhere (int64 is "
-            "what other callers of an LLM graph feed). Not with --format transformers.js, which "
-            "feeds int64.",
+            "what other callers of an LLM graph feed, onnxruntime-genai's og.Engine among them). Not "
+            "with --format transformers.js, which feeds int64.",
             rebuild="resolved",
         ),
     )
