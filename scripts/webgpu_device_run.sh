@@ -364,7 +364,7 @@ elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blo
         --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GEMMA_ROUNDS:-3} \
         --json "$OUT/bench-gemma-1b.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = parity ]; then
-    timeout ${PARITY_TIMEOUT:-400} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
+    timeout ${PARITY_TIMEOUT:-520} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b
