@@ -348,6 +348,10 @@ def genai_batch_greedy(
     return first, tokens
 
 
+# A prompt that repeats itself, so n-gram lookups hit (and a tiny random model loops on it).
+REPEATING_PROMPT = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]
+
+
 def genai_speculative_greedy(
     model_dir: str | Path, prompt: list[int], new_tokens: int, ngram_size: int = 0, provider: str | None = None
 ) -> tuple[list[int], dict]:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthe
 
 from builder import BuildOptions, build  # noqa: E402
 from builder.verify import (  # noqa: E402
+    REPEATING_PROMPT,
     compare,
     dequantized_reference,
     genai_batch_greedy,
@@ -89,7 +90,6 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3-next", "int4", {}),
 ]
 BATCH = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
-REPEATING = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]  # n-gram lookups hit
 
 
 def divergence(reference, prompt: list[int], ours: list[int], theirs: list[int]) -> tuple:
@@ -108,8 +108,8 @@ def every_position_apis(folder: Path, reference, batch_expected: list[list[int]]
     """genai's n-gram speculation and og.Engine on a --logits all build; each failure is its row's."""
     row = {}
     try:
-        tokens, stats = genai_speculative_greedy(folder, REPEATING, 24, ngram_size=3, provider="webgpu")
-        row["ngram_tokens_equal"] = tokens == transformers_greedy(reference, REPEATING, 24)
+        tokens, stats = genai_speculative_greedy(folder, REPEATING_PROMPT, 24, ngram_size=3, provider="webgpu")
+        row["ngram_tokens_equal"] = tokens == transformers_greedy(reference, REPEATING_PROMPT, 24)
         row["ngram_drafts_accepted"] = f"{stats['draft_tokens_accepted']}/{stats['draft_tokens_evaluated']}"
     except Exception as e:
         row["ngram_error"] = str(e).splitlines()[0][:300]

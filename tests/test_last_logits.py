@@ -16,6 +16,7 @@ import pytest
 
 from builder import BuildOptions
 from builder.verify import (
+    REPEATING_PROMPT,
     dequantized_reference,
     genai_batch_greedy,
     genai_engine_greedy,
@@ -108,9 +109,6 @@ def test_padded_rows_in_a_plain_session(built, ep):
         np.testing.assert_allclose(got[row, 0], full[row, len(prompt) - 1], rtol=0, atol=1e-5)
 
 
-REPEATING = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9]  # n-gram lookups hit, and a tiny model loops on it
-
-
 def test_ngram_speculation_needs_every_position_and_keeps_the_greedy_tokens(built, checkpoint):
     """genai 0.18 verifies its n-gram drafts in one run and reads a logits row for each: a --logits all
     build gives transformers' greedy tokens with drafts accepted, the default last-token build is refused
@@ -119,11 +117,11 @@ def test_ngram_speculation_needs_every_position_and_keeps_the_greedy_tokens(buil
 
     reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
     folder = built("qwen3", precision="fp32", logits="all").output
-    tokens, stats = genai_speculative_greedy(folder, REPEATING, 24, ngram_size=3)
-    assert tokens == transformers_greedy(reference, REPEATING, 24)
+    tokens, stats = genai_speculative_greedy(folder, REPEATING_PROMPT, 24, ngram_size=3)
+    assert tokens == transformers_greedy(reference, REPEATING_PROMPT, 24)
     assert stats["draft_tokens_accepted"] > 0 and stats["target_verify_forward_passes"] > 0, stats
     with pytest.raises(RuntimeError, match="last-token-only logits"):
-        genai_speculative_greedy(built("qwen3", precision="fp32").output, REPEATING, 24, ngram_size=3)
+        genai_speculative_greedy(built("qwen3", precision="fp32").output, REPEATING_PROMPT, 24, ngram_size=3)
 
 
 def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp_path):
@@ -138,7 +136,7 @@ def test_a_draft_model_verifies_one_token_a_run_on_a_last_token_build(built, tmp
         config = json.loads((folder / "genai_config.json").read_text())
         config["model"]["draft"] = config["model"]["decoder"]
         (folder / "genai_config.json").write_text(json.dumps(config))
-        tokens[logits], stats = genai_speculative_greedy(folder, REPEATING, 29)
+        tokens[logits], stats = genai_speculative_greedy(folder, REPEATING_PROMPT, 29)
         runs[logits] = stats["target_forward_passes"]
     assert tokens["all"] == tokens["last"]
     assert runs["all"] * 3 < runs["last"], runs
