@@ -386,10 +386,8 @@ def _max_length(config: dict, folder: Path, prompt_tokens: int, max_new_tokens: 
     )
 
 
-def _recurrent(folder: Path, config: dict) -> bool:
-    """A model with recurrent layers (Gated DeltaNet): from build_report.json, else genai_config.json."""
-    if (_build_report(folder).get("target") or {}).get("recurrent_padding") is not None:
-        return True
+def _recurrent(config: dict) -> bool:
+    """A model with recurrent layers (Gated DeltaNet): genai_config.json names their state inputs."""
     decoder = (config.get("model") or {}).get("decoder") or {}
     return isinstance(decoder, dict) and "past_recurrent_names" in (decoder.get("inputs") or {})
 
@@ -401,7 +399,7 @@ def _ngram_refusal(folder: Path, config: dict, og) -> str | None:
     """Why onnxruntime-genai's n-gram speculation cannot run `folder`, known before it runs."""
     if not hasattr(og.GeneratorParams, "set_speculative_options"):
         return "--ngram needs onnxruntime-genai 0.18 or later: pip install -U onnxruntime-genai"
-    if _recurrent(folder, config):  # checked first: a rebuild with --logits all would not help
+    if _recurrent(config):  # checked first: a rebuild with --logits all would not help
         return (
             f"--ngram: {folder} is a model with recurrent layers (Gated DeltaNet), and {_NO_REWIND}; "
             "run it without --ngram"
@@ -473,7 +471,7 @@ def generate(args) -> None:
             why = f"onnxruntime-genai's speculation ({asked}) refuses {folder} ({_first_line(e).rstrip('.')})"
             without = "run it without --ngram" if args.ngram else "remove that section"
             instead = f"rebuild it with --logits all, or {without}"
-            if _recurrent(folder, config):
+            if _recurrent(config):
                 instead = f"{_NO_REWIND}, so {without}"
             raise BuilderError(f"{why}; {instead}") from None
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None

@@ -163,6 +163,21 @@ def test_speculation_turned_on_in_genai_config_names_that_section(cpu_folder, tm
     assert_refused(generate(folder, *NGRAM_PROMPT), "speculative section", "--logits all", "remove that section")
 
 
+def test_ngram_with_a_genai_before_speculation_asks_for_0_18(cpu_folder):
+    """genai before 0.18 has no set_speculative_options: --ngram says which release it needs."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("generate_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    old_genai = types.SimpleNamespace(GeneratorParams=type("GeneratorParams", (), {}))
+    config = json.loads((cpu_folder / "genai_config.json").read_text())
+    assert script._ngram_refusal(cpu_folder, config, old_genai) == (
+        "--ngram needs onnxruntime-genai 0.18 or later: pip install -U onnxruntime-genai"
+    )
+
+
 def test_ngram_size_out_of_genai_range_is_refused(cpu_folder):
     child = generate(cpu_folder, "--ngram", "1")
     assert child.returncode == 2 and "Traceback" not in child.stderr
