@@ -9,7 +9,9 @@ verify) goes through here so a missing runtime is one line saying what to instal
 
 from __future__ import annotations
 
+import ctypes
 import json
+import sys
 from pathlib import Path
 
 from builder.kit.errors import BuilderError
@@ -69,12 +71,37 @@ def genai_model(og, folder: str | Path, provider: str | None = None):
     try:
         return og.Model(config)
     except Exception as e:
-        if provider == "webgpu" and "adapter" in str(e).lower():
-            raise BuilderError(
-                f"WebGPU found no GPU adapter ({str(e).splitlines()[0][-120:]}); "
-                "on Linux install the Vulkan loader and a GPU driver with Vulkan"
-            ) from None
+        if provider == "webgpu" and ("adapter" in str(e).lower() or not webgpu_plugin_devices()):
+            raise BuilderError(f"{no_webgpu_device()} ({str(e).splitlines()[0][-120:]})") from None
         raise
+
+
+def webgpu_plugin_devices() -> list:
+    """The WebGPU devices that the installed plugin EP offers onnxruntime ([] when none or no plugin).
+    The plugin registers without complaint on a machine with no adapter; onnxruntime-genai then
+    says only that WebGPU 'is not supported in this build', which would blame the folder."""
+    library = webgpu_plugin_library()
+    if not library:
+        return []
+    import onnxruntime as ort
+
+    if "ort" not in _registered:
+        ort.register_execution_provider_library("webgpu", library)
+        _registered.add("ort")
+    return [d for d in ort.get_ep_devices() if d.ep_name == "WebGpuExecutionProvider"]
+
+
+def no_webgpu_device() -> str:
+    """What to install when WebGPU finds no device: the Vulkan loader, else a GPU driver."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libvulkan.so.1")
+        except OSError:
+            return (
+                "WebGPU found no GPU: the Vulkan loader libvulkan.so.1 is missing "
+                "(Debian/Ubuntu: apt install libvulkan1), and a GPU driver with Vulkan is needed too"
+            )
+    return "WebGPU found no GPU adapter: install a GPU driver with Vulkan (Linux), D3D12 (Windows) or Metal (macOS)"
 
 
 def ort_session(
@@ -85,18 +112,11 @@ def ort_session(
 
     so = session_options or ort.SessionOptions()
     if provider == "WebGpuExecutionProvider" and provider not in ort.get_available_providers():
-        library = webgpu_plugin_library()
-        if not library:
+        if not webgpu_plugin_library():
             raise BuilderError(f"no WebGPU runtime is installed: {WEBGPU_INSTALL}")
-        if "ort" not in _registered:
-            ort.register_execution_provider_library("webgpu", library)
-            _registered.add("ort")
-        devices = [d for d in ort.get_ep_devices() if d.ep_name == provider]
+        devices = webgpu_plugin_devices()
         if not devices:
-            raise BuilderError(
-                "the WebGPU plugin EP found no device; on Linux install the Vulkan loader "
-                "(libvulkan.so.1) and a GPU driver with Vulkan"
-            )
+            raise BuilderError(no_webgpu_device())
         so.add_provider_for_devices(devices[:1], provider_options or {})
         session = ort.InferenceSession(str(model_path), so)
     else:

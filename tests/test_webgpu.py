@@ -243,3 +243,52 @@ def test_sliding_window_models_build_without_capture(built, name):
     assert config["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]["enableGraphCapture"] == "0"
     with pytest.raises(BuilderError, match="sliding-window"):
         built(name, precision="int4", ep="webgpu", graph_capture="on")
+
+
+def test_generate_without_a_webgpu_adapter_blames_the_machine(built, tmp_path):
+    """The plugin EP installed, the Vulkan loader found, no Vulkan driver: onnxruntime-genai says only
+    that WebGPU 'is not supported in this build', which scripts/generate.py read as a damaged folder
+    and told the user to rebuild. It must say what the machine lacks instead (exit 2, one line)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support.swiftshader import swiftshader_icd
+
+    icd = swiftshader_icd()  # Chromium's folder holds a Vulkan loader: the driver alone is missing
+    if icd is None:
+        pytest.fail("no Chromium with SwiftShader: run `bash scripts/setup.sh` (apt-get install chromium)")
+    folder = built("qwen3", precision="int4", ep="webgpu").output
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(icd.parent),
+        "VK_ICD_FILENAMES": str(tmp_path / "no_driver.json"),
+        "PYTHONPATH": str(repo),
+    }
+    env.pop("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER", None)
+    child = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "generate.py"), str(folder), "--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert child.returncode == 2, child.stderr[-2000:]
+    lines = child.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: WebGPU found no GPU adapter: install a GPU driver"), lines
+    assert "rebuild" not in lines[0]
+
+
+def test_a_missing_vulkan_loader_is_named(monkeypatch):
+    """Without libvulkan.so.1 the plugin EP finds no adapter either; the message names the loader."""
+    import ctypes
+
+    from builder import ep_runtime
+
+    def no_loader(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_loader)
+    monkeypatch.setattr(ep_runtime.sys, "platform", "linux")
+    assert "libvulkan.so.1 is missing (Debian/Ubuntu: apt install libvulkan1)" in ep_runtime.no_webgpu_device()
