@@ -1,0 +1,41 @@
+"""WebGPU without a GPU: the plugin EP on SwiftShader, the Vulkan driver on the CPU that Chromium
+ships (Debian's chromium package: /usr/lib/chromium; scripts/setup.sh installs it).
+
+SwiftShader has no shader-f16, so only builds with fp32 activations run there; it is slow and says
+nothing of speed, but the kernels, graph capture and onnxruntime-genai's loop are the EP's own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Where Chromium keeps vk_swiftshader_icd.json beside its Vulkan loader: Debian's package, Google
+# Chrome's, and next to a $CHROMIUM binary.
+_CANDIDATES = ("/usr/lib/chromium", "/usr/lib64/chromium", "/opt/google/chrome")
+
+
+def swiftshader_icd() -> Path | None:
+    """$SWIFTSHADER_ICD, else the first vk_swiftshader_icd.json of an installed Chromium, else None."""
+    if os.environ.get("SWIFTSHADER_ICD"):
+        return Path(os.environ["SWIFTSHADER_ICD"])
+    folders = list(_CANDIDATES)
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        binary = name and shutil.which(name)
+        if binary:
+            folders.append(str(Path(binary).resolve().parent))
+    icds = (Path(folder) / "vk_swiftshader_icd.json" for folder in folders)
+    return next((icd for icd in icds if icd.is_file()), None)
+
+
+def swiftshader_env(icd: Path) -> dict:
+    """A child process's environment whose WebGPU adapter is SwiftShader. The library path must be
+    set before the child starts (Dawn opens libvulkan.so.1 through the dynamic loader; Chromium's
+    folder has one), and the plugin EP offers a CPU device only when told that it may."""
+    library_path = os.pathsep.join(filter(None, [str(icd.parent), os.environ.get("LD_LIBRARY_PATH")]))
+    return {
+        **os.environ,
+        "VK_ICD_FILENAMES": str(icd),
+        "LD_LIBRARY_PATH": library_path,
+        "ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER": "1",
+    }

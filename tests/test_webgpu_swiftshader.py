@@ -1,0 +1,79 @@
+"""Webgpu folders run on the WebGPU plugin EP here, with no GPU: SwiftShader, Chromium's Vulkan
+driver on the CPU, is the adapter (tests/support/swiftshader.py).
+
+Each case is one of scripts/check_webgpu.py's, run as the GPU machine runs it (its `--case`, in a
+child process whose environment selects SwiftShader): the logits of a plain WebGPU session against
+transformers on the dequantized weights, and onnxruntime-genai's greedy tokens, single and batched,
+with graph capture on where the build asks for it. SwiftShader has no shader-f16, so int4 builds
+take fp32 activations here (`--io-dtype fp32`); the fp16 kernels stay the GPU machine's to run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.swiftshader import swiftshader_env, swiftshader_icd
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK = REPO / "scripts" / "check_webgpu.py"
+CASES = [  # scripts/check_webgpu.py's CASES, the ones CI runs here (about 15 s each)
+    ("qwen3", "int4", {}),  # capture on, the default layout
+    ("qwen3", "int4", {"qkv_packing": "fused-norm"}),  # q/k norms inside GroupQueryAttention: GPU EPs only
+    ("qwen3", "fp32", {"logits": "all"}),  # n-gram speculation under capture
+    ("qwen3", "int4", {"logits": "all", "graph_capture": "off"}),  # og.Engine
+    ("qwen3_5", "int4", {"padded_batches": "on"}),  # a hybrid's recurrent state under capture, batched
+]
+
+
+def plugin_ready() -> Path:
+    if sys.version_info < (3, 11):
+        pytest.skip("onnxruntime-ep-webgpu needs Python >= 3.11")
+    try:
+        import onnxruntime_ep_webgpu  # noqa: F401
+    except ImportError:
+        pytest.fail("onnxruntime-ep-webgpu is missing: run `bash scripts/setup.sh` (the test extra has it)")
+    icd = swiftshader_icd()
+    if icd is None:
+        pytest.fail("no vk_swiftshader_icd.json: run `bash scripts/setup.sh` (apt-get install chromium)")
+    return icd
+
+
+def run_case(case, tmp_path: Path) -> dict:
+    sys.path.insert(0, str(CHECK.parent))
+    try:
+        import check_webgpu
+    finally:
+        sys.path.remove(str(CHECK.parent))
+    icd = plugin_ready()
+    index = check_webgpu.CASES.index(case)
+    child = subprocess.run(
+        [sys.executable, str(CHECK), "--case", str(index), "--work", str(tmp_path), "--swiftshader"],
+        capture_output=True,
+        text=True,
+        env=swiftshader_env(icd),
+        timeout=600,
+    )
+    rows = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    assert child.returncode == 0 and rows, child.stderr[-2000:]
+    return json.loads(rows[-1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join([c[0], c[1], *(f"{k}={v}" for k, v in c[2].items())]))
+def test_webgpu_build_matches_transformers_on_swiftshader(case, tmp_path):
+    row = run_case(case, tmp_path)
+    assert "error" not in row, row["error"]
+    assert "onnxruntime-ep-webgpu" in row["runtime"], row["runtime"]
+    assert row["graph_capture"] is (case[2].get("graph_capture") != "off")
+    # The plain WebGPU session against transformers: prefill and decode through the cache.
+    assert row["max_abs"] < 1e-4 and row["argmax_agree"] == 1.0, row
+    # onnxruntime-genai as a user runs the folder (capture on where the build has it).
+    assert row["genai_tokens_equal"] is True and row["genai_argmax_agree"] == 1.0, row
+    assert row["genai_batch_tokens_equal"] is True, row
+    if case[2].get("logits") == "all":
+        assert row["ngram_tokens_equal"] is True, row
+    if case[2].get("graph_capture") == "off":
+        assert row["engine_tokens_equal"] is True, row
