@@ -1,6 +1,7 @@
 """WebGPU targets: the plugin EP (default, capture-ready graphs) and onnxruntime-webgpu 1.27.
 
-Running them needs a GPU (scripts/check_webgpu.py on the GPU machine); here we check
+They run on the GPU machine (scripts/check_webgpu.py) and, with fp32 activations, on
+SwiftShader here (tests/test_webgpu_swiftshader.py); here we check
 what decides whether they load and whether the runtime can capture them: every node
 is one the WebGPU EP runs, no Shape and no int64 arithmetic (ONNX Runtime places
 those on the CPU, and a graph with a CPU node is refused for capture), and the

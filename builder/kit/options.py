@@ -256,7 +256,8 @@ class BuildOptions:
             "arithmetic in int32 without Shape). auto: on where the target runtime captures "
             "(webgpu with the plugin EP) unless the model has sliding-window layers, off elsewhere. "
             "off: the uncaptured graph, for beam search (onnxruntime-genai refuses capture "
-            "with num_beams > 1) and for profiling or debugging one kernel at a time; it "
+            "with num_beams > 1), for its og.Engine (it crashed on a capture build, and feeds int64 "
+            "inputs, which uncaptured builds take), and for profiling or debugging one kernel at a time; it "
             "decoded 0.78x as fast (docs/packing.md#graph-capture).",
             rebuild="resolved",
         ),
@@ -284,8 +285,8 @@ class BuildOptions:
             "prompt skips the lm_head for its other tokens: prefill of Qwen3-0.6B int4 took "
             "0.32x the time on webgpu and 0.70-0.83x on cpu (Qwen3.5-0.8B 0.60x), decode unchanged "
             "(docs/packing.md#last-token-logits). all: every position, for scoring a whole text "
-            "(perplexity), for onnxruntime-genai's og.Engine (it refuses last-token graphs, and feeds "
-            "int64: --int32-inputs off) and its "
+            "(perplexity), for onnxruntime-genai's og.Engine (it refuses last-token graphs; on webgpu "
+            "build it with --graph-capture off too) and its "
             "speculative decoding (with last-token logits it refuses n-gram drafts and verifies a "
             "draft model's tokens one run each). auto: last for "
             "--format genai builds (except onnxruntime-webgpu 1.27 targets, not run with it, which get "
