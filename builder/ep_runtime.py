@@ -34,6 +34,10 @@ def webgpu_plugin_library() -> str | None:
 
 
 def _webgpu_built_in() -> bool:
+    """Whether the installed onnxruntime has WebGPU built in (onnxruntime-webgpu 1.27). Once this
+    process has registered the plugin, onnxruntime lists it among its providers too."""
+    if "ort" in _registered:
+        return False
     try:
         import onnxruntime
     except ImportError:
@@ -50,14 +54,15 @@ def folder_provider(folder: str | Path) -> str:
 
 def prepare_genai(og, provider: str) -> None:
     """Make `provider` usable by onnxruntime-genai in this process, or raise a one-line BuilderError."""
-    if provider != "webgpu" or "genai" in _registered:
+    if provider != "webgpu" or "genai" in _registered or _webgpu_built_in():
+        # An onnxruntime with WebGPU built in (onnxruntime-webgpu 1.27) refuses the plugin under the
+        # same name ("library is already registered"), even where both packages are installed.
         return
     library = webgpu_plugin_library()
-    if library:
-        og.register_execution_provider_library("WebGpuExecutionProvider", library)
-        _registered.add("genai")
-    elif not _webgpu_built_in():
+    if not library:
         raise BuilderError(f"this folder runs on WebGPU, and no WebGPU runtime is installed: {WEBGPU_INSTALL}")
+    og.register_execution_provider_library("WebGpuExecutionProvider", library)
+    _registered.add("genai")
 
 
 def genai_model(og, folder: str | Path, provider: str | None = None):
@@ -111,7 +116,7 @@ def ort_session(
     import onnxruntime as ort
 
     so = session_options or ort.SessionOptions()
-    if provider == "WebGpuExecutionProvider" and provider not in ort.get_available_providers():
+    if provider == "WebGpuExecutionProvider" and not _webgpu_built_in():
         if not webgpu_plugin_library():
             raise BuilderError(f"no WebGPU runtime is installed: {WEBGPU_INSTALL}")
         devices = webgpu_plugin_devices()

@@ -100,6 +100,7 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3_5-moe", "int4", {}),
     ("qwen3-next", "int4", {}),
 ]
+PROMPT = [5, 17, 42, 99, 120, 7, 64, 300]
 BATCH = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
 
 
@@ -115,7 +116,7 @@ def divergence(reference, prompt: list[int], ours: list[int], theirs: list[int])
     return index, round(float(logits[theirs[new + index]] - logits[ours[new + index]]), 5)
 
 
-def every_position_apis(folder: Path, reference, batch_expected: list[list[int]]) -> dict:
+def every_position_apis(folder: Path, reference, batch: list[list[int]], batch_expected: list[list[int]]) -> dict:
     """genai's n-gram speculation and og.Engine on a --logits all build; each failure is its row's."""
     row = {}
     try:
@@ -125,7 +126,7 @@ def every_position_apis(folder: Path, reference, batch_expected: list[list[int]]
     except Exception as e:
         row["ngram_error"] = str(e).splitlines()[0][:300]
     try:
-        row["engine_tokens_equal"] = engine_in_child(folder, list(map(list, BATCH)), 12) == batch_expected
+        row["engine_tokens_equal"] = engine_in_child(folder, batch, 12) == batch_expected
     except Exception as e:
         row["engine_error"] = str(e).splitlines()[0][:300]
     return row
@@ -152,7 +153,10 @@ def engine_in_child(folder: Path, prompts: list[list[int]], new_tokens: int) -> 
     return json.loads(child.stdout.splitlines()[-1])
 
 
-def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: str | None) -> dict:
+def run_case(
+    work: Path, config: str, precision: str, extra: dict, target_ort: str | None, prompt_tokens: int = 12
+) -> dict:
+    """One case's row. prompt_tokens caps every prompt (the plain session's, genai's, the batch's)."""
     ckpt = work / config
     if not ckpt.exists():
         make_checkpoint(ckpt, TINY_CONFIGS[config])
@@ -166,7 +170,11 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         accuracy_level=0,
         **extra,
     )
+    import onnxruntime
+
+    # The onnxruntime this process runs: a check of a 1.27 build must not pass on the plugin's 1.3x.
     row = {"config": config, "precision": precision, **extra, "target_ort": target_ort}
+    row["onnxruntime"] = onnxruntime.__version__
     try:
         result = build(options, show_progress=False)
         layout = result.report["layout"]
@@ -175,10 +183,16 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         row["graph_capture"] = result.report["target"]["graph_capture"]
         row["nodes"] = result.report["nodes"]["total"]
         parity = verify_build(
-            result.output, ckpt, options, prompt_length=12, decode_steps=4, provider="WebGpuExecutionProvider"
+            result.output,
+            ckpt,
+            options,
+            prompt_length=prompt_tokens,
+            decode_steps=4,
+            provider="WebGpuExecutionProvider",
         )
         row.update(parity.as_dict())
-        prompt = [5, 17, 42, 99, 120, 7, 64, 300]
+        prompt = PROMPT[:prompt_tokens]
+        batch = [list(p[:prompt_tokens]) for p in BATCH]
         ours, logits = genai_greedy_logits(result.output, prompt, 16, provider="webgpu")
         io_dtype = np.dtype(result.report["target"]["io_dtype"])  # the scales' dtype, as built
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
@@ -190,14 +204,14 @@ def run_case(work: Path, config: str, precision: str, extra: dict, target_ort: s
         if result.report["target"]["recurrent_padding"] == "absorbed":
             row["genai_batch"] = "not checked: the recurrent state takes in the pads (--padded-batches)"
             return row
-        _, rows = genai_batch_greedy(result.output, list(map(list, BATCH)), 12, provider="webgpu")
-        expected = [transformers_greedy(reference, list(p), 12)[len(p) :] for p in BATCH]
+        _, rows = genai_batch_greedy(result.output, batch, 12, provider="webgpu")
+        expected = [transformers_greedy(reference, p, 12)[len(p) :] for p in batch]
         row["genai_batch_tokens_equal"] = rows == expected
         row["genai_batch_divergence"] = [
-            divergence(reference, list(p), list(p) + r, list(p) + e) for p, r, e in zip(BATCH, rows, expected)
+            divergence(reference, p, p + r, p + e) for p, r, e in zip(batch, rows, expected)
         ]
         if result.report["target"]["logits"] == "all":
-            row.update(every_position_apis(result.output, reference, expected))
+            row.update(every_position_apis(result.output, reference, batch, expected))
     except Exception as e:
         row["error"] = str(e).splitlines()[0][:300]
     return row
@@ -230,6 +244,13 @@ def main() -> int:
         action="store_true",
         help="Run on Chromium's SwiftShader Vulkan (CPU; no GPU needed): fp32 activations, no fp16 cases.",
     )
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=12,
+        help="Cap every prompt at this many tokens (default 12). On SwiftShader, onnxruntime's WebGPU "
+        "prefill attention goes wrong past 17 tokens on the plugin EP and past 4 on onnxruntime-webgpu 1.27.",
+    )
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,7 +258,7 @@ def main() -> int:
         config, precision, extra = CASES[args.case]
         if args.swiftshader:
             extra = next(e for i, _, _, e in without_f16(CASES) if i == args.case)
-        print(json.dumps(run_case(Path(args.work), config, precision, extra, args.target_ort)))
+        print(json.dumps(run_case(Path(args.work), config, precision, extra, args.target_ort, args.prompt_tokens)))
         return 0
     unknown = sorted(set(args.only or ()) - {config for config, _, _ in CASES})
     if unknown:
@@ -267,6 +288,7 @@ def main() -> int:
         command = [sys.executable, __file__, "--case", str(i), "--work", str(work)]
         if args.target_ort:
             command += ["--target-ort", args.target_ort]
+        command += ["--prompt-tokens", str(args.prompt_tokens)]
         if args.swiftshader:
             command.append("--swiftshader")
         child = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -31,6 +31,19 @@ sys.exit(not all(u.find_spec(m) for m in ('builder', 'torch', 'transformers', 'r
     touch "$stamp"
 fi
 
+# onnxruntime-webgpu 1.27 (WebGPU built in) with genai 0.18, in a folder of its own: the package installs
+# an `onnxruntime` module that must not meet the venv's. tests/test_webgpu_swiftshader.py loads the
+# --target-ort 1.27 builds there (PYTHONPATH first).
+ort127=.venv/onnxruntime-webgpu-1.27
+if [ ! -f "$ort127/.builder-setup" ]; then
+    rm -rf "$ort127"
+    if .venv/bin/python -m pip install -q --no-deps --target "$ort127" onnxruntime-webgpu==1.27.0 onnxruntime-genai==0.18.0; then
+        touch "$ort127/.builder-setup"
+    else
+        echo "setup: WARNING: onnxruntime-webgpu 1.27 did not install; its tests will fail" >&2
+    fi
+fi
+
 apt_updated=0
 apt_install() {
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
