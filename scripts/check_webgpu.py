@@ -156,7 +156,7 @@ def engine_in_child(folder: Path, prompts: list[list[int]], new_tokens: int) -> 
 def run_case(
     work: Path, config: str, precision: str, extra: dict, target_ort: str | None, prompt_tokens: int = 12
 ) -> dict:
-    """One case's row. prompt_tokens caps every prompt (the plain session's, genai's, the batch's)."""
+    """One case's row. prompt_tokens: the plain session's prompt length, and a cap on genai's prompts."""
     ckpt = work / config
     if not ckpt.exists():
         make_checkpoint(ckpt, TINY_CONFIGS[config])
@@ -248,8 +248,9 @@ def main() -> int:
         "--prompt-tokens",
         type=int,
         default=12,
-        help="Cap every prompt at this many tokens (default 12). On SwiftShader, onnxruntime's WebGPU "
-        "prefill attention goes wrong past 17 tokens on the plugin EP and past 4 on onnxruntime-webgpu 1.27.",
+        help="The plain session's prompt length (default 12; its tokens are random), and a cap on "
+        "genai's prompts (8 and 10 tokens). On SwiftShader onnxruntime's WebGPU prefill attention goes "
+        "wrong from 32 tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27.",
     )
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

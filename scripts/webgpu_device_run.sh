@@ -4,7 +4,8 @@
 #   bash scripts/webgpu_device_run.sh main   # Qwen3-0.6B shape: layouts, capture, reference, parity, profile, max_length, 1.27
 #   bash scripts/webgpu_device_run.sh 4b     # Qwen3-4B shape: ours vs the reference's default and capture builds,
 #                                            # GPU busy share, block-128 / accuracy-level-0 variants
-#   bash scripts/webgpu_device_run.sh parity # tiny families on the plugin EP, capture on (scripts/check_webgpu.py)
+#   bash scripts/webgpu_device_run.sh parity # tiny families on the plugin EP, capture on (scripts/check_webgpu.py),
+#                                            # and a lone GQA against the CPU EP (scripts/webgpu_prefill_attention.py)
 #   bash scripts/webgpu_device_run.sh gemma  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 / fp16 stream) vs the reference
 #   bash scripts/webgpu_device_run.sh qwen35    # Qwen3.5-0.8B shape: plugin-EP parity of the tiny hybrids and the
 #                                               # sliding-window families, ours vs the reference on webgpu and cpu
@@ -364,7 +365,11 @@ elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blo
         --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GEMMA_ROUNDS:-3} \
         --json "$OUT/bench-gemma-1b.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = parity ]; then
-    timeout ${PARITY_TIMEOUT:-520} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
+    # A lone GroupQueryAttention against the CPU EP up to 256-token chunks: on SwiftShader the EP's
+    # prefill attention went wrong from 32 tokens (docs/packing.md#webgpu-without-a-gpu); the
+    # parity below uses 12-token prompts.
+    timeout 120 $PY scripts/webgpu_prefill_attention.py --json "$OUT/prefill-attention.json" 2>&1 | grep "^heads" | tee -a "$LOG"
+    timeout ${PARITY_TIMEOUT:-460} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b

@@ -8,7 +8,7 @@ with graph capture on where the build asks for it. SwiftShader has no shader-f16
 take fp32 activations here (`--io-dtype fp32`); the fp16 kernels stay the GPU machine's to run.
 
 Prompts stay short: on SwiftShader (subgroup size 4) onnxruntime's WebGPU flash-attention prefill
-miscomputes past 17 tokens on the plugin EP and past 4 on onnxruntime-webgpu 1.27 (a lone
+miscomputes from 32 new tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27 (a lone
 GroupQueryAttention against the CPU EP: docs/packing.md#webgpu-without-a-gpu)."""
 
 from __future__ import annotations
