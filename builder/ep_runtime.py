@@ -76,7 +76,9 @@ def genai_model(og, folder: str | Path, provider: str | None = None):
     try:
         return og.Model(config)
     except Exception as e:
-        if provider == "webgpu" and ("adapter" in str(e).lower() or not webgpu_plugin_devices()):
+        if provider == "webgpu" and (
+            "adapter" in str(e).lower() or (not _webgpu_built_in() and not webgpu_plugin_devices())
+        ):
             raise BuilderError(f"{no_webgpu_device()} ({str(e).splitlines()[0][-120:]})") from None
         raise
 

@@ -293,3 +293,35 @@ def test_a_missing_vulkan_loader_is_named(monkeypatch):
     monkeypatch.setattr(ctypes, "CDLL", no_loader)
     monkeypatch.setattr(ep_runtime.sys, "platform", "linux")
     assert "libvulkan.so.1 is missing (Debian/Ubuntu: apt install libvulkan1)" in ep_runtime.no_webgpu_device()
+
+
+@pytest.mark.parametrize("built_in", [True, False])
+def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(built_in, monkeypatch, tmp_path):
+    """genai_model turns a failed load into 'no GPU adapter' only where the plugin EP is the runtime
+    and offers no device; with WebGPU built in (onnxruntime-webgpu 1.27) the load error stands."""
+    from builder import ep_runtime
+
+    class FakeGenai:
+        class Config:
+            def __init__(self, folder):
+                pass
+
+            def clear_providers(self):
+                pass
+
+            def append_provider(self, name):
+                pass
+
+        @staticmethod
+        def Model(config):  # noqa: N802 (og's name)
+            raise RuntimeError("Load model from model.onnx failed: Protobuf parsing failed.")
+
+    monkeypatch.setattr(ep_runtime, "_webgpu_built_in", lambda: built_in)
+    monkeypatch.setattr(ep_runtime, "webgpu_plugin_devices", lambda: [])
+    monkeypatch.setattr(ep_runtime, "prepare_genai", lambda og, provider: None)
+    if built_in:
+        with pytest.raises(RuntimeError, match="Protobuf parsing failed"):
+            ep_runtime.genai_model(FakeGenai, tmp_path, "webgpu")
+    else:
+        with pytest.raises(BuilderError, match="WebGPU found no GPU"):
+            ep_runtime.genai_model(FakeGenai, tmp_path, "webgpu")
