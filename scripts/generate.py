@@ -116,15 +116,17 @@ def _build_report(folder: Path) -> dict:
     return report if isinstance(report, dict) else {}
 
 
-def _rebuild(folder: Path) -> str:
-    """What to run to rebuild `folder`: its checkpoint, precision and EP from build_report.json."""
+def _rebuild(folder: Path, extra: str = "") -> str:
+    """What to run to rebuild `folder`: its checkpoint, precision and EP from build_report.json,
+    then `extra` options."""
     options = _build_report(folder).get("options") or {}
     if not options.get("model"):
-        return f"rebuild it with python -m builder -m CHECKPOINT -o {folder} --overwrite"
+        return f"rebuild it with python -m builder -m CHECKPOINT{extra} -o {folder} --overwrite"
     family = f" --family {options['family']}" if options.get("family") else ""  # a family of the user's own
     return (
         f"rebuild it with python -m builder -m {options['model']} -p {options.get('precision', 'int4')} "
-        f"-e {options.get('ep', 'cpu')}{family} -o {folder} --overwrite (build_report.json lists its other options)"
+        f"-e {options.get('ep', 'cpu')}{family}{extra} -o {folder} --overwrite "
+        "(build_report.json lists its other options)"
     )
 
 
@@ -354,6 +356,15 @@ def _cannot_run(
         return BuilderError(
             f"{folder} {verb} on {provider} ({why}): its genai_config.json was changed after the build "
             f"({edited}); set it back, or {_rebuild(folder)}"
+        )
+    if "requires f16 but the device does not support it" in str(error):
+        # A GPU (or SwiftShader) whose WebGPU adapter lacks shader-f16: the folder is fine, its
+        # activations are not for this adapter.
+        precision = (_build_report(folder).get("options") or {}).get("precision")
+        extra = " --io-dtype fp32" if precision in ("int4", "int8") else ""
+        return BuilderError(
+            f"{folder} computes in fp16, and this machine's WebGPU adapter has no shader-f16 ({why}); "
+            + _rebuild(folder, extra).replace(" -p fp16 ", " -p fp32 ")
         )
     target = (_build_report(folder).get("target") or {}).get("runtime")
     built = f" (it was built for {target})" if target else ""

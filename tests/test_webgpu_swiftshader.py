@@ -102,3 +102,27 @@ def test_onnxruntime_webgpu_127_build_loads_and_matches(tmp_path):
     assert row["graph_capture"] is False, row
     assert row["max_abs"] < 1e-4 and row["argmax_agree"] == 1.0, row
     assert row["genai_tokens_equal"] is True and row["genai_argmax_agree"] == 1.0, row
+
+
+def test_generate_on_an_adapter_without_shader_f16_says_to_rebuild_with_fp32(built, tmp_path):
+    """scripts/generate.py on a folder with fp16 activations where the adapter has no shader-f16
+    (SwiftShader; some GPUs): one line naming the cause and the rebuild with --io-dtype fp32, which
+    then runs. It told the user to rebuild with the same options before."""
+    icd = plugin_ready()
+    folder = built("qwen3", precision="int4", ep="webgpu").output
+    env = swiftshader_env(icd)
+    env["PYTHONPATH"] = str(REPO)
+    command = [sys.executable, str(REPO / "scripts" / "generate.py"), str(folder), "--max-new-tokens", "2"]
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = child.stderr.strip().splitlines()
+    assert child.returncode == 2 and len(lines) == 1, child.stderr[-2000:]
+    assert "computes in fp16, and this machine's WebGPU adapter has no shader-f16" in lines[0]
+    rebuild = lines[0].split("rebuild it with ", 1)[1].split(" (build_report.json", 1)[0]
+    assert " -p int4 -e webgpu --io-dtype fp32 -o " in rebuild, rebuild
+    args = rebuild.split()[3:]  # after "python -m builder"
+    out = tmp_path / "fp32-activations"
+    args[args.index("-o") + 1] = str(out)
+    assert subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, env=env).returncode == 0
+    command[2] = str(out)
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert child.returncode == 0 and "new tokens:" in child.stdout, child.stderr[-2000:]
