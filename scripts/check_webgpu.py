@@ -43,6 +43,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -170,10 +171,8 @@ def run_case(
         accuracy_level=0,
         **extra,
     )
-    import onnxruntime
-
-    # The onnxruntime this process runs: a check of a 1.27 build must not pass on the plugin's 1.3x.
     row = {"config": config, "precision": precision, **extra, "target_ort": target_ort}
+    # The onnxruntime that ran the row: a 1.27 build's check must not pass on the plugin EP's runtime.
     row["onnxruntime"] = onnxruntime.__version__
     try:
         result = build(options, show_progress=False)
