@@ -1,4 +1,4 @@
-"""Webgpu folders run on the WebGPU plugin EP here, with no GPU: SwiftShader, Chromium's Vulkan
+"""webgpu folders run on the WebGPU plugin EP here, with no GPU: SwiftShader, Chromium's Vulkan
 driver on the CPU, is the adapter (tests/support/swiftshader.py).
 
 Each case is one of scripts/check_webgpu.py's, run as the GPU machine runs it (its `--case`, in a
@@ -7,7 +7,7 @@ transformers on the dequantized weights, and onnxruntime-genai's greedy tokens, 
 with graph capture on where the build asks for it. SwiftShader has no shader-f16, so int4 builds
 take fp32 activations here (`--io-dtype fp32`); the fp16 kernels stay the GPU machine's to run.
 
-Prompts stay short: on SwiftShader (subgroup size 4) onnxruntime's WebGPU flash-attention prefill
+Prompts stay short: on SwiftShader (subgroup size 4) onnxruntime's WebGPU prefill attention
 miscomputes from 32 new tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27 (a lone
 GroupQueryAttention against the CPU EP: docs/packing.md#webgpu-without-a-gpu)."""
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "check_webgpu.py"
 # onnxruntime-webgpu 1.27 and genai 0.18 in a folder of their own (scripts/setup.sh).
 ORT_127 = REPO / ".venv" / "onnxruntime-webgpu-1.27"
-CASES = [  # scripts/check_webgpu.py's CASES, the ones CI runs here (about 15 s each)
+CASES = [  # scripts/check_webgpu.py's CASES, the ones CI runs here (about 20 s each)
     ("qwen3", "int4", {}),  # capture on, the default layout
     ("qwen3", "int4", {"qkv_packing": "fused-norm"}),  # q/k norms inside GroupQueryAttention: GPU EPs only
     ("qwen3", "fp32", {"logits": "all"}),  # n-gram speculation under capture
