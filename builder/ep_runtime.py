@@ -35,7 +35,8 @@ def webgpu_plugin_library() -> str | None:
 
 def _webgpu_built_in() -> bool:
     """Whether the installed onnxruntime has WebGPU built in (onnxruntime-webgpu 1.27). Once this
-    process has registered the plugin, onnxruntime lists it among its providers too."""
+    process has registered the plugin and it found a device, onnxruntime lists it among its
+    providers too."""
     if "ort" in _registered:
         return False
     try:
@@ -76,11 +77,20 @@ def genai_model(og, folder: str | Path, provider: str | None = None):
     try:
         return og.Model(config)
     except Exception as e:
-        if provider == "webgpu" and (
-            "adapter" in str(e).lower() or (not _webgpu_built_in() and not webgpu_plugin_devices())
-        ):
+        if provider == "webgpu" and _found_no_webgpu_device(e):
             raise BuilderError(f"{no_webgpu_device()} ({str(e).splitlines()[0][-120:]})") from None
         raise
+
+
+def _found_no_webgpu_device(error: Exception) -> bool:
+    """Whether a webgpu folder failed to open for want of a device: built-in WebGPU says so itself;
+    the plugin EP offers none ("not supported in this build" is all genai says then)."""
+    if _webgpu_built_in():
+        return "failed to get a webgpu adapter" in str(error).lower()  # 1.27: "... No supported adapters"
+    try:
+        return not webgpu_plugin_devices()
+    except Exception:  # a failed lookup must not hide the load error
+        return False
 
 
 def webgpu_plugin_devices() -> list:

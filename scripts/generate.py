@@ -361,10 +361,13 @@ def _cannot_run(
         # A GPU (or SwiftShader) whose WebGPU adapter lacks shader-f16: the folder is fine, its
         # activations are not for this adapter.
         precision = (_build_report(folder).get("options") or {}).get("precision")
-        extra = " --io-dtype fp32" if precision in ("int4", "int8") else ""
+        if precision in ("int4", "int8", "fp16"):
+            extra = " --io-dtype fp32" if precision != "fp16" else ""
+            rebuild = _rebuild(folder, extra).replace(" -p fp16 ", " -p fp32 ")
+        else:  # no build report to repeat: say what to change
+            rebuild = f"rebuild it with fp32 activations (-p int4 --io-dtype fp32, or -p fp32); {_rebuild(folder)}"
         return BuilderError(
-            f"{folder} computes in fp16, and this machine's WebGPU adapter has no shader-f16 ({why}); "
-            + _rebuild(folder, extra).replace(" -p fp16 ", " -p fp32 ")
+            f"{folder} computes in fp16, and this machine's WebGPU adapter has no shader-f16 ({why}); {rebuild}"
         )
     target = (_build_report(folder).get("target") or {}).get("runtime")
     built = f" (it was built for {target})" if target else ""

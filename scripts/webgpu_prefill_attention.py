@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,9 @@ def measure() -> dict:
 
     rng = np.random.default_rng(0)
     rows = []
+    folder = Path(tempfile.mkdtemp())
     for num_heads, kv_heads, head_size in HEADS:
-        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gqa-{num_heads}-{kv_heads}-{head_size}.onnx"
+        path = folder / f"gqa-{num_heads}-{kv_heads}-{head_size}.onnx"
         path.write_bytes(gqa_model(num_heads, kv_heads, head_size))
         cpu = ort_session(path)
         webgpu = ort_session(path, "WebGpuExecutionProvider")
@@ -121,8 +122,8 @@ def main() -> int:
         from support.swiftshader import swiftshader_env, swiftshader_icd
 
         icd = swiftshader_icd()
-        if icd is None:
-            print("error: --swiftshader: no vk_swiftshader_icd.json; install chromium", file=sys.stderr)
+        if icd is None or not icd.is_file():
+            print(f"error: --swiftshader: no vk_swiftshader_icd.json ({icd}); install chromium", file=sys.stderr)
             return 2
         env = swiftshader_env(icd)
     child = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, env=env)

@@ -257,6 +257,9 @@ def test_generate_without_a_webgpu_adapter_blames_the_machine(built, tmp_path):
 
     from support.swiftshader import swiftshader_icd
 
+    if sys.version_info < (3, 11):
+        pytest.skip("onnxruntime-ep-webgpu needs Python >= 3.11")
+    pytest.importorskip("onnxruntime_ep_webgpu", reason="the test extra installs it; run `bash scripts/setup.sh`")
     icd = swiftshader_icd()  # Chromium's folder holds a Vulkan loader: the driver alone is missing
     if icd is None:
         pytest.fail("no Chromium with SwiftShader: run `bash scripts/setup.sh` (apt-get install chromium)")
@@ -295,10 +298,13 @@ def test_a_missing_vulkan_loader_is_named(monkeypatch):
     assert "libvulkan.so.1 is missing (Debian/Ubuntu: apt install libvulkan1)" in ep_runtime.no_webgpu_device()
 
 
-@pytest.mark.parametrize("built_in", [True, False])
-def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(built_in, monkeypatch, tmp_path):
+@pytest.mark.parametrize("built_in, devices", [(True, []), (False, []), (False, ["a device"])])
+def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(
+    built_in, devices, monkeypatch, tmp_path
+):
     """genai_model turns a failed load into 'no GPU adapter' only where the plugin EP is the runtime
-    and offers no device; with WebGPU built in (onnxruntime-webgpu 1.27) the load error stands."""
+    and offers no device; with a device, or WebGPU built in (onnxruntime-webgpu 1.27), the load
+    error stands."""
     from builder import ep_runtime
 
     class FakeGenai:
@@ -317,9 +323,9 @@ def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(b
             raise RuntimeError("Load model from model.onnx failed: Protobuf parsing failed.")
 
     monkeypatch.setattr(ep_runtime, "_webgpu_built_in", lambda: built_in)
-    monkeypatch.setattr(ep_runtime, "webgpu_plugin_devices", lambda: [])
+    monkeypatch.setattr(ep_runtime, "webgpu_plugin_devices", lambda: devices)
     monkeypatch.setattr(ep_runtime, "prepare_genai", lambda og, provider: None)
-    if built_in:
+    if built_in or devices:
         with pytest.raises(RuntimeError, match="Protobuf parsing failed"):
             ep_runtime.genai_model(FakeGenai, tmp_path, "webgpu")
     else:

@@ -85,9 +85,9 @@ def test_webgpu_build_matches_transformers_on_swiftshader(case, tmp_path):
     assert row["genai_tokens_equal"] is True and row["genai_argmax_agree"] == 1.0, row
     assert row["genai_batch_tokens_equal"] is True, row
     if case[2].get("logits") == "all":
-        assert row["ngram_tokens_equal"] is True, row
+        assert row.get("ngram_tokens_equal") is True, row
     if case[2].get("graph_capture") == "off":
-        assert row["engine_tokens_equal"] is True, row
+        assert row.get("engine_tokens_equal") is True, row
 
 
 def test_onnxruntime_webgpu_127_build_loads_and_matches(tmp_path):
