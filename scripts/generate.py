@@ -365,7 +365,9 @@ def _cannot_run(
             extra = " --io-dtype fp32" if precision != "fp16" else ""
             rebuild = _rebuild(folder, extra).replace(" -p fp16 ", " -p fp32 ")
         else:  # no build report to repeat: say what to change
-            rebuild = f"rebuild it with fp32 activations (-p int4 --io-dtype fp32, or -p fp32); {_rebuild(folder)}"
+            rebuild = "rebuild it with fp32 activations (-p int4 --io-dtype fp32, or -p fp32): " + _rebuild(
+                folder
+            ).removeprefix("rebuild it with ")
         return BuilderError(
             f"{folder} computes in fp16, and this machine's WebGPU adapter has no shader-f16 ({why}); {rebuild}"
         )

@@ -532,3 +532,23 @@ def test_with_io_types_names_an_unknown_change(cpu_folder, tmp_path):
     assert_refused(
         script("with_io_types.py", cpu_folder, tmp_path / "v", "ids=int32"), "'ids=int32'", "input_ids=int32"
     )
+
+
+def test_no_shader_f16_without_a_build_report_still_says_what_to_change(tmp_path):
+    """The shader-f16 message for a folder with no build_report.json (nothing to repeat) names fp32
+    activations and the command shape, once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "generate", Path(__file__).resolve().parents[1] / "scripts/generate.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    error = RuntimeError("Program Gather requires f16 but the device does not support it.")
+    message = str(module._cannot_run(tmp_path, {}, "webgpu", "webgpu", False, "run", error))
+    assert "this machine's WebGPU adapter has no shader-f16" in message
+    assert (
+        "rebuild it with fp32 activations (-p int4 --io-dtype fp32, or -p fp32): python -m builder -m CHECKPOINT"
+        in message
+    )
+    assert message.count("rebuild it with") == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support.swiftshader import swiftshader_env, swiftshader_icd
+from support.swiftshader import plugin_ready, swiftshader_env
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "check_webgpu.py"
@@ -34,19 +34,6 @@ CASES = [  # scripts/check_webgpu.py's CASES, the ones CI runs here (about 20 s 
     ("qwen3", "int4", {"logits": "all", "graph_capture": "off"}),
     ("qwen3_5", "int4", {"padded_batches": "on"}),  # a hybrid's recurrent state under capture, batched
 ]
-
-
-def plugin_ready() -> Path:
-    if sys.version_info < (3, 11):
-        pytest.skip("onnxruntime-ep-webgpu needs Python >= 3.11")
-    try:
-        import onnxruntime_ep_webgpu  # noqa: F401
-    except ImportError:
-        pytest.fail("onnxruntime-ep-webgpu is missing: run `bash scripts/setup.sh` (the test extra has it)")
-    icd = swiftshader_icd()
-    if icd is None:
-        pytest.fail("no vk_swiftshader_icd.json: run `bash scripts/setup.sh` (apt-get install chromium)")
-    return icd
 
 
 def run_case(case, tmp_path: Path, *flags: str, python_path: Path | None = None) -> dict:

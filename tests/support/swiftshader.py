@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 # Where Chromium keeps vk_swiftshader_icd.json beside its Vulkan loader: Debian's package, Google
@@ -39,3 +40,21 @@ def swiftshader_env(icd: Path) -> dict:
         "LD_LIBRARY_PATH": library_path,
         "ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER": "1",
     }
+
+
+def plugin_ready() -> Path:
+    """The SwiftShader ICD for a test that runs the WebGPU plugin EP; fails naming what is missing.
+    Skips only on Python < 3.11, where onnxruntime-ep-webgpu has no wheel (conftest still counts the
+    skip as a failure, so it cannot pass unseen)."""
+    import pytest
+
+    if sys.version_info < (3, 11):
+        pytest.skip("onnxruntime-ep-webgpu needs Python >= 3.11")
+    try:
+        import onnxruntime_ep_webgpu  # noqa: F401
+    except ImportError:
+        pytest.fail("onnxruntime-ep-webgpu is missing: run `bash scripts/setup.sh` (the test extra has it)")
+    icd = swiftshader_icd()
+    if icd is None:
+        pytest.fail("no vk_swiftshader_icd.json: run `bash scripts/setup.sh` (apt-get install chromium)")
+    return icd
