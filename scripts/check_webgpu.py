@@ -199,8 +199,7 @@ def run_case(
             provider="WebGpuExecutionProvider",
         )
         row.update(parity.as_dict())
-        prompt = PROMPT[:prompt_tokens]
-        batch = [list(p[:prompt_tokens]) for p in BATCH]
+        prompt, batch = genai_prompts(prompt_tokens)
         ours, logits = genai_greedy_logits(result.output, prompt, 16, provider="webgpu")
         io_dtype = np.dtype(result.report["target"]["io_dtype"])  # the scales' dtype, as built
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
@@ -223,6 +222,17 @@ def run_case(
     except Exception as e:
         row["error"] = str(e).splitlines()[0][:300]
     return row
+
+
+def genai_prompts(prompt_tokens: int) -> tuple[list[int], list[list[int]]]:
+    """genai's prompt and batch: the fixed short ones, cut to prompt_tokens; past 12 tokens, a
+    prompt of prompt_tokens random ones and a batch of it and its first half, so a GPU run can
+    check prefill attention over several tiles through genai as well."""
+    if prompt_tokens <= 12:
+        return PROMPT[:prompt_tokens], [list(p[:prompt_tokens]) for p in BATCH]
+    # ids 10..399: ordinary tokens of every tiny tokenizer, none of them a pad, bos or eos id
+    prompt = [int(t) for t in np.random.default_rng(7).integers(10, 400, size=prompt_tokens)]
+    return prompt, [prompt, prompt[: prompt_tokens // 2 + 1]]
 
 
 def without_f16(cases: list) -> list:
@@ -258,8 +268,9 @@ def main() -> int:
         default=12,
         help="The plain session's prompt length (default 12; its tokens are random), and a cap on "
         "genai's prompts (8 and 10 tokens; n-gram drafting, whose prompt has 11, is left out below "
-        "that). On SwiftShader onnxruntime's WebGPU prefill attention goes "
-        "wrong from 32 tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27.",
+        "that); above 12, genai's prompt and longer batch row have this many random tokens too, "
+        "the shorter row half. The tiny models take 256 positions. On SwiftShader onnxruntime's "
+        "WebGPU prefill attention goes wrong from 32 tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27.",
     )
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

@@ -367,9 +367,11 @@ elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blo
 elif [ "$PART" = parity ]; then
     # A lone GroupQueryAttention against the CPU EP up to 256-token chunks: on SwiftShader the EP's
     # prefill attention went wrong from 32 tokens (docs/packing.md#webgpu-without-a-gpu); the
-    # parity below uses 12-token prompts.
+    # parity below uses 12-token prompts unless PARITY_PROMPT_TOKENS asks for more (at most ~230:
+    # the tiny models take 256 positions).
     timeout 120 $PY scripts/webgpu_prefill_attention.py --json "$OUT/prefill-attention.json" 2>&1 | grep "^heads" | tee -a "$LOG"
-    timeout ${PARITY_TIMEOUT:-460} $PY scripts/check_webgpu.py ${ONLY:-} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
+    timeout ${PARITY_TIMEOUT:-460} $PY scripts/check_webgpu.py ${ONLY:-} --prompt-tokens ${PARITY_PROMPT_TOKENS:-12} \
+        --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b
