@@ -9,6 +9,8 @@ save_pretrained shards by, with fused MoE experts stored one by one as on the hu
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -52,6 +54,14 @@ class _Stand_inCheckpoint:
 
 def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor the registered family reads for this config (build order)."""
+    return dict(_read_by_family(json.dumps(config, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=32)
+def _read_by_family(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    # Cached: the walk computes on zeros (a Qwen3-4B walk takes ~10 s), and a test that plans a
+    # checkpoint's files and then checks its shapes asks for the same config twice.
+    config = json.loads(config_json)
     from architectures.registry import builder_class_for
     from builder.kit.data_file import ExternalDataFile
     from builder.kit.graph import Graph
@@ -71,7 +81,7 @@ def read_by_family(config: dict) -> dict[str, tuple[int, ...]]:
         arch.build_graph(Graph(data), SilentProgress())
     finally:
         data.abort()
-    return stand_in.seen
+    return tuple(stand_in.seen.items())
 
 
 def transformers_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
