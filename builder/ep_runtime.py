@@ -78,8 +78,20 @@ def genai_model(og, folder: str | Path, provider: str | None = None):
         return og.Model(config)
     except Exception as e:
         if provider == "webgpu" and _found_no_webgpu_device(e):
-            raise BuilderError(f"{no_webgpu_device()} ({str(e).splitlines()[0][-120:]})") from None
+            raise BuilderError(f"{no_webgpu_device()} (the runtime said: {_runtime_reason(e)})") from None
         raise
+
+
+def _runtime_reason(error: Exception, limit: int = 120) -> str:
+    """The runtime's own words, short: 1.27's first line is a source path and an assertion before them."""
+    line = (str(error).splitlines() or [""])[0]
+    start = line.lower().find("failed to get a webgpu adapter")
+    if start >= 0:
+        return line[start:]
+    if len(line) <= limit:
+        return line
+    tail = line[-limit:]
+    return "..." + tail[tail.find(" ") + 1 :]  # from a word, not the middle of one
 
 
 def _found_no_webgpu_device(error: Exception) -> bool:

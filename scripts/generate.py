@@ -12,6 +12,7 @@ speculation (folders built with --logits all; README: genai's Engine and specula
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -533,7 +534,11 @@ def main() -> int:
         generate(args)
     except BuilderError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # onnxruntime-webgpu 1.27 crashes in its teardown at exit once it has failed to find an
+        # adapter (SIGSEGV), which turned this exit 2 into 139: leave without the teardown.
+        os._exit(2)
     return 0
 
 

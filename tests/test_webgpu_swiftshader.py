@@ -113,3 +113,26 @@ def test_generate_on_an_adapter_without_shader_f16_says_to_rebuild_with_fp32(bui
     command[2] = str(out)
     child = subprocess.run(command, capture_output=True, text=True, env=env)
     assert child.returncode == 0 and "new tokens:" in child.stdout, child.stderr[-2000:]
+
+
+def test_generate_on_onnxruntime_webgpu_127_without_a_driver_says_so_and_exits_2(built, tmp_path):
+    """onnxruntime-webgpu 1.27 with a Vulkan loader and no driver: one error line naming the missing
+    driver and 1.27's own reason, and exit 2. The process used to crash in 1.27's teardown after
+    printing it (exit 139), and the reason was quoted from the middle of a word."""
+    if not (ORT_127 / "onnxruntime").is_dir():
+        pytest.fail(f"{ORT_127} is missing: run `bash scripts/setup.sh`")
+    icd = plugin_ready()  # Chromium's folder holds a Vulkan loader: the driver alone is missing
+    folder = built("qwen3", precision="int4", ep="webgpu", target_ort="1.27").output
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(icd.parent),
+        "VK_ICD_FILENAMES": str(tmp_path / "no_driver.json"),
+        "PYTHONPATH": os.pathsep.join([str(ORT_127), str(REPO)]),
+    }
+    command = [sys.executable, str(REPO / "scripts" / "generate.py"), str(folder), "--max-new-tokens", "2"]
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert child.returncode == 2, child.stderr[-2000:]
+    errors = [line for line in child.stderr.splitlines() if line.startswith("error:")]  # Dawn warns on stderr too
+    assert len(errors) == 1, child.stderr[-2000:]
+    assert errors[0].startswith("error: WebGPU found no GPU adapter: install a GPU driver"), errors
+    assert errors[0].endswith("(the runtime said: Failed to get a WebGPU adapter: No supported adapters)"), errors
