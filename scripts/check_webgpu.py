@@ -3,7 +3,7 @@
     python scripts/check_webgpu.py --json $OUT/webgpu-parity.json [--target-ort 1.27] [--only qwen3]
 
 For each case, two checks against transformers running the same (dequantized) weights:
-- `nmse`, `argmax_agree`: logits of a 12-token prefill + 4 decode steps through
+- `nmse`, `argmax_agree`: logits of a 12-token prefill (`--prompt-tokens`) + 4 decode steps through
   onnxruntime's WebGpuExecutionProvider (plain session, no capture);
 - `genai_*`: onnxruntime-genai runs the folder as a user would, its genai_config
   included, so graph capture is on where the build asks for it: 16 greedy tokens must
