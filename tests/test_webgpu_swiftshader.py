@@ -13,6 +13,7 @@ GroupQueryAttention against the CPU EP: docs/packing.md#webgpu-without-a-gpu).""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -36,19 +37,21 @@ CASES = [  # scripts/check_webgpu.py's CASES, the ones CI runs here (about 20 s 
 ]
 
 
-def run_case(case, tmp_path: Path, *flags: str, python_path: Path | None = None) -> dict:
+def case_index(case) -> int:
     sys.path.insert(0, str(CHECK.parent))
     try:
         import check_webgpu
     finally:
         sys.path.remove(str(CHECK.parent))
-    icd = plugin_ready()
-    index = check_webgpu.CASES.index(case)
-    env = swiftshader_env(icd)
+    return check_webgpu.CASES.index(case)
+
+
+def run_case(index: int, work: Path, *flags: str, python_path: Path | None = None) -> dict:
+    env = swiftshader_env(plugin_ready())
     if python_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(python_path), env.get("PYTHONPATH")]))
     child = subprocess.run(
-        [sys.executable, str(CHECK), "--case", str(index), "--work", str(tmp_path), "--swiftshader", *flags],
+        [sys.executable, str(CHECK), "--case", str(index), "--work", str(work), "--swiftshader", *flags],
         capture_output=True,
         text=True,
         env=env,
@@ -59,9 +62,37 @@ def run_case(case, tmp_path: Path, *flags: str, python_path: Path | None = None)
     return json.loads(rows[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join([c[0], c[1], *(f"{k}={v}" for k, v in c[2].items())]))
-def test_webgpu_build_matches_transformers_on_swiftshader(case, tmp_path):
-    row = run_case(case, tmp_path)
+def case_id(case) -> str:
+    return "-".join([case[0], case[1], *(f"{k}={v}" for k, v in case[2].items())])
+
+
+RUN_127 = "1.27"  # the --target-ort 1.27 build in onnxruntime-webgpu 1.27 (below)
+
+
+@pytest.fixture(scope="module")
+def case_rows(tmp_path_factory):
+    """Each check's row (a future), all started at once and run as many at a time as there are
+    cores: a child is one busy thread for most of its ~20 s (imports, the build, SwiftShader
+    compiling shaders), so on CI's 2 cores two at a time take about half as long."""
+    runs = {case_id(case): (case_index(case), ()) for case in CASES}
+    if (ORT_127 / "onnxruntime").is_dir():
+        runs[RUN_127] = (case_index(("qwen3", "int4", {})), ("--target-ort", "1.27", "--prompt-tokens", "4"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        yield {
+            key: pool.submit(
+                run_case,
+                index,
+                tmp_path_factory.mktemp("case"),
+                *flags,
+                python_path=ORT_127 if key == RUN_127 else None,
+            )
+            for key, (index, flags) in runs.items()
+        }
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_webgpu_build_matches_transformers_on_swiftshader(case, case_rows):
+    row = case_rows[case_id(case)].result()
     assert "error" not in row, row["error"]
     assert "onnxruntime-ep-webgpu" in row["runtime"], row
     assert tuple(map(int, row["onnxruntime"].split(".")[:2])) >= (1, 31), row
@@ -77,13 +108,13 @@ def test_webgpu_build_matches_transformers_on_swiftshader(case, tmp_path):
         assert row.get("engine_tokens_equal") is True, row
 
 
-def test_onnxruntime_webgpu_127_build_loads_and_matches(tmp_path):
+def test_onnxruntime_webgpu_127_build_loads_and_matches(case_rows):
     """A --target-ort 1.27 build in onnxruntime-webgpu 1.27 itself (WebGPU built in, with genai 0.18):
     it loads, its logits match transformers and genai's greedy tokens equal transformers' (4-token
     prompts, see above). Its batches of unequal prompts go wrong on 1.27 (docs/packing.md), unchecked here."""
-    if not (ORT_127 / "onnxruntime").is_dir():
+    if RUN_127 not in case_rows:
         pytest.fail(f"{ORT_127} is missing: run `bash scripts/setup.sh`")
-    row = run_case(("qwen3", "int4", {}), tmp_path, "--target-ort", "1.27", "--prompt-tokens", "4", python_path=ORT_127)
+    row = case_rows[RUN_127].result()
     assert "error" not in row, row["error"]
     assert row["onnxruntime"] == "1.27.0" and row["runtime"] == "onnxruntime-webgpu 1.27", row
     assert row["graph_capture"] is False, row
