@@ -82,16 +82,12 @@ def genai_model(og, folder: str | Path, provider: str | None = None):
         raise
 
 
-def _runtime_reason(error: Exception, limit: int = 120) -> str:
-    """The runtime's own words, short: 1.27's first line is a source path and an assertion before them."""
+def _runtime_reason(error: Exception) -> str:
+    """The runtime's own words: 1.27's first line puts a source path and an assertion before them;
+    genai's with the plugin EP is one short sentence."""
     line = (str(error).splitlines() or [""])[0]
     start = line.lower().find("failed to get a webgpu adapter")
-    if start >= 0:
-        return line[start:]
-    if len(line) <= limit:
-        return line
-    tail = line[-limit:]
-    return "..." + tail[tail.find(" ") + 1 :]  # from a word, not the middle of one
+    return line[start:] if start >= 0 else line
 
 
 def _found_no_webgpu_device(error: Exception) -> bool:

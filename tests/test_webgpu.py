@@ -250,23 +250,16 @@ def test_generate_without_a_webgpu_adapter_blames_the_machine(built, tmp_path):
     """The plugin EP installed, the Vulkan loader found, no Vulkan driver: onnxruntime-genai says only
     that WebGPU 'is not supported in this build', which scripts/generate.py read as a damaged folder
     and told the user to rebuild. It must say what the machine lacks instead (exit 2, one line)."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from support.swiftshader import plugin_ready
+    from support.swiftshader import no_driver_env, plugin_ready
 
     icd = plugin_ready()  # Chromium's folder holds a Vulkan loader: the driver alone is missing
     folder = built("qwen3", precision="int4", ep="webgpu").output
     repo = Path(__file__).resolve().parents[1]
-    env = {
-        **os.environ,
-        "LD_LIBRARY_PATH": str(icd.parent),
-        "VK_ICD_FILENAMES": str(tmp_path / "no_driver.json"),
-        "PYTHONPATH": str(repo),
-    }
-    env.pop("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER", None)
+    env = no_driver_env(icd, tmp_path / "no_driver.json", str(repo))
     child = subprocess.run(
         [sys.executable, str(repo / "scripts" / "generate.py"), str(folder), "--max-new-tokens", "2"],
         capture_output=True,

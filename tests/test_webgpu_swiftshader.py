@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from support.swiftshader import plugin_ready, swiftshader_env
+from support.swiftshader import no_driver_env, plugin_ready, swiftshader_env
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "check_webgpu.py"
@@ -154,12 +154,7 @@ def test_generate_on_onnxruntime_webgpu_127_without_a_driver_says_so_and_exits_2
         pytest.fail(f"{ORT_127} is missing: run `bash scripts/setup.sh`")
     icd = plugin_ready()  # Chromium's folder holds a Vulkan loader: the driver alone is missing
     folder = built("qwen3", precision="int4", ep="webgpu", target_ort="1.27").output
-    env = {
-        **os.environ,
-        "LD_LIBRARY_PATH": str(icd.parent),
-        "VK_ICD_FILENAMES": str(tmp_path / "no_driver.json"),
-        "PYTHONPATH": os.pathsep.join([str(ORT_127), str(REPO)]),
-    }
+    env = no_driver_env(icd, tmp_path / "no_driver.json", os.pathsep.join([str(ORT_127), str(REPO)]))
     command = [sys.executable, str(REPO / "scripts" / "generate.py"), str(folder), "--max-new-tokens", "2"]
     child = subprocess.run(command, capture_output=True, text=True, env=env)
     assert child.returncode == 2, child.stderr[-2000:]

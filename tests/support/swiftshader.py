@@ -58,3 +58,16 @@ def plugin_ready() -> Path:
     if icd is None:
         pytest.fail("no vk_swiftshader_icd.json: run `bash scripts/setup.sh` (apt-get install chromium)")
     return icd
+
+
+def no_driver_env(icd: Path, missing_icd: Path, python_path: str) -> dict:
+    """A child process's environment with a Vulkan loader (Chromium's, beside `icd`) and no driver:
+    `missing_icd` names a file that does not exist, and the plugin EP is not told to take a CPU device."""
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(icd.parent),
+        "VK_ICD_FILENAMES": str(missing_icd),
+        "PYTHONPATH": python_path,
+    }
+    env.pop("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER", None)
+    return env
