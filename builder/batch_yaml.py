@@ -101,11 +101,33 @@ def read_text(path: Path) -> str:
 def compose(path: Path) -> yaml.Node | None:
     text = read_text(path)
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    _refuse_unknown_tags(root, path)
+    return root
+
+
+def _refuse_unknown_tags(root: yaml.Node | None, path: Path) -> None:
+    # Values are constructed lazily, wherever a key is read: a tag the safe loader has no
+    # constructor for (!custom, !!python/...) would fail there with PyYAML's traceback.
+    stack, seen = [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias shares its anchor's node
+            continue
+        seen.add(id(node))
+        if node.tag not in yaml.SafeLoader.yaml_constructors and node.tag != MERGE:
+            raise BuilderError(
+                f"{path}:{line_of(node)}: the YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} means "
+                "nothing in a batch file; remove it and write the plain value"
+            )
+        if isinstance(node, yaml.MappingNode):
+            stack += [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
 
 
 def mapping_pairs(

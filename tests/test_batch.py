@@ -1350,6 +1350,30 @@ def test_yaml_merge_keys_let_a_job_override_what_it_merges(tmp_path):
         load_batch(path)
 
 
+@pytest.mark.parametrize(
+    "text, line, tag",
+    [
+        ("jobs:\n  - {{model: {m}, output: !custom a}}\n", 2, "!custom"),
+        (
+            "output_root: !!python/object/apply:os.getcwd []\njobs:\n  - model: {m}\n",
+            1,
+            "!!python/object/apply:os.getcwd",
+        ),
+        ("x-base: &b {{precision: !mine int4}}\njobs:\n  - {{<<: *b, model: {m}}}\n", 1, "!mine"),
+    ],
+)
+def test_a_yaml_tag_is_named_with_its_line(text, line, tag, tmp_path, capsys):
+    """A tag the safe loader cannot construct ended in PyYAML's ConstructorError traceback (exit 1)
+    wherever the value was read."""
+    path = write(tmp_path / "t.yaml", text.format(m=TINY))
+    assert batch(path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}: the YAML tag {tag} means nothing in a batch file" in err, err
+    assert "Traceback" not in err
+    path.write_text(text.format(m=TINY).replace("!!python/object/apply:os.getcwd []", "out").replace(f"{tag} ", ""))
+    assert batch(path, "--dry-run") == 0
+
+
 @pytest.mark.parametrize("hangs", [False, True])
 def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp_path, hangs):
     """A KeyboardInterrupt inside a Ray executor's start (ray.init, its probe's ray.get) ended in
