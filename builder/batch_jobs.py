@@ -40,6 +40,7 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     family, layout and context against the target), or None. Hub ids and folders that only the
     nodes see are planned when built; an unreadable checkpoint fails its own job then."""
     from architectures.registry import family_for
+    from builder.family_source import plugin_faults_named
     from builder.kit.checkpoint import Checkpoint
 
     folder = Path(options.model)
@@ -50,7 +51,9 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     except (BuilderError, OSError):
         return None
     try:
-        family_for(options, checkpoint.config)(checkpoint, options).plan  # noqa: B018 (planning is the check)
+        family = family_for(options, checkpoint.config)
+        with plugin_faults_named(family):
+            family(checkpoint, options).plan  # noqa: B018 (planning is the check)
     except BuilderError as err:
         return str(err)
     return None

@@ -3,10 +3,14 @@ only with its version (recorded beside), a plugin's family with its source."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+from builder.kit.errors import BuilderError
 
 BUILT_IN = ("architectures", "builder")  # top-level packages of the builder's own code
 
@@ -42,3 +46,34 @@ def family_source_digest(family: type) -> str | None:
             continue  # unreadable: not the code that ran
         read = True
     return digest.hexdigest() if read else None
+
+
+def _plugin_packages(family: type) -> set[str]:
+    """Top-level packages of the code a family brings from outside the builder."""
+    tops = {cls.__module__.split(".")[0] for cls in family.__mro__}
+    return {top for top in tops if top not in BUILT_IN and top not in sys.stdlib_module_names}
+
+
+@contextlib.contextmanager
+def plugin_faults_named(family: type) -> Iterator[None]:
+    """An exception raised in a plugin family's own code becomes one BuilderError naming the
+    family, the exception and the plugin's line that raised it (its traceback stays chained,
+    for --debug and for Python callers); the builder's own faults keep their tracebacks."""
+    try:
+        yield
+    except BuilderError:
+        raise
+    except Exception as e:
+        packages = _plugin_packages(family)
+        tb, where = e.__traceback__, None
+        while tb is not None:  # the innermost frame in the plugin: its code, not a library it called
+            frame = tb.tb_frame
+            if str(frame.f_globals.get("__name__", "")).split(".")[0] in packages:
+                where = f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{tb.tb_lineno})"
+            tb = tb.tb_next
+        if where is None:
+            raise
+        raise BuilderError(
+            f"the family {family_name(family)} raised {type(e).__name__}: {e} in {where}; fix that code "
+            "(--debug on a single build shows the traceback)"
+        ) from e

@@ -19,7 +19,7 @@ import onnx
 
 from architectures.base import DecoderBuilder
 from architectures.registry import family_for, family_named
-from builder.family_source import family_name, family_source_digest
+from builder.family_source import family_name, family_source_digest, plugin_faults_named
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
@@ -108,7 +108,8 @@ def build(
     options = (options or BuildOptions.from_mapping(option_values, "build()")).validated()
     checkpoint = Checkpoint.open(options.model)
     cls = family or family_for(options, checkpoint.config, where=str(checkpoint.directory / "config.json"))
-    return run(cls(checkpoint, options), show_progress=show_progress)
+    with plugin_faults_named(cls):
+        return run(cls(checkpoint, options), show_progress=show_progress)
 
 
 def run(arch, show_progress: bool = True) -> BuildResult:

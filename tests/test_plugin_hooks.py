@@ -468,3 +468,48 @@ def test_a_model_type_transformers_js_lacks_is_named_when_built(helium, tmp_path
     assert any("model_type 'my_helium' is none transformers.js 4.3 has a model class for" in n for n in notes), notes
     notes = build(model=str(helium), output=str(tmp_path / "helium"), **options).report["notes"]
     assert not any("transformers.js 4.3 has a model class" in n for n in notes), notes
+
+
+FAULTY = """
+from architectures import Qwen3Builder
+
+
+class Faulty(Qwen3Builder):
+    def make_spec(self, config, target):
+        return {}["oops"]
+"""
+
+
+def test_a_fault_in_a_family_s_own_code_is_named_with_its_line(tmp_path, monkeypatch):
+    """A family of one's own that raised ended the build in a bare traceback, and in a batch
+    stopped the whole file while it was checked, with no line and no summary."""
+    (tmp_path / "faulty_family.py").write_text(FAULTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tiny = REPO / "examples" / "tiny-qwen3"
+    raised = "the family faulty_family.Faulty raised KeyError: 'oops' in make_spec ("
+    with pytest.raises(BuilderError) as caught:
+        build(model=str(tiny), precision="int4", ep="cpu", output=str(tmp_path / "out"), family="faulty_family:Faulty")
+    assert raised + f"{tmp_path / 'faulty_family.py'}:7); fix that code" in str(caught.value)
+    assert isinstance(caught.value.__cause__, KeyError)  # Python callers and --debug keep the traceback
+    assert not (tmp_path / "out").exists()
+
+    from builder.batch_schema import load_batch
+
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"jobs:\n  - {{model: {tiny}, output: a, family: 'faulty_family:Faulty'}}\n  - {{model: {tiny}}}\n")
+    with pytest.raises(
+        BuilderError, match=r"jobs\.yaml:2: jobs\[0\]: the family faulty_family\.Faulty raised KeyError"
+    ):
+        load_batch(jobs)
+
+
+def test_a_fault_in_the_builder_s_own_family_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only a plugin's code is the user's to fix: the builder's own faults stay bugs."""
+    from architectures import Qwen3Builder
+
+    def make_spec(self, config, target):
+        return {}["oops"]
+
+    monkeypatch.setattr(Qwen3Builder, "make_spec", make_spec)
+    with pytest.raises(KeyError):
+        build(model=str(REPO / "examples" / "tiny-qwen3"), precision="int4", ep="cpu", output=str(tmp_path / "out"))
