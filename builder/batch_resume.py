@@ -226,8 +226,16 @@ def damaged_file(output: Path, report: dict) -> str | None:
         if config == CONFIG_NAME and not isinstance(model.get("decoder"), dict):
             return f"{config} has no model.decoder"
     for name in report.get("tokenizer_files") or []:
-        if not (output / name).is_file():
+        path = output / name
+        if not path.is_file():
             return f"{name} is missing"
+        if path.stat().st_size == 0:
+            return f"{name} is empty"
+        if name.endswith(".json"):  # cut short, it does not parse; hand edits (a chat template) do
+            try:
+                json.loads(path.read_bytes())
+            except (OSError, ValueError, RecursionError):
+                return f"{name} is unreadable or cut short"
     return None
 
 

@@ -593,6 +593,12 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
             "genai_config.json has no model.decoder",
         ),
         "tokenizer gone": (lambda: (out / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+        # were "up to date", and genai failed to load the tokenizer
+        "tokenizer emptied": (lambda: (out / "tokenizer.json").write_bytes(b""), "tokenizer.json is empty"),
+        "tokenizer cut short": (
+            lambda: (out / "tokenizer.json").write_bytes(kept["tokenizer.json"][:5000]),
+            "tokenizer.json is unreadable or cut short",
+        ),
         "model gone": (lambda: (out / "model.onnx").unlink(), "model.onnx is missing"),
     }
     kept = {f: (out / f).read_bytes() for f in ("model.onnx", "genai_config.json", "tokenizer.json")}
@@ -607,6 +613,10 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     (out / "genai_config.json").write_text(json.dumps(edited))
     assert rebuild_reason(options) is None
     (out / "genai_config.json").write_bytes(kept["genai_config.json"])
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = "{{ messages }}"  # likewise
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    assert rebuild_reason(options) is None
 
     (out / "model.onnx.data").unlink()
     capsys.readouterr()
