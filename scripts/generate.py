@@ -131,6 +131,21 @@ def _rebuild(folder: Path, extra: str = "") -> str:
     )
 
 
+def _tokenizer_source(folder: Path) -> str | None:
+    """The checkpoint folder the build copied its tokenizer files from, when they are still
+    byte for byte the same there, else None."""
+    report = _build_report(folder)
+    source = (report.get("checkpoint") or {}).get("path")
+    names = report.get("tokenizer_files") or []
+    if not isinstance(source, str) or not names:
+        return None
+    try:
+        same = all((Path(source) / name).read_bytes() == (folder / name).read_bytes() for name in names)
+    except (OSError, TypeError):
+        return None
+    return source if same else None
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
 
@@ -463,6 +478,12 @@ def generate(args) -> None:
         tokenizer = og.Tokenizer(model)
         prompt = tokenizer.encode(args.prompt)
     except RuntimeError as e:
+        source = _tokenizer_source(folder)
+        if source:  # a rebuild would copy the same files again
+            raise BuilderError(
+                f"{folder}: its tokenizer does not load ({_first_line(e)}); its tokenizer files are those of "
+                f"the checkpoint {source}: fix or re-download them there, then {_rebuild(folder)}"
+            ) from None
         raise BuilderError(
             f"{folder} is damaged: its tokenizer does not load ({_first_line(e)}); {_rebuild(folder)}"
         ) from None

@@ -300,6 +300,31 @@ def test_a_checkpoint_without_a_tokenizer_asks_for_its_files_not_a_rebuild(tmp_p
     assert "rebuild" not in line and f"into {folder}" in line
 
 
+def test_a_checkpoint_tokenizer_genai_cannot_load_is_named_not_the_folder(tmp_path):
+    """A tokenizer.json that parses and has its model, but that genai's tokenizer refuses, was
+    copied as it was; generate.py then called the folder damaged and asked for a rebuild, which
+    copied the same file again."""
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    tokenizer = json.loads((checkpoint / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = 7
+    (checkpoint / "tokenizer.json").write_text(json.dumps(tokenizer))
+    folder = tmp_path / "out"
+    build = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    line = assert_refused(generate(folder), str(folder), "its tokenizer does not load", f"the checkpoint {checkpoint}")
+    assert "fix or re-download them there, then rebuild it with" in line and "damaged" not in line
+    (folder / "tokenizer.json").write_text("{")  # the folder's own copy damaged: a rebuild mends it
+    assert_refused(generate(folder), f"{folder} is damaged", "rebuild it with")
+
+
 def test_graph_genai_cannot_load_keeps_its_message(cpu_folder, tmp_path):
     """A model.onnx that parses but does not load: onnxruntime-genai's RuntimeError, in one line."""
     import onnx

@@ -458,6 +458,10 @@ def test_damaged_json_files_beside_the_weights_are_refused(ckpt, tmp_path, name)
         ("generation_config.json", "[1]", "holds an array, not a JSON object"),
         ("tokenizer_config.json", '"text"', "holds a string, not a JSON object"),
         ("generation_config.json", '{"temperature": "hot"}', "temperature = 'hot' is not valid"),
+        # parsed, but genai's tokenizer could not load them (exit 0, then a failure at the first prompt)
+        ("tokenizer.json", '{"hello": 1}', 'has no "model" object'),
+        ("tokenizer_config.json", '{"model_max_length": "x"}', 'model_max_length is "x", not a number'),
+        ("tokenizer_config.json", '{"bos_token": 5}', "bos_token is 5, not a token"),
     ],
 )
 def test_json_files_beside_the_weights_that_hold_no_settings_are_refused(ckpt, tmp_path, name, content, words):

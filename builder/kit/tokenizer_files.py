@@ -55,6 +55,42 @@ def check_tokenizer_files(source: Path) -> None:
             )
         if name == "generation_config.json":
             check_generation_config(value, str(path))
+        else:
+            _check_tokenizer_shape(name, value, path)
+
+
+def _is_token(value) -> bool:  # "<s>", or an AddedToken written out: {"content": "<s>", ...}
+    return (
+        value is None or isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("content"), str))
+    )
+
+
+# tokenizer_config.json keys, and the values transformers and onnxruntime-genai's tokenizer take.
+_CONFIG_VALUES = {
+    "model_max_length": ("a number", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
+    "chat_template": ("text, or a list of named templates", lambda v: v is None or isinstance(v, (str, list))),
+    **{
+        key: ('a token: text or {"content": ...}', _is_token)
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+    },
+    **{
+        key: ("true or false", lambda v: v is None or isinstance(v, bool)) for key in ("add_bos_token", "add_eos_token")
+    },
+}
+
+
+def _check_tokenizer_shape(name: str, value: dict, path: Path) -> None:
+    """Refuse what genai's tokenizer cannot load though the JSON parses: the build published it
+    with exit 0 and genai failed at the first prompt, and a rebuild copied it again."""
+    fix = "re-download it, or fix the file"
+    if name == "tokenizer.json" and not isinstance(value.get("model"), dict):
+        raise BuilderError(
+            f'{path} has no "model" object, so it is not a Hugging Face tokenizers file and genai cannot load it; {fix}'
+        )
+    if name == "tokenizer_config.json":
+        for key, (expected, fits) in _CONFIG_VALUES.items():
+            if key in value and not fits(value[key]):
+                raise BuilderError(f"{path}: {key} is {json.dumps(value[key])}, not {expected}; {fix}")
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> tuple[list[str], list[str]]:
