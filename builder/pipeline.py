@@ -272,7 +272,12 @@ def _verify(arch, model_file: Path) -> dict:
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":
         family = type(arch)
-        if family.__module__.split(".")[0] == "architectures":
+        if getattr(getattr(arch, "proj", None), "nonfinite", []):  # transformers' logits carry them too
+            who = (
+                "The checkpoint's weights hold NaN or Inf values (the warning above names them), so neither "
+                "model's logits can be trusted: check the checkpoint."
+            )
+        elif family.__module__.split(".")[0] == "architectures":
             who = "Please report this with the build options."
         else:  # a plugin's family: its author is the one to look
             who = (

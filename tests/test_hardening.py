@@ -350,6 +350,15 @@ def test_nan_and_inf_weights_are_named(ckpt, tmp_path, precision):
     assert any("model.layers.1.mlp.up_proj.weight" in n for n in notes)
 
 
+def test_verify_of_a_checkpoint_with_nan_weights_blames_the_checkpoint(ckpt, tmp_path):
+    """Its logits are NaN in transformers too; --verify asked the user to report a builder bug."""
+    poke(ckpt, "model.layers.1.mlp.up_proj.weight", 70, 0x7FC0)  # NaN
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify")
+    assert_clean_failure(proc, "--verify failed", "weights hold NaN or Inf values", "check the checkpoint", out=out)
+    assert "report" not in proc.stderr.splitlines()[-1]
+
+
 @pytest.mark.parametrize("ep", ["cpu", "webgpu"])
 def test_a_weight_beyond_float16_is_named_once_without_numpy_s_warning(ckpt, tmp_path, ep):
     """A weight beyond float16's range (1e6 here) printed numpy's RuntimeWarning with its source
