@@ -697,6 +697,18 @@ def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_context_past_int32_names_where_it_came_from(ckpt, tmp_path):
+    """A config.json claiming 3e9 positions was told to pass a smaller --context-length that
+    nobody had passed."""
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 3_000_000_000}))
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert_clean_failure(proc, "context length 3000000000 (config.json's max_position_embeddings) is more", out=out)
+    proc = cli("-m", ckpt, "-o", out, "--context-length", "3000000000", "--allow-long-context")
+    assert_clean_failure(proc, "context length 3000000000 (--context-length) is more", out=out)
+
+
 def test_rotary_cache_sized_to_the_context_built(ckpt, tmp_path):
     import onnx
 

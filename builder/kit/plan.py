@@ -447,16 +447,16 @@ def resolve_context_length(options: BuildOptions, spec, target: Target, ropes: l
             "--allow-long-context to build it anyway, or a smaller --context-length"
         )
     context = requested or spec.max_position_embeddings
+    source = "--context-length" if requested else "config.json's max_position_embeddings"
     if context > MAX_CONTEXT:
         raise BuilderError(
-            f"context length {context} is more than GroupQueryAttention's int32 sequence "
+            f"context length {context} ({source}) is more than GroupQueryAttention's int32 sequence "
             f"lengths hold ({MAX_CONTEXT}); pass a smaller --context-length"
         )
     # Every cache the family's blocks read (family.rotary: Gemma 3 has two), each this long.
     need = sum(r.cache_bytes(context, target.io_dtype) for r in ropes)
     available = available_memory_bytes()
     if available is not None and need > available // 2:
-        source = "--context-length" if requested else "config.json's max_position_embeddings"
         raise BuilderError(
             f"context length {context} ({source}) x rotary dim {spec.rope.rotary_dim} (config.json's "
             f"head_dim) needs {need / 2**30:.1f} GiB of rotary cache, more than half the "
