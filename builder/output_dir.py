@@ -42,6 +42,11 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
         return
     if not output.is_dir():
         raise BuilderError(f"output {output} exists and is a file; {other}")
+    if os.path.ismount(output):  # found only at the end, when the finished build's rename failed (EBUSY)
+        raise BuilderError(
+            f"output {output} is a mount point, which a build cannot replace (it renames its finished folder "
+            f"into place); pass a folder inside it, such as {output / 'my-model'}"
+        )
     if not overwrite:
         raise BuilderError(f"output folder {output} already exists; pass --overwrite to replace it or {other}")
     if any(output.iterdir()) and not (output / REPORT_NAME).is_file():
@@ -106,7 +111,10 @@ def output_folder(output: Path) -> Path:
         # build behind at its target, and a staging folder named after the link.
         output = Path(os.path.realpath(output))
     if not output.name or output.name in (".", ".."):
-        raise BuilderError(f"output {str(output)!r} names no folder; pass a folder such as out/my-model to -o/--output")
+        raise BuilderError(
+            f"output {str(output)!r} names no folder of its own (a build replaces its whole output folder); "
+            "pass a new folder such as out/my-model to -o/--output"
+        )
     return output
 
 

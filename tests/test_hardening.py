@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_errors import assert_clean_failure, cli
+from test_errors import ROOT, assert_clean_failure, cli
 
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
@@ -790,8 +793,33 @@ def test_output_folder_cannot_be_created(ckpt, tmp_path, where, fragment):
     assert_clean_failure(proc, "output folder", fragment)
 
 
-def test_output_names_no_folder(ckpt):
-    assert_clean_failure(cli("-m", ckpt, "-o", "/"), "names no folder")
+def test_output_names_no_folder(ckpt, tmp_path):
+    assert_clean_failure(cli("-m", ckpt, "-o", "/"), "names no folder of its own", "such as out/my-model")
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(ckpt), "-o", ".", "--overwrite"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert_clean_failure(proc, "output '.' names no folder of its own (a build replaces its whole output folder)")
+
+
+def test_an_output_that_is_a_mount_point_is_refused_before_building(ckpt, tmp_path, monkeypatch):
+    """The whole build ran, then renaming it over the mount point failed (EBUSY) with a message
+    that did not say why."""
+    from builder import build
+
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == mount or real(p))
+    with pytest.raises(
+        BuilderError, match=r"mnt is a mount point, which a build cannot replace.*such as .*mnt/my-model"
+    ):
+        build(model=str(ckpt), output=str(mount), overwrite=True, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mnt"] and not any(mount.iterdir())
 
 
 def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
