@@ -464,6 +464,14 @@ def test_damaged_json_files_beside_the_weights_are_refused(ckpt, tmp_path, name)
     assert_clean_failure(cli("-m", ckpt, "-o", out), f"{ckpt / name} is not valid JSON", "re-download it", out=out)
 
 
+def test_a_tokenizer_file_that_is_a_folder_is_named(ckpt, tmp_path):
+    """It was skipped, and the build warned that tokenizer.json was not found."""
+    (ckpt / "tokenizer.json").unlink()
+    (ckpt / "tokenizer.json").mkdir()
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), f"{ckpt / 'tokenizer.json'} is not a file", out=out)
+
+
 @pytest.mark.parametrize(
     "name,content,words",
     [

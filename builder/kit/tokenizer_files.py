@@ -34,6 +34,8 @@ def check_tokenizer_files(source: Path) -> None:
     same file again; a generation_config.json of `[1]` was copied while its defaults were dropped."""
     for name in TOKENIZER_FILES:
         path = Path(source) / name
+        if path.exists() and not path.is_file():  # it was skipped, and the build warned it was "not found"
+            raise BuilderError(f"{path} is not a file; put the checkpoint's {name} there, or remove it")
         if not name.endswith(".json") or not path.is_file():
             continue
         what = "sampling defaults" if name == "generation_config.json" else "tokenizer"
