@@ -61,7 +61,7 @@ def plugin_faults_named(family: type) -> Iterator[None]:
     for --debug and for Python callers); the builder's own faults keep their tracebacks."""
     try:
         yield
-    except BuilderError:
+    except (BuilderError, MemoryError, OSError):  # the command line words these itself
         raise
     except Exception as e:
         packages = _plugin_packages(family)
