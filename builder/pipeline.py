@@ -98,6 +98,20 @@ def build(
     architecture name one is registered under, to use instead of the one registered for
     the checkpoint's `architectures`.
     """
+    if options is not None and not isinstance(options, BuildOptions):
+        raise BuilderError(
+            f"build({type(options).__name__}): pass a BuildOptions, or the options as keywords: "
+            "build(model=..., precision=...)"
+        )
+    if options is not None and option_values:  # the keywords were dropped in silence
+        raise BuilderError(
+            f"build(): options given both as a BuildOptions and as keywords ({', '.join(option_values)}); "
+            "use one, e.g. dataclasses.replace(options, ...)"
+        )
+    if family is not None and options is not None and options.family:
+        raise BuilderError(
+            f"build(): family given both as BuildOptions(family={options.family!r}) and as build(family=...); keep one"
+        )
     if isinstance(family, str):
         family = family_named(family, where="build(family=...)")
     elif family is not None and not (isinstance(family, type) and issubclass(family, DecoderBuilder)):

@@ -323,6 +323,56 @@ def test_unknown_option_key_in_python_api(ckpt):
         build(model=str(ckpt), int4_block_size=32)
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"block_size": "32"}, "BuildOptions(block_size='32'): must be an integer"),  # was "'32' is not valid"
+        ({"overwrite": "no"}, "BuildOptions(overwrite='no'): must be True or False"),  # replaced the build
+        ({"verify": "no"}, "BuildOptions(verify='no'): must be True or False"),  # verified
+        ({"precision": None}, "BuildOptions(precision=None): must be text"),  # built fp16
+        ({"max_length": 64.5}, "BuildOptions(max_length=64.5): must be an integer or None"),  # genai refused it
+        ({"ep": None}, "BuildOptions(ep=None): must be text"),  # KeyError
+        ({"int8_layers": "lm_head"}, "BuildOptions(int8_layers='lm_head'): must be a list of names"),  # TypeError
+        ({"target_ort": 1.30}, "(a float drops digits: 1.30 reads 1.3); write '1.30'"),
+    ],
+)
+def test_python_options_of_the_wrong_type_are_named(ckpt, tmp_path, values, message):
+    """BuildOptions set in Python meet no parser: these crashed deep inside, misled, or built
+    something other than asked."""
+    from builder import BuilderError, BuildOptions, build
+
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError) as caught:
+        build(BuildOptions(model=str(ckpt), output=str(out), **values), show_progress=False)
+    assert message in str(caught.value)
+    assert not out.exists()
+
+
+def test_python_paths_and_tuples_mean_what_they_say(ckpt, tmp_path):
+    """A Path output failed after the whole build (its report could not be written), a tuple of
+    patterns in the plan."""
+    from builder import BuildOptions, build
+
+    result = build(BuildOptions(model=ckpt, output=tmp_path / "out", float_layers=("lm_head",)), show_progress=False)
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert result.output == tmp_path / "out" and report["options"]["float_layers"] == ["lm_head"]
+
+
+def test_python_build_takes_its_options_one_way(ckpt, tmp_path):
+    """Keywords beside a BuildOptions, and a second family, were dropped in silence; a dict or a
+    path in place of the options was an AttributeError."""
+    from builder import BuilderError, BuildOptions, build
+
+    options = BuildOptions(model=str(ckpt), output=str(tmp_path / "out"))
+    with pytest.raises(BuilderError, match=r"options given both as a BuildOptions and as keywords \(precision\)"):
+        build(options, precision="fp32")
+    with pytest.raises(BuilderError, match=r"family given both as BuildOptions\(family='Nope'\)"):
+        build(BuildOptions(model=str(ckpt), family="Nope"), family="Qwen3ForCausalLM")
+    with pytest.raises(BuilderError, match=r"build\(dict\): pass a BuildOptions, or the options as keywords"):
+        build({"model": str(ckpt)})
+    assert not (tmp_path / "out").exists()
+
+
 def test_layer_pattern_matching_nothing(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "--int8-layers", "lm_haed")
     assert_clean_failure(proc, "lm_haed", "match no projection", out=tmp_path / "out")

@@ -9,6 +9,7 @@ misspelled or out-of-range option is refused the same way everywhere.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -422,6 +423,7 @@ class BuildOptions:
 
     def validated(self) -> BuildOptions:
         """Check every value; return self so calls can chain."""
+        self._check_types()
         if not self.model:
             raise BuilderError("no model given: pass -m/--model with a local folder or a hub id")
         for f in dataclasses.fields(self):
@@ -486,6 +488,36 @@ class BuildOptions:
         if self.target_ort is not None:
             parse_version(self.target_ort, "--target-ort")
         return self
+
+    def _check_types(self) -> None:
+        """Values set in Python, where no parser converted them: a string block size was refused
+        as "'32' is not valid" while naming 32 as valid, overwrite="no" replaced a build, a Path
+        output failed after the whole build. Paths and tuples are taken as what they mean."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and "None" in kind:
+                continue
+            if isinstance(value, os.PathLike) and f.name in ("model", "output"):
+                setattr(self, f.name, value := os.fspath(value))
+            if isinstance(value, tuple) and kind.startswith("list"):
+                setattr(self, f.name, value := list(value))
+            if kind.startswith("list"):
+                fits, expected = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of names"
+            elif kind.startswith("bool"):
+                fits, expected = isinstance(value, bool), "True or False"
+            elif kind.startswith("int"):
+                fits, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            else:
+                fits, expected = isinstance(value, str), "text"
+            if not fits:
+                hint = ""
+                if f.name == "family" and isinstance(value, type):
+                    hint = "; a class goes to build(..., family=MyBuilder)"
+                elif f.name == "target_ort" and isinstance(value, float):
+                    hint = " (a float drops digits: 1.30 reads 1.3); write '1.30'"
+                raise BuilderError(
+                    f"BuildOptions({f.name}={value!r}): must be {expected}{' or None' if 'None' in kind else ''}{hint}"
+                )
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], where: str = "options") -> BuildOptions:
