@@ -98,9 +98,16 @@ def checkpoint_problem(name: str, path: Path) -> str | None:
 
 
 def ensure_checkpoint(name: str, path: Path) -> dict:
+    from support import synthetic
+
     problem = checkpoint_problem(name, path)
     made = None
     if problem:
+        if path.is_dir() and any(path.iterdir()) and not (path / synthetic.MADE_MARK).is_file():
+            raise SystemExit(
+                f"error: {path}: {problem}, and it holds files scripts/make_checkpoint.py did not write; "
+                "remove it yourself or pass another --checkpoints folder"
+            )
         print(f"[checkpoint] {path}: {problem}; making {name}", flush=True)
         if path.exists():
             shutil.rmtree(path)

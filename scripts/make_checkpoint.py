@@ -38,11 +38,19 @@ def main() -> None:
     )
     args = ap.parse_args()
     # A checkpoint goes into a new or empty folder, or over one this script wrote (its config.json and
-    # shards): never into a file or over a built model's folder.
+    # shards, and MADE_MARK, written first so that an interrupted run can be repeated): never into a
+    # file, a built model's folder or a checkpoint of the user's.
     if args.out_dir.exists() and not args.out_dir.is_dir():
         ap.error(f"{args.out_dir} is a file; pass a folder")
     if (args.out_dir / "build_report.json").exists() or (args.out_dir / "genai_config.json").exists():
         ap.error(f"{args.out_dir} holds a built model; pass another folder")
+    if args.out_dir.is_dir() and any(args.out_dir.iterdir()) and not (args.out_dir / synthetic.MADE_MARK).is_file():
+        # It replaced a user's config.json and weights, and kept their other files beside them.
+        ap.error(
+            f"{args.out_dir} holds files this script did not write (a checkpoint of yours?); pass a new or empty folder"
+        )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / synthetic.MADE_MARK).write_text(f"{args.name} {args.dtype} seed {args.seed}\n")
 
     start = time.perf_counter()
     if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included

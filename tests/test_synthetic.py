@@ -25,7 +25,7 @@ TEXTS = [
 
 
 def _files(d: Path) -> dict[str, bytes]:
-    return {f.name: f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()}
+    return {f.name: f.read_bytes() for f in sorted(d.iterdir()) if f.is_file() and f.name != synthetic.MADE_MARK}
 
 
 def _load(d):
@@ -253,3 +253,42 @@ def test_cli(tmp_path):
     ).stdout
     assert "model.safetensors" in out and "wrote tiny-qwen3" in out
     assert _files(tmp_path) == _files(ROOT / "examples" / "tiny-qwen3")
+    script = [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), "tiny-llama"]
+    again = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True)  # over its own: fine
+    assert again.returncode == 0 and json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_cli_leaves_a_checkpoint_it_did_not_write_alone(tmp_path):
+    """It wrote its config.json and weights over a user's checkpoint, and kept their other files
+    beside them: a folder mixing two models."""
+    import shutil
+
+    mine = tmp_path / "mine"
+    shutil.copytree(ROOT / "examples" / "tiny-qwen3", mine)
+    (mine / "NOTES.md").write_text("my fine-tune")
+    before = _files(mine)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), "tiny-llama", str(mine)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "holds files this script did not write" in run.stderr, run.stderr
+    assert _files(mine) == before
+
+
+def test_bench_builders_does_not_remove_a_checkpoint_of_the_user_s(tmp_path):
+    """Given --checkpoints with a folder of the size's name that was not the real config, it
+    removed the folder (a user's notes with it) to make the random-weight one there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_builders", ROOT / "scripts" / "bench_builders.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import shutil
+
+    mine = tmp_path / "qwen3-0.6b"
+    shutil.copytree(ROOT / "examples" / "tiny-qwen3", mine)
+    (mine / "NOTES.md").write_text("my fine-tune")
+    with pytest.raises(SystemExit, match="holds files scripts/make_checkpoint.py did not write"):
+        bench.ensure_checkpoint("qwen3-0.6b", mine)
+    assert (mine / "NOTES.md").read_text() == "my fine-tune"

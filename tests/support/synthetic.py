@@ -420,6 +420,10 @@ def _qwen3_real(hidden, inter, layers, heads, window_layers) -> dict:
     }
 
 
+# Written by scripts/make_checkpoint.py into each folder it fills: only such a folder (or an empty
+# one) is written over or removed by the scripts, never a checkpoint of the user's.
+MADE_MARK = ".made-by-make_checkpoint"
+
 REAL_CONFIGS: dict[str, dict] = {
     "qwen3-0.6b": _qwen3_real(hidden=1024, inter=3072, layers=28, heads=16, window_layers=28),
     "qwen3-1.7b": _qwen3_real(hidden=2048, inter=6144, layers=28, heads=16, window_layers=28),
