@@ -18,20 +18,32 @@ from builder.arg_parser import ArgumentParser
 from builder.kit.errors import BuilderError
 
 
+def _model_in(folder: Path) -> Path:
+    """The graph of a folder: the one its build report names, else model.onnx, else its one .onnx
+    file, or a transformers.js folder's (in onnx/), as other builders and the hub lay them out."""
+    try:
+        report = json.loads((folder / "build_report.json").read_text())
+    except (OSError, ValueError):
+        report = None
+    files = report.get("files") if isinstance(report, dict) else None
+    named = files.get("model") if isinstance(files, dict) else None
+    if isinstance(named, str):
+        return folder / named
+    if (folder / "model.onnx").is_file():
+        return folder / "model.onnx"
+    for where in (folder, folder / "onnx"):
+        found = sorted(where.glob("*.onnx"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(str(f.relative_to(folder)) for f in found[:4]) + (", ..." if len(found) > 4 else "")
+            raise BuilderError(f"{folder} holds {len(found)} models ({names}); pass the one to inspect")
+    return folder / "model.onnx"
+
+
 def summarize(model_path: Path, layer: int = 0) -> dict:
     if model_path.is_dir():
-        # A transformers.js folder keeps its model in onnx/; the build report names it.
-        try:
-            files = json.loads((model_path / "build_report.json").read_text()).get("files", {})
-        except (OSError, ValueError, AttributeError):
-            files = {}
-        model = model_path / files.get("model", "model.onnx")
-        if not model.is_file() and not files:
-            # A folder of .onnx files itself, such as a transformers.js folder's onnx/ (whose report
-            # is one level up): its one model, or the one named model.onnx.
-            found = sorted(model_path.glob("*.onnx"))
-            model = found[0] if len(found) == 1 else model
-        model_path = model
+        model_path = _model_in(model_path)
     elif model_path.name.endswith((".onnx.data", ".onnx_data")) or ".onnx_data_" in model_path.name:
         raise BuilderError(f"{model_path} holds a model's weights, not its graph; pass the folder or its .onnx file")
     if not model_path.is_file():
@@ -43,9 +55,9 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
     except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
         why = " ".join(str(e).split())  # one line: protobuf's JSON parser reports over several
         why = why if len(why) <= 160 else why[:157] + "..."
+        fix = "truncated or not ONNX: rebuild it" if model_path.suffix == ".onnx" else "not ONNX: pass an .onnx file"
         raise BuilderError(
-            f"{model_path} is not a readable ONNX model ({type(e).__name__}: {why}); the file is "
-            "truncated or not ONNX: rebuild it"
+            f"{model_path} is not a readable ONNX model ({type(e).__name__}: {why}); the file is {fix}"
         ) from None
     if not model.graph.output or not model.opset_import:
         # Protobuf parses an empty file, and a file cut between two fields, as a model that

@@ -997,6 +997,29 @@ def test_inspect_the_data_file_or_a_transformers_js_onnx_folder(built_folder, tm
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
     tjs = build(model=str(ckpt), output=str(tmp_path / "tjs"), format="transformers.js", show_progress=False)
     assert summarize(tjs.output / "onnx")["by_op_type"] == summarize(tjs.output)["by_op_type"]
+    counts = summarize(tjs.output)["by_op_type"]
+    (tjs.output / "build_report.json").unlink()  # as the hub has it: was "model.onnx not found"
+    assert summarize(tjs.output)["by_op_type"] == counts
+
+
+def test_inspect_a_damaged_report_or_a_folder_of_models(built_folder, tmp_path):
+    """A build_report.json with files: [...] or a number for the model was an AttributeError or
+    TypeError traceback; a folder of two models was "model.onnx not found"."""
+    import shutil
+
+    from builder.inspect import summarize
+
+    folder = tmp_path / "out"
+    shutil.copytree(built_folder, folder)
+    counts = summarize(folder)["by_op_type"]
+    for files in (["model.onnx"], {"model": 5}):
+        (folder / "build_report.json").write_text(json.dumps({"files": files}))
+        assert summarize(folder)["by_op_type"] == counts
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a.onnx", "b.onnx"):
+        shutil.copyfile(built_folder / "model.onnx", two / name)
+    assert_clean_failure(plain_cli("inspect", two), "holds 2 models (a.onnx, b.onnx); pass the one to inspect")
 
 
 def test_flags_before_the_command_belong_to_it(built_folder, tmp_path):
