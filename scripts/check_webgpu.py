@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -305,7 +306,23 @@ def main() -> int:
             )
             return 2
         env = swiftshader_env(icd)
-    work = Path(tempfile.mkdtemp())
+    if args.json:  # found unwritable only after the whole run, its rows lost
+        try:
+            Path(args.json).write_text("[]")
+        except OSError as e:
+            print(f"error: --json {args.json}: {e.strerror or e}; pass a file in an existing folder", file=sys.stderr)
+            return 2
+    # Each case's build is kept in here until the run ends (tens of MB a case, GBs in all); a
+    # `timeout` or Ctrl-C removes it too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = Path(tempfile.mkdtemp(prefix="check_webgpu-"))
+    try:
+        return run_cases(args, cases, work, env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_cases(args, cases, work: Path, env) -> int:
     rows = []
     for i, config, precision, extra in cases:
         if args.only and config not in args.only:

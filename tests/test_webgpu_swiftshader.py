@@ -162,3 +162,16 @@ def test_generate_on_onnxruntime_webgpu_127_without_a_driver_says_so_and_exits_2
     assert len(errors) == 1, child.stderr[-2000:]
     assert errors[0].startswith("error: WebGPU found no GPU adapter: install a GPU driver"), errors
     assert errors[0].endswith("(the runtime said: Failed to get a WebGPU adapter: No supported adapters)"), errors
+
+
+def test_the_check_keeps_no_builds_and_checks_its_json_path_first(tmp_path):
+    """Every run left its builds in /tmp (GBs over a session of GPU runs), and a --json in a
+    missing folder failed with a traceback after the whole run."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "TMPDIR": str(tmp_path)}
+    command = [sys.executable, str(CHECK), "--only", "qwen3-moe"]  # refused for webgpu when planned: quick
+    bad = subprocess.run([*command, "--json", str(tmp_path / "no" / "x.json")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "error: --json" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    run = subprocess.run([*command, "--json", str(tmp_path / "x.json")], capture_output=True, text=True, env=env)
+    assert "Qwen3-MoE builds only for -e cpu" in json.loads((tmp_path / "x.json").read_text())[0]["error"], run.stderr
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(("tmp", "check_webgpu-"))]  # mkdtemp's
+    assert (tmp_path / "x.json").is_file() and not left, left
