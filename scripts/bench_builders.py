@@ -731,12 +731,29 @@ def main() -> int:
     ap.add_argument("--render", type=Path, metavar="JSON", help="Only print the tables of a saved results file.")
     args = ap.parse_args()
     if args.render:
-        print(markdown(json.loads(args.render.read_text())))
+        try:
+            saved = json.loads(args.render.read_text())
+            print(markdown(saved))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--render {args.render}: not a results file of this script ({type(e).__name__}: {e})")
         return 0
 
     def sizes(text):
         return [size_name(s) for s in text.split(",") if s.strip()]
 
+    # Checked before the checkpoints are made (GBs, minutes): they failed only once those were there.
+    from support import synthetic
+
+    known = set(synthetic.REAL_CONFIGS) | set(synthetic.REAL_SHAPE_CONFIGS)
+    unknown = [s for s in sizes(args.sizes) if s not in known]
+    if unknown:
+        ap.error(f"--sizes: no checkpoint {unknown[0]}; choose from {', '.join(sorted(known))}")
+    try:
+        prompts = [int(p) for p in args.prompts.split(",")]
+    except ValueError:
+        ap.error(f"--prompts {args.prompts!r}: give token counts such as 128,512")
+    if min(prompts) < 1:
+        ap.error("--prompts: each prompt needs at least 1 token")
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
     run_sizes = [] if args.skip_run else [s for s in sizes(args.run_sizes) if s in build_sizes]
@@ -788,9 +805,7 @@ def main() -> int:
         return {b: d for b, d in dirs[(s, ep)].items() if (Path(d) / "model.onnx").is_file()}
 
     for s in run_sizes:
-        report["runs"] += run_stage(
-            s, usable(s), [int(p) for p in args.prompts.split(",")], args.new_tokens, args.rounds, args.quiet_wait
-        )
+        report["runs"] += run_stage(s, usable(s), prompts, args.new_tokens, args.rounds, args.quiet_wait)
         _save(report, args.json, started)
     builds_by_size = {job["size"]: job for job in report["builds"] if job["ep"] == "cpu"}
     for s in acc_sizes:

@@ -242,10 +242,23 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1 (a median needs one)")
+    if args.prompt < 1 or args.new < 1:
+        parser.error("--prompt and --new must be at least 1 token (a decode speed needs a new token)")
     bad = [m for m in args.models if not m.partition("=")[0] or not m.partition("=")[2]]
     if bad:
         parser.error(f"{bad[0]!r} is not NAME=DIR; pass each model as a name and a built folder, e.g. a=out/tiny")
     models = dict(m.split("=", 1) for m in args.models)
+    for name, folder in models.items():
+        if (Path(folder) / "config.json").is_file() and not (Path(folder) / "genai_config.json").is_file():
+            parser.error(
+                f"{name}={folder} has no genai_config.json (a transformers.js folder or a checkpoint?); "
+                "this benchmark runs genai folders: scripts/bench_transformers_js.mjs times transformers.js ones"
+            )
+    if args.json and not args.child:  # found unwritable only after the run, its results lost
+        try:
+            Path(args.json).write_text("{}")
+        except OSError as e:
+            parser.error(f"--json {args.json}: {e.strerror or e}")
     if args.keep_loaded and args.process_per_run:
         parser.error("--keep-loaded keeps sessions in this process; it cannot go with --process-per-run")
     if args.child:  # one timed run for bench_in_processes: load, a short first run, the timed run

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_genai import bench, markdown  # noqa: E402
 
-from builder import BuildOptions, build  # noqa: E402
+from builder import BuilderError, BuildOptions, build  # noqa: E402
 from builder.inspect import summarize  # noqa: E402
 
 LAYOUTS = {
@@ -69,7 +69,20 @@ def main() -> int:
         "--markdown", metavar="PATH", help="Also write the table (with node counts) here, for docs/packing.md."
     )
     args = parser.parse_args()
+    # Checked before any build: they failed only after every layout was built.
+    if args.rounds < 1 or args.prompt < 1 or args.new < 1:
+        parser.error("--rounds, --prompt and --new must be at least 1")
+    bad = [e for e in args.extra if not all(e.partition("=")[::2])]
+    if bad:
+        parser.error(f"--extra {bad[0]!r} is not NAME=DIR")
+    try:
+        return run(args)
+    except BuilderError as e:  # a bad checkpoint, precision or layout: the builder's one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
+
+def run(args) -> int:
     models, layouts = {}, {}
     for text in args.layout or LAYOUTS[args.ep]:
         out = Path(args.work) / f"{args.ep}-{args.precision}-{text.replace('/', '-')}"

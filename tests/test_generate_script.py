@@ -502,6 +502,48 @@ def test_bench_refuses_a_model_without_a_name():
     assert child.returncode == 2 and "'out/tiny' is not NAME=DIR" in child.stderr.strip().splitlines()[-1]
 
 
+def test_bench_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path):
+    """--new 0 failed each model with genai's max_length message, a --json in a missing folder
+    lost the table to a traceback, and a transformers.js folder was "Error opening ...genai_config.json"."""
+    (tmp_path / "tjs").mkdir()
+    (tmp_path / "tjs" / "config.json").write_text("{}")
+    for models, args, words in [
+        ((), ("--new", "0"), "--prompt and --new must be at least 1 token"),
+        ((), ("--json", str(tmp_path / "no" / "x.json")), "--json"),
+        ((f"t={tmp_path / 'tjs'}",), (), "has no genai_config.json (a transformers.js folder or a checkpoint?)"),
+    ]:
+        child = bench(f"a={cpu_folder}", *models, "--prompt", "8", *args)
+        assert child.returncode == 2 and words in child.stderr.strip().splitlines()[-1], child.stderr
+
+
+@pytest.mark.parametrize(
+    "script_name, args, words",
+    [
+        # after every layout was built: a ValueError, a StatisticsError
+        ("bench_layouts.py", ["--checkpoint", "x", "--extra", "noequals"], "--extra 'noequals' is not NAME=DIR"),
+        ("bench_layouts.py", ["--checkpoint", "x", "--rounds", "0"], "--rounds, --prompt and --new must be at least 1"),
+        # the builder's BuilderError, as a traceback
+        ("bench_layouts.py", ["--checkpoint", "nonexistent"], "error: model folder 'nonexistent' does not exist"),
+        # after GBs of checkpoints were written
+        ("bench_builders.py", ["--prompts", "a,b"], "--prompts 'a,b': give token counts such as 128,512"),
+        ("bench_builders.py", ["--sizes", "99b"], "--sizes: no checkpoint qwen3-99b; choose from"),
+        ("bench_builders.py", ["--render", "nope.json"], "--render nope.json: not a results file of this script"),
+    ],
+)
+def test_bench_scripts_refuse_bad_arguments_first(tmp_path, script_name, args, words):
+    child = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script_name), *args, "--work", str(tmp_path / "work")]
+        + (["--checkpoints", str(tmp_path / "ck")] if script_name == "bench_builders.py" else []),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert child.returncode == 2 and "Traceback" not in child.stderr, child.stderr
+    assert words in child.stderr.strip().splitlines()[-1], child.stderr
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "work").exists()
+
+
 # with_io_types.py and with_session_options.py
 
 
