@@ -11,6 +11,7 @@
 // --batch N sends N copies of the prompt, the last N-1 shortened by a quarter (padded on the left).
 // Prints one line a measurement and a JSON summary (medians of the paired ratios) last.
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -50,6 +51,10 @@ function parse(argv) {
         else {
             const [name, dir] = a.split(/=(.*)/s);
             if (!name || !dir) fail(`${a}: pass NAME=DIR, DIR a folder built with --format transformers.js`);
+            if (fs.existsSync(path.join(dir, 'genai_config.json')) && !fs.existsSync(path.join(dir, 'config.json'))) {
+                fail(`${a}: ${dir} is an onnxruntime-genai folder; this benchmark times --format transformers.js `
+                    + 'folders (scripts/bench_genai.py times genai ones)');
+            }
             args.models.push({ name, dir: path.resolve(dir) });
         }
     }
@@ -103,7 +108,12 @@ async function measure(dir, args) {
 
 const args = parse(process.argv.slice(2));
 if (args.child) {
-    console.log(JSON.stringify(await measure(args.child, args)));
+    try {
+        console.log(JSON.stringify(await measure(args.child, args)));
+    } catch (e) {  // uncaught, Node's last stderr line was its version banner, which the parent quoted
+        console.error(`error: ${String(e?.message ?? e).split('\n')[0]}`);
+        process.exit(1);
+    }
     process.exit(0);
 }
 
@@ -121,7 +131,7 @@ for (let round = 0; round < args.rounds; ++round) {
         ], { encoding: 'utf8', maxBuffer: 1 << 26 });
         const line = child.stdout.trim().split('\n').at(-1);
         if (child.status !== 0 || !line?.startsWith('{')) {
-            const why = (child.stderr.trim().split('\n').filter((l) => l.trim()).at(-1) ?? 'no output').trim();
+            const why = (child.stderr.trim().split('\n').filter((l) => l.trim()).at(-1) ?? 'no output').trim().replace(/^error: /, '');
             fail(`${model.name} (${model.dir}) did not run (exit ${child.status}): ${why}`);
         }
         const row = JSON.parse(line);

@@ -781,3 +781,24 @@ def test_hybrid_configs_name_their_layer_types(tmp_path):
         arch = SimpleNamespace(config=config, io_dtype=np.dtype(np.float32), spec=spec, options=options)
         transformers_js.TransformersJsFolder(arch).write_configs(tmp_path, {})
         assert where(json.loads((tmp_path / "config.json").read_text()))["layer_types"] == list(types_)
+
+
+def test_the_benchmark_says_why_a_folder_did_not_run(built, tmp_path):
+    """Each failed run was reported as "did not run (exit 1): Node.js v20..." (the last line
+    of an uncaught error is Node's banner); a genai folder failed the same way."""
+    node = node_ready()
+    script = str(ROOT / "scripts" / "bench_transformers_js.mjs")
+
+    def bench(folder: Path) -> str:
+        run = subprocess.run(
+            [node, script, f"a={folder}", "--rounds", "1", "--prompt", "4", "--new", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode != 0, run.stdout
+        return run.stderr.strip().splitlines()[-1]
+
+    genai = built("qwen3", precision="fp32").output
+    assert "is an onnxruntime-genai folder; this benchmark times --format transformers.js" in bench(genai)
+    assert f'file was not found locally at "{tmp_path / "nope" / "config.json"}"' in bench(tmp_path / "nope")
