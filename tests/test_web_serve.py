@@ -29,7 +29,7 @@ def fake_build(folder: Path, dtype: str = "q4", **config) -> Path:
     """A stand-in for a --format transformers.js folder: what serve.py and the page read before loading."""
     (folder / "onnx").mkdir(parents=True)
     suffix = {"fp32": "", "q4": "_q4", "q4f16": "_q4f16"}[dtype]
-    (folder / "onnx" / f"model{suffix}.onnx").write_bytes(b"")
+    (folder / "onnx" / f"model{suffix}.onnx").write_bytes(b"not a real graph: serve.py does not parse it")
     body = {"model_type": "qwen3", "vocab_size": 480, "max_position_embeddings": 256, **config}
     body["transformers.js_config"] = {"dtype": dtype, "use_external_data_format": {f"model{suffix}.onnx": 1}}
     (folder / "config.json").write_text(json.dumps(body))
@@ -92,6 +92,13 @@ def test_missing_weights_are_named(tmp_path):
     assert_refused(
         serve(folder), "has no onnx/model_q4.onnx, the q4 weights its config.json names", "fp32", "--overwrite"
     )
+
+
+def test_empty_weights_are_named(tmp_path):
+    """Served, the page failed to load it."""
+    folder = fake_build(tmp_path / "tiny")
+    (folder / "onnx" / "model_q4.onnx").write_bytes(b"")
+    assert_refused(serve(folder), "onnx/model_q4.onnx is empty", "--overwrite")
 
 
 @pytest.mark.parametrize("port", ["99999", "abc", "-1"])

@@ -107,6 +107,9 @@ def check_folder(folder: Path, shown: str | None = None) -> dict:
             f"{shown} has no {expected}, the {dtype} weights its config.json names (it holds "
             f"{', '.join(held)}); rebuild it with {BUILD} --overwrite"
         )
+    empty = [name for name in held.values() if (folder / name).stat().st_size == 0]
+    if empty:  # served, it failed only in the page
+        raise FolderError(f"{shown}/{empty[0]} is empty; rebuild it with {BUILD} --overwrite")
     return built
 
 
