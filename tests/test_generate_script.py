@@ -279,6 +279,16 @@ def test_the_rebuild_keeps_the_family_the_folder_was_built_with(cpu_folder, tmp_
     assert "-p int4 -e cpu --family my_families:Helium -o " in line, line
 
 
+def build_cli(checkpoint: Path, folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+
+
 def test_a_checkpoint_without_a_tokenizer_asks_for_its_files_not_a_rebuild(tmp_path):
     """The build warned that the checkpoint had no tokenizer files; generate.py then called the
     folder damaged and asked for the same rebuild, which copied nothing again."""
@@ -288,13 +298,7 @@ def test_a_checkpoint_without_a_tokenizer_asks_for_its_files_not_a_rebuild(tmp_p
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (checkpoint / name).unlink()
     folder = tmp_path / "out"
-    build = subprocess.run(
-        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    build = build_cli(checkpoint, folder)
     assert build.returncode == 0 and "tokenizer file(s) tokenizer.json, tokenizer_config.json" in build.stderr
     line = assert_refused(generate(folder), str(folder), "no tokenizer.json", "its checkpoint had none to copy")
     assert "rebuild" not in line and f"into {folder}" in line
@@ -311,13 +315,7 @@ def test_a_checkpoint_tokenizer_genai_cannot_load_is_named_not_the_folder(tmp_pa
     tokenizer["added_tokens"] = 7
     (checkpoint / "tokenizer.json").write_text(json.dumps(tokenizer))
     folder = tmp_path / "out"
-    build = subprocess.run(
-        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    build = build_cli(checkpoint, folder)
     assert build.returncode == 0, build.stderr
     line = assert_refused(generate(folder), str(folder), "its tokenizer does not load", f"the checkpoint {checkpoint}")
     assert "fix or re-download them there, then rebuild it with" in line and "damaged" not in line
