@@ -11,7 +11,8 @@ start from a capture build with --int32-inputs off, whose consumers of input_ids
 attention_mask (Gather, GatherBlockQuantized, Cast) take int32 as they are. An uncaptured
 build subtracts an int64 one from the mask's sum, so with an int32 mask it does not load;
 it is refused. fp32 logits get a Cast after the last node. The weights are hard-linked
-(copied across filesystems): onnxruntime refuses external data behind a symlink out of the folder.
+(copied across filesystems): onnxruntime refuses external data behind a symlink out of the folder;
+the other files are copied.
 """
 
 from __future__ import annotations
@@ -46,9 +47,25 @@ def main(argv: list[str]) -> int:
         return 2
     src, dst, changes = Path(argv[0]), Path(argv[1]), set(argv[2:])
     if not (src / "model.onnx").is_file():
-        print(f"error: {src} has no model.onnx; pass a built model folder", file=sys.stderr)
+        tjs = (src / "onnx").is_dir() and (src / "config.json").is_file()
+        what = (
+            "is a --format transformers.js folder; this script rewrites genai folders" if tjs else "has no model.onnx"
+        )
+        print(f"error: {src} {what}; pass a built model folder", file=sys.stderr)
         return 2
-    model = onnx.load(src / "model.onnx", load_external_data=False)
+    # DST replaced the source given twice (it had this script's mark), or was made inside it.
+    real_src, real_dst = src.resolve(), dst.resolve()
+    if real_dst == real_src or real_src in real_dst.parents or real_dst in real_src.parents:
+        print(f"error: {dst} is {src}, or inside it or around it; pass a folder beside it for DST", file=sys.stderr)
+        return 2
+    try:
+        model = onnx.load(src / "model.onnx", load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError: not a model
+        print(
+            f"error: {src / 'model.onnx'} is not a readable ONNX model ({type(e).__name__}); rebuild it",
+            file=sys.stderr,
+        )
+        return 2
     types = {value.name: value.type.tensor_type.elem_type for value in model.graph.input}
     for name in ("input_ids", "attention_mask"):
         if f"{name}=int32" in changes and types.get(name) != TensorProto.INT64:
@@ -74,11 +91,17 @@ def main(argv: list[str]) -> int:
     dst.mkdir(parents=True)
     (dst / MARK).write_text(f"{src.resolve()}\n")
     for item in src.iterdir():
-        if item.name not in ("model.onnx", MARK):
+        if item.name in ("model.onnx", MARK) or not item.is_file():
+            continue
+        # The weights are linked (to what a symlinked source points at: onnxruntime refuses a link out
+        # of the folder); the rest is copied, so an edit of the copy's genai_config.json stays there.
+        if item.name.endswith((".data", "_data")):
             try:
-                os.link(item, dst / item.name)
+                os.link(item.resolve(), dst / item.name)
+                continue
             except OSError:
-                shutil.copy2(item, dst / item.name)
+                pass
+        shutil.copy2(item.resolve(), dst / item.name)
     for value in model.graph.input:
         if f"{value.name}=int32" in changes:
             value.type.tensor_type.elem_type = TensorProto.INT32

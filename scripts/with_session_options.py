@@ -26,9 +26,26 @@ def _refusal(pair: str) -> str | None:
         return f"{pair!r} is not KEY=VALUE; pass e.g. intra_op_num_threads=0 (VALUE - removes the key)"
     if key.startswith(("provider.", "search.")) and not key.split(".", 1)[1]:
         return f"{pair!r} names no key after {key!r}; pass e.g. provider.enableGraphCapture=0 or search.max_length=1024"
-    if key.startswith("search.") and _search_value(value) is None:
-        return f"{pair!r}: {key} takes a number or true/false, e.g. search.max_length=1024"
+    if value == "-":
+        return None
+    if key.startswith("search."):
+        kind = SEARCH_TYPES.get(key.split(".", 1)[1], (int, float, bool))
+        found = _search_value(value)
+        if found is None or not isinstance(found, kind) or (bool not in kind and isinstance(found, bool)):
+            wanted = "true or false" if kind == (bool,) else "an integer" if kind == (int,) else "a number"
+            return f"{pair!r}: {key} takes {wanted}, e.g. search.max_length=1024"
+    elif key in INTEGER_OPTIONS and not value.lstrip("-").isdigit():
+        return f"{pair!r}: {key} takes an integer"  # written as text, genai refused the whole file
     return None
+
+
+# genai_config.json's search entries genai reads, and their JSON types (genai refuses the file otherwise).
+SEARCH_TYPES = {
+    **{k: (int,) for k in ("max_length", "min_length", "num_beams", "num_return_sequences", "top_k", "batch_size")},
+    **{k: (int, float) for k in ("temperature", "top_p", "repetition_penalty", "length_penalty", "diversity_penalty")},
+    **{k: (bool,) for k in ("do_sample", "early_stopping", "past_present_share_buffer")},
+}
+INTEGER_OPTIONS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level")
 
 
 def _search_value(text: str) -> int | float | bool | None:
@@ -54,10 +71,23 @@ def main(argv: list[str]) -> int:
             return 2
     src, dst = Path(argv[0]).resolve(), Path(argv[1])
     if not (src / "genai_config.json").is_file():
-        print(f"error: {src} has no genai_config.json; pass a built model folder", file=sys.stderr)
+        tjs = (src / "onnx").is_dir() and (src / "config.json").is_file()
+        what = (
+            "is a --format transformers.js folder; this script rewrites genai folders"
+            if tjs
+            else "has no genai_config.json"
+        )
+        print(f"error: {src} {what}; pass a built model folder", file=sys.stderr)
         return 2
-    config = json.loads((src / "genai_config.json").read_text())
-    options = config["model"]["decoder"].setdefault("session_options", {})
+    try:
+        config = json.loads((src / "genai_config.json").read_text())
+        options = config["model"]["decoder"].setdefault("session_options", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        print(
+            f"error: {src / 'genai_config.json'} is not a genai config ({type(e).__name__}: {e}); rebuild it",
+            file=sys.stderr,
+        )
+        return 2
     if any(p.startswith("provider.") for p in argv[2:]) and not options.get("provider_options"):
         print(
             f"error: {src} runs on the CPU provider, which has no provider options to set; "
@@ -67,8 +97,19 @@ def main(argv: list[str]) -> int:
         return 2
     # It writes DST's genai_config.json: never the source's (it edited it in place), nor that of a
     # folder it did not make.
-    if dst.resolve() == src or (dst.is_dir() and any(dst.iterdir()) and not (dst / MARK).is_file()):
-        print(f"error: {dst} is the source or a folder this script did not make; pass a new folder", file=sys.stderr)
+    real = dst.resolve()
+    if real == src or src in real.parents or real in src.parents:  # inside: a link loop in the source
+        print(f"error: {dst} is {src}, or inside it or around it; pass a new folder beside it", file=sys.stderr)
+        return 2
+    if dst.exists() and not dst.is_dir():
+        print(f"error: {dst} is a file; pass a new folder", file=sys.stderr)
+        return 2
+    if dst.is_dir() and any(dst.iterdir()) and not (dst / MARK).is_file():
+        print(f"error: {dst} is a folder this script did not make; pass a new folder", file=sys.stderr)
+        return 2
+    made_from = (dst / MARK).read_text().strip() if (dst / MARK).is_file() else str(src)
+    if made_from != str(src):  # its links would keep the other build's graph under this one's config
+        print(f"error: {dst} was made from {made_from}, not {src}; pass a new folder", file=sys.stderr)
         return 2
     dst.mkdir(parents=True, exist_ok=True)
     (dst / MARK).write_text(f"{src}\n")
@@ -80,11 +121,15 @@ def main(argv: list[str]) -> int:
         key, _, value = pair.partition("=")
         if key.startswith(("provider.", "search.")):
             section, key = key.split(".", 1)
-            if section == "search":
-                config.setdefault("search", {})[key] = _search_value(value)
+            table = (
+                config.setdefault("search", {})
+                if section == "search"
+                else next(iter(options["provider_options"][0].values()))
+            )
+            if value == "-":
+                table.pop(key, None)
             else:
-                provider = options["provider_options"][0]
-                next(iter(provider.values()))[key] = value
+                table[key] = _search_value(value) if section == "search" else value
             continue
         if value == "-":
             options.pop(key, None)

@@ -617,3 +617,30 @@ def test_no_shader_f16_without_a_build_report_still_says_what_to_change(tmp_path
         in message
     )
     assert message.count("rebuild it with") == 1
+
+
+def test_variant_scripts_refuse_what_would_damage_a_folder(built, cpu_folder, tmp_path):
+    """with_io_types.py given its own copy twice removed it all but model.onnx (exit 0), and made
+    a folder inside its source; with_session_options.py mixed two builds in one folder and wrote
+    values genai refuses; both hard-linked or symlinked genai_config.json, so an edit of the copy
+    changed the source."""
+    i64 = built("qwen3", precision="int4", ep="webgpu", int32_inputs="off").output
+    copy = tmp_path / "copy"
+    assert script("with_io_types.py", i64, copy, "input_ids=int32").returncode == 0
+    assert (copy / "genai_config.json").stat().st_nlink == 1 and (copy / "model.onnx.data").stat().st_nlink > 1
+    assert_refused(script("with_io_types.py", copy, copy, "logits=fp32"), "or inside it or around it")
+    assert (copy / "genai_config.json").is_file() and (copy / "model.onnx.data").is_file()
+    assert_refused(script("with_io_types.py", i64, i64 / "sub", "input_ids=int32"), "or inside it or around it")
+    assert not (i64 / "sub").exists()
+
+    variant = tmp_path / "variant"
+    for change, words in [
+        ("intra_op_num_threads=abc", "intra_op_num_threads takes an integer"),
+        ("search.max_length=true", "search.max_length takes an integer"),
+    ]:
+        assert_refused(script("with_session_options.py", cpu_folder, variant, change), words)
+    assert script("with_session_options.py", cpu_folder, variant, "search.max_length=64").returncode == 0
+    other = built("qwen3", precision="fp32").output
+    assert_refused(script("with_session_options.py", other, variant, "intra_op_num_threads=1"), "was made from")
+    assert script("with_session_options.py", cpu_folder, variant, "search.max_length=-").returncode == 0
+    assert "max_length" not in json.loads((variant / "genai_config.json").read_text()).get("search", {})
