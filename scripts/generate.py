@@ -63,6 +63,12 @@ def _ngram_size(text: str) -> int:
 def _non_empty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("is empty; pass some text to continue, e.g. --prompt 'Hello'")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes the locale could not decode: the tokenizer's TypeError traceback
+        byte = ord(text[e.start]) - 0xDC00 if 0xDC80 <= ord(text[e.start]) <= 0xDCFF else None
+        shown = f"byte {byte:#04x}" if byte is not None else repr(text[e.start])
+        raise argparse.ArgumentTypeError(f"is not UTF-8 text ({shown} at character {e.start}); pass UTF-8") from None
     return text
 
 
@@ -532,8 +538,14 @@ def generate(args) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="A folder built by python -m builder.")
-    parser.add_argument("--prompt", type=_non_empty, default="Hello")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=16, metavar="N")
+    parser.add_argument("--prompt", type=_non_empty, default="Hello", help="Text to continue (default: %(default)s).")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="Tokens to generate (default: %(default)s).",
+    )
     parser.add_argument(
         "--provider",
         choices=EPS,

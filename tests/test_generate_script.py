@@ -112,6 +112,18 @@ def test_empty_prompt_is_refused(cpu_folder):
     assert_refused(generate(cpu_folder, "--prompt", ""), "--prompt", "empty")
 
 
+def test_a_prompt_that_is_not_utf8_is_refused(cpu_folder):
+    """Bytes the locale could not decode reached the tokenizer as surrogates: a TypeError traceback."""
+    child = subprocess.run(
+        [sys.executable.encode(), str(SCRIPT).encode(), str(cpu_folder).encode(), b"--prompt", b"caf\xe9"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert child.returncode == 2 and b"Traceback" not in child.stderr, child.stderr
+    assert b"argument --prompt: is not UTF-8 text (byte 0xe9 at character 3)" in child.stderr, child.stderr
+
+
 def test_malformed_genai_config_names_the_file(tmp_path):
     (tmp_path / "genai_config.json").write_text('{"model": ')
     line = assert_refused(generate(tmp_path), str(tmp_path / "genai_config.json"), "JSON", "rebuild")
