@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from builder.arg_parser import ArgumentParser
 from builder.batch_exec import Executor, LocalExecutor, Stop
@@ -31,6 +32,7 @@ from builder.batch_schema import Batch, load_batch
 from builder.batch_summary import markdown, size_text, summary, summary_paths, table, write_summary
 from builder.kit.errors import BuilderError
 from builder.kit.progress import Progress, end_line
+from builder.output_dir import remove_stale_staging
 
 MEMORY_NOTE = (
     "Memory per job, measured on a 2-core machine: tiny-qwen3 0.06 GB (0.45 GB with verify, which loads torch). "
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         for job in batch.jobs:
             if job.action == "skip":
                 job.result = skipped_result(job.options)
+                if isinstance(executor, LocalExecutor):  # a build killed (SIGKILL) left it, and none comes next
+                    remove_stale_staging(Path(job.options.output))
                 print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
         console = Console(stop, quiet=args.quiet)
 

@@ -133,7 +133,7 @@ def summary_paths(given: str | None, batch: Batch) -> tuple[Path, Path]:
         folder, json_path = batch.output_root, batch.output_root / f"{stem}-summary.json"
     else:
         path = Path(given).expanduser().absolute()
-        if path.suffix == ".json" and not path.is_dir():
+        if path.suffix.lower() == ".json" and not path.is_dir():
             folder, json_path = path.parent, path
         elif path.exists() and not path.is_dir():
             raise BuilderError(

@@ -36,7 +36,7 @@ hold_signals_after_publish = False
 def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> None:
     """Refuse an output the build would not replace. in_batch: worded for a batch job, whose
     folder comes from its output: key and which always replaces what it built."""
-    other = "give the job another output:" if in_batch else "choose another -o/--output"
+    other = "give the job another output folder" if in_batch else "choose another -o/--output"
     replacing = "a build replaces" if in_batch else "--overwrite replaces"
     if not output.exists():
         return
@@ -232,7 +232,8 @@ def refuse_a_second_writer(output: Path) -> None:
     busy = [pid for staging, pid in staging_folders(output) if _lock_state(staging) == "held"]
     if busy:
         raise BuilderError(
-            f"another build (pid {busy[0]}) is writing {output} now; wait for it to finish, or pass another -o/--output"
+            f"another build (pid {busy[0]}) is writing {output} now; wait for it to finish, or build into "
+            "another folder"
         )
 
 

@@ -349,7 +349,7 @@ def test_a_missing_model_or_a_taken_output_is_refused_before_any_build(tmp_path,
     err = capsys.readouterr().err
     assert "outputs the builds would refuse (nothing was built)" in err
     assert f"foreign: output folder {foreign} exists and was not made by this builder" in err
-    assert f"afile: output {tmp_path / 'out' / 'afile'} exists and is a file; give the job another output:" in err
+    assert f"afile: output {tmp_path / 'out' / 'afile'} exists and is a file; give the job another output folder" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["afile", "foreign"]
     assert (foreign / "notes.txt").read_text() == "mine"
 
@@ -626,6 +626,29 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     assert job["status"] == "built" and job["reason"] == "model.onnx.data is missing"
     assert (out / "model.onnx.data").read_bytes() == data
     assert leftovers(tmp_path / "out") == []
+
+
+def test_a_skipped_job_sweeps_the_staging_folder_a_killed_build_left(tmp_path, capsys):
+    """A build killed with SIGKILL leaves its staging folder (the model's size); only the next
+    build of that output removed it, and a rerun that finds the output up to date builds none."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "k.yaml", ONE_JOB)
+    assert batch(path) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "out" / f".builder-staging-a-{dead.stdout.strip()}-0123abcd"
+    stale.mkdir()
+    (stale / "model.onnx.data").write_bytes(b"\0" * 1000)
+    assert batch(path) == 0
+    assert "skipped a: up to date" in capsys.readouterr().out and not stale.exists()
+
+
+def test_a_summary_name_ending_in_json_in_capitals_is_a_file(tmp_path):
+    """--summary S/Report.JSON made a folder of that name."""
+    path = write(tmp_path / "k.yaml", ONE_JOB)
+    assert batch(path, "--summary", str(tmp_path / "S" / "Report.JSON")) == 0
+    assert (tmp_path / "S" / "Report.JSON").is_file() and (tmp_path / "S" / "Report.md").is_file()
 
 
 def test_another_family_for_the_architecture_rebuilds(tmp_path, monkeypatch):
