@@ -168,6 +168,14 @@ class Console:
             if err:
                 self._write(sys.stderr, lambda: print(err, file=sys.stderr, flush=True))
 
+    def warn(self, job: str, message: str) -> None:
+        """A build's warning on stderr, named by its job, after clearing the status line (the
+        warning was printed onto it)."""
+        with self.lock:
+            if self.progress.tty:
+                self._write(sys.stdout, lambda: (sys.stdout.write("\r\033[K"), sys.stdout.flush()))
+            self._write(sys.stderr, lambda: print(f"warning: {job}: {message}", file=sys.stderr, flush=True))
+
     def started(self, name: str) -> None:
         with self.lock:
             self.running[name] = time.perf_counter()
@@ -283,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 line = f"{tag[id(job)]} {r['status']:7} {job.name} after {r['seconds']:.1f} s: {r['error']}"
+            for warning in r.get("warnings") or []:
+                console.warn(job.name, warning)
             console.say(line, err=r.get("traceback") if args.debug else None)
 
         try:

@@ -12,7 +12,9 @@ executor retries it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
 import shutil
 import signal
@@ -55,10 +57,15 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
     from builder.pipeline import build, peak_rss_bytes
 
     result: dict[str, Any] = {"status": "failed", "node": socket.gethostname(), "pid": os.getpid()}
+    # The build's warnings go back with its result, for the batch to print under the job's name
+    # and keep in the summary: written here, they ran into the batch's status line, named no job,
+    # and were in no summary.
+    captured = io.StringIO()
     try:
         _set_threads(threads)
         _pause_hook(Path(options["output"]))
-        report = build(BuildOptions(**options), show_progress=False).report
+        with contextlib.redirect_stderr(captured):
+            report = build(BuildOptions(**options), show_progress=False).report
         result.update(report_fields(report), status="built")
     except (BuildInterrupted, KeyboardInterrupt):
         result.update(status="interrupted", error="interrupted; its partial output was removed")
@@ -68,6 +75,11 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
     result["peak_rss_bytes"] = peak_rss_bytes()
+    lines = captured.getvalue().splitlines()
+    result["warnings"] = [line.removeprefix("warning: ") for line in lines if line.startswith("warning: ")]
+    other = [line for line in lines if not line.startswith("warning: ")]
+    if other:
+        print("\n".join(other), file=sys.stderr, flush=True)
     return result
 
 

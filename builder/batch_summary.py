@@ -85,6 +85,9 @@ def markdown(batch: Batch, with_node: bool = False) -> str:
         row = _row(job, with_node)
         row[-1] = job.result.get("error") or job.reason
         lines.append("| " + " | ".join(cell(c) for c in row) + " |")
+    warned = [(job.name, w) for job in batch.jobs for w in job.result.get("warnings") or []]
+    if warned:
+        lines += ["", "Warnings:", ""] + [f"- {name}: {cell(w)}" for name, w in warned]
     return "\n".join(lines) + "\n"
 
 

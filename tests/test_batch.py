@@ -644,6 +644,20 @@ def test_a_skipped_job_sweeps_the_staging_folder_a_killed_build_left(tmp_path, c
     assert "skipped a: up to date" in capsys.readouterr().out and not stale.exists()
 
 
+def test_a_build_s_warnings_name_their_job_and_are_in_the_summary(tmp_path, capsys):
+    """They were printed by the build's process onto the batch's status line, named no job, and
+    were in neither summary file."""
+    path = write(
+        tmp_path / "w.yaml",
+        f"output_root: out\njobs:\n  - {{model: {TINY}, precision: fp32, block-size: 64, output: f}}\n",
+    )
+    assert batch(path) == 0
+    warning = "-p fp32 stores float weights: --block-size 64 had no effect on this build"
+    assert f"warning: f: {warning}" in capsys.readouterr().err
+    assert summary(tmp_path / "out", "w")["by_name"]["f"]["warnings"] == [warning]
+    assert f"- f: {warning}" in (tmp_path / "out" / "w-summary.md").read_text()
+
+
 def test_a_summary_name_ending_in_json_in_capitals_is_a_file(tmp_path):
     """--summary S/Report.JSON made a folder of that name."""
     path = write(tmp_path / "k.yaml", ONE_JOB)
