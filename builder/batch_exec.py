@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.kit.errors import BuilderError, BuildInterrupted
-from builder.output_dir import remove_stale_staging, staging_folders
+from builder.output_dir import REPORT_NAME, remove_stale_staging, staging_folders
 
 # Test hook: while the folder $BUILDER_TEST_PAUSE_DIR exists, a job pauses
 # $BUILDER_TEST_PAUSE_BEFORE_PUBLISH seconds just before publishing its output
@@ -74,6 +74,11 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
     except Exception as e:  # a builder bug: keep the traceback for the JSON summary
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
+    if result["status"] != "built" and (Path(options["output"]) / REPORT_NAME).is_file():
+        # A rebuild that failed leaves the earlier build in place: say so, or it passes for this job's.
+        result["error"] = (
+            f"{result.get('error', 'failed')}; {options['output']} still holds an earlier build, not this job's"
+        )
     result["peak_rss_bytes"] = peak_rss_bytes()
     lines = captured.getvalue().splitlines()
     result["warnings"] = [line.removeprefix("warning: ") for line in lines if line.startswith("warning: ")]

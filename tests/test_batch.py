@@ -658,6 +658,21 @@ def test_a_build_s_warnings_name_their_job_and_are_in_the_summary(tmp_path, caps
     assert f"- f: {warning}" in (tmp_path / "out" / "w-summary.md").read_text()
 
 
+def test_a_failed_rebuild_says_the_output_is_an_earlier_build(tmp_path):
+    """The row said only that the job failed, over a folder that still held the build before it."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(TINY, ckpt)
+    path = write(tmp_path / "r.yaml", f"output_root: out\njobs:\n  - {{model: {ckpt}, output: a}}\n")
+    assert batch(path) == 0
+    (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:1000])  # cut short
+    assert batch(path, "--force") == 1
+    job = summary(tmp_path / "out", "r")["by_name"]["a"]
+    assert job["status"] == "failed"
+    assert job["error"].endswith(f"; {tmp_path / 'out' / 'a'} still holds an earlier build, not this job's")
+
+
 def test_a_summary_name_ending_in_json_in_capitals_is_a_file(tmp_path):
     """--summary S/Report.JSON made a folder of that name."""
     path = write(tmp_path / "k.yaml", ONE_JOB)
