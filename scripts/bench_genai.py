@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -255,10 +256,9 @@ def main() -> int:
                 "this benchmark runs genai folders: scripts/bench_transformers_js.mjs times transformers.js ones"
             )
     if args.json and not args.child:  # found unwritable only after the run, its results lost
-        try:
-            Path(args.json).write_text("{}")
-        except OSError as e:
-            parser.error(f"--json {args.json}: {e.strerror or e}")
+        folder = Path(args.json).absolute().parent  # checked, not written: an earlier file stays until the end
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(args.json).is_dir():
+            parser.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
     if args.keep_loaded and args.process_per_run:
         parser.error("--keep-loaded keeps sessions in this process; it cannot go with --process-per-run")
     if args.child:  # one timed run for bench_in_processes: load, a short first run, the timed run
