@@ -193,7 +193,8 @@ def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:
 def damaged_file(output: Path, report: dict) -> str | None:
     """What is wrong with the files of a finished output, or None when they are as its
     report recorded them: the model and its external data files at the sizes in the
-    report's sizes, the config the runtime reads (complete JSON), the tokenizer files."""
+    report's sizes and (reports that record them) modification times, the config the runtime
+    reads (complete JSON), the tokenizer files."""
     files = report.get("files") or {}
     model = files.get("model") or "model.onnx"
     data = files.get("data") or []
@@ -207,6 +208,11 @@ def damaged_file(output: Path, report: dict) -> str | None:
         size = path.stat().st_size
         if recorded is not None and size != recorded:
             return f"{name} has {size} bytes, {REPORT_NAME} records {recorded}"
+    times = files.get("mtime_ns") if isinstance(files.get("mtime_ns"), dict) else {}
+    for name in weights:
+        recorded = times.get(name)
+        if recorded is not None and (output / name).stat().st_mtime_ns != recorded:
+            return f"{name} was written after its build (its modification time is not the one {REPORT_NAME} records)"
     total = sizes.get("total_bytes")
     if total is not None and sum((output / name).stat().st_size for name in weights) != total:
         return f"the model files do not add up to the {total} bytes {REPORT_NAME} records"

@@ -369,7 +369,13 @@ def make_report(
             "context_length": plan.context_length,
         },
         "format": layout.describe(),
-        "files": {"model": layout.model_file, "data": layout.data_files(folder)},
+        # The model files' modification times: a batch rerun tells a file rewritten in place at the
+        # same size (a copy cut short and padded, an edit) from the one this build wrote.
+        "files": {
+            "model": layout.model_file,
+            "data": layout.data_files(folder),
+            "mtime_ns": {name: (folder / name).stat().st_mtime_ns for name in files},
+        },
         "layout": plan.layout.describe(),
         "nodes": {"total": sum(counts.values()), "by_op_type": counts},
         "sizes": {**{f"{k}_bytes": v for k, v in sizes.items()}, "total_bytes": sum(sizes.values())},

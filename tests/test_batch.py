@@ -600,13 +600,20 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
             "tokenizer.json is unreadable or cut short",
         ),
         "model gone": (lambda: (out / "model.onnx").unlink(), "model.onnx is missing"),
+        # same size, other bytes: was up to date (only sizes were compared)
+        "data rewritten in place": (
+            lambda: (out / "model.onnx.data").write_bytes(bytes(len(data))),
+            "model.onnx.data was written after its build",
+        ),
     }
     kept = {f: (out / f).read_bytes() for f in ("model.onnx", "genai_config.json", "tokenizer.json")}
+    times = {f: (out / f).stat().st_mtime_ns for f in ("model.onnx.data", *kept)}
     for damage, (apply, reason) in damages.items():
         apply()
         assert (rebuild_reason(options) or "").startswith(reason), damage
         for name, content in {"model.onnx.data": data, **kept}.items():
             (out / name).write_bytes(content)
+            os.utime(out / name, ns=(times[name], times[name]))  # as a copy that keeps times (cp -p)
         assert rebuild_reason(options) is None, damage
     edited = json.loads(kept["genai_config.json"])
     edited["search"]["max_length"] = 64  # a hand edit the runtime reads: kept, not rebuilt over

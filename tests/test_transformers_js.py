@@ -99,7 +99,14 @@ def test_folder_layout_and_config(built):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen3"
     assert config["transformers.js_config"] == {"dtype": "q4", "use_external_data_format": {"model_q4.onnx": 1}}
-    assert result.report["files"] == {"model": "onnx/model_q4.onnx", "data": ["onnx/model_q4.onnx_data"]}
+    files = result.report["files"]
+    assert {k: files[k] for k in ("model", "data")} == {
+        "model": "onnx/model_q4.onnx",
+        "data": ["onnx/model_q4.onnx_data"],
+    }
+    assert files["mtime_ns"] == {
+        name: (out / name).stat().st_mtime_ns for name in ("onnx/model_q4.onnx", *files["data"])
+    }
 
 
 @pytest.mark.parametrize(
