@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from builder.arg_parser import ArgumentParser
-from builder.batch_exec import Executor, LocalExecutor, Stop
+from builder.batch_exec import STOP_SIGNALS, Executor, LocalExecutor, Stop
 from builder.batch_jobs import Job
+from builder.batch_lock import SummaryLock
 from builder.batch_outputs import check_hub_models, check_output_root, check_outputs
 from builder.batch_resume import rebuild_reason, skipped_result
 from builder.batch_schema import Batch, load_batch
@@ -59,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "every 30 s) names them with their time so far. Exit code 1 if any job failed or "
         "the summary could not be written, 2 if the file is invalid or an output or summary "
         "folder cannot be written (then nothing is built), 130/143/129 after "
-        "SIGINT/SIGTERM/SIGHUP (running builds are stopped, their partial outputs removed, "
-        "and the summary marks them interrupted).",
+        "SIGINT/SIGTERM/SIGHUP, 141 when stdout is closed (`| head`) (running builds are stopped, "
+        "their partial outputs removed, and the summary marks them interrupted; before any build "
+        "starts, nothing is written). A second run with the same summary file while one runs is "
+        "refused (exit 2).",
         epilog=MEMORY_NOTE + " Example: python -m builder batch configs/qwen3-family-int4.yaml --jobs 2",
     )
     parser.add_argument("file", metavar="FILE.yaml", help="Batch file (see configs/ for examples).")
@@ -204,11 +207,13 @@ class Console:
         try:
             write()
         except OSError as e:
-            if isinstance(e, BrokenPipeError) and threading.current_thread() is threading.main_thread():
-                if self.stop is None or self.stop.signum is None:
-                    raise  # `batch ... | head`: stop as a Unix tool does (cli.broken_pipe)
             self._gone.add(stream)
             _to_devnull(stream)
+            if isinstance(e, BrokenPipeError) and stream is sys.stdout and self.stop is not None:
+                # `batch ... | head`: a Unix tool stops when its reader goes. Raising here left the
+                # running builds to finish unseen and wrote no summary; stopping as for a signal
+                # removes their partial outputs and records the run.
+                self.stop.request(signal.SIGPIPE)
 
 
 def _to_devnull(stream) -> None:
@@ -224,8 +229,48 @@ def _to_devnull(stream) -> None:
         pass  # not a real file (captured output): nothing to flush at exit
 
 
+class _Checking:
+    """While the batch reads its file and checks its jobs (which can mean hashing weights or asking
+    the hub), SIGINT, SIGTERM and SIGHUP end it at once, with one line and 128 + the signal:
+    nothing has been built or written yet, so there is nothing to stop and no summary to write."""
+
+    class Interrupted(BaseException):  # as KeyboardInterrupt: no `except Exception` on the way takes it
+        def __init__(self, signum: int):
+            self.signum = signum
+
+    def __enter__(self) -> _Checking:
+        self._previous = {sig: signal.signal(sig, self._raise) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise _Checking.Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with _Checking():
+            plan = _check(args)
+    except _Checking.Interrupted as e:
+        end_line()
+        print(
+            f"error: interrupted ({signal.Signals(e.signum).name}) while checking the jobs; nothing was built "
+            "and no summary written",
+            file=sys.stderr,
+        )
+        return 128 + e.signum
+    if plan is None:  # --dry-run
+        return 0
+    return _run(args, *plan)
+
+
+def _check(args: argparse.Namespace):
+    """The file, the outputs and what each job would do; None for --dry-run, which stops here."""
     if args.jobs < 1:
         raise BuilderError(f"--jobs: {args.jobs} must be at least 1")
     batch = load_batch(args.file, args.output_root, args.executor)
@@ -252,13 +297,18 @@ def main(argv: list[str] | None = None) -> int:
             o = job.options
             reason = job.reason + ("; downloads it: not in the Hugging Face cache" if o.model in downloads else "")
             print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {reason})")
-        return 0
+        return None
+    return batch, to_build, tag, summary_json, summary_md
 
+
+def _run(
+    args: argparse.Namespace, batch: Batch, to_build: list, tag: dict, summary_json: Path, summary_md: Path
+) -> int:
     # From here a signal stops the builds and the summary is still written. Also while a Ray
     # executor starts and probes its nodes: a KeyboardInterrupt inside ray.init or ray.get
     # ended in a segfault at ray.shutdown and left Ray's agents running; now the signal is
     # noted, the setup finishes, and no job starts (or the batch quits if it hangs: Stop).
-    with Stop() as stop:
+    with SummaryLock(summary_json), Stop() as stop:
         stop.starting = True
         # Nothing to build: no executor to start (a Ray one takes seconds to join).
         executor = make_executor(args, batch) if to_build else LocalExecutor(1)
@@ -268,13 +318,13 @@ def main(argv: list[str] | None = None) -> int:
             executor.close()
             raise
         stop.starting = False
+        console = Console(stop, quiet=args.quiet)
         for job in batch.jobs:
             if job.action == "skip":
                 job.result = skipped_result(job.options)
                 if isinstance(executor, LocalExecutor):  # a build killed (SIGKILL) left it, and none comes next
                     remove_stale_staging(Path(job.options.output))
-                print(f"{tag[id(job)]} skipped {job.name}: up to date", flush=True)
-        console = Console(stop, quiet=args.quiet)
+                console.say(f"{tag[id(job)]} skipped {job.name}: up to date")
 
         def on_start(job: Job) -> None:
             o = job.options
@@ -326,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if unwritten:
             console.say(None, err=f"error: {unwritten}")
+        elif stop.signum == signal.SIGPIPE:  # the lines above went nowhere
+            console.say(
+                None,
+                err=f"error: stdout was closed, so the batch stopped as for a signal: {counts['built']} built, "
+                f"{counts['interrupted']} interrupted (partial outputs removed); summary: {summary_json}",
+            )
     if stop.signum:
         return stop.exit_code
     return 1 if counts["failed"] or unwritten else 0

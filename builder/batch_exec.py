@@ -179,6 +179,11 @@ class Stop:
         os.close(self._read)
         os.close(self._write)
 
+    def request(self, signum: int) -> None:
+        """Stop the batch as signal `signum` would, from the batch's own code: the reader of its
+        stdout went away (SIGPIPE, `batch ... | head`)."""
+        self._handle(signum, None)
+
     def _handle(self, signum, frame) -> None:
         if self.starting and self.signum is None:
             print(

@@ -1095,6 +1095,71 @@ def test_a_build_of_an_output_another_build_is_writing_is_refused_at_once(tmp_pa
     assert not (tmp_path / "out" / "a").exists()
 
 
+def test_a_second_run_of_a_running_batch_is_refused(tmp_path):
+    """Two runs of one file at once built the same outputs over each other, and the summary
+    written last told only its own half. The second is refused before it builds anything; once
+    the first has ended, the file runs again."""
+    import signal
+    import subprocess
+    import sys
+
+    proc, children = _start_paused_batch(tmp_path, jobs=2)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "builder", "batch", str(tmp_path / "sig.yaml"), "--dry-run"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 0, second.stderr  # it builds nothing: not refused
+        second = subprocess.run(
+            [sys.executable, "-m", "builder", "batch", str(tmp_path / "sig.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+        summary_json = tmp_path / "out" / "sig-summary.json"
+        assert second.stderr == (
+            f"error: another batch (pid {proc.pid}) is running with the summary {summary_json}: the two would "
+            "build the same outputs over each other; wait for it to end, or pass --summary with another "
+            "folder (nothing was built)\n"
+        )
+        assert "start" not in second.stdout
+        assert len(list((tmp_path / "out").glob(".builder-staging*"))) == 2  # the first batch's, untouched
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    _assert_stopped_cleanly(tmp_path, children, proc.returncode, 128 + signal.SIGTERM, stderr)  # no lock file left
+    s = summary(tmp_path / "out", "sig")
+    assert s["interrupted_by"] == "SIGTERM"
+    assert batch(tmp_path / "sig.yaml") == 0
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_the_jobs_are_checked_ends_the_batch_in_one_line(sig, tmp_path, monkeypatch, capsys):
+    """Before any build starts (while outputs are checked, weights maybe hashed): SIGTERM and
+    SIGHUP killed the batch without a word, and Ctrl-C said only "interrupted". Now each says
+    what was done (nothing) and exits 128 + the signal."""
+    import signal
+
+    import builder.batch
+
+    signum = getattr(signal, sig)
+
+    def checked(options, fingerprints=None):
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal did not stop the batch")
+
+    monkeypatch.setattr(builder.batch, "rebuild_reason", checked)
+    path = write(tmp_path / "i.yaml", ONE_JOB)
+    assert batch(path) == 128 + signum
+    err = capsys.readouterr().err
+    assert err == f"error: interrupted ({sig}) while checking the jobs; nothing was built and no summary written\n"
+    assert not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers as they were
+
+
 def test_closed_terminal_stops_the_batch_cleanly(tmp_path):
     """The terminal (or SSH session) goes away: SIGHUP to the batch and its builds, and every
     later write to the terminal fails with EIO. Before that, a status line names the
@@ -1123,6 +1188,52 @@ def test_closed_terminal_stops_the_batch_cleanly(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     s = _assert_stopped_cleanly(tmp_path, children, proc.returncode, 128 + signal.SIGHUP, stderr)
     assert s["interrupted_by"] == "SIGHUP"
+
+
+def test_a_closed_stdout_stops_the_batch_and_writes_the_summary(tmp_path):
+    """`batch ... | head -1`: the reader goes after the first line. The batch went on to wait
+    for the build it had started, started no other, and wrote no summary; now it stops as for
+    a signal, says so on stderr, and its summary records what was built and what was not."""
+    import signal
+    import subprocess
+    import sys
+
+    path = write(
+        tmp_path / "p.yaml",
+        f"""
+        output_root: out
+        defaults:
+          model: {TINY}
+        jobs:
+          - output: a
+          - output: b
+          - output: c
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "batch", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout.readline().startswith("[1/3] start   a:")
+    proc.stdout.close()  # as head does after its line
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    s = summary(tmp_path / "out", "p")
+    assert s["interrupted_by"] == "SIGPIPE"
+    assert {name: job["status"] for name, job in s["by_name"].items()} == {
+        "a": "built",
+        "b": "interrupted",
+        "c": "interrupted",
+    }
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stdout was closed, so the batch stopped as for a signal: 1 built, 2 interrupted "
+        f"(partial outputs removed); summary: {tmp_path / 'out' / 'p-summary.json'}"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "p-summary.json", "p-summary.md"]
 
 
 def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
@@ -1163,7 +1274,11 @@ def test_killed_batch_takes_its_builds_with_it(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     time.sleep(1)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing published, no staging
+    # Nothing published, no staging; only the batch's lock file, which no process holds now
+    # (the kernel let go of its flock) and the next run of the file removes when it ends.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".sig-summary.json.lock"]
+    assert batch(tmp_path / "sig.yaml") == 0
+    assert not (tmp_path / "out" / ".sig-summary.json.lock").exists()
     assert signal.SIGKILL
 
 
