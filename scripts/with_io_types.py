@@ -24,40 +24,25 @@ from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
+from variant_folder import destination_refusal, fail, source_refusal, usage
 
-CHANGES = {"input_ids=int32", "attention_mask=int32", "logits=fp32"}
+CHANGES = ("attention_mask=int32", "input_ids=int32", "logits=fp32")
 MARK = ".with_io_types"  # in each copy this script makes: a folder it may replace
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    if len(argv) < 3:
-        print(__doc__.strip(), file=sys.stderr)
-        print("error: pass SRC, DST and at least one change", file=sys.stderr)
-        return 2
-    unknown = sorted(set(argv[2:]) - CHANGES)
+    code = usage(argv, __doc__, "change")
+    if code is not None:
+        return code
+    unknown = sorted(set(argv[2:]) - set(CHANGES))
     if unknown:
-        print(
-            f"error: {unknown[0]!r} is not a change this script makes; "
-            f"pass one or more of {', '.join(sorted(CHANGES))}",
-            file=sys.stderr,
-        )
-        return 2
+        return fail(f"{unknown[0]!r} is not a change this script makes; pass one or more of {', '.join(CHANGES)}")
     src, dst, changes = Path(argv[0]), Path(argv[1]), set(argv[2:])
-    if not (src / "model.onnx").is_file():
-        tjs = (src / "onnx").is_dir() and (src / "config.json").is_file()
-        what = (
-            "is a --format transformers.js folder; this script rewrites genai folders" if tjs else "has no model.onnx"
-        )
-        print(f"error: {src} {what}; pass a built model folder", file=sys.stderr)
-        return 2
-    # DST replaced the source given twice (it had this script's mark), or was made inside it.
-    real_src, real_dst = src.resolve(), dst.resolve()
-    if real_dst == real_src or real_src in real_dst.parents or real_dst in real_src.parents:
-        print(f"error: {dst} is {src}, or inside it or around it; pass a folder beside it for DST", file=sys.stderr)
-        return 2
+    # DST is replaced only where this script made it: it once removed whatever folder DST named
+    # (the source itself, given twice, or a user's files).
+    refusal = source_refusal(src, "model.onnx") or destination_refusal(src, dst, MARK, same_source=False)
+    if refusal:
+        return fail(refusal)
     try:
         model = onnx.load(src / "model.onnx", load_external_data=False)
     except Exception as e:  # protobuf's DecodeError: not a model
@@ -81,11 +66,6 @@ def main(argv: list[str]) -> int:
             f"error: {src} is not a graph-capture build: its int64 mask arithmetic takes no int32 mask",
             file=sys.stderr,
         )
-        return 2
-    # DST is replaced only where this script made it: it once removed whatever folder DST named
-    # (the source itself, given twice, or a user's files).
-    if dst.exists() and not (dst / MARK).is_file():
-        print(f"error: {dst} exists and is not a copy this script made; pass a new folder for DST", file=sys.stderr)
         return 2
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)

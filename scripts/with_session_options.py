@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from variant_folder import destination_refusal, fail, source_refusal, usage
+
 MARK = ".with_session_options"  # in each folder this script makes: one it may write again
 
 
@@ -58,27 +60,16 @@ def _search_value(text: str) -> int | float | bool | None:
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    if len(argv) < 3:
-        print(__doc__.strip(), file=sys.stderr)
-        print("error: pass SRC, DST and at least one KEY=VALUE", file=sys.stderr)
-        return 2
+    code = usage(argv, __doc__, "KEY=VALUE")
+    if code is not None:
+        return code
     for pair in argv[2:]:
         if why := _refusal(pair):
-            print(f"error: {why}", file=sys.stderr)
-            return 2
+            return fail(why)
     src, dst = Path(argv[0]).resolve(), Path(argv[1])
-    if not (src / "genai_config.json").is_file():
-        tjs = (src / "onnx").is_dir() and (src / "config.json").is_file()
-        what = (
-            "is a --format transformers.js folder; this script rewrites genai folders"
-            if tjs
-            else "has no genai_config.json"
-        )
-        print(f"error: {src} {what}; pass a built model folder", file=sys.stderr)
-        return 2
+    refusal = source_refusal(src, "genai_config.json")
+    if refusal:
+        return fail(refusal)
     try:
         config = json.loads((src / "genai_config.json").read_text())
         options = config["model"]["decoder"].setdefault("session_options", {})
@@ -97,20 +88,9 @@ def main(argv: list[str]) -> int:
         return 2
     # It writes DST's genai_config.json: never the source's (it edited it in place), nor that of a
     # folder it did not make.
-    real = dst.resolve()
-    if real == src or src in real.parents or real in src.parents:  # inside: a link loop in the source
-        print(f"error: {dst} is {src}, or inside it or around it; pass a new folder beside it", file=sys.stderr)
-        return 2
-    if dst.exists() and not dst.is_dir():
-        print(f"error: {dst} is a file; pass a new folder", file=sys.stderr)
-        return 2
-    if dst.is_dir() and any(dst.iterdir()) and not (dst / MARK).is_file():
-        print(f"error: {dst} is a folder this script did not make; pass a new folder", file=sys.stderr)
-        return 2
-    made_from = (dst / MARK).read_text().strip() if (dst / MARK).is_file() else str(src)
-    if made_from != str(src):  # its links would keep the other build's graph under this one's config
-        print(f"error: {dst} was made from {made_from}, not {src}; pass a new folder", file=sys.stderr)
-        return 2
+    refusal = destination_refusal(src, dst, MARK, same_source=True)
+    if refusal:
+        return fail(refusal)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / MARK).write_text(f"{src}\n")
     for item in src.iterdir():

@@ -1,0 +1,56 @@
+"""What with_io_types.py and with_session_options.py share: each makes a variant of a built genai
+folder (DST) from the folder (SRC), and both must refuse the same things before they write.
+
+Each copy holds a mark file naming its source, so a rerun may write over the copy and over nothing
+else: the scripts once removed whatever DST named (the source given twice, a user's folder) or
+edited the source's genai_config.json in place.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def usage(argv: list[str], doc: str, needs: str) -> int | None:
+    """The exit code when argv asks for help or lacks SRC, DST and one change; else None."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc.strip())
+        return 0
+    if len(argv) < 3:
+        print(doc.strip(), file=sys.stderr)
+        print(f"error: pass SRC, DST and at least one {needs}", file=sys.stderr)
+        return 2
+    return None
+
+
+def source_refusal(src: Path, needs: str) -> str | None:
+    """Why SRC is not a folder to make a variant of (it lacks the file `needs`), or None."""
+    if (src / needs).is_file():
+        return None
+    tjs = (src / "onnx").is_dir() and (src / "config.json").is_file()
+    what = "is a --format transformers.js folder; this script rewrites genai folders" if tjs else f"has no {needs}"
+    return f"{src} {what}; pass a built model folder"
+
+
+def destination_refusal(src: Path, dst: Path, mark: str, same_source: bool) -> str | None:
+    """Why DST may not be written, or None: it is SRC, inside it or around it, a file, or a folder
+    this script did not make. same_source: a copy made from another SRC is refused too (one that
+    links to its source's files, which would pair that build's graph with this one's config)."""
+    real_src, real_dst = src.resolve(), dst.resolve()
+    if real_dst == real_src or real_src in real_dst.parents or real_dst in real_src.parents:
+        return f"{dst} is {src}, or inside it or around it; pass a new folder beside it for DST"
+    if dst.exists() and not dst.is_dir():
+        return f"{dst} is a file; pass a new folder for DST"
+    if dst.is_dir() and any(dst.iterdir()) and not (dst / mark).is_file():
+        return f"{dst} exists and is not a copy this script made; pass a new folder for DST"
+    if same_source and (dst / mark).is_file():
+        made_from = (dst / mark).read_text().strip()
+        if made_from != str(real_src):
+            return f"{dst} was made from {made_from}, not {real_src}; pass a new folder for DST"
+    return None
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
