@@ -631,6 +631,28 @@ def test_linear_rope_scaling_without_an_original_window_supports_max_position_em
     assert RopeSpec.from_config(llama3, 64).max_positions(8192) == 65536
 
 
+def test_partial_rotary_factor_inside_rope_parameters_is_read():
+    """transformers 5 saves partial_rotary_factor inside rope_parameters (GLM 4, Phi-3): only the
+    top level was read, so a family with partial rotary rotated whole heads, without a word."""
+    import torch
+    from transformers import Glm4Config
+    from transformers.models.glm4.modeling_glm4 import Glm4RotaryEmbedding
+
+    from builder.kit.rope import RopeSpec
+
+    config = Glm4Config(
+        hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_hidden_layers=1, vocab_size=64
+    )
+    saved = config.to_dict()
+    assert "partial_rotary_factor" not in saved and saved["rope_parameters"]["partial_rotary_factor"] == 0.5
+    spec = RopeSpec.from_config(saved, 32)
+    assert spec.rotary_dim == 16
+    assert torch.equal(torch.from_numpy(spec.inv_freq()), Glm4RotaryEmbedding(config).inv_freq)
+    # As transformers: rope_parameters' value wins over a top-level one.
+    assert RopeSpec.from_config({**saved, "partial_rotary_factor": 1.0}, 32).rotary_dim == 16
+    assert RopeSpec.from_config({"partial_rotary_factor": 0.25}, 32).rotary_dim == 8
+
+
 @pytest.mark.parametrize(
     "scaling,lacks",
     [

@@ -39,7 +39,8 @@ class RopeSpec:
         params = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
         theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
         rope_type = params.get("rope_type", params.get("type", "default")) or "default"
-        rotary_dim = int(head_dim * config.get("partial_rotary_factor", 1.0))
+        # Where transformers 5 keeps it (the top level as well, in configs written before it)
+        rotary_dim = int(head_dim * params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
         if rope_type not in ("default", "linear", "llama3"):
             raise BuilderError(
                 f"config.json: rope type {rope_type!r} is not supported yet (supported: default, linear, llama3); "
