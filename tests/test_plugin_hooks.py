@@ -513,3 +513,41 @@ def test_a_fault_in_the_builder_s_own_family_keeps_its_traceback(tmp_path, monke
     monkeypatch.setattr(Qwen3Builder, "make_spec", make_spec)
     with pytest.raises(KeyError):
         build(model=str(REPO / "examples" / "tiny-qwen3"), precision="int4", ep="cpu", output=str(tmp_path / "out"))
+
+
+class PacksItsMlp(HeliumBuilder):
+    def adjust_layout(self, layout, options):
+        import dataclasses
+
+        return dataclasses.replace(super().adjust_layout(layout, options), mlp="packed", qkv="separate")
+
+
+class DropsItsQkvGroups(HeliumBuilder):
+    def adjust_layout(self, layout, options):
+        import dataclasses
+
+        layout = super().adjust_layout(layout, options)
+        return dataclasses.replace(layout, packed=frozenset(g for g in layout.packed if not g.endswith("qkv_proj")))
+
+
+@pytest.mark.parametrize(
+    "family, qkv, mlp",
+    [(PacksItsMlp, "separate", "packed"), (DropsItsQkvGroups, "separate", "separate")],
+)
+def test_a_packing_a_family_sets_is_the_graph_it_builds(helium, tmp_path, family, qkv, mlp):
+    """adjust_layout is a family's last word on the layout, but the blocks read which groups are
+    packed, not the labels: mlp="packed" built separate gate/up MatMuls under a report saying
+    packed, and dropping the qkv groups left a report saying packed-split."""
+    import onnx
+
+    options = dict(model=str(helium), precision="int4", ep="cpu", show_progress=False, family=family)
+    default = build(output=str(tmp_path / "default"), **{**options, "family": HeliumBuilder}).report["layout"]
+    assert (default["qkv_packing"], default["mlp_packing"]) == ("packed-split", "separate")  # what cpu's auto is
+    result = build(output=str(tmp_path / "o"), verify=True, **options)
+    assert (result.report["layout"]["qkv_packing"], result.report["layout"]["mlp_packing"]) == (qkv, mlp)
+    names = [n.name for n in onnx.load(result.model_path, load_external_data=False).graph.node]
+    per_layer = {
+        kind: sum(n.startswith(f"/model/layers.0/{kind}/") and "MatMul" in n for n in names) for kind in ("attn", "mlp")
+    }
+    assert per_layer == {"attn": 4 if qkv == "separate" else 2, "mlp": 2 if mlp == "packed" else 3}, names
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]

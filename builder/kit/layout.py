@@ -10,7 +10,7 @@ one weight format (the llama.cpp lesson: V often gets more bits).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions
@@ -153,6 +153,41 @@ def choose_layout(
         silu = auto_silu if target.supports("quick_gelu") else "sigmoid-mul"
     elif silu == "quickgelu" and not target.supports("quick_gelu"):
         raise BuilderError(f"--silu quickgelu: QuickGelu is not verified on {target.ep}; use sigmoid-mul")
-    wanted = {"qkv": qkv != "separate", "mlp": mlp == "packed", "always": True}
-    packed = frozenset(g.name for g in groups if wanted[g.policy] and not mixed(g))
+    packed = packed_groups(groups, formats, qkv, mlp)
     return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes), packed)
+
+
+def packed_groups(groups: list[PackGroup], formats: dict[str, QuantScheme], qkv: str, mlp: str) -> frozenset[str]:
+    """The groups written as one MatMul under these packings: those whose policy the packing asks
+    for and whose projections share one weight format."""
+    wanted = {"qkv": qkv != "separate", "mlp": mlp == "packed", "always": True}
+    return frozenset(g.name for g in groups if wanted[g.policy] and len({formats[m] for m in g.modules}) == 1)
+
+
+def family_adjusted(
+    chosen: Layout, adjusted: Layout, groups: list[PackGroup], formats: dict[str, QuantScheme], qk_norm: bool
+) -> Layout:
+    """A family's adjust_layout result with its packing labels and its packed groups agreeing.
+
+    The blocks read `packed` (which groups are one MatMul) and the report the labels: a family that
+    changed the labels (qkv="separate") built the graph the labels had said before, and one that
+    changed the groups reported a packing its graph did not have. Whichever the family changed
+    decides the other. (Where a model has no group of a policy, as MoE layers have no gate/up pair,
+    the label is the policy resolved, with nothing to pack.)
+    """
+    qkv, mlp, packed = adjusted.qkv, adjusted.mlp, adjusted.packed
+    if packed != chosen.packed:
+        by_policy = {p: [g for g in groups if g.policy == p] for p in ("qkv", "mlp")}
+        qkv_packed = any(g.name in packed for g in by_policy["qkv"])
+        if by_policy["qkv"] and not qkv_packed and qkv == "packed-split":
+            qkv = "separate"
+        elif qkv_packed and qkv == "separate":
+            qkv = "packed-split"
+        if by_policy["mlp"]:
+            mlp = "packed" if any(g.name in packed for g in by_policy["mlp"]) else "separate"
+    elif (qkv, mlp) != (chosen.qkv, chosen.mlp):
+        packed = packed_groups(groups, formats, qkv, mlp)
+    into_gqa = adjusted.packed_qkv_into_gqa
+    if qkv != chosen.qkv:
+        into_gqa = qkv == "packed-split" and not qk_norm and adjusted.rotary_in_gqa
+    return replace(adjusted, qkv=qkv, mlp=mlp, packed=packed, packed_qkv_into_gqa=into_gqa)

@@ -22,7 +22,7 @@ from onnx import TensorProto
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import GENAI_MODEL_TYPES
 from builder.kit.hf_config import check_keys, unread_keys
-from builder.kit.layout import Layout, choose_layout
+from builder.kit.layout import Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
 from builder.kit.targets import NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
@@ -206,8 +206,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "--int8-layers: model.embed_tokens stays float (no 8-bit GatherBlockQuantized here: it is "
             "not verified on every EP); leave it int4, or name it in --float-layers"
         )
-    layout = choose_layout(options, target, spec.qk_norm, family.pack_groups(spec), formats)
-    layout = family.adjust_layout(layout, options)
+    groups = family.pack_groups(spec)
+    chosen = choose_layout(options, target, spec.qk_norm, groups, formats)
+    layout = family_adjusted(chosen, family.adjust_layout(chosen, options), groups, formats, spec.qk_norm)
     layout = without_silu(layout, options, family)
     moot = moot_head_norm(options, layout)
     if moot:
