@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the summary could not be written, 2 if the file is invalid or an output or summary "
         "folder cannot be written (then nothing is built), 130/143/129 after "
         "SIGINT/SIGTERM/SIGHUP, 141 when stdout is closed (`| head`) (running builds are stopped, "
-        "their partial outputs removed, and the summary marks them interrupted; before any build "
-        "starts, nothing is written). A second run with the same summary file while one runs is "
+        "their partial outputs removed, and the summary marks them interrupted; while the file and "
+        "jobs are still being checked, nothing is written). A second run with the same summary file while one runs is "
         "refused (exit 2).",
         epilog=MEMORY_NOTE + " Example: python -m builder batch configs/qwen3-family-int4.yaml --jobs 2",
     )
