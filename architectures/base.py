@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding, left_padding
 from builder.kit.blocks import attention as attention_io
+from builder.kit.blocks.mlp import KIT_ACTIVATIONS
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
@@ -55,7 +56,7 @@ class DecoderBuilder:
     # config.json hidden_act values its MLP blocks write; a family whose feed_forward writes another
     # (a DenseMLP subclass with its own activation()) names it here. Without silu/swish among them,
     # --silu does not apply (plan: layout.silu "none").
-    hidden_acts: tuple[str, ...] = ("silu", "swish")
+    hidden_acts: tuple[str, ...] = ("silu", "swish")  # with feed_forward: the two change together
     # Why this family's residual stream may leave fp16's range (None: no known reason). Where it is
     # set, builds with fp16 activations keep the stream in fp32 (--residual-dtype auto).
     fp16_overflow: str | None = None
@@ -170,13 +171,26 @@ class DecoderBuilder:
         return DenseMLP()
 
     def projection_modules(self, spec: DecoderSpec) -> list[str]:
-        modules = [
-            m
-            for i in range(spec.num_layers)
-            for block in (self.mixer(spec, i), self.feed_forward(spec, i))
-            for m in block.modules(i)
-        ]
+        modules = []
+        for i in range(spec.num_layers):
+            mlp = self.feed_forward(spec, i)
+            self._check_activation(mlp, i)
+            modules += self.mixer(spec, i).modules(i) + mlp.modules(i)
         return [embedding.EMBED] + modules + [embedding.LM_HEAD]
+
+    def _check_activation(self, block, i: int) -> None:
+        """Refuse an MLP that writes an activation the family's hidden_acts does not name: a family
+        that set hidden_acts = ("gelu",) and kept the default feed_forward built SiLU in silence."""
+        if not isinstance(block, DenseMLP) or type(block).activation is not DenseMLP.activation:
+            return  # an activation() of the family's own writes what it says
+        writes = {KIT_ACTIVATIONS.get(act) for act in self.hidden_acts}
+        if block.act not in writes:
+            raise BuilderError(
+                f"{type(self).__name__}.hidden_acts is {self.hidden_acts}, but its feed_forward for layer {i} is "
+                f"{type(block).__name__}(act={block.act!r}), which writes {block.act}: return an MLP that writes "
+                "what hidden_acts names from feed_forward (a DenseMLP subclass with its own activation() for "
+                "one the kit lacks; docs/architecture.md)"
+            )
 
     def pack_groups(self, spec: DecoderSpec) -> list[PackGroup]:
         return [
@@ -226,18 +240,39 @@ class DecoderBuilder:
             left_padding.prepare(em, whole_model=not has_recurrent_layers(self, spec))
         progress.step("lm_head and embeddings")
         lm_head = embedding.lm_head_weight(em)
-        hidden = self.embed(em, lm_head)
-        residual = hidden
-        first = "/model/layers.0/input_layernorm"
-        hidden = em.to_block(em.rms_norm(hidden, em.norm_weight(0, "input_layernorm.weight"), first), first)
+        residual = self.embed(em, lm_head)
+        hidden = self.input_norm(em, residual)
         for i in range(spec.num_layers):
             progress.step(f"layer {i + 1}/{spec.num_layers}")
             hidden, residual = self.decoder_layer(em, i, hidden, residual)
             if i == 0:  # a family's stream mistake shows in its first layer, before the rest is written
                 em.check_stream(type(self).__name__, 1)
         self.logits(em, hidden, lm_head)
-        em.check_stream(type(self).__name__, spec.num_layers)
-        left_padding.check(em, type(self).__name__, spec.num_layers)
+
+    def check_graph(self) -> None:
+        """Refuse a finished graph that breaks what its options promise (the pipeline calls this after
+        build_graph, also a family's own): a residual stream that is not the float32 one
+        --residual-dtype fp32 asks for, or a --format transformers.js graph that reads left-padded
+        batches as if they were not."""
+        name, em = type(self).__name__, getattr(self, "emitter", None)
+        if em is None or (self.plan.left_padding and not left_padding.active(em)):
+            if self.plan.left_padding:
+                raise BuilderError(
+                    f"{name}: its build_graph does not prepare the graph for left-padded batches "
+                    "(left_padding.prepare on self.emitter), so this --format transformers.js build would read "
+                    "them wrong; write the model through the hooks (input_norm, decoder_layer, next_norm; "
+                    "docs/architecture.md) rather than build_graph, or build --format genai"
+                )
+            return
+        em.check_stream(name, self.plan.spec.num_layers)
+        left_padding.check(em, name, self.plan.spec.num_layers)
+
+    def input_norm(self, em: Emitter, embeddings: str) -> str:
+        """The first layer's normalized input, from the embeddings (which are also its residual):
+        layers.0.input_layernorm. A model with no norm before its first block returns
+        em.to_block(embeddings, name)."""
+        first = "/model/layers.0/input_layernorm"
+        return em.to_block(em.rms_norm(embeddings, em.norm_weight(0, "input_layernorm.weight"), first), first)
 
     def embed(self, em: Emitter, lm_head) -> str:
         """The token embeddings: the hidden state that the first layer's norm and residual take."""

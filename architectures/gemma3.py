@@ -39,6 +39,7 @@ import numpy as np
 
 from architectures.base import DecoderBuilder
 from architectures.registry import register
+from builder.kit import hf_config
 from builder.kit.blocks import Attention, DenseMLP, Emitter
 from builder.kit.errors import BuilderError
 from builder.kit.layout import Layout
@@ -112,6 +113,8 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
 class Gemma3Builder(DecoderBuilder):
     genai_type = "gemma3_text"  # onnxruntime-genai 0.18's name for the text-only model
     hidden_acts = ("gelu_pytorch_tanh",)  # config.json hidden_activation, checked in make_spec
+    # Gemma 3's alone (EXAONE 4 writes 0 or a string such as "LLLG" under the same name)
+    config_keys = {"sliding_window_pattern": (hf_config.integer(1), True)}
     fp16_overflow = (
         "Gemma 3's residual stream is reported to exceed fp16's range on real checkpoints "
         "(transformers#36822; onnxruntime#26732: fp16 and q4f16 Gemma 3 give invalid outputs on WebGPU)"

@@ -177,6 +177,9 @@ def run(arch, show_progress: bool = True) -> BuildResult:
                     refuse_unused_tensors(arch)
             with reading_ahead(arch.checkpoint, schedule, options.read_ahead_mb << 20, phases) as ahead:
                 arch.build_graph(graph, progress)
+            if hasattr(arch, "check_graph"):
+                arch.check_graph()
+            graph.check_wiring()
         except BaseException:
             data.abort()  # the staged output goes anyway: no need to finish writing it
             raise

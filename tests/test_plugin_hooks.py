@@ -9,6 +9,7 @@ pass the quantized --verify bound.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from architectures import DecoderBuilder, LlamaBuilder
+from architectures import DecoderBuilder, Gemma3Builder, LlamaBuilder, Qwen3Builder
 from builder.kit import hf_config
+from builder.kit.blocks import DenseMLP
 from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
 from builder.pipeline import build
@@ -551,3 +553,112 @@ def test_a_packing_a_family_sets_is_the_graph_it_builds(helium, tmp_path, family
     }
     assert per_layer == {"attn": 4 if qkv == "separate" else 2, "mlp": 2 if mlp == "packed" else 3}, names
     assert result.report["verify"]["status"] == "passed", result.report["verify"]
+
+
+class SaysGelu(Qwen3Builder):
+    hidden_acts = ("gelu_pytorch_tanh",)
+
+
+def test_hidden_acts_without_an_mlp_that_writes_them_is_refused(tmp_path):
+    """hidden_acts = ("gelu_pytorch_tanh",) let the config through, and the default feed_forward
+    wrote SiLU: a model of another activation, built without a word (--verify: max_abs 0.61)."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(REPO / "examples" / "tiny-qwen3", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu_pytorch_tanh"}))
+    options = dict(model=str(folder), precision="fp32", show_progress=False)
+    with pytest.raises(BuilderError, match=r"SaysGelu.hidden_acts is \('gelu_pytorch_tanh',\), but its feed_forward"):
+        build(output=str(tmp_path / "o"), family=SaysGelu, **options)
+    assert not (tmp_path / "o").exists()
+
+    class WritesGelu(SaysGelu):
+        def feed_forward(self, spec, i):
+            return DenseMLP(act="gelu_tanh")
+
+    class OwnActivation(SaysGelu):  # an activation() of its own is the family's word
+        def feed_forward(self, spec, i):
+            return dataclasses.replace(GeluOfItsOwn(), act="silu")
+
+    for family in (WritesGelu, OwnActivation):
+        result = build(output=str(tmp_path / family.__name__), family=family, verify=True, **options)
+        assert result.report["verify"]["status"] == "passed", result.report["verify"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeluOfItsOwn(DenseMLP):
+    def activation(self, em, x, name):
+        return em.graph.op("FastGelu", [x], f"{name}/FastGelu", domain="com.microsoft")
+
+
+def test_a_key_only_one_family_reads_is_that_family_s_to_check(tmp_path):
+    """sliding_window_pattern was checked for every config as Gemma 3's positive integer, so a
+    family of one's own for EXAONE 4 (which writes 0, or a string such as "LLLG") could not build
+    a valid config ("fix or re-download config.json"). Gemma 3 checks it now; Phi-3's *_pdrop
+    dropout keys are not named as unread."""
+    from builder.kit.checkpoint import Checkpoint
+    from support.synthetic import TINY_CONFIGS
+
+    for value in (0, "LLLG"):
+        folder = tmp_path / f"exaone-{value}"
+        shutil.copytree(REPO / "examples" / "tiny-qwen3", folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "sliding_window_pattern": value}))
+        Checkpoint.open(str(folder))  # refused before any family was chosen
+    gemma = dict(TINY_CONFIGS["gemma3"], sliding_window_pattern=0)
+    with pytest.raises(BuilderError, match="sliding_window_pattern = 0 is not valid; it must be a positive integer"):
+        hf_config.check_keys(Gemma3Builder.config_keys, gemma)
+    assert hf_config.unread_keys({"embd_pdrop": 0.1, "resid_pdrop": 0.1, "attention_multiplier": 0.5}) == [
+        "attention_multiplier"
+    ]
+
+
+class OwnBuildGraph(Qwen3Builder):
+    """A build_graph of its own, as a family writes one for a model the hooks did not fit: the
+    base's walk, less what `leaves_out` names."""
+
+    leaves_out = ""
+
+    def build_graph(self, graph, progress):
+        from builder.kit.blocks import Emitter, embedding, left_padding
+        from builder.kit.blocks import attention as attention_io
+
+        plan, spec = self.plan, self.plan.spec
+        self.proj = self.projections(graph, self.checkpoint, plan.io_dtype, plan.accuracy_level)
+        em = self.emitter = Emitter(graph, self.proj, plan, self.weight)
+        attention_io.declare_inputs(em)
+        for i in range(spec.num_layers):
+            if self.leaves_out != "declare_io":
+                self.mixer(spec, i).declare_io(em, i)
+        attention_io.attention_metadata(em, self.rotary(spec))
+        if plan.left_padding and self.leaves_out != "left_padding":
+            left_padding.prepare(em, whole_model=True)
+        lm_head = embedding.lm_head_weight(em)
+        residual = self.embed(em, lm_head)
+        hidden = self.input_norm(em, residual)
+        for i in range(spec.num_layers):
+            hidden, residual = self.decoder_layer(em, i, hidden, residual)
+        self.logits(em, hidden, lm_head)
+
+
+class ForgetsDeclareIo(OwnBuildGraph):
+    leaves_out = "declare_io"
+
+
+class ForgetsLeftPadding(OwnBuildGraph):
+    leaves_out = "left_padding"
+
+
+def test_a_build_graph_of_one_s_own_is_checked_as_the_base_one_is(tmp_path):
+    """A family that replaced build_graph skipped the checks the base one ends with: without a
+    block's declare_io the graph read past_key_values that no input defined, and was published (it
+    did not load); without left_padding.prepare a transformers.js build read left-padded batches
+    wrong (a row 4.25 off). Each is refused now, and the walk itself builds what the base does."""
+    options = dict(model=str(REPO / "examples" / "tiny-qwen3"), precision="fp32", show_progress=False)
+    result = build(output=str(tmp_path / "own"), family=OwnBuildGraph, verify=True, **options)
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    with pytest.raises(BuilderError, match=r"node /model/layers.0/attn/GroupQueryAttention .* reads 'past_key_values"):
+        build(output=str(tmp_path / "io"), family=ForgetsDeclareIo, **options)
+    with pytest.raises(BuilderError, match="ForgetsLeftPadding: its build_graph does not prepare the graph for left"):
+        build(output=str(tmp_path / "tjs"), family=ForgetsLeftPadding, format="transformers.js", **options)
+    build(output=str(tmp_path / "genai"), family=ForgetsLeftPadding, **options)  # genai folders pad on the right
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genai", "own"]

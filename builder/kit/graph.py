@@ -122,6 +122,26 @@ class Graph:
 
     # ---- finishing ----------------------------------------------------------
 
+    def check_wiring(self) -> None:
+        """Refuse a graph with a node input or a graph output that nothing defines: onnxruntime does
+        not load it, and it was published all the same (a family's build_graph that skipped a block's
+        declare_io), found only by --verify or the user."""
+        defined = {v.name for v in self.inputs} | self._initializer_names | {""}  # "": an optional input left out
+        defined.update(name for node in self.nodes for name in node.output)
+        for node in self.nodes:
+            missing = next((x for x in node.input if x not in defined), None)
+            if missing is not None:
+                raise BuilderError(
+                    f"node {node.name} ({node.op_type}) reads {missing!r}, which no graph input, initializer "
+                    "or node defines, so onnxruntime would not load the model; if a family's own build_graph "
+                    "wrote it, check that it declares each block's inputs (declare_io)"
+                )
+        missing = [v.name for v in self.outputs if v.name not in defined]
+        if missing:
+            raise BuilderError(
+                f"graph output(s) {missing} are written by no node, so onnxruntime would not load the model"
+            )
+
     def op_counts(self) -> dict[str, int]:
         return dict(sorted(collections.Counter(n.op_type for n in self.nodes).items()))
 

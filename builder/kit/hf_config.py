@@ -114,7 +114,6 @@ KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "use_bidirectional_attention": (boolean, True),
     "use_sliding_window": (boolean, False),
     "sliding_window": (integer(0), True),  # 0 and null: no window (families treat both so)
-    "sliding_window_pattern": (integer(1), True),
     "max_window_layers": (integer(0), True),
     "layer_types": (string_list, True),
     "query_pre_attn_scalar": (number(), False),
@@ -229,7 +228,9 @@ NEVER_CHANGE_LOGITS = {
 
 
 def _never_changes_logits(key: str) -> bool:
-    return key in NEVER_CHANGE_LOGITS or "dropout" in key or key.endswith(("_token_id", "_token_ids"))
+    return (
+        key in NEVER_CHANGE_LOGITS or "dropout" in key or key.endswith(("_pdrop", "_token_id", "_token_ids"))
+    )  # *_pdrop: Phi-3's and GPT-2's dropout probabilities
 
 
 def unread_keys(config: dict, known=()) -> list[str]:

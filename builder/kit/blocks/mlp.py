@@ -9,6 +9,9 @@ from builder.kit.graph import MS_DOMAIN
 from builder.kit.layout import PackGroup
 
 ACTIVATIONS = ("silu", "gelu_tanh")
+# config.json hidden_act values -> the kit's activation that computes them (transformers' ACT2FN:
+# gelu_new and gelu_pytorch_tanh are both the tanh approximation).
+KIT_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
 
 def activation(em: Emitter, kind: str, x: str, name: str) -> str:
