@@ -33,6 +33,14 @@ def register(*hf_names: str):
         )
 
     def decorate(cls):
+        from architectures.base import DecoderBuilder
+
+        if not (isinstance(cls, type) and issubclass(cls, DecoderBuilder)):
+            # Registered anyway, it failed only when a build made one: "Phi3() takes no arguments"
+            raise TypeError(
+                f"@register{hf_names!r} is above {getattr(cls, '__name__', repr(cls))}, which is no builder "
+                "class: derive it from architectures.DecoderBuilder (or a family such as LlamaBuilder)"
+            )
         cls.architectures = tuple(hf_names)
         for name in hf_names:
             _REGISTRY[name] = cls

@@ -397,6 +397,17 @@ def test_register_without_names_is_refused(names):
         registry.register(*names)
 
 
+def test_register_above_a_class_that_builds_nothing_is_refused():
+    """Registered anyway, it failed when a build made one: a traceback, "Phi3() takes no arguments"."""
+    with pytest.raises(TypeError, match="is above Phi3, which is no builder class: derive it from"):
+
+        @registry.register("Phi3ForCausalLM")
+        class Phi3:
+            pass
+
+    assert "Phi3ForCausalLM" not in registry.registered()
+
+
 def test_register_without_parentheses_says_so():
     """@register alone made the class a function and registered nothing, in silence."""
     from architectures import LlamaBuilder
