@@ -79,7 +79,23 @@ class DecoderBuilder:
     def plan(self) -> BuildPlan:
         """Planned on first use (the hooks below run then), so a subclass may set its own
         attributes after super().__init__(). A refused build raises here."""
-        return make_plan(self._options, self.checkpoint, self)
+        if self.__dict__.get("_planning"):  # a hook that read self.plan ran into itself: RecursionError
+            raise BuilderError(
+                f"{type(self).__name__}: self.plan, self.spec and self.options are not made yet while the "
+                "plan is (make_spec, mixer, feed_forward, pack_groups, adjust_layout run then): use the spec "
+                "and options those hooks are given, or self.build_options"
+            )
+        self._planning = True
+        try:
+            return make_plan(self._options, self.checkpoint, self)
+        finally:
+            self._planning = False
+
+    @property
+    def build_options(self) -> BuildOptions:
+        """The options as given, readable before and while the plan is made (self.options is the
+        plan's)."""
+        return self._options
 
     @functools.cached_property
     def warnings(self) -> list[str]:

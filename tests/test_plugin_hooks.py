@@ -662,3 +662,24 @@ def test_a_build_graph_of_one_s_own_is_checked_as_the_base_one_is(tmp_path):
         build(output=str(tmp_path / "tjs"), family=ForgetsLeftPadding, format="transformers.js", **options)
     build(output=str(tmp_path / "genai"), family=ForgetsLeftPadding, **options)  # genai folders pad on the right
     assert sorted(p.name for p in tmp_path.iterdir()) == ["genai", "own"]
+
+
+class ReadsItsPlanTooEarly(Qwen3Builder):
+    def make_spec(self, config, target=None):
+        if self.options.precision == "fp32":
+            pass
+        return super().make_spec(config, target)
+
+
+class ReadsItsOptionsInMakeSpec(Qwen3Builder):
+    def make_spec(self, config, target=None):
+        assert self.build_options.precision == "int4"
+        return super().make_spec(config, target)
+
+
+def test_a_hook_that_reads_the_plan_while_it_is_made_is_told_what_to_read(tmp_path):
+    """self.options in make_spec ended in a bare RecursionError (the plan making itself)."""
+    options = dict(model=str(REPO / "examples" / "tiny-qwen3"), precision="int4", show_progress=False)
+    with pytest.raises(BuilderError, match=r"ReadsItsPlanTooEarly: self.plan, self.spec and self.options are not"):
+        build(output=str(tmp_path / "a"), family=ReadsItsPlanTooEarly, **options)
+    build(output=str(tmp_path / "b"), family=ReadsItsOptionsInMakeSpec, **options)
