@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import os
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,8 @@ def family_name(family: type) -> str:
 def family_source_digest(family: type) -> str | None:
     """sha256 of the Python sources of the packages outside the builder and the standard library
     that `family` and its bases come from (a plugin's whole package: its blocks may live beside
-    the class), or None for a built-in family or code with no source file."""
+    the class), and of the modules of the user's own those import (a family in my_family.py with its
+    MLP in my_blocks.py beside it), or None for a built-in family or code with no source file."""
     files: set[Path] = set()
     for cls in family.__mro__:
         top = cls.__module__.split(".")[0]
@@ -36,6 +39,7 @@ def family_source_digest(family: type) -> str | None:
                 files.add(Path(inspect.getsourcefile(cls)))
             except (TypeError, OSError):
                 return None
+        files.update(_own_modules_imported(cls.__module__))
     digest, read = hashlib.sha256(), False
     for path in sorted(files):
         if path.name.startswith(".") or not path.is_file():  # an editor's lock file, a dangling link
@@ -46,6 +50,51 @@ def family_source_digest(family: type) -> str | None:
             continue  # unreadable: not the code that ran
         read = True
     return digest.hexdigest() if read else None
+
+
+def _own_modules_imported(module: str) -> set[Path]:
+    """Source files of `module` and of the modules it takes names from, transitively, that are the
+    user's own: not the builder's, the standard library's or an installed library's (a new version
+    of numpy rebuilds nothing; the pip package of a plugin is hashed whole above)."""
+    libraries = tuple({sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")})
+    found, seen, stack = set(), set(), [module]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        loaded = sys.modules.get(name)
+        file = getattr(loaded, "__file__", None)
+        top = name.split(".")[0]
+        if not file or not file.endswith(".py") or top in BUILT_IN or top in sys.stdlib_module_names:
+            continue
+        if os.path.realpath(file).startswith(libraries):
+            continue
+        found.add(Path(file))
+        stack += _imports(Path(file), getattr(loaded, "__package__", None) or "")
+    return found
+
+
+def _imports(path: Path, package: str) -> list[str]:
+    """The modules a source file's import statements name (a from-import's names too, which may be
+    submodules), relative ones resolved against its package."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}".strip(".")
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return names
 
 
 def _plugin_packages(family: type) -> set[str]:

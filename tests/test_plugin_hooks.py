@@ -436,6 +436,34 @@ def test_the_source_digest_skips_files_that_are_not_code(tmp_path, monkeypatch):
     assert family_source_digest(LlamaBuilder) is None  # built in: the builder's version covers it
 
 
+def test_the_source_digest_covers_the_user_s_modules_a_family_imports(tmp_path, monkeypatch):
+    """A family in my_fam.py with its MLP in my_blocks.py beside it: an edit of my_blocks.py left the
+    digest as it was, so batch called the old output up to date."""
+    import importlib
+
+    from builder.family_source import family_source_digest
+
+    blocks = "import numpy\n\nfrom builder.kit.blocks import DenseMLP\n\nACT = {!r}\n"
+    (tmp_path / "my_blocks.py").write_text(blocks.format("silu"))
+    (tmp_path / "my_fam.py").write_text(
+        "from architectures import LlamaBuilder\nfrom my_blocks import ACT, DenseMLP\n\n\n"
+        "class Fam(LlamaBuilder):\n    def feed_forward(self, spec, i):\n        return DenseMLP(act=ACT)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_fam
+
+    before = family_source_digest(my_fam.Fam)
+    (tmp_path / "my_blocks.py").write_text(
+        "import numpy\n\nfrom builder.kit.blocks import DenseMLP\n\nACT = 'gelu_tanh'\n"
+    )
+    assert family_source_digest(my_fam.Fam) != before
+    (tmp_path / "unrelated.py").write_text("X = 1\n")  # beside it, imported by nothing: not its source
+    importlib.import_module("unrelated")
+    after = family_source_digest(my_fam.Fam)
+    (tmp_path / "unrelated.py").write_text("X = 2\n")
+    assert family_source_digest(my_fam.Fam) == after
+
+
 def test_onnx_builder_imports_a_family_from_the_current_folder(helium, tmp_path):
     """python -m builder has the current folder on sys.path and onnx-builder did not, so the
     same --family my_families:Helium failed there; an empty --family was ignored."""
