@@ -248,7 +248,15 @@ def refuse_unused_tensors(arch) -> None:
     """Refuse a build that left checkpoint tensors unread (DecoderBuilder.unused_tensors)."""
     unused = arch.unused_tensors() if hasattr(arch, "unused_tensors") else []
     if unused:
-        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+        checkpoint = arch.checkpoint
+
+        def named(name: str) -> str:  # a tensor read in part (RowSlices that miss rows) says which
+            if name not in checkpoint.located:
+                return name
+            gaps = ", ".join(f"{a}-{b}" for a, b in checkpoint.unread_rows(name)[:3])
+            return f"{name} (rows {gaps} of {checkpoint.rows_total(name)} never read)"
+
+        shown = ", ".join(map(named, unused[:4])) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
         raise BuilderError(
             f"the checkpoint in {arch.checkpoint.directory} holds {len(unused)} tensor(s) that "
             f"{type(arch).__name__} does not build: {shown}; without them the model would compute "

@@ -711,3 +711,51 @@ def test_a_hook_that_reads_the_plan_while_it_is_made_is_told_what_to_read(tmp_pa
     with pytest.raises(BuilderError, match=r"ReadsItsPlanTooEarly: self.plan, self.spec and self.options are not"):
         build(output=str(tmp_path / "a"), family=ReadsItsPlanTooEarly, **options)
     build(output=str(tmp_path / "b"), family=ReadsItsOptionsInMakeSpec, **options)
+
+
+def _fused_qkv_checkpoint(folder: Path) -> Path:
+    """tiny-qwen3 with each layer's q/k/v weights stored as one qkv_proj tensor (Phi-3's way)."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(REPO / "examples" / "tiny-qwen3", folder)
+    tensors = load_file(folder / "model.safetensors")
+    for i in range(2):
+        parts = [tensors.pop(f"model.layers.{i}.self_attn.{p}_proj.weight") for p in "qkv"]
+        tensors[f"model.layers.{i}.self_attn.qkv_proj.weight"] = np.concatenate(parts)
+    save_file(tensors, folder / "model.safetensors")
+    return folder
+
+
+class FusedQkv(Qwen3Builder):
+    rows = {"q": (0, 128), "k": (128, 192), "v": (192, 256)}  # 4 heads x 32, then 2 x 32 twice
+
+    def weight(self, layer, suffix):
+        from builder.kit.linear import RowSlice
+
+        kind = suffix.split(".")[-2].removesuffix("_proj") if suffix.startswith("self_attn.") else None
+        if kind in self.rows and suffix.endswith("_proj.weight"):
+            start, stop = self.rows[kind]
+            return RowSlice(f"model.layers.{layer}.self_attn.qkv_proj.weight", start, stop, (256, 64))
+        return super().weight(layer, suffix)
+
+
+class FusedQkvReadingKTwice(FusedQkv):
+    rows = {**FusedQkv.rows, "v": FusedQkv.rows["k"]}  # the slip: v takes k's rows
+
+
+def test_a_tensor_read_in_part_is_refused_with_the_rows_never_read(tmp_path):
+    """The unread-tensor check counted a tensor as read once any of its rows was: a family reading
+    a fused qkv_proj in RowSlices, with v taking k's rows, built a wrong model without a word."""
+    checkpoint = _fused_qkv_checkpoint(tmp_path / "ckpt")
+    options = dict(model=str(checkpoint), precision="fp32", show_progress=False)
+    right = build(output=str(tmp_path / "right"), family=FusedQkv, **options)
+    plain = build(**{**options, "model": str(REPO / "examples" / "tiny-qwen3")}, output=str(tmp_path / "plain"))
+    assert right.data_path.read_bytes() == plain.data_path.read_bytes()  # the same weights, in the same places
+    with pytest.raises(
+        BuilderError,
+        match=r"model.layers.0.self_attn.qkv_proj.weight \(rows 192-256 of 256 never read\), "
+        r"model.layers.1.self_attn.qkv_proj.weight \(rows 192-256",
+    ):
+        build(output=str(tmp_path / "wrong"), family=FusedQkvReadingKTwice, **options)
+    assert not (tmp_path / "wrong").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "plain", "right"]

@@ -74,6 +74,7 @@ class Checkpoint:
         self._headers: dict[Path, dict] = {}
         self._shard_of = self._index_tensors()
         self.located: set[str] = set()  # every tensor a build has asked for (see unread())
+        self._rows_read: dict[str, list[tuple[int, int]]] = {}  # name -> [start, stop) of each read
 
     @classmethod
     def open(cls, model: str) -> Checkpoint:
@@ -162,8 +163,26 @@ class Checkpoint:
         return list(self._shard_of)
 
     def unread(self) -> list[str]:
-        """The tensors no read has asked for since the checkpoint was opened, sorted."""
-        return sorted(set(self._shard_of) - self.located)
+        """The tensors not read whole since the checkpoint was opened, sorted: those no read asked
+        for, and those of which some rows were never read (a family that reads a fused tensor in
+        RowSlices, with one slice taken twice and another not at all)."""
+        return sorted(name for name in self._shard_of if name not in self.located or self.unread_rows(name))
+
+    def unread_rows(self, name: str) -> list[tuple[int, int]]:
+        """The [start, stop) row ranges of a located tensor that no read covered."""
+        total = self.rows_total(name)
+        gaps, at = [], 0
+        for start, stop in sorted(self._rows_read.get(name, [])):
+            if start > at:
+                gaps.append((at, start))
+            at = max(at, stop)
+        if at < total:
+            gaps.append((at, total))
+        return gaps
+
+    def rows_total(self, name: str) -> int:
+        shape = self._entry(name)[1]["shape"]
+        return shape[0] if shape else 1
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor's shape, from the headers alone (batch sizes memory requests by them)."""
@@ -227,6 +246,8 @@ class Checkpoint:
         rows_total = shape[0] if shape else 1
         stop = rows_total if stop is None else min(stop, rows_total)
         start = min(start, stop)
+        if stop > start:
+            self._rows_read.setdefault(name, []).append((start, stop))
         row_shape = shape[1:]
         row_bytes = math.prod(row_shape) * DTYPE_SIZES[dtype]
         begin = self._header(file)["data_start"] + entry["data_offsets"][0] + start * row_bytes
