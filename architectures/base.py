@@ -234,11 +234,12 @@ class DecoderBuilder:
 
     @classmethod
     def prepare_reference(cls, model, options: BuildOptions, io_dtype=None) -> None:
-        """builder.verify's hook: after it swaps nn.Linear weights for their dequantized
-        values, give the transformers model the other weights the graph changes (e.g.
-        fused MoE expert tensors), and those transformers could not find in the checkpoint
-        because this family reads them under other names (verify refuses while any stays
-        as transformers left it). Nothing to do for dense decoders."""
+        """builder.verify's hook, on transformers' float32 model before verify dequantizes its
+        nn.Linear weights (fused ones part by part, through weight()'s RowSlices): load what
+        transformers could not find in the checkpoint because this family reads it under other
+        names (verify refuses while any stays as transformers left it; what is loaded here is
+        then rounded like the rest), and give weights outside nn.Linear the values the graph
+        uses (fused MoE expert tensors). Nothing to do for dense decoders."""
 
     # ---- the graph ----------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,6 @@ def verify_install_command() -> str:
     """The pip command for the verify extra, spelled out: 'builder[verify]' would name an
     unrelated package on PyPI, which shares this project's name."""
     import importlib.metadata
-    import re
     import shlex
 
     try:
@@ -147,8 +147,10 @@ def dequantized_reference(
                 "of a model_type transformers lacks returns its model class from reference_class()): drop --verify"
             )
         raise BuilderError(f"--verify: transformers cannot load {checkpoint_dir} ({first}); {why}") from None
+    planned = family(Checkpoint(Path(checkpoint_dir)), options)
     if formats is None:
-        formats = family(Checkpoint(Path(checkpoint_dir)), options).plan.formats
+        formats = planned.plan.formats
+    fused = fused_formats(planned, formats)
     missing = set(loading.get("missing_keys") or [])
     if "lm_head.weight" in missing and configured_tie(Path(checkpoint_dir)) is not False:
         # A config that omits tie_word_embeddings without an lm_head in the checkpoint: the
@@ -158,6 +160,14 @@ def dequantized_reference(
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
         missing.discard("lm_head.weight")
     model.eval()
+    with torch.no_grad():
+        # First what transformers could not find under the family's names (renamed weights, MoE
+        # experts), so that the passes below round and dequantize those too: loaded after them, a
+        # family's renamed Linears stayed float and a correct int4 build failed verify.
+        before = {k: p.detach().clone() for k, p in model.named_parameters() if k in missing}
+        family.prepare_reference(model, options, io_dtype)
+        after = dict(model.named_parameters())
+        unfilled = sorted(k for k, v in before.items() if k in after and torch.equal(after[k], v))
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     with torch.no_grad():
         embed_fmt, head_fmt = formats["model.embed_tokens"], formats["lm_head"]
@@ -185,18 +195,18 @@ def dequantized_reference(
             # (a router, a shared-expert gate, linear attention's b/a gates) stays float there.
             # A multimodal model's text Linears are model.language_model.* (Gemma 3 4B-27B loads
             # whole); the plan names them as the text model does.
-            fmt = formats.get(name, formats.get(name.replace("model.language_model.", "model.", 1)))
-            if fmt is None or not fmt.quantized:
-                if io_dtype == np.float16:
-                    module.weight.copy_(module.weight.half().float())
-                continue
-            q = quant.quantize(module.weight.detach().numpy(), fmt, scale_dtype=io_dtype)
-            module.weight.copy_(torch.from_numpy(quant.dequantize(q, fmt)))
-        # Weights outside nn.Linear (MoE experts): the architecture knows their format.
-        before = {k: p.detach().clone() for k, p in model.named_parameters() if k in missing}
-        family.prepare_reference(model, options, io_dtype)
-        after = dict(model.named_parameters())
-        unfilled = sorted(k for k, v in before.items() if k in after and torch.equal(after[k], v))
+            text_name = name.replace("model.language_model.", "model.", 1)
+            fmt = formats.get(name, formats.get(text_name))
+            # A fused Linear (Phi-3's qkv_proj) whose parts the family reads as RowSlices: each part's rows
+            # in that part's format.
+            parts = fused.get(f"{name}.weight") or fused.get(f"{text_name}.weight") or [(0, None, fmt)]
+            weight = module.weight.detach().numpy()  # float32, shares the parameter's memory
+            for start, stop, part in parts:
+                if part is not None and part.quantized:
+                    rows = weight[start:stop]
+                    rows[...] = quant.dequantize(quant.quantize(rows, part, scale_dtype=io_dtype), part)
+                elif io_dtype == np.float16:
+                    weight[start:stop] = weight[start:stop].astype(np.float16).astype(np.float32)
     if unfilled:
         # Those weights are random in the reference: a family that reads them under other names
         # (a subclass's weight()) was blamed as a wrong graph.
@@ -207,6 +217,25 @@ def dequantized_reference(
             "names, load them in its prepare_reference() (architectures/base.py), or drop --verify"
         )
     return model
+
+
+def fused_formats(family, formats: dict) -> dict[str, list[tuple[int, int, object]]]:
+    """{checkpoint tensor: [(start, stop, weight format), ...]} for the projections a family reads as
+    row slices of one tensor (architectures.base weight() returning a linear.RowSlice): transformers
+    holds such a tensor as one Linear, which the plan's formats, keyed by the projections, do not name."""
+    from builder.kit.linear import RowSlice
+
+    parts: dict[str, list] = {}
+    for module, fmt in formats.items():
+        found = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", module)
+        layer, suffix = (int(found[1]), f"{found[2]}.weight") if found else (None, f"{module}.weight")
+        try:
+            source = family.weight(layer, suffix)
+        except Exception:  # a projection the family names otherwise: the module name stands
+            continue
+        if isinstance(source, RowSlice):
+            parts.setdefault(source.tensor, []).append((source.start, source.stop, fmt))
+    return parts
 
 
 def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):

@@ -739,6 +739,21 @@ class FusedQkv(Qwen3Builder):
         return super().weight(layer, suffix)
 
 
+class FusedQkvVerified(FusedQkv):
+    @classmethod
+    def prepare_reference(cls, model, options, io_dtype=None):
+        """transformers' Qwen3 has q/k/v Linears, which this checkpoint lacks: load them from qkv_proj,
+        as docs/architecture.md says a family that reads weights under other names does."""
+        import torch
+        from safetensors.numpy import load_file
+
+        tensors = load_file(Path(model.config._name_or_path) / "model.safetensors")
+        for i, layer in enumerate(model.model.layers):
+            fused = torch.from_numpy(tensors[f"model.layers.{i}.self_attn.qkv_proj.weight"].astype(np.float32))
+            for kind, (start, stop) in cls.rows.items():
+                getattr(layer.self_attn, f"{kind}_proj").weight.copy_(fused[start:stop])
+
+
 class FusedQkvReadingKTwice(FusedQkv):
     rows = {**FusedQkv.rows, "v": FusedQkv.rows["k"]}  # the slip: v takes k's rows
 
@@ -759,3 +774,67 @@ def test_a_tensor_read_in_part_is_refused_with_the_rows_never_read(tmp_path):
         build(output=str(tmp_path / "wrong"), family=FusedQkvReadingKTwice, **options)
     assert not (tmp_path / "wrong").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "plain", "right"]
+
+
+@pytest.fixture(scope="module")
+def phi3(tmp_path_factory) -> Path:
+    """Phi3ForCausalLM: Llama's layer with q/k/v in one qkv_proj and gate/up in one gate_up_proj."""
+    root = tmp_path_factory.mktemp("phi3")
+    return save_transformers_checkpoint(root / "ckpt", "Phi3Config", "Phi3ForCausalLM", head_dim=16)
+
+
+class Phi3Builder(LlamaBuilder):
+    genai_type = "phi3"
+
+    def weight(self, layer, suffix):
+        from builder.kit.linear import RowSlice
+
+        hidden, inter, heads, kv = 64, 128, 4, 2
+        q, k = heads * 16, kv * 16
+        slices = {
+            "self_attn.q_proj.weight": ("self_attn.qkv_proj.weight", 0, q, q + 2 * k),
+            "self_attn.k_proj.weight": ("self_attn.qkv_proj.weight", q, q + k, q + 2 * k),
+            "self_attn.v_proj.weight": ("self_attn.qkv_proj.weight", q + k, q + 2 * k, q + 2 * k),
+            "mlp.gate_proj.weight": ("mlp.gate_up_proj.weight", 0, inter, 2 * inter),
+            "mlp.up_proj.weight": ("mlp.gate_up_proj.weight", inter, 2 * inter, 2 * inter),
+        }
+        if layer is not None and suffix in slices:
+            tensor, start, stop, rows = slices[suffix]
+            return RowSlice(f"model.layers.{layer}.{tensor}", start, stop, (rows, hidden))
+        return super().weight(layer, suffix)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4", "int8"])
+def test_verify_dequantizes_a_fused_linear_part_by_part(phi3, tmp_path, precision):
+    """transformers holds Phi-3's qkv_proj and gate_up_proj as one Linear each, which the plan's
+    formats (by projection: q_proj, gate_proj, ...) do not name: verify left them float, so a
+    right int4 build failed (nmse 0.053). Each part's rows are now dequantized in its format."""
+    result = build(
+        model=str(phi3),
+        output=str(tmp_path / precision),
+        precision=precision,
+        verify=True,
+        family=Phi3Builder,
+        float_layers=["model.layers.1.self_attn.k_proj"] if precision == "int4" else [],  # a part of its own
+        show_progress=False,
+    )
+    verify = result.report["verify"]
+    assert verify["status"] == "passed", verify
+    assert verify["nmse"] < (1e-10 if precision == "fp32" else 1e-6), verify
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_weights_a_family_loads_into_the_reference_are_dequantized(tmp_path, precision):
+    """prepare_reference ran after verify had dequantized the Linears, so weights a family loaded
+    under transformers' names stayed float, and a right int4 build failed verify (nmse 0.105)."""
+    checkpoint = _fused_qkv_checkpoint(tmp_path / "ckpt")
+    result = build(
+        model=str(checkpoint),
+        output=str(tmp_path / "o"),
+        precision=precision,
+        verify=True,
+        family=FusedQkvVerified,
+        show_progress=False,
+    )
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    assert result.report["verify"]["nmse"] < 1e-6, result.report["verify"]
