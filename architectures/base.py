@@ -114,7 +114,7 @@ class DecoderBuilder:
     def from_pretrained(cls, model: str, options: BuildOptions | None = None, **option_values):
         """A builder for a local folder or hub id; options as BuildOptions or keywords."""
         if options is None:
-            options = BuildOptions.from_mapping({"model": model, **option_values}, "from_pretrained()")
+            options = BuildOptions.from_keywords({"model": model, **option_values}, "from_pretrained()")
         else:
             options = dataclasses.replace(options, model=model)  # the caller's stays as it was
         return cls(Checkpoint.open(model), options)

@@ -105,6 +105,13 @@ def registered() -> dict[str, type]:
 def family_named(name: str, where: str = "--family") -> type:
     """A builder class by the HF architecture name it is registered under, or as module:Class."""
     if ":" not in name:
+        by_class = {cls.__name__: (hf, cls) for hf, cls in sorted(registered().items(), reverse=True)}
+        if name in by_class and name not in registered():  # a class name where an architecture goes
+            hf, cls = by_class[name]
+            raise BuilderError(
+                f"{where} {name}: that is a class name; give the architecture it builds ({hf}), "
+                f"module:Class ({cls.__module__}:{name}), or in Python the class itself"
+            )
         return builder_class_for({"architectures": [name]}, where=where)
     from architectures.base import DecoderBuilder
 

@@ -119,15 +119,22 @@ def build(
             f"build(family={family!r}): pass a builder class (a subclass of architectures.DecoderBuilder) "
             "or the HF architecture name it is registered under"
         )
-    options = (options or BuildOptions.from_mapping(option_values, "build()")).validated()
+    options = (options or BuildOptions.from_keywords(option_values, "build()")).validated()
     checkpoint = Checkpoint.open(options.model)
     cls = family or family_for(options, checkpoint.config, where=str(checkpoint.directory / "config.json"))
     with plugin_faults_named(cls):
-        return run(cls(checkpoint, options), show_progress=show_progress)
+        arch = cls(checkpoint, options)
+    return run(arch, show_progress=show_progress)
 
 
 def run(arch, show_progress: bool = True) -> BuildResult:
-    """Write the model of an architecture builder into its output folder."""
+    """Write the model of an architecture builder (a family object, such as
+    Qwen3Builder.from_pretrained(...) returns) into its output folder."""
+    with plugin_faults_named(type(arch)):
+        return _run(arch, show_progress)
+
+
+def _run(arch, show_progress: bool) -> BuildResult:
     plan = arch.plan
     options, spec = plan.options, plan.spec
     if options.verify and plan.target.ep == "cpu":  # the only EP verify runs on

@@ -612,6 +612,9 @@ def test_family_by_name_or_refused(checkpoint, tmp_path):
         build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family=3)
     with pytest.raises(BuilderError, match=r"build\(family=<class 'dict'>\): pass a builder class"):
         build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family=dict)  # was a TypeError
+    # A class's name where its architecture goes: "architecture 'LlamaBuilder' is not supported"
+    with pytest.raises(BuilderError, match=r"LlamaBuilder: that is a class name; give the architecture it builds "):
+        build(model=str(checkpoint("llama")), output=str(tmp_path / "x"), family="LlamaBuilder")
 
 
 def test_verify_uses_the_family_it_was_given(checkpoint, tmp_path):

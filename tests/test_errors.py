@@ -345,6 +345,10 @@ def test_python_options_of_the_wrong_type_are_named(ckpt, tmp_path, values, mess
     with pytest.raises(BuilderError) as caught:
         build(BuildOptions(model=str(ckpt), output=str(out), **values), show_progress=False)
     assert message in str(caught.value)
+    # The same as keywords: build(block_size="32") was converted as YAML's text is, and built.
+    with pytest.raises(BuilderError) as caught:
+        build(model=str(ckpt), output=str(out), show_progress=False, **values)
+    assert message in str(caught.value)
     assert not out.exists()
 
 

@@ -534,6 +534,17 @@ class BuildOptions:
             kwargs[key] = _coerce(known[key], value, where)
         return cls(**kwargs)
 
+    @classmethod
+    def from_keywords(cls, values: dict[str, Any], where: str) -> BuildOptions:
+        """Build options from Python keywords (build(), from_pretrained()): field names, each value
+        of its field's type, as BuildOptions(...) takes them. (from_mapping converted YAML's text,
+        so build(block_size="64") passed where BuildOptions(block_size="64") was refused.)"""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise BuilderError(f"{where}: unknown option {unknown[0]!r}; known options: " + ", ".join(sorted(known)))
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
