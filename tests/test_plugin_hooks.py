@@ -437,31 +437,29 @@ def test_the_source_digest_skips_files_that_are_not_code(tmp_path, monkeypatch):
 
 
 def test_the_source_digest_covers_the_user_s_modules_a_family_imports(tmp_path, monkeypatch):
-    """A family in my_fam.py with its MLP in my_blocks.py beside it: an edit of my_blocks.py left the
+    """A family in digest_fam.py with its MLP in digest_blocks.py beside it: an edit of digest_blocks.py left the
     digest as it was, so batch called the old output up to date."""
     import importlib
 
     from builder.family_source import family_source_digest
 
     blocks = "import numpy\n\nfrom builder.kit.blocks import DenseMLP\n\nACT = {!r}\n"
-    (tmp_path / "my_blocks.py").write_text(blocks.format("silu"))
-    (tmp_path / "my_fam.py").write_text(
-        "from architectures import LlamaBuilder\nfrom my_blocks import ACT, DenseMLP\n\n\n"
+    (tmp_path / "digest_blocks.py").write_text(blocks.format("silu"))
+    (tmp_path / "digest_fam.py").write_text(
+        "from architectures import LlamaBuilder\nfrom digest_blocks import ACT, DenseMLP\n\n\n"
         "class Fam(LlamaBuilder):\n    def feed_forward(self, spec, i):\n        return DenseMLP(act=ACT)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    import my_fam
+    import digest_fam
 
-    before = family_source_digest(my_fam.Fam)
-    (tmp_path / "my_blocks.py").write_text(
-        "import numpy\n\nfrom builder.kit.blocks import DenseMLP\n\nACT = 'gelu_tanh'\n"
-    )
-    assert family_source_digest(my_fam.Fam) != before
-    (tmp_path / "unrelated.py").write_text("X = 1\n")  # beside it, imported by nothing: not its source
-    importlib.import_module("unrelated")
-    after = family_source_digest(my_fam.Fam)
-    (tmp_path / "unrelated.py").write_text("X = 2\n")
-    assert family_source_digest(my_fam.Fam) == after
+    before = family_source_digest(digest_fam.Fam)
+    (tmp_path / "digest_blocks.py").write_text(blocks.format("gelu_tanh"))
+    assert family_source_digest(digest_fam.Fam) != before
+    (tmp_path / "digest_unrelated.py").write_text("X = 1\n")  # beside it, imported by nothing: not its source
+    importlib.import_module("digest_unrelated")
+    after = family_source_digest(digest_fam.Fam)
+    (tmp_path / "digest_unrelated.py").write_text("X = 2\n")
+    assert family_source_digest(digest_fam.Fam) == after
 
 
 def test_onnx_builder_imports_a_family_from_the_current_folder(helium, tmp_path):
