@@ -60,6 +60,34 @@ def _ngram_size(text: str) -> int:
     return _whole_number(text, 2, 16, "tokens (an n-gram's length)")  # genai 0.18's bounds for ngram_size
 
 
+def decode_all(tokenizer, tokens: list[int]) -> str:
+    """The text of `tokens`, with bytes that are no UTF-8 shown as U+FFFD (special tokens left out,
+    as genai leaves them out).
+
+    onnxruntime-genai 0.18's decode ends the text at the first invalid byte (a random model's byte
+    tokens, or a character cut by --max-new-tokens), and its stream drops such bytes: the text
+    after them went missing without a word. Here tokens are decoded a run at a time; a run that
+    stays invalid gives its longest clean start, or else its first token alone, and goes on."""
+    text, run = [], []
+    for at, token in enumerate(tokens):
+        run.append(token)
+        final = at == len(tokens) - 1
+        while run:
+            piece = tokenizer.decode(run)
+            if not piece.endswith("\ufffd"):
+                text.append(piece)
+                run = []
+            elif len(run) < 4 and not final:  # a character may end in the next token (4 bytes at most)
+                break
+            else:
+                clean = next(
+                    (k for k in range(len(run) - 1, 0, -1) if not tokenizer.decode(run[:k]).endswith("\ufffd")), 1
+                )
+                text.append(tokenizer.decode(run[:clean]))
+                run = run[clean:]
+    return "".join(text)
+
+
 def _non_empty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("is empty; pass some text to continue, e.g. --prompt 'Hello'")
@@ -508,7 +536,7 @@ def generate(args) -> None:
             generator.generate_next_token()
             new.append(int(generator.get_next_tokens()[0]))
         done = time.perf_counter()
-        text = tokenizer.decode(new)
+        text = decode_all(tokenizer, new)
     except RuntimeError as e:
         if any(message in str(e) for message in _SPECULATION_REFUSED):
             asked = "--ngram" if args.ngram else f"the speculative section of {folder / 'genai_config.json'}"

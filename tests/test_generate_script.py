@@ -656,3 +656,28 @@ def test_variant_scripts_refuse_what_would_damage_a_folder(built, cpu_folder, tm
     assert_refused(script("with_session_options.py", other, variant, "intra_op_num_threads=1"), "was made from")
     assert script("with_session_options.py", cpu_folder, variant, "search.max_length=-").returncode == 0
     assert "max_length" not in json.loads((variant / "genai_config.json").read_text()).get("search", {})
+
+
+def test_text_after_bytes_that_are_no_utf8_is_printed(cpu_folder, monkeypatch):
+    """genai 0.18's decode ends the text at the first byte that is no UTF-8 (a random model's byte
+    tokens; a character cut by --max-new-tokens): 'text:' lost the rest of the tokens in silence.
+    Checked against transformers' decode, runs of U+FFFD counted as one (transformers gives one per
+    invalid sequence, genai one per byte)."""
+    import random
+    import re
+
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from generate import decode_all
+
+    ours, theirs = og.Tokenizer(og.Model(str(cpu_folder))), AutoTokenizer.from_pretrained(str(cpu_folder))
+    cut = [443, 83, 83, 83, 67, 67, 331, 331, 331, 331, 135, 135, 183, 183, 368, 183]  # tiny-qwen3's greedy tokens
+    assert ours.decode(cut) == " whotttddveryveryveryvery\ufffd"  # genai's own: 'nt' and after gone
+    squeeze = lambda text: re.sub("\ufffd+", "\ufffd", text)  # noqa: E731
+    assert decode_all(ours, cut) == theirs.decode(cut) == " whotttddveryveryveryvery" + "\ufffd" * 4 + "nt\ufffd"
+    rng = random.Random(0)
+    for _ in range(200):
+        tokens = [rng.choice([t for t in range(477) if t != 188]) for _ in range(rng.randrange(1, 25))]  # 188: NUL
+        assert squeeze(decode_all(ours, tokens)) == squeeze(theirs.decode(tokens, skip_special_tokens=True)), tokens
