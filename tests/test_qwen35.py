@@ -81,6 +81,47 @@ def test_split_and_fused_layouts_build_identical_data(checkpoint, tmp_path, name
     assert a.model_path.read_bytes() == b.model_path.read_bytes()
 
 
+def fuse_experts(src, dst):
+    """The experts as Qwen3.5-MoE's hub files store them (and transformers holds them): per layer
+    experts.gate_up_proj [E, 2I, H], gate rows first, and experts.down_proj [E, H, I]."""
+    import re
+
+    shutil.copytree(src, dst)
+    weights = load_file(src / "model.safetensors")
+    out, experts = {}, {}
+    for name, w in weights.items():
+        found = re.fullmatch(r"(.*\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight", name)
+        if found:
+            experts.setdefault(found[1], {})[(int(found[2]), found[3])] = w
+        else:
+            out[name] = w
+    for prefix, parts in experts.items():
+        count = 1 + max(e for e, _ in parts)
+        out[f"{prefix}.gate_up_proj"] = torch.stack(
+            [torch.cat([parts[(e, "gate")], parts[(e, "up")]]) for e in range(count)]
+        ).contiguous()
+        out[f"{prefix}.down_proj"] = torch.stack([parts[(e, "down")] for e in range(count)]).contiguous()
+    (dst / "model.safetensors").unlink()
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-moe", "qwen3-next"])
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_experts_stored_fused_build_what_experts_one_by_one_build(checkpoint, tmp_path, name, precision):
+    """Qwen3.5-MoE's hub files (35B-A3B and up) store each layer's experts in two fused tensors;
+    the builder read only experts stored one by one, and refused them as incomplete checkpoints."""
+    one_by_one = checkpoint(name)
+    fused = fuse_experts(one_by_one, tmp_path / "fused")
+    assert any(n.endswith("mlp.experts.gate_up_proj") for n in load_file(fused / "model.safetensors"))
+    a = build(one_by_one, tmp_path / "a", precision=precision)
+    b = build(fused, tmp_path / "b", precision=precision, verify=precision == "fp32")
+    assert a.data_path.read_bytes() == b.data_path.read_bytes()
+    assert a.model_path.read_bytes() == b.model_path.read_bytes()
+    if precision == "fp32":  # transformers loads the fused files as they are
+        assert b.report["verify"]["status"] == "passed", b.report["verify"]
+
+
 @pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5-text", "qwen3_5-moe", "qwen3_5-moe-text", "qwen3-next"])
 def test_one_qkvz_and_one_ba_projection_per_linear_layer(built, name):
     result = built(name, precision="int4")

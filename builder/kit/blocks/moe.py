@@ -34,6 +34,7 @@ from builder.kit.blocks.emitter import Emitter
 from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX
 from builder.kit.layout import PackGroup
+from builder.kit.linear import RowSlice
 from quant import QuantScheme
 
 
@@ -142,15 +143,25 @@ class SparseMoE:
     # ---- expert weights, streamed one expert at a time ----------------------
 
     def _expert_parts(self, em: Emitter, i: int, e: int, projs: tuple[str, ...]) -> list[np.ndarray]:
-        """[N, K] weights of one expert, as float32 (hub files and transformers 5 both store
-        experts one by one; transformers fuses them only in memory)."""
+        """[N, K] weights of one expert, as float32. Checkpoints store experts one by one (Qwen3-MoE's
+        and Qwen3-Next's hub files, transformers 5's save_pretrained) or fused as transformers holds
+        them in memory (Qwen3.5-MoE's hub files: experts.gate_up_proj [E, 2I, H], gate rows first,
+        and experts.down_proj [E, H, I]); expert e of a fused tensor is its row e."""
         s, m = em.spec, self.moe
         shapes = {
             "gate_proj": (m.intermediate_size, s.hidden_size),
             "up_proj": (m.intermediate_size, s.hidden_size),
             "down_proj": (s.hidden_size, m.intermediate_size),
         }
-        return [em.proj.float32(em.weight(i, f"{self.prefix}.experts.{e}.{p}.weight"), shapes[p]) for p in projs]
+        names = [em.weight(i, f"{self.prefix}.experts.{e}.{p}.weight") for p in projs]
+        fused = em.weight(i, f"{self.prefix}.experts.{'down_proj' if projs == ('down_proj',) else 'gate_up_proj'}")
+        checkpoint = em.proj.checkpoint
+        if checkpoint.has(names[0]) or not checkpoint.has(fused):  # one by one (or missing: that error)
+            return [em.proj.float32(name, shapes[p]) for name, p in zip(names, projs)]
+        rows = sum(shapes[p][0] for p in projs)
+        whole = (m.num_experts, rows, shapes[projs[0]][1])
+        expert = em.proj.float32(RowSlice(fused, e, e + 1, whole), (1, *whole[1:]))[0]
+        return list(np.split(expert, len(projs))) if len(projs) > 1 else [expert]
 
     def _fc_shape(self, em: Emitter, projs: tuple[str, ...]) -> tuple[int, int]:
         """(N, K) of one expert's FC: FC1 stacks gate and up, FC2 is down_proj."""
