@@ -15,6 +15,7 @@ BuildPlan (builder.kit.plan), before the first node.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Mapping
@@ -49,6 +50,9 @@ class DecoderBuilder:
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
+    # Words for not_built's prefixes in the build report's note ("the vision tower"); a prefix
+    # without words is named as it is.
+    not_built_names: Mapping = MappingProxyType({})
     # Of those, the ones builder.verify's transformers reference does not load either, so --verify's
     # memory estimate leaves them out (Qwen3.5's ForCausalLM ignores model.visual.* and mtp.*; Gemma
     # 3's reference is the ConditionalGeneration model, vision tower included).
@@ -166,6 +170,21 @@ class DecoderBuilder:
         layers = layer_prefix(self)
         index = name[len(layers) :].split(".", 1)[0] if layers and name.startswith(layers) else ""
         return index.isdigit() and int(index) >= spec.num_layers
+
+    def skipped_note(self) -> str | None:
+        """The build report's note on what not_built left out of this checkpoint, or None when it
+        holds none of it (a text-only checkpoint of a family whose hub files carry a vision tower)."""
+        counts = collections.Counter(
+            next(p for p in self.not_built if name.startswith(p))
+            for name in self.checkpoint.names()
+            if self.not_built and name.startswith(self.not_built)
+        )
+        if not counts:
+            return None
+        parts = [
+            f"{self.not_built_names.get(p, 'the tensors')} ({p}*, {n} tensor{'s' * (n > 1)})" for p, n in counts.items()
+        ]
+        return f"text model only: not built from the checkpoint are {', '.join(parts)}"
 
     def unused_tensors(self) -> list[str]:
         """Checkpoint tensors the build has not read that it does not leave out on purpose.

@@ -216,7 +216,6 @@ class Gemma3Builder(DecoderBuilder):
 # Where the text model's tensors are: the hub's files (google/gemma-3-4b-it) keep transformers 4's
 # names, transformers 5 saves them under model.language_model.
 HUB_PREFIX, SAVED_PREFIX = "language_model.model.", "model.language_model."
-TEXT_ONLY_NOTE = "text model only: the checkpoint's vision tower and multi-modal projector are not built"
 
 
 # Gemma3TextConfig's token ids, where neither level of the config names one.
@@ -243,6 +242,10 @@ class Gemma3VLBuilder(Gemma3Builder):
     left out, as Qwen3.5's are."""
 
     not_built = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+    not_built_names = {
+        **dict.fromkeys(("vision_tower.", "model.vision_tower."), "the vision tower"),
+        **dict.fromkeys(("multi_modal_projector.", "model.multi_modal_projector."), "the multi-modal projector"),
+    }
 
     @functools.cached_property
     def text_prefix(self) -> str:
@@ -265,7 +268,3 @@ class Gemma3VLBuilder(Gemma3Builder):
 
     def make_spec(self, config: dict, target: Target | None = None) -> Gemma3Spec:
         return super().make_spec(text_view(config), target)
-
-    def adjust_layout(self, layout: Layout, options: BuildOptions) -> Layout:
-        layout = super().adjust_layout(layout, options)
-        return replace(layout, notes=layout.notes + (TEXT_ONLY_NOTE,))

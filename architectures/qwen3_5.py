@@ -36,8 +36,6 @@ from builder.kit.options import BuildOptions
 from builder.kit.spec import FULL_ATTENTION, LINEAR_ATTENTION, DecoderSpec, layer_types
 from builder.kit.targets import Target
 
-TEXT_ONLY_NOTE = "text model only: the checkpoint's vision tower (model.visual.*) and MTP head (mtp.*) are not built"
-
 
 @dataclass
 class Qwen35Spec(DecoderSpec):
@@ -86,7 +84,8 @@ class Qwen35Builder(DecoderBuilder):
     partial_rotary = True  # a quarter of each head by default (text_config)
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
     text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
-    not_built = ("model.visual.", "mtp.")  # TEXT_ONLY_NOTE
+    not_built = ("model.visual.", "mtp.")
+    not_built_names = {"model.visual.": "the vision tower", "mtp.": "the multi-token-prediction head"}
     reference_leaves_out = not_built  # transformers' _keys_to_ignore_on_load_unexpected
 
     def weight(self, layer: int | None, suffix: str) -> str:
@@ -154,8 +153,6 @@ class Qwen35Builder(DecoderBuilder):
                     head_norm="branchwise",
                     notes=layout.notes + ("head_norm auto -> branchwise (docs/packing.md#cpu, Qwen3.5)",),
                 )
-        if self.text_prefix != "model.":
-            return replace(layout, notes=layout.notes + (TEXT_ONLY_NOTE,))
         return layout
 
     @classmethod

@@ -219,7 +219,8 @@ def _run(arch, show_progress: bool) -> BuildResult:
             layout.write_configs(staging, generation)
         with _write_errors(output, "copying the tokenizer files into "):
             copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
-        notes = list(plan.notes) + arch.warnings
+        skipped = arch.skipped_note() if hasattr(arch, "skipped_note") else None
+        notes = list(plan.notes) + ([skipped] if skipped else []) + arch.warnings
         if missing:
             message = (
                 f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "

@@ -187,7 +187,30 @@ def test_vision_tower_is_skipped_and_said(built):
     result = built("qwen3_5", precision="fp32")
     model = onnx.load(result.model_path, load_external_data=False)
     assert not [i.name for i in model.graph.initializer if "visual" in i.name or i.name.startswith("mtp")]
-    assert any("vision tower" in note for note in result.report["notes"])
+    assert (
+        "text model only: not built from the checkpoint are the vision tower (model.visual.*, 1 tensor), "
+        "the multi-token-prediction head (mtp.*, 1 tensor)"
+    ) in result.report["notes"]
+
+
+def test_what_is_left_out_is_said_for_the_tensors_a_checkpoint_holds(checkpoint, tmp_path):
+    """The note was written for the ConditionalGeneration checkpoints alone, whatever they held: a
+    Qwen3-Next checkpoint's MTP head (its hub files carry one) went unsaid, and a checkpoint without
+    a vision tower was said to have one left out."""
+    source = checkpoint("qwen3-next")
+    folder = tmp_path / "with-mtp"
+    shutil.copytree(source, folder)
+    weights = load_file(folder / "model.safetensors")
+    hidden = weights["model.norm.weight"].shape[0]
+    weights |= {"mtp.fc.weight": torch.zeros(hidden, 2 * hidden), "mtp.norm.weight": torch.ones(hidden)}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    notes = build(folder, tmp_path / "a", precision="int4").report["notes"]
+    assert (
+        "text model only: not built from the checkpoint are the multi-token-prediction head (mtp.*, 2 tensors)" in notes
+    )
+    assert not any(
+        n.startswith("text model only") for n in build(source, tmp_path / "b", precision="int4").report["notes"]
+    )
 
 
 @pytest.mark.parametrize("name", ["qwen3_5-text", "qwen3_5-moe-text", "qwen3-next"])
