@@ -259,3 +259,13 @@ def test_a_failure_while_generating_is_one_line(short, tmp_path):
     child = node(folder, "--ids", "1,2,3", "--max-new-tokens", "20", "--min-new-tokens", "20")
     assert_one_line(child, str(folder), "does not run in transformers.js", "cos_cache", "--max-new-tokens")
     assert "Inputs given to model" not in child.stderr and "[E:onnxruntime" not in child.stderr
+
+
+def test_a_folder_built_for_a_newer_runtime_says_so_not_that_it_is_damaged(built):
+    """Following the builder's own advice (--target-ort 1.31 for a MoE model), the folder's QMoE
+    failed in transformers.js 4.3's onnxruntime-node 1.30 and the script called the folder missing
+    a file or damaged, with a rebuild that would write the same files."""
+    needs_transformers_js()
+    folder = built("qwen3-next", precision="int4", format="transformers.js", target_ort="1.31").output
+    line = assert_one_line(node(folder, "--prompt", "Hello"), str(folder), "Unrecognized attribute: accuracy_level")
+    assert "built for ONNX Runtime 1.31" in line and "damaged" not in line, line

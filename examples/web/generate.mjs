@@ -370,6 +370,15 @@ try {
             + `transformers.js does not know; the builder family that made it names a model_type transformers.js `
             + `knows for the same architecture in its model_config() (docs/architecture.md)`);
     }
+    const newer = /(Unrecognized attribute[^)]*|[^(]*is not a registered function\/op|Could not find an implementation for [^)]*)/i
+        .exec(firstLine(e));
+    if (newer) {  // the graph's ops are newer than this onnxruntime-node: the files are whole, the runtime is old
+        const target = report(folder).target?.ort_version;
+        fail(`${args.folder} does not load in transformers.js (${newer[1].trim()}): it was built for ONNX Runtime `
+            + `${target ?? 'newer than this one'}, whose nodes the onnxruntime-node here does not run; run it with an `
+            + `onnxruntime-node of that version, or rebuild it without --target-ort for transformers.js 4.3's `
+            + `onnxruntime-node 1.30 (the builder refuses models whose ops need the newer one, such as MoE)`);
+    }
     failOffItsEP(e, 'load');
     const device = args.device === 'cpu' ? '' : `, or --device ${args.device} does not run here (try --device cpu)`;
     fail(`${args.folder} does not load in transformers.js (${firstLine(e)}): a file of it is missing or damaged${device}; `
