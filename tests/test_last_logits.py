@@ -156,3 +156,34 @@ def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, 
     # It feeds int64 input_ids and mask whatever the graph takes (webgpu capture builds: int32).
     with pytest.raises(RuntimeError, match=r"Actual: \(tensor\(int64\)\) , expected: \(tensor\(int32\)\)"):
         genai_engine_greedy(built("qwen3", precision="fp32", logits="all", int32_inputs="on").output, list(PROMPTS), 12)
+
+
+def test_a_new_turn_on_the_same_generator_as_the_readme_says(built, checkpoint):
+    """genai 0.18's append_tokens after generate_next_token does not run the last generated token
+    (the README says so, and how to get transformers' logits anyway): the first assert fails once a
+    genai release runs it, and the README's paragraph goes then."""
+    import onnxruntime_genai as og
+
+    result = built("qwen3", precision="fp32")
+    reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
+    model = og.Model(str(result.output))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=64, do_sample=False)
+    first, turn = [39, 363, 78], [100, 101, 102]
+
+    def after_five(generator):
+        generator.append_tokens(first)
+        for _ in range(5):
+            generator.generate_next_token()
+        return [int(t) for t in generator.get_sequence(0)]
+
+    plain = og.Generator(model, params)
+    sequence = after_five(plain)
+    plain.append_tokens(turn)
+    expected = torch_logits(reference, np.array([sequence + turn]), [])[0][0, -1]
+    assert np.abs(np.array(plain.get_logits())[0, -1] - expected).max() > 1e-2  # the last token went unrun
+    rewound = og.Generator(model, params)
+    assert after_five(rewound) == sequence
+    rewound.rewind_to(len(sequence) - 1)
+    rewound.append_tokens([sequence[-1], *turn])
+    np.testing.assert_allclose(np.array(rewound.get_logits())[0, -1], expected, rtol=0, atol=1e-4)
