@@ -26,6 +26,13 @@ def pytest_runtest_logreport(report):
         _skipped.append(report.nodeid)
 
 
+def pytest_collectreport(report):
+    # A module skipped whole (pytest.importorskip or skip(allow_module_level=True) at its top) is
+    # reported here, never as a test.
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _skipped and session.exitstatus == 0:
         session.exitstatus = 1

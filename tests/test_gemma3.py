@@ -29,6 +29,8 @@ TINY = TINY_CONFIGS["gemma3"]
 
 
 def parity(result, checkpoint_dir, bound=1e-4):
+    # Every prompt position, not only the last: a mask that lets a position see later tokens shows there.
+    assert result.report["options"]["logits"] == "all", "build with logits='all' for parity"
     options = BuildOptions(**result.report["options"])
     p = verify_build(result.output, checkpoint_dir, options, prompt_length=PROMPT, decode_steps=DECODE)
     assert p.max_abs < bound and p.argmax_agree == 1.0, p
@@ -130,7 +132,7 @@ def test_other_target_layouts_match_transformers(checkpoint, tmp_path, swap, rot
     """Layouts of other EPs, run on CPU in fp32 by swapping the layout of a cpu build: each
     layer still picks its rope caches, and the reshaped q/k norms get 1 + w."""
     ckpt = checkpoint("gemma3")
-    options = BuildOptions(model=str(ckpt), output=str(tmp_path / "out"), precision="fp32")
+    options = BuildOptions(model=str(ckpt), output=str(tmp_path / "out"), precision="fp32", logits="all")
     builder = Gemma3Builder(Checkpoint(ckpt), options)
     builder.plan = replace(builder.plan, layout=replace(builder.plan.layout, **swap))
     result = run(builder, show_progress=False)
@@ -227,7 +229,7 @@ def test_config_resolution_follows_transformers(style):
 def test_saved_config_style_matches_transformers(tmp_path):
     """Global layer first, nested rope_parameters with their own thetas and linear factor."""
     ckpt = make_checkpoint(tmp_path / "ckpt", _saved_style())
-    result = build(model=str(ckpt), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    result = build(model=str(ckpt), output=str(tmp_path / "out"), logits="all", precision="fp32", show_progress=False)
     model = onnx.load(str(result.model_path), load_external_data=False)
     gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
     assert [attr(n, "local_window_size", -1) for n in gqa] == [-1, 5, 5]

@@ -904,6 +904,8 @@ class FakeTerminal:
 
 
 def test_warning_and_error_start_on_their_own_line():
+    import re
+
     from builder.kit import progress as progress_module
 
     term = FakeTerminal()
@@ -914,7 +916,7 @@ def test_warning_and_error_start_on_their_own_line():
     assert "\r\033[Kwarning: something odd\n\r\033[Km [" in term.text
     progress.step("layer 2/2")
     progress_module.end_line()  # what the CLI does before printing an error
-    assert term.text.endswith("layer 2/2 (0.0s)\n") or term.text.endswith("s)\n")
+    assert re.search(r"layer 2/2 \(\d+\.\ds\)\n$", term.text), term.text
     progress_module.end_line()  # nothing open: nothing written
     assert term.text.endswith(")\n")
 
@@ -1332,3 +1334,5 @@ def test_verify_memory_counts_the_parameters_the_reference_loads(name, checkpoin
     assert reference_params(arch) == loaded
     if name.startswith("qwen3_5"):
         assert loaded < in_checkpoint
+    else:  # Gemma 3's reference loads the whole checkpoint, vision tower and projector included
+        assert loaded == in_checkpoint

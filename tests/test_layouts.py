@@ -80,12 +80,13 @@ def test_packing_falls_back_when_formats_differ(built, checkpoint):
 
 @pytest.mark.parametrize("ep", ["webgpu", "dml"])
 def test_gpu_layouts_compute_the_same_model_on_cpu(built, checkpoint, ep):
-    """The webgpu (target 1.27) and dml graphs have CPU kernels too: fp16-level agreement."""
+    """The webgpu (target 1.27) and dml graphs have CPU kernels too: fp16-level agreement (NMSE
+    2.3e-6 and max |d| 6.5e-3 on logits up to 3.2, measured; the bound leaves 4x)."""
     result = built("qwen3", precision="int4", ep=ep, accuracy_level=0)
     parity = verify_build(
         result.output, checkpoint("qwen3"), BuildOptions(**result.report["options"]), prompt_length=12, decode_steps=4
     )
-    assert parity.nmse < 1e-4 and parity.argmax_agree == 1.0, parity
+    assert parity.nmse < 1e-5 and parity.max_abs < 3e-2 and parity.argmax_agree == 1.0, parity
 
 
 def test_branchwise_refused_where_the_runtime_lacks_it(built):

@@ -136,18 +136,32 @@ def test_verify_refuses_halves_rotary_on_an_interleaved_model(helium, tmp_path, 
     assert not (tmp_path / "o").exists()
 
 
+class GraniteWithoutAttentionScale(GraniteBuilder):
+    def make_spec(self, config, target=None):
+        return DecoderBuilder.make_spec(self, config, target)
+
+
+class GraniteInterleaved(GraniteBuilder):
+    rotary_interleaved = True
+
+
 def test_granite_through_the_hooks_matches_transformers(granite, tmp_path):
-    """embed, logits and decoder_layer carry Granite's four scales; config_keys declares them."""
-    result = build(
-        model=str(granite),
-        output=str(tmp_path / "o"),
-        precision="fp32",
-        verify=True,
-        family=GraniteBuilder,
-        show_progress=False,
-    )
-    assert result.report["verify"]["status"] == "passed", result.report["verify"]
-    assert not [w for w in result.report["notes"] if "does not read" in w], result.report["notes"]
+    """embed, logits and decoder_layer carry Granite's four scales; config_keys declares them. On
+    these weights (transformers' init, attention_multiplier 1/32) attention barely moves the logits,
+    so verify's NMSE < 1e-6 passed a wrong rotary (6.7e-10) and an ignored attention scale (2.6e-8):
+    the bound here is 1e-10, and the two mistakes are shown to break it."""
+
+    def nmse(family, name):
+        options = dict(model=str(granite), precision="fp32", verify=True, family=family, show_progress=False)
+        result = build(output=str(tmp_path / name), **options)
+        assert result.report["verify"]["status"] == "passed", result.report["verify"]
+        return result.report["verify"]["nmse"], result.report
+
+    right, report = nmse(GraniteBuilder, "o")
+    assert right < 1e-10, right
+    assert not [w for w in report["notes"] if "does not read" in w], report["notes"]
+    for family in (GraniteWithoutAttentionScale, GraniteInterleaved):
+        assert nmse(family, family.__name__)[0] > 1e-10, family.__name__
 
 
 def test_granite_s_own_hooks_keep_left_padded_batches_right(granite, tmp_path):
@@ -353,8 +367,18 @@ def test_batch_rebuilds_what_a_changed_plugin_built(helium, tmp_path):
     (site / "helium_plugin.py").write_text(textwrap.dedent(PLUGIN.format(interleaved=True)))
     again = run_batch()
     assert "the source of helium_plugin.Helium changed" in again and "1 built" in again, again
-    graph = (tmp_path / "out" / "model.onnx").read_bytes()
-    assert b"rotary_interleaved" in graph
+    import onnx
+
+    graph = onnx.load(tmp_path / "out" / "model.onnx", load_external_data=False).graph
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    # Every GroupQueryAttention carries the attribute (0 before the fix): its value is the fix.
+    assert attention and all(
+        onnx.helper.get_attribute_value(a) == 1
+        for n in attention
+        for a in n.attribute
+        if a.name == "rotary_interleaved"
+    )
+    assert all(any(a.name == "rotary_interleaved" for a in n.attribute) for n in attention)
 
 
 def test_the_command_line_builds_with_a_family_of_one_s_own(helium, tmp_path):
