@@ -983,6 +983,9 @@ def test_summary_that_cannot_be_written_at_the_end_is_one_line(tiny, tmp_path):
 # ---- signals: running builds stop, nothing is published, the summary is written ---------
 
 
+THREE_JOBS = f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n  - output: b\n  - output: c\n"
+
+
 def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None, **popen):
     """A batch of three jobs, --jobs 2, whose builds pause just before publishing."""
     import subprocess
@@ -991,18 +994,7 @@ def _start_paused_batch(tmp_path: Path, jobs: int, extra_env=None, **popen):
 
     pauses = tmp_path / "pauses"
     pauses.mkdir()
-    path = write(
-        tmp_path / "sig.yaml",
-        f"""
-        output_root: out
-        defaults:
-          model: {TINY}
-        jobs:
-          - output: a
-          - output: b
-          - output: c
-    """,
-    )
+    path = write(tmp_path / "sig.yaml", THREE_JOBS)
     env = {
         **os.environ,
         "BUILDER_TEST_PAUSE_BEFORE_PUBLISH": "120",
@@ -1198,18 +1190,7 @@ def test_a_closed_stdout_stops_the_batch_and_writes_the_summary(tmp_path):
     import subprocess
     import sys
 
-    path = write(
-        tmp_path / "p.yaml",
-        f"""
-        output_root: out
-        defaults:
-          model: {TINY}
-        jobs:
-          - output: a
-          - output: b
-          - output: c
-        """,
-    )
+    path = write(tmp_path / "p.yaml", THREE_JOBS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder", "batch", str(path)],
         stdout=subprocess.PIPE,
