@@ -71,10 +71,12 @@ def test_intra_op_threads_per_ep(built, ep, options, expected):
 
 
 def test_genai_runs_with_the_thread_setting(built):
-    """genai accepts the entry, and the thread count changes speed only: same greedy tokens."""
+    """genai accepts the entry, and the thread count changes speed only: the same greedy tokens,
+    and the same logits at each step (tokens alone could agree on a model that repeats one id)."""
+    import numpy as np
     import onnxruntime_genai as og
 
-    sequences = []
+    sequences, logits = [], []
     for threads in (0, 1):
         result = built("qwen3", precision="int4", intra_op_threads=threads)
         assert genai_config(result)["model"]["decoder"]["session_options"]["intra_op_num_threads"] == threads
@@ -83,10 +85,14 @@ def test_genai_runs_with_the_thread_setting(built):
         params.set_search_options(do_sample=False, max_length=16)
         generator = og.Generator(model, params)
         generator.append_tokens([1, 2, 3, 4, 5, 6])
+        steps = []
         while not generator.is_done():
+            steps.append(np.array(generator.get_logits())[0, -1])
             generator.generate_next_token()
         sequences.append(list(generator.get_sequence(0)))
+        logits.append(np.stack(steps))
     assert len(sequences[0]) == 16 and sequences[0] == sequences[1]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-3)
 
 
 def test_context_length_override_sizes_the_rotary_cache(built):
