@@ -269,3 +269,18 @@ def test_a_folder_built_for_a_newer_runtime_says_so_not_that_it_is_damaged(built
     folder = built("qwen3-next", precision="int4", format="transformers.js", target_ort="1.31").output
     line = assert_one_line(node(folder, "--prompt", "Hello"), str(folder), "Unrecognized attribute: accuracy_level")
     assert "built for ONNX Runtime 1.31" in line and "damaged" not in line, line
+    # Without --target-ort the builder refuses a MoE model for transformers.js: not that advice, but genai.
+    assert "--format genai" in line and "without --target-ort" not in line, line
+
+
+def test_a_damaged_webgpu_folder_is_called_damaged_not_a_graph_the_cpu_cannot_run(built, tmp_path):
+    """Any load failure of a -e webgpu folder on --device cpu was blamed on the EP ("whose graph the
+    CPU need not run ... rebuild it with -e cpu"), a missing tokenizer.json included; webgpu builds
+    run on the CPU, and the fault was the file."""
+    needs_transformers_js()
+    source = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32", format="transformers.js").output
+    folder = tmp_path / "web"
+    shutil.copytree(source, folder)
+    (folder / "tokenizer.json").unlink()
+    line = assert_one_line(node(folder, "--prompt", "Hello"), str(folder), "tokenizer.json", "missing or damaged")
+    assert "need not run" not in line and "-e webgpu" in line, line  # the rebuild keeps its EP

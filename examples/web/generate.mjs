@@ -153,6 +153,9 @@ function rebuild(shown, folder, ep = null) {
 function failOffItsEP(error, what) {
     const builtFor = report(folder).options?.ep;
     if (args.device !== 'cpu' || !builtFor || builtFor === 'cpu') return;
+    // A file missing or cut short is the folder's fault on any EP (webgpu builds run on the CPU too):
+    // only a kernel the CPU lacks is the EP's.
+    if (!/Could not find an implementation|NOT_IMPLEMENTED|not supported|Type Error|type \(tensor/i.test(firstLine(error))) return;
     fail(`${args.folder} does not ${what} on the CPU (${firstLine(error)}): it was built for ${builtFor} `
         + `(-e ${builtFor}), whose graph the CPU need not run; run it with --device ${builtFor} where that is, or `
         + rebuild(args.folder, folder, 'cpu'));
@@ -374,10 +377,13 @@ try {
         .exec(firstLine(e));
     if (newer) {  // the graph's ops are newer than this onnxruntime-node: the files are whole, the runtime is old
         const target = report(folder).target?.ort_version;
+        const moe = /QMoE|\bMoE\b/.test(firstLine(e));  // no build of it runs on the 1.30 transformers.js ships
         fail(`${args.folder} does not load in transformers.js (${newer[1].trim()}): it was built for ONNX Runtime `
             + `${target ?? 'newer than this one'}, whose nodes the onnxruntime-node here does not run; run it with an `
-            + `onnxruntime-node of that version, or rebuild it without --target-ort for transformers.js 4.3's `
-            + `onnxruntime-node 1.30 (the builder refuses models whose ops need the newer one, such as MoE)`);
+            + `onnxruntime-node of that version, or `
+            + (moe ? `build it with --format genai for onnxruntime-genai (a MoE model's experts need ONNX Runtime 1.31, `
+                + `which transformers.js 4.3 does not ship)`
+                : `rebuild it without --target-ort, for transformers.js 4.3's onnxruntime-node 1.30`));
     }
     failOffItsEP(e, 'load');
     const device = args.device === 'cpu' ? '' : `, or --device ${args.device} does not run here (try --device cpu)`;
