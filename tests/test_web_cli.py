@@ -284,3 +284,6 @@ def test_a_damaged_webgpu_folder_is_called_damaged_not_a_graph_the_cpu_cannot_ru
     (folder / "tokenizer.json").unlink()
     line = assert_one_line(node(folder, "--prompt", "Hello"), str(folder), "tokenizer.json", "missing or damaged")
     assert "need not run" not in line and "-e webgpu" in line, line  # the rebuild keeps its EP
+    # A kernel the CPU lacks is still the EP's: the fused-norm graph's GQA q/k norms run on GPUs only.
+    fused = built("qwen3", precision="int4", ep="webgpu", qkv_packing="fused-norm", format="transformers.js").output
+    line = assert_one_line(node(fused, "--prompt", "Hello"), str(fused), "q_norm_weight", "need not run", "-e cpu")
