@@ -160,7 +160,7 @@ def test_url_names():
 
 
 def test_page_names_the_bad_parameter(tmp_path):
-    """One Chromium launch, a same-origin page of five iframes, each a mistaken address: each page
+    """One Chromium launch, a same-origin page of six iframes, each a mistaken address: each page
     POSTs one error line naming the parameter and the fix, and loads no weights."""
     from test_transformers_js import chromium, load_serve, node_ready
 
@@ -178,9 +178,11 @@ def test_page_names_the_bad_parameter(tmp_path):
             "max_position_embeddings 256: pass max_new_tokens=255 or less",
         ],
         "model=older&ids=1,2&max_new_tokens=20": ["context_length 16: pass max_new_tokens=15 or less"],
+        # No prompt in the address: refused before the weights load too (it loaded, then refused on Generate).
+        "model=tiny&max_new_tokens=300": ["max_new_tokens=300 runs past tiny's context", "256"],
         "model=tiny&ids=1,2;;3": ["ids=1,2;;3 is not a comma-separated list", "e.g. ids=1,2,3 or ids=1,2,3;4,5"],
     }
-    # Headless Chromium opens one address: a page in the served folder frames the five.
+    # Headless Chromium opens one address: a page in the served folder frames the six.
     (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
     server, results = load_serve().start([q4, other, older])
     posted = {}

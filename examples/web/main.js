@@ -167,6 +167,16 @@ function explain(error, { model, device, fellBack, adapter }) {
             + `know; the builder family that made it names a model_type transformers.js knows for the same `
             + `architecture in its model_config() (docs/architecture.md)`;
     }
+    const newer = /(Unrecognized attribute[^)]*|[^(]*is not a registered function\/op|Could not find an implementation for [^)]*)/i
+        .exec(message);
+    if (newer) {  // the graph's nodes are newer than this page's onnxruntime-web: the files are whole
+        const target = model.report?.target?.ort_version;
+        const moe = /QMoE|\bMoE\b/.test(message);
+        return `${name} does not load in transformers.js on ${device} (${newer[1].trim()}): it was built for ONNX Runtime `
+            + `${target ?? 'newer than this page runs'}, whose nodes this page's onnxruntime-web does not run; `
+            + (moe ? 'a MoE model runs in onnxruntime-genai: build it with --format genai'
+                : `rebuild it without --target-ort: ${rebuild(model)}`);
+    }
     if (/cos_cache dimension 0 shall not be less than total_sequence_length/.test(message)) {
         return `${name} ran past its context (${message}): lower max_new_tokens or shorten the prompt`;
     }
@@ -221,6 +231,9 @@ function dtypeMessage(model, held, missing) {
 
 /** Refuses a prompt that the model cannot take as it stands: ids out of its vocabulary, or too long. */
 function checkPrompt(model, ids, max_new_tokens, what) {
+    if (!ids.length) {  // generate() fed it as an empty tensor: "OrtRun() ERROR_CODE 9", blamed on the folder
+        throw new PageError(`${what} is empty (it encodes to no tokens): type some text`);
+    }
     const config = { ...model.config, ...(model.config.text_config ?? {}) };
     const vocab = config.vocab_size;
     const bad = vocab ? ids.find((id) => id >= vocab) : undefined;
@@ -266,14 +279,16 @@ async function main(state) {
         throw new PageError(f16Message(model, adapter));
     }
     for (const row of options.ids ?? []) checkPrompt(model, row, options.max_new_tokens, `ids=${param('ids')}`);
+    // Any prompt has a token: a max_new_tokens past the context with one is refused before the weights load.
+    checkPrompt(model, [0], options.max_new_tokens, 'max_new_tokens');
     $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
     // Its URL path as the id: transformers.js joins a name that reads as a hub id onto localModelPath
     // and fetches any other as it is, so a folder named my--model or "a b" was asked for at /my--model/.
-    const where = env.localModelPath + name;
+    const where = env.localModelPath + encodeURIComponent(name);  // a name with # or ? is no URL path as it is
     const tokenizer = await AutoTokenizer.from_pretrained(where);
     const autorun = params.get('autorun') === '1' || params.get('report') === '1';
-    if (autorun && !options.ids) {  // before the weights load, as ids= is
+    if ((autorun || param('prompt')) && !options.ids) {  // before the weights load, as ids= is
         const text = param('prompt') ? params.get('prompt') : $('prompt').value;
         checkPrompt(model, Array.from(tokenizer.encode(text)), options.max_new_tokens, 'the prompt');
     }
