@@ -95,10 +95,14 @@ def test_missing_weights_are_named(tmp_path):
 
 
 def test_empty_weights_are_named(tmp_path):
-    """Served, the page failed to load it."""
+    """Served, the page failed to load it. The rebuild is the folder's own, from its report (it
+    was the generic -m CHECKPOINT, without the precision and EP)."""
     folder = fake_build(tmp_path / "tiny")
     (folder / "onnx" / "model_q4.onnx").write_bytes(b"")
-    assert_refused(serve(folder), "onnx/model_q4.onnx is empty", "--overwrite")
+    assert_refused(serve(folder), "onnx/model_q4.onnx is empty", "-m CHECKPOINT", "--overwrite")
+    report = {"options": {"model": "ck", "precision": "int4", "ep": "webgpu"}, "checkpoint": {"path": "/data/ck"}}
+    (folder / "build_report.json").write_text(json.dumps(report))
+    assert_refused(serve(folder), "rebuild it with python -m builder -m /data/ck -p int4 -e webgpu --format")
 
 
 @pytest.mark.parametrize("port", ["99999", "abc", "-1"])

@@ -63,6 +63,24 @@ def weights(folder: Path) -> dict[str, str]:
     return found
 
 
+def rebuild(folder: Path, shown: str) -> str:
+    """The command that builds `folder` again, from its build_report.json where it has one (its
+    checkpoint, precision and EP: the page's and generate.mjs's hints say the same), else BUILD."""
+    try:
+        report = json.loads((folder / "build_report.json").read_text(encoding="utf-8"))
+        options, resolved = report.get("options") or {}, (report.get("checkpoint") or {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        return f"{BUILD} --overwrite"
+    model = resolved or options.get("model")
+    if not isinstance(model, str) or not all(isinstance(options.get(k), str) for k in ("precision", "ep")):
+        return f"{BUILD} --overwrite"
+    family = f" --family {options['family']}" if isinstance(options.get("family"), str) else ""
+    return (
+        f"python -m builder -m {model} -p {options['precision']} -e {options['ep']}{family} --format transformers.js "
+        f"-o {shown} --overwrite (build_report.json lists its other options)"
+    )
+
+
 def check_folder(folder: Path, shown: str | None = None) -> dict:
     """The transformers.js_config of a --format transformers.js folder; FolderError for anything else."""
     shown = shown or str(folder)
@@ -99,17 +117,17 @@ def check_folder(folder: Path, shown: str | None = None) -> dict:
         )
     held = weights(folder)
     if not held:
-        raise FolderError(f"{shown} has no onnx/model*.onnx; rebuild it with {BUILD} --overwrite")
+        raise FolderError(f"{shown} has no onnx/model*.onnx; rebuild it with {rebuild(folder, shown)}")
     dtype = built.get("dtype")
     if isinstance(dtype, str) and dtype not in held:
         expected = f"onnx/model{DTYPE_SUFFIXES.get(dtype, '_' + dtype)}.onnx"
         raise FolderError(
             f"{shown} has no {expected}, the {dtype} weights its config.json names (it holds "
-            f"{', '.join(held)}); rebuild it with {BUILD} --overwrite"
+            f"{', '.join(held)}); rebuild it with {rebuild(folder, shown)}"
         )
     empty = [name for name in held.values() if (folder / name).stat().st_size == 0]
     if empty:  # served, it failed only in the page
-        raise FolderError(f"{shown}/{empty[0]} is empty; rebuild it with {BUILD} --overwrite")
+        raise FolderError(f"{shown}/{empty[0]} is empty; rebuild it with {rebuild(folder, shown)}")
     return built
 
 
