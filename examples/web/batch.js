@@ -1,5 +1,5 @@
 // A batch of prompts for transformers.js generate(), and its rows back out of what it returns;
-// shared by generate.mjs (Node) and main.js (the page).
+// shared by generate.mjs (Node) and main.js (the page), as is their reading of a load error.
 
 /**
  * The inputs of a batch of prompts (token id lists), padded on the left with `pad` as
@@ -32,4 +32,14 @@ export function rowsOf(output, rows, eos) {
         const end = tokens.findIndex((t, k) => k >= ids.length && ends.includes(t));
         return { prompt_ids: ids, tokens: end >= 0 ? tokens.slice(0, end + 1) : tokens };
     });
+}
+
+/**
+ * What of an ONNX Runtime load error says the graph's nodes are newer than the runtime (the folder
+ * was built with a higher --target-ort), and whether a MoE node is among them; null otherwise.
+ */
+export function newerRuntime(message) {
+    const found = /(Unrecognized attribute[^)]*|[^(]*is not a registered function\/op|Could not find an implementation for [^)]*)/i
+        .exec(message);
+    return found ? { what: found[1].trim(), moe: /QMoE|\bMoE\b/.test(message) } : null;
 }

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import { leftPadded, rowsOf } from './batch.js';
+import { leftPadded, newerRuntime, rowsOf } from './batch.js';
 
 const USAGE = `usage: node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --ids 1,2,3] [--max-new-tokens N]
                                        [--min-new-tokens N] [--dtype q4] [--device cpu] [--encode TEXT]
@@ -373,15 +373,13 @@ try {
             + `transformers.js does not know; the builder family that made it names a model_type transformers.js `
             + `knows for the same architecture in its model_config() (docs/architecture.md)`);
     }
-    const newer = /(Unrecognized attribute[^)]*|[^(]*is not a registered function\/op|Could not find an implementation for [^)]*)/i
-        .exec(firstLine(e));
+    const newer = newerRuntime(firstLine(e));
     if (newer) {  // the graph's ops are newer than this onnxruntime-node: the files are whole, the runtime is old
         const target = report(folder).target?.ort_version;
-        const moe = /QMoE|\bMoE\b/.test(firstLine(e));  // no build of it runs on the 1.30 transformers.js ships
-        fail(`${args.folder} does not load in transformers.js (${newer[1].trim()}): it was built for ONNX Runtime `
+        fail(`${args.folder} does not load in transformers.js (${newer.what}): it was built for ONNX Runtime `
             + `${target ?? 'newer than this one'}, whose nodes the onnxruntime-node here does not run; run it with an `
             + `onnxruntime-node of that version, or `
-            + (moe ? `build it with --format genai for onnxruntime-genai (a MoE model's experts need ONNX Runtime 1.31, `
+            + (newer.moe ? `build it with --format genai for onnxruntime-genai (a MoE model's experts need ONNX Runtime 1.31, `
                 + `which transformers.js 4.3 does not ship)`
                 : `rebuild it without --target-ort, for transformers.js 4.3's onnxruntime-node 1.30`));
     }

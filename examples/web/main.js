@@ -13,7 +13,7 @@
 import {
     AutoModelForCausalLM, AutoTokenizer, Tensor, TextStreamer, env,
 } from '/node_modules/@huggingface/transformers/dist/transformers.js';
-import { leftPadded, rowsOf } from './batch.js';
+import { leftPadded, newerRuntime, rowsOf } from './batch.js';
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -167,14 +167,12 @@ function explain(error, { model, device, fellBack, adapter }) {
             + `know; the builder family that made it names a model_type transformers.js knows for the same `
             + `architecture in its model_config() (docs/architecture.md)`;
     }
-    const newer = /(Unrecognized attribute[^)]*|[^(]*is not a registered function\/op|Could not find an implementation for [^)]*)/i
-        .exec(message);
+    const newer = newerRuntime(message);
     if (newer) {  // the graph's nodes are newer than this page's onnxruntime-web: the files are whole
         const target = model.report?.target?.ort_version;
-        const moe = /QMoE|\bMoE\b/.test(message);
-        return `${name} does not load in transformers.js on ${device} (${newer[1].trim()}): it was built for ONNX Runtime `
+        return `${name} does not load in transformers.js on ${device} (${newer.what}): it was built for ONNX Runtime `
             + `${target ?? 'newer than this page runs'}, whose nodes this page's onnxruntime-web does not run; `
-            + (moe ? 'a MoE model runs in onnxruntime-genai: build it with --format genai'
+            + (newer.moe ? 'a MoE model runs in onnxruntime-genai: build it with --format genai'
                 : `rebuild it without --target-ort: ${rebuild(model)}`);
     }
     if (/cos_cache dimension 0 shall not be less than total_sequence_length/.test(message)) {
