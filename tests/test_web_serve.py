@@ -178,12 +178,12 @@ def test_page_names_the_bad_parameter(tmp_path):
             "dtype=q4f16: tiny has no q4f16 weights; it holds q4: pass dtype=q4 or leave dtype out"
         ],
         "model=tiny&ids=1,2&max_new_tokens=300": [
-            "max_new_tokens=300 runs past tiny's context",
+            "max_new_tokens=300 runs past tiny's context: the 2 prompt tokens plus",
             "max_position_embeddings 256: pass max_new_tokens=255 or less",
         ],
         "model=older&ids=1,2&max_new_tokens=20": ["context_length 16: pass max_new_tokens=15 or less"],
         # No prompt in the address: refused before the weights load too (it loaded, then refused on Generate).
-        "model=tiny&max_new_tokens=300": ["max_new_tokens=300 runs past tiny's context", "256"],
+        "model=tiny&max_new_tokens=300": ["runs past tiny's context: the 1 prompt token plus", "256"],
         "model=tiny&ids=1,2;;3": ["ids=1,2;;3 is not a comma-separated list", "e.g. ids=1,2,3 or ids=1,2,3;4,5"],
     }
     # Headless Chromium opens one address: a page in the served folder frames the six.

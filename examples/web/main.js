@@ -249,7 +249,7 @@ function checkPrompt(model, ids, max_new_tokens, what) {
         if (ids.length > limit) {
             throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (${key} ${limit}): shorten it`);
         }
-        throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context: the ${ids.length} prompt tokens plus the new ones `
+        throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context: the ${ids.length} prompt token${ids.length === 1 ? '' : 's'} plus the new ones `
             + `but the last must fit in ${key} ${limit}: pass max_new_tokens=${limit - ids.length + 1} or less, or shorten the prompt`);
     }
 }
