@@ -211,3 +211,27 @@ def test_the_reference_quantizes_the_linears_the_plan_formats_and_no_others(chec
     assert torch.equal(dict(ours.named_modules())[left_out].weight, kept)
     quantized = "model.layers.0.mlp.up_proj"
     assert not torch.equal(dict(ours.named_modules())[quantized].weight, dict(plain.named_modules())[quantized].weight)
+
+
+@pytest.mark.parametrize("name", ["qwen3-moe", "qwen3-next"])
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_quantized_experts_keep_routing_weights_unnormalized(checkpoint, tmp_path, name, precision):
+    """norm_topk_prob=false (Qwen3-MoE's default when the key is absent): QMoE renormalizes the
+    top-k weights even with normalize_routing_weights=0, so such a build matched the normalized
+    model instead (max |d| 1.0 against transformers). The control proves the two references
+    differ on these weights, so the match is with the right one."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    folder = checkpoint(name, norm_topk_prob=False)
+    ckpt = Checkpoint(folder)
+    options = BuildOptions(
+        model=str(folder), output=str(tmp_path / "out"), precision=precision, accuracy_level=0, logits="all"
+    )
+    result = run(builder_class_for(ckpt.config)(ckpt, options), show_progress=False)
+    check(result, folder, 1e-4, name)
+    normalized = verify_build(
+        result.output, checkpoint(name, norm_topk_prob=True), options, prompt_length=PROMPT, decode_steps=DECODE
+    )
+    assert normalized.max_abs > 1e-2, normalized

@@ -2,7 +2,9 @@
 
 The router is a float MatMul; the kernels apply softmax, top-k and (with
 normalize_routing_weights) the renormalization of the top-k weights themselves,
-so the node takes raw logits (what Qwen3MoeTopKRouter computes).
+so the node takes raw logits (what Qwen3MoeTopKRouter computes). QMoE renormalizes
+even when told not to, so for norm_topk_prob=false its output is scaled back by the
+top-k probability mass, computed beside it.
 
 ORT 1.31 CPU kernels, as checked against transformers (tests/test_parity.py):
 - MoE runs SwiGLU only interleaved (swiglu_fusion=1): FC1 rows are gate_0, up_0,
@@ -99,8 +101,8 @@ class SparseMoE:
         router = em.weight(i, f"{self.prefix}.gate.weight")
         gate_w = em.proj.float_rows([router], [(m.num_experts, s.hidden_size)])
         gate_w = g.initializer(f"model.layers.{i}.{self.prefix}.gate.weight", np.ascontiguousarray(gate_w.T))
-        logits = g.op("MatMul", [x, gate_w], f"{base}/gate/MatMul")
-        logits = g.op("Reshape", [logits, g.constant([-1, m.num_experts])], f"{base}/gate/Reshape")
+        logits_3d = g.op("MatMul", [x, gate_w], f"{base}/gate/MatMul")
+        logits = g.op("Reshape", [logits_3d, g.constant([-1, m.num_experts])], f"{base}/gate/Reshape")
 
         fmt = em.fmt(i, f"{self.prefix}.experts")
         attrs = dict(
@@ -117,6 +119,11 @@ class SparseMoE:
             fc2 = self._float_experts(em, f"{prefix}.down_proj", i, ("down_proj",))
             return g.op("MoE", [x, logits, fc1, "", fc2], f"{base}/MoE", domain=MS_DOMAIN, **attrs)
 
+        # QMoE renormalizes the top-k weights whatever normalize_routing_weights says (ORT 1.31-1.32
+        # CPU: a norm_topk_prob=false build equalled the renormalized model to 2e-6 and was 1.0 off
+        # transformers), so it is asked to, and the sum it divided by is multiplied back.
+        attrs["normalize_routing_weights"] = 1
+        unnormalize = None if m.normalize else self._top_k_mass(em, base, logits_3d)
         scheme = expert_scheme(fmt, em.plan.target.ep, em.plan.accuracy_level)
         if scheme.block_size and (s.hidden_size % scheme.block_size or m.intermediate_size % scheme.block_size):
             raise BuilderError(
@@ -130,7 +137,7 @@ class SparseMoE:
             inputs += [fc1[2], fc2[2]]
         if scheme.block_size:  # none: one scale a row
             attrs["block_size"] = scheme.block_size
-        return g.op(
+        out = g.op(
             "QMoE",
             inputs,
             f"{base}/QMoE",
@@ -139,6 +146,19 @@ class SparseMoE:
             accuracy_level=em.plan.accuracy_level,
             **attrs,
         )
+        return out if unnormalize is None else g.op("Mul", [out, unnormalize], f"{base}/QMoE/Unnormalize")
+
+    def _top_k_mass(self, em: Emitter, base: str, logits: str) -> str:
+        """Each token's summed softmax probability of its top-k experts, [batch, seq, 1] in the
+        activation dtype: what a renormalizing kernel divided the routing weights by (softmax and
+        top-k in fp32, as the kernels compute them)."""
+        g, name = em.graph, f"{base}/router_mass"
+        narrow = em.proj.io_dtype != np.float32
+        wide = g.op("Cast", [logits], f"{name}/Cast", to=TensorProto.FLOAT) if narrow else logits
+        probs = g.op("Softmax", [wide], f"{name}/Softmax", axis=-1)
+        top = g.node("TopK", [probs, g.constant([self.moe.top_k])], f"{name}/TopK", 2, axis=-1)[0]
+        mass = g.op("ReduceSum", [top, g.constant([-1])], f"{name}/ReduceSum", keepdims=1)
+        return g.op("Cast", [mass], f"{name}/Cast_out", to=NP_TO_ONNX[em.proj.io_dtype]) if narrow else mass
 
     # ---- expert weights, streamed one expert at a time ----------------------
 
