@@ -263,6 +263,14 @@ def test_config_wrong_type_cli(ckpt, tmp_path):
     assert_clean_failure(cli("-m", ckpt, "-o", out), "rms_norm_eps is null", out=out)
 
 
+def test_head_dim_that_attention_cannot_run_is_refused_before_building(ckpt, tmp_path):
+    """hidden 48 over 4 heads: the folder was written, then every EP's GroupQueryAttention refused
+    head_size 12 at load and generate.py blamed the runtime's version."""
+    set_config(ckpt, hidden_size=48, head_dim=None)
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "head_dim 12 (hidden_size / num_attention_heads", out=out)
+
+
 def test_config_nulls_that_mean_default_still_build(tmp_path):
     """head_dim, sliding_window, rope_scaling are null in hub files: the default applies."""
     from builder import build
