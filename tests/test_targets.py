@@ -8,6 +8,7 @@ is checked on the GPU machine (docs/packing.md).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -15,7 +16,7 @@ import onnx
 import pytest
 from parity_cases import ALL_CASES
 
-from builder import BuilderError
+from builder import BuilderError, BuildOptions
 from builder.kit.options import EPS, PRECISIONS
 from builder.kit.targets import REFUSED
 from builder.verify import onnx_logits, onnx_session
@@ -220,3 +221,27 @@ def test_every_family_builds_the_structure_its_gpu_ep_runs(built, name, ep, prec
     if result.report["target"]["graph_capture"]:
         assert ep == "webgpu" and name not in WINDOWS
         assert "Shape" not in ops and not int64_values(model)
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+def test_dml_builds_sliding_window_models_only_within_the_window(checkpoint, tmp_path, name):
+    """DirectML's GroupQueryAttention never reads local_window_size: past the window it would
+    attend to everything, silently. Within the window it is exact, so that context builds."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    ckpt = Checkpoint(checkpoint(name))
+    family = builder_class_for(ckpt.config)
+    options = BuildOptions(model=str(ckpt.directory), output=str(tmp_path / "a"), precision="int4", ep="dml")
+    with pytest.raises(BuilderError, match="DirectML's GroupQueryAttention ignores local_window_size") as refused:
+        run(family(ckpt, options), show_progress=False)
+    window = int(str(refused.value).split("--context-length ")[1].split()[0])
+    assert not (tmp_path / "a").exists()
+    within = dataclasses.replace(options, output=str(tmp_path / "b"), context_length=window)
+    result = run(family(ckpt, within), show_progress=False)
+    assert result.report["model"]["context_length"] == window
+    windows = {
+        a.i for n in gqa_nodes(onnx.load(str(result.model_path))) for a in n.attribute if a.name == "local_window_size"
+    }
+    assert window in windows

@@ -185,6 +185,15 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"--max-length {options.max_length} is larger than the context length "
             f"{context}; lower it or raise --context-length"
         )
+    if target.ep == "dml" and spec.sliding_layers and context > spec.sliding_window:
+        # DmlOperatorGroupQueryAttention never reads local_window_size: past the window its
+        # attention would cover the whole sequence, silently. A context within the window is exact.
+        raise BuilderError(
+            f"-e dml: DirectML's GroupQueryAttention ignores local_window_size, so this model's "
+            f"sliding-window layers (window {spec.sliding_window}) would attend to every earlier token once "
+            f"a sequence passes {spec.sliding_window}; build with --context-length {spec.sliding_window} "
+            "(or less) for dml, or build for cpu, cuda or webgpu"
+        )
     modules = family.projection_modules(spec)
     selection = dataclasses.replace(
         options,
