@@ -47,6 +47,9 @@ class DecoderBuilder:
     # transformers' Llama, Mistral and Qwen2/3 attention rotate the whole head whatever it says.
     partial_rotary = False
     attention_bias = False  # q/k/v projections have biases (Qwen2)
+    # Whether config.json's attention_bias also puts a bias on o_proj: transformers' Llama, Mistral,
+    # Granite and Qwen3 attention do; Qwen2's q/k/v biases come without one.
+    attention_out_bias = True
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
@@ -200,7 +203,9 @@ class DecoderBuilder:
 
     def mixer(self, spec: DecoderSpec, i: int):
         """The token-mixing block of layer i (attention for every layer here)."""
-        return Attention(qk_norm=spec.qk_norm, bias=spec.attention_bias)
+        return Attention(
+            qk_norm=spec.qk_norm, bias=spec.attention_bias, out_bias=spec.attention_bias and self.attention_out_bias
+        )
 
     def feed_forward(self, spec: DecoderSpec, i: int):
         return DenseMLP()

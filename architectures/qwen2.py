@@ -57,6 +57,7 @@ class Qwen2Builder(DecoderBuilder):
     genai_type = "qwen2"
 
     attention_bias = True  # Qwen2Attention always has them; hub configs carry no attention_bias key
+    attention_out_bias = False  # and o_proj never has one
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec({**config, "attention_bias": True}, target)

@@ -235,3 +235,30 @@ def test_quantized_experts_keep_routing_weights_unnormalized(checkpoint, tmp_pat
         result.output, checkpoint(name, norm_topk_prob=True), options, prompt_length=PROMPT, decode_steps=DECODE
     )
     assert normalized.max_abs > 1e-2, normalized
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_attention_bias_includes_the_o_proj_bias(checkpoint, tmp_path, name):
+    """transformers' Llama and Qwen3 put attention_bias on o_proj too: such checkpoints were
+    refused for an unread o_proj.bias. The checkpoint loads in transformers with no key missing
+    or left over (so it is the architecture's, not the family's idea of it), and builds to parity."""
+    import onnx
+    import transformers
+
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    folder = checkpoint(name, attention_bias=True)
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    assert Checkpoint(folder).has("model.layers.0.self_attn.o_proj.bias")
+    for precision in ("fp32", "int4"):
+        ckpt = Checkpoint(folder)
+        options = BuildOptions(
+            model=str(folder), output=str(tmp_path / precision), precision=precision, accuracy_level=0, logits="all"
+        )
+        result = run(builder_class_for(ckpt.config)(ckpt, options), show_progress=False)
+        model = onnx.load(str(result.model_path), load_external_data=False)
+        assert "/model/layers.1/attn/o_proj/BiasAdd" in {n.name for n in model.graph.node}
+        check(result, folder, 1e-4, name)

@@ -68,11 +68,13 @@ class Attention:
     """Self-attention of one layer, configured by the family.
 
     qk_norm: per-head RMSNorm on Q and K (Qwen3, Gemma 3). bias: q/k/v biases (Qwen2).
+    out_bias: an o_proj bias where the checkpoint stores one (Llama or Qwen3 with attention_bias).
     local_rope_layers: layers that read the "local" rotary cache (Gemma 3's sliding layers).
     """
 
     qk_norm: bool = False
     bias: bool = False
+    out_bias: bool = False
     local_rope_layers: tuple[int, ...] = ()
     prefix: str = "self_attn"
 
@@ -137,12 +139,16 @@ class Attention:
 
         attn = self.group_query_attention(em, i, query, key, value, base, cos, sin, **extra)
         o_shape = [(s.hidden_size, s.num_heads * s.head_dim)]
+        o_bias = em.weight(i, f"{self.prefix}.o_proj.bias")
+        # Only where stored: a family of one's own whose attention_bias means q/k/v alone (GLM)
+        # still builds from the default.
         return em.proj.matmul(
             attn,
             f"{base}/o_proj",
             [em.weight(i, f"{self.prefix}.o_proj.weight")],
             o_shape,
             em.fmt(i, f"{self.prefix}.o_proj"),
+            [o_bias] if self.out_bias and em.proj.checkpoint.has(o_bias) else None,
         )
 
     @staticmethod
