@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -196,10 +195,7 @@ class Console:
     def _draw(self) -> None:
         now = time.perf_counter()
         line = "[running] " + ", ".join(f"{name} {now - t:.0f} s" for name, t in self.running.items())
-        if self.progress.tty:  # one terminal row, or clearing it would leave the wrapped rest
-            width = shutil.get_terminal_size().columns - 1
-            line = line if len(line) <= width else line[: max(width - 3, 0)] + "..."
-        self.progress.show(line)
+        self.progress.show(line)  # cut to one terminal row there
 
     def _write(self, stream, write) -> None:
         if stream in self._gone:

@@ -929,6 +929,30 @@ def test_warning_and_error_start_on_their_own_line():
     assert term.text.endswith(")\n")
 
 
+def test_the_progress_line_stays_one_terminal_row(monkeypatch):
+    """An 80-column terminal wrapped 'qwen3-4b-instruct-2507-int4-webgpu [...] 2/40 layer 1/36 (..)',
+    and a wrapped line is not cleared by the next redraw: a copy stacked up each step. A long
+    name gives way first, so the counts stay; a log keeps the whole line."""
+    import io
+
+    from builder.kit import progress as progress_module
+
+    monkeypatch.setenv("COLUMNS", "80")
+    name = "qwen3-4b-instruct-2507-int4-webgpu-transformers-js"
+    term = FakeTerminal()
+    progress = progress_module.Progress(40, label=name, stream=term)
+    progress.step("reading the checkpoint")
+    progress.step("layer 1/36 (mlp, attention)")
+    progress.show("[running] " + ", ".join(f"job-{i} {i} s" for i in range(20)))
+    rows = term.text.split("\r\033[K")[1:]
+    assert len(rows) == 3 and all(len(row) <= 79 for row in rows), rows
+    assert "2/40 layer 1/36 (mlp, attention)" in rows[1] and rows[1].startswith("qwen3-4b-...")
+    assert rows[2].endswith("...")
+    log = io.StringIO()
+    progress_module.Progress(40, label=name, stream=log).step("layer 1/36 (mlp, attention)")
+    assert log.getvalue().startswith(name + " [")
+
+
 def test_a_long_step_keeps_counting_on_a_terminal_and_prints_once_in_a_log():
     """verify's line stood still for minutes at 8B: on a terminal a ticking step redraws its
     elapsed time; a log (batch, CI) still gets one line for it."""

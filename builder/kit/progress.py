@@ -10,6 +10,8 @@ before printing an error) ends a line left open by an interrupted build.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 import threading
 import time
@@ -53,9 +55,25 @@ class Progress:
         width = 24
         filled = int(width * min(self.done, self.total) / self.total)
         bar = "#" * filled + "-" * (width - filled)
+        tail = f" [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
+        label = self.label
+        if self.tty:  # a long output name gives way first, so the counts stay in the row
+            room = self.columns() - len(tail)
+            label = label if len(label) <= room else label[: max(room - 3, 1)] + "..."
         with self._lock:
-            self.line = f"{self.label} [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
+            self.line = label + tail
             self._draw()
+
+    def columns(self) -> int:
+        """The terminal's width less one (a full row would wrap the cursor onto the next)."""
+        columns = 0
+        if not os.environ.get("COLUMNS"):  # which shutil's size, like every tool's, puts first
+            try:
+                columns = os.get_terminal_size(self.stream.fileno()).columns
+            except (AttributeError, OSError, ValueError):
+                pass
+        # 0 from a terminal whose size was never set (a fresh pty): shutil's fallback, 80.
+        return (columns if columns > 0 else shutil.get_terminal_size().columns) - 1
 
     @contextlib.contextmanager
     def ticking(self, what: str, every_s: float = 1.0):
@@ -89,7 +107,11 @@ class Progress:
     def _draw(self) -> None:
         global _open_line
         if self.tty:
-            self.stream.write("\r\033[K" + self.line)
+            # One terminal row: a wrapped line is not cleared by the next redraw, so an 80-column
+            # terminal stacked a copy each step (each second while verify ticked).
+            width, line = self.columns(), self.line
+            line = line if len(line) <= width else line[: max(width - 3, 0)] + "..."
+            self.stream.write("\r\033[K" + line)
             _open_line = self
         else:
             self.stream.write(self.line + "\n")
