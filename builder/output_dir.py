@@ -22,10 +22,9 @@ import uuid
 from pathlib import Path
 
 from builder.formats import FORMATS
-from builder.kit.errors import BuilderError, BuildInterrupted
+from builder.kit.errors import STAGING_PREFIX, BuilderError, BuildInterrupted
 
 REPORT_NAME = "build_report.json"
-STAGING_PREFIX = ".builder-staging-"
 # Set by `python -m builder` (builder/__main__.py), whose process ends with the build: once an
 # output is published, a stop signal is only noted, so the process still prints the path and
 # exits 0. Anything else that builds (a library call, cli.main in a notebook) gets its own

@@ -23,7 +23,7 @@ from builder.family_source import family_name, family_source_digest, plugin_faul
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BuilderError, write_failed
 from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary
 from builder.kit.graph import Graph
 from builder.kit.options import BuildOptions
@@ -281,9 +281,7 @@ def _write_errors(target: Path, doing: str = "writing "):
     try:
         yield
     except OSError as e:
-        raise BuilderError(
-            f"{doing}{target} failed ({e.strerror or e}); free disk space or choose another -o/--output"
-        ) from None
+        raise write_failed(target, e, doing) from None
 
 
 def _verify(arch, model_file: Path) -> dict:

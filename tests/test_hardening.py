@@ -873,7 +873,7 @@ def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
 
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, preexec_fn=small_files)
-    assert_clean_failure(proc, "copying the tokenizer files", "free disk space", out=out)
+    assert_clean_failure(proc, f"copying the tokenizer files into {out} failed", "file-size limit", out=out)
 
 
 def test_disk_full_while_writing_genai_config(ckpt, tmp_path, monkeypatch):

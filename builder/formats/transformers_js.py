@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BuilderError, write_failed
 
 # (precision, activation dtype) -> transformers.js dtype and file suffix (DEFAULT_DTYPE_SUFFIX_MAPPING).
 DTYPES: dict[tuple[str, str], tuple[str, str]] = {
@@ -237,10 +237,7 @@ def split_external_data(model, folder: Path, model_name: str, limit: int) -> lis
                     os.fsync(out.fileno())
             source.truncate(starts[1])
     except OSError as e:
-        raise BuilderError(
-            f"writing the external data chunks in {folder} failed ({e.strerror or e}); "
-            "free disk space or choose another -o/--output"
-        ) from None
+        raise write_failed(folder, e, "writing the external data chunks in ") from None
     for (offset, _, entries), k in zip(tensors, chunk_of):
         entries["location"].value = names[k]
         entries["offset"].value = str(offset - starts[k])

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.kit.disk_io import ALIGN, aligned_buffer
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BuilderError, write_failed
 from builder.kit.progress import Phases
 
 DEFAULT_BOUND = 64 << 20
@@ -86,9 +86,7 @@ class ExternalDataFile:
             raise self._failed(e) from None
 
     def _failed(self, e: OSError) -> BuilderError:
-        return BuilderError(
-            f"writing {self.path} failed ({e.strerror or e}); free disk space or choose another -o/--output"
-        )
+        return write_failed(self.path, e)
 
     # ---- the build's side -----------------------------------------------------
 
