@@ -105,6 +105,8 @@ def unknown_command(word: str) -> str | None:
         return None
     close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else ""
+    if not close and word.lower().endswith((".yaml", ".yml")):
+        return f"unknown command {word!r}; to run a batch file: python -m builder batch {word}"
     if not close and (os.path.exists(word) or word.count("/") == 1):
         return f"unknown command {word!r}; to build this model, pass it with -m: python -m builder -m {word}"
     return (

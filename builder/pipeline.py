@@ -145,6 +145,7 @@ def _run(arch, show_progress: bool) -> BuildResult:
         check_verify_memory(reference_params(arch), available_memory_bytes())
     # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
     output = Path(options.output).expanduser() if options.output else default_output(options)
+    _check_output_outside_checkpoint(output, arch.checkpoint.directory)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     hashing = 1 if options.checkpoint_hash else 0
@@ -271,6 +272,18 @@ def refuse_unused_tensors(arch) -> None:
             "something else, so nothing was written. If config.json turns them on (e.g. "
             "mlp_bias), this family does not support that; if they are not part of the model, "
             "remove them from the checkpoint"
+        )
+
+
+def _check_output_outside_checkpoint(output: Path, checkpoint: Path) -> None:
+    """`-o` naming the checkpoint (or a folder holding it) was met with 'pass --overwrite', which
+    then refused a folder the builder did not make; batch refuses it up front, so does a build."""
+    real, source = Path(os.path.realpath(output)), Path(os.path.realpath(checkpoint))
+    if source.is_relative_to(real):
+        how = "is the checkpoint folder" if source == real else f"contains the checkpoint {checkpoint}"
+        raise BuilderError(
+            f"-o/--output {output} {how}; a build replaces its whole output folder, so choose an "
+            "output outside the checkpoint"
         )
 
 

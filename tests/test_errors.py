@@ -460,6 +460,15 @@ def test_overwrite_of_a_build_whose_report_names_no_files_still_keeps_a_users_fi
     assert cli("-m", ckpt, "-o", out, "--overwrite").returncode == 0
 
 
+def test_output_that_is_or_holds_the_checkpoint_is_refused_first(ckpt):
+    """-o CKPT was told to pass --overwrite, which then refused the folder (not made here)."""
+    for out in (ckpt, ckpt.parent):
+        proc = cli("-m", ckpt, "-o", out)
+        assert_clean_failure(proc, f"-o/--output {out} ", "choose an output outside the checkpoint")
+        assert "--overwrite" not in proc.stderr
+    assert (ckpt / "config.json").is_file()
+
+
 def test_never_deletes_a_folder_it_did_not_make(ckpt, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()

@@ -1010,6 +1010,10 @@ def test_mistyped_command_is_named(tmp_path, ckpt):
     assert_clean_failure(proc, "unknown command 'bacth'", "did you mean 'batch'")
     assert proc.returncode == 2
     assert_clean_failure(cli(ckpt), "pass it with -m: python -m builder -m")  # the model without -m
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs: []\n")  # `batch` left out: it was sent to -m, which refused a file
+    assert_clean_failure(cli(jobs), f"to run a batch file: python -m builder batch {jobs}")
+    assert_clean_failure(cli("-m", jobs), f"python -m builder batch {jobs}")
 
 
 # ---- inspect ------------------------------------------------------------------------------

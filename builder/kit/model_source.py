@@ -26,6 +26,10 @@ def resolve_model_dir(model: str) -> Path:
         ) from None
     if path.exists():
         if not path.is_dir():
+            if str(model).lower().endswith((".yaml", ".yml")):
+                raise BuilderError(
+                    f"model path {model!r} is a file; to run a batch file: python -m builder batch {model}"
+                )
             raise BuilderError(f"model path {model!r} is a file; pass the folder that holds config.json")
         return path
     if not is_hub_id(model):
