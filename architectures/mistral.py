@@ -3,10 +3,11 @@
 config.json's sliding_window (None on v0.2+ checkpoints) becomes GroupQueryAttention's
 local_window_size only: genai_config.json gets no sliding_window entry, which would
 make onnxruntime-genai allocate window-sized KV buffers (builder/kit/genai_config.py).
-The value is passed as is: ORT 1.31's GQA attends to the last local_window_size
+The value is passed as is: from ORT 1.24 GQA attends to the last local_window_size
 positions, the current one included, which is transformers'
 `kv_idx > q_idx - sliding_window` (window +- 1 move the logits by ~2 with a 12-token
-prompt and window 8).
+prompt and window 8). Earlier kernels attended one more, so older targets are refused
+(builder.kit.targets, gqa_window).
 """
 
 from architectures.base import DecoderBuilder

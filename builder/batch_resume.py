@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from builder.batch_exec import report_fields
-from builder.family_source import family_name, family_source_digest
+from builder.family_source import builder_source_digest, family_name, family_source_digest
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import NOT_IN_OUTPUT, RESOLVED_BY_PLAN, BuildOptions
@@ -34,6 +34,8 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         return f"{REPORT_NAME} unreadable"
     if report.get("builder_version") != __version__:
         return f"builder {report.get('builder_version')} -> {__version__}"
+    if report.get("builder_source") != builder_source_digest():
+        return "the builder's code changed" if "builder_source" in report else "no record of the builder's code"
     damaged = damaged_file(output, report)
     if damaged:
         return damaged

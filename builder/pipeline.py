@@ -19,7 +19,7 @@ import onnx
 
 from architectures.base import DecoderBuilder
 from architectures.registry import family_for, family_named
-from builder.family_source import family_name, family_source_digest, plugin_faults_named
+from builder.family_source import builder_source_digest, family_name, family_source_digest, plugin_faults_named
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
@@ -376,6 +376,8 @@ def make_report(
     counts = graph.op_counts()
     return {
         "builder_version": __version__,
+        # The code itself: a fix between versions changes what the same options build.
+        "builder_source": builder_source_digest(),
         "options": plan.options.to_dict(),
         "target": target_record(plan),
         "checkpoint": {

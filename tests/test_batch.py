@@ -1749,3 +1749,37 @@ def test_dry_run_says_which_hub_ids_it_would_download(tmp_path, monkeypatch, cap
     lines = capsys.readouterr().out.splitlines()
     assert "(org/absent, int4, cpu; new; downloads it: not in the Hugging Face cache)" in lines[0], lines
     assert lines[1].endswith("; new)"), lines
+
+
+def test_a_changed_builder_rebuilds_what_it_built(tmp_path):
+    """The version stayed 0.1.0 through every fix, so a batch rerun after pulling one (QMoE's
+    norm_topk_prob, which changed int4 MoE graphs) called the old, wrong outputs up to date. The
+    report records a digest of the builder's own code; a change to it rebuilds."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    for package in ("builder", "architectures", "quant"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    jobs = write(tmp_path / "jobs.yaml", f"jobs:\n  - {{model: {TINY}, precision: fp32, output: {tmp_path / 'out'}}}\n")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def run() -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", "batch", str(jobs)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,  # not the checkout, whose builder would come first on sys.path
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "1 built" in run()
+    assert "0 built, 1 skipped" in run()
+    with open(repo / "architectures" / "qwen3.py", "a") as f:
+        f.write("\nFIXED = True\n")
+    again = run()
+    assert "the builder's code changed" in again and "1 built" in again, again

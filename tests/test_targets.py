@@ -245,3 +245,19 @@ def test_dml_builds_sliding_window_models_only_within_the_window(checkpoint, tmp
         a.i for n in gqa_nodes(onnx.load(str(result.model_path))) for a in n.attribute if a.name == "local_window_size"
     }
     assert window in windows
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+def test_sliding_window_models_need_the_runtime_whose_window_is_the_model_s(checkpoint, tmp_path, name):
+    """Before ONNX Runtime 1.24 GQA attended local_window_size + 1 positions (measured on the
+    CPU kernels of 1.20.1 and 1.23.2), so a 1.23 target computed another model."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    ckpt = Checkpoint(checkpoint(name))
+    family = builder_class_for(ckpt.config)
+    options = BuildOptions(model=str(ckpt.directory), output=str(tmp_path / "a"), target_ort="1.23")
+    with pytest.raises(BuilderError, match="attended one position more than local_window_size.*--target-ort 1.24"):
+        run(family(ckpt, options), show_progress=False)
+    assert run(family(ckpt, dataclasses.replace(options, target_ort="1.24")), show_progress=False).output.is_dir()

@@ -25,7 +25,7 @@ from builder.kit.hf_config import check_keys, unread_keys
 from builder.kit.layout import Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
-from builder.kit.targets import NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
+from builder.kit.targets import FEATURES, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
 from quant import QuantScheme
 
 # GroupQueryAttention's seqlens_k and total_sequence_length are int32.
@@ -184,6 +184,14 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         raise BuilderError(
             f"--max-length {options.max_length} is larger than the context length "
             f"{context}; lower it or raise --context-length"
+        )
+    if spec.sliding_layers and not target.supports("gqa_window"):
+        first = FEATURES["gqa_window"][target.ep]
+        raise BuilderError(
+            f"{target.runtime}: this model has sliding-window layers, and before ONNX Runtime "
+            f"{first[0]}.{first[1]} GroupQueryAttention attended one position more than local_window_size "
+            f"says, so the model would compute something else; target {first[0]}.{first[1]} or newer "
+            f"(--target-ort {first[0]}.{first[1]}, or install a newer runtime)"
         )
     if target.ep == "dml" and spec.sliding_layers and context > spec.sliding_window:
         # DmlOperatorGroupQueryAttention never reads local_window_size: past the window its

@@ -85,6 +85,11 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # (scripts/check_webgpu.py: logits and genai greedy tokens vs transformers); onnxruntime-webgpu 1.27
     # has no such kernels. CUDA kernels exist upstream, unverified here.
     "linear_attention": {"cpu": (1, 31), "webgpu": (1, 31)},
+    # GQA's local_window_size as transformers' sliding_window: the last W positions, the current one
+    # included. Before 1.24 the CPU kernel attended W + 1 (a lone GQA node, uniform scores: 1.20.1 and
+    # 1.23.2 gave 5 positions at W = 4, 1.24.4 to 1.32.0 gave 4). Older CUDA/WebGPU kernels are not
+    # checked here, so they need 1.24 too; DirectML never reads it (builder.kit.plan).
+    "gqa_window": {"cpu": (1, 24), "cuda": (1, 24), "webgpu": (1, 24), "dml": (1, 18)},
     # GQA with the packed QKV in `query` (key/value empty).
     "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # Decode steps captured once and replayed (genai_config enableGraphCapture). The plugin EP
