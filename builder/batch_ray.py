@@ -61,6 +61,7 @@ def memory_estimate(options) -> tuple[int, str]:
     try:  # the same job built before: its own measured peak is the best estimate
         report = json.loads((Path(options.output) / REPORT_NAME).read_text())
         same = report["options"]["precision"] == options.precision and report["options"]["ep"] == options.ep
+        same = same and _same_checkpoint(options.model, report)
         if same and report.get("peak_rss_bytes") and bool(report.get("verify")) >= options.verify:
             peak = int(report["peak_rss_bytes"])
             return int(peak * MEASURED_MARGIN), f"{MEASURED_MARGIN} x the {peak / GB:.2f} GB its last build measured"
@@ -103,6 +104,23 @@ def _tied_in_config(model: str) -> bool:
     from builder.kit.model_source import cached_hub_snapshot, is_hub_id
 
     return configured_tie(cached_hub_snapshot(model) if is_hub_id(model) else Path(model)) is True
+
+
+def _same_checkpoint(model: str, report: dict) -> bool:
+    """Whether the output was built from these very weights: a job whose model became an 8x larger
+    checkpoint asked for the small one's measured peak. Only a local or cached checkpoint whose
+    report holds a header fingerprint can say so; a content hash (checkpoint-hash) would read
+    every weight on the driver."""
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.model_source import cached_hub_snapshot
+
+    if (report.get("options") or {}).get("checkpoint_hash"):
+        return False
+    try:
+        folder = Path(model) if os.path.isdir(model) else cached_hub_snapshot(model)
+        return folder is not None and Checkpoint(folder).fingerprint(False) == report["checkpoint"]["fingerprint"]
+    except (BuilderError, OSError, KeyError, TypeError, ValueError):
+        return False
 
 
 def _shapes(model: str) -> dict[str, tuple[int, ...]] | None:

@@ -230,8 +230,13 @@ def test_memory_estimate_follows_precision_verify_and_a_measured_peak(tmp_path):
     verified, how = estimate(precision="fp32", verify=True)
     assert verified == int(fp32 + 0.3e9 + 13 * params) and "13 B x" in how and "for verify" in how
     report = tmp_path / "none" / "build_report.json"
-    write(report, json.dumps({"options": {"precision": "int4", "ep": "cpu"}, "peak_rss_bytes": 100_000_000}))
+    measured = {"options": {"precision": "int4", "ep": "cpu"}, "peak_rss_bytes": 100_000_000}
+    fingerprint = Checkpoint(TINY).fingerprint(False)
+    write(report, json.dumps({**measured, "checkpoint": {"fingerprint": fingerprint}}))
     assert estimate(precision="int4") == (125_000_000, "1.25 x the 0.10 GB its last build measured")
+    # Built from other weights (the job's model changed): that peak says nothing of these.
+    write(report, json.dumps({**measured, "checkpoint": {"fingerprint": "another checkpoint"}}))
+    assert estimate(precision="int4") == (int4, "0.7 GB for a streamed int4 build")
 
 
 def test_memory_estimate_finds_the_table_of_a_conditional_generation_checkpoint(checkpoint, tmp_path):
