@@ -61,6 +61,9 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     "gqa_rotary": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # GQA inputs 14/15 (q_norm_weight, k_norm_weight). The CPU kernel loads them and then
     # fails at Run; onnxruntime-webgpu 1.27.0 rejects the 16-input node at load (REFERENCE 3).
+    # CUDA: the providers library of onnxruntime-gpu 1.28.0, 1.29.0 and 1.30.0 (as 1.31.1) checks
+    # the two inputs ("q_norm_weight and k_norm_weight must be provided together"), so its kernel
+    # reads them and does not drop the norms as an older 14-input kernel would (not run here).
     "gqa_qk_norm": {"cuda": (1, 28), "webgpu": (1, 28)},
     # com.microsoft BranchwiseRMSNorm: per-head RMSNorm on [B,S,H*D] with a [D] scale.
     # Seen in 1.31.1. 0.8-0.9x the time of Reshape/SLN/Reshape in isolation (REFERENCE 2),
