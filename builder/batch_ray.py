@@ -375,9 +375,9 @@ class RayExecutor(Executor):
         (self.run_folder / "attempts").mkdir(parents=True)
         probe, token = self.run_folder / "probe", f"{socket.gethostname()} {secrets.token_hex(8)}"
         probe.write_text(token)
-        # Checkpoints this machine sees must be seen by every node too. A folder that is no
-        # checkpoint here fails its own job when built; refused here, it was blamed on storage.
-        models = sorted({j.options.model for j in jobs if os.path.isfile(os.path.join(j.options.model, "config.json"))})
+        # Every local checkpoint (a path, not a hub id) must be seen by every node: one seen only here
+        # was blamed on storage, and a mistyped one was built at its turn, after the others.
+        models = sorted({j.options.model for j in jobs if os.path.isabs(j.options.model)})
         task = self.ray.remote(_probe_task)
         refs = [
             task.options(
@@ -402,10 +402,17 @@ class RayExecutor(Executor):
             )
         for answer in answers:
             if answer["missing"]:
-                raise BuilderError(
-                    f"model folder {answer['missing'][0]} is not visible on node {answer['node']}; "
-                    "put local checkpoints on shared storage too, or use hub ids"
-                )
+                here = [m for m in answer["missing"] if os.path.isfile(os.path.join(m, "config.json"))]
+                gone = [m for m in answer["missing"] if not os.path.isdir(m)]
+                if gone:  # on no node and not here either: a mistyped path, refused as locally
+                    raise BuilderError(
+                        f"no folder {gone[0]} here nor on node {answer['node']}; check the job's model path"
+                    )
+                if here:  # a folder without config.json fails its own job when built, as locally
+                    raise BuilderError(
+                        f"model folder {here[0]} is not visible on node {answer['node']}; "
+                        "put local checkpoints on shared storage too, or use hub ids"
+                    )
 
     # ---- running -----------------------------------------------------------------------
 

@@ -134,19 +134,24 @@ def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_
     assert hidden(tmp_path / "out") == []
 
 
-def test_bad_input_fails_once_without_retries(tmp_path):
+def test_bad_input_fails_once_without_retries(tmp_path, capsys):
     """A folder here that is no checkpoint refused the whole batch as 'not visible on node ...;
-    put local checkpoints on shared storage': it fails its own job, as locally."""
+    put local checkpoints on shared storage': it fails its own job, as locally. A folder that
+    exists nowhere (a typo) is refused before anything is built, as locally; on Ray it was
+    built at its turn, after the others."""
     (tmp_path / "empty").mkdir()
+    typo = write(
+        tmp_path / "typo.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n  - model: {tmp_path / 'nothing'}\n"
+    )
+    assert batch(typo, "--executor", "ray") == 2
+    assert f"no folder {tmp_path / 'nothing'} here nor on node" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*int4*"))
     path = write(
         tmp_path / "bad.yaml",
-        f"output_root: out\njobs:\n  - model: {tmp_path / 'nothing'}\n  - model: {TINY}\n    output: good\n"
-        f"  - model: {tmp_path / 'empty'}\n",
+        f"output_root: out\njobs:\n  - model: {TINY}\n    output: good\n  - model: {tmp_path / 'empty'}\n",
     )
     assert batch(path, "--executor", "ray") == 1
     s = summary(tmp_path / "out", "bad")
-    bad = s["by_name"]["nothing-int4-cpu"]
-    assert bad["status"] == "failed" and "does not exist" in bad["error"] and bad["attempts"] == 1
     empty = s["by_name"]["empty-int4-cpu"]
     assert empty["status"] == "failed" and "config.json" in empty["error"] and empty["attempts"] == 1
     assert s["by_name"]["good"]["status"] == "built"  # failure isolation
