@@ -61,7 +61,9 @@ def _plan_refusal(options: BuildOptions) -> str | None:
 
 def _model_not_found(given: str, resolved: str) -> str | None:
     """Why a job's model names no local folder here, or None (a hub id is looked up when built)."""
-    if not os.path.isabs(resolved) or os.path.isdir(resolved):
+    if not os.path.isabs(resolved):  # owner/name: the hub's own rule, now rather than at its turn
+        return _invalid_hub_id(resolved)
+    if os.path.isdir(resolved):
         return None
     if given.startswith("~") and os.path.expanduser(given) == given:
         return f"no home folder for {given.split('/')[0]!r}; write the folder's full path"
@@ -72,6 +74,18 @@ def _model_not_found(given: str, resolved: str) -> str | None:
         f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "
         "whatever folder the batch runs from"
     )
+
+
+def _invalid_hub_id(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:  # the build says what to install
+        return None
+    try:
+        validate_repo_id(repo_id)
+    except Exception as e:  # HFValidationError
+        return f"no folder of that name beside the batch file, and not a valid hub id ({str(e).rstrip('.')})"
+    return None
 
 
 def _model_ambiguous(given: str, base: Path) -> str | None:
@@ -130,7 +144,10 @@ def make_job(
     if ambiguous:
         problems.add(entries["model"].line, _with_key(ambiguous, entries["model"]))
         return None
-    unfound = _model_not_found(given, values["model"]) if local else None
+    if local:
+        unfound = _model_not_found(given, values["model"])
+    else:  # the nodes look for folders (batch_ray); a hub id is checked alike everywhere
+        unfound = None if os.path.isabs(values["model"]) else _invalid_hub_id(values["model"])
     if unfound:  # with the file's other problems: each failed only at its turn, once the rest had run
         problems.add(entries["model"].line, _with_key(unfound, entries["model"]))
     options = BuildOptions(**values)

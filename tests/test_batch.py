@@ -1783,3 +1783,13 @@ def test_a_changed_builder_rebuilds_what_it_built(tmp_path):
         f.write("\nFIXED = True\n")
     again = run()
     assert "the builder's code changed" in again and "1 built" in again, again
+
+
+def test_a_model_that_is_no_folder_and_no_valid_hub_id_is_refused_up_front(tmp_path, capsys):
+    """'not a/hub id' passed the checks (a dry run said it would build 'hub id-int4-cpu') and failed
+    only at its turn, after the other jobs had run."""
+    path = write(tmp_path / "j.yaml", f"jobs:\n  - model: {TINY}\n  - model: not a/hub id\n")
+    assert batch(path, "--output-root", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "jobs[1].model" in err and "not a valid hub id" in err and "nothing was built" in err
+    assert not (tmp_path / "out").exists()
