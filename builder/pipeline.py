@@ -279,6 +279,8 @@ def _check_output_outside_checkpoint(output: Path, checkpoint: Path) -> None:
     """`-o` naming the checkpoint (or a folder holding it) was met with 'pass --overwrite', which
     then refused a folder the builder did not make; batch refuses it up front, so does a build."""
     real, source = Path(os.path.realpath(output)), Path(os.path.realpath(checkpoint))
+    if Path(output).name in ("", ".", ".."):  # '/' or '.': output_folder says what is wrong with it
+        return
     if source.is_relative_to(real):
         how = "is the checkpoint folder" if source == real else f"contains the checkpoint {checkpoint}"
         raise BuilderError(
