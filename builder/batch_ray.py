@@ -370,9 +370,13 @@ class RayExecutor(Executor):
     def _check_shared(self, jobs, output_root: Path, nodes: list[dict]) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        from builder.output_dir import hold_working_folder, remove_abandoned
+
         output_root.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(output_root.glob(".builder-batch-run-*"))  # of drivers killed with SIGKILL
         self.run_folder = output_root / f".builder-batch-run-{secrets.token_hex(4)}"
         (self.run_folder / "attempts").mkdir(parents=True)
+        self._run_folder_held = hold_working_folder(self.run_folder)
         probe, token = self.run_folder / "probe", f"{socket.gethostname()} {secrets.token_hex(8)}"
         probe.write_text(token)
         # Every local checkpoint (a path, not a hub id) must be seen by every node: one seen only here
@@ -500,5 +504,6 @@ class RayExecutor(Executor):
     def close(self) -> None:
         if self.run_folder is not None:
             shutil.rmtree(self.run_folder, ignore_errors=True)
+            self._run_folder_held.close()
         if self.started_here:
             self.ray.shutdown()

@@ -224,6 +224,24 @@ def remove_stale_staging(output: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def hold_working_folder(folder: Path) -> _Held:
+    """Lock a folder this process works in and mark it, as a build does its staging folder, so that
+    remove_abandoned can tell it from one whose process was killed (close the handle when done)."""
+    held = _hold(folder)
+    if held.fd is not None:
+        with contextlib.suppress(OSError):
+            (folder / ALIVE_MARK).touch()
+    return held
+
+
+def remove_abandoned(folders) -> None:
+    """Remove the held-and-marked folders whose process is gone (its lock free, its mark left): a
+    Ray batch's run folder after its driver met SIGKILL stayed in output_root for good."""
+    for folder in folders:
+        if _lock_state(folder) == "free" and (folder / ALIVE_MARK).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def refuse_a_second_writer(output: Path) -> None:
     """Refuse a build of an output another live build is writing: the second one to finish failed
     only at the end, after all its work ("already exists"), or, with --overwrite, replaced the

@@ -399,3 +399,24 @@ def test_a_job_starts_when_ray_runs_it_not_when_it_is_queued(tmp_path, capsys):
     lines = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert lines.count("start") == lines.count("built") == 3
     assert lines.index("built") < len(lines) - 1 - lines[::-1].index("start"), lines  # one waited for a CPU
+
+
+def test_a_run_folder_left_by_a_killed_driver_is_swept(tmp_path):
+    """kill -9 of a Ray batch's driver left .builder-batch-run-<hex>/ in output_root for good. Run
+    folders are locked like staging folders: a free, marked one is removed by the next Ray batch;
+    one a live driver holds is not."""
+    from builder.output_dir import ALIVE_MARK, hold_working_folder
+
+    out = tmp_path / "out"
+    dead, live = out / ".builder-batch-run-dead0000", out / ".builder-batch-run-live0000"
+    for folder in (dead, live):
+        (folder / "attempts").mkdir(parents=True)
+    (dead / ALIVE_MARK).touch()  # its driver marked it, and is gone: the lock is free
+    held = hold_working_folder(live)
+    try:
+        path = write(tmp_path / "s.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n    output: a\n")
+        assert batch(path, "--executor", "ray") == 0
+        assert not dead.exists() and (live / ALIVE_MARK).exists()
+        assert hidden(out) == [live.name]
+    finally:
+        held.close()
