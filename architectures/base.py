@@ -47,8 +47,8 @@ class DecoderBuilder:
     # transformers' Llama, Mistral and Qwen2/3 attention rotate the whole head whatever it says.
     partial_rotary = False
     attention_bias = False  # q/k/v projections have biases (Qwen2)
-    # Whether config.json's attention_bias also puts a bias on o_proj: transformers' Llama, Mistral,
-    # Granite and Qwen3 attention do; Qwen2's q/k/v biases come without one.
+    # Whether config.json's attention_bias also puts a bias on o_proj: transformers' Llama, Granite
+    # and Qwen3 attention do; Qwen2's q/k/v biases come without one.
     attention_out_bias = True
     projections = Projections  # writes weights; a family may change how
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).

@@ -404,19 +404,19 @@ class RayExecutor(Executor):
                 + " do not see the file this machine wrote there; put output_root on a "
                 "filesystem every node mounts at the same path (NFS, CephFS, Lustre...)"
             )
-        for answer in answers:
-            if answer["missing"]:
-                here = [m for m in answer["missing"] if os.path.isfile(os.path.join(m, "config.json"))]
-                gone = [m for m in answer["missing"] if not os.path.isdir(m)]
-                if gone:  # on no node and not here either: a mistyped path, refused as locally
-                    raise BuilderError(
-                        f"no folder {gone[0]} here nor on node {answer['node']}; check the job's model path"
-                    )
-                if here:  # a folder without config.json fails its own job when built, as locally
-                    raise BuilderError(
-                        f"model folder {here[0]} is not visible on node {answer['node']}; "
-                        "put local checkpoints on shared storage too, or use hub ids"
-                    )
+        lacking = {m: [a["node"] for a in answers if m in a["missing"]] for m in models}
+        for model, nodes_without in lacking.items():
+            if not nodes_without:
+                continue
+            if len(nodes_without) == len(answers) and not os.path.isdir(model):
+                # on no node and not here either: a mistyped path, refused as locally
+                raise BuilderError(f"no folder {model} here nor on any node; check the job's model path")
+            if len(nodes_without) < len(answers) or os.path.isfile(os.path.join(model, "config.json")):
+                raise BuilderError(
+                    f"model folder {model} is not visible on node {nodes_without[0]}; "
+                    "put local checkpoints on shared storage too, or use hub ids"
+                )
+            # a folder without config.json everywhere fails its own job when built, as locally
 
     # ---- running -----------------------------------------------------------------------
 

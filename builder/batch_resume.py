@@ -34,7 +34,8 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         return f"{REPORT_NAME} unreadable"
     if report.get("builder_version") != __version__:
         return f"builder {report.get('builder_version')} -> {__version__}"
-    if report.get("builder_source") != builder_source_digest():
+    code = builder_source_digest()
+    if code is not None and report.get("builder_source") != code:
         return "the builder's code changed" if "builder_source" in report else "no record of the builder's code"
     damaged = damaged_file(output, report)
     if damaged:

@@ -103,10 +103,10 @@ def unknown_command(word: str) -> str | None:
     """
     if not word or word.startswith("-"):
         return None
+    if word.lower().endswith((".yaml", ".yml")):  # before the spelling hint: batch.yaml is close to batch
+        return f"unknown command {word!r}; to run a batch file: python -m builder batch {word}"
     close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    if not close and word.lower().endswith((".yaml", ".yml")):
-        return f"unknown command {word!r}; to run a batch file: python -m builder batch {word}"
     if not close and (os.path.exists(word) or word.count("/") == 1):
         return f"unknown command {word!r}; to build this model, pass it with -m: python -m builder -m {word}"
     return (

@@ -17,27 +17,43 @@ from pathlib import Path
 from builder.kit.errors import BuilderError
 
 BUILT_IN = ("architectures", "builder")  # top-level packages of the builder's own code
-OWN_CODE = (*BUILT_IN, "quant")  # and what writes the weights: everything an output comes from
+# The code an output comes from: the families, the quantizer, the kit that writes graphs and
+# weights, the formats and the pipeline. Not batch, the CLI, inspect or verify, whose edits change
+# no output; nor the kit's progress display and error wording.
+OUTPUT_CODE = ("architectures", "quant", "builder/kit", "builder/formats", "builder/pipeline.py")
+NOT_OUTPUT_CODE = ("builder/kit/progress.py", "builder/kit/errors.py")
 
 
 @functools.lru_cache(maxsize=1)
-def builder_source_digest() -> str:
-    """sha256 of the builder's own Python sources (builder/, architectures/, quant/), for batch's
-    up-to-date check. The version number alone did not move when a fix landed (it stayed 0.1.0
-    through every commit), so outputs a since-fixed builder wrote were called up to date."""
-    digest = hashlib.sha256()
-    for top in OWN_CODE:
-        package = Path(sys.modules[top].__file__).parent if top in sys.modules else None
-        if package is None:
-            package = Path(importlib.import_module(top).__file__).parent
-        for path in sorted(package.rglob("*.py")):
-            if path.name.startswith("."):
-                continue
-            try:
-                digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-            except OSError:
-                continue
-    return digest.hexdigest()[:16]
+def builder_source_digest() -> str | None:
+    """A digest of the code the builder's outputs come from, for batch's up-to-date check: the
+    version number stayed 0.1.0 through every fix, so outputs a since-fixed builder wrote were
+    called up to date. Parsed, so comments and layout do not count; docstrings neither. None where
+    the sources cannot be read (run from a zip): the version alone decides then."""
+    import ast
+
+    root = Path(importlib.import_module("builder").__file__).parent.parent
+    files = []
+    for part in OUTPUT_CODE:
+        path = root / part
+        files += [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
+    digest, read = hashlib.sha256(), False
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        if path.name.startswith(".") or name in NOT_OUTPUT_CODE:
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+        digest.update(name.encode() + b"\0" + ast.dump(tree).encode() + b"\0")
+        read = True
+    return digest.hexdigest()[:16] if read else None
 
 
 def family_name(family: type) -> str:

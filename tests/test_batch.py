@@ -1779,6 +1779,12 @@ def test_a_changed_builder_rebuilds_what_it_built(tmp_path):
 
     assert "1 built" in run()
     assert "0 built, 1 skipped" in run()
+    # A comment, or code no output comes from (batch's own), rebuilds nothing: hours on 8B models.
+    with open(repo / "architectures" / "qwen3.py", "a") as f:
+        f.write("\n# reworded\n")
+    with open(repo / "builder" / "batch_summary.py", "a") as f:
+        f.write("\nSUMMARY_WORDING = 2\n")
+    assert "0 built, 1 skipped" in run()
     with open(repo / "architectures" / "qwen3.py", "a") as f:
         f.write("\nFIXED = True\n")
     again = run()

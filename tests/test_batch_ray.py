@@ -144,7 +144,7 @@ def test_bad_input_fails_once_without_retries(tmp_path, capsys):
         tmp_path / "typo.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n  - model: {tmp_path / 'nothing'}\n"
     )
     assert batch(typo, "--executor", "ray") == 2
-    assert f"no folder {tmp_path / 'nothing'} here nor on node" in capsys.readouterr().err
+    assert f"no folder {tmp_path / 'nothing'} here nor on any node" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*int4*"))
     path = write(
         tmp_path / "bad.yaml",

@@ -1014,6 +1014,7 @@ def test_mistyped_command_is_named(tmp_path, ckpt):
     jobs.write_text("jobs: []\n")  # `batch` left out: it was sent to -m, which refused a file
     assert_clean_failure(cli(jobs), f"to run a batch file: python -m builder batch {jobs}")
     assert_clean_failure(cli("-m", jobs), f"python -m builder batch {jobs}")
+    assert_clean_failure(cli("batch.yaml"), "to run a batch file: python -m builder batch batch.yaml")
 
 
 # ---- inspect ------------------------------------------------------------------------------

@@ -454,7 +454,13 @@ def test_gated_attention_refuses_what_it_would_ignore():
     from builder.kit.blocks.gated_attention import GatedAttention
 
     assert GatedAttention(qk_norm=True)
-    for wrong in (dict(qk_norm=False), dict(qk_norm=True, bias=True), dict(qk_norm=True, local_rope_layers=(1,))):
+    wrongs = (
+        dict(qk_norm=False),
+        dict(qk_norm=True, bias=True),
+        dict(qk_norm=True, out_bias=True),
+        dict(qk_norm=True, local_rope_layers=(1,)),
+    )
+    for wrong in wrongs:
         with pytest.raises(ValueError, match="GatedAttention writes Q/K norms"):
             GatedAttention(**wrong)
 

@@ -109,8 +109,9 @@ class Progress:
         if self.tty:
             # One terminal row: a wrapped line is not cleared by the next redraw, so an 80-column
             # terminal stacked a copy each step (each second while verify ticked).
-            width, line = self.columns(), self.line
-            line = line if len(line) <= width else line[: max(width - 3, 0)] + "..."
+            width, line = max(self.columns(), 1), self.line
+            if len(line) > width:
+                line = line[: width - 3] + "..." if width > 3 else line[:width]
             self.stream.write("\r\033[K" + line)
             _open_line = self
         else:

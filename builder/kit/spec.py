@@ -89,7 +89,8 @@ class DecoderSpec:
                 f"num_key_value_heads {spec.num_kv_heads} (fix or re-download config.json)"
             )
         if spec.head_dim % 8:
-            # Every EP's GroupQueryAttention refuses it at load, after a whole build.
+            # GroupQueryAttention refuses it when run (CPU, 1.32: 'head_size must be a multiple of 8'),
+            # after a whole build.
             raise BuilderError(
                 f"config.json: head_dim {spec.head_dim} (hidden_size / num_attention_heads unless given) is "
                 "not a multiple of 8, which onnxruntime's GroupQueryAttention needs; this model cannot be built"

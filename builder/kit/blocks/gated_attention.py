@@ -21,10 +21,11 @@ from builder.kit.linear import RowSlice
 class GatedAttention(Attention):
     def __post_init__(self):
         # What Attention can be told and this block does not write: refused, not ignored.
-        if not self.qk_norm or self.bias or self.local_rope_layers:
+        if not self.qk_norm or self.bias or self.out_bias or self.local_rope_layers:
             raise ValueError(
-                "GatedAttention writes Q/K norms, no q/k/v biases and the global rotary cache only: "
-                f"got qk_norm={self.qk_norm}, bias={self.bias}, local_rope_layers={self.local_rope_layers}"
+                "GatedAttention writes Q/K norms, no biases and the global rotary cache only: got "
+                f"qk_norm={self.qk_norm}, bias={self.bias}, out_bias={self.out_bias}, "
+                f"local_rope_layers={self.local_rope_layers}"
             )
 
     def __call__(self, em: Emitter, i: int, x: str) -> str:
