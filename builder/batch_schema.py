@@ -155,7 +155,10 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
         elif node.tag != "tag:yaml.org,2002:null":
             problems.add(line, "jobs: must be a list of jobs (- model: ...)")
     if not specs and not problems.items:
-        problems.add(1, "no jobs: add a jobs: list or a matrix:")
+        if "matrix" in top:  # a matrix whose exclude: leaves no combination
+            problems.add(top["matrix"][0], "matrix: its exclude: leaves out every combination, so there are no jobs")
+        else:
+            problems.add(1, "no jobs: add a jobs: list or a matrix:")
 
     in_matrix = [entries for label, _, entries, _ in specs if label.startswith("matrix")]
     varying = [  # options whose values differ across the matrix's jobs, in the file's order

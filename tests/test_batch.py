@@ -458,6 +458,11 @@ def test_matrix_exclude_leaves_out_combinations_and_checks_what_it_names(tmp_pat
     assert "bad.yaml:6: matrix.exclude: {ep: dml} matches no combination" in text
     assert "bad.yaml:7: matrix.exclude[1].precision: not a list in the matrix (its lists: model, ep)" in text
     assert "bad.yaml:8: matrix.exclude[2]: must be a mapping" in text
+    everything = write(
+        tmp_path / "none.yaml", f"matrix:\n  model: [{TINY}]\n  ep: [cpu]\n  exclude:\n    - {{ep: cpu}}\n"
+    )
+    with pytest.raises(BuilderError, match="none.yaml:1: matrix: its exclude: leaves out every combination"):
+        load_batch(everything)  # it said 'no jobs: add a jobs: list or a matrix:' beside the matrix
 
 
 def test_what_the_models_family_refuses_is_refused_up_front(tmp_path, checkpoint):
