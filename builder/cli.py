@@ -28,7 +28,10 @@ class _ListAppend(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, self.dest) or [])
-        items += [v.strip() for v in values.split(",") if v.strip()]
+        given = [v.strip() for v in values.split(",") if v.strip()]
+        if not given:  # '' (an unset shell variable) was taken as no pattern at all, in silence
+            parser.error(f"{option_string}: no pattern in {values!r}; name modules like lm_head or '*.down_proj'")
+        items += given
         setattr(namespace, self.dest, items)
 
 

@@ -387,6 +387,8 @@ def test_one_pattern_in_both_layer_lists(ckpt, tmp_path):
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, "--int8-layers", "*.q_proj", "--float-layers", "*.q_proj,lm_head")
     assert_clean_failure(proc, "*.q_proj given to both --int8-layers and --float-layers", out=out)
+    # An empty value (an unset shell variable) built everything int4, as if the flag were absent.
+    assert_clean_failure(cli("-m", ckpt, "-o", out, "--float-layers", ""), "--float-layers: no pattern in ''", out=out)
 
 
 def test_model_under_an_unknown_users_home(tmp_path):
