@@ -327,6 +327,7 @@ class RayExecutor(Executor):
                     signal.signal(signal.SIGTERM, sigterm_before)
         self.address = address or "local"
         self.run_folder: Path | None = None
+        self._run_folder_held = None  # its lock, once made (builder.output_dir.hold_working_folder)
 
     # ---- before anything runs ----------------------------------------------------------
 
@@ -504,6 +505,7 @@ class RayExecutor(Executor):
     def close(self) -> None:
         if self.run_folder is not None:
             shutil.rmtree(self.run_folder, ignore_errors=True)
-            self._run_folder_held.close()
+            if self._run_folder_held is not None:
+                self._run_folder_held.close()
         if self.started_here:
             self.ray.shutdown()
