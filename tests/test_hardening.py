@@ -264,8 +264,8 @@ def test_config_wrong_type_cli(ckpt, tmp_path):
 
 
 def test_head_dim_that_attention_cannot_run_is_refused_before_building(ckpt, tmp_path):
-    """hidden 48 over 4 heads: the folder was written, then every EP's GroupQueryAttention refused
-    head_size 12 at load and generate.py blamed the runtime's version."""
+    """hidden 48 over 4 heads: the folder was written, then GroupQueryAttention refused head_size 12
+    when run and generate.py blamed the runtime's version."""
     set_config(ckpt, hidden_size=48, head_dim=None)
     out = tmp_path / "out"
     assert_clean_failure(cli("-m", ckpt, "-o", out), "head_dim 12 (hidden_size / num_attention_heads", out=out)
