@@ -138,12 +138,7 @@ def staged_output(output: Path, overwrite: bool):
             else f"{e.strerror or e}{': ' + where if where else ''}"
         )
         raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
-    held = _hold(staging)
-    if held.fd is not None:
-        try:
-            (staging / ALIVE_MARK).touch()
-        except OSError:  # a full disk: without the mark the pid decides, as where flock is missing
-            pass
+    held = hold_working_folder(staging)
     with _StopSignals() as stop, contextlib.closing(held):
         try:
             yield staging
@@ -229,6 +224,7 @@ def hold_working_folder(folder: Path) -> _Held:
     remove_abandoned can tell it from one whose process was killed (close the handle when done)."""
     held = _hold(folder)
     if held.fd is not None:
+        # a full disk: without the mark the pid decides (staging folders), as where flock is missing
         with contextlib.suppress(OSError):
             (folder / ALIVE_MARK).touch()
     return held
