@@ -133,3 +133,20 @@ def test_max_length_defaults_to_4096_on_every_target(checkpoint, tmp_path, ep):
     assert (config["model"]["context_length"], config["search"]["max_length"]) == (8192, 4096)
     longer = build(model=str(ckpt), output=str(tmp_path / "b"), ep=ep, max_length=6000, show_progress=False)
     assert genai_config(longer)["search"]["max_length"] == 6000
+
+
+def test_token_id_lists_in_generation_config_take_their_first_id(checkpoint, tmp_path):
+    """generation_config.json may hold a list for bos/pad (the checker accepts one); genai takes
+    a single id, and an empty list is no id at all. Both crashed after every weight was built."""
+    import shutil
+
+    from builder import build
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("qwen3"), folder)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation.update(bos_token_id=[7, 8], pad_token_id=[], eos_token_id=[5, 6])
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    model = genai_config(result)["model"]
+    assert (model["bos_token_id"], model["pad_token_id"], model["eos_token_id"]) == (7, 5, [5, 6])

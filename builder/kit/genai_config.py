@@ -88,12 +88,10 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
         return _picked(config, generation, key, default)[0]
 
     eos = _ids(pick("eos_token_id"))
-    bos = pick("bos_token_id")
-    pad = pick("pad_token_id")
-    if pad is None:
-        pad = eos[0] if eos else 0
-    if isinstance(pad, list):
-        pad = pad[0]
+    # genai takes one bos and one pad id; a list (generation_config.json allows one) gives its
+    # first, and an empty one counts as unset.
+    bos = (_ids(pick("bos_token_id")) or eos or [0])[0]
+    pad = (_ids(pick("pad_token_id")) or eos or [0])[0]
 
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
     if not plan.layout.rotary_in_gqa:
@@ -130,11 +128,11 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     # With the entry, generation failed once a sequence passed window + 16 tokens.
 
     model = {
-        "bos_token_id": int(bos) if bos is not None else (eos[0] if eos else 0),
+        "bos_token_id": bos,
         "context_length": plan.context_length,
         "decoder": decoder,
         "eos_token_id": eos[0] if len(eos) == 1 else eos,
-        "pad_token_id": int(pad),
+        "pad_token_id": pad,
         "type": plan.genai_type,
         "vocab_size": spec.vocab_size,
     }
