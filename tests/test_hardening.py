@@ -218,6 +218,62 @@ def test_index_weight_map_not_a_mapping_cli(sharded, tmp_path):
     assert_clean_failure(cli("-m", sharded, "-o", out), "model.safetensors.index.json", "weight_map", out=out)
 
 
+def _shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("model-*.safetensors"))
+
+
+def test_model_safetensors_beside_an_index_is_the_one_read(sharded, tmp_path):
+    """save_pretrained unsharded over a sharded save (or the reverse) leaves both in the folder;
+    transformers loads model.safetensors, so the build must too (it read the shards, and --verify
+    then blamed the builder), and say that the other save is there."""
+    other = make_checkpoint(tmp_path / "other", TINY_CONFIGS["qwen3"], seed=1)
+    (sharded / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    both, alone = cli("-m", sharded, "-o", tmp_path / "both"), cli("-m", other, "-o", tmp_path / "alone")
+    assert both.returncode == alone.returncode == 0, both.stderr
+    assert "holds both model.safetensors and model.safetensors.index.json" in both.stderr
+    same = [(tmp_path / d / "model.onnx.data").read_bytes() for d in ("both", "alone")]
+    assert same[0] == same[1]
+    for shard in _shards(sharded):  # sharded then unsharded: the old index names shards now gone
+        shard.unlink()
+    assert Checkpoint(sharded).tensor("model.norm.weight").shape == (64,)
+
+
+def test_a_tensor_the_index_leaves_out_is_read_from_its_shard(sharded):
+    """transformers loads every tensor of each shard the index names; a tensor the map omits
+    (lm_head, say) was taken as absent, and the model built tied to the embedding instead."""
+    index = sharded / "model.safetensors.index.json"
+    content = json.loads(index.read_text())
+    content["weight_map"].pop("model.norm.weight")
+    index.write_text(json.dumps(content))
+    assert Checkpoint(sharded).has("model.norm.weight")
+
+
+def test_a_tensor_in_two_shards_is_refused(sharded, tmp_path):
+    """Two copies of a tensor: transformers takes the last file's, the index may name the other;
+    either way the folder holds two saves, and a build of one of them is a guess."""
+    from safetensors.numpy import load_file, save_file
+
+    first, last = _shards(sharded)[0], _shards(sharded)[-1]
+    tensors = load_file(str(last))
+    name = next(iter(load_file(str(first))))
+    tensors[name] = load_file(str(first))[name]
+    save_file(tensors, str(last))
+    with pytest.raises(BuilderError, match=f"{name}.*stored twice.*{first.name} and {last.name}"):
+        Checkpoint(sharded)
+    (sharded / "model.safetensors.index.json").unlink()  # no index: both sets are globbed
+    with pytest.raises(BuilderError, match="stored twice"):
+        Checkpoint(sharded)
+
+
+def test_an_index_entry_no_shard_holds_is_refused(sharded):
+    index = sharded / "model.safetensors.index.json"
+    content = json.loads(index.read_text())
+    content["weight_map"]["lm_head.weight"] = _shards(sharded)[0].name
+    index.write_text(json.dumps(content))
+    with pytest.raises(BuilderError, match="maps tensor 'lm_head.weight' to .* no shard it names holds it"):
+        Checkpoint(sharded)
+
+
 # ---- config.json values -------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ class Checkpoint:
         self.directory = Path(directory)
         self.config = self._read_config()
         self._headers: dict[Path, dict] = {}
+        self.read_warnings: list[str] = []  # how the folder was read, for the plan to print
         self._shard_of = self._index_tensors()
         self.located: set[str] = set()  # every tensor a build has asked for (see unread())
         self._rows_read: dict[str, list[tuple[int, int]]] = {}  # name -> [start, stop) of each read
@@ -114,20 +115,38 @@ class Checkpoint:
     # ---- tensor index -------------------------------------------------------
 
     def _index_tensors(self) -> dict[str, Path]:
+        # transformers' order: model.safetensors if it is a file, else the index. A folder holding both
+        # is one save_pretrained over another (unsharded then sharded leaves the old file, sharded
+        # then unsharded the old index), and transformers loads model.safetensors from it.
         index_path = self.directory / "model.safetensors.index.json"
-        if index_path.is_file():
+        single = self.directory / "model.safetensors"
+        if index_path.is_file() and single.is_file():
+            self.read_warnings.append(
+                f"{self.directory} holds both model.safetensors and {index_path.name}: built from "
+                "model.safetensors, which transformers loads too; delete whichever of the two saves is stale"
+            )
+        elif index_path.is_file():
             weight_map = read_weight_map(index_path)
-            shards = {name: self.directory / shard for name, shard in weight_map.items()}
-            for shard in sorted(set(shards.values())):
+            files = sorted({self.directory / shard for shard in weight_map.values()})
+            for shard in files:
                 if not shard.is_file():
                     raise BuilderError(
                         f"{index_path.name} names shard {shard.name!r}, which is missing from "
                         f"{self.directory}; re-download the checkpoint"
                     )
+            # transformers loads every tensor of every shard the index names, whatever the map says of
+            # each, so a tensor the map leaves out or places in another shard is read all the same.
+            shards = self._tensors_in(files)
+            absent = [name for name in weight_map if name not in shards]
+            if absent:
+                raise BuilderError(
+                    f"{index_path.name} maps tensor {absent[0]!r} to {weight_map[absent[0]]!r}, but no shard "
+                    f"it names holds it ({len(absent)} such tensor{'s' * (len(absent) > 1)}); "
+                    "re-download the checkpoint"
+                )
             return shards
         # Without an index transformers reads model.safetensors alone, so a stray file beside it
         # (Mistral's consolidated.safetensors holds the same weights under other names) is not ours either.
-        single = self.directory / "model.safetensors"
         files = [single] if single.is_file() else sorted(self.directory.glob("*.safetensors"))
         for file in files:
             if file.is_symlink() and not file.exists():  # an HF cache snapshot whose blob is gone
@@ -142,10 +161,20 @@ class Checkpoint:
                 or f"no *.safetensors files in {self.directory}; only safetensors checkpoints "
                 "are supported (convert .bin files with transformers' save_pretrained)"
             )
-        shards = {}
+        return self._tensors_in(files)
+
+    def _tensors_in(self, files: list[Path]) -> dict[str, Path]:
+        """Each tensor name -> the file holding it. A name in two files is refused: which copy a
+        loader takes is an accident of order (transformers: the last; this folder may hold two saves)."""
+        shards: dict[str, Path] = {}
         for file in files:
             for name in self._header(file)["tensors"]:
-                shards[name] = file
+                other = shards.setdefault(name, file)
+                if other != file:
+                    raise BuilderError(
+                        f"tensor {name!r} is stored twice in {self.directory}, in {other.name} and {file.name}: "
+                        "the folder holds two saves of the checkpoint; keep one set of files (and its index)"
+                    )
         return shards
 
     def _header(self, file: Path) -> dict:
@@ -195,13 +224,7 @@ class Checkpoint:
                 f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
                 "the checkpoint is incomplete or not the architecture its config names"
             )
-        entry = self._header(file)["tensors"].get(name)
-        if entry is None:
-            raise BuilderError(
-                f"the index names {file.name!r} for tensor {name!r}, but that shard does not "
-                "hold it; re-download the checkpoint"
-            )
-        return file, entry
+        return file, self._header(file)["tensors"][name]
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The whole tensor, in its stored dtype."""

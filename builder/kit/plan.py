@@ -143,7 +143,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         )
     else:
         target_notes = ()
-    warnings = check_checkpoint_layers(checkpoint, family, spec.num_layers)
+    warnings = [*checkpoint.read_warnings, *check_checkpoint_layers(checkpoint, family, spec.num_layers)]
     untied = untie_a_differing_lm_head(checkpoint, family, spec, options.page_cache)
     if untied:
         warnings.append(untied)

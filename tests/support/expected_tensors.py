@@ -25,6 +25,7 @@ class _Stand_inCheckpoint:
         self.seen: dict[str, tuple[int, ...]] = {}
         self._layer_names = layer_names
         self.absent: set[str] = set()
+        self.read_warnings: list[str] = []
 
     def names(self) -> list[str]:
         return self._layer_names  # one name a layer: what the plan's layer-count check looks at
