@@ -191,7 +191,24 @@ def test_unsupported_dtype(ckpt, tmp_path):
         ckpt, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(192, 64, dtype=torch.float64))
     )
     assert_clean_failure(
-        cli("-m", ckpt, "-o", tmp_path / "out"), "model.layers.0.mlp.up_proj.weight", "F64", out=tmp_path / "out"
+        cli("-m", ckpt, "-o", tmp_path / "out"),
+        "model.layers.0.mlp.up_proj.weight",
+        "F64",
+        "save it in one of those",  # not "quantized": a float64 tensor is no quantized one
+        out=tmp_path / "out",
+    )
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "fp8"])
+def test_a_prequantized_checkpoint_is_refused_by_its_config(ckpt, tmp_path, method):
+    """GPTQ/AWQ store qweight/scales where the float weights were: the build said q_proj.weight was
+    missing from an "incomplete" checkpoint, sending the user to re-download it."""
+    config = json.loads((ckpt / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method, "bits": 4}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out), f"quantization_config (quant_method '{method}')", "float checkpoint", out=out
     )
 
 

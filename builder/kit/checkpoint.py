@@ -256,10 +256,9 @@ class Checkpoint:
         self.located.add(name)
         dtype, shape = entry["dtype"], tuple(entry["shape"])
         if dtype not in SUPPORTED_DTYPES:
+            why = "save it in one of those" if dtype == "F64" else "quantized checkpoints are not supported"
             raise BuilderError(
-                f"tensor {name!r} in {file.name} has dtype {dtype}; supported: "
-                + ", ".join(SUPPORTED_DTYPES)
-                + " (quantized checkpoints are not supported)"
+                f"tensor {name!r} in {file.name} has dtype {dtype}; supported: {', '.join(SUPPORTED_DTYPES)} ({why})"
             )
         if expect_shape is not None and shape != tuple(expect_shape):
             raise BuilderError(

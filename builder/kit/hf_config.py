@@ -262,6 +262,7 @@ def check_config(config: dict, where: str = "config.json") -> dict:
     if isinstance(config.get("text_config"), dict):  # multimodal checkpoints nest the decoder's keys
         sections.append((config["text_config"], f"{where} text_config"))
     for values, place in sections:
+        _refuse_prequantized(values, place)
         _check(KEYS, values, place)
         for rope_key in ("rope_scaling", "rope_parameters"):
             rope = values.get(rope_key)
@@ -271,6 +272,22 @@ def check_config(config: dict, where: str = "config.json") -> dict:
             for params, label in [(rope, f"{place} {rope_key}")] + nested:
                 _check(ROPE_KEYS, params, label)
     return config
+
+
+def _refuse_prequantized(values: dict, place: str) -> None:
+    """GPTQ, AWQ, FP8, bitsandbytes... checkpoints store other tensors (qweight, scales,
+    weight_scale_inv) under the float names' layers: refused by what config.json says, rather than
+    by a tensor that seems to be missing from an "incomplete" checkpoint."""
+    quant = values.get("quantization_config")
+    if quant is None:
+        return
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    named = f" (quant_method {method!r})" if isinstance(method, str) else ""
+    raise BuilderError(
+        f"{place} has a quantization_config{named}: its weights are already quantized, which the "
+        "builder does not read; build from the float checkpoint it was made from (bf16, fp16 or fp32) "
+        "and choose the precision with -p"
+    )
 
 
 # generation_config.json: the keys genai_config.json copies (null: take config.json's).
