@@ -1282,6 +1282,21 @@ def test_partial_hub_cache_is_completed_when_online(ckpt, tmp_path, monkeypatch)
     assert Checkpoint.open("org/tiny").directory == snapshot and calls[2:] == [True]  # complete: no hub call
 
 
+@pytest.mark.parametrize(
+    "value,offline",
+    [("no", False), ("off", False), ("FALSE", False), ("0", False), ("yes", True), ("On", True), ("1", True)],
+)
+def test_hf_hub_offline_is_read_as_huggingface_hub_reads_it(monkeypatch, value, offline):
+    """HF_HUB_OFFLINE=no was taken as offline, and a model the cache lacked was refused."""
+    import huggingface_hub.constants
+
+    from builder.kit.model_source import hub_offline
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert hub_offline() is offline
+
+
 def test_partial_hub_cache_hub_unreachable(ckpt, tmp_path, monkeypatch):
     import huggingface_hub
 

@@ -82,7 +82,9 @@ def hub_offline() -> bool:
         from huggingface_hub import constants
     except ImportError:
         constants = None
-    set_now = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    # huggingface_hub's own reading: anything but 1/on/yes/true (any case) is online.
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    set_now = value.upper() in ("1", "ON", "YES", "TRUE")
     return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or set_now
 
 
