@@ -158,6 +158,9 @@ class DecoderBuilder:
                 )
             # Some configs omit tie_word_embeddings while the weights are tied.
             spec.tie_word_embeddings = True
+        table = self.weight(None, "model.embed_tokens.weight")
+        if spec.tie_word_embeddings and not self.checkpoint.has(table) and self.checkpoint.has(lm_head):
+            self.checkpoint.alias(table, lm_head)  # saved by safetensors' save_model: the lm_head's name kept
         return spec
 
     def left_out(self, name: str) -> bool:

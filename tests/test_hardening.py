@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -272,6 +273,22 @@ def test_an_index_entry_no_shard_holds_is_refused(sharded):
     index.write_text(json.dumps(content))
     with pytest.raises(BuilderError, match="maps tensor 'lm_head.weight' to .* no shard it names holds it"):
         Checkpoint(sharded)
+
+
+def test_a_tied_model_that_stores_only_its_lm_head_builds(ckpt, tmp_path):
+    """safetensors' save_model keeps one name of a shared tensor, here lm_head.weight; transformers
+    ties the embedding to it, and the build refused the checkpoint as incomplete."""
+    from safetensors.numpy import load_file, save_file
+
+    other = tmp_path / "lm-head-only"
+    shutil.copytree(ckpt, other)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+    save_file(tensors, str(other / "model.safetensors"), metadata={"format": "pt"})
+    for folder in (ckpt, other):
+        assert cli("-m", folder, "-o", tmp_path / f"{folder.name}-out").returncode == 0
+    same = [(tmp_path / f"{folder.name}-out" / "model.onnx.data").read_bytes() for folder in (ckpt, other)]
+    assert same[0] == same[1]
 
 
 # ---- config.json values -------------------------------------------------------------

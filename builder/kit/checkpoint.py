@@ -73,6 +73,7 @@ class Checkpoint:
         self.config = self._read_config()
         self._headers: dict[Path, dict] = {}
         self.read_warnings: list[str] = []  # how the folder was read, for the plan to print
+        self._aliases: dict[str, str] = {}  # see alias()
         self._shard_of = self._index_tensors()
         self.located: set[str] = set()  # every tensor a build has asked for (see unread())
         self._rows_read: dict[str, list[tuple[int, int]]] = {}  # name -> [start, stop) of each read
@@ -184,6 +185,12 @@ class Checkpoint:
             self._headers[file] = header
         return header
 
+    def alias(self, name: str, stored: str) -> None:
+        """Read tensor `name` from the one stored as `stored`: a tied model saved with safetensors'
+        save_model keeps one name of the shared tensor, and transformers ties the other to it."""
+        self._shard_of[name] = self._shard_of[stored]
+        self._aliases[name] = stored
+
     def has(self, name: str) -> bool:
         return name in self._shard_of
 
@@ -224,7 +231,7 @@ class Checkpoint:
                 f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
                 "the checkpoint is incomplete or not the architecture its config names"
             )
-        return file, self._header(file)["tensors"][name]
+        return file, self._header(file)["tensors"][self._aliases.get(name, name)]
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The whole tensor, in its stored dtype."""
