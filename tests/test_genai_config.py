@@ -150,3 +150,28 @@ def test_token_id_lists_in_generation_config_take_their_first_id(checkpoint, tmp
     result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
     model = genai_config(result)["model"]
     assert (model["bos_token_id"], model["pad_token_id"], model["eos_token_id"]) == (7, 5, [5, 6])
+
+
+def test_chat_template_file_wins_over_the_config_key_in_genai_too(checkpoint, tmp_path):
+    """A checkpoint holding both chat_template.jinja and an older chat_template key in
+    tokenizer_config.json: transformers formats prompts with the file, genai read the key."""
+    import shutil
+
+    import onnxruntime_genai as og
+    import transformers
+
+    from builder import build
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("qwen3"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    newer = config["chat_template"].replace("assistant", "NEW-assistant")
+    (folder / "chat_template.jinja").write_text(newer)
+    messages = [{"role": "user", "content": "hi"}]
+    expected = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    assert "NEW-assistant" in expected
+    result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    tokenizer = og.Tokenizer(og.Model(str(result.output)))
+    assert tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True) == expected

@@ -103,5 +103,19 @@ def copy_tokenizer_files(source: Path, destination: Path) -> tuple[list[str], li
         if path.is_file():
             shutil.copyfile(path, Path(destination) / name)
             copied.append(name)
+    template = Path(source) / "chat_template.jinja"
+    if "tokenizer_config.json" in copied and template.is_file():
+        _template_file_first(Path(destination) / "tokenizer_config.json", template)
     missing = [name for name in REQUIRED if name not in copied]
     return copied, missing
+
+
+def _template_file_first(config_path: Path, template: Path) -> None:
+    """transformers takes chat_template.jinja over tokenizer_config.json's chat_template, while genai
+    reads the config's first: a checkpoint with both (an older key left beside the newer file)
+    formatted prompts one way in transformers and another in genai. The copy's key now holds the file."""
+    config = json.loads(config_path.read_bytes())
+    if "chat_template" not in config:
+        return
+    config["chat_template"] = template.read_text(encoding="utf-8")
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
