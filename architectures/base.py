@@ -51,6 +51,11 @@ class DecoderBuilder:
     # and Qwen3 attention do; Qwen2's q/k/v biases come without one.
     attention_out_bias = True
     projections = Projections  # writes weights; a family may change how
+    # The family's transformers config class defaults for keys a config.json may leave out, where they
+    # differ from DecoderSpec's fallbacks (head_dim = hidden / heads, as many KV heads as heads, 4096
+    # positions): without them such a checkpoint's weights were refused as not matching its config,
+    # or its context length was another than transformers runs.
+    config_defaults: dict = {}
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
     # Words for not_built's prefixes in the build report's note ("the vision tower"); a prefix
@@ -129,6 +134,7 @@ class DecoderBuilder:
     # ---- what the plan asks a family -----------------------------------------
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
+        config = {**self.config_defaults, **config}
         act = config.get("hidden_act", "silu")
         if act not in self.hidden_acts:
             raise BuilderError(

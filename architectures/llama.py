@@ -7,3 +7,4 @@ from architectures.registry import register
 @register("LlamaForCausalLM")
 class LlamaBuilder(DecoderBuilder):
     genai_type = "llama"
+    config_defaults = {"max_position_embeddings": 2048}  # LlamaConfig's

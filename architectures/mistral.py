@@ -20,6 +20,7 @@ from builder.kit.targets import Target
 @register("MistralForCausalLM")
 class MistralBuilder(DecoderBuilder):
     genai_type = "mistral"
+    config_defaults = {"max_position_embeddings": 131072, "num_key_value_heads": 8}  # MistralConfig's
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         # MistralAttention has no q/k/v biases whatever config.json says.

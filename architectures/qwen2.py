@@ -55,6 +55,7 @@ def qwen_sliding_window(spec: DecoderSpec, config: dict, all_layers: bool = Fals
 @register("Qwen2ForCausalLM")
 class Qwen2Builder(DecoderBuilder):
     genai_type = "qwen2"
+    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 32}  # Qwen2Config's
 
     attention_bias = True  # Qwen2Attention always has them; hub configs carry no attention_bias key
     attention_out_bias = False  # and o_proj never has one

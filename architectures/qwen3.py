@@ -18,10 +18,8 @@ class Qwen3Builder(DecoderBuilder):
     qk_norm = True
 
     window_on_every_layer = False  # Qwen3-MoE's attention takes the window on every layer
-    default_head_dim = 128  # Qwen3Config's where config.json has none (Qwen3-MoE: hidden / heads)
+    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 32, "head_dim": 128}  # Qwen3Config's
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
-        if self.default_head_dim and "head_dim" not in config:
-            config = {**config, "head_dim": self.default_head_dim}
         # Qwen2's window rule: with use_sliding_window, on the layers from max_window_layers on.
         return qwen_sliding_window(super().make_spec(config, target), config, self.window_on_every_layer)

@@ -26,7 +26,7 @@ class Qwen3MoeBuilder(Qwen3Builder):
     # Qwen3MoeAttention takes sliding_window on every layer: its model reads neither max_window_layers
     # nor layer_types for the prefill's mask.
     window_on_every_layer = True
-    default_head_dim = None
+    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 4}  # Qwen3MoeConfig's (head_dim: none)
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec(config, target)

@@ -195,6 +195,43 @@ def test_a_config_without_head_dim_takes_transformers_default(tmp_path, name, he
     parity(result, ckpt)
 
 
+def _left_out_keys() -> list[tuple[str, str]]:
+    from support.synthetic import TINY_CONFIGS, text_config
+
+    keys = ("max_position_embeddings", "num_key_value_heads", "head_dim")
+    names = sorted({name for cases in PARITY_CASES.values() for name in cases})
+    return [(name, key) for name in names for key in keys if key in text_config(TINY_CONFIGS[name])]
+
+
+@pytest.mark.parametrize("name,key", _left_out_keys())
+def test_a_key_config_json_leaves_out_takes_the_family_default_of_transformers(checkpoint, name, key):
+    """A config.json without max_position_embeddings got 4096 positions whatever the family (Llama
+    2048, Qwen 32768, Mistral 131072 in transformers), and one without num_key_value_heads or head_dim
+    got as many as heads, or hidden / heads, where Qwen2/3/3.5 and Mistral default to a number."""
+    import copy
+
+    from transformers import AutoConfig
+
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from support.synthetic import TINY_CONFIGS
+
+    config = copy.deepcopy(TINY_CONFIGS[name])
+    text = config.get("text_config") or config
+    del text[key]
+    if key == "num_key_value_heads":  # the defaults (2 to 32) must divide the heads
+        text.update(num_attention_heads=64, hidden_size=2048, head_dim=text.get("head_dim", 32))
+    expected = AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items() if k != "model_type"})
+    expected = getattr(expected, "text_config", None) or expected
+    folder = checkpoint(name)
+    family = builder_class_for(TINY_CONFIGS[name])(Checkpoint(folder), BuildOptions(model=str(folder)))
+    spec = family.make_spec(config)
+    ours = {"max_position_embeddings": spec.max_position_embeddings, "num_key_value_heads": spec.num_kv_heads}
+    ours["head_dim"] = spec.head_dim
+    theirs = getattr(expected, key, None) or (expected.hidden_size // expected.num_attention_heads)
+    assert ours[key] == theirs
+
+
 # ---- Mistral: sliding window --------------------------------------------------
 
 
