@@ -147,6 +147,12 @@ def dequantized_reference(
                 "of a model_type transformers lacks returns its model class from reference_class()): drop --verify"
             )
         raise BuilderError(f"--verify: transformers cannot load {checkpoint_dir} ({first}); {why}") from None
+    except Exception as e:  # transformers fails any way on a config it reads otherwise (text_config: {})
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise BuilderError(
+            f"--verify: transformers failed to load {checkpoint_dir} ({type(e).__name__}: {first}); "
+            "check its config.json, or drop --verify"
+        ) from None
     planned = family(Checkpoint(Path(checkpoint_dir)), options)
     if formats is None:
         formats = planned.plan.formats

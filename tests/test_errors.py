@@ -786,3 +786,15 @@ def test_the_space_check_measures_where_the_build_writes(ckpt, tmp_path, monkeyp
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=15 * 10**9))
     with pytest.raises(BuilderError, match=r"writes at least 22\.00 GB"):
         preflight.check_disk_space(Arch(), tmp_path / "web")
+
+
+def test_verify_names_a_load_failure_transformers_raises_any_way(ckpt, tmp_path):
+    """transformers fails on `"text_config": {}` in a Qwen3 config with an AttributeError, which
+    --verify let through as a traceback; the build itself reads the decoder's keys at the top."""
+    config = json.loads((ckpt / "config.json").read_text())
+    config["text_config"] = {}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify"), "--verify: transformers failed to load", out=out
+    )
