@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builder.batch_yaml import Entry, FloatText, Problems
 from builder.kit.errors import BuilderError
-from builder.kit.model_source import hub_id_shaped
+from builder.kit.model_source import hub_id_shaped, model_name
 from builder.kit.options import NOT_IN_OUTPUT, BuildOptions
 
 
@@ -175,7 +175,7 @@ def make_job(
     output_line = entries["output"].line if "output" in entries else line
     if options.output:
         fields = {
-            "model_name": Path(options.model.rstrip("/")).name,
+            "model_name": model_name(options.model),
             **{k: v for k, v in options.to_dict().items() if k not in NOT_IN_OUTPUT},
         }
         try:

@@ -26,6 +26,7 @@ from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError, write_failed
 from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary
 from builder.kit.graph import Graph
+from builder.kit.model_source import model_name
 from builder.kit.options import BuildOptions
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
@@ -61,10 +62,7 @@ class BuildResult:
 
 
 def default_output(options: BuildOptions) -> Path:
-    model = os.path.expanduser(options.model)
-    # A local folder by its own name (-m . or -m .. named out/model-... and out/..-...); a hub id by its repo's.
-    name = Path(os.path.abspath(model)).name if os.path.isdir(model) else Path(model.rstrip("/")).name
-    name = name or "model"
+    name = model_name(options.model) or "model"
     suffix = "-transformers-js" if options.format == "transformers.js" else ""
     return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
 

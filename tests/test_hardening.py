@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from test_errors import ROOT, assert_clean_failure, cli
 
+from builder import BuildOptions
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from support.synthetic import TINY_CONFIGS, make_checkpoint
@@ -1242,6 +1243,29 @@ def hub_cache(home: Path, repo_id: str, source: Path, names: list[str] | None = 
         if names is None or path.name in names:
             shutil.copyfile(path, snapshot / path.name)
     return snapshot
+
+
+def test_a_cache_folder_and_its_snapshot_are_told_apart(ckpt, tmp_path):
+    """-m models--org--tiny (the cache's repo folder) said only that config.json was missing, and a
+    snapshot folder named its output after the revision's hash."""
+    from builder.kit.model_source import model_name
+    from builder.pipeline import default_output
+
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt)
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", snapshot.parent.parent, "-o", out), "cache folder", "'org/tiny'", out=out)
+    assert model_name(str(snapshot)) == "tiny"
+    assert default_output(BuildOptions(model=str(snapshot))) == Path("out/tiny-int4-cpu")
+    assert model_name(str(ckpt)) == "ckpt" and model_name("Qwen/Qwen3-4B") == "Qwen3-4B"
+
+
+def test_a_git_lfs_pointer_says_to_pull_the_weights(ckpt, tmp_path):
+    """A clone without git-lfs leaves pointer files: the message said the header length was implausible."""
+    (ckpt / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123\n"
+    )
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "Git LFS pointer", "git lfs pull", out=out)
 
 
 def test_hub_id_from_a_complete_cache_builds_offline(ckpt, tmp_path):

@@ -92,7 +92,7 @@ class Checkpoint:
             raise could_not_read(path, e) from None
         if not found:
             plain = f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder"
-            raise BuilderError(built_here(self.directory) or plain)
+            raise BuilderError(built_here(self.directory) or _cache_repo_hint(self.directory) or plain)
         try:
             config = json.loads(path.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -334,6 +334,17 @@ class Checkpoint:
             digest.update(_file_identity(file, content).encode())
         self._fingerprints = {**getattr(self, "_fingerprints", {}), content: digest.hexdigest()[:16]}
         return self._fingerprints[content]
+
+
+def _cache_repo_hint(folder: Path) -> str | None:
+    """A Hugging Face cache's repo folder given for its checkpoint: say which folder holds it."""
+    if not folder.name.startswith("models--") or not (folder / "snapshots").is_dir():
+        return None
+    repo_id = "/".join(folder.name.split("--")[1:])
+    return (
+        f"{folder} is a Hugging Face cache folder, not a checkpoint: pass the hub id {repo_id!r} "
+        f"(-m {repo_id}), or one of its snapshots/<revision> folders"
+    )
 
 
 def to_float(tensor: np.ndarray, dtype=np.float32) -> np.ndarray:

@@ -47,6 +47,18 @@ def resolve_model_dir(model: str) -> Path:
         raise
 
 
+def model_name(model: str) -> str:
+    """The name output folders take: a folder's own name (-m . as well), a hub id's repo name, and
+    a Hugging Face cache snapshot (models--Org--Name/snapshots/<rev>) its repo's name rather than
+    the revision's hash."""
+    expanded = os.path.expanduser(model)
+    path = Path(os.path.abspath(expanded)) if os.path.isdir(expanded) else Path(model.rstrip("/"))
+    repo = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.rsplit("--", 1)[-1]  # hub names hold no "--"
+    return path.name
+
+
 def hub_id_shaped(model: str) -> bool:
     """Whether the text has a hub id's shape, owner/name, wherever it is read from."""
     return not model.startswith((".", "/", "~")) and model.count("/") == 1

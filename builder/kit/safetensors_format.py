@@ -52,10 +52,19 @@ def read_weight_map(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
+LFS_POINTER = b"https://git-lfs"  # after "version ": what `git clone` leaves without git-lfs
+
+
 def header_bytes(file: Path) -> bytes:
     try:
         with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
+            start = f.read(8)
+            if start == b"version " and f.read(len(LFS_POINTER)) == LFS_POINTER:
+                raise BuilderError(
+                    f"{file} is a Git LFS pointer, not the weights: the checkpoint was cloned without "
+                    "git-lfs; run `git lfs pull` in its folder, or download it with `hf download`"
+                )
+            (length,) = struct.unpack("<Q", start)
             if length > 100_000_000:
                 raise ValueError("header length is implausible")
             header = f.read(length)
