@@ -292,3 +292,16 @@ def test_bench_builders_does_not_remove_a_checkpoint_of_the_user_s(tmp_path):
     with pytest.raises(SystemExit, match="holds files scripts/make_checkpoint.py did not write"):
         bench.ensure_checkpoint("qwen3-0.6b", mine)
     assert (mine / "NOTES.md").read_text() == "my fine-tune"
+
+
+def test_the_gemma3_1b_shape_plans_transformers_tensors():
+    """scripts/make_checkpoint.py gemma3-1b (the webgpu Gemma 3 benchmark's checkpoint) crashed:
+    the config leaves tie_word_embeddings to Gemma 3's default (true), and the stand-in walk took
+    the model as untied."""
+    cfg = synthetic.REAL_SHAPE_CONFIGS["gemma3-1b"]
+    assert "tie_word_embeddings" not in cfg
+    planned = {n: tuple(s) for entries in synthetic.plan_files(cfg).values() for n, s in entries}
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert planned == expected

@@ -75,7 +75,7 @@ def _read_by_family(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]
     stand_in = _Stand_inCheckpoint(config, [naming.weight(i, "x") for i in range(layers)])
     # fp16 on cpu: every option at its default, every tensor read as a float (no quantizer work).
     arch = family(stand_in, BuildOptions(model="stand-in", precision="fp16", ep="cpu"))
-    if arch.config.get("tie_word_embeddings"):
+    if arch.make_spec(arch.config).tie_word_embeddings:  # the family's default too (Gemma 3 ties)
         stand_in.absent.add(arch.weight(None, "lm_head.weight"))
     data = ExternalDataFile(Path(os.devnull))
     try:
