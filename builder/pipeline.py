@@ -67,6 +67,17 @@ def default_output(options: BuildOptions) -> Path:
     return Path("out") / f"{name}-{options.precision}-{options.ep}{suffix}".lower()
 
 
+def _tokenizer_advice(copied: list[str], checkpoint: Path, output: Path) -> str:
+    """What to do about missing tokenizer files: a checkpoint with only a slow tokenizer's files
+    (vocab.json + merges.txt, tokenizer.model) has none to copy, but transformers can write them."""
+    if any(name in copied for name in ("vocab.json", "tokenizer.model")):
+        return (
+            "transformers makes them from the checkpoint's vocabulary files: "
+            f"AutoTokenizer.from_pretrained('{checkpoint}').save_pretrained('{output}')"
+        )
+    return f"copy them from the model's original repository into {output}"
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory.
 
@@ -223,8 +234,8 @@ def _run(arch, show_progress: bool) -> BuildResult:
         if missing:
             message = (
                 f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
-                "the model was built, but onnxruntime-genai needs them to tokenize; copy them "
-                f"into {output}"
+                "the model was built, but onnxruntime-genai needs them to tokenize; "
+                + _tokenizer_advice(copied, arch.checkpoint.directory, output)
             )
             progress.warn(message)
             notes.append(message)

@@ -1067,6 +1067,25 @@ def test_missing_tokenizer_warning_is_one_plain_line(ckpt, tmp_path):
     assert "UserWarning" not in proc.stderr
 
 
+def test_a_slow_tokenizer_s_files_get_advice_that_works(ckpt, tmp_path):
+    """With only vocab.json + merges.txt there was nothing to "copy into" the output, as the warning
+    said; transformers writes the tokenizer.json genai reads from them."""
+    import onnxruntime_genai as og
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    Tokenizer.from_file(str(ckpt / "tokenizer.json")).model.save(str(ckpt))  # vocab.json, merges.txt
+    (ckpt / "tokenizer.json").unlink()
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    advice = f"AutoTokenizer.from_pretrained('{ckpt}').save_pretrained('{out}')"
+    assert advice in proc.stderr
+    AutoTokenizer.from_pretrained(str(ckpt)).save_pretrained(str(out))
+    text = "the river and the town"
+    assert list(og.Tokenizer(og.Model(str(out))).encode(text)) == AutoTokenizer.from_pretrained(str(ckpt)).encode(text)
+
+
 def test_webgpu_verify_says_it_did_not_run(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-e", "webgpu", "--verify")
     assert proc.returncode == 0, proc.stderr
