@@ -29,7 +29,7 @@ from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
 from builder.kit.linear import Projections
-from builder.kit.options import BuildOptions
+from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.plan import BuildPlan, has_recurrent_layers, layer_prefix, make_plan
 from builder.kit.progress import Progress
 from builder.kit.spec import DecoderSpec
@@ -125,10 +125,20 @@ class DecoderBuilder:
     @classmethod
     def from_pretrained(cls, model: str, options: BuildOptions | None = None, **option_values):
         """A builder for a local folder or hub id; options as BuildOptions or keywords."""
+        call = f"{cls.__name__}.from_pretrained"
         if options is None:
-            options = BuildOptions.from_keywords({"model": model, **option_values}, "from_pretrained()")
-        else:
-            options = dataclasses.replace(options, model=model)  # the caller's stays as it was
+            option_values = {"model": model, **option_values}
+        options = options_one_way(options, option_values, call, f"{call}(model, precision=...)")
+        options = dataclasses.replace(options, model=model)  # the caller's stays as it was
+        if options.family:
+            from architectures.registry import family_named
+
+            named = family_named(options.family, where=f"{call}(family=...)")
+            if named is not cls:  # the report would name one family and the graph be another's
+                raise BuilderError(
+                    f"{call}(family={options.family!r}): that names {named.__module__}.{named.__qualname__}, "
+                    f"not {cls.__name__}; call {named.__name__}.from_pretrained, or drop family="
+                )
         return cls(Checkpoint.open(model), options)
 
     # ---- what the plan asks a family -----------------------------------------

@@ -27,7 +27,7 @@ from builder.kit.errors import BuilderError, write_failed
 from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary
 from builder.kit.graph import Graph
 from builder.kit.model_source import model_name
-from builder.kit.options import BuildOptions
+from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
@@ -107,17 +107,8 @@ def build(
     architecture name one is registered under, to use instead of the one registered for
     the checkpoint's `architectures`.
     """
-    if options is not None and not isinstance(options, BuildOptions):
-        raise BuilderError(
-            f"build({type(options).__name__}): pass a BuildOptions, or the options as keywords: "
-            "build(model=..., precision=...)"
-        )
-    if options is not None and option_values:  # the keywords were dropped in silence
-        raise BuilderError(
-            f"build(): options given both as a BuildOptions and as keywords ({', '.join(option_values)}); "
-            "use one, e.g. dataclasses.replace(options, ...)"
-        )
-    if family is not None and options is not None and options.family:
+    options = options_one_way(options, option_values, "build", "build(model=..., precision=...)")
+    if family is not None and options.family:
         raise BuilderError(
             f"build(): family given both as BuildOptions(family={options.family!r}) and as build(family=...); keep one"
         )
@@ -128,7 +119,7 @@ def build(
             f"build(family={family!r}): pass a builder class (a subclass of architectures.DecoderBuilder) "
             "or the HF architecture name it is registered under"
         )
-    options = (options or BuildOptions.from_keywords(option_values, "build()")).validated()
+    options = options.validated()
     checkpoint = Checkpoint.open(options.model)
     cls = family or family_for(options, checkpoint.config, where=str(checkpoint.directory / "config.json"))
     with plugin_faults_named(cls):

@@ -795,3 +795,23 @@ def test_from_pretrained_takes_options_or_keywords_and_leaves_the_callers_alone(
     assert run(arch, show_progress=False).report["nodes"]["total"] > 0
     by_keywords = Qwen3Builder.from_pretrained(tiny, output=str(tmp_path / "b"), precision="int4")
     assert (by_keywords.options.model, by_keywords.options.precision) == (tiny, "int4")
+
+
+def test_from_pretrained_takes_its_options_one_way(tmp_path):
+    """Keywords beside a BuildOptions were dropped in silence (precision="fp32", ep="webgpu" built
+    int4 for cpu), a dict was a raw TypeError, and a family= naming another family was recorded in
+    the report while this class built the graph."""
+    from architectures import LlamaBuilder, Qwen3Builder
+
+    tiny = str(Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3")
+    options = BuildOptions(output=str(tmp_path / "a"))
+    with pytest.raises(BuilderError, match=r"options given both as a BuildOptions and as keywords \(precision, ep\)"):
+        Qwen3Builder.from_pretrained(tiny, options, precision="fp32", ep="webgpu")
+    with pytest.raises(BuilderError, match=r"Qwen3Builder.from_pretrained\(dict\): pass a BuildOptions"):
+        Qwen3Builder.from_pretrained(tiny, {"precision": "fp32"})
+    with pytest.raises(BuilderError, match=r"family='LlamaForCausalLM'\): that names .*LlamaBuilder, not Qwen3Builder"):
+        Qwen3Builder.from_pretrained(tiny, family="LlamaForCausalLM")
+    # The family it is, by either name, is no contradiction.
+    assert LlamaBuilder.from_pretrained(tiny, family="LlamaForCausalLM").options.family == "LlamaForCausalLM"
+    assert Qwen3Builder.from_pretrained(tiny, family="architectures.qwen3:Qwen3Builder").spec.num_layers > 0
+    assert not (tmp_path / "a").exists()

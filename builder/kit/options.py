@@ -575,6 +575,22 @@ class BuildOptions:
         return shown
 
 
+def options_one_way(options: Any, values: dict[str, Any], call: str, example: str) -> BuildOptions:
+    """The options of a Python call that takes them as a BuildOptions or as keywords (build(),
+    from_pretrained()): keywords beside a BuildOptions were dropped in silence, and a dict in its
+    place failed deep inside."""
+    if options is not None and not isinstance(options, BuildOptions):
+        raise BuilderError(
+            f"{call}({type(options).__name__}): pass a BuildOptions, or the options as keywords: {example}"
+        )
+    if options is not None and values:
+        raise BuilderError(
+            f"{call}(): options given both as a BuildOptions and as keywords ({', '.join(values)}); "
+            "use one, e.g. dataclasses.replace(options, ...)"
+        )
+    return options if options is not None else BuildOptions.from_keywords(values, f"{call}()")
+
+
 # What only int4/int8 builds use (--int8-layers/--float-layers with a float precision are refused).
 QUANTIZATION_ONLY = ("block_size", "symmetric", "accuracy_level")
 # Options by how batch compares them with an existing output (see _opt's rebuild).
