@@ -17,6 +17,13 @@ from builder.kit.errors import BuilderError
 ENTRY_POINT_GROUP = "builder.architectures"
 _REGISTRY: dict[str, type] = {}
 _plugins_loaded = False
+# Every registration in order, with what brought it: "plugin" (an entry point), the module a
+# module:Class import named, or None (a built-in, or code that imported a family by itself).
+# A batch job builds in a process of its own that imports only its family's module, so the
+# driver resolves its family from this (registered_alone), not from what the other jobs'
+# modules left in _REGISTRY.
+_HISTORY: list[tuple[str | None, str, type]] = []
+_origin: list[str] = []  # what is loading now: "plugin" or a module:Class's module
 
 
 def register(*hf_names: str):
@@ -43,7 +50,13 @@ def register(*hf_names: str):
             )
         cls.architectures = tuple(hf_names)
         for name in hf_names:
+            was = _REGISTRY.get(name)
+            # A plugin's replacements are said by load_plugins, naming the entry point; the same
+            # class again (its module imported twice) replaces nothing.
+            if was is not None and _name(was) != _name(cls) and _origin[-1:] != ["plugin"]:
+                _warn(f"@register replaces the builder for {name} ({_name(was)}) with {_name(cls)}")
             _REGISTRY[name] = cls
+            _HISTORY.append((_origin[-1] if _origin else None, name, cls))
         return cls
 
     return decorate
@@ -55,7 +68,8 @@ def load_plugins() -> None:
         return
     _plugins_loaded = True
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        before = dict(_REGISTRY)
+        before, history = dict(_REGISTRY), len(_HISTORY)
+        _origin.append("plugin")
         try:
             loaded = entry.load()
         except Exception as e:  # a broken plugin must not break the built-in families
@@ -63,12 +77,15 @@ def load_plugins() -> None:
             # half-imported module's classes replaced built-ins with no other word.
             _REGISTRY.clear()
             _REGISTRY.update(before)
+            del _HISTORY[history:]
             why = " ".join(str(e).split())
             _warn(
                 f"architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
                 f"out: {type(e).__name__}: {why}"
             )
             continue
+        finally:
+            _origin.pop()
         if isinstance(loaded, type):
             # Its own names only: a subclass inherits its parent's, and would take them over.
             own = loaded.__dict__.get("architectures", ())
@@ -79,15 +96,19 @@ def load_plugins() -> None:
                 )
             for name in own:
                 _REGISTRY[name] = loaded
+                _HISTORY.append(("plugin", name, loaded))
         # A module's @register and a class entry point both replace what was there: one rule
         # for both (a class used to lose in silence, a module to win in silence), said aloud.
         for name, cls in sorted(before.items()):
             if _REGISTRY[name] is not cls:
                 _warn(
                     f"architecture plugin {entry.name!r} ({entry.value}) replaces the builder for {name} "
-                    f"({cls.__module__}.{cls.__qualname__}) with {_REGISTRY[name].__module__}."
-                    f"{_REGISTRY[name].__qualname__}"
+                    f"({_name(cls)}) with {_name(_REGISTRY[name])}"
                 )
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _warn(message: str) -> None:
@@ -102,17 +123,43 @@ def registered() -> dict[str, type]:
     return dict(_REGISTRY)
 
 
-def family_named(name: str, where: str = "--family") -> type:
-    """A builder class by the HF architecture name it is registered under, or as module:Class."""
+def registered_alone(family: str | None) -> dict[str, type]:
+    """The registry of a process that imported only this family (a batch job's): this one's,
+    less what other module:Class imports registered (other jobs' families), which that process
+    never imports."""
+    module = family.partition(":")[0] if family and ":" in family else None
+    if module:
+        family_named(family)  # imported here, so that what it registers is in the history
+
+    def theirs(origin: str | None, cls: type) -> bool:
+        mine = module is not None and (cls.__module__ == module or cls.__module__.startswith(module + "."))
+        return origin not in (None, "plugin", module) and not mine
+
+    alone = dict(registered())
+    for name, cls in registered().items():
+        entries = [(origin, c) for origin, n, c in _HISTORY if n == name]
+        if entries and entries[-1][1] is cls and theirs(*entries[-1]):
+            kept = [c for origin, c in entries if not theirs(origin, c)]
+            if kept:
+                alone[name] = kept[-1]
+            else:
+                del alone[name]
+    return alone
+
+
+def family_named(name: str, where: str = "--family", available: dict[str, type] | None = None) -> type:
+    """A builder class by the HF architecture name it is registered under, or as module:Class.
+    available: the registry to look names up in (registered_alone's), else this process's."""
     if ":" not in name:
-        by_class = {cls.__name__: (hf, cls) for hf, cls in sorted(registered().items(), reverse=True)}
-        if name in by_class and name not in registered():  # a class name where an architecture goes
+        available = registered() if available is None else available
+        by_class = {cls.__name__: (hf, cls) for hf, cls in sorted(available.items(), reverse=True)}
+        if name in by_class and name not in available:  # a class name where an architecture goes
             hf, cls = by_class[name]
             raise BuilderError(
                 f"{where} {name}: that is a class name; give the architecture it builds ({hf}), "
                 f"module:Class ({cls.__module__}:{name}), or in Python the class itself"
             )
-        return builder_class_for({"architectures": [name]}, where=where)
+        return builder_class_for({"architectures": [name]}, where=where, available=available)
     from architectures.base import DecoderBuilder
 
     module_name, _, qualname = name.partition(":")
@@ -121,6 +168,8 @@ def family_named(name: str, where: str = "--family") -> type:
     added = here not in sys.path
     if added:
         sys.path.append(here)
+    registered()  # the built-ins and plugins first, so that the history does not give them to this module
+    _origin.append(module_name)
     try:
         found = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -132,6 +181,7 @@ def family_named(name: str, where: str = "--family") -> type:
             "on the current folder or PYTHONPATH, or a registered architecture name"
         ) from None
     finally:
+        _origin.pop()
         if added:
             sys.path.remove(here)
     if not (isinstance(found, type) and issubclass(found, DecoderBuilder)):
@@ -139,15 +189,17 @@ def family_named(name: str, where: str = "--family") -> type:
     return found
 
 
-def family_for(options, config: dict, where: str = "config.json") -> type:
+def family_for(options, config: dict, where: str = "config.json", alone: bool = False) -> type:
     """The builder class a build of these options uses: --family's, else the one registered for
-    config.json's architectures."""
+    config.json's architectures. alone: as the build's own process resolves it, having imported
+    only this family's module (a batch job's), rather than with this process's registry."""
+    available = registered_alone(options.family) if alone else None
     if options.family:
-        return family_named(options.family)
-    return builder_class_for(config, where)
+        return family_named(options.family, available=available)
+    return builder_class_for(config, where, available=available)
 
 
-def builder_class_for(config: dict, where: str = "config.json") -> type:
+def builder_class_for(config: dict, where: str = "config.json", available: dict[str, type] | None = None) -> type:
     names = config.get("architectures") or []
     if isinstance(names, str):  # one name, written without the list brackets
         names = [names]
@@ -155,9 +207,9 @@ def builder_class_for(config: dict, where: str = "config.json") -> type:
         raise BuilderError(
             f"{where} has no 'architectures' entry, so the model family is unknown: add the one the model "
             'was trained as (e.g. "architectures": ["Qwen3ForCausalLM"]), or name it with --family; '
-            "supported: " + ", ".join(sorted(registered()))
+            "supported: " + ", ".join(sorted(registered() if available is None else available))
         )
-    available = registered()
+    available = registered() if available is None else available
     for name in names:
         if name in available:
             return available[name]

@@ -51,7 +51,7 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     except (BuilderError, OSError):
         return None
     try:
-        family = family_for(options, checkpoint.config)
+        family = family_for(options, checkpoint.config, alone=True)
         with plugin_faults_named(family):
             family(checkpoint, options).plan  # noqa: B018 (planning is the check)
     except BuilderError as err:

@@ -75,7 +75,7 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         return "checkpoint changed"
     if recorded.get("family"):  # reports from before it was recorded: as they were
         try:
-            family = family_for(options, checkpoint.config)
+            family = family_for(options, checkpoint.config, alone=True)
         except BuilderError:
             return "architecture unsupported"  # the build itself says why
         name = family_name(family)
@@ -102,7 +102,7 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     from builder.pipeline import target_record
 
     try:
-        plan = family_for(options, checkpoint.config)(checkpoint, options).plan
+        plan = family_for(options, checkpoint.config, alone=True)(checkpoint, options).plan
     except BuilderError:
         return "options changed (the build refuses them; it says why)" if changed else "the build now refuses them"
     now = {

@@ -7,6 +7,7 @@ quantized builds (accuracy_level 0) against transformers holding the dequantized
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -362,6 +363,7 @@ def install_plugin(root, monkeypatch, source: str, entry_points: str):
     monkeypatch.syspath_prepend(str(root))
     # Start from an unloaded registry and put everything back afterwards.
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_HISTORY", list(registry._HISTORY))
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     monkeypatch.delitem(sys.modules, "tiny_builder_plugin", raising=False)
 
@@ -461,6 +463,29 @@ def test_register_above_a_class_that_builds_nothing_is_refused():
             pass
 
     assert "Phi3ForCausalLM" not in registry.registered()
+
+
+def test_register_replacing_another_class_says_so(tmp_path, monkeypatch, capsys):
+    """@register over a registered name replaced the family in silence (entry points said so); the
+    same class again, its module imported a second time, replaces nothing and says nothing."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry.registered()))
+    monkeypatch.setattr(registry, "_HISTORY", list(registry._HISTORY))
+    (tmp_path / "replacing_fam.py").write_text(
+        "from architectures import Qwen3Builder, register\n\n\n"
+        "@register('Qwen3ForCausalLM')\nclass Mine(Qwen3Builder):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import replacing_fam
+
+        assert capsys.readouterr().err.splitlines() == [
+            "warning: @register replaces the builder for Qwen3ForCausalLM (architectures.qwen3.Qwen3Builder) "
+            "with replacing_fam.Mine"
+        ]
+        importlib.reload(replacing_fam)
+        assert capsys.readouterr().err == ""
+    finally:
+        sys.modules.pop("replacing_fam", None)
 
 
 def test_register_without_parentheses_says_so():

@@ -410,6 +410,39 @@ def test_a_family_key_builds_with_that_class_and_a_wrong_one_is_refused_up_front
         load_batch(bad)
 
 
+def test_each_jobs_family_resolves_as_its_own_process_does(tmp_path, monkeypatch, capsys):
+    """The driver imported every job's module:Class, whose @register then stood for the other jobs
+    too, while each job builds in a process that imports only its own: a job after it was checked
+    with that family and built with the built-in (rebuilt on every run), and a name only it
+    registered passed the check and failed the build."""
+    import sys
+
+    from architectures import registry
+    from builder.batch_resume import rebuild_reason
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry.registered()))
+    monkeypatch.setattr(registry, "_HISTORY", list(registry._HISTORY))
+    (tmp_path / "order_fams.py").write_text(
+        "from architectures import Qwen3Builder, register\n\n\n"
+        "@register('Qwen3ForCausalLM', 'OrderTestForCausalLM')\nclass Theirs(Qwen3Builder):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)  # module:Class is imported from the folder the batch runs in
+    jobs = f"jobs:\n  - {{model: {TINY}, family: 'order_fams:Theirs', output: a}}\n  - {{model: {TINY}, output: b}}\n"
+    try:
+        named = write(tmp_path / "n.yaml", jobs + f"  - {{model: {TINY}, family: OrderTestForCausalLM, output: c}}\n")
+        with pytest.raises(BuilderError, match=r"n\.yaml:4: jobs\[2\]: --family: architecture 'OrderTestForCausalLM'"):
+            load_batch(named)
+        path = write(tmp_path / "o.yaml", jobs)
+        assert batch(path) == 0
+        assert "replaces the builder for Qwen3ForCausalLM" in capsys.readouterr().err
+        reports = {n: json.loads((tmp_path / n / "build_report.json").read_text()) for n in "ab"}
+        assert reports["a"]["checkpoint"]["family"] == "order_fams.Theirs"
+        assert reports["b"]["checkpoint"]["family"] == "architectures.qwen3.Qwen3Builder"
+        assert [rebuild_reason(job.options) for job in load_batch(path).jobs] == [None, None]
+    finally:
+        sys.modules.pop("order_fams", None)
+
+
 def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
     """A missing folder was reported only once the file's other problems were fixed: the next
     run found the next one."""
