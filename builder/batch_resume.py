@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from builder.batch_exec import report_fields
-from builder.family_source import builder_source_digest, family_name, family_source_digest
+from builder.family_source import builder_source_digest, family_name, family_source_digest, plugin_faults_named
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import NOT_IN_OUTPUT, RESOLVED_BY_PLAN, BuildOptions
@@ -102,7 +102,9 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     from builder.pipeline import target_record
 
     try:
-        plan = family_for(options, checkpoint.config, alone=True)(checkpoint, options).plan
+        family = family_for(options, checkpoint.config, alone=True)
+        with plugin_faults_named(family):  # a user's family that raises is a refusal, not a crash
+            plan = family(checkpoint, options).plan
     except BuilderError:
         return "options changed (the build refuses them; it says why)" if changed else "the build now refuses them"
     now = {

@@ -144,24 +144,74 @@ def _plugin_packages(family: type) -> set[str]:
 
 @contextlib.contextmanager
 def plugin_faults_named(family: type) -> Iterator[None]:
-    """An exception raised in a plugin family's own code becomes one BuilderError naming the
-    family, the exception and the plugin's line that raised it (its traceback stays chained,
-    for --debug and for Python callers); the builder's own faults keep their tracebacks."""
+    """An exception raised while a user's family builds becomes one BuilderError naming the family,
+    the exception and where: the plugin's line that raised it, or, where the builder's code
+    raised on what the family gave it (a block without pack_groups, a make_spec returning a dict,
+    a block's __call__ returning nothing), the builder's line and the likely cause. Its traceback
+    stays chained, for --debug and for Python callers. A built-in family's faults are the
+    builder's bugs, and keep their tracebacks."""
     try:
         yield
     except (BuilderError, MemoryError, OSError):  # the command line words these itself
         raise
     except Exception as e:
         packages = _plugin_packages(family)
-        tb, where = e.__traceback__, None
-        while tb is not None:  # the innermost frame in the plugin: its code, not a library it called
-            frame = tb.tb_frame
-            if str(frame.f_globals.get("__name__", "")).split(".")[0] in packages:
-                where = f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{tb.tb_lineno})"
-            tb = tb.tb_next
-        if where is None:
+        if not packages:
             raise
+        ours, where, tb = None, None, e.__traceback__
+        while tb is not None:  # the innermost frames in the plugin and in the builder
+            frame = tb.tb_frame
+            top = str(frame.f_globals.get("__name__", "")).split(".")[0]
+            if top in packages:
+                where = f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{tb.tb_lineno})"
+            elif top in BUILT_IN:
+                ours = f"{frame.f_code.co_name} ({_shown_path(frame.f_code.co_filename)}:{tb.tb_lineno})"
+            tb = tb.tb_next
+        what = f"{type(e).__name__}: {_one_line(e)}"
+        if where is not None:
+            raise BuilderError(
+                f"the family {family_name(family)} raised {what} in {where}; fix that code "
+                "(--debug on a single build shows the traceback)"
+            ) from e
         raise BuilderError(
-            f"the family {family_name(family)} raised {type(e).__name__}: {e} in {where}; fix that code "
-            "(--debug on a single build shows the traceback)"
+            f"the family {family_name(family)} failed: the builder's {ours or 'code'} raised {what}; "
+            f"{_likely_cause(e, family, packages)} (--debug on a single build shows the traceback; if the "
+            "family's code is right, report it as the builder's bug)"
         ) from e
+
+
+BLOCK_NEEDS = "a block needs modules(i), pack_groups(i) and __call__(em, i, x) returning its output"
+
+
+def _likely_cause(e: Exception, family: type, packages: set[str]) -> str:
+    """What in the family most likely led the builder's code to raise `e`."""
+    obj = getattr(e, "obj", None) if isinstance(e, AttributeError) else None
+    if obj is not None and type(obj).__module__.split(".")[0] in packages:
+        return f"its {type(obj).__name__} has no {e.name} ({BLOCK_NEEDS}: docs/architecture.md, A block)"
+    if obj is not None:
+        return (
+            f"a hook of the family returned a {type(obj).__name__} where the builder reads .{e.name} "
+            "(make_spec returns a DecoderSpec, mixer/feed_forward a block; docs/architecture.md)"
+        )
+    hooks = sorted(
+        name
+        for cls in family.__mro__
+        if cls.__module__.split(".")[0] in packages
+        for name, value in vars(cls).items()
+        if callable(value) or isinstance(value, classmethod | staticmethod)
+    )
+    said = f"what its own hooks ({', '.join(hooks)}) return" if hooks else "what the family sets"
+    return f"likely {said}, e.g. a block's __call__ without return ({BLOCK_NEEDS})"
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown_path(path: str) -> str:
+    root = Path(importlib.import_module("builder").__file__).parent.parent
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path

@@ -555,6 +555,104 @@ def test_a_fault_in_a_family_s_own_code_is_named_with_its_line(tmp_path, monkeyp
         load_batch(jobs)
 
 
+MISTAKES = """
+import dataclasses
+
+from architectures import Qwen3Builder
+from builder.kit.blocks import DenseMLP
+
+
+class NoPackGroups:
+    def modules(self, i):
+        return [f"model.layers.{i}.mlp.{p}_proj" for p in ("gate", "up", "down")]
+
+    def __call__(self, em, i, x):
+        return DenseMLP()(em, i, x)
+
+
+class NoModules:
+    def pack_groups(self, i):
+        return []
+
+    def __call__(self, em, i, x):
+        return DenseMLP()(em, i, x)
+
+
+class NoCall(NoPackGroups):
+    __call__ = None
+
+    def pack_groups(self, i):
+        return []
+
+
+class NoReturn(NoCall):
+    def __call__(self, em, i, x):
+        DenseMLP()(em, i, x)
+
+
+class ForgotPackGroups(Qwen3Builder):
+    def feed_forward(self, spec, i):
+        return NoPackGroups()
+
+
+class ForgotModules(Qwen3Builder):
+    def feed_forward(self, spec, i):
+        return NoModules()
+
+
+class ForgotCall(Qwen3Builder):
+    def feed_forward(self, spec, i):
+        return NoCall()
+
+
+class ForgotReturn(Qwen3Builder):
+    def feed_forward(self, spec, i):
+        return NoReturn()
+
+
+class BadSpec(Qwen3Builder):
+    def make_spec(self, config, target=None):
+        return {"hidden_size": 64}
+"""
+
+
+@pytest.mark.parametrize(
+    "family, cause",
+    [
+        ("ForgotPackGroups", "its NoPackGroups has no pack_groups (a block needs modules(i), pack_groups(i)"),
+        ("ForgotModules", "its NoModules has no modules"),
+        ("ForgotCall", "likely what its own hooks (feed_forward) return, e.g. a block's __call__ without return"),
+        ("ForgotReturn", "likely what its own hooks (feed_forward) return, e.g. a block's __call__ without return"),
+        ("BadSpec", "a hook of the family returned a dict where the builder reads .num_layers"),
+    ],
+)
+def test_a_mistake_in_a_family_s_block_or_spec_is_named_in_one_line(tmp_path, family, cause):
+    """A block without pack_groups or modules, a __call__ of None or without return, a make_spec
+    returning a dict: the builder's own code raised on them, so the build ended in a bare
+    traceback (exit 1), and a batch stopped while it checked the file, with no line and no summary."""
+    (tmp_path / "mistaken_family.py").write_text(MISTAKES)
+    (tmp_path / "jobs.yaml").write_text(
+        f"jobs:\n  - {{model: {REPO / 'examples' / 'tiny-qwen3'}, family: 'mistaken_family:{family}', output: o}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    single = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(REPO / "examples" / "tiny-qwen3"), "--quiet", "-o", "o"]
+        + ["--family", f"mistaken_family:{family}"],
+        **dict(capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300),
+    )
+    assert single.returncode == 2 and "Traceback" not in single.stderr, single.stderr
+    (line,) = single.stderr.splitlines()
+    assert line.startswith(f"error: the family mistaken_family.{family} failed: the builder's "), line
+    assert cause in line and "--debug on a single build shows the traceback" in line, line
+    checked = subprocess.run(
+        [sys.executable, "-m", "builder", "batch", "jobs.yaml"],
+        **dict(capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300),
+    )
+    assert checked.returncode in (1, 2) and "Traceback" not in checked.stderr, checked.stderr
+    assert f"the family mistaken_family.{family} failed" in checked.stdout + checked.stderr
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
 def test_a_fault_in_the_builder_s_own_family_keeps_its_traceback(tmp_path, monkeypatch):
     """Only a plugin's code is the user's to fix: the builder's own faults stay bugs."""
     from architectures import Qwen3Builder
