@@ -163,15 +163,19 @@ def family_named(name: str, where: str = "--family", available: dict[str, type] 
     from architectures.base import DecoderBuilder
 
     module_name, _, qualname = name.partition(":")
-    # The current folder, as `python -m builder` has it on sys.path and onnx-builder does not.
+    # The current folder, as `python -m builder` has it on sys.path and onnx-builder does not. It
+    # stays there once the module came from it: the family's methods import its sibling modules
+    # when they run (docs/architecture.md: "import it inside the method").
     here = os.getcwd()
     added = here not in sys.path
     if added:
         sys.path.append(here)
+    keep = False
     registered()  # the built-ins and plugins first, so that the history does not give them to this module
     _origin.append(module_name)
     try:
         found = importlib.import_module(module_name)
+        keep = _found_in(sys.modules[module_name], here)
         for part in qualname.split("."):
             found = getattr(found, part)
     except Exception as e:  # its import can fail any way; one line says how
@@ -182,11 +186,16 @@ def family_named(name: str, where: str = "--family", available: dict[str, type] 
         ) from None
     finally:
         _origin.pop()
-        if added:
+        if added and not keep:
             sys.path.remove(here)
     if not (isinstance(found, type) and issubclass(found, DecoderBuilder)):
         raise BuilderError(f"{where} {name}: that is no builder class (a subclass of architectures.DecoderBuilder)")
     return found
+
+
+def _found_in(module, folder: str) -> bool:
+    file = getattr(module, "__file__", None)
+    return bool(file) and os.path.realpath(file).startswith(os.path.join(os.path.realpath(folder), ""))
 
 
 def family_for(options, config: dict, where: str = "config.json", alone: bool = False) -> type:

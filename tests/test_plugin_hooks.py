@@ -653,6 +653,31 @@ def test_a_mistake_in_a_family_s_block_or_spec_is_named_in_one_line(tmp_path, fa
     assert not (tmp_path / "o" / "model.onnx").exists()
 
 
+def test_a_family_s_lazy_imports_of_its_own_modules_work_from_another_folder(tmp_path):
+    """--family module:Class put the current folder on sys.path only while it imported the module,
+    so a sibling module imported inside a method, as docs/architecture.md prescribes, was not found
+    under onnx-builder or a script in another folder (python -m builder has the folder anyway)."""
+    work, scripts = tmp_path / "work", tmp_path / "scripts"
+    work.mkdir(), scripts.mkdir()
+    (work / "lazy_family.py").write_text(
+        "from architectures import Qwen3Builder\n\n\nclass Lazy(Qwen3Builder):\n"
+        "    def feed_forward(self, spec, i):\n        from lazy_blocks import block\n\n        return block()\n"
+    )
+    (work / "lazy_blocks.py").write_text(
+        "from builder.kit.blocks import DenseMLP\n\n\ndef block():\n    return DenseMLP()\n"
+    )
+    (scripts / "build_it.py").write_text(
+        "import sys\nfrom builder.cli import main\n\nsys.exit(main(sys.argv[1:]))\n"  # as onnx-builder runs
+    )
+    proc = subprocess.run(
+        [sys.executable, str(scripts / "build_it.py"), "-m", str(REPO / "examples" / "tiny-qwen3"), "--quiet"]
+        + ["-o", "out", "--family", "lazy_family:Lazy"],
+        **dict(capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=work, timeout=300),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "out" / "model.onnx").is_file()
+
+
 def test_a_fault_in_the_builder_s_own_family_keeps_its_traceback(tmp_path, monkeypatch):
     """Only a plugin's code is the user's to fix: the builder's own faults stay bugs."""
     from architectures import Qwen3Builder
