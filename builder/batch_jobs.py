@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.batch_yaml import Entry, FloatText, Problems
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BuilderError, shown
 from builder.kit.model_source import hub_id_shaped, model_name
 from builder.kit.options import NOT_IN_OUTPUT, BuildOptions
 
@@ -251,17 +251,17 @@ def _wrong_type(name: str, e: Entry) -> str | None:
     if f.type.startswith("list"):
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, str) and not isinstance(item, FloatText) for item in items):
-            return f"must be a pattern or a list of patterns, got {value!r}; quote each pattern"
+            return f"must be a pattern or a list of patterns, got {shown(value)}; quote each pattern"
     elif f.type.startswith("str") and isinstance(value, (list, dict)):
         axis = "" if e.where == "matrix" else "; to build each value, make it a matrix: axis"
-        return f"must be one value, got {value!r}{axis}"
+        return f"must be one value, got {shown(value)}{axis}"
     elif (
         f.type.startswith("str")
         and not f.metadata["choices"]
         and (not isinstance(value, str) or isinstance(value, FloatText))
     ):
         if name != "target_ort":  # target-ort: 1 means a version, as 1.30 does
-            return f"must be text, got {value!r}; quote it if that is the name you mean"
+            return f"must be text, got {shown(value)}; quote it if that is the name you mean"
     return None
 
 

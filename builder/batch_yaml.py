@@ -14,6 +14,9 @@ import yaml
 from builder.kit.errors import BuilderError
 
 MERGE = "tag:yaml.org,2002:merge"
+# The most values a batch file may hold once its aliases are expanded: nine nested aliases of
+# nine items each made 387 million, and reading them ran past a minute and gigabytes.
+MAX_VALUES = 100_000
 
 
 @dataclass
@@ -107,7 +110,40 @@ def compose(path: Path) -> yaml.Node | None:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     _refuse_unknown_tags(root, path)
+    _refuse_alias_bombs(root, path)
     return root
+
+
+def _refuse_alias_bombs(root: yaml.Node | None, path: Path) -> None:
+    """Count the values the file holds with its aliases expanded, without expanding them (each
+    node's count once), and refuse a file past MAX_VALUES or an alias inside its own anchor."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, open_: set[int]) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise BuilderError(
+                f"{path}:{line_of(node)}: a YAML alias inside the value its anchor marks (it would repeat "
+                "without end); write the value out"
+            )
+        open_.add(id(node))
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        children += node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(size(child, open_) for child in children)
+        open_.discard(id(node))
+        return sizes[id(node)]
+
+    if root is None or size(root, set()) <= MAX_VALUES:
+        return
+    # Name the first top-level entry past the limit, else the file.
+    pairs = root.value if isinstance(root, yaml.MappingNode) else []
+    key, node = next(((k, v) for k, v in pairs if sizes[id(v)] > MAX_VALUES), (None, root))
+    named = f"{key.value}: " if isinstance(key, yaml.ScalarNode) else ""
+    raise BuilderError(
+        f"{path}:{line_of(node)}: {named}its YAML aliases expand to {sizes[id(node)]:,} values, more than a "
+        f"batch file may hold ({MAX_VALUES:,}); write the values out, or alias fewer of them"
+    )
 
 
 def _refuse_unknown_tags(root: yaml.Node | None, path: Path) -> None:

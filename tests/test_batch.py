@@ -443,6 +443,36 @@ def test_each_jobs_family_resolves_as_its_own_process_does(tmp_path, monkeypatch
         sys.modules.pop("order_fams", None)
 
 
+def _nested_aliases(levels: int, value: str) -> str:
+    lines = ["x-0: &x0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"x-{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\njobs:\n  - {{model: {TINY}, output: a, int8-layers: {value}}}\n"
+
+
+def test_yaml_aliases_that_expand_past_reason_are_refused_and_values_shown_cut(tmp_path):
+    """Nine nested aliases of nine items each expanded to 387 million values (killed after 60 s),
+    and the type error quoted the value whole: a 34 MB line."""
+    import time
+
+    bomb = write(tmp_path / "bomb.yaml", _nested_aliases(9, "*x8"))
+    started = time.monotonic()
+    with pytest.raises(BuilderError) as refused:
+        load_batch(bomb)
+    assert time.monotonic() - started < 10
+    assert "bomb.yaml:6: x-5: its YAML aliases expand to 597,871 values, more than a batch file may hold" in str(
+        refused.value
+    )
+    small = write(tmp_path / "small.yaml", _nested_aliases(4, "*x3"))
+    with pytest.raises(BuilderError) as refused:
+        load_batch(small)
+    message = str(refused.value)
+    assert "jobs[0].int8-layers: must be a pattern or a list of patterns, got [[[['lol', " in message
+    assert len(message.splitlines()[0]) < 400 and "(47,565 characters)" in message, message
+    looped = write(tmp_path / "loop.yaml", f"x-r: &r [1, *r]\njobs:\n  - {{model: {TINY}}}\n")
+    with pytest.raises(BuilderError, match=r"loop\.yaml:1: a YAML alias inside the value its anchor marks"):
+        load_batch(looped)
+
+
 def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
     """A missing folder was reported only once the file's other problems were fixed: the next
     run found the next one."""

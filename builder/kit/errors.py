@@ -21,6 +21,13 @@ class BuilderError(Exception):
     exit_code = 2
 
 
+def shown(value, limit: int = 120) -> str:
+    """A value as a message quotes it (its repr), cut to `limit` characters: a batch file's list
+    of a million patterns was echoed whole, a 34 MB line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
+
+
 class BuildInterrupted(BuilderError):
     """Ctrl-C, SIGTERM or SIGHUP arrived mid-build; the partial output was removed."""
 

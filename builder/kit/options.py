@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BuilderError, shown
 from quant import BLOCK_SIZES
 
 # Past the largest machines' logical CPUs: the runtime starts every thread asked for, and
@@ -431,7 +431,7 @@ class BuildOptions:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 allowed = ", ".join(str(c) for c in choices)
-                raise BuilderError(f"{_flag(f)}: {value!r} is not valid; choose one of {allowed}")
+                raise BuilderError(f"{_flag(f)}: {shown(value)} is not valid; choose one of {allowed}")
         if self.family is not None and not self.family.strip():
             raise BuilderError(
                 "--family: empty; give a registered architecture name (LlamaForCausalLM) or module:Class"
@@ -516,7 +516,8 @@ class BuildOptions:
                 elif f.name == "target_ort" and isinstance(value, float):
                     hint = " (a float drops digits: 1.30 reads 1.3); write '1.30'"
                 raise BuilderError(
-                    f"BuildOptions({f.name}={value!r}): must be {expected}{' or None' if 'None' in kind else ''}{hint}"
+                    f"BuildOptions({f.name}={shown(value)}): must be {expected}"
+                    f"{' or None' if 'None' in kind else ''}{hint}"
                 )
 
     @classmethod
@@ -616,14 +617,14 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value
-        raise BuilderError(f"{where}: {name} must be true or false, got {value!r}")
+        raise BuilderError(f"{where}: {name} must be true or false, got {shown(value)}")
     if kind.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise BuilderError(f"{where}: {name} must be an integer, got {value!r}")
+            raise BuilderError(f"{where}: {name} must be an integer, got {shown(value)}")
         try:
             return int(value)
         except ValueError:
-            raise BuilderError(f"{where}: {name} must be an integer, got {value!r}") from None
+            raise BuilderError(f"{where}: {name} must be an integer, got {shown(value)}") from None
     if isinstance(value, bool) and "on" in (f.metadata.get("choices") or ()):
         # YAML 1.1 reads a bare on/off as true/false; the user meant the choice.
         return "on" if value else "off"
