@@ -23,3 +23,36 @@ def test_parity_cases_name_existing_tiny_configs_of_their_architecture():
         for name in names:
             assert name in TINY_CONFIGS, f"{arch}: {name!r} is not in support.synthetic.TINY_CONFIGS"
             assert TINY_CONFIGS[name]["architectures"] == [arch], (name, TINY_CONFIGS[name]["architectures"])
+
+
+def test_every_family_module_is_imported_by_the_package():
+    """A new architectures/<family>.py that architectures/__init__.py does not import never runs its
+    @register: its models were 'not supported', and the parity check above, which reads the
+    registry, passed without a case for it."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "architectures"
+    registering = []
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        decorators = [d for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for d in node.decorator_list]
+        calls = [d.func for d in decorators if isinstance(d, ast.Call)]
+        if any(getattr(f, "id", None) == "register" or getattr(f, "attr", None) == "register" for f in calls):
+            registering.append(path.stem)
+    assert registering, "no module in architectures/ registers a family"
+    # A fresh interpreter: this one may have imported the modules through other tests.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, architectures; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=package.parent,
+    ).stdout.split()
+    missing = [name for name in registering if f"architectures.{name}" not in loaded]
+    assert not missing, (
+        f"architectures/{missing[0]}.py registers a family but architectures/__init__.py does not import it, "
+        f"so its @register never runs: add `from architectures.{missing[0]} import ...` there"
+    )
