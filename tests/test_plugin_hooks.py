@@ -705,6 +705,32 @@ class DropsItsQkvGroups(HeliumBuilder):
         return dataclasses.replace(layout, packed=frozenset(g for g in layout.packed if not g.endswith("qkv_proj")))
 
 
+def test_the_report_notes_say_the_family_chose_its_packing(tmp_path):
+    """After adjust_layout changed the packing, the report's notes still said "mlp_packing auto ->
+    separate (evidence)" beside mlp_packing: packed."""
+    import dataclasses
+
+    from architectures import Qwen3Builder
+
+    class ForcesPacking(Qwen3Builder):
+        def adjust_layout(self, layout, options):
+            return dataclasses.replace(layout, mlp="packed", qkv="separate")
+
+    tiny = str(REPO / "examples" / "tiny-qwen3")
+    chosen = Qwen3Builder.from_pretrained(tiny, ep="cpu").layout
+    assert (chosen.qkv, chosen.mlp) == ("packed-split", "separate")  # what cpu's auto is
+    layout = ForcesPacking.from_pretrained(tiny, ep="cpu").layout.describe()
+    assert (layout["qkv_packing"], layout["mlp_packing"]) == ("separate", "packed")
+    assert not any(n.startswith(("qkv_packing auto", "mlp_packing auto")) for n in layout["notes"]), layout["notes"]
+    assert (
+        "mlp_packing packed: chosen by ForcesPacking's adjust_layout (the target's choice: separate)" in layout["notes"]
+    )
+    assert (
+        "qkv_packing separate: chosen by ForcesPacking's adjust_layout (the target's choice: packed-split)"
+        in (layout["notes"])
+    )
+
+
 @pytest.mark.parametrize(
     "family, qkv, mlp",
     [(PacksItsMlp, "separate", "packed"), (DropsItsQkvGroups, "separate", "separate")],

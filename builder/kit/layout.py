@@ -165,7 +165,12 @@ def packed_groups(groups: list[PackGroup], formats: dict[str, QuantScheme], qkv:
 
 
 def family_adjusted(
-    chosen: Layout, adjusted: Layout, groups: list[PackGroup], formats: dict[str, QuantScheme], qk_norm: bool
+    chosen: Layout,
+    adjusted: Layout,
+    groups: list[PackGroup],
+    formats: dict[str, QuantScheme],
+    qk_norm: bool,
+    family: str = "the family",
 ) -> Layout:
     """A family's adjust_layout result with its packing labels and its packed groups agreeing.
 
@@ -190,4 +195,10 @@ def family_adjusted(
     into_gqa = adjusted.packed_qkv_into_gqa
     if qkv != chosen.qkv:
         into_gqa = qkv == "packed-split" and not qk_norm and adjusted.rotary_in_gqa
-    return replace(adjusted, qkv=qkv, mlp=mlp, packed=packed, packed_qkv_into_gqa=into_gqa)
+    # The report's notes said "auto -> separate (evidence)" over a packing the family chose.
+    notes = list(adjusted.notes)
+    for policy, before, now in (("qkv", chosen.qkv, qkv), ("mlp", chosen.mlp, mlp)):
+        if now != before:
+            notes = [n for n in notes if not n.startswith(f"{policy}_packing auto ->")]
+            notes.append(f"{policy}_packing {now}: chosen by {family}'s adjust_layout (the target's choice: {before})")
+    return replace(adjusted, qkv=qkv, mlp=mlp, packed=packed, packed_qkv_into_gqa=into_gqa, notes=tuple(notes))

@@ -225,7 +225,8 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         )
     groups = family.pack_groups(spec)
     chosen = choose_layout(options, target, spec.qk_norm, groups, formats)
-    layout = family_adjusted(chosen, family.adjust_layout(chosen, options), groups, formats, spec.qk_norm)
+    adjusted = family.adjust_layout(chosen, options)
+    layout = family_adjusted(chosen, adjusted, groups, formats, spec.qk_norm, type(family).__name__)
     layout = without_silu(layout, options, family)
     moot = moot_head_norm(options, layout)
     if moot:
