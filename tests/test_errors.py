@@ -374,9 +374,13 @@ def test_python_paths_and_tuples_mean_what_they_say(ckpt, tmp_path):
     patterns in the plan."""
     from builder import BuildOptions, build
 
-    result = build(BuildOptions(model=ckpt, output=tmp_path / "out", float_layers=("lm_head",)), show_progress=False)
+    options = BuildOptions(model=ckpt, output=tmp_path / "out", float_layers=("lm_head",))
+    result = build(options, show_progress=False)
     report = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert result.output == tmp_path / "out" and report["options"]["float_layers"] == ["lm_head"]
+    # The caller's options stay as given: build() turned them into text and a list (setattr).
+    assert options.output == tmp_path / "out" and options.float_layers == ("lm_head",)
+    assert options.model is ckpt
 
 
 def test_python_build_takes_its_options_one_way(ckpt, tmp_path):

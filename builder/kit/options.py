@@ -422,7 +422,11 @@ class BuildOptions:
     # ---- validation -------------------------------------------------------
 
     def validated(self) -> BuildOptions:
-        """Check every value; return self so calls can chain."""
+        """Check every value; return the checked options, a copy (a Path as text, a tuple or list
+        as a new list): build() turned the caller's Path into text and tuple into a list."""
+        return dataclasses.replace(self, **self._taken_as_meant())._checked()
+
+    def _checked(self) -> BuildOptions:
         self._check_types()
         if not self.model:
             raise BuilderError("no model given: pass -m/--model with a local folder or a hub id")
@@ -489,18 +493,26 @@ class BuildOptions:
             parse_version(self.target_ort, "--target-ort")
         return self
 
+    def _taken_as_meant(self) -> dict[str, Any]:
+        """Paths as text and tuples as lists, what they mean; lists copied, so that the plan's
+        options share nothing the caller may change."""
+        values = {}
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if isinstance(value, os.PathLike) and f.name in ("model", "output"):
+                values[f.name] = os.fspath(value)
+            elif isinstance(value, tuple | list) and kind.startswith("list"):
+                values[f.name] = list(value)
+        return values
+
     def _check_types(self) -> None:
         """Values set in Python, where no parser converted them: a string block size was refused
         as "'32' is not valid" while naming 32 as valid, overwrite="no" replaced a build, a Path
-        output failed after the whole build. Paths and tuples are taken as what they mean."""
+        output failed after the whole build."""
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), str(f.type)
             if value is None and "None" in kind:
                 continue
-            if isinstance(value, os.PathLike) and f.name in ("model", "output"):
-                setattr(self, f.name, value := os.fspath(value))
-            if isinstance(value, tuple) and kind.startswith("list"):
-                setattr(self, f.name, value := list(value))
             if kind.startswith("list"):
                 fits, expected = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of names"
             elif kind.startswith("bool"):
