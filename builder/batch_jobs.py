@@ -39,24 +39,44 @@ def _plan_refusal(options: BuildOptions) -> str | None:
     """What the build's plan refuses for a job whose checkpoint is a readable folder here (its
     family, layout and context against the target), or None. Hub ids and folders that only the
     nodes see are planned when built; an unreadable checkpoint fails its own job then."""
+    return _planned(options)[0]
+
+
+def _planned(options: BuildOptions):
+    """_plan_refusal's answer, and the planned family object where the plan was made (None for
+    hub ids and unreadable folders, and when refused)."""
     from architectures.registry import family_for
     from builder.family_source import plugin_faults_named
     from builder.kit.checkpoint import Checkpoint
 
     folder = Path(options.model)
     if not (folder / "config.json").is_file():
-        return None
+        return None, None
     try:
         checkpoint = Checkpoint(folder)
     except (BuilderError, OSError):
-        return None
+        return None, None
     try:
         family = family_for(options, checkpoint.config, alone=True)
         with plugin_faults_named(family):
-            family(checkpoint, options).plan  # noqa: B018 (planning is the check)
+            arch = family(checkpoint, options)
+            arch.plan  # noqa: B018 (planning is the check)
     except BuilderError as err:
-        return str(err)
-    return None
+        return str(err), None
+    return None, arch
+
+
+def _resolved_fields(options: BuildOptions, arch) -> dict:
+    """What the build resolves options left unset to, for an output template: {accuracy_level}
+    expanded to the literal 'None' where the build used 4."""
+    from builder.kit.targets import Target
+
+    target = Target.from_options(options)
+    resolved = {"accuracy_level": target.default_accuracy_level, "target_ort": target.version_text}
+    if arch is not None:
+        resolved |= {"accuracy_level": arch.plan.accuracy_level, "context_length": arch.plan.context_length}
+        resolved["family"] = (type(arch).architectures or (type(arch).__name__,))[0]
+    return resolved
 
 
 def _model_not_found(given: str, resolved: str) -> str | None:
@@ -158,7 +178,7 @@ def make_job(
     except BuilderError as err:
         problems.add(line, f"{named}: {err}")
         return None
-    refused = _plan_refusal(options)
+    refused, arch = _planned(options)
     if refused:  # what the model's family refuses: Qwen3.5 for cuda, fused-norm without q/k norms
         problems.add(line, f"{named}: {refused}")
         return None
@@ -178,6 +198,17 @@ def make_job(
             "model_name": model_name(options.model),
             **{k: v for k, v in options.to_dict().items() if k not in NOT_IN_OUTPUT},
         }
+        resolved = _resolved_fields(options, arch)
+        fields = {k: resolved.get(k) if v is None else v for k, v in fields.items()}
+        unset = [f for f in _template_fields(options.output) if f in fields and fields[f] is None]
+        if unset:  # it read 'None', and jobs that differ only there shared a folder
+            usable = [f for f in fields if fields[f] is not None and not isinstance(fields[f], list)]
+            problems.add(
+                output_line,
+                f"{entries['output'].where}.output: template {options.output!r} uses {{{unset[0]}}}, which this "
+                f"job leaves unset; set it, or use other fields: {', '.join(usable)}",
+            )
+            return None
         try:
             # A list has no folder name that is both safe and unambiguous: its patterns are
             # globs ('*.v_proj'), and joined they could read as another list. Refused by name,

@@ -473,6 +473,38 @@ def test_yaml_aliases_that_expand_past_reason_are_refused_and_values_shown_cut(t
         load_batch(looped)
 
 
+def test_an_output_template_names_resolved_values_and_refuses_unset_ones(tmp_path):
+    """{family} and {accuracy_level} left unset expanded to the literal 'None' (tq-None-None), so
+    the folder named nothing, and jobs that differed there shared it."""
+    path = write(
+        tmp_path / "t.yaml",
+        f"""
+        matrix:
+          model: [{TINY}]
+          ep: [cpu, cuda]
+          precision: int4
+          output: "{{model_name}}-{{family}}-{{accuracy_level}}-{{target_ort}}-{{context_length}}"
+        """,
+    )
+    names = [Path(job.options.output).name for job in load_batch(path).jobs]
+    context = json.loads((TINY / "config.json").read_text())["max_position_embeddings"]
+    from builder import BuildOptions
+    from builder.kit.targets import Target
+
+    ort = {ep: Target.from_options(BuildOptions(model="-", ep=ep)).version_text for ep in ("cpu", "cuda")}
+    assert names == [
+        f"tiny-qwen3-Qwen3ForCausalLM-4-{ort['cpu']}-{context}",
+        f"tiny-qwen3-Qwen3ForCausalLM-0-{ort['cuda']}-{context}",
+    ]
+    unset = write(tmp_path / "u.yaml", f"jobs:\n  - {{model: {TINY}, output: '{{model_name}}-{{max_length}}'}}\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(unset)
+    assert "u.yaml:2: jobs[0].output: template '{model_name}-{max_length}' uses {max_length}, which this job " in str(
+        refused.value
+    )
+    assert "leaves unset; set it, or use other fields: model_name, family, precision, ep" in str(refused.value)
+
+
 def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
     """A missing folder was reported only once the file's other problems were fixed: the next
     run found the next one."""
