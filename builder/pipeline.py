@@ -53,7 +53,10 @@ class BuildResult:
         return self.output / self.report.get("files", {}).get("data", [DATA_FILE])[0]
 
     @property
-    def genai_config_path(self) -> Path:
+    def genai_config_path(self) -> Path | None:
+        """genai_config.json, or None for a format that writes none (transformers.js)."""
+        if (self.report.get("options") or {}).get("format", "genai") != "genai":
+            return None
         return self.output / CONFIG_NAME
 
     @property

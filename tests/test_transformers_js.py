@@ -96,6 +96,7 @@ def test_folder_layout_and_config(built):
     ):
         assert (out / name).is_file(), name
     assert not (out / "genai_config.json").exists()
+    assert result.genai_config_path is None  # it named the genai_config.json this folder lacks
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen3"
     assert config["transformers.js_config"] == {"dtype": "q4", "use_external_data_format": {"model_q4.onnx": 1}}
