@@ -9,6 +9,7 @@ decorators run) or a builder class (registered under its `architectures`).
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -159,6 +160,12 @@ def family_named(name: str, where: str = "--family", available: dict[str, type] 
                 f"{where} {name}: that is a class name; give the architecture it builds ({hf}), "
                 f"module:Class ({cls.__module__}:{name}), or in Python the class itself"
             )
+        module, _, attr = name.rpartition(".")
+        if name not in available and module and attr and _importable(module):  # fams.Renamed for fams:Renamed
+            raise BuilderError(
+                f"{where} {name}: no architecture is registered under that name; for class {attr} of module "
+                f"{module}, write {module}:{attr} (module:Class, with a colon)"
+            )
         return builder_class_for({"architectures": [name]}, where=where, available=available)
     from architectures.base import DecoderBuilder
 
@@ -191,6 +198,22 @@ def family_named(name: str, where: str = "--family", available: dict[str, type] 
     if not (isinstance(found, type) and issubclass(found, DecoderBuilder)):
         raise BuilderError(f"{where} {name}: that is no builder class (a subclass of architectures.DecoderBuilder)")
     return found
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` names a module on sys.path or in the current folder, without importing it
+    (a dotted name's parents are imported to look inside them)."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+    finally:
+        if added:
+            sys.path.remove(here)
 
 
 def _found_in(module, folder: str) -> bool:

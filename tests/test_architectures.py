@@ -488,6 +488,24 @@ def test_register_replacing_another_class_says_so(tmp_path, monkeypatch, capsys)
         sys.modules.pop("replacing_fam", None)
 
 
+def test_a_family_written_with_a_dot_for_the_colon_is_told_module_class(tmp_path, monkeypatch):
+    """--family fams.Renamed listed the supported architectures and said nothing of fams:Renamed."""
+    (tmp_path / "dotted_fam.py").write_text(
+        "from architectures import LlamaBuilder\n\n\nclass Mine(LlamaBuilder):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)  # module:Class is imported from the current folder
+    with pytest.raises(BuilderError) as caught:
+        registry.family_named("dotted_fam.Mine")
+    assert str(caught.value) == (
+        "--family dotted_fam.Mine: no architecture is registered under that name; for class Mine of module "
+        "dotted_fam, write dotted_fam:Mine (module:Class, with a colon)"
+    )
+    assert "dotted_fam" not in sys.modules  # looked for, not imported
+    assert str(tmp_path) not in sys.path
+    with pytest.raises(BuilderError, match=r"architecture 'no_such_module_here\.Mine' is not supported"):
+        registry.family_named("no_such_module_here.Mine")
+
+
 def test_register_without_parentheses_says_so():
     """@register alone made the class a function and registered nothing, in silence."""
     from architectures import LlamaBuilder
