@@ -51,6 +51,11 @@ MODEL_TYPES = frozenset(
     "trocr vaultgemma youtu zaya".split()
 )
 
+# Text model types transformers.js 4.3 runs only under their multimodal parent's type (registry.js
+# maps qwen3_5_moe to Qwen3_5MoeForCausalLM, and has no qwen3_5_moe_text): the folder's config.json
+# nests the text config under that type, as the hub's checkpoints have it.
+NESTED_TYPES = {"qwen3_5_moe_text": ("qwen3_5_moe", "Qwen3_5MoeForCausalLM")}
+
 # Below 2 GiB: browsers fetch each chunk into one ArrayBuffer.
 CHUNK_BYTES = 2_000_000_000
 
@@ -83,6 +88,7 @@ class TransformersJsFolder:
             )
         self.dtype, self.suffix = DTYPES[key]
         model_type = arch.config.get("model_type")
+        model_type = NESTED_TYPES.get(model_type, (model_type,))[0]
         if model_type not in MODEL_TYPES:  # a fine-tune's own type, copied from its config.json
             own = type(arch).__module__.split(".")[0] == "architectures"  # a built-in family: no hook to name
             arch.warnings.append(
@@ -134,6 +140,10 @@ class TransformersJsFolder:
         context = getattr(self.arch, "context_length", None)  # a stand-in arch may not plan one
         if context:
             config["max_position_embeddings"] = context
+        nested = NESTED_TYPES.get(config.get("model_type"))
+        if nested:
+            text = {k: v for k, v in config.items() if k != "architectures"}
+            config = {"model_type": nested[0], "architectures": [nested[1]], "text_config": text}
         config["transformers.js_config"] = {
             "dtype": self.dtype,
             "use_external_data_format": {self.model_name: len(self.chunks)},
