@@ -198,7 +198,7 @@ class Qwen35MoeBuilder(Qwen35Builder):
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
         # Before the linear-attention check, which would send a cuda build to webgpu: the
         # MoE nodes narrow it to cpu.
-        if target is not None and not target.supports("moe_swiglu"):
+        if target is not None and not target.supports(target.moe_feature):
             raise BuilderError(target.moe_refusal(self.architectures[0]))
         return super().make_spec(config, target)
 

@@ -31,7 +31,7 @@ class Qwen3MoeBuilder(Qwen3Builder):
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec(config, target)
         self.moe = MoeSpec.from_config(config, spec.num_layers)
-        if self.moe.sparse_layers and target is not None and not target.supports("moe_swiglu"):
+        if self.moe.sparse_layers and target is not None and not target.supports(target.moe_feature):
             raise BuilderError(target.moe_refusal("Qwen3-MoE"))
         return spec
 

@@ -74,9 +74,13 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # DirectML is left out: not verified here.
     "quick_gelu": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
     # com.microsoft MoE/QMoE with interleaved SwiGLU (swiglu_fusion=1), as Qwen3-MoE needs:
-    # verified on ORT 1.31.1's CPU kernels; onnxruntime-webgpu 1.27 rejects the QMoE node
-    # at load (docs/results/webgpu-parity-run3.json). CUDA/DML not verified here.
-    "moe_swiglu": {"cpu": (1, 31)},
+    # QMoE verified on ORT 1.31.1's CPU kernels (1.30's refuses its accuracy_level attribute);
+    # onnxruntime-webgpu 1.27 rejects the QMoE node at load (docs/results/webgpu-parity-run3.json).
+    # The float MoE of fp32/fp16 builds: a tiny Qwen3-MoE's logits on the CPU wheels 1.23.2 to
+    # 1.31.1 equal 1.32.0's to 2.2e-6 (fp32) and 0 (fp16), so transformers.js 4.3's
+    # onnxruntime-node 1.30 runs them. CUDA/DML not verified here.
+    "moe_swiglu": {"cpu": (1, 23)},
+    "qmoe_swiglu": {"cpu": (1, 31)},
     # Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next): com.microsoft CausalConvWithState with
     # channels_last, LinearAttention (gated_delta, q/k at fewer heads than v), LinearAttentionGate,
     # GatedRMSNorm and BranchwiseRMSNorm, checked against transformers on each pip release's CPU
@@ -229,9 +233,14 @@ class Target:
             return "webgpu-1.27"
         return self.ep
 
+    @property
+    def moe_feature(self) -> str:
+        """The feature a MoE family's expert nodes need: QMoE for int4/int8, float MoE else."""
+        return "qmoe_swiglu" if self.precision in ("int4", "int8") else "moe_swiglu"
+
     def moe_refusal(self, family: str) -> str:
         """Why `family`'s MoE/QMoE nodes cannot be built for this target, and what to pick."""
-        first = FEATURES["moe_swiglu"]["cpu"]
+        first = FEATURES[self.moe_feature]["cpu"]
         need = f"ONNX Runtime >= {first[0]}.{first[1]} on cpu"
         if self.ep != "cpu":
             return (

@@ -379,8 +379,8 @@ try {
         fail(`${args.folder} does not load in transformers.js (${newer.what}): it was built for ONNX Runtime `
             + `${target ?? 'newer than this one'}, whose nodes the onnxruntime-node here does not run; run it with an `
             + `onnxruntime-node of that version, or `
-            + (newer.moe ? `build it with --format genai for onnxruntime-genai (a MoE model's experts need ONNX Runtime 1.31, `
-                + `which transformers.js 4.3 does not ship)`
+            + (newer.moe ? `build it with --format genai for onnxruntime-genai (a MoE model's quantized experts need ONNX Runtime 1.31, `
+                + `which transformers.js 4.3 does not ship; its -p fp32 or fp16 builds run here)`
                 : `rebuild it without --target-ort, for transformers.js 4.3's onnxruntime-node 1.30`));
     }
     failOffItsEP(e, 'load');

@@ -172,7 +172,7 @@ function explain(error, { model, device, fellBack, adapter }) {
         const target = model.report?.target?.ort_version;
         return `${name} does not load in transformers.js on ${device} (${newer.what}): it was built for ONNX Runtime `
             + `${target ?? 'newer than this page runs'}, whose nodes this page's onnxruntime-web does not run; `
-            + (newer.moe ? 'a MoE model runs in onnxruntime-genai: build it with --format genai'
+            + (newer.moe ? 'a MoE model\'s quantized experts run in onnxruntime-genai (--format genai); its -p fp32 or fp16 builds run here'
                 : `rebuild it without --target-ort: ${rebuild(model)}`);
     }
     if (/cos_cache dimension 0 shall not be less than total_sequence_length/.test(message)) {
