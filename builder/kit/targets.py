@@ -77,8 +77,8 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     # QMoE verified on ORT 1.31.1's CPU kernels (1.30's refuses its accuracy_level attribute);
     # onnxruntime-webgpu 1.27 rejects the QMoE node at load (docs/results/webgpu-parity-run3.json).
     # The float MoE of fp32/fp16 builds: a tiny Qwen3-MoE's logits on the CPU wheels 1.23.2 to
-    # 1.31.1 equal 1.32.0's to 2.2e-6 (fp32) and 0 (fp16), so transformers.js 4.3's
-    # onnxruntime-node 1.30 runs them. CUDA/DML not verified here.
+    # 1.31.1 equal 1.32.0's to 2.2e-6 (fp32) and 0 (fp16), while 1.20.1 rejects the MoE node at
+    # load, so transformers.js 4.3's onnxruntime-node 1.30 runs them. CUDA/DML not verified here.
     "moe_swiglu": {"cpu": (1, 23)},
     "qmoe_swiglu": {"cpu": (1, 31)},
     # Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next): com.microsoft CausalConvWithState with
