@@ -457,3 +457,34 @@ def test_the_4b_to_27b_token_ids_come_from_the_top_level_first(checkpoint, tmp_p
     build(model=str(ckpt), output=str(out), precision="fp32", overwrite=True, show_progress=False)
     model = json.loads((out / "genai_config.json").read_text())["model"]
     assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106], 2, 0)
+
+
+def test_verify_passes_a_window_of_one_that_transformers_caches_wrong(tmp_path):
+    """transformers' sliding-window cache keeps every key at a window of 1 while its mask takes it to
+    keep none, so its cached decode is ~10 logits off its own full forward; --verify compared with
+    it and threw away a build that matches the full forward to 6e-6."""
+    import torch
+
+    from builder.verify import (
+        dequantized_reference,
+        genai_greedy,
+        onnx_logits,
+        onnx_session,
+        torch_logits,
+        transformers_greedy,
+    )
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", {**TINY_CONFIGS["gemma3"], "sliding_window": 1})
+    result = build(
+        model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", logits="all", verify=True, show_progress=False
+    )
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+    reference = dequantized_reference(ckpt, BuildOptions(**result.report["options"]))
+    ids, steps = np.array([[395, 455, 119, 149, 417, 203, 7, 9]]), [11, 12, 13]
+    expected = torch_logits(reference, ids, steps)
+    with torch.no_grad():
+        full = reference(torch.tensor([[*ids[0], *steps]]), use_cache=False).logits.numpy()[0]
+    assert np.abs(np.concatenate([e[0] for e in expected]) - full).max() < 1e-5  # the full forward's
+    ours = onnx_logits(onnx_session(result.model_path), ids, steps)
+    assert max(float(np.abs(e - o).max()) for e, o in zip(expected, ours)) < 1e-4
+    assert genai_greedy(result.output, ids[0].tolist(), 6) == transformers_greedy(reference, ids[0].tolist(), 6)
