@@ -15,6 +15,7 @@ import queue
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -202,3 +203,28 @@ def test_page_names_the_bad_parameter(tmp_path):
         assert "\n" not in posted[query] and "    at " not in posted[query], posted[query]
         for word in words:
             assert word in posted[query], (query, posted[query])
+
+
+def test_a_folder_of_symlinks_is_served(tmp_path):
+    """A Hugging Face cache snapshot (hf download) links each file into ../../blobs: served, while a
+    path that climbs out of the folder is not."""
+    from test_transformers_js import load_serve
+
+    built = fake_build(tmp_path / "built")
+    (built / "secret.txt").write_text("outside")
+    snapshot = tmp_path / "hub" / "snapshots" / "tiny"
+    (snapshot / "onnx").mkdir(parents=True)
+    for file in ("config.json", "onnx/model_q4.onnx"):
+        (snapshot / file).symlink_to(built / file)
+    server, _ = load_serve().start([snapshot])
+    base = f"http://127.0.0.1:{server.server_port}/models/tiny"
+    try:
+        config = json.load(urllib.request.urlopen(f"{base}/config.json", timeout=10))
+        assert config["transformers.js_config"]["dtype"] == "q4"
+        assert urllib.request.urlopen(f"{base}/onnx/model_q4.onnx", timeout=10).read().startswith(b"not a real")
+        for climb in ("../../../built/secret.txt", "%2e%2e/%2e%2e/%2e%2e/built/secret.txt", "onnx/..%2f..%2fx"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{base}/{climb}", timeout=10)
+            assert refused.value.code == 404, climb
+    finally:
+        server.shutdown()

@@ -178,10 +178,13 @@ class Handler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         parts = unquote(urlsplit(path).path).split("/")
         if len(parts) > 3 and parts[1] == "models" and parts[2] in self.models:
-            folder = self.models[parts[2]].resolve()
-            target = folder.joinpath(*parts[3:]).resolve()
-            # A path that climbs out of the model folder gets a 404, not a file.
-            return str(target) if target.is_relative_to(folder) else str(folder / "__missing__")
+            folder, rest = self.models[parts[2]], parts[3:]
+            # A path that climbs out of the model folder gets a 404, not a file. Checked on the URL's
+            # own components, not on the resolved file: a Hugging Face cache snapshot (hf download)
+            # is a folder of symlinks into ../../blobs, and its files are the model's all the same.
+            if any(p in (".", "..") or "\\" in p or ":" in p or Path(p).is_absolute() for p in rest):
+                return str(folder / "__missing__")
+            return str(folder.joinpath(*rest))
         return super().translate_path(path)
 
     def end_headers(self):
