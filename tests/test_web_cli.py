@@ -142,7 +142,20 @@ def test_the_rebuild_keeps_the_family_the_folder_was_built_with(q4, tmp_path):
     for data in (folder / "onnx").glob("*.onnx_data*"):
         data.unlink()
     line = assert_one_line(node(folder, "--max-new-tokens", "2"), str(folder), "onnx_data")
-    assert "-e cpu --family my_families:Helium --format transformers.js" in line, line
+    assert "-e cpu --family my_families:Helium --io-dtype fp32 --format transformers.js" in line, line
+
+
+def test_the_rebuild_keeps_the_options_that_choose_the_weights(tmp_path):
+    """An int4 webgpu folder built with --io-dtype fp32 holds q4; the rebuild dropped it, and wrote q4f16."""
+    options = {"model": "ck", "precision": "int4", "ep": "webgpu", "io_dtype": "fp32", "int8_layers": ["lm_head"]}
+    options["float_layers"] = ["model.embed_tokens", "model.norm"]
+    (tmp_path / "build_report.json").write_text(json.dumps({"options": options, "checkpoint": {"path": "/data/ck"}}))
+    (tmp_path / "config.json").write_text("{not json")
+    line = assert_one_line(node(tmp_path), "config.json is not valid JSON")
+    assert (
+        "-m /data/ck -p int4 -e webgpu --io-dtype fp32 --int8-layers lm_head "
+        f"--float-layers model.embed_tokens,model.norm {BUILD} -o {tmp_path} --overwrite"
+    ) in line, line
 
 
 def test_a_dtype_the_folder_lacks_says_what_it_holds_and_how_to_build_it(q4):

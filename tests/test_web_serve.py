@@ -18,6 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import pytest
 
@@ -104,6 +105,22 @@ def test_empty_weights_are_named(tmp_path):
     report = {"options": {"model": "ck", "precision": "int4", "ep": "webgpu"}, "checkpoint": {"path": "/data/ck"}}
     (folder / "build_report.json").write_text(json.dumps(report))
     assert_refused(serve(folder), "rebuild it with python -m builder -m /data/ck -p int4 -e webgpu --format")
+
+
+def test_the_rebuild_keeps_the_options_that_choose_the_weights():
+    """An int4 webgpu folder built with --io-dtype fp32 holds q4; the rebuild dropped it, and wrote q4f16."""
+    from test_transformers_js import load_serve
+
+    options = {"model": "ck", "precision": "int4", "ep": "webgpu", "io_dtype": "fp32", "int8_layers": ["lm_head"]}
+    options["float_layers"] = ["model.embed_tokens", "model.norm"]
+    report = {"options": options, "checkpoint": {"path": "/data/ck"}}
+    with TemporaryDirectory() as folder:
+        (Path(folder) / "build_report.json").write_text(json.dumps(report))
+        line = load_serve().rebuild(Path(folder), "OUT")
+    assert (
+        "-m /data/ck -p int4 -e webgpu --io-dtype fp32 --int8-layers lm_head "
+        "--float-layers model.embed_tokens,model.norm --format transformers.js -o OUT"
+    ) in line, line
 
 
 @pytest.mark.parametrize("port", ["99999", "abc", "-1"])

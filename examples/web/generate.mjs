@@ -141,7 +141,12 @@ function rebuild(shown, folder, ep = null) {
     const options = report(folder).options ?? {};
     const model = checkpointOf(folder) ?? 'CHECKPOINT';
     const family = options.family ? ` --family ${options.family}` : '';  // a family of the user's own built it
-    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${ep ?? options.ep}${family}` : '';
+    // The options that change which weights it writes, as the page's rebuild() keeps them: without
+    // --io-dtype fp32 an int4 webgpu folder comes back as q4f16, which the q4 folder was built to avoid.
+    const io = options.io_dtype && options.io_dtype !== 'auto' ? ` --io-dtype ${options.io_dtype}` : '';
+    const int8 = options.int8_layers?.length ? ` --int8-layers ${options.int8_layers.join(',')}` : '';
+    const float = options.float_layers?.length ? ` --float-layers ${options.float_layers.join(',')}` : '';
+    const more = model !== 'CHECKPOINT' ? ` -p ${options.precision} -e ${ep ?? options.ep}${family}${io}${int8}${float}` : '';
     const others = model !== 'CHECKPOINT' ? ' (build_report.json lists its other options)' : '';
     return `rebuild it with python -m builder -m ${model}${more} --format transformers.js -o ${shown} --overwrite${others}`;
 }

@@ -75,9 +75,17 @@ def rebuild(folder: Path, shown: str) -> str:
     if not isinstance(model, str) or not all(isinstance(options.get(k), str) for k in ("precision", "ep")):
         return f"{BUILD} --overwrite"
     family = f" --family {options['family']}" if isinstance(options.get("family"), str) else ""
+    # The options that change which weights it writes, as the page's rebuild() keeps them: without
+    # --io-dtype fp32 an int4 webgpu folder comes back as q4f16, which the q4 folder was built to avoid.
+    io = options.get("io_dtype")
+    more = f" --io-dtype {io}" if isinstance(io, str) and io != "auto" else ""
+    for key in ("int8_layers", "float_layers"):
+        layers = options.get(key)
+        if isinstance(layers, list) and layers:
+            more += f" --{key.replace('_', '-')} {','.join(map(str, layers))}"
     return (
-        f"python -m builder -m {model} -p {options['precision']} -e {options['ep']}{family} --format transformers.js "
-        f"-o {shown} --overwrite (build_report.json lists its other options)"
+        f"python -m builder -m {model} -p {options['precision']} -e {options['ep']}{family}{more} "
+        f"--format transformers.js -o {shown} --overwrite (build_report.json lists its other options)"
     )
 
 
