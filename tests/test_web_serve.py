@@ -182,7 +182,7 @@ def test_url_names():
 
 
 def test_page_names_the_bad_parameter(tmp_path):
-    """One Chromium launch, a same-origin page of six iframes, each a mistaken address: each page
+    """One Chromium launch, a same-origin page of iframes, each a mistaken address: each page
     POSTs one error line naming the parameter and the fix, and loads no weights."""
     from test_transformers_js import chromium, load_serve, node_ready
 
@@ -190,11 +190,25 @@ def test_page_names_the_bad_parameter(tmp_path):
     q4, other = fake_build(tmp_path / "tiny"), fake_build(tmp_path / "other", dtype="fp32")
     older = fake_build(tmp_path / "older")  # built before config.json carried the build's context
     (older / "build_report.json").write_text(json.dumps({"model": {"context_length": 16}}))
+    short = fake_build(tmp_path / "short", max_position_embeddings=32)  # built with --context-length 32
     cases = {
         "model=typo": ['no model named "typo" is served here; served: tiny, other, older'],
         "model=tiny&dtype=q4f16": [
-            "dtype=q4f16: tiny has no q4f16 weights; it holds q4: pass dtype=q4 or leave dtype out"
+            "dtype=q4f16: tiny has no q4f16 weights; it holds q4: pass dtype=q4 or leave dtype out",
+            "build the q4f16 weights (onnx/model_q4f16.onnx) into another folder with python -m builder -m "
+            "CHECKPOINT -p int4 -e webgpu --format transformers.js -o OTHER_DIR",
         ],
+        # It said "build the bogus weights into another folder".
+        "model=tiny&dtype=bogus": [
+            "dtype=bogus is not one of fp32, fp16, q4, q4f16 or int8, the dtypes python -m builder writes; "
+            "tiny holds q4: leave dtype out, or pass one of those"
+        ],
+        # It generated from the textarea's "Hello"; with ids= too, it ran the ids.
+        "model=tiny&prompt=%20": ["prompt= is empty: pass the text to continue"],
+        "model=tiny&prompt=Hi&ids=1,2": ["pass the prompt as prompt=TEXT or as ids=1,2,3, not both"],
+        # The default max_new_tokens (64) is cut to the context; one in the address is still refused.
+        "model=short&ids=1,2": ["short does not"],
+        "model=short&ids=1,2&max_new_tokens=64": ["max_position_embeddings 32: pass max_new_tokens=31 or less"],
         "model=tiny&ids=1,2&max_new_tokens=300": [
             "max_new_tokens=300 runs past tiny's context: the 2 prompt tokens plus",
             "max_position_embeddings 256: pass max_new_tokens=255 or less",
@@ -204,9 +218,9 @@ def test_page_names_the_bad_parameter(tmp_path):
         "model=tiny&max_new_tokens=300": ["runs past tiny's context: the 1 prompt token plus", "256"],
         "model=tiny&ids=1,2;;3": ["ids=1,2;;3 is not a comma-separated list", "e.g. ids=1,2,3 or ids=1,2,3;4,5"],
     }
-    # Headless Chromium opens one address: a page in the served folder frames the six.
+    # Headless Chromium opens one address: a page in the served folder frames them.
     (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
-    server, results = load_serve().start([q4, other, older])
+    server, results = load_serve().start([q4, other, older, short])
     posted = {}
     with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as chromium_log:
         for _ in cases:
@@ -220,6 +234,8 @@ def test_page_names_the_bad_parameter(tmp_path):
         assert "\n" not in posted[query] and "    at " not in posted[query], posted[query]
         for word in words:
             assert word in posted[query], (query, posted[query])
+    assert "build the bogus" not in posted["model=tiny&dtype=bogus"]
+    assert "max_new_tokens" not in posted["model=short&ids=1,2"]  # it loads (and fails on the stand-in)
 
 
 def test_a_folder_of_symlinks_is_served(tmp_path):

@@ -41,6 +41,15 @@ if (verbose) env.backends.onnx.logLevel = 'verbose';
 const BUILD = 'python -m builder -m CHECKPOINT --format transformers.js -o OUT';
 const DEVICES = ['webgpu', 'wasm'];
 const F16_DTYPES = ['fp16', 'q4f16', 'q2f16', 'q1f16'];  // fp16 activations: WebGPU needs shader-f16
+// The dtypes python -m builder writes (generate.mjs's DTYPES): their file suffix and the options that make them.
+const DTYPES = {
+    fp32: { suffix: '', build: '-p fp32' },
+    fp16: { suffix: '_fp16', build: '-p fp16' },
+    q4: { suffix: '_q4', build: '-p int4 --io-dtype fp32' },
+    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu' },
+    int8: { suffix: '_int8', build: '-p int8 --io-dtype fp32' },
+};
+const MAX_NEW_TOKENS = 64;  // the default, cut to what the folder's context leaves
 
 /** A mistake the page explains in full: its message is the one line the user sees. */
 class PageError extends Error {}
@@ -80,12 +89,20 @@ function readParams() {
         }
         ids = text.split(';').map((row) => row.split(',').map(Number));
     }
-    const max_new_tokens = count('max_new_tokens', 1, 64);
+    // param() reads an empty prompt= as absent, which generated from the textarea's "Hello".
+    if (params.has('prompt') && params.get('prompt').trim() === '') {
+        throw new PageError('prompt= is empty: pass the text to continue, e.g. prompt=Hello, or ids=1,2,3');
+    }
+    if (ids && param('prompt') !== null) {  // ids= won silently
+        throw new PageError('pass the prompt as prompt=TEXT or as ids=1,2,3, not both (a batch: ids=1,2,3;4,5)');
+    }
+    const explicit = param('max_new_tokens') !== null;
+    const max_new_tokens = count('max_new_tokens', 1, MAX_NEW_TOKENS);
     const min_new_tokens = count('min_new_tokens', 0, 0);
     if (min_new_tokens > max_new_tokens) {
         throw new PageError(`min_new_tokens=${min_new_tokens} is more than max_new_tokens=${max_new_tokens}: lower it or raise max_new_tokens`);
     }
-    return { device, ids, max_new_tokens, min_new_tokens, dtype: param('dtype') };
+    return { device, ids, max_new_tokens, explicit, min_new_tokens, dtype: param('dtype') };
 }
 
 async function fetchJSON(url) {
@@ -119,15 +136,24 @@ async function adapterInfo() {
     };
 }
 
+/**
+ * The checkpoint `model` was built from, as -m takes it from anywhere: the resolved path the report
+ * records (options.model may be relative to where the build ran), or the hub id where that path is
+ * the Hugging Face cache's.
+ */
+function checkpointOf(model) {
+    const o = model.report?.options ?? {};
+    const resolved = model.report?.checkpoint?.path;
+    const hub = resolved?.split('/').at(-2) === 'snapshots' && /^[^./~][^/]*\/[^/]+$/.test(o.model ?? '');
+    return hub ? o.model : resolved ?? o.model ?? 'CHECKPOINT';
+}
+
 /** The builder command that makes `model` again, as build_report.json says it was built, with `change`. */
 function rebuild(model, change = {}) {
     const o = model.report?.options ?? {};
-    // The resolved path the report records (options.model may be relative to where the build ran),
-    // or the hub id where that path is the Hugging Face cache's.
-    const resolved = model.report?.checkpoint?.path;
-    const hub = resolved?.split('/').at(-2) === 'snapshots' && /^[^./~][^/]*\/[^/]+$/.test(o.model ?? '');
-    const parts = ['python -m builder -m', hub ? o.model : resolved ?? o.model ?? 'CHECKPOINT'];
-    if (o.precision) parts.push('-p', o.precision);
+    const parts = ['python -m builder -m', checkpointOf(model)];
+    const precision = change.precision ?? o.precision;
+    if (precision) parts.push('-p', precision);
     if (o.ep) parts.push('-e', o.ep);
     if (o.family) parts.push('--family', o.family);  // a family of the user's own built it
     const io = change.io_dtype ?? (o.io_dtype && o.io_dtype !== 'auto' ? o.io_dtype : null);
@@ -185,9 +211,13 @@ function f16Message(model, adapter) {
     const gpu = adapter ? ` (${adapter.vendor} ${adapter.architecture})` : '';
     const what = model.requested ? `dtype=${model.requested} runs` : `${model.name} holds ${model.dtype} weights, which run`;
     const other = (model.held ?? []).find((d) => !F16_DTYPES.includes(d));
+    // The builder refuses --io-dtype fp32 with -p fp16 (fp16 weights are fp16 activations): fp32 weights then.
+    const fp16 = (model.report?.options?.precision ?? (model.dtype === 'fp16' ? 'fp16' : null)) === 'fp16';
     const fix = model.requested && other
         ? `pass dtype=${other} (${model.name} holds it too)`
-        : `rebuild it with fp32 activations, --io-dtype fp32: ${rebuild(model, { io_dtype: 'fp32' })}`;
+        : fp16
+            ? `rebuild it with fp32 weights, -p fp32 (or -p int4 --io-dtype fp32 for q4): ${rebuild(model, { precision: 'fp32' })}`
+            : `rebuild it with fp32 activations, --io-dtype fp32: ${rebuild(model, { io_dtype: 'fp32' })}`;
     return `${what} fp16 activations, but this browser's WebGPU adapter${gpu} has no shader-f16: ${fix}`;
 }
 
@@ -223,8 +253,36 @@ async function describe(name, dtype) {
 
 function dtypeMessage(model, held, missing) {
     const { name, dtype } = model;
+    const holds = `${name} holds ${held.join(', ') || 'no onnx/model*.onnx'}`;
+    if (!Object.hasOwn(DTYPES, dtype)) {  // no folder of the builder's has it: building it is no answer
+        const names = Object.keys(DTYPES);
+        return `dtype=${dtype} is not one of ${names.slice(0, -1).join(', ')} or ${names.at(-1)}, the dtypes python -m builder writes; `
+            + `${holds}: leave dtype out, or pass one of those`;
+    }
     return `dtype=${dtype}: ${name} has no ${dtype} weights${missing ? ` (${missing} is missing)` : ''}; it holds ${held.join(', ') || 'none'}: `
-        + `pass dtype=${held[0] ?? '...'} or leave dtype out (or build the ${dtype} weights into another folder)`;
+        + `pass dtype=${held[0] ?? '...'} or leave dtype out, or build the ${dtype} weights (onnx/model${DTYPES[dtype].suffix}.onnx) `
+        + `into another folder with python -m builder -m ${checkpointOf(model)} ${DTYPES[dtype].build} --format transformers.js -o OTHER_DIR`;
+}
+
+/** The tokens `model` takes, and the key that says so. */
+function contextOf(model) {
+    const config = { ...model.config, ...(model.config.text_config ?? {}) };
+    // config.json's max_position_embeddings is the build's --context-length; a folder built before the
+    // builder wrote it there has the checkpoint's, and build_report.json the build's.
+    const built = model.report?.model?.context_length;
+    const fromReport = Number.isInteger(built) && built > 0 && !(config.max_position_embeddings <= built);
+    return fromReport ? { limit: built, key: 'context_length' }
+        : { limit: config.max_position_embeddings, key: 'max_position_embeddings' };
+}
+
+/**
+ * max_new_tokens for a prompt of `length` tokens: the address's, or the default cut to what the
+ * context leaves (a folder built with --context-length 32 ran past it on the page's own default).
+ */
+function newTokens(model, options, length) {
+    const { limit } = contextOf(model);
+    if (options.explicit || !limit) return options.max_new_tokens;
+    return Math.max(1, Math.min(options.max_new_tokens, limit - length + 1));
 }
 
 /** Refuses a prompt that the model cannot take as it stands: ids out of its vocabulary, or too long. */
@@ -239,12 +297,7 @@ function checkPrompt(model, ids, max_new_tokens, what) {
         throw new PageError(`${what}: token id ${bad} is outside ${model.name}'s vocabulary (ids 0 to ${vocab - 1}): fix it in the address`);
     }
     // The last new token is never fed back, so the graph sees the prompt and all but one of them.
-    // config.json's max_position_embeddings is the build's --context-length; a folder built before the
-    // builder wrote it there has the checkpoint's, and build_report.json the build's.
-    const built = model.report?.model?.context_length;
-    const fromReport = Number.isInteger(built) && built > 0 && !(config.max_position_embeddings <= built);
-    const limit = fromReport ? built : config.max_position_embeddings;
-    const key = fromReport ? 'context_length' : 'max_position_embeddings';
+    const { limit, key } = contextOf(model);
     if (limit && ids.length + max_new_tokens - 1 > limit) {
         if (ids.length > limit) {
             throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (${key} ${limit}): shorten it`);
@@ -276,9 +329,9 @@ async function main(state) {
     if (device === 'webgpu' && !adapter.shader_f16 && F16_DTYPES.includes(model.dtype) && known) {
         throw new PageError(f16Message(model, adapter));
     }
-    for (const row of options.ids ?? []) checkPrompt(model, row, options.max_new_tokens, `ids=${param('ids')}`);
+    for (const row of options.ids ?? []) checkPrompt(model, row, newTokens(model, options, row.length), `ids=${param('ids')}`);
     // Any prompt has a token: a max_new_tokens past the context with one is refused before the weights load.
-    checkPrompt(model, [0], options.max_new_tokens, 'max_new_tokens');
+    checkPrompt(model, [0], newTokens(model, options, 1), 'max_new_tokens');
     $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
     // Its URL path as the id: transformers.js joins a name that reads as a hub id onto localModelPath
@@ -288,7 +341,8 @@ async function main(state) {
     const autorun = params.get('autorun') === '1' || params.get('report') === '1';
     if ((autorun || param('prompt')) && !options.ids) {  // before the weights load, as ids= is
         const text = param('prompt') ? params.get('prompt') : $('prompt').value;
-        checkPrompt(model, Array.from(tokenizer.encode(text)), options.max_new_tokens, 'the prompt');
+        const ids = Array.from(tokenizer.encode(text));
+        checkPrompt(model, ids, newTokens(model, options, ids.length), 'the prompt');
     }
     const loaded = await AutoModelForCausalLM.from_pretrained(where, {
         device,
@@ -302,14 +356,16 @@ async function main(state) {
 
     async function generate(prompt, rows) {
         rows = rows ?? [Array.from(tokenizer.encode(prompt))];
+        const max_new_tokens = newTokens(model, options, Math.max(...rows.map((ids) => ids.length)));
         for (const ids of rows) {
-            checkPrompt(model, ids, options.max_new_tokens, rows === options.ids ? `ids=${param('ids')}` : 'the prompt');
+            checkPrompt(model, ids, max_new_tokens, rows === options.ids ? `ids=${param('ids')}` : 'the prompt');
         }
         const batch = leftPadded(rows, tokenizer.pad_token_id ?? loaded.generation_config?.pad_token_id ?? 0);
         $('output').textContent = '';
         // TextStreamer takes one sequence: a batch's texts are shown when it is done.
         const streamer = rows.length > 1 ? undefined : new TextStreamer(tokenizer, {
             skip_prompt: true,
+            skip_special_tokens: false,  // as rowsOf's text below and generate.mjs's show them
             callback_function: (text) => { $('output').textContent += text; },
         });
         const t = performance.now();
@@ -317,15 +373,15 @@ async function main(state) {
             input_ids: new Tensor('int64', batch.input_ids, batch.dims),
             attention_mask: new Tensor('int64', batch.attention_mask, batch.dims),
             do_sample: false,
-            max_new_tokens: options.max_new_tokens,
-            min_new_tokens: options.min_new_tokens,
+            max_new_tokens,
+            min_new_tokens: Math.min(options.min_new_tokens, max_new_tokens),
             streamer,
         });
         const generate_s = (performance.now() - t) / 1000;
         const results = rowsOf(output, rows, loaded.generation_config?.eos_token_id).map((row) => ({
             ...row, text: tokenizer.decode(row.tokens.slice(row.prompt_ids.length), { skip_special_tokens: false }),
         }));
-        if (rows.length === 1) return { ...results[0], text: $('output').textContent, generate_s };
+        if (rows.length === 1) return { ...results[0], generate_s };
         $('output').textContent = results.map((row) => row.text).join('\n');
         return { rows: results, generate_s };
     }
