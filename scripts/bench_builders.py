@@ -28,7 +28,10 @@ run       prefill (--prompts, default 128 and 512 tokens) and decode tokens/s of
 accuracy  prefill logits over a fixed --accuracy-tokens prompt (seeded random ids) of both int4
           cpu models (onnxruntime, CPUExecutionProvider) against the float32 transformers model
           (AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32), not dequantized):
-          NMSE and max-abs at the last position and over all positions, for --accuracy-sizes.
+          NMSE and max-abs at the last position, and over all positions only where both models
+          output every position's logits (ours builds last-token logits by default, so its
+          all-position columns read n/a), for --accuracy-sizes. Hybrid models (Qwen3.5) get their
+          linear-attention states fed as zeros.
 
 Checkpoints are the deterministic random-weight ones of scripts/make_checkpoint.py
 (<--checkpoints>/qwen3-<size>, or a full name such as qwen3.5-0.8b), made when missing or incomplete.
@@ -415,6 +418,8 @@ def run_stage(
 
 
 def prefill_logits(model_dir: Path, ids):
+    """Logits [positions, V] of a prefill over ids [1, T] from an empty cache. A folder built with
+    last-token logits (ours by default) gives 1 position, one with every position's logits gives T."""
     import numpy as np
     import onnxruntime as ort
 
@@ -426,32 +431,54 @@ def prefill_logits(model_dir: Path, ids):
     session = ort.InferenceSession(str(model_dir / decoder["filename"]), so, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}
     names = decoder["inputs"]
-    key, value = names["past_key_names"], names["past_value_names"]
-    dtype = np.float16 if "float16" in inputs[key % 0].type else np.float32
-    empty = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype)
-    feed = {name % i: empty for i in range(decoder["num_hidden_layers"]) for name in (key, value)}
     mask = names.get("attention_mask", "attention_mask")
-    feed[names["input_ids"]] = ids.astype(index_dtype(inputs[names["input_ids"]]))
-    feed[mask] = np.ones(ids.shape, index_dtype(inputs[mask]))
-    if names.get("position_ids", "position_ids") in inputs:
-        feed[names.get("position_ids", "position_ids")] = np.arange(ids.shape[1], dtype=np.int64)[None]
+    position = names.get("position_ids", "position_ids")
+    feed = {
+        names["input_ids"]: ids.astype(index_dtype(inputs[names["input_ids"]])),
+        mask: np.ones(ids.shape, index_dtype(inputs[mask])),
+    }
+    if position in inputs:
+        feed[position] = np.arange(ids.shape[1], dtype=np.int64)[None]
+    # Every other input is a cache: KV with no past positions, and (hybrids) the recurrent states of
+    # linear-attention layers (past.%d.conv / past.%d.recurrent) as zeros of their declared shapes.
+    # Hybrids have KV inputs only for their full-attention layers, so go by what the graph declares.
+    for name, info in inputs.items():
+        if name in feed:
+            continue
+        dtype = np.float16 if "float16" in info.type else np.float32
+        dims = [d if isinstance(d, int) else 0 for d in info.shape]  # the symbolic past length is 0
+        feed[name] = np.zeros([1] + dims[1:], dtype)
     logits = session.run([decoder["outputs"]["logits"]], feed)[0]
     return logits[0].astype(np.float32)
 
 
 def error_metrics(ref, out) -> dict:
+    """Error of logits out against ref, both [positions, V]. The all-position figures only when both
+    have every position: a last-token-logits model gives one row, and comparing it with each of ref's
+    rows (numpy broadcasting) would measure nothing. "positions" says which were compared."""
     import numpy as np
 
-    ref64, diff = ref.astype(np.float64), out.astype(np.float64) - ref.astype(np.float64)
-    last_ref, last_diff = ref64[-1], diff[-1]
-    return {
-        "nmse_last": float(np.square(last_diff).sum() / np.square(last_ref).sum()),
+    if out.shape[-1] != ref.shape[-1]:
+        raise ValueError(f"vocabulary sizes differ: {out.shape[-1]} vs {ref.shape[-1]}")
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    last_diff = out64[-1] - ref64[-1]
+    metrics = {
+        "positions": "all" if out.shape == ref.shape else "last",
+        "nmse_last": float(np.square(last_diff).sum() / np.square(ref64[-1]).sum()),
         "max_abs_last": float(np.abs(last_diff).max()),
-        "nmse_all": float(np.square(diff).sum() / np.square(ref64).sum()),
-        "max_abs_all": float(np.abs(diff).max()),
-        "argmax_agree_all": float((ref.argmax(-1) == out.argmax(-1)).mean()),
         "argmax_agree_last": bool(ref[-1].argmax() == out[-1].argmax()),
+        "nmse_all": None,
+        "max_abs_all": None,
+        "argmax_agree_all": None,
     }
+    if out.shape == ref.shape:
+        diff = out64 - ref64
+        metrics.update(
+            nmse_all=float(np.square(diff).sum() / np.square(ref64).sum()),
+            max_abs_all=float(np.abs(diff).max()),
+            argmax_agree_all=float((ref.argmax(-1) == out.argmax(-1)).mean()),
+        )
+    return metrics
 
 
 def accuracy_stage(size: str, checkpoint: Path, dirs: dict[str, str], tokens: int, seed: int, builds: dict) -> dict:
@@ -463,6 +490,7 @@ def accuracy_stage(size: str, checkpoint: Path, dirs: dict[str, str], tokens: in
 
     print(f"[accuracy] {size}: fp32 transformers vs int4 cpu, {tokens} tokens", flush=True)
     config = json.loads((checkpoint / "config.json").read_text())
+    config = config.get("text_config") or config  # ConditionalGeneration configs (Qwen3.5) nest it there
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=(1, tokens))
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
     model.eval()
@@ -611,21 +639,21 @@ def markdown(report: dict) -> str:
                     continue
                 lines.append(
                     f"| {acc['size']} | {b} | {level} | {m['nmse_last']:.3e} | {m['max_abs_last']:.3f} | "
-                    f"{m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | {m['argmax_agree_all']:.3f} |"
+                    f"{_all_positions(m)} |"
                 )
             if "ours_vs_reference" in acc:
                 m = acc["ours_vs_reference"]
                 lines.append(
                     f"| {acc['size']} | ours vs reference | | {m['nmse_last']:.3e} | "
-                    f"{m['max_abs_last']:.3f} | {m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | "
-                    f"{m['argmax_agree_all']:.3f} |"
+                    f"{m['max_abs_last']:.3f} | {_all_positions(m)} |"
                 )
         first = report["accuracy"][0]
         lines += [
             "",
             f"{first['prompt_tokens']} prompt tokens (seeded random ids); all = every prompt position's "
-            "logits; NMSE = sum((int4 - fp32)^2) / sum(fp32^2) (ours vs reference: reference in place of "
-            "fp32).",
+            "logits, only where both models output every position (n/a: a model with last-token logits, "
+            "ours by default); NMSE = sum((int4 - fp32)^2) / sum(fp32^2) (ours vs reference: reference in "
+            "place of fp32).",
         ]
         scale = [
             f"{a['size']} RMS {a['fp32_logits_rms']:.3f}, max-abs {a['fp32_logits_max_abs']:.2f}"
@@ -635,6 +663,13 @@ def markdown(report: dict) -> str:
         if scale:
             lines[-1] += " fp32 logits: " + "; ".join(scale) + "."
     return "\n".join(lines)
+
+
+def _all_positions(m: dict) -> str:
+    # None where one side has only the last position's logits (error_metrics).
+    if m.get("nmse_all") is None:
+        return "n/a (last only) | n/a | n/a"
+    return f"{m['nmse_all']:.3e} | {m['max_abs_all']:.3f} | {m['argmax_agree_all']:.3f}"
 
 
 def environment() -> dict:
@@ -724,8 +759,8 @@ def main() -> int:
     ap.add_argument(
         "--json",
         type=Path,
-        default=REPO / "docs" / "results" / "builders.json",
-        help="Raw results (default: docs/results/builders.json).",
+        help="Raw results (default: results.json under --work; a run without --json no longer "
+        "overwrites the committed docs/results/builders.json).",
     )
     ap.add_argument("--markdown", type=Path, help="Also write the table here.")
     ap.add_argument("--render", type=Path, metavar="JSON", help="Only print the tables of a saved results file.")
@@ -754,6 +789,8 @@ def main() -> int:
         ap.error(f"--prompts {args.prompts!r}: give token counts such as 128,512")
     if min(prompts) < 1:
         ap.error("--prompts: each prompt needs at least 1 token")
+    if args.json is None:
+        args.json = args.work / "results.json"
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
     run_sizes = [] if args.skip_run else [s for s in sizes(args.run_sizes) if s in build_sizes]
@@ -767,8 +804,11 @@ def main() -> int:
             "build": "one subprocess per build under /usr/bin/time -v; checkpoint read once before "
             "each build (page cache warm); wait for idle CPUs before each build; the "
             "builder going first alternates by job",
-            "run": "scripts/bench_genai.py: 1 warm-up round, then rounds with rotated order, medians",
-            "accuracy": "prefill logits vs AutoModelForCausalLM fp32 (not dequantized)",
+            "run": "scripts/bench_genai.py: 1 warm-up round, then rounds each in an order shuffled by "
+            "random.Random(0), medians",
+            "accuracy": "prefill logits vs AutoModelForCausalLM fp32 (not dequantized); NMSE / max-abs / "
+            "argmax over all positions only where both models output every position's logits (each "
+            "result's 'positions': 'all' or 'last'), else null",
         },
         "checkpoints": {},
         "builds": [],

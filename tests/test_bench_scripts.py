@@ -1,0 +1,53 @@
+"""Cheap checks of the benchmark scripts under scripts/: argument validation and the pure functions
+that compute their figures (no timings, no builds)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+
+
+def script(name: str):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+def test_bench_builders_compares_last_token_logits_at_the_last_position_only():
+    # A last-token-logits model gives 1 row; broadcasting it against every reference row made the
+    # all-position figures compare our last row with each position.
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((8, 50)).astype(np.float32)
+    m = script("bench_builders").error_metrics(ref, ref[-1:].copy())
+    assert m["positions"] == "last"
+    assert m["nmse_last"] == 0 and m["argmax_agree_last"]
+    assert m["nmse_all"] is None and m["max_abs_all"] is None and m["argmax_agree_all"] is None
+
+
+def test_bench_builders_compares_every_position_when_both_have_them():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((8, 50)).astype(np.float32)
+    m = script("bench_builders").error_metrics(ref, ref.copy())
+    assert m["positions"] == "all" and m["nmse_all"] == 0 and m["argmax_agree_all"] == 1.0
+
+
+def test_bench_builders_table_says_na_for_last_only():
+    bb = script("bench_builders")
+    ref = np.eye(4, dtype=np.float32)
+    acc = {"size": "s", "prompt_tokens": 4, "builders": {"ours": bb.error_metrics(ref, ref[-1:])}}
+    assert "n/a (last only)" in bb.markdown({"builds": [], "runs": [], "accuracy": [acc]})
