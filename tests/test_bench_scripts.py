@@ -51,3 +51,18 @@ def test_bench_builders_table_says_na_for_last_only():
     ref = np.eye(4, dtype=np.float32)
     acc = {"size": "s", "prompt_tokens": 4, "builders": {"ours": bb.error_metrics(ref, ref[-1:])}}
     assert "n/a (last only)" in bb.markdown({"builds": [], "runs": [], "accuracy": [acc]})
+
+
+def test_host_profile_counts_only_the_timed_loop():
+    # classify keeps stacks with a decode_loop frame; the warm-up (graph capture, shader compiles)
+    # must run under another function or its samples get scaled into the timed run's phases.
+    import ast
+
+    tree = ast.parse((SCRIPTS / "host_profile.py").read_text())
+    child = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "child")
+    calls = [n for n in ast.walk(child) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "decode_loop"]
+    assert len(calls) == 1, "decode_loop runs more than the timed loop"
+    hp = script("host_profile")
+    raw = "main;warm_up (host_profile.py:80);Run (libonnxruntime.so) 5\nmain;decode_loop (x.py:1);foo (libc.so) 3\n"
+    phases, _ = hp.classify(raw)
+    assert sum(phases.values()) == 3
