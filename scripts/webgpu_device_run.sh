@@ -39,10 +39,13 @@
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
 # each), GL=a folder with the .debs of libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
 # (libvulkan1 alone finds no adapter: the NVIDIA ICD needs glvnd). Results go to $OUT (at most 8 files).
-# DRY=1 skips the installs and uses the python/PYTHONPATH of the caller (a local dry run on
-# tiny checkpoints: CKPT=tiny-qwen3).
+# DRY=1 skips the installs and uses the python/PYTHONPATH of the caller. A local dry run on a tiny
+# checkpoint: DRY=1 CKPT=tiny-qwen3 — under DRY, a CKPT the caller sets replaces the checkpoint of every
+# part (the *_CKPTS lists' defaults, gemma's gemma3-1b and 4b's two shapes included; an explicit *_CKPTS
+# still wins). The parity part builds tiny families only and takes no checkpoint.
 set -u
 PART=${1:-main}
+GIVEN_CKPT=${CKPT:-}
 OUT=${OUT:-/tmp/webgpu-out}
 W=${W:-/tmp/wg-run}
 PY=${PY:-python3}
@@ -52,6 +55,8 @@ case $PART in  # the checkpoint each part measures (CKPT overrides it)
     submits-4b|logits-4b) CKPT=${CKPT:-qwen3-4b} ;;
     *) CKPT=${CKPT:-qwen3-0.6b} ;;
 esac
+DRY_CKPTS=""  # under DRY, the caller's CKPT in place of each part's own sizes
+[ -n "${DRY:-}" ] && [ -n "$GIVEN_CKPT" ] && DRY_CKPTS=$CKPT
 ROUNDS=${ROUNDS:-4}
 PROMPT=${PROMPT:-256}
 NEW=${NEW:-128}
@@ -75,7 +80,8 @@ if [ -z "${DRY:-}" ]; then
     ls /usr/local/nvidia/share/vulkan/icd.d /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1 | tr '\n' ' ' | tee -a "$LOG"; echo | tee -a "$LOG"
 fi
 # Preflight: the WebGPU plugin EP finds the GPU (a one-node model on it).
-$PY - <<'PY' 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+$PY - "$W/add.onnx" <<'PY' 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+import sys
 import numpy as np, onnx
 from onnx import helper, TensorProto
 from builder.ep_runtime import ort_session
@@ -83,8 +89,8 @@ g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "g",
                       [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab"],
                       [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])])
 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 9
-onnx.save(m, "/tmp/add.onnx")
-s = ort_session("/tmp/add.onnx", "WebGpuExecutionProvider")
+onnx.save(m, sys.argv[1])
+s = ort_session(sys.argv[1], "WebGpuExecutionProvider")
 print("preflight:", s.get_providers(), s.run(None, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})[0])
 PY
 export PYTHONUNBUFFERED=1
@@ -103,7 +109,8 @@ reference() {  # reference NAME CKPT_DIR [extra_options...]
         log "$name (reference builder) built in $((SECONDS - start)) s ($*)"
     else log "BUILD FAILED $name: $(tail -2 "$W/$name.log")"; fi
 }
-timed_build() {  # timed_build NAME COMMAND...: wall time and the peak RSS of its process tree
+timed_build() {  # timed_build NAME COMMAND...: wall time and the peak RSS of its largest process
+    # (RUSAGE_CHILDREN's ru_maxrss is the largest single descendant's peak, not the tree's sum)
     local name=$1; shift
     $PY - "$name" "$W/$name.log" "$@" <<'PY' 2>&1 | tee -a "$LOG"
 import resource, subprocess, sys, time
@@ -111,7 +118,7 @@ name, log, command = sys.argv[1], sys.argv[2], sys.argv[3:]
 
 def available_gb():  # the kernel's MemAvailable, so that a build about to exhaust memory is stopped first
     with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable")) / 2**20
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable")) * 1024 / 1e9  # kB
 
 start, note = time.perf_counter(), ""
 with open(log, "w") as f:
@@ -122,8 +129,8 @@ with open(log, "w") as f:
             note = " (stopped: less than 1.5 GB of memory left on the machine)"
         time.sleep(0.2)
 wall = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-print(f"{name}: exit {child.returncode}, build {wall:.1f} s, peak RSS {rss:.2f} GB{note}")
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+print(f"{name}: exit {child.returncode}, build {wall:.1f} s, peak RSS of its largest process {rss:.2f} GB{note}")
 PY
 }
 checkpoint_for() {  # checkpoint_for SIZE: CK=its random-weight checkpoint, made once per machine
@@ -175,7 +182,8 @@ if [ "$PART" = main ]; then
         ours-sep-sigmoid=$W/sep-sigmoid ours-fnorm-sigmoid=$W/fnorm-sigmoid ours-fnorm-quickgelu=$W/fnorm-quickgelu \
         ours-nocapture=$W/nocapture --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS \
         --json "$OUT/bench-main.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
-    wait $PARITY; log "parity (plugin EP):"; grep -v -i warn "$W/parity.log" | cut -c1-400 | tee -a "$LOG"
+    wait $PARITY  # NO_PARITY=1 leaves no parity.log
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep -v -i warn "$W/parity.log" | cut -c1-400 | tee -a "$LOG"; }
     # Where a captured decode step's time goes: the same graph with and without capture.
     $PY scripts/with_session_options.py "$W/auto" "$W/auto-nocap" provider.enableGraphCapture=0 > /dev/null
     timeout 90 $PY scripts/profile_genai.py "$W/auto" --prompt $PROMPT --new 64 --json "$OUT/profile-capture.json" 2>&1 | grep -v -i warn | head -40 | tee -a "$LOG"
@@ -247,7 +255,7 @@ elif [ "$PART" = formats ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --only mistral --only gemma3 \
         --only qwen3_5-text --json "$OUT/parity-formats.json" > "$W/parity.log" 2>&1 ) &
     PARITY=$!
-    for size in ${FORMAT_CKPTS:-qwen3-0.6b qwen3-4b}; do
+    for size in ${FORMAT_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         CK=$W/ck-$size
         [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py $size "$CK" > /dev/null
         log "checkpoint $size ready"
@@ -268,7 +276,7 @@ elif [ "$PART" = replay ]; then
     # A decode step's time without genai: the captured step replayed by plain onnxruntime, beside genai's
     # own time per token for the same folders (REPLAY_CKPTS: the shapes, 0.6B and 4B by default;
     # REPLAY_ROUNDS=0 skips genai).
-    for size in ${REPLAY_CKPTS:-qwen3-0.6b qwen3-4b}; do
+    for size in ${REPLAY_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         ours_and_reference "$size"
         for m in auto ref-graph; do
             timeout 150 $PY scripts/replay_loop.py "$W/$m-$size" --past $((PROMPT + NEW / 2)) \
@@ -280,7 +288,7 @@ elif [ "$PART" = replay ]; then
     done
 elif [ "$PART" = hostprof ]; then
     install_pyspy
-    for size in ${HOSTPROF_CKPTS:-qwen3-0.6b}; do
+    for size in ${HOSTPROF_CKPTS:-${DRY_CKPTS:-qwen3-0.6b}}; do
         ours_and_reference "$size"
         timeout 280 $PY scripts/host_profile.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size --prompt $PROMPT \
             --new ${HOSTPROF_NEW:-2000} --rate ${HOSTPROF_RATE:-100} --py-spy ${PYSPY:-/tmp/pyspy/bin/py-spy} \
@@ -288,7 +296,7 @@ elif [ "$PART" = hostprof ]; then
     done
 elif [ "$PART" = iotypes ]; then
     install_pyspy
-    for size in ${IOTYPES_CKPTS:-qwen3-0.6b}; do
+    for size in ${IOTYPES_CKPTS:-${DRY_CKPTS:-qwen3-0.6b}}; do
         ours_and_reference "$size"
         # The variants start from the int64 build (--int32-inputs off), as session 9 measured them.
         ours i64-$size "$CK" --int32-inputs off
@@ -326,35 +334,35 @@ PY
     done
 elif [ "$PART" = int32 ]; then
     parity_meanwhile
-    for size in ${INT32_CKPTS:-qwen3-0.6b qwen3-4b}; do
+    for size in ${INT32_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         checkpoint_for "$size"
         ours auto-$size "$CK" &
         ours i64-$size "$CK" --int32-inputs off &
         reference ref-graph-$size "$CK" enable_webgpu_graph=true &
     done
     builds_then_parity
-    for size in ${INT32_CKPTS:-qwen3-0.6b qwen3-4b}; do
+    for size in ${INT32_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int64=$W/i64-$size ref-graph=$W/ref-graph-$size \
             --provider webgpu --prompt $PROMPT --new $NEW --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" \
             2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = goal ]; then
     parity_meanwhile
-    for size in ${GOAL_CKPTS:-qwen3-0.6b qwen3-4b}; do
+    for size in ${GOAL_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         checkpoint_for "$size"
         ours auto-$size "$CK" &
         reference ref-graph-$size "$CK" enable_webgpu_graph=true &
         reference ref-default-$size "$CK" &
     done
     builds_then_parity
-    for size in ${GOAL_CKPTS:-qwen3-0.6b qwen3-4b}; do
+    for size in ${GOAL_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         for d in auto-$size ref-graph-$size ref-default-$size; do nodes "$W/$d"; done
         timeout 280 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
             ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-4} \
             --json "$OUT/bench-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 stream: the default)
-    checkpoint_for gemma3-1b
+    checkpoint_for ${DRY_CKPTS:-gemma3-1b}
     ours g-fp32 "$CK" --io-dtype fp32 &
     ours g-stream32 "$CK" --io-dtype fp16 &
     ours g-fp16 "$CK" --io-dtype fp16 --residual-dtype fp16 &
@@ -374,20 +382,21 @@ elif [ "$PART" = parity ]; then
         --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
-    C06=$W/ck-qwen3-0.6b; CK=$W/ck-qwen3-4b
-    [ -f "$C06/config.json" ] || $PY scripts/make_checkpoint.py qwen3-0.6b "$C06" > /dev/null
+    S06=${DRY_CKPTS:-qwen3-0.6b}; S4B=${DRY_CKPTS:-qwen3-4b}
+    C06=$W/ck-$S06; CK=$W/ck-$S4B
+    [ -f "$C06/config.json" ] || $PY scripts/make_checkpoint.py "$S06" "$C06" > /dev/null
     ours auto "$C06" &
     ours t127 "$C06" --target-ort 1.27 &
     ours b128 "$C06" --block-size 128 &
     ours acc0 "$C06" --accuracy-level 0 &
     reference ref-graph "$C06" enable_webgpu_graph=true &
-    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py qwen3-4b "$CK" > /dev/null
-    log "checkpoint qwen3-4b ready"
+    [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$S4B" "$CK" > /dev/null
+    log "checkpoint $S4B ready"
     ours auto4b "$CK" &
     reference ref-default4b "$CK" &
     reference ref-graph4b "$CK" enable_webgpu_graph=true &
     wait
-    log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-600 | tee -a "$LOG"
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-600 | tee -a "$LOG"; }
     for d in auto4b ref-default4b ref-graph4b; do nodes "$W/$d"; done
     timeout 240 $PY scripts/bench_genai.py ours=$W/auto4b ref-graph=$W/ref-graph4b ref-default=$W/ref-default4b \
         --provider webgpu --prompt $PROMPT --new $NEW --rounds $ROUNDS --json "$OUT/bench-4b.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
@@ -429,20 +438,21 @@ elif [ "$PART" = qwen35 ]; then
     timeout 150 $PY scripts/bench_genai.py ours=$W/q35-cpu ref=$W/q35-ref-cpu ref-t0=$W/q35-ref-cpu-t0 \
         ours-t1=$W/q35-cpu-t1 ref-t1=$W/q35-ref-cpu-t1 --provider cpu --prompt 128 --new 64 --rounds 3 \
         --json "$OUT/bench-qwen35-cpu.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
-    wait $PARITY; log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"
+    wait $PARITY
+    [ -f "$W/parity.log" ] && { log "parity (plugin EP):"; grep "^{" "$W/parity.log" | cut -c1-700 | tee -a "$LOG"; }
 elif [ "$PART" = padding ]; then
     # Qwen3.5 shapes: what --padded-batches on (genai's right pads kept out of the recurrent state,
     # kit/blocks/right_padding.py) costs a captured decode step against the default (off with
     # capture), with the plugin-EP parity of the tiny Qwen3.5 builds (padded batches included) meanwhile.
     ONLY=${ONLY:-"--only qwen3_5"}
     parity_meanwhile
-    for size in ${PADDING_CKPTS:-qwen3.5-0.8b qwen3.5-4b}; do
+    for size in ${PADDING_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; do
         checkpoint_for "$size"
         ours pad-off-$size "$CK" &
         ours pad-on-$size "$CK" --padded-batches on &
     done
     builds_then_parity
-    for size in ${PADDING_CKPTS:-qwen3.5-0.8b qwen3.5-4b}; do
+    for size in ${PADDING_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; do
         for d in pad-off-$size pad-on-$size; do nodes "$W/$d"; done
         timeout 240 $PY scripts/bench_genai.py default=$W/pad-off-$size padded=$W/pad-on-$size --provider webgpu \
             --prompt $PROMPT --new $NEW --rounds ${PADDING_ROUNDS:-4} --json "$OUT/bench-padding-$size.json" 2>&1 \
