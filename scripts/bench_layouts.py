@@ -39,6 +39,13 @@ def parse_layout(text: str) -> dict:
     return options
 
 
+def model_name(text: str, resolved: str) -> str:
+    """A row's name: the --layout text as given, with what it resolved to beside it when that differs.
+    Keyed by the text, not the resolved layout, which leaves out the target ORT: two --layout values
+    differing only there (.../sigmoid-mul/1.30 beside .../sigmoid-mul) would collapse into one row."""
+    return text if text == resolved else f"{text} -> {resolved}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
@@ -75,6 +82,10 @@ def main() -> int:
     bad = [e for e in args.extra if not all(e.partition("=")[::2])]
     if bad:
         parser.error(f"--extra {bad[0]!r} is not NAME=DIR")
+    given = (args.layout or LAYOUTS[args.ep]) + [e.partition("=")[0] for e in args.extra]
+    twice = sorted({g for g in given if given.count(g) > 1})
+    if twice:
+        parser.error(f"{twice[0]!r} given twice (--layout / --extra names must differ): its rows would merge")
     try:
         return run(args)
     except BuilderError as e:  # a bad checkpoint, precision or layout: the builder's one line
@@ -95,9 +106,11 @@ def run(args) -> int:
         )
         layout = result.report["layout"]
         resolved = f"{layout['qkv_packing']}/{layout['mlp_packing']}/{layout['silu']}/{layout['head_norm']}"
-        name = f"{text} -> {resolved}" if text == "auto" else resolved
+        name = model_name(text, resolved)
         models[name] = str(out)
         layouts[name] = {
+            "given": text,
+            "resolved": resolved,
             "layout": layout,
             "nodes": result.report["nodes"]["total"],
             "build_s": result.report["timings"]["total_s"],

@@ -66,3 +66,20 @@ def test_host_profile_counts_only_the_timed_loop():
     raw = "main;warm_up (host_profile.py:80);Run (libonnxruntime.so) 5\nmain;decode_loop (x.py:1);foo (libc.so) 3\n"
     phases, _ = hp.classify(raw)
     assert sum(phases.values()) == 3
+
+
+def test_bench_layouts_keeps_layouts_that_differ_only_in_target_ort_apart():
+    bl = script("bench_layouts")
+    resolved = "packed-split/separate/sigmoid-mul/rmsnorm"
+    names = {
+        bl.model_name(t, resolved)
+        for t in ("packed-split/separate/sigmoid-mul/1.30", "packed-split/separate/sigmoid-mul")
+    }
+    assert len(names) == 2 and all(n.endswith(resolved) for n in names)
+
+
+def test_bench_layouts_refuses_a_layout_given_twice():
+    done = run_script(
+        "bench_layouts.py", "--checkpoint", "x", "--layout", "separate/separate", "--layout", "separate/separate"
+    )
+    assert done.returncode == 2 and "given twice" in done.stderr
