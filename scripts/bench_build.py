@@ -147,6 +147,8 @@ def main() -> int:
         "--delete-checkpoint", action="store_true", help="remove the checkpoint at the end, if this run made it"
     )
     args = ap.parse_args()
+    if args.rounds < 1:  # checked before a checkpoint is made: a run of 0 rounds has nothing to report
+        ap.error("--rounds must be at least 1")
 
     args.work.mkdir(parents=True, exist_ok=True)
     made_here = not (args.checkpoint / "config.json").is_file()  # only such a checkpoint is ever deleted

@@ -789,6 +789,8 @@ def main() -> int:
         ap.error(f"--prompts {args.prompts!r}: give token counts such as 128,512")
     if min(prompts) < 1:
         ap.error("--prompts: each prompt needs at least 1 token")
+    if args.new_tokens < 2 or args.rounds < 1 or args.accuracy_tokens < 1:  # before hours of builds
+        ap.error("--new-tokens must be at least 2 (the first closes the prefill), --rounds and --accuracy-tokens 1")
     if args.json is None:
         args.json = args.work / "results.json"
     build_sizes = sizes(args.sizes)

@@ -243,8 +243,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1 (a median needs one)")
-    if args.prompt < 1 or args.new < 1:
-        parser.error("--prompt and --new must be at least 1 token (a decode speed needs a new token)")
+    if args.prompt < 1:
+        parser.error("--prompt must be at least 1 token")
+    if args.new < 2:  # the first new token closes the prefill; decode speed is timed over the rest
+        parser.error("--new must be at least 2 tokens: the first closes the prefill, the decode speed times the rest")
     bad = [m for m in args.models if not m.partition("=")[0] or not m.partition("=")[2]]
     if bad:
         parser.error(f"{bad[0]!r} is not NAME=DIR; pass each model as a name and a built folder, e.g. a=out/tiny")

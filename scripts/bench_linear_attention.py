@@ -332,6 +332,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.decode_steps < 1:  # time's per-step figures divide by it
+        ap.error("--decode-steps must be at least 1")
     if args.what == "check":
         check()
     elif args.what == "time":

@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--ort", action="store_true", help="also time ORT's own quantizer")
     args = p.parse_args()
+    if args.repeat < 1:  # best-of-0 is no timing (it printed inf)
+        p.error("--repeat must be at least 1")
 
     scheme = QuantScheme(args.bits, args.block_size, not args.asymmetric)
     print(f"{scheme}, scale_dtype={args.scale_dtype}, threads={get_num_threads()}")

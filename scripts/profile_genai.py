@@ -91,6 +91,8 @@ def main() -> int:
     ap.add_argument("--json", help="Write the summary here.")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.prompt < 1 or args.new < 2:  # else the child divides by 0 decode steps, reported as genai failing
+        ap.error("--prompt must be at least 1 token and --new at least 2 (the first closes the prefill)")
     if args.child:
         print(json.dumps(generate(args.child, args.prompt, args.new)))
         return 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -83,3 +84,22 @@ def test_bench_layouts_refuses_a_layout_given_twice():
         "bench_layouts.py", "--checkpoint", "x", "--layout", "separate/separate", "--layout", "separate/separate"
     )
     assert done.returncode == 2 and "given twice" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "says"),
+    [
+        ("bench_genai.py", ["a=/nonexistent", "--new", "1"], "--new must be at least 2"),
+        ("bench_layouts.py", ["--checkpoint", "x", "--new", "1"], "--new must be at least 2"),
+        ("bench_builders.py", ["--sizes", "0.6b", "--new-tokens", "1"], "--new-tokens must be at least 2"),
+        ("bench_build.py", ["--rounds", "0", "--checkpoint", "/nonexistent/ck"], "--rounds must be at least 1"),
+        ("bench_linear_attention.py", ["time", "--decode-steps", "0"], "--decode-steps must be at least 1"),
+        ("bench_quant.py", ["--repeat", "0"], "--repeat must be at least 1"),
+        ("profile_genai.py", ["/nonexistent", "--new", "1"], "--new at least 2"),
+    ],
+)
+def test_benchmarks_refuse_arguments_that_leave_nothing_to_measure(name, args, says):
+    # Each used to crash (IndexError, ZeroDivisionError), print inf or nan, or blame genai, after the work.
+    done = run_script(name, *args)
+    assert done.returncode == 2, done.stderr[-500:]
+    assert says in done.stderr
