@@ -6,6 +6,9 @@ The weights and tokenizer are symlinked, not copied, so a variant costs nothing.
 Used by the benchmarks to run one graph under several session settings (for
 instance the reference builder's model with our thread setting), which separates
 what the graph does from what the session options do. value -: remove the key.
+enable_cpu_mem_arena / enable_mem_pattern take true or false (written as JSON booleans), and
+graph_optimization_level one of ORT_DISABLE_ALL, ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL
+(genai's names; it refuses onnxruntime's integers).
 `provider.KEY=VALUE` sets an option of the folder's execution provider (e.g.
 provider.enableGraphCapture=0), `search.KEY=VALUE` a search default (search.max_length=1024).
 """
@@ -38,6 +41,10 @@ def _refusal(pair: str) -> str | None:
             return f"{pair!r}: {key} takes {wanted}, e.g. search.max_length=1024"
     elif key in INTEGER_OPTIONS and not value.lstrip("-").isdigit():
         return f"{pair!r}: {key} takes an integer"  # written as text, genai refused the whole file
+    elif key in BOOLEAN_OPTIONS and value not in ("true", "false"):
+        return f"{pair!r}: {key} takes true or false"
+    elif key == "graph_optimization_level" and value not in GRAPH_OPTIMIZATION_LEVELS:
+        return f"{pair!r}: graph_optimization_level takes one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
     return None
 
 
@@ -47,7 +54,12 @@ SEARCH_TYPES = {
     **{k: (int, float) for k in ("temperature", "top_p", "repetition_penalty", "length_penalty", "diversity_penalty")},
     **{k: (bool,) for k in ("do_sample", "early_stopping", "past_present_share_buffer")},
 }
-INTEGER_OPTIONS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level")
+INTEGER_OPTIONS = ("intra_op_num_threads", "inter_op_num_threads")
+# Session options genai (0.18) reads as JSON booleans: "false" as text makes it refuse the whole file
+# ("Expected a bool but saw a string"). Its other on/off options (disable_cpu_ep_fallback, ...) it reads as text.
+BOOLEAN_OPTIONS = ("enable_cpu_mem_arena", "enable_mem_pattern")
+# genai reads graph_optimization_level by name, not as onnxruntime's integer; any other value it refuses.
+GRAPH_OPTIMIZATION_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 
 
 def _search_value(text: str) -> int | float | bool | None:
@@ -113,6 +125,10 @@ def main(argv: list[str]) -> int:
             continue
         if value == "-":
             options.pop(key, None)
+        elif key in BOOLEAN_OPTIONS:
+            options[key] = value == "true"
+        elif key == "graph_optimization_level":
+            options[key] = value
         else:
             options[key] = int(value) if value.lstrip("-").isdigit() else value
     (dst / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")

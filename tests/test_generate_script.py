@@ -605,6 +605,32 @@ def test_with_session_options_writes_what_it_is_given(cpu_folder, tmp_path):
     assert_refused(script("with_session_options.py", cpu_folder, dst, "search.max_length=big"), "search.max_length")
 
 
+def test_with_session_options_writes_what_genai_reads(cpu_folder, tmp_path):
+    """genai refuses a file with "false" as text for its boolean options ("Expected a bool but saw a
+    string") and an integer graph_optimization_level (it reads ORT_ENABLE_BASIC and the like): the
+    variant loads and generates."""
+    dst = tmp_path / "variant"
+    child = script(
+        "with_session_options.py",
+        cpu_folder,
+        dst,
+        "enable_cpu_mem_arena=false",
+        "enable_mem_pattern=true",
+        "graph_optimization_level=ORT_ENABLE_BASIC",
+    )
+    assert child.returncode == 0, child.stderr
+    options = json.loads((dst / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert options["enable_cpu_mem_arena"] is False and options["enable_mem_pattern"] is True
+    assert options["graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    ran = generate(dst, "--max-new-tokens", "4")
+    assert ran.returncode == 0, ran.stderr
+    for change, words in [
+        ("graph_optimization_level=1", "ORT_DISABLE_ALL, ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL"),
+        ("enable_cpu_mem_arena=0", "enable_cpu_mem_arena takes true or false"),
+    ]:
+        assert_refused(script("with_session_options.py", cpu_folder, tmp_path / "v2", change), words)
+
+
 def test_with_io_types_names_an_unknown_change(cpu_folder, tmp_path):
     assert_refused(
         script("with_io_types.py", cpu_folder, tmp_path / "v", "ids=int32"), "'ids=int32'", "input_ids=int32"
