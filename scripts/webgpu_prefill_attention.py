@@ -76,35 +76,37 @@ def measure() -> dict:
 
     rng = np.random.default_rng(0)
     rows = []
-    folder = Path(tempfile.mkdtemp())
-    for num_heads, kv_heads, head_size in HEADS:
-        path = folder / f"gqa-{num_heads}-{kv_heads}-{head_size}.onnx"
-        path.write_bytes(gqa_model(num_heads, kv_heads, head_size))
-        cpu = ort_session(path)
-        webgpu = ort_session(path, "WebGpuExecutionProvider")
-        for new, past in LENGTHS:
+    # The models are written for the sessions to load, then no longer needed: none is left behind.
+    with tempfile.TemporaryDirectory(prefix="webgpu-gqa-") as tmp:
+        folder = Path(tmp)
+        for num_heads, kv_heads, head_size in HEADS:
+            path = folder / f"gqa-{num_heads}-{kv_heads}-{head_size}.onnx"
+            path.write_bytes(gqa_model(num_heads, kv_heads, head_size))
+            cpu = ort_session(path)
+            webgpu = ort_session(path, "WebGpuExecutionProvider")
+            for new, past in LENGTHS:
 
-            def rand(*shape):
-                return rng.standard_normal(shape, np.float32)
+                def rand(*shape):
+                    return rng.standard_normal(shape, np.float32)
 
-            feeds = {
-                "query": rand(1, new, num_heads * head_size),
-                "key": rand(1, new, kv_heads * head_size),
-                "value": rand(1, new, kv_heads * head_size),
-                "past_key": rand(1, kv_heads, past, head_size),
-                "past_value": rand(1, kv_heads, past, head_size),
-                "seqlens_k": np.array([new + past - 1], np.int32),
-                "total_sequence_length": np.array([new + past], np.int32),
-            }
-            expected, got = cpu.run(["output"], feeds)[0], webgpu.run(["output"], feeds)[0]
-            rows.append(
-                {
-                    "heads": [num_heads, kv_heads, head_size],
-                    "new_tokens": new,
-                    "past": past,
-                    "max_abs": float(np.abs(expected - got).max()),
+                feeds = {
+                    "query": rand(1, new, num_heads * head_size),
+                    "key": rand(1, new, kv_heads * head_size),
+                    "value": rand(1, new, kv_heads * head_size),
+                    "past_key": rand(1, kv_heads, past, head_size),
+                    "past_value": rand(1, kv_heads, past, head_size),
+                    "seqlens_k": np.array([new + past - 1], np.int32),
+                    "total_sequence_length": np.array([new + past], np.int32),
                 }
-            )
+                expected, got = cpu.run(["output"], feeds)[0], webgpu.run(["output"], feeds)[0]
+                rows.append(
+                    {
+                        "heads": [num_heads, kv_heads, head_size],
+                        "new_tokens": new,
+                        "past": past,
+                        "max_abs": float(np.abs(expected - got).max()),
+                    }
+                )
     return {"onnxruntime": onnxruntime.__version__, "rows": rows}
 
 
