@@ -19,6 +19,8 @@ For each case, two checks against transformers running the same (dequantized) we
   greedy tokens for the batch's prompts, as one engine's requests, equal transformers' (in a child
   process: on a graph-capture build the Engine crashed its process, so only the capture-off case
   is expected to pass).
+The exit status is 1 when any case fails (an error, or tokens that differ where they must
+equal), each named on stderr; the JSON holds every row either way.
 Where tokens part, `genai_first_mismatch` and `genai_mismatch_gap` (per batch row:
 `genai_batch_divergence`, the same pair) give the first new token that differs and how far
 transformers' logit for its own token was above genai's choice (a near-tie when small).
@@ -323,7 +325,7 @@ def main() -> int:
 
 
 def run_cases(args, cases, work: Path, env) -> int:
-    rows = []
+    rows, failed = [], []
     for i, config, precision, extra in cases:
         if args.only and config not in args.only:
             continue
@@ -349,13 +351,37 @@ def run_cases(args, cases, work: Path, env) -> int:
             }
         )
         rows.append(row)
+        if why := row_failures(row):
+            name = "-".join([config, precision, *(f"{k}={v}" for k, v in extra.items())])
+            failed.append((name + (f" (target ORT {args.target_ort})" if args.target_ort else ""), why))
         print(json.dumps(row), flush=True)
         if args.json:  # written as it goes: a run stopped at its time limit keeps what it did
             Path(args.json).write_text(json.dumps(rows, indent=2))
     if rows and all("error" in row for row in rows):  # no WebGPU runtime, say: nothing was checked
         print(f"error: no case ran on WebGPU ({rows[0]['error'][:200]})", file=sys.stderr)
         return 1
+    if failed:  # a run whose tokens differ is no pass, whatever the other rows did
+        for name, why in failed:
+            print(f"FAILED {name}: {'; '.join(why)}", file=sys.stderr)
+        print(f"error: {len(failed)} of {len(rows)} case(s) failed their check", file=sys.stderr)
+        return 1
     return 0
+
+
+def row_failures(row: dict) -> list[str]:
+    """What a row failed of the checks the docstring promises (empty: it passed)."""
+    why = [f"error: {row['error'][:200]}"] if "error" in row else []
+    for key, what in (
+        ("genai_tokens_equal", "genai's greedy tokens differ from transformers'"),
+        ("genai_batch_tokens_equal", "genai's batch rows differ from transformers'"),
+        ("ngram_tokens_equal", "n-gram speculation's tokens differ from transformers'"),
+    ):
+        if row.get(key) is False:
+            why.append(what)
+    # og.Engine crashed its process on a capture build (see the docstring): expected to pass only without.
+    if row.get("engine_tokens_equal") is False and not row.get("graph_capture"):
+        why.append("og.Engine's tokens differ from transformers'")
+    return why
 
 
 if __name__ == "__main__":

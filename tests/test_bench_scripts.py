@@ -103,3 +103,23 @@ def test_benchmarks_refuse_arguments_that_leave_nothing_to_measure(name, args, s
     done = run_script(name, *args)
     assert done.returncode == 2, done.stderr[-500:]
     assert says in done.stderr
+
+
+def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monkeypatch, capsys):
+    # It failed only when every row errored: one case whose genai tokens differed exited 0.
+    import argparse
+    import json
+    import types
+
+    cw = script("check_webgpu")
+    rows = iter([{"config": "qwen3", "genai_tokens_equal": True}, {"config": "llama", "genai_tokens_equal": False}])
+    monkeypatch.setattr(
+        cw.subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout=json.dumps(next(rows)), returncode=0)
+    )
+    out = tmp_path / "rows.json"
+    args = argparse.Namespace(only=None, target_ort=None, prompt_tokens=12, swiftshader=False, json=str(out))
+    cases = [(0, "qwen3", "int4", {}), (1, "llama", "fp16", {"logits": "all"})]
+    assert cw.run_cases(args, cases, tmp_path, None) == 1
+    err = capsys.readouterr().err
+    assert "FAILED llama-fp16-logits=all" in err and "qwen3" not in err
+    assert len(json.loads(out.read_text())) == 2
