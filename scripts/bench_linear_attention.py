@@ -1,4 +1,4 @@
-"""One Gated DeltaNet layer in three ONNX forms, checked against transformers and timed on CPU.
+"""One Gated DeltaNet layer in four ONNX forms, checked against transformers and timed on CPU.
 
     python scripts/bench_linear_attention.py check            # each form vs Qwen3_5GatedDeltaNet
     python scripts/bench_linear_attention.py time [--hidden 16 --value-heads 16 --rounds 7]

@@ -151,9 +151,28 @@ def _build_report(folder: Path) -> dict:
     return report if isinstance(report, dict) else {}
 
 
+# The marks scripts/with_session_options.py and scripts/with_io_types.py leave in the copies they make
+# (each holds the source folder's path).
+VARIANT_MARKS = {".with_session_options": "with_session_options.py", ".with_io_types": "with_io_types.py"}
+
+
 def _rebuild(folder: Path, extra: str = "") -> str:
     """What to run to rebuild `folder`: its checkpoint, precision and EP from build_report.json,
-    then `extra` options."""
+    then `extra` options. For a copy a variant script made, the builder refuses to write over it:
+    rebuild its source, then make the copy again."""
+    for mark, script in VARIANT_MARKS.items():
+        try:
+            source = Path((Path(folder) / mark).read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if str(source) in ("", "."):
+            continue
+        return (
+            f"it is a copy scripts/{script} made of {source}: "
+            + _rebuild(source, extra).replace("rebuild it with", "rebuild that folder with", 1)
+            + f", then make the copy again with python scripts/{script} {source} {folder} (with the changes it "
+            "was made with)"
+        )
     options = _build_report(folder).get("options") or {}
     if not options.get("model"):
         return f"rebuild it with python -m builder -m CHECKPOINT{extra} -o {folder} --overwrite"

@@ -657,6 +657,26 @@ def test_no_shader_f16_without_a_build_report_still_says_what_to_change(tmp_path
     assert message.count("rebuild it with") == 1
 
 
+def test_a_variant_copy_that_fails_asks_to_rebuild_its_source(tmp_path):
+    """The builder refuses to write over a with_session_options.py copy, so `-o VARIANT --overwrite`
+    was advice that could not be followed: rebuild the source, then make the copy again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate", REPO / "scripts/generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source, variant = tmp_path / "src", tmp_path / "variant"
+    source.mkdir()
+    variant.mkdir()
+    report = {"options": {"model": "/ck/qwen3", "precision": "int4", "ep": "cpu"}}
+    (source / "build_report.json").write_text(json.dumps(report))
+    (variant / "build_report.json").symlink_to(source / "build_report.json")
+    (variant / ".with_session_options").write_text(f"{source}\n")
+    message = module._rebuild(variant)
+    assert f"-o {source} --overwrite" in message and f"-o {variant}" not in message
+    assert f"python scripts/with_session_options.py {source} {variant}" in message
+
+
 def test_variant_scripts_refuse_what_would_damage_a_folder(built, cpu_folder, tmp_path):
     """with_io_types.py given its own copy twice removed it all but model.onnx (exit 0), and made
     a folder inside its source; with_session_options.py mixed two builds in one folder and wrote
