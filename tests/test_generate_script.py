@@ -518,7 +518,7 @@ def test_bench_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path):
     (tmp_path / "tjs").mkdir()
     (tmp_path / "tjs" / "config.json").write_text("{}")
     for models, args, words in [
-        ((), ("--new", "0"), "--prompt and --new must be at least 1 token"),
+        ((), ("--new", "0"), "--new must be at least 2 tokens"),
         ((), ("--json", str(tmp_path / "no" / "x.json")), "--json"),
         ((f"t={tmp_path / 'tjs'}",), (), "has no genai_config.json (a transformers.js folder or a checkpoint?)"),
     ]:
@@ -531,7 +531,7 @@ def test_bench_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path):
     [
         # after every layout was built: a ValueError, a StatisticsError
         ("bench_layouts.py", ["--checkpoint", "x", "--extra", "noequals"], "--extra 'noequals' is not NAME=DIR"),
-        ("bench_layouts.py", ["--checkpoint", "x", "--rounds", "0"], "--rounds, --prompt and --new must be at least 1"),
+        ("bench_layouts.py", ["--checkpoint", "x", "--rounds", "0"], "--rounds and --prompt must be at least 1"),
         # the builder's BuilderError, as a traceback
         ("bench_layouts.py", ["--checkpoint", "nonexistent"], "error: model folder 'nonexistent' does not exist"),
         # after GBs of checkpoints were written
