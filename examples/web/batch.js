@@ -1,5 +1,16 @@
 // A batch of prompts for transformers.js generate(), and its rows back out of what it returns;
-// shared by generate.mjs (Node) and main.js (the page), as is their reading of a load error.
+// shared by generate.mjs (Node) and main.js (the page), as are their reading of a load error and
+// the dtypes a folder may hold.
+
+// The dtypes python -m builder writes (builder/formats/transformers_js.py DTYPES): their file
+// suffix (transformers.js DEFAULT_DTYPE_SUFFIX_MAPPING) and the build options that make them.
+export const DTYPES = {
+    fp32: { suffix: '', build: '-p fp32' },
+    fp16: { suffix: '_fp16', build: '-p fp16' },
+    q4: { suffix: '_q4', build: '-p int4 --io-dtype fp32' },
+    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu' },
+    int8: { suffix: '_int8', build: '-p int8 --io-dtype fp32' },
+};
 
 /**
  * The inputs of a batch of prompts (token id lists), padded on the left with `pad` as

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import { leftPadded, newerRuntime, rowsOf } from './batch.js';
+import { DTYPES, leftPadded, newerRuntime, rowsOf } from './batch.js';
 
 const USAGE = `usage: node examples/web/generate.mjs OUT_DIR [--prompt TEXT | --ids 1,2,3] [--max-new-tokens N]
                                        [--min-new-tokens N] [--dtype q4] [--device cpu] [--encode TEXT]
@@ -39,15 +39,6 @@ with python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR. Prints
 
 const BUILD = 'python -m builder -m CHECKPOINT --format transformers.js -o OUT_DIR';
 
-// The dtypes python -m builder writes (builder/formats/transformers_js.py DTYPES): their file
-// suffix (transformers.js DEFAULT_DTYPE_SUFFIX_MAPPING) and the build options that make them.
-const DTYPES = {
-    fp32: { suffix: '', build: '-p fp32' },
-    fp16: { suffix: '_fp16', build: '-p fp16' },
-    q4: { suffix: '_q4', build: '-p int4 --io-dtype fp32' },
-    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu' },
-    int8: { suffix: '_int8', build: '-p int8 --io-dtype fp32' },
-};
 // transformers.js devices of onnxruntime-web, which Node does not have.
 const BROWSER_DEVICES = ['wasm', 'webnn', 'webnn-npu', 'webnn-gpu', 'webnn-cpu'];
 

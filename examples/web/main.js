@@ -13,7 +13,7 @@
 import {
     AutoModelForCausalLM, AutoTokenizer, Tensor, TextStreamer, env,
 } from '/node_modules/@huggingface/transformers/dist/transformers.js';
-import { leftPadded, newerRuntime, rowsOf } from './batch.js';
+import { DTYPES, leftPadded, newerRuntime, rowsOf } from './batch.js';
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -41,14 +41,6 @@ if (verbose) env.backends.onnx.logLevel = 'verbose';
 const BUILD = 'python -m builder -m CHECKPOINT --format transformers.js -o OUT';
 const DEVICES = ['webgpu', 'wasm'];
 const F16_DTYPES = ['fp16', 'q4f16', 'q2f16', 'q1f16'];  // fp16 activations: WebGPU needs shader-f16
-// The dtypes python -m builder writes (generate.mjs's DTYPES): their file suffix and the options that make them.
-const DTYPES = {
-    fp32: { suffix: '', build: '-p fp32' },
-    fp16: { suffix: '_fp16', build: '-p fp16' },
-    q4: { suffix: '_q4', build: '-p int4 --io-dtype fp32' },
-    q4f16: { suffix: '_q4f16', build: '-p int4 -e webgpu' },
-    int8: { suffix: '_int8', build: '-p int8 --io-dtype fp32' },
-};
 const MAX_NEW_TOKENS = 64;  // the default, cut to what the folder's context leaves
 
 /** A mistake the page explains in full: its message is the one line the user sees. */
