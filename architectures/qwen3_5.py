@@ -80,8 +80,8 @@ class SharedExpertMoE:
 @register("Qwen3_5ForCausalLM")
 class Qwen35Builder(DecoderBuilder):
     genai_type = "qwen3_5_text"
-    # Qwen3_5TextConfig's
-    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 4, "head_dim": 256}
+    # Qwen3_5TextConfig's (head_dim 256: text_config() sets it, for the outputs' config too)
+    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 4}
     qk_norm = True
     partial_rotary = True  # a quarter of each head by default (text_config)
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
@@ -178,7 +178,7 @@ class Qwen35MoeBuilder(Qwen35Builder):
 
     genai_type = "qwen3_5_moe_text"
     # Qwen3_5MoeTextConfig's (Qwen3NextConfig's alike)
-    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 2, "head_dim": 256}
+    config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 2}
 
     def text_config(self, config: dict) -> dict:
         text = text_config(config)
