@@ -795,6 +795,25 @@ def test_hybrid_configs_name_their_layer_types(tmp_path):
         assert where(json.loads((tmp_path / "config.json").read_text()))["layer_types"] == list(types_)
 
 
+def test_config_keeps_the_family_defaults_the_graph_was_built_with(checkpoint, tmp_path):
+    """A config.json without num_key_value_heads gets MistralConfig's 8, as transformers loads it:
+    the folder's config.json says 8 as well (transformers.js would otherwise read none), and
+    transformers.js gives transformers' greedy tokens."""
+    from builder.verify import dequantized_reference, transformers_greedy
+
+    ckpt = tmp_path / "mistral-8kv"
+    shutil.copytree(checkpoint("mistral", num_attention_heads=8, num_key_value_heads=8, head_dim=16), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["num_key_value_heads"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    result = build_tjs(ckpt, tmp_path / "tjs", precision="fp32")
+    assert json.loads((result.output / "config.json").read_text())["num_key_value_heads"] == 8
+    theirs = transformers_greedy(
+        dequantized_reference(ckpt, BuildOptions(model=str(ckpt), precision="fp32")), PROMPT, NEW_TOKENS
+    )
+    assert run_node(result.output)["tokens"] == theirs
+
+
 def test_the_benchmark_says_why_a_folder_did_not_run(built, tmp_path):
     """Each failed run was reported as "did not run (exit 1): Node.js v20..." (the last line
     of an uncaught error is Node's banner); a genai folder failed the same way."""

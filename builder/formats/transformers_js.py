@@ -119,7 +119,9 @@ class TransformersJsFolder:
     # ---- configs ------------------------------------------------------------
 
     def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
-        config = dict(self.arch.config)
+        # The family's transformers defaults for keys the checkpoint leaves out (Mistral's 8 KV heads,
+        # Qwen3's head_dim 128): the graph was built with them, and transformers.js has its own.
+        config = {**getattr(self.arch, "config_defaults", {}), **self.arch.config}
         names = config.get("architectures") or []
         if names and names[0].endswith("ForConditionalGeneration"):
             # Only the text model is built. Under its ForConditionalGeneration name transformers.js
