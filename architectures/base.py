@@ -16,6 +16,7 @@ BuildPlan (builder.kit.plan), before the first node.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
 from builder.kit.linear import Projections
+from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.plan import BuildPlan, has_recurrent_layers, layer_prefix, make_plan
 from builder.kit.progress import Progress
@@ -56,6 +58,7 @@ class DecoderBuilder:
     # positions): without them such a checkpoint's weights were refused as not matching its config,
     # or its context length was another than transformers runs.
     config_defaults: dict = {}
+    python_caller = False  # made by from_pretrained(): errors name options as its keywords
     # Tensor name prefixes a family leaves out on purpose (Qwen3.5: its vision tower, MTP head).
     not_built: tuple[str, ...] = ()
     # Words for not_built's prefixes in the build report's note ("the vision tower"); a prefix
@@ -99,7 +102,8 @@ class DecoderBuilder:
             )
         self._planning = True
         try:
-            return make_plan(self._options, self.checkpoint, self)
+            with python_option_names() if self.python_caller else contextlib.nullcontext():
+                return make_plan(self._options, self.checkpoint, self)
         finally:
             self._planning = False
 
@@ -126,20 +130,23 @@ class DecoderBuilder:
     def from_pretrained(cls, model: str, options: BuildOptions | None = None, **option_values):
         """A builder for a local folder or hub id; options as BuildOptions or keywords."""
         call = f"{cls.__name__}.from_pretrained"
-        if options is None:
-            option_values = {"model": model, **option_values}
-        options = options_one_way(options, option_values, call, f"{call}(model, precision=...)")
-        options = dataclasses.replace(options, model=model)  # the caller's stays as it was
-        if options.family:
-            from architectures.registry import family_named
+        with python_option_names():
+            if options is None:
+                option_values = {"model": model, **option_values}
+            options = options_one_way(options, option_values, call, f"{call}(model, precision=...)")
+            options = dataclasses.replace(options, model=model)  # the caller's stays as it was
+            if options.family:
+                from architectures.registry import family_named
 
-            named = family_named(options.family, where=f"{call}(family=...)")
-            if named is not cls:  # the report would name one family and the graph be another's
-                raise BuilderError(
-                    f"{call}(family={options.family!r}): that names {named.__module__}.{named.__qualname__}, "
-                    f"not {cls.__name__}; call {named.__name__}.from_pretrained, or drop family="
-                )
-        return cls(Checkpoint.open(model), options)
+                named = family_named(options.family, where=f"{call}(family=...)")
+                if named is not cls:  # the report would name one family and the graph be another's
+                    raise BuilderError(
+                        f"{call}(family={options.family!r}): that names {named.__module__}.{named.__qualname__}, "
+                        f"not {cls.__name__}; call {named.__name__}.from_pretrained, or drop family="
+                    )
+            arch = cls(Checkpoint.open(model), options)
+        arch.python_caller = True  # its plan's and run()'s errors name keywords too
+        return arch
 
     # ---- what the plan asks a family -----------------------------------------
 

@@ -54,7 +54,7 @@ def report_fields(report: dict) -> dict:
 def run_job(options: dict, threads: int) -> dict[str, Any]:
     """One build (and verify, if asked) in this process; never raises for a failed build."""
     from builder.kit.options import BuildOptions
-    from builder.pipeline import build, peak_rss_bytes
+    from builder.pipeline import build_from_flags, peak_rss_bytes
 
     result: dict[str, Any] = {"status": "failed", "node": socket.gethostname(), "pid": os.getpid()}
     # The build's warnings go back with its result, for the batch to print under the job's name
@@ -65,7 +65,7 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
         _set_threads(threads)
         _pause_hook(Path(options["output"]))
         with contextlib.redirect_stderr(captured):
-            report = build(BuildOptions(**options), show_progress=False).report
+            report = build_from_flags(BuildOptions(**options), show_progress=False).report
         result.update(report_fields(report), status="built")
     except (BuildInterrupted, KeyboardInterrupt):
         result.update(status="interrupted", error="interrupted; its partial output was removed")

@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return batch_main(argv)
         args = build_parser().parse_args(argv)
-        from builder.pipeline import build
+        from builder.pipeline import build_from_flags
 
-        result = build(options_from_args(args), show_progress=not args.quiet)
+        result = build_from_flags(options_from_args(args), show_progress=not args.quiet)
         print(result.output)
         return 0
     except BuilderError as e:

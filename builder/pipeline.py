@@ -27,6 +27,7 @@ from builder.kit.errors import BuilderError, write_failed
 from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary
 from builder.kit.graph import Graph
 from builder.kit.model_source import model_name
+from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
@@ -108,9 +109,16 @@ def build(
 
     family: a builder class (e.g. a subclass of architectures.Qwen3Builder), or the HF
     architecture name one is registered under, to use instead of the one registered for
-    the checkpoint's `architectures`.
+    the checkpoint's `architectures`. A BuilderError names options as these keywords.
     """
-    options = options_one_way(options, option_values, "build", "build(model=..., precision=...)")
+    with python_option_names():
+        options = options_one_way(options, option_values, "build", "build(model=..., precision=...)")
+        return build_from_flags(options, family=family, show_progress=show_progress)
+
+
+def build_from_flags(options: BuildOptions, *, family: type | str | None = None, show_progress: bool = True):
+    """build() for the command line and batch files: errors name options by their flags, which
+    batch files spell the same way."""
     if family is not None and options.family:
         raise BuilderError(
             f"build(): family given both as BuildOptions(family={options.family!r}) and as build(family=...); keep one"
@@ -133,7 +141,9 @@ def build(
 def run(arch, show_progress: bool = True) -> BuildResult:
     """Write the model of an architecture builder (a family object, such as
     Qwen3Builder.from_pretrained(...) returns) into its output folder."""
-    with plugin_faults_named(type(arch)):
+    # from_pretrained() marks what it made: a Python caller, whose errors name keywords
+    names = python_option_names() if getattr(arch, "python_caller", False) else contextlib.nullcontext()
+    with names, plugin_faults_named(type(arch)):
         return _run(arch, show_progress)
 
 

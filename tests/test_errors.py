@@ -369,6 +369,40 @@ def test_python_options_of_the_wrong_type_are_named(ckpt, tmp_path, values, mess
     assert not out.exists()
 
 
+def test_python_callers_are_told_the_keywords_they_pass(ckpt, tmp_path):
+    """build(precision="int3") was answered "--precision: 'int3' is not valid", and "pass
+    --overwrite" to a caller who has no command line: the Python entry points name keywords,
+    the command line keeps its flags."""
+    from architectures import Qwen3Builder
+    from builder import BuilderError, build
+    from builder.pipeline import run
+
+    out = tmp_path / "out"
+    cases = [
+        ({"precision": "int3"}, "precision: 'int3' is not valid; choose one of int4"),
+        ({"precision": "fp32", "ep": "cuda"}, "precision='fp32' ep='cuda' cannot work"),
+        ({"max_length": 50, "context_length": 10}, "max_length=50 is larger than context_length=10; lower it"),
+    ]
+    for values, message in cases:
+        with pytest.raises(BuilderError) as caught:
+            build(model=str(ckpt), output=str(out), show_progress=False, **values)
+        assert message in str(caught.value) and "--" not in str(caught.value)
+        with pytest.raises(BuilderError) as caught:
+            _ = Qwen3Builder.from_pretrained(str(ckpt), output=str(out), **values).plan
+        assert message in str(caught.value)
+    out.mkdir()
+    with pytest.raises(BuilderError, match="pass overwrite=True to replace it"):
+        run(Qwen3Builder.from_pretrained(str(ckpt), output=str(out)), show_progress=False)
+    from builder.kit.option_names import keyword_names
+
+    assert keyword_names("--no-symmetric: x; to run it: python -m builder batch f") == (
+        "symmetric=False: x; to run it: python -m builder batch f"
+    )
+    # The command line and batch files keep the flags.
+    assert_clean_failure(cli("-m", ckpt, "-o", out, "-p", "fp32", "-e", "cuda"), "-p fp32 -e cuda cannot work")
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "pass --overwrite")
+
+
 def test_python_paths_and_tuples_mean_what_they_say(ckpt, tmp_path):
     """A Path output failed after the whole build (its report could not be written), a tuple of
     patterns in the plan."""
@@ -630,7 +664,7 @@ def test_failed_verify_is_a_failed_build(ckpt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(verify, "verify_models", lambda *a, **k: [ParityResult(5.0, 5.0, 1.0, 0.5, 0.3, 5)] * 2)
     out = tmp_path / "out"
-    with pytest.raises(BuilderError, match="--verify failed"):
+    with pytest.raises(BuilderError, match="verify failed"):
         build(model=str(ckpt), output=str(out), precision="int4", verify=True, show_progress=False)
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
 
@@ -658,7 +692,7 @@ def test_the_fp32_activation_bound_scales_with_the_logits(ckpt, tmp_path, monkey
     if passed:
         assert build(**options).report["verify"]["bound"] == f"max_abs < {max(1e-3, 1e-4 * peak):.3g}, nmse < 1e-06"
     else:
-        with pytest.raises(BuilderError, match="--verify failed"):
+        with pytest.raises(BuilderError, match="verify failed"):
             build(**options)
 
 

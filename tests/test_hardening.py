@@ -632,7 +632,7 @@ def test_full_disk_for_verify_copy_is_one_line(ckpt, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx, "save", full)
-    with pytest.raises(BuilderError, match=r"--verify: writing its copy of model.onnx beside it failed \(No space"):
+    with pytest.raises(BuilderError, match=r"verify: writing its copy of model.onnx beside it failed \(No space"):
         build(model=str(ckpt), output=str(tmp_path / "out"), verify=True, show_progress=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".builder-staging-*"))
 
@@ -1445,7 +1445,7 @@ def test_checkpoint_hash_refuses_a_taken_output_before_reading_the_weights(ckpt,
     out = tmp_path / "out"
     build(model=str(ckpt), output=str(out), show_progress=False)
     hashed = count_fingerprints(monkeypatch)
-    with pytest.raises(BuilderError, match="already exists; pass --overwrite"):
+    with pytest.raises(BuilderError, match="already exists; pass overwrite=True"):
         build(model=str(ckpt), output=str(out), checkpoint_hash=True, show_progress=False)
     assert True not in hashed
     result = build(model=str(ckpt), output=str(out), checkpoint_hash=True, overwrite=True, show_progress=False)
@@ -1474,7 +1474,7 @@ def test_verify_that_cannot_fit_in_memory_is_refused_before_the_build(ckpt, tmp_
     from builder.pipeline import build
 
     monkeypatch.setattr(plan, "available_memory_bytes", lambda: 200_000_000)  # 0.2 GB: under the 0.3 GB base
-    with pytest.raises(BuilderError, match=r"--verify needs about 0\.\d GB here .* 0\.2 GB is available: drop"):
+    with pytest.raises(BuilderError, match=r"verify needs about 0\.\d GB here .* 0\.2 GB is available: drop"):
         build(model=str(ckpt), output=str(tmp_path / "o"), verify=True, show_progress=False)
     assert not (tmp_path / "o").exists()
     monkeypatch.setattr(plan, "available_memory_bytes", lambda: None)  # unknown: not refused

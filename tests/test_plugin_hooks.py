@@ -124,7 +124,7 @@ def test_interleaved_rotary_is_a_class_attribute(helium, tmp_path):
 def test_verify_refuses_halves_rotary_on_an_interleaved_model(helium, tmp_path, precision):
     """Helium built as Llama: max |d| 6e-3 but NMSE only 8.5e-5 on these weights, and the quantized
     bound was NMSE 1e-2, so the int4 build was published as verified (status passed)."""
-    with pytest.raises(BuilderError, match="--verify failed: logits differ from transformers"):
+    with pytest.raises(BuilderError, match="verify failed: logits differ from transformers"):
         build(
             model=str(helium),
             output=str(tmp_path / "o"),
@@ -303,7 +303,7 @@ def test_a_custom_model_type_verifies_through_reference_class(helium, tmp_path):
         config_class = MyHeliumConfig
 
     options = dict(model=str(ckpt), precision="fp32", verify=True, show_progress=False)
-    with pytest.raises(BuilderError, match=r"--verify: transformers cannot load .*reference_class\(\)"):
+    with pytest.raises(BuilderError, match=r"verify: transformers cannot load .*reference_class\(\)"):
         build(output=str(tmp_path / "plain"), family=HeliumBuilder, **options)
 
     class MyHelium(HeliumBuilder):
@@ -315,7 +315,7 @@ def test_a_custom_model_type_verifies_through_reference_class(helium, tmp_path):
     result = build(output=str(tmp_path / "o"), family=MyHelium, **{**options, "verify": False})
     assert result.report["checkpoint"]["family"].endswith("MyHelium")
     with pytest.raises(
-        BuilderError, match="--verify failed: .* It was built by test_plugin_hooks.*MyHelium, which is not"
+        BuilderError, match="verify failed: .* It was built by test_plugin_hooks.*MyHelium, which is not"
     ):
         build(output=str(tmp_path / "v"), family=MyHelium, **options)
 
