@@ -456,6 +456,22 @@ def test_a_weight_beyond_float16_is_named_once_without_numpy_s_warning(ckpt, tmp
     assert len(warnings) == 1 and "model.layers.1.mlp.up_proj.weight" in warnings[0], proc.stderr
 
 
+@pytest.mark.parametrize("options", [["-p", "fp16"], ["-p", "int4", "--io-dtype", "fp16"]])
+def test_an_expert_weight_beyond_float16_is_named(tmp_path, options):
+    """MoE experts were checked in float32 only: an expert weight past 65504 built with exit 0 and no
+    warning, into an inf weight (fp16) or scale (int4), and its logits were NaN."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3-moe"])
+    tensor = "model.layers.0.mlp.experts.1.down_proj.weight"
+    poke(ckpt, tensor, 5, 0x4974)  # bf16 0x4974 = 999,424
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, *options)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
+    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+
+
 def test_finite_weights_no_warning(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out")
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr

@@ -33,6 +33,7 @@ from onnx import TensorProto
 
 import quant
 from builder.kit.blocks.emitter import Emitter
+from builder.kit.checkpoint import to_float
 from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX
 from builder.kit.layout import PackGroup
@@ -162,11 +163,12 @@ class SparseMoE:
 
     # ---- expert weights, streamed one expert at a time ----------------------
 
-    def _expert_parts(self, em: Emitter, i: int, e: int, projs: tuple[str, ...]) -> list[np.ndarray]:
-        """[N, K] weights of one expert, as float32. Checkpoints store experts one by one (Qwen3-MoE's
-        and Qwen3-Next's hub files, transformers 5's save_pretrained) or fused as transformers holds
-        them in memory (Qwen3.5-MoE's hub files: experts.gate_up_proj [E, 2I, H], gate rows first,
-        and experts.down_proj [E, H, I]); expert e of a fused tensor is its row e."""
+    def _expert_parts(self, em: Emitter, i: int, e: int, projs: tuple[str, ...]) -> tuple[list[str], list[np.ndarray]]:
+        """The checkpoint tensors and [N, K] weights of one expert, as float32. Checkpoints store
+        experts one by one (Qwen3-MoE's and Qwen3-Next's hub files, transformers 5's save_pretrained)
+        or fused as transformers holds them in memory (Qwen3.5-MoE's hub files: experts.gate_up_proj
+        [E, 2I, H], gate rows first, and experts.down_proj [E, H, I]); expert e of a fused tensor is
+        its row e."""
         s, m = em.spec, self.moe
         shapes = {
             "gate_proj": (m.intermediate_size, s.hidden_size),
@@ -177,11 +179,11 @@ class SparseMoE:
         fused = em.weight(i, f"{self.prefix}.experts.{'down_proj' if projs == ('down_proj',) else 'gate_up_proj'}")
         checkpoint = em.proj.checkpoint
         if checkpoint.has(names[0]) or not checkpoint.has(fused):  # one by one (or missing: that error)
-            return [em.proj.float32(name, shapes[p]) for name, p in zip(names, projs)]
+            return names, [em.proj.float32(name, shapes[p]) for name, p in zip(names, projs)]
         rows = sum(shapes[p][0] for p in projs)
         whole = (m.num_experts, rows, shapes[projs[0]][1])
         expert = em.proj.float32(RowSlice(fused, e, e + 1, whole), (1, *whole[1:]))[0]
-        return list(np.split(expert, len(projs))) if len(projs) > 1 else [expert]
+        return [fused] * len(projs), list(np.split(expert, len(projs))) if len(projs) > 1 else [expert]
 
     def _fc_shape(self, em: Emitter, projs: tuple[str, ...]) -> tuple[int, int]:
         """(N, K) of one expert's FC: FC1 stacks gate and up, FC2 is down_proj."""
@@ -195,7 +197,10 @@ class SparseMoE:
 
         def chunks():
             for e in range(self.moe.num_experts):
-                parts = [p.astype(io) for p in self._expert_parts(em, i, e, projs)]
+                names, parts = self._expert_parts(em, i, e, projs)
+                parts = [to_float(p, io) for p in parts]  # without numpy's overflow warning: ours names it
+                for tensor, part in zip(names, parts):  # finite in float32, maybe not in fp16
+                    em.proj.check_finite(tensor, part)
                 yield parts[0] if len(parts) == 1 else _interleave(*parts)
 
         return em.graph.streamed_initializer(
@@ -210,7 +215,10 @@ class SparseMoE:
 
         def chunks():
             for e in range(self.moe.num_experts):
-                qs = [quant.quantize(p, scheme, em.plan.io_dtype) for p in self._expert_parts(em, i, e, projs)]
+                names, parts = self._expert_parts(em, i, e, projs)
+                qs = [quant.quantize(p, scheme, em.plan.io_dtype) for p in parts]
+                for tensor, q in zip(names, qs):  # an fp16 scale overflows where the weights passed 65504
+                    em.proj.check_finite(tensor, q.scales)
                 # QMoE takes MatMulNBits' bytes with a row's blocks flattened.
                 qs = [(q.packed.reshape(q.n, -1), q.scales, q.zero_points) for q in qs]
                 packed, scale, zp = (
