@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blockwise import as_weight
+from .blockwise import _ALMOST_HALF, as_weight
 from .scheme import QuantizedWeight, QuantScheme
 
 
 def _roundf(x: np.ndarray) -> np.ndarray:
-    """C roundf: halves away from zero (np.rint rounds them to even)."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    """C roundf of float32 values: halves away from zero (np.rint rounds them to even), and
+    0.49999997 down (|x| + 0.5 rounds it up to 1 in float32; see blockwise._ALMOST_HALF)."""
+    return np.sign(x) * np.trunc(np.abs(x) + _ALMOST_HALF)
 
 
 def quantize_rowwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> QuantizedWeight:

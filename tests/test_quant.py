@@ -460,6 +460,19 @@ def test_quantize_dispatches_on_the_method():
         assert deq.shape == w.shape and np.all(np.abs(deq - w_bf16) <= step * 1.0001)
 
 
+def test_rowwise_rounds_as_c_roundf():
+    """0.49999997 became 1 (|x| + 0.5 rounds up in float32) where ORT's roundf gives 0, as
+    quant.blockwise already did; ties still go away from zero."""
+    from quant.rowwise import _roundf
+
+    x = np.array([np.nextafter(np.float32(0.5), np.float32(0)), 0.5, 1.5, 2.5, -0.5, -2.5, 254.5], np.float32)
+    assert _roundf(x).tolist() == [0, 1, 2, 3, -1, -3, 255]
+    # Through the quantizer: an all-positive row (zero point 0, scale 1) holding 0.49999997.
+    row = np.array([[255.0, float(x[0]), 1.0, 3.0]], np.float32)
+    q = quant.quantize(row, QuantScheme(8, symmetric=False, method="rowwise"), np.float32)
+    assert q.scales.tolist() == [1.0] and q.zero_points.tolist() == [0] and q.packed.tolist() == [[255, 0, 1, 3]]
+
+
 def test_a_new_method_is_one_registration():
     import quant
     from quant.scheme import _METHODS
