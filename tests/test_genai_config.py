@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from builder import BuildOptions
 from support.synthetic import TINY_CONFIGS
 
 
@@ -175,3 +176,161 @@ def test_chat_template_file_wins_over_the_config_key_in_genai_too(checkpoint, tm
     result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
     tokenizer = og.Tokenizer(og.Model(str(result.output)))
     assert tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True) == expected
+
+
+# generation_config.json contents of real checkpoints (the keys as their hub files spell them).
+QWEN3_GENERATION = {
+    "bos_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "temperature": 0.6,
+    "top_k": 20,
+    "top_p": 0.95,
+    "transformers_version": "4.51.0",
+}
+GEMMA3_GENERATION = {
+    "cache_implementation": "hybrid",
+    "bos_token_id": 2,
+    "eos_token_id": [1, 106],
+    "pad_token_id": 0,
+    "top_k": 64,
+    "top_p": 0.95,
+    "do_sample": True,
+}
+
+
+def planned(tmp_path, generation: dict | None, name: str = "qwen3", config: dict | None = None, **options):
+    """(the plan, the genai_config.json it writes) for a tiny checkpoint with this
+    generation_config.json (None: the checkpoint has none), without building its weights."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.kit.genai_config import make_genai_config
+    from support.synthetic import make_checkpoint
+
+    folder = make_checkpoint(
+        tmp_path / "ckpt", {**TINY_CONFIGS[name], **(config or {})}, dtype="float32", generation_config=generation
+    )
+    if generation is None:
+        (folder / "generation_config.json").unlink()
+    ckpt = Checkpoint(folder)
+    arch = builder_class_for(ckpt.config)(
+        ckpt, BuildOptions(model=str(folder), output=str(tmp_path / "out"), **options)
+    )
+    written = make_genai_config(arch.plan, arch.config, ckpt.read_json("generation_config.json"), "g.json")
+    return arch.plan, written
+
+
+def ids(generation: dict) -> dict:
+    return {**generation, "bos_token_id": 1, "eos_token_id": [2], "pad_token_id": 2}
+
+
+def test_beams_turn_graph_capture_off_under_auto(tmp_path):
+    """genai turns past_present_share_buffer off for num_beams > 1 and then refuses capture: every
+    default generation of such a webgpu folder failed."""
+    plan, written = planned(tmp_path, ids({"num_beams": 2}), ep="webgpu", precision="int4")
+    assert not plan.target.graph_capture
+    assert written["search"]["num_beams"] == 2
+    assert written["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]["enableGraphCapture"] == "0"
+    assert any("graph capture is off: generation_config.json sets num_beams 2" in n for n in plan.notes)
+    assert not [w for w in plan.warnings if "num_beams" in w]
+
+
+def test_graph_capture_on_keeps_capture_and_writes_one_beam(tmp_path):
+    plan, written = planned(tmp_path, ids({"num_beams": 3}), ep="webgpu", precision="int4", graph_capture="on")
+    assert plan.target.graph_capture
+    assert written["search"]["num_beams"] == 1
+    assert written["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]["enableGraphCapture"] == "1"
+    (warning,) = [w for w in plan.warnings if "num_beams" in w]
+    assert "num_beams 3" in warning and "--graph-capture off" in warning
+
+
+def test_beams_without_capture_are_written_as_set(tmp_path):
+    plan, written = planned(tmp_path, ids({"num_beams": 2}))
+    assert written["search"]["num_beams"] == 2 and not plan.warnings
+
+
+def test_sampled_beams_become_sampling(tmp_path):
+    """transformers' beam sampling: genai refuses top_k/top_p with beams ("TopK and TopP cannot be
+    used with a beam search"), so every default generation of the folder failed."""
+    import onnxruntime_genai as og
+
+    from builder import build
+    from support.synthetic import make_checkpoint
+
+    generation = ids({"num_beams": 2, "do_sample": True, "top_k": 5, "temperature": 0.7})
+    folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], dtype="float32", generation_config=generation)
+    result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    search = genai_config(result)["search"]
+    assert (search["num_beams"], search["do_sample"], search["top_k"], search["temperature"]) == (1, True, 5, 0.7)
+    (warning,) = [n for n in result.report["notes"] if "num_beams" in n]
+    assert "do_sample" in warning and "without beams" in warning
+    model = og.Model(str(result.output))
+    generator = og.Generator(model, og.GeneratorParams(model))
+    generator.append_tokens([1, 2, 3])
+    generator.generate_next_token()  # the folder's own search settings
+    assert len(generator.get_sequence(0)) == 4
+
+
+def test_hybrid_models_get_one_beam(tmp_path):
+    """genai 0.18 does not reorder the recurrent state when it reselects beams (README)."""
+    plan, written = planned(tmp_path, ids({"num_beams": 2}), name="qwen3_5-text")
+    assert written["search"]["num_beams"] == 1
+    (warning,) = [w for w in plan.warnings if "num_beams" in w]
+    assert "recurrent state" in warning and "README.md#qwen35-and-qwen3-next-hybrid-linear-attention" in warning
+
+
+def test_search_keys_come_from_generation_config_only(tmp_path):
+    """transformers 5 reads config.json's generation keys only for a checkpoint without
+    generation_config.json; with the file, a key it leaves out takes transformers' default."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    sampling = {"top_k": 3, "temperature": 0.3, "repetition_penalty": 1.3, "do_sample": True}
+    defaults = GenerationConfig._get_default_generation_params()
+    for case, generation in (("with", ids({"top_p": 0.9})), ("without", None)):
+        _, written = planned(tmp_path / case, generation, config=sampling)
+        search = written["search"]
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / case / "ckpt").generation_config
+        for key in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams", "min_length"):
+            theirs = getattr(loaded, key)
+            assert search[key] == (defaults[key] if theirs is None else theirs), (case, key)
+        assert search["top_k"] == (50 if case == "with" else 3)
+
+
+def test_token_ids_still_fall_back_to_config(tmp_path):
+    _, written = planned(tmp_path, {"top_k": 5})
+    model = written["model"]
+    config = TINY_CONFIGS["qwen3"]
+    assert (model["eos_token_id"], model["bos_token_id"]) == (config["eos_token_id"], config["bos_token_id"])
+
+
+def test_min_length_is_written(tmp_path):
+    """genai's search.min_length counts the prompt, as transformers' min_length does."""
+    from builder.kit.errors import BuilderError
+
+    _, written = planned(tmp_path / "a", ids({"min_length": 12}))
+    assert written["search"]["min_length"] == 12
+    with pytest.raises(BuilderError, match="min_length"):
+        planned(tmp_path / "b", ids({"min_length": "12"}))
+
+
+def test_generation_keys_genai_cannot_express_warn_once(tmp_path):
+    generation = ids(
+        {"min_p": 0.05, "suppress_tokens": [3], "typical_p": 1.0, "bad_words_ids": None, "cache_implementation": "x"}
+    )
+    plan, _ = planned(tmp_path, generation)
+    (warning,) = [w for w in plan.warnings if "no setting" in w]
+    assert warning.startswith("generation_config.json sets min_p, suppress_tokens, which onnxruntime-genai")
+
+
+@pytest.mark.parametrize("generation", [QWEN3_GENERATION, GEMMA3_GENERATION], ids=["qwen3", "gemma3"])
+def test_real_generation_configs_do_not_warn(tmp_path, generation):
+    plan, written = planned(tmp_path, generation, ep="webgpu", precision="int4")
+    assert plan.target.graph_capture
+    assert not [w for w in plan.warnings if "generation_config.json" in w]
+    assert written["search"]["top_k"] == generation["top_k"]
+
+
+def test_transformers_js_folders_plan_no_beam_settings(tmp_path):
+    plan, _ = planned(tmp_path, ids({"num_beams": 2, "do_sample": True, "min_p": 0.1}), format="transformers.js")
+    assert not [w for w in plan.warnings if "generation_config.json" in w]

@@ -1,8 +1,11 @@
 """genai_config.json: what onnxruntime-genai needs to run the folder.
 
-Token ids and search defaults come from generation_config.json when the
-checkpoint has one (chat models end turns with a token config.json does not
-name), else from config.json.
+Search defaults (do_sample, temperature, top_k, ...) are what transformers 5's generate() uses: a
+checkpoint with a generation_config.json gets that file's values and transformers' defaults for the
+keys it leaves out, never config.json's; only a checkpoint without the file has its generation keys
+read from config.json (transformers' loader falls back to it then). Token ids come from
+generation_config.json, else config.json (chat models end turns with a token config.json does not
+name, and genai needs an eos either way).
 """
 
 from __future__ import annotations
@@ -24,10 +27,104 @@ from builder.kit.hf_config import check_generation_config
 
 
 def _picked(config: dict, generation: dict, key: str, default=None) -> tuple[Any, str]:
-    """(value, the file it came from): generation_config.json's, else config.json's (what
-    transformers' generate() reads)."""
+    """(value, the file it came from) of a token id: generation_config.json's, else config.json's.
+    Search keys do not fall back key by key (search_values): transformers reads them from config.json
+    only when there is no generation_config.json."""
     value = generation.get(key)
     return (value, "generation_config.json") if value is not None else (config.get(key, default), "config.json")
+
+
+# The search keys genai_config.json writes, with transformers 5's defaults for them
+# (GenerationConfig._get_default_generation_params), which generate() uses for a key left unset.
+SEARCH_DEFAULTS = {
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "num_beams": 1,
+    "min_length": 0,
+}
+
+
+def search_values(config: dict, generation: dict | None) -> dict[str, Any]:
+    """The search keys transformers' generate() uses. generation None: the checkpoint has no
+    generation_config.json, and transformers 5.25 then builds its generation config from config.json
+    (GenerationMixin's fallback); with the file, config.json's generation keys are never read
+    (Qwen3Config(top_k=3) keeps no top_k), so a key the file leaves out takes the default."""
+    source = config if generation is None else generation
+    return {key: default if source.get(key) is None else source[key] for key, default in SEARCH_DEFAULTS.items()}
+
+
+# Where the README says what genai's beam search does to the recurrent state.
+BEAM_SEARCH_SECTION = "README.md#qwen35-and-qwen3-next-hybrid-linear-attention"
+
+
+def written_num_beams(search: dict, hybrid: bool, graph_capture: bool) -> tuple[int, str | None]:
+    """(the num_beams genai_config.json gets, a warning when that is not the checkpoint's). The plan
+    (capture, warnings) and make_genai_config both ask this, so the folder is what the plan said."""
+    beams = int(search["num_beams"])
+    if beams <= 1:
+        return beams, None
+    where = f"generation_config.json sets num_beams {beams}"
+    if hybrid:
+        # genai 0.18's beam search reorders the KV cache but not the recurrent state.
+        return 1, (
+            f"{where}, but onnxruntime-genai 0.18's beam search does not reorder the recurrent state of "
+            f"linear-attention layers, so its beams diverge from transformers' ({BEAM_SEARCH_SECTION}): "
+            "genai_config.json gets num_beams 1"
+        )
+    if search["do_sample"]:
+        # generators.cpp refuses top_k/top_p with beams: every default generation would fail.
+        return 1, (
+            f"{where} with do_sample true (transformers' beam sampling), which onnxruntime-genai has no "
+            "search for: genai_config.json gets num_beams 1, so the folder samples without beams"
+        )
+    if graph_capture:
+        # genai turns past_present_share_buffer off for beams, and refuses capture without it.
+        return 1, (
+            f"{where} (beam search), which onnxruntime-genai runs only without graph capture: with "
+            "--graph-capture on genai_config.json gets num_beams 1; build with --graph-capture off "
+            "for beam search"
+        )
+    return beams, None
+
+
+# generation_config.json keys that change what generate() picks and that genai's search has no
+# setting for, with transformers' defaults (a value there, or None, [] or {}, changes nothing).
+UNEXPRESSED_DEFAULTS = {
+    "min_new_tokens": None,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "bad_words_ids": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "encoder_repetition_penalty": 1.0,
+    "diversity_penalty": 0.0,
+    "num_beam_groups": 1,
+}
+
+
+def unexpressed_generation_keys(generation: dict | None) -> str | None:
+    """A warning naming the generation_config.json keys the folder generates without, if any."""
+    named = [
+        key
+        for key, default in UNEXPRESSED_DEFAULTS.items()
+        if key in (generation or {}) and generation[key] not in (None, [], {}, default)
+    ]
+    if not named:
+        return None
+    return (
+        f"generation_config.json sets {', '.join(named)}, which onnxruntime-genai's search has no setting "
+        "for: the folder generates without them"
+    )
 
 
 def token_ids_past_the_vocabulary(config: dict, generation: dict | None, vocab_size: int) -> list[str]:
@@ -82,7 +179,10 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     """plan: the build's BuildPlan; config and generation: the checkpoint's config.json and
     generation_config.json (at generation_path, named in errors)."""
     spec, target = plan.spec, plan.target
-    generation = check_generation_config(generation or {}, generation_path)
+    search_keys = search_values(
+        config, None if generation is None else check_generation_config(generation, generation_path)
+    )
+    generation = generation or {}
 
     def pick(key, default=None):
         return _picked(config, generation, key, default)[0]
@@ -138,19 +238,20 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     }
     search = {
         "diversity_penalty": 0.0,
-        "do_sample": bool(pick("do_sample", False)),
+        "do_sample": bool(search_keys["do_sample"]),
         "early_stopping": True,
-        "length_penalty": float(pick("length_penalty", 1.0)),
+        "length_penalty": float(search_keys["length_penalty"]),
         "max_length": search_max_length(plan),
-        "min_length": 0,
-        "no_repeat_ngram_size": int(pick("no_repeat_ngram_size", 0)),
-        "num_beams": int(pick("num_beams", 1)),
+        # genai's min_length counts the prompt too, as transformers' does.
+        "min_length": int(search_keys["min_length"]),
+        "no_repeat_ngram_size": int(search_keys["no_repeat_ngram_size"]),
+        "num_beams": written_num_beams(search_keys, bool(spec.linear_layers), target.graph_capture)[0],
         "num_return_sequences": 1,
         # GroupQueryAttention reads and writes one max_length KV buffer in place.
         "past_present_share_buffer": True,
-        "repetition_penalty": float(pick("repetition_penalty", 1.0)),
-        "temperature": float(pick("temperature", 1.0)),
-        "top_k": int(pick("top_k", 50)),
-        "top_p": float(pick("top_p", 1.0)),
+        "repetition_penalty": float(search_keys["repetition_penalty"]),
+        "temperature": float(search_keys["temperature"]),
+        "top_k": int(search_keys["top_k"]),
+        "top_p": float(search_keys["top_p"]),
     }
     return {"model": model, "search": search}

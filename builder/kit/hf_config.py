@@ -303,6 +303,7 @@ GENERATION_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "length_penalty": (number(None), True),
     "no_repeat_ngram_size": (integer(0), True),
     "num_beams": (integer(1), True),
+    "min_length": (integer(0), True),
 }
 
 

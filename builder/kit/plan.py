@@ -20,8 +20,13 @@ import numpy as np
 from onnx import TensorProto
 
 from builder.kit.errors import BuilderError
-from builder.kit.genai_config import GENAI_MODEL_TYPES
-from builder.kit.hf_config import check_keys, unread_keys
+from builder.kit.genai_config import (
+    GENAI_MODEL_TYPES,
+    search_values,
+    unexpressed_generation_keys,
+    written_num_beams,
+)
+from builder.kit.hf_config import check_generation_config, check_keys, unread_keys
 from builder.kit.layout import Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
@@ -144,6 +149,11 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     else:
         target_notes = ()
     warnings = [*checkpoint.read_warnings, *check_checkpoint_layers(checkpoint, family, spec.num_layers)]
+    if options.format == "genai":
+        # family.config: the config make_genai_config writes from, so both settle the same num_beams
+        described = getattr(family, "config", None) or config
+        target, beam_notes = settle_beam_search(options, target, checkpoint, described, spec, warnings)
+        target_notes += beam_notes
     untied = untie_a_differing_lm_head(checkpoint, family, spec, options.page_cache)
     if untied:
         warnings.append(untied)
@@ -266,6 +276,28 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         warnings=tuple(warnings),
         selection=selection,
     )
+
+
+def settle_beam_search(options: BuildOptions, target: Target, checkpoint, config: dict, spec, warnings: list[str]):
+    """(target, notes) once generation_config.json's search is settled: beams under --graph-capture
+    auto turn capture off, since genai refuses capture for them; what genai_config.json cannot keep is
+    a warning, before the build (written_num_beams decides, for make_genai_config too)."""
+    read_json = getattr(checkpoint, "read_json", None)  # stand-in checkpoints have no files
+    generation = read_json("generation_config.json") if read_json else None
+    if generation is not None:
+        generation = check_generation_config(generation, str(Path(checkpoint.directory) / "generation_config.json"))
+    search, hybrid = search_values(config, generation), bool(spec.linear_layers)
+    notes = ()
+    if target.graph_capture and options.graph_capture == "auto" and written_num_beams(search, hybrid, False)[0] > 1:
+        target = dataclasses.replace(target, graph_capture=False)
+        notes = (
+            f"graph capture is off: generation_config.json sets num_beams {search['num_beams']} (beam search), "
+            "which genai runs only without capture; --graph-capture on keeps capture and writes num_beams 1",
+        )
+    beams_warning = written_num_beams(search, hybrid, target.graph_capture)[1]
+    unexpressed = unexpressed_generation_keys(generation)
+    warnings.extend(w for w in (beams_warning, unexpressed) if w)
+    return target, notes
 
 
 def without_silu(layout: Layout, options: BuildOptions, family) -> Layout:
