@@ -44,10 +44,20 @@ class Qwen35Spec(DecoderSpec):
     shared_expert_size: int = 0
 
 
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def text_config(config: dict) -> dict:
-    """The text model's config, flat: ConditionalGeneration nests it under text_config."""
-    text = {**config, **(config.get("text_config") or {})}
+    """The text model's config, flat: ConditionalGeneration nests it under text_config, whose keys win,
+    except the token ids: transformers takes those from the top level first (GenerationConfig.
+    from_model_config; a top-level eos 478 beside text_config's 479 generates with 478)."""
+    nested = config.get("text_config") or {}
+    text = {**config, **nested}
     text.pop("text_config", None)
+    for key in TOKEN_IDS:
+        value = next((c[key] for c in (config, nested) if c.get(key) is not None), None)
+        if value is not None:
+            text[key] = value
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     # transformers' Qwen3_5TextConfig / Qwen3NextConfig: partial_rotary_factor defaults to 0.25.
     text["partial_rotary_factor"] = rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))

@@ -638,3 +638,19 @@ def test_genai_beam_search_matches_transformers_except_with_recurrent_state(buil
     else:  # the first token comes before any reselection: it matches
         assert ours[: len(prompt) + 1] == theirs[: len(prompt) + 1], (ours, theirs)
     assert (ours == theirs) == (name == "qwen3"), (ours, theirs)
+
+
+def test_conditional_token_ids_come_from_the_top_level_first(tmp_path):
+    """Without generation_config.json transformers generates with the top level's ids (top-level eos
+    478 beside text_config's 479 gave 478), while text_config's model keys still win."""
+    from test_genai_config import planned
+
+    from support.synthetic import TINY_CONFIGS
+
+    base = TINY_CONFIGS["qwen3_5"]
+    text = {**base["text_config"], "eos_token_id": 479, "bos_token_id": 471}
+    config = {"eos_token_id": 478, "bos_token_id": None, "text_config": text, "hidden_size": 8}
+    plan, written = planned(tmp_path, None, name="qwen3_5", config=config)
+    model = written["model"]
+    assert (model["eos_token_id"], model["bos_token_id"]) == (478, 471)
+    assert model["decoder"]["hidden_size"] == text["hidden_size"] == plan.spec.hidden_size
