@@ -31,7 +31,7 @@ from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
-from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files
+from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files, named_templates_warning
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
 from builder.preflight import check_disk_space
 from builder.version import __version__
@@ -178,6 +178,9 @@ def _run(arch, show_progress: bool) -> BuildResult:
     check_tokenizer_files(arch.checkpoint.directory)
     generation = arch.checkpoint.read_json("generation_config.json")
     arch.warnings.extend(token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size))
+    templates = named_templates_warning(arch.checkpoint.directory) if options.format == "genai" else None
+    if templates:
+        arch.warnings.append(templates)
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)
@@ -232,7 +235,9 @@ def _run(arch, show_progress: bool) -> BuildResult:
         with _write_errors(output, "writing the configs into "):
             layout.write_configs(staging, generation)
         with _write_errors(output, "copying the tokenizer files into "):
-            copied, missing = copy_tokenizer_files(arch.checkpoint.directory, staging)
+            copied, missing = copy_tokenizer_files(
+                arch.checkpoint.directory, staging, keep_named_templates=options.format != "genai"
+            )
         skipped = arch.skipped_note() if hasattr(arch, "skipped_note") else None
         notes = list(plan.notes) + ([skipped] if skipped else []) + arch.warnings
         if missing:

@@ -334,3 +334,43 @@ def test_real_generation_configs_do_not_warn(tmp_path, generation):
 def test_transformers_js_folders_plan_no_beam_settings(tmp_path):
     plan, _ = planned(tmp_path, ids({"num_beams": 2, "do_sample": True, "min_p": 0.1}), format="transformers.js")
     assert not [w for w in plan.warnings if "generation_config.json" in w]
+
+
+@pytest.mark.parametrize("with_default", [True, False], ids=["default", "no-default"])
+def test_named_chat_templates_in_genai(checkpoint, tmp_path, with_default):
+    """A list of named chat templates (NousResearch Hermes-2-Pro) was copied as it was, and genai's
+    tokenizer then refused the folder ("type must be string, but is array"). transformers applies
+    the one named default."""
+    import shutil
+
+    import onnxruntime_genai as og
+    import transformers
+
+    from builder import build
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("qwen3"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    default, tools = config["chat_template"], config["chat_template"].replace("assistant", "TOOLS-assistant")
+    named = [{"name": "tool_use", "template": tools}] + (
+        [{"name": "default", "template": default}] if with_default else []
+    )
+    config["chat_template"] = named
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    (warning,) = [n for n in result.report["notes"] if "named chat templates" in n]
+    assert "'tool_use'" in warning and ("no chat_template" in warning) != with_default
+    tokenizer = og.Tokenizer(og.Model(str(result.output)))
+    messages = [{"role": "user", "content": "hi"}]
+    if with_default:
+        expected = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        assert tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True) == expected
+    else:
+        assert "chat_template" not in json.loads((result.output / "tokenizer_config.json").read_text())
+    js = build(
+        model=str(folder), output=str(tmp_path / "js"), precision="fp32", format="transformers.js", show_progress=False
+    )
+    assert json.loads((js.output / "tokenizer_config.json").read_text())["chat_template"] == named
+    assert not [n for n in js.report["notes"] if "named chat templates" in n]

@@ -95,8 +95,11 @@ def _check_tokenizer_shape(name: str, value: dict, path: Path) -> None:
                 raise BuilderError(f"{path}: {key} is {json.dumps(value[key])}, not {expected}; {fix}")
 
 
-def copy_tokenizer_files(source: Path, destination: Path) -> tuple[list[str], list[str]]:
-    """Copy what exists; return (copied, missing required files)."""
+def copy_tokenizer_files(
+    source: Path, destination: Path, keep_named_templates: bool = False
+) -> tuple[list[str], list[str]]:
+    """Copy what exists; return (copied, missing required files). keep_named_templates: the folder's
+    reader takes a list of named chat templates (transformers.js does; genai's tokenizer does not)."""
     copied = []
     for name in TOKENIZER_FILES:
         path = Path(source) / name
@@ -106,8 +109,65 @@ def copy_tokenizer_files(source: Path, destination: Path) -> tuple[list[str], li
     template = Path(source) / "chat_template.jinja"
     if "tokenizer_config.json" in copied and template.is_file():
         _template_file_first(Path(destination) / "tokenizer_config.json", template)
+    elif "tokenizer_config.json" in copied and not keep_named_templates:
+        _default_template_only(Path(destination) / "tokenizer_config.json")
     missing = [name for name in REQUIRED if name not in copied]
     return copied, missing
+
+
+def _named_templates(source: Path) -> dict[str, str] | None:
+    """tokenizer_config.json's chat templates by name, when it holds a list of them (and no
+    chat_template.jinja, which transformers takes first, replaces it)."""
+    path = Path(source) / "tokenizer_config.json"
+    if (Path(source) / "chat_template.jinja").is_file() or not path.is_file():
+        return None
+    try:
+        templates = json.loads(path.read_bytes()).get("chat_template")
+    except (ValueError, RecursionError, OSError, AttributeError):
+        return None  # check_tokenizer_files refuses it
+    return _by_name(templates) if isinstance(templates, list) else None
+
+
+def _by_name(templates: list) -> dict[str, str]:
+    return {t["name"]: t["template"] for t in templates if isinstance(t, dict) and {"name", "template"} <= t.keys()}
+
+
+def named_templates_warning(source: Path) -> str | None:
+    """What a genai folder's tokenizer_config.json leaves out of a list of named chat templates: genai's
+    tokenizer cannot load a list ("type must be string, but is array"), so the copy keeps the template
+    transformers uses when none is named, "default"."""
+    templates = _named_templates(source)
+    if templates is None:
+        return None
+    others = ", ".join(repr(name) for name in templates if name != "default")
+    where = f"{Path(source) / 'tokenizer_config.json'} holds named chat templates"
+    if "default" not in templates:
+        return (
+            f"{where} ({others}) and none named 'default', which is the one transformers applies unless "
+            "asked for another: the genai folder's tokenizer_config.json has no chat_template (genai's "
+            "tokenizer reads one text only); apply the chat template yourself (template_str= in "
+            "og.Tokenizer.apply_chat_template), or add one named default"
+        )
+    if not others:
+        return None
+    return (
+        f"{where}: the genai folder's tokenizer_config.json keeps 'default' only (genai's tokenizer reads "
+        f"one text), so {others} are left out; pass one with template_str= to "
+        "og.Tokenizer.apply_chat_template"
+    )
+
+
+def _default_template_only(config_path: Path) -> None:
+    """Replace a list of named chat templates with the "default" one's text (or none), for genai."""
+    config = json.loads(config_path.read_bytes())
+    if not isinstance(config.get("chat_template"), list):
+        return
+    templates = _by_name(config["chat_template"])
+    if "default" in templates:
+        config["chat_template"] = templates["default"]
+    else:
+        del config["chat_template"]
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _template_file_first(config_path: Path, template: Path) -> None:
