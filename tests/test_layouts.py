@@ -96,3 +96,39 @@ def test_branchwise_refused_where_the_runtime_lacks_it(built):
         built("qwen3", precision="int4", ep="cpu", target_ort="1.30", head_norm="branchwise")
     with pytest.raises(BuilderError, match="--head-norm branchwise"):
         built("qwen3", precision="int4", ep="webgpu", head_norm="branchwise")
+
+
+@pytest.mark.parametrize("name", ["qwen3", "llama"])
+def test_a_head_size_gqa_cannot_rotate_takes_rotary_embedding_nodes(checkpoint, tmp_path, name):
+    """head_dim 24 built a GroupQueryAttention with rotary inside, which onnxruntime refuses at run
+    time ("head_size shall be a multiple of 16"), and --verify ended in a traceback. Such heads
+    now take RotaryEmbedding nodes: logits match transformers, prefill and decode."""
+    from builder import build
+
+    ckpt = checkpoint(name, head_dim=24, **({"hidden_size": 96} if name == "llama" else {}))
+    result = build(model=str(ckpt), output=str(tmp_path / "cpu"), precision="fp32", show_progress=False)
+    assert result.report["layout"]["rotary_in_gqa"] is False
+    assert result.report["nodes"]["by_op_type"]["RotaryEmbedding"] == 2 * 2  # q and k, two layers
+    assert any("head_dim 24" in note for note in result.report["notes"])
+    parity = verify_build(
+        result.output, ckpt, BuildOptions(**result.report["options"]), prompt_length=12, decode_steps=4
+    )
+    assert parity.max_abs < 1e-4 and parity.argmax_agree == 1.0, parity
+
+
+def test_a_head_size_gqa_cannot_rotate_is_built_without_capture_for_webgpu(checkpoint, tmp_path):
+    """Capture-ready graphs have no position_ids; the RotaryEmbedding layout needs them."""
+    import json
+
+    from builder import BuilderError, build
+
+    ckpt = checkpoint("qwen3", head_dim=24)
+    result = build(model=str(ckpt), output=str(tmp_path / "wg"), precision="int4", ep="webgpu", show_progress=False)
+    config = json.loads((result.output / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["inputs"]["position_ids"] == "position_ids"
+    assert config["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]["enableGraphCapture"] == "0"
+    with pytest.raises(BuilderError, match="graph_capture='on': head_dim 24 is no multiple of 16"):
+        build(model=str(ckpt), output=str(tmp_path / "on"), ep="webgpu", graph_capture="on", show_progress=False)
+    with pytest.raises(BuilderError, match="qkv_packing='fused-norm' needs GroupQueryAttention's own rotary"):
+        build(model=str(ckpt), output=str(tmp_path / "fn"), ep="webgpu", qkv_packing="fused-norm", show_progress=False)
+    assert not (tmp_path / "on").exists() and not (tmp_path / "fn").exists()

@@ -82,8 +82,19 @@ class Layout:
         }
 
 
+# GroupQueryAttention applies its rotary (cos/sin caches) only to a head size that is a multiple of
+# 16 (onnxruntime's CheckRotaryCaches refuses the node at run time otherwise); such heads take
+# RotaryEmbedding nodes before it instead (the layout of runtimes without rotary in GQA).
+GQA_ROTARY_HEAD_MULTIPLE = 16
+
+
 def choose_layout(
-    options: BuildOptions, target: Target, qk_norm: bool, groups: list[PackGroup], formats: dict[str, QuantScheme]
+    options: BuildOptions,
+    target: Target,
+    qk_norm: bool,
+    groups: list[PackGroup],
+    formats: dict[str, QuantScheme],
+    head_dim: int = 128,
 ) -> Layout:
     """Resolve the packing options for one model, and which pack groups are packed.
 
@@ -99,11 +110,17 @@ def choose_layout(
     notes: list[str] = []
     auto_qkv, auto_mlp, auto_silu, evidence = AUTO_LAYOUT[target.layout_key]
     rotary_in_gqa = target.supports("gqa_rotary")
+    if rotary_in_gqa and head_dim % GQA_ROTARY_HEAD_MULTIPLE:
+        rotary_in_gqa = False
+        notes.append(
+            f"rotary in RotaryEmbedding nodes: GroupQueryAttention's own needs a head size that is a multiple "
+            f"of {GQA_ROTARY_HEAD_MULTIPLE} (head_dim {head_dim})"
+        )
 
     qkv = options.qkv_packing
     if qkv == "auto":
         qkv = auto_qkv
-        if qkv == "fused-norm" and not (qk_norm and target.supports("gqa_qk_norm")):
+        if qkv == "fused-norm" and not (qk_norm and target.supports("gqa_qk_norm") and rotary_in_gqa):
             qkv = "packed-split"
         notes.append(f"qkv_packing auto -> {qkv} ({evidence})")
     elif qkv == "fused-norm":
@@ -117,6 +134,11 @@ def choose_layout(
                 f"--qkv-packing fused-norm is not run by {target.ep} on ONNX Runtime "
                 f"{target.version_text} (GroupQueryAttention q_norm_weight/k_norm_weight "
                 "need cuda or webgpu, ORT >= 1.28); use packed-split or separate"
+            )
+        if not rotary_in_gqa:  # the norms inside GQA would come after the RotaryEmbedding nodes
+            raise BuilderError(
+                f"--qkv-packing fused-norm needs GroupQueryAttention's own rotary, which needs a head size "
+                f"that is a multiple of {GQA_ROTARY_HEAD_MULTIPLE} (head_dim {head_dim}); use packed-split or separate"
             )
     if qkv != "separate" and not target.supports("gqa_packed_qkv") and options.qkv_packing == "auto":
         qkv = "separate"

@@ -27,7 +27,7 @@ from builder.kit.genai_config import (
     written_num_beams,
 )
 from builder.kit.hf_config import check_generation_config, check_keys, unread_keys
-from builder.kit.layout import Layout, choose_layout, family_adjusted
+from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, patterns_matching_nothing
 from builder.kit.targets import FEATURES, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
@@ -148,6 +148,20 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         )
     else:
         target_notes = ()
+    if target.graph_capture and spec.head_dim % GQA_ROTARY_HEAD_MULTIPLE:
+        # Such heads take RotaryEmbedding nodes fed by position_ids (choose_layout), which no
+        # capture-ready graph here has been run with.
+        if options.graph_capture == "on":
+            raise BuilderError(
+                f"--graph-capture on: head_dim {spec.head_dim} is no multiple of {GQA_ROTARY_HEAD_MULTIPLE}, so "
+                "the rotary runs in RotaryEmbedding nodes outside GroupQueryAttention, which capture-ready "
+                "graphs do not take; use --graph-capture off or auto"
+            )
+        target = dataclasses.replace(target, graph_capture=False)
+        target_notes += (
+            f"graph capture is off: head_dim {spec.head_dim} is no multiple of {GQA_ROTARY_HEAD_MULTIPLE}, so "
+            "the rotary runs outside GroupQueryAttention, from position_ids",
+        )
     warnings = [*checkpoint.read_warnings, *check_checkpoint_layers(checkpoint, family, spec.num_layers)]
     if options.format == "genai":
         # family.config: the config make_genai_config writes from, so both settle the same num_beams
@@ -234,7 +248,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "not verified on every EP); leave it int4, or name it in --float-layers"
         )
     groups = family.pack_groups(spec)
-    chosen = choose_layout(options, target, spec.qk_norm, groups, formats)
+    chosen = choose_layout(options, target, spec.qk_norm, groups, formats, spec.head_dim)
     adjusted = family.adjust_layout(chosen, options)
     layout = family_adjusted(chosen, adjusted, groups, formats, spec.qk_norm, type(family).__name__)
     layout = without_silu(layout, options, family)
