@@ -200,7 +200,16 @@ def make_job(
         }
         resolved = _resolved_fields(options, arch)
         fields = {k: resolved.get(k) if v is None else v for k, v in fields.items()}
-        unset = [f for f in _template_fields(options.output) if f in fields and fields[f] is None]
+        try:
+            used = _template_fields(options.output)
+        except ValueError as err:
+            usable = [f for f in fields if not isinstance(fields[f], list)]
+            problems.add(
+                output_line,
+                f"{entries['output'].where}.output: template {options.output!r} {err}; fields: {', '.join(usable)}",
+            )
+            return None
+        unset = [f for f in used if f in fields and fields[f] is None]
         if unset:  # it read 'None', and jobs that differ only there shared a folder
             usable = [f for f in fields if fields[f] is not None and not isinstance(fields[f], list)]
             problems.add(
@@ -213,7 +222,7 @@ def make_job(
             # A list has no folder name that is both safe and unambiguous: its patterns are
             # globs ('*.v_proj'), and joined they could read as another list. Refused by name,
             # rather than joined into a name that works for some values and not others.
-            listed = [f for f in _template_fields(options.output) if isinstance(fields.get(f), list)]
+            listed = [f for f in used if isinstance(fields.get(f), list)]
             if listed:
                 problems.add(
                     output_line,
@@ -255,9 +264,29 @@ def own_output_hint(job: Job, other: Job, varying: list[str]) -> str:
 
 
 def _template_fields(template: str) -> list[str]:
-    """The option names a template uses: 'int8_layers' for {int8_layers[0]} too."""
-    names = (name for _, name, _, _ in string.Formatter().parse(template) if name)
-    return [re.split(r"[.\[]", name)[0] for name in names]
+    """The option names a template uses, each as a plain {name}. ValueError, worded to follow
+    'template ...', for what makes no stable folder name: an unmatched brace, and reading into a
+    field ({model_name.upper} named the folder after a bound method's address, new every run,
+    so never up to date). Conversions and format specs are refused too: !r puts quotes in the
+    name, and a spec such as :>10 pads it with spaces."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(
+            f"has an unmatched brace ({err}); write each field as {{name}}, and a literal brace as {{{{ or }}}}"
+        ) from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        field_name = re.split(r"[.\[]", name)[0]
+        if field_name != name:
+            raise ValueError(f"reads into a field with {{{name}}}; use the field alone, as {{{field_name}}}")
+        if conversion or spec:
+            written = f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            raise ValueError(f"formats a field with {written}; write it plain, as {{{name}}}")
+        names.append(name)
+    return names
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(BuildOptions)}

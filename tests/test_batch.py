@@ -220,6 +220,55 @@ BAD = {
         4,
         "matrix.output: template 'l-{int8_layers}' uses {int8_layers}, a list of patterns, which makes no folder name",
     ),
+    # an unmatched brace raised out of string.Formatter().parse, a traceback
+    "unmatched brace in a job": (
+        "jobs:\n  - {{model: {m}, output: '{{model_name'}}\n",
+        2,
+        "jobs[0].output: template '{model_name' has an unmatched brace (expected '}' before end of string)",
+    ),
+    "unmatched brace in a matrix": (
+        "matrix:\n  model: [{m}]\n  precision: [int4, fp32]\n  output: '{{model_name}}-{{precision'\n",
+        4,
+        "matrix.output: template '{model_name}-{precision' has an unmatched brace",
+    ),
+    "single closing brace in defaults": (
+        "defaults:\n  output: 'x}}'\njobs:\n  - model: {m}\n",
+        2,
+        "defaults.output: template 'x}' has an unmatched brace (Single '}' encountered in format string)",
+    ),
+    "doubled closing brace": (
+        "jobs:\n  - {{model: {m}, output: '{{model_name}}}}'}}\n",
+        2,
+        "jobs[0].output: template '{model_name}}' has an unmatched brace",
+    ),
+    # {model_name.upper} named the folder after a bound method's address, new every run
+    "attribute in a template": (
+        "jobs:\n  - {{model: {m}, output: '{{model_name.upper}}'}}\n",
+        2,
+        "jobs[0].output: template '{model_name.upper}' reads into a field with {model_name.upper}; "
+        "use the field alone, as {model_name}; fields: model_name, family, precision",
+    ),
+    "dunder in a template": (
+        "jobs:\n  - {{model: {m}, output: '{{model_name.__class__}}'}}\n",
+        2,
+        "jobs[0].output: template '{model_name.__class__}' reads into a field",
+    ),
+    "index in a template": (
+        "jobs:\n  - {{model: {m}, output: '{{precision[0]}}'}}\n",
+        2,
+        "jobs[0].output: template '{precision[0]}' reads into a field with {precision[0]}",
+    ),
+    # quotes or padding spaces in a folder name
+    "conversion in a template": (
+        "jobs:\n  - {{model: {m}, output: '{{precision!r}}'}}\n",
+        2,
+        "jobs[0].output: template '{precision!r}' formats a field with {precision!r}; write it plain, as {precision}",
+    ),
+    "format spec in a template": (
+        "jobs:\n  - {{model: {m}, output: '{{precision:>10}}'}}\n",
+        2,
+        "jobs[0].output: template '{precision:>10}' formats a field with {precision:>10}; write it plain",
+    ),
 }
 
 
