@@ -9,6 +9,7 @@ noise, so the bounds can be tight.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def check_verify_memory(params: int, available: int | None) -> None:
 
 
 def require_verify_extras() -> None:
-    """--verify runs transformers: refuse before building when a plain install lacks it."""
+    """--verify runs transformers: refuse before building when a plain install lacks it, or
+    when it is installed but fails to import (a torch that transformers does not match, a
+    broken install), which otherwise surfaced as a traceback once the whole build was done."""
     import importlib.util
 
     missing = []
@@ -72,6 +75,30 @@ def require_verify_extras() -> None:
             f"--verify needs {' and '.join(missing)}, which a plain install leaves out: "
             f"{verify_install_command()}, or drop --verify"
         )
+    failed = _verify_import_failure()
+    if failed:
+        raise BuilderError(
+            f"--verify cannot import {failed}; reinstall it, for instance with the verify extra: "
+            f"{verify_install_command()}, or drop --verify"
+        )
+
+
+@functools.cache
+def _verify_import_failure() -> str | None:
+    """What verify imports, imported now; a failure as 'transformers (ImportError: ...)'. Cached:
+    a batch asks once a job, and a module that fails to import runs again on each attempt."""
+    import importlib
+
+    # What dequantized_reference and _transformers_errors_only import, as they import it.
+    for module, name in (("torch", None), ("transformers", "AutoModelForCausalLM"), ("transformers.utils", "logging")):
+        try:
+            imported = importlib.import_module(module)
+            if name:
+                getattr(imported, name)
+        except Exception as err:  # noqa: BLE001 - any failure here is the install's, named below
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            return f"{module.split('.')[0]} ({type(err).__name__}{': ' + first if first else ''})"
+    return None
 
 
 def verify_install_command() -> str:

@@ -619,6 +619,25 @@ def test_verify_flag_checks_parity_and_records_it(ckpt, tmp_path):
     assert json.loads((out2 / "build_report.json").read_text())["verify"]["status"] == "not run"
 
 
+def test_verify_with_a_package_that_fails_to_import_is_refused_before_building(ckpt, tmp_path):
+    """An installed transformers that raised on import passed the find_spec check, and the build
+    ran to its end to fail in verify with a traceback."""
+    shim = tmp_path / "shim" / "transformers"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("cannot import name X from torch")\n')
+    out = tmp_path / "out"
+    path = f"{shim.parent}{os.pathsep}{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify", env={"PYTHONPATH": path})
+    assert proc.returncode == 2, proc.stderr
+    assert_clean_failure(
+        proc,
+        "--verify cannot import transformers (ImportError: cannot import name X from torch); reinstall it",
+        "pip install",
+        "or drop --verify",
+        out=out,
+    )
+
+
 def test_verify_checks_the_graph_at_accuracy_level_0(checkpoint, tmp_path):
     """int8 activations (the cpu default, level 4) are noise the Gated DeltaNet state carries
     from token to token: a default Qwen3.5 build failed --verify at NMSE 1.4e-2 before verify
