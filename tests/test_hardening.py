@@ -1385,6 +1385,58 @@ def test_partial_hub_cache_hub_unreachable(ckpt, tmp_path, monkeypatch):
         Checkpoint.open("org/tiny")
 
 
+def test_an_unusable_hub_cache_is_named_and_an_unreachable_hub_still_reads_offline(tmp_path):
+    """HF_HOME under a file read 'the hub could not be reached (NotADirectoryError); you may be
+    offline'. The hub at a closed port stands for no network: hermetic, and its refusal is a
+    ConnectionRefusedError, an OSError as the cache's errors are."""
+    (tmp_path / "file").write_text("x")
+    unreachable = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    out = tmp_path / "out"
+    proc = cli("-m", "org/tiny", "-o", out, env={**unreachable, "HF_HOME": str(tmp_path / "file" / "hf")})
+    assert_clean_failure(
+        proc,
+        f"the Hugging Face cache folder {tmp_path / 'file' / 'hf' / 'hub'} cannot be used to fetch 'org/tiny' "
+        "(NotADirectoryError: ",
+        "set HF_HOME or HF_HUB_CACHE to a writable folder, or pass a local folder",
+        out=out,
+    )
+    assert "offline" not in proc.stderr
+    proc = cli("-m", "org/tiny", "-o", out, env={**unreachable, "HF_HOME": str(tmp_path / "hf")})
+    assert_clean_failure(proc, "the hub could not be reached", "you may be offline: run hf download org/tiny", out=out)
+
+
+def test_network_errors_are_not_taken_for_the_caches(tmp_path):
+    """Sockets raise OSErrors too, some with the errnos of file errors (EACCES from a firewall)."""
+    import errno
+    import socket
+
+    from builder.kit.model_source import _local_cache_error
+
+    def raised_from(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise FileNotFoundError("Cannot find the requested files in the local cache") from inner
+        except BaseException as outer:
+            return outer
+
+    for network in (
+        socket.gaierror(-2, "Name or service not known"),
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        PermissionError(errno.EACCES, "Permission denied"),  # connect() refused, no file named
+        TimeoutError("timed out"),
+    ):
+        assert _local_cache_error(raised_from(network)) is None, network
+    for local in (
+        NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "f" / "hub")),
+        PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "hub")),
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ):
+        assert _local_cache_error(raised_from(local)) is local
+
+
 @pytest.mark.parametrize(
     "model,fragment",
     [

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -238,6 +239,15 @@ def download_from_hub(repo_id: str) -> Path:
                 f"{repo_id!r} is gated on the Hugging Face hub: accept its license on the hub "
                 "and log in (hf auth login)"
             ) from None
+        local = _local_cache_error(e)
+        if local is not None:
+            from huggingface_hub import constants
+
+            raise BuilderError(
+                f"the Hugging Face cache folder {constants.HF_HUB_CACHE} cannot be used to fetch {repo_id!r} "
+                f"({_os_error_text(local)}); set HF_HOME or HF_HUB_CACHE to a writable folder, "
+                "or pass a local folder"
+            ) from None
         partly = f" (the cache holds part of it, in {cached})" if cached is not None else ""
         raise BuilderError(
             f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
@@ -253,3 +263,28 @@ def download_from_hub(repo_id: str) -> Path:
             "network, or pass a local folder"
         )
     return path
+
+
+# Errors of files and folders only. EACCES and EPERM also come from sockets (a firewall's
+# refusal), so those count only with a file name; network errors, many of them OSError
+# subclasses in requests, httpx and huggingface_hub, carry no such errno (gaierror's are < 0).
+_FILE_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+_FILE_NAMED_ERRNOS = {errno.EACCES, errno.EPERM}
+
+
+def _local_cache_error(error: BaseException) -> OSError | None:
+    """The error, or one it was raised from, that is about files on this machine (the cache
+    folder under a file, unwritable, full), not about reaching the hub; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and not isinstance(error, (ConnectionError, TimeoutError)):
+            if error.errno in _FILE_ERRNOS or (error.errno in _FILE_NAMED_ERRNOS and error.filename):
+                return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _os_error_text(error: OSError) -> str:
+    where = f": {error.filename}" if error.filename else ""
+    return f"{type(error).__name__}{where}: {error.strerror or error}"
