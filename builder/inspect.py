@@ -41,12 +41,29 @@ def _model_in(folder: Path) -> Path:
     return folder / "model.onnx"
 
 
+def _kind_of(path: Path) -> str:
+    if path.is_dir():
+        return "a folder"
+    if path.is_char_device() or path.is_block_device():
+        return "a device"
+    if path.is_fifo():
+        return "a pipe"
+    if path.is_socket():
+        return "a socket"
+    return "not a regular file"
+
+
 def summarize(model_path: Path, layer: int = 0) -> dict:
     if model_path.is_dir():
         model_path = _model_in(model_path)
     elif model_path.name.endswith((".onnx.data", ".onnx_data")) or ".onnx_data_" in model_path.name:
         raise BuilderError(f"{model_path} holds a model's weights, not its graph; pass the folder or its .onnx file")
     if not model_path.is_file():
+        if model_path.exists():  # /dev/null, a fifo, a folder named model.onnx: 'not found' was untrue
+            raise BuilderError(
+                f"{model_path} is {_kind_of(model_path)}, not an ONNX model file; "
+                "pass a built output folder or its model.onnx"
+            )
         raise BuilderError(f"{model_path} not found; pass a built output folder or its model.onnx")
     try:
         model = onnx.load(str(model_path), load_external_data=False)

@@ -1203,6 +1203,17 @@ def test_flags_before_the_command_belong_to_it(built_folder, tmp_path):
     assert proc.returncode == 0 and "build o" in proc.stdout, proc.stderr
 
 
+def test_inspect_of_something_that_exists_but_is_no_file_says_what_it_is(tmp_path):
+    """/dev/null was 'not found'."""
+    assert_clean_failure(
+        plain_cli("inspect", "/dev/null"),
+        "/dev/null is a device, not an ONNX model file; pass a built output folder or its model.onnx",
+    )
+    (tmp_path / "model.onnx").mkdir()
+    assert_clean_failure(plain_cli("inspect", tmp_path), f"{tmp_path / 'model.onnx'} is a folder, not an ONNX model")
+    assert_clean_failure(plain_cli("inspect", tmp_path / "absent"), f"{tmp_path / 'absent'} not found")
+
+
 def test_inspect_a_layer_the_model_does_not_have(built_folder):
     assert_clean_failure(plain_cli("inspect", built_folder, "--layer", "99"), "--layer 99", "has layers 0-1")
 
