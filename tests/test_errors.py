@@ -239,10 +239,54 @@ def test_index_names_missing_shard(tmp_path):
 )
 def test_invalid_option_values(ckpt, tmp_path, flags, fragment):
     """One line each: argparse's own errors came after its 20-line usage."""
-    proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)
+    output = [] if "-o" in flags else ["-o", tmp_path / "out"]  # a second -o is refused as such
+    proc = cli("-m", ckpt, *output, *flags)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-m", "A", "-m", "B"], "-m/--model given twice (A, B); keep one"),  # built B
+        (["-m", "A", "-p", "int4", "-p", "fp16"], "-p/--precision given twice (int4, fp16); keep one"),
+        (["-m", "A", "--block-size", "32", "--block-size", "64"], "--block-size given twice (32, 64); keep one"),
+        (
+            ["-m", "A", "--symmetric", "--no-symmetric"],
+            "--symmetric/--no-symmetric given twice (--symmetric, --no-symmetric); keep one",
+        ),
+        (["batch", "x.yaml", "-j", "1", "--jobs", "2"], "-j/--jobs given twice (1, 2); keep one"),
+        (["inspect", "x", "--layer", "1", "--layer", "2"], "--layer given twice (1, 2); keep one"),
+    ],
+)
+def test_a_single_value_option_given_twice_with_two_values_is_refused(args, message, capsys):
+    """argparse kept the last one in silence: a -p fp16 added to a long command line won."""
+    from builder import cli as builder_cli
+
+    with pytest.raises(SystemExit) as stopped:
+        builder_cli.main(args)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_an_option_given_twice_alike_and_list_options_repeated_still_parse():
+    from builder.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["-m", "A", "-p", "int4", "-p", "int4", "--no-symmetric", "--no-symmetric"]
+        + ["--int8-layers", "lm_head,*.v_proj", "--int8-layers", "*.down_proj"]
+    )
+    assert (args.model, args.precision, args.symmetric) == ("A", "int4", False)
+    assert args.int8_layers == ["lm_head", "*.v_proj", "*.down_proj"]  # each adds patterns
+    assert not any(name.startswith("_") for name in vars(args))  # the parse's own notes are gone
+
+
+def test_a_model_given_twice_is_refused_before_building(ckpt, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-m", tmp_path / "other")
+    assert_clean_failure(proc, f"-m/--model given twice ({ckpt}, {tmp_path / 'other'}); keep one", out=out)
 
 
 @pytest.mark.parametrize(
