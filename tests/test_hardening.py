@@ -902,6 +902,32 @@ def test_target_ort_floor_cli(ckpt, tmp_path):
     assert_clean_failure(cli("-m", ckpt, "-o", out, "--target-ort", "0.1"), "--target-ort 0.1", "1.17", out=out)
 
 
+@pytest.mark.parametrize("version", ["1.31.0.5", "1.31.0rc1", "1.031", "1.", ".31", "1.31 ", "v1.31", "1,31"])
+def test_target_ort_that_is_not_a_plain_version_is_refused(version):
+    """Each built as 1.31, though the error for 'x' says 'a version like 1.27 or 1.27.0'."""
+    with pytest.raises(BuilderError, match=r"--target-ort: .* is not a version like 1\.27 or 1\.27\.0"):
+        BuildOptions(model="x", target_ort=version).validated()
+
+
+@pytest.mark.parametrize(
+    "version,parsed", [("1.27", (1, 27)), ("1.27.0", (1, 27)), ("1.27.1", (1, 27)), ("1.30", (1, 30)), ("2", (2, 0))]
+)
+def test_target_ort_versions_in_use_still_parse(version, parsed):
+    from builder.kit.targets import Target
+
+    assert Target.from_options(BuildOptions(model="x", target_ort=version).validated()).ort_version == parsed
+
+
+def test_an_installed_runtime_with_a_suffixed_version_is_read_by_its_release(monkeypatch):
+    """Only --target-ort is held to plain versions: installed builds carry .dev and +local tails."""
+    import importlib.metadata
+
+    from builder.kit.targets import installed_runtime_version
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda package: "1.23.0.dev20250101+cu121")
+    assert installed_runtime_version("cpu") == (1, 23)
+
+
 # ---- output folders and full disks ----------------------------------------------------
 
 

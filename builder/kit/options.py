@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -644,9 +645,10 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
 
 
 def parse_version(text: str, what: str = "version") -> tuple[int, int]:
-    """'1.27' or '1.27.0' -> (1, 27)."""
-    parts = str(text).split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise BuilderError(f"{what}: {text!r} is not a version like 1.27 or 1.27.0") from None
+    """'1.27' or '1.27.0' -> (1, 27); '2' -> (2, 0). Nothing else: 1.31.0.5 and 1.31.0rc1 read
+    as 1.31, a runtime they do not name, and 1.031 as 1.31 too."""
+    number = r"(0|[1-9][0-9]*)"
+    match = re.fullmatch(rf"{number}(?:\.{number}(?:\.{number})?)?", str(text))
+    if not match:
+        raise BuilderError(f"{what}: {text!r} is not a version like 1.27 or 1.27.0")
+    return int(match[1]), int(match[2] or 0)

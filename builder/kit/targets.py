@@ -9,6 +9,7 @@ own runs (docs/packing.md).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,9 +137,13 @@ def installed_runtime_version(ep: str) -> tuple[int, int] | None:
 
     def version(package: str) -> tuple[int, int] | None:
         try:
-            return parse_version(importlib.metadata.version(package))
+            installed = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             return None
+        # Its major.minor: packages carry suffixes (1.23.0.dev20250101, 1.22.0+cu121) that a
+        # --target-ort is refused for.
+        release = re.match(r"(\d+)\.(\d+)", installed)
+        return (int(release[1]), int(release[2])) if release else None
 
     if ep == "webgpu":
         if version("onnxruntime-ep-webgpu"):
