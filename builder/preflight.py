@@ -59,8 +59,11 @@ def check_disk_space(arch, output: Path) -> None:
         def size(n: float) -> str:
             return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
+        has, writes = size(free), size(need)
+        if has == writes:  # rounded alike ('has 0.1 MB free, and this build writes at least 0.1 MB')
+            has, writes = f"{free:,} bytes", f"{need:,} bytes"
         raise BuilderError(
-            f"{folder} has {size(free)} free, and this build writes at least {size(need)} "
+            f"{folder} has {has} free, and this build writes at least {writes} "
             f"({built_weight_count(arch):,} weights at -p {options.precision}); free space there or choose another "
             "-o/--output (nothing was built)"
         )

@@ -889,6 +889,34 @@ def test_the_space_check_measures_where_the_build_writes(ckpt, tmp_path, monkeyp
         preflight.check_disk_space(Arch(), tmp_path / "web")
 
 
+def test_free_space_and_the_space_needed_that_round_alike_are_shown_in_bytes(tmp_path, monkeypatch):
+    """'has 0.1 MB free, and this build writes at least 0.1 MB' refused a build in numbers that
+    read as enough."""
+    import shutil as shutil_module
+
+    import builder.preflight as preflight
+    from builder.kit.errors import BuilderError
+    from builder.kit.options import BuildOptions
+
+    class Arch:
+        plan = type("Plan", (), {"options": BuildOptions(model="x", precision="fp32")})
+        checkpoint = type("Ckpt", (), {"shapes": lambda self: {"w": (300, 100)}})()
+
+        @staticmethod
+        def left_out(name):
+            return False
+
+    need = preflight.bytes_needed(Arch())
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=need - 1))
+    with pytest.raises(BuilderError) as refused:
+        preflight.check_disk_space(Arch(), tmp_path / "out")
+    assert f"has {need - 1:,} bytes free, and this build writes at least {need:,} bytes (" in str(refused.value)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=need // 4))
+    with pytest.raises(BuilderError, match=r"has 0\.\d MB free, and this build writes at least 0\.\d MB \("):
+        preflight.check_disk_space(Arch(), tmp_path / "out")  # apart once rounded: MB as before
+
+
 def test_verify_names_a_load_failure_transformers_raises_any_way(ckpt, tmp_path):
     """transformers fails on `"text_config": {}` in a Qwen3 config with an AttributeError, which
     --verify let through as a traceback; the build itself reads the decoder's keys at the top."""
