@@ -31,9 +31,10 @@
 #   bash scripts/webgpu_device_run.sh goal       # the goal table: ours as built against the reference's capture
 #                                                # and default builds, at 0.6B and 4B, with plugin-EP parity meanwhile
 #                                                # (GOAL_CKPTS: the shapes; GOAL_ROUNDS: 4)
-#   bash scripts/webgpu_device_run.sh int32      # the default build (int32 input_ids and mask) against --int32-inputs
-#                                                # off and the reference's capture build, at 0.6B and 4B, with
-#                                                # plugin-EP parity of the tiny families meanwhile (INT32_CKPTS: the shapes)
+#   bash scripts/webgpu_device_run.sh int32      # the default build (int64 inputs) against --int32-inputs on, an int32
+#                                                # mask alone (scripts/with_io_types.py) and the reference's capture and
+#                                                # default builds, at 0.6B and 4B, with plugin-EP parity of the tiny
+#                                                # families meanwhile (INT32_CKPTS: the shapes)
 #
 # Needs (carried, see docs/packing.md): WHEELS=a tar.xz of the unpacked wheels onnxruntime 1.31.1,
 # onnxruntime-ep-webgpu 0.4.0, onnxruntime-genai 0.18.0 and onnxruntime-webgpu 1.27.0 (one folder
@@ -337,14 +338,17 @@ elif [ "$PART" = int32 ]; then
     for size in ${INT32_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
         checkpoint_for "$size"
         ours auto-$size "$CK" &
-        ours i64-$size "$CK" --int32-inputs off &
+        ours i32-$size "$CK" --int32-inputs on &
         reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+        reference ref-default-$size "$CK" &
     done
     builds_then_parity
     for size in ${INT32_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
-        timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int64=$W/i64-$size ref-graph=$W/ref-graph-$size \
-            --provider webgpu --prompt $PROMPT --new $NEW --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" \
-            2>&1 | grep -v -i warn | tee -a "$LOG"
+        # int64 input_ids with an int32 mask: which of the two inputs the int32 build's difference is
+        rm -rf "$W/mask32-$size"; $PY scripts/with_io_types.py "$W/auto-$size" "$W/mask32-$size" attention_mask=int32 | tee -a "$LOG"
+        timeout 300 $PY scripts/bench_genai.py ours=$W/auto-$size ours-int32=$W/i32-$size ours-mask32=$W/mask32-$size \
+            ref-graph=$W/ref-graph-$size ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW \
+            --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = goal ]; then
     parity_meanwhile

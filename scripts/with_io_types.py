@@ -6,9 +6,9 @@ onnxruntime-genai keeps its next tokens as int32 and casts them to the graph's i
 each step, and casts fp16 logits to fp32 before it picks a token; on a GPU EP each cast is a Run
 of a second onnxruntime session (scripts/host_profile.py shows where). A variant with int32
 inputs or fp32 logits measures what those casts cost, beside the folder it is made from.
-Graph-capture builds take int32 inputs already (--int32-inputs auto), so the int32 variants
-start from a capture build with --int32-inputs off, whose consumers of input_ids and
-attention_mask (Gather, GatherBlockQuantized, Cast) take int32 as they are. An uncaptured
+The int32 variants start from a capture build with int64 inputs (--int32-inputs auto or off),
+whose consumers of input_ids and attention_mask (Gather, GatherBlockQuantized, Cast) take int32
+as they are. An uncaptured
 build subtracts an int64 one from the mask's sum, so with an int32 mask it does not load;
 it is refused. fp32 logits get a Cast after the last node. The weights are hard-linked
 (copied across filesystems): onnxruntime refuses external data behind a symlink out of the folder;

@@ -93,7 +93,7 @@ def test_padded_rows_in_a_plain_session(built, ep):
     ids = np.array([p + [0] * (width - len(p)) for p in PROMPTS])
     mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in PROMPTS])
 
-    def feed(s):  # int32 ids and mask for the webgpu build (--int32-inputs auto), int64 on cpu
+    def feed(s):  # in the types each graph declares
         out = {}
         for i in s.get_inputs():
             if i.name.startswith("past_key_values."):

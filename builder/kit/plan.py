@@ -282,7 +282,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         architecture=names[0] if isinstance(names, list) else str(names),
         last_logits=wants_last_logits(options, target),
         logits_to_keep=options.format == "transformers.js" and options.logits == "auto",
-        int32_inputs=options.int32_inputs == "on" or (options.int32_inputs == "auto" and target.graph_capture),
+        # auto is int64: on an H100 a capture build decoded 4.5% faster with int64 input_ids than with
+        # int32 (docs/webgpu-decode.md, session 28), on an H200 level in the longest run.
+        int32_inputs=options.int32_inputs == "on",
         left_padding=options.format == "transformers.js",
         right_padding=right_padding,
         residual_dtype=residual,
