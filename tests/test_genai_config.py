@@ -236,6 +236,14 @@ def test_beams_turn_graph_capture_off_under_auto(tmp_path):
     assert not [w for w in plan.warnings if "num_beams" in w]
 
 
+def test_beams_of_a_checkpoint_without_generation_config_name_config_json(tmp_path):
+    """Without generation_config.json the beams come from config.json, and the note said
+    generation_config.json, a file the checkpoint does not have."""
+    plan, written = planned(tmp_path, None, config={"num_beams": 2}, ep="webgpu", precision="int4")
+    assert not plan.target.graph_capture and written["search"]["num_beams"] == 2
+    assert any("graph capture is off: config.json sets num_beams 2" in n for n in plan.notes), plan.notes
+
+
 def test_graph_capture_on_keeps_capture_and_writes_one_beam(tmp_path):
     plan, written = planned(tmp_path, ids({"num_beams": 3}), ep="webgpu", precision="int4", graph_capture="on")
     assert plan.target.graph_capture

@@ -49,6 +49,11 @@ SEARCH_DEFAULTS = {
 }
 
 
+def search_source(generation: dict | None) -> str:
+    """The file search_values reads: config.json for a checkpoint without generation_config.json."""
+    return "config.json" if generation is None else "generation_config.json"
+
+
 def search_values(config: dict, generation: dict | None) -> dict[str, Any]:
     """The search keys transformers' generate() uses. generation None: the checkpoint has no
     generation_config.json, and transformers 5.25 then builds its generation config from config.json
@@ -62,13 +67,16 @@ def search_values(config: dict, generation: dict | None) -> dict[str, Any]:
 BEAM_SEARCH_SECTION = "README.md#qwen35-and-qwen3-next-hybrid-linear-attention"
 
 
-def written_num_beams(search: dict, hybrid: bool, graph_capture: bool) -> tuple[int, str | None]:
+def written_num_beams(
+    search: dict, hybrid: bool, graph_capture: bool, source: str = "generation_config.json"
+) -> tuple[int, str | None]:
     """(the num_beams genai_config.json gets, a warning when that is not the checkpoint's). The plan
-    (capture, warnings) and make_genai_config both ask this, so the folder is what the plan said."""
+    (capture, warnings) and make_genai_config both ask this, so the folder is what the plan said.
+    source: the file search came from (search_source)."""
     beams = int(search["num_beams"])
     if beams <= 1:
         return beams, None
-    where = f"generation_config.json sets num_beams {beams}"
+    where = f"{source} sets num_beams {beams}"
     if hybrid:
         # genai 0.18's beam search reorders the KV cache but not the recurrent state.
         return 1, (

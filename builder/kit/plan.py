@@ -22,6 +22,7 @@ from onnx import TensorProto
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import (
     GENAI_MODEL_TYPES,
+    search_source,
     search_values,
     unexpressed_generation_keys,
     written_num_beams,
@@ -302,15 +303,15 @@ def settle_beam_search(options: BuildOptions, target: Target, checkpoint, config
     generation = read_json("generation_config.json") if read_json else None
     if generation is not None:
         generation = check_generation_config(generation, str(Path(checkpoint.directory) / "generation_config.json"))
-    search, hybrid = search_values(config, generation), bool(spec.linear_layers)
+    search, hybrid, source = search_values(config, generation), bool(spec.linear_layers), search_source(generation)
     notes = ()
     if target.graph_capture and options.graph_capture == "auto" and written_num_beams(search, hybrid, False)[0] > 1:
         target = dataclasses.replace(target, graph_capture=False)
         notes = (
-            f"graph capture is off: generation_config.json sets num_beams {search['num_beams']} (beam search), "
+            f"graph capture is off: {source} sets num_beams {search['num_beams']} (beam search), "
             "which genai runs only without capture; --graph-capture on keeps capture and writes num_beams 1",
         )
-    beams_warning = written_num_beams(search, hybrid, target.graph_capture)[1]
+    beams_warning = written_num_beams(search, hybrid, target.graph_capture, source)[1]
     unexpressed = unexpressed_generation_keys(generation)
     warnings.extend(w for w in (beams_warning, unexpressed) if w)
     return target, notes
