@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_genai import bench, markdown  # noqa: E402
 
-from builder import BuilderError, BuildOptions, build  # noqa: E402
+from builder import BuilderError, BuildOptions  # noqa: E402
 from builder.inspect import summarize  # noqa: E402
+from builder.pipeline import build_from_flags  # noqa: E402  (its refusals name the builder's flags)
 
 LAYOUTS = {
     "cpu": ["auto", "packed-split/separate", "separate/separate", "separate/packed", "packed-split/packed/sigmoid-mul"],
@@ -100,7 +101,7 @@ def run(args) -> int:
     for text in args.layout or LAYOUTS[args.ep]:
         out = Path(args.work) / f"{args.ep}-{args.precision}-{text.replace('/', '-')}"
         options = {"target_ort": args.target_ort, **parse_layout(text)}
-        result = build(
+        result = build_from_flags(
             BuildOptions(
                 model=args.checkpoint, precision=args.precision, ep=args.ep, output=str(out), overwrite=True, **options
             ),

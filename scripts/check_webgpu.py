@@ -52,7 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # synthetic checkpoints
 
-from builder import BuildOptions, build  # noqa: E402
+from builder import BuildOptions  # noqa: E402
+from builder.pipeline import build_from_flags  # noqa: E402  (its refusals name the builder's flags)
 from builder.verify import (  # noqa: E402
     REPEATING_PROMPT,
     compare,
@@ -187,7 +188,7 @@ def run_case(
     row["onnxruntime"] = onnxruntime.__version__
     row["prompt_tokens"] = prompt_tokens
     try:
-        result = build(options, show_progress=False)
+        result = build_from_flags(options, show_progress=False)
         layout = result.report["layout"]
         row["layout"] = f"{layout['qkv_packing']}/{layout['mlp_packing']}/{layout['silu']}"
         row["runtime"] = result.report["target"]["runtime"]

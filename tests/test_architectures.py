@@ -563,7 +563,7 @@ def test_verify_refuses_a_reference_transformers_could_not_fill(checkpoint, tmp_
     with pytest.raises(BuilderError) as refused:
         build(output=str(tmp_path / "verified"), verify=True, **options)
     assert str(refused.value).startswith(
-        "--verify: transformers' LlamaForCausalLM found no model.norm.weight in the checkpoint"
+        "verify: transformers' LlamaForCausalLM found no model.norm.weight in the checkpoint"
     )
     assert "prepare_reference()" in str(refused.value) and not (tmp_path / "verified").exists()
 

@@ -630,7 +630,7 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     def no_memory(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(builder.pipeline, "build", no_memory)
+    monkeypatch.setattr(builder.pipeline, "build_from_flags", no_memory)
     assert main(["-m", "x", "--quiet"]) == 1
     assert (
         capsys.readouterr().err
