@@ -256,11 +256,11 @@ class BuildOptions:
             help="Write a graph the runtime can capture and replay for each decode step "
             "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
             "arithmetic in int32 without Shape). auto: on where the target runtime captures "
-            "(webgpu with the plugin EP) unless the model has sliding-window layers, off elsewhere. "
+            "(webgpu with the plugin EP) unless the model has sliding-window layers, a head_dim that is "
+            "no multiple of 16, or a generation_config.json with num_beams > 1; off elsewhere. "
             "off: the uncaptured graph, for beam search (onnxruntime-genai refuses capture "
-            "with num_beams > 1), for its og.Engine (it crashed on a capture build, and feeds int64 "
-            "inputs, which uncaptured builds take), and for profiling or debugging one kernel at a time; it "
-            "decoded 0.78x as fast (docs/packing.md#graph-capture).",
+            "with num_beams > 1), for its og.Engine (it crashed on a capture build), and for profiling "
+            "or debugging one kernel at a time; it decoded 0.78x as fast (docs/packing.md#graph-capture).",
             rebuild="resolved",
         ),
     )
