@@ -486,6 +486,24 @@ def test_the_source_digest_covers_the_user_s_modules_a_family_imports(tmp_path, 
     assert family_source_digest(digest_fam.Fam) == after
 
 
+def test_the_source_digest_leaves_libraries_out_when_reached_through_a_symlink(tmp_path, monkeypatch):
+    """With site-packages named through a symlinked venv, numpy's files were taken for the user's
+    own: every build of such a family parsed and hashed the libraries it imports."""
+    import sysconfig
+
+    import builder.family_source as family_source
+
+    real = sysconfig.get_paths()
+    (tmp_path / "venv").symlink_to(Path(real["purelib"]).parent)
+    linked = {k: str(tmp_path / "venv" / Path(v).name) if k in ("purelib", "platlib") else v for k, v in real.items()}
+    monkeypatch.setattr(family_source.sysconfig, "get_paths", lambda: linked)
+    (tmp_path / "symlinked_fam.py").write_text("import numpy\nfrom architectures import LlamaBuilder\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import symlinked_fam  # noqa: F401
+
+    assert family_source._own_modules_imported("symlinked_fam") == {tmp_path / "symlinked_fam.py"}
+
+
 def test_onnx_builder_imports_a_family_from_the_current_folder(helium, tmp_path):
     """python -m builder has the current folder on sys.path and onnx-builder did not, so the
     same --family my_families:Helium failed there; an empty --family was ignored."""
