@@ -7,7 +7,7 @@ import json
 import pytest
 
 from builder import BuildOptions
-from support.synthetic import TINY_CONFIGS
+from support.synthetic import REAL_GENERATION_CONFIGS, TINY_CONFIGS
 
 
 def genai_config(result) -> dict:
@@ -179,16 +179,7 @@ def test_chat_template_file_wins_over_the_config_key_in_genai_too(checkpoint, tm
 
 
 # generation_config.json contents of real checkpoints (the keys as their hub files spell them).
-QWEN3_GENERATION = {
-    "bos_token_id": 151643,
-    "do_sample": True,
-    "eos_token_id": [151645, 151643],
-    "pad_token_id": 151643,
-    "temperature": 0.6,
-    "top_k": 20,
-    "top_p": 0.95,
-    "transformers_version": "4.51.0",
-}
+QWEN3_GENERATION = REAL_GENERATION_CONFIGS["qwen3-0.6b"]
 GEMMA3_GENERATION = {
     "cache_implementation": "hybrid",
     "bos_token_id": 2,
