@@ -32,6 +32,9 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
         report = json.loads((output / REPORT_NAME).read_text())
     except (OSError, ValueError):
         return f"{REPORT_NAME} unreadable"
+    malformed = _malformed(report)
+    if malformed:
+        return f"{REPORT_NAME} {malformed}"
     if report.get("builder_version") != __version__:
         return f"builder {report.get('builder_version')} -> {__version__}"
     code = builder_source_digest()
@@ -193,6 +196,36 @@ def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
+
+
+# Sections of a report that are objects, and the figures a skipped job's summary takes from it.
+REPORT_SECTIONS = ("options", "target", "checkpoint", "model", "format", "files", "layout", "nodes", "sizes", "timings")
+SUMMARY_FIGURES = (("sizes", "total_bytes"), ("nodes", "total"), ("timings", "total_s"))
+
+
+def _malformed(report) -> str | None:
+    """What keeps a report that parses from being one a build wrote (a hand edit, other JSON put in
+    its place), or None. Read as it was, such a report ended the batch with a traceback (a list
+    has no .get, a skipped job's summary line found no nodes.total); rebuilt, it is whole again."""
+    if not isinstance(report, dict):
+        return "is not a JSON object"
+    for key in REPORT_SECTIONS:
+        if report.get(key) is not None and not isinstance(report[key], dict):
+            return f"has a {key!r} that is not an object"
+    for section, key in SUMMARY_FIGURES:
+        value = (report.get(section) or {}).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"has no number at {section}.{key}"
+    files = report.get("files") or {}
+    if not isinstance(files.get("model", ""), str) or not _strings(files.get("data", [])):
+        return "names its model files otherwise than a build does"
+    if not _strings(report.get("tokenizer_files") or []):
+        return "names its tokenizer files otherwise than a build does"
+    return None
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def damaged_file(output: Path, report: dict) -> str | None:

@@ -784,6 +784,30 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     assert leftovers(tmp_path / "out") == []
 
 
+def test_a_hand_edited_report_that_still_parses_is_rebuilt_not_a_traceback(tmp_path, capsys):
+    """A build_report.json edited into other valid JSON ended the batch with a traceback: a list
+    has no .get, and a skipped job's summary line read nodes.total and the like without looking."""
+    path = write(tmp_path / "d.yaml", ONE_JOB)
+    assert batch(path) == 0
+    report_path = tmp_path / "out" / "a" / "build_report.json"
+    kept = json.loads(report_path.read_text())
+    edits = {
+        "is not a JSON object": lambda r: [],
+        "has no number at nodes.total": lambda r: {k: v for k, v in r.items() if k != "nodes"},
+        "has no number at timings.total_s": lambda r: {**r, "timings": {}},
+        "has no number at sizes.total_bytes": lambda r: {**r, "sizes": None},
+        "has a 'options' that is not an object": lambda r: {**r, "options": "int4"},
+        "names its model files otherwise": lambda r: {**r, "files": {**r["files"], "data": 3}},
+        "names its tokenizer files otherwise": lambda r: {**r, "tokenizer_files": 5},
+    }
+    for reason, edit in edits.items():
+        report_path.write_text(json.dumps(edit(kept)))
+        capsys.readouterr()
+        assert batch(path) == 0, reason
+        assert f"(build_report.json {reason}" in capsys.readouterr().out, reason
+        assert json.loads(report_path.read_text())["nodes"]["total"] == kept["nodes"]["total"], reason
+
+
 def test_a_skipped_job_sweeps_the_staging_folder_a_killed_build_left(tmp_path, capsys):
     """A build killed with SIGKILL leaves its staging folder (the model's size); only the next
     build of that output removed it, and a rerun that finds the output up to date builds none."""
