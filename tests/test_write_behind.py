@@ -156,3 +156,37 @@ def test_without_the_unix_only_calls_a_build_writes_the_same_bytes(tmp_path, mon
     build(BuildOptions(model=str(ckpt), output=str(tmp_path / "b"), precision="int4"), show_progress=False)
     for name in ("model.onnx", "model.onnx.data"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("refusal", [errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_a_file_system_that_refuses_fsync_still_gets_the_model(tmp_path, monkeypatch, refusal):
+    """Some mounts (FUSE, 9p, vboxsf) refuse fsync/fdatasync: a build there failed at the end with
+    'writing model.onnx.data failed (Invalid argument)', where a plain write would have done."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+    build(BuildOptions(model=str(ckpt), output=str(tmp_path / "a"), precision="int4"), show_progress=False)
+    syncs = []
+
+    def refused(fd):
+        syncs.append(fd)
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(data_file.os, "fsync", refused)
+    monkeypatch.setattr(data_file, "_datasync", refused)
+    monkeypatch.setattr(data_file, "_O_DIRECT", 0)  # through the cache: the fdatasync along the way too
+    monkeypatch.setattr(data_file, "BLOCK", ALIGN)
+    monkeypatch.setattr(ExternalDataFile, "FLUSH_EVERY", ALIGN)
+    build(BuildOptions(model=str(ckpt), output=str(tmp_path / "b"), precision="int4"), show_progress=False)
+    assert len(syncs) == 1  # refused once, then not asked again
+    for name in ("model.onnx", "model.onnx.data"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_failed_fsync_still_fails_the_build(tmp_path, monkeypatch):
+    def failed(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(data_file.os, "fsync", failed)
+    f = ExternalDataFile(tmp_path / "d", block=ALIGN, bound=2 * ALIGN)
+    f.append([np.ones(10, np.uint8)])
+    with pytest.raises(BuilderError, match=r"failed \(Input/output error\)"):
+        f.close()

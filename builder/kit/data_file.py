@@ -41,6 +41,20 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 # Windows has no O_CLOEXEC and needs O_BINARY; macOS has no fdatasync; Windows no pwritev.
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _datasync = getattr(os, "fdatasync", os.fsync)
+# fsync/fdatasync refused by the file system (some FUSE, 9p and vboxsf mounts): it has no sync
+# to offer, as a plain write's output would not be synced there either; not a failed write.
+_NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
+
+
+def _sync(sync, fd: int) -> bool:
+    """`sync(fd)`; False where the file system refuses syncing (then there is none to wait for)."""
+    try:
+        sync(fd)
+    except OSError as e:
+        if e.errno in _NO_SYNC:
+            return False
+        raise
+    return True
 
 
 class ExternalDataFile:
@@ -69,6 +83,7 @@ class ExternalDataFile:
         self._error: OSError | None = None
         self._stop = False
         self._flushed_to = 0
+        self._syncs = self._regular  # False once the file system refuses fdatasync
         self._writer = threading.Thread(target=self._run, name="builder-write-behind", daemon=True)
         self._writer.start()
 
@@ -149,7 +164,8 @@ class ExternalDataFile:
             try:
                 if self._regular:
                     os.ftruncate(self._fd, self.offset)
-                    os.fsync(self._fd)
+                    if self._syncs:
+                        _sync(os.fsync, self._fd)
             except OSError as e:
                 raise self._failed(e) from None
         finally:
@@ -208,9 +224,9 @@ class ExternalDataFile:
                 # O_DIRECT opened but the device wants more alignment: through the cache from here on
                 fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
                 self._direct = False
-        if self._regular and not self._direct and start + length - self._flushed_to >= self.FLUSH_EVERY:
+        if self._syncs and not self._direct and start + length - self._flushed_to >= self.FLUSH_EVERY:
             self._flushed_to = start + length
-            _datasync(self._fd)  # on this thread: the build goes on meanwhile
+            self._syncs = _sync(_datasync, self._fd)  # on this thread: the build goes on meanwhile
 
 
 def _write_at(fd: int, view: memoryview, offset: int) -> int:
