@@ -334,3 +334,36 @@ def test_no_memory_for_a_buffer_stops_reading_ahead_not_the_build(tmp_path, monk
     assert len(calls) > 2 and "Traceback" not in capfd.readouterr().err
     assert (ahead.output / "model.onnx.data").read_bytes() == (plain.output / "model.onnx.data").read_bytes()
     assert _report(ahead.output)["timings"]["read_ahead"]["misses"] > 0
+
+
+@pytest.mark.parametrize("how", ["replaced", "written"])
+@pytest.mark.parametrize("read_ahead_mb", [0, 256])
+def test_a_shard_re_saved_during_the_build_fails_it(tmp_path, monkeypatch, how, read_ahead_mb):
+    """A shard replaced (a re-save renames a new file over it) or written to after its header
+    was read was read with the old header's offsets: a model mixing two checkpoints, no word."""
+    import builder.kit.checkpoint as checkpoint
+
+    config = TINY_CONFIGS["qwen3"]
+    ckpt = make_checkpoint(tmp_path / "ckpt", config, shard_size_bytes=100_000)
+    other = make_checkpoint(tmp_path / "other", config, seed=1, shard_size_bytes=100_000)
+    shard = sorted(ckpt.glob("*.safetensors"))[-1]
+    real, reads = checkpoint.Checkpoint.read, []
+
+    def read(where, *args, **kwargs):
+        reads.append(where)
+        if len(reads) == 3:  # mid-build, after every header was read
+            if how == "replaced":
+                os.replace(other / shard.name, shard)
+            else:
+                with open(shard, "r+b") as f:
+                    f.seek(-4, os.SEEK_END)
+                    f.write(b"\x01\x02\x03\x04")
+                os.utime(shard, ns=(0, 0))  # a coarse clock could leave the mtime as it was
+        return real(where, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "read", staticmethod(read))
+    out = tmp_path / "out"
+    options = BuildOptions(model=str(ckpt), output=str(out), precision="int4", read_ahead_mb=read_ahead_mb)
+    with pytest.raises(BuilderError, match=rf"{shard.name} changed while the build read it.*build again once"):
+        build(options, show_progress=False)
+    assert not out.exists()

@@ -59,6 +59,7 @@ class RowRange(NamedTuple):
     length: int
     dtype: np.dtype
     shape: tuple[int, ...]
+    identity: tuple | None = None  # the file's disk_io.identity when its header was read
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -281,7 +282,9 @@ class Checkpoint:
         row_bytes = math.prod(row_shape) * DTYPE_SIZES[dtype]
         begin = self._header(file)["data_start"] + entry["data_offsets"][0] + start * row_bytes
         out_shape = (stop - start, *row_shape) if shape else ()
-        return RowRange(name, start, stop, file, begin, (stop - start) * row_bytes, SUPPORTED_DTYPES[dtype], out_shape)
+        length = (stop - start) * row_bytes
+        identity = self._header(file).get("identity")
+        return RowRange(name, start, stop, file, begin, length, SUPPORTED_DTYPES[dtype], out_shape, identity)
 
     ahead = None  # a ReadAhead serving reads it made in advance, while one is attached
     phases = None  # a progress.Phases the build's own reads are timed in
@@ -295,7 +298,12 @@ class Checkpoint:
         if not where.length:  # the shape checks' empty reads
             return np.empty(where.shape, where.dtype)
         try:
-            data, got = disk_io.read_range(where.file, where.begin, where.length, buffer, page_cache)
+            data, got = disk_io.read_range(where.file, where.begin, where.length, buffer, page_cache, where.identity)
+        except disk_io.FileChanged:
+            raise BuilderError(
+                f"{where.file} changed while the build read it (re-saved, replaced or written to); "
+                "build again once the checkpoint is no longer being written"
+            ) from None
         except OSError as e:
             raise BuilderError(f"could not read tensor {where.name!r} from {where.file} ({e.strerror or e})") from None
         if got != where.length:

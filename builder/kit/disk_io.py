@@ -39,14 +39,29 @@ def aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
+class FileChanged(Exception):
+    """The file read is not the one `identity` names any more (replaced, or written to)."""
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file apart from a re-save of it: which file it is, its size and mtime."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def read_range(
-    path, begin: int, length: int, buffer: np.ndarray | None = None, page_cache: bool = False
+    path,
+    begin: int,
+    length: int,
+    buffer: np.ndarray | None = None,
+    page_cache: bool = False,
+    expect: tuple | None = None,
 ) -> tuple[np.ndarray, int]:
     """Bytes [begin, begin + length) of `path`, as a uint8 view of `buffer`
     (ALIGN-aligned, at least length + SLACK bytes; allocated if None), and how many
     of them the file held (fewer: it ends early). OSError for a failed read.
     page_cache: read every byte through the cache (no O_DIRECT), leaving it there for
-    a later build of the same checkpoint."""
+    a later build of the same checkpoint. expect: the file's `identity` when its header
+    was read; FileChanged if the file read (after the read) is another or was modified."""
     if buffer is None:
         buffer = aligned_buffer(length + SLACK)
     if buffer.ctypes.data % ALIGN or buffer.nbytes < length + SLACK:
@@ -63,6 +78,7 @@ def read_range(
             got = 0
             while got < length and (n := f.readinto(out[got:])):
                 got += n
+            _check(f.fileno(), expect)
         return out, got
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -74,9 +90,15 @@ def read_range(
             if n == 0:
                 break
             got += n
+        _check(fd, expect)
     finally:
         os.close(fd)
     return out, got
+
+
+def _check(fd: int, expect: tuple | None) -> None:
+    if expect is not None and identity(os.fstat(fd)) != tuple(expect):
+        raise FileChanged
 
 
 def _cached_prefix(fd: int, out: np.ndarray, begin: int) -> int:

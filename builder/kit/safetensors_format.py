@@ -11,6 +11,7 @@ import math
 import struct
 from pathlib import Path
 
+from builder.kit import disk_io
 from builder.kit.errors import BuilderError
 
 
@@ -155,7 +156,8 @@ def parse_header(file: Path) -> dict:
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise corrupt("__metadata__ is not an object of strings")
     data_start = 8 + len(raw)
-    buffer = file.stat().st_size - data_start
+    st = file.stat()
+    buffer = st.st_size - data_start
     spans = []
     for name, entry in table.items():
         if not isinstance(entry, dict):
@@ -190,9 +192,11 @@ def parse_header(file: Path) -> dict:
         position = end
     if position > buffer:
         raise BuilderError(
-            f"{file} is truncated ({file.stat().st_size} bytes, the header says the data ends "
+            f"{file} is truncated ({st.st_size} bytes, the header says the data ends "
             f"at byte {data_start + position}); re-download it"
         )
     if position != buffer:
         raise corrupt(f"the tensors cover {position} bytes of a {buffer}-byte data buffer")
-    return {"tensors": table, "data_start": data_start}
+    # Reads check the file is still this one (disk_io.read_range's expect): a shard re-saved
+    # during a build was read with the old header's offsets, mixing two checkpoints silently.
+    return {"tensors": table, "data_start": data_start, "identity": disk_io.identity(st)}
