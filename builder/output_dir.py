@@ -10,6 +10,7 @@ delete what we did not make).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import glob
@@ -142,6 +143,13 @@ def staged_output(output: Path, overwrite: bool):
     with _StopSignals() as stop, contextlib.closing(held):
         try:
             yield staging
+            try:
+                sync_folder(staging)
+            except OSError as e:
+                raise BuilderError(
+                    f"writing the finished build to disk failed ({e.strerror or e}: {e.filename}); "
+                    "check the disk, or choose another -o/--output"
+                ) from None
             _before_publish()
             stop.deferring = True  # the output is complete: a stop now waits for it to be in place
             (staging / ALIVE_MARK).unlink(missing_ok=True)  # not part of the output
@@ -164,6 +172,40 @@ def staged_output(output: Path, overwrite: bool):
             stop.deferring = True
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+# fsync refused by the file system (some FUSE, 9p and vboxsf mounts): it has no sync to give.
+_NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync every file and folder under `folder`, before the rename that publishes it: only
+    model.onnx.data was synced, so a power loss after the rename could leave a published output
+    whose model.onnx or configs were empty (ext4 and xfs write file data after the rename)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                _sync(path, os.O_RDONLY)
+        _sync(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _sync(path, flags: int) -> None:
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _NO_SYNC:
+            e.filename = path
+            raise
+    finally:
+        os.close(fd)
+
+
+def _sync_quietly(folder: Path) -> None:
+    """fsync a folder where the file system allows it (the output is in place either way)."""
+    with contextlib.suppress(OSError):
+        _sync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def _before_publish() -> None:
@@ -328,6 +370,7 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
             if old is not None:
                 os.rename(old, output)  # the previous build stays where it was
             raise
+        _sync_quietly(output.parent)  # the rename itself
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

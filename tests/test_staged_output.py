@@ -286,3 +286,61 @@ def test_the_program_ignores_stop_signals_once_main_returns(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "0 True", proc.stdout
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names synced descriptors through /proc")
+def test_every_file_is_on_disk_before_the_rename_publishes_it(tmp_path, monkeypatch):
+    """Only model.onnx.data was fsynced: after a power loss the rename could be on disk and
+    model.onnx or the configs empty, a published output that is half-written."""
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    out = tmp_path / "out"
+    previous_build(out)  # replacing an output: two renames
+    with staged_output(out, overwrite=True) as staging:
+        (staging / "sub").mkdir()
+        (staging / "model.onnx").write_bytes(b"model")
+        (staging / "sub" / "config.json").write_text("{}")
+        (staging / REPORT_NAME).write_text("{}")
+    publish = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out))
+    synced = {e[1] for e in events[: publish - 1] if e[0] == "fsync"}
+    for name in ("model.onnx", "sub/config.json", REPORT_NAME, "sub", "."):
+        assert os.path.normpath(str(staging / name)) in synced, name
+    assert ("fsync", str(tmp_path)) in events[publish:]  # the rename itself
+
+
+def test_a_file_system_that_refuses_fsync_still_publishes(tmp_path, monkeypatch):
+    import errno
+
+    def refused(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", refused)
+    out = tmp_path / "out"
+    with staged_output(out, overwrite=False) as staging:
+        (staging / "model.onnx").write_bytes(b"model")
+    assert (out / "model.onnx").read_bytes() == b"model"
+
+
+def test_a_failed_fsync_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def failed(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError, match=r"writing the finished build to disk failed \(Input/output error: .*"):
+        with staged_output(out, overwrite=False) as staging:
+            (staging / "model.onnx").write_bytes(b"model")
+            monkeypatch.setattr(os, "fsync", failed)
+    assert not out.exists() and not leftovers(tmp_path)
