@@ -43,9 +43,10 @@ class FileChanged(Exception):
     """The file read is not the one `identity` names any more (replaced, or written to)."""
 
 
-def identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What tells a file apart from a re-save of it: which file it is, its size and mtime."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def identity(st: os.stat_result) -> tuple[int, int]:
+    """What tells a file apart from a re-save of it: its size and mtime. Not its inode: FUSE
+    mounts (gcsfuse, s3fs, libfuse without use_ino) number a file anew once the kernel forgets it."""
+    return st.st_size, st.st_mtime_ns
 
 
 def read_range(
