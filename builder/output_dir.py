@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from builder.formats import FORMATS
+from builder.kit.data_file import NO_SYNC
 from builder.kit.errors import STAGING_PREFIX, BuilderError, BuildInterrupted
 
 REPORT_NAME = "build_report.json"
@@ -174,8 +175,8 @@ def staged_output(output: Path, overwrite: bool):
             raise
 
 
-# fsync refused by the file system (some FUSE, 9p and vboxsf mounts): it has no sync to give.
-_NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF)
+# The data file's, and EBADF, which some file systems answer for a folder opened read-only.
+_NO_SYNC = (*NO_SYNC, errno.EBADF)
 
 
 def sync_folder(folder: Path) -> None:

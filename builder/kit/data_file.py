@@ -43,7 +43,7 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0
 _datasync = getattr(os, "fdatasync", os.fsync)
 # fsync/fdatasync refused by the file system (some FUSE, 9p and vboxsf mounts): it has no sync
 # to offer, as a plain write's output would not be synced there either; not a failed write.
-_NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
+NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
 
 
 def _sync(sync, fd: int) -> bool:
@@ -51,7 +51,7 @@ def _sync(sync, fd: int) -> bool:
     try:
         sync(fd)
     except OSError as e:
-        if e.errno in _NO_SYNC:
+        if e.errno in NO_SYNC:
             return False
         raise
     return True
