@@ -1569,7 +1569,9 @@ def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
 
 
 def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypatch):
-    """The report's fingerprint is taken before the build reads weights, not after."""
+    """A re-save that lands mid-build fails that build (its reads would mix two checkpoints), leaving
+    no output, and the next run builds the checkpoint as it now is."""
+    from builder import BuilderError
     from builder.kit.checkpoint import Checkpoint
     from builder.pipeline import build
 
@@ -1586,11 +1588,13 @@ def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypat
 
     monkeypatch.setattr(Checkpoint, "rows", rows_then_resave)
     job = load_batch(path).jobs[0]
-    build(job.options, show_progress=False)
-    assert (tmp_path / "resaved").exists()
+    with pytest.raises(BuilderError, match="model.safetensors changed while the build read it"):
+        build(job.options, show_progress=False)
+    assert (tmp_path / "resaved").exists() and not Path(job.options.output).exists()
     monkeypatch.undo()
     assert batch(path) == 0
-    assert summary(tmp_path / "out", "f")["by_name"]["a"]["reason"] == "checkpoint changed"
+    built = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert built["status"] == "built", built
 
 
 def test_yaml_scalars_mean_the_option_not_yaml_types(tmp_path):
