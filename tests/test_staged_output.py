@@ -288,7 +288,6 @@ def test_the_program_ignores_stop_signals_once_main_returns(tmp_path):
     assert proc.stdout.splitlines()[-1] == "0 True", proc.stdout
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names synced descriptors through /proc")
 def test_every_file_is_on_disk_before_the_rename_publishes_it(tmp_path, monkeypatch):
     """Only model.onnx.data was fsynced: after a power loss the rename could be on disk and
     model.onnx or the configs empty, a published output that is half-written."""
