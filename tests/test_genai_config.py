@@ -313,6 +313,67 @@ def test_min_length_is_written(tmp_path):
         planned(tmp_path / "b", ids({"min_length": "12"}))
 
 
+def genai_chosen_tokens(folder, prompt: list[int]) -> tuple[list[int], list[int]]:
+    """(each token genai chose, its final sequence) with the folder's genai_config.json alone deciding:
+    nothing is set at run time."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    generator = og.Generator(model, og.GeneratorParams(model))
+    generator.append_tokens(prompt)
+    chosen = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        chosen.append(int(generator.get_next_tokens()[0]))
+    return chosen, [int(t) for t in generator.get_sequence(0)]
+
+
+def test_min_length_holds_eos_back_in_genai_as_in_transformers(tmp_path):
+    """search.min_length was written but never run: here genai masks eos below it, token for token as
+    transformers' MinLengthLogitsProcessor does, with eos the token greedy picks at step 2."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from builder import build
+    from support.synthetic import make_checkpoint
+
+    prompt, new_tokens = [7, 300, 12], 8
+    total = len(prompt) + new_tokens
+    folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], dtype="float32", generation_config=ids({}))
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        free = reference.generate(
+            torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+        )[0].tolist()[len(prompt) :]
+    eos = free[2]
+    assert eos not in free[:2], free  # greedy reaches eos first at step 2
+
+    def both(name: str, generation: dict) -> tuple[list[int], list[int], list[int]]:
+        """(genai's chosen tokens, its sequence, transformers' new tokens), both from the checkpoint's file."""
+        (folder / "generation_config.json").write_text(json.dumps({**ids(generation), "eos_token_id": [eos]}))
+        result = build(
+            model=str(folder), output=str(tmp_path / name), precision="fp32", max_length=total, show_progress=False
+        )
+        assert genai_config(result)["search"]["min_length"] == generation.get("min_length", 0)
+        settings = GenerationConfig.from_pretrained(folder)
+        settings.max_length = total  # the --max-length genai_config.json got
+        with torch.no_grad():
+            theirs = reference.generate(torch.tensor([prompt]), generation_config=settings)[0].tolist()
+        return *genai_chosen_tokens(result.output, prompt), theirs[len(prompt) :]
+
+    chosen, sequence, theirs = both("plain", {})
+    assert chosen == theirs == free[:3]  # stops at eos after two tokens
+    # genai leaves the eos it chose out of the sequence; transformers keeps it.
+    assert sequence == prompt + chosen[:-1]
+
+    min_length = len(prompt) + 3
+    chosen, sequence, theirs = both("min-length", {"min_length": min_length})
+    assert chosen == theirs, (chosen, theirs)
+    # eos held back at step 2 (the sequence one short of min_length), then chosen at the first step it may be
+    assert chosen[:2] == free[:2] and chosen[2] != eos and chosen[3:] == [eos], chosen
+    assert len(sequence) == min_length
+
+
 def test_generation_keys_genai_cannot_express_warn_once(tmp_path):
     generation = ids(
         {"min_p": 0.05, "suppress_tokens": [3], "typical_p": 1.0, "bad_words_ids": None, "cache_implementation": "x"}
