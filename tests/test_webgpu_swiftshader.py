@@ -175,3 +175,91 @@ def test_the_check_keeps_no_builds_and_checks_its_json_path_first(tmp_path):
     assert "Qwen3-MoE builds only for -e cpu" in json.loads((tmp_path / "x.json").read_text())[0]["error"], run.stderr
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(("tmp", "check_webgpu-"))]  # mkdtemp's
     assert (tmp_path / "x.json").is_file() and not left, left
+
+
+# Each folder generates with its own genai_config.json (nothing set at run time), on the plugin EP;
+# one JSON line a folder: its sequence, or the error genai raised.
+GENAI_OWN_SEARCH = """
+import json, sys
+import onnxruntime_genai as og
+from builder.ep_runtime import genai_model
+prompt = json.loads(sys.argv[1])
+for folder in sys.argv[2:]:
+    try:
+        model = genai_model(og, folder)
+        generator = og.Generator(model, og.GeneratorParams(model))
+        generator.append_tokens(prompt)
+        while not generator.is_done():
+            generator.generate_next_token()
+        row = {"tokens": [int(t) for t in generator.get_sequence(0)]}
+    except Exception as e:
+        row = {"error": str(e)}
+    print(json.dumps(row), flush=True)
+"""
+
+
+def test_beams_with_graph_capture_run_as_the_builder_settles_them(tmp_path):
+    """A checkpoint whose generation_config.json sets num_beams 2: the --graph-capture auto folder (capture
+    off, num_beams 2) gives transformers' beam search, the --graph-capture on folder (num_beams 1) its
+    greedy tokens, and the capture folder with num_beams 2 written back fails in genai, which is why
+    the builder never writes that pair."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from builder import build
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    icd = plugin_ready()
+    # A prompt whose beams leave greedy's path at the third token (test_qwen35's beam check).
+    prompt = [362, 167, 257, 245, 61, 15, 162]
+    total = len(prompt) + 8
+    generation = {"bos_token_id": 477, "eos_token_id": [479], "pad_token_id": 477, "do_sample": False, "num_beams": 2}
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], generation_config=generation)
+    folders, settled = [], []
+    for capture in ("auto", "on"):
+        result = build(
+            model=str(ckpt),
+            output=str(tmp_path / capture),
+            precision="fp32",
+            ep="webgpu",
+            graph_capture=capture,
+            max_length=total,
+            show_progress=False,
+        )
+        written = json.loads(result.genai_config_path.read_text())
+        webgpu = written["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]
+        (said,) = [note for note in result.report["notes"] if "num_beams 2" in note]  # auto's note, on's warning
+        settled.append(
+            (result.report["target"]["graph_capture"], webgpu["enableGraphCapture"], written["search"]["num_beams"])
+        )
+        assert said.startswith("graph capture is off") if capture == "auto" else "--graph-capture off" in said, said
+        folders.append(result.output)
+    assert settled == [(False, "0", 2), (True, "1", 1)], settled
+    beams_back = tmp_path / "on-num_beams-2"
+    shutil.copytree(folders[1], beams_back)
+    written = json.loads((beams_back / "genai_config.json").read_text())
+    written["search"]["num_beams"] = 2
+    (beams_back / "genai_config.json").write_text(json.dumps(written))
+
+    env = swiftshader_env(icd)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    child = subprocess.run(
+        [sys.executable, "-c", GENAI_OWN_SEARCH, json.dumps(prompt), *map(str, [*folders, beams_back])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    rows = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    assert child.returncode == 0 and len(rows) == 3, child.stderr[-2000:]
+
+    reference = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    with torch.no_grad():
+        beams = reference.generate(torch.tensor([prompt]), max_length=total)[0].tolist()  # the file's num_beams 2
+        greedy = reference.generate(torch.tensor([prompt]), max_length=total, num_beams=1)[0].tolist()
+    assert len(beams) == len(greedy) == total and beams != greedy, (beams, greedy)
+    assert rows[0] == {"tokens": beams}, (rows[0], beams)
+    assert rows[1] == {"tokens": greedy}, (rows[1], greedy)
+    assert rows[2] == {"error": "Graph capture is not supported with past_present_share_buffer set to false."}, rows[2]
