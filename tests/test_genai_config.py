@@ -290,10 +290,26 @@ def test_search_keys_come_from_generation_config_only(tmp_path):
         _, written = planned(tmp_path / case, generation, config=sampling)
         search = written["search"]
         loaded = AutoModelForCausalLM.from_pretrained(tmp_path / case / "ckpt").generation_config
-        for key in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams", "min_length"):
+        keys = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams", "min_length")
+        for key in (*keys, "early_stopping"):
             theirs = getattr(loaded, key)
             assert search[key] == (defaults[key] if theirs is None else theirs), (case, key)
         assert search["top_k"] == (50 if case == "with" else 3)
+
+
+def test_early_stopping_is_the_checkpoints(tmp_path):
+    """genai's beam search reads early_stopping; transformers' default is false (genai's own default
+    and the value once written for every folder is true, which stops beams sooner)."""
+    from builder.kit.errors import BuilderError
+
+    for case, generation, expected in (("unset", ids({}), False), ("set", ids({"early_stopping": True}), True)):
+        _, written = planned(tmp_path / case, generation)
+        assert written["search"]["early_stopping"] is expected, case
+    plan, written = planned(tmp_path / "never", ids({"early_stopping": "never", "num_beams": 2}))
+    assert written["search"]["early_stopping"] is False
+    assert any('early_stopping "never" (written as false)' in w for w in plan.warnings), plan.warnings
+    with pytest.raises(BuilderError, match="early_stopping"):
+        planned(tmp_path / "bad", ids({"early_stopping": "yes"}))
 
 
 def test_token_ids_still_fall_back_to_config(tmp_path):

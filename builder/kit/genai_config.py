@@ -46,6 +46,7 @@ SEARCH_DEFAULTS = {
     "no_repeat_ngram_size": 0,
     "num_beams": 1,
     "min_length": 0,
+    "early_stopping": False,
 }
 
 
@@ -127,6 +128,8 @@ def unexpressed_generation_keys(generation: dict | None) -> str | None:
         for key, default in UNEXPRESSED_DEFAULTS.items()
         if key in (generation or {}) and generation[key] not in (None, [], {}, default)
     ]
+    if (generation or {}).get("early_stopping") == "never":
+        named.append('early_stopping "never" (written as false)')
     if not named:
         return None
     return (
@@ -247,7 +250,9 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     search = {
         "diversity_penalty": 0.0,
         "do_sample": bool(search_keys["do_sample"]),
-        "early_stopping": True,
+        # transformers' "never" (wait until no beam can improve) has no genai form; False is the nearest
+        # (genai ported the length heuristic transformers applies for False).
+        "early_stopping": search_keys["early_stopping"] is True,
         "length_penalty": float(search_keys["length_penalty"]),
         "max_length": search_max_length(plan),
         # genai's min_length counts the prompt too, as transformers' does.

@@ -52,6 +52,13 @@ def boolean(v) -> bool:
 boolean.expected = "true or false"
 
 
+def early_stopping_value(v) -> bool:
+    return isinstance(v, bool) or v == "never"
+
+
+early_stopping_value.expected = 'true, false or "never"'
+
+
 def string(v) -> bool:
     return isinstance(v, str)
 
@@ -304,6 +311,7 @@ GENERATION_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "no_repeat_ngram_size": (integer(0), True),
     "num_beams": (integer(1), True),
     "min_length": (integer(0), True),
+    "early_stopping": (early_stopping_value, True),
 }
 
 
