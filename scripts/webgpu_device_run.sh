@@ -31,6 +31,8 @@
 #   bash scripts/webgpu_device_run.sh goal       # the goal table: ours as built against the reference's capture
 #                                                # and default builds, at 0.6B and 4B, with plugin-EP parity meanwhile
 #                                                # (GOAL_CKPTS: the shapes; GOAL_ROUNDS: 4)
+#   bash scripts/webgpu_device_run.sh qwen35-goal # the goal table for Qwen3.5 (0.8B and 4B shapes): ours as built
+#                                                # against the reference's capture and default builds (QWEN35_CKPTS)
 #   bash scripts/webgpu_device_run.sh int32      # the default build (int64 inputs) against --int32-inputs on, an int32
 #                                                # mask alone (scripts/with_io_types.py) and the reference's capture and
 #                                                # default builds, at 0.6B and 4B, with plugin-EP parity of the tiny
@@ -364,6 +366,21 @@ elif [ "$PART" = goal ]; then
         timeout 280 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
             ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-4} \
             --json "$OUT/bench-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    done
+elif [ "$PART" = qwen35-goal ]; then
+    # The goal table for the hybrids: ours as built against the reference's capture and default builds
+    for size in ${QWEN35_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; do
+        checkpoint_for "$size"
+        ours auto-$size "$CK" &
+        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
+        reference ref-default-$size "$CK" &
+        wait
+    done
+    for size in ${QWEN35_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; do
+        for d in auto-$size ref-graph-$size ref-default-$size; do [ -f "$W/$d/model.onnx" ] && nodes "$W/$d"; done
+        timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
+            ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-3} \
+            --json "$OUT/bench-qwen35-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 stream: the default)
     checkpoint_for ${DRY_CKPTS:-gemma3-1b}
