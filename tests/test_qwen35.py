@@ -516,6 +516,64 @@ def test_genai_padded_batch_rows_match_transformers(built, checkpoint, name):
         assert prompt + tokens[row] == transformers_greedy(reference, prompt, 6), row
 
 
+def state_carrying_logits(folder, ids: list[int], calls: list[int]) -> np.ndarray:
+    """Logits [len(ids), V] of the model run over ids in calls of the given lengths, each call
+    starting from the caches and states the one before it left (every position's logits: a
+    --logits all folder)."""
+    from builder.verify import onnx_session
+
+    session = onnx_session(folder)
+    inputs = {i.name: i for i in session.get_inputs()}
+    empty = {  # no past positions in the KV caches, zero conv and recurrent states
+        name: [1, info.shape[1], 0, info.shape[3]] if name.startswith("past_key_values.") else [1, *info.shape[1:]]
+        for name, info in inputs.items()
+        if name.startswith(("past_key_values.", "past."))
+    }
+    feed = {name: np.zeros(shape, np.float32) for name, shape in empty.items()}
+    outputs, start = [], 0
+    for length in calls:
+        feed["input_ids"] = np.array([ids[start : start + length]], np.int64)
+        feed["attention_mask"] = np.ones((1, start + length), np.int64)
+        named = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        outputs.append(named.pop("logits")[0])
+        for name, value in named.items():  # present.N.key -> past_key_values.N.key, present.N.conv -> past.N.conv
+            rest = name[len("present.") :]
+            feed[f"past_key_values.{rest}" if f"past_key_values.{rest}" in inputs else f"past.{rest}"] = value
+        start += length
+    return np.concatenate(outputs)
+
+
+@pytest.mark.parametrize(
+    "name,options", [("qwen3_5", dict(precision="fp32")), ("qwen3-next", dict(precision="int4", accuracy_level=0))]
+)
+def test_prompts_past_the_delta_rule_chunk_and_calls_on_a_carried_state(built, checkpoint, name, options):
+    """transformers prefills Gated DeltaNet in chunks of 64 tokens (torch_chunk_gated_delta_rule)
+    and decodes token by token; test_parity's 12-token prompts stay inside one chunk and start from
+    zero states. Here: a 130-token prompt (two chunk boundaries, no multiple of 64), a 67-token call
+    on the conv and recurrent states it left, then single tokens, against one transformers forward
+    over all of it; and genai's prefill and decode of the 130 tokens. Measured max |d|: 8.4e-5 (fp32
+    qwen3_5), 9.7e-5 (int4 qwen3-next); genai 2.9e-5, 1.3e-5. Forgetting the carried conv or
+    recurrent state in the 67-token call gives 10.1 or 6.7."""
+    from parity_cases import MAX_ABS_BOUND, NMSE_BOUND
+
+    from builder.verify import compare, dequantized_reference, genai_greedy_logits, torch_step_logits
+
+    ids = np.random.default_rng(3).integers(0, 477, size=200).tolist()
+    calls = [130, 67, 1, 1, 1]
+    result = built(name, logits="all", **options)
+    reference = dequantized_reference(checkpoint(name), BuildOptions(**result.report["options"]))
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    ours = state_carrying_logits(result.output, ids, calls)
+    parity = compare([expected], [ours])
+    assert parity.max_abs < MAX_ABS_BOUND[name] and parity.nmse < NMSE_BOUND[name], parity
+    assert parity.argmax_agree == 1.0, parity
+
+    tokens, logits = genai_greedy_logits(result.output, ids[:130], 4)
+    steps = compare(torch_step_logits(reference, tokens, 130), logits)
+    assert steps.steps == 4 and steps.max_abs < MAX_ABS_BOUND[name] and steps.nmse < NMSE_BOUND[name], steps
+
+
 def test_genai_padded_batch_rows_match_their_own_runs_in_the_captured_form(built):
     """--padded-batches on in a webgpu build (positions by CumSum, int32 arithmetic: no Shape for a
     captured graph), run here on the CPU EP; scripts/check_webgpu.py runs it on the GPU."""
