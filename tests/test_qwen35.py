@@ -516,6 +516,24 @@ def test_genai_padded_batch_rows_match_transformers(built, checkpoint, name):
         assert prompt + tokens[row] == transformers_greedy(reference, prompt, 6), row
 
 
+def test_genai_pads_across_chunk_boundaries_leave_the_short_row_alone(built, checkpoint):
+    """PADDED_ROWS are at most 10 tokens: their pads never span a 64-token chunk of the delta rule.
+    Here the short row carries 127 pads past two boundaries, and the 130-token row crosses them with
+    its own tokens; each row's first logits and new tokens are transformers' for that row alone
+    (measured: max |d| 1.4e-5 and 3.9e-5; with --padded-batches off the short row leaves
+    transformers at its second new token)."""
+    from builder.verify import dequantized_reference, genai_batch_greedy, torch_logits, transformers_greedy
+
+    rows = [np.random.default_rng(1).integers(0, 477, size=130).tolist(), [7, 300, 12]]
+    folder = built("qwen3_5", precision="fp32").output
+    reference = dequantized_reference(checkpoint("qwen3_5"), BuildOptions(model="x", precision="fp32"))
+    first, tokens = genai_batch_greedy(folder, rows, 4)
+    for row, prompt in enumerate(rows):
+        expected = torch_logits(reference, np.array([prompt]), [])[0][0, -1]
+        np.testing.assert_allclose(first[row], expected, rtol=0, atol=1e-4)
+        assert prompt + tokens[row] == transformers_greedy(reference, prompt, 4), row
+
+
 def state_carrying_logits(folder, ids: list[int], calls: list[int]) -> np.ndarray:
     """Logits [len(ids), V] of the model run over ids in calls of the given lengths, each call
     starting from the caches and states the one before it left (every position's logits: a
