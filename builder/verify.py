@@ -57,19 +57,26 @@ def check_verify_memory(params: int, available: int | None) -> None:
         )
 
 
-def require_verify_extras() -> None:
-    """--verify runs transformers: refuse before building when a plain install lacks it, or
-    when it is installed but fails to import (a torch that transformers does not match, a
-    broken install), which otherwise surfaced as a traceback once the whole build was done."""
+def missing_modules(modules) -> list[str]:
+    """Those of `modules` that are not installed (or whose lookup fails), for a one-line refusal
+    before code that imports them: the scripts beside the builder that need the test venv too."""
     import importlib.util
 
     missing = []
-    for module in ("torch", "transformers"):
+    for module in modules:
         try:
             if importlib.util.find_spec(module) is None:
                 missing.append(module)
         except ImportError:
             missing.append(module)
+    return missing
+
+
+def require_verify_extras() -> None:
+    """--verify runs transformers: refuse before building when a plain install lacks it, or
+    when it is installed but fails to import (a torch that transformers does not match, a
+    broken install), which otherwise surfaced as a traceback once the whole build was done."""
+    missing = missing_modules(("torch", "transformers"))
     if missing:
         raise BuilderError(
             f"--verify needs {' and '.join(missing)}, which a plain install leaves out: "

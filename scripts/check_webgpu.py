@@ -52,6 +52,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # synthetic checkpoints
 
+from builder.verify import missing_modules, verify_install_command  # noqa: E402
+
+# Its reference is transformers' and its tiny checkpoints come from support.synthetic (torch); a plain
+# install, where --verify's warning sends a webgpu build here, has neither: say so in one line.
+if missing := missing_modules(("torch", "transformers", "tokenizers", "onnxruntime_genai")):
+    print(
+        f"check_webgpu.py: error: it needs {', '.join(missing)}, which a plain install leaves out: run "
+        f"bash scripts/setup.sh and then .venv/bin/python scripts/check_webgpu.py, or {verify_install_command()}",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
 from builder import BuildOptions  # noqa: E402
 from builder.pipeline import build_from_flags  # noqa: E402  (its refusals name the builder's flags)
 from builder.verify import (  # noqa: E402

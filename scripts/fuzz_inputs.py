@@ -18,6 +18,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from builder.verify import missing_modules  # noqa: E402
+
+# hypothesis and the checkpoints' torch come with the test extra only, which a plain install leaves out.
+if missing := missing_modules(("hypothesis", "torch", "tokenizers", "safetensors")):
+    print(
+        f"fuzz_inputs.py: error: it needs {', '.join(missing)}, which only the test venv has: run "
+        "bash scripts/setup.sh and then .venv/bin/python scripts/fuzz_inputs.py",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
 import fuzz_inputs as fz  # noqa: E402
 from hypothesis import given, seed, settings  # noqa: E402
 

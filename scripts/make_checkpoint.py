@@ -17,6 +17,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic checkpoints
 
+from builder.verify import missing_modules, verify_install_command  # noqa: E402
+
+# support.synthetic writes weights with torch and the tokenizer with tokenizers, which a plain install
+# (scripts/quickstart.sh's venv) leaves out: one line that says what to install, not a traceback.
+if missing := missing_modules(("torch", "tokenizers")):
+    print(
+        f"make_checkpoint.py: error: it needs {' and '.join(missing)}, which a plain install leaves out: run "
+        f"bash scripts/setup.sh and then .venv/bin/python scripts/make_checkpoint.py, or {verify_install_command()}",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
 from support import synthetic  # noqa: E402
 
 

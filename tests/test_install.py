@@ -114,3 +114,29 @@ def test_verify_without_torch_is_one_line(checkpoint, tmp_path, no_torch_env):
     )
     assert "builder[verify]" not in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "script, args, needs",
+    [
+        ("make_checkpoint.py", ["tiny-qwen3", "{tmp}/ckpt"], "torch and tokenizers"),
+        ("check_webgpu.py", ["--swiftshader", "--only", "qwen3"], "torch, transformers, tokenizers"),
+        ("fuzz_inputs.py", ["--cases", "1"], "torch, tokenizers"),
+    ],
+)
+def test_scripts_without_torch_say_what_to_install(tmp_path, no_torch_env, script, args, needs):
+    """The scripts the README and the builder's warnings point a user to (make_checkpoint.py for
+    benchmark checkpoints, check_webgpu.py from --verify on webgpu, fuzz_inputs.py) ended in a
+    ModuleNotFoundError traceback in a plain install's venv (scripts/quickstart.sh's)."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *(a.format(tmp=tmp_path) for a in args)],
+        env=no_torch_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"{script}: error: it needs {needs}"), r.stderr
+    assert f"bash scripts/setup.sh and then .venv/bin/python scripts/{script}" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
