@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import pytest
+
+from support.synthetic import TOKENIZER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = ROOT / "examples" / "web" / "serve.py"
@@ -188,6 +191,8 @@ def test_page_names_the_bad_parameter(tmp_path):
 
     node_ready()
     q4, other = fake_build(tmp_path / "tiny"), fake_build(tmp_path / "other", dtype="fp32")
+    for f in TOKENIZER_DIR.iterdir():  # the page encodes its prompt before it loads the weights
+        shutil.copyfile(f, q4 / f.name)
     older = fake_build(tmp_path / "older")  # built before config.json carried the build's context
     (older / "build_report.json").write_text(json.dumps({"model": {"context_length": 16}}))
     short = fake_build(tmp_path / "short", max_position_embeddings=32)  # built with --context-length 32
@@ -214,12 +219,31 @@ def test_page_names_the_bad_parameter(tmp_path):
             "max_position_embeddings 256: pass max_new_tokens=255 or less",
         ],
         "model=older&ids=1,2&max_new_tokens=20": ["context_length 16: pass max_new_tokens=15 or less"],
-        # No prompt in the address: refused before the weights load too (it loaded, then refused on Generate).
-        "model=tiny&max_new_tokens=300": ["runs past tiny's context: the 1 prompt token plus", "256"],
+        # No prompt in the address: refused before the weights load too (it loaded, then refused on Generate),
+        # for the prompt it runs, the box's "Hello" (3 tokens): it said "the 1 prompt token", "pass
+        # max_new_tokens=256 or less", and then refused 256.
+        "model=tiny&max_new_tokens=300": [
+            "runs past tiny's context: the 3 prompt tokens plus",
+            "pass max_new_tokens=254 or less",
+        ],
         "model=tiny&ids=1,2;;3": ["ids=1,2;;3 is not a comma-separated list", "e.g. ids=1,2,3 or ids=1,2,3;4,5"],
     }
     # Headless Chromium opens one address: a page in the served folder frames them.
-    (q4 / "frames.html").write_text("".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases))
+    frames = "".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases)
+    # Without report= (or autorun=) the page waits for a prompt to be typed and shows a refusal in its
+    # status line only: a script here reads that line and posts it as report= does.
+    typed = "model=tiny&max_new_tokens=300"
+    cases[f"typed:{typed}"] = ["max_new_tokens=300 runs past tiny's context for any prompt", "256 or less"]
+    frames += f"""<iframe id="typed" src="/?{html.escape(typed)}"></iframe><script>
+        const poll = setInterval(() => {{
+            const line = document.getElementById('typed').contentDocument?.getElementById('status')?.textContent ?? '';
+            if (!line.startsWith('error: ')) return;
+            clearInterval(poll);
+            fetch('/result', {{method: 'POST', headers: {{'Content-Type': 'application/json'}},
+                body: JSON.stringify({{query: '?report=1&typed:{typed}', error: line.slice(7)}})}});
+        }}, 100);
+    </script>"""
+    (q4 / "frames.html").write_text(frames)
     server, results = load_serve().start([q4, other, older, short])
     posted = {}
     with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as chromium_log:
@@ -236,6 +260,7 @@ def test_page_names_the_bad_parameter(tmp_path):
             assert word in posted[query], (query, posted[query])
     assert "build the bogus" not in posted["model=tiny&dtype=bogus"]
     assert "max_new_tokens" not in posted["model=short&ids=1,2"]  # it loads (and fails on the stand-in)
+    assert "shorten the prompt" not in posted[f"typed:{typed}"]  # there is none yet
 
 
 def test_a_folder_of_symlinks_is_served(tmp_path):

@@ -277,6 +277,8 @@ function newTokens(model, options, length) {
     return Math.max(1, Math.min(options.max_new_tokens, limit - length + 1));
 }
 
+const ANY_PROMPT = 'max_new_tokens';  // checkPrompt's `what` before the prompt is known
+
 /** Refuses a prompt that the model cannot take as it stands: ids out of its vocabulary, or too long. */
 function checkPrompt(model, ids, max_new_tokens, what) {
     if (!ids.length) {  // generate() fed it as an empty tensor: "OrtRun() ERROR_CODE 9", blamed on the folder
@@ -293,6 +295,10 @@ function checkPrompt(model, ids, max_new_tokens, what) {
     if (limit && ids.length + max_new_tokens - 1 > limit) {
         if (ids.length > limit) {
             throw new PageError(`${what} has ${ids.length} tokens, more than ${model.name} takes (${key} ${limit}): shorten it`);
+        }
+        if (what === ANY_PROMPT) {  // no prompt yet: the bound for the shortest one
+            throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context for any prompt: even one prompt token `
+                + `plus the new ones but the last must fit in ${key} ${limit}: pass max_new_tokens=${limit} or less`);
         }
         throw new PageError(`max_new_tokens=${max_new_tokens} runs past ${model.name}'s context: the ${ids.length} prompt token${ids.length === 1 ? '' : 's'} plus the new ones `
             + `but the last must fit in ${key} ${limit}: pass max_new_tokens=${limit - ids.length + 1} or less, or shorten the prompt`);
@@ -322,15 +328,18 @@ async function main(state) {
         throw new PageError(f16Message(model, adapter));
     }
     for (const row of options.ids ?? []) checkPrompt(model, row, newTokens(model, options, row.length), `ids=${param('ids')}`);
-    // Any prompt has a token: a max_new_tokens past the context with one is refused before the weights load.
-    checkPrompt(model, [0], newTokens(model, options, 1), 'max_new_tokens');
+    const autorun = params.get('autorun') === '1' || params.get('report') === '1';
+    // A prompt the page already has (the address's, or the box's on autorun) is checked as it encodes, below,
+    // still before the weights load: a one-token stand-in would name the wrong count and a bound that prompt
+    // exceeds. One still to be typed has a token at least: a max_new_tokens past the context even then is refused now.
+    const promptKnown = Boolean(options.ids || autorun || param('prompt'));
+    if (!promptKnown) checkPrompt(model, [0], newTokens(model, options, 1), ANY_PROMPT);
     $('status').textContent = `loading ${name} on ${device}${fellBack ? ' (this browser has no WebGPU)' : ''}…`;
     const started = performance.now();
     // Its URL path as the id: transformers.js joins a name that reads as a hub id onto localModelPath
     // and fetches any other as it is, so a folder named my--model or "a b" was asked for at /my--model/.
     const where = env.localModelPath + encodeURIComponent(name);  // a name with # or ? is no URL path as it is
     const tokenizer = await AutoTokenizer.from_pretrained(where);
-    const autorun = params.get('autorun') === '1' || params.get('report') === '1';
     if ((autorun || param('prompt')) && !options.ids) {  // before the weights load, as ids= is
         const text = param('prompt') ? params.get('prompt') : $('prompt').value;
         const ids = Array.from(tokenizer.encode(text));
