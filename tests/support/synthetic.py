@@ -649,15 +649,19 @@ def _header(entries, itemsize: int, st_dtype: str) -> tuple[bytes, list]:
     return struct.pack("<Q", len(raw)) + raw, entries
 
 
-def write_safetensors(path: Path, entries, dtype: str, seed: int, tied: bool = False) -> None:
-    """Write one safetensors file tensor by tensor; memory use is one chunk."""
+def write_safetensors(path: Path, entries, dtype: str, seed: int, tied: bool = False, progress=None) -> None:
+    """Write one safetensors file tensor by tensor; memory use is one chunk. `progress(nbytes)`, if
+    given, is called with the size of each chunk written."""
     _, st_dtype, itemsize = _DTYPES[dtype]
     head, entries = _header(entries, itemsize, st_dtype)
     with open(path, "wb") as f:
         f.write(head)
         for name, shape in entries:
             for chunk in tensor_chunks(name, shape, dtype, seed, tied):
-                f.write(chunk.view(torch.uint8).numpy().data)
+                data = chunk.view(torch.uint8).numpy().data
+                f.write(data)
+                if progress:
+                    progress(data.nbytes)
 
 
 def _shard(entries, itemsize: int, max_bytes: int) -> list[list]:
@@ -711,12 +715,15 @@ def make_checkpoint(
     tokenizer: bool = True,
     generation_config: dict | None = None,
     tied_lm_head: bool = False,
+    progress=None,
 ) -> Path:
     """Write a random-weight HF checkpoint for ``config`` into ``out_dir``.
 
     shard_size_bytes=None shards like the Qwen3 hub repos (4 GB files), so tiny models
     get a single model.safetensors and the real Qwen3 configs get the hub's file names.
     tied_lm_head also stores lm_head.weight (equal to the embedding) in a tied model.
+    progress(done, total), if given, is called with the weight bytes written so far and in all
+    as each chunk is written (a real-size checkpoint takes a minute or more).
     Same arguments -> identical bytes.
     """
     if dtype not in _DTYPES:
@@ -734,14 +741,21 @@ def make_checkpoint(
 
     files = plan_files(cfg, dtype, shard_size_bytes, tied_lm_head=tied_lm_head)
     tied = cfg.get("tie_word_embeddings", False)
+    itemsize = _DTYPES[dtype][2]
+    total = sum(itemsize * math.prod(shape) for entries in files.values() for _, shape in entries)
+    done = 0
+
+    def written(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        progress(done, total)
+
     for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
         old.unlink()  # stale shards from an earlier run would confuse loaders
     for fname, entries in files.items():
-        write_safetensors(out / fname, entries, dtype, seed, tied)
+        write_safetensors(out / fname, entries, dtype, seed, tied, progress=written if progress else None)
     if len(files) > 1:
-        itemsize = _DTYPES[dtype][2]
         weight_map = {name: fname for fname, entries in files.items() for name, _ in entries}
-        total = sum(itemsize * math.prod(shape) for entries in files.values() for _, shape in entries)
         _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
     if tokenizer:
@@ -751,7 +765,7 @@ def make_checkpoint(
     return out
 
 
-def make_real_checkpoint(name: str, out_dir, *, dtype: str = "bfloat16", seed: int = 0) -> Path:
+def make_real_checkpoint(name: str, out_dir, *, dtype: str = "bfloat16", seed: int = 0, progress=None) -> Path:
     """Random weights in the exact file layout of a published model (REAL_CONFIGS key)."""
     return make_checkpoint(
         out_dir,
@@ -760,6 +774,7 @@ def make_real_checkpoint(name: str, out_dir, *, dtype: str = "bfloat16", seed: i
         seed=seed,
         generation_config=REAL_GENERATION_CONFIGS[name],
         tied_lm_head=name in HUB_TIED_LM_HEAD,
+        progress=progress,
     )
 
 
