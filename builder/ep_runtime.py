@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -126,7 +127,15 @@ def no_webgpu_device() -> str:
                 "WebGPU found no GPU: the Vulkan loader libvulkan.so.1 is missing "
                 "(Debian/Ubuntu: apt install libvulkan1), and a GPU driver with Vulkan is needed too"
             )
-    return "WebGPU found no GPU adapter: install a GPU driver with Vulkan (Linux), D3D12 (Windows) or Metal (macOS)"
+    message = "WebGPU found no GPU adapter: install a GPU driver with Vulkan (Linux), D3D12 (Windows) or Metal (macOS)"
+    if not _webgpu_built_in() and os.environ.get("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER") != "1":
+        # The plugin EP passes over a CPU driver unless told: a machine set up for SwiftShader as the
+        # README shows, but without this variable, was told to install a GPU driver and no more.
+        message += (
+            ", or for a CPU Vulkan driver such as SwiftShader set ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER=1 "
+            "(README: Running a webgpu folder)"
+        )
+    return message
 
 
 def ort_session(

@@ -271,6 +271,33 @@ def test_generate_without_a_webgpu_adapter_blames_the_machine(built, tmp_path):
     assert "rebuild" not in lines[0]
 
 
+def test_generate_on_swiftshader_without_the_software_flag_names_it(built, tmp_path):
+    """SwiftShader set up as the README shows (its Vulkan loader and driver), but without
+    ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER=1: the plugin EP passes over the CPU driver, and the error
+    said only to install a GPU driver. It names the variable (one line, exit 2)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support.swiftshader import plugin_ready, swiftshader_env
+
+    icd = plugin_ready()
+    folder = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32").output
+    repo = Path(__file__).resolve().parents[1]
+    env = {**swiftshader_env(icd), "PYTHONPATH": str(repo)}
+    del env["ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER"]
+    command = [sys.executable, str(repo / "scripts" / "generate.py"), str(folder), "--max-new-tokens", "2"]
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert child.returncode == 2, child.stderr[-2000:]
+    lines = child.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: WebGPU found no GPU adapter: install a GPU driver"), lines
+    assert "for a CPU Vulkan driver such as SwiftShader set ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER=1" in lines[0], lines
+    # With it, the same command runs on SwiftShader.
+    env["ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER"] = "1"
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert child.returncode == 0 and "new tokens:" in child.stdout, child.stderr[-2000:]
+
+
 def test_a_missing_vulkan_loader_is_named(monkeypatch):
     """Without libvulkan.so.1 the plugin EP finds no adapter either; the message names the loader."""
     import ctypes
