@@ -108,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Check the file, the model folders and the outputs as a run does (not a Ray cluster's nodes: it "
         "is not joined) and print what would be built or skipped; build nothing.",
     )
-    parser.add_argument("--debug", action="store_true", help="Print tracebacks of failed jobs.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="Print the traceback of a job that failed on an unexpected exception (a builder bug; the JSON "
+        "summary keeps it either way). A job refused with a one-line error has none: rerun it as a single "
+        "build with --debug.",
+    )
     parser.add_argument(
         "--quiet", action="store_true", help="No status line while builds run (the lines per job and the summary stay)."
     )
