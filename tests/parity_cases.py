@@ -6,9 +6,11 @@ no family can be added without fp32, quantized and genai parity tests.
 
 PARITY_CASES: dict[str, list[str]] = {
     # head_dim != hidden/heads, one KV head, untied embeddings.
-    "Qwen3ForCausalLM": ["qwen3", "qwen3-1kv", "qwen3-untied"],
-    # Llama-3 rope scaling with all three frequency bands in use.
-    "LlamaForCausalLM": ["llama"],
+    # YaRN as Qwen3's model cards enable it, over a 32-position original window.
+    "Qwen3ForCausalLM": ["qwen3", "qwen3-1kv", "qwen3-untied", "qwen3-yarn"],
+    # Llama-3 rope scaling with all three frequency bands in use; YaRN with an attention_factor and
+    # an untruncated ramp.
+    "LlamaForCausalLM": ["llama", "llama-yarn"],
     # q/k/v biases: one packed bias Add before the Split (or three Adds when separate).
     "Qwen2ForCausalLM": ["qwen2"],
     # sliding_window 8 under a 12-token prompt + decode, and the same model without a window.

@@ -245,7 +245,10 @@ def test_saved_config_style_matches_transformers(tmp_path):
         (dict(hidden_activation="gelu"), "hidden_activation 'gelu' is not supported"),
         (dict(attention_bias=True), "attention_bias"),
         (dict(rope_parameters={"rope_type": "default", "rope_theta": 5e5}), "keyed by layer type"),
-        (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn' is not supported yet .*full_attention"),
+        (
+            dict(rope_scaling={"rope_type": "dynamic", "factor": 4.0}),
+            r"'dynamic' is not supported yet \(supported: default, linear, llama3, yarn\).*full_attention",
+        ),
         (dict(layer_types=["sliding_attention"]), "must name 3 layers"),
         (dict(sliding_window=None), "sliding_window = None must be a positive integer"),
         (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar"),

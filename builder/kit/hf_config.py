@@ -110,6 +110,8 @@ KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "rope_theta": (number(), False),
     "rope_local_base_freq": (number(), False),
     "partial_rotary_factor": (number(0.0, 1.0), False),
+    # llama3 and yarn scaling read it before rope_scaling's own (transformers' standardize_rope_params)
+    "original_max_position_embeddings": (integer(1), False),
     "rope_scaling": (mapping, True),
     "rope_parameters": (mapping, True),
     "hidden_act": (string, False),
@@ -154,7 +156,17 @@ ROPE_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "high_freq_factor": (number(), False),
     "original_max_position_embeddings": (integer(1), False),
     "partial_rotary_factor": (number(0.0, 1.0), False),
+    # yarn; null reads as unset, where transformers derives or defaults the value
+    "attention_factor": (number(), True),
+    "beta_fast": (number(), True),
+    "beta_slow": (number(), True),
+    "mscale": (number(None), True),
+    "mscale_all_dim": (number(None), True),
+    # transformers truncates unless told not to, and a null reads as "not to": say which
+    "truncate": (boolean, False),
 }
+# A null yarn factor is the ratio of max_position_embeddings to original_max_position_embeddings.
+YARN_ROPE_KEYS = {**ROPE_KEYS, "factor": (number(), True)}
 
 
 def _check(table: dict, values: dict, where: str, file: str = "config.json") -> None:
@@ -277,7 +289,8 @@ def check_config(config: dict, where: str = "config.json") -> dict:
                 continue
             nested = [(v, f"{place} {rope_key}.{k}") for k, v in rope.items() if isinstance(v, dict)]
             for params, label in [(rope, f"{place} {rope_key}")] + nested:
-                _check(ROPE_KEYS, params, label)
+                yarn = params.get("rope_type", params.get("type")) == "yarn"
+                _check(YARN_ROPE_KEYS if yarn else ROPE_KEYS, params, label)
     return config
 
 
