@@ -101,6 +101,14 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
     local.setdefault("rope_theta", config["rope_local_base_freq"])
     specs = []
     for kind, p in ((FULL, full), (SLIDING, local)):
+        if p.get("rope_type", p.get("type")) == "yarn" and p.get("truncate", True) is not True:
+            # transformers (5.25 _compute_yarn_parameters) reads truncate from the top of
+            # rope_parameters, which Gemma 3 keys by layer type, so it truncates whatever this says.
+            raise BuilderError(
+                f"config.json: Gemma 3 yarn rope scaling with truncate {p['truncate']!r} ({kind} layers): "
+                "transformers ignores truncate in Gemma 3's per-layer-type rope and truncates anyway, so "
+                "the model it runs is not the one config.json describes; remove truncate to build that one"
+            )
         flat = {"rope_parameters": p, "max_position_embeddings": config["max_position_embeddings"]}
         try:
             specs.append(RopeSpec.from_config(flat, head_dim))

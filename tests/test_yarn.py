@@ -290,3 +290,22 @@ def test_top_level_original_window_is_read_not_warned_about():
     assert RopeSpec.from_config(config, 32).original_max_position_embeddings == 16
     with pytest.raises(BuilderError, match="original_max_position_embeddings is null"):
         hf_config.check_config({**config, "original_max_position_embeddings": None})
+
+
+def test_yarn_over_part_of_the_head_is_refused_where_the_family_rotates_the_whole_head(checkpoint, tmp_path):
+    """transformers' Llama and Qwen3 make yarn's cos/sin for partial_rotary_factor of the head and
+    then fail applying them to all of it: there is no model to build."""
+    folder = with_config(checkpoint, tmp_path, partial_rotary_factor=0.5)
+    with pytest.raises(BuilderError, match="yarn rope scaling with partial_rotary_factor < 1 \\(16 of head_dim 32\\)"):
+        build(BuildOptions(model=str(folder), output=str(tmp_path / "o")), show_progress=False)
+
+
+def test_gemma3_yarn_without_truncation_is_refused():
+    """transformers reads truncate beside Gemma 3's per-layer-type parameters, where it never is:
+    truncate false would build another model than the one it runs."""
+    from test_gemma3 import spec_of
+
+    config = {**TINY_CONFIGS["gemma3"], "rope_scaling": {**YARN, "truncate": False}}
+    with pytest.raises(BuilderError, match="Gemma 3 yarn rope scaling with truncate False \\(full_attention layers\\)"):
+        spec_of(config)
+    assert spec_of({**config, "rope_scaling": {**YARN, "truncate": True}}).rope.truncate is True
