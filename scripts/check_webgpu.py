@@ -93,6 +93,7 @@ CASES = [  # (tiny config, precision, extra build options)
     # og.Engine runs no capture build (it crashed on one) and feeds int64 inputs: capture off gives both
     ("qwen3", "int4", {"logits": "all", "graph_capture": "off"}),
     ("llama", "int4", {}),
+    ("qwen3-yarn", "int4", {}),  # YaRN: cos/sin caches scaled by its attention factor, under capture
     ("qwen3-untied", "int4", {}),
     ("qwen2", "int4", {}),
     ("mistral", "int4", {}),
