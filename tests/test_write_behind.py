@@ -193,3 +193,82 @@ def test_a_failed_fsync_still_fails_the_build(tmp_path, monkeypatch):
     f.append([np.ones(10, np.uint8)])
     with pytest.raises(BuilderError, match=r"failed \(Input/output error\)"):
         f.close()
+
+
+def finished(call, timeout: float = 60.0):
+    """What `call()` raised (or None), run on a thread that must end within `timeout`: a writer
+    error the build never hears of leaves it waiting for a free block, and a regression must fail
+    here rather than hang the suite."""
+    outcome = []
+
+    def run():
+        try:
+            call()
+        except BaseException as e:
+            outcome.append(e)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, name="build-under-test", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the build still waits {timeout:.0f} s after its writer thread died"
+    return outcome[0]
+
+
+@pytest.mark.parametrize(
+    "error, raised",
+    [
+        (RuntimeError("bad buffer"), RuntimeError),  # a bug: raised as it is, with its traceback
+        (ValueError("memoryview: underlying buffer is not C-contiguous"), ValueError),
+        (MemoryError(), MemoryError),  # the CLI's one line for running out of memory
+        (KeyboardInterrupt(), BuildInterrupted),
+    ],
+    ids=["RuntimeError", "ValueError", "MemoryError", "KeyboardInterrupt"],
+)
+@pytest.mark.parametrize("when", ["first write", "after two writes"])
+def test_any_error_in_the_writer_fails_the_build_and_leaves_nothing(
+    tmp_path, monkeypatch, checkpoint, error, raised, when
+):
+    """Only OSError was caught in the writer thread: anything else ended it in silence. With blocks
+    left to write the build then waited forever for a free one; with the whole model in one block
+    (written at close) it published a model.onnx.data of zeros."""
+    ckpt = checkpoint("qwen3")  # before the writes fail: making it writes through ExternalDataFile too
+    real = data_file.os.pwritev
+    writes = []
+
+    def failing(fd, buffers, offset, *args):
+        writes.append(offset)
+        if when == "first write" or len(writes) > 2:
+            raise error
+        return real(fd, buffers, offset, *args)
+
+    monkeypatch.setattr(data_file.os, "pwritev", failing)
+    if when == "after two writes":  # more blocks than the writer has: the build must wait for one
+        monkeypatch.setattr(data_file, "BLOCK", ALIGN)
+        monkeypatch.setattr(data_file, "DEFAULT_BOUND", 2 * ALIGN)
+    out = tmp_path / "out"
+    options = BuildOptions(model=str(ckpt), output=str(out), precision="fp32")
+    failure = finished(lambda: build(options, show_progress=False))
+    assert type(failure) is raised, failure
+    if raised is not BuildInterrupted:
+        assert failure is error  # the writer's own exception, not a stand-in
+    assert writes and not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
+
+
+def test_running_out_of_memory_in_the_writer_is_the_clis_one_line(tmp_path, monkeypatch, checkpoint, capsys):
+    from builder.cli import main
+
+    ckpt = checkpoint("qwen3")
+
+    def no_memory(fd, buffers, offset, *args):
+        raise MemoryError
+
+    monkeypatch.setattr(data_file.os, "pwritev", no_memory)
+    out = tmp_path / "out"
+    codes = []
+    assert finished(lambda: codes.append(main(["-m", str(ckpt), "-o", str(out), "--quiet"]))) is None
+    err = capsys.readouterr().err
+    assert codes == [1] and err.startswith("error: out of memory;") and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))

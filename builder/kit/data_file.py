@@ -17,6 +17,8 @@ starts the write-back every FLUSH_EVERY bytes, so the fsync at close finds littl
 
 Memory: at most `bound` bytes of blocks. A write error (a full disk) stops the
 writer and is raised by the build's next append or by close, as one BuilderError.
+Any other exception that ends the writer (MemoryError, a bug) is raised there as it
+is: the build fails rather than waiting for a block or publishing a file with holes.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class ExternalDataFile:
         self._block_start = 0
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
         self._stop = False
         self._flushed_to = 0
         self._syncs = self._regular  # False once the file system refuses fdatasync
@@ -149,8 +151,10 @@ class ExternalDataFile:
         self._block = None
 
     def _raise_error(self) -> None:
-        if self._error is not None:
+        if isinstance(self._error, OSError):
             raise self._failed(self._error) from None
+        if self._error is not None:
+            raise self._error  # its traceback still shows where the writer met it
 
     def close(self) -> None:
         """Write what is left, wait for the writer, cut the last block's padding, fsync.
@@ -190,6 +194,17 @@ class ExternalDataFile:
     # ---- the writer thread ------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:
+            # Whatever ends this thread must reach the build: when only OSError did, the build
+            # waited forever for a free block, or closed a file whose blocks were never written
+            # (zeros) and published it.
+            with self._cond:
+                self._error = self._error or e
+                self._cond.notify_all()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._stop:
