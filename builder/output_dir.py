@@ -364,16 +364,27 @@ def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
         except BaseException:
             held.close()
             raise
+        _mark_abandoned(old)
     with contextlib.closing(held):
         try:
             os.rename(staging, output)
         except OSError:
             if old is not None:
+                (old / ALIVE_MARK).unlink(missing_ok=True)  # it is an output again
                 os.rename(old, output)  # the previous build stays where it was
             raise
         _sync_quietly(output.parent)  # the rename itself
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _mark_abandoned(folder: Path) -> None:
+    """Mark a folder this process holds locked, so that a sweep finding it with the lock free
+    takes it for a dead build's, as it does a staging folder: without the mark only the pid in
+    its name decided, and a live process with that pid (a container's retried build is often
+    pid 1 again) kept a killed run's previous build there for good."""
+    with contextlib.suppress(OSError):  # then the pid decides, as before
+        (folder / ALIVE_MARK).touch()
 
 
 # SIGHUP: the terminal or ssh session closed under a running build.

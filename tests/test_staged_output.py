@@ -112,6 +112,7 @@ def test_a_failed_publish_puts_the_previous_build_back(tmp_path, monkeypatch):
             (staging / "model.onnx").write_bytes(b"new")
     monkeypatch.undo()
     assert (out / "model.onnx").read_bytes() == b"old" and leftovers(tmp_path) == []
+    assert not (out / output_dir.ALIVE_MARK).exists()  # the mark of a folder set aside went with it
 
 
 def test_staging_sweeps_take_only_their_own_outputs_folders(tmp_path):
@@ -343,3 +344,60 @@ def test_a_failed_fsync_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch
             (staging / "model.onnx").write_bytes(b"model")
             monkeypatch.setattr(os, "fsync", failed)
     assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["new build in place", "between the two renames"])
+def test_a_publish_killed_halfway_leaves_nothing_a_later_build_keeps(tmp_path, swap):
+    """A build killed (SIGKILL) while it replaces an output leaves the previous build under a
+    staging name: once the new build is in place, or between the two renames of a system
+    without the swap (the new one still in its staging folder, and no output). The next build
+    sweeps both and publishes its own, even where a live process has the dead build's pid (a
+    container's retry): the folder set aside was locked but never marked, so with its pid alive
+    it was kept for good."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    previous_build(out)
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from builder import output_dir\n"
+        "def killed(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        + (
+            "output_dir.shutil.rmtree = killed\n"  # the old build swapped out, not yet removed
+            if swap
+            else "def refused(src, dst, flags):\n"
+            "    raise OSError(22, 'Invalid argument')\n"
+            "output_dir._renameat2 = refused\n"
+            "rename = os.rename\n"
+            "def second_killed(src, dst):\n"
+            "    if Path(src).name != 'out':\n"
+            "        killed()\n"
+            "    rename(src, dst)\n"
+            "output_dir.os.rename = second_killed\n"  # killed between the two renames
+        )
+        + "with output_dir.staged_output(Path(sys.argv[1]), overwrite=True) as staging:\n"
+        "    (staging / 'build_report.json').write_text('{}')\n"
+        "    (staging / 'model.onnx').write_bytes(b'new')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = {(tmp_path / name / "model.onnx").read_bytes(): tmp_path / name for name in leftovers(tmp_path)}
+    if swap:
+        assert (out / "model.onnx").read_bytes() == b"new" and set(left) == {b"old"}
+    else:
+        assert not out.exists() and set(left) == {b"old", b"new"}
+    # The folder set aside now carries a live pid (ours), as a retried container's build may.
+    dead = dict(output_dir.staging_folders(out))[left[b"old"]]
+    left[b"old"].rename(left[b"old"].with_name(left[b"old"].name.replace(f"-{dead}-", f"-{os.getpid()}-")))
+    with staged_output(out, overwrite=True) as staging:
+        (staging / REPORT_NAME).write_text("{}")
+        (staging / "model.onnx").write_bytes(b"newer")
+    assert (out / "model.onnx").read_bytes() == b"newer" and leftovers(tmp_path) == []
