@@ -7,7 +7,7 @@ Each job is one Ray task running the same job body as the local executor
 - memory: an estimate of the build's peak resident memory (memory_estimate).
 A worker or node that dies mid-job is retried on any node, at most MAX_RETRIES
 times; a failed build (bad input or a builder bug) comes back as a result, not
-an exception, so Ray never retries it. Builds publish with one rename from a
+an exception, so Ray never retries it. Builds publish with one rename (or swap) from a
 staging folder, so a killed attempt leaves only a staging folder, which the
 next attempt or the driver removes.
 

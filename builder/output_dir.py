@@ -4,12 +4,15 @@ A build writes into a hidden sibling folder and renames it into place only
 when everything is written. On error, Ctrl-C, SIGTERM or SIGHUP the staging
 folder is removed. An existing output is replaced only with --overwrite, and
 only if it carries our build report and nothing that build did not write (we never
-delete what we did not make).
+delete what we did not make). On Linux the replacing swaps the two folders in one
+step (renameat2 RENAME_EXCHANGE), so the output is never absent; elsewhere it takes
+two renames (publish_folder).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import fnmatch
@@ -19,7 +22,9 @@ import os
 import re
 import shutil
 import signal
+import sys
 import uuid
+from functools import cache
 from pathlib import Path
 
 from builder.formats import FORMATS
@@ -155,7 +160,7 @@ def staged_output(output: Path, overwrite: bool):
             stop.deferring = True  # the output is complete: a stop now waits for it to be in place
             (staging / ALIVE_MARK).unlink(missing_ok=True)  # not part of the output
             try:
-                _move_into_place(staging, output, overwrite)
+                publish_folder(staging, output, overwrite)
             except OSError as e:
                 raise BuilderError(
                     f"moving the finished build into {output} failed ({e.strerror or e}); choose another -o/--output"
@@ -350,32 +355,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
-    old = None
-    held = _Held(None)
-    if output.exists():
-        check_output_free(output, overwrite)
-        # Named like a staging folder, so that the sweeps remove it if this process dies here;
-        # locked first (the lock goes with the folder), so that they leave it alone until then.
-        old = _staging_name(output)
-        held = _hold(output)
-        try:
+def publish_folder(staging: Path, output: Path, overwrite: bool) -> None:
+    """Put the complete folder `staging` at `output`, replacing the build there (with `overwrite`).
+
+    The folders are swapped in one step where the system can (exchange), so a kill at any
+    point leaves either build at `output`, never neither; elsewhere two renames, with the old
+    build put back if the second fails. Either way the old build then sits under a staging
+    name, marked as abandoned, until it is removed: a kill before that leaves a folder the
+    next build's sweep removes whatever pid it carries (remove_stale_staging). The caller
+    has synced `staging`; the parent folder is synced here, after the renames.
+    """
+    if not output.exists():
+        os.rename(staging, output)
+        _sync_quietly(output.parent)  # the rename itself
+        return
+    check_output_free(output, overwrite)
+    # Locked first (the lock goes with the folder), so that the sweeps leave the old build
+    # alone while it sits under a staging name, until it is marked and removed.
+    with contextlib.closing(_hold(output)):
+        if exchange(staging, output):
+            old = staging  # the staging name now holds the previous build
+            _mark_abandoned(old)
+        else:
+            old = _staging_name(output)
             os.rename(output, old)
-        except BaseException:
-            held.close()
-            raise
-        _mark_abandoned(old)
-    with contextlib.closing(held):
-        try:
-            os.rename(staging, output)
-        except OSError:
-            if old is not None:
+            _mark_abandoned(old)
+            try:
+                os.rename(staging, output)
+            except OSError:
                 (old / ALIVE_MARK).unlink(missing_ok=True)  # it is an output again
                 os.rename(old, output)  # the previous build stays where it was
-            raise
-        _sync_quietly(output.parent)  # the rename itself
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+                raise
+        _sync_quietly(output.parent)  # the renames themselves
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _mark_abandoned(folder: Path) -> None:
@@ -385,6 +397,50 @@ def _mark_abandoned(folder: Path) -> None:
     pid 1 again) kept a killed run's previous build there for good."""
     with contextlib.suppress(OSError):  # then the pid decides, as before
         (folder / ALIVE_MARK).touch()
+
+
+# renameat2(2)'s flag that swaps two paths (Linux 3.15; glibc 2.28 exports the call).
+RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+# Answers that say the swap is not to be had here, so two renames do it: a file system without it
+# (EINVAL, EOPNOTSUPP), a kernel or libc without the call (ENOSYS), paths on two file systems
+# (EXDEV), a container's seccomp filter that refuses calls it does not know (EPERM; a real
+# permission problem fails the renames too, with their own message).
+_NO_EXCHANGE = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EPERM)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the paths `a` and `b` in one step; False (nothing moved) where the system cannot."""
+    try:
+        _renameat2(os.fsencode(a), os.fsencode(b), RENAME_EXCHANGE)
+    except OSError as e:
+        if e.errno in _NO_EXCHANGE:
+            return False
+        raise
+    return True
+
+
+def _renameat2(src: bytes, dst: bytes, flags: int) -> None:
+    call = _libc_renameat2()
+    if call is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available here", src)
+    if call(_AT_FDCWD, src, _AT_FDCWD, dst, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), os.fsdecode(src), None, os.fsdecode(dst))
+
+
+@cache
+def _libc_renameat2():
+    """libc's renameat2, or None (not Linux; glibc before 2.28; a libc without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
 
 
 # SIGHUP: the terminal or ssh session closed under a running build.
@@ -398,7 +454,7 @@ class _StopSignals:
     Only the first one raises, and none while `deferring`: a signal must not cut short the
     removal of a staging folder (a batch job's parent-death SIGTERM comes once for each thread
     of the dying batch, as the kernel hands the orphan from one thread to the next; an impatient
-    second Ctrl-C) nor the two renames that publish a complete output. A SIGINT that the process
+    second Ctrl-C) nor the renames that publish a complete output. A SIGINT that the process
     ignores (a shell's background job) stays ignored.
     """
 

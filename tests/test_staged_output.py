@@ -4,6 +4,7 @@ Each test sends real signals to this process at a chosen point."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -23,6 +24,15 @@ def previous_build(out):
 
 def leftovers(tmp_path):
     return sorted(p.name for p in tmp_path.glob(".builder-staging-*"))
+
+
+def without_exchange(monkeypatch, code=errno.EINVAL):
+    """This machine as one whose kernel, libc or file system refuses renameat2's RENAME_EXCHANGE."""
+
+    def refused(src, dst, flags):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(output_dir, "_renameat2", refused)
 
 
 def signal_then(call, *sigs):
@@ -70,14 +80,17 @@ def test_a_signal_while_a_failed_build_is_cleaned_up_keeps_its_error(tmp_path, m
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("when", ["before the first rename", "between the renames", "removing the old build"])
+@pytest.mark.parametrize(
+    "when",
+    ["swapping the folders", "before the first rename", "between the renames", "removing the old build"],
+)
 def test_a_signal_while_publishing_lets_the_new_build_land(tmp_path, monkeypatch, when):
-    """Once the output is complete, a stop waits the few renames it takes to put it in place;
+    """Once the output is complete, a stop waits the few steps it takes to put it in place;
     before, a rebuild stopped there left the old build half-deleted or the output missing."""
     out = tmp_path / "out"
     previous_build(out)
     renames = []
-    rename, rmtree = os.rename, shutil.rmtree
+    rename, rmtree, renameat2 = os.rename, shutil.rmtree, output_dir._renameat2
 
     def renaming(src, dst):
         renames.append(src)
@@ -86,6 +99,10 @@ def test_a_signal_while_publishing_lets_the_new_build_land(tmp_path, monkeypatch
         rename(src, dst)
 
     monkeypatch.setattr(output_dir.os, "rename", renaming)
+    if "rename" in when:  # the two renames of a system without RENAME_EXCHANGE
+        without_exchange(monkeypatch)
+    if when == "swapping the folders":
+        monkeypatch.setattr(output_dir, "_renameat2", signal_then(renameat2, signal.SIGTERM))
     if when == "removing the old build":
         monkeypatch.setattr(output_dir.shutil, "rmtree", signal_then(rmtree, signal.SIGTERM))
     with staged_output(out, overwrite=True) as staging:
@@ -98,6 +115,7 @@ def test_a_signal_while_publishing_lets_the_new_build_land(tmp_path, monkeypatch
 def test_a_failed_publish_puts_the_previous_build_back(tmp_path, monkeypatch):
     out = tmp_path / "out"
     previous_build(out)
+    without_exchange(monkeypatch)
     rename, calls = os.rename, []
 
     def second_fails(src, dst):  # output -> old, then staging -> output fails, then old -> output
@@ -113,6 +131,20 @@ def test_a_failed_publish_puts_the_previous_build_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (out / "model.onnx").read_bytes() == b"old" and leftovers(tmp_path) == []
     assert not (out / output_dir.ALIVE_MARK).exists()  # the mark of a folder set aside went with it
+
+
+def test_a_failed_swap_leaves_the_previous_build(tmp_path, monkeypatch):
+    """An error other than those that mean "no swap here" fails the build, with nothing moved."""
+    out = tmp_path / "out"
+    previous_build(out)
+    without_exchange(monkeypatch, errno.EIO)
+    renames = []
+    monkeypatch.setattr(output_dir.os, "rename", lambda src, dst: renames.append(src))
+    with pytest.raises(BuilderError, match=r"moving the finished build into .*out failed \(Input/output error\)"):
+        with staged_output(out, overwrite=True) as staging:
+            (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert renames == [] and (out / "model.onnx").read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
 def test_staging_sweeps_take_only_their_own_outputs_folders(tmp_path):
@@ -289,11 +321,12 @@ def test_the_program_ignores_stop_signals_once_main_returns(tmp_path):
     assert proc.stdout.splitlines()[-1] == "0 True", proc.stdout
 
 
-def test_every_file_is_on_disk_before_the_rename_publishes_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("swap", [True, False], ids=["exchange", "two renames"])
+def test_every_file_is_on_disk_before_the_rename_publishes_it(tmp_path, monkeypatch, swap):
     """Only model.onnx.data was fsynced: after a power loss the rename could be on disk and
     model.onnx or the configs empty, a published output that is half-written."""
     events = []
-    real_fsync, real_rename = os.fsync, os.rename
+    real_fsync, real_rename, real_renameat2 = os.fsync, os.rename, output_dir._renameat2
 
     def fsync(fd):
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
@@ -303,17 +336,24 @@ def test_every_file_is_on_disk_before_the_rename_publishes_it(tmp_path, monkeypa
         events.append(("rename", str(src), str(dst)))
         return real_rename(src, dst)
 
+    def renameat2(src, dst, flags):
+        events.append(("rename", os.fsdecode(src), os.fsdecode(dst)))
+        return real_renameat2(src, dst, flags)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(output_dir, "_renameat2", renameat2)
+    if not swap:
+        without_exchange(monkeypatch)
     out = tmp_path / "out"
-    previous_build(out)  # replacing an output: two renames
+    previous_build(out)  # replacing an output: a swap, or two renames
     with staged_output(out, overwrite=True) as staging:
         (staging / "sub").mkdir()
         (staging / "model.onnx").write_bytes(b"model")
         (staging / "sub" / "config.json").write_text("{}")
         (staging / REPORT_NAME).write_text("{}")
     publish = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out))
-    synced = {e[1] for e in events[: publish - 1] if e[0] == "fsync"}
+    synced = {e[1] for e in events[:publish] if e[0] == "fsync"}
     for name in ("model.onnx", "sub/config.json", REPORT_NAME, "sub", "."):
         assert os.path.normpath(str(staging / name)) in synced, name
     assert ("fsync", str(tmp_path)) in events[publish:]  # the rename itself
@@ -344,6 +384,61 @@ def test_a_failed_fsync_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch
             (staging / "model.onnx").write_bytes(b"model")
             monkeypatch.setattr(os, "fsync", failed)
     assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_replacing_an_output_swaps_the_folders_and_it_is_never_absent(tmp_path, monkeypatch):
+    """--overwrite renamed the old build aside, then the new one into place: a kill between the
+    two left neither at the output. On Linux the folders are swapped in one step."""
+    out = tmp_path / "out"
+    previous_build(out)
+    steps = []
+
+    def present(step):
+        kept = (out / "model.onnx").read_bytes() if (out / "model.onnx").is_file() else None
+        assert kept in (b"old", b"new"), f"{out} is absent {step}"
+        steps.append((step, kept))
+
+    def spied(name, call):
+        def spy(*args, **kwargs):
+            present(f"before {name}")
+            result = call(*args, **kwargs)
+            present(f"after {name}")
+            return result
+
+        return spy
+
+    for name in ("exchange", "_sync_quietly"):
+        monkeypatch.setattr(output_dir, name, spied(name, getattr(output_dir, name, None)), raising=False)
+    monkeypatch.setattr(output_dir.os, "rename", spied("os.rename", os.rename))
+    monkeypatch.setattr(output_dir.shutil, "rmtree", spied("rmtree", shutil.rmtree))
+    with staged_output(out, overwrite=True) as staging:
+        (staging / REPORT_NAME).write_text("{}")
+        (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert [s for s in steps if "exchange" in s[0]] == [("before exchange", b"old"), ("after exchange", b"new")]
+    assert not [s for s in steps if "os.rename" in s[0]]  # the swap, not the two renames
+    assert sorted(p.name for p in out.iterdir()) == ["build_report.json", "model.onnx"] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM, "no renameat2 in libc"],
+)
+def test_where_the_swap_is_refused_two_renames_replace_the_output(tmp_path, monkeypatch, refusal):
+    out = tmp_path / "out"
+    previous_build(out)
+    if refusal == "no renameat2 in libc":  # glibc before 2.28, not Linux
+        monkeypatch.setattr(output_dir, "_libc_renameat2", lambda: None)
+    else:
+        without_exchange(monkeypatch, refusal)
+    renames, rename = [], os.rename
+    monkeypatch.setattr(output_dir.os, "rename", lambda src, dst: renames.append(dst) or rename(src, dst))
+    with staged_output(out, overwrite=True) as staging:
+        (staging / REPORT_NAME).write_text("{}")
+        (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert len(renames) == 2 and renames[1] == out
+    assert (out / "model.onnx").read_bytes() == b"new" and leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("swap", [True, False], ids=["new build in place", "between the two renames"])
