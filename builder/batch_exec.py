@@ -38,6 +38,7 @@ from builder.output_dir import REPORT_NAME, remove_stale_staging, staging_folder
 # pid to <that folder>/<output name>.pid. Only the first attempt of a job pauses,
 # so tests can stop or kill a build at a known point and watch what follows.
 PAUSE_ENV, PAUSE_DIR_ENV = "BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "BUILDER_TEST_PAUSE_DIR"
+STOPPED_BY = "stopped_by_signal"  # in a stopped job's result until its executor reads it
 
 
 def report_fields(report: dict) -> dict:
@@ -67,8 +68,10 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
         with contextlib.redirect_stderr(captured):
             report = build_from_flags(BuildOptions(**options), show_progress=False).report
         result.update(report_fields(report), status="built")
-    except (BuildInterrupted, KeyboardInterrupt):
+    except (BuildInterrupted, KeyboardInterrupt) as e:
         result.update(status="interrupted", error="interrupted; its partial output was removed")
+        if getattr(e, "exit_code", 0) > 128:  # the signal the build caught: the Ray executor tells whose it was
+            result[STOPPED_BY] = e.exit_code - 128
     except BuilderError as e:
         result["error"] = str(e)
     except Exception as e:  # a builder bug: keep the traceback for the JSON summary
@@ -344,6 +347,7 @@ def _child(conn, options: dict, threads: int, parent: int) -> None:
         result = run_job(options, threads)
     except KeyboardInterrupt:  # SIGTERM between the job's own handlers
         result = {"status": "interrupted", "error": "interrupted before it built anything"}
+    result.pop(STOPPED_BY, None)  # only this batch stops its children
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the answer is on its way: let it arrive
     try:
         conn.send(result)

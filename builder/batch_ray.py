@@ -25,10 +25,11 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
-from builder.batch_exec import Executor, remove_staging, run_job
+from builder.batch_exec import STOPPED_BY, Executor, remove_staging, run_job
 from builder.kit.errors import BuilderError
 from builder.kit.selection import format_for
 from builder.verify import VERIFY_BASE_BYTES, VERIFY_BYTES_PER_PARAM, verify_memory_bytes
@@ -173,12 +174,18 @@ def _ray():
 
 
 def _job_task(options: dict, threads: int, attempts: str) -> dict:
-    """A job as a Ray task; marks each attempt so the driver can tell retries."""
+    """A job as a Ray task; marks each attempt (named by the worker's pid) so the driver can tell retries."""
     import ray
 
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     Path(attempts, f"{os.getpid()}-{secrets.token_hex(4)}").write_text(node)
     result = run_job(options, threads)
+    if result.pop(STOPPED_BY, None) in (signal.SIGTERM, signal.SIGHUP):
+        # What `ray stop` and a node shutting down (a preempted pod) send a worker; the batch stops
+        # a task with ray.cancel, which arrives as SIGINT. The build has removed its staging folder;
+        # the worker exits as Ray's own SIGTERM handler makes it, so Ray counts a dead worker and
+        # retries the job. Returned, the result read 'interrupted' in a batch nobody interrupted.
+        sys.exit(1)
     result["node"] = node
     return result
 

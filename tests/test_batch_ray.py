@@ -101,8 +101,12 @@ def test_rerun_on_ray_skips_everything(tiny_both, capsys):
     assert capsys.readouterr().out.count("skipped tiny-qwen3-") == 3
 
 
-def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_dir):
-    """The build's worker is SIGKILLed with its staging folder complete and unpublished."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_dir, sig):
+    """The build's worker is killed with its staging folder complete and unpublished. SIGTERM is
+    how `ray stop` and a node shutting down stop a worker: the build turned it into a clean stop,
+    and the job was reported 'interrupted' in a batch nobody interrupted, never retried, while
+    the batch exited 0 without it."""
     path = write(tmp_path / "kill.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n    output: k\n")
     pause_dir.mkdir()
     killed = []
@@ -116,7 +120,7 @@ def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_
             time.sleep(0.2)  # the pid is written just before the pause
             staging = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".builder-staging-k-")]
             killed.append((int(marker.read_text()), staging))
-            os.kill(killed[0][0], signal.SIGKILL)
+            os.kill(killed[0][0], sig)
 
     thread = threading.Thread(target=killer)
     thread.start()
