@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -196,6 +197,9 @@ def _first_attempt(attempts: Path) -> Path | None:
         return min(attempts.iterdir(), key=lambda p: p.stat().st_mtime, default=None)
     except OSError:
         return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task's name in its tracebacks
 
 
 def _started_at(mark: Path) -> float:
@@ -492,6 +496,17 @@ class RayExecutor(Executor):
             job.result.update(ray.get(ref, timeout=0 if interrupted else None))
         except (ray.exceptions.TaskCancelledError, ray.exceptions.GetTimeoutError):
             job.result.update(status="interrupted", error="interrupted; its partial output was removed")
+        except ray.exceptions.RayTaskError as e:
+            # The task raised: what no `except Exception` in the job body catches (a BaseException
+            # of a family's), or a failure outside it. It ran, and its worker lived; Ray does not retry it.
+            # ray.get raises it as a subclass of the cause's class too, whose str is Ray's traceback.
+            cause, remote = getattr(e, "cause", None), _ANSI.sub("", str(e))
+            what = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else remote
+            job.result.update(
+                status="interrupted" if interrupted else "failed",
+                error=(what.strip().splitlines() or [type(e).__name__])[0],
+                traceback=remote,
+            )
         except ray.exceptions.RayError as e:  # workers or nodes died more often than we retry
             status = "interrupted" if interrupted else "failed"
             job.result.update(
@@ -502,6 +517,8 @@ class RayExecutor(Executor):
             )
         if interrupted and job.result.get("status") == "built":
             pass  # it published before the cancel arrived: a complete output, reported as built
+        if tries:
+            job.result.setdefault("node", tries[-1])
         job.result["attempts"] = len(tries)
         if len(tries) > 1:
             job.result["attempt_nodes"] = tries

@@ -46,10 +46,17 @@ def pause_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster(pause_dir):
-    """The cluster's GCS address, for drivers in other processes."""
+    """The cluster's GCS address, for drivers in other processes. Its workers import this
+    checkout and the tests' support modules (support.failing_families) through PYTHONPATH."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), *filter(None, [saved])])
     context = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
     yield context.address_info["gcs_address"]
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = saved
 
 
 def hidden(root: Path) -> list[str]:
@@ -136,6 +143,46 @@ def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_
     assert len(job["attempt_nodes"]) == 2
     assert (tmp_path / "out" / "k" / "model.onnx").is_file()
     assert hidden(tmp_path / "out") == []
+
+
+FAILING = "support.failing_families"
+
+
+def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(tmp_path, capsys):
+    """An exception that is no BuilderError (a bug, a MemoryError) fails its job once, with one
+    line in the terminal and its traceback in the summary JSON (--debug prints it). One that is not
+    even an Exception left the job body and was reported as 'its worker died 1 time(s)'."""
+    from support.failing_families import FAIL
+
+    out = tmp_path / "out"
+    path = write(
+        tmp_path / "bug.yaml",
+        f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n"
+        f"  - {{output: oom, family: '{FAILING}:RunsOutOfMemory'}}\n"
+        f"  - {{output: base, family: '{FAILING}:RaisesABaseException'}}\n",
+    )
+    write(out / FAIL, "")
+    capsys.readouterr()
+    assert batch(path, "--executor", "ray") == 1
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err
+    jobs = summary(out, "bug")["by_name"]
+    expected = {
+        "oom": ("MemoryError: cannot allocate 17179869184 bytes", 'raise MemoryError("cannot allocate'),
+        "base": ("Aborted: a BaseException from the family", 'raise Aborted("a BaseException'),
+    }
+    for name, (error, line) in expected.items():
+        job = jobs[name]
+        assert (job["status"], job["error"], job["attempts"]) == ("failed", error, 1), job
+        assert f"failed  {name} after" in printed.out and error in printed.out
+        assert "failing_families.py" in job["traceback"] and line in job["traceback"], job["traceback"]
+        assert job["node"]
+    assert sorted(p.name for p in out.iterdir()) == [FAIL, "bug-summary.json", "bug-summary.md"]
+
+    (out / FAIL).unlink()
+    assert batch(path, "--executor", "ray") == 0
+    assert summary(out, "bug")["counts"]["built"] == 2
+    assert hidden(out) == []
 
 
 def test_bad_input_fails_once_without_retries(tmp_path, capsys):

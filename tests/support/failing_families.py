@@ -1,0 +1,39 @@
+"""Families whose builds fail the way a bug or a dying machine fails them, for the batch tests.
+
+Each fails in build_graph, with its staging folder made, and only while a file named FAIL sits in
+the folder of its job's output (so a rerun without it builds, as the fixed job would); without
+it each builds as Qwen3. A batch names them as `family: support.failing_families:RunsOutOfMemory`;
+Ray's workers import them from the tests folder on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from architectures import Qwen3Builder
+
+FAIL = "FAIL"
+
+
+class _Failing(Qwen3Builder):
+    def build_graph(self, graph, progress):
+        if (Path(self.options.output).parent / FAIL).exists():
+            self.fail()
+        super().build_graph(graph, progress)
+
+    def fail(self):
+        raise NotImplementedError
+
+
+class RunsOutOfMemory(_Failing):
+    def fail(self):
+        raise MemoryError("cannot allocate 17179869184 bytes")
+
+
+class Aborted(BaseException):
+    """Not an Exception: what no `except Exception` catches."""
+
+
+class RaisesABaseException(_Failing):
+    def fail(self):
+        raise Aborted("a BaseException from the family")
