@@ -171,7 +171,42 @@ def _ray():
     # one in the moment after ray.init connects printed its C++ stack dump over the batch's own
     # message. The batch handles SIGTERM itself; the workers, other processes, keep the handler.
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    _quiet_ray_reports()
     return ray
+
+
+# What the cluster reports of this driver's tasks, which Ray's driver prints into stdout from a thread
+# of its own (ray._private.worker.listen_error_messages): for each worker that died mid-job a paragraph
+# of IDs and likely causes, then "There are 2 retries remaining". The batch reports those itself (the
+# job's line, its attempts and their nodes); Ray's ran between the job lines, and some after the summary.
+_REPORTED_BY_THE_BATCH = re.compile(
+    r"A worker died or was killed while executing a task|Task \S+ failed\. There (?:are|is) \d+ retr"
+)
+
+
+def _quiet_ray_reports() -> None:
+    """Leave out of the batch's output what Ray reports of its workers' deaths and retries; Ray's
+    other reports go to stderr, not into the batch's stdout. For the rest of the process: reports
+    of the batch's last tasks come after it has ended."""
+    try:
+        import ray._private.worker as ray_worker
+
+        shown = ray_worker.print_to_stdstream
+    except (ImportError, AttributeError):  # another Ray: its reports stay as they are
+        return
+    if getattr(shown, "quieted_by_builder", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet":  # the listener's mark for the cluster's reports
+            lines = [line for line in data.get("lines", []) if not _REPORTED_BY_THE_BATCH.search(line)]
+            if not lines:
+                return
+            data = {**data, "lines": lines, "is_err": True}
+        shown(data, *args, **kwargs)
+
+    print_to_stdstream.quieted_by_builder = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _job_task(options: dict, threads: int, attempts: str) -> dict:
@@ -197,6 +232,21 @@ def _first_attempt(attempts: Path) -> Path | None:
         return min(attempts.iterdir(), key=lambda p: p.stat().st_mtime, default=None)
     except OSError:
         return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _log_folder(ray) -> str:
+    """Where Ray keeps this session's logs on a node (the same path on each, from its temp folder)."""
+    try:
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # a Ray without that internal: its default place
+        return "/tmp/ray/session_latest/logs"
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task's name in its tracebacks
@@ -491,7 +541,8 @@ class RayExecutor(Executor):
 
     def _collect(self, job, ref, started, attempts: Path, interrupted: bool = False) -> None:
         ray = self.ray
-        tries = sorted(p.read_text() for p in attempts.iterdir())
+        marks = sorted(attempts.iterdir(), key=_mtime)  # one per attempt, named <worker pid>-<hex>
+        tries = [p.read_text() for p in marks]
         try:
             job.result.update(ray.get(ref, timeout=0 if interrupted else None))
         except (ray.exceptions.TaskCancelledError, ray.exceptions.GetTimeoutError):
@@ -508,12 +559,12 @@ class RayExecutor(Executor):
                 traceback=remote,
             )
         except ray.exceptions.RayError as e:  # workers or nodes died more often than we retry
-            status = "interrupted" if interrupted else "failed"
+            workers = [f"{node} pid {mark.name.split('-')[0]}" for node, mark in zip(tries, marks)]
             job.result.update(
-                status=status,
-                error=f"its worker died {len(tries)} time(s), on "
-                f"{', '.join(tries) or 'an unknown node'} "
-                f"({type(e).__name__}); no output was published",
+                status="interrupted" if interrupted else "failed",
+                error=f"its worker died {len(tries)} time(s) ({type(e).__name__}), on "
+                f"{', '.join(workers) or 'an unknown node'}; no output was published; each worker's stderr "
+                f"(a crash's stack) is {_log_folder(ray)}/worker-*-<pid>.err on its node",
             )
         if interrupted and job.result.get("status") == "built":
             pass  # it published before the cancel arrived: a complete output, reported as built

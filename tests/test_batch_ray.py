@@ -148,6 +148,54 @@ def test_a_killed_worker_is_retried_and_nothing_partial_remains(tmp_path, pause_
 FAILING = "support.failing_families"
 
 
+def test_a_worker_that_dies_on_every_attempt_fails_its_job_alone_in_one_line(tmp_path, cluster):
+    """A job whose worker dies mid-build each time (SIGKILL in the task, as the OOM killer
+    sends) is tried 1 + MAX_RETRIES times and then fails by itself: the other job is built, the
+    batch exits 1, nothing of the job is left, and a rerun builds only it. Ray's own report of
+    each death (a paragraph of IDs and likely causes, then 'There are 2 retries remaining')
+    was printed into the batch's stdout, between its job lines."""
+    import subprocess
+    import sys
+
+    from support.failing_families import FAIL
+
+    out = tmp_path / "out"
+    path = write(
+        tmp_path / "die.yaml",
+        f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: good\n"
+        f"  - {{output: dies, family: '{FAILING}:KillsItsWorker'}}\n",
+    )
+    write(out / FAIL, "")
+    proc = subprocess.run(  # a driver of its own: all that Ray prints in it lands here
+        [sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray", "--ray-address", cluster],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    for text in (proc.stdout, proc.stderr):
+        assert "A worker died" not in text and "retries remaining" not in text and "(raylet)" not in text, text
+    assert "Traceback" not in proc.stderr
+    s = summary(out, "die")
+    assert s["counts"] == {"built": 1, "skipped": 0, "failed": 1, "interrupted": 0}
+    dies = s["by_name"]["dies"]
+    assert dies["status"] == "failed" and dies["attempts"] == 3 and len(dies["attempt_nodes"]) == 3
+    assert dies["error"].startswith("its worker died 3 time(s)") and "\n" not in dies["error"], dies["error"]
+    assert dies["error"].count(" pid ") == 3 and "/worker-*-<pid>.err on its node" in dies["error"]
+    assert "[2/2] failed  dies after" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == [FAIL, "die-summary.json", "die-summary.md", "good"]
+
+    (out / FAIL).unlink()
+    built = (out / "good" / "build_report.json").stat().st_mtime_ns
+    assert batch(path, "--executor", "ray") == 0
+    s = summary(out, "die")
+    assert s["counts"] == {"built": 1, "skipped": 1, "failed": 0, "interrupted": 0}
+    assert s["by_name"]["dies"]["status"] == "built" and s["by_name"]["dies"]["attempts"] == 1
+    assert (out / "good" / "build_report.json").stat().st_mtime_ns == built
+    assert hidden(out) == []
+
+
 def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(tmp_path, capsys):
     """An exception that is no BuilderError (a bug, a MemoryError) fails its job once, with one
     line in the terminal and its traceback in the summary JSON (--debug prints it). One that is not

@@ -2,12 +2,14 @@
 
 Each fails in build_graph, with its staging folder made, and only while a file named FAIL sits in
 the folder of its job's output (so a rerun without it builds, as the fixed job would); without
-it each builds as Qwen3. A batch names them as `family: support.failing_families:RunsOutOfMemory`;
+it each builds as Qwen3. A batch names them as `family: support.failing_families:KillsItsWorker`;
 Ray's workers import them from the tests folder on PYTHONPATH.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from architectures import Qwen3Builder
@@ -23,6 +25,13 @@ class _Failing(Qwen3Builder):
 
     def fail(self):
         raise NotImplementedError
+
+
+class KillsItsWorker(_Failing):
+    """The process dies at once, as under the kernel's OOM killer."""
+
+    def fail(self):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RunsOutOfMemory(_Failing):
