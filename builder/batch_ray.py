@@ -209,6 +209,21 @@ def _quiet_ray_reports() -> None:
     ray_worker.print_to_stdstream = print_to_stdstream
 
 
+def _stale_ray_start() -> str | None:
+    """The address `ray start --head` last recorded on this machine (in Ray's temp folder) if nothing
+    answers there now, else None. ray.init() without an address joins that cluster, and when it was
+    gone (stopped without `ray stop`, or its machine rebooted) waited for it without end (still at it
+    after 11 minutes), printing 'Failed to connect to GCS' every few seconds; a Ctrl-C or SIGTERM
+    took effect only between its connection attempts, some 40 s apart."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        recorded = read_ray_address()
+    except Exception:  # another Ray, or an unreadable record: ray.init decides
+        return None
+    return recorded if recorded and _unreachable(recorded) else None
+
+
 def _job_task(options: dict, threads: int, attempts: str) -> dict:
     """A job as a Ray task; marks each attempt (named by the worker's pid) so the driver can tell retries."""
     import ray
@@ -359,8 +374,16 @@ class RayExecutor(Executor):
             try:
                 if address:
                     ray.init(address=address, log_to_driver=False)
-                else:  # no cluster named: a local one on this machine
-                    ray.init(include_dashboard=False, log_to_driver=False)
+                else:  # no cluster named: the one `ray start --head` runs here, else a local one
+                    stale = _stale_ray_start()
+                    if stale:
+                        print(
+                            f"note: nothing answers at {stale}, where 'ray start --head' last ran on this "
+                            "machine; starting a local Ray instance for this batch",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    ray.init(address="local" if stale else None, include_dashboard=False, log_to_driver=False)
                     self.started_here = True
             except SystemExit as e:
                 if e.code != signal.SIGTERM or not callable(sigterm_before):

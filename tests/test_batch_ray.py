@@ -475,6 +475,21 @@ def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
     assert f"nothing answers at 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_gone_clusters_ray_start_record_is_not_joined(tmp_path, monkeypatch, cluster):
+    """Without an address ray.init() joins the cluster that `ray start --head` last recorded in Ray's
+    temp folder; one gone without `ray stop` (its machine rebooted, its processes killed) left the
+    record, and the batch waited for it without end (a Ctrl-C took up to 40 s). Such a record is
+    passed over (a local instance starts); a live one is joined, as Ray does."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    record = tmp_path / "ray" / "ray_current_cluster"
+    assert batch_ray._stale_ray_start() is None  # no record: ray.init starts a local instance
+    with socket_nobody_listens() as port:
+        write(record, f"127.0.0.1:{port}")
+        assert batch_ray._stale_ray_start() == f"127.0.0.1:{port}"
+    write(record, cluster)
+    assert batch_ray._stale_ray_start() is None
+
+
 @contextlib.contextmanager
 def socket_nobody_listens():
     """A local port that was free a moment ago: bound, then closed, so nothing listens there."""
