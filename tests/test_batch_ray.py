@@ -50,7 +50,15 @@ def cluster(pause_dir):
     checkout and the tests' support modules (support.failing_families) through PYTHONPATH."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), *filter(None, [saved])])
-    context = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    # "local": a cluster of its own, even where `ray start --head` has recorded one on this machine
+    # (ray.init() would join that, and refuses num_cpus for it; or wait without end if it is gone).
+    context = ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=80 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     yield context.address_info["gcs_address"]
     ray.shutdown()
     if saved is None:
