@@ -111,9 +111,18 @@ def rope_specs(config: dict, head_dim: int) -> tuple[RopeSpec, RopeSpec]:
             )
         flat = {"rope_parameters": p, "max_position_embeddings": config["max_position_embeddings"]}
         try:
-            specs.append(RopeSpec.from_config(flat, head_dim))
+            spec = RopeSpec.from_config(flat, head_dim)
         except BuilderError as e:
             raise BuilderError(f"{e} ({kind} layers)") from None
+        if spec.rotary_dim != head_dim:
+            # transformers' Gemma 3 makes cos/sin for that share of the head and then fails to
+            # apply them to the whole head (5.25: a size mismatch), so no model runs this config.
+            raise BuilderError(
+                f"config.json: partial_rotary_factor inside Gemma 3's rope parameters ({kind} layers: "
+                f"{spec.rotary_dim} of head_dim {head_dim}): Gemma 3 rotates the whole head, and transformers "
+                "cannot run this config either; remove partial_rotary_factor"
+            )
+        specs.append(spec)
     return specs[0], specs[1]
 
 

@@ -249,6 +249,11 @@ def test_saved_config_style_matches_transformers(tmp_path):
             dict(rope_scaling={"rope_type": "dynamic", "factor": 4.0}),
             r"'dynamic' is not supported yet \(supported: default, linear, llama3, yarn\).*full_attention",
         ),
+        (
+            # transformers fails on it (a size mismatch), so nothing should be built from it
+            dict(rope_scaling={"rope_type": "linear", "factor": 8.0, "partial_rotary_factor": 0.5}),
+            "partial_rotary_factor inside Gemma 3's rope parameters.*16 of head_dim 32",
+        ),
         (dict(layer_types=["sliding_attention"]), "must name 3 layers"),
         (dict(sliding_window=None), "sliding_window = None must be a positive integer"),
         (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar"),
