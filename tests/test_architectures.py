@@ -313,6 +313,35 @@ def test_qwen3_moe_dense_and_sparse_layers(checkpoint):
     parity(result, ckpt)
 
 
+@pytest.mark.parametrize(
+    "experts,top_k,normalize,precision",
+    [(16, 1, False, "fp32"), (16, 1, False, "int4"), (64, 8, True, "int8"), (64, 8, True, "int4")],
+)
+def test_qwen3_moe_sparse_step_and_top_k_extremes(checkpoint, tmp_path, experts, top_k, normalize, precision):
+    """What the parity cases (2 of 4 experts in every layer, 12-token prompts) leave out:
+    decoder_sparse_step 2 (dense MLPs in layers 0 and 2 between sparse 1 and 3), one expert a token
+    with its probability kept (QMoE renormalizes it to 1, the build multiplies it back), 8 of 64
+    experts, and prompts of 1 and 130 tokens with decode steps after them. Measured max |d|:
+    1.5e-6 to 4.2e-6 (int8: one scale a row, at accuracy level 0); without that multiplication the
+    one-expert int4 build is 1.5 off."""
+    folder = checkpoint(
+        "qwen3-moe",
+        num_hidden_layers=4,
+        decoder_sparse_step=2,
+        num_experts=experts,
+        num_experts_per_tok=top_k,
+        norm_topk_prob=normalize,
+    )
+    options = dict(precision=precision, logits="all", **({} if precision == "fp32" else {"accuracy_level": 0}))
+    result = build(model=str(folder), output=str(tmp_path / "o"), show_progress=False, **options)
+    op = "MoE" if precision == "fp32" else "QMoE"
+    assert sorted(n.name.split("/")[2] for n in nodes(result, op)) == ["layers.1", "layers.3"]
+    assert {attr(n, "k") for n in nodes(result, op)} == {top_k}
+    for prompt in (1, 130):
+        p = verify_build(result.output, folder, BuildOptions(**result.report["options"]), prompt, decode_steps=3)
+        assert p.steps == 4 and p.max_abs < 1e-4 and p.argmax_agree == 1.0, (prompt, p)
+
+
 def test_qwen3_moe_block_size_must_divide_expert_dims(checkpoint, tmp_path):
     with pytest.raises(BuilderError, match="multiples of block_size=128"):
         build(
