@@ -18,6 +18,12 @@ ORT 1.31 CPU kernels, as checked against transformers (tests/test_parity.py):
   about 1% off. Without block_size (one scale per output row) it computes in fp32,
   but 6x slower at decode. So int8 experts are per-row only where the user asked
   for fp32 compute (accuracy_level < 4 on cpu), block-wise otherwise.
+- Both break ties in the routing probabilities toward the higher expert index (1.32):
+  with logits [1, 1, 1, 0, ...] and k=2 they route to experts 2 and 1. torch.topk
+  keeps no fixed order among equal values (it picked 1 and 0 there, and 6 and 5 of
+  eight zeros), so where two routing probabilities are exactly equal at the k-th
+  place the graph and transformers may route to different experts; no expert order
+  in the graph can follow torch there.
 
 Experts are quantized by one format per layer, selected by the module name
 `model.layers.{i}.mlp.experts` (transformers 5's module holding them), e.g.
