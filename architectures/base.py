@@ -52,6 +52,9 @@ class DecoderBuilder:
     # Whether config.json's attention_bias also puts a bias on o_proj: transformers' Llama, Granite
     # and Qwen3 attention do; Qwen2's q/k/v biases come without one.
     attention_out_bias = True
+    # Whether config.json's mlp_bias puts biases on gate/up/down_proj, as in transformers' Llama;
+    # families whose MLP never has them (Mistral, Qwen2/3, Qwen3.5) ignore the key, as transformers does.
+    reads_mlp_bias = True
     projections = Projections  # writes weights; a family may change how
     # The family's transformers config class defaults for keys a config.json may leave out, where they
     # differ from DecoderSpec's fallbacks (head_dim = hidden / heads, as many KV heads as heads, 4096
@@ -159,13 +162,11 @@ class DecoderBuilder:
                 f"{' or '.join(self.hidden_acts)}), so this builder cannot build the model (a family of your own "
                 "can: docs/architecture.md, hidden_acts)"
             )
-        if config.get("mlp_bias"):
-            raise BuilderError(
-                f"config.json sets mlp_bias to true; {type(self).__name__} builds MLPs without "
-                "biases, so this model is not supported"
-            )
         spec = DecoderSpec.from_config(
-            config, qk_norm=self.qk_norm, attention_bias=bool(config.get("attention_bias", self.attention_bias))
+            config,
+            qk_norm=self.qk_norm,
+            attention_bias=bool(config.get("attention_bias", self.attention_bias)),
+            mlp_bias=self.reads_mlp_bias and bool(config.get("mlp_bias")),
         )
         if self.rotary_interleaved:
             spec.rope = dataclasses.replace(spec.rope, interleaved=True)
@@ -227,8 +228,8 @@ class DecoderBuilder:
     def unused_tensors(self) -> list[str]:
         """Checkpoint tensors the build has not read that it does not leave out on purpose.
 
-        A model built without them computes something else (a Llama with mlp_bias, a
-        checkpoint of another architecture): the build is refused rather than published.
+        A model built without them computes something else (MLP biases in a family whose MLP has
+        none, a checkpoint of another architecture): the build is refused rather than published.
         """
         return [name for name in self.checkpoint.unread() if not self.left_out(name)]
 
@@ -243,7 +244,7 @@ class DecoderBuilder:
         )
 
     def feed_forward(self, spec: DecoderSpec, i: int):
-        return DenseMLP()
+        return DenseMLP(bias=spec.mlp_bias)
 
     def projection_modules(self, spec: DecoderSpec) -> list[str]:
         modules = []

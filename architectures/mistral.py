@@ -21,6 +21,7 @@ from builder.kit.targets import Target
 class MistralBuilder(DecoderBuilder):
     genai_type = "mistral"
     config_defaults = {"max_position_embeddings": 131072, "num_key_value_heads": 8}  # MistralConfig's
+    reads_mlp_bias = False  # MistralMLP has no biases whatever config.json says
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         # MistralAttention has no q/k/v biases whatever config.json says.

@@ -59,6 +59,7 @@ class Qwen2Builder(DecoderBuilder):
 
     attention_bias = True  # Qwen2Attention always has them; hub configs carry no attention_bias key
     attention_out_bias = False  # and o_proj never has one
+    reads_mlp_bias = False  # Qwen2MLP has no biases whatever config.json says
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec({**config, "attention_bias": True}, target)

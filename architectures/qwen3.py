@@ -16,6 +16,7 @@ from builder.kit.targets import Target
 class Qwen3Builder(DecoderBuilder):
     genai_type = "qwen3"
     qk_norm = True
+    reads_mlp_bias = False  # Qwen3MLP (and Qwen3-MoE's) has no biases whatever config.json says
 
     window_on_every_layer = False  # Qwen3-MoE's attention takes the window on every layer
     config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 32, "head_dim": 128}  # Qwen3Config's

@@ -94,6 +94,7 @@ class Qwen35Builder(DecoderBuilder):
     config_defaults = {"max_position_embeddings": 32768, "num_key_value_heads": 4}
     qk_norm = True
     partial_rotary = True  # a quarter of each head by default (text_config)
+    reads_mlp_bias = False  # transformers' Qwen3.5 and Qwen3-Next MLPs have no biases
     fused_linear = False  # checkpoint layout of the linear-attention projections (Qwen3-Next: fused)
     text_prefix = "model."  # the text model's tensors (ConditionalGeneration: model.language_model.)
     not_built = ("model.visual.", "mtp.")

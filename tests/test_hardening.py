@@ -501,7 +501,7 @@ def add_tensors(ckpt: Path, tensors: dict[str, np.ndarray]) -> None:
 
 def test_tensors_the_family_does_not_build_are_refused(ckpt, tmp_path):
     """They were dropped in silence: a Llama checkpoint with MLP biases built with exit 0 and wrong
-    logits (its config's mlp_bias is refused up front; here the config says nothing of them)."""
+    logits (Qwen3's MLP has no biases, and its config says nothing of them)."""
     add_tensors(ckpt, {"model.layers.0.mlp.down_proj.bias": np.ones(64, np.float32)})
     out = tmp_path / "out"
     assert_clean_failure(
@@ -536,13 +536,6 @@ def test_another_family_than_the_checkpoint_is_refused(ckpt, tmp_path):
     with pytest.raises(BuilderError, match=r"holds 4 tensor\(s\) that LlamaBuilder does not build: "):
         build(model=str(ckpt), output=str(tmp_path / "out"), family=LlamaBuilder, show_progress=False)
     assert not (tmp_path / "out").exists()
-
-
-def test_mlp_bias_refused_before_building(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["llama"])
-    set_config(ckpt, mlp_bias=True)
-    out = tmp_path / "out"
-    assert_clean_failure(cli("-m", ckpt, "-o", out), "sets mlp_bias to true; LlamaBuilder", out=out)
 
 
 def test_tensors_left_out_on_purpose_still_build(tmp_path):

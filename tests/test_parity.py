@@ -237,6 +237,37 @@ def test_quantized_experts_keep_routing_weights_unnormalized(checkpoint, tmp_pat
     assert normalized.max_abs > 1e-2, normalized
 
 
+@pytest.mark.parametrize("name,biases", [("llama", True), ("mistral", False), ("qwen3", False)])
+def test_mlp_bias_as_transformers_reads_it(checkpoint, tmp_path, name, biases):
+    """config.json's mlp_bias puts biases on gate/up/down_proj in transformers' Llama, and
+    Mistral's and Qwen3's MLPs have none whatever it says: every such config was refused ("sets
+    mlp_bias to true"), though transformers runs it. The checkpoint loads in transformers with no
+    key missing or left over, and builds to parity, the Llama's both packed and separate."""
+    import onnx
+    import transformers
+
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    folder = checkpoint(name, mlp_bias=True)
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    assert Checkpoint(folder).has("model.layers.0.mlp.down_proj.bias") == biases
+    builds = [dict(precision="fp32", mlp_packing="separate")]
+    if biases:
+        builds.append(dict(precision="int4", mlp_packing="packed"))
+    for n, values in enumerate(builds):
+        ckpt = Checkpoint(folder)
+        options = BuildOptions(
+            model=str(folder), output=str(tmp_path / str(n)), accuracy_level=0, logits="all", **values
+        )
+        result = run(builder_class_for(ckpt.config)(ckpt, options), show_progress=False)
+        nodes = {node.name for node in onnx.load(str(result.model_path), load_external_data=False).graph.node}
+        assert ("/model/layers.1/mlp/down_proj/BiasAdd" in nodes) == biases
+        check(result, folder, 1e-4, name)
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
 def test_attention_bias_includes_the_o_proj_bias(checkpoint, tmp_path, name):
     """transformers' Llama and Qwen3 put attention_bias on o_proj too: such checkpoints were

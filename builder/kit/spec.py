@@ -49,6 +49,7 @@ class DecoderSpec:
     rope: RopeSpec
     qk_norm: bool = False
     attention_bias: bool = False
+    mlp_bias: bool = False  # gate/up/down_proj biases (a Llama with mlp_bias)
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = field(default=())
     attention_scale: float | None = None  # default 1/sqrt(head_dim); Gemma: query_pre_attn_scalar**-0.5

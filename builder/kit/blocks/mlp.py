@@ -31,6 +31,7 @@ def activation(em: Emitter, kind: str, x: str, name: str) -> str:
 class DenseMLP:
     act: str = "silu"  # silu | gelu_tanh; for another, a subclass overrides activation()
     prefix: str = "mlp"
+    bias: bool = False  # gate/up/down_proj biases, each added after its projection
 
     def __post_init__(self):
         if self.act not in ACTIVATIONS and type(self).activation is DenseMLP.activation:
@@ -63,15 +64,16 @@ class DenseMLP:
         names = [em.weight(i, f"{self.prefix}.{p}_proj.weight") for p in ("gate", "up")]
         shapes = [(inter, s.hidden_size)] * 2
         fmts = [em.fmt(i, f"{self.prefix}.{p}_proj") for p in ("gate", "up")]
+        biases = [em.weight(i, f"{self.prefix}.{p}_proj.bias") for p in ("gate", "up", "down")] if self.bias else None
         if em.plan.packed(f"model.layers.{i}.{self.prefix}.gate_up_proj"):
-            gate_up = em.proj.matmul(x, f"{base}/gate_up_proj", names, shapes, fmts[0])
+            gate_up = em.proj.matmul(x, f"{base}/gate_up_proj", names, shapes, fmts[0], biases and biases[:2])
             gate, up = g.node(
                 "Split", [gate_up, g.constant([inter] * 2)], f"{base}/gate_up_proj/Split", outputs=2, axis=-1
             )
         else:
             gate, up = (
-                em.proj.matmul(x, f"{base}/{p}_proj", [n], [sh], f)
-                for p, n, sh, f in zip(("gate", "up"), names, shapes, fmts)
+                em.proj.matmul(x, f"{base}/{p}_proj", [n], [sh], f, biases and [biases[j]])
+                for j, (p, n, sh, f) in enumerate(zip(("gate", "up"), names, shapes, fmts))
             )
         hidden = g.op("Mul", [self.activation(em, gate, f"{base}/act_fn"), up], f"{base}/Mul")
         return em.proj.matmul(
@@ -80,4 +82,5 @@ class DenseMLP:
             [em.weight(i, f"{self.prefix}.down_proj.weight")],
             [(s.hidden_size, inter)],
             em.fmt(i, f"{self.prefix}.down_proj"),
+            biases and biases[2:],
         )
