@@ -122,6 +122,8 @@ def _without(name: str, *keys: str, **values) -> dict:
             [-1] * 28 + [4096] * 2,
         ),
         ("mistral", _without("mistral", "sliding_window"), [4096, 4096]),
+        # Every Qwen2.5 hub config: a sliding_window value with use_sliding_window false, which turns it off
+        ("qwen2", _without("qwen2", sliding_window=8, max_window_layers=1, use_sliding_window=False), [-1, -1]),
         # Qwen3-MoE's model windows every layer, whatever layer_types says
         (
             "qwen3-moe",
