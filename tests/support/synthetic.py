@@ -132,26 +132,6 @@ TINY_CONFIGS: dict[str, dict] = {
             "original_max_position_embeddings": 64,
         },
     ),
-    # YaRN as Qwen3's model cards tell users to add it (factor 4 over the original window), the
-    # window shrunk to 32 positions so that prompts run past it; with head_dim 32 the ramp blends
-    # dims 0-2 and interpolates the rest; attention_factor 1 + 0.1 ln 4 scales cos and sin.
-    "qwen3-yarn": _tiny(
-        "Qwen3ForCausalLM",
-        "qwen3",
-        hidden_size=64,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        attention_bias=False,
-        tie_word_embeddings=True,
-        max_window_layers=2,
-        use_sliding_window=False,
-        sliding_window=None,
-        max_position_embeddings=128,
-        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
-    ),
     # YaRN with every optional key given: attention_factor (which wins over mscale / mscale_all_dim),
     # beta_fast / beta_slow narrowed so the ramp falls inside the 16 frequencies, untruncated.
     "llama-yarn": _tiny(
@@ -396,6 +376,14 @@ TINY_CONFIGS.update(
         ),
     }
 )
+# YaRN as Qwen3's model cards tell users to add it (factor 4 over the original window), the
+# window shrunk to 32 positions so that prompts run past it; with head_dim 32 the ramp blends
+# dims 0-2 and interpolates the rest; attention_factor 1 + 0.1 ln 4 scales cos and sin.
+TINY_CONFIGS["qwen3-yarn"] = {
+    **TINY_CONFIGS["qwen3"],
+    "max_position_embeddings": 128,
+    "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+}
 # Gemma 3 4B-27B: the tiny Gemma 3 text model under text_config beside a one-layer SigLIP vision
 # tower and its projector (written with transformers' own shapes), model.language_model.* weights
 # as transformers 5 saves them; the text_config leaves sizes to Gemma3TextConfig's defaults as the
