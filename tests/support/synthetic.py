@@ -132,35 +132,6 @@ TINY_CONFIGS: dict[str, dict] = {
             "original_max_position_embeddings": 64,
         },
     ),
-    # YaRN with every optional key given: attention_factor (which wins over mscale / mscale_all_dim),
-    # beta_fast / beta_slow narrowed so the ramp falls inside the 16 frequencies, untruncated.
-    "llama-yarn": _tiny(
-        "LlamaForCausalLM",
-        "llama",
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        attention_bias=False,
-        mlp_bias=False,
-        pretraining_tp=1,
-        tie_word_embeddings=False,
-        rope_theta=500000.0,
-        max_position_embeddings=128,
-        rope_scaling={
-            "rope_type": "yarn",
-            "factor": 4.0,
-            "original_max_position_embeddings": 32,
-            "attention_factor": 1.5,
-            "mscale": 1.0,
-            "mscale_all_dim": 0.5,
-            "beta_fast": 4.0,
-            "beta_slow": 0.5,
-            "truncate": False,
-        },
-    ),
     # Qwen2 always has q/k/v biases (no attention_bias key on the hub).
     "qwen2": _tiny(
         "Qwen2ForCausalLM",
@@ -383,6 +354,23 @@ TINY_CONFIGS["qwen3-yarn"] = {
     **TINY_CONFIGS["qwen3"],
     "max_position_embeddings": 128,
     "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+}
+# YaRN with every optional key given: attention_factor (which wins over mscale / mscale_all_dim),
+# beta_fast / beta_slow narrowed so the ramp falls inside the 16 frequencies, untruncated.
+TINY_CONFIGS["llama-yarn"] = {
+    **TINY_CONFIGS["llama"],
+    "max_position_embeddings": 128,
+    "rope_scaling": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "attention_factor": 1.5,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.5,
+        "beta_fast": 4.0,
+        "beta_slow": 0.5,
+        "truncate": False,
+    },
 }
 # Gemma 3 4B-27B: the tiny Gemma 3 text model under text_config beside a one-layer SigLIP vision
 # tower and its projector (written with transformers' own shapes), model.language_model.* weights
