@@ -12,6 +12,7 @@ from builder.batch_jobs import Job
 from builder.batch_outputs import output_root_source, unwritable
 from builder.batch_schema import Batch
 from builder.kit.errors import BuilderError
+from builder.output_dir import sync_file, sync_folder_quietly
 from builder.version import __version__
 
 STATUSES = ("built", "skipped", "failed", "interrupted")
@@ -201,8 +202,14 @@ def write_summary(files: dict[Path, str]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmps[path], "w") as f:
                 f.write(text)
+            # Synced before the rename: after a power loss an empty summary (ext4 and xfs write a
+            # file's data after its rename) would read as someone else's file, which the next batch
+            # refuses to overwrite.
+            sync_file(tmps[path])
         for path, tmp in tmps.items():
             os.replace(tmp, path)
+        for folder in {path.parent for path in files}:
+            sync_folder_quietly(folder)
     except OSError as e:
         for path in [*tmps.values(), *files]:
             try:

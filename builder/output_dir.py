@@ -208,6 +208,17 @@ def _sync(path, flags: int) -> None:
         os.close(fd)
 
 
+def sync_file(path: Path) -> None:
+    """fsync one file before the rename that puts it in place (a batch summary), so that a power
+    loss leaves the earlier file or this one, not an empty one."""
+    _sync(path, os.O_RDONLY)
+
+
+def sync_folder_quietly(folder: Path) -> None:
+    """fsync a folder after renames in it, where the file system allows it."""
+    _sync_quietly(folder)
+
+
 def _sync_quietly(folder: Path) -> None:
     """fsync a folder where the file system allows it (the output is in place either way)."""
     with contextlib.suppress(OSError):

@@ -1120,6 +1120,27 @@ def test_two_batches_writing_one_summary_take_turns_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s-summary.json"]
 
 
+def test_summary_files_are_synced_before_they_replace_the_earlier_ones(tmp_path, monkeypatch):
+    """Unsynced, a power loss after the rename could leave an empty summary, which the next batch
+    takes for a foreign file and refuses to overwrite."""
+    from builder import batch_summary
+
+    events = []
+    monkeypatch.setattr(batch_summary, "sync_file", lambda path: events.append(("sync", Path(path).name)))
+    monkeypatch.setattr(batch_summary, "sync_folder_quietly", lambda path: events.append(("folder", Path(path))))
+    replace = os.replace
+    monkeypatch.setattr(
+        batch_summary.os, "replace", lambda a, b: (events.append(("replace", Path(a).name)), replace(a, b))[1]
+    )
+    files = {tmp_path / "s-summary.json": "{}", tmp_path / "s-summary.md": "# Batch\n"}
+    batch_summary.write_summary(files)
+    for path in files:
+        tmp = f".{path.name}.{os.getpid()}.tmp"
+        assert events.index(("sync", tmp)) < events.index(("replace", tmp)), events
+    assert events[-1] == ("folder", tmp_path), events
+    assert [p.read_text() for p in files] == ["{}", "# Batch\n"]
+
+
 def test_summary_that_cannot_be_written_at_the_end_is_one_line(tiny, tmp_path):
     """The disk fills up during the builds: one error line naming the file, no temporary
     file left, no earlier summary passing for this run's, and a non-zero exit."""
