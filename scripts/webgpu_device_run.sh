@@ -352,35 +352,24 @@ elif [ "$PART" = int32 ]; then
             ref-graph=$W/ref-graph-$size ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW \
             --rounds ${INT32_ROUNDS:-4} --json "$OUT/bench-int32-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
-elif [ "$PART" = goal ]; then
+elif [ "$PART" = goal ] || [ "$PART" = qwen35-goal ]; then
+    # The goal table: ours as built against the reference's capture and default builds, Qwen3's
+    # shapes with the tiny families' parity meanwhile, or the hybrids' (qwen35-goal: no parity)
+    if [ "$PART" = goal ]; then SIZES=${GOAL_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; DEFAULT_ROUNDS=4
+    else SIZES=${QWEN35_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; DEFAULT_ROUNDS=3; NO_PARITY=1; fi
     parity_meanwhile
-    for size in ${GOAL_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
+    for size in $SIZES; do
         checkpoint_for "$size"
         ours auto-$size "$CK" &
         reference ref-graph-$size "$CK" enable_webgpu_graph=true &
         reference ref-default-$size "$CK" &
     done
     builds_then_parity
-    for size in ${GOAL_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
-        for d in auto-$size ref-graph-$size ref-default-$size; do nodes "$W/$d"; done
-        timeout 280 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
-            ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-4} \
-            --json "$OUT/bench-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
-    done
-elif [ "$PART" = qwen35-goal ]; then
-    # The goal table for the hybrids: ours as built against the reference's capture and default builds
-    for size in ${QWEN35_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; do
-        checkpoint_for "$size"
-        ours auto-$size "$CK" &
-        reference ref-graph-$size "$CK" enable_webgpu_graph=true &
-        reference ref-default-$size "$CK" &
-        wait
-    done
-    for size in ${QWEN35_CKPTS:-${DRY_CKPTS:-qwen3.5-0.8b qwen3.5-4b}}; do
+    for size in $SIZES; do
         for d in auto-$size ref-graph-$size ref-default-$size; do [ -f "$W/$d/model.onnx" ] && nodes "$W/$d"; done
-        timeout 240 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
-            ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW --rounds ${GOAL_ROUNDS:-3} \
-            --json "$OUT/bench-qwen35-goal-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+        timeout 280 $PY scripts/bench_genai.py ours=$W/auto-$size ref-graph=$W/ref-graph-$size \
+            ref-default=$W/ref-default-$size --provider webgpu --prompt $PROMPT --new $NEW \
+            --rounds ${GOAL_ROUNDS:-$DEFAULT_ROUNDS} --json "$OUT/bench-$PART-$size.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     done
 elif [ "$PART" = gemma ]; then  # Gemma 3 1B shape: fp32 activations vs fp16 blocks (fp32 stream: the default)
     checkpoint_for ${DRY_CKPTS:-gemma3-1b}
