@@ -215,12 +215,8 @@ def sync_file(path: Path) -> None:
 
 
 def sync_folder_quietly(folder: Path) -> None:
-    """fsync a folder after renames in it, where the file system allows it."""
-    _sync_quietly(folder)
-
-
-def _sync_quietly(folder: Path) -> None:
-    """fsync a folder where the file system allows it (the output is in place either way)."""
+    """fsync a folder after renames in it, where the file system allows it (what was renamed is in
+    place either way)."""
     with contextlib.suppress(OSError):
         _sync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
@@ -378,7 +374,7 @@ def publish_folder(staging: Path, output: Path, overwrite: bool) -> None:
     """
     if not output.exists():
         os.rename(staging, output)
-        _sync_quietly(output.parent)  # the rename itself
+        sync_folder_quietly(output.parent)  # the rename itself
         return
     check_output_free(output, overwrite)
     # Locked first (the lock goes with the folder), so that the sweeps leave the old build
@@ -397,7 +393,7 @@ def publish_folder(staging: Path, output: Path, overwrite: bool) -> None:
                 (old / ALIVE_MARK).unlink(missing_ok=True)  # it is an output again
                 os.rename(old, output)  # the previous build stays where it was
                 raise
-        _sync_quietly(output.parent)  # the renames themselves
+        sync_folder_quietly(output.parent)  # the renames themselves
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -407,7 +407,7 @@ def test_replacing_an_output_swaps_the_folders_and_it_is_never_absent(tmp_path, 
 
         return spy
 
-    for name in ("exchange", "_sync_quietly"):
+    for name in ("exchange", "sync_folder_quietly"):
         monkeypatch.setattr(output_dir, name, spied(name, getattr(output_dir, name, None)), raising=False)
     monkeypatch.setattr(output_dir.os, "rename", spied("os.rename", os.rename))
     monkeypatch.setattr(output_dir.shutil, "rmtree", spied("rmtree", shutil.rmtree))
