@@ -70,7 +70,6 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
 
 
 # The config file each output format writes, which its runtime reads first.
-# The config each output format writes.
 CONFIG_FILES = {name: folder.config_file for name, folder in FORMATS.items()}
 
 
@@ -372,11 +371,10 @@ def publish_folder(staging: Path, output: Path, overwrite: bool) -> None:
     next build's sweep removes whatever pid it carries (remove_stale_staging). The caller
     has synced `staging`; the parent folder is synced here, after the renames.
     """
-    if not output.exists():
-        os.rename(staging, output)
+    if not output.exists() and _rename_unless_taken(staging, output):
         sync_folder_quietly(output.parent)  # the rename itself
         return
-    check_output_free(output, overwrite)
+    check_output_free(output, overwrite)  # it was there, or appeared since the build began
     # Locked first (the lock goes with the folder), so that the sweeps leave the old build
     # alone while it sits under a staging name, until it is marked and removed.
     with contextlib.closing(_hold(output)):
@@ -406,14 +404,31 @@ def _mark_abandoned(folder: Path) -> None:
         (folder / ALIVE_MARK).touch()
 
 
-# renameat2(2)'s flag that swaps two paths (Linux 3.15; glibc 2.28 exports the call).
+# renameat2(2)'s flags (Linux 3.15; glibc 2.28 exports the call): fail with EEXIST where the
+# destination exists, and swap two paths.
+RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-# Answers that say the swap is not to be had here, so two renames do it: a file system without it
+# Answers that say renameat2's flag is not to be had here, so plain renames do it: a file system without it
 # (EINVAL, EOPNOTSUPP), a kernel or libc without the call (ENOSYS), paths on two file systems
 # (EXDEV), a container's seccomp filter that refuses calls it does not know (EPERM; a real
 # permission problem fails the renames too, with their own message).
-_NO_EXCHANGE = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EPERM)
+_NO_RENAMEAT2 = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EPERM)
+
+
+def _rename_unless_taken(staging: Path, output: Path) -> bool:
+    """Rename `staging` to a free `output`; False (nothing moved) where something took the path since
+    it was checked. A plain rename replaces an empty folder, so a folder made at `output` in the
+    meantime (another tool, another build's mkdir) would vanish without a word."""
+    try:
+        _renameat2(os.fsencode(staging), os.fsencode(output), RENAME_NOREPLACE)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            return False
+        if e.errno not in _NO_RENAMEAT2:
+            raise
+        os.rename(staging, output)  # no such rename here: as the system's rename does it
+    return True
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -421,7 +436,7 @@ def exchange(a: Path, b: Path) -> bool:
     try:
         _renameat2(os.fsencode(a), os.fsencode(b), RENAME_EXCHANGE)
     except OSError as e:
-        if e.errno in _NO_EXCHANGE:
+        if e.errno in _NO_RENAMEAT2:
             return False
         raise
     return True

@@ -112,6 +112,38 @@ def test_a_signal_while_publishing_lets_the_new_build_land(tmp_path, monkeypatch
     assert (out / "model.onnx").read_bytes() == b"new" and leftovers(tmp_path) == []
 
 
+def test_a_folder_made_at_the_output_while_publishing_is_not_replaced(tmp_path, monkeypatch):
+    """The output was free when checked, and someone made an empty folder there before the rename:
+    a plain rename replaces an empty folder without a word, so the build refuses it as it refuses
+    any folder already there."""
+    out = tmp_path / "out"
+    rename, renameat2 = os.rename, output_dir._renameat2
+
+    def made_first(call):
+        def wrapped(src, dst, *flags):
+            out.mkdir(exist_ok=True)
+            return call(src, dst, *flags)
+
+        return wrapped
+
+    monkeypatch.setattr(output_dir.os, "rename", made_first(rename))
+    monkeypatch.setattr(output_dir, "_renameat2", made_first(renameat2))
+    with pytest.raises(BuilderError, match="already exists; pass --overwrite"):
+        with staged_output(out, overwrite=False) as staging:
+            (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert out.is_dir() and list(out.iterdir()) == [] and leftovers(tmp_path) == []
+
+
+def test_a_first_publish_without_renameat2_renames(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    without_exchange(monkeypatch, errno.ENOSYS)
+    with staged_output(out, overwrite=False) as staging:
+        (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert (out / "model.onnx").read_bytes() == b"new" and leftovers(tmp_path) == []
+
+
 def test_a_failed_publish_puts_the_previous_build_back(tmp_path, monkeypatch):
     out = tmp_path / "out"
     previous_build(out)
