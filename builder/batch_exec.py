@@ -77,6 +77,13 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
     except Exception as e:  # a builder bug: keep the traceback for the JSON summary
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
+    except SystemExit as e:
+        if hasattr(e, "ray_terminate_msg"):
+            raise  # a Ray worker's SIGTERM handler: the worker ends, and Ray retries the job elsewhere
+        # A family's sys.exit(): left to end the process, the local executor saw a child with no
+        # result and Ray a worker that chose to exit, which it retried as a dead one.
+        result["error"] = f"the build called sys.exit({e.code!r})"
+        result["traceback"] = traceback.format_exc()
     if result["status"] != "built" and (Path(options["output"]) / REPORT_NAME).is_file():
         # A rebuild that failed leaves the earlier build in place: say so, or it passes for this job's.
         result["error"] = (

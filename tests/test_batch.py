@@ -2001,3 +2001,53 @@ def test_a_model_that_is_no_folder_and_no_valid_hub_id_is_refused_up_front(tmp_p
     err = capsys.readouterr().err
     assert "jobs[1].model" in err and "not a valid hub id" in err and "nothing was built" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_family_that_fails_past_except_exception_fails_its_job_alone_with_its_traceback(tmp_path, capsys):
+    """A MemoryError, a BaseException of a family's and a family's sys.exit() fail their own job,
+    with one line in the terminal and the traceback in the summary; sys.exit() read 'the build
+    process exited with code 3 without a result', with no trace of where."""
+    from support.failing_families import FAIL
+
+    out = tmp_path / "out"
+    path = write(
+        tmp_path / "bug.yaml",
+        f"""
+        output_root: out
+        defaults:
+          model: {TINY}
+        jobs:
+          - {{output: oom, family: 'support.failing_families:RunsOutOfMemory'}}
+          - {{output: exits, family: 'support.failing_families:CallsSysExit'}}
+          - {{output: good}}
+        """,
+    )
+    write(out / FAIL, "")
+    capsys.readouterr()
+    assert batch(path) == 1
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err
+    jobs = summary(out, "bug")["by_name"]
+    expected = {
+        "oom": ("MemoryError: cannot allocate 17179869184 bytes", 'raise MemoryError("cannot allocate'),
+        "exits": ("the build called sys.exit(3)", "sys.exit(3)"),
+    }
+    for name, (error, line) in expected.items():
+        job = jobs[name]
+        assert (job["status"], job["error"]) == ("failed", error), job
+        assert "failing_families.py" in job["traceback"] and line in job["traceback"], job["traceback"]
+    assert jobs["good"]["status"] == "built"
+    assert sorted(p.name for p in out.iterdir()) == [FAIL, "bug-summary.json", "bug-summary.md", "good"]
+
+
+def test_the_sigterm_of_a_ray_worker_still_ends_the_worker(tmp_path):
+    """Ray's worker turns SIGTERM into a SystemExit carrying ray_terminate_msg; the worker must end
+    on it, so that Ray retries the job, not report it failed as a family's sys.exit()."""
+    from builder.batch_exec import run_job
+    from support.failing_families import FAIL
+
+    write(tmp_path / FAIL, "")
+    family = "support.failing_families:EndedByRaysSigterm"
+    with pytest.raises(SystemExit) as ended:
+        run_job({"model": str(TINY), "output": str(tmp_path / "out"), "family": family}, threads=1)
+    assert ended.value.ray_terminate_msg and not (tmp_path / "out").exists() and leftovers(tmp_path) == []

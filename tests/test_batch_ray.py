@@ -207,7 +207,8 @@ def test_a_worker_that_dies_on_every_attempt_fails_its_job_alone_in_one_line(tmp
 def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(tmp_path, capsys):
     """An exception that is no BuilderError (a bug, a MemoryError) fails its job once, with one
     line in the terminal and its traceback in the summary JSON (--debug prints it). One that is not
-    even an Exception left the job body and was reported as 'its worker died 1 time(s)'."""
+    even an Exception left the job body and was reported as 'its worker died 1 time(s)'; a family's
+    sys.exit() was retried as a dead worker."""
     from support.failing_families import FAIL
 
     out = tmp_path / "out"
@@ -215,7 +216,8 @@ def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(
         tmp_path / "bug.yaml",
         f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n"
         f"  - {{output: oom, family: '{FAILING}:RunsOutOfMemory'}}\n"
-        f"  - {{output: base, family: '{FAILING}:RaisesABaseException'}}\n",
+        f"  - {{output: base, family: '{FAILING}:RaisesABaseException'}}\n"
+        f"  - {{output: exits, family: '{FAILING}:CallsSysExit'}}\n",
     )
     write(out / FAIL, "")
     capsys.readouterr()
@@ -226,6 +228,7 @@ def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(
     expected = {
         "oom": ("MemoryError: cannot allocate 17179869184 bytes", 'raise MemoryError("cannot allocate'),
         "base": ("Aborted: a BaseException from the family", 'raise Aborted("a BaseException'),
+        "exits": ("the build called sys.exit(3)", "sys.exit(3)"),
     }
     for name, (error, line) in expected.items():
         job = jobs[name]
@@ -237,7 +240,7 @@ def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(
 
     (out / FAIL).unlink()
     assert batch(path, "--executor", "ray") == 0
-    assert summary(out, "bug")["counts"]["built"] == 2
+    assert summary(out, "bug")["counts"]["built"] == 3
     assert hidden(out) == []
 
 

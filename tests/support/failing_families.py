@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 from architectures import Qwen3Builder
@@ -46,3 +47,20 @@ class Aborted(BaseException):
 class RaisesABaseException(_Failing):
     def fail(self):
         raise Aborted("a BaseException from the family")
+
+
+class CallsSysExit(_Failing):
+    """What a script's habit does inside a library: SystemExit, which Ray takes for a worker that
+    chose to exit."""
+
+    def fail(self):
+        sys.exit(3)
+
+
+class EndedByRaysSigterm(_Failing):
+    """What a Ray worker's own SIGTERM handler raises outside the build's signal handlers."""
+
+    def fail(self):
+        stop = SystemExit(1)
+        stop.ray_terminate_msg = "The process receives a SIGTERM."
+        raise stop
