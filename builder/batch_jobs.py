@@ -35,16 +35,12 @@ def _resolve_model(model: str, base: Path) -> str:
     return model  # org/name and no such folder: a hub id
 
 
-def _plan_refusal(options: BuildOptions) -> str | None:
-    """What the build's plan refuses for a job whose checkpoint is a readable folder here (its
-    family, layout and context against the target), or None. Hub ids and folders that only the
-    nodes see are planned when built; an unreadable checkpoint fails its own job then."""
-    return _planned(options)[0]
-
-
 def _planned(options: BuildOptions):
-    """_plan_refusal's answer, and the planned family object where the plan was made (None for
-    hub ids and unreadable folders, and when refused)."""
+    """(refusal, family object) for a job whose checkpoint is a readable folder here: what the
+    build's plan refuses (its family, layout and context against the target) or None, and the
+    planned family object where the plan was made (None when refused). Hub ids and folders that
+    only the nodes see are planned when built, (None, None) here; an unreadable checkpoint fails
+    its own job then."""
     from architectures.registry import family_for
     from builder.family_source import plugin_faults_named
     from builder.kit.checkpoint import Checkpoint
