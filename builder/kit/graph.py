@@ -22,7 +22,6 @@ MS_DOMAIN = "com.microsoft"
 OPSET = 21
 # Tensors smaller than this stay inside model.onnx; bigger ones go to the data file.
 INLINE_LIMIT = 1024
-ALIGNMENT = 4096  # page-aligned offsets let ONNX Runtime mmap initializers
 
 NP_TO_ONNX = {
     np.dtype(np.float32): TensorProto.FLOAT,
