@@ -454,7 +454,6 @@ REAL_CONFIGS: dict[str, dict] = {
     "qwen3-1.7b": _qwen3_real(hidden=2048, inter=6144, layers=28, heads=16, window_layers=28),
     "qwen3-4b": _qwen3_real(hidden=2560, inter=9728, layers=36, heads=32, window_layers=36),
 }
-HUB_IDS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
 
 
 def _qwen35_real(hidden, inter, layers, heads, kv_heads, value_heads, tied) -> dict:
