@@ -101,7 +101,7 @@ def test_qwen_sliding_window_layers(checkpoint, name, windows):
         model=str(ckpt), output=str(ckpt.parent / f"{name}-sw"), logits="all", precision="fp32", show_progress=False
     )
     assert [attr(n, "local_window_size", -1) for n in nodes(result, "GroupQueryAttention")] == windows
-    # The window lives in GQA only (see builder/genai_config.py).
+    # The window lives in GQA only (see builder/kit/genai_config.py).
     assert "sliding_window" not in json.loads(result.genai_config_path.read_text())["model"]["decoder"]
     parity(result, ckpt)
 
