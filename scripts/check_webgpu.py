@@ -90,7 +90,7 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3", "int4", {"qkv_packing": "packed-split", "mlp_packing": "packed"}),
     ("qwen3", "int4", {"qkv_packing": "fused-norm"}),
     ("qwen3", "fp32", {"logits": "all"}),  # genai's Engine and speculation read every position
-    # og.Engine runs no capture build (it crashed on one) and feeds int64 inputs: capture off gives both
+    # og.Engine runs no capture build (it crashed on one): capture off (its int64 inputs are the default)
     ("qwen3", "int4", {"logits": "all", "graph_capture": "off"}),
     ("llama", "int4", {}),
     ("qwen3-yarn", "int4", {}),  # YaRN: cos/sin caches scaled by its attention factor, under capture

@@ -153,7 +153,7 @@ def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, 
     assert genai_engine_greedy(built("qwen3", precision="fp32", logits="all").output, list(PROMPTS), 12) == expected
     with pytest.raises(RuntimeError, match="invalid dimensions for output: logits"):
         genai_engine_greedy(built("qwen3", precision="fp32").output, list(PROMPTS), 12)
-    # It feeds int64 input_ids and mask whatever the graph takes (webgpu capture builds: int32).
+    # It feeds int64 input_ids and mask whatever the graph takes (int32 in --int32-inputs on builds).
     with pytest.raises(RuntimeError, match=r"Actual: \(tensor\(int64\)\) , expected: \(tensor\(int32\)\)"):
         genai_engine_greedy(built("qwen3", precision="fp32", logits="all", int32_inputs="on").output, list(PROMPTS), 12)
 
