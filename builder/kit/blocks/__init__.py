@@ -9,6 +9,7 @@
 - moe: sparse experts as com.microsoft MoE / QMoE
 - embedding: token embeddings, lm_head and logits (GatherBlockQuantized sharing int4 bytes)
 - left_padding: left-padded batches (transformers.js) reordered for GroupQueryAttention
+- right_padding: genai's right-padded batches kept out of the recurrent layers' state (--padded-batches)
 """
 
 from builder.kit.blocks.attention import Attention
