@@ -109,7 +109,7 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
 
 
 # Where the runtimes inside transformers.js 4.3 differ from the table above (measured with
-# @huggingface/transformers 4.3.2, tiny checkpoints, tokens vs transformers; /work/wt/tjs-notes.md):
+# @huggingface/transformers 4.3.2, tiny checkpoints, tokens vs transformers; tests/test_transformers_js.py):
 # BranchwiseRMSNorm is registered in neither onnxruntime-node 1.30 nor onnxruntime-web 1.31-dev
 # (so per-head norms are written Reshape/SimplifiedLayerNormalization/Reshape); without it, the Gated
 # DeltaNet ops (CausalConvWithState, LinearAttention, LinearAttentionGate) ran Qwen3.5 in Node on
