@@ -16,7 +16,7 @@ import os
 # held one of two cores; idle, the two policies measured the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from builder.version import __version__  # noqa: E402
+from builder.version import __version__
 
 __all__ = ["BuildOptions", "BuildResult", "BuilderError", "build", "__version__"]
 

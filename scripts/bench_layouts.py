@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_genai import bench, markdown  # noqa: E402
+from bench_genai import bench, markdown
 
-from builder import BuilderError, BuildOptions  # noqa: E402
-from builder.inspect import summarize  # noqa: E402
-from builder.pipeline import build_from_flags  # noqa: E402  (its refusals name the builder's flags)
+from builder import BuilderError, BuildOptions
+from builder.inspect import summarize
+from builder.pipeline import build_from_flags  # its refusals name the builder's flags
 
 LAYOUTS = {
     "cpu": ["auto", "packed-split/separate", "separate/separate", "separate/packed", "packed-split/packed/sigmoid-mul"],

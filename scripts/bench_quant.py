@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quant import QuantScheme, get_num_threads, ort_quantize_blockwise, quantize_blockwise  # noqa: E402
+from quant import QuantScheme, get_num_threads, ort_quantize_blockwise, quantize_blockwise
 
 SHAPES = {  # Qwen3-4B: hidden 2560, intermediate 9728, vocab 151936
     "mlp.gate/up_proj-like 9728x2560": (9728, 2560),  # [out, in]: hidden 2560 -> intermediate 9728

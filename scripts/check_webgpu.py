@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # synthetic checkpoints
 
-from builder.verify import missing_modules, verify_install_command  # noqa: E402
+from builder.verify import missing_modules, verify_install_command
 
 # Its reference is transformers' and its tiny checkpoints come from support.synthetic (torch); a plain
 # install, where --verify's warning sends a webgpu build here, has neither: say so in one line.
@@ -64,9 +64,9 @@ if missing := missing_modules(("torch", "transformers", "tokenizers", "onnxrunti
     )
     raise SystemExit(2)
 
-from builder import BuildOptions  # noqa: E402
-from builder.pipeline import build_from_flags  # noqa: E402  (its refusals name the builder's flags)
-from builder.verify import (  # noqa: E402
+from builder import BuildOptions
+from builder.pipeline import build_from_flags  # its refusals name the builder's flags
+from builder.verify import (
     REPEATING_PROMPT,
     compare,
     dequantized_reference,
@@ -77,8 +77,8 @@ from builder.verify import (  # noqa: E402
     transformers_greedy,
     verify_build,
 )
-from support.swiftshader import swiftshader_env, swiftshader_icd  # noqa: E402
-from support.synthetic import TINY_CONFIGS, make_checkpoint  # noqa: E402
+from support.swiftshader import swiftshader_env, swiftshader_icd
+from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 CASES = [  # (tiny config, precision, extra build options)
     ("qwen3", "int4", {}),

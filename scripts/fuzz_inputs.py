@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from builder.verify import missing_modules  # noqa: E402
+from builder.verify import missing_modules
 
 # hypothesis and the checkpoints' torch come with the test extra only, which a plain install leaves out.
 if missing := missing_modules(("hypothesis", "torch", "tokenizers", "safetensors")):
@@ -29,8 +29,8 @@ if missing := missing_modules(("hypothesis", "torch", "tokenizers", "safetensors
     )
     raise SystemExit(2)
 
-import fuzz_inputs as fz  # noqa: E402
-from hypothesis import given, seed, settings  # noqa: E402
+import fuzz_inputs as fz
+from hypothesis import given, seed, settings
 
 TARGETS = {
     "config": (fz.config_files, fz.check_config_file),

@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
-from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai  # noqa: E402
-from builder.kit.errors import BuilderError  # noqa: E402
-from builder.kit.options import EPS  # noqa: E402
-from builder.kit.tokenizer_files import REQUIRED as TOKENIZER_REQUIRED  # noqa: E402
+from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai
+from builder.kit.errors import BuilderError
+from builder.kit.options import EPS
+from builder.kit.tokenizer_files import REQUIRED as TOKENIZER_REQUIRED
 
 # What onnxruntime-genai's RuntimeError says when its build lacks a provider's support,
 # and what the user needs instead: {provider: (substrings, runtime, what to install)}.

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic checkpoints
 
-from builder.verify import missing_modules, verify_install_command  # noqa: E402
+from builder.verify import missing_modules, verify_install_command
 
 # support.synthetic writes weights with torch and the tokenizer with tokenizers, which a plain install
 # (scripts/quickstart.sh's venv) leaves out: one line that says what to install, not a traceback.
@@ -29,7 +29,7 @@ if missing := missing_modules(("torch", "tokenizers")):
     )
     raise SystemExit(2)
 
-from support import synthetic  # noqa: E402
+from support import synthetic
 
 # Checkpoints from this size on report their progress: qwen3-4b's 8 GB took 83 s here, in silence.
 PROGRESS_FROM_BYTES = 100_000_000

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from builder.ep_runtime import ort_session  # noqa: E402
+from builder.ep_runtime import ort_session
 
 ONNX_TO_NUMPY = {
     "tensor(float16)": np.float16,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from support import synthetic  # noqa: E402
+from support import synthetic
 
 TEXTS = [
     "hello world",
