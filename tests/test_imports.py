@@ -20,6 +20,9 @@ HEAVY = {"torch", "transformers", "tokenizers"}
 # Where a heavy import is allowed, and only inside a function (lazy): verification
 # against transformers.
 LAZY_HEAVY_ALLOWED = {"builder/verify.py"}
+# Folders of the repository that `pip install` does not install: the package importing them works in a
+# checkout and fails for every user.
+NOT_INSTALLED = {"tests", "support", "scripts", "conftest"}
 
 
 def layer_of_module(name: str) -> str | None:
@@ -76,6 +79,8 @@ def violations(root: Path) -> list[str]:
                     found.append(f"{rel}:{line} imports {module} ({theirs} is above {LAYERS[mine]})")
                 if module.split(".")[0] in HEAVY and (rel not in LAZY_HEAVY_ALLOWED or at_top):
                     found.append(f"{rel}:{line} imports {module}: the core installs without it")
+                if module.split(".")[0] in NOT_INSTALLED:
+                    found.append(f"{rel}:{line} imports {module}, which is not installed with the package")
     return found
 
 
@@ -94,8 +99,11 @@ def test_a_wrong_import_fails_the_contract(tmp_path):
     relative.write_text(relative.read_text() + "\n\ndef _g():\n    from ..pipeline import build\n")
     by_name = tmp_path / "builder" / "kit" / "spec.py"
     by_name.write_text(by_name.read_text() + "\n\ndef _h():\n    importlib.import_module('builder.cli')\n")
+    test_support = tmp_path / "architectures" / "llama.py"
+    test_support.write_text(test_support.read_text() + "\n\ndef _i():\n    from support import synthetic\n")
     found = violations(tmp_path)
     assert any(v.startswith("quant/blockwise.py:1 imports builder.kit.options") for v in found), found
     assert any(v.startswith("builder/kit/graph.py:") and "architectures" in v for v in found), found
     assert any(v.startswith("builder/kit/rope.py:") and "builder.pipeline" in v for v in found), found
     assert any(v.startswith("builder/kit/spec.py:") and "builder.cli" in v for v in found), found
+    assert any(v.startswith("architectures/llama.py:") and "imports support," in v for v in found), found
