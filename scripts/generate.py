@@ -60,32 +60,61 @@ def _ngram_size(text: str) -> int:
     return _whole_number(text, 2, 16, "tokens (an n-gram's length)")  # genai 0.18's bounds for ngram_size
 
 
-def decode_all(tokenizer, tokens: list[int]) -> str:
-    """The text of `tokens`, with bytes that are no UTF-8 shown as U+FFFD (special tokens left out,
-    as genai leaves them out).
+class TextStream:
+    """The text of tokens as they come, with bytes that are no UTF-8 shown as U+FFFD (special tokens
+    left out, as genai leaves them out): add(token) gives the text that token completes, end() the rest.
 
     onnxruntime-genai 0.18's decode ends the text at the first invalid byte (a random model's byte
-    tokens, or a character cut by --max-new-tokens), and its stream drops such bytes: the text
-    after them went missing without a word. Here tokens are decoded a run at a time; a run that
-    stays invalid gives its longest clean start, or else its first token alone, and goes on."""
-    text, run = [], []
-    for at, token in enumerate(tokens):
-        run.append(token)
-        final = at == len(tokens) - 1
-        while run:
-            piece = tokenizer.decode(run)
+    tokens, or a character cut by --max-new-tokens), and its stream (og.TokenizerStream) drops such
+    bytes and text after them: the text went missing without a word. Here tokens are decoded a run
+    at a time; a run that stays invalid gives its longest clean start, or else its first token alone,
+    and goes on."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._run: list[int] = []
+
+    def add(self, token: int) -> str:
+        self._run.append(token)
+        return self._drain(final=False)
+
+    def end(self) -> str:
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> str:
+        decode, text = self._tokenizer.decode, []
+        while self._run:
+            run = self._run
+            piece = decode(run)
             if not piece.endswith("\ufffd"):
                 text.append(piece)
-                run = []
+                self._run = []
             elif len(run) < 4 and not final:  # a character may end in the next token (4 bytes at most)
                 break
             else:
-                clean = next(
-                    (k for k in range(len(run) - 1, 0, -1) if not tokenizer.decode(run[:k]).endswith("\ufffd")), 1
-                )
-                text.append(tokenizer.decode(run[:clean]))
-                run = run[clean:]
-    return "".join(text)
+                clean = next((k for k in range(len(run) - 1, 0, -1) if not decode(run[:k]).endswith("\ufffd")), 1)
+                text.append(decode(run[:clean]))
+                self._run = run[clean:]
+        return "".join(text)
+
+
+def decode_all(tokenizer, tokens: list[int]) -> str:
+    """The text of `tokens`, as TextStream gives it a token at a time."""
+    stream = TextStream(tokenizer)
+    return "".join(stream.add(token) for token in tokens) + stream.end()
+
+
+def _terminal_text(text: str) -> str:
+    """`text` with control characters other than newline and tab escaped, as repr() writes them: a
+    random-weight model's text holds them, and a terminal would act on them."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def _write(text: str) -> None:
+    """`text` to stdout now (a terminal sees the tokens come), control characters escaped."""
+    if text:
+        sys.stdout.write(_terminal_text(text))
+        sys.stdout.flush()
 
 
 def _non_empty(text: str) -> str:
@@ -541,6 +570,7 @@ def generate(args) -> None:
             f"{folder} is damaged: its tokenizer does not load ({_first_line(e)}); {_rebuild(folder)}"
         ) from None
     max_length = _max_length(config, folder, len(prompt), args.max_new_tokens)
+    streaming = False
     try:
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=max_length)
@@ -550,13 +580,21 @@ def generate(args) -> None:
         start = time.perf_counter()
         generator.append_tokens(prompt)  # runs the prompt through the model
         prefilled = time.perf_counter()
-        new = []
+        new, pieces, stream = [], [], TextStream(tokenizer)
+        streaming = True
+        _write(args.prompt)  # the text to continue, then each new token's text as it comes
         while not generator.is_done():
             generator.generate_next_token()
             new.append(int(generator.get_next_tokens()[0]))
+            pieces.append(stream.add(new[-1]))
+            _write(pieces[-1])
         done = time.perf_counter()
-        text = decode_all(tokenizer, new)
+        pieces.append(stream.end())
+        _write(pieces[-1] + "\n")
+        text = "".join(pieces)
     except RuntimeError as e:
+        if streaming:
+            print(flush=True)  # the error line starts a line of its own
         if any(message in str(e) for message in _SPECULATION_REFUSED):
             asked = "--ngram" if args.ngram else f"the speculative section of {folder / 'genai_config.json'}"
             why = f"onnxruntime-genai's speculation ({asked}) refuses {folder} ({_first_line(e).rstrip('.')})"
