@@ -56,6 +56,17 @@ def _positive_int(text: str) -> int:
     return _whole_number(text, 1, None, "tokens")
 
 
+def _seed(text: str) -> int:
+    """genai's random_seed: a 32-bit int, where -1 asks for a random one (what leaving --seed out does)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; pass a seed from 0 to 2147483647") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; pass a seed from 0 to 2147483647")
+    return value
+
+
 def _ngram_size(text: str) -> int:
     return _whole_number(text, 2, 16, "tokens (an n-gram's length)")  # genai 0.18's bounds for ngram_size
 
@@ -527,6 +538,14 @@ def _ngram_refusal(folder: Path, config: dict, og) -> str | None:
     return None
 
 
+def _sampling(options: dict) -> str:
+    """What --sample sampled with, from genai's search options (it returns each as a float)."""
+    number = lambda key: f"{key} {float(options[key]):.6g}"  # noqa: E731 (the float32 genai holds, as written)
+    seed = int(options["random_seed"])
+    chosen = f"random_seed {seed}" if seed >= 0 else "a random seed (pass --seed N to repeat a run)"
+    return f"{number('temperature')}, {number('top_k')}, {number('top_p')} (genai_config.json), {chosen}"
+
+
 # genai's own wording when it refuses speculation: for folders without a build_report.json, or whose
 # genai_config.json turns speculation on itself.
 _SPECULATION_REFUSED = ("last-token-only logits", "RecurrentState::RewindTo")
@@ -573,7 +592,13 @@ def generate(args) -> None:
     streaming = False
     try:
         params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=max_length)
+        if args.sample:
+            # The rest of the folder's search section (temperature, top_k, top_p) stays as genai read it;
+            # genai has no beam sampling ("TopK and TopP cannot be used with a beam search").
+            seed = {} if args.seed is None else {"random_seed": args.seed}
+            params.set_search_options(do_sample=True, num_beams=1, max_length=max_length, **seed)
+        else:
+            params.set_search_options(do_sample=False, max_length=max_length)
         if args.ngram:
             params.set_speculative_options(ngram_size=args.ngram)
         generator = og.Generator(model, params)
@@ -604,6 +629,8 @@ def generate(args) -> None:
                 instead = f"{_NO_REWIND}, so {without}"
             raise BuilderError(f"{why}; {instead}") from None
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
+    if args.sample:
+        print(f"sampled: {_sampling(params.get_search_options())}")
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
     print(f"text: {args.prompt + text!r}")  # quoted: a random-weight model's text holds control characters
@@ -632,6 +659,23 @@ def main() -> int:
         help="Tokens to generate (default: %(default)s).",
     )
     parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="Sample with the folder's own search options, the temperature, top_k and top_p in its "
+        "genai_config.json (the build writes the checkpoint's generation_config.json values there, "
+        "transformers' defaults where it sets none), one sequence (genai has no beam sampling); a line "
+        "before the token ids says what they were. Default: greedy, whatever the folder's do_sample says.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=None,
+        metavar="N",
+        help="onnxruntime-genai's random_seed for --sample, 0 to 2147483647: the same seed, folder, prompt "
+        "and options give the same tokens again (with the same onnxruntime-genai and provider). "
+        "Default: a random seed each run.",
+    )
+    parser.add_argument(
         "--provider",
         choices=EPS,
         default=None,
@@ -648,6 +692,8 @@ def main() -> int:
         "built with --logits all, of a model without recurrent layers. Default: off.",
     )
     args = parser.parse_args()
+    if args.seed is not None and not args.sample:
+        parser.error("--seed sets the seed of --sample, and greedy decoding draws nothing: pass --sample too")
     try:
         generate(args)
     except BuilderError as e:

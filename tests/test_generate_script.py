@@ -792,3 +792,44 @@ def test_the_text_is_written_as_the_tokens_come(fp32_folder, monkeypatch):
     assert lines[3].startswith("prompt of 2 tokens in ") and "12 new tokens in " in lines[3], lines
     text = ast.literal_eval(lines[2].removeprefix("text: "))  # the repr generate.py printed
     assert text.startswith("The river") and streamed == script._terminal_text(text)
+
+
+SAMPLE_PROMPT = ("--prompt", "The river", "--max-new-tokens", "16")
+
+
+def test_sample_with_a_seed_gives_the_same_tokens_again(fp32_folder):
+    """--sample draws with the folder's own temperature, top_k and top_p (tiny-qwen3's are Qwen3's:
+    0.6, 20, 0.95), and --seed is genai's random_seed: one seed repeats, another draws otherwise."""
+    search = json.loads((fp32_folder / "genai_config.json").read_text())["search"]
+    first, again, other = (generate(fp32_folder, *SAMPLE_PROMPT, "--sample", "--seed", s) for s in ("7", "7", "8"))
+    greedy = _tokens(generate(fp32_folder, *SAMPLE_PROMPT), "new tokens")
+    assert _tokens(first, "new tokens") == _tokens(again, "new tokens")
+    assert _tokens(first, "new tokens") != _tokens(other, "new tokens")
+    assert _tokens(first, "new tokens") != greedy  # it samples, where the folder's do_sample was left to greedy
+    (said,) = [line for line in first.stdout.splitlines() if line.startswith("sampled: ")]
+    expected = f"temperature {search['temperature']}, top_k {search['top_k']}, top_p {search['top_p']}"
+    assert said == f"sampled: {expected} (genai_config.json), random_seed 7", said
+
+
+def test_sample_with_the_folder_top_k_1_is_greedy(fp32_folder, tmp_path):
+    """The folder's search options are the ones --sample draws with: top_k 1 leaves one token to draw."""
+    folder = _copy(fp32_folder, tmp_path)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["search"]["top_k"] = 1
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    sampled = generate(folder, *SAMPLE_PROMPT, "--sample", "--seed", "7")
+    assert _tokens(sampled, "new tokens") == _tokens(generate(folder, *SAMPLE_PROMPT), "new tokens")
+    assert "top_k 1," in sampled.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--seed", "3"), ["--seed", "pass --sample too"]),
+        (("--sample", "--seed", "2147483648"), ["--seed", "0 to 2147483647"]),
+        (("--sample", "--seed", "x"), ["--seed", "'x' is not a whole number"]),
+    ],
+    ids=["without-sample", "past-int32", "not-a-number"],
+)
+def test_seed_is_refused_where_genai_would_not_use_it(fp32_folder, args, words):
+    assert_refused(generate(fp32_folder, *args), *words)
