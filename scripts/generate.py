@@ -131,6 +131,10 @@ def _write(text: str) -> None:
 def _non_empty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("is empty; pass some text to continue, e.g. --prompt 'Hello'")
+    return _utf8(text)
+
+
+def _utf8(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # bytes the locale could not decode: the tokenizer's TypeError traceback
@@ -493,22 +497,98 @@ def _cannot_run(
     )
 
 
-def _max_length(config: dict, folder: Path, prompt_tokens: int, max_new_tokens: int) -> int:
-    """Prompt plus new tokens, or a BuilderError when that passes the folder's context_length."""
+def _max_length(config: dict, folder: Path, prompt_tokens: int, max_new_tokens: int, chat: bool = False) -> int:
+    """Prompt plus new tokens, or a BuilderError when that passes the folder's context_length.
+    chat: the prompt is --prompt (and --system) in the chat template."""
     context = config.get("model", {}).get("context_length")
+    takes = "--prompt in the chat template takes" if chat else "--prompt takes"
     if context is None or prompt_tokens + max_new_tokens <= context:
         return prompt_tokens + max_new_tokens
     room = context - prompt_tokens
     if room < 1:
         raise BuilderError(
-            f"--prompt takes {prompt_tokens} tokens, and {folder} has context_length {context} "
+            f"{takes} {prompt_tokens} tokens, and {folder} has context_length {context} "
             "(the build's --context-length), which leaves no room for new tokens; pass a shorter --prompt"
         )
     raise BuilderError(
         f"--max-new-tokens {max_new_tokens} does not fit: {folder} has context_length {context} "
-        f"(the build's --context-length) and --prompt takes {prompt_tokens} tokens, "
+        f"(the build's --context-length) and {takes} {prompt_tokens} tokens, "
         f"so pass --max-new-tokens {room} or less"
     )
+
+
+def _has_chat_template(folder: Path) -> bool:
+    """Whether the folder's tokenizer files hold a chat template where onnxruntime-genai 0.18 looks for
+    one: tokenizer_config.json's chat_template (read first; the build makes it the checkpoint's
+    chat_template.jinja where both were there), chat_template.jinja, chat_template.json."""
+
+    def read(name: str):
+        try:
+            value = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value.get("chat_template") if isinstance(value, dict) else None
+
+    try:
+        jinja = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        jinja = ""
+    return bool(read("tokenizer_config.json") or jinja.strip() or read("chat_template.json"))
+
+
+def _no_chat_template(folder: Path) -> BuilderError:
+    return BuilderError(
+        f"--chat: {folder} has no chat template (its tokenizer_config.json has no chat_template, and it has "
+        "no chat_template.jinja), as a base model often has none; run it without --chat to continue --prompt "
+        f"as text, or put the model's chat template in {folder / 'chat_template.jinja'}"
+    )
+
+
+def _chat_prompt(tokenizer, folder: Path, args) -> str:
+    """--prompt as the user's message (after --system's, if any) in the folder's chat template, with the
+    assistant's turn opened: what transformers' apply_chat_template(..., add_generation_prompt=True) gives.
+
+    onnxruntime-genai's own apply_chat_template renders it (its Jinja engine, on the files
+    _has_chat_template names); where that engine cannot (it lacks some of Jinja2's filters, such as
+    capitalize), transformers renders it, if it is installed."""
+    messages = [{"role": "system", "content": args.system}] if args.system is not None else []
+    messages.append({"role": "user", "content": args.prompt})
+    try:
+        return tokenizer.apply_chat_template(json.dumps(messages, ensure_ascii=False), add_generation_prompt=True)
+    except RuntimeError as e:
+        why = _first_line(e).rstrip(":")
+    except AttributeError:  # an onnxruntime-genai before apply_chat_template
+        why = "this onnxruntime-genai has no Tokenizer.apply_chat_template"
+    if why.startswith("Empty chat template"):
+        raise _no_chat_template(folder)
+    try:
+        from jinja2 import TemplateError
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise BuilderError(
+            f"--chat: onnxruntime-genai cannot apply {folder}'s chat template ({why}); pip install transformers "
+            "(--chat then applies the template with it), or run it without --chat"
+        ) from None
+    try:
+        text = AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+    except TemplateError as e:  # the template's own raise_exception among them
+        made_of = "--prompt and --system" if args.system is not None else "--prompt"
+        raise BuilderError(
+            f"--chat: {folder}'s chat template refuses the conversation made of {made_of} ({_first_line(e)}); "
+            f"change {made_of}, or run it without --chat"
+        ) from None
+    except Exception as e:  # the tokenizer files, as transformers reads them
+        raise BuilderError(
+            f"--chat: neither onnxruntime-genai ({why}) nor transformers ({_first_line(e)}) can apply "
+            f"{folder}'s chat template; run it without --chat"
+        ) from None
+    print(
+        f"note: onnxruntime-genai cannot apply {folder}'s chat template ({why}); transformers applied it",
+        file=sys.stderr,
+    )
+    return text
 
 
 def _recurrent(config: dict) -> bool:
@@ -559,6 +639,8 @@ def generate(args) -> None:
     folder = Path(args.model_dir)
     config = _read_config(folder)
     _check_files(folder, config)
+    if args.chat and not _has_chat_template(folder):
+        raise _no_chat_template(folder)
     try:
         built_for = folder_provider(folder)
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -577,7 +659,12 @@ def generate(args) -> None:
         raise _cannot_run(folder, config, provider, built_for, overridden, "load", e) from None
     try:
         tokenizer = og.Tokenizer(model)
-        prompt = tokenizer.encode(args.prompt)
+        prompt_text = _chat_prompt(tokenizer, folder, args) if args.chat else args.prompt
+        if args.chat and hasattr(tokenizer, "update_options"):
+            # The template writes the special tokens it wants (a BOS among them): transformers encodes
+            # its text without adding any, and so does this.
+            tokenizer.update_options(add_special_tokens="false")
+        prompt = tokenizer.encode(prompt_text)
     except RuntimeError as e:
         source = _tokenizer_source(folder)
         if source:  # a rebuild would copy the same files again
@@ -588,7 +675,7 @@ def generate(args) -> None:
         raise BuilderError(
             f"{folder} is damaged: its tokenizer does not load ({_first_line(e)}); {_rebuild(folder)}"
         ) from None
-    max_length = _max_length(config, folder, len(prompt), args.max_new_tokens)
+    max_length = _max_length(config, folder, len(prompt), args.max_new_tokens, args.chat)
     streaming = False
     try:
         params = og.GeneratorParams(model)
@@ -607,7 +694,7 @@ def generate(args) -> None:
         prefilled = time.perf_counter()
         new, pieces, stream = [], [], TextStream(tokenizer)
         streaming = True
-        _write(args.prompt)  # the text to continue, then each new token's text as it comes
+        _write("" if args.chat else args.prompt)  # the text to continue, then each new token's text as it comes
         while not generator.is_done():
             generator.generate_next_token()
             new.append(int(generator.get_next_tokens()[0]))
@@ -633,7 +720,7 @@ def generate(args) -> None:
         print(f"sampled: {_sampling(params.get_search_options())}")
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
-    print(f"text: {args.prompt + text!r}")  # quoted: a random-weight model's text holds control characters
+    print(f"text: {prompt_text + text!r}")  # quoted: a random-weight model's text holds control characters
     rate = f" ({len(new) / (done - prefilled):.1f} tokens/s)" if done > prefilled else ""
     decode = f"{len(new)} new tokens in {done - prefilled:.3f}s{rate}"
     print(f"prompt of {len(prompt)} tokens in {prefilled - start:.3f}s, {decode}")
@@ -657,6 +744,21 @@ def main() -> int:
         default=16,
         metavar="N",
         help="Tokens to generate (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="Put --prompt in the folder's chat template as the user's message and open the assistant's "
+        "turn (transformers' apply_chat_template with add_generation_prompt), for instruct models; "
+        "onnxruntime-genai applies the template from tokenizer_config.json or chat_template.jinja. Only the "
+        "reply is streamed; the text: line quotes the whole formatted conversation.",
+    )
+    parser.add_argument(
+        "--system",
+        type=_utf8,
+        default=None,
+        metavar="TEXT",
+        help="With --chat: a system message before --prompt's (a template that takes none says so).",
     )
     parser.add_argument(
         "--sample",
@@ -692,6 +794,8 @@ def main() -> int:
         "built with --logits all, of a model without recurrent layers. Default: off.",
     )
     args = parser.parse_args()
+    if args.system is not None and not args.chat:
+        parser.error("--system is a message of the conversation --chat makes: pass --chat too")
     if args.seed is not None and not args.sample:
         parser.error("--seed sets the seed of --sample, and greedy decoding draws nothing: pass --sample too")
     try:

@@ -833,3 +833,115 @@ def test_sample_with_the_folder_top_k_1_is_greedy(fp32_folder, tmp_path):
 )
 def test_seed_is_refused_where_genai_would_not_use_it(fp32_folder, args, words):
     assert_refused(generate(fp32_folder, *args), *words)
+
+
+# A template in the style of Llama 3's: a default system message, the given one trimmed; stored as
+# chat_template.jinja, where newer checkpoints keep it (tokenizer_config.json then has none).
+JINJA_TEMPLATE = (
+    "{%- set ns = namespace(system='You are a tiny model.') %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set ns.system = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>system\\n' + ns.system + '<|im_end|>\\n' }}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def _template_only_in_jinja(folder: Path, template: str) -> Path:
+    """`folder` (a checkpoint or a built folder) with `template` as chat_template.jinja and no
+    chat_template in tokenizer_config.json."""
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").write_text(template)
+    return folder
+
+
+def _transformers_chat_ids(folder: Path, messages: list[dict]) -> list[int]:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(messages, add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+@pytest.fixture(scope="module")
+def jinja_folder(tmp_path_factory):
+    """A build of a checkpoint whose chat template is in chat_template.jinja alone."""
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    root = tmp_path_factory.mktemp("jinja")
+    checkpoint = _template_only_in_jinja(make_checkpoint(root / "ckpt", TINY_CONFIGS["qwen3"]), JINJA_TEMPLATE)
+    build = build_cli(checkpoint, root / "out")
+    assert build.returncode == 0, build.stderr
+    assert (root / "out" / "chat_template.jinja").read_text() == JINJA_TEMPLATE
+    return root / "out"
+
+
+@pytest.mark.parametrize("system", [None, "  Be brief, très brief.  "], ids=["user", "system"])
+@pytest.mark.parametrize("where", ["tokenizer_config", "chat_template.jinja"])
+def test_chat_prompt_is_the_ids_of_transformers_chat_template(fp32_folder, jinja_folder, where, system):
+    """--chat formats --prompt (and --system) with the folder's template through onnxruntime-genai:
+    the prompt's ids are those of transformers' apply_chat_template(..., add_generation_prompt=True)."""
+    folder = fp32_folder if where == "tokenizer_config" else jinja_folder
+    prompt = "Where does the river go? Über die Brücke ✓"
+    child = generate(
+        folder, "--chat", "--prompt", prompt, "--max-new-tokens", "4", *(("--system", system) * bool(system))
+    )
+    messages = [{"role": "system", "content": system}] * bool(system) + [{"role": "user", "content": prompt}]
+    expected = _transformers_chat_ids(folder, messages)
+    assert _tokens(child, "prompt tokens") == expected
+    assert "note:" not in child.stderr, child.stderr  # genai applied it, not the transformers fallback
+    text = next(line for line in child.stdout.splitlines() if line.startswith("text: "))
+    assert text.startswith("text: '<|im_start|>") and "<|im_start|>assistant\\n" in text  # the formatted conversation
+
+
+def test_chat_greedy_tokens_are_transformers_greedy_tokens(fp32_folder, checkpoint):
+    """The tokens --chat generates on an fp32 build are transformers' greedy ones on the same chat ids."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    child = generate(fp32_folder, "--chat", "--prompt", "Tell me about the river.", "--max-new-tokens", "12")
+    prompt = _transformers_chat_ids(fp32_folder, [{"role": "user", "content": "Tell me about the river."}])
+    assert _tokens(child, "prompt tokens") == prompt
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint("qwen3"), dtype=torch.float32)
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0].tolist()
+    assert _tokens(child, "new tokens") == theirs[len(prompt) :]
+
+
+def test_chat_on_a_folder_without_a_template_says_what_to_do(fp32_folder, tmp_path):
+    folder = _copy(fp32_folder, tmp_path)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    child = generate(folder, "--chat", "--prompt", "Hi")
+    line = assert_refused(child, str(folder), "has no chat template", "without --chat", "chat_template.jinja")
+    assert len(child.stderr.strip().splitlines()) == 1 and line.startswith("error: --chat: "), child.stderr
+
+
+def test_chat_template_genai_cannot_apply_is_applied_by_transformers(fp32_folder, tmp_path):
+    """genai's Jinja engine has no capitalize filter (Jinja2 has): transformers formats the prompt then."""
+    template = JINJA_TEMPLATE.replace("message['role'] + '\\n'", "message['role'] | capitalize + '\\n'")
+    folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), template)
+    child = generate(folder, "--chat", "--prompt", "Hi there", "--max-new-tokens", "4")
+    assert "note: onnxruntime-genai cannot apply" in child.stderr, (
+        "this onnxruntime-genai applies the capitalize filter: pick a filter it lacks for this test"
+    )
+    assert _tokens(child, "prompt tokens") == _transformers_chat_ids(folder, [{"role": "user", "content": "Hi there"}])
+    assert "<|im_start|>User\\n" in child.stdout
+
+
+def test_system_message_a_template_refuses_is_named(fp32_folder, tmp_path):
+    """A template that takes no system message (Gemma's raise_exception): one line naming --system."""
+    refusing = "{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), refusing + JINJA_TEMPLATE)
+    assert generate(folder, "--chat", "--prompt", "Hi", "--max-new-tokens", "2").returncode == 0
+    line = assert_refused(generate(folder, "--chat", "--system", "Be brief.", "--prompt", "Hi"), str(folder))
+    assert "System role not supported" in line and "--system" in line, line
+
+
+def test_system_without_chat_is_refused(fp32_folder):
+    assert_refused(generate(fp32_folder, "--system", "Be brief."), "--system", "pass --chat too")
