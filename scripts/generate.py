@@ -1,6 +1,10 @@
-"""Generate tokens from a built folder with onnxruntime-genai (greedy).
+"""Generate tokens from a built folder with onnxruntime-genai: greedy, or sampled with the folder's own
+search options (--sample). --chat puts the prompt in the model's chat template, for instruct models.
+The text is written as it comes; then the prompt's and the new tokens' ids, the whole text quoted,
+and the timings.
 
     python scripts/generate.py out/tiny-qwen3-int4-cpu --prompt "Hello" --max-new-tokens 16
+    python scripts/generate.py out/qwen3-4b-int4-cpu --chat --sample --prompt "What is ONNX?" --max-new-tokens 512
 
 webgpu folders need a WebGPU runtime: pip install onnxruntime-genai onnxruntime-ep-webgpu
 (and on Linux the Vulkan loader); the plugin EP is registered here when it is installed.
@@ -618,9 +622,18 @@ def _ngram_refusal(folder: Path, config: dict, og) -> str | None:
     return None
 
 
-def _sampling(options: dict) -> str:
-    """What --sample sampled with, from genai's search options (it returns each as a float)."""
-    number = lambda key: f"{key} {float(options[key]):.6g}"  # noqa: E731 (the float32 genai holds, as written)
+def _sampling(params, config: dict, seed: int | None) -> str:
+    """What --sample sampled with: genai's search options (each a float), or where this onnxruntime-genai
+    cannot say, the folder's genai_config.json."""
+    if hasattr(params, "get_search_options"):
+        options = params.get_search_options()
+    else:
+        options = {**(config.get("search") or {}), "random_seed": -1 if seed is None else seed}
+
+    def number(key: str) -> str:
+        value = options.get(key)
+        return f"{key} {float(value):.6g}" if value is not None else f"{key} genai's default"  # .6g: as written
+
     seed = int(options["random_seed"])
     chosen = f"random_seed {seed}" if seed >= 0 else "a random seed (pass --seed N to repeat a run)"
     return f"{number('temperature')}, {number('top_k')}, {number('top_p')} (genai_config.json), {chosen}"
@@ -717,7 +730,7 @@ def generate(args) -> None:
             raise BuilderError(f"{why}; {instead}") from None
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
     if args.sample:
-        print(f"sampled: {_sampling(params.get_search_options())}")
+        print(f"sampled: {_sampling(params, config, args.seed)}")
     print(f"prompt tokens: {[int(t) for t in prompt]}")
     print(f"new tokens:    {new}")
     print(f"text: {prompt_text + text!r}")  # quoted: a random-weight model's text holds control characters
@@ -737,20 +750,26 @@ def generate(args) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="A folder built by python -m builder.")
-    parser.add_argument("--prompt", type=_non_empty, default="Hello", help="Text to continue (default: %(default)s).")
+    parser.add_argument(
+        "--prompt",
+        type=_non_empty,
+        default="Hello",
+        help="Text to continue, or with --chat the user's message (default: %(default)s).",
+    )
     parser.add_argument(
         "--max-new-tokens",
         type=_positive_int,
         default=16,
         metavar="N",
-        help="Tokens to generate (default: %(default)s).",
+        help="The most tokens to generate; it stops earlier at the model's end token (default: %(default)s).",
     )
     parser.add_argument(
         "--chat",
         action="store_true",
         help="Put --prompt in the folder's chat template as the user's message and open the assistant's "
         "turn (transformers' apply_chat_template with add_generation_prompt), for instruct models; "
-        "onnxruntime-genai applies the template from tokenizer_config.json or chat_template.jinja. Only the "
+        "onnxruntime-genai applies the template from tokenizer_config.json or chat_template.jinja (transformers, "
+        "if installed, where genai's Jinja engine cannot). Only the "
         "reply is streamed; the text: line quotes the whole formatted conversation.",
     )
     parser.add_argument(

@@ -934,8 +934,37 @@ def test_chat_template_genai_cannot_apply_is_applied_by_transformers(fp32_folder
     assert "<|im_start|>User\\n" in child.stdout
 
 
+NO_TRANSFORMERS_SITECUSTOMIZE = """
+import sys
+
+class _NoTransformers:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "transformers":
+            raise ImportError(f"{name} is hidden by the test")
+        return None
+
+sys.meta_path.insert(0, _NoTransformers())
+"""
+
+
+def test_chat_template_genai_cannot_apply_without_transformers_says_what_to_install(fp32_folder, tmp_path):
+    """A plain install (scripts/quickstart.sh's venv) has no transformers to fall back on: one line."""
+    template = JINJA_TEMPLATE.replace("message['role'] + '\\n'", "message['role'] | capitalize + '\\n'")
+    folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), template)
+    (tmp_path / "sitecustomize.py").write_text(NO_TRANSFORMERS_SITECUSTOMIZE)
+    child = subprocess.run(
+        [sys.executable, str(SCRIPT), str(folder), "--chat", "--prompt", "Hi"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        timeout=120,
+    )
+    assert_refused(child, str(folder), "cannot apply", "pip install transformers", "without --chat")
+    assert len(child.stderr.strip().splitlines()) == 1, child.stderr
+
+
 def test_system_message_a_template_refuses_is_named(fp32_folder, tmp_path):
-    """A template that takes no system message (Gemma's raise_exception): one line naming --system."""
+    """A template that takes no system message (Gemma 2's raise_exception): one line naming --system."""
     refusing = "{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
     folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), refusing + JINJA_TEMPLATE)
     assert generate(folder, "--chat", "--prompt", "Hi", "--max-new-tokens", "2").returncode == 0
