@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
+from builder.cli import broken_pipe
 from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai
 from builder.kit.errors import BuilderError
 from builder.kit.options import EPS
@@ -819,6 +820,8 @@ def main() -> int:
         parser.error("--seed sets the seed of --sample, and greedy decoding draws nothing: pass --sample too")
     try:
         generate(args)
+    except BrokenPipeError:  # `generate.py ... | head`: the text went to a reader that stopped reading
+        return broken_pipe()
     except BuilderError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.stdout.flush()

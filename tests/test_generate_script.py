@@ -794,6 +794,46 @@ def test_the_text_is_written_as_the_tokens_come(fp32_folder, monkeypatch):
     assert text.startswith("The river") and streamed == script._terminal_text(text)
 
 
+# A sitecustomize.py that slows each genai step down, so that the reader below has closed the pipe
+# long before the last token's text is written.
+SLOW_STEPS_SITECUSTOMIZE = """
+import time
+import onnxruntime_genai as og
+
+_Generator = og.Generator
+
+class _Slow:
+    def __init__(self, *args):
+        self._generator = _Generator(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
+
+    def generate_next_token(self):
+        time.sleep(0.02)
+        self._generator.generate_next_token()
+
+og.Generator = _Slow
+"""
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(fp32_folder, tmp_path):
+    """`generate.py ... | head -c 20`: the text written token by token met the closed pipe while it
+    generated; it stops there as a Unix tool does (exit 141), without a traceback."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS_SITECUSTOMIZE)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(fp32_folder), "--prompt", "The river", "--max-new-tokens", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+    )
+    proc.stdout.read(5)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 SAMPLE_PROMPT = ("--prompt", "The river", "--max-new-tokens", "16")
 
 
