@@ -33,6 +33,8 @@
 #                                                # (GOAL_CKPTS: the shapes; GOAL_ROUNDS: 4)
 #   bash scripts/webgpu_device_run.sh qwen35-goal # the goal table for Qwen3.5 (0.8B and 4B shapes): ours as built
 #                                                # against the reference's capture and default builds (QWEN35_CKPTS)
+#   bash scripts/webgpu_device_run.sh generate   # scripts/generate.py on a Qwen3-0.6B-shaped build: greedy, --sample
+#                                                # with one seed twice, --chat, --chat --sample
 #   bash scripts/webgpu_device_run.sh int32      # the default build (int64 inputs) against --int32-inputs on, an int32
 #                                                # mask alone (scripts/with_io_types.py) and the reference's capture and
 #                                                # default builds, at 0.6B and 4B, with plugin-EP parity of the tiny
@@ -390,6 +392,15 @@ elif [ "$PART" = parity ]; then
     timeout 120 $PY scripts/webgpu_prefill_attention.py --json "$OUT/prefill-attention.json" 2>&1 | grep "^heads" | tee -a "$LOG"
     timeout ${PARITY_TIMEOUT:-460} $PY scripts/check_webgpu.py ${ONLY:-} --prompt-tokens ${PARITY_PROMPT_TOKENS:-12} \
         --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
+elif [ "$PART" = generate ]; then  # scripts/generate.py on the plugin EP with capture: greedy, --sample
+    # twice with one seed (the same tokens), --chat, --chat --sample; CKPT's shape (qwen3-0.6b)
+    checkpoint_for ${DRY_CKPTS:-$CKPT}
+    ours gen-auto "$CK"
+    for flags in "" "--sample --seed 5" "--sample --seed 5" "--chat" "--chat --sample --seed 5"; do
+        log "generate.py --max-new-tokens 32 $flags"
+        timeout 120 $PY scripts/generate.py "$W/gen-auto" --max-new-tokens 32 $flags 2>&1 | grep -v -i warn \
+            | tail -6 | cut -c1-400 | tee -a "$LOG"
+    done
 elif [ "$PART" = 4b ]; then
     ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     S06=${DRY_CKPTS:-qwen3-0.6b}; S4B=${DRY_CKPTS:-qwen3-4b}
