@@ -372,6 +372,42 @@ def test_a_target_newer_than_any_known_runtime_is_named(ckpt, tmp_path):
     assert "warning" not in cli("-m", ckpt, "-o", tmp_path / "known", "--target-ort", "1.32").stderr
 
 
+@pytest.mark.parametrize(
+    "flags, warned",
+    [
+        (("-p", "int8", "--accuracy-level", "0"), "--accuracy-level 0 with -p int8 on cpu"),
+        (("-p", "int8", "--accuracy-level", "1"), "--accuracy-level 1 with -p int8 on cpu"),
+        (("--int8-layers", "*.down_proj", "--accuracy-level", "0"), "--accuracy-level 0 with --int8-layers on cpu"),
+        (("-p", "int8", "--accuracy-level", "4"), None),
+        (
+            (
+                "-p",
+                "int8",
+            ),
+            None,
+        ),
+        (("--accuracy-level", "0"), None),  # int4 only: 0.63x, the known price of closer logits
+        (("-p", "int8", "--accuracy-level", "0", "-e", "webgpu"), None),
+    ],
+)
+def test_a_slow_int8_accuracy_level_on_cpu_is_named(ckpt, tmp_path, flags, warned):
+    """-p int8 --accuracy-level 0 on cpu decoded 36x slower than the default, in silence: onnxruntime's
+    cpu MatMulNBits computes 8-bit weights fast only with int8 activations (docs/packing.md)."""
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    if not warned:
+        assert warnings == [], warnings
+        return
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"warning: {warned}: onnxruntime's cpu MatMulNBits is fast on 8-bit weights")
+    assert warnings[0].endswith(
+        "Leave --accuracy-level at its cpu default (4) unless the slower, closer logits are what you want"
+    )
+    notes = json.loads((tmp_path / "out" / "build_report.json").read_text())["notes"]
+    assert any(warned in note for note in notes), notes
+
+
 def test_impossible_combination_refused_up_front(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
     assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")

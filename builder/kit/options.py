@@ -158,7 +158,8 @@ class BuildOptions:
             "--accuracy-level",
             choices=(0, 1, 2, 3, 4),
             help="MatMulNBits accuracy_level: the lowest precision the kernel may compute in "
-            "(4 = int8 activations). Default: 4 for cpu and webgpu, 0 for cuda and dml.",
+            "(4 = int8 activations; on cpu, 8-bit weights run fast only at 4). Default: 4 for cpu and webgpu, "
+            "0 for cuda and dml.",
             rebuild="resolved",
         ),
     )

@@ -197,6 +197,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     unused = options.unused_flags()
     if unused:
         warnings.append(f"-p {options.precision} stores float weights: {', '.join(unused)} had no effect on this build")
+    slow_int8 = slow_int8_level(options, target)
+    if slow_int8:
+        warnings.append(slow_int8)
     config_only = options.genai_config_only_flags()
     if config_only:
         warnings.append(
@@ -292,6 +295,26 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         notes=target_notes + tuple(layout.notes),
         warnings=tuple(warnings),
         selection=selection,
+    )
+
+
+def slow_int8_level(options: BuildOptions, target: Target) -> str | None:
+    """The warning for 8-bit MatMulNBits on cpu below accuracy level 4, or None. ONNX Runtime 1.32's cpu
+    kernel computes 8-bit weights fast only with int8 activations (level 4); below it, a random-weight
+    Qwen3-0.6B-shaped int8 build decoded at 0.028x (level 0) and 0.030x (level 1) of its level-4 speed,
+    and an int4 one with --int8-layers '*.down_proj' at 0.35x (this 2-core machine, docs/packing.md)."""
+    level = options.accuracy_level
+    int8 = options.precision == "int8" or (options.precision == "int4" and options.int8_layers)
+    if target.ep != "cpu" or not int8 or level is None or level >= 4:
+        return None
+    if options.precision == "int8":
+        what, cost = "-p int8", "an int8 Qwen3-0.6B shape decoded about 35x slower at level 0 or 1 than at 4"
+    else:
+        what, cost = "--int8-layers", "an int4 Qwen3-0.6B shape with int8 down_proj decoded at 0.35x at level 0"
+    return (
+        f"--accuracy-level {level} with {what} on cpu: onnxruntime's cpu MatMulNBits is fast on 8-bit weights "
+        f"only at level 4 (int8 activations); {cost}. Leave --accuracy-level at its cpu default (4) unless "
+        "the slower, closer logits are what you want"
     )
 
 
