@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.hidden_modules import hiding
 from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -974,17 +975,7 @@ def test_chat_template_genai_cannot_apply_is_applied_by_transformers(fp32_folder
     assert "<|im_start|>User\\n" in child.stdout
 
 
-NO_TRANSFORMERS_SITECUSTOMIZE = """
-import sys
-
-class _NoTransformers:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "transformers":
-            raise ImportError(f"{name} is hidden by the test")
-        return None
-
-sys.meta_path.insert(0, _NoTransformers())
-"""
+NO_TRANSFORMERS_SITECUSTOMIZE = hiding("transformers")
 
 
 def test_chat_template_genai_cannot_apply_without_transformers_says_what_to_install(fp32_folder, tmp_path):

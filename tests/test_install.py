@@ -12,25 +12,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from support.hidden_modules import hiding
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "transformers", "tokenizers")
 
-SITECUSTOMIZE = textwrap.dedent(f"""
-    import sys
-
-    class _Blocked:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {BLOCKED!r}:
-                raise ImportError(f"{{name}} is blocked: the core must build without it")
-            return None
-
-    sys.meta_path.insert(0, _Blocked())
-""")
+SITECUSTOMIZE = hiding(*BLOCKED, why="blocked: the core must build without it")
 
 
 @pytest.fixture(scope="module")
