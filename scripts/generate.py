@@ -555,9 +555,12 @@ def _chat_prompt(tokenizer, folder: Path, args) -> str:
 
     onnxruntime-genai's own apply_chat_template renders it (its Jinja engine, on the files
     _has_chat_template names); where that engine cannot (it lacks some of Jinja2's filters, such as
-    capitalize), transformers renders it, if it is installed."""
+    capitalize), or --template-var sets variables (genai 0.18 takes none), transformers renders it, if
+    it is installed."""
     messages = [{"role": "system", "content": args.system}] if args.system is not None else []
     messages.append({"role": "user", "content": args.prompt})
+    if args.template_var:
+        return _transformers_chat_prompt(folder, messages, args, None)
     try:
         return tokenizer.apply_chat_template(json.dumps(messages, ensure_ascii=False), add_generation_prompt=True)
     except RuntimeError as e:
@@ -566,17 +569,34 @@ def _chat_prompt(tokenizer, folder: Path, args) -> str:
         why = "this onnxruntime-genai has no Tokenizer.apply_chat_template"
     if why.startswith("Empty chat template"):
         raise _no_chat_template(folder)
+    text = _transformers_chat_prompt(folder, messages, args, why)
+    print(
+        f"note: onnxruntime-genai cannot apply {folder}'s chat template ({why}); transformers applied it",
+        file=sys.stderr,
+    )
+    return text
+
+
+def _transformers_chat_prompt(folder: Path, messages: list[dict], args, why: str | None) -> str:
+    """The chat prompt as transformers renders it, with --template-var's variables. why: what kept
+    onnxruntime-genai from rendering it, or None where --template-var did."""
+    genai_cannot = (
+        f"onnxruntime-genai cannot apply {folder}'s chat template ({why})"
+        if why
+        else "onnxruntime-genai 0.18's apply_chat_template takes no template variables (--template-var)"
+    )
     try:
         from jinja2 import TemplateError
         from transformers import AutoTokenizer
     except ImportError:
+        without = "without --chat" if why else "without --template-var"
         raise BuilderError(
-            f"--chat: onnxruntime-genai cannot apply {folder}'s chat template ({why}); pip install transformers "
-            "(--chat then applies the template with it), or run it without --chat"
+            f"--chat: {genai_cannot}; pip install transformers (--chat then applies the template with it), "
+            f"or run it {without}"
         ) from None
     try:
-        text = AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+        return AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **dict(args.template_var)
         )
     except TemplateError as e:  # the template's own raise_exception among them
         made_of = "--prompt and --system" if args.system is not None else "--prompt"
@@ -586,14 +606,20 @@ def _chat_prompt(tokenizer, folder: Path, args) -> str:
         ) from None
     except Exception as e:  # the tokenizer files, as transformers reads them
         raise BuilderError(
-            f"--chat: neither onnxruntime-genai ({why}) nor transformers ({_first_line(e)}) can apply "
-            f"{folder}'s chat template; run it without --chat"
+            f"--chat: neither onnxruntime-genai ({why or 'no template variables'}) nor transformers "
+            f"({_first_line(e)}) can apply {folder}'s chat template; run it without --chat"
         ) from None
-    print(
-        f"note: onnxruntime-genai cannot apply {folder}'s chat template ({why}); transformers applied it",
-        file=sys.stderr,
-    )
-    return text
+
+
+def _template_var(text: str) -> tuple[str, object]:
+    """NAME=VALUE for --template-var: VALUE as JSON where it reads as JSON (false, 3, "x"), else the text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is no NAME=VALUE; pass e.g. enable_thinking=false")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, _utf8(value)
 
 
 def _recurrent(config: dict) -> bool:
@@ -781,6 +807,16 @@ def main() -> int:
         help="With --chat: a system message before --prompt's (a template that takes none says so).",
     )
     parser.add_argument(
+        "--template-var",
+        type=_template_var,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="With --chat: a variable of the chat template, such as enable_thinking=false (Qwen3's switch "
+        "for its thinking); VALUE is read as JSON where it can be. Repeatable. onnxruntime-genai 0.18 "
+        "passes no variables, so transformers renders the template then (it must be installed).",
+    )
+    parser.add_argument(
         "--sample",
         action="store_true",
         help="Sample with the folder's own search options, the temperature, top_k and top_p in its "
@@ -816,6 +852,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.system is not None and not args.chat:
         parser.error("--system is a message of the conversation --chat makes: pass --chat too")
+    if args.template_var and not args.chat:
+        parser.error("--template-var sets a variable of the chat template --chat applies: pass --chat too")
     if args.seed is not None and not args.sample:
         parser.error("--seed sets the seed of --sample, and greedy decoding draws nothing: pass --sample too")
     try:

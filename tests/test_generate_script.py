@@ -1005,3 +1005,56 @@ def test_system_message_a_template_refuses_is_named(fp32_folder, tmp_path):
 
 def test_system_without_chat_is_refused(fp32_folder):
     assert_refused(generate(fp32_folder, "--system", "Be brief."), "--system", "pass --chat too")
+
+
+# Qwen3's switch, as its template has it: an empty thinking block opens the reply when it is false.
+THINKING_TEMPLATE = JINJA_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}",
+)
+
+
+def test_template_var_is_passed_to_the_chat_template(fp32_folder, tmp_path):
+    """Qwen3's enable_thinking=false could not be set: genai 0.18's apply_chat_template takes no variables."""
+    assert THINKING_TEMPLATE != JINJA_TEMPLATE
+    folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), THINKING_TEMPLATE)
+    messages = [{"role": "user", "content": "Hi"}]
+    off = generate(
+        folder, "--chat", "--prompt", "Hi", "--template-var", "enable_thinking=false", "--max-new-tokens", "2"
+    )
+    on = generate(folder, "--chat", "--prompt", "Hi", "--max-new-tokens", "2")
+    from transformers import AutoTokenizer
+
+    expected = AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(
+        messages, add_generation_prompt=True, enable_thinking=False
+    )
+    expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+    assert _tokens(off, "prompt tokens") == expected
+    assert _tokens(on, "prompt tokens") == _transformers_chat_ids(folder, messages) != expected
+    assert "</think>" in off.stdout and "</think>" not in on.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--template-var", "enable_thinking=false"), ("--template-var", "pass --chat too")),
+        (("--chat", "--template-var", "enable_thinking"), ("--template-var", "NAME=VALUE")),
+    ],
+)
+def test_template_var_is_refused_where_it_cannot_work(fp32_folder, args, words):
+    assert_refused(generate(fp32_folder, *args), *words)
+
+
+def test_template_var_without_transformers_says_what_to_install(fp32_folder, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(NO_TRANSFORMERS_SITECUSTOMIZE)
+    child = subprocess.run(
+        [sys.executable, str(SCRIPT), str(fp32_folder), "--chat", "--prompt", "Hi", "--template-var", "x=1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        timeout=120,
+    )
+    assert_refused(child, "takes no template variables", "pip install transformers", "without --template-var")
+    assert len(child.stderr.strip().splitlines()) == 1, child.stderr
