@@ -273,6 +273,26 @@ def test_a_graph_constant_must_be_finite():
         Graph(None).constant([None], np.float32)
 
 
+class GraniteWithIntegerScales(GraniteBuilder):
+    """Its scales written with em.graph.constant's default dtype, int64 (for shapes and indices)."""
+
+    def scaled(self, em, x, key, name, inverse=False):
+        value = self.config[key]
+        return em.graph.op("Mul", [x, em.graph.constant(1 / value if inverse else value)], name)
+
+
+def test_a_float_constant_of_an_integer_dtype_is_refused(granite, tmp_path):
+    """em.graph.constant(0.125) with its dtype left at int64 wrote 0 and the build was published:
+    onnxruntime then refused to load it (Mul bound to tensor(float) and tensor(int64))."""
+    with pytest.raises(BuilderError) as caught:
+        build(model=str(granite), output=str(tmp_path / "o"), precision="fp32", family=GraniteWithIntegerScales)
+    message = str(caught.value)
+    assert "raised ValueError: graph constant 12.0 is a float, but its dtype is int64" in message, message
+    assert "pass dtype=em.plan.io_dtype" in message and f"in scaled ({__file__}:" in message, message
+    assert not (tmp_path / "o").exists()
+    assert Graph(None).constant([], np.int64) and Graph(None).constant(3) and Graph(None).constant(0.5, np.float16)
+
+
 def test_a_genai_type_genai_does_not_open_is_named(granite, tmp_path):
     """genai_type 'ministral' built fine, and onnxruntime-genai refused the folder when opened."""
 

@@ -95,6 +95,14 @@ class Graph:
 
     def constant(self, values, dtype=np.int64) -> str:
         """A small shared constant initializer, deduplicated by value."""
+        given = np.asarray(values)
+        if given.size and given.dtype.kind == "f" and np.dtype(dtype).kind in "iu":
+            # A family's scale written with the default dtype became int64 (0.125 -> 0), and the graph
+            # was published: onnxruntime refuses it (Mul bound to float and int64) when it loads.
+            raise ValueError(
+                f"graph constant {given.tolist()} is a float, but its dtype is {np.dtype(dtype).name} (the default, "
+                "for shapes and indices): pass dtype=em.plan.io_dtype for a scale in the activations' dtype"
+            )
         array = np.asarray(values, dtype=dtype)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             # A scale from config.json that was null or inf (a family's config.get(key, 1.0) returns
