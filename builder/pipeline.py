@@ -327,36 +327,51 @@ def _verify(arch, model_file: Path) -> dict:
 
     t = time.perf_counter()
     plan = arch.plan
-    result = verify_output(
-        model_file,
-        arch.checkpoint.directory,
-        plan.selection or plan.options,
-        plan.target.ep,
-        fp32_io=plan.io_dtype == "float32",
-        family=type(arch),
-        context_length=plan.context_length,
-        formats=plan.formats,
-    )
+    try:
+        result = verify_output(
+            model_file,
+            arch.checkpoint.directory,
+            plan.selection or plan.options,
+            plan.target.ep,
+            fp32_io=plan.io_dtype == "float32",
+            family=type(arch),
+            context_length=plan.context_length,
+            formats=plan.formats,
+        )
+    except Exception as e:
+        if type(e).__module__ != "onnxruntime.capi.onnxruntime_pybind11_state":
+            raise
+        # A graph onnxruntime refuses (a plugin's Mul of fp16 by an fp32 scale): its message names the
+        # node, which the one-line fault report of a plugin cut off, under a hint about blocks.
+        raise BuilderError(
+            f"--verify: onnxruntime could not run the built model ({' '.join(str(e).split())}); the output was "
+            f"not written. {_who_to_check(arch, 'the graph it writes')}"
+        ) from e
     result["seconds"] = round(time.perf_counter() - t, 3)
     if result["status"] == "failed":
-        family = type(arch)
         if getattr(getattr(arch, "proj", None), "nonfinite", []):  # transformers' logits carry them too
             who = (
                 "The checkpoint's weights hold NaN or Inf values (the warning above names them), so neither "
                 "model's logits can be trusted: check the checkpoint."
             )
-        elif family.__module__.split(".")[0] == "architectures":
-            who = "Please report this with the build options."
-        else:  # a plugin's family: its author is the one to look
-            who = (
-                f"It was built by {family.__module__}.{family.__qualname__}, which is not one of the "
-                "builder's own families: check what it builds differently from transformers' model."
-            )
+        else:
+            who = _who_to_check(arch, "what it builds differently from transformers' model")
         raise BuilderError(
             f"--verify failed: logits differ from transformers ({result['bound']} not met: "
             f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was not written. {who}"
         )
     return result
+
+
+def _who_to_check(arch, what: str) -> str:
+    family = type(arch)
+    if family.__module__.split(".")[0] == "architectures":
+        return "Please report this with the build options."
+    # a plugin's family: its author is the one to look
+    return (
+        f"It was built by {family.__module__}.{family.__qualname__}, which is not one of the "
+        f"builder's own families: check {what}."
+    )
 
 
 def _verify_summary(verified: dict | None) -> str:

@@ -293,6 +293,27 @@ def test_a_float_constant_of_an_integer_dtype_is_refused(granite, tmp_path):
     assert Graph(None).constant([], np.int64) and Graph(None).constant(3) and Graph(None).constant(0.5, np.float16)
 
 
+class GraniteWithFloat32Scales(GraniteBuilder):
+    """Its scales written in float32 whatever the activations' dtype."""
+
+    def scaled(self, em, x, key, name, inverse=False):
+        value = self.config[key]
+        return em.graph.op("Mul", [x, em.graph.constant(1 / value if inverse else value, np.float32)], name)
+
+
+def test_verify_names_the_node_of_a_graph_onnxruntime_refuses(granite, tmp_path):
+    """An fp16 build whose Mul takes an fp32 scale: onnxruntime's refusal, which names the node,
+    was cut at 200 characters before the node's name, under a hint about blocks without return."""
+    options = dict(model=str(granite), output=str(tmp_path / "o"), precision="fp16", verify=True)
+    with pytest.raises(BuilderError) as caught:
+        build(**options, family=GraniteWithFloat32Scales, show_progress=False)
+    message = str(caught.value)
+    assert "verify: onnxruntime could not run the built model ([ONNXRuntimeError]" in message, message
+    assert "in node (/model/embed_tokens/Mul)" in message and "the output was not written" in message, message
+    assert "GraniteWithFloat32Scales, which is not one of the builder's own families" in message, message
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_genai_type_genai_does_not_open_is_named(granite, tmp_path):
     """genai_type 'ministral' built fine, and onnxruntime-genai refused the folder when opened."""
 
