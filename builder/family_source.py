@@ -196,12 +196,14 @@ def _likely_cause(e: Exception, family: type, packages: set[str]) -> str:
             f"a hook of the family returned a {type(obj).__name__} where the builder reads .{e.name} "
             "(make_spec returns a DecoderSpec, mixer/feed_forward a block; docs/architecture.md)"
         )
-    hooks = sorted(
-        name
-        for cls in family.__mro__
-        if cls.__module__.split(".")[0] in packages
-        for name, value in vars(cls).items()
-        if callable(value) or isinstance(value, classmethod | staticmethod)
+    hooks = sorted(  # once each: a subclass that overrides its base's hook named it twice
+        {
+            name
+            for cls in family.__mro__
+            if cls.__module__.split(".")[0] in packages
+            for name, value in vars(cls).items()
+            if callable(value) or isinstance(value, classmethod | staticmethod)
+        }
     )
     said = f"what its own hooks ({', '.join(hooks)}) return" if hooks else "what the family sets"
     return f"likely {said}, e.g. a block's __call__ without return ({BLOCK_NEEDS})"

@@ -301,6 +301,13 @@ class GraniteWithFloat32Scales(GraniteBuilder):
         return em.graph.op("Mul", [x, em.graph.constant(1 / value if inverse else value, np.float32)], name)
 
 
+def test_a_hook_a_subclass_overrides_is_named_once_in_a_fault_s_likely_cause():
+    from builder.family_source import _likely_cause
+
+    cause = _likely_cause(RuntimeError("x"), GraniteWithFloat32Scales, {"test_plugin_hooks"})
+    assert "its own hooks (decoder_layer, embed, logits, make_spec, scaled) return" in cause, cause
+
+
 def test_verify_names_the_node_of_a_graph_onnxruntime_refuses(granite, tmp_path):
     """An fp16 build whose Mul takes an fp32 scale: onnxruntime's refusal, which names the node,
     was cut at 200 characters before the node's name, under a hint about blocks without return."""
