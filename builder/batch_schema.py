@@ -21,7 +21,8 @@
 Every key under defaults, matrix and a job is a build option, named as the CLI's
 long flag ('-' or '_'), and read by the same BuildOptions schema as the CLI.
 Relative paths in the file (model folders, output_root, output) resolve against
-the YAML file's folder, so a file means the same from any working directory;
+the YAML file's folder, so a file means the same from any working directory
+(a family given as module:Class is imported from the cwd or PYTHONPATH, as --family is);
 --output-root on the command line is relative to the cwd. A model that is not a
 folder there and reads like org/name is a Hugging Face hub id. An output is a
 template: {model_name} (the model's last path part) and any option ({precision},
