@@ -689,7 +689,7 @@ def verify_output(
         # check_webgpu.py builds and runs its own tiny cases of the registered families, not this
         # folder: a plugin family's webgpu build was sent to a script that cannot take it.
         elsewhere = "-e cpu with --verify checks the same checkpoint and quantization here; " + (
-            "scripts/check_webgpu.py checks the builder's own families on a GPU's webgpu"
+            "scripts/check_webgpu.py runs the builder's own families on a GPU"
             if ep == "webgpu"
             else f"the {ep} graph itself runs only where its EP is"
         )

@@ -1152,7 +1152,7 @@ def test_webgpu_verify_says_it_did_not_run(ckpt, tmp_path):
     assert "warning: --verify did not run: the graph targets webgpu" in proc.stderr
     # check_webgpu.py runs its own cases, not this folder: a plugin family's build needs the cpu check
     assert "-e cpu with --verify checks the same checkpoint and quantization here" in proc.stderr
-    assert "scripts/check_webgpu.py checks the builder's own families on a GPU's webgpu" in proc.stderr
+    assert "scripts/check_webgpu.py runs the builder's own families on a GPU" in proc.stderr
     from builder.verify import verify_output
 
     for ep in ("cuda", "dml"):  # they were sent to the webgpu script too
