@@ -744,6 +744,10 @@ def generate(args) -> None:
         pieces.append(stream.end())
         _write(pieces[-1] + "\n")
         text = "".join(pieces)
+    except KeyboardInterrupt:
+        if streaming:
+            print(flush=True)  # the error line starts a line of its own
+        raise
     except RuntimeError as e:
         if streaming:
             print(flush=True)  # the error line starts a line of its own
@@ -860,6 +864,9 @@ def main() -> int:
         generate(args)
     except BrokenPipeError:  # `generate.py ... | head`: the text went to a reader that stopped reading
         return broken_pipe()
+    except KeyboardInterrupt:  # Ctrl-C, the way to stop a reply that runs on: as the builder stops, not a traceback
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except BuilderError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.stdout.flush()

@@ -835,6 +835,29 @@ def test_a_reader_that_stops_early_ends_it_quietly(fp32_folder, tmp_path):
     assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
+def test_ctrl_c_while_the_text_streams_stops_without_a_traceback(fp32_folder, tmp_path):
+    """Ctrl-C is how one stops a reply that runs on: it ended generate.py with a KeyboardInterrupt
+    traceback. It stops as the builder does: the streamed line ended, one error line, exit 130."""
+    import signal
+
+    (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS_SITECUSTOMIZE)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(fp32_folder), "--prompt", "The river", "--max-new-tokens", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        # a shell's background job ignores SIGINT; a terminal's foreground one does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    streamed = proc.stdout.read(len("The river") + 1)  # the prompt and a new token's first byte: it streams
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: interrupted", err
+    assert streamed.startswith(b"The river") and out.endswith(b"\n") and b"new tokens:" not in out, out
+
+
 SAMPLE_PROMPT = ("--prompt", "The river", "--max-new-tokens", "16")
 
 
