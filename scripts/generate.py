@@ -854,6 +854,10 @@ def main() -> int:
         "built with --logits all, of a model without recurrent layers. Default: off.",
     )
     args = parser.parse_args()
+    if hasattr(sys.stdout, "reconfigure"):
+        # Characters the output's encoding lacks (a file or pipe on Windows is cp1252; PYTHONIOENCODING)
+        # are written escaped, as repr() writes them: they ended the run with a UnicodeEncodeError.
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.system is not None and not args.chat:
         parser.error("--system is a message of the conversation --chat makes: pass --chat too")
     if args.template_var and not args.chat:

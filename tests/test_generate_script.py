@@ -858,6 +858,21 @@ def test_ctrl_c_while_the_text_streams_stops_without_a_traceback(fp32_folder, tm
     assert streamed.startswith(b"The river") and out.endswith(b"\n") and b"new tokens:" not in out, out
 
 
+@pytest.mark.parametrize("encoding", ["cp1252", "ascii"])
+def test_text_the_output_encoding_lacks_is_written_escaped(fp32_folder, encoding):
+    """stdout in an encoding without U+FFFD or CJK (a redirected stdout on Windows is cp1252): the
+    streamed text ended the run with a UnicodeEncodeError traceback. Such characters are escaped."""
+    child = subprocess.run(
+        [sys.executable, str(SCRIPT), str(fp32_folder), "--prompt", "The river 河", "--max-new-tokens", "16"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": encoding},
+        timeout=120,
+    )
+    out = child.stdout.decode(encoding)
+    assert child.returncode == 0 and "Traceback" not in child.stderr.decode(errors="replace"), child.stderr
+    assert out.startswith("The river \\u6cb3") and "new tokens:" in out, out
+
+
 SAMPLE_PROMPT = ("--prompt", "The river", "--max-new-tokens", "16")
 
 
