@@ -83,8 +83,10 @@ class TextStream:
     onnxruntime-genai 0.18's decode ends the text at the first invalid byte (a random model's byte
     tokens, or a character cut by --max-new-tokens), and its stream (og.TokenizerStream) drops such
     bytes and text after them: the text went missing without a word. Here tokens are decoded a run
-    at a time; a run that stays invalid gives its longest clean start, or else its first token alone,
-    and goes on."""
+    at a time, held while the run's text ends in a character still to be completed. A character's
+    bytes end at most 3 tokens after the token that began it; a run whose text has not grown for
+    that long holds bytes that are no UTF-8: the text up to them, and a U+FFFD for them, is given,
+    and the tokens after the one where the text last grew start a new run."""
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
@@ -105,12 +107,18 @@ class TextStream:
             if not piece.endswith("\ufffd"):
                 text.append(piece)
                 self._run = []
-            elif len(run) < 4 and not final:  # a character may end in the next token (4 bytes at most)
                 break
-            else:
-                clean = next((k for k in range(len(run) - 1, 0, -1) if not decode(run[:k]).endswith("\ufffd")), 1)
-                text.append(decode(run[:clean]))
-                self._run = run[clean:]
+            # Where the run's text last grew: a token may end one character and begin the next
+            # (byte-level BPE merges across character boundaries), so a valid run can take more than 4 tokens.
+            grown, longest = 0, -1
+            for k in range(1, len(run) + 1):
+                length = len(decode(run[:k]).removesuffix("\ufffd"))
+                if length > longest:
+                    grown, longest = k - 1, length
+            if not final and len(run) - 1 - grown < 3:
+                break  # the character begun at or after token `grown` may still end in the next ones
+            text.append(decode(run[: grown + 1]))
+            self._run = run[grown + 1 :]
         return "".join(text)
 
 

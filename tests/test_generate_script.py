@@ -730,6 +730,41 @@ def test_text_after_bytes_that_are_no_utf8_is_printed(cpu_folder, monkeypatch):
         assert squeeze(decode_all(ours, tokens)) == squeeze(theirs.decode(tokens, skip_special_tokens=True)), tokens
 
 
+def _byte_symbols() -> dict[int, str]:
+    """The characters byte-level BPE vocabularies write each byte as (GPT-2's bytes_to_unicode)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
+
+
+def test_a_token_that_ends_one_character_and_begins_the_next_streams_its_text(fp32_folder, tmp_path, monkeypatch):
+    """Byte-level BPE can merge across characters, into tokens that end one character and begin the next: a
+    valid text can need more than 4 tokens to end on a whole character. The stream gave up after 4
+    and wrote each held token as U+FFFD: '😀中', as the bytes F0 9F 98 | 80 E4 | B8 AD, came out as
+    six U+FFFD, on the terminal and in the text: line, where genai's own decode gives '😀中'."""
+    import onnxruntime_genai as og
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from generate import decode_all
+
+    folder = _copy(fp32_folder, tmp_path)
+    symbol = _byte_symbols()
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["model"]["vocab"] = {**{symbol[b]: b for b in range(256)}, symbol[0x80] + symbol[0xE4]: 256}
+    spec["model"]["merges"] = [[symbol[0x80], symbol[0xE4]]]
+    spec["added_tokens"] = []
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("added_tokens_decoder")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = og.Tokenizer(og.Model(str(folder)))
+    tokens = [0xF0, 0x9F, 0x98, 256, 0xB8, 0xAD]
+    assert tokenizer.decode(tokens) == "😀中"
+    assert decode_all(tokenizer, tokens) == "😀中"
+    assert decode_all(tokenizer, tokens[:4]) == "😀\ufffd"  # cut there by --max-new-tokens
+    assert decode_all(tokenizer, [0xF0, *tokens[:4], 0x41]) == "\ufffd😀\ufffdA"  # bytes that are no UTF-8
+
+
 # generate.py as a practitioner runs it: the text as it comes, sampling with the folder's options, chat.
 
 
