@@ -371,6 +371,13 @@ def publish_folder(staging: Path, output: Path, overwrite: bool) -> None:
     next build's sweep removes whatever pid it carries (remove_stale_staging). The caller
     has synced `staging`; the parent folder is synced here, after the renames.
     """
+    if output.is_symlink():
+        # -o's own link was followed before the build began (output_folder), so this one was made
+        # since. The renames would act on the link: a dangling one was replaced without --overwrite,
+        # and a swap left the link under a staging name that no sweep removes (rmtree refuses links).
+        raise BuilderError(
+            f"output {output} became a symbolic link while the build ran; remove it, or choose another -o/--output"
+        )
     if not output.exists() and _rename_unless_taken(staging, output):
         sync_folder_quietly(output.parent)  # the rename itself
         return

@@ -135,6 +135,25 @@ def test_a_folder_made_at_the_output_while_publishing_is_not_replaced(tmp_path, 
     assert out.is_dir() and list(out.iterdir()) == [] and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("target", ["missing", "folder"])
+def test_a_link_made_at_the_output_while_building_is_refused(tmp_path, monkeypatch, target, overwrite):
+    """A symbolic link made at the output during the build (a link given as -o is followed before it
+    begins): a dangling one was replaced even without --overwrite, and the link, swapped out, stayed
+    under a staging name for good (the sweeps cannot rmtree a link); one to a folder got the
+    abandoned-folder mark written into that folder."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    if target == "folder":
+        elsewhere.mkdir()
+    monkeypatch.setattr(output_dir, "_before_publish", lambda: out.symlink_to(elsewhere))
+    with pytest.raises(BuilderError, match="became a symbolic link while the build ran"):
+        with staged_output(out, overwrite=overwrite) as staging:
+            (staging / "model.onnx").write_bytes(b"new")
+    monkeypatch.undo()
+    assert out.is_symlink() and os.readlink(out) == str(elsewhere) and leftovers(tmp_path) == []
+    assert not elsewhere.exists() or list(elsewhere.iterdir()) == []
+
+
 def test_a_first_publish_without_renameat2_renames(tmp_path, monkeypatch):
     out = tmp_path / "out"
     without_exchange(monkeypatch, errno.ENOSYS)
