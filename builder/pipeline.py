@@ -32,6 +32,7 @@ from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files, named_templates_warning
+from builder.load_check import load_check
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
 from builder.preflight import check_disk_space
 from builder.version import __version__
@@ -227,6 +228,12 @@ def _run(arch, show_progress: bool) -> BuildResult:
         t = time.perf_counter()
         model = graph.to_model()
         layout.finish_model(model, staging)
+        loaded = load_check(model, plan.target.ort_version)
+        if loaded["status"] == "refused":
+            raise BuilderError(
+                f"onnxruntime {loaded['onnxruntime']} refuses the built graph ({loaded['reason']}); the output "
+                f"was not written. {_who_to_check(arch, 'the graph it writes')}"
+            )
         with _write_errors(output / layout.model_file):
             onnx.save_model(model, str(staging / layout.model_file))
         timings["save_s"] = time.perf_counter() - t
@@ -259,6 +266,7 @@ def _run(arch, show_progress: bool) -> BuildResult:
         # report's own making and writing, and the publish, come after: the printed time has them.
         timings["total_s"] = time.perf_counter() - started
         report = make_report(arch, graph, staging, timings, copied, notes, layout)
+        report["load_check"] = loaded
         if verified is not None:
             report["verify"] = verified
         with _write_errors(output / REPORT_NAME):

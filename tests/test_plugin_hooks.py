@@ -308,16 +308,46 @@ def test_a_hook_a_subclass_overrides_is_named_once_in_a_fault_s_likely_cause():
     assert "its own hooks (decoder_layer, embed, logits, make_spec, scaled) return" in cause, cause
 
 
-def test_verify_names_the_node_of_a_graph_onnxruntime_refuses(granite, tmp_path):
-    """An fp16 build whose Mul takes an fp32 scale: onnxruntime's refusal, which names the node,
-    was cut at 200 characters before the node's name, under a hint about blocks without return."""
-    options = dict(model=str(granite), output=str(tmp_path / "o"), precision="fp16", verify=True)
+def test_a_graph_onnxruntime_refuses_is_not_published(granite, tmp_path):
+    """An fp16 build whose Mul takes an fp32 scale was published, and onnxruntime refused the folder
+    only when a user loaded it; without --verify nothing ran the graph before that."""
     with pytest.raises(BuilderError) as caught:
-        build(**options, family=GraniteWithFloat32Scales, show_progress=False)
+        build(
+            model=str(granite),
+            output=str(tmp_path / "o"),
+            precision="fp16",
+            family=GraniteWithFloat32Scales,
+            show_progress=False,
+        )
     message = str(caught.value)
-    assert "verify: onnxruntime could not run the built model ([ONNXRuntimeError]" in message, message
+    assert message.startswith("onnxruntime ") and " refuses the built graph (Type Error: " in message, message
     assert "in node (/model/embed_tokens/Mul)" in message and "the output was not written" in message, message
     assert "GraniteWithFloat32Scales, which is not one of the builder's own families" in message, message
+    assert not (tmp_path / "o").exists()
+
+
+class GraniteWithABadReshape(GraniteBuilder):
+    """Its embedding scale goes through rows of 7, which onnxruntime loads (the sequence length is
+    symbolic) but cannot run: a prompt's 16 x 64 values do not split into rows of 7."""
+
+    def scaled(self, em, x, key, name, inverse=False):
+        scaled = super().scaled(em, x, key, name, inverse)
+        if key != "embedding_multiplier":
+            return scaled
+        rows = em.graph.op("Reshape", [scaled, em.graph.constant([-1, 7])], f"{name}/rows")
+        return em.graph.op("Reshape", [rows, em.graph.constant([1, -1, em.spec.hidden_size])], f"{name}/back")
+
+
+def test_verify_names_the_node_onnxruntime_cannot_run(granite, tmp_path):
+    """onnxruntime's error at run time names the node, which the one-line fault report of a plugin
+    cut at 200 characters, under a hint about blocks without return."""
+    options = dict(model=str(granite), output=str(tmp_path / "o"), precision="fp32", verify=True)
+    with pytest.raises(BuilderError) as caught:
+        build(**options, family=GraniteWithABadReshape, show_progress=False)
+    message = str(caught.value)
+    assert "verify: onnxruntime could not run the built model ([ONNXRuntimeError]" in message, message
+    assert "/model/embed_tokens/Mul/rows" in message and "the output was not written" in message, message
+    assert "GraniteWithABadReshape, which is not one of the builder's own families" in message, message
     assert not (tmp_path / "o").exists()
 
 
