@@ -30,8 +30,6 @@ def builder_source_digest() -> str | None:
     version number stayed 0.1.0 through every fix, so outputs a since-fixed builder wrote were
     called up to date. Parsed, so comments and layout do not count; docstrings neither. None where
     the sources cannot be read (run from a zip): the version alone decides then."""
-    import ast
-
     root = Path(importlib.import_module("builder").__file__).parent.parent
     files = []
     for part in OUTPUT_CODE:
@@ -43,17 +41,25 @@ def builder_source_digest() -> str | None:
         if path.name.startswith(".") or name in NOT_OUTPUT_CODE:
             continue
         try:
-            tree = ast.parse(path.read_bytes())
+            code = _code_of(path.read_bytes())
         except (OSError, SyntaxError, ValueError):
             continue
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
-        digest.update(name.encode() + b"\0" + ast.dump(tree).encode() + b"\0")
+        digest.update(name.encode() + b"\0" + code + b"\0")
         read = True
     return digest.hexdigest()[:16] if read else None
+
+
+def _code_of(source: bytes) -> bytes:
+    """The source parsed, without its docstrings: comments, layout and docstrings change no output."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def family_name(family: type) -> str:
@@ -64,7 +70,8 @@ def family_source_digest(family: type) -> str | None:
     """sha256 of the Python sources of the packages outside the builder and the standard library
     that `family` and its bases come from (a plugin's whole package: its blocks may live beside
     the class), and of the modules of the user's own those import (a family in my_family.py with its
-    MLP in my_blocks.py beside it), or None for a built-in family or code with no source file."""
+    MLP in my_blocks.py beside it), or None for a built-in family or code with no source file.
+    Comments, layout and docstrings do not count."""
     files: set[Path] = set()
     for cls in family.__mro__:
         top = cls.__module__.split(".")[0]
@@ -84,9 +91,15 @@ def family_source_digest(family: type) -> str | None:
         if path.name.startswith(".") or not path.is_file():  # an editor's lock file, a dangling link
             continue
         try:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+            source = path.read_bytes()
         except OSError:
             continue  # unreadable: not the code that ran
+        try:
+            # Parsed, as the builder's own code is: a comment edited in a plugin rebuilt every output.
+            code = _code_of(source)
+        except (SyntaxError, ValueError):
+            code = source  # a module that does not parse was not imported: its bytes are what we have
+        digest.update(path.name.encode() + b"\0" + code + b"\0")
         read = True
     return digest.hexdigest() if read else None
 

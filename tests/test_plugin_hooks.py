@@ -564,6 +564,28 @@ def test_the_source_digest_covers_the_user_s_modules_a_family_imports(tmp_path, 
     assert family_source_digest(digest_fam.Fam) == after
 
 
+def test_the_source_digest_ignores_comments_and_docstrings_as_the_builder_s_own_does(tmp_path, monkeypatch):
+    """A comment edited in a plugin's family changed its digest, so batch rebuilt every output of it
+    (a 4B model: minutes each), where the builder's own code is digested parsed."""
+    import importlib
+
+    from builder.family_source import family_source_digest
+
+    code = "from architectures import LlamaBuilder\n\n\nclass Fam(LlamaBuilder):\n    {}\n    scale = {}\n"
+    (tmp_path / "comment_fam.py").write_text(code.format('"""First words."""', 1.0))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import comment_fam
+
+    before = family_source_digest(comment_fam.Fam)
+    (tmp_path / "comment_fam.py").write_text(
+        "# A note.\n" + code.format('"""Other words."""', 1.0).replace("= ", "=  ")
+    )
+    assert family_source_digest(comment_fam.Fam) == before
+    (tmp_path / "comment_fam.py").write_text(code.format('"""First words."""', 2.0))
+    importlib.reload(comment_fam)
+    assert family_source_digest(comment_fam.Fam) != before
+
+
 def test_the_source_digest_leaves_libraries_out_when_reached_through_a_symlink(tmp_path, monkeypatch):
     """With site-packages named through a symlinked venv, numpy's files were taken for the user's
     own: every build of such a family parsed and hashed the libraries it imports."""
