@@ -253,9 +253,14 @@ class Target:
                 f"the CPU kernels only); got -e {self.ep}"
             )
         if self.transformers_js:
+            # Only the quantized experts (QMoE) need 1.31: a float build's MoE nodes run on the
+            # onnxruntime-node 1.30 of transformers.js 4.3, so that is a way out too.
+            quantized = self.moe_feature == "qmoe_swiglu"
+            nodes = f"{self.precision} experts (QMoE nodes)" if quantized else "MoE nodes"
+            floats = "build -p fp16 or -p fp32 (float MoE nodes, which it runs), " if quantized else "build "
             return (
-                f"{family}: its MoE/QMoE nodes need {need}, and --format transformers.js targets "
-                f"{self.runtime}; build --format genai, or pass --target-ort {first[0]}.{first[1]} if "
+                f"{family}: its {nodes} need {need}, and --format transformers.js targets "
+                f"{self.runtime}; {floats}--format genai, or pass --target-ort {first[0]}.{first[1]} if "
                 "your transformers.js runs a newer ONNX Runtime"
             )
         version = f"{first[0]}.{first[1]}"
