@@ -603,7 +603,9 @@ def _transformers_chat_prompt(folder: Path, messages: list[dict], args, why: str
             f"or run it {without}"
         ) from None
     try:
-        return AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        _warn_unread_template_vars(folder, tokenizer.chat_template, args.template_var)
+        return tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **dict(args.template_var)
         )
     except TemplateError as e:  # the template's own raise_exception among them
@@ -619,11 +621,31 @@ def _transformers_chat_prompt(folder: Path, messages: list[dict], args, why: str
         ) from None
 
 
+def _warn_unread_template_vars(folder: Path, template, variables: list[tuple[str, object]]) -> None:
+    """A --template-var the template never names changes nothing (a misspelt enable_thinking left the
+    thinking on without a word): say so. A name absent from the template's text cannot be read by it."""
+    sources = template.values() if isinstance(template, dict) else [template or ""]
+    for name, _ in variables:
+        if not any(name in source for source in sources):
+            print(
+                f"warning: --template-var {name}: {folder}'s chat template never reads {name}, so it changes nothing",
+                file=sys.stderr,
+            )
+
+
+# Jinja's own spellings of these literals, which a Python user writes (enable_thinking=False); JSON
+# reads them not, and the text "False" is true in a template's `if`.
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
 def _template_var(text: str) -> tuple[str, object]:
-    """NAME=VALUE for --template-var: VALUE as JSON where it reads as JSON (false, 3, "x"), else the text."""
+    """NAME=VALUE for --template-var: VALUE as JSON where it reads as JSON (false, 3, "x"), or as one of
+    Python's True, False, None; else the text."""
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"{text!r} is no NAME=VALUE; pass e.g. enable_thinking=false")
+    if value in _PYTHON_LITERALS:
+        return name, _PYTHON_LITERALS[value]
     try:
         return name, json.loads(value)
     except ValueError:
@@ -825,8 +847,9 @@ def main() -> int:
         default=[],
         metavar="NAME=VALUE",
         help="With --chat: a variable of the chat template, such as enable_thinking=false (Qwen3's switch "
-        "for its thinking); VALUE is read as JSON where it can be. Repeatable. onnxruntime-genai 0.18 "
-        "passes no variables, so transformers renders the template then (it must be installed).",
+        "for its thinking); VALUE is read as JSON where it can be (false, 3), True, False and None as "
+        "Python's, else as text. Repeatable; a NAME the template never reads is warned of. onnxruntime-genai "
+        "0.18 passes no variables, so transformers renders the template then (it must be installed).",
     )
     parser.add_argument(
         "--sample",

@@ -1109,6 +1109,25 @@ def test_template_var_is_passed_to_the_chat_template(fp32_folder, tmp_path):
     assert "</think>" in off.stdout and "</think>" not in on.stdout
 
 
+def test_template_var_takes_pythons_false_and_names_a_variable_the_template_never_reads(fp32_folder, tmp_path):
+    """enable_thinking=False (Python's, and Jinja's, spelling) was the text "False", true in the
+    template's test, so the thinking stayed on without a word; so it did for a misspelt name."""
+    folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), THINKING_TEMPLATE)
+    chat = (folder, "--chat", "--prompt", "Hi", "--max-new-tokens", "2")
+    off = generate(*chat, "--template-var", "enable_thinking=false")
+    python_off = generate(*chat, "--template-var", "enable_thinking=False")
+    assert python_off.returncode == 0, python_off.stderr
+    assert _tokens(python_off, "prompt tokens") == _tokens(off, "prompt tokens")
+    assert "warning" not in off.stderr + python_off.stderr
+    misspelt = generate(*chat, "--template-var", "enable_thinkng=false")
+    assert misspelt.returncode == 0, misspelt.stderr
+    assert "</think>" not in misspelt.stdout
+    assert (
+        f"warning: --template-var enable_thinkng: {folder}'s chat template never reads enable_thinkng, "
+        "so it changes nothing"
+    ) in misspelt.stderr
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
