@@ -41,8 +41,8 @@ class SummaryLock:
                 self._remove_made()
                 raise BuilderError(
                     f"another batch (pid {holder}) is running with the summary {self.summary}: the two would "
-                    "build the same outputs over each other; wait for it to end, or pass --summary with "
-                    "another folder (nothing was built)"
+                    "build the same outputs over each other; wait for it to end (a batch of other outputs "
+                    "can pass --summary with another folder) (nothing was built)"
                 ) from None
             except OSError:
                 os.close(fd)

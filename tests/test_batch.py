@@ -1285,7 +1285,8 @@ def test_a_build_of_an_output_another_build_is_writing_is_refused_at_once(tmp_pa
 def test_a_second_run_of_a_running_batch_is_refused(tmp_path):
     """Two runs of one file at once built the same outputs over each other, and the summary
     written last told only its own half. The second is refused before it builds anything; once
-    the first has ended, the file runs again."""
+    the first has ended, the file runs again. Another --summary is no way out for the same file
+    (its jobs failed on the outputs the first was writing): the refusal offers it for other outputs."""
     import signal
     import subprocess
     import sys
@@ -1309,8 +1310,8 @@ def test_a_second_run_of_a_running_batch_is_refused(tmp_path):
         summary_json = tmp_path / "out" / "sig-summary.json"
         assert second.stderr == (
             f"error: another batch (pid {proc.pid}) is running with the summary {summary_json}: the two would "
-            "build the same outputs over each other; wait for it to end, or pass --summary with another "
-            "folder (nothing was built)\n"
+            "build the same outputs over each other; wait for it to end (a batch of other outputs can pass "
+            "--summary with another folder) (nothing was built)\n"
         )
         assert "start" not in second.stdout
         assert len(list((tmp_path / "out").glob(".builder-staging*"))) == 2  # the first batch's, untouched
