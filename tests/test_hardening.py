@@ -803,6 +803,11 @@ def test_verify_fits_its_check_into_a_short_context(ckpt, tmp_path):
     assert_clean_failure(
         cli("-m", ckpt, "-o", out, "--context-length", "1", "--verify"), "at least 2 positions", out=out
     )
+    # The same context from config.json, with no --context-length to refuse up front.
+    set_config(ckpt, max_position_embeddings=1)
+    assert_clean_failure(
+        cli("-m", ckpt, "-o", out, "--verify"), "at least 2 positions", "max_position_embeddings gives 1", out=out
+    )
 
 
 def test_context_bounded_by_memory(ckpt, tmp_path, monkeypatch):

@@ -539,6 +539,13 @@ def resolve_context_length(options: BuildOptions, spec, target: Target, ropes: l
         )
     context = requested or spec.max_position_embeddings
     source = "--context-length" if requested else "config.json's max_position_embeddings"
+    if options.verify and context < 2:
+        # BuildOptions refuses --context-length 1 with --verify; a config.json of one position reached
+        # verify's run, and GroupQueryAttention's cos_cache error came out as a traceback.
+        raise BuilderError(
+            f"--verify needs a context of at least 2 positions (a prompt and one decode step), and {source} "
+            f"gives {context}; drop --verify, or pass --context-length 2 --allow-long-context"
+        )
     if context > MAX_CONTEXT:
         raise BuilderError(
             f"context length {context} ({source}) is more than GroupQueryAttention's int32 sequence "
