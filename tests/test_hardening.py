@@ -398,6 +398,32 @@ def test_special_token_ids_outside_the_vocabulary_are_named(ckpt, tmp_path):
     assert warnings[0].removeprefix("warning: ") in json.loads((out / "build_report.json").read_text())["notes"]
 
 
+def test_tokens_past_the_embedding_rows_are_named(ckpt, tmp_path):
+    """A token added to the tokenizer without resize_token_embeddings (or another model's tokenizer)
+    built without a word; onnxruntime's Gather then failed on a prompt holding it, and an int4 build
+    ran on for it without an error."""
+    vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    path = ckpt / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    tokenizer["added_tokens"].append({"id": vocab, "content": "<|tool|>", "special": True})
+    path.write_text(json.dumps(tokenizer))
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "tokenizer.json has 1 token(s) with ids past the model's vocabulary" in warnings[0]
+    assert f"(0 .. {vocab - 1}): '<|tool|>' ({vocab})" in warnings[0] and "resize_token_embeddings" in warnings[0]
+    assert warnings[0].removeprefix("warning: ") in json.loads((out / "build_report.json").read_text())["notes"]
+    # A Unigram tokenizer lists its tokens in id order.
+    tokenizer["added_tokens"].pop()
+    tokenizer["model"] = {"type": "Unigram", "vocab": [[f"t{i}", 0.0] for i in range(vocab + 2)]}
+    path.write_text(json.dumps(tokenizer))
+    from builder.kit.tokenizer_files import tokenizer_ids_past_the_vocabulary
+
+    assert "has 2 token(s)" in tokenizer_ids_past_the_vocabulary(ckpt, vocab)
+    assert tokenizer_ids_past_the_vocabulary(ckpt, vocab + 2) is None
+
+
 def test_config_is_a_folder(ckpt, tmp_path):
     (ckpt / "config.json").unlink()
     (ckpt / "config.json").mkdir()

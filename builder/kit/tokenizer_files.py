@@ -95,6 +95,40 @@ def _check_tokenizer_shape(name: str, value: dict, path: Path) -> None:
                 raise BuilderError(f"{path}: {key} is {json.dumps(value[key])}, not {expected}; {fix}")
 
 
+def tokenizer_ids_past_the_vocabulary(source: Path, vocab_size: int) -> str | None:
+    """The warning for tokens whose ids have no row in the model's embedding (a tokenizer of another
+    model, or tokens added without resize_token_embeddings), or None. A prompt holding one failed in
+    onnxruntime's Gather at the first generate, and an int4 build's GatherBlockQuantized ran on
+    without an error for it, from no row of the table."""
+    past = {}  # id -> token
+    path = Path(source) / "tokenizer.json"
+    try:
+        tokenizer = json.loads(path.read_bytes()) if path.is_file() else {}
+    except (OSError, ValueError, RecursionError):
+        return None  # check_tokenizer_files has refused it
+    vocab = tokenizer.get("model", {}).get("vocab") if isinstance(tokenizer.get("model"), dict) else None
+    pairs = []
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
+        pairs += list(vocab.items())
+    elif isinstance(vocab, list):  # Unigram: [token, score] in id order
+        pairs += [(entry[0] if isinstance(entry, list) and entry else "?", i) for i, entry in enumerate(vocab)]
+    added = tokenizer.get("added_tokens")
+    if isinstance(added, list):
+        pairs += [(t.get("content"), t.get("id")) for t in added if isinstance(t, dict)]
+    for token, token_id in pairs:
+        if isinstance(token_id, int) and not isinstance(token_id, bool) and token_id >= vocab_size:
+            past.setdefault(token_id, token)
+    if not past:
+        return None
+    shown = ", ".join(f"{past[i]!r} ({i})" for i in sorted(past)[:3]) + (" ..." if len(past) > 3 else "")
+    return (
+        f"{path} has {len(past)} token(s) with ids past the model's vocabulary (0 .. {vocab_size - 1}): {shown}; "
+        "the model has no embedding row for them, so a prompt holding one fails in onnxruntime or, in an int4 "
+        "build, runs on without an error from no row of the table: use the checkpoint's own tokenizer, or resize "
+        "the model's embeddings to the tokenizer (resize_token_embeddings) and save it again"
+    )
+
+
 def copy_tokenizer_files(
     source: Path, destination: Path, keep_named_templates: bool = False
 ) -> tuple[list[str], list[str]]:
