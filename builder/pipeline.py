@@ -256,9 +256,11 @@ def _run(arch, show_progress: bool) -> BuildResult:
         skipped = arch.skipped_note() if hasattr(arch, "skipped_note") else None
         notes = list(plan.notes) + ([skipped] if skipped else []) + arch.warnings
         if missing:
+            # transformers.js's AutoTokenizer fetches the same two files, and fails without either.
+            reader = "onnxruntime-genai" if layout.name == "genai" else layout.name
             message = (
                 f"tokenizer file(s) {', '.join(missing)} not found in {arch.checkpoint.directory}: "
-                "the model was built, but onnxruntime-genai needs them to tokenize; "
+                f"the model was built, but {reader} needs them to tokenize; "
                 + _tokenizer_advice(copied, arch.checkpoint.directory, output)
             )
             progress.warn(message)

@@ -677,6 +677,10 @@ def test_missing_tokenizer_still_builds_and_warns(ckpt, tmp_path):
     report = json.loads((out / "build_report.json").read_text())
     assert any("tokenizer.json" in note for note in report["notes"])
     assert (out / "model.onnx").is_file()
+    # A transformers.js folder is read by transformers.js, which fetches the same two files.
+    proc = cli("-m", ckpt, "-o", tmp_path / "js", "--format", "transformers.js")
+    assert proc.returncode == 0, proc.stderr
+    assert "but transformers.js needs them to tokenize" in proc.stderr and "onnxruntime-genai" not in proc.stderr
 
 
 def test_verify_flag_checks_parity_and_records_it(ckpt, tmp_path):
