@@ -118,6 +118,20 @@ def unknown_command(word: str) -> str | None:
     )
 
 
+def unrecognized_arguments(extras: list[str], argv: list[str]) -> str:
+    """argparse's error for words no option takes, and why they are there when a layer pattern was
+    unquoted: the shell replaced `--int8-layers *` (or '*.v_proj' where files match) with the file
+    names here, the option took the first and the rest were listed as unrecognized, no word of why."""
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    flags = sorted({"--int8-layers", "--float-layers"} & set(argv))
+    if flags and all(not word.startswith("-") and os.path.lexists(word) for word in extras):
+        message += (
+            f"; those are names of files here, which the shell puts in place of an unquoted pattern that "
+            f"matches them: quote each {flags[0]} pattern ({flags[0]} '*.v_proj')"
+        )
+    return message
+
+
 def program() -> int:
     """`python -m builder` and the `onnx-builder` command: main() as the whole process.
 
@@ -162,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             from builder.batch import main as batch_main
 
             return batch_main(argv)
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            parser.error(unrecognized_arguments(extras, argv))
         from builder.pipeline import build_from_flags
 
         result = build_from_flags(options_from_args(args), show_progress=not args.quiet)

@@ -517,6 +517,20 @@ def test_layer_pattern_matching_nothing(ckpt, tmp_path):
     assert_clean_failure(proc, "lm_haed", "match no projection", out=tmp_path / "out")
 
 
+def test_an_unquoted_layer_pattern_the_shell_expanded_is_named(ckpt, tmp_path):
+    """`--int8-layers *` reaches the builder as the file names of the current folder (cli's cwd is the
+    repository): the option took the first, and the rest were 'unrecognized arguments', no word of why."""
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "--int8-layers", "README.md", "docs", "pyproject.toml")
+    assert_clean_failure(
+        proc, "unrecognized arguments: docs pyproject.toml", "quote each --int8-layers pattern", out=out
+    )
+    # Words that are no files here get argparse's error alone.
+    proc = cli("-m", ckpt, "-o", out, "--float-layers", "lm_head", "stray")
+    assert_clean_failure(proc, "unrecognized arguments: stray", out=out)
+    assert "quote" not in proc.stderr
+
+
 def test_one_pattern_in_both_layer_lists(ckpt, tmp_path):
     """Float won silently; one pattern in both lists is a slip, not a precedence question."""
     out = tmp_path / "out"
