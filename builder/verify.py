@@ -168,6 +168,14 @@ def dequantized_reference(
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if isinstance(e, ImportError):
             why = "it needs a package that is not installed: install it, or drop --verify"
+        elif isinstance(e, OSError) and "not a valid JSON file" in first:
+            # transformers reads its JSON as plain UTF-8, where the build's reader also takes a file
+            # that begins with a byte-order mark (an editor's save); the layout advice below sent the
+            # user to the weights.
+            why = (
+                "transformers' JSON reader refuses a file the build read (one that begins with a UTF-8 "
+                "byte-order mark, say): save it as plain UTF-8 JSON, or drop --verify"
+            )
         elif isinstance(e, OSError):  # the files: weights under names transformers does not read
             why = (
                 "verify compares the graph with transformers, which reads model.safetensors or an index "

@@ -981,3 +981,14 @@ def test_verify_names_a_load_failure_transformers_raises_any_way(ckpt, tmp_path)
     assert_clean_failure(
         cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify"), "--verify: transformers failed to load", out=out
     )
+
+
+def test_verify_of_a_config_json_transformers_cannot_parse_names_the_file(ckpt, tmp_path):
+    """A config.json saved with a byte-order mark builds, but transformers' reader refuses it, and
+    --verify blamed the weights' layout (model.safetensors or an index of shards)."""
+    path = ckpt / "config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify")
+    assert_clean_failure(proc, "config.json' is not a valid JSON file", "save it as plain UTF-8 JSON", out=out)
+    assert "index of shards" not in proc.stderr
