@@ -706,6 +706,32 @@ def test_a_stray_safetensors_beside_model_safetensors_is_not_read(ckpt, tmp_path
     assert same[0] == same[1]
 
 
+def test_a_peft_adapter_is_named_alone_and_beside_its_base(ckpt, tmp_path):
+    """A LoRA fine-tune's output folder (adapter_config.json, adapter_model.safetensors) was met with
+    'config.json is missing: not a Hugging Face checkpoint folder', and the same adapter saved beside
+    its base model's weights was left out of the build without a word."""
+    from safetensors.numpy import save_file
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "Q/B"}))
+    lora = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    save_file({lora: np.zeros((8, 64), np.float32)}, str(adapter / "adapter_model.safetensors"))
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", adapter, "-o", out),
+        "holds a PEFT adapter (adapter_config.json, adapter_model.safetensors; base model 'Q/B') and no config.json",
+        "merge_and_unload()",
+        out=out,
+    )
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(adapter / name, ckpt / name)
+    proc = cli("-m", ckpt, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "also holds a PEFT adapter" in warnings[0] and "does not apply" in warnings[0]
+
+
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
     set_config(ckpt, num_hidden_layers=10**9)  # would loop over a billion layers unchecked
     out = tmp_path / "out"

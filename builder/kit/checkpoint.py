@@ -76,6 +76,13 @@ class Checkpoint:
         self.read_warnings: list[str] = []  # how the folder was read, for the plan to print
         self._aliases: dict[str, str] = {}  # see alias()
         self._shard_of = self._index_tensors()
+        adapter = _adapter(self.directory)
+        if adapter:  # transformers with peft applies it; the build reads the base weights alone
+            self.read_warnings.append(
+                f"{self.directory} also holds a PEFT adapter ({adapter}), which the build does not apply: this "
+                "is the base model alone; to build the fine-tuned one, merge the adapter into it "
+                "(merge_and_unload), save that and build it"
+            )
         self.located: set[str] = set()  # every tensor a build has asked for (see unread())
         self._rows_read: dict[str, list[tuple[int, int]]] = {}  # name -> [start, stop) of each read
 
@@ -93,6 +100,14 @@ class Checkpoint:
             raise could_not_read(path, e) from None
         if not found:
             plain = f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder"
+            adapter = _adapter(self.directory)
+            if adapter:
+                plain = (
+                    f"{self.directory} holds a PEFT adapter ({adapter}) and no config.json: an adapter is a "
+                    "change to a base model, not a checkpoint; merge it into its base model "
+                    f"(PeftModel.from_pretrained(base, '{self.directory}').merge_and_unload(), then "
+                    "save_pretrained(MERGED) and the tokenizer with it) and build MERGED"
+                )
             raise BuilderError(built_here(self.directory) or _cache_repo_hint(self.directory) or plain)
         try:
             config = json.loads(path.read_bytes())
@@ -342,6 +357,26 @@ class Checkpoint:
             digest.update(_file_identity(file, content).encode())
         self._fingerprints = {**getattr(self, "_fingerprints", {}), content: digest.hexdigest()[:16]}
         return self._fingerprints[content]
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _adapter(folder: Path) -> str | None:
+    """The PEFT adapter files a folder holds, and the base model adapter_config.json names, or None.
+    A LoRA fine-tune's output folder was met with 'config.json is missing', and an adapter saved beside
+    its base model's weights was left out without a word."""
+    try:
+        files = [name for name in ADAPTER_FILES if (folder / name).is_file()]
+    except OSError:
+        return None
+    if not files:
+        return None
+    try:
+        base = json.loads((folder / "adapter_config.json").read_bytes()).get("base_model_name_or_path")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        base = None
+    return ", ".join(files) + (f"; base model {base!r}" if isinstance(base, str) and base else "")
 
 
 def _cache_repo_hint(folder: Path) -> str | None:
