@@ -68,6 +68,23 @@ def test_config_missing(ckpt, tmp_path):
     assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "config.json is missing", out=tmp_path / "out")
 
 
+def test_a_folder_above_checkpoints_names_them(tmp_path):
+    """A Trainer's output_dir holds checkpoint-N folders (or a download's parent folder one checkpoint):
+    'config.json is missing: not a Hugging Face checkpoint folder' did not say where one was."""
+    import shutil
+
+    for step in (500, 1000):
+        shutil.copytree(ROOT / "examples" / "tiny-qwen3", tmp_path / "run" / f"checkpoint-{step}")
+    (tmp_path / "run" / "logs").mkdir()
+    out = tmp_path / "out"
+    assert_clean_failure(
+        cli("-m", tmp_path / "run", "-o", out),
+        "it holds checkpoint folders (checkpoint-1000, checkpoint-500): pass one of them, "
+        f"e.g. -m {tmp_path / 'run' / 'checkpoint-1000'}",
+        out=out,
+    )
+
+
 def test_config_not_json(ckpt, tmp_path):
     (ckpt / "config.json").write_text("{not json")
     assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "not valid JSON", out=tmp_path / "out")

@@ -100,8 +100,13 @@ class Checkpoint:
             raise could_not_read(path, e) from None
         if not found:
             plain = f"{path} is missing: {self.directory} is not a Hugging Face checkpoint folder"
-            adapter = _adapter(self.directory)
-            if adapter:
+            adapter, inside = _adapter(self.directory), _checkpoints_inside(self.directory)
+            if inside:
+                shown = ", ".join(p.name for p in inside[:3]) + (
+                    f" and {len(inside) - 3} more" if len(inside) > 3 else ""
+                )
+                plain += f"; it holds checkpoint folders ({shown}): pass one of them, e.g. -m {inside[0]}"
+            elif adapter:
                 plain = (
                     f"{self.directory} holds a PEFT adapter ({adapter}) and no config.json: an adapter is a "
                     "change to a base model, not a checkpoint; merge it into its base model "
@@ -357,6 +362,21 @@ class Checkpoint:
             digest.update(_file_identity(file, content).encode())
         self._fingerprints = {**getattr(self, "_fingerprints", {}), content: digest.hexdigest()[:16]}
         return self._fingerprints[content]
+
+
+def _checkpoints_inside(folder: Path) -> list[Path]:
+    """The folders with a config.json right inside `folder`, the latest Trainer checkpoint-N first: -m
+    named a Trainer's output_dir (checkpoint-500/, checkpoint-1000/) or the folder above a download."""
+
+    def step(path: Path) -> int:
+        tail = path.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    try:
+        found = [p for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file() and not built_here(p)]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (-step(p), p.name))
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
