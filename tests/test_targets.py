@@ -9,7 +9,12 @@ is checked on the GPU machine (docs/packing.md).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -261,3 +266,78 @@ def test_sliding_window_models_need_the_runtime_whose_window_is_the_model_s(chec
     with pytest.raises(BuilderError, match="attended one position more than local_window_size.*--target-ort 1.24"):
         run(family(ckpt, options), show_progress=False)
     assert run(family(ckpt, dataclasses.replace(options, target_ort="1.24")), show_progress=False).output.is_dir()
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3-untied"])
+def test_an_int4_embedding_table_needs_the_runtime_that_loads_it(built, checkpoint, name):
+    """GatherBlockQuantized took uint8 data from ONNX Runtime 1.22 and its bits attribute from 1.23:
+    an int4 build for 1.20-1.22 loaded on none of them (the CPU wheels 1.20.1, 1.21.1 and 1.22.1
+    refused the node), so below 1.23 the table is float, as --float-layers model.embed_tokens makes it."""
+    from builder.verify import verify_build
+
+    old = built(name, precision="int4", target_ort="1.22", accuracy_level=0)
+    ops = old.report["nodes"]["by_op_type"]
+    assert "GatherBlockQuantized" not in ops and ops["MatMulNBits"] > 0
+    assert any("has no int4 embedding table" in note and "target 1.23" in note for note in old.report["notes"])
+    parity = verify_build(
+        old.output, checkpoint(name), BuildOptions(**old.report["options"]), prompt_length=12, decode_steps=4
+    )
+    assert parity.max_abs < 1e-4, parity
+    assert "GatherBlockQuantized" in built(name, precision="int4", target_ort="1.23").report["nodes"]["by_op_type"]
+
+
+@pytest.mark.parametrize("flags", [dict(precision="int8"), dict(precision="int4", int8_layers=["lm_head"])])
+def test_8_bit_weights_need_the_cpu_kernel_that_runs_them(built, flags):
+    """The CPU MatMulNBits of 1.20.1 and 1.21.1 refused bits=8 when the session was made."""
+    with pytest.raises(BuilderError, match=r"MatMulNBits has no 8-bit kernel \(from ONNX Runtime 1\.22\).*-p int4"):
+        built("qwen3", **flags, target_ort="1.21")
+    assert built("qwen3", **flags, target_ort="1.22").output.is_dir()
+
+
+ORT_120 = Path(__file__).resolve().parent.parent / ".venv" / "onnxruntime-1.20"
+# The folder's logits for one prompt on the onnxruntime first on the path, saved to argv[2].
+RUN_LOGITS = """
+import sys, numpy as np, onnxruntime as ort
+sys.path.insert(0, sys.argv[3])
+from builder.verify import onnx_logits
+session = ort.InferenceSession(sys.argv[1] + "/model.onnx", providers=["CPUExecutionProvider"])
+np.save(sys.argv[2], np.stack(onnx_logits(session, np.array([[5, 17, 42, 99, 3, 250, 7, 11]]), [3, 4])))
+print(ort.__version__)
+"""
+
+
+@pytest.mark.parametrize(
+    "name,precision", [("qwen3", "int4"), ("qwen3-untied", "int4"), ("qwen3", "int8"), ("llama", "fp32")]
+)
+def test_a_build_for_the_oldest_runtime_pyproject_allows_runs_there(checkpoint, tmp_path, name, precision):
+    """onnxruntime 1.20.1 (pyproject.toml: onnxruntime>=1.20) installed, nothing else named: the build
+    targets it. Its int4 embedding table and 8-bit MatMulNBits were graphs 1.20.1 refused to load; now
+    the build there is checked by that runtime itself and gives 1.32's logits on it."""
+    if not (ORT_120 / "onnxruntime").is_dir():
+        pytest.fail(f"{ORT_120} is missing: run `bash scripts/setup.sh`")
+    repo = str(Path(__file__).resolve().parent.parent)
+    old_path = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ORT_120), repo])}
+    out = tmp_path / "o"
+    build = [sys.executable, "-m", "builder", "-m", str(checkpoint(name)), "-p", precision, "-o", str(out), "--quiet"]
+    made = subprocess.run(build, capture_output=True, text=True, env=old_path, timeout=300)
+    if precision == "int8":  # 1.20's MatMulNBits has no 8-bit kernel: refused up front, nothing written
+        assert made.returncode == 2 and "onnxruntime 1.20's MatMulNBits has no 8-bit kernel" in made.stderr, made
+        assert not out.exists()
+        return
+    assert made.returncode == 0, made.stderr
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["target"]["runtime"] == "onnxruntime 1.20"
+    assert report["load_check"] == {"status": "passed", "onnxruntime": "1.20.1"}
+    logits = {}
+    for label, env in [("1.20", old_path), ("venv", {**os.environ, "PYTHONPATH": repo})]:
+        ran = subprocess.run(
+            [sys.executable, "-c", RUN_LOGITS, str(out), str(tmp_path / label), repo],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert ran.returncode == 0, ran.stderr
+        logits[label] = (ran.stdout.strip(), np.load(tmp_path / f"{label}.npy"))
+    assert logits["1.20"][0] == "1.20.1" and logits["venv"][0] != "1.20.1"
+    assert np.abs(logits["1.20"][1] - logits["venv"][1]).max() < 1e-4

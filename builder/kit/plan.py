@@ -245,6 +245,29 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"names look like lm_head, {example} or '*.{example.rsplit('.', 1)[-1]}'"
         )
     formats = {m: format_for(m, selection) for m in modules}
+    eight_bit = sorted(m for m, f in formats.items() if f.quantized and f.bits == 8 and m != "model.embed_tokens")
+    if eight_bit and not target.supports("matmul_nbits_8bit"):
+        first = FEATURES["matmul_nbits_8bit"][target.ep]
+        said = "-p int8" if options.precision == "int8" else f"--int8-layers ({', '.join(eight_bit[:3])}...)"
+        raise BuilderError(
+            f"{said}: {target.runtime}'s MatMulNBits has no 8-bit kernel (from ONNX Runtime {first[0]}.{first[1]}), "
+            f"so the folder would not load; build -p int4, or target {first[0]}.{first[1]} or newer "
+            f"(--target-ort {first[0]}.{first[1]}, or install a newer runtime)"
+        )
+    if float_embedding_below(formats, target):
+        # Saying model.embed_tokens in --float-layers keeps the plan, the report and verify's reference in
+        # step with the graph's float Gather.
+        selection = dataclasses.replace(
+            selection, float_layers=[*selection.float_layers, module_pattern("model.embed_tokens", family)]
+        )
+        formats = {m: format_for(m, selection) for m in modules}
+        first = FEATURES["gather_block_quantized"][target.ep]
+        warnings.append(
+            f"{target.runtime} has no int4 embedding table (GatherBlockQuantized with its bits attribute, from "
+            f"ONNX Runtime {first[0]}.{first[1]}): model.embed_tokens is a float table, "
+            f"{spec.vocab_size * spec.hidden_size * target.io_dtype.itemsize / 1e6:.1f} MB; target "
+            f"{first[0]}.{first[1]} or newer for the int4 one"
+        )
     embed = formats.get("model.embed_tokens")
     if options.precision == "int4" and embed is not None and embed.quantized and embed.bits == 8:
         warnings.append(
@@ -578,6 +601,12 @@ def moot_head_norm(options: BuildOptions, layout: Layout) -> str | None:
     return (
         f"{flag}: --qkv-packing fused-norm ({how}) computes the Q/K norms inside GroupQueryAttention; {fix} to get it"
     )
+
+
+def float_embedding_below(formats: dict, target) -> bool:
+    """Whether the int4 embedding table of `formats` is one `target` cannot load (gather_block_quantized)."""
+    embed = formats.get("model.embed_tokens")
+    return embed is not None and embed.quantized and embed.bits == 4 and not target.supports("gather_block_quantized")
 
 
 def module_pattern(pattern: str, family) -> str:

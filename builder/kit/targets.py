@@ -100,6 +100,15 @@ FEATURES: dict[str, dict[str, tuple[int, int]]] = {
     "gqa_window": {"cpu": (1, 24), "cuda": (1, 24), "webgpu": (1, 24), "dml": (1, 18)},
     # GQA with the packed QKV in `query` (key/value empty).
     "gqa_packed_qkv": {"cpu": (1, 17), "cuda": (1, 17), "webgpu": (1, 20)},
+    # An int4 embedding table: com.microsoft GatherBlockQuantized with uint8-packed data and its `bits`
+    # attribute. The schema took uint8 data from 1.22 and `bits` from 1.23: the CPU wheels 1.20.1 to 1.22.1
+    # refused such a node when loading the graph, whatever the EP (a schema check), and 1.23.2 to 1.32.0
+    # loaded it (builder/load_check.py). Below it the table is float (plan.float_embedding_below).
+    "gather_block_quantized": {"cpu": (1, 23), "cuda": (1, 23), "webgpu": (1, 23), "dml": (1, 23)},
+    # MatMulNBits with bits=8 (-p int8, --int8-layers): the CPU kernel of 1.20.1 and 1.21.1 refused it
+    # when the session was made ("Only 4b quantization is supported"); 1.22.1 on made it. A kernel
+    # check, so other EPs are left to their own floors (not checked here).
+    "matmul_nbits_8bit": {"cpu": (1, 22), "cuda": (1, 17), "webgpu": (1, 20), "dml": (1, 18)},
     # Decode steps captured once and replayed (genai_config enableGraphCapture). The plugin EP
     # on 1.31 ran the reference's capture build 1.18-1.54x faster than uncaptured graphs;
     # onnxruntime-webgpu 1.27 ran it at 0.45x (REFERENCE 3c) and on an H100 8x slower (3b), so
