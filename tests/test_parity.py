@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from parity_cases import ALL_CASES, LINEAR_ATTENTION_CASES, MAX_ABS_BOUND, NMSE_BOUND
 
@@ -293,3 +294,80 @@ def test_attention_bias_includes_the_o_proj_bias(checkpoint, tmp_path, name):
         model = onnx.load(str(result.model_path), load_external_data=False)
         assert "/model/layers.1/attn/o_proj/BiasAdd" in {n.name for n in model.graph.node}
         check(result, folder, 1e-4, name)
+
+
+# Llama 3's and Mistral's value; every tiny config has 1e-6, which is also the spec's fallback.
+NON_DEFAULT_EPS = 1e-5
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("llama", dict(precision="fp32")),
+        ("gemma3", dict(precision="fp32")),
+        ("qwen3", dict(precision="int4", head_norm="reshape-sln")),
+        ("qwen3", dict(precision="int4", head_norm="branchwise")),
+        ("qwen3_5-text", dict(precision="fp32")),
+    ],
+)
+def test_rms_norm_eps_is_the_configs(checkpoint, tmp_path, name, options):
+    """rms_norm_eps read from another key (or a norm written without it) still matched every
+    parity case, since all of them have 1e-6, the fallback: a Llama 3 or Mistral checkpoint (1e-5)
+    would have been built with the wrong epsilon in every norm. Each norm kind is covered: the
+    hidden-size (Skip)SimplifiedLayerNormalization, the per-head Q/K norms both ways, Gemma's
+    (1 + w) norms and the linear-attention output norm."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import run
+
+    folder = checkpoint(name, rms_norm_eps=NON_DEFAULT_EPS)
+    ckpt = Checkpoint(folder)
+    values = dict(model=str(folder), output=str(tmp_path / "out"), logits="all", **options)
+    if options["precision"] != "fp32":
+        values["accuracy_level"] = 0
+    result = run(builder_class_for(ckpt.config)(ckpt, BuildOptions(**values)), show_progress=False)
+    check(result, folder, 1e-4, name)
+    # The Q/K head norms move the logits less than the bound: their epsilon is checked as written too.
+    epsilons = norm_epsilons(result.model_path)
+    assert epsilons and all(eps == np.float32(NON_DEFAULT_EPS) for eps in epsilons.values()), epsilons
+
+
+def norm_epsilons(model_path) -> dict[str, float]:
+    """The epsilon of every RMSNorm node (and GroupQueryAttention's own Q/K norms) by node name; the
+    linear-attention q/k l2norm's is its own (1e-6 / dk, as transformers' l2norm has it)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    found = {}
+    for node in model.graph.node:
+        if "qk_l2norm" in node.name:
+            continue
+        for a in node.attribute:
+            if a.name in ("epsilon", "qk_norm_epsilon"):
+                found[node.name] = a.f
+    return found
+
+
+def test_fused_qk_norm_takes_the_configs_epsilon(checkpoint, tmp_path):
+    """GroupQueryAttention's own Q/K norms (fused-norm: cuda/webgpu, not runnable here) get
+    rms_norm_eps, not the 1e-6 every tiny config has."""
+    import onnx
+
+    from builder.pipeline import build
+
+    folder = checkpoint("qwen3", rms_norm_eps=NON_DEFAULT_EPS)
+    result = build(
+        model=str(folder),
+        output=str(tmp_path / "o"),
+        precision="int4",
+        ep="webgpu",
+        qkv_packing="fused-norm",
+        show_progress=False,
+    )
+    model = onnx.load(str(result.model_path), load_external_data=False)
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert gqa
+    for node in gqa:
+        eps = [a.f for a in node.attribute if a.name == "qk_norm_epsilon"]
+        assert eps == [np.float32(NON_DEFAULT_EPS)], (node.name, eps)
+    assert all(eps == np.float32(NON_DEFAULT_EPS) for eps in norm_epsilons(result.model_path).values())
