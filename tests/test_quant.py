@@ -108,6 +108,19 @@ def test_many_chunks_with_padding(monkeypatch):
         assert_identical(quantize_blockwise(w, scheme), ort_quantize_blockwise(w, scheme))
 
 
+def test_padding_is_zero_after_a_longer_row_used_the_workspace():
+    """Workspaces are kept between calls by (rows, padded K, scheme, dtype): a weight with
+    K = 290 after one with K = 300 (both padded to 320) reuses the padding buffer, whose
+    columns 290..299 still hold the first weight's values unless they are zeroed again.
+    Within one call every chunk has the same K, so only consecutive calls show it."""
+    rng = np.random.default_rng(12)
+    for scheme in (QuantScheme(4, 32, True), QuantScheme(4, 32, False), QuantScheme(8, 32, True)):
+        longer = random_weight(rng, 40, 300, scheme.symmetric) * 100  # stale values would set the scales
+        shorter = random_weight(rng, 40, 290, scheme.symmetric)
+        quantize_blockwise(longer, scheme)
+        assert_identical(quantize_blockwise(shorter, scheme), ort_quantize_blockwise(shorter, scheme))
+
+
 def test_non_contiguous_and_read_only_inputs():
     rng = np.random.default_rng(8)
     scheme = QuantScheme(4, 32, False)
