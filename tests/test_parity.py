@@ -71,6 +71,32 @@ def test_mixed_precision_lm_head_int8_and_float(built, checkpoint):
     check(result, checkpoint("qwen3"), 1e-4)
 
 
+def test_layer_patterns_match_last_components_and_float_wins_over_int8(checkpoint):
+    """--int8-layers/--float-layers match a projection's full name, its last component or a glob,
+    and --float-layers' help says a projection both name stays float. Dropping the last-component
+    match, or letting int8 win, passed the suite (mutation testing): no test named a bare
+    'v_proj', nor a projection in both lists."""
+    from architectures.registry import builder_class_for
+    from builder.kit.checkpoint import Checkpoint
+    from quant import QuantScheme
+
+    folder = checkpoint("qwen3")
+    ckpt = Checkpoint(folder)
+    options = BuildOptions(
+        model=str(folder),
+        precision="int4",
+        int8_layers=["v_proj", "model.layers.1.*"],
+        float_layers=["model.layers.1.mlp.down_proj"],
+    )
+    formats = builder_class_for(ckpt.config)(ckpt, options).plan.formats
+    int4, int8 = QuantScheme(4, 32, True), QuantScheme(8, 32, True)
+    assert formats["model.layers.0.self_attn.v_proj"] == int8  # the last component
+    assert formats["model.layers.0.self_attn.q_proj"] == int4
+    assert formats["model.layers.1.mlp.up_proj"] == int8  # the glob
+    assert formats["model.layers.1.mlp.down_proj"] == QuantScheme.FLOAT  # in both: float
+    assert formats["lm_head"] == int4
+
+
 @pytest.mark.parametrize("float_layers", [["lm_head"], ["lm_head", "model.embed_tokens"]])
 def test_tied_model_with_a_float_lm_head_stores_one_float_table(built, checkpoint, float_layers):
     """--float-layers lm_head on a tied model wrote the table twice in float (the lm_head [H, V]
