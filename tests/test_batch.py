@@ -1432,6 +1432,7 @@ def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
     assert running and all(line.startswith("[running] a ") and line.endswith(" s") for line in running)
     assert lines.index(running[0]) > lines.index("[1/1] start   a: int4 cpu (new)")
     assert lines.index(running[-1]) < next(i for i, line in enumerate(lines) if line.startswith("[1/1] built"))
+    (pauses / "a.pid").unlink()  # the rebuild pauses as long, so a status line would have had its turn
     assert batch(path, "--force", "--quiet") == 0  # no status line; the job's lines stay
     lines = capsys.readouterr().out.splitlines()
     assert not [line for line in lines if line.startswith("[running]")]
