@@ -1042,6 +1042,17 @@ def test_summary_over_a_foreign_file_is_refused_before_building(name, tmp_path, 
     assert target.read_text() == '{"mine": 1}'
 
 
+def test_a_foreign_md_where_the_summary_md_goes_is_refused_before_building(tmp_path, capsys):
+    """--summary run.json writes run.md beside it: a run.md of the user's own is refused as a
+    foreign run.json is, not overwritten (the .md must start as a summary does)."""
+    path = write(tmp_path / "s.yaml", ONE_JOB)
+    notes = tmp_path / "run.md"
+    notes.write_text("# Notes on this run\n")
+    assert batch(path, "--summary", tmp_path / "run.json") == 2
+    assert f"--summary: {notes} exists and is not a batch summary" in _one_line_error(capsys)
+    assert notes.read_text() == "# Notes on this run\n" and not (tmp_path / "out").exists()
+
+
 def test_summary_md_or_json_name_and_replacing_an_earlier_one(tmp_path):
     path = write(tmp_path / "s.yaml", ONE_JOB)
     assert batch(path, "--summary", tmp_path / "sums" / "run.json") == 0
