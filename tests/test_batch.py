@@ -1905,6 +1905,20 @@ def test_checkpoint_hash_reads_a_checkpoint_once_per_batch(tmp_path, monkeypatch
     assert taken == [True] and out.count("hashing the weights") == 1 and out.count("up to date") == 3
 
 
+def test_jobs_of_one_checkpoint_with_and_without_checkpoint_hash_are_both_up_to_date(tmp_path, capsys):
+    """The fingerprints a batch run shares are of two kinds (file identity, content hash): one of
+    them given to a job of the other kind reads as a changed checkpoint, rebuilt on every run."""
+    path = write(
+        tmp_path / "h.yaml",
+        f"defaults: {{model: {TINY}}}\njobs:\n  - {{output: plain}}\n  - {{output: hashed, checkpoint-hash: true}}\n",
+    )
+    assert batch(path) == 0
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.count("up to date") == 2, out
+
+
 def test_dry_run_refuses_outputs_a_run_cannot_write(tmp_path, capsys):
     """--dry-run passed a batch whose output root (or an output outside it) cannot be written,
     which the run then refused; an output outside the root failed only at its turn."""
