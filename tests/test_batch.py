@@ -1851,6 +1851,35 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     )
 
 
+def test_a_hub_job_without_its_cached_checkpoint_follows_the_installed_runtime(tmp_path, monkeypatch):
+    """With the hub cache pruned there is no config to plan with, so the target's ONNX Runtime is the
+    one thing that tells a build for another runtime apart (an upgraded onnxruntime): it is rebuilt."""
+    import shutil
+
+    from huggingface_hub import constants
+    from test_hardening import hub_cache
+
+    from builder.batch_resume import rebuild_reason
+    from builder.kit.targets import Target
+
+    home = tmp_path / "hf"
+    hub_cache(home, "org/tiny", TINY)
+    monkeypatch.setenv("HF_HOME", str(home))  # the builds' own processes
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    path = write(tmp_path / "hub.yaml", "jobs:\n  - {model: org/tiny, output: out}\n")
+    assert batch(path) == 0
+    shutil.rmtree(home / "hub")  # a pruned cache, or a driver that never had the files
+    options = load_batch(path).jobs[0].options
+    assert rebuild_reason(options) is None
+    report_path = tmp_path / "out" / "build_report.json"
+    report = json.loads(report_path.read_text())
+    report["target"]["ort_version"] = "1.29"  # built while onnxruntime 1.29 was installed
+    report_path.write_text(json.dumps(report))
+    assert rebuild_reason(options) == f"target ONNX Runtime 1.29 -> {Target.from_options(options).version_text}"
+
+
 def test_an_old_gemma3_report_is_rebuilt_with_or_without_its_checkpoint(checkpoint, tmp_path, monkeypatch, capsys):
     """A Gemma 3 build from before --residual-dtype had an fp16 residual stream; auto now keeps it in
     fp32. With the hub cache pruned (no config to plan with), the report counted as up to date."""
