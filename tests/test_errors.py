@@ -57,6 +57,16 @@ def test_missing_model_folder(tmp_path):
     assert_clean_failure(cli("-m", tmp_path / "nope", "-o", out), "does not exist", out=out)
 
 
+def test_debug_shows_the_traceback_a_plain_run_leaves_out(tmp_path):
+    """--debug is how a refusal's origin goes into a bug report: the traceback, then the same one line."""
+    out = tmp_path / "out"
+    plain = cli("-m", tmp_path / "nope", "-o", out)
+    assert_clean_failure(plain, "does not exist", out=out)
+    traced = cli("-m", tmp_path / "nope", "-o", out, "--debug")
+    assert traced.returncode == plain.returncode and "Traceback (most recent call last)" in traced.stderr
+    assert traced.stderr.strip().splitlines()[-1] == plain.stderr.strip().splitlines()[-1]
+
+
 def test_model_path_is_a_file(tmp_path):
     file = tmp_path / "model.bin"
     file.write_text("x")
