@@ -93,6 +93,21 @@ def test_every_combination_loads_or_is_refused(built, ep, precision, tmp_path):
     assert all(np.isfinite(step).all() for step in logits)
 
 
+@pytest.mark.parametrize("ep", EPS)
+def test_the_oldest_runtime_an_ep_builds_for_is_a_target_and_the_one_before_is_not(ep):
+    """MIN_ORT_VERSION is the first release with the GroupQueryAttention and MatMulNBits kernels a
+    build needs: --target-ort at it builds, one release before it is refused."""
+    from builder.kit.targets import MIN_ORT_VERSION, Target
+
+    major, minor = MIN_ORT_VERSION[ep]
+    options = BuildOptions(
+        model="-", precision="fp16" if ep == "cuda" else "int4", ep=ep, target_ort=f"{major}.{minor}"
+    )
+    assert Target.from_options(options).ort_version == (major, minor)
+    with pytest.raises(BuilderError, match=rf"builds need ONNX Runtime >= {major}\.{minor}"):
+        Target.from_options(dataclasses.replace(options, target_ort=f"{major}.{minor - 1}"))
+
+
 def test_webgpu_1_27_target_loads_on_onnxruntime_webgpu_1_27(built):
     """onnxruntime-webgpu 1.27.0 rejects the 16-input GQA: a 1.27 build must not emit it."""
     result = built("qwen3", precision="int4", ep="webgpu", target_ort="1.27")
