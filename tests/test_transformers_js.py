@@ -257,6 +257,7 @@ def test_io_dtype_option(built):
     [
         ({"precision": "fp32", "io_dtype": "fp16"}, "--io-dtype fp16 contradicts -p fp32"),
         ({"precision": "int4", "ep": "cuda", "io_dtype": "fp32"}, "no fp32 kernel on cuda"),
+        ({"precision": "int4", "ep": "dml", "io_dtype": "fp32"}, "no fp32 kernel on dml"),
         ({"precision": "int8", "ep": "webgpu", "format": "transformers.js"}, "add --io-dtype fp32"),
     ],
 )
