@@ -1036,6 +1036,19 @@ def test_chat_on_a_folder_without_a_template_says_what_to_do(fp32_folder, tmp_pa
     assert len(child.stderr.strip().splitlines()) == 1 and line.startswith("error: --chat: "), child.stderr
 
 
+def test_chat_template_json_alone_is_a_chat_template(fp32_folder, tmp_path):
+    """onnxruntime-genai reads chat_template.json too (a processor's file, which some checkpoints hold
+    instead): --chat formats the prompt with it as with chat_template.jinja, not 'no chat template'."""
+    folder = _template_only_in_jinja(_copy(fp32_folder, tmp_path), JINJA_TEMPLATE)
+    chat = ("--chat", "--prompt", "Hi there", "--max-new-tokens", "2")
+    expected = _tokens(generate(folder, *chat), "prompt tokens")
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": JINJA_TEMPLATE}))
+    child = generate(folder, *chat)
+    assert _tokens(child, "prompt tokens") == expected
+    assert "note:" not in child.stderr, child.stderr  # genai applied it, not the transformers fallback
+
+
 def test_chat_template_genai_cannot_apply_is_applied_by_transformers(fp32_folder, tmp_path):
     """genai's Jinja engine has no capitalize filter (Jinja2 has): transformers formats the prompt then."""
     template = JINJA_TEMPLATE.replace("message['role'] + '\\n'", "message['role'] | capitalize + '\\n'")
