@@ -248,10 +248,14 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     eight_bit = sorted(m for m, f in formats.items() if f.quantized and f.bits == 8 and m != "model.embed_tokens")
     if eight_bit and not target.supports("matmul_nbits_8bit"):
         first = FEATURES["matmul_nbits_8bit"][target.ep]
-        said = "-p int8" if options.precision == "int8" else f"--int8-layers ({', '.join(eight_bit[:3])}...)"
+        if options.precision == "int8":
+            said, instead = "-p int8", "build -p int4"
+        else:
+            shown = ", ".join(eight_bit[:3]) + (f" and {len(eight_bit) - 3} more" if len(eight_bit) > 3 else "")
+            said, instead = f"--int8-layers ({shown})", "drop --int8-layers"
         raise BuilderError(
             f"{said}: {target.runtime}'s MatMulNBits has no 8-bit kernel (from ONNX Runtime {first[0]}.{first[1]}), "
-            f"so the folder would not load; build -p int4, or target {first[0]}.{first[1]} or newer "
+            f"so the folder would not load; {instead}, or target {first[0]}.{first[1]} or newer "
             f"(--target-ort {first[0]}.{first[1]}, or install a newer runtime)"
         )
     if float_embedding_below(formats, target):
