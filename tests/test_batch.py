@@ -1797,16 +1797,10 @@ def test_a_signal_while_the_executor_starts_stops_the_batch_with_its_summary(tmp
     }
 
 
-def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monkeypatch, capsys):
-    """Deciding that a hub job's output is up to date downloaded the whole checkpoint (a dry run
-    of the Qwen3 family file would fetch 125 GB to print 'skip'); without a cache it rebuilt."""
-    import shutil
-
-    import huggingface_hub
+def offline_hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding org/tiny (the tiny Qwen3), offline, for this process and the builds'."""
     from huggingface_hub import constants
     from test_hardening import hub_cache
-
-    import builder.kit.model_source as model_source
 
     home = tmp_path / "hf"
     hub_cache(home, "org/tiny", TINY)
@@ -1814,6 +1808,20 @@ def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return home
+
+
+def test_a_hub_job_is_checked_without_downloading_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Deciding that a hub job's output is up to date downloaded the whole checkpoint (a dry run
+    of the Qwen3 family file would fetch 125 GB to print 'skip'); without a cache it rebuilt."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    import builder.kit.model_source as model_source
+
+    home = offline_hub_cache(tmp_path, monkeypatch)
     path = write(tmp_path / "hub.yaml", "jobs:\n  - {model: org/tiny, output: out}\n")
     assert batch(path) == 0
     local_only = huggingface_hub.snapshot_download
@@ -1856,18 +1864,10 @@ def test_a_hub_job_without_its_cached_checkpoint_follows_the_installed_runtime(t
     one thing that tells a build for another runtime apart (an upgraded onnxruntime): it is rebuilt."""
     import shutil
 
-    from huggingface_hub import constants
-    from test_hardening import hub_cache
-
     from builder.batch_resume import rebuild_reason
     from builder.kit.targets import Target
 
-    home = tmp_path / "hf"
-    hub_cache(home, "org/tiny", TINY)
-    monkeypatch.setenv("HF_HOME", str(home))  # the builds' own processes
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    home = offline_hub_cache(tmp_path, monkeypatch)
     path = write(tmp_path / "hub.yaml", "jobs:\n  - {model: org/tiny, output: out}\n")
     assert batch(path) == 0
     shutil.rmtree(home / "hub")  # a pruned cache, or a driver that never had the files

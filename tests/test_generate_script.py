@@ -853,16 +853,22 @@ og.Generator = _Slow
 """
 
 
-def test_a_reader_that_stops_early_ends_it_quietly(fp32_folder, tmp_path):
-    """`generate.py ... | head -c 20`: the text written token by token met the closed pipe while it
-    generated; it stops there as a Unix tool does (exit 141), without a traceback."""
+def slow_generation(folder, tmp_path, **popen) -> subprocess.Popen:
+    """generate.py on `folder` for 200 tokens, each step slowed (SLOW_STEPS_SITECUSTOMIZE), its output piped."""
     (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS_SITECUSTOMIZE)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(fp32_folder), "--prompt", "The river", "--max-new-tokens", "200"],
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(folder), "--prompt", "The river", "--max-new-tokens", "200"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        **popen,
     )
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(fp32_folder, tmp_path):
+    """`generate.py ... | head -c 20`: the text written token by token met the closed pipe while it
+    generated; it stops there as a Unix tool does (exit 141), without a traceback."""
+    proc = slow_generation(fp32_folder, tmp_path)
     proc.stdout.read(5)
     proc.stdout.close()
     err = proc.stderr.read().decode()
@@ -875,15 +881,8 @@ def test_ctrl_c_while_the_text_streams_stops_without_a_traceback(fp32_folder, tm
     traceback. It stops as the builder does: the streamed line ended, one error line, exit 130."""
     import signal
 
-    (tmp_path / "sitecustomize.py").write_text(SLOW_STEPS_SITECUSTOMIZE)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(fp32_folder), "--prompt", "The river", "--max-new-tokens", "200"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
-        # a shell's background job ignores SIGINT; a terminal's foreground one does not
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # a shell's background job ignores SIGINT; a terminal's foreground one does not
+    proc = slow_generation(fp32_folder, tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     streamed = proc.stdout.read(len("The river") + 1)  # the prompt and a new token's first byte: it streams
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
