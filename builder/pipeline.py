@@ -359,8 +359,9 @@ def _verify(arch, model_file: Path) -> dict:
     except Exception as e:
         if type(e).__module__ != "onnxruntime.capi.onnxruntime_pybind11_state":
             raise
-        # A graph onnxruntime refuses (a plugin's Mul of fp16 by an fp32 scale): its message names the
-        # node, which the one-line fault report of a plugin cut off, under a hint about blocks.
+        # onnxruntime's error at run time (the load check took the graph's types; a plugin's Reshape that
+        # the prompt's shape cannot take is left): it names the node, which the one-line fault report of a
+        # plugin cut off, under a hint about blocks.
         raise BuilderError(
             f"--verify: onnxruntime could not run the built model ({' '.join(str(e).split())}); the output was "
             f"not written. {_who_to_check(arch, 'the graph it writes')}"
