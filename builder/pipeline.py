@@ -31,12 +31,7 @@ from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import reading_ahead, record_reads
-from builder.kit.tokenizer_files import (
-    check_tokenizer_files,
-    copy_tokenizer_files,
-    named_templates_warning,
-    tokenizer_ids_past_the_vocabulary,
-)
+from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files, named_templates_warning
 from builder.load_check import load_check
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
 from builder.preflight import check_disk_space
@@ -181,12 +176,10 @@ def _run(arch, show_progress: bool) -> BuildResult:
             arch.checkpoint.fingerprint(True)
     else:
         arch.checkpoint.fingerprint(False)
-    check_tokenizer_files(arch.checkpoint.directory)
+    tokenizer_warnings = check_tokenizer_files(arch.checkpoint.directory, plan.spec.vocab_size)
     generation = arch.checkpoint.read_json("generation_config.json")
     arch.warnings.extend(token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size))
-    past = tokenizer_ids_past_the_vocabulary(arch.checkpoint.directory, plan.spec.vocab_size)
-    if past:
-        arch.warnings.append(past)
+    arch.warnings.extend(tokenizer_warnings)
     templates = named_templates_warning(arch.checkpoint.directory) if options.format == "genai" else None
     if templates:
         arch.warnings.append(templates)

@@ -418,10 +418,11 @@ def test_tokens_past_the_embedding_rows_are_named(ckpt, tmp_path):
     tokenizer["added_tokens"].pop()
     tokenizer["model"] = {"type": "Unigram", "vocab": [[f"t{i}", 0.0] for i in range(vocab + 2)]}
     path.write_text(json.dumps(tokenizer))
-    from builder.kit.tokenizer_files import tokenizer_ids_past_the_vocabulary
+    from builder.kit.tokenizer_files import check_tokenizer_files
 
-    assert "has 2 token(s)" in tokenizer_ids_past_the_vocabulary(ckpt, vocab)
-    assert tokenizer_ids_past_the_vocabulary(ckpt, vocab + 2) is None
+    [warning] = check_tokenizer_files(ckpt, vocab)
+    assert "has 2 token(s)" in warning
+    assert check_tokenizer_files(ckpt, vocab + 2) == []
 
 
 def test_config_is_a_folder(ckpt, tmp_path):

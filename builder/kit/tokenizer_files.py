@@ -26,12 +26,15 @@ TOKENIZER_FILES = (
 REQUIRED = ("tokenizer.json", "tokenizer_config.json")
 
 
-def check_tokenizer_files(source: Path) -> None:
+def check_tokenizer_files(source: Path, vocab_size: int | None = None) -> list[str]:
     """Refuse JSON tokenizer files that do not parse, or hold no JSON object, and a
     generation_config.json whose values genai_config.json could not take; before any weight is
     read. They were copied as they were: the build published with exit 0 (and passed --verify,
     which feeds token ids), and genai then failed to load the folder, while a rebuild copied the
-    same file again; a generation_config.json of `[1]` was copied while its defaults were dropped."""
+    same file again; a generation_config.json of `[1]` was copied while its defaults were dropped.
+    Returns the warnings for what loads but is wrong (tokens past `vocab_size`), from the same parse:
+    a tokenizer.json is tens of MB."""
+    warnings = []
     for name in TOKENIZER_FILES:
         path = Path(source) / name
         if path.exists() and not path.is_file():  # it was skipped, and the build warned it was "not found"
@@ -59,6 +62,10 @@ def check_tokenizer_files(source: Path) -> None:
             check_generation_config(value, str(path))
         else:
             _check_tokenizer_shape(name, value, path)
+        if name == "tokenizer.json" and vocab_size is not None:
+            past = _ids_past_the_vocabulary(value, path, vocab_size)
+            warnings += [past] if past else []
+    return warnings
 
 
 def _is_token(value) -> bool:  # "<s>", or an AddedToken written out: {"content": "<s>", ...}
@@ -95,17 +102,12 @@ def _check_tokenizer_shape(name: str, value: dict, path: Path) -> None:
                 raise BuilderError(f"{path}: {key} is {json.dumps(value[key])}, not {expected}; {fix}")
 
 
-def tokenizer_ids_past_the_vocabulary(source: Path, vocab_size: int) -> str | None:
+def _ids_past_the_vocabulary(tokenizer: dict, path: Path, vocab_size: int) -> str | None:
     """The warning for tokens whose ids have no row in the model's embedding (a tokenizer of another
     model, or tokens added without resize_token_embeddings), or None. A prompt holding one failed in
     onnxruntime's Gather at the first generate, and an int4 build's GatherBlockQuantized ran on
     without an error for it, from no row of the table."""
     past = {}  # id -> token
-    path = Path(source) / "tokenizer.json"
-    try:
-        tokenizer = json.loads(path.read_bytes()) if path.is_file() else {}
-    except (OSError, ValueError, RecursionError):
-        return None  # check_tokenizer_files has refused it
     vocab = tokenizer.get("model", {}).get("vocab") if isinstance(tokenizer.get("model"), dict) else None
     pairs = []
     if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
