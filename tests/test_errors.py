@@ -260,6 +260,7 @@ def test_index_names_missing_shard(tmp_path):
         (["--intra-op-threads", "-2"], "--intra-op-threads"),
         (["--intra-op-threads", "99999"], "a thread count up to 1024"),  # the runtime started them all
         (["-o", ""], "-o/--output is empty"),  # it built into out/... instead
+        (["-o", "-"], "-o -: the output is a folder, not a stream"),  # it built a folder named '-'
         (["-p", "fp32", "--residual-dtype", "fp16"], "residual stream is never narrower than the activations"),
         (["--residual-dtype", "fp16"], "activations are float32 (-p int4 -e cpu)"),  # cpu int4's io dtype
     ],

@@ -460,6 +460,9 @@ class BuildOptions:
             raise BuilderError("--int8-layers has no effect in an int8 build; drop it or build int4")
         if self.output is not None and not str(self.output).strip():
             raise BuilderError("-o/--output is empty; name a folder, or leave -o out for out/<model>-<precision>-<ep>")
+        if self.output is not None and str(self.output).strip() == "-":
+            # "-" reads as standard output, which a folder of files cannot go to: it built ./-
+            raise BuilderError("-o -: the output is a folder, not a stream; name a folder (-o ./- if one named '-')")
         if self.read_ahead_mb < 0:
             raise BuilderError(f"--read-ahead-mb: {self.read_ahead_mb} must be 0 (off) or a size in MB")
         if self.max_length is not None and self.max_length < 1:
