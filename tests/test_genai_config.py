@@ -450,3 +450,40 @@ def test_named_chat_templates_in_genai(checkpoint, tmp_path, with_default):
     )
     assert json.loads((js.output / "tokenizer_config.json").read_text())["chat_template"] == named
     assert not [n for n in js.report["notes"] if "named chat templates" in n]
+
+
+def test_top_p_past_one_and_top_k_past_the_vocabulary_are_written_as_transformers_runs_them(tmp_path):
+    """genai throws on every sampled generation for top_p > 1 ("top_p must be between 0.0 and 1.0")
+    or top_k > vocab_size, where transformers' warpers skip top_p >= 1 and clamp top_k."""
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from builder import build
+    from support.synthetic import make_checkpoint
+
+    vocab = TINY_CONFIGS["qwen3"]["vocab_size"]
+    generation = ids({"do_sample": True, "top_p": 1.5, "top_k": vocab + 10, "temperature": 0.8})
+    folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], dtype="float32", generation_config=generation)
+    result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    search = genai_config(result)["search"]
+    assert (search["do_sample"], search["top_p"], search["top_k"], search["temperature"]) == (True, 1.0, vocab, 0.8)
+    top_p, top_k = (next(n for n in result.report["notes"] if f"sets {k}" in n) for k in ("top_p", "top_k"))
+    assert "top_p 1.5" in top_p and "gets top_p 1.0" in top_p
+    assert f"top_k {vocab + 10}" in top_k and f"gets top_k {vocab}" in top_k
+    model = og.Model(str(result.output))
+    generator = og.Generator(model, og.GeneratorParams(model))
+    generator.append_tokens([1, 2, 3])
+    generator.generate_next_token()  # the folder's own search settings
+    assert len(generator.get_sequence(0)) == 4
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert reference.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=1).shape == (1, 4)  # transformers runs it too
+
+
+@pytest.mark.parametrize("key", ["temperature", "top_p"])
+def test_a_negative_temperature_or_top_p_is_refused(tmp_path, key):
+    """Both warpers of transformers refuse it; genai would sample from the inverted distribution."""
+    from builder.kit.errors import BuilderError
+
+    with pytest.raises(BuilderError, match=f"generation_config.json sets {key} -0.5, which no sampler reads"):
+        planned(tmp_path, ids({"do_sample": True, key: -0.5}))

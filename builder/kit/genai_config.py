@@ -23,6 +23,7 @@ GENAI_MODEL_TYPES = frozenset(
     "qwen3_5_text qwen3_vl_text smollm3".split()
 )
 
+from builder.kit.errors import BuilderError
 from builder.kit.hf_config import check_generation_config
 
 
@@ -99,6 +100,35 @@ def written_num_beams(
             "for beam search"
         )
     return beams, None
+
+
+def written_sampling(search: dict, vocab_size: int, source: str = "generation_config.json") -> tuple[dict, list[str]]:
+    """(the top_k and top_p genai_config.json gets, warnings where they are not the checkpoint's).
+    onnxruntime-genai throws on every sampled generation for a top_p outside [0, 1] or a top_k past
+    the vocabulary (Generator::InitializeSamplingMethod), where transformers' warpers read top_p > 1
+    as no top-p filtering and clamp top_k to the vocabulary: those are written as transformers runs
+    them. A negative temperature or top_p means nothing to either (transformers' warpers refuse
+    them; genai would sample from the inverted distribution), so the build is refused."""
+    for key in ("temperature", "top_p"):
+        if search[key] < 0:
+            raise BuilderError(
+                f"{source} sets {key} {search[key]}, which no sampler reads (transformers' generate refuses "
+                f"a negative {key}); fix {key} there (temperature > 0, top_p in (0, 1]) and build again"
+            )
+    written, warnings = {"top_k": int(search["top_k"]), "top_p": float(search["top_p"])}, []
+    if written["top_p"] > 1:
+        written["top_p"] = 1.0
+        warnings.append(
+            f"{source} sets top_p {search['top_p']}, which transformers reads as 1.0 (no top-p filtering) and "
+            "onnxruntime-genai refuses when sampling: genai_config.json gets top_p 1.0"
+        )
+    if written["top_k"] > vocab_size:
+        written["top_k"] = vocab_size
+        warnings.append(
+            f"{source} sets top_k {search['top_k']}, past the vocabulary ({vocab_size}), which transformers "
+            f"clamps and onnxruntime-genai refuses when sampling: genai_config.json gets top_k {vocab_size}"
+        )
+    return written, warnings
 
 
 # generation_config.json keys that change what generate() picks and that genai's search has no
@@ -264,7 +294,6 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
         "past_present_share_buffer": True,
         "repetition_penalty": float(search_keys["repetition_penalty"]),
         "temperature": float(search_keys["temperature"]),
-        "top_k": int(search_keys["top_k"]),
-        "top_p": float(search_keys["top_p"]),
+        **written_sampling(search_keys, spec.vocab_size)[0],
     }
     return {"model": model, "search": search}

@@ -26,6 +26,7 @@ from builder.kit.genai_config import (
     search_values,
     unexpressed_generation_keys,
     written_num_beams,
+    written_sampling,
 )
 from builder.kit.hf_config import check_generation_config, check_keys, unread_keys
 from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
@@ -364,6 +365,7 @@ def settle_beam_search(options: BuildOptions, target: Target, checkpoint, config
     beams_warning = written_num_beams(search, hybrid, target.graph_capture, source)[1]
     unexpressed = unexpressed_generation_keys(generation)
     warnings.extend(w for w in (beams_warning, unexpressed) if w)
+    warnings.extend(written_sampling(search, spec.vocab_size, source)[1])
     return target, notes
 
 
