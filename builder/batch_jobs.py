@@ -196,6 +196,10 @@ def make_job(
         }
         resolved = _resolved_fields(options, arch)
         fields = {k: resolved.get(k) if v is None else v for k, v in fields.items()}
+        if isinstance(fields.get("family"), str) and ":" in fields["family"]:
+            # module:Class names a folder by its class: the module path's dots and the colon made
+            # "out/my_fams.helium:Helium", a name Windows cannot hold
+            fields["family"] = fields["family"].rsplit(":", 1)[1]
         try:
             used = _template_fields(options.output)
         except ValueError as err:

@@ -27,7 +27,8 @@ the YAML file's folder, so a file means the same from any working directory
 folder there and reads like org/name is a Hugging Face hub id. An output is a
 template: {model_name} (the model's last path part) and any option ({precision},
 {ep}, {block_size}, ...); an option left unset reads as the build resolves it
-({accuracy_level}, {target_ort}, and for a local checkpoint {family} and {context_length}),
+({accuracy_level}, {target_ort}, and for a local checkpoint {family} and {context_length}; a
+family set as module:Class reads as its Class),
 and is refused where that is not known; without one a job gets the CLI's default name.
 
 The whole file is checked before anything is built. A job is skipped when its

@@ -455,6 +455,8 @@ def test_a_family_key_builds_with_that_class_and_a_wrong_one_is_refused_up_front
     assert job.options.family == "my_fam:Mine"
     assert batch(str(good)) == 0
     assert json.loads((tmp_path / "out" / "build_report.json").read_text())["checkpoint"]["family"] == "my_fam.Mine"
+    named = write(tmp_path / "n.yaml", f"jobs:\n  - {{model: {TINY}, family: 'my_fam:Mine', output: '{{family}}'}}\n")
+    assert [Path(job.options.output).name for job in load_batch(named).jobs] == ["Mine"]  # not my_fam:Mine
     bad = write(tmp_path / "b.yaml", f"jobs:\n  - model: {TINY}\n    family: my_fam:Nobody\n")
     with pytest.raises(BuilderError, match=r"b\.yaml:2: jobs\[0\]: --family my_fam:Nobody: importing it failed"):
         load_batch(bad)
