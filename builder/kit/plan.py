@@ -349,7 +349,8 @@ def slow_int8_level(options: BuildOptions, target: Target) -> str | None:
 def settle_beam_search(options: BuildOptions, target: Target, checkpoint, config: dict, spec, warnings: list[str]):
     """(target, notes) once generation_config.json's search is settled: beams under --graph-capture
     auto turn capture off, since genai refuses capture for them; what genai_config.json cannot keep is
-    a warning, before the build (written_num_beams decides, for make_genai_config too)."""
+    a warning, before the build (written_num_beams and written_sampling decide, for make_genai_config
+    too), and a sampling setting no sampler reads is refused."""
     read_json = getattr(checkpoint, "read_json", None)  # stand-in checkpoints have no files
     generation = read_json("generation_config.json") if read_json else None
     if generation is not None:
