@@ -178,7 +178,9 @@ def _run(arch, show_progress: bool) -> BuildResult:
         arch.checkpoint.fingerprint(False)
     tokenizer_warnings = check_tokenizer_files(arch.checkpoint.directory, plan.spec.vocab_size)
     generation = arch.checkpoint.read_json("generation_config.json")
-    arch.warnings.extend(token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size))
+    arch.warnings.extend(
+        token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size, options.format == "genai")
+    )
     arch.warnings.extend(tokenizer_warnings)
     templates = named_templates_warning(arch.checkpoint.directory) if options.format == "genai" else None
     if templates:

@@ -487,3 +487,42 @@ def test_a_negative_temperature_or_top_p_is_refused(tmp_path, key):
 
     with pytest.raises(BuilderError, match=f"generation_config.json sets {key} -0.5, which no sampler reads"):
         planned(tmp_path, ids({"do_sample": True, key: -0.5}))
+
+
+def built_with(tmp_path, generation: dict, **options):
+    """(the checkpoint folder, the fp32 build of it) for this generation_config.json."""
+    from builder import build
+    from support.synthetic import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], dtype="float32", generation_config=generation)
+    options = {"precision": "fp32", **options}
+    return folder, build(model=str(folder), output=str(tmp_path / "out"), show_progress=False, **options)
+
+
+def transformers_tokens(folder, prompt: list[int], max_length: int) -> list[int]:
+    """transformers' new tokens with the checkpoint's generation_config.json, to max_length in all."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    settings = GenerationConfig.from_pretrained(folder)
+    settings.max_length = max_length  # the --max-length genai_config.json got
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        return reference.generate(torch.tensor([prompt]), generation_config=settings)[0].tolist()[len(prompt) :]
+
+
+def test_eos_ids_past_the_vocabulary_are_left_out(tmp_path):
+    """genai refused to create a generator for an eos id past the vocabulary ("eos_token_id (480)
+    must be in range [0, 480)"), where transformers runs and never stops at it; with it left out the
+    folder stops where transformers does."""
+    vocab = TINY_CONFIGS["qwen3"]["vocab_size"]
+    prompt = [7, 300, 12]
+    free, _ = built_with(tmp_path / "free", ids({}), max_length=12)
+    stop = transformers_tokens(free, prompt, 12)[2]  # the token greedy picks third
+    folder, result = built_with(tmp_path / "past", {**ids({}), "eos_token_id": [vocab, stop]}, max_length=12)
+    assert genai_config(result)["model"]["eos_token_id"] == stop
+    (warning,) = [n for n in result.report["notes"] if "outside the vocabulary" in n]
+    assert f"eos_token_id {vocab} (generation_config.json)" in warning
+    assert f"genai_config.json leaves out eos_token_id {vocab}" in warning
+    chosen, _ = genai_chosen_tokens(result.output, prompt)
+    assert chosen == transformers_tokens(folder, prompt, 12) and chosen[-1] == stop and len(chosen) == 3

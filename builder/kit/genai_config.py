@@ -168,9 +168,12 @@ def unexpressed_generation_keys(generation: dict | None) -> str | None:
     )
 
 
-def token_ids_past_the_vocabulary(config: dict, generation: dict | None, vocab_size: int) -> list[str]:
+def token_ids_past_the_vocabulary(
+    config: dict, generation: dict | None, vocab_size: int, genai: bool = True
+) -> list[str]:
     """Warnings for eos/bos/pad token ids that no logit can reach: generation would never stop at
-    such an eos, and genai would feed such a bos or pad to the embedding's Gather."""
+    such an eos (genai_config.json leaves it out: onnxruntime-genai refuses every generator for it),
+    and genai would feed such a bos or pad to the embedding's Gather. genai: the folder is genai's."""
     messages = []
     for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
         value, source = _picked(config, generation or {}, key)
@@ -179,9 +182,15 @@ def token_ids_past_the_vocabulary(config: dict, generation: dict | None, vocab_s
         except (TypeError, ValueError):
             continue  # not ids at all: check_generation_config / the genai config refuse those
         if beyond:
-            consequence = (
-                "generation will not stop at it" if key == "eos_token_id" else "genai would feed it to the model"
-            )
+            if key != "eos_token_id":
+                consequence = "genai would feed it to the model"
+            elif genai:
+                consequence = (
+                    "transformers never stops at it, and onnxruntime-genai refuses every generation with it: "
+                    f"genai_config.json leaves out eos_token_id {', '.join(map(str, beyond))}"
+                )
+            else:
+                consequence = "generation will not stop at it"
             messages.append(
                 f"{key} {beyond[0]} ({source}) is outside the vocabulary (0 .. {vocab_size - 1}): "
                 f"{consequence}; check {source}"
@@ -228,7 +237,9 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     def pick(key, default=None):
         return _picked(config, generation, key, default)[0]
 
-    eos = _ids(pick("eos_token_id"))
+    # An eos id past the vocabulary never stops transformers (no logit reaches it), and genai refuses
+    # every generator for it: left out (token_ids_past_the_vocabulary warns).
+    eos = [i for i in _ids(pick("eos_token_id")) if i < spec.vocab_size]
     # genai takes one bos and one pad id; a list (generation_config.json allows one) gives its
     # first, and an empty one counts as unset.
     bos = (_ids(pick("bos_token_id")) or eos or [0])[0]
