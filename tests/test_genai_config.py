@@ -526,3 +526,12 @@ def test_eos_ids_past_the_vocabulary_are_left_out(tmp_path):
     assert f"genai_config.json leaves out eos_token_id {vocab}" in warning
     chosen, _ = genai_chosen_tokens(result.output, prompt)
     assert chosen == transformers_tokens(folder, prompt, 12) and chosen[-1] == stop and len(chosen) == 3
+
+
+def test_search_keys_read_from_config_json_are_checked(tmp_path):
+    """Without generation_config.json the search comes from config.json, unchecked: repetition_penalty
+    0 was written, genai then repeated one token to max_length, and transformers refuses it."""
+    from builder.kit.errors import BuilderError
+
+    with pytest.raises(BuilderError, match=r"config.json: repetition_penalty = 0 is not valid; it must be a positive"):
+        planned(tmp_path, None, config={"repetition_penalty": 0})

@@ -24,7 +24,7 @@ GENAI_MODEL_TYPES = frozenset(
 )
 
 from builder.kit.errors import BuilderError
-from builder.kit.hf_config import check_generation_config
+from builder.kit.hf_config import check_generation_config, check_search_keys
 
 
 def _picked(config: dict, generation: dict, key: str, default=None) -> tuple[Any, str]:
@@ -56,11 +56,15 @@ def search_source(generation: dict | None) -> str:
     return "config.json" if generation is None else "generation_config.json"
 
 
-def search_values(config: dict, generation: dict | None) -> dict[str, Any]:
+def search_values(config: dict, generation: dict | None, config_path: str = "config.json") -> dict[str, Any]:
     """The search keys transformers' generate() uses. generation None: the checkpoint has no
     generation_config.json, and transformers 5.25 then builds its generation config from config.json
     (GenerationMixin's fallback); with the file, config.json's generation keys are never read
     (Qwen3Config(top_k=3) keeps no top_k), so a key the file leaves out takes the default."""
+    if generation is None:
+        # The same check generation_config.json gets: config.json's repetition_penalty 0 was written
+        # as it was, and genai then repeated one token to max_length where transformers refuses it.
+        check_search_keys(config, config_path)
     source = config if generation is None else generation
     return {key: default if source.get(key) is None else source[key] for key, default in SEARCH_DEFAULTS.items()}
 

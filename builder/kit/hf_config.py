@@ -331,3 +331,10 @@ GENERATION_KEYS: dict[str, tuple[Callable[[Any], bool], bool]] = {
 def check_generation_config(generation: dict, where: str = "generation_config.json") -> dict:
     _check(GENERATION_KEYS, generation, where, "generation_config.json")
     return generation
+
+
+def check_search_keys(config: dict, where: str = "config.json") -> None:
+    """config.json's search keys, as check_generation_config checks generation_config.json's: a checkpoint
+    without that file has its search read from config.json (genai_config.search_values)."""
+    search = {key: rule for key, rule in GENERATION_KEYS.items() if not key.endswith("_token_id")}
+    _check(search, config, where)
