@@ -511,6 +511,19 @@ def transformers_tokens(folder, prompt: list[int], max_length: int) -> list[int]
         return reference.generate(torch.tensor([prompt]), generation_config=settings)[0].tolist()[len(prompt) :]
 
 
+def test_more_beams_than_genai_takes_are_written_as_its_widest(tmp_path):
+    """genai refused to create a generator for num_beams 33 ("num_beams (33) must be in [1, 32]"),
+    so every default generation of the folder failed; transformers runs 33 beams."""
+    prompt = [7, 300, 12]
+    folder, result = built_with(tmp_path, ids({"num_beams": 33}), max_length=8)
+    assert genai_config(result)["search"]["num_beams"] == 32
+    (warning,) = [n for n in result.report["notes"] if "num_beams" in n]
+    assert "sets num_beams 33" in warning and "genai_config.json gets num_beams 32" in warning
+    _, sequence = genai_chosen_tokens(result.output, prompt)
+    assert len(sequence) == 8
+    assert len(transformers_tokens(folder, prompt, 8)) == 5
+
+
 def test_eos_ids_past_the_vocabulary_are_left_out(tmp_path):
     """genai refused to create a generator for an eos id past the vocabulary ("eos_token_id (480)
     must be in range [0, 480)"), where transformers runs and never stops at it; with it left out the
@@ -526,6 +539,75 @@ def test_eos_ids_past_the_vocabulary_are_left_out(tmp_path):
     assert f"genai_config.json leaves out eos_token_id {vocab}" in warning
     chosen, _ = genai_chosen_tokens(result.output, prompt)
     assert chosen == transformers_tokens(folder, prompt, 12) and chosen[-1] == stop and len(chosen) == 3
+
+
+def test_top_p_zero_is_the_most_likely_token_as_in_transformers(tmp_path):
+    """transformers' top-p of 0 keeps the most likely token alone (greedy), where genai skipped a
+    top_p of 0 with top_k > 1 and sampled from the top_k."""
+    prompt = [7, 300, 12]
+    generation = ids({"do_sample": True, "top_p": 0.0, "top_k": 50, "temperature": 0.9})
+    folder, result = built_with(tmp_path, generation, max_length=20)
+    search = genai_config(result)["search"]
+    assert (search["do_sample"], search["top_p"], search["top_k"]) == (True, 0.0, 1)
+    (warning,) = [n for n in result.report["notes"] if "top_p 0" in n]
+    assert "top_k 50" in warning and "genai_config.json gets top_k 1" in warning
+    chosen, _ = genai_chosen_tokens(result.output, prompt)
+    assert chosen == transformers_tokens(folder, prompt, 20)
+    assert len(set(chosen)) > 1  # a model that repeats one id would agree by chance
+
+
+def test_sampling_at_temperature_zero_is_written_as_greedy(tmp_path):
+    """transformers' generate refuses do_sample with temperature 0 and asks for greedy search, which
+    genai runs for it: genai_config.json says so, and beams then stay beam search (genai ran them
+    so; the beam-sampling rule wrote one beam)."""
+    plan, written = planned(tmp_path / "a", ids({"do_sample": True, "temperature": 0.0}))
+    assert (written["search"]["do_sample"], written["search"]["temperature"]) == (False, 0.0)
+    (warning,) = [w for w in plan.warnings if "temperature 0" in w]
+    assert "transformers' generate refuses" in warning and "genai_config.json gets do_sample false" in warning
+    plan, written = planned(tmp_path / "b", ids({"do_sample": True, "temperature": 0.0, "num_beams": 2}))
+    assert (written["search"]["do_sample"], written["search"]["num_beams"]) == (False, 2)
+    assert not [w for w in plan.warnings if "beam sampling" in w]
+
+
+@pytest.mark.parametrize("ep", ["cpu", "webgpu", "cuda"])
+def test_no_repeat_ngram_size_is_left_out_of_cuda_folders(tmp_path, ep):
+    """onnxruntime-genai 0.18 bans repeated n-grams in its CPU search alone (webgpu and dml search on
+    the CPU); its CUDA search throws "no_repeat_ngram_size is only supported for CPU search" at the
+    first token (the message is in libonnxruntime-genai-cuda.so 0.18)."""
+    plan, written = planned(
+        tmp_path, ids({"no_repeat_ngram_size": 3}), ep=ep, precision="fp16" if ep == "cuda" else "int4"
+    )
+    warnings = [w for w in plan.warnings if "no_repeat_ngram_size" in w]
+    if ep == "cuda":
+        assert written["search"]["no_repeat_ngram_size"] == 0
+        (warning,) = warnings
+        assert "sets no_repeat_ngram_size 3" in warning and "genai_config.json gets no_repeat_ngram_size 0" in warning
+    else:
+        assert written["search"]["no_repeat_ngram_size"] == 3 and not warnings
+
+
+def test_no_repeat_ngram_size_runs_in_genai_as_in_transformers(tmp_path):
+    """The cpu folder's no_repeat_ngram_size, token for token as transformers' greedy search."""
+    prompt = [7, 300, 12]
+    folder, result = built_with(tmp_path, ids({"no_repeat_ngram_size": 2}), max_length=40)
+    chosen, _ = genai_chosen_tokens(result.output, prompt)
+    assert chosen == transformers_tokens(folder, prompt, 40)
+    assert len({tuple(chosen[i : i + 2]) for i in range(len(chosen) - 1)}) == len(chosen) - 1
+
+
+def test_beams_with_logits_settings_warn_that_genai_orders_them_otherwise(tmp_path):
+    """genai's beam search applies repetition_penalty (and min_length, no_repeat_ngram_size) to the
+    logits before their log-softmax, transformers' after: here the beams part after 11 tokens. Greedy
+    search agrees (the same argmax), so it does not warn."""
+    prompt = [7, 300, 12]
+    folder, result = built_with(tmp_path, ids({"num_beams": 3, "repetition_penalty": 1.3}), max_length=24)
+    (warning,) = [n for n in result.report["notes"] if "log-softmax" in n]
+    assert "sets num_beams 3 with repetition_penalty 1.3" in warning
+    _, sequence = genai_chosen_tokens(result.output, prompt)
+    theirs = transformers_tokens(folder, prompt, 24)
+    assert sequence[len(prompt) :] != theirs and sequence[len(prompt) : len(prompt) + 11] == theirs[:11]
+    plan, _ = planned(tmp_path / "greedy", ids({"repetition_penalty": 1.3, "min_length": 5}))
+    assert not [w for w in plan.warnings if "log-softmax" in w]
 
 
 def test_search_keys_read_from_config_json_are_checked(tmp_path):

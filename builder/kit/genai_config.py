@@ -72,13 +72,18 @@ def search_values(config: dict, generation: dict | None, config_path: str = "con
 # Where the README says what genai's beam search does to the recurrent state.
 BEAM_SEARCH_SECTION = "README.md#qwen35-and-qwen3-next-hybrid-linear-attention"
 
+# onnxruntime-genai 0.18 refuses to create a generator for more beams ("num_beams (33) must be in
+# [1, 32]", Generator::Generator; the same bound on cuda).
+MAX_GENAI_BEAMS = 32
+
 
 def written_num_beams(
     search: dict, hybrid: bool, graph_capture: bool, source: str = "generation_config.json"
 ) -> tuple[int, str | None]:
     """(the num_beams genai_config.json gets, a warning when that is not the checkpoint's). The plan
     (capture, warnings) and make_genai_config both ask this, so the folder is what the plan said.
-    source: the file search came from (search_source)."""
+    search: settled by written_sampling first (its do_sample); source: the file search came from
+    (search_source)."""
     beams = int(search["num_beams"])
     if beams <= 1:
         return beams, None
@@ -103,36 +108,113 @@ def written_num_beams(
             "--graph-capture on genai_config.json gets num_beams 1; build with --graph-capture off "
             "for beam search"
         )
+    if beams > MAX_GENAI_BEAMS:
+        return MAX_GENAI_BEAMS, (
+            f"{where}, which transformers runs and onnxruntime-genai refuses (it takes at most "
+            f"{MAX_GENAI_BEAMS} beams, and failed every generation): genai_config.json gets num_beams "
+            f"{MAX_GENAI_BEAMS}, the widest beam search genai runs"
+        )
     return beams, None
 
 
 def written_sampling(search: dict, vocab_size: int, source: str = "generation_config.json") -> tuple[dict, list[str]]:
-    """(the top_k and top_p genai_config.json gets, warnings where they are not the checkpoint's).
-    onnxruntime-genai throws on every sampled generation for a top_p outside [0, 1] or a top_k past
-    the vocabulary (Generator::InitializeSamplingMethod), where transformers' warpers read top_p > 1
-    as no top-p filtering and clamp top_k to the vocabulary: those are written as transformers runs
-    them. A negative temperature or top_p means nothing to either (transformers' warpers refuse
-    them; genai would sample from the inverted distribution), so the build is refused."""
+    """(the do_sample, top_k and top_p genai_config.json gets, warnings where they are not the
+    checkpoint's). onnxruntime-genai throws on every sampled generation for a top_p outside [0, 1] or
+    a top_k past the vocabulary (Generator::InitializeSamplingMethod), where transformers' warpers read
+    top_p > 1 as no top-p filtering and clamp top_k to the vocabulary: those are written as
+    transformers runs them. genai also skips a top_p of 0 whenever top_k > 1 and samples from the
+    top_k, where transformers' top-p keeps the one most likely token. A negative temperature or top_p
+    means nothing to either (transformers' warpers refuse them; genai would sample from the inverted
+    distribution), so the build is refused."""
     for key in ("temperature", "top_p"):
         if search[key] < 0:
             raise BuilderError(
                 f"{source} sets {key} {search[key]}, which no sampler reads (transformers' generate refuses "
                 f"a negative {key}); fix {key} there (temperature > 0, top_p in (0, 1]) and build again"
             )
-    written, warnings = {"top_k": int(search["top_k"]), "top_p": float(search["top_p"])}, []
+    written = {"do_sample": bool(search["do_sample"]), "top_k": int(search["top_k"]), "top_p": float(search["top_p"])}
+    warnings = []
+    if written["do_sample"] and search["temperature"] == 0:
+        # genai samples nothing at temperature 0 (InitializeSamplingMethod picks greedy search).
+        written["do_sample"] = False
+        warnings.append(
+            f"{source} sets do_sample true with temperature 0, which transformers' generate refuses (it asks "
+            "for do_sample false, greedy search) and onnxruntime-genai runs as greedy search: "
+            "genai_config.json gets do_sample false"
+        )
     if written["top_p"] > 1:
         written["top_p"] = 1.0
         warnings.append(
             f"{source} sets top_p {search['top_p']}, which transformers reads as 1.0 (no top-p filtering) and "
             "onnxruntime-genai refuses when sampling: genai_config.json gets top_p 1.0"
         )
-    if written["top_k"] > vocab_size:
+    if written["top_p"] == 0 and written["top_k"] > 1:
+        written["top_k"] = 1
+        warnings.append(
+            f"{source} sets top_p 0 with top_k {search['top_k']}: transformers' top-p keeps the most likely "
+            f"token alone, where onnxruntime-genai ignores a top_p of 0 and samples from the top {search['top_k']}: "
+            "genai_config.json gets top_k 1 (the most likely token)"
+        )
+    elif written["top_k"] > vocab_size:
         written["top_k"] = vocab_size
         warnings.append(
             f"{source} sets top_k {search['top_k']}, past the vocabulary ({vocab_size}), which transformers "
             f"clamps and onnxruntime-genai refuses when sampling: genai_config.json gets top_k {vocab_size}"
         )
     return written, warnings
+
+
+def written_no_repeat_ngram_size(
+    search: dict, ep: str, source: str = "generation_config.json"
+) -> tuple[int, str | None]:
+    """(the no_repeat_ngram_size genai_config.json gets, a warning when that is not the checkpoint's).
+    onnxruntime-genai 0.18 bans repeated n-grams in its CPU search only (webgpu and dml folders search
+    on the CPU); its CUDA search throws at the first token ("no_repeat_ngram_size is only supported for
+    CPU search", Search::ApplyNoRepeatNgram, which Search_Cuda does not override)."""
+    size = int(search["no_repeat_ngram_size"])
+    if size <= 0 or ep != "cuda":
+        return size, None
+    return 0, (
+        f"{source} sets no_repeat_ngram_size {size}, which onnxruntime-genai's CUDA search refuses (it "
+        "bans repeated n-grams on the CPU only, and failed every generation): genai_config.json gets "
+        "no_repeat_ngram_size 0, so the cuda folder generates without it"
+    )
+
+
+def beam_logits_processors(search: dict, beams: int, source: str = "generation_config.json") -> str | None:
+    """A warning where beams meet a setting that changes the logits: onnxruntime-genai's beam search
+    applies min_length, repetition_penalty and no_repeat_ngram_size to the logits and then takes their
+    log-softmax (BeamSearch_Cpu::SelectTop), transformers' beam search the other way round, so the beam
+    scores differ and the beams can end apart (greedy search agrees: its argmax is the same either way).
+    search: as written (after written_no_repeat_ngram_size); beams: the num_beams written."""
+    if beams <= 1:
+        return None
+    named = [
+        f"{key} {search[key]}"
+        for key, unset in (("min_length", 0), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0))
+        if search[key] != unset
+    ]
+    if not named:
+        return None
+    return (
+        f"{source} sets num_beams {beams} with {', '.join(named)}, which onnxruntime-genai's beam search "
+        "applies to the logits before their log-softmax and transformers' after it: the folder's beams can "
+        "end apart from transformers' (no genai setting orders them as transformers does)"
+    )
+
+
+def settled_search(
+    search: dict, vocab_size: int, hybrid: bool, graph_capture: bool, ep: str, source: str = "generation_config.json"
+) -> tuple[dict, list[str]]:
+    """(search as genai_config.json writes it, the warnings for what differs from the checkpoint's).
+    The plan (warnings) and make_genai_config both ask this, so the folder is what the plan said."""
+    sampling, warnings = written_sampling(search, vocab_size, source)
+    settled = {**search, **sampling}
+    ngram, ngram_warning = written_no_repeat_ngram_size(settled, ep, source)
+    settled["no_repeat_ngram_size"] = ngram
+    settled["num_beams"], beams_warning = written_num_beams(settled, hybrid, graph_capture, source)
+    beams_processors = beam_logits_processors(settled, settled["num_beams"], source)
+    return settled, [*warnings, *(w for w in (ngram_warning, beams_warning, beams_processors) if w)]
 
 
 # generation_config.json keys that change what generate() picks and that genai's search has no
@@ -236,6 +318,9 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     search_keys = search_values(
         config, None if generation is None else check_generation_config(generation, generation_path)
     )
+    search_keys = settled_search(
+        search_keys, spec.vocab_size, bool(spec.linear_layers), target.graph_capture, target.ep
+    )[0]
     generation = generation or {}
 
     def pick(key, default=None):
@@ -303,12 +388,13 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
         # genai's min_length counts the prompt too, as transformers' does.
         "min_length": int(search_keys["min_length"]),
         "no_repeat_ngram_size": int(search_keys["no_repeat_ngram_size"]),
-        "num_beams": written_num_beams(search_keys, bool(spec.linear_layers), target.graph_capture)[0],
+        "num_beams": search_keys["num_beams"],
         "num_return_sequences": 1,
         # GroupQueryAttention reads and writes one max_length KV buffer in place.
         "past_present_share_buffer": True,
         "repetition_penalty": float(search_keys["repetition_penalty"]),
         "temperature": float(search_keys["temperature"]),
-        **written_sampling(search_keys, spec.vocab_size)[0],
+        "top_k": search_keys["top_k"],
+        "top_p": search_keys["top_p"],
     }
     return {"model": model, "search": search}

@@ -24,9 +24,8 @@ from builder.kit.genai_config import (
     GENAI_MODEL_TYPES,
     search_source,
     search_values,
+    settled_search,
     unexpressed_generation_keys,
-    written_num_beams,
-    written_sampling,
 )
 from builder.kit.hf_config import check_generation_config, check_keys, unread_keys
 from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
@@ -349,24 +348,27 @@ def slow_int8_level(options: BuildOptions, target: Target) -> str | None:
 def settle_beam_search(options: BuildOptions, target: Target, checkpoint, config: dict, spec, warnings: list[str]):
     """(target, notes) once generation_config.json's search is settled: beams under --graph-capture
     auto turn capture off, since genai refuses capture for them; what genai_config.json cannot keep is
-    a warning, before the build (written_num_beams and written_sampling decide, for make_genai_config
-    too), and a sampling setting no sampler reads is refused."""
+    a warning, before the build (settled_search decides, for make_genai_config too), and a sampling
+    setting no sampler reads is refused."""
     read_json = getattr(checkpoint, "read_json", None)  # stand-in checkpoints have no files
     generation = read_json("generation_config.json") if read_json else None
     if generation is not None:
         generation = check_generation_config(generation, str(Path(checkpoint.directory) / "generation_config.json"))
-    search, hybrid, source = search_values(config, generation), bool(spec.linear_layers), search_source(generation)
+    directory = getattr(checkpoint, "directory", None)
+    config_path = str(Path(directory) / "config.json") if directory else "config.json"
+    search, source = search_values(config, generation, config_path), search_source(generation)
+    hybrid, vocab = bool(spec.linear_layers), spec.vocab_size
     notes = ()
-    if target.graph_capture and options.graph_capture == "auto" and written_num_beams(search, hybrid, False)[0] > 1:
+    uncaptured = settled_search(search, vocab, hybrid, False, target.ep, source)[0]
+    if target.graph_capture and options.graph_capture == "auto" and uncaptured["num_beams"] > 1:
         target = dataclasses.replace(target, graph_capture=False)
         notes = (
             f"graph capture is off: {source} sets num_beams {search['num_beams']} (beam search), "
             "which genai runs only without capture; --graph-capture on keeps capture and writes num_beams 1",
         )
-    beams_warning = written_num_beams(search, hybrid, target.graph_capture, source)[1]
+    search_warnings = settled_search(search, vocab, hybrid, target.graph_capture, target.ep, source)[1]
     unexpressed = unexpressed_generation_keys(generation)
-    warnings.extend(w for w in (beams_warning, unexpressed) if w)
-    warnings.extend(written_sampling(search, spec.vocab_size, source)[1])
+    warnings.extend(search_warnings + ([unexpressed] if unexpressed else []))
     return target, notes
 
 
