@@ -199,6 +199,23 @@ def _pool() -> ThreadPoolExecutor:
         return _executor[2]
 
 
+def _submit(fn):
+    pool = _pool()
+    try:
+        return pool.submit(fn)
+    except BaseException:
+        # Ctrl-C (KeyboardInterrupt, raised wherever the main thread is) inside submit() can come
+        # after it started a helper thread and before the pool recorded it: Python's exit then never
+        # tells that thread to stop and waits for it forever (a build hung after "interrupted").
+        # Shutting the pool down wakes every thread of it, recorded or not; the next call makes another.
+        global _executor
+        with _executor_lock:
+            if _executor is not None and _executor[2] is pool:
+                _executor = None
+        pool.shutdown(wait=False)
+        raise
+
+
 class _Workspaces:
     """Workspaces kept between calls, for the last few chunk shapes: fresh ones are
     mapped and zeroed page by page by the kernel on every call."""
@@ -387,7 +404,7 @@ def quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> Q
         finally:
             _workspaces.give(key, ws)
 
-    helpers = [_pool().submit(work) for _ in range(min(get_num_threads(), len(spans)) - 1)]
+    helpers = [_submit(work) for _ in range(min(get_num_threads(), len(spans)) - 1)]
     try:
         work()  # this thread works too
     finally:

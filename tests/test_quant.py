@@ -554,6 +554,48 @@ def test_calls_from_several_threads_at_once(monkeypatch):
         quant.set_num_threads(None)
 
 
+_INTERRUPTED_START = """
+import sys, threading, numpy as np
+import quant
+start = threading.Thread.start
+def interrupted_start(self):
+    start(self)
+    if self.name.startswith("quant"):
+        raise KeyboardInterrupt  # where Ctrl-C's handler raises it: while Thread.start waits
+threading.Thread.start = interrupted_start
+quant.set_num_threads(2)
+try:
+    quant.quantize_blockwise(np.ones((64, 1 << 15), np.float32), quant.QuantScheme(4, 32, True))
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+if sys.argv[1:] != ["again"]:
+    raise SystemExit(0)  # the hang was at exit: a second call started a thread that woke the lost one
+threading.Thread.start = start
+q = quant.quantize_blockwise(np.ones((64, 1 << 15), np.float32), quant.QuantScheme(4, 32, True))
+print("again", q.packed.shape, flush=True)
+"""
+
+
+def test_ctrl_c_while_a_helper_thread_starts_lets_the_process_exit():
+    """A KeyboardInterrupt after the pool started a helper thread but before it recorded it left
+    that thread waiting for work: Python's exit waited for it forever (a build hung after Ctrl-C).
+    The pool is shut down then, and the next call makes a new one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for args, printed in (([], ["interrupted"]), (["again"], ["interrupted", "again (64, 1024, 16)"])):
+        try:
+            run = subprocess.run(
+                [sys.executable, "-c", _INTERRUPTED_START, *args], capture_output=True, text=True, cwd=root, timeout=30
+            )
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"the process did not exit after the interrupt; it printed {e.stdout!r}")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines() == printed, run.stdout
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (127, 3), (128, 256), (300, 257)])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_float_weights_are_transposed_strip_by_strip_exactly(shape, dtype):
