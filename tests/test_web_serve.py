@@ -90,6 +90,21 @@ def test_other_folders_are_not_builds(tmp_path, files, words):
     assert_refused(serve(tmp_path), str(tmp_path), *words)
 
 
+def test_a_folder_of_builds_names_them(tmp_path):
+    """A batch's output root (or out/) holds the builds one level down: serve.py names them rather
+    than saying to build one; the onnx/ folder inside a build names the build."""
+    root = tmp_path / "batch"
+    for name in ("tiny-fp32", "tiny-q4"):
+        fake_build(root / name)
+    (root / "web-summary.json").write_text("{}")
+    (root / "notes").mkdir()
+    line = assert_refused(serve(root), f"{root} is no transformers.js build but holds some")
+    assert line.endswith(f"python examples/web/serve.py {root / 'tiny-fp32'} {root / 'tiny-q4'}"), line
+    assert_refused(
+        serve(root / "tiny-q4" / "onnx"), "is the onnx/ folder of a transformers.js build", f"build, {root / 'tiny-q4'}"
+    )
+
+
 def test_missing_weights_are_named(tmp_path):
     folder = fake_build(tmp_path / "tiny")
     (folder / "onnx" / "model_q4.onnx").unlink()

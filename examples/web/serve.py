@@ -89,6 +89,15 @@ def rebuild(folder: Path, shown: str) -> str:
     )
 
 
+def is_build(folder: Path) -> bool:
+    """Whether folder's config.json has a transformers.js_config entry, as check_folder asks first."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("transformers.js_config"), dict)
+
+
 def check_folder(folder: Path, shown: str | None = None) -> dict:
     """The transformers.js_config of a --format transformers.js folder; FolderError for anything else."""
     shown = shown or str(folder)
@@ -118,6 +127,21 @@ def check_folder(folder: Path, shown: str | None = None) -> dict:
             raise FolderError(
                 f"{shown} is a Hugging Face checkpoint, not a transformers.js build: build one with "
                 f"python -m builder -m {shown} --format transformers.js -o OUT, then serve OUT"
+            )
+        if config is None and folder.name == "onnx" and is_build(folder.parent):
+            raise FolderError(
+                f"{shown} is the onnx/ folder of a transformers.js build: serve the build, {folder.parent}"
+            )
+        try:
+            inside = [child for child in sorted(folder.iterdir()) if child.is_dir() and is_build(child)]
+        except OSError:
+            inside = []
+        if config is None and inside:  # a batch's output root, or out/: the builds are one level down
+            named = " ".join(str(Path(shown) / child.name) for child in inside[:4])
+            more = f" ... ({len(inside)} builds)" if len(inside) > 4 else ""
+            raise FolderError(
+                f"{shown} is no transformers.js build but holds some: serve the builds themselves, "
+                f"python examples/web/serve.py {named}{more}"
             )
         raise FolderError(
             f'{shown} is not a transformers.js build (no config.json with a "transformers.js_config" entry); '
