@@ -199,12 +199,19 @@ def test_url_names():
     assert load_serve().url_names([a, b, c, a]) == {"tiny": a, "tiny-3": b, "tiny-2": c}
 
 
-def test_page_names_the_bad_parameter(tmp_path):
+def test_page_names_the_bad_parameter(tmp_path, built):
     """One Chromium launch, a same-origin page of iframes, each a mistaken address: each page
-    POSTs one error line naming the parameter and the fix, and loads no weights."""
+    POSTs one error line naming the parameter and the fix, and loads no weights (but for a -e cuda
+    build on wasm, whose load fails)."""
     from test_transformers_js import chromium, load_serve, node_ready
 
     node_ready()
+    # Its int4 embedding has no wasm kernel, nor its GroupQueryAttention with Q/K norms a CPU one: the
+    # page said to rebuild it with -e cuda and a float embedding (or, once rebuilt so, that a file of
+    # it may be damaged, with the same command).
+    cuda = shutil.copytree(
+        built("qwen3", precision="int4", ep="cuda", format="transformers.js").output, tmp_path / "cuda"
+    )
     q4, other = fake_build(tmp_path / "tiny"), fake_build(tmp_path / "other", dtype="fp32")
     for f in TOKENIZER_DIR.iterdir():  # the page encodes its prompt before it loads the weights
         shutil.copyfile(f, q4 / f.name)
@@ -212,7 +219,7 @@ def test_page_names_the_bad_parameter(tmp_path):
     (older / "build_report.json").write_text(json.dumps({"model": {"context_length": 16}}))
     short = fake_build(tmp_path / "short", max_position_embeddings=32)  # built with --context-length 32
     cases = {
-        "model=typo": ['no model named "typo" is served here; served: tiny, other, older'],
+        "model=typo": ['no model named "typo" is served here; served: tiny, other, older, short, cuda'],
         "model=tiny&dtype=q4f16": [
             "dtype=q4f16: tiny has no q4f16 weights; it holds q4: pass dtype=q4 or leave dtype out",
             "build the q4f16 weights (onnx/model_q4f16.onnx) into another folder with python -m builder -m "
@@ -242,6 +249,11 @@ def test_page_names_the_bad_parameter(tmp_path):
             "pass max_new_tokens=254 or less",
         ],
         "model=tiny&ids=1,2;;3": ["ids=1,2;;3 is not a comma-separated list", "e.g. ids=1,2,3 or ids=1,2,3;4,5"],
+        "model=cuda&device=wasm&ids=1,2&max_new_tokens=2": [
+            "cuda does not run on wasm (",
+            "it was built for cuda (-e cuda), whose graph onnxruntime-web's CPU build need not run",
+            " -p int4 -e webgpu --float-layers model.embed_tokens --format transformers.js -o ",
+        ],
     }
     # Headless Chromium opens one address: a page in the served folder frames them.
     frames = "".join(f'<iframe src="/?report=1&amp;{html.escape(q)}"></iframe>' for q in cases)
@@ -259,7 +271,7 @@ def test_page_names_the_bad_parameter(tmp_path):
         }}, 100);
     </script>"""
     (q4 / "frames.html").write_text(frames)
-    server, results = load_serve().start([q4, other, older, short])
+    server, results = load_serve().start([q4, other, older, short, cuda])
     posted = {}
     with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as chromium_log:
         for _ in cases:

@@ -146,7 +146,8 @@ function rebuild(model, change = {}) {
     const parts = ['python -m builder -m', checkpointOf(model)];
     const precision = change.precision ?? o.precision;
     if (precision) parts.push('-p', precision);
-    if (o.ep) parts.push('-e', o.ep);
+    const ep = change.ep ?? o.ep;
+    if (ep) parts.push('-e', ep);
     if (o.family) parts.push('--family', o.family);  // a family of the user's own built it
     const io = change.io_dtype ?? (o.io_dtype && o.io_dtype !== 'auto' ? o.io_dtype : null);
     if (io) parts.push('--io-dtype', io);
@@ -162,6 +163,17 @@ function explain(error, { model, device, fellBack, adapter }) {
     const message = firstLine(error);
     const { name } = model;
     if (error instanceof PageError) return message;
+    const builtFor = model.report?.options?.ep;
+    if (device === 'wasm' && builtFor && !['cpu', 'webgpu'].includes(builtFor)
+        && /GatherBlockQuantized|Could not find an implementation|NOT_IMPLEMENTED|not supported/i.test(message)) {
+        // Rebuilding it for its own EP, as the messages below say, fails alike (a cuda build's
+        // GroupQueryAttention takes the Q/K norms, which onnxruntime's CPU kernel refuses).
+        const embedding = model.report?.options?.precision === 'int4' ? { float_layers: ['model.embed_tokens'] } : {};
+        return `${name} does not run on wasm (${message}): it was built for ${builtFor} (-e ${builtFor}), whose graph `
+            + `onnxruntime-web's CPU build need not run; rebuild it for the browser with -e webgpu`
+            + `${embedding.float_layers ? ' and a float embedding (wasm has no GatherBlockQuantized kernel)' : ''}: `
+            + rebuild(model, { ep: 'webgpu', ...embedding });
+    }
     if (device === 'wasm' && /GatherBlockQuantized/.test(message)) {
         const why = fellBack ? 'the page runs on wasm because this browser has no WebGPU; ' : '';
         const or = adapter ? 'or leave device=wasm out to run on WebGPU' : 'or open the page in a browser with WebGPU';
