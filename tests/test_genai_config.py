@@ -399,6 +399,26 @@ def test_generation_keys_genai_cannot_express_warn_once(tmp_path):
     assert warning.startswith("generation_config.json sets min_p, suppress_tokens, which onnxruntime-genai")
 
 
+def test_the_other_logits_settings_of_transformers_warn_too(tmp_path):
+    """top_h, exponential_decay_length_penalty, guidance_scale and watermarking_config change what
+    transformers' generate() picks and were written away without a word."""
+    generation = ids(
+        {
+            "top_h": 0.4,
+            "exponential_decay_length_penalty": [5, 1.5],
+            "guidance_scale": 1.5,
+            "watermarking_config": {"greenlist_ratio": 0.25},
+        }
+    )
+    plan, _ = planned(tmp_path / "set", generation)
+    (warning,) = [w for w in plan.warnings if "no setting" in w]
+    assert warning.startswith(
+        "generation_config.json sets top_h, exponential_decay_length_penalty, guidance_scale, watermarking_config,"
+    )
+    plan, _ = planned(tmp_path / "unset", ids({"guidance_scale": 1.0, "top_h": None}))
+    assert not [w for w in plan.warnings if "no setting" in w]  # 1.0 and None change nothing
+
+
 @pytest.mark.parametrize("generation", [QWEN3_GENERATION, GEMMA3_GENERATION], ids=["qwen3", "gemma3"])
 def test_real_generation_configs_do_not_warn(tmp_path, generation):
     plan, written = planned(tmp_path, generation, ep="webgpu", precision="int4")

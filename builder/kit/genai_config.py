@@ -234,6 +234,10 @@ UNEXPRESSED_DEFAULTS = {
     "encoder_repetition_penalty": 1.0,
     "diversity_penalty": 0.0,
     "num_beam_groups": 1,
+    "top_h": None,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": 1.0,  # transformers applies it when it is neither None nor 1
+    "watermarking_config": None,
 }
 
 
