@@ -547,3 +547,60 @@ def test_a_publish_killed_halfway_leaves_nothing_a_later_build_keeps(tmp_path, s
         (staging / REPORT_NAME).write_text("{}")
         (staging / "model.onnx").write_bytes(b"newer")
     assert (out / "model.onnx").read_bytes() == b"newer" and leftovers(tmp_path) == []
+
+
+def test_a_file_at_the_output_is_named_as_a_file_with_or_without_overwrite(tmp_path):
+    """Told only that the output "already exists; pass --overwrite", the user passed it and then met
+    another error: a file is no folder a build replaces, whatever the flags."""
+    out = tmp_path / "out"
+    out.write_text("notes")
+    for overwrite in (False, True):
+        with pytest.raises(BuilderError, match=r"exists and is a file; choose another -o/--output$"):
+            output_dir.check_output_free(out, overwrite=overwrite)
+    assert out.read_text() == "notes"
+
+
+def test_an_empty_folder_at_the_output_is_replaced_with_overwrite(tmp_path):
+    """An empty folder (made ahead with mkdir) holds nothing the builder could destroy: --overwrite
+    builds into it, where a folder with files and no build report is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with staged_output(out, overwrite=True) as staging:
+        (staging / REPORT_NAME).write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [REPORT_NAME] and leftovers(tmp_path) == []
+
+
+def test_an_output_ending_in_dot_dot_names_no_folder(tmp_path):
+    """out/.. is the folder above out: a build would try to swap tmp_path itself into place."""
+    (tmp_path / "a").mkdir()
+    with pytest.raises(BuilderError, match=r"output '.*/a/\.\.' names no folder of its own"):
+        output_dir.output_folder(tmp_path / "a" / "..")
+
+
+def test_a_staging_folder_of_another_users_live_build_is_kept_where_flock_is_missing(tmp_path, monkeypatch):
+    """Without flock the pid decides: kill(pid, 0) answering EPERM means a live process of another
+    user, whose staging folder must not be removed under it."""
+    out = tmp_path / "out"
+    theirs = tmp_path / f"{output_dir.STAGING_PREFIX}out-4242-0000a11e"
+    theirs.mkdir()
+    (theirs / "model.onnx.data").write_bytes(b"partial")
+
+    def not_yours(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(output_dir, "_lock_state", lambda folder: "unknown")
+    monkeypatch.setattr(output_dir.os, "kill", not_yours)
+    output_dir.remove_stale_staging(out)
+    assert leftovers(tmp_path) == [theirs.name] and (theirs / "model.onnx.data").read_bytes() == b"partial"
+
+
+def test_a_mount_point_at_the_output_is_refused_before_the_build(tmp_path, monkeypatch):
+    """Its rename fails with EBUSY only once the build is finished: refused up front, with a folder
+    inside it to pass instead."""
+    out = tmp_path / "mnt"
+    out.mkdir()
+    (out / REPORT_NAME).write_text("{}")
+    monkeypatch.setattr(output_dir.os.path, "ismount", lambda path: os.fspath(path) == os.fspath(out))
+    with pytest.raises(BuilderError, match="is a mount point") as refused:
+        output_dir.check_output_free(out, overwrite=True)
+    assert f"pass a folder inside it, such as {out / 'my-model'}" in str(refused.value)
