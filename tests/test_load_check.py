@@ -84,3 +84,17 @@ def test_a_runtime_older_than_the_target_does_not_judge_the_graph():
         "onnxruntime": text,
         "reason": f"the installed onnxruntime {text} is older than the target's {newer[0]}.{newer[1]}",
     }
+
+
+def test_a_runtime_whose_version_does_not_parse_does_not_judge_the_graph(monkeypatch):
+    """A local or nightly onnxruntime build may carry any version text: its refusal says nothing of a
+    graph for a released target, so the check is not run, as for an older runtime."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "main-local")
+    node = helper.make_node("Mul", ["x", "scale"], ["y"])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [12.0])
+    model = _model(node, [_value("x", TensorProto.FLOAT16)], [_value("y", TensorProto.FLOAT16)], [scale])
+    assert installed_onnxruntime() == ((0, 0), "main-local")
+    checked = load_check(model, (1, 17))
+    assert checked["status"] == "not run" and "main-local is older than the target's 1.17" in checked["reason"]
