@@ -363,3 +363,67 @@ def test_a_build_for_the_oldest_runtime_pyproject_allows_runs_there(checkpoint, 
         logits[label] = (ran.stdout.strip(), np.load(tmp_path / f"{label}.npy"))
     assert logits["1.20"][0] == "1.20.1" and logits["venv"][0] != "1.20.1"
     assert np.abs(logits["1.20"][1] - logits["venv"][1]).max() < 1e-4
+
+
+# ---- Target.from_options on its own: refusals and choices a build would only show later ---------
+
+
+@pytest.mark.parametrize("ep", ["cuda", "dml"])
+def test_fp32_activations_are_refused_where_gqa_has_no_fp32_kernel(ep):
+    from builder.kit.targets import Target
+
+    with pytest.raises(BuilderError, match=f"--io-dtype fp32 -e {ep} cannot work: GroupQueryAttention has no fp32"):
+        Target.from_options(BuildOptions(model="m", ep=ep, precision="int4", io_dtype="fp32"))
+
+
+def test_graph_capture_is_for_genai_folders_only():
+    """transformers.js runs the graph itself and never captures it: a capture-on target would write
+    provider options nobody reads, and --graph-capture on must say so."""
+    from builder.kit.targets import Target
+
+    def target(**options):
+        return Target.from_options(BuildOptions(model="m", ep="webgpu", precision="int4", target_ort="1.31", **options))
+
+    assert target().graph_capture and not target(format="transformers.js").graph_capture
+    with pytest.raises(BuilderError, match="--graph-capture on: .* does not capture graphs here"):
+        target(format="transformers.js", graph_capture="on")
+
+
+def test_webgpu_1_27_is_its_own_layout_row():
+    """onnxruntime-webgpu 1.27 fuses otherwise than the plugin EP: its target reads its own AUTO_LAYOUT row."""
+    from builder.kit.targets import Target
+
+    assert Target("webgpu", "int4", (1, 27)).layout_key == "webgpu-1.27"
+    assert Target("webgpu", "int4", (1, 28)).layout_key == "webgpu"
+    assert Target("cpu", "int4", (1, 27)).layout_key == "cpu"
+
+
+@pytest.mark.parametrize(
+    "precision,feature", [("int4", "qmoe_swiglu"), ("int8", "qmoe_swiglu"), ("fp16", "moe_swiglu")]
+)
+def test_quantized_experts_need_the_qmoe_kernel(precision, feature):
+    """int8 experts are QMoE nodes too (one scale a row): 1.30's CPU kernel refuses them."""
+    from builder.kit.targets import Target
+
+    target = Target("cpu", precision, (1, 30))
+    assert target.moe_feature == feature
+    assert target.supports(target.moe_feature) == (feature == "moe_swiglu")
+
+
+def test_accuracy_level_4_on_cpu_and_webgpu_only():
+    """int8 activations in MatMulNBits, as ORT recommends on cpu and webgpu; cuda and dml get 0."""
+    from builder.kit.targets import Target
+
+    levels = {ep: Target(ep, "int4", (1, 31)).default_accuracy_level for ep in ("cpu", "webgpu", "cuda", "dml")}
+    assert levels == {"cpu": 4, "webgpu": 4, "cuda": 0, "dml": 0}
+
+
+def test_target_ort_overrides_the_transformers_js_default():
+    from builder.kit.targets import Target
+
+    def version(**options):
+        return Target.from_options(
+            BuildOptions(model="m", ep="cpu", precision="int4", format="transformers.js", **options)
+        )
+
+    assert version().ort_version == (1, 30) and version(target_ort="1.31").ort_version == (1, 31)
