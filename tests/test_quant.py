@@ -486,6 +486,28 @@ def test_rowwise_rounds_as_c_roundf():
     assert q.scales.tolist() == [1.0] and q.zero_points.tolist() == [0] and q.packed.tolist() == [[255, 0, 1, 3]]
 
 
+@pytest.mark.parametrize("scale_dtype", [np.float32, np.float16])
+def test_rowwise_values_and_zero_points_as_the_qmoe_kernel_reads_them(scale_dtype):
+    """Rows chosen so the scales are exact: asymmetric ranges widened to take in 0 (an all-positive
+    row gets zero point 0, an all-negative one 255), zero points rounded as roundf, symmetric
+    scales of -extreme / 128 with zero point 128, and every value back within half a step."""
+    rows = np.array([[-1.5, 0.0, 253.5], [1.0, 2.0, 255.0], [-255.0, -3.0, -1.0], [-1.0, 0.5, 0.25]], np.float32)
+    asym = quant.quantize(rows, QuantScheme(8, symmetric=False, method="rowwise"), scale_dtype)
+    assert asym.scales.dtype == scale_dtype and asym.scales[:3].tolist() == [1.0, 1.0, 1.0]
+    assert asym.zero_points.tolist() == [2, 0, 255, 170]
+    assert asym.packed[:3].tolist() == [[1, 2, 255], [1, 2, 255], [0, 252, 254]]
+    sym = quant.quantize(rows[3:], QuantScheme(8, symmetric=True, method="rowwise"), scale_dtype)
+    assert asym.k == sym.k == 3
+    assert sym.zero_points is None and sym.scales.tolist() == [1 / 128] and sym.packed.tolist() == [[0, 192, 160]]
+    for scheme, q in (
+        (QuantScheme(8, symmetric=False, method="rowwise"), asym),
+        (QuantScheme(8, method="rowwise"), sym),
+    ):
+        w = rows if q is asym else rows[3:]
+        step = np.abs(q.scales.astype(np.float32))[:, None]
+        assert np.all(np.abs(quant.dequantize(q, scheme) - w) <= step * 0.5001)
+
+
 def test_a_new_method_is_one_registration():
     import quant
     from quant.scheme import _METHODS
