@@ -637,3 +637,49 @@ def test_search_keys_read_from_config_json_are_checked(tmp_path):
 
     with pytest.raises(BuilderError, match=r"config.json: repetition_penalty = 0 is not valid; it must be a positive"):
         planned(tmp_path, None, config={"repetition_penalty": 0})
+
+
+def test_token_id_0_in_generation_config_is_the_checkpoints(tmp_path):
+    """0 is a token id like any other (many vocabularies put <unk> or <pad> there): it must not fall
+    back to config.json's ids as an unset key does."""
+    _, written = planned(tmp_path, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
+    model = written["model"]
+    assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (0, 0, 0)
+
+
+def test_bos_and_pad_fall_back_to_eos_where_no_file_names_them(tmp_path):
+    config = {"bos_token_id": None, "pad_token_id": None, "eos_token_id": 7}
+    _, written = planned(tmp_path, {"eos_token_id": [5, 6]}, config=config)
+    model = written["model"]
+    assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (5, [5, 6], 5)
+
+
+def test_zero_search_values_are_written_not_replaced_by_defaults(tmp_path):
+    """top_k 0 turns transformers' top-k filter off, and a temperature of 0.0 is a value too: both
+    are written as set, not as transformers' defaults for an unset key (50, 1.0)."""
+    _, written = planned(tmp_path, ids({"top_k": 0, "temperature": 0.0}))
+    assert (written["search"]["top_k"], written["search"]["temperature"]) == (0, 0.0)
+
+
+def test_one_beam_in_a_hybrids_generation_config_is_no_warning(tmp_path):
+    plan, written = planned(tmp_path, ids({"num_beams": 1}), name="qwen3_5-text")
+    assert written["search"]["num_beams"] == 1 and not [w for w in plan.warnings if "num_beams" in w]
+
+
+def test_negative_token_ids_are_outside_the_vocabulary():
+    """genai would feed a bos or pad of -1 to the embedding's Gather as it does one past the end."""
+    from builder.kit.genai_config import token_ids_past_the_vocabulary
+
+    config = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    assert token_ids_past_the_vocabulary(config, {"pad_token_id": -1}, 480) == [
+        "pad_token_id -1 (generation_config.json) is outside the vocabulary (0 .. 479): genai would feed it to "
+        "the model; check generation_config.json"
+    ]
+    assert token_ids_past_the_vocabulary(config, {"eos_token_id": [2, 479]}, 480) == []
+
+
+def test_intra_op_threads_0_is_written_for_a_gpu_ep_too(tmp_path):
+    """0 asks for ONNX Runtime's default (a thread per physical core); left out, genai takes half the
+    logical CPUs instead."""
+    _, written = planned(tmp_path, ids({}), ep="webgpu", precision="int4", intra_op_threads=0)
+    assert written["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 0
