@@ -1102,6 +1102,22 @@ def test_output_root_key_naming_a_file_is_named_in_the_error(tmp_path, capsys):
     assert a_file.read_text() == "mine"
 
 
+def test_an_unwritable_output_root_is_refused_when_only_some_outputs_are_in_it(tmp_path, capsys):
+    """A job whose output is elsewhere must not spare the root the check: the job inside it would
+    fail at its turn, after the others had built."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    text = (
+        ONE_JOB.replace("output_root: out", "output_root: a-file/sub") + f"  - model: {TINY}\n    output: {elsewhere}\n"
+    )
+    path = write(tmp_path / "f.yaml", text)
+    assert batch(path, "--summary", tmp_path / "sums") == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {path}:1: output_root: {a_file / 'sub'}: cannot write the outputs there"), err
+    assert not elsewhere.exists() and a_file.read_text() == "mine"
+
+
 def test_summary_that_reads_as_a_file_name_is_refused(tmp_path, capsys):
     path = write(tmp_path / "s.yaml", ONE_JOB)
     assert batch(path, "--summary", tmp_path / "s.md") == 2
