@@ -50,10 +50,11 @@ def load_check(model: onnx.ModelProto, target_version: tuple[int, int]) -> dict:
         # Ops or attributes the target runs may be unknown to an older runtime: its refusal would say
         # nothing of the graph.
         wanted = f"{target_version[0]}.{target_version[1]}"
+        why = "is older than" if installed > (0, 0) else "has a version that does not say whether it is as new as"
         return {
             "status": "not run",
             "onnxruntime": text,
-            "reason": f"the installed onnxruntime {text} is older than the target's {wanted}",
+            "reason": f"the installed onnxruntime {text} {why} the target's {wanted}",
         }
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
