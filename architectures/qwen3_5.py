@@ -44,6 +44,7 @@ class Qwen35Spec(DecoderSpec):
     shared_expert_size: int = 0
 
 
+LINEAR_NODES = "CausalConvWithState/LinearAttention/LinearAttentionGate nodes"
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
@@ -126,8 +127,7 @@ class Qwen35Builder(DecoderBuilder):
         if target is not None and not target.supports("linear_attention"):
             raise BuilderError(
                 f"{self.architectures[0]} builds for {target.supported_where('linear_attention')}: its "
-                "CausalConvWithState/LinearAttention/LinearAttentionGate nodes were verified on those kernels "
-                f"only; got -e {target.ep} with {target.runtime}"
+                f"{LINEAR_NODES} were verified on those kernels only; got -e {target.ep} with {target.runtime}"
             )
         if FULL_ATTENTION in types and (spec.rope.rotary_dim // 2) % 8:
             raise BuilderError(
@@ -207,10 +207,10 @@ class Qwen35MoeBuilder(Qwen35Builder):
         return spec
 
     def make_spec(self, config: dict, target: Target | None = None) -> Qwen35Spec:
-        # Before the linear-attention check, which would send a cuda build to webgpu: the
-        # MoE nodes narrow it to cpu.
-        if target is not None and not target.supports(target.moe_feature):
-            raise BuilderError(target.moe_refusal(self.architectures[0]))
+        # Before the linear-attention check, which would send a cuda build to webgpu (and a cpu one
+        # below 1.31 too): the MoE nodes narrow it to cpu, at the version both kinds of node need.
+        if target is not None and not (target.supports(target.moe_feature) and target.supports("linear_attention")):
+            raise BuilderError(target.moe_refusal(self.architectures[0], also=("linear_attention", LINEAR_NODES)))
         return super().make_spec(config, target)
 
 

@@ -263,6 +263,28 @@ def test_moe_families_are_refused_on_gpu_eps(checkpoint, tmp_path, name, ep):
         build(checkpoint(name), tmp_path / "o", precision="int4", ep=ep)
 
 
+@pytest.mark.parametrize(
+    "options,said",
+    [
+        # Said the MoE family builds for webgpu too (the dense families' linear-attention refusal).
+        ({"precision": "fp16", "target_ort": "1.30"}, "its CausalConvWithState/LinearAttention/LinearAttentionGate "),
+        # Said 1.23 (the float MoE nodes' floor), and a build at 1.23 was then refused for 1.31.
+        ({"precision": "fp16", "target_ort": "1.17"}, "its MoE/QMoE nodes and CausalConvWithState/"),
+        ({"precision": "fp16", "ep": "webgpu"}, "builds only for -e cpu here: "),
+        # Offered fp16/fp32, which onnxruntime-node 1.25 refuses as well (their linear attention).
+        ({"precision": "int4", "format": "transformers.js", "target_ort": "1.25"}, "build --format genai, "),
+    ],
+)
+def test_moe_hybrids_name_the_version_their_whole_graph_needs(checkpoint, tmp_path, options, said):
+    with pytest.raises(BuilderError) as refused:
+        build(checkpoint("qwen3-next"), tmp_path / "o", **options)
+    message = str(refused.value)
+    assert said in message
+    assert "1.31" in message or "1.30" in message, message
+    assert ">= 1.23" not in message and "webgpu (" not in message and "-p fp16 or -p fp32" not in message, message
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("options", [{}, {"padded_batches": "on"}])
 def test_webgpu_build_is_capture_ready(built, options):
     """The plugin EP target: every node one the WebGPU EP runs (capture refuses a graph with a CPU

@@ -252,28 +252,45 @@ class Target:
         """The feature a MoE family's expert nodes need: QMoE for int4/int8, float MoE else."""
         return "qmoe_swiglu" if self.precision in ("int4", "int8") else "moe_swiglu"
 
-    def moe_refusal(self, family: str) -> str:
-        """Why `family`'s MoE/QMoE nodes cannot be built for this target, and what to pick."""
-        first = FEATURES[self.moe_feature]["cpu"]
+    def moe_refusal(self, family: str, also: tuple[str, str] | None = None) -> str:
+        """Why `family`'s MoE/QMoE nodes cannot be built for this target, and what to pick. `also`:
+        (feature, its nodes) that the family's builds need as well, such as the hybrids' linear
+        attention: the version named is then one that runs the whole graph, not the MoE nodes alone."""
+        features = [self.moe_feature] + ([also[0]] if also else [])
+        first = max(self._feature_table(f).get("cpu", (99, 0)) for f in features)
         need = f"ONNX Runtime >= {first[0]}.{first[1]} on cpu"
         if self.ep != "cpu":
+            if also:
+                return (
+                    f"{family} builds only for -e cpu here: its MoE/QMoE nodes were checked on the CPU kernels "
+                    f"only, and with its {also[1]} it needs {need}; got -e {self.ep}"
+                )
             return (
                 f"{family} builds only for -e cpu here: its MoE/QMoE nodes need {need} (checked on "
                 f"the CPU kernels only); got -e {self.ep}"
             )
+        # Name the nodes this runtime lacks: a float MoE build below 1.31 fails on its linear attention only.
+        quantized = self.moe_feature == "qmoe_swiglu"
+        experts = f"{self.precision} experts (QMoE nodes)" if quantized and self.transformers_js else "MoE/QMoE nodes"
+        missing = [experts] if not self.supports(self.moe_feature) else []
+        if also and not self.supports(also[0]):
+            missing.append(also[1])
+        nodes = " and ".join(missing)
         if self.transformers_js:
             # Only the quantized experts (QMoE) need 1.31: a float build's MoE nodes run on the
-            # onnxruntime-node 1.30 of transformers.js 4.3, so that is a way out too.
-            quantized = self.moe_feature == "qmoe_swiglu"
-            nodes = f"{self.precision} experts (QMoE nodes)" if quantized else "MoE nodes"
-            floats = "build -p fp16 or -p fp32 (float MoE nodes, which it runs), " if quantized else "build "
+            # onnxruntime-node 1.30 of transformers.js 4.3, so that is a way out too, where the
+            # rest of the graph runs there.
+            floats_run = self.supports("moe_swiglu") and (also is None or self.supports(also[0]))
+            floats = (
+                "build -p fp16 or -p fp32 (float MoE nodes, which it runs), " if quantized and floats_run else "build "
+            )
             return (
                 f"{family}: its {nodes} need {need}, and --format transformers.js targets "
                 f"{self.runtime}; {floats}--format genai, or pass --target-ort {first[0]}.{first[1]} if "
                 "your transformers.js runs a newer ONNX Runtime"
             )
         version = f"{first[0]}.{first[1]}"
-        return f"{family}: its MoE/QMoE nodes need {need}; got {self.runtime}; pass --target-ort {version} or newer"
+        return f"{family}: its {nodes} need {need}; got {self.runtime}; pass --target-ort {version} or newer"
 
     def supports(self, feature: str) -> bool:
         first = self._feature_table(feature).get(self.ep)
