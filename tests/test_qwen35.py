@@ -285,6 +285,21 @@ def test_moe_hybrids_name_the_version_their_whole_graph_needs(checkpoint, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_beams_in_generation_config_leave_capture_on(checkpoint, tmp_path, capfd):
+    """--help and the README said auto capture is off for num_beams > 1; a hybrid's num_beams is
+    written as 1 (genai's beams diverge on its recurrent state), so its capture stays on."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("qwen3_5"), folder)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**generation, "num_beams": 4}))
+    result = build(folder, tmp_path / "o", ep="webgpu")
+    assert result.report["target"]["graph_capture"] is True
+    assert json.loads(result.genai_config_path.read_text())["search"]["num_beams"] == 1
+    assert "recurrent state" in capfd.readouterr().err
+    help_text = BuildOptions.__dataclass_fields__["graph_capture"].metadata["help"]
+    assert "num_beams > 1 (not for the models with recurrent layers" in help_text
+
+
 @pytest.mark.parametrize("options", [{}, {"padded_batches": "on"}])
 def test_webgpu_build_is_capture_ready(built, options):
     """The plugin EP target: every node one the WebGPU EP runs (capture refuses a graph with a CPU

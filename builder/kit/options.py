@@ -258,7 +258,8 @@ class BuildOptions:
             "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
             "arithmetic in int32 without Shape). auto: on where the target runtime captures "
             "(webgpu with the plugin EP) unless the model has sliding-window layers, a head_dim that is "
-            "no multiple of 16, or a generation_config.json with num_beams > 1; off elsewhere. "
+            "no multiple of 16, or a generation_config.json with num_beams > 1 (not for the models with "
+            "recurrent layers, Qwen3.5 and Qwen3-Next, whose genai_config gets num_beams 1); off elsewhere. "
             "off: the uncaptured graph, for beam search (onnxruntime-genai refuses capture "
             "with num_beams > 1), for its og.Engine (it crashed on a capture build), and for profiling "
             "or debugging one kernel at a time; it decoded 0.78x as fast (docs/packing.md#graph-capture).",
