@@ -767,3 +767,31 @@ def test_conditional_token_ids_come_from_the_top_level_first(tmp_path):
     model = written["model"]
     assert (model["eos_token_id"], model["bos_token_id"]) == (478, 471)
     assert model["decoder"]["hidden_size"] == text["hidden_size"] == plan.spec.hidden_size
+
+
+@pytest.mark.parametrize(
+    "name,pattern,message",
+    [
+        ("qwen3_5", "*.linear_attn.in_proj_a", "names model.language_model.layers.0.linear_attn.in_proj_a, which"),
+        ("qwen3_5", "in_proj_b", "linear_attn.in_proj_b, which this family never quantizes (it stays in float"),
+        ("qwen3-moe", "*.mlp.gate", "names model.layers.0.mlp.gate, which this family never quantizes"),
+        (
+            "qwen3-moe",
+            "*.mlp.experts.*",
+            "names part of model.layers.0.mlp.experts (model.layers.0.mlp.experts.0.down_proj), which is chosen "
+            "whole: pass model.layers.0.mlp.experts or '*.experts'",
+        ),
+    ],
+)
+def test_a_pattern_naming_a_real_module_no_pattern_chooses_says_why(checkpoint, tmp_path, name, pattern, message):
+    """A router, in_proj_a/b or one expert are real module names; they were refused as typos ("match no
+    projection", with names that left them out), and the experts, which a pattern does choose, looked
+    unselectable."""
+    from builder.pipeline import build as build_folder
+
+    with pytest.raises(BuilderError) as refused:
+        build_folder(model=str(checkpoint(name)), output=str(tmp_path / "x"), int8_layers=[pattern])
+    assert message in str(refused.value) and "match no projection" not in str(refused.value), refused.value
+    assert not (tmp_path / "x").exists()
+    if pattern == "*.mlp.experts.*":  # what the message says to pass is taken
+        build_folder(model=str(checkpoint(name)), output=str(tmp_path / "y"), int8_layers=["*.experts"])

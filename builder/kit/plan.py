@@ -30,7 +30,7 @@ from builder.kit.genai_config import (
 from builder.kit.hf_config import check_generation_config, check_keys, unread_keys
 from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
-from builder.kit.selection import format_for, patterns_matching_nothing
+from builder.kit.selection import format_for, module_matches, patterns_matching_nothing
 from builder.kit.targets import FEATURES, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
 from quant import QuantScheme
 
@@ -239,6 +239,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     given = dict(zip(selection.int8_layers + selection.float_layers, options.int8_layers + options.float_layers))
     unmatched = [given[p] for p in patterns_matching_nothing(modules, selection)]
     if unmatched:
+        unselectable = unselectable_modules(unmatched, checkpoint, family, modules)
+        if unselectable:
+            raise BuilderError(unselectable)
         example = next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
         raise BuilderError(
             f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
@@ -616,6 +619,32 @@ def float_embedding_below(formats: dict, target) -> bool:
     """Whether the int4 embedding table of `formats` is one `target` cannot load (gather_block_quantized)."""
     embed = formats.get("model.embed_tokens")
     return embed is not None and embed.quantized and embed.bits == 4 and not target.supports("gather_block_quantized")
+
+
+def unselectable_modules(patterns: list[str], checkpoint, family, modules: list[str]) -> str | None:
+    """Why patterns that select no projection still name checkpoint tensors, or None: part of a
+    projection chosen whole (one expert of a layer's experts) or a module the build never quantizes
+    (a router, in_proj_a/b). Such a real name was refused as a typo ("match no projection")."""
+    names = getattr(checkpoint, "names", None)
+    tensors = [n.removesuffix(".weight") for n in names()] if names else []
+    for pattern in patterns:
+        ours = module_pattern(pattern, family)
+        named = [t for t in tensors if module_matches(t, [pattern]) or module_matches(t, [ours])]
+        if not named:
+            continue
+        whole = next((m for t in named for m in modules if module_pattern(t, family).startswith(m + ".")), None)
+        if whole:
+            return (
+                f"--int8-layers/--float-layers pattern {pattern!r} names part of {whole} "
+                f"({named[0]}), which is chosen whole: pass {whole} or '*.{whole.rsplit('.', 1)[-1]}'"
+            )
+        example = next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
+        return (
+            f"--int8-layers/--float-layers pattern {pattern!r} names {named[0]}, which this family never "
+            "quantizes (it stays in float at every -p): leave it out; the patterns choose among the quantized "
+            f"projections, such as lm_head or '*.{example.rsplit('.', 1)[-1]}'"
+        )
+    return None
 
 
 def module_pattern(pattern: str, family) -> str:
