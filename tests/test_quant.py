@@ -628,3 +628,15 @@ def test_float_weights_are_transposed_strip_by_strip_exactly(shape, dtype):
     out = transposed(w)
     assert out.flags.c_contiguous and out.dtype == dtype
     np.testing.assert_array_equal(out, w.T)
+
+
+def test_strided_columns_of_whole_blocks():
+    """A weight whose columns are not adjacent in memory (every other column, or a transposed
+    view) and whose K is whole blocks needs no padding, yet cannot be read as words in place:
+    it goes through the padding buffer as a padded one does."""
+    rng = np.random.default_rng(9)
+    base = random_weight(rng, 64, 256, True)
+    for scheme in (QuantScheme(4, 32, True), QuantScheme(8, 64, False)):
+        for view in (base[:, ::2], base.T[:, :64], base.astype(ml_dtypes.bfloat16)[:, 1::2]):
+            assert view.shape[1] % scheme.block_size == 0 and not view.flags.c_contiguous
+            assert_identical(quantize_blockwise(view, scheme), ort_quantize_blockwise(view.astype(np.float32), scheme))
