@@ -7,6 +7,8 @@ quant.ort_quantize_blockwise to take our [N, K] weights.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -415,6 +417,9 @@ def test_invalid_inputs():
     q = quantize_blockwise(w, scheme)
     with pytest.raises(ValueError, match="does not match"):
         dequantize_blockwise(q, QuantScheme(8, 32))
+    # K of three blocks against packed data of two: a [4, 64] weight came back for a [4, 96] one.
+    with pytest.raises(ValueError, match=r"packed shape \(4, 2, 16\) does not match .* with K=96"):
+        dequantize_blockwise(dataclasses.replace(q, k=96), scheme)
 
 
 def test_shapes_and_dtypes():
