@@ -329,6 +329,43 @@ def test_config_value_of_wrong_type(ckpt, key, value, fragment):
     assert fragment in str(info.value) and "config.json" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"num_hidden_layers": 1, "num_key_value_heads": 1},  # a positive integer includes 1
+        {"sliding_window": 0, "max_window_layers": 0},  # 0: no window
+        {"pad_token_id": 0, "bos_token_id": [0], "eos_token_id": [0, 1]},  # Gemma pads with id 0
+        {"partial_rotary_factor": 1.0},  # the whole head: (0, 1] includes 1
+        {"linear_conv_kernel_dim": 2},
+        {"rope_scaling": {"rope_type": "yarn", "factor": None, "mscale": -1.0, "mscale_all_dim": 0}},
+        {"rope_scaling": {"type": "yarn", "factor": None}},  # the old spelling of rope_type
+    ],
+)
+def test_config_values_at_the_edge_of_their_range_are_taken(values):
+    from builder.kit.hf_config import check_config
+
+    config = {**TINY_CONFIGS["qwen3"], **values}
+    assert check_config(dict(config)) == config
+
+
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("rms_norm_eps", 0, "rms_norm_eps = 0 is not valid; it must be a positive number"),
+        ("partial_rotary_factor", 0.0, "partial_rotary_factor = 0.0 is not valid; it must be a number in (0, 1.0]"),
+        ("rope_theta", math.inf, "rope_theta = inf is not valid; it must be a positive number"),
+        ("linear_conv_kernel_dim", 1, "linear_conv_kernel_dim = 1 is not valid; it must be an integer >= 2"),
+        ("pad_token_id", -1, "pad_token_id = -1 is not valid; it must be a token id or a list of token ids"),
+    ],
+)
+def test_config_values_just_outside_their_range_are_refused(key, value, fragment):
+    from builder.kit.hf_config import check_config
+
+    with pytest.raises(BuilderError) as info:
+        check_config({**TINY_CONFIGS["qwen3"], key: value})
+    assert str(info.value) == f"config.json: {fragment} (fix or re-download config.json)"
+
+
 def test_config_wrong_type_cli(ckpt, tmp_path):
     set_config(ckpt, num_attention_heads="4")
     out = tmp_path / "out"
