@@ -1726,3 +1726,22 @@ def test_verify_memory_counts_the_parameters_the_reference_loads(name, checkpoin
         assert loaded < in_checkpoint
     else:  # Gemma 3's reference loads the whole checkpoint, vision tower and projector included
         assert loaded == in_checkpoint
+
+
+@pytest.mark.parametrize("row", [0, 201, -1])
+def test_a_stored_lm_head_that_differs_in_any_block_of_rows_is_not_the_embedding(tmp_path, row):
+    """The tables are compared a block of rows at a time (8192 rows: a real vocabulary has many
+    blocks): a difference in an early block must decide, not the last block's equality."""
+    from safetensors.numpy import load_file, save_file
+
+    from builder.kit.plan import _same_values
+
+    folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], dtype="float32", tied_lm_head=True)
+    tensors = load_file(folder / "model.safetensors")
+    shape = tensors["model.embed_tokens.weight"].shape
+    assert shape[0] > 200 and np.array_equal(tensors["lm_head.weight"], tensors["model.embed_tokens.weight"])
+    args = ("lm_head.weight", "model.embed_tokens.weight", shape, False)
+    assert _same_values(Checkpoint(folder), *args, rows=4)
+    tensors["lm_head.weight"][row, 3] += 1.0
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    assert not _same_values(Checkpoint(folder), *args, rows=4)
