@@ -1745,3 +1745,19 @@ def test_a_stored_lm_head_that_differs_in_any_block_of_rows_is_not_the_embedding
     tensors["lm_head.weight"][row, 3] += 1.0
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     assert not _same_values(Checkpoint(folder), *args, rows=4)
+
+
+def test_command_spellings_and_flags_written_before_the_command(tmp_path, capsys):
+    """What a first word that is no command is taken for, and `--debug batch FILE`: the flags go to
+    the command after them (read as a build, it asked for -m)."""
+    from builder.cli import main, unknown_command
+
+    assert "to run a batch file: python -m builder batch jobs.yml" in unknown_command("jobs.yml")
+    assert "did you mean 'batch'?" in unknown_command("btach")
+    # a hub id typed without -m, not a folder here
+    assert "pass it with -m: python -m builder -m Qwen/Qwen3-0.6B" in unknown_command("Qwen/Qwen3-0.6B")
+    missing = tmp_path / "missing.yaml"
+    for flag in ("--debug", "--quiet"):
+        assert main([flag, "batch", str(missing)]) != 0
+        err = capsys.readouterr().err
+        assert str(missing) in err and "-m/--model" not in err and "unrecognized" not in err, err
