@@ -683,3 +683,11 @@ def test_intra_op_threads_0_is_written_for_a_gpu_ep_too(tmp_path):
     logical CPUs instead."""
     _, written = planned(tmp_path, ids({}), ep="webgpu", precision="int4", intra_op_threads=0)
     assert written["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 0
+
+
+def test_accuracy_level_0_is_kept_not_taken_for_unset(tmp_path):
+    """--accuracy-level 0 is a level (the closest logits), not "unset": on cpu, whose default is 4,
+    the plan and every MatMulNBits it writes keep 0."""
+    asked, _ = planned(tmp_path / "zero", None, accuracy_level=0)
+    default, _ = planned(tmp_path / "default", None)
+    assert (asked.accuracy_level, default.accuracy_level) == (0, 4)
