@@ -1761,3 +1761,18 @@ def test_command_spellings_and_flags_written_before_the_command(tmp_path, capsys
         assert main([flag, "batch", str(missing)]) != 0
         err = capsys.readouterr().err
         assert str(missing) in err and "-m/--model" not in err and "unrecognized" not in err, err
+
+
+def test_the_verify_memory_estimate_covers_the_measured_peaks():
+    """The peaks verify.py lists were measured whole-process: the estimate must not fall under them
+    (8 B a parameter did, by up to 2x), and the refusal comes where the estimate passes what is free."""
+    from builder.verify import check_verify_memory, verify_memory_bytes
+
+    # (parameters the reference loads, peak measured): Qwen3-0.6B shape fp32, Qwen3-1.7B, the cut Gemma 3 4B
+    for params, peak in ((596e6, 7.47e9), (1.72e9, 15.3e9), (1.28e9, 14.2e9)):
+        assert verify_memory_bytes(int(params)) >= peak
+    need = verify_memory_bytes(10**9)
+    check_verify_memory(10**9, need)
+    check_verify_memory(10**9, None)  # unknown: not refused
+    with pytest.raises(BuilderError, match=rf"needs about {need / 1e9:.1f} GB here .* 1\.00B parameters"):
+        check_verify_memory(10**9, need - 1)
