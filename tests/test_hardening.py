@@ -1776,3 +1776,29 @@ def test_the_verify_memory_estimate_covers_the_measured_peaks():
     check_verify_memory(10**9, None)  # unknown: not refused
     with pytest.raises(BuilderError, match=rf"needs about {need / 1e9:.1f} GB here .* 1\.00B parameters"):
         check_verify_memory(10**9, need - 1)
+
+
+def test_a_per_layer_type_rope_section_is_checked_as_the_top_one():
+    """Gemma 3 nests one rope object per layer type in rope_parameters: each is checked, and named."""
+    from builder.kit.hf_config import check_config
+
+    nested = {"full_attention": {"rope_type": "linear", "factor": None}, "sliding_attention": {"rope_theta": 1e4}}
+    with pytest.raises(BuilderError) as info:
+        check_config({**TINY_CONFIGS["qwen3"], "rope_parameters": nested})
+    assert str(info.value) == (
+        "config.json rope_parameters.full_attention: factor is null; it must be a positive number "
+        "(fix or re-download config.json)"
+    )
+
+
+def test_unrecognized_words_are_blamed_on_the_shell_only_when_each_is_a_file_here(tmp_path, monkeypatch):
+    from builder.cli import unrecognized_arguments
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("")
+    argv = ["-m", "m", "--int8-layers", "*.v_proj", "notes.txt"]
+    assert "names of files here" in unrecognized_arguments(["notes.txt"], argv)
+    # a typo beside a file name: not something the shell did
+    assert unrecognized_arguments(["notes.txt", "--verfy"], argv + ["--verfy"]) == (
+        "unrecognized arguments: notes.txt --verfy"
+    )
