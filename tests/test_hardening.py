@@ -1802,3 +1802,26 @@ def test_unrecognized_words_are_blamed_on_the_shell_only_when_each_is_a_file_her
     assert unrecognized_arguments(["notes.txt", "--verfy"], argv + ["--verfy"]) == (
         "unrecognized arguments: notes.txt --verfy"
     )
+
+
+def test_a_generation_config_of_zero_beams_is_refused():
+    from builder.kit.hf_config import check_generation_config
+
+    with pytest.raises(BuilderError) as info:
+        check_generation_config({"num_beams": 0})
+    assert str(info.value) == (
+        "generation_config.json: num_beams = 0 is not valid; it must be a positive integer "
+        "(fix or re-download generation_config.json)"
+    )
+
+
+def test_ctrl_c_during_a_build_is_one_line_and_exit_130(monkeypatch, capsys):
+    import builder.pipeline
+    from builder.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder.pipeline, "build_from_flags", interrupted)
+    assert main(["-m", "some/model"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
