@@ -2125,3 +2125,20 @@ def test_the_sigterm_of_a_ray_worker_still_ends_the_worker(tmp_path):
     with pytest.raises(SystemExit) as ended:
         run_job({"model": str(TINY), "output": str(tmp_path / "out"), "family": family}, threads=1)
     assert ended.value.ray_terminate_msg and not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_the_table_gives_each_failed_job_s_error_below_it():
+    """The table's note column holds an error's first line; the whole error follows the table."""
+    from builder import BuildOptions
+    from builder.batch_jobs import Job
+    from builder.batch_summary import table
+
+    error = "config.json: hidden_size = 'x' is not valid\nsecond line"
+    jobs = [
+        Job("jobs[0]", 2, BuildOptions(model="m"), name="a", result={"status": "failed", "error": error}),
+        Job("jobs[1]", 3, BuildOptions(model="m"), name="b", result={"status": "built", "seconds": 1.5}),
+    ]
+    text = table(jobs)
+    assert text.endswith(f"\na: {error}")
+    lines = text.splitlines()
+    assert lines[2].split() == ["b", "built", "1.5", "s", "-", "-", "-", "-"]
