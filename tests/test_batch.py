@@ -2142,3 +2142,18 @@ def test_the_table_gives_each_failed_job_s_error_below_it():
     assert text.endswith(f"\na: {error}")
     lines = text.splitlines()
     assert lines[2].split() == ["b", "built", "1.5", "s", "-", "-", "-", "-"]
+
+
+def test_a_bar_or_line_break_in_an_error_stays_inside_its_markdown_cell(tmp_path):
+    """An error or warning holding '|' (a shell pipe, a union type) split its row into extra cells."""
+    from builder import BuildOptions
+    from builder.batch_jobs import Job
+    from builder.batch_schema import Batch
+    from builder.batch_summary import markdown
+
+    result = {"status": "failed", "error": "x | y\nz", "warnings": ["a|b"]}
+    job = Job("jobs[0]", 2, BuildOptions(model="m"), name="a", result=result)
+    text = markdown(Batch(tmp_path / "b.yaml", tmp_path, [job]))
+    row = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert row.endswith("| x \\| y z |") and row.count(" | ") == 7, row
+    assert "- a: a\\|b" in text.splitlines()
