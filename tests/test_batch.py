@@ -2157,3 +2157,17 @@ def test_a_bar_or_line_break_in_an_error_stays_inside_its_markdown_cell(tmp_path
     row = next(line for line in text.splitlines() if line.startswith("| a |"))
     assert row.endswith("| x \\| y z |") and row.count(" | ") == 7, row
     assert "- a: a\\|b" in text.splitlines()
+
+
+def test_a_summary_folder_whose_name_ends_in_json_gets_the_summary_inside(tmp_path):
+    from builder import BuildOptions
+    from builder.batch_jobs import Job
+    from builder.batch_schema import Batch
+    from builder.batch_summary import summary_paths
+
+    folder = tmp_path / "results.json"
+    folder.mkdir()
+    job = Job("jobs[0]", 2, BuildOptions(model="m", output=str(tmp_path / "out")), name="out")
+    batch = Batch(tmp_path / "b.yaml", tmp_path, [job])
+    assert summary_paths(str(folder), batch) == (folder / "b-summary.json", folder / "b-summary.md")
+    assert summary_paths(str(tmp_path / "s.json"), batch) == (tmp_path / "s.json", tmp_path / "s.md")
