@@ -79,6 +79,10 @@ def test_tiny_yaml_builds_every_job(tiny):
     assert leftovers(root) == []
     md = (root / "tiny-summary.md").read_text()
     assert all(f"| {name} | built |" in md for name in TINY_JOBS)
+    # A separator row of fewer cells than the header's is no Markdown table: it showed as text.
+    lines = md.splitlines()
+    header = lines.index("| job | status | time | peak RSS | size | nodes | verify | note |")
+    assert lines[header + 1] == "|---|---|---|---|---|---|---|---|"
 
 
 def test_verify_records_parity_for_cpu_and_not_run_elsewhere(tiny):
@@ -735,6 +739,10 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     data = (out / "model.onnx.data").read_bytes()
     damages = {
         "truncated": (lambda: (out / "model.onnx.data").write_bytes(data[:100]), "model.onnx.data has 100 bytes"),
+        "grown": (
+            lambda: (out / "model.onnx.data").write_bytes(data + bytes(64)),
+            f"model.onnx.data has {len(data) + 64} bytes, build_report.json records {len(data)}",
+        ),
         "config cut short": (lambda: (out / "genai_config.json").write_text('{"model": '), "genai_config.json is"),
         "config of nothing": (
             lambda: (out / "genai_config.json").write_text('{"x": 1}'),
@@ -794,16 +802,18 @@ def test_a_hand_edited_report_that_still_parses_is_rebuilt_not_a_traceback(tmp_p
     assert batch(path) == 0
     report_path = tmp_path / "out" / "a" / "build_report.json"
     kept = json.loads(report_path.read_text())
-    edits = {
-        "is not a JSON object": lambda r: [],
-        "has no number at nodes.total": lambda r: {k: v for k, v in r.items() if k != "nodes"},
-        "has no number at timings.total_s": lambda r: {**r, "timings": {}},
-        "has no number at sizes.total_bytes": lambda r: {**r, "sizes": None},
-        "has a 'options' that is not an object": lambda r: {**r, "options": "int4"},
-        "names its model files otherwise": lambda r: {**r, "files": {**r["files"], "data": 3}},
-        "names its tokenizer files otherwise": lambda r: {**r, "tokenizer_files": 5},
-    }
-    for reason, edit in edits.items():
+    edits = [
+        ("is not a JSON object", lambda r: []),
+        ("has no number at nodes.total", lambda r: {k: v for k, v in r.items() if k != "nodes"}),
+        ("has no number at timings.total_s", lambda r: {**r, "timings": {}}),
+        # true is an int to Python's isinstance, and no node count
+        ("has no number at nodes.total", lambda r: {**r, "nodes": {**r["nodes"], "total": True}}),
+        ("has no number at sizes.total_bytes", lambda r: {**r, "sizes": None}),
+        ("has a 'options' that is not an object", lambda r: {**r, "options": "int4"}),
+        ("names its model files otherwise", lambda r: {**r, "files": {**r["files"], "data": 3}}),
+        ("names its tokenizer files otherwise", lambda r: {**r, "tokenizer_files": 5}),
+    ]
+    for reason, edit in edits:
         report_path.write_text(json.dumps(edit(kept)))
         capsys.readouterr()
         assert batch(path) == 0, reason
@@ -1032,16 +1042,26 @@ def test_non_utf8_file_is_one_line_naming_it(tmp_path):
 ONE_JOB = f"output_root: out\njobs:\n  - model: {TINY}\n    output: a\n"
 
 
-@pytest.mark.parametrize("name", ["notes.txt", "other.json", "folder-file"])
-def test_summary_over_a_foreign_file_is_refused_before_building(name, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("notes.txt", '{"mine": 1}'),
+        ("other.json", '{"mine": 1}'),
+        ("folder-file", '{"mine": 1}'),
+        # A JSON of the user's own with a "jobs" key (a CI matrix, say) is no summary either: a summary
+        # has builder_version and counts beside its jobs.
+        ("ci.json", '{"jobs": [], "mine": 1}'),
+    ],
+)
+def test_summary_over_a_foreign_file_is_refused_before_building(name, content, tmp_path, capsys):
     path = write(tmp_path / "s.yaml", ONE_JOB)
     target = tmp_path / name
-    target.write_text('{"mine": 1}')
+    target.write_text(content)
     assert batch(path, "--summary", target) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --summary") and str(target) in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
-    assert target.read_text() == '{"mine": 1}'
+    assert target.read_text() == content
 
 
 def test_a_foreign_md_where_the_summary_md_goes_is_refused_before_building(tmp_path, capsys):
