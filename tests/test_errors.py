@@ -841,6 +841,74 @@ def test_the_fp32_activation_bound_scales_with_the_logits(ckpt, tmp_path, monkey
             build(**options)
 
 
+def test_compare_reports_each_figure_over_the_positions_a_build_returns():
+    """A --logits last build returns the prompt's last position only: it is compared with the
+    reference's last one, the decode figure takes only the decode steps, NMSE is squared error
+    over the reference's energy, and the largest |logit| is a magnitude (here a negative one)."""
+    import numpy as np
+
+    from builder.verify import compare
+
+    prompt = np.array([[[1.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, -8.0, 0]]], np.float32)
+    step = np.array([[[0, 0, 0, 2.0]]], np.float32)
+    ours_prompt = np.array([[[0, 0, -3.0, 0]]], np.float32)  # 5 off at the last position; same top token
+    ours_step = np.array([[[3.0, 0, 0, 2.0]]], np.float32)  # 3 off, and another top token
+    p = compare([prompt, step], [ours_prompt, ours_step])
+    assert (p.max_abs, p.max_abs_prefill, p.max_abs_decode, p.steps) == (5.0, 5.0, 3.0, 2)
+    assert p.argmax_agree == 0.5 and p.ref_max_abs == 8.0
+    assert p.nmse == pytest.approx((5.0**2 + 3.0**2) / (8.0**2 + 2.0**2))
+
+
+def test_verify_fits_its_prompt_and_decode_steps_into_the_context(tmp_path, monkeypatch):
+    """20 positions, 4 of them decode steps, where the context allows; a short context keeps one
+    decode step (a context of 4 checked none: the cache path went unchecked)."""
+    import builder.verify as verify
+    from builder.verify import ParityResult
+
+    asked = []
+
+    def verify_models(models, checkpoint, options, prompt_length, decode_steps, **_):
+        asked.append((prompt_length, decode_steps))
+        return [ParityResult(0.0, 0.0, 0.0, 1.0, 0.0, decode_steps + 1, 1.0)]
+
+    monkeypatch.setattr(verify, "verify_models", verify_models)
+    monkeypatch.setattr(verify, "exact_compute_copy", lambda model_file: None)
+    monkeypatch.setattr(verify, "quantizes_activations_always", lambda model_file: False)
+    for context in (None, 4096, 10, 8, 4, 2):
+        assert verify.verify_output(tmp_path, tmp_path, None, "cpu", True, context_length=context)["status"] == "passed"
+    assert asked == [(16, 4), (16, 4), (8, 2), (7, 1), (3, 1), (1, 1)]
+
+
+@pytest.mark.parametrize(
+    "attrs,exact,quantized",
+    [
+        (dict(expert_weight_bits=4, block_size=32, accuracy_level=4), True, False),
+        (dict(expert_weight_bits=8, accuracy_level=4), True, False),  # per-channel int8 experts: exact at 0
+        (dict(expert_weight_bits=8, block_size=32, accuracy_level=4), True, True),  # no fp32 kernel at any level
+        (dict(expert_weight_bits=4, block_size=32, accuracy_level=0), False, False),
+    ],
+)
+def test_qmoe_is_checked_at_level_0_and_only_block_wise_int8_quantizes_activations(tmp_path, attrs, exact, quantized):
+    """QMoE computes at its accuracy level as MatMulNBits does: left at 4, MoE builds were checked
+    with int8 activations; only block-wise 8-bit experts quantize their activations at every level."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from builder.verify import exact_compute_copy, quantizes_activations_always
+
+    node = helper.make_node("QMoE", ["x"], ["y"], domain="com.microsoft", **attrs)
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph([node], "g", [info("x", TensorProto.FLOAT, [1])], [info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert quantizes_activations_always(path) is quantized
+    copy = exact_compute_copy(path)
+    assert (copy is not None) is exact
+    if copy:
+        levels = [a.i for a in onnx.load(str(copy)).graph.node[0].attribute if a.name == "accuracy_level"]
+        assert copy.parent == tmp_path and levels == [0]
+
+
 def test_help_lists_every_option_and_exits_zero():
     import dataclasses
 
