@@ -1361,6 +1361,59 @@ def test_inspect_a_layer_the_model_does_not_have(built_folder):
     assert_clean_failure(plain_cli("inspect", built_folder, "--layer", "99"), "--layer 99", "has layers 0-1")
 
 
+def test_inspect_counts_and_orders_ops_and_picks_one_layer_of_a_graph_named_otherwise(tmp_path, capsys):
+    """Node counts, op types by count, the one layer asked for (layers.1, not layers.10 too), and a
+    graph whose nodes name no layers (another builder's) is summarized, not refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from builder.inspect import main, summarize
+
+    def graph(names: list[tuple[str, str]]) -> Path:
+        nodes, last = [], "x"
+        for i, (op, name) in enumerate(names):
+            nodes.append(helper.make_node(op, [last], [f"t{i}"], name=name))
+            last = f"t{i}"
+        info = helper.make_tensor_value_info
+        g = helper.make_graph(nodes, "g", [info("x", TensorProto.FLOAT, [1])], [info(last, TensorProto.FLOAT, [1])])
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    ops = [("Relu", "/model/layers.1/a"), ("Neg", "/model/layers.1/b"), ("Neg", "/model/layers.10/c")]
+    ops += [("Neg", f"/model/layers.{i}/d") for i in (0, 2, 3, 4, 5, 6, 7, 8, 9)]
+    path = graph(ops)
+    s = summarize(path, layer=1)
+    assert s["nodes"] == 12 and s["layer_1"] == ["Relu", "Neg"]
+    assert list(s["by_op_type"].items()) == [("Neg", 11), ("Relu", 1)]
+    assert main([str(path), "--layer", "1"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}: 12 nodes",
+        "      11  Neg",
+        "       1  Relu",
+        "  layer 1: Relu -> Neg",
+    ]
+    foreign = summarize(graph([("Relu", "relu_0"), ("Neg", "neg_0")]))
+    assert foreign["nodes"] == 2 and foreign["layer_0"] == []
+    # A folder of several models whose build report names one: that one.
+    folder = tmp_path / "two"
+    folder.mkdir()
+    path.rename(folder / "a.onnx")
+    graph([("Relu", "/model/layers.0/r")]).rename(folder / "b.onnx")
+    (folder / "build_report.json").write_text(json.dumps({"files": {"model": "b.onnx"}}))
+    assert summarize(folder)["by_op_type"] == {"Relu": 1}
+    # A model cut before its opset imports (they follow the graph) holds no model to count.
+    cut = onnx.load(str(folder / "b.onnx"))
+    cut.ClearField("opset_import")
+    onnx.save(cut, str(tmp_path / "cut.onnx"))
+    with pytest.raises(BuilderError, match="holds no ONNX graph"):
+        summarize(tmp_path / "cut.onnx")
+    # transformers.js splits its data into model.onnx_data_1, _2, ...
+    (tmp_path / "model.onnx_data_1").write_bytes(b"\0" * 64)
+    with pytest.raises(BuilderError, match="holds a model's weights, not its graph"):
+        summarize(tmp_path / "model.onnx_data_1")
+
+
 def test_inspect_into_a_closed_pipe(built_folder):
     import os
     import subprocess
