@@ -977,6 +977,32 @@ def test_the_space_a_build_needs_counts_only_the_weights_it_reads(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "options,per_weight",
+    [
+        (dict(precision="int4", block_size=32), 0.5 + 2 / 32),  # the nibbles and an fp16 scale a block
+        (dict(precision="int8", block_size=128), 1 + 2 / 128),
+        (dict(precision="fp16"), 2),
+        (dict(precision="fp32"), 4),
+    ],
+)
+def test_the_bytes_a_build_needs_per_weight_include_the_scales_of_its_blocks(options, per_weight):
+    """Left out, the scales (1/8 of an int4 block-32 build) made the estimate short of what the build writes."""
+    from types import SimpleNamespace
+
+    from builder import BuildOptions
+    from builder.preflight import bytes_needed
+
+    class Arch:
+        plan = SimpleNamespace(options=BuildOptions(model="x", **options))
+        checkpoint = SimpleNamespace(shapes=lambda: {"model.layers.0.mlp.up_proj.weight": (1000, 64)})
+
+        def left_out(self, name):
+            return False
+
+    assert bytes_needed(Arch()) == int(64_000 * per_weight)
+
+
+@pytest.mark.parametrize(
     "name,options",
     [
         ("qwen3", dict(precision="int4")),
@@ -999,6 +1025,37 @@ def test_the_space_a_build_needs_is_no_more_than_it_writes(built, checkpoint, na
     arch = builder_class_for(ckpt.config)(ckpt, BuildOptions(model=str(ckpt.directory), **options))
     written = sum(f.stat().st_size for f in result.output.rglob("model*.onnx*"))
     assert 0 < bytes_needed(arch) <= written
+
+
+def test_the_space_check_counts_the_space_a_dead_build_of_the_output_held_as_free(tmp_path, monkeypatch):
+    """A build killed with SIGKILL leaves its staging folder, the model's size, beside the output: the
+    check sweeps it before it measures, or a rebuild needing that space was refused for it."""
+    import shutil as shutil_module
+
+    import builder.preflight as preflight
+    from builder.kit.options import BuildOptions
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".builder-staging-out-{dead.stdout.strip()}-0123abcd"
+    stale.mkdir()
+    (stale / "model.onnx.data").write_bytes(b"\0" * 1000)
+    usage = shutil_module.disk_usage(tmp_path)
+    measured = []
+
+    def disk_usage(path):
+        measured.append(stale.exists())
+        return usage._replace(free=10**12)
+
+    class Arch:
+        plan = type("Plan", (), {"options": BuildOptions(model="x", precision="fp32")})
+        checkpoint = type("Checkpoint", (), {"shapes": staticmethod(lambda: {"w": (4, 4)})})
+
+        def left_out(self, name):
+            return False
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", disk_usage)
+    preflight.check_disk_space(Arch(), tmp_path / "out")
+    assert measured == [False]
 
 
 def test_the_space_check_measures_where_the_build_writes(ckpt, tmp_path, monkeypatch):
