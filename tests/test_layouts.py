@@ -132,3 +132,49 @@ def test_a_head_size_gqa_cannot_rotate_is_built_without_capture_for_webgpu(check
     with pytest.raises(BuilderError, match="qkv_packing='fused-norm' needs GroupQueryAttention's own rotary"):
         build(model=str(ckpt), output=str(tmp_path / "fn"), ep="webgpu", qkv_packing="fused-norm", show_progress=False)
     assert not (tmp_path / "on").exists() and not (tmp_path / "fn").exists()
+
+
+def test_an_explicit_qkv_packing_stands_where_gqa_reads_no_packed_qkv():
+    """auto falls back to separate projections where GroupQueryAttention cannot read a packed QKV
+    (dml); a packing the user names is built as named (MatMul + Split feeds GQA separate q/k/v)."""
+    from builder import BuildOptions
+    from builder.kit.layout import PackGroup, choose_layout
+    from builder.kit.targets import Target
+
+    groups = [PackGroup("layers.0.qkv", ("q", "k", "v"), "qkv")]
+    formats = dict.fromkeys(("q", "k", "v"), "fp16")
+    for packing, qkv, packed in (("auto", "separate", []), ("packed-split", "packed-split", ["layers.0.qkv"])):
+        options = BuildOptions(model="x", ep="dml", qkv_packing=packing)
+        layout = choose_layout(options, Target.from_options(options), False, groups, formats)
+        assert (layout.qkv, sorted(layout.packed), layout.packed_qkv_into_gqa) == (qkv, packed, False)
+
+
+def test_auto_fused_norm_falls_back_where_gqa_cannot_rotate_the_heads():
+    """cuda's auto layout puts the q/k norms inside GroupQueryAttention, after its own rotary; a head
+    size GQA cannot rotate takes RotaryEmbedding nodes before it, which the norms must precede."""
+    from builder import BuildOptions
+    from builder.kit.layout import PackGroup, choose_layout
+    from builder.kit.targets import Target
+
+    groups = [PackGroup("layers.0.qkv", ("q", "k", "v"), "qkv")]
+    formats = dict.fromkeys(("q", "k", "v"), "int4")
+    options = BuildOptions(model="x", ep="cuda")
+    target = Target.from_options(options)
+    assert choose_layout(options, target, True, groups, formats, head_dim=128).head_norm == "gqa"
+    layout = choose_layout(options, target, True, groups, formats, head_dim=8)
+    assert (layout.qkv, layout.head_norm, layout.rotary_in_gqa) == ("packed-split", "reshape-sln", False)
+
+
+def test_a_family_packing_qkv_of_a_qk_norm_model_keeps_the_split_before_gqa():
+    """A family's adjust_layout that packs q/k/v: GQA may read the packed QKV only where no q/k norm
+    comes between the projection and attention."""
+    import dataclasses
+
+    from builder.kit.layout import Layout, PackGroup, family_adjusted
+
+    groups = [PackGroup("layers.0.qkv", ("q", "k", "v"), "qkv")]
+    formats = dict.fromkeys(("q", "k", "v"), "int4")
+    chosen = Layout("separate", "separate", "reshape-sln", True, False)
+    for qk_norm in (True, False):
+        adjusted = family_adjusted(chosen, dataclasses.replace(chosen, qkv="packed-split"), groups, formats, qk_norm)
+        assert (adjusted.packed, adjusted.packed_qkv_into_gqa) == (frozenset({"layers.0.qkv"}), not qk_norm)
