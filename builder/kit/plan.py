@@ -242,7 +242,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         unselectable = unselectable_modules(unmatched, checkpoint, family, modules)
         if unselectable:
             raise BuilderError(unselectable)
-        example = next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
+        example = layer_zero_projection(modules)
         raise BuilderError(
             f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
             f"names look like lm_head, {example} or '*.{example.rsplit('.', 1)[-1]}'"
@@ -621,6 +621,11 @@ def float_embedding_below(formats: dict, target) -> bool:
     return embed is not None and embed.quantized and embed.bits == 4 and not target.supports("gather_block_quantized")
 
 
+def layer_zero_projection(modules: list[str]) -> str:
+    """A projection of layer 0, to show what --int8-layers/--float-layers names look like."""
+    return next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
+
+
 def unselectable_modules(patterns: list[str], checkpoint, family, modules: list[str]) -> str | None:
     """Why patterns that select no projection still name checkpoint tensors, or None: part of a
     projection chosen whole (one expert of a layer's experts) or a module the build never quantizes
@@ -638,7 +643,7 @@ def unselectable_modules(patterns: list[str], checkpoint, family, modules: list[
                 f"--int8-layers/--float-layers pattern {pattern!r} names part of {whole} "
                 f"({named[0]}), which is chosen whole: pass {whole} or '*.{whole.rsplit('.', 1)[-1]}'"
             )
-        example = next((m for m in modules if ".layers.0." in m), "model.layers.0.self_attn.v_proj")
+        example = layer_zero_projection(modules)
         return (
             f"--int8-layers/--float-layers pattern {pattern!r} names {named[0]}, which this family never "
             "quantizes (it stays in float at every -p): leave it out; the patterns choose among the quantized "
