@@ -37,13 +37,14 @@ def _resolve_model(model: str, base: Path) -> str:
 
 def _planned(options: BuildOptions):
     """(refusal, family object) for a job whose checkpoint is a readable folder here: what the
-    build's plan refuses (its family, layout and context against the target) or None, and the
-    planned family object where the plan was made (None when refused). Hub ids and folders that
-    only the nodes see are planned when built, (None, None) here; an unreadable checkpoint fails
-    its own job then."""
+    build's plan refuses (its family, layout and context against the target) or the checkpoint's
+    tensors do (one missing, one never read), or None, and the planned family object where the
+    plan was made (None when refused). Hub ids and folders that only the nodes see are planned
+    when built, (None, None) here; an unreadable checkpoint fails its own job then."""
     from architectures.registry import family_for
     from builder.family_source import plugin_faults_named
     from builder.kit.checkpoint import Checkpoint
+    from builder.pipeline import check_reads
 
     folder = Path(options.model)
     if not (folder / "config.json").is_file():
@@ -57,6 +58,7 @@ def _planned(options: BuildOptions):
         with plugin_faults_named(family):
             arch = family(checkpoint, options)
             arch.plan  # noqa: B018 (planning is the check)
+            check_reads(arch)  # tensors the checkpoint lacks or the family never reads, from headers alone
     except BuilderError as err:
         return str(err), None
     return None, arch

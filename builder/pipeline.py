@@ -30,7 +30,7 @@ from builder.kit.model_source import model_name
 from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
-from builder.kit.readahead import reading_ahead, record_reads
+from builder.kit.readahead import Forecast, reading_ahead, record_reads
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files, named_templates_warning
 from builder.load_check import load_check
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
@@ -169,6 +169,9 @@ def _run(arch, show_progress: bool) -> BuildResult:
     if hashing:  # before it reads every weight byte: a refused output costs no minutes
         check_output_free(output_folder(output), options.overwrite)
     check_disk_space(arch, output)
+    phases = Phases()
+    with phases.timed("forecast"):
+        forecast = check_reads(arch)
     # Taken before any weight is read, so weights re-saved during the build make the
     # report's fingerprint stale, and the next batch run rebuilds.
     if hashing:
@@ -190,19 +193,12 @@ def _run(arch, show_progress: bool) -> BuildResult:
         progress.warn(message)
     with staged_output(output, options.overwrite) as staging:
         (staging / layout.model_file).parent.mkdir(parents=True, exist_ok=True)
-        phases = Phases()
         data = ExternalDataFile(staging / layout.data_file, phases)
         graph = Graph(data)
         arch.checkpoint.phases = phases
         arch.checkpoint.page_cache = options.page_cache
         try:
-            schedule = []
-            if options.read_ahead_mb:
-                with phases.timed("forecast"):
-                    forecast = record_reads(arch, Graph, SilentProgress())
-                schedule = forecast.reads
-                if forecast.complete:  # it located every tensor the build reads: refuse now, not at the end
-                    refuse_unused_tensors(arch)
+            schedule = forecast.reads if options.read_ahead_mb else []
             with reading_ahead(arch.checkpoint, schedule, options.read_ahead_mb << 20, phases) as ahead:
                 arch.build_graph(graph, progress)
             if hasattr(arch, "check_graph"):
@@ -286,6 +282,19 @@ def _run(arch, show_progress: bool) -> BuildResult:
         + _verify_summary(report.get("verify"))
     )
     return BuildResult(output, report)
+
+
+def check_reads(arch) -> Forecast:
+    """The checkpoint reads the build will make (kit/readahead.py's forecast, milliseconds for a
+    dense model), refusing now what would stop the build partway, after the weights before it were
+    hashed and quantized: a tensor the family reads that the checkpoint lacks (or holds in another
+    shape or dtype), and, where the forecast located every read, tensors the family never reads."""
+    forecast = record_reads(arch, Graph, SilentProgress())
+    if forecast.refusal is not None:
+        raise forecast.refusal
+    if forecast.complete:
+        refuse_unused_tensors(arch)
+    return forecast
 
 
 def refuse_unused_tensors(arch) -> None:

@@ -628,6 +628,25 @@ def test_what_the_models_family_refuses_is_refused_up_front(tmp_path, checkpoint
     assert batch(path, "--dry-run") == 2
 
 
+def test_a_checkpoint_missing_a_tensor_is_refused_up_front(tmp_path, capsys):
+    """--dry-run listed such a job as a build, and the real run failed it at its last layer, after
+    the jobs before it had built."""
+    from test_hardening import replace_tensor
+
+    from support.synthetic import TINY_CONFIGS, make_checkpoint
+
+    broken = make_checkpoint(tmp_path / "broken", TINY_CONFIGS["qwen3"])
+    replace_tensor(broken, "model.layers.1.mlp.down_proj.weight", None)
+    path = write(tmp_path / "m.yaml", f"jobs:\n  - model: {TINY}\n  - model: {broken}\n")
+    with pytest.raises(
+        BuilderError, match=r"m\.yaml:3: jobs\[1\]: tensor 'model.layers.1.mlp.down_proj.weight' is missing from"
+    ):
+        load_batch(path)
+    assert batch(path, "--dry-run", "--output-root", tmp_path / "out") == 2
+    assert "is missing from the checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_matrix_expands_to_jobs(tmp_path):
     other = tmp_path / "ckpt"
     other.mkdir()

@@ -578,20 +578,103 @@ def test_tensors_the_family_does_not_build_are_refused(ckpt, tmp_path):
     )
 
 
-def test_unused_tensors_are_refused_before_the_weights_are_built(ckpt, tmp_path, monkeypatch):
-    """The read-ahead's forecast walks the whole graph first: when it completes, the refusal
-    comes then, not after every weight was converted (a 70B checkpoint with a stray tensor)."""
+def no_weights_built(monkeypatch) -> None:
+    """Fail the test if the build gets as far as reading weights."""
     import builder.pipeline as pipeline
-    from builder import build
-
-    add_tensors(ckpt, {"model.layers.0.mlp.down_proj.bias": np.ones(64, np.float32)})
 
     def no_build(*args, **kwargs):
         raise AssertionError("the build started reading weights")
 
     monkeypatch.setattr(pipeline, "reading_ahead", no_build)
+
+
+@pytest.mark.parametrize("read_ahead_mb", [0, 256])
+def test_unused_tensors_are_refused_before_the_weights_are_built(ckpt, tmp_path, monkeypatch, read_ahead_mb):
+    """The forecast walks the whole graph first: when it completes, the refusal comes then, not
+    after every weight was converted (a 70B checkpoint with a stray tensor), with the read-ahead
+    off too."""
+    from builder import build
+
+    add_tensors(ckpt, {"model.layers.0.mlp.down_proj.bias": np.ones(64, np.float32)})
+    no_weights_built(monkeypatch)
     with pytest.raises(BuilderError, match="does not build: model.layers.0.mlp.down_proj.bias"):
-        build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False)
+        build(model=str(ckpt), output=str(tmp_path / "out"), read_ahead_mb=read_ahead_mb, show_progress=False)
+
+
+def replace_tensor(ckpt: Path, name: str, value: np.ndarray | None) -> None:
+    """model.safetensors with `name` replaced by `value`, or left out for None."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = ckpt / "model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors[name]
+    if value is not None:
+        tensors[name] = value
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("read_ahead_mb", [0, 256])
+@pytest.mark.parametrize(
+    "value,words",
+    [
+        (None, "tensor 'model.layers.1.mlp.down_proj.weight' is missing from the checkpoint in"),
+        (np.ones((64, 8), np.float32), "tensor 'model.layers.1.mlp.down_proj.weight' has shape [64, 8] but"),
+        (np.ones((64, 128), np.float64), "tensor 'model.layers.1.mlp.down_proj.weight' in model.safetensors has "),
+    ],
+    ids=["missing", "shape", "dtype"],
+)
+def test_a_last_layer_tensor_the_checkpoint_lacks_is_refused_before_any_weight_is_built(
+    ckpt, tmp_path, monkeypatch, read_ahead_mb, value, words
+):
+    """The build met it at the last layer, after quantizing every layer before it (minutes on a
+    large checkpoint); the forecast meets it first, read-ahead on or off."""
+    from builder import build
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    replace_tensor(ckpt, name, value)
+    no_weights_built(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(BuilderError) as e:
+        build(model=str(ckpt), output=str(out), read_ahead_mb=read_ahead_mb, show_progress=False)
+    assert words in str(e.value)
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+
+
+def test_a_missing_tensor_is_refused_before_the_checkpoint_is_hashed(ckpt, tmp_path, monkeypatch):
+    """--checkpoint-hash reads every weight byte first; a tensor the build would miss stops it before."""
+    from builder import build
+
+    replace_tensor(ckpt, "model.layers.1.mlp.down_proj.weight", None)
+
+    def no_hashing(self, hash_weights):
+        assert not hash_weights, "the checkpoint was hashed"
+
+    monkeypatch.setattr(Checkpoint, "fingerprint", no_hashing)
+    with pytest.raises(BuilderError, match="'model.layers.1.mlp.down_proj.weight' is missing from the checkpoint"):
+        build(model=str(ckpt), output=str(tmp_path / "out"), checkpoint_hash=True, show_progress=False)
+
+
+def test_a_family_failing_on_the_forecasts_zeros_still_builds(ckpt, tmp_path):
+    """The forecast hands a family zeros for weights; an error raised on those values is the family's,
+    not the checkpoint's, so it only ends the forecast, and the build (real weights) goes on. So does
+    a tensor the family probes for and does without."""
+    from architectures.qwen3 import Qwen3Builder
+    from builder import build
+
+    class ZeroShy(Qwen3Builder):
+        def weight(self, layer, suffix):
+            name = super().weight(layer, suffix)
+            if layer == 1 and suffix == "mlp.down_proj.weight":
+                try:
+                    self.checkpoint.tensor(name.replace(".weight", ".bias"))
+                except BuilderError:
+                    pass  # no bias: fine
+                if not self.checkpoint.tensor(name).any():
+                    raise BuilderError("all zeros")
+            return name
+
+    result = build(model=str(ckpt), output=str(tmp_path / "out"), family=ZeroShy, show_progress=False)
+    assert (result.output / "model.onnx").is_file()
 
 
 def test_another_family_than_the_checkpoint_is_refused(ckpt, tmp_path):

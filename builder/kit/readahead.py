@@ -14,7 +14,10 @@ in order. That costs milliseconds for a dense model (nodes only: quantization an
 float conversion are skipped, see RecordingProjections). It is only a forecast: a
 read the forecast did not foresee is read on the spot, forecast reads the build
 skips are dropped, so the bytes built never depend on it, and any failure of the
-recording pass only means no read-ahead.
+recording pass only means no read-ahead. Except one: a read the checkpoint itself
+refuses (a tensor it lacks, or holds in another shape or dtype) would stop the real
+build at that point, after every weight before it was quantized, so the forecast
+keeps it for the build to raise before it starts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 from builder.kit import disk_io
 from builder.kit.checkpoint import Checkpoint, RowRange
+from builder.kit.errors import BuilderError
 from builder.kit.progress import Phases
 
 DEFAULT_BOUND = 256 * 1024 * 1024
@@ -226,6 +230,7 @@ class RecordingCheckpoint:
     def __init__(self, real: Checkpoint, budget_s: float = RECORD_BUDGET_S):
         self._real = real
         self.reads: list[RowRange] = []
+        self.refusal: BuilderError | None = None  # the checkpoint's refusal of a read, as the build would meet it
         self._deadline = time.perf_counter() + budget_s
 
     def __getattr__(self, name):
@@ -238,13 +243,20 @@ class RecordingCheckpoint:
         from builder.kit.linear import RowSlice
 
         if isinstance(name, RowSlice):
-            self._real.locate(name.tensor, 0, 0, name.tensor_shape)
+            self._locate(name.tensor, 0, 0, name.tensor_shape)
             stop = name.stop if stop is None else min(name.start + stop, name.stop)
             return self.note(name.tensor, name.start + start, stop)
-        where = self._real.locate(name, start, stop, expect_shape)
+        where = self._locate(name, start, stop, expect_shape)
         if where.length:
             self.reads.append(where)
         return where
+
+    def _locate(self, *args) -> RowRange:
+        try:
+            return self._real.locate(*args)
+        except BuilderError as e:
+            self.refusal = e
+            raise
 
     def rows(self, name, start, stop, expect_shape=None):
         where = self.note(name, start, stop, expect_shape)
@@ -300,6 +312,8 @@ class _NullData:
 class Forecast(NamedTuple):
     reads: list[RowRange]  # in the order the build will make them
     complete: bool  # the walk reached its end: every tensor the build reads has been located
+    # What ended the walk, where it was the checkpoint refusing a read: the build would end there too.
+    refusal: BuilderError | None = None
 
 
 def record_reads(arch, graph_type, progress) -> Forecast:
@@ -307,7 +321,8 @@ def record_reads(arch, graph_type, progress) -> Forecast:
 
     Runs on a shallow copy of the family object with a recording checkpoint and
     projections; whatever goes wrong (or past RECORD_BUDGET_S) ends the forecast
-    where it got to: the real build reports its own errors.
+    where it got to: the real build reports its own errors, but for the checkpoint's
+    refusal of a read (Forecast.refusal), which it raises before it starts.
     """
     import copy
 
@@ -319,6 +334,8 @@ def record_reads(arch, graph_type, progress) -> Forecast:
     dry.projections = type(f"Recording{base.__name__}", (RecordingProjections, base), {})
     try:
         dry.build_graph(graph_type(_NullData()), progress)
-    except Exception:
-        return Forecast(recording.reads, False)
+    except Exception as e:
+        # Only the checkpoint's own refusal: a family may fail on the zeros it is handed, where real
+        # weights build.
+        return Forecast(recording.reads, False, e if e is recording.refusal else None)
     return Forecast(recording.reads, True)
