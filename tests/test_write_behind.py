@@ -121,13 +121,17 @@ def test_interrupt_before_the_first_weight_stops_the_writer(tmp_path, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "record_reads", interrupted)  # Ctrl-C during the forecast
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
     out = tmp_path / "out"
-    with pytest.raises(BuildInterrupted):
-        build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
-    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
-    assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
+    # Ctrl-C once the writer runs, before the first read; then during the forecast, before any
+    # output or writer exists (as while hashing the checkpoint): the interrupt itself, nothing left.
+    for where, stopped in (("reading_ahead", BuildInterrupted), ("record_reads", KeyboardInterrupt)):
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, where, interrupted)
+            with pytest.raises(stopped):
+                build(BuildOptions(model=str(ckpt), output=str(out), precision="int4"), show_progress=False)
+        assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+        assert not [t for t in threading.enumerate() if t.name == "builder-write-behind"]
 
 
 def test_build_report_has_the_writer_phases(tmp_path):
