@@ -186,6 +186,45 @@ def test_valid_header_with_empty_tensor_and_metadata(tmp_path):
     assert Checkpoint(folder).tensor("model.norm.weight").shape == (64,)
 
 
+F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+# Headers the format forbids, besides CORRUPT_HEADERS: without its check, each was taken or crashed.
+MALFORMED_TABLES = {
+    "space before the brace": (" " + json.dumps({"a": F32_2}), 8, "does not start with '{'"),
+    "metadata of a number": ({"__metadata__": {"format": 1}, "a": F32_2}, 8, "__metadata__ is not an object of str"),
+    "entry of a number": ({"a": 5}, 0, "the entry for 'a' is not an object"),
+    "three data offsets": ({"a": {**F32_2, "data_offsets": [0, 8, 8]}}, 8, "expected [begin, end]"),
+    "a shape of booleans": ({"a": {**F32_2, "shape": [True, 2]}}, 8, "expected a list of non-negative integers"),
+    "half a byte of F4": ({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}, 1, "1.5 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_TABLES))
+def test_a_header_the_format_forbids_is_refused(tmp_path, case):
+    from builder.kit.safetensors_format import parse_header
+
+    header, data_bytes, fragment = MALFORMED_TABLES[case]
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, header, b"\0" * data_bytes)
+    with pytest.raises(BuilderError, match="corrupt safetensors header") as info:
+        parse_header(path)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "length,size,fragment",
+    [(2**40, 100, "header length is implausible"), (100, 10, "file ends inside the header")],
+)
+def test_a_header_length_past_the_file_is_refused_without_reading_it(tmp_path, length, size, fragment):
+    """A length of a terabyte was read as asked for: f.read allocates what it is told first."""
+    from builder.kit.safetensors_format import parse_header
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", length) + b"{" * size)
+    with pytest.raises(BuilderError, match="not a readable safetensors file") as info:
+        parse_header(path)
+    assert fragment in str(info.value)
+
+
 # ---- shard index --------------------------------------------------------------------
 
 
@@ -205,12 +244,25 @@ def sharded(tmp_path):
         ({}, "empty"),
         ({"model.norm.weight": 3}, "not a file name"),
         ({"model.norm.weight": "../../etc/passwd"}, "not a file name"),
+        # Each names the folder or nothing, or is no file name on some system: "missing" misled.
+        *[({"model.norm.weight": name}, "not a file name") for name in ("", ".", "..", "a\\b.safetensors", "a\0b")],
     ],
 )
 def test_index_weight_map_malformed(sharded, tmp_path, weight_map, fragment):
     index = sharded / "model.safetensors.index.json"
     index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     with pytest.raises(BuilderError, match=fragment):
+        Checkpoint(sharded)
+
+
+def test_an_index_that_maps_a_tensor_twice_is_refused(sharded):
+    """json.loads keeps the last of two entries silently: which shard the tensor is read from
+    would be a guess."""
+    index = sharded / "model.safetensors.index.json"
+    shards = _shards(sharded)
+    first, last = shards[0].name, shards[-1].name
+    index.write_text(f'{{"weight_map": {{"model.norm.weight": "{first}", "model.norm.weight": "{last}"}}}}')
+    with pytest.raises(BuilderError, match="key 'model.norm.weight' appears twice"):
         Checkpoint(sharded)
 
 
