@@ -37,10 +37,23 @@ def expected_bytes(parts: list[list[np.ndarray]]) -> tuple[bytes, list[tuple[int
     return out, spans
 
 
-@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("direct", [True, False, "refused at write"])
 def test_bytes_and_offsets_are_those_written_in_line(tmp_path, monkeypatch, direct):
     if not direct:  # a file system that refuses O_DIRECT: through the page cache
         monkeypatch.setattr(data_file, "_O_DIRECT", 0)
+    if direct == "refused at write":  # O_DIRECT opened, but the device wants more alignment
+        if not getattr(os, "O_DIRECT", 0):
+            pytest.skip("no O_DIRECT here")
+        import fcntl
+
+        real = data_file.os.pwritev
+
+        def pwritev(fd, buffers, offset, *args):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(fd, buffers, offset, *args)
+
+        monkeypatch.setattr(data_file.os, "pwritev", pwritev)
     parts = tensors()
     path = tmp_path / "model.onnx.data"
     f = ExternalDataFile(path, block=ALIGN, bound=2 * ALIGN)  # blocks smaller than some chunks
@@ -56,6 +69,8 @@ def test_bytes_and_offsets_are_those_written_in_line(tmp_path, monkeypatch, dire
     assert path.read_bytes() == want
     assert spans == want_spans and f.offset == len(want)
     assert not f._writer.is_alive()
+    if direct == "refused at write":
+        assert not f._direct  # through the cache from the refused write on
 
 
 def test_memory_is_bounded_in_blocks(tmp_path):
@@ -218,6 +233,35 @@ def finished(call, timeout: float = 60.0):
     thread.join(timeout)
     assert not thread.is_alive(), f"the build still waits {timeout:.0f} s after its writer thread died"
     return outcome[0]
+
+
+def test_a_build_waiting_for_a_free_block_hears_of_its_writer_dying(tmp_path, monkeypatch):
+    """The writer holds every block and dies of an error that is no OSError while the build waits
+    for one: the build must be woken with that error (the test above reaches this wait only by chance)."""
+    import types
+
+    build_waits = threading.Event()
+
+    class Condition(threading.Condition):
+        def wait(self, timeout=None):
+            if threading.current_thread().name == "build-under-test":
+                build_waits.set()
+            return super().wait(timeout)
+
+    def dies(fd, buffers, offset, *args):
+        build_waits.wait(60)
+        raise RuntimeError("bad buffer")
+
+    monkeypatch.setattr(data_file, "threading", types.SimpleNamespace(Condition=Condition, Thread=threading.Thread))
+    monkeypatch.setattr(data_file.os, "pwritev", dies)
+    f = ExternalDataFile(tmp_path / "d", block=ALIGN, bound=2 * ALIGN)
+    try:
+        failure = finished(lambda: f.append([np.zeros(3 * ALIGN, np.uint8)]))  # a third block: waits
+        waited = build_waits.is_set()
+    finally:
+        build_waits.set()  # lets the writer go, should the build not have waited
+        f.abort()
+    assert waited and type(failure) is RuntimeError and str(failure) == "bad buffer"
 
 
 @pytest.mark.parametrize(
