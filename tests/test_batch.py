@@ -1006,6 +1006,34 @@ def test_content_hash_sees_what_size_mtime_and_inode_cannot(tmp_path, capsys):
     assert job["status"] == "built" and job["reason"] == "checkpoint changed"
 
 
+def test_linked_weights_and_weights_replaced_with_size_and_mtime_kept_are_rebuilt(tmp_path, capsys):
+    """Only the Hugging Face cache's blobs/<hash> links name their bytes: weights linked from a folder
+    of one's own and re-saved there are a change; and so is a file another of the same size replaced
+    keeping its mtime (rsync -t renames a new file over the old), which only the inode tells."""
+    weights = _copy_checkpoint(tmp_path / "ckpt")
+    stored = tmp_path / "store" / "model.safetensors"
+    stored.parent.mkdir()
+    weights.rename(stored)
+    weights.symlink_to(stored)
+    path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
+    assert batch(path) == 0
+    _resave_in_place(stored, keep_mtime=False)
+    assert batch(path) == 0
+    job = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+
+    st = stored.stat()
+    new = stored.with_name("new.safetensors")
+    shutil.copyfile(stored, new)
+    _resave_in_place(new, keep_mtime=False)
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, stored)
+    assert stored.stat().st_size == st.st_size and stored.stat().st_mtime_ns == st.st_mtime_ns
+    capsys.readouterr()
+    assert batch(path, "--dry-run") == 0
+    assert "build a  (" in capsys.readouterr().out
+
+
 def test_hub_cache_files_are_identified_by_their_blob_hash(tmp_path):
     """The cache stores each file as blobs/<hash> and links it from snapshots/<revision>/."""
     from builder.kit.checkpoint import Checkpoint

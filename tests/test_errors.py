@@ -95,6 +95,43 @@ def test_a_folder_above_checkpoints_names_them(tmp_path):
     )
 
 
+def test_many_checkpoints_inside_are_counted_and_a_built_folder_is_not_one(tmp_path):
+    import shutil
+
+    from builder import BuilderError
+    from builder.kit.checkpoint import Checkpoint
+
+    for step in (500, 1000, 1500):
+        shutil.copytree(ROOT / "examples" / "tiny-qwen3", tmp_path / "run" / f"checkpoint-{step}")
+    built = tmp_path / "run" / "onnx"  # a build's output has a config.json too (transformers.js)
+    built.mkdir()
+    (built / "config.json").write_text("{}")
+    report = {"checkpoint": {"path": str(tmp_path / "run" / "checkpoint-2000")}, "options": {"model": "x"}}
+    (built / "build_report.json").write_text(json.dumps(report))
+    with pytest.raises(BuilderError, match=r"\(checkpoint-1500, checkpoint-1000, checkpoint-500\): pass one"):
+        Checkpoint(tmp_path / "run")
+    shutil.copytree(ROOT / "examples" / "tiny-qwen3", tmp_path / "run" / "checkpoint-2000")
+    with pytest.raises(BuilderError, match=r"\(checkpoint-2000, checkpoint-1500, checkpoint-1000 and 1 more\)"):
+        Checkpoint(tmp_path / "run")
+
+
+def test_rows_read_in_any_order_or_twice_count_once(ckpt):
+    """unread_rows: what the read ranges leave uncovered, however they overlap or nest."""
+    from builder.kit.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(ckpt)
+    name = "model.embed_tokens.weight"
+    total = checkpoint.rows_total(name)
+    checkpoint.locate(name, 0, 0)  # a shape check: located, no rows
+    assert checkpoint.unread_rows(name) == [(0, total)] and name in checkpoint.unread()
+    for start, stop in [(10, 20), (0, 10), (30, None), (12, 14), (11, 25)]:
+        checkpoint.locate(name, start, stop)
+    assert checkpoint.unread_rows(name) == [(25, 30)]
+    checkpoint.locate(name, 0, None)
+    checkpoint.locate(name, 5, 6)  # inside a whole read
+    assert checkpoint.unread_rows(name) == [] and name not in checkpoint.unread()
+
+
 def test_config_not_json(ckpt, tmp_path):
     (ckpt / "config.json").write_text("{not json")
     assert_clean_failure(cli("-m", ckpt, "-o", tmp_path / "out"), "not valid JSON", out=tmp_path / "out")

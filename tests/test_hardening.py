@@ -1634,6 +1634,8 @@ def test_a_cache_folder_and_its_snapshot_are_told_apart(ckpt, tmp_path):
     assert model_name(str(snapshot)) == "tiny"
     assert default_output(BuildOptions(model=str(snapshot))) == Path("out/tiny-int4-cpu")
     assert model_name(str(ckpt)) == "ckpt" and model_name("Qwen/Qwen3-4B") == "Qwen3-4B"
+    # A folder of one's own that happens to be called snapshots is not the cache's
+    assert model_name(str(tmp_path / "backups" / "snapshots" / "v1")) == "v1"
 
 
 def test_a_git_lfs_pointer_says_to_pull_the_weights(ckpt, tmp_path):
@@ -1712,6 +1714,9 @@ def test_hf_hub_offline_is_read_as_huggingface_hub_reads_it(monkeypatch, value, 
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert hub_offline() is offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", value)  # the older name huggingface_hub reads too
     assert hub_offline() is offline
 
 
@@ -1803,6 +1808,8 @@ def test_download_hint_names_the_installed_cli(monkeypatch):
     assert hub_download_command("org/m").endswith(" --exclude 'consolidated*'")
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.30.2")
     assert hub_download_command("org/m").startswith("huggingface-cli download org/m")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.34.0")  # the first with hf
+    assert hub_download_command("org/m").startswith("hf download org/m")
 
 
 def test_broken_plugin_is_one_plain_warning_line(monkeypatch, capsys):
