@@ -141,7 +141,7 @@ def parse_header(file: Path) -> dict:
     def corrupt(why: str) -> BuilderError:
         return BuilderError(f"{file} has a corrupt safetensors header ({why}); re-download it")
 
-    if not raw.startswith(b"{"):  # the format's rule (the library checks it too)
+    if not raw.startswith(b"{"):  # the format's rule (safetensors 0.8 reads past leading spaces; no writer makes them)
         raise corrupt("it does not start with '{'")
 
     try:
