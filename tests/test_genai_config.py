@@ -472,6 +472,29 @@ def test_named_chat_templates_in_genai(checkpoint, tmp_path, with_default):
     assert not [n for n in js.report["notes"] if "named chat templates" in n]
 
 
+def test_named_chat_templates_warning_names_only_what_genai_loses(tmp_path):
+    """The warning lists the templates the genai folder leaves out: not 'default', which it keeps;
+    none when 'default' is the only one, or when chat_template.jinja (which transformers takes first)
+    replaces the list; an entry without its template is passed over, as transformers passes it."""
+    from builder.kit.tokenizer_files import named_templates_warning
+
+    def warning(templates, jinja=False):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": templates}))
+        (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+        if jinja:
+            (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+        return named_templates_warning(tmp_path)
+
+    default, tools = {"name": "default", "template": "a"}, {"name": "tool_use", "template": "b"}
+    assert warning([default, tools]).endswith(
+        ": the genai folder's tokenizer_config.json keeps 'default' only (genai's tokenizer reads one text), "
+        "so 'tool_use' are left out; pass one with template_str= to og.Tokenizer.apply_chat_template"
+    )
+    assert warning([default]) is None
+    assert warning([default, tools], jinja=True) is None
+    assert "holds named chat templates ('tool_use') and none named 'default'" in warning([tools, {"name": "rag"}])
+
+
 def test_top_p_past_one_and_top_k_past_the_vocabulary_are_written_as_transformers_runs_them(tmp_path):
     """genai throws on every sampled generation for top_p > 1 ("top_p must be between 0.0 and 1.0")
     or top_k > vocab_size, where transformers' warpers skip top_p >= 1 and clamp top_k."""

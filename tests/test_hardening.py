@@ -787,6 +787,49 @@ def test_json_files_beside_the_weights_that_hold_no_settings_are_refused(ckpt, t
     assert "layer" not in proc.stderr  # refused before the weights
 
 
+@pytest.mark.parametrize(
+    "name,content,words",
+    [
+        ("tokenizer.json", "null", "holds null, not a JSON object"),
+        ("special_tokens_map.json", "true", "holds a boolean, not a JSON object"),
+        ("added_tokens.json", "3", "holds a number, not a JSON object"),
+        # nested past Python's recursion limit: json raises RecursionError, not a JSONDecodeError
+        ("tokenizer_config.json", "[" * 100_000 + "]" * 100_000, "is not valid JSON"),
+        ("tokenizer.json", '{"model": null}', 'has no "model" object'),
+        ("tokenizer_config.json", '{"model_max_length": true}', "model_max_length is true, not a number"),
+        ("tokenizer_config.json", '{"add_bos_token": "yes"}', 'add_bos_token is "yes", not true or false'),
+        ("tokenizer_config.json", '{"eos_token": {"id": 2}}', 'eos_token is {"id": 2}, not a token'),
+    ],
+)
+def test_tokenizer_files_genai_cannot_load_are_refused_by_the_check(tmp_path, name, content, words):
+    """The values the check above refuses through the command line, each of its kinds (a boolean
+    is an int to Python, an AddedToken needs its content)."""
+    from builder.kit.tokenizer_files import check_tokenizer_files
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(BuilderError) as caught:
+        check_tokenizer_files(tmp_path)
+    assert str(tmp_path / name) in str(caught.value) and words in str(caught.value)
+
+
+def test_tokens_past_the_vocabulary_are_counted_and_shown_by_id(tmp_path):
+    """Every id past the embedding counts, from the model's vocab and the added tokens alike; the
+    warning shows the lowest three, in id order, whatever order the file lists them in."""
+    from builder.kit.tokenizer_files import check_tokenizer_files
+
+    vocab = {"a": 0, "z": 9, "y": 7, "b": 1}
+    added = [{"id": 8, "content": "<x>"}, {"id": 6, "content": "<w>"}]
+    (tmp_path / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": added})
+    )
+    [warning] = check_tokenizer_files(tmp_path, 6)
+    assert (
+        "has 4 token(s) with ids past the model's vocabulary (0 .. 5): '<w>' (6), 'y' (7), '<x>' (8) ...; " in warning
+    )
+    [warning] = check_tokenizer_files(tmp_path, 7)
+    assert "has 3 token(s) with ids past the model's vocabulary (0 .. 6): 'y' (7), '<x>' (8), 'z' (9); " in warning
+
+
 def test_unreadable_files_beside_the_weights_are_one_line(ckpt, tmp_path, monkeypatch):
     """A tokenizer file another user owns (a shared cache) gave a PermissionError traceback.
     Simulated: the tests may run as root, whom permissions do not stop."""
