@@ -383,17 +383,24 @@ def test_zero_point_packing_round_trip():
         (dict(bits=16, block_size=32), r"bits=16 .*allowed"),
         (dict(bits=True, block_size=32), r"bits=True .*allowed"),
         (dict(bits=4.0, block_size=32), r"bits=4.0 .*allowed"),
-        (dict(bits=np.int64(8), block_size=np.int32(64)), None),  # numpy integers are fine
+        (dict(bits=np.int64(8), block_size=np.int32(64), symmetric=np.bool_(True)), None),  # numpy values are fine
         (dict(bits=4, block_size=8), r"block_size=8 .*allowed: \(16, 32, 64, 128, 256\)"),
         (dict(bits=4, block_size=48), r"block_size=48 .*allowed"),
         (dict(bits=8, block_size=512), r"block_size=512 .*allowed"),
         (dict(bits=4, block_size=0), r"block_size=0 .*allowed"),
+        (dict(bits=4, block_size=32.0), r"block_size=32.0 .*allowed"),
         (dict(bits=4, block_size=32, symmetric="yes"), r"symmetric='yes' must be True or False"),
     ],
 )
 def test_invalid_scheme(kwargs, match):
     if match is None:
-        assert QuantScheme(**kwargs).blob_size == 64
+        scheme = QuantScheme(**kwargs)
+        # As plain Python values: numpy ones leaked into the ONNX attributes.
+        assert scheme.blob_size == 64 and [type(v) for v in (scheme.bits, scheme.block_size, scheme.symmetric)] == [
+            int,
+            int,
+            bool,
+        ]
         return
     with pytest.raises(ValueError, match=match):
         QuantScheme(**kwargs)
@@ -441,8 +448,11 @@ def test_scheme_says_float_int4_int8_and_rowwise():
 
     assert not QuantScheme.FLOAT.quantized and QuantScheme.FLOAT.kind == "float" and str(QuantScheme.FLOAT) == "float"
     assert QuantScheme.from_kind("float", 64, False) == QuantScheme.FLOAT
+    # One float scheme, whatever else it is given: equal schemes are packed together.
+    assert QuantScheme(8, 64, False, method="float") == QuantScheme.FLOAT
     int4 = QuantScheme.from_kind("int4", 32, True)
     assert int4 == QuantScheme(4, 32, True) and int4.kind == "int4" and str(int4) == "int4/b32/sym"
+    assert QuantScheme.from_kind("int8", 64, False) == QuantScheme(8, 64, False)  # --no-symmetric
     assert str(QuantScheme(8, 128, False)) == "int8/b128/asym"
     row = QuantScheme(8, symmetric=False, method="rowwise")
     assert (
@@ -454,6 +464,8 @@ def test_scheme_says_float_int4_int8_and_rowwise():
         QuantScheme(4, 32, method="gptq")
     with pytest.raises(ValueError, match="FLOAT is not a quantization"):
         quant.quantize(np.ones((2, 32), np.float32), QuantScheme.FLOAT)
+    with pytest.raises(TypeError, match="scheme must be a QuantScheme, got tuple"):
+        quant.quantize(np.ones((2, 32), np.float32), (4, 32))
     assert quant.BLOCK_SIZES == BLOCK_SIZES and set(quant.methods()) >= {"blockwise", "rowwise"}
 
 
@@ -531,8 +543,12 @@ def test_a_new_method_is_one_registration():
         assert np.array_equal(quant.dequantize(quant.quantize(w, scheme), scheme), [[2, -2], [3, 3]])
         with pytest.raises(ValueError, match="already registered"):
             quant.register(quant.Method("sign-test", quantize_sign, dequantize_sign))
+        # "float" names QuantScheme.FLOAT, which a method of that name could never be chosen over.
+        with pytest.raises(ValueError, match="'float' is already registered"):
+            quant.register(quant.Method("float", quantize_sign, dequantize_sign))
     finally:
         del _METHODS["sign-test"]
+        _METHODS.pop("float", None)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
