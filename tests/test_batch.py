@@ -203,6 +203,18 @@ BAD = {
         3,
         "jobs[0].int8-layers: must be a pattern or a list of patterns, got 0.5",
     ),
+    # YAML's true would be 1 and its text a True, where the flag takes neither
+    "verify text": ("jobs:\n  - model: {m}\n    verify: 'no'\n", 3, "jobs[0].verify: must be true or false, got 'no'"),
+    "context-length true": (
+        "jobs:\n  - model: {m}\n    context-length: true\n",
+        3,
+        "jobs[0].context-length: must be an integer, got True",
+    ),
+    "context-length text": (
+        "jobs:\n  - model: {m}\n    context-length: many\n",
+        3,
+        "jobs[0].context-length: must be an integer, got 'many'",
+    ),
     "output float": ("jobs:\n  - model: {m}\n    output: 2024.5\n", 3, "jobs[0].output: must be text, got 2024.5"),
     "output mapping": ("jobs:\n  - model: {m}\n    output: {{a: 1}}\n", 3, "jobs[0].output: must be one value"),
     "target-ort list": ("matrix:\n  model: [{m}]\n  target-ort: [[1.30]]\n", 3, "matrix.target-ort: must be one value"),
@@ -287,6 +299,16 @@ def test_invalid_file_fails_before_building(case, tmp_path, capsys):
     assert f"{path}:{line + 1}: {message}" in err, err
     assert "nothing was built" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_yaml_values_mean_what_the_flags_mean(tmp_path):
+    """YAML 1.1 reads a bare on/off as true/false, where the choice was meant; a pattern list may be
+    one text separated by commas, as --int8-layers takes it, and an empty item is no pattern."""
+    job = f"  - model: {TINY}\n    graph-capture: off\n    int32-inputs: on\n    int8-layers: 'lm_head, *.v_proj,'\n"
+    path = write(tmp_path / "y.yaml", "jobs:\n" + job)
+    (job,) = load_batch(path).jobs
+    assert (job.options.graph_capture, job.options.int32_inputs) == ("off", "on")
+    assert job.options.int8_layers == ["lm_head", "*.v_proj"]
 
 
 def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):

@@ -514,6 +514,47 @@ def test_python_options_of_the_wrong_type_are_named(ckpt, tmp_path, values, mess
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"model": ""}, "no model given"),
+        ({"family": "  "}, "--family: empty"),
+        ({"context_length": 0}, "--context-length: 0 must be a positive integer"),
+        ({"verify": True, "context_length": 1}, "--verify needs a context of at least 2 positions"),
+        ({"precision": "fp16", "int8_layers": ["lm_head"]}, "only apply to int4 and int8 builds"),
+        ({"precision": "fp32", "float_layers": ["lm_head"]}, "only apply to int4 and int8 builds"),
+        ({"precision": "int8", "int8_layers": ["lm_head"]}, "--int8-layers has no effect in an int8 build"),
+        ({"read_ahead_mb": -1}, "--read-ahead-mb: -1 must be 0 (off) or a size in MB"),
+        ({"max_length": 0}, "--max-length: 0 must be a positive integer"),
+        ({"intra_op_threads": 1025}, "--intra-op-threads: 1025 is not valid"),
+        ({"context_length": True}, "BuildOptions(context_length=True): must be an integer or None"),
+        ({"family": dict}, "must be text or None; a class goes to build(..., family=MyBuilder)"),
+    ],
+)
+def test_option_values_no_build_could_use_are_refused_before_it(values, message):
+    from builder import BuilderError, BuildOptions
+
+    with pytest.raises(BuilderError) as caught:
+        BuildOptions(**{"model": "m", **values}).validated()
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"max_length": 64, "context_length": 64},  # the whole context
+        {"max_length": 100, "context_length": 10, "format": "transformers.js"},  # no genai_config.json: a warning
+        {"intra_op_threads": -1},  # onnxruntime-genai's default
+        {"intra_op_threads": 1024},
+        {"read_ahead_mb": 0},  # off
+    ],
+)
+def test_option_values_at_their_limits_are_taken(values):
+    from builder import BuildOptions
+
+    assert BuildOptions(model="m", **values).validated() == BuildOptions(model="m", **values)
+
+
 def test_python_callers_are_told_the_keywords_they_pass(ckpt, tmp_path):
     """build(precision="int3") was answered "--precision: 'int3' is not valid", and "pass
     --overwrite" to a caller who has no command line: the Python entry points name keywords,
