@@ -455,6 +455,9 @@ def test_a_plugin_that_fails_halfway_is_left_out_whole(tmp_path, monkeypatch, ca
     available = registered_with_plugin(tmp_path / "site", monkeypatch, source, "halfway = tiny_builder_plugin\n")
     assert available["LlamaForCausalLM"].__module__ == "architectures.llama"
     assert "HalfwayForCausalLM" not in available
+    # Nor in the history a batch job's registry is made from (registered_alone), where it would
+    # stand for LlamaForCausalLM again once another job's module:Class replaced that.
+    assert not [name for _, name, cls in registry._HISTORY if cls.__name__ == "Broken"]
     assert "failed to load and is left out: ModuleNotFoundError" in capsys.readouterr().err
 
 
@@ -533,6 +536,18 @@ def test_a_family_written_with_a_dot_for_the_colon_is_told_module_class(tmp_path
     assert str(tmp_path) not in sys.path
     with pytest.raises(BuilderError, match=r"architecture 'no_such_module_here\.Mine' is not supported"):
         registry.family_named("no_such_module_here.Mine")
+
+
+def test_module_class_leaves_the_current_folder_off_sys_path_unless_it_came_from_there(tmp_path, monkeypatch):
+    """The current folder goes on sys.path for module:Class, and stays only for a module found there
+    (its methods import their sibling modules later); else it would shadow modules for the rest of
+    the process."""
+    monkeypatch.chdir(tmp_path)
+    assert registry.family_named("architectures.llama:LlamaBuilder").__name__ == "LlamaBuilder"
+    assert str(tmp_path) not in sys.path
+    with pytest.raises(BuilderError, match="importing it failed"):
+        registry.family_named("no_such_module_here:Mine")
+    assert str(tmp_path) not in sys.path
 
 
 def test_register_without_parentheses_says_so():
@@ -780,6 +795,10 @@ def test_unknown_architecture_lists_supported_ones():
     assert "NoSuchForCausalLM" in message and "not supported" in message
     for name in PARITY_CASES:
         assert name in message
+    # Not only the first name config.json lists: the first one registered.
+    assert registry.builder_class_for({"architectures": ["NoSuchForCausalLM", "LlamaForCausalLM"]}).__name__ == (
+        "LlamaBuilder"
+    )
 
 
 @pytest.mark.parametrize("ep", ["webgpu", "cuda", "dml"])

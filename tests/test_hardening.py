@@ -1872,6 +1872,7 @@ def test_broken_plugin_is_one_plain_warning_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: architecture plugin 'broken'"), err
     assert "Qwen3ForCausalLM" in registry.registered()
+    assert capsys.readouterr().err == ""  # once a process: every lookup of a family said it again
 
 
 # ---- output paths -------------------------------------------------------------------------
