@@ -564,6 +564,34 @@ def test_the_source_digest_covers_the_user_s_modules_a_family_imports(tmp_path, 
     assert family_source_digest(digest_fam.Fam) == after
 
 
+def test_the_source_digest_covers_a_module_taken_from_the_user_s_package(tmp_path, monkeypatch):
+    """`from digest_pkg import blocks` names a submodule, not only the package: an edit of
+    digest_pkg/blocks.py must change the digest as one of digest_blocks.py does."""
+    from builder.family_source import family_source_digest
+
+    (tmp_path / "digest_pkg").mkdir()
+    (tmp_path / "digest_pkg" / "__init__.py").write_text("")
+    (tmp_path / "digest_pkg" / "blocks.py").write_text("ACT = 'silu'\n")
+    (tmp_path / "digest_pkg_fam.py").write_text(
+        "from architectures import LlamaBuilder\nfrom digest_pkg import blocks\n\n\n"
+        "class Fam(LlamaBuilder):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import digest_pkg_fam
+
+    before = family_source_digest(digest_pkg_fam.Fam)
+    (tmp_path / "digest_pkg" / "blocks.py").write_text("ACT = 'gelu_tanh'\n")
+    assert family_source_digest(digest_pkg_fam.Fam) != before
+
+
+def test_a_fault_s_message_is_one_line_of_at_most_200_characters():
+    from builder.family_source import _one_line
+
+    assert _one_line(ValueError("shapes differ:\n  (2, 3)\n  (3, 2)")) == "shapes differ: (2, 3) (3, 2)"
+    assert _one_line(ValueError("x" * 300)) == "x" * 197 + "..."
+    assert _one_line(KeyError()) == "KeyError"
+
+
 def test_the_source_digest_ignores_comments_and_docstrings_as_the_builder_s_own_does(tmp_path, monkeypatch):
     """A comment edited in a plugin's family changed its digest, so batch rebuilt every output of it
     (a 4B model: minutes each), where the builder's own code is digested parsed."""
