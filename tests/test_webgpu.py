@@ -312,7 +312,22 @@ def test_a_missing_vulkan_loader_is_named(monkeypatch):
     assert "libvulkan.so.1 is missing (Debian/Ubuntu: apt install libvulkan1)" in ep_runtime.no_webgpu_device()
 
 
-@pytest.mark.parametrize("built_in, devices", [(True, []), (False, []), (False, ["a device"])])
+def test_the_software_adapter_variable_is_named_only_where_it_is_not_set(monkeypatch):
+    """A machine that set ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER=1 and still found no adapter has no use
+    for being told to set it."""
+    from builder import ep_runtime
+
+    monkeypatch.setattr(ep_runtime.sys, "platform", "darwin")  # no Vulkan loader to look for
+    monkeypatch.setattr(ep_runtime, "_webgpu_built_in", lambda: False)
+    monkeypatch.delenv("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER", raising=False)
+    assert "set ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER=1" in ep_runtime.no_webgpu_device()
+    monkeypatch.setenv("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER", "1")
+    assert ep_runtime.no_webgpu_device() == (
+        "WebGPU found no GPU adapter: install a GPU driver with Vulkan (Linux), D3D12 (Windows) or Metal (macOS)"
+    )
+
+
+@pytest.mark.parametrize("built_in, devices", [(True, []), (False, []), (False, ["a device"]), (False, None)])
 def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(
     built_in, devices, monkeypatch, tmp_path
 ):
@@ -337,9 +352,15 @@ def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(
             raise RuntimeError("Load model from model.onnx failed: Protobuf parsing failed.")
 
     monkeypatch.setattr(ep_runtime, "_webgpu_built_in", lambda: built_in)
-    monkeypatch.setattr(ep_runtime, "webgpu_plugin_devices", lambda: devices)
+
+    def plugin_devices():
+        if devices is None:  # the lookup failed: the load error stands, not a guess at the device
+            raise RuntimeError("get_ep_devices failed")
+        return devices
+
+    monkeypatch.setattr(ep_runtime, "webgpu_plugin_devices", plugin_devices)
     monkeypatch.setattr(ep_runtime, "prepare_genai", lambda og, provider: None)
-    if built_in or devices:
+    if built_in or devices is None or devices:
         with pytest.raises(RuntimeError, match="Protobuf parsing failed"):
             ep_runtime.genai_model(FakeGenai, tmp_path, "webgpu")
     else:
