@@ -698,11 +698,16 @@ def test_overwrite_knows_the_generation_config_a_transformers_js_build_writes(ck
     """Built from a checkpoint without generation_config.json, the folder has one the builder
     wrote, which the report's file lists leave out: --overwrite refused its own file."""
     (ckpt / "generation_config.json").unlink()
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(
+        json.dumps({**config, "bos_token_id": None, "eos_token_id": 479, "pad_token_id": 477})
+    )
     out = tmp_path / "out"
     for _ in range(2):
         proc = cli("-m", ckpt, "-o", out, "--format", "transformers.js", "--overwrite")
         assert proc.returncode == 0, proc.stderr
-    assert (out / "generation_config.json").is_file()
+    # transformers.js takes the ids from it: config.json's, each that is set
+    assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": 479, "pad_token_id": 477}
 
 
 def test_overwrite_of_a_build_whose_report_names_no_files_still_keeps_a_users_files(ckpt, tmp_path):
