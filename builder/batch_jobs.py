@@ -255,14 +255,21 @@ def own_output_hint(job: Job, other: Job, varying: list[str]) -> str:
     fixes every collision, not one a pair)."""
     if not (job.label.startswith("matrix") and other.label.startswith("matrix")):
         return "give each job its own output"
-    a, b = job.options.to_dict(), other.options.to_dict()
-    if Path(a["model"]).name == Path(b["model"]).name and all(a[k] == b.get(k) for k in varying if k != "model"):
-        return "give these jobs their own output: under jobs:, out of the matrix"  # same-named folders
     fields = [
         "model_name" if k == "model" else k for k in varying if k not in ("output", "int8_layers", "float_layers")
     ]
-    named = "-".join(f"{{{k}}}" for k in dict.fromkeys(("model_name", "precision", "ep", *fields)))
-    return f'give the matrix an output: template that names what differs, such as output: "{named}"'
+    named = list(dict.fromkeys(("model_name", "precision", "ep", *fields)))
+
+    def told(options: dict) -> list:
+        return [Path(options["model"]).name if k == "model_name" else options[k] for k in named]
+
+    # Jobs that differ only where no template can name them (same-named model folders, lists of
+    # patterns) share a folder whatever the template: the hint that named the other fields could
+    # not be followed.
+    if told(job.options.to_dict()) == told(other.options.to_dict()):
+        return "give these jobs their own output: under jobs:, out of the matrix"
+    template = "-".join(f"{{{k}}}" for k in named)
+    return f'give the matrix an output: template that names what differs, such as output: "{template}"'
 
 
 def _template_fields(template: str) -> list[str]:

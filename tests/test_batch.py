@@ -331,6 +331,18 @@ def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
     assert batch(path, "--dry-run") == 2
     err = capsys.readouterr().err
     assert err.count(hint + "{model_name}-{precision}-{ep}-{block_size}" + '"') == 3, err
+    # Matrix jobs that differ only in a list of patterns, which no template may name, were told to
+    # name the fields they share; a job under jobs: taking a matrix job's output has a template of its own.
+    path = write(
+        tmp_path / "m.yaml",
+        f"matrix:\n  model: [{TINY}]\n  int8-layers: [[lm_head], ['*.v_proj']]\n  output: same\n"
+        f"jobs:\n  - model: {TINY}\n    output: same\n",
+    )
+    assert batch(path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "m.yaml:4: matrix[1].output: " in err and "give these jobs their own output: under jobs:, out of" in err
+    assert "m.yaml:7: jobs[0].output: " in err and "of matrix[0] (line 1); give each job its own output\n" in err
+    assert hint not in err, err
 
 
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
