@@ -231,6 +231,8 @@ BAD = {
         1,
         "verify: given at the top level and as defaults.verify (line 5); keep one",
     ),
+    # the top-level shorthand is named as written, not as "top level.verify"
+    "verify maybe": ("verify: maybe\njobs:\n  - model: {m}\n", 1, "verify: must be true or false, got 'maybe'"),
     # a list rendered as its repr: folders named l-['lm_head']
     "list in a template": (
         "matrix:\n  model: [{m}]\n  int8-layers: [[lm_head], ['*.v_proj']]\n  output: 'l-{{int8_layers}}'\n",
@@ -297,7 +299,7 @@ def test_invalid_file_fails_before_building(case, tmp_path, capsys):
     assert batch(path) == 2
     err = capsys.readouterr().err
     assert f"{path}:{line + 1}: {message}" in err, err
-    assert "nothing was built" in err
+    assert "nothing was built" in err and "problems, nothing was built" not in err, err  # that one problem alone
     assert not (tmp_path / "out").exists()
 
 
@@ -477,6 +479,8 @@ def test_verify_without_its_packages_is_refused_before_any_build(tmp_path, monke
         load_batch(path)
     assert str(refused.value).startswith(f"{path}:2: jobs[0]: --verify needs torch, which a plain install")
     assert "(verify: at defaults)" in str(refused.value), refused.value
+    # On Ray the nodes run verify, and check their own packages: the driver needs no torch.
+    assert len(load_batch(path, executor="ray").jobs) == 2
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert len(load_batch(path).jobs) == 2
 
@@ -1773,6 +1777,16 @@ def test_yaml_scalars_mean_the_option_not_yaml_types(tmp_path):
     assert (options.graph_capture, options.int32_inputs, options.target_ort) == ("off", "on", "1.30")
 
 
+def test_a_null_accuracy_level_is_auto_and_an_output_may_start_at_home(tmp_path, monkeypatch):
+    """accuracy-level: with no value is the option's own default (auto), not a missing value; an
+    output starting with ~ is under the home folder, as a model's is."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path / "b.yaml", f"jobs:\n  - model: {TINY}\n    accuracy-level:\n    output: ~/x-{{precision}}\n")
+    options = load_batch(path).jobs[0].options
+    assert options.accuracy_level is None
+    assert options.output == str(tmp_path / "home" / "x-int4")
+
+
 # ---- outputs that a later build would find taken ----------------------------------------
 
 
@@ -2176,6 +2190,8 @@ def test_a_model_that_is_no_folder_and_no_valid_hub_id_is_refused_up_front(tmp_p
     err = capsys.readouterr().err
     assert "jobs[1].model" in err and "not a valid hub id" in err and "nothing was built" in err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(BuilderError, match=r"j\.yaml:3: jobs\[1\]\.model: .*not a valid hub id"):
+        load_batch(path, executor="ray")  # the nodes look for folders, but a hub id is one everywhere
 
 
 def test_a_family_that_fails_past_except_exception_fails_its_job_alone_with_its_traceback(tmp_path, capsys):
