@@ -233,6 +233,19 @@ BAD = {
     ),
     # the top-level shorthand is named as written, not as "top level.verify"
     "verify maybe": ("verify: maybe\njobs:\n  - model: {m}\n", 1, "verify: must be true or false, got 'maybe'"),
+    # block-size and block_size are one option: the last one won in silence
+    "a key twice in two spellings": (
+        "jobs:\n  - model: {m}\n    block-size: 32\n    block_size: 64\n",
+        4,
+        "jobs[0].block_size: given twice (also on line 4)",
+    ),
+    # product() over an empty axis made no jobs, and the file was refused for its exclude: or built nothing
+    "empty axis": ("matrix:\n  model: [{m}]\n  ep: []\n", 3, "matrix.ep: empty list, so the matrix has no jobs"),
+    "exclude not a list": (
+        "matrix:\n  model: [{m}]\n  ep: [cpu, webgpu]\n  exclude: {{ep: cpu}}\n",
+        4,
+        "matrix.exclude: must be a list of combinations to leave out (- ep: cuda)",
+    ),
     # a list rendered as its repr: folders named l-['lm_head']
     "list in a template": (
         "matrix:\n  model: [{m}]\n  int8-layers: [[lm_head], ['*.v_proj']]\n  output: 'l-{{int8_layers}}'\n",
@@ -347,6 +360,13 @@ def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
     assert hint not in err, err
 
 
+def test_a_file_that_is_no_valid_yaml_is_named_with_the_line_of_its_fault(tmp_path):
+    path = write(tmp_path / "bad.yaml", f"jobs:\n  - model: {TINY}\n   ep: cpu\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value) == f"{path}:3: not valid YAML: expected <block end>, but found '<block mapping start>'"
+
+
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
     path = write(
         tmp_path / "bad.yaml",
@@ -364,6 +384,11 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
     assert "3 problems" in err
     assert all(f"{path}:{n}:" in err for n in (1, 4, 6)), err
     assert list(tmp_path.iterdir()) == [path]
+    # Listed by line, whichever check found each: the top-level executor: is checked before the jobs.
+    write(path, f"jobs:\n  - model: {TINY}\n    precision: int3\nexecutor: slurm\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert [line.split(":")[1] for line in str(refused.value).splitlines()[1:]] == ["3", "4"], refused.value
 
 
 def broken_checkpoint(folder: Path) -> Path:
@@ -543,7 +568,7 @@ def _nested_aliases(levels: int, value: str) -> str:
     return "\n".join(lines) + f"\njobs:\n  - {{model: {TINY}, output: a, int8-layers: {value}}}\n"
 
 
-def test_yaml_aliases_that_expand_past_reason_are_refused_and_values_shown_cut(tmp_path):
+def test_yaml_aliases_that_expand_past_reason_are_refused_and_values_shown_cut(tmp_path, monkeypatch):
     """Nine nested aliases of nine items each expanded to 387 million values (killed after 60 s),
     and the type error quoted the value whole: a 34 MB line."""
     import time
@@ -562,6 +587,15 @@ def test_yaml_aliases_that_expand_past_reason_are_refused_and_values_shown_cut(t
     message = str(refused.value)
     assert "jobs[0].int8-layers: must be a pattern or a list of patterns, got [[[['lol', " in message
     assert len(message.splitlines()[0]) < 400 and "(47,565 characters)" in message, message
+    # MAX_VALUES values is what a file may hold, one more is past it (here counted for a small file).
+    from builder import batch_yaml
+
+    small = write(tmp_path / "small.yaml", f"x-a: &a [1, 2]\nx-b: [*a, *a]\njobs:\n  - {{model: {TINY}}}\n")
+    monkeypatch.setattr(batch_yaml, "MAX_VALUES", 18)  # the file, 3 keys, [1, 2] as 3, x-b as 1 + 3 + 3, jobs: as 4
+    assert len(load_batch(small).jobs) == 1
+    monkeypatch.setattr(batch_yaml, "MAX_VALUES", 17)
+    with pytest.raises(BuilderError, match="small.yaml:1: its YAML aliases expand to 18 values, more than a batch"):
+        load_batch(small)
     looped = write(tmp_path / "loop.yaml", f"x-r: &r [1, *r]\njobs:\n  - {{model: {TINY}}}\n")
     with pytest.raises(BuilderError, match=r"loop\.yaml:1: a YAML alias inside the value its anchor marks"):
         load_batch(looped)
