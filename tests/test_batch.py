@@ -488,6 +488,11 @@ def test_a_model_that_is_a_folder_only_where_the_batch_runs_is_refused(tmp_path,
     shutil.rmtree(tmp_path / "cfg" / "examples")
     # On Ray the driver's folders say nothing of what the nodes resolve: the nodes decide.
     assert load_batch(path, executor="ray").jobs[0].options.model == "examples/tiny"
+    # The command line's executor wins over the file's, for this check too.
+    write(path, "executor: ray\n" + path.read_text())
+    assert load_batch(path).jobs[0].options.model == "examples/tiny"
+    with pytest.raises(BuilderError, match="reads as a hub id, but the current folder has a folder of that name"):
+        load_batch(path, executor="local")
 
 
 def test_verify_without_its_packages_is_refused_before_any_build(tmp_path, monkeypatch):
@@ -1239,6 +1244,9 @@ def test_output_root_key_naming_a_file_is_named_in_the_error(tmp_path, capsys):
     assert err.startswith(f"error: {path}:1: output_root: {a_file / 'sub'}: cannot write the outputs there")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "f.yaml"]  # the tried folders went again
     assert a_file.read_text() == "mine"
+    empty = write(tmp_path / "e.yaml", ONE_JOB.replace("output_root: out", "output_root: ''"))
+    with pytest.raises(BuilderError, match=r"e\.yaml:1: output_root: must be a folder path"):
+        load_batch(empty)
 
 
 def test_an_unwritable_output_root_is_refused_when_only_some_outputs_are_in_it(tmp_path, capsys):
@@ -1591,6 +1599,7 @@ def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "1.5")
     monkeypatch.setenv("BUILDER_TEST_PAUSE_DIR", str(pauses))
     monkeypatch.setattr(Console, "LOG_EVERY_S", 0.5)
+    assert Console().every == 0.5  # not a terminal's once a second: a 30 s build would log 30 lines
     path = write(tmp_path / "p.yaml", ONE_JOB)
     assert batch(path) == 0
     out = capsys.readouterr().out
@@ -1758,6 +1767,9 @@ def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
         assert batch(path, "--ray-address", "head:6379", *dry_run) == 2
         assert "--ray-address needs --executor ray" in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
+    write(path, "executor: ray\nray_address: 6379\n" + ONE_JOB)
+    with pytest.raises(BuilderError, match=r"a\.yaml:2: ray_address: must be an address like HOST:6379"):
+        load_batch(path)
 
 
 def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypatch):
@@ -2140,6 +2152,11 @@ def test_a_file_that_is_no_batch_file_is_one_problem(tmp_path):
         load_batch(config)
     message = str(refused.value)
     assert message.count("\n") == 1 and "no top-level key of a batch file (architectures," in message, message
+    # One key alone is a misspelt one of a batch file, named as such.
+    path = write(tmp_path / "j.yaml", f"jobz:\n  - model: {TINY}\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value).startswith(f"{path}:1: jobz: unknown top-level key; expected defaults, matrix, jobs")
 
 
 def test_an_output_auto_now_resolves_differently_for_is_rebuilt(tmp_path):
