@@ -239,6 +239,8 @@ BAD = {
         4,
         "jobs[0].block_size: given twice (also on line 4)",
     ),
+    # one job written as a mapping was passed over, and the file refused for having no jobs
+    "jobs as a mapping": ("jobs:\n  model: {m}\n", 1, "jobs: must be a list of jobs (- model: ...)"),
     # product() over an empty axis made no jobs, and the file was refused for its exclude: or built nothing
     "empty axis": ("matrix:\n  model: [{m}]\n  ep: []\n", 3, "matrix.ep: empty list, so the matrix has no jobs"),
     "exclude not a list": (
@@ -328,10 +330,12 @@ def test_yaml_values_mean_what_the_flags_mean(tmp_path):
 
 def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
     """'give each job its own output' cannot be done for matrix jobs, which share a template."""
-    path = write(tmp_path / "m.yaml", f"defaults:\n  model: {TINY}\nmatrix:\n  block-size: [32, 64]\n")
+    path = write(
+        tmp_path / "m.yaml", f"defaults:\n  model: {TINY}\nmatrix:\n  accuracy-level: 4\n  block-size: [32, 64]\n"
+    )
     assert batch(path, "--dry-run") == 2
     hint = 'give the matrix an output: template that names what differs, such as output: "'
-    template = "{model_name}-{precision}-{ep}-{block_size}"
+    template = "{model_name}-{precision}-{ep}-{block_size}"  # not the accuracy level all the jobs share
     assert hint + template + '"' in capsys.readouterr().err
     write(path, path.read_text() + f'  output: "{template}"\n')
     assert [job.name for job in load_batch(path).jobs] == ["tiny-qwen3-int4-cpu-32", "tiny-qwen3-int4-cpu-64"]
@@ -1853,6 +1857,16 @@ def test_an_output_inside_another_is_refused(outputs, line, message, tmp_path, c
     err = capsys.readouterr().err
     assert f"{path}:{line}: {message.format(out=tmp_path / 'out')}; a build replaces its whole folder" in err, err
     assert "nothing was built" in err and not (tmp_path / "out").exists()
+
+
+def test_an_output_that_is_a_link_to_another_is_refused(tmp_path):
+    """The build resolves links: two names of one folder would be built over each other."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "out" / "a")
+    jobs = "jobs:\n  - output: a\n  - output: link\n"
+    path = write(tmp_path / "n.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\n{jobs}")
+    with pytest.raises(BuilderError, match=r"n\.yaml:6: jobs\[1\]\.output: .*link is also the output of jobs\[0\]"):
+        load_batch(path)
 
 
 def test_a_summary_inside_an_output_is_refused(tmp_path, capsys):
