@@ -1462,6 +1462,39 @@ def test_a_build_of_an_output_another_build_is_writing_is_refused_at_once(tmp_pa
     assert not (tmp_path / "out" / "a").exists()
 
 
+def test_the_summary_lock_names_its_holder_alone_and_leaves_no_folder_it_made(tmp_path, monkeypatch, capsys):
+    """A lock file a killed batch left (SIGKILL unlinks nothing) held a longer pid, whose tail the
+    next batch's pid was written over: the refusal named a pid that was never one. A folder made
+    for the summary goes again when the batch ends without writing there."""
+    import errno
+
+    from builder import batch_lock
+    from builder.batch_exec import LocalExecutor
+    from builder.batch_lock import SummaryLock
+
+    summary_json = tmp_path / "s-summary.json"
+    (tmp_path / ".s-summary.json.lock").write_text("4194304999\n")
+    with SummaryLock(summary_json) as lock:
+        assert lock.path.read_text() == f"{os.getpid()}\n"
+
+    def no_flock(fd, how):  # some network mounts
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as m:
+        m.setattr(batch_lock.fcntl, "flock", no_flock)
+        with SummaryLock(summary_json) as lock:  # unlocked, as before there was a lock
+            assert lock.fd is None
+
+    def refuses(self, jobs, output_root):
+        raise BuilderError("this executor runs nothing")
+
+    monkeypatch.setattr(LocalExecutor, "check", refuses)
+    path = write(tmp_path / "a.yaml", ONE_JOB)
+    assert batch(path, "--summary", tmp_path / "new" / "deeper") == 2
+    assert "this executor runs nothing" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_second_run_of_a_running_batch_is_refused(tmp_path):
     """Two runs of one file at once built the same outputs over each other, and the summary
     written last told only its own half. The second is refused before it builds anything; once
