@@ -344,6 +344,66 @@ def test_a_tied_model_that_stores_only_its_lm_head_builds(ckpt, tmp_path):
     assert same[0] == same[1]
 
 
+def test_rows_past_the_end_are_clamped_to_the_tensor(ckpt):
+    """plan's _same_values reads blocks of rows whose last ends past the tensor: the read must stop
+    at the tensor's end, not run on into the next tensor's bytes."""
+    checkpoint = Checkpoint(ckpt)
+    name = "model.embed_tokens.weight"
+    whole = checkpoint.tensor(name)
+    total = len(whole)
+    tail = checkpoint.rows(name, total - 2, total + 5)
+    assert tail.shape == (2, *whole.shape[1:]) and np.array_equal(tail.view(np.uint16), whole[-2:].view(np.uint16))
+    beyond = checkpoint.locate(name, total + 3, total + 9)
+    assert (beyond.start, beyond.stop, beyond.length) == (total, total, 0)
+    assert checkpoint.rows(name, total + 3, total + 9).shape == (0, *whole.shape[1:])
+
+
+def test_a_scalar_tensor_reads_as_one_row_of_shape_nothing(ckpt):
+    """A 0-d tensor (a stored scale) is one row: read whole it keeps its shape (), and until read it is unread."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = ckpt / "model.safetensors"
+    save_file({**load_file(str(weights)), "scale": np.array(2.5, np.float32)}, str(weights), metadata={"format": "pt"})
+    checkpoint = Checkpoint(ckpt)
+    assert checkpoint.rows_total("scale") == 1
+    checkpoint.locate("scale", 0, 0)
+    assert checkpoint.unread_rows("scale") == [(0, 1)]
+    value = checkpoint.tensor("scale")
+    assert value.shape == () and value.dtype == np.float32 and float(value) == 2.5
+    assert checkpoint.unread_rows("scale") == []
+
+
+def test_the_first_fingerprint_is_kept_for_the_build(ckpt):
+    """A build takes the fingerprint before it reads the weights: a file changed afterwards must not
+    change what the build records (the next run sees the change and rebuilds)."""
+    checkpoint = Checkpoint(ckpt)
+    first = checkpoint.fingerprint()
+    (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + "\n")
+    assert checkpoint.fingerprint() == first
+    assert Checkpoint(ckpt).fingerprint() != first
+
+
+def test_configured_tie_reads_the_text_config_first_and_only_booleans(tmp_path):
+    """verify and batch_ray's memory estimate ask whether config.json ties the lm_head: a multimodal
+    config says it in text_config, and a value that is no boolean (or no config) says nothing."""
+    from builder.kit.checkpoint import configured_tie
+
+    cases = [
+        ({"tie_word_embeddings": True}, True),
+        ({"tie_word_embeddings": False, "text_config": {"tie_word_embeddings": True}}, True),
+        ({"tie_word_embeddings": True, "text_config": {"tie_word_embeddings": False}}, False),
+        ({"tie_word_embeddings": False, "text_config": {"hidden_size": 8}}, False),
+        ({"tie_word_embeddings": 1}, None),
+        ({"tie_word_embeddings": None, "text_config": {"tie_word_embeddings": "true"}}, None),
+        ({}, None),
+        ([{"tie_word_embeddings": True}], None),
+    ]
+    for config, tied in cases:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert configured_tie(tmp_path) is tied, config
+    assert configured_tie(tmp_path / "nowhere") is None and configured_tie(None) is None
+
+
 # ---- config.json values -------------------------------------------------------------
 
 
@@ -900,6 +960,27 @@ def test_a_fifo_for_a_weight_file_is_refused_not_waited_on(ckpt, tmp_path):
     assert_clean_failure(cli("-m", ckpt, "-o", out), "model.safetensors is not a regular file", out=out)
 
 
+def test_a_folder_that_cannot_be_listed_is_not_called_empty(ckpt, monkeypatch):
+    """Without read permission on the folder (root ignores it, hence os.access stands in), its
+    *.safetensors cannot be listed: 'no *.safetensors files' sent the user to convert .bin files."""
+    import os
+
+    (ckpt / "model.safetensors").unlink()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(BuilderError, match=r"could not list .*ckpt \(Permission denied\); check its permissions"):
+        Checkpoint(ckpt)
+    monkeypatch.undo()
+    with pytest.raises(BuilderError, match=r"no \*.safetensors files in .*ckpt"):
+        Checkpoint(ckpt)
+
+
+def test_a_config_that_is_no_object_is_refused(ckpt):
+    for text in ("[1]", '"qwen3"', "null"):
+        (ckpt / "config.json").write_text(text)
+        with pytest.raises(BuilderError, match=r"config.json must hold a JSON object \(fix or re-download"):
+            Checkpoint(ckpt)
+
+
 def test_a_dangling_weight_link_asks_for_a_download(ckpt, tmp_path):
     """An HF cache snapshot whose blob is gone was called "not a regular file"."""
     (ckpt / "model.safetensors").unlink()
@@ -948,6 +1029,17 @@ def test_a_peft_adapter_is_named_alone_and_beside_its_base(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "also holds a PEFT adapter" in warnings[0] and "does not apply" in warnings[0]
+
+
+def test_an_adapter_config_without_a_base_name_names_no_base(tmp_path):
+    """base_model_name_or_path is null, a number or a list in hand-edited configs, and the file may
+    hold no object at all: the adapter is named without a base model."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for config in ({"base_model_name_or_path": 7}, {"base_model_name_or_path": ["Q/B"]}, {}, ["Q/B"]):
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+        with pytest.raises(BuilderError, match=r"holds a PEFT adapter \(adapter_config.json\) and no config.json"):
+            Checkpoint(adapter)
 
 
 def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_path):
