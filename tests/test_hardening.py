@@ -1867,6 +1867,117 @@ def test_partial_hub_cache_hub_unreachable(ckpt, tmp_path, monkeypatch):
         Checkpoint.open("org/tiny")
 
 
+def fake_hub(monkeypatch, snapshot: Path, online=None, offline: bool = False) -> list[bool]:
+    """snapshot_download serving `snapshot` from the cache, and online calling `online(snapshot)` first
+    (it may fill the snapshot or raise what the hub raised); returns each call's local_files_only."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, local_files_only=False):
+        calls.append(local_files_only)
+        if not local_files_only and online is not None:
+            online(snapshot)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    return calls
+
+
+def test_a_cache_lacking_only_tokenizer_files_is_completed_online_and_used_offline(ckpt, tmp_path, monkeypatch):
+    """Weights and config cached, tokenizer files not (a script that loaded the model alone): online
+    they are fetched; offline the cache is built from as it is (the build warns of the tokenizer)."""
+    from builder.kit.model_source import cached_hub_snapshot, missing_files
+    from builder.kit.tokenizer_files import REQUIRED
+
+    weights_only = ["config.json", "model.safetensors"]
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, weights_only)
+    assert missing_files(snapshot) == ([], list(REQUIRED))
+    calls = fake_hub(monkeypatch, snapshot, offline=True)
+    assert Checkpoint.open("org/tiny").directory == snapshot and calls == [True]
+    assert cached_hub_snapshot("org/tiny") == snapshot  # the batch skip check needs the weights alone
+
+    def fetch(folder):
+        for name in REQUIRED:
+            shutil.copyfile(ckpt / name, folder / name)
+
+    calls = fake_hub(monkeypatch, snapshot, online=fetch)
+    assert Checkpoint.open("org/tiny").directory == snapshot and calls == [True, False]
+    assert all((snapshot / name).is_file() for name in REQUIRED)
+
+
+def test_a_cache_lacking_weights_is_no_snapshot_for_the_batch_check(ckpt, tmp_path, monkeypatch):
+    from builder.kit.model_source import cached_hub_snapshot
+
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json", "tokenizer.json"])
+    fake_hub(monkeypatch, snapshot)
+    assert cached_hub_snapshot("org/tiny") is None
+    shutil.copyfile(ckpt / "model.safetensors", snapshot / "model.safetensors")
+    assert cached_hub_snapshot("org/tiny") == snapshot
+
+
+@pytest.mark.parametrize(
+    "raised,fragment",
+    [
+        (type("RepositoryNotFoundError", (Exception,), {})("no such repo"), "was not found on the Hugging Face hub"),
+        (Exception("404 Client Error: Not Found for url"), "was not found on the Hugging Face hub"),
+        (type("GatedRepoError", (Exception,), {})("403 Forbidden"), "is gated on the Hugging Face hub"),
+    ],
+)
+def test_the_hubs_refusals_are_told_apart(ckpt, tmp_path, monkeypatch, raised, fragment):
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
+
+    def refuse(folder):
+        raise raised
+
+    fake_hub(monkeypatch, snapshot, online=refuse)
+    with pytest.raises(BuilderError, match=fragment) as e:
+        Checkpoint.open("org/tiny")
+    assert "offline" not in str(e.value)
+
+
+def test_the_hubs_revision_is_not_asked_offline(monkeypatch):
+    import huggingface_hub
+
+    from builder.kit.model_source import hub_revision
+
+    asked = []
+
+    class FakeApi:
+        def model_info(self, repo_id, timeout=None):
+            asked.append(repo_id)
+            return type("Info", (), {"sha": "a" * 40})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert hub_revision("org/tiny") == "a" * 40 and asked == ["org/tiny"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_revision("org/tiny") is None and asked == ["org/tiny"]
+
+
+def test_model_paths_that_are_no_hub_id_are_refused_for_what_they_are(tmp_path, monkeypatch):
+    from builder.kit.model_source import is_hub_id, resolve_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("jobs.YML", "jobs.yml"):
+        (tmp_path / name).write_text("jobs: []")
+        with pytest.raises(BuilderError, match=f"to run a batch file: python -m builder batch {name}"):
+            resolve_model_dir(name)
+    (tmp_path / "model.bin").write_text("x")
+    with pytest.raises(BuilderError, match="is a file; pass the folder that holds config.json"):
+        resolve_model_dir("model.bin")
+    # ./name has one slash but is a path, not owner/name: no hub lookup, no 'nor a hub id'
+    with pytest.raises(BuilderError, match="does not exist; pass a folder") as e:
+        resolve_model_dir("./no-such-folder")
+    assert "hub id (" not in str(e.value) and "nor a hub id" not in str(e.value)
+    assert not is_hub_id("~no-such-user-here/model")
+
+
 def test_an_unusable_hub_cache_is_named_and_an_unreachable_hub_still_reads_offline(tmp_path):
     """HF_HOME under a file read 'the hub could not be reached (NotADirectoryError); you may be
     offline'. The hub at a closed port stands for no network: hermetic, and its refusal is a
@@ -1892,7 +2003,7 @@ def test_network_errors_are_not_taken_for_the_caches(tmp_path):
     import errno
     import socket
 
-    from builder.kit.model_source import _local_cache_error
+    from builder.kit.model_source import _local_cache_error, _os_error_text
 
     def raised_from(cause: BaseException) -> BaseException:
         try:
@@ -1917,6 +2028,15 @@ def test_network_errors_are_not_taken_for_the_caches(tmp_path):
         OSError(errno.ENOSPC, "No space left on device"),
     ):
         assert _local_cache_error(raised_from(local)) is local
+    try:  # raised while handling it, with no 'from': __context__ alone links the two
+        try:
+            raise OSError(errno.EROFS, "Read-only file system")
+        except OSError:
+            raise FileNotFoundError("Cannot find the requested files in the local cache")  # noqa: B904
+    except FileNotFoundError as outer:
+        assert _local_cache_error(outer) is outer.__context__
+    error = NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "f" / "hub"))
+    assert _os_error_text(error) == f"NotADirectoryError: {tmp_path / 'f' / 'hub'}: Not a directory"
 
 
 @pytest.mark.parametrize(
