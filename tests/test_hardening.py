@@ -1485,6 +1485,91 @@ def test_a_long_step_keeps_counting_on_a_terminal_and_prints_once_in_a_log():
     assert log.getvalue().count("verifying") == 1
 
 
+def test_the_progress_bar_counts_clamps_and_fits_its_row(monkeypatch):
+    import io
+    import os
+    import re
+
+    from builder.kit import progress as progress_module
+
+    log = io.StringIO()
+    progress = progress_module.Progress(0, label="m", stream=log)  # a build of no steps is still one
+    progress.step("a")
+    progress.step("b")  # more steps than counted: the bar stays full, the count says so
+    first, second = log.getvalue().splitlines()
+    assert re.fullmatch(r"m \[#{24}\] 1/1 a \(\d+\.\ds\)", first) and second.startswith("m [" + "#" * 24 + "] 2/1 b (")
+    log = io.StringIO()
+    progress_module.Progress(4, label="m", stream=log).step("layer 1/3")
+    assert log.getvalue().startswith("m [" + "#" * 6 + "-" * 18 + "] 1/4 layer 1/3 (")
+
+    monkeypatch.setenv("COLUMNS", "80")
+    term = FakeTerminal()
+    progress = progress_module.Progress(4, label="x" * 200, stream=term)
+    assert progress.columns() == 79
+    tail = " [######------------------] 1/4 step (0.0s)"
+    progress.label = "x" * (79 - len(tail))  # exactly the room left: kept whole
+    progress.step("step")
+    progress.label = "y" * 200
+    progress.step("step")
+    progress.show("z" * 79)  # a row's full width is no wrap
+    rows = term.text.split("\r\033[K")[1:]
+    room = 79 - len(tail)
+    assert re.fullmatch("x" * room + r" \[#{6}-{18}\] 1/4 step \(\d\.\ds\)", rows[0]), rows[0]
+    assert re.fullmatch("y" * (room - 3) + r"\.\.\. \[#{12}-{12}\] 2/4 step \(\d\.\ds\)", rows[1]), rows[1]
+    assert rows[2] == "z" * 79
+
+    # COLUMNS first, as shutil reads it; else the stream's terminal; a size of 0 (a fresh pty) is none
+    class SizedTerminal(FakeTerminal):
+        def fileno(self):
+            return 99
+
+    size = [os.terminal_size((120, 40))]
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: size[0])
+    progress = progress_module.Progress(4, stream=SizedTerminal())
+    assert progress.columns() == 79
+    monkeypatch.delenv("COLUMNS")
+    assert progress.columns() == 119
+    size[0] = os.terminal_size((0, 0))
+    assert progress.columns() == 79  # shutil's fallback, 80
+
+
+def test_quiet_progress_writes_nothing_but_warnings(capsys):
+    from builder.kit import progress as progress_module
+
+    term = FakeTerminal()
+    progress = progress_module.Progress(3, label="m", stream=term, enabled=False)
+    progress.step("a")
+    progress.show("[running] job-1")
+    with progress.ticking("verifying", every_s=0.01):
+        pass
+    progress.warn("something odd")
+    progress.finish("built")
+    assert term.text == "" and capsys.readouterr().err == "warning: something odd\n"
+    silent = progress_module.SilentProgress()
+    silent.step("a")
+    silent.finish("built")
+    assert capsys.readouterr().err == ""
+
+    term = FakeTerminal()
+    progress = progress_module.Progress(3, label="m", stream=term)
+    progress.step("a")
+    progress.finish("built")
+    progress_module.end_line()  # the finish closed the line: nothing more to end
+    assert term.text.endswith("\r\033[Kbuilt\n")
+
+
+def test_phases_count_a_phase_that_raised_and_round_to_milliseconds():
+    from builder.kit.progress import Phases
+
+    phases = Phases()
+    phases.add("read", 0.12345)
+    phases.add("read", 0.00001)
+    with pytest.raises(OSError), phases.timed("write"):
+        raise OSError("disk full")
+    report = phases.report()
+    assert list(report) == ["read", "write"] and report["read"] == 0.123 and report["write"] >= 0
+
+
 def test_missing_tokenizer_warning_is_one_plain_line(ckpt, tmp_path):
     (ckpt / "tokenizer.json").unlink()
     proc = cli("-m", ckpt, "-o", tmp_path / "out")
