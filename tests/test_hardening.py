@@ -1598,6 +1598,49 @@ def test_a_slow_tokenizer_s_files_get_advice_that_works(ckpt, tmp_path):
     assert list(og.Tokenizer(og.Model(str(out))).encode(text)) == AutoTokenizer.from_pretrained(str(ckpt)).encode(text)
 
 
+def test_tokenizer_advice_knows_sentencepiece_and_bpe_vocabularies(tmp_path):
+    """transformers writes tokenizer.json from tokenizer.model (SentencePiece) as from vocab.json;
+    without either there is nothing to make it from, and the files must come from the repository."""
+    from builder.pipeline import _tokenizer_advice
+
+    for copied in (["tokenizer.model", "tokenizer_config.json"], ["vocab.json", "merges.txt"]):
+        assert _tokenizer_advice(copied, tmp_path / "ckpt", tmp_path / "out").startswith(
+            "transformers makes them from the checkpoint's vocabulary files: AutoTokenizer.from_pretrained("
+        ), copied
+    advice = _tokenizer_advice(["tokenizer_config.json"], tmp_path / "ckpt", tmp_path / "out")
+    assert advice == f"copy them from the model's original repository into {tmp_path / 'out'}"
+
+
+def test_verify_memory_is_checked_only_where_verify_runs(ckpt, tmp_path, monkeypatch):
+    """--verify runs on cpu alone: a webgpu build with it must not be refused for verify's memory."""
+    import builder.verify
+    from builder.pipeline import build
+
+    def short(*args):
+        raise BuilderError("short of memory to verify")
+
+    monkeypatch.setattr(builder.verify, "check_verify_memory", short)
+    result = build(model=str(ckpt), output=str(tmp_path / "out"), ep="webgpu", verify=True, show_progress=False)
+    assert result.report["verify"]["status"] == "not run"
+    with pytest.raises(BuilderError, match="short of memory to verify"):
+        build(model=str(ckpt), output=str(tmp_path / "cpu"), verify=True, show_progress=False)
+
+
+def test_the_progress_count_ends_at_its_total(ckpt, tmp_path, capsys):
+    """The step count is planned up front (layers, the fixed steps, hashing): a build ends at n/n."""
+    import re
+
+    from builder.pipeline import build
+
+    for options in ({}, {"checkpoint_hash": True}):
+        result = build(model=str(ckpt), output=str(tmp_path / "out"), overwrite=True, **options)
+        err = capsys.readouterr().err
+        counts = re.findall(r"\] (\d+)/(\d+) ", err)
+        assert counts and counts[-1][0] == counts[-1][1] and len(counts) == int(counts[-1][1]), counts
+        megabytes = result.report["sizes"]["total_bytes"] / 1e6
+        assert err.endswith(f" nodes, {megabytes:.1f} MB)\n") and 0.1 < megabytes < 10, err
+
+
 def test_webgpu_verify_says_it_did_not_run(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-e", "webgpu", "--verify")
     assert proc.returncode == 0, proc.stderr
@@ -2208,6 +2251,26 @@ def test_checkpoint_hash_refuses_a_taken_output_before_reading_the_weights(ckpt,
     assert True not in hashed
     result = build(model=str(ckpt), output=str(out), checkpoint_hash=True, overwrite=True, show_progress=False)
     assert True in hashed and result.report["checkpoint"]["fingerprint"]
+
+
+def test_the_report_fingerprints_the_weights_as_the_build_read_them(ckpt, tmp_path, monkeypatch):
+    """Weights re-saved after the build's last read of them, before its report: the report keeps the
+    fingerprint of what was read, so the next batch run sees the new weights and rebuilds."""
+    import builder.pipeline
+    from builder.pipeline import build
+
+    before = Checkpoint(ckpt).fingerprint()
+    weights = ckpt / "model.safetensors"
+    real = builder.pipeline.load_check
+
+    def resave_then_check(*args, **kwargs):
+        (tmp_path / "new.safetensors").write_bytes(weights.read_bytes())
+        os.replace(tmp_path / "new.safetensors", weights)  # another file: a new inode and mtime
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder.pipeline, "load_check", resave_then_check)
+    result = build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False)
+    assert result.report["checkpoint"]["fingerprint"] == before != Checkpoint(ckpt).fingerprint()
 
 
 def test_a_relative_model_path_is_named_and_recorded_from_anywhere(tmp_path, monkeypatch):
