@@ -1598,6 +1598,14 @@ def test_a_slow_tokenizer_s_files_get_advice_that_works(ckpt, tmp_path):
     assert list(og.Tokenizer(og.Model(str(out))).encode(text)) == AutoTokenizer.from_pretrained(str(ckpt)).encode(text)
 
 
+def test_a_missing_tokenizer_names_the_runtime_that_needs_it(ckpt, tmp_path):
+    (ckpt / "tokenizer.json").unlink()
+    for fmt, reader in (("genai", "onnxruntime-genai"), ("transformers.js", "transformers.js")):
+        proc = cli("-m", ckpt, "-o", tmp_path / fmt, "--format", fmt)
+        assert proc.returncode == 0, proc.stderr
+        assert f"the model was built, but {reader} needs them to tokenize" in proc.stderr, proc.stderr
+
+
 def test_tokenizer_advice_knows_sentencepiece_and_bpe_vocabularies(tmp_path):
     """transformers writes tokenizer.json from tokenizer.model (SentencePiece) as from vocab.json;
     without either there is nothing to make it from, and the files must come from the repository."""
