@@ -102,15 +102,20 @@ def read_text(path: Path) -> str:
 
 
 def compose(path: Path) -> yaml.Node | None:
-    text = read_text(path)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    _refuse_unknown_tags(root, path)
-    _refuse_alias_bombs(root, path)
+        text = read_text(path)
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        _refuse_unknown_tags(root, path)
+        _refuse_alias_bombs(root, path)
+    except BuilderError as e:
+        # Said as the file's other problems say it (Problems): without it, a user could not tell
+        # from the message whether a file that failed to read stopped the batch or only a job.
+        raise BuilderError(f"{e}\nnothing was built") from None
     return root
 
 

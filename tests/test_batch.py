@@ -368,7 +368,33 @@ def test_a_file_that_is_no_valid_yaml_is_named_with_the_line_of_its_fault(tmp_pa
     path = write(tmp_path / "bad.yaml", f"jobs:\n  - model: {TINY}\n   ep: cpu\n")
     with pytest.raises(BuilderError) as refused:
         load_batch(path)
-    assert str(refused.value) == f"{path}:3: not valid YAML: expected <block end>, but found '<block mapping start>'"
+    assert str(refused.value) == (
+        f"{path}:3: not valid YAML: expected <block end>, but found '<block mapping start>'\nnothing was built"
+    )
+
+
+def test_a_file_that_cannot_be_read_as_yaml_says_nothing_was_built_too(tmp_path, monkeypatch):
+    """Invalid YAML, an unknown tag, aliases past the limit, another encoding and a missing file
+    did not end with 'nothing was built' as every other problem of the file does."""
+    from builder import batch_yaml
+
+    monkeypatch.setattr(batch_yaml, "MAX_VALUES", 5)
+    files = {
+        "yaml": b"jobs: [a\n",
+        "tag": b"jobs: !custom 1\n",
+        "aliases": b"x: &a [1, 2, 3]\njobs: [*a, *a]\n",
+        "latin": "output_root: caf\xe9\n".encode("latin-1"),
+        "missing": None,
+    }
+    for name, data in files.items():
+        path = tmp_path / f"{name}.yaml"
+        if data is not None:
+            path.write_bytes(data)
+        with pytest.raises(BuilderError) as refused:
+            load_batch(path)
+        message = str(refused.value)
+        assert str(path) in message and message.endswith("\nnothing was built"), message
+        assert message.count("nothing was built") == 1, message
 
 
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
@@ -1159,7 +1185,8 @@ def test_non_utf8_file_is_one_line_naming_it(tmp_path):
     path.write_bytes(TINY_YAML.format(m=TINY).encode("latin-1"))
     run = subprocess.run([sys.executable, "-m", "builder", "batch", str(path)], capture_output=True, text=True)
     assert run.returncode == 2
-    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 2 and run.stderr.endswith("\nnothing was built\n"), run.stderr
+    assert "Traceback" not in run.stderr
     assert f"{path}: not UTF-8 text (byte 0xe8 at offset" in run.stderr
     assert "save it as UTF-8" in run.stderr
     assert not (tmp_path / "out").exists()
