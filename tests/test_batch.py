@@ -1836,6 +1836,47 @@ def test_ray_address_without_the_ray_executor_is_refused(tmp_path, capsys):
         load_batch(path)
 
 
+def test_the_command_line_executor_wins_over_the_files(tmp_path, monkeypatch):
+    """--executor local runs a file that says executor: ray on this machine, with no Ray started."""
+    from builder import batch_ray
+
+    def no_ray(*args):
+        raise AssertionError("a Ray executor was started")
+
+    monkeypatch.setattr(batch_ray.RayExecutor, "__init__", no_ray)
+    path = write(tmp_path / "a.yaml", "executor: ray\n" + ONE_JOB)
+    assert batch(path, "--executor", "local") == 0
+    assert summary(tmp_path / "out", "a")["executor"] == "local"
+
+
+def test_jobs_below_one_is_refused_before_anything(tmp_path, capsys):
+    path = write(tmp_path / "a.yaml", ONE_JOB)
+    for dry_run in ([], ["--dry-run"]):
+        assert batch(path, "--jobs", "0", *dry_run) == 2
+        assert capsys.readouterr().err == "error: --jobs: 0 must be at least 1\n"
+        assert not (tmp_path / "out").exists()
+
+
+def test_parallel_jobs_share_the_cpus(monkeypatch):
+    """Each of --jobs N builds gets its share of the CPUs for its threads, at least one."""
+    from builder.batch_exec import LocalExecutor
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [LocalExecutor(n).threads for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
+def test_the_first_signal_decides_how_the_batch_ends():
+    """A Ctrl-C after a SIGTERM still ends the batch as the SIGTERM did (143, 'by SIGTERM')."""
+    import signal
+
+    from builder.batch_exec import Stop
+
+    with Stop() as stop:
+        stop.request(signal.SIGTERM)
+        stop.request(signal.SIGINT)
+        assert (stop.signum, stop.exit_code) == (signal.SIGTERM, 143)
+
+
 def test_weights_resaved_during_a_build_are_rebuilt_next_run(tmp_path, monkeypatch):
     """A re-save that lands mid-build fails that build (its reads would mix two checkpoints), leaving
     no output, and the next run builds the checkpoint as it now is."""
@@ -2354,6 +2395,36 @@ def test_a_family_that_fails_past_except_exception_fails_its_job_alone_with_its_
         assert "failing_families.py" in job["traceback"] and line in job["traceback"], job["traceback"]
     assert jobs["good"]["status"] == "built"
     assert sorted(p.name for p in out.iterdir()) == [FAIL, "bug-summary.json", "bug-summary.md", "good"]
+
+
+def test_a_killed_build_process_fails_its_job_alone_and_debug_prints_a_traceback(tmp_path, capsys):
+    """A build killed by SIGKILL (the kernel's OOM killer) is named as such; --debug prints the
+    traceback of a job that failed on an unexpected exception, which a plain run keeps to the JSON."""
+    from support.failing_families import FAIL
+
+    out = tmp_path / "out"
+    path = write(
+        tmp_path / "die.yaml",
+        f"""
+        output_root: out
+        defaults:
+          model: {TINY}
+        jobs:
+          - {{output: dies, family: 'support.failing_families:KillsItsWorker'}}
+          - {{output: oom, family: 'support.failing_families:RunsOutOfMemory'}}
+        """,
+    )
+    write(out / FAIL, "")
+    capsys.readouterr()
+    assert batch(path, "--debug") == 1
+    printed = capsys.readouterr()
+    jobs = summary(out, "die")["by_name"]
+    assert (jobs["dies"]["status"], jobs["dies"]["error"]) == (
+        "failed",
+        "the build process was killed by signal 9 (out of memory?)",
+    )
+    assert "Traceback" in printed.err and 'raise MemoryError("cannot allocate' in printed.err, printed.err
+    assert "\n0 built, 0 skipped, 2 failed; summary: " in printed.out, printed.out
 
 
 def test_the_sigterm_of_a_ray_worker_still_ends_the_worker(tmp_path):
