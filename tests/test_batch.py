@@ -817,6 +817,7 @@ def test_two_jobs_run_in_parallel(tmp_path, capsys):
     assert events[:2] == ["start", "start"] and events[2:4] == ["built", "built"]
     s = summary(tmp_path / "out", "par")
     assert s["counts"]["built"] == 2
+    assert not [j for j in s["jobs"] if "error" in j]  # a built job's row and summary carry no error
     assert all((tmp_path / "out" / j["name"] / "model.onnx").is_file() for j in s["jobs"])
 
 
@@ -1460,6 +1461,7 @@ def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
     assert s["interrupted_by"] == sig
     by_name = s["by_name"]
     assert {by_name[n]["error"] for n in "ab"} == {"interrupted; its partial output was removed"}
+    assert not [n for n in "abc" if "stopped_by_signal" in by_name[n]]  # the Ray executor's note, not the summary's
     assert by_name["c"]["error"] == "not started: the batch was interrupted"
     assert f"0 built, 0 skipped, 0 failed, 3 interrupted by {sig}" in stdout
     assert "| interrupted |" in (tmp_path / "out" / "sig-summary.md").read_text()
@@ -1699,6 +1701,22 @@ def test_killed_batch_takes_its_builds_with_it(tmp_path):
     assert batch(tmp_path / "sig.yaml") == 0
     assert not (tmp_path / "out" / ".sig-summary.json.lock").exists()
     assert signal.SIGKILL
+
+
+def test_a_build_process_killed_mid_build_fails_its_job_alone_and_leaves_no_staging(tmp_path):
+    """The kernel's OOM killer takes one build (SIGKILL: it cannot clean up): its job fails with
+    the signal named, the batch removes the staging folder it left, and the other jobs build."""
+    import signal
+
+    proc, children = _start_paused_batch(tmp_path, jobs=1)
+    shutil.rmtree(tmp_path / "pauses")  # the next jobs run through
+    os.kill(children[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    s = summary(tmp_path / "out", "sig")
+    assert s["by_name"]["a"]["error"] == "the build process was killed by signal 9 (out of memory?)"
+    assert s["counts"] == {"built": 2, "skipped": 0, "failed": 1, "interrupted": 0}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b", "c", "sig-summary.json", "sig-summary.md"]
 
 
 def test_quantization_options_do_not_rebuild_a_float_job(tmp_path):
