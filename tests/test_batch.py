@@ -1461,6 +1461,7 @@ def test_signal_stops_running_builds_and_writes_the_summary(sig, tmp_path):
     assert s["interrupted_by"] == sig
     by_name = s["by_name"]
     assert {by_name[n]["error"] for n in "ab"} == {"interrupted; its partial output was removed"}
+    assert "stopping once the executor has started" not in stderr  # it had started long before
     assert not [n for n in "abc" if "stopped_by_signal" in by_name[n]]  # the Ray executor's note, not the summary's
     assert by_name["c"]["error"] == "not started: the batch was interrupted"
     assert f"0 built, 0 skipped, 0 failed, 3 interrupted by {sig}" in stdout
@@ -1680,6 +1681,22 @@ def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert not [line for line in lines if line.startswith("[running]")]
     assert "[1/1] start   a: int4 cpu (--force)" in lines and any(line.startswith("[1/1] built") for line in lines)
+
+
+def test_the_running_line_names_only_the_jobs_still_running(tmp_path, monkeypatch, capsys):
+    from builder.batch import Console
+
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv("BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "1.5")
+    monkeypatch.setenv("BUILDER_TEST_PAUSE_DIR", str(pauses))
+    monkeypatch.setattr(Console, "LOG_EVERY_S", 0.5)
+    path = write(tmp_path / "p.yaml", THREE_JOBS.replace("  - output: c\n", ""))
+    assert batch(path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    b_started = lines.index("[2/2] start   b: int4 cpu (new)")
+    running = [line for line in lines[b_started:] if line.startswith("[running]")]
+    assert running and all(line.startswith("[running] b ") and ", " not in line for line in running), lines
 
 
 def test_killed_batch_takes_its_builds_with_it(tmp_path):
