@@ -1054,14 +1054,19 @@ FINGERPRINT_JOB = """
 """
 
 
+def assert_rebuilt(path: Path, tmp_path: Path) -> None:
+    """A run of FINGERPRINT_JOB's file rebuilds its job, for the checkpoint's change."""
+    assert batch(path) == 0
+    job = summary(tmp_path / "out", "f")["by_name"]["a"]
+    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+
+
 def test_resaved_weights_with_same_names_and_shapes_are_rebuilt(tmp_path, capsys):
     weights = _copy_checkpoint(tmp_path / "ckpt")
     path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
     assert batch(path) == 0
     _resave_in_place(weights, keep_mtime=False)
-    assert batch(path) == 0
-    job = summary(tmp_path / "out", "f")["by_name"]["a"]
-    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+    assert_rebuilt(path, tmp_path)
 
     # Another copy of the same bytes (new inode and mtime) is a change for the stat identity.
     data = weights.read_bytes()
@@ -1081,9 +1086,7 @@ def test_a_changed_generation_config_or_tokenizer_file_is_rebuilt(tmp_path, name
     assert batch(path) == 0
     edited = tmp_path / "ckpt" / name
     edited.write_text(edited.read_text().replace('"temperature": 0.6', '"temperature": 0.1') + "\n")
-    assert batch(path) == 0
-    job = summary(tmp_path / "out", "f")["by_name"]["a"]
-    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+    assert_rebuilt(path, tmp_path)
     assert (tmp_path / "out" / "a" / name).read_bytes() == edited.read_bytes()
     if name == "generation_config.json":
         search = json.loads((tmp_path / "out" / "a" / "genai_config.json").read_text())["search"]
@@ -1109,9 +1112,7 @@ def test_content_hash_sees_what_size_mtime_and_inode_cannot(tmp_path, capsys):
     assert batch(path) == 0
     assert summary(tmp_path / "out", "f")["by_name"]["a"]["status"] == "skipped"
     _resave_in_place(weights, keep_mtime=True)
-    assert batch(path) == 0
-    job = summary(tmp_path / "out", "f")["by_name"]["a"]
-    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+    assert_rebuilt(path, tmp_path)
 
 
 def test_linked_weights_and_weights_replaced_with_size_and_mtime_kept_are_rebuilt(tmp_path, capsys):
@@ -1126,9 +1127,7 @@ def test_linked_weights_and_weights_replaced_with_size_and_mtime_kept_are_rebuil
     path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false"))
     assert batch(path) == 0
     _resave_in_place(stored, keep_mtime=False)
-    assert batch(path) == 0
-    job = summary(tmp_path / "out", "f")["by_name"]["a"]
-    assert job["status"] == "built" and job["reason"] == "checkpoint changed"
+    assert_rebuilt(path, tmp_path)
 
     st = stored.stat()
     new = stored.with_name("new.safetensors")
