@@ -304,6 +304,42 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     assert "encoded" not in run_node(result.output)  # only when asked
 
 
+def external_model(folder: Path, sizes: list[int], order: list[int]) -> tuple[onnx.ModelProto, list[np.ndarray]]:
+    """A model whose float32 initializers of `sizes` bytes lie back to back in onnx/model.onnx_data,
+    listed in the graph in `order` (the split must not rely on the graph listing them by offset)."""
+    folder.mkdir()
+    arrays = [np.arange(n // 4, dtype=np.float32) + 1000 * k for k, n in enumerate(sizes)]
+    (folder / "model.onnx_data").write_bytes(b"".join(a.tobytes() for a in arrays))
+    offsets = np.cumsum([0, *sizes])
+    tensors = []
+    for k in order:
+        t = onnx.TensorProto(name=f"w{k}", data_type=onnx.TensorProto.FLOAT, dims=arrays[k].shape)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", "model.onnx_data"), ("offset", offsets[k]), ("length", sizes[k])):
+            t.external_data.add(key=key, value=str(value))
+        tensors.append(t)
+    return onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], initializer=tensors)), arrays
+
+
+@pytest.mark.parametrize(
+    "sizes, limit, chunk_sizes",
+    [
+        ([4096, 4096, 4096], 8192, [8192, 4096]),  # a chunk may fill the limit exactly
+        ([8192, 4096], 4096, [8192, 4096]),  # a tensor past the limit gets a chunk of its own, never an empty one
+        ([4096, 4096], 1 << 20, [8192]),  # under the limit: the one file transformers.js names without a suffix
+    ],
+)
+def test_split_external_data_chunks_and_rebases_every_tensor(tmp_path, sizes, limit, chunk_sizes):
+    folder = tmp_path / "onnx"
+    model, arrays = external_model(folder, sizes, order=list(reversed(range(len(sizes)))))
+    names = transformers_js.split_external_data(model, folder, "model.onnx", limit)
+    assert names == ["onnx/model.onnx_data"] + [f"onnx/model.onnx_data_{k}" for k in range(1, len(chunk_sizes))]
+    assert [(tmp_path / n).stat().st_size for n in names] == chunk_sizes
+    for t in model.graph.initializer:
+        k = int(t.name[1:])
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(t, base_dir=str(folder)), arrays[k])
+
+
 @pytest.mark.parametrize(
     "name,precision",
     [("gemma3", "fp32"), ("gemma3", "fp16"), ("gemma3-vl", "fp32"), ("mistral", "fp32")]
