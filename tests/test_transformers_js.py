@@ -816,6 +816,39 @@ def test_conditional_generation_checkpoints_load_as_causal_lm(tmp_path):
     assert written["transformers.js_config"] == {"dtype": "q4", "use_external_data_format": {"model_q4.onnx": 1}}
 
 
+def test_a_flat_text_config_is_nested_under_the_type_transformers_js_runs(tmp_path):
+    """transformers.js 4.3 has no qwen3_5_moe_text: the folder's config.json nests it under qwen3_5_moe
+    (no warning about an unknown type), the text config without the outer architectures; a checkpoint
+    without generation_config.json gets one with the ids its config.json sets (bos is null here)."""
+    from types import SimpleNamespace
+
+    config = {
+        "architectures": ["Qwen3_5MoeForCausalLM"],
+        "model_type": "qwen3_5_moe_text",
+        "bos_token_id": None,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    arch = SimpleNamespace(
+        config=config,
+        io_dtype=np.dtype(np.float32),
+        spec=SimpleNamespace(layer_types=()),
+        options=BuildOptions(model="x", precision="fp32", format="transformers.js"),
+        warnings=[],
+    )
+    folder = transformers_js.TransformersJsFolder(arch)
+    assert arch.warnings == []
+    assert folder.write_configs(tmp_path, None) == ["config.json", "generation_config.json"]
+    text = {k: v for k, v in config.items() if k != "architectures"}
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "model_type": "qwen3_5_moe",
+        "architectures": ["Qwen3_5MoeForCausalLM"],
+        "text_config": text,
+        "transformers.js_config": {"dtype": "fp32", "use_external_data_format": {"model.onnx": 1}},
+    }
+    assert json.loads((tmp_path / "generation_config.json").read_text()) == {"eos_token_id": 2, "pad_token_id": 0}
+
+
 def test_hybrid_configs_name_their_layer_types(tmp_path):
     """transformers.js finds the conv/recurrent/KV inputs of each layer through config.layer_types."""
     from types import SimpleNamespace
