@@ -849,6 +849,24 @@ def test_a_flat_text_config_is_nested_under_the_type_transformers_js_runs(tmp_pa
     assert json.loads((tmp_path / "generation_config.json").read_text()) == {"eos_token_id": 2, "pad_token_id": 0}
 
 
+def test_a_plugin_family_with_a_type_transformers_js_lacks_is_told_where_it_names_one(tmp_path):
+    """A family of one's own (here a stand-in arch, not from architectures/) may name the type it
+    follows in its model_config(): the warning says so; a built-in family has no such hook
+    (test_plugin_hooks checks that one's warning)."""
+    from types import SimpleNamespace
+
+    arch = SimpleNamespace(
+        config={"model_type": "my_llama"},
+        io_dtype=np.dtype(np.float32),
+        options=BuildOptions(model="x", precision="fp32", format="transformers.js"),
+        warnings=[],
+    )
+    transformers_js.TransformersJsFolder(arch)
+    assert len(arch.warnings) == 1
+    assert "'my_llama' is none transformers.js 4.3 has a model class for" in arch.warnings[0]
+    assert "in its model_config()" in arch.warnings[0]
+
+
 def test_hybrid_configs_name_their_layer_types(tmp_path):
     """transformers.js finds the conv/recurrent/KV inputs of each layer through config.layer_types."""
     from types import SimpleNamespace
