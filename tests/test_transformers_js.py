@@ -147,6 +147,14 @@ def test_declared_cache_dims_are_numbers(built):
     assert dims["logits"] == ["batch_size", "num_logits", 480]
 
 
+def test_an_input_transformers_js_does_not_feed_is_refused():
+    """transformers.js feeds a decoder only its own input names: a graph wanting another would fail on load."""
+    value = onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, ["batch_size", 3])
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [value], []))
+    with pytest.raises(BuilderError, match="graph input 'pixel_values' is not one transformers.js feeds"):
+        transformers_js.check_inputs(model)
+
+
 def test_linear_attention_states_get_transformers_js_names():
     """Hybrid models (Qwen3.5): genai's past.N.conv/recurrent become past_conv.N/past_recurrent.N, and a
     state whose size is symbolic is refused (transformers.js would start it with a 0-sized dim)."""
