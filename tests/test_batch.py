@@ -2382,6 +2382,49 @@ def test_a_changed_builder_rebuilds_what_it_built(tmp_path):
     assert "the builder's code changed" in again and "1 built" in again, again
 
 
+def test_the_builder_s_digest_covers_the_code_outputs_come_from_and_no_more(tmp_path, monkeypatch):
+    """Which of the builder's files decide whether batch rebuilds: the quantizer and the pipeline do
+    (a fixed int4 packing left old outputs up to date otherwise); the progress display, error
+    wording, comments and files beside pipeline.py do not (each rebuilt every output: hours on 8B models)."""
+    import types
+
+    import builder.family_source as family_source
+
+    files = {
+        "builder/__init__.py": "",
+        "builder/pipeline.py": "STEP = 1\n",
+        "builder/pipeline_extra.py": "X = 1\n",
+        "builder/kit/progress.py": "BAR = 1\n",
+        "builder/kit/errors.py": "WORDS = 1\n",
+        "builder/kit/graph.py": "OPS = 1\n",
+        "quant/int4.py": "BLOCK = 32\n",
+        "architectures/llama.py": "ROPE = 1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    fake = types.SimpleNamespace(__file__=str(tmp_path / "builder" / "__init__.py"))
+    monkeypatch.setattr(family_source.importlib, "import_module", lambda name: fake)
+    monkeypatch.setattr(family_source, "builder_source_digest", family_source.builder_source_digest.__wrapped__)
+
+    def digest_after(name: str, text: str) -> str | None:
+        (tmp_path / name).write_text(text)
+        return family_source.builder_source_digest()
+
+    before = family_source.builder_source_digest()
+    assert before is not None
+    assert digest_after("builder/kit/progress.py", "BAR = 2\n") == before
+    assert digest_after("builder/kit/errors.py", "WORDS = 2\n") == before
+    assert digest_after("builder/pipeline_extra.py", "X = 2\n") == before
+    assert digest_after("quant/int4.py", "# a comment\nBLOCK = 32\n") == before
+    quantized = digest_after("quant/int4.py", "BLOCK = 64\n")
+    assert quantized != before
+    assert digest_after("builder/pipeline.py", "STEP = 2\n") not in (quantized, None)
+    for name in files:  # nothing readable: the version alone decides
+        (tmp_path / name).unlink()
+    assert family_source.builder_source_digest() is None
+
+
 def test_a_model_that_is_no_folder_and_no_valid_hub_id_is_refused_up_front(tmp_path, capsys):
     """'not a/hub id' passed the checks (a dry run said it would build 'hub id-int4-cpu') and failed
     only at its turn, after the other jobs had run."""
