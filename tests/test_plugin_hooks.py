@@ -533,8 +533,14 @@ def test_the_source_digest_skips_files_that_are_not_code(tmp_path, monkeypatch):
     before = family_source_digest(lockfam.Fam)
     (package / ".#__init__.py").symlink_to("user@host.1234")
     assert family_source_digest(lockfam.Fam) == before and before is not None
+    (package / ".#__init__.py").unlink()
+    (package / ".#__init__.py").write_text("X = 0\n")  # a hidden file, not a link: no module either
+    assert family_source_digest(lockfam.Fam) == before
     (package / "blocks.py").write_text("X = 1\n")  # another module of the package: part of its source
-    assert family_source_digest(lockfam.Fam) != before
+    with_blocks = family_source_digest(lockfam.Fam)
+    assert with_blocks != before
+    (package / "blocks.py").rename(package / "layers.py")  # `from .blocks import X` fails now
+    assert family_source_digest(lockfam.Fam) != with_blocks
     assert family_source_digest(LlamaBuilder) is None  # built in: the builder's version covers it
 
 
