@@ -590,6 +590,45 @@ def test_the_source_digest_covers_a_module_taken_from_the_user_s_package(tmp_pat
     assert family_source_digest(digest_pkg_fam.Fam) != before
 
 
+def test_the_source_digest_follows_a_relative_import_up_the_user_s_package(tmp_path, monkeypatch):
+    """`from ..blocks import ACT` in relpkg/sub/fam.py names relpkg.blocks, not relpkg.sub.blocks: read
+    as the latter, the module blocks.py imports from outside the package went undigested."""
+    from builder.family_source import family_source_digest
+
+    (tmp_path / "relpkg" / "sub").mkdir(parents=True)
+    (tmp_path / "relpkg" / "__init__.py").write_text("")
+    (tmp_path / "relpkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "relpkg" / "blocks.py").write_text("from relpkg_helper import ACT\n")
+    (tmp_path / "relpkg" / "sub" / "fam.py").write_text(
+        "from architectures import LlamaBuilder\n\nfrom ..blocks import ACT\n\n\nclass Fam(LlamaBuilder):\n    pass\n"
+    )
+    (tmp_path / "relpkg_helper.py").write_text("ACT = 'silu'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from relpkg.sub import fam
+
+    before = family_source_digest(fam.Fam)
+    (tmp_path / "relpkg_helper.py").write_text("ACT = 'gelu_tanh'\n")
+    assert family_source_digest(fam.Fam) != before
+
+
+def test_an_os_error_in_a_family_is_left_for_the_command_line_to_word(tmp_path, monkeypatch):
+    """A missing file or a full disk met while a plugin family builds is said as such by the command
+    line, not blamed on the family's code."""
+    from builder.family_source import plugin_faults_named
+
+    (tmp_path / "oserror_fam.py").write_text(
+        "from architectures import LlamaBuilder\n\n\nclass Fam(LlamaBuilder):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import oserror_fam
+
+    with pytest.raises(FileNotFoundError), plugin_faults_named(oserror_fam.Fam):
+        raise FileNotFoundError("model.safetensors")
+    with pytest.raises(BuilderError, match="the family oserror_fam.Fam failed: .* raised KeyError: 'x'"):
+        with plugin_faults_named(oserror_fam.Fam):
+            raise KeyError("x")
+
+
 def test_a_fault_s_message_is_one_line_of_at_most_200_characters():
     from builder.family_source import _one_line
 
