@@ -629,6 +629,25 @@ def test_an_os_error_in_a_family_is_left_for_the_command_line_to_word(tmp_path, 
             raise KeyError("x")
 
 
+def test_a_fault_raised_in_the_builder_s_code_names_its_innermost_frame(tmp_path, monkeypatch):
+    """Where a family's input made the builder's code raise, the line named is the builder's frame that
+    raised, shown relative to the checkout, not the outermost one that called it."""
+    from builder.family_source import plugin_faults_named
+
+    (tmp_path / "inner_fam.py").write_text(
+        "from architectures import LlamaBuilder\n\n\nclass Fam(LlamaBuilder):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import inner_fam
+
+    code = "def outer():\n    inner()\n\n\ndef inner():\n    raise KeyError('x')\n"
+    scope = {"__name__": "builder.fake_step"}
+    exec(compile(code, str(REPO / "builder" / "fake_step.py"), "exec"), scope)
+    with pytest.raises(BuilderError, match=r"the builder's inner \(builder/fake_step\.py:6\) raised KeyError"):
+        with plugin_faults_named(inner_fam.Fam):
+            scope["outer"]()
+
+
 def test_a_fault_s_message_is_one_line_of_at_most_200_characters():
     from builder.family_source import _one_line
 
