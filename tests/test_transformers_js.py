@@ -634,19 +634,43 @@ def load_serve():
 @contextlib.contextmanager
 def chromium(url: str, tmp_path: Path, server):
     """Headless Chromium on `url` for the block; then it and serve.py's `server` stop. Yields
-    the end of Chromium's log, for a failure message."""
+    next_result(results, timeout, failing): the page's next posted result, or the test failed with
+    `failing` and Chromium's log, at once where Chromium has exited."""
+    import queue
+    import tempfile
+    import time
+
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (apt-get install chromium), or set CHROMIUM")
+    # Chromium's singleton socket (TMPDIR/org.chromium.Chromium.*/SingletonSocket) must fit a Unix
+    # socket path's 107 bytes, which tmp_path outgrows once pytest's run counter has four digits
+    # (/tmp/pytest-of-root/pytest-1490/test_browser_webgpu_tokens_equ0/...: Chromium stopped at once,
+    # "Socket path too long", and the test waited out its timeout). A short folder instead, removed
+    # with the browser: the socket's folder outlives a terminated browser.
+    socket_dir = tempfile.mkdtemp(prefix="chromium-", dir="/tmp" if os.path.isdir("/tmp") else None)
     log = open(tmp_path / "chromium.log", "w")
     browser = subprocess.Popen(
         [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
         stdout=log,
         stderr=subprocess.STDOUT,
-        # Its singleton socket folder (org.chromium.Chromium.*) outlives a terminated browser: keep it in tmp_path.
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        env={**os.environ, "TMPDIR": socket_dir},
     )
+
+    def next_result(results, timeout: float, failing: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return results.get(timeout=0.5)
+            except queue.Empty:
+                pass
+            log_tail = (tmp_path / "chromium.log").read_text()[-3000:]
+            if browser.poll() is not None:
+                pytest.fail(f"{failing}: Chromium exited ({browser.returncode}); its log: {log_tail}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{failing}; Chromium's log: {log_tail}")
+
     try:
-        yield lambda: (tmp_path / "chromium.log").read_text()[-3000:]
+        yield next_result
     finally:
         browser.terminate()
         try:
@@ -657,21 +681,18 @@ def chromium(url: str, tmp_path: Path, server):
         server.shutdown()
         server.server_close()
         log.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def run_page(folder: Path, tmp_path: Path, **query) -> dict:
-    import queue
     import urllib.parse
 
     node_ready()
     server, results = load_serve().start([folder])
     url = f"http://127.0.0.1:{server.server_port}/?" + urllib.parse.urlencode({"model": folder.name, **query})
-    with chromium(url, tmp_path, server) as chromium_log:
-        try:
-            # --dump-dom would return before the GPU work is done: the page POSTs its result instead.
-            return results.get(timeout=180)
-        except queue.Empty:
-            pytest.fail(f"the page posted no result; Chromium's log: {chromium_log()}")
+    with chromium(url, tmp_path, server) as next_result:
+        # --dump-dom would return before the GPU work is done: the page POSTs its result instead.
+        return next_result(results, 180, "the page posted no result")
 
 
 def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import queue
 import shutil
 import socket
 import subprocess
@@ -273,12 +272,9 @@ def test_page_names_the_bad_parameter(tmp_path, built):
     (q4 / "frames.html").write_text(frames)
     server, results = load_serve().start([q4, other, older, short, cuda])
     posted = {}
-    with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as chromium_log:
+    with chromium(f"http://127.0.0.1:{server.server_port}/models/tiny/frames.html", tmp_path, server) as next_result:
         for _ in cases:
-            try:
-                result = results.get(timeout=60)
-            except queue.Empty:
-                pytest.fail(f"got {posted}; Chromium's log: {chromium_log()}")
+            result = next_result(results, 60, f"got {posted}")
             posted[result["query"].removeprefix("?report=1&")] = result["error"]
     assert posted.keys() == cases.keys(), posted
     for query, words in cases.items():
