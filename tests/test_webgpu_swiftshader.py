@@ -263,3 +263,54 @@ def test_beams_with_graph_capture_run_as_the_builder_settles_them(tmp_path):
     assert rows[0] == {"tokens": beams}, (rows[0], beams)
     assert rows[1] == {"tokens": greedy}, (rows[1], greedy)
     assert rows[2] == {"error": "Graph capture is not supported with past_present_share_buffer set to false."}, rows[2]
+
+
+# A plain onnxruntime session on the WebGPU EP (the checks' path), twice, then onnxruntime-genai on the
+# same folder, in one process: one JSON line each, or the BuilderError that stopped it.
+ORT_THEN_GENAI = """
+import json, sys
+import onnxruntime_genai as og
+from builder.ep_runtime import genai_model, ort_session
+from builder.kit.errors import BuilderError
+folder = sys.argv[1]
+try:
+    for _ in range(2):
+        session = ort_session(f"{folder}/model.onnx", "WebGpuExecutionProvider", {"validationMode": "disabled"})
+        options = session.get_provider_options().get("WebGpuExecutionProvider", {})
+        print(json.dumps({"providers": session.get_providers(), "validationMode": options.get("validationMode")}))
+    genai_model(og, folder)
+    print(json.dumps({"genai": "loaded"}))
+except BuilderError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["plugin", "1.27"])
+def test_an_onnxruntime_session_and_genai_open_webgpu_in_one_process(runtime, built, tmp_path):
+    """ort_session starts the WebGPU EP with the options given, a second time too, and genai then
+    opens the folder in the same process: the plugin's registration with onnxruntime must not pass
+    for WebGPU built in (genai would be left without the plugin and call WebGPU 'not supported in
+    this build'). Without a driver the session is refused, not run on the CPU instead."""
+    icd = plugin_ready()
+    python_path = [str(ORT_127), str(REPO)] if runtime == "1.27" else [str(REPO)]
+    if runtime == "1.27" and not (ORT_127 / "onnxruntime").is_dir():
+        pytest.fail(f"{ORT_127} is missing: run `bash scripts/setup.sh`")
+    target = {"target_ort": "1.27"} if runtime == "1.27" else {}
+    folder = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32", **target).output
+    env = swiftshader_env(icd)
+    env["PYTHONPATH"] = os.pathsep.join(python_path)
+    command = [sys.executable, "-c", ORT_THEN_GENAI, str(folder)]
+    child = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    rows = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    # 1.27 reports no options back, whatever it was given
+    session = {"providers": ["WebGpuExecutionProvider", "CPUExecutionProvider"]}
+    session["validationMode"] = None if runtime == "1.27" else "disabled"
+    assert rows == [session, session, {"genai": "loaded"}], child.stderr[-2000:]
+
+    child = subprocess.run(
+        command, capture_output=True, text=True, env=no_driver_env(icd, tmp_path / "none.json", env["PYTHONPATH"])
+    )
+    rows = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    # 1.27 falls back to the CPU EP, after Dawn's own lines on stderr, where the session is refused
+    said = "WebGpuExecutionProvider did not start" if runtime == "1.27" else "WebGPU found no GPU adapter"
+    assert len(rows) == 1 and rows[0]["error"].startswith(said), (rows, child.stderr[-2000:])
