@@ -18,6 +18,7 @@ import pytest
 from test_targets import COMMON
 
 from builder import BuilderError, BuildOptions
+from builder.ep_runtime import WEBGPU_INSTALL
 from builder.verify import dequantized_reference, genai_greedy, onnx_logits, onnx_session, transformers_greedy
 from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
 
@@ -366,3 +367,162 @@ def test_a_load_failure_is_blamed_on_the_adapter_only_when_the_plugin_has_none(
     else:
         with pytest.raises(BuilderError, match="WebGPU found no GPU"):
             ep_runtime.genai_model(FakeGenai, tmp_path, "webgpu")
+
+
+@pytest.mark.parametrize(
+    "options, provider",
+    [(None, "cpu"), ([], "cpu"), ([{}], "cpu"), ([{"webgpu": {}}], "webgpu")],
+)
+def test_a_folder_runs_on_the_provider_its_config_names(options, provider, tmp_path):
+    """genai_config.json's provider_options name the folder's provider; none, or an empty entry, is the CPU."""
+    from builder.ep_runtime import folder_provider
+
+    session_options = {} if options is None else {"provider_options": options}
+    config = {"model": {"decoder": {"session_options": session_options}}}
+    (tmp_path / "genai_config.json").write_text(json.dumps(config))
+    assert folder_provider(tmp_path) == provider
+
+
+class RecordingGenai:
+    """The onnxruntime_genai calls that genai_model makes, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def register_execution_provider_library(self, name, path):
+        self.calls.append(("register", path))
+
+    def Config(self, folder):  # noqa: N802 (og's name)
+        calls = self.calls
+
+        class Config:
+            def clear_providers(self):
+                calls.append(("clear_providers",))
+
+            def append_provider(self, name):
+                calls.append(("append_provider", name))
+
+        return Config()
+
+    def Model(self, config):  # noqa: N802 (og's name)
+        self.calls.append(("Model",))
+        return "model"
+
+
+def test_genai_model_opens_a_folder_on_its_own_provider(built, monkeypatch):
+    """Without a provider named, a webgpu folder opens on WebGPU, with the plugin EP registered with
+    genai once a process, and a cpu folder on genai's default with nothing registered."""
+    import onnxruntime_ep_webgpu
+
+    from builder import ep_runtime
+
+    monkeypatch.setattr(ep_runtime, "_registered", set())
+    og = RecordingGenai()
+    for _ in range(2):
+        assert ep_runtime.genai_model(og, built("qwen3", precision="int4", ep="webgpu").output) == "model"
+    opened = [("clear_providers",), ("append_provider", "webgpu"), ("Model",)]
+    assert og.calls == [("register", onnxruntime_ep_webgpu.get_library_path()), *opened, *opened]
+    og = RecordingGenai()
+    ep_runtime.genai_model(og, built("qwen3", precision="int4").output)
+    assert og.calls == [("clear_providers",), ("Model",)]
+
+
+def test_genai_model_registers_nothing_where_webgpu_is_built_in_or_missing(built, monkeypatch):
+    """onnxruntime-webgpu 1.27 has WebGPU built in and refuses the plugin; with neither, the refusal
+    is one line saying what to install."""
+    import onnxruntime
+
+    from builder import ep_runtime
+
+    folder = built("qwen3", precision="int4", ep="webgpu").output
+    monkeypatch.setattr(ep_runtime, "_registered", set())
+    providers = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["WebGpuExecutionProvider", *providers])
+    og = RecordingGenai()
+    ep_runtime.genai_model(og, folder)
+    assert og.calls == [("clear_providers",), ("append_provider", "webgpu"), ("Model",)]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(ep_runtime, "webgpu_plugin_library", lambda: None)
+    og = RecordingGenai()
+    with pytest.raises(BuilderError) as refused:
+        ep_runtime.genai_model(og, folder)
+    assert str(refused.value) == f"this folder runs on WebGPU, and no WebGPU runtime is installed: {WEBGPU_INSTALL}"
+    assert "pip install onnxruntime-genai onnxruntime-ep-webgpu" in str(refused.value) and og.calls == []
+
+
+def test_built_in_webgpu_without_an_adapter_quotes_the_runtimes_reason(built, monkeypatch):
+    """onnxruntime-webgpu 1.27's error puts a source path and an assertion before its reason, and a
+    stack after: the one line quotes the reason, and says nothing of the plugin EP's variable."""
+    import onnxruntime
+
+    from builder import ep_runtime
+
+    class NoAdapterGenai(RecordingGenai):
+        def Model(self, config):  # noqa: N802 (og's name)
+            raise RuntimeError(
+                "/onnxruntime_src/onnxruntime/core/providers/webgpu/webgpu_context.cc:77 void "
+                "onnxruntime::webgpu::WebGpuContext::Initialize() status == wgpu::Status::Success was false. "
+                "Failed to get a WebGPU adapter: No supported adapters\nStacktrace:\n  webgpu_context.cc:77"
+            )
+
+    monkeypatch.setattr(ep_runtime, "_registered", set())
+    providers = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["WebGpuExecutionProvider", *providers])
+    monkeypatch.setattr(ep_runtime.sys, "platform", "darwin")  # no Vulkan loader to look for
+    monkeypatch.delenv("ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER", raising=False)
+    with pytest.raises(BuilderError) as refused:
+        ep_runtime.genai_model(NoAdapterGenai(), built("qwen3", precision="int4", ep="webgpu").output)
+    assert str(refused.value) == (
+        "WebGPU found no GPU adapter: install a GPU driver with Vulkan (Linux), D3D12 (Windows) or Metal (macOS) "
+        "(the runtime said: Failed to get a WebGPU adapter: No supported adapters)"
+    )
+
+
+def test_no_plugin_offers_no_webgpu_device(monkeypatch):
+    from builder import ep_runtime
+
+    monkeypatch.setattr(ep_runtime, "_registered", set())
+    monkeypatch.setattr(ep_runtime, "webgpu_plugin_library", lambda: None)
+    assert ep_runtime.webgpu_plugin_devices() == []
+
+
+def identity_model(path):
+    from onnx import TensorProto, helper
+
+    value = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", value[:1], value[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider .CUDAExecutionProvider. is not in available")
+def test_ort_session_keeps_the_session_options_and_refuses_a_fallback(tmp_path):
+    """The caller's SessionOptions are the session's (verify's quiet log level), and an EP that does not
+    start is refused: onnxruntime would quietly run the model on the CPU EP instead."""
+    import onnxruntime
+
+    from builder.ep_runtime import ort_session
+
+    model = identity_model(tmp_path / "identity.onnx")
+    so = onnxruntime.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    assert ort_session(model, session_options=so).get_providers() == ["CPUExecutionProvider"]
+    assert (tmp_path / "optimized.onnx").is_file()
+    assert "CUDAExecutionProvider" not in onnxruntime.get_available_providers()  # the CPU wheel
+    with pytest.raises(BuilderError, match=r"CUDAExecutionProvider did not start \(onnxruntime fell back to \["):
+        ort_session(model, "CUDAExecutionProvider")
+
+
+def test_a_load_error_without_words_still_blames_the_missing_adapter(built, monkeypatch):
+    """genai's error may carry no message at all: the one line stands, with nothing to quote."""
+    from builder import ep_runtime
+
+    class SilentGenai(RecordingGenai):
+        def Model(self, config):  # noqa: N802 (og's name)
+            raise RuntimeError()
+
+    monkeypatch.setattr(ep_runtime, "_webgpu_built_in", lambda: False)
+    monkeypatch.setattr(ep_runtime, "webgpu_plugin_devices", lambda: [])
+    monkeypatch.setattr(ep_runtime, "prepare_genai", lambda og, provider: None)
+    with pytest.raises(BuilderError, match="^WebGPU found no GPU"):
+        ep_runtime.genai_model(SilentGenai(), built("qwen3", precision="int4", ep="webgpu").output)
