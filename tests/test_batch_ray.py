@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -98,7 +99,7 @@ def test_ray_outputs_equal_the_local_executors_byte_for_byte(tiny_both, capsys):
         for f in ("model.onnx.data", "model.onnx", "genai_config.json"):
             assert (on_ray / name / f).read_bytes() == (local / name / f).read_bytes(), f"{name}/{f}"
         job = s["by_name"][name]
-        assert job["node"] and job["attempts"] == 1
+        assert job["node"] and job["attempts"] == 1 and "attempt_nodes" not in job
         assert job["memory_request_bytes"] > job["peak_rss_bytes"] > 50e6
     assert s["by_name"]["tiny-qwen3-fp32-cpu"]["verify"]["status"] == "passed"
     assert hidden(on_ray) == []  # no staging folders, no probe or attempt records
@@ -190,7 +191,7 @@ def test_a_worker_that_dies_on_every_attempt_fails_its_job_alone_in_one_line(tmp
     dies = s["by_name"]["dies"]
     assert dies["status"] == "failed" and dies["attempts"] == 3 and len(dies["attempt_nodes"]) == 3
     assert dies["error"].startswith("its worker died 3 time(s)") and "\n" not in dies["error"], dies["error"]
-    assert dies["error"].count(" pid ") == 3 and "/worker-*-<pid>.err on its node" in dies["error"]
+    assert len(re.findall(r" pid \d+[,;]", dies["error"])) == 3 and "/worker-*-<pid>.err on its node" in dies["error"]
     assert "[2/2] failed  dies after" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == [FAIL, "die-summary.json", "die-summary.md", "good"]
 
@@ -235,6 +236,7 @@ def test_a_bug_that_raises_fails_its_job_once_with_its_traceback_in_the_summary(
         assert (job["status"], job["error"], job["attempts"]) == ("failed", error, 1), job
         assert f"failed  {name} after" in printed.out and error in printed.out
         assert "failing_families.py" in job["traceback"] and line in job["traceback"], job["traceback"]
+        assert "\x1b[" not in job["traceback"]  # Ray colours the task's name
         assert job["node"]
     assert sorted(p.name for p in out.iterdir()) == [FAIL, "bug-summary.json", "bug-summary.md"]
 
@@ -279,23 +281,26 @@ def test_a_job_too_large_for_every_node_is_refused_up_front(tmp_path, monkeypatc
 
 
 def test_sigterm_to_a_ray_batch_cancels_its_builds(tmp_path, pause_dir, cluster):
-    """The driver as its own process, joining this cluster; SIGTERM reaches only the driver."""
+    """The driver as its own process, joining this cluster; SIGTERM reaches only the driver. a and b
+    run (1 CPU each), c waits in Ray's queue for a CPU and d in the batch's: neither started."""
     import subprocess
     import sys
 
     path = write(
-        tmp_path / "sig.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n  - output: b\n"
+        tmp_path / "sig.yaml",
+        f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n" + "".join(f"  - output: {n}\n" for n in "abcd"),
     )
     pause_dir.mkdir()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray", "--ray-address", cluster],
+            [sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray", "--ray-address", cluster]
+            + ["--jobs", "3"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         deadline = time.monotonic() + 120
-        while not (pause_dir / "a.pid").exists():
+        while not (pause_dir / "a.pid").exists() or not (pause_dir / "b.pid").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the build never paused"
             time.sleep(0.2)
@@ -308,8 +313,9 @@ def test_sigterm_to_a_ray_batch_cancels_its_builds(tmp_path, pause_dir, cluster)
     assert "Traceback" not in stderr
     s = summary(tmp_path / "out", "sig")
     assert s["interrupted_by"] == "SIGTERM"
-    assert s["counts"] == {"built": 0, "skipped": 0, "failed": 0, "interrupted": 2}
-    assert s["by_name"]["b"]["error"] == "not started: the batch was interrupted"
+    assert s["counts"] == {"built": 0, "skipped": 0, "failed": 0, "interrupted": 4}
+    for name in "cd":
+        assert s["by_name"][name]["error"] == "not started: the batch was interrupted"
     time.sleep(1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sig-summary.json", "sig-summary.md"]
     deadline = time.monotonic() + 30
@@ -459,31 +465,24 @@ def _read(path: Path) -> str:
 
 def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
     """ray.init retried such an address for as long as it was left (10+ minutes), printing only
-    its own warnings, and Ctrl-C took 45 s to end it."""
+    its own warnings, and Ctrl-C took 45 s to end it. $RAY_ADDRESS is such an address too."""
     import subprocess
     import sys
 
     path = write(tmp_path / "one.yaml", f"jobs:\n  - model: {TINY}\n")
     with socket_nobody_listens() as port:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "builder",
-                "batch",
-                str(path),
-                "--executor",
-                "ray",
-                "--ray-address",
-                f"127.0.0.1:{port}",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert proc.returncode == 2, proc.stderr
-    assert f"nothing answers at 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+        address = f"127.0.0.1:{port}"
+        for flag, env in ((["--ray-address", address], {}), ([], {"RAY_ADDRESS": address})):
+            proc = subprocess.run(
+                [sys.executable, "-m", "builder", "batch", str(path), "--executor", "ray", *flag],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, **env},
+            )
+            assert proc.returncode == 2, proc.stderr
+            assert f"nothing answers at {address}" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_gone_clusters_ray_start_record_is_not_joined(tmp_path, monkeypatch, cluster):
@@ -545,3 +544,202 @@ def test_a_run_folder_left_by_a_killed_driver_is_swept(tmp_path):
         assert hidden(out) == [live.name]
     finally:
         held.close()
+
+
+def estimate_of(model, output, **options):
+    from builder.kit.options import BuildOptions
+
+    return batch_ray.memory_estimate(BuildOptions(model=str(model), output=str(output), **options))
+
+
+def test_a_measured_peak_counts_only_for_a_build_of_the_same_ep_and_verify(tmp_path):
+    """A peak recorded by another EP's build, or by a build without the verify this job runs
+    (torch and the float32 model beside it), says nothing of this job's; a verified build's
+    peak covers the same build without verify."""
+    from builder.kit.checkpoint import Checkpoint
+
+    out = tmp_path / "out"
+    streamed = estimate_of(TINY, out, precision="int4")
+    fingerprint = Checkpoint(TINY).fingerprint(False)
+
+    def record(**report):
+        report = {"peak_rss_bytes": 100_000_000, "checkpoint": {"fingerprint": fingerprint}, **report}
+        write(out / "build_report.json", json.dumps(report))
+
+    measured = (125_000_000, "1.25 x the 0.10 GB its last build measured")
+    record(options={"precision": "int4", "ep": "webgpu"})
+    assert estimate_of(TINY, out, precision="int4") == streamed
+    record(options={"precision": "int4", "ep": "cpu"})
+    _, how = estimate_of(TINY, out, precision="int4", verify=True)
+    assert how.startswith("0.7 GB for a streamed int4 build") and how.endswith("for verify")
+    record(options={"precision": "int4", "ep": "cpu"}, verify={"status": "passed"})
+    assert estimate_of(TINY, out, precision="int4", verify=True) == measured
+    assert estimate_of(TINY, out, precision="int4") == measured
+
+
+def test_memory_estimate_of_verify_off_cpu_and_of_an_unreadable_checkpoint(tmp_path):
+    """verify of a non-cpu build loads no model (it is not run there): no memory for it. A folder
+    the driver cannot read as a checkpoint gets the base request; its build fails and says why."""
+    streamed = estimate_of(TINY, tmp_path / "none", precision="int4")
+    assert estimate_of(TINY, tmp_path / "none", precision="int4", ep="webgpu", verify=True) == streamed
+    (tmp_path / "empty").mkdir()
+    unreadable = estimate_of(tmp_path / "empty", tmp_path / "none", precision="int4")
+    assert unreadable == (500_000_000, "checkpoint unreadable here; the build will say why")
+
+
+def test_memory_estimate_reads_the_config_s_tie_and_the_largest_embedding(checkpoint, tmp_path, monkeypatch):
+    """An lm_head.weight of its own is transposed whole in a float build, unless config.json ties it
+    to the embedding (some tied checkpoints hold one too, which the build does not read). Of several
+    embed_tokens tables the largest is the vocabulary's."""
+    untied = checkpoint("qwen3-untied")
+    table = int(np.prod(batch_ray._shapes(str(untied))["lm_head.weight"]))
+    assert estimate_of(untied, tmp_path / "none", precision="fp32")[0] == int(0.7e9 + 8 * table)
+    tied = shutil.copytree(untied, tmp_path / "tied")
+    config = json.loads((tied / "config.json").read_text())
+    write(tied / "config.json", json.dumps({**config, "tie_word_embeddings": True}))
+    assert estimate_of(tied, tmp_path / "none", precision="fp32")[0] == int(0.7e9)
+
+    shapes = {"model.language_model.embed_tokens.weight": (1000, 8), "mtp.embed_tokens.weight": (10, 8)}
+    monkeypatch.setattr(batch_ray, "_shapes", lambda model: shapes)
+    int4_head_of_its_own = estimate_of(
+        tmp_path / "nowhere", tmp_path / "none", precision="int4", float_layers=["lm_head"]
+    )
+    assert int4_head_of_its_own[0] == int(0.7e9 + 8 * 8000)
+
+
+def test_check_sizes_jobs_by_the_live_nodes_with_cpus(tmp_path, monkeypatch):
+    """A build's threads are the cluster's CPUs split over --jobs, at most the largest node's (a task
+    runs on one node); a job no node can hold is refused with what the largest node offers."""
+    from types import SimpleNamespace
+
+    from builder.kit.options import BuildOptions
+
+    class Cluster:
+        def nodes(self):
+            return [
+                {"Alive": True, "Resources": {"CPU": 4.0, "memory": 8e9}},
+                {"Alive": True, "Resources": {"CPU": 4.0, "memory": 0.5e9}},
+                {"Alive": False, "Resources": {"CPU": 64.0, "memory": 1e12}},  # gone
+                {"Alive": True, "Resources": {"memory": 1e12}},  # a head without CPUs runs no build
+            ]
+
+    checked = []
+    monkeypatch.setattr(batch_ray.RayExecutor, "_check_shared", lambda self, jobs, root, nodes: checked.append(nodes))
+    executor = object.__new__(batch_ray.RayExecutor)
+    executor.ray, executor.address, executor.interrupted = Cluster(), "head:6379", False
+    jobs = [SimpleNamespace(name=n, options=BuildOptions(model=str(TINY), output=str(tmp_path / n))) for n in "ab"]
+    for parallel, threads in ((1, 4), (4, 2), (16, 1)):
+        executor.parallel = parallel
+        executor.check(jobs, tmp_path)
+        assert executor.threads == threads
+    assert [len(nodes) for nodes in checked] == [2, 2, 2]
+    monkeypatch.setattr(batch_ray, "BASE_BYTES", 10e9)
+    with pytest.raises(batch_ray.BuilderError, match="no node can run these 2 jobs") as refused:
+        executor.check(jobs, tmp_path)
+    assert "the largest node offers 8.00 GB of Ray memory and 4 CPUs" in str(refused.value)
+
+
+def test_a_checkpoint_only_the_driver_sees_is_refused_before_any_build(tmp_path):
+    """The driver is often no node of the cluster: a local checkpoint found here, on no node (storage
+    not shared), is refused up front; the nodes' probe reports a folder without config.json as missing."""
+
+    class Probe:
+        def options(self, **kwargs):
+            return self
+
+        def remote(self, probe, models):
+            return probe, models
+
+    class Cluster:  # one node: it sees output_root, and no model folder
+        exceptions = ray.exceptions
+
+        def remote(self, task):
+            return Probe()
+
+        def get(self, refs, timeout):
+            return [{"node": "node1 (10.0.0.1)", "seen": Path(p).read_text(), "missing": m} for p, m in refs]
+
+    from types import SimpleNamespace
+
+    executor = object.__new__(batch_ray.RayExecutor)
+    executor.ray, executor.started_here, executor.run_folder = Cluster(), False, None
+    jobs = [SimpleNamespace(options=SimpleNamespace(model=str(TINY)))]
+    try:
+        with pytest.raises(batch_ray.BuilderError, match=f"model folder {TINY} is not visible on node node1"):
+            executor._check_shared(jobs, tmp_path / "out", [{"NodeID": "ab" * 28}])
+    finally:
+        executor.close()
+    (tmp_path / "empty").mkdir()
+    probed = batch_ray._probe_task(str(tmp_path / "out" / "nothing"), [str(TINY), str(tmp_path / "empty")])
+    assert probed["missing"] == [str(tmp_path / "empty")] and probed["seen"].startswith("cannot read it: ")
+
+
+def test_ray_s_reports_of_retried_workers_are_left_out_and_its_others_go_to_stderr(monkeypatch):
+    """Ray's driver prints the cluster's reports (pid 'raylet') into stdout: those of a worker's death
+    and its retries, which the batch reports itself, are left out; any other goes to stderr."""
+    import ray._private.worker as ray_worker
+
+    shown = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, *a, **k: shown.append(data))
+    batch_ray._quiet_ray_reports()
+    died = "A worker died or was killed while executing a task by an unexpected system error."
+    retried = "Task 16310a0f0a45af5c failed. There are 2 retries remaining, so the task will be retried."
+    ray_worker.print_to_stdstream({"pid": "raylet", "lines": [died, retried], "is_err": False})
+    ray_worker.print_to_stdstream({"pid": "raylet", "lines": [died, "The node ran out of disk."], "is_err": False})
+    ray_worker.print_to_stdstream({"pid": 4321, "lines": [died], "is_err": False})
+    assert shown == [
+        {"pid": "raylet", "lines": ["The node ran out of disk."], "is_err": True},
+        {"pid": 4321, "lines": [died], "is_err": False},  # a task's own output, as Ray prints it
+    ]
+
+
+def test_an_address_is_probed_only_where_it_names_a_port(tmp_path):
+    """'auto' and the like are ray.init's to resolve; a ray:// client address is probed at its port."""
+    import socket
+
+    assert batch_ray._unreachable("auto") is None
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert batch_ray._unreachable(f"ray://127.0.0.1:{port}") is None
+        assert batch_ray._unreachable(f"127.0.0.1:{port}") is None
+    assert batch_ray._unreachable(f"ray://127.0.0.1:{port}")  # closed now: nothing answers
+
+
+def test_a_joining_driver_sends_the_token_it_has(monkeypatch):
+    """A cluster started by recent Ray asks for a token; a driver sends its own (~/.ray/auth_token,
+    $RAY_AUTH_TOKEN) only with RAY_AUTH_MODE=token, which the executor sets when it joins a cluster."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "")
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
+    batch_ray.RayExecutor(None, 1)  # a local instance (here: the one this process runs) needs none
+    assert "RAY_AUTH_MODE" not in os.environ
+    batch_ray.RayExecutor("head:6379", 1)
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
+def test_a_ray_agent_that_ignores_sigterm_is_killed():
+    import subprocess
+    import sys
+
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        proc.stdout.readline()  # its handler is in place
+        batch_ray._end_processes([proc.pid], grace_s=0.5)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_job_is_timed_from_when_its_first_attempt_marked_itself(tmp_path):
+    """A job seen late is timed from its mark's age, not from when the driver saw it; a node whose
+    clock runs ahead gives no start in the future."""
+    mark = write(tmp_path / "mark", "")
+    os.utime(mark, (time.time() - 100, time.time() - 100))
+    assert 100 <= time.perf_counter() - batch_ray._started_at(mark) < 200
+    os.utime(mark, (time.time() + 100, time.time() + 100))
+    assert batch_ray._started_at(mark) <= time.perf_counter()
