@@ -743,3 +743,28 @@ def test_a_job_is_timed_from_when_its_first_attempt_marked_itself(tmp_path):
     assert 100 <= time.perf_counter() - batch_ray._started_at(mark) < 200
     os.utime(mark, (time.time() + 100, time.time() + 100))
     assert batch_ray._started_at(mark) <= time.perf_counter()
+
+
+@pytest.mark.parametrize("share", [0.6, 0.4])
+def test_ray_runs_at_once_only_the_builds_that_fit_a_node_s_memory(tmp_path, monkeypatch, share):
+    """Each build asks Ray for its estimated memory: two jobs that each need 0.6 of the node's memory
+    run one after the other though --jobs 2 and the node's 2 CPUs would take both; two of 0.4 each
+    run side by side. The builds log their start and end, each waiting a while for the other's start."""
+    from support.logged_families import events
+
+    node_memory = ray.cluster_resources()["memory"]
+    monkeypatch.setattr(batch_ray, "memory_estimate", lambda options: (int(share * node_memory), "a test's share"))
+    path = write(
+        tmp_path / "mem.yaml",
+        f"output_root: out\ndefaults:\n  model: {TINY}\n  family: 'support.logged_families:LogsItsBuild'\n"
+        "jobs:\n  - output: a\n  - output: b\n",
+    )
+    assert batch(path, "--executor", "ray", "--jobs", "2") == 0
+    s = summary(tmp_path / "out", "mem")
+    assert [j["memory_request_bytes"] for j in s["jobs"]] == [int(share * node_memory)] * 2
+    log = events(tmp_path / "out")
+    assert sorted(log) == ["end a", "end b", "start a", "start b"], log
+    if share > 0.5:  # each ends before the other starts
+        assert [e.split()[0] for e in log] == ["start", "end", "start", "end"], log
+    else:
+        assert [e.split()[0] for e in log[:2]] == ["start", "start"], log
