@@ -768,3 +768,66 @@ def test_ray_runs_at_once_only_the_builds_that_fit_a_node_s_memory(tmp_path, mon
         assert [e.split()[0] for e in log] == ["start", "end", "start", "end"], log
     else:
         assert [e.split()[0] for e in log[:2]] == ["start", "start"], log
+
+
+def test_ray_is_asked_for_each_job_s_threads_and_memory_and_at_most_jobs_at_once(tmp_path, monkeypatch):
+    """What run() asks of Ray, on a faked cluster of two 8-CPU nodes where --jobs 2 makes builds of
+    8 threads: each task reserves the CPUs its build's threads use and its own memory estimate, and
+    at most --jobs tasks are in Ray's hands at once (Ray would start any more that fit)."""
+    from types import SimpleNamespace
+
+    from builder.kit.options import BuildOptions
+
+    estimates = {"a": 1e9, "b": 3e9, "c": 2e9, "d": 5e9, "e": 4e9}
+
+    class Cluster:
+        exceptions = ray.exceptions
+
+        def __init__(self):
+            self.submitted, self.in_flight, self.most_in_flight = [], [], 0
+
+        def nodes(self):
+            return [{"Alive": True, "Resources": {"CPU": 8.0, "memory": 64e9}} for _ in range(2)]
+
+        def remote(self, **task_options):
+            assert task_options == {"max_calls": 1}  # a fresh worker per job
+            return lambda function: self
+
+        def options(self, **asked):
+            return SimpleNamespace(remote=lambda *args: self._submit(asked, args))
+
+        def _submit(self, asked, args):
+            ref = len(self.submitted)
+            self.submitted.append((asked, args))
+            self.in_flight.append(ref)
+            self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+            return ref
+
+        def wait(self, refs, num_returns, timeout):  # the oldest task is done
+            return refs[:1], refs[1:]
+
+        def get(self, ref, timeout=None):
+            self.in_flight.remove(ref)
+            return {"status": "built"}
+
+    monkeypatch.setattr(batch_ray, "memory_estimate", lambda options: (estimates[Path(options.output).name], "test"))
+    monkeypatch.setattr(batch_ray.RayExecutor, "_check_shared", lambda self, jobs, root, nodes: None)
+    executor = object.__new__(batch_ray.RayExecutor)
+    executor.ray, executor.address, executor.interrupted, executor.parallel = Cluster(), "head:6379", False, 2
+    jobs = [
+        SimpleNamespace(name=n, options=BuildOptions(model=str(TINY), output=str(tmp_path / n)), result={})
+        for n in estimates
+    ]
+    executor.check(jobs, tmp_path)
+    executor.run_folder = tmp_path / "run"
+    (executor.run_folder / "attempts").mkdir(parents=True)
+    ended = []
+    executor.run(jobs, lambda job: None, lambda job: ended.append(job.name), SimpleNamespace(signum=None))
+
+    assert ended == list(estimates)
+    assert executor.ray.most_in_flight == 2
+    for (asked, (options, threads, _)), (name, estimate) in zip(executor.ray.submitted, estimates.items()):
+        assert Path(options["output"]).name == name
+        assert (asked["num_cpus"], threads, asked["memory"]) == (8, 8, estimate), name
+        assert asked["max_retries"] == batch_ray.MAX_RETRIES and asked["retry_exceptions"] is False
+    assert [j.result["memory_request_bytes"] for j in jobs] == list(estimates.values())
