@@ -22,14 +22,17 @@ TESTS = Path(__file__).resolve().parent
     ],
     ids=["in a test", "a whole module"],
 )
-def test_a_skip_fails_the_run(tmp_path, module):
+# scripts/test.sh runs the suite in pytest-xdist workers, where the skips reach the rule as reports
+# the workers send back; a plain `pytest` runs it in one process.
+@pytest.mark.parametrize("workers", [[], ["-n", "2", "--dist", "loadfile"]], ids=["one process", "xdist"])
+def test_a_skip_fails_the_run(tmp_path, module, workers):
     shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
     shutil.copytree(TESTS / "support", tmp_path / "support")
     (tmp_path / "test_skips.py").write_text(module)
     (tmp_path / "test_passes.py").write_text("def test_b():\n    assert 1 + 1 == 2\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(tmp_path)])}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
