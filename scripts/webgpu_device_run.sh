@@ -50,6 +50,16 @@
 # still wins). The parity part builds tiny families only and takes no checkpoint.
 set -u
 PART=${1:-main}
+# Checked before anything is installed: an unknown part used to fall through every branch, install
+# the wheels and exit 0 having measured nothing, which on the GPU machine costs a device call.
+PARTS="main 4b parity gemma qwen35 qwen35-4b padding submits submits-4b logits logits-4b formats replay hostprof
+iotypes goal qwen35-goal generate int32"
+known=0
+for p in $PARTS; do [ "$p" = "$PART" ] && known=1; done
+if [ $known = 0 ]; then
+    echo "error: no part '$PART'; choose one of: $(echo $PARTS) (this script's header says what each measures)" >&2
+    exit 2
+fi
 GIVEN_CKPT=${CKPT:-}
 OUT=${OUT:-/tmp/webgpu-out}
 W=${W:-/tmp/wg-run}

@@ -4,6 +4,7 @@ that compute their figures (no timings, no builds)."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,36 @@ def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monk
     err = capsys.readouterr().err
     assert "FAILED llama-fp16-logits=all" in err and "qwen3" not in err
     assert len(json.loads(out.read_text())) == 2
+
+
+def device_run_parts() -> tuple[list[str], set[str], set[str]]:
+    """scripts/webgpu_device_run.sh's PARTS list, the parts its branches run and those its header shows."""
+    import re
+
+    text = (SCRIPTS / "webgpu_device_run.sh").read_text()
+    listed = re.search(r'^PARTS="([^"]*)"', text, re.M).group(1).split()
+    branches = set(re.findall(r'"\$PART" = ([\w.-]+)', text))
+    header = set(re.findall(r"^#\s+bash scripts/webgpu_device_run\.sh ([\w.-]+)", text, re.M))
+    return listed, branches, header
+
+
+def test_device_run_lists_the_parts_it_has():
+    listed, branches, header = device_run_parts()
+    assert len(listed) == len(set(listed))
+    assert set(listed) == branches == header
+
+
+def test_device_run_refuses_an_unknown_part_before_it_installs_anything(tmp_path):
+    # It fell through every branch, installed the carried wheels and exited 0 having measured nothing.
+    out = tmp_path / "out"
+    env = {"PATH": os.environ["PATH"], "OUT": str(out), "W": str(tmp_path / "w")}  # no GL, no WHEELS: not needed
+    run = subprocess.run(
+        ["bash", str(SCRIPTS / "webgpu_device_run.sh"), "gaol"], capture_output=True, text=True, env=env, timeout=60
+    )
+    listed, _, _ = device_run_parts()
+    assert run.returncode == 2, run.stderr
+    assert (
+        run.stderr
+        == f"error: no part 'gaol'; choose one of: {' '.join(listed)} (this script's header says what each measures)\n"
+    )
+    assert not out.exists() and not (tmp_path / "w").exists()
