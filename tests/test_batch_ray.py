@@ -831,3 +831,25 @@ def test_ray_is_asked_for_each_job_s_threads_and_memory_and_at_most_jobs_at_once
         assert (asked["num_cpus"], threads, asked["memory"]) == (8, 8, estimate), name
         assert asked["max_retries"] == batch_ray.MAX_RETRIES and asked["retry_exceptions"] is False
     assert [j.result["memory_request_bytes"] for j in jobs] == list(estimates.values())
+
+
+def test_the_executors_benchmark_runs_the_tiny_batch_both_ways(cluster):
+    """scripts/bench_batch_executors.py (docs/cluster.md's local-against-Ray figures) builds every
+    job of configs/tiny.yaml under each executor, here joining this module's cluster; it reads the
+    batch's summary, so a change to where batch writes it would break the script and this test."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDER_TEST_PAUSE")}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_batch_executors.py"), "--repeat", "1", "--ray-address", cluster],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["run 1 local", "run 1 ray  ", "local", "ray  "], run.stdout
+    assert all(", 3 built, sum of job times " in line for line in lines[:2]), run.stdout
+    assert all(" over 1 runs (" in line for line in lines[2:]), run.stdout

@@ -314,3 +314,40 @@ def test_an_onnxruntime_session_and_genai_open_webgpu_in_one_process(runtime, bu
     # 1.27 falls back to the CPU EP, after Dawn's own lines on stderr, where the session is refused
     said = "WebGpuExecutionProvider did not start" if runtime == "1.27" else "WebGPU found no GPU adapter"
     assert len(rows) == 1 and rows[0]["error"].startswith(said), (rows, child.stderr[-2000:])
+
+
+def test_replay_loop_replays_a_captured_step_as_an_uncaptured_run_computes_it(built, tmp_path):
+    """scripts/replay_loop.py, which takes a captured decode step apart on the GPU machine
+    (docs/webgpu-decode.md), runs on a capture build here: every input and output bound to WebGPU
+    buffers, the KV cache shared in place, and its replays give the logits of the same step run
+    uncaptured, to the bit, as on the H200."""
+    icd = plugin_ready()
+    folder = built("qwen3", precision="int4", ep="webgpu", io_dtype="fp32").output
+    out = tmp_path / "replay.json"
+    command = [sys.executable, str(REPO / "scripts" / "replay_loop.py"), str(folder), "--past", "20", "--steps", "3"]
+    run = subprocess.run(
+        [*command, "--json", str(out)], capture_output=True, text=True, env=swiftshader_env(icd), timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["provider_options"] == {"enableGraphCapture": "1", "validationMode": "disabled"}
+    assert result["check_max_abs_vs_uncaptured"] == 0.0
+    assert run.stdout.endswith("replayed logits vs an uncaptured run: max |d| 0.00e+00, same argmax\n"), run.stdout
+
+
+def test_a_lone_attention_on_swiftshader_matches_the_cpu_ep_for_short_prompts_and_decode(tmp_path):
+    """scripts/webgpu_prefill_attention.py --swiftshader: a lone GroupQueryAttention on the plugin EP
+    against the CPU EP, the measure behind this module's short prompts. Every row it has under 32
+    new tokens (prompts, and decode steps after 40 cached positions) agrees."""
+    plugin_ready()
+    script = REPO / "scripts" / "webgpu_prefill_attention.py"
+    out = tmp_path / "gqa.json"
+    run = subprocess.run(
+        [sys.executable, str(script), "--swiftshader", "--json", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 * 13  # the script's HEADS x LENGTHS
+    short = [row for row in rows if row["new_tokens"] < 32]
+    assert len(short) == 4 * 9 and {row["past"] for row in short} == {0, 40}
+    assert max(row["max_abs"] for row in short) < 1e-5, short
