@@ -10,7 +10,8 @@ bash scripts/setup.sh
 # is mostly one core's work at a time (builds, subprocesses, browsers), so on CI's 2 cores two
 # workers take it from about 10 minutes to under 6. Whole files go to one worker
 # (--dist loadfile): a file's tests share its module fixtures, and the Ray tests, all in
-# tests/test_batch_ray.py, start one local cluster at a time. The cores are the ones this process
+# tests/test_batch_ray.py, start one local cluster at a time. Files go out in collection order, which
+# tests/conftest.py starts with the slowest. The cores are the ones this process
 # may use (its CPU affinity and a cgroup's CPU quota), not the host's.
 workers=${TEST_WORKERS:-$(.venv/bin/python - <<'PY'
 import math, os
@@ -24,4 +25,4 @@ except (OSError, ValueError):
 print(max(1, min(cores, 4)))
 PY
 )}
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

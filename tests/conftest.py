@@ -47,6 +47,29 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+# The files that take longest, longest first; the rest follow in pytest's order. scripts/test.sh hands
+# whole files to its xdist workers in collection order (--no-loadscope-reorder): xdist's own order,
+# files with the most tests first, left these, each a few tests that start Ray, Chromium or SwiftShader
+# runs, to the end, one worker running them while the other idled. Order only: a file missing here
+# runs all the same.
+SLOWEST_FIRST = (
+    "test_batch_ray.py",
+    "test_webgpu_swiftshader.py",
+    "test_batch.py",
+    "test_errors.py",
+    "test_hardening.py",
+    "test_generate_script.py",
+    "test_transformers_js.py",
+    "test_synthetic.py",
+    "test_plugin_hooks.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """checkpoint(name, dtype="bfloat16") -> folder of a tiny random HF checkpoint."""
