@@ -339,15 +339,21 @@ def test_a_lone_attention_on_swiftshader_matches_the_cpu_ep_for_short_prompts_an
     """scripts/webgpu_prefill_attention.py --swiftshader: a lone GroupQueryAttention on the plugin EP
     against the CPU EP, the measure behind this module's short prompts. Every row it has under 32
     new tokens (prompts, and decode steps after 40 cached positions) agrees."""
+    import importlib.util
+
     plugin_ready()
     script = REPO / "scripts" / "webgpu_prefill_attention.py"
+    spec = importlib.util.spec_from_file_location("webgpu_prefill_attention", script)
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
     out = tmp_path / "gqa.json"
     run = subprocess.run(
         [sys.executable, str(script), "--swiftshader", "--json", str(out)], capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 4 * 13  # the script's HEADS x LENGTHS
+    assert len(rows) == len(shapes.HEADS) * len(shapes.LENGTHS)
     short = [row for row in rows if row["new_tokens"] < 32]
-    assert len(short) == 4 * 9 and {row["past"] for row in short} == {0, 40}
+    assert len(short) == len(shapes.HEADS) * sum(new < 32 for new, _ in shapes.LENGTHS)
+    assert {row["past"] for row in short} == {0, 40}
     assert max(row["max_abs"] for row in short) < 1e-5, short
