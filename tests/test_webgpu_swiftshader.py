@@ -339,13 +339,11 @@ def test_a_lone_attention_on_swiftshader_matches_the_cpu_ep_for_short_prompts_an
     """scripts/webgpu_prefill_attention.py --swiftshader: a lone GroupQueryAttention on the plugin EP
     against the CPU EP, the measure behind this module's short prompts. Every row it has under 32
     new tokens (prompts, and decode steps after 40 cached positions) agrees."""
-    import importlib.util
+    from test_bench_scripts import script as load_script
 
     plugin_ready()
     script = REPO / "scripts" / "webgpu_prefill_attention.py"
-    spec = importlib.util.spec_from_file_location("webgpu_prefill_attention", script)
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
+    shapes = load_script("webgpu_prefill_attention")
     out = tmp_path / "gqa.json"
     run = subprocess.run(
         [sys.executable, str(script), "--swiftshader", "--json", str(out)], capture_output=True, text=True, timeout=300
