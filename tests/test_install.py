@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,55 @@ def test_scripts_without_torch_say_what_to_install(tmp_path, no_torch_env, scrip
     assert r.stderr.startswith(f"{script}: error: it needs {needs}"), r.stderr
     assert f"bash scripts/setup.sh and then .venv/bin/python scripts/{script}" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+DOCS = ["README.md", "docs/architecture.md", "docs/benchmarks.md", "docs/cluster.md", "docs/packing.md"]
+
+
+def _flags(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
+
+
+def test_the_docs_name_only_options_the_commands_take_and_the_readme_table_their_defaults():
+    """Every flag the README and docs/ give `python -m builder`, `batch` or `inspect` is one that
+    command takes, and the README's table of options names existing flags with the defaults
+    options.py gives them (a target-dependent default, None in BuildOptions, is the help's word)."""
+    import dataclasses
+
+    from builder import batch, cli
+    from builder.kit.options import BuildOptions
+
+    build_parser = cli.build_parser()
+    taken = {
+        "build": set(build_parser._option_string_actions),
+        "batch": set(batch.build_parser()._option_string_actions),
+        "inspect": _flags(
+            subprocess.run(
+                [sys.executable, "-m", "builder", "inspect", "--help"], capture_output=True, text=True, cwd=REPO
+            ).stdout
+        ),
+    }
+    wrong = []
+    for doc in DOCS:
+        for line in (REPO / doc).read_text().replace("\\\n", " ").splitlines():
+            for m in re.finditer(r"python3? -m builder( batch| inspect)?([^`#;|)]*)", line):
+                command = (m.group(1) or " build").strip()
+                wrong += [f"{doc}: {command} {flag}" for flag in sorted(_flags(m.group(2)) - taken[command])]
+    assert not wrong, wrong
+
+    defaults = {f.name: getattr(BuildOptions(), f.name) for f in dataclasses.fields(BuildOptions)}
+    table = (REPO / "README.md").read_text().split("Options that matter most", 1)[1].split("\n\n", 2)[1]
+    rows = [row.split("|")[1:3] for row in table.splitlines()[2:]]
+    assert len(rows) >= 19, table
+    for flags, default in rows:
+        named = re.findall(r"--[a-z][a-z0-9-]*", flags)
+        assert named and set(named) <= taken["build"], flags
+        value, default = defaults[build_parser._option_string_actions[named[0]].dest], default.strip()
+        if value == "auto":
+            assert default.startswith("auto"), (flags, default)
+        elif isinstance(value, bool):
+            assert (default == "off") is (not value), (flags, default)
+        elif isinstance(value, list):
+            assert default == "none", (flags, default)
+        elif value is not None:
+            assert default == str(value), (flags, default)
