@@ -230,6 +230,13 @@ def _rebuild(folder: Path, extra: str = "") -> str:
             + f", then make the copy again with python scripts/{script} {source} {folder} (with the changes it "
             "was made with)"
         )
+    if not (Path(folder) / "build_report.json").is_file():
+        # --overwrite replaces only a folder that holds this builder's report, so `-o FOLDER --overwrite`
+        # was advice the builder then refused ("not made by this builder").
+        return (
+            f"rebuild it with python -m builder -m CHECKPOINT{extra} -o NEW_FOLDER ({folder} has no "
+            "build_report.json, so the builder will not replace it; remove it first to rebuild it there)"
+        )
     options = _build_report(folder).get("options") or {}
     if not options.get("model"):
         return f"rebuild it with python -m builder -m CHECKPOINT{extra} -o {folder} --overwrite"

@@ -292,9 +292,21 @@ def test_the_rebuild_keeps_the_family_the_folder_was_built_with(cpu_folder, tmp_
     assert "-p int4 -e cpu --family my_families:Helium -o " in line, line
 
 
-def build_cli(checkpoint: Path, folder: Path) -> subprocess.CompletedProcess:
+def test_a_damaged_folder_without_a_report_is_not_sent_to_overwrite(cpu_folder, tmp_path):
+    """Without build_report.json the builder refuses --overwrite on a folder ("not made by this
+    builder"), so `-o FOLDER --overwrite` was advice that could not be followed."""
+    folder = _copy(cpu_folder, tmp_path)
+    (folder / "build_report.json").unlink()
+    (folder / "tokenizer.json").unlink()
+    line = assert_refused(generate(folder), str(folder), "damaged", "tokenizer.json", "build_report.json")
+    assert "--overwrite" not in line and "remove it first" in line, line
+    refused = build_cli(REPO / "examples" / "tiny-qwen3", folder, "--overwrite")  # what the advice was
+    assert refused.returncode == 2 and "not made by this builder" in refused.stderr, refused.stderr
+
+
+def build_cli(checkpoint: Path, folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet"],
+        [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
