@@ -115,6 +115,13 @@ def output_folder(output: Path) -> Path:
         # Build where the link points: renaming over the link itself would leave the old
         # build behind at its target, and a staging folder named after the link.
         output = Path(os.path.realpath(output))
+        if output.is_symlink():
+            # realpath stops inside a loop of links: the build ran to the end and was then refused
+            # as a link that "became a symbolic link while the build ran"
+            raise BuilderError(
+                f"output {output} is a symbolic link that leads back to itself (a loop of links); remove the "
+                "link, or choose another -o/--output"
+            )
     if not output.name or output.name in (".", ".."):
         raise BuilderError(
             f"output {str(output)!r} names no folder of its own (a build replaces its whole output folder); "

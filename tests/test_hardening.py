@@ -2237,6 +2237,17 @@ def test_overwrite_through_a_symlink_replaces_what_it_points_to(ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "link", "real"]
 
 
+def test_an_output_that_is_a_loop_of_links_is_refused_as_one(ckpt, tmp_path):
+    """realpath stops inside a loop: the whole build ran, and was then refused at the end as an
+    output that 'became a symbolic link while the build ran', which it had been all along."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    proc = cli("-m", ckpt, "-o", tmp_path / "a")
+    assert_clean_failure(proc, "loop of links", "-o/--output")
+    assert proc.returncode == 2 and "while the build ran" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "ckpt"]
+
+
 def test_a_quoted_tilde_in_the_output_is_the_home_folder(ckpt, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
