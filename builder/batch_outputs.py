@@ -36,12 +36,14 @@ def check_outputs(jobs: list[Job]) -> None:
     """Refuse, before any build runs, outputs their builds would refuse: a file, a folder this
     builder did not make, or one holding files it did not write. Found at each job's turn,
     they failed the batch after the jobs before them had run."""
-    from builder.output_dir import check_output_free
+    from builder.output_dir import check_output_free, output_folder
 
     problems = []
     for job in jobs:
         try:
-            check_output_free(Path(job.options.output), overwrite=True, in_batch=True)
+            # output_folder: where the build writes, as staged_output checks it (a link's target; a loop of
+            # links is refused there, which had failed only at the job's turn)
+            check_output_free(output_folder(Path(job.options.output)), overwrite=True, in_batch=True)
         except BuilderError as e:
             problems.append(f"{job.name}: {e}")
     if problems:

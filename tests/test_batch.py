@@ -2004,6 +2004,17 @@ def test_an_output_that_is_a_link_to_another_is_refused(tmp_path):
         load_batch(path)
 
 
+def test_an_output_that_is_a_loop_of_links_is_refused_before_building(tmp_path, capsys):
+    """A dry run said build, and the run failed the job at its turn."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a").symlink_to(tmp_path / "out" / "b")
+    (tmp_path / "out" / "b").symlink_to(tmp_path / "out" / "a")
+    path = write(tmp_path / "n.yaml", f"output_root: out\ndefaults:\n  model: {TINY}\njobs:\n  - output: a\n")
+    assert batch(path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "outputs the builds would refuse (nothing was built)" in err and "loop of links" in err, err
+
+
 def test_a_summary_inside_an_output_is_refused(tmp_path, capsys):
     path = write(tmp_path / "s.yaml", ONE_JOB.replace("output: a", "output: ."))  # the output root itself
     assert batch(path, "--dry-run") == 2
