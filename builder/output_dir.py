@@ -238,10 +238,13 @@ def _staging_name(output: Path) -> Path:
 def _staging_stem(name: str) -> str:
     """The output's name as its staging folders carry it: shortened (to a prefix and a hash of
     the whole) where the ~35 characters they add would pass the file system's 255-byte limit,
-    which refused output names of 221-255 bytes that are legal themselves."""
-    if len(name.encode()) <= 200:
+    which refused output names of 221-255 bytes that are legal themselves. Measured in the bytes the
+    file system holds (os.fsencode): a name with bytes that are no UTF-8 (-o $'\\xff') is legal on
+    Linux, and str.encode() raised on it."""
+    raw = os.fsencode(name)
+    if len(raw) <= 200:
         return name
-    return name.encode()[:150].decode(errors="ignore") + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return raw[:150].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 def staging_folders(output: Path) -> list[tuple[Path, int]]:

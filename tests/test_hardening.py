@@ -2248,6 +2248,24 @@ def test_an_output_that_is_a_loop_of_links_is_refused_as_one(ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "ckpt"]
 
 
+def test_an_output_name_with_bytes_that_are_no_utf8_builds(ckpt, tmp_path):
+    """Linux takes any bytes in a name (-o $'out\\xff'); the staging name's length check encoded it
+    as UTF-8 and the build ended in a UnicodeEncodeError traceback."""
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/out\xff"))
+    proc = subprocess.run(  # cli() decodes strictly, and the output's name comes back on stdout
+        [sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "build_report.json").is_file() and (out / "model.onnx").is_file()
+    assert not list(tmp_path.glob(".builder-staging-*"))
+
+
 def test_a_quoted_tilde_in_the_output_is_the_home_folder(ckpt, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
