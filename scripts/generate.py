@@ -716,6 +716,13 @@ def generate(args) -> None:
     folder = Path(args.model_dir)
     config = _read_config(folder)
     _check_files(folder, config)
+    try:
+        str(folder).encode("utf-8")
+    except UnicodeEncodeError:  # genai's og.Config takes UTF-8 text only: a TypeError traceback
+        raise BuilderError(
+            f"{folder}: its path has bytes that are no UTF-8, which onnxruntime-genai cannot open; rename the "
+            "folder, or pass a symbolic link to it with a UTF-8 name"
+        ) from None
     if args.chat and not _has_chat_template(folder):
         raise _no_chat_template(folder)
     try:

@@ -304,6 +304,18 @@ def test_a_damaged_folder_without_a_report_is_not_sent_to_overwrite(cpu_folder, 
     assert refused.returncode == 2 and "not made by this builder" in refused.stderr, refused.stderr
 
 
+def test_a_folder_whose_path_is_no_utf8_is_refused_in_one_line(cpu_folder, tmp_path):
+    """Linux names may hold any bytes, and the builder writes such a folder; genai's og.Config takes
+    UTF-8 text only, and refused the path with a TypeError traceback."""
+    import shutil
+
+    folder = Path(shutil.copytree(cpu_folder, os.fsdecode(bytes(tmp_path) + b"/copy\xff")))
+    assert_refused(generate(folder), "no UTF-8", "symbolic link")
+    (tmp_path / "link").symlink_to(folder)  # the way out the message names
+    child = generate(tmp_path / "link", "--max-new-tokens", "2")
+    assert child.returncode == 0, child.stderr
+
+
 def build_cli(checkpoint: Path, folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "builder", "-m", str(checkpoint), "-o", str(folder), "--quiet", *args],
