@@ -200,7 +200,10 @@ def write_summary(files: dict[Path, str]) -> None:
     try:
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmps[path], "w") as f:
+            # backslashreplace: a path with bytes that are no UTF-8 (--output-root $'out\\xff') ended the
+            # batch, its builds done, in a UnicodeEncodeError traceback; in the JSON, which escapes them
+            # itself, nothing changes
+            with open(tmps[path], "w", errors="backslashreplace") as f:
                 f.write(text)
             # Synced before the rename: after a power loss an empty summary (ext4 and xfs write a
             # file's data after its rename) would read as someone else's file, which the next batch

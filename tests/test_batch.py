@@ -1192,6 +1192,24 @@ def test_non_utf8_file_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_root_with_bytes_that_are_no_utf8_gets_its_summary(tmp_path):
+    """Linux names may hold any bytes: the builds ran, and writing the Markdown summary, which names
+    the output root, ended the batch in a UnicodeEncodeError traceback with its temporary files left."""
+    import subprocess
+    import sys
+
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/out\xff"))
+    path = write(tmp_path / "b.yaml", f"jobs:\n  - model: {TINY}\n    output: a\n")
+    command = [sys.executable, "-m", "builder", "batch", str(path), "--output-root", str(root)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for expected in ("1 built", "1 skipped"):  # the rerun reads the summary back as its own
+        run = subprocess.run(command, capture_output=True, text=True, errors="surrogateescape", env=env, timeout=300)
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+        assert expected in run.stdout, run.stdout
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b-summary.json", "b-summary.md"]
+    assert summary(root, "b")["by_name"]["a"]["status"] == "skipped"
+
+
 # ---- --summary is checked before anything is built ---------------------------------------
 
 ONE_JOB = f"output_root: out\njobs:\n  - model: {TINY}\n    output: a\n"
