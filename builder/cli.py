@@ -144,10 +144,20 @@ def program() -> int:
     from builder import output_dir
 
     output_dir.hold_signals_after_publish = True
+    write_paths_as_they_are(sys.stdout)
     code = main()
     for sig in output_dir.STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     return code
+
+
+def write_paths_as_they_are(stream) -> None:
+    """Print a path's bytes that are no UTF-8 (Linux allows any in a name; Python holds them as
+    surrogate escapes) as those bytes, as Python's C.UTF-8 locale does. A stdout that encodes strictly
+    (en_US.UTF-8, PYTHONIOENCODING=utf-8) raised UnicodeEncodeError on them: a traceback and exit 1
+    after the build was published, and a batch's builds ran without a summary."""
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="surrogateescape")
 
 
 def main(argv: list[str] | None = None) -> int:

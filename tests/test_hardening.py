@@ -2266,6 +2266,24 @@ def test_an_output_name_with_bytes_that_are_no_utf8_builds(ckpt, tmp_path):
     assert not list(tmp_path.glob(".builder-staging-*"))
 
 
+@pytest.mark.parametrize("command", [[], ["batch"]])
+def test_a_path_with_bytes_that_are_no_utf8_prints_on_a_strict_stdout(command, ckpt, tmp_path):
+    """A UTF-8 locale other than C.UTF-8 (en_US.UTF-8), or PYTHONIOENCODING, encodes stdout strictly:
+    printing the published output's path raised UnicodeEncodeError (a traceback and exit 1 after the
+    build), and a batch stopped so before writing its summary. The path prints as its own bytes."""
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/out\xff"))
+    if command:
+        batch_file = tmp_path / "b.yaml"
+        batch_file.write_text(f"jobs:\n  - model: {ckpt}\n    output: a\n")
+        args = ["batch", str(batch_file), "--output-root", str(out)]
+    else:
+        args = ["-m", str(ckpt), "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-m", "builder", *args], cwd=ROOT, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+    assert bytes(out) in proc.stdout
+
+
 def test_a_quoted_tilde_in_the_output_is_the_home_folder(ckpt, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
