@@ -17,6 +17,7 @@ speculation (folders built with --logits all; README: genai's Engine and specula
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -227,8 +228,8 @@ def _rebuild(folder: Path, extra: str = "") -> str:
         return (
             f"it is a copy scripts/{script} made of {source}: "
             + _rebuild(source, extra).replace("rebuild it with", "rebuild that folder with", 1)
-            + f", then make the copy again with python scripts/{script} {source} {folder} (with the changes it "
-            "was made with)"
+            + f", then make the copy again with python scripts/{script} {_arg(source)} {_arg(folder)} "
+            "(with the changes it was made with)"
         )
     if not (Path(folder) / "build_report.json").is_file():
         # --overwrite replaces only a folder that holds this builder's report, so `-o FOLDER --overwrite`
@@ -239,13 +240,19 @@ def _rebuild(folder: Path, extra: str = "") -> str:
         )
     options = _build_report(folder).get("options") or {}
     if not options.get("model"):
-        return f"rebuild it with python -m builder -m CHECKPOINT{extra} -o {folder} --overwrite"
-    family = f" --family {options['family']}" if options.get("family") else ""  # a family of the user's own
+        return f"rebuild it with python -m builder -m CHECKPOINT{extra} -o {_arg(folder)} --overwrite"
+    family = f" --family {_arg(options['family'])}" if options.get("family") else ""  # a family of the user's own
     return (
-        f"rebuild it with python -m builder -m {options['model']} -p {options.get('precision', 'int4')} "
-        f"-e {options.get('ep', 'cpu')}{family}{extra} -o {folder} --overwrite "
+        f"rebuild it with python -m builder -m {_arg(options['model'])} -p {options.get('precision', 'int4')} "
+        f"-e {options.get('ep', 'cpu')}{family}{extra} -o {_arg(folder)} --overwrite "
         "(build_report.json lists its other options)"
     )
+
+
+def _arg(value) -> str:
+    """A path or name as a shell word in a command to copy: a folder with a space in its name was
+    split in two, and the command built into another folder or failed."""
+    return shlex.quote(str(value))
 
 
 def _tokenizer_source(folder: Path) -> str | None:

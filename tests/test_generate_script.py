@@ -304,6 +304,28 @@ def test_a_damaged_folder_without_a_report_is_not_sent_to_overwrite(cpu_folder, 
     assert refused.returncode == 2 and "not made by this builder" in refused.stderr, refused.stderr
 
 
+def test_the_rebuild_command_of_a_folder_with_a_space_runs(cpu_folder, tmp_path):
+    """The command was pasted unquoted: `-o /x/my model --overwrite` split the folder in two words."""
+    import shlex
+    import shutil
+
+    folder = Path(shutil.copytree(cpu_folder, tmp_path / "my model"))
+    (folder / "tokenizer.json").unlink()
+    line = assert_refused(generate(folder), "damaged", "tokenizer.json")
+    command = shlex.split(line.split("rebuild it with ", 1)[1].split(" (build_report.json", 1)[0])
+    assert command[:3] == ["python", "-m", "builder"] and command[command.index("-o") + 1] == str(folder), line
+    rebuilt = subprocess.run(
+        [sys.executable, *command[1:], "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,  # where the checkpoint's path, as the build was given it, is from
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert generate(folder, "--max-new-tokens", "2").returncode == 0
+
+
 def test_a_folder_whose_path_is_no_utf8_is_refused_in_one_line(cpu_folder, tmp_path):
     """Linux names may hold any bytes, and the builder writes such a folder; genai's og.Config takes
     UTF-8 text only, and refused the path with a TypeError traceback."""
