@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import sysconfig
 
 from builder.kit.errors import BuilderError
 
@@ -80,9 +81,10 @@ def load_plugins() -> None:
             _REGISTRY.update(before)
             del _HISTORY[history:]
             why = " ".join(str(e).split())
+            at = _raised_at(e)
             _warn(
                 f"architecture plugin {entry.name!r} ({entry.value}) failed to load and is left "
-                f"out: {type(e).__name__}: {why}"
+                f"out: {type(e).__name__}: {why}{f' (at {at})' if at else ''}"
             )
             continue
         finally:
@@ -187,10 +189,18 @@ def family_named(name: str, where: str = "--family", available: dict[str, type] 
             found = getattr(found, part)
     except Exception as e:  # its import can fail any way; one line says how
         why = " ".join(str(e).split()) or type(e).__name__
+        line = _raised_at(e)
+        if line is None:  # not found: no module, no such class
+            raise BuilderError(
+                f"{where} {name}: importing it failed ({type(e).__name__}: {why}); give module:Class of a module "
+                "on the current folder or PYTHONPATH, or a registered architecture name"
+            ) from None
+        # Found, and its own code raised: the path was right, the code is to fix (chained: --debug and a
+        # Python caller get its traceback, as for a fault while it builds).
         raise BuilderError(
-            f"{where} {name}: importing it failed ({type(e).__name__}: {why}); give module:Class of a module "
-            "on the current folder or PYTHONPATH, or a registered architecture name"
-        ) from None
+            f"{where} {name}: importing it failed ({type(e).__name__}: {why}) at {line}; fix that code "
+            "(--debug on a single build shows the traceback)"
+        ) from e
     finally:
         _origin.pop()
         if added and not keep:
@@ -198,6 +208,34 @@ def family_named(name: str, where: str = "--family", available: dict[str, type] 
     if not (isinstance(found, type) and issubclass(found, DecoderBuilder)):
         raise BuilderError(f"{where} {name}: that is no builder class (a subclass of architectures.DecoderBuilder)")
     return found
+
+
+def _raised_at(e: Exception) -> str | None:
+    """file:line of the code that raised `e` while a module:Class was imported (the innermost
+    frame outside the standard library and installed packages where there is one: a module of the
+    user's that it imports, my_blocks.py beside it), or None where nothing but importlib ran: the
+    module or the class is not there."""
+    if isinstance(e, SyntaxError) and e.filename and e.lineno:
+        return f"{e.filename}:{e.lineno}"
+    paths = sysconfig.get_paths()
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # the builder's own code, as a library's
+    libraries = tuple(
+        os.path.join(os.path.realpath(path), "")
+        for path in [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+        + [os.path.join(here, top) for top in ("architectures", "builder", "quant")]
+    )
+    importlib_dir = os.path.join(os.path.dirname(os.path.realpath(importlib.__file__)), "")
+    mine = innermost = None
+    tb = e.__traceback__.tb_next if e.__traceback__ else None  # past family_named, which caught it
+    while tb is not None:
+        file = tb.tb_frame.f_code.co_filename
+        real = os.path.realpath(file)
+        if not file.startswith("<frozen") and not real.startswith(importlib_dir):
+            innermost = f"{file}:{tb.tb_lineno}"
+            if not real.startswith(libraries):
+                mine = innermost
+        tb = tb.tb_next
+    return mine or innermost
 
 
 def _importable(module: str) -> bool:

@@ -550,6 +550,30 @@ def test_module_class_leaves_the_current_folder_off_sys_path_unless_it_came_from
     assert str(tmp_path) not in sys.path
 
 
+def test_a_module_class_whose_code_raises_on_import_is_named_with_its_line(tmp_path, monkeypatch):
+    """A module that was found but raised while it ran was worded as one not found ("give module:Class
+    of a module on the current folder or PYTHONPATH"), with no file or line, nothing under --debug
+    and no cause for a Python caller: docs/architecture.md promises all three for a plugin's fault."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raising_fam.py").write_text("from architectures import Qwen3Builder\n\nscale = undefined_name * 2\n")
+    (tmp_path / "raising_blocks.py").write_text("\n\nraise RuntimeError('my blocks are broken')\n")
+    (tmp_path / "imports_blocks.py").write_text("import raising_blocks  # noqa\n")
+    for name in ("raising_fam", "raising_blocks", "imports_blocks"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for family, at, cause in [
+        ("raising_fam:Mine", "raising_fam.py:3", NameError),
+        ("imports_blocks:Mine", "raising_blocks.py:3", RuntimeError),  # the sibling module's line
+    ]:
+        with pytest.raises(BuilderError) as caught:
+            registry.family_named(family)
+        message = str(caught.value)
+        assert f"importing it failed ({cause.__name__}: " in message and f"at {tmp_path / at}; fix that code" in message
+        assert "PYTHONPATH" not in message and isinstance(caught.value.__cause__, cause)
+    with pytest.raises(BuilderError, match="importing it failed .*current folder or PYTHONPATH") as missing:
+        registry.family_named("no_such_module_here:Mine")
+    assert missing.value.__cause__ is None and " at " not in str(missing.value)
+
+
 def test_register_without_parentheses_says_so():
     """@register alone made the class a function and registered nothing, in silence."""
     from architectures import LlamaBuilder
