@@ -965,6 +965,33 @@ def test_a_packing_a_family_sets_is_the_graph_it_builds(helium, tmp_path, family
     assert result.report["verify"]["status"] == "passed", result.report["verify"]
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mlp": "fused"}, "set mlp='fused', which no block writes; use one of packed, separate"),
+        ({"qkv": "fused-norm"}, "set qkv='fused-norm', which only qkv_packing='fused-norm' chooses"),  # the keyword
+        ({"silu": "relu"}, "set silu='relu', which no block writes"),
+        ({"head_norm": "per-head"}, "set head_norm='per-head', which no block writes"),
+        ({"packed": frozenset({"mlp.gate_up_proj"})}, "packs mlp.gate_up_proj, which is no group its pack_groups"),
+        (None, "returned NoneType, not a Layout"),
+    ],
+)
+def test_a_layout_adjust_layout_cannot_build_is_refused(tmp_path, change, message):
+    """adjust_layout's labels and groups went to the report as they were: mlp="fused" (or qkv="fused-norm"
+    on cpu) built the target's packing under a report naming the family's, and a group name that no
+    pack_groups gives packed nothing, in silence."""
+
+    class Adjusts(Qwen3Builder):
+        def adjust_layout(self, layout, options):
+            if change is not None:
+                return dataclasses.replace(layout, **change)
+
+    with pytest.raises(BuilderError) as refused:
+        build(model=str(REPO / "examples" / "tiny-qwen3"), ep="cpu", output=str(tmp_path / "o"), family=Adjusts)
+    assert str(refused.value).startswith(f"Adjusts.adjust_layout {message}"), refused.value
+    assert not (tmp_path / "o").exists()
+
+
 class SaysGelu(Qwen3Builder):
     hidden_acts = ("gelu_pytorch_tanh",)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from builder.kit.errors import BuilderError
-from builder.kit.options import BuildOptions
+from builder.kit.options import HEAD_NORMS, MLP_PACKINGS, QKV_PACKINGS, SILU_FORMS, BuildOptions
 from builder.kit.targets import Target
 from quant import QuantScheme
 
@@ -202,7 +202,40 @@ def family_adjusted(
     decides the other. (Where a model has no group of a policy, as MoE layers have no gate/up pair,
     the label is the policy resolved, with nothing to pack.)
     """
-    qkv, mlp, packed = adjusted.qkv, adjusted.mlp, adjusted.packed
+    hook = f"{family}.adjust_layout"
+    if not isinstance(adjusted, Layout):
+        raise BuilderError(
+            f"{hook} returned {type(adjusted).__name__}, not a Layout: return the layout it is given, changed "
+            'with dataclasses.replace(layout, mlp="packed"), or as it is (docs/architecture.md, adjust_layout)'
+        )
+    # A label no block reads was reported as the packing while the graph was another (mlp="fused"
+    # built separate projections; a group name that no pack_groups gives packed nothing).
+    for field_name, value, allowed in (
+        ("qkv", adjusted.qkv, [q for q in QKV_PACKINGS if q != "auto"]),
+        ("mlp", adjusted.mlp, [m for m in MLP_PACKINGS if m != "auto"]),
+        ("head_norm", adjusted.head_norm, ["none", "gqa", *(h for h in HEAD_NORMS if h != "auto")]),
+        ("silu", adjusted.silu, ["none", *(f for f in SILU_FORMS if f != "auto")]),
+    ):
+        if value not in allowed:
+            raise BuilderError(
+                f"{hook} set {field_name}={value!r}, which no block writes; use one of {', '.join(allowed)}"
+            )
+    if adjusted.qkv == "fused-norm" and chosen.qkv != "fused-norm":
+        # Its Q/K norms inside GroupQueryAttention (head_norm "gqa") need a target that runs them, which
+        # only --qkv-packing fused-norm checks; the label alone built packed-split and reported fused-norm.
+        raise BuilderError(
+            f"{hook} set qkv='fused-norm', which only --qkv-packing fused-norm chooses (it checks that the "
+            f"target runs GroupQueryAttention's Q/K norms); a family may set packed-split or separate"
+        )
+    names = {g.name for g in groups}
+    unknown = sorted(set(adjusted.packed) - names)
+    if unknown:
+        example = f" (such as {min(names)})" if names else ""
+        raise BuilderError(
+            f"{hook} packs {', '.join(unknown[:3])}{' and more' if len(unknown) > 3 else ''}, which is no group "
+            f"its pack_groups gives{example}: nothing would be packed there"
+        )
+    qkv, mlp, packed = adjusted.qkv, adjusted.mlp, frozenset(adjusted.packed)
     if packed != chosen.packed:
         by_policy = {p: [g for g in groups if g.policy == p] for p in ("qkv", "mlp")}
         qkv_packed = any(g.name in packed for g in by_policy["qkv"])
