@@ -165,7 +165,9 @@ class DecoderBuilder:
         spec = DecoderSpec.from_config(
             config,
             qk_norm=self.qk_norm,
-            attention_bias=bool(config.get("attention_bias", self.attention_bias)),
+            # On for a family whose attention always has them, whatever config.json says (Qwen2's
+            # transformers class ignores the key); config.json's key turns them on for the others.
+            attention_bias=self.attention_bias or bool(config.get("attention_bias")),
             mlp_bias=self.reads_mlp_bias and bool(config.get("mlp_bias")),
         )
         if self.rotary_interleaved:

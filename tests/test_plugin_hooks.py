@@ -992,6 +992,21 @@ def test_a_layout_adjust_layout_cannot_build_is_refused(tmp_path, change, messag
     assert not (tmp_path / "o").exists()
 
 
+class AlwaysBiased(DecoderBuilder):  # transformers' Qwen2 attention: q/k/v biases whatever config.json says
+    attention_bias = True
+    attention_out_bias = False
+    reads_mlp_bias = False
+
+
+def test_attention_bias_on_a_family_is_not_turned_off_by_config_json(checkpoint, tmp_path):
+    """A family's attention_bias = True was only a default: a config.json that says attention_bias
+    false (a Qwen2 fine-tune re-saved by another config class) turned the biases off, and the build
+    was refused for q/k/v biases it did not read."""
+    folder = checkpoint("qwen2", "float32", attention_bias=False)
+    result = build(model=str(folder), precision="fp32", output=str(tmp_path / "o"), family=AlwaysBiased, verify=True)
+    assert result.report["verify"]["status"] == "passed", result.report["verify"]
+
+
 class SaysGelu(Qwen3Builder):
     hidden_acts = ("gelu_pytorch_tanh",)
 
