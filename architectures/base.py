@@ -86,6 +86,11 @@ class DecoderBuilder:
     def __init__(self, checkpoint: Checkpoint, options: BuildOptions):
         self.checkpoint = checkpoint
         self.config = self.model_config(checkpoint.config)
+        if not isinstance(self.config, Mapping):  # None (a forgotten return) fell back to config.json in silence
+            raise BuilderError(
+                f"{type(self).__name__}.model_config returned {type(self.config).__name__}, not a dict: return "
+                "the config the outputs describe (the one it is given, or a changed copy: {**config, ...})"
+            )
         self._options = options
 
     def model_config(self, config: dict) -> dict:
@@ -103,12 +108,26 @@ class DecoderBuilder:
                 "plan is (make_spec, mixer, feed_forward, pack_groups, adjust_layout run then): use the spec "
                 "and options those hooks are given, or self.build_options"
             )
+        self._check_name_tuples()
         self._planning = True
         try:
             with python_option_names() if self.python_caller else contextlib.nullcontext():
                 return make_plan(self._options, self.checkpoint, self)
         finally:
             self._planning = False
+
+    def _check_name_tuples(self) -> None:
+        """not_built, reference_leaves_out and hidden_acts are tuples of names: a string in their place
+        (("model.visual.") without its comma) was read a character at a time, into a report note on
+        "m*" tensors and a hidden_acts refusal that said it writes what it names."""
+        for attr in ("not_built", "reference_leaves_out", "hidden_acts"):
+            value = getattr(self, attr)
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                example = f"({value!r},)" if isinstance(value, str) else '("model.visual.",)'
+                raise BuilderError(
+                    f"{type(self).__name__}.{attr} is {value!r}, not a tuple of names: write {example} "
+                    "(docs/architecture.md)"
+                )
 
     @property
     def build_options(self) -> BuildOptions:

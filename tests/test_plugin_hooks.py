@@ -1007,6 +1007,26 @@ def test_attention_bias_on_a_family_is_not_turned_off_by_config_json(checkpoint,
     assert result.report["verify"]["status"] == "passed", result.report["verify"]
 
 
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({"not_built": "model.visual."}, "not_built is 'model.visual.', not a tuple of names: write ('model.visual.',"),
+        ({"reference_leaves_out": "mtp."}, "reference_leaves_out is 'mtp.', not a tuple of names"),
+        ({"hidden_acts": "silu"}, "hidden_acts is 'silu', not a tuple of names: write ('silu',)"),
+        ({"model_config": lambda self, config: None}, "model_config returned NoneType, not a dict"),
+    ],
+)
+def test_a_name_tuple_given_as_a_string_or_a_model_config_without_return_is_refused(tmp_path, attributes, message):
+    """A string where a tuple of names goes (("model.visual.") without its comma) was read a character
+    at a time: the report's note named "m*" tensors, and hidden_acts = "silu" was refused as writing
+    what it names; a model_config that returned nothing fell back to config.json in silence."""
+    family = type("Misnamed", (Qwen3Builder,), attributes)
+    with pytest.raises(BuilderError) as refused:
+        build(model=str(REPO / "examples" / "tiny-qwen3"), precision="fp32", output=str(tmp_path / "o"), family=family)
+    assert str(refused.value).startswith(f"Misnamed.{message}"), refused.value
+    assert not (tmp_path / "o").exists()
+
+
 class SaysGelu(Qwen3Builder):
     hidden_acts = ("gelu_pytorch_tanh",)
 
