@@ -119,7 +119,8 @@ class DecoderBuilder:
     def _check_name_tuples(self) -> None:
         """not_built, reference_leaves_out and hidden_acts are tuples of names: a string in their place
         (("model.visual.") without its comma) was read a character at a time, into a report note on
-        "m*" tensors and a hidden_acts refusal that said it writes what it names."""
+        "m*" tensors and a hidden_acts refusal that said it writes what it names. config_keys maps a
+        key to (checker, null allowed)."""
         for attr in ("not_built", "reference_leaves_out", "hidden_acts"):
             value = getattr(self, attr)
             if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
@@ -127,6 +128,21 @@ class DecoderBuilder:
                 raise BuilderError(
                     f"{type(self).__name__}.{attr} is {value!r}, not a tuple of names: write {example} "
                     "(docs/architecture.md)"
+                )
+        # config_keys' entries are unpacked and their checker's `expected` worded only when a config
+        # has the key (or a bad value of it): a mistake there failed inside the builder's code.
+        for key, entry in dict(self.config_keys).items():
+            if not (
+                isinstance(entry, tuple)
+                and len(entry) == 2
+                and callable(entry[0])
+                and hasattr(entry[0], "expected")
+                and isinstance(entry[1], bool)
+            ):
+                raise BuilderError(
+                    f"{type(self).__name__}.config_keys[{key!r}] is {entry!r}: give (checker, null allowed) with a "
+                    "checker of builder.kit.hf_config, e.g. (hf_config.number(), False), or one of yours with an "
+                    ".expected that says what is valid (docs/architecture.md)"
                 )
 
     @property

@@ -1014,12 +1014,15 @@ def test_attention_bias_on_a_family_is_not_turned_off_by_config_json(checkpoint,
         ({"reference_leaves_out": "mtp."}, "reference_leaves_out is 'mtp.', not a tuple of names"),
         ({"hidden_acts": "silu"}, "hidden_acts is 'silu', not a tuple of names: write ('silu',)"),
         ({"model_config": lambda self, config: None}, "model_config returned NoneType, not a dict"),
+        ({"config_keys": {"scale": "number"}}, "config_keys['scale'] is 'number': give (checker, null allowed)"),
+        ({"config_keys": {"head_dim": (int, False)}}, "config_keys['head_dim'] is (<class 'int'>, False): give"),
     ],
 )
 def test_a_name_tuple_given_as_a_string_or_a_model_config_without_return_is_refused(tmp_path, attributes, message):
     """A string where a tuple of names goes (("model.visual.") without its comma) was read a character
     at a time: the report's note named "m*" tensors, and hidden_acts = "silu" was refused as writing
-    what it names; a model_config that returned nothing fell back to config.json in silence."""
+    what it names; a model_config that returned nothing fell back to config.json in silence; a
+    config_keys entry that is no (checker, null allowed) failed inside the builder's code."""
     family = type("Misnamed", (Qwen3Builder,), attributes)
     with pytest.raises(BuilderError) as refused:
         build(model=str(REPO / "examples" / "tiny-qwen3"), precision="fp32", output=str(tmp_path / "o"), family=family)
