@@ -323,7 +323,7 @@ import sys, numpy as np, onnxruntime as ort
 sys.path.insert(0, sys.argv[3])
 from builder.verify import onnx_logits
 session = ort.InferenceSession(sys.argv[1] + "/model.onnx", providers=["CPUExecutionProvider"])
-np.save(sys.argv[2], np.stack(onnx_logits(session, np.array([[5, 17, 42, 99, 3, 250, 7, 11]]), [3, 4])))
+np.save(sys.argv[2], np.concatenate(onnx_logits(session, np.array([[5, 17, 42, 99, 3, 250, 7, 11]]), [3, 4]), 1))
 print(ort.__version__)
 """
 
@@ -349,6 +349,8 @@ def test_a_build_for_the_oldest_runtime_pyproject_allows_runs_there(checkpoint, 
     assert made.returncode == 0, made.stderr
     report = json.loads((out / "build_report.json").read_text())
     assert report["target"]["runtime"] == "onnxruntime 1.20"
+    # No onnxruntime-genai for a runtime below 1.24 reads last-token logits (plan.wants_last_logits).
+    assert report["target"]["logits"] == "all"
     assert report["load_check"] == {"status": "passed", "onnxruntime": "1.20.1"}
     logits = {}
     for label, env in [("1.20", old_path), ("venv", {**os.environ, "PYTHONPATH": repo})]:

@@ -293,8 +293,9 @@ class BuildOptions:
             "build it with --graph-capture off too) and its "
             "speculative decoding (with last-token logits it refuses n-gram drafts and verifies a "
             "draft model's tokens one run each). auto: last for "
-            "--format genai builds (except onnxruntime-webgpu 1.27 targets, not run with it, which get "
-            "all); --format transformers.js builds get a "
+            "--format genai builds (except onnxruntime-webgpu 1.27 targets, not run with it, and targets "
+            "below 1.24, whose onnxruntime-genai (0.11 and older) fails on it, which get all); "
+            "--format transformers.js builds get a "
             "num_logits_to_keep input instead, which transformers.js sets to 1 when it generates "
             "and to 0 (every position) when it scores.",
             rebuild="resolved",

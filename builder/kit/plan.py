@@ -31,7 +31,7 @@ from builder.kit.hf_config import check_generation_config, check_keys, unread_ke
 from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, module_matches, patterns_matching_nothing
-from builder.kit.targets import FEATURES, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
+from builder.kit.targets import FEATURES, GENAI_LAST_LOGITS_ORT, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
 from quant import QuantScheme
 
 # GroupQueryAttention's seqlens_k and total_sequence_length are int32.
@@ -412,7 +412,9 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
         return options.logits == "last"
     # onnxruntime-webgpu 1.27 was not run with the selection's GatherND: it keeps every position.
     legacy_webgpu = target.ep == "webgpu" and target.ort_version <= WEBGPU_LAST_MONOLITHIC
-    return options.format == "genai" and not legacy_webgpu
+    # Below 1.24 only genai <= 0.11 runs, which binds logits [B, S, V] and fails on a last-token graph.
+    old_genai = target.ort_version < GENAI_LAST_LOGITS_ORT
+    return options.format == "genai" and not legacy_webgpu and not old_genai
 
 
 def untie_a_differing_lm_head(checkpoint, family, spec, page_cache: bool = False) -> str | None:

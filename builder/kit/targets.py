@@ -33,6 +33,11 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
 }
 WEBGPU_LAST_MONOLITHIC = (1, 27)
+# The first runtime an onnxruntime-genai that reads logits [B, 1, V] as the last token's runs on:
+# genai 0.12.0 (Model::IsPruned) requires onnxruntime(-gpu, -directml) >= 1.24.1, and 0.11.4, the
+# last for 1.23 (and for Python 3.10, which onnxruntime left after 1.23.2), fails on such a graph
+# ("Got invalid dimensions for output: logits"). Older targets get every position (plan.wants_last_logits).
+GENAI_LAST_LOGITS_ORT = (1, 24)
 # The newest onnxruntime the FEATURES table was checked against (PyPI, 2026-12). A newer
 # --target-ort builds with what this one runs, which a later release may have changed.
 NEWEST_KNOWN_ORT = (1, 32)
