@@ -45,6 +45,11 @@ def logits_dims(result) -> list:
         ({"ep": "webgpu", "graph_capture": "off"}, 1),
         ({"ep": "webgpu", "target_ort": "1.27"}, "sequence_length"),  # not run there with it
         ({"ep": "webgpu", "logits": "all"}, "sequence_length"),
+        # genai 0.11, the newest for onnxruntime 1.23, fails on [B, 1, V]; 0.12 (onnxruntime >= 1.24.1) reads it
+        ({"ep": "cpu", "target_ort": "1.23"}, "sequence_length"),
+        ({"ep": "cpu", "target_ort": "1.24"}, 1),
+        ({"ep": "dml"}, 1),  # its default target: onnxruntime-directml 1.24, with genai-directml 0.12.2
+        ({"ep": "dml", "target_ort": "1.23"}, "sequence_length"),
         ({"ep": "cpu", "format": "transformers.js"}, "num_logits"),  # as many as num_logits_to_keep says
         ({"ep": "cpu", "format": "transformers.js", "logits": "all"}, "sequence_length"),
     ],

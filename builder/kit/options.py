@@ -243,7 +243,7 @@ class BuildOptions:
             "(onnxruntime, onnxruntime-gpu, onnxruntime + onnxruntime-ep-webgpu or "
             "onnxruntime-webgpu, onnxruntime-directml), else the release this builder's table names "
             "for it (cpu, cuda, webgpu: 1.31, webgpu with the plugin EP; 1.32 changes none of the "
-            "graphs; dml: 1.23, which no dml graph depends on). With --format transformers.js it is the "
+            "graphs; dml: 1.24, the newest onnxruntime-directml on PyPI). With --format transformers.js it is the "
             "onnxruntime-web (webgpu) or onnxruntime-node (others) inside your transformers.js; "
             "default: what transformers.js 4.3 pins (onnxruntime-node 1.30, onnxruntime-web 1.31).",
             rebuild="resolved",

@@ -30,7 +30,10 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     # `onnxruntime` module, so the plugin is what a genai user installs. Targets up to
     # WEBGPU_LAST_MONOLITHIC mean the onnxruntime-webgpu package and stay selectable.
     "webgpu": ("onnxruntime-ep-webgpu", (1, 31)),
-    "dml": ("onnxruntime-directml", (1, 23)),  # Windows-only package, not checked here; no feature reads it
+    # Windows-only, not checked here. 1.24 (1.24.4): the newest onnxruntime-directml on PyPI, and the
+    # runtime onnxruntime-genai-directml 0.12.2 installs with (0.13 and later need 1.25+, not on PyPI);
+    # no dml feature changes above 1.23, but below 1.24 --logits auto keeps every position.
+    "dml": ("onnxruntime-directml", (1, 24)),
 }
 WEBGPU_LAST_MONOLITHIC = (1, 27)
 # The first runtime an onnxruntime-genai that reads logits [B, 1, V] as the last token's runs on:
