@@ -8,6 +8,7 @@ look at the same model from different angles.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ from support.synthetic import TINY_CONFIGS, make_checkpoint
 # A skipped check is not a passing one: the suite pins its environment (scripts/test.sh), so a
 # test that cannot run there has found something to fix, and the run must say so by failing.
 _skipped: list[str] = []
+
+
+def pytest_configure(config):
+    """A suite started with Ctrl-C ignored (`bash scripts/test.sh &` from a script, nohup) ran every
+    build with SIGINT ignored too, as a build leaves an ignored SIGINT alone (output_dir), and the
+    tests of what Ctrl-C does failed. The tests run as from a terminal, in each xdist worker too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_runtest_logreport(report):
