@@ -108,7 +108,7 @@ class DecoderBuilder:
                 "plan is (make_spec, mixer, feed_forward, pack_groups, adjust_layout run then): use the spec "
                 "and options those hooks are given, or self.build_options"
             )
-        self._check_name_tuples()
+        self._check_class_attributes()
         self._planning = True
         try:
             with python_option_names() if self.python_caller else contextlib.nullcontext():
@@ -116,7 +116,7 @@ class DecoderBuilder:
         finally:
             self._planning = False
 
-    def _check_name_tuples(self) -> None:
+    def _check_class_attributes(self) -> None:
         """not_built, reference_leaves_out and hidden_acts are tuples of names: a string in their place
         (("model.visual.") without its comma) was read a character at a time, into a report note on
         "m*" tensors and a hidden_acts refusal that said it writes what it names. config_keys maps a

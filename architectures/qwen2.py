@@ -62,5 +62,5 @@ class Qwen2Builder(DecoderBuilder):
     reads_mlp_bias = False  # Qwen2MLP has no biases whatever config.json says
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
-        spec = super().make_spec({**config, "attention_bias": True}, target)
+        spec = super().make_spec(config, target)
         return qwen_sliding_window(spec, config)
