@@ -807,6 +807,17 @@ def test_tensors_left_out_on_purpose_still_build(tmp_path):
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("family", ["qwen3_5", "gemma3-vl"])
+def test_a_stored_lm_head_of_a_tied_multimodal_checkpoint_builds(tmp_path, family):
+    """Its text model sits under model.language_model, its tie flag in text_config; the copy is
+    left out as in a flat checkpoint, and the build still matches transformers."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS[family], dtype="float32", tied_lm_head=True)
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "--verify")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    verify = json.loads((tmp_path / "out" / "build_report.json").read_text())["verify"]
+    assert verify["status"] == "passed" and verify["max_abs"] < 1e-4, verify
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "generation_config.json"])
 def test_damaged_json_files_beside_the_weights_are_refused(ckpt, tmp_path, name):
     """They were copied as they were: exit 0 (--verify passed), genai could not load the

@@ -109,7 +109,9 @@ def expected_tensors(config: dict, *, tied_lm_head: bool = False) -> list[tuple[
     lm_head.weight unless tied_lm_head (a copy of the embedding, as in Qwen3-0.6B/1.7B)."""
     tensors = read_by_family(config)
     if tied_lm_head and "lm_head.weight" not in tensors:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+        # Multimodal wrappers keep the text model under model.language_model.
+        embedding = next(name for name in tensors if name.endswith("embed_tokens.weight"))
+        tensors["lm_head.weight"] = tensors[embedding]
     order = _hub_order(config)
     if order is None:
         return list(tensors.items())

@@ -641,11 +641,11 @@ def _init(name: str, shape) -> tuple[float, float]:
     return 0.0, shape[-1] ** -0.5
 
 
-def tensor_chunks(name: str, shape, dtype: str, seed: int, tied: bool = False):
+def tensor_chunks(name: str, shape, dtype: str, seed: int, lm_head_from: str | None = None):
     """Yield the tensor's values as flat chunks, drawn from its own seeded generator
-    (a tied lm_head draws the embedding's values, so the two are equal)."""
-    if tied and name == "lm_head.weight":
-        name = "model.embed_tokens.weight"
+    (lm_head_from: the tensor whose values lm_head.weight draws, a tied model's embedding)."""
+    if lm_head_from and name == "lm_head.weight":
+        name = lm_head_from
     tdtype = _DTYPES[dtype][0]
     mean, std = _init(name, shape)
     gen = torch.Generator().manual_seed(_tensor_seed(seed, name))
@@ -654,9 +654,11 @@ def tensor_chunks(name: str, shape, dtype: str, seed: int, tied: bool = False):
         yield torch.empty(min(_CHUNK, n - start), dtype=tdtype).normal_(mean, std, generator=gen)
 
 
-def make_tensor(name: str, shape, dtype: str = "bfloat16", seed: int = 0, tied: bool = False) -> torch.Tensor:
+def make_tensor(
+    name: str, shape, dtype: str = "bfloat16", seed: int = 0, lm_head_from: str | None = None
+) -> torch.Tensor:
     """The full tensor make_checkpoint writes under this name (for tests)."""
-    return torch.cat(list(tensor_chunks(name, shape, dtype, seed, tied))).reshape(shape)
+    return torch.cat(list(tensor_chunks(name, shape, dtype, seed, lm_head_from))).reshape(shape)
 
 
 def _header(entries, itemsize: int, st_dtype: str) -> tuple[bytes, list]:
@@ -673,7 +675,9 @@ def _header(entries, itemsize: int, st_dtype: str) -> tuple[bytes, list]:
     return struct.pack("<Q", len(raw)) + raw, entries
 
 
-def write_safetensors(path: Path, entries, dtype: str, seed: int, tied: bool = False, progress=None) -> None:
+def write_safetensors(
+    path: Path, entries, dtype: str, seed: int, lm_head_from: str | None = None, progress=None
+) -> None:
     """Write one safetensors file tensor by tensor; memory use is one chunk. `progress(nbytes)`, if
     given, is called with the size of each chunk written."""
     _, st_dtype, itemsize = _DTYPES[dtype]
@@ -681,7 +685,7 @@ def write_safetensors(path: Path, entries, dtype: str, seed: int, tied: bool = F
     with open(path, "wb") as f:
         f.write(head)
         for name, shape in entries:
-            for chunk in tensor_chunks(name, shape, dtype, seed, tied):
+            for chunk in tensor_chunks(name, shape, dtype, seed, lm_head_from):
                 data = chunk.view(torch.uint8).numpy().data
                 f.write(data)
                 if progress:
@@ -764,7 +768,14 @@ def make_checkpoint(
     _write_json(out / "generation_config.json", gen, indent=4, sort_keys=False, end="")
 
     files = plan_files(cfg, dtype, shard_size_bytes, tied_lm_head=tied_lm_head)
-    tied = cfg.get("tie_word_embeddings", False)
+    # A stored lm_head of a tied model is a copy of the embedding (model.language_model.* in
+    # multimodal wrappers, whose tie_word_embeddings sits in text_config).
+    from support.expected_tensors import read_by_family
+
+    names = [name for entries in files.values() for name, _ in entries]
+    lm_head_from = None
+    if tied_lm_head and "lm_head.weight" not in read_by_family(cfg):
+        lm_head_from = next(name for name in names if name.endswith("embed_tokens.weight"))
     itemsize = _DTYPES[dtype][2]
     total = sum(itemsize * math.prod(shape) for entries in files.values() for _, shape in entries)
     done = 0
@@ -777,7 +788,7 @@ def make_checkpoint(
     for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
         old.unlink()  # stale shards from an earlier run would confuse loaders
     for fname, entries in files.items():
-        write_safetensors(out / fname, entries, dtype, seed, tied, progress=written if progress else None)
+        write_safetensors(out / fname, entries, dtype, seed, lm_head_from, progress=written if progress else None)
     if len(files) > 1:
         weight_map = {name: fname for fname, entries in files.items() for name, _ in entries}
         _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
