@@ -678,6 +678,30 @@ def test_verify_leaves_a_renamed_lm_head_of_an_untied_model_to_the_family(checkp
     assert result.report["verify"]["status"] == "passed" and result.report["verify"]["max_abs"] < 1e-4
 
 
+def test_a_make_spec_that_changes_the_layer_count_is_named_for_it(checkpoint, tmp_path):
+    """The checkpoint's layers are checked against the spec's count: a family that changes it was
+    told "config.json says num_hidden_layers = N", a number config.json did not say."""
+    import dataclasses
+
+    from architectures import Qwen3Builder
+
+    class Deeper(Qwen3Builder):
+        def make_spec(self, config, target=None):
+            spec = super().make_spec(config, target)
+            return dataclasses.replace(spec, num_layers=spec.num_layers + 1)
+
+    class Shallower(Qwen3Builder):
+        def make_spec(self, config, target=None):
+            return dataclasses.replace(super().make_spec(config, target), num_layers=1)
+
+    ckpt = checkpoint("qwen3")
+    with pytest.raises(BuilderError, match=r"Deeper\.make_spec's num_layers = 3, but the checkpoint in .* no tensors "):
+        build(model=str(ckpt), output=str(tmp_path / "deeper"), family=Deeper, show_progress=False)
+    result = build(model=str(ckpt), output=str(tmp_path / "shallower"), family=Shallower, show_progress=False)
+    assert result.report["model"]["layers"] == 1
+    assert any("beyond Shallower.make_spec's num_layers = 1" in note for note in result.report["notes"])
+
+
 @pytest.mark.parametrize("name,norm", [("gemma3", "pre_feedforward_layernorm"), ("qwen3_5-text", "input_layernorm")])
 def test_a_renamed_norm_keeps_its_one_plus_w_scale(checkpoint, tmp_path, name, norm):
     """Gemma's and Qwen3.5's 1 + w offset was applied to tensors whose names ended in norm.weight,

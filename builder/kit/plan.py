@@ -163,10 +163,16 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"graph capture is off: head_dim {spec.head_dim} is no multiple of {GQA_ROTARY_HEAD_MULTIPLE}, so "
             "the rotary runs outside GroupQueryAttention, from position_ids",
         )
-    warnings = [*checkpoint.read_warnings, *check_checkpoint_layers(checkpoint, family, spec.num_layers)]
+    described = getattr(family, "config", None) or config  # the config make_spec read
+    layers_source = "config.json's num_hidden_layers"
+    if described.get("num_hidden_layers") != spec.num_layers:
+        layers_source = f"{type(family).__name__}.make_spec's num_layers"
+    warnings = [
+        *checkpoint.read_warnings,
+        *check_checkpoint_layers(checkpoint, family, spec.num_layers, layers_source),
+    ]
     if options.format == "genai":
         # family.config: the config make_genai_config writes from, so both settle the same num_beams
-        described = getattr(family, "config", None) or config
         target, beam_notes = settle_beam_search(options, target, checkpoint, described, spec, warnings)
         target_notes += beam_notes
     untied = untie_a_differing_lm_head(checkpoint, family, spec, options.page_cache)
@@ -512,8 +518,11 @@ def layer_prefix(family) -> str | None:
     return probe[: -len("0.x")] if probe.endswith(".0.x") else None
 
 
-def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
-    """The checkpoint's layers against num_hidden_layers, from tensor names alone.
+def check_checkpoint_layers(
+    checkpoint, family, num_layers: int, source: str = "config.json's num_hidden_layers"
+) -> list[str]:
+    """The checkpoint's layers against num_hidden_layers, from tensor names alone. `source`
+    names where num_layers came from (a family's make_spec may change config.json's count).
 
     Fewer layers: refused now, before anything loops over a config's layer count. More:
     built as the config says, with a warning (a truncated config, or extra layers such
@@ -533,7 +542,7 @@ def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
     if missing is not None and missing < n:
         have = f"layers 0-{max(found)}" if found else "no layers"
         raise BuilderError(
-            f"config.json says num_hidden_layers = {n}, but the checkpoint in "
+            f"{source} = {n}, but the checkpoint in "
             f"{checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named "
             f"{prefix}N.*); the checkpoint is incomplete or does not match its config"
         )
@@ -541,8 +550,8 @@ def check_checkpoint_layers(checkpoint, family, num_layers: int) -> list[str]:
     if extra:
         span = f"{extra[0]}" if len(extra) == 1 else f"{extra[0]}-{extra[-1]}"
         return [
-            f"the checkpoint has layer(s) {span} ({prefix}{span}.*) beyond config.json's "
-            f"num_hidden_layers = {n}; they are not part of this build"
+            f"the checkpoint has layer(s) {span} ({prefix}{span}.*) beyond {source} = {n}; "
+            "they are not part of this build"
         ]
     return []
 
