@@ -377,6 +377,12 @@ def _verify(arch, model_file: Path) -> dict:
                 "The checkpoint's weights hold NaN or Inf values (the warning above names them), so neither "
                 "model's logits can be trusted: check the checkpoint."
             )
+        elif _family_overridden(arch):
+            named = ", ".join(map(str, arch.checkpoint.config["architectures"]))
+            who = (
+                f"--family {arch.build_options.family} builds the checkpoint as another model than {named}, "
+                "which verify compares with (the warnings above may say how they differ): drop --family, or --verify."
+            )
         else:
             who = _who_to_check(arch, "what it builds differently from transformers' model")
         raise BuilderError(
@@ -384,6 +390,13 @@ def _verify(arch, model_file: Path) -> dict:
             f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was not written. {who}"
         )
     return result
+
+
+def _family_overridden(arch) -> bool:
+    """--family named an architecture other than those config.json's architectures entry lists (a
+    module:Class or a class given in Python is a family of one's own: _who_to_check's)."""
+    family, named = arch.build_options.family, arch.checkpoint.config.get("architectures") or []
+    return isinstance(family, str) and ":" not in family and bool(named) and family not in named
 
 
 def _who_to_check(arch, what: str) -> str:

@@ -807,6 +807,31 @@ def test_tensors_left_out_on_purpose_still_build(tmp_path):
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
 
 
+def test_a_family_that_drops_the_checkpoint_s_window_says_so(tmp_path):
+    """--family LlamaForCausalLM on a Mistral v0.1 checkpoint built without its sliding window in
+    silence, and --verify, comparing with MistralForCausalLM, failed asking for a bug report."""
+    windowed = make_checkpoint(tmp_path / "mistral", TINY_CONFIGS["mistral"], dtype="float32")
+    unwindowed = make_checkpoint(tmp_path / "nosw", TINY_CONFIGS["mistral-nosw"], dtype="float32")
+    warning = "config.json sets sliding_window = 8, which --family LlamaForCausalLM (LlamaBuilder) does not apply"
+    as_llama = cli("-m", windowed, "-o", tmp_path / "llama", "-p", "fp32", "--family", "LlamaForCausalLM")
+    assert as_llama.returncode == 0 and warning in as_llama.stderr, as_llama.stderr
+    for model, family in [
+        (windowed, ()),
+        (windowed, ("--family", "MistralForCausalLM")),
+        (unwindowed, ("--family", "LlamaForCausalLM")),
+    ]:
+        proc = cli("-m", model, "-o", tmp_path / "out", "-p", "fp32", "--overwrite", *family)
+        assert proc.returncode == 0 and "sliding_window" not in proc.stderr, proc.stderr
+    verified = cli("-m", windowed, "-o", tmp_path / "v", "-p", "fp32", "--family", "LlamaForCausalLM", "--verify")
+    assert_clean_failure(
+        verified,
+        "--verify failed: logits differ from transformers",
+        "--family LlamaForCausalLM builds the checkpoint as another model than MistralForCausalLM",
+        out=tmp_path / "v",
+    )
+    assert "report this" not in verified.stderr
+
+
 @pytest.mark.parametrize("family", ["qwen3_5", "gemma3-vl"])
 def test_a_stored_lm_head_of_a_tied_multimodal_checkpoint_builds(tmp_path, family):
     """Its text model sits under model.language_model, its tie flag in text_config; the copy is

@@ -27,7 +27,7 @@ from builder.kit.genai_config import (
     settled_search,
     unexpressed_generation_keys,
 )
-from builder.kit.hf_config import check_generation_config, check_keys, unread_keys
+from builder.kit.hf_config import check_generation_config, check_keys, decoder_section, unread_keys
 from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, module_matches, patterns_matching_nothing
@@ -184,6 +184,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "0.18 opens: it will refuse this folder (Unsupported model_type); a family whose decoder is "
             "Llama-like says genai_type = 'llama', or the type of the model it follows"
         )
+    unapplied = unapplied_window(options, config, family, spec)
+    if unapplied:
+        warnings.append(unapplied)
     unread = unread_keys(config, family.config_keys)
     if unread:
         warnings.append(
@@ -516,6 +519,25 @@ def layer_prefix(family) -> str | None:
     or None for a naming that does not keep HF's model...layers.{i}.{suffix} shape."""
     probe = family.weight(0, "x")
     return probe[: -len("0.x")] if probe.endswith(".0.x") else None
+
+
+def unapplied_window(options: BuildOptions, config: dict, family, spec) -> str | None:
+    """A --family that applies no window to a checkpoint whose config.json sets one (Llama's on a
+    Mistral v0.1) builds what that family's transformers class computes, which --verify, comparing
+    with the checkpoint's own class, then failed as a builder bug."""
+    decoder = decoder_section(config)
+    window = decoder.get("sliding_window")
+    if not options.family or spec.sliding_window or decoder.get("use_sliding_window") is False:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return None
+    named = ", ".join(str(name) for name in config.get("architectures") or []) or "its own family"
+    return (
+        f"config.json sets sliding_window = {window}, which --family {options.family} "
+        f"({type(family).__name__}) does not apply: every layer attends to the whole context, so past "
+        f"{window} tokens its logits differ from {named}'s (which --verify compares with); drop --family "
+        "to build the checkpoint as its config.json names it"
+    )
 
 
 def check_checkpoint_layers(
