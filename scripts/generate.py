@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 from builder.cli import broken_pipe
 from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai
 from builder.kit.errors import BuilderError
+from builder.kit.model_source import built_from
 from builder.kit.options import EPS
 from builder.kit.tokenizer_files import REQUIRED as TOKENIZER_REQUIRED
 
@@ -238,12 +239,15 @@ def _rebuild(folder: Path, extra: str = "") -> str:
             f"rebuild it with python -m builder -m CHECKPOINT{extra} -o NEW_FOLDER ({folder} has no "
             "build_report.json, so the builder will not replace it; remove it first to rebuild it there)"
         )
-    options = _build_report(folder).get("options") or {}
-    if not options.get("model"):
+    report = _build_report(folder)
+    options = report.get("options") or {}
+    # The checkpoint's resolved path: options.model may be relative to where the build ran.
+    model = built_from(report) or options.get("model")
+    if not model:
         return f"rebuild it with python -m builder -m CHECKPOINT{extra} -o {_arg(folder)} --overwrite"
     family = f" --family {_arg(options['family'])}" if options.get("family") else ""  # a family of the user's own
     return (
-        f"rebuild it with python -m builder -m {_arg(options['model'])} -p {options.get('precision', 'int4')} "
+        f"rebuild it with python -m builder -m {_arg(model)} -p {options.get('precision', 'int4')} "
         f"-e {options.get('ep', 'cpu')}{family}{extra} -o {_arg(folder)} --overwrite "
         "(build_report.json lists its other options)"
     )

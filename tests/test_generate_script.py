@@ -318,12 +318,38 @@ def test_the_rebuild_command_of_a_folder_with_a_space_runs(cpu_folder, tmp_path)
         [sys.executable, *command[1:], "--quiet"],
         capture_output=True,
         text=True,
-        cwd=REPO,  # where the checkpoint's path, as the build was given it, is from
+        cwd=tmp_path,  # the command names the checkpoint's resolved path, so it runs from anywhere
         env={**os.environ, "PYTHONPATH": str(REPO)},
         timeout=120,
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert generate(folder, "--max-new-tokens", "2").returncode == 0
+
+
+def test_the_rebuild_command_of_a_relative_checkpoint_runs_from_anywhere(tmp_path):
+    """A build given `-m ./ckpt` had its rebuild command repeat ./ckpt, which names another folder
+    (or none) where the command is pasted: it now names the checkpoint's resolved path."""
+    import shlex
+    import shutil
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(REPO / "examples" / "tiny-qwen3", work / "ckpt")
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    built = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", "./ckpt", "-o", "out", "--quiet"],
+        capture_output=True, text=True, cwd=work, env=env, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (work / "out" / "tokenizer.json").unlink()
+    line = assert_refused(generate(work / "out"), "damaged", "tokenizer.json")
+    command = shlex.split(line.split("rebuild it with ", 1)[1].split(" (build_report.json", 1)[0])
+    assert command[command.index("-m", 3) + 1] == str(work / "ckpt"), line
+    rebuilt = subprocess.run(
+        [sys.executable, *command[1:], "--quiet"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert generate(work / "out", "--max-new-tokens", "2").returncode == 0
 
 
 def test_a_folder_whose_path_is_no_utf8_is_refused_in_one_line(cpu_folder, tmp_path):

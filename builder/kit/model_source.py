@@ -131,17 +131,30 @@ def _local_folder_hint(model: str) -> str | None:
     return f"if you meant a local folder: {owner}/ here has no {name}"
 
 
+def built_from(report: dict) -> str | None:
+    """The -m that rebuilds what a build_report.json describes, from any folder: the checkpoint's
+    resolved path (options.model may be relative to where the build ran), or the hub id that
+    resolved to a cache folder. None where the report does not say."""
+    try:
+        source = str(report["checkpoint"]["path"])
+        given = str(report["options"]["model"])
+    except (KeyError, TypeError):
+        return None
+    if Path(source).parent.name == "snapshots" and is_hub_id(given):
+        return given  # the hub id, not the cache folder it resolved to
+    return source
+
+
 def built_here(folder: Path) -> str | None:
     """The error for a folder this builder wrote, passed as -m (a transformers.js build has a
     config.json and no weights beside it), or None for any other folder."""
     try:
         report = json.loads((folder / "build_report.json").read_text())
-        source = report["checkpoint"]["path"]  # resolved: options.model may be relative to elsewhere
-        given = str(report["options"]["model"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
-    if Path(source).parent.name == "snapshots" and is_hub_id(given):
-        source = given  # the hub id, not the cache folder it resolved to
+    source = built_from(report) if isinstance(report, dict) else None
+    if source is None:
+        return None
     return (
         f"{folder} is a folder this builder wrote (its build_report.json), not a checkpoint; "
         f"build from the checkpoint it was built from: {source}"
