@@ -10,6 +10,8 @@ tiny-<name> (tiny-qwen3, tiny-llama, tiny-qwen3-moe, tiny-qwen3_5, ...).
 """
 
 import argparse
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -82,22 +84,42 @@ def main() -> None:
         ap.error(
             f"{args.out_dir} holds files this script did not write (a checkpoint of yours?); pass a new or empty folder"
         )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / synthetic.MADE_MARK).write_text(f"{args.name} {args.dtype} seed {args.seed}\n")
+    created = not args.out_dir.exists()
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, or a place this user cannot write
+        ap.error(f"cannot create {args.out_dir} ({e.strerror or e}); pass a folder in a place you can write")
 
+    # A run that fails or is stopped leaves no checkpoint behind: its config.json beside cut weights
+    # looked like one, and a build found out only when it read them. Whatever the folder holds is
+    # this script's (new, empty or made by it), so all of it goes.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
-    progress = Progress(args.name)
-    if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included
-        out = synthetic.make_real_checkpoint(
-            args.name, args.out_dir, dtype=args.dtype, seed=args.seed, progress=progress
-        )
-    elif args.name in synthetic.REAL_SHAPE_CONFIGS:  # the real config and dims; file layout not the hub's
-        out = synthetic.make_checkpoint(
-            args.out_dir, synthetic.REAL_SHAPE_CONFIGS[args.name], dtype=args.dtype, seed=args.seed, progress=progress
-        )
-    else:
-        config = synthetic.TINY_CONFIGS[args.name.removeprefix("tiny-")]
-        out = synthetic.make_checkpoint(args.out_dir, config, dtype=args.dtype, seed=args.seed, progress=progress)
+    try:
+        (args.out_dir / synthetic.MADE_MARK).write_text(f"{args.name} {args.dtype} seed {args.seed}\n")
+        out = write(args)
+    except BaseException as e:
+        if created:
+            shutil.rmtree(args.out_dir, ignore_errors=True)
+        else:
+            for item in args.out_dir.iterdir():
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+        if isinstance(e, KeyboardInterrupt):
+            print(f"make_checkpoint.py: interrupted; removed the partial checkpoint in {args.out_dir}", file=sys.stderr)
+            raise SystemExit(130) from None
+        if isinstance(e, OSError):
+            print(
+                f"make_checkpoint.py: error: cannot write {args.out_dir} ({e.strerror or e}); "
+                "removed the partial checkpoint: free some space or pass another folder",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.perf_counter() - start
 
     total = 0
@@ -106,6 +128,20 @@ def main() -> None:
             total += f.stat().st_size
             print(f"  {f.stat().st_size:>14,d}  {f.name}")
     print(f"wrote {args.name} ({args.dtype}, seed {args.seed}) to {out}: {total / 1e6:,.1f} MB in {elapsed:.1f} s")
+
+
+def write(args) -> Path:
+    progress = Progress(args.name)
+    if args.name in synthetic.REAL_CONFIGS:  # hub file layout, quirks included
+        return synthetic.make_real_checkpoint(
+            args.name, args.out_dir, dtype=args.dtype, seed=args.seed, progress=progress
+        )
+    if args.name in synthetic.REAL_SHAPE_CONFIGS:  # the real config and dims; file layout not the hub's
+        return synthetic.make_checkpoint(
+            args.out_dir, synthetic.REAL_SHAPE_CONFIGS[args.name], dtype=args.dtype, seed=args.seed, progress=progress
+        )
+    config = synthetic.TINY_CONFIGS[args.name.removeprefix("tiny-")]
+    return synthetic.make_checkpoint(args.out_dir, config, dtype=args.dtype, seed=args.seed, progress=progress)
 
 
 if __name__ == "__main__":

@@ -303,6 +303,59 @@ def test_cli_leaves_a_checkpoint_it_did_not_write_alone(tmp_path):
     assert _files(mine) == before
 
 
+def _make_checkpoint_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_checkpoint", ROOT / "scripts" / "make_checkpoint.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_cli_refuses_a_folder_it_cannot_create(tmp_path):
+    """A folder under a file (or anywhere mkdir fails) was a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), "tiny-qwen3", str(tmp_path / "afile" / "ck")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"cannot create {tmp_path / 'afile' / 'ck'} (Not a directory)" in run.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "says"),
+    [
+        (OSError(28, "No space left on device"), 1, "error: cannot write {} (No space left on device)"),
+        (KeyboardInterrupt(), 130, "interrupted; removed the partial checkpoint in {}"),
+    ],
+)
+@pytest.mark.parametrize("existed", [False, True])
+def test_cli_leaves_no_partial_checkpoint(tmp_path, monkeypatch, capsys, failure, code, says, existed):
+    """A full disk or Ctrl-C in the middle of the weights left config.json beside a cut
+    model.safetensors: a folder that looked like a checkpoint until a build read it."""
+    script = _make_checkpoint_script()
+
+    def cut_short(path, *args, **kwargs):
+        path.write_bytes(b"\0" * 100)
+        raise failure
+
+    monkeypatch.setattr(synthetic, "write_safetensors", cut_short)
+    out = tmp_path / "ck"
+    if existed:
+        out.mkdir()
+    monkeypatch.setattr(sys, "argv", ["make_checkpoint.py", "tiny-qwen3", str(out)])
+    try:  # a KeyboardInterrupt that got out would stop the whole test session
+        script.main()
+    except BaseException as e:
+        ended = e
+    assert isinstance(ended, SystemExit) and ended.code == code, repr(ended)
+    assert (list(out.iterdir()) == []) if existed else not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says.format(out) in err[0], err
+
+
 def test_bench_builders_does_not_remove_a_checkpoint_of_the_user_s(tmp_path):
     """Given --checkpoints with a folder of the size's name that was not the real config, it
     removed the folder (a user's notes with it) to make the random-weight one there."""
