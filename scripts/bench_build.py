@@ -149,8 +149,25 @@ def main() -> int:
     args = ap.parse_args()
     if args.rounds < 1:  # checked before a checkpoint is made: a run of 0 rounds has nothing to report
         ap.error("--rounds must be at least 1")
-
-    args.work.mkdir(parents=True, exist_ok=True)
+    # The builds run in the checkout (cwd=ROOT, for the `before` tree's code): a relative path given
+    # here named a folder there, and every build failed on a checkpoint that "does not exist".
+    args.checkpoint, args.work = args.checkpoint.absolute(), args.work.absolute()
+    # Each of these failed only after the checkpoint was made (8 GB) or every round was run.
+    if args.before:
+        found = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.before}^{{commit}}"],
+            capture_output=True,
+        )
+        if found.returncode:
+            ap.error(f"--before {args.before}: no such commit in {ROOT}; pass a commit, branch or tag of it")
+    if args.json:
+        folder = args.json.absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or args.json.is_dir():
+            ap.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
+    try:
+        args.work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--work {args.work}: cannot create it ({e.strerror or e}); pass a folder you can write")
     made_here = not (args.checkpoint / "config.json").is_file()  # only such a checkpoint is ever deleted
     if made_here:
         maker = ROOT / "scripts" / "make_checkpoint.py"

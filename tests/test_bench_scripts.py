@@ -106,6 +106,46 @@ def test_benchmarks_refuse_arguments_that_leave_nothing_to_measure(name, args, s
     assert says in done.stderr
 
 
+def test_bench_build_takes_paths_relative_to_where_it_runs(tmp_path):
+    # The builds run in the checkout: a relative --checkpoint named a folder there, and every
+    # build failed ("model folder 'ck' does not exist").
+    import shutil
+
+    shutil.copytree(REPO / "examples" / "tiny-qwen3", tmp_path / "ck")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--work", "w", "--no-off"]
+        + ["--json", "r.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-1000:]
+    assert (tmp_path / "w" / "out-after" / "model.onnx").is_file() and (tmp_path / "r.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--before", "no-such-ref"], "--before no-such-ref: no such commit"),  # a CalledProcessError
+        (["--json", "gone/r.json"], "--json gone/r.json: not a file this run can write"),  # after every round
+        (["--work", "afile"], "--work"),  # a FileExistsError
+    ],
+)
+def test_bench_build_refuses_bad_arguments_before_making_the_checkpoint(tmp_path, args, says):
+    (tmp_path / "afile").write_text("")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--size", "tiny-qwen3", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not (tmp_path / "ck").exists()
+
+
 def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monkeypatch, capsys):
     # It failed only when every row errored: one case whose genai tokens differed exited 0.
     import argparse
