@@ -135,7 +135,8 @@ def test_bench_build_takes_paths_relative_to_where_it_runs(tmp_path):
 def test_bench_build_refuses_bad_arguments_before_making_the_checkpoint(tmp_path, args, says):
     (tmp_path / "afile").write_text("")
     done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--size", "tiny-qwen3", *args],
+        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--size", "tiny-qwen3", "--work", "w"]
+        + args,
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -143,7 +144,7 @@ def test_bench_build_refuses_bad_arguments_before_making_the_checkpoint(tmp_path
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert says in done.stderr.strip().splitlines()[-1], done.stderr
-    assert not (tmp_path / "ck").exists()
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "w").exists()
 
 
 def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monkeypatch, capsys):
