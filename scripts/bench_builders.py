@@ -66,17 +66,28 @@ GNU_TIME = "/usr/bin/time"
 
 
 def size_name(size: str) -> str:
+    from support import synthetic
+
     size = size.strip().lower()
-    return size if size.startswith(("qwen3-", "qwen3.5-")) else f"qwen3-{size}"
+    # A full name as --sizes' error lists them (gemma3-1b among them), else a Qwen3 size.
+    known = size in synthetic.REAL_CONFIGS or size in synthetic.REAL_SHAPE_CONFIGS
+    return size if known or size.startswith(("qwen3-", "qwen3.5-")) else f"qwen3-{size}"
 
 
 def checkpoint_problem(name: str, path: Path) -> str | None:
     """None when `path` holds a complete checkpoint with `name`'s config, else what is wrong."""
-    from support import synthetic
-
     config_file = path / "config.json"
     if not config_file.is_file():
         return "no config.json"
+    try:
+        return _checkpoint_problem(name, path, config_file)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a made folder cut short (a kill)
+        return f"unreadable ({type(e).__name__}: {str(e)[:100]})"
+
+
+def _checkpoint_problem(name: str, path: Path, config_file: Path) -> str | None:
+    from support import synthetic
+
     config = synthetic.text_config(json.loads(config_file.read_text()))
     expected = synthetic.text_config(synthetic.REAL_CONFIGS.get(name) or synthetic.REAL_SHAPE_CONFIGS[name])
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
@@ -718,8 +729,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="0.6b,1.7b,4b", help="Checkpoints to build int4 cpu (default: %(default)s).")
     ap.add_argument(
         "--webgpu-sizes",
-        default="4b",
-        help="Of --sizes, those also built int4 webgpu ('' for none; default: %(default)s).",
+        help="Of --sizes, those also built int4 webgpu ('' for none; default: 4b, where --sizes has it).",
     )
     ap.add_argument(
         "--checkpoints",
@@ -736,8 +746,12 @@ def main() -> int:
     ap.add_argument("--skip-build", action="store_true", help="Reuse the built folders under --work.")
     ap.add_argument("--skip-run", action="store_true", help="No prefill/decode timing.")
     ap.add_argument("--skip-accuracy", action="store_true", help="No logits comparison.")
-    ap.add_argument("--run-sizes", default="0.6b", help="Sizes to time under onnxruntime-genai (default: %(default)s).")
-    ap.add_argument("--accuracy-sizes", default="0.6b", help="Sizes to compare with fp32 (default: %(default)s).")
+    ap.add_argument(
+        "--run-sizes", help="Of --sizes, those timed under onnxruntime-genai (default: 0.6b, where --sizes has it)."
+    )
+    ap.add_argument(
+        "--accuracy-sizes", help="Of --sizes, those compared with fp32 (default: 0.6b, where --sizes has it)."
+    )
     ap.add_argument("--prompts", default="128,512", help="Prompt lengths to time (default: %(default)s).")
     ap.add_argument("--new-tokens", type=int, default=64, help="Decoded tokens per timed run (default: %(default)s).")
     ap.add_argument("--rounds", type=int, default=5, help="Interleaved timed rounds (default: %(default)s).")
@@ -783,6 +797,21 @@ def main() -> int:
     unknown = [s for s in sizes(args.sizes) if s not in known]
     if unknown:
         ap.error(f"--sizes: no checkpoint {unknown[0]}; choose from {', '.join(sorted(known))}")
+    # A size given to these that --sizes lacks, or a typo of one, was left out without a word: the run
+    # then timed or compared nothing. Their defaults still apply only where --sizes has them.
+    for flag, given in (
+        ("--webgpu-sizes", args.webgpu_sizes),
+        ("--run-sizes", args.run_sizes),
+        ("--accuracy-sizes", args.accuracy_sizes),
+    ):
+        for s in sizes(given or ""):
+            if s not in known:
+                ap.error(f"{flag}: no checkpoint {s}; choose from {', '.join(sorted(known))}")
+            if s not in sizes(args.sizes):
+                ap.error(f"{flag}: {s} is not in --sizes ({args.sizes}), which says what is built; add it there")
+    args.webgpu_sizes = "4b" if args.webgpu_sizes is None else args.webgpu_sizes
+    args.run_sizes = "0.6b" if args.run_sizes is None else args.run_sizes
+    args.accuracy_sizes = "0.6b" if args.accuracy_sizes is None else args.accuracy_sizes
     try:
         prompts = [int(p) for p in args.prompts.split(",")]
     except ValueError:
@@ -791,8 +820,14 @@ def main() -> int:
         ap.error("--prompts: each prompt needs at least 1 token")
     if args.new_tokens < 2 or args.rounds < 1 or args.accuracy_tokens < 1:  # before hours of builds
         ap.error("--new-tokens must be at least 2 (the first closes the prefill), --rounds and --accuracy-tokens 1")
+    if args.build_timeout < 1:  # every build was killed at once, and recorded as timed out
+        ap.error("--build-timeout must be at least 1 second")
     if args.json is None:
         args.json = args.work / "results.json"
+    # Found unwritable only after the first build (--json) or the whole run (--markdown): a traceback.
+    for flag, path in (("--work", args.work), ("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None and not _can_write(path, folder=flag == "--work", make_parents=flag != "--markdown"):
+            ap.error(f"{flag} {path}: not a place this run can write; pass one under a folder you can write")
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
     run_sizes = [] if args.skip_run else [s for s in sizes(args.run_sizes) if s in build_sizes]
@@ -866,6 +901,19 @@ def main() -> int:
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0
+
+
+def _can_write(path: Path, folder: bool, make_parents: bool = True) -> bool:
+    """Whether `path` (a folder to make, or a file to write) can be made: what exists of it is of its
+    kind, and the nearest folder that exists (its own parent, without make_parents) is writable.
+    Nothing is written."""
+    path = path.absolute()
+    if path.exists():
+        return path.is_dir() == folder and os.access(path if folder else path.parent, os.W_OK)
+    parent = path.parent
+    while make_parents and not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
 
 
 def _save(report: dict, path: Path, started: float) -> None:

@@ -55,6 +55,59 @@ def test_bench_builders_table_says_na_for_last_only():
     assert "n/a (last only)" in bb.markdown({"builds": [], "runs": [], "accuracy": [acc]})
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # left out without a word: the run timed or compared nothing
+        (["--sizes", "0.6b", "--run-sizes", "1.7b"], "--run-sizes: qwen3-1.7b is not in --sizes (0.6b)"),
+        (["--accuracy-sizes", "0.6"], "--accuracy-sizes: no checkpoint qwen3-0.6; choose from"),
+        (["--sizes", "4b", "--webgpu-sizes", "0.6b"], "--webgpu-sizes: qwen3-0.6b is not in --sizes (4b)"),
+        # --sizes' error offered gemma3-1b and then refused it as qwen3-gemma3-1b
+        (["--sizes", "gemma3-1b", "--prompts", "x"], "--prompts 'x'"),
+        # the defaults still apply only where --sizes has them
+        (["--sizes", "1.7b", "--prompts", "x"], "--prompts 'x'"),
+        # every build killed at once; tracebacks after the first build or the whole run
+        (["--build-timeout", "0"], "--build-timeout must be at least 1 second"),
+        (["--json", "afile/r.json"], "--json afile/r.json: not a place this run can write"),
+        (["--markdown", "gone/t.md"], "--markdown gone/t.md: not a place this run can write"),
+        (["--work", "afile"], "--work afile: not a place this run can write"),
+    ],
+)
+def test_bench_builders_refuses_bad_arguments_before_any_checkpoint(tmp_path, args, says):
+    from support import synthetic
+
+    (tmp_path / "afile").write_text("")
+    # Should an argument get through, the run stops here, at a folder of the user's, before GBs are written.
+    for name in [*synthetic.REAL_CONFIGS, *synthetic.REAL_SHAPE_CONFIGS]:
+        (tmp_path / "ck" / name).mkdir(parents=True)
+        (tmp_path / "ck" / name / "NOTES.md").write_text("mine")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_builders.py"), "--checkpoints", "ck", "--work", "work", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_bench_builders_remakes_a_checkpoint_it_cut_short(tmp_path):
+    # A make_checkpoint.py killed as it opened the weights leaves an empty model.safetensors: the
+    # check of the folder was a JSONDecodeError traceback, not a reason to make it again.
+    import json
+
+    from support import synthetic
+
+    folder = tmp_path / "qwen3-0.6b"
+    folder.mkdir()
+    (folder / synthetic.MADE_MARK).write_text("")
+    (folder / "config.json").write_text(json.dumps(synthetic.REAL_CONFIGS["qwen3-0.6b"]))
+    (folder / "model.safetensors").write_bytes(b"")
+    assert script("bench_builders").checkpoint_problem("qwen3-0.6b", folder).startswith("unreadable")
+
+
 def test_host_profile_counts_only_the_timed_loop():
     # classify keeps stacks with a decode_loop frame; the warm-up (graph capture, shader compiles)
     # must run under another function or its samples get scaled into the timed run's phases.
