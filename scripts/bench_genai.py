@@ -6,6 +6,7 @@ Every round runs every model once, in a shuffled order, so drift of the
 machine (clocks, other load) hits all models alike; the report gives medians
 and the ratio of each model to the first. Models that fail to load are
 reported as such (with the error), not dropped silently, and the exit status is 1.
+Each round that ends is a line on stderr; the table goes to stdout.
 
 On webgpu every timed run is a process of its own (--process-per-run, the default
 there): onnxruntime-genai creates one WebGPU context per process, with the global
@@ -100,6 +101,8 @@ def bench(
     # A seeded shuffle per round varies each model's position and predecessor.
     rng = random.Random(0)
     for r in range(warmup + rounds):
+        if r:  # a real-size model takes minutes a round, in silence
+            progress(r - warmup, rounds, names, errors)
         for name in rng.sample(names, len(names)):
             try:
                 if reload and r >= warmup:
@@ -116,7 +119,15 @@ def bench(
             if r >= warmup:
                 samples[name]["prefill_s"].append(prefill)
                 samples[name]["decode_tok_s"].append(decode)
+    progress(rounds, rounds, names, errors)
     return report(models, provider, prompt_len, new_tokens, rounds, max_length, samples, errors, reload)
+
+
+def progress(done: int, rounds: int, names: list[str], errors: dict) -> None:
+    """A line on stderr as each round ends (done 0: the warm-up), beside the table on stdout."""
+    what = "warm-up round" if done == 0 else f"round {done} of {rounds}"
+    failed = f"; failed: {', '.join(errors)}" if errors else ""
+    print(f"[bench] {what} done: {len(names)} model(s) ran{failed}", file=sys.stderr, flush=True)
 
 
 def run_in_process(path: str, provider: str, prompt_len: int, new_tokens: int, max_length: int | None):
@@ -139,7 +150,9 @@ def bench_in_processes(models, provider, prompt_len, new_tokens, rounds, max_len
     names = list(models)
     samples = {name: {"prefill_s": [], "decode_tok_s": []} for name in names}
     rng = random.Random(0)
-    for _ in range(rounds):
+    for r in range(rounds):
+        if r:
+            progress(r, rounds, [n for n in names if n not in errors], errors)
         for name in rng.sample(names, len(names)):
             if name in errors:
                 continue
@@ -151,6 +164,7 @@ def bench_in_processes(models, provider, prompt_len, new_tokens, rounds, max_len
                 continue
             samples[name]["prefill_s"].append(prefill)
             samples[name]["decode_tok_s"].append(decode)
+    progress(rounds, rounds, [n for n in names if n not in errors], errors)
     return report(models, provider, prompt_len, new_tokens, rounds, max_length, samples, errors, True, True)
 
 
@@ -250,6 +264,10 @@ def main() -> int:
     bad = [m for m in args.models if not m.partition("=")[0] or not m.partition("=")[2]]
     if bad:
         parser.error(f"{bad[0]!r} is not NAME=DIR; pass each model as a name and a built folder, e.g. a=out/tiny")
+    names = [m.partition("=")[0] for m in args.models]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # the dict kept the last one: a model given first was not timed, and no row said so
+        parser.error(f"{twice!r} names two models; give each NAME=DIR a name of its own")
     models = dict(m.split("=", 1) for m in args.models)
     for name, folder in models.items():
         if (Path(folder) / "config.json").is_file() and not (Path(folder) / "genai_config.json").is_file():

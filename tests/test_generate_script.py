@@ -580,6 +580,30 @@ def test_bench_exits_0_when_every_model_runs(cpu_folder):
     assert "| a | " in child.stdout and "failed" not in child.stdout
 
 
+def test_bench_refuses_a_name_given_twice(cpu_folder):
+    # The second a=... replaced the first without a word: one model timed, one row.
+    child = bench(f"a={cpu_folder}", f"a={cpu_folder}", "--prompt", "8", "--new", "4")
+    assert child.returncode == 2 and "Traceback" not in child.stderr, child.stderr
+    assert "'a' names two models" in child.stderr.strip().splitlines()[-1], child.stderr
+
+
+@pytest.mark.parametrize("per_process", [[], ["--process-per-run"]])
+def test_bench_says_as_each_round_ends(cpu_folder, per_process):
+    # A real-size model takes minutes a round, and nothing was printed before the table.
+    child = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_genai.py"), f"a={cpu_folder}", *per_process]
+        + ["--provider", "cpu", "--rounds", "2", "--prompt", "8", "--new", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr
+    lines = child.stderr.splitlines()
+    assert "[bench] round 1 of 2 done: 1 model(s) ran" in lines and "[bench] round 2 of 2 done: 1 model(s) ran" in lines
+    assert "| a | " in child.stdout and "[bench]" not in child.stdout
+
+
 def test_bench_refuses_a_model_without_a_name():
     child = bench("out/tiny")
     assert child.returncode == 2 and "'out/tiny' is not NAME=DIR" in child.stderr.strip().splitlines()[-1]
