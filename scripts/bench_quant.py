@@ -60,17 +60,20 @@ def best_time(fn, repeat: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--asymmetric", action="store_true")
-    p.add_argument("--scale-dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--bits", type=int, default=4, help="4 or 8 (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=32, help="16, 32, 64, 128 or 256 (default: %(default)s)")
+    p.add_argument("--asymmetric", action="store_true", help="zero points too (default: symmetric)")
+    p.add_argument("--scale-dtype", default="float32", choices=["float32", "float16"], help="(default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per weight, the best kept (default: %(default)s)")
     p.add_argument("--ort", action="store_true", help="also time ORT's own quantizer")
     args = p.parse_args()
     if args.repeat < 1:  # best-of-0 is no timing (it printed inf)
         p.error("--repeat must be at least 1")
 
-    scheme = QuantScheme(args.bits, args.block_size, not args.asymmetric)
+    try:
+        scheme = QuantScheme(args.bits, args.block_size, not args.asymmetric)
+    except ValueError as e:  # a traceback that named QuantScheme's fields, not the flags
+        p.error(str(e).replace("QuantScheme.bits=", "--bits ").replace("QuantScheme.block_size=", "--block-size "))
     print(f"{scheme}, scale_dtype={args.scale_dtype}, threads={get_num_threads()}")
     header = f"{'weight (bf16)':32s} {'params':>12s} {'time s':>8s} {'Mparams/s':>10s} {'peak +MB':>9s}"
     if args.ort:

@@ -149,6 +149,9 @@ def test_bench_layouts_refuses_a_layout_given_twice():
         ("bench_build.py", ["--rounds", "0", "--checkpoint", "/nonexistent/ck"], "--rounds must be at least 1"),
         ("bench_linear_attention.py", ["time", "--decode-steps", "0"], "--decode-steps must be at least 1"),
         ("bench_quant.py", ["--repeat", "0"], "--repeat must be at least 1"),
+        # QuantScheme's ValueError, as a traceback
+        ("bench_quant.py", ["--bits", "3"], "--bits 3 is not supported; allowed: (4, 8)"),
+        ("bench_quant.py", ["--block-size", "7"], "--block-size 7 is not supported; allowed: (16, 32"),
         ("profile_genai.py", ["/nonexistent", "--new", "1"], "--new at least 2"),
     ],
 )
