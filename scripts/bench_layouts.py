@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,13 @@ def main() -> int:
     bad = [e for e in args.extra if not all(e.partition("=")[::2])]
     if bad:
         parser.error(f"--extra {bad[0]!r} is not NAME=DIR")
+    for extra in args.extra:  # each was read only once every layout was built
+        folder = Path(extra.partition("=")[2])
+        if not (folder / "genai_config.json").is_file():
+            parser.error(f"--extra {extra}: {folder} is not a built genai folder (no genai_config.json); pass one")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path and not writable(Path(path)):  # a traceback after every build and timing
+            parser.error(f"{flag} {path}: not a file this run can write; pass one under a folder you can write")
     given = (args.layout or LAYOUTS[args.ep]) + [e.partition("=")[0] for e in args.extra]
     twice = sorted({g for g in given if given.count(g) > 1})
     if twice:
@@ -96,10 +104,24 @@ def main() -> int:
         return 2
 
 
+def writable(path: Path) -> bool:
+    """Whether a file can be written at `path` once its missing folders are made; nothing is written."""
+    path = path.absolute()
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
+
+
 def run(args) -> int:
     models, layouts = {}, {}
-    for text in args.layout or LAYOUTS[args.ep]:
+    given = args.layout or LAYOUTS[args.ep]
+    for i, text in enumerate(given):
         out = Path(args.work) / f"{args.ep}-{args.precision}-{text.replace('/', '-')}"
+        # The builds show no progress of their own here: a real-size one takes a minute.
+        print(f"[build] {i + 1} of {len(given)}: {text} -> {out}", file=sys.stderr, flush=True)
         options = {"target_ort": args.target_ort, **parse_layout(text)}
         result = build_from_flags(
             BuildOptions(

@@ -141,6 +141,48 @@ def test_bench_layouts_refuses_a_layout_given_twice():
 
 
 @pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # read only once every layout was built and timed
+        (["--extra", "r=gone"], "--extra r=gone: gone is not a built genai folder"),
+        (["--json", "afile/r.json"], "--json afile/r.json: not a file this run can write"),
+        (["--markdown", "afile"], "--markdown afile: not a file this run can write"),
+    ],
+)
+def test_bench_layouts_refuses_what_it_would_fail_on_after_the_builds(tmp_path, args, says):
+    (tmp_path / "afile").mkdir()
+    (tmp_path / "afile" / "r.json").mkdir()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_layouts.py"), "--checkpoint", str(REPO / "examples" / "tiny-qwen3")]
+        + ["--layout", "auto", "--work", "w", "--rounds", "1", "--prompt", "4", "--new", "4", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_bench_layouts_says_which_layout_it_builds(tmp_path):
+    # The builds run without their progress here, a minute each at real size, in silence.
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_layouts.py"), "--checkpoint", str(REPO / "examples" / "tiny-qwen3")]
+        + ["--layout", "auto", "--layout", "separate/separate", "--work", "w", "--rounds", "1"]
+        + ["--prompt", "4", "--new", "4"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert "[build] 1 of 2: auto -> w/cpu-int4-auto" in lines, lines
+    assert "[build] 2 of 2: separate/separate -> w/cpu-int4-separate-separate" in lines, lines
+
+
+@pytest.mark.parametrize(
     ("name", "args", "says"),
     [
         ("bench_genai.py", ["a=/nonexistent", "--new", "1"], "--new must be at least 2"),
