@@ -64,7 +64,8 @@ if missing := missing_modules(("torch", "transformers", "tokenizers", "onnxrunti
     )
     raise SystemExit(2)
 
-from builder import BuildOptions
+from builder import BuilderError, BuildOptions
+from builder.kit.targets import Target
 from builder.pipeline import build_from_flags  # its refusals name the builder's flags
 from builder.verify import (
     REPEATING_PROMPT,
@@ -310,6 +311,17 @@ def main() -> int:
         names = ", ".join(sorted({c for c, _, _ in CASES}))
         print(f"error: --only {unknown[0]} names no case; cases: {names}", file=sys.stderr)
         return 2
+    # Each was every case's error, a build each, and the run then blamed WebGPU: "no case ran on WebGPU".
+    if args.prompt_tokens < 1:
+        print("error: --prompt-tokens must be at least 1", file=sys.stderr)
+        return 2
+    if args.target_ort is not None:
+        try:
+            options = BuildOptions(model=str(REPO), precision="int4", ep="webgpu", target_ort=args.target_ort)
+            Target.from_options(options.validated())
+        except BuilderError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     cases = without_f16(CASES) if args.swiftshader else [(i, *case) for i, case in enumerate(CASES)]
     env = None
     if args.swiftshader:

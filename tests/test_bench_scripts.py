@@ -265,6 +265,22 @@ def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monk
     assert len(json.loads(out.read_text())) == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--target-ort", "abc"], "error: --target-ort: 'abc' is not a version like 1.27 or 1.27.0"),
+        (["--target-ort", "1.10"], "error: --target-ort 1.10: -e webgpu builds need ONNX Runtime >= 1.20"),
+        (["--prompt-tokens", "0"], "error: --prompt-tokens must be at least 1"),
+    ],
+)
+def test_check_webgpu_refuses_bad_arguments_before_any_case(tmp_path, args, says):
+    # Each was every case's error, after a build each, and the run blamed WebGPU (exit 1).
+    done = run_script("check_webgpu.py", "--only", "llama", "--json", str(tmp_path / "rows.json"), *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(says), done.stderr
+    assert not (tmp_path / "rows.json").exists() and not done.stdout
+
+
 def device_run_parts() -> tuple[list[str], set[str], set[str]]:
     """scripts/webgpu_device_run.sh's PARTS list, the parts its branches run and those its header shows."""
     import re
