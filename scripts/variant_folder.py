@@ -8,6 +8,7 @@ edited the source's genai_config.json in place.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def destination_refusal(src: Path, dst: Path, mark: str, same_source: bool) -> s
         return f"{dst} is {src}, or inside it or around it; pass a new folder beside it for DST"
     if dst.exists() and not dst.is_dir():
         return f"{dst} is a file; pass a new folder for DST"
+    if not dst.exists():  # its mkdir was a traceback (NotADirectoryError, PermissionError)
+        parent = real_dst.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            what = "a file" if not parent.is_dir() else "a folder you cannot write"
+            return f"{dst} cannot be made: {parent} is {what}; pass a new folder in a place you can write for DST"
     if dst.is_dir() and any(dst.iterdir()) and not (dst / mark).is_file():
         return f"{dst} exists and is not a copy this script made; pass a new folder for DST"
     if same_source and (dst / mark).is_file():

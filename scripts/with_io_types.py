@@ -68,6 +68,25 @@ def main(argv: list[str]) -> int:
         )
         return 2
     shutil.rmtree(dst, ignore_errors=True)
+    try:
+        write(src, dst, model, changes)
+    except BaseException as e:
+        # A copy cut short (a full disk as the weights are copied across filesystems, Ctrl-C) had the
+        # mark and some files but no model.onnx: it goes, whole.
+        shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(e, OSError):
+            print(
+                f"error: cannot write {dst} ({e.strerror or e}); nothing is left there: pass a DST in a place "
+                "you can write, with room for the copy",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    print(f"{dst}: {' '.join(sorted(changes))}")
+    return 0
+
+
+def write(src: Path, dst: Path, model: onnx.ModelProto, changes: set[str]) -> None:
     dst.mkdir(parents=True)
     (dst / MARK).write_text(f"{src.resolve()}\n")
     for item in src.iterdir():
@@ -92,8 +111,6 @@ def main(argv: list[str]) -> int:
         model.graph.node.append(cast)
         next(o for o in model.graph.output if o.name == "logits").type.tensor_type.elem_type = TensorProto.FLOAT
     onnx.save(model, dst / "model.onnx")
-    print(f"{dst}: {' '.join(sorted(changes))}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ provider.enableGraphCapture=0), `search.KEY=VALUE` a search default (search.max_
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,13 +104,32 @@ def main(argv: list[str]) -> int:
     refusal = destination_refusal(src, dst, MARK, same_source=True)
     if refusal:
         return fail(refusal)
+    try:
+        write(src, dst, argv[2:], config, options)
+    except BaseException as e:
+        # A variant cut short (its links made, its genai_config.json not, or cut) would pair the wrong
+        # config with the graph, or none: it goes, whole (it is this script's, by its mark).
+        shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(e, OSError):
+            print(
+                f"error: cannot write {dst} ({e.strerror or e}); nothing is left there: pass a DST in a place "
+                "you can write",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    print(f"{dst}: session_options {json.dumps(options)}")
+    return 0
+
+
+def write(src: Path, dst: Path, pairs: list[str], config: dict, options: dict) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     (dst / MARK).write_text(f"{src}\n")
     for item in src.iterdir():
         link = dst / item.name
         if item.name not in ("genai_config.json", MARK) and not link.exists():
             link.symlink_to(item)
-    for pair in argv[2:]:
+    for pair in pairs:
         key, _, value = pair.partition("=")
         if key.startswith(("provider.", "search.")):
             section, key = key.split(".", 1)
@@ -132,8 +152,6 @@ def main(argv: list[str]) -> int:
         else:
             options[key] = int(value) if value.lstrip("-").isdigit() else value
     (dst / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
-    print(f"{dst}: session_options {json.dumps(options)}")
-    return 0
 
 
 if __name__ == "__main__":

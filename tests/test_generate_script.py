@@ -670,6 +670,65 @@ def test_folder_scripts_help_exits_0(name):
     assert child.stdout.startswith("Make a copy of a built model folder") and "python scripts/" + name in child.stdout
 
 
+@pytest.mark.parametrize(
+    ("name", "change"), [("with_io_types.py", "logits=fp32"), ("with_session_options.py", "intra_op_num_threads=1")]
+)
+def test_folder_scripts_refuse_a_dst_that_cannot_be_made(cpu_folder, tmp_path, name, change):
+    # Its mkdir was a NotADirectoryError traceback.
+    (tmp_path / "afile").write_text("")
+    child = script(name, cpu_folder, tmp_path / "afile" / "v", change)
+    assert_refused(child, f"{tmp_path / 'afile' / 'v'} cannot be made: {tmp_path / 'afile'} is a file")
+
+
+def _folder_script(name: str):
+    import importlib
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+
+def test_with_io_types_leaves_no_partial_copy(built, tmp_path, monkeypatch, capsys):
+    # A full disk as it wrote (the weights are copied across filesystems) left the mark and the
+    # other files without model.onnx, and a traceback.
+    import onnx
+
+    fp16 = built("qwen3", precision="fp16").output
+
+    def cut_short(model, path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", cut_short)
+    dst = tmp_path / "v"
+    assert _folder_script("with_io_types").main([str(fp16), str(dst), "logits=fp32"]) == 1
+    assert not dst.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: cannot write {dst} (No space left on device); nothing is left there: pass a DST in a "
+        "place you can write, with room for the copy"
+    ]
+
+
+def test_with_session_options_leaves_no_partial_copy(cpu_folder, tmp_path, monkeypatch, capsys):
+    # Links made and genai_config.json not: a folder genai could not open, left behind by a traceback.
+    write_text = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == "genai_config.json":
+            raise OSError(28, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    dst = tmp_path / "v"
+    assert _folder_script("with_session_options").main([str(cpu_folder), str(dst), "intra_op_num_threads=1"]) == 1
+    assert not dst.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write {dst} (No space left on device)"), err
+
+
 def test_with_session_options_refuses_an_entry_without_a_value(cpu_folder, tmp_path):
     dst = tmp_path / "variant"
     assert_refused(
