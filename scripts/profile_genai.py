@@ -93,6 +93,12 @@ def main() -> int:
     args = ap.parse_args()
     if args.prompt < 1 or args.new < 2:  # else the child divides by 0 decode steps, reported as genai failing
         ap.error("--prompt must be at least 1 token and --new at least 2 (the first closes the prefill)")
+    if any(o.partition("=")[0] == "enable_profiling" for o in args.session_option):  # no profile: max() of nothing
+        ap.error("--session-option enable_profiling is this script's own: it switches profiling on to read it")
+    if args.json and not args.child:  # found unwritable only after the run: a traceback
+        folder = Path(args.json).absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(args.json).is_dir():
+            ap.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
     if args.child:
         print(json.dumps(generate(args.child, args.prompt, args.new)))
         return 0

@@ -5,7 +5,7 @@ the CPU wheel that scripts/test.sh installs (they fail, saying so, elsewhere). T
 case is tests/test_webgpu.py::test_generate_without_a_webgpu_runtime_says_what_to_install.
 After it, scripts/gpu_busy.py's Ctrl-C on the same folder, then the tests of generate.py on
 damaged folders and on a --provider that cannot run a folder, and of the other scripts that
-take a built folder (bench_genai.py, with_io_types.py, with_session_options.py).
+take a built folder (bench_genai.py, profile_genai.py, with_io_types.py, with_session_options.py).
 """
 
 from __future__ import annotations
@@ -621,6 +621,30 @@ def test_bench_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path):
     ]:
         child = bench(f"a={cpu_folder}", *models, "--prompt", "8", *args)
         assert child.returncode == 2 and words in child.stderr.strip().splitlines()[-1], child.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        # a traceback once the run was done
+        (["--json", "no/x.json"], "--json no/x.json: not a file this run can write"),
+        # no profile left to read: max() of an empty sequence
+        (["--session-option", "enable_profiling=-"], "--session-option enable_profiling is this script's own"),
+    ],
+)
+def test_profile_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path, args, words):
+    child = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "profile_genai.py"), str(cpu_folder), "--prompt", "4", "--new", "4"]
+        + args,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert child.returncode == 2 and "Traceback" not in child.stderr, child.stderr
+    assert words in child.stderr.strip().splitlines()[-1], child.stderr
+    assert not child.stdout
 
 
 @pytest.mark.parametrize(
