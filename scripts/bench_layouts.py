@@ -83,6 +83,9 @@ def main() -> int:
         parser.error("--rounds and --prompt must be at least 1")
     if args.new < 2:  # bench_genai times decode over the tokens after the first
         parser.error("--new must be at least 2 tokens: the first closes the prefill, the decode speed times the rest")
+    long = next((t for t in args.layout or () if t.count("/") > 4), None)
+    if long:  # the parts past the fifth were dropped without a word
+        parser.error(f"--layout {long}: more than the 5 parts QKV/MLP/SILU/ORT/HEAD_NORM")
     bad = [e for e in args.extra if not all(e.partition("=")[::2])]
     if bad:
         parser.error(f"--extra {bad[0]!r} is not NAME=DIR")

@@ -147,6 +147,8 @@ def test_bench_layouts_refuses_a_layout_given_twice():
         (["--extra", "r=gone"], "--extra r=gone: gone is not a built genai folder"),
         (["--json", "afile/r.json"], "--json afile/r.json: not a file this run can write"),
         (["--markdown", "afile"], "--markdown afile: not a file this run can write"),
+        # its sixth part was dropped without a word
+        (["--layout", "separate/separate/sigmoid-mul/auto/reshape-sln/x"], "more than the 5 parts"),
     ],
 )
 def test_bench_layouts_refuses_what_it_would_fail_on_after_the_builds(tmp_path, args, says):
