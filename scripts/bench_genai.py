@@ -261,6 +261,8 @@ def main() -> int:
         parser.error("--prompt must be at least 1 token")
     if args.new < 2:  # the first new token closes the prefill; decode speed is timed over the rest
         parser.error("--new must be at least 2 tokens: the first closes the prefill, the decode speed times the rest")
+    if args.max_length is not None and args.max_length < 1 and args.max_length != -1:  # ran as if not given
+        parser.error(f"--max-length {args.max_length}: pass a length of 1 or more, or -1 for the folder's own")
     bad = [m for m in args.models if not m.partition("=")[0] or not m.partition("=")[2]]
     if bad:
         parser.error(f"{bad[0]!r} is not NAME=DIR; pass each model as a name and a built folder, e.g. a=out/tiny")

@@ -188,6 +188,7 @@ def test_bench_layouts_says_which_layout_it_builds(tmp_path):
     ("name", "args", "says"),
     [
         ("bench_genai.py", ["a=/nonexistent", "--new", "1"], "--new must be at least 2"),
+        ("bench_genai.py", ["a=/nonexistent", "--max-length", "0"], "--max-length 0: pass a length of 1 or more"),
         ("bench_layouts.py", ["--checkpoint", "x", "--new", "1"], "--new must be at least 2"),
         ("bench_builders.py", ["--sizes", "0.6b", "--new-tokens", "1"], "--new-tokens must be at least 2"),
         ("bench_build.py", ["--rounds", "0", "--checkpoint", "/nonexistent/ck"], "--rounds must be at least 1"),
