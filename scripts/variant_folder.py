@@ -9,6 +9,7 @@ edited the source's genai_config.json in place.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,3 +63,22 @@ def destination_refusal(src: Path, dst: Path, mark: str, same_source: bool) -> s
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def write_whole(dst: Path, write, room: str = "") -> int:
+    """Run write() to make DST; 0 once it returns. A variant cut short (a full disk, Ctrl-C) would pair
+    a graph with the wrong config, or none: DST goes, whole (it is this script's, by its mark), and a
+    failed write is one line and exit 1."""
+    try:
+        write()
+    except BaseException as e:
+        shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(e, OSError):
+            print(
+                f"error: cannot write {dst} ({e.strerror or e}); nothing is left there: pass a DST in a place "
+                f"you can write{room}",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    return 0

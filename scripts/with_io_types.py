@@ -24,7 +24,7 @@ from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
-from variant_folder import destination_refusal, fail, source_refusal, usage
+from variant_folder import destination_refusal, fail, source_refusal, usage, write_whole
 
 CHANGES = ("attention_mask=int32", "input_ids=int32", "logits=fp32")
 MARK = ".with_io_types"  # in each copy this script makes: a folder it may replace
@@ -68,20 +68,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     shutil.rmtree(dst, ignore_errors=True)
-    try:
-        write(src, dst, model, changes)
-    except BaseException as e:
-        # A copy cut short (a full disk as the weights are copied across filesystems, Ctrl-C) had the
-        # mark and some files but no model.onnx: it goes, whole.
-        shutil.rmtree(dst, ignore_errors=True)
-        if isinstance(e, OSError):
-            print(
-                f"error: cannot write {dst} ({e.strerror or e}); nothing is left there: pass a DST in a place "
-                "you can write, with room for the copy",
-                file=sys.stderr,
-            )
-            return 1
-        raise
+    # The weights are copied (across filesystems, a full disk may stop it) before model.onnx is written.
+    if write_whole(dst, lambda: write(src, dst, model, changes), ", with room for the copy"):
+        return 1
     print(f"{dst}: {' '.join(sorted(changes))}")
     return 0
 

@@ -16,11 +16,10 @@ provider.enableGraphCapture=0), `search.KEY=VALUE` a search default (search.max_
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from variant_folder import destination_refusal, fail, source_refusal, usage
+from variant_folder import destination_refusal, fail, source_refusal, usage, write_whole
 
 MARK = ".with_session_options"  # in each folder this script makes: one it may write again
 
@@ -104,20 +103,8 @@ def main(argv: list[str]) -> int:
     refusal = destination_refusal(src, dst, MARK, same_source=True)
     if refusal:
         return fail(refusal)
-    try:
-        write(src, dst, argv[2:], config, options)
-    except BaseException as e:
-        # A variant cut short (its links made, its genai_config.json not, or cut) would pair the wrong
-        # config with the graph, or none: it goes, whole (it is this script's, by its mark).
-        shutil.rmtree(dst, ignore_errors=True)
-        if isinstance(e, OSError):
-            print(
-                f"error: cannot write {dst} ({e.strerror or e}); nothing is left there: pass a DST in a place "
-                "you can write",
-                file=sys.stderr,
-            )
-            return 1
-        raise
+    if write_whole(dst, lambda: write(src, dst, argv[2:], config, options)):
+        return 1
     print(f"{dst}: session_options {json.dumps(options)}")
     return 0
 

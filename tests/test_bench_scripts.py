@@ -30,6 +30,15 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def refused_in(folder: Path, name: str, args: list[str], says: str, timeout: int = 300) -> None:
+    """The script, run in `folder`, stops with one usage line holding `says` (exit 2, no traceback)."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, cwd=folder, timeout=timeout
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+
+
 def test_bench_builders_compares_last_token_logits_at_the_last_position_only():
     # A last-token-logits model gives 1 row; broadcasting it against every reference row made the
     # all-position figures compare our last row with each position.
@@ -81,15 +90,7 @@ def test_bench_builders_refuses_bad_arguments_before_any_checkpoint(tmp_path, ar
     for name in [*synthetic.REAL_CONFIGS, *synthetic.REAL_SHAPE_CONFIGS]:
         (tmp_path / "ck" / name).mkdir(parents=True)
         (tmp_path / "ck" / name / "NOTES.md").write_text("mine")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_builders.py"), "--checkpoints", "ck", "--work", "work", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    refused_in(tmp_path, "bench_builders.py", ["--checkpoints", "ck", "--work", "work", *args], says, timeout=120)
     assert not (tmp_path / "work").exists()
 
 
@@ -154,16 +155,9 @@ def test_bench_layouts_refuses_a_layout_given_twice():
 def test_bench_layouts_refuses_what_it_would_fail_on_after_the_builds(tmp_path, args, says):
     (tmp_path / "afile").mkdir()
     (tmp_path / "afile" / "r.json").mkdir()
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_layouts.py"), "--checkpoint", str(REPO / "examples" / "tiny-qwen3")]
-        + ["--layout", "auto", "--work", "w", "--rounds", "1", "--prompt", "4", "--new", "4", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    checkpoint = str(REPO / "examples" / "tiny-qwen3")
+    common = ["--layout", "auto", "--work", "w", "--rounds", "1", "--prompt", "4", "--new", "4"]
+    refused_in(tmp_path, "bench_layouts.py", ["--checkpoint", checkpoint, *common, *args], says)
     assert not (tmp_path / "w").exists()
 
 
@@ -235,16 +229,7 @@ def test_bench_build_takes_paths_relative_to_where_it_runs(tmp_path):
 )
 def test_bench_build_refuses_bad_arguments_before_making_the_checkpoint(tmp_path, args, says):
     (tmp_path / "afile").write_text("")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--size", "tiny-qwen3", "--work", "w"]
-        + args,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    refused_in(tmp_path, "bench_build.py", ["--checkpoint", "ck", "--size", "tiny-qwen3", "--work", "w", *args], says)
     assert not (tmp_path / "ck").exists() and not (tmp_path / "w").exists()
 
 
