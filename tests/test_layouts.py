@@ -78,6 +78,26 @@ def test_packing_falls_back_when_formats_differ(built, checkpoint):
     assert parity.max_abs < 1e-4, parity
 
 
+def test_a_packing_no_layer_can_take_is_reported_as_the_graph_has_it(built):
+    """V and up at int8 in every layer: no q/k/v or gate/up group shares one format, so none is packed.
+    The report said qkv_packing packed-split, packed_qkv_into_gqa true (Llama has no QK-norm) and
+    mlp_packing packed over separate MatMulNBits feeding GroupQueryAttention's query, key and value."""
+    import onnx
+
+    result = built("llama", precision="int4", mlp_packing="packed", int8_layers=["*.v_proj", "*.up_proj"])
+    graph = onnx.load(str(result.model_path), load_external_data=False).graph
+    assert not [n.name for n in graph.node if "qkv_proj" in n.name or "gate_up_proj" in n.name]
+    assert all(n.input[1] for n in graph.node if n.op_type == "GroupQueryAttention")  # a key of its own
+    layout = result.report["layout"]
+    assert (layout["qkv_packing"], layout["packed_qkv_into_gqa"], layout["mlp_packing"]) == (
+        "separate",
+        False,
+        "separate",
+    )
+    notes = " ".join(layout["notes"])
+    assert "q/k/v projections differ in weight format in every layer" in notes and "some layers" not in notes
+
+
 @pytest.mark.parametrize("ep", ["webgpu", "dml"])
 def test_gpu_layouts_compute_the_same_model_on_cpu(built, checkpoint, ep):
     """The webgpu (target 1.27) and dml graphs have CPU kernels too: fp16-level agreement (NMSE

@@ -142,14 +142,14 @@ def choose_layout(
             )
     if qkv != "separate" and not target.supports("gqa_packed_qkv") and options.qkv_packing == "auto":
         qkv = "separate"
-    if qkv != "separate" and any(mixed(g) for g in qkv_groups):
+    if qkv != "separate" and any(mixed(g) for g in qkv_groups) and not all(mixed(g) for g in qkv_groups):
         notes.append("q/k/v projections differ in weight format in some layers; those layers use separate projections")
 
     mlp = options.mlp_packing
     if mlp == "auto":
         mlp = auto_mlp
         notes.append(f"mlp_packing auto -> {mlp} ({evidence})")
-    if mlp == "packed" and any(mixed(g) for g in mlp_groups):
+    if mlp == "packed" and any(mixed(g) for g in mlp_groups) and not all(mixed(g) for g in mlp_groups):
         notes.append(
             "gate/up projections differ in weight format in some layers; those layers use separate projections"
         )
@@ -176,6 +176,14 @@ def choose_layout(
     elif silu == "quickgelu" and not target.supports("quick_gelu"):
         raise BuilderError(f"--silu quickgelu: QuickGelu is not verified on {target.ep}; use sigmoid-mul")
     packed = packed_groups(groups, formats, qkv, mlp)
+    # Where the formats differ in every layer, no group is packed: "packed-split" (and, without QK-norm,
+    # GroupQueryAttention reading the packed QKV) was reported over a graph of separate projections.
+    if qkv != "separate" and qkv_groups and not any(g.name in packed for g in qkv_groups):
+        notes.append(f"q/k/v projections differ in weight format in every layer: qkv_packing {qkv} -> separate")
+        qkv, packed_into_gqa = "separate", False
+    if mlp == "packed" and mlp_groups and not any(g.name in packed for g in mlp_groups):
+        notes.append("gate/up projections differ in weight format in every layer: mlp_packing packed -> separate")
+        mlp = "separate"
     return Layout(qkv, mlp, head_norm, rotary_in_gqa, packed_into_gqa, silu, tuple(notes), packed)
 
 
