@@ -98,6 +98,24 @@ def test_a_packing_no_layer_can_take_is_reported_as_the_graph_has_it(built):
     assert "q/k/v projections differ in weight format in every layer" in notes and "some layers" not in notes
 
 
+def test_silu_of_a_model_whose_layers_write_none_is_reported_as_none(built, checkpoint, tmp_path):
+    """Qwen3-MoE with every layer sparse: its SwiGLU runs inside QMoE, and the report said silu
+    sigmoid-mul (cpu's auto), or quickgelu as --silu asked, over a graph with neither node. A dense
+    layer (mlp_only_layers) writes the SiLU --silu picks."""
+    from builder import build
+
+    result = built("qwen3-moe", precision="int4", silu="quickgelu")
+    ops = result.report["nodes"]["by_op_type"]
+    assert "QMoE" in ops and "QuickGelu" not in ops and "Sigmoid" not in ops
+    assert result.report["layout"]["silu"] == "none"
+    assert any(n.startswith("--silu quickgelu had no effect on this build") for n in result.report["notes"])
+    ckpt = checkpoint("qwen3-moe", mlp_only_layers=[0])
+    dense = build(
+        model=str(ckpt), output=str(tmp_path / "dense"), precision="int4", silu="quickgelu", show_progress=False
+    )
+    assert dense.report["layout"]["silu"] == "quickgelu" and dense.report["nodes"]["by_op_type"]["QuickGelu"] == 1
+
+
 @pytest.mark.parametrize("ep", ["webgpu", "dml"])
 def test_gpu_layouts_compute_the_same_model_on_cpu(built, checkpoint, ep):
     """The webgpu (target 1.27) and dml graphs have CPU kernels too: fp16-level agreement (NMSE

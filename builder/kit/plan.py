@@ -294,7 +294,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     chosen = choose_layout(options, target, spec.qk_norm, groups, formats, spec.head_dim)
     adjusted = family.adjust_layout(chosen, options)
     layout = family_adjusted(chosen, adjusted, groups, formats, spec.qk_norm, type(family).__name__)
-    layout = without_silu(layout, options, family)
+    layout = without_silu(layout, options, family, spec, warnings)
     moot = moot_head_norm(options, layout)
     if moot:
         warnings.append(moot)
@@ -384,11 +384,21 @@ def settle_beam_search(options: BuildOptions, target: Target, checkpoint, config
     return target, notes
 
 
-def without_silu(layout: Layout, options: BuildOptions, family) -> Layout:
-    """layout.silu is "none" for a family whose MLPs have no SiLU (its hidden_acts), where --silu
-    would otherwise be taken, and reported, for a model it cannot change."""
-    if layout.silu == "none" or {"silu", "swish"} & set(family.hidden_acts):
+def without_silu(layout: Layout, options: BuildOptions, family, spec, warnings: list[str]) -> Layout:
+    """layout.silu is "none" for a family whose MLPs have no SiLU (its hidden_acts), or a model whose
+    blocks write none (writes_silu), where --silu would otherwise be taken, and reported, for a model
+    it cannot change."""
+    if layout.silu == "none":
         return layout
+    if {"silu", "swish"} & set(family.hidden_acts):
+        if writes_silu(family, spec):
+            return layout
+        # Qwen3-MoE with every layer sparse: "sigmoid-mul" (or the --silu given) was reported over a graph
+        # with neither Sigmoid nor QuickGelu. A refusal would stop builds that ran before: a warning.
+        why = "no layer writes a SiLU node (MoE experts apply theirs inside the MoE node)"
+        if options.silu != "auto":
+            warnings.append(f"--silu {options.silu} had no effect on this build: {why}")
+        return dataclasses.replace(layout, silu="none", notes=layout.notes + (f"{why}: --silu does not apply",))
     acts = " or ".join(family.hidden_acts)
     if options.silu != "auto":
         raise BuilderError(
@@ -396,6 +406,16 @@ def without_silu(layout: Layout, options: BuildOptions, family) -> Layout:
         )
     return dataclasses.replace(
         layout, silu="none", notes=layout.notes + (f"MLP activation {acts}: --silu does not apply",)
+    )
+
+
+def writes_silu(family, spec) -> bool:
+    """Whether a block of the model writes SiLU in the layout's form; a block that writes none says
+    `writes_silu = False` (attention; MoE experts, whose SwiGLU runs inside the MoE node)."""
+    return any(
+        getattr(block, "writes_silu", True)
+        for i in range(spec.num_layers)
+        for block in (family.mixer(spec, i), family.feed_forward(spec, i))
     )
 
 

@@ -77,6 +77,8 @@ class Attention:
     out_bias: bool = False
     local_rope_layers: tuple[int, ...] = ()
     prefix: str = "self_attn"
+    # No SiLU here: a model of attention and MoE layers alone has none in --silu's form (plan.writes_silu).
+    writes_silu = False
 
     def modules(self, i: int) -> list[str]:
         return [f"model.layers.{i}.{self.prefix}.{p}_proj" for p in "qkvo"]

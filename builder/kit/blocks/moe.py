@@ -95,6 +95,8 @@ def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class SparseMoE:
     moe: MoeSpec
     prefix: str = "mlp"
+    # Its SwiGLU runs inside the MoE/QMoE node, in no form --silu picks (plan.writes_silu).
+    writes_silu = False
 
     def modules(self, i: int) -> list[str]:
         return [f"model.layers.{i}.{self.prefix}.experts"]
