@@ -38,6 +38,15 @@ def _model_in(folder: Path) -> Path:
         if found:
             names = ", ".join(str(f.relative_to(folder)) for f in found[:4]) + (", ..." if len(found) > 4 else "")
             raise BuilderError(f"{folder} holds {len(found)} models ({names}); pass the one to inspect")
+    try:
+        inside = [child for child in sorted(folder.iterdir()) if (child / "build_report.json").is_file()]
+    except OSError:
+        inside = []
+    if inside:
+        # A batch's output root (or out/): "ROOT/model.onnx not found" asked for a file no build writes there.
+        more = f" ... ({len(inside)} builds)" if len(inside) > 4 else ""
+        named = " ".join(str(child) for child in inside[:4]) + more
+        raise BuilderError(f"{folder} holds no model, only builds in its folders: python -m builder inspect {named}")
     return folder / "model.onnx"
 
 

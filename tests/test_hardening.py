@@ -1777,6 +1777,22 @@ def test_inspect_a_damaged_report_or_a_folder_of_models(built_folder, tmp_path):
     assert_clean_failure(plain_cli("inspect", two), "holds 2 models (a.onnx, b.onnx); pass the one to inspect")
 
 
+def test_inspect_a_batch_output_root_names_its_builds(built_folder, tmp_path):
+    """A batch's output root was "ROOT/model.onnx not found; pass a built output folder", as if a build
+    there had lost its model: it holds builds, one folder down."""
+    import shutil
+
+    root = tmp_path / "root"
+    for name in ("qwen3-int4-cpu", "qwen3-int4-webgpu"):
+        shutil.copytree(built_folder, root / name)
+    (root / "jobs-summary.json").write_text("{}")
+    builds = f"{root / 'qwen3-int4-cpu'} {root / 'qwen3-int4-webgpu'}"
+    proc = plain_cli("inspect", root)
+    assert_clean_failure(proc, f"{root} holds no model, only builds in its folders: python -m builder inspect {builds}")
+    assert proc.returncode == 2
+    assert plain_cli("inspect", *builds.split()).returncode == 0  # the command it gives runs
+
+
 def test_flags_before_the_command_belong_to_it(built_folder, tmp_path):
     """`--quiet batch` and `--quiet inspect` were refused ("unrecognized arguments: --quiet")."""
     for flag in ("--debug", "--quiet"):
