@@ -812,6 +812,10 @@ def test_a_family_that_drops_the_checkpoint_s_window_says_so(tmp_path):
     silence, and --verify, comparing with MistralForCausalLM, failed asking for a bug report."""
     windowed = make_checkpoint(tmp_path / "mistral", TINY_CONFIGS["mistral"], dtype="float32")
     unwindowed = make_checkpoint(tmp_path / "nosw", TINY_CONFIGS["mistral-nosw"], dtype="float32")
+    # Qwen2's window starts at max_window_layers, here past the last layer: none, as transformers has it.
+    layers = TINY_CONFIGS["qwen2"]["num_hidden_layers"]
+    qwen2 = {**TINY_CONFIGS["qwen2"], "use_sliding_window": True, "sliding_window": 8, "max_window_layers": layers}
+    no_window_layer = make_checkpoint(tmp_path / "qwen2", qwen2, dtype="float32")
     warning = "config.json sets sliding_window = 8, which --family LlamaForCausalLM (LlamaBuilder) does not apply"
     as_llama = cli("-m", windowed, "-o", tmp_path / "llama", "-p", "fp32", "--family", "LlamaForCausalLM")
     assert as_llama.returncode == 0 and warning in as_llama.stderr, as_llama.stderr
@@ -819,6 +823,7 @@ def test_a_family_that_drops_the_checkpoint_s_window_says_so(tmp_path):
         (windowed, ()),
         (windowed, ("--family", "MistralForCausalLM")),
         (unwindowed, ("--family", "LlamaForCausalLM")),
+        (no_window_layer, ("--family", "Qwen2ForCausalLM")),
     ]:
         proc = cli("-m", model, "-o", tmp_path / "out", "-p", "fp32", "--overwrite", *family)
         assert proc.returncode == 0 and "sliding_window" not in proc.stderr, proc.stderr

@@ -547,15 +547,18 @@ def unapplied_window(options: BuildOptions, config: dict, family, spec) -> str |
     with the checkpoint's own class, then failed as a builder bug."""
     decoder = decoder_section(config)
     window = decoder.get("sliding_window")
-    if not options.family or spec.sliding_window or decoder.get("use_sliding_window") is False:
+    named = config.get("architectures") or []
+    if not options.family or options.family in named or spec.sliding_window:
+        return None  # its own family may leave a window out (Qwen2's max_window_layers past the last layer)
+    if decoder.get("use_sliding_window") is False:
         return None
     if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
         return None
-    named = ", ".join(str(name) for name in config.get("architectures") or []) or "its own family"
+    own = ", ".join(map(str, named)) or "its own family"
     return (
         f"config.json sets sliding_window = {window}, which --family {options.family} "
         f"({type(family).__name__}) does not apply: every layer attends to the whole context, so past "
-        f"{window} tokens its logits differ from {named}'s (which --verify compares with); drop --family "
+        f"{window} tokens its logits differ from {own}'s (which --verify compares with); drop --family "
         "to build the checkpoint as its config.json names it"
     )
 
