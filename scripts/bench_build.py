@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from writable import can_write
 
 
 def weight_files(checkpoint: Path) -> list[Path]:
@@ -161,8 +164,7 @@ def main() -> int:
         if found.returncode:
             ap.error(f"--before {args.before}: no such commit in {ROOT}; pass a commit, branch or tag of it")
     if args.json:
-        folder = args.json.absolute().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK) or args.json.is_dir():
+        if not can_write(args.json, make_parents=False):
             ap.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
     try:
         args.work.mkdir(parents=True, exist_ok=True)

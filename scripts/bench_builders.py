@@ -58,6 +58,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # test support: synthetic checkpoints
 sys.path.insert(0, str(REPO / "scripts"))
 
+from writable import can_write
+
 BUILDERS = ("ours", "reference")
 GNU_TIME = "/usr/bin/time"
 
@@ -826,7 +828,7 @@ def main() -> int:
         args.json = args.work / "results.json"
     # Found unwritable only after the first build (--json) or the whole run (--markdown): a traceback.
     for flag, path in (("--work", args.work), ("--json", args.json), ("--markdown", args.markdown)):
-        if path is not None and not _can_write(path, folder=flag == "--work", make_parents=flag != "--markdown"):
+        if path is not None and not can_write(path, folder=flag == "--work", make_parents=flag != "--markdown"):
             ap.error(f"{flag} {path}: not a place this run can write; pass one under a folder you can write")
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
@@ -901,19 +903,6 @@ def main() -> int:
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0
-
-
-def _can_write(path: Path, folder: bool, make_parents: bool = True) -> bool:
-    """Whether `path` (a folder to make, or a file to write) can be made: what exists of it is of its
-    kind, and the nearest folder that exists (its own parent, without make_parents) is writable.
-    Nothing is written."""
-    path = path.absolute()
-    if path.exists():
-        return path.is_dir() == folder and os.access(path if folder else path.parent, os.W_OK)
-    parent = path.parent
-    while make_parents and not parent.exists():
-        parent = parent.parent
-    return parent.is_dir() and os.access(parent, os.W_OK)
 
 
 def _save(report: dict, path: Path, started: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_genai import bench, markdown
+from writable import can_write
 
 from builder import BuilderError, BuildOptions
 from builder.inspect import summarize
@@ -94,7 +94,7 @@ def main() -> int:
         if not (folder / "genai_config.json").is_file():
             parser.error(f"--extra {extra}: {folder} is not a built genai folder (no genai_config.json); pass one")
     for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path and not writable(Path(path)):  # a traceback after every build and timing
+        if path and not can_write(Path(path)):  # a traceback after every build and timing
             parser.error(f"{flag} {path}: not a file this run can write; pass one under a folder you can write")
     given = (args.layout or LAYOUTS[args.ep]) + [e.partition("=")[0] for e in args.extra]
     twice = sorted({g for g in given if given.count(g) > 1})
@@ -105,17 +105,6 @@ def main() -> int:
     except BuilderError as e:  # a bad checkpoint, precision or layout: the builder's one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def writable(path: Path) -> bool:
-    """Whether a file can be written at `path` once its missing folders are made; nothing is written."""
-    path = path.absolute()
-    if path.exists():
-        return path.is_file() and os.access(path, os.W_OK)
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    return parent.is_dir() and os.access(parent, os.W_OK)
 
 
 def run(args) -> int:

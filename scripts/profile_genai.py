@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from writable import can_write
 
 
 def generate(folder: str, prompt_len: int, new_tokens: int) -> dict:
@@ -96,8 +99,7 @@ def main() -> int:
     if any(o.partition("=")[0] == "enable_profiling" for o in args.session_option):  # no profile: max() of nothing
         ap.error("--session-option enable_profiling is this script's own: it switches profiling on to read it")
     if args.json and not args.child:  # found unwritable only after the run: a traceback
-        folder = Path(args.json).absolute().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(args.json).is_dir():
+        if not can_write(Path(args.json), make_parents=False):
             ap.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
     if args.child:
         print(json.dumps(generate(args.child, args.prompt, args.new)))

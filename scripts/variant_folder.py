@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from writable import nearest_existing
+
 
 def usage(argv: list[str], doc: str, needs: str) -> int | None:
     """The exit code when argv asks for help or lacks SRC, DST and one change; else None."""
@@ -45,9 +47,7 @@ def destination_refusal(src: Path, dst: Path, mark: str, same_source: bool) -> s
     if dst.exists() and not dst.is_dir():
         return f"{dst} is a file; pass a new folder for DST"
     if not dst.exists():  # its mkdir was a traceback (NotADirectoryError, PermissionError)
-        parent = real_dst.parent
-        while not parent.exists():
-            parent = parent.parent
+        parent = nearest_existing(real_dst)
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             what = "a file" if not parent.is_dir() else "a folder you cannot write"
             return f"{dst} cannot be made: {parent} is {what}; pass a new folder in a place you can write for DST"

@@ -346,6 +346,7 @@ def test_cli_leaves_no_partial_checkpoint(tmp_path, monkeypatch, capsys, failure
     if existed:
         out.mkdir()
     monkeypatch.setattr(sys, "argv", ["make_checkpoint.py", "tiny-qwen3", str(out)])
+    ended = None
     try:  # a KeyboardInterrupt that got out would stop the whole test session
         script.main()
     except BaseException as e:
