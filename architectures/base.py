@@ -188,6 +188,23 @@ class DecoderBuilder:
 
     # ---- what the plan asks a family -----------------------------------------
 
+    def config_class_spec(self, config: dict, target: Target) -> tuple[str, DecoderSpec] | None:
+        """The architecture config.json names and the spec its registered family makes of the config,
+        where this build runs another family (--family, or a class given in Python): make_plan compares
+        their windows, since transformers, and so --verify, runs the checkpoint as config.json names
+        it. None where this is that family, none is registered for it, or it refuses the config."""
+        from architectures.registry import registered
+
+        names = config.get("architectures") or []
+        available = registered()
+        name = next((n for n in ([names] if isinstance(names, str) else names) if n in available), None)
+        if name is None or available[name] is type(self):
+            return None
+        try:
+            return name, available[name](self.checkpoint, self._options).make_spec(config, target)
+        except BuilderError:
+            return None
+
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         config = {**self.config_defaults, **config}
         act = config.get("hidden_act", "silu")

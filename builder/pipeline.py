@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from architectures.base import DecoderBuilder
-from architectures.registry import family_for, family_named
+from architectures.registry import family_for, family_named, registered
 from builder.family_source import builder_source_digest, family_name, family_source_digest, plugin_faults_named
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
@@ -378,10 +378,14 @@ def _verify(arch, model_file: Path) -> dict:
                 "model's logits can be trusted: check the checkpoint."
             )
         elif _family_overridden(arch):
-            named = ", ".join(map(str, arch.checkpoint.config["architectures"]))
+            named = ", ".join(map(str, _architectures(arch)))
+            given = arch.build_options.family
+            family, fix = (f"--family {given}", "drop --family, or --verify")
+            if not given:
+                family, fix = type(arch).__name__, "build with the family registered for it, or without --verify"
             who = (
-                f"--family {arch.build_options.family} builds the checkpoint as another model than {named}, "
-                "which verify compares with (the warnings above may say how they differ): drop --family, or --verify."
+                f"{family} builds the checkpoint as another model than {named}, which verify compares with "
+                f"(the warnings above may say how they differ): {fix}."
             )
         else:
             who = _who_to_check(arch, "what it builds differently from transformers' model")
@@ -393,10 +397,19 @@ def _verify(arch, model_file: Path) -> dict:
 
 
 def _family_overridden(arch) -> bool:
-    """--family named an architecture other than those config.json's architectures entry lists (a
-    module:Class or a class given in Python is a family of one's own: _who_to_check's)."""
-    family, named = arch.build_options.family, arch.checkpoint.config.get("architectures") or []
-    return isinstance(family, str) and ":" not in family and bool(named) and family not in named
+    """The build ran one of the builder's own families other than the one registered for config.json's
+    architectures (--family LlamaForCausalLM, or family=LlamaBuilder in Python). A family of one's
+    own is _who_to_check's."""
+    named = _architectures(arch)
+    if type(arch).__module__.split(".")[0] != "architectures" or not named:
+        return False
+    available = registered()
+    return type(arch) is not next((available[n] for n in named if n in available), None)
+
+
+def _architectures(arch) -> list:
+    named = arch.checkpoint.config.get("architectures") or []
+    return [named] if isinstance(named, str) else list(named)
 
 
 def _who_to_check(arch, what: str) -> str:

@@ -816,7 +816,10 @@ def test_a_family_that_drops_the_checkpoint_s_window_says_so(tmp_path):
     layers = TINY_CONFIGS["qwen2"]["num_hidden_layers"]
     qwen2 = {**TINY_CONFIGS["qwen2"], "use_sliding_window": True, "sliding_window": 8, "max_window_layers": layers}
     no_window_layer = make_checkpoint(tmp_path / "qwen2", qwen2, dtype="float32")
-    warning = "config.json sets sliding_window = 8, which --family LlamaForCausalLM (LlamaBuilder) does not apply"
+    warning = (
+        "--family LlamaForCausalLM (LlamaBuilder) builds no sliding window (every layer attends to the whole "
+        "context), where MistralForCausalLM has a sliding window of 8 tokens on every layer: past 8 tokens"
+    )
     as_llama = cli("-m", windowed, "-o", tmp_path / "llama", "-p", "fp32", "--family", "LlamaForCausalLM")
     assert as_llama.returncode == 0 and warning in as_llama.stderr, as_llama.stderr
     for model, family in [
@@ -835,6 +838,34 @@ def test_a_family_that_drops_the_checkpoint_s_window_says_so(tmp_path):
         out=tmp_path / "v",
     )
     assert "report this" not in verified.stderr
+
+
+def test_a_family_that_adds_a_window_the_checkpoint_lacks_says_so(tmp_path):
+    """MistralForCausalLM windows every layer (4096 where config.json sets no sliding_window, as
+    transformers' MistralConfig does), so forced onto a Llama it built a window LlamaForCausalLM
+    does not have, in silence; a family given in Python was not warned either way."""
+    from architectures.llama import LlamaBuilder
+    from builder import build
+
+    llama = make_checkpoint(tmp_path / "llama", TINY_CONFIGS["llama"], dtype="float32")
+    long_context = ("--context-length", "8192", "--allow-long-context")
+    as_mistral = cli("-m", llama, "-o", tmp_path / "m", "-p", "fp32", "--family", "MistralForCausalLM", *long_context)
+    assert as_mistral.returncode == 0, as_mistral.stderr
+    assert (
+        "--family MistralForCausalLM (MistralBuilder) builds a sliding window of 4096 tokens on every layer, where "
+        "LlamaForCausalLM has no sliding window (every layer attends to the whole context): past 4096 tokens"
+    ) in as_mistral.stderr, as_mistral.stderr
+    # Within its context length a window of 4096 never applies: nothing to warn of.
+    short = cli("-m", llama, "-o", tmp_path / "s", "-p", "fp32", "--family", "MistralForCausalLM")
+    assert short.returncode == 0 and "window" not in short.stderr, short.stderr
+    windowed = make_checkpoint(tmp_path / "mistral", TINY_CONFIGS["mistral"], dtype="float32")
+    result = build(model=str(windowed), output=str(tmp_path / "p"), precision="fp32", family=LlamaBuilder)
+    warned = [note for note in result.report["notes"] if "LlamaBuilder builds no sliding window" in note]
+    assert len(warned) == 1 and "build it with the family registered for MistralForCausalLM" in warned[0], warned
+    with pytest.raises(BuilderError) as failed:
+        build(model=str(windowed), output=str(tmp_path / "v"), precision="fp32", family=LlamaBuilder, verify=True)
+    assert "LlamaBuilder builds the checkpoint as another model than MistralForCausalLM" in str(failed.value)
+    assert "report this" not in str(failed.value)
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "gemma3-vl"])

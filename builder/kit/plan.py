@@ -184,9 +184,6 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "0.18 opens: it will refuse this folder (Unsupported model_type); a family whose decoder is "
             "Llama-like says genai_type = 'llama', or the type of the model it follows"
         )
-    unapplied = unapplied_window(options, config, family, spec)
-    if unapplied:
-        warnings.append(unapplied)
     unread = unread_keys(config, family.config_keys)
     if unread:
         warnings.append(
@@ -222,6 +219,9 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"--max-length {options.max_length} is larger than the context length "
             f"{context}; lower it or raise --context-length"
         )
+    window_warning = window_difference(options, config, family, spec, target, context)
+    if window_warning:
+        warnings.append(window_warning)
     if spec.sliding_layers and not target.supports("gqa_window"):
         first = FEATURES["gqa_window"][target.ep]
         raise BuilderError(
@@ -541,26 +541,65 @@ def layer_prefix(family) -> str | None:
     return probe[: -len("0.x")] if probe.endswith(".0.x") else None
 
 
-def unapplied_window(options: BuildOptions, config: dict, family, spec) -> str | None:
-    """A --family that applies no window to a checkpoint whose config.json sets one (Llama's on a
-    Mistral v0.1) builds what that family's transformers class computes, which --verify, comparing
-    with the checkpoint's own class, then failed as a builder bug."""
+def window_difference(options: BuildOptions, config: dict, family, spec, target, context: int) -> str | None:
+    """A family that windows attention otherwise than the one config.json names (--family
+    LlamaForCausalLM on a Mistral v0.1; MistralForCausalLM on a Llama, taking the absent
+    sliding_window as transformers' 4096) builds what that family's transformers class computes,
+    which --verify, comparing with the checkpoint's own class, then failed as a builder bug. A
+    window no shorter than the context length changes nothing."""
+    who = f"--family {options.family} ({type(family).__name__})" if options.family else type(family).__name__
+    fix = "drop --family to build the checkpoint as its config.json names it"
+    own = getattr(family, "config_class_spec", None)
+    own = own(config, target) if own else None
+    if own is not None:
+        name, own_spec = own
+        if windows(own_spec, context) == windows(spec, context):
+            return None
+        window = spec.sliding_window or own_spec.sliding_window
+        if not options.family:
+            fix = f"build it with the family registered for {name} to build it as its config.json names it"
+        return (
+            f"{who} builds {describe_windows(spec)}, where {name} has {describe_windows(own_spec)}: past {window} "
+            f"tokens its logits differ from {name}'s (which --verify compares with); {fix}"
+        )
+    # config.json names no family registered here: its sliding_window is all there is to go by.
     decoder = decoder_section(config)
     window = decoder.get("sliding_window")
     named = config.get("architectures") or []
     if not options.family or options.family in named or spec.sliding_window:
-        return None  # its own family may leave a window out (Qwen2's max_window_layers past the last layer)
+        return None
     if decoder.get("use_sliding_window") is False:
         return None
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 < window < context:
         return None
-    own = ", ".join(map(str, named)) or "its own family"
+    own_name = ", ".join(map(str, named)) or "its own family"
     return (
-        f"config.json sets sliding_window = {window}, which --family {options.family} "
-        f"({type(family).__name__}) does not apply: every layer attends to the whole context, so past "
-        f"{window} tokens its logits differ from {own}'s (which --verify compares with); drop --family "
-        "to build the checkpoint as its config.json names it"
+        f"config.json sets sliding_window = {window}, which {who} does not apply: every layer attends to the "
+        f"whole context, so past {window} tokens its logits differ from {own_name}'s (which --verify compares "
+        f"with); {fix}"
     )
+
+
+def windows(spec, context: int) -> tuple:
+    if not spec.sliding_layers or spec.sliding_window >= context:
+        return None, ()
+    return spec.sliding_window, tuple(sorted(spec.sliding_layers))
+
+
+def describe_windows(spec) -> str:
+    if not spec.sliding_layers:
+        return "no sliding window (every layer attends to the whole context)"
+    where = "every layer"
+    if len(spec.sliding_layers) < spec.num_layers:
+        runs: list[list[int]] = []
+        for layer in sorted(spec.sliding_layers):
+            if runs and layer == runs[-1][-1] + 1:
+                runs[-1].append(layer)
+            else:
+                runs.append([layer])
+        listed = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
+        where = f"layer{'s' * (len(spec.sliding_layers) > 1)} {listed}"
+    return f"a sliding window of {spec.sliding_window} tokens on {where}"
 
 
 def check_checkpoint_layers(
