@@ -123,7 +123,9 @@ class DecoderBuilder:
         key to (checker, null allowed)."""
         for attr in ("not_built", "reference_leaves_out", "hidden_acts"):
             value = getattr(self, attr)
-            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+            # A tuple: a list (or None) passed here and failed inside the builder's code, where
+            # not_built and reference_leaves_out go to str.startswith, which takes no list.
+            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
                 example = f"({value!r},)" if isinstance(value, str) else '("model.visual.",)'
                 raise BuilderError(
                     f"{type(self).__name__}.{attr} is {value!r}, not a tuple of names: write {example} "
@@ -131,6 +133,11 @@ class DecoderBuilder:
                 )
         # config_keys' entries are unpacked and their checker's `expected` worded only when a config
         # has the key (or a bad value of it): a mistake there failed inside the builder's code.
+        if not isinstance(self.config_keys, Mapping):
+            raise BuilderError(
+                f"{type(self).__name__}.config_keys is {self.config_keys!r}, not a dict: give "
+                "{key: (checker, null allowed)}, or leave it out for none (docs/architecture.md)"
+            )
         for key, entry in dict(self.config_keys).items():
             if not (
                 isinstance(entry, tuple)

@@ -1016,6 +1016,11 @@ def test_attention_bias_on_a_family_is_not_turned_off_by_config_json(checkpoint,
         ({"model_config": lambda self, config: None}, "model_config returned NoneType, not a dict"),
         ({"config_keys": {"scale": "number"}}, "config_keys['scale'] is 'number': give (checker, null allowed)"),
         ({"config_keys": {"head_dim": (int, False)}}, "config_keys['head_dim'] is (<class 'int'>, False): give"),
+        # A list or None passed the check and failed inside the builder (str.startswith takes no list).
+        ({"not_built": ["model.visual."]}, "not_built is ['model.visual.'], not a tuple of names"),
+        ({"reference_leaves_out": ["mtp."]}, "reference_leaves_out is ['mtp.'], not a tuple of names"),
+        ({"not_built": None}, "not_built is None, not a tuple of names"),
+        ({"config_keys": None}, "config_keys is None, not a dict: give {key: (checker, null allowed)}"),
     ],
 )
 def test_a_name_tuple_given_as_a_string_or_a_model_config_without_return_is_refused(tmp_path, attributes, message):
