@@ -126,7 +126,9 @@ class DecoderBuilder:
             # A tuple: a list (or None) passed here and failed inside the builder's code, where
             # not_built and reference_leaves_out go to str.startswith, which takes no list.
             if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
-                example = f"({value!r},)" if isinstance(value, str) else '("model.visual.",)'
+                # hidden_acts names config.json hidden_act values, not the tensor prefixes the others do
+                example = '("silu",)' if attr == "hidden_acts" else '("model.visual.",)'
+                example = f"({value!r},)" if isinstance(value, str) else example
                 raise BuilderError(
                     f"{type(self).__name__}.{attr} is {value!r}, not a tuple of names: write {example} "
                     "(docs/architecture.md)"

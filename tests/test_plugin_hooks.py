@@ -1021,6 +1021,8 @@ def test_attention_bias_on_a_family_is_not_turned_off_by_config_json(checkpoint,
         ({"reference_leaves_out": ["mtp."]}, "reference_leaves_out is ['mtp.'], not a tuple of names"),
         ({"not_built": None}, "not_built is None, not a tuple of names"),
         ({"config_keys": None}, "config_keys is None, not a dict: give {key: (checker, null allowed)}"),
+        # hidden_acts' example is an activation, not not_built's tensor prefix
+        ({"hidden_acts": ["silu"]}, """hidden_acts is ['silu'], not a tuple of names: write ("silu",)"""),
     ],
 )
 def test_a_name_tuple_given_as_a_string_or_a_model_config_without_return_is_refused(tmp_path, attributes, message):
