@@ -827,6 +827,7 @@ def test_a_family_that_drops_the_checkpoint_s_window_says_so(tmp_path):
         (windowed, ("--family", "MistralForCausalLM")),
         (unwindowed, ("--family", "LlamaForCausalLM")),
         (no_window_layer, ("--family", "Qwen2ForCausalLM")),
+        (no_window_layer, ("--family", "architectures.qwen2:Qwen2Builder")),  # the same family as module:Class
     ]:
         proc = cli("-m", model, "-o", tmp_path / "out", "-p", "fp32", "--overwrite", *family)
         assert proc.returncode == 0 and "sliding_window" not in proc.stderr, proc.stderr

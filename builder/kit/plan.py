@@ -566,7 +566,10 @@ def window_difference(options: BuildOptions, config: dict, family, spec, target,
     decoder = decoder_section(config)
     window = decoder.get("sliding_window")
     named = config.get("architectures") or []
-    if not options.family or options.family in named or spec.sliding_window:
+    # The family config.json names, given by another spelling (--family architectures.qwen2:Qwen2Builder),
+    # is no other family: it leaves the window out where transformers does too.
+    own_family = set(named) & set(getattr(family, "architectures", ()))
+    if not options.family or options.family in named or own_family or spec.sliding_window:
         return None
     if decoder.get("use_sliding_window") is False:
         return None
