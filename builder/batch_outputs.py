@@ -43,7 +43,7 @@ def check_outputs(jobs: list[Job]) -> None:
         try:
             # output_folder: where the build writes, as staged_output checks it (a link's target; a loop of
             # links is refused there, which had failed only at the job's turn)
-            check_output_free(output_folder(Path(job.options.output)), overwrite=True, in_batch=True)
+            check_output_free(output_folder(Path(job.options.output), in_batch=True), overwrite=True, in_batch=True)
         except BuilderError as e:
             problems.append(f"{job.name}: {e}")
     if problems:

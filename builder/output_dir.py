@@ -108,8 +108,9 @@ def files_not_built(output: Path) -> list[str]:
     return others
 
 
-def output_folder(output: Path) -> Path:
-    """The folder a build writes for -o: a symlink's target, refused if it names no folder."""
+def output_folder(output: Path, in_batch: bool = False) -> Path:
+    """The folder a build writes for -o: a symlink's target, refused if it names no folder.
+    in_batch: worded for a batch job, whose folder comes from its output: key, as check_output_free."""
     output = Path(output)
     if output.is_symlink():
         # Build where the link points: renaming over the link itself would leave the old
@@ -120,7 +121,7 @@ def output_folder(output: Path) -> Path:
             # as a link that "became a symbolic link while the build ran"
             raise BuilderError(
                 f"output {output} is a symbolic link that leads back to itself (a loop of links); remove the "
-                "link, or choose another -o/--output"
+                f"link, or {'give the job another output folder' if in_batch else 'choose another -o/--output'}"
             )
     if not output.name or output.name in (".", ".."):
         raise BuilderError(

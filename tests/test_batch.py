@@ -2031,6 +2031,8 @@ def test_an_output_that_is_a_loop_of_links_is_refused_before_building(tmp_path, 
     assert batch(path, "--dry-run") == 2
     err = capsys.readouterr().err
     assert "outputs the builds would refuse (nothing was built)" in err and "loop of links" in err, err
+    # worded for a job, whose folder comes from its output: key (a batch takes no -o)
+    assert "give the job another output folder" in err and "-o/--output" not in err, err
 
 
 def test_a_summary_inside_an_output_is_refused(tmp_path, capsys):
