@@ -555,7 +555,7 @@ def window_difference(options: BuildOptions, config: dict, family, spec, target,
         name, own_spec = own
         if windows(own_spec, context) == windows(spec, context):
             return None
-        window = spec.sliding_window or own_spec.sliding_window
+        window = min(w for w, _ in (windows(spec, context), windows(own_spec, context)) if w)  # the one that acts
         if not options.family:
             fix = f"build it with the family registered for {name} to build it as its config.json names it"
         return (
