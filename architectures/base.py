@@ -211,7 +211,7 @@ class DecoderBuilder:
             return None
         try:
             return name, available[name](self.checkpoint, self._options).make_spec(config, target)
-        except BuilderError:
+        except Exception:  # a plugin registered for that name may fail its own way: the warning is all that is lost
             return None
 
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:

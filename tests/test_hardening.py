@@ -869,6 +869,22 @@ def test_a_family_that_adds_a_window_the_checkpoint_lacks_says_so(tmp_path):
     assert "report this" not in str(failed.value)
 
 
+def test_a_config_family_that_fails_on_its_config_leaves_only_the_window_warning_out(tmp_path, monkeypatch):
+    """The comparison builds config.json's family's spec only to warn: a (plugin) family registered
+    for that name whose make_spec fails its own way must not fail a build with another family."""
+    from architectures.llama import LlamaBuilder
+    from architectures.mistral import MistralBuilder
+    from builder import build
+
+    def broken(self, config, target=None):
+        raise RuntimeError("a plugin's own bug")
+
+    monkeypatch.setattr(MistralBuilder, "make_spec", broken)
+    windowed = make_checkpoint(tmp_path / "mistral", TINY_CONFIGS["mistral"], dtype="float32")
+    result = build(model=str(windowed), output=str(tmp_path / "out"), precision="fp32", family=LlamaBuilder)
+    assert (tmp_path / "out" / "model.onnx").is_file() and not any("window" in n for n in result.report["notes"])
+
+
 @pytest.mark.parametrize("family", ["qwen3_5", "gemma3-vl"])
 def test_a_stored_lm_head_of_a_tied_multimodal_checkpoint_builds(tmp_path, family):
     """Its text model sits under model.language_model, its tie flag in text_config; the copy is
