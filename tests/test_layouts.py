@@ -216,3 +216,24 @@ def test_a_family_packing_qkv_of_a_qk_norm_model_keeps_the_split_before_gqa():
     for qk_norm in (True, False):
         adjusted = family_adjusted(chosen, dataclasses.replace(chosen, qkv="packed-split"), groups, formats, qk_norm)
         assert (adjusted.packed, adjusted.packed_qkv_into_gqa) == (frozenset({"layers.0.qkv"}), not qk_norm)
+
+
+def test_a_family_packing_that_no_layer_can_take_is_labelled_separate():
+    """adjust_layout setting qkv packed-split (or mlp packed) where the projections differ in format in
+    every layer packed nothing, yet the report said packed-split and, without QK-norm, that GQA
+    reads a packed QKV."""
+    import dataclasses
+
+    from builder.kit.layout import Layout, PackGroup, family_adjusted
+
+    groups = [PackGroup("layers.0.qkv", ("q", "k", "v"), "qkv"), PackGroup("layers.0.gate_up", ("g", "u"), "mlp")]
+    formats = {"q": "int4", "k": "int4", "v": "int8", "g": "int4", "u": "int8"}
+    chosen = Layout("separate", "separate", "reshape-sln", True, False)
+    asked = dataclasses.replace(chosen, qkv="packed-split", mlp="packed")
+    adjusted = family_adjusted(chosen, asked, groups, formats, False)
+    assert (adjusted.qkv, adjusted.mlp, adjusted.packed, adjusted.packed_qkv_into_gqa) == (
+        "separate",
+        "separate",
+        frozenset(),
+        False,
+    )

@@ -244,7 +244,11 @@ def family_adjusted(
             f"its pack_groups gives{example}: nothing would be packed there"
         )
     qkv, mlp, packed = adjusted.qkv, adjusted.mlp, frozenset(adjusted.packed)
-    if packed != chosen.packed:
+    if packed == chosen.packed and (qkv, mlp) != (chosen.qkv, chosen.mlp):
+        packed = packed_groups(groups, formats, qkv, mlp)
+    if packed != chosen.packed or (qkv, mlp) != (chosen.qkv, chosen.mlp):
+        # The labels follow the groups packed, whichever the family set: a packed-split whose q/k/v
+        # differ in format in every layer packs nothing (choose_layout's rule).
         by_policy = {p: [g for g in groups if g.policy == p] for p in ("qkv", "mlp")}
         qkv_packed = any(g.name in packed for g in by_policy["qkv"])
         if by_policy["qkv"] and not qkv_packed and qkv == "packed-split":
@@ -253,8 +257,6 @@ def family_adjusted(
             qkv = "packed-split"
         if by_policy["mlp"]:
             mlp = "packed" if any(g.name in packed for g in by_policy["mlp"]) else "separate"
-    elif (qkv, mlp) != (chosen.qkv, chosen.mlp):
-        packed = packed_groups(groups, formats, qkv, mlp)
     into_gqa = adjusted.packed_qkv_into_gqa
     if qkv != chosen.qkv:
         into_gqa = qkv == "packed-split" and not qk_norm and adjusted.rotary_in_gqa
