@@ -26,13 +26,14 @@ from builder.kit.blocks import Attention, DenseMLP, Emitter, embedding, left_pad
 from builder.kit.blocks import attention as attention_io
 from builder.kit.blocks.mlp import KIT_ACTIVATIONS
 from builder.kit.checkpoint import Checkpoint
+from builder.kit.checkpoint_fit import layer_prefix
 from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
 from builder.kit.linear import Projections
 from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
-from builder.kit.plan import BuildPlan, has_recurrent_layers, layer_prefix, make_plan
+from builder.kit.plan import BuildPlan, has_recurrent_layers, make_plan
 from builder.kit.progress import Progress
 from builder.kit.spec import DecoderSpec
 from builder.kit.targets import Target

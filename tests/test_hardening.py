@@ -345,7 +345,7 @@ def test_a_tied_model_that_stores_only_its_lm_head_builds(ckpt, tmp_path):
 
 
 def test_rows_past_the_end_are_clamped_to_the_tensor(ckpt):
-    """plan's _same_values reads blocks of rows whose last ends past the tensor: the read must stop
+    """checkpoint_fit's _same_values reads blocks of rows whose last ends past the tensor: the read must stop
     at the tensor's end, not run on into the next tensor's bytes."""
     checkpoint = Checkpoint(ckpt)
     name = "model.embed_tokens.weight"
@@ -2493,7 +2493,7 @@ def test_a_stored_lm_head_that_differs_in_any_block_of_rows_is_not_the_embedding
     blocks): a difference in an early block must decide, not the last block's equality."""
     from safetensors.numpy import load_file, save_file
 
-    from builder.kit.plan import _same_values
+    from builder.kit.checkpoint_fit import _same_values
 
     folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], dtype="float32", tied_lm_head=True)
     tensors = load_file(folder / "model.safetensors")
