@@ -382,7 +382,7 @@ def _verify(arch, model_file: Path) -> dict:
             given = arch.build_options.family
             family, fix = (f"--family {given}", "drop --family, or --verify")
             if not given:
-                family, fix = type(arch).__name__, "build with the family registered for it, or without --verify"
+                family, fix = type(arch).__name__, f"build with the family registered for {named}, or without --verify"
             who = (
                 f"{family} builds the checkpoint as another model than {named}, which verify compares with "
                 f"(the warnings above may say how they differ): {fix}."
