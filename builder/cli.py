@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"builder {__version__}")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
-    parser.add_argument("--quiet", action="store_true", help="No progress display.")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="No progress display and no summary line: stdout gets the output folder alone, stderr only "
+        "warnings and errors (build_report.json holds the timings and --verify's numbers).",
+    )
     add_build_arguments(parser)
     return parser
 

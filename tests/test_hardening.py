@@ -1647,6 +1647,17 @@ def test_quiet_progress_writes_nothing_but_warnings(capsys):
     assert term.text.endswith("\r\033[Kbuilt\n")
 
 
+def test_quiet_prints_the_folder_alone_as_its_help_says(ckpt, tmp_path):
+    """--help said only "No progress display"; the summary line, verify's numbers with it, goes too."""
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify", "--quiet")
+    assert proc.returncode == 0 and proc.stdout == f"{out}\n" and proc.stderr == "", (proc.stdout, proc.stderr)
+    assert json.loads((out / "build_report.json").read_text())["verify"]["status"] == "passed"
+    help_text = " ".join(cli("--help").stdout.split())
+    assert "no summary line: stdout gets the output folder alone" in help_text
+    assert "build_report.json holds the timings and --verify's numbers" in help_text
+
+
 def test_phases_count_a_phase_that_raised_and_round_to_milliseconds():
     from builder.kit.progress import Phases
 
