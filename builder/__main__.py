@@ -26,4 +26,9 @@ if _interrupted:
 if _default:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-sys.exit(program())
+code = program()
+from builder.interruptible import calls_interrupted, exit_now  # noqa: E402 (after the guarded imports)
+
+if calls_interrupted():
+    exit_now(code)
+sys.exit(code)

@@ -29,6 +29,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from builder.interruptible import calls_interrupted, exit_now
 from builder.kit.errors import BuilderError, BuildInterrupted
 from builder.output_dir import REPORT_NAME, remove_stale_staging, staging_folders
 
@@ -362,6 +363,8 @@ def _child(conn, options: dict, threads: int, parent: int) -> None:
     except OSError:
         pass  # the batch is gone; nothing to tell
     sys.stdout.flush()
+    if calls_interrupted():
+        exit_now(0)
 
 
 def _die_with(parent: int) -> None:

@@ -1991,6 +1991,69 @@ def test_ctrl_c_during_imports(ckpt, tmp_path, after_module):
     assert not (tmp_path / "out").exists()
 
 
+# onnxruntime loading a large model stays in C++ for seconds to minutes. This stand-in stays in C
+# for good: it locks a pthread mutex it already holds, a wait no signal ends, so Python could run
+# a Ctrl-C's handler only once the call returned.
+HELD_IN_C_SITECUSTOMIZE = """
+import ctypes, os
+import builder.ep_runtime
+
+def _held(*args, **kwargs):
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER on glibc
+    libc.pthread_mutex_lock(mutex)
+    open(os.environ["HELD_IN_C_STARTED"], "w").close()
+    libc.pthread_mutex_lock(mutex)
+
+builder.ep_runtime.ort_session = _held
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_path, sig):
+    """Ctrl-C while --verify's onnxruntime session loaded a 0.6B fp32 model took about 10 s to act
+    (the load held the main thread), longer for larger models; then the process aborted at exit
+    (SIGABRT) once a load was cut short. Now the load runs where the wait on it is interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HELD_IN_C_SITECUSTOMIZE)
+    started, out = tmp_path / "started", tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(root), str(root / "tests")]),
+        "HELD_IN_C_STARTED": str(started),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "-p", "fp32", "--verify"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        for _ in range(1200):  # the build itself, then the held load
+            if started.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert started.exists(), proc.stderr.read() if proc.poll() is not None else "the load never started"
+        proc.send_signal(getattr(signal, sig))
+        code = proc.wait(timeout=60)  # without the thread, the held load never returns
+    finally:
+        proc.kill()
+    rest = proc.stderr.read()
+    assert code == (130 if sig == "SIGINT" else 143), rest
+    assert "Traceback" not in rest and "terminate called" not in rest, rest
+    assert "build interrupted; removed the partial output" in rest, rest
+    assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+
+
 # ---- the hub cache (made by hand in huggingface_hub's layout; nothing is downloaded) --------
 
 

@@ -1,0 +1,53 @@
+"""Native calls that Ctrl-C, SIGTERM and SIGHUP may interrupt.
+
+Python runs a signal's handler only between bytecodes, so a call that stays in C++ (onnxruntime
+loading a model) holds a Ctrl-C until it returns. Waiting on a thread is interrupted at once: the
+call runs in a daemon thread, and an interrupt unwinds the build (its staging folder removed) while
+the call is left to end as it may. The process must then end with os._exit: after an onnxruntime
+load cut short that way its normal exit aborted ("terminate called without an active exception",
+SIGABRT), the thread running or not.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+_interrupted: list[threading.Thread] = []
+
+
+def interruptible(call, *args, **kwargs):
+    """call(*args, **kwargs) in a daemon thread, waited for where a signal's handler can run."""
+    done: dict = {}
+
+    def run():
+        try:
+            done["value"] = call(*args, **kwargs)
+        except BaseException as e:  # raised again in the waiting thread, as if the call had run there
+            done["error"] = e
+
+    thread = threading.Thread(target=run, name=getattr(call, "__name__", "call"), daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:
+        _interrupted.append(thread)
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
+
+
+def calls_interrupted() -> bool:
+    return bool(_interrupted)
+
+
+def exit_now(code: int):
+    """End the process with `code`, skipping the exit that aborts after an interrupted call."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
