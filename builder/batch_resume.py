@@ -48,8 +48,9 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     old, new = {**BuildOptions().to_dict(), **(report.get("options") or {})}, options.to_dict()
     inert = set(options.inert_options()) if old.get("precision") == options.precision else set()
     changed = {k for k in set(old) | set(new) if k not in NOT_IN_OUTPUT | inert and old.get(k) != new.get(k)}
-    if changed - RESOLVED_BY_PLAN:
-        return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed - RESOLVED_BY_PLAN))
+    resolved = RESOLVED_BY_PLAN | resolved_family(report)
+    if changed - resolved:
+        return "options changed: " + ", ".join(k.replace("_", "-") for k in sorted(changed - resolved))
     old_ort, ort = (report.get("target") or {}).get("ort_version"), Target.from_options(options).version_text
     if old_ort != ort:
         return f"target ONNX Runtime {old_ort} -> {ort}"
@@ -95,6 +96,15 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     if options.verify and "verify" not in report:
         return "verify asked for, and the existing build was not verified"
     return None
+
+
+def resolved_family(report: dict) -> set[str]:
+    """{"family"} where the report records the class that built it, which the check below compares
+    with the class the job's family: resolves to: `family: Qwen3ForCausalLM` (or
+    architectures.qwen3:Qwen3Builder) written out for a checkpoint whose config.json names that family
+    builds the same bytes, and was rebuilt as "options changed". A report from before the class was
+    recorded has only the option as written to go by."""
+    return {"family"} if (report.get("checkpoint") or {}).get("family") else set()
 
 
 def _resolved_differently(options: BuildOptions, checkpoint, report: dict, changed: bool = True) -> str | None:

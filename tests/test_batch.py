@@ -1023,6 +1023,39 @@ def test_another_family_for_the_architecture_rebuilds(tmp_path, monkeypatch):
     )
 
 
+def test_the_family_config_json_names_spelled_out_is_no_change(tmp_path, monkeypatch, capsys):
+    """family: Qwen3ForCausalLM (or architectures.qwen3:Qwen3Builder) added to a job whose config.json
+    names that family rebuilt it, "options changed: family", into the same bytes: the family was compared
+    as spelled, not as the class that builds. Another class, or a report that does not record its class,
+    still rebuilds."""
+    import sys
+
+    path = write(tmp_path / "f.yaml", ONE_JOB)
+    assert batch(path) == 0
+
+    def dry_run(family: str) -> str:
+        write(path, ONE_JOB + f"    family: {family}\n")
+        capsys.readouterr()
+        assert batch(path, "--dry-run") == 0
+        return capsys.readouterr().out
+
+    assert "up to date" in dry_run("Qwen3ForCausalLM")
+    assert "up to date" in dry_run("'architectures.qwen3:Qwen3Builder'")
+    (tmp_path / "same_fam.py").write_text(
+        "from architectures import Qwen3Builder\n\n\nclass Mine(Qwen3Builder):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)  # module:Class is imported from the folder the batch runs in
+    try:
+        assert "builder family architectures.qwen3.Qwen3Builder -> same_fam.Mine" in dry_run("same_fam:Mine")
+    finally:
+        sys.modules.pop("same_fam", None)
+    report_path = tmp_path / "out" / "a" / "build_report.json"
+    report = json.loads(report_path.read_text())
+    del report["checkpoint"]["family"]  # as a report from before the class was recorded
+    report_path.write_text(json.dumps(report))
+    assert "options changed: family" in dry_run("Qwen3ForCausalLM")
+
+
 # ---- the fingerprint sees content -------------------------------------------------------
 
 
