@@ -3,6 +3,7 @@ this builder from the same checkpoint with options that resolve the same way."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,6 +144,9 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     now["intra_op_threads"] = resolved_intra_op_threads(options.intra_op_threads, plan.target)
     then["intra_op_threads"] = resolved_intra_op_threads(old.get("intra_op_threads"), plan.target)
     inert = set(options.inert_options())  # accuracy level of a float build, max length of a transformers.js one
+    reselected = _reselected(options, checkpoint, family, plan, old)
+    if reselected:
+        return ("options changed: " if changed else "this builder resolves the options differently now: ") + reselected
     differ = [
         f"{k if '.' in k else k.replace('_', '-')} {then.get(k)} -> {v}"
         for k, v in now.items()
@@ -153,6 +157,37 @@ def _resolved_differently(options: BuildOptions, checkpoint, report: dict, chang
     return ("options changed: " if changed else "this builder resolves the options differently now: ") + ", ".join(
         differ
     )
+
+
+def _reselected(options: BuildOptions, checkpoint, family, plan, old: dict) -> str | None:
+    """Which projections get another weight format under the job's int8-layers/float-layers than
+    under its output's (old: the report's options), or None. The patterns are compared by what they
+    select: [lm_head, "*.v_proj"] in another order, or "*.v_proj" written out as
+    model.layers.*.self_attn.v_proj, builds the same bytes, and was rebuilt as "options changed"."""
+    then_lists = {k: old.get(k) or [] for k in ("int8_layers", "float_layers")}
+    if then_lists == {k: getattr(options, k) for k in then_lists}:
+        return None
+    try:
+        with plugin_faults_named(family):
+            then = family(checkpoint, dataclasses.replace(options, **then_lists)).plan.formats
+    except BuilderError:  # the lists it was built with are refused now: not provably the same
+        return "int8-layers/float-layers"
+    moved = [m for m, scheme in plan.formats.items() if then.get(m) != scheme]
+    if not moved and set(then) == set(plan.formats):
+        return None
+    if not moved:
+        return "int8-layers/float-layers"
+    more = f" and {len(moved) - 1} more" if len(moved) > 1 else ""
+    return (
+        f"int8-layers/float-layers: {moved[0]} {_format_text(then.get(moved[0]))} -> "
+        f"{_format_text(plan.formats[moved[0]])}{more}"
+    )
+
+
+def _format_text(scheme) -> str:
+    if scheme is None:
+        return "absent"
+    return f"int{scheme.bits}" if scheme.quantized else "float"
 
 
 def _stream_predated(report: dict) -> str | None:

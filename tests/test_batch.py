@@ -1056,6 +1056,31 @@ def test_the_family_config_json_names_spelled_out_is_no_change(tmp_path, monkeyp
     assert "options changed: family" in dry_run("Qwen3ForCausalLM")
 
 
+def test_layer_patterns_are_compared_by_what_they_select(tmp_path, capsys):
+    """int8-layers: ["*.v_proj", lm_head] reordered, or "*.v_proj" written out in full, rebuilt the job
+    ("options changed: int8-layers") into the same bytes: the patterns were compared as written. A list
+    that selects another format for any projection still rebuilds, and says which."""
+    path = write(tmp_path / "l.yaml", ONE_JOB + '    int8-layers: ["*.v_proj", lm_head]\n')
+    assert batch(path) == 0
+
+    def dry_run(layers: str) -> str:
+        write(path, ONE_JOB + layers)
+        capsys.readouterr()
+        assert batch(path, "--dry-run") == 0
+        return capsys.readouterr().out
+
+    assert "up to date" in dry_run('    int8-layers: [lm_head, "*.v_proj"]\n')
+    assert "up to date" in dry_run('    int8-layers: [lm_head, "model.layers.*.self_attn.v_proj"]\n')
+    assert "options changed: int8-layers/float-layers: lm_head int8 -> int4)" in dry_run(
+        '    int8-layers: ["*.v_proj"]\n'
+    )
+    moved = dry_run('    int8-layers: ["*.v_proj"]\n    float-layers: [lm_head]\n')
+    assert "options changed: int8-layers/float-layers: lm_head int8 -> float)" in moved
+    assert "options changed: int8-layers/float-layers: model.layers.0.self_attn.v_proj int8 -> int4 and " in dry_run(
+        "    int8-layers: [lm_head]\n"
+    )
+
+
 # ---- the fingerprint sees content -------------------------------------------------------
 
 

@@ -170,6 +170,7 @@ class BuildOptions:
             metavar="PATTERN",
             help="Projections kept at int8 in an int4 build: Hugging Face module names or "
             "glob patterns, e.g. lm_head or '*.v_proj'. Repeat or separate by commas.",
+            rebuild="resolved",  # the format each projection gets, not the patterns' order or spelling
         ),
     )
     float_layers: list[str] = field(
@@ -181,6 +182,7 @@ class BuildOptions:
             "e.g. lm_head, or model.embed_tokens for a float embedding table (int4 builds "
             "gather from an int4 table otherwise). Same pattern syntax as --int8-layers; where "
             "patterns of both match a projection, it stays float.",
+            rebuild="resolved",  # as --int8-layers
         ),
     )
     qkv_packing: str = field(
