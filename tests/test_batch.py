@@ -1857,6 +1857,28 @@ def test_a_default_written_out_is_no_change(tmp_path, capsys):
     assert out.count("options changed: target.accuracy_level 4 -> 0") == 2 and out.count("up to date") == 2, out
 
 
+def test_allow_long_context_is_compared_by_the_context_it_gives(tmp_path, capsys):
+    """allow-long-context: true with no longer context-length rebuilt the job ("options changed:
+    allow-long-context") into the same bytes: it only permits a length, and the context length the
+    job resolves to is what the output holds. A longer context still rebuilds."""
+    path = write(tmp_path / "c.yaml", ONE_JOB)
+    assert batch(path) == 0
+    context = json.loads((TINY / "config.json").read_text())["max_position_embeddings"]
+    for extra, expected in [
+        ("    allow-long-context: true\n", "up to date"),
+        (f"    allow-long-context: true\n    context-length: {context}\n", "up to date"),
+        (
+            f"    allow-long-context: true\n    context-length: {2 * context}\n",
+            f"options changed: context-length {context} -> {2 * context}",
+        ),
+    ]:
+        write(path, ONE_JOB + extra)
+        capsys.readouterr()
+        assert batch(path, "--dry-run") == 0
+        out = capsys.readouterr().out
+        assert expected in out, (extra, out)
+
+
 def test_a_report_from_before_an_option_existed_is_up_to_date(tmp_path, capsys):
     """A report written before --residual-dtype has neither the option nor target.residual_dtype:
     the option is compared at its default and the stream as the activations' dtype, which is what

@@ -355,6 +355,7 @@ class BuildOptions:
             help="Accept a --context-length beyond what the model supports. The model was not "
             "trained for those positions, and onnxruntime-genai allocates the KV cache for "
             "the whole length.",
+            rebuild="resolved",  # it only permits a length: the context length it resolves to is compared
         ),
     )
     intra_op_threads: int | None = field(
