@@ -94,7 +94,15 @@ def rebuild_reason(options: BuildOptions, fingerprints: dict | None = None) -> s
     differs = _resolved_differently(options, checkpoint, report, bool(changed))
     if differs:
         return differs
-    if options.verify and "verify" not in report:
+    return _unverified(options, report)
+
+
+def _unverified(options: BuildOptions, report: dict) -> str | None:
+    """The reason to rebuild an output for a verify: true job whose build did not verify, where a
+    verify would run: on webgpu it records only "not run", so the rebuild gained nothing."""
+    from builder.verify import verify_not_run
+
+    if options.verify and "verify" not in report and not verify_not_run(options.ep):
         return "verify asked for, and the existing build was not verified"
     return None
 
@@ -238,9 +246,7 @@ def _uncached_hub_reason(options: BuildOptions, report: dict) -> str | None:
     current = hub_revision(options.model)
     if current is not None and current != built_from.name:
         return f"hub revision {built_from.name[:12]} -> {current[:12]}"
-    if options.verify and "verify" not in report:
-        return "verify asked for, and the existing build was not verified"
-    return None
+    return _unverified(options, report)
 
 
 # Sections of a report that are objects, and the figures a skipped job's summary takes from it.
@@ -338,4 +344,12 @@ def skipped_result(options: BuildOptions) -> dict:
         result["peak_rss_bytes"] = report["peak_rss_bytes"]
     if isinstance(result.get("verify"), dict):
         result["verify"] = {**result["verify"], "from": f"{options.output}/{REPORT_NAME} (earlier build)"}
+    elif options.verify and "verify" not in report:
+        # Asked for over a build that did not verify, where none would run (_unverified): what a
+        # rebuild would have recorded.
+        from builder.verify import verify_not_run
+
+        not_run = verify_not_run(options.ep)
+        if not_run:
+            result["verify"] = {"status": "not run", "reason": not_run}
     return result

@@ -682,6 +682,21 @@ def quantizes_activations_always(model_file: Path) -> bool:
     return False
 
 
+def verify_not_run(ep: str) -> str | None:
+    """Why --verify does not run for a graph of this EP, as its report records it, or None where it
+    runs (batch asks too: a verify: true that would not run is no reason to rebuild)."""
+    if ep == "cpu":
+        return None
+    # check_webgpu.py builds and runs its own tiny cases of the registered families, not this
+    # folder: a plugin family's webgpu build was sent to a script that cannot take it.
+    elsewhere = "-e cpu with --verify checks the same checkpoint and quantization here; " + (
+        "scripts/check_webgpu.py runs the builder's own families on a GPU"
+        if ep == "webgpu"
+        else f"the {ep} graph itself runs only where its EP is"
+    )
+    return f"the graph targets {ep}, whose kernels this machine may not have; {elsewhere}"
+
+
 def verify_output(
     folder: str | Path,
     checkpoint_dir: str | Path,
@@ -696,16 +711,9 @@ def verify_output(
     class that built it, whose prepare_reference the reference gets; context_length: the
     positions the graph holds, which the check's prompt and decode steps must fit; formats: its
     plan's weight formats)."""
-    if ep != "cpu":
-        # check_webgpu.py builds and runs its own tiny cases of the registered families, not this
-        # folder: a plugin family's webgpu build was sent to a script that cannot take it.
-        elsewhere = "-e cpu with --verify checks the same checkpoint and quantization here; " + (
-            "scripts/check_webgpu.py runs the builder's own families on a GPU"
-            if ep == "webgpu"
-            else f"the {ep} graph itself runs only where its EP is"
-        )
-        reason = f"the graph targets {ep}, whose kernels this machine may not have; {elsewhere}"
-        return {"status": "not run", "reason": reason}
+    not_run = verify_not_run(ep)
+    if not_run:
+        return {"status": "not run", "reason": not_run}
     positions = max(2, VERIFY_POSITIONS if context_length is None else min(VERIFY_POSITIONS, context_length))
     decode_steps = max(1, min(4, positions // 5))
     model_file = Path(folder)

@@ -852,6 +852,21 @@ def test_verify_asked_for_an_unverified_build_rebuilds_it(tmp_path):
     assert job["verify"]["status"] == "passed" and "from" not in job["verify"]
 
 
+def test_verify_asked_for_where_it_would_not_run_keeps_the_build(tmp_path):
+    """verify: true added to a webgpu job rebuilt it, and the rebuild recorded only "not run: the graph
+    targets webgpu": nothing gained. The job is skipped, with the result a rebuild would record; on cpu,
+    where verify runs, the job is still rebuilt (test_verify_asked_for_an_unverified_build_rebuilds_it)."""
+    job = f"output_root: out\njobs:\n  - {{model: {TINY}, ep: webgpu, output: a"
+    path = write(tmp_path / "w.yaml", job + "}\n")
+    assert batch(path) == 0
+    before = report_times(tmp_path / "out")
+    write(path, job + ", verify: true}\n")
+    assert batch(path) == 0
+    skipped = summary(tmp_path / "out", "w")["by_name"]["a"]
+    assert skipped["status"] == "skipped" and report_times(tmp_path / "out") == before
+    assert skipped["verify"]["status"] == "not run" and "targets webgpu" in skipped["verify"]["reason"]
+
+
 # ---- up to date means the files are there, as their report recorded them ----------------
 
 
