@@ -65,16 +65,78 @@ def _planned(options: BuildOptions):
 
 
 def _resolved_fields(options: BuildOptions, arch) -> dict:
-    """What the build resolves options left unset to, for an output template: {accuracy_level}
-    expanded to the literal 'None' where the build used 4."""
+    """What the build resolves options left unset or at auto to, for an output template, in the
+    options' own spellings ({io_dtype} fp16, {graph_capture} on): they read 'auto' or the literal
+    'None', so the folder named nothing the build decided. arch: the planned family object, or None
+    where the checkpoint is not read here (a hub id, a folder only Ray's nodes see): what its config
+    decides is then left out, and refused by _unresolved."""
+    from builder.kit.genai_config import resolved_intra_op_threads, resolved_max_length
+    from builder.kit.plan import wants_last_logits
     from builder.kit.targets import Target
 
     target = Target.from_options(options)
-    resolved = {"accuracy_level": target.default_accuracy_level, "target_ort": target.version_text}
-    if arch is not None:
-        resolved |= {"accuracy_level": arch.plan.accuracy_level, "context_length": arch.plan.context_length}
-        resolved["family"] = (type(arch).architectures or (type(arch).__name__,))[0]
+    resolved = {
+        "accuracy_level": target.default_accuracy_level,
+        "target_ort": target.version_text,
+        "io_dtype": _dtype_text(target.io_dtype),
+        "logits": _logits_text(wants_last_logits(options, target), options),
+        "int32_inputs": _on_off(options.int32_inputs == "on"),
+    }
+    genai = options.format == "genai"  # max length and threads go into genai_config.json alone
+    if genai:
+        resolved["intra_op_threads"] = resolved_intra_op_threads(options.intra_op_threads, target)
+    if arch is None:
+        return resolved
+    plan = arch.plan
+    resolved |= {
+        "family": (type(arch).architectures or (type(arch).__name__,))[0],
+        "accuracy_level": plan.accuracy_level,
+        "context_length": plan.context_length,
+        "io_dtype": _dtype_text(plan.io_dtype),
+        "residual_dtype": _dtype_text(plan.residual_dtype),
+        "logits": _logits_text(plan.last_logits, options),
+        "int32_inputs": _on_off(plan.int32_inputs),
+        "graph_capture": _on_off(plan.target.graph_capture),  # off for sliding windows, beams, odd head sizes
+        "padded_batches": "none" if plan.right_padding is None else _on_off(plan.right_padding),
+        "qkv_packing": plan.layout.qkv,
+        "mlp_packing": plan.layout.mlp,
+        "silu": plan.layout.silu,  # none: the MLP has no SiLU
+        "head_norm": plan.layout.head_norm,  # gqa: inside GroupQueryAttention (fused-norm); none: no Q/K norms
+    }
+    if genai:
+        resolved["max_length"] = resolved_max_length(options.max_length, plan.context_length)
     return resolved
+
+
+def _dtype_text(dtype) -> str:
+    return {"float16": "fp16", "float32": "fp32"}.get(str(dtype), str(dtype))
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _logits_text(last: bool, options: BuildOptions) -> str:
+    """--logits resolved, as the report's target.logits: a transformers.js build at auto gets a
+    num_logits_to_keep input instead."""
+    if last:
+        return "last"
+    return "num_logits_to_keep" if options.format == "transformers.js" and options.logits == "auto" else "all"
+
+
+def _unresolved(name: str, options: BuildOptions, planned: bool) -> str:
+    """Why a template field has no value before the build, worded to follow 'uses {name},'."""
+    from builder.kit.options import GENAI_CONFIG_ONLY
+
+    if name in GENAI_CONFIG_ONLY and options.format != "genai":
+        return f"which a --format {options.format} build does not use (it goes into genai_config.json); use"
+    if not planned:
+        where = "a hub id" if not os.path.isabs(options.model) else "a folder this machine cannot read"
+        return (
+            f"which this job leaves to the build and the checkpoint's config.json decides, read only when it "
+            f"builds ({options.model} is {where}); set it, or use"
+        )
+    return "which this job leaves unset; set it, or use"
 
 
 def _model_not_found(given: str, resolved: str) -> str | None:
@@ -197,7 +259,7 @@ def make_job(
             **{k: v for k, v in options.to_dict().items() if k not in NOT_IN_OUTPUT},
         }
         resolved = _resolved_fields(options, arch)
-        fields = {k: resolved.get(k) if v is None else v for k, v in fields.items()}
+        fields = {k: resolved.get(k) if v is None or v == "auto" else v for k, v in fields.items()}
         if isinstance(fields.get("family"), str) and ":" in fields["family"]:
             # module:Class names a folder by its class: the module path's dots and the colon made
             # "out/my_fams.helium:Helium", a name Windows cannot hold
@@ -216,8 +278,8 @@ def make_job(
             usable = [f for f in fields if fields[f] is not None and not isinstance(fields[f], list)]
             problems.add(
                 output_line,
-                f"{entries['output'].where}.output: template {options.output!r} uses {{{unset[0]}}}, which this "
-                f"job leaves unset; set it, or use other fields: {', '.join(usable)}",
+                f"{entries['output'].where}.output: template {options.output!r} uses {{{unset[0]}}}, "
+                f"{_unresolved(unset[0], options, arch is not None)} other fields: {', '.join(usable)}",
             )
             return None
         try:

@@ -659,13 +659,77 @@ def test_an_output_template_names_resolved_values_and_refuses_unset_ones(tmp_pat
         f"tiny-qwen3-Qwen3ForCausalLM-4-{ort['cpu']}-{context}",
         f"tiny-qwen3-Qwen3ForCausalLM-0-{ort['cuda']}-{context}",
     ]
-    unset = write(tmp_path / "u.yaml", f"jobs:\n  - {{model: {TINY}, output: '{{model_name}}-{{max_length}}'}}\n")
+    unset = write(
+        tmp_path / "u.yaml",
+        f"jobs:\n  - {{model: {TINY}, format: transformers.js, output: '{{model_name}}-{{max_length}}'}}\n",
+    )
     with pytest.raises(BuilderError) as refused:
         load_batch(unset)
-    assert "u.yaml:2: jobs[0].output: template '{model_name}-{max_length}' uses {max_length}, which this job " in str(
+    assert "u.yaml:2: jobs[0].output: template '{model_name}-{max_length}' uses {max_length}, which a --format " in str(
         refused.value
     )
-    assert "leaves unset; set it, or use other fields: model_name, family, precision, ep" in str(refused.value)
+    assert "transformers.js build does not use (it goes into genai_config.json); use other fields: model_name, " in str(
+        refused.value
+    )
+
+
+TEMPLATE_FIELDS = (
+    "io_dtype",
+    "residual_dtype",
+    "graph_capture",
+    "logits",
+    "int32_inputs",
+    "padded_batches",
+    "qkv_packing",
+    "mlp_packing",
+    "silu",
+    "head_norm",
+    "max_length",
+    "intra_op_threads",
+)
+
+
+def test_template_fields_left_at_auto_read_as_the_build_resolves_them(tmp_path):
+    """{io_dtype}, {graph_capture}, {logits}, {qkv_packing} and the other options at auto read 'auto' (an
+    int4 webgpu job made tiny-qwen3-ioauto-gcauto-auto), where {accuracy_level} and {context_length} read
+    as resolved: each now reads what its build records, in the option's own spelling. What only the
+    checkpoint's config.json decides is refused for a hub id, whose config is read when it builds."""
+    template = "-".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+    path = write(
+        tmp_path / "t.yaml",
+        f"output_root: out\nmatrix:\n  model: [{TINY}]\n  ep: [webgpu, cpu]\n  output: '{{ep}}/{template}'\n",
+    )
+    assert batch(path) == 0
+    spelled = {"float16": "fp16", "float32": "fp32", True: "on", False: "off", None: "none", "kept_out": "on"}
+    reports = sorted((tmp_path / "out").glob("*/*/build_report.json"))
+    assert [built.parent.parent.name for built in reports] == ["cpu", "webgpu"]
+    for built in reports:
+        report = json.loads(built.read_text())
+        target, layout = report["target"], report["layout"]
+        genai = json.loads((built.parent / "genai_config.json").read_text())
+        threads = genai["model"]["decoder"]["session_options"].get("intra_op_num_threads", -1)
+        expected = [
+            spelled[target["io_dtype"]],
+            spelled[target["residual_dtype"]],
+            spelled[target["graph_capture"]],
+            target["logits"],
+            spelled[target["int32_inputs"]],
+            spelled[target["recurrent_padding"]],
+            *(layout[k] for k in ("qkv_packing", "mlp_packing", "silu", "head_norm")),
+            genai["search"]["max_length"],
+            threads,
+        ]
+        assert built.parent.name == "-".join(map(str, expected))
+        assert "auto" not in built.parent.name
+    hub = write(tmp_path / "h.yaml", "jobs:\n  - {model: org/absent, ep: webgpu, output: '{io_dtype}-{silu}'}\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(hub)
+    assert (
+        "uses {silu}, which this job leaves to the build and the checkpoint's config.json decides, read "
+        "only when it builds (org/absent is a hub id); set it, or use other fields: " in str(refused.value)
+    )
+    hub.write_text("jobs:\n  - {model: org/absent, ep: webgpu, output: '{io_dtype}-{logits}-{accuracy_level}'}\n")
+    assert [Path(job.options.output).name for job in load_batch(hub).jobs] == ["fp16-last-4"]
 
 
 def test_a_missing_model_folder_comes_with_the_files_other_problems(tmp_path):
