@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         "of the CPUs (with Ray: of the cluster's). See memory below.",
     )
     parser.add_argument(
-        "--output-root", metavar="DIR", help="Folder for relative outputs, instead of the file's output_root."
+        "--output-root",
+        metavar="DIR",
+        help="Folder for relative outputs (relative to the current folder), instead of the file's output_root: "
+        "(relative to the file's folder; without one, the file's folder itself).",
     )
     parser.add_argument(
         "--summary",
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="Check the file, the model folders and the outputs as a run does (not a Ray cluster's nodes: it "
-        "is not joined) and print what would be built or skipped; build nothing.",
+        "is not joined) and print what would be built or skipped, each job with its output folder; build nothing.",
     )
     parser.add_argument(
         "--debug",
@@ -298,7 +301,11 @@ def _check(args: argparse.Namespace):
         for job in batch.jobs:
             o = job.options
             reason = job.reason + ("; downloads it: not in the Hugging Face cache" if o.model in downloads else "")
-            print(f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {reason})")
+            # The folder in full: a name is relative to the output root, which a file without output_root:
+            # puts beside itself, whatever folder the batch runs from.
+            print(
+                f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {reason})  -> {o.output}"
+            )
         return None
     return batch, to_build, tag, summary_json, summary_md
 

@@ -2517,6 +2517,22 @@ def test_an_output_auto_now_resolves_differently_for_is_rebuilt(tmp_path):
     )
 
 
+def test_dry_run_names_each_jobs_output_folder(tmp_path, monkeypatch, capsys):
+    """--dry-run printed job names alone, relative to an output root it did not name: a file without
+    output_root: writes beside itself, whatever folder the batch runs from, and that was nowhere to be
+    seen before the run wrote there. --output-root is read from the current folder."""
+    path = write(tmp_path / "cfg" / "d.yaml", f"jobs:\n  - {{model: {TINY}, output: a}}\n  - {{model: {TINY}}}\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert batch(path, "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"; new)  -> {tmp_path / 'cfg' / 'a'}"), lines
+    assert lines[1].endswith(f"; new)  -> {tmp_path / 'cfg' / 'tiny-qwen3-int4-cpu'}"), lines
+    assert batch(path, "--dry-run", "--output-root", "out") == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"-> {tmp_path / 'elsewhere' / 'out' / 'a'}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cfg", "d.yaml", "elsewhere"]  # nothing written
+
+
 def test_dry_run_says_which_hub_ids_it_would_download(tmp_path, monkeypatch, capsys):
     """Offline without HF_HUB_OFFLINE, --dry-run called an uncached hub job plain "new" and the run
     then failed each one; it now says which ones the run downloads (a local folder needs nothing)."""
@@ -2529,7 +2545,7 @@ def test_dry_run_says_which_hub_ids_it_would_download(tmp_path, monkeypatch, cap
     assert batch(path, "--dry-run") == 0
     lines = capsys.readouterr().out.splitlines()
     assert "(org/absent, int4, cpu; new; downloads it: not in the Hugging Face cache)" in lines[0], lines
-    assert lines[1].endswith("; new)"), lines
+    assert lines[1].endswith(f"; new)  -> {tmp_path / 'b'}"), lines
 
 
 def test_a_changed_builder_rebuilds_what_it_built(tmp_path):
