@@ -879,8 +879,8 @@ def test_a_config_family_that_fails_on_its_config_leaves_only_the_window_warning
     def broken(self, config, target=None):
         raise RuntimeError("a plugin's own bug")
 
-    monkeypatch.setattr(MistralBuilder, "make_spec", broken)
     windowed = make_checkpoint(tmp_path / "mistral", TINY_CONFIGS["mistral"], dtype="float32")
+    monkeypatch.setattr(MistralBuilder, "make_spec", broken)
     result = build(model=str(windowed), output=str(tmp_path / "out"), precision="fp32", family=LlamaBuilder)
     assert (tmp_path / "out" / "model.onnx").is_file() and not any("window" in n for n in result.report["notes"])
 
