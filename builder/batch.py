@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "options, target and checkpoint). Relative paths in the file resolve against its folder. "
         "Prints one line per job and a summary table, and writes the summary as "
         "<file>-summary.json and .md. While builds run, a status line (in a log: a line "
-        "every 30 s) names them with their time so far. Exit code 1 if any job failed or "
+        "every 30 s) names them with their step and time so far, e.g. '[running] q06-int4 12/33 layer 11/28 "
+        "17 s' (with --executor ray: their time alone). Exit code 1 if any job failed or "
         "the summary could not be written, 2 if the file is invalid or an output or summary "
         "folder cannot be written (then nothing is built), 130/143/129 after "
         "SIGINT/SIGTERM/SIGHUP, 141 when stdout is closed (`| head`) (running builds are stopped, "
@@ -135,12 +136,16 @@ def make_executor(args: argparse.Namespace, batch: Batch) -> Executor:
 
 
 class Console:
-    """The batch's lines on stdout, and while jobs run, which ones and for how long.
+    """The batch's lines on stdout, and while jobs run, which ones, how far and for how long.
 
     On a terminal that is one status line, builder.kit.progress's, redrawn about once a
     second and cleared before the next job line; in a log (not a terminal) a
-    '[running] a 34 s, b 12 s' line every LOG_EVERY_S seconds, so a long job shows it is
-    alive without flooding the log. A terminal that has gone away (SIGHUP: writes fail
+    '[running] a 12/33 layer 11/28 34 s, b 3/33 layer 2/28 12 s' line every LOG_EVERY_S
+    seconds, so a long job shows it is alive, and whether it is converting weights or
+    verifying, without flooding the log. A job's step (its count of the build's steps and
+    the step's name, as a single build's progress line shows them) comes from executors
+    that report it (the local one; Ray's jobs show their time alone). Where the names do not
+    fit a terminal's row, the counts stay and the step names go. A terminal that has gone away (SIGHUP: writes fail
     with EIO) silences the lines instead of stopping the batch, whose builds still have
     to be stopped and whose summary still has to be written.
     """
@@ -154,6 +159,7 @@ class Console:
         self.every = self.TTY_EVERY_S if self.progress.tty else self.LOG_EVERY_S
         self.stop = stop
         self.running: dict[str, float] = {}  # job name -> start (perf_counter)
+        self.steps: dict[str, tuple[int, int, str]] = {}  # job name -> its latest step: (done, total, what)
         self.lock = threading.Lock()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,6 +200,13 @@ class Console:
     def ended(self, name: str) -> None:
         with self.lock:
             self.running.pop(name, None)
+            self.steps.pop(name, None)
+
+    def stepped(self, name: str, done: int, total: int, what: str) -> None:
+        """A running job's build began step `done` of `total`, `what` (shown from the next redraw)."""
+        with self.lock:
+            if name in self.running:
+                self.steps[name] = (done, total, what)
 
     def _tick(self) -> None:
         while not self._done.wait(self.every):
@@ -203,8 +216,19 @@ class Console:
 
     def _draw(self) -> None:
         now = time.perf_counter()
-        line = "[running] " + ", ".join(f"{name} {now - t:.0f} s" for name, t in self.running.items())
-        self.progress.show(line)  # cut to one terminal row there
+
+        def line(named: bool) -> str:
+            jobs = []
+            for name, t in self.running.items():
+                done, total, what = self.steps.get(name, (0, 0, ""))
+                step = (f" {done}/{total}" + (f" {what}" if named else "")) if total else ""
+                jobs.append(f"{name}{step} {now - t:.0f} s")
+            return "[running] " + ", ".join(jobs)
+
+        text = line(named=True)
+        if self.progress.tty and len(text) > self.progress.columns():
+            text = line(named=False)  # several jobs: each one's count before one job's step name
+        self.progress.show(text)  # cut to one terminal row there
 
     def _write(self, stream, write) -> None:
         if stream in self._gone:
@@ -340,6 +364,9 @@ def _run(
             console.started(job.name)
             console.say(f"{tag[id(job)]} start   {job.name}: {o.precision} {o.ep} ({job.reason})")
 
+        def on_step(job: Job, done: int, total: int, what: str) -> None:
+            console.stepped(job.name, done, total, what)
+
         def on_end(job: Job) -> None:
             r = job.result
             console.ended(job.name)
@@ -357,7 +384,7 @@ def _run(
         try:
             with console:
                 if stop.signum is None:
-                    executor.run(to_build, on_start, on_end, stop)
+                    executor.run(to_build, on_start, on_end, stop, on_step=on_step)
                 else:
                     for job in to_build:
                         job.result.update(status="interrupted", error="not started: the batch was interrupted")

@@ -4,6 +4,9 @@ batch.py decides what to build and summarizes; an Executor only runs a list of
 jobs and reports each one's result through on_start/on_end. Both executors run
 the same job body (run_job), so a build means the same wherever it ran.
 
+While a local job runs, its build's progress steps reach the batch too (on_step), over a pipe
+of their own, so the batch's status line can say how far each job is.
+
 A job's result is a dict: status (built | failed | interrupted), and the
 build's figures (size_bytes, nodes, build_seconds, peak_rss_bytes, verify) or
 its error. Bad input (BuilderError) is a result, never an exception, so no
@@ -53,8 +56,9 @@ def report_fields(report: dict) -> dict:
     return fields
 
 
-def run_job(options: dict, threads: int) -> dict[str, Any]:
-    """One build (and verify, if asked) in this process; never raises for a failed build."""
+def run_job(options: dict, threads: int, on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """One build (and verify, if asked) in this process; never raises for a failed build.
+    on_step(done, total, what): each progress step of the build (kit.progress.Progress)."""
     from builder.kit.options import BuildOptions
     from builder.pipeline import build_from_flags, peak_rss_bytes
 
@@ -67,7 +71,7 @@ def run_job(options: dict, threads: int) -> dict[str, Any]:
         _set_threads(threads)
         _pause_hook(Path(options["output"]))
         with contextlib.redirect_stderr(captured):
-            report = build_from_flags(BuildOptions(**options), show_progress=False).report
+            report = build_from_flags(BuildOptions(**options), show_progress=False, on_step=on_step).report
         result.update(report_fields(report), status="built")
     except (BuildInterrupted, KeyboardInterrupt) as e:
         result.update(status="interrupted", error="interrupted; its partial output was removed")
@@ -222,6 +226,7 @@ class Stop:
 
 
 OnEvent = Callable[[Any], None]
+OnStep = Callable[[Any, int, int, str], None]  # (job, done, total, what): a running job's progress step
 
 
 class Executor(ABC):
@@ -233,9 +238,10 @@ class Executor(ABC):
         """Refuse, before anything runs, what this executor cannot run (raise BuilderError)."""
 
     @abstractmethod
-    def run(self, jobs: list, on_start: OnEvent, on_end: OnEvent, stop: Stop) -> None:
+    def run(self, jobs: list, on_start: OnEvent, on_end: OnEvent, stop: Stop, on_step: OnStep | None = None) -> None:
         """Run every job; after a signal, stop the running ones (outputs stay complete or
-        absent), mark them and the unstarted ones interrupted, and return."""
+        absent), mark them and the unstarted ones interrupted, and return. An executor that
+        can, tells on_step of a running job's progress steps (between its on_start and on_end)."""
 
     def close(self) -> None:
         pass
@@ -259,21 +265,23 @@ class LocalExecutor(Executor):
         self.parallel = parallel
         self.threads = max(1, len(os.sched_getaffinity(0)) // parallel)
 
-    def run(self, jobs, on_start, on_end, stop) -> None:
+    def run(self, jobs, on_start, on_end, stop, on_step=None) -> None:
         import multiprocessing
         from multiprocessing import resource_tracker
 
         ctx = multiprocessing.get_context("spawn")
         resource_tracker.ensure_running()  # its first start unblocks SIGINT/SIGTERM: get it over with
         queue, running = list(jobs), {}
+        steps: dict = {}  # a running job's steps pipe (read end) -> the job; the result pipe carries only the result
         while (queue or running) and stop.signum is None:
             while queue and len(running) < self.parallel:
                 job = queue.pop(0)
                 receive, send = ctx.Pipe(duplex=False)
+                step_receive, step_send = ctx.Pipe(duplex=False)
                 process = ctx.Process(
                     target=_child,
                     name=f"build {job.name}",
-                    args=(send, job.options.to_dict(), self.threads, os.getpid()),
+                    args=(send, job.options.to_dict(), self.threads, os.getpid(), step_send),
                 )
                 # Blocked here, the child inherits SIGINT, SIGTERM and SIGHUP blocked until its own
                 # handlers are in place; a Ctrl-C meant for the batch never lands in the child's imports.
@@ -283,13 +291,18 @@ class LocalExecutor(Executor):
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 send.close()  # ours closed, a child that dies without answering reads as EOF
+                step_send.close()
                 running[receive] = (job, process, time.perf_counter())
+                steps[step_receive] = job
                 on_start(job)
-            for receive in wait([*running, stop]):
-                if receive is stop:
+            for receive in wait([*running, *steps, stop]):
+                if receive in steps:
+                    _read_steps(receive, steps, on_step)
+                if receive not in running:  # stop, a steps pipe, or one its job's end closed in this round
                     continue
                 job, process, started = running.pop(receive)
                 self._collect(job, receive, process, started)
+                _stop_reading_steps(job, steps)
                 on_end(job)
         if stop.signum is None:
             return
@@ -303,6 +316,7 @@ class LocalExecutor(Executor):
                 process.kill()
                 process.join()
             self._collect(job, receive, process, started, interrupted=True)
+            _stop_reading_steps(job, steps)
             on_end(job)
         for job in queue:
             job.result.update(status="interrupted", error="not started: the batch was interrupted")
@@ -326,6 +340,54 @@ class LocalExecutor(Executor):
         job.result["seconds"] = time.perf_counter() - started
 
 
+def _read_steps(receive, steps: dict, on_step: OnStep | None) -> None:
+    """Every step a job's build has sent so far; the latest is the one on_step hears. At its end
+    (EOF: the build process is over) or on anything unreadable the pipe is dropped: a display
+    never fails a job, whose result comes by its own pipe."""
+    job, latest = steps[receive], None
+    try:
+        while receive.poll():
+            message = receive.recv()
+            if isinstance(message, tuple) and len(message) == 3:
+                latest = message
+    except Exception:  # EOFError, OSError, or a message cut short
+        del steps[receive]
+        receive.close()
+    if latest is not None and on_step is not None:
+        on_step(job, *latest)
+
+
+def _stop_reading_steps(job, steps: dict) -> None:
+    for receive, owner in list(steps.items()):
+        if owner is job:
+            del steps[receive]
+            receive.close()
+
+
+class _StepSender:
+    """The build's progress steps to the batch as (done, total, what), over a pipe of their own.
+
+    Its write end is non-blocking and a message is a single write well under PIPE_BUF, which a
+    pipe takes whole or not at all: a batch that is not reading (it is stopping its jobs) loses
+    steps, and the build never waits on it. A build has a step per layer and a few more, so no
+    throttle is needed; the batch keeps the latest of those waiting."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        try:
+            os.set_blocking(conn.fileno(), False)
+        except (OSError, ValueError):
+            self.conn = None  # a blocking pipe could stall the build: send nothing
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.send((int(done), int(total), str(what)[:200]))
+        except (OSError, ValueError):  # BlockingIOError (pipe full), BrokenPipeError (batch gone), closed
+            pass
+
+
 def _died(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         hint = " (out of memory?)" if -exitcode == 9 else ""
@@ -333,8 +395,9 @@ def _died(exitcode: int | None) -> str:
     return f"the build process exited with code {exitcode} without a result"
 
 
-def _child(conn, options: dict, threads: int, parent: int) -> None:
-    """Body of a job's spawned process. Started with SIGINT, SIGTERM and SIGHUP blocked (see run)."""
+def _child(conn, options: dict, threads: int, parent: int, steps=None) -> None:
+    """Body of a job's spawned process. Started with SIGINT, SIGTERM and SIGHUP blocked (see run).
+    conn carries its result, steps (if given) its build's progress steps."""
 
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent-death signal can come again
@@ -352,7 +415,7 @@ def _child(conn, options: dict, threads: int, parent: int) -> None:
     try:
         _die_with(parent)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # a pending one lands here
-        result = run_job(options, threads)
+        result = run_job(options, threads, _StepSender(steps) if steps is not None else None)
     except KeyboardInterrupt:  # SIGTERM between the job's own handlers
         result = {"status": "interrupted", "error": "interrupted before it built anything"}
     result.pop(STOPPED_BY, None)  # only this batch stops its children

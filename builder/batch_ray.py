@@ -505,7 +505,9 @@ class RayExecutor(Executor):
 
     # ---- running -----------------------------------------------------------------------
 
-    def run(self, jobs, on_start, on_end, stop) -> None:
+    def run(self, jobs, on_start, on_end, stop, on_step=None) -> None:
+        # on_step is not told: a job's steps would have to come back from its node, and the status
+        # line shows a Ray job's time alone.
         ray = self.ray
         # max_calls=1: a fresh worker process per job, as locally, so a job's peak RSS is its own
         task = ray.remote(max_calls=1)(_job_task)

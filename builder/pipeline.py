@@ -117,9 +117,12 @@ def build(
         return build_from_flags(options, family=family, show_progress=show_progress)
 
 
-def build_from_flags(options: BuildOptions, *, family: type | str | None = None, show_progress: bool = True):
+def build_from_flags(
+    options: BuildOptions, *, family: type | str | None = None, show_progress: bool = True, on_step=None
+):
     """build() for the command line and batch files: errors name options by their flags, which
-    batch files spell the same way."""
+    batch files spell the same way. on_step(done, total, what) hears of each progress step, also
+    with show_progress off (a batch job reports its step to the batch: kit.progress.Progress)."""
     if family is not None and options.family:
         raise BuilderError(
             f"build(): family given both as BuildOptions(family={options.family!r}) and as build(family=...); keep one"
@@ -136,19 +139,19 @@ def build_from_flags(options: BuildOptions, *, family: type | str | None = None,
     cls = family or family_for(options, checkpoint.config, where=str(checkpoint.directory / "config.json"))
     with plugin_faults_named(cls):
         arch = cls(checkpoint, options)
-    return run(arch, show_progress=show_progress)
+    return run(arch, show_progress=show_progress, on_step=on_step)
 
 
-def run(arch, show_progress: bool = True) -> BuildResult:
+def run(arch, show_progress: bool = True, on_step=None) -> BuildResult:
     """Write the model of an architecture builder (a family object, such as
     Qwen3Builder.from_pretrained(...) returns) into its output folder."""
     # from_pretrained() marks what it made: a Python caller, whose errors name keywords
     names = python_option_names() if getattr(arch, "python_caller", False) else contextlib.nullcontext()
     with names, plugin_faults_named(type(arch)):
-        return _run(arch, show_progress)
+        return _run(arch, show_progress, on_step)
 
 
-def _run(arch, show_progress: bool) -> BuildResult:
+def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
     plan = arch.plan
     options, spec = plan.options, plan.spec
     if options.verify and plan.target.ep == "cpu":  # the only EP verify runs on
@@ -164,7 +167,7 @@ def _run(arch, show_progress: bool) -> BuildResult:
     timings: dict[str, float] = {}
     hashing = 1 if options.checkpoint_hash else 0
     steps = spec.num_layers + 4 + (1 if options.verify else 0) + hashing
-    progress = Progress(steps, label=output.name) if show_progress else SilentProgress()
+    progress = Progress(steps, label=output.name, on_step=on_step) if show_progress else SilentProgress(steps, on_step)
 
     if hashing:  # before it reads every weight byte: a refused output costs no minutes
         check_output_free(output_folder(output), options.overwrite)

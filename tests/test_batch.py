@@ -1765,7 +1765,8 @@ def test_closed_terminal_stops_the_batch_cleanly(tmp_path):
     proc, children = _start_paused_batch(tmp_path, jobs=2, stdin=slave, stdout=slave, preexec_fn=controlling_terminal)
     os.close(slave)
     shown, deadline = b"", time.monotonic() + 30
-    while not re.search(rb"\r\x1b\[K\[running\] a \d+ s, b \d+ s", shown):  # the status line, each second
+    # the status line, each second: each paused build is at its last step, "done" (tiny-qwen3: 2 layers + 4)
+    while not re.search(rb"\r\x1b\[K\[running\] a 6/6 done \d+ s, b 6/6 done \d+ s", shown):
         assert time.monotonic() < deadline, shown
         if select.select([master], [], [], 0.2)[0]:
             shown += os.read(master, 65536)
@@ -1835,6 +1836,97 @@ def test_a_log_gets_a_running_line_now_and_then(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert not [line for line in lines if line.startswith("[running]")]
     assert "[1/1] start   a: int4 cpu (--force)" in lines and any(line.startswith("[1/1] built") for line in lines)
+
+
+def test_the_running_line_shows_how_far_each_job_is(tmp_path, monkeypatch, capsys):
+    """A multi-hour job's '[running] a 2345 s' said neither how far it was nor whether it was
+    converting weights or verifying: the line now has the job's step as a single build's progress
+    line counts them (here the build paused at its last, before publishing), and the job's own
+    lines and result are as before."""
+    import re
+
+    from builder.batch import Console
+
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv("BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "1.5")
+    monkeypatch.setenv("BUILDER_TEST_PAUSE_DIR", str(pauses))
+    monkeypatch.setattr(Console, "LOG_EVERY_S", 0.5)
+    path = write(tmp_path / "p.yaml", ONE_JOB)
+    assert batch(path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    running = [line for line in lines if line.startswith("[running]")]
+    # before its first step (the checks a build makes first) a job has its time alone
+    assert running and all(re.fullmatch(r"\[running\] a( \d/6 [^,]+)? \d+ s", line) for line in running), lines
+    assert any(re.fullmatch(r"\[running\] a 6/6 done \d+ s", line) for line in running), lines
+    built = next(line for line in lines if line.startswith("[1/1] built"))
+    assert re.fullmatch(r"\[1/1\] built   a in \d+\.\d s \(peak RSS .+, .+, \d+ nodes\)", built)
+    s = summary(tmp_path / "out", "p")
+    assert s["counts"]["built"] == 1 and s["by_name"]["a"]["status"] == "built"
+
+
+class FakeTerminal:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_status_line_keeps_each_jobs_count_where_the_step_names_do_not_fit(monkeypatch):
+    from builder import batch as batch_module
+
+    monkeypatch.setenv("COLUMNS", "61")
+    term = FakeTerminal()
+    monkeypatch.setattr(batch_module.sys, "stdout", term)
+    console = batch_module.Console()
+    console.started("q06-fp32-v")
+    console.started("q17-int4")
+    console.stepped("q06-fp32-v", 12, 33, "layer 11/28")
+    console._draw()
+    assert term.text.endswith("\r\x1b[K[running] q06-fp32-v 12/33 layer 11/28 0 s, q17-int4 0 s"), term.text
+    console.stepped("q17-int4", 33, 33, "verifying against transformers")
+    console._draw()
+    assert term.text.endswith("\r\x1b[K[running] q06-fp32-v 12/33 0 s, q17-int4 33/33 0 s"), term.text
+    console.ended("q17-int4")
+    console.stepped("q17-int4", 33, 33, "done")  # sent before it ended, read after: not shown
+    console._draw()
+    assert term.text.endswith("\r\x1b[K[running] q06-fp32-v 12/33 layer 11/28 0 s"), term.text
+
+
+def test_a_build_never_waits_on_or_fails_for_its_step_reports():
+    """The steps go over a non-blocking pipe: a batch that reads none (it is stopping its jobs)
+    costs the build its reports, not a stall; what arrives is whole; a failing report is dropped."""
+    import multiprocessing
+    import time
+
+    from builder.batch_exec import _StepSender
+    from builder.kit.progress import SilentProgress
+
+    receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    progress = SilentProgress(3000, on_step=_StepSender(send))
+    started = time.monotonic()
+    for i in range(3000):  # far more than the pipe holds
+        progress.step(f"layer {i + 1}/3000")
+    assert time.monotonic() - started < 10
+    received = []
+    while receive.poll():
+        received.append(receive.recv())
+    assert 0 < len(received) < 3000 and received[0] == (1, 3000, "layer 1/3000")
+    assert all(done == int(what.split()[1].split("/")[0]) for done, _, what in received)
+
+    def fails(*args):
+        raise RuntimeError("display gone")
+
+    progress = SilentProgress(2, on_step=fails)
+    progress.step("layer 1/1")  # no exception
+    assert progress.done == 1
 
 
 def test_the_running_line_names_only_the_jobs_still_running(tmp_path, monkeypatch, capsys):

@@ -34,8 +34,13 @@ def end_line() -> None:
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "build", stream=None, enabled: bool = True):
+    """on_step(done, total, what), if given, hears of each step as it starts, shown or not (a batch's
+    build process passes its step to the batch). It must not block; whatever it raises is dropped: a
+    display never fails a build."""
+
+    def __init__(self, total: int, label: str = "build", stream=None, enabled: bool = True, on_step=None):
         self.total = max(total, 1)
+        self.on_step = on_step
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -47,6 +52,11 @@ class Progress:
 
     def step(self, what: str) -> None:
         self.done += 1
+        if self.on_step is not None:
+            try:
+                self.on_step(self.done, self.total, what)
+            except Exception:
+                pass
         if self.enabled:
             self._show_step(what)
 
@@ -145,8 +155,8 @@ class Progress:
 
 
 class SilentProgress(Progress):
-    def __init__(self):
-        super().__init__(1, enabled=False)
+    def __init__(self, total: int = 1, on_step=None):
+        super().__init__(total, enabled=False, on_step=on_step)
 
 
 class Phases:
