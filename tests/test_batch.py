@@ -18,6 +18,7 @@ import pytest
 from builder import cli
 from builder.batch_schema import load_batch
 from builder.kit.errors import BuilderError
+from support.fake_terminal import FakeTerminal
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-qwen3"
@@ -1863,20 +1864,6 @@ def test_the_running_line_shows_how_far_each_job_is(tmp_path, monkeypatch, capsy
     assert re.fullmatch(r"\[1/1\] built   a in \d+\.\d s \(peak RSS .+, .+, \d+ nodes\)", built)
     s = summary(tmp_path / "out", "p")
     assert s["counts"]["built"] == 1 and s["by_name"]["a"]["status"] == "built"
-
-
-class FakeTerminal:
-    def __init__(self):
-        self.text = ""
-
-    def write(self, s):
-        self.text += s
-
-    def flush(self):
-        pass
-
-    def isatty(self):
-        return True
 
 
 def test_a_terminal_status_line_keeps_each_jobs_count_where_the_step_names_do_not_fit(monkeypatch):

@@ -21,6 +21,7 @@ from test_errors import ROOT, assert_clean_failure, cli
 from builder import BuildOptions
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
+from support.fake_terminal import FakeTerminal
 from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 
@@ -1485,20 +1486,6 @@ def test_disk_full_while_writing_genai_config(ckpt, tmp_path, monkeypatch):
 
 
 # ---- terminal messages ------------------------------------------------------------------
-
-
-class FakeTerminal:
-    def __init__(self):
-        self.text = ""
-
-    def write(self, s):
-        self.text += s
-
-    def flush(self):
-        pass
-
-    def isatty(self):
-        return True
 
 
 def test_warning_and_error_start_on_their_own_line():
