@@ -147,12 +147,15 @@ def program() -> int:
     ending anyway. Not in main(), which a notebook or a test may call and then want Ctrl-C back.
     """
     from builder import output_dir
+    from builder.interruptible import calls_interrupted, exit_now
 
     output_dir.hold_signals_after_publish = True
     write_paths_as_they_are(sys.stdout)
     code = main()
     for sig in output_dir.STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if calls_interrupted():  # here, not in __main__ alone: the onnx-builder script exits through sys.exit
+        exit_now(code)
     return code
 
 

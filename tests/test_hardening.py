@@ -1982,8 +1982,11 @@ def test_ctrl_c_during_imports(ckpt, tmp_path, after_module):
 # for good: it locks a pthread mutex it already holds, a wait no signal ends, so Python could run
 # a Ctrl-C's handler only once the call returned.
 HELD_IN_C_SITECUSTOMIZE = """
-import ctypes, os
+import atexit, ctypes, os
 import builder.ep_runtime
+
+# Run only by a normal exit, the one that aborted once a load was cut short (os._exit skips it).
+atexit.register(lambda: open(os.environ["HELD_IN_C_EXITED"], "w").close())
 
 def _held(*args, **kwargs):
     libc = ctypes.CDLL(None)
@@ -1996,11 +1999,19 @@ builder.ep_runtime.ort_session = _held
 """
 
 
+# The onnx-builder command is a script that runs sys.exit(builder.cli.program()).
+ONNX_BUILDER_SCRIPT = "import sys; from builder.cli import program; sys.exit(program())"
+ENTRY_POINTS = {"-m builder": ["-m", "builder"], "onnx-builder": ["-c", ONNX_BUILDER_SCRIPT]}
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_path, sig):
+def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_path, sig, entry):
     """Ctrl-C while --verify's onnxruntime session loaded a 0.6B fp32 model took about 10 s to act
     (the load held the main thread), longer for larger models; then the process aborted at exit
-    (SIGABRT) once a load was cut short. Now the load runs where the wait on it is interrupted."""
+    (SIGABRT) once a load was cut short. Now the load runs where the wait on it is interrupted, and
+    the process ends without the exit that aborted: the onnx-builder command exited normally, as
+    only python -m builder did not."""
     import os
     import signal
     import subprocess
@@ -2015,9 +2026,10 @@ def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_p
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(root), str(root / "tests")]),
         "HELD_IN_C_STARTED": str(started),
+        "HELD_IN_C_EXITED": str(tmp_path / "exited"),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "-p", "fp32", "--verify"],
+        [sys.executable, *ENTRY_POINTS[entry], "-m", str(ckpt), "-o", str(out), "-p", "fp32", "--verify"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -2039,6 +2051,7 @@ def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_p
     assert "Traceback" not in rest and "terminate called" not in rest, rest
     assert "build interrupted; removed the partial output" in rest, rest
     assert not out.exists() and not list(tmp_path.glob(".builder-staging-*"))
+    assert not (tmp_path / "exited").exists(), "the process took the normal exit, which aborts after a cut-short load"
 
 
 # ---- the hub cache (made by hand in huggingface_hub's layout; nothing is downloaded) --------
