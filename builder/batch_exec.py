@@ -32,6 +32,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from builder import interruptible
 from builder.interruptible import calls_interrupted, exit_now
 from builder.kit.errors import BuilderError, BuildInterrupted
 from builder.output_dir import REPORT_NAME, remove_stale_staging, staging_folders
@@ -404,6 +405,7 @@ def _child(conn, options: dict, threads: int, parent: int, steps=None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    interruptible.threaded = True  # ended with exit_now below after an interrupted load
     # Ctrl-C and a closed terminal's SIGHUP reach the whole process group; the batch
     # decides and sends SIGTERM. SIGHUP stays blocked for the job's whole life (the
     # threads the build starts inherit that): ignoring it is not enough, since a build

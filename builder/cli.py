@@ -146,10 +146,11 @@ def program() -> int:
     a finished build (exit 130/143): once main() returns the stop signals are ignored, the process
     ending anyway. Not in main(), which a notebook or a test may call and then want Ctrl-C back.
     """
-    from builder import output_dir
+    from builder import interruptible, output_dir
     from builder.interruptible import calls_interrupted, exit_now
 
     output_dir.hold_signals_after_publish = True
+    interruptible.threaded = True  # this process ends with exit_now after an interrupted load
     write_paths_as_they_are(sys.stdout)
     code = main()
     for sig in output_dir.STOP_SIGNALS:

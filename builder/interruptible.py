@@ -15,10 +15,16 @@ import sys
 import threading
 
 _interrupted: list[threading.Thread] = []
+# Set by the processes that end with exit_now after an interrupted call (the command line, a batch's
+# build process). Elsewhere (builder.build() in a user's program, which exits as it does) the call
+# runs in the caller's thread: one left running made that program's own exit abort.
+threaded = False
 
 
 def interruptible(call, *args, **kwargs):
     """call(*args, **kwargs) in a daemon thread, waited for where a signal's handler can run."""
+    if not threaded:
+        return call(*args, **kwargs)
     done: dict = {}
 
     def run():

@@ -2846,3 +2846,49 @@ def test_a_summary_folder_whose_name_ends_in_json_gets_the_summary_inside(tmp_pa
     batch = Batch(tmp_path / "b.yaml", tmp_path, [job])
     assert summary_paths(str(folder), batch) == (folder / "b-summary.json", folder / "b-summary.md")
     assert summary_paths(str(tmp_path / "s.json"), batch) == (tmp_path / "s.json", tmp_path / "s.md")
+
+
+def test_a_stopped_batch_ends_a_job_while_onnxruntime_loads_its_model(tmp_path):
+    """A job's --verify load holds its build process in C++ for seconds to minutes; the batch's stop
+    ends it cleanly there too (its build process waits on the load in another thread, and then ends
+    with os._exit), rather than killing it after the grace."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_hardening import HELD_IN_C_SITECUSTOMIZE
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HELD_IN_C_SITECUSTOMIZE)
+    started = tmp_path / "started"
+    job = f"  - model: {TINY}\n    output: a\n    verify: true\n"
+    path = write(tmp_path / "sig.yaml", f"output_root: out\njobs:\n{job}")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT), str(ROOT / "tests")]),
+        "HELD_IN_C_STARTED": str(started),
+        "HELD_IN_C_EXITED": str(tmp_path / "exited"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "batch", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the load never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    job = summary(tmp_path / "out", "sig")["by_name"]["a"]
+    assert job["error"] == "interrupted; its partial output was removed", job
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sig-summary.json", "sig-summary.md"]

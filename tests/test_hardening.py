@@ -2054,6 +2054,27 @@ def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_p
     assert not (tmp_path / "exited").exists(), "the process took the normal exit, which aborts after a cut-short load"
 
 
+def test_a_python_build_loads_the_model_in_the_calling_thread(ckpt, tmp_path, monkeypatch):
+    """builder.build() in a user's program, which ends with its own normal exit (no os._exit): a
+    load that a Ctrl-C left running in another thread aborted that exit when it returned during it
+    (SIGABRT, 'terminate called without an active exception'). There the load runs in the calling
+    thread, as before; only the command line and a batch's build processes wait on it elsewhere."""
+    import threading
+
+    import builder.ep_runtime
+    from builder import build
+
+    real, threads = builder.ep_runtime.ort_session, []
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder.ep_runtime, "ort_session", recorded)
+    build(model=str(ckpt), output=str(tmp_path / "out"), precision="fp32", verify=True)
+    assert threads == [threading.current_thread()]
+
+
 # ---- the hub cache (made by hand in huggingface_hub's layout; nothing is downloaded) --------
 
 
