@@ -385,7 +385,11 @@ def _verify(arch, model_file: Path) -> dict:
             given = arch.build_options.family
             family, fix = (f"--family {given}", "drop --family, or --verify")
             if not given:
-                family, fix = type(arch).__name__, f"build with the family registered for {named}, or without --verify"
+                # where none is registered for it, transformers still runs the checkpoint (by its model_type)
+                instead = f"the family registered for {named}"
+                if not any(n in registered() for n in _architectures(arch)):
+                    instead = "a family that builds it as transformers does"
+                family, fix = type(arch).__name__, f"build with {instead}, or without --verify"
             who = (
                 f"{family} builds the checkpoint as another model than {named}, which verify compares with "
                 f"(the warnings above may say how they differ): {fix}."

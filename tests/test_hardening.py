@@ -870,6 +870,24 @@ def test_a_family_that_adds_a_window_the_checkpoint_lacks_says_so(tmp_path):
     assert "report this" not in str(failed.value)
 
 
+def test_verify_under_a_python_family_names_no_family_that_is_not_registered(tmp_path):
+    """A family given in Python on a checkpoint whose config.json names an architecture no family is
+    registered for: verify's failure said to build with the family registered for that name, of
+    which there is none."""
+    from architectures.llama import LlamaBuilder
+    from builder import build
+
+    windowed = make_checkpoint(tmp_path / "mistral", TINY_CONFIGS["mistral"], dtype="float32")
+    config = json.loads((windowed / "config.json").read_text())
+    (windowed / "config.json").write_text(json.dumps({**config, "architectures": ["MyMistralForCausalLM"]}))
+    with pytest.raises(BuilderError) as failed:
+        build(model=str(windowed), output=str(tmp_path / "v"), precision="fp32", family=LlamaBuilder, verify=True)
+    message = str(failed.value)
+    assert "LlamaBuilder builds the checkpoint as another model than MyMistralForCausalLM" in message, message
+    assert "registered for MyMistralForCausalLM" not in message, message
+    assert "without verify=True" in message, message
+
+
 def test_a_config_family_that_fails_on_its_config_leaves_only_the_window_warning_out(tmp_path, monkeypatch):
     """The comparison builds config.json's family's spec only to warn: a (plugin) family registered
     for that name whose make_spec fails its own way must not fail a build with another family."""
