@@ -26,9 +26,4 @@ if _interrupted:
 if _default:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-code = program()
-from builder.interruptible import calls_interrupted, exit_now  # noqa: E402 (after the guarded imports)
-
-if calls_interrupted():
-    exit_now(code)
-sys.exit(code)
+sys.exit(program())

@@ -5,7 +5,8 @@ loading a model) holds a Ctrl-C until it returns. Waiting on a thread is interru
 call runs in a daemon thread, and an interrupt unwinds the build (its staging folder removed) while
 the call is left to end as it may. The process must then end with os._exit: after an onnxruntime
 load cut short that way its normal exit aborted ("terminate called without an active exception",
-SIGABRT), the thread running or not.
+SIGABRT), the thread running or not. So only processes that end that way (cli.program, a batch's
+build process) set `threaded`; elsewhere the call runs in the caller's thread, as before.
 """
 
 from __future__ import annotations
