@@ -313,17 +313,19 @@ class LocalExecutor(Executor):
         deadline = time.monotonic() + self.GRACE_S
         for receive, (job, process, started) in running.items():
             process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
+            killed = process.is_alive()
+            if killed:
                 process.kill()
                 process.join()
-            self._collect(job, receive, process, started, interrupted=True)
+            self._collect(job, receive, process, started, interrupted=True, killed=killed)
             _stop_reading_steps(job, steps)
             on_end(job)
         for job in queue:
             job.result.update(status="interrupted", error="not started: the batch was interrupted")
 
     @staticmethod
-    def _collect(job, receive, process, started, interrupted: bool = False) -> None:
+    def _collect(job, receive, process, started, interrupted: bool = False, killed: bool = False) -> None:
+        """killed: the batch killed the process after its grace (its SIGKILL is no sign of memory)."""
         try:
             if receive.poll():
                 job.result.update(receive.recv())
@@ -331,7 +333,10 @@ class LocalExecutor(Executor):
                 raise EOFError
         except (EOFError, OSError):
             process.join()
-            if interrupted:
+            if killed:
+                error = f"interrupted (it had not stopped {LocalExecutor.GRACE_S:g} s after SIGTERM, and was killed)"
+                job.result.update(status="interrupted", error=error)
+            elif interrupted:
                 job.result.update(status="interrupted", error=f"interrupted ({_died(process.exitcode)})")
             else:
                 job.result.update(status="failed", error=_died(process.exitcode))

@@ -2892,3 +2892,27 @@ def test_a_stopped_batch_ends_a_job_while_onnxruntime_loads_its_model(tmp_path):
     job = summary(tmp_path / "out", "sig")["by_name"]["a"]
     assert job["error"] == "interrupted; its partial output was removed", job
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sig-summary.json", "sig-summary.md"]
+
+
+def test_a_job_the_batch_kills_after_its_grace_is_not_blamed_on_memory(tmp_path):
+    """A stopped job that outlived its SIGTERM grace was killed by the batch itself, and its error
+    read "killed by signal 9 (out of memory?)", sending the user to look for a memory problem."""
+    from types import SimpleNamespace
+
+    from builder.batch_exec import LocalExecutor
+
+    class Silent:  # a result pipe on which the killed child said nothing
+        def poll(self):
+            return False
+
+        def close(self):
+            pass
+
+    killed = SimpleNamespace(exitcode=-9, join=lambda *a: None)
+    for was_killed, error in [
+        (True, f"interrupted (it had not stopped {LocalExecutor.GRACE_S} s after SIGTERM, and was killed)"),
+        (False, "interrupted (the build process was killed by signal 9 (out of memory?))"),
+    ]:
+        job = SimpleNamespace(result={}, options=SimpleNamespace(output=str(tmp_path / "out")))
+        LocalExecutor._collect(job, Silent(), killed, 0.0, interrupted=True, killed=was_killed)
+        assert (job.result["status"], job.result["error"]) == ("interrupted", error)
