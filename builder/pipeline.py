@@ -383,13 +383,13 @@ def _verify(arch, model_file: Path) -> dict:
         elif _family_overridden(arch):
             named = ", ".join(map(str, _architectures(arch)))
             given = arch.build_options.family
-            family, fix = (f"--family {given}", "drop --family, or --verify")
-            if not given:
-                # where none is registered for it, transformers still runs the checkpoint (by its model_type)
-                instead = f"the family registered for {named}"
-                if not any(n in registered() for n in _architectures(arch)):
-                    instead = "a family that builds it as transformers does"
-                family, fix = type(arch).__name__, f"build with {instead}, or without --verify"
+            # where none is registered for it, transformers still runs the checkpoint (by its model_type)
+            own = any(n in registered() for n in _architectures(arch))
+            instead = f"the family registered for {named}" if own else "a family that builds it as transformers does"
+            family, fix = type(arch).__name__, f"build with {instead}, or without --verify"
+            if given:
+                # dropping --family fails where config.json's architecture has no family here
+                family, fix = f"--family {given}", "drop --family, or --verify" if own else fix
             who = (
                 f"{family} builds the checkpoint as another model than {named}, which verify compares with "
                 f"(the warnings above may say how they differ): {fix}."

@@ -871,9 +871,9 @@ def test_a_family_that_adds_a_window_the_checkpoint_lacks_says_so(tmp_path):
 
 
 def test_verify_under_a_python_family_names_no_family_that_is_not_registered(tmp_path):
-    """A family given in Python on a checkpoint whose config.json names an architecture no family is
-    registered for: verify's failure said to build with the family registered for that name, of
-    which there is none."""
+    """A family given in Python (or --family) on a checkpoint whose config.json names an architecture
+    no family is registered for: verify's failure said to build with the family registered for that
+    name, of which there is none (on the command line: to drop --family, which then fails)."""
     from architectures.llama import LlamaBuilder
     from builder import build
 
@@ -886,6 +886,15 @@ def test_verify_under_a_python_family_names_no_family_that_is_not_registered(tmp
     assert "LlamaBuilder builds the checkpoint as another model than MyMistralForCausalLM" in message, message
     assert "registered for MyMistralForCausalLM" not in message, message
     assert "without verify=True" in message, message
+    # On the command line dropping --family fails there ("not supported"): not offered either.
+    proc = cli("-m", windowed, "-o", tmp_path / "c", "-p", "fp32", "--family", "LlamaForCausalLM", "--verify")
+    assert_clean_failure(
+        proc,
+        "--family LlamaForCausalLM builds the checkpoint as another model than MyMistralForCausalLM",
+        "build with a family that builds it as transformers does, or without --verify",
+        out=tmp_path / "c",
+    )
+    assert "drop --family" not in proc.stderr, proc.stderr
 
 
 def test_a_config_family_that_fails_on_its_config_leaves_only_the_window_warning_out(tmp_path, monkeypatch):

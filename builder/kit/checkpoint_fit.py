@@ -108,10 +108,12 @@ def window_difference(options: BuildOptions, config: dict, family, spec, target,
     if isinstance(window, bool) or not isinstance(window, int) or not 0 < window < context:
         return None
     own_name = ", ".join(map(str, named)) or "its own family"
+    # No family here builds config.json's architecture (or it refuses this config): dropping --family
+    # would fail, so the advice is a family that applies the window.
     return (
         f"config.json sets sliding_window = {window}, which {who} does not apply: every layer attends to the "
         f"whole context, so past {window} tokens its logits differ from {own_name}'s (which --verify compares "
-        f"with); {fix}"
+        "with); a family that applies the window builds it as transformers runs it"
     )
 
 
