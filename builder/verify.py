@@ -296,7 +296,7 @@ def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
     so.log_severity_level = 3
     path = Path(model_dir)
     path = path if path.suffix == ".onnx" else path / "model.onnx"  # a folder, or the model file itself
-    # onnxruntime loads a model in C++ (about 5 s for a 0.6B fp32 graph, minutes for larger ones),
+    # onnxruntime loads a model in C++ (about 10 s for a 0.6B fp32 graph on a 2-core machine, minutes for larger ones),
     # where Ctrl-C, SIGTERM and SIGHUP waited for it.
     return interruptible(ort_session, path, provider, session_options=so)
 
