@@ -203,15 +203,14 @@ class DecoderBuilder:
         where this build runs another family (--family, or a class given in Python): make_plan compares
         their windows, since transformers, and so --verify, runs the checkpoint as config.json names
         it. None where this is that family, none is registered for it, or it refuses the config."""
-        from architectures.registry import registered
+        from architectures.registry import registered_for
 
-        names = config.get("architectures") or []
-        available = registered()
-        name = next((n for n in ([names] if isinstance(names, str) else names) if n in available), None)
-        if name is None or available[name] is type(self):
+        found = registered_for(config)
+        if found is None or found[1] is type(self):
             return None
+        name, family = found
         try:
-            return name, available[name](self.checkpoint, self._options).make_spec(config, target)
+            return name, family(self.checkpoint, self._options).make_spec(config, target)
         except Exception:  # a plugin registered for that name may fail its own way: the warning is all that is lost
             return None
 

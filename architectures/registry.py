@@ -269,10 +269,19 @@ def family_for(options, config: dict, where: str = "config.json", alone: bool = 
     return builder_class_for(config, where, available=available)
 
 
-def builder_class_for(config: dict, where: str = "config.json", available: dict[str, type] | None = None) -> type:
+def architecture_names(config: dict) -> list[str]:
     names = config.get("architectures") or []
-    if isinstance(names, str):  # one name, written without the list brackets
-        names = [names]
+    return [names] if isinstance(names, str) else list(names)  # one name, written without the list brackets
+
+
+def registered_for(config: dict, available: dict[str, type] | None = None) -> tuple[str, type] | None:
+    """The first of config.json's architectures a family is registered for, and that family; None if none."""
+    available = registered() if available is None else available
+    return next(((name, available[name]) for name in architecture_names(config) if name in available), None)
+
+
+def builder_class_for(config: dict, where: str = "config.json", available: dict[str, type] | None = None) -> type:
+    names = architecture_names(config)
     if not names:
         raise BuilderError(
             f"{where} has no 'architectures' entry, so the model family is unknown: add the one the model "
@@ -280,9 +289,9 @@ def builder_class_for(config: dict, where: str = "config.json", available: dict[
             "supported: " + ", ".join(sorted(registered() if available is None else available))
         )
     available = registered() if available is None else available
-    for name in names:
-        if name in available:
-            return available[name]
+    found = registered_for(config, available)
+    if found:
+        return found[1]
     raise BuilderError(
         f"{where}: architecture {names[0]!r} is not supported; supported: "
         + ", ".join(sorted(available))

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from architectures.base import DecoderBuilder
-from architectures.registry import family_for, family_named, registered
+from architectures.registry import architecture_names, family_for, family_named, registered_for
 from builder.family_source import builder_source_digest, family_name, family_source_digest, plugin_faults_named
 from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
@@ -381,10 +381,10 @@ def _verify(arch, model_file: Path) -> dict:
                 "model's logits can be trusted: check the checkpoint."
             )
         elif _family_overridden(arch):
-            named = ", ".join(map(str, _architectures(arch)))
+            named = ", ".join(map(str, architecture_names(arch.checkpoint.config)))
             given = arch.build_options.family
             # where none is registered for it, transformers still runs the checkpoint (by its model_type)
-            own = any(n in registered() for n in _architectures(arch))
+            own = registered_for(arch.checkpoint.config) is not None
             instead = f"the family registered for {named}" if own else "a family that builds it as transformers does"
             family, fix = type(arch).__name__, f"build with {instead}, or without --verify"
             if given:
@@ -407,16 +407,10 @@ def _family_overridden(arch) -> bool:
     """The build ran one of the builder's own families other than the one registered for config.json's
     architectures (--family LlamaForCausalLM, or family=LlamaBuilder in Python). A family of one's
     own is _who_to_check's."""
-    named = _architectures(arch)
-    if type(arch).__module__.split(".")[0] != "architectures" or not named:
+    config = arch.checkpoint.config
+    if type(arch).__module__.split(".")[0] != "architectures" or not architecture_names(config):
         return False
-    available = registered()
-    return type(arch) is not next((available[n] for n in named if n in available), None)
-
-
-def _architectures(arch) -> list:
-    named = arch.checkpoint.config.get("architectures") or []
-    return [named] if isinstance(named, str) else list(named)
+    return type(arch) is not (registered_for(config) or (None, None))[1]
 
 
 def _who_to_check(arch, what: str) -> str:
