@@ -19,6 +19,7 @@ from builder import cli
 from builder.batch_schema import load_batch
 from builder.kit.errors import BuilderError
 from support.fake_terminal import FakeTerminal
+from support.processes import wait_for_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-qwen3"
@@ -2855,7 +2856,6 @@ def test_a_stopped_batch_ends_a_job_while_onnxruntime_loads_its_model(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from test_hardening import HELD_IN_C_SITECUSTOMIZE
 
@@ -2879,11 +2879,7 @@ def test_a_stopped_batch_ends_a_job_while_onnxruntime_loads_its_model(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not started.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the load never started"
-            time.sleep(0.1)
+        wait_for_file(started, proc, "the load never started")
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:

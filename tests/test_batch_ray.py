@@ -24,6 +24,7 @@ import ray
 from test_batch import batch, summary
 
 from builder import batch_ray
+from support.processes import wait_for_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-qwen3"
@@ -398,11 +399,7 @@ def test_sigterm_while_ray_starts_up_is_not_ray_s_exit(tmp_path, cluster):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not mark.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the driver never reached its check"
-        time.sleep(0.1)
+    wait_for_file(mark, proc, "the driver never reached its check")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr

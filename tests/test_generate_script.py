@@ -20,6 +20,7 @@ import pytest
 
 from support.hidden_modules import hiding
 from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
+from support.processes import wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "generate.py"
@@ -224,11 +225,7 @@ def test_gpu_busy_stops_its_sampler_on_ctrl_c(cpu_folder, tmp_path):
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 120
-    while not mark.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "it never sampled"
-        time.sleep(0.05)
+    wait_for_file(mark, proc, "it never sampled", every=0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     try:

@@ -22,6 +22,7 @@ from builder import BuildOptions
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from support.fake_terminal import FakeTerminal
+from support.processes import wait_for_file
 from support.synthetic import TINY_CONFIGS, make_checkpoint
 
 
@@ -2043,7 +2044,6 @@ def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_p
     import signal
     import subprocess
     import sys
-    import time
 
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(HELD_IN_C_SITECUSTOMIZE)
@@ -2064,11 +2064,7 @@ def test_a_stop_signal_ends_verify_while_onnxruntime_loads_the_model(ckpt, tmp_p
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        for _ in range(1200):  # the build itself, then the held load
-            if started.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert started.exists(), proc.stderr.read() if proc.poll() is not None else "the load never started"
+        wait_for_file(started, proc, "the load never started")  # the build itself, then the held load
         proc.send_signal(getattr(signal, sig))
         code = proc.wait(timeout=60)  # without the thread, the held load never returns
     finally:
