@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints one line per job and a summary table, and writes the summary as "
         "<file>-summary.json and .md. While builds run, a status line (in a log: a line "
         "every 30 s) names them with their step and time so far, e.g. '[running] q06-int4 12/33 layer 11/28 "
-        "17 s' (with --executor ray: their time alone). Exit code 1 if any job failed or "
+        "17 s'. Exit code 1 if any job failed or "
         "the summary could not be written, 2 if the file is invalid or an output or summary "
         "folder cannot be written (then nothing is built), 130/143/129 after "
         "SIGINT/SIGTERM/SIGHUP, 141 when stdout is closed (`| head`) (running builds are stopped, "
@@ -143,8 +143,8 @@ class Console:
     '[running] a 12/33 layer 11/28 34 s, b 3/33 layer 2/28 12 s' line every LOG_EVERY_S
     seconds, so a long job shows it is alive, and whether it is converting weights or
     verifying, without flooding the log. A job's step (its count of the build's steps and
-    the step's name, as a single build's progress line shows them) comes from executors
-    that report it (the local one; Ray's jobs show their time alone). Where the names do not
+    the step's name, as a single build's progress line shows them) comes from the executor
+    (the local one over a pipe, Ray's through a file on the shared storage). Where the names do not
     fit a terminal's row, the counts stay and the step names go. A terminal that has gone away (SIGHUP: writes fail
     with EIO) silences the lines instead of stopping the batch, whose builds still have
     to be stopped and whose summary still has to be written.

@@ -40,8 +40,8 @@ from builder.output_dir import REPORT_NAME, remove_stale_staging, staging_folder
 # Test hook: while the folder $BUILDER_TEST_PAUSE_DIR exists, a job pauses
 # $BUILDER_TEST_PAUSE_BEFORE_PUBLISH seconds just before publishing its output
 # (staging folder complete, output not yet renamed into place), after writing its
-# pid to <that folder>/<output name>.pid. Only the first attempt of a job pauses,
-# so tests can stop or kill a build at a known point and watch what follows.
+# pid to <that folder>/<output name>.pid, or until the folder is removed. Only the first attempt
+# of a job pauses, so tests can stop or kill a build at a known point and watch what follows.
 PAUSE_ENV, PAUSE_DIR_ENV = "BUILDER_TEST_PAUSE_BEFORE_PUBLISH", "BUILDER_TEST_PAUSE_DIR"
 STOPPED_BY = "stopped_by_signal"  # in a stopped job's result until its executor reads it
 
@@ -129,7 +129,9 @@ def _pause_hook(output: Path) -> None:
     def paused():
         output_dir._before_publish = before
         marker.write_text(str(os.getpid()))
-        time.sleep(float(seconds))
+        end = time.monotonic() + float(seconds)
+        while time.monotonic() < end and os.path.isdir(folder):  # a test ends the pause by removing it
+            time.sleep(0.1)
 
     before, output_dir._before_publish = output_dir._before_publish, paused
 

@@ -224,13 +224,14 @@ def _stale_ray_start() -> str | None:
     return recorded if recorded and _unreachable(recorded) else None
 
 
-def _job_task(options: dict, threads: int, attempts: str) -> dict:
-    """A job as a Ray task; marks each attempt (named by the worker's pid) so the driver can tell retries."""
+def _job_task(options: dict, threads: int, attempts: str, steps: str) -> dict:
+    """A job as a Ray task; marks each attempt (named by the worker's pid) so the driver can tell retries,
+    and keeps its build's latest progress step in the file `steps` for the driver's status line."""
     import ray
 
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     Path(attempts, f"{os.getpid()}-{secrets.token_hex(4)}").write_text(node)
-    result = run_job(options, threads)
+    result = run_job(options, threads, _StepFile(Path(steps)))
     if result.pop(STOPPED_BY, None) in (signal.SIGTERM, signal.SIGHUP):
         # What `ray stop` and a node shutting down (a preempted pod) send a worker; the batch stops
         # a task with ray.cancel, which arrives as SIGINT. The build has removed its staging folder;
@@ -239,6 +240,34 @@ def _job_task(options: dict, threads: int, attempts: str) -> dict:
         sys.exit(1)
     result["node"] = node
     return result
+
+
+class _StepFile:
+    """A build's progress steps as (done, total, what), the latest replacing the one before in a file
+    of the run folder, which every node shares (check() proved it): a Ray task has no pipe to the
+    driver. Each is written aside and renamed over the last, so the driver reads a whole step; a
+    write that fails is dropped, as a display never fails a build. A build has a step per layer and
+    a few more, so a small write each is no load."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.aside = path.with_name(f".{path.name}.{os.getpid()}")  # one per attempt: a retry's own
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        try:
+            self.aside.write_text(json.dumps([int(done), int(total), str(what)[:200]]))
+            os.replace(self.aside, self.path)
+        except (OSError, ValueError):
+            pass
+
+
+def _latest_step(path: Path) -> tuple[int, int, str] | None:
+    """The step a job's _StepFile holds, or None before its first (or if it cannot be read)."""
+    try:
+        done, total, what = json.loads(path.read_text())
+        return int(done), int(total), str(what)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _first_attempt(attempts: Path) -> Path | None:
@@ -461,6 +490,7 @@ class RayExecutor(Executor):
         remove_abandoned(output_root.glob(".builder-batch-run-*"))  # of drivers killed with SIGKILL
         self.run_folder = output_root / f".builder-batch-run-{secrets.token_hex(4)}"
         (self.run_folder / "attempts").mkdir(parents=True)
+        (self.run_folder / "steps").mkdir()
         self._run_folder_held = hold_working_folder(self.run_folder)
         probe, token = self.run_folder / "probe", f"{socket.gethostname()} {secrets.token_hex(8)}"
         probe.write_text(token)
@@ -506,8 +536,6 @@ class RayExecutor(Executor):
     # ---- running -----------------------------------------------------------------------
 
     def run(self, jobs, on_start, on_end, stop, on_step=None) -> None:
-        # on_step is not told: a job's steps would have to come back from its node, and the status
-        # line shows a Ray job's time alone.
         ray = self.ray
         # max_calls=1: a fresh worker process per job, as locally, so a job's peak RSS is its own
         task = ray.remote(max_calls=1)(_job_task)
@@ -517,23 +545,29 @@ class RayExecutor(Executor):
                 job = queue.pop(0)
                 attempts = self.run_folder / "attempts" / str(id(job))
                 attempts.mkdir()
+                steps = self.run_folder / "steps" / str(id(job))
                 ref = task.options(
                     num_cpus=self.threads,
                     memory=job.memory_bytes,
                     max_retries=MAX_RETRIES,
                     retry_exceptions=False,
                     name=f"build {job.name}",
-                ).remote(job.options.to_dict(), self.threads, str(attempts))
-                running[ref] = [job, None, attempts]  # started: when its first attempt runs
+                ).remote(job.options.to_dict(), self.threads, str(attempts), str(steps))
+                running[ref] = [job, None, attempts, steps, None]  # started: when its first attempt runs
             # A task waits in Ray's queue until a node has its CPUs and memory: a job starts,
             # and its time counts, when its first attempt marks itself, not when it is queued.
             for entry in running.values():
                 if entry[1] is None and _first_attempt(entry[2]):
                     entry[1] = _started_at(_first_attempt(entry[2]))
                     on_start(entry[0])
+                if entry[1] is not None and on_step is not None:
+                    step = _latest_step(entry[3])
+                    if step is not None and step != entry[4]:
+                        entry[4] = step
+                        on_step(entry[0], *step)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:
-                job, started, attempts = running.pop(ref)
+                job, started, attempts, *_ = running.pop(ref)
                 if started is None:  # it ran and ended between two looks
                     marked = _first_attempt(attempts)
                     started = _started_at(marked) if marked else time.perf_counter()
@@ -555,7 +589,7 @@ class RayExecutor(Executor):
             ray.cancel(ref, force=True)  # still running after the grace: its worker is killed
         if pending:  # a force-cancel is asynchronous: let the kills land before staging is removed
             ray.wait(pending, num_returns=len(pending), timeout=GRACE_S)
-        for ref, (job, started, attempts) in running.items():
+        for ref, (job, started, attempts, *_) in running.items():
             if started is None and not _first_attempt(attempts):
                 queue.append(job)  # still in Ray's queue when cancelled: it never started
                 continue

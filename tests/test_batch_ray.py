@@ -508,6 +508,54 @@ def socket_nobody_listens():
     yield port
 
 
+def test_the_running_line_shows_a_ray_jobs_step(tmp_path, pause_dir, monkeypatch, capsys):
+    """A Ray job's line had its time alone ('[running] s 40 s'), where a local job's has its step: the
+    step now comes back from the worker through the run folder on the shared storage. The build
+    pauses at its last step until the folder of the pause goes."""
+    from builder.batch import Console
+
+    monkeypatch.setattr(Console, "LOG_EVERY_S", 0.3)
+    path = write(tmp_path / "s.yaml", f"output_root: out\njobs:\n  - model: {TINY}\n    output: s\n")
+    pause_dir.mkdir()
+
+    def release():
+        deadline = time.monotonic() + 120
+        while not (pause_dir / "s.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # some running lines while it pauses
+        shutil.rmtree(pause_dir)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    try:
+        code = batch(path, "--executor", "ray")
+    finally:
+        thread.join()
+        shutil.rmtree(pause_dir, ignore_errors=True)
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    running = [line for line in lines if line.startswith("[running]")]
+    assert any(re.fullmatch(r"\[running\] s (\d+)/\1 done \d+ s", line) for line in running), lines
+    assert summary(tmp_path / "out", "s")["by_name"]["s"]["status"] == "built"
+    assert hidden(tmp_path / "out") == []  # the run folder and its step files went with the batch
+
+
+def test_a_ray_jobs_step_file_holds_its_latest_step_whole_and_never_fails_the_build(tmp_path):
+    steps = tmp_path / "steps" / "job"
+    steps.parent.mkdir()
+    report = batch_ray._StepFile(steps)
+    assert batch_ray._latest_step(steps) is None  # before the first step
+    for i in range(1, 4):
+        report(i, 3, f"layer {i}/3")
+    assert batch_ray._latest_step(steps) == (3, 3, "layer 3/3")
+    assert [p.name for p in steps.parent.iterdir()] == ["job"]  # nothing left aside
+    shutil.rmtree(steps.parent)  # the run folder gone (the batch ended): the build goes on
+    report(4, 4, "done")
+    steps.parent.mkdir()
+    steps.write_text('[1, 3, "lay')  # a file cut short is no step
+    assert batch_ray._latest_step(steps) is None
+
+
 def test_a_job_starts_when_ray_runs_it_not_when_it_is_queued(tmp_path, capsys):
     """With more jobs submitted than the cluster's CPUs, every "start" line printed at once and
     the queued jobs' times counted their wait in Ray's queue."""
@@ -823,7 +871,7 @@ def test_ray_is_asked_for_each_job_s_threads_and_memory_and_at_most_jobs_at_once
 
     assert ended == list(estimates)
     assert executor.ray.most_in_flight == 2
-    for (asked, (options, threads, _)), (name, estimate) in zip(executor.ray.submitted, estimates.items()):
+    for (asked, (options, threads, *_)), (name, estimate) in zip(executor.ray.submitted, estimates.items()):
         assert Path(options["output"]).name == name
         assert (asked["num_cpus"], threads, asked["memory"]) == (8, 8, estimate), name
         assert asked["max_retries"] == batch_ray.MAX_RETRIES and asked["retry_exceptions"] is False
