@@ -1,6 +1,9 @@
 """Time prefill and decode of built model folders through onnxruntime-genai, interleaved.
 
-    python scripts/bench_genai.py NAME=DIR [NAME=DIR ...] --provider cpu --prompt 128 --new 64 --rounds 5
+    python scripts/bench_genai.py NAME=DIR [NAME=DIR ...] --prompt 128 --new 64 --rounds 5
+
+Every model runs on the provider its folder was built for (--provider runs them all on another;
+folders built for different providers need it).
 
 Every round runs every model once, in a shuffled order, so drift of the
 machine (clocks, other load) hits all models alike; the report gives medians
@@ -27,11 +30,15 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from builder.ep_runtime import folder_provider
+from builder.kit.options import EPS
+
 
 def load(path: str, provider: str):
     import onnxruntime_genai as og
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from builder.ep_runtime import genai_model  # registers the WebGPU plugin EP when installed
 
     return genai_model(og, path, provider)
@@ -227,10 +234,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def built_for(models: dict[str, str], parser: argparse.ArgumentParser) -> str:
+    """The provider the folders were built for; one whose genai_config.json cannot be read fails in
+    the table instead, as with --provider."""
+    providers = {}
+    for name, folder in models.items():
+        try:
+            providers[name] = folder_provider(folder)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+            continue
+    if len(set(providers.values())) > 1:
+        built = ", ".join(f"{name}={provider}" for name, provider in providers.items())
+        parser.error(f"the folders were built for different providers ({built}); pass --provider to run all on one")
+    return next(iter(providers.values()), "cpu")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", metavar="NAME=DIR")
-    parser.add_argument("--provider", default="cpu")
+    parser.add_argument(
+        "--provider",
+        choices=EPS,
+        help="Run every model on this provider (default: the one the folders were built for).",
+    )
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
@@ -277,6 +303,13 @@ def main() -> int:
                 f"{name}={folder} has no genai_config.json (a transformers.js folder or a checkpoint?); "
                 "this benchmark runs genai folders: scripts/bench_transformers_js.mjs times transformers.js ones"
             )
+    if args.max_length not in (None, -1) and args.max_length < args.prompt + args.new:  # it ran with a bigger one
+        parser.error(
+            f"--max-length {args.max_length} is less than --prompt plus --new ({args.prompt + args.new}): "
+            f"pass {args.prompt + args.new} or more, or leave it out"
+        )
+    if args.provider is None:  # it was cpu: a webgpu folder was timed on the CPU, and exit 0
+        args.provider = built_for(models, parser)
     if args.json and not args.child:  # found unwritable only after the run, its results lost
         folder = Path(args.json).absolute().parent  # checked, not written: an earlier file stays until the end
         if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(args.json).is_dir():

@@ -606,6 +606,40 @@ def test_bench_refuses_a_model_without_a_name():
     assert child.returncode == 2 and "'out/tiny' is not NAME=DIR" in child.stderr.strip().splitlines()[-1]
 
 
+def _bench_without_provider(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)  # the same result on every machine
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_genai.py"), *args, "--rounds", "1", "--prompt", "8"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        timeout=300,
+    )
+
+
+def test_bench_times_a_folder_on_the_provider_it_was_built_for(built, tmp_path):
+    # --provider defaulted to cpu: a webgpu folder was timed on the CPU, exit 0, as if on WebGPU.
+    webgpu = built("qwen3", ep="webgpu").output
+    child = _bench_without_provider(tmp_path, f"w={webgpu}", "--new", "4")
+    assert child.stdout.startswith("provider webgpu,"), child.stdout
+    _assert_failed(child, "w")
+    assert "no WebGPU runtime is installed" in child.stdout
+
+
+def test_bench_asks_for_a_provider_where_the_folders_differ(built, cpu_folder, tmp_path):
+    webgpu = built("qwen3", ep="webgpu").output
+    child = _bench_without_provider(tmp_path, f"c={cpu_folder}", f"w={webgpu}", "--new", "4")
+    assert_refused(child, "built for different providers", "c=cpu, w=webgpu", "--provider")
+    assert not child.stdout
+
+
+def test_bench_refuses_a_max_length_below_the_run(cpu_folder):
+    # It ran with prompt + new in its place, and the results file recorded the one given.
+    child = bench(f"a={cpu_folder}", "--prompt", "8", "--new", "4", "--max-length", "10")
+    assert_refused(child, "--max-length 10", "--prompt plus --new (12)", "pass 12 or more")
+    assert not child.stdout
+
+
 def test_bench_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path):
     """--new 0 failed each model with genai's max_length message, a --json in a missing folder
     lost the table to a traceback, and a transformers.js folder was "Error opening ...genai_config.json"."""
