@@ -68,11 +68,14 @@ def fail(message: str) -> int:
 def write_whole(dst: Path, write, room: str = "") -> int:
     """Run write() to make DST; 0 once it returns. A variant cut short (a full disk, Ctrl-C) would pair
     a graph with the wrong config, or none: DST goes, whole (it is this script's, by its mark), and a
-    failed write is one line and exit 1."""
+    failed write is one line and exit 1 (Ctrl-C: 130)."""
     try:
         write()
     except BaseException as e:
         shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt):  # a weights copy takes a while: it was a traceback
+            print(f"error: interrupted; nothing is left at {dst}", file=sys.stderr)
+            return 130
         if isinstance(e, OSError):
             print(
                 f"error: cannot write {dst} ({e.strerror or e}); nothing is left there: pass a DST in a place "

@@ -69,8 +69,8 @@ def main(argv: list[str]) -> int:
         return 2
     shutil.rmtree(dst, ignore_errors=True)
     # The weights are copied (across filesystems, a full disk may stop it) before model.onnx is written.
-    if write_whole(dst, lambda: write(src, dst, model, changes), ", with room for the copy"):
-        return 1
+    if code := write_whole(dst, lambda: write(src, dst, model, changes), ", with room for the copy"):
+        return code
     print(f"{dst}: {' '.join(sorted(changes))}")
     return 0
 

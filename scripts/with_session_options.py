@@ -103,8 +103,8 @@ def main(argv: list[str]) -> int:
     refusal = destination_refusal(src, dst, MARK, same_source=True)
     if refusal:
         return fail(refusal)
-    if write_whole(dst, lambda: write(src, dst, argv[2:], config, options)):
-        return 1
+    if code := write_whole(dst, lambda: write(src, dst, argv[2:], config, options)):
+        return code
     print(f"{dst}: session_options {json.dumps(options)}")
     return 0
 

@@ -784,6 +784,37 @@ def test_with_session_options_leaves_no_partial_copy(cpu_folder, tmp_path, monke
     assert len(err) == 1 and err[0].startswith(f"error: cannot write {dst} (No space left on device)"), err
 
 
+@pytest.mark.parametrize(
+    ("name", "change", "last_file"),
+    [
+        ("with_io_types.py", "input_ids=int32", "model.onnx"),
+        ("with_session_options.py", "log_id=-", "genai_config.json"),
+    ],
+)
+def test_folder_scripts_stopped_by_ctrl_c_leave_nothing_and_no_traceback(
+    cpu_folder, tmp_path, monkeypatch, capsys, name, change, last_file
+):
+    # Ctrl-C as the last file was written (the weights copy before it takes a while at real size):
+    # the copy went, then a KeyboardInterrupt traceback.
+    write_bytes = Path.write_bytes
+
+    def ctrl_c(self, *args, **kwargs):
+        if self.name == last_file:
+            write_bytes(self, b"\0" * 10)
+            raise KeyboardInterrupt
+        return write_bytes(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_bytes", ctrl_c)
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: ctrl_c(self, text.encode()))
+    import onnx
+
+    monkeypatch.setattr(onnx, "save", lambda model, path, *a, **k: ctrl_c(Path(path), model.SerializeToString()))
+    dst = tmp_path / "v"
+    assert _folder_script(name.removesuffix(".py")).main([str(cpu_folder), str(dst), change]) == 130
+    assert not dst.exists()
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: interrupted; nothing is left at {dst}"]
+
+
 def test_with_session_options_refuses_an_entry_without_a_value(cpu_folder, tmp_path):
     dst = tmp_path / "variant"
     assert_refused(
