@@ -799,6 +799,11 @@ def main() -> int:
     unknown = [s for s in sizes(args.sizes) if s not in known]
     if unknown:
         ap.error(f"--sizes: no checkpoint {unknown[0]}; choose from {', '.join(sorted(known))}")
+    # Either made GBs of checkpoints and measured nothing, exit 0.
+    if not sizes(args.sizes):
+        ap.error(f"--sizes {args.sizes!r} names no checkpoint; pass some of {', '.join(sorted(known))}")
+    if args.skip_build and args.skip_run and args.skip_accuracy:
+        ap.error("--skip-build, --skip-run and --skip-accuracy leave nothing to do; --render JSON prints saved results")
     # A size given to these that --sizes lacks, or a typo of one, was left out without a word: the run
     # then timed or compared nothing. Their defaults still apply only where --sizes has them.
     for flag, given in (

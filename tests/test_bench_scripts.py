@@ -77,6 +77,9 @@ def test_bench_builders_table_says_na_for_last_only():
         (["--sizes", "1.7b", "--prompts", "x"], "--prompts 'x'"),
         # every build killed at once; tracebacks after the first build or the whole run
         (["--build-timeout", "0"], "--build-timeout must be at least 1 second"),
+        # checkpoints made (GBs), nothing measured, exit 0
+        (["--sizes", ","], "--sizes ',' names no checkpoint; pass some of gemma3-1b"),
+        (["--skip-build", "--skip-run", "--skip-accuracy"], "leave nothing to do; --render JSON prints saved results"),
         (["--json", "afile/r.json"], "--json afile/r.json: not a place this run can write"),
         (["--markdown", "gone/t.md"], "--markdown gone/t.md: not a place this run can write"),
         (["--work", "afile"], "--work afile: not a place this run can write"),
