@@ -108,7 +108,10 @@ def main() -> None:
                 else:
                     item.unlink(missing_ok=True)
         if isinstance(e, KeyboardInterrupt):
-            print(f"make_checkpoint.py: interrupted; removed the partial checkpoint in {args.out_dir}", file=sys.stderr)
+            print(
+                f"make_checkpoint.py: error: interrupted; removed the partial checkpoint in {args.out_dir}",
+                file=sys.stderr,
+            )
             raise SystemExit(130) from None
         if isinstance(e, OSError):
             print(

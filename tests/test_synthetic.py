@@ -328,7 +328,7 @@ def test_cli_refuses_a_folder_it_cannot_create(tmp_path):
     ("failure", "code", "says"),
     [
         (OSError(28, "No space left on device"), 1, "error: cannot write {} (No space left on device)"),
-        (KeyboardInterrupt(), 130, "interrupted; removed the partial checkpoint in {}"),
+        (KeyboardInterrupt(), 130, "make_checkpoint.py: error: interrupted; removed the partial checkpoint in {}"),
     ],
 )
 @pytest.mark.parametrize("existed", [False, True])
