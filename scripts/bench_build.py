@@ -106,8 +106,10 @@ def build(variant: dict, checkpoint: Path, out: Path, log: Path, nice: int = 0) 
     proc = subprocess.run(timed, cwd=variant["root"], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        raise SystemExit(f"{variant['name']} build failed (exit {proc.returncode}); see {log}")
+    if proc.returncode:  # the builder's own error line says why (the log ends in /usr/bin/time's figures)
+        why = next((line for line in reversed(proc.stderr.splitlines()) if line.startswith("error: ")), "")
+        why = f": {why.removeprefix('error: ')}" if why else ""
+        raise SystemExit(f"error: {variant['name']} build failed (exit {proc.returncode}){why}; see {log}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     cpu = [re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr) for k in ("User", "System")]
     report = json.loads((out / "build_report.json").read_text())

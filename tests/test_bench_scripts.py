@@ -222,6 +222,25 @@ def test_bench_build_takes_paths_relative_to_where_it_runs(tmp_path):
     assert (tmp_path / "w" / "out-after" / "model.onnx").is_file() and (tmp_path / "r.json").is_file()
 
 
+def test_bench_build_says_why_a_build_failed(tmp_path):
+    # It ended on "after build failed (exit 2); see LOG", a log whose last lines are /usr/bin/time's.
+    import shutil
+
+    shutil.copytree(REPO / "examples" / "tiny-qwen3", tmp_path / "ck")
+    (tmp_path / "ck" / "config.json").write_text('{"model_type": "no-such-model"}')
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--work", "w", "--no-off"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith("error: after build failed (exit 2): ") and "has no 'architectures' entry" in last, last
+    assert last.endswith(f"; see {tmp_path / 'w' / 'after-cold.log'}"), last
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
