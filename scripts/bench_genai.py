@@ -322,17 +322,22 @@ def main() -> int:
         prefill, decode = run_once(model, args.prompt, args.new, max_length=args.max_length)
         print(json.dumps({"prefill_s": prefill, "decode_tok_s": decode}))
         return 0
-    report = bench(
-        models,
-        args.provider,
-        args.prompt,
-        args.new,
-        args.rounds,
-        reload=not args.keep_loaded,
-        max_length=args.max_length,
-        # --keep-loaded means long-lived sessions in this process, so no process per run.
-        process_per_run=False if args.keep_loaded else args.process_per_run,
-    )
+    try:
+        report = bench(
+            models,
+            args.provider,
+            args.prompt,
+            args.new,
+            args.rounds,
+            reload=not args.keep_loaded,
+            max_length=args.max_length,
+            # --keep-loaded means long-lived sessions in this process, so no process per run.
+            process_per_run=False if args.keep_loaded else args.process_per_run,
+        )
+    except KeyboardInterrupt:  # Ctrl-C of a run that takes too long: it was a traceback
+        written = f"; nothing was written to {args.json}" if args.json else ""
+        print(f"error: interrupted before the last round, so there is no table{written}", file=sys.stderr)
+        return 130
     print(markdown(report))
     if args.json:
         with open(args.json, "w") as f:

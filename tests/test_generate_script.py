@@ -601,6 +601,32 @@ def test_bench_says_as_each_round_ends(cpu_folder, per_process):
     assert "| a | " in child.stdout and "[bench]" not in child.stdout
 
 
+def test_bench_stopped_by_ctrl_c_says_so_in_one_line(cpu_folder, tmp_path):
+    # A KeyboardInterrupt traceback from wherever the run was.
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "bench_genai.py"), f"a={cpu_folder}", "--rounds", "100000"]
+        + ["--prompt", "8", "--new", "4", "--json", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
+    )
+    try:
+        assert proc.stderr.readline().startswith("[bench] warm-up round done"), proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: interrupted before the last round, so there is no table; nothing was written to {tmp_path / 'r.json'}"
+    )
+    assert not out and not (tmp_path / "r.json").exists()
+
+
 def test_bench_refuses_a_model_without_a_name():
     child = bench("out/tiny")
     assert child.returncode == 2 and "'out/tiny' is not NAME=DIR" in child.stderr.strip().splitlines()[-1]
