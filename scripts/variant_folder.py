@@ -32,9 +32,12 @@ def source_refusal(src: Path, needs: str) -> str | None:
     """Why SRC is not a folder to make a variant of (it lacks the file `needs`), or None."""
     if (src / needs).is_file():
         return None
-    tjs = (src / "onnx").is_dir() and (src / "config.json").is_file()
-    what = "is a --format transformers.js folder; this script rewrites genai folders" if tjs else f"has no {needs}"
-    return f"{src} {what}; pass a built model folder"
+    if (src / "onnx").is_dir() and (src / "config.json").is_file():  # profile_genai.py, which rewrites nothing, too
+        return (
+            f"{src} is a --format transformers.js folder, which onnxruntime-genai does not load; "
+            "pass a folder built without --format transformers.js"
+        )
+    return f"{src} has no {needs}; pass a built model folder"
 
 
 def destination_refusal(src: Path, dst: Path, mark: str, same_source: bool) -> str | None:

@@ -705,6 +705,26 @@ def test_profile_refuses_what_would_fail_after_the_run(cpu_folder, tmp_path, arg
 
 
 @pytest.mark.parametrize(
+    "name, args",
+    [("profile_genai.py", []), ("with_io_types.py", ["v", "logits=fp32"]), ("with_session_options.py", ["v", "a=1"])],
+)
+def test_folder_scripts_refuse_a_transformers_js_folder_as_it_is(tmp_path, name, args):
+    # "this script rewrites genai folders; pass a built model folder": profile_genai.py rewrites
+    # nothing, and the folder was a built one.
+    (tmp_path / "tjs" / "onnx").mkdir(parents=True)
+    (tmp_path / "tjs" / "config.json").write_text("{}")
+    child = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), str(tmp_path / "tjs"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert_refused(child, "transformers.js folder, which onnxruntime-genai does not load", "without --format")
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize(
     "script_name, args, words",
     [
         # after every layout was built: a ValueError, a StatisticsError
