@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -85,6 +86,16 @@ def test_tiny_yaml_builds_every_job(tiny):
     lines = md.splitlines()
     header = lines.index("| job | status | time | peak RSS | size | nodes | verify | note |")
     assert lines[header + 1] == "|---|---|---|---|---|---|---|---|"
+
+
+def test_help_quotes_the_tiny_jobs_measured_memory(tiny):
+    """batch --help's 'tiny-qwen3 N GB' is what such a job peaks at: it said 0.06 GB after the load
+    check's onnxruntime import had brought the job to 0.08 GB."""
+    from builder.batch import MEMORY_NOTE
+
+    quoted_gb = float(re.search(r"tiny-qwen3 ([0-9.]+) GB", MEMORY_NOTE).group(1))
+    measured_gb = summary(tiny[0], "tiny")["by_name"]["tiny-qwen3-int4-cpu"]["peak_rss_bytes"] / 1e9
+    assert 0.75 < measured_gb / quoted_gb < 1.33, (measured_gb, quoted_gb)
 
 
 def test_verify_records_parity_for_cpu_and_not_run_elsewhere(tiny):
