@@ -783,10 +783,15 @@ def main() -> int:
     args = ap.parse_args()
     if args.render:
         try:
-            saved = json.loads(args.render.read_text())
-            print(markdown(saved))
+            tables = markdown(json.loads(args.render.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             ap.error(f"--render {args.render}: not a results file of this script ({type(e).__name__}: {e})")
+        try:
+            print(tables)
+        except BrokenPipeError:  # `--render FILE | head`: the reader stopped, the file was fine
+            from builder.cli import broken_pipe
+
+            return broken_pipe()
         return 0
 
     def sizes(text):

@@ -752,6 +752,26 @@ def test_bench_scripts_refuse_bad_arguments_first(tmp_path, script_name, args, w
     assert not (tmp_path / "ck").exists() and not (tmp_path / "work").exists()
 
 
+def test_bench_builders_render_into_a_closed_pipe_blames_no_file():
+    """docs/benchmarks.md's `bench_builders.py --render docs/results/builders.json` piped to a reader
+    that stopped (`| head`): the failed write was reported as 'not a results file of this script'."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        child = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "bench_builders.py"), "--render", "docs/results/builders.json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert child.returncode == 141, child.stderr
+    assert child.stderr == "", child.stderr
+
+
 # with_io_types.py and with_session_options.py
 
 
