@@ -276,6 +276,26 @@ def test_a_prequantized_checkpoint_is_refused_by_its_config(ckpt, tmp_path, meth
     )
 
 
+def test_a_gptq_checkpoint_without_a_quantization_config_is_refused_by_its_tensors(ckpt, tmp_path):
+    """AutoGPTQ and AutoAWQ wrote their settings to quantize_config.json / quant_config.json, not to
+    config.json: the build called such a checkpoint incomplete ("q_proj.weight is missing"), which
+    sent the user to download it again."""
+    import torch
+
+    def to_gptq(tensors):
+        for name in [n for n in tensors if n.endswith("_proj.weight")]:
+            rows, cols = tensors.pop(name).shape
+            stem = name.removesuffix(".weight")
+            tensors[f"{stem}.qweight"] = torch.zeros(cols // 8, rows, dtype=torch.int32)
+            tensors[f"{stem}.qzeros"] = torch.zeros(1, rows // 8, dtype=torch.int32)
+            tensors[f"{stem}.scales"] = torch.ones(1, rows, dtype=torch.float16)
+
+    _rewrite(ckpt, to_gptq)
+    (ckpt / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128}))
+    out = tmp_path / "out"
+    assert_clean_failure(cli("-m", ckpt, "-o", out), "q_proj.qweight", "quantized", "float checkpoint", "-p", out=out)
+
+
 def test_index_names_missing_shard(tmp_path):
     big = make_checkpoint(tmp_path / "sharded", TINY_CONFIGS["qwen3"], shard_size_bytes=40_000)
     shards = sorted(big.glob("model-*.safetensors"))

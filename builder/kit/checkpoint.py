@@ -30,6 +30,9 @@ from builder.kit.safetensors_format import could_not_read, header_bytes, parse_h
 
 SUPPORTED_DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
+# What stands in for a Linear's `weight` in checkpoints quantized ahead of time: GPTQ and AWQ (qweight,
+# beside qzeros and scales) and compressed-tensors' packed formats (weight_packed).
+QUANTIZED_SUFFIXES = (".qweight", ".weight_packed")
 
 
 def configured_tie(folder: Path | None) -> bool | None:
@@ -249,10 +252,30 @@ class Checkpoint:
         file = self._shard_of.get(name)
         if file is None:
             raise BuilderError(
-                f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
-                "the checkpoint is incomplete or not the architecture its config names"
+                self._stored_quantized(name)
+                or (
+                    f"tensor {name!r} is missing from the checkpoint in {self.directory}; "
+                    "the checkpoint is incomplete or not the architecture its config names"
+                )
             )
         return file, self._header(file)["tensors"][self._aliases.get(name, name)]
+
+    def _stored_quantized(self, name: str) -> str | None:
+        """The refusal for a float weight stored as another format's packed tensors: GPTQ and AWQ
+        checkpoints saved by AutoGPTQ or AutoAWQ keep their settings in quantize_config.json or
+        quant_config.json, not in config.json's quantization_config, and were refused as incomplete,
+        which sent the user to download them again."""
+        if not name.endswith(".weight"):
+            return None
+        stem = name[: -len(".weight")]
+        stored = next((stem + suffix for suffix in QUANTIZED_SUFFIXES if stem + suffix in self._shard_of), None)
+        if stored is None:
+            return None
+        return (
+            f"the checkpoint in {self.directory} stores {name!r} quantized (as {stored!r}: packed "
+            "quantized weights, such as GPTQ's or AWQ's), which the builder does not read; build from the float "
+            "checkpoint it was made from (bf16, fp16 or fp32) and choose the precision with -p"
+        )
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The whole tensor, in its stored dtype."""
