@@ -1166,6 +1166,22 @@ def test_fewer_layers_than_num_hidden_layers_refused_before_building(ckpt, tmp_p
     assert_clean_failure(cli("-m", ckpt, "-o", out), "num_hidden_layers = 1000000000", "model.layers.2.*", out=out)
 
 
+@pytest.mark.parametrize("prefix", ["base_model.model.model.", "module.model.", ""])
+def test_layers_under_another_prefix_are_named_with_it(ckpt, tmp_path, prefix):
+    """A state dict saved from inside a wrapper (PEFT, DDP) or from the bare decoder holds every layer
+    under another prefix: the build called it incomplete, which sent the user to download it again."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(ckpt / "model.safetensors")
+    save_file(
+        {prefix + name.removeprefix("model."): value for name, value in tensors.items()}, ckpt / "model.safetensors"
+    )
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out)
+    assert_clean_failure(proc, "no tensors model.layers.0.*", f"named {prefix}layers.N.* instead", out=out)
+    assert "incomplete" not in proc.stderr
+
+
 # ---- context length -------------------------------------------------------------------
 
 

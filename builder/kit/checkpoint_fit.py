@@ -162,10 +162,17 @@ def check_checkpoint_layers(
     missing = next((i for i in range(min(n, max(found, default=-1) + 2)) if i not in found), None)
     if missing is not None and missing < n:
         have = f"layers 0-{max(found)}" if found else "no layers"
+        other = None if found else _other_layer_prefix(checkpoint, prefix)
+        why = (
+            f"its layers are named {other}N.* instead (a prefix that a wrapper added, such as PEFT's "
+            "base_model.model., DDP's module. or torch.compile's _orig_mod., or one that was lost): save the "
+            "model with its own save_pretrained and build that folder"
+            if other
+            else "the checkpoint is incomplete or does not match its config"
+        )
         raise BuilderError(
             f"{source} = {n}, but the checkpoint in "
-            f"{checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named "
-            f"{prefix}N.*); the checkpoint is incomplete or does not match its config"
+            f"{checkpoint.directory} has no tensors {prefix}{missing}.* ({have} named {prefix}N.*); {why}"
         )
     extra = sorted(i for i in found if i >= n)
     if extra:
@@ -175,3 +182,17 @@ def check_checkpoint_layers(
             "they are not part of this build"
         ]
     return []
+
+
+def _other_layer_prefix(checkpoint, prefix: str) -> str | None:
+    """The prefix the checkpoint's layer tensors carry where it is not the family's (`prefix`): a
+    state dict saved from inside a wrapper (base_model.model.model.layers.), or from the bare
+    decoder (layers.), which the build saw only as a checkpoint without layers."""
+    tail = prefix.rstrip(".").rsplit(".", 1)[-1] + "."  # "layers."
+    for name in checkpoint.names():
+        if name.startswith(tail + "0."):
+            return tail
+        at = name.find("." + tail + "0.")
+        if at >= 0:
+            return name[: at + 1 + len(tail)]
+    return None
