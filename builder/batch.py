@@ -37,7 +37,7 @@ from builder.output_dir import remove_stale_staging
 MEMORY_NOTE = (
     "Memory per job, measured on a 2-core machine: tiny-qwen3 0.08 GB (0.45 GB with verify, which loads torch). "
     "Weights stream in 64 MB chunks, int4 embeddings included, so int4 Qwen3-0.6B/1.7B/4B jobs peak at "
-    "0.35-0.46 GB and an untied Qwen3-8B-shaped one at 0.59 GB; fp16/fp32 Qwen3-0.6B (tied) at 0.51/0.53 GB. "
+    "0.35-0.46 GB and an untied Qwen3-8B-shaped one at 0.59 GB; fp16/fp32 Qwen3-0.6B (tied) at 0.57/0.56 GB. "
     "A float lm_head of its own is transposed whole, at about twice its float32 size: an fp16 build of the "
     "untied 8B shape peaked at 5.0 GB. --jobs N needs the N largest jobs' sum plus ~0.4 GB for the batch "
     "process; verify (cpu jobs) also loads the model in float32 via transformers. "
