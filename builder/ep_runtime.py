@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from builder.interruptible import import_native
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 
@@ -28,10 +29,10 @@ _registered: set[str] = set()
 def webgpu_plugin_library() -> str | None:
     """Path of the installed WebGPU plugin EP library, or None."""
     try:
-        import onnxruntime_ep_webgpu
+        plugin = import_native("onnxruntime_ep_webgpu")
     except ImportError:
         return None
-    return onnxruntime_ep_webgpu.get_library_path()
+    return plugin.get_library_path()
 
 
 def _webgpu_built_in() -> bool:
@@ -41,10 +42,10 @@ def _webgpu_built_in() -> bool:
     if "ort" in _registered:
         return False
     try:
-        import onnxruntime
+        ort = import_native("onnxruntime")
     except ImportError:
         return False
-    return "WebGpuExecutionProvider" in onnxruntime.get_available_providers()
+    return "WebGpuExecutionProvider" in ort.get_available_providers()
 
 
 def folder_provider(folder: str | Path) -> str:
@@ -109,7 +110,7 @@ def webgpu_plugin_devices() -> list:
     library = webgpu_plugin_library()
     if not library:
         return []
-    import onnxruntime as ort
+    ort = import_native("onnxruntime")
 
     if "ort" not in _registered:
         ort.register_execution_provider_library("webgpu", library)
@@ -142,7 +143,7 @@ def ort_session(
     model_path: str | Path, provider: str = "CPUExecutionProvider", provider_options=None, session_options=None
 ):
     """onnxruntime.InferenceSession on `provider`, through the WebGPU plugin EP when that is installed."""
-    import onnxruntime as ort
+    ort = import_native("onnxruntime")
 
     so = session_options or ort.SessionOptions()
     if provider == "WebGpuExecutionProvider" and not _webgpu_built_in():

@@ -11,6 +11,7 @@ build process) set `threaded`; elsewhere the call runs in the caller's thread, a
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -58,3 +59,18 @@ def exit_now(code: int):
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def import_native(name: str):
+    """importlib.import_module(name), for the packages of C extensions that the builder imports
+    mid-build (onnxruntime, onnxruntime_genai, the WebGPU plugin EP). A Ctrl-C that lands while one
+    initialises comes out of the import as ImportError('initialization failed'), caused by the
+    KeyboardInterrupt: a build stopped that way ended in that traceback and exit 1, and a caller that
+    takes an ImportError for 'not installed' would have said to install it. It is raised as the
+    KeyboardInterrupt it was."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if isinstance(e.__cause__, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise

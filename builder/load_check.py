@@ -15,11 +15,11 @@ import re
 import onnx
 from onnx import helper
 
+from builder.interruptible import import_native
+
 
 def installed_onnxruntime() -> tuple[tuple[int, int], str]:
-    import onnxruntime
-
-    text = onnxruntime.__version__
+    text = import_native("onnxruntime").__version__
     match = re.match(r"(\d+)\.(\d+)", text)
     return ((int(match[1]), int(match[2])) if match else (0, 0)), text
 
@@ -43,7 +43,7 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def load_check(model: onnx.ModelProto, target_version: tuple[int, int]) -> dict:
     """{'status': 'passed' | 'refused' | 'not run', 'onnxruntime': version, and 'reason' unless passed}."""
-    import onnxruntime as ort
+    ort = import_native("onnxruntime")
 
     installed, text = installed_onnxruntime()
     if installed < target_version:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.interruptible import interruptible
+from builder.interruptible import import_native, interruptible
 from builder.kit.errors import BuilderError
 from builder.kit.genai_config import CONFIG_NAME
 from builder.kit.options import BuildOptions
@@ -288,7 +288,7 @@ def fused_formats(family, formats: dict) -> dict[str, list[tuple[int, int, objec
 
 
 def onnx_session(model_dir: str | Path, provider: str = "CPUExecutionProvider"):
-    import onnxruntime as ort
+    ort = import_native("onnxruntime")
 
     from builder.ep_runtime import ort_session
 
@@ -403,7 +403,7 @@ def genai_greedy_logits(
     folder asks for it). min_length masks EOS, so a random model cannot stop early on
     one side only.
     """
-    import onnxruntime_genai as og
+    og = import_native("onnxruntime_genai")
 
     from builder.ep_runtime import genai_model
 
@@ -430,7 +430,7 @@ def genai_batch_greedy(
     genai pads them: the logits after the prompts [B, V] and each row's new_tokens greedy tokens."""
     import json
 
-    import onnxruntime_genai as og
+    og = import_native("onnxruntime_genai")
 
     from builder.ep_runtime import genai_model
 
@@ -461,7 +461,7 @@ def genai_speculative_greedy(
     """(prompt + exactly new_tokens greedy tokens, the speculation stats) through onnxruntime-genai 0.18
     speculating: with n-grams of `ngram_size` tokens, or with the draft model the folder's
     genai_config.json names. Both verify several tokens a run, so they need `--logits all`."""
-    import onnxruntime_genai as og
+    og = import_native("onnxruntime_genai")
 
     from builder.ep_runtime import genai_model
 
@@ -484,7 +484,7 @@ def genai_engine_greedy(
     """Each prompt's new_tokens greedy tokens through onnxruntime-genai 0.18's og.Engine (static
     batching), all prompts in one engine. It binds a [B, S, V] logits buffer of its own, so it
     needs `--logits all`; a failed step raises the engine's own RuntimeError."""
-    import onnxruntime_genai as og
+    og = import_native("onnxruntime_genai")
 
     from builder.ep_runtime import genai_model
 
