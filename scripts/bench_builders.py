@@ -924,4 +924,6 @@ def _save(report: dict, path: Path, started: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "what finished before is saved in the --json file (default: results.json under --work)")

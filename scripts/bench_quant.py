@@ -92,4 +92,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from interrupt import run_main
+
+    run_main(main, "the weights timed before are those printed above")

@@ -76,4 +76,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "the targets finished before are those printed above")

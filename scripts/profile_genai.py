@@ -167,4 +167,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "nothing was written")

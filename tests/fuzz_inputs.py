@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume
 from hypothesis import strategies as st
 
 from builder.kit.checkpoint import Checkpoint
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BuilderError, BuildInterrupted
 from builder.kit.hf_config import KEYS
 from support.synthetic import TINY_CONFIGS, make_checkpoint
 
@@ -83,6 +83,8 @@ def build_or_error(ckpt: Path, work: Path) -> str:
     out = work / "out"
     try:
         build(model=str(ckpt), output=str(out), show_progress=False)
+    except BuildInterrupted:  # Ctrl-C, caught by the build as it stopped: hypothesis stops for this one
+        raise KeyboardInterrupt from None
     except BuilderError as e:
         assert "\n" not in str(e), str(e)
         assert not out.exists(), "a failed build left its output"

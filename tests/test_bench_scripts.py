@@ -322,3 +322,70 @@ def test_device_run_refuses_an_unknown_part_before_it_installs_anything(tmp_path
         == f"error: no part 'gaol'; choose one of: {' '.join(listed)} (this script's header says what each measures)\n"
     )
     assert not out.exists() and not (tmp_path / "w").exists()
+
+
+def test_a_benchmark_stopped_with_ctrl_c_ends_on_one_error_line():
+    """bench_quant, bench_builders, profile_genai and fuzz_inputs ended a Ctrl-C in a KeyboardInterrupt
+    traceback; they end through scripts/interrupt.py now. bench_quant, stopped mid-run, for them all."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "bench_quant.py"), "--repeat", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job's ignored SIGINT
+    )
+    try:
+        header = proc.stdout.readline() + proc.stdout.readline()  # its scheme, then the table's header
+        assert "params" in header, proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "error: interrupted; the weights timed before are those printed above"
+
+
+def test_each_long_running_script_ends_a_ctrl_c_through_interrupt_py():
+    for name in ("bench_quant", "bench_builders", "profile_genai", "fuzz_inputs"):
+        tail = (SCRIPTS / f"{name}.py").read_text().rsplit('if __name__ == "__main__":', 1)[1]
+        assert "from interrupt import run_main" in tail and "run_main(main, " in tail, name
+
+
+def test_ctrl_c_stops_the_fuzzer_mid_build(tmp_path):
+    """A build catches Ctrl-C and raises BuildInterrupted, a BuilderError, which the fuzzer counted as
+    one more refused input: scripts/fuzz_inputs.py ran on through every SIGINT. The signal is sent
+    while a build's staging folder exists (the generated cases build under TMPDIR)."""
+    import signal
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "fuzz_inputs.py"), "--only", "config", "--cases", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job's ignored SIGINT
+    )
+
+    def building() -> bool:
+        try:
+            return any(tmp_path.glob("*/.builder-staging-*"))
+        except OSError:  # a case's folder went as it was read
+            return False
+
+    try:
+        deadline = time.monotonic() + 120
+        while not building():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted; the targets finished before are those printed above"
