@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
 from builder.cli import broken_pipe
 from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai
+from builder.interruptible import import_native
 from builder.kit.errors import BuilderError
 from builder.kit.model_source import built_from
 from builder.kit.options import EPS
@@ -721,7 +722,7 @@ _SPECULATION_REFUSED = ("last-token-only logits", "RecurrentState::RewindTo")
 
 def generate(args) -> None:
     try:
-        import onnxruntime_genai as og
+        og = import_native("onnxruntime_genai")  # a Ctrl-C as it initialises is no missing install
     except ImportError:
         raise BuilderError("onnxruntime-genai is not installed: pip install onnxruntime-genai") from None
     folder = Path(args.model_dir)

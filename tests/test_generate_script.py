@@ -1469,3 +1469,36 @@ def test_template_var_without_transformers_says_what_to_install(fp32_folder, tmp
     )
     assert_refused(child, "takes no template variables", "pip install transformers", "without --template-var")
     assert len(child.stderr.strip().splitlines()) == 1, child.stderr
+
+
+GENAI_INIT_INTERRUPTED_SITECUSTOMIZE = """
+import sys
+
+class _InterruptedInit:
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnxruntime_genai.onnxruntime_genai":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise ImportError("initialization failed") from e
+        return None
+
+sys.meta_path.insert(0, _InterruptedInit())
+"""
+
+
+def test_ctrl_c_while_genai_initialises_is_no_missing_install(cpu_folder, tmp_path):
+    """A Ctrl-C that lands while onnxruntime-genai's C extension initialises comes out of the import as
+    ImportError('initialization failed') caused by the KeyboardInterrupt (as onnxruntime's does,
+    tests/test_hardening.py), which generate.py answered with 'onnxruntime-genai is not installed'."""
+    (tmp_path / "sitecustomize.py").write_text(GENAI_INIT_INTERRUPTED_SITECUSTOMIZE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "generate.py"), str(cpu_folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: interrupted", done.stderr
