@@ -146,8 +146,15 @@ def program() -> int:
     a finished build (exit 130/143): once main() returns the stop signals are ignored, the process
     ending anyway. Not in main(), which a notebook or a test may call and then want Ctrl-C back.
     """
-    from builder import interruptible, output_dir
-    from builder.interruptible import calls_interrupted, exit_now
+    from builder import interruptible
+    from builder.interruptible import calls_interrupted, exit_now, stop_signals_held
+
+    try:
+        with stop_signals_held():  # a KeyboardInterrupt in onnx's initialisation aborts the process
+            from builder import output_dir
+    except KeyboardInterrupt:  # the onnx-builder command's Ctrl-C while Python imports
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
     output_dir.hold_signals_after_publish = True
     interruptible.threaded = True  # this process ends with exit_now after an interrupted load

@@ -11,8 +11,10 @@ build process) set `threaded`; elsewhere the call runs in the caller's thread, a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
 import threading
 
@@ -61,15 +63,44 @@ def exit_now(code: int):
     os._exit(code)
 
 
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """Note the stop signals that come in the block, and deliver them to their handlers once it ends.
+
+    For imports of C extensions: a signal's Python handler runs wherever the interpreter next checks
+    for one, which may be Python code that a C extension's initialisation calls (onnx's runs Python's
+    enum code). A KeyboardInterrupt raised there aborted the process ("Fatal Python error: Aborted")
+    rather than unwinding. Only Python handlers are held (SIG_DFL and SIG_IGN act in C), and only in
+    the main thread, the one Python runs handlers in."""
+    caught: list[int] = []
+    held = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            if callable(signal.getsignal(sig)):
+                held[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)  # its handler runs here, as if it had come now
+
+
 def import_native(name: str):
     """importlib.import_module(name), for the packages of C extensions that the builder imports
     mid-build (onnxruntime, onnxruntime_genai, the WebGPU plugin EP). A Ctrl-C that lands while one
     initialises comes out of the import as ImportError('initialization failed'), caused by the
     KeyboardInterrupt: a build stopped that way ended in that traceback and exit 1, and a caller that
-    takes an ImportError for 'not installed' would have said to install it. It is raised as the
-    KeyboardInterrupt it was."""
+    takes an ImportError for 'not installed' would have said to install it. A stop signal is held
+    until the import is done; one that still comes out that way (a handler that no hold reached) is
+    raised as the KeyboardInterrupt it was."""
     try:
-        return importlib.import_module(name)
+        with stop_signals_held():
+            return importlib.import_module(name)
     except ImportError as e:
         if isinstance(e.__cause__, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt from None
