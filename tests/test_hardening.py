@@ -2137,6 +2137,8 @@ sys.meta_path.insert(0, _OnnxInit())
 def test_ctrl_c_while_onnx_initialises_is_a_clean_interrupt(ckpt, tmp_path, entry):
     """The KeyboardInterrupt that the Ctrl-C raised inside onnx's initialisation aborted the process
     ("Fatal Python error: Aborted", a traceback, SIGABRT; SIGSEGV at times)."""
+    import signal
+
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(SIGNAL_IN_ONNX_INIT_SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
@@ -2148,6 +2150,7 @@ def test_ctrl_c_while_onnx_initialises_is_a_clean_interrupt(ckpt, tmp_path, entr
         env=env,
         cwd=tmp_path,
         timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job's ignored SIGINT
     )
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "error: interrupted", done.stderr
