@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.hidden_modules import hiding
+from support.hidden_modules import hiding, interrupted_init
 from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
 from support.processes import wait_for_file
 
@@ -1471,20 +1471,7 @@ def test_template_var_without_transformers_says_what_to_install(fp32_folder, tmp
     assert len(child.stderr.strip().splitlines()) == 1, child.stderr
 
 
-GENAI_INIT_INTERRUPTED_SITECUSTOMIZE = """
-import sys
-
-class _InterruptedInit:
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime_genai.onnxruntime_genai":
-            try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt as e:
-                raise ImportError("initialization failed") from e
-        return None
-
-sys.meta_path.insert(0, _InterruptedInit())
-"""
+GENAI_INIT_INTERRUPTED_SITECUSTOMIZE = interrupted_init("onnxruntime_genai.onnxruntime_genai")
 
 
 def test_ctrl_c_while_genai_initialises_is_no_missing_install(cpu_folder, tmp_path):

@@ -22,6 +22,7 @@ from builder import BuildOptions
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.errors import BuilderError
 from support.fake_terminal import FakeTerminal
+from support.hidden_modules import interrupted_init
 from support.processes import wait_for_file
 from support.synthetic import TINY_CONFIGS, make_checkpoint
 
@@ -2043,23 +2044,8 @@ builder.ep_runtime.ort_session = _held
 """
 
 
-# What onnxruntime's C extension raises when a Ctrl-C lands while it initialises (onnxruntime 1.32, a
-# SIGINT in the first ~0.3 s of a build's load check): ImportError('initialization failed'), caused by
-# the KeyboardInterrupt, which the package raises again from its __init__.
-INIT_INTERRUPTED_SITECUSTOMIZE = """
-import sys
-
-class _InterruptedInit:
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime.capi.onnxruntime_pybind11_state":
-            try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt as e:
-                raise ImportError("initialization failed") from e
-        return None
-
-sys.meta_path.insert(0, _InterruptedInit())
-"""
+# A SIGINT in the first ~0.3 s of a build's load check, as onnxruntime's C extension answers it.
+INIT_INTERRUPTED_SITECUSTOMIZE = interrupted_init("onnxruntime.capi.onnxruntime_pybind11_state")
 
 
 def test_ctrl_c_while_onnxruntime_initialises_is_a_clean_interrupt(ckpt, tmp_path):
