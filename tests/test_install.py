@@ -8,6 +8,7 @@ checkpoint is made here in the parent: support.synthetic uses torch.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -184,3 +185,35 @@ def test_the_docs_name_only_options_the_commands_take_and_the_readme_table_their
             assert default == "none", (flags, default)
         elif value is not None:
             assert default == str(value), (flags, default)
+
+
+def _readme_python_blocks(section: str) -> list[str]:
+    """The ```python blocks of one README section (from its heading to the next of its level)."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n{section}\n", 1)[1]
+    body = re.split(r"\n#{1,3} ", body, maxsplit=1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+def test_the_readme_python_examples_run_as_written(tmp_path, no_torch_env):
+    """The README's section Python is what users copy: its blocks, run as one script from a folder
+    holding examples/tiny-qwen3 (the paths it names), in a plain install's venv (no torch), build the
+    folders they name, and the plan it shows is the one the last build writes."""
+    blocks = _readme_python_blocks("### Python")
+    assert len(blocks) == 2 and all("examples/tiny-qwen3" in b for b in blocks), blocks
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "tiny-qwen3").symlink_to(REPO / "examples" / "tiny-qwen3")
+    shown = "print(repr((arch.plan.layout.describe(), arch.spec.num_layers, arch.context_length)))"
+    script = tmp_path / "readme_python.py"
+    script.write_text("\n".join(blocks) + f"\n{shown}\nprint(repr(str(result.output)))\n")
+    r = subprocess.run(
+        [sys.executable, str(script)], env=no_torch_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("t", "t32", "t4"):
+        assert (tmp_path / "out" / name / "build_report.json").is_file(), name
+    *_, plan_line, output_line = r.stdout.strip().splitlines()
+    layout, num_layers, context_length = ast.literal_eval(plan_line)
+    assert ast.literal_eval(output_line) == "out/t4"
+    report = json.loads((tmp_path / "out" / "t4" / "build_report.json").read_text())
+    assert report["layout"] == layout and (num_layers, context_length) == (2, 256)
