@@ -31,6 +31,7 @@ from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import Forecast, reading_ahead, record_reads
+from builder.kit.targets import NEWEST_KNOWN_ORT
 from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files, named_templates_warning
 from builder.load_check import load_check
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
@@ -230,7 +231,8 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
         t = time.perf_counter()
         model = graph.to_model()
         layout.finish_model(model, staging)
-        loaded = load_check(model, plan.target.ort_version)
+        # A target newer than any this builder knows gets the newest one's graph, which that runtime can judge.
+        loaded = load_check(model, min(plan.target.ort_version, NEWEST_KNOWN_ORT))
         if loaded["status"] == "refused":
             raise BuilderError(
                 f"onnxruntime {loaded['onnxruntime']} refuses the built graph ({loaded['reason']}); the output "
