@@ -75,6 +75,16 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _threads: int | None = None
 
 
+# Where numpy would warn, with a line of our source, about blocks that are not plain numbers. A block of
+# subnormals has a scale whose reciprocal overflows (w * inf), an all-zero asymmetric block computes 0 / 0
+# for a zero point it then discards: their bytes are still ORT's (tests/test_quant.py). A NaN or Inf
+# weight, or one beyond float16 for float16 scales, makes its block's scale NaN or Inf, which the build's
+# NaN/Inf check reports by tensor name on one line. A new errstate each time: one instance cannot be
+# entered by two threads at once.
+def _nonfinite_ok() -> np.errstate:
+    return np.errstate(divide="ignore", over="ignore", invalid="ignore")
+
+
 def set_num_threads(threads: int | None) -> None:
     """Threads quantize_blockwise spreads its chunks over (None: the cores this process may use)."""
     global _threads
@@ -160,12 +170,10 @@ def _block_params(first: np.ndarray, mx: np.ndarray, mn: np.ndarray, scheme: Qua
         hi = np.maximum(mx, _F32(0))
         scale = (hi - lo) / _F32(scheme.qmax)
         scale += _F32(0)  # -0 -> +0: MLAS always gets +0 here (max - min of equal values)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zf = np.where(scale != 0, _F32(0) - lo / scale, lo)
+        zf = np.where(scale != 0, _F32(0) - lo / scale, lo)  # lo / 0 is discarded: see _nonfinite_ok
         # roundf on [0, qmax]: see _ALMOST_HALF.
         zp = np.trunc(np.clip(zf, _F32(0), _F32(scheme.qmax)) + _ALMOST_HALF)
-    with np.errstate(over="ignore"):  # a scale beyond float16 is inf: the build's NaN/Inf check names it
-        stored = scale.astype(scale_dtype)
+    stored = scale.astype(scale_dtype)  # inf beyond float16: see _nonfinite_ok
     s = stored.astype(np.float32)  # quantize with the scale MatMulNBits will use
     if s.all():
         r = _F32(1) / s
@@ -336,8 +344,7 @@ def _quantize_chunk(
         np.add(x, offset, out=x)
     np.clip(x, _F32(0), _F32(scheme.qmax), out=x)  # before trunc or after: the same for these bounds
     q = ws.q[:, : m * g]
-    with np.errstate(invalid="ignore"):  # a NaN weight: the build's NaN/Inf check names its tensor
-        np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
+    np.copyto(q, x, casting="unsafe")  # float -> uint8 truncates
     if scheme.bits == 8:
         out = packed.reshape(R, -1).view(_UINT[g]).reshape(m, p)
         np.copyto(out, q.view(_UINT[g]).T)
@@ -392,15 +399,16 @@ def quantize_blockwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> Q
         ws = _workspaces.take(key)
         try:
             for start, stop in todo:
-                _quantize_chunk(
-                    w[start:stop],
-                    scheme,
-                    scale_dtype,
-                    ws,
-                    packed[start:stop],
-                    scales[start:stop],
-                    None if zp is None else zp[start:stop],
-                )
+                with _nonfinite_ok():
+                    _quantize_chunk(
+                        w[start:stop],
+                        scheme,
+                        scale_dtype,
+                        ws,
+                        packed[start:stop],
+                        scales[start:stop],
+                        None if zp is None else zp[start:stop],
+                    )
         finally:
             _workspaces.give(key, ws)
 

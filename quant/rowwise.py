@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blockwise import _ALMOST_HALF, as_weight
+from .blockwise import _ALMOST_HALF, _nonfinite_ok, as_weight
 from .scheme import QuantizedWeight, QuantScheme
 
 
@@ -21,7 +21,11 @@ def _roundf(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_rowwise(weight, scheme: QuantScheme, scale_dtype=np.float32) -> QuantizedWeight:
-    w = as_weight(weight).astype(np.float32)
+    with _nonfinite_ok():  # NaN, Inf and subnormal rows, as in quantize_blockwise
+        return _quantize_rows(as_weight(weight).astype(np.float32), scheme, scale_dtype)
+
+
+def _quantize_rows(w: np.ndarray, scheme: QuantScheme, scale_dtype) -> QuantizedWeight:
     lo, hi = np.minimum(w.min(1), 0), np.maximum(w.max(1), 0)
     if scheme.symmetric:
         scale, zp = np.where(-lo > hi, lo, hi) / -128.0, np.full(len(w), 128.0, np.float32)

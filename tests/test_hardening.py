@@ -600,17 +600,20 @@ def poke(ckpt: Path, tensor: str, index: int, bits: int) -> None:
         f.write(struct.pack("<H", bits))
 
 
-@pytest.mark.parametrize("precision", ["int4", "int8", "fp32"])
-def test_nan_and_inf_weights_are_named(ckpt, tmp_path, precision):
-    """One warning line each; quantized builds printed numpy's RuntimeWarning with a source line first."""
+@pytest.mark.parametrize("options", [["-p", "int4"], ["-p", "int8"], ["-p", "fp32"], ["-p", "int4", "--no-symmetric"]])
+def test_nan_and_inf_weights_are_named(ckpt, tmp_path, options):
+    """One warning line each; quantized builds printed numpy's RuntimeWarning with a source line first
+    (asymmetric ones, and an Inf in a projection, still did: "invalid value encountered in cast")."""
     poke(ckpt, "model.layers.1.mlp.up_proj.weight", 70, 0x7FC0)  # NaN
     poke(ckpt, "model.layers.0.input_layernorm.weight", 3, 0x7F80)  # +Inf
+    poke(ckpt, "model.layers.0.self_attn.o_proj.weight", 9, 0xFF80)  # -Inf
     out = tmp_path / "out"
-    proc = cli("-m", ckpt, "-o", out, "-p", precision)
+    proc = cli("-m", ckpt, "-o", out, *options)
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, proc.stderr
-    assert "model.layers.1.mlp.up_proj.weight" in warnings[0] and "model.layers.0.input_layernorm.weight" in warnings[0]
+    named = ("model.layers.1.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight", "self_attn.o_proj.weight")
+    assert all(name in warnings[0] for name in named), warnings[0]
     assert "NaN or Inf" in warnings[0] and "RuntimeWarning" not in proc.stderr, proc.stderr
     notes = json.loads((out / "build_report.json").read_text())["notes"]
     assert any("model.layers.1.mlp.up_proj.weight" in n for n in notes)

@@ -8,6 +8,7 @@ quant.ort_quantize_blockwise to take our [N, K] weights.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -167,6 +168,45 @@ def test_zero_and_single_value_blocks(bits, symmetric, scale_dtype):
     assert_identical(quantize_blockwise(w, scheme, scale_dtype), ref)
     if symmetric:
         assert np.signbit(ref.scales[0, 0]) and not np.signbit(ref.scales[1, 0])  # +0/-8, -0/-8
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True), (8, False)])
+def test_subnormal_blocks_match_ort_without_numpy_warnings(bits, symmetric):
+    """A block of subnormals (bf16 keeps float32's range, so checkpoints can hold them) has a scale whose
+    reciprocal overflows: numpy printed "overflow encountered in divide" and "invalid value encountered in
+    multiply" (0 * inf), each with a line of quant/blockwise.py, into a build's output."""
+    w = np.zeros((4, 64), np.float32)
+    w[0, :32] = 1e-39  # a whole block of subnormals
+    w[1, 3] = -2e-39  # one subnormal among zeros
+    w[2, 32:] = np.linspace(-5e-40, 7e-40, 32, dtype=np.float32)
+    scheme = QuantScheme(bits, 32, symmetric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = quantize_blockwise(w, scheme)
+    assert_identical(ours, ort_quantize_blockwise(w, scheme))
+
+
+@pytest.mark.parametrize("scale_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize(
+    "scheme",
+    [QuantScheme(4, 32, True), QuantScheme(4, 32, False), QuantScheme(8, 32, False), QuantScheme(8, method="rowwise")]
+    + [QuantScheme(8, symmetric=False, method="rowwise")],
+    ids=str,
+)
+def test_nan_and_inf_weights_give_non_finite_scales_without_numpy_warnings(scheme, scale_dtype):
+    """What the build's NaN/Inf check reads: the scale of a block holding NaN or Inf is not finite, and the
+    others are untouched. Asymmetric and row-wise schemes printed numpy's "invalid value encountered in
+    cast/multiply" with a source line of quant/ before the build's own warning."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    clean = quant.quantize(w, scheme, scale_dtype)
+    w[1, 3], w[2, 40] = np.nan, -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = quant.quantize(w, scheme, scale_dtype)
+    finite = np.isfinite(q.scales.astype(np.float32)).reshape(4, -1)
+    assert not finite[1].all() and not finite[2].all() and finite[[0, 3]].all()
+    assert np.array_equal(q.scales[[0, 3]], clean.scales[[0, 3]])
 
 
 def _tie_rows(bits, symmetric):
