@@ -656,6 +656,23 @@ def test_an_expert_weight_beyond_float16_is_named(tmp_path, options):
     assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
 
 
+@pytest.mark.parametrize("options", [["-p", "fp16"], ["-p", "int4", "-e", "webgpu"]])
+def test_a_one_plus_w_norm_beyond_float16_is_named(tmp_path, options):
+    """Gemma 3 adds 1 to its norm weights in float32 and casts the sum to the activations' dtype: a q_norm
+    weight past 65504 became an inf scale with numpy's RuntimeWarning (emitter.py's cast) and no warning
+    of the builder's, and every logit of the fp16 graph was NaN."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["gemma3"])
+    tensor = "model.layers.0.self_attn.q_norm.weight"
+    poke(ckpt, tensor, 3, 0x47C3)  # bf16 0x47C3 = 99,840
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, *options)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
+    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+
+
 def test_finite_weights_no_warning(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out")
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from builder.kit.checkpoint import to_float
 from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX, Graph
 from builder.kit.linear import Projections
@@ -113,7 +114,9 @@ class Emitter:
         stream = size is None and self.wide_stream
         if self.spec.norm_offset or stream:
             dtype = self.plan.residual_dtype if stream else self.proj.io_dtype
-            scale = (self.proj.float32(name, shape) + np.float32(self.spec.norm_offset)).astype(dtype)
+            summed = self.proj.float32(name, shape) + np.float32(self.spec.norm_offset)
+            scale = to_float(summed, dtype)  # without numpy's overflow warning: check_finite names it
+            self.proj.check_finite(name, scale)  # finite in float32, maybe not in fp16
         else:
             scale = self.proj.float_rows([name], [shape])
         if stream:
