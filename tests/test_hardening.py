@@ -481,6 +481,32 @@ def test_config_values_just_outside_their_range_are_refused(key, value, fragment
     assert str(info.value) == f"config.json: {fragment} (fix or re-download config.json)"
 
 
+@pytest.mark.parametrize(
+    "values,fragment",
+    [
+        ({"rope_theta": 1e-50}, "rope_theta = 1e-50 gives rotary frequencies that float32 cannot hold"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 1e-50}}, "with linear rope scaling (factor 1e-50)"),
+    ],
+)
+def test_a_rope_whose_float32_frequencies_are_not_finite_is_refused(ckpt, tmp_path, values, fragment):
+    """A positive rope_theta below float32's range is 0 there, and 1 / 0 ** x made the rotary cache NaN:
+    the folder was written, with numpy's RuntimeWarnings from rope.py and no word of the builder's."""
+    set_config(ckpt, **values)
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-e", "webgpu")
+    assert_clean_failure(proc, fragment, "NaN", "config.json", out=out)
+    assert "RuntimeWarning" not in proc.stderr, proc.stderr
+
+
+def test_a_rope_theta_beyond_float32_builds_as_transformers_runs_it(ckpt, tmp_path):
+    """Past 3.4e38 theta is inf in float32, in transformers too: every frequency but the first is 0.
+    Finite, so it builds (and verifies); numpy's overflow warnings no longer come with it."""
+    set_config(ckpt, rope_theta=1e39)
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "--verify")
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "warning" not in proc.stderr, proc.stderr
+
+
 def test_config_wrong_type_cli(ckpt, tmp_path):
     set_config(ckpt, num_attention_heads="4")
     out = tmp_path / "out"

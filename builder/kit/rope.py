@@ -88,7 +88,22 @@ class RopeSpec:
         )
         if rope_type == "yarn":
             values.update(cls._yarn_params(params, max_positions, values["original_max_position_embeddings"]))
-        return cls(**values)
+        spec = cls(**values)
+        spec._check_frequencies()
+        return spec
+
+    def _check_frequencies(self) -> None:
+        """Refuse a rope_theta (or scaling factor) whose float32 frequencies, computed as transformers
+        computes them, are not finite: a theta below 1.4e-45 is 0 in float32, 1 / 0 ** x is inf and the
+        rotary cache NaN, which a build wrote with numpy's RuntimeWarning and no word of its own."""
+        inv = self.inv_freq()
+        if np.isfinite(inv).all():
+            return
+        scaled = f" with {self.rope_type} rope scaling (factor {self.factor:g})" if self.rope_type != "default" else ""
+        raise BuilderError(
+            f"config.json: rope_theta = {self.theta:g}{scaled} gives rotary frequencies that float32 cannot hold, "
+            "so the rotary cache would be NaN (fix or re-download config.json)"
+        )
 
     @staticmethod
     def _yarn_params(params: dict, max_positions: int, original: int) -> dict:
@@ -113,6 +128,12 @@ class RopeSpec:
         )
 
     def inv_freq(self) -> np.ndarray:
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # see _check_frequencies
+            return self._inv_freq()
+
+    def _inv_freq(self) -> np.ndarray:
+        # A theta beyond float32 (3.4e38) is inf there: its powers are too, and the frequencies past the
+        # first 0, in transformers as here.
         exponents = np.arange(0, self.rotary_dim, 2, dtype=np.int64).astype(np.float32) / self.rotary_dim
         powers = (np.float32(self.theta) ** exponents).astype(np.float32)
         inv = (1.0 / powers).astype(np.float32)
