@@ -666,13 +666,44 @@ def test_a_weight_beyond_float16_is_named_once_without_numpy_s_warning(ckpt, tmp
     assert len(warnings) == 1 and "model.layers.1.mlp.up_proj.weight" in warnings[0], proc.stderr
 
 
-@pytest.mark.parametrize("options", [["-p", "fp16"], ["-p", "int4", "--io-dtype", "fp16"]])
-def test_an_expert_weight_beyond_float16_is_named(tmp_path, options):
+@pytest.mark.parametrize(
+    "options",
+    [["-p", "int4", "-e", "webgpu"], ["-p", "int8", "-e", "webgpu"], ["-p", "int4", "-e", "webgpu", "--no-symmetric"]]
+    + [["-p", "int4", "--io-dtype", "fp16"], ["-p", "int4"]],
+)
+def test_a_weight_that_dequantizes_beyond_float16_is_named(ckpt, tmp_path, options):
+    """99,840 keeps a finite fp16 scale (12,480 at int4, 780 at int8), so the scales passed the check, but
+    MatMulNBits dequantizes (q - zp) * scale into the fp16 activations' dtype on the GPU (webgpu's
+    dequantize_packed8xU4), where it is inf: built in silence, where -p fp16 named the same weight.
+    fp32 activations hold it, and stay silent."""
+    tensor = "model.layers.1.mlp.up_proj.weight"
+    poke(ckpt, tensor, 70, 0x47C3)  # bf16 0x47C3 = 99,840
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, *options)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    if options == ["-p", "int4"]:  # cpu: fp32 activations
+        assert warnings == [], proc.stderr
+        return
+    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
+    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+
+
+@pytest.mark.parametrize(
+    "options,bits",
+    [
+        (["-p", "fp16"], 0x4974),
+        (["-p", "int4", "--io-dtype", "fp16"], 0x4974),
+        (["-p", "int8", "--io-dtype", "fp16"], 0x47C3),
+    ],
+)
+def test_an_expert_weight_beyond_float16_is_named(tmp_path, options, bits):
     """MoE experts were checked in float32 only: an expert weight past 65504 built with exit 0 and no
-    warning, into an inf weight (fp16) or scale (int4), and its logits were NaN."""
+    warning, into an inf weight (fp16) or scale (int4), and its logits were NaN. 99,840 (0x47C3) keeps
+    a finite int8 scale, but dequantizes past 65504."""
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3-moe"])
     tensor = "model.layers.0.mlp.experts.1.down_proj.weight"
-    poke(ckpt, tensor, 5, 0x4974)  # bf16 0x4974 = 999,424
+    poke(ckpt, tensor, 5, bits)  # bf16 0x4974 = 999,424
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, *options)
     assert proc.returncode == 0, proc.stderr

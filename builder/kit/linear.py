@@ -78,6 +78,19 @@ def source_name(source: Source) -> str:
     return source.tensor if isinstance(source, RowSlice) else source
 
 
+def largest_dequantized(q: quant.QuantizedWeight, fmt: QuantScheme) -> np.ndarray:
+    """float32 [N, blocks] (rowwise: [N]): the largest |value| of each block, (q - zp) * scale at the
+    q farthest from the zero point (0 or qmax; symmetric: 0, mid steps away)."""
+    scales = np.abs(q.scales.astype(np.float32))
+    if q.zero_points is None:
+        return scales * np.float32(fmt.mid)
+    zp = q.zero_points
+    if fmt.method == "blockwise":
+        zp = quant.unpack_zero_points(zp, fmt.bits, scales.shape[1])
+    zp = zp.astype(np.float32)
+    return scales * np.maximum(zp, np.float32(fmt.qmax) - zp)
+
+
 class QuantizedTensor:
     """Initializer names of one streamed MatMulNBits weight."""
 
@@ -106,6 +119,17 @@ class Projections:
         if tensor not in self.nonfinite and not np.isfinite(values).all():
             self.nonfinite.append(tensor)
 
+    def check_quantized(self, tensor: str, q: quant.QuantizedWeight, fmt: QuantScheme) -> None:
+        """check_finite for a quantized weight: its scales, and with fp16 activations the largest value
+        each block dequantizes to. A weight past 65504 keeps a finite fp16 scale up to 8x that (int4) or 128x
+        (int8), but is no fp16 value: MatMulNBits dequantizes into the activations' dtype on the GPU (webgpu's
+        dequantize_packed8xU4), where it is inf, and its products overflow fp16 outputs anywhere. An fp16
+        float build of the same weight is named by the same check."""
+        self.check_finite(tensor, q.scales)
+        if self.io_dtype == np.float16 and tensor not in self.nonfinite:
+            with np.errstate(over="ignore"):
+                self.check_finite(tensor, largest_dequantized(q, fmt).astype(np.float16))
+
     # ---- weights ------------------------------------------------------------
 
     def quantized_weight(
@@ -124,7 +148,7 @@ class Projections:
                 rows = self.checkpoint.rows(tensor, start, stop)
                 with phases.timed("quantize"):
                     q = quant.quantize(rows, fmt, scale_dtype=self.io_dtype)
-                    self.check_finite(tensor, q.scales)
+                    self.check_quantized(tensor, q, fmt)
                 del rows
                 scales.append(q.scales)
                 if q.zero_points is not None:

@@ -225,8 +225,8 @@ class SparseMoE:
             for e in range(self.moe.num_experts):
                 names, parts = self._expert_parts(em, i, e, projs)
                 qs = [quant.quantize(p, scheme, em.plan.io_dtype) for p in parts]
-                for tensor, q in zip(names, qs):  # an fp16 scale overflows where the weights passed 65504
-                    em.proj.check_finite(tensor, q.scales)
+                for tensor, q in zip(names, qs):
+                    em.proj.check_quantized(tensor, q, scheme)
                 # QMoE takes MatMulNBits' bytes with a row's blocks flattened.
                 qs = [(q.packed.reshape(q.n, -1), q.scales, q.zero_points) for q in qs]
                 packed, scale, zp = (
