@@ -666,6 +666,16 @@ def test_a_weight_beyond_float16_is_named_once_without_numpy_s_warning(ckpt, tmp
     assert len(warnings) == 1 and "model.layers.1.mlp.up_proj.weight" in warnings[0], proc.stderr
 
 
+def _assert_named_beyond_float16(proc, out, tensor):
+    """A build that went on, without numpy's RuntimeWarning, and named the tensor once, in its warning
+    and in build_report.json's notes."""
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
+    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+
+
 @pytest.mark.parametrize(
     "options",
     [["-p", "int4", "-e", "webgpu"], ["-p", "int8", "-e", "webgpu"], ["-p", "int4", "-e", "webgpu", "--no-symmetric"]]
@@ -685,8 +695,7 @@ def test_a_weight_that_dequantizes_beyond_float16_is_named(ckpt, tmp_path, optio
     if options == ["-p", "int4"]:  # cpu: fp32 activations
         assert warnings == [], proc.stderr
         return
-    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
-    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+    _assert_named_beyond_float16(proc, out, tensor)
 
 
 @pytest.mark.parametrize(
@@ -706,11 +715,7 @@ def test_an_expert_weight_beyond_float16_is_named(tmp_path, options, bits):
     poke(ckpt, tensor, 5, bits)  # bf16 0x4974 = 999,424
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, *options)
-    assert proc.returncode == 0, proc.stderr
-    assert "RuntimeWarning" not in proc.stderr, proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
-    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+    _assert_named_beyond_float16(proc, out, tensor)
 
 
 @pytest.mark.parametrize("options", [["-p", "fp16"], ["-p", "int4", "-e", "webgpu"]])
@@ -723,11 +728,7 @@ def test_a_one_plus_w_norm_beyond_float16_is_named(tmp_path, options):
     poke(ckpt, tensor, 3, 0x47C3)  # bf16 0x47C3 = 99,840
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out, *options)
-    assert proc.returncode == 0, proc.stderr
-    assert "RuntimeWarning" not in proc.stderr, proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and tensor in warnings[0] and "beyond the float16 range" in warnings[0], proc.stderr
-    assert any(tensor in n for n in json.loads((out / "build_report.json").read_text())["notes"])
+    _assert_named_beyond_float16(proc, out, tensor)
 
 
 def test_finite_weights_no_warning(ckpt, tmp_path):
