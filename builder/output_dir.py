@@ -48,7 +48,7 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
         return
     if not output.is_dir():
         raise BuilderError(f"output {output} exists and is a file; {other}")
-    if os.path.ismount(output):  # found only at the end, when the finished build's rename failed (EBUSY)
+    if is_mount_point(output):  # found only at the end, when the finished build's rename failed (EBUSY)
         raise BuilderError(
             f"output {output} is a mount point, which a build cannot replace (it renames its finished folder "
             f"into place); pass a folder inside it, such as {output / 'my-model'}"
@@ -67,6 +67,28 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
             f"output folder {output} also holds what this builder did not write ({shown}); "
             f"{replacing} a whole folder, so move those out of it or {other}"
         )
+
+
+def is_mount_point(folder: Path) -> bool:
+    """Whether a file system is mounted at `folder`. os.path.ismount compares the device numbers of
+    the folder and its parent, which are the same for a bind mount of a folder on the same file
+    system (mount --bind, a docker -v nested in another -v of the same disk): such an output ran
+    the whole build, then failed to be renamed into place (EBUSY). Linux lists every mount point
+    in /proc/self/mountinfo, its fifth field, with space, tab, newline and backslash as octal escapes."""
+    if os.path.ismount(folder):
+        return True
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            table = f.read()
+    except OSError:  # not Linux: ismount's answer
+        return False
+    target = os.fsencode(os.path.realpath(folder))
+    unescape = re.compile(rb"\\([0-7]{3})")
+    for line in table.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4 and unescape.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]) == target:
+            return True
+    return False
 
 
 # The config file each output format writes, which its runtime reads first.

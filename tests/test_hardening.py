@@ -1574,6 +1574,24 @@ def test_an_output_that_is_a_mount_point_is_refused_before_building(ckpt, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mnt"] and not any(mount.iterdir())
 
 
+def test_a_bind_mount_of_the_same_file_system_at_the_output_is_refused_before_building(ckpt, tmp_path):
+    """os.path.ismount misses a bind mount whose source is on the output's own file system (same
+    device number): the whole build ran, then its rename into place failed (EBUSY)."""
+    source, mount = tmp_path / "volume", tmp_path / "mnt"
+    source.mkdir()
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts need root (CAP_SYS_ADMIN)")
+    try:
+        assert not os.path.ismount(mount)  # what the check relied on
+        proc = cli("-m", ckpt, "-o", mount, "--overwrite")
+        assert_clean_failure(proc, f"{mount} is a mount point", f"such as {mount / 'my-model'}")
+        assert "nodes" not in proc.stdout + proc.stderr and not any(mount.iterdir())
+        assert not list(tmp_path.glob(".builder-staging-*"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
     import resource
     import signal
