@@ -58,7 +58,7 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
     if any(output.iterdir()) and not (output / REPORT_NAME).is_file():
         raise BuilderError(
             f"output folder {output} exists and was not made by this builder (no {REPORT_NAME}); refusing to "
-            f"delete it{'' if in_batch else ' even with --overwrite'}"
+            f"delete it{'' if in_batch else ' even with --overwrite'}; {other}, or empty it yourself"
         )
     others = files_not_built(output)
     if others:

@@ -757,7 +757,8 @@ def test_never_deletes_a_folder_it_did_not_make(ckpt, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     proc = cli("-m", ckpt, "-o", out, "--overwrite")
-    assert_clean_failure(proc, "not made by this builder")
+    # what to do, too: it said only that it refused
+    assert_clean_failure(proc, "not made by this builder", "choose another -o/--output, or empty it yourself")
     assert (out / "notes.txt").read_text() == "mine"
 
 
