@@ -173,6 +173,14 @@ def staged_output(output: Path, overwrite: bool):
             if isinstance(e, (FileExistsError, NotADirectoryError)) and where
             else f"{e.strerror or e}{': ' + where if where else ''}"
         )
+        if isinstance(e, PermissionError) and where and Path(where).parent == output.parent and output.is_dir():
+            # A folder of one's own in a folder one cannot write (/models/alice): the message named
+            # only a hidden staging folder the user never asked for.
+            raise BuilderError(
+                f"cannot build into {output}: a build writes beside it, in {output.parent}, and renames its "
+                f"finished folder into place, and {output.parent} is not writable ({why}); pass a folder inside "
+                f"it, such as {output / 'my-model'}, or choose another -o/--output"
+            ) from None
         raise BuilderError(f"cannot create the output folder {output} ({why}); choose another -o/--output") from None
     held = hold_working_folder(staging)
     with _StopSignals() as stop, contextlib.closing(held):

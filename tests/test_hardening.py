@@ -1545,6 +1545,47 @@ def test_output_folder_cannot_be_created(ckpt, tmp_path, where, fragment):
     assert_clean_failure(proc, "output folder", fragment)
 
 
+def test_an_own_output_folder_in_a_folder_one_cannot_write_says_why_and_what_to_pass(tmp_path):
+    """-o /models/alice, alice's own folder in a /models she cannot write: the error named only a
+    hidden staging folder beside it. Root, whom no permission stops, runs the builds as nobody."""
+    import tempfile
+
+    as_nobody = []
+    if os.getuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no permission stops root, and setpriv is missing to run as another user")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is in a folder of root's alone
+    try:
+        ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
+        models, own = tmp_path / "models", tmp_path / "models" / "alice"
+        own.mkdir(parents=True)
+        for path in [tmp_path, ckpt, own]:
+            path.chmod(0o777 if path == own else 0o755)
+        models.chmod(0o555)
+
+        def build(out, *flags):
+            return subprocess.run(
+                [*as_nobody, sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "--quiet", *flags],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(own)},
+                timeout=120,
+            )
+
+        proc = build(own, "--overwrite")
+        assert_clean_failure(
+            proc, f"a build writes beside it, in {models},", f"pass a folder inside it, such as {own / 'my-model'}"
+        )
+        assert not any(own.iterdir())
+        assert build(own / "my-model").returncode == 0
+    finally:
+        (tmp_path / "models").chmod(0o755)
+        if as_nobody:
+            shutil.rmtree(tmp_path)
+
+
 def test_output_names_no_folder(ckpt, tmp_path):
     assert_clean_failure(cli("-m", ckpt, "-o", "/"), "names no folder of its own", "such as out/my-model")
     proc = subprocess.run(
