@@ -35,7 +35,7 @@ from typing import Any
 from builder import interruptible
 from builder.interruptible import calls_interrupted, exit_now
 from builder.kit.errors import BuilderError, BuildInterrupted
-from builder.output_dir import REPORT_NAME, remove_stale_staging, staging_folders
+from builder.output_dir import REPORT_NAME, held_by_a_live_build, remove_stale_staging, staging_folders
 
 # Test hook: while the folder $BUILDER_TEST_PAUSE_DIR exists, a job pauses
 # $BUILDER_TEST_PAUSE_BEFORE_PUBLISH seconds just before publishing its output
@@ -137,9 +137,13 @@ def _pause_hook(output: Path) -> None:
 
 
 def remove_staging(output: Path) -> None:
-    """Every staging folder of `output`, whoever made it: for when its job is over for good."""
+    """Every staging folder of `output` whatever pid it names, for when its job is over for good; but
+    not one a live process holds: that is another build of the same folder (a `python -m builder -o`
+    the job was refused for), whose folder went from under it, and a removal that met its rename
+    into place emptied the published output."""
     for staging, _pid in staging_folders(output):
-        shutil.rmtree(staging, ignore_errors=True)
+        if not held_by_a_live_build(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops a batch cleanly

@@ -371,6 +371,11 @@ def _hold(staging: Path) -> _Held:
     return _Held(fd)
 
 
+def held_by_a_live_build(folder: Path) -> bool:
+    """Whether a live process holds `folder`'s lock (a build writing its staging folder)."""
+    return _lock_state(folder) == "held"
+
+
 # Made in a staging folder once its build holds the lock, and removed before it is published.
 ALIVE_MARK = ".builder-locked"
 

@@ -604,3 +604,41 @@ def test_a_mount_point_at_the_output_is_refused_before_the_build(tmp_path, monke
     with pytest.raises(BuilderError, match="is a mount point") as refused:
         output_dir.check_output_free(out, overwrite=True)
     assert f"pass a folder inside it, such as {out / 'my-model'}" in str(refused.value)
+
+
+def test_a_finished_jobs_sweep_leaves_the_staging_folder_another_live_build_holds(tmp_path):
+    """A Ray job over for good removed every staging folder of its output, also that of a live
+    `python -m builder -o` of the same folder (the one the job was refused for): that build lost its
+    files halfway."""
+    import subprocess
+    import sys
+
+    from builder.batch_exec import remove_staging
+
+    out = tmp_path / "out"
+    dead = tmp_path / f"{output_dir.STAGING_PREFIX}out-{2**22 + 1}-0000dead"  # an attempt of the job, killed
+    live = tmp_path / f"{output_dir.STAGING_PREFIX}out-{os.getpid()}-0000a11e"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "model.onnx.data").write_bytes(b"partial")
+        (folder / output_dir.ALIVE_MARK).touch()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(live),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        remove_staging(out)
+        assert leftovers(tmp_path) == [live.name] and (live / "model.onnx.data").read_bytes() == b"partial"
+    finally:
+        holder.communicate("")
+    remove_staging(out)  # its holder is gone now
+    assert leftovers(tmp_path) == []
