@@ -69,6 +69,9 @@ def check_output_free(output: Path, overwrite: bool, in_batch: bool = False) -> 
         )
 
 
+MOUNT_TABLE = "/proc/self/mountinfo"
+
+
 def is_mount_point(folder: Path) -> bool:
     """Whether a file system is mounted at `folder`. os.path.ismount compares the device numbers of
     the folder and its parent, which are the same for a bind mount of a folder on the same file
@@ -78,7 +81,7 @@ def is_mount_point(folder: Path) -> bool:
     if os.path.ismount(folder):
         return True
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
+        with open(MOUNT_TABLE, "rb") as f:
             table = f.read()
     except OSError:  # not Linux: ismount's answer
         return False

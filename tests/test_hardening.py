@@ -5,6 +5,7 @@ corrupt-file cases is test_fuzz_inputs.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -1545,45 +1546,34 @@ def test_output_folder_cannot_be_created(ckpt, tmp_path, where, fragment):
     assert_clean_failure(proc, "output folder", fragment)
 
 
-def test_an_own_output_folder_in_a_folder_one_cannot_write_says_why_and_what_to_pass(tmp_path):
+def test_an_own_output_folder_in_a_folder_one_cannot_write_says_why_and_what_to_pass(ckpt, tmp_path, monkeypatch):
     """-o /models/alice, alice's own folder in a /models she cannot write: the error named only a
-    hidden staging folder beside it. Root, whom no permission stops, runs the builds as nobody."""
-    import tempfile
+    hidden staging folder beside it."""
+    from builder import build
 
-    as_nobody = []
-    if os.getuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no permission stops root, and setpriv is missing to run as another user")
-        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is in a folder of root's alone
+    models, own = tmp_path / "models", tmp_path / "models" / "alice"
+    own.mkdir(parents=True)
+    models.chmod(0o555)
+    if os.geteuid() == 0:  # no permission stops root: what mkdir tells any other user there
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if self.parent == models and not self.exists():  # an existing one is EEXIST first
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
     try:
-        ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"])
-        models, own = tmp_path / "models", tmp_path / "models" / "alice"
-        own.mkdir(parents=True)
-        for path in [tmp_path, ckpt, own]:
-            path.chmod(0o777 if path == own else 0o755)
-        models.chmod(0o555)
-
-        def build(out, *flags):
-            return subprocess.run(
-                [*as_nobody, sys.executable, "-m", "builder", "-m", str(ckpt), "-o", str(out), "--quiet", *flags],
-                capture_output=True,
-                text=True,
-                cwd=tmp_path,
-                env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(own)},
-                timeout=120,
-            )
-
-        proc = build(own, "--overwrite")
-        assert_clean_failure(
-            proc, f"a build writes beside it, in {models},", f"pass a folder inside it, such as {own / 'my-model'}"
-        )
-        assert not any(own.iterdir())
-        assert build(own / "my-model").returncode == 0
+        with pytest.raises(BuilderError) as refused:
+            build(model=str(ckpt), output=str(own), overwrite=True, show_progress=False)
+        said = str(refused.value)
+        assert f"cannot build into {own}: a build writes beside it, in {models}," in said, said
+        assert f"pass a folder inside it, such as {own / 'my-model'}" in said, said
+        assert not any(own.iterdir()) and sorted(p.name for p in models.iterdir()) == ["alice"]
+        build(model=str(ckpt), output=str(own / "my-model"), show_progress=False)
+        assert (own / "my-model" / "build_report.json").is_file()
     finally:
-        (tmp_path / "models").chmod(0o755)
-        if as_nobody:
-            shutil.rmtree(tmp_path)
+        models.chmod(0o755)
 
 
 def test_output_names_no_folder(ckpt, tmp_path):
@@ -1615,22 +1605,28 @@ def test_an_output_that_is_a_mount_point_is_refused_before_building(ckpt, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mnt"] and not any(mount.iterdir())
 
 
-def test_a_bind_mount_of_the_same_file_system_at_the_output_is_refused_before_building(ckpt, tmp_path):
+def test_a_bind_mount_of_the_same_file_system_at_the_output_is_refused_before_building(ckpt, tmp_path, monkeypatch):
     """os.path.ismount misses a bind mount whose source is on the output's own file system (same
-    device number): the whole build ran, then its rename into place failed (EBUSY)."""
-    source, mount = tmp_path / "volume", tmp_path / "mnt"
-    source.mkdir()
+    device number): the whole build ran, then its rename into place failed (EBUSY). Linux lists such
+    a mount in /proc/self/mountinfo; making one needs CAP_SYS_ADMIN, which a test run may lack, so the
+    table here is this process's own plus the line `mount --bind volume "m nt"` adds (a space in the
+    name, which the table writes as \\040)."""
+    from builder import build, output_dir
+
+    mount = tmp_path / "m nt"
     mount.mkdir()
-    if subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode != 0:
-        pytest.skip("bind mounts need root (CAP_SYS_ADMIN)")
-    try:
-        assert not os.path.ismount(mount)  # what the check relied on
-        proc = cli("-m", ckpt, "-o", mount, "--overwrite")
-        assert_clean_failure(proc, f"{mount} is a mount point", f"such as {mount / 'my-model'}")
-        assert "nodes" not in proc.stdout + proc.stderr and not any(mount.iterdir())
-        assert not list(tmp_path.glob(".builder-staging-*"))
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    assert not os.path.ismount(mount)  # what the check relied on
+    table = tmp_path / "mountinfo"
+    escaped = os.path.realpath(mount).replace(" ", "\\040")
+    table.write_bytes(
+        Path(output_dir.MOUNT_TABLE).read_bytes() + f"999 25 0:26 /volume {escaped} rw - ext4 /dev/sda1 rw\n".encode()
+    )
+    monkeypatch.setattr(output_dir, "MOUNT_TABLE", str(table))
+    with pytest.raises(BuilderError, match="is a mount point") as refused:
+        build(model=str(ckpt), output=str(mount), overwrite=True, show_progress=False)
+    assert f"such as {mount / 'my-model'}" in str(refused.value)
+    assert not any(mount.iterdir()) and not list(tmp_path.glob(".builder-staging-*"))
+    assert not output_dir.is_mount_point(tmp_path / "volume")  # only the folder the table names
 
 
 def test_disk_full_while_copying_the_tokenizer(ckpt, tmp_path):
