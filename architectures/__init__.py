@@ -10,7 +10,7 @@ the `builder.architectures` entry-point group.
 """
 
 from architectures.base import DecoderBuilder, DecoderSpec
-from architectures.gemma3 import Gemma3Builder
+from architectures.gemma3 import Gemma3Builder, Gemma3VLBuilder
 from architectures.llama import LlamaBuilder
 from architectures.mistral import MistralBuilder
 from architectures.qwen2 import Qwen2Builder
@@ -24,6 +24,7 @@ __all__ = [
     "DecoderBuilder",
     "DecoderSpec",
     "Gemma3Builder",
+    "Gemma3VLBuilder",
     "LlamaBuilder",
     "MistralBuilder",
     "Qwen2Builder",

@@ -56,3 +56,14 @@ def test_every_family_module_is_imported_by_the_package():
         f"architectures/{missing[0]}.py registers a family but architectures/__init__.py does not import it, "
         f"so its @register never runs: add `from architectures.{missing[0]} import ...` there"
     )
+
+
+def test_every_built_in_family_can_be_imported_from_the_package():
+    """`from architectures import Qwen3Builder` is how the README subclasses a family; Gemma3VLBuilder
+    (Gemma3ForConditionalGeneration) was registered but not exported, so a subclass of it failed with
+    "cannot import name" where every other family, Qwen35VLBuilder included, imported."""
+    import architectures
+
+    for name, cls in builtin_architectures().items():
+        assert getattr(architectures, cls.__name__, None) is cls, f"{name}: architectures.{cls.__name__} is missing"
+        assert cls.__name__ in architectures.__all__, f"{name}: {cls.__name__} is not in architectures.__all__"
