@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -184,6 +185,12 @@ def plugin_faults_named(family: type) -> Iterator[None]:
                 ours = f"{frame.f_code.co_name} ({_shown_path(frame.f_code.co_filename)}:{tb.tb_lineno})"
             tb = tb.tb_next
         what = f"{type(e).__name__}: {_one_line(e)}"
+        mismatch = _signature_mismatch(e, family, packages)
+        if mismatch is not None:
+            raise BuilderError(
+                f"the family {family_name(family)} failed: {what}; {mismatch} (docs/architecture.md; --debug on a "
+                "single build shows the traceback)"
+            ) from e
         if where is not None:
             raise BuilderError(
                 f"the family {family_name(family)} raised {what} in {where}; fix that code "
@@ -197,6 +204,65 @@ def plugin_faults_named(family: type) -> Iterator[None]:
 
 
 BLOCK_NEEDS = "a block needs modules(i), pack_groups(i) and __call__(em, i, x) returning its output"
+
+
+# Python's words for a call whose arguments the function's parameters do not take: "B.make_spec() takes
+# 2 positional arguments but 3 were given", "... missing 1 required positional argument: 'i'",
+# "... got an unexpected keyword argument 'target'".
+_CALL_MISMATCH = re.compile(r"(?P<owner>\w+)\.(?P<hook>\w+)\(\) (?:takes|missing|got an unexpected|got multiple)")
+
+
+def _signature_mismatch(e: Exception, family: type, packages: set[str]) -> str | None:
+    """A hook of the user's (a family's or a block's) overridden with other parameters than the builder
+    calls it with: the call fails in the builder's code before the hook runs, so the fault was put on
+    the builder's line with "likely what its own hooks return", or on the plugin line that called
+    into the builder ("in make_spec ... fix that code" for a weight(self, suffix)). None otherwise."""
+    match = _CALL_MISMATCH.match(str(e)) if isinstance(e, TypeError) else None
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if match is None or tb is None or _top(tb.tb_frame.f_globals.get("__name__")) not in BUILT_IN:
+        return None  # raised inside the user's code: the line it names is theirs to fix
+    owner, hook = match["owner"], match["hook"]
+    cls = _user_class(owner, family, packages)
+    if cls is None or not callable(getattr(cls, hook, None)):
+        return None
+    own = getattr(cls, hook)
+    at = ""
+    with contextlib.suppress(TypeError, OSError):
+        at = f" ({inspect.getsourcefile(own)}:{inspect.getsourcelines(own)[1]})"
+    said = f"its {owner}.{hook}{_plain_signature(own)}{at} takes other arguments than the builder passes"
+    base = next((c for c in cls.__mro__[1:] if _top(c.__module__) not in packages and hook in vars(c)), None)
+    if base is None:
+        return f"{said} ({BLOCK_NEEDS})"
+    return f"{said}; give it {base.__name__}'s parameters: {hook}{_plain_signature(getattr(base, hook))}"
+
+
+def _user_class(name: str, family: type, packages: set[str]) -> type | None:
+    """The class of the user's code called `name`: the family or one of its bases, else a class of
+    theirs (a block) in their loaded modules."""
+    for cls in family.__mro__:
+        if cls.__name__ == name and _top(cls.__module__) in packages:
+            return cls
+    for module_name, module in list(sys.modules.items()):
+        found = getattr(module, name, None) if _top(module_name) in packages else None
+        if isinstance(found, type) and found.__name__ == name and _top(found.__module__) in packages:
+            return found
+    return None
+
+
+def _plain_signature(function) -> str:
+    """(self, layer, suffix): the parameters without their annotations, as the user would write them."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return "(...)"
+    plain = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=plain, return_annotation=signature.empty))
+
+
+def _top(module: object) -> str:
+    return str(module or "").split(".")[0]
 
 
 def _likely_cause(e: Exception, family: type, packages: set[str]) -> str:

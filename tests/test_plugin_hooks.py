@@ -864,6 +864,86 @@ def test_a_mistake_in_a_family_s_block_or_spec_is_named_in_one_line(tmp_path, fa
     assert not (tmp_path / "o" / "model.onnx").exists()
 
 
+WRONG_SIGNATURES = """
+import dataclasses
+
+from architectures import Qwen3Builder
+from builder.kit.blocks import DenseMLP
+
+
+@dataclasses.dataclass(frozen=True)
+class GeluMLP(DenseMLP):
+    def activation(self, x, name):
+        return x
+
+
+class WeightWithoutLayer(Qwen3Builder):
+    def weight(self, suffix):
+        return suffix
+
+
+class SpecWithoutTarget(Qwen3Builder):
+    def make_spec(self, config):
+        return super().make_spec(config)
+
+
+class ActivationWithoutEmitter(Qwen3Builder):
+    def feed_forward(self, spec, i):
+        return GeluMLP()
+"""
+
+
+@pytest.mark.parametrize(
+    "family, line, expected",
+    [
+        (
+            "WeightWithoutLayer",
+            15,
+            "its WeightWithoutLayer.weight(self, suffix) ({file}:15) takes other arguments "
+            "than the builder passes; give it DecoderBuilder's parameters: weight(self, layer, suffix)",
+        ),
+        (
+            "SpecWithoutTarget",
+            20,
+            "its SpecWithoutTarget.make_spec(self, config) ({file}:20) takes other arguments "
+            "than the builder passes; give it Qwen3Builder's parameters: make_spec(self, config, target=None)",
+        ),
+        (
+            "ActivationWithoutEmitter",
+            10,
+            "its GeluMLP.activation(self, x, name) ({file}:10) takes other arguments "
+            "than the builder passes; give it DenseMLP's parameters: activation(self, em, x, name)",
+        ),
+    ],
+)
+def test_a_hook_overridden_with_other_parameters_is_named_with_the_ones_it_needs(
+    tmp_path, monkeypatch, family, line, expected
+):
+    """A hook written with other parameters than the builder calls it with failed in the builder's
+    call: a weight(self, suffix) was blamed on the line of make_spec that called into the builder
+    ("in make_spec ... fix that code"), a make_spec(self, config) on "what its own hooks return, e.g.
+    a block's __call__ without return"."""
+    name = f"wrong_signatures_{family.lower()}"  # one module a case: an imported module stays in sys.modules
+    module = tmp_path / f"{name}.py"
+    module.write_text(WRONG_SIGNATURES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BuilderError) as caught:
+        build(
+            model=str(REPO / "examples" / "tiny-qwen3"),
+            precision="int4",
+            ep="cpu",
+            output=str(tmp_path / "out"),
+            family=f"{name}:{family}",
+            show_progress=False,
+        )
+    message = str(caught.value)
+    assert message.startswith(f"the family {name}.{family} failed: TypeError: "), message
+    assert expected.format(file=module) in message, message
+    assert "likely" not in message and "fix that code" not in message, message
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_family_s_lazy_imports_of_its_own_modules_work_from_another_folder(tmp_path):
     """--family module:Class put the current folder on sys.path only while it imported the module,
     so a sibling module imported inside a method, as docs/architecture.md prescribes, was not found
