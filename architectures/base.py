@@ -30,7 +30,7 @@ from builder.kit.checkpoint_fit import layer_prefix
 from builder.kit.errors import BuilderError
 from builder.kit.graph import Graph
 from builder.kit.layout import Layout, PackGroup
-from builder.kit.linear import Projections
+from builder.kit.linear import Projections, RowSlice
 from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.plan import BuildPlan, has_recurrent_layers, make_plan
@@ -110,6 +110,7 @@ class DecoderBuilder:
                 "and options those hooks are given, or self.build_options"
             )
         self._check_class_attributes()
+        self._check_weight_names()
         self._planning = True
         try:
             with python_option_names() if self.python_caller else contextlib.nullcontext():
@@ -153,6 +154,20 @@ class DecoderBuilder:
                     f"{type(self).__name__}.config_keys[{key!r}] is {entry!r}: give (checker, null allowed) with a "
                     "checker of builder.kit.hf_config, e.g. (hf_config.number(), False), or one of yours with an "
                     ".expected that says what is valid (docs/architecture.md)"
+                )
+
+    def _check_weight_names(self) -> None:
+        """weight() returns a tensor name for the names every build asks for (the embedding, the
+        lm_head, a layer's: the layer checks probe weight(0, "x")). A weight() without return on one
+        branch gave None, which was met with "tensor None is missing from the checkpoint ... re-download
+        it", or a failure inside the builder's code."""
+        for layer, suffix in ((None, "model.embed_tokens.weight"), (None, "lm_head.weight"), (0, "x")):
+            name = self.weight(layer, suffix)
+            if not isinstance(name, str | RowSlice) or not name:
+                raise BuilderError(
+                    f"{type(self).__name__}.weight({layer!r}, {suffix!r}) returned {name!r}, not a tensor name: return "
+                    "the checkpoint's name as a str (or a builder.kit.linear.RowSlice of a fused tensor), for a "
+                    "layer index and for None (docs/architecture.md, weight)"
                 )
 
     @property

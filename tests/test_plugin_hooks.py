@@ -824,6 +824,7 @@ class ForgotReturn(Qwen3Builder):
 class BadSpec(Qwen3Builder):
     def make_spec(self, config, target=None):
         return {"hidden_size": 64}
+
 """
 
 
@@ -1114,6 +1115,36 @@ def test_a_name_tuple_given_as_a_string_or_a_model_config_without_return_is_refu
     with pytest.raises(BuilderError) as refused:
         build(model=str(REPO / "examples" / "tiny-qwen3"), precision="fp32", output=str(tmp_path / "o"), family=family)
     assert str(refused.value).startswith(f"Misnamed.{message}"), refused.value
+    assert not (tmp_path / "o").exists()
+
+
+def _layers_only(self, layer, suffix):  # the branch for layer None forgotten
+    if layer is not None:
+        return f"model.layers.{layer}.{suffix}"
+
+
+def _whole_names_only(self, layer, suffix):  # the return of the layer branch forgotten
+    if layer is None:
+        return suffix
+    f"model.layers.{layer}.{suffix}"
+
+
+@pytest.mark.parametrize(
+    "weight, message",
+    [
+        (_layers_only, "NoName.weight(None, 'model.embed_tokens.weight') returned None, not a tensor name"),
+        (_whole_names_only, "NoName.weight(0, 'x') returned None, not a tensor name"),
+        (lambda self, layer, suffix: Path(suffix), "NoName.weight(None, 'model.embed_tokens.weight') returned Posix"),
+    ],
+)
+def test_a_weight_that_returns_no_tensor_name_is_refused_as_the_family_s(tmp_path, weight, message):
+    """A weight() without return on one branch was met with "tensor None is missing from the checkpoint
+    ... the checkpoint is incomplete (re-download it)", or with AttributeError inside the builder's code."""
+    family = type("NoName", (Qwen3Builder,), {"weight": weight})
+    with pytest.raises(BuilderError) as refused:
+        build(model=str(REPO / "examples" / "tiny-qwen3"), precision="fp32", output=str(tmp_path / "o"), family=family)
+    assert str(refused.value).startswith(message), refused.value
+    assert "return the checkpoint's name as a str" in str(refused.value) and "re-download" not in str(refused.value)
     assert not (tmp_path / "o").exists()
 
 
