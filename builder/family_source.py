@@ -268,6 +268,10 @@ def _top(module: object) -> str:
 def _likely_cause(e: Exception, family: type, packages: set[str]) -> str:
     """What in the family most likely led the builder's code to raise `e`."""
     obj = getattr(e, "obj", None) if isinstance(e, AttributeError) else None
+    init = _own_init(family, packages)
+    if isinstance(obj, family) and init is not None and not hasattr(family, e.name):
+        # the family object lacks what DecoderBuilder.__init__ sets: not a block's fault
+        return f"its {init} does not call super().__init__(checkpoint, options), which sets .{e.name}"
     if obj is not None and type(obj).__module__.split(".")[0] in packages:
         return f"its {type(obj).__name__} has no {e.name} ({BLOCK_NEEDS}: docs/architecture.md, A block)"
     if obj is not None:
@@ -286,6 +290,17 @@ def _likely_cause(e: Exception, family: type, packages: set[str]) -> str:
     )
     said = f"what its own hooks ({', '.join(hooks)}) return" if hooks else "what the family sets"
     return f"likely {said}, e.g. a block's __call__ without return ({BLOCK_NEEDS})"
+
+
+def _own_init(family: type, packages: set[str]) -> str | None:
+    """Class.__init__ (file:line) of the user's that the family's __init__ is, or None where it is the builder's."""
+    owner = next((cls for cls in family.__mro__ if "__init__" in vars(cls)), None)
+    if owner is None or _top(owner.__module__) not in packages:
+        return None
+    at = ""
+    with contextlib.suppress(TypeError, OSError):
+        at = f" ({inspect.getsourcefile(owner.__init__)}:{inspect.getsourcelines(owner.__init__)[1]})"
+    return f"{owner.__name__}.__init__{at}"
 
 
 def _one_line(e: Exception, limit: int = 200) -> str:

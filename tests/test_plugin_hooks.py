@@ -825,6 +825,10 @@ class BadSpec(Qwen3Builder):
     def make_spec(self, config, target=None):
         return {"hidden_size": 64}
 
+
+class ForgotSuperInit(Qwen3Builder):
+    def __init__(self, checkpoint, options):
+        self.scale = 2.0
 """
 
 
@@ -836,6 +840,8 @@ class BadSpec(Qwen3Builder):
         ("ForgotCall", "likely what its own hooks (feed_forward) return, e.g. a block's __call__ without return"),
         ("ForgotReturn", "likely what its own hooks (feed_forward) return, e.g. a block's __call__ without return"),
         ("BadSpec", "a hook of the family returned a dict where the builder reads .num_layers"),
+        # It was told that ForgotSuperInit, taken for a block, needs modules(i), pack_groups(i) and __call__.
+        ("ForgotSuperInit", "its ForgotSuperInit.__init__ ({dir}/mistaken_family.py:62) does not call super()."),
     ],
 )
 def test_a_mistake_in_a_family_s_block_or_spec_is_named_in_one_line(tmp_path, family, cause):
@@ -855,6 +861,7 @@ def test_a_mistake_in_a_family_s_block_or_spec_is_named_in_one_line(tmp_path, fa
     assert single.returncode == 2 and "Traceback" not in single.stderr, single.stderr
     (line,) = single.stderr.splitlines()
     assert line.startswith(f"error: the family mistaken_family.{family} failed: the builder's "), line
+    cause = cause.format(dir=tmp_path)
     assert cause in line and "--debug on a single build shows the traceback" in line, line
     checked = subprocess.run(
         [sys.executable, "-m", "builder", "batch", "jobs.yaml"],
