@@ -623,6 +623,25 @@ def test_python_paths_and_tuples_mean_what_they_say(ckpt, tmp_path):
     assert options.model is ckpt
 
 
+def test_python_numpy_integers_and_booleans_mean_what_they_say(ckpt, tmp_path):
+    """A notebook's sweep over np.array([32, 64]) (or a DataFrame's column) passed np.int64(64), which
+    was refused as "must be an integer"; np.bool_(False) as "must be True or False"."""
+    import numpy as np
+
+    from builder import BuilderError, build
+
+    values = {"block_size": np.int64(64), "max_length": np.int32(100), "symmetric": np.bool_(False)}
+    result = build(model=str(ckpt), output=str(tmp_path / "out"), show_progress=False, **values)
+    report = json.loads(result.report_path.read_text())
+    assert report["options"]["block_size"] == 64 and report["options"]["symmetric"] is False
+    genai = json.loads(result.genai_config_path.read_text())
+    assert genai["search"]["max_length"] == 100
+    for wrong in ({"block_size": np.float64(64.0)}, {"symmetric": np.int64(0)}):  # not integers, not booleans
+        with pytest.raises(BuilderError, match="must be"):
+            build(model=str(ckpt), output=str(tmp_path / "wrong"), show_progress=False, **wrong)
+    assert not (tmp_path / "wrong").exists()
+
+
 def test_python_build_takes_its_options_one_way(ckpt, tmp_path):
     """Keywords beside a BuildOptions, and a second family, were dropped in silence; a dict or a
     path in place of the options was an AttributeError."""

@@ -9,6 +9,7 @@ misspelled or out-of-range option is refused the same way everywhere.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -504,8 +505,9 @@ class BuildOptions:
         return self
 
     def _taken_as_meant(self) -> dict[str, Any]:
-        """Paths as text and tuples as lists, what they mean; lists copied, so that the plan's
-        options share nothing the caller may change."""
+        """Paths as text, tuples as lists and numpy's integers and booleans (a notebook's sweep over
+        np.arange, a DataFrame's column) as Python's, what they mean; lists copied, so that the
+        plan's options share nothing the caller may change."""
         values = {}
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), str(f.type)
@@ -513,6 +515,14 @@ class BuildOptions:
                 values[f.name] = os.fspath(value)
             elif isinstance(value, tuple | list) and kind.startswith("list"):
                 values[f.name] = list(value)
+            elif kind.startswith("int") and isinstance(value, numbers.Integral) and type(value) not in (int, bool):
+                values[f.name] = int(value)  # np.int64(64) was refused as "must be an integer"
+            elif (
+                kind.startswith("bool")
+                and type(value).__module__ == "numpy"
+                and type(value).__name__ in ("bool", "bool_")
+            ):
+                values[f.name] = bool(value)  # np.bool_ (its type is named bool from numpy 2)
         return values
 
     def _check_types(self) -> None:
