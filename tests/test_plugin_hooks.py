@@ -821,9 +821,9 @@ class ForgotReturn(Qwen3Builder):
         return NoReturn()
 
 
-class BadSpec(Qwen3Builder):
-    def make_spec(self, config, target=None):
-        return {"hidden_size": 64}
+class BadRotary(Qwen3Builder):
+    def rotary(self, spec):
+        return spec.rope
 
 
 class ForgotSuperInit(Qwen3Builder):
@@ -839,7 +839,7 @@ class ForgotSuperInit(Qwen3Builder):
         ("ForgotModules", "its NoModules has no modules"),
         ("ForgotCall", "likely what its own hooks (feed_forward) return, e.g. a block's __call__ without return"),
         ("ForgotReturn", "likely what its own hooks (feed_forward) return, e.g. a block's __call__ without return"),
-        ("BadSpec", "a hook of the family returned a dict where the builder reads .num_layers"),
+        ("BadRotary", "a hook of the family returned a RopeSpec where the builder reads .values"),
         # It was told that ForgotSuperInit, taken for a block, needs modules(i), pack_groups(i) and __call__.
         ("ForgotSuperInit", "its ForgotSuperInit.__init__ ({dir}/mistaken_family.py:62) does not call super()."),
     ],
@@ -950,6 +950,27 @@ def test_a_hook_overridden_with_other_parameters_is_named_with_the_ones_it_needs
     assert "likely" not in message and "fix that code" not in message, message
     assert isinstance(caught.value.__cause__, TypeError)
     assert not (tmp_path / "out").exists()
+
+
+def _spec_without_return(self, config, target=None):
+    spec = Qwen3Builder.make_spec(self, config, target)
+    spec.attention_scale = 0.125  # changed, and `return spec` forgotten
+
+
+@pytest.mark.parametrize(
+    "make_spec, returned",
+    [(_spec_without_return, "NoneType"), (lambda self, config, target=None: {"hidden_size": 64}, "dict")],
+)
+def test_a_make_spec_that_returns_no_spec_is_refused_as_the_family_s(tmp_path, make_spec, returned):
+    """A make_spec that changed super()'s spec and forgot to return it failed inside the builder's
+    plan, with "likely what its own hooks return, e.g. a block's __call__ without return"."""
+    family = type("Unspecced", (Qwen3Builder,), {"make_spec": make_spec})
+    with pytest.raises(BuilderError) as refused:
+        build(model=str(REPO / "examples" / "tiny-qwen3"), precision="fp32", output=str(tmp_path / "o"), family=family)
+    assert str(refused.value).startswith(
+        f"Unspecced.make_spec returned {returned}, not a DecoderSpec: return the spec"
+    ), refused.value
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_family_s_lazy_imports_of_its_own_modules_work_from_another_folder(tmp_path):

@@ -36,6 +36,7 @@ from builder.kit.hf_config import check_generation_config, check_keys, unread_ke
 from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, family_adjusted
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, module_matches, patterns_matching_nothing
+from builder.kit.spec import DecoderSpec
 from builder.kit.targets import FEATURES, GENAI_LAST_LOGITS_ORT, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
 from quant import QuantScheme
 
@@ -134,6 +135,11 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             raise family_refusal from None
         raise refused from None
     spec = family.make_spec(config, target)
+    if not isinstance(spec, DecoderSpec):  # a make_spec that changed super()'s spec and forgot `return spec`
+        raise BuilderError(
+            f"{type(family).__name__}.make_spec returned {type(spec).__name__}, not a DecoderSpec: return the spec, "
+            "e.g. super().make_spec(config, target) changed (docs/architecture.md, make_spec)"
+        )
     if target.graph_capture and spec.sliding_layers:
         # Sliding-window layers under capture: on the plugin EP (H200 and lavapipe) genai's
         # greedy tokens of tiny Mistral/Gemma 3 left transformers' once the sequence passed
