@@ -4,10 +4,13 @@ Each test sends real signals to this process at a chosen point."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +23,28 @@ def previous_build(out):
     out.mkdir()
     (out / REPORT_NAME).write_text("{}")
     (out / "model.onnx").write_bytes(b"old")
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder):
+    """`folder`'s lock held by another live process (a build in another container, say) while inside."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(folder),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("")
 
 
 def leftovers(tmp_path):
@@ -232,8 +257,6 @@ def test_a_signal_after_publishing_still_exits_0_with_the_path(tmp_path, sig):
     """After the rename the default handlers came back, so a stop during the rest of the run
     (the interpreter's shutdown after --verify's torch takes ~0.7 s) exited -15 or 129, or
     printed a KeyboardInterrupt, over a complete output."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     from support.synthetic import TINY_CONFIGS, make_checkpoint
@@ -263,9 +286,6 @@ def test_the_lock_decides_whatever_the_pid_says(tmp_path):
     """The pid alone misjudged other PID namespaces: a container retried after an OOM kill often
     has the dead build's pid (1, its own), which kept its folder forever, and a live build in
     another container has a pid not seen here, which lost its folder."""
-    import subprocess
-    import sys
-
     out = tmp_path / "out"
     mine, unseen = os.getpid(), 2**22 + 1  # in use here; above the kernel's PID_MAX_LIMIT, never alive
     dead = tmp_path / f"{output_dir.STAGING_PREFIX}out-{mine}-0000dead"  # marked, lock free
@@ -276,24 +296,9 @@ def test_the_lock_decides_whatever_the_pid_says(tmp_path):
         (folder / "model.onnx.data").write_bytes(b"partial")
     for folder in (dead, live):
         (folder / output_dir.ALIVE_MARK).touch()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
-            "print('held', flush=True); sys.stdin.read()",
-            str(live),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(live):
         output_dir.remove_stale_staging(out)
         assert leftovers(tmp_path) == sorted([unmarked.name, live.name])
-    finally:
-        holder.communicate("")
     output_dir.remove_stale_staging(out)  # its holder is gone now
     assert leftovers(tmp_path) == [unmarked.name]
 
@@ -350,8 +355,6 @@ def test_the_program_ignores_stop_signals_once_main_returns(tmp_path):
     shutdown after a published build (torch's takes ~0.7 s after --verify) still killed it with
     130/143. The program (python -m builder, onnx-builder) leaves them ignored as it ends; main()
     itself, which a notebook may call, gives Ctrl-C back."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -500,8 +503,6 @@ def test_a_publish_killed_halfway_leaves_nothing_a_later_build_keeps(tmp_path, s
     sweeps both and publishes its own, even where a live process has the dead build's pid (a
     container's retry): the folder set aside was locked but never marked, so with its pid alive
     it was kept for good."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     out = tmp_path / "out"
@@ -610,9 +611,6 @@ def test_a_finished_jobs_sweep_leaves_the_staging_folder_another_live_build_hold
     """A Ray job over for good removed every staging folder of its output, also that of a live
     `python -m builder -o` of the same folder (the one the job was refused for): that build lost its
     files halfway."""
-    import subprocess
-    import sys
-
     from builder.batch_exec import remove_staging
 
     out = tmp_path / "out"
@@ -622,23 +620,8 @@ def test_a_finished_jobs_sweep_leaves_the_staging_folder_another_live_build_hold
         folder.mkdir()
         (folder / "model.onnx.data").write_bytes(b"partial")
         (folder / output_dir.ALIVE_MARK).touch()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
-            "print('held', flush=True); sys.stdin.read()",
-            str(live),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(live):
         remove_staging(out)
         assert leftovers(tmp_path) == [live.name] and (live / "model.onnx.data").read_bytes() == b"partial"
-    finally:
-        holder.communicate("")
     remove_staging(out)  # its holder is gone now
     assert leftovers(tmp_path) == []
