@@ -2522,6 +2522,57 @@ def test_a_cache_lacking_weights_is_no_snapshot_for_the_batch_check(ckpt, tmp_pa
     assert cached_hub_snapshot("org/tiny") == snapshot
 
 
+def list_snapshot_files(snapshot: Path, source: Path) -> None:
+    """The file listing huggingface_hub 2.x keeps of a snapshot it began to download (trees/<commit>.json):
+    every file of source, whether the snapshot got it or not."""
+    tree_cache = pytest.importorskip("huggingface_hub._tree_cache")
+    entries = {
+        path.name: tree_cache.TreeCacheEntry(
+            size=path.stat().st_size, blob_id="0" * 40, lfs_sha256=None, lfs_size=None, xet_hash=None
+        )
+        for path in source.iterdir()
+    }
+    tree_cache.write_tree_cache(str(snapshot.parent.parent), snapshot.name, entries)
+
+
+def test_an_interrupted_download_is_judged_by_what_the_snapshot_holds(ckpt, tmp_path):
+    """huggingface_hub 2.x refuses a snapshot its file listing calls incomplete: a download stopped in
+    its weights read 'not in the Hugging Face cache', and one that lacked only tokenizer files, which the
+    build warns of and goes on without, was refused."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json", "tokenizer_config.json"])
+    list_snapshot_files(snapshot, ckpt)
+    out = tmp_path / "out"
+    proc = cli("-m", "org/tiny", "-o", out, env=env)
+    assert_clean_failure(
+        proc, f"the Hugging Face cache holds only part of 'org/tiny' (*.safetensors missing in {snapshot})", out=out
+    )
+    shutil.copyfile(ckpt / "model.safetensors", snapshot / "model.safetensors")  # tokenizer.json still missing
+    proc = cli("-m", "org/tiny", "-o", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "tokenizer.json" in proc.stderr and (out / "model.onnx").is_file()
+
+
+def test_a_weights_link_to_a_missing_blob_is_fetched_again(ckpt, tmp_path, monkeypatch):
+    """An interrupted download leaves the snapshot's link to blobs/<hash> while the blob is still
+    blobs/<hash>.incomplete: online the weights were taken as cached and the build failed on them
+    instead of fetching them; offline the error now names the file."""
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt)
+    blob = snapshot.parent.parent / "blobs" / ("1" * 64)
+    blob.parent.mkdir()
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(os.path.relpath(blob, snapshot))
+    out = tmp_path / "out"
+    proc = cli("-m", "org/tiny", "-o", out, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert_clean_failure(proc, f"only part of 'org/tiny' (model.safetensors missing in {snapshot})", out=out)
+
+    def fetch(folder):  # what snapshot_download does online: downloads the blob the link points to
+        shutil.copyfile(ckpt / "model.safetensors", blob)
+
+    calls = fake_hub(monkeypatch, snapshot, online=fetch)
+    assert Checkpoint.open("org/tiny").has("model.norm.weight") and calls == [True, False]
+
+
 @pytest.mark.parametrize(
     "raised,fragment",
     [

@@ -78,15 +78,26 @@ def cached_hub_snapshot(repo_id: str) -> Path | None:
     """The hub id's snapshot in the Hugging Face cache when it holds everything a build
     reads, else None. Never downloads (batch's skip check must not fetch a checkpoint to
     learn that its output is up to date)."""
+    path = _cached_snapshot(repo_id)
+    return None if path is None or missing_files(path)[0] else path
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot refs/main names in the Hugging Face cache, complete or not; None where the cache
+    has none (or huggingface_hub is missing, or the id is invalid). Never downloads.
+
+    huggingface_hub releases that keep each snapshot's file listing (2.x) refuse a snapshot that lacks
+    some of its files (an interrupted download) with IncompleteSnapshotError; the folder it names is
+    what missing_files judges: the weights may all be there, and the errors name what is not."""
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(
+        return Path(
             snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=True)
         )
-    except Exception:  # not installed, not cached, not a valid id
-        return None
-    return None if missing_files(path)[0] else path
+    except Exception as e:  # not installed, not cached, not a valid id, incomplete
+        partial = getattr(e, "snapshot_path", None)
+        return Path(partial) if isinstance(partial, str) and partial else None
 
 
 def hub_offline() -> bool:
@@ -190,8 +201,10 @@ def missing_files(folder: Path) -> tuple[list[str], list[str]]:
         except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
             shards = []  # the Checkpoint says what is wrong with the index
         needed += [s for s in shards if isinstance(s, str) and not (folder / s).is_file()]
-    elif not any(folder.glob("*.safetensors")):
-        needed.append("*.safetensors")
+    else:
+        # A cache's link to a blob that is not there (an interrupted download) is no weights file.
+        weights = list(folder.glob("*.safetensors"))
+        needed += [p.name for p in weights if not p.is_file()] if weights else ["*.safetensors"]
     wanted = [name for name in REQUIRED_TOKENIZER_FILES if not (folder / name).is_file()]
     return needed, wanted
 
@@ -214,14 +227,8 @@ def download_from_hub(repo_id: str) -> Path:
             "with config.json and *.safetensors, or a hub id like Qwen/Qwen3-4B"
         ) from None
     command = hub_download_command(repo_id)
-    cached = None
-    try:
-        # The cache first: works offline, and avoids a network round trip when complete.
-        cached = Path(
-            snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP, local_files_only=True)
-        )
-    except Exception:
-        pass
+    # The cache first: works offline, and avoids a network round trip when complete.
+    cached = _cached_snapshot(repo_id)
     if cached is not None and not any(missing_files(cached)):
         return cached
     if hub_offline():
