@@ -2593,6 +2593,52 @@ def test_the_hubs_refusals_are_told_apart(ckpt, tmp_path, monkeypatch, raised, f
     assert "offline" not in str(e.value)
 
 
+@pytest.fixture
+def hub_refusing_tokens():
+    """A hub at 127.0.0.1 that answers every request as huggingface.co answers a stale or mistyped token,
+    on public repositories too: 401 'Invalid credentials in Authorization header'."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def refuse(self):
+            body = b'{"error":"Invalid credentials in Authorization header"}'
+            self.send_response(401)
+            self.send_header("X-Error-Message", "Invalid credentials in Authorization header")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_refused_token_is_named_not_taken_for_no_network(ckpt, tmp_path, hub_refusing_tokens):
+    """HF_TOKEN set to a stale token read 'the hub could not be reached (HfHubHTTPError); you may be
+    offline', for a model the cache lacked and for one it held part of."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_refusing_tokens}
+    env["HF_TOKEN"] = "hf_stale"
+    out = tmp_path / "out"
+    refused = "the Hugging Face hub refused the access token sent to fetch 'org/tiny' (invalid credentials): "
+    advice = "set HF_TOKEN to a valid token or unset it, or log in again (hf auth login)"
+    proc = cli("-m", "org/tiny", "-o", out, env=env)
+    assert_clean_failure(proc, refused, advice, out=out)
+    assert "offline" not in proc.stderr
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json"])
+    list_snapshot_files(snapshot, ckpt)
+    assert_clean_failure(cli("-m", "org/tiny", "-o", out, env=env), refused, advice, out=out)
+
+
 def test_the_hubs_revision_is_not_asked_offline(monkeypatch):
     import huggingface_hub
 

@@ -249,6 +249,12 @@ def download_from_hub(repo_id: str) -> Path:
         path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP))
     except Exception as e:
         kind = type(e).__name__
+        if _token_refused(e):
+            raise BuilderError(
+                f"the Hugging Face hub refused the access token sent to fetch {repo_id!r} (invalid credentials): "
+                "set HF_TOKEN to a valid token or unset it, or log in again (hf auth login); public models "
+                "need no token"
+            ) from None
         if "RepositoryNotFound" in kind or "404" in str(e):
             raise BuilderError(
                 f"hub id {repo_id!r} was not found on the Hugging Face hub; "
@@ -303,6 +309,20 @@ def _local_cache_error(error: BaseException) -> OSError | None:
                 return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _token_refused(error: BaseException) -> bool:
+    """Whether the hub refused the token sent (a stale or mistyped HF_TOKEN): it answers 401 'Invalid
+    credentials in Authorization header' even for public repositories, which huggingface_hub raises
+    as a plain HTTP error (older releases as RepositoryNotFoundError), or folds into the error that a
+    partly cached snapshot is incomplete."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if "Invalid credentials in Authorization header" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _os_error_text(error: OSError) -> str:
