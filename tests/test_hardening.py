@@ -2553,6 +2553,18 @@ def test_an_interrupted_download_is_judged_by_what_the_snapshot_holds(ckpt, tmp_
     assert "tokenizer.json" in proc.stderr and (out / "model.onnx").is_file()
 
 
+def test_a_cache_lacking_only_tokenizer_files_builds_without_network_as_it_does_offline(ckpt, tmp_path):
+    """With no network and HF_HUB_OFFLINE unset, huggingface_hub 2.x refuses the snapshot its file listing
+    calls incomplete, and the build was refused where HF_HUB_OFFLINE=1 built it with a warning."""
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", ckpt, ["config.json", "model.safetensors"])
+    list_snapshot_files(snapshot, ckpt)
+    out = tmp_path / "out"
+    unreachable = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    proc = cli("-m", "org/tiny", "-o", out, env=unreachable)
+    assert proc.returncode == 0, proc.stderr
+    assert "tokenizer file(s) tokenizer.json" in proc.stderr and (out / "model.onnx").is_file()
+
+
 def test_a_weights_link_to_a_missing_blob_is_fetched_again(ckpt, tmp_path, monkeypatch):
     """An interrupted download leaves the snapshot's link to blobs/<hash> while the blob is still
     blobs/<hash>.incomplete: online the weights were taken as cached and the build failed on them

@@ -274,6 +274,8 @@ def download_from_hub(repo_id: str) -> Path:
                 f"({_os_error_text(local)}); set HF_HOME or HF_HUB_CACHE to a writable folder, "
                 "or pass a local folder"
             ) from None
+        if cached is not None and not missing_files(cached)[0]:
+            return cached  # only tokenizer files are missing: the build warns of them, as it does offline
         partly = f" (the cache holds part of it, in {cached})" if cached is not None else ""
         raise BuilderError(
             f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
