@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builder.batch_yaml import Entry, FloatText, Problems
 from builder.kit.errors import BuilderError, shown
-from builder.kit.model_source import hub_id_shaped, model_name
+from builder.kit.model_source import hub_id_in, hub_id_shaped, model_name
 from builder.kit.options import NOT_IN_OUTPUT, BuildOptions
 
 
@@ -150,6 +150,8 @@ def _model_not_found(given: str, resolved: str) -> str | None:
     if os.path.isabs(os.path.expanduser(given)):
         return f"no folder {resolved}; check the path"
     hub = "" if given.startswith(".") else " (nor a hub id: those are owner/name)"
+    if hub_id_in(given) is not None:
+        hub = f" (nor a hub id: those are owner/name; for the hub's model write {hub_id_in(given)})"
     return (
         f"no folder {resolved}{hub}; a relative path is read from the batch file's folder, "
         "whatever folder the batch runs from"

@@ -2766,6 +2766,36 @@ def test_invalid_hub_id_is_called_invalid(tmp_path, model, fragment):
     assert "offline" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "model",
+    ["org/tiny/", "hf://org/tiny", "https://huggingface.co/org/tiny", "https://huggingface.co/org/tiny/tree/main"],
+)
+def test_a_hub_address_or_url_names_the_hub_id_to_pass(tmp_path, model):
+    """A model's URL copied from the browser, an hf:// address or owner/name/ read only 'nor a hub
+    id: those are owner/name', in a build and in a batch file."""
+    out = tmp_path / "out"
+    proc = cli("-m", model, "-o", out, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert_clean_failure(proc, f"{model!r} does not exist", "for the hub's model: -m org/tiny)", out=out)
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"jobs:\n  - model: {model}\n")
+    proc = cli("batch", jobs, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert_clean_failure(proc, "jobs[0].model: no folder", "for the hub's model write org/tiny)")
+
+
+def test_only_a_models_address_is_read_as_a_hub_id():
+    from builder.kit.model_source import hub_id_in
+
+    assert hub_id_in("HF.co/Org/Name") == "Org/Name" and hub_id_in("https://hf.co/org/name/blob/main/x") == "org/name"
+    for other in (
+        "https://huggingface.co/datasets/org/name",
+        "https://huggingface.co/org",
+        "a/b/c",
+        "./x/",
+        "org/name",
+    ):
+        assert hub_id_in(other) is None, other
+
+
 def test_download_hint_names_the_installed_cli(monkeypatch):
     import importlib.metadata
 

@@ -35,6 +35,9 @@ def resolve_model_dir(model: str) -> Path:
         return path
     if not is_hub_id(model):
         not_hub = " (nor a hub id: those are owner/name)" if model.count("/") > 1 else ""
+        meant = hub_id_in(model)
+        if meant is not None:
+            not_hub = f" (nor a hub id: those are owner/name; for the hub's model: -m {meant})"
         raise BuilderError(
             f"model folder {model!r} does not exist{not_hub}; pass a folder with config.json "
             "and *.safetensors, or a hub id like Qwen/Qwen3-4B"
@@ -46,6 +49,28 @@ def resolve_model_dir(model: str) -> Path:
         if hint:
             raise BuilderError(f"{e}; {hint}") from None
         raise
+
+
+_HUB_PREFIXES = (
+    "hf://",
+    "https://huggingface.co/",
+    "http://huggingface.co/",
+    "https://hf.co/",
+    "huggingface.co/",
+    "hf.co/",
+)
+
+
+def hub_id_in(model: str) -> str | None:
+    """The hub id in a model's hub address or URL (hf://Org/Name, https://huggingface.co/Org/Name/tree/main,
+    Org/Name/), as copied from a browser or another tool; None for anything else."""
+    for prefix in _HUB_PREFIXES:
+        if model.lower().startswith(prefix):
+            parts = model[len(prefix) :].split("/")
+            is_model = len(parts) >= 2 and all(parts[:2]) and parts[0] not in ("datasets", "spaces")
+            return "/".join(parts[:2]) if is_model else None
+    trimmed = model.rstrip("/")
+    return trimmed if trimmed != model and hub_id_shaped(trimmed) else None
 
 
 def model_name(model: str) -> str:
