@@ -13,8 +13,11 @@ import html
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -309,3 +312,41 @@ def test_a_folder_of_symlinks_is_served(tmp_path):
             assert refused.value.code == 404, climb
     finally:
         server.shutdown()
+
+
+def reset_mid_download(port: int, path: str) -> None:
+    """A client that reads the headers of `path` and then goes away (a reload while the weights load):
+    the connection is reset, not closed, as a browser's aborted fetch does."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.0 200")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def wait_for_handlers(timeout: float = 10) -> None:
+    """Until serve.py's request threads (ThreadingHTTPServer's, not joined: daemon threads) have ended."""
+    deadline = time.monotonic() + timeout
+    while any("process_request_thread" in t.name for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a request thread did not end"
+        time.sleep(0.05)
+
+
+def test_a_download_the_browser_stops_prints_no_traceback(tmp_path, capfd):
+    """Reloading the page while it loads the weights resets the connection mid-file: serve.py went on
+    serving and printed a ConnectionResetError traceback for each file, as if it had failed."""
+    from test_transformers_js import load_serve
+
+    built = fake_build(tmp_path / "tiny")
+    with open(built / "onnx" / "model_q4.onnx_data", "wb") as data:
+        data.truncate(256 << 20)  # sparse: far more than the socket buffers hold
+    server, _ = load_serve().start([built])
+    try:
+        for _ in range(2):
+            reset_mid_download(server.server_port, "/models/tiny/onnx/model_q4.onnx_data")
+        wait_for_handlers()
+        config = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/models/tiny/config.json", timeout=10)
+        assert json.load(config)["transformers.js_config"]["dtype"] == "q4"  # still serving
+    finally:
+        server.shutdown()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err

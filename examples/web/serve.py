@@ -258,12 +258,21 @@ class Handler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A browser that stops a download (a reload, a closed tab while the weights load) resets the
+        connection mid-file: nothing went wrong here, so no traceback. Anything else is still printed."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def start(model_dirs: list[Path], port: int = 0, quiet: bool = True):
     """Serve in a background thread; returns (server, results queue). port 0: any free port.
     server.models maps each URL name to its folder (see url_names)."""
     models = url_names(model_dirs)
     results: queue.Queue = queue.Queue()
-    server = ThreadingHTTPServer(("127.0.0.1", port), partial(Handler, models=models, results=results, quiet=quiet))
+    server = Server(("127.0.0.1", port), partial(Handler, models=models, results=results, quiet=quiet))
     server.models = models
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, results
