@@ -350,3 +350,42 @@ def test_a_download_the_browser_stops_prints_no_traceback(tmp_path, capfd):
         server.shutdown()
     err = capfd.readouterr().err
     assert "Traceback" not in err and "ConnectionResetError" not in err, err
+
+
+def status(port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> int:
+    """The status serve.py answers a raw request with (http.client sends the path as it is)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {"Content-Length": str(len(body))}).items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_malformed_requests_get_400_not_a_traceback(tmp_path, capfd):
+    """A NUL byte in the path, a POST whose body is no JSON object or whose Content-Length is no
+    number: the connection dropped with a traceback on serve.py's terminal (ValueError, AttributeError)."""
+    from test_transformers_js import load_serve
+
+    server, results = load_serve().start([fake_build(tmp_path / "tiny")])
+    port = server.server_port
+    try:
+        for method in ("GET", "HEAD"):
+            for path in ("/models/tiny/config.json%00.txt", "/index.html%00"):
+                assert status(port, method, path) == 400, (method, path)
+        for body in (b"[1, 2]", b'"text"', b"not json"):
+            assert status(port, "POST", "/result", body) == 400, body
+        for length in ("abc", "-1"):
+            assert status(port, "POST", "/result", headers={"Content-Length": length}) == 400, length
+        assert status(port, "POST", "/result", b'{"tokens": [1]}') == 204  # what the page posts
+        assert status(port, "GET", "/models/tiny/config.json") == 200
+    finally:
+        server.shutdown()
+    assert results.get_nowait() == {"tokens": [1]} and results.empty()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err

@@ -237,15 +237,32 @@ class Handler(SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
+    def send_head(self):
+        # open() raises on a NUL byte (ValueError, not the OSError the stdlib answers with a 404):
+        # the connection dropped with a traceback. No file has one in its name.
+        if "\x00" in unquote(urlsplit(self.path).path):
+            self.send_error(400, "the path holds a NUL byte")
+            return None
+        return super().send_head()
+
     def do_POST(self):
         if urlsplit(self.path).path != "/result":
             self.send_error(404)
             return
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         try:
-            result = json.loads(body)
+            length = int(self.headers.get("Content-Length", 0))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.send_error(400, "Content-Length is not a byte count")
+            return
+        try:
+            result = json.loads(self.rfile.read(length))
         except ValueError:
             self.send_error(400, "body is not JSON")
+            return
+        if not isinstance(result, dict):
+            self.send_error(400, "body is not a JSON object")
             return
         self.results.put(result)
         if not self.quiet:
