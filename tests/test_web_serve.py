@@ -389,3 +389,26 @@ def test_malformed_requests_get_400_not_a_traceback(tmp_path, capfd):
     assert results.get_nowait() == {"tokens": [1]} and results.empty()
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
+
+
+def test_ctrl_c_stops_it_with_130(tmp_path):
+    """Ctrl-C is how a user stops serve.py: exit 130, as for any interrupted command (it exited 0,
+    so `serve.py OUT && next` ran on), and no traceback."""
+    import signal
+
+    child = subprocess.Popen(
+        [sys.executable, str(SERVE), str(fake_build(tmp_path / "tiny")), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job's ignored SIGINT
+    )
+    try:
+        assert child.stdout.readline().strip().endswith("/?model=tiny")
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=20)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert child.returncode == 130, err
+    assert err == "" and out == "", (out, err)

@@ -355,9 +355,12 @@ def main() -> None:
         print(url, flush=True)
     try:
         threading.Event().wait()
-    except KeyboardInterrupt:
+    finally:
         server.shutdown()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C, while serving or checking the folders: 130, as a shell reports it
+        sys.exit(130)
