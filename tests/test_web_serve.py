@@ -331,6 +331,27 @@ def wait_for_handlers(timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+def test_hidden_files_of_a_served_folder_are_not_served(tmp_path):
+    """A model folder that is a git clone of a hub repository holds .git/config, which may carry a token
+    in its URL: served to whoever asked, where the page never asks for a hidden file."""
+    from test_transformers_js import load_serve
+
+    built = fake_build(tmp_path / "built")
+    (built / ".git").mkdir()
+    (built / ".git" / "config").write_text("url = https://user:hf_secret@huggingface.co/org/tiny")
+    (built / ".env").write_text("HF_TOKEN=hf_secret")
+    server, _ = load_serve().start([built])
+    base = f"http://127.0.0.1:{server.server_port}/models/built"
+    try:
+        assert urllib.request.urlopen(f"{base}/config.json", timeout=10).status == 200
+        for hidden in (".git/config", ".env", "%2egit/config", "onnx/../.env"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{base}/{hidden}", timeout=10)
+            assert refused.value.code == 404, hidden
+    finally:
+        server.shutdown()
+
+
 def test_a_download_the_browser_stops_prints_no_traceback(tmp_path, capfd):
     """Reloading the page while it loads the weights resets the connection mid-file: serve.py went on
     serving and printed a ConnectionResetError traceback for each file, as if it had failed."""

@@ -214,7 +214,9 @@ class Handler(SimpleHTTPRequestHandler):
             # A path that climbs out of the model folder gets a 404, not a file. Checked on the URL's
             # own components, not on the resolved file: a Hugging Face cache snapshot (hf download)
             # is a folder of symlinks into ../../blobs, and its files are the model's all the same.
-            if any(p in (".", "..") or "\\" in p or ":" in p or Path(p).is_absolute() for p in rest):
+            # Hidden files are none of the model's (transformers.js asks for none), and may be secret: a
+            # git clone's .git/config can hold a token in its URL.
+            if any(p.startswith(".") or "\\" in p or ":" in p or Path(p).is_absolute() for p in rest):
                 return str(folder / "__missing__")
             return str(folder.joinpath(*rest))
         return super().translate_path(path)
