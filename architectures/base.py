@@ -249,14 +249,15 @@ class DecoderBuilder:
         if self.rotary_interleaved:
             spec.rope = dataclasses.replace(spec.rope, interleaved=True)
         if not self.partial_rotary:
-            if spec.rope.rope_type == "yarn" and spec.rope.rotary_dim != spec.head_dim:
-                # transformers' yarn makes cos/sin for that share of the head, and these families'
-                # attention then fails to apply them to the whole head (5.25: a size mismatch).
+            if spec.rope.rope_type != "default" and spec.rope.rotary_dim != spec.head_dim:
+                # transformers' scaled rope (linear, llama3, yarn) makes cos/sin for that share of the
+                # head, and these families' attention then fails to apply them to the whole head (5.25:
+                # a size mismatch); only its default rope ignores the factor, as these families do.
                 raise BuilderError(
-                    f"config.json: yarn rope scaling with partial_rotary_factor < 1 ({spec.rope.rotary_dim} of "
-                    f"head_dim {spec.head_dim}): {type(self).__name__} rotates the whole head, and transformers "
-                    "cannot run this config either; remove partial_rotary_factor (or build with a family that "
-                    "rotates part of the head: --family)"
+                    f"config.json: {spec.rope.rope_type} rope scaling with partial_rotary_factor < 1 "
+                    f"({spec.rope.rotary_dim} of head_dim {spec.head_dim}): {type(self).__name__} rotates the "
+                    "whole head, and transformers cannot run this config either; remove partial_rotary_factor "
+                    "(or build with a family that rotates part of the head: --family)"
                 )
             spec.rope = dataclasses.replace(spec.rope, rotary_dim=spec.head_dim)
         lm_head = self.weight(None, "lm_head.weight")

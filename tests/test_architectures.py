@@ -182,6 +182,31 @@ def test_keys_transformers_ignores_for_a_family_are_ignored_here(checkpoint, tmp
     parity(result, ckpt)
 
 
+@pytest.mark.parametrize(
+    "name,config",
+    [
+        ("llama", dict(partial_rotary_factor=0.5)),  # its llama3 scaling
+        ("llama", dict(rope_scaling={"type": "linear", "factor": 2.0}, partial_rotary_factor=0.5)),
+        ("qwen3", dict(rope_scaling={"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5})),
+        ("mistral", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}, partial_rotary_factor=0.5)),
+    ],
+)
+def test_scaled_rope_over_part_of_the_head_is_refused_where_the_family_rotates_the_whole_head(
+    checkpoint, tmp_path, name, config
+):
+    """transformers' linear and llama3 rope, like its yarn, make cos/sin for partial_rotary_factor of
+    the head, and these families' attention then fails on the whole head (5.25: 'The size of tensor a
+    (32) must match the size of tensor b (16)'): the build wrote a whole-head model no reference runs."""
+    ckpt = tmp_path / "c"
+    shutil.copytree(checkpoint(name), ckpt)
+    (ckpt / "config.json").write_text(json.dumps({**json.loads((ckpt / "config.json").read_text()), **config}))
+    with pytest.raises(
+        BuilderError, match=r"(linear|llama3) rope scaling with partial_rotary_factor < 1 \(16 of head_dim 32\)"
+    ):
+        build(model=str(ckpt), output=str(tmp_path / "o"), precision="fp32", show_progress=False)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("name,head_dim", [("qwen3", 128), ("qwen3-moe", None)])
 def test_a_config_without_head_dim_takes_transformers_default(tmp_path, name, head_dim):
     """Qwen3Config's head_dim defaults to 128 (Qwen3-MoE's attention: hidden / heads); the build
