@@ -379,7 +379,7 @@ def status(port: int, method: str, path: str, body: bytes = b"", headers: dict |
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.putrequest(method, path, skip_accept_encoding=True)
+        connection.putrequest(method, path, skip_host="Host" in (headers or {}), skip_accept_encoding=True)
         for name, value in (headers or {"Content-Length": str(len(body))}).items():
             connection.putheader(name, value)
         connection.endheaders(body)
@@ -433,3 +433,24 @@ def test_ctrl_c_stops_it_with_130(tmp_path):
         child.wait(10)
     assert child.returncode == 130, err
     assert err == "" and out == "", (out, err)
+
+
+def test_requests_for_another_host_are_refused(tmp_path):
+    """A page on any site the user visits can make its own domain resolve to 127.0.0.1 (DNS rebinding)
+    and read what serve.py serves, /models.json with the folders' paths included: only requests that
+    name this machine, or a name given with --allow-host, are answered."""
+    from test_transformers_js import load_serve
+
+    built = fake_build(tmp_path / "built")
+    server, results = load_serve().start([built], allow_hosts=("Models.Example",))
+    port = server.server_port
+    try:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "[::2]"):
+            assert status(port, "GET", "/models.json", headers={"Host": host}) == 403, host
+            assert status(port, "GET", "/models/built/config.json", headers={"Host": host}) == 403, host
+        post = {"Host": "evil.example", "Content-Type": "text/plain", "Content-Length": "2"}
+        assert status(port, "POST", "/result", b"{}", headers=post) == 403 and results.empty()
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST", "models.example:443"):
+            assert status(port, "GET", "/models/built/config.json", headers={"Host": host}) == 200, host
+    finally:
+        server.shutdown()

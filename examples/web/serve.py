@@ -203,9 +203,26 @@ class Handler(SimpleHTTPRequestHandler):
         ".json": "application/json",
     }
 
-    def __init__(self, *args, models: dict[str, Path], results: queue.Queue, quiet: bool, **kwargs):
-        self.models, self.results, self.quiet = models, results, quiet
+    def __init__(
+        self, *args, models: dict[str, Path], results: queue.Queue, quiet: bool, hosts: frozenset[str], **kwargs
+    ):
+        self.models, self.results, self.quiet, self.hosts = models, results, quiet, hosts
         super().__init__(*args, directory=str(HERE), **kwargs)
+
+    def parse_request(self) -> bool:
+        """Answer only requests addressed to this machine by name: a web page whose own domain resolves
+        to 127.0.0.1 (DNS rebinding) could otherwise read /models.json, with the folders' paths, and
+        every file served, from any site the user visits while this runs."""
+        if not super().parse_request():
+            return False
+        host = self.headers.get("Host")
+        if host is None or _host_name(host) in self.hosts:
+            return True  # no Host: no browser sent it
+        self.send_error(
+            403,
+            f"this server answers requests for {', '.join(sorted(self.hosts))}; serve.py --allow-host NAME adds NAME",
+        )
+        return False
 
     def translate_path(self, path: str) -> str:
         parts = unquote(urlsplit(path).path).split("/")
@@ -286,12 +303,25 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def start(model_dirs: list[Path], port: int = 0, quiet: bool = True):
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: 127.0.0.1:8000 -> 127.0.0.1, [::1]:8000 -> ::1."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def start(model_dirs: list[Path], port: int = 0, quiet: bool = True, allow_hosts: tuple[str, ...] = ()):
     """Serve in a background thread; returns (server, results queue). port 0: any free port.
-    server.models maps each URL name to its folder (see url_names)."""
+    server.models maps each URL name to its folder (see url_names). Requests whose Host names another
+    machine than this one, or than allow_hosts, get a 403."""
     models = url_names(model_dirs)
     results: queue.Queue = queue.Queue()
-    server = Server(("127.0.0.1", port), partial(Handler, models=models, results=results, quiet=quiet))
+    hosts = LOCAL_HOSTS | {_host_name(h) for h in allow_hosts}
+    server = Server(("127.0.0.1", port), partial(Handler, models=models, results=results, quiet=quiet, hosts=hosts))
     server.models = models
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, results
@@ -326,6 +356,14 @@ def main() -> None:
     parser.add_argument(
         "--port", type=port_number, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free port)"
     )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer requests addressed to NAME too (a forwarded port's or a proxy's host name); by default only "
+        "127.0.0.1, localhost and [::1], so that a web page cannot reach the server through a domain of its own",
+    )
     args = parser.parse_args()
     for d in args.models:
         try:
@@ -337,7 +375,7 @@ def main() -> None:
             f"{HERE}/node_modules lacks @huggingface/transformers: run `npm install --ignore-scripts` in {HERE}"
         )
     try:
-        server, _ = start(args.models, args.port, quiet=False)
+        server, _ = start(args.models, args.port, quiet=False, allow_hosts=tuple(args.allow_host))
     except OSError as e:
         where = f"127.0.0.1:{args.port}"
         if e.errno == errno.EADDRINUSE:
