@@ -2402,6 +2402,25 @@ def test_hub_cache_with_only_config_offline(ckpt, tmp_path):
     )
 
 
+def test_a_complete_earlier_snapshot_is_named_where_refs_main_names_a_partial_one(ckpt, tmp_path):
+    """A repository's new commit moves refs/main when a download of it starts: one cut short left the
+    hub id refused as partly cached, with the complete earlier snapshot beside it unnamed."""
+    earlier = hub_cache(tmp_path / "hf", "org/tiny", ckpt)
+    partial = earlier.parent / ("1" * 40)
+    partial.mkdir()
+    shutil.copyfile(ckpt / "config.json", partial / "config.json")
+    (earlier.parent.parent / "refs" / "main").write_text("1" * 40)
+    out = tmp_path / "out"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    proc = cli("-m", "org/tiny", "-o", out, env=env)
+    assert_clean_failure(proc, "only part of 'org/tiny'", f"complete earlier snapshot of it, which -m {earlier} builds")
+    assert cli("-m", earlier, "-o", out, env=env).returncode == 0
+    # refs/main gone: the hub id is not in the cache, and the complete snapshot is named all the same
+    (earlier.parent.parent / "refs" / "main").unlink()
+    proc = cli("-m", "org/tiny", "-o", tmp_path / "out2", env=env)
+    assert_clean_failure(proc, "not in the Hugging Face cache", f"-m {earlier} builds", out=tmp_path / "out2")
+
+
 def test_hub_cache_missing_one_shard_offline(tmp_path):
     sharded = make_checkpoint(tmp_path / "sharded", TINY_CONFIGS["qwen3"], shard_size_bytes=40_000)
     shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))

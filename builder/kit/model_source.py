@@ -261,6 +261,7 @@ def download_from_hub(repo_id: str) -> Path:
             raise BuilderError(
                 f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
                 f"download it where you have network ({command}) or pass a local folder"
+                f"{_complete_snapshot_besides(repo_id, cached)}"
             )
         needed, wanted = missing_files(cached)
         if not needed:
@@ -268,7 +269,7 @@ def download_from_hub(repo_id: str) -> Path:
         raise BuilderError(
             f"the Hugging Face cache holds only part of {repo_id!r} ({', '.join(needed)} "
             f"missing in {cached}) and HF_HUB_OFFLINE is set; complete it where you have "
-            f"network ({command}) or pass a local folder"
+            f"network ({command}) or pass a local folder{_complete_snapshot_besides(repo_id, cached)}"
         )
     try:
         path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP))
@@ -305,7 +306,7 @@ def download_from_hub(repo_id: str) -> Path:
         raise BuilderError(
             f"{repo_id!r} is not a local folder, not complete in the Hugging Face cache{partly}, "
             f"and the hub could not be reached ({kind}); you may be offline: run {command} "
-            "where you have network, or pass a local folder"
+            f"where you have network, or pass a local folder{_complete_snapshot_besides(repo_id, cached)}"
         ) from None
     needed, _ = missing_files(path)
     if needed:
@@ -336,6 +337,23 @@ def _local_cache_error(error: BaseException) -> OSError | None:
                 return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _complete_snapshot_besides(repo_id: str, cached: Path | None) -> str:
+    """'; ...' naming the newest complete snapshot of `repo_id` in the cache other than `cached`, the one
+    refs/main names, else "". A repository's new commit moves refs/main on the next download, and a
+    download cut short then leaves the complete earlier snapshot unnamed by the hub id."""
+    try:
+        from huggingface_hub import constants
+
+        snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+        complete = [p for p in snapshots.iterdir() if p.is_dir() and p != cached and not missing_files(p)[0]]
+        newest = max(complete, key=lambda p: p.stat().st_mtime, default=None)
+    except (ImportError, OSError):
+        return ""
+    if newest is None:
+        return ""
+    return f"; the cache holds a complete earlier snapshot of it, which -m {newest} builds"
 
 
 def _token_refused(error: BaseException) -> bool:
