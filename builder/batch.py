@@ -30,6 +30,7 @@ from builder.batch_outputs import check_hub_models, check_output_root, check_out
 from builder.batch_resume import rebuild_reason, skipped_result
 from builder.batch_schema import Batch, load_batch
 from builder.batch_summary import markdown, size_text, summary, summary_paths, table, write_summary
+from builder.cli import write_stdout
 from builder.kit.errors import BuilderError
 from builder.kit.progress import Progress, end_line
 from builder.output_dir import remove_stale_staging
@@ -327,9 +328,8 @@ def _check(args: argparse.Namespace):
             reason = job.reason + ("; downloads it: not in the Hugging Face cache" if o.model in downloads else "")
             # The folder in full: a name is relative to the output root, which a file without output_root:
             # puts beside itself, whatever folder the batch runs from.
-            print(
-                f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {reason})  -> {o.output}"
-            )
+            line = f"{tag[id(job)]} {job.action:5} {job.name}  ({o.model}, {o.precision}, {o.ep}; {reason})"
+            write_stdout(f"{line}  -> {o.output}\n")
         return None
     return batch, to_build, tag, summary_json, summary_md
 

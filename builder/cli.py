@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
+import io
 import os
 import signal
 import sys
@@ -209,8 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         from builder.pipeline import build_from_flags
 
         result = build_from_flags(options_from_args(args), show_progress=not args.quiet)
-        print(result.output)
+        try:
+            write_stdout(f"{result.output}\n")
+        except StdoutUnwritable as e:
+            return stdout_unwritable(e, f"built {result.output}, but ")
         return 0
+    except StdoutUnwritable as e:
+        return stdout_unwritable(e)
     except BuilderError as e:
         end_line()
         if debug:
@@ -246,14 +253,62 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class StdoutUnwritable(Exception):
+    """stdout refused a write, not for a closed pipe: `> log` on a full disk, an I/O error."""
+
+    def __init__(self, error: OSError):
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        advice = "free space on the disk it goes to" if full else "check the file or device it goes to"
+        super().__init__(f"could not write to stdout ({error.strerror or error}); {advice}")
+
+
+def write_stdout(text: str) -> None:
+    """`text` on stdout, flushed now. A stdout that fails (a closed pipe, a full disk under `> log`)
+    then fails here, where the command turns it into one line or a quiet exit, not in the
+    interpreter's final flush: 'Exception ignored ... OSError' and exit 120, or for a full disk a
+    misleading 'could not access' error with exit 2."""
+    try:
+        stream = sys.stdout
+        raw = getattr(stream, "buffer", None)
+        if isinstance(raw, io.RawIOBase):
+            # python -u, PYTHONUNBUFFERED (CI sets it): a write to a pipe whose reader left can be
+            # short, and the text layer drops the rest without a word, so exit 0 for output cut off.
+            stream.flush()
+            data = memoryview(text.replace("\n", os.linesep).encode(stream.encoding, stream.errors))
+            while data:
+                data = data[raw.write(data) or 0 :]
+        else:
+            stream.write(text)
+            stream.flush()
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): broken_pipe() ends it quietly
+    except OSError as e:
+        raise StdoutUnwritable(e) from None
+
+
+def stdout_unwritable(error: StdoutUnwritable, done: str = "") -> int:
+    """One error line for a stdout that failed, exit 1 (as `echo hi > /dev/full` does); `done` says
+    what was finished anyway. stdout is pointed at /dev/null, so what is left in its buffer cannot
+    fail again at exit."""
+    end_line()
+    _stdout_to_devnull()
+    print(f"error: {done}{error}", file=sys.stderr)
+    return 1
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def broken_pipe() -> int:
     """The reader of stdout went away (`... | head`): stop quietly, as a Unix tool does.
 
     stdout is pointed at /dev/null so the interpreter's final flush cannot fail again.
     """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+    _stdout_to_devnull()
     return 128 + signal.SIGPIPE

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from builder.arg_parser import ArgumentParser
+from builder.cli import write_stdout
 from builder.kit.errors import BuilderError
 
 
@@ -118,11 +119,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     summaries = [summarize(Path(p), args.layer) for p in args.outputs]
     if args.json:
-        print(json.dumps(summaries, indent=2))
+        write_stdout(json.dumps(summaries, indent=2) + "\n")
         return 0
     for s in summaries:
-        print(f"{s['model']}: {s['nodes']} nodes")
-        for op, n in s["by_op_type"].items():
-            print(f"  {n:6d}  {op}")
-        print(f"  layer {args.layer}: " + " -> ".join(s[f"layer_{args.layer}"]))
+        lines = [f"{s['model']}: {s['nodes']} nodes", *(f"  {n:6d}  {op}" for op, n in s["by_op_type"].items())]
+        lines.append(f"  layer {args.layer}: " + " -> ".join(s[f"layer_{args.layer}"]))
+        write_stdout("\n".join(lines) + "\n")
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout, uninstalled
 
-from builder.cli import broken_pipe
+from builder.cli import StdoutUnwritable, broken_pipe, stdout_unwritable, write_stdout
 from builder.ep_runtime import WEBGPU_INSTALL, folder_provider, genai_model, prepare_genai
 from builder.interruptible import import_native
 from builder.kit.errors import BuilderError
@@ -140,8 +140,12 @@ def _terminal_text(text: str) -> str:
 def _write(text: str) -> None:
     """`text` to stdout now (a terminal sees the tokens come), control characters escaped."""
     if text:
-        sys.stdout.write(_terminal_text(text))
-        sys.stdout.flush()
+        write_stdout(_terminal_text(text))
+
+
+def _print(line: str) -> None:
+    """A line of the report after the text, on stdout now: a stdout that fails fails in main's hands."""
+    write_stdout(line + "\n")
 
 
 def _non_empty(text: str) -> str:
@@ -817,18 +821,18 @@ def generate(args) -> None:
             raise BuilderError(f"{why}; {instead}") from None
         raise _cannot_run(folder, config, provider, built_for, overridden, "run", e) from None
     if args.sample:
-        print(f"sampled: {_sampling(params, config, args.seed)}")
-    print(f"prompt tokens: {[int(t) for t in prompt]}")
-    print(f"new tokens:    {new}")
-    print(f"text: {prompt_text + text!r}")  # quoted: a random-weight model's text holds control characters
+        _print(f"sampled: {_sampling(params, config, args.seed)}")
+    _print(f"prompt tokens: {[int(t) for t in prompt]}")
+    _print(f"new tokens:    {new}")
+    _print(f"text: {prompt_text + text!r}")  # quoted: a random-weight model's text holds control characters
     rate = f" ({len(new) / (done - prefilled):.1f} tokens/s)" if done > prefilled else ""
     decode = f"{len(new)} new tokens in {done - prefilled:.3f}s{rate}"
-    print(f"prompt of {len(prompt)} tokens in {prefilled - start:.3f}s, {decode}")
+    _print(f"prompt of {len(prompt)} tokens in {prefilled - start:.3f}s, {decode}")
     if args.ngram:
         stats = generator.get_speculative_stats()
         # Verify and re-anchor runs, plus the plain steps where no n-gram matched.
         runs = int(stats["target_forward_passes"] + stats["standard_fallback_steps"])
-        print(
+        _print(
             f"n-gram drafts: {stats['draft_tokens_accepted']} of {stats['draft_tokens_evaluated']} accepted; "
             f"the model ran {runs} times after the prompt for {len(new)} new tokens (plain decoding: {len(new) - 1})"
         )
@@ -925,6 +929,8 @@ def main() -> int:
         generate(args)
     except BrokenPipeError:  # `generate.py ... | head`: the text went to a reader that stopped reading
         return broken_pipe()
+    except StdoutUnwritable as e:  # `> log` on a full disk
+        return stdout_unwritable(e)
     except KeyboardInterrupt:  # Ctrl-C, the way to stop a reply that runs on: as the builder stops, not a traceback
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1183,6 +1183,24 @@ def test_a_reader_that_stops_early_ends_it_quietly(fp32_folder, tmp_path):
     assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_one_error_line(cpu_folder):
+    """`generate.py ... > log` on a full disk ended in an OSError traceback."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), str(cpu_folder), "--max-new-tokens", "4"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (
+        "error: could not write to stdout (No space left on device); free space on the disk it goes to\n"
+    ), proc.stderr
+
+
 def test_ctrl_c_while_the_text_streams_stops_without_a_traceback(fp32_folder, tmp_path):
     """Ctrl-C is how one stops a reply that runs on: it ended generate.py with a KeyboardInterrupt
     traceback. It stops as the builder does: the streamed line ended, one error line, exit 130."""

@@ -2123,6 +2123,62 @@ def test_inspect_into_a_closed_pipe(built_folder):
     assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
+def _into(stdout, *args, unbuffered=False):
+    """The builder with its stdout on `stdout` and buffered as it is for a user, or as PYTHONUNBUFFERED
+    (which CI sets) leaves it: a buffered write fails at exit, an unbuffered one inside main."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    return subprocess.Popen(
+        [sys.executable, "-m", "builder", *map(str, args)], stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=ROOT
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_one_error_line(ckpt, built_folder, tmp_path):
+    """`python -m builder ... > log` on a full disk: the path, inspect's counts, --dry-run's lines
+    met ENOSPC in the interpreter's final flush ('Exception ignored ... OSError', exit 120), or
+    unbuffered in main's 'could not access (No space left on device); check the path' (exit 2)."""
+    out = tmp_path / "out"
+    batch_file = tmp_path / "b.yaml"
+    batch_file.write_text(f"jobs:\n  - {{model: {ckpt}, output: {out}}}\n")
+    runs = {
+        "build": (["-m", ckpt, "-o", out, "--quiet"], f"error: built {out}, but could not write to stdout"),
+        "inspect": (["inspect", built_folder], "error: could not write to stdout"),
+        "dry-run": (["batch", batch_file, "--dry-run"], "error: could not write to stdout"),
+    }
+    for name, (args, error) in runs.items():
+        with open("/dev/full", "w") as full:
+            proc = _into(full, *args)
+            err = proc.communicate(timeout=120)[1].decode()
+        assert proc.returncode == 1, (name, err)
+        assert err == f"{error} (No space left on device); free space on the disk it goes to\n", (name, err)
+    assert (out / "build_report.json").is_file()  # built, as the line says
+
+
+def test_a_reader_gone_before_the_path_is_printed_ends_quietly(ckpt, built_folder, tmp_path):
+    """`python -m builder ... | true`: the reader left before the path came, and the buffered path met
+    the closed pipe in the interpreter's final flush: 'Exception ignored ... BrokenPipeError', exit 120."""
+    for args in (["-m", ckpt, "-o", tmp_path / "out", "--quiet"], ["inspect", built_folder]):
+        proc = _into(subprocess.PIPE, *args)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141, err
+        assert err == "", err
+
+
+def test_an_unbuffered_stdout_cut_short_is_not_a_success(built_folder):
+    """With PYTHONUNBUFFERED a write into a pipe whose reader left is short, and Python's text layer
+    drops the rest in silence: `inspect --json ... | head -c 100` ended 0 as if all was written."""
+    proc = _into(subprocess.PIPE, "inspect", "--json", *[built_folder] * 200, unbuffered=True)
+    proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err
+
+
 # ---- Ctrl-C while Python imports ----------------------------------------------------
 
 
