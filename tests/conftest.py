@@ -8,6 +8,7 @@ look at the same model from different angles.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def pytest_configure(config):
     tests of what Ctrl-C does failed. The tests run as from a terminal, in each xdist worker too."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if os.environ.get("TERM") == "dumb":  # a CI's TERM=dumb turns the progress tests' terminals into logs
+        os.environ["TERM"] = "xterm"
 
 
 def pytest_runtest_logreport(report):

@@ -1684,6 +1684,29 @@ def test_warning_and_error_start_on_their_own_line():
     assert term.text.endswith(")\n")
 
 
+def test_a_dumb_terminal_gets_a_logs_lines(monkeypatch):
+    """TERM=dumb (Emacs' shell buffer) shows escapes as text: each redraw's '\\r\\033[K' stacked up as
+    '^[[K' in one growing line. It gets what a log gets, a line per step, and no escape."""
+    from builder.kit import progress as progress_module
+
+    monkeypatch.setenv("TERM", "dumb")
+    term = FakeTerminal()
+    progress = progress_module.Progress(2, label="m", stream=term)
+    progress.step("layer 1/1")
+    progress.warn("something odd")
+    progress.step("done")
+    progress.finish("built m")
+    progress_module.end_line()
+    lines = term.text.splitlines()
+    assert "\033" not in term.text and "\r" not in term.text, repr(term.text)
+    assert [line.split(" (")[0] for line in lines] == [
+        "m [############------------] 1/2 layer 1/1",
+        "warning: something odd",
+        "m [########################] 2/2 done",
+        "built m",
+    ], lines
+
+
 def test_the_progress_line_stays_one_terminal_row(monkeypatch):
     """An 80-column terminal wrapped 'qwen3-4b-instruct-2507-int4-webgpu [...] 2/40 layer 1/36 (..)',
     and a wrapped line is not cleared by the next redraw: a copy stacked up each step. A long

@@ -1,6 +1,6 @@
 """Progress display for long builds.
 
-On a terminal one line is redrawn in place; in logs (CI, batch workers) each
+On a terminal (not TERM=dumb) one line is redrawn in place; in logs (CI, batch workers) each
 step prints its own line, so the output stays readable when captured.
 Warnings and errors always start on a line of their own: `warn` clears the
 progress line first and redraws it after, and `end_line` (the CLI calls it
@@ -33,6 +33,15 @@ def end_line() -> None:
         _open_line = None
 
 
+def redraws_in_place(stream) -> bool:
+    """Whether `stream` is a terminal that takes the redraw's carriage return and erase-line escape.
+    TERM=dumb says it does not (Emacs' shell and compilation buffers): there every redraw showed as
+    '^[[K' in one growing line, so it gets a log's lines instead."""
+    if os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 class Progress:
     """on_step(done, total, what), if given, hears of each step as it starts, shown or not (a batch's
     build process passes its step to the batch). It must not block; whatever it raises is dropped: a
@@ -46,7 +55,7 @@ class Progress:
         self.enabled = enabled
         self.done = 0
         self.start = time.perf_counter()
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = redraws_in_place(self.stream)
         self.line = ""
         self._lock = threading.RLock()  # a ticking step redraws from its own thread
 
