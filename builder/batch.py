@@ -30,7 +30,7 @@ from builder.batch_outputs import check_hub_models, check_output_root, check_out
 from builder.batch_resume import rebuild_reason, skipped_result
 from builder.batch_schema import Batch, load_batch
 from builder.batch_summary import markdown, size_text, summary, summary_paths, table, write_summary
-from builder.cli import write_stdout
+from builder.cli import StdoutUnwritable, write_stdout
 from builder.kit.errors import BuilderError
 from builder.kit.progress import Progress, end_line
 from builder.output_dir import remove_stale_staging
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints one line per job and a summary table, and writes the summary as "
         "<file>-summary.json and .md. While builds run, a status line (in a log: a line "
         "every 30 s) names them with their step and time so far, e.g. '[running] q06-int4 12/33 layer 11/28 "
-        "17 s'. Exit code 1 if any job failed or "
-        "the summary could not be written, 2 if the file is invalid or an output or summary "
+        "17 s'. Exit code 1 if any job failed or the summary or stdout (`> log` on a full disk) "
+        "could not be written, 2 if the file is invalid or an output or summary "
         "folder cannot be written (then nothing is built), 130/143/129 after "
         "SIGINT/SIGTERM/SIGHUP, 141 when stdout is closed (`| head`) (running builds are stopped, "
         "their partial outputs removed, and the summary marks them interrupted; while the file and "
@@ -165,6 +165,7 @@ class Console:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._gone: set = set()  # streams that failed: written no more
+        self.stdout_error: OSError | None = None  # why stdout failed, if it did (a full disk under `> log`)
 
     def __enter__(self) -> Console:
         self._thread = threading.Thread(target=self._tick, name="batch progress", daemon=True)
@@ -238,6 +239,8 @@ class Console:
             write()
         except OSError as e:
             self._gone.add(stream)
+            if stream is sys.stdout:
+                self.stdout_error = e
             _to_devnull(stream)
             if isinstance(e, BrokenPipeError) and stream is sys.stdout and self.stop is not None:
                 # `batch ... | head`: a Unix tool stops when its reader goes. Raising here left the
@@ -418,6 +421,8 @@ def _run(
                 err=f"error: stdout was closed, so the batch stopped as for a signal: {counts['built']} built, "
                 f"{counts['interrupted']} interrupted (partial outputs removed); summary: {summary_json}",
             )
+        elif console.stdout_error is not None and not stop.signum:  # a full disk under `> log`: lines lost
+            console.say(None, err=f"error: {StdoutUnwritable(console.stdout_error)}; the summary: {summary_json}")
     if stop.signum:
         return stop.exit_code
-    return 1 if counts["failed"] or unwritten else 0
+    return 1 if counts["failed"] or unwritten or console.stdout_error else 0

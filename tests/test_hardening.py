@@ -2180,6 +2180,23 @@ def test_a_full_disk_under_stdout_is_one_error_line(ckpt, built_folder, tmp_path
     assert (out / "build_report.json").is_file()  # built, as the line says
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_batch_whose_log_is_on_a_full_disk_says_so(ckpt, tmp_path):
+    """`batch FILE > log` on a full disk lost every line and exited 0 without a word."""
+    batch_file = tmp_path / "b.yaml"
+    batch_file.write_text(f"output_root: out\njobs:\n  - {{model: {ckpt}, output: a}}\n")
+    with open("/dev/full", "w") as full:
+        proc = _into(full, "batch", batch_file)
+        err = proc.communicate(timeout=120)[1].decode()
+    summary = tmp_path / "out" / "b-summary.json"
+    assert proc.returncode == 1, err
+    assert err == (
+        "error: could not write to stdout (No space left on device); free space on the disk it goes to; "
+        f"the summary: {summary}\n"
+    ), err
+    assert json.loads(summary.read_text())["counts"]["built"] == 1
+
+
 def test_a_reader_gone_before_the_path_is_printed_ends_quietly(ckpt, built_folder, tmp_path):
     """`python -m builder ... | true`: the reader left before the path came, and the buffered path met
     the closed pipe in the interpreter's final flush: 'Exception ignored ... BrokenPipeError', exit 120."""
