@@ -1731,6 +1731,34 @@ def test_the_progress_line_stays_one_terminal_row(monkeypatch):
     assert log.getvalue().startswith(name + " [")
 
 
+def test_a_narrow_terminal_keeps_the_name_and_counts_before_the_bar(monkeypatch):
+    """At 40 columns (a split tmux pane) the 26-character bar left 'o... [####----] 1/6 ...': no
+    name, and a short one ('o1') lengthened into 'o...'. The bar gives way first there."""
+    import re
+
+    from builder.kit import progress as progress_module
+
+    def rows(columns: int, label: str) -> list[str]:
+        monkeypatch.setenv("COLUMNS", str(columns))
+        term = FakeTerminal()
+        progress = progress_module.Progress(6, label=label, stream=term)
+        progress.step("layer 1/2")
+        drawn = term.text.split("\r\033[K")[1:]
+        assert all(len(row) < columns for row in drawn), drawn
+        return drawn
+
+    assert re.fullmatch(r"o1 1/6 layer 1/2 \(\d\.\ds\)", rows(40, "o1")[0])
+    assert re.fullmatch(r"qwen3-0\.6b-int4\.\.\. 1/6 layer 1/2 \(\d\.\ds\)", rows(40, "qwen3-0.6b-int4-webgpu")[0])
+    # where the bar fits beside the name, or 8 characters of it, it stays
+    assert re.fullmatch(r"o1 \[#{4}-{20}\] 1/6 layer 1/2 \(\d\.\ds\)", rows(60, "o1")[0])
+    assert re.fullmatch(
+        r"qwen3-0\.\.\.\. \[#{4}-{20}\] 1/6 layer 1/2 \(\d\.\ds\)", rows(60, "qwen3-0.6b-int4-webgpu")[0]
+    )
+    assert re.fullmatch(
+        r"qwen3-0\.6b-int4-webgpu \[#{4}-{20}\] 1/6 layer 1/2 \(\d\.\ds\)", rows(80, "qwen3-0.6b-int4-webgpu")[0]
+    )
+
+
 def test_a_long_step_keeps_counting_on_a_terminal_and_prints_once_in_a_log():
     """verify's line stood still for minutes at 8B: on a terminal a ticking step redraws its
     elapsed time; a log (batch, CI) still gets one line for it."""

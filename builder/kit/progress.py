@@ -42,6 +42,9 @@ def redraws_in_place(stream) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+NARROW_LABEL = 8  # characters of the output's name a terminal row keeps before the bar gives way
+
+
 class Progress:
     """on_step(done, total, what), if given, hears of each step as it starts, shown or not (a batch's
     build process passes its step to the batch). It must not block; whatever it raises is dropped: a
@@ -73,12 +76,18 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         width = 24
         filled = int(width * min(self.done, self.total) / self.total)
-        bar = "#" * filled + "-" * (width - filled)
-        tail = f" [{bar}] {self.done}/{self.total} {what} ({elapsed:.1f}s)"
-        label = self.label
+        bar = " [" + "#" * filled + "-" * (width - filled) + "]"
+        counts = f" {self.done}/{self.total} {what} ({elapsed:.1f}s)"
+        tail, label = bar + counts, self.label
         if self.tty:  # a long output name gives way first, so the counts stay in the row
             room = self.columns() - len(tail)
-            label = label if len(label) <= room else label[: max(room - 3, 1)] + "..."
+            if room < min(len(label), NARROW_LABEL):
+                # A narrow terminal (a split tmux pane): the bar gives way before the name and the
+                # counts, which said nothing but "o..." beside it at 40 columns.
+                tail = counts
+                room += len(bar)
+            if len(label) > room:
+                label = label[: room - 3] + "..." if room > 3 else label[: max(room, 1)]
         with self._lock:
             self.line = label + tail
             self._draw()
