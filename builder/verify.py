@@ -98,7 +98,12 @@ def _verify_import_failure() -> str | None:
     import importlib
 
     # What dequantized_reference and _transformers_errors_only import, as they import it.
-    for module, name in (("torch", None), ("transformers", "AutoModelForCausalLM"), ("transformers.utils", "logging")):
+    for module, name in (
+        ("torch", None),
+        ("transformers", "AutoModelForCausalLM"),
+        ("transformers", "GenerationConfig"),
+        ("transformers.utils", "logging"),
+    ):
         try:
             imported = importlib.import_module(module)
             if name:
@@ -144,13 +149,20 @@ class ParityResult:
 
 
 def dequantized_reference(
-    checkpoint_dir: str | Path, options: BuildOptions, io_dtype=np.float32, family=None, formats=None
+    checkpoint_dir: str | Path,
+    options: BuildOptions,
+    io_dtype=np.float32,
+    family=None,
+    formats=None,
+    logits_only: bool = False,
 ):
     """transformers model (fp32) holding the weights the built graph uses. family: the builder
     class that built it (default: the one registered for the checkpoint's config.json). formats:
-    its plan's weight format by module (default: planned here from options, a BuildOptions)."""
+    its plan's weight format by module (default: planned here from options, a BuildOptions).
+    logits_only: the model is only run forward (--verify), so the checkpoint's generation_config.json,
+    which only generate() reads, is not loaded."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
     from transformers.utils import logging as transformers_logging
 
     import quant
@@ -164,7 +176,13 @@ def dequantized_reference(
         family = family_for(options, Checkpoint(Path(checkpoint_dir)).config)
     try:
         model_class = family.reference_class() or AutoModelForCausalLM
-        model, loading = model_class.from_pretrained(str(checkpoint_dir), dtype=torch.float32, output_loading_info=True)
+        # transformers validates generation_config.json as it loads the model, and refuses values
+        # the build takes (max_new_tokens: -1, num_return_sequences without beams): --verify failed
+        # after the whole build, blaming config.json or the model_type, over a file logits never read.
+        skipped = {"generation_config": GenerationConfig()} if logits_only else {}
+        model, loading = model_class.from_pretrained(
+            str(checkpoint_dir), dtype=torch.float32, output_loading_info=True, **skipped
+        )
     except (ValueError, KeyError, TypeError, OSError, ImportError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if isinstance(e, ImportError):
@@ -586,7 +604,7 @@ def verify_models(
         else np.float32
     )
     with _transformers_errors_only():
-        reference = dequantized_reference(checkpoint_dir, options, dtype, family, formats)
+        reference = dequantized_reference(checkpoint_dir, options, dtype, family, formats, logits_only=True)
         try:
             expected = torch_logits(reference, ids, tokens)
         except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:

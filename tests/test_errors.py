@@ -868,6 +868,21 @@ def test_verify_flag_checks_parity_and_records_it(ckpt, tmp_path):
     assert json.loads((out2 / "build_report.json").read_text())["verify"]["status"] == "not run"
 
 
+@pytest.mark.parametrize(
+    "generation",
+    [{"max_new_tokens": -1}, {"do_sample": False, "num_return_sequences": 4}, {"watermarking_config": {"bogus": 1}}],
+)
+def test_verify_does_not_read_generation_config(tmp_path, generation):
+    """transformers validates generation_config.json as it loads the reference, and refused these
+    values, which the build takes: --verify failed after the whole build, blaming config.json or a
+    model_type transformers lacks, over a file the logits it compares never depend on."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], generation_config=generation)
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32", "--verify")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "build_report.json").read_text())["verify"]["status"] == "passed"
+
+
 def test_verify_with_a_package_that_fails_to_import_is_refused_before_building(ckpt, tmp_path):
     """An installed transformers that raised on import passed the find_spec check, and the build
     ran to its end to fail in verify with a traceback."""
