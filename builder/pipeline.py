@@ -400,9 +400,20 @@ def _verify(arch, model_file: Path) -> dict:
             who = _who_to_check(arch, "what it builds differently from transformers' model")
         raise BuilderError(
             f"--verify failed: logits differ from transformers ({result['bound']} not met: "
-            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}); the output was not written. {who}"
+            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}; {_where_they_differ(result)}); "
+            f"the output was not written. {who}"
         )
     return result
+
+
+def _where_they_differ(result: dict) -> str:
+    """Where a failed verify's logits differ, for the error line (the report that holds the numbers is
+    not written): the prompt's pass or only the decode steps through the cache, and how often the top
+    token still agrees."""
+    return (
+        f"max_abs {result['max_abs_prefill']:.3g} over the prompt, {result['max_abs_decode']:.3g} over "
+        f"{result['steps'] - 1} decode step(s); top token agrees at {result['argmax_agree']:.0%} of positions"
+    )
 
 
 def _family_overridden(arch) -> bool:
