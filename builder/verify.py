@@ -35,10 +35,19 @@ VERIFY_BYTES_PER_PARAM = 13
 
 def reference_params(arch) -> int:
     """Parameters of the checkpoint that the transformers reference of architecture builder `arch`
-    loads: all but those under its family's reference_leaves_out."""
+    loads: all but those under its family's reference_leaves_out, and but what the build leaves out
+    for transformers' reasons (arch.left_out less not_built): a tied lm_head stored beside the
+    embedding, which transformers ties to it, and layers beyond num_hidden_layers, never loaded."""
     leaves_out = arch.reference_leaves_out
-    shapes = arch.checkpoint.shapes()
-    return sum(math.prod(shape) for name, shape in shapes.items() if not (leaves_out and name.startswith(leaves_out)))
+    not_built = getattr(arch, "not_built", ())
+    left_out = getattr(arch, "left_out", lambda name: False)
+
+    def held(name: str) -> bool:
+        if leaves_out and name.startswith(leaves_out):
+            return False
+        return not left_out(name) or bool(not_built and name.startswith(not_built))  # Gemma 3's vision tower
+
+    return sum(math.prod(shape) for name, shape in arch.checkpoint.shapes().items() if held(name))
 
 
 def verify_memory_bytes(params: int) -> int:

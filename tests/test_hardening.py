@@ -3129,6 +3129,32 @@ def test_verify_memory_counts_the_parameters_the_reference_loads(name, checkpoin
         assert loaded == in_checkpoint
 
 
+@pytest.mark.parametrize("stored", ["tied lm_head", "layers beyond num_hidden_layers"])
+def test_verify_memory_leaves_out_what_the_reference_does_not_hold(tmp_path, stored):
+    """A tied checkpoint that stores lm_head.weight too (transformers ties it to the embedding: one
+    table) and layers beyond num_hidden_layers (never loaded) were counted at 13 B a parameter: a
+    Gemma 3 4B with its lm_head stored was estimated 8.7 GB above what verify holds, and refused."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from architectures.qwen3 import Qwen3Builder
+    from builder.kit.options import BuildOptions
+    from builder.verify import reference_params
+
+    config = dict(TINY_CONFIGS["qwen3"])
+    if stored == "tied lm_head":
+        folder = make_checkpoint(tmp_path / "ckpt", config, tied_lm_head=True)
+    else:
+        folder = make_checkpoint(tmp_path / "ckpt", {**config, "num_hidden_layers": 3})
+        set_config(folder, num_hidden_layers=2)
+    ckpt = Checkpoint(folder)
+    arch = Qwen3Builder(ckpt, BuildOptions(model=str(folder)))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    loaded = sum(p.numel() for p in model.parameters())  # a tied table is one parameter
+    assert loaded < sum(math.prod(shape) for shape in ckpt.shapes().values())
+    assert reference_params(arch) == loaded
+
+
 @pytest.mark.parametrize("row", [0, 201, -1])
 def test_a_stored_lm_head_that_differs_in_any_block_of_rows_is_not_the_embedding(tmp_path, row):
     """The tables are compared a block of rows at a time (8192 rows: a real vocabulary has many
