@@ -119,16 +119,50 @@ def _own_modules_imported(module: str) -> set[Path]:
         if name in seen:
             continue
         seen.add(name)
-        loaded = sys.modules.get(name)
-        file = getattr(loaded, "__file__", None)
         top = name.split(".")[0]
-        if not file or not file.endswith(".py") or top in BUILT_IN or top in sys.stdlib_module_names:
+        if top in BUILT_IN or top in sys.stdlib_module_names:
             continue
-        if os.path.realpath(file).startswith(libraries):
+        file, package = _module_source(name)
+        if not file or not file.endswith(".py") or os.path.realpath(file).startswith(libraries):
             continue
         found.add(Path(file))
-        stack += _imports(Path(file), getattr(loaded, "__package__", None) or "")
+        stack += _imports(Path(file), package)
     return found
+
+
+def _module_source(name: str) -> tuple[str | None, str]:
+    """(source file, package) of a module: the loaded one's, else the file an import would load,
+    found without running it. A module the family imports inside a function is loaded in the
+    build's process only, once that function ran: read from sys.modules alone, the batch's check
+    left it out of the digest the build recorded, and rebuilt every output of such a family on
+    every run ("the source of ... changed")."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return getattr(loaded, "__file__", None), getattr(loaded, "__package__", None) or ""
+    spec = _spec_unloaded(name)
+    if spec is None or not spec.has_location:
+        return None, ""
+    return spec.origin, spec.parent or ""
+
+
+def _spec_unloaded(name: str):
+    """The spec the path finder gives `name`, importing nothing (not even its parent package)."""
+    from importlib.machinery import PathFinder
+
+    parent = name.rpartition(".")[0]
+    path = None
+    if parent:
+        loaded = sys.modules.get(parent)
+        if loaded is not None:
+            path = getattr(loaded, "__path__", None)
+        else:
+            path = getattr(_spec_unloaded(parent), "submodule_search_locations", None)
+        if path is None:  # the parent is no package: `from helper import name` names no module
+            return None
+    try:
+        return PathFinder.find_spec(name, path)
+    except (ImportError, ValueError, OSError):
+        return None
 
 
 def _imports(path: Path, package: str) -> list[str]:

@@ -616,6 +616,38 @@ def test_the_source_digest_follows_a_relative_import_up_the_user_s_package(tmp_p
     assert family_source_digest(fam.Fam) != before
 
 
+def test_the_source_digest_is_the_same_before_and_after_a_lazy_import_runs(tmp_path, monkeypatch):
+    """A family importing modules of the user's inside a method: the build's process had run it, so the
+    digest its report recorded covered them; batch's check had not, so its digest left them out, and
+    every output of the family was rebuilt on every run ("the source of lazy_fam.Fam changed")."""
+    import sys
+
+    from builder.family_source import family_source_digest
+
+    (tmp_path / "lazy_helper.py").write_text("ACT = 'silu'\n")
+    (tmp_path / "lazy_pkg").mkdir()
+    (tmp_path / "lazy_pkg" / "__init__.py").write_text("")
+    (tmp_path / "lazy_pkg" / "blocks.py").write_text("ACT = 'silu'\n")
+    (tmp_path / "lazy_fam.py").write_text(
+        "from architectures import LlamaBuilder\n\n\nclass Fam(LlamaBuilder):\n    def check_graph(self):\n"
+        "        import lazy_helper\n        from lazy_pkg import blocks\n\n"
+        "        return super().check_graph()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazy_fam
+
+    as_the_batch_sees_it = family_source_digest(lazy_fam.Fam)
+    assert not {"lazy_helper", "lazy_pkg", "lazy_pkg.blocks"} & set(sys.modules)  # found, not imported
+    import lazy_helper  # noqa: F401  as in the build's process, once check_graph ran
+    from lazy_pkg import blocks  # noqa: F401
+
+    assert family_source_digest(lazy_fam.Fam) == as_the_batch_sees_it
+    for module in ("lazy_helper", "lazy_pkg.blocks", "lazy_pkg"):
+        sys.modules.pop(module)
+    (tmp_path / "lazy_pkg" / "blocks.py").write_text("ACT = 'gelu_tanh'\n")  # an edit is seen, loaded or not
+    assert family_source_digest(lazy_fam.Fam) != as_the_batch_sees_it
+
+
 def test_an_os_error_in_a_family_is_left_for_the_command_line_to_word(tmp_path, monkeypatch):
     """A missing file or a full disk met while a plugin family builds is said as such by the command
     line, not blamed on the family's code."""
