@@ -268,7 +268,7 @@ def _malformed(report) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"has no number at {section}.{key}"
     files = report.get("files") or {}
-    if not isinstance(files.get("model", ""), str) or not _strings(files.get("data", [])):
+    if not isinstance(files.get("model", ""), str) or not all(_strings(files.get(k, [])) for k in ("data", "configs")):
         return "names its model files otherwise than a build does"
     if not _strings(report.get("tokenizer_files") or []):
         return "names its tokenizer files otherwise than a build does"
@@ -305,21 +305,13 @@ def damaged_file(output: Path, report: dict) -> str | None:
     total = sizes.get("total_bytes")
     if total is not None and sum((output / name).stat().st_size for name in weights) != total:
         return f"the model files do not add up to the {total} bytes {REPORT_NAME} records"
+    # Reports from before files.configs: the format's own config (a transformers.js folder's
+    # generation_config.json made from config.json went unchecked, and its loss was "up to date").
     config = CONFIG_FILES.get((report.get("format") or {}).get("name", "genai"))
-    if config:
-        try:
-            written = json.loads((output / config).read_text())
-        except FileNotFoundError:
-            return f"{config} is missing"
-        except (OSError, ValueError, RecursionError):
-            return f"{config} is unreadable or cut short"
-        # Hand edits (search options, provider options) are kept; a config the runtime cannot
-        # read at all is not an output that is up to date.
-        model = written.get("model") if isinstance(written, dict) else None
-        if not isinstance(written, dict) or (config == CONFIG_NAME and not isinstance(model, dict)):
-            return f"{config} is not a {'genai config' if config == 'genai_config.json' else 'JSON object'}"
-        if config == CONFIG_NAME and not isinstance(model.get("decoder"), dict):
-            return f"{config} has no model.decoder"
+    for name in files.get("configs", [config] if config else []):
+        damaged = _damaged_config(output, name)
+        if damaged:
+            return damaged
     for name in report.get("tokenizer_files") or []:
         path = output / name
         if not path.is_file():
@@ -331,6 +323,24 @@ def damaged_file(output: Path, report: dict) -> str | None:
                 json.loads(path.read_bytes())
             except (OSError, ValueError, RecursionError):
                 return f"{name} is unreadable or cut short"
+    return None
+
+
+def _damaged_config(output: Path, config: str) -> str | None:
+    """What keeps a config the build wrote from being one its reader can take, or None. Hand edits
+    (search options, provider options) are kept; a config the runtime cannot read at all is not an
+    output that is up to date."""
+    try:
+        written = json.loads((output / config).read_text())
+    except FileNotFoundError:
+        return f"{config} is missing"
+    except (OSError, ValueError, RecursionError):
+        return f"{config} is unreadable or cut short"
+    model = written.get("model") if isinstance(written, dict) else None
+    if not isinstance(written, dict) or (config == CONFIG_NAME and not isinstance(model, dict)):
+        return f"{config} is not a {'genai config' if config == CONFIG_NAME else 'JSON object'}"
+    if config == CONFIG_NAME and not isinstance(model.get("decoder"), dict):
+        return f"{config} has no model.decoder"
     return None
 
 

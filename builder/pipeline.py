@@ -244,7 +244,7 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
 
         progress.step("configs and tokenizer")
         with _write_errors(output, "writing the configs into "):
-            layout.write_configs(staging, generation)
+            configs = layout.write_configs(staging, generation)
         with _write_errors(output, "copying the tokenizer files into "):
             copied, missing = copy_tokenizer_files(
                 arch.checkpoint.directory, staging, keep_named_templates=options.format != "genai"
@@ -271,7 +271,7 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
         # After verify, so the time and the peak memory a user plans with include it. The
         # report's own making and writing, and the publish, come after: the printed time has them.
         timings["total_s"] = time.perf_counter() - started
-        report = make_report(arch, graph, staging, timings, copied, notes, layout)
+        report = make_report(arch, graph, staging, timings, copied, notes, layout, configs)
         report["load_check"] = loaded
         if verified is not None:
             report["verify"] = verified
@@ -469,7 +469,14 @@ def target_record(plan) -> dict:
 
 
 def make_report(
-    arch, graph: Graph, folder: Path, timings: dict, tokenizer_files: list[str], notes: list[str], layout
+    arch,
+    graph: Graph,
+    folder: Path,
+    timings: dict,
+    tokenizer_files: list[str],
+    notes: list[str],
+    layout,
+    configs: list[str] | None = None,
 ) -> dict:
     plan = arch.plan
     spec = plan.spec
@@ -509,6 +516,9 @@ def make_report(
             "model": layout.model_file,
             "data": layout.data_files(folder),
             "mtime_ns": {name: (folder / name).stat().st_mtime_ns for name in files},
+            # The configs the format wrote (a transformers.js folder's generation_config.json, made
+            # from config.json where the checkpoint has none): a batch rerun checks each is there.
+            "configs": list(configs if configs is not None else [layout.config_file]),
         },
         "layout": plan.layout.describe(),
         "nodes": {"total": sum(counts.values()), "by_op_type": counts},

@@ -1014,6 +1014,34 @@ def test_damaged_output_is_rebuilt_with_the_reason(tmp_path, capsys):
     assert leftovers(tmp_path / "out") == []
 
 
+def test_a_transformers_js_folder_missing_the_generation_config_it_made_is_rebuilt(tmp_path, capsys):
+    """A checkpoint without generation_config.json: the transformers.js folder gets one made from
+    config.json's token ids, which transformers.js takes eos from. Deleted or cut short, the folder was
+    "up to date" (only the copied tokenizer files and config.json were checked), a fresh build writes it."""
+    _copy_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "generation_config.json").unlink()
+    path = write(tmp_path / "f.yaml", FINGERPRINT_JOB.format(hash="false") + "        format: transformers.js\n")
+    assert batch(path) == 0
+    made = tmp_path / "out" / "a" / "generation_config.json"
+    written = made.read_bytes()
+    assert (
+        json.loads(written)["eos_token_id"]
+        == json.loads((tmp_path / "ckpt" / "config.json").read_text())["eos_token_id"]
+    )
+    for damage, reason in (
+        (made.unlink, "generation_config.json is missing"),
+        (lambda: made.write_bytes(written[:10]), "generation_config.json is unreadable"),
+    ):
+        damage()
+        capsys.readouterr()
+        assert batch(path) == 0
+        job = summary(tmp_path / "out", "f")["by_name"]["a"]
+        assert job["status"] == "built" and job["reason"].startswith(reason)
+        assert made.read_bytes() == written
+    assert batch(path) == 0
+    assert summary(tmp_path / "out", "f")["by_name"]["a"]["status"] == "skipped"
+
+
 def test_a_hand_edited_report_that_still_parses_is_rebuilt_not_a_traceback(tmp_path, capsys):
     """A build_report.json edited into other valid JSON ended the batch with a traceback: a list
     has no .get, and a skipped job's summary line read nodes.total and the like without looking."""
