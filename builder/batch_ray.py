@@ -92,7 +92,9 @@ def memory_estimate(options) -> tuple[int, str]:
         else f"{total / GB:.1f} GB for a streamed {options.precision} build"
     )
     if options.verify and options.ep == "cpu":
-        params = sum(numel.values())
+        # transformers ties a stored lm_head to the embedding, as the build's own verify check counts it
+        tied_head = numel.get("lm_head.weight", 0) if _tied_in_config(options.model) else 0
+        params = sum(numel.values()) - tied_head
         total += verify_memory_bytes(params)
         how += f" + {VERIFY_BASE_BYTES / GB:.1f} GB + {VERIFY_BYTES_PER_PARAM} B x {params:,} parameters for verify"
     return int(total), how

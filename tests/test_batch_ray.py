@@ -636,6 +636,8 @@ def test_memory_estimate_reads_the_config_s_tie_and_the_largest_embedding(checkp
     """An lm_head.weight of its own is transposed whole in a float build, unless config.json ties it
     to the embedding (some tied checkpoints hold one too, which the build does not read). Of several
     embed_tokens tables the largest is the vocabulary's."""
+    from builder.verify import verify_memory_bytes
+
     untied = checkpoint("qwen3-untied")
     table = int(np.prod(batch_ray._shapes(str(untied))["lm_head.weight"]))
     assert estimate_of(untied, tmp_path / "none", precision="fp32")[0] == int(0.7e9 + 8 * table)
@@ -643,6 +645,10 @@ def test_memory_estimate_reads_the_config_s_tie_and_the_largest_embedding(checkp
     config = json.loads((tied / "config.json").read_text())
     write(tied / "config.json", json.dumps({**config, "tie_word_embeddings": True}))
     assert estimate_of(tied, tmp_path / "none", precision="fp32")[0] == int(0.7e9)
+    # and verify's reference holds it once, tied to the embedding, as the build's own check counts it
+    params = sum(int(np.prod(shape)) for shape in batch_ray._shapes(str(tied)).values()) - table
+    verified = estimate_of(tied, tmp_path / "none", precision="fp32", verify=True)
+    assert verified[0] == int(0.7e9) + verify_memory_bytes(params), verified
 
     shapes = {"model.language_model.embed_tokens.weight": (1000, 8), "mtp.embed_tokens.weight": (10, 8)}
     monkeypatch.setattr(batch_ray, "_shapes", lambda model: shapes)
