@@ -163,18 +163,20 @@ def test_genai_engine_runs_every_position_builds_and_not_last_token_ones(built, 
         genai_engine_greedy(built("qwen3", precision="fp32", logits="all", int32_inputs="on").output, list(PROMPTS), 12)
 
 
-def test_a_new_turn_on_the_same_generator_as_the_readme_says(built, checkpoint):
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_5"])
+def test_a_new_turn_on_the_same_generator_as_the_readme_says(built, checkpoint, name):
     """genai 0.18's append_tokens after generate_next_token does not run the last generated token
     (the README says so, and how to get transformers' logits anyway): the first assert fails once a
-    genai release runs it, and the README's paragraph goes then."""
+    genai release runs it, and the README's paragraph goes then. get_logits() first runs it, for a
+    hybrid too (the README gave only rewind_to, which a hybrid refuses without a snapshot)."""
     import onnxruntime_genai as og
 
-    result = built("qwen3", precision="fp32")
-    reference = dequantized_reference(checkpoint("qwen3"), BuildOptions(model="x", precision="fp32"))
+    result = built(name, precision="fp32")
+    reference = dequantized_reference(checkpoint(name), BuildOptions(model="x", precision="fp32"))
     model = og.Model(str(result.output))
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=64, do_sample=False)
-    first, turn = [39, 363, 78], [100, 101, 102]
+    first, turn, third = [39, 363, 78], [100, 101, 102], [7, 8]
 
     def after_five(generator):
         generator.append_tokens(first)
@@ -182,13 +184,41 @@ def test_a_new_turn_on_the_same_generator_as_the_readme_says(built, checkpoint):
             generator.generate_next_token()
         return [int(t) for t in generator.get_sequence(0)]
 
+    def last_logits(generator):
+        return np.array(generator.get_logits())[0, -1]
+
+    def expected(tokens):
+        return torch_logits(reference, np.array([tokens]), [])[0][0, -1]
+
     plain = og.Generator(model, params)
     sequence = after_five(plain)
     plain.append_tokens(turn)
-    expected = torch_logits(reference, np.array([sequence + turn]), [])[0][0, -1]
-    assert np.abs(np.array(plain.get_logits())[0, -1] - expected).max() > 1e-2  # the last token went unrun
+    assert np.abs(last_logits(plain) - expected(sequence + turn)).max() > 1e-2  # the last token went unrun
+    ran_first = og.Generator(model, params)
+    assert after_five(ran_first) == sequence
+    ran_first.get_logits()  # runs the pending token
+    ran_first.append_tokens(turn)
+    np.testing.assert_allclose(last_logits(ran_first), expected(sequence + turn), rtol=0, atol=1e-4)
+    for _ in range(3):  # and a third turn on the state the second left
+        ran_first.generate_next_token()
+    ran_first.get_logits()
+    ran_first.append_tokens(third)
+    conversation = [int(t) for t in ran_first.get_sequence(0)]
+    np.testing.assert_allclose(last_logits(ran_first), expected(conversation), rtol=0, atol=1e-4)
     rewound = og.Generator(model, params)
     assert after_five(rewound) == sequence
+    if name == "qwen3_5":
+        with pytest.raises(Exception, match="Recurrent states cannot be partially rewound"):
+            rewound.rewind_to(len(sequence) - 1)
+        snapshotted = og.Generator(model, params)  # a snapshot before the last step lacks the token before it
+        snapshotted.append_tokens(first)
+        for _ in range(5):
+            snapshotted.snapshot_state()
+            snapshotted.generate_next_token()
+        snapshotted.rewind_to(len(sequence) - 1)
+        snapshotted.append_tokens([sequence[-1], *turn])
+        assert np.abs(last_logits(snapshotted) - expected(sequence + turn)).max() > 1e-2
+        return
     rewound.rewind_to(len(sequence) - 1)
     rewound.append_tokens([sequence[-1], *turn])
-    np.testing.assert_allclose(np.array(rewound.get_logits())[0, -1], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(last_logits(rewound), expected(sequence + turn), rtol=0, atol=1e-4)
