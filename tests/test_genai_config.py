@@ -271,6 +271,23 @@ def test_sampled_beams_become_sampling(tmp_path):
     assert len(generator.get_sequence(0)) == 4
 
 
+def test_sampled_beams_leave_graph_capture_on(tmp_path):
+    """--help and the README said auto capture is off for a generation_config.json with num_beams > 1;
+    beam sampling (do_sample true) is written as one beam, so a webgpu build keeps capture."""
+    from builder import build
+    from support.synthetic import make_checkpoint
+
+    generation = ids({"num_beams": 2, "do_sample": True, "top_k": 5, "temperature": 0.7})
+    folder = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], generation_config=generation)
+    result = build(model=str(folder), output=str(tmp_path / "out"), ep="webgpu", show_progress=False)
+    assert result.report["target"]["graph_capture"] is True
+    config = genai_config(result)
+    assert config["search"]["num_beams"] == 1
+    assert config["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]["enableGraphCapture"] == "1"
+    help_text = " ".join(BuildOptions.__dataclass_fields__["graph_capture"].metadata["help"].split())
+    assert "num_beams > 1 and do_sample false (beam search; beam sampling gets num_beams 1" in help_text
+
+
 def test_hybrid_models_get_one_beam(tmp_path):
     """genai 0.18 does not reorder the recurrent state when it reselects beams (README)."""
     plan, written = planned(tmp_path, ids({"num_beams": 2}), name="qwen3_5-text")

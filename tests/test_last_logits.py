@@ -44,6 +44,7 @@ def logits_dims(result) -> list:
         ({"ep": "webgpu"}, 1),  # captured: the selection without Shape
         ({"ep": "webgpu", "graph_capture": "off"}, 1),
         ({"ep": "webgpu", "target_ort": "1.27"}, "sequence_length"),  # not run there with it
+        ({"ep": "webgpu", "target_ort": "1.25"}, "sequence_length"),  # every onnxruntime-webgpu target
         ({"ep": "webgpu", "logits": "all"}, "sequence_length"),
         # genai 0.11, the newest for onnxruntime 1.23, fails on [B, 1, V]; 0.12 (onnxruntime >= 1.24.1) reads it
         ({"ep": "cpu", "target_ort": "1.23"}, "sequence_length"),
@@ -59,6 +60,14 @@ def test_which_positions_get_logits(built, options, positions):
     assert logits_dims(result)[1] == positions
     recorded = {1: "last", "num_logits": "num_logits_to_keep"}.get(positions, "all")
     assert result.report["target"]["logits"] == recorded
+
+
+def test_help_names_every_webgpu_target_that_keeps_all_positions(built):
+    """--help said auto keeps every position for "onnxruntime-webgpu 1.27 targets", while every webgpu
+    target up to 1.27 (the onnxruntime-webgpu package: 1.25 here) gets all of them."""
+    assert logits_dims(built("qwen3", precision="int4", ep="webgpu", target_ort="1.25"))[1] == "sequence_length"
+    help_text = " ".join(BuildOptions.__dataclass_fields__["logits"].metadata["help"].split())
+    assert "except webgpu targets up to 1.27, the onnxruntime-webgpu package" in help_text
 
 
 @pytest.mark.parametrize("logits", ["last", "all"])

@@ -297,7 +297,18 @@ def test_beams_in_generation_config_leave_capture_on(checkpoint, tmp_path, capfd
     assert json.loads(result.genai_config_path.read_text())["search"]["num_beams"] == 1
     assert "recurrent state" in capfd.readouterr().err
     help_text = BuildOptions.__dataclass_fields__["graph_capture"].metadata["help"]
-    assert "num_beams > 1 (not for the models with recurrent layers" in help_text
+    assert "as do the models with recurrent layers, Qwen3.5 and Qwen3-Next, so those keep capture" in help_text
+
+
+def test_transformers_js_cpu_build_keeps_reshape_sln_head_norms(built):
+    """--help said auto head norms are branchwise for the hybrids on cpu; onnxruntime-node 1.30, which
+    transformers.js 4.3 pins, has no BranchwiseRMSNorm, so a transformers.js cpu build writes reshape-sln."""
+    assert built("qwen3_5", precision="int4").report["layout"]["head_norm"] == "branchwise"
+    result = built("qwen3_5", precision="int4", format="transformers.js")
+    assert result.report["layout"]["head_norm"] == "reshape-sln"
+    assert "BranchwiseRMSNorm" not in result.report["nodes"]["by_op_type"]
+    help_text = " ".join(BuildOptions.__dataclass_fields__["head_norm"].metadata["help"].split())
+    assert "on cpu targets that run it (not --format transformers.js" in help_text
 
 
 @pytest.mark.parametrize("options", [{}, {"padded_batches": "on"}])

@@ -229,7 +229,8 @@ class BuildOptions:
             "attention norms): reshape-sln (Reshape, SimplifiedLayerNormalization, Reshape; every "
             "EP) or branchwise (one com.microsoft BranchwiseRMSNorm; cpu, ORT >= 1.31). auto: "
             "reshape-sln, measured faster on cpu, but branchwise for the hybrids (Qwen3.5, "
-            "Qwen3-Next) on cpu, measured faster on Qwen3.5 (docs/packing.md).",
+            "Qwen3-Next) on cpu targets that run it (not --format transformers.js, whose "
+            "onnxruntime-node 1.30 lacks it), measured faster on Qwen3.5 (docs/packing.md).",
             rebuild="resolved",
         ),
     )
@@ -261,8 +262,9 @@ class BuildOptions:
             "(genai_config enableGraphCapture; every node on the GPU, attention-mask "
             "arithmetic in int32 without Shape). auto: on where the target runtime captures "
             "(webgpu with the plugin EP) unless the model has sliding-window layers, a head_dim that is "
-            "no multiple of 16, or a generation_config.json with num_beams > 1 (not for the models with "
-            "recurrent layers, Qwen3.5 and Qwen3-Next, whose genai_config gets num_beams 1); off elsewhere. "
+            "no multiple of 16, or a generation_config.json with num_beams > 1 and do_sample false (beam "
+            "search; beam sampling gets num_beams 1, as do the models with recurrent layers, Qwen3.5 and "
+            "Qwen3-Next, so those keep capture); off elsewhere. "
             "off: the uncaptured graph, for beam search (onnxruntime-genai refuses capture "
             "with num_beams > 1), for its og.Engine (it crashed on a capture build), and for profiling "
             "or debugging one kernel at a time; it decoded 0.78x as fast (docs/packing.md#graph-capture).",
@@ -296,7 +298,8 @@ class BuildOptions:
             "build it with --graph-capture off too) and its "
             "speculative decoding (with last-token logits it refuses n-gram drafts and verifies a "
             "draft model's tokens one run each). auto: last for "
-            "--format genai builds (except onnxruntime-webgpu 1.27 targets, not run with it, and targets "
+            "--format genai builds (except webgpu targets up to 1.27, the onnxruntime-webgpu package, not run "
+            "with it, and targets "
             "below 1.24, whose onnxruntime-genai (0.11 and older) fails on it, which get all); "
             "--format transformers.js builds get a "
             "num_logits_to_keep input instead, which transformers.js sets to 1 when it generates "
