@@ -92,7 +92,8 @@ def summarize(model_path: Path, layer: int = 0) -> dict:
         raise BuilderError(f"{model_path} holds no ONNX graph; the file is truncated or not ONNX: rebuild it")
     nodes = model.graph.node
     counts = collections.Counter(n.op_type for n in nodes)
-    # Node names follow /model/layers.{i}/...; fall back to inputs naming past_key_values.{i}.
+    # Node names follow /model/layers.{i}/... (this builder's, onnxruntime-genai's and torch.onnx
+    # exports'); a graph named otherwise gets an empty sequence, which the text output says.
     pattern = re.compile(rf"/model/layers\.{layer}/")
     sequence = [n.op_type for n in nodes if pattern.search(n.name)]
     layers = {int(m.group(1)) for n in nodes if (m := re.search(r"/model/layers\.(\d+)/", n.name))}
@@ -123,6 +124,9 @@ def main(argv: list[str]) -> int:
         return 0
     for s in summaries:
         lines = [f"{s['model']}: {s['nodes']} nodes", *(f"  {n:6d}  {op}" for op, n in s["by_op_type"].items())]
-        lines.append(f"  layer {args.layer}: " + " -> ".join(s[f"layer_{args.layer}"]))
+        sequence = s[f"layer_{args.layer}"]
+        # A blank line read as a layer without nodes; the graph names none /model/layers.N/.
+        shown = " -> ".join(sequence) if sequence else f"(no node is named /model/layers.{args.layer}/...)"
+        lines.append(f"  layer {args.layer}: {shown}")
         write_stdout("\n".join(lines) + "\n")
     return 0

@@ -2131,8 +2131,12 @@ def test_inspect_counts_and_orders_ops_and_picks_one_layer_of_a_graph_named_othe
         "       1  Relu",
         "  layer 1: Relu -> Neg",
     ]
-    foreign = summarize(graph([("Relu", "relu_0"), ("Neg", "neg_0")]))
+    foreign_path = graph([("Relu", "relu_0"), ("Neg", "neg_0")])
+    foreign = summarize(foreign_path)
     assert foreign["nodes"] == 2 and foreign["layer_0"] == []
+    # Its text said "  layer 0: " and nothing, as if layer 0 had no nodes.
+    assert main([str(foreign_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "  layer 0: (no node is named /model/layers.0/...)"
     # A folder of several models whose build report names one: that one.
     folder = tmp_path / "two"
     folder.mkdir()
