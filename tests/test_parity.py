@@ -97,21 +97,41 @@ def test_layer_patterns_match_last_components_and_float_wins_over_int8(checkpoin
     assert formats["lm_head"] == int4
 
 
-@pytest.mark.parametrize("float_layers", [["lm_head"], ["lm_head", "model.embed_tokens"]])
-def test_tied_model_with_a_float_lm_head_stores_one_float_table(built, checkpoint, float_layers):
+@pytest.mark.parametrize(
+    "precision,float_layers,int8_layers",
+    [
+        ("int4", ["lm_head"], []),
+        ("int4", ["lm_head", "model.embed_tokens"], []),
+        # The embedding of these is a float table though its format is int8: they still wrote
+        # the table twice in float.
+        ("int8", ["lm_head"], []),
+        ("int4", ["lm_head"], ["model.embed_tokens"]),
+    ],
+)
+def test_tied_model_with_a_float_lm_head_stores_one_float_table(
+    built, checkpoint, precision, float_layers, int8_layers
+):
     """--float-layers lm_head on a tied model wrote the table twice in float (the lm_head [H, V]
     and the Gather's [V, H]); the embedding now keeps its int4 table, or shares the float one
-    when it is named too."""
+    when it has one."""
     import onnx
 
-    result = built("qwen3", precision="int4", float_layers=float_layers, accuracy_level=0, logits="all")
+    result = built(
+        "qwen3",
+        precision=precision,
+        float_layers=float_layers,
+        int8_layers=int8_layers,
+        accuracy_level=0,
+        logits="all",
+    )
     model = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
     config = json.loads((checkpoint("qwen3") / "config.json").read_text())
     table = sorted((config["vocab_size"], config["hidden_size"]))
     tables = [t.name for t in model.graph.initializer if sorted(t.dims) == table]
     assert len(tables) == 1, tables
     ops = result.report["nodes"]["by_op_type"]
-    assert ops.get("GatherBlockQuantized", 0) == (0 if "model.embed_tokens" in float_layers else 1)
+    int4_table = precision == "int4" and "model.embed_tokens" not in float_layers + int8_layers
+    assert ops.get("GatherBlockQuantized", 0) == int4_table
     check(result, checkpoint("qwen3"), 1e-4)
 
 

@@ -28,8 +28,11 @@ def lm_head_weight(em: Emitter) -> QuantizedTensor | str:
     fmt = em.plan.fmt(LM_HEAD)
     if fmt.quantized:
         return em.proj.quantized_weight(LM_HEAD, [source], fmt, [(s.vocab_size, s.hidden_size)])
-    if s.tie_word_embeddings and not em.plan.fmt(EMBED).quantized:
-        return table  # the Gather's float table, transposed in the graph
+    if s.tie_word_embeddings and not gathers_int4(em):
+        # The Gather's float table, transposed in the graph. An int8 embedding format (-p int8,
+        # --int8-layers model.embed_tokens) is a float table too: testing `quantized` wrote the
+        # table twice in float there.
+        return table
     weight = em.proj.float_rows([source], [(s.vocab_size, s.hidden_size)])
     return em.graph.initializer(f"{LM_HEAD}.weight", transposed(weight))
 
@@ -40,7 +43,7 @@ def embedding(em: Emitter, lm_head: QuantizedTensor | str) -> str:
     fmt = em.plan.fmt(EMBED)
     shape = (s.vocab_size, s.hidden_size)
     table = em.weight(None, f"{EMBED}.weight")
-    if fmt.quantized and fmt.bits == 4:
+    if gathers_int4(em):
         if s.tie_word_embeddings and isinstance(lm_head, QuantizedTensor) and lm_head.format == fmt:
             return _gather_quantized(em, lm_head)
         # Untied, or a tied lm_head in another format (--float-layers lm_head, --int8-layers
@@ -48,6 +51,12 @@ def embedding(em: Emitter, lm_head: QuantizedTensor | str) -> str:
         return _gather_quantized(em, em.proj.quantized_weight(EMBED, [table], fmt, [shape]))
     name = em.proj.float_initializer(f"{EMBED}.weight", table, shape)
     return g.op("Gather", [name, token_ids(em)], "/model/embed_tokens/Gather", axis=0)
+
+
+def gathers_int4(em: Emitter) -> bool:
+    """Whether the embedding gathers from an int4 table; any other format keeps a float one."""
+    fmt = em.plan.fmt(EMBED)
+    return fmt.quantized and fmt.bits == 4
 
 
 def token_ids(em: Emitter) -> str:
