@@ -657,9 +657,24 @@ def test_python_build_takes_its_options_one_way(ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_int8_embedding_alone_is_no_slow_int8_build(ckpt, tmp_path):
+    """An int8 embedding stays a float Gather (warned of): with no 8-bit MatMulNBits in the graph,
+    the slow-below-level-4 warning, read from the flags, was false."""
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "--int8-layers", "model.embed_tokens", "--accuracy-level", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "model.embed_tokens stays float" in proc.stderr and "MatMulNBits is fast on 8-bit" not in proc.stderr
+
+
 def test_layer_pattern_matching_nothing(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "--int8-layers", "lm_haed")
     assert_clean_failure(proc, "lm_haed", "match no projection", out=tmp_path / "out")
+    # a tensor's name, as model.safetensors.index.json lists it, says what to drop
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "--float-layers", "model.layers.0.mlp.down_proj.weight")
+    assert_clean_failure(
+        proc,
+        "(model.layers.0.mlp.down_proj.weight: drop the .weight or .bias, patterns name modules)",
+        out=tmp_path / "out",
+    )
 
 
 def test_an_unquoted_layer_pattern_the_shell_expanded_is_named(ckpt, tmp_path):

@@ -214,9 +214,6 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     unused = options.unused_flags()
     if unused:
         warnings.append(f"-p {options.precision} stores float weights: {', '.join(unused)} had no effect on this build")
-    slow_int8 = slow_int8_level(options, target)
-    if slow_int8:
-        warnings.append(slow_int8)
     config_only = options.genai_config_only_flags()
     if config_only:
         warnings.append(
@@ -263,12 +260,18 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         if unselectable:
             raise BuilderError(unselectable)
         example = layer_zero_projection(modules)
+        # A name copied from model.safetensors.index.json names the tensor, not its module.
+        tensors = [p for p in unmatched if p.endswith((".weight", ".bias"))]
+        drop = f" ({', '.join(tensors)}: drop the .weight or .bias, patterns name modules)" if tensors else ""
         raise BuilderError(
-            f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection; "
+            f"--int8-layers/--float-layers pattern(s) {unmatched} match no projection{drop}; "
             f"names look like lm_head, {example} or '*.{example.rsplit('.', 1)[-1]}'"
         )
     formats = {m: format_for(m, selection) for m in modules}
     eight_bit = sorted(m for m, f in formats.items() if f.quantized and f.bits == 8 and m != "model.embed_tokens")
+    slow_int8 = slow_int8_level(options, target, bool(eight_bit))
+    if slow_int8:
+        warnings.append(slow_int8)
     if eight_bit and not target.supports("matmul_nbits_8bit"):
         first = FEATURES["matmul_nbits_8bit"][target.ep]
         if options.precision == "int8":
@@ -348,14 +351,14 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     )
 
 
-def slow_int8_level(options: BuildOptions, target: Target) -> str | None:
+def slow_int8_level(options: BuildOptions, target: Target, eight_bit: bool) -> str | None:
     """The warning for 8-bit MatMulNBits on cpu below accuracy level 4, or None. ONNX Runtime 1.32's cpu
     kernel computes 8-bit weights fast only with int8 activations (level 4); below it, a random-weight
     Qwen3-0.6B-shaped int8 build decoded at 0.028x (level 0) and 0.030x (level 1) of its level-4 speed,
-    and an int4 one with --int8-layers '*.down_proj' at 0.35x (this 2-core machine, docs/packing.md)."""
+    and an int4 one with --int8-layers '*.down_proj' at 0.35x (this 2-core machine, docs/packing.md).
+    eight_bit: whether any projection is an 8-bit MatMulNBits (an int8 embedding is a float Gather)."""
     level = options.accuracy_level
-    int8 = options.precision == "int8" or (options.precision == "int4" and options.int8_layers)
-    if target.ep != "cpu" or not int8 or level is None or level >= 4:
+    if target.ep != "cpu" or not eight_bit or level is None or level >= 4:
         return None
     if options.precision == "int8":
         what, cost = "-p int8", "an int8 Qwen3-0.6B shape decoded about 35x slower at level 0 or 1 than at 4"
