@@ -31,9 +31,17 @@ class Qwen3MoeBuilder(Qwen3Builder):
     def make_spec(self, config: dict, target: Target | None = None) -> DecoderSpec:
         spec = super().make_spec(config, target)
         self.moe = MoeSpec.from_config(config, spec.num_layers)
-        if self.moe.sparse_layers and target is not None and not target.supports(target.moe_feature):
-            raise BuilderError(target.moe_refusal("Qwen3-MoE"))
+        quantized = self.experts_quantized()
+        if self.moe.sparse_layers and target is not None and not target.supports(target.expert_feature(quantized)):
+            raise BuilderError(target.moe_refusal("Qwen3-MoE", quantized_experts=quantized))
         return spec
+
+    def experts_quantized(self) -> bool:
+        """Whether any sparse layer's experts are QMoE nodes: --float-layers '*.experts' keeps an
+        int4/int8 build's experts float MoE nodes, which older runtimes run too."""
+        return any(
+            format_for(f"model.layers.{i}.mlp.experts", self.build_options).quantized for i in self.moe.sparse_layers
+        )
 
     def feed_forward(self, spec: DecoderSpec, i: int):
         return SparseMoE(self.moe) if i in self.moe.sparse_layers else super().feed_forward(spec, i)

@@ -897,6 +897,21 @@ def test_moe_for_transformers_js_names_its_runtime_and_the_ways_out(built):
     assert built("qwen3-moe", precision="int4", ep="cpu", format="transformers.js", target_ort="1.31").model_path
 
 
+def test_moe_runtime_check_reads_the_experts_format_not_the_precision(built, checkpoint):
+    """-p int4 --float-layers '*.experts' writes float MoE nodes (from ONNX Runtime 1.23) beside int4
+    MatMulNBits; it was refused as if its experts were QMoE ("its int4 experts (QMoE nodes) need
+    ONNX Runtime >= 1.31") for transformers.js and for --target-ort below 1.31. One layer's experts
+    left quantized still need 1.31."""
+    float_experts = dict(precision="int4", float_layers=["*.experts"], accuracy_level=0)
+    for options in (dict(target_ort="1.25", logits="all"), dict(format="transformers.js")):
+        result = built("qwen3-moe", **float_experts, **options)
+        ops = result.report["nodes"]["by_op_type"]
+        assert ops["MoE"] == 2 and "QMoE" not in ops and ops["MatMulNBits"] > 0
+    parity(built("qwen3-moe", **float_experts, target_ort="1.25", logits="all"), checkpoint("qwen3-moe"))
+    with pytest.raises(BuilderError, match=r"MoE/QMoE nodes need ONNX Runtime >= 1.31 on cpu; got onnxruntime 1.25"):
+        built("qwen3-moe", precision="int4", float_layers=["model.layers.0.mlp.experts"], target_ort="1.25")
+
+
 def test_an_mlp_activation_the_kit_does_not_write_is_refused_not_silu(checkpoint, tmp_path):
     """DenseMLP(act="gelu") built a graph that computed SiLU, without a word; a subclass
     overriding activation() is the way to another one, and its family names the config's

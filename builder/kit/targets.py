@@ -257,14 +257,25 @@ class Target:
 
     @property
     def moe_feature(self) -> str:
-        """The feature a MoE family's expert nodes need: QMoE for int4/int8, float MoE else."""
-        return "qmoe_swiglu" if self.precision in ("int4", "int8") else "moe_swiglu"
+        """The feature a MoE family's expert nodes need at the build's precision: QMoE for int4/int8,
+        float MoE else (expert_feature where --float-layers keeps experts float)."""
+        return self.expert_feature(self.precision in ("int4", "int8"))
 
-    def moe_refusal(self, family: str, also: tuple[str, str] | None = None) -> str:
+    @staticmethod
+    def expert_feature(quantized: bool) -> str:
+        """QMoE nodes (ONNX Runtime 1.31 on cpu) for quantized experts, float MoE (1.23) else."""
+        return "qmoe_swiglu" if quantized else "moe_swiglu"
+
+    def moe_refusal(
+        self, family: str, also: tuple[str, str] | None = None, quantized_experts: bool | None = None
+    ) -> str:
         """Why `family`'s MoE/QMoE nodes cannot be built for this target, and what to pick. `also`:
         (feature, its nodes) that the family's builds need as well, such as the hybrids' linear
-        attention: the version named is then one that runs the whole graph, not the MoE nodes alone."""
-        features = [self.moe_feature] + ([also[0]] if also else [])
+        attention: the version named is then one that runs the whole graph, not the MoE nodes alone.
+        quantized_experts: whether any experts are QMoE nodes (default: by the precision)."""
+        quantized = self.precision in ("int4", "int8") if quantized_experts is None else quantized_experts
+        feature = self.expert_feature(quantized)
+        features = [feature] + ([also[0]] if also else [])
         first = max(self._feature_table(f).get("cpu", (99, 0)) for f in features)
         need = f"ONNX Runtime >= {first[0]}.{first[1]} on cpu"
         if self.ep != "cpu":
@@ -278,9 +289,8 @@ class Target:
                 f"the CPU kernels only); got -e {self.ep}"
             )
         # Name the nodes this runtime lacks: a float MoE build below 1.31 fails on its linear attention only.
-        quantized = self.moe_feature == "qmoe_swiglu"
         experts = f"{self.precision} experts (QMoE nodes)" if quantized and self.transformers_js else "MoE/QMoE nodes"
-        missing = [experts] if not self.supports(self.moe_feature) else []
+        missing = [experts] if not self.supports(feature) else []
         if also and not self.supports(also[0]):
             missing.append(also[1])
         nodes = " and ".join(missing)
