@@ -84,8 +84,18 @@ def _tokenizer_advice(copied: list[str], checkpoint: Path, output: Path) -> str:
     return f"copy them from the model's original repository into {output}"
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory (VmHWM) over from what it holds now, so that
+    peak_rss_bytes is the build's: a Python session that held more before (a model loaded, an
+    earlier build's verify) recorded that peak in every later build's report. Linux only; elsewhere
+    the peak stays the process's."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak RSS only (proc(5)); the page flags stay as they are
+
+
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory.
+    """This process's peak resident memory since the build started (reset_peak_rss).
 
     VmHWM, not getrusage: a spawned process's ru_maxrss starts at its parent's
     RSS at fork time, so batch jobs would all seem to need what the batch holds.
@@ -164,6 +174,7 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
     # expanduser: a quoted '~/x' would otherwise become a folder named '~' here.
     output = Path(options.output).expanduser() if options.output else default_output(options)
     _check_output_outside_checkpoint(output, arch.checkpoint.directory)
+    reset_peak_rss()
     started = time.perf_counter()
     timings: dict[str, float] = {}
     hashing = 1 if options.checkpoint_hash else 0

@@ -1527,6 +1527,26 @@ def test_the_printed_build_time_includes_making_the_report_and_publishing(ckpt, 
     assert total_s < printed - 0.9, (total_s, printed)
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's peak RSS reset")
+def test_the_reported_peak_memory_is_the_builds_not_the_python_sessions(ckpt, tmp_path):
+    """build() in a session that held 600 MB before (a model loaded, an earlier build's verify)
+    recorded 600 MB as the ~0.1 GB build's peak_rss_bytes, and batch shows a report's figure."""
+    script = f"""
+import json, numpy as np
+from builder import build
+held = np.ones(600 << 20, dtype=np.uint8)
+del held
+before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]) * 1024
+result = build(model={str(ckpt)!r}, output={str(tmp_path / "out")!r}, precision="fp32", show_progress=False)
+print(json.dumps([before, result.report["peak_rss_bytes"]]))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    before, peak = json.loads(run.stdout.splitlines()[-1])
+    assert before <= peak < before + (300 << 20), (before, peak)
+
+
 # ---- output folders and full disks ----------------------------------------------------
 
 
