@@ -329,10 +329,27 @@ def refuse_unused_tensors(arch) -> None:
         raise BuilderError(
             f"the checkpoint in {arch.checkpoint.directory} holds {len(unused)} tensor(s) that "
             f"{type(arch).__name__} does not build: {shown}; without them the model would compute "
-            "something else, so nothing was written. If config.json turns them on (e.g. "
-            "mlp_bias), this family does not support that; if they are not part of the model, "
-            "remove them from the checkpoint"
+            f"something else, so nothing was written. {_unused_tensors_fix(arch)}"
         )
+
+
+def _unused_tensors_fix(arch) -> str:
+    """What to do about tensors the family left unread. Under another of the builder's families than
+    config.json's (--family LlamaForCausalLM on a Qwen2 checkpoint: its q/k/v biases) they are the
+    checkpoint's own model, so removing them, as the general advice says, would publish a wrong one."""
+    if _family_overridden(arch):
+        named = ", ".join(map(str, architecture_names(arch.checkpoint.config)))
+        given = arch.build_options.family
+        family = f"--family {given}" if given else type(arch).__name__
+        if registered_for(arch.checkpoint.config) is None:  # no family here builds it as config.json names it
+            fix = "build with a family that reads them"
+        else:
+            fix = "drop --family" if given else f"build with the family registered for {named}"
+        return f"{family} builds another model than {named}, one without them: {fix}"
+    return (
+        "If config.json turns them on (e.g. mlp_bias), this family does not support that; if they are "
+        "not part of the model, remove them from the checkpoint"
+    )
 
 
 def _check_output_outside_checkpoint(output: Path, checkpoint: Path) -> None:

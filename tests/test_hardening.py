@@ -881,6 +881,20 @@ def test_another_family_than_the_checkpoint_is_refused(ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_another_family_than_the_checkpoint_says_to_drop_family_not_the_tensors(tmp_path):
+    """--family LlamaForCausalLM on a Qwen2 checkpoint (q/k/v biases) advised removing the biases
+    from the checkpoint, which would publish a model other than Qwen2's; the fix is the family."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen2"])
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "--family", "LlamaForCausalLM")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "LlamaBuilder does not build: model.layers.0.self_attn.k_proj.bias" in proc.stderr
+    assert "--family LlamaForCausalLM builds another model than Qwen2ForCausalLM, one without them: drop --family" in (
+        proc.stderr
+    )
+    assert "remove them from the checkpoint" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_tensors_left_out_on_purpose_still_build(tmp_path):
     """Older conversions store the rotary inv_freq buffer, and tied models may store lm_head."""
     ckpt = make_checkpoint(tmp_path / "ckpt", TINY_CONFIGS["qwen3"], tied_lm_head=True)
