@@ -1541,7 +1541,6 @@ def test_the_printed_build_time_includes_making_the_report_and_publishing(ckpt, 
     assert total_s < printed - 0.9, (total_s, printed)
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's peak RSS reset")
 def test_the_reported_peak_memory_is_the_builds_not_the_python_sessions(ckpt, tmp_path):
     """build() in a session that held 600 MB before (a model loaded, an earlier build's verify)
     recorded 600 MB as the ~0.1 GB build's peak_rss_bytes, and batch shows a report's figure."""
