@@ -1359,6 +1359,27 @@ def test_rope_scaling_without_its_parameters_is_refused(ckpt, tmp_path, scaling,
     assert not (tmp_path / "o").exists()
 
 
+def test_llama3_scaling_with_its_original_window_at_the_top_level_builds_as_transformers_runs_it(tmp_path):
+    """transformers takes a llama3 (or yarn) scaling's pre-scaling window from a top-level
+    original_max_position_embeddings first (standardize_rope_params, the Phi-3 layout); a config
+    that kept it there alone was refused as lacking it. A 40-token prompt and 24 decode steps run
+    past that 16-position window and the 32 of max_position_embeddings, to the 64 it scales to."""
+    from builder.pipeline import build
+    from builder.verify import verify_build
+
+    scaling = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    folder = make_checkpoint(tmp_path / "llama", {**TINY_CONFIGS["llama"], "max_position_embeddings": 32})
+    config = json.loads((folder / "config.json").read_text())
+    config.update(rope_scaling=scaling, original_max_position_embeddings=16)
+    (folder / "config.json").write_text(json.dumps(config))
+    options = BuildOptions(
+        model=str(folder), output=str(tmp_path / "o"), precision="fp32", logits="all", context_length=64
+    )
+    result = build(options, show_progress=False)
+    parity = verify_build(result.output, folder, options, prompt_length=40, decode_steps=24)
+    assert parity.steps == 25 and parity.max_abs < 1e-4 and parity.argmax_agree == 1.0, parity
+
+
 def test_a_tied_config_whose_checkpoint_holds_another_lm_head_is_built_with_it(tmp_path):
     """transformers 5 unties a checkpoint that stores both tables with different values; the build
     tied them and dropped lm_head.weight (verify: NMSE 1.05). Equal tables stay tied, as before."""

@@ -65,17 +65,20 @@ class RopeSpec:
         # transformers refuses these scalings without their parameters (modeling_rope_utils); filling
         # them in here would build a model its authors did not train. YaRN's factor may be null (it is
         # then the ratio of the two windows), but the key must be there, as transformers requires.
+        original = params.get("original_max_position_embeddings")
+        if rope_type in WINDOWED and config.get("original_max_position_embeddings") is not None:
+            original = config["original_max_position_embeddings"]
+        # A top-level window counts as given: a llama3 scaling that kept it there alone was refused as
+        # lacking it, though transformers builds the model with it.
+        given = {**params, "original_max_position_embeddings": original}
         needed = {"linear": ("factor",), "llama3": LLAMA3_KEYS, "yarn": ("factor",)}.get(rope_type, ())
-        missing = [key for key in needed if key not in params or (params[key] is None and rope_type != "yarn")]
+        missing = [key for key in needed if key not in given or (given[key] is None and rope_type != "yarn")]
         if missing:
             raise BuilderError(
                 f"config.json: {rope_type} rope scaling needs {', '.join(needed)}; it lacks {', '.join(missing)} "
                 "(fix or re-download config.json)"
             )
         max_positions = config.get("max_position_embeddings", 8192)
-        original = params.get("original_max_position_embeddings")
-        if rope_type in WINDOWED and config.get("original_max_position_embeddings") is not None:
-            original = config["original_max_position_embeddings"]
         values = dict(
             theta=float(theta),
             rotary_dim=rotary_dim,
