@@ -263,6 +263,27 @@ def test_unsupported_dtype(ckpt, tmp_path):
     )
 
 
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "int8", "uint8"])
+def test_quantized_weights_without_a_quantization_config_say_which_checkpoint_to_build(ckpt, tmp_path, dtype):
+    """An FP8 (or bitsandbytes int8/uint8) checkpoint whose config.json lost its quantization_config:
+    refused by a weight's dtype, which said only "quantized checkpoints are not supported", not
+    what to build instead."""
+    import torch
+
+    def to_quantized(tensors):
+        for name in [n for n in tensors if n.endswith("_proj.weight")]:
+            tensors[name] = tensors[name].float().to(getattr(torch, dtype))
+            tensors[name.removesuffix("weight") + "weight_scale_inv"] = torch.ones(1, 1)
+
+    _rewrite(ckpt, to_quantized)
+    stored = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int8": "I8", "uint8": "U8"}[dtype]
+    for precision in ("int4", "fp32"):
+        out = tmp_path / f"out-{precision}"
+        proc = cli("-m", ckpt, "-p", precision, "-o", out)
+        assert proc.returncode == 2
+        assert_clean_failure(proc, "_proj.weight'", f"has dtype {stored}", "float checkpoint", "-p", out=out)
+
+
 @pytest.mark.parametrize("method", ["gptq", "awq", "fp8"])
 def test_a_prequantized_checkpoint_is_refused_by_its_config(ckpt, tmp_path, method):
     """GPTQ/AWQ store qweight/scales where the float weights were: the build said q_proj.weight was

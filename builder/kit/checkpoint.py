@@ -23,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from builder.kit import disk_io
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BUILD_FROM_FLOAT, BuilderError
 from builder.kit.hf_config import check_config
 from builder.kit.model_source import built_here, resolve_model_dir
 from builder.kit.safetensors_format import could_not_read, header_bytes, parse_header, read_weight_map
@@ -273,8 +273,7 @@ class Checkpoint:
             return None
         return (
             f"the checkpoint in {self.directory} stores {name!r} quantized (as {stored!r}: packed "
-            "quantized weights, such as GPTQ's or AWQ's), which the builder does not read; build from the float "
-            "checkpoint it was made from (bf16, fp16 or fp32) and choose the precision with -p"
+            f"quantized weights, such as GPTQ's or AWQ's), which the builder does not read; {BUILD_FROM_FLOAT}"
         )
 
     def tensor(self, name: str, expect_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -307,7 +306,13 @@ class Checkpoint:
         self.located.add(name)
         dtype, shape = entry["dtype"], tuple(entry["shape"])
         if dtype not in SUPPORTED_DTYPES:
-            why = "save it in one of those" if dtype == "F64" else "quantized checkpoints are not supported"
+            # Anything else in a weight's place (F8_E4M3 with FP8's scales, I8, U8 for bitsandbytes, U32 for
+            # MLX) is a quantized checkpoint's: the user needs to know which checkpoint to build instead.
+            why = (
+                "save it in one of those"
+                if dtype == "F64"
+                else f"a quantized checkpoint's weights, which the builder does not read; {BUILD_FROM_FLOAT}"
+            )
             raise BuilderError(
                 f"tensor {name!r} in {file.name} has dtype {dtype}; supported: {', '.join(SUPPORTED_DTYPES)} ({why})"
             )

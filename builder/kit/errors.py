@@ -21,6 +21,13 @@ class BuilderError(Exception):
     exit_code = 2
 
 
+# What to do with weights quantized ahead of time (FP8, GPTQ, AWQ, bitsandbytes, ...), which the
+# builder does not read: every refusal of them says the same.
+BUILD_FROM_FLOAT = (
+    "build from the float checkpoint it was made from (bf16, fp16 or fp32) and choose the precision with -p"
+)
+
+
 def shown(value, limit: int = 120) -> str:
     """A value as a message quotes it (its repr), cut to `limit` characters: a batch file's list
     of a million patterns was echoed whole, a 34 MB line."""

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from builder.kit.errors import BuilderError
+from builder.kit.errors import BUILD_FROM_FLOAT, BuilderError
 
 
 def integer(minimum: int = 1) -> Callable[[Any], bool]:
@@ -305,8 +305,7 @@ def _refuse_prequantized(values: dict, place: str) -> None:
     named = f" (quant_method {method!r})" if isinstance(method, str) else ""
     raise BuilderError(
         f"{place} has a quantization_config{named}: its weights are already quantized, which the "
-        "builder does not read; build from the float checkpoint it was made from (bf16, fp16 or fp32) "
-        "and choose the precision with -p"
+        f"builder does not read; {BUILD_FROM_FLOAT}"
     )
 
 
