@@ -6,6 +6,7 @@ corrupt-file cases is test_fuzz_inputs.py."""
 from __future__ import annotations
 
 import errno
+import fnmatch
 import json
 import math
 import os
@@ -2719,6 +2720,50 @@ def test_a_cache_lacking_weights_is_no_snapshot_for_the_batch_check(ckpt, tmp_pa
     assert cached_hub_snapshot("org/tiny") is None
     shutil.copyfile(ckpt / "model.safetensors", snapshot / "model.safetensors")
     assert cached_hub_snapshot("org/tiny") == snapshot
+
+
+def quantized(ckpt: Path) -> Path:
+    config = json.loads((ckpt / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+def test_a_quantized_hub_checkpoint_is_refused_before_its_weights_are_downloaded(ckpt, tmp_path, monkeypatch):
+    """-m Qwen/Qwen3-4B-FP8 downloaded every weight shard (gigabytes) and was then refused by its
+    config.json's quantization_config: config.json is now fetched alone and judged first."""
+    import huggingface_hub
+
+    quantized(ckpt)
+    snapshot = tmp_path / "hf" / "snapshot"
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, local_files_only=False):
+        if local_files_only:
+            raise FileNotFoundError("not in the cache")
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for path in ckpt.iterdir():
+            if any(fnmatch.fnmatch(path.name, p) for p in allow_patterns):
+                shutil.copyfile(path, snapshot / path.name)
+                fetched.append(path.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(BuilderError, match=r"org/tiny's config.json has a quantization_config \(quant_method 'fp8'\)"):
+        Checkpoint.open("org/tiny")
+    assert fetched == ["config.json"]
+
+
+def test_a_cached_quantized_config_is_refused_offline_not_sent_to_download_the_rest(ckpt, tmp_path, monkeypatch):
+    """Offline, a cache holding a quantized checkpoint's config.json alone asked for the rest to be
+    downloaded (gigabytes), which would then be refused."""
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", quantized(ckpt), ["config.json"])
+    calls = fake_hub(monkeypatch, snapshot, offline=True)
+    with pytest.raises(BuilderError, match=r"org/tiny's config.json has a quantization_config") as e:
+        Checkpoint.open("org/tiny")
+    assert "download" not in str(e.value) and calls == [True]
 
 
 def list_snapshot_files(snapshot: Path, source: Path) -> None:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from builder.kit.errors import BuilderError
+from builder.kit.hf_config import check_config
 from builder.kit.tokenizer_files import REQUIRED as REQUIRED_TOKENIZER_FILES
 
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
@@ -256,6 +257,8 @@ def download_from_hub(repo_id: str) -> Path:
     cached = _cached_snapshot(repo_id)
     if cached is not None and not any(missing_files(cached)):
         return cached
+    if cached is not None:
+        _refuse_config_before_weights(repo_id, cached / "config.json")
     if hub_offline():
         if cached is None:
             raise BuilderError(
@@ -272,7 +275,12 @@ def download_from_hub(repo_id: str) -> Path:
             f"network ({command}) or pass a local folder{_complete_snapshot_besides(repo_id, cached)}"
         )
     try:
+        if cached is None or not (cached / "config.json").is_file():
+            config_only = snapshot_download(repo_id, allow_patterns=["config.json"], ignore_patterns=HUB_SKIP)
+            _refuse_config_before_weights(repo_id, Path(config_only) / "config.json")
         path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP))
+    except BuilderError:
+        raise
     except Exception as e:
         kind = type(e).__name__
         if _token_refused(e):
@@ -317,6 +325,19 @@ def download_from_hub(repo_id: str) -> Path:
             "network, or pass a local folder"
         )
     return path
+
+
+def _refuse_config_before_weights(repo_id: str, config_path: Path) -> None:
+    """The refusals config.json alone decides (an FP8, GPTQ or AWQ checkpoint's quantization_config, a
+    key of the wrong type), made before the weights are fetched: -m Qwen/Qwen3-4B-FP8 downloaded
+    every weight shard, gigabytes, to be refused by a file of a few KB. A config.json that cannot be
+    read is left to the build, which says what is wrong with it."""
+    try:
+        config = json.loads(config_path.read_bytes())
+    except (ValueError, OSError, RecursionError):
+        return
+    if isinstance(config, dict):
+        check_config(config, f"{repo_id}'s config.json")
 
 
 # Errors of files and folders only. EACCES and EPERM also come from sockets (a firewall's
