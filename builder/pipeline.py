@@ -8,6 +8,7 @@ report last, so a folder with a report is a finished build.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -146,7 +147,8 @@ def build_from_flags(
             "or the HF architecture name it is registered under"
         )
     options = options.validated()
-    checkpoint = Checkpoint.open(options.model)
+    # A hub id of an architecture no family builds is refused before its weights download.
+    checkpoint = Checkpoint.open(options.model, None if family else functools.partial(family_for, options))
     cls = family or family_for(options, checkpoint.config, where=str(checkpoint.directory / "config.json"))
     with plugin_faults_named(cls):
         arch = cls(checkpoint, options)

@@ -2729,13 +2729,10 @@ def quantized(ckpt: Path) -> Path:
     return ckpt
 
 
-def test_a_quantized_hub_checkpoint_is_refused_before_its_weights_are_downloaded(ckpt, tmp_path, monkeypatch):
-    """-m Qwen/Qwen3-4B-FP8 downloaded every weight shard (gigabytes) and was then refused by its
-    config.json's quantization_config: config.json is now fetched alone and judged first."""
+def hub_serving(ckpt: Path, snapshot: Path, monkeypatch) -> list[str]:
+    """A stand-in for the hub that serves ckpt's files into snapshot; the names it fetched."""
     import huggingface_hub
 
-    quantized(ckpt)
-    snapshot = tmp_path / "hf" / "snapshot"
     fetched = []
 
     def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, local_files_only=False):
@@ -2751,9 +2748,35 @@ def test_a_quantized_hub_checkpoint_is_refused_before_its_weights_are_downloaded
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return fetched
+
+
+def test_a_quantized_hub_checkpoint_is_refused_before_its_weights_are_downloaded(ckpt, tmp_path, monkeypatch):
+    """-m Qwen/Qwen3-4B-FP8 downloaded every weight shard (gigabytes) and was then refused by its
+    config.json's quantization_config: config.json is now fetched alone and judged first."""
+    fetched = hub_serving(quantized(ckpt), tmp_path / "hf" / "snapshot", monkeypatch)
     with pytest.raises(BuilderError, match=r"org/tiny's config.json has a quantization_config \(quant_method 'fp8'\)"):
         Checkpoint.open("org/tiny")
     assert fetched == ["config.json"]
+
+
+def test_a_hub_checkpoint_no_family_builds_is_refused_before_its_weights_are_downloaded(ckpt, tmp_path, monkeypatch):
+    """-m deepseek-ai/DeepSeek-V3 downloaded every weight shard (hundreds of GB) before the build
+    found that no family builds its architecture; a supported one still downloads and builds."""
+    from builder import build
+
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "architectures": ["DeepseekV3ForCausalLM"]}))
+    fetched = hub_serving(ckpt, tmp_path / "hf" / "unsupported", monkeypatch)
+    options = BuildOptions(model="org/tiny", output=str(tmp_path / "out"), precision="fp32")
+    with pytest.raises(BuilderError, match=r"org/tiny's config.json: architecture 'DeepseekV3ForCausalLM' is not supp"):
+        build(options, show_progress=False)
+    assert fetched == ["config.json"] and not (tmp_path / "out").exists()
+
+    (ckpt / "config.json").write_text(json.dumps(config))
+    fetched = hub_serving(ckpt, tmp_path / "hf" / "supported", monkeypatch)
+    build(options, show_progress=False)
+    assert "model.safetensors" in fetched and (tmp_path / "out" / "model.onnx").is_file()
 
 
 def test_a_cached_quantized_config_is_refused_offline_not_sent_to_download_the_rest(ckpt, tmp_path, monkeypatch):

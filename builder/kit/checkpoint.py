@@ -25,7 +25,7 @@ import numpy as np
 from builder.kit import disk_io
 from builder.kit.errors import BUILD_FROM_FLOAT, BuilderError
 from builder.kit.hf_config import check_config
-from builder.kit.model_source import built_here, resolve_model_dir
+from builder.kit.model_source import ConfigCheck, built_here, resolve_model_dir
 from builder.kit.safetensors_format import could_not_read, header_bytes, parse_header, read_weight_map
 
 SUPPORTED_DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
@@ -90,8 +90,10 @@ class Checkpoint:
         self._rows_read: dict[str, list[tuple[int, int]]] = {}  # name -> [start, stop) of each read
 
     @classmethod
-    def open(cls, model: str) -> Checkpoint:
-        return cls(resolve_model_dir(model))
+    def open(cls, model: str, config_check: ConfigCheck | None = None) -> Checkpoint:
+        """A folder, or a hub id fetched into the cache; config_check judges a hub id's config.json
+        before its weights are fetched (model_source.ConfigCheck)."""
+        return cls(resolve_model_dir(model, config_check))
 
     # ---- config -------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from builder.kit.errors import BuilderError
@@ -18,8 +19,13 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktok
 HUB_SKIP = ["consolidated*"]
 
 
-def resolve_model_dir(model: str) -> Path:
-    """A local folder as it is, or a hub id through the Hugging Face cache."""
+# Judges a hub checkpoint's config.json (its dict, and where it came from for messages) before its
+# weights are fetched: the app passes the architecture check, which this layer cannot import.
+ConfigCheck = Callable[[dict, str], object]
+
+
+def resolve_model_dir(model: str, config_check: ConfigCheck | None = None) -> Path:
+    """A local folder as it is, or a hub id through the Hugging Face cache. config_check: see ConfigCheck."""
     try:
         path = Path(model).expanduser()
     except RuntimeError:  # '~someone/...' for a user this machine does not know
@@ -44,7 +50,7 @@ def resolve_model_dir(model: str) -> Path:
             "and *.safetensors, or a hub id like Qwen/Qwen3-4B"
         )
     try:
-        return download_from_hub(model)
+        return download_from_hub(model, config_check)
     except BuilderError as e:
         hint = _local_folder_hint(model)
         if hint:
@@ -235,7 +241,7 @@ def missing_files(folder: Path) -> tuple[list[str], list[str]]:
     return needed, wanted
 
 
-def download_from_hub(repo_id: str) -> Path:
+def download_from_hub(repo_id: str, config_check: ConfigCheck | None = None) -> Path:
     try:
         import huggingface_hub
         from huggingface_hub import snapshot_download
@@ -258,7 +264,7 @@ def download_from_hub(repo_id: str) -> Path:
     if cached is not None and not any(missing_files(cached)):
         return cached
     if cached is not None:
-        _refuse_config_before_weights(repo_id, cached / "config.json")
+        _refuse_config_before_weights(repo_id, cached / "config.json", config_check)
     if hub_offline():
         if cached is None:
             raise BuilderError(
@@ -277,7 +283,7 @@ def download_from_hub(repo_id: str) -> Path:
     try:
         if cached is None or not (cached / "config.json").is_file():
             config_only = snapshot_download(repo_id, allow_patterns=["config.json"], ignore_patterns=HUB_SKIP)
-            _refuse_config_before_weights(repo_id, Path(config_only) / "config.json")
+            _refuse_config_before_weights(repo_id, Path(config_only) / "config.json", config_check)
         path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP))
     except BuilderError:
         raise
@@ -327,17 +333,20 @@ def download_from_hub(repo_id: str) -> Path:
     return path
 
 
-def _refuse_config_before_weights(repo_id: str, config_path: Path) -> None:
+def _refuse_config_before_weights(repo_id: str, config_path: Path, config_check: ConfigCheck | None) -> None:
     """The refusals config.json alone decides (an FP8, GPTQ or AWQ checkpoint's quantization_config, a
-    key of the wrong type), made before the weights are fetched: -m Qwen/Qwen3-4B-FP8 downloaded
-    every weight shard, gigabytes, to be refused by a file of a few KB. A config.json that cannot be
-    read is left to the build, which says what is wrong with it."""
+    key of the wrong type, an architecture no family builds), made before the weights are fetched:
+    -m Qwen/Qwen3-4B-FP8 downloaded every weight shard, gigabytes, to be refused by a file of a few
+    KB. A config.json that cannot be read is left to the build, which says what is wrong with it."""
     try:
         config = json.loads(config_path.read_bytes())
     except (ValueError, OSError, RecursionError):
         return
     if isinstance(config, dict):
-        check_config(config, f"{repo_id}'s config.json")
+        where = f"{repo_id}'s config.json"
+        check_config(config, where)
+        if config_check is not None:
+            config_check(config, where)
 
 
 # Errors of files and folders only. EACCES and EPERM also come from sockets (a firewall's
