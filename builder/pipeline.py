@@ -25,7 +25,7 @@ from builder.formats import folder_format
 from builder.kit.checkpoint import Checkpoint
 from builder.kit.data_file import ExternalDataFile
 from builder.kit.errors import BuilderError, write_failed
-from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary
+from builder.kit.genai_config import CONFIG_NAME, token_ids_past_the_vocabulary, turn_end_warning
 from builder.kit.graph import Graph
 from builder.kit.model_source import model_name
 from builder.kit.option_names import python_option_names
@@ -33,7 +33,12 @@ from builder.kit.options import BuildOptions, options_one_way
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import Forecast, reading_ahead, record_reads
 from builder.kit.targets import NEWEST_KNOWN_ORT
-from builder.kit.tokenizer_files import check_tokenizer_files, copy_tokenizer_files, named_templates_warning
+from builder.kit.tokenizer_files import (
+    check_tokenizer_files,
+    copy_tokenizer_files,
+    named_templates_warning,
+    tokenizer_eos,
+)
 from builder.load_check import load_check
 from builder.output_dir import REPORT_NAME, check_output_free, output_folder, staged_output
 from builder.preflight import check_disk_space
@@ -202,9 +207,12 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
         token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size, options.format == "genai")
     )
     arch.warnings.extend(tokenizer_warnings)
-    templates = named_templates_warning(arch.checkpoint.directory) if options.format == "genai" else None
-    if templates:
-        arch.warnings.append(templates)
+    if options.format == "genai":
+        turn_end = turn_end_warning(
+            arch.config, generation, tokenizer_eos(arch.checkpoint.directory), plan.spec.vocab_size
+        )
+        templates = named_templates_warning(arch.checkpoint.directory)
+        arch.warnings.extend(w for w in (turn_end, templates) if w)
     layout = folder_format(arch)
     for message in arch.warnings:
         progress.warn(message)

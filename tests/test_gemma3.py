@@ -458,13 +458,14 @@ def test_the_4b_to_27b_token_ids_come_from_the_top_level_first(checkpoint, tmp_p
     out = tmp_path / "out"
     build(model=str(ckpt), output=str(out), precision="fp32", show_progress=False)
     model = json.loads((out / "genai_config.json").read_text())["model"]
-    assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106], 2, 0)
+    # then the tiny tokenizer's eos (<|im_end|>, 479), which a chat turn ends with
+    assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106, 479], 2, 0)
 
     del config["text_config"]["bos_token_id"], config["text_config"]["pad_token_id"]
     (ckpt / "config.json").write_text(json.dumps(config))  # as the hub's: eos at the top level alone
     build(model=str(ckpt), output=str(out), precision="fp32", overwrite=True, show_progress=False)
     model = json.loads((out / "genai_config.json").read_text())["model"]
-    assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106], 2, 0)
+    assert (model["eos_token_id"], model["bos_token_id"], model["pad_token_id"]) == ([1, 106, 479], 2, 0)
 
 
 def test_verify_passes_a_window_of_one_that_transformers_caches_wrong(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from builder import BuildOptions
-from support.synthetic import REAL_GENERATION_CONFIGS, TINY_CONFIGS
+from support.synthetic import IM_END_ID, REAL_GENERATION_CONFIGS, TINY_CONFIGS
 
 
 def genai_config(result) -> dict:
@@ -150,7 +150,8 @@ def test_token_id_lists_in_generation_config_take_their_first_id(checkpoint, tmp
     (folder / "generation_config.json").write_text(json.dumps(generation))
     result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
     model = genai_config(result)["model"]
-    assert (model["bos_token_id"], model["pad_token_id"], model["eos_token_id"]) == (7, 5, [5, 6])
+    # bos and pad from the checkpoint's ids; the tokenizer's eos (<|im_end|>) follows them
+    assert (model["bos_token_id"], model["pad_token_id"], model["eos_token_id"]) == (7, 5, [5, 6, IM_END_ID])
 
 
 def test_chat_template_file_wins_over_the_config_key_in_genai_too(checkpoint, tmp_path):
@@ -593,7 +594,7 @@ def test_eos_ids_past_the_vocabulary_are_left_out(tmp_path):
     free, _ = built_with(tmp_path / "free", ids({}), max_length=12)
     stop = transformers_tokens(free, prompt, 12)[2]  # the token greedy picks third
     folder, result = built_with(tmp_path / "past", {**ids({}), "eos_token_id": [vocab, stop]}, max_length=12)
-    assert genai_config(result)["model"]["eos_token_id"] == stop
+    assert genai_config(result)["model"]["eos_token_id"] == [stop, IM_END_ID]  # and the tokenizer's
     (warning,) = [n for n in result.report["notes"] if "outside the vocabulary" in n]
     assert f"eos_token_id {vocab} (generation_config.json)" in warning
     assert f"genai_config.json leaves out eos_token_id {vocab}" in warning
@@ -731,3 +732,87 @@ def test_accuracy_level_0_is_kept_not_taken_for_unset(tmp_path):
     asked, _ = planned(tmp_path / "zero", None, accuracy_level=0)
     default, _ = planned(tmp_path / "default", None)
     assert (asked.accuracy_level, default.accuracy_level) == (0, 4)
+
+
+def with_tokenizer_eos(folder, token: str, *, where: str = "tokenizer_config.json") -> None:
+    """Name `token` as the checkpoint's eos_token in `where`, as a chat model's tokenizer names the
+    token its template ends each turn with; the other file names none."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        config = json.loads(path.read_text())
+        config.pop("added_tokens_decoder", None)  # the id then comes from tokenizer.json's vocabulary
+        config["eos_token"] = {"content": token, "special": True} if name == where else None
+        path.write_text(json.dumps(config))
+
+
+def test_genai_stops_at_the_tokenizers_eos_that_generation_config_leaves_out(tmp_path):
+    """A chat template ends each turn with the tokenizer's eos_token; where generation_config.json's
+    eos_token_id leaves it out, genai_config.json stopped at the listed ids alone, so genai ran past
+    the end of the reply to max_length (writing the next turns itself). The reference builder adds it."""
+    prompt = [7, 300, 12]
+    free, _ = built_with(tmp_path / "free", ids({}), max_length=12)
+    chosen = transformers_tokens(free, prompt, 12)
+    turn_end = chosen[2]  # the token greedy picks third, taken as the end of a turn
+    assert turn_end not in chosen[:2] and 2 not in chosen and len(chosen) == 9, chosen
+    vocab = json.loads((free / "tokenizer.json").read_text())["model"]["vocab"]
+    token = next(text for text, i in vocab.items() if i == turn_end)
+    from builder import build
+
+    for where in ("tokenizer_config.json", "special_tokens_map.json"):
+        folder = tmp_path / where
+        folder.mkdir()
+        for item in free.iterdir():
+            (folder / item.name).write_bytes(item.read_bytes())
+        with_tokenizer_eos(folder, token, where=where)
+        result = build(
+            model=str(folder), output=str(folder / "out"), precision="fp32", max_length=12, show_progress=False
+        )
+        model = genai_config(result)["model"]
+        assert (model["eos_token_id"], model["pad_token_id"]) == ([2, turn_end], 2)  # pad: the checkpoint's
+        (warning,) = [n for n in result.report["notes"] if "the tokenizer's eos_token" in n]
+        assert f"{token!r} (id {turn_end})" in warning and "generation_config.json: eos_token_id [2]" in warning
+        assert genai_chosen_tokens(result.output, prompt)[0] == chosen[:3]
+
+
+def test_the_tokenizers_eos_joins_config_json_ids_without_generation_config(tmp_path):
+    from support.synthetic import ENDOFTEXT_ID
+
+    # Qwen-style: config.json names <|endoftext|>, the tokenizer ends turns with <|im_end|>
+    plan, written = planned(tmp_path / "a", None, config={"eos_token_id": ENDOFTEXT_ID})
+    assert written["model"]["eos_token_id"] == ENDOFTEXT_ID  # make_genai_config alone: no tokenizer given
+
+    from builder import build
+    from support.synthetic import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "b", {**TINY_CONFIGS["qwen3"], "eos_token_id": ENDOFTEXT_ID}, dtype="float32")
+    (folder / "generation_config.json").unlink()
+    result = build(model=str(folder), output=str(tmp_path / "out"), precision="fp32", show_progress=False)
+    assert genai_config(result)["model"]["eos_token_id"] == [ENDOFTEXT_ID, IM_END_ID]
+    (warning,) = [n for n in result.report["notes"] if "the tokenizer's eos_token" in n]
+    assert "(config.json: eos_token_id 477)" in warning
+
+
+def test_a_tokenizer_eos_the_checkpoint_lists_changes_nothing(built):
+    """The tiny checkpoints list <|im_end|> (the tokenizer's eos) first, as Qwen3's do: the folder keeps
+    their order and says nothing."""
+    result = built("qwen3", precision="int4")
+    assert genai_config(result)["model"]["eos_token_id"] == [IM_END_ID, 477]
+    assert not [n for n in result.report["notes"] if "the tokenizer's eos_token" in n]
+
+
+def test_tokenizer_eos_reads_what_transformers_names(tmp_path):
+    from builder.kit.tokenizer_files import tokenizer_eos
+    from support.synthetic import TOKENIZER_DIR
+
+    for item in TOKENIZER_DIR.iterdir():
+        (tmp_path / item.name).write_bytes(item.read_bytes())
+    assert tokenizer_eos(tmp_path) == ("<|im_end|>", IM_END_ID)  # from added_tokens_decoder
+    with_tokenizer_eos(tmp_path, "<|endoftext|>", where="special_tokens_map.json")
+    assert tokenizer_eos(tmp_path) == ("<|endoftext|>", 477)  # from tokenizer.json's added tokens
+    with_tokenizer_eos(tmp_path, "\u0120river")
+    assert tokenizer_eos(tmp_path) == ("\u0120river", 300)  # from its vocabulary
+    for unknown in ("<|not a token|>", None):
+        with_tokenizer_eos(tmp_path, unknown)
+        assert tokenizer_eos(tmp_path) is None
+    (tmp_path / "tokenizer_config.json").unlink()
+    assert tokenizer_eos(tmp_path) is None

@@ -566,7 +566,8 @@ def test_special_token_ids_outside_the_vocabulary_are_named(ckpt, tmp_path):
     """An eos id no logit can reach was written into genai_config.json without a word: generation
     then never stopped at it (and genai 0.18 refuses a generator for it: it is left out)."""
     vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
-    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, vocab], "pad_token_id": 2}))
+    # 479: the tokenizer's eos (<|im_end|>), which genai_config.json would add, with a warning, if left out
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": [479, vocab], "pad_token_id": 2}))
     out = tmp_path / "out"
     proc = cli("-m", ckpt, "-o", out)
     assert proc.returncode == 0, proc.stderr
@@ -576,7 +577,7 @@ def test_special_token_ids_outside_the_vocabulary_are_named(ckpt, tmp_path):
         "transformers never stops at it, and onnxruntime-genai refuses every generation with it: "
         f"genai_config.json leaves out eos_token_id {vocab}; check generation_config.json"
     ], proc.stderr
-    assert json.loads((out / "genai_config.json").read_text())["model"]["eos_token_id"] == 2
+    assert json.loads((out / "genai_config.json").read_text())["model"]["eos_token_id"] == 479
     assert warnings[0].removeprefix("warning: ") in json.loads((out / "build_report.json").read_text())["notes"]
 
 

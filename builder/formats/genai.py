@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from builder.kit.genai_config import CONFIG_NAME, make_genai_config
+from builder.kit.tokenizer_files import tokenizer_eos
 
 
 class GenaiFolder:
@@ -25,8 +26,9 @@ class GenaiFolder:
 
     def write_configs(self, staging: Path, generation: dict | None) -> list[str]:
         arch = self.arch
+        directory = arch.checkpoint.directory
         genai = make_genai_config(
-            arch.plan, arch.config, generation, str(arch.checkpoint.directory / "generation_config.json")
+            arch.plan, arch.config, generation, str(directory / "generation_config.json"), tokenizer_eos(directory)
         )
         (staging / self.config_file).write_text(json.dumps(genai, indent=4) + "\n")
         return [self.config_file]

@@ -5,11 +5,13 @@ checkpoint with a generation_config.json gets that file's values and transformer
 keys it leaves out, never config.json's; only a checkpoint without the file has its generation keys
 read from config.json (transformers' loader falls back to it then). Token ids come from
 generation_config.json, else config.json (chat models end turns with a token config.json does not
-name, and genai needs an eos either way).
+name, and genai needs an eos either way); the eos ids also get the tokenizer's eos_token where those
+leave it out (turn_end_id), since genai stops at nothing else.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 CONFIG_NAME = "genai_config.json"  # the file onnxruntime-genai reads in a model folder
@@ -288,6 +290,35 @@ def token_ids_past_the_vocabulary(
     return messages
 
 
+def turn_end_id(config: dict, generation: dict | None, tokenizer_eos: tuple[str, int] | None, vocab_size: int):
+    """The tokenizer's eos id where genai_config.json adds it to the checkpoint's eos ids, else None.
+    A chat template ends every turn with the tokenizer's eos_token; where generation_config.json (or
+    config.json) leaves it out, genai generated past the end of each reply, writing the next turns
+    itself. The reference builder adds it the same way (resolve_special_token_ids)."""
+    if tokenizer_eos is None or not 0 <= tokenizer_eos[1] < vocab_size:
+        return None
+    try:
+        listed = _ids(_picked(config, generation or {}, "eos_token_id")[0])
+    except (TypeError, ValueError):
+        return None  # not ids at all: check_generation_config refuses those
+    return None if tokenizer_eos[1] in listed else tokenizer_eos[1]
+
+
+def turn_end_warning(config: dict, generation: dict | None, tokenizer_eos, vocab_size: int) -> str | None:
+    """The warning for a tokenizer eos that genai_config.json adds to the checkpoint's eos ids."""
+    if turn_end_id(config, generation, tokenizer_eos, vocab_size) is None:
+        return None
+    value, source = _picked(config, generation or {}, "eos_token_id")
+    listed = f"eos_token_id {json.dumps(value)}" if value is not None else "no eos_token_id"
+    token, token_id = tokenizer_eos
+    return (
+        f"the tokenizer's eos_token {token!r} (id {token_id}), which ends each turn of a chat template, is "
+        f"not among the ids the checkpoint stops at ({source}: {listed}): genai_config.json stops at it too, "
+        f"so a reply ends at the end of its turn (transformers' generate() would run past it); add it to "
+        f"{source}'s eos_token_id to silence this"
+    )
+
+
 def _ids(value) -> list[int]:
     if value is None:
         return []
@@ -315,9 +346,12 @@ def resolved_intra_op_threads(threads: int | None, target) -> int:
     return target.default_intra_op_threads if threads is None else threads
 
 
-def make_genai_config(plan, config: dict, generation: dict | None, generation_path: str) -> dict[str, Any]:
+def make_genai_config(
+    plan, config: dict, generation: dict | None, generation_path: str, tokenizer_eos: tuple[str, int] | None = None
+) -> dict[str, Any]:
     """plan: the build's BuildPlan; config and generation: the checkpoint's config.json and
-    generation_config.json (at generation_path, named in errors)."""
+    generation_config.json (at generation_path, named in errors); tokenizer_eos: the tokenizer's
+    eos_token and its id (tokenizer_files.tokenizer_eos), which the eos ids gain (turn_end_id)."""
     spec, target = plan.spec, plan.target
     search_keys = search_values(
         config, None if generation is None else check_generation_config(generation, generation_path)
@@ -337,6 +371,9 @@ def make_genai_config(plan, config: dict, generation: dict | None, generation_pa
     # first, and an empty one counts as unset.
     bos = (_ids(pick("bos_token_id")) or eos or [0])[0]
     pad = (_ids(pick("pad_token_id")) or eos or [0])[0]
+    # After the checkpoint's own ids, which bos and pad fall back to (turn_end_warning says so).
+    turn_end = turn_end_id(config, generation, tokenizer_eos, spec.vocab_size)
+    eos += [] if turn_end is None else [turn_end]
 
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
     if not plan.layout.rotary_in_gqa:

@@ -131,6 +131,56 @@ def _ids_past_the_vocabulary(tokenizer: dict, path: Path, vocab_size: int) -> st
     )
 
 
+def tokenizer_eos(source: Path) -> tuple[str, int] | None:
+    """(the eos_token the checkpoint's tokenizer names, its id), or None where it names none or its id
+    cannot be found. A chat template ends each turn with this token (Qwen's <|im_end|>, Llama 3's
+    <|eot_id|>), which generation_config.json does not always list. The id comes from
+    tokenizer_config.json's added_tokens_decoder, which transformers writes for every special token,
+    before tokenizer.json (tens of MB to parse)."""
+    config = _json_object(Path(source) / "tokenizer_config.json")
+    token = _token_text(config.get("eos_token"))
+    if token is None:
+        token = _token_text(_json_object(Path(source) / "special_tokens_map.json").get("eos_token"))
+    if token is None:
+        return None
+    decoder = config.get("added_tokens_decoder")
+    for key, entry in decoder.items() if isinstance(decoder, dict) else ():
+        if _token_text(entry) == token and str(key).isdigit():
+            return token, int(key)
+    token_id = _vocabulary_id(_json_object(Path(source) / "tokenizer.json"), token)
+    return None if token_id is None else (token, token_id)
+
+
+def _json_object(path: Path) -> dict:
+    """The file's JSON object, or {} for a file that is missing or holds none (check_tokenizer_files
+    refuses those that are damaged)."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _token_text(value) -> str | None:  # "<s>", or an AddedToken written out: {"content": "<s>", ...}
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _vocabulary_id(tokenizer: dict, token: str) -> int | None:
+    """The id tokenizer.json gives `token`: an added token's, else the model vocabulary's."""
+    for entry in tokenizer.get("added_tokens") or ():
+        if isinstance(entry, dict) and entry.get("content") == token and isinstance(entry.get("id"), int):
+            return entry["id"]
+    model = tokenizer.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict) and isinstance(vocab.get(token), int):
+        return vocab[token]
+    if isinstance(vocab, list):  # Unigram: [token, score] in id order
+        return next((i for i, entry in enumerate(vocab) if isinstance(entry, list) and entry[:1] == [token]), None)
+    return None
+
+
 def copy_tokenizer_files(
     source: Path, destination: Path, keep_named_templates: bool = False
 ) -> tuple[list[str], list[str]]:
