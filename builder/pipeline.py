@@ -268,7 +268,10 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
             configs = layout.write_configs(staging, generation)
         with _write_errors(output, "copying the tokenizer files into "):
             copied, missing = copy_tokenizer_files(
-                arch.checkpoint.directory, staging, keep_named_templates=options.format != "genai"
+                arch.checkpoint.directory,
+                staging,
+                keep_named_templates=options.format != "genai",
+                reads_template_file=options.format == "genai",
             )
         skipped = arch.skipped_note() if hasattr(arch, "skipped_note") else None
         notes = list(plan.notes) + ([skipped] if skipped else []) + arch.warnings

@@ -312,6 +312,47 @@ def test_node_fp32_tokens_equal_transformers(checkpoint, tmp_path, monkeypatch):
     assert "encoded" not in run_node(result.output)  # only when asked
 
 
+def node_chat_template(folder: Path, messages: list[dict]) -> str:
+    """transformers.js's AutoTokenizer.apply_chat_template on the folder, as text."""
+    script = (
+        'import { AutoTokenizer, env } from "@huggingface/transformers";\n'
+        'env.allowRemoteModels = false; env.localModelPath = "/";\n'
+        "const tok = await AutoTokenizer.from_pretrained(process.argv[1]);\n"
+        "const text = tok.apply_chat_template(JSON.parse(process.argv[2]), "
+        "{ tokenize: false, add_generation_prompt: true });\n"
+        "console.log(JSON.stringify(text));\n"
+    )
+    out = subprocess.run(
+        [node_ready(), "--input-type=module", "-e", script, str(folder), json.dumps(messages)],
+        cwd=WEB,  # where node_modules resolves
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_node_applies_a_chat_template_saved_as_its_own_file(checkpoint, tmp_path):
+    """transformers 5 saves the chat template in chat_template.jinja alone (no chat_template key in
+    tokenizer_config.json); transformers.js 4's tokenizer reads only the key, so the folder had no chat
+    template ("tokenizer.chat_template is not set")."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("qwen3"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "chat_template.jinja").write_text(config.pop("chat_template").replace("assistant", "FILE-assistant"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi 你好"}]
+    expected = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    assert "FILE-assistant" in expected
+    result = build_tjs(folder, tmp_path / "tjs", precision="fp32")
+    assert node_chat_template(result.output, messages) == expected
+
+
 def external_model(folder: Path, sizes: list[int], order: list[int]) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     """A model whose float32 initializers of `sizes` bytes lie back to back in onnx/model.onnx_data,
     listed in the graph in `order` (the split must not rely on the graph listing them by offset)."""

@@ -182,10 +182,12 @@ def _vocabulary_id(tokenizer: dict, token: str) -> int | None:
 
 
 def copy_tokenizer_files(
-    source: Path, destination: Path, keep_named_templates: bool = False
+    source: Path, destination: Path, keep_named_templates: bool = False, reads_template_file: bool = True
 ) -> tuple[list[str], list[str]]:
     """Copy what exists; return (copied, missing required files). keep_named_templates: the folder's
-    reader takes a list of named chat templates (transformers.js does; genai's tokenizer does not)."""
+    reader takes a list of named chat templates (transformers.js does; genai's tokenizer does not).
+    reads_template_file: the folder's reader finds chat_template.jinja on its own (genai's tokenizer
+    does; transformers.js 4's AutoTokenizer reads tokenizer_config.json's chat_template only)."""
     copied = []
     for name in TOKENIZER_FILES:
         path = Path(source) / name
@@ -194,7 +196,7 @@ def copy_tokenizer_files(
             copied.append(name)
     template = Path(source) / "chat_template.jinja"
     if "tokenizer_config.json" in copied and template.is_file():
-        _template_file_first(Path(destination) / "tokenizer_config.json", template)
+        _template_file_first(Path(destination) / "tokenizer_config.json", template, always=not reads_template_file)
     elif "tokenizer_config.json" in copied and not keep_named_templates:
         _default_template_only(Path(destination) / "tokenizer_config.json")
     missing = [name for name in REQUIRED if name not in copied]
@@ -256,12 +258,15 @@ def _default_template_only(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _template_file_first(config_path: Path, template: Path) -> None:
+def _template_file_first(config_path: Path, template: Path, always: bool = False) -> None:
     """transformers takes chat_template.jinja over tokenizer_config.json's chat_template, while genai
     reads the config's first: a checkpoint with both (an older key left beside the newer file)
-    formatted prompts one way in transformers and another in genai. The copy's key now holds the file."""
+    formatted prompts one way in transformers and another in genai. The copy's key now holds the file.
+    always: write the key where the config has none too, for a reader that never opens the file:
+    transformers 5 saves the template in chat_template.jinja alone, and transformers.js 4's tokenizer
+    then had no chat template ("tokenizer.chat_template is not set")."""
     config = json.loads(config_path.read_bytes())
-    if "chat_template" not in config:
+    if "chat_template" not in config and not always:
         return
     config["chat_template"] = template.read_text(encoding="utf-8")
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
