@@ -81,10 +81,15 @@ def default_output(options: BuildOptions) -> Path:
 
 def _tokenizer_advice(copied: list[str], checkpoint: Path, output: Path) -> str:
     """What to do about missing tokenizer files: a checkpoint with only a slow tokenizer's files
-    (vocab.json + merges.txt, tokenizer.model) has none to copy, but transformers can write them."""
-    if any(name in copied for name in ("vocab.json", "tokenizer.model")):
+    (vocab.json + merges.txt, tokenizer.model), or a tokenizer.json without its tokenizer_config.json,
+    has none to copy, but transformers can write them."""
+    if any(name in copied for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        # Without it transformers 5 fails on tokenizer.model with "`tiktoken` is required to read a
+        # `tiktoken` file", which points away from the fix.
+        sentencepiece = "tokenizer.model" in copied and "tokenizer.json" not in copied
+        needs = " (tokenizer.model needs the sentencepiece package: pip install sentencepiece)" if sentencepiece else ""
         return (
-            "transformers makes them from the checkpoint's vocabulary files: "
+            f"transformers makes them from the checkpoint's vocabulary files{needs}: "
             f"AutoTokenizer.from_pretrained('{checkpoint}').save_pretrained('{output}')"
         )
     return f"copy them from the model's original repository into {output}"

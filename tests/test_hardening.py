@@ -1970,6 +1970,26 @@ def test_a_slow_tokenizer_s_files_get_advice_that_works(ckpt, tmp_path):
     assert list(og.Tokenizer(og.Model(str(out))).encode(text)) == AutoTokenizer.from_pretrained(str(ckpt)).encode(text)
 
 
+def test_a_tokenizer_json_without_its_config_gets_advice_that_works(ckpt, tmp_path):
+    """genai's tokenizer cannot open a folder without tokenizer_config.json ("Failed to open a json
+    file"), and a checkpoint with tokenizer.json alone has none in its repository to copy, as the
+    warning said to; transformers writes one."""
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    (ckpt / "tokenizer_config.json").unlink()
+    (ckpt / "special_tokens_map.json").unlink()
+    out = tmp_path / "out"
+    proc = cli("-m", ckpt, "-o", out, "-p", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    advice = f"AutoTokenizer.from_pretrained('{ckpt}').save_pretrained('{out}')"
+    assert advice in proc.stderr
+    AutoTokenizer.from_pretrained(str(ckpt)).save_pretrained(str(out))
+    theirs, ours = AutoTokenizer.from_pretrained(str(ckpt)), og.Tokenizer(og.Model(str(out)))
+    for text in ("the river and the town", " naïve café — 你好", "<|im_start|>user\nhi<|im_end|>"):
+        assert list(ours.encode(text)) == theirs.encode(text), text
+
+
 def test_a_missing_tokenizer_names_the_runtime_that_needs_it(ckpt, tmp_path):
     (ckpt / "tokenizer.json").unlink()
     for fmt, reader in (("genai", "onnxruntime-genai"), ("transformers.js", "transformers.js")):
@@ -1983,10 +2003,17 @@ def test_tokenizer_advice_knows_sentencepiece_and_bpe_vocabularies(tmp_path):
     without either there is nothing to make it from, and the files must come from the repository."""
     from builder.pipeline import _tokenizer_advice
 
-    for copied in (["tokenizer.model", "tokenizer_config.json"], ["vocab.json", "merges.txt"]):
+    for copied in (["vocab.json", "merges.txt"], ["tokenizer.json"], ["tokenizer.json", "tokenizer.model"]):
         assert _tokenizer_advice(copied, tmp_path / "ckpt", tmp_path / "out").startswith(
             "transformers makes them from the checkpoint's vocabulary files: AutoTokenizer.from_pretrained("
         ), copied
+    # transformers 5 without sentencepiece fails on tokenizer.model asking for tiktoken instead.
+    assert _tokenizer_advice(
+        ["tokenizer.model", "tokenizer_config.json"], tmp_path / "ckpt", tmp_path / "out"
+    ).startswith(
+        "transformers makes them from the checkpoint's vocabulary files (tokenizer.model needs the sentencepiece "
+        "package: pip install sentencepiece): AutoTokenizer.from_pretrained("
+    )
     advice = _tokenizer_advice(["tokenizer_config.json"], tmp_path / "ckpt", tmp_path / "out")
     assert advice == f"copy them from the model's original repository into {tmp_path / 'out'}"
 
