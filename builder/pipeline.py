@@ -206,13 +206,12 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
             arch.checkpoint.fingerprint(True)
     else:
         arch.checkpoint.fingerprint(False)
-    tokenizer_warnings = check_tokenizer_files(arch.checkpoint.directory, plan.spec.vocab_size)
+    genai = options.format == "genai"
+    tokenizer_warnings = check_tokenizer_files(arch.checkpoint.directory, plan.spec.vocab_size, genai)
     generation = arch.checkpoint.read_json("generation_config.json")
-    arch.warnings.extend(
-        token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size, options.format == "genai")
-    )
+    arch.warnings.extend(token_ids_past_the_vocabulary(arch.config, generation, plan.spec.vocab_size, genai))
     arch.warnings.extend(tokenizer_warnings)
-    if options.format == "genai":
+    if genai:
         turn_end = turn_end_warning(
             arch.config, generation, tokenizer_eos(arch.checkpoint.directory), plan.spec.vocab_size
         )

@@ -1990,6 +1990,34 @@ def test_a_tokenizer_json_without_its_config_gets_advice_that_works(ckpt, tmp_pa
         assert list(ours.encode(text)) == theirs.encode(text), text
 
 
+def test_a_metaspace_tokenizer_is_warned_of_in_genai_folders(ckpt, tmp_path):
+    """A tokenizer.json as transformers 5 saves Llama 2's and Mistral's (Metaspace pre-tokenizer):
+    genai 0.18 puts a '▁' before every stretch of text between special tokens, so the chat prompt
+    '<s>[INST] hi [/INST]' got one token more than in transformers, and the build said nothing."""
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    for f in (ckpt / "special_tokens_map.json", ckpt / "tokenizer_config.json", ckpt / "tokenizer.json"):
+        f.unlink()
+    for f in (Path(__file__).parent / "support" / "metaspace_tokenizer").glob("*.json"):
+        shutil.copyfile(f, ckpt / f.name)
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [line for line in proc.stderr.splitlines() if "Metaspace" in line]
+    assert warning.startswith(f"warning: {ckpt / 'tokenizer.json'} splits words with a Metaspace pre-tokenizer")
+    assert "encode with transformers and pass the ids to the generator (append_tokens)" in warning
+    # What it warns of: genai's ids are transformers' with a '▁' more after [INST].
+    messages = json.dumps([{"role": "user", "content": "hi"}])
+    theirs = AutoTokenizer.from_pretrained(str(ckpt)).apply_chat_template(json.loads(messages), tokenize=True)
+    theirs = list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+    ours = og.Tokenizer(og.Model(str(tmp_path / "out")))
+    ids = [int(i) for i in ours.encode(ours.apply_chat_template(messages, add_generation_prompt=False))]
+    space = AutoTokenizer.from_pretrained(str(ckpt)).convert_tokens_to_ids("▁")
+    assert ids == theirs[:2] + [space] + theirs[2:], (ids, theirs)
+    js = cli("-m", ckpt, "-o", tmp_path / "js", "-p", "fp32", "--format", "transformers.js")
+    assert js.returncode == 0 and "Metaspace" not in js.stderr, js.stderr
+
+
 def test_a_missing_tokenizer_names_the_runtime_that_needs_it(ckpt, tmp_path):
     (ckpt / "tokenizer.json").unlink()
     for fmt, reader in (("genai", "onnxruntime-genai"), ("transformers.js", "transformers.js")):

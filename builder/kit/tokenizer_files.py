@@ -26,14 +26,14 @@ TOKENIZER_FILES = (
 REQUIRED = ("tokenizer.json", "tokenizer_config.json")
 
 
-def check_tokenizer_files(source: Path, vocab_size: int | None = None) -> list[str]:
+def check_tokenizer_files(source: Path, vocab_size: int | None = None, genai: bool = False) -> list[str]:
     """Refuse JSON tokenizer files that do not parse, or hold no JSON object, and a
     generation_config.json whose values genai_config.json could not take; before any weight is
     read. They were copied as they were: the build published with exit 0 (and passed --verify,
     which feeds token ids), and genai then failed to load the folder, while a rebuild copied the
     same file again; a generation_config.json of `[1]` was copied while its defaults were dropped.
-    Returns the warnings for what loads but is wrong (tokens past `vocab_size`), from the same parse:
-    a tokenizer.json is tens of MB."""
+    Returns the warnings for what loads but is wrong (tokens past `vocab_size`; genai: what genai's
+    tokenizer encodes otherwise than transformers), from the same parse: a tokenizer.json is tens of MB."""
     warnings = []
     for name in TOKENIZER_FILES:
         path = Path(source) / name
@@ -65,7 +65,37 @@ def check_tokenizer_files(source: Path, vocab_size: int | None = None) -> list[s
         if name == "tokenizer.json" and vocab_size is not None:
             past = _ids_past_the_vocabulary(value, path, vocab_size)
             warnings += [past] if past else []
+        if name == "tokenizer.json" and genai:
+            metaspace = _metaspace_warning(value, path)
+            warnings += [metaspace] if metaspace else []
     return warnings
+
+
+def _metaspace_warning(tokenizer: dict, path: Path) -> str | None:
+    """The warning for a Metaspace pre-tokenizer that adds a leading '▁' (transformers 5 writes one for
+    every SentencePiece BPE tokenizer it saves: Llama 2, Mistral, their fine-tunes), or None.
+    onnxruntime-genai 0.18 puts '▁' before every stretch of text between special or added tokens, where
+    Metaspace leaves it off a stretch that starts with a space, and with prepend_scheme "first" off all
+    but the text's first: a Mistral prompt "<s>[INST] hi [/INST]" encoded to one token more in genai
+    ('[INST]', '▁', '▁h', ...) than in transformers ('[INST]', '▁h', ...), chat template included."""
+    pre = tokenizer.get("pre_tokenizer")
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    for step in steps if isinstance(steps, list) else []:
+        if not (isinstance(step, dict) and step.get("type") == "Metaspace"):
+            continue
+        scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+        if scheme == "never":
+            return None
+        unlike = "that starts with a space" + (" or follows a special or added token" if scheme == "first" else "")
+        return (
+            f"{path} splits words with a Metaspace pre-tokenizer (prepend_scheme {scheme!r}), which "
+            "onnxruntime-genai 0.18's tokenizer does not follow: it puts a '▁' before every stretch of text "
+            f"between special or added tokens, where transformers leaves it off a stretch {unlike}, so "
+            "a prompt such as '<s>[INST] hi [/INST]' (chat templates included) gets a token more in genai; the "
+            "model runs, but where the ids must be transformers', encode with transformers and pass the ids "
+            "to the generator (append_tokens)"
+        )
+    return None
 
 
 def _is_token(value) -> bool:  # "<s>", or an AddedToken written out: {"content": "<s>", ...}
