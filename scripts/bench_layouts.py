@@ -102,9 +102,9 @@ def main() -> int:
         parser.error(f"{twice[0]!r} given twice (--layout / --extra names must differ): its rows would merge")
     try:
         return run(args)
-    except BuilderError as e:  # a bad checkpoint, precision or layout: the builder's one line
+    except BuilderError as e:  # a bad checkpoint, precision or layout, or Ctrl-C mid-build: the builder's one line
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 def run(args) -> int:
@@ -147,8 +147,18 @@ def run(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
+    if report["load_errors"]:  # as bench_genai.py: the table shows why, the exit status tells a script
+        failed = ", ".join(report["load_errors"])
+        print(
+            f"error: {len(report['load_errors'])} of {len(models)} models failed to load or run ({failed}); "
+            "see the table for why",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "the layouts built are under --work; no table, --json or --markdown was written")

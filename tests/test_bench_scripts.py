@@ -181,6 +181,64 @@ def test_bench_layouts_says_which_layout_it_builds(tmp_path):
     assert "[build] 2 of 2: separate/separate -> w/cpu-int4-separate-separate" in lines, lines
 
 
+def test_bench_layouts_exits_1_when_a_model_fails_to_run(tmp_path):
+    """Every model could fail (a webgpu --ep on a machine without WebGPU) and it exited 0 below the
+    table: bench_genai.py, whose timing it runs, exits 1 for the same table."""
+    built = subprocess.run(
+        [sys.executable, "-m", "builder", "-m", str(REPO / "examples" / "tiny-qwen3"), "-p", "int4", "-e", "cpu"]
+        + ["-o", str(tmp_path / "damaged")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (tmp_path / "damaged" / "model.onnx.data").unlink()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_layouts.py"), "--checkpoint", str(REPO / "examples" / "tiny-qwen3")]
+        + ["--layout", "auto", "--extra", f"d={tmp_path / 'damaged'}", "--work", "w", "--rounds", "1"]
+        + ["--prompt", "4", "--new", "4", "--json", "r.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "| d | failed to load or run: " in done.stdout, done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 models failed to load or run (d)")
+    assert (tmp_path / "r.json").is_file()  # the results, failure included, as bench_genai.py writes them
+
+
+@pytest.mark.parametrize("after", ["[build] 1 of 5", "[bench] warm-up round done"])
+def test_bench_layouts_stopped_with_ctrl_c_ends_on_one_error_line(tmp_path, after):
+    """Ctrl-C while it timed the builds was a KeyboardInterrupt traceback, and while it built one,
+    the builder's line with exit 2 (a bad input's code), not 130."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "bench_layouts.py"), "--checkpoint", str(REPO / "examples" / "tiny-qwen3")]
+        + ["--work", "w", "--rounds", "100000", "--prompt", "4", "--new", "4", "--json", "r.json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
+    )
+    try:
+        seen = []
+        while not (seen and seen[-1].startswith(after)):
+            seen.append(proc.stderr.readline())
+            assert seen[-1], "".join(seen) + proc.communicate(timeout=60)[1]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "interrupted" in last, err
+    assert not out and not (tmp_path / "r.json").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "args", "says"),
     [
