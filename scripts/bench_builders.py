@@ -840,6 +840,8 @@ def main() -> int:
     for flag, path in (("--work", args.work), ("--json", args.json), ("--markdown", args.markdown)):
         if path is not None and not can_write(path, folder=flag == "--work", make_parents=flag != "--markdown"):
             ap.error(f"{flag} {path}: not a place this run can write; pass one under a folder you can write")
+    if missing := missing_stage_modules(args):
+        ap.error(missing)
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
     run_sizes = [] if args.skip_run else [s for s in sizes(args.run_sizes) if s in build_sizes]
@@ -913,6 +915,27 @@ def main() -> int:
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0
+
+
+def missing_stage_modules(args) -> str | None:
+    """Why the stages asked for cannot run here, or None: the reference builder
+    (onnxruntime_genai.models.builder) imports onnx_ir, torch and transformers, which only the bench
+    extra brings. Without them every reference build failed, after the checkpoints (GBs) and our
+    builds, and the run ended with exit 0 and nothing to compare."""
+    from builder.verify import missing_modules
+
+    needs = {"psutil": "the CPU and memory figures"}
+    if not args.skip_build:
+        needs |= dict.fromkeys(("onnxruntime_genai", "onnx_ir", "torch", "transformers"), "the reference builder")
+    if not args.skip_run:
+        needs["onnxruntime_genai"] = "the timing"
+    if not args.skip_accuracy:
+        needs |= {m: needs.get(m, "the accuracy stage") for m in ("torch", "transformers")}
+    missing = missing_modules(needs)
+    if not missing:
+        return None
+    used = ", ".join(f"{m} ({needs[m]})" for m in missing)
+    return f"it needs {used}, which the bench extra brings: pip install -e '.[bench]' in the builder's checkout"
 
 
 def _save(report: dict, path: Path, started: float) -> None:

@@ -97,6 +97,29 @@ def test_bench_builders_refuses_bad_arguments_before_any_checkpoint(tmp_path, ar
     assert not (tmp_path / "work").exists()
 
 
+def test_bench_builders_says_what_the_reference_builder_needs_before_any_checkpoint(tmp_path):
+    """Without onnx_ir (the test venv has none) every reference build failed, after GBs of checkpoints
+    and our builds, and the run exited 0 with nothing to compare."""
+    from support.hidden_modules import hiding
+
+    (tmp_path / "sitecustomize.py").write_text(hiding("onnx_ir"))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_builders.py"), "--sizes", "0.6b", "--checkpoints", "ck"]
+        + ["--work", "work", "--quiet-wait", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "bench_builders.py: error: it needs onnx_ir (the reference builder), which the bench extra brings: "
+        "pip install -e '.[bench]' in the builder's checkout"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sitecustomize.py"]  # no checkpoint, no work folder
+
+
 def test_bench_builders_remakes_a_checkpoint_it_cut_short(tmp_path):
     # A make_checkpoint.py killed as it opened the weights leaves an empty model.safetensors: the
     # check of the folder was a JSONDecodeError traceback, not a reason to make it again.
