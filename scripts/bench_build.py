@@ -266,4 +266,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "the rounds finished before are those printed above; --json was not written")

@@ -435,6 +435,37 @@ def test_each_long_running_script_ends_a_ctrl_c_through_interrupt_py():
         assert "from interrupt import run_main" in tail and "run_main(main, " in tail, name
 
 
+def test_bench_build_stopped_with_ctrl_c_ends_on_one_error_line(tmp_path):
+    """A KeyboardInterrupt traceback from whichever build or read it was waiting on."""
+    import shutil
+    import signal
+
+    shutil.copytree(REPO / "examples" / "tiny-qwen3", tmp_path / "ck")
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "bench_build.py"), "--checkpoint", "ck", "--work", "w", "--no-off"]
+        + ["--rounds", "100000", "--json", "r.json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
+    )
+    try:
+        line = ""
+        while not line.startswith("round 2:"):  # mid-run, one round done
+            line = proc.stdout.readline()
+            assert line, proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "error: interrupted; the rounds finished before are those printed above; --json was not written"
+    )
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_ctrl_c_stops_the_fuzzer_mid_build(tmp_path):
     """A build catches Ctrl-C and raises BuildInterrupted, a BuilderError, which the fuzzer counted as
     one more refused input: scripts/fuzz_inputs.py ran on through every SIGINT. The signal is sent
