@@ -334,6 +334,11 @@ def main() -> None:
         ap.error("--rounds must be at least 1")
     if args.decode_steps < 1:  # time's per-step figures divide by it
         ap.error("--decode-steps must be at least 1")
+    # The layer's shape: a bad one was a traceback from torch or from onnxruntime's session.
+    if min(args.hidden, args.key_heads, args.value_heads) < 1:
+        ap.error("--hidden, --key-heads and --value-heads must be at least 1")
+    if args.value_heads % args.key_heads:  # Gated DeltaNet shares each key head among value heads
+        ap.error(f"--value-heads {args.value_heads} must be a multiple of --key-heads {args.key_heads}")
     if args.what == "check":
         check()
     elif args.what == "time":
@@ -343,4 +348,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from interrupt import run_main
+
+    run_main(main, "the figures printed above are all it measured")

@@ -271,6 +271,14 @@ def test_bench_layouts_stopped_with_ctrl_c_ends_on_one_error_line(tmp_path, afte
         ("bench_builders.py", ["--sizes", "0.6b", "--new-tokens", "1"], "--new-tokens must be at least 2"),
         ("bench_build.py", ["--rounds", "0", "--checkpoint", "/nonexistent/ck"], "--rounds must be at least 1"),
         ("bench_linear_attention.py", ["time", "--decode-steps", "0"], "--decode-steps must be at least 1"),
+        # tracebacks from torch (a negative dimension) or onnxruntime (q_num_heads, GatedDeltaNet's heads)
+        ("bench_linear_attention.py", ["time", "--hidden", "-1"], "--hidden, --key-heads and --value-heads must be"),
+        ("bench_linear_attention.py", ["time", "--key-heads", "0"], "--hidden, --key-heads and --value-heads must be"),
+        (
+            "bench_linear_attention.py",
+            ["time", "--key-heads", "2", "--value-heads", "5"],
+            "--value-heads 5 must be a multiple of --key-heads 2",
+        ),
         ("bench_quant.py", ["--repeat", "0"], "--repeat must be at least 1"),
         # QuantScheme's ValueError, as a traceback
         ("bench_quant.py", ["--bits", "3"], "--bits 3 is not supported; allowed: (4, 8)"),
@@ -430,7 +438,8 @@ def test_a_benchmark_stopped_with_ctrl_c_ends_on_one_error_line():
 
 
 def test_each_long_running_script_ends_a_ctrl_c_through_interrupt_py():
-    for name in ("bench_quant", "bench_builders", "profile_genai", "fuzz_inputs"):
+    names = ("bench_quant", "bench_builders", "profile_genai", "fuzz_inputs", "bench_layouts", "bench_build")
+    for name in (*names, "bench_linear_attention"):
         tail = (SCRIPTS / f"{name}.py").read_text().rsplit('if __name__ == "__main__":', 1)[1]
         assert "from interrupt import run_main" in tail and "run_main(main, " in tail, name
 
