@@ -38,7 +38,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from writable import can_write
+
+from builder import BuilderError
 from builder.ep_runtime import ort_session
 
 ONNX_TO_NUMPY = {
@@ -77,7 +81,19 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="Timed steps per loop.")
     parser.add_argument("--json")
     args = parser.parse_args()
+    # Each failed only after the WebGPU sessions: a ZeroDivisionError, a mask of no tokens, a traceback.
+    if args.steps < 1 or args.past < 0:
+        parser.error("--steps must be at least 1 and --past at least 0")
+    if args.json and not can_write(Path(args.json), make_parents=False):
+        parser.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
+    try:
+        return replay(parser, args)
+    except BuilderError as e:  # no WebGPU runtime or adapter here: it was a traceback from the pool
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
 
+
+def replay(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     folder = Path(args.folder)
@@ -209,4 +225,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "the loops timed before are those printed above")

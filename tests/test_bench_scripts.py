@@ -4,6 +4,7 @@ that compute their figures (no timings, no builds)."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -391,6 +392,45 @@ def device_run_parts() -> tuple[list[str], set[str], set[str]]:
     return listed, branches, header
 
 
+@pytest.fixture
+def capture_folder(built):
+    folder = built("qwen3", ep="webgpu").output
+    options = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert options["provider_options"][0]["webgpu"]["enableGraphCapture"] == "1"
+    return folder
+
+
+def test_replay_loop_without_webgpu_ends_on_one_error_line(capture_folder, tmp_path):
+    """A machine without a WebGPU runtime (or adapter) got the BuilderError that says so inside a
+    multiprocessing traceback."""
+    from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
+
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)  # the same on every machine
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "replay_loop.py"), str(capture_folder), "--past", "8", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: no WebGPU runtime is installed: pip install") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # a ZeroDivisionError, and a mask of no tokens, after the WebGPU sessions
+        (["--steps", "0"], "--steps must be at least 1 and --past at least 0"),
+        (["--past", "-1"], "--steps must be at least 1 and --past at least 0"),
+        # written once every loop had run: a traceback
+        (["--json", "gone/r.json"], "--json gone/r.json: not a file this run can write"),
+    ],
+)
+def test_replay_loop_refuses_what_it_would_fail_on_after_the_sessions(capture_folder, tmp_path, args, says):
+    refused_in(tmp_path, "replay_loop.py", [str(capture_folder), "--past", "8", *args], says)
+
+
 def test_device_run_lists_the_parts_it_has():
     listed, branches, header = device_run_parts()
     assert len(listed) == len(set(listed))
@@ -439,7 +479,7 @@ def test_a_benchmark_stopped_with_ctrl_c_ends_on_one_error_line():
 
 def test_each_long_running_script_ends_a_ctrl_c_through_interrupt_py():
     names = ("bench_quant", "bench_builders", "profile_genai", "fuzz_inputs", "bench_layouts", "bench_build")
-    for name in (*names, "bench_linear_attention"):
+    for name in (*names, "bench_linear_attention", "replay_loop"):
         tail = (SCRIPTS / f"{name}.py").read_text().rsplit('if __name__ == "__main__":', 1)[1]
         assert "from interrupt import run_main" in tail and "run_main(main, " in tail, name
 
