@@ -23,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 HEADS = [(4, 2, 32), (2, 1, 64), (16, 8, 128), (32, 8, 128)]  # (num_heads, kv_num_heads, head_size)
 LENGTHS = [
@@ -117,8 +118,19 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure()))
+        from builder import BuilderError
+
+        try:
+            print(json.dumps(measure()))
+        except BuilderError as e:  # no WebGPU runtime or adapter: the parent shows this line
+            print(f"{e}", file=sys.stderr)
+            return e.exit_code
         return 0
+    if args.json:  # written after every length was measured: a traceback then
+        from writable import can_write
+
+        if not can_write(Path(args.json), make_parents=False):
+            parser.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
     env = None
     if args.swiftshader:  # the loader path must be in place before the process starts
         from support.swiftshader import swiftshader_env, swiftshader_icd

@@ -431,6 +431,27 @@ def test_replay_loop_refuses_what_it_would_fail_on_after_the_sessions(capture_fo
     refused_in(tmp_path, "replay_loop.py", [str(capture_folder), "--past", "8", *args], says)
 
 
+def test_webgpu_prefill_attention_without_webgpu_says_so_in_one_line(tmp_path):
+    # The line was the child's traceback's last, "builder.kit.errors.BuilderError: ..."
+    from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
+
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "webgpu_prefill_attention.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=300,
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: no WebGPU runtime is installed: pip install"), done.stderr
+
+
+def test_webgpu_prefill_attention_refuses_an_unwritable_json_first(tmp_path):
+    # written once every length was measured: a traceback then
+    refused_in(tmp_path, "webgpu_prefill_attention.py", ["--json", "gone/r.json"], "--json gone/r.json: not a file")
+
+
 def test_device_run_lists_the_parts_it_has():
     listed, branches, header = device_run_parts()
     assert len(listed) == len(set(listed))
