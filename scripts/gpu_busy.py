@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from writable import can_write
+
+from builder import BuilderError
 
 
 def measure(folder: str, prompt_len: int, new_tokens: int) -> dict:
@@ -88,6 +93,11 @@ def main() -> int:
         name, _, folder = pair.partition("=")
         if not name or not (Path(folder) / "genai_config.json").is_file():
             ap.error(f"{pair!r}: pass NAME=DIR, DIR a built model folder")
+    # Each failed only after the decode loops: a ZeroDivisionError (no decode step) or a traceback.
+    if args.prompt < 1 or args.new < 2:
+        ap.error("--prompt must be at least 1 token and --new at least 2 (the first closes the prefill)")
+    if args.json and not can_write(Path(args.json), make_parents=False):
+        ap.error(f"--json {args.json}: not a file this run can write; pass one in an existing folder")
     try:
         import pynvml  # noqa: F401
     except ImportError:
@@ -95,7 +105,11 @@ def main() -> int:
     results = {}
     for pair in args.models:
         name, folder = pair.split("=", 1)
-        results[name] = measure(folder, args.prompt, args.new)
+        try:
+            results[name] = measure(folder, args.prompt, args.new)
+        except BuilderError as e:  # no WebGPU runtime or adapter for a webgpu folder: it was a traceback
+            print(f"error: {name}: {e}", file=sys.stderr)
+            return e.exit_code
         r = results[name]
         print(
             f"{name}: {r['tok_s']:.1f} tok/s, {r['ms_per_token']:.2f} ms/token, GPU busy {r['gpu_util_pct']:.0f}% "
@@ -108,4 +122,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import run_main
+
+    run_main(main, "the folders measured before are those printed above")

@@ -452,6 +452,38 @@ def test_webgpu_prefill_attention_refuses_an_unwritable_json_first(tmp_path):
     refused_in(tmp_path, "webgpu_prefill_attention.py", ["--json", "gone/r.json"], "--json gone/r.json: not a file")
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # a ZeroDivisionError once the decode loop had run (no step after the first token)
+        (["--new", "1"], "--prompt must be at least 1 token and --new at least 2"),
+        (["--prompt", "0"], "--prompt must be at least 1 token and --new at least 2"),
+        # written once every folder was measured: a traceback
+        (["--json", "gone/r.json"], "--json gone/r.json: not a file this run can write"),
+    ],
+)
+def test_gpu_busy_refuses_what_it_would_fail_on_after_the_run(capture_folder, tmp_path, args, says):
+    refused_in(tmp_path, "gpu_busy.py", [f"a={capture_folder}", *args], says)
+
+
+def test_gpu_busy_without_webgpu_ends_on_one_error_line(capture_folder, tmp_path):
+    """A webgpu folder where no WebGPU runtime is: the BuilderError that says so, in a traceback.
+    pynvml is a stand-in here (no NVIDIA GPU needed): the folder fails to load before it is read."""
+    from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
+
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
+    (tmp_path / "pynvml.py").write_text("def nvmlInit():\n    pass\n\n\ndef nvmlDeviceGetHandleByIndex(i):\n    pass\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "gpu_busy.py"), f"w={capture_folder}", "--prompt", "4", "--new", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: w: this folder runs on WebGPU, and no WebGPU runtime is"), done.stderr
+
+
 def test_device_run_lists_the_parts_it_has():
     listed, branches, header = device_run_parts()
     assert len(listed) == len(set(listed))
@@ -500,7 +532,7 @@ def test_a_benchmark_stopped_with_ctrl_c_ends_on_one_error_line():
 
 def test_each_long_running_script_ends_a_ctrl_c_through_interrupt_py():
     names = ("bench_quant", "bench_builders", "profile_genai", "fuzz_inputs", "bench_layouts", "bench_build")
-    for name in (*names, "bench_linear_attention", "replay_loop"):
+    for name in (*names, "bench_linear_attention", "replay_loop", "gpu_busy"):
         tail = (SCRIPTS / f"{name}.py").read_text().rsplit('if __name__ == "__main__":', 1)[1]
         assert "from interrupt import run_main" in tail and "run_main(main, " in tail, name
 
