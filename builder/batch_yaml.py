@@ -109,7 +109,7 @@ def compose(path: Path) -> yaml.Node | None:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise BuilderError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+            raise BuilderError(f"{where}: not valid YAML: {_yaml_fault(e)}") from None
         _refuse_unknown_tags(root, path)
         _refuse_alias_bombs(root, path)
     except BuilderError as e:
@@ -117,6 +117,27 @@ def compose(path: Path) -> yaml.Node | None:
         # from the message whether a file that failed to read stopped the batch or only a job.
         raise BuilderError(f"{e}\nnothing was built") from None
     return root
+
+
+# What to do about the faults whose PyYAML wording says nothing of it.
+_YAML_FIXES = {
+    "found duplicate anchor": "give each anchor its own name (&gpu, &cpu)",
+    "found undefined alias": "an alias (*name) needs an anchor (&name) above it in the file, as x-name: &name {...}",
+    "expected a single document": "a batch file is one YAML document: remove the --- line, or merge the two",
+    "'\\t' that cannot start any token": "replace the tab with spaces (YAML takes no tabs there)",
+}
+
+
+def _yaml_fault(e: yaml.YAMLError) -> str:
+    """PyYAML's fault in words a user can act on. Its problem alone can be the end of a sentence
+    its context begins: a duplicate anchor read 'second occurrence', a second document 'but found
+    another document'. A context that only says what was being read ('while parsing ...') is left out."""
+    problem = getattr(e, "problem", None) or str(e)
+    context, mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and not context.startswith("while"):
+        problem = f"{context}{f' on line {mark.line + 1}' if mark else ''}, {problem} here"
+    fix = next((fix for fault, fix in _YAML_FIXES.items() if fault in problem), None)
+    return f"{problem}; {fix}" if fix else problem
 
 
 def _refuse_alias_bombs(root: yaml.Node | None, path: Path) -> None:

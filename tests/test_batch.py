@@ -386,6 +386,38 @@ def test_a_file_that_is_no_valid_yaml_is_named_with_the_line_of_its_fault(tmp_pa
     )
 
 
+YAML_FAULTS = {
+    # PyYAML's problem alone was the end of a sentence: "not valid YAML: second occurrence"
+    "duplicate anchor": (
+        "x-gpu: &base {{ep: webgpu}}\nx-cpu: &base {{ep: cpu}}\njobs:\n  - {{<<: *base, model: {m}}}\n",
+        2,
+        "found duplicate anchor 'base'; first occurrence on line 1, second occurrence here; give each anchor "
+        "its own name",
+    ),
+    "two documents": (
+        "defaults: {{model: {m}}}\n---\njobs:\n  - ep: cpu\n",
+        2,
+        "expected a single document in the stream on line 1, but found another document here; a batch file "
+        "is one YAML document",
+    ),
+    "tab": (
+        "jobs:\n  - model: {m}\n\tep: cpu\n",
+        3,
+        "found character '\\t' that cannot start any token; replace the tab with spaces",
+    ),
+    "undefined alias": ("jobs:\n  - {{<<: *base, model: {m}}}\n", 2, "found undefined alias 'base'; an alias"),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_FAULTS))
+def test_a_yaml_fault_says_what_is_wrong_and_what_to_do(case, tmp_path):
+    text, line, message = YAML_FAULTS[case]
+    path = write(tmp_path / "bad.yaml", text.format(m=TINY))
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert f"{path}:{line}: not valid YAML: {message}" in str(refused.value), refused.value
+
+
 def test_a_file_that_cannot_be_read_as_yaml_says_nothing_was_built_too(tmp_path, monkeypatch):
     """Invalid YAML, an unknown tag, aliases past the limit, another encoding and a missing file
     did not end with 'nothing was built' as every other problem of the file does."""
