@@ -318,7 +318,7 @@ def _check(args: argparse.Namespace):
         reason = "--force" if args.force else rebuild_reason(job.options, fingerprints)
         job.action, job.reason = ("build", reason) if reason else ("skip", "up to date")
     to_build = [j for j in batch.jobs if j.action == "build"]
-    check_outputs(to_build)  # --dry-run shows them too
+    check_outputs(batch, to_build)  # --dry-run shows them too
     if (args.executor or batch.executor or "local") == "local":  # Ray's nodes have caches of their own
         check_hub_models(to_build)
     check_output_root(batch, to_build)

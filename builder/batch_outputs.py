@@ -27,12 +27,15 @@ def check_output_root(batch: Batch, jobs: list[Job]) -> None:
         tried.add(parent)
         problem = unwritable(parent)
         if problem:
-            problems.append(f"{job.name}: cannot write its output in {parent} ({problem}); give it another output:")
+            problems.append(
+                f"{where_written(batch, job)}: cannot write {job.options.output} in {parent} ({problem}); "
+                "give the job another output:"
+            )
     if problems:
         raise BuilderError("\n  ".join(["outputs the builds cannot write (nothing was built):", *problems]))
 
 
-def check_outputs(jobs: list[Job]) -> None:
+def check_outputs(batch: Batch, jobs: list[Job]) -> None:
     """Refuse, before any build runs, outputs their builds would refuse: a file, a folder this
     builder did not make, or one holding files it did not write. Found at each job's turn,
     they failed the batch after the jobs before them had run."""
@@ -45,9 +48,16 @@ def check_outputs(jobs: list[Job]) -> None:
             # links is refused there, which had failed only at the job's turn)
             check_output_free(output_folder(Path(job.options.output), in_batch=True), overwrite=True, in_batch=True)
         except BuilderError as e:
-            problems.append(f"{job.name}: {e}")
+            problems.append(f"{where_written(batch, job)}: {e}")
     if problems:
         raise BuilderError("\n  ".join(["outputs the builds would refuse (nothing was built):", *problems]))
+
+
+def where_written(batch: Batch, job: Job) -> str:
+    """Where a message about a job's output points: the file, the line of its output: (else of
+    the job) and the job, as the file's other problems are named (the output's name alone left
+    a matrix job, or one whose output a template made, to be found by hand)."""
+    return f"{batch.path}:{job.output_line}: {job.label}.output"
 
 
 def check_hub_models(jobs: list[Job]) -> None:

@@ -538,8 +538,12 @@ def test_a_missing_model_or_a_taken_output_is_refused_before_any_build(tmp_path,
     assert batch(path) == 2
     err = capsys.readouterr().err
     assert "outputs the builds would refuse (nothing was built)" in err
-    assert f"foreign: output folder {foreign} exists and was not made by this builder" in err
-    assert f"afile: output {tmp_path / 'out' / 'afile'} exists and is a file; give the job another output folder" in err
+    # named as the file's other problems are: file, line of its output:, job
+    assert f"  {path}:6: jobs[1].output: output folder {foreign} exists and was not made by this builder" in err
+    assert (
+        f"  {path}:8: jobs[2].output: output {tmp_path / 'out' / 'afile'} exists and is a file; give the job "
+        "another output folder"
+    ) in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["afile", "foreign"]
     assert (foreign / "notes.txt").read_text() == "mine"
 
@@ -2630,8 +2634,8 @@ def test_dry_run_refuses_outputs_a_run_cannot_write(tmp_path, capsys):
     outside = write(tmp_path / "o.yaml", f"jobs:\n  - {{model: {TINY}, output: {blocker}/x/y}}\n")
     assert batch(outside, "--dry-run") == 2
     assert (
-        f"outputs the builds cannot write (nothing was built):\n  file/x/y: cannot write its output in {blocker}/x ("
-        in (capsys.readouterr().err)
+        f"outputs the builds cannot write (nothing was built):\n  {outside}:2: jobs[0].output: cannot write "
+        f"{blocker}/x/y in {blocker}/x (" in (capsys.readouterr().err)
     )
 
 
