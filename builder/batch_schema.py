@@ -152,10 +152,7 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
     if "jobs" in top:
         line, node = top["jobs"]
         if isinstance(node, yaml.SequenceNode):
-            specs += [
-                (f"jobs[{i}]", line_of(item), entries_of(item, f"jobs[{i}]", problems), f"jobs[{i}]")
-                for i, item in enumerate(node.value)
-            ]
+            specs += _job_specs(node, problems)
         elif node.tag != "tag:yaml.org,2002:null":
             problems.add(line, "jobs: must be a list of jobs (- model: ...)")
     if not specs and not problems.items:
@@ -226,3 +223,24 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
         if last[job.options.model] is not job:
             job.options.page_cache = True
     return Batch(path, root, jobs, executor, ray_address, root_from)
+
+
+def _job_specs(node: yaml.SequenceNode, problems: Problems) -> list:
+    """The jobs: list's items that are jobs, as matrix_specs gives them. An item that is no
+    mapping is refused and made no job: it became one of defaults: alone, so a `- int4` also
+    read as taking another job's output, and a `-` whose options were all commented out built
+    the defaults in silence."""
+    specs = []
+    for i, item in enumerate(node.value):
+        label = f"jobs[{i}]"
+        if item.tag == "tag:yaml.org,2002:null":
+            problems.add(
+                line_of(item),
+                f"{label}: an empty job (a - with nothing after it); give it its options, or remove the - "
+                "(a job of the defaults alone is - {})",
+            )
+        elif isinstance(item, yaml.MappingNode):
+            specs.append((label, line_of(item), entries_of(item, label, problems), label))
+        else:
+            mapping_pairs(item, label, problems)  # says it must be a mapping
+    return specs

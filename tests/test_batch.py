@@ -331,6 +331,32 @@ def test_invalid_file_fails_before_building(case, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_job_that_is_no_mapping_is_refused_and_makes_no_job(tmp_path):
+    """A `-` whose options were all commented out built the defaults in silence, and an item that
+    is no mapping became a job of the defaults too, so `- int4` also read as taking another job's
+    output."""
+    path = write(
+        tmp_path / "j.yaml",
+        f"defaults: {{model: {TINY}, ep: cpu}}\njobs:\n  - # precision: fp16\n    # ep: webgpu\n"
+        "  - {precision: int8}\n",
+    )
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value) == (
+        f"{path}:3: jobs[0]: an empty job (a - with nothing after it); give it its options, or remove the - "
+        "(a job of the defaults alone is - {})\nnothing was built"
+    )
+    write(path, f"defaults: {{model: {TINY}}}\njobs:\n  - int4\n  - fp16\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value) == (
+        f"{path}: 2 problems, nothing was built:\n  {path}:3: jobs[0]: must be a mapping of key: value\n"
+        f"  {path}:4: jobs[1]: must be a mapping of key: value"
+    )
+    write(path, f"defaults: {{model: {TINY}}}\njobs:\n  - {{}}\n")  # the defaults alone, written as such
+    assert [job.options.precision for job in load_batch(path).jobs] == ["int4"]
+
+
 def test_yaml_values_mean_what_the_flags_mean(tmp_path):
     """YAML 1.1 reads a bare on/off as true/false, where the choice was meant; a pattern list may be
     one text separated by commas, as --int8-layers takes it, and an empty item is no pattern."""
