@@ -403,4 +403,6 @@ def _with_key(message: str, e: Entry) -> str:
     name = e.key.replace("_", "-")
     message = message.removeprefix(f"{e.where}: ").removeprefix(f"--{name}: ").removeprefix(f"{name} ")
     where = e.key if e.where == "top level" else f"{e.where}.{e.key}"
+    if e.bool_word:  # the True or False in the message is YAML's reading of what the file says
+        message += f" (YAML reads a bare {e.bool_word} as {str(e.value).lower()})"
     return f"{where}: {message}"

@@ -25,6 +25,9 @@ class Entry:
     value: Any
     line: int
     where: str  # defaults, matrix, jobs[2]
+    # yes/no/on/off as written, where YAML 1.1 read it as true/false: messages showed a True
+    # the user never wrote (qkv-packing: off read "'False' is not valid")
+    bool_word: str | None = None
 
 
 class Problems:
@@ -70,6 +73,11 @@ def value_of(node: yaml.Node) -> Any:
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
         return FloatText(node.value)
     return _YAML.construct_object(node, deep=True)
+
+
+def entry(key: str, node: yaml.Node, line: int, where: str) -> Entry:
+    word = node.value if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool" else None
+    return Entry(key, value_of(node), line, where, word if word and word.lower() not in ("true", "false") else None)
 
 
 _BOMS = (
@@ -243,7 +251,7 @@ def _merged(node: yaml.Node, where: str, problems: Problems, merging: tuple) -> 
 
 def entries_of(node, where: str, problems: Problems) -> dict[str, Entry]:
     return {
-        key.replace("-", "_"): Entry(key, value_of(value), line, where)
+        key.replace("-", "_"): entry(key, value, line, where)
         for key, line, value in mapping_pairs(node, where, problems)
     }
 
@@ -259,10 +267,10 @@ def matrix_specs(line: int, node, problems: Problems):
         elif isinstance(value, yaml.SequenceNode):
             if not value.value:
                 problems.add(key_line, f"matrix.{key}: empty list, so the matrix has no jobs")
-            axes.append([(norm, Entry(key, value_of(item), line_of(item), "matrix")) for item in value.value])
+            axes.append([(norm, entry(key, item, line_of(item), "matrix")) for item in value.value])
             lists.append(norm)
         else:
-            axes.append([(norm, Entry(key, value_of(value), key_line, "matrix"))])
+            axes.append([(norm, entry(key, value, key_line, "matrix"))])
     excluded = _matrix_exclude(exclude, lists, problems) if exclude else []
     used = [False] * len(excluded)
     for i, combination in enumerate(itertools.product(*axes) if axes else []):

@@ -228,6 +228,18 @@ BAD = {
         3,
         "jobs[0].context-length: must be an integer, got 'many'",
     ),
+    # YAML 1.1 reads a bare yes/no/on/off as true/false: the message showed a True the file never said
+    "a bare off for a choice": (
+        "jobs:\n  - model: {m}\n    qkv-packing: off\n",
+        3,
+        "jobs[0].qkv-packing: 'False' is not valid; choose one of auto, packed-split, separate, fused-norm "
+        "(YAML reads a bare off as false)\n",
+    ),
+    "a bare yes for a name": (
+        "matrix:\n  model: [{m}]\n  output: [Yes]\n",
+        3,
+        "matrix.output: must be text, got True; quote it if that is the name you mean (YAML reads a bare Yes as true)",
+    ),
     "output float": ("jobs:\n  - model: {m}\n    output: 2024.5\n", 3, "jobs[0].output: must be text, got 2024.5"),
     "output mapping": ("jobs:\n  - model: {m}\n    output: {{a: 1}}\n", 3, "jobs[0].output: must be one value"),
     "target-ort list": ("matrix:\n  model: [{m}]\n  target-ort: [[1.30]]\n", 3, "matrix.target-ort: must be one value"),
