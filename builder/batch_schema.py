@@ -89,7 +89,15 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
     problems = Problems(path)
     reset()  # nothing from an earlier file is wanted
     base = path.parent.absolute()
-    top = {key: (line, node) for key, line, node in mapping_pairs(compose(path), "top level", problems)}
+    root_node = compose(path)
+    if isinstance(root_node, yaml.SequenceNode):  # a list of jobs, as a new user writes one
+        problems.add(
+            line_of(root_node),
+            "the file is a list; a batch file is a mapping of defaults:, matrix: and jobs: (configs/tiny.yaml "
+            "is an example): to list jobs, put the list under jobs:",
+        )
+        problems.raise_if_any()
+    top = {key: (line, node) for key, line, node in mapping_pairs(root_node, "top level", problems)}
     unknown = [(key, line) for key, (line, _) in top.items() if key not in TOP_KEYS and not key.startswith("x-")]
     if top and len(unknown) == len(top) and len(unknown) > 1:
         # Not a batch file at all (a config.json, a job list without jobs:): one problem, not one a key.

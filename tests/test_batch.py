@@ -369,6 +369,17 @@ def test_a_job_that_is_no_mapping_is_refused_and_makes_no_job(tmp_path):
     assert [job.options.precision for job in load_batch(path).jobs] == ["int4"]
 
 
+def test_a_file_that_is_a_list_of_jobs_is_told_to_put_it_under_jobs(tmp_path):
+    """It read 'top level: must be a mapping of key: value', which did not say what to write."""
+    path = write(tmp_path / "l.yaml", f"- model: {TINY}\n  precision: int4\n")
+    with pytest.raises(BuilderError) as refused:
+        load_batch(path)
+    assert str(refused.value) == (
+        f"{path}:1: the file is a list; a batch file is a mapping of defaults:, matrix: and jobs: "
+        "(configs/tiny.yaml is an example): to list jobs, put the list under jobs:\nnothing was built"
+    )
+
+
 def test_yaml_values_mean_what_the_flags_mean(tmp_path):
     """YAML 1.1 reads a bare on/off as true/false, where the choice was meant; a pattern list may be
     one text separated by commas, as --int8-layers takes it, and an empty item is no pattern."""
