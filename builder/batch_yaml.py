@@ -89,6 +89,9 @@ _BOMS = (
 )
 
 
+NEWLINE = b"\n"
+
+
 def read_text(path: Path) -> str:
     """The file's text: UTF-8, or UTF-8/16/32 with a byte-order mark (PowerShell's
     `>` and Out-File write UTF-16 with one); anything else is one clear error."""
@@ -102,8 +105,10 @@ def read_text(path: Path) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
+        # the line, where lines are counted in bytes (UTF-8), for an editor to go to
+        at = f":{data.count(NEWLINE, 0, e.start) + 1}" if encoding.startswith("utf-8") else ""
         raise BuilderError(
-            f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.object[e.start]:#04x} "
+            f"{path}{at}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.object[e.start]:#04x} "
             f"at offset {e.start}); save it as UTF-8 (PowerShell: Set-Content -Encoding utf8) "
             "and run again"
         ) from None
@@ -114,6 +119,15 @@ def compose(path: Path) -> yaml.Node | None:
         text = read_text(path)
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.reader.ReaderError as e:
+            # A control character (a terminal colour code pasted in, a NUL): PyYAML said it in two
+            # lines, at a position in "<unicode string>", without the line.
+            line = text.count("\n", 0, e.position) + 1
+            column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+            raise BuilderError(
+                f"{path}:{line}: not valid YAML: unprintable character U+{e.character:04X} at column {column}, "
+                "which YAML does not allow; delete it"
+            ) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -454,6 +454,12 @@ YAML_FAULTS = {
         3,
         "found character '\\t' that cannot start any token; replace the tab with spaces",
     ),
+    # PyYAML's own two lines: a position in "<unicode string>", no line
+    "terminal colour code": (
+        "jobs:\n  - model: {m}\n    output: \x1b[0mx\n",
+        3,
+        "unprintable character U+001B at column 13, which YAML does not allow; delete it\nnothing was built",
+    ),
     "undefined alias": ("jobs:\n  - {{<<: *base, model: {m}}}\n", 2, "found undefined alias 'base'; an alias"),
 }
 
@@ -1450,7 +1456,7 @@ def test_non_utf8_file_is_one_line_naming_it(tmp_path):
     assert run.returncode == 2
     assert run.stderr.count("\n") == 2 and run.stderr.endswith("\nnothing was built\n"), run.stderr
     assert "Traceback" not in run.stderr
-    assert f"{path}: not UTF-8 text (byte 0xe8 at offset" in run.stderr
+    assert f"{path}:3: not UTF-8 text (byte 0xe8 at offset" in run.stderr  # the line, for an editor
     assert "save it as UTF-8" in run.stderr
     assert not (tmp_path / "out").exists()
 
