@@ -176,11 +176,22 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
         if len({repr(entries[k].value) if k in entries else None for entries in in_matrix}) > 1
     ]
     jobs, outputs, around = [], {}, {}  # around: each folder that holds an output -> its job
+    # A matrix job's combination, as its other errors name it: matrix[7] alone left the user to count.
+    combination = {label: named[len(label) + 2 : -1] if named != label else "" for label, _, _, named in specs}
+
+    def output_of(job: Job, line: int) -> str:
+        return (
+            f"{job.label} ({combination[job.label]}; line {line})"
+            if combination[job.label]
+            else f"{job.label} (line {line})"
+        )
+
     for label, line, entries, named in specs:
         made = make_job(label, line, {**defaults, **entries}, base, root, problems, named, local)
         if made is None:
             continue
         job, job.output_line = made
+        own = f"{label}.output" + (f" ({combination[label]})" if combination[label] else "")
         # Symlinks resolved, as the build resolves them; a build replaces its whole output
         # folder, so one inside another is refused by whichever build runs second.
         real = Path(os.path.realpath(job.options.output))
@@ -188,8 +199,8 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
         if other:
             problems.add(
                 job.output_line,
-                f"{label}.output: {job.options.output} is also the output of "
-                f"{other.label} (line {other.line}); {own_output_hint(job, other, varying)}",
+                f"{own}: {job.options.output} is also the output of "
+                f"{output_of(other, other.line)}; {own_output_hint(job, other, varying)}",
             )
             continue
         outer = next((outputs[p] for p in real.parents if p in outputs), None)
@@ -199,8 +210,8 @@ def load_batch(path: str | Path, output_root: str | Path | None = None, executor
             other = outer or inner
             problems.add(
                 job.output_line,
-                f"{label}.output: {job.options.output} {how}, the output of {other.label} "
-                f"(line {other.output_line}); a build replaces its whole folder, so give each "
+                f"{own}: {job.options.output} {how}, the output of {output_of(other, other.output_line)}; "
+                "a build replaces its whole folder, so give each "
                 "job a folder outside the others'",
             )
             continue

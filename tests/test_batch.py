@@ -398,7 +398,11 @@ def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
     assert batch(path, "--dry-run") == 2
     hint = 'give the matrix an output: template that names what differs, such as output: "'
     template = "{model_name}-{precision}-{ep}-{block_size}"  # not the accuracy level all the jobs share
-    assert hint + template + '"' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert hint + template + '"' in err
+    # Each job is named with its combination, as the file's other errors name it: matrix[1] alone left
+    # the user to count through the product.
+    assert "matrix[1].output (block-size 64): " in err and "output of matrix[0] (block-size 32; line 3); " in err
     write(path, path.read_text() + f'  output: "{template}"\n')
     assert [job.name for job in load_batch(path).jobs] == ["tiny-qwen3-int4-cpu-32", "tiny-qwen3-int4-cpu-64"]
     # Models of other names were sent out of the matrix, and two axes got a hint a pair, each
@@ -421,8 +425,8 @@ def test_matrix_jobs_sharing_an_output_are_told_what_to_name(tmp_path, capsys):
     )
     assert batch(path, "--dry-run") == 2
     err = capsys.readouterr().err
-    assert "m.yaml:4: matrix[1].output: " in err and "give these jobs their own output: under jobs:, out of" in err
-    assert "m.yaml:7: jobs[0].output: " in err and "of matrix[0] (line 1); give each job its own output\n" in err
+    assert "m.yaml:4: matrix[1].output (model " in err and "give these jobs their own output: under jobs:" in err
+    assert "m.yaml:7: jobs[0].output: " in err and "['lm_head']; line 1); give each job its own output\n" in err
     assert hint not in err, err
 
 
