@@ -15,7 +15,9 @@ if ! { [ -f .venv/.builder-quickstart-"$key" ] || [ -f .venv/.builder-setup-"$ke
     || ! .venv/bin/python -c "import builder, onnxruntime_genai" 2>/dev/null; then
     rm -f .venv/.builder-quickstart-*
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e . "onnxruntime-genai>=0.8"
+    # 0.8.0 refuses Qwen3 (Unsupported model_type); Python 3.10 stops at 0.11.4, so no higher bound here:
+    # the build keeps every position's logits for a genai older than 0.12.2.
+    .venv/bin/python -m pip install -q -e . "onnxruntime-genai>=0.8.1"
     touch .venv/.builder-quickstart-"$key"
 fi
 . .venv/bin/activate

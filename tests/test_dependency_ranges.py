@@ -6,10 +6,14 @@ builder failed there; the ranges must keep pip from choosing it again.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import tomllib
 from packaging.requirements import Requirement
+
+from builder.kit.targets import GENAI_LAST_LOGITS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +60,31 @@ def test_the_lowest_versions_stay_allowed():
     assert set(lowest) == set(requirements), set(requirements) ^ set(lowest)
     refused = [f"{name}=={version}" for name, version in lowest.items() if not allows(requirements, name, version)]
     assert not refused, refused
+
+
+def extra(name: str) -> dict[str, Requirement]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {Requirement(text).name: Requirement(text) for text in project["optional-dependencies"][name]}
+
+
+@pytest.mark.parametrize("name", ["verify", "bench", "test"])
+def test_the_extras_genai_runs_a_default_build(name):
+    """The extras run built folders through onnxruntime-genai (scripts/generate.py, --verify's tests). They
+    admitted 0.8, which refused Qwen3 ("Unsupported model_type"), and 0.8-0.12.1, which fail on the
+    last-token logits a default build for onnxruntime >= 1.24 has ("Got invalid dimensions for output:
+    logits"). Their lower bound is the release builder.kit.targets names for those graphs."""
+    requirement = extra(name)["onnxruntime-genai"]
+    failing = ("0.8.0", "0.11.4", "0.12.0", "0.12.1")
+    assert all(tuple(map(int, v.split("."))) < GENAI_LAST_LOGITS for v in failing)
+    allowed = [v for v in failing if requirement.specifier.contains(v)]
+    assert not allowed, (requirement, allowed)
+
+
+def test_the_quickstart_installs_a_genai_that_opens_its_qwen3():
+    """scripts/quickstart.sh runs examples/tiny-qwen3 through onnxruntime-genai; 0.8.0 refused it
+    (Unsupported model_type in config.json: qwen3), 0.8.1 runs it. Python 3.10 stops at 0.11.4, so the
+    bound stays below 0.12.2 there (the build keeps every position's logits for such a genai)."""
+    text = (REPO / "scripts" / "quickstart.sh").read_text()
+    (spec,) = re.findall(r'"(onnxruntime-genai[^"]*)"', text)
+    requirement = Requirement(spec)
+    assert not requirement.specifier.contains("0.8.0") and requirement.specifier.contains("0.11.4"), spec

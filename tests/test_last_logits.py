@@ -8,6 +8,10 @@ alone and with transformers.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from builder.verify import (
     torch_logits,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
 
 
@@ -60,6 +65,41 @@ def test_which_positions_get_logits(built, options, positions):
     assert logits_dims(result)[1] == positions
     recorded = {1: "last", "num_logits": "num_logits_to_keep"}.get(positions, "all")
     assert result.report["target"]["logits"] == recorded
+
+
+def installed_genai(root: Path, version: str) -> dict:
+    """An environment where importlib.metadata finds onnxruntime-genai `version` before the venv's."""
+    info = root / f"onnxruntime_genai-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: onnxruntime-genai\nVersion: {version}\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+
+
+@pytest.mark.parametrize(
+    "genai, target_ort, recorded",
+    [
+        ("0.12.1", None, "all"),  # fails on last-token logits beside onnxruntime 1.24.1, as 0.8-0.11 do beside any
+        ("0.11.4", None, "all"),
+        ("0.12.2", None, "last"),  # the first that reads them
+        ("0.12.1", "1.32", "last"),  # a named target is another machine's runtime: this genai does not run it
+    ],
+)
+def test_an_installed_genai_that_fails_on_last_token_logits_gets_every_position(
+    checkpoint, tmp_path, genai, target_ort, recorded
+):
+    """pip keeps onnxruntime-genai 0.8-0.12.1 beside onnxruntime 1.24 and newer (0.12.1 with 1.24.1 is
+    the pair it installs), and the default build, targeting that onnxruntime, had last-token logits:
+    scripts/generate.py then failed with "Got invalid dimensions for output: logits", and the rebuild
+    its error suggested wrote the same folder."""
+    out = tmp_path / "out"
+    named = ["--target-ort", target_ort] if target_ort else []
+    build = [sys.executable, "-m", "builder", "-m", str(checkpoint("qwen3")), "-p", "int4", "-o", str(out), *named]
+    made = subprocess.run(build, capture_output=True, text=True, env=installed_genai(tmp_path / "site", genai))
+    assert made.returncode == 0, made.stderr
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["target"]["logits"] == recorded
+    note = f"--logits auto: every position, since the installed onnxruntime-genai {genai} fails on last-token logits"
+    assert any(n.startswith(note) for n in report["notes"]) is (recorded == "all"), report["notes"]
 
 
 def test_help_names_every_webgpu_target_that_keeps_all_positions(built):

@@ -300,7 +300,8 @@ class BuildOptions:
             "draft model's tokens one run each). auto: last for "
             "--format genai builds (except webgpu targets up to 1.27, the onnxruntime-webgpu package, not run "
             "with it, and targets "
-            "below 1.24, whose onnxruntime-genai (0.11 and older) fails on it, which get all); "
+            "below 1.24, whose onnxruntime-genai (0.11 and older) fails on it, and builds for the installed "
+            "onnxruntime beside an onnxruntime-genai older than 0.12.2, which fails on it too, which get all); "
             "--format transformers.js builds get a "
             "num_logits_to_keep input instead, which transformers.js sets to 1 when it generates "
             "and to 0 (every position) when it scores.",

@@ -37,7 +37,14 @@ from builder.kit.layout import GQA_ROTARY_HEAD_MULTIPLE, Layout, choose_layout, 
 from builder.kit.options import BuildOptions
 from builder.kit.selection import format_for, module_matches, patterns_matching_nothing
 from builder.kit.spec import DecoderSpec
-from builder.kit.targets import FEATURES, GENAI_LAST_LOGITS_ORT, NEWEST_KNOWN_ORT, WEBGPU_LAST_MONOLITHIC, Target
+from builder.kit.targets import (
+    FEATURES,
+    GENAI_LAST_LOGITS_ORT,
+    NEWEST_KNOWN_ORT,
+    WEBGPU_LAST_MONOLITHIC,
+    Target,
+    installed_genai_without_last_logits,
+)
 from quant import QuantScheme
 
 # GroupQueryAttention's seqlens_k and total_sequence_length are int32.
@@ -205,6 +212,12 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         )
     residual, residual_note = resolve_residual_dtype(target, options, family, warnings)
     target_notes += residual_note
+    genai_version = old_genai_installed(options)
+    if options.logits == "auto" and genai_version is not None and target_reads_last_logits(options, target):
+        target_notes += (
+            f"--logits auto: every position, since the installed onnxruntime-genai {genai_version} fails on "
+            "last-token logits; with onnxruntime-genai 0.12.2 or newer a rebuild gets them (a faster prefill)",
+        )
     if options.target_ort and target.ort_version > NEWEST_KNOWN_ORT:
         newest = ".".join(map(str, NEWEST_KNOWN_ORT))
         warnings.append(
@@ -453,11 +466,23 @@ def wants_last_logits(options: BuildOptions, target: Target) -> bool:
     transformers.js pipelines are left with every position (docs/packing.md#last-token-logits)."""
     if options.logits != "auto":
         return options.logits == "last"
+    return target_reads_last_logits(options, target) and old_genai_installed(options) is None
+
+
+def target_reads_last_logits(options: BuildOptions, target: Target) -> bool:
+    """Whether the runtime the target names runs a last-token graph through onnxruntime-genai."""
     # onnxruntime-webgpu 1.27 was not run with the selection's GatherND: it keeps every position.
     legacy_webgpu = target.ep == "webgpu" and target.ort_version <= WEBGPU_LAST_MONOLITHIC
     # Below 1.24 only genai <= 0.11 runs, which binds logits [B, S, V] and fails on a last-token graph.
     old_genai = target.ort_version < GENAI_LAST_LOGITS_ORT
     return options.format == "genai" and not legacy_webgpu and not old_genai
+
+
+def old_genai_installed(options: BuildOptions) -> str | None:
+    """The installed onnxruntime-genai's version where it fails on last-token logits and the build targets
+    the installed onnxruntime (no --target-ort), so that genai is what runs the folder: pip keeps genai
+    0.8-0.12.1 beside onnxruntime 1.24 and newer."""
+    return None if options.target_ort else installed_genai_without_last_logits()
 
 
 def resolve_residual_dtype(target: Target, options: BuildOptions, family, warnings: list[str]) -> tuple:

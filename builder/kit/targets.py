@@ -37,10 +37,34 @@ EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
 }
 WEBGPU_LAST_MONOLITHIC = (1, 27)
 # The first runtime an onnxruntime-genai that reads logits [B, 1, V] as the last token's runs on:
-# genai 0.12.0 (Model::IsPruned) requires onnxruntime(-gpu, -directml) >= 1.24.1, and 0.11.4, the
-# last for 1.23 (and for Python 3.10, which onnxruntime left after 1.23.2), fails on such a graph
-# ("Got invalid dimensions for output: logits"). Older targets get every position (plan.wants_last_logits).
+# genai 0.12 requires onnxruntime(-gpu, -directml) >= 1.24.1, and 0.11.4, the last for 1.23 (and for
+# Python 3.10, which onnxruntime left after 1.23.2), fails on such a graph ("Got invalid dimensions
+# for output: logits"). Older targets get every position (plan.wants_last_logits).
 GENAI_LAST_LOGITS_ORT = (1, 24)
+# The first onnxruntime-genai that reads such a graph: 0.12.0 and 0.12.1 fail on it as 0.11.4 does
+# (run beside onnxruntime 1.24.1, which pip installs them with), and 0.8-0.11 install beside any
+# newer onnxruntime, whose version alone then sent their users a folder they could not run.
+GENAI_LAST_LOGITS = (0, 12, 2)
+# The onnxruntime-genai distributions: one per EP family, all built from one source release.
+GENAI_PACKAGES = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml")
+
+
+def installed_genai_without_last_logits() -> str | None:
+    """The version of an installed onnxruntime-genai older than GENAI_LAST_LOGITS, if any: the runtime
+    that will run a build made for the installed onnxruntime, and that fails on last-token logits."""
+    import importlib.metadata
+
+    for package in GENAI_PACKAGES:
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        release = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", installed)
+        if release and tuple(int(part or 0) for part in release.groups()) < GENAI_LAST_LOGITS:
+            return installed
+    return None
+
+
 # The newest onnxruntime the FEATURES table was checked against (PyPI, 2026-12). A newer
 # --target-ort builds with what this one runs, which a later release may have changed.
 NEWEST_KNOWN_ORT = (1, 32)
