@@ -84,6 +84,21 @@ def expert_scheme(fmt: QuantScheme, ep: str, accuracy_level: int) -> QuantScheme
     return QuantScheme(8, symmetric=fmt.symmetric, method="rowwise")
 
 
+def unblockable_experts(hidden: int, intermediate: int, scheme: QuantScheme, ep: str) -> str:
+    """The refusal of experts whose rows split into no whole blocks (QMoE's [E, N, K * bits / 8]
+    weights hold no padded last block, as MatMulNBits' [N, blocks, blob] do), with the options
+    that build them."""
+    fits = [b for b in quant.BLOCK_SIZES if hidden % b == 0 and intermediate % b == 0]
+    ways = [f"--block-size {max(fits)}"] if fits else []
+    if scheme.bits == 8 and ep == "cpu":
+        ways.append("--accuracy-level 0 (int8 experts with one scale a row, whatever their sizes)")
+    ways.append("--float-layers '*.experts' (float experts)")
+    return (
+        f"QMoE needs hidden_size {hidden} and moe_intermediate_size {intermediate} to be multiples of "
+        f"--block-size {scheme.block_size}; build with " + ", or ".join(ways)
+    )
+
+
 def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rows a0, b0, a1, b1, ...: the SwiGLU layout of FC1."""
     out = np.empty((a.shape[0] * 2,) + a.shape[1:], a.dtype)
@@ -135,10 +150,7 @@ class SparseMoE:
         unnormalize = None if m.normalize else self._top_k_mass(em, base, logits_3d)
         scheme = expert_scheme(fmt, em.plan.target.ep, em.plan.accuracy_level)
         if scheme.block_size and (s.hidden_size % scheme.block_size or m.intermediate_size % scheme.block_size):
-            raise BuilderError(
-                f"QMoE needs hidden_size {s.hidden_size} and moe_intermediate_size "
-                f"{m.intermediate_size} to be multiples of --block-size {scheme.block_size}"
-            )
+            raise BuilderError(unblockable_experts(s.hidden_size, m.intermediate_size, scheme, em.plan.target.ep))
         fc1 = self._quantized_experts(em, f"{prefix}.gate_up_proj", i, ("gate_proj", "up_proj"), scheme)
         fc2 = self._quantized_experts(em, f"{prefix}.down_proj", i, ("down_proj",), scheme)
         inputs = [x, logits, fc1[0], fc1[1], "", fc2[0], fc2[1], "", "", "", ""]
