@@ -443,9 +443,10 @@ def _verify(arch, model_file: Path) -> dict:
             )
         else:
             who = _who_to_check(arch, "what it builds differently from transformers' model")
+        median = f", median position nmse {result['median_nmse']:.3g}" if "median" in result["bound"] else ""
         raise BuilderError(
             f"--verify failed: logits differ from transformers ({result['bound']} not met: "
-            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}; {_where_they_differ(result)}); "
+            f"max_abs {result['max_abs']:.3g}, nmse {result['nmse']:.3g}{median}; {_where_they_differ(result)}); "
             f"the output was not written. {who}"
         )
     return result

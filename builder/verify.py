@@ -152,6 +152,11 @@ class ParityResult:
     nmse: float  # sum((ref - ours)^2) / sum(ref^2), all steps together
     steps: int
     ref_max_abs: float = 0.0  # the largest |logit| of the reference
+    median_nmse: float = 0.0  # the median over positions of each position's NMSE
+    # transformers' own model run in float16 against its float32 run, on the same inputs and positions: how
+    # far float16 rounding alone takes the logits (None: not run, or it failed or overflowed).
+    fp16_reference_nmse: float | None = None
+    fp16_reference_median_nmse: float | None = None
 
     def as_dict(self) -> dict:
         return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in self.__dict__.items()}
@@ -562,17 +567,61 @@ def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
         )[0].tolist()
 
 
+def _same_positions(expected: list[np.ndarray], actual: list[np.ndarray]) -> list[np.ndarray]:
+    """expected cut to the positions actual holds: a --logits last build returns the prefill's last
+    position only."""
+    return [e[:, -a.shape[1] :] if a.ndim == 3 and a.shape[1] < e.shape[1] else e for e, a in zip(expected, actual)]
+
+
+def position_nmse(expected: list[np.ndarray], actual: list[np.ndarray]) -> np.ndarray:
+    """Each position's NMSE (its squared error over its squared reference), prefill then decode steps."""
+    rows = [
+        (e.astype(np.float64).reshape(-1, e.shape[-1]), a.reshape(-1, a.shape[-1])) for e, a in zip(expected, actual)
+    ]
+    err = np.concatenate([np.square(e - a).sum(-1) for e, a in rows])
+    ref = np.concatenate([np.square(e).sum(-1) for e, _ in rows])
+    return err / np.maximum(ref, 1e-30)
+
+
 def compare(expected: list[np.ndarray], actual: list[np.ndarray]) -> ParityResult:
-    # A --logits last build returns the prefill's last position only.
-    expected = [e[:, -a.shape[1] :] if a.ndim == 3 and a.shape[1] < e.shape[1] else e for e, a in zip(expected, actual)]
+    expected = _same_positions(expected, actual)
     diffs = [float(np.abs(e - a).max()) for e, a in zip(expected, actual)]
     agree = np.concatenate([(e.argmax(-1) == a.argmax(-1)).ravel() for e, a in zip(expected, actual)])
     err = sum(float(np.square(e.astype(np.float64) - a).sum()) for e, a in zip(expected, actual))
     ref = sum(float(np.square(e.astype(np.float64)).sum()) for e in expected)
     peak = max(float(np.abs(e).max()) for e in expected)
     return ParityResult(
-        max(diffs), diffs[0], max(diffs[1:], default=0.0), float(agree.mean()), err / max(ref, 1e-30), len(diffs), peak
+        max(diffs),
+        diffs[0],
+        max(diffs[1:], default=0.0),
+        float(agree.mean()),
+        err / max(ref, 1e-30),
+        len(diffs),
+        peak,
+        float(np.median(position_nmse(expected, actual))),
     )
+
+
+def with_fp16_reference(parity: ParityResult, expected, fp16_reference, actual) -> ParityResult:
+    """parity with how far transformers' own float16 run (fp16_reference, None where it did not run) is from
+    its float32 one, over the positions the graph returned (actual)."""
+    if fp16_reference is None:
+        return parity
+    expected, fp16_reference = _same_positions(expected, actual), _same_positions(fp16_reference, actual)
+    reference = compare(expected, fp16_reference)
+    parity.fp16_reference_nmse, parity.fp16_reference_median_nmse = reference.nmse, reference.median_nmse
+    return parity
+
+
+def fp16_logits(model, input_ids: np.ndarray, decode_tokens: list[int]) -> list[np.ndarray] | None:
+    """torch_logits of the reference model cast to float16 in place (its weights are already rounded to
+    float16, so only the arithmetic changes), or None where transformers fails or overflows in float16 (a
+    Gemma 3 residual stream past 65504)."""
+    try:
+        logits = torch_logits(model.half(), input_ids, decode_tokens)
+    except Exception:  # noqa: BLE001 - an op without a float16 CPU kernel, say: the NMSE bound alone holds then
+        return None
+    return logits if all(np.isfinite(x).all() for x in logits) else None
 
 
 def verify_build(
@@ -625,7 +674,14 @@ def verify_models(
                 f"{first}), so there is nothing to compare with: drop --verify, or fix what its config.json "
                 "asks of transformers"
             ) from None
-    return [compare(expected, onnx_logits(s, ids, tokens)) for s in sessions]
+        # A graph with float16 activations is held to what float16 does to transformers' own model (see
+        # FP16_NOISE_RATIO), run after the float32 logits since it casts the reference in place.
+        fp16 = fp16_logits(reference, ids, tokens) if dtype == np.float16 else None
+    results = []
+    for session in sessions:
+        actual = onnx_logits(session, ids, tokens)
+        results.append(with_fp16_reference(compare(expected, actual), expected, fp16, actual))
+    return results
 
 
 @contextlib.contextmanager
@@ -670,6 +726,34 @@ ACTIVATION_QUANTIZED_NMSE = 1e-1
 EXACT_LEVEL_OPS = ("MatMulNBits", "QMoE")
 VERIFY_POSITIONS = 20  # a 16-token prompt and 4 decode steps, fewer where the context is shorter
 
+# fp16 activations: NMSE 1e-2 alone let wrong graphs through. With Qwen3's q_norm and k_norm weights
+# swapped (which only the rotary pairs see: a q.k product is otherwise symmetric in the two scales) the
+# tiny Qwen3 cases gave NMSE 1.3e-3..2.9e-3, gemma3 2.5e-3, a 28-layer Qwen3-0.6B shape (vocab 4096)
+# 3.7e-3, all under 1e-2.
+# So a graph with fp16 activations is also held to what fp16 does to transformers' own model on the same
+# weights and inputs: the median over positions of each position's NMSE (a median, so that one position
+# on a near-tie does not decide) under FP16_NOISE_RATIO times transformers' fp16 median, or under
+# FP16_MEDIAN_NMSE, where any rounding passes. Measured with a scratch harness over every registered tiny
+# case, the same shapes widened to hidden 512 x 8 layers (vocab 2048) and the Qwen3-0.6B shape (28
+# layers, vocab 4096), as fp16 and as int4 with fp16 activations, over verify's 20 positions and the 5
+# of a --logits last build, at 12-16 input seeds; the ratio is the median position NMSE over
+# transformers' fp16 one:
+#   correct graphs: dense families 0.15-1.4x (median NMSE up to 6.6e-5), Qwen3.5 without experts
+#     0.2-4.0x (up to 1.7e-4);
+#   q_norm/k_norm swapped: dense 263-2500x (median NMSE 1.2e-3 and up); rotary sin negated, interleaved
+#     rotary for halves, rope_theta 1e4 read as 1e6, attention scale x sqrt(2), input and
+#     post-attention norms swapped, final norm dropped: dense 713x and up, Qwen3.5 40x and up;
+#   not caught: every norm's epsilon 1e-5 for 1e-6 on the dense families (0.2-11x: these weights hardly
+#     see it), and mostly the q/k swap on Qwen3.5 (2.4-46x), whose partial rotary leaves few pairs to see it.
+# Graphs that route experts (MoE, QMoE) keep the NMSE bound alone: fp16 rounding flips a near-tied
+# expert in the graph and not in transformers' run (or the reverse), and the flip moves the later
+# positions through attention and the linear-attention state: correct builds reached 1200x there (and
+# NMSE 4.4e-2 on Qwen3-Next and Qwen3.5-MoE shapes at some seeds; verify's seed 0 is clear of that).
+# Where transformers cannot run the model in fp16 (an op without a CPU kernel, a Gemma 3 stream past
+# fp16's range) the NMSE bound alone holds too.
+FP16_NOISE_RATIO = 30
+FP16_MEDIAN_NMSE = 1e-4
+
 
 def exact_compute_copy(model_file: Path) -> Path | None:
     """A copy of the graph beside it (same external data) with accuracy_level 0, or None when
@@ -694,6 +778,27 @@ def exact_compute_copy(model_file: Path) -> Path | None:
             "disk space (the copy is the size of model.onnx) or build without --verify"
         ) from None
     return copy
+
+
+def routes_experts(model_file: Path) -> bool:
+    """Whether the graph routes tokens to experts (an MoE or QMoE node), whose top-k choice float16
+    rounding can flip on a near-tie."""
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    return any(node.op_type in ("MoE", "QMoE") for node in model.graph.node)
+
+
+def fp16_bound(parity: ParityResult, model_file: Path) -> tuple[str, bool]:
+    """The bound a graph with float16 activations is held to, and whether parity meets it (see
+    FP16_NOISE_RATIO)."""
+    reference = parity.fp16_reference_median_nmse
+    if reference is None or routes_experts(model_file):
+        return f"nmse < {FP16_NMSE}", parity.nmse < FP16_NMSE
+    limit = max(FP16_MEDIAN_NMSE, FP16_NOISE_RATIO * reference)
+    bound = f"nmse < {FP16_NMSE}, median position nmse < {limit:.3g} = max({FP16_MEDIAN_NMSE}, "
+    bound += f"{FP16_NOISE_RATIO}x transformers' fp16 {reference:.3g})"
+    return bound, parity.nmse < FP16_NMSE and parity.median_nmse < limit
 
 
 def quantizes_activations_always(model_file: Path) -> bool:
@@ -768,7 +873,7 @@ def verify_output(
         bound = f"max_abs < {limit:.3g}, nmse < {FP32_NMSE}"
         passed = parity.max_abs < limit and parity.nmse < FP32_NMSE
     else:
-        bound, passed = f"nmse < {FP16_NMSE}", parity.nmse < FP16_NMSE
+        bound, passed = fp16_bound(parity, model_file)
     result = {"status": "passed" if passed else "failed", "bound": bound, "fp32_io": fp32_io, **parity.as_dict()}
     if exact:
         # What the build's own accuracy level adds, for information: not part of the check.

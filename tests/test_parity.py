@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from parity_cases import ALL_CASES, LINEAR_ATTENTION_CASES, MAX_ABS_BOUND, NMSE_BOUND
+from parity_cases import ALL_CASES, LINEAR_ATTENTION_CASES, MAX_ABS_BOUND, NMSE_BOUND, PARITY_CASES
 
 from builder import BuildOptions
 from builder.verify import (
@@ -234,6 +234,66 @@ def test_fp16_logits_match_transformers(built, checkpoint, name):
     )
     assert parity.steps == DECODE + 1
     assert parity.nmse < FP16_NMSE_BOUND.get(name, 1e-4) and parity.argmax_agree == 1.0, parity
+
+
+def _swapped_head_norms():
+    from architectures import Qwen3Builder
+
+    class SwappedHeadNorms(Qwen3Builder):
+        """Reads each layer's q_norm weight for k_norm and the reverse: a q.k product is symmetric in
+        the two scales but for the rotary pairs, so the logits move little."""
+
+        def weight(self, layer, suffix):
+            swapped = {"self_attn.q_norm.weight": "self_attn.k_norm.weight"}
+            swapped.update({v: k for k, v in swapped.items()})
+            return super().weight(layer, swapped.get(suffix, suffix))
+
+    return SwappedHeadNorms
+
+
+@pytest.mark.parametrize("precision,io_dtype", [("fp16", "auto"), ("int4", "fp16")])
+def test_fp16_verify_fails_a_build_with_q_and_k_norms_swapped(checkpoint, tmp_path, precision, io_dtype):
+    """fp16 verify held the logits to NMSE 1e-2 alone, and this wrong graph gave 2.7e-3 (int4: 3.7e-3):
+    the build was published as verified. Its median position NMSE is over 500x transformers' own fp16
+    run's (correct builds: up to 4x)."""
+    from builder import build
+    from builder.kit.errors import BuilderError
+
+    out = tmp_path / "o"
+    options = dict(precision=precision, io_dtype=io_dtype, verify=True, show_progress=False)
+    with pytest.raises(BuilderError, match="verify failed") as failed:
+        build(model=str(checkpoint("qwen3")), output=str(out), family=_swapped_head_norms(), **options)
+    message = str(failed.value)
+    assert "median position nmse" in message, message
+    nmse = float(message.split(" not met: ")[1].split("nmse ")[1].split(",")[0])
+    assert 1e-3 < nmse < 1e-2, message  # under the NMSE bound: only the median caught it
+    assert not out.exists()
+
+
+def _first_case_of_each_family():
+    return [names[0] for names in PARITY_CASES.values()]
+
+
+@pytest.mark.parametrize("name", _first_case_of_each_family())
+@pytest.mark.parametrize("precision,io_dtype", [("fp16", "auto"), ("int4", "fp16")])
+def test_fp16_verify_passes_a_correct_build_of_each_family(checkpoint, tmp_path, name, precision, io_dtype):
+    """The median bound holds correct fp16 graphs of every family (--logits last, as built by default:
+    the prompt's last position and 4 decode steps); graphs that route experts keep the NMSE bound alone."""
+    from builder import build
+
+    result = build(
+        model=str(checkpoint(name)),
+        output=str(tmp_path / "o"),
+        precision=precision,
+        io_dtype=io_dtype,
+        verify=True,
+        show_progress=False,
+    )
+    verified = result.report["verify"]
+    assert verified["status"] == "passed" and not verified["fp32_io"], verified
+    routes = {"MoE", "QMoE"} & set(result.report["nodes"]["by_op_type"])
+    assert ("median position nmse" in verified["bound"]) == (not routes), verified
+    assert verified["median_nmse"] < 10 * verified["fp16_reference_median_nmse"], verified
 
 
 def test_the_reference_quantizes_the_linears_the_plan_formats_and_no_others(checkpoint):
