@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,84 @@ def test_a_new_turn_on_the_same_generator_as_the_readme_says(built, checkpoint, 
     rewound.rewind_to(len(sequence) - 1)
     rewound.append_tokens([sequence[-1], *turn])
     np.testing.assert_allclose(last_logits(rewound), expected(sequence + turn), rtol=0, atol=1e-4)
+
+
+def stopping_at_the_third_token(folder, tmp_path, prompt):
+    """A copy of `folder` whose genai_config.json ends generation at the token genai picks third after
+    `prompt` (a random model never picks its real end tokens on cue), and that token."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 3, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+    *before, end = [int(t) for t in generator.get_sequence(0)][len(prompt) :]
+    assert end not in before  # else it would stop earlier
+    copy = tmp_path / "stops"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "genai_config.json").read_text())
+    config["model"]["eos_token_id"] = end
+    (copy / "genai_config.json").write_text(json.dumps(config))
+    return copy, end
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_5"])
+def test_a_new_turn_after_genai_stopped_at_an_end_token(built, checkpoint, tmp_path, name):
+    """A chat loop runs `while not generator.is_done()` until the model's end token. genai 0.18 then
+    keeps that token out of the sequence, and every token in it has run: the next turn appends as it
+    is ([end, *turn] keeps the end token, as a chat template writes it), and get_logits() first, the
+    README's way after a turn the caller cut short, would run the end token where no token is, in the
+    recurrent state as well (measured: 1.4 on Qwen3, 6.1 on Qwen3.5; the README said to call it)."""
+    import onnxruntime_genai as og
+
+    result = built(name, precision="fp32")
+    reference = dequantized_reference(checkpoint(name), BuildOptions(model="x", precision="fp32"))
+    system, user, turn = [478, 30, 31, 479, 10], [478, 40, 41, 479, 10, 478, 50, 10], [478, 60, 61, 479, 10]
+    folder, end = stopping_at_the_third_token(result.output, tmp_path, system + user)
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=64, do_sample=False)
+
+    def answered(generator):
+        generator.append_tokens(user)
+        while not generator.is_done():
+            generator.generate_next_token()
+        sequence = [int(t) for t in generator.get_sequence(0)]
+        assert int(generator.get_next_tokens()[0]) == end and len(sequence) == len(system + user) + 2  # not in it
+        return sequence
+
+    def started():
+        generator = og.Generator(model, params)
+        generator.append_tokens(system)
+        return generator
+
+    def last_logits(generator):
+        return np.array(generator.get_logits())[0, -1]
+
+    def expected(tokens):
+        return torch_logits(reference, np.array([tokens]), [])[0][0, -1]
+
+    kept = started()
+    sequence = answered(kept)
+    kept.append_tokens([end, *turn])
+    np.testing.assert_allclose(last_logits(kept), expected(sequence + [end, *turn]), rtol=0, atol=1e-4)
+    as_is = started()
+    assert answered(as_is) == sequence
+    as_is.append_tokens(turn)
+    np.testing.assert_allclose(last_logits(as_is), expected(sequence + turn), rtol=0, atol=1e-4)
+    ran_first = started()
+    assert answered(ran_first) == sequence
+    ran_first.get_logits()  # runs the end token at the next position, which the sequence does not hold
+    ran_first.append_tokens(turn)
+    assert np.abs(last_logits(ran_first) - expected(sequence + turn)).max() > 1e-1
+    # genai's model-chat.py --rewind drops each answer by rewinding to the system prompt: a hybrid
+    # needs a snapshot there, taken once the prompt has run (append_tokens runs it).
+    rewound = started()
+    rewound.snapshot_state()
+    assert answered(rewound) == sequence
+    rewound.rewind_to(len(system))
+    rewound.append_tokens(turn)
+    np.testing.assert_allclose(last_logits(rewound), expected(system + turn), rtol=0, atol=1e-4)
