@@ -268,6 +268,18 @@ def test_a_new_turn_on_the_same_generator_as_the_readme_says(built, checkpoint, 
         snapshotted.rewind_to(len(sequence) - 1)
         snapshotted.append_tokens([sequence[-1], *turn])
         assert np.abs(last_logits(snapshotted) - expected(sequence + turn)).max() > 1e-2
+        saved = og.Generator(model, params)  # get_logits() runs that token: the snapshot then holds it
+        saved.append_tokens(first)
+        for _ in range(5):
+            saved.generate_next_token()
+            saved.get_logits()
+            saved.snapshot_state()
+        assert [int(t) for t in saved.get_sequence(0)] == sequence
+        for _ in range(3):
+            saved.generate_next_token()
+        saved.rewind_to(len(sequence))
+        saved.append_tokens(turn)
+        np.testing.assert_allclose(last_logits(saved), expected(sequence + turn), rtol=0, atol=1e-4)
         return
     rewound.rewind_to(len(sequence) - 1)
     rewound.append_tokens([sequence[-1], *turn])

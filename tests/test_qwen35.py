@@ -727,9 +727,24 @@ def test_genai_rewinds_the_state_to_a_snapshot_or_to_zero(built):
             generator.generate_next_token()
         return [int(t) for t in generator.get_sequence(0)]
 
+    refused = started()
     with pytest.raises(Exception, match="Recurrent states cannot be partially rewound"):
-        started().rewind_to(2)  # no snapshot at 2
+        refused.rewind_to(2)  # no snapshot at 2
+    # genai has cut its sequence before the state refused (README: rewind_to(0) after it), and that goes
+    # on without a word from a state that has run all four prompt tokens
+    assert [int(t) for t in refused.get_sequence(0)] == GENAI_PROMPT[:2]
+    refused.append_tokens(np.array([GENAI_PROMPT[2:]], dtype=np.int32))
+    assert finished(refused) != fresh
+    refused.rewind_to(0)
+    refused.append_tokens(np.array([GENAI_PROMPT], dtype=np.int32))
+    assert finished(refused) == fresh
     generator = started()
+    generator.snapshot_state()
+    assert finished(generator) == fresh
+    with pytest.raises(Exception, match=f"cannot restore snapshot at length {len(GENAI_PROMPT)}"):
+        generator.rewind_to(len(GENAI_PROMPT) + 1)  # one snapshot, and only its length
+    generator.rewind_to(0)  # after the refusal above, as for any
+    generator.append_tokens(np.array([GENAI_PROMPT], dtype=np.int32))
     generator.snapshot_state()
     assert finished(generator) == fresh
     generator.rewind_to(len(GENAI_PROMPT))  # to the snapshot
