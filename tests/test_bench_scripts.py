@@ -400,19 +400,24 @@ def capture_folder(built):
     return folder
 
 
-def test_replay_loop_without_webgpu_ends_on_one_error_line(capture_folder, tmp_path):
-    """A machine without a WebGPU runtime (or adapter) got the BuilderError that says so inside a
-    multiprocessing traceback."""
+def without_webgpu(tmp_path, script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """script run where no WebGPU runtime is (the same on every machine, a GPU's included)."""
     from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
 
-    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)  # the same on every machine
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "replay_loop.py"), str(capture_folder), "--past", "8", "--steps", "2"],
+    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
         timeout=300,
     )
+
+
+def test_replay_loop_without_webgpu_ends_on_one_error_line(capture_folder, tmp_path):
+    """A machine without a WebGPU runtime (or adapter) got the BuilderError that says so inside a
+    multiprocessing traceback."""
+    done = without_webgpu(tmp_path, "replay_loop.py", [str(capture_folder), "--past", "8", "--steps", "2"])
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: no WebGPU runtime is installed: pip install") and done.stderr.count("\n") == 1
 
@@ -433,16 +438,7 @@ def test_replay_loop_refuses_what_it_would_fail_on_after_the_sessions(capture_fo
 
 def test_webgpu_prefill_attention_without_webgpu_says_so_in_one_line(tmp_path):
     # The line was the child's traceback's last, "builder.kit.errors.BuilderError: ..."
-    from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
-
-    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "webgpu_prefill_attention.py")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        timeout=300,
-    )
+    done = without_webgpu(tmp_path, "webgpu_prefill_attention.py", [])
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: no WebGPU runtime is installed: pip install"), done.stderr
 
@@ -469,17 +465,8 @@ def test_gpu_busy_refuses_what_it_would_fail_on_after_the_run(capture_folder, tm
 def test_gpu_busy_without_webgpu_ends_on_one_error_line(capture_folder, tmp_path):
     """A webgpu folder where no WebGPU runtime is: the BuilderError that says so, in a traceback.
     pynvml is a stand-in here (no NVIDIA GPU needed): the folder fails to load before it is read."""
-    from support.no_webgpu import NO_WEBGPU_SITECUSTOMIZE
-
-    (tmp_path / "sitecustomize.py").write_text(NO_WEBGPU_SITECUSTOMIZE)
     (tmp_path / "pynvml.py").write_text("def nvmlInit():\n    pass\n\n\ndef nvmlDeviceGetHandleByIndex(i):\n    pass\n")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "gpu_busy.py"), f"w={capture_folder}", "--prompt", "4", "--new", "4"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        timeout=300,
-    )
+    done = without_webgpu(tmp_path, "gpu_busy.py", [f"w={capture_folder}", "--prompt", "4", "--new", "4"])
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: w: this folder runs on WebGPU, and no WebGPU runtime is"), done.stderr
 
