@@ -489,6 +489,19 @@ def _edited_dim(folder: Path, config: dict) -> str | None:
     return None
 
 
+def _genai_version() -> str:
+    import importlib.metadata
+
+    from builder.kit.targets import GENAI_PACKAGES
+
+    for package in GENAI_PACKAGES:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "(version unknown)"
+
+
 def _cannot_run(
     folder: Path, config: dict, provider: str, built_for: str, overridden: bool, stage: str, error: Exception
 ):
@@ -505,6 +518,13 @@ def _cannot_run(
         return BuilderError(
             f"{folder} {verb} on {provider} ({why}): its genai_config.json was changed after the build "
             f"({edited}); set it back, or {_rebuild(folder)}"
+        )
+    if "Unsupported model_type" in str(error):
+        # The folder is fine: genai older than the model family (0.8.0 refused qwen3), and a rebuild
+        # writes the same model_type again.
+        return BuilderError(
+            f"{folder} does not load: the installed onnxruntime-genai {_genai_version()} does not know its "
+            f"model type ({why}); upgrade it (pip install -U onnxruntime-genai) to run it"
         )
     if "requires f16 but the device does not support it" in str(error):
         # A GPU (or SwiftShader) whose WebGPU adapter lacks shader-f16: the folder is fine, its

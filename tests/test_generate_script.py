@@ -251,6 +251,19 @@ def _cut(path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
 
+def test_a_model_type_genai_does_not_know_is_told_to_upgrade_genai(cpu_folder, tmp_path):
+    """An onnxruntime-genai older than the folder's family (0.8.0 refused qwen3: "Unsupported model_type")
+    was told the folder was damaged or built for another onnxruntime, and to rebuild it, which writes the
+    same model type. A type genai 0.18 does not know stands in for the older genai here."""
+    folder = _copy(cpu_folder, tmp_path)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["type"] = "qwen9"
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    last = assert_refused(generate(folder, "--max-new-tokens", "2"), str(folder), "Unsupported model_type")
+    assert "does not know its model type" in last and "pip install -U onnxruntime-genai" in last
+    assert "rebuild" not in last
+
+
 @pytest.mark.parametrize(
     "damage, names",
     [
