@@ -284,6 +284,28 @@ def test_sliding_window_models_need_the_runtime_whose_window_is_the_model_s(chec
 
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen3-untied"])
+def test_webgpu_int4_zero_points_for_an_odd_number_of_blocks_keep_a_float_table(built, checkpoint, name):
+    """The WebGPU plugin EP failed to run an int4 embedding gather with zero points whose rows split into an
+    odd number of blocks (hidden 64 in blocks of 64, 128, 256; hidden 72 in blocks of 16 and 32, on an
+    H100: "scales and zero_points must have the same shape"), where the CPU EP ran them: such a webgpu
+    build keeps a float table, and says what keeps the int4 one."""
+    from builder.verify import verify_build
+
+    odd = built(name, precision="int4", ep="webgpu", symmetric=False, block_size=64, io_dtype="fp32", accuracy_level=0)
+    ops = odd.report["nodes"]["by_op_type"]
+    assert "GatherBlockQuantized" not in ops and ops["MatMulNBits"] > 0
+    (note,) = [n for n in odd.report["notes"] if "odd number of blocks" in n]
+    assert "hidden_size 64 in blocks of 64: 1" in note and "--symmetric" in note
+    parity = verify_build(
+        odd.output, checkpoint(name), BuildOptions(**odd.report["options"]), prompt_length=12, decode_steps=4
+    )
+    assert parity.max_abs < 1e-3, parity
+    for options in ({"symmetric": False, "block_size": 32}, {"block_size": 64}, {"symmetric": False, "ep": "cpu"}):
+        even = built(name, precision="int4", **{"ep": "webgpu", "block_size": 64, **options})
+        assert "GatherBlockQuantized" in even.report["nodes"]["by_op_type"], options
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3-untied"])
 def test_an_int4_embedding_table_needs_the_runtime_that_loads_it(built, checkpoint, name):
     """GatherBlockQuantized took uint8 data from ONNX Runtime 1.22 and its bits attribute from 1.23:
     an int4 build for 1.20-1.22 loaded on none of them (the CPU wheels 1.20.1, 1.21.1 and 1.22.1

@@ -297,20 +297,31 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             f"so the folder would not load; {instead}, or target {first[0]}.{first[1]} or newer "
             f"(--target-ort {first[0]}.{first[1]}, or install a newer runtime)"
         )
-    if float_embedding_below(formats, target):
+    odd_zero_points = webgpu_odd_zero_point_rows(formats, target, spec.hidden_size)
+    if float_embedding_below(formats, target) or odd_zero_points:
         # Saying model.embed_tokens in --float-layers keeps the plan, the report and verify's reference in
         # step with the graph's float Gather.
         selection = dataclasses.replace(
             selection, float_layers=[*selection.float_layers, module_pattern("model.embed_tokens", family)]
         )
+        size = f"{spec.vocab_size * spec.hidden_size * target.io_dtype.itemsize / 1e6:.1f} MB"
+        if odd_zero_points:
+            embed = formats["model.embed_tokens"]
+            warnings.append(
+                f"{target.runtime}'s GatherBlockQuantized fails on int4 zero points for rows of an odd number of "
+                f"blocks (hidden_size {spec.hidden_size} in blocks of {embed.block_size}: {odd_zero_points}; "
+                f"'scales and zero_points must have the same shape'): model.embed_tokens is a float table, {size}; "
+                "--symmetric, or a --block-size that splits the row into an even number of blocks, keeps the "
+                "int4 one"
+            )
+        else:
+            first = FEATURES["gather_block_quantized"][target.ep]
+            warnings.append(
+                f"{target.runtime} has no int4 embedding table (GatherBlockQuantized with its bits attribute, from "
+                f"ONNX Runtime {first[0]}.{first[1]}): model.embed_tokens is a float table, {size}; target "
+                f"{first[0]}.{first[1]} or newer for the int4 one"
+            )
         formats = {m: format_for(m, selection) for m in modules}
-        first = FEATURES["gather_block_quantized"][target.ep]
-        warnings.append(
-            f"{target.runtime} has no int4 embedding table (GatherBlockQuantized with its bits attribute, from "
-            f"ONNX Runtime {first[0]}.{first[1]}): model.embed_tokens is a float table, "
-            f"{spec.vocab_size * spec.hidden_size * target.io_dtype.itemsize / 1e6:.1f} MB; target "
-            f"{first[0]}.{first[1]} or newer for the int4 one"
-        )
     embed = formats.get("model.embed_tokens")
     if options.precision == "int4" and embed is not None and embed.quantized and embed.bits == 8:
         warnings.append(
@@ -596,6 +607,18 @@ def float_embedding_below(formats: dict, target) -> bool:
     """Whether the int4 embedding table of `formats` is one `target` cannot load (gather_block_quantized)."""
     embed = formats.get("model.embed_tokens")
     return embed is not None and embed.quantized and embed.bits == 4 and not target.supports("gather_block_quantized")
+
+
+def webgpu_odd_zero_point_rows(formats: dict, target, hidden_size: int) -> int:
+    """The blocks of an int4 embedding row with zero points where the WebGPU EP cannot gather them (an
+    odd number), else 0. The WebGPU plugin EP 0.4.0 (onnxruntime 1.31.1, on an H100) failed every such
+    gather ("scales and zero_points must have the same shape": two zero points share a byte), at hidden
+    sizes 37 to 72 in blocks of 16 to 256, where the CPU EP ran them; even counts ran on both."""
+    embed = formats.get("model.embed_tokens")
+    if target.ep != "webgpu" or embed is None or not embed.quantized or embed.bits != 4 or embed.symmetric:
+        return 0
+    blocks = -(-hidden_size // embed.block_size)
+    return blocks if blocks % 2 else 0
 
 
 def layer_zero_projection(modules: list[str]) -> str:
