@@ -89,7 +89,7 @@ _BOMS = (
 )
 
 
-NEWLINE = b"\n"
+NEWLINE = b"\n"  # for f-strings, which take no backslash before Python 3.12
 
 
 def read_text(path: Path) -> str:

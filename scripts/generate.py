@@ -489,19 +489,6 @@ def _edited_dim(folder: Path, config: dict) -> str | None:
     return None
 
 
-def _genai_version() -> str:
-    import importlib.metadata
-
-    from builder.kit.targets import GENAI_PACKAGES
-
-    for package in GENAI_PACKAGES:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "(version unknown)"
-
-
 def _cannot_run(
     folder: Path, config: dict, provider: str, built_for: str, overridden: bool, stage: str, error: Exception
 ):
@@ -522,8 +509,11 @@ def _cannot_run(
     if "Unsupported model_type" in str(error):
         # The folder is fine: genai older than the model family (0.8.0 refused qwen3), and a rebuild
         # writes the same model_type again.
+        from builder.kit.targets import installed_genai_versions
+
+        version = " ".join(installed_genai_versions()[:1]) or "(version unknown)"
         return BuilderError(
-            f"{folder} does not load: the installed onnxruntime-genai {_genai_version()} does not know its "
+            f"{folder} does not load: the installed onnxruntime-genai {version} does not know its "
             f"model type ({why}); upgrade it (pip install -U onnxruntime-genai) to run it"
         )
     if "requires f16 but the device does not support it" in str(error):

@@ -49,16 +49,23 @@ GENAI_LAST_LOGITS = (0, 12, 2)
 GENAI_PACKAGES = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml")
 
 
+def installed_genai_versions() -> list[str]:
+    """The versions of the onnxruntime-genai distributions installed here (GENAI_PACKAGES), usually one."""
+    import importlib.metadata
+
+    versions = []
+    for package in GENAI_PACKAGES:
+        try:
+            versions.append(importlib.metadata.version(package))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
 def installed_genai_without_last_logits() -> str | None:
     """The version of an installed onnxruntime-genai older than GENAI_LAST_LOGITS, if any: the runtime
     that will run a build made for the installed onnxruntime, and that fails on last-token logits."""
-    import importlib.metadata
-
-    for package in GENAI_PACKAGES:
-        try:
-            installed = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    for installed in installed_genai_versions():
         release = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", installed)
         if release and tuple(int(part or 0) for part in release.groups()) < GENAI_LAST_LOGITS:
             return installed
