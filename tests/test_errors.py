@@ -514,6 +514,48 @@ def test_a_slow_int8_accuracy_level_on_cpu_is_named(ckpt, tmp_path, flags, warne
     assert any(warned in note for note in notes), notes
 
 
+def matmul_nbits_levels(folder: Path) -> set[int]:
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    nodes = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    assert nodes
+    return {attr.i for node in nodes for attr in node.attribute if attr.name == "accuracy_level"}
+
+
+@pytest.mark.parametrize(
+    "flags, levels, noted",
+    [
+        (("-e", "webgpu", "--block-size", "256"), {0}, True),
+        (("-e", "webgpu", "--block-size", "256", "-p", "int8", "--accuracy-level", "0"), {0}, False),
+        (("-e", "webgpu", "--block-size", "128"), {4}, False),
+        (("-e", "cpu", "--block-size", "256"), {4}, False),
+    ],
+)
+def test_webgpu_blocks_of_256_default_to_accuracy_level_0(ckpt, tmp_path, flags, levels, noted):
+    """The WebGPU EP computes MatMulNBits in blocks of 256 wrong at level 4, its default: logits with
+    nothing of the model's (tests/test_webgpu_swiftshader.py runs both levels). Such a build takes 0,
+    says so in its notes, and other blocks and targets keep 4."""
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", *flags)
+    assert proc.returncode == 0, proc.stderr
+    assert matmul_nbits_levels(tmp_path / "out") == levels
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert report["target"]["accuracy_level"] == min(levels)
+    notes = [note for note in report["notes"] if "blocks of 256 wrong at accuracy level 4" in note]
+    assert len(notes) == noted, report["notes"]
+
+
+def test_webgpu_blocks_of_256_at_accuracy_level_4_are_refused(ckpt, tmp_path):
+    proc = cli("-m", ckpt, "-o", tmp_path / "out", "-e", "webgpu", "--block-size", "256", "--accuracy-level", "4")
+    assert_clean_failure(
+        proc,
+        "--accuracy-level 4 with --block-size 256 on webgpu: onnxruntime's WebGPU MatMulNBits computes blocks of "
+        "256 wrong at accuracy level 4",
+        "leave --accuracy-level out (webgpu then takes 0 in these blocks), or use --block-size 128 or less",
+        out=tmp_path / "out",
+    )
+
+
 def test_impossible_combination_refused_up_front(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
     assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")

@@ -42,6 +42,7 @@ from builder.kit.targets import (
     GENAI_LAST_LOGITS_ORT,
     NEWEST_KNOWN_ORT,
     WEBGPU_LAST_MONOLITHIC,
+    WEBGPU_LEVEL4_WRONG_BLOCK,
     Target,
     installed_genai_without_last_logits,
 )
@@ -349,7 +350,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "--padded-batches on: this model has no recurrent layer, and attention reads a padded "
             "batch from attention_mask already; nothing to change"
         )
-    level = options.accuracy_level
+    target_notes += webgpu_block_level(options, target, formats)
     names = config.get("architectures") or ["?"]
     return BuildPlan(
         options=options,
@@ -357,7 +358,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         spec=spec,
         layout=layout,
         formats=formats,
-        accuracy_level=target.default_accuracy_level if level is None else level,
+        accuracy_level=target.accuracy_level_for(options),
         context_length=context,
         genai_type=family.genai_type,
         architecture=names[0] if isinstance(names, list) else str(names),
@@ -373,6 +374,24 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         warnings=tuple(warnings),
         selection=selection,
     )
+
+
+def webgpu_block_level(options: BuildOptions, target: Target, formats: dict) -> tuple[str, ...]:
+    """The note for a webgpu build in blocks the WebGPU EP computes wrong at accuracy level 4, which
+    therefore defaults to 0 there (Target.accuracy_level_for); --accuracy-level 4 with them is refused."""
+    blocked = any(f.quantized and f.block_size == WEBGPU_LEVEL4_WRONG_BLOCK for f in formats.values())
+    if target.ep != "webgpu" or not blocked or options.accuracy_level not in (None, 4):
+        return ()
+    wrong = (
+        f"onnxruntime's WebGPU MatMulNBits computes blocks of {WEBGPU_LEVEL4_WRONG_BLOCK} wrong at accuracy "
+        "level 4 (int8 activations): logits unrelated to the model's"
+    )
+    if options.accuracy_level == 4:
+        raise BuilderError(
+            f"--accuracy-level 4 with --block-size {WEBGPU_LEVEL4_WRONG_BLOCK} on webgpu: {wrong}; "
+            "leave --accuracy-level out (webgpu then takes 0 in these blocks), or use --block-size 128 or less"
+        )
+    return (f"accuracy level 0: {wrong} (level 0 matches; --block-size 128 or less keeps level 4's faster prefill)",)
 
 
 def slow_int8_level(options: BuildOptions, target: Target, eight_bit: bool) -> str | None:

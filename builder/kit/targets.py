@@ -21,6 +21,15 @@ from builder.kit.options import BuildOptions, parse_version
 # The package that carries each EP's runtime, and the release a build targets when none is
 # installed (the newest on PyPI when this table was written; 1.32 came later and changes no
 # FEATURES entry, so targets stay at 1.31 and batch does not rebuild for it).
+# The block size whose MatMulNBits the WebGPU EP computes wrong at accuracy level 4 (int8
+# activations: its DP4A kernels, taken in prefill, and at every step with fp32 activations): random-
+# weight int4 and int8 builds, symmetric or not, gave NMSE 1.6-2.2 against transformers (argmax
+# agreement 0-0.1) where level 0 matched to 1e-12 and blocks of 64 and 128 at level 4 stayed within
+# the CPU EP's own level-4 NMSE. Seen on the plugin EP 0.4.0 and on onnxruntime-webgpu 1.27 over
+# SwiftShader (fp32 activations, in-widths 128 to 2048, a Gemma 3 270M shape among them), and on the
+# plugin EP on an H100 (fp16 activations, in-widths 64 to 192; docs/webgpu-decode.md, sessions 41-42).
+WEBGPU_LEVEL4_WRONG_BLOCK = 256
+
 EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "cpu": ("onnxruntime", (1, 31)),
     "cuda": ("onnxruntime-gpu", (1, 31)),
@@ -390,6 +399,15 @@ class Target:
         # Level 4 (int8 activations) is what the reference builder and ORT recommend on
         # cpu/webgpu; cuda and dml kernels ignore it or compute in fp16 anyway.
         return 4 if self.ep in ("cpu", "webgpu") else 0
+
+    def accuracy_level_for(self, options: BuildOptions) -> int:
+        """--accuracy-level, else the default: the target's, but 0 on webgpu in blocks of
+        WEBGPU_LEVEL4_WRONG_BLOCK, which the WebGPU EP computes wrong at level 4."""
+        if options.accuracy_level is not None:
+            return options.accuracy_level
+        if self.ep == "webgpu" and options.block_size == WEBGPU_LEVEL4_WRONG_BLOCK:
+            return 0
+        return self.default_accuracy_level
 
     @property
     def default_intra_op_threads(self) -> int:
