@@ -18,18 +18,16 @@ from onnx import TensorProto
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions, parse_version
 
+# The block size whose MatMulNBits the WebGPU EP computes wrong at accuracy level 4 (int8
+# activations: its DP4A kernels, taken in prefill, and at every step with fp32 activations): logits
+# with nothing of the model's, where level 0 matched and blocks of 64 and 128 stayed within the CPU
+# EP's own level-4 error. Seen on the plugin EP 0.4.0 (SwiftShader and an H100), onnxruntime-webgpu
+# 1.27 and transformers.js 4.3 in Chromium (docs/packing.md#accuracy-level-on-webgpu-in-blocks-of-256-session-42).
+WEBGPU_LEVEL4_WRONG_BLOCK = 256
+
 # The package that carries each EP's runtime, and the release a build targets when none is
 # installed (the newest on PyPI when this table was written; 1.32 came later and changes no
 # FEATURES entry, so targets stay at 1.31 and batch does not rebuild for it).
-# The block size whose MatMulNBits the WebGPU EP computes wrong at accuracy level 4 (int8
-# activations: its DP4A kernels, taken in prefill, and at every step with fp32 activations): random-
-# weight int4 and int8 builds, symmetric or not, gave NMSE 1.6-2.2 against transformers (argmax
-# agreement 0-0.1) where level 0 matched to 1e-12 and blocks of 64 and 128 at level 4 stayed within
-# the CPU EP's own level-4 NMSE. Seen on the plugin EP 0.4.0 and on onnxruntime-webgpu 1.27 over
-# SwiftShader (fp32 activations, in-widths 128 to 2048, a Gemma 3 270M shape among them), and on the
-# plugin EP on an H100 (fp16 activations, in-widths 64 to 192; docs/webgpu-decode.md, sessions 41-42).
-WEBGPU_LEVEL4_WRONG_BLOCK = 256
-
 EP_RUNTIMES: dict[str, tuple[str, tuple[int, int]]] = {
     "cpu": ("onnxruntime", (1, 31)),
     "cuda": ("onnxruntime-gpu", (1, 31)),
