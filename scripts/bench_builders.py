@@ -842,6 +842,9 @@ def main() -> int:
             ap.error(f"{flag} {path}: not a place this run can write; pass one under a folder you can write")
     if missing := missing_stage_modules(args):
         ap.error(missing)
+    # The builds run in the checkout (cwd=REPO, for `python -m builder`): a relative --checkpoints or
+    # --work named folders there, every build failed ("not a local folder") or wrote where none was read.
+    args.checkpoints, args.work = args.checkpoints.absolute(), args.work.absolute()
     build_sizes = sizes(args.sizes)
     jobs = [(s, "cpu") for s in build_sizes] + [(s, "webgpu") for s in sizes(args.webgpu_sizes) if s in build_sizes]
     run_sizes = [] if args.skip_run else [s for s in sizes(args.run_sizes) if s in build_sizes]

@@ -136,6 +136,39 @@ def test_bench_builders_remakes_a_checkpoint_it_cut_short(tmp_path):
     assert script("bench_builders").checkpoint_problem("qwen3-0.6b", folder).startswith("unreadable")
 
 
+def bench_builders_with_failing_builds(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """bench_builders.py run in `folder` on a qwen3-0.6b checkpoint of the right config and no tensors
+    (which our builder refuses, in a second), with an onnx_ir that fails to import (the reference
+    builder's first import): both builds fail, cheaply."""
+    from support import synthetic
+
+    checkpoint = folder / "ck" / "qwen3-0.6b"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text(json.dumps(synthetic.REAL_CONFIGS["qwen3-0.6b"]))
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    (checkpoint / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    (folder / "stand_ins").mkdir()
+    (folder / "stand_ins" / "onnx_ir.py").write_text('raise ImportError("onnx_ir is a stand-in of the test")\n')
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_builders.py"), "--sizes", "0.6b", "--checkpoints", "ck"]
+        + ["--work", "work", "--quiet-wait", "0", "--skip-run", "--skip-accuracy", *args],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder / "stand_ins")},
+        timeout=300,
+    )
+
+
+def test_bench_builders_builds_the_checkpoints_it_was_given_relative_to_where_it_runs(tmp_path):
+    """The builds run in the checkout: a relative --checkpoints named a folder there, and every build
+    failed with "not a local folder" (a relative --work: built where the script did not look)."""
+    bench_builders_with_failing_builds(tmp_path)
+    ours = json.loads((tmp_path / "work" / "results.json").read_text())["builds"][0]["ours"]
+    assert any("has no tensors model.layers.0.*" in line for line in ours["log_tail"]), ours["log_tail"]
+    assert str(tmp_path / "ck" / "qwen3-0.6b") in ours["command"], ours["command"]
+
+
 def test_host_profile_counts_only_the_timed_loop():
     # classify keeps stacks with a decode_loop frame; the warm-up (graph capture, shader compiles)
     # must run under another function or its samples get scaled into the timed run's phases.
