@@ -35,6 +35,10 @@ accuracy  prefill logits over a fixed --accuracy-tokens prompt (seeded random id
 
 Checkpoints are the deterministic random-weight ones of scripts/make_checkpoint.py
 (<--checkpoints>/qwen3-<size>, or a full name such as qwen3.5-0.8b), made when missing or incomplete.
+
+A build that failed (or, with --skip-build, is missing), a model that did not load or run in the
+timing, or one that did not run in the accuracy stage is in the results and the table, and the run
+then ends with exit 1 and one `error:` line on stderr naming each and why.
 """
 
 from __future__ import annotations
@@ -917,7 +921,41 @@ def main() -> int:
     print(f"\ntotal {report['total_s']:.0f} s; raw results: {args.json}")
     if args.markdown:
         args.markdown.write_text(table + "\n")
+    if failed := failed_work(report):  # the table and the JSON say it too; the exit status tells a script
+        print(f"error: {'; '.join(failed)}; all results, these included, are in {args.json}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_work(report: dict) -> list[str]:
+    """What of the run failed (a build, a model that did not load or run, an accuracy comparison),
+    each with why. A run with any exited 0 below its table, as if both builders had been measured."""
+    failed = []
+    for job in report["builds"]:
+        for b in BUILDERS:
+            result = job[b]
+            what = f"{b} build of {job['size']} int4 {job['ep']}"
+            if result["status"] == "missing":  # --skip-build: nothing to reuse, so nothing of it measured
+                failed.append(f"{what}: missing (--skip-build found no model.onnx to reuse under --work)")
+            elif not result["status"].startswith("ok"):  # "ok", "ok (reused)"
+                why = _log_reason(result.get("log_tail", []))
+                failed.append(f"{what}: {result['status']}" + (f": {why}; see {result['log']}" if why else ""))
+    for run in report["runs"]:
+        for b, error in run["load_errors"].items():
+            failed.append(f"{b} {run['size']} did not load or run in the timing: {error[:200]}")
+    for acc in report["accuracy"]:
+        for b, m in acc["builders"].items():
+            if "error" in m:
+                failed.append(f"{b} {acc['size']} did not run in the accuracy stage: {m['error'][:200]}")
+    return failed
+
+
+def _log_reason(tail: list[str]) -> str:
+    """The line of a build log's tail that says why: the builder's `error:` line, else (a traceback)
+    the last line before /usr/bin/time's own."""
+    lines = [line.strip() for line in tail if not line.startswith(("Command exited with", "Command terminated by"))]
+    reason = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
+    return reason.removeprefix("error: ")[:600]
 
 
 def missing_stage_modules(args) -> str | None:

@@ -136,7 +136,7 @@ def test_bench_builders_remakes_a_checkpoint_it_cut_short(tmp_path):
     assert script("bench_builders").checkpoint_problem("qwen3-0.6b", folder).startswith("unreadable")
 
 
-def bench_builders_with_failing_builds(folder: Path, *args: str) -> subprocess.CompletedProcess:
+def bench_builders_with_failing_builds(folder: Path, *args: str, skip_run: bool = True) -> subprocess.CompletedProcess:
     """bench_builders.py run in `folder` on a qwen3-0.6b checkpoint of the right config and no tensors
     (which our builder refuses, in a second), with an onnx_ir that fails to import (the reference
     builder's first import): both builds fail, cheaply."""
@@ -151,7 +151,7 @@ def bench_builders_with_failing_builds(folder: Path, *args: str) -> subprocess.C
     (folder / "stand_ins" / "onnx_ir.py").write_text('raise ImportError("onnx_ir is a stand-in of the test")\n')
     return subprocess.run(
         [sys.executable, str(SCRIPTS / "bench_builders.py"), "--sizes", "0.6b", "--checkpoints", "ck"]
-        + ["--work", "work", "--quiet-wait", "0", "--skip-run", "--skip-accuracy", *args],
+        + ["--work", "work", "--quiet-wait", "0", "--skip-accuracy", *(["--skip-run"] if skip_run else []), *args],
         capture_output=True,
         text=True,
         cwd=folder,
@@ -167,6 +167,50 @@ def test_bench_builders_builds_the_checkpoints_it_was_given_relative_to_where_it
     ours = json.loads((tmp_path / "work" / "results.json").read_text())["builds"][0]["ours"]
     assert any("has no tensors model.layers.0.*" in line for line in ours["log_tail"]), ours["log_tail"]
     assert str(tmp_path / "ck" / "qwen3-0.6b") in ours["command"], ours["command"]
+
+
+def test_bench_builders_exits_1_when_a_build_fails(tmp_path):
+    """Every build could fail and it exited 0 below the table, as if both builders had been measured."""
+    done = bench_builders_with_failing_builds(tmp_path, "--markdown", "t.md")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ours build of qwen3-0.6b int4 cpu: failed (exit 2): "), last
+    assert "has no tensors model.layers.0.*" in last, last  # the builder's own reason, from its log
+    assert "reference build of qwen3-0.6b int4 cpu: failed (exit 1): ImportError: onnx_ir is a stand-in" in last
+    assert last.endswith("; all results, these included, are in work/results.json"), last
+    # what it could write is written, the failures in it
+    job = json.loads((tmp_path / "work" / "results.json").read_text())["builds"][0]
+    assert job["ours"]["status"] == "failed (exit 2)" and job["reference"]["status"] == "failed (exit 1)"
+    assert "failed (exit 2) / failed (exit 1)" in (tmp_path / "t.md").read_text()
+
+
+def test_bench_builders_exits_1_when_a_reused_build_is_missing_or_does_not_run(tmp_path, built):
+    """--skip-build with a folder that is not there timed only the other, and one that does not load
+    was a row of the table: exit 0 both."""
+    import shutil
+
+    ours = tmp_path / "work" / "qwen3-0.6b-int4-cpu" / "ours"
+    shutil.copytree(built("qwen3").output, ours)
+    (ours / "model.onnx.data").unlink()
+    done = bench_builders_with_failing_builds(
+        tmp_path, "--skip-build", "--rounds", "1", "--prompts", "4", "--new-tokens", "2", skip_run=False
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    failed = done.stderr.strip().splitlines()[-1].removeprefix("error: ").split("; ")
+    assert (
+        failed[0]
+        == "reference build of qwen3-0.6b int4 cpu: missing (--skip-build found no model.onnx to reuse under --work)"
+    )
+    assert failed[1].startswith("ours qwen3-0.6b did not load or run in the timing: "), failed
+    assert "| qwen3-0.6b | 4 | | | ours does not load: " in done.stdout, done.stdout
+
+
+def test_bench_builders_counts_a_model_the_accuracy_stage_could_not_run_as_failed():
+    # The accuracy stage needs the fp32 model (GBs at 0.6b), so its result is given here.
+    bb = script("bench_builders")
+    accuracy = {"size": "qwen3-0.6b", "builders": {"ours": {"nmse_last": 0.0}, "reference": {"error": "no logits"}}}
+    report = {"builds": [], "runs": [], "accuracy": [accuracy]}
+    assert bb.failed_work(report) == ["reference qwen3-0.6b did not run in the accuracy stage: no logits"]
 
 
 def test_host_profile_counts_only_the_timed_loop():
