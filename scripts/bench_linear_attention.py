@@ -14,7 +14,8 @@ Forms (the projections are the same packed float MatMuls in all of them):
   ref:  the reference builder's chain: Transposes around a channels-first conv, Reshape/LpNormalization/
         Reshape for q and k, a Mul for the query scale
 `check` runs a 2-row batch through a 7-token prefill, three 1-token steps and a 3-token chunk, with
-Hk=2 < Hv=6 and dk != dv, feeding the states back. `time` uses head dims 128 and a tiny hidden size so
+Hk=2 < Hv=6 and dk != dv, feeding the states back; a form whose output or states differ from
+transformers' by more than --tolerance (max abs) fails it (exit 1). `time` uses head dims 128 and a tiny hidden size so
 the projections do not drown the rest; states stay in OrtValues swapped between steps (as genai does).
 `ba` times 18 in_proj_ba projections (2*Hv rows) as float MatMul and as int4 MatMulNBits.
 Timings on a shared machine are noisy: rounds are interleaved and medians reported.
@@ -23,6 +24,7 @@ Timings on a shared machine are noisy: rounds are interleaved and medians report
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -195,7 +197,8 @@ def build(mod, cfg, form):
     return model, conv_shape, rec_shape
 
 
-def check() -> None:
+def check(tolerance: float) -> list[str]:
+    """Each form against transformers' layer; the forms that differ by more than tolerance, with how much."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -207,6 +210,7 @@ def check() -> None:
         expected = [mod(x, cache=cache).numpy() for x in xs]
     ref_conv = cache.layers[0].conv_states[0].numpy()[..., 1:]  # transformers keeps K columns, ONNX K-1
     ref_rec = cache.layers[0].recurrent_states[0].numpy()
+    failed = []
     for form in FORMS:
         model, conv_shape, rec_shape = build(mod, cfg, form)
         s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -218,10 +222,15 @@ def check() -> None:
             errors.append(float(np.abs(y - e).max()))
         conv = pc if form in ("ref", "ours") else pc.transpose(0, 2, 1)
         rec = pr.transpose(0, 1, 3, 2) if form == "gdn" else pr
+        conv_error, rec_error = float(np.abs(conv - ref_conv).max()), float(np.abs(rec - ref_rec).max())
         print(
             f"{form}: {len(model.graph.node)} nodes, max |dy| per step {[f'{e:.1e}' for e in errors]}, "
-            f"conv state {np.abs(conv - ref_conv).max():.1e}, recurrent state {np.abs(rec - ref_rec).max():.1e}"
+            f"conv state {conv_error:.1e}, recurrent state {rec_error:.1e}"
         )
+        worst = max(*errors, conv_error, rec_error)
+        if not worst <= tolerance:  # a NaN fails too
+            failed.append(f"{form} (max abs difference {worst:.1e})")
+    return failed
 
 
 def time_forms(hidden: int, hk: int, hv: int, rounds: int, decode_steps: int) -> None:
@@ -321,7 +330,7 @@ def time_ba(rounds: int) -> None:
             )
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["check", "time", "ba"])
     ap.add_argument("--hidden", type=int, default=16)
@@ -329,6 +338,13 @@ def main() -> None:
     ap.add_argument("--value-heads", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--decode-steps", type=int, default=500)
+    ap.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="check: the largest max-abs difference from transformers a form may have (default: %(default)s; "
+        "float32, so about 1e-6 is usual).",
+    )
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
@@ -340,11 +356,19 @@ def main() -> None:
     if args.value_heads % args.key_heads:  # Gated DeltaNet shares each key head among value heads
         ap.error(f"--value-heads {args.value_heads} must be a multiple of --key-heads {args.key_heads}")
     if args.what == "check":
-        check()
+        # It printed the differences and exited 0 whatever they were: a form that computed something
+        # else passed the check.
+        if failed := check(args.tolerance):
+            print(
+                f"error: {', '.join(failed)} differ from transformers by more than --tolerance {args.tolerance}",
+                file=sys.stderr,
+            )
+            return 1
     elif args.what == "time":
         time_forms(args.hidden, args.key_heads, args.value_heads, args.rounds, args.decode_steps)
     else:
         time_ba(args.rounds)
+    return 0
 
 
 if __name__ == "__main__":

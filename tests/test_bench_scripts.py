@@ -213,6 +213,17 @@ def test_bench_builders_counts_a_model_the_accuracy_stage_could_not_run_as_faile
     assert bb.failed_work(report) == ["reference qwen3-0.6b did not run in the accuracy stage: no logits"]
 
 
+def test_bench_linear_attention_check_fails_a_form_past_its_tolerance():
+    """`check` printed each form's difference from transformers and exited 0 whatever it was. Every
+    form differs by about 1e-6 (float32): within the default tolerance, past 1e-9."""
+    assert run_script("bench_linear_attention.py", "check").returncode == 0
+    done = run_script("bench_linear_attention.py", "check", "--tolerance", "1e-9")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ours (max abs difference ") and ", ref (max abs difference " in last, last
+    assert last.endswith("differ from transformers by more than --tolerance 1e-09"), last
+
+
 def test_host_profile_counts_only_the_timed_loop():
     # classify keeps stacks with a decode_loop frame; the warm-up (graph capture, shader compiles)
     # must run under another function or its samples get scaled into the timed run's phases.
