@@ -14,11 +14,26 @@ with examples/web/generate.mjs instead. --ngram N turns on onnxruntime-genai's n
 speculation (folders built with --logits all; README: genai's Engine and speculative decoding).
 """
 
-import argparse
-import json
 import os
-import shlex
+import signal
 import sys
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C before main() catches KeyboardInterrupt: the imports below take a few tenths of a second
+    (numpy, onnxruntime-genai's helpers), and a Ctrl-C then was a KeyboardInterrupt traceback. Nothing
+    is written yet, so leave at once, as main() does: one line, exit 130."""
+    print("error: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+# Only where Ctrl-C raises KeyboardInterrupt (a background job ignores it), and only when run as a script.
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # after the handler, as all below: these imports are what a Ctrl-C interrupted
+import json
+import shlex
 import time
 from pathlib import Path
 
@@ -935,6 +950,8 @@ def main() -> int:
         parser.error("--template-var sets a variable of the chat template --chat applies: pass --chat too")
     if args.seed is not None and not args.sample:
         parser.error("--seed sets the seed of --sample, and greedy decoding draws nothing: pass --sample too")
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # from here on it is caught below
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         generate(args)
     except BrokenPipeError:  # `generate.py ... | head`: the text went to a reader that stopped reading

@@ -1503,6 +1503,45 @@ def test_template_var_without_transformers_says_what_to_install(fp32_folder, tmp
     assert len(child.stderr.strip().splitlines()) == 1, child.stderr
 
 
+# The builder's import, held until a signal: where a Ctrl-C lands in the imports' few tenths of a second.
+SLOW_BUILDER_IMPORT_SITECUSTOMIZE = """
+import sys
+import time
+
+class _SlowBuilderImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "builder":
+            print("importing builder", file=sys.stderr, flush=True)
+            time.sleep(60)
+        return None
+
+sys.meta_path.insert(0, _SlowBuilderImport())
+"""
+
+
+def test_ctrl_c_while_it_imports_stops_without_a_traceback(tmp_path):
+    """A Ctrl-C in the first few tenths of a second, as generate.py imported numpy and the builder's
+    helpers, was a KeyboardInterrupt traceback (and a death by SIGINT): main() catches it only later."""
+    import signal
+
+    (tmp_path / "sitecustomize.py").write_text(SLOW_BUILDER_IMPORT_SITECUSTOMIZE)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(tmp_path / "folder")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},  # the checkout from the script's own sys.path
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
+    )
+    try:
+        assert proc.stderr.readline() == "importing builder\n", proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "error: interrupted\n" and not out, err
+
+
 GENAI_INIT_INTERRUPTED_SITECUSTOMIZE = interrupted_init("onnxruntime_genai.onnxruntime_genai")
 
 
