@@ -972,4 +972,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The run is over and its output written: a Ctrl-C in Python's shutdown was an "Exception ignored"
+    # traceback, or (Python puts SIG_DFL back there) a death by SIGINT. Ignored, as the builder does.
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # one that came as main() returned (genai's objects freed): the run is over as well
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
