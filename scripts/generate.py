@@ -376,8 +376,8 @@ def _check_files(folder: Path, config: dict) -> None:
                     f"records {recorded[name]}, so it is from another build; {rebuild}"
                 )
             continue
-        import onnx
-
+        # Not `import onnx`: a Ctrl-C in its C extension's initialisation aborted the process (SIGABRT).
+        onnx = import_native("onnx")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model

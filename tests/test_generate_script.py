@@ -1607,6 +1607,41 @@ def test_ctrl_c_right_after_the_last_line_is_no_traceback(cpu_folder):
         assert (proc.returncode, err) in ((0, ""), (130, "error: interrupted\n")), (proc.returncode, err)
 
 
+# A Ctrl-C as onnx's import begins; at exit, whether the import ran to its end.
+CTRL_C_AS_ONNX_IMPORTS_SITECUSTOMIZE = """
+import atexit
+import signal
+import sys
+
+class _CtrlCAsOnnxImports:
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnx":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, _CtrlCAsOnnxImports())
+atexit.register(lambda: print(f"onnx imported: {'onnx' in sys.modules}", file=sys.stderr))
+"""
+
+
+def test_ctrl_c_while_onnx_initialises_waits_for_its_import(cpu_folder, tmp_path):
+    """A Ctrl-C that landed in onnx's C extension initialisation (the folder's graph is read with onnx
+    before genai loads it) aborted the process: "terminate called after throwing an instance of
+    'nanobind::python_error'" and SIGABRT. As the builder's imports of C extensions do, the import
+    runs to its end and the Ctrl-C acts after it; here it comes as the import begins."""
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AS_ONNX_IMPORTS_SITECUSTOMIZE)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(cpu_folder), "--max-new-tokens", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=120,
+    )
+    assert done.returncode == 130 and done.stderr == "error: interrupted\nonnx imported: True\n", done.stderr
+    assert not done.stdout
+
+
 GENAI_INIT_INTERRUPTED_SITECUSTOMIZE = interrupted_init("onnxruntime_genai.onnxruntime_genai")
 
 
