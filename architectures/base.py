@@ -385,6 +385,7 @@ class DecoderBuilder:
     def build_graph(self, graph: Graph, progress: Progress) -> None:
         plan, spec = self.plan, self.plan.spec
         proj = self.proj = self.projections(graph, self.checkpoint, plan.io_dtype, plan.accuracy_level)
+        proj.split_block_level = plan.split_block_level
         em = self.emitter = Emitter(graph, proj, plan, self.weight)
         attention_io.declare_inputs(em)
         for i in range(spec.num_layers):

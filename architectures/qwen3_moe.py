@@ -54,7 +54,9 @@ class Qwen3MoeBuilder(Qwen3Builder):
 def moe_reference(model, options: BuildOptions, io_dtype=np.float32) -> None:
     """Give transformers 5's fused expert tensors the weights the graph uses
     (verify's nn.Linear pass does not see them; the router is no Linear either)."""
-    level = Target.from_options(options).accuracy_level_for(options)
+    level = options.accuracy_level
+    if level is None:
+        level = Target.from_options(options).default_accuracy_level
     for name, module in model.named_modules():
         if name.endswith("mlp.gate") and hasattr(module, "weight") and io_dtype == np.float16:
             module.weight.data.copy_(module.weight.data.half().float())

@@ -76,7 +76,7 @@ def _resolved_fields(options: BuildOptions, arch) -> dict:
 
     target = Target.from_options(options)
     resolved = {
-        "accuracy_level": target.accuracy_level_for(options),
+        "accuracy_level": target.default_accuracy_level,
         "target_ort": target.version_text,
         "io_dtype": _dtype_text(target.io_dtype),
         "logits": _logits_text(wants_last_logits(options, target), options),

@@ -279,6 +279,13 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
             )
         skipped = arch.skipped_note() if hasattr(arch, "skipped_note") else None
         notes = list(plan.notes) + ([skipped] if skipped else []) + arch.warnings
+        from builder.kit.plan import split_block_note
+
+        split = split_block_note(plan, getattr(getattr(arch, "proj", None), "split_block_nodes", []))
+        if split:
+            notes.append(split)
+            if options.accuracy_level is not None:  # asked for, and not what those nodes got
+                progress.warn(split)
         if missing:
             # transformers.js's AutoTokenizer fetches the same two files, and fails without either.
             reader = "onnxruntime-genai" if layout.name == "genai" else layout.name

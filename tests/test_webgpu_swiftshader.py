@@ -164,8 +164,8 @@ def test_generate_on_onnxruntime_webgpu_127_without_a_driver_says_so_and_exits_2
     assert errors[0].endswith("(the runtime said: Failed to get a WebGPU adapter: No supported adapters)"), errors
 
 
-# A webgpu build in blocks of 256 at its default accuracy level, and a copy of it at level 4, on the
-# WebGPU EP against transformers; prints one JSON row.
+# A webgpu build in blocks of 256 at its default accuracy levels, and a copy of it all at level 4, on
+# the WebGPU EP against transformers; prints one JSON row.
 BLOCKS_OF_256 = """
 import json, shutil, sys
 from pathlib import Path
@@ -176,7 +176,8 @@ from builder.pipeline import build
 from builder.verify import verify_build
 
 work = Path(sys.argv[1])
-config = dict(TINY_CONFIGS["qwen3"], hidden_size=256, intermediate_size=512)  # in-widths 128 to 512
+# o_proj reads 4 heads of 32, 128 wide: half a block; q/k/v, gate/up, down_proj and lm_head read 256 or 512
+config = dict(TINY_CONFIGS["qwen3"], hidden_size=256, intermediate_size=512)
 checkpoint = make_checkpoint(work / "checkpoint", config)
 result = build(model=str(checkpoint), output=str(work / "default"), ep="webgpu", block_size=256,
                io_dtype="fp32", logits="all", show_progress=False)
@@ -189,20 +190,26 @@ for node in model.graph.node:
         if node.op_type == "MatMulNBits" and attr.name == "accuracy_level":
             attr.i = 4
 onnx.save(model, str(level_4 / "model.onnx"))
-row = {"level": result.report["target"]["accuracy_level"]}
-for name, folder in (("default", result.output), ("level_4", level_4)):
-    parity = verify_build(folder, checkpoint, options, prompt_length=12, decode_steps=4,
-                          provider="WebGpuExecutionProvider")
-    row[name] = {"max_abs": parity.max_abs, "argmax_agree": parity.argmax_agree}
+built = onnx.load(str(result.output / "model.onnx"), load_external_data=False)
+levels = {node.name: attr.i for node in built.graph.node
+          if node.op_type == "MatMulNBits" for attr in node.attribute if attr.name == "accuracy_level"}
+row = {"split": sorted({v for k, v in levels.items() if "o_proj" in k}),
+       "whole": sorted({v for k, v in levels.items() if "o_proj" not in k})}
+for name, folder, provider in (("default", result.output, "WebGpuExecutionProvider"),
+                               ("default_cpu", result.output, "CPUExecutionProvider"),
+                               ("level_4", level_4, "WebGpuExecutionProvider")):
+    parity = verify_build(folder, checkpoint, options, prompt_length=12, decode_steps=4, provider=provider)
+    row[name] = {"nmse": parity.nmse, "argmax_agree": parity.argmax_agree}
 print(json.dumps(row))
 """
 
 
 def test_webgpu_blocks_of_256_take_the_accuracy_level_the_ep_computes_right(tmp_path):
     """On the WebGPU EP (plugin 0.4.0 here; onnxruntime-webgpu 1.27 and the plugin on an H100 too),
-    MatMulNBits in blocks of 256 at accuracy level 4 gave logits with nothing of the model's, and 4 was
-    the webgpu default: such a build now takes 0, and matches. The level-4 copy shows the EP's fault
-    still stands; when a runtime fixes it, WEBGPU_LEVEL4_WRONG_BLOCK can go."""
+    MatMulNBits in blocks of 256 at accuracy level 4, the webgpu default, gave logits with nothing of
+    the model's where K is no multiple of 256: such nodes (o_proj here) now take 0, the rest keep 4,
+    and the build matches. The all-level-4 copy shows the EP's fault still stands; when a runtime fixes
+    it, WEBGPU_LEVEL4_WRONG_BLOCK can go."""
     env = swiftshader_env(plugin_ready())
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
     child = subprocess.run(
@@ -211,9 +218,12 @@ def test_webgpu_blocks_of_256_take_the_accuracy_level_the_ep_computes_right(tmp_
     rows = [line for line in child.stdout.splitlines() if line.startswith("{")]
     assert child.returncode == 0 and rows, child.stderr[-2000:]
     row = json.loads(rows[-1])
-    assert row["level"] == 0, row
-    assert row["default"]["max_abs"] < 1e-4 and row["default"]["argmax_agree"] == 1.0, row
-    assert row["level_4"]["argmax_agree"] < 0.5, row
+    assert (row["split"], row["whole"]) == ([0], [4]), row
+    # Level 4 rounds the activations to int8: the WebGPU EP within a few times the CPU EP's error on the
+    # same graph (0.8x here), where the all-level-4 copy was 5000x off and matched no top token.
+    cpu = row["default_cpu"]["nmse"]
+    assert row["default"]["nmse"] < 3 * cpu and row["default"]["argmax_agree"] >= 0.9, row
+    assert row["level_4"]["nmse"] > 100 * cpu and row["level_4"]["argmax_agree"] < 0.5, row
 
 
 def test_the_check_keeps_no_builds_and_checks_its_json_path_first(tmp_path):

@@ -111,6 +111,10 @@ class Projections:
         self.io_dtype = np.dtype(io_dtype)
         self.accuracy_level = accuracy_level
         self.nonfinite: list[str] = []  # checkpoint tensors holding NaN or Inf, in the order met
+        # The level of MatMulNBits whose K is no multiple of their block, and those nodes' names (the
+        # plan's split_block_level, which the family sets after making this; None: accuracy_level).
+        self.split_block_level: int | None = None
+        self.split_block_nodes: list[str] = []
 
     def check_finite(self, tensor: str, values: np.ndarray) -> None:
         """Note `tensor` if `values` (floats derived from it, as written) hold NaN or Inf.
@@ -241,6 +245,10 @@ class Projections:
 
     def matmul_nbits(self, x: str, node_name: str, q: QuantizedTensor) -> str:
         inputs = [x, q.b, q.scales] + ([q.zero_points] if q.zero_points else [])
+        level = self.accuracy_level
+        if self.split_block_level is not None and q.k % q.format.block_size:
+            level = self.split_block_level
+            self.split_block_nodes.append(node_name)
         return self.graph.op(
             "MatMulNBits",
             inputs,
@@ -250,7 +258,7 @@ class Projections:
             N=q.n,
             bits=q.format.bits,
             block_size=q.format.block_size,
-            accuracy_level=self.accuracy_level,
+            accuracy_level=level,
         )
 
     @property

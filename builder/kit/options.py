@@ -160,8 +160,8 @@ class BuildOptions:
             choices=(0, 1, 2, 3, 4),
             help="MatMulNBits accuracy_level: the lowest precision the kernel may compute in "
             "(4 = int8 activations; on cpu, 8-bit weights run fast only at 4). Default: 4 for cpu and webgpu, "
-            "0 for cuda and dml, and 0 on webgpu with --block-size 256, whose blocks the WebGPU EP computes "
-            "wrong at 4.",
+            "0 for cuda and dml. On webgpu with --block-size 256, projections whose in-width is no multiple "
+            "of 256 take 0: the WebGPU EP computes them wrong at 4.",
             rebuild="resolved",
         ),
     )

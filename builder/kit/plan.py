@@ -79,6 +79,9 @@ class BuildPlan:
     # out of their state (builder.kit.blocks.right_padding; --padded-batches). None: the model has
     # no recurrent layer, or pads on the left.
     right_padding: bool | None = None
+    # The accuracy_level of MatMulNBits whose in-width is no multiple of their block, where the target
+    # computes those wrong at accuracy_level (split_block_level); None: accuracy_level, as every other.
+    split_block_level: int | None = None
     notes: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # printed on their own line, kept in the report's notes
     # The options with --int8-layers/--float-layers in the names projections go by here
@@ -350,7 +353,7 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
             "--padded-batches on: this model has no recurrent layer, and attention reads a padded "
             "batch from attention_mask already; nothing to change"
         )
-    target_notes += webgpu_block_level(options, target, formats)
+    level = target.default_accuracy_level if options.accuracy_level is None else options.accuracy_level
     names = config.get("architectures") or ["?"]
     return BuildPlan(
         options=options,
@@ -358,7 +361,8 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
         spec=spec,
         layout=layout,
         formats=formats,
-        accuracy_level=target.accuracy_level_for(options),
+        accuracy_level=level,
+        split_block_level=split_block_level(target, level, formats),
         context_length=context,
         genai_type=family.genai_type,
         architecture=names[0] if isinstance(names, list) else str(names),
@@ -376,22 +380,24 @@ def _make_plan(options: BuildOptions, checkpoint, family) -> BuildPlan:
     )
 
 
-def webgpu_block_level(options: BuildOptions, target: Target, formats: dict) -> tuple[str, ...]:
-    """The note for a webgpu build in blocks the WebGPU EP computes wrong at accuracy level 4, which
-    therefore defaults to 0 there (Target.accuracy_level_for); --accuracy-level 4 with them is refused."""
+def split_block_level(target: Target, level: int, formats: Mapping[str, QuantScheme]) -> int | None:
+    """The accuracy level for MatMulNBits whose in-width is no multiple of their block, where the
+    target computes those wrong at `level` (WEBGPU_LEVEL4_WRONG_BLOCK); None where it computes them right."""
     blocked = any(f.quantized and f.block_size == WEBGPU_LEVEL4_WRONG_BLOCK for f in formats.values())
-    if target.ep != "webgpu" or not blocked or options.accuracy_level not in (None, 4):
-        return ()
-    wrong = (
-        f"onnxruntime's WebGPU MatMulNBits computes blocks of {WEBGPU_LEVEL4_WRONG_BLOCK} wrong at accuracy "
-        "level 4 (int8 activations): logits unrelated to the model's"
+    return 0 if target.ep == "webgpu" and level == 4 and blocked else None
+
+
+def split_block_note(plan: BuildPlan, nodes: list[str]) -> str | None:
+    """What the build says of the MatMulNBits that took split_block_level, or None where none did."""
+    if not nodes:
+        return None
+    shown = ", ".join(nodes[:2]) + (f" and {len(nodes) - 2} more" if len(nodes) > 2 else "")
+    return (
+        f"accuracy level {plan.split_block_level} on the {len(nodes)} MatMulNBits whose in-width is no multiple of "
+        f"{WEBGPU_LEVEL4_WRONG_BLOCK} ({shown}): onnxruntime's WebGPU EP computes those wrong at level "
+        f"{plan.accuracy_level} (logits unrelated to the model's); the others keep {plan.accuracy_level}, as all do "
+        "with --block-size 128 or less (docs/packing.md#accuracy-level-on-webgpu-in-blocks-of-256-session-42)"
     )
-    if options.accuracy_level == 4:
-        raise BuilderError(
-            f"--accuracy-level 4 with --block-size {WEBGPU_LEVEL4_WRONG_BLOCK} on webgpu: {wrong}; "
-            "leave --accuracy-level out (webgpu then takes 0 in these blocks), or use --block-size 128 or less"
-        )
-    return (f"accuracy level 0: {wrong} (level 0 matches; --block-size 128 or less keeps level 4's faster prefill)",)
 
 
 def slow_int8_level(options: BuildOptions, target: Target, eight_bit: bool) -> str | None:

@@ -18,11 +18,13 @@ from onnx import TensorProto
 from builder.kit.errors import BuilderError
 from builder.kit.options import BuildOptions, parse_version
 
-# The block size whose MatMulNBits the WebGPU EP computes wrong at accuracy level 4 (int8
-# activations: its DP4A kernels, taken in prefill, and at every step with fp32 activations): logits
-# with nothing of the model's, where level 0 matched and blocks of 64 and 128 stayed within the CPU
-# EP's own level-4 error. Seen on the plugin EP 0.4.0 (SwiftShader and an H100), onnxruntime-webgpu
-# 1.27 and transformers.js 4.3 in Chromium (docs/packing.md#accuracy-level-on-webgpu-in-blocks-of-256-session-42).
+# The block size in which the WebGPU EP computes MatMulNBits wrong at accuracy level 4 (int8
+# activations), where the in-width K is no multiple of it: its DP4A kernel (taken where K is a multiple
+# of 128, in prefill, and at every step with fp32 activations) reads the scales of a row whose last
+# block is partly full as if K held whole blocks. Such nodes gave logits with nothing of the model's,
+# where level 0 matched; K a multiple of 256 stayed within the CPU EP's own level-4 error, as did
+# smaller blocks. Seen on the plugin EP 0.4.0 (SwiftShader and an H100), onnxruntime-webgpu 1.27 and
+# transformers.js 4.3 in Chromium (docs/packing.md#accuracy-level-on-webgpu-in-blocks-of-256-session-42).
 WEBGPU_LEVEL4_WRONG_BLOCK = 256
 
 # The package that carries each EP's runtime, and the release a build targets when none is
@@ -397,15 +399,6 @@ class Target:
         # Level 4 (int8 activations) is what the reference builder and ORT recommend on
         # cpu/webgpu; cuda and dml kernels ignore it or compute in fp16 anyway.
         return 4 if self.ep in ("cpu", "webgpu") else 0
-
-    def accuracy_level_for(self, options: BuildOptions) -> int:
-        """--accuracy-level, else the default: the target's, but 0 on webgpu in blocks of
-        WEBGPU_LEVEL4_WRONG_BLOCK, which the WebGPU EP computes wrong at level 4."""
-        if options.accuracy_level is not None:
-            return options.accuracy_level
-        if self.ep == "webgpu" and options.block_size == WEBGPU_LEVEL4_WRONG_BLOCK:
-            return 0
-        return self.default_accuracy_level
 
     @property
     def default_intra_op_threads(self) -> int:
