@@ -30,6 +30,7 @@ from builder.kit.graph import Graph
 from builder.kit.model_source import model_name
 from builder.kit.option_names import python_option_names
 from builder.kit.options import BuildOptions, options_one_way
+from builder.kit.plan import split_block_note, wrong_on_webgpu
 from builder.kit.progress import Phases, Progress, SilentProgress
 from builder.kit.readahead import Forecast, reading_ahead, record_reads
 from builder.kit.targets import NEWEST_KNOWN_ORT
@@ -279,12 +280,10 @@ def _run(arch, show_progress: bool, on_step=None) -> BuildResult:
             )
         skipped = arch.skipped_note() if hasattr(arch, "skipped_note") else None
         notes = list(plan.notes) + ([skipped] if skipped else []) + arch.warnings
-        from builder.kit.plan import split_block_note
-
-        split = split_block_note(plan, getattr(getattr(arch, "proj", None), "split_block_nodes", []))
+        split, warn = split_block_note(plan, split_block_nodes(arch))
         if split:
             notes.append(split)
-            if options.accuracy_level is not None:  # asked for, and not what those nodes got
+            if warn:
                 progress.warn(split)
         if missing:
             # transformers.js's AutoTokenizer fetches the same two files, and fails without either.
@@ -500,6 +499,11 @@ def _verify_summary(verified: dict | None) -> str:
     )
 
 
+def split_block_nodes(arch) -> list[str]:
+    """The MatMulNBits in blocks of 256 whose in-width is no multiple of it (Projections.split_block_nodes)."""
+    return getattr(getattr(arch, "proj", None), "split_block_nodes", [])
+
+
 def target_record(plan) -> dict:
     """What the options resolved to for the target, as the report records it (batch compares
     a job's with its output's, so an option written out at its default is no change)."""
@@ -542,6 +546,9 @@ def make_report(
         "builder_source": builder_source_digest(),
         "options": plan.options.to_dict(),
         "target": target_record(plan),
+        # MatMulNBits that the WebGPU EP computes wrong, where a folder for another EP kept their level 4:
+        # examples/web refuses WebGPU for a transformers.js folder that has any.
+        "wrong_on_webgpu": wrong_on_webgpu(plan, split_block_nodes(arch)),
         "checkpoint": {
             # absolute: the rebuild hints built from it (generate.py, the web page) work from any folder
             "path": os.path.abspath(arch.checkpoint.directory),

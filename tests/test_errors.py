@@ -567,6 +567,43 @@ def test_webgpu_blocks_of_256_take_level_0_where_the_in_width_splits_one(tmp_pat
     assert warnings == ([f"warning: {split[0]}"] if warned else []), proc.stderr
 
 
+@pytest.mark.parametrize(
+    "config, flags, warned",
+    [
+        ({}, ("-e", "cpu", "--block-size", "256", "--format", "transformers.js"), True),
+        ({}, ("-e", "cpu", "--block-size", "256", "--format", "transformers.js", "-p", "int8"), True),
+        ({}, ("-e", "cpu", "--block-size", "256", "--format", "transformers.js", "--accuracy-level", "0"), False),
+        ({}, ("-e", "cpu", "--block-size", "128", "--format", "transformers.js"), False),
+        # every in-width a multiple of 256: the WebGPU EP computes it right at level 4
+        (
+            dict(hidden_size=256, intermediate_size=512, num_attention_heads=8),
+            ("-e", "cpu", "--block-size", "256", "--format", "transformers.js"),
+            False,
+        ),
+    ],
+)
+def test_a_transformers_js_folder_wrong_on_webgpu_is_named(tmp_path, config, flags, warned):
+    """A -e cpu transformers.js folder in blocks of 256 keeps level 4 (Node and wasm compute it right), but
+    transformers.js runs any folder on WebGPU where asked, and examples/web does wherever the browser has
+    it: there such folders left transformers' greedy tokens at the first new token, in silence (headless
+    Chromium on SwiftShader, Llama, Gemma 3 and Qwen3.5 shapes, int4 and int8; right on wasm and at level 0).
+    The build warns, and its report names the nodes, which the page reads."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt", dict(TINY_CONFIGS["qwen3"], **config))
+    proc = cli("-m", checkpoint, "-o", tmp_path / "out", *flags)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "wrong tokens wherever transformers.js" in line]
+    assert len(warnings) == warned, proc.stderr
+    wrong = json.loads((tmp_path / "out" / "build_report.json").read_text())["wrong_on_webgpu"]
+    assert bool(wrong) == warned, wrong
+    if warned:
+        # tiny Qwen3: q/k/v, gate/up and lm_head read 64, o_proj 128, down_proj 192; 2 layers
+        assert len(wrong) == 11 and "/model/layers.0/attn/o_proj/MatMulNBits" in wrong, wrong
+        assert warnings[0].startswith("warning: the 11 MatMulNBits whose in-width is no multiple of 256 (")
+        assert ") run at accuracy level 4, which onnxruntime-web's WebGPU EP computes wrong" in warnings[0]
+        assert "For WebGPU, build with -e webgpu (those take level 0 there) or --block-size 128 or less" in warnings[0]
+        assert set(matmul_nbits_levels(tmp_path / "out").values()) == {4}  # as before: right in Node and on wasm
+
+
 def test_impossible_combination_refused_up_front(ckpt, tmp_path):
     proc = cli("-m", ckpt, "-o", tmp_path / "out", "-p", "fp32", "-e", "cuda")
     assert_clean_failure(proc, "-p fp32 -e cuda cannot work", out=tmp_path / "out")

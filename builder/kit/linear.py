@@ -17,6 +17,7 @@ import quant
 from builder.kit.checkpoint import Checkpoint, to_float
 from builder.kit.errors import BuilderError
 from builder.kit.graph import MS_DOMAIN, NP_TO_ONNX, Graph
+from builder.kit.targets import WEBGPU_LEVEL4_WRONG_BLOCK
 from quant import QuantScheme
 
 # Rows quantized at once: bounds temporaries to ~16M float32 values (64 MB).
@@ -111,8 +112,9 @@ class Projections:
         self.io_dtype = np.dtype(io_dtype)
         self.accuracy_level = accuracy_level
         self.nonfinite: list[str] = []  # checkpoint tensors holding NaN or Inf, in the order met
-        # The level of MatMulNBits whose K is no multiple of their block, and those nodes' names (the
-        # plan's split_block_level, which the family sets after making this; None: accuracy_level).
+        # The level of MatMulNBits whose K is no multiple of their block (the plan's split_block_level,
+        # which the family sets after making this; None: accuracy_level), and the names of those in blocks
+        # of WEBGPU_LEVEL4_WRONG_BLOCK, whatever their level.
         self.split_block_level: int | None = None
         self.split_block_nodes: list[str] = []
 
@@ -246,9 +248,11 @@ class Projections:
     def matmul_nbits(self, x: str, node_name: str, q: QuantizedTensor) -> str:
         inputs = [x, q.b, q.scales] + ([q.zero_points] if q.zero_points else [])
         level = self.accuracy_level
-        if self.split_block_level is not None and q.k % q.format.block_size:
-            level = self.split_block_level
-            self.split_block_nodes.append(node_name)
+        if q.k % q.format.block_size:
+            if self.split_block_level is not None:
+                level = self.split_block_level
+            if q.format.block_size == WEBGPU_LEVEL4_WRONG_BLOCK:
+                self.split_block_nodes.append(node_name)
         return self.graph.op(
             "MatMulNBits",
             inputs,

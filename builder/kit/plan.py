@@ -387,17 +387,39 @@ def split_block_level(target: Target, level: int, formats: Mapping[str, QuantSch
     return 0 if target.ep == "webgpu" and level == 4 and blocked else None
 
 
-def split_block_note(plan: BuildPlan, nodes: list[str]) -> str | None:
-    """What the build says of the MatMulNBits that took split_block_level, or None where none did."""
-    if not nodes:
-        return None
-    shown = ", ".join(nodes[:2]) + (f" and {len(nodes) - 2} more" if len(nodes) > 2 else "")
+def wrong_on_webgpu(plan: BuildPlan, split_nodes: list[str]) -> list[str]:
+    """The MatMulNBits of a build that the WebGPU EP computes wrong: split_nodes (those whose in-width
+    is no multiple of their block of WEBGPU_LEVEL4_WRONG_BLOCK) where they kept level 4. A webgpu build
+    has none (split_block_level); another EP's may, which transformers.js runs on WebGPU where asked."""
+    level = plan.accuracy_level if plan.split_block_level is None else plan.split_block_level
+    return list(split_nodes) if level == 4 else []
+
+
+def split_block_note(plan: BuildPlan, split_nodes: list[str]) -> tuple[str | None, bool]:
+    """What the build says of its MatMulNBits in blocks of WEBGPU_LEVEL4_WRONG_BLOCK whose in-width is
+    no multiple of it, and whether as a warning: a webgpu build's took split_block_level (a note; a warning
+    where --accuracy-level asked for another); a transformers.js folder of another EP that kept level 4
+    computes wrong on WebGPU, where transformers.js runs any folder when asked (a warning)."""
+    if not split_nodes:
+        return None, False
+    count = f"{len(split_nodes)} MatMulNBits whose in-width is no multiple of {WEBGPU_LEVEL4_WRONG_BLOCK}"
+    shown = ", ".join(split_nodes[:2]) + (f" and {len(split_nodes) - 2} more" if len(split_nodes) > 2 else "")
+    evidence = "(docs/packing.md#accuracy-level-on-webgpu-in-blocks-of-256-session-42)"
+    if plan.split_block_level is not None:
+        note = (
+            f"accuracy level {plan.split_block_level} on the {count} ({shown}): onnxruntime's WebGPU EP computes "
+            f"those wrong at level {plan.accuracy_level} (logits unrelated to the model's); the others keep "
+            f"{plan.accuracy_level}, as all do with --block-size 128 or less {evidence}"
+        )
+        return note, plan.options.accuracy_level is not None
+    if plan.options.format != "transformers.js" or not wrong_on_webgpu(plan, split_nodes):
+        return None, False
     return (
-        f"accuracy level {plan.split_block_level} on the {len(nodes)} MatMulNBits whose in-width is no multiple of "
-        f"{WEBGPU_LEVEL4_WRONG_BLOCK} ({shown}): onnxruntime's WebGPU EP computes those wrong at level "
-        f"{plan.accuracy_level} (logits unrelated to the model's); the others keep {plan.accuracy_level}, as all do "
-        "with --block-size 128 or less (docs/packing.md#accuracy-level-on-webgpu-in-blocks-of-256-session-42)"
-    )
+        f"the {count} ({shown}) run at accuracy level 4, which onnxruntime-web's WebGPU EP computes wrong: this "
+        f"folder generates wrong tokens wherever transformers.js runs it on WebGPU (examples/web refuses it "
+        f"there); Node and wasm run it right. For WebGPU, build with -e webgpu (those take level 0 there) or "
+        f"--block-size 128 or less {evidence}"
+    ), True
 
 
 def slow_int8_level(options: BuildOptions, target: Target, eight_bit: bool) -> str | None:
