@@ -772,6 +772,31 @@ def test_browser_webgpu_tokens_equal_transformers(built, checkpoint, tmp_path):
     assert_only_index_arithmetic_on_the_cpu(placed)
 
 
+def test_browser_refuses_webgpu_for_a_folder_it_computes_wrong(built, checkpoint, tmp_path):
+    """A -e cpu folder in blocks of 256 keeps accuracy level 4, whose MatMulNBits onnxruntime-web's WebGPU EP
+    computes wrong: the page took WebGPU for it (the browser has it) and generated wrong tokens in silence.
+    It now refuses WebGPU for it, naming the rebuild that runs there, and device=wasm, which it names too,
+    gives transformers' tokens."""
+    from builder.verify import dequantized_reference, transformers_greedy
+
+    options = dict(precision="int8", ep="cpu", block_size=256)  # int8: a float embedding, which wasm runs
+    result = built("qwen3", format="transformers.js", **options)
+    prompt = [319, 383, 10, 385, 223]  # transformers' greedy steps lead by 0.44 logits or more: past level 4's error
+    query = dict(ids=",".join(map(str, prompt)), max_new_tokens=BROWSER_TOKENS, min_new_tokens=BROWSER_TOKENS, report=1)
+    for device in ("webgpu", "wasm"):
+        (tmp_path / device).mkdir()
+    page = run_page(result.output, tmp_path / "webgpu", **query)  # no device: WebGPU, which the browser has
+    name = result.output.name
+    assert page["error"].startswith(f"{name} computes wrong on WebGPU: it was built -e cpu in blocks of 256")
+    assert "pass device=wasm, or rebuild it for WebGPU" in page["error"]
+    assert "-p int8 -e webgpu --io-dtype fp32 --format transformers.js" in page["error"]
+    page = run_page(result.output, tmp_path / "wasm", device="wasm", **query)
+    assert "error" not in page, page["error"]
+    ckpt = checkpoint("qwen3")
+    reference = dequantized_reference(ckpt, BuildOptions(model=str(ckpt), **options), io_dtype=np.float32)
+    assert page["tokens"] == transformers_greedy(reference, prompt, BROWSER_TOKENS)
+
+
 def node_placement(logs: list[str]) -> dict[str, set[tuple[str, str]]]:
     """EP -> {(op type, node name)} from ONNX Runtime's verbose log ("Node(s) placed on [X]", then
     "  Op (name)" lines)."""

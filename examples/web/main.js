@@ -176,9 +176,10 @@ function explain(error, { model, device, fellBack, adapter }) {
     }
     if (device === 'wasm' && /GatherBlockQuantized/.test(message)) {
         const why = fellBack ? 'the page runs on wasm because this browser has no WebGPU; ' : '';
-        const or = adapter ? 'or leave device=wasm out to run on WebGPU' : 'or open the page in a browser with WebGPU';
+        // Not to WebGPU where it computes wrong there (wrongOnWebgpu): the page would send it back here.
+        const or = wrongOnWebgpu(model) ? '' : adapter ? ', or leave device=wasm out to run on WebGPU' : ', or open the page in a browser with WebGPU';
         return `${name} does not load on wasm: onnxruntime-web's CPU build has no GatherBlockQuantized kernel for its int4 embedding; `
-            + `${why}rebuild it with a float embedding, --float-layers model.embed_tokens: ${rebuild(model, { float_layers: ['model.embed_tokens'] })}, ${or}`;
+            + `${why}rebuild it with a float embedding, --float-layers model.embed_tokens: ${rebuild(model, { float_layers: ['model.embed_tokens'] })}${or}`;
     }
     if (/requires f16 but the device does not support it|does not support fp16/.test(message)) {
         return f16Message(model, adapter);
@@ -209,6 +210,26 @@ function explain(error, { model, device, fellBack, adapter }) {
         return `${name} ran past its context (${message}): lower max_new_tokens or shorten the prompt`;
     }
     return `${name} does not run in transformers.js on ${device} (${message}): a file of it may be missing or damaged; rebuild it with ${rebuild(model)}`;
+}
+
+// onnxruntime's WebGPU EP computes MatMulNBits in blocks of 256 wrong at accuracy level 4 where the in-width
+// is no multiple of 256 (docs/packing.md, "Accuracy level on webgpu in blocks of 256"): a -e webgpu build
+// takes level 0 there, another EP's keeps 4, and its build_report.json names those nodes (wrong_on_webgpu).
+
+/** Whether the weights the page would load have MatMulNBits that the WebGPU EP computes wrong. */
+function wrongOnWebgpu(model) {
+    const report = model.report;
+    return report?.format?.dtype === model.dtype && (report?.wrong_on_webgpu?.length ?? 0) > 0;
+}
+
+function blockMessage(model, adapter) {
+    const { ep, precision } = model.report.target;
+    const io = precision === 'int8' || !adapter.shader_f16 ? 'fp32' : undefined;  // q4f16 needs shader-f16
+    const count = model.report.wrong_on_webgpu.length;
+    return `${model.name} computes wrong on WebGPU: it was built -e ${ep} in blocks of 256, and ${count} of its MatMulNBits `
+        + `(in-widths no multiple of 256) run at accuracy level 4, which onnxruntime-web's WebGPU EP gets wrong (tokens `
+        + `unrelated to the model's); pass device=wasm, or rebuild it for WebGPU (those take level 0 there): `
+        + `${rebuild(model, { ep: 'webgpu', io_dtype: io })}`;
 }
 
 function f16Message(model, adapter) {
@@ -339,6 +360,7 @@ async function main(state) {
     if (device === 'webgpu' && !adapter.shader_f16 && F16_DTYPES.includes(model.dtype) && known) {
         throw new PageError(f16Message(model, adapter));
     }
+    if (device === 'webgpu' && wrongOnWebgpu(model)) throw new PageError(blockMessage(model, adapter));
     for (const row of options.ids ?? []) checkPrompt(model, row, newTokens(model, options, row.length), `ids=${param('ids')}`);
     const autorun = params.get('autorun') === '1' || params.get('report') === '1';
     // A prompt the page already has (the address's, or the box's on autorun) is checked as it encodes, below,
