@@ -1503,6 +1503,29 @@ def test_template_var_without_transformers_says_what_to_install(fp32_folder, tmp
     assert len(child.stderr.strip().splitlines()) == 1, child.stderr
 
 
+def interrupted_at(args: list[str], site: Path, marker: str) -> tuple[int, str, str]:
+    """generate.py ARGS run as from a terminal (Ctrl-C at its default), with `site` on PYTHONPATH for a
+    sitecustomize.py; a Ctrl-C once its stderr's first line is `marker`. (exit status, stdout, the
+    stderr after the marker)."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stderr.readline() == marker, proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 # The builder's import, held until a signal: where a Ctrl-C lands in the imports' few tenths of a second.
 SLOW_BUILDER_IMPORT_SITECUSTOMIZE = """
 import sys
@@ -1522,24 +1545,10 @@ sys.meta_path.insert(0, _SlowBuilderImport())
 def test_ctrl_c_while_it_imports_stops_without_a_traceback(tmp_path):
     """A Ctrl-C in the first few tenths of a second, as generate.py imported numpy and the builder's
     helpers, was a KeyboardInterrupt traceback (and a death by SIGINT): main() catches it only later."""
-    import signal
-
     (tmp_path / "sitecustomize.py").write_text(SLOW_BUILDER_IMPORT_SITECUSTOMIZE)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp_path / "folder")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},  # the checkout from the script's own sys.path
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
-    )
-    try:
-        assert proc.stderr.readline() == "importing builder\n", proc.communicate(timeout=60)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and err == "error: interrupted\n" and not out, err
+    # The checkout comes from the script's own sys.path.
+    code, out, err = interrupted_at([str(tmp_path / "folder")], tmp_path, "importing builder\n")
+    assert code == 130 and err == "error: interrupted\n" and not out, err
 
 
 # Python's shutdown, held until a signal: where a Ctrl-C lands as the run ends.
@@ -1560,24 +1569,9 @@ def test_ctrl_c_as_it_ends_keeps_the_finished_run(cpu_folder, tmp_path):
     """The text and timings were written, and a Ctrl-C in Python's shutdown added an "Exception
     ignored" KeyboardInterrupt traceback (or, once Python had put SIG_DFL back, killed the finished
     run). As the builder does after a build, a finished run ignores it: exit 0, nothing on stderr."""
-    import signal
-
     (tmp_path / "sitecustomize.py").write_text(SLOW_SHUTDOWN_SITECUSTOMIZE)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(cpu_folder), "--max-new-tokens", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
-    )
-    try:
-        assert proc.stderr.readline() == "shutting down\n", proc.communicate(timeout=60)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0 and not err, err
+    code, out, err = interrupted_at([str(cpu_folder), "--max-new-tokens", "4"], tmp_path, "shutting down\n")
+    assert code == 0 and not err, err
     assert "new tokens:" in out, out
 
 
