@@ -342,15 +342,21 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    if report["load_errors"]:  # the table shows why; the exit status tells a script it failed
-        failed = ", ".join(report["load_errors"])
-        print(
-            f"error: {len(report['load_errors'])} of {len(models)} models failed to load or run ({failed}); "
-            "see the table for why",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return exit_status(report, len(models))
+
+
+def exit_status(report: dict, model_count: int) -> int:
+    """1 with one error line naming the models that failed to load or run, else 0: the table shows
+    why, the exit status tells a script (bench_layouts.py ends the same way)."""
+    if not report["load_errors"]:
+        return 0
+    failed = ", ".join(report["load_errors"])
+    print(
+        f"error: {len(report['load_errors'])} of {model_count} models failed to load or run ({failed}); "
+        "see the table for why",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

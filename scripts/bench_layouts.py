@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_genai import bench, markdown
+from bench_genai import bench, exit_status, markdown
 from writable import can_write
 
 from builder import BuilderError, BuildOptions
@@ -147,15 +147,7 @@ def run(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
-    if report["load_errors"]:  # as bench_genai.py: the table shows why, the exit status tells a script
-        failed = ", ".join(report["load_errors"])
-        print(
-            f"error: {len(report['load_errors'])} of {len(models)} models failed to load or run ({failed}); "
-            "see the table for why",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return exit_status(report, len(models))
 
 
 if __name__ == "__main__":
