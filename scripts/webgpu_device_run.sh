@@ -153,8 +153,11 @@ checkpoint_for() {  # checkpoint_for SIZE: CK=its random-weight checkpoint, made
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$1" "$CK" > /dev/null
     log "checkpoint $1 ready"
 }
+# The parity runs beside the timings check each case at accuracy level 0 only (--as-built off): the
+# second build a quantized case takes at the default level would not fit a call with them; the
+# parity part runs both.
 parity_meanwhile() {  # plugin-EP parity of the tiny families in the background (NO_PARITY skips it)
-    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py ${ONLY:-} \
+    ( [ -n "${NO_PARITY:-}" ] || timeout ${PARITY_TIMEOUT:-300} $PY scripts/check_webgpu.py --as-built off ${ONLY:-} \
         --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     PARITY=$!
 }
@@ -179,7 +182,7 @@ if [ "$PART" = main ]; then
     [ -f "$CK/config.json" ] || $PY scripts/make_checkpoint.py "$CKPT" "$CK" > /dev/null
     log "checkpoint $CKPT ready"
     # Parity on the WebGPU EP (tiny families, capture on as built) while the CPU builds.
-    ( [ -n "${NO_PARITY:-}" ] || timeout 400 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    ( [ -n "${NO_PARITY:-}" ] || timeout 400 $PY scripts/check_webgpu.py --as-built off --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     PARITY=$!
     ours auto "$CK" &
     ours sep-sigmoid "$CK" --qkv-packing separate --mlp-packing separate --silu sigmoid-mul &
@@ -216,7 +219,7 @@ if [ "$PART" = main ]; then
         log "onnxruntime-webgpu 1.27:"
         PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 60 $PY scripts/generate.py "$W/t127" --max-new-tokens 8 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
         PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 60 $PY scripts/generate.py "$W/auto" --max-new-tokens 8 2>&1 | grep -v -i warn | tail -2 | tee -a "$LOG"
-        PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 120 $PY scripts/check_webgpu.py --target-ort 1.27 --only qwen3 --only llama \
+        PYTHONPATH=$REPO:$REPO/tests:$SITE127 timeout 120 $PY scripts/check_webgpu.py --as-built off --target-ort 1.27 --only qwen3 --only llama \
             --only qwen2 --json "$OUT/parity-127.json" 2>&1 | grep -v -i warn | cut -c1-400 | tee -a "$LOG"
     fi
 elif [ "$PART" = submits ] || [ "$PART" = submits-4b ]; then
@@ -267,7 +270,7 @@ elif [ "$PART" = logits ] || [ "$PART" = logits-4b ]; then
 elif [ "$PART" = formats ]; then
     # The EP picks its MatMulNBits kernel from the build: fp32 activations take the DP4A path at M = 1,
     # fp16 ones a tiled dot product; block size and zero points change what each thread reads.
-    ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --only mistral --only gemma3 \
+    ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --as-built off --only mistral --only gemma3 \
         --only qwen3_5-text --json "$OUT/parity-formats.json" > "$W/parity.log" 2>&1 ) &
     PARITY=$!
     for size in ${FORMAT_CKPTS:-${DRY_CKPTS:-qwen3-0.6b qwen3-4b}}; do
@@ -398,7 +401,8 @@ elif [ "$PART" = parity ]; then
     # A lone GroupQueryAttention against the CPU EP up to 256-token chunks: on SwiftShader the EP's
     # prefill attention went wrong from 32 tokens (docs/packing.md#webgpu-without-a-gpu); the
     # parity below uses 12-token prompts unless PARITY_PROMPT_TOKENS asks for more (at most ~230:
-    # the tiny models take 256 positions).
+    # the tiny models take 256 positions). Each quantized case is checked as built too (at the default
+    # accuracy level): about 25 s a case on an H100, so the whole list takes two calls (ONLY="--only ...").
     timeout 120 $PY scripts/webgpu_prefill_attention.py --json "$OUT/prefill-attention.json" 2>&1 | grep "^heads" | tee -a "$LOG"
     timeout ${PARITY_TIMEOUT:-460} $PY scripts/check_webgpu.py ${ONLY:-} --prompt-tokens ${PARITY_PROMPT_TOKENS:-12} \
         --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
@@ -412,7 +416,7 @@ elif [ "$PART" = generate ]; then  # scripts/generate.py on the plugin EP with c
             | tail -6 | cut -c1-400 | tee -a "$LOG"
     done
 elif [ "$PART" = 4b ]; then
-    ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
+    ( [ -n "${NO_PARITY:-}" ] || timeout 300 $PY scripts/check_webgpu.py --as-built off --json "$OUT/parity-plugin.json" > "$W/parity.log" 2>&1 ) &
     S06=${DRY_CKPTS:-qwen3-0.6b}; S4B=${DRY_CKPTS:-qwen3-4b}
     C06=$W/ck-$S06; CK=$W/ck-$S4B
     [ -f "$C06/config.json" ] || $PY scripts/make_checkpoint.py "$S06" "$C06" > /dev/null
@@ -442,7 +446,7 @@ elif [ "$PART" = 4b ]; then
         --provider webgpu --prompt $PROMPT --new $NEW --rounds 3 --json "$OUT/bench-kernels.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 elif [ "$PART" = qwen35 ]; then
     ONLY="--only qwen3_5 --only qwen3_5-text --only mistral --only gemma3"
-    ( [ -n "${NO_PARITY:-}" ] || timeout 420 $PY scripts/check_webgpu.py $ONLY --json "$OUT/parity-qwen35.json" \
+    ( [ -n "${NO_PARITY:-}" ] || timeout 420 $PY scripts/check_webgpu.py --as-built off $ONLY --json "$OUT/parity-qwen35.json" \
         > "$W/parity.log" 2>&1 ) &
     PARITY=$!
     CK=$W/ck-$CKPT

@@ -445,12 +445,38 @@ def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monk
         cw.subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout=json.dumps(next(rows)), returncode=0)
     )
     out = tmp_path / "rows.json"
-    args = argparse.Namespace(only=None, target_ort=None, prompt_tokens=12, swiftshader=False, json=str(out))
+    args = argparse.Namespace(
+        only=None, target_ort=None, prompt_tokens=12, swiftshader=False, json=str(out), as_built="on"
+    )
     cases = [(0, "qwen3", "int4", {}), (1, "llama", "fp16", {"logits": "all"})]
     assert cw.run_cases(args, cases, tmp_path, None) == 1
     err = capsys.readouterr().err
     assert "FAILED llama-fp16-logits=all" in err and "qwen3" not in err
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_check_webgpu_holds_the_default_accuracy_level_to_the_cpu_ep():
+    """A case as a user builds it (level 4, int8 activations) fails where its NMSE, plain or through
+    genai, is over 10x the CPU EP's on the same folder and inputs, or over ACTIVATION_QUANTIZED_NMSE
+    where the CPU EP cannot run it (fused-norm); the level-0 row alone never showed the WebGPU EP's
+    wrong level-4 kernel in blocks of 256 (docs/packing.md)."""
+    cw = script("check_webgpu")
+    level_4 = {"as_built_accuracy_level": 4, "as_built_cpu_nmse": 5e-4, "as_built_cpu_genai_nmse": 4e-4}
+    assert cw.row_failures({**level_4, "as_built_nmse": 4.9e-3, "as_built_genai_nmse": 3.9e-3}) == []
+    # the blocks-of-256 kernel's logits (NMSE 1.84 on SwiftShader, 1.5-1.9 on an H100)
+    why = cw.row_failures({**level_4, "as_built_nmse": 1.84, "as_built_genai_nmse": 1.99})
+    assert len(why) == 2 and why[0].startswith("as_built_nmse 1.84 at accuracy level 4 is over 0.005 "), why
+    assert "(10x the CPU EP's 0.0005 on the same folder and inputs, at most 0.1)" in why[0], why
+    assert why[1].startswith("as_built_genai_nmse 1.99 at accuracy level 4 is over 0.004 (10x the CPU EP's 0.0004"), why
+    # each against its own yardstick: genai's tokens are other inputs than the plain session's
+    assert len(cw.row_failures({**level_4, "as_built_nmse": 1e-3, "as_built_genai_nmse": 4.5e-3})) == 1
+    assert cw.row_failures({**level_4, "as_built_nmse": float("nan"), "as_built_genai_nmse": 1e-4}) != []
+    no_cpu = {"as_built_accuracy_level": 4, "as_built_cpu_error": "GroupQueryAttention (CPU): q_norm_weight ..."}
+    assert cw.row_failures({**no_cpu, "as_built_nmse": 0.05, "as_built_genai_nmse": 0.05}) == []
+    why = cw.row_failures({**no_cpu, "as_built_nmse": 0.5, "as_built_genai_nmse": 0.05})
+    assert why == ["as_built_nmse 0.5 at accuracy level 4 is over 0.1 (the CPU EP cannot run the folder)"], why
+    why = cw.row_failures({"as_built_error": "exit 1: no WebGPU adapter"})
+    assert why == ["as built (default accuracy level): exit 1: no WebGPU adapter"], why
 
 
 @pytest.mark.parametrize(

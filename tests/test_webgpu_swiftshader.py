@@ -37,13 +37,22 @@ CASES = [  # scripts/check_webgpu.py's CASES, the ones CI runs here (about 20 s 
 ]
 
 
-def case_index(case) -> int:
+# The cases whose rows check the build at webgpu's default accuracy level too (check_webgpu.py's
+# as_built_*: one more build and run a case, so the layouts that compute alike at level 0 are left out)
+AS_BUILT = (CASES[0], CASES[3])
+
+
+def check_webgpu():
     sys.path.insert(0, str(CHECK.parent))
     try:
         import check_webgpu
     finally:
         sys.path.remove(str(CHECK.parent))
-    return check_webgpu.CASES.index(case)
+    return check_webgpu
+
+
+def case_index(case) -> int:
+    return check_webgpu().CASES.index(case)
 
 
 def run_case(index: int, work: Path, *flags: str, python_path: Path | None = None) -> dict:
@@ -74,9 +83,10 @@ def case_rows(tmp_path_factory):
     """Each check's row (a future), all started at once and run as many at a time as there are
     cores: a child is one busy thread for most of its ~20 s (imports, the build, SwiftShader
     compiling shaders), so on CI's 2 cores two at a time take about half as long."""
-    runs = {case_id(case): (case_index(case), ()) for case in CASES}
+    runs = {case_id(case): (case_index(case), ("--as-built", "on" if case in AS_BUILT else "off")) for case in CASES}
     if (ORT_127 / "onnxruntime").is_dir():
-        runs[RUN_127] = (case_index(("qwen3", "int4", {})), ("--target-ort", "1.27", "--prompt-tokens", "4"))
+        flags = ("--target-ort", "1.27", "--prompt-tokens", "4", "--as-built", "off")
+        runs[RUN_127] = (case_index(("qwen3", "int4", {})), flags)
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         yield {
             key: pool.submit(
@@ -106,6 +116,13 @@ def test_webgpu_build_matches_transformers_on_swiftshader(case, case_rows):
         assert row.get("ngram_tokens_equal") is True, row
     if case[2].get("graph_capture") == "off":
         assert row.get("engine_tokens_equal") is True, row
+    if case in AS_BUILT:
+        # The same case as a user builds it, at level 4 (int8 activations): within 10x the CPU EP's error
+        # on the same folder and inputs, plainly and through genai (0.34x and 0.37x for Qwen3 here,
+        # 0.30x and 0.78x for Qwen3.5).
+        assert row["as_built_accuracy_level"] == 4, row
+        assert {"as_built_nmse", "as_built_cpu_nmse", "as_built_genai_nmse", "as_built_cpu_genai_nmse"} <= set(row)
+        assert check_webgpu().row_failures(row) == [], row
 
 
 def test_onnxruntime_webgpu_127_build_loads_and_matches(case_rows):
@@ -224,6 +241,10 @@ def test_webgpu_blocks_of_256_take_the_accuracy_level_the_ep_computes_right(tmp_
     cpu = row["default_cpu"]["nmse"]
     assert row["default"]["nmse"] < 3 * cpu and row["default"]["argmax_agree"] >= 0.9, row
     assert row["level_4"]["nmse"] > 100 * cpu and row["level_4"]["argmax_agree"] < 0.5, row
+    # check_webgpu.py's as-built check passes the build and fails the all-level-4 copy on these numbers.
+    as_built = {"as_built_accuracy_level": 4, "as_built_cpu_nmse": cpu}
+    assert check_webgpu().row_failures({**as_built, "as_built_nmse": row["default"]["nmse"]}) == [], row
+    assert check_webgpu().row_failures({**as_built, "as_built_nmse": row["level_4"]["nmse"]}), row
 
 
 def test_the_check_keeps_no_builds_and_checks_its_json_path_first(tmp_path):
