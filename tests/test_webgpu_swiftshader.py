@@ -4,8 +4,10 @@ driver on the CPU, is the adapter (tests/support/swiftshader.py).
 Each case is one of scripts/check_webgpu.py's, run as the GPU machine runs it (its `--case`, in a
 child process whose environment selects SwiftShader): the logits of a plain WebGPU session against
 transformers on the dequantized weights, and onnxruntime-genai's greedy tokens, single and batched,
-with graph capture on where the build asks for it. SwiftShader has no shader-f16, so int4 builds
-take fp32 activations here (`--io-dtype fp32`); the fp16 kernels stay the GPU machine's to run.
+with graph capture on where the build asks for it; for two of them (AS_BUILT) also the build at
+webgpu's default accuracy level, against the CPU EP on the same folder. SwiftShader has no
+shader-f16, so int4 builds take fp32 activations here (`--io-dtype fp32`); the fp16 kernels stay
+the GPU machine's to run.
 
 Prompts stay short: on SwiftShader (subgroup size 4) onnxruntime's WebGPU prefill attention
 miscomputes from 32 new tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27 (a lone
