@@ -140,7 +140,7 @@ PROMPT = [5, 17, 42, 99, 120, 7, 64, 300]
 # as_built_checks: how far over the CPU EP's NMSE on the same level-4 folder and inputs the EP's may go.
 # Measured (session 43): on an H100 (fp16 activations) every quantized case at 0.01-0.47x; on SwiftShader
 # (fp32 activations, where the EP quantizes them at every step) up to 2.7x plainly (Mistral) and 4.7x
-# through genai (text Qwen3.5, whose recurrent state carries the rounding). The EP's wrong level-4 kernel
+# through genai (text Qwen3.5, mostly from one sensitive position). The EP's wrong level-4 kernel
 # in blocks of 256 gave 1,100-3,800x (NMSE 1.5-1.9 against the CPU EP's 4.9e-4 to 1.6e-3).
 AS_BUILT_CPU_RATIO = 10
 EP = "WebGpuExecutionProvider"
