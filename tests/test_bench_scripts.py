@@ -479,6 +479,25 @@ def test_check_webgpu_holds_the_default_accuracy_level_to_the_cpu_ep():
     assert why == ["as built (default accuracy level): exit 1: no WebGPU adapter"], why
 
 
+def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
+    """The default-level half runs in a child of the case's process: one that exits without its row,
+    or outlives 600 s, is an as_built_error of the case (so the case fails), not a lost row."""
+    import subprocess
+    import types
+
+    cw = script("check_webgpu")
+    died = types.SimpleNamespace(returncode=-6, stdout="", stderr="Traceback ...\nRuntimeError: device lost\n\n")
+    monkeypatch.setattr(cw.subprocess, "run", lambda *a, **k: died)
+    assert cw.as_built_in_child(["--case", "0"]) == {"as_built_error": "exit -6: RuntimeError: device lost"}
+
+    def hangs(*a, **k):
+        raise subprocess.TimeoutExpired(a[0], k["timeout"])
+
+    monkeypatch.setattr(cw.subprocess, "run", hangs)
+    row = cw.as_built_in_child(["--case", "0"])
+    assert row == {"as_built_error": "no row after 600 s"} and cw.row_failures(row), row
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
