@@ -27,6 +27,10 @@ For each case, two checks against transformers running the same (dequantized) we
   the same folder and inputs (`as_built_cpu_nmse`, `as_built_cpu_genai_nmse`: the same int8 rounding
   of the same graph), and under ACTIVATION_QUANTIZED_NMSE (alone where the CPU EP cannot run the
   folder: fused-norm). Tokens are not compared there: int8 activations flip near-ties.
+- Long prompts: the tiny checkpoints take 256 positions; `--max-positions 8192 --prompt-tokens 3000`
+  makes them with more, so the checks above run over thousands of positions, past the EP's
+  attention tiles and up to the static KV buffers graph capture sizes at max_length (4096 by default).
+  The qwen3-0.6b-attention cases have Qwen3-0.6B's 16 query and 8 KV heads of 128.
 The exit status is 1 when any case fails (an error, tokens that differ where they must equal, or
 an as-built NMSE over its bound), each named on stderr; the JSON holds every row either way.
 Where tokens part, `genai_first_mismatch` and `genai_mismatch_gap` (per batch row:
@@ -44,6 +48,7 @@ left out. Slow, and says nothing of speed; the numbers and tokens are the EP's o
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -74,6 +79,7 @@ if missing := missing_modules(("torch", "transformers", "tokenizers", "onnxrunti
     raise SystemExit(2)
 
 from builder import BuilderError, BuildOptions
+from builder.kit.genai_config import resolved_max_length
 from builder.kit.targets import Target
 from builder.pipeline import build_from_flags  # its refusals name the builder's flags
 from builder.verify import (
@@ -91,7 +97,7 @@ from builder.verify import (
     verify_build,
 )
 from support.swiftshader import swiftshader_env, swiftshader_icd
-from support.synthetic import TINY_CONFIGS, make_checkpoint
+from support.synthetic import TINY_CONFIGS, make_checkpoint, text_config
 
 CASES = [  # (tiny config, precision, extra build options)
     ("qwen3", "int4", {}),
@@ -135,6 +141,8 @@ CASES = [  # (tiny config, precision, extra build options)
     ("qwen3_5-text", "int4", {}),
     ("qwen3_5-moe", "int4", {}),
     ("qwen3-next", "int4", {}),
+    ("qwen3-0.6b-attention", "int4", {}),  # Qwen3-0.6B's attention heads, for --max-positions runs
+    ("qwen3-0.6b-attention", "fp16", {}),
 ]
 PROMPT = [5, 17, 42, 99, 120, 7, 64, 300]
 # as_built_checks: how far over the CPU EP's NMSE on the same level-4 folder and inputs the EP's may go.
@@ -219,11 +227,43 @@ def engine_in_child(folder: Path, prompts: list[list[int]], new_tokens: int) -> 
     return json.loads(lines[-1])
 
 
-def case_options(work: Path, config: str, precision: str, extra: dict, target_ort: str | None) -> BuildOptions:
+# Every new token genai generates after the prompt (16 greedy; the batch's rows take 12).
+GENAI_NEW_TOKENS = 16
+
+
+def with_positions(config: dict, positions: int | None) -> dict:
+    """A tiny config whose model takes `positions` positions (its own 256 where None)."""
+    if positions is None:
+        return config
+    config = copy.deepcopy(config)
+    text_config(config)["max_position_embeddings"] = positions
+    return config
+
+
+def positions_needed(prompt_tokens: int, max_positions: int | None, configs: set[str]) -> str | None:
+    """Why a run's prompts would not fit the models of these tiny configs (None where they do): the
+    prompt and genai's new tokens must fit the webgpu builds' max_length, their context up to 4096."""
+    if max_positions:
+        room, where = resolved_max_length(None, max_positions), f"--max-positions {max_positions}"
+    else:
+        positions, config = min((text_config(TINY_CONFIGS[c])["max_position_embeddings"], c) for c in configs)
+        room, where = resolved_max_length(None, positions), f"{config}'s {positions} positions"
+    if prompt_tokens + GENAI_NEW_TOKENS <= room:
+        return None
+    fix = "" if max_positions else "; pass --max-positions to make the checkpoints with more"
+    return (
+        f"--prompt-tokens {prompt_tokens} and genai's {GENAI_NEW_TOKENS} new tokens do not fit the builds' "
+        f"max_length of {room} ({where}){fix}"
+    )
+
+
+def case_options(
+    work: Path, config: str, precision: str, extra: dict, target_ort: str | None, max_positions: int | None = None
+) -> BuildOptions:
     """A case's build at accuracy level 0, its tiny checkpoint made in `work` if not there yet."""
     ckpt = work / config
     if not ckpt.exists():
-        make_checkpoint(ckpt, TINY_CONFIGS[config])
+        make_checkpoint(ckpt, with_positions(TINY_CONFIGS[config], max_positions))
     name = "-".join([config, precision] + [f"{k}={v}" for k, v in extra.items()] + [str(target_ort)])
     return BuildOptions(
         model=str(ckpt),
@@ -237,16 +277,24 @@ def case_options(work: Path, config: str, precision: str, extra: dict, target_or
 
 
 def run_case(
-    work: Path, config: str, precision: str, extra: dict, target_ort: str | None, prompt_tokens: int = 12
+    work: Path,
+    config: str,
+    precision: str,
+    extra: dict,
+    target_ort: str | None,
+    prompt_tokens: int = 12,
+    max_positions: int | None = None,
 ) -> dict:
     """One case's row at accuracy level 0. prompt_tokens: the plain session's prompt length, and a
     cap on genai's prompts."""
-    options = case_options(work, config, precision, extra, target_ort)
+    options = case_options(work, config, precision, extra, target_ort, max_positions)
     ckpt = Path(options.model)
     row = {"config": config, "precision": precision, **extra, "target_ort": target_ort}
     # The onnxruntime that ran the row: a 1.27 build's check must not pass on the plugin EP's runtime.
     row["onnxruntime"] = onnxruntime.__version__
     row["prompt_tokens"] = prompt_tokens
+    if max_positions:
+        row["max_positions"] = max_positions
     try:
         result = build_from_flags(options, show_progress=False)
         layout = result.report["layout"]
@@ -264,10 +312,10 @@ def run_case(
         )
         row.update(parity.as_dict())
         prompt, batch = genai_prompts(prompt_tokens)
-        ours, logits = genai_greedy_logits(result.output, prompt, 16, provider="webgpu")
+        ours, logits = genai_greedy_logits(result.output, prompt, GENAI_NEW_TOKENS, provider="webgpu")
         io_dtype = np.dtype(result.report["target"]["io_dtype"])  # the scales' dtype, as built
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
-        theirs = transformers_greedy(reference, prompt, 16)
+        theirs = transformers_greedy(reference, prompt, GENAI_NEW_TOKENS)
         row["genai_tokens_equal"] = ours == theirs
         row["genai_first_mismatch"], row["genai_mismatch_gap"] = divergence(reference, prompt, ours, theirs)
         genai = compare(torch_step_logits(reference, ours, len(prompt)), logits)
@@ -312,7 +360,7 @@ def as_built_checks(options: BuildOptions, prompt_tokens: int) -> dict:
         webgpu = verify_build(result.output, ckpt, options, prompt_length=prompt_tokens, decode_steps=4, provider=EP)
         row["as_built_nmse"], row["as_built_argmax_agree"] = webgpu.nmse, webgpu.argmax_agree
         prompt, _ = genai_prompts(prompt_tokens)
-        ours, logits = genai_greedy_logits(result.output, prompt, 16, provider="webgpu")
+        ours, logits = genai_greedy_logits(result.output, prompt, GENAI_NEW_TOKENS, provider="webgpu")
         io_dtype = np.dtype(result.report["target"]["io_dtype"])
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
         expected = torch_step_logits(reference, ours, len(prompt))
@@ -374,8 +422,14 @@ def main() -> int:
         help="The plain session's prompt length (default 12; its tokens are random), and a cap on "
         "genai's prompts (8 and 10 tokens; n-gram drafting, whose prompt has 11, is left out below "
         "that); above 12, genai's prompt and longer batch row have this many random tokens too, "
-        "the shorter row half. The tiny models take 256 positions. On SwiftShader onnxruntime's "
+        "the shorter row half. The tiny models take 256 positions (--max-positions). On SwiftShader onnxruntime's "
         "WebGPU prefill attention goes wrong from 32 tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27.",
+    )
+    parser.add_argument(
+        "--max-positions",
+        type=int,
+        help="Make the tiny checkpoints with this many positions (max_position_embeddings; default their "
+        "256), for --prompt-tokens in the thousands. The builds' max_length is that, up to 4096.",
     )
     parser.add_argument(
         "--as-built",
@@ -400,10 +454,12 @@ def main() -> int:
                 )
                 return 2
         if args.as_built_part:
-            options = case_options(Path(args.work), config, precision, extra, args.target_ort)
+            options = case_options(Path(args.work), config, precision, extra, args.target_ort, args.max_positions)
             print(json.dumps(as_built_checks(options, args.prompt_tokens)))
             return 0
-        row = run_case(Path(args.work), config, precision, extra, args.target_ort, args.prompt_tokens)
+        row = run_case(
+            Path(args.work), config, precision, extra, args.target_ort, args.prompt_tokens, args.max_positions
+        )
         if args.as_built == "on" and precision in ("int4", "int8") and "error" not in row:
             row.update(as_built_in_child(sys.argv[1:]))
         print(json.dumps(row))
@@ -416,6 +472,13 @@ def main() -> int:
     # Each was every case's error, a build each, and the run then blamed WebGPU: "no case ran on WebGPU".
     if args.prompt_tokens < 1:
         print("error: --prompt-tokens must be at least 1", file=sys.stderr)
+        return 2
+    if args.max_positions is not None and args.max_positions < 1:
+        print("error: --max-positions must be at least 1", file=sys.stderr)
+        return 2
+    configs = {config for config, _, _ in CASES if not args.only or config in args.only}
+    if why := positions_needed(args.prompt_tokens, args.max_positions, configs):
+        print(f"error: {why}", file=sys.stderr)
         return 2
     if args.target_ort is not None:
         try:
@@ -464,6 +527,8 @@ def run_cases(args, cases, work: Path, env) -> int:
         if args.target_ort:
             command += ["--target-ort", args.target_ort]
         command += ["--prompt-tokens", str(args.prompt_tokens), "--as-built", args.as_built]
+        if args.max_positions:
+            command += ["--max-positions", str(args.max_positions)]
         if args.swiftshader:
             command.append("--swiftshader")
         child = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -446,7 +446,13 @@ def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monk
     )
     out = tmp_path / "rows.json"
     args = argparse.Namespace(
-        only=None, target_ort=None, prompt_tokens=12, swiftshader=False, json=str(out), as_built="on"
+        only=None,
+        target_ort=None,
+        prompt_tokens=12,
+        max_positions=None,
+        swiftshader=False,
+        json=str(out),
+        as_built="on",
     )
     cases = [(0, "qwen3", "int4", {}), (1, "llama", "fp16", {"logits": "all"})]
     assert cw.run_cases(args, cases, tmp_path, None) == 1
@@ -504,6 +510,18 @@ def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
         (["--target-ort", "abc"], "error: --target-ort: 'abc' is not a version like 1.27 or 1.27.0"),
         (["--target-ort", "1.10"], "error: --target-ort 1.10: -e webgpu builds need ONNX Runtime >= 1.20"),
         (["--prompt-tokens", "0"], "error: --prompt-tokens must be at least 1"),
+        (["--max-positions", "0"], "error: --max-positions must be at least 1"),
+        # Each case failed in genai after its build and plain-session check: the prompt had no room.
+        (
+            ["--prompt-tokens", "241"],
+            "error: --prompt-tokens 241 and genai's 16 new tokens do not fit the builds' max_length of 256 "
+            "(llama's 256 positions); pass --max-positions to make the checkpoints with more",
+        ),
+        (
+            ["--max-positions", "8192", "--prompt-tokens", "4081"],
+            "error: --prompt-tokens 4081 and genai's 16 new tokens do not fit the builds' max_length of 4096 "
+            "(--max-positions 8192)",
+        ),
     ],
 )
 def test_check_webgpu_refuses_bad_arguments_before_any_case(tmp_path, args, says):
@@ -512,6 +530,22 @@ def test_check_webgpu_refuses_bad_arguments_before_any_case(tmp_path, args, says
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(says), done.stderr
     assert not (tmp_path / "rows.json").exists() and not done.stdout
+
+
+def test_check_webgpu_makes_its_checkpoints_with_the_positions_asked(tmp_path):
+    """--max-positions reaches the checkpoint's config.json (a ConditionalGeneration one's text_config),
+    and a run's longest prompt is the builds' max_length less genai's new tokens."""
+    import json
+
+    cw = script("check_webgpu")
+    options = cw.case_options(tmp_path, "qwen3_5", "int4", {}, None, max_positions=8192)
+    written = json.loads((Path(options.model) / "config.json").read_text())
+    assert written["text_config"]["max_position_embeddings"] == 8192, written
+    assert cw.TINY_CONFIGS["qwen3_5"]["text_config"]["max_position_embeddings"] == 256  # the suite's own
+    assert cw.with_positions(cw.TINY_CONFIGS["qwen3"], 1024)["max_position_embeddings"] == 1024
+    assert cw.positions_needed(240, None, {"qwen3"}) is None and cw.positions_needed(241, None, {"qwen3"})
+    assert "qwen3-yarn's 128 positions" in cw.positions_needed(200, None, {"qwen3", "qwen3-yarn"})
+    assert cw.positions_needed(4080, 8192, {"qwen3-yarn"}) is None and cw.positions_needed(985, 1000, {"qwen3"})
 
 
 def device_run_parts() -> tuple[list[str], set[str], set[str]]:

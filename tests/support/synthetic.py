@@ -93,6 +93,24 @@ TINY_CONFIGS: dict[str, dict] = {
         use_sliding_window=False,
         sliding_window=None,
     ),
+    # Qwen3-0.6B's attention (16 query heads, 8 KV heads of 128) at a tiny width: the WebGPU EP
+    # picks its attention kernels by head count and size, which the 32-wide tiny heads leave untried.
+    "qwen3-0.6b-attention": _tiny(
+        "Qwen3ForCausalLM",
+        "qwen3",
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        max_window_layers=2,
+        use_sliding_window=False,
+        sliding_window=None,
+        rope_theta=1000000.0,
+    ),
     "qwen3-untied": _tiny(
         "Qwen3ForCausalLM",
         "qwen3",
