@@ -6,7 +6,8 @@ The graph is the op alone (no rotary, random q/k/v, opset 17, IR 10 so onnxrunti
 loads it), at the head counts of the tiny test models and of Qwen3's shapes. It shows where the
 EP's attention kernels part from the CPU's: on SwiftShader (subgroups 4 wide) the flash-attention
 prefill goes wrong from 32 new tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27 (session
-22, docs/packing.md#webgpu-without-a-gpu); on an NVIDIA H100 every length matched (session 23).
+22, docs/packing.md#webgpu-without-a-gpu); on an NVIDIA H100 every length matched (session 23). Decode
+steps over pasts of 1000-4095 positions matched on SwiftShader (session 44).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ LENGTHS = [
     (1, 40),
     (8, 40),
     (40, 8),
+    # Decode over the pasts of long generations, up to the last position of a 4096 max_length: every
+    # check above ran at most a few hundred positions.
+    (1, 1000),
+    (1, 4095),
+    (16, 2000),
 ]
 
 
@@ -148,7 +154,7 @@ def main() -> int:
         return 1
     result = json.loads(lines[-1])
     for row in result["rows"]:
-        print(f"heads {row['heads']} new {row['new_tokens']:3d} past {row['past']:2d}: max |d| {row['max_abs']:.1e}")
+        print(f"heads {row['heads']} new {row['new_tokens']:3d} past {row['past']:4d}: max |d| {row['max_abs']:.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

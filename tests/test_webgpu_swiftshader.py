@@ -423,7 +423,7 @@ def test_replay_loop_replays_a_captured_step_as_an_uncaptured_run_computes_it(bu
 def test_a_lone_attention_on_swiftshader_matches_the_cpu_ep_for_short_prompts_and_decode(tmp_path):
     """scripts/webgpu_prefill_attention.py --swiftshader: a lone GroupQueryAttention on the plugin EP
     against the CPU EP, the measure behind this module's short prompts. Every row it has under 32
-    new tokens (prompts, and decode steps after 40 cached positions) agrees."""
+    new tokens (prompts, and steps after 40 to 4095 cached positions, a 4096 max_length's last) agrees."""
     from test_bench_scripts import script as load_script
 
     plugin_ready()
@@ -438,5 +438,5 @@ def test_a_lone_attention_on_swiftshader_matches_the_cpu_ep_for_short_prompts_an
     assert len(rows) == len(shapes.HEADS) * len(shapes.LENGTHS)
     short = [row for row in rows if row["new_tokens"] < 32]
     assert len(short) == len(shapes.HEADS) * sum(new < 32 for new, _ in shapes.LENGTHS)
-    assert {row["past"] for row in short} == {0, 40}
+    assert {row["past"] for row in short} == {0, 40, 1000, 2000, 4095}
     assert max(row["max_abs"] for row in short) < 1e-5, short
