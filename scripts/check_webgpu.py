@@ -27,7 +27,7 @@ For each case, two checks against transformers running the same (dequantized) we
   the same folder and inputs (`as_built_cpu_nmse`, `as_built_cpu_genai_nmse`: the same int8 rounding
   of the same graph), and under ACTIVATION_QUANTIZED_NMSE (alone where the CPU EP cannot run the
   folder: fused-norm). Tokens are not compared there: int8 activations flip near-ties.
-- Long prompts: the tiny checkpoints take 256 positions; `--max-positions 8192 --prompt-tokens 3000`
+- Long prompts: the tiny checkpoints take 256 positions (the YaRN ones 128); `--max-positions 8192 --prompt-tokens 3000`
   makes them with more, so the checks above run over thousands of positions, past the EP's
   attention tiles and up to the static KV buffers graph capture sizes at max_length (4096 by default).
   The qwen3-0.6b-attention cases have Qwen3-0.6B's 16 query and 8 KV heads of 128.
@@ -232,7 +232,7 @@ GENAI_NEW_TOKENS = 16
 
 
 def with_positions(config: dict, positions: int | None) -> dict:
-    """A tiny config whose model takes `positions` positions (its own 256 where None)."""
+    """A tiny config whose model takes `positions` positions (its own where None)."""
     if positions is None:
         return config
     config = copy.deepcopy(config)
@@ -422,14 +422,15 @@ def main() -> int:
         help="The plain session's prompt length (default 12; its tokens are random), and a cap on "
         "genai's prompts (8 and 10 tokens; n-gram drafting, whose prompt has 11, is left out below "
         "that); above 12, genai's prompt and longer batch row have this many random tokens too, "
-        "the shorter row half. The tiny models take 256 positions (--max-positions). On SwiftShader onnxruntime's "
+        "the shorter row half. The tiny models take 256 positions, the YaRN ones 128 (--max-positions). On SwiftShader "
+        "onnxruntime's "
         "WebGPU prefill attention goes wrong from 32 tokens on the plugin EP and from 5 on onnxruntime-webgpu 1.27.",
     )
     parser.add_argument(
         "--max-positions",
         type=int,
         help="Make the tiny checkpoints with this many positions (max_position_embeddings; default their "
-        "256), for --prompt-tokens in the thousands. The builds' max_length is that, up to 4096.",
+        "own), for --prompt-tokens in the thousands. The builds' max_length is that, up to 4096.",
     )
     parser.add_argument(
         "--as-built",
