@@ -6,7 +6,7 @@ For each case, two checks against transformers running the same (dequantized) we
 - `nmse`, `argmax_agree`: logits of a 12-token prefill (`--prompt-tokens`) + 4 decode steps through
   onnxruntime's WebGpuExecutionProvider (plain session, no capture);
 - `genai_*`: onnxruntime-genai runs the folder as a user would, its genai_config
-  included, so graph capture is on where the build asks for it: 16 greedy tokens must
+  included, so graph capture is on where the build asks for it: 16 greedy tokens (`--new-tokens`) must
   equal transformers' greedy tokens, and the logits behind each genai token are compared
   with transformers' at the same positions (`genai_nmse`, `genai_argmax_agree`);
 - `genai_batch_tokens_equal`: a genai batch of two prompts of unequal length (right-padded,
@@ -31,6 +31,11 @@ For each case, two checks against transformers running the same (dequantized) we
   makes them with more, so the checks above run over thousands of positions, past the EP's
   attention tiles and up to the static KV buffers graph capture sizes at max_length (4096 by default).
   The qwen3-0.6b-attention cases have Qwen3-0.6B's 16 query and 8 KV heads of 128.
+- Long generations: `--max-positions 8192 --new-tokens 4000` has genai decode 4000 greedy tokens (16
+  by default), each a replay of the captured step on a capture build, up to position 4011 of the
+  4096-slot buffers. Its prompt stays short, so this runs on SwiftShader too, whose prefill attention
+  is wrong from 32 tokens but whose decode steps are right over long pasts
+  (docs/packing.md#webgpu-without-a-gpu).
 The exit status is 1 when any case fails (an error, tokens that differ where they must equal, or
 an as-built NMSE over its bound), each named on stderr; the JSON holds every row either way.
 Where tokens part, `genai_first_mismatch` and `genai_mismatch_gap` (per batch row:
@@ -240,7 +245,9 @@ def with_positions(config: dict, positions: int | None) -> dict:
     return config
 
 
-def positions_needed(prompt_tokens: int, max_positions: int | None, configs: set[str]) -> str | None:
+def positions_needed(
+    prompt_tokens: int, max_positions: int | None, configs: set[str], new_tokens: int = GENAI_NEW_TOKENS
+) -> str | None:
     """Why a run's prompts would not fit the models of these tiny configs (None where they do): the
     prompt and genai's new tokens must fit the webgpu builds' max_length, their context up to 4096."""
     if max_positions:
@@ -248,11 +255,11 @@ def positions_needed(prompt_tokens: int, max_positions: int | None, configs: set
     else:
         positions, config = min((text_config(TINY_CONFIGS[c])["max_position_embeddings"], c) for c in configs)
         room, where = resolved_max_length(None, positions), f"{config}'s {positions} positions"
-    if prompt_tokens + GENAI_NEW_TOKENS <= room:
+    if prompt_tokens + new_tokens <= room:
         return None
     fix = "" if max_positions else "; pass --max-positions to make the checkpoints with more"
     return (
-        f"--prompt-tokens {prompt_tokens} and genai's {GENAI_NEW_TOKENS} new tokens do not fit the builds' "
+        f"--prompt-tokens {prompt_tokens} and genai's {new_tokens} new tokens do not fit the builds' "
         f"max_length of {room} ({where}){fix}"
     )
 
@@ -284,15 +291,17 @@ def run_case(
     target_ort: str | None,
     prompt_tokens: int = 12,
     max_positions: int | None = None,
+    new_tokens: int = GENAI_NEW_TOKENS,
 ) -> dict:
     """One case's row at accuracy level 0. prompt_tokens: the plain session's prompt length, and a
-    cap on genai's prompts."""
+    cap on genai's prompts; new_tokens: genai's greedy tokens on its single prompt."""
     options = case_options(work, config, precision, extra, target_ort, max_positions)
     ckpt = Path(options.model)
     row = {"config": config, "precision": precision, **extra, "target_ort": target_ort}
     # The onnxruntime that ran the row: a 1.27 build's check must not pass on the plugin EP's runtime.
     row["onnxruntime"] = onnxruntime.__version__
     row["prompt_tokens"] = prompt_tokens
+    row["genai_new_tokens"] = new_tokens
     if max_positions:
         row["max_positions"] = max_positions
     try:
@@ -312,10 +321,10 @@ def run_case(
         )
         row.update(parity.as_dict())
         prompt, batch = genai_prompts(prompt_tokens)
-        ours, logits = genai_greedy_logits(result.output, prompt, GENAI_NEW_TOKENS, provider="webgpu")
+        ours, logits = genai_greedy_logits(result.output, prompt, new_tokens, provider="webgpu")
         io_dtype = np.dtype(result.report["target"]["io_dtype"])  # the scales' dtype, as built
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
-        theirs = transformers_greedy(reference, prompt, GENAI_NEW_TOKENS)
+        theirs = transformers_greedy(reference, prompt, new_tokens)
         row["genai_tokens_equal"] = ours == theirs
         row["genai_first_mismatch"], row["genai_mismatch_gap"] = divergence(reference, prompt, ours, theirs)
         genai = compare(torch_step_logits(reference, ours, len(prompt)), logits)
@@ -341,7 +350,7 @@ def batch_checks(result, reference, batch: list[list[int]], prompt_tokens: int) 
     return row
 
 
-def as_built_checks(options: BuildOptions, prompt_tokens: int) -> dict:
+def as_built_checks(options: BuildOptions, prompt_tokens: int, new_tokens: int = GENAI_NEW_TOKENS) -> dict:
     """The quantized case again at the target's own accuracy level, as a user builds it. The row
     above is at level 0, where the EP computes what transformers does on the dequantized weights
     and tokens must equal; level 4 (webgpu's default) quantizes activations to int8, which moves
@@ -360,7 +369,7 @@ def as_built_checks(options: BuildOptions, prompt_tokens: int) -> dict:
         webgpu = verify_build(result.output, ckpt, options, prompt_length=prompt_tokens, decode_steps=4, provider=EP)
         row["as_built_nmse"], row["as_built_argmax_agree"] = webgpu.nmse, webgpu.argmax_agree
         prompt, _ = genai_prompts(prompt_tokens)
-        ours, logits = genai_greedy_logits(result.output, prompt, GENAI_NEW_TOKENS, provider="webgpu")
+        ours, logits = genai_greedy_logits(result.output, prompt, new_tokens, provider="webgpu")
         io_dtype = np.dtype(result.report["target"]["io_dtype"])
         reference = dequantized_reference(ckpt, options, io_dtype=io_dtype)
         expected = torch_step_logits(reference, ours, len(prompt))
@@ -430,7 +439,15 @@ def main() -> int:
         "--max-positions",
         type=int,
         help="Make the tiny checkpoints with this many positions (max_position_embeddings; default their "
-        "own), for --prompt-tokens in the thousands. The builds' max_length is that, up to 4096.",
+        "own), for --prompt-tokens or --new-tokens in the thousands. The builds' max_length is that, up to 4096.",
+    )
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=GENAI_NEW_TOKENS,
+        help=f"genai's greedy tokens on its single prompt (default {GENAI_NEW_TOKENS}), each compared with "
+        "transformers'; thousands (with --max-positions) decode through the captured step up to the end of "
+        "the KV buffers. The batch keeps 12.",
     )
     parser.add_argument(
         "--as-built",
@@ -456,10 +473,17 @@ def main() -> int:
                 return 2
         if args.as_built_part:
             options = case_options(Path(args.work), config, precision, extra, args.target_ort, args.max_positions)
-            print(json.dumps(as_built_checks(options, args.prompt_tokens)))
+            print(json.dumps(as_built_checks(options, args.prompt_tokens, args.new_tokens)))
             return 0
         row = run_case(
-            Path(args.work), config, precision, extra, args.target_ort, args.prompt_tokens, args.max_positions
+            Path(args.work),
+            config,
+            precision,
+            extra,
+            args.target_ort,
+            args.prompt_tokens,
+            args.max_positions,
+            args.new_tokens,
         )
         if args.as_built == "on" and precision in ("int4", "int8") and "error" not in row:
             row.update(as_built_in_child(sys.argv[1:]))
@@ -477,8 +501,11 @@ def main() -> int:
     if args.max_positions is not None and args.max_positions < 1:
         print("error: --max-positions must be at least 1", file=sys.stderr)
         return 2
+    if args.new_tokens < 1:
+        print("error: --new-tokens must be at least 1", file=sys.stderr)
+        return 2
     configs = {config for config, _, _ in CASES if not args.only or config in args.only}
-    if why := positions_needed(args.prompt_tokens, args.max_positions, configs):
+    if why := positions_needed(args.prompt_tokens, args.max_positions, configs, args.new_tokens):
         print(f"error: {why}", file=sys.stderr)
         return 2
     if args.target_ort is not None:
@@ -527,7 +554,8 @@ def run_cases(args, cases, work: Path, env) -> int:
         command = [sys.executable, __file__, "--case", str(i), "--work", str(work)]
         if args.target_ort:
             command += ["--target-ort", args.target_ort]
-        command += ["--prompt-tokens", str(args.prompt_tokens), "--as-built", args.as_built]
+        command += ["--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
+        command += ["--as-built", args.as_built]
         if args.max_positions:
             command += ["--max-positions", str(args.max_positions)]
         if args.swiftshader:

@@ -402,11 +402,14 @@ elif [ "$PART" = parity ]; then
     # prefill attention went wrong from 32 tokens (docs/packing.md#webgpu-without-a-gpu); the
     # parity below uses 12-token prompts unless PARITY_PROMPT_TOKENS asks for more (at most 240 on the
     # tiny models' 256 positions, 112 on the YaRN ones' 128; PARITY_MAX_POSITIONS=8192 makes them with
-    # more, for prompts up to 4080). Each quantized case is checked as built too (at the default
-    # accuracy level): about 25 s a case on an H100, so the whole list takes two calls (ONLY="--only ...").
+    # more, for prompts up to 4080; PARITY_NEW_TOKENS=4000 has genai decode that many through the
+    # captured step, up to the end of the 4096-slot KV buffers). Each quantized case is checked as built
+    # too (at the default accuracy level): about 25 s a case on an H100, so the whole list takes two
+    # calls (ONLY="--only ...").
     timeout 120 $PY scripts/webgpu_prefill_attention.py --json "$OUT/prefill-attention.json" 2>&1 | grep "^heads" | tee -a "$LOG"
     timeout ${PARITY_TIMEOUT:-460} $PY scripts/check_webgpu.py ${ONLY:-} --prompt-tokens ${PARITY_PROMPT_TOKENS:-12} \
-        ${PARITY_MAX_POSITIONS:+--max-positions $PARITY_MAX_POSITIONS} --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
+        ${PARITY_MAX_POSITIONS:+--max-positions $PARITY_MAX_POSITIONS} ${PARITY_NEW_TOKENS:+--new-tokens $PARITY_NEW_TOKENS} \
+        --json "$OUT/parity-plugin.json" 2>&1 | grep "^{" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = generate ]; then  # scripts/generate.py on the plugin EP with capture: greedy, --sample
     # twice with one seed (the same tokens), --chat, --chat --sample; CKPT's shape (qwen3-0.6b)
     checkpoint_for ${DRY_CKPTS:-$CKPT}

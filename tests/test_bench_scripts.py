@@ -441,15 +441,20 @@ def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monk
 
     cw = script("check_webgpu")
     rows = iter([{"config": "qwen3", "genai_tokens_equal": True}, {"config": "llama", "genai_tokens_equal": False}])
-    monkeypatch.setattr(
-        cw.subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout=json.dumps(next(rows)), returncode=0)
-    )
+    commands = []
+
+    def child(command, **_):
+        commands.append(command)
+        return types.SimpleNamespace(stdout=json.dumps(next(rows)), returncode=0)
+
+    monkeypatch.setattr(cw.subprocess, "run", child)
     out = tmp_path / "rows.json"
     args = argparse.Namespace(
         only=None,
         target_ort=None,
         prompt_tokens=12,
-        max_positions=None,
+        max_positions=8192,
+        new_tokens=4000,
         swiftshader=False,
         json=str(out),
         as_built="on",
@@ -459,6 +464,10 @@ def test_check_webgpu_fails_when_one_case_parts_from_transformers(tmp_path, monk
     err = capsys.readouterr().err
     assert "FAILED llama-fp16-logits=all" in err and "qwen3" not in err
     assert len(json.loads(out.read_text())) == 2
+    # each case's process checks what the run was asked (its default-level half takes the same argv)
+    for command in commands:
+        flags = dict(zip(command[2::2], command[3::2]))
+        assert flags["--new-tokens"] == "4000" and flags["--max-positions"] == "8192", command
 
 
 def test_check_webgpu_holds_the_default_accuracy_level_to_the_cpu_ep():
@@ -511,6 +520,7 @@ def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
         (["--target-ort", "1.10"], "error: --target-ort 1.10: -e webgpu builds need ONNX Runtime >= 1.20"),
         (["--prompt-tokens", "0"], "error: --prompt-tokens must be at least 1"),
         (["--max-positions", "0"], "error: --max-positions must be at least 1"),
+        (["--new-tokens", "0"], "error: --new-tokens must be at least 1"),
         # Each case failed in genai after its build and plain-session check: the prompt had no room.
         (
             ["--prompt-tokens", "241"],
@@ -520,6 +530,11 @@ def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
         (
             ["--max-positions", "8192", "--prompt-tokens", "4081"],
             "error: --prompt-tokens 4081 and genai's 16 new tokens do not fit the builds' max_length of 4096 "
+            "(--max-positions 8192)",
+        ),
+        (
+            ["--max-positions", "8192", "--new-tokens", "4085"],
+            "error: --prompt-tokens 12 and genai's 4085 new tokens do not fit the builds' max_length of 4096 "
             "(--max-positions 8192)",
         ),
     ],
@@ -534,7 +549,7 @@ def test_check_webgpu_refuses_bad_arguments_before_any_case(tmp_path, args, says
 
 def test_check_webgpu_makes_its_checkpoints_with_the_positions_asked(tmp_path):
     """--max-positions reaches the checkpoint's config.json (a ConditionalGeneration one's text_config),
-    and a run's longest prompt is the builds' max_length less genai's new tokens."""
+    and a run's longest prompt is the builds' max_length less genai's new tokens (16, or --new-tokens)."""
     import json
 
     cw = script("check_webgpu")
@@ -546,6 +561,8 @@ def test_check_webgpu_makes_its_checkpoints_with_the_positions_asked(tmp_path):
     assert cw.positions_needed(240, None, {"qwen3"}) is None and cw.positions_needed(241, None, {"qwen3"})
     assert "qwen3-yarn's 128 positions" in cw.positions_needed(200, None, {"qwen3", "qwen3-yarn"})
     assert cw.positions_needed(4080, 8192, {"qwen3-yarn"}) is None and cw.positions_needed(985, 1000, {"qwen3"})
+    assert cw.positions_needed(12, 8192, {"qwen3"}, new_tokens=4084) is None
+    assert "genai's 4085 new tokens" in cw.positions_needed(12, 8192, {"qwen3"}, new_tokens=4085)
 
 
 def device_run_parts() -> tuple[list[str], set[str], set[str]]:
