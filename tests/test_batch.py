@@ -1874,11 +1874,13 @@ def test_a_signal_while_the_jobs_are_checked_ends_the_batch_in_one_line(sig, tmp
 
     monkeypatch.setattr(builder.batch, "rebuild_reason", checked)
     path = write(tmp_path / "i.yaml", ONE_JOB)
+    # As this process had them, not SIG_DFL: ray.init, run earlier in the same test worker, leaves its own.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     assert batch(path) == 128 + signum
     err = capsys.readouterr().err
     assert err == f"error: interrupted ({sig}) while checking the jobs; nothing was built and no summary written\n"
     assert not (tmp_path / "out").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers as they were
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # handlers as they were
 
 
 def test_closed_terminal_stops_the_batch_cleanly(tmp_path):
