@@ -487,7 +487,10 @@ def test_left_padded_batch_rows_equal_their_own_runs(built, name, options):
         alone, alone_logits = left_padded_greedy(result.model_path, [prompt], 5)
         assert batch[r] == alone[0]
         for step, (ours, theirs) in enumerate(zip(batch_logits, alone_logits)):
-            np.testing.assert_allclose(ours[r], theirs[0], atol=1e-4, err_msg=f"row {r}, step {step}")
+            # fp16 logits (webgpu's q4f16) may round one ulp apart, since a batch of two takes other CPU
+            # kernels than one row (an AVX2 machine gave 2.4e-4 at 0.26); the pads' bug was 5.2 logits.
+            rtol = 2**-10 if np.dtype(result.report["target"]["io_dtype"]) == np.float16 else 0
+            np.testing.assert_allclose(ours[r], theirs[0], rtol=rtol, atol=1e-4, err_msg=f"row {r}, step {step}")
 
 
 def prefill(session, prompts: list[list[int]], **extra) -> np.ndarray:
