@@ -138,7 +138,9 @@ class RopeSpec:
         # A theta beyond float32 (3.4e38) is inf there: its powers are too, and the frequencies past the
         # first 0, in transformers as here.
         exponents = np.arange(0, self.rotary_dim, 2, dtype=np.int64).astype(np.float32) / self.rotary_dim
-        powers = (np.float32(self.theta) ** exponents).astype(np.float32)
+        # float64 pow rounded once: numpy's float32 pow takes other code paths on other CPUs (SVML with
+        # AVX-512), and a build's bytes should not depend on the machine that made it.
+        powers = (np.float64(np.float32(self.theta)) ** exponents.astype(np.float64)).astype(np.float32)
         inv = (1.0 / powers).astype(np.float32)
         if self.rope_type == "linear":
             return (inv / np.float32(self.factor)).astype(np.float32)
@@ -205,7 +207,9 @@ class RopeSpec:
         for start in range(0, max_len, step):
             stop = min(start + step, max_len)
             positions = np.arange(start, stop, dtype=np.int64).astype(np.float32)
-            freqs = np.outer(positions, inv).astype(np.float32)
-            cos[start:stop] = np.cos(freqs) * scale
-            sin[start:stop] = np.sin(freqs) * scale
+            freqs = np.outer(positions, inv).astype(np.float32).astype(np.float64)
+            # float64 cos and sin rounded once to float32, for the same reason as the powers: float32
+            # np.cos differs in the last bit between AVX2 and AVX-512 machines.
+            cos[start:stop] = np.cos(freqs).astype(np.float32) * scale
+            sin[start:stop] = np.sin(freqs).astype(np.float32) * scale
         return cos, sin
