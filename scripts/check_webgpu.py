@@ -192,14 +192,17 @@ def every_position_apis(
     return row
 
 
-def as_built_in_child(case_args: list[str]) -> dict:
+def as_built_in_child(case_args: list[str], new_tokens: int | None = None) -> dict:
     """as_built_checks of the case these arguments name, in a process of its own: its plain WebGPU
-    session must not follow this process's genai (see run_cases)."""
+    session must not follow this process's genai (see run_cases). Its time limit grows with the
+    tokens genai decodes there: SwiftShader took up to 200 ms a step by token 1500, and the CPU EP
+    then steps through the same tokens."""
     command = [sys.executable, __file__, *case_args, "--as-built-part"]
+    limit = 600 + max(0, (new_tokens or GENAI_NEW_TOKENS) - GENAI_NEW_TOKENS)
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        child = subprocess.run(command, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        return {"as_built_error": "no row after 600 s"}
+        return {"as_built_error": f"no row after {limit} s"}
     lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
     if child.returncode or not lines:
         why = next((ln for ln in reversed(child.stderr.splitlines()) if ln.strip()), "no message")
@@ -486,7 +489,7 @@ def main() -> int:
             args.new_tokens,
         )
         if args.as_built == "on" and precision in ("int4", "int8") and "error" not in row:
-            row.update(as_built_in_child(sys.argv[1:]))
+            row.update(as_built_in_child(sys.argv[1:], args.new_tokens))
         print(json.dumps(row))
         return 0
     unknown = sorted(set(args.only or ()) - {config for config, _, _ in CASES})

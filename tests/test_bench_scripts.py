@@ -496,7 +496,8 @@ def test_check_webgpu_holds_the_default_accuracy_level_to_the_cpu_ep():
 
 def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
     """The default-level half runs in a child of the case's process: one that exits without its row,
-    or outlives 600 s, is an as_built_error of the case (so the case fails), not a lost row."""
+    or outlives its limit (600 s at 16 new tokens), is an as_built_error of the case (so the case
+    fails), not a lost row."""
     import subprocess
     import types
 
@@ -511,6 +512,8 @@ def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
     monkeypatch.setattr(cw.subprocess, "run", hangs)
     row = cw.as_built_in_child(["--case", "0"])
     assert row == {"as_built_error": "no row after 600 s"} and cw.row_failures(row), row
+    # a long generation (--new-tokens) gets a second more for each token past the default 16
+    assert cw.as_built_in_child(["--case", "0"], 2016) == {"as_built_error": "no row after 2600 s"}
 
 
 @pytest.mark.parametrize(
