@@ -41,6 +41,11 @@ an as-built NMSE over its bound), each named on stderr; the JSON holds every row
 Where tokens part, `genai_first_mismatch` and `genai_mismatch_gap` (per batch row:
 `genai_batch_divergence`, the same pair) give the first new token that differs and how far
 transformers' logit for its own token was above genai's choice (a near-tie when small).
+A batch row that parts from transformers' is run again alone through genai on the same EP:
+`genai_batch_rows_equal_alone` (None for rows that did not part) is true where the batch row equals
+that run (the pads stayed out of it: the EP's rounding flipped a near-tie), and false where the two
+differ (pads reaching the row, or a near-tie that batching rounds the other way). The case fails
+either way.
 The WebGPU plugin EP is registered when installed (builder/ep_runtime.py). Builds that the
 runtime refuses are reported with the error.
 
@@ -348,6 +353,11 @@ def batch_checks(result, reference, batch: list[list[int]], prompt_tokens: int) 
     expected = [transformers_greedy(reference, p, 12)[len(p) :] for p in batch]
     row = {"genai_batch_tokens_equal": rows == expected}
     row["genai_batch_divergence"] = [divergence(reference, p, p + r, p + e) for p, r, e in zip(batch, rows, expected)]
+    if rows != expected:
+        row["genai_batch_rows_equal_alone"] = [
+            None if r == e else genai_greedy_logits(result.output, p, len(r), provider="webgpu")[0][len(p) :] == r
+            for p, r, e in zip(batch, rows, expected)
+        ]
     if result.report["target"]["logits"] == "all":
         row.update(every_position_apis(result.output, reference, batch, expected, prompt_tokens))
     return row

@@ -494,6 +494,35 @@ def test_check_webgpu_holds_the_default_accuracy_level_to_the_cpu_ep():
     assert why == ["as built (default accuracy level): exit 1: no WebGPU adapter"], why
 
 
+def test_check_webgpu_runs_a_batch_row_that_parted_from_transformers_again_alone(monkeypatch):
+    """On an H100 a padded Qwen3.5 row left transformers at a 0.18-logit near-tie (session 46), and
+    nothing told a flipped near-tie from pads in the state: the row is run alone on the same EP."""
+    import types
+
+    cw = script("check_webgpu")
+    batch = [[1, 2, 3, 4], [1, 2]]
+    expected = {4: [7, 8, 9], 2: [5, 6, 7]}
+    alone_runs = []
+
+    def alone(folder, prompt, new_tokens, provider):
+        alone_runs.append((prompt, new_tokens, provider))
+        return prompt + [5, 6, 0], None
+
+    monkeypatch.setattr(cw, "genai_batch_greedy", lambda *a, **k: (None, [[7, 8, 9], [5, 6, 0]]))
+    monkeypatch.setattr(cw, "transformers_greedy", lambda ref, p, n: p + expected[len(p)])
+    monkeypatch.setattr(cw, "divergence", lambda *a: (None, None))
+    monkeypatch.setattr(cw, "genai_greedy_logits", alone)
+    result = types.SimpleNamespace(output="folder", report={"target": {"logits": "last"}})
+    row = cw.batch_checks(result, None, batch, 4)
+    assert row["genai_batch_tokens_equal"] is False and cw.row_failures(row)
+    assert row["genai_batch_rows_equal_alone"] == [None, True] and alone_runs == [([1, 2], 3, "webgpu")]
+    monkeypatch.setattr(cw, "genai_greedy_logits", lambda f, p, n, provider: (p + [5, 9, 9], None))
+    assert cw.batch_checks(result, None, batch, 4)["genai_batch_rows_equal_alone"] == [None, False]
+    # rows that equal transformers' are not run again
+    monkeypatch.setattr(cw, "genai_batch_greedy", lambda *a, **k: (None, [[7, 8, 9], [5, 6, 7]]))
+    assert "genai_batch_rows_equal_alone" not in cw.batch_checks(result, None, batch, 4)
+
+
 def test_check_webgpu_names_a_default_level_half_that_died_or_hung(monkeypatch):
     """The default-level half runs in a child of the case's process: one that exits without its row,
     or outlives its limit (600 s at 16 new tokens), is an as_built_error of the case (so the case
