@@ -163,6 +163,8 @@ PROMPT = [5, 17, 42, 99, 120, 7, 64, 300]
 AS_BUILT_CPU_RATIO = 10
 EP = "WebGpuExecutionProvider"
 BATCH = ([5, 17, 99, 120, 33, 8, 41, 200, 201, 202], [7, 300, 12])
+# Every new token genai generates after the prompt (16 greedy; the batch's rows take 12).
+GENAI_NEW_TOKENS = 16
 
 
 def divergence(reference, prompt: list[int], ours: list[int], theirs: list[int]) -> tuple:
@@ -197,13 +199,13 @@ def every_position_apis(
     return row
 
 
-def as_built_in_child(case_args: list[str], new_tokens: int | None = None) -> dict:
+def as_built_in_child(case_args: list[str], new_tokens: int = GENAI_NEW_TOKENS) -> dict:
     """as_built_checks of the case these arguments name, in a process of its own: its plain WebGPU
     session must not follow this process's genai (see run_cases). Its time limit grows with the
     tokens genai decodes there: SwiftShader took up to 200 ms a step by token 1500, and the CPU EP
     then steps through the same tokens."""
     command = [sys.executable, __file__, *case_args, "--as-built-part"]
-    limit = 600 + max(0, (new_tokens or GENAI_NEW_TOKENS) - GENAI_NEW_TOKENS)
+    limit = 600 + max(0, new_tokens - GENAI_NEW_TOKENS)
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
@@ -238,10 +240,6 @@ def engine_in_child(folder: Path, prompts: list[list[int]], new_tokens: int) -> 
     if not lines:
         raise RuntimeError("the engine's process printed no tokens")
     return json.loads(lines[-1])
-
-
-# Every new token genai generates after the prompt (16 greedy; the batch's rows take 12).
-GENAI_NEW_TOKENS = 16
 
 
 def with_positions(config: dict, positions: int | None) -> dict:
