@@ -579,6 +579,38 @@ def test_check_webgpu_refuses_bad_arguments_before_any_case(tmp_path, args, says
     assert not (tmp_path / "rows.json").exists() and not done.stdout
 
 
+def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
+    """The scripts read tests/support/synthetic.py's configs to check --sizes and --prompt-tokens; that
+    module imported torch at its top, so each refusal came after 2-3 s of torch's import. A torch that
+    cannot be imported now changes nothing in the refusals, which shows they come before it."""
+    poisoned = tmp_path / "site" / "torch"
+    poisoned.mkdir(parents=True)
+    (poisoned / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(poisoned.parent), os.environ.get("PYTHONPATH")])),
+    }
+    for name, args, says in [
+        ("check_webgpu.py", ["--only", "llama", "--prompt-tokens", "241"], "error: --prompt-tokens 241 and genai's"),
+        ("bench_builders.py", ["--accuracy-sizes", "0.6"], "--accuracy-sizes: no checkpoint qwen3-0.6; choose from"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr.strip().splitlines()[-1], done.stderr
+    # and the poisoned torch is the one a script would import: the same run with a good argument meets it
+    made = subprocess.run(
+        [sys.executable, str(SCRIPTS / "make_checkpoint.py"), "tiny-qwen3", str(tmp_path / "ck")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert made.returncode != 0 and "torch was imported" in made.stderr + made.stdout, made.stderr
+
+
 def test_check_webgpu_makes_its_checkpoints_with_the_positions_asked(tmp_path):
     """--max-positions reaches the checkpoint's config.json (a ConditionalGeneration one's text_config),
     and a run's longest prompt is the builds' max_length less genai's new tokens (16, or --new-tokens)."""

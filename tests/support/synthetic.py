@@ -20,8 +20,10 @@ import math
 import shutil
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER_DIR = Path(__file__).with_name("synthetic_tokenizer")
 
@@ -630,10 +632,13 @@ def weight_shapes(config: dict, *, tied_lm_head: bool = False) -> list[tuple[str
 # Streaming safetensors writer
 # --------------------------------------------------------------------------------------
 
-_DTYPES = {  # name -> (torch dtype, safetensors dtype, itemsize)
-    "bfloat16": (torch.bfloat16, "BF16", 2),
-    "float16": (torch.float16, "F16", 2),
-    "float32": (torch.float32, "F32", 4),
+# name -> (torch dtype's name, safetensors dtype, itemsize). torch is imported where values are drawn,
+# not here: the scripts that read this module's configs to check their arguments (bench_builders.py,
+# check_webgpu.py) then refuse a bad one in a fraction of a second, not after torch's 2-3 s import.
+_DTYPES = {
+    "bfloat16": ("bfloat16", "BF16", 2),
+    "float16": ("float16", "F16", 2),
+    "float32": ("float32", "F32", 4),
 }
 _CHUNK = 1 << 22  # elements generated per step; fixed so values never depend on RAM or sharding
 
@@ -664,7 +669,9 @@ def tensor_chunks(name: str, shape, dtype: str, seed: int, lm_head_from: str | N
     (lm_head_from: the tensor whose values lm_head.weight draws, a tied model's embedding)."""
     if lm_head_from and name == "lm_head.weight":
         name = lm_head_from
-    tdtype = _DTYPES[dtype][0]
+    import torch
+
+    tdtype = getattr(torch, _DTYPES[dtype][0])
     mean, std = _init(name, shape)
     gen = torch.Generator().manual_seed(_tensor_seed(seed, name))
     n = math.prod(shape)
@@ -676,6 +683,8 @@ def make_tensor(
     name: str, shape, dtype: str = "bfloat16", seed: int = 0, lm_head_from: str | None = None
 ) -> torch.Tensor:
     """The full tensor make_checkpoint writes under this name (for tests)."""
+    import torch
+
     return torch.cat(list(tensor_chunks(name, shape, dtype, seed, lm_head_from))).reshape(shape)
 
 
@@ -698,6 +707,8 @@ def write_safetensors(
 ) -> None:
     """Write one safetensors file tensor by tensor; memory use is one chunk. `progress(nbytes)`, if
     given, is called with the size of each chunk written."""
+    import torch
+
     _, st_dtype, itemsize = _DTYPES[dtype]
     head, entries = _header(entries, itemsize, st_dtype)
     with open(path, "wb") as f:
