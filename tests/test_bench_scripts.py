@@ -599,7 +599,7 @@ def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
         )
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert says in done.stderr.strip().splitlines()[-1], done.stderr
-    # and the poisoned torch is the one a script would import: the same run with a good argument meets it
+    # and the poisoned torch is the one the scripts would import: make_checkpoint.py, which draws weights, meets it
     made = subprocess.run(
         [sys.executable, str(SCRIPTS / "make_checkpoint.py"), "tiny-qwen3", str(tmp_path / "ck")],
         capture_output=True,
