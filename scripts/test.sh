@@ -8,9 +8,10 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 # One pytest worker a core, at most 4 (TEST_WORKERS overrides; 0 runs in this process): the suite
 # is mostly one core's work at a time (builds, subprocesses, browsers), so on CI's 2 cores two
-# workers take about two thirds of one worker's time. On a 2-core AVX2 EPYC (session 47) this command took
-# 14.0 minutes with two (pytest 836 s, 24 minutes of CPU) and 13.7 with three: the suite is CPU-bound,
-# so more workers than cores buy next to nothing. Whole files go to one worker
+# workers take about half of one's time. On a 2-core AVX2 EPYC (session 47) the test files run one
+# after another took about 1720 s; this command took 14.0 minutes with two workers (pytest 836 s, 24
+# minutes of CPU) and 13.7 with three: the suite is CPU-bound, so more workers than cores buy next
+# to nothing. Whole files go to one worker
 # (--dist loadfile): a file's tests share its module fixtures, and the Ray tests, all in
 # tests/test_batch_ray.py, start one local cluster at a time. Files go out in collection order, which
 # tests/conftest.py starts with the slowest. The cores are the ones this process
